@@ -1,0 +1,116 @@
+//! Node configuration, validated once at construction.
+
+use crate::error::ConfigError;
+use crate::types::{NodeId, INVALID_ID};
+
+/// Default: heartbeat every tick.
+pub const DEFAULT_HEARTBEAT_INTERVAL_TICKS: u32 = 1;
+/// Default lower bound of the randomized election timeout (thesis §9.3 suggests
+/// an order of magnitude above the heartbeat interval).
+pub const DEFAULT_ELECTION_TIMEOUT_TICKS_MIN: u32 = 10;
+/// Default upper bound (exclusive) of the randomized election timeout.
+pub const DEFAULT_ELECTION_TIMEOUT_TICKS_MAX: u32 = 20;
+/// Default maximum entries in one AppendEntries.
+pub const DEFAULT_MAX_ENTRIES_PER_MSG: usize = 256;
+/// Default maximum entry bytes in one AppendEntries.
+pub const DEFAULT_MAX_BYTES_PER_MSG: usize = 1024 * 1024;
+/// Default maximum unacknowledged AppendEntries per follower.
+pub const DEFAULT_MAX_INFLIGHT_MSGS: usize = 256;
+/// Default maximum unacknowledged entry bytes per follower.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 32 * 1024 * 1024;
+/// Default maximum bytes of proposed but uncommitted entries on a leader.
+pub const DEFAULT_MAX_UNCOMMITTED_BYTES: usize = 64 * 1024 * 1024;
+/// Default maximum entry bytes handed to the application in one [`crate::Ready`].
+pub const DEFAULT_MAX_APPLY_BYTES: usize = 64 * 1024 * 1024;
+
+/// How a node behaves. Build with [`Config::new`] and adjust fields; the node
+/// validates it with [`Config::validate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id (never [`INVALID_ID`]).
+    pub id: NodeId,
+    /// A leader sends heartbeats every this many ticks.
+    pub heartbeat_interval_ticks: u32,
+    /// A follower starts an election after a random timeout in
+    /// `[election_timeout_ticks_min, election_timeout_ticks_max)` without
+    /// hearing from a leader. Also the check-quorum period of a leader.
+    pub election_timeout_ticks_min: u32,
+    /// Exclusive upper bound of the randomized election timeout.
+    pub election_timeout_ticks_max: u32,
+    /// Run a pre-vote round before a real election (thesis §9.6), so a node
+    /// rejoining after a partition does not disrupt a working leader.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum within
+    /// `election_timeout_ticks_min` steps down (thesis §6.2); followers that
+    /// heard from a leader within that time ignore vote requests.
+    pub check_quorum: bool,
+    /// Maximum entries in one AppendEntries (>= 1).
+    pub max_entries_per_msg: usize,
+    /// Maximum entry bytes in one AppendEntries; one entry is always sent even
+    /// if larger, so a large entry cannot block replication.
+    pub max_bytes_per_msg: usize,
+    /// Maximum AppendEntries with entries outstanding per follower.
+    pub max_inflight_msgs: usize,
+    /// Maximum entry bytes outstanding per follower.
+    pub max_inflight_bytes: usize,
+    /// Maximum bytes of proposed but not yet committed entries on a leader;
+    /// beyond it [`crate::Node::propose`] fails with
+    /// [`crate::ProposeError::UncommittedLimit`].
+    pub max_uncommitted_bytes: usize,
+    /// Maximum entry bytes of committed entries returned by one `ready()`
+    /// (at least one entry is always returned).
+    pub max_apply_bytes: usize,
+    /// Seed of the PRNG that draws election timeouts.
+    pub rng_seed: u64,
+}
+
+impl Config {
+    /// A configuration with the defaults above for node `id`.
+    pub fn new(id: NodeId) -> Self {
+        Config {
+            id,
+            heartbeat_interval_ticks: DEFAULT_HEARTBEAT_INTERVAL_TICKS,
+            election_timeout_ticks_min: DEFAULT_ELECTION_TIMEOUT_TICKS_MIN,
+            election_timeout_ticks_max: DEFAULT_ELECTION_TIMEOUT_TICKS_MAX,
+            pre_vote: true,
+            check_quorum: true,
+            max_entries_per_msg: DEFAULT_MAX_ENTRIES_PER_MSG,
+            max_bytes_per_msg: DEFAULT_MAX_BYTES_PER_MSG,
+            max_inflight_msgs: DEFAULT_MAX_INFLIGHT_MSGS,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
+            max_uncommitted_bytes: DEFAULT_MAX_UNCOMMITTED_BYTES,
+            max_apply_bytes: DEFAULT_MAX_APPLY_BYTES,
+            rng_seed: 0,
+        }
+    }
+
+    /// Checks every field and every relationship between fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == INVALID_ID {
+            return Err(ConfigError::InvalidId);
+        }
+        if self.heartbeat_interval_ticks == 0 {
+            return Err(ConfigError::ZeroHeartbeatInterval);
+        }
+        if self.heartbeat_interval_ticks >= self.election_timeout_ticks_min {
+            return Err(ConfigError::HeartbeatNotBelowElectionTimeout);
+        }
+        if self.election_timeout_ticks_min >= self.election_timeout_ticks_max {
+            return Err(ConfigError::EmptyElectionTimeoutRange);
+        }
+        let limits = [
+            (self.max_entries_per_msg, ConfigError::ZeroLimit("max_entries_per_msg")),
+            (self.max_bytes_per_msg, ConfigError::ZeroLimit("max_bytes_per_msg")),
+            (self.max_inflight_msgs, ConfigError::ZeroLimit("max_inflight_msgs")),
+            (self.max_inflight_bytes, ConfigError::ZeroLimit("max_inflight_bytes")),
+            (self.max_uncommitted_bytes, ConfigError::ZeroLimit("max_uncommitted_bytes")),
+            (self.max_apply_bytes, ConfigError::ZeroLimit("max_apply_bytes")),
+        ];
+        for (value, err) in limits {
+            if value == 0 {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! Messages exchanged between nodes. The core validates every field of every
+//! message it receives; a realization only has to decode bytes into this type.
+
+use alloc::vec::Vec;
+
+use crate::types::{Entry, Index, NodeId, Term};
+
+/// A message from one node to another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Message<P> {
+    /// Sender.
+    pub from: NodeId,
+    /// Recipient.
+    pub to: NodeId,
+    /// The sender's term when it sent the message (for pre-votes: the term the
+    /// sender would campaign in).
+    pub term: Term,
+    /// What the message says.
+    pub body: MessageBody<P>,
+}
+
+/// The kinds of message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum MessageBody<P> {
+    /// RequestVote (Raft paper §5.2, §5.4.1) or PreVote (thesis §9.6).
+    RequestVote {
+        /// A pre-vote: the receiver changes no state.
+        pre_vote: bool,
+        /// Index of the candidate's last log entry.
+        last_log_index: Index,
+        /// Term of the candidate's last log entry.
+        last_log_term: Term,
+    },
+    /// Answer to [`MessageBody::RequestVote`].
+    RequestVoteResponse {
+        /// Answer to a pre-vote.
+        pre_vote: bool,
+        /// Whether the vote was granted.
+        granted: bool,
+    },
+    /// AppendEntries (Raft paper §5.3).
+    AppendEntries {
+        /// Index of the entry just before `entries`.
+        prev_log_index: Index,
+        /// Term of that entry.
+        prev_log_term: Term,
+        /// Entries to append, contiguous from `prev_log_index + 1`.
+        entries: Vec<Entry<P>>,
+        /// The leader's commit index.
+        leader_commit: Index,
+    },
+    /// Answer to [`MessageBody::AppendEntries`].
+    AppendEntriesResponse {
+        /// On success: the index up to which the follower's log now matches the
+        /// leader's and is durable. On rejection: the `prev_log_index` that did
+        /// not match.
+        index: Index,
+        /// `Some` when the append was rejected, with a hint for fast back-off.
+        reject: Option<RejectHint>,
+    },
+    /// Leader heartbeat (Raft paper §5.2), carrying a commit index the
+    /// follower is known to have reached.
+    Heartbeat {
+        /// `min(follower's match index, leader's commit)`.
+        commit: Index,
+    },
+    /// Answer to [`MessageBody::Heartbeat`].
+    HeartbeatResponse,
+}
+
+/// Where a follower's log diverges, so the leader can skip a whole term of
+/// mismatching entries in one round trip (Raft paper §5.3, last paragraphs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct RejectHint {
+    /// The largest index `<= min(prev_log_index, follower's last index)` whose
+    /// term is `<= hint_term`; the leader retries from its own matching point.
+    pub hint_index: Index,
+    /// The follower's term at `hint_index`.
+    pub hint_term: Term,
+}
+
+impl<P> MessageBody<P> {
+    /// A short name for traces and counters.
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            MessageBody::RequestVote { pre_vote: true, .. } => MessageKind::PreVote,
+            MessageBody::RequestVote { .. } => MessageKind::Vote,
+            MessageBody::RequestVoteResponse { pre_vote: true, .. } => MessageKind::PreVoteResponse,
+            MessageBody::RequestVoteResponse { .. } => MessageKind::VoteResponse,
+            MessageBody::AppendEntries { .. } => MessageKind::Append,
+            MessageBody::AppendEntriesResponse { .. } => MessageKind::AppendResponse,
+            MessageBody::Heartbeat { .. } => MessageKind::Heartbeat,
+            MessageBody::HeartbeatResponse => MessageKind::HeartbeatResponse,
+        }
+    }
+}
+
+/// Message kinds without their payloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[allow(missing_docs)]
+pub enum MessageKind {
+    PreVote,
+    Vote,
+    PreVoteResponse,
+    VoteResponse,
+    Append,
+    AppendResponse,
+    Heartbeat,
+    HeartbeatResponse,
+}

@@ -1,0 +1,157 @@
+//! Identifiers, log entries, persistent and volatile node state.
+
+use alloc::vec::Vec;
+
+/// Identifier of a cluster member. `0` is reserved and never a valid id.
+pub type NodeId = u64;
+/// A Raft term (Raft paper §5.1). Starts at 0 and never decreases on a node.
+pub type Term = u64;
+/// A log position. The first real entry has index 1; index 0 is the empty prefix.
+pub type Index = u64;
+
+/// The reserved "no node" id: rejected by [`crate::Config::validate`].
+pub const INVALID_ID: NodeId = 0;
+
+/// Bookkeeping bytes charged per entry on top of its payload, so that empty
+/// entries still count against byte limits (roughly: index, term, tag).
+pub const ENTRY_OVERHEAD_BYTES: usize = 24;
+
+/// What the core needs to know about a proposal's payload: it is cloned into
+/// outgoing messages and its length is charged against byte limits.
+///
+/// The core never looks inside a payload. Implementations exist for
+/// `Vec<u8>` and `Box<[u8]>`; a realization with a cheaper clone (e.g. a
+/// reference-counted buffer) implements it for its own type. See
+/// `docs/adr/0003-typed-payloads.md`.
+pub trait Payload: Clone {
+    /// Length in bytes, as charged against `max_*_bytes` limits.
+    fn payload_len(&self) -> usize;
+}
+
+impl Payload for Vec<u8> {
+    fn payload_len(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Payload for alloc::boxed::Box<[u8]> {
+    fn payload_len(&self) -> usize {
+        self.len()
+    }
+}
+
+/// What an entry carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum EntryData<P> {
+    /// The empty entry a new leader appends at the start of its term (thesis §6.4,
+    /// needed for commit and read safety). Applications skip it.
+    Noop,
+    /// An application command proposed with [`crate::Node::propose`].
+    Normal(P),
+}
+
+/// One log entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Entry<P> {
+    /// Term of the leader that created the entry.
+    pub term: Term,
+    /// Position in the log.
+    pub index: Index,
+    /// Content.
+    pub data: EntryData<P>,
+}
+
+impl<P: Payload> Entry<P> {
+    /// Bytes charged for this entry against byte limits.
+    pub fn size_bytes(&self) -> usize {
+        ENTRY_OVERHEAD_BYTES
+            + match &self.data {
+                EntryData::Noop => 0,
+                EntryData::Normal(p) => p.payload_len(),
+            }
+    }
+}
+
+/// State that must be on stable storage before the node may promise anything
+/// that depends on it (Raft paper Figure 2, "Persistent state on all servers").
+/// `commit` is persisted lazily: losing it is safe, it is only an optimisation
+/// for restart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct HardState {
+    /// Latest term this node has seen.
+    pub term: Term,
+    /// Candidate voted for in `term`, if any.
+    pub vote: Option<NodeId>,
+    /// Highest index known committed.
+    pub commit: Index,
+}
+
+/// The members of the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ConfState {
+    /// Voting members, sorted and without duplicates.
+    pub voters: Vec<NodeId>,
+    /// Non-voting members that receive the log, sorted and without duplicates.
+    pub learners: Vec<NodeId>,
+}
+
+impl ConfState {
+    /// A configuration of the given voters (sorted and deduplicated).
+    pub fn with_voters(voters: &[NodeId]) -> Self {
+        let mut v: Vec<NodeId> = voters.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        ConfState {
+            voters: v,
+            learners: Vec::new(),
+        }
+    }
+
+    /// Whether `id` is a voter.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.binary_search(&id).is_ok()
+    }
+
+    /// Whether `id` is a voter or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.is_voter(id) || self.learners.binary_search(&id).is_ok()
+    }
+}
+
+/// What a node reads from storage when it starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InitialState {
+    /// The last durable hard state.
+    pub hard_state: HardState,
+    /// The membership configuration.
+    pub conf_state: ConfState,
+}
+
+/// The role a node plays in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asks for pre-votes without increasing its term (thesis §9.6).
+    PreCandidate,
+    /// Asks for votes in a new term (Raft paper §5.2).
+    Candidate,
+    /// Replicates its log to the others.
+    Leader,
+}
+
+/// Volatile state worth reporting to the application when it changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    /// The node's role.
+    pub role: Role,
+    /// The leader this node knows of in `term`.
+    pub leader: Option<NodeId>,
+    /// The node's current term.
+    pub term: Term,
+}
