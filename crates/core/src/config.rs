@@ -99,12 +99,30 @@ impl Config {
             return Err(ConfigError::EmptyElectionTimeoutRange);
         }
         let limits = [
-            (self.max_entries_per_msg, ConfigError::ZeroLimit("max_entries_per_msg")),
-            (self.max_bytes_per_msg, ConfigError::ZeroLimit("max_bytes_per_msg")),
-            (self.max_inflight_msgs, ConfigError::ZeroLimit("max_inflight_msgs")),
-            (self.max_inflight_bytes, ConfigError::ZeroLimit("max_inflight_bytes")),
-            (self.max_uncommitted_bytes, ConfigError::ZeroLimit("max_uncommitted_bytes")),
-            (self.max_apply_bytes, ConfigError::ZeroLimit("max_apply_bytes")),
+            (
+                self.max_entries_per_msg,
+                ConfigError::ZeroLimit("max_entries_per_msg"),
+            ),
+            (
+                self.max_bytes_per_msg,
+                ConfigError::ZeroLimit("max_bytes_per_msg"),
+            ),
+            (
+                self.max_inflight_msgs,
+                ConfigError::ZeroLimit("max_inflight_msgs"),
+            ),
+            (
+                self.max_inflight_bytes,
+                ConfigError::ZeroLimit("max_inflight_bytes"),
+            ),
+            (
+                self.max_uncommitted_bytes,
+                ConfigError::ZeroLimit("max_uncommitted_bytes"),
+            ),
+            (
+                self.max_apply_bytes,
+                ConfigError::ZeroLimit("max_apply_bytes"),
+            ),
         ];
         for (value, err) in limits {
             if value == 0 {

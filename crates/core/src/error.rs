@@ -33,7 +33,9 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::InvalidId => f.write_str("node id must not be 0"),
-            ConfigError::ZeroHeartbeatInterval => f.write_str("heartbeat interval must be at least 1 tick"),
+            ConfigError::ZeroHeartbeatInterval => {
+                f.write_str("heartbeat interval must be at least 1 tick")
+            }
             ConfigError::HeartbeatNotBelowElectionTimeout => {
                 f.write_str("heartbeat interval must be shorter than the minimum election timeout")
             }
@@ -41,8 +43,12 @@ impl fmt::Display for ConfigError {
                 f.write_str("election timeout min must be below election timeout max")
             }
             ConfigError::ZeroLimit(name) => write!(f, "limit {name} must be at least 1"),
-            ConfigError::InvalidConfState => f.write_str("initial configuration has no valid voters"),
-            ConfigError::InconsistentHardState => f.write_str("stored commit index is beyond the stored log"),
+            ConfigError::InvalidConfState => {
+                f.write_str("initial configuration has no valid voters")
+            }
+            ConfigError::InconsistentHardState => {
+                f.write_str("stored commit index is beyond the stored log")
+            }
             ConfigError::Storage(e) => write!(f, "reading initial state: {e}"),
         }
     }
@@ -93,8 +99,12 @@ pub enum ProposeError {
 impl fmt::Display for ProposeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProposeError::NotLeader { leader: Some(l) } => write!(f, "not the leader (leader is {l})"),
-            ProposeError::NotLeader { leader: None } => f.write_str("not the leader (no leader known)"),
+            ProposeError::NotLeader { leader: Some(l) } => {
+                write!(f, "not the leader (leader is {l})")
+            }
+            ProposeError::NotLeader { leader: None } => {
+                f.write_str("not the leader (no leader known)")
+            }
             ProposeError::UncommittedLimit => f.write_str("too many uncommitted bytes"),
             ProposeError::Failed => f.write_str("node stopped after a storage failure"),
         }
@@ -167,7 +177,10 @@ impl fmt::Display for Error {
             Error::Failed => f.write_str("node stopped after a storage failure"),
             Error::Storage(e) => write!(f, "storage failure: {e}"),
             Error::PersistOutOfOrder { expected, got } => {
-                write!(f, "persistence acknowledged out of order (expected batch {expected}, got {got})")
+                write!(
+                    f,
+                    "persistence acknowledged out of order (expected batch {expected}, got {got})"
+                )
             }
             Error::NotPromotable => f.write_str("node is not a voter"),
             Error::BadIndex(i) => write!(f, "log index {i} not available"),

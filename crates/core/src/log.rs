@@ -50,10 +50,6 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
         }
     }
 
-    pub(crate) fn first_index(&self) -> Result<Index, StorageError> {
-        Ok(self.storage.first_index()?.min(self.unstable_offset))
-    }
-
     pub(crate) fn last_term(&self) -> Result<Term, StorageError> {
         match self.unstable.last() {
             Some(e) => Ok(e.term),
@@ -98,7 +94,11 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
 
     /// Raft paper §5.4.1: is a log ending at (`last_index`, `last_term`) at
     /// least as up-to-date as ours?
-    pub(crate) fn is_up_to_date(&self, last_index: Index, last_term: Term) -> Result<bool, StorageError> {
+    pub(crate) fn is_up_to_date(
+        &self,
+        last_index: Index,
+        last_term: Term,
+    ) -> Result<bool, StorageError> {
         let our_term = self.last_term()?;
         Ok(last_term > our_term || (last_term == our_term && last_index >= self.last_index()?))
     }
@@ -155,7 +155,8 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
             self.unstable.clear();
             self.unstable_offset = from;
         } else {
-            self.unstable.truncate((from - self.unstable_offset) as usize);
+            self.unstable
+                .truncate((from - self.unstable_offset) as usize);
         }
         self.unstable.extend_from_slice(entries);
         self.issued = self.issued.min(from - 1);
@@ -163,7 +164,12 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
     }
 
     /// Entries `[lo, hi)` limited to `max_bytes` (at least one).
-    pub(crate) fn entries(&self, lo: Index, hi: Index, max_bytes: usize) -> Result<Vec<Entry<P>>, StorageError> {
+    pub(crate) fn entries(
+        &self,
+        lo: Index,
+        hi: Index,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry<P>>, StorageError> {
         if lo >= hi {
             return Ok(Vec::new());
         }
@@ -178,7 +184,10 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
         }
         let used: usize = out.iter().map(Entry::size_bytes).sum();
         let start = lo.max(self.unstable_offset);
-        let (a, b) = ((start - self.unstable_offset) as usize, (hi - self.unstable_offset) as usize);
+        let (a, b) = (
+            (start - self.unstable_offset) as usize,
+            (hi - self.unstable_offset) as usize,
+        );
         let Some(slice) = self.unstable.get(a..b.min(self.unstable.len())) else {
             return Err(StorageError::Unavailable);
         };
@@ -198,7 +207,11 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
 
     /// The largest index `<= index` whose term is `<= term`, and its term
     /// (for the fast back-off hint, Raft paper §5.3).
-    pub(crate) fn find_conflict_by_term(&self, index: Index, term: Term) -> Result<(Index, Term), StorageError> {
+    pub(crate) fn find_conflict_by_term(
+        &self,
+        index: Index,
+        term: Term,
+    ) -> Result<(Index, Term), StorageError> {
         let mut i = index.min(self.last_index()?);
         loop {
             match self.term(i)? {
@@ -257,7 +270,10 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
     }
 
     /// Committed, durable entries after `applied`, marked as handed out.
-    pub(crate) fn take_committed(&mut self, max_bytes: usize) -> Result<Vec<Entry<P>>, StorageError> {
+    pub(crate) fn take_committed(
+        &mut self,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry<P>>, StorageError> {
         let hi = self.committed.min(self.persisted);
         if hi <= self.applied {
             return Ok(Vec::new());

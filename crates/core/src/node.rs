@@ -13,7 +13,8 @@ use crate::ready::{Persist, PersistToken, Ready};
 use crate::rng::Rng;
 use crate::storage::LogStorage;
 use crate::types::{
-    ConfState, Entry, EntryData, HardState, Index, NodeId, Payload, Role, SoftState, Term, INVALID_ID,
+    ConfState, Entry, EntryData, HardState, Index, NodeId, Payload, Role, SoftState, Term,
+    INVALID_ID,
 };
 
 /// Counters of what a node did and dropped, for metrics and tests.
@@ -270,10 +271,14 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             return Err(ProposeError::Failed);
         }
         if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader { leader: self.leader });
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
         }
         let size = crate::types::ENTRY_OVERHEAD_BYTES + data.payload_len();
-        if self.uncommitted_bytes > 0 && self.uncommitted_bytes + size > self.cfg.max_uncommitted_bytes {
+        if self.uncommitted_bytes > 0
+            && self.uncommitted_bytes + size > self.cfg.max_uncommitted_bytes
+        {
             return Err(ProposeError::UncommittedLimit);
         }
         let index = match self.log.last_index() {
@@ -328,7 +333,10 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         self.acked_seq = token.seq;
         if let Some((index, term)) = token.last {
             let advanced = self.log.stable_to(index, term).map_err(|e| self.fail(e))?;
-            if advanced && self.role == Role::Leader && self.maybe_commit().map_err(|e| self.fail(e))? {
+            if advanced
+                && self.role == Role::Leader
+                && self.maybe_commit().map_err(|e| self.fail(e))?
+            {
                 self.pending_bcast = true;
             }
         }
@@ -341,7 +349,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             if *seq > self.acked_seq {
                 break;
             }
-            let Some((_, d)) = self.deferred.pop_front() else { break };
+            let Some((_, d)) = self.deferred.pop_front() else {
+                break;
+            };
             match d {
                 Deferred::Send(m) => self.msgs.push(m),
                 Deferred::SelfVote(term) => {
@@ -384,8 +394,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         let hs = self.hard_state();
         let entries = self.log.take_unissued();
         let persist = if !entries.is_empty() || hs != self.issued_hs {
-            let must_sync =
-                !entries.is_empty() || hs.term != self.issued_hs.term || hs.vote != self.issued_hs.vote;
+            let must_sync = !entries.is_empty()
+                || hs.term != self.issued_hs.term
+                || hs.vote != self.issued_hs.vote;
             self.issued_seq += 1;
             self.issued_hs = hs;
             Some(Persist {
@@ -425,7 +436,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
 
     fn tick_election(&mut self) -> Result<(), StorageError> {
         self.election_elapsed = self.election_elapsed.saturating_add(1);
-        if self.election_elapsed >= self.randomized_election_timeout && self.conf.is_voter(self.id()) {
+        if self.election_elapsed >= self.randomized_election_timeout
+            && self.conf.is_voter(self.id())
+        {
             self.election_elapsed = 0;
             self.hup()?;
         }
@@ -564,7 +577,11 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         self.progress.clear();
         let peers = self.conf.voters.iter().chain(self.conf.learners.iter());
         for &p in peers.filter(|&&p| p != id) {
-            let mut pr = Progress::new(last + 1, self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);
+            let mut pr = Progress::new(
+                last + 1,
+                self.cfg.max_inflight_msgs,
+                self.cfg.max_inflight_bytes,
+            );
             // Give every follower a full period before check-quorum counts it.
             pr.recent_active = true;
             self.progress.insert(p, pr);
@@ -671,7 +688,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 self.send(from, self.term, MessageBody::HeartbeatResponse);
                 Ok(())
             }
-            MessageBody::AppendEntriesResponse { index, reject } => self.handle_append_response(from, index, reject),
+            MessageBody::AppendEntriesResponse { index, reject } => {
+                self.handle_append_response(from, index, reject)
+            }
             MessageBody::HeartbeatResponse => {
                 if self.role != Role::Leader {
                     return Ok(());
@@ -681,8 +700,16 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 };
                 pr.recent_active = true;
                 pr.probe_sent = false;
+                // Appends or their acks may have been lost: free one slot
+                // so a full window cannot stall the follower forever.
+                if pr.state == ProgressState::Replicate && pr.inflights.full() {
+                    pr.inflights.free_first_one();
+                }
                 let behind = pr.matched < self.log.last_index()?;
                 if behind {
+                    // An empty append probes the follower's log: if what we
+                    // sent was lost, the rejection sends us back to Probe.
+                    self.send_append(from, true)?;
                     self.send_append_loop(from)?;
                 }
                 Ok(())
@@ -728,7 +755,10 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             && !(pre_vote && leader_recent)
             && self.role != Role::Leader
             && self.log.is_up_to_date(last_log_index, last_log_term)?;
-        let body = MessageBody::RequestVoteResponse { pre_vote, granted: grant };
+        let body = MessageBody::RequestVoteResponse {
+            pre_vote,
+            granted: grant,
+        };
         if grant {
             if !pre_vote {
                 self.election_elapsed = 0;
@@ -761,7 +791,10 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             self.send_durable(from, self.term, body);
             return Ok(());
         }
-        match self.log.maybe_append(prev_log_index, prev_log_term, &entries) {
+        match self
+            .log
+            .maybe_append(prev_log_index, prev_log_term, &entries)
+        {
             Ok(Some(last_new)) => {
                 self.log.commit_to(leader_commit.min(last_new));
                 let body = MessageBody::AppendEntriesResponse {
@@ -773,11 +806,15 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             }
             Ok(None) => {
                 let last = self.log.last_index()?;
-                let (hint_index, hint_term) =
-                    self.log.find_conflict_by_term(prev_log_index.min(last), prev_log_term)?;
+                let (hint_index, hint_term) = self
+                    .log
+                    .find_conflict_by_term(prev_log_index.min(last), prev_log_term)?;
                 let body = MessageBody::AppendEntriesResponse {
                     index: prev_log_index,
-                    reject: Some(RejectHint { hint_index, hint_term }),
+                    reject: Some(RejectHint {
+                        hint_index,
+                        hint_term,
+                    }),
                 };
                 self.send_durable(from, self.term, body);
                 Ok(())
@@ -807,7 +844,10 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 if hint.hint_term > 0 {
                     // Skip every entry of ours whose term exceeds the
                     // follower's term at the hint (fast back-off).
-                    probe = self.log.find_conflict_by_term(hint.hint_index, hint.hint_term)?.0;
+                    probe = self
+                        .log
+                        .find_conflict_by_term(hint.hint_index, hint.hint_term)?
+                        .0;
                 }
                 let Some(pr) = self.progress.get_mut(&from) else {
                     return Err(StepError::Unexpected);
@@ -864,7 +904,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     fn send_append(&mut self, to: NodeId, send_if_empty: bool) -> Result<bool, StorageError> {
         let last = self.log.last_index()?;
         let committed = self.log.committed();
-        let Some(pr) = self.progress.get(&to) else { return Ok(false) };
+        let Some(pr) = self.progress.get(&to) else {
+            return Ok(false);
+        };
         if pr.is_paused() {
             return Ok(false);
         }
@@ -979,10 +1021,18 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     }
 
     fn defer(&mut self, d: Deferred<P>) {
-        let dirty = self.log.has_unissued() || self.term != self.issued_hs.term || self.vote != self.issued_hs.vote;
-        let seq = if dirty { self.issued_seq + 1 } else { self.issued_seq };
+        let dirty = self.log.has_unissued()
+            || self.term != self.issued_hs.term
+            || self.vote != self.issued_hs.vote;
+        let seq = if dirty {
+            self.issued_seq + 1
+        } else {
+            self.issued_seq
+        };
         match d {
-            Deferred::Send(m) if seq <= self.acked_seq && self.deferred.is_empty() => self.msgs.push(m),
+            Deferred::Send(m) if seq <= self.acked_seq && self.deferred.is_empty() => {
+                self.msgs.push(m)
+            }
             d => self.deferred.push_back((seq, d)),
         }
     }
@@ -1014,6 +1064,11 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     }
 }
 
+/// Terms and indices above this are rejected as malformed, so that no
+/// `+ 1` on a received value can overflow (2^63 terms or entries will not
+/// be reached by a real cluster).
+pub const MAX_TERM_OR_INDEX: u64 = u64::MAX >> 1;
+
 impl From<StorageError> for StepError {
     fn from(e: StorageError) -> Self {
         StepError::Storage(e)
@@ -1023,6 +1078,34 @@ impl From<StorageError> for StepError {
 /// Structural checks on a message, independent of the node's state, so that
 /// no later arithmetic on its fields can overflow or contradict itself.
 fn validate<P>(m: &Message<P>) -> Result<(), StepError> {
+    let ok = |v: u64| v <= MAX_TERM_OR_INDEX;
+    let fields_ok = ok(m.term)
+        && match &m.body {
+            MessageBody::RequestVote {
+                last_log_index,
+                last_log_term,
+                ..
+            } => ok(*last_log_index) && ok(*last_log_term),
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+            } => {
+                ok(*prev_log_index)
+                    && ok(*prev_log_term)
+                    && ok(*leader_commit)
+                    && ok(prev_log_index.saturating_add(entries.len() as u64))
+            }
+            MessageBody::AppendEntriesResponse { index, reject } => {
+                ok(*index) && reject.is_none_or(|h| ok(h.hint_index) && ok(h.hint_term))
+            }
+            MessageBody::Heartbeat { commit } => ok(*commit),
+            MessageBody::RequestVoteResponse { .. } | MessageBody::HeartbeatResponse => true,
+        };
+    if !fields_ok {
+        return Err(StepError::Malformed);
+    }
     if let MessageBody::AppendEntries {
         prev_log_index,
         prev_log_term,

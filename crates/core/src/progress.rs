@@ -63,14 +63,15 @@ impl Inflights {
         }
     }
 
+    pub(crate) fn free_first_one(&mut self) {
+        if let Some((_, bytes)) = self.queue.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
     pub(crate) fn reset(&mut self) {
         self.queue.clear();
         self.bytes = 0;
-    }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.queue.len()
     }
 }
 

@@ -30,7 +30,10 @@ pub(crate) fn committed_index(voters: &[NodeId], mut acked: impl FnMut(NodeId) -
 }
 
 /// Tallies votes: `vote(id)` is `Some(granted)` for voters that answered.
-pub(crate) fn vote_result(voters: &[NodeId], mut vote: impl FnMut(NodeId) -> Option<bool>) -> VoteResult {
+pub(crate) fn vote_result(
+    voters: &[NodeId],
+    mut vote: impl FnMut(NodeId) -> Option<bool>,
+) -> VoteResult {
     let (mut yes, mut missing) = (0usize, 0usize);
     for &v in voters {
         match vote(v) {
@@ -65,8 +68,14 @@ mod tests {
     #[test]
     fn vote_result_counts_majorities() {
         let voters = [1, 2, 3];
-        assert_eq!(vote_result(&voters, |v| (v <= 2).then_some(true)), VoteResult::Won);
-        assert_eq!(vote_result(&voters, |v| (v == 1).then_some(true)), VoteResult::Pending);
+        assert_eq!(
+            vote_result(&voters, |v| (v <= 2).then_some(true)),
+            VoteResult::Won
+        );
+        assert_eq!(
+            vote_result(&voters, |v| (v == 1).then_some(true)),
+            VoteResult::Pending
+        );
         assert_eq!(vote_result(&voters, |v| Some(v == 1)), VoteResult::Lost);
     }
 }

@@ -30,7 +30,12 @@ pub trait LogStorage<P> {
     /// Entries `[lo, hi)`, stopping early once their total
     /// [`Entry::size_bytes`] exceeds `max_bytes` (at least one entry is
     /// returned when `lo < hi`).
-    fn entries(&self, lo: Index, hi: Index, max_bytes: usize) -> Result<Vec<Entry<P>>, StorageError>;
+    fn entries(
+        &self,
+        lo: Index,
+        hi: Index,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry<P>>, StorageError>;
     /// Term of the entry at `index` (`first_index() - 1 ..= last_index()`).
     fn term(&self, index: Index) -> Result<Term, StorageError>;
     /// Index of the first available entry.
@@ -133,7 +138,12 @@ impl<P: Payload> LogStorage<P> for MemStorage<P> {
         })
     }
 
-    fn entries(&self, lo: Index, hi: Index, max_bytes: usize) -> Result<Vec<Entry<P>>, StorageError> {
+    fn entries(
+        &self,
+        lo: Index,
+        hi: Index,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry<P>>, StorageError> {
         if lo < self.first {
             return Err(StorageError::Compacted);
         }

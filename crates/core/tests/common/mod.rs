@@ -1,0 +1,321 @@
+//! An in-process test network for `metalraft-core`: every node stores its log
+//! in a `MemStorage`, persists each batch at once (so "durable" means "in the
+//! MemStorage"), and messages travel through a queue that can drop,
+//! duplicate, reorder and partition them. Deterministic from a seed.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use metalraft_core::{
+    ConfState, Config, Entry, EntryData, MemStorage, Message, MessageKind, Node, NodeId, Role, Term,
+};
+
+pub type TestNode = Node<Vec<u8>, MemStorage<Vec<u8>>>;
+pub type Mutator = Box<dyn Fn(&mut Message<Vec<u8>>)>;
+pub type Filter = Box<dyn Fn(&Message<Vec<u8>>) -> bool>;
+
+/// Ticks after which a test gives up waiting for a condition.
+pub const MAX_TICKS: u32 = 2_000;
+
+pub fn config(id: NodeId, seed: u64) -> Config {
+    let mut c = Config::new(id);
+    c.rng_seed = seed;
+    c
+}
+
+pub struct Network {
+    pub nodes: BTreeMap<NodeId, TestNode>,
+    /// Storage of crashed nodes (everything they persisted).
+    pub down: BTreeMap<NodeId, MemStorage<Vec<u8>>>,
+    pub applied: BTreeMap<NodeId, Vec<Entry<Vec<u8>>>>,
+    pub queue: VecDeque<Message<Vec<u8>>>,
+    /// Directed links that drop everything.
+    pub cut: BTreeSet<(NodeId, NodeId)>,
+    /// Message kinds dropped everywhere.
+    pub drop_kinds: BTreeSet<MessageKind>,
+    pub drop_percent: u64,
+    pub dup_percent: u64,
+    pub reorder: bool,
+    rng: u64,
+    pub configs: BTreeMap<NodeId, Config>,
+    /// Rewrites messages in flight.
+    pub mutate: Option<Mutator>,
+    /// Drops every message for which it returns true.
+    pub filter: Option<Filter>,
+    /// (term, leader) pairs ever observed, to check Election Safety.
+    pub leaders: BTreeMap<Term, NodeId>,
+}
+
+impl Network {
+    pub fn new(n: u64, seed: u64) -> Self {
+        Self::with_config(n, seed, |_| {})
+    }
+
+    pub fn with_config(n: u64, seed: u64, tweak: impl Fn(&mut Config)) -> Self {
+        Self::with_storages(n, seed, BTreeMap::new(), tweak)
+    }
+
+    /// A network whose nodes start from the given storages (others empty).
+    pub fn with_storages(
+        n: u64,
+        seed: u64,
+        mut storages: BTreeMap<NodeId, MemStorage<Vec<u8>>>,
+        tweak: impl Fn(&mut Config),
+    ) -> Self {
+        let ids: Vec<NodeId> = (1..=n).collect();
+        let mut net = Network {
+            nodes: BTreeMap::new(),
+            down: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            queue: VecDeque::new(),
+            cut: BTreeSet::new(),
+            drop_kinds: BTreeSet::new(),
+            drop_percent: 0,
+            dup_percent: 0,
+            reorder: false,
+            rng: seed ^ 0x5EED,
+            configs: BTreeMap::new(),
+            filter: None,
+            mutate: None,
+            leaders: BTreeMap::new(),
+        };
+        for &id in &ids {
+            let mut cfg = config(id, seed);
+            tweak(&mut cfg);
+            let storage = storages
+                .remove(&id)
+                .unwrap_or_else(|| MemStorage::new_with_conf(ConfState::with_voters(&ids)));
+            let node = Node::new(cfg.clone(), storage, 0).expect("valid config");
+            net.configs.insert(id, cfg);
+            net.nodes.insert(id, node);
+            net.applied.insert(id, Vec::new());
+        }
+        net
+    }
+
+    fn rand(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// Collects every node's Ready: persists, acknowledges, applies, and
+    /// queues messages. Repeats until no node has anything to do.
+    pub fn process_ready(&mut self) {
+        loop {
+            let mut any = false;
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for id in ids {
+                let node = self.nodes.get_mut(&id).unwrap();
+                if !node.has_ready() {
+                    continue;
+                }
+                any = true;
+                let mut rd = node.ready().expect("ready");
+                let msgs = rd.take_messages();
+                if let Some(p) = rd.take_persist() {
+                    node.storage_mut().apply_persist(&p);
+                    node.on_persisted(p.into_token()).expect("in-order ack");
+                }
+                let committed = rd.take_committed_entries();
+                self.applied.get_mut(&id).unwrap().extend(committed);
+                if node.role() == Role::Leader {
+                    let term = node.term();
+                    if let Some(prev) = self.leaders.insert(term, id) {
+                        assert_eq!(prev, id, "two leaders in term {term}");
+                    }
+                }
+                for m in msgs {
+                    self.enqueue(m);
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    fn enqueue(&mut self, mut m: Message<Vec<u8>>) {
+        if let Some(f) = &self.mutate {
+            f(&mut m);
+        }
+        if self.cut.contains(&(m.from, m.to))
+            || self.drop_kinds.contains(&m.body.kind())
+            || self.filter.as_ref().is_some_and(|f| f(&m))
+        {
+            return;
+        }
+        if self.drop_percent > 0 && self.rand() % 100 < self.drop_percent {
+            return;
+        }
+        if self.dup_percent > 0 && self.rand() % 100 < self.dup_percent {
+            self.queue.push_back(m.clone());
+        }
+        self.queue.push_back(m);
+    }
+
+    /// Delivers queued messages (and everything they cause) until quiet or
+    /// `limit` deliveries.
+    pub fn deliver(&mut self, limit: usize) {
+        let mut n = 0;
+        self.process_ready();
+        while n < limit {
+            if self.reorder && self.queue.len() > 1 {
+                let i = (self.rand() % self.queue.len() as u64) as usize;
+                self.queue.swap(0, i);
+            }
+            let Some(m) = self.queue.pop_front() else {
+                break;
+            };
+            n += 1;
+            if let Some(node) = self.nodes.get_mut(&m.to) {
+                let _ignored_drop_reason = node.step(m);
+                assert!(node.failure().is_none());
+            }
+            self.process_ready();
+        }
+    }
+
+    /// One tick on every live node, then delivery until quiet.
+    pub fn tick(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.tick().expect("tick");
+        }
+        self.deliver(100_000);
+    }
+
+    pub fn ticks(&mut self, n: u32) {
+        for _ in 0..n {
+            self.tick();
+        }
+    }
+
+    /// Ticks until `cond` holds; panics after [`MAX_TICKS`].
+    pub fn tick_until(&mut self, what: &str, mut cond: impl FnMut(&Network) -> bool) -> u32 {
+        for t in 0..MAX_TICKS {
+            if cond(self) {
+                return t;
+            }
+            self.tick();
+        }
+        for n in self.nodes.values() {
+            eprintln!(
+                "node {} {:?} term {} leader {:?} last {:?} commit {} persisted {} applied {} {:?}",
+                n.id(),
+                n.role(),
+                n.term(),
+                n.leader(),
+                n.last_index(),
+                n.commit_index(),
+                n.persisted_index(),
+                n.applied_index(),
+                n.stats()
+            );
+        }
+        panic!("condition never held: {what}");
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        let mut leaders: Vec<(Term, NodeId)> = self
+            .nodes
+            .values()
+            .filter(|n| n.role() == Role::Leader)
+            .map(|n| (n.term(), n.id()))
+            .collect();
+        leaders.sort();
+        leaders.last().map(|&(_, id)| id)
+    }
+
+    /// A leader acknowledged by a majority of live nodes in its term.
+    pub fn stable_leader(&self) -> Option<NodeId> {
+        let l = self.leader()?;
+        let term = self.nodes[&l].term();
+        let total = self.nodes.len() + self.down.len();
+        let agree = self
+            .nodes
+            .values()
+            .filter(|n| n.term() == term && n.leader() == Some(l))
+            .count();
+        (agree > total / 2).then_some(l)
+    }
+
+    pub fn wait_leader(&mut self) -> NodeId {
+        self.tick_until("a stable leader", |n| n.stable_leader().is_some());
+        self.stable_leader().unwrap()
+    }
+
+    /// Proposes on `id` and returns the index.
+    pub fn propose(&mut self, id: NodeId, data: &[u8]) -> u64 {
+        let idx = self
+            .nodes
+            .get_mut(&id)
+            .unwrap()
+            .propose(data.to_vec())
+            .expect("propose");
+        self.deliver(100_000);
+        idx
+    }
+
+    pub fn applied_data(&self, id: NodeId) -> Vec<Vec<u8>> {
+        self.applied[&id]
+            .iter()
+            .filter_map(|e| match &e.data {
+                EntryData::Normal(d) => Some(d.clone()),
+                EntryData::Noop => None,
+            })
+            .collect()
+    }
+
+    pub fn isolate(&mut self, id: NodeId) {
+        let all: Vec<NodeId> = self.nodes.keys().chain(self.down.keys()).copied().collect();
+        for other in all {
+            if other != id {
+                self.cut.insert((id, other));
+                self.cut.insert((other, id));
+            }
+        }
+    }
+
+    /// Splits the cluster into two sides that cannot talk.
+    pub fn partition(&mut self, a: &[NodeId], b: &[NodeId]) {
+        for &x in a {
+            for &y in b {
+                self.cut.insert((x, y));
+                self.cut.insert((y, x));
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Stops a node, keeping what it persisted.
+    pub fn crash(&mut self, id: NodeId) {
+        let node = self.nodes.remove(&id).expect("node up");
+        self.down.insert(id, node.storage().clone());
+        self.queue.retain(|m| m.to != id);
+    }
+
+    /// Restarts a crashed node from its persisted storage; its state machine
+    /// restarts empty and re-applies the committed log.
+    pub fn restart(&mut self, id: NodeId) {
+        let storage = self.down.remove(&id).expect("node down");
+        let node = Node::new(self.configs[&id].clone(), storage, 0).expect("restart");
+        self.applied.insert(id, Vec::new());
+        self.nodes.insert(id, node);
+    }
+
+    /// State Machine Safety (§5.4.3): applied sequences are prefixes of one another.
+    pub fn check_applied_prefixes(&self) {
+        let logs: Vec<&Vec<Entry<Vec<u8>>>> = self.applied.values().collect();
+        for a in &logs {
+            for b in &logs {
+                let n = a.len().min(b.len());
+                assert_eq!(&a[..n], &b[..n], "applied logs diverge");
+            }
+        }
+    }
+}

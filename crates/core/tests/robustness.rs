@@ -1,0 +1,186 @@
+//! No peer input panics a node, and a node's own invariants hold whatever it
+//! is fed: term never decreases, the vote never changes within a term, the
+//! commit index never decreases nor passes the last index.
+
+use metalraft_core::{
+    ConfState, Config, Entry, EntryData, MemStorage, Message, MessageBody, Node, RejectHint, Role,
+};
+use proptest::prelude::*;
+
+type N = Node<Vec<u8>, MemStorage<Vec<u8>>>;
+
+#[derive(Clone, Debug)]
+enum Input {
+    Step(Message<Vec<u8>>),
+    Tick,
+    Propose(Vec<u8>),
+    Campaign,
+}
+
+/// Small numbers collide with real state; huge ones probe overflow.
+fn num() -> impl Strategy<Value = u64> {
+    prop_oneof![0u64..8, Just(u64::MAX), Just(u64::MAX - 1), any::<u64>()]
+}
+
+fn entries() -> impl Strategy<Value = Vec<Entry<Vec<u8>>>> {
+    prop::collection::vec(
+        (
+            num(),
+            num(),
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..4)),
+        )
+            .prop_map(|(term, index, d)| Entry {
+                term,
+                index,
+                data: d.map_or(EntryData::Noop, EntryData::Normal),
+            }),
+        0..4,
+    )
+}
+
+fn body() -> impl Strategy<Value = MessageBody<Vec<u8>>> {
+    prop_oneof![
+        (any::<bool>(), num(), num()).prop_map(|(pre_vote, last_log_index, last_log_term)| {
+            MessageBody::RequestVote {
+                pre_vote,
+                last_log_index,
+                last_log_term,
+            }
+        }),
+        (any::<bool>(), any::<bool>())
+            .prop_map(|(pre_vote, granted)| MessageBody::RequestVoteResponse { pre_vote, granted }),
+        (num(), num(), entries(), num()).prop_map(
+            |(prev_log_index, prev_log_term, entries, leader_commit)| {
+                MessageBody::AppendEntries {
+                    prev_log_index,
+                    prev_log_term,
+                    entries,
+                    leader_commit,
+                }
+            }
+        ),
+        (num(), prop::option::of((num(), num()))).prop_map(|(index, r)| {
+            MessageBody::AppendEntriesResponse {
+                index,
+                reject: r.map(|(hint_index, hint_term)| RejectHint {
+                    hint_index,
+                    hint_term,
+                }),
+            }
+        }),
+        num().prop_map(|commit| MessageBody::Heartbeat { commit }),
+        Just(MessageBody::HeartbeatResponse),
+    ]
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        6 => (0u64..5, 0u64..5, num(), body()).prop_map(|(from, to, term, body)| Input::Step(Message { from, to, term, body })),
+        // Mostly well-addressed messages, so they reach the role logic.
+        6 => (2u64..4, num(), body()).prop_map(|(from, term, body)| Input::Step(Message { from, to: 1, term, body })),
+        3 => Just(Input::Tick),
+        1 => prop::collection::vec(any::<u8>(), 0..8).prop_map(Input::Propose),
+        1 => Just(Input::Campaign),
+    ]
+}
+
+/// Brings node 1 of a 3-voter cluster into `role` with well-formed messages.
+fn node_in(role: Role) -> N {
+    let mut cfg = Config::new(1);
+    cfg.pre_vote = role == Role::PreCandidate;
+    let mut n: N = Node::new(
+        cfg,
+        MemStorage::new_with_conf(ConfState::with_voters(&[1, 2, 3])),
+        0,
+    )
+    .unwrap();
+    if role == Role::Follower {
+        return n;
+    }
+    n.campaign().unwrap();
+    drain(&mut n);
+    if role == Role::Leader {
+        let term = n.term();
+        let body = MessageBody::RequestVoteResponse {
+            pre_vote: false,
+            granted: true,
+        };
+        n.step(Message {
+            from: 2,
+            to: 1,
+            term,
+            body,
+        })
+        .unwrap();
+        drain(&mut n);
+    }
+    assert_eq!(n.role(), role);
+    n
+}
+
+/// Persists, acknowledges and discards everything the node asks for.
+fn drain(n: &mut N) {
+    while n.has_ready() {
+        let mut rd = n.ready().unwrap();
+        if let Some(p) = rd.take_persist() {
+            n.storage_mut().apply_persist(&p);
+            n.on_persisted(p.into_token()).unwrap();
+        }
+    }
+}
+
+fn run(role: Role, inputs: Vec<Input>) {
+    let mut n = node_in(role);
+    let (mut term, mut vote, mut commit) = (n.term(), n.vote(), n.commit_index());
+    for input in inputs {
+        match input {
+            Input::Step(m) => {
+                let _dropped_or_ok = n.step(m);
+            }
+            Input::Tick => n.tick().unwrap(),
+            Input::Propose(d) => {
+                let _maybe_not_leader = n.propose(d);
+            }
+            Input::Campaign => {
+                let _ = n.campaign();
+            }
+        }
+        drain(&mut n);
+        assert!(n.failure().is_none(), "peer input stopped the node");
+        assert!(n.term() >= term, "term decreased");
+        if n.term() == term && vote.is_some() {
+            assert_eq!(n.vote(), vote, "vote changed within term {term}");
+        }
+        assert!(n.commit_index() >= commit, "commit decreased");
+        assert!(
+            n.commit_index() <= n.last_index().unwrap(),
+            "commit beyond last index"
+        );
+        assert!(n.applied_index() <= n.commit_index());
+        (term, vote, commit) = (n.term(), n.vote(), n.commit_index());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn follower_survives_arbitrary_input(inputs in prop::collection::vec(input(), 1..60)) {
+        run(Role::Follower, inputs);
+    }
+
+    #[test]
+    fn precandidate_survives_arbitrary_input(inputs in prop::collection::vec(input(), 1..60)) {
+        run(Role::PreCandidate, inputs);
+    }
+
+    #[test]
+    fn candidate_survives_arbitrary_input(inputs in prop::collection::vec(input(), 1..60)) {
+        run(Role::Candidate, inputs);
+    }
+
+    #[test]
+    fn leader_survives_arbitrary_input(inputs in prop::collection::vec(input(), 1..60)) {
+        run(Role::Leader, inputs);
+    }
+}
