@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use metalraft_core::{Config, ConfState, EntryData, MemStorage, Message, Node, NodeId, Role};
+use metalraft_core::{ConfState, Config, EntryData, MemStorage, Message, Node, NodeId, Role};
 
 type DemoNode = Node<Vec<u8>, MemStorage<Vec<u8>>>;
 
@@ -44,7 +44,10 @@ impl Cluster {
                 while node.has_ready() {
                     let mut rd = node.ready().expect("storage is in memory");
                     if let Some(s) = rd.soft_state() {
-                        println!("  node {id}: {:?} in term {} (leader {:?})", s.role, s.term, s.leader);
+                        println!(
+                            "  node {id}: {:?} in term {} (leader {:?})",
+                            s.role, s.term, s.leader
+                        );
                     }
                     self.wire.extend(rd.take_messages());
                     if let Some(p) = rd.take_persist() {
@@ -53,12 +56,18 @@ impl Cluster {
                     }
                     for e in rd.take_committed_entries() {
                         if let EntryData::Normal(d) = e.data {
-                            println!("  node {id}: applied #{} {:?}", e.index, String::from_utf8_lossy(&d));
+                            println!(
+                                "  node {id}: applied #{} {:?}",
+                                e.index,
+                                String::from_utf8_lossy(&d)
+                            );
                         }
                     }
                 }
             }
-            let Some(m) = self.wire.pop_front() else { break };
+            let Some(m) = self.wire.pop_front() else {
+                break;
+            };
             if self.down.contains(&m.to) {
                 continue;
             }
@@ -94,14 +103,22 @@ fn main() {
     let leader = c.tick_until_leader();
     println!("leader is node {leader}; proposing 3 commands");
     for cmd in ["x=1", "y=2", "z=3"] {
-        c.nodes.get_mut(&leader).unwrap().propose(cmd.as_bytes().to_vec()).expect("leader");
+        c.nodes
+            .get_mut(&leader)
+            .unwrap()
+            .propose(cmd.as_bytes().to_vec())
+            .expect("leader");
         c.pump();
     }
     println!("crashing node {leader}");
     c.down.push(leader);
     let next = c.tick_until_leader();
     println!("new leader is node {next}; proposing 1 command");
-    c.nodes.get_mut(&next).unwrap().propose(b"w=4".to_vec()).expect("leader");
+    c.nodes
+        .get_mut(&next)
+        .unwrap()
+        .propose(b"w=4".to_vec())
+        .expect("leader");
     c.pump();
     println!("done");
 }

@@ -1,0 +1,364 @@
+//! Message dispatch: term rules and validation (Raft paper §5.1, Figure 2).
+
+use alloc::vec::Vec;
+
+use super::*;
+
+impl<P: Payload, S: LogStorage<P>> Node<P, S> {
+    // ----- internals: messages -------------------------------------------
+
+    pub(super) fn step_inner(&mut self, m: Message<P>) -> Result<(), StepError> {
+        let id = self.id();
+        if m.to != id || m.from == id || m.from == INVALID_ID {
+            return Err(StepError::Misaddressed);
+        }
+        validate(&m)?;
+        if m.term > self.term {
+            if let MessageBody::RequestVote { .. } = m.body {
+                let in_lease = self.cfg.check_quorum
+                    && self.leader.is_some()
+                    && self.election_elapsed < self.cfg.election_timeout_ticks_min;
+                if in_lease {
+                    return Err(StepError::InLease);
+                }
+            }
+            match m.body {
+                MessageBody::RequestVote { pre_vote: true, .. } => {}
+                MessageBody::RequestVoteResponse {
+                    pre_vote: true,
+                    granted: true,
+                } => {}
+                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                    self.become_follower(m.term, Some(m.from));
+                }
+                _ => self.become_follower(m.term, None),
+            }
+        } else if m.term < self.term {
+            match m.body {
+                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. }
+                    if self.cfg.check_quorum || self.cfg.pre_vote =>
+                {
+                    // A leader from an older term that we never told about
+                    // our term (pre-vote keeps us from campaigning at it):
+                    // tell it, so it steps down.
+                    self.send(m.from, self.term, MessageBody::HeartbeatResponse);
+                }
+                MessageBody::RequestVote { pre_vote: true, .. } => {
+                    self.send(
+                        m.from,
+                        self.term,
+                        MessageBody::RequestVoteResponse {
+                            pre_vote: true,
+                            granted: false,
+                        },
+                    );
+                }
+                _ => {}
+            }
+            return Err(StepError::StaleTerm);
+        }
+        let (from, term) = (m.from, m.term);
+        match m.body {
+            MessageBody::RequestVote {
+                pre_vote,
+                last_log_index,
+                last_log_term,
+            } => self.handle_vote_request(from, term, pre_vote, last_log_index, last_log_term),
+            MessageBody::RequestVoteResponse { pre_vote, granted } => {
+                let expected = match (self.role, pre_vote) {
+                    (Role::PreCandidate, true) => {
+                        (granted && term == self.term + 1) || (!granted && term == self.term)
+                    }
+                    (Role::Candidate, false) => term == self.term,
+                    _ => false,
+                };
+                if !expected || !self.conf.is_voter(from) {
+                    return Err(StepError::Unexpected);
+                }
+                self.record_vote(from, granted)?;
+                Ok(())
+            }
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+            } => {
+                self.follow(from)?;
+                self.handle_append(from, prev_log_index, prev_log_term, entries, leader_commit)
+            }
+            MessageBody::Heartbeat { commit } => {
+                self.follow(from)?;
+                let last = self.log.last_index()?;
+                self.log.commit_to(commit.min(last));
+                self.send(from, self.term, MessageBody::HeartbeatResponse);
+                Ok(())
+            }
+            MessageBody::AppendEntriesResponse { index, reject } => {
+                self.handle_append_response(from, index, reject)
+            }
+            MessageBody::HeartbeatResponse => {
+                if self.role != Role::Leader {
+                    return Ok(());
+                }
+                let Some(pr) = self.progress.get_mut(&from) else {
+                    return Err(StepError::Unexpected);
+                };
+                pr.recent_active = true;
+                pr.probe_sent = false;
+                // Appends or their acks may have been lost: free one slot
+                // so a full window cannot stall the follower forever.
+                if pr.state == ProgressState::Replicate && pr.inflights.full() {
+                    pr.inflights.free_first_one();
+                }
+                let behind = pr.matched < self.log.last_index()?;
+                if behind {
+                    // An empty append probes the follower's log: if what we
+                    // sent was lost, the rejection sends us back to Probe.
+                    self.send_append(from, true)?;
+                    self.send_append_loop(from)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A message from the leader of our current term arrived.
+    pub(super) fn follow(&mut self, from: NodeId) -> Result<(), StepError> {
+        match self.role {
+            // Election Safety (§5.2): two leaders in one term is impossible
+            // for correct peers; drop rather than trust it.
+            Role::Leader => Err(StepError::Unexpected),
+            Role::Candidate | Role::PreCandidate => {
+                let term = self.term;
+                self.become_follower(term, Some(from));
+                Ok(())
+            }
+            Role::Follower => {
+                self.leader = Some(from);
+                self.election_elapsed = 0;
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        msg_term: Term,
+        pre_vote: bool,
+        last_log_index: Index,
+        last_log_term: Term,
+    ) -> Result<(), StepError> {
+        let can_vote = self.vote == Some(from)
+            || (self.vote.is_none() && self.leader.is_none())
+            || (pre_vote && msg_term > self.term);
+        // Thesis §9.6: no pre-vote while we hear from a leader.
+        let leader_recent = self.leader.is_some()
+            && self.leader != Some(self.id())
+            && self.election_elapsed < self.cfg.election_timeout_ticks_min;
+        let grant = can_vote
+            && !(pre_vote && leader_recent)
+            && self.role != Role::Leader
+            && self.log.is_up_to_date(last_log_index, last_log_term)?;
+        let body = MessageBody::RequestVoteResponse {
+            pre_vote,
+            granted: grant,
+        };
+        if grant {
+            if !pre_vote {
+                self.election_elapsed = 0;
+                self.vote = Some(from);
+            }
+            // A pre-vote grant is answered in the term asked about.
+            let term = if pre_vote { msg_term } else { self.term };
+            self.send_durable(from, term, body);
+        } else {
+            self.send_durable(from, self.term, body);
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_log_index: Index,
+        prev_log_term: Term,
+        entries: Vec<Entry<P>>,
+        leader_commit: Index,
+    ) -> Result<(), StepError> {
+        let committed = self.log.committed();
+        if prev_log_index < committed {
+            // Everything up to our commit index is already in place.
+            let body = MessageBody::AppendEntriesResponse {
+                index: committed,
+                reject: None,
+            };
+            self.send_durable(from, self.term, body);
+            return Ok(());
+        }
+        match self
+            .log
+            .maybe_append(prev_log_index, prev_log_term, &entries)
+        {
+            Ok(Some(last_new)) => {
+                self.log.commit_to(leader_commit.min(last_new));
+                let body = MessageBody::AppendEntriesResponse {
+                    index: last_new,
+                    reject: None,
+                };
+                self.send_durable(from, self.term, body);
+                Ok(())
+            }
+            Ok(None) => {
+                let last = self.log.last_index()?;
+                let (hint_index, hint_term) = self
+                    .log
+                    .find_conflict_by_term(prev_log_index.min(last), prev_log_term)?;
+                let body = MessageBody::AppendEntriesResponse {
+                    index: prev_log_index,
+                    reject: Some(RejectHint {
+                        hint_index,
+                        hint_term,
+                    }),
+                };
+                self.send_durable(from, self.term, body);
+                Ok(())
+            }
+            Err(AppendError::ConflictsWithCommitted) => Err(StepError::Malformed),
+            Err(AppendError::Storage(e)) => Err(StepError::Storage(e)),
+        }
+    }
+
+    pub(super) fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        index: Index,
+        reject: Option<RejectHint>,
+    ) -> Result<(), StepError> {
+        if self.role != Role::Leader {
+            return Err(StepError::Unexpected);
+        }
+        let last = self.log.last_index()?;
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return Err(StepError::Unexpected);
+        };
+        pr.recent_active = true;
+        match reject {
+            Some(hint) => {
+                let mut probe = hint.hint_index;
+                if hint.hint_term > 0 {
+                    // Skip every entry of ours whose term exceeds the
+                    // follower's term at the hint (fast back-off).
+                    probe = self
+                        .log
+                        .find_conflict_by_term(hint.hint_index, hint.hint_term)?
+                        .0;
+                }
+                let Some(pr) = self.progress.get_mut(&from) else {
+                    return Err(StepError::Unexpected);
+                };
+                if pr.maybe_decr_to(index, probe) {
+                    if pr.state == ProgressState::Replicate {
+                        pr.become_probe();
+                    }
+                    self.send_append_loop(from)?;
+                }
+                Ok(())
+            }
+            None => {
+                if index > last {
+                    return Err(StepError::Malformed);
+                }
+                if !pr.maybe_update(index) {
+                    return Ok(()); // stale or duplicate
+                }
+                match pr.state {
+                    ProgressState::Probe => pr.become_replicate(),
+                    ProgressState::Replicate => pr.inflights.free_to(index),
+                }
+                if self.maybe_commit()? {
+                    self.bcast_append()?;
+                } else {
+                    self.send_append_loop(from)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Terms and indices above this are rejected as malformed, so that no
+/// `+ 1` on a received value can overflow (2^63 terms or entries will not
+/// be reached by a real cluster).
+pub const MAX_TERM_OR_INDEX: u64 = u64::MAX >> 1;
+
+impl From<StorageError> for StepError {
+    fn from(e: StorageError) -> Self {
+        StepError::Storage(e)
+    }
+}
+
+/// Structural checks on a message, independent of the node's state, so that
+/// no later arithmetic on its fields can overflow or contradict itself.
+fn validate<P>(m: &Message<P>) -> Result<(), StepError> {
+    let ok = |v: u64| v <= MAX_TERM_OR_INDEX;
+    let fields_ok = ok(m.term)
+        && match &m.body {
+            MessageBody::RequestVote {
+                last_log_index,
+                last_log_term,
+                ..
+            } => ok(*last_log_index) && ok(*last_log_term),
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+            } => {
+                ok(*prev_log_index)
+                    && ok(*prev_log_term)
+                    && ok(*leader_commit)
+                    && ok(prev_log_index.saturating_add(entries.len() as u64))
+            }
+            MessageBody::AppendEntriesResponse { index, reject } => {
+                ok(*index) && reject.is_none_or(|h| ok(h.hint_index) && ok(h.hint_term))
+            }
+            MessageBody::Heartbeat { commit } => ok(*commit),
+            MessageBody::RequestVoteResponse { .. } | MessageBody::HeartbeatResponse => true,
+        };
+    if !fields_ok {
+        return Err(StepError::Malformed);
+    }
+    if let MessageBody::AppendEntries {
+        prev_log_index,
+        prev_log_term,
+        entries,
+        ..
+    } = &m.body
+    {
+        if *prev_log_term > m.term || (*prev_log_index == 0 && *prev_log_term != 0) {
+            return Err(StepError::Malformed);
+        }
+        let mut expect = prev_log_index.checked_add(1).ok_or(StepError::Malformed)?;
+        let mut term = *prev_log_term;
+        for e in entries {
+            if e.index != expect || e.term < term || e.term > m.term {
+                return Err(StepError::Malformed);
+            }
+            term = e.term;
+            expect = expect.checked_add(1).ok_or(StepError::Malformed)?;
+        }
+    }
+    if let MessageBody::RequestVote {
+        last_log_index,
+        last_log_term,
+        ..
+    } = &m.body
+    {
+        if *last_log_term > m.term || (*last_log_index == 0 && *last_log_term != 0) {
+            return Err(StepError::Malformed);
+        }
+    }
+    Ok(())
+}
