@@ -1,0 +1,26 @@
+//! `metalraft`: an etcd-compatible replicated key-value server.
+//!
+//! # Contract
+//!
+//! - **Command line:** etcd's flags, defaults and `ETCD_*` variables
+//!   ([`cli`], validated by [`config`]); bad or contradictory flags exit
+//!   non-zero with a message naming the flag.
+//! - **Durability:** nothing is acknowledged — no vote, no append
+//!   acknowledgement to a peer, no client success — before the state it
+//!   promises is fdatasync'ed in the write-ahead log ([`storage`]). On start a
+//!   torn final WAL record is truncated and logged; any other corruption stops
+//!   the member with an error naming the file and offset.
+//! - **Client API:** the etcd v3 gRPC API ([`proto`]), wire-compatible for the
+//!   services listed in the README; everything else answers `UNIMPLEMENTED`.
+//! - **Bounds:** every queue and buffer has a named constant or config field.
+//!
+//! The binary's `main` only parses the command line and calls into this
+//! library, so integration tests drive the same code as users.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod proto;

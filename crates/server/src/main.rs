@@ -1,0 +1,47 @@
+//! The `metalraft` binary: parses etcd-style flags and runs one member, or
+//! `metalraft dev` for a local 3-member cluster. See the crate README and
+//! `lib.rs` for the contract.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use metalraft::cli::{normalize_args, Cli, Command};
+use metalraft::config::MemberConfig;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse_from(normalize_args(std::env::args_os())) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("metalraft: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Some(Command::Dev(args)) => runtime.block_on(metalraft::dev::run(args)),
+        None => {
+            let cfg = match MemberConfig::from_args(&cli.member) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("metalraft: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            tracing_subscriber::fmt()
+                .with_max_level(cfg.log_level.tracing_level())
+                .with_writer(std::io::stderr)
+                .init();
+            eprintln!(
+                "metalraft: member {} ({:x}) configured; the member runtime is not built yet",
+                cfg.name, cfg.id
+            );
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Generated gRPC code: the etcd v3 API (`etcdserverpb`, `mvccpb`) and the
+//! internal peer service. The .proto sources are in `crates/server/proto`.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]
+
+/// etcd's key-value record.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd's v3 client API.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// The member-to-member service.
+pub mod peer {
+    tonic::include_proto!("metalraft.peer.v1");
+}
