@@ -23,6 +23,26 @@ pub const DEFAULT_MAX_UNCOMMITTED_BYTES: usize = 64 * 1024 * 1024;
 /// Default maximum entry bytes handed to the application in one [`crate::Ready`].
 pub const DEFAULT_MAX_APPLY_BYTES: usize = 64 * 1024 * 1024;
 
+/// Default maximum read requests a node tracks at once.
+pub const DEFAULT_MAX_PENDING_READS: usize = 4096;
+/// Default clock-drift allowance of lease reads, in ticks.
+pub const DEFAULT_LEASE_DRIFT_TICKS: u32 = 2;
+
+/// How linearizable reads are confirmed (thesis §6.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// ReadIndex: every read batch is confirmed by a heartbeat round to a
+    /// quorum. Safe under any clock behaviour.
+    Safe,
+    /// Leader lease: while a quorum acknowledged a heartbeat round sent less
+    /// than `election_timeout_ticks_min - lease_drift_ticks` ticks ago, the
+    /// leader answers at once. Assumes every node's tick rate differs by
+    /// less than `lease_drift_ticks` per `election_timeout_ticks_min` ticks.
+    /// Requires `check_quorum` (followers then refuse votes within the
+    /// lease).
+    Lease,
+}
+
 /// How a node behaves. Build with [`Config::new`] and adjust fields; the node
 /// validates it with [`Config::validate`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +82,14 @@ pub struct Config {
     pub max_apply_bytes: usize,
     /// Seed of the PRNG that draws election timeouts.
     pub rng_seed: u64,
+    /// How reads are confirmed.
+    pub read_mode: ReadMode,
+    /// Clock-drift allowance of [`ReadMode::Lease`], in ticks
+    /// (`1 <= lease_drift_ticks < election_timeout_ticks_min`).
+    pub lease_drift_ticks: u32,
+    /// Maximum read requests tracked at once (local, forwarded and, on a
+    /// leader, received from followers).
+    pub max_pending_reads: usize,
 }
 
 impl Config {
@@ -81,6 +109,9 @@ impl Config {
             max_uncommitted_bytes: DEFAULT_MAX_UNCOMMITTED_BYTES,
             max_apply_bytes: DEFAULT_MAX_APPLY_BYTES,
             rng_seed: 0,
+            read_mode: ReadMode::Safe,
+            lease_drift_ticks: DEFAULT_LEASE_DRIFT_TICKS,
+            max_pending_reads: DEFAULT_MAX_PENDING_READS,
         }
     }
 
@@ -124,6 +155,16 @@ impl Config {
                 ConfigError::ZeroLimit("max_apply_bytes"),
             ),
         ];
+        if self.read_mode == ReadMode::Lease {
+            if !self.check_quorum {
+                return Err(ConfigError::LeaseWithoutCheckQuorum);
+            }
+            if self.lease_drift_ticks == 0
+                || self.lease_drift_ticks >= self.election_timeout_ticks_min
+            {
+                return Err(ConfigError::BadLeaseDrift);
+            }
+        }
         for (value, err) in limits {
             if value == 0 {
                 return Err(err);

@@ -25,6 +25,10 @@ pub enum ConfigError {
     /// The stored hard state is inconsistent with the stored log
     /// (commit beyond the last index).
     InconsistentHardState,
+    /// [`crate::ReadMode::Lease`] without `check_quorum`.
+    LeaseWithoutCheckQuorum,
+    /// `lease_drift_ticks` is 0 or not below `election_timeout_ticks_min`.
+    BadLeaseDrift,
     /// Reading the initial state failed.
     Storage(StorageError),
 }
@@ -49,6 +53,10 @@ impl fmt::Display for ConfigError {
             ConfigError::InconsistentHardState => {
                 f.write_str("stored commit index is beyond the stored log")
             }
+            ConfigError::LeaseWithoutCheckQuorum => f.write_str("lease reads require check_quorum"),
+            ConfigError::BadLeaseDrift => f.write_str(
+                "lease drift must be at least 1 tick and below the minimum election timeout",
+            ),
             ConfigError::Storage(e) => write!(f, "reading initial state: {e}"),
         }
     }
@@ -92,6 +100,9 @@ pub enum ProposeError {
     },
     /// Accepting the proposal would exceed `max_uncommitted_bytes`.
     UncommittedLimit,
+    /// A leadership transfer is in progress (thesis §3.10: the leader stops
+    /// accepting proposals meanwhile).
+    TransferInProgress,
     /// The node has stopped after a storage failure.
     Failed,
 }
@@ -106,6 +117,7 @@ impl fmt::Display for ProposeError {
                 f.write_str("not the leader (no leader known)")
             }
             ProposeError::UncommittedLimit => f.write_str("too many uncommitted bytes"),
+            ProposeError::TransferInProgress => f.write_str("leadership transfer in progress"),
             ProposeError::Failed => f.write_str("node stopped after a storage failure"),
         }
     }
@@ -191,5 +203,65 @@ impl fmt::Display for Error {
 impl From<StorageError> for Error {
     fn from(e: StorageError) -> Self {
         Error::Storage(e)
+    }
+}
+
+/// Why a read request failed ([`crate::ReadState::result`] or
+/// [`crate::Node::read_index`]). The read was not served; retry it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// No leader is known to forward the read to.
+    NoLeader,
+    /// `max_pending_reads` reads are already pending.
+    TooManyPending,
+    /// Leadership changed before the read was confirmed.
+    LeaderChanged,
+    /// A forwarded read got no answer within its deadline.
+    TimedOut,
+    /// The leader refused the forwarded read (busy or no longer leader).
+    Rejected,
+    /// The node has stopped after a storage failure.
+    Failed,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReadError::NoLeader => "no leader",
+            ReadError::TooManyPending => "too many pending reads",
+            ReadError::LeaderChanged => "leadership changed before the read was confirmed",
+            ReadError::TimedOut => "read index request timed out",
+            ReadError::Rejected => "leader refused the read",
+            ReadError::Failed => "node stopped after a storage failure",
+        })
+    }
+}
+
+/// Why [`crate::Node::transfer_leader`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// Only the leader can transfer leadership.
+    NotLeader {
+        /// The current leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// The target is not a member.
+    UnknownNode(NodeId),
+    /// The target is a learner and cannot lead.
+    Learner(NodeId),
+    /// The node has stopped after a storage failure.
+    Failed,
+}
+
+impl fmt::Display for TransferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransferError::NotLeader { .. } => f.write_str("not the leader"),
+            TransferError::UnknownNode(id) => write!(f, "node {id} is not a member"),
+            TransferError::Learner(id) => write!(f, "node {id} is a learner"),
+            TransferError::Failed => f.write_str("node stopped after a storage failure"),
+        }
     }
 }

@@ -18,12 +18,14 @@ mod storage;
 mod types;
 
 pub use config::*;
-pub use error::{ConfigError, Error, ProposeError, StepError, StorageError};
+pub use error::{
+    ConfigError, Error, ProposeError, ReadError, StepError, StorageError, TransferError,
+};
 pub use message::{Message, MessageBody, MessageKind, RejectHint};
 pub use node::{Node, Stats, MAX_TERM_OR_INDEX};
 pub use ready::{Persist, PersistToken, Ready};
 pub use storage::{LogStorage, MemStorage};
 pub use types::{
-    ConfState, Entry, EntryData, HardState, Index, InitialState, NodeId, Payload, Role, SoftState,
-    Term, ENTRY_OVERHEAD_BYTES, INVALID_ID,
+    ConfState, Entry, EntryData, HardState, Index, InitialState, NodeId, Payload, ReadCtx,
+    ReadState, Role, SoftState, Term, ENTRY_OVERHEAD_BYTES, INVALID_ID,
 };

@@ -3,7 +3,7 @@
 
 use alloc::vec::Vec;
 
-use crate::types::{Entry, Index, NodeId, Term};
+use crate::types::{Entry, Index, NodeId, ReadCtx, Term};
 
 /// A message from one node to another.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +28,9 @@ pub enum MessageBody<P> {
     RequestVote {
         /// A pre-vote: the receiver changes no state.
         pre_vote: bool,
+        /// Sent on a leader's request (leadership transfer, thesis §3.10):
+        /// receivers ignore their leader lease.
+        transfer: bool,
         /// Index of the candidate's last log entry.
         last_log_index: Index,
         /// Term of the candidate's last log entry.
@@ -65,9 +68,30 @@ pub enum MessageBody<P> {
     Heartbeat {
         /// `min(follower's match index, leader's commit)`.
         commit: Index,
+        /// The leader's heartbeat round, echoed back to confirm leadership
+        /// for reads (thesis §6.4).
+        read_seq: u64,
     },
     /// Answer to [`MessageBody::Heartbeat`].
-    HeartbeatResponse,
+    HeartbeatResponse {
+        /// The round being answered (0 when answering a stale leader).
+        read_seq: u64,
+    },
+    /// A follower asks the leader for a read index on behalf of its client.
+    ReadIndex {
+        /// The follower's request id, echoed back.
+        ctx: ReadCtx,
+    },
+    /// The leader's answer to [`MessageBody::ReadIndex`].
+    ReadIndexResponse {
+        /// The follower's request id.
+        ctx: ReadCtx,
+        /// The read index, or `None` if the leader could not serve it.
+        index: Option<Index>,
+    },
+    /// Leadership transfer: the leader tells an up-to-date follower to
+    /// campaign at once (thesis §3.10).
+    TimeoutNow,
 }
 
 /// Where a follower's log diverges, so the leader can skip a whole term of
@@ -93,7 +117,10 @@ impl<P> MessageBody<P> {
             MessageBody::AppendEntries { .. } => MessageKind::Append,
             MessageBody::AppendEntriesResponse { .. } => MessageKind::AppendResponse,
             MessageBody::Heartbeat { .. } => MessageKind::Heartbeat,
-            MessageBody::HeartbeatResponse => MessageKind::HeartbeatResponse,
+            MessageBody::HeartbeatResponse { .. } => MessageKind::HeartbeatResponse,
+            MessageBody::ReadIndex { .. } => MessageKind::ReadIndex,
+            MessageBody::ReadIndexResponse { .. } => MessageKind::ReadIndexResponse,
+            MessageBody::TimeoutNow => MessageKind::TimeoutNow,
         }
     }
 }
@@ -110,4 +137,7 @@ pub enum MessageKind {
     AppendResponse,
     Heartbeat,
     HeartbeatResponse,
+    ReadIndex,
+    ReadIndexResponse,
+    TimeoutNow,
 }

@@ -10,7 +10,7 @@
 use alloc::vec::Vec;
 
 use crate::message::Message;
-use crate::types::{Entry, HardState, Index, SoftState, Term};
+use crate::types::{Entry, HardState, Index, ReadState, SoftState, Term};
 
 /// Proof of a specific persistence batch, handed back to
 /// [`crate::Node::on_persisted`] once the batch is durable.
@@ -92,6 +92,7 @@ pub struct Ready<P> {
     pub(crate) persist: Option<Persist<P>>,
     pub(crate) committed_entries: Vec<Entry<P>>,
     pub(crate) soft_state: Option<SoftState>,
+    pub(crate) read_states: Vec<ReadState>,
 }
 
 impl<P> Ready<P> {
@@ -130,11 +131,22 @@ impl<P> Ready<P> {
         self.soft_state
     }
 
+    /// Outcomes of [`crate::Node::read_index`] requests.
+    pub fn read_states(&self) -> &[ReadState] {
+        &self.read_states
+    }
+
+    /// Moves the read outcomes out.
+    pub fn take_read_states(&mut self) -> Vec<ReadState> {
+        core::mem::take(&mut self.read_states)
+    }
+
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
             && self.persist.is_none()
             && self.committed_entries.is_empty()
             && self.soft_state.is_none()
+            && self.read_states.is_empty()
     }
 }

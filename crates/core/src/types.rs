@@ -155,3 +155,16 @@ pub struct SoftState {
     /// The node's current term.
     pub term: Term,
 }
+
+/// The caller's id for a read request, echoed back in its [`ReadState`].
+pub type ReadCtx = u64;
+
+/// The outcome of a [`crate::Node::read_index`] request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    /// The caller's request id.
+    pub ctx: ReadCtx,
+    /// On success, the read index: serve the read once the state machine
+    /// has applied at least this index (thesis §6.4, step 4).
+    pub result: Result<Index, crate::ReadError>,
+}

@@ -33,6 +33,7 @@ fn vote_grant_waits_for_persistence() {
     let mut n = node(2, &[1, 2, 3]);
     let req = MessageBody::RequestVote {
         pre_vote: false,
+        transfer: false,
         last_log_index: 0,
         last_log_term: 0,
     };
@@ -223,6 +224,7 @@ fn restart_resumes_from_durable_state() {
     // It will not vote for anyone else in term 5.
     let req = MessageBody::RequestVote {
         pre_vote: false,
+        transfer: false,
         last_log_index: 9,
         last_log_term: 5,
     };

@@ -15,6 +15,8 @@ enum Input {
     Tick,
     Propose(Vec<u8>),
     Campaign,
+    Read(u64),
+    Transfer(u64),
 }
 
 /// Small numbers collide with real state; huge ones probe overflow.
@@ -40,13 +42,16 @@ fn entries() -> impl Strategy<Value = Vec<Entry<Vec<u8>>>> {
 
 fn body() -> impl Strategy<Value = MessageBody<Vec<u8>>> {
     prop_oneof![
-        (any::<bool>(), num(), num()).prop_map(|(pre_vote, last_log_index, last_log_term)| {
-            MessageBody::RequestVote {
-                pre_vote,
-                last_log_index,
-                last_log_term,
+        (any::<bool>(), any::<bool>(), num(), num()).prop_map(
+            |(pre_vote, transfer, last_log_index, last_log_term)| {
+                MessageBody::RequestVote {
+                    pre_vote,
+                    transfer,
+                    last_log_index,
+                    last_log_term,
+                }
             }
-        }),
+        ),
         (any::<bool>(), any::<bool>())
             .prop_map(|(pre_vote, granted)| MessageBody::RequestVoteResponse { pre_vote, granted }),
         (num(), num(), entries(), num()).prop_map(
@@ -68,8 +73,12 @@ fn body() -> impl Strategy<Value = MessageBody<Vec<u8>>> {
                 }),
             }
         }),
-        num().prop_map(|commit| MessageBody::Heartbeat { commit }),
-        Just(MessageBody::HeartbeatResponse),
+        (num(), num()).prop_map(|(commit, read_seq)| MessageBody::Heartbeat { commit, read_seq }),
+        num().prop_map(|read_seq| MessageBody::HeartbeatResponse { read_seq }),
+        num().prop_map(|ctx| MessageBody::ReadIndex { ctx }),
+        (num(), prop::option::of(num()))
+            .prop_map(|(ctx, index)| MessageBody::ReadIndexResponse { ctx, index }),
+        Just(MessageBody::TimeoutNow),
     ]
 }
 
@@ -81,6 +90,8 @@ fn input() -> impl Strategy<Value = Input> {
         3 => Just(Input::Tick),
         1 => prop::collection::vec(any::<u8>(), 0..8).prop_map(Input::Propose),
         1 => Just(Input::Campaign),
+        1 => num().prop_map(Input::Read),
+        1 => (0u64..5).prop_map(Input::Transfer),
     ]
 }
 
@@ -143,6 +154,12 @@ fn run(role: Role, inputs: Vec<Input>) {
             }
             Input::Campaign => {
                 let _ = n.campaign();
+            }
+            Input::Read(ctx) => {
+                let _maybe_no_leader = n.read_index(ctx);
+            }
+            Input::Transfer(to) => {
+                let _maybe_not_leader = n.transfer_leader(to);
             }
         }
         drain(&mut n);

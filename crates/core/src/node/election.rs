@@ -6,6 +6,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     // ----- internals: time ----------------------------------------------
 
     pub(super) fn tick_election(&mut self) -> Result<(), StorageError> {
+        self.expire_forwarded_reads();
         self.election_elapsed = self.election_elapsed.saturating_add(1);
         if self.election_elapsed >= self.randomized_election_timeout
             && self.conf.is_voter(self.id())
@@ -17,6 +18,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     }
 
     pub(super) fn tick_leader(&mut self) -> Result<(), StorageError> {
+        self.tick_transfer();
         self.heartbeat_elapsed = self.heartbeat_elapsed.saturating_add(1);
         self.election_elapsed = self.election_elapsed.saturating_add(1);
         if self.election_elapsed >= self.cfg.election_timeout_ticks_min {
@@ -57,7 +59,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         if self.cfg.pre_vote {
             self.become_pre_candidate()
         } else {
-            self.become_candidate()
+            self.become_candidate(false)
         }
     }
 
@@ -66,6 +68,8 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             self.term = term;
             self.vote = None;
         }
+        self.fail_pending_reads();
+        self.lead_transferee = None;
         self.role = Role::Follower;
         self.leader = leader;
         self.votes.clear();
@@ -78,18 +82,22 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
 
     /// Thesis §9.6: ask whether we could win before disturbing anyone.
     pub(super) fn become_pre_candidate(&mut self) -> Result<(), StorageError> {
+        self.fail_pending_reads();
         self.role = Role::PreCandidate;
         self.leader = None;
         self.votes.clear();
         self.reset_timers();
         let term = self.term + 1;
-        self.send_vote_requests(term, true)?;
+        self.send_vote_requests(term, true, false)?;
         let id = self.id();
         self.record_vote(id, true)
     }
 
     /// Raft paper §5.2: increment the term, vote for self, request votes.
-    pub(super) fn become_candidate(&mut self) -> Result<(), StorageError> {
+    /// `transfer`: on the leader's request (TimeoutNow), so voters ignore
+    /// their lease.
+    pub(super) fn become_candidate(&mut self, transfer: bool) -> Result<(), StorageError> {
+        self.fail_pending_reads();
         self.term += 1;
         self.vote = Some(self.id());
         self.role = Role::Candidate;
@@ -97,7 +105,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         self.votes.clear();
         self.reset_timers();
         let term = self.term;
-        self.send_vote_requests(term, false)?;
+        self.send_vote_requests(term, false, transfer)?;
         // The self-vote counts only once term and vote are durable.
         self.defer(Deferred::SelfVote(term));
         Ok(())
@@ -107,6 +115,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         &mut self,
         term: Term,
         pre_vote: bool,
+        transfer: bool,
     ) -> Result<(), StorageError> {
         let last_log_index = self.log.last_index()?;
         let last_log_term = self.log.last_term()?;
@@ -118,6 +127,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 term,
                 body: MessageBody::RequestVote {
                     pre_vote,
+                    transfer,
                     last_log_index,
                     last_log_term,
                 },
@@ -129,7 +139,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     pub(super) fn record_vote(&mut self, from: NodeId, granted: bool) -> Result<(), StorageError> {
         self.votes.entry(from).or_insert(granted);
         match quorum::vote_result(&self.conf.voters, |v| self.votes.get(&v).copied()) {
-            VoteResult::Won if self.role == Role::PreCandidate => self.become_candidate(),
+            VoteResult::Won if self.role == Role::PreCandidate => self.become_candidate(false),
             VoteResult::Won => self.become_leader(),
             VoteResult::Lost => {
                 let term = self.term;
@@ -142,6 +152,8 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
 
     pub(super) fn become_leader(&mut self) -> Result<(), StorageError> {
         debug_assert_eq!(self.role, Role::Candidate);
+        self.fail_pending_reads();
+        self.lead_transferee = None;
         self.role = Role::Leader;
         self.leader = Some(self.id());
         self.votes.clear();

@@ -1,8 +1,10 @@
 //! The Raft node: a deterministic state machine driven by its caller.
 
 mod election;
+mod read;
 mod replication;
 mod step;
+mod transfer;
 
 pub use step::MAX_TERM_OR_INDEX;
 
@@ -40,6 +42,8 @@ pub struct Stats {
     pub campaigns: u64,
     /// Times this node became leader.
     pub became_leader: u64,
+    /// Leadership transfers abandoned after an election timeout.
+    pub transfers_aborted: u64,
 }
 
 /// Something to do once a persistence batch is durable.
@@ -107,6 +111,11 @@ pub struct Node<P, S> {
     last_soft: SoftState,
     failed: Option<StorageError>,
     stats: Stats,
+    /// Ticks since this node was created (for read deadlines and leases).
+    now: u64,
+    read: read::ReadOnly,
+    lead_transferee: Option<NodeId>,
+    transfer_elapsed: u32,
 }
 
 impl<P: Payload, S: LogStorage<P>> Node<P, S> {
@@ -156,6 +165,10 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             },
             failed: None,
             stats: Stats::default(),
+            now: 0,
+            read: read::ReadOnly::default(),
+            lead_transferee: None,
+            transfer_elapsed: 0,
             cfg,
         };
         node.reset_timers();
@@ -248,6 +261,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     /// check-quorum deadline.
     pub fn tick(&mut self) -> Result<(), Error> {
         self.check_failed()?;
+        self.now += 1;
         let r = match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
@@ -280,6 +294,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
             });
+        }
+        if self.lead_transferee.is_some() {
+            return Err(ProposeError::TransferInProgress);
         }
         let size = crate::types::ENTRY_OVERHEAD_BYTES + data.payload_len();
         if self.uncommitted_bytes > 0
@@ -381,7 +398,8 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 || self.log.has_unissued()
                 || self.hard_state() != self.issued_hs
                 || self.log.has_committed_to_apply()
-                || self.soft_state() != self.last_soft)
+                || self.soft_state() != self.last_soft
+                || self.has_read_results())
     }
 
     /// Collects everything the caller must do now (see [`Ready`]).
@@ -397,6 +415,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 self.bcast_append()?;
             }
         }
+        self.flush_read_round();
         let hs = self.hard_state();
         let entries = self.log.take_unissued();
         let persist = if !entries.is_empty() || hs != self.issued_hs {
@@ -435,6 +454,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             persist,
             committed_entries,
             soft_state,
+            read_states: core::mem::take(&mut self.read.results),
         })
     }
 }

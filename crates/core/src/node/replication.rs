@@ -77,13 +77,14 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     pub(super) fn bcast_heartbeat(&mut self) {
         let committed = self.log.committed();
         let term = self.term;
+        let read_seq = self.next_read_round();
         let beats: Vec<(NodeId, Index)> = self
             .progress
             .iter()
             .map(|(&id, pr)| (id, pr.matched.min(committed)))
             .collect();
         for (to, commit) in beats {
-            self.send(to, term, MessageBody::Heartbeat { commit });
+            self.send(to, term, MessageBody::Heartbeat { commit, read_seq });
         }
     }
 
@@ -103,7 +104,11 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         if mci <= self.log.committed() || self.log.term(mci)? != Some(self.term) {
             return Ok(false);
         }
+        let first_in_term = self.log.term(self.log.committed())? != Some(self.term);
         self.log.commit_to(mci);
+        if first_in_term {
+            self.on_first_commit_in_term();
+        }
         while let Some(&(index, bytes)) = self.uncommitted.front() {
             if index > mci {
                 break;

@@ -14,7 +14,10 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         }
         validate(&m)?;
         if m.term > self.term {
-            if let MessageBody::RequestVote { .. } = m.body {
+            if let MessageBody::RequestVote {
+                transfer: false, ..
+            } = m.body
+            {
                 let in_lease = self.cfg.check_quorum
                     && self.leader.is_some()
                     && self.election_elapsed < self.cfg.election_timeout_ticks_min;
@@ -41,7 +44,11 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                     // A leader from an older term that we never told about
                     // our term (pre-vote keeps us from campaigning at it):
                     // tell it, so it steps down.
-                    self.send(m.from, self.term, MessageBody::HeartbeatResponse);
+                    self.send(
+                        m.from,
+                        self.term,
+                        MessageBody::HeartbeatResponse { read_seq: 0 },
+                    );
                 }
                 MessageBody::RequestVote { pre_vote: true, .. } => {
                     self.send(
@@ -63,6 +70,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 pre_vote,
                 last_log_index,
                 last_log_term,
+                ..
             } => self.handle_vote_request(from, term, pre_vote, last_log_index, last_log_term),
             MessageBody::RequestVoteResponse { pre_vote, granted } => {
                 let expected = match (self.role, pre_vote) {
@@ -87,19 +95,64 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 self.follow(from)?;
                 self.handle_append(from, prev_log_index, prev_log_term, entries, leader_commit)
             }
-            MessageBody::Heartbeat { commit } => {
+            MessageBody::Heartbeat { commit, read_seq } => {
                 self.follow(from)?;
                 let last = self.log.last_index()?;
                 self.log.commit_to(commit.min(last));
-                self.send(from, self.term, MessageBody::HeartbeatResponse);
+                self.send(from, self.term, MessageBody::HeartbeatResponse { read_seq });
+                Ok(())
+            }
+            MessageBody::ReadIndex { ctx } => {
+                if self.role != Role::Leader || !self.conf.contains(from) {
+                    self.send(
+                        from,
+                        self.term,
+                        MessageBody::ReadIndexResponse { ctx, index: None },
+                    );
+                    return Err(StepError::Unexpected);
+                }
+                if let Err(e) = self.leader_read(ctx, from) {
+                    if let crate::ReadError::Failed = e {
+                        return Err(StepError::Failed);
+                    }
+                    self.send(
+                        from,
+                        self.term,
+                        MessageBody::ReadIndexResponse { ctx, index: None },
+                    );
+                }
+                Ok(())
+            }
+            MessageBody::ReadIndexResponse { ctx, index } => {
+                if self.leader != Some(from) {
+                    return Err(StepError::Unexpected);
+                }
+                self.on_read_index_response(ctx, index)
+            }
+            MessageBody::TimeoutNow => {
+                if self.role == Role::Leader {
+                    return Err(StepError::Unexpected);
+                }
+                if !self.conf.is_voter(self.id()) {
+                    return Err(StepError::Unexpected);
+                }
+                // Thesis §3.10: campaign at once, skipping pre-vote.
+                self.stats.campaigns += 1;
+                self.become_candidate(true)?;
                 Ok(())
             }
             MessageBody::AppendEntriesResponse { index, reject } => {
                 self.handle_append_response(from, index, reject)
             }
-            MessageBody::HeartbeatResponse => {
+            MessageBody::HeartbeatResponse { read_seq } => {
                 if self.role != Role::Leader {
                     return Ok(());
+                }
+                if !self.progress.contains_key(&from) {
+                    return Err(StepError::Unexpected);
+                }
+                if read_seq > 0 {
+                    self.on_read_ack(from, read_seq);
                 }
                 let Some(pr) = self.progress.get_mut(&from) else {
                     return Err(StepError::Unexpected);
@@ -282,6 +335,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 } else {
                     self.send_append_loop(from)?;
                 }
+                self.maybe_send_timeout_now(from)?;
                 Ok(())
             }
         }
@@ -324,8 +378,12 @@ fn validate<P>(m: &Message<P>) -> Result<(), StepError> {
             MessageBody::AppendEntriesResponse { index, reject } => {
                 ok(*index) && reject.is_none_or(|h| ok(h.hint_index) && ok(h.hint_term))
             }
-            MessageBody::Heartbeat { commit } => ok(*commit),
-            MessageBody::RequestVoteResponse { .. } | MessageBody::HeartbeatResponse => true,
+            MessageBody::Heartbeat { commit, .. } => ok(*commit),
+            MessageBody::ReadIndexResponse { index, .. } => index.is_none_or(ok),
+            MessageBody::RequestVoteResponse { .. }
+            | MessageBody::HeartbeatResponse { .. }
+            | MessageBody::ReadIndex { .. }
+            | MessageBody::TimeoutNow => true,
         };
     if !fields_ok {
         return Err(StepError::Malformed);

@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use metalraft_core::{
-    ConfState, Config, Entry, EntryData, MemStorage, Message, MessageKind, Node, NodeId, Role, Term,
+    ConfState, Config, Entry, EntryData, MemStorage, Message, MessageKind, Node, NodeId, ReadState,
+    Role, Term,
 };
 
 pub type TestNode = Node<Vec<u8>, MemStorage<Vec<u8>>>;
@@ -29,6 +30,10 @@ pub struct Network {
     /// Storage of crashed nodes (everything they persisted).
     pub down: BTreeMap<NodeId, MemStorage<Vec<u8>>>,
     pub applied: BTreeMap<NodeId, Vec<Entry<Vec<u8>>>>,
+    /// Read outcomes per node, in arrival order.
+    pub reads: BTreeMap<NodeId, Vec<ReadState>>,
+    /// Messages delivered so far.
+    pub delivered: u64,
     pub queue: VecDeque<Message<Vec<u8>>>,
     /// Directed links that drop everything.
     pub cut: BTreeSet<(NodeId, NodeId)>,
@@ -68,6 +73,8 @@ impl Network {
             nodes: BTreeMap::new(),
             down: BTreeMap::new(),
             applied: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            delivered: 0,
             queue: VecDeque::new(),
             cut: BTreeSet::new(),
             drop_kinds: BTreeSet::new(),
@@ -119,6 +126,10 @@ impl Network {
                     node.storage_mut().apply_persist(&p);
                     node.on_persisted(p.into_token()).expect("in-order ack");
                 }
+                self.reads
+                    .entry(id)
+                    .or_default()
+                    .extend(rd.take_read_states());
                 let committed = rd.take_committed_entries();
                 self.applied.get_mut(&id).unwrap().extend(committed);
                 if node.role() == Role::Leader {
@@ -170,6 +181,7 @@ impl Network {
                 break;
             };
             n += 1;
+            self.delivered += 1;
             if let Some(node) = self.nodes.get_mut(&m.to) {
                 let _ignored_drop_reason = node.step(m);
                 assert!(node.failure().is_none());
@@ -317,5 +329,20 @@ impl Network {
                 assert_eq!(&a[..n], &b[..n], "applied logs diverge");
             }
         }
+    }
+}
+
+impl Network {
+    /// The outcome of read `ctx` on node `id`, if it arrived.
+    pub fn read_result(
+        &self,
+        id: NodeId,
+        ctx: u64,
+    ) -> Option<Result<u64, metalraft_core::ReadError>> {
+        self.reads
+            .get(&id)?
+            .iter()
+            .find(|r| r.ctx == ctx)
+            .map(|r| r.result)
     }
 }
