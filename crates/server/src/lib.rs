@@ -24,3 +24,4 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod proto;
+pub mod storage;

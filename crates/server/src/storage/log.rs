@@ -1,0 +1,168 @@
+//! The in-memory copy of the durable log that the Raft core reads through
+//! [`LogStorage`]. It only ever holds what the WAL holds: the writer updates
+//! it after each `fdatasync`.
+
+use std::sync::{Arc, RwLock};
+
+use metalraft_core::{ConfState, Entry, HardState, InitialState, LogStorage, StorageError};
+
+/// What the log holds.
+#[derive(Debug, Default)]
+struct LogState {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index of `entries[0]`.
+    first_index: u64,
+    /// Term of entry `first_index - 1`.
+    prev_term: u64,
+    entries: Vec<Entry<Vec<u8>>>,
+}
+
+/// A cheaply clonable handle on the durable log, shared between the Raft
+/// loop (reads) and the WAL writer (writes after sync).
+#[derive(Clone, Debug)]
+pub struct SharedLog {
+    inner: Arc<RwLock<LogState>>,
+}
+
+impl SharedLog {
+    /// A log holding `entries` from `first_index` on.
+    pub fn new(
+        hard_state: HardState,
+        conf_state: ConfState,
+        first_index: u64,
+        prev_term: u64,
+        entries: Vec<Entry<Vec<u8>>>,
+    ) -> Self {
+        SharedLog {
+            inner: Arc::new(RwLock::new(LogState {
+                hard_state,
+                conf_state,
+                first_index,
+                prev_term,
+                entries,
+            })),
+        }
+    }
+
+    fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, LogState>, StorageError> {
+        self.inner.read().map_err(|_| StorageError::Io)
+    }
+
+    /// Records durable entries (overwriting from the first one's index) and
+    /// hard state. Returns false if the entries would leave a gap (a bug in
+    /// the caller; nothing is changed then).
+    pub fn apply_durable(&self, entries: &[Entry<Vec<u8>>], hard_state: Option<HardState>) -> bool {
+        let Ok(mut s) = self.inner.write() else {
+            return false;
+        };
+        if let Some(head) = entries.first() {
+            let next = s.first_index + s.entries.len() as u64;
+            if head.index < s.first_index || head.index > next {
+                return false;
+            }
+            let keep = (head.index - s.first_index) as usize;
+            s.entries.truncate(keep);
+            s.entries.extend_from_slice(entries);
+        }
+        if let Some(hs) = hard_state {
+            s.hard_state = hs;
+        }
+        true
+    }
+
+    /// Drops entries up to and including `index` (covered by a snapshot).
+    pub fn compact_to(&self, index: u64) {
+        let Ok(mut s) = self.inner.write() else {
+            return;
+        };
+        if index < s.first_index {
+            return;
+        }
+        let n = ((index - s.first_index + 1) as usize).min(s.entries.len());
+        if n == 0 {
+            return;
+        }
+        s.prev_term = s.entries[n - 1].term;
+        s.entries.drain(..n);
+        s.first_index = index + 1;
+    }
+
+    /// The stored hard state.
+    pub fn hard_state(&self) -> HardState {
+        self.read().map(|s| s.hard_state).unwrap_or_default()
+    }
+
+    /// `(first_index, last_index)` of the stored entries.
+    pub fn bounds(&self) -> (u64, u64) {
+        self.read()
+            .map(|s| (s.first_index, s.first_index + s.entries.len() as u64 - 1))
+            .unwrap_or((1, 0))
+    }
+
+    /// Term of entry `index`, if held.
+    pub fn term_of(&self, index: u64) -> Option<u64> {
+        LogStorage::<Vec<u8>>::term(self, index).ok()
+    }
+}
+
+impl LogStorage<Vec<u8>> for SharedLog {
+    fn initial_state(&self) -> Result<InitialState, StorageError> {
+        let s = self.read()?;
+        Ok(InitialState {
+            hard_state: s.hard_state,
+            conf_state: s.conf_state.clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        lo: u64,
+        hi: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry<Vec<u8>>>, StorageError> {
+        let s = self.read()?;
+        if lo < s.first_index {
+            return Err(StorageError::Compacted);
+        }
+        let last = s.first_index + s.entries.len() as u64;
+        if hi > last || lo > hi {
+            return Err(StorageError::Unavailable);
+        }
+        let from = (lo - s.first_index) as usize;
+        let to = (hi - s.first_index) as usize;
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for e in &s.entries[from..to] {
+            total = total.saturating_add(e.size_bytes());
+            if !out.is_empty() && total > max_bytes {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Ok(out)
+    }
+
+    fn term(&self, index: u64) -> Result<u64, StorageError> {
+        let s = self.read()?;
+        if index + 1 == s.first_index {
+            return Ok(s.prev_term);
+        }
+        if index < s.first_index {
+            return Err(StorageError::Compacted);
+        }
+        s.entries
+            .get((index - s.first_index) as usize)
+            .map(|e| e.term)
+            .ok_or(StorageError::Unavailable)
+    }
+
+    fn first_index(&self) -> Result<u64, StorageError> {
+        Ok(self.read()?.first_index)
+    }
+
+    fn last_index(&self) -> Result<u64, StorageError> {
+        let s = self.read()?;
+        Ok(s.first_index + s.entries.len() as u64 - 1)
+    }
+}

@@ -1,0 +1,169 @@
+//! Durable storage of one member: the write-ahead log ([`wal`]), snapshots
+//! ([`snapshot`]) and the in-memory view the Raft core reads ([`log`]).
+//!
+//! Layout of a data directory:
+//!
+//! ```text
+//! <data-dir>/member/LOCK          flock'ed while a process uses the directory
+//! <data-dir>/member/wal/*.wal     WAL segments
+//! <data-dir>/member/snap/*.snap   state-machine snapshots
+//! ```
+//!
+//! The design and its crash analysis are in `docs/adr-storage.md`.
+
+pub mod codec;
+pub mod error;
+pub mod log;
+pub mod snapshot;
+pub mod wal;
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use metalraft_core::{ConfState, Entry, HardState};
+
+pub use error::StorageError;
+pub use log::SharedLog;
+pub use snapshot::Snapshot;
+pub use wal::{Recovered, Wal, WalOptions};
+
+/// One persistence batch: entries (overwriting from the first one's index)
+/// and the hard state after them.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// Entries to write.
+    pub entries: Vec<Entry<Vec<u8>>>,
+    /// Hard state to write, if it changed.
+    pub hard_state: Option<HardState>,
+}
+
+/// A member's open storage.
+pub struct Storage {
+    wal: Wal,
+    log: SharedLog,
+    snap_dir: PathBuf,
+    _lock: File,
+}
+
+/// What [`Storage::open`] found on disk.
+pub struct Opened {
+    /// The storage, ready for appends.
+    pub storage: Storage,
+    /// The newest snapshot, if any.
+    pub snapshot: Option<Snapshot>,
+    /// `(file, offset)` of a torn final WAL record that was truncated.
+    pub torn_tail: Option<(PathBuf, u64)>,
+}
+
+impl Storage {
+    /// Opens (creating if needed) the storage under `data_dir`. `conf_state`
+    /// is the static membership from the command line.
+    pub fn open(
+        data_dir: &Path,
+        conf_state: ConfState,
+        opts: WalOptions,
+    ) -> Result<Opened, StorageError> {
+        let member = data_dir.join("member");
+        fs::create_dir_all(&member).map_err(|e| StorageError::from_io(&member, e))?;
+        let lock_path = member.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StorageError::from_io(&lock_path, e))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |_| StorageError::Locked {
+                path: lock_path.clone(),
+            },
+        )?;
+        let snap_dir = member.join("snap");
+        let snapshot = snapshot::load_latest(&snap_dir)?;
+        let (wal, rec) = Wal::open(&member.join("wal"), opts)?;
+        let Recovered {
+            first_index,
+            prev_term,
+            hard_state,
+            entries,
+            torn_tail,
+        } = rec;
+        if first_index > 1 {
+            // Entries below first_index were purged: a snapshot must cover them.
+            let covered = snapshot
+                .as_ref()
+                .is_some_and(|s| s.index + 1 >= first_index);
+            if !covered {
+                return Err(StorageError::Corrupt {
+                    path: member.join("wal"),
+                    offset: 0,
+                    reason: format!("the WAL starts at index {first_index} but no snapshot covers the entries before it"),
+                });
+            }
+        }
+        let conf = snapshot
+            .as_ref()
+            .map_or(conf_state, |s| s.conf_state.clone());
+        let log = SharedLog::new(hard_state, conf, first_index, prev_term, entries);
+        Ok(Opened {
+            storage: Storage {
+                wal,
+                log,
+                snap_dir,
+                _lock: lock,
+            },
+            snapshot,
+            torn_tail,
+        })
+    }
+
+    /// The shared log view for the Raft core.
+    pub fn log(&self) -> SharedLog {
+        self.log.clone()
+    }
+
+    /// Group commit: writes every batch, syncs once if `sync`, then makes
+    /// the batches visible in the shared log. On error nothing is visible and
+    /// the batches may be retried.
+    pub fn write(&mut self, batches: &[WriteBatch], sync: bool) -> Result<(), StorageError> {
+        for b in batches {
+            self.wal.append(&b.entries, b.hard_state)?;
+        }
+        if sync {
+            self.wal.sync()?;
+        }
+        for b in batches {
+            if !self.log.apply_durable(&b.entries, b.hard_state) {
+                return Err(StorageError::Corrupt {
+                    path: PathBuf::from("<memory>"),
+                    offset: 0,
+                    reason: "persistence batch leaves a gap in the log".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves a snapshot and purges WAL segments wholly below it. The
+    /// in-memory log keeps its entries unless `compact_log` (see the ADR:
+    /// the core cannot yet send snapshots to lagging followers).
+    pub fn save_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        compact_log: bool,
+    ) -> Result<(), StorageError> {
+        snapshot::save(&self.snap_dir, snap)?;
+        if compact_log {
+            self.wal.purge_below(snap.index + 1)?;
+            self.log.compact_to(snap.index);
+        }
+        Ok(())
+    }
+
+    /// Bytes the WAL occupies on disk.
+    pub fn wal_bytes(&self) -> u64 {
+        self.wal.allocated_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+//! State-machine snapshots: one checksummed file per snapshot in
+//! `<data-dir>/member/snap`, named `{term:016x}-{index:016x}.snap`.
+//!
+//! Layout: `b"MRSNAP01" | crc32c(payload): u32 LE | len: u64 LE | payload`,
+//! payload = `index: u64 | term: u64 | conf_len: u64 | conf_state (postcard,
+//! the core's serde form) | data`. Files are written to a temporary name, synced, renamed
+//! and the directory synced, so a crash leaves either the old or the new
+//! snapshot, never a partial one under a snapshot name.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use metalraft_core::ConfState;
+
+use super::error::StorageError;
+use super::wal::sync_dir;
+
+const MAGIC: &[u8; 8] = b"MRSNAP01";
+const HEADER_BYTES: usize = 8 + 4 + 8;
+/// Snapshots kept on disk (the newest plus older ones as a fallback for
+/// operators; only the newest is loaded).
+pub const SNAPSHOTS_KEPT: usize = 2;
+/// Largest encoded membership record a snapshot may hold.
+const MAX_CONF_BYTES: u64 = 64 * 1024;
+
+/// A state-machine snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Last log index the state reflects.
+    pub index: u64,
+    /// Term of that entry.
+    pub term: u64,
+    /// Membership at `index`.
+    pub conf_state: ConfState,
+    /// The state machine's own serialization.
+    pub data: Vec<u8>,
+}
+
+fn name(term: u64, index: u64) -> String {
+    format!("{term:016x}-{index:016x}.snap")
+}
+
+fn parse_name(n: &str) -> Option<(u64, u64)> {
+    let stem = n.strip_suffix(".snap")?;
+    let (t, i) = stem.split_once('-')?;
+    Some((
+        u64::from_str_radix(t, 16).ok()?,
+        u64::from_str_radix(i, 16).ok()?,
+    ))
+}
+
+/// Encodes a snapshot file's bytes.
+pub fn encode(s: &Snapshot) -> Vec<u8> {
+    let mut p = Vec::with_capacity(s.data.len() + 64);
+    p.extend_from_slice(&s.index.to_le_bytes());
+    p.extend_from_slice(&s.term.to_le_bytes());
+    let conf = postcard::to_allocvec(&s.conf_state).unwrap_or_default();
+    p.extend_from_slice(&(conf.len() as u64).to_le_bytes());
+    p.extend_from_slice(&conf);
+    p.extend_from_slice(&s.data);
+    let mut out = Vec::with_capacity(p.len() + HEADER_BYTES);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&crc32c::crc32c(&p).to_le_bytes());
+    out.extend_from_slice(&(p.len() as u64).to_le_bytes());
+    out.extend_from_slice(&p);
+    out
+}
+
+/// Decodes and verifies a snapshot file's bytes.
+pub fn decode(buf: &[u8]) -> Result<Snapshot, String> {
+    if buf.len() < HEADER_BYTES || &buf[..8] != MAGIC {
+        return Err("not a metalraft snapshot (bad magic)".into());
+    }
+    let crc = u32::from_le_bytes(buf[8..12].try_into().map_err(|_| "short header")?);
+    let len = u64::from_le_bytes(buf[12..20].try_into().map_err(|_| "short header")?);
+    let p = &buf[HEADER_BYTES..];
+    if p.len() as u64 != len {
+        return Err(format!("length {} does not match header {len}", p.len()));
+    }
+    if crc32c::crc32c(p) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let mut pos = 0usize;
+    let u64_at = |pos: &mut usize| -> Result<u64, String> {
+        let b = p.get(*pos..*pos + 8).ok_or("truncated")?;
+        *pos += 8;
+        Ok(u64::from_le_bytes(b.try_into().map_err(|_| "truncated")?))
+    };
+    let index = u64_at(&mut pos)?;
+    let term = u64_at(&mut pos)?;
+    let conf_len = u64_at(&mut pos)?;
+    if conf_len > MAX_CONF_BYTES {
+        return Err(format!("membership record of {conf_len} bytes"));
+    }
+    let conf_end = pos + conf_len as usize;
+    let conf_bytes = p.get(pos..conf_end).ok_or("truncated membership record")?;
+    let conf_state: ConfState =
+        postcard::from_bytes(conf_bytes).map_err(|e| format!("membership record: {e}"))?;
+    pos = conf_end;
+    Ok(Snapshot {
+        index,
+        term,
+        conf_state,
+        data: p[pos..].to_vec(),
+    })
+}
+
+/// Writes `s` durably into `dir` and removes all but the newest
+/// [`SNAPSHOTS_KEPT`] snapshots.
+pub fn save(dir: &Path, s: &Snapshot) -> Result<PathBuf, StorageError> {
+    fs::create_dir_all(dir).map_err(|e| StorageError::from_io(dir, e))?;
+    let path = dir.join(name(s.term, s.index));
+    let tmp = dir.join(format!("{}.tmp", name(s.term, s.index)));
+    let bytes = encode(s);
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = fs::remove_file(&tmp);
+        return Err(StorageError::from_io(&tmp, e));
+    }
+    fs::rename(&tmp, &path).map_err(|e| StorageError::from_io(&path, e))?;
+    sync_dir(dir)?;
+    let mut all = list(dir)?;
+    while all.len() > SNAPSHOTS_KEPT {
+        let (_, _, old) = all.remove(0);
+        fs::remove_file(&old).map_err(|e| StorageError::from_io(&old, e))?;
+    }
+    Ok(path)
+}
+
+/// Snapshot files in `dir` as `(index, term, path)`, oldest first.
+fn list(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>, StorageError> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(StorageError::from_io(dir, e)),
+    };
+    for ent in rd {
+        let ent = ent.map_err(|e| StorageError::from_io(dir, e))?;
+        let n = ent.file_name();
+        let Some(n) = n.to_str() else { continue };
+        if n.ends_with(".tmp") {
+            // A save interrupted by a crash: never renamed, never used.
+            let _ = fs::remove_file(ent.path());
+            continue;
+        }
+        if let Some((term, index)) = parse_name(n) {
+            out.push((index, term, ent.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Loads the newest snapshot in `dir`, if any. A damaged newest snapshot is
+/// an error (the log before it may have been purged).
+pub fn load_latest(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
+    let Some((_, _, path)) = list(dir)?.pop() else {
+        return Ok(None);
+    };
+    let mut buf = Vec::new();
+    File::open(&path)
+        .and_then(|mut f| f.read_to_end(&mut buf))
+        .map_err(|e| StorageError::from_io(&path, e))?;
+    decode(&buf)
+        .map(Some)
+        .map_err(|reason| StorageError::Corrupt {
+            path,
+            offset: 0,
+            reason,
+        })
+}

@@ -1,0 +1,398 @@
+//! Storage tests on real files: torn tails, flipped bits, purge, and a
+//! child process killed with SIGKILL in the middle of appending.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use metalraft_core::{ConfState, Entry, EntryData, HardState, LogStorage};
+
+use super::*;
+
+fn conf() -> ConfState {
+    ConfState::with_voters(&[1, 2, 3])
+}
+
+fn entry(index: u64, term: u64, len: usize) -> Entry<Vec<u8>> {
+    Entry {
+        term,
+        index,
+        data: EntryData::Normal(vec![(index % 251) as u8; len]),
+    }
+}
+
+fn small() -> WalOptions {
+    WalOptions {
+        segment_bytes: 16 * 1024,
+    }
+}
+
+fn write_entries(s: &mut Storage, from: u64, to: u64, len: usize) {
+    for i in from..=to {
+        let hs = HardState {
+            term: 1,
+            vote: Some(1),
+            commit: i.saturating_sub(1),
+        };
+        s.write(
+            &[WriteBatch {
+                entries: vec![entry(i, 1, len)],
+                hard_state: Some(hs),
+            }],
+            true,
+        )
+        .unwrap();
+    }
+}
+
+fn wal_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("member/wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Offset just past the last frame of a segment (where zeros begin).
+fn data_end(path: &Path) -> u64 {
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_to_end(&mut buf)
+        .unwrap();
+    let mut pos = 0;
+    while let codec::FrameRead::Frame(_, len) = codec::read_frame(&buf[pos..]) {
+        pos += len;
+    }
+    pos as u64
+}
+
+/// Offsets of every frame in a segment.
+fn frame_offsets(path: &Path) -> Vec<u64> {
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_to_end(&mut buf)
+        .unwrap();
+    let mut pos = 0;
+    let mut out = Vec::new();
+    while let codec::FrameRead::Frame(_, len) = codec::read_frame(&buf[pos..]) {
+        out.push(pos as u64);
+        pos += len;
+    }
+    out
+}
+
+#[test]
+fn entries_and_hard_state_survive_reopen_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
+        write_entries(&mut s, 1, 200, 300);
+    }
+    assert!(
+        wal_files(dir.path()).len() > 3,
+        "small segments should rotate"
+    );
+    let o = Storage::open(dir.path(), conf(), small()).unwrap();
+    assert!(o.torn_tail.is_none());
+    let log = o.storage.log();
+    assert_eq!(log.bounds(), (1, 200));
+    assert_eq!(log.hard_state().commit, 199);
+    let es = log.entries(1, 201, usize::MAX).unwrap();
+    assert_eq!(es.len(), 200);
+    for (i, e) in es.iter().enumerate() {
+        assert_eq!(*e, entry(i as u64 + 1, 1, 300));
+    }
+}
+
+#[test]
+fn overwrite_truncates_the_conflicting_suffix() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
+        write_entries(&mut s, 1, 10, 10);
+        s.write(
+            &[WriteBatch {
+                entries: vec![entry(6, 2, 10), entry(7, 2, 10)],
+                hard_state: Some(HardState {
+                    term: 2,
+                    vote: None,
+                    commit: 5,
+                }),
+            }],
+            true,
+        )
+        .unwrap();
+        assert_eq!(s.log().bounds(), (1, 7));
+    }
+    let log = Storage::open(dir.path(), conf(), small())
+        .unwrap()
+        .storage
+        .log();
+    assert_eq!(log.bounds(), (1, 7));
+    assert_eq!(log.term(7).unwrap(), 2);
+    assert_eq!(log.term(5).unwrap(), 1);
+    assert_eq!(log.hard_state().term, 2);
+}
+
+#[test]
+fn torn_final_record_is_truncated_and_the_rest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
+        write_entries(&mut s, 1, 5, 100);
+    }
+    let last = wal_files(dir.path()).pop().unwrap();
+    let end = data_end(&last);
+    // Garble the last 30 bytes of the final frame, as a torn write would.
+    let mut f = OpenOptions::new().write(true).open(&last).unwrap();
+    f.seek(SeekFrom::Start(end - 30)).unwrap();
+    f.write_all(&[0xAB; 30]).unwrap();
+    drop(f);
+    let o = Storage::open(dir.path(), conf(), small()).unwrap();
+    let (path, offset) = o.torn_tail.clone().expect("torn tail reported");
+    assert_eq!(path, last);
+    assert!(offset < end - 30);
+    assert_eq!(
+        o.storage.log().bounds(),
+        (1, 4),
+        "only the torn entry is lost"
+    );
+    // The truncation is durable and appends continue after it.
+    let mut s = o.storage;
+    write_entries(&mut s, 5, 6, 100);
+    drop(s);
+    let o = Storage::open(dir.path(), conf(), small()).unwrap();
+    assert!(o.torn_tail.is_none());
+    assert_eq!(o.storage.log().bounds(), (1, 6));
+}
+
+#[test]
+fn final_record_cut_short_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
+        write_entries(&mut s, 1, 3, 100);
+    }
+    let last = wal_files(dir.path()).pop().unwrap();
+    let end = data_end(&last);
+    // Zero the second half of the last frame: the write never finished.
+    let mut f = OpenOptions::new().write(true).open(&last).unwrap();
+    f.seek(SeekFrom::Start(end - 60)).unwrap();
+    f.write_all(&[0; 60]).unwrap();
+    drop(f);
+    let o = Storage::open(dir.path(), conf(), small()).unwrap();
+    assert!(o.torn_tail.is_some());
+    assert_eq!(o.storage.log().bounds(), (1, 2));
+}
+
+#[test]
+fn flipped_bit_in_a_middle_record_stops_with_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
+        write_entries(&mut s, 1, 10, 100);
+    }
+    let last = wal_files(dir.path()).pop().unwrap();
+    let offsets = frame_offsets(&last);
+    let victim = offsets[offsets.len() / 2];
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&last)
+        .unwrap();
+    f.seek(SeekFrom::Start(victim + 20)).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(victim + 20)).unwrap();
+    f.write_all(&[b[0] ^ 0x04]).unwrap();
+    drop(f);
+    let err = Storage::open(dir.path(), conf(), small())
+        .err()
+        .expect("corruption must stop the member");
+    match &err {
+        StorageError::Corrupt { path, offset, .. } => {
+            assert_eq!(path, &last);
+            assert_eq!(*offset, victim);
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&last.display().to_string()) && msg.contains(&format!("offset {victim}")),
+        "{msg}"
+    );
+}
+
+#[test]
+fn corruption_in_an_older_segment_is_never_treated_as_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
+        write_entries(&mut s, 1, 200, 300);
+    }
+    let first = wal_files(dir.path()).remove(0);
+    let offsets = frame_offsets(&first);
+    let victim = *offsets.last().unwrap();
+    let mut f = OpenOptions::new().write(true).open(&first).unwrap();
+    f.seek(SeekFrom::Start(victim + 12)).unwrap();
+    f.write_all(&[0xFF; 4]).unwrap();
+    drop(f);
+    match Storage::open(dir.path(), conf(), small()) {
+        Err(StorageError::Corrupt { path, offset, .. }) => {
+            assert_eq!(path, first);
+            assert_eq!(offset, victim);
+        }
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("expected Corrupt, opened fine"),
+    }
+}
+
+#[test]
+fn snapshot_round_trips_and_purge_keeps_the_log_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = Snapshot {
+        index: 150,
+        term: 1,
+        conf_state: conf(),
+        data: b"state machine bytes".to_vec(),
+    };
+    {
+        let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
+        write_entries(&mut s, 1, 200, 300);
+        let before = wal_files(dir.path()).len();
+        s.save_snapshot(&snap, true).unwrap();
+        assert!(
+            wal_files(dir.path()).len() < before,
+            "segments below the snapshot are purged"
+        );
+        assert_eq!(s.log().bounds(), (151, 200));
+    }
+    let o = Storage::open(dir.path(), conf(), small()).unwrap();
+    assert_eq!(o.snapshot.as_ref(), Some(&snap));
+    let (first, last) = o.storage.log().bounds();
+    assert!(first <= 151 && last == 200, "{first}..{last}");
+}
+
+#[test]
+fn damaged_snapshot_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = Snapshot {
+        index: 3,
+        term: 1,
+        conf_state: conf(),
+        data: vec![7; 1000],
+    };
+    {
+        let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
+        write_entries(&mut s, 1, 5, 10);
+        s.save_snapshot(&snap, false).unwrap();
+    }
+    let snap_file = std::fs::read_dir(dir.path().join("member/snap"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&snap_file).unwrap();
+    bytes[500] ^= 1;
+    std::fs::write(&snap_file, bytes).unwrap();
+    match Storage::open(dir.path(), conf(), small()) {
+        Err(StorageError::Corrupt { path, .. }) => assert_eq!(path, snap_file),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("expected Corrupt, opened fine"),
+    }
+}
+
+#[test]
+fn a_second_process_cannot_open_the_same_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = Storage::open(dir.path(), conf(), small()).unwrap();
+    match Storage::open(dir.path(), conf(), small()) {
+        Err(StorageError::Locked { .. }) => {}
+        Err(e) => panic!("expected Locked, got {e}"),
+        Ok(_) => panic!("expected Locked, opened twice"),
+    }
+}
+
+/// Environment variable that turns [`crash_child_writer`] into the writer.
+const CRASH_DIR_ENV: &str = "METALRAFT_TEST_CRASH_DIR";
+
+/// Child half of [`kill_9_during_appends_loses_no_acknowledged_entry`]:
+/// appends forever, printing each index after its fdatasync returned.
+#[test]
+fn crash_child_writer() {
+    let Ok(dir) = std::env::var(CRASH_DIR_ENV) else {
+        return;
+    };
+    let mut s = Storage::open(Path::new(&dir), conf(), small())
+        .unwrap()
+        .storage;
+    let mut out = std::io::stdout();
+    for i in 1.. {
+        let batch = WriteBatch {
+            entries: vec![entry(i, 1, 700)],
+            hard_state: Some(HardState {
+                term: 1,
+                vote: Some(1),
+                commit: i - 1,
+            }),
+        };
+        s.write(&[batch], true).unwrap();
+        writeln!(out, "ACK {i}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn kill_9_during_appends_loses_no_acknowledged_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    for round in 0..3 {
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "storage::tests::crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_DIR_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut acked = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let target = 50 + round * 37;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(n) = line.strip_prefix("ACK ") {
+                acked = n.trim().parse().unwrap();
+                if acked >= target || Instant::now() > deadline {
+                    break;
+                }
+            }
+        }
+        // SIGKILL while the writer is in the middle of its next append.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(acked >= 1, "the child acknowledged nothing");
+        let o = Storage::open(dir.path(), conf(), small()).unwrap();
+        let log = o.storage.log();
+        let (_, last) = log.bounds();
+        assert!(
+            last >= acked,
+            "round {round}: acknowledged {acked} but recovered only {last}"
+        );
+        for e in log.entries(1, last + 1, usize::MAX).unwrap() {
+            assert_eq!(e, entry(e.index, 1, 700));
+        }
+        // Leave the directory for the next round, which resumes appending
+        // from index 1 again (overwriting), exercising recovery + overwrite.
+    }
+}
