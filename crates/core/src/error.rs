@@ -20,7 +20,7 @@ pub enum ConfigError {
     EmptyElectionTimeoutRange,
     /// The named limit is zero.
     ZeroLimit(&'static str),
-    /// The initial configuration has no voters, or contains [`crate::INVALID_ID`].
+    /// The initial configuration contains [`crate::INVALID_ID`].
     InvalidConfState,
     /// The stored hard state is inconsistent with the stored log
     /// (commit beyond the last index).
@@ -144,6 +144,8 @@ pub enum StepError {
     Unexpected,
     /// The node has stopped after a storage failure.
     Failed,
+    /// A vote request from a node that is not a voter of our configuration.
+    NotMember,
     /// A storage read failed while handling the message; the node has stopped.
     Storage(StorageError),
 }
@@ -156,6 +158,7 @@ impl fmt::Display for StepError {
             StepError::InLease => f.write_str("vote request ignored: leader lease holds"),
             StepError::Malformed => f.write_str("malformed message"),
             StepError::Unexpected => f.write_str("unexpected message for this role"),
+            StepError::NotMember => f.write_str("vote request from a non-member"),
             StepError::Failed => f.write_str("node stopped after a storage failure"),
             StepError::Storage(e) => write!(f, "storage failure: {e}"),
         }
@@ -251,6 +254,8 @@ pub enum TransferError {
     UnknownNode(NodeId),
     /// The target is a learner and cannot lead.
     Learner(NodeId),
+    /// The target is leaving the configuration (outgoing voter only).
+    BeingRemoved(NodeId),
     /// The node has stopped after a storage failure.
     Failed,
 }
@@ -261,7 +266,53 @@ impl fmt::Display for TransferError {
             TransferError::NotLeader { .. } => f.write_str("not the leader"),
             TransferError::UnknownNode(id) => write!(f, "node {id} is not a member"),
             TransferError::Learner(id) => write!(f, "node {id} is a learner"),
+            TransferError::BeingRemoved(id) => write!(f, "node {id} is being removed"),
             TransferError::Failed => f.write_str("node stopped after a storage failure"),
         }
+    }
+}
+
+/// Why a membership change was refused. Nothing was appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfChangeError {
+    /// Only the leader can propose changes.
+    NotLeader {
+        /// The current leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// Another change is not yet committed (at most one may be pending).
+    ChangePending,
+    /// The leader has not yet committed an entry of its own term: until it
+    /// has, an earlier leader's uncommitted change may still take effect
+    /// (Ongaro, raft-dev 2015, single-server change bug).
+    LeaderNotReady,
+    /// A joint configuration must be left before the next change.
+    InJoint,
+    /// Asked to leave a joint configuration, but the configuration is simple.
+    NotJoint,
+    /// The change would leave no voters.
+    NoVoters,
+    /// An operation names [`crate::INVALID_ID`].
+    InvalidId,
+    /// A leadership transfer is in progress.
+    TransferInProgress,
+    /// The node has stopped after a storage failure.
+    Failed,
+}
+
+impl fmt::Display for ConfChangeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConfChangeError::NotLeader { .. } => "not the leader",
+            ConfChangeError::ChangePending => "another membership change is pending",
+            ConfChangeError::LeaderNotReady => "leader has not committed an entry of its term yet",
+            ConfChangeError::InJoint => "leave the joint configuration first",
+            ConfChangeError::NotJoint => "configuration is not joint",
+            ConfChangeError::NoVoters => "change would leave no voters",
+            ConfChangeError::InvalidId => "invalid node id",
+            ConfChangeError::TransferInProgress => "leadership transfer in progress",
+            ConfChangeError::Failed => "node stopped after a storage failure",
+        })
     }
 }

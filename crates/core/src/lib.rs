@@ -5,6 +5,7 @@
 
 extern crate alloc;
 
+mod conf;
 mod config;
 mod error;
 mod log;
@@ -17,9 +18,14 @@ mod rng;
 mod storage;
 mod types;
 
+pub use conf::{
+    apply_conf_change, bootstrap_entry, bootstrap_hard_state, ConfChange, ConfChangeOp,
+    ConfTransition, BOOTSTRAP_TERM,
+};
 pub use config::*;
 pub use error::{
-    ConfigError, Error, ProposeError, ReadError, StepError, StorageError, TransferError,
+    ConfChangeError, ConfigError, Error, ProposeError, ReadError, StepError, StorageError,
+    TransferError,
 };
 pub use message::{Message, MessageBody, MessageKind, RejectHint};
 pub use node::{Node, Stats, MAX_TERM_OR_INDEX};
@@ -27,5 +33,5 @@ pub use ready::{Persist, PersistToken, Ready};
 pub use storage::{LogStorage, MemStorage};
 pub use types::{
     ConfState, Entry, EntryData, HardState, Index, InitialState, NodeId, Payload, ReadCtx,
-    ReadState, Role, SoftState, Term, ENTRY_OVERHEAD_BYTES, INVALID_ID,
+    ReadState, Role, SoftState, Term, CONF_CHANGE_OP_BYTES, ENTRY_OVERHEAD_BYTES, INVALID_ID,
 };

@@ -114,14 +114,15 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
 
     /// Follower append (Raft paper §5.3, AppendEntries receiver steps 2–5).
     /// `entries` are validated contiguous from `prev_index + 1`.
-    /// Returns the index of the last entry now known to match the leader, or
-    /// `None` if the log does not contain (`prev_index`, `prev_term`).
+    /// Returns the index of the last entry now known to match the leader and
+    /// the index from which entries were (over)written, if any; or `None`
+    /// if the log does not contain (`prev_index`, `prev_term`).
     pub(crate) fn maybe_append(
         &mut self,
         prev_index: Index,
         prev_term: Term,
         entries: &[Entry<P>],
-    ) -> Result<Option<Index>, AppendError> {
+    ) -> Result<Option<(Index, Option<Index>)>, AppendError> {
         if !self.matches(prev_index, prev_term)? {
             return Ok(None);
         }
@@ -142,8 +143,9 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
                 return Err(AppendError::ConflictsWithCommitted);
             }
             self.truncate_and_append(&entries[i..]);
+            return Ok(Some((last_new, Some(from))));
         }
-        Ok(Some(last_new))
+        Ok(Some((last_new, None)))
     }
 
     fn truncate_and_append(&mut self, entries: &[Entry<P>]) {

@@ -3,7 +3,7 @@
 
 use alloc::vec::Vec;
 
-use crate::types::{Index, NodeId};
+use crate::types::{ConfState, Index, NodeId};
 
 /// Outcome of an election count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,7 +22,9 @@ pub(crate) fn majority(n: usize) -> usize {
 /// voter's acknowledged index (`acked(id)`; unknown voters count as 0).
 pub(crate) fn committed_index(voters: &[NodeId], mut acked: impl FnMut(NodeId) -> Index) -> Index {
     if voters.is_empty() {
-        return 0;
+        // An empty configuration agrees on everything (so that a joint
+        // minimum ignores it); callers never commit with no voters at all.
+        return Index::MAX;
     }
     let mut idx: Vec<Index> = voters.iter().map(|&v| acked(v)).collect();
     idx.sort_unstable_by(|a, b| b.cmp(a));
@@ -52,6 +54,45 @@ pub(crate) fn vote_result(
     }
 }
 
+/// Thesis §4.3: in a joint configuration an index is committed only when
+/// both majorities have it.
+pub(crate) fn joint_committed_index(
+    conf: &ConfState,
+    mut acked: impl FnMut(NodeId) -> Index,
+) -> Index {
+    let incoming = committed_index(&conf.voters, &mut acked);
+    if conf.voters_outgoing.is_empty() {
+        return incoming;
+    }
+    incoming.min(committed_index(&conf.voters_outgoing, acked))
+}
+
+/// Thesis §4.3: an election is won with both majorities, lost if either
+/// majority is out of reach.
+pub(crate) fn joint_vote_result(
+    conf: &ConfState,
+    mut vote: impl FnMut(NodeId) -> Option<bool>,
+) -> VoteResult {
+    let a = vote_result(&conf.voters, &mut vote);
+    if conf.voters_outgoing.is_empty() {
+        return a;
+    }
+    let b = vote_result(&conf.voters_outgoing, vote);
+    match (a, b) {
+        (VoteResult::Won, VoteResult::Won) => VoteResult::Won,
+        (VoteResult::Lost, _) | (_, VoteResult::Lost) => VoteResult::Lost,
+        _ => VoteResult::Pending,
+    }
+}
+
+/// Whether `active` holds for a majority of each configuration.
+pub(crate) fn joint_active(conf: &ConfState, mut active: impl FnMut(NodeId) -> bool) -> bool {
+    let mut ok = |voters: &[NodeId]| {
+        voters.is_empty() || voters.iter().filter(|&&v| active(v)).count() >= majority(voters.len())
+    };
+    ok(&conf.voters) && ok(&conf.voters_outgoing)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +104,20 @@ mod tests {
         assert_eq!(committed_index(&voters, |v| acks[v as usize]), 5);
         assert_eq!(committed_index(&[1], |_| 4), 4);
         assert_eq!(committed_index(&[1, 2], |v| if v == 1 { 4 } else { 2 }), 2);
+    }
+
+    #[test]
+    fn joint_majorities_must_both_agree() {
+        let mut conf = ConfState::with_voters(&[1, 2, 3]);
+        conf.voters_outgoing = [1, 4, 5].to_vec();
+        let acks = [0, 9, 9, 9, 1, 1];
+        // Incoming majority has 9, outgoing only 1 (node 1 alone).
+        assert_eq!(joint_committed_index(&conf, |v| acks[v as usize]), 1);
+        let votes = |v: NodeId| Some(v <= 3);
+        assert_eq!(joint_vote_result(&conf, votes), VoteResult::Lost);
+        assert_eq!(joint_vote_result(&conf, |v| Some(v != 3)), VoteResult::Won);
+        assert!(!joint_active(&conf, |v| v <= 3));
+        assert!(joint_active(&conf, |v| v != 2));
     }
 
     #[test]

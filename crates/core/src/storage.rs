@@ -59,7 +59,18 @@ pub struct MemStorage<P> {
 }
 
 impl<P: Payload> MemStorage<P> {
-    /// An empty log with the given voters.
+    /// A new cluster member's log: the bootstrap entry adding `voters`
+    /// (see [`crate::bootstrap_entry`]).
+    pub fn bootstrap(voters: &[crate::NodeId]) -> Self {
+        let mut s = Self::new_with_conf(ConfState::default());
+        s.append(&[crate::bootstrap_entry(voters)]);
+        s.hard_state = crate::bootstrap_hard_state();
+        s
+    }
+
+    /// An empty log whose base configuration is `conf_state` (as if a
+    /// snapshot with that configuration had been installed). Members that
+    /// join an existing cluster use `ConfState::default()`.
     pub fn new_with_conf(conf_state: ConfState) -> Self {
         MemStorage {
             hard_state: HardState::default(),

@@ -12,6 +12,9 @@ pub type Index = u64;
 /// The reserved "no node" id: rejected by [`crate::Config::validate`].
 pub const INVALID_ID: NodeId = 0;
 
+/// Bytes charged per operation of a membership change.
+pub const CONF_CHANGE_OP_BYTES: usize = 16;
+
 /// Bookkeeping bytes charged per entry on top of its payload, so that empty
 /// entries still count against byte limits (roughly: index, term, tag).
 pub const ENTRY_OVERHEAD_BYTES: usize = 24;
@@ -49,6 +52,9 @@ pub enum EntryData<P> {
     Noop,
     /// An application command proposed with [`crate::Node::propose`].
     Normal(P),
+    /// A membership change proposed with [`crate::Node::propose_conf_change`].
+    /// It takes effect on every node when appended (thesis §4.1).
+    ConfChange(crate::ConfChange),
 }
 
 /// One log entry.
@@ -70,6 +76,7 @@ impl<P: Payload> Entry<P> {
             + match &self.data {
                 EntryData::Noop => 0,
                 EntryData::Normal(p) => p.payload_len(),
+                EntryData::ConfChange(cc) => cc.ops.len() * CONF_CHANGE_OP_BYTES,
             }
     }
 }
@@ -89,37 +96,85 @@ pub struct HardState {
     pub commit: Index,
 }
 
-/// The members of the cluster.
+/// The members of the cluster (thesis §4). In a joint configuration
+/// (§4.3) decisions need a majority of `voters` AND of `voters_outgoing`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ConfState {
-    /// Voting members, sorted and without duplicates.
+    /// Voting members (of the incoming configuration when joint), sorted,
+    /// without duplicates.
     pub voters: Vec<NodeId>,
-    /// Non-voting members that receive the log, sorted and without duplicates.
+    /// Voting members of the outgoing configuration; empty unless joint.
+    pub voters_outgoing: Vec<NodeId>,
+    /// Non-voting members that receive the log, sorted, without duplicates.
     pub learners: Vec<NodeId>,
+    /// Outgoing voters that become learners when the joint configuration is
+    /// left (they still vote in the outgoing majority until then).
+    pub learners_next: Vec<NodeId>,
+    /// Leave the joint configuration automatically once it is committed.
+    pub auto_leave: bool,
 }
 
 impl ConfState {
     /// A configuration of the given voters (sorted and deduplicated).
     pub fn with_voters(voters: &[NodeId]) -> Self {
-        let mut v: Vec<NodeId> = voters.to_vec();
-        v.sort_unstable();
-        v.dedup();
         ConfState {
-            voters: v,
-            learners: Vec::new(),
+            voters: sorted(voters.to_vec()),
+            ..ConfState::default()
         }
     }
 
-    /// Whether `id` is a voter.
-    pub fn is_voter(&self, id: NodeId) -> bool {
-        self.voters.binary_search(&id).is_ok()
+    /// Whether this is a joint configuration.
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
     }
 
-    /// Whether `id` is a voter or a learner.
-    pub fn contains(&self, id: NodeId) -> bool {
-        self.is_voter(id) || self.learners.binary_search(&id).is_ok()
+    /// Whether `id` votes (in the incoming or the outgoing configuration).
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.binary_search(&id).is_ok() || self.voters_outgoing.binary_search(&id).is_ok()
     }
+
+    /// Whether `id` is a learner (now or after leaving the joint configuration).
+    pub fn is_learner(&self, id: NodeId) -> bool {
+        self.learners.binary_search(&id).is_ok() || self.learners_next.binary_search(&id).is_ok()
+    }
+
+    /// Whether `id` is a member in any role.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.is_voter(id) || self.is_learner(id)
+    }
+
+    /// Every voter of the incoming and outgoing configurations, sorted.
+    pub fn all_voters(&self) -> Vec<NodeId> {
+        sorted(
+            self.voters
+                .iter()
+                .chain(&self.voters_outgoing)
+                .copied()
+                .collect(),
+        )
+    }
+
+    /// Every member, sorted, without duplicates.
+    pub fn members(&self) -> Vec<NodeId> {
+        let mut all: Vec<NodeId> = self
+            .voters
+            .iter()
+            .chain(&self.voters_outgoing)
+            .chain(&self.learners)
+            .chain(&self.learners_next)
+            .copied()
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+}
+
+pub(crate) fn sorted(mut v: Vec<NodeId>) -> Vec<NodeId> {
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// What a node reads from storage when it starts.

@@ -267,9 +267,9 @@ fn invalid_config_is_rejected() {
         Node::new(Config::new(0), s(), 0).err(),
         Some(ConfigError::InvalidId)
     );
-    let empty = MemStorage::<Vec<u8>>::new_with_conf(ConfState::default());
+    let bad_member = MemStorage::<Vec<u8>>::new_with_conf(ConfState::with_voters(&[1, 0]));
     assert_eq!(
-        Node::new(Config::new(1), empty, 0).err(),
+        Node::new(Config::new(1), bad_member, 0).err(),
         Some(ConfigError::InvalidConfState)
     );
     let mut bad = s();

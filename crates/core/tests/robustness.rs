@@ -3,7 +3,8 @@
 //! commit index never decreases nor passes the last index.
 
 use metalraft_core::{
-    ConfState, Config, Entry, EntryData, MemStorage, Message, MessageBody, Node, RejectHint, Role,
+    ConfChange, ConfChangeOp, ConfState, ConfTransition, Config, Entry, EntryData, MemStorage,
+    Message, MessageBody, Node, RejectHint, Role,
 };
 use proptest::prelude::*;
 
@@ -24,18 +25,28 @@ fn num() -> impl Strategy<Value = u64> {
     prop_oneof![0u64..8, Just(u64::MAX), Just(u64::MAX - 1), any::<u64>()]
 }
 
+fn data() -> impl Strategy<Value = EntryData<Vec<u8>>> {
+    let op = prop_oneof![
+        (0u64..6).prop_map(ConfChangeOp::AddVoter),
+        (0u64..6).prop_map(ConfChangeOp::AddLearner),
+        (0u64..6).prop_map(ConfChangeOp::Remove),
+    ];
+    let transition = prop_oneof![
+        Just(ConfTransition::Auto),
+        Just(ConfTransition::JointAutoLeave),
+        Just(ConfTransition::JointExplicit),
+    ];
+    prop_oneof![
+        Just(EntryData::Noop),
+        prop::collection::vec(any::<u8>(), 0..4).prop_map(EntryData::Normal),
+        (prop::collection::vec(op, 0..3), transition)
+            .prop_map(|(ops, transition)| EntryData::ConfChange(ConfChange { ops, transition })),
+    ]
+}
+
 fn entries() -> impl Strategy<Value = Vec<Entry<Vec<u8>>>> {
     prop::collection::vec(
-        (
-            num(),
-            num(),
-            prop::option::of(prop::collection::vec(any::<u8>(), 0..4)),
-        )
-            .prop_map(|(term, index, d)| Entry {
-                term,
-                index,
-                data: d.map_or(EntryData::Noop, EntryData::Normal),
-            }),
+        (num(), num(), data()).prop_map(|(term, index, data)| Entry { term, index, data }),
         0..4,
     )
 }

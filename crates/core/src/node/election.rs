@@ -120,7 +120,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         let last_log_index = self.log.last_index()?;
         let last_log_term = self.log.last_term()?;
         let id = self.id();
-        for &to in self.conf.voters.iter().filter(|&&v| v != id) {
+        for to in self.conf.all_voters().into_iter().filter(|&v| v != id) {
             self.msgs.push(Message {
                 from: id,
                 to,
@@ -138,7 +138,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
 
     pub(super) fn record_vote(&mut self, from: NodeId, granted: bool) -> Result<(), StorageError> {
         self.votes.entry(from).or_insert(granted);
-        match quorum::vote_result(&self.conf.voters, |v| self.votes.get(&v).copied()) {
+        match quorum::joint_vote_result(&self.conf, |v| self.votes.get(&v).copied()) {
             VoteResult::Won if self.role == Role::PreCandidate => self.become_candidate(false),
             VoteResult::Won => self.become_leader(),
             VoteResult::Lost => {
@@ -160,19 +160,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         self.reset_timers();
         self.stats.became_leader += 1;
         let last = self.log.last_index()?;
-        let id = self.id();
         self.progress.clear();
-        let peers = self.conf.voters.iter().chain(self.conf.learners.iter());
-        for &p in peers.filter(|&&p| p != id) {
-            let mut pr = Progress::new(
-                last + 1,
-                self.cfg.max_inflight_msgs,
-                self.cfg.max_inflight_bytes,
-            );
-            // Give every follower a full period before check-quorum counts it.
-            pr.recent_active = true;
-            self.progress.insert(p, pr);
-        }
+        // Every follower gets a full period before check-quorum counts it.
+        self.sync_progress();
         self.uncommitted.clear();
         self.uncommitted_bytes = 0;
         // Thesis §6.4 / paper §8: commit an entry of our own term at once,

@@ -1,6 +1,7 @@
 //! The Raft node: a deterministic state machine driven by its caller.
 
 mod election;
+mod membership;
 mod read;
 mod replication;
 mod step;
@@ -38,12 +39,16 @@ pub struct Stats {
     pub dropped_malformed: u64,
     /// Messages dropped as unexpected for the role.
     pub dropped_unexpected: u64,
+    /// Vote requests dropped because the sender is not a voter.
+    pub dropped_not_member: u64,
     /// Elections (including pre-vote rounds) this node started.
     pub campaigns: u64,
     /// Times this node became leader.
     pub became_leader: u64,
     /// Leadership transfers abandoned after an election timeout.
     pub transfers_aborted: u64,
+    /// Invalid membership changes found in the log and ignored.
+    pub conf_changes_ignored: u64,
 }
 
 /// Something to do once a persistence batch is durable.
@@ -88,7 +93,12 @@ pub struct Node<P, S> {
     role: Role,
     leader: Option<NodeId>,
     log: RaftLog<P, S>,
+    /// The configuration in effect (latest in the log).
     conf: ConfState,
+    /// The configuration as of the commit index.
+    conf_base: ConfState,
+    /// Uncommitted conf-change entries: (index, configuration after it).
+    conf_pending: VecDeque<(Index, ConfState)>,
     /// Followers' progress (leader only; never contains this node).
     progress: BTreeMap<NodeId, Progress>,
     votes: BTreeMap<NodeId, bool>,
@@ -127,7 +137,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         cfg.validate()?;
         let init = storage.initial_state().map_err(ConfigError::Storage)?;
         let conf = init.conf_state;
-        if conf.voters.is_empty() || conf.contains(INVALID_ID) {
+        // An empty configuration is allowed: a joining node learns its
+        // configuration from the leader's log and never campaigns before.
+        if conf.contains(INVALID_ID) {
             return Err(ConfigError::InvalidConfState);
         }
         let hs = init.hard_state;
@@ -143,6 +155,8 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             role: Role::Follower,
             leader: None,
             log,
+            conf_base: conf.clone(),
+            conf_pending: VecDeque::new(),
             conf,
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
@@ -172,6 +186,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             cfg,
         };
         node.reset_timers();
+        node.load_confs().map_err(ConfigError::Storage)?;
         Ok(node)
     }
 
@@ -228,10 +243,6 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             leader: self.leader,
             term: self.term,
         }
-    }
-    /// The membership configuration.
-    pub fn conf_state(&self) -> &ConfState {
-        &self.conf
     }
     /// Counters.
     pub fn stats(&self) -> Stats {
@@ -409,6 +420,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     }
 
     fn ready_inner(&mut self) -> Result<Ready<P>, StorageError> {
+        self.maybe_auto_leave()?;
         if self.pending_bcast {
             self.pending_bcast = false;
             if self.role == Role::Leader {

@@ -102,7 +102,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             self.read.before_commit.push_back((ctx, from));
             return Ok(());
         }
-        let alone = self.conf.voters.len() == 1;
+        let alone = self.conf.all_voters() == [self.id()];
         let leased = self.cfg.read_mode == ReadMode::Lease && self.now < self.read.lease_until;
         if alone || leased {
             self.finish_read(ctx, from, Ok(committed));
@@ -155,7 +155,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         *acked = (*acked).max(seq);
         let id = self.id();
         let (own, acks) = (self.read.seq, &self.read.acked);
-        let confirmed = quorum::committed_index(&self.conf.voters, |v| {
+        let confirmed = quorum::joint_committed_index(&self.conf, |v| {
             if v == id {
                 own
             } else {

@@ -94,7 +94,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         let id = self.id();
         let persisted = self.log.persisted();
         let progress = &self.progress;
-        let mci = quorum::committed_index(&self.conf.voters, |v| {
+        let mci = quorum::joint_committed_index(&self.conf, |v| {
             if v == id {
                 persisted
             } else {
@@ -105,7 +105,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             return Ok(false);
         }
         let first_in_term = self.log.term(self.log.committed())? != Some(self.term);
-        self.log.commit_to(mci);
+        self.commit_to(mci);
         if first_in_term {
             self.on_first_commit_in_term();
         }
@@ -121,13 +121,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
 
     pub(super) fn quorum_active(&self) -> bool {
         let id = self.id();
-        let active = self
-            .conf
-            .voters
-            .iter()
-            .filter(|&&v| v == id || self.progress.get(&v).is_some_and(|p| p.recent_active))
-            .count();
-        active >= quorum::majority(self.conf.voters.len())
+        quorum::joint_active(&self.conf, |v| {
+            v == id || self.progress.get(&v).is_some_and(|p| p.recent_active)
+        })
     }
 
     // ----- internals: sending ---------------------------------------------
@@ -192,6 +188,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             StepError::InLease => s.dropped_in_lease += 1,
             StepError::Malformed => s.dropped_malformed += 1,
             StepError::Unexpected => s.dropped_unexpected += 1,
+            StepError::NotMember => s.dropped_not_member += 1,
             StepError::Failed | StepError::Storage(_) => {}
         }
     }

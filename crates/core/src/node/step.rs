@@ -13,6 +13,13 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             return Err(StepError::Misaddressed);
         }
         validate(&m)?;
+        if let MessageBody::RequestVote { .. } = m.body {
+            // Only voters may campaign: a removed node (or a stranger)
+            // cannot disturb the cluster with higher terms.
+            if !self.conf.is_voter(m.from) {
+                return Err(StepError::NotMember);
+            }
+        }
         if m.term > self.term {
             if let MessageBody::RequestVote {
                 transfer: false, ..
@@ -98,7 +105,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             MessageBody::Heartbeat { commit, read_seq } => {
                 self.follow(from)?;
                 let last = self.log.last_index()?;
-                self.log.commit_to(commit.min(last));
+                self.commit_to(commit.min(last));
                 self.send(from, self.term, MessageBody::HeartbeatResponse { read_seq });
                 Ok(())
             }
@@ -254,8 +261,11 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             .log
             .maybe_append(prev_log_index, prev_log_term, &entries)
         {
-            Ok(Some(last_new)) => {
-                self.log.commit_to(leader_commit.min(last_new));
+            Ok(Some((last_new, appended_from))) => {
+                if let Some(from) = appended_from {
+                    self.apply_appended_confs(&entries, from);
+                }
+                self.commit_to(leader_commit.min(last_new));
                 let body = MessageBody::AppendEntriesResponse {
                     index: last_new,
                     reject: None,

@@ -23,8 +23,11 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         if !self.conf.contains(to) {
             return Err(TransferError::UnknownNode(to));
         }
-        if !self.conf.is_voter(to) {
+        if self.conf.is_learner(to) {
             return Err(TransferError::Learner(to));
+        }
+        if self.conf.voters.binary_search(&to).is_err() {
+            return Err(TransferError::BeingRemoved(to));
         }
         if self.lead_transferee == Some(to) {
             return Ok(());

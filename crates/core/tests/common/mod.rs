@@ -92,7 +92,7 @@ impl Network {
             tweak(&mut cfg);
             let storage = storages
                 .remove(&id)
-                .unwrap_or_else(|| MemStorage::new_with_conf(ConfState::with_voters(&ids)));
+                .unwrap_or_else(|| MemStorage::bootstrap(&ids));
             let node = Node::new(cfg.clone(), storage, 0).expect("valid config");
             net.configs.insert(id, cfg);
             net.nodes.insert(id, node);
@@ -240,17 +240,21 @@ impl Network {
         leaders.last().map(|&(_, id)| id)
     }
 
-    /// A leader acknowledged by a majority of live nodes in its term.
+    /// A leader acknowledged by a majority of the voters of its
+    /// configuration in its term.
     pub fn stable_leader(&self) -> Option<NodeId> {
         let l = self.leader()?;
         let term = self.nodes[&l].term();
-        let total = self.nodes.len() + self.down.len();
-        let agree = self
-            .nodes
-            .values()
-            .filter(|n| n.term() == term && n.leader() == Some(l))
+        let voters = self.nodes[&l].conf_state().all_voters();
+        let agree = voters
+            .iter()
+            .filter(|v| {
+                self.nodes
+                    .get(v)
+                    .is_some_and(|n| n.term() == term && n.leader() == Some(l))
+            })
             .count();
-        (agree > total / 2).then_some(l)
+        (agree > voters.len() / 2).then_some(l)
     }
 
     pub fn wait_leader(&mut self) -> NodeId {
@@ -275,7 +279,7 @@ impl Network {
             .iter()
             .filter_map(|e| match &e.data {
                 EntryData::Normal(d) => Some(d.clone()),
-                EntryData::Noop => None,
+                EntryData::Noop | EntryData::ConfChange(_) => None,
             })
             .collect()
     }
@@ -344,5 +348,40 @@ impl Network {
             .iter()
             .find(|r| r.ctx == ctx)
             .map(|r| r.result)
+    }
+}
+
+impl Network {
+    /// Starts a new node with an empty configuration: it learns the
+    /// membership from the leader's log (after a conf change adds it).
+    pub fn add_node(&mut self, id: NodeId, seed: u64) {
+        let cfg = config(id, seed);
+        let node = Node::new(
+            cfg.clone(),
+            MemStorage::new_with_conf(ConfState::default()),
+            0,
+        )
+        .expect("join");
+        self.configs.insert(id, cfg);
+        self.nodes.insert(id, node);
+        self.applied.insert(id, Vec::new());
+    }
+
+    /// Proposes a membership change on the leader and waits until every
+    /// live member has applied it.
+    pub fn change(&mut self, cc: metalraft_core::ConfChange) -> u64 {
+        let leader = self.wait_leader();
+        let idx = self
+            .nodes
+            .get_mut(&leader)
+            .unwrap()
+            .propose_conf_change(cc)
+            .expect("conf change accepted");
+        self.deliver(100_000);
+        self.tick_until("change committed", |n| {
+            n.stable_leader()
+                .is_some_and(|l| n.nodes[&l].commit_index() >= idx)
+        });
+        idx
     }
 }
