@@ -20,7 +20,7 @@ const TAG_SEGMENT_START: u8 = 1;
 const TAG_BATCH: u8 = 2;
 const ENTRY_NOOP: u8 = 0;
 const ENTRY_NORMAL: u8 = 1;
-const ENTRY_CONF_CHANGE: u8 = 2;
+const ENTRY_OTHER: u8 = 2;
 
 /// One decoded WAL record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub enum DecodeError {
     /// Bytes left over after the record.
     #[error("trailing bytes after record")]
     Trailing,
-    /// A membership change that does not decode.
+    /// A membership change (or other core-defined entry kind) that does not decode.
     #[error("undecodable membership change")]
     BadConfChange,
     /// Entries are not contiguous.
@@ -172,9 +172,10 @@ pub fn encode_record(r: &Record, out: &mut Vec<u8>) {
                         put_u64(out, d.len() as u64);
                         out.extend_from_slice(d);
                     }
-                    EntryData::ConfChange(cc) => {
-                        out.push(ENTRY_CONF_CHANGE);
-                        let bytes = encode_conf_change(cc);
+                    #[allow(unreachable_patterns)]
+                    other => {
+                        out.push(ENTRY_OTHER);
+                        let bytes = encode_other(other);
                         put_u64(out, bytes.len() as u64);
                         out.extend_from_slice(&bytes);
                     }
@@ -189,14 +190,16 @@ pub fn entry_encoded_bytes(e: &Entry<Vec<u8>>) -> usize {
     17 + match &e.data {
         EntryData::Noop => 0,
         EntryData::Normal(d) => 8 + d.len(),
-        EntryData::ConfChange(cc) => 8 + encode_conf_change(cc).len(),
+        #[allow(unreachable_patterns)]
+        other => 8 + encode_other(other).len(),
     }
 }
 
-/// Membership changes are stored in the core's serde form (postcard), so
-/// the WAL follows the core's type without a hand-written mirror.
-fn encode_conf_change(cc: &metalraft_core::ConfChange) -> Vec<u8> {
-    postcard::to_allocvec(cc).unwrap_or_default()
+/// Entry kinds other than no-op and application data (membership changes)
+/// are stored in the core's serde form (postcard), so the WAL follows the
+/// core's type without a hand-written mirror.
+fn encode_other(data: &EntryData<Vec<u8>>) -> Vec<u8> {
+    postcard::to_allocvec(data).unwrap_or_default()
 }
 
 struct Reader<'a> {
@@ -264,12 +267,11 @@ pub fn decode_record(buf: &[u8]) -> Result<Record, DecodeError> {
                         let len = usize::try_from(len).map_err(|_| DecodeError::Truncated)?;
                         EntryData::Normal(r.take(len)?.to_vec())
                     }
-                    ENTRY_CONF_CHANGE => {
+                    ENTRY_OTHER => {
                         let len = r.u64()?;
                         let len = usize::try_from(len).map_err(|_| DecodeError::Truncated)?;
-                        let cc = postcard::from_bytes(r.take(len)?)
-                            .map_err(|_| DecodeError::BadConfChange)?;
-                        EntryData::ConfChange(cc)
+                        postcard::from_bytes(r.take(len)?)
+                            .map_err(|_| DecodeError::BadConfChange)?
                     }
                     t => return Err(DecodeError::BadTag(t)),
                 };
