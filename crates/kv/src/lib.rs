@@ -1,0 +1,37 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+extern crate alloc;
+
+mod checksum;
+mod codec;
+mod error;
+mod keys;
+mod limits;
+mod range;
+mod request;
+mod response;
+mod snapshot;
+mod store;
+mod txn;
+mod validate;
+
+pub use codec::FORMAT_VERSION;
+pub use error::{ApplyError, DecodeError, RequestError, SnapshotError};
+pub use keys::prefix_end;
+pub use limits::{
+    ENTRY_OVERHEAD_BYTES, INITIAL_REVISION, MAX_ENCODED_COMMAND_BYTES, MAX_ENCODED_RESULT_BYTES,
+    MAX_FRAMING_BYTES, MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES,
+};
+pub use request::{
+    Command, CompactionRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
+    PutRequest, RangeRequest, RequestOp, SortOrder, SortTarget, TxnRequest,
+};
+pub use response::{
+    CommandResult, CompactionResponse, DeleteRangeResponse, KeyValue, PutResponse, RangeResponse,
+    ResponseHeader, ResponseOp, TxnResponse,
+};
+pub use snapshot::SNAPSHOT_MAGIC;
+pub use store::KvStore;

@@ -1,0 +1,47 @@
+//! Every bound the state machine enforces, in one place.
+//!
+//! These are constants rather than configuration because validation happens
+//! inside `apply`: every replica must reach the same verdict on the same log
+//! entry, so the bounds are part of the replicated protocol, not of one node.
+
+/// Largest key (and `range_end`) in bytes. bbolt, etcd's storage engine,
+/// uses the same bound for its keys.
+pub const MAX_KEY_BYTES: usize = 32 * 1024;
+
+/// Largest sum of the lengths of every key, `range_end` and value in one
+/// command: etcd's default `--max-request-bytes` (1.5 MiB).
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+
+/// Largest value in bytes (a value must also fit [`MAX_REQUEST_BYTES`]
+/// together with the rest of its command).
+pub const MAX_VALUE_BYTES: usize = MAX_REQUEST_BYTES;
+
+/// Most entries in each of a transaction's `compare`, `success` and
+/// `failure` lists: etcd's default `--max-txn-ops`.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Bytes of framing (tags, varint lengths and integers) an encoded command
+/// may carry on top of its payload. A maximal transaction (3 lists of
+/// [`MAX_TXN_OPS`] items) needs under 100 bytes per item.
+pub const MAX_FRAMING_BYTES: usize = 64 * 1024;
+
+/// Largest encoded [`Command`](crate::Command), in bytes. Every command that
+/// passes [`Command::validate`](crate::Command::validate) encodes within it.
+pub const MAX_ENCODED_COMMAND_BYTES: usize = MAX_REQUEST_BYTES + MAX_FRAMING_BYTES;
+
+/// Largest encoded [`CommandResult`](crate::CommandResult), in bytes. A
+/// range result can carry many keys, so this is larger than a command.
+pub const MAX_ENCODED_RESULT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Bytes [`KvStore::size_bytes`](crate::KvStore::size_bytes) counts for each
+/// key on top of its key and value bytes: three `i64` fields and a rough
+/// allowance for the map node and two heap allocations.
+pub const ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// The revision of an empty store, as in etcd (the first write gets 2).
+pub const INITIAL_REVISION: i64 = 1;
+
+const _: () = assert!(MAX_VALUE_BYTES <= MAX_REQUEST_BYTES);
+const _: () = assert!(MAX_KEY_BYTES < MAX_REQUEST_BYTES);
+const _: () = assert!(3 * MAX_TXN_OPS * 128 < MAX_FRAMING_BYTES);
+const _: () = assert!(MAX_ENCODED_RESULT_BYTES >= MAX_ENCODED_COMMAND_BYTES);

@@ -1,0 +1,216 @@
+//! Requests, named and shaped after etcd's `etcdserverpb` messages.
+
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+/// A command applied through the Raft log with
+/// [`KvStore::apply`](crate::KvStore::apply).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Set one key (etcd `Put`).
+    Put(PutRequest),
+    /// Delete one key or a range (etcd `DeleteRange`).
+    DeleteRange(DeleteRangeRequest),
+    /// Compares, then one branch of operations, atomically (etcd `Txn`).
+    Txn(TxnRequest),
+    /// Record a compaction (etcd `Compact`); see the crate docs.
+    Compact(CompactionRequest),
+    /// A read ordered through the log (etcd serves reads outside the log;
+    /// this exists for callers that want log-ordered reads).
+    Range(RangeRequest),
+}
+
+/// etcd `PutRequest` (no lease fields: leases are not implemented).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutRequest {
+    /// The key; must not be empty.
+    pub key: Vec<u8>,
+    /// The new value.
+    pub value: Vec<u8>,
+    /// Return the previous key-value pair, if any.
+    pub prev_kv: bool,
+    /// Keep the current value (`value` must be empty; the key must exist).
+    pub ignore_value: bool,
+}
+
+/// etcd `DeleteRangeRequest`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRangeRequest {
+    /// The first key; must not be empty.
+    pub key: Vec<u8>,
+    /// Empty: just `key`. `b"\0"`: every key `>= key`. Otherwise the
+    /// half-open range `[key, range_end)`; see [`prefix_end`](crate::prefix_end).
+    pub range_end: Vec<u8>,
+    /// Return the deleted pairs.
+    pub prev_kv: bool,
+}
+
+/// etcd `RangeRequest`'s sort order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortOrder {
+    /// Key order (etcd's default).
+    #[default]
+    None,
+    /// Ascending by the sort target.
+    Ascend,
+    /// Descending by the sort target.
+    Descend,
+}
+
+/// etcd `RangeRequest`'s sort target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortTarget {
+    /// The key.
+    #[default]
+    Key,
+    /// The version.
+    Version,
+    /// The create revision.
+    Create,
+    /// The mod revision.
+    Mod,
+    /// The value.
+    Value,
+}
+
+/// etcd `RangeRequest` (without `serializable`, which is the server's
+/// business: this crate always reads local state).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeRequest {
+    /// The first key; must not be empty.
+    pub key: Vec<u8>,
+    /// As in [`DeleteRangeRequest::range_end`].
+    pub range_end: Vec<u8>,
+    /// At most this many pairs when `> 0`; `<= 0` means no limit.
+    pub limit: i64,
+    /// `<= 0` or the current revision; older revisions are compacted.
+    pub revision: i64,
+    /// Sort order.
+    pub sort_order: SortOrder,
+    /// Sort target.
+    pub sort_target: SortTarget,
+    /// Return keys and metadata with empty values.
+    pub keys_only: bool,
+    /// Return only `count`, no pairs.
+    pub count_only: bool,
+    /// Drop pairs with `mod_revision` below this (0: no bound).
+    pub min_mod_revision: i64,
+    /// Drop pairs with `mod_revision` above this (0: no bound).
+    pub max_mod_revision: i64,
+    /// Drop pairs with `create_revision` below this (0: no bound).
+    pub min_create_revision: i64,
+    /// Drop pairs with `create_revision` above this (0: no bound).
+    pub max_create_revision: i64,
+}
+
+impl RangeRequest {
+    /// A read of the single key `key`.
+    pub fn single(key: &[u8]) -> Self {
+        RangeRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// A read of every key starting with `prefix`, the way etcd clients
+    /// build it (an empty prefix reads every key).
+    pub fn prefix(prefix: &[u8]) -> Self {
+        if prefix.is_empty() {
+            return RangeRequest {
+                key: alloc::vec![0],
+                range_end: alloc::vec![0],
+                ..Default::default()
+            };
+        }
+        RangeRequest {
+            key: prefix.to_vec(),
+            range_end: crate::prefix_end(prefix),
+            ..Default::default()
+        }
+    }
+}
+
+/// etcd `Compare.CompareResult`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareResult {
+    /// The key's field equals the operand.
+    Equal,
+    /// The key's field is greater than the operand.
+    Greater,
+    /// The key's field is less than the operand.
+    Less,
+    /// The key's field differs from the operand.
+    NotEqual,
+}
+
+/// etcd `Compare.CompareTarget` together with its operand (etcd's
+/// `target_union`), so a target can never carry the wrong kind of operand.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The key's version (0 when missing).
+    Version(i64),
+    /// The key's create revision (0 when missing).
+    CreateRevision(i64),
+    /// The key's mod revision (0 when missing).
+    ModRevision(i64),
+    /// The key's value; any compare on a missing key's value is false.
+    Value(Vec<u8>),
+    /// The key's lease, always 0 here because leases are not implemented.
+    Lease(i64),
+}
+
+/// etcd `Compare`: one condition of a [`TxnRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    /// How the key's field relates to the operand.
+    pub result: CompareResult,
+    /// Which field, and the operand.
+    pub target: CompareTarget,
+    /// The key; must not be empty.
+    pub key: Vec<u8>,
+    /// As in [`DeleteRangeRequest::range_end`]; over a range the compare
+    /// must hold for every key in it (etcd 3.4+).
+    pub range_end: Vec<u8>,
+}
+
+impl Compare {
+    /// A compare on the single key `key`.
+    pub fn new(key: &[u8], result: CompareResult, target: CompareTarget) -> Self {
+        Compare {
+            result,
+            target,
+            key: key.to_vec(),
+            range_end: Vec::new(),
+        }
+    }
+}
+
+/// etcd `RequestOp`: one operation in a transaction branch. Nested
+/// transactions are not supported (see the crate docs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestOp {
+    /// A read.
+    Range(RangeRequest),
+    /// A write of one key.
+    Put(PutRequest),
+    /// A delete of one key or a range.
+    DeleteRange(DeleteRangeRequest),
+}
+
+/// etcd `TxnRequest`: if every compare holds, run `success`, else `failure`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRequest {
+    /// Conditions, all of which must hold.
+    pub compare: Vec<Compare>,
+    /// Operations run, in order, when every compare holds.
+    pub success: Vec<RequestOp>,
+    /// Operations run, in order, otherwise.
+    pub failure: Vec<RequestOp>,
+}
+
+/// etcd `CompactionRequest`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionRequest {
+    /// Compact everything below this revision.
+    pub revision: i64,
+}

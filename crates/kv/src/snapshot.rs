@@ -1,0 +1,163 @@
+//! Deterministic snapshots: `MAGIC`, [`FORMAT_VERSION`], a postcard body,
+//! then a little-endian CRC-32C of everything before it.
+//!
+//! The body is the revision, the compact revision, the applied index and
+//! every key in key order with its metadata and value. Nothing else (no
+//! capacities, no hash-map order) enters it, so replicas that applied the
+//! same entries produce byte-identical snapshots.
+
+use crate::checksum::CRC32C;
+use crate::codec::{decode_exact, FORMAT_VERSION};
+use crate::error::SnapshotError;
+use crate::limits::{INITIAL_REVISION, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::response::KeyValue;
+use crate::store::{entry_size, Entry, KvStore};
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The first bytes of every snapshot.
+pub const SNAPSHOT_MAGIC: [u8; 4] = *b"MRKV";
+
+const HEADER_BYTES: usize = SNAPSHOT_MAGIC.len() + 1;
+const CHECKSUM_BYTES: usize = 4;
+
+/// The body as written: borrows the store, so writing copies nothing twice.
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    revision: i64,
+    compact_revision: i64,
+    applied_index: u64,
+    kvs: KvsRef<'a>,
+}
+
+struct KvsRef<'a>(&'a BTreeMap<Vec<u8>, Entry>);
+
+/// Field for field the serde layout of [`KeyValue`], which the reader uses.
+#[derive(Serialize)]
+struct KeyValueRef<'a> {
+    key: &'a [u8],
+    create_revision: i64,
+    mod_revision: i64,
+    version: i64,
+    value: &'a [u8],
+}
+
+impl Serialize for KvsRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(k, e)| KeyValueRef {
+            key: k,
+            create_revision: e.create_revision,
+            mod_revision: e.mod_revision,
+            version: e.version,
+            value: &e.value,
+        }))
+    }
+}
+
+/// The body as read.
+#[derive(Deserialize)]
+struct Body {
+    revision: i64,
+    compact_revision: i64,
+    applied_index: u64,
+    kvs: Vec<KeyValue>,
+}
+
+impl KvStore {
+    /// Serializes the whole state. Deterministic: equal stores give equal
+    /// bytes. Cost: O(data).
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_BYTES + self.size_bytes + CHECKSUM_BYTES);
+        out.extend_from_slice(&SNAPSHOT_MAGIC);
+        out.push(FORMAT_VERSION);
+        let body = BodyRef {
+            revision: self.revision,
+            compact_revision: self.compact_revision,
+            applied_index: self.applied_index,
+            kvs: KvsRef(&self.map),
+        };
+        let mut out = postcard::to_extend(&body, out)
+            .expect("postcard cannot fail to encode a snapshot body into a Vec");
+        let crc = CRC32C.checksum(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Rebuilds a store from [`snapshot`](Self::snapshot) bytes. The result
+    /// equals the store that was snapshotted and behaves identically from
+    /// then on. Damaged or foreign bytes are refused, never trusted.
+    pub fn restore(bytes: &[u8]) -> Result<KvStore, SnapshotError> {
+        if bytes.len() < HEADER_BYTES + CHECKSUM_BYTES {
+            return Err(SnapshotError::Truncated);
+        }
+        let (covered, crc) = bytes.split_at(bytes.len() - CHECKSUM_BYTES);
+        if covered[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        let version = covered[SNAPSHOT_MAGIC.len()];
+        if version != FORMAT_VERSION {
+            return Err(SnapshotError::UnknownVersion(version));
+        }
+        let mut crc_le = [0u8; CHECKSUM_BYTES];
+        crc_le.copy_from_slice(crc);
+        if CRC32C.checksum(covered) != u32::from_le_bytes(crc_le) {
+            return Err(SnapshotError::ChecksumMismatch);
+        }
+        let body: Body =
+            decode_exact(&covered[HEADER_BYTES..]).map_err(|_| SnapshotError::Malformed)?;
+        from_body(body).ok_or(SnapshotError::Inconsistent)
+    }
+}
+
+/// Checks every invariant `apply` maintains, so a restored store can never
+/// hold a state `apply` could not have produced.
+fn from_body(body: Body) -> Option<KvStore> {
+    let revision = body.revision;
+    let valid_header =
+        revision >= INITIAL_REVISION && (0..=revision).contains(&body.compact_revision);
+    if !valid_header {
+        return None;
+    }
+    let mut store = KvStore::new();
+    store.revision = revision;
+    store.compact_revision = body.compact_revision;
+    store.applied_index = body.applied_index;
+    for kv in body.kvs {
+        if !valid_key_value(&kv, revision) {
+            return None;
+        }
+        let ascending = store
+            .map
+            .last_key_value()
+            .is_none_or(|(last, _)| *last < kv.key);
+        if !ascending {
+            return None;
+        }
+        store.size_bytes = store
+            .size_bytes
+            .saturating_add(entry_size(&kv.key, &kv.value));
+        let e = Entry {
+            value: kv.value,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+        };
+        store.map.insert(kv.key, e);
+    }
+    Some(store)
+}
+
+fn valid_key_value(kv: &KeyValue, revision: i64) -> bool {
+    let sizes =
+        !kv.key.is_empty() && kv.key.len() <= MAX_KEY_BYTES && kv.value.len() <= MAX_VALUE_BYTES;
+    let revisions = INITIAL_REVISION < kv.create_revision
+        && kv.create_revision <= kv.mod_revision
+        && kv.mod_revision <= revision;
+    // At most one write per revision from creation to the last write.
+    let max_version = kv
+        .mod_revision
+        .saturating_sub(kv.create_revision)
+        .saturating_add(1);
+    sizes && revisions && (1..=max_version).contains(&kv.version)
+}

@@ -1,0 +1,95 @@
+//! Transaction compares and the checks that make a transaction all-or-nothing.
+
+use crate::error::RequestError;
+use crate::keys::KeyRange;
+use crate::request::{Compare, CompareResult, CompareTarget, RequestOp};
+use crate::store::Entry;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::cmp::Ordering;
+
+/// etcd `applyCompare`: true when the compare holds for every key in its
+/// range. With no key in range, a value compare is false whatever the
+/// operator (etcd cannot tell a missing value from an empty one), and any
+/// other target compares a zeroed key-value (version, revisions, lease 0).
+pub(crate) fn holds(map: &BTreeMap<Vec<u8>, Entry>, c: &Compare) -> bool {
+    let mut in_range = KeyRange::new(&c.key, &c.range_end).iter(map).peekable();
+    if in_range.peek().is_none() {
+        return match &c.target {
+            CompareTarget::Value(_) => false,
+            _ => outcome(c.result, ordering(None, &c.target)),
+        };
+    }
+    in_range.all(|(_, e)| outcome(c.result, ordering(Some(e), &c.target)))
+}
+
+/// How the key's field compares to the operand (`None`: missing key).
+fn ordering(e: Option<&Entry>, target: &CompareTarget) -> Ordering {
+    let field = |f: fn(&Entry) -> i64| e.map_or(0, f);
+    match target {
+        CompareTarget::Version(v) => field(|e| e.version).cmp(v),
+        CompareTarget::CreateRevision(v) => field(|e| e.create_revision).cmp(v),
+        CompareTarget::ModRevision(v) => field(|e| e.mod_revision).cmp(v),
+        CompareTarget::Lease(v) => 0.cmp(v),
+        CompareTarget::Value(v) => e.map_or(&[][..], |e| &e.value[..]).cmp(&v[..]),
+    }
+}
+
+fn outcome(result: CompareResult, ord: Ordering) -> bool {
+    match result {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+    }
+}
+
+/// The state-dependent checks etcd runs on the chosen branch before
+/// executing it (`checkRequests`), so a failing transaction changes nothing.
+///
+/// A range inside a transaction may name `revision` 0 or the revision the
+/// transaction started at. etcd serves the latter from history even after
+/// earlier writes in the same branch; this store keeps no history, so that
+/// one case is refused as compacted.
+pub(crate) fn check_branch(
+    map: &BTreeMap<Vec<u8>, Entry>,
+    ops: &[RequestOp],
+    start: i64,
+) -> Result<(), RequestError> {
+    let mut wrote = false;
+    for op in ops {
+        match op {
+            RequestOp::Range(r) => {
+                let requested = r.revision;
+                if requested == 0 {
+                    continue;
+                }
+                if requested > start {
+                    return Err(RequestError::FutureRevision {
+                        requested,
+                        current: start,
+                    });
+                }
+                if requested < start || wrote {
+                    let oldest = if wrote {
+                        start.saturating_add(1)
+                    } else {
+                        start
+                    };
+                    return Err(RequestError::Compacted { requested, oldest });
+                }
+            }
+            RequestOp::Put(p) => {
+                if p.ignore_value && !map.contains_key(&p.key) {
+                    return Err(RequestError::KeyNotFound);
+                }
+                wrote = true;
+            }
+            RequestOp::DeleteRange(_) => wrote = true,
+        }
+    }
+    if wrote && start == i64::MAX {
+        return Err(RequestError::RevisionExhausted);
+    }
+    Ok(())
+}
