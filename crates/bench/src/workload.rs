@@ -95,3 +95,46 @@ pub trait Cluster {
     /// Messages delivered since the cluster was built.
     fn messages(&self) -> u64;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applier_accepts_the_workload_in_order() {
+        let mut a = Applier::new();
+        a.apply(1, 1, None);
+        for seq in 0..10 {
+            a.apply(1, seq + 2, Some(&make_payload(seq)));
+        }
+        assert_eq!(a.applied(), 10);
+    }
+
+    #[test]
+    #[should_panic(expected = "carries proposal 1, expected 0")]
+    fn applier_rejects_reordering() {
+        Applier::new().apply(1, 1, Some(&make_payload(1)));
+    }
+
+    #[test]
+    #[should_panic(expected = "applied index 3 after 1")]
+    fn applier_rejects_gaps() {
+        let mut a = Applier::new();
+        a.apply(1, 1, Some(&make_payload(0)));
+        a.apply(1, 3, Some(&make_payload(1)));
+    }
+
+    #[test]
+    #[should_panic(expected = "payload corrupted")]
+    fn applier_rejects_corruption() {
+        let mut p = make_payload(0);
+        p[PAYLOAD_BYTES - 1] ^= 1;
+        Applier::new().apply(1, 1, Some(&p));
+    }
+
+    #[test]
+    #[should_panic(expected = "length")]
+    fn applier_rejects_truncation() {
+        Applier::new().apply(1, 1, Some(&make_payload(0)[..100]));
+    }
+}
