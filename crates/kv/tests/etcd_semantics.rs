@@ -996,3 +996,20 @@ fn damaged_snapshots_are_refused() {
         Err(SnapshotError::ChecksumMismatch)
     );
 }
+
+#[test]
+fn txn_put_then_delete_of_same_key_is_still_a_write() {
+    // etcd counts changes, not their net effect. (The "\0"-ended delete
+    // escapes the duplicate-key check, as in etcd.)
+    let mut n = Node::new();
+    let r = n.txn(TxnRequest {
+        success: vec![
+            RequestOp::Put(put_req(b"k", b"v")),
+            RequestOp::DeleteRange(del_req(b"a", b"\0")),
+        ],
+        ..Default::default()
+    });
+    assert_eq!(r.header.revision, 2);
+    assert!(n.kv.is_empty());
+    assert_eq!(n.kv.size_bytes(), 0);
+}
