@@ -20,8 +20,15 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod api;
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod dev;
+pub mod errors;
+pub mod member;
 pub mod proto;
+pub mod raft_loop;
 pub mod storage;
+pub mod transport;
+pub mod writer;

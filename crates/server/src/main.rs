@@ -36,12 +36,16 @@ fn main() -> ExitCode {
             tracing_subscriber::fmt()
                 .with_max_level(cfg.log_level.tracing_level())
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
-            eprintln!(
-                "metalraft: member {} ({:x}) configured; the member runtime is not built yet",
-                cfg.name, cfg.id
-            );
-            ExitCode::FAILURE
+            match runtime.block_on(metalraft::member::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "member stopped");
+                    eprintln!("metalraft: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -1,0 +1,597 @@
+//! The etcd v3 gRPC services (KV, Cluster, Maintenance) and the internal
+//! Peer service, over one member's [`Shared`] context.
+//!
+//! Writes go through the Raft log: on the leader they are proposed
+//! directly; a follower forwards them to the leader over the Peer service
+//! and relays the leader's answer (etcd forwards proposals too).
+//! Linearizable reads wait for a ReadIndex (answered by the leader, also
+//! when asked on a follower) to be applied locally; serializable reads are
+//! served from local state at once.
+
+// tonic's handlers return `Result<_, Status>`; `Status` is large by design.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metalraft_kv as kv;
+use tokio_stream::Stream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::command::{self, HeaderInfo};
+use crate::config::MemberConfig;
+use crate::errors::{self, EtcdError};
+use crate::proto::etcdserverpb as pb;
+use crate::proto::peer::{self as peerpb, peer_client::PeerClient};
+use crate::raft_loop::{Input, RaftHandle};
+use crate::transport::{self, TransportStats};
+use crate::writer::WriterGauges;
+
+/// The etcd API version reported by `Status` (the protocol we speak).
+pub const ETCD_API_VERSION: &str = "3.4.0";
+/// Bytes of snapshot data per streamed `SnapshotResponse`.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
+/// How long a request waits for a leader, a commit or a read index.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// What every service of a member shares.
+pub struct Shared {
+    /// Validated configuration.
+    pub cfg: MemberConfig,
+    /// The Raft loop.
+    pub raft: RaftHandle,
+    /// WAL writer gauges (no-space flag, sizes).
+    pub gauges: Arc<WriterGauges>,
+    /// Transport counters.
+    pub transport_stats: Arc<TransportStats>,
+    /// Lazily connected clients of the other members' Peer services.
+    pub peers: BTreeMap<u64, PeerClient<Channel>>,
+    /// Client URLs learned from peers (for MemberList).
+    pub peer_client_urls: Mutex<BTreeMap<u64, Vec<String>>>,
+}
+
+impl Shared {
+    /// Connects (lazily) to every peer.
+    pub fn new(
+        cfg: MemberConfig,
+        raft: RaftHandle,
+        gauges: Arc<WriterGauges>,
+        transport_stats: Arc<TransportStats>,
+    ) -> Result<Shared, String> {
+        let mut peers = BTreeMap::new();
+        for p in cfg.peers() {
+            let url = p
+                .peer_urls
+                .first()
+                .ok_or_else(|| format!("member {} has no peer URL", p.name))?;
+            let ep = transport::endpoint(url).map_err(|e| format!("peer URL {url}: {e}"))?;
+            let client = PeerClient::new(ep.connect_lazy())
+                .max_decoding_message_size(transport::PEER_MAX_GRPC_BYTES)
+                .max_encoding_message_size(transport::PEER_MAX_GRPC_BYTES);
+            peers.insert(p.id, client);
+        }
+        Ok(Shared {
+            cfg,
+            raft,
+            gauges,
+            transport_stats,
+            peers,
+            peer_client_urls: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The header fields as of now.
+    pub fn header_info(&self) -> HeaderInfo {
+        HeaderInfo {
+            cluster_id: self.cfg.cluster_id,
+            member_id: self.cfg.id,
+            raft_term: self.raft.status.borrow().term,
+        }
+    }
+
+    fn revision(&self) -> i64 {
+        self.raft.kv.read().map(|k| k.revision()).unwrap_or(0)
+    }
+
+    fn envelope(&self, to: u64) -> peerpb::Envelope {
+        peerpb::Envelope {
+            cluster_id: self.cfg.cluster_id,
+            from: self.cfg.id,
+            to,
+        }
+    }
+
+    fn check_size<M: prost::Message>(&self, m: &M) -> Result<(), EtcdError> {
+        if m.encoded_len() > self.cfg.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge);
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) until some leader is known, returning the status.
+    async fn leader(&self) -> Result<crate::raft_loop::NodeStatus, EtcdError> {
+        let mut st = self.raft.status.clone();
+        let r = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            st.wait_for(|s| s.leader.is_some() || s.stopped),
+        )
+        .await;
+        match r {
+            Ok(Ok(s)) if !s.stopped => Ok(*s),
+            Ok(_) => Err(EtcdError::Stopped),
+            Err(_) => Err(EtcdError::NoLeader),
+        }
+    }
+
+    /// Runs a write through the log: directly on the leader, forwarded from
+    /// a follower.
+    pub async fn write(&self, cmd: kv::Command) -> Result<kv::CommandResult, EtcdError> {
+        if self.gauges.no_space.load(Ordering::Relaxed) {
+            return Err(EtcdError::NoSpace);
+        }
+        let st = self.leader().await?;
+        if st.is_leader {
+            return self.raft.propose(cmd, REQUEST_TIMEOUT).await;
+        }
+        let leader = st.leader.ok_or(EtcdError::NoLeader)?;
+        let mut client = self
+            .peers
+            .get(&leader)
+            .cloned()
+            .ok_or(EtcdError::NoLeader)?;
+        let req = peerpb::ForwardRequest {
+            envelope: Some(self.envelope(leader)),
+            command: cmd.encode(),
+        };
+        let reply = tokio::time::timeout(REQUEST_TIMEOUT, client.forward(req))
+            .await
+            .map_err(|_| EtcdError::Timeout)?
+            .map_err(|s| errors::from_status(&s))?;
+        kv::CommandResult::decode(&reply.get_ref().result)
+            .map_err(|e| EtcdError::Internal(format!("undecodable result from the leader: {e}")))
+    }
+
+    /// Waits until this member has applied everything committed when the
+    /// call started (ReadIndex), so a local read is linearizable.
+    pub async fn read_barrier(&self) -> Result<(), EtcdError> {
+        self.leader().await?;
+        self.raft.linearizable_barrier(REQUEST_TIMEOUT).await
+    }
+
+    fn members(&self) -> Vec<pb::Member> {
+        let learned = self
+            .peer_client_urls
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        self.cfg
+            .initial_cluster
+            .iter()
+            .map(|p| pb::Member {
+                id: p.id,
+                name: p.name.clone(),
+                peer_ur_ls: p
+                    .peer_urls
+                    .iter()
+                    .map(|u| u.as_str().trim_end_matches('/').to_string())
+                    .collect(),
+                client_ur_ls: if p.id == self.cfg.id {
+                    self.cfg
+                        .advertise_client_urls
+                        .iter()
+                        .map(|u| u.as_str().trim_end_matches('/').to_string())
+                        .collect()
+                } else {
+                    learned.get(&p.id).cloned().unwrap_or_default()
+                },
+                is_learner: false,
+            })
+            .collect()
+    }
+
+    /// Asks peers we have no client URLs for yet (bounded by a short timeout).
+    async fn learn_peer_client_urls(&self) {
+        let known: Vec<u64> = self
+            .peer_client_urls
+            .lock()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default();
+        for (id, client) in &self.peers {
+            if known.contains(id) {
+                continue;
+            }
+            let mut c = client.clone();
+            let req = peerpb::InfoRequest {
+                envelope: Some(self.envelope(*id)),
+            };
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(500), c.info(req)).await {
+                if let Ok(mut m) = self.peer_client_urls.lock() {
+                    m.insert(*id, r.into_inner().client_urls);
+                }
+            }
+        }
+    }
+
+    fn alarms(&self) -> Vec<pb::AlarmMember> {
+        if self.gauges.no_space.load(Ordering::Relaxed) {
+            vec![pb::AlarmMember {
+                member_id: self.cfg.id,
+                alarm: pb::AlarmType::Nospace as i32,
+            }]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// etcd's KV service.
+pub struct KvService(pub Arc<Shared>);
+/// etcd's Cluster service.
+pub struct ClusterService(pub Arc<Shared>);
+/// etcd's Maintenance service.
+pub struct MaintenanceService(pub Arc<Shared>);
+/// The internal Peer service.
+pub struct PeerService(pub Arc<Shared>);
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn range(
+        &self,
+        req: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let s = &self.0;
+        let r = req.into_inner();
+        s.check_size(&r)?;
+        let kr = command::range_request(&r)?;
+        if !r.serializable {
+            s.read_barrier().await?;
+        }
+        let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
+        let out = kv.range(&kr).map_err(command::request_error)?;
+        drop(kv);
+        Ok(Response::new(command::range_response(
+            &s.header_info(),
+            out,
+        )))
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let s = &self.0;
+        let r = req.into_inner();
+        s.check_size(&r)?;
+        let cmd = kv::Command::Put(command::put_request(&r)?);
+        match s.write(cmd).await? {
+            kv::CommandResult::Put(p) => {
+                Ok(Response::new(command::put_response(&s.header_info(), p)))
+            }
+            _ => Err(EtcdError::Internal("unexpected result kind".into()).into()),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let s = &self.0;
+        let r = req.into_inner();
+        s.check_size(&r)?;
+        let cmd = kv::Command::DeleteRange(command::delete_request(&r));
+        match s.write(cmd).await? {
+            kv::CommandResult::DeleteRange(d) => {
+                Ok(Response::new(command::delete_response(&s.header_info(), d)))
+            }
+            _ => Err(EtcdError::Internal("unexpected result kind".into()).into()),
+        }
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let s = &self.0;
+        let r = req.into_inner();
+        s.check_size(&r)?;
+        let cmd = kv::Command::Txn(command::txn_request(&r)?);
+        match s.write(cmd).await? {
+            kv::CommandResult::Txn(t) => {
+                Ok(Response::new(command::txn_response(&s.header_info(), t)))
+            }
+            _ => Err(EtcdError::Internal("unexpected result kind".into()).into()),
+        }
+    }
+
+    async fn compact(
+        &self,
+        req: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let s = &self.0;
+        let r = req.into_inner();
+        let cmd = kv::Command::Compact(kv::CompactionRequest {
+            revision: r.revision,
+        });
+        match s.write(cmd).await? {
+            kv::CommandResult::Compact(c) => Ok(Response::new(pb::CompactionResponse {
+                header: Some(s.header_info().header(c.header.revision)),
+            })),
+            _ => Err(EtcdError::Internal("unexpected result kind".into()).into()),
+        }
+    }
+}
+
+const MEMBERSHIP_UNSUPPORTED: &str =
+    "metalraft: runtime membership changes are not implemented yet (the cluster is the static --initial-cluster)";
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        _: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        Err(EtcdError::Unsupported(MEMBERSHIP_UNSUPPORTED.into()).into())
+    }
+    async fn member_remove(
+        &self,
+        _: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        Err(EtcdError::Unsupported(MEMBERSHIP_UNSUPPORTED.into()).into())
+    }
+    async fn member_update(
+        &self,
+        _: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        Err(EtcdError::Unsupported(MEMBERSHIP_UNSUPPORTED.into()).into())
+    }
+    async fn member_promote(
+        &self,
+        _: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        Err(EtcdError::Unsupported(MEMBERSHIP_UNSUPPORTED.into()).into())
+    }
+    async fn member_list(
+        &self,
+        _: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        let s = &self.0;
+        s.learn_peer_client_urls().await;
+        Ok(Response::new(pb::MemberListResponse {
+            header: Some(s.header_info().header(s.revision())),
+            members: s.members(),
+        }))
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        req: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        let s = &self.0;
+        let r = req.into_inner();
+        if r.action == pb::alarm_request::AlarmAction::Activate as i32 {
+            return Err(EtcdError::Unsupported(
+                "metalraft: alarms are raised by the server only".into(),
+            )
+            .into());
+        }
+        // GET lists; DEACTIVATE is accepted, but NOSPACE clears by itself once
+        // the disk has room, so the list reflects the real condition.
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(s.header_info().header(s.revision())),
+            alarms: s.alarms(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = &self.0;
+        let st = *s.raft.status.borrow();
+        let (rev, in_use) = s
+            .raft
+            .kv
+            .read()
+            .map(|k| (k.revision(), k.size_bytes() as i64))
+            .unwrap_or((0, 0));
+        let errors = s.alarms().iter().map(|_| "NOSPACE".to_string()).collect();
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(s.header_info().header(rev)),
+            version: ETCD_API_VERSION.to_string(),
+            db_size: s.gauges.wal_bytes.load(Ordering::Relaxed) as i64,
+            leader: st.leader.unwrap_or(0),
+            raft_index: st.commit,
+            raft_term: st.term,
+            raft_applied_index: st.applied,
+            errors,
+            db_size_in_use: in_use,
+            is_learner: st.is_learner,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        // The state machine lives in memory; there is nothing to defragment.
+        let s = &self.0;
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(s.header_info().header(s.revision())),
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let s = &self.0;
+        let r = req.into_inner();
+        let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
+        if r.revision > 0 && r.revision != kv.revision() {
+            return Err(if r.revision < kv.revision() {
+                EtcdError::Compacted
+            } else {
+                EtcdError::FutureRevision
+            }
+            .into());
+        }
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(s.header_info().header(kv.revision())),
+            hash: kv.hash(),
+            compact_revision: kv.compact_revision(),
+        }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let s = &self.0;
+        let (bytes, rev) = {
+            let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
+            (kv.snapshot(), kv.revision())
+        };
+        let header = s.header_info().header(rev);
+        let bytes = etcd_snapshot_stream(bytes);
+        let total = bytes.len();
+        let chunks: Vec<Result<pb::SnapshotResponse, Status>> = bytes
+            .chunks(SNAPSHOT_CHUNK_BYTES)
+            .enumerate()
+            .map(|(i, c)| {
+                let sent = (i * SNAPSHOT_CHUNK_BYTES + c.len()) as u64;
+                Ok(pb::SnapshotResponse {
+                    header: (i == 0).then_some(header),
+                    remaining_bytes: total as u64 - sent,
+                    blob: c.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let s = &self.0;
+        let target = req.into_inner().target_id;
+        if !s.raft.status.borrow().is_leader {
+            return Err(EtcdError::NotLeader.into());
+        }
+        if !s.cfg.initial_cluster.iter().any(|p| p.id == target) {
+            return Err(EtcdError::BadLeaderTransferee.into());
+        }
+        s.raft.transfer(target).await?;
+        let mut st = s.raft.status.clone();
+        tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            st.wait_for(|x| x.leader == Some(target) || x.stopped),
+        )
+        .await
+        .map_err(|_| EtcdError::Timeout)?
+        .map_err(|_| EtcdError::Stopped)?;
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: Some(s.header_info().header(s.revision())),
+        }))
+    }
+}
+
+/// Page size etcd's tools expect a snapshot's body to be a multiple of.
+pub const SNAPSHOT_PAGE_BYTES: usize = 512;
+
+/// Frames state-machine snapshot bytes the way etcd streams a snapshot:
+/// the body zero-padded to a multiple of [`SNAPSHOT_PAGE_BYTES`], followed
+/// by the SHA-256 of the padded body (etcdctl checks this shape). The body
+/// is `metalraft-kv`'s snapshot format, not etcd's bbolt database.
+pub fn etcd_snapshot_stream(mut body: Vec<u8>) -> Vec<u8> {
+    use sha2::Digest;
+    let padded = body.len().div_ceil(SNAPSHOT_PAGE_BYTES).max(1) * SNAPSHOT_PAGE_BYTES;
+    body.resize(padded, 0);
+    let digest = sha2::Sha256::digest(&body);
+    body.extend_from_slice(&digest);
+    body
+}
+
+impl PeerService {
+    fn check(&self, env: Option<&peerpb::Envelope>) -> Result<peerpb::Envelope, Status> {
+        let s = &self.0;
+        let is_member = |id: u64| s.cfg.initial_cluster.iter().any(|p| p.id == id);
+        transport::check_envelope(env, s.cfg.cluster_id, s.cfg.id, is_member).map_err(|e| {
+            s.transport_stats
+                .rejected_incoming
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "rejected a peer request");
+            Status::permission_denied(e.to_string())
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl peerpb::peer_server::Peer for PeerService {
+    async fn deliver(
+        &self,
+        req: Request<peerpb::RaftBatch>,
+    ) -> Result<Response<peerpb::DeliverReply>, Status> {
+        let r = req.into_inner();
+        let env = self.check(r.envelope.as_ref())?;
+        let msgs = transport::decode_batch(&env, &r.messages).map_err(|e| {
+            self.0
+                .transport_stats
+                .rejected_incoming
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "rejected a malformed peer batch");
+            Status::invalid_argument(e.to_string())
+        })?;
+        for m in msgs {
+            // A full input queue drops the message; Raft retransmits.
+            if let Err(EtcdError::Stopped) = self.0.raft.try_send(Input::Step(m)) {
+                return Err(EtcdError::Stopped.into());
+            }
+        }
+        Ok(Response::new(peerpb::DeliverReply {}))
+    }
+
+    async fn forward(
+        &self,
+        req: Request<peerpb::ForwardRequest>,
+    ) -> Result<Response<peerpb::ForwardReply>, Status> {
+        let r = req.into_inner();
+        self.check(r.envelope.as_ref())?;
+        let s = &self.0;
+        if s.gauges.no_space.load(Ordering::Relaxed) {
+            return Err(EtcdError::NoSpace.into());
+        }
+        if !s.raft.status.borrow().is_leader {
+            return Err(EtcdError::LeaderChanged.into());
+        }
+        let cmd = kv::Command::decode(&r.command)
+            .map_err(|e| Status::invalid_argument(format!("undecodable forwarded command: {e}")))?;
+        let out = s.raft.propose(cmd, REQUEST_TIMEOUT).await?;
+        Ok(Response::new(peerpb::ForwardReply {
+            result: out.encode(),
+        }))
+    }
+
+    async fn info(
+        &self,
+        req: Request<peerpb::InfoRequest>,
+    ) -> Result<Response<peerpb::InfoReply>, Status> {
+        let r = req.into_inner();
+        self.check(r.envelope.as_ref())?;
+        let s = &self.0;
+        Ok(Response::new(peerpb::InfoReply {
+            name: s.cfg.name.clone(),
+            client_urls: s
+                .cfg
+                .advertise_client_urls
+                .iter()
+                .map(|u| u.as_str().trim_end_matches('/').to_string())
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,330 @@
+//! What goes into the Raft log, and the translation between etcd's
+//! protobuf messages and `metalraft-kv`'s commands and results.
+//!
+//! A log entry's payload is `proposer: u64 LE | seq: u64 LE | command`,
+//! where `command` is `metalraft_kv::Command::encode`. `(proposer, seq)`
+//! lets the member that proposed an entry find the client waiting for it
+//! when the entry is applied; every other member ignores it.
+
+use metalraft_kv as kv;
+
+use crate::errors::EtcdError;
+use crate::proto::etcdserverpb as pb;
+use crate::proto::mvccpb;
+
+/// Bytes of the `(proposer, seq)` prefix of a log entry.
+pub const ENTRY_PREFIX_BYTES: usize = 16;
+
+/// Builds a log entry payload.
+pub fn encode_entry(proposer: u64, seq: u64, cmd: &kv::Command) -> Vec<u8> {
+    let body = cmd.encode();
+    let mut out = Vec::with_capacity(ENTRY_PREFIX_BYTES + body.len());
+    out.extend_from_slice(&proposer.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Splits a log entry payload into `((proposer, seq), command)`.
+pub fn decode_entry(data: &[u8]) -> Result<((u64, u64), kv::Command), String> {
+    if data.len() < ENTRY_PREFIX_BYTES {
+        return Err(format!(
+            "entry of {} bytes is shorter than its prefix",
+            data.len()
+        ));
+    }
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&data[0..8]);
+    let proposer = u64::from_le_bytes(a);
+    a.copy_from_slice(&data[8..16]);
+    let seq = u64::from_le_bytes(a);
+    let cmd = kv::Command::decode(&data[16..]).map_err(|e| e.to_string())?;
+    Ok(((proposer, seq), cmd))
+}
+
+/// Maps a refusal by the state machine to etcd's error.
+pub fn request_error(e: kv::RequestError) -> EtcdError {
+    use kv::RequestError as R;
+    match e {
+        R::EmptyKey => EtcdError::EmptyKey,
+        R::KeyTooLarge { .. } | R::ValueTooLarge { .. } | R::RequestTooLarge { .. } => {
+            EtcdError::RequestTooLarge
+        }
+        R::TooManyOps { .. } => EtcdError::TooManyOps,
+        R::ValueProvided => EtcdError::ValueProvided,
+        R::DuplicateKey => EtcdError::DuplicateKey,
+        R::KeyNotFound => EtcdError::KeyNotFound,
+        R::Compacted { .. } => EtcdError::Compacted,
+        R::FutureRevision { .. } => EtcdError::FutureRevision,
+        other => EtcdError::InvalidArgument(format!("etcdserver: {other}")),
+    }
+}
+
+fn sort_order(v: i32) -> Result<kv::SortOrder, EtcdError> {
+    Ok(match pb::range_request::SortOrder::try_from(v) {
+        Ok(pb::range_request::SortOrder::None) => kv::SortOrder::None,
+        Ok(pb::range_request::SortOrder::Ascend) => kv::SortOrder::Ascend,
+        Ok(pb::range_request::SortOrder::Descend) => kv::SortOrder::Descend,
+        Err(_) => {
+            return Err(EtcdError::InvalidArgument(format!(
+                "etcdserver: unknown sort order {v}"
+            )))
+        }
+    })
+}
+
+fn sort_target(v: i32) -> Result<kv::SortTarget, EtcdError> {
+    use pb::range_request::SortTarget as T;
+    Ok(match T::try_from(v) {
+        Ok(T::Key) => kv::SortTarget::Key,
+        Ok(T::Version) => kv::SortTarget::Version,
+        Ok(T::Create) => kv::SortTarget::Create,
+        Ok(T::Mod) => kv::SortTarget::Mod,
+        Ok(T::Value) => kv::SortTarget::Value,
+        Err(_) => {
+            return Err(EtcdError::InvalidArgument(format!(
+                "etcdserver: unknown sort target {v}"
+            )))
+        }
+    })
+}
+
+/// etcd `RangeRequest` → kv.
+pub fn range_request(r: &pb::RangeRequest) -> Result<kv::RangeRequest, EtcdError> {
+    Ok(kv::RangeRequest {
+        key: r.key.clone(),
+        range_end: r.range_end.clone(),
+        limit: r.limit,
+        revision: r.revision,
+        sort_order: sort_order(r.sort_order)?,
+        sort_target: sort_target(r.sort_target)?,
+        keys_only: r.keys_only,
+        count_only: r.count_only,
+        min_mod_revision: r.min_mod_revision,
+        max_mod_revision: r.max_mod_revision,
+        min_create_revision: r.min_create_revision,
+        max_create_revision: r.max_create_revision,
+    })
+}
+
+/// etcd `PutRequest` → kv. Leases do not exist yet, so a lease id or
+/// `ignore_lease` is refused with etcd's "lease not found".
+pub fn put_request(r: &pb::PutRequest) -> Result<kv::PutRequest, EtcdError> {
+    if r.lease != 0 || r.ignore_lease {
+        return Err(EtcdError::LeaseNotFound);
+    }
+    Ok(kv::PutRequest {
+        key: r.key.clone(),
+        value: r.value.clone(),
+        prev_kv: r.prev_kv,
+        ignore_value: r.ignore_value,
+    })
+}
+
+/// etcd `DeleteRangeRequest` → kv.
+pub fn delete_request(r: &pb::DeleteRangeRequest) -> kv::DeleteRangeRequest {
+    kv::DeleteRangeRequest {
+        key: r.key.clone(),
+        range_end: r.range_end.clone(),
+        prev_kv: r.prev_kv,
+    }
+}
+
+fn compare(c: &pb::Compare) -> Result<kv::Compare, EtcdError> {
+    use pb::compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
+    let result = match R::try_from(c.result) {
+        Ok(R::Equal) => kv::CompareResult::Equal,
+        Ok(R::Greater) => kv::CompareResult::Greater,
+        Ok(R::Less) => kv::CompareResult::Less,
+        Ok(R::NotEqual) => kv::CompareResult::NotEqual,
+        Err(_) => {
+            return Err(EtcdError::InvalidArgument(format!(
+                "etcdserver: unknown compare result {}",
+                c.result
+            )))
+        }
+    };
+    let target = T::try_from(c.target).map_err(|_| {
+        EtcdError::InvalidArgument(format!("etcdserver: unknown compare target {}", c.target))
+    })?;
+    // etcd reads the operand that matches the target; a missing operand is
+    // the field's zero value.
+    let target = match (target, &c.target_union) {
+        (T::Version, Some(U::Version(v))) => kv::CompareTarget::Version(*v),
+        (T::Version, None) => kv::CompareTarget::Version(0),
+        (T::Create, Some(U::CreateRevision(v))) => kv::CompareTarget::CreateRevision(*v),
+        (T::Create, None) => kv::CompareTarget::CreateRevision(0),
+        (T::Mod, Some(U::ModRevision(v))) => kv::CompareTarget::ModRevision(*v),
+        (T::Mod, None) => kv::CompareTarget::ModRevision(0),
+        (T::Value, Some(U::Value(v))) => kv::CompareTarget::Value(v.clone()),
+        (T::Value, None) => kv::CompareTarget::Value(Vec::new()),
+        (T::Lease, Some(U::Lease(v))) => kv::CompareTarget::Lease(*v),
+        (T::Lease, None) => kv::CompareTarget::Lease(0),
+        _ => {
+            return Err(EtcdError::InvalidArgument(
+                "etcdserver: compare target and operand do not match".into(),
+            ))
+        }
+    };
+    Ok(kv::Compare {
+        result,
+        target,
+        key: c.key.clone(),
+        range_end: c.range_end.clone(),
+    })
+}
+
+fn request_op(op: &pb::RequestOp) -> Result<kv::RequestOp, EtcdError> {
+    use pb::request_op::Request;
+    match &op.request {
+        Some(Request::RequestRange(r)) => Ok(kv::RequestOp::Range(range_request(r)?)),
+        Some(Request::RequestPut(r)) => Ok(kv::RequestOp::Put(put_request(r)?)),
+        Some(Request::RequestDeleteRange(r)) => Ok(kv::RequestOp::DeleteRange(delete_request(r))),
+        Some(Request::RequestTxn(_)) => Err(EtcdError::Unsupported(
+            "etcdserver: nested transactions are not supported by metalraft".into(),
+        )),
+        None => Err(EtcdError::InvalidArgument(
+            "etcdserver: empty request op in txn".into(),
+        )),
+    }
+}
+
+/// etcd `TxnRequest` → kv.
+pub fn txn_request(r: &pb::TxnRequest) -> Result<kv::TxnRequest, EtcdError> {
+    Ok(kv::TxnRequest {
+        compare: r.compare.iter().map(compare).collect::<Result<_, _>>()?,
+        success: r.success.iter().map(request_op).collect::<Result<_, _>>()?,
+        failure: r.failure.iter().map(request_op).collect::<Result<_, _>>()?,
+    })
+}
+
+/// Whether a txn only reads (then it is served like a linearizable Range,
+/// without going through the log).
+pub fn txn_is_read_only(r: &kv::TxnRequest) -> bool {
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| matches!(op, kv::RequestOp::Range(_)))
+}
+
+/// What the server puts in every response header.
+#[derive(Clone, Copy, Debug)]
+pub struct HeaderInfo {
+    /// Cluster id.
+    pub cluster_id: u64,
+    /// This member.
+    pub member_id: u64,
+    /// Current Raft term.
+    pub raft_term: u64,
+}
+
+impl HeaderInfo {
+    /// A header at `revision`.
+    pub fn header(&self, revision: i64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.raft_term,
+        }
+    }
+}
+
+fn kv_pair(k: kv::KeyValue) -> mvccpb::KeyValue {
+    mvccpb::KeyValue {
+        key: k.key,
+        create_revision: k.create_revision,
+        mod_revision: k.mod_revision,
+        version: k.version,
+        value: k.value,
+        lease: 0,
+    }
+}
+
+/// kv `RangeResponse` → etcd.
+pub fn range_response(h: &HeaderInfo, r: kv::RangeResponse) -> pb::RangeResponse {
+    pb::RangeResponse {
+        header: Some(h.header(r.header.revision)),
+        kvs: r.kvs.into_iter().map(kv_pair).collect(),
+        more: r.more,
+        count: r.count,
+    }
+}
+
+/// kv `PutResponse` → etcd.
+pub fn put_response(h: &HeaderInfo, r: kv::PutResponse) -> pb::PutResponse {
+    pb::PutResponse {
+        header: Some(h.header(r.header.revision)),
+        prev_kv: r.prev_kv.map(kv_pair),
+    }
+}
+
+/// kv `DeleteRangeResponse` → etcd.
+pub fn delete_response(h: &HeaderInfo, r: kv::DeleteRangeResponse) -> pb::DeleteRangeResponse {
+    pb::DeleteRangeResponse {
+        header: Some(h.header(r.header.revision)),
+        deleted: r.deleted,
+        prev_kvs: r.prev_kvs.into_iter().map(kv_pair).collect(),
+    }
+}
+
+/// kv `TxnResponse` → etcd.
+pub fn txn_response(h: &HeaderInfo, r: kv::TxnResponse) -> pb::TxnResponse {
+    use pb::response_op::Response;
+    pb::TxnResponse {
+        header: Some(h.header(r.header.revision)),
+        succeeded: r.succeeded,
+        responses: r
+            .responses
+            .into_iter()
+            .map(|op| pb::ResponseOp {
+                response: Some(match op {
+                    kv::ResponseOp::Range(x) => Response::ResponseRange(range_response(h, x)),
+                    kv::ResponseOp::Put(x) => Response::ResponsePut(put_response(h, x)),
+                    kv::ResponseOp::DeleteRange(x) => {
+                        Response::ResponseDeleteRange(delete_response(h, x))
+                    }
+                }),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_payload_round_trips_and_short_input_is_an_error() {
+        let cmd = kv::Command::Put(kv::PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        });
+        let e = encode_entry(7, 9, &cmd);
+        assert_eq!(decode_entry(&e).unwrap(), ((7, 9), cmd));
+        assert!(decode_entry(&e[..10]).is_err());
+        assert!(decode_entry(&[0u8; 16]).is_err());
+    }
+
+    #[test]
+    fn leases_are_refused_with_etcds_error() {
+        let r = pb::PutRequest {
+            key: b"k".to_vec(),
+            lease: 5,
+            ..Default::default()
+        };
+        assert_eq!(put_request(&r), Err(EtcdError::LeaseNotFound));
+    }
+
+    #[test]
+    fn compare_with_mismatched_operand_is_invalid() {
+        let c = pb::Compare {
+            target: pb::compare::CompareTarget::Version as i32,
+            target_union: Some(pb::compare::TargetUnion::Value(b"x".to_vec())),
+            key: b"k".to_vec(),
+            ..Default::default()
+        };
+        assert!(matches!(compare(&c), Err(EtcdError::InvalidArgument(_))));
+    }
+}

@@ -1,0 +1,159 @@
+//! Errors returned to etcd clients, with etcd's gRPC codes and messages
+//! (etcd's `rpctypes`), so etcdctl and client libraries react as they do
+//! against etcd (e.g. retry on "no leader", show "request is too large").
+
+use tonic::{Code, Status};
+
+/// A client-visible failure.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EtcdError {
+    /// The request exceeds `--max-request-bytes`.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// No leader is known.
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The request did not complete in time (it may still be applied).
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// Leadership changed while the request was in flight.
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    /// The disk is full (the NOSPACE alarm is raised).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// The requested revision was compacted.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// The requested revision is in the future.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// The key is empty.
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// `ignore_value` on a missing key.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// `ignore_value` with a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// A lease was given but leases are not implemented.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// Too many operations in a txn.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// A txn writes one key twice.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// The member is not the leader (for leader-only operations).
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    /// MoveLeader to a bad target.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// The member is shutting down or its Raft node stopped.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// The member is not found.
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// A request asks for something this server does not implement.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A request that is malformed in a way etcd has no specific error for.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The server is overloaded (a bounded queue is full).
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    /// An internal failure (storage, encoding); logged on the server.
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl EtcdError {
+    /// etcd's gRPC status code for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            EtcdError::RequestTooLarge
+            | EtcdError::EmptyKey
+            | EtcdError::KeyNotFound
+            | EtcdError::ValueProvided
+            | EtcdError::TooManyOps
+            | EtcdError::DuplicateKey
+            | EtcdError::InvalidArgument(_) => Code::InvalidArgument,
+            EtcdError::NoLeader
+            | EtcdError::Timeout
+            | EtcdError::LeaderChanged
+            | EtcdError::Stopped
+            | EtcdError::TooManyRequests => Code::Unavailable,
+            EtcdError::NoSpace => Code::ResourceExhausted,
+            EtcdError::Compacted | EtcdError::FutureRevision => Code::OutOfRange,
+            EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
+            EtcdError::NotLeader | EtcdError::BadLeaderTransferee => Code::FailedPrecondition,
+            EtcdError::Unsupported(_) => Code::Unimplemented,
+            EtcdError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<EtcdError> for Status {
+    fn from(e: EtcdError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+/// Maps a status received from a peer (forwarded request) back to an
+/// [`EtcdError`] when its message is one of ours; otherwise keeps it opaque.
+pub fn from_status(s: &Status) -> EtcdError {
+    const KNOWN: &[EtcdError] = &[
+        EtcdError::RequestTooLarge,
+        EtcdError::NoLeader,
+        EtcdError::Timeout,
+        EtcdError::LeaderChanged,
+        EtcdError::NoSpace,
+        EtcdError::Compacted,
+        EtcdError::FutureRevision,
+        EtcdError::EmptyKey,
+        EtcdError::KeyNotFound,
+        EtcdError::ValueProvided,
+        EtcdError::LeaseNotFound,
+        EtcdError::TooManyOps,
+        EtcdError::DuplicateKey,
+        EtcdError::NotLeader,
+        EtcdError::Stopped,
+        EtcdError::TooManyRequests,
+    ];
+    for k in KNOWN {
+        if k.to_string() == s.message() {
+            return k.clone();
+        }
+    }
+    match s.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => EtcdError::Timeout,
+        _ => EtcdError::Internal(format!("forwarding to the leader: {}", s.message())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_codes_match_etcd() {
+        let s: Status = EtcdError::RequestTooLarge.into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "etcdserver: request is too large");
+        let s: Status = EtcdError::NoLeader.into();
+        assert_eq!(s.code(), Code::Unavailable);
+        let s: Status = EtcdError::NoSpace.into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.message(), "etcdserver: mvcc: database space exceeded");
+        assert_eq!(
+            from_status(&EtcdError::Compacted.into()),
+            EtcdError::Compacted
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! Starting, running and stopping one member.
+//!
+//! Start: lock and recover the data directory (a torn WAL tail is
+//! truncated; corruption stops here with the file and offset), bootstrap
+//! a fresh member with the core's bootstrap entry, restore the state
+//! machine from the newest snapshot, start the WAL writer thread, the peer
+//! transport, the Raft loop and the gRPC servers.
+//!
+//! Stop (SIGTERM/SIGINT): a leader first hands leadership to a peer, then
+//! the servers stop accepting, in-flight requests finish, the Raft loop
+//! stops and the WAL writer drains and exits.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metalraft_core::{bootstrap_entry, bootstrap_hard_state, ConfState, Node, ReadMode};
+use metalraft_kv as kv;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use url::Url;
+
+use crate::api::{ClusterService, KvService, MaintenanceService, PeerService, Shared};
+use crate::config::MemberConfig;
+use crate::proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+};
+use crate::proto::peer::peer_server::PeerServer;
+use crate::raft_loop::{LoopParts, RaftLoop};
+use crate::storage::{Storage, StorageError, WalOptions, WriteBatch};
+use crate::transport::{Transport, TransportStats, PEER_MAX_GRPC_BYTES};
+use crate::writer::{self, WriterGauges};
+
+/// Extra bytes allowed on the client port above `--max-request-bytes`
+/// (etcd's gRPC overhead allowance), so an oversized request reaches the
+/// handler and gets etcd's "request is too large" rather than a transport error.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// How long a leader waits for its leadership transfer on shutdown.
+pub const SHUTDOWN_TRANSFER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long servers get to finish in-flight requests on shutdown.
+pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a member could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    /// Storage could not be opened or recovered.
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {url}: {source}")]
+    Listen {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The Raft core rejected its configuration or stored state.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// A fatal error while running.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+async fn bind(url: &Url) -> Result<TcpListener, MemberError> {
+    let host = url.host_str().unwrap_or("localhost");
+    let port = url.port().unwrap_or(0);
+    let err = |source| MemberError::Listen {
+        url: url.to_string(),
+        source,
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(err)?
+        .collect();
+    let mut last = None;
+    for a in addrs {
+        match TcpListener::bind(a).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(err(last.unwrap_or_else(|| {
+        std::io::Error::other("host resolves to no address")
+    })))
+}
+
+fn core_config(cfg: &MemberConfig) -> metalraft_core::Config {
+    let mut c = metalraft_core::Config::new(cfg.id);
+    let election = cfg.election_ticks().max(2);
+    c.heartbeat_interval_ticks = 1;
+    c.election_timeout_ticks_min = election;
+    c.election_timeout_ticks_max = election.saturating_mul(2);
+    c.pre_vote = true;
+    c.check_quorum = true;
+    c.read_mode = ReadMode::Safe;
+    // Different timeouts on every start, so restarted members do not
+    // campaign in lockstep.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    c.rng_seed = nanos ^ cfg.id;
+    c
+}
+
+/// Runs a member until SIGTERM/SIGINT or a fatal error.
+pub async fn run(cfg: MemberConfig) -> Result<(), MemberError> {
+    let opened = Storage::open(&cfg.data_dir, ConfState::default(), WalOptions::default())?;
+    if let Some((file, offset)) = &opened.torn_tail {
+        tracing::warn!(file = %file.display(), offset, "recovered from a torn final WAL record");
+    }
+    let mut storage = opened.storage;
+    let log = storage.log();
+    let (_, last) = log.bounds();
+    if last == 0 && log.hard_state() == Default::default() && opened.snapshot.is_none() {
+        let voters: Vec<u64> = cfg.initial_cluster.iter().map(|p| p.id).collect();
+        tracing::info!(member = %format!("{:x}", cfg.id), cluster = %format!("{:x}", cfg.cluster_id), members = voters.len(), "bootstrapping a new member");
+        storage.write(
+            &[WriteBatch {
+                entries: vec![bootstrap_entry(&voters)],
+                hard_state: Some(bootstrap_hard_state()),
+            }],
+            true,
+        )?;
+    }
+    let mut store = kv::KvStore::new();
+    let mut applied = 0;
+    if let Some(snap) = &opened.snapshot {
+        store = kv::KvStore::restore(&snap.data).map_err(|e| StorageError::Corrupt {
+            path: cfg.data_dir.join("member/snap"),
+            offset: 0,
+            reason: format!("snapshot at index {} does not restore: {e}", snap.index),
+        })?;
+        applied = store.applied_index().min(snap.index);
+        tracing::info!(
+            index = snap.index,
+            revision = store.revision(),
+            "restored state machine from snapshot"
+        );
+    }
+    let node = Node::new(core_config(&cfg), storage.log(), applied)
+        .map_err(|e| MemberError::Raft(e.to_string()))?;
+    let gauges = Arc::new(WriterGauges::default());
+    let (job_tx, job_rx) = std::sync::mpsc::channel();
+    let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let writer_gauges = gauges.clone();
+    let writer_thread = std::thread::Builder::new()
+        .name("wal-writer".into())
+        .spawn(move || writer::run(storage, job_rx, ev_tx, writer_gauges))
+        .map_err(|e| MemberError::Fatal(format!("cannot start the WAL writer thread: {e}")))?;
+    let transport_stats = Arc::new(TransportStats::default());
+    let peer_urls: Vec<(u64, Url)> = cfg
+        .peers()
+        .filter_map(|p| p.peer_urls.first().map(|u| (p.id, u.clone())))
+        .collect();
+    let transport = Transport::start(cfg.cluster_id, cfg.id, &peer_urls, transport_stats.clone());
+    let kv = Arc::new(RwLock::new(store));
+    let (raft_loop, handle) = RaftLoop::new(LoopParts {
+        node,
+        transport,
+        writer: job_tx,
+        writer_events: ev_rx,
+        gauges: gauges.clone(),
+        kv,
+        tick: cfg.heartbeat_interval,
+        snapshot_count: cfg.snapshot_count,
+        snapshot_index: opened.snapshot.as_ref().map_or(0, |s| s.index),
+    });
+    let shared = Arc::new(
+        Shared::new(cfg.clone(), handle.clone(), gauges, transport_stats)
+            .map_err(MemberError::Fatal)?,
+    );
+
+    // Bind everything before serving, so a busy port fails the start.
+    let mut peer_listeners = Vec::new();
+    for u in &cfg.listen_peer_urls {
+        peer_listeners.push(bind(u).await?);
+    }
+    let mut client_listeners = Vec::new();
+    for u in &cfg.listen_client_urls {
+        client_listeners.push(bind(u).await?);
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let loop_task = tokio::spawn(raft_loop.run(stop_rx.clone()));
+    let mut servers = Vec::new();
+    for l in peer_listeners {
+        let svc = PeerServer::new(PeerService(shared.clone()))
+            .max_decoding_message_size(PEER_MAX_GRPC_BYTES)
+            .max_encoding_message_size(PEER_MAX_GRPC_BYTES);
+        let mut stop = stop_rx.clone();
+        servers.push(tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
+                    let _ = stop.changed().await;
+                }),
+        ));
+    }
+    let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    for l in client_listeners {
+        let mut stop = stop_rx.clone();
+        servers.push(tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    KvServer::new(KvService(shared.clone())).max_decoding_message_size(max_recv),
+                )
+                .add_service(
+                    ClusterServer::new(ClusterService(shared.clone()))
+                        .max_decoding_message_size(max_recv),
+                )
+                .add_service(
+                    MaintenanceServer::new(MaintenanceService(shared.clone()))
+                        .max_decoding_message_size(max_recv),
+                )
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
+                    let _ = stop.changed().await;
+                }),
+        ));
+    }
+    tracing::info!(
+        name = %cfg.name,
+        member = %format!("{:x}", cfg.id),
+        clients = %cfg.listen_client_urls.iter().map(Url::as_str).collect::<Vec<_>>().join(","),
+        peers = %cfg.listen_peer_urls.iter().map(Url::as_str).collect::<Vec<_>>().join(","),
+        "member started"
+    );
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| MemberError::Fatal(format!("cannot install SIGTERM handler: {e}")))?;
+    let mut status = handle.status.clone();
+    let fatal = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = sigterm.recv() => None,
+        _ = status.wait_for(|s| s.stopped) => Some("the raft loop stopped".to_string()),
+    };
+    if fatal.is_none() {
+        tracing::info!("shutting down");
+        hand_over_leadership(&shared).await;
+    }
+    let _ = stop_tx.send(true);
+    for s in servers {
+        match tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, s).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
+            _ => tracing::warn!("a server did not stop in time"),
+        }
+    }
+    let loop_result = loop_task
+        .await
+        .map_err(|e| MemberError::Fatal(format!("raft loop panicked: {e}")))?;
+    drop(shared);
+    drop(handle);
+    // The loop dropped the job sender: the writer drains and exits.
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    loop_result.map_err(MemberError::Fatal)?;
+    match fatal {
+        Some(e) => Err(MemberError::Fatal(e)),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// A leader transfers leadership to the most suitable peer before it
+/// stops, so the cluster does not wait an election timeout.
+async fn hand_over_leadership(shared: &Shared) {
+    let st = *shared.raft.status.borrow();
+    if !st.is_leader {
+        return;
+    }
+    let Some(target) = shared.cfg.peers().map(|p| p.id).next() else {
+        return;
+    };
+    if let Err(e) = shared.raft.transfer(target).await {
+        tracing::warn!(error = %e, "leadership transfer on shutdown refused");
+        return;
+    }
+    let mut s = shared.raft.status.clone();
+    let done = tokio::time::timeout(
+        SHUTDOWN_TRANSFER_TIMEOUT,
+        s.wait_for(|x| !x.is_leader || x.stopped),
+    )
+    .await;
+    match done {
+        Ok(_) => tracing::info!(to = %format!("{target:x}"), "handed leadership over"),
+        Err(_) => tracing::warn!("leadership transfer did not finish before shutdown"),
+    }
+}

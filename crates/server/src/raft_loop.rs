@@ -1,0 +1,512 @@
+//! The task that owns the Raft core and drives it with real time.
+//!
+//! One loop, in the order the core's contract asks for: feed inputs (ticks,
+//! peer messages, proposals, read requests, persistence acknowledgements),
+//! then for every `Ready`: send messages, hand the persistence batch to the
+//! WAL writer thread (which acknowledges it after `fdatasync`), answer read
+//! states, apply committed entries and complete the clients waiting on them.
+//!
+//! Client-facing code talks to the loop through a [`RaftHandle`] and
+//! observes it through a [`watch`] of [`NodeStatus`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use metalraft_core::{Entry, EntryData, Message, Node, ReadError, Role, TransferError};
+use metalraft_kv as kv;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::command;
+use crate::errors::EtcdError;
+use crate::storage::{SharedLog, Snapshot, WriteBatch};
+use crate::transport::Transport;
+use crate::writer::{WriteJob, WriterEvent, WriterGauges};
+
+/// Capacity of the loop's input queue; beyond it clients get "too many requests".
+pub const INPUT_QUEUE_CAPACITY: usize = 16 * 1024;
+/// Most inputs handled before the next `Ready` is processed.
+pub const MAX_INPUTS_PER_ROUND: usize = 4096;
+/// Most proposals waiting for their entry to apply.
+pub const MAX_PENDING_PROPOSALS: usize = 64 * 1024;
+
+/// The Raft node as the server instantiates it.
+pub type RaftNode = Node<Vec<u8>, SharedLog>;
+
+/// The result a proposer gets: the state machine's answer, or why not.
+pub type ProposeResult = Result<kv::CommandResult, EtcdError>;
+
+/// Requests to the loop.
+pub enum Input {
+    /// A message from a peer (already validated by the transport).
+    Step(Message<Vec<u8>>),
+    /// A write to propose; answered when applied.
+    Propose {
+        /// The command.
+        cmd: kv::Command,
+        /// Where the result goes.
+        reply: oneshot::Sender<ProposeResult>,
+    },
+    /// A linearizable read: answered with the index to wait for.
+    ReadIndex {
+        /// Where the read index goes.
+        reply: oneshot::Sender<Result<u64, EtcdError>>,
+    },
+    /// Leadership transfer (MoveLeader or graceful shutdown).
+    Transfer {
+        /// Target member.
+        to: u64,
+        /// Accepted or refused (completion is observed through the status).
+        reply: oneshot::Sender<Result<(), EtcdError>>,
+    },
+}
+
+/// What the loop publishes after every round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Current term.
+    pub term: u64,
+    /// Known leader.
+    pub leader: Option<u64>,
+    /// Whether this member leads.
+    pub is_leader: bool,
+    /// Whether this member is a learner.
+    pub is_learner: bool,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Times this member saw the leader change.
+    pub leader_changes: u64,
+    /// The loop stopped (shutdown or fatal error).
+    pub stopped: bool,
+}
+
+/// Counters for metrics.
+#[derive(Default, Debug)]
+pub struct LoopStats {
+    /// Proposals applied.
+    pub proposals_committed: AtomicU64,
+    /// Proposals refused or failed.
+    pub proposals_failed: AtomicU64,
+    /// Proposals waiting.
+    pub proposals_pending: AtomicU64,
+    /// Snapshots taken.
+    pub snapshots: AtomicU64,
+}
+
+/// A cheap handle for client-facing code.
+#[derive(Clone)]
+pub struct RaftHandle {
+    inputs: mpsc::Sender<Input>,
+    /// Status updates.
+    pub status: watch::Receiver<NodeStatus>,
+    /// The state machine (read under the lock for serializable reads).
+    pub kv: Arc<RwLock<kv::KvStore>>,
+    /// Loop counters.
+    pub stats: Arc<LoopStats>,
+}
+
+impl RaftHandle {
+    /// Sends an input without waiting for queue space.
+    pub fn try_send(&self, input: Input) -> Result<(), EtcdError> {
+        self.inputs.try_send(input).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => EtcdError::TooManyRequests,
+            mpsc::error::TrySendError::Closed(_) => EtcdError::Stopped,
+        })
+    }
+
+    /// Proposes a command on this member (which must lead) and waits until
+    /// it is applied, or `timeout`.
+    pub async fn propose(&self, cmd: kv::Command, timeout: Duration) -> ProposeResult {
+        let (reply, rx) = oneshot::channel();
+        self.try_send(Input::Propose { cmd, reply })?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(EtcdError::Stopped),
+            Err(_) => Err(EtcdError::Timeout),
+        }
+    }
+
+    /// Obtains a read index and waits until it is applied.
+    pub async fn linearizable_barrier(&self, timeout: Duration) -> Result<(), EtcdError> {
+        let fut = async {
+            let (reply, rx) = oneshot::channel();
+            self.try_send(Input::ReadIndex { reply })?;
+            let index = rx.await.map_err(|_| EtcdError::Stopped)??;
+            self.wait_applied(index).await
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| EtcdError::Timeout)?
+    }
+
+    /// Waits until the applied index reaches `index`.
+    pub async fn wait_applied(&self, index: u64) -> Result<(), EtcdError> {
+        let mut st = self.status.clone();
+        let r = st.wait_for(|s| s.applied >= index || s.stopped).await;
+        match r {
+            Ok(s) if !s.stopped => Ok(()),
+            _ => Err(EtcdError::Stopped),
+        }
+    }
+
+    /// Asks the core to transfer leadership.
+    pub async fn transfer(&self, to: u64) -> Result<(), EtcdError> {
+        let (reply, rx) = oneshot::channel();
+        self.try_send(Input::Transfer { to, reply })?;
+        rx.await.map_err(|_| EtcdError::Stopped)?
+    }
+}
+
+/// Everything the loop owns.
+pub struct RaftLoop {
+    node: RaftNode,
+    me: u64,
+    transport: Transport,
+    writer: std::sync::mpsc::Sender<WriteJob>,
+    writer_events: mpsc::UnboundedReceiver<WriterEvent>,
+    gauges: Arc<WriterGauges>,
+    inputs: mpsc::Receiver<Input>,
+    status_tx: watch::Sender<NodeStatus>,
+    kv: Arc<RwLock<kv::KvStore>>,
+    stats: Arc<LoopStats>,
+    pending: HashMap<u64, oneshot::Sender<ProposeResult>>,
+    next_seq: u64,
+    reads: HashMap<u64, oneshot::Sender<Result<u64, EtcdError>>>,
+    next_read: u64,
+    tick: Duration,
+    snapshot_count: u64,
+    last_snapshot_index: u64,
+    status: NodeStatus,
+}
+
+/// Parameters of [`RaftLoop::new`].
+pub struct LoopParts {
+    /// The core.
+    pub node: RaftNode,
+    /// Outgoing peer messages.
+    pub transport: Transport,
+    /// The WAL writer's job queue.
+    pub writer: std::sync::mpsc::Sender<WriteJob>,
+    /// The WAL writer's events.
+    pub writer_events: mpsc::UnboundedReceiver<WriterEvent>,
+    /// The WAL writer's gauges.
+    pub gauges: Arc<WriterGauges>,
+    /// The state machine.
+    pub kv: Arc<RwLock<kv::KvStore>>,
+    /// Tick period (`--heartbeat-interval`).
+    pub tick: Duration,
+    /// Applied entries between snapshots.
+    pub snapshot_count: u64,
+    /// Index of the snapshot the state machine was restored from.
+    pub snapshot_index: u64,
+}
+
+impl RaftLoop {
+    /// Builds the loop and its handle.
+    pub fn new(p: LoopParts) -> (RaftLoop, RaftHandle) {
+        let (tx, rx) = mpsc::channel(INPUT_QUEUE_CAPACITY);
+        let applied = p.node.applied_index();
+        let status = NodeStatus {
+            term: p.node.term(),
+            applied,
+            commit: p.node.commit_index(),
+            ..NodeStatus::default()
+        };
+        let (status_tx, status_rx) = watch::channel(status);
+        let stats = Arc::new(LoopStats::default());
+        let me = p.node.id();
+        let handle = RaftHandle {
+            inputs: tx,
+            status: status_rx,
+            kv: p.kv.clone(),
+            stats: stats.clone(),
+        };
+        let lp = RaftLoop {
+            me,
+            node: p.node,
+            transport: p.transport,
+            writer: p.writer,
+            writer_events: p.writer_events,
+            gauges: p.gauges,
+            inputs: rx,
+            status_tx,
+            kv: p.kv,
+            stats,
+            pending: HashMap::new(),
+            next_seq: 1,
+            reads: HashMap::new(),
+            next_read: 1,
+            tick: p.tick,
+            snapshot_count: p.snapshot_count,
+            last_snapshot_index: p.snapshot_index,
+            status,
+        };
+        (lp, handle)
+    }
+
+    /// Runs until `shutdown` fires or storage fails. Returns the fatal
+    /// error, if any.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+        let mut ticker = tokio::time::interval(self.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if let Err(e) = self.node.tick() {
+                        break Err(format!("raft node stopped: {e}"));
+                    }
+                }
+                Some(input) = self.inputs.recv() => {
+                    self.handle(input);
+                    for _ in 0..MAX_INPUTS_PER_ROUND {
+                        match self.inputs.try_recv() {
+                            Ok(i) => self.handle(i),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                ev = self.writer_events.recv() => match ev {
+                    Some(WriterEvent::Persisted(tokens)) => {
+                        let mut failed = None;
+                        for t in tokens {
+                            if let Err(e) = self.node.on_persisted(t) {
+                                failed = Some(format!("acknowledging a persisted batch: {e}"));
+                                break;
+                            }
+                        }
+                        if let Some(e) = failed { break Err(e); }
+                    }
+                    Some(WriterEvent::Fatal(e)) => break Err(format!("storage failed: {e}")),
+                    None => break Err("the WAL writer stopped".to_string()),
+                },
+                _ = shutdown.changed() => break Ok(()),
+            }
+            if let Err(e) = self.process_ready() {
+                break Err(e);
+            }
+            self.publish();
+        };
+        self.status.stopped = true;
+        self.status_tx.send_replace(self.status);
+        for (_, tx) in self.pending.drain() {
+            let _ = tx.send(Err(EtcdError::Stopped));
+        }
+        result
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Step(m) => {
+                // Drops are normal (stale terms etc.) and counted by the core.
+                if let Err(e) = self.node.step(m) {
+                    tracing::trace!(error = %e, "message dropped");
+                }
+            }
+            Input::Propose { cmd, reply } => self.propose(cmd, reply),
+            Input::ReadIndex { reply } => {
+                let ctx = self.next_read;
+                self.next_read += 1;
+                match self.node.read_index(ctx) {
+                    Ok(()) => {
+                        self.reads.insert(ctx, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(read_error(e)));
+                    }
+                }
+            }
+            Input::Transfer { to, reply } => {
+                let r = self.node.transfer_leader(to).map_err(|e| match e {
+                    TransferError::NotLeader { .. } => EtcdError::NotLeader,
+                    TransferError::Failed => EtcdError::Stopped,
+                    _ => EtcdError::BadLeaderTransferee,
+                });
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn propose(&mut self, cmd: kv::Command, reply: oneshot::Sender<ProposeResult>) {
+        if self.gauges.no_space.load(Ordering::Relaxed) {
+            let _ = reply.send(Err(EtcdError::NoSpace));
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING_PROPOSALS {
+            self.pending.retain(|_, tx| !tx.is_closed());
+            if self.pending.len() >= MAX_PENDING_PROPOSALS {
+                let _ = reply.send(Err(EtcdError::TooManyRequests));
+                return;
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let data = command::encode_entry(self.me, seq, &cmd);
+        match self.node.propose(data) {
+            Ok(_) => {
+                self.pending.insert(seq, reply);
+            }
+            Err(e) => {
+                self.stats.proposals_failed.fetch_add(1, Ordering::Relaxed);
+                let err = match e {
+                    metalraft_core::ProposeError::NotLeader { leader: None } => EtcdError::NoLeader,
+                    metalraft_core::ProposeError::NotLeader { .. } => EtcdError::NotLeader,
+                    metalraft_core::ProposeError::UncommittedLimit => EtcdError::TooManyRequests,
+                    _ => EtcdError::Stopped,
+                };
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+
+    fn process_ready(&mut self) -> Result<(), String> {
+        while self.node.has_ready() {
+            let mut rd = self
+                .node
+                .ready()
+                .map_err(|e| format!("raft node stopped: {e}"))?;
+            if let Some(ss) = rd.soft_state() {
+                let was_leader = self.status.is_leader;
+                if ss.leader != self.status.leader {
+                    self.status.leader_changes += 1;
+                    tracing::info!(term = ss.term, leader = ?ss.leader.map(|l| format!("{l:x}")), role = ?ss.role, "leadership changed");
+                }
+                self.status.leader = ss.leader;
+                self.status.is_leader = ss.role == Role::Leader;
+                self.status.term = ss.term;
+                if was_leader && !self.status.is_leader {
+                    // Entries proposed here may or may not commit under the
+                    // next leader; etcd answers "leader changed" too.
+                    for (_, tx) in self.pending.drain() {
+                        let _ = tx.send(Err(EtcdError::LeaderChanged));
+                    }
+                }
+            }
+            self.transport.send(rd.take_messages());
+            if let Some(mut p) = rd.take_persist() {
+                let batch = WriteBatch {
+                    entries: p.take_entries(),
+                    hard_state: p.hard_state(),
+                };
+                let sync = p.must_sync();
+                let job = WriteJob::Persist {
+                    batch,
+                    sync,
+                    token: p.into_token(),
+                };
+                self.writer
+                    .send(job)
+                    .map_err(|_| "the WAL writer stopped".to_string())?;
+            }
+            for rs in rd.take_read_states() {
+                if let Some(tx) = self.reads.remove(&rs.ctx) {
+                    let _ = tx.send(rs.result.map_err(read_error));
+                }
+            }
+            let committed = rd.take_committed_entries();
+            if !committed.is_empty() {
+                self.apply(committed)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry<Vec<u8>>>) -> Result<(), String> {
+        let mut kv = self
+            .kv
+            .write()
+            .map_err(|_| "state machine lock poisoned".to_string())?;
+        for e in entries {
+            if e.index <= kv.applied_index() {
+                // Already in the snapshot the store was restored from.
+                continue;
+            }
+            match e.data {
+                EntryData::Normal(data) => match command::decode_entry(&data) {
+                    Ok(((proposer, seq), cmd)) => {
+                        let result = kv.apply(e.index, &cmd);
+                        let out = match result {
+                            Ok(r) => Ok(r),
+                            Err(kv::ApplyError::Rejected(re)) => Err(command::request_error(re)),
+                            Err(other) => {
+                                return Err(format!("applying entry {}: {other}", e.index))
+                            }
+                        };
+                        if proposer == self.me {
+                            if let Some(tx) = self.pending.remove(&seq) {
+                                if out.is_ok() {
+                                    self.stats
+                                        .proposals_committed
+                                        .fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    self.stats.proposals_failed.fetch_add(1, Ordering::Relaxed);
+                                }
+                                let _ = tx.send(out);
+                            }
+                        }
+                    }
+                    Err(reason) => {
+                        // Every member decodes the same bytes the same way, so
+                        // skipping is consistent; it can only come from a bug.
+                        tracing::error!(index = e.index, %reason, "undecodable committed entry skipped");
+                        kv.mark_applied(e.index)
+                            .map_err(|err| format!("applying entry {}: {err}", e.index))?;
+                    }
+                },
+                _ => {
+                    kv.mark_applied(e.index)
+                        .map_err(|err| format!("applying entry {}: {err}", e.index))?;
+                }
+            }
+        }
+        self.status.applied = kv.applied_index();
+        if self.status.applied >= self.last_snapshot_index + self.snapshot_count {
+            let index = self.status.applied;
+            let term = self.node.storage().term_of(index).unwrap_or(0);
+            let snap = Snapshot {
+                index,
+                term,
+                conf_state: self.node.conf_state().clone(),
+                data: kv.snapshot(),
+            };
+            drop(kv);
+            self.last_snapshot_index = index;
+            self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+            self.writer
+                .send(WriteJob::Snapshot(snap))
+                .map_err(|_| "the WAL writer stopped".to_string())?;
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        self.status.commit = self.node.commit_index();
+        self.status.term = self.node.term();
+        self.status.is_learner = !self.node.conf_state().voters.contains(&self.me)
+            && self.node.conf_state().learners.contains(&self.me);
+        self.stats
+            .proposals_pending
+            .store(self.pending.len() as u64, Ordering::Relaxed);
+        let s = self.status;
+        self.status_tx.send_if_modified(|old| {
+            if *old != s {
+                *old = s;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+fn read_error(e: ReadError) -> EtcdError {
+    match e {
+        ReadError::NoLeader => EtcdError::NoLeader,
+        ReadError::TooManyPending => EtcdError::TooManyRequests,
+        ReadError::LeaderChanged => EtcdError::LeaderChanged,
+        ReadError::TimedOut | ReadError::Rejected => EtcdError::Timeout,
+        _ => EtcdError::Stopped,
+    }
+}

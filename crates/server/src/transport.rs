@@ -1,0 +1,354 @@
+//! Member-to-member transport over the internal gRPC `Peer` service.
+//!
+//! Outgoing: one task per peer with a queue bounded in messages
+//! ([`PEER_QUEUE_MSGS`]) and bytes ([`PEER_QUEUE_BYTES`]). A full queue drops
+//! the message (Raft retransmits; the drop is counted). The task batches
+//! everything queued into one `Deliver` call and reconnects with
+//! exponential backoff ([`RECONNECT_BACKOFF_MIN`]..[`RECONNECT_BACKOFF_MAX`]).
+//!
+//! Incoming: every batch is checked once at the edge — cluster id, a known
+//! sender, this member as recipient, each message decoded with postcard and
+//! its `from`/`to` matching the envelope — before it reaches the core.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metalraft_core::Message;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+use url::Url;
+
+use crate::proto::peer::peer_client::PeerClient;
+use crate::proto::peer::{Envelope, RaftBatch};
+
+/// Most messages queued for one peer.
+pub const PEER_QUEUE_MSGS: usize = 4096;
+/// Most encoded bytes queued for one peer.
+pub const PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Most messages sent in one `Deliver` call.
+pub const MAX_MSGS_PER_BATCH: usize = 512;
+/// Most bytes sent in one `Deliver` call (one message may exceed it).
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Largest gRPC message on the peer port, in and out.
+pub const PEER_MAX_GRPC_BYTES: usize = 128 * 1024 * 1024;
+/// First reconnect delay after a failed send.
+pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest reconnect delay.
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Connect timeout to a peer.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Timeout of one `Deliver` call.
+pub const PEER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Counters of the transport.
+#[derive(Default, Debug)]
+pub struct TransportStats {
+    /// Messages dropped because a peer queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// Messages dropped because delivery failed.
+    pub dropped_send_failed: AtomicU64,
+    /// Batches delivered.
+    pub batches_sent: AtomicU64,
+    /// Incoming batches rejected at the edge.
+    pub rejected_incoming: AtomicU64,
+    /// Sum of Deliver round trips, in microseconds.
+    pub rtt_micros_sum: AtomicU64,
+}
+
+struct PeerQueue {
+    tx: mpsc::Sender<Vec<u8>>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+/// The sending half: routes messages from the Raft loop to per-peer tasks.
+pub struct Transport {
+    peers: BTreeMap<u64, PeerQueue>,
+    stats: Arc<TransportStats>,
+}
+
+/// Builds a gRPC endpoint for a peer URL.
+pub fn endpoint(url: &Url) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(
+        Endpoint::from_shared(url.as_str().trim_end_matches('/').to_string())?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .timeout(PEER_REQUEST_TIMEOUT)
+            .tcp_nodelay(true),
+    )
+}
+
+impl Transport {
+    /// Starts one sender task per peer.
+    pub fn start(
+        cluster_id: u64,
+        me: u64,
+        peers: &[(u64, Url)],
+        stats: Arc<TransportStats>,
+    ) -> Transport {
+        let mut map = BTreeMap::new();
+        for (id, url) in peers {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MSGS);
+            let queued_bytes = Arc::new(AtomicUsize::new(0));
+            let env = Envelope {
+                cluster_id,
+                from: me,
+                to: *id,
+            };
+            tokio::spawn(sender_task(
+                env,
+                url.clone(),
+                rx,
+                queued_bytes.clone(),
+                stats.clone(),
+            ));
+            map.insert(*id, PeerQueue { tx, queued_bytes });
+        }
+        Transport { peers: map, stats }
+    }
+
+    /// Queues messages; never blocks. Messages to unknown peers or beyond a
+    /// queue's bounds are dropped and counted.
+    pub fn send(&self, msgs: Vec<Message<Vec<u8>>>) {
+        for m in msgs {
+            let Some(q) = self.peers.get(&m.to) else {
+                tracing::debug!(to = m.to, "message to unknown peer dropped");
+                continue;
+            };
+            let bytes = match postcard::to_allocvec(&m) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "encoding a raft message failed");
+                    continue;
+                }
+            };
+            let len = bytes.len();
+            if q.queued_bytes.load(Ordering::Relaxed) + len > PEER_QUEUE_BYTES {
+                self.stats
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match q.tx.try_send(bytes) {
+                Ok(()) => {
+                    q.queued_bytes.fetch_add(len, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    self.stats
+                        .dropped_queue_full
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+async fn sender_task(
+    env: Envelope,
+    url: Url,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    queued_bytes: Arc<AtomicUsize>,
+    stats: Arc<TransportStats>,
+) {
+    let mut client: Option<PeerClient<Channel>> = None;
+    let mut backoff = RECONNECT_BACKOFF_MIN;
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_MSGS_PER_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(m) => {
+                    bytes += m.len();
+                    batch.push(m);
+                }
+                Err(_) => break,
+            }
+        }
+        queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let n = batch.len() as u64;
+        if client.is_none() {
+            match endpoint(&url) {
+                Ok(ep) => {
+                    client = Some(
+                        PeerClient::new(ep.connect_lazy())
+                            .max_decoding_message_size(PEER_MAX_GRPC_BYTES)
+                            .max_encoding_message_size(PEER_MAX_GRPC_BYTES),
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(peer = env.to, %url, error = %e, "bad peer URL");
+                    stats.dropped_send_failed.fetch_add(n, Ordering::Relaxed);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let req = RaftBatch {
+            envelope: Some(env),
+            messages: batch,
+        };
+        let started = std::time::Instant::now();
+        match c.deliver(req).await {
+            Ok(_) => {
+                stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .rtt_micros_sum
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                backoff = RECONNECT_BACKOFF_MIN;
+            }
+            Err(status) => {
+                stats.dropped_send_failed.fetch_add(n, Ordering::Relaxed);
+                tracing::debug!(peer = env.to, %url, %status, ?backoff, "peer send failed; backing off");
+                if status.code() == tonic::Code::PermissionDenied {
+                    tracing::warn!(peer = env.to, %url, %status, "peer rejected us");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                // Drop what queued up meanwhile beyond one batch: it is stale.
+                client = None;
+            }
+        }
+    }
+}
+
+/// Why an incoming batch was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IncomingError {
+    /// No envelope.
+    #[error("missing envelope")]
+    NoEnvelope,
+    /// Another cluster (different token or member set).
+    #[error("cluster id mismatch: got {got:x}, this member belongs to {want:x}")]
+    ClusterMismatch {
+        /// Received.
+        got: u64,
+        /// Ours.
+        want: u64,
+    },
+    /// The sender is not a member.
+    #[error("sender {0:x} is not a member of this cluster")]
+    UnknownSender(u64),
+    /// Addressed to another member.
+    #[error("batch addressed to {0:x}, not this member")]
+    WrongRecipient(u64),
+    /// A message did not decode or contradicts the envelope.
+    #[error("malformed message {index} in batch: {reason}")]
+    Malformed {
+        /// Position in the batch.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Validates the envelope of an incoming batch.
+pub fn check_envelope(
+    env: Option<&Envelope>,
+    cluster_id: u64,
+    me: u64,
+    is_member: impl Fn(u64) -> bool,
+) -> Result<Envelope, IncomingError> {
+    let env = env.ok_or(IncomingError::NoEnvelope)?;
+    if env.cluster_id != cluster_id {
+        return Err(IncomingError::ClusterMismatch {
+            got: env.cluster_id,
+            want: cluster_id,
+        });
+    }
+    if !is_member(env.from) || env.from == me {
+        return Err(IncomingError::UnknownSender(env.from));
+    }
+    if env.to != me {
+        return Err(IncomingError::WrongRecipient(env.to));
+    }
+    Ok(*env)
+}
+
+/// Decodes and checks the messages of a batch whose envelope is valid.
+pub fn decode_batch(
+    env: &Envelope,
+    messages: &[Vec<u8>],
+) -> Result<Vec<Message<Vec<u8>>>, IncomingError> {
+    let mut out = Vec::with_capacity(messages.len());
+    for (index, raw) in messages.iter().enumerate() {
+        let m: Message<Vec<u8>> =
+            postcard::from_bytes(raw).map_err(|e| IncomingError::Malformed {
+                index,
+                reason: e.to_string(),
+            })?;
+        if m.from != env.from || m.to != env.to {
+            return Err(IncomingError::Malformed {
+                index,
+                reason: format!(
+                    "message from {:x} to {:x} in a batch from {:x} to {:x}",
+                    m.from, m.to, env.from, env.to
+                ),
+            });
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metalraft_core::MessageBody;
+
+    fn env() -> Envelope {
+        Envelope {
+            cluster_id: 7,
+            from: 2,
+            to: 1,
+        }
+    }
+
+    #[test]
+    fn envelopes_from_other_clusters_or_strangers_are_rejected() {
+        let member = |id| id == 1 || id == 2;
+        assert!(check_envelope(Some(&env()), 7, 1, member).is_ok());
+        assert_eq!(
+            check_envelope(None, 7, 1, member),
+            Err(IncomingError::NoEnvelope)
+        );
+        assert!(matches!(
+            check_envelope(Some(&env()), 8, 1, member),
+            Err(IncomingError::ClusterMismatch { .. })
+        ));
+        let stranger = Envelope { from: 9, ..env() };
+        assert_eq!(
+            check_envelope(Some(&stranger), 7, 1, member),
+            Err(IncomingError::UnknownSender(9))
+        );
+        let misrouted = Envelope { to: 3, ..env() };
+        assert_eq!(
+            check_envelope(Some(&misrouted), 7, 1, member),
+            Err(IncomingError::WrongRecipient(3))
+        );
+    }
+
+    #[test]
+    fn garbage_and_spoofed_messages_are_rejected() {
+        let good = Message::<Vec<u8>> {
+            from: 2,
+            to: 1,
+            term: 3,
+            body: MessageBody::TimeoutNow,
+        };
+        let bytes = postcard::to_allocvec(&good).unwrap();
+        assert_eq!(
+            decode_batch(&env(), std::slice::from_ref(&bytes)).unwrap(),
+            vec![good.clone()]
+        );
+        let spoofed = postcard::to_allocvec(&Message { from: 3, ..good }).unwrap();
+        assert!(decode_batch(&env(), &[spoofed]).is_err());
+        for garbage in [vec![], vec![0xff; 3], b"GET / HTTP/1.1\r\n".to_vec()] {
+            assert!(decode_batch(&env(), &[garbage]).is_err());
+        }
+        // Every truncation of a valid message is an error or a different
+        // valid message, never a panic.
+        for cut in 0..bytes.len() {
+            let _ = decode_batch(&env(), &[bytes[..cut].to_vec()]);
+        }
+    }
+}

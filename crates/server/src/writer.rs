@@ -1,0 +1,167 @@
+//! The WAL writer thread: group commit between the Raft loop and the disk.
+//!
+//! It blocks for one job, then takes every job already queued, appends
+//! them, issues a single `fdatasync` (if any batch needs one), and only then
+//! hands the tokens back to the Raft loop. A full disk keeps the jobs and
+//! retries (see `docs/adr-storage.md`); any other I/O error is fatal.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metalraft_core::PersistToken;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::storage::{Snapshot, Storage, StorageError, WriteBatch};
+
+/// Most jobs merged into one group commit.
+pub const MAX_JOBS_PER_GROUP: usize = 1024;
+/// How often a write refused for lack of space is retried.
+pub const NO_SPACE_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Work for the writer.
+pub enum WriteJob {
+    /// A persistence batch from the core.
+    Persist {
+        /// What to write.
+        batch: WriteBatch,
+        /// Whether it must be synced before acknowledgement.
+        sync: bool,
+        /// The core's token, returned once durable.
+        token: PersistToken,
+    },
+    /// A state-machine snapshot to save.
+    Snapshot(Snapshot),
+}
+
+/// What the writer reports back.
+pub enum WriterEvent {
+    /// These batches are durable, in order.
+    Persisted(Vec<PersistToken>),
+    /// Storage failed for good; the member must stop.
+    Fatal(StorageError),
+}
+
+/// Shared gauges the writer maintains.
+#[derive(Default)]
+pub struct WriterGauges {
+    /// The disk is full: writes are refused until this clears.
+    pub no_space: AtomicBool,
+    /// Bytes the WAL occupies.
+    pub wal_bytes: AtomicU64,
+    /// Number of fdatasyncs issued.
+    pub syncs: AtomicU64,
+    /// Total time spent in write + fdatasync, in microseconds.
+    pub sync_micros: AtomicU64,
+}
+
+/// Runs the writer until `jobs` is closed (all senders dropped).
+pub fn run(
+    mut storage: Storage,
+    jobs: Receiver<WriteJob>,
+    events: UnboundedSender<WriterEvent>,
+    gauges: Arc<WriterGauges>,
+) {
+    gauges
+        .wal_bytes
+        .store(storage.wal_bytes(), Ordering::Relaxed);
+    let mut pending: Vec<WriteJob> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            match jobs.recv() {
+                Ok(j) => pending.push(j),
+                Err(_) => return,
+            }
+        }
+        while pending.len() < MAX_JOBS_PER_GROUP {
+            match jobs.try_recv() {
+                Ok(j) => pending.push(j),
+                Err(_) => break,
+            }
+        }
+        match write_group(&mut storage, &mut pending, &gauges) {
+            Ok(tokens) => {
+                gauges.no_space.store(false, Ordering::Relaxed);
+                if !tokens.is_empty() && events.send(WriterEvent::Persisted(tokens)).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.is_no_space() => {
+                if !gauges.no_space.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, "disk full: refusing writes (NOSPACE alarm) until space is freed");
+                }
+                // Keep the jobs; wait, but stop promptly if the member exits.
+                match jobs.recv_timeout(NO_SPACE_RETRY_INTERVAL) {
+                    Ok(j) => pending.push(j),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            Err(e) => {
+                let _ = events.send(WriterEvent::Fatal(e));
+                return;
+            }
+        }
+    }
+}
+
+/// Writes every pending persist job with one sync, then saves snapshots.
+/// On success `pending` is emptied and the tokens returned in order.
+fn write_group(
+    storage: &mut Storage,
+    pending: &mut Vec<WriteJob>,
+    gauges: &WriterGauges,
+) -> Result<Vec<PersistToken>, StorageError> {
+    let start = Instant::now();
+    // Persist batches up to the first snapshot job, so order is kept.
+    let split = pending
+        .iter()
+        .position(|j| matches!(j, WriteJob::Snapshot(_)))
+        .unwrap_or(pending.len());
+    let mut tokens = Vec::new();
+    if split > 0 {
+        let mut batches = Vec::with_capacity(split);
+        let mut sync = false;
+        for j in &mut pending[..split] {
+            if let WriteJob::Persist { batch, sync: s, .. } = j {
+                batches.push(std::mem::take(batch));
+                sync |= *s;
+            }
+        }
+        if let Err(e) = storage.write(&batches, sync) {
+            // Put the batches back for the retry.
+            for (j, b) in pending[..split].iter_mut().zip(batches) {
+                if let WriteJob::Persist { batch, .. } = j {
+                    *batch = b;
+                }
+            }
+            return Err(e);
+        }
+        if sync {
+            gauges.syncs.fetch_add(1, Ordering::Relaxed);
+            gauges
+                .sync_micros
+                .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        for j in pending.drain(..split) {
+            if let WriteJob::Persist { token, .. } = j {
+                tokens.push(token);
+            }
+        }
+    }
+    if let Some(WriteJob::Snapshot(_)) = pending.first() {
+        if let WriteJob::Snapshot(s) = pending.remove(0) {
+            match storage.save_snapshot(&s, false) {
+                Ok(()) => tracing::info!(index = s.index, "saved snapshot"),
+                // A failed snapshot loses nothing (the WAL still has every
+                // entry); report it and carry on.
+                Err(e) => tracing::error!(error = %e, index = s.index, "saving snapshot failed"),
+            }
+        }
+    }
+    gauges
+        .wal_bytes
+        .store(storage.wal_bytes(), Ordering::Relaxed);
+    Ok(tokens)
+}
