@@ -11,7 +11,7 @@ use alloc::collections::BTreeSet;
 
 impl Command {
     /// Checks the command against etcd's request rules and this crate's
-    /// limits (see [`limits`](crate#limits)), without looking at any state.
+    /// limits (see [the limits](crate#encoding-and-limits)), without looking at any state.
     /// [`Command::decode`] and [`KvStore::apply`](crate::KvStore::apply) both
     /// call it; a server can call it before proposing.
     pub fn validate(&self) -> Result<(), RequestError> {

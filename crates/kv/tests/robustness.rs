@@ -253,3 +253,39 @@ proptest! {
         let _ = CommandResult::decode(&bytes);
     }
 }
+
+#[test]
+fn exhausted_revision_counter_refuses_writes_without_panicking() {
+    let snap = frame_snapshot(&body(
+        i64::MAX,
+        0,
+        1,
+        &[(b"a", i64::MAX, i64::MAX, 1, b"v")],
+    ));
+    let mut kv = KvStore::restore(&snap).unwrap();
+    let put = Command::Put(PutRequest {
+        key: b"a".to_vec(),
+        value: b"w".to_vec(),
+        ..Default::default()
+    });
+    let exhausted = Err(ApplyError::Rejected(RequestError::RevisionExhausted));
+    assert_eq!(kv.apply(2, &put), exhausted);
+    let write_txn = Command::Txn(TxnRequest {
+        success: vec![RequestOp::DeleteRange(DeleteRangeRequest {
+            key: b"a".to_vec(),
+            ..Default::default()
+        })],
+        ..Default::default()
+    });
+    assert_eq!(kv.apply(3, &write_txn), exhausted);
+    let read_txn = Command::Txn(TxnRequest {
+        success: vec![RequestOp::Range(RangeRequest::single(b"a"))],
+        ..Default::default()
+    });
+    assert!(kv.apply(4, &read_txn).is_ok());
+    assert_eq!(kv.revision(), i64::MAX);
+    assert_eq!(
+        kv.range(&RangeRequest::single(b"a")).unwrap().kvs[0].value,
+        b"v"
+    );
+}
