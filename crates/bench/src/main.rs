@@ -106,7 +106,10 @@ fn parse_pos(s: &str, name: &str) -> Result<u64, String> {
 
 /// One measured run.
 struct Sample {
+    /// By wall-clock time.
     proposals_per_sec: f64,
+    /// By this thread's CPU time (user + system).
+    proposals_per_cpu_sec: f64,
     msgs_per_proposal: f64,
 }
 
@@ -118,12 +121,15 @@ fn run<C: Cluster>(total: u64, batch: u64) -> Sample {
     let mut c = C::new();
     let msgs_before = c.messages();
     let start = Instant::now();
+    let cpu_start = cpu_time::ThreadTime::now();
     drive_workload(&mut c, total, batch);
+    let cpu_secs = cpu_start.elapsed().as_secs_f64();
     let secs = start.elapsed().as_secs_f64();
     let msgs = c.messages() - msgs_before;
     drop(c);
     Sample {
         proposals_per_sec: total as f64 / secs,
+        proposals_per_cpu_sec: total as f64 / cpu_secs,
         msgs_per_proposal: msgs as f64 / total as f64,
     }
 }
@@ -169,6 +175,14 @@ struct Row {
 impl Row {
     fn median(&self) -> f64 {
         median(self.samples.iter().map(|s| s.proposals_per_sec).collect())
+    }
+    fn median_cpu(&self) -> f64 {
+        median(
+            self.samples
+                .iter()
+                .map(|s| s.proposals_per_cpu_sec)
+                .collect(),
+        )
     }
     fn range(&self) -> (f64, f64) {
         let it = self.samples.iter().map(|s| s.proposals_per_sec);
@@ -256,7 +270,7 @@ fn core_bench(o: &Opts) {
         Only::Both => {
             println!(
                 "| batch | metalraft-core proposals/s | raft-rs 0.7 proposals/s | \
-                 ratio metalraft/raft-rs | msgs/proposal metalraft | msgs/proposal raft-rs |"
+                 ratio metalraft/raft-rs | ratio by thread CPU time | msgs/proposal metalraft / raft-rs |"
             );
             println!("|---:|---:|---:|---:|---:|---:|");
         }
@@ -281,10 +295,11 @@ fn core_bench(o: &Opts) {
                     peer.samples.push(run::<RaftRsCluster>(o.proposals, batch));
                 }
                 println!(
-                    "| {batch} | {} | {} | **{:.2}×** | {:.2} | {:.2} |",
+                    "| {batch} | {} | {} | **{:.2}×** | {:.2}× | {:.2} / {:.2} |",
                     metal.cell(),
                     peer.cell(),
                     metal.median() / peer.median(),
+                    metal.median_cpu() / peer.median_cpu(),
                     metal.msgs(),
                     peer.msgs(),
                 );
@@ -366,5 +381,24 @@ mod tests {
         let d = utc_date();
         assert_eq!(d.len(), 10);
         assert!(d.starts_with("20"));
+    }
+}
+
+#[cfg(test)]
+mod sizes {
+    #[test]
+    fn print_sizes() {
+        use std::mem::size_of;
+        type P = crate::metal::BytesPayload;
+        println!(
+            "SIZES metal Message {} Ready {} Entry {} Persist {} | raft-rs Message {} Entry {} Ready {}",
+            size_of::<metalraft_core::Message<P>>(),
+            size_of::<metalraft_core::Ready<P>>(),
+            size_of::<metalraft_core::Entry<P>>(),
+            size_of::<metalraft_core::Persist<P>>(),
+            size_of::<raft::eraftpb::Message>(),
+            size_of::<raft::eraftpb::Entry>(),
+            size_of::<raft::Ready>(),
+        );
     }
 }
