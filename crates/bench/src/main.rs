@@ -250,15 +250,20 @@ fn core_bench(o: &Opts) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("## metalraft-core vs raft-rs 0.7: in-process 3-node cluster, one thread");
     println!();
+    let schedule = match o.only {
+        Only::Both => format!(
+            "median of {} runs per cell (min–max in brackets), run alternately (A B A B) \
+             after one warm-up run each at {} proposals",
+            o.reps,
+            warmup(o.proposals)
+        ),
+        _ => format!("median of {} runs, one library only, no warm-up", o.reps),
+    };
     println!(
-        "{} UTC; {cpus} CPUs ({}); {} proposals of {PAYLOAD_BYTES} B per run; \
-         median of {} runs per cell (min–max in brackets), run alternately \
-         (A B A B) after one warm-up run each at {} proposals.",
+        "{} UTC; {cpus} CPUs ({}); {} proposals of {PAYLOAD_BYTES} B per run; {schedule}.",
         utc_date(),
         cpu_model(),
         o.proposals,
-        o.reps,
-        warmup(o.proposals),
     );
     println!(
         "Payload: metalraft-core `BytesPayload(bytes::Bytes)`, raft-rs `Entry.data: bytes::Bytes`; \
@@ -381,24 +386,5 @@ mod tests {
         let d = utc_date();
         assert_eq!(d.len(), 10);
         assert!(d.starts_with("20"));
-    }
-}
-
-#[cfg(test)]
-mod sizes {
-    #[test]
-    fn print_sizes() {
-        use std::mem::size_of;
-        type P = crate::metal::BytesPayload;
-        println!(
-            "SIZES metal Message {} Ready {} Entry {} Persist {} | raft-rs Message {} Entry {} Ready {}",
-            size_of::<metalraft_core::Message<P>>(),
-            size_of::<metalraft_core::Ready<P>>(),
-            size_of::<metalraft_core::Entry<P>>(),
-            size_of::<metalraft_core::Persist<P>>(),
-            size_of::<raft::eraftpb::Message>(),
-            size_of::<raft::eraftpb::Entry>(),
-            size_of::<raft::Ready>(),
-        );
     }
 }
