@@ -68,7 +68,13 @@ pub struct DevArgs {
     /// Log level of the members.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+    /// Added to every port (to run a second dev cluster, or in tests).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=MAX_DEV_PORT_OFFSET as i64))]
+    pub port_offset: u16,
 }
+
+/// Largest `metalraft dev --port-offset` (keeps 32380 + offset a valid port).
+pub const MAX_DEV_PORT_OFFSET: u16 = 30_000;
 
 /// Whether the member starts a new cluster or joins an existing one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

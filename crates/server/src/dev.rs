@@ -21,11 +21,12 @@ pub const DEV_CLUSTER_TOKEN: &str = "metalraft-dev-cluster";
 pub const DEV_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The flags that start dev member `index` (0-based) with data under `root`.
-pub fn member_flags(index: usize, root: &Path, log_level: LogLevel) -> Vec<String> {
+pub fn member_flags(index: usize, root: &Path, log_level: LogLevel, offset: u16) -> Vec<String> {
     let (name, client, peer) = DEV_MEMBERS[index];
+    let (client, peer) = (client + offset, peer + offset);
     let cluster = DEV_MEMBERS
         .iter()
-        .map(|(n, _, p)| format!("{n}=http://127.0.0.1:{p}"))
+        .map(|(n, _, p)| format!("{n}=http://127.0.0.1:{}", p + offset))
         .collect::<Vec<_>>()
         .join(",");
     vec![
@@ -61,7 +62,12 @@ pub async fn run(args: DevArgs) -> ExitCode {
     let mut children: Vec<(&str, Child)> = Vec::new();
     for (i, (name, _, _)) in DEV_MEMBERS.iter().enumerate() {
         match Command::new(&exe)
-            .args(member_flags(i, &args.data_dir, args.log_level))
+            .args(member_flags(
+                i,
+                &args.data_dir,
+                args.log_level,
+                args.port_offset,
+            ))
             .kill_on_drop(true)
             .spawn()
         {
@@ -73,7 +79,7 @@ pub async fn run(args: DevArgs) -> ExitCode {
             }
         }
     }
-    print_banner(&args.data_dir);
+    print_banner(&args.data_dir, args.port_offset);
     let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     {
         Ok(s) => s,
@@ -149,10 +155,11 @@ async fn stop_all(children: &mut [(&str, Child)]) {
     }
 }
 
-fn print_banner(root: &Path) {
+fn print_banner(root: &Path, offset: u16) {
+    let first = format!("127.0.0.1:{}", DEV_MEMBERS[0].1 + offset);
     let endpoints = DEV_MEMBERS
         .iter()
-        .map(|(_, c, _)| format!("127.0.0.1:{c}"))
+        .map(|(_, c, _)| format!("127.0.0.1:{}", c + offset))
         .collect::<Vec<_>>()
         .join(",");
     let root: PathBuf = root.to_path_buf();
@@ -164,7 +171,7 @@ fn print_banner(root: &Path) {
          \x20 etcdctl --endpoints={endpoints} get greeting\n\
          \x20 etcdctl --endpoints={endpoints} member list -w table\n\
          \x20 etcdctl --endpoints={endpoints} endpoint status -w table\n\
-         \x20 etcdctl --endpoints=127.0.0.1:2379 snapshot save /tmp/metalraft.snap\n\
+         \x20 etcdctl --endpoints={first} snapshot save /tmp/metalraft.snap\n\
          Ctrl-C stops the cluster; run `metalraft dev` again to resume with the same data.",
         root.display()
     );

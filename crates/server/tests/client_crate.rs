@@ -1,0 +1,69 @@
+//! The `etcd-client` crate (a Rust etcd client library) against a cluster.
+
+mod common;
+
+use common::*;
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+
+#[test]
+fn etcd_client_crate_put_get_txn_delete_status_and_unimplemented_services() {
+    let c = Cluster::start(3);
+    let eps: Vec<String> = (0..3)
+        .map(|i| format!("http://{}", c.endpoint(i)))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cl = Client::connect(eps, None).await.expect("connect");
+        let put = cl.put("a", "1", None).await.expect("put");
+        let header = put.header().expect("header");
+        assert!(header.revision() >= 2);
+        assert_ne!(header.cluster_id(), 0);
+        assert_ne!(header.member_id(), 0);
+        assert!(header.raft_term() >= 2);
+
+        let prev = cl.put("a", "2", Some(PutOptions::new().with_prev_key())).await.unwrap();
+        assert_eq!(prev.prev_key().unwrap().value(), b"1");
+
+        cl.put("p/1", "x", None).await.unwrap();
+        cl.put("p/2", "y", None).await.unwrap();
+        let got = cl.get("p/", Some(GetOptions::new().with_prefix())).await.unwrap();
+        assert_eq!(got.kvs().len(), 2);
+        assert_eq!(got.count(), 2);
+        let limited = cl.get("p/", Some(GetOptions::new().with_prefix().with_limit(1))).await.unwrap();
+        assert_eq!(limited.kvs().len(), 1);
+        assert!(limited.more());
+        let count = cl.get("p/", Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap();
+        assert_eq!(count.count(), 2);
+        assert!(count.kvs().is_empty());
+
+        // An old revision is compacted (no history is kept), as etcd reports.
+        let err = cl.get("a", Some(GetOptions::new().with_revision(1))).await.unwrap_err();
+        assert!(err.to_string().contains("required revision has been compacted"), "{err}");
+
+        let txn = Txn::new()
+            .when([Compare::value("a", CompareOp::Equal, "2")])
+            .and_then([TxnOp::put("t", "yes", None)])
+            .or_else([TxnOp::put("t", "no", None)]);
+        let r = cl.txn(txn).await.unwrap();
+        assert!(r.succeeded());
+        let t = cl.get("t", None).await.unwrap();
+        assert_eq!(t.kvs()[0].value(), b"yes");
+
+        let d = cl.delete("p/", Some(etcd_client::DeleteOptions::new().with_prefix())).await.unwrap();
+        assert_eq!(d.deleted(), 2);
+
+        let st = cl.status().await.unwrap();
+        assert_ne!(st.leader(), 0);
+        assert!(st.raft_index() >= st.raft_applied_index() || st.raft_applied_index() > 0);
+
+        let members = cl.member_list().await.unwrap();
+        assert_eq!(members.members().len(), 3);
+
+        // Leases and watches are not implemented: gRPC UNIMPLEMENTED.
+        let err = cl.lease_grant(10, None).await.unwrap_err();
+        assert!(matches!(&err, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unimplemented), "{err:?}");
+        // A lease id on put is refused with etcd's error.
+        let err = cl.put("l", "v", Some(PutOptions::new().with_lease(7))).await.unwrap_err();
+        assert!(err.to_string().contains("requested lease not found"), "{err}");
+    });
+}

@@ -1,0 +1,246 @@
+//! Crashes, restarts and damaged WALs, with real processes and real files.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+fn get(eps: &str, key: &str) -> String {
+    etcdctl(&["--endpoints", eps, "get", key, "--print-value-only"])
+        .trim()
+        .to_string()
+}
+
+fn put_eventually(eps: &str, key: &str, value: &str) {
+    eventually(&format!("put {key}"), || {
+        let out = etcdctl_try(&["--endpoints", eps, "put", key, value]);
+        out.status.success().then_some(())
+    });
+}
+
+#[test]
+fn kill_9_leader_then_writes_continue_and_the_member_catches_up() {
+    let mut c = Cluster::start(3);
+    let eps = c.endpoints();
+    etcdctl(&["--endpoints", &eps, "put", "before", "1"]);
+    let old = c.wait_for_leader();
+    c.kill9(old);
+    let live = c.live_endpoints();
+    // A new leader is elected and writes continue.
+    let new = c.wait_for_leader();
+    assert_ne!(new, old);
+    for i in 0..20 {
+        put_eventually(&live, &format!("after/{i}"), &i.to_string());
+    }
+    assert_eq!(get(&live, "before"), "1");
+    // The killed member restarts and catches up.
+    c.spawn(old);
+    let ep = c.endpoint(old);
+    eventually("restarted member serves the new writes", || {
+        let out = etcdctl_try(&[
+            "--endpoints",
+            &ep,
+            "get",
+            "after/19",
+            "--consistency=s",
+            "--print-value-only",
+        ]);
+        (String::from_utf8_lossy(&out.stdout).trim() == "19").then_some(())
+    });
+    let all = etcdctl(&[
+        "--endpoints",
+        &ep,
+        "get",
+        "after/",
+        "--prefix",
+        "--keys-only",
+        "--consistency=s",
+    ]);
+    assert_eq!(all.lines().filter(|l| !l.is_empty()).count(), 20);
+}
+
+#[test]
+fn kill_9_all_members_keeps_every_acknowledged_write() {
+    let mut c = Cluster::start(3);
+    let eps: Vec<String> = (0..3)
+        .map(|i| format!("http://{}", c.endpoint(i)))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Write as fast as possible from 4 clients; record what was acknowledged.
+    let acked = rt.block_on(async {
+        let client = etcd_client::Client::connect(eps.clone(), None)
+            .await
+            .expect("connect");
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let mut cl = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ok = Vec::new();
+                for i in 0..40 {
+                    let key = format!("w{w}/{i:03}");
+                    if cl.put(key.clone(), format!("v{i}"), None).await.is_ok() {
+                        ok.push(key);
+                    }
+                }
+                ok
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    assert!(
+        acked.len() >= 100,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    for i in 0..3 {
+        c.kill9(i);
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.wait_for_leader();
+    let all = c.endpoints();
+    let keys = eventually("cluster serves reads after restart", || {
+        let out = etcdctl_try(&["--endpoints", &all, "get", "w", "--prefix", "--keys-only"]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    for k in &acked {
+        assert!(
+            keys.lines().any(|l| l == k),
+            "acknowledged write {k} lost after kill -9 of every member"
+        );
+    }
+}
+
+#[test]
+fn torn_final_wal_record_is_truncated_and_the_member_rejoins() {
+    let mut c = Cluster::start(3);
+    let eps = c.endpoints();
+    for i in 0..10 {
+        etcdctl(&["--endpoints", &eps, "put", &format!("k{i}"), "v"]);
+    }
+    let victim = (c.wait_for_leader() + 1) % 3;
+    c.kill9(victim);
+    // Garble the tail of the last frame, as a write torn by power loss would.
+    let seg = wal_segments(&c.wal_dir(victim)).pop().expect("a segment");
+    let (_, end) = frames(&seg);
+    let mut f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::Start(end - 5)).unwrap();
+    f.write_all(&[0xA5; 5]).unwrap();
+    drop(f);
+    etcdctl(&["--endpoints", &c.live_endpoints(), "put", "while-down", "x"]);
+    c.spawn(victim);
+    let ep = c.endpoint(victim);
+    eventually("repaired member catches up", || {
+        let out = etcdctl_try(&[
+            "--endpoints",
+            &ep,
+            "get",
+            "while-down",
+            "--consistency=s",
+            "--print-value-only",
+        ]);
+        (String::from_utf8_lossy(&out.stdout).trim() == "x").then_some(())
+    });
+    let log = std::fs::read_to_string(&c.members[victim].log).unwrap();
+    assert!(
+        log.contains("torn final WAL record"),
+        "the truncation is logged:\n{log}"
+    );
+    assert!(
+        log.contains(&seg.display().to_string()),
+        "the log names the file"
+    );
+}
+
+#[test]
+fn corrupted_middle_wal_record_stops_the_member_with_file_and_offset() {
+    let mut c = Cluster::start(3);
+    let eps = c.endpoints();
+    for i in 0..10 {
+        etcdctl(&["--endpoints", &eps, "put", &format!("k{i}"), "some value"]);
+    }
+    let victim = (c.wait_for_leader() + 1) % 3;
+    c.kill9(victim);
+    let seg = wal_segments(&c.wal_dir(victim)).pop().expect("a segment");
+    let (offsets, _) = frames(&seg);
+    assert!(offsets.len() >= 4, "{offsets:?}");
+    let target = offsets[offsets.len() / 2];
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[target as usize + 9] ^= 0x10;
+    std::fs::write(&seg, &bytes).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(c.flags(victim))
+        .output()
+        .expect("run metalraft");
+    assert!(
+        !out.status.success(),
+        "a corrupted WAL must stop the member"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("corrupt data in"), "{err}");
+    assert!(
+        err.contains(&seg.display().to_string()),
+        "names the file: {err}"
+    );
+    assert!(
+        err.contains(&format!("offset {target}")),
+        "names the offset: {err}"
+    );
+    // The rest of the cluster keeps working.
+    etcdctl(&["--endpoints", &c.live_endpoints(), "put", "still", "works"]);
+}
+
+#[test]
+fn garbage_on_the_peer_port_does_not_crash_a_member() {
+    let c = Cluster::start(3);
+    let port = c.members[0].peer_port;
+    let payloads: [&[u8]; 4] = [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        &[0xff; 4096],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x01\x00\x00\x00\x00\x00garbage-frame",
+        &[0u8; 10],
+    ];
+    for p in payloads {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let _ = s.write_all(p);
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf);
+        }
+    }
+    // A well-formed call from another cluster (wrong token) is rejected, and
+    // so is a batch of undecodable messages.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use metalraft::proto::peer::{peer_client::PeerClient, Envelope, RaftBatch};
+        let mut cl = PeerClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connect to peer port");
+        let stranger = RaftBatch {
+            envelope: Some(Envelope {
+                cluster_id: 1,
+                from: 2,
+                to: 3,
+            }),
+            messages: vec![vec![1, 2, 3]],
+        };
+        let err = cl.deliver(stranger).await.expect_err("stranger accepted");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    });
+    // Member 0 is still alive and the cluster still works through it.
+    let ep = c.endpoint(0);
+    etcdctl(&["--endpoints", &ep, "put", "alive", "yes"]);
+    assert_eq!(get(&ep, "alive"), "yes");
+}
