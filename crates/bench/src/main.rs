@@ -58,6 +58,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
     let mut it = args.iter();
     match it.next().map(String::as_str) {
         Some("core") => {}
+        Some("-h" | "--help") => return Err(String::new()),
         Some(other) => return Err(format!("unknown benchmark {other:?}")),
         None => return Err("which benchmark? (only `core` exists)".into()),
     }
@@ -341,16 +342,14 @@ fn main() -> ExitCode {
             core_bench(&o);
             ExitCode::SUCCESS
         }
+        Err(e) if e.is_empty() => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}\n");
-            }
+            eprintln!("error: {e}\n");
             eprint!("{USAGE}");
-            if e.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            }
+            ExitCode::from(2)
         }
     }
 }
@@ -379,6 +378,7 @@ mod tests {
         assert!(o.only == Only::RaftRs);
         assert!(a("core --batches 0").is_err());
         assert!(a("server").is_err());
+        assert_eq!(a("--help").err(), Some(String::new()));
     }
 
     #[test]
