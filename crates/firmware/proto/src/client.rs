@@ -1,0 +1,325 @@
+//! The client protocol: one request per UDP datagram to a node's
+//! [`crate::addr::CLIENT_PORT`], one response per request, matched by
+//! request id. The leader answers; other nodes redirect with
+//! [`Reply::NotLeader`]. Reads are linearizable (ReadIndex).
+//!
+//! Wire form: [`CLIENT_VERSION`], then the postcard encoding. Both sides
+//! decode with [`Request::decode`] / [`Response::decode`], which refuse
+//! unknown versions, malformed bytes, trailing bytes and out-of-bound keys
+//! and values.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::addr::MAX_DATAGRAM_BYTES;
+
+/// Version byte of the client protocol.
+pub const CLIENT_VERSION: u8 = 1;
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 64;
+/// Longest value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 512;
+
+// A put with the largest key and value must fit one datagram (postcard adds
+// at most a few bytes of framing per field).
+const _: () = assert!(MAX_KEY_BYTES + MAX_VALUE_BYTES + 32 <= MAX_DATAGRAM_BYTES);
+
+/// A client request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the client, echoed in the response.
+    pub id: u64,
+    /// What to do.
+    pub op: Op,
+}
+
+/// Client operations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Set `key` to `value` (through the Raft log).
+    Put {
+        /// Non-empty, at most [`MAX_KEY_BYTES`].
+        key: Vec<u8>,
+        /// At most [`MAX_VALUE_BYTES`].
+        value: Vec<u8>,
+    },
+    /// Linearizable read of `key`.
+    Get {
+        /// Non-empty, at most [`MAX_KEY_BYTES`].
+        key: Vec<u8>,
+    },
+    /// Delete `key` (through the Raft log).
+    Delete {
+        /// Non-empty, at most [`MAX_KEY_BYTES`].
+        key: Vec<u8>,
+    },
+    /// The node's own view of the cluster (answered by any node).
+    Status,
+}
+
+/// A response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id.
+    pub id: u64,
+    /// The answering node.
+    pub node: u8,
+    /// The outcome.
+    pub reply: Reply,
+}
+
+/// Outcomes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The put committed and was applied at `revision`.
+    Put {
+        /// Store revision after the put.
+        revision: i64,
+    },
+    /// The value of the key (None: absent) as of `revision`.
+    Get {
+        /// The value.
+        value: Option<Vec<u8>>,
+        /// Store revision the read saw.
+        revision: i64,
+    },
+    /// The delete committed; `deleted` keys were removed.
+    Delete {
+        /// 0 or 1.
+        deleted: i64,
+        /// Store revision after the delete.
+        revision: i64,
+    },
+    /// The node's status.
+    Status(Status),
+    /// This node is not the leader; ask `leader` (if known).
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<u8>,
+    },
+    /// The request failed; nothing was applied unless said otherwise.
+    Error(ErrorCode),
+}
+
+/// Why a request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request did not decode or violated a bound.
+    BadRequest,
+    /// Too many requests in flight on this node; retry later.
+    Busy,
+    /// Leadership changed before the request completed: the outcome of a
+    /// write is unknown (it may still commit); retry reads.
+    LeadershipLost,
+    /// The node's log is full (log compaction not implemented yet).
+    LogFull,
+    /// The state machine refused the command.
+    Rejected,
+    /// The node hit a storage failure and stopped serving.
+    StorageFailed,
+    /// The read could not be confirmed (no leader, timeout); retry.
+    ReadFailed,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorCode::BadRequest => "bad request",
+            ErrorCode::Busy => "node busy, retry",
+            ErrorCode::LeadershipLost => "leadership lost; outcome unknown",
+            ErrorCode::LogFull => "log full",
+            ErrorCode::Rejected => "state machine refused the command",
+            ErrorCode::StorageFailed => "node storage failed",
+            ErrorCode::ReadFailed => "read could not be confirmed, retry",
+        })
+    }
+}
+
+/// Raft role as reported in [`Status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Following a leader (or waiting for one).
+    Follower,
+    /// Running a pre-vote.
+    PreCandidate,
+    /// Running an election.
+    Candidate,
+    /// Leading.
+    Leader,
+}
+
+/// A node's view of itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Node id.
+    pub node: u8,
+    /// Role.
+    pub role: Role,
+    /// Current term.
+    pub term: u64,
+    /// Known leader.
+    pub leader: Option<u8>,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Last log index.
+    pub last_index: u64,
+    /// Keys in the store.
+    pub keys: u64,
+    /// Store revision.
+    pub revision: i64,
+    /// Milliseconds since boot.
+    pub uptime_ms: u64,
+    /// Milliseconds from boot until this node first saw a leader (None: not yet).
+    pub first_leader_ms: Option<u64>,
+    /// Heap bytes in use now.
+    pub heap_used: u64,
+    /// Most heap bytes ever in use since boot.
+    pub heap_high_water: u64,
+    /// Size of the heap arena.
+    pub heap_size: u64,
+    /// Raft datagrams dropped because they failed to decode or validate.
+    pub bad_datagrams: u64,
+    /// Records discarded from a torn or corrupt log tail at boot.
+    pub recovered_torn_records: u64,
+    /// Boots of this disk (incremented at every boot).
+    pub boots: u64,
+}
+
+/// Why bytes did not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Empty input.
+    Empty,
+    /// Longer than [`MAX_DATAGRAM_BYTES`].
+    TooLarge,
+    /// Unknown protocol version.
+    UnknownVersion(u8),
+    /// Not a valid encoding, or trailing bytes.
+    Malformed,
+    /// A key or value breaks a bound.
+    OutOfBounds,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Empty => f.write_str("empty datagram"),
+            DecodeError::TooLarge => write!(f, "datagram above {MAX_DATAGRAM_BYTES} bytes"),
+            DecodeError::UnknownVersion(v) => write!(f, "unknown protocol version {v}"),
+            DecodeError::Malformed => f.write_str("malformed datagram"),
+            DecodeError::OutOfBounds => f.write_str("key or value out of bounds"),
+        }
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = alloc::vec![CLIENT_VERSION];
+    // Serializing into a Vec cannot fail for these types.
+    out.extend_from_slice(&postcard::to_allocvec(value).unwrap_or_default());
+    out
+}
+
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if bytes.len() > MAX_DATAGRAM_BYTES {
+        return Err(DecodeError::TooLarge);
+    }
+    if version != CLIENT_VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|_| DecodeError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Malformed);
+    }
+    Ok(value)
+}
+
+fn key_ok(key: &[u8]) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY_BYTES
+}
+
+impl Request {
+    /// Checks the bounds of keys and values.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        let ok = match &self.op {
+            Op::Put { key, value } => key_ok(key) && value.len() <= MAX_VALUE_BYTES,
+            Op::Get { key } | Op::Delete { key } => key_ok(key),
+            Op::Status => true,
+        };
+        ok.then_some(()).ok_or(DecodeError::OutOfBounds)
+    }
+
+    /// The wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Parses and validates the wire form.
+    pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
+        let r: Request = decode(bytes)?;
+        r.validate()?;
+        Ok(r)
+    }
+}
+
+impl Response {
+    /// The wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Parses the wire form.
+    pub fn decode(bytes: &[u8]) -> Result<Response, DecodeError> {
+        decode(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_bounds() {
+        let r = Request { id: 9, op: Op::Put { key: b"k".to_vec(), value: b"v".to_vec() } };
+        assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        let big = Request {
+            id: 1,
+            op: Op::Put { key: b"k".to_vec(), value: alloc::vec![0; MAX_VALUE_BYTES + 1] },
+        };
+        assert_eq!(Request::decode(&big.encode()), Err(DecodeError::OutOfBounds));
+        let empty = Request { id: 1, op: Op::Get { key: Vec::new() } };
+        assert_eq!(Request::decode(&empty.encode()), Err(DecodeError::OutOfBounds));
+        let max = Request {
+            id: u64::MAX,
+            op: Op::Put { key: alloc::vec![1; MAX_KEY_BYTES], value: alloc::vec![2; MAX_VALUE_BYTES] },
+        };
+        assert!(max.encode().len() <= MAX_DATAGRAM_BYTES);
+    }
+
+    #[test]
+    fn garbage_is_refused_without_panic() {
+        assert_eq!(Request::decode(&[]), Err(DecodeError::Empty));
+        assert_eq!(Request::decode(&[9, 0]), Err(DecodeError::UnknownVersion(9)));
+        let mut seed = 0x1234_5678_u32;
+        for len in 1..200 {
+            let mut b = alloc::vec![CLIENT_VERSION];
+            for _ in 0..len {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                b.push(seed as u8);
+            }
+            let _ = Request::decode(&b);
+            let _ = Response::decode(&b);
+        }
+        let mut ok = Request { id: 3, op: Op::Status }.encode();
+        ok.push(0);
+        assert_eq!(Request::decode(&ok), Err(DecodeError::Malformed));
+    }
+}

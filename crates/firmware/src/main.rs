@@ -1,0 +1,103 @@
+//! MetalRaft firmware: one Raft node per emulated RISC-V microcontroller
+//! (QEMU `virt`), driving `metalraft-core` and `metalraft-kv` on Embassy.
+//! See README.md for the architecture.
+#![no_std]
+#![no_main]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+#[macro_use]
+mod fmt;
+mod platform;
+
+use embassy_executor::Spawner;
+use embassy_net::{Ipv4Address, Ipv4Cidr, StackResources, StaticConfigV4};
+use metalraft_fw_proto::addr;
+use metalraft_fw_proto::config::{NodeConfig, CONFIG_BLOCK_BYTES};
+use static_cell::StaticCell;
+
+use platform::disk::Disk;
+use platform::net::VirtioNet;
+
+/// Sockets the network stack can hold (Raft + client).
+const STACK_SOCKETS: usize = 2;
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    error!("PANIC: {}", info);
+    halt()
+}
+
+/// Stops the node for good (the host sees the log line and the dead node).
+fn halt() -> ! {
+    loop {
+        riscv::asm::wfi();
+    }
+}
+
+#[embassy_executor::task]
+async fn net_task(mut runner: embassy_net::Runner<'static, VirtioNet>) -> ! {
+    runner.run().await
+}
+
+fn read_config(disk: &mut Disk) -> Result<NodeConfig, &'static str> {
+    let mut block = [0u8; CONFIG_BLOCK_BYTES];
+    disk.read(0, &mut block).map_err(|_| "cannot read the config sector")?;
+    NodeConfig::decode(&block).map_err(|e| {
+        error!("config block: {}", e);
+        "invalid config block"
+    })
+}
+
+#[allow(unsafe_code)] // the entry point is exported by the executor macro
+#[embassy_executor::main]
+async fn main(spawner: Spawner) {
+    platform::heap::init();
+    platform::time::init();
+    info!("boot: metalraft-firmware {}", env!("CARGO_PKG_VERSION"));
+
+    let devices = platform::virtio::discover();
+    let (Some(net_dev), Some(blk_dev)) = (devices.net, devices.blk) else {
+        error!("need one virtio-net and one virtio-blk device");
+        halt()
+    };
+    let mut disk = match Disk::new(blk_dev.transport) {
+        Ok(d) => d,
+        Err(e) => {
+            error!("disk: {}", e);
+            halt()
+        }
+    };
+    let cfg = match read_config(&mut disk) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{}; halting", e);
+            halt()
+        }
+    };
+    let Some(net) = VirtioNet::new(net_dev.transport) else {
+        error!("virtio-net init failed");
+        halt()
+    };
+    if net.mac() != addr::mac(cfg.node_id) {
+        warn!("NIC MAC {:02x?} does not match node {}'s plan {:02x?}", net.mac(), cfg.node_id, addr::mac(cfg.node_id));
+    }
+    platform::irq::enable_net(net_dev.irq, net_dev.base);
+    platform::irq::enable_all();
+
+    let ip = addr::ip(cfg.node_id);
+    let net_config = embassy_net::Config::ipv4_static(StaticConfigV4 {
+        address: Ipv4Cidr::new(Ipv4Address::new(ip[0], ip[1], ip[2], ip[3]), addr::PREFIX_LEN),
+        gateway: None,
+        dns_servers: Default::default(),
+    });
+    static RESOURCES: StaticCell<StackResources<STACK_SOCKETS>> = StaticCell::new();
+    let (stack, runner) = embassy_net::new(net, net_config, RESOURCES.init(StackResources::new()), cfg.rng_seed);
+    spawner.spawn(net_task(runner).expect("net task spawns once"));
+    info!(
+        "node {} up: {}.{}.{}.{}/{} members {:?} disk {} sectors",
+        cfg.node_id, ip[0], ip[1], ip[2], ip[3], addr::PREFIX_LEN, cfg.members, disk.sectors()
+    );
+    let _ = stack;
+}

@@ -1,0 +1,90 @@
+//! The block device: virtio-blk behind a small typed API of 512-byte
+//! sectors. Requests complete synchronously (QEMU serves the queue on the
+//! notify write), which keeps the storage code simple and ordered.
+
+use core::fmt;
+
+use virtio_drivers::device::blk::VirtIOBlk;
+use virtio_drivers::transport::mmio::MmioTransport;
+
+use super::virtio::HalImpl;
+
+/// Bytes per sector.
+pub const SECTOR_BYTES: usize = virtio_drivers::device::blk::SECTOR_SIZE;
+
+/// Why a disk operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskError {
+    /// The range ends past the disk.
+    OutOfRange,
+    /// The buffer is not a whole number of sectors.
+    Misaligned,
+    /// The device reported an error.
+    Io,
+    /// The device is read-only.
+    ReadOnly,
+}
+
+impl fmt::Display for DiskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DiskError::OutOfRange => "sector range past the end of the disk",
+            DiskError::Misaligned => "buffer not a whole number of sectors",
+            DiskError::Io => "device I/O error",
+            DiskError::ReadOnly => "disk is read-only",
+        })
+    }
+}
+
+/// A virtio-blk disk.
+pub struct Disk {
+    blk: VirtIOBlk<HalImpl, MmioTransport<'static>>,
+    sectors: u64,
+}
+
+impl Disk {
+    /// Initializes the device.
+    pub fn new(transport: MmioTransport<'static>) -> Result<Disk, DiskError> {
+        let blk = VirtIOBlk::<HalImpl, _>::new(transport).map_err(|_| DiskError::Io)?;
+        if blk.readonly() {
+            return Err(DiskError::ReadOnly);
+        }
+        let sectors = blk.capacity();
+        Ok(Disk { blk, sectors })
+    }
+
+    /// Capacity in sectors.
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    fn check(&self, sector: u64, len: usize) -> Result<(), DiskError> {
+        if len == 0 || len % SECTOR_BYTES != 0 {
+            return Err(DiskError::Misaligned);
+        }
+        let end = sector.checked_add((len / SECTOR_BYTES) as u64).ok_or(DiskError::OutOfRange)?;
+        if end > self.sectors {
+            return Err(DiskError::OutOfRange);
+        }
+        Ok(())
+    }
+
+    /// Reads whole sectors starting at `sector` into `buf`.
+    pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.check(sector, buf.len())?;
+        self.blk.read_blocks(sector as usize, buf).map_err(|_| DiskError::Io)
+    }
+
+    /// Writes whole sectors starting at `sector` (not yet durable: see
+    /// [`Disk::flush`]).
+    pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), DiskError> {
+        self.check(sector, buf.len())?;
+        self.blk.write_blocks(sector as usize, buf).map_err(|_| DiskError::Io)
+    }
+
+    /// Makes every completed write durable (virtio-blk FLUSH; QEMU
+    /// fdatasyncs the image file).
+    pub fn flush(&mut self) -> Result<(), DiskError> {
+        self.blk.flush().map_err(|_| DiskError::Io)
+    }
+}
