@@ -1,0 +1,175 @@
+//! Checkers: independent judges of a run. They see only what an outside
+//! observer could record (roles and terms, applied entries, durable hard
+//! states and logs, messages sent, client histories), never the core's
+//! internals, and each one can be fed a hand-made history in tests.
+
+mod durability;
+mod durable_state;
+mod election;
+mod leader_completeness;
+mod linearizability;
+mod liveness;
+mod log_matching;
+mod state_machine;
+
+pub use durability::check_durability;
+pub use durable_state::DurableStateChecker;
+pub use election::ElectionChecker;
+pub use leader_completeness::LeaderCompletenessChecker;
+pub use linearizability::{
+    check_linearizable, LinearizabilityReport, LIN_REPORT_OPS_MAX, LIN_SEARCH_STEPS_MAX,
+};
+pub use liveness::{check_liveness, LivenessSnapshot, NodeProgress};
+pub use log_matching::{check_log_matching, LogEntrySummary};
+pub use state_machine::StateMachineChecker;
+
+use std::fmt;
+
+use metalraft_core::{Index, NodeId, Term};
+
+use crate::history::{KeyId, OpId};
+
+/// A broken invariant, with enough context to start debugging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Violation {
+    /// Two nodes were leader in the same term (Raft §5.2).
+    ElectionSafety {
+        /// The term.
+        term: Term,
+        /// The first leader seen.
+        first: NodeId,
+        /// The second.
+        second: NodeId,
+    },
+    /// Two logs agree on an entry's term but not on what precedes it (§5.3).
+    LogMatching {
+        /// One node.
+        a: NodeId,
+        /// The other.
+        b: NodeId,
+        /// The entry where they agree on the term but not on the prefix.
+        index: Index,
+        /// Its term.
+        term: Term,
+    },
+    /// A leader lacks an entry committed in an earlier term (§5.4).
+    LeaderCompleteness {
+        /// The new leader.
+        leader: NodeId,
+        /// Its term.
+        term: Term,
+        /// The committed entry it lacks (or holds differently).
+        index: Index,
+    },
+    /// Two nodes applied different entries at an index, or a node skipped
+    /// one (§5.4.3).
+    StateMachineSafety {
+        /// The node that disagrees with what was applied first.
+        node: NodeId,
+        /// The index.
+        index: Index,
+        /// What it applied (term, digest).
+        got: (Term, u64),
+        /// What was applied there first (term, digest); for a skipped entry
+        /// the index the node should have applied.
+        expected: (Term, u64),
+    },
+    /// The durable hard state went backwards (term, vote within a term,
+    /// commit).
+    DurableStateRegressed {
+        /// The node.
+        node: NodeId,
+        /// Which field.
+        field: &'static str,
+        /// Before (vote: 0 for none).
+        before: u64,
+        /// After.
+        after: u64,
+    },
+    /// A node sent a promise (vote grant, append acknowledgement) its
+    /// durable state does not back.
+    PromiseNotDurable {
+        /// The node.
+        node: NodeId,
+        /// What it promised.
+        what: &'static str,
+        /// The term or index promised.
+        promised: u64,
+        /// What was durable.
+        durable: u64,
+    },
+    /// An acknowledged write is missing from the final committed history.
+    LostAcknowledgedWrite {
+        /// The operation.
+        op: OpId,
+        /// Where it was committed (0: never seen committed).
+        index: Index,
+    },
+    /// The client history of a key has no linearization.
+    NotLinearizable {
+        /// The key.
+        key: KeyId,
+        /// The key's operations, one per line.
+        ops: Vec<String>,
+    },
+    /// After faults stopped, the cluster did not recover within budget.
+    Liveness {
+        /// What did not happen.
+        what: String,
+    },
+    /// The core returned an error the simulator cannot explain (a storage
+    /// failure of a healthy in-memory store, a refused restart, ...).
+    CoreError {
+        /// The node.
+        node: NodeId,
+        /// The error.
+        error: String,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Violation::ElectionSafety { term, first, second } => {
+                write!(f, "election safety: nodes {first} and {second} both leader in term {term}")
+            }
+            Violation::LogMatching { a, b, index, term } => write!(
+                f,
+                "log matching: nodes {a} and {b} agree on entry {index} (term {term}) but not on the entries before it"
+            ),
+            Violation::LeaderCompleteness { leader, term, index } => write!(
+                f,
+                "leader completeness: node {leader}, leader of term {term}, lacks committed entry {index}"
+            ),
+            Violation::StateMachineSafety { node, index, got, expected } => write!(
+                f,
+                "state machine safety: node {node} applied (term {}, digest {:016x}) at index {index}, expected (term {}, digest {:016x})",
+                got.0, got.1, expected.0, expected.1
+            ),
+            Violation::DurableStateRegressed { node, field, before, after } => write!(
+                f,
+                "durable state regressed on node {node}: {field} {before} -> {after}"
+            ),
+            Violation::PromiseNotDurable { node, what, promised, durable } => write!(
+                f,
+                "node {node} promised {what} {promised} but only {durable} was durable"
+            ),
+            Violation::LostAcknowledgedWrite { op, index } => write!(
+                f,
+                "acknowledged write {op} (committed at index {index}) is missing from the final committed log"
+            ),
+            Violation::NotLinearizable { key, ops } => {
+                writeln!(f, "history of key k{key} is not linearizable; its operations:")?;
+                for o in ops {
+                    writeln!(f, "    {o}")?;
+                }
+                Ok(())
+            }
+            Violation::Liveness { what } => write!(f, "liveness: {what}"),
+            Violation::CoreError { node, error } => write!(f, "core error on node {node}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for Violation {}

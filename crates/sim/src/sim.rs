@@ -1,0 +1,1288 @@
+//! The simulation loop: a priority queue of events in virtual time, the
+//! nodes, the network, the disks and the clients, wired to the checkers.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap};
+use std::rc::Rc;
+
+use metalraft_core::{
+    EntryData, Index, Message, MessageBody, Node, NodeId, ProposeError, Role, SoftState, StepError,
+};
+use metalraft_kv::{Command, KvStore};
+
+use crate::checkers::{
+    check_durability, check_linearizable, check_liveness, check_log_matching, DurableStateChecker,
+    ElectionChecker, LeaderCompletenessChecker, LinearizabilityReport, LivenessSnapshot,
+    LogEntrySummary, NodeProgress, StateMachineChecker, Violation,
+};
+use crate::config::{SimConfig, Time, CLIENT_ATTEMPTS_MAX, EVENTS_MAX, TICK_US_NOMINAL};
+use crate::disk::Disk;
+use crate::history::{ClientId, History, KeyId, OpId, OpKind, OpOutput, Outcome};
+use crate::network::{Network, Route};
+use crate::payload::{entry_digest, entry_op, Proposal, SimPayload};
+use crate::replica::{Live, Replica};
+use crate::rng::Rng;
+use crate::timeline::{NodeEvent, Timeline};
+use crate::trace::{Actor, Trace, TraceKind};
+use crate::workload::{self, ClientGen};
+
+/// A client waits this long before retrying when no leader is known.
+pub const NO_LEADER_BACKOFF_US: Time = TICK_US_NOMINAL;
+/// A crashed node restarts after between this many ...
+pub const DOWNTIME_TICKS_MIN: u64 = 5;
+/// ... and this many ticks (exclusive).
+pub const DOWNTIME_TICKS_MAX: u64 = 80;
+/// How often the liveness phase polls for recovery.
+pub const LIVENESS_POLL_US: Time = TICK_US_NOMINAL;
+
+/// Deliberate defects for proving that the checkers catch real bugs
+/// end to end (used by tests; a normal run has none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sabotage {
+    /// No defect.
+    #[default]
+    None,
+    /// The disk acknowledges a batch before it is durable (a lying fsync).
+    AckBeforeSync,
+    /// Reads are answered from the receiving node's local state machine
+    /// without going through the log.
+    LocalReads,
+}
+
+/// What to record besides the fingerprint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Render the text trace.
+    pub trace: bool,
+    /// Record the timeline (for `--html`).
+    pub timeline: bool,
+    /// A deliberate defect (tests only).
+    pub sabotage: Sabotage,
+}
+
+/// Counters of one run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Events processed.
+    pub events: u64,
+    /// Messages delivered to a running node.
+    pub deliveries: u64,
+    /// Messages lost (dropped, partitioned or sent to a crashed node).
+    pub lost: u64,
+    /// Node ticks.
+    pub ticks: u64,
+    /// Virtual time simulated.
+    pub sim_time_us: Time,
+    /// Crashes (including torn ones).
+    pub crashes: u64,
+    /// Crashes with a torn final write.
+    pub torn_writes: u64,
+    /// Partitions installed.
+    pub partitions: u64,
+    /// Pauses.
+    pub pauses: u64,
+    /// Leadership transfers requested.
+    pub transfers: u64,
+    /// Fsyncs completed.
+    pub fsyncs: u64,
+    /// Terms that had a leader.
+    pub leader_terms: u64,
+}
+
+impl RunStats {
+    /// Faults injected (crashes, partitions, pauses, transfers).
+    pub fn faults(&self) -> u64 {
+        self.crashes + self.partitions + self.pauses + self.transfers
+    }
+}
+
+/// The result of one run.
+#[derive(Debug)]
+pub struct RunReport {
+    /// The configuration drawn from the seed.
+    pub config: SimConfig,
+    /// The first violation found, if any.
+    pub violation: Option<Violation>,
+    /// Fingerprint of the whole event trace.
+    pub fingerprint: u64,
+    /// Counters.
+    pub stats: RunStats,
+    /// The client history.
+    pub history: History,
+    /// What the linearizability check covered (absent if it did not run).
+    pub linearizability: Option<LinearizabilityReport>,
+    /// The text trace, if requested.
+    pub trace: Option<String>,
+    /// The timeline, if requested.
+    pub timeline: Option<Timeline>,
+}
+
+#[derive(Debug)]
+enum Reply {
+    Redirect(Option<NodeId>),
+    Busy,
+    Done(OpOutput),
+    Failed,
+}
+
+#[derive(Debug)]
+enum Event {
+    Tick {
+        node: usize,
+        inc: u32,
+    },
+    Deliver(Message<SimPayload>),
+    DiskDone {
+        node: usize,
+        inc: u32,
+    },
+    Request {
+        node: usize,
+        client: ClientId,
+        op: OpId,
+        attempt: u32,
+    },
+    Reply {
+        client: ClientId,
+        op: OpId,
+        attempt: u32,
+        reply: Reply,
+    },
+    Timeout {
+        client: ClientId,
+        op: OpId,
+        attempt: u32,
+    },
+    ClientWake {
+        client: ClientId,
+    },
+    Fault,
+    Restart {
+        node: usize,
+    },
+    Liveness,
+    Poll,
+}
+
+struct Scheduled {
+    time: Time,
+    seq: u64,
+    event: Event,
+}
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.time, self.seq) == (o.time, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.time, self.seq).cmp(&(o.time, o.seq))
+    }
+}
+
+struct Current {
+    pos: usize,
+    id: OpId,
+    key: KeyId,
+    kind: OpKind,
+    attempt: u32,
+    payload: SimPayload,
+}
+
+struct Client {
+    gen: ClientGen,
+    current: Option<Current>,
+    hint: Option<usize>,
+    ok_since_calm: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Safety,
+    Liveness { deadline: Time, start: Time },
+}
+
+/// One simulated cluster run. Build with [`Simulation::new`], consume with
+/// [`Simulation::run`].
+pub struct Simulation {
+    cfg: SimConfig,
+    opts: RunOptions,
+    now: Time,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    replicas: Vec<Replica>,
+    net: Network,
+    clients: Vec<Client>,
+    history: History,
+    rng_net: Rng,
+    rng_fault: Rng,
+    rng_client: Rng,
+    rng_disk: Rng,
+    election: ElectionChecker,
+    completeness: LeaderCompletenessChecker,
+    state_machine: StateMachineChecker,
+    durable: DurableStateChecker,
+    committed_at: BTreeMap<OpId, Index>,
+    trace: Trace,
+    timeline: Timeline,
+    stats: RunStats,
+    phase: Phase,
+    finished: bool,
+}
+
+type Step = Result<(), Violation>;
+
+fn core_err(node: NodeId, e: impl std::fmt::Display) -> Violation {
+    Violation::CoreError {
+        node,
+        error: e.to_string(),
+    }
+}
+
+impl Simulation {
+    /// A cluster in its initial state: every node bootstrapped with the
+    /// same configuration, every client idle.
+    pub fn new(cfg: SimConfig, opts: RunOptions) -> Self {
+        let mut root = Rng::new(cfg.seed);
+        let mut rng_net = root.fork(1);
+        let net = Network::new(&cfg, &mut rng_net);
+        let voters: Vec<NodeId> = (1..=cfg.voters as NodeId).collect();
+        let replicas = (0..cfg.voters)
+            .map(|i| Replica {
+                id: i as NodeId + 1,
+                incarnation: 0,
+                live: None,
+                disk: Disk::bootstrap(&voters, opts.sabotage == Sabotage::AckBeforeSync),
+                paused_until: 0,
+                tick_us: cfg.tick_us[i],
+                last_role: None,
+            })
+            .collect();
+        let clients = (0..cfg.workload.clients)
+            .map(|c| Client {
+                gen: ClientGen::new(c),
+                current: None,
+                hint: None,
+                ok_since_calm: false,
+            })
+            .collect();
+        Simulation {
+            opts,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            replicas,
+            net,
+            clients,
+            history: History::default(),
+            rng_net,
+            rng_fault: root.fork(2),
+            rng_client: root.fork(3),
+            rng_disk: root.fork(4),
+            election: ElectionChecker::default(),
+            completeness: LeaderCompletenessChecker::default(),
+            state_machine: StateMachineChecker::default(),
+            durable: DurableStateChecker::default(),
+            committed_at: BTreeMap::new(),
+            trace: Trace::new(opts.trace),
+            timeline: Timeline::default(),
+            stats: RunStats::default(),
+            phase: Phase::Safety,
+            finished: false,
+            cfg,
+        }
+    }
+
+    fn at(&mut self, time: Time, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            time,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    /// Runs the safety phase, the liveness phase and the final checks.
+    pub fn run(mut self) -> RunReport {
+        let (violation, linearizability) = match self.run_inner() {
+            Ok(lin) => (None, Some(lin)),
+            Err(v) => (Some(v), None),
+        };
+        self.stats.sim_time_us = self.now;
+        self.stats.leader_terms = self.election.terms_with_leader() as u64;
+        self.stats.fsyncs = self.replicas.iter().map(|r| r.disk.fsyncs()).sum();
+        self.timeline.end = self.now;
+        RunReport {
+            violation,
+            fingerprint: self.trace.fingerprint(),
+            stats: self.stats,
+            linearizability,
+            trace: self.trace.text().map(str::to_string),
+            timeline: self
+                .opts
+                .timeline
+                .then(|| std::mem::take(&mut self.timeline)),
+            history: std::mem::take(&mut self.history),
+            config: self.cfg,
+        }
+    }
+}
+
+impl Simulation {
+    fn run_inner(&mut self) -> Result<LinearizabilityReport, Violation> {
+        self.trace
+            .record(0, Actor::Sim, TraceKind::Phase, 0, 0, || {
+                "safety phase".into()
+            });
+        for i in 0..self.replicas.len() {
+            self.restart(i)?;
+        }
+        for c in 0..self.clients.len() {
+            let t = workload::think(&self.cfg.workload, &mut self.rng_client);
+            self.at(t, Event::ClientWake { client: c });
+        }
+        let first_fault = self.fault_gap();
+        self.at(first_fault, Event::Fault);
+        self.at(self.cfg.safety_ticks * TICK_US_NOMINAL, Event::Liveness);
+        while let Some(Reverse(s)) = self.queue.pop() {
+            self.now = s.time;
+            self.stats.events += 1;
+            if self.stats.events > EVENTS_MAX {
+                return Err(Violation::Liveness {
+                    what: format!("event cap {EVENTS_MAX} reached"),
+                });
+            }
+            self.handle(s.event)?;
+            if self.finished {
+                return self.final_checks();
+            }
+        }
+        Err(Violation::Liveness {
+            what: "event queue ran dry".into(),
+        })
+    }
+
+    fn handle(&mut self, ev: Event) -> Step {
+        match ev {
+            Event::Tick { node, inc } => self.on_tick(node, inc),
+            Event::Deliver(m) => self.on_deliver(m),
+            Event::DiskDone { node, inc } => self.on_disk_done(node, inc),
+            Event::Request {
+                node,
+                client,
+                op,
+                attempt,
+            } => self.on_request(node, client, op, attempt),
+            Event::Reply {
+                client,
+                op,
+                attempt,
+                reply,
+            } => self.on_reply(client, op, attempt, reply),
+            Event::Timeout {
+                client,
+                op,
+                attempt,
+            } => {
+                let matches = self.clients[client]
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.id == op && c.attempt == attempt);
+                if matches {
+                    self.clients[client].hint = None;
+                    self.complete(client, Outcome::Unknown);
+                }
+                Ok(())
+            }
+            Event::ClientWake { client } => {
+                self.invoke(client);
+                Ok(())
+            }
+            Event::Fault => self.on_fault(),
+            Event::Restart { node } => self.restart(node),
+            Event::Liveness => self.on_liveness_start(),
+            Event::Poll => self.on_poll(),
+        }
+    }
+
+    /// Defers `ev` if `node` is paused; returns whether it was deferred.
+    fn defer_if_paused(&mut self, node: usize, ev: impl FnOnce() -> Event) -> bool {
+        let until = self.replicas[node].paused_until;
+        if until > self.now {
+            let e = ev();
+            self.at(until, e);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn on_tick(&mut self, node: usize, inc: u32) -> Step {
+        let r = &self.replicas[node];
+        if r.incarnation != inc || r.live.is_none() {
+            return Ok(());
+        }
+        if self.defer_if_paused(node, || Event::Tick { node, inc }) {
+            return Ok(());
+        }
+        self.stats.ticks += 1;
+        let r = &mut self.replicas[node];
+        let id = r.id;
+        let next = self.now + r.tick_us;
+        if let Some(live) = r.live.as_mut() {
+            live.node.tick().map_err(|e| core_err(id, e))?;
+        }
+        self.at(next, Event::Tick { node, inc });
+        self.drive(node)
+    }
+
+    fn on_deliver(&mut self, m: Message<SimPayload>) -> Step {
+        let node = (m.to - 1) as usize;
+        if self.replicas[node].live.is_none() {
+            self.stats.lost += 1;
+            return Ok(());
+        }
+        if self.replicas[node].paused_until > self.now {
+            let until = self.replicas[node].paused_until;
+            self.at(until, Event::Deliver(m));
+            return Ok(());
+        }
+        self.stats.deliveries += 1;
+        let (from, to, term, kind) = (m.from, m.to, m.term, m.body.kind());
+        self.trace.record(
+            self.now,
+            Actor::Node(to),
+            TraceKind::Deliver,
+            from,
+            term,
+            || format!("n{from}->n{to} {kind:?} t{term}"),
+        );
+        let id = self.replicas[node].id;
+        if let Some(live) = self.replicas[node].live.as_mut() {
+            match live.node.step(m) {
+                Ok(()) => {}
+                Err(e @ (StepError::Storage(_) | StepError::Failed)) => {
+                    return Err(core_err(id, e))
+                }
+                Err(_) => {} // stale, duplicate, unexpected: dropped and counted by the core
+            }
+        }
+        self.drive(node)
+    }
+
+    fn on_disk_done(&mut self, node: usize, inc: u32) -> Step {
+        let r = &self.replicas[node];
+        if r.incarnation != inc || r.live.is_none() {
+            return Ok(());
+        }
+        if self.defer_if_paused(node, || Event::DiskDone { node, inc }) {
+            return Ok(());
+        }
+        loop {
+            let r = &mut self.replicas[node];
+            let id = r.id;
+            let Some((token, changed)) = r.disk.complete_next(self.now) else {
+                return Ok(());
+            };
+            if changed {
+                let hs = r.disk.durable_hard_state();
+                let last = r.disk.durable_last_index();
+                self.durable.observe_durable(id, hs)?;
+                self.trace.record(
+                    self.now,
+                    Actor::Node(id),
+                    TraceKind::Synced,
+                    hs.term,
+                    last,
+                    || {
+                        format!(
+                            "durable term={} vote={:?} commit={} last={last}",
+                            hs.term, hs.vote, hs.commit
+                        )
+                    },
+                );
+            }
+            if let Some(live) = self.replicas[node].live.as_mut() {
+                live.node.on_persisted(token).map_err(|e| core_err(id, e))?;
+            }
+            // Release what the batch unblocked before the next one completes.
+            self.drive(node)?;
+        }
+    }
+
+    /// Carries out everything the node asks for until it has nothing ready.
+    fn drive(&mut self, node: usize) -> Step {
+        loop {
+            let r = &mut self.replicas[node];
+            let id = r.id;
+            let Some(live) = r.live.as_mut() else {
+                return Ok(());
+            };
+            if !live.node.has_ready() {
+                return Ok(());
+            }
+            let mut rd = live.node.ready().map_err(|e| core_err(id, e))?;
+            let soft = rd.soft_state();
+            let messages = rd.take_messages();
+            let persist = rd.take_persist();
+            let committed = rd.take_committed_entries();
+            if let Some(p) = &persist {
+                if p.snapshot().is_some() {
+                    return Err(core_err(
+                        id,
+                        "snapshot install requested, but no snapshot was ever taken",
+                    ));
+                }
+                live.node.storage_mut().apply_persist(p);
+            }
+            if let Some(ss) = soft {
+                self.on_soft_state(node, ss)?;
+            }
+            for m in messages {
+                self.send(node, m)?;
+            }
+            if let Some(p) = persist {
+                let r = &mut self.replicas[node];
+                let fsync = self
+                    .rng_disk
+                    .range(self.cfg.fsync_us_min, self.cfg.fsync_us_max);
+                let (n, seq, sync) = (p.entries().len() as u64, p.seq(), p.must_sync());
+                let done = r.disk.write(p, self.now, fsync);
+                let inc = r.incarnation;
+                self.trace.record(
+                    self.now,
+                    Actor::Node(id),
+                    TraceKind::Persist,
+                    seq,
+                    n,
+                    || format!("batch {seq}: {n} entries sync={sync} done@{done}"),
+                );
+                self.at(done, Event::DiskDone { node, inc });
+            }
+            for e in committed {
+                self.apply(node, e)?;
+            }
+        }
+    }
+
+    fn on_soft_state(&mut self, node: usize, ss: SoftState) -> Step {
+        let r = &mut self.replicas[node];
+        let id = r.id;
+        if r.last_role != Some((ss.role, ss.term)) {
+            r.last_role = Some((ss.role, ss.term));
+            if self.opts.timeline {
+                self.timeline.roles.push((self.now, id, ss.role, ss.term));
+            }
+            self.trace.record(
+                self.now,
+                Actor::Node(id),
+                TraceKind::Role,
+                ss.term,
+                ss.role as u64,
+                || format!("{:?} term {} leader {:?}", ss.role, ss.term, ss.leader),
+            );
+        }
+        if ss.role == Role::Leader {
+            self.election.observe_leader(id, ss.term)?;
+            let Some(live) = self.replicas[node].live.as_ref() else {
+                return Ok(());
+            };
+            let last = live.node.last_index().map_err(|e| core_err(id, e))?;
+            let log = live
+                .node
+                .entries(1, last + 1, usize::MAX)
+                .map_err(|e| core_err(id, e))?;
+            self.completeness.check_leader(id, ss.term, |i| {
+                log.get((i as usize).checked_sub(1)?)
+                    .map(|e| (e.term, entry_digest(e)))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, node: usize, m: Message<SimPayload>) -> Step {
+        let r = &self.replicas[node];
+        let id = r.id;
+        match m.body {
+            MessageBody::RequestVoteResponse {
+                pre_vote: false,
+                granted: true,
+            } => DurableStateChecker::check_vote_grant(
+                id,
+                m.to,
+                m.term,
+                r.disk.durable_hard_state(),
+            )?,
+            MessageBody::AppendEntriesResponse {
+                index,
+                reject: None,
+            } => DurableStateChecker::check_append_ack(
+                id,
+                index,
+                m.term,
+                r.disk.durable_last_index(),
+                r.disk.durable_hard_state().term,
+            )?,
+            _ => {}
+        }
+        if m.to == 0 || m.to as usize > self.replicas.len() {
+            return Err(core_err(id, format!("message to unknown node {}", m.to)));
+        }
+        match self.net.route(&mut self.rng_net, m.from, m.to, self.now) {
+            Route::Lost { blocked } => {
+                self.stats.lost += 1;
+                let (from, to, kind) = (m.from, m.to, m.body.kind());
+                self.trace.record(
+                    self.now,
+                    Actor::Node(from),
+                    TraceKind::Lost,
+                    to,
+                    u64::from(blocked),
+                    || {
+                        format!(
+                            "n{from}->n{to} {kind:?} {}",
+                            if blocked { "partitioned" } else { "dropped" }
+                        )
+                    },
+                );
+            }
+            Route::Deliver(t, dup) => {
+                if let Some(t2) = dup {
+                    self.at(t2, Event::Deliver(m.clone()));
+                }
+                self.at(t, Event::Deliver(m));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, node: usize, e: metalraft_core::Entry<SimPayload>) -> Step {
+        let r = &mut self.replicas[node];
+        let id = r.id;
+        let Some(live) = r.live.as_mut() else {
+            return Ok(());
+        };
+        let digest = entry_digest(&e);
+        self.state_machine
+            .observe_applied(id, e.index, e.term, digest)?;
+        self.completeness
+            .observe_committed(e.index, e.term, digest, live.node.term());
+        self.trace.record(
+            self.now,
+            Actor::Node(id),
+            TraceKind::Apply,
+            e.index,
+            digest,
+            || format!("index {} term {} op {:?}", e.index, e.term, entry_op(&e)),
+        );
+        let EntryData::Normal(p) = &e.data else {
+            live.kv
+                .mark_applied(e.index)
+                .map_err(|err| core_err(id, err))?;
+            return Ok(());
+        };
+        let op = p.0.op;
+        self.committed_at.entry(op).or_insert(e.index);
+        let cmd = Command::decode(&p.0.command).map_err(|err| core_err(id, err))?;
+        let result = live
+            .kv
+            .apply(e.index, &cmd)
+            .map_err(|err| core_err(id, err))?;
+        let Some((client, pop, attempt)) = live.proposals.remove(&e.index) else {
+            return Ok(());
+        };
+        let reply = if pop == op {
+            let kind = self.clients[client]
+                .current
+                .as_ref()
+                .filter(|c| c.id == op)
+                .map(|c| c.kind);
+            match kind {
+                Some(kind) => match workload::output(kind, &result) {
+                    Some(out) => Reply::Done(out),
+                    None => {
+                        return Err(core_err(
+                            id,
+                            format!("result {result:?} does not fit {kind:?}"),
+                        ))
+                    }
+                },
+                None => return Ok(()), // the client gave up on it already
+            }
+        } else {
+            // Another entry was committed where ours was: ours is gone for
+            // good (each attempt is appended at most once, at one index).
+            Reply::Failed
+        };
+        let t = self.now + self.cfg.workload.client_latency_us;
+        self.at(
+            t,
+            Event::Reply {
+                client,
+                op: pop,
+                attempt,
+                reply,
+            },
+        );
+        Ok(())
+    }
+}
+
+// ----- clients --------------------------------------------------------------
+impl Simulation {
+    fn target(&mut self, client: ClientId) -> usize {
+        match self.clients[client].hint {
+            Some(n) => n,
+            None => self.rng_client.index(self.replicas.len()),
+        }
+    }
+
+    fn invoke(&mut self, client: ClientId) {
+        let c = &self.clients[client];
+        if c.current.is_some() || (matches!(self.phase, Phase::Liveness { .. }) && c.ok_since_calm)
+        {
+            return;
+        }
+        let (id, key, kind) = self.clients[client]
+            .gen
+            .next_op(&self.cfg.workload, &mut self.rng_client);
+        let pad = self.cfg.workload.value_pad_bytes;
+        let payload = SimPayload(Rc::new(Proposal {
+            op: id,
+            command: workload::command(id, key, kind, pad).encode(),
+        }));
+        let pos = self.history.invoke(id, client, key, kind, self.now);
+        self.trace.record(
+            self.now,
+            Actor::Client(client),
+            TraceKind::Invoke,
+            id,
+            u64::from(key),
+            || format!("{}", self.history.ops[pos]),
+        );
+        self.clients[client].current = Some(Current {
+            pos,
+            id,
+            key,
+            kind,
+            attempt: 0,
+            payload,
+        });
+        self.send_attempt(client, 0);
+    }
+
+    fn send_attempt(&mut self, client: ClientId, delay: Time) {
+        let node = self.target(client);
+        let Some(cur) = self.clients[client].current.as_ref() else {
+            return;
+        };
+        let (op, attempt) = (cur.id, cur.attempt);
+        let w = &self.cfg.workload;
+        let (lat, timeout) = (w.client_latency_us, w.client_timeout_us);
+        self.at(
+            self.now + delay + lat,
+            Event::Request {
+                node,
+                client,
+                op,
+                attempt,
+            },
+        );
+        self.at(
+            self.now + delay + timeout,
+            Event::Timeout {
+                client,
+                op,
+                attempt,
+            },
+        );
+    }
+
+    fn on_request(&mut self, node: usize, client: ClientId, op: OpId, attempt: u32) -> Step {
+        let current = self.clients[client]
+            .current
+            .as_ref()
+            .is_some_and(|c| c.id == op && c.attempt == attempt);
+        if !current || self.replicas[node].live.is_none() {
+            return Ok(()); // stale, or the node is down: the client times out
+        }
+        if self.defer_if_paused(node, || Event::Request {
+            node,
+            client,
+            op,
+            attempt,
+        }) {
+            return Ok(());
+        }
+        let Some(cur) = self.clients[client].current.as_ref() else {
+            return Ok(());
+        };
+        let (payload, kind, key) = (cur.payload.clone(), cur.kind, cur.key);
+        let r = &mut self.replicas[node];
+        let id = r.id;
+        let Some(live) = r.live.as_mut() else {
+            return Ok(());
+        };
+        let reply = if self.opts.sabotage == Sabotage::LocalReads && kind == OpKind::Get {
+            // The defect: a read served from whatever this node has applied.
+            let got = live
+                .kv
+                .range(&metalraft_kv::RangeRequest::single(&workload::key_bytes(
+                    key,
+                )))
+                .map_err(|e| core_err(id, e))?;
+            let v = got.kvs.first().and_then(|kv| workload::value_op(&kv.value));
+            Some(Reply::Done(OpOutput::Get(v)))
+        } else {
+            match live.node.propose(payload) {
+                Ok(index) => {
+                    live.proposals.insert(index, (client, op, attempt));
+                    self.trace.record(
+                        self.now,
+                        Actor::Node(id),
+                        TraceKind::Propose,
+                        op,
+                        index,
+                        || format!("op {op} at index {index}"),
+                    );
+                    None
+                }
+                Err(ProposeError::NotLeader { leader }) => Some(Reply::Redirect(leader)),
+                Err(_) => Some(Reply::Busy),
+            }
+        };
+        if let Some(reply) = reply {
+            let t = self.now + self.cfg.workload.client_latency_us;
+            self.at(
+                t,
+                Event::Reply {
+                    client,
+                    op,
+                    attempt,
+                    reply,
+                },
+            );
+        }
+        self.drive(node)
+    }
+
+    fn on_reply(&mut self, client: ClientId, op: OpId, attempt: u32, reply: Reply) -> Step {
+        let c = &mut self.clients[client];
+        let Some(cur) = c.current.as_mut() else {
+            return Ok(());
+        };
+        if cur.id != op || cur.attempt != attempt {
+            return Ok(());
+        }
+        match reply {
+            Reply::Done(out) => self.complete(client, Outcome::Ok(out)),
+            Reply::Failed => self.complete(client, Outcome::Failed),
+            Reply::Redirect(_) | Reply::Busy if cur.attempt + 1 >= CLIENT_ATTEMPTS_MAX => {
+                // Every attempt was refused before being appended.
+                self.complete(client, Outcome::Failed)
+            }
+            Reply::Redirect(hint) => {
+                cur.attempt += 1;
+                c.hint = hint.map(|l| (l - 1) as usize);
+                let delay = if hint.is_some() {
+                    0
+                } else {
+                    NO_LEADER_BACKOFF_US
+                };
+                self.send_attempt(client, delay);
+            }
+            Reply::Busy => {
+                cur.attempt += 1;
+                self.send_attempt(client, NO_LEADER_BACKOFF_US);
+            }
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, client: ClientId, outcome: Outcome) {
+        let c = &mut self.clients[client];
+        let Some(cur) = c.current.take() else { return };
+        self.history.complete(cur.pos, self.now, outcome);
+        if let Outcome::Ok(out) = outcome {
+            c.gen.learn(cur.id, cur.key, cur.kind, out);
+            if matches!(self.phase, Phase::Liveness { .. }) {
+                c.ok_since_calm = true;
+            }
+        }
+        let pos = cur.pos;
+        self.trace.record(
+            self.now,
+            Actor::Client(client),
+            TraceKind::Complete,
+            cur.id,
+            0,
+            || format!("{}", self.history.ops[pos]),
+        );
+        let t = self.now + workload::think(&self.cfg.workload, &mut self.rng_client);
+        self.at(t, Event::ClientWake { client });
+    }
+}
+
+// ----- faults and phases ----------------------------------------------------
+impl Simulation {
+    fn fault_gap(&mut self) -> Time {
+        1 + self
+            .rng_fault
+            .range(0, 2 * self.cfg.faults.fault_gap_us_mean)
+    }
+
+    fn on_fault(&mut self) -> Step {
+        if self.phase != Phase::Safety {
+            return Ok(());
+        }
+        let gap = self.fault_gap();
+        self.at(self.now + gap, Event::Fault);
+        let f = &self.cfg.faults;
+        let weights = [
+            f.crash_weight,
+            f.torn_crash_weight,
+            f.partition_weight,
+            f.heal_weight,
+            f.pause_weight,
+            f.transfer_weight,
+        ];
+        let total: u32 = weights.iter().sum();
+        if total == 0 {
+            return Ok(());
+        }
+        let mut x = self.rng_fault.range(0, u64::from(total)) as u32;
+        let mut action = 0;
+        while x >= weights[action] {
+            x -= weights[action];
+            action += 1;
+        }
+        let n = self.replicas.len();
+        let up: Vec<usize> = (0..n)
+            .filter(|&i| self.replicas[i].live.is_some())
+            .collect();
+        match action {
+            0 | 1 => {
+                if n - up.len() < self.cfg.faults.down_max && !up.is_empty() {
+                    let i = up[self.rng_fault.index(up.len())];
+                    self.crash(i, action == 1)?;
+                }
+            }
+            2 if n >= 2 => {
+                let p = Network::random_partition(&mut self.rng_fault, n);
+                self.stats.partitions += 1;
+                let text = p.to_string();
+                self.trace
+                    .record(self.now, Actor::Sim, TraceKind::Partition, 0, 0, || {
+                        text.clone()
+                    });
+                if self.opts.timeline {
+                    self.timeline.partitions.push((self.now, Some(text)));
+                }
+                self.net.partition(p);
+            }
+            3 => self.heal(),
+            4 if !up.is_empty() => {
+                let i = up[self.rng_fault.index(up.len())];
+                let until = self.now + 1 + self.rng_fault.range(0, self.cfg.faults.pause_us_max);
+                self.replicas[i].paused_until = until;
+                self.stats.pauses += 1;
+                let id = self.replicas[i].id;
+                self.trace.record(
+                    self.now,
+                    Actor::Node(id),
+                    TraceKind::Pause,
+                    until,
+                    0,
+                    || format!("paused until {until}us"),
+                );
+                if self.opts.timeline {
+                    self.timeline
+                        .node_events
+                        .push((self.now, id, NodeEvent::Pause(until)));
+                }
+            }
+            5 => {
+                let Some(l) = (0..n).find(|&i| self.replicas[i].is_leader()) else {
+                    return Ok(());
+                };
+                if n < 2 || self.replicas[l].paused_until > self.now {
+                    return Ok(());
+                }
+                let to = loop {
+                    let t = self.rng_fault.index(n);
+                    if t != l {
+                        break t as NodeId + 1;
+                    }
+                };
+                let id = self.replicas[l].id;
+                if let Some(live) = self.replicas[l].live.as_mut() {
+                    let r = live.node.transfer_leader(to);
+                    self.stats.transfers += 1;
+                    self.trace.record(
+                        self.now,
+                        Actor::Node(id),
+                        TraceKind::Transfer,
+                        to,
+                        u64::from(r.is_ok()),
+                        || format!("transfer leadership to n{to}: {r:?}"),
+                    );
+                }
+                self.drive(l)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn heal(&mut self) {
+        if self.net.current_partition().is_some() {
+            self.net.heal();
+            self.trace
+                .record(self.now, Actor::Sim, TraceKind::Heal, 0, 0, || {
+                    "network healed".into()
+                });
+            if self.opts.timeline {
+                self.timeline.partitions.push((self.now, None));
+            }
+        }
+    }
+
+    fn crash(&mut self, node: usize, torn: bool) -> Step {
+        let r = &mut self.replicas[node];
+        if r.live.take().is_none() {
+            return Ok(());
+        }
+        r.incarnation += 1;
+        r.paused_until = 0;
+        r.last_role = None;
+        let id = r.id;
+        let report = r.disk.crash(torn, &mut self.rng_disk);
+        let hs = r.disk.durable_hard_state();
+        self.durable.observe_durable(id, hs)?;
+        self.stats.crashes += 1;
+        self.stats.torn_writes += u64::from(torn);
+        self.trace.record(
+            self.now,
+            Actor::Node(id),
+            TraceKind::Crash,
+            u64::from(torn),
+            report.records_lost,
+            || {
+                format!(
+                "torn={torn} unsynced records lost={} kept={} durable term={} vote={:?} commit={}",
+                report.records_lost, report.records_kept, hs.term, hs.vote, hs.commit
+            )
+            },
+        );
+        if self.opts.timeline {
+            self.timeline
+                .node_events
+                .push((self.now, id, NodeEvent::Crash { torn }));
+        }
+        let down = self.rng_fault.range(DOWNTIME_TICKS_MIN, DOWNTIME_TICKS_MAX) * TICK_US_NOMINAL;
+        self.at(self.now + down, Event::Restart { node });
+        Ok(())
+    }
+
+    fn restart(&mut self, node: usize) -> Step {
+        let r = &mut self.replicas[node];
+        if r.live.is_some() {
+            return Ok(());
+        }
+        let id = r.id;
+        let storage = r.disk.durable().clone();
+        let cfg = self.cfg.core_config(id, r.incarnation);
+        let n = Node::new(cfg, storage, 0).map_err(|e| core_err(id, e))?;
+        let term = n.term();
+        r.live = Some(Live {
+            node: n,
+            kv: KvStore::new(),
+            proposals: BTreeMap::new(),
+        });
+        r.last_role = Some((Role::Follower, term));
+        let inc = r.incarnation;
+        let first_tick = self.now + 1 + self.rng_fault.range(0, r.tick_us);
+        self.state_machine.reset(id);
+        self.trace.record(
+            self.now,
+            Actor::Node(id),
+            TraceKind::Restart,
+            u64::from(inc),
+            term,
+            || format!("restart (incarnation {inc}) from durable term {term}"),
+        );
+        if self.opts.timeline {
+            self.timeline
+                .node_events
+                .push((self.now, id, NodeEvent::Restart));
+            self.timeline
+                .roles
+                .push((self.now, id, Role::Follower, term));
+        }
+        self.at(first_tick, Event::Tick { node, inc });
+        self.drive(node)
+    }
+
+    /// The liveness budget: the configured base plus time for the most
+    /// lagging node to catch up, one batch of `max_entries_per_msg` entries
+    /// per round trip (two worst-case latencies plus a worst-case fsync).
+    fn liveness_budget_ticks(&self) -> u64 {
+        let last = self
+            .replicas
+            .iter()
+            .filter_map(|r| r.live.as_ref()?.node.last_index().ok())
+            .chain(self.replicas.iter().map(|r| r.disk.durable_last_index()))
+            .max()
+            .unwrap_or(0);
+        let applied_min = self
+            .replicas
+            .iter()
+            .map(|r| r.live.as_ref().map_or(0, |l| l.node.applied_index()))
+            .min()
+            .unwrap_or(0);
+        let batches = (last - applied_min.min(last)).div_ceil(self.cfg.max_entries_per_msg as u64);
+        let round_trip_us = 2 * self.cfg.latency_us_max + self.cfg.fsync_us_max;
+        self.cfg.liveness_budget_ticks + (batches * round_trip_us).div_ceil(TICK_US_NOMINAL)
+    }
+
+    fn on_liveness_start(&mut self) -> Step {
+        let budget = self.liveness_budget_ticks();
+        self.phase = Phase::Liveness {
+            deadline: self.now + budget * TICK_US_NOMINAL,
+            start: self.now,
+        };
+        self.trace
+            .record(self.now, Actor::Sim, TraceKind::Phase, 1, budget, || {
+                format!("liveness phase: faults stop, budget {budget} ticks")
+            });
+        if self.opts.timeline {
+            self.timeline.liveness_start = Some(self.now);
+        }
+        self.heal();
+        self.net.calm();
+        for i in 0..self.replicas.len() {
+            self.replicas[i].paused_until = 0;
+            self.restart(i)?;
+        }
+        for c in &mut self.clients {
+            c.ok_since_calm = false;
+        }
+        self.at(self.now + LIVENESS_POLL_US, Event::Poll);
+        Ok(())
+    }
+
+    fn liveness_snapshot(&self, start: Time) -> LivenessSnapshot {
+        LivenessSnapshot {
+            nodes: self
+                .replicas
+                .iter()
+                .map(|r| match &r.live {
+                    Some(l) => NodeProgress {
+                        id: r.id,
+                        up: true,
+                        leader: l.node.role() == Role::Leader,
+                        term: l.node.term(),
+                        commit: l.node.commit_index(),
+                        applied: l.node.applied_index(),
+                    },
+                    None => NodeProgress {
+                        id: r.id,
+                        up: false,
+                        leader: false,
+                        term: 0,
+                        commit: 0,
+                        applied: 0,
+                    },
+                })
+                .collect(),
+            clients_waiting: (0..self.clients.len())
+                .filter(|&c| !self.clients[c].ok_since_calm || self.clients[c].current.is_some())
+                .collect(),
+            elapsed_ticks: (self.now - start) / TICK_US_NOMINAL,
+        }
+    }
+
+    fn on_poll(&mut self) -> Step {
+        let Phase::Liveness { deadline, start } = self.phase else {
+            return Ok(());
+        };
+        let snap = self.liveness_snapshot(start);
+        match check_liveness(&snap) {
+            Ok(()) => {
+                self.finished = true;
+                Ok(())
+            }
+            Err(v) if self.now >= deadline => Err(v),
+            Err(_) => {
+                self.at(self.now + LIVENESS_POLL_US, Event::Poll);
+                Ok(())
+            }
+        }
+    }
+
+    fn final_checks(&mut self) -> Result<LinearizabilityReport, Violation> {
+        // Log matching over every node's full log and its durable log.
+        let mut logs = Vec::new();
+        let mut final_log: BTreeMap<Index, OpId> = BTreeMap::new();
+        let mut best_commit = 0;
+        for r in &self.replicas {
+            let Some(live) = r.live.as_ref() else {
+                continue;
+            };
+            let last = live.node.last_index().map_err(|e| core_err(r.id, e))?;
+            let entries = live
+                .node
+                .entries(1, last + 1, usize::MAX)
+                .map_err(|e| core_err(r.id, e))?;
+            let summary = |e: &metalraft_core::Entry<SimPayload>| LogEntrySummary {
+                index: e.index,
+                term: e.term,
+                digest: entry_digest(e),
+            };
+            logs.push((r.id, entries.iter().map(summary).collect::<Vec<_>>()));
+            logs.push((
+                r.id,
+                r.disk.durable().all_entries().iter().map(summary).collect(),
+            ));
+            let commit = live.node.commit_index();
+            if commit > best_commit {
+                best_commit = commit;
+                final_log = entries
+                    .iter()
+                    .take_while(|e| e.index <= commit)
+                    .filter_map(|e| Some((e.index, entry_op(e)?)))
+                    .collect();
+            }
+        }
+        check_log_matching(&logs)?;
+        // Replicas at the same applied index hold the same data.
+        let mut kv_hash: BTreeMap<Index, (NodeId, u32)> = BTreeMap::new();
+        for r in &self.replicas {
+            let Some(live) = r.live.as_ref() else {
+                continue;
+            };
+            let h = live.kv.hash();
+            let (n0, h0) = *kv_hash.entry(live.kv.applied_index()).or_insert((r.id, h));
+            if h0 != h {
+                return Err(Violation::StateMachineSafety {
+                    node: r.id,
+                    index: live.kv.applied_index(),
+                    got: (0, u64::from(h)),
+                    expected: (n0, u64::from(h0)),
+                });
+            }
+        }
+        let acked = self.history.ops.iter().filter_map(|o| match o.completion {
+            Some((_, Outcome::Ok(_))) if o.is_write() => Some(o.id),
+            _ => None,
+        });
+        check_durability(acked, &self.committed_at, &final_log)?;
+        check_linearizable(&self.history)
+    }
+}

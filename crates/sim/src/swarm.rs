@@ -1,0 +1,199 @@
+//! Many seeds on several threads, with progress and a summary.
+//!
+//! Each run is single-threaded and deterministic; threads only pick which
+//! seed to run next. The wall clock is read here, for progress, throughput
+//! and the `--minutes` limit, never inside a run.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::checkers::Violation;
+use crate::sim::{RunOptions, RunStats};
+
+/// What to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SwarmOptions {
+    /// Seeds to run, in order.
+    pub seeds: Range<u64>,
+    /// Worker threads.
+    pub jobs: usize,
+    /// Stop starting new seeds after this long (wall clock).
+    pub time_limit: Option<Duration>,
+}
+
+/// One finished seed.
+#[derive(Clone, Debug)]
+pub struct SeedResult {
+    /// The seed.
+    pub seed: u64,
+    /// Its violation, if any.
+    pub violation: Option<Violation>,
+    /// Its counters.
+    pub stats: RunStats,
+    /// Operations by outcome: ok, failed, unknown, pending.
+    pub ops: [u64; 4],
+    /// Operations that entered the linearizability check.
+    pub ops_checked: u64,
+    /// Keys whose linearizability search was inconclusive.
+    pub inconclusive_keys: u64,
+    /// The trace fingerprint.
+    pub fingerprint: u64,
+}
+
+/// Totals over a swarm.
+#[derive(Clone, Debug, Default)]
+pub struct SwarmSummary {
+    /// Seeds completed.
+    pub seeds: u64,
+    /// Seeds with a violation, sorted by seed.
+    pub failures: Vec<(u64, Violation)>,
+    /// Summed counters.
+    pub stats: RunStats,
+    /// Operations by outcome: ok, failed, unknown, pending.
+    pub ops: [u64; 4],
+    /// Operations checked for linearizability.
+    pub ops_checked: u64,
+    /// Keys whose search was inconclusive.
+    pub inconclusive_keys: u64,
+    /// Wall-clock time.
+    pub wall: Duration,
+    /// Worker threads used.
+    pub jobs: usize,
+    /// XOR of every seed's fingerprint (compare two swarms at a glance).
+    pub fingerprint: u64,
+}
+
+impl SwarmSummary {
+    fn add(&mut self, r: &SeedResult) {
+        self.seeds += 1;
+        let s = &mut self.stats;
+        let t = &r.stats;
+        s.events += t.events;
+        s.deliveries += t.deliveries;
+        s.lost += t.lost;
+        s.ticks += t.ticks;
+        s.sim_time_us += t.sim_time_us;
+        s.crashes += t.crashes;
+        s.torn_writes += t.torn_writes;
+        s.partitions += t.partitions;
+        s.pauses += t.pauses;
+        s.transfers += t.transfers;
+        s.fsyncs += t.fsyncs;
+        s.leader_terms += t.leader_terms;
+        for i in 0..4 {
+            self.ops[i] += r.ops[i];
+        }
+        self.ops_checked += r.ops_checked;
+        self.inconclusive_keys += r.inconclusive_keys;
+        self.fingerprint ^= r.fingerprint.rotate_left((r.seed % 64) as u32);
+        if let Some(v) = &r.violation {
+            self.failures.push((r.seed, v.clone()));
+        }
+    }
+
+    /// Message deliveries per wall-clock second (all jobs together).
+    pub fn deliveries_per_sec(&self) -> f64 {
+        self.stats.deliveries as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    /// The multi-line summary printed by `swarm`.
+    pub fn render(&self) -> String {
+        let secs = self.wall.as_secs_f64().max(1e-9);
+        let s = &self.stats;
+        format!(
+            "seeds: {} ({} failed) in {:.1}s with {} jobs\n\
+             simulated: {} node ticks ({:.0}/s), {} message deliveries ({:.0}/s, {:.0}/s per job), {} events\n\
+             faults injected: {} (crashes {} of which torn {}, partitions {}, pauses {}, leader transfers {}), {} messages lost\n\
+             operations: {} ok, {} failed, {} unknown, {} pending; {} checked for linearizability, {} inconclusive keys\n\
+             fingerprint: {:016x}",
+            self.seeds,
+            self.failures.len(),
+            secs,
+            self.jobs,
+            s.ticks,
+            s.ticks as f64 / secs,
+            s.deliveries,
+            self.deliveries_per_sec(),
+            self.deliveries_per_sec() / self.jobs.max(1) as f64,
+            s.events,
+            s.faults(),
+            s.crashes,
+            s.torn_writes,
+            s.partitions,
+            s.pauses,
+            s.transfers,
+            s.lost,
+            self.ops[0],
+            self.ops[1],
+            self.ops[2],
+            self.ops[3],
+            self.ops_checked,
+            self.inconclusive_keys,
+            self.fingerprint,
+        )
+    }
+}
+
+/// Runs one seed and summarises it.
+pub fn run_one(seed: u64) -> SeedResult {
+    let r = crate::run_seed(seed, RunOptions::default());
+    let lin = r.linearizability.as_ref();
+    SeedResult {
+        seed,
+        ops: r.history.outcome_counts(),
+        ops_checked: lin.map_or(0, |l| l.ops_checked as u64),
+        inconclusive_keys: lin.map_or(0, |l| l.inconclusive_keys.len() as u64),
+        violation: r.violation,
+        stats: r.stats,
+        fingerprint: r.fingerprint,
+    }
+}
+
+/// Runs the swarm; `progress` sees every finished seed and the running
+/// summary (on the calling thread).
+pub fn run_swarm(
+    opts: &SwarmOptions,
+    mut progress: impl FnMut(&SeedResult, &SwarmSummary),
+) -> SwarmSummary {
+    let start = Instant::now();
+    let next = AtomicU64::new(opts.seeds.start);
+    let stop = AtomicBool::new(false);
+    let jobs = opts.jobs.max(1);
+    let mut summary = SwarmSummary {
+        jobs,
+        ..SwarmSummary::default()
+    };
+    let (tx, rx) = mpsc::channel::<SeedResult>();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            let tx = tx.clone();
+            let (next, stop) = (&next, &stop);
+            scope.spawn(move || loop {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= opts.seeds.end {
+                    return;
+                }
+                if tx.send(run_one(seed)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(tx);
+        for r in rx {
+            summary.add(&r);
+            if opts.time_limit.is_some_and(|l| start.elapsed() >= l) {
+                stop.store(true, Ordering::Relaxed);
+            }
+            summary.wall = start.elapsed();
+            progress(&r, &summary);
+        }
+    });
+    summary.wall = start.elapsed();
+    summary.failures.sort_by_key(|(s, _)| *s);
+    summary
+}
