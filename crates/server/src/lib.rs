@@ -27,6 +27,7 @@ pub mod config;
 pub mod dev;
 pub mod errors;
 pub mod member;
+pub mod metrics;
 pub mod proto;
 pub mod raft_loop;
 pub mod storage;

@@ -23,6 +23,7 @@ use url::Url;
 
 use crate::api::{ClusterService, KvService, MaintenanceService, PeerService, Shared};
 use crate::config::MemberConfig;
+use crate::metrics;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
 };
@@ -182,6 +183,10 @@ pub async fn run(cfg: MemberConfig) -> Result<(), MemberError> {
     for u in &cfg.listen_client_urls {
         client_listeners.push(bind(u).await?);
     }
+    let mut metrics_listeners = Vec::new();
+    for u in &cfg.listen_metrics_urls {
+        metrics_listeners.push(bind(u).await?);
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let loop_task = tokio::spawn(raft_loop.run(stop_rx.clone()));
@@ -202,19 +207,36 @@ pub async fn run(cfg: MemberConfig) -> Result<(), MemberError> {
     let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     for l in client_listeners {
         let mut stop = stop_rx.clone();
+        // gRPC plus etcd's HTTP endpoints (/health, /metrics) on one port.
+        let routes = tonic::service::Routes::new(
+            KvServer::new(KvService(shared.clone())).max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            ClusterServer::new(ClusterService(shared.clone())).max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            MaintenanceServer::new(MaintenanceService(shared.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .into_axum_router()
+        .merge(metrics::router(shared.clone()));
         servers.push(tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(
-                    KvServer::new(KvService(shared.clone())).max_decoding_message_size(max_recv),
-                )
-                .add_service(
-                    ClusterServer::new(ClusterService(shared.clone()))
-                        .max_decoding_message_size(max_recv),
-                )
-                .add_service(
-                    MaintenanceServer::new(MaintenanceService(shared.clone()))
-                        .max_decoding_message_size(max_recv),
-                )
+                .accept_http1(true)
+                .add_routes(tonic::service::Routes::from(routes))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
+                    let _ = stop.changed().await;
+                }),
+        ));
+    }
+    for l in metrics_listeners {
+        let mut stop = stop_rx.clone();
+        servers.push(tokio::spawn(
+            tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(tonic::service::Routes::from(metrics::router(
+                    shared.clone(),
+                )))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
                     let _ = stop.changed().await;
                 }),

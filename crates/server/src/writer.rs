@@ -54,6 +54,29 @@ pub struct WriterGauges {
     pub syncs: AtomicU64,
     /// Total time spent in write + fdatasync, in microseconds.
     pub sync_micros: AtomicU64,
+    /// Histogram of write + fdatasync durations: count per bucket of
+    /// [`FSYNC_BUCKETS_SECONDS`] (non-cumulative; the last slot is +Inf).
+    pub sync_buckets: [AtomicU64; FSYNC_BUCKETS_SECONDS.len() + 1],
+}
+
+/// Upper bounds of the WAL fsync histogram (etcd's: 1 ms doubling to 8 s).
+pub const FSYNC_BUCKETS_SECONDS: [f64; 14] = [
+    0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
+    8.192,
+];
+
+impl WriterGauges {
+    fn observe_sync(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let slot = FSYNC_BUCKETS_SECONDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(FSYNC_BUCKETS_SECONDS.len());
+        self.sync_buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.sync_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 /// Runs the writer until `jobs` is closed (all senders dropped).
@@ -139,10 +162,7 @@ fn write_group(
             return Err(e);
         }
         if sync {
-            gauges.syncs.fetch_add(1, Ordering::Relaxed);
-            gauges
-                .sync_micros
-                .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+            gauges.observe_sync(start.elapsed());
         }
         for j in pending.drain(..split) {
             if let WriteJob::Persist { token, .. } = j {
