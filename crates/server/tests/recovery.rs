@@ -244,3 +244,42 @@ fn garbage_on_the_peer_port_does_not_crash_a_member() {
     etcdctl(&["--endpoints", &ep, "put", "alive", "yes"]);
     assert_eq!(get(&ep, "alive"), "yes");
 }
+
+fn member_id_hex(c: &Cluster, i: usize) -> String {
+    let out = etcdctl(&[
+        "--endpoints",
+        &c.endpoint(i),
+        "endpoint",
+        "status",
+        "-w",
+        "json",
+    ]);
+    format!("{:x}", json_u64(&out, "member_id").expect("member_id"))
+}
+
+#[test]
+fn move_leader_and_graceful_shutdown_hand_over_leadership() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_for_leader();
+    let target = (leader + 1) % 3;
+    let target_id = member_id_hex(&c, target);
+    let out = etcdctl(&["--endpoints", &c.endpoints(), "move-leader", &target_id]);
+    assert!(out.contains("Leadership transferred"), "{out}");
+    eventually("target leads", || {
+        (c.leader() == Some(target)).then_some(())
+    });
+    // SIGTERM on the leader: it hands leadership over and exits cleanly.
+    let status = c.terminate(target);
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(&c.members[target].log).unwrap();
+    assert!(log.contains("handed leadership over"), "{log}");
+    let next = c.wait_for_leader();
+    assert_ne!(next, target);
+    etcdctl(&[
+        "--endpoints",
+        &c.live_endpoints(),
+        "put",
+        "after-shutdown",
+        "ok",
+    ]);
+}
