@@ -23,9 +23,9 @@ pub const KEYS_MAX: usize = 8;
 /// sizes vary and byte limits are exercised.
 pub const VALUE_PAD_BYTES_MAX: usize = 64;
 /// Shortest safety phase (faults on).
-pub const SAFETY_TICKS_MIN: u64 = 300;
+pub const SAFETY_TICKS_MIN: u64 = 500;
 /// Longest safety phase (exclusive).
-pub const SAFETY_TICKS_MAX: u64 = 1_200;
+pub const SAFETY_TICKS_MAX: u64 = 3_000;
 /// Liveness budget: after faults stop, a leader must be elected, every
 /// client must complete an operation and all replicas must converge within
 /// this many election timeouts (max) ...
@@ -72,9 +72,24 @@ pub struct FaultConfig {
     pub down_max: usize,
 }
 
+/// How a client read (`get`) is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPath {
+    /// Proposed as a `metalraft_kv::Command::Range` and answered when applied.
+    Log,
+    /// `Node::read_index` on the receiving node (followers forward to the
+    /// leader; thesis §6.4), answered from the local store once applied.
+    ReadIndex,
+    /// As `ReadIndex` with `ReadMode::Lease` (thesis §6.4.1). Its clock
+    /// assumption excludes process pauses, so these seeds do not pause nodes.
+    Lease,
+}
+
 /// Workload shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkloadConfig {
+    /// How reads are served.
+    pub read_path: ReadPath,
     /// Concurrent clients, each with at most one operation outstanding.
     pub clients: usize,
     /// Distinct keys.
@@ -142,7 +157,7 @@ pub struct SimConfig {
 
 /// Features of the core the swarm does not drive yet; all off. The
 /// simulator refuses a config that turns one on (see the crate README).
-pub const UNSUPPORTED_KNOBS: [&str; 3] = ["snapshots", "membership_changes", "read_index_reads"];
+pub const UNSUPPORTED_KNOBS: [&str; 2] = ["snapshots", "membership_changes"];
 
 impl SimConfig {
     /// Draws a configuration from `seed`. Roughly a quarter of the seeds are
@@ -178,7 +193,17 @@ impl SimConfig {
             down_max: 1 + r.index(voters),
         };
         let clients = 1 + r.index(CLIENTS_MAX);
+        let read_path = match r.range(0, 5) {
+            0 | 1 => ReadPath::Log,
+            2 | 3 => ReadPath::ReadIndex,
+            _ => ReadPath::Lease,
+        };
+        let mut faults = faults;
+        if read_path == ReadPath::Lease {
+            faults.pause_weight = 0;
+        }
         let workload = WorkloadConfig {
+            read_path,
             clients,
             keys: 1 + r.index(KEYS_MAX),
             think_us_max: r.range(0, 3 * TICK_US_NOMINAL),
@@ -200,7 +225,8 @@ impl SimConfig {
             election_timeout_ticks_min,
             election_timeout_ticks_max,
             pre_vote: r.range(0, 4) != 0,
-            check_quorum: r.coin(),
+            // Lease reads require check-quorum.
+            check_quorum: r.coin() || read_path == ReadPath::Lease,
             max_entries_per_msg: [1, 4, 64, 256][r.index(4)],
             max_inflight_msgs: [1, 4, 256][r.index(3)],
             max_apply_bytes: [1, 4096, 1 << 20][r.index(3)],
@@ -229,18 +255,22 @@ impl SimConfig {
         c.max_inflight_msgs = self.max_inflight_msgs;
         c.max_apply_bytes = self.max_apply_bytes;
         c.rng_seed = self.seed ^ (u64::from(incarnation) << 48);
+        if self.workload.read_path == ReadPath::Lease {
+            c.read_mode = metalraft_core::ReadMode::Lease;
+        }
         c
     }
 
     /// One line describing the run, printed by `run` and in failure reports.
     pub fn summary(&self) -> String {
         format!(
-            "seed={} voters={} clients={} keys={} hb={} et={}..{} prevote={} checkquorum={} \
+            "seed={} voters={} clients={} keys={} reads={:?} hb={} et={}..{} prevote={} checkquorum={} \
              drop={}ppm dup={}ppm reorder={}ppm latency={}..{}us fsync={}..{}us safety={}ticks",
             self.seed,
             self.voters,
             self.workload.clients,
             self.workload.keys,
+            self.workload.read_path,
             self.heartbeat_interval_ticks,
             self.election_timeout_ticks_min,
             self.election_timeout_ticks_max,

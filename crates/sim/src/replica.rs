@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use metalraft_core::{Index, MemStorage, Node, NodeId, Role, Term};
+use metalraft_core::{Index, MemStorage, Node, NodeId, ReadCtx, Role, Term};
 use metalraft_kv::KvStore;
 
 use crate::config::Time;
 use crate::disk::Disk;
-use crate::history::{ClientId, OpId};
+use crate::history::{ClientId, KeyId, OpId};
 use crate::payload::SimPayload;
 
 /// The core node type the simulator runs.
@@ -25,6 +25,10 @@ pub struct Live {
     pub kv: KvStore,
     /// Client proposals waiting to be applied, by log index.
     pub proposals: BTreeMap<Index, ProposalRef>,
+    /// Client reads waiting for their read index, by read context.
+    pub reads: BTreeMap<ReadCtx, (ProposalRef, KeyId)>,
+    /// Client reads with a read index, waiting for the store to apply it.
+    pub reads_ready: Vec<(Index, ProposalRef, KeyId)>,
 }
 
 /// A node slot: running or crashed, plus its disk.

@@ -15,7 +15,7 @@ use crate::checkers::{
     ElectionChecker, LeaderCompletenessChecker, LinearizabilityReport, LivenessSnapshot,
     LogEntrySummary, NodeProgress, StateMachineChecker, Violation,
 };
-use crate::config::{SimConfig, Time, CLIENT_ATTEMPTS_MAX, EVENTS_MAX, TICK_US_NOMINAL};
+use crate::config::{ReadPath, SimConfig, Time, CLIENT_ATTEMPTS_MAX, EVENTS_MAX, TICK_US_NOMINAL};
 use crate::disk::Disk;
 use crate::history::{ClientId, History, KeyId, OpId, OpKind, OpOutput, Outcome};
 use crate::network::{Network, Route};
@@ -237,6 +237,13 @@ pub struct Simulation {
 }
 
 type Step = Result<(), Violation>;
+
+/// The read context of attempt `attempt` of read `op` (unique per attempt;
+/// attempts are fewer than 16).
+fn read_ctx(op: OpId, attempt: u32) -> metalraft_core::ReadCtx {
+    const _: () = assert!(CLIENT_ATTEMPTS_MAX < 16);
+    (op << 4) | u64::from(attempt)
+}
 
 fn core_err(node: NodeId, e: impl std::fmt::Display) -> Violation {
     Violation::CoreError {
@@ -532,6 +539,7 @@ impl Simulation {
             let messages = rd.take_messages();
             let persist = rd.take_persist();
             let committed = rd.take_committed_entries();
+            let read_states = rd.take_read_states();
             if let Some(p) = &persist {
                 if p.snapshot().is_some() {
                     return Err(core_err(
@@ -568,7 +576,90 @@ impl Simulation {
             for e in committed {
                 self.apply(node, e)?;
             }
+            self.on_read_states(node, read_states);
+            self.serve_reads(node)?;
         }
+    }
+
+    /// Read indices arrived: queue the reads until the store catches up;
+    /// a failed read index is refused to the client, who retries.
+    fn on_read_states(&mut self, node: usize, states: Vec<metalraft_core::ReadState>) {
+        let mut refused = Vec::new();
+        let Some(live) = self.replicas[node].live.as_mut() else {
+            return;
+        };
+        for rs in states {
+            let Some((pref, key)) = live.reads.remove(&rs.ctx) else {
+                continue;
+            };
+            match rs.result {
+                Ok(index) => live.reads_ready.push((index, pref, key)),
+                Err(_) => refused.push(pref),
+            }
+        }
+        for (client, op, attempt) in refused {
+            let t = self.now + self.cfg.workload.client_latency_us;
+            self.at(
+                t,
+                Event::Reply {
+                    client,
+                    op,
+                    attempt,
+                    reply: Reply::Busy,
+                },
+            );
+        }
+    }
+
+    /// Serves queued reads whose read index the store has applied.
+    fn serve_reads(&mut self, node: usize) -> Step {
+        let r = &mut self.replicas[node];
+        let id = r.id;
+        let Some(live) = r.live.as_mut() else {
+            return Ok(());
+        };
+        if live.reads_ready.is_empty() {
+            return Ok(());
+        }
+        let applied = live.kv.applied_index();
+        let mut served = Vec::new();
+        let mut i = 0;
+        while i < live.reads_ready.len() {
+            if live.reads_ready[i].0 <= applied {
+                let (index, pref, key) = live.reads_ready.remove(i);
+                let got = live
+                    .kv
+                    .range(&metalraft_kv::RangeRequest::single(&workload::key_bytes(
+                        key,
+                    )))
+                    .map_err(|e| core_err(id, e))?;
+                let v = got.kvs.first().and_then(|kv| workload::value_op(&kv.value));
+                served.push((index, pref, v));
+            } else {
+                i += 1;
+            }
+        }
+        for (index, (client, op, attempt), v) in served {
+            self.trace.record(
+                self.now,
+                Actor::Node(id),
+                TraceKind::Apply,
+                op,
+                index,
+                || format!("read op {op} served at read index {index} (applied {applied})"),
+            );
+            let t = self.now + self.cfg.workload.client_latency_us;
+            self.at(
+                t,
+                Event::Reply {
+                    client,
+                    op,
+                    attempt,
+                    reply: Reply::Done(OpOutput::Get(v)),
+                },
+            );
+        }
+        Ok(())
     }
 
     fn on_soft_state(&mut self, node: usize, ss: SoftState) -> Step {
@@ -839,6 +930,15 @@ impl Simulation {
                 .map_err(|e| core_err(id, e))?;
             let v = got.kvs.first().and_then(|kv| workload::value_op(&kv.value));
             Some(Reply::Done(OpOutput::Get(v)))
+        } else if kind == OpKind::Get && self.cfg.workload.read_path != ReadPath::Log {
+            let ctx = read_ctx(op, attempt);
+            match live.node.read_index(ctx) {
+                Ok(()) => {
+                    live.reads.insert(ctx, ((client, op, attempt), key));
+                    None
+                }
+                Err(_) => Some(Reply::Busy),
+            }
         } else {
             match live.node.propose(payload) {
                 Ok(index) => {
@@ -1104,6 +1204,8 @@ impl Simulation {
             node: n,
             kv: KvStore::new(),
             proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            reads_ready: Vec::new(),
         });
         r.last_role = Some((Role::Follower, term));
         let inc = r.incarnation;
