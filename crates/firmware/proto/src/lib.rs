@@ -14,6 +14,7 @@ extern crate alloc;
 pub mod addr;
 pub mod client;
 pub mod config;
+pub mod disk;
 
 /// CRC-32C (Castagnoli), used by every checksummed format of the firmware.
 pub const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);

@@ -1,0 +1,290 @@
+//! The on-disk layout of a node's virtio-blk disk, shared by the firmware
+//! (which writes it) and the host tool (which creates images and inspects
+//! or damages them in tests).
+//!
+//! ```text
+//! sector 0              config block (written by the host, see config)
+//! sectors 1, 2          hard-state slots A and B, written alternately
+//! sectors 8 ..          log records, each starting on a sector boundary
+//! ```
+//!
+//! A log record is a 36-byte header, the payload, zero padding to the next
+//! sector. The header holds `MAGIC`, the format version, the write epoch,
+//! the payload length, the entry's index and term, and a CRC-32C over the
+//! header (CRC field excluded) and the payload. Recovery reads records from
+//! [`LOG_START_SECTOR`] while each one is intact, has the next index, a
+//! term and an epoch no lower than its predecessor's; the first record that
+//! fails ends the log (a torn or stale tail is discarded). The epoch grows
+//! at every boot and at every truncation, so records left behind by an
+//! overwrite can never be mistaken for the log's continuation.
+
+use core::fmt;
+
+use crate::CRC32C;
+
+/// Bytes per sector.
+pub const SECTOR_BYTES: usize = 512;
+/// The config block's sector.
+pub const CONFIG_SECTOR: u64 = 0;
+/// The two hard-state slots.
+pub const HARD_STATE_SECTORS: [u64; 2] = [1, 2];
+/// First sector of the log.
+pub const LOG_START_SECTOR: u64 = 8;
+/// Bytes of a record header.
+pub const RECORD_HEADER_BYTES: usize = 36;
+/// Largest record payload (bounds reads of a corrupt length field).
+pub const MAX_RECORD_PAYLOAD_BYTES: usize = 4 * SECTOR_BYTES - RECORD_HEADER_BYTES;
+/// Default disk image size made by the host tool.
+pub const DEFAULT_DISK_BYTES: u64 = 8 * 1024 * 1024;
+
+const RECORD_MAGIC: [u8; 4] = *b"MRLG";
+const HARD_STATE_MAGIC: [u8; 4] = *b"MRHS";
+/// Version of the record and hard-state formats.
+pub const DISK_FORMAT_VERSION: u8 = 1;
+const HARD_STATE_BYTES: usize = 4 + 1 + 8 * 5 + 4;
+
+const _: () = assert!(HARD_STATE_BYTES <= SECTOR_BYTES);
+const _: () = assert!(HARD_STATE_SECTORS[1] < LOG_START_SECTOR);
+
+/// Sectors a record with `payload_len` bytes of payload occupies.
+pub const fn record_sectors(payload_len: usize) -> u64 {
+    ((RECORD_HEADER_BYTES + payload_len).div_ceil(SECTOR_BYTES)) as u64
+}
+
+/// A record header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Write epoch (see the module doc).
+    pub epoch: u32,
+    /// Payload length.
+    pub len: u32,
+    /// Log index of the entry.
+    pub index: u64,
+    /// Term of the entry.
+    pub term: u64,
+    /// CRC-32C of the header (without this field) and the payload.
+    pub crc: u32,
+}
+
+/// Why a record or hard-state slot was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordError {
+    /// All zero: never written.
+    Empty,
+    /// No magic (garbage or a torn write).
+    NoMagic,
+    /// Unknown format version.
+    UnknownVersion(u8),
+    /// Length field above the bound.
+    BadLength,
+    /// Checksum mismatch (torn or corrupted).
+    BadChecksum,
+    /// Payload too large to store (encoding).
+    TooLarge,
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordError::Empty => f.write_str("empty (never written)"),
+            RecordError::NoMagic => f.write_str("no magic (garbage or torn write)"),
+            RecordError::UnknownVersion(v) => write!(f, "unknown format version {v}"),
+            RecordError::BadLength => f.write_str("length field out of bounds"),
+            RecordError::BadChecksum => f.write_str("checksum mismatch"),
+            RecordError::TooLarge => f.write_str("payload above the record limit"),
+        }
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+impl RecordHeader {
+    /// Encodes a record (header + payload + padding) into `out`, which must
+    /// be exactly [`record_sectors`] sectors long.
+    pub fn encode_record(epoch: u32, index: u64, term: u64, payload: &[u8], out: &mut [u8]) -> Result<(), RecordError> {
+        if payload.len() > MAX_RECORD_PAYLOAD_BYTES {
+            return Err(RecordError::TooLarge);
+        }
+        assert_eq!(out.len() as u64, record_sectors(payload.len()) * SECTOR_BYTES as u64, "record buffer size");
+        out.fill(0);
+        out[0..4].copy_from_slice(&RECORD_MAGIC);
+        out[4] = DISK_FORMAT_VERSION;
+        out[8..12].copy_from_slice(&epoch.to_le_bytes());
+        out[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        out[16..24].copy_from_slice(&index.to_le_bytes());
+        out[24..32].copy_from_slice(&term.to_le_bytes());
+        out[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload.len()].copy_from_slice(payload);
+        let crc = Self::checksum(&out[..32], payload);
+        out[32..36].copy_from_slice(&crc.to_le_bytes());
+        Ok(())
+    }
+
+    fn checksum(header: &[u8], payload: &[u8]) -> u32 {
+        let mut d = CRC32C.digest();
+        d.update(header);
+        d.update(payload);
+        d.finalize()
+    }
+
+    /// Parses the header at the start of a record's first sector. The CRC
+    /// is checked later, by [`RecordHeader::verify`], once the payload is read.
+    pub fn decode(sector: &[u8]) -> Result<RecordHeader, RecordError> {
+        if sector.len() < RECORD_HEADER_BYTES {
+            return Err(RecordError::BadLength);
+        }
+        if sector[..RECORD_HEADER_BYTES].iter().all(|&b| b == 0) {
+            return Err(RecordError::Empty);
+        }
+        if sector[0..4] != RECORD_MAGIC {
+            return Err(RecordError::NoMagic);
+        }
+        if sector[4] != DISK_FORMAT_VERSION {
+            return Err(RecordError::UnknownVersion(sector[4]));
+        }
+        let h = RecordHeader {
+            epoch: u32_at(sector, 8),
+            len: u32_at(sector, 12),
+            index: u64_at(sector, 16),
+            term: u64_at(sector, 24),
+            crc: u32_at(sector, 32),
+        };
+        if h.len as usize > MAX_RECORD_PAYLOAD_BYTES {
+            return Err(RecordError::BadLength);
+        }
+        Ok(h)
+    }
+
+    /// Checks the CRC over the whole record (`record` = all its sectors);
+    /// returns the payload.
+    pub fn verify<'a>(&self, record: &'a [u8]) -> Result<&'a [u8], RecordError> {
+        let end = RECORD_HEADER_BYTES + self.len as usize;
+        if record.len() < end {
+            return Err(RecordError::BadLength);
+        }
+        let payload = &record[RECORD_HEADER_BYTES..end];
+        if Self::checksum(&record[..32], payload) != self.crc {
+            return Err(RecordError::BadChecksum);
+        }
+        Ok(payload)
+    }
+
+    /// Sectors this record occupies.
+    pub fn sectors(&self) -> u64 {
+        record_sectors(self.len as usize)
+    }
+}
+
+/// The durable hard state plus the boot counter, in one slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardStateRecord {
+    /// Write sequence number: the slot with the higher valid one wins.
+    pub seq: u64,
+    /// Current term.
+    pub term: u64,
+    /// Vote in `term` (0: none).
+    pub vote: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Boots of this disk.
+    pub boots: u64,
+}
+
+impl HardStateRecord {
+    /// The slot sector for this record (alternates with `seq`).
+    pub fn sector(&self) -> u64 {
+        HARD_STATE_SECTORS[(self.seq % 2) as usize]
+    }
+
+    /// Encodes into one sector.
+    pub fn encode(&self) -> [u8; SECTOR_BYTES] {
+        let mut s = [0u8; SECTOR_BYTES];
+        s[0..4].copy_from_slice(&HARD_STATE_MAGIC);
+        s[4] = DISK_FORMAT_VERSION;
+        for (i, v) in [self.seq, self.term, self.vote, self.commit, self.boots].iter().enumerate() {
+            s[5 + 8 * i..13 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        let crc = CRC32C.checksum(&s[..HARD_STATE_BYTES - 4]);
+        s[HARD_STATE_BYTES - 4..HARD_STATE_BYTES].copy_from_slice(&crc.to_le_bytes());
+        s
+    }
+
+    /// Decodes one slot.
+    pub fn decode(s: &[u8]) -> Result<HardStateRecord, RecordError> {
+        if s.len() < HARD_STATE_BYTES {
+            return Err(RecordError::BadLength);
+        }
+        if s[..HARD_STATE_BYTES].iter().all(|&b| b == 0) {
+            return Err(RecordError::Empty);
+        }
+        if s[0..4] != HARD_STATE_MAGIC {
+            return Err(RecordError::NoMagic);
+        }
+        if s[4] != DISK_FORMAT_VERSION {
+            return Err(RecordError::UnknownVersion(s[4]));
+        }
+        if CRC32C.checksum(&s[..HARD_STATE_BYTES - 4]) != u32_at(s, HARD_STATE_BYTES - 4) {
+            return Err(RecordError::BadChecksum);
+        }
+        Ok(HardStateRecord {
+            seq: u64_at(s, 5),
+            term: u64_at(s, 13),
+            vote: u64_at(s, 21),
+            commit: u64_at(s, 29),
+            boots: u64_at(s, 37),
+        })
+    }
+
+    /// The newer of two slots, ignoring invalid ones.
+    pub fn newest(a: Result<HardStateRecord, RecordError>, b: Result<HardStateRecord, RecordError>) -> Option<HardStateRecord> {
+        match (a.ok(), b.ok()) {
+            (Some(a), Some(b)) => Some(if a.seq >= b.seq { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trip_and_corruption() {
+        let payload = [5u8; 600];
+        let mut rec = alloc::vec![0u8; record_sectors(600) as usize * SECTOR_BYTES];
+        RecordHeader::encode_record(3, 42, 7, &payload, &mut rec).unwrap();
+        let h = RecordHeader::decode(&rec).unwrap();
+        assert_eq!((h.epoch, h.index, h.term, h.len, h.sectors()), (3, 42, 7, 600, 2));
+        assert_eq!(h.verify(&rec).unwrap(), &payload[..]);
+        let mut torn = rec.clone();
+        torn[SECTOR_BYTES..].fill(0); // second sector never reached the disk
+        assert_eq!(RecordHeader::decode(&torn).unwrap().verify(&torn), Err(RecordError::BadChecksum));
+        assert_eq!(RecordHeader::decode(&[0u8; 512]), Err(RecordError::Empty));
+        let mut bad = rec.clone();
+        bad[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(RecordHeader::decode(&bad), Err(RecordError::BadLength));
+    }
+
+    #[test]
+    fn hard_state_slots() {
+        let a = HardStateRecord { seq: 4, term: 2, vote: 1, commit: 9, boots: 3 };
+        let b = HardStateRecord { seq: 5, ..a };
+        assert_eq!(HardStateRecord::decode(&a.encode()), Ok(a));
+        assert_ne!(a.sector(), b.sector());
+        let mut torn = b.encode();
+        torn[20] ^= 1;
+        assert_eq!(
+            HardStateRecord::newest(HardStateRecord::decode(&a.encode()), HardStateRecord::decode(&torn)),
+            Some(a)
+        );
+    }
+}

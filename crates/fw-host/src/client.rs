@@ -1,0 +1,183 @@
+//! A client of the firmware cluster through the hub's gateway: sends
+//! requests to a chosen node, matches responses by id, follows leader
+//! redirects and retries until a deadline.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use metalraft_fw_proto::client::{ErrorCode, Op, Reply, Request, Response, Status};
+
+/// How long to wait for one response before trying another node.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(800);
+/// Default deadline of a whole operation (retries included).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
+/// Pause before retrying when no leader is known.
+const NO_LEADER_BACKOFF: Duration = Duration::from_millis(50);
+/// Receive buffer.
+const RECV_BUF_BYTES: usize = 2048;
+
+/// Why an operation failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Loopback I/O failed.
+    Io(io::Error),
+    /// No answer before the deadline.
+    Timeout,
+    /// The cluster answered with an error.
+    Server(ErrorCode),
+    /// A node answered with something that does not fit the request.
+    UnexpectedReply(Box<Reply>),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Io(e) => write!(f, "gateway I/O: {e}"),
+            ClientError::Timeout => f.write_str("no answer before the deadline"),
+            ClientError::Server(e) => write!(f, "cluster error: {e}"),
+            ClientError::UnexpectedReply(r) => write!(f, "unexpected reply {r:?}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+/// A gateway client.
+pub struct Client {
+    sock: UdpSocket,
+    gateway: SocketAddr,
+    nodes: u8,
+    next_id: u64,
+    /// The node to try first for writes.
+    pub leader_hint: Option<u8>,
+    /// Deadline of each operation.
+    pub deadline: Duration,
+}
+
+impl Client {
+    /// A client for a cluster of `nodes` nodes behind `gateway`.
+    pub fn new(gateway: SocketAddr, nodes: u8) -> io::Result<Client> {
+        let sock = UdpSocket::bind("127.0.0.1:0")?;
+        // Distinct ids across client processes help when reading node logs.
+        let next_id = u64::from(std::process::id()) << 32;
+        Ok(Client { sock, gateway, nodes, next_id, leader_hint: None, deadline: DEFAULT_DEADLINE })
+    }
+
+    /// One request to one node, one attempt: `Ok(None)` on timeout.
+    pub fn call(&mut self, node: u8, op: Op, timeout: Duration) -> Result<Option<Response>, ClientError> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut dgram = vec![node];
+        dgram.extend_from_slice(&Request { id, op }.encode());
+        self.sock.send_to(&dgram, self.gateway)?;
+        let until = Instant::now() + timeout;
+        let mut buf = [0u8; RECV_BUF_BYTES];
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            self.sock.set_read_timeout(Some(left))?;
+            let n = match self.sock.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            // Late answers to earlier attempts and garbage are skipped.
+            let Some((_, body)) = buf[..n].split_first() else { continue };
+            if let Ok(resp) = Response::decode(body) {
+                if resp.id == id {
+                    return Ok(Some(resp));
+                }
+            }
+        }
+    }
+
+    /// Node `node`'s status (one attempt).
+    pub fn status(&mut self, node: u8, timeout: Duration) -> Result<Option<Status>, ClientError> {
+        match self.call(node, Op::Status, timeout)? {
+            Some(Response { reply: Reply::Status(s), .. }) => Ok(Some(s)),
+            Some(r) => Err(ClientError::UnexpectedReply(Box::new(r.reply))),
+            None => Ok(None),
+        }
+    }
+
+    /// Sends `op` to the leader, following redirects and retrying other
+    /// nodes, until a final answer or the deadline.
+    pub fn to_leader(&mut self, op: Op) -> Result<Reply, ClientError> {
+        let until = Instant::now() + self.deadline;
+        let mut next = self.leader_hint.unwrap_or(1);
+        while Instant::now() < until {
+            let target = next;
+            let reply = self.call(target, op.clone(), ATTEMPT_TIMEOUT)?.map(|r| r.reply);
+            match reply {
+                Some(Reply::NotLeader { leader: Some(l) }) if l != target && (1..=self.nodes).contains(&l) => {
+                    next = l;
+                }
+                Some(Reply::NotLeader { .. }) | None => {
+                    next = target % self.nodes + 1;
+                    std::thread::sleep(NO_LEADER_BACKOFF);
+                }
+                Some(Reply::Error(ErrorCode::Busy | ErrorCode::ReadFailed)) => std::thread::sleep(NO_LEADER_BACKOFF),
+                Some(other) => {
+                    self.leader_hint = Some(target);
+                    return Ok(other);
+                }
+            }
+        }
+        Err(ClientError::Timeout)
+    }
+
+    /// Puts `key` = `value`; returns the revision.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<i64, ClientError> {
+        match self.to_leader(Op::Put { key: key.to_vec(), value: value.to_vec() })? {
+            Reply::Put { revision } => Ok(revision),
+            Reply::Error(e) => Err(ClientError::Server(e)),
+            r => Err(ClientError::UnexpectedReply(Box::new(r))),
+        }
+    }
+
+    /// Deletes `key`; returns how many keys were deleted.
+    pub fn delete(&mut self, key: &[u8]) -> Result<i64, ClientError> {
+        match self.to_leader(Op::Delete { key: key.to_vec() })? {
+            Reply::Delete { deleted, .. } => Ok(deleted),
+            Reply::Error(e) => Err(ClientError::Server(e)),
+            r => Err(ClientError::UnexpectedReply(Box::new(r))),
+        }
+    }
+
+    /// Linearizable read of `key` through the leader.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.to_leader(Op::Get { key: key.to_vec() })? {
+            Reply::Get { value, .. } => Ok(value),
+            Reply::Error(e) => Err(ClientError::Server(e)),
+            r => Err(ClientError::UnexpectedReply(Box::new(r))),
+        }
+    }
+
+    /// Linearizable read of `key` served by node `node` itself (a follower
+    /// confirms the read index with its leader, waits until it has applied
+    /// that far, then answers from its own store). Retries until the deadline.
+    pub fn get_from(&mut self, node: u8, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        let until = Instant::now() + self.deadline;
+        while Instant::now() < until {
+            match self.call(node, Op::Get { key: key.to_vec() }, ATTEMPT_TIMEOUT)?.map(|r| r.reply) {
+                Some(Reply::Get { value, .. }) => return Ok(value),
+                Some(Reply::Error(e)) if e != ErrorCode::ReadFailed && e != ErrorCode::Busy => {
+                    return Err(ClientError::Server(e))
+                }
+                Some(Reply::NotLeader { .. } | Reply::Error(_)) | None => std::thread::sleep(NO_LEADER_BACKOFF),
+                Some(r) => return Err(ClientError::UnexpectedReply(Box::new(r))),
+            }
+        }
+        Err(ClientError::Timeout)
+    }
+}

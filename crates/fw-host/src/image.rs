@@ -1,0 +1,102 @@
+//! Disk images: one sparse raw file per node, the config block in sector 0,
+//! the rest zero (an empty Raft log). Also the inspection and damage
+//! helpers the tests use to prove torn-tail recovery.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use metalraft_fw_proto::config::NodeConfig;
+use metalraft_fw_proto::disk::{self, HardStateRecord, RecordHeader, LOG_START_SECTOR, SECTOR_BYTES};
+
+/// Creates (or replaces) a node's disk image of `bytes` bytes.
+pub fn create(path: &Path, cfg: &NodeConfig, bytes: u64) -> io::Result<()> {
+    let block = cfg
+        .encode()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("config for node {}: {e}", cfg.node_id)))?;
+    let mut f = File::create(path)?;
+    f.set_len(bytes)?;
+    f.write_all(&block)?;
+    f.sync_all()
+}
+
+/// Reads a node's config block back from its image.
+pub fn read_config(path: &Path) -> io::Result<NodeConfig> {
+    let mut block = vec![0u8; SECTOR_BYTES];
+    File::open(path)?.read_exact(&mut block)?;
+    NodeConfig::decode(&block).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// One valid log record found on an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordInfo {
+    /// First sector.
+    pub sector: u64,
+    /// Its header.
+    pub header: RecordHeader,
+}
+
+/// The log as recovery would see it: the valid chain of records, and the
+/// newest hard state.
+#[derive(Clone, Debug, Default)]
+pub struct LogScan {
+    /// Records of the valid chain, in order.
+    pub records: Vec<RecordInfo>,
+    /// The newest valid hard-state slot.
+    pub hard_state: Option<HardStateRecord>,
+}
+
+fn read_sectors(f: &mut File, sector: u64, count: u64) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; (count as usize) * SECTOR_BYTES];
+    f.seek(SeekFrom::Start(sector * SECTOR_BYTES as u64))?;
+    f.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// Scans an image the way the firmware recovers it (same rules, same
+/// shared decoders).
+pub fn scan(path: &Path) -> io::Result<LogScan> {
+    let mut f = File::open(path)?;
+    let total = f.metadata()?.len() / SECTOR_BYTES as u64;
+    let slots = disk::HARD_STATE_SECTORS.map(|s| read_sectors(&mut f, s, 1));
+    let [a, b] = slots;
+    let hard_state = HardStateRecord::newest(HardStateRecord::decode(&a?), HardStateRecord::decode(&b?));
+    let mut records = Vec::new();
+    let mut sector = LOG_START_SECTOR;
+    let (mut want, mut epoch, mut term) = (1u64, 0u32, 0u64);
+    while sector < total {
+        let first = read_sectors(&mut f, sector, 1)?;
+        let Ok(h) = RecordHeader::decode(&first) else { break };
+        if h.index != want || h.epoch < epoch || h.term < term || sector + h.sectors() > total {
+            break;
+        }
+        let rec = read_sectors(&mut f, sector, h.sectors())?;
+        if h.verify(&rec).is_err() {
+            break;
+        }
+        records.push(RecordInfo { sector, header: h });
+        (want, epoch, term) = (h.index + 1, h.epoch, h.term);
+        sector += h.sectors();
+    }
+    Ok(LogScan { records, hard_state })
+}
+
+/// Simulates a torn write of the last log record: keeps its first half and
+/// overwrites the rest with garbage, then appends a garbage sector after it.
+/// Returns the index of the damaged record.
+pub fn tear_last_record(path: &Path) -> io::Result<u64> {
+    let s = scan(path)?;
+    let last = *s
+        .records
+        .last()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no log records to damage"))?;
+    let mut f = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = disk::RECORD_HEADER_BYTES as u64 + u64::from(last.header.len);
+    let keep = len / 2;
+    let start = last.sector * SECTOR_BYTES as u64 + keep;
+    let garbage: Vec<u8> = (0..(len - keep) as usize + SECTOR_BYTES).map(|i| (i as u8).wrapping_mul(151) ^ 0xA5).collect();
+    f.seek(SeekFrom::Start(start))?;
+    f.write_all(&garbage)?;
+    f.sync_all()?;
+    Ok(last.header.index)
+}
