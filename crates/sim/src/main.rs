@@ -1,6 +1,6 @@
 //! `metalraft-sim`: replay one seed or run a swarm. See the crate README.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,6 +13,12 @@ const USAGE: &str = "usage:
 
 /// Default worker threads of `swarm`.
 const DEFAULT_JOBS: usize = 2;
+/// Progress redraw interval on a terminal.
+const PROGRESS_TTY_EVERY: Duration = Duration::from_millis(500);
+/// Progress line interval when stderr is a log.
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Width of the progress bar.
+const PROGRESS_BAR_WIDTH: u64 = 30;
 
 fn replay_command(seed: u64) -> String {
     format!("cargo run --release -p metalraft-sim -- run --seed {seed} --trace")
@@ -153,6 +159,13 @@ fn swarm(args: &[String]) -> Result<bool, CliError> {
         time_limit,
     };
     let mut last_print = Duration::ZERO;
+    let tty = std::io::stderr().is_terminal();
+    // A terminal gets a redrawn bar; a log gets a line every few seconds.
+    let every = if tty {
+        PROGRESS_TTY_EVERY
+    } else {
+        PROGRESS_LOG_EVERY
+    };
     let summary = run_swarm(&opts, |r, s| {
         if let Some(v) = &r.violation {
             eprintln!(
@@ -161,18 +174,19 @@ fn swarm(args: &[String]) -> Result<bool, CliError> {
                 replay_command(r.seed)
             );
         }
-        if s.wall >= last_print + Duration::from_millis(500) || s.seeds == total {
+        if s.wall >= last_print + every || s.seeds == total {
             last_print = s.wall;
-            let width = 30u64;
-            let filled = (s.seeds * width / total.max(1)) as usize;
+            let filled = (s.seeds * PROGRESS_BAR_WIDTH / total.max(1)) as usize;
             eprint!(
-                "\r[{:<w$}] {}/{} seeds, {} failed, {:.0} deliveries/s",
+                "{}[{:<w$}] {}/{} seeds, {} failed, {:.0} deliveries/s{}",
+                if tty { "\r" } else { "" },
                 "#".repeat(filled),
                 s.seeds,
                 total,
                 s.failures.len(),
                 s.deliveries_per_sec(),
-                w = width as usize
+                if tty { "" } else { "\n" },
+                w = PROGRESS_BAR_WIDTH as usize
             );
         }
     });

@@ -40,6 +40,17 @@ pub struct SeedResult {
     pub inconclusive_keys: u64,
     /// The trace fingerprint.
     pub fingerprint: u64,
+    /// CPU time the run took on its thread (0 where unmeasurable).
+    pub cpu: Duration,
+}
+
+/// CPU time of the calling thread so far, from Linux's
+/// `/proc/thread-self/schedstat` (first field: nanoseconds on the CPU).
+/// `None` elsewhere. Used only for throughput figures, never by a run.
+pub fn thread_cpu_time() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
 }
 
 /// Totals over a swarm.
@@ -61,6 +72,8 @@ pub struct SwarmSummary {
     pub wall: Duration,
     /// Worker threads used.
     pub jobs: usize,
+    /// CPU time of all runs (0 where unmeasurable).
+    pub cpu: Duration,
     /// XOR of every seed's fingerprint (compare two swarms at a glance).
     pub fingerprint: u64,
 }
@@ -87,6 +100,7 @@ impl SwarmSummary {
         }
         self.ops_checked += r.ops_checked;
         self.inconclusive_keys += r.inconclusive_keys;
+        self.cpu += r.cpu;
         self.fingerprint ^= r.fingerprint.rotate_left((r.seed % 64) as u32);
         if let Some(v) = &r.violation {
             self.failures.push((r.seed, v.clone()));
@@ -98,13 +112,19 @@ impl SwarmSummary {
         self.stats.deliveries as f64 / self.wall.as_secs_f64().max(1e-9)
     }
 
+    /// Message deliveries per CPU-second: the per-core throughput,
+    /// independent of how busy the machine is (`None` if unmeasured).
+    pub fn deliveries_per_cpu_sec(&self) -> Option<f64> {
+        (!self.cpu.is_zero()).then(|| self.stats.deliveries as f64 / self.cpu.as_secs_f64())
+    }
+
     /// The multi-line summary printed by `swarm`.
     pub fn render(&self) -> String {
         let secs = self.wall.as_secs_f64().max(1e-9);
         let s = &self.stats;
         format!(
             "seeds: {} ({} failed) in {:.1}s with {} jobs\n\
-             simulated: {} node ticks ({:.0}/s), {} message deliveries ({:.0}/s, {:.0}/s per job), {} events\n\
+             simulated: {} node ticks ({:.0}/s), {} message deliveries ({:.0}/s wall, {} per CPU-second), {} events\n\
              faults injected: {} (crashes {} of which torn {}, partitions {}, pauses {}, leader transfers {}), {} messages lost\n\
              operations: {} ok, {} failed, {} unknown, {} pending; {} checked for linearizability, {} inconclusive keys\n\
              fingerprint: {:016x}",
@@ -116,7 +136,7 @@ impl SwarmSummary {
             s.ticks as f64 / secs,
             s.deliveries,
             self.deliveries_per_sec(),
-            self.deliveries_per_sec() / self.jobs.max(1) as f64,
+            self.deliveries_per_cpu_sec().map_or("n/a".to_string(), |d| format!("{d:.0}")),
             s.events,
             s.faults(),
             s.crashes,
@@ -138,7 +158,12 @@ impl SwarmSummary {
 
 /// Runs one seed and summarises it.
 pub fn run_one(seed: u64) -> SeedResult {
+    let cpu0 = thread_cpu_time();
     let r = crate::run_seed(seed, RunOptions::default());
+    let cpu = match (cpu0, thread_cpu_time()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => Duration::ZERO,
+    };
     let lin = r.linearizability.as_ref();
     SeedResult {
         seed,
@@ -148,6 +173,7 @@ pub fn run_one(seed: u64) -> SeedResult {
         violation: r.violation,
         stats: r.stats,
         fingerprint: r.fingerprint,
+        cpu,
     }
 }
 
