@@ -23,6 +23,11 @@ pub const DEFAULT_MAX_UNCOMMITTED_BYTES: usize = 64 * 1024 * 1024;
 /// Default maximum entry bytes handed to the application in one [`crate::Ready`].
 pub const DEFAULT_MAX_APPLY_BYTES: usize = 64 * 1024 * 1024;
 
+/// Default maximum bytes of snapshot data in one InstallSnapshot message.
+pub const DEFAULT_MAX_SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Default maximum unacknowledged snapshot chunks per follower.
+pub const DEFAULT_MAX_SNAPSHOT_CHUNKS_INFLIGHT: usize = 4;
+
 /// Default maximum read requests a node tracks at once.
 pub const DEFAULT_MAX_PENDING_READS: usize = 4096;
 /// Default clock-drift allowance of lease reads, in ticks.
@@ -90,6 +95,10 @@ pub struct Config {
     /// Maximum read requests tracked at once (local, forwarded and, on a
     /// leader, received from followers).
     pub max_pending_reads: usize,
+    /// Maximum snapshot bytes per InstallSnapshot message.
+    pub max_snapshot_chunk_bytes: usize,
+    /// Maximum unacknowledged snapshot chunks per follower.
+    pub max_snapshot_chunks_inflight: usize,
 }
 
 impl Config {
@@ -112,6 +121,8 @@ impl Config {
             read_mode: ReadMode::Safe,
             lease_drift_ticks: DEFAULT_LEASE_DRIFT_TICKS,
             max_pending_reads: DEFAULT_MAX_PENDING_READS,
+            max_snapshot_chunk_bytes: DEFAULT_MAX_SNAPSHOT_CHUNK_BYTES,
+            max_snapshot_chunks_inflight: DEFAULT_MAX_SNAPSHOT_CHUNKS_INFLIGHT,
         }
     }
 
@@ -130,29 +141,17 @@ impl Config {
             return Err(ConfigError::EmptyElectionTimeoutRange);
         }
         let limits = [
+            ("max_entries_per_msg", self.max_entries_per_msg),
+            ("max_bytes_per_msg", self.max_bytes_per_msg),
+            ("max_inflight_msgs", self.max_inflight_msgs),
+            ("max_inflight_bytes", self.max_inflight_bytes),
+            ("max_uncommitted_bytes", self.max_uncommitted_bytes),
+            ("max_apply_bytes", self.max_apply_bytes),
+            ("max_pending_reads", self.max_pending_reads),
+            ("max_snapshot_chunk_bytes", self.max_snapshot_chunk_bytes),
             (
-                self.max_entries_per_msg,
-                ConfigError::ZeroLimit("max_entries_per_msg"),
-            ),
-            (
-                self.max_bytes_per_msg,
-                ConfigError::ZeroLimit("max_bytes_per_msg"),
-            ),
-            (
-                self.max_inflight_msgs,
-                ConfigError::ZeroLimit("max_inflight_msgs"),
-            ),
-            (
-                self.max_inflight_bytes,
-                ConfigError::ZeroLimit("max_inflight_bytes"),
-            ),
-            (
-                self.max_uncommitted_bytes,
-                ConfigError::ZeroLimit("max_uncommitted_bytes"),
-            ),
-            (
-                self.max_apply_bytes,
-                ConfigError::ZeroLimit("max_apply_bytes"),
+                "max_snapshot_chunks_inflight",
+                self.max_snapshot_chunks_inflight,
             ),
         ];
         if self.read_mode == ReadMode::Lease {
@@ -165,10 +164,8 @@ impl Config {
                 return Err(ConfigError::BadLeaseDrift);
             }
         }
-        for (value, err) in limits {
-            if value == 0 {
-                return Err(err);
-            }
+        if let Some((name, _)) = limits.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::ZeroLimit(name));
         }
         Ok(())
     }

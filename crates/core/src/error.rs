@@ -77,6 +77,9 @@ pub enum StorageError {
     Unavailable,
     /// The storage backend failed to read (I/O error, corruption).
     Io,
+    /// The snapshot asked for was replaced by a newer one. Not fatal: the
+    /// leader restarts the transfer with the current snapshot.
+    SnapshotOutOfDate,
 }
 
 impl fmt::Display for StorageError {
@@ -85,6 +88,7 @@ impl fmt::Display for StorageError {
             StorageError::Compacted => "log index compacted",
             StorageError::Unavailable => "log index not available",
             StorageError::Io => "storage read failed",
+            StorageError::SnapshotOutOfDate => "snapshot replaced by a newer one",
         })
     }
 }

@@ -33,5 +33,6 @@ pub use ready::{Persist, PersistToken, Ready};
 pub use storage::{LogStorage, MemStorage};
 pub use types::{
     ConfState, Entry, EntryData, HardState, Index, InitialState, NodeId, Payload, ReadCtx,
-    ReadState, Role, SoftState, Term, CONF_CHANGE_OP_BYTES, ENTRY_OVERHEAD_BYTES, INVALID_ID,
+    ReadState, Role, SnapshotChunk, SnapshotInstall, SnapshotMeta, SoftState, Term,
+    CONF_CHANGE_OP_BYTES, ENTRY_OVERHEAD_BYTES, INVALID_ID,
 };

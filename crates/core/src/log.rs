@@ -25,6 +25,9 @@ pub(crate) struct RaftLog<P, S> {
     committed: Index,
     /// Highest index handed to the application for applying.
     applied: Index,
+    /// A snapshot installed in memory whose persistence is not yet
+    /// acknowledged: it covers everything up to its index.
+    pending_snapshot: Option<(Index, Term)>,
 }
 
 impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
@@ -40,13 +43,17 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
             persisted: last,
             committed,
             applied,
+            pending_snapshot: None,
         })
     }
 
     pub(crate) fn last_index(&self) -> Result<Index, StorageError> {
         match self.unstable.last() {
             Some(e) => Ok(e.index),
-            None => Ok(self.storage.last_index()?.min(self.unstable_offset - 1)),
+            None => {
+                let stored = self.storage.last_index()?.min(self.unstable_offset - 1);
+                Ok(stored.max(self.pending_snapshot.map_or(0, |(i, _)| i)))
+            }
         }
     }
 
@@ -74,6 +81,14 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
 
     /// Term at `index`, or `None` when the index is past the end or compacted.
     pub(crate) fn term(&self, index: Index) -> Result<Option<Term>, StorageError> {
+        if let Some((si, st)) = self.pending_snapshot {
+            if index == si {
+                return Ok(Some(st));
+            }
+            if index < si {
+                return Ok(None);
+            }
+        }
         if index >= self.unstable_offset {
             let i = (index - self.unstable_offset) as usize;
             return Ok(self.unstable.get(i).map(|e| e.term));
@@ -121,7 +136,7 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
         &mut self,
         prev_index: Index,
         prev_term: Term,
-        entries: &[Entry<P>],
+        mut entries: Vec<Entry<P>>,
     ) -> Result<Option<(Index, Option<Index>)>, AppendError> {
         if !self.matches(prev_index, prev_term)? {
             return Ok(None);
@@ -142,13 +157,13 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
                 // (Leader Completeness, §5.4); refuse rather than lose it.
                 return Err(AppendError::ConflictsWithCommitted);
             }
-            self.truncate_and_append(&entries[i..]);
+            self.truncate_and_append(entries.split_off(i));
             return Ok(Some((last_new, Some(from))));
         }
         Ok(Some((last_new, None)))
     }
 
-    fn truncate_and_append(&mut self, entries: &[Entry<P>]) {
+    fn truncate_and_append(&mut self, entries: Vec<Entry<P>>) {
         let from = entries[0].index;
         let end = self.unstable_offset + self.unstable.len() as u64;
         if from == end && !self.unstable.is_empty() {
@@ -160,7 +175,7 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
             self.unstable
                 .truncate((from - self.unstable_offset) as usize);
         }
-        self.unstable.extend_from_slice(entries);
+        self.unstable.extend(entries);
         self.issued = self.issued.min(from - 1);
         self.persisted = self.persisted.min(from - 1);
     }
@@ -285,6 +300,53 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
             self.applied = e.index;
         }
         Ok(out)
+    }
+
+    /// Installs a received snapshot in memory (thesis §5.3): keeps the
+    /// entries after it if the log contains its last entry, else drops the
+    /// log. Returns whether entries were kept.
+    pub(crate) fn install_snapshot(
+        &mut self,
+        index: Index,
+        term: Term,
+    ) -> Result<bool, StorageError> {
+        let keep = self.term(index)? == Some(term);
+        if keep {
+            if self.unstable_offset <= index {
+                let n = ((index + 1 - self.unstable_offset) as usize).min(self.unstable.len());
+                self.unstable.drain(..n);
+                self.unstable_offset = index + 1;
+            }
+            self.issued = self.issued.max(index);
+        } else {
+            self.unstable.clear();
+            self.unstable_offset = index + 1;
+            self.issued = index;
+            self.persisted = self.persisted.min(index);
+        }
+        self.pending_snapshot = Some((index, term));
+        self.committed = self.committed.max(index);
+        self.applied = self.applied.max(index);
+        Ok(keep)
+    }
+
+    /// The application made the installed snapshot durable: storage now
+    /// starts after it.
+    pub(crate) fn snapshot_persisted(&mut self, index: Index) {
+        if self.pending_snapshot.is_some_and(|(i, _)| i == index) {
+            self.pending_snapshot = None;
+        }
+        self.persisted = self.persisted.max(index);
+    }
+
+    /// The first index that can still be read (entries before it are in a
+    /// snapshot).
+    pub(crate) fn first_index(&self) -> Result<Index, StorageError> {
+        let stored = self.storage.first_index()?.min(self.unstable_offset);
+        Ok(match self.pending_snapshot {
+            Some((i, _)) => stored.max(i + 1),
+            None => stored,
+        })
     }
 
     pub(crate) fn has_committed_to_apply(&self) -> bool {

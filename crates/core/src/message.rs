@@ -1,9 +1,10 @@
 //! Messages exchanged between nodes. The core validates every field of every
 //! message it receives; a realization only has to decode bytes into this type.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use crate::types::{Entry, Index, NodeId, ReadCtx, Term};
+use crate::types::{Entry, Index, NodeId, ReadCtx, SnapshotMeta, Term};
 
 /// A message from one node to another.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +93,25 @@ pub enum MessageBody<P> {
     /// Leadership transfer: the leader tells an up-to-date follower to
     /// campaign at once (thesis §3.10).
     TimeoutNow,
+    /// One chunk of a snapshot (thesis §5.3, InstallSnapshot).
+    InstallSnapshot {
+        /// The snapshot this chunk belongs to (boxed to keep every other
+        /// message small).
+        meta: Box<SnapshotMeta>,
+        /// Byte offset of `data`.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
+        /// Whether this is the last chunk.
+        done: bool,
+    },
+    /// Acknowledges the bytes of snapshot `index` received in order.
+    SnapshotResponse {
+        /// The snapshot's index.
+        index: Index,
+        /// Bytes received in order so far.
+        received: u64,
+    },
 }
 
 /// Where a follower's log diverges, so the leader can skip a whole term of
@@ -121,6 +141,8 @@ impl<P> MessageBody<P> {
             MessageBody::ReadIndex { .. } => MessageKind::ReadIndex,
             MessageBody::ReadIndexResponse { .. } => MessageKind::ReadIndexResponse,
             MessageBody::TimeoutNow => MessageKind::TimeoutNow,
+            MessageBody::InstallSnapshot { .. } => MessageKind::InstallSnapshot,
+            MessageBody::SnapshotResponse { .. } => MessageKind::SnapshotResponse,
         }
     }
 }
@@ -140,4 +162,6 @@ pub enum MessageKind {
     ReadIndex,
     ReadIndexResponse,
     TimeoutNow,
+    InstallSnapshot,
+    SnapshotResponse,
 }

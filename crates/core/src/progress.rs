@@ -12,7 +12,7 @@
 
 use alloc::collections::VecDeque;
 
-use crate::types::Index;
+use crate::types::{Index, SnapshotMeta};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ProgressState {
@@ -20,6 +20,8 @@ pub(crate) enum ProgressState {
     Probe,
     /// Next index known: pipeline appends optimistically.
     Replicate,
+    /// The entries the follower needs are compacted: send a snapshot.
+    Snapshot,
 }
 
 /// Appends sent to a follower and not yet acknowledged.
@@ -88,6 +90,57 @@ pub(crate) struct Progress {
     pub(crate) inflights: Inflights,
     /// Heard from in the current check-quorum period.
     pub(crate) recent_active: bool,
+    /// In Snapshot: the transfer in progress.
+    pub(crate) snapshot: Option<SnapshotSend>,
+}
+
+/// A snapshot transfer to one follower (chunked, windowed, go-back-N).
+#[derive(Clone, Debug)]
+pub(crate) struct SnapshotSend {
+    pub(crate) meta: SnapshotMeta,
+    /// Next byte to send.
+    pub(crate) next_offset: u64,
+    /// Bytes the follower acknowledged in order.
+    pub(crate) acked: u64,
+    /// `acked` at the previous heartbeat answer (to detect a stall).
+    pub(crate) acked_at_last_beat: u64,
+    /// End offsets of chunks sent and not acknowledged.
+    pub(crate) inflight: VecDeque<u64>,
+    /// The last chunk was sent (and may be unacknowledged).
+    pub(crate) done_sent: bool,
+}
+
+impl SnapshotSend {
+    pub(crate) fn new(meta: SnapshotMeta) -> Self {
+        SnapshotSend {
+            meta,
+            next_offset: 0,
+            acked: 0,
+            acked_at_last_beat: 0,
+            inflight: VecDeque::new(),
+            done_sent: false,
+        }
+    }
+
+    /// Go back to the last acknowledged byte and resend from there.
+    pub(crate) fn rewind(&mut self) {
+        self.next_offset = self.acked;
+        self.inflight.clear();
+        self.done_sent = false;
+    }
+
+    pub(crate) fn ack(&mut self, received: u64) {
+        if received < self.acked {
+            // The follower lost its partial state (e.g. it restarted).
+            self.acked = received;
+            self.rewind();
+            return;
+        }
+        self.acked = received;
+        while self.inflight.front().is_some_and(|&end| end <= received) {
+            self.inflight.pop_front();
+        }
+    }
 }
 
 impl Progress {
@@ -99,6 +152,7 @@ impl Progress {
             probe_sent: false,
             inflights: Inflights::new(max_msgs, max_bytes),
             recent_active: false,
+            snapshot: None,
         }
     }
 
@@ -106,10 +160,19 @@ impl Progress {
         match self.state {
             ProgressState::Probe => self.probe_sent,
             ProgressState::Replicate => self.inflights.full(),
+            ProgressState::Snapshot => true,
         }
     }
 
+    pub(crate) fn become_snapshot(&mut self, meta: SnapshotMeta) {
+        self.state = ProgressState::Snapshot;
+        self.probe_sent = false;
+        self.inflights.reset();
+        self.snapshot = Some(SnapshotSend::new(meta));
+    }
+
     pub(crate) fn become_probe(&mut self) {
+        self.snapshot = None;
         self.state = ProgressState::Probe;
         self.next = self.matched + 1;
         self.probe_sent = false;
@@ -117,6 +180,7 @@ impl Progress {
     }
 
     pub(crate) fn become_replicate(&mut self) {
+        self.snapshot = None;
         self.state = ProgressState::Replicate;
         self.next = self.matched + 1;
         self.probe_sent = false;
@@ -157,6 +221,8 @@ impl Progress {
                 self.probe_sent = false;
                 true
             }
+            // A snapshot is on its way; rejections of older appends are stale.
+            ProgressState::Snapshot => false,
         }
     }
 
@@ -168,6 +234,7 @@ impl Progress {
                 self.inflights.add(last, bytes);
             }
             ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Snapshot => {}
         }
     }
 }

@@ -13,6 +13,9 @@ pub(crate) enum VoteResult {
     Pending,
 }
 
+/// Configurations up to this many voters are counted without allocating.
+const STACK_VOTERS: usize = 16;
+
 /// Number of votes that make a majority of `n` voters.
 pub(crate) fn majority(n: usize) -> usize {
     n / 2 + 1
@@ -26,9 +29,19 @@ pub(crate) fn committed_index(voters: &[NodeId], mut acked: impl FnMut(NodeId) -
         // minimum ignores it); callers never commit with no voters at all.
         return Index::MAX;
     }
+    let q = majority(voters.len());
+    if voters.len() <= STACK_VOTERS {
+        let mut buf = [0 as Index; STACK_VOTERS];
+        let idx = &mut buf[..voters.len()];
+        for (slot, &v) in idx.iter_mut().zip(voters) {
+            *slot = acked(v);
+        }
+        idx.sort_unstable_by(|a, b| b.cmp(a));
+        return idx[q - 1];
+    }
     let mut idx: Vec<Index> = voters.iter().map(|&v| acked(v)).collect();
     idx.sort_unstable_by(|a, b| b.cmp(a));
-    idx[majority(voters.len()) - 1]
+    idx[q - 1]
 }
 
 /// Tallies votes: `vote(id)` is `Some(granted)` for voters that answered.

@@ -10,7 +10,9 @@
 use alloc::vec::Vec;
 
 use crate::message::Message;
-use crate::types::{Entry, HardState, Index, ReadState, SoftState, Term};
+use crate::types::{
+    Entry, HardState, Index, ReadState, SnapshotChunk, SnapshotInstall, SoftState, Term,
+};
 
 /// Proof of a specific persistence batch, handed back to
 /// [`crate::Node::on_persisted`] once the batch is durable.
@@ -20,6 +22,8 @@ pub struct PersistToken {
     pub(crate) seq: u64,
     /// Last entry of the batch, if it had entries.
     pub(crate) last: Option<(Index, Term)>,
+    /// Index of the snapshot the batch installs, if any.
+    pub(crate) snapshot: Option<Index>,
 }
 
 impl PersistToken {
@@ -36,6 +40,7 @@ impl PersistToken {
 /// Batches must be written and acknowledged in the order they were issued.
 #[derive(Debug)]
 pub struct Persist<P> {
+    pub(crate) snapshot: Option<SnapshotInstall>,
     pub(crate) entries: Vec<Entry<P>>,
     pub(crate) hard_state: Option<HardState>,
     pub(crate) must_sync: bool,
@@ -43,6 +48,12 @@ pub struct Persist<P> {
 }
 
 impl<P> Persist<P> {
+    /// A received snapshot to install, if any: carry it out FIRST (see
+    /// [`SnapshotInstall`]), then write the entries.
+    pub fn snapshot(&self) -> Option<&SnapshotInstall> {
+        self.snapshot.as_ref()
+    }
+
     /// Entries to write, contiguous. If the first index is at or below the
     /// last stored index, delete the stored entries from that index on first.
     pub fn entries(&self) -> &[Entry<P>] {
@@ -93,6 +104,7 @@ pub struct Ready<P> {
     pub(crate) committed_entries: Vec<Entry<P>>,
     pub(crate) soft_state: Option<SoftState>,
     pub(crate) read_states: Vec<ReadState>,
+    pub(crate) snapshot_chunks: Vec<SnapshotChunk>,
 }
 
 impl<P> Ready<P> {
@@ -131,6 +143,13 @@ impl<P> Ready<P> {
         self.soft_state
     }
 
+    /// Pieces of an incoming snapshot, in order: write them (a chunk at
+    /// offset 0 starts over) BEFORE carrying out this Ready's Persist batch,
+    /// which may ask to install the completed snapshot.
+    pub fn take_snapshot_chunks(&mut self) -> Vec<SnapshotChunk> {
+        core::mem::take(&mut self.snapshot_chunks)
+    }
+
     /// Outcomes of [`crate::Node::read_index`] requests.
     pub fn read_states(&self) -> &[ReadState] {
         &self.read_states
@@ -148,5 +167,6 @@ impl<P> Ready<P> {
             && self.committed_entries.is_empty()
             && self.soft_state.is_none()
             && self.read_states.is_empty()
+            && self.snapshot_chunks.is_empty()
     }
 }

@@ -10,7 +10,7 @@
 use alloc::vec::Vec;
 
 use crate::error::StorageError;
-use crate::types::{ConfState, Entry, HardState, Index, InitialState, Payload, Term};
+use crate::types::{ConfState, Entry, HardState, Index, InitialState, Payload, SnapshotMeta, Term};
 
 /// Read access to the durable log.
 ///
@@ -42,6 +42,23 @@ pub trait LogStorage<P> {
     fn first_index(&self) -> Result<Index, StorageError>;
     /// Index of the last stored entry (`first_index() - 1` when empty).
     fn last_index(&self) -> Result<Index, StorageError>;
+    /// The latest durable snapshot, if any. The leader sends it to followers
+    /// that need entries it has compacted.
+    fn snapshot_meta(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        Ok(None)
+    }
+    /// Up to `max_len` bytes of the snapshot covering `index`, from
+    /// `offset`, and whether they reach its end. If that snapshot has been
+    /// replaced, return [`StorageError::SnapshotOutOfDate`].
+    fn snapshot_chunk(
+        &self,
+        index: Index,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<(Vec<u8>, bool), StorageError> {
+        let _ = (index, offset, max_len);
+        Err(StorageError::SnapshotOutOfDate)
+    }
 }
 
 /// A [`LogStorage`] in memory, for tests and the simulator. It is "durable"
@@ -56,6 +73,7 @@ pub struct MemStorage<P> {
     /// Term of entry `first - 1`.
     prev_term: Term,
     entries: Vec<Entry<P>>,
+    snapshot: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
 impl<P: Payload> MemStorage<P> {
@@ -78,6 +96,7 @@ impl<P: Payload> MemStorage<P> {
             first: 1,
             prev_term: 0,
             entries: Vec::new(),
+            snapshot: None,
         }
     }
 
@@ -135,6 +154,45 @@ impl<P: Payload> MemStorage<P> {
         Ok(())
     }
 
+    /// Stores a snapshot taken by the application (with the meta returned by
+    /// [`crate::Node::snapshot_created`]) and compacts the log up to it.
+    pub fn create_snapshot(
+        &mut self,
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        self.compact(meta.index)?;
+        self.conf_state = meta.conf_state.clone();
+        self.snapshot = Some((meta, data));
+        Ok(())
+    }
+
+    /// Carries out a [`crate::SnapshotInstall`] with the received `data`.
+    pub fn install_snapshot(&mut self, install: &crate::SnapshotInstall, data: Vec<u8>) {
+        let meta = &install.meta;
+        let keep_from = (meta.index + 1).max(self.first);
+        let kept: Vec<Entry<P>> = if install.keep_entries_after {
+            self.entries
+                .iter()
+                .filter(|e| e.index >= keep_from)
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.entries = kept;
+        self.first = meta.index + 1;
+        self.prev_term = meta.term;
+        self.conf_state = meta.conf_state.clone();
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.snapshot = Some((meta.clone(), data));
+    }
+
+    /// The stored snapshot and its data.
+    pub fn snapshot(&self) -> Option<&(SnapshotMeta, Vec<u8>)> {
+        self.snapshot.as_ref()
+    }
+
     /// All stored entries.
     pub fn all_entries(&self) -> &[Entry<P>] {
         &self.entries
@@ -185,6 +243,28 @@ impl<P: Payload> LogStorage<P> for MemStorage<P> {
 
     fn last_index(&self) -> Result<Index, StorageError> {
         Ok(self.first + self.entries.len() as u64 - 1)
+    }
+
+    fn snapshot_meta(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        Ok(self.snapshot.as_ref().map(|(m, _)| m.clone()))
+    }
+
+    fn snapshot_chunk(
+        &self,
+        index: Index,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<(Vec<u8>, bool), StorageError> {
+        match &self.snapshot {
+            Some((m, data)) if m.index == index => {
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                let end = start.saturating_add(max_len).min(data.len());
+                Ok((data[start..end].to_vec(), end == data.len()))
+            }
+            _ => Err(StorageError::SnapshotOutOfDate),
+        }
     }
 }
 

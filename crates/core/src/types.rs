@@ -223,3 +223,45 @@ pub struct ReadState {
     /// has applied at least this index (thesis §6.4, step 4).
     pub result: Result<Index, crate::ReadError>,
 }
+
+/// What identifies a snapshot: the last log entry it covers and the
+/// membership configuration at that entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct SnapshotMeta {
+    /// Index of the last entry the snapshot covers.
+    pub index: Index,
+    /// Term of that entry.
+    pub term: Term,
+    /// The configuration as of `index`.
+    pub conf_state: ConfState,
+}
+
+/// A piece of an incoming snapshot, in order, for the application to
+/// write (see [`crate::Ready::take_snapshot_chunks`]). A chunk at offset 0
+/// starts a new transfer: discard any partial data received before.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    /// The snapshot being received.
+    pub meta: SnapshotMeta,
+    /// Byte offset of `data` in the snapshot.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// An instruction in a [`crate::Persist`] batch: the snapshot received in
+/// chunks is complete. Make it durable as the current snapshot, restore the
+/// state machine from it, then fix the log: if `keep_entries_after`, delete
+/// entries up to `meta.index` and keep the rest; otherwise delete the whole
+/// log. Afterwards storage must report `first_index() == meta.index + 1`,
+/// `term(meta.index) == meta.term` and `meta.conf_state` as its base
+/// configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInstall {
+    /// The snapshot.
+    pub meta: SnapshotMeta,
+    /// Whether the log already contains the snapshot's last entry, so that
+    /// the entries after it stay valid (thesis §5.3 / Figure 5.3 step 6).
+    pub keep_entries_after: bool,
+}

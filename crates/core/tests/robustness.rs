@@ -4,7 +4,7 @@
 
 use metalraft_core::{
     ConfChange, ConfChangeOp, ConfState, ConfTransition, Config, Entry, EntryData, MemStorage,
-    Message, MessageBody, Node, RejectHint, Role,
+    Message, MessageBody, Node, RejectHint, Role, SnapshotMeta,
 };
 use proptest::prelude::*;
 
@@ -90,6 +90,31 @@ fn body() -> impl Strategy<Value = MessageBody<Vec<u8>>> {
         (num(), prop::option::of(num()))
             .prop_map(|(ctx, index)| MessageBody::ReadIndexResponse { ctx, index }),
         Just(MessageBody::TimeoutNow),
+        (
+            num(),
+            num(),
+            prop::collection::vec(0u64..6, 0..4),
+            num(),
+            prop::collection::vec(any::<u8>(), 0..8),
+            any::<bool>()
+        )
+            .prop_map(|(index, term, voters, offset, data, done)| {
+                MessageBody::InstallSnapshot {
+                    meta: Box::new(SnapshotMeta {
+                        index,
+                        term,
+                        conf_state: ConfState {
+                            voters,
+                            ..ConfState::default()
+                        },
+                    }),
+                    offset,
+                    data,
+                    done,
+                }
+            }),
+        (num(), num())
+            .prop_map(|(index, received)| MessageBody::SnapshotResponse { index, received }),
     ]
 }
 

@@ -67,6 +67,8 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         if term > self.term {
             self.term = term;
             self.vote = None;
+            // A partial snapshot from an older leader is useless now.
+            self.incoming = None;
         }
         self.fail_pending_reads();
         self.lead_transferee = None;

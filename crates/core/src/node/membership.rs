@@ -109,7 +109,8 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             if *i > committed {
                 break;
             }
-            if let Some((_, c)) = self.conf_pending.pop_front() {
+            if let Some((i, c)) = self.conf_pending.pop_front() {
+                self.conf_history.push_back((i, c.clone()));
                 self.conf_base = c;
                 changed = true;
             }
@@ -133,7 +134,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         Ok(())
     }
 
-    fn refresh_conf(&mut self) {
+    pub(super) fn refresh_conf(&mut self) {
         self.conf = match self.conf_pending.back() {
             Some((_, c)) => c.clone(),
             None => self.conf_base.clone(),
@@ -170,6 +171,8 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             self.log.storage.first_index()?,
             self.log.storage.last_index()?,
         );
+        self.conf_history
+            .push_back((lo - 1, self.conf_base.clone()));
         while lo <= last {
             let batch = self.log.storage.entries(lo, last + 1, LOAD_BATCH_BYTES)?;
             let Some(end) = batch.last().map(|e| e.index) else {

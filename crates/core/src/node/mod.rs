@@ -4,6 +4,7 @@ mod election;
 mod membership;
 mod read;
 mod replication;
+mod snapshot;
 mod step;
 mod transfer;
 
@@ -49,6 +50,10 @@ pub struct Stats {
     pub transfers_aborted: u64,
     /// Invalid membership changes found in the log and ignored.
     pub conf_changes_ignored: u64,
+    /// Snapshot transfers this leader started.
+    pub snapshots_started: u64,
+    /// Snapshots this follower received completely and installed.
+    pub snapshots_installed: u64,
 }
 
 /// Something to do once a persistence batch is durable.
@@ -99,6 +104,15 @@ pub struct Node<P, S> {
     conf_base: ConfState,
     /// Uncommitted conf-change entries: (index, configuration after it).
     conf_pending: VecDeque<(Index, ConfState)>,
+    /// Committed configurations since the last snapshot, for snapshot
+    /// metadata: (index of the change, configuration after it).
+    conf_history: VecDeque<(Index, ConfState)>,
+    /// Follower: a snapshot being received.
+    incoming: Option<snapshot::Incoming>,
+    /// Follower: received chunks for the next Ready.
+    snapshot_chunks: Vec<crate::types::SnapshotChunk>,
+    /// Follower: a complete snapshot to hand out in the next Persist batch.
+    pending_install: Option<crate::types::SnapshotInstall>,
     /// Followers' progress (leader only; never contains this node).
     progress: BTreeMap<NodeId, Progress>,
     votes: BTreeMap<NodeId, bool>,
@@ -157,6 +171,10 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             log,
             conf_base: conf.clone(),
             conf_pending: VecDeque::new(),
+            conf_history: VecDeque::new(),
+            incoming: None,
+            snapshot_chunks: Vec::new(),
+            pending_install: None,
             conf,
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
@@ -365,6 +383,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             });
         }
         self.acked_seq = token.seq;
+        if let Some(index) = token.snapshot {
+            self.log.snapshot_persisted(index);
+        }
         if let Some((index, term)) = token.last {
             let advanced = self.log.stable_to(index, term).map_err(|e| self.fail(e))?;
             if advanced
@@ -410,7 +431,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 || self.hard_state() != self.issued_hs
                 || self.log.has_committed_to_apply()
                 || self.soft_state() != self.last_soft
-                || self.has_read_results())
+                || self.has_read_results()
+                || !self.snapshot_chunks.is_empty()
+                || self.pending_install.is_some())
     }
 
     /// Collects everything the caller must do now (see [`Ready`]).
@@ -430,8 +453,10 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         self.flush_read_round();
         let hs = self.hard_state();
         let entries = self.log.take_unissued();
-        let persist = if !entries.is_empty() || hs != self.issued_hs {
+        let snapshot = self.pending_install.take();
+        let persist = if !entries.is_empty() || hs != self.issued_hs || snapshot.is_some() {
             let must_sync = !entries.is_empty()
+                || snapshot.is_some()
                 || hs.term != self.issued_hs.term
                 || hs.vote != self.issued_hs.vote;
             self.issued_seq += 1;
@@ -440,7 +465,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 token: PersistToken {
                     seq: self.issued_seq,
                     last: entries.last().map(|e| (e.index, e.term)),
+                    snapshot: snapshot.as_ref().map(|s| s.meta.index),
                 },
+                snapshot,
                 entries,
                 hard_state: Some(hs),
                 must_sync,
@@ -460,13 +487,17 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         let committed_entries = self.log.take_committed(self.cfg.max_apply_bytes)?;
         let soft = self.soft_state();
         let soft_state = (soft != self.last_soft).then_some(soft);
+        // Keep room for a similar batch next time instead of regrowing.
+        let room = self.msgs.len();
+        let messages = core::mem::replace(&mut self.msgs, Vec::with_capacity(room));
         self.last_soft = soft;
         Ok(Ready {
-            messages: core::mem::take(&mut self.msgs),
+            messages,
             persist,
             committed_entries,
             soft_state,
             read_states: core::mem::take(&mut self.read.results),
+            snapshot_chunks: core::mem::take(&mut self.snapshot_chunks),
         })
     }
 }

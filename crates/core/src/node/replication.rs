@@ -8,10 +8,16 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     // ----- internals: replication ----------------------------------------
 
     pub(super) fn bcast_append(&mut self) -> Result<(), StorageError> {
-        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
-        for to in peers {
+        // Walk the peers by key so the map can be borrowed mutably meanwhile.
+        let mut cursor = self.progress.keys().next().copied();
+        while let Some(to) = cursor {
             self.send_append(to, true)?;
             self.send_append_loop(to)?;
+            cursor = self
+                .progress
+                .range((core::ops::Bound::Excluded(to), core::ops::Bound::Unbounded))
+                .next()
+                .map(|(&k, _)| k);
         }
         Ok(())
     }
@@ -40,9 +46,13 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         }
         let next = pr.next;
         let prev = next - 1;
-        let Some(prev_term) = self.log.term(prev)? else {
-            // Compacted: the follower needs a snapshot (not yet supported).
-            return Ok(false);
+        let prev_term = match self.log.term(prev)? {
+            Some(t) if next >= self.log.first_index()? => t,
+            // Compacted: the follower needs a snapshot.
+            _ => {
+                self.start_snapshot(to)?;
+                return Ok(false);
+            }
         };
         let entries = if next <= last {
             let hi = last.min(next + self.cfg.max_entries_per_msg as u64 - 1) + 1;
@@ -150,7 +160,8 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     }
 
     pub(super) fn defer(&mut self, d: Deferred<P>) {
-        let dirty = self.log.has_unissued()
+        let dirty = self.pending_install.is_some()
+            || self.log.has_unissued()
             || self.term != self.issued_hs.term
             || self.vote != self.issued_hs.vote;
         let seq = if dirty {

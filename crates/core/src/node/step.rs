@@ -136,6 +136,21 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 }
                 self.on_read_index_response(ctx, index)
             }
+            MessageBody::InstallSnapshot {
+                meta,
+                offset,
+                data,
+                done,
+            } => {
+                self.follow(from)?;
+                self.handle_install_snapshot(from, *meta, offset, data, done)
+            }
+            MessageBody::SnapshotResponse { index, received } => {
+                if self.role != Role::Leader {
+                    return Err(StepError::Unexpected);
+                }
+                self.on_snapshot_response(from, index, received)
+            }
             MessageBody::TimeoutNow => {
                 if self.role == Role::Leader {
                     return Err(StepError::Unexpected);
@@ -170,6 +185,10 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 // so a full window cannot stall the follower forever.
                 if pr.state == ProgressState::Replicate && pr.inflights.full() {
                     pr.inflights.free_first_one();
+                }
+                if pr.state == ProgressState::Snapshot {
+                    self.snapshot_heartbeat(from)?;
+                    return Ok(());
                 }
                 let behind = pr.matched < self.log.last_index()?;
                 if behind {
@@ -257,13 +276,20 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             self.send_durable(from, self.term, body);
             return Ok(());
         }
+        // Entries move into the log; membership changes among them (rare)
+        // are kept aside to take effect once appended.
+        let confs: Vec<Entry<P>> = entries
+            .iter()
+            .filter(|e| matches!(e.data, EntryData::ConfChange(_)))
+            .cloned()
+            .collect();
         match self
             .log
-            .maybe_append(prev_log_index, prev_log_term, &entries)
+            .maybe_append(prev_log_index, prev_log_term, entries)
         {
             Ok(Some((last_new, appended_from))) => {
                 if let Some(from) = appended_from {
-                    self.apply_appended_confs(&entries, from);
+                    self.apply_appended_confs(&confs, from);
                 }
                 self.commit_to(leader_commit.min(last_new));
                 let body = MessageBody::AppendEntriesResponse {
@@ -339,6 +365,13 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 match pr.state {
                     ProgressState::Probe => pr.become_replicate(),
                     ProgressState::Replicate => pr.inflights.free_to(index),
+                    ProgressState::Snapshot => {
+                        // The snapshot (or a later append) arrived.
+                        let target = pr.snapshot.as_ref().map_or(0, |s| s.meta.index);
+                        if pr.matched >= target {
+                            pr.become_probe();
+                        }
+                    }
                 }
                 if self.maybe_commit()? {
                     self.bcast_append()?;
@@ -390,6 +423,15 @@ fn validate<P>(m: &Message<P>) -> Result<(), StepError> {
             }
             MessageBody::Heartbeat { commit, .. } => ok(*commit),
             MessageBody::ReadIndexResponse { index, .. } => index.is_none_or(ok),
+            MessageBody::InstallSnapshot {
+                meta, offset, data, ..
+            } => {
+                ok(meta.index)
+                    && meta.index > 0
+                    && meta.term <= m.term
+                    && offset.checked_add(data.len() as u64).is_some()
+            }
+            MessageBody::SnapshotResponse { index, .. } => ok(*index),
             MessageBody::RequestVoteResponse { .. }
             | MessageBody::HeartbeatResponse { .. }
             | MessageBody::ReadIndex { .. }

@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use metalraft_core::{
-    ConfState, Config, Entry, EntryData, MemStorage, Message, MessageKind, Node, NodeId, ReadState,
-    Role, Term,
+    ConfState, Config, EntryData, MemStorage, Message, MessageKind, Node, NodeId, ReadState, Role,
+    Term,
 };
 
 pub type TestNode = Node<Vec<u8>, MemStorage<Vec<u8>>>;
@@ -29,7 +29,11 @@ pub struct Network {
     pub nodes: BTreeMap<NodeId, TestNode>,
     /// Storage of crashed nodes (everything they persisted).
     pub down: BTreeMap<NodeId, MemStorage<Vec<u8>>>,
-    pub applied: BTreeMap<NodeId, Vec<Entry<Vec<u8>>>>,
+    /// Each node's state machine: the (index, payload) of every applied
+    /// normal entry. Snapshots serialize it.
+    pub applied: BTreeMap<NodeId, Vec<(u64, Vec<u8>)>>,
+    /// Snapshot bytes being received, per node.
+    pub incoming: BTreeMap<NodeId, Vec<u8>>,
     /// Read outcomes per node, in arrival order.
     pub reads: BTreeMap<NodeId, Vec<ReadState>>,
     /// Messages delivered so far.
@@ -73,6 +77,7 @@ impl Network {
             nodes: BTreeMap::new(),
             down: BTreeMap::new(),
             applied: BTreeMap::new(),
+            incoming: BTreeMap::new(),
             reads: BTreeMap::new(),
             delivered: 0,
             queue: VecDeque::new(),
@@ -122,7 +127,20 @@ impl Network {
                 any = true;
                 let mut rd = node.ready().expect("ready");
                 let msgs = rd.take_messages();
+                for chunk in rd.take_snapshot_chunks() {
+                    let buf = self.incoming.entry(id).or_default();
+                    if chunk.offset == 0 {
+                        buf.clear();
+                    }
+                    assert_eq!(buf.len() as u64, chunk.offset, "chunks out of order");
+                    buf.extend_from_slice(&chunk.data);
+                }
                 if let Some(p) = rd.take_persist() {
+                    if let Some(install) = p.snapshot() {
+                        let data = self.incoming.remove(&id).expect("snapshot data");
+                        self.applied.insert(id, decode_sm(&data));
+                        node.storage_mut().install_snapshot(install, data);
+                    }
                     node.storage_mut().apply_persist(&p);
                     node.on_persisted(p.into_token()).expect("in-order ack");
                 }
@@ -131,7 +149,12 @@ impl Network {
                     .or_default()
                     .extend(rd.take_read_states());
                 let committed = rd.take_committed_entries();
-                self.applied.get_mut(&id).unwrap().extend(committed);
+                let sm = self.applied.get_mut(&id).unwrap();
+                for e in committed {
+                    if let EntryData::Normal(d) = e.data {
+                        sm.push((e.index, d));
+                    }
+                }
                 if node.role() == Role::Leader {
                     let term = node.term();
                     if let Some(prev) = self.leaders.insert(term, id) {
@@ -275,13 +298,7 @@ impl Network {
     }
 
     pub fn applied_data(&self, id: NodeId) -> Vec<Vec<u8>> {
-        self.applied[&id]
-            .iter()
-            .filter_map(|e| match &e.data {
-                EntryData::Normal(d) => Some(d.clone()),
-                EntryData::Noop | EntryData::ConfChange(_) => None,
-            })
-            .collect()
+        self.applied[&id].iter().map(|(_, d)| d.clone()).collect()
     }
 
     pub fn isolate(&mut self, id: NodeId) {
@@ -319,14 +336,19 @@ impl Network {
     /// restarts empty and re-applies the committed log.
     pub fn restart(&mut self, id: NodeId) {
         let storage = self.down.remove(&id).expect("node down");
-        let node = Node::new(self.configs[&id].clone(), storage, 0).expect("restart");
-        self.applied.insert(id, Vec::new());
+        // The state machine restarts from the snapshot, if any.
+        let (sm, applied) = match storage.snapshot() {
+            Some((meta, data)) => (decode_sm(data), meta.index),
+            None => (Vec::new(), 0),
+        };
+        let node = Node::new(self.configs[&id].clone(), storage, applied).expect("restart");
+        self.applied.insert(id, sm);
         self.nodes.insert(id, node);
     }
 
     /// State Machine Safety (§5.4.3): applied sequences are prefixes of one another.
     pub fn check_applied_prefixes(&self) {
-        let logs: Vec<&Vec<Entry<Vec<u8>>>> = self.applied.values().collect();
+        let logs: Vec<&Vec<(u64, Vec<u8>)>> = self.applied.values().collect();
         for a in &logs {
             for b in &logs {
                 let n = a.len().min(b.len());
@@ -383,5 +405,42 @@ impl Network {
                 .is_some_and(|l| n.nodes[&l].commit_index() >= idx)
         });
         idx
+    }
+}
+
+/// Serializes a test state machine: (index u64, len u32, payload)*.
+pub fn encode_sm(sm: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, d) in sm {
+        out.extend_from_slice(&i.to_be_bytes());
+        out.extend_from_slice(&(d.len() as u32).to_be_bytes());
+        out.extend_from_slice(d);
+    }
+    out
+}
+
+pub fn decode_sm(mut b: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let mut sm = Vec::new();
+    while !b.is_empty() {
+        let i = u64::from_be_bytes(b[..8].try_into().unwrap());
+        let n = u32::from_be_bytes(b[8..12].try_into().unwrap()) as usize;
+        sm.push((i, b[12..12 + n].to_vec()));
+        b = &b[12 + n..];
+    }
+    sm
+}
+
+impl Network {
+    /// Node `id` snapshots its state machine at its applied index and
+    /// compacts its log.
+    pub fn snapshot(&mut self, id: NodeId) -> u64 {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let index = node.applied_index();
+        let meta = node.snapshot_created(index).expect("snapshot meta");
+        let data = encode_sm(&self.applied[&id]);
+        node.storage_mut()
+            .create_snapshot(meta, data)
+            .expect("compact");
+        index
     }
 }
