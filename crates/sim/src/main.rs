@@ -141,7 +141,7 @@ fn swarm(args: &[String]) -> Result<bool, CliError> {
             }
             "--minutes" => {
                 let m: f64 = value(args, i, "--minutes")?;
-                if !(m > 0.0) {
+                if !m.is_finite() || m <= 0.0 {
                     return Err(CliError::Usage("--minutes must be positive".into()));
                 }
                 time_limit = Some(Duration::from_secs_f64(m * 60.0));

@@ -1067,11 +1067,9 @@ impl Simulation {
             .filter(|&i| self.replicas[i].live.is_some())
             .collect();
         match action {
-            0 | 1 => {
-                if n - up.len() < self.cfg.faults.down_max && !up.is_empty() {
-                    let i = up[self.rng_fault.index(up.len())];
-                    self.crash(i, action == 1)?;
-                }
+            0 | 1 if n - up.len() < self.cfg.faults.down_max && !up.is_empty() => {
+                let i = up[self.rng_fault.index(up.len())];
+                self.crash(i, action == 1)?;
             }
             2 if n >= 2 => {
                 let p = Network::random_partition(&mut self.rng_fault, n);

@@ -1,0 +1,15 @@
+//! Seeds that once failed, pinned with a postmortem each.
+
+use metalraft_sim::{run_seed, RunOptions};
+
+/// postmortem: a 7-node cluster with one AppendEntries entry per message
+/// ended its safety phase with node 4 about 280 entries behind; catching up
+/// at one entry per round trip took longer than the fixed liveness budget,
+/// so the liveness checker fired although the cluster was making progress.
+/// The simulator's budget (not the core) was wrong: it now adds catch-up
+/// time for the most lagging node (`Simulation::liveness_budget_ticks`).
+#[test]
+fn sim_bug_01_liveness_budget_ignored_catch_up() {
+    let r = run_seed(241, RunOptions::default());
+    assert!(r.violation.is_none(), "{}", r.violation.unwrap());
+}
