@@ -10,6 +10,8 @@ extern crate alloc;
 #[macro_use]
 mod fmt;
 mod platform;
+mod raft;
+mod storage;
 
 use embassy_executor::Spawner;
 use embassy_net::{Ipv4Address, Ipv4Cidr, StackResources, StaticConfigV4};
@@ -30,7 +32,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 }
 
 /// Stops the node for good (the host sees the log line and the dead node).
-fn halt() -> ! {
+pub(crate) fn halt() -> ! {
     loop {
         riscv::asm::wfi();
     }
@@ -99,5 +101,26 @@ async fn main(spawner: Spawner) {
         "node {} up: {}.{}.{}.{}/{} members {:?} disk {} sectors",
         cfg.node_id, ip[0], ip[1], ip[2], ip[3], addr::PREFIX_LEN, cfg.members, disk.sectors()
     );
-    let _ = stack;
+
+    let members: alloc::vec::Vec<u64> = cfg.members.iter().map(|&m| u64::from(m)).collect();
+    let (log, recovered) = match storage::DiskLog::open(disk, &members) {
+        Ok(r) => r,
+        Err(e) => {
+            error!("storage recovery failed: {}; halting", e);
+            halt()
+        }
+    };
+    info!(
+        "recovered {} entries (torn records discarded: {}, bootstrapped: {}, commit clamped: {}), boot #{}",
+        recovered.entries, recovered.torn_records, recovered.bootstrapped, recovered.commit_clamped, log.boots()
+    );
+    let replica = match raft::Replica::new(&cfg, log, recovered) {
+        Ok(r) => r,
+        Err(e) => {
+            error!("raft config: {}; halting", e);
+            halt()
+        }
+    };
+    let tick = embassy_time::Duration::from_millis(u64::from(cfg.tick_ms));
+    spawner.spawn(raft::raft_task(stack, replica, tick).expect("raft task spawns once"));
 }

@@ -1,0 +1,100 @@
+//! The Raft node task: one Embassy task owns the [`Replica`] and two UDP
+//! sockets (peers on `RAFT_PORT`, clients on `CLIENT_PORT`). It waits for a
+//! datagram or the next tick, feeds the replica, lets it process every
+//! `Ready` (the disk flush happens inside, before any message that depends
+//! on it is released by the core) and sends what it produced.
+
+mod limits;
+mod replica;
+pub mod wire;
+
+use embassy_futures::select::{select3, Either3};
+use embassy_net::udp::{PacketMetadata, UdpSocket};
+use embassy_net::{IpAddress, IpEndpoint, Ipv4Address, Stack};
+use embassy_time::{Duration, Instant, Timer};
+use metalraft_fw_proto::addr::{self, MAX_DATAGRAM_BYTES};
+
+pub use replica::{Outbox, Replica};
+
+/// Datagrams each socket queues per direction.
+const SOCKET_QUEUE_DATAGRAMS: usize = 16;
+/// Raft socket buffer bytes per direction.
+const RAFT_SOCKET_BYTES: usize = 8 * 1024;
+/// Client socket buffer bytes per direction.
+const CLIENT_SOCKET_BYTES: usize = 4 * 1024;
+
+fn lan_id(ep: &IpEndpoint) -> Option<u8> {
+    match ep.addr {
+        IpAddress::Ipv4(a) => addr::id_of_ip(a.octets()),
+    }
+}
+
+fn peer_endpoint(id: u8, port: u16) -> IpEndpoint {
+    let ip = addr::ip(id);
+    IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::new(ip[0], ip[1], ip[2], ip[3])), port)
+}
+
+async fn flush_outbox(out: &mut Outbox, raft: &mut UdpSocket<'_>, clients: &mut UdpSocket<'_>, buf: &mut [u8; MAX_DATAGRAM_BYTES]) {
+    for (to, msg) in out.peers.drain(..) {
+        match wire::encode(&msg, buf) {
+            // A send error (no route, buffer trouble) is a lost datagram:
+            // Raft retransmits.
+            Ok(bytes) => {
+                let _ = raft.send_to(bytes, peer_endpoint(to, addr::RAFT_PORT)).await;
+            }
+            Err(e) => warn!("message to {} not sent: {}", to, e),
+        }
+    }
+    for (ep, resp) in out.clients.drain(..) {
+        let _ = clients.send_to(&resp.encode(), ep).await;
+    }
+}
+
+/// Runs the node forever.
+#[embassy_executor::task]
+pub async fn raft_task(stack: Stack<'static>, mut replica: Replica, tick: Duration) -> ! {
+    let mut raft_rx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
+    let mut raft_tx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
+    let mut raft_rx = [0u8; RAFT_SOCKET_BYTES];
+    let mut raft_tx = [0u8; RAFT_SOCKET_BYTES];
+    let mut raft = UdpSocket::new(stack, &mut raft_rx_meta, &mut raft_rx, &mut raft_tx_meta, &mut raft_tx);
+    let mut cl_rx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
+    let mut cl_tx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
+    let mut cl_rx = [0u8; CLIENT_SOCKET_BYTES];
+    let mut cl_tx = [0u8; CLIENT_SOCKET_BYTES];
+    let mut clients = UdpSocket::new(stack, &mut cl_rx_meta, &mut cl_rx, &mut cl_tx_meta, &mut cl_tx);
+    if raft.bind(addr::RAFT_PORT).is_err() || clients.bind(addr::CLIENT_PORT).is_err() {
+        error!("cannot bind the Raft and client ports");
+        crate::halt();
+    }
+
+    let mut rbuf = [0u8; MAX_DATAGRAM_BYTES];
+    let mut cbuf = [0u8; MAX_DATAGRAM_BYTES];
+    let mut sbuf = [0u8; MAX_DATAGRAM_BYTES];
+    let mut out = Outbox::default();
+    let mut next_tick = Instant::now() + tick;
+    loop {
+        match select3(raft.recv_from(&mut rbuf), clients.recv_from(&mut cbuf), Timer::at(next_tick)).await {
+            Either3::First(Ok((n, meta))) => match lan_id(&meta.endpoint) {
+                Some(src) if meta.endpoint.port == addr::RAFT_PORT => replica.on_peer_datagram(&rbuf[..n], src),
+                _ => replica.on_peer_datagram(&[], 0), // counted as garbage
+            },
+            Either3::Second(Ok((n, meta))) => replica.on_client_datagram(&cbuf[..n], meta.endpoint, &mut out),
+            // Truncated datagrams (larger than our buffer) are garbage.
+            Either3::First(Err(_)) => replica.on_peer_datagram(&[], 0),
+            Either3::Second(Err(_)) => {}
+            Either3::Third(()) => {
+                replica.tick();
+                next_tick += tick;
+                // After a long stall (host overloaded), do not replay missed
+                // ticks in a burst: that would fire election timeouts at once.
+                let now = Instant::now();
+                if next_tick < now {
+                    next_tick = now + tick;
+                }
+            }
+        }
+        replica.drive(&mut out);
+        flush_outbox(&mut out, &mut raft, &mut clients, &mut sbuf).await;
+    }
+}

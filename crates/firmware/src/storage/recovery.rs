@@ -1,0 +1,103 @@
+//! Boot-time recovery: newest valid hard-state slot, then the valid chain
+//! of log records; a torn or corrupt tail is discarded (and counted), the
+//! commit index is clamped to what survived, and the boot is recorded.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+
+use metalraft_core::{bootstrap_entry, bootstrap_hard_state, Entry};
+use metalraft_fw_proto::disk::{HardStateRecord, RecordHeader, HARD_STATE_SECTORS, LOG_START_SECTOR, SECTOR_BYTES};
+
+use super::{DiskLog, Slot, StoreError, MAX_LOG_ENTRIES};
+use crate::platform::disk::Disk;
+
+/// What recovery found.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Recovered {
+    /// Entries recovered.
+    pub entries: u64,
+    /// Records discarded after the valid chain (0 or 1: a torn tail).
+    pub torn_records: u64,
+    /// Whether the disk was fresh and got the bootstrap entry.
+    pub bootstrapped: bool,
+    /// Whether the stored commit index exceeded the surviving log.
+    pub commit_clamped: bool,
+}
+
+fn read_hard_state(disk: &mut Disk) -> Result<Option<HardStateRecord>, StoreError> {
+    let mut slots = [[0u8; SECTOR_BYTES]; 2];
+    for (buf, sector) in slots.iter_mut().zip(HARD_STATE_SECTORS) {
+        disk.read(sector, buf)?;
+    }
+    Ok(HardStateRecord::newest(HardStateRecord::decode(&slots[0]), HardStateRecord::decode(&slots[1])))
+}
+
+/// Scans the record chain. Returns the slots, the next free sector, the
+/// highest epoch seen and whether something non-empty ended the chain.
+fn scan(disk: &mut Disk) -> Result<(Vec<Slot>, u64, u32, bool), StoreError> {
+    let mut slots: Vec<Slot> = Vec::new();
+    let (mut sector, mut epoch, mut term) = (LOG_START_SECTOR, 0u32, 0u64);
+    let mut first = [0u8; SECTOR_BYTES];
+    loop {
+        if sector >= disk.sectors() || slots.len() >= MAX_LOG_ENTRIES {
+            return Ok((slots, sector, epoch, false));
+        }
+        disk.read(sector, &mut first)?;
+        let h = match RecordHeader::decode(&first) {
+            Ok(h) => h,
+            Err(metalraft_fw_proto::disk::RecordError::Empty) => return Ok((slots, sector, epoch, false)),
+            Err(_) => return Ok((slots, sector, epoch, true)),
+        };
+        let next_index = slots.len() as u64 + 1;
+        // A record from before an overwrite, or out of order: the chain
+        // ends here. Not counted as torn: stale records are expected.
+        if h.index != next_index || h.epoch < epoch || h.term < term {
+            return Ok((slots, sector, epoch, false));
+        }
+        if sector + h.sectors() > disk.sectors() {
+            return Ok((slots, sector, epoch, true));
+        }
+        let mut rec = vec![0u8; h.sectors() as usize * SECTOR_BYTES];
+        disk.read(sector, &mut rec)?;
+        if h.verify(&rec).is_err() {
+            return Ok((slots, sector, epoch, true));
+        }
+        slots.push(Slot { term: h.term, sector: sector as u32 });
+        (epoch, term) = (h.epoch, h.term);
+        sector += h.sectors();
+    }
+}
+
+pub(super) fn open(mut disk: Disk, members: &[u64]) -> Result<(DiskLog, Recovered), StoreError> {
+    let hard = read_hard_state(&mut disk)?;
+    let (slots, next_sector, epoch, torn) = scan(&mut disk)?;
+    let mut rec = Recovered { entries: slots.len() as u64, torn_records: u64::from(torn), ..Recovered::default() };
+    let mut log = DiskLog {
+        disk: RefCell::new(disk),
+        slots,
+        next_sector,
+        // Every boot writes in a new epoch, so nothing written before this
+        // boot (a torn tail included) can extend the chain later.
+        epoch: epoch.checked_add(1).ok_or(StoreError::LogFull)?,
+        hard: hard.unwrap_or_default(),
+    };
+    if hard.is_none() && log.slots.is_empty() {
+        let entry: Entry<Vec<u8>> = bootstrap_entry(members);
+        log.append_record(&entry)?;
+        let hs = bootstrap_hard_state();
+        log.hard = HardStateRecord { seq: 0, term: hs.term, vote: 0, commit: hs.commit, boots: 0 };
+        rec.bootstrapped = true;
+    }
+    let mut next = log.hard;
+    if next.commit > log.last() {
+        // The tail that held committed entries was lost (a damaged disk):
+        // forget the commit claim; the leader re-replicates those entries.
+        next.commit = log.last();
+        rec.commit_clamped = true;
+    }
+    next.boots += 1;
+    log.disk.borrow_mut().flush()?;
+    log.write_hard_state(next, true)?;
+    Ok((log, rec))
+}
