@@ -28,8 +28,10 @@ use crate::errors::{self, EtcdError};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::peer::{self as peerpb, peer_client::PeerClient};
 use crate::raft_loop::{Input, RaftHandle};
+use crate::registry::RegistryOp;
 use crate::transport::{self, TransportStats};
 use crate::writer::WriterGauges;
+use metalraft_core::{ConfChange, ConfChangeOp};
 
 /// The etcd API version reported by `Status` (the protocol we speak).
 pub const ETCD_API_VERSION: &str = "3.4.0";
@@ -37,10 +39,12 @@ pub const ETCD_API_VERSION: &str = "3.4.0";
 pub const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
 /// How long a request waits for a leader, a commit or a read index.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// How long a member waits for a peer's `Info` answer.
+pub const PEER_INFO_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What every service of a member shares.
 pub struct Shared {
-    /// Validated configuration.
+    /// Validated configuration (ids as persisted in the data directory).
     pub cfg: MemberConfig,
     /// The Raft loop.
     pub raft: RaftHandle,
@@ -49,39 +53,43 @@ pub struct Shared {
     /// Transport counters.
     pub transport_stats: Arc<TransportStats>,
     /// Lazily connected clients of the other members' Peer services.
-    pub peers: BTreeMap<u64, PeerClient<Channel>>,
-    /// Client URLs learned from peers (for MemberList).
-    pub peer_client_urls: Mutex<BTreeMap<u64, Vec<String>>>,
+    peers: Mutex<BTreeMap<u64, PeerClient<Channel>>>,
+    /// Names and client URLs learned from peers (for MemberList).
+    peer_info: Mutex<BTreeMap<u64, (String, Vec<String>)>>,
 }
 
 impl Shared {
-    /// Connects (lazily) to every peer.
+    /// The shared context of a member's services.
     pub fn new(
         cfg: MemberConfig,
         raft: RaftHandle,
         gauges: Arc<WriterGauges>,
         transport_stats: Arc<TransportStats>,
-    ) -> Result<Shared, String> {
-        let mut peers = BTreeMap::new();
-        for p in cfg.peers() {
-            let url = p
-                .peer_urls
-                .first()
-                .ok_or_else(|| format!("member {} has no peer URL", p.name))?;
-            let ep = transport::endpoint(url).map_err(|e| format!("peer URL {url}: {e}"))?;
-            let client = PeerClient::new(ep.connect_lazy())
-                .max_decoding_message_size(transport::PEER_MAX_GRPC_BYTES)
-                .max_encoding_message_size(transport::PEER_MAX_GRPC_BYTES);
-            peers.insert(p.id, client);
-        }
-        Ok(Shared {
+    ) -> Shared {
+        Shared {
             cfg,
             raft,
             gauges,
             transport_stats,
-            peers,
-            peer_client_urls: Mutex::new(BTreeMap::new()),
-        })
+            peers: Mutex::new(BTreeMap::new()),
+            peer_info: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// A client of member `id`'s Peer service (connected lazily).
+    fn peer_client(&self, id: u64) -> Option<PeerClient<Channel>> {
+        let mut peers = self.peers.lock().ok()?;
+        if let Some(c) = peers.get(&id) {
+            return Some(c.clone());
+        }
+        let urls = self.raft.registry.members().get(&id)?.clone();
+        let url = url::Url::parse(urls.first()?).ok()?;
+        let ep = transport::endpoint(&url).ok()?;
+        let client = PeerClient::new(ep.connect_lazy())
+            .max_decoding_message_size(transport::PEER_MAX_GRPC_BYTES)
+            .max_encoding_message_size(transport::PEER_MAX_GRPC_BYTES);
+        peers.insert(id, client.clone());
+        Some(client)
     }
 
     /// The header fields as of now.
@@ -138,11 +146,7 @@ impl Shared {
             return self.raft.propose(cmd, REQUEST_TIMEOUT).await;
         }
         let leader = st.leader.ok_or(EtcdError::NoLeader)?;
-        let mut client = self
-            .peers
-            .get(&leader)
-            .cloned()
-            .ok_or(EtcdError::NoLeader)?;
+        let mut client = self.peer_client(leader).ok_or(EtcdError::NoLeader)?;
         let req = peerpb::ForwardRequest {
             envelope: Some(self.envelope(leader)),
             command: cmd.encode(),
@@ -162,58 +166,78 @@ impl Shared {
         self.raft.linearizable_barrier(REQUEST_TIMEOUT).await
     }
 
-    fn members(&self) -> Vec<pb::Member> {
-        let learned = self
-            .peer_client_urls
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
-        self.cfg
-            .initial_cluster
-            .iter()
-            .map(|p| pb::Member {
-                id: p.id,
-                name: p.name.clone(),
-                peer_ur_ls: p
-                    .peer_urls
-                    .iter()
-                    .map(|u| u.as_str().trim_end_matches('/').to_string())
-                    .collect(),
-                client_ur_ls: if p.id == self.cfg.id {
-                    self.cfg
-                        .advertise_client_urls
-                        .iter()
-                        .map(|u| u.as_str().trim_end_matches('/').to_string())
-                        .collect()
+    fn url_strings(urls: &[url::Url]) -> Vec<String> {
+        urls.iter()
+            .map(|u| u.as_str().trim_end_matches('/').to_string())
+            .collect()
+    }
+
+    /// The members as etcd lists them: registry URLs, learner flag from the
+    /// core's configuration, names and client URLs as learned from each
+    /// member (empty until it answered, like etcd's "unstarted").
+    pub fn members(&self) -> Vec<pb::Member> {
+        let info = self.peer_info.lock().map(|m| m.clone()).unwrap_or_default();
+        let conf = self.raft.conf.read().map(|c| c.clone()).unwrap_or_default();
+        self.raft
+            .registry
+            .members()
+            .into_iter()
+            .map(|(id, peer_urls)| {
+                let (name, client_urls) = if id == self.cfg.id {
+                    (
+                        self.cfg.name.clone(),
+                        Self::url_strings(&self.cfg.advertise_client_urls),
+                    )
                 } else {
-                    learned.get(&p.id).cloned().unwrap_or_default()
-                },
-                is_learner: false,
+                    info.get(&id).cloned().unwrap_or_default()
+                };
+                pb::Member {
+                    id,
+                    name,
+                    peer_ur_ls: peer_urls,
+                    client_ur_ls: client_urls,
+                    is_learner: conf.is_learner(id),
+                }
             })
             .collect()
     }
 
-    /// Asks peers we have no client URLs for yet (bounded by a short timeout).
-    async fn learn_peer_client_urls(&self) {
+    /// Asks peers we know nothing about yet (bounded by a short timeout).
+    async fn learn_peer_info(&self) {
         let known: Vec<u64> = self
-            .peer_client_urls
+            .peer_info
             .lock()
             .map(|m| m.keys().copied().collect())
             .unwrap_or_default();
-        for (id, client) in &self.peers {
-            if known.contains(id) {
+        for id in self.raft.registry.members().into_keys() {
+            if id == self.cfg.id || known.contains(&id) {
                 continue;
             }
-            let mut c = client.clone();
-            let req = peerpb::InfoRequest {
-                envelope: Some(self.envelope(*id)),
+            let Some(mut c) = self.peer_client(id) else {
+                continue;
             };
-            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(500), c.info(req)).await {
-                if let Ok(mut m) = self.peer_client_urls.lock() {
-                    m.insert(*id, r.into_inner().client_urls);
+            let req = peerpb::InfoRequest {
+                envelope: Some(self.envelope(id)),
+            };
+            if let Ok(Ok(r)) = tokio::time::timeout(PEER_INFO_TIMEOUT, c.info(req)).await {
+                let r = r.into_inner();
+                if let Ok(mut m) = self.peer_info.lock() {
+                    m.insert(id, (r.name, r.client_urls));
                 }
             }
         }
+    }
+
+    /// Client URL of the leader, to relay cluster requests to it.
+    async fn leader_client_url(&self) -> Result<String, EtcdError> {
+        let st = self.leader().await?;
+        let leader = st.leader.ok_or(EtcdError::NoLeader)?;
+        self.learn_peer_info().await;
+        self.peer_info
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&leader).and_then(|(_, urls)| urls.first().cloned()))
+            .ok_or(EtcdError::NoLeader)
     }
 
     fn alarms(&self) -> Vec<pb::AlarmMember> {
@@ -319,44 +343,191 @@ impl pb::kv_server::Kv for KvService {
     }
 }
 
-const MEMBERSHIP_UNSUPPORTED: &str =
-    "metalraft: runtime membership changes are not implemented yet (the cluster is the static --initial-cluster)";
+/// A cluster request a follower relays to the leader's client URL.
+async fn leader_cluster_client(
+    s: &Shared,
+) -> Result<pb::cluster_client::ClusterClient<Channel>, EtcdError> {
+    let url = s.leader_client_url().await?;
+    let ep = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| EtcdError::Internal(format!("leader client URL: {e}")))?
+        .timeout(REQUEST_TIMEOUT);
+    let ch = ep.connect().await.map_err(|_| EtcdError::NoLeader)?;
+    Ok(pb::cluster_client::ClusterClient::new(ch))
+}
+
+fn is_leader(s: &Shared) -> bool {
+    s.raft.status.borrow().is_leader
+}
+
+impl ClusterService {
+    fn list(&self) -> Vec<pb::Member> {
+        self.0.members()
+    }
+
+    fn header(&self) -> pb::ResponseHeader {
+        self.0.header_info().header(self.0.revision())
+    }
+}
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
     async fn member_add(
         &self,
-        _: Request<pb::MemberAddRequest>,
+        req: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(EtcdError::Unsupported(MEMBERSHIP_UNSUPPORTED.into()).into())
+        let s = &self.0;
+        if !is_leader(s) {
+            let mut c = leader_cluster_client(s).await?;
+            return c.member_add(req.into_inner()).await;
+        }
+        let r = req.into_inner();
+        let urls = crate::config::parse_urls("peer-urls", &r.peer_ur_ls.join(","))
+            .map_err(|e| EtcdError::InvalidArgument(format!("etcdserver: {e}")))?;
+        let url_strings = Shared::url_strings(&urls);
+        let registered = s.raft.registry.members();
+        if registered
+            .values()
+            .flatten()
+            .any(|u| url_strings.contains(u))
+        {
+            return Err(Status::failed_precondition(
+                "etcdserver: Peer URLs already exists",
+            ));
+        }
+        let id = crate::config::member_id(&urls, &s.cfg.cluster_token);
+        if registered.contains_key(&id) {
+            return Err(Status::failed_precondition("etcdserver: ID exists"));
+        }
+        s.raft
+            .propose_registry(
+                RegistryOp::Add {
+                    id,
+                    peer_urls: url_strings.clone(),
+                },
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+        let op = if r.is_learner {
+            ConfChangeOp::AddLearner(id)
+        } else {
+            ConfChangeOp::AddVoter(id)
+        };
+        if let Err(e) = s
+            .raft
+            .conf_change(ConfChange::new(&[op]), REQUEST_TIMEOUT)
+            .await
+        {
+            // Undo the registry entry so the URLs can be added again.
+            let _ = s
+                .raft
+                .propose_registry(RegistryOp::Remove { id }, REQUEST_TIMEOUT)
+                .await;
+            return Err(e.into());
+        }
+        let member = pb::Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: url_strings,
+            client_ur_ls: Vec::new(),
+            is_learner: r.is_learner,
+        };
+        Ok(Response::new(pb::MemberAddResponse {
+            header: Some(self.header()),
+            member: Some(member),
+            members: self.list(),
+        }))
     }
+
     async fn member_remove(
         &self,
-        _: Request<pb::MemberRemoveRequest>,
+        req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(EtcdError::Unsupported(MEMBERSHIP_UNSUPPORTED.into()).into())
+        let s = &self.0;
+        if !is_leader(s) {
+            let mut c = leader_cluster_client(s).await?;
+            return c.member_remove(req.into_inner()).await;
+        }
+        let id = req.into_inner().id;
+        if !s.raft.registry.contains(id) {
+            return Err(EtcdError::MemberNotFound.into());
+        }
+        if id == s.cfg.id {
+            return Err(Status::failed_precondition(
+                "metalraft: the leader cannot remove itself; move leadership first (etcdctl move-leader)",
+            ));
+        }
+        // Registry first: the member's messages are rejected from now on,
+        // then the core drops it from the configuration.
+        s.raft
+            .propose_registry(RegistryOp::Remove { id }, REQUEST_TIMEOUT)
+            .await?;
+        s.raft
+            .conf_change(
+                ConfChange::new(&[ConfChangeOp::Remove(id)]),
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: Some(self.header()),
+            members: self.list(),
+        }))
     }
+
     async fn member_update(
         &self,
         _: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(EtcdError::Unsupported(MEMBERSHIP_UNSUPPORTED.into()).into())
+        Err(EtcdError::Unsupported(
+            "metalraft: MemberUpdate (changing peer URLs) is not implemented".into(),
+        )
+        .into())
     }
+
     async fn member_promote(
         &self,
-        _: Request<pb::MemberPromoteRequest>,
+        req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(EtcdError::Unsupported(MEMBERSHIP_UNSUPPORTED.into()).into())
+        let s = &self.0;
+        if !is_leader(s) {
+            let mut c = leader_cluster_client(s).await?;
+            return c.member_promote(req.into_inner()).await;
+        }
+        let id = req.into_inner().id;
+        if !s.raft.registry.contains(id) {
+            return Err(EtcdError::MemberNotFound.into());
+        }
+        let learner = s
+            .raft
+            .conf
+            .read()
+            .map(|c| c.is_learner(id))
+            .unwrap_or(false);
+        if !learner {
+            return Err(Status::failed_precondition(
+                "etcdserver: can only promote a learner member",
+            ));
+        }
+        s.raft
+            .conf_change(
+                ConfChange::new(&[ConfChangeOp::AddVoter(id)]),
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: Some(self.header()),
+            members: self.list(),
+        }))
     }
+
     async fn member_list(
         &self,
         _: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         let s = &self.0;
-        s.learn_peer_client_urls().await;
+        s.learn_peer_info().await;
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(s.header_info().header(s.revision())),
-            members: s.members(),
+            header: Some(self.header()),
+            members: self.list(),
         }))
     }
 }
@@ -520,7 +691,13 @@ pub fn etcd_snapshot_stream(mut body: Vec<u8>) -> Vec<u8> {
 impl PeerService {
     fn check(&self, env: Option<&peerpb::Envelope>) -> Result<peerpb::Envelope, Status> {
         let s = &self.0;
-        let is_member = |id: u64| s.cfg.initial_cluster.iter().any(|p| p.id == id);
+        if let Some(e) =
+            env.filter(|e| e.cluster_id == s.cfg.cluster_id && s.raft.registry.is_removed(e.from))
+        {
+            tracing::info!(member = %format!("{:x}", e.from), "rejected a removed member");
+            return Err(Status::permission_denied(crate::registry::REMOVED_MESSAGE));
+        }
+        let is_member = |id: u64| s.raft.registry.contains(id);
         transport::check_envelope(env, s.cfg.cluster_id, s.cfg.id, is_member).map_err(|e| {
             s.transport_stats
                 .rejected_incoming
@@ -582,15 +759,28 @@ impl peerpb::peer_server::Peer for PeerService {
         req: Request<peerpb::InfoRequest>,
     ) -> Result<Response<peerpb::InfoReply>, Status> {
         let r = req.into_inner();
-        self.check(r.envelope.as_ref())?;
+        // A member joining with --initial-cluster-state=existing does not
+        // know the cluster id yet and asks with a zero envelope; it learns
+        // only public information (ids and URLs, as MemberList shows).
+        let joining = r
+            .envelope
+            .as_ref()
+            .is_some_and(|e| e.cluster_id == 0 && e.from == 0);
+        if !joining {
+            self.check(r.envelope.as_ref())?;
+        }
         let s = &self.0;
         Ok(Response::new(peerpb::InfoReply {
             name: s.cfg.name.clone(),
-            client_urls: s
-                .cfg
-                .advertise_client_urls
-                .iter()
-                .map(|u| u.as_str().trim_end_matches('/').to_string())
+            client_urls: Shared::url_strings(&s.cfg.advertise_client_urls),
+            cluster_id: s.cfg.cluster_id,
+            member_id: s.cfg.id,
+            members: s
+                .raft
+                .registry
+                .members()
+                .into_iter()
+                .map(|(id, peer_urls)| peerpb::MemberUrls { id, peer_urls })
                 .collect(),
         }))
     }

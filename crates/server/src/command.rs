@@ -1,32 +1,49 @@
 //! What goes into the Raft log, and the translation between etcd's
 //! protobuf messages and `metalraft-kv`'s commands and results.
 //!
-//! A log entry's payload is `proposer: u64 LE | seq: u64 LE | command`,
-//! where `command` is `metalraft_kv::Command::encode`. `(proposer, seq)`
-//! lets the member that proposed an entry find the client waiting for it
-//! when the entry is applied; every other member ignores it.
+//! A log entry's payload is `proposer: u64 LE | seq: u64 LE | kind: u8 |
+//! body`: kind 0 is a key-value command (`metalraft_kv::Command::encode`),
+//! kind 1 a member-registry change ([`RegistryOp`], postcard).
+//! `(proposer, seq)` lets the member that proposed an entry find the client
+//! waiting for it when the entry is applied; every other member ignores it.
 
 use metalraft_kv as kv;
 
 use crate::errors::EtcdError;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::mvccpb;
+use crate::registry::RegistryOp;
 
-/// Bytes of the `(proposer, seq)` prefix of a log entry.
-pub const ENTRY_PREFIX_BYTES: usize = 16;
+/// Bytes of the `(proposer, seq, kind)` prefix of a log entry.
+pub const ENTRY_PREFIX_BYTES: usize = 17;
+const KIND_KV: u8 = 0;
+const KIND_REGISTRY: u8 = 1;
+
+/// What an application entry carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// A key-value command.
+    Kv(kv::Command),
+    /// A member-registry change.
+    Registry(RegistryOp),
+}
 
 /// Builds a log entry payload.
-pub fn encode_entry(proposer: u64, seq: u64, cmd: &kv::Command) -> Vec<u8> {
-    let body = cmd.encode();
+pub fn encode_entry(proposer: u64, seq: u64, payload: &Payload) -> Vec<u8> {
+    let (kind, body) = match payload {
+        Payload::Kv(cmd) => (KIND_KV, cmd.encode()),
+        Payload::Registry(op) => (KIND_REGISTRY, postcard::to_allocvec(op).unwrap_or_default()),
+    };
     let mut out = Vec::with_capacity(ENTRY_PREFIX_BYTES + body.len());
     out.extend_from_slice(&proposer.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
+    out.push(kind);
     out.extend_from_slice(&body);
     out
 }
 
-/// Splits a log entry payload into `((proposer, seq), command)`.
-pub fn decode_entry(data: &[u8]) -> Result<((u64, u64), kv::Command), String> {
+/// Splits a log entry payload into `((proposer, seq), payload)`.
+pub fn decode_entry(data: &[u8]) -> Result<((u64, u64), Payload), String> {
     if data.len() < ENTRY_PREFIX_BYTES {
         return Err(format!(
             "entry of {} bytes is shorter than its prefix",
@@ -38,8 +55,13 @@ pub fn decode_entry(data: &[u8]) -> Result<((u64, u64), kv::Command), String> {
     let proposer = u64::from_le_bytes(a);
     a.copy_from_slice(&data[8..16]);
     let seq = u64::from_le_bytes(a);
-    let cmd = kv::Command::decode(&data[16..]).map_err(|e| e.to_string())?;
-    Ok(((proposer, seq), cmd))
+    let body = &data[ENTRY_PREFIX_BYTES..];
+    let payload = match data[16] {
+        KIND_KV => Payload::Kv(kv::Command::decode(body).map_err(|e| e.to_string())?),
+        KIND_REGISTRY => Payload::Registry(postcard::from_bytes(body).map_err(|e| e.to_string())?),
+        k => return Err(format!("unknown entry kind {k}")),
+    };
+    Ok(((proposer, seq), payload))
 }
 
 /// Maps a refusal by the state machine to etcd's error.
@@ -301,10 +323,19 @@ mod tests {
             value: b"v".to_vec(),
             ..Default::default()
         });
-        let e = encode_entry(7, 9, &cmd);
-        assert_eq!(decode_entry(&e).unwrap(), ((7, 9), cmd));
+        let e = encode_entry(7, 9, &Payload::Kv(cmd.clone()));
+        assert_eq!(decode_entry(&e).unwrap(), ((7, 9), Payload::Kv(cmd)));
         assert!(decode_entry(&e[..10]).is_err());
-        assert!(decode_entry(&[0u8; 16]).is_err());
+        assert!(decode_entry(&[0u8; 17]).is_err());
+        let op = RegistryOp::Add {
+            id: 5,
+            peer_urls: vec!["http://127.0.0.1:1".into()],
+        };
+        let e = encode_entry(1, 2, &Payload::Registry(op.clone()));
+        assert_eq!(decode_entry(&e).unwrap(), ((1, 2), Payload::Registry(op)));
+        let mut bad = e.clone();
+        bad[16] = 9;
+        assert!(decode_entry(&bad).is_err());
     }
 
     #[test]

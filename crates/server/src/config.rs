@@ -81,10 +81,6 @@ pub enum ConfigError {
     /// The member name is empty or unusable.
     #[error("--name must be non-empty and contain no '=' or ',' (got {0:?})")]
     BadName(String),
-    /// `--initial-cluster-state existing` needs a running cluster to join, which
-    /// needs runtime membership changes.
-    #[error("--initial-cluster-state=existing is not supported yet: membership changes are not implemented; start all members of --initial-cluster with --initial-cluster-state=new")]
-    ExistingClusterUnsupported,
 }
 
 /// One member of the initial cluster.
@@ -193,9 +189,6 @@ impl MemberConfig {
                 cluster: join_urls(&me.peer_urls),
                 advertised: join_urls(&advertise_peer_urls),
             });
-        }
-        if a.initial_cluster_state == ClusterState::Existing {
-            return Err(ConfigError::ExistingClusterUnsupported);
         }
         let id = me.id;
         let cluster_id = cluster_id(&initial_cluster, &a.initial_cluster_token);
@@ -475,8 +468,8 @@ mod tests {
     }
 
     #[test]
-    fn existing_cluster_state_is_refused_until_membership_changes_exist() {
-        let e = config(&["--initial-cluster-state=existing"]).unwrap_err();
-        assert_eq!(e, ConfigError::ExistingClusterUnsupported);
+    fn existing_cluster_state_is_accepted() {
+        let c = config(&["--initial-cluster-state=existing"]).unwrap();
+        assert_eq!(c.initial_cluster_state, ClusterState::Existing);
     }
 }

@@ -30,6 +30,7 @@ pub mod member;
 pub mod metrics;
 pub mod proto;
 pub mod raft_loop;
+pub mod registry;
 pub mod storage;
 pub mod transport;
 pub mod writer;

@@ -10,7 +10,9 @@
 //! the servers stop accepting, in-flight requests finish, the Raft loop
 //! stops and the WAL writer drains and exits.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,13 +24,16 @@ use tokio_stream::wrappers::TcpListenerStream;
 use url::Url;
 
 use crate::api::{ClusterService, KvService, MaintenanceService, PeerService, Shared};
+use crate::cli::ClusterState;
 use crate::config::MemberConfig;
 use crate::metrics;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
 };
 use crate::proto::peer::peer_server::PeerServer;
+use crate::proto::peer::{peer_client::PeerClient, Envelope, InfoRequest};
 use crate::raft_loop::{LoopParts, RaftLoop};
+use crate::registry::{Registry, SnapshotData};
 use crate::storage::{Storage, StorageError, WalOptions, WriteBatch};
 use crate::transport::{Transport, TransportStats, PEER_MAX_GRPC_BYTES};
 use crate::writer::{self, WriterGauges};
@@ -106,8 +111,81 @@ fn core_config(cfg: &MemberConfig) -> metalraft_core::Config {
     c
 }
 
+/// File in `<data-dir>/member` recording which cluster and member the data
+/// belongs to (a joining member learns the cluster id from its peers).
+pub const IDENTITY_FILE: &str = "identity";
+/// How long a joining member keeps asking its peers for the cluster's view.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn read_identity(path: &Path) -> Result<Option<(u64, u64)>, MemberError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StorageError::from_io(path, e).into()),
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    match (field("cluster_id="), field("member_id=")) {
+        (Some(c), Some(m)) => Ok(Some((c, m))),
+        _ => Err(StorageError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason: "identity file is not `cluster_id=<hex>` / `member_id=<hex>`".into(),
+        }
+        .into()),
+    }
+}
+
+fn write_identity(path: &Path, cluster_id: u64, member_id: u64) -> Result<(), MemberError> {
+    let tmp = path.with_extension("tmp");
+    let body = format!("cluster_id={cluster_id:x}\nmember_id={member_id:x}\n");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, body.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    };
+    write().map_err(|e| StorageError::from_io(path, e).into())
+}
+
+/// A member joining a running cluster asks the members listed in
+/// `--initial-cluster` for the cluster id and member registry.
+async fn join_info(cfg: &MemberConfig) -> Result<(u64, BTreeMap<u64, Vec<String>>), MemberError> {
+    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    loop {
+        for p in cfg.peers() {
+            let Some(url) = p.peer_urls.first() else {
+                continue;
+            };
+            let Ok(ep) = crate::transport::endpoint(url) else {
+                continue;
+            };
+            let Ok(ch) = ep.connect().await else { continue };
+            let mut c = PeerClient::new(ch);
+            let req = InfoRequest {
+                envelope: Some(Envelope::default()),
+            };
+            if let Ok(r) = c.info(req).await {
+                let r = r.into_inner();
+                let members = r.members.into_iter().map(|m| (m.id, m.peer_urls)).collect();
+                return Ok((r.cluster_id, members));
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(MemberError::Fatal(format!(
+                "--initial-cluster-state=existing: no member of --initial-cluster answered within {JOIN_TIMEOUT:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Runs a member until SIGTERM/SIGINT or a fatal error.
-pub async fn run(cfg: MemberConfig) -> Result<(), MemberError> {
+pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
     let opened = Storage::open(&cfg.data_dir, ConfState::default(), WalOptions::default())?;
     if let Some((file, offset)) = &opened.torn_tail {
         tracing::warn!(file = %file.display(), offset, "recovered from a torn final WAL record");
@@ -115,25 +193,78 @@ pub async fn run(cfg: MemberConfig) -> Result<(), MemberError> {
     let mut storage = opened.storage;
     let log = storage.log();
     let (_, last) = log.bounds();
-    if last == 0 && log.hard_state() == Default::default() && opened.snapshot.is_none() {
-        let voters: Vec<u64> = cfg.initial_cluster.iter().map(|p| p.id).collect();
-        tracing::info!(member = %format!("{:x}", cfg.id), cluster = %format!("{:x}", cfg.cluster_id), members = voters.len(), "bootstrapping a new member");
-        storage.write(
-            &[WriteBatch {
-                entries: vec![bootstrap_entry(&voters)],
-                hard_state: Some(bootstrap_hard_state()),
-            }],
-            true,
-        )?;
+    let fresh = last == 0 && log.hard_state() == Default::default() && opened.snapshot.is_none();
+    let identity_path = cfg.data_dir.join("member").join(IDENTITY_FILE);
+    let mut members: BTreeMap<u64, Vec<String>> = cfg
+        .initial_cluster
+        .iter()
+        .map(|p| {
+            (
+                p.id,
+                p.peer_urls
+                    .iter()
+                    .map(|u| u.as_str().trim_end_matches('/').to_string())
+                    .collect(),
+            )
+        })
+        .collect();
+    if fresh {
+        match cfg.initial_cluster_state {
+            ClusterState::New => {
+                let voters: Vec<u64> = cfg.initial_cluster.iter().map(|p| p.id).collect();
+                tracing::info!(member = %format!("{:x}", cfg.id), cluster = %format!("{:x}", cfg.cluster_id), members = voters.len(), "bootstrapping a new member");
+                storage.write(
+                    &[WriteBatch {
+                        entries: vec![bootstrap_entry(&voters)],
+                        hard_state: Some(bootstrap_hard_state()),
+                    }],
+                    true,
+                )?;
+            }
+            ClusterState::Existing => {
+                let (cluster_id, remote) = join_info(&cfg).await?;
+                if !remote.contains_key(&cfg.id) {
+                    return Err(MemberError::Fatal(format!(
+                        "member {:x} (peer URLs {}) is not in the cluster's member list; add it first with `etcdctl member add {} --peer-urls=...`",
+                        cfg.id,
+                        cfg.advertise_peer_urls.iter().map(Url::as_str).collect::<Vec<_>>().join(","),
+                        cfg.name
+                    )));
+                }
+                tracing::info!(member = %format!("{:x}", cfg.id), cluster = %format!("{cluster_id:x}"), "joining an existing cluster");
+                cfg.cluster_id = cluster_id;
+                members = remote;
+            }
+        }
+        write_identity(&identity_path, cfg.cluster_id, cfg.id)?;
+    } else if let Some((cluster_id, member_id)) = read_identity(&identity_path)? {
+        if member_id != cfg.id {
+            return Err(MemberError::Fatal(format!(
+                "{} belongs to member {member_id:x}, but the flags describe member {:x} (peer URLs or --initial-cluster-token changed?)",
+                cfg.data_dir.display(),
+                cfg.id
+            )));
+        }
+        cfg.cluster_id = cluster_id;
     }
+    let registry = Registry::new(members);
     let mut store = kv::KvStore::new();
     let mut applied = 0;
     if let Some(snap) = &opened.snapshot {
-        store = kv::KvStore::restore(&snap.data).map_err(|e| StorageError::Corrupt {
+        let corrupt = |reason: String| StorageError::Corrupt {
             path: cfg.data_dir.join("member/snap"),
             offset: 0,
-            reason: format!("snapshot at index {} does not restore: {e}", snap.index),
+            reason,
+        };
+        let data = SnapshotData::decode(&snap.data)
+            .map_err(|e| corrupt(format!("snapshot at index {}: {e}", snap.index)))?;
+        store = kv::KvStore::restore(&data.kv).map_err(|e| {
+            corrupt(format!(
+                "snapshot at index {} does not restore: {e}",
+                snap.index
+            ))
         })?;
+        registry.replace(data.members, data.removed);
         applied = store.applied_index().min(snap.index);
         tracing::info!(
             index = snap.index,
@@ -152,9 +283,15 @@ pub async fn run(cfg: MemberConfig) -> Result<(), MemberError> {
         .spawn(move || writer::run(storage, job_rx, ev_tx, writer_gauges))
         .map_err(|e| MemberError::Fatal(format!("cannot start the WAL writer thread: {e}")))?;
     let transport_stats = Arc::new(TransportStats::default());
-    let peer_urls: Vec<(u64, Url)> = cfg
-        .peers()
-        .filter_map(|p| p.peer_urls.first().map(|u| (p.id, u.clone())))
+    let peer_urls: Vec<(u64, Url)> = registry
+        .members()
+        .into_iter()
+        .filter(|(id, _)| *id != cfg.id)
+        .filter_map(|(id, urls)| {
+            urls.first()
+                .and_then(|u| Url::parse(u).ok())
+                .map(|u| (id, u))
+        })
         .collect();
     let transport = Transport::start(cfg.cluster_id, cfg.id, &peer_urls, transport_stats.clone());
     let kv = Arc::new(RwLock::new(store));
@@ -168,11 +305,14 @@ pub async fn run(cfg: MemberConfig) -> Result<(), MemberError> {
         tick: cfg.heartbeat_interval,
         snapshot_count: cfg.snapshot_count,
         snapshot_index: opened.snapshot.as_ref().map_or(0, |s| s.index),
+        registry,
     });
-    let shared = Arc::new(
-        Shared::new(cfg.clone(), handle.clone(), gauges, transport_stats)
-            .map_err(MemberError::Fatal)?,
-    );
+    let shared = Arc::new(Shared::new(
+        cfg.clone(),
+        handle.clone(),
+        gauges,
+        transport_stats,
+    ));
 
     // Bind everything before serving, so a busy port fails the start.
     let mut peer_listeners = Vec::new();

@@ -14,12 +14,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use metalraft_core::{Entry, EntryData, Message, Node, ReadError, Role, TransferError};
+use metalraft_core::{
+    ConfChange, ConfChangeError, ConfState, Entry, EntryData, Message, Node, ReadError, Role,
+    TransferError,
+};
 use metalraft_kv as kv;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::command;
+use crate::command::{self, Payload};
 use crate::errors::EtcdError;
+use crate::registry::{Registry, RegistryOp, SnapshotData};
 use crate::storage::{SharedLog, Snapshot, WriteBatch};
 use crate::transport::Transport;
 use crate::writer::{WriteJob, WriterEvent, WriterGauges};
@@ -52,6 +56,20 @@ pub enum Input {
     ReadIndex {
         /// Where the read index goes.
         reply: oneshot::Sender<Result<u64, EtcdError>>,
+    },
+    /// A member-registry change to replicate; answered when applied.
+    ProposeRegistry {
+        /// The change.
+        op: RegistryOp,
+        /// Applied, or why not.
+        reply: oneshot::Sender<Result<(), EtcdError>>,
+    },
+    /// A membership change of the core; answered when its entry is applied.
+    ConfChange {
+        /// The change.
+        cc: ConfChange,
+        /// Applied, or why not.
+        reply: oneshot::Sender<Result<(), EtcdError>>,
     },
     /// Leadership transfer (MoveLeader or graceful shutdown).
     Transfer {
@@ -106,6 +124,10 @@ pub struct RaftHandle {
     pub kv: Arc<RwLock<kv::KvStore>>,
     /// Loop counters.
     pub stats: Arc<LoopStats>,
+    /// The member registry.
+    pub registry: Registry,
+    /// The core's configuration in effect.
+    pub conf: Arc<RwLock<ConfState>>,
 }
 
 impl RaftHandle {
@@ -152,6 +174,30 @@ impl RaftHandle {
         }
     }
 
+    /// Replicates a registry change and waits until it is applied.
+    pub async fn propose_registry(
+        &self,
+        op: RegistryOp,
+        timeout: Duration,
+    ) -> Result<(), EtcdError> {
+        let (reply, rx) = oneshot::channel();
+        self.try_send(Input::ProposeRegistry { op, reply })?;
+        tokio::time::timeout(timeout, rx)
+            .await
+            .map_err(|_| EtcdError::Timeout)?
+            .map_err(|_| EtcdError::Stopped)?
+    }
+
+    /// Proposes a membership change and waits until it is applied.
+    pub async fn conf_change(&self, cc: ConfChange, timeout: Duration) -> Result<(), EtcdError> {
+        let (reply, rx) = oneshot::channel();
+        self.try_send(Input::ConfChange { cc, reply })?;
+        tokio::time::timeout(timeout, rx)
+            .await
+            .map_err(|_| EtcdError::Timeout)?
+            .map_err(|_| EtcdError::Stopped)?
+    }
+
     /// Asks the core to transfer leadership.
     pub async fn transfer(&self, to: u64) -> Result<(), EtcdError> {
         let (reply, rx) = oneshot::channel();
@@ -172,7 +218,11 @@ pub struct RaftLoop {
     status_tx: watch::Sender<NodeStatus>,
     kv: Arc<RwLock<kv::KvStore>>,
     stats: Arc<LoopStats>,
-    pending: HashMap<u64, oneshot::Sender<ProposeResult>>,
+    pending: HashMap<u64, Pending>,
+    pending_conf: Option<(u64, oneshot::Sender<Result<(), EtcdError>>)>,
+    registry: Registry,
+    conf: Arc<RwLock<ConfState>>,
+    was_member: bool,
     next_seq: u64,
     reads: HashMap<u64, oneshot::Sender<Result<u64, EtcdError>>>,
     next_read: u64,
@@ -180,6 +230,32 @@ pub struct RaftLoop {
     snapshot_count: u64,
     last_snapshot_index: u64,
     status: NodeStatus,
+}
+
+/// A client waiting for its entry to apply.
+enum Pending {
+    Kv(oneshot::Sender<ProposeResult>),
+    Registry(oneshot::Sender<Result<(), EtcdError>>),
+}
+
+impl Pending {
+    fn fail(self, e: EtcdError) {
+        match self {
+            Pending::Kv(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Pending::Registry(tx) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Pending::Kv(tx) => tx.is_closed(),
+            Pending::Registry(tx) => tx.is_closed(),
+        }
+    }
 }
 
 /// Parameters of [`RaftLoop::new`].
@@ -202,6 +278,8 @@ pub struct LoopParts {
     pub snapshot_count: u64,
     /// Index of the snapshot the state machine was restored from.
     pub snapshot_index: u64,
+    /// The member registry.
+    pub registry: Registry,
 }
 
 impl RaftLoop {
@@ -218,11 +296,15 @@ impl RaftLoop {
         let (status_tx, status_rx) = watch::channel(status);
         let stats = Arc::new(LoopStats::default());
         let me = p.node.id();
+        let conf = Arc::new(RwLock::new(p.node.conf_state().clone()));
+        let was_member = p.node.conf_state().contains(me);
         let handle = RaftHandle {
             inputs: tx,
             status: status_rx,
             kv: p.kv.clone(),
             stats: stats.clone(),
+            registry: p.registry.clone(),
+            conf: conf.clone(),
         };
         let lp = RaftLoop {
             me,
@@ -236,6 +318,10 @@ impl RaftLoop {
             kv: p.kv,
             stats,
             pending: HashMap::new(),
+            pending_conf: None,
+            registry: p.registry,
+            conf,
+            was_member,
             next_seq: 1,
             reads: HashMap::new(),
             next_read: 1,
@@ -257,6 +343,9 @@ impl RaftLoop {
                 _ = ticker.tick() => {
                     if let Err(e) = self.node.tick() {
                         break Err(format!("raft node stopped: {e}"));
+                    }
+                    if self.transport.removed() {
+                        break Err(crate::registry::REMOVED_MESSAGE.to_string());
                     }
                 }
                 Some(input) = self.inputs.recv() => {
@@ -291,7 +380,10 @@ impl RaftLoop {
         };
         self.status.stopped = true;
         self.status_tx.send_replace(self.status);
-        for (_, tx) in self.pending.drain() {
+        for (_, p) in self.pending.drain() {
+            p.fail(EtcdError::Stopped);
+        }
+        if let Some((_, tx)) = self.pending_conf.take() {
             let _ = tx.send(Err(EtcdError::Stopped));
         }
         result
@@ -305,7 +397,37 @@ impl RaftLoop {
                     tracing::trace!(error = %e, "message dropped");
                 }
             }
-            Input::Propose { cmd, reply } => self.propose(cmd, reply),
+            Input::Propose { cmd, reply } => self.propose(Payload::Kv(cmd), Pending::Kv(reply)),
+            Input::ProposeRegistry { op, reply } => {
+                self.propose(Payload::Registry(op), Pending::Registry(reply))
+            }
+            Input::ConfChange { cc, reply } => {
+                if self.pending_conf.is_some() {
+                    let _ = reply.send(Err(EtcdError::Unsupported(
+                        "etcdserver: another membership change is in progress".into(),
+                    )));
+                    return;
+                }
+                match self.node.propose_conf_change(cc) {
+                    Ok(index) => self.pending_conf = Some((index, reply)),
+                    Err(e) => {
+                        let err = match e {
+                            ConfChangeError::NotLeader { leader: None } => EtcdError::NoLeader,
+                            ConfChangeError::NotLeader { .. } => EtcdError::NotLeader,
+                            ConfChangeError::Failed => EtcdError::Stopped,
+                            ConfChangeError::ChangePending
+                            | ConfChangeError::LeaderNotReady
+                            | ConfChangeError::TransferInProgress => EtcdError::InvalidArgument(
+                                format!("etcdserver: membership change refused: {e}"),
+                            ),
+                            other => EtcdError::InvalidArgument(format!(
+                                "etcdserver: membership change refused: {other}"
+                            )),
+                        };
+                        let _ = reply.send(Err(err));
+                    }
+                }
+            }
             Input::ReadIndex { reply } => {
                 let ctx = self.next_read;
                 self.next_read += 1;
@@ -329,34 +451,33 @@ impl RaftLoop {
         }
     }
 
-    fn propose(&mut self, cmd: kv::Command, reply: oneshot::Sender<ProposeResult>) {
+    fn propose(&mut self, payload: Payload, waiter: Pending) {
         if self.gauges.no_space.load(Ordering::Relaxed) {
-            let _ = reply.send(Err(EtcdError::NoSpace));
+            waiter.fail(EtcdError::NoSpace);
             return;
         }
         if self.pending.len() >= MAX_PENDING_PROPOSALS {
-            self.pending.retain(|_, tx| !tx.is_closed());
+            self.pending.retain(|_, p| !p.is_closed());
             if self.pending.len() >= MAX_PENDING_PROPOSALS {
-                let _ = reply.send(Err(EtcdError::TooManyRequests));
+                waiter.fail(EtcdError::TooManyRequests);
                 return;
             }
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let data = command::encode_entry(self.me, seq, &cmd);
+        let data = command::encode_entry(self.me, seq, &payload);
         match self.node.propose(data) {
             Ok(_) => {
-                self.pending.insert(seq, reply);
+                self.pending.insert(seq, waiter);
             }
             Err(e) => {
                 self.stats.proposals_failed.fetch_add(1, Ordering::Relaxed);
-                let err = match e {
+                waiter.fail(match e {
                     metalraft_core::ProposeError::NotLeader { leader: None } => EtcdError::NoLeader,
                     metalraft_core::ProposeError::NotLeader { .. } => EtcdError::NotLeader,
                     metalraft_core::ProposeError::UncommittedLimit => EtcdError::TooManyRequests,
                     _ => EtcdError::Stopped,
-                };
-                let _ = reply.send(Err(err));
+                });
             }
         }
     }
@@ -379,7 +500,10 @@ impl RaftLoop {
                 if was_leader && !self.status.is_leader {
                     // Entries proposed here may or may not commit under the
                     // next leader; etcd answers "leader changed" too.
-                    for (_, tx) in self.pending.drain() {
+                    for (_, p) in self.pending.drain() {
+                        p.fail(EtcdError::LeaderChanged);
+                    }
+                    if let Some((_, tx)) = self.pending_conf.take() {
                         let _ = tx.send(Err(EtcdError::LeaderChanged));
                     }
                 }
@@ -414,8 +538,8 @@ impl RaftLoop {
     }
 
     fn apply(&mut self, entries: Vec<Entry<Vec<u8>>>) -> Result<(), String> {
-        let mut kv = self
-            .kv
+        let kv_lock = self.kv.clone();
+        let mut kv = kv_lock
             .write()
             .map_err(|_| "state machine lock poisoned".to_string())?;
         for e in entries {
@@ -425,9 +549,8 @@ impl RaftLoop {
             }
             match e.data {
                 EntryData::Normal(data) => match command::decode_entry(&data) {
-                    Ok(((proposer, seq), cmd)) => {
-                        let result = kv.apply(e.index, &cmd);
-                        let out = match result {
+                    Ok(((proposer, seq), Payload::Kv(cmd))) => {
+                        let out = match kv.apply(e.index, &cmd) {
                             Ok(r) => Ok(r),
                             Err(kv::ApplyError::Rejected(re)) => Err(command::request_error(re)),
                             Err(other) => {
@@ -435,15 +558,24 @@ impl RaftLoop {
                             }
                         };
                         if proposer == self.me {
-                            if let Some(tx) = self.pending.remove(&seq) {
-                                if out.is_ok() {
-                                    self.stats
-                                        .proposals_committed
-                                        .fetch_add(1, Ordering::Relaxed);
+                            if let Some(Pending::Kv(tx)) = self.pending.remove(&seq) {
+                                let counter = if out.is_ok() {
+                                    &self.stats.proposals_committed
                                 } else {
-                                    self.stats.proposals_failed.fetch_add(1, Ordering::Relaxed);
-                                }
+                                    &self.stats.proposals_failed
+                                };
+                                counter.fetch_add(1, Ordering::Relaxed);
                                 let _ = tx.send(out);
+                            }
+                        }
+                    }
+                    Ok(((proposer, seq), Payload::Registry(op))) => {
+                        kv.mark_applied(e.index)
+                            .map_err(|err| format!("applying entry {}: {err}", e.index))?;
+                        self.apply_registry(&op);
+                        if proposer == self.me {
+                            if let Some(Pending::Registry(tx)) = self.pending.remove(&seq) {
+                                let _ = tx.send(Ok(()));
                             }
                         }
                     }
@@ -455,6 +587,25 @@ impl RaftLoop {
                             .map_err(|err| format!("applying entry {}: {err}", e.index))?;
                     }
                 },
+                EntryData::ConfChange(_) => {
+                    kv.mark_applied(e.index)
+                        .map_err(|err| format!("applying entry {}: {err}", e.index))?;
+                    if self
+                        .pending_conf
+                        .as_ref()
+                        .is_some_and(|(i, _)| *i == e.index)
+                    {
+                        if let Some((_, tx)) = self.pending_conf.take() {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                    let conf = self.node.conf_state();
+                    if conf.contains(self.me) {
+                        self.was_member = true;
+                    } else if self.was_member && !conf.voters_outgoing.contains(&self.me) {
+                        return Err("this member was removed from the cluster".to_string());
+                    }
+                }
                 _ => {
                     kv.mark_applied(e.index)
                         .map_err(|err| format!("applying entry {}: {err}", e.index))?;
@@ -465,11 +616,16 @@ impl RaftLoop {
         if self.status.applied >= self.last_snapshot_index + self.snapshot_count {
             let index = self.status.applied;
             let term = self.node.storage().term_of(index).unwrap_or(0);
+            let data = SnapshotData {
+                members: self.registry.members(),
+                removed: self.registry.removed(),
+                kv: kv.snapshot(),
+            };
             let snap = Snapshot {
                 index,
                 term,
                 conf_state: self.node.conf_state().clone(),
-                data: kv.snapshot(),
+                data: data.encode(),
             };
             drop(kv);
             self.last_snapshot_index = index;
@@ -481,11 +637,35 @@ impl RaftLoop {
         Ok(())
     }
 
+    fn apply_registry(&mut self, op: &RegistryOp) {
+        self.registry.apply(op);
+        match op {
+            RegistryOp::Add { id, peer_urls } => {
+                tracing::info!(member = %format!("{id:x}"), urls = ?peer_urls, "member added to the registry");
+                match peer_urls.first().map(|u| url::Url::parse(u)) {
+                    Some(Ok(url)) => self.transport.add_peer(*id, url),
+                    _ => {
+                        tracing::error!(member = %format!("{id:x}"), "registered member has no usable peer URL")
+                    }
+                }
+            }
+            RegistryOp::Remove { id } => {
+                tracing::info!(member = %format!("{id:x}"), "member removed from the registry");
+                self.transport.remove_peer(*id);
+            }
+        }
+    }
+
     fn publish(&mut self) {
         self.status.commit = self.node.commit_index();
         self.status.term = self.node.term();
-        self.status.is_learner = !self.node.conf_state().voters.contains(&self.me)
-            && self.node.conf_state().learners.contains(&self.me);
+        let conf = self.node.conf_state();
+        self.status.is_learner = conf.learners.contains(&self.me);
+        if let Ok(mut c) = self.conf.write() {
+            if *c != *conf {
+                *c = conf.clone();
+            }
+        }
         self.stats
             .proposals_pending
             .store(self.pending.len() as u64, Ordering::Relaxed);

@@ -55,6 +55,8 @@ pub struct TransportStats {
     pub rejected_incoming: AtomicU64,
     /// Sum of Deliver round trips, in microseconds.
     pub rtt_micros_sum: AtomicU64,
+    /// A peer told us we were removed from the cluster.
+    pub removed: std::sync::atomic::AtomicBool,
 }
 
 struct PeerQueue {
@@ -66,6 +68,8 @@ struct PeerQueue {
 pub struct Transport {
     peers: BTreeMap<u64, PeerQueue>,
     stats: Arc<TransportStats>,
+    cluster_id: u64,
+    me: u64,
 }
 
 /// Builds a gRPC endpoint for a peer URL.
@@ -86,25 +90,48 @@ impl Transport {
         peers: &[(u64, Url)],
         stats: Arc<TransportStats>,
     ) -> Transport {
-        let mut map = BTreeMap::new();
+        let mut t = Transport {
+            peers: BTreeMap::new(),
+            stats,
+            cluster_id,
+            me,
+        };
         for (id, url) in peers {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_MSGS);
-            let queued_bytes = Arc::new(AtomicUsize::new(0));
-            let env = Envelope {
-                cluster_id,
-                from: me,
-                to: *id,
-            };
-            tokio::spawn(sender_task(
-                env,
-                url.clone(),
-                rx,
-                queued_bytes.clone(),
-                stats.clone(),
-            ));
-            map.insert(*id, PeerQueue { tx, queued_bytes });
+            t.add_peer(*id, url.clone());
         }
-        Transport { peers: map, stats }
+        t
+    }
+
+    /// Starts sending to a new member (no-op if known or if it is us).
+    pub fn add_peer(&mut self, id: u64, url: Url) {
+        if id == self.me || self.peers.contains_key(&id) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_MSGS);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let env = Envelope {
+            cluster_id: self.cluster_id,
+            from: self.me,
+            to: id,
+        };
+        tokio::spawn(sender_task(
+            env,
+            url,
+            rx,
+            queued_bytes.clone(),
+            self.stats.clone(),
+        ));
+        self.peers.insert(id, PeerQueue { tx, queued_bytes });
+    }
+
+    /// Stops sending to a removed member (its task ends with its queue).
+    pub fn remove_peer(&mut self, id: u64) {
+        self.peers.remove(&id);
+    }
+
+    /// Whether a peer told this member it was removed from the cluster.
+    pub fn removed(&self) -> bool {
+        self.stats.removed.load(Ordering::Relaxed)
     }
 
     /// Queues messages; never blocks. Messages to unknown peers or beyond a
@@ -200,6 +227,9 @@ async fn sender_task(
                 stats.dropped_send_failed.fetch_add(n, Ordering::Relaxed);
                 tracing::debug!(peer = env.to, %url, %status, ?backoff, "peer send failed; backing off");
                 if status.code() == tonic::Code::PermissionDenied {
+                    if status.message() == crate::registry::REMOVED_MESSAGE {
+                        stats.removed.store(true, Ordering::Relaxed);
+                    }
                     tracing::warn!(peer = env.to, %url, %status, "peer rejected us");
                 }
                 tokio::time::sleep(backoff).await;

@@ -116,6 +116,24 @@ impl Cluster {
 
     /// Starts member `i` (again).
     pub fn spawn(&mut self, i: usize) {
+        self.spawn_with(i, &[]);
+    }
+
+    /// Adds a member spec (not started, not in the cluster yet).
+    pub fn add_spec(&mut self, name: &str) -> usize {
+        self.members.push(MemberSpec {
+            data_dir: self.dir.path().join(name),
+            log: self.dir.path().join(format!("{name}.log")),
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port: free_port(),
+        });
+        self.children.push(None);
+        self.members.len() - 1
+    }
+
+    /// Starts member `i` with extra flags.
+    pub fn spawn_with(&mut self, i: usize, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -123,6 +141,7 @@ impl Cluster {
             .expect("open member log");
         let child = Command::new(bin())
             .args(self.flags(i))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

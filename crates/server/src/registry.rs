@@ -1,0 +1,143 @@
+//! The replicated member registry: which members exist and their peer URLs.
+//!
+//! The Raft core knows members only by id. Their peer URLs are replicated
+//! through the log as [`RegistryOp`] entries (etcd does the same with its
+//! member attributes), applied in log order on every member, and saved in
+//! snapshots. The starting point is `--initial-cluster`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+/// A change to the registry, replicated through the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegistryOp {
+    /// A member with these peer URLs joins (as voter or learner: that is the
+    /// core's configuration, changed by a separate entry).
+    Add {
+        /// Member id.
+        id: u64,
+        /// Peer URLs.
+        peer_urls: Vec<String>,
+    },
+    /// A member leaves.
+    Remove {
+        /// Member id.
+        id: u64,
+    },
+}
+
+/// Members and their peer URLs, shared by the Raft loop (writes, in log
+/// order) and the services (reads).
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    inner: Arc<RwLock<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    members: BTreeMap<u64, Vec<String>>,
+    /// Ids of removed members (never reused; their messages are answered
+    /// with [`REMOVED_MESSAGE`] so they stop, as in etcd).
+    removed: BTreeSet<u64>,
+}
+
+/// The status message a removed member gets from its former peers.
+pub const REMOVED_MESSAGE: &str = "metalraft: this member was removed from the cluster";
+
+impl Registry {
+    /// A registry holding `members`.
+    pub fn new(members: impl IntoIterator<Item = (u64, Vec<String>)>) -> Self {
+        Registry {
+            inner: Arc::new(RwLock::new(Inner {
+                members: members.into_iter().collect(),
+                removed: BTreeSet::new(),
+            })),
+        }
+    }
+
+    /// Applies an operation.
+    pub fn apply(&self, op: &RegistryOp) {
+        let Ok(mut m) = self.inner.write() else {
+            return;
+        };
+        match op {
+            RegistryOp::Add { id, peer_urls } => {
+                m.members.insert(*id, peer_urls.clone());
+                m.removed.remove(id);
+            }
+            RegistryOp::Remove { id } => {
+                m.members.remove(id);
+                m.removed.insert(*id);
+            }
+        }
+    }
+
+    /// Whether `id` is a member.
+    pub fn contains(&self, id: u64) -> bool {
+        self.inner
+            .read()
+            .map(|m| m.members.contains_key(&id))
+            .unwrap_or(false)
+    }
+
+    /// Whether `id` was removed.
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.inner
+            .read()
+            .map(|m| m.removed.contains(&id))
+            .unwrap_or(false)
+    }
+
+    /// Ids of removed members.
+    pub fn removed(&self) -> BTreeSet<u64> {
+        self.inner
+            .read()
+            .map(|m| m.removed.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every member, by id.
+    pub fn members(&self) -> BTreeMap<u64, Vec<String>> {
+        self.inner
+            .read()
+            .map(|m| m.members.clone())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the content (snapshot restore).
+    pub fn replace(&self, members: BTreeMap<u64, Vec<String>>, removed: BTreeSet<u64>) {
+        if let Ok(mut m) = self.inner.write() {
+            *m = Inner { members, removed };
+        }
+    }
+}
+
+/// What a member's snapshot holds: the registry and the key-value store.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotData {
+    /// The registry.
+    pub members: BTreeMap<u64, Vec<String>>,
+    /// Removed member ids.
+    pub removed: BTreeSet<u64>,
+    /// `metalraft_kv::KvStore::snapshot` bytes.
+    pub kv: Vec<u8>,
+}
+
+impl SnapshotData {
+    /// Encodes with postcard.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes, checking the whole input is used.
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotData, String> {
+        let (d, rest) =
+            postcard::take_from_bytes::<SnapshotData>(bytes).map_err(|e| e.to_string())?;
+        if !rest.is_empty() {
+            return Err(format!("{} trailing bytes", rest.len()));
+        }
+        Ok(d)
+    }
+}

@@ -1,0 +1,115 @@
+//! Runtime membership changes with etcdctl: add a learner, promote it,
+//! remove a member.
+
+mod common;
+
+use common::*;
+
+/// The hex id of member `name` in `etcdctl member list` output.
+fn member_id(list: &str, name: &str) -> Option<String> {
+    list.lines()
+        .find(|l| l.split(", ").nth(2) == Some(name))
+        .map(|l| l.split(", ").next().unwrap_or_default().to_string())
+}
+
+fn is_learner(list: &str, name: &str) -> Option<bool> {
+    list.lines()
+        .find(|l| l.split(", ").nth(2) == Some(name))
+        .map(|l| l.trim_end().ends_with("true"))
+}
+
+#[test]
+fn add_learner_promote_it_and_remove_a_member() {
+    let mut c = Cluster::start(3);
+    let eps = c.endpoints();
+    for i in 0..5 {
+        etcdctl(&["--endpoints", &eps, "put", &format!("pre/{i}"), "v"]);
+    }
+    // Add a fourth member as a learner, then start it.
+    let new = c.add_spec("m3");
+    let peer = format!("http://127.0.0.1:{}", c.members[new].peer_port);
+    let out = etcdctl(&[
+        "--endpoints",
+        &eps,
+        "member",
+        "add",
+        "m3",
+        &format!("--peer-urls={peer}"),
+        "--learner",
+    ]);
+    assert!(out.contains("added to cluster"), "{out}");
+    assert!(
+        out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out}"
+    );
+    c.spawn_with(new, &["--initial-cluster-state=existing"]);
+    let ep = c.endpoint(new);
+    eventually("the learner replicates the existing data", || {
+        let o = etcdctl_try(&[
+            "--endpoints",
+            &ep,
+            "get",
+            "pre/",
+            "--prefix",
+            "--keys-only",
+            "--consistency=s",
+        ]);
+        (String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
+            == 5)
+            .then_some(())
+    });
+    let list = eventually("member list shows the started learner", || {
+        let l = etcdctl(&["--endpoints", &eps, "member", "list"]);
+        (l.lines().count() == 4 && is_learner(&l, "m3") == Some(true)).then_some(l)
+    });
+    let id = member_id(&list, "m3").expect("m3 listed");
+
+    // Promote it to a voter.
+    let out = etcdctl(&["--endpoints", &eps, "member", "promote", &id]);
+    assert!(out.contains("promoted"), "{out}");
+    let list = etcdctl(&["--endpoints", &eps, "member", "list"]);
+    assert_eq!(is_learner(&list, "m3"), Some(false), "{list}");
+    // Promoting a voter again is refused with etcd's error.
+    let again = etcdctl_try(&["--endpoints", &eps, "member", "promote", &id]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("can only promote a learner member"));
+
+    // Remove a follower that is not the new member; it stops.
+    let leader = c.wait_for_leader();
+    let victim = (0..3).find(|i| *i != leader).unwrap();
+    let victim_id = member_id(&list, &c.members[victim].name).expect("victim listed");
+    let out = etcdctl(&[
+        "--endpoints",
+        &c.endpoint(leader),
+        "member",
+        "remove",
+        &victim_id,
+    ]);
+    assert!(out.contains("removed from cluster"), "{out}");
+    let mut child = c.children[victim].take().expect("victim running");
+    let status = wait_exit(&mut child, WAIT).expect("removed member did not stop");
+    assert!(!status.success());
+    let log = std::fs::read_to_string(&c.members[victim].log).unwrap();
+    assert!(log.contains("removed from the cluster"), "{log}");
+
+    // The cluster of three (two original members and the promoted one) works.
+    let live = c.live_endpoints();
+    etcdctl(&["--endpoints", &live, "put", "after-remove", "ok"]);
+    let list = etcdctl(&["--endpoints", &live, "member", "list"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(member_id(&list, &c.members[victim].name).is_none());
+    eventually("the promoted member serves the new write", || {
+        let o = etcdctl_try(&[
+            "--endpoints",
+            &ep,
+            "get",
+            "after-remove",
+            "--consistency=s",
+            "--print-value-only",
+        ]);
+        (String::from_utf8_lossy(&o.stdout).trim() == "ok").then_some(())
+    });
+}
