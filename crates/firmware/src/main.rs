@@ -111,8 +111,11 @@ async fn main(spawner: Spawner) {
         }
     };
     info!(
-        "recovered {} entries (torn records discarded: {}, bootstrapped: {}, commit clamped: {}), boot #{}",
-        recovered.entries, recovered.torn_records, recovered.bootstrapped, recovered.commit_clamped, log.boots()
+        "recovered {} entries (torn records discarded: {}, bootstrapped: {}), boot #{}",
+        recovered.entries,
+        recovered.torn_records,
+        recovered.bootstrapped,
+        log.boots()
     );
     let replica = match raft::Replica::new(&cfg, log, recovered) {
         Ok(r) => r,

@@ -145,6 +145,44 @@ impl Client {
         }
     }
 
+    /// Puts every pair with up to `window` requests in flight to the leader
+    /// (found with a first sequential put); pairs whose answer does not come
+    /// are retried one by one. Returns how many committed.
+    pub fn put_pipelined(&mut self, pairs: &[(Vec<u8>, Vec<u8>)], window: usize) -> Result<usize, ClientError> {
+        let Some(((k0, v0), rest)) = pairs.split_first() else { return Ok(0) };
+        self.put(k0, v0)?;
+        let leader = self.leader_hint.unwrap_or(1);
+        let mut done = 1;
+        for chunk in rest.chunks(window.max(1)) {
+            let mut waiting: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+            for (i, (k, v)) in chunk.iter().enumerate() {
+                self.next_id += 1;
+                let mut dgram = vec![leader];
+                dgram.extend_from_slice(&Request { id: self.next_id, op: Op::Put { key: k.clone(), value: v.clone() } }.encode());
+                self.sock.send_to(&dgram, self.gateway)?;
+                waiting.insert(self.next_id, i);
+            }
+            let until = Instant::now() + ATTEMPT_TIMEOUT;
+            let mut buf = [0u8; RECV_BUF_BYTES];
+            while !waiting.is_empty() && Instant::now() < until {
+                self.sock.set_read_timeout(Some(until.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))?;
+                let Ok(n) = self.sock.recv(&mut buf) else { break };
+                let Some((_, body)) = buf[..n].split_first() else { continue };
+                if let Ok(Response { id, reply: Reply::Put { .. }, .. }) = Response::decode(body) {
+                    if waiting.remove(&id).is_some() {
+                        done += 1;
+                    }
+                }
+            }
+            for (_, i) in waiting {
+                let (k, v) = &chunk[i];
+                self.put(k, v)?;
+                done += 1;
+            }
+        }
+        Ok(done)
+    }
+
     /// Deletes `key`; returns how many keys were deleted.
     pub fn delete(&mut self, key: &[u8]) -> Result<i64, ClientError> {
         match self.to_leader(Op::Delete { key: key.to_vec() })? {

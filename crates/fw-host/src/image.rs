@@ -81,20 +81,49 @@ pub fn scan(path: &Path) -> io::Result<LogScan> {
     Ok(LogScan { records, hard_state })
 }
 
-/// Simulates a torn write of the last log record: keeps its first half and
-/// overwrites the rest with garbage, then appends a garbage sector after it.
-/// Returns the index of the damaged record.
-pub fn tear_last_record(path: &Path) -> io::Result<u64> {
+/// Payload size of the simulated torn record (spans two sectors).
+const TORN_PAYLOAD_BYTES: usize = 600;
+
+/// Simulates a crash in the middle of writing the next log record: its
+/// first sector (header and the start of the payload) reached the disk, its
+/// second did not. Such a record was never flushed, so never acknowledged.
+/// Returns the index the torn record claims.
+pub fn append_torn_record(path: &Path) -> io::Result<u64> {
     let s = scan(path)?;
+    let (sector, index, term, epoch) = match s.records.last() {
+        Some(r) => (r.sector + r.header.sectors(), r.header.index + 1, r.header.term, r.header.epoch),
+        None => (LOG_START_SECTOR, 1, 1, 1),
+    };
+    let mut rec = vec![0u8; disk::record_sectors(TORN_PAYLOAD_BYTES) as usize * SECTOR_BYTES];
+    let payload: Vec<u8> = (0..TORN_PAYLOAD_BYTES).map(|i| i as u8).collect();
+    RecordHeader::encode_record(epoch, index, term, &payload, &mut rec)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let mut f = OpenOptions::new().read(true).write(true).open(path)?;
+    f.seek(SeekFrom::Start(sector * SECTOR_BYTES as u64))?;
+    f.write_all(&rec[..SECTOR_BYTES])?;
+    f.write_all(&vec![0u8; rec.len() - SECTOR_BYTES])?;
+    f.sync_all()?;
+    Ok(index)
+}
+
+/// Damages the record at the durable commit index (keeps its first half,
+/// overwrites the rest with garbage): corruption of data the node flushed
+/// and acknowledged, which recovery must refuse rather than serve. Returns
+/// the damaged index.
+pub fn damage_committed_record(path: &Path) -> io::Result<u64> {
+    let s = scan(path)?;
+    let commit = s.hard_state.map_or(0, |h| h.commit);
     let last = *s
         .records
-        .last()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no log records to damage"))?;
+        .iter()
+        .rev()
+        .find(|r| r.header.index <= commit)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no committed log record to damage"))?;
     let mut f = OpenOptions::new().read(true).write(true).open(path)?;
     let len = disk::RECORD_HEADER_BYTES as u64 + u64::from(last.header.len);
     let keep = len / 2;
     let start = last.sector * SECTOR_BYTES as u64 + keep;
-    let garbage: Vec<u8> = (0..(len - keep) as usize + SECTOR_BYTES).map(|i| (i as u8).wrapping_mul(151) ^ 0xA5).collect();
+    let garbage: Vec<u8> = (0..(len - keep) as usize).map(|i| (i as u8).wrapping_mul(151) ^ 0xA5).collect();
     f.seek(SeekFrom::Start(start))?;
     f.write_all(&garbage)?;
     f.sync_all()?;

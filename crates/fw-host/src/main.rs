@@ -31,6 +31,8 @@ USAGE:
   metalraft-fw delete KEY                         delete through the leader
   metalraft-fw fault isolate N | cut A B | partition 1,2/3,4,5 | drop PERCENT | heal | show
   metalraft-fw node kill N | start N              kill -9 / restart one node (it keeps its disk)
+  metalraft-fw disk scan N                        the log on node N's disk as recovery sees it
+  metalraft-fw disk tear N                        simulate a crash mid-write on a stopped node's disk
   metalraft-fw hub --base-port P --nodes N        run the L2 hub in the foreground (used by `cluster up`)
 
 Every command takes --dir DIR (default metalraft-data/fw-cluster): images, per-node logs
@@ -358,6 +360,26 @@ fn run(a: &Args) -> Result<()> {
         }
         ["fault", ..] if w.len() > 1 => fault_cmd(a)?,
         ["node", ..] => node_cmd(a)?,
+        ["disk", "scan", n] => {
+            let state = State::load(&a.dir())?;
+            let id: u8 = n.parse().map_err(|_| "bad node id")?;
+            let scan = metalraft_fw::image::scan(&state.spec(&a.dir())?.image(id))?;
+            println!("hard state: {:?}", scan.hard_state);
+            println!("{} valid records", scan.records.len());
+            for r in scan.records.iter().rev().take(5).rev() {
+                println!("  index {} term {} epoch {} sector {} len {}", r.header.index, r.header.term, r.header.epoch, r.sector, r.header.len);
+            }
+        }
+        ["disk", "tear", n] => {
+            let state = State::load(&a.dir())?;
+            let id: u8 = n.parse().map_err(|_| "bad node id")?;
+            let spec = state.spec(&a.dir())?;
+            if state.node_pids.get(&id).is_some_and(|&p| is_ours(p, &spec.image(id).display().to_string())) {
+                return Err(format!("node {id} is running; `node kill {id}` first").into());
+            }
+            let index = metalraft_fw::image::append_torn_record(&spec.image(id))?;
+            println!("wrote a torn record claiming index {index} after node {id}'s log");
+        }
         ["hub"] => {
             let ports = Ports { base: a.opt("base-port", DEFAULT_BASE_PORT)? };
             let nodes: u8 = a.opt("nodes", DEFAULT_NODES)?;

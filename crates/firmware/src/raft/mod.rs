@@ -1,13 +1,17 @@
 //! The Raft node task: one Embassy task owns the [`Replica`] and two UDP
 //! sockets (peers on `RAFT_PORT`, clients on `CLIENT_PORT`). It waits for a
-//! datagram or the next tick, feeds the replica, lets it process every
-//! `Ready` (the disk flush happens inside, before any message that depends
-//! on it is released by the core) and sends what it produced.
+//! datagram or the next tick, feeds the replica, then for every `Ready`:
+//! sends its messages, writes and flushes its persistence batch, and
+//! acknowledges it to the core, which only then releases the messages that
+//! promise that state (they go out with the next `Ready`).
 
 mod limits;
 mod replica;
 pub mod wire;
 
+use core::task::Poll;
+
+use embassy_futures::poll_once;
 use embassy_futures::select::{select3, Either3};
 use embassy_net::udp::{PacketMetadata, UdpSocket};
 use embassy_net::{IpAddress, IpEndpoint, Ipv4Address, Stack};
@@ -20,6 +24,8 @@ pub use replica::{Outbox, Replica};
 const SOCKET_QUEUE_DATAGRAMS: usize = 16;
 /// Raft socket buffer bytes per direction.
 const RAFT_SOCKET_BYTES: usize = 8 * 1024;
+/// Datagrams (per socket) taken in one wake-up before driving the node.
+const MAX_DATAGRAMS_PER_WAKE: usize = SOCKET_QUEUE_DATAGRAMS;
 /// Client socket buffer bytes per direction.
 const CLIENT_SOCKET_BYTES: usize = 4 * 1024;
 
@@ -94,7 +100,37 @@ pub async fn raft_task(stack: Stack<'static>, mut replica: Replica, tick: Durati
                 }
             }
         }
-        replica.drive(&mut out);
+        // Take whatever else already arrived before driving the node, so a
+        // burst of requests becomes one log append and one disk flush
+        // (group commit).
+        for _ in 0..MAX_DATAGRAMS_PER_WAKE {
+            let mut progressed = false;
+            if let Poll::Ready(Ok((n, meta))) = poll_once(clients.recv_from(&mut cbuf)) {
+                replica.on_client_datagram(&cbuf[..n], meta.endpoint, &mut out);
+                progressed = true;
+            }
+            if let Poll::Ready(Ok((n, meta))) = poll_once(raft.recv_from(&mut rbuf)) {
+                match lan_id(&meta.endpoint) {
+                    Some(src) if meta.endpoint.port == addr::RAFT_PORT => replica.on_peer_datagram(&rbuf[..n], src),
+                    _ => replica.on_peer_datagram(&[], 0),
+                }
+                progressed = true;
+            }
+            if !progressed {
+                break;
+            }
+        }
+        // Send each Ready's messages before its disk write, so followers
+        // write in parallel with the leader (the core keeps every message
+        // that promises durable state until `sync` acknowledges it).
+        loop {
+            let progressed = replica.poll_ready(&mut out);
+            flush_outbox(&mut out, &mut raft, &mut clients, &mut sbuf).await;
+            replica.sync(&mut out);
+            if !progressed {
+                break;
+            }
+        }
         flush_outbox(&mut out, &mut raft, &mut clients, &mut sbuf).await;
     }
 }

@@ -59,6 +59,8 @@ pub struct Replica {
     recovered: Recovered,
     first_leader_ms: Option<u64>,
     failed: Option<StoreError>,
+    /// A persistence batch taken from a `Ready`, not yet durable.
+    unsynced: Option<metalraft_core::Persist<Vec<u8>>>,
 }
 
 fn core_config(cfg: &NodeConfig) -> Config {
@@ -112,6 +114,7 @@ impl Replica {
             recovered,
             first_leader_ms: None,
             failed: None,
+            unsynced: None,
         })
     }
 
@@ -265,56 +268,70 @@ impl Replica {
         self.fail_writes(out);
     }
 
-    /// Processes every pending `Ready`: send, persist (flush), acknowledge,
-    /// apply, answer reads.
-    pub fn drive(&mut self, out: &mut Outbox) {
-        while self.failed.is_none() && self.node.has_ready() {
-            let mut rd = match self.node.ready() {
-                Ok(rd) => rd,
-                Err(e) => {
-                    error!("core stopped: {}", e);
-                    self.stop(StoreError::SnapshotUnsupported, out);
-                    return;
-                }
-            };
-            if let Some(ss) = rd.soft_state() {
-                info!("role {:?} term {} leader {:?}", ss.role, ss.term, ss.leader);
-                if ss.leader.is_some() && self.first_leader_ms.is_none() {
-                    self.first_leader_ms = Some(embassy_time::Instant::now().as_millis());
-                }
-                if ss.role != CoreRole::Leader {
-                    self.fail_writes(out);
-                }
+    /// Takes one `Ready`, if there is one: its messages go to `out` (they
+    /// may leave before our own write is durable: the core holds back every
+    /// message that depends on it), its persistence batch is kept for
+    /// [`Replica::sync`], its committed entries are applied. Returns whether
+    /// there was one.
+    pub fn poll_ready(&mut self, out: &mut Outbox) -> bool {
+        if self.failed.is_some() || self.unsynced.is_some() || !self.node.has_ready() {
+            return false;
+        }
+        let mut rd = match self.node.ready() {
+            Ok(rd) => rd,
+            Err(e) => {
+                error!("core stopped: {}", e);
+                self.stop(StoreError::Core, out);
+                return false;
             }
-            for m in rd.take_messages() {
-                if let Ok(to) = u8::try_from(m.to) {
-                    out.peers.push((to, m));
-                }
+        };
+        if let Some(ss) = rd.soft_state() {
+            info!("role {:?} term {} leader {:?}", ss.role, ss.term, ss.leader);
+            if ss.leader.is_some() && self.first_leader_ms.is_none() {
+                self.first_leader_ms = Some(embassy_time::Instant::now().as_millis());
             }
-            if let Some(p) = rd.take_persist() {
-                if let Err(e) = self.node.storage_mut().persist(&p) {
-                    self.stop(e, out);
-                    return;
-                }
-                if let Err(e) = self.node.on_persisted(p.into_token()) {
-                    error!("acknowledging a persisted batch: {}", e);
-                    self.stop(StoreError::NotContiguous, out);
-                    return;
-                }
-            }
-            for e in rd.take_committed_entries() {
-                self.apply(e.index, e.term, &e.data, out);
-            }
-            for rs in rd.take_read_states() {
-                let Some(r) = self.reads.remove(&rs.ctx) else { continue };
-                match rs.result {
-                    Ok(index) => self.awaiting_apply.push((index, r)),
-                    Err(_) => respond(out, r.client, r.id, self.me, Reply::Error(ErrorCode::ReadFailed)),
-                }
+            if ss.role != CoreRole::Leader {
+                self.fail_writes(out);
             }
         }
+        for m in rd.take_messages() {
+            if let Ok(to) = u8::try_from(m.to) {
+                out.peers.push((to, m));
+            }
+        }
+        self.unsynced = rd.take_persist();
+        for e in rd.take_committed_entries() {
+            self.apply(e.index, e.term, &e.data, out);
+        }
+        for rs in rd.take_read_states() {
+            let Some(r) = self.reads.remove(&rs.ctx) else { continue };
+            match rs.result {
+                Ok(index) => self.awaiting_apply.push((index, r)),
+                Err(_) => respond(out, r.client, r.id, self.me, Reply::Error(ErrorCode::ReadFailed)),
+            }
+        }
+        self.answer_applied_reads(out);
+        true
+    }
+
+    /// Carries out the kept persistence batch (write + flush) and
+    /// acknowledges it, which releases the messages that promised it.
+    pub fn sync(&mut self, out: &mut Outbox) {
+        let Some(p) = self.unsynced.take() else { return };
+        if let Err(e) = self.node.storage_mut().persist(&p) {
+            self.stop(e, out);
+            return;
+        }
+        if let Err(e) = self.node.on_persisted(p.into_token()) {
+            error!("acknowledging a persisted batch: {}", e);
+            self.stop(StoreError::Core, out);
+        }
+    }
+
+    fn answer_applied_reads(&mut self, out: &mut Outbox) {
         let applied = self.kv.applied_index();
-        let (ready, waiting): (Vec<_>, Vec<_>) = core::mem::take(&mut self.awaiting_apply).into_iter().partition(|(i, _)| *i <= applied);
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            core::mem::take(&mut self.awaiting_apply).into_iter().partition(|(i, _)| *i <= applied);
         self.awaiting_apply = waiting;
         for (_, r) in ready {
             self.answer_read(r, out);

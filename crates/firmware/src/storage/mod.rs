@@ -3,10 +3,11 @@
 //! in [`metalraft_fw_proto::disk`]). [`DiskLog`] carries out the core's
 //! `Persist` batches and is the core's read-only [`LogStorage`].
 //!
-//! Durability order of one batch: entry records are written and flushed,
-//! then the hard state is written and flushed. The caller acknowledges the
-//! batch to the core only after [`DiskLog::persist`] returns, so messages
-//! that promise this state leave the node only after the flush.
+//! Durability of one batch: entry records are written, then the hard state,
+//! then one flush (when the core says `must_sync`); a second flush between
+//! the two when the new commit index covers entries of the same batch. The caller acknowledges
+//! the batch to the core only after [`DiskLog::persist`] returns, so
+//! messages that promise this state leave the node only after the flush.
 //!
 //! Bounds: at most [`MAX_LOG_ENTRIES`] entries (the RAM index costs 16 bytes
 //! per entry) and the disk size. Log compaction is not implemented yet, so
@@ -52,6 +53,16 @@ pub enum StoreError {
     NotContiguous,
     /// A snapshot install was requested (not implemented).
     SnapshotUnsupported,
+    /// The core refused to go on (it reported why in the log).
+    Core,
+    /// Recovery found the log damaged at `index`, at or below the durable
+    /// commit index `commit`: data this node acknowledged is gone.
+    CorruptBelowCommit {
+        /// First missing or damaged index.
+        index: u64,
+        /// The durable commit index.
+        commit: u64,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -62,6 +73,12 @@ impl fmt::Display for StoreError {
             StoreError::EntryTooLarge => f.write_str("entry too large for one record"),
             StoreError::NotContiguous => f.write_str("batch not contiguous with the log"),
             StoreError::SnapshotUnsupported => f.write_str("snapshot install not supported"),
+            StoreError::Core => f.write_str("the Raft core stopped"),
+            StoreError::CorruptBelowCommit { index, commit } => write!(
+                f,
+                "log damaged at index {index}, at or below the commit index {commit}: \
+                 acknowledged data lost; refusing to serve (replace this node's disk)"
+            ),
         }
     }
 }
@@ -142,6 +159,7 @@ impl DiskLog {
         if p.snapshot().is_some() {
             return Err(StoreError::SnapshotUnsupported);
         }
+        let durable_last = self.last();
         if let Some(first) = p.entries().first() {
             let first = first.index;
             if first == 0 || first > self.last() + 1 {
@@ -161,18 +179,26 @@ impl DiskLog {
                 }
                 self.append_record(e)?;
             }
-            if p.must_sync() {
-                self.disk.borrow_mut().flush()?;
-            }
         }
         if let Some(hs) = p.hard_state() {
+            if !p.entries().is_empty() && hs.commit > durable_last {
+                // The commit index covers entries of this very batch: make
+                // them durable first, so a disk that reorders writes cannot
+                // keep the commit claim without the entries.
+                self.disk.borrow_mut().flush()?;
+            }
             let rec = HardStateRecord {
                 term: hs.term,
                 vote: hs.vote.unwrap_or(0),
                 commit: hs.commit,
                 ..self.hard
             };
-            self.write_hard_state(rec, p.must_sync())?;
+            self.write_hard_state(rec, false)?;
+        }
+        // One flush for entries and hard state. If power fails before it
+        // completes, either part may be lost: nothing was promised yet.
+        if p.must_sync() {
+            self.disk.borrow_mut().flush()?;
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! Boot-time recovery: newest valid hard-state slot, then the valid chain
-//! of log records; a torn or corrupt tail is discarded (and counted), the
-//! commit index is clamped to what survived, and the boot is recorded.
+//! of log records. A torn tail (a record started but not completed, beyond
+//! the durable commit index) is discarded and counted; damage at or below
+//! the commit index stops the node ([`StoreError::CorruptBelowCommit`]).
+//! Every boot is recorded.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -21,8 +23,6 @@ pub struct Recovered {
     pub torn_records: u64,
     /// Whether the disk was fresh and got the bootstrap entry.
     pub bootstrapped: bool,
-    /// Whether the stored commit index exceeded the surviving log.
-    pub commit_clamped: bool,
 }
 
 fn read_hard_state(disk: &mut Disk) -> Result<Option<HardStateRecord>, StoreError> {
@@ -49,19 +49,20 @@ fn scan(disk: &mut Disk) -> Result<(Vec<Slot>, u64, u32, bool), StoreError> {
             Err(metalraft_fw_proto::disk::RecordError::Empty) => return Ok((slots, sector, epoch, false)),
             Err(_) => return Ok((slots, sector, epoch, true)),
         };
-        let next_index = slots.len() as u64 + 1;
-        // A record from before an overwrite, or out of order: the chain
-        // ends here. Not counted as torn: stale records are expected.
-        if h.index != next_index || h.epoch < epoch || h.term < term {
-            return Ok((slots, sector, epoch, false));
-        }
         if sector + h.sectors() > disk.sectors() {
             return Ok((slots, sector, epoch, true));
         }
         let mut rec = vec![0u8; h.sectors() as usize * SECTOR_BYTES];
         disk.read(sector, &mut rec)?;
         if h.verify(&rec).is_err() {
+            // Started but not completed: a torn write (or damage).
             return Ok((slots, sector, epoch, true));
+        }
+        // An intact record from before an overwrite or from an earlier
+        // boot's discarded tail: the chain ends here. Not torn: expected.
+        let next_index = slots.len() as u64 + 1;
+        if h.index != next_index || h.epoch < epoch || h.term < term {
+            return Ok((slots, sector, epoch, false));
         }
         slots.push(Slot { term: h.term, sector: sector as u32 });
         (epoch, term) = (h.epoch, h.term);
@@ -91,10 +92,11 @@ pub(super) fn open(mut disk: Disk, members: &[u64]) -> Result<(DiskLog, Recovere
     }
     let mut next = log.hard;
     if next.commit > log.last() {
-        // The tail that held committed entries was lost (a damaged disk):
-        // forget the commit claim; the leader re-replicates those entries.
-        next.commit = log.last();
-        rec.commit_clamped = true;
+        // Entries this node flushed and reported committed are gone: that is
+        // damage, not a torn write (a torn write only loses what was never
+        // flushed, hence never acknowledged). Serving on would let this node
+        // vote or ack without data it promised to keep, so stop instead.
+        return Err(StoreError::CorruptBelowCommit { index: log.last() + 1, commit: next.commit });
     }
     next.boots += 1;
     log.disk.borrow_mut().flush()?;
