@@ -45,7 +45,8 @@ async fn net_task(mut runner: embassy_net::Runner<'static, VirtioNet>) -> ! {
 
 fn read_config(disk: &mut Disk) -> Result<NodeConfig, &'static str> {
     let mut block = [0u8; CONFIG_BLOCK_BYTES];
-    disk.read(0, &mut block).map_err(|_| "cannot read the config sector")?;
+    disk.read(0, &mut block)
+        .map_err(|_| "cannot read the config sector")?;
     NodeConfig::decode(&block).map_err(|e| {
         error!("config block: {}", e);
         "invalid config block"
@@ -83,23 +84,43 @@ async fn main(spawner: Spawner) {
         halt()
     };
     if net.mac() != addr::mac(cfg.node_id) {
-        warn!("NIC MAC {:02x?} does not match node {}'s plan {:02x?}", net.mac(), cfg.node_id, addr::mac(cfg.node_id));
+        warn!(
+            "NIC MAC {:02x?} does not match node {}'s plan {:02x?}",
+            net.mac(),
+            cfg.node_id,
+            addr::mac(cfg.node_id)
+        );
     }
     platform::irq::enable_net(net_dev.irq, net_dev.base);
     platform::irq::enable_all();
 
     let ip = addr::ip(cfg.node_id);
     let net_config = embassy_net::Config::ipv4_static(StaticConfigV4 {
-        address: Ipv4Cidr::new(Ipv4Address::new(ip[0], ip[1], ip[2], ip[3]), addr::PREFIX_LEN),
+        address: Ipv4Cidr::new(
+            Ipv4Address::new(ip[0], ip[1], ip[2], ip[3]),
+            addr::PREFIX_LEN,
+        ),
         gateway: None,
         dns_servers: Default::default(),
     });
     static RESOURCES: StaticCell<StackResources<STACK_SOCKETS>> = StaticCell::new();
-    let (stack, runner) = embassy_net::new(net, net_config, RESOURCES.init(StackResources::new()), cfg.rng_seed);
+    let (stack, runner) = embassy_net::new(
+        net,
+        net_config,
+        RESOURCES.init(StackResources::new()),
+        cfg.rng_seed,
+    );
     spawner.spawn(net_task(runner).expect("net task spawns once"));
     info!(
         "node {} up: {}.{}.{}.{}/{} members {:?} disk {} sectors",
-        cfg.node_id, ip[0], ip[1], ip[2], ip[3], addr::PREFIX_LEN, cfg.members, disk.sectors()
+        cfg.node_id,
+        ip[0],
+        ip[1],
+        ip[2],
+        ip[3],
+        addr::PREFIX_LEN,
+        cfg.members,
+        disk.sectors()
     );
 
     let members: alloc::vec::Vec<u64> = cfg.members.iter().map(|&m| u64::from(m)).collect();

@@ -68,11 +68,23 @@ impl Client {
         let sock = UdpSocket::bind("127.0.0.1:0")?;
         // Distinct ids across client processes help when reading node logs.
         let next_id = u64::from(std::process::id()) << 32;
-        Ok(Client { sock, gateway, nodes, next_id, leader_hint: None, deadline: DEFAULT_DEADLINE })
+        Ok(Client {
+            sock,
+            gateway,
+            nodes,
+            next_id,
+            leader_hint: None,
+            deadline: DEFAULT_DEADLINE,
+        })
     }
 
     /// One request to one node, one attempt: `Ok(None)` on timeout.
-    pub fn call(&mut self, node: u8, op: Op, timeout: Duration) -> Result<Option<Response>, ClientError> {
+    pub fn call(
+        &mut self,
+        node: u8,
+        op: Op,
+        timeout: Duration,
+    ) -> Result<Option<Response>, ClientError> {
         self.next_id += 1;
         let id = self.next_id;
         let mut dgram = vec![node];
@@ -88,11 +100,20 @@ impl Client {
             self.sock.set_read_timeout(Some(left))?;
             let n = match self.sock.recv(&mut buf) {
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(None),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
                 Err(e) => return Err(e.into()),
             };
             // Late answers to earlier attempts and garbage are skipped.
-            let Some((_, body)) = buf[..n].split_first() else { continue };
+            let Some((_, body)) = buf[..n].split_first() else {
+                continue;
+            };
             if let Ok(resp) = Response::decode(body) {
                 if resp.id == id {
                     return Ok(Some(resp));
@@ -104,7 +125,10 @@ impl Client {
     /// Node `node`'s status (one attempt).
     pub fn status(&mut self, node: u8, timeout: Duration) -> Result<Option<Status>, ClientError> {
         match self.call(node, Op::Status, timeout)? {
-            Some(Response { reply: Reply::Status(s), .. }) => Ok(Some(s)),
+            Some(Response {
+                reply: Reply::Status(s),
+                ..
+            }) => Ok(Some(s)),
             Some(r) => Err(ClientError::UnexpectedReply(Box::new(r.reply))),
             None => Ok(None),
         }
@@ -117,16 +141,22 @@ impl Client {
         let mut next = self.leader_hint.unwrap_or(1);
         while Instant::now() < until {
             let target = next;
-            let reply = self.call(target, op.clone(), ATTEMPT_TIMEOUT)?.map(|r| r.reply);
+            let reply = self
+                .call(target, op.clone(), ATTEMPT_TIMEOUT)?
+                .map(|r| r.reply);
             match reply {
-                Some(Reply::NotLeader { leader: Some(l) }) if l != target && (1..=self.nodes).contains(&l) => {
+                Some(Reply::NotLeader { leader: Some(l) })
+                    if l != target && (1..=self.nodes).contains(&l) =>
+                {
                     next = l;
                 }
                 Some(Reply::NotLeader { .. }) | None => {
                     next = target % self.nodes + 1;
                     std::thread::sleep(NO_LEADER_BACKOFF);
                 }
-                Some(Reply::Error(ErrorCode::Busy | ErrorCode::ReadFailed)) => std::thread::sleep(NO_LEADER_BACKOFF),
+                Some(Reply::Error(ErrorCode::Busy | ErrorCode::ReadFailed)) => {
+                    std::thread::sleep(NO_LEADER_BACKOFF)
+                }
                 Some(other) => {
                     self.leader_hint = Some(target);
                     return Ok(other);
@@ -138,7 +168,10 @@ impl Client {
 
     /// Puts `key` = `value`; returns the revision.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<i64, ClientError> {
-        match self.to_leader(Op::Put { key: key.to_vec(), value: value.to_vec() })? {
+        match self.to_leader(Op::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        })? {
             Reply::Put { revision } => Ok(revision),
             Reply::Error(e) => Err(ClientError::Server(e)),
             r => Err(ClientError::UnexpectedReply(Box::new(r))),
@@ -148,27 +181,56 @@ impl Client {
     /// Puts every pair with up to `window` requests in flight to the leader
     /// (found with a first sequential put); pairs whose answer does not come
     /// are retried one by one. Returns how many committed.
-    pub fn put_pipelined(&mut self, pairs: &[(Vec<u8>, Vec<u8>)], window: usize) -> Result<usize, ClientError> {
-        let Some(((k0, v0), rest)) = pairs.split_first() else { return Ok(0) };
+    pub fn put_pipelined(
+        &mut self,
+        pairs: &[(Vec<u8>, Vec<u8>)],
+        window: usize,
+    ) -> Result<usize, ClientError> {
+        let Some(((k0, v0), rest)) = pairs.split_first() else {
+            return Ok(0);
+        };
         self.put(k0, v0)?;
         let leader = self.leader_hint.unwrap_or(1);
         let mut done = 1;
         for chunk in rest.chunks(window.max(1)) {
-            let mut waiting: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+            let mut waiting: std::collections::BTreeMap<u64, usize> =
+                std::collections::BTreeMap::new();
             for (i, (k, v)) in chunk.iter().enumerate() {
                 self.next_id += 1;
                 let mut dgram = vec![leader];
-                dgram.extend_from_slice(&Request { id: self.next_id, op: Op::Put { key: k.clone(), value: v.clone() } }.encode());
+                dgram.extend_from_slice(
+                    &Request {
+                        id: self.next_id,
+                        op: Op::Put {
+                            key: k.clone(),
+                            value: v.clone(),
+                        },
+                    }
+                    .encode(),
+                );
                 self.sock.send_to(&dgram, self.gateway)?;
                 waiting.insert(self.next_id, i);
             }
             let until = Instant::now() + ATTEMPT_TIMEOUT;
             let mut buf = [0u8; RECV_BUF_BYTES];
             while !waiting.is_empty() && Instant::now() < until {
-                self.sock.set_read_timeout(Some(until.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))?;
-                let Ok(n) = self.sock.recv(&mut buf) else { break };
-                let Some((_, body)) = buf[..n].split_first() else { continue };
-                if let Ok(Response { id, reply: Reply::Put { .. }, .. }) = Response::decode(body) {
+                self.sock.set_read_timeout(Some(
+                    until
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1)),
+                ))?;
+                let Ok(n) = self.sock.recv(&mut buf) else {
+                    break;
+                };
+                let Some((_, body)) = buf[..n].split_first() else {
+                    continue;
+                };
+                if let Ok(Response {
+                    id,
+                    reply: Reply::Put { .. },
+                    ..
+                }) = Response::decode(body)
+                {
                     if waiting.remove(&id).is_some() {
                         done += 1;
                     }
@@ -207,12 +269,17 @@ impl Client {
     pub fn get_from(&mut self, node: u8, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
         let until = Instant::now() + self.deadline;
         while Instant::now() < until {
-            match self.call(node, Op::Get { key: key.to_vec() }, ATTEMPT_TIMEOUT)?.map(|r| r.reply) {
+            match self
+                .call(node, Op::Get { key: key.to_vec() }, ATTEMPT_TIMEOUT)?
+                .map(|r| r.reply)
+            {
                 Some(Reply::Get { value, .. }) => return Ok(value),
                 Some(Reply::Error(e)) if e != ErrorCode::ReadFailed && e != ErrorCode::Busy => {
                     return Err(ClientError::Server(e))
                 }
-                Some(Reply::NotLeader { .. } | Reply::Error(_)) | None => std::thread::sleep(NO_LEADER_BACKOFF),
+                Some(Reply::NotLeader { .. } | Reply::Error(_)) | None => {
+                    std::thread::sleep(NO_LEADER_BACKOFF)
+                }
                 Some(r) => return Err(ClientError::UnexpectedReply(Box::new(r))),
             }
         }

@@ -115,7 +115,10 @@ impl ClusterSpec {
     pub fn check_ports_free(&self) -> io::Result<()> {
         for a in self.ports.all(self.nodes) {
             UdpSocket::bind(a).map_err(|e| {
-                io::Error::new(e.kind(), format!("port {a} is in use ({e}); pick another --base-port"))
+                io::Error::new(
+                    e.kind(),
+                    format!("port {a} is in use ({e}); pick another --base-port"),
+                )
             })?;
         }
         Ok(())
@@ -123,10 +126,17 @@ impl ClusterSpec {
 
     /// The QEMU command for node `id` (stdout/stderr appended to its log).
     pub fn qemu_command(&self, id: u8) -> io::Result<Command> {
-        let mut log = OpenOptions::new().create(true).append(true).open(self.log(id))?;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(id))?;
         writeln!(log, "==== host: starting node {id} ====")?;
         let mac = addr::mac(id);
-        let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let mac = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
         let netdev = format!(
             "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port={},remote.type=inet,remote.host=127.0.0.1,remote.port={}",
             self.ports.node(id).port(),
@@ -134,18 +144,30 @@ impl ClusterSpec {
         );
         let drive = format!("file={},format=raw,if=none,id=d0", self.image(id).display());
         let mut cmd = Command::new(QEMU);
-        cmd.args(["-M", "virt", "-m", GUEST_RAM, "-bios", "none", "-display", "none", "-monitor", "none"])
-            .args(["-serial", "stdio", "-global", "virtio-mmio.force-legacy=false"])
-            .arg("-kernel")
-            .arg(&self.elf)
-            .args(["-drive", &drive, "-device", "virtio-blk-device,drive=d0"])
-            .args(["-netdev", &netdev, "-device", &format!("virtio-net-device,netdev=n0,mac={mac}")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Own process group: a terminal's Ctrl-C aimed at the tool does
-            // not take the nodes down with it.
-            .process_group(0);
+        cmd.args([
+            "-M", "virt", "-m", GUEST_RAM, "-bios", "none", "-display", "none", "-monitor", "none",
+        ])
+        .args([
+            "-serial",
+            "stdio",
+            "-global",
+            "virtio-mmio.force-legacy=false",
+        ])
+        .arg("-kernel")
+        .arg(&self.elf)
+        .args(["-drive", &drive, "-device", "virtio-blk-device,drive=d0"])
+        .args([
+            "-netdev",
+            &netdev,
+            "-device",
+            &format!("virtio-net-device,netdev=n0,mac={mac}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Own process group: a terminal's Ctrl-C aimed at the tool does
+        // not take the nodes down with it.
+        .process_group(0);
         Ok(cmd)
     }
 }
@@ -166,7 +188,11 @@ impl LocalCluster {
         spec.check_ports_free()?;
         spec.create_images()?;
         let hub = Hub::start(spec.ports, spec.nodes, u64::from(spec.ports.base))?;
-        let mut c = LocalCluster { nodes: (0..spec.nodes).map(|_| None).collect(), spec, hub };
+        let mut c = LocalCluster {
+            nodes: (0..spec.nodes).map(|_| None).collect(),
+            spec,
+            hub,
+        };
         for id in c.spec.ids() {
             c.start_node(id)?;
         }

@@ -42,11 +42,16 @@ pub enum FaultParseError {
 impl fmt::Display for FaultParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FaultParseError::Unknown(c) => write!(f, "unknown command {c:?} (isolate, cut, partition, drop, heal, show)"),
+            FaultParseError::Unknown(c) => write!(
+                f,
+                "unknown command {c:?} (isolate, cut, partition, drop, heal, show)"
+            ),
             FaultParseError::Arity(usage) => write!(f, "usage: {usage}"),
             FaultParseError::BadNode(s) => write!(f, "not a node id of this cluster: {s:?}"),
             FaultParseError::BadPercent(s) => write!(f, "not a percentage 0..=100: {s:?}"),
-            FaultParseError::BadPartition => f.write_str("partition needs two or more disjoint groups, e.g. 1,2/3,4,5"),
+            FaultParseError::BadPartition => {
+                f.write_str("partition needs two or more disjoint groups, e.g. 1,2/3,4,5")
+            }
         }
     }
 }
@@ -113,18 +118,45 @@ mod tests {
 
     #[test]
     fn parses_and_refuses() {
-        assert_eq!(FaultCommand::parse("isolate 3", 5), Ok(FaultCommand::Isolate(3)));
-        assert_eq!(FaultCommand::parse("cut 1 2", 5), Ok(FaultCommand::Cut(1, 2)));
-        assert_eq!(FaultCommand::parse("drop 30%", 5), Ok(FaultCommand::Drop(30)));
+        assert_eq!(
+            FaultCommand::parse("isolate 3", 5),
+            Ok(FaultCommand::Isolate(3))
+        );
+        assert_eq!(
+            FaultCommand::parse("cut 1 2", 5),
+            Ok(FaultCommand::Cut(1, 2))
+        );
+        assert_eq!(
+            FaultCommand::parse("drop 30%", 5),
+            Ok(FaultCommand::Drop(30))
+        );
         assert_eq!(
             FaultCommand::parse("partition 1,2/3,4,5", 5),
             Ok(FaultCommand::Partition(vec![vec![1, 2], vec![3, 4, 5]]))
         );
-        assert!(matches!(FaultCommand::parse("isolate 6", 5), Err(FaultParseError::BadNode(_))));
-        assert!(matches!(FaultCommand::parse("cut 1 1", 5), Err(FaultParseError::BadNode(_))));
-        assert!(matches!(FaultCommand::parse("drop 101", 5), Err(FaultParseError::BadPercent(_))));
-        assert_eq!(FaultCommand::parse("partition 1,2/2,3", 5), Err(FaultParseError::BadPartition));
-        assert_eq!(FaultCommand::parse("partition 1,2", 5), Err(FaultParseError::BadPartition));
-        assert!(matches!(FaultCommand::parse("reboot", 5), Err(FaultParseError::Unknown(_))));
+        assert!(matches!(
+            FaultCommand::parse("isolate 6", 5),
+            Err(FaultParseError::BadNode(_))
+        ));
+        assert!(matches!(
+            FaultCommand::parse("cut 1 1", 5),
+            Err(FaultParseError::BadNode(_))
+        ));
+        assert!(matches!(
+            FaultCommand::parse("drop 101", 5),
+            Err(FaultParseError::BadPercent(_))
+        ));
+        assert_eq!(
+            FaultCommand::parse("partition 1,2/2,3", 5),
+            Err(FaultParseError::BadPartition)
+        );
+        assert_eq!(
+            FaultCommand::parse("partition 1,2", 5),
+            Err(FaultParseError::BadPartition)
+        );
+        assert!(matches!(
+            FaultCommand::parse("reboot", 5),
+            Err(FaultParseError::Unknown(_))
+        ));
     }
 }

@@ -12,19 +12,26 @@ pub const BIN: &str = "metalraft-firmware";
 
 /// The firmware crate's directory (next to this crate in the repository).
 pub fn crate_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("firmware")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("firmware")
 }
 
 /// Where the release ELF lands.
 pub fn elf_path() -> PathBuf {
-    crate_dir().join("target").join(TARGET).join("release").join(BIN)
+    crate_dir()
+        .join("target")
+        .join(TARGET)
+        .join("release")
+        .join(BIN)
 }
 
 /// Builds the release firmware (a no-op when it is up to date).
 pub fn build() -> io::Result<PathBuf> {
     let dir = crate_dir();
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(&dir).args(["build", "--release", "--locked"]);
+    cmd.current_dir(&dir)
+        .args(["build", "--release", "--locked"]);
     // Run as an independent build: settings of an outer cargo (when this is
     // called from `cargo test` or `cargo run`) must not leak into it.
     for (key, _) in std::env::vars_os() {
@@ -36,11 +43,17 @@ pub fn build() -> io::Result<PathBuf> {
     }
     let status = cmd.status()?;
     if !status.success() {
-        return Err(io::Error::other(format!("firmware build failed ({status}) in {}", dir.display())));
+        return Err(io::Error::other(format!(
+            "firmware build failed ({status}) in {}",
+            dir.display()
+        )));
     }
     let elf = elf_path();
     if !elf.is_file() {
-        return Err(io::Error::other(format!("firmware build produced no {}", elf.display())));
+        return Err(io::Error::other(format!(
+            "firmware build produced no {}",
+            elf.display()
+        )));
     }
     Ok(elf)
 }

@@ -92,7 +92,9 @@ pub fn l2_ids(frame: &[u8]) -> Option<(u8, u8)> {
 /// Parses an IPv4/UDP frame addressed on the LAN. `None` for anything else
 /// or anything truncated.
 pub fn parse(frame: &[u8]) -> Option<Datagram<'_>> {
-    if frame.len() < ETH_HEADER_BYTES + IPV4_HEADER_BYTES + UDP_HEADER_BYTES || frame[12..14] != ETHERTYPE_IPV4 {
+    if frame.len() < ETH_HEADER_BYTES + IPV4_HEADER_BYTES + UDP_HEADER_BYTES
+        || frame[12..14] != ETHERTYPE_IPV4
+    {
         return None;
     }
     let ip = &frame[ETH_HEADER_BYTES..];
@@ -126,7 +128,13 @@ mod tests {
 
     #[test]
     fn build_then_parse() {
-        let d = Datagram { src: 254, src_port: 40001, dst: 3, dst_port: 7001, payload: b"hello" };
+        let d = Datagram {
+            src: 254,
+            src_port: 40001,
+            dst: 3,
+            dst_port: 7001,
+            payload: b"hello",
+        };
         let f = build(&d).unwrap();
         assert_eq!(parse(&f), Some(d));
         assert_eq!(l2_ids(&f), Some((254, 3)));
@@ -136,7 +144,13 @@ mod tests {
 
     #[test]
     fn truncated_frames_are_refused() {
-        let d = Datagram { src: 1, src_port: 1, dst: 2, dst_port: 2, payload: &[7; 40] };
+        let d = Datagram {
+            src: 1,
+            src_port: 1,
+            dst: 2,
+            dst_port: 2,
+            payload: &[7; 40],
+        };
         let f = build(&d).unwrap();
         for len in 0..f.len() {
             assert!(parse(&f[..len]).is_none(), "len {len}");

@@ -52,7 +52,12 @@ pub struct Fabric {
 
 impl Fabric {
     fn new(nodes: u8, seed: u64) -> Fabric {
-        Fabric { nodes, rng: seed | 1, next_client_port: FIRST_CLIENT_PORT, ..Fabric::default() }
+        Fabric {
+            nodes,
+            rng: seed | 1,
+            next_client_port: FIRST_CLIENT_PORT,
+            ..Fabric::default()
+        }
     }
 
     fn key(a: u8, b: u8) -> (u8, u8) {
@@ -152,7 +157,8 @@ fn lock(f: &Mutex<Fabric>) -> MutexGuard<'_, Fabric> {
 }
 
 fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let s = UdpSocket::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    let s =
+        UdpSocket::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
     s.set_read_timeout(Some(POLL_INTERVAL))?;
     Ok(s)
 }
@@ -167,18 +173,33 @@ impl Hub {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         {
-            let (switch, gateway, fabric, stop) = (switch.clone(), gateway.clone(), fabric.clone(), stop.clone());
-            threads.push(thread::spawn(move || switch_loop(ports, &switch, &gateway, &fabric, &stop)));
+            let (switch, gateway, fabric, stop) = (
+                switch.clone(),
+                gateway.clone(),
+                fabric.clone(),
+                stop.clone(),
+            );
+            threads.push(thread::spawn(move || {
+                switch_loop(ports, &switch, &gateway, &fabric, &stop)
+            }));
         }
         {
             let (fabric, stop) = (fabric.clone(), stop.clone());
-            threads.push(thread::spawn(move || control_loop(nodes, &control, &fabric, &stop)));
+            threads.push(thread::spawn(move || {
+                control_loop(nodes, &control, &fabric, &stop)
+            }));
         }
         {
             let (fabric, stop) = (fabric.clone(), stop.clone());
-            threads.push(thread::spawn(move || gateway_loop(ports, nodes, &switch, &gateway, &fabric, &stop)));
+            threads.push(thread::spawn(move || {
+                gateway_loop(ports, nodes, &switch, &gateway, &fabric, &stop)
+            }));
         }
-        Ok(Hub { stop, threads, fabric })
+        Ok(Hub {
+            stop,
+            threads,
+            fabric,
+        })
     }
 
     /// Applies a fault command directly (tests use this or the control port).
@@ -210,10 +231,18 @@ fn recv<'a>(sock: &UdpSocket, buf: &'a mut [u8]) -> Option<(&'a [u8], SocketAddr
     }
 }
 
-fn switch_loop(ports: Ports, switch: &UdpSocket, gateway: &UdpSocket, fabric: &Mutex<Fabric>, stop: &AtomicBool) {
+fn switch_loop(
+    ports: Ports,
+    switch: &UdpSocket,
+    gateway: &UdpSocket,
+    fabric: &Mutex<Fabric>,
+    stop: &AtomicBool,
+) {
     let mut buf = vec![0u8; RECV_BUF_BYTES];
     while !stop.load(Ordering::Relaxed) {
-        let Some((f, from)) = recv(switch, &mut buf) else { continue };
+        let Some((f, from)) = recv(switch, &mut buf) else {
+            continue;
+        };
         let mut fab = lock(fabric);
         let Some((src, dst)) = frame::l2_ids(f) else {
             fab.dropped_invalid += 1;
@@ -260,7 +289,9 @@ fn switch_loop(ports: Ports, switch: &UdpSocket, gateway: &UdpSocket, fabric: &M
 fn control_loop(nodes: u8, control: &UdpSocket, fabric: &Mutex<Fabric>, stop: &AtomicBool) {
     let mut buf = vec![0u8; RECV_BUF_BYTES];
     while !stop.load(Ordering::Relaxed) {
-        let Some((cmd, from)) = recv(control, &mut buf) else { continue };
+        let Some((cmd, from)) = recv(control, &mut buf) else {
+            continue;
+        };
         let line = String::from_utf8_lossy(cmd).to_string();
         let reply = match FaultCommand::parse(&line, nodes) {
             Ok(c) => lock(fabric).apply(&c),
@@ -281,8 +312,12 @@ fn gateway_loop(
 ) {
     let mut buf = vec![0u8; RECV_BUF_BYTES];
     while !stop.load(Ordering::Relaxed) {
-        let Some((d, from)) = recv(gateway, &mut buf) else { continue };
-        let Some((&node, payload)) = d.split_first() else { continue };
+        let Some((d, from)) = recv(gateway, &mut buf) else {
+            continue;
+        };
+        let Some((&node, payload)) = d.split_first() else {
+            continue;
+        };
         if !(1..=nodes).contains(&node) {
             lock(fabric).dropped_invalid += 1;
             continue;

@@ -7,13 +7,18 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use metalraft_fw_proto::config::NodeConfig;
-use metalraft_fw_proto::disk::{self, HardStateRecord, RecordHeader, LOG_START_SECTOR, SECTOR_BYTES};
+use metalraft_fw_proto::disk::{
+    self, HardStateRecord, RecordHeader, LOG_START_SECTOR, SECTOR_BYTES,
+};
 
 /// Creates (or replaces) a node's disk image of `bytes` bytes.
 pub fn create(path: &Path, cfg: &NodeConfig, bytes: u64) -> io::Result<()> {
-    let block = cfg
-        .encode()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("config for node {}: {e}", cfg.node_id)))?;
+    let block = cfg.encode().map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("config for node {}: {e}", cfg.node_id),
+        )
+    })?;
     let mut f = File::create(path)?;
     f.set_len(bytes)?;
     f.write_all(&block)?;
@@ -24,7 +29,8 @@ pub fn create(path: &Path, cfg: &NodeConfig, bytes: u64) -> io::Result<()> {
 pub fn read_config(path: &Path) -> io::Result<NodeConfig> {
     let mut block = vec![0u8; SECTOR_BYTES];
     File::open(path)?.read_exact(&mut block)?;
-    NodeConfig::decode(&block).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    NodeConfig::decode(&block)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
 /// One valid log record found on an image.
@@ -60,13 +66,16 @@ pub fn scan(path: &Path) -> io::Result<LogScan> {
     let total = f.metadata()?.len() / SECTOR_BYTES as u64;
     let slots = disk::HARD_STATE_SECTORS.map(|s| read_sectors(&mut f, s, 1));
     let [a, b] = slots;
-    let hard_state = HardStateRecord::newest(HardStateRecord::decode(&a?), HardStateRecord::decode(&b?));
+    let hard_state =
+        HardStateRecord::newest(HardStateRecord::decode(&a?), HardStateRecord::decode(&b?));
     let mut records = Vec::new();
     let mut sector = LOG_START_SECTOR;
     let (mut want, mut epoch, mut term) = (1u64, 0u32, 0u64);
     while sector < total {
         let first = read_sectors(&mut f, sector, 1)?;
-        let Ok(h) = RecordHeader::decode(&first) else { break };
+        let Ok(h) = RecordHeader::decode(&first) else {
+            break;
+        };
         if h.index != want || h.epoch < epoch || h.term < term || sector + h.sectors() > total {
             break;
         }
@@ -78,7 +87,10 @@ pub fn scan(path: &Path) -> io::Result<LogScan> {
         (want, epoch, term) = (h.index + 1, h.epoch, h.term);
         sector += h.sectors();
     }
-    Ok(LogScan { records, hard_state })
+    Ok(LogScan {
+        records,
+        hard_state,
+    })
 }
 
 /// Payload size of the simulated torn record (spans two sectors).
@@ -91,7 +103,12 @@ const TORN_PAYLOAD_BYTES: usize = 600;
 pub fn append_torn_record(path: &Path) -> io::Result<u64> {
     let s = scan(path)?;
     let (sector, index, term, epoch) = match s.records.last() {
-        Some(r) => (r.sector + r.header.sectors(), r.header.index + 1, r.header.term, r.header.epoch),
+        Some(r) => (
+            r.sector + r.header.sectors(),
+            r.header.index + 1,
+            r.header.term,
+            r.header.epoch,
+        ),
         None => (LOG_START_SECTOR, 1, 1, 1),
     };
     let mut rec = vec![0u8; disk::record_sectors(TORN_PAYLOAD_BYTES) as usize * SECTOR_BYTES];
@@ -118,12 +135,19 @@ pub fn damage_committed_record(path: &Path) -> io::Result<u64> {
         .iter()
         .rev()
         .find(|r| r.header.index <= commit)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no committed log record to damage"))?;
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no committed log record to damage",
+            )
+        })?;
     let mut f = OpenOptions::new().read(true).write(true).open(path)?;
     let len = disk::RECORD_HEADER_BYTES as u64 + u64::from(last.header.len);
     let keep = len / 2;
     let start = last.sector * SECTOR_BYTES as u64 + keep;
-    let garbage: Vec<u8> = (0..(len - keep) as usize).map(|i| (i as u8).wrapping_mul(151) ^ 0xA5).collect();
+    let garbage: Vec<u8> = (0..(len - keep) as usize)
+        .map(|i| (i as u8).wrapping_mul(151) ^ 0xA5)
+        .collect();
     f.seek(SeekFrom::Start(start))?;
     f.write_all(&garbage)?;
     f.sync_all()?;

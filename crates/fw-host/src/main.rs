@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,11 @@ struct Args {
 const BOOL_FLAGS: &[&str] = &["--keep-disks", "--no-build"];
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { words: Vec::new(), opts: BTreeMap::new(), flags: Vec::new() };
+    let mut a = Args {
+        words: Vec::new(),
+        opts: BTreeMap::new(),
+        flags: Vec::new(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(w) = it.next() {
         if BOOL_FLAGS.contains(&w.as_str()) {
@@ -84,11 +88,18 @@ impl Args {
     fn opt<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
         match self.opts.get(name) {
             None => Ok(default),
-            Some(v) => v.parse().map_err(|_| format!("--{name}: bad value {v:?}").into()),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("--{name}: bad value {v:?}").into()),
         }
     }
     fn dir(&self) -> PathBuf {
-        PathBuf::from(self.opts.get("dir").map(String::as_str).unwrap_or(DEFAULT_DIR))
+        PathBuf::from(
+            self.opts
+                .get("dir")
+                .map(String::as_str)
+                .unwrap_or(DEFAULT_DIR),
+        )
     }
     fn flag(&self, f: &str) -> bool {
         self.flags.iter().any(|x| x == f)
@@ -110,7 +121,13 @@ impl State {
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
-        let mut s = format!("nodes={}\nbase_port={}\nhub_pid={}\nelf={}\n", self.nodes, self.base_port, self.hub_pid, self.elf.display());
+        let mut s = format!(
+            "nodes={}\nbase_port={}\nhub_pid={}\nelf={}\n",
+            self.nodes,
+            self.base_port,
+            self.hub_pid,
+            self.elf.display()
+        );
         for (id, pid) in &self.node_pids {
             s += &format!("node{id}_pid={pid}\n");
         }
@@ -120,10 +137,18 @@ impl State {
 
     fn load(dir: &Path) -> Result<State> {
         let path = Self::path(dir);
-        let text = fs::read_to_string(&path)
-            .map_err(|e| format!("no cluster in {} ({e}); run `metalraft-fw cluster up` first", dir.display()))?;
+        let text = fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "no cluster in {} ({e}); run `metalraft-fw cluster up` first",
+                dir.display()
+            )
+        })?;
         let kv: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
-        let get = |k: &str| kv.get(k).copied().ok_or_else(|| format!("{}: missing {k}", path.display()));
+        let get = |k: &str| {
+            kv.get(k)
+                .copied()
+                .ok_or_else(|| format!("{}: missing {k}", path.display()))
+        };
         let bad = |k: &str| format!("{}: bad {k}", path.display());
         let nodes: u8 = get("nodes")?.parse().map_err(|_| bad("nodes"))?;
         let mut node_pids = BTreeMap::new();
@@ -142,7 +167,14 @@ impl State {
     }
 
     fn spec(&self, dir: &Path) -> Result<ClusterSpec> {
-        Ok(ClusterSpec::new(dir, self.nodes, Ports { base: self.base_port }, &self.elf)?)
+        Ok(ClusterSpec::new(
+            dir,
+            self.nodes,
+            Ports {
+                base: self.base_port,
+            },
+            &self.elf,
+        )?)
     }
 }
 
@@ -150,12 +182,19 @@ impl State {
 /// against killing an unrelated process that reused a recorded pid).
 fn is_ours(pid: u32, marker: &str) -> bool {
     fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
+        .map(|c| {
+            String::from_utf8_lossy(&c)
+                .replace('\0', " ")
+                .contains(marker)
+        })
         .unwrap_or(false)
 }
 
 fn signal(pid: u32, sig: &str) -> Result<()> {
-    let st = Command::new("kill").args([sig, &pid.to_string()]).stderr(Stdio::null()).status()?;
+    let st = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()?;
     if !st.success() {
         return Err(format!("kill {sig} {pid} failed").into());
     }
@@ -181,12 +220,22 @@ fn cluster_up(a: &Args) -> Result<()> {
     let dir = a.dir();
     if let Ok(old) = State::load(&dir) {
         if is_ours(old.hub_pid, "hub") {
-            return Err(format!("a cluster is already running in {} (run `cluster down` first)", dir.display()).into());
+            return Err(format!(
+                "a cluster is already running in {} (run `cluster down` first)",
+                dir.display()
+            )
+            .into());
         }
     }
     let nodes = a.opt("nodes", DEFAULT_NODES)?;
-    let ports = Ports { base: a.opt("base-port", DEFAULT_BASE_PORT)? };
-    let elf = if a.flag("--no-build") { firmware::elf_path() } else { firmware::build()? };
+    let ports = Ports {
+        base: a.opt("base-port", DEFAULT_BASE_PORT)?,
+    };
+    let elf = if a.flag("--no-build") {
+        firmware::elf_path()
+    } else {
+        firmware::build()?
+    };
     let spec = ClusterSpec::new(&dir, nodes, ports, &elf)?;
     spec.check_ports_free()?;
     if a.flag("--keep-disks") && spec.ids().all(|id| spec.image(id).is_file()) {
@@ -196,13 +245,25 @@ fn cluster_up(a: &Args) -> Result<()> {
     }
     let hub_log = fs::File::create(dir.join("hub.log"))?;
     let hub = Command::new(std::env::current_exe()?)
-        .args(["hub", "--base-port", &ports.base.to_string(), "--nodes", &nodes.to_string()])
+        .args([
+            "hub",
+            "--base-port",
+            &ports.base.to_string(),
+            "--nodes",
+            &nodes.to_string(),
+        ])
         .stdin(Stdio::null())
         .stdout(hub_log.try_clone()?)
         .stderr(hub_log)
         .process_group(0)
         .spawn()?;
-    let mut state = State { nodes, base_port: ports.base, hub_pid: hub.id(), node_pids: BTreeMap::new(), elf };
+    let mut state = State {
+        nodes,
+        base_port: ports.base,
+        hub_pid: hub.id(),
+        node_pids: BTreeMap::new(),
+        elf,
+    };
     // The hub must be listening before QEMU sends to it.
     let until = Instant::now() + DOWN_TIMEOUT;
     while UdpSocket::bind(ports.gateway()).is_ok() && Instant::now() < until {
@@ -213,7 +274,10 @@ fn cluster_up(a: &Args) -> Result<()> {
         state.node_pids.insert(id, spawn_node(&spec, id)?);
     }
     state.save(&dir)?;
-    println!("started {nodes} nodes (logs in {}), waiting for a leader...", dir.display());
+    println!(
+        "started {nodes} nodes (logs in {}), waiting for a leader...",
+        dir.display()
+    );
     let mut client = Client::new(ports.gateway(), nodes)?;
     while t0.elapsed() < UP_TIMEOUT {
         for id in spec.ids() {
@@ -226,7 +290,11 @@ fn cluster_up(a: &Args) -> Result<()> {
             }
         }
     }
-    Err(format!("no leader within {UP_TIMEOUT:?}; see {}/node*.log", dir.display()).into())
+    Err(format!(
+        "no leader within {UP_TIMEOUT:?}; see {}/node*.log",
+        dir.display()
+    )
+    .into())
 }
 
 fn cluster_down(a: &Args) -> Result<()> {
@@ -254,12 +322,21 @@ fn node_cmd(a: &Args) -> Result<()> {
     let dir = a.dir();
     let mut state = State::load(&dir)?;
     let spec = state.spec(&dir)?;
-    let id: u8 = a.words.get(2).ok_or("usage: node kill N | start N")?.parse().map_err(|_| "bad node id")?;
+    let id: u8 = a
+        .words
+        .get(2)
+        .ok_or("usage: node kill N | start N")?
+        .parse()
+        .map_err(|_| "bad node id")?;
     if !spec.ids().any(|x| x == id) {
         return Err(format!("no node {id} in this {}-node cluster", state.nodes).into());
     }
     let marker = spec.image(id).display().to_string();
-    let running = state.node_pids.get(&id).filter(|&&p| is_ours(p, &marker)).copied();
+    let running = state
+        .node_pids
+        .get(&id)
+        .filter(|&&p| is_ours(p, &marker))
+        .copied();
     match a.words.get(1).map(String::as_str) {
         Some("kill") => {
             let pid = running.ok_or(format!("node {id} is not running"))?;
@@ -313,7 +390,16 @@ fn print_status(client: &mut Client, nodes: u8) {
 
 fn client_for(a: &Args) -> Result<(Client, u8)> {
     let state = State::load(&a.dir())?;
-    Ok((Client::new(Ports { base: state.base_port }.gateway(), state.nodes)?, state.nodes))
+    Ok((
+        Client::new(
+            Ports {
+                base: state.base_port,
+            }
+            .gateway(),
+            state.nodes,
+        )?,
+        state.nodes,
+    ))
 }
 
 fn fault_cmd(a: &Args) -> Result<()> {
@@ -322,9 +408,17 @@ fn fault_cmd(a: &Args) -> Result<()> {
     FaultCommand::parse(&line, state.nodes)?; // clear errors before sending
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-    sock.send_to(line.as_bytes(), Ports { base: state.base_port }.control())?;
+    sock.send_to(
+        line.as_bytes(),
+        Ports {
+            base: state.base_port,
+        }
+        .control(),
+    )?;
     let mut buf = [0u8; 4096];
-    let n = sock.recv(&mut buf).map_err(|e| format!("hub did not answer: {e}"))?;
+    let n = sock
+        .recv(&mut buf)
+        .map_err(|e| format!("hub did not answer: {e}"))?;
     println!("{}", String::from_utf8_lossy(&buf[..n]));
     Ok(())
 }
@@ -367,24 +461,38 @@ fn run(a: &Args) -> Result<()> {
             println!("hard state: {:?}", scan.hard_state);
             println!("{} valid records", scan.records.len());
             for r in scan.records.iter().rev().take(5).rev() {
-                println!("  index {} term {} epoch {} sector {} len {}", r.header.index, r.header.term, r.header.epoch, r.sector, r.header.len);
+                println!(
+                    "  index {} term {} epoch {} sector {} len {}",
+                    r.header.index, r.header.term, r.header.epoch, r.sector, r.header.len
+                );
             }
         }
         ["disk", "tear", n] => {
             let state = State::load(&a.dir())?;
             let id: u8 = n.parse().map_err(|_| "bad node id")?;
             let spec = state.spec(&a.dir())?;
-            if state.node_pids.get(&id).is_some_and(|&p| is_ours(p, &spec.image(id).display().to_string())) {
+            if state
+                .node_pids
+                .get(&id)
+                .is_some_and(|&p| is_ours(p, &spec.image(id).display().to_string()))
+            {
                 return Err(format!("node {id} is running; `node kill {id}` first").into());
             }
             let index = metalraft_fw::image::append_torn_record(&spec.image(id))?;
             println!("wrote a torn record claiming index {index} after node {id}'s log");
         }
         ["hub"] => {
-            let ports = Ports { base: a.opt("base-port", DEFAULT_BASE_PORT)? };
+            let ports = Ports {
+                base: a.opt("base-port", DEFAULT_BASE_PORT)?,
+            };
             let nodes: u8 = a.opt("nodes", DEFAULT_NODES)?;
             let hub = Hub::start(ports, nodes, u64::from(ports.base))?;
-            eprintln!("hub: switch {} control {} gateway {} for {nodes} nodes", ports.switch(), ports.control(), ports.gateway());
+            eprintln!(
+                "hub: switch {} control {} gateway {} for {nodes} nodes",
+                ports.switch(),
+                ports.control(),
+                ports.gateway()
+            );
             hub.join();
         }
         ["help"] | [] => println!("{USAGE}"),
@@ -403,4 +511,3 @@ fn main() -> ExitCode {
         }
     }
 }
-

@@ -28,17 +28,24 @@ const POLL: Duration = Duration::from_millis(100);
 const STATUS_TIMEOUT: Duration = Duration::from_millis(400);
 
 fn test_dir() -> PathBuf {
-    let base = std::env::var_os("CARGO_TARGET_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     base.join(format!("fw-cluster-{}", std::process::id()))
 }
 
 fn pick_ports(spec_for: impl Fn(Ports) -> ClusterSpec) -> ClusterSpec {
-    if let Some(p) = std::env::var("METALRAFT_FW_TEST_BASE_PORT").ok().and_then(|v| v.parse().ok()) {
+    if let Some(p) = std::env::var("METALRAFT_FW_TEST_BASE_PORT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         return spec_for(Ports { base: p });
     }
     let start = 20000 + (std::process::id() % 500) as u16 * 20;
     for i in 0..50u16 {
-        let spec = spec_for(Ports { base: start.wrapping_add(i * 20).max(20000) });
+        let spec = spec_for(Ports {
+            base: start.wrapping_add(i * 20).max(20000),
+        });
         if spec.check_ports_free().is_ok() {
             return spec;
         }
@@ -52,13 +59,18 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < until, "timed out after {WAIT:?} waiting for {what}");
+        assert!(
+            Instant::now() < until,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
         std::thread::sleep(POLL);
     }
 }
 
 fn statuses(c: &mut Client, ids: &[u8]) -> Vec<Status> {
-    ids.iter().filter_map(|&id| c.status(id, STATUS_TIMEOUT).ok().flatten()).collect()
+    ids.iter()
+        .filter_map(|&id| c.status(id, STATUS_TIMEOUT).ok().flatten())
+        .collect()
 }
 
 /// A leader among `ids` that a majority of the cluster reports.
@@ -82,25 +94,33 @@ fn wait_applied(c: &mut Client, ids: &[u8], index: u64) {
 }
 
 fn leader_commit(c: &mut Client, leader: u8) -> u64 {
-    c.status(leader, STATUS_TIMEOUT).ok().flatten().map_or(0, |s| s.commit)
+    c.status(leader, STATUS_TIMEOUT)
+        .ok()
+        .flatten()
+        .map_or(0, |s| s.commit)
 }
 
 #[test]
 fn five_node_qemu_cluster() {
-    let elf = firmware::build().expect("firmware builds (needs the riscv32imac-unknown-none-elf target)");
+    let elf =
+        firmware::build().expect("firmware builds (needs the riscv32imac-unknown-none-elf target)");
     let dir = test_dir();
     let _ = std::fs::remove_dir_all(&dir);
     let spec = pick_ports(|p| ClusterSpec::new(&dir, NODES, p, &elf).unwrap());
     let ports = spec.ports;
     let t0 = Instant::now();
-    let mut cluster = LocalCluster::start(spec).expect("cluster starts (is qemu-system-riscv32 installed?)");
+    let mut cluster =
+        LocalCluster::start(spec).expect("cluster starts (is qemu-system-riscv32 installed?)");
     let mut c = Client::new(ports.gateway(), NODES).unwrap();
     let ids = all(NODES);
 
     // 1. A leader is elected.
     let leader = wait_for("a leader", || agreed_leader(&mut c, &ids));
     let boot_to_leader = t0.elapsed();
-    eprintln!("MEASURE boot-to-first-leader (host wall, 5 nodes): {:.2}s (node {leader})", boot_to_leader.as_secs_f64());
+    eprintln!(
+        "MEASURE boot-to-first-leader (host wall, 5 nodes): {:.2}s (node {leader})",
+        boot_to_leader.as_secs_f64()
+    );
 
     // Bad client input gets a typed error, not silence or a crash.
     let garbage = [0x01u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x07];
@@ -112,19 +132,32 @@ fn five_node_qemu_cluster() {
     let mut buf = [0u8; 2048];
     let n = sock.recv(&mut buf).expect("a reply to garbage");
     let resp = metalraft_fw_proto::client::Response::decode(&buf[1..n]).unwrap();
-    assert_eq!(resp.reply, Reply::Error(metalraft_fw_proto::client::ErrorCode::BadRequest));
+    assert_eq!(
+        resp.reply,
+        Reply::Error(metalraft_fw_proto::client::ErrorCode::BadRequest)
+    );
 
     // 2. 200 puts commit and read back from every node.
     let t = Instant::now();
     for i in 0..PUTS {
-        c.put(format!("key{i}").as_bytes(), format!("value{i}").as_bytes()).expect("put commits");
+        c.put(format!("key{i}").as_bytes(), format!("value{i}").as_bytes())
+            .expect("put commits");
     }
     let put_secs = t.elapsed().as_secs_f64();
-    eprintln!("MEASURE sequential puts through the gateway: {PUTS} in {put_secs:.2}s = {:.0} commits/s", PUTS as f64 / put_secs);
+    eprintln!(
+        "MEASURE sequential puts through the gateway: {PUTS} in {put_secs:.2}s = {:.0} commits/s",
+        PUTS as f64 / put_secs
+    );
     for &id in &ids {
         for i in (0..PUTS).step_by(7).chain([PUTS - 1]) {
-            let v = c.get_from(id, format!("key{i}").as_bytes()).expect("linearizable read");
-            assert_eq!(v, Some(format!("value{i}").into_bytes()), "node {id} key{i}");
+            let v = c
+                .get_from(id, format!("key{i}").as_bytes())
+                .expect("linearizable read");
+            assert_eq!(
+                v,
+                Some(format!("value{i}").into_bytes()),
+                "node {id} key{i}"
+            );
         }
     }
     let st = statuses(&mut c, &ids);
@@ -132,8 +165,14 @@ fn five_node_qemu_cluster() {
     assert!(st.iter().all(|s| s.keys == PUTS as u64), "{st:?}");
     // Throughput with requests in flight (they overwrite the same keys, so
     // the key count stays PUTS).
-    let pairs: Vec<(Vec<u8>, Vec<u8>)> =
-        (0..PUTS).map(|i| (format!("key{i}").into_bytes(), format!("value{i}").into_bytes())).collect();
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..PUTS)
+        .map(|i| {
+            (
+                format!("key{i}").into_bytes(),
+                format!("value{i}").into_bytes(),
+            )
+        })
+        .collect();
     let t = Instant::now();
     assert_eq!(c.put_pipelined(&pairs, PIPELINE_WINDOW).unwrap(), PUTS);
     let secs = t.elapsed().as_secs_f64();
@@ -143,10 +182,13 @@ fn five_node_qemu_cluster() {
     let leader = wait_for("a leader", || agreed_leader(&mut c, &ids));
     cluster.kill_node(leader).unwrap();
     let rest: Vec<u8> = ids.iter().copied().filter(|&i| i != leader).collect();
-    let new_leader = wait_for("a new leader after kill -9", || agreed_leader(&mut c, &rest).filter(|&l| l != leader));
+    let new_leader = wait_for("a new leader after kill -9", || {
+        agreed_leader(&mut c, &rest).filter(|&l| l != leader)
+    });
     c.leader_hint = Some(new_leader);
     for i in 0..20 {
-        c.put(format!("after-kill{i}").as_bytes(), b"x").expect("writes continue without the old leader");
+        c.put(format!("after-kill{i}").as_bytes(), b"x")
+            .expect("writes continue without the old leader");
     }
 
     // 4. Restart it: it recovers from its own disk and catches up.
@@ -155,34 +197,78 @@ fn five_node_qemu_cluster() {
     wait_applied(&mut c, &[leader], commit);
     let s = c.status(leader, STATUS_TIMEOUT).unwrap().unwrap();
     assert_eq!(s.boots, 2, "restarted from the same disk");
-    assert_eq!(c.get_from(leader, b"after-kill19").unwrap(), Some(b"x".to_vec()));
-    assert_eq!(c.get_from(leader, b"key0").unwrap(), Some(b"value0".to_vec()));
+    assert_eq!(
+        c.get_from(leader, b"after-kill19").unwrap(),
+        Some(b"x".to_vec())
+    );
+    assert_eq!(
+        c.get_from(leader, b"key0").unwrap(),
+        Some(b"value0".to_vec())
+    );
 
     // 5. Minority partition: the side with the leader cannot commit; the
     //    majority elects a leader and can; after healing all converge.
     let old = wait_for("a leader", || agreed_leader(&mut c, &ids));
     let buddy = ids.iter().copied().find(|&i| i != old).unwrap();
     let minority = vec![old, buddy];
-    let majority: Vec<u8> = ids.iter().copied().filter(|i| !minority.contains(i)).collect();
+    let majority: Vec<u8> = ids
+        .iter()
+        .copied()
+        .filter(|i| !minority.contains(i))
+        .collect();
     let groups = FaultCommand::Partition(vec![minority.clone(), majority.clone()]);
     eprintln!("partition: {}", cluster.hub.apply(&groups));
-    let r = c.call(old, Op::Put { key: b"minority".to_vec(), value: b"lost".to_vec() }, Duration::from_secs(3)).unwrap();
-    assert!(!matches!(r.as_ref().map(|r| &r.reply), Some(Reply::Put { .. })), "minority committed: {r:?}");
-    let maj_leader = wait_for("a majority leader", || agreed_leader(&mut c, &majority).filter(|l| majority.contains(l)));
+    let r = c
+        .call(
+            old,
+            Op::Put {
+                key: b"minority".to_vec(),
+                value: b"lost".to_vec(),
+            },
+            Duration::from_secs(3),
+        )
+        .unwrap();
+    assert!(
+        !matches!(r.as_ref().map(|r| &r.reply), Some(Reply::Put { .. })),
+        "minority committed: {r:?}"
+    );
+    let maj_leader = wait_for("a majority leader", || {
+        agreed_leader(&mut c, &majority).filter(|l| majority.contains(l))
+    });
     c.leader_hint = Some(maj_leader);
-    wait_for("a majority write", || match c.call(maj_leader, Op::Put { key: b"majority".to_vec(), value: b"won".to_vec() }, Duration::from_secs(2)) {
-        Ok(Some(r)) => matches!(r.reply, Reply::Put { .. }).then_some(()),
-        _ => None,
+    wait_for("a majority write", || {
+        match c.call(
+            maj_leader,
+            Op::Put {
+                key: b"majority".to_vec(),
+                value: b"won".to_vec(),
+            },
+            Duration::from_secs(2),
+        ) {
+            Ok(Some(r)) => matches!(r.reply, Reply::Put { .. }).then_some(()),
+            _ => None,
+        }
     });
     let st = statuses(&mut c, &minority);
-    assert!(st.iter().all(|s| s.keys == PUTS as u64 + 20), "the minority applied nothing new: {st:?}");
+    assert!(
+        st.iter().all(|s| s.keys == PUTS as u64 + 20),
+        "the minority applied nothing new: {st:?}"
+    );
     eprintln!("heal: {}", cluster.hub.apply(&FaultCommand::Heal));
     let leader = wait_for("a leader after heal", || agreed_leader(&mut c, &ids));
     let commit = leader_commit(&mut c, leader);
     wait_applied(&mut c, &ids, commit);
     for &id in &ids {
-        assert_eq!(c.get_from(id, b"majority").unwrap(), Some(b"won".to_vec()), "node {id}");
-        assert_eq!(c.get_from(id, b"minority").unwrap(), None, "node {id}: uncommitted minority write survived");
+        assert_eq!(
+            c.get_from(id, b"majority").unwrap(),
+            Some(b"won".to_vec()),
+            "node {id}"
+        );
+        assert_eq!(
+            c.get_from(id, b"minority").unwrap(),
+            None,
+            "node {id}: uncommitted minority write survived"
+        );
     }
 
     // 6. A node restarted with a torn log tail (a crash in the middle of
@@ -193,16 +279,30 @@ fn five_node_qemu_cluster() {
     let img = cluster.spec.image(victim);
     let before = image::scan(&img).unwrap().records.len();
     let torn_index = image::append_torn_record(&img).unwrap();
-    assert_eq!(image::scan(&img).unwrap().records.len(), before, "the torn record is not part of the log");
+    assert_eq!(
+        image::scan(&img).unwrap().records.len(),
+        before,
+        "the torn record is not part of the log"
+    );
     c.leader_hint = Some(leader);
     c.put(b"while-torn", b"y").unwrap();
     cluster.start_node(victim).unwrap();
     let commit = leader_commit(&mut c, leader);
     wait_applied(&mut c, &[victim], commit);
     let s = c.status(victim, STATUS_TIMEOUT).unwrap().unwrap();
-    assert_eq!(s.recovered_torn_records, 1, "the torn record claiming index {torn_index} was detected");
-    assert_eq!(c.get_from(victim, b"while-torn").unwrap(), Some(b"y".to_vec()));
-    assert_eq!(c.get_from(victim, format!("key{}", PUTS - 1).as_bytes()).unwrap(), Some(format!("value{}", PUTS - 1).into_bytes()));
+    assert_eq!(
+        s.recovered_torn_records, 1,
+        "the torn record claiming index {torn_index} was detected"
+    );
+    assert_eq!(
+        c.get_from(victim, b"while-torn").unwrap(),
+        Some(b"y".to_vec())
+    );
+    assert_eq!(
+        c.get_from(victim, format!("key{}", PUTS - 1).as_bytes())
+            .unwrap(),
+        Some(format!("value{}", PUTS - 1).into_bytes())
+    );
 
     // 7. Damage below the commit index (flushed, acknowledged data) is not a
     //    torn write: the node refuses to serve rather than vote without
@@ -212,10 +312,17 @@ fn five_node_qemu_cluster() {
     cluster.start_node(victim).unwrap();
     let log = cluster.spec.log(victim);
     wait_for("the damaged node to refuse to start", || {
-        std::fs::read_to_string(&log).ok()?.contains(&format!("log damaged at index {damaged}")).then_some(())
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains(&format!("log damaged at index {damaged}"))
+            .then_some(())
     });
-    assert!(c.status(victim, STATUS_TIMEOUT).unwrap().is_none(), "a damaged node must not serve");
-    c.put(b"after-damage", b"z").expect("the other four nodes carry on");
+    assert!(
+        c.status(victim, STATUS_TIMEOUT).unwrap().is_none(),
+        "a damaged node must not serve"
+    );
+    c.put(b"after-damage", b"z")
+        .expect("the other four nodes carry on");
 
     // Memory: static RAM is in the README (from the ELF); the heap
     // high-water mark is measured here, after the whole workload.
@@ -223,7 +330,10 @@ fn five_node_qemu_cluster() {
     let st = statuses(&mut c, &live);
     let _ = cluster.kill_node(victim);
     let hwm = st.iter().map(|s| s.heap_high_water).max().unwrap();
-    eprintln!("MEASURE heap high-water mark (max over nodes): {hwm} bytes of {}", st[0].heap_size);
+    eprintln!(
+        "MEASURE heap high-water mark (max over nodes): {hwm} bytes of {}",
+        st[0].heap_size
+    );
     assert!(st.iter().all(|s| s.heap_high_water < s.heap_size));
     eprintln!("total test time {:.1}s", t0.elapsed().as_secs_f64());
     drop(cluster);

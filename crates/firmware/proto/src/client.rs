@@ -286,18 +286,39 @@ mod tests {
 
     #[test]
     fn round_trip_and_bounds() {
-        let r = Request { id: 9, op: Op::Put { key: b"k".to_vec(), value: b"v".to_vec() } };
+        let r = Request {
+            id: 9,
+            op: Op::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+        };
         assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         let big = Request {
             id: 1,
-            op: Op::Put { key: b"k".to_vec(), value: alloc::vec![0; MAX_VALUE_BYTES + 1] },
+            op: Op::Put {
+                key: b"k".to_vec(),
+                value: alloc::vec![0; MAX_VALUE_BYTES + 1],
+            },
         };
-        assert_eq!(Request::decode(&big.encode()), Err(DecodeError::OutOfBounds));
-        let empty = Request { id: 1, op: Op::Get { key: Vec::new() } };
-        assert_eq!(Request::decode(&empty.encode()), Err(DecodeError::OutOfBounds));
+        assert_eq!(
+            Request::decode(&big.encode()),
+            Err(DecodeError::OutOfBounds)
+        );
+        let empty = Request {
+            id: 1,
+            op: Op::Get { key: Vec::new() },
+        };
+        assert_eq!(
+            Request::decode(&empty.encode()),
+            Err(DecodeError::OutOfBounds)
+        );
         let max = Request {
             id: u64::MAX,
-            op: Op::Put { key: alloc::vec![1; MAX_KEY_BYTES], value: alloc::vec![2; MAX_VALUE_BYTES] },
+            op: Op::Put {
+                key: alloc::vec![1; MAX_KEY_BYTES],
+                value: alloc::vec![2; MAX_VALUE_BYTES],
+            },
         };
         assert!(max.encode().len() <= MAX_DATAGRAM_BYTES);
     }
@@ -305,7 +326,10 @@ mod tests {
     #[test]
     fn garbage_is_refused_without_panic() {
         assert_eq!(Request::decode(&[]), Err(DecodeError::Empty));
-        assert_eq!(Request::decode(&[9, 0]), Err(DecodeError::UnknownVersion(9)));
+        assert_eq!(
+            Request::decode(&[9, 0]),
+            Err(DecodeError::UnknownVersion(9))
+        );
         let mut seed = 0x1234_5678_u32;
         for len in 1..200 {
             let mut b = alloc::vec![CLIENT_VERSION];
@@ -318,7 +342,11 @@ mod tests {
             let _ = Request::decode(&b);
             let _ = Response::decode(&b);
         }
-        let mut ok = Request { id: 3, op: Op::Status }.encode();
+        let mut ok = Request {
+            id: 3,
+            op: Op::Status,
+        }
+        .encode();
         ok.push(0);
         assert_eq!(Request::decode(&ok), Err(DecodeError::Malformed));
     }

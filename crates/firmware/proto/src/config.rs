@@ -89,9 +89,13 @@ impl fmt::Display for ConfigError {
             ConfigError::BadChecksum => f.write_str("config block checksum mismatch"),
             ConfigError::Malformed => f.write_str("config body malformed"),
             ConfigError::BadNodeId => write!(f, "node id not in 1..={MAX_NODE_ID}"),
-            ConfigError::BadMembers => f.write_str("member list empty, unsorted, duplicated or out of range"),
+            ConfigError::BadMembers => {
+                f.write_str("member list empty, unsorted, duplicated or out of range")
+            }
             ConfigError::NotAMember => f.write_str("node id is not a member"),
-            ConfigError::BadTick => write!(f, "tick period not in {TICK_MS_MIN}..={TICK_MS_MAX} ms"),
+            ConfigError::BadTick => {
+                write!(f, "tick period not in {TICK_MS_MIN}..={TICK_MS_MAX} ms")
+            }
             ConfigError::BadTimeouts => f.write_str("heartbeat/election timeouts inconsistent"),
             ConfigError::TooLarge => f.write_str("config body too large for the block"),
         }
@@ -130,9 +134,12 @@ impl NodeConfig {
     pub fn encode(&self) -> Result<[u8; CONFIG_BLOCK_BYTES], ConfigError> {
         self.validate()?;
         let mut block = [0u8; CONFIG_BLOCK_BYTES];
-        let body = postcard::to_slice(self, &mut block[HEADER_BYTES..HEADER_BYTES + MAX_BODY_BYTES])
-            .map_err(|_| ConfigError::TooLarge)?
-            .len();
+        let body = postcard::to_slice(
+            self,
+            &mut block[HEADER_BYTES..HEADER_BYTES + MAX_BODY_BYTES],
+        )
+        .map_err(|_| ConfigError::TooLarge)?
+        .len();
         block[..MAGIC.len()].copy_from_slice(&MAGIC);
         block[MAGIC.len()] = CONFIG_VERSION;
         // `body <= MAX_BODY_BYTES < u16::MAX`.
@@ -155,7 +162,10 @@ impl NodeConfig {
         if version != CONFIG_VERSION {
             return Err(ConfigError::UnknownVersion(version));
         }
-        let body = usize::from(u16::from_le_bytes([block[MAGIC.len() + 1], block[MAGIC.len() + 2]]));
+        let body = usize::from(u16::from_le_bytes([
+            block[MAGIC.len() + 1],
+            block[MAGIC.len() + 2],
+        ]));
         if body > MAX_BODY_BYTES {
             return Err(ConfigError::BadLength);
         }
@@ -165,8 +175,8 @@ impl NodeConfig {
         if CRC32C.checksum(&block[..end]) != u32::from_le_bytes(crc) {
             return Err(ConfigError::BadChecksum);
         }
-        let (cfg, rest): (NodeConfig, _) =
-            postcard::take_from_bytes(&block[HEADER_BYTES..end]).map_err(|_| ConfigError::Malformed)?;
+        let (cfg, rest): (NodeConfig, _) = postcard::take_from_bytes(&block[HEADER_BYTES..end])
+            .map_err(|_| ConfigError::Malformed)?;
         if !rest.is_empty() {
             return Err(ConfigError::Malformed);
         }

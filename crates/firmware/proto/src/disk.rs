@@ -111,11 +111,21 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 impl RecordHeader {
     /// Encodes a record (header + payload + padding) into `out`, which must
     /// be exactly [`record_sectors`] sectors long.
-    pub fn encode_record(epoch: u32, index: u64, term: u64, payload: &[u8], out: &mut [u8]) -> Result<(), RecordError> {
+    pub fn encode_record(
+        epoch: u32,
+        index: u64,
+        term: u64,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), RecordError> {
         if payload.len() > MAX_RECORD_PAYLOAD_BYTES {
             return Err(RecordError::TooLarge);
         }
-        assert_eq!(out.len() as u64, record_sectors(payload.len()) * SECTOR_BYTES as u64, "record buffer size");
+        assert_eq!(
+            out.len() as u64,
+            record_sectors(payload.len()) * SECTOR_BYTES as u64,
+            "record buffer size"
+        );
         out.fill(0);
         out[0..4].copy_from_slice(&RECORD_MAGIC);
         out[4] = DISK_FORMAT_VERSION;
@@ -210,7 +220,10 @@ impl HardStateRecord {
         let mut s = [0u8; SECTOR_BYTES];
         s[0..4].copy_from_slice(&HARD_STATE_MAGIC);
         s[4] = DISK_FORMAT_VERSION;
-        for (i, v) in [self.seq, self.term, self.vote, self.commit, self.boots].iter().enumerate() {
+        for (i, v) in [self.seq, self.term, self.vote, self.commit, self.boots]
+            .iter()
+            .enumerate()
+        {
             s[5 + 8 * i..13 + 8 * i].copy_from_slice(&v.to_le_bytes());
         }
         let crc = CRC32C.checksum(&s[..HARD_STATE_BYTES - 4]);
@@ -245,7 +258,10 @@ impl HardStateRecord {
     }
 
     /// The newer of two slots, ignoring invalid ones.
-    pub fn newest(a: Result<HardStateRecord, RecordError>, b: Result<HardStateRecord, RecordError>) -> Option<HardStateRecord> {
+    pub fn newest(
+        a: Result<HardStateRecord, RecordError>,
+        b: Result<HardStateRecord, RecordError>,
+    ) -> Option<HardStateRecord> {
         match (a.ok(), b.ok()) {
             (Some(a), Some(b)) => Some(if a.seq >= b.seq { a } else { b }),
             (a, b) => a.or(b),
@@ -263,11 +279,17 @@ mod tests {
         let mut rec = alloc::vec![0u8; record_sectors(600) as usize * SECTOR_BYTES];
         RecordHeader::encode_record(3, 42, 7, &payload, &mut rec).unwrap();
         let h = RecordHeader::decode(&rec).unwrap();
-        assert_eq!((h.epoch, h.index, h.term, h.len, h.sectors()), (3, 42, 7, 600, 2));
+        assert_eq!(
+            (h.epoch, h.index, h.term, h.len, h.sectors()),
+            (3, 42, 7, 600, 2)
+        );
         assert_eq!(h.verify(&rec).unwrap(), &payload[..]);
         let mut torn = rec.clone();
         torn[SECTOR_BYTES..].fill(0); // second sector never reached the disk
-        assert_eq!(RecordHeader::decode(&torn).unwrap().verify(&torn), Err(RecordError::BadChecksum));
+        assert_eq!(
+            RecordHeader::decode(&torn).unwrap().verify(&torn),
+            Err(RecordError::BadChecksum)
+        );
         assert_eq!(RecordHeader::decode(&[0u8; 512]), Err(RecordError::Empty));
         let mut bad = rec.clone();
         bad[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
@@ -276,14 +298,23 @@ mod tests {
 
     #[test]
     fn hard_state_slots() {
-        let a = HardStateRecord { seq: 4, term: 2, vote: 1, commit: 9, boots: 3 };
+        let a = HardStateRecord {
+            seq: 4,
+            term: 2,
+            vote: 1,
+            commit: 9,
+            boots: 3,
+        };
         let b = HardStateRecord { seq: 5, ..a };
         assert_eq!(HardStateRecord::decode(&a.encode()), Ok(a));
         assert_ne!(a.sector(), b.sector());
         let mut torn = b.encode();
         torn[20] ^= 1;
         assert_eq!(
-            HardStateRecord::newest(HardStateRecord::decode(&a.encode()), HardStateRecord::decode(&torn)),
+            HardStateRecord::newest(
+                HardStateRecord::decode(&a.encode()),
+                HardStateRecord::decode(&torn)
+            ),
             Some(a)
         );
     }

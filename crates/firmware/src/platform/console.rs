@@ -21,7 +21,9 @@ impl Write for Uart {
             // SAFETY: UART0 is a device register block at a fixed address on
             // this board; byte accesses are its documented interface.
             unsafe {
-                while core::ptr::read_volatile((UART0_BASE + LSR) as *const u8) & LSR_THR_EMPTY == 0 {}
+                while core::ptr::read_volatile((UART0_BASE + LSR) as *const u8) & LSR_THR_EMPTY == 0
+                {
+                }
                 core::ptr::write_volatile((UART0_BASE + THR) as *mut u8, b);
             }
         }

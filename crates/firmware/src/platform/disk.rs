@@ -62,7 +62,9 @@ impl Disk {
         if len == 0 || len % SECTOR_BYTES != 0 {
             return Err(DiskError::Misaligned);
         }
-        let end = sector.checked_add((len / SECTOR_BYTES) as u64).ok_or(DiskError::OutOfRange)?;
+        let end = sector
+            .checked_add((len / SECTOR_BYTES) as u64)
+            .ok_or(DiskError::OutOfRange)?;
         if end > self.sectors {
             return Err(DiskError::OutOfRange);
         }
@@ -72,14 +74,18 @@ impl Disk {
     /// Reads whole sectors starting at `sector` into `buf`.
     pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.check(sector, buf.len())?;
-        self.blk.read_blocks(sector as usize, buf).map_err(|_| DiskError::Io)
+        self.blk
+            .read_blocks(sector as usize, buf)
+            .map_err(|_| DiskError::Io)
     }
 
     /// Writes whole sectors starting at `sector` (not yet durable: see
     /// [`Disk::flush`]).
     pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), DiskError> {
         self.check(sector, buf.len())?;
-        self.blk.write_blocks(sector as usize, buf).map_err(|_| DiskError::Io)
+        self.blk
+            .write_blocks(sector as usize, buf)
+            .map_err(|_| DiskError::Io)
     }
 
     /// Makes every completed write durable (virtio-blk FLUSH; QEMU

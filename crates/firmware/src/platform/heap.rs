@@ -18,7 +18,10 @@ struct TrackingHeap {
 }
 
 #[global_allocator]
-static HEAP: TrackingHeap = TrackingHeap { inner: LlffHeap::empty(), high_water: AtomicUsize::new(0) };
+static HEAP: TrackingHeap = TrackingHeap {
+    inner: LlffHeap::empty(),
+    high_water: AtomicUsize::new(0),
+};
 
 // SAFETY: delegates to LlffHeap, which is a correct allocator; the wrapper only
 // reads its usage counter afterwards.
@@ -26,7 +29,8 @@ unsafe impl GlobalAlloc for TrackingHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: same contract as ours.
         let p = unsafe { self.inner.alloc(layout) };
-        self.high_water.fetch_max(self.inner.used(), Ordering::Relaxed);
+        self.high_water
+            .fetch_max(self.inner.used(), Ordering::Relaxed);
         p
     }
 
@@ -40,7 +44,10 @@ unsafe impl GlobalAlloc for TrackingHeap {
 pub fn init() {
     static mut ARENA: [u8; HEAP_BYTES] = [0; HEAP_BYTES];
     // SAFETY: called once before any allocation; ARENA is used by nothing else.
-    unsafe { HEAP.inner.init(core::ptr::addr_of_mut!(ARENA) as usize, HEAP_BYTES) }
+    unsafe {
+        HEAP.inner
+            .init(core::ptr::addr_of_mut!(ARENA) as usize, HEAP_BYTES)
+    }
 }
 
 /// Heap bytes in use now.
@@ -52,4 +59,3 @@ pub fn used() -> usize {
 pub fn high_water() -> usize {
     HEAP.high_water.load(Ordering::Relaxed)
 }
-

@@ -43,7 +43,10 @@ impl VirtioNet {
     pub fn new(transport: MmioTransport<'static>) -> Option<VirtioNet> {
         let net = Net::new(transport, RX_BUF_BYTES).ok()?;
         let mac = net.mac_address();
-        Some(VirtioNet { net: RefCell::new(net), mac })
+        Some(VirtioNet {
+            net: RefCell::new(net),
+            mac,
+        })
     }
 
     /// The MAC address QEMU gave the NIC (the host tool sets it from the node id).
@@ -57,7 +60,9 @@ impl VirtioNet {
         while net.can_recv() {
             let buf = net.receive().ok()?;
             let frame = buf.packet();
-            if frame.len() >= ETH_HEADER_BYTES + IPV4_MIN_HEADER_BYTES && frame[12..14] == ETHERTYPE_IPV4 {
+            if frame.len() >= ETH_HEADER_BYTES + IPV4_MIN_HEADER_BYTES
+                && frame[12..14] == ETHERTYPE_IPV4
+            {
                 return Some(buf);
             }
             let _ = net.recycle_rx_buffer(buf);
@@ -104,7 +109,12 @@ impl embassy_net_driver::TxToken for Tx<'_> {
         let r = f(&mut frame[ETH_HEADER_BYTES..]);
         let ip = &frame[ETH_HEADER_BYTES..];
         let dst_mac = if ip.len() >= IPV4_MIN_HEADER_BYTES {
-            let dst = [ip[IPV4_DST_OFFSET], ip[IPV4_DST_OFFSET + 1], ip[IPV4_DST_OFFSET + 2], ip[IPV4_DST_OFFSET + 3]];
+            let dst = [
+                ip[IPV4_DST_OFFSET],
+                ip[IPV4_DST_OFFSET + 1],
+                ip[IPV4_DST_OFFSET + 2],
+                ip[IPV4_DST_OFFSET + 3],
+            ];
             match addr::id_of_ip(dst) {
                 Some(id) if id != 255 => addr::mac(id),
                 _ => [0xff; 6],
@@ -123,18 +133,36 @@ impl embassy_net_driver::TxToken for Tx<'_> {
 }
 
 impl embassy_net_driver::Driver for VirtioNet {
-    type RxToken<'a> = Rx<'a> where Self: 'a;
-    type TxToken<'a> = Tx<'a> where Self: 'a;
+    type RxToken<'a>
+        = Rx<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = Tx<'a>
+    where
+        Self: 'a;
 
     fn receive(&mut self, cx: &mut Context<'_>) -> Option<(Rx<'_>, Tx<'_>)> {
         WAKER.register(cx.waker());
         let buf = self.next_ipv4()?;
-        Some((Rx { net: &self.net, buf: Some(buf) }, Tx { net: &self.net, mac: self.mac }))
+        Some((
+            Rx {
+                net: &self.net,
+                buf: Some(buf),
+            },
+            Tx {
+                net: &self.net,
+                mac: self.mac,
+            },
+        ))
     }
 
     fn transmit(&mut self, cx: &mut Context<'_>) -> Option<Tx<'_>> {
         WAKER.register(cx.waker());
-        self.net.borrow().can_send().then_some(Tx { net: &self.net, mac: self.mac })
+        self.net.borrow().can_send().then_some(Tx {
+            net: &self.net,
+            mac: self.mac,
+        })
     }
 
     fn link_state(&mut self, _cx: &mut Context<'_>) -> LinkState {

@@ -78,12 +78,18 @@ pub fn discover() -> Devices {
     let mut devices = Devices::default();
     for slot in 0..VIRTIO_MMIO_SLOTS {
         let base = VIRTIO_MMIO_BASE + slot * VIRTIO_MMIO_STRIDE;
-        let Some(header) = NonNull::new(base as *mut VirtIOHeader) else { continue };
+        let Some(header) = NonNull::new(base as *mut VirtIOHeader) else {
+            continue;
+        };
         // SAFETY: QEMU `virt` maps a virtio-mmio register block at each slot.
         let Ok(transport) = (unsafe { MmioTransport::new(header, VIRTIO_MMIO_STRIDE) }) else {
             continue; // empty slot
         };
-        let found = Found { base, irq: VIRTIO_FIRST_IRQ + slot as u32, transport };
+        let found = Found {
+            base,
+            irq: VIRTIO_FIRST_IRQ + slot as u32,
+            transport,
+        };
         match found.transport.device_type() {
             DeviceType::Network if devices.net.is_none() => devices.net = Some(found),
             DeviceType::Block if devices.blk.is_none() => devices.blk = Some(found),

@@ -37,16 +37,26 @@ fn lan_id(ep: &IpEndpoint) -> Option<u8> {
 
 fn peer_endpoint(id: u8, port: u16) -> IpEndpoint {
     let ip = addr::ip(id);
-    IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::new(ip[0], ip[1], ip[2], ip[3])), port)
+    IpEndpoint::new(
+        IpAddress::Ipv4(Ipv4Address::new(ip[0], ip[1], ip[2], ip[3])),
+        port,
+    )
 }
 
-async fn flush_outbox(out: &mut Outbox, raft: &mut UdpSocket<'_>, clients: &mut UdpSocket<'_>, buf: &mut [u8; MAX_DATAGRAM_BYTES]) {
+async fn flush_outbox(
+    out: &mut Outbox,
+    raft: &mut UdpSocket<'_>,
+    clients: &mut UdpSocket<'_>,
+    buf: &mut [u8; MAX_DATAGRAM_BYTES],
+) {
     for (to, msg) in out.peers.drain(..) {
         match wire::encode(&msg, buf) {
             // A send error (no route, buffer trouble) is a lost datagram:
             // Raft retransmits.
             Ok(bytes) => {
-                let _ = raft.send_to(bytes, peer_endpoint(to, addr::RAFT_PORT)).await;
+                let _ = raft
+                    .send_to(bytes, peer_endpoint(to, addr::RAFT_PORT))
+                    .await;
             }
             Err(e) => warn!("message to {} not sent: {}", to, e),
         }
@@ -63,12 +73,24 @@ pub async fn raft_task(stack: Stack<'static>, mut replica: Replica, tick: Durati
     let mut raft_tx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
     let mut raft_rx = [0u8; RAFT_SOCKET_BYTES];
     let mut raft_tx = [0u8; RAFT_SOCKET_BYTES];
-    let mut raft = UdpSocket::new(stack, &mut raft_rx_meta, &mut raft_rx, &mut raft_tx_meta, &mut raft_tx);
+    let mut raft = UdpSocket::new(
+        stack,
+        &mut raft_rx_meta,
+        &mut raft_rx,
+        &mut raft_tx_meta,
+        &mut raft_tx,
+    );
     let mut cl_rx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
     let mut cl_tx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
     let mut cl_rx = [0u8; CLIENT_SOCKET_BYTES];
     let mut cl_tx = [0u8; CLIENT_SOCKET_BYTES];
-    let mut clients = UdpSocket::new(stack, &mut cl_rx_meta, &mut cl_rx, &mut cl_tx_meta, &mut cl_tx);
+    let mut clients = UdpSocket::new(
+        stack,
+        &mut cl_rx_meta,
+        &mut cl_rx,
+        &mut cl_tx_meta,
+        &mut cl_tx,
+    );
     if raft.bind(addr::RAFT_PORT).is_err() || clients.bind(addr::CLIENT_PORT).is_err() {
         error!("cannot bind the Raft and client ports");
         crate::halt();
@@ -80,12 +102,22 @@ pub async fn raft_task(stack: Stack<'static>, mut replica: Replica, tick: Durati
     let mut out = Outbox::default();
     let mut next_tick = Instant::now() + tick;
     loop {
-        match select3(raft.recv_from(&mut rbuf), clients.recv_from(&mut cbuf), Timer::at(next_tick)).await {
+        match select3(
+            raft.recv_from(&mut rbuf),
+            clients.recv_from(&mut cbuf),
+            Timer::at(next_tick),
+        )
+        .await
+        {
             Either3::First(Ok((n, meta))) => match lan_id(&meta.endpoint) {
-                Some(src) if meta.endpoint.port == addr::RAFT_PORT => replica.on_peer_datagram(&rbuf[..n], src),
+                Some(src) if meta.endpoint.port == addr::RAFT_PORT => {
+                    replica.on_peer_datagram(&rbuf[..n], src)
+                }
                 _ => replica.on_peer_datagram(&[], 0), // counted as garbage
             },
-            Either3::Second(Ok((n, meta))) => replica.on_client_datagram(&cbuf[..n], meta.endpoint, &mut out),
+            Either3::Second(Ok((n, meta))) => {
+                replica.on_client_datagram(&cbuf[..n], meta.endpoint, &mut out)
+            }
             // Truncated datagrams (larger than our buffer) are garbage.
             Either3::First(Err(_)) => replica.on_peer_datagram(&[], 0),
             Either3::Second(Err(_)) => {}
@@ -111,7 +143,9 @@ pub async fn raft_task(stack: Stack<'static>, mut replica: Replica, tick: Durati
             }
             if let Poll::Ready(Ok((n, meta))) = poll_once(raft.recv_from(&mut rbuf)) {
                 match lan_id(&meta.endpoint) {
-                    Some(src) if meta.endpoint.port == addr::RAFT_PORT => replica.on_peer_datagram(&rbuf[..n], src),
+                    Some(src) if meta.endpoint.port == addr::RAFT_PORT => {
+                        replica.on_peer_datagram(&rbuf[..n], src)
+                    }
                     _ => replica.on_peer_datagram(&[], 0),
                 }
                 progressed = true;

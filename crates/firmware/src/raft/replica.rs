@@ -93,13 +93,24 @@ fn role(r: CoreRole) -> client::Role {
 }
 
 fn respond(out: &mut Outbox, client: IpEndpoint, id: u64, me: u8, reply: Reply) {
-    out.clients.push((client, Response { id, node: me, reply }));
+    out.clients.push((
+        client,
+        Response {
+            id,
+            node: me,
+            reply,
+        },
+    ));
 }
 
 impl Replica {
     /// Builds the replica over a recovered log. The store is rebuilt by
     /// re-applying the committed log (applied index 0).
-    pub fn new(cfg: &NodeConfig, log: DiskLog, recovered: Recovered) -> Result<Replica, metalraft_core::ConfigError> {
+    pub fn new(
+        cfg: &NodeConfig,
+        log: DiskLog,
+        recovered: Recovered,
+    ) -> Result<Replica, metalraft_core::ConfigError> {
         let node = Node::new(core_config(cfg), log, 0)?;
         Ok(Replica {
             node,
@@ -138,7 +149,10 @@ impl Replica {
             Err(e) => {
                 self.counters.bad_datagrams += 1;
                 if self.counters.bad_datagrams.is_power_of_two() {
-                    warn!("peer datagram from {} refused: {} ({} so far)", source, e, self.counters.bad_datagrams);
+                    warn!(
+                        "peer datagram from {} refused: {} ({} so far)",
+                        source, e, self.counters.bad_datagrams
+                    );
                 }
             }
         }
@@ -156,7 +170,13 @@ impl Replica {
         };
         let Request { id, op } = req;
         if self.failed.is_some() && op != Op::Status {
-            respond(out, client, id, self.me, Reply::Error(ErrorCode::StorageFailed));
+            respond(
+                out,
+                client,
+                id,
+                self.me,
+                Reply::Error(ErrorCode::StorageFailed),
+            );
             return;
         }
         match op {
@@ -165,11 +185,18 @@ impl Replica {
                 respond(out, client, id, self.me, Reply::Status(s));
             }
             Op::Put { key, value } => {
-                let cmd = Command::Put(PutRequest { key, value, ..PutRequest::default() });
+                let cmd = Command::Put(PutRequest {
+                    key,
+                    value,
+                    ..PutRequest::default()
+                });
                 self.propose(cmd, client, id, out);
             }
             Op::Delete { key } => {
-                let cmd = Command::DeleteRange(DeleteRangeRequest { key, ..DeleteRangeRequest::default() });
+                let cmd = Command::DeleteRange(DeleteRangeRequest {
+                    key,
+                    ..DeleteRangeRequest::default()
+                });
                 self.propose(cmd, client, id, out);
             }
             Op::Get { key } => self.read(key, client, id, out),
@@ -182,14 +209,24 @@ impl Replica {
 
     fn propose(&mut self, cmd: Command, client: IpEndpoint, id: u64, out: &mut Outbox) {
         if self.node.role() != CoreRole::Leader {
-            respond(out, client, id, self.me, Reply::NotLeader { leader: self.leader_id() });
+            respond(
+                out,
+                client,
+                id,
+                self.me,
+                Reply::NotLeader {
+                    leader: self.leader_id(),
+                },
+            );
             return;
         }
         if self.writes.len() >= MAX_PENDING_WRITES {
             respond(out, client, id, self.me, Reply::Error(ErrorCode::Busy));
             return;
         }
-        if self.node.storage().last() as usize + self.writes.len() >= crate::storage::MAX_LOG_ENTRIES - 1 {
+        if self.node.storage().last() as usize + self.writes.len()
+            >= crate::storage::MAX_LOG_ENTRIES - 1
+        {
             respond(out, client, id, self.me, Reply::Error(ErrorCode::LogFull));
             return;
         }
@@ -202,7 +239,13 @@ impl Replica {
                 let leader = leader.and_then(|l| u8::try_from(l).ok());
                 respond(out, client, id, self.me, Reply::NotLeader { leader });
             }
-            Err(ProposeError::Failed) => respond(out, client, id, self.me, Reply::Error(ErrorCode::StorageFailed)),
+            Err(ProposeError::Failed) => respond(
+                out,
+                client,
+                id,
+                self.me,
+                Reply::Error(ErrorCode::StorageFailed),
+            ),
             Err(_) => respond(out, client, id, self.me, Reply::Error(ErrorCode::Busy)),
         }
     }
@@ -218,7 +261,13 @@ impl Replica {
             Ok(()) => {
                 self.reads.insert(ctx, PendingRead { client, id, key });
             }
-            Err(_) => respond(out, client, id, self.me, Reply::Error(ErrorCode::ReadFailed)),
+            Err(_) => respond(
+                out,
+                client,
+                id,
+                self.me,
+                Reply::Error(ErrorCode::ReadFailed),
+            ),
         }
     }
 
@@ -235,7 +284,13 @@ impl Replica {
 
     fn fail_writes(&mut self, out: &mut Outbox) {
         for (_, w) in core::mem::take(&mut self.writes) {
-            respond(out, w.client, w.id, self.me, Reply::Error(ErrorCode::LeadershipLost));
+            respond(
+                out,
+                w.client,
+                w.id,
+                self.me,
+                Reply::Error(ErrorCode::LeadershipLost),
+            );
         }
     }
 
@@ -249,13 +304,20 @@ impl Replica {
             },
             _ => self.kv.mark_applied(index).err().map(Err),
         };
-        let Some(w) = self.writes.remove(&index) else { return };
+        let Some(w) = self.writes.remove(&index) else {
+            return;
+        };
         let reply = if w.term != term {
             Reply::Error(ErrorCode::LeadershipLost)
         } else {
             match result {
-                Some(Ok(CommandResult::Put(p))) => Reply::Put { revision: p.header.revision },
-                Some(Ok(CommandResult::DeleteRange(d))) => Reply::Delete { deleted: d.deleted, revision: d.header.revision },
+                Some(Ok(CommandResult::Put(p))) => Reply::Put {
+                    revision: p.header.revision,
+                },
+                Some(Ok(CommandResult::DeleteRange(d))) => Reply::Delete {
+                    deleted: d.deleted,
+                    revision: d.header.revision,
+                },
                 _ => Reply::Error(ErrorCode::Rejected),
             }
         };
@@ -304,10 +366,18 @@ impl Replica {
             self.apply(e.index, e.term, &e.data, out);
         }
         for rs in rd.take_read_states() {
-            let Some(r) = self.reads.remove(&rs.ctx) else { continue };
+            let Some(r) = self.reads.remove(&rs.ctx) else {
+                continue;
+            };
             match rs.result {
                 Ok(index) => self.awaiting_apply.push((index, r)),
-                Err(_) => respond(out, r.client, r.id, self.me, Reply::Error(ErrorCode::ReadFailed)),
+                Err(_) => respond(
+                    out,
+                    r.client,
+                    r.id,
+                    self.me,
+                    Reply::Error(ErrorCode::ReadFailed),
+                ),
             }
         }
         self.answer_applied_reads(out);
@@ -317,7 +387,9 @@ impl Replica {
     /// Carries out the kept persistence batch (write + flush) and
     /// acknowledges it, which releases the messages that promised it.
     pub fn sync(&mut self, out: &mut Outbox) {
-        let Some(p) = self.unsynced.take() else { return };
+        let Some(p) = self.unsynced.take() else {
+            return;
+        };
         if let Err(e) = self.node.storage_mut().persist(&p) {
             self.stop(e, out);
             return;
@@ -330,8 +402,9 @@ impl Replica {
 
     fn answer_applied_reads(&mut self, out: &mut Outbox) {
         let applied = self.kv.applied_index();
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            core::mem::take(&mut self.awaiting_apply).into_iter().partition(|(i, _)| *i <= applied);
+        let (ready, waiting): (Vec<_>, Vec<_>) = core::mem::take(&mut self.awaiting_apply)
+            .into_iter()
+            .partition(|(i, _)| *i <= applied);
         self.awaiting_apply = waiting;
         for (_, r) in ready {
             self.answer_read(r, out);

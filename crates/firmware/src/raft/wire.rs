@@ -19,7 +19,8 @@ use metalraft_fw_proto::addr::MAX_DATAGRAM_BYTES;
 /// Version byte of the peer protocol.
 pub const RAFT_WIRE_VERSION: u8 = 1;
 /// Worst transient allocation of decoding one datagram.
-pub const DECODE_ALLOC_BOUND_BYTES: usize = MAX_DATAGRAM_BYTES * core::mem::size_of::<Entry<Vec<u8>>>();
+pub const DECODE_ALLOC_BOUND_BYTES: usize =
+    MAX_DATAGRAM_BYTES * core::mem::size_of::<Entry<Vec<u8>>>();
 
 const _: () = assert!(DECODE_ALLOC_BOUND_BYTES < crate::platform::heap::HEAP_BYTES / 3);
 
@@ -54,19 +55,30 @@ impl fmt::Display for WireError {
 }
 
 /// Encodes `msg` into `buf`; returns the datagram.
-pub fn encode<'b>(msg: &Message<Vec<u8>>, buf: &'b mut [u8; MAX_DATAGRAM_BYTES]) -> Result<&'b [u8], WireError> {
+pub fn encode<'b>(
+    msg: &Message<Vec<u8>>,
+    buf: &'b mut [u8; MAX_DATAGRAM_BYTES],
+) -> Result<&'b [u8], WireError> {
     buf[0] = RAFT_WIRE_VERSION;
-    let n = postcard::to_slice(msg, &mut buf[1..]).map_err(|_| WireError::TooLarge)?.len();
+    let n = postcard::to_slice(msg, &mut buf[1..])
+        .map_err(|_| WireError::TooLarge)?
+        .len();
     Ok(&buf[..1 + n])
 }
 
 /// Decodes a datagram received by node `me` from LAN id `source`.
-pub fn decode(bytes: &[u8], me: NodeId, source: u8, members: &[u8]) -> Result<Message<Vec<u8>>, WireError> {
+pub fn decode(
+    bytes: &[u8],
+    me: NodeId,
+    source: u8,
+    members: &[u8],
+) -> Result<Message<Vec<u8>>, WireError> {
     let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
     if version != RAFT_WIRE_VERSION {
         return Err(WireError::UnknownVersion(version));
     }
-    let (msg, rest): (Message<Vec<u8>>, _) = postcard::take_from_bytes(body).map_err(|_| WireError::Malformed)?;
+    let (msg, rest): (Message<Vec<u8>>, _) =
+        postcard::take_from_bytes(body).map_err(|_| WireError::Malformed)?;
     if !rest.is_empty() {
         return Err(WireError::Malformed);
     }

@@ -21,7 +21,8 @@ use core::cell::RefCell;
 use core::fmt;
 
 use metalraft_core::{
-    ConfState, Entry, EntryData, HardState, Index, InitialState, LogStorage, Persist, StorageError, Term,
+    ConfState, Entry, EntryData, HardState, Index, InitialState, LogStorage, Persist, StorageError,
+    Term,
 };
 use metalraft_fw_proto::disk::{record_sectors, HardStateRecord, RecordHeader, SECTOR_BYTES};
 
@@ -122,7 +123,10 @@ impl DiskLog {
     }
 
     fn write_hard_state(&mut self, hs: HardStateRecord, sync: bool) -> Result<(), StoreError> {
-        let rec = HardStateRecord { seq: self.hard.seq + 1, ..hs };
+        let rec = HardStateRecord {
+            seq: self.hard.seq + 1,
+            ..hs
+        };
         let mut disk = self.disk.borrow_mut();
         disk.write(rec.sector(), &rec.encode())?;
         if sync {
@@ -147,7 +151,10 @@ impl DiskLog {
             .map_err(|_| StoreError::EntryTooLarge)?;
         self.disk.borrow_mut().write(self.next_sector, &rec)?;
         // Checked above: next_sector fits in u32.
-        self.slots.push(Slot { term: e.term, sector: self.next_sector as u32 });
+        self.slots.push(Slot {
+            term: e.term,
+            sector: self.next_sector as u32,
+        });
         self.next_sector += sectors;
         Ok(())
     }
@@ -204,19 +211,29 @@ impl DiskLog {
     }
 
     fn read_entry(&self, index: Index) -> Result<Entry<Vec<u8>>, StorageError> {
-        let slot = *self.slots.get((index as usize).wrapping_sub(1)).ok_or(StorageError::Unavailable)?;
+        let slot = *self
+            .slots
+            .get((index as usize).wrapping_sub(1))
+            .ok_or(StorageError::Unavailable)?;
         let mut disk = self.disk.borrow_mut();
         let mut first = [0u8; SECTOR_BYTES];
-        disk.read(u64::from(slot.sector), &mut first).map_err(|_| StorageError::Io)?;
+        disk.read(u64::from(slot.sector), &mut first)
+            .map_err(|_| StorageError::Io)?;
         let h = RecordHeader::decode(&first).map_err(|_| StorageError::Io)?;
         if h.index != index || h.term != slot.term {
             return Err(StorageError::Io);
         }
         let mut rec = vec![0u8; h.sectors() as usize * SECTOR_BYTES];
-        disk.read(u64::from(slot.sector), &mut rec).map_err(|_| StorageError::Io)?;
+        disk.read(u64::from(slot.sector), &mut rec)
+            .map_err(|_| StorageError::Io)?;
         let payload = h.verify(&rec).map_err(|_| StorageError::Io)?;
-        let data: EntryData<Vec<u8>> = postcard::from_bytes(payload).map_err(|_| StorageError::Io)?;
-        Ok(Entry { term: h.term, index, data })
+        let data: EntryData<Vec<u8>> =
+            postcard::from_bytes(payload).map_err(|_| StorageError::Io)?;
+        Ok(Entry {
+            term: h.term,
+            index,
+            data,
+        })
     }
 }
 
@@ -233,7 +250,12 @@ impl LogStorage<Vec<u8>> for DiskLog {
         })
     }
 
-    fn entries(&self, lo: Index, hi: Index, max_bytes: usize) -> Result<Vec<Entry<Vec<u8>>>, StorageError> {
+    fn entries(
+        &self,
+        lo: Index,
+        hi: Index,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry<Vec<u8>>>, StorageError> {
         if lo == 0 {
             return Err(StorageError::Compacted);
         }
@@ -257,7 +279,10 @@ impl LogStorage<Vec<u8>> for DiskLog {
         if index == 0 {
             return Ok(0);
         }
-        self.slots.get(index as usize - 1).map(|s| s.term).ok_or(StorageError::Unavailable)
+        self.slots
+            .get(index as usize - 1)
+            .map(|s| s.term)
+            .ok_or(StorageError::Unavailable)
     }
 
     fn first_index(&self) -> Result<Index, StorageError> {

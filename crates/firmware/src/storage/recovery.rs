@@ -9,7 +9,9 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use metalraft_core::{bootstrap_entry, bootstrap_hard_state, Entry};
-use metalraft_fw_proto::disk::{HardStateRecord, RecordHeader, HARD_STATE_SECTORS, LOG_START_SECTOR, SECTOR_BYTES};
+use metalraft_fw_proto::disk::{
+    HardStateRecord, RecordHeader, HARD_STATE_SECTORS, LOG_START_SECTOR, SECTOR_BYTES,
+};
 
 use super::{DiskLog, Slot, StoreError, MAX_LOG_ENTRIES};
 use crate::platform::disk::Disk;
@@ -30,7 +32,10 @@ fn read_hard_state(disk: &mut Disk) -> Result<Option<HardStateRecord>, StoreErro
     for (buf, sector) in slots.iter_mut().zip(HARD_STATE_SECTORS) {
         disk.read(sector, buf)?;
     }
-    Ok(HardStateRecord::newest(HardStateRecord::decode(&slots[0]), HardStateRecord::decode(&slots[1])))
+    Ok(HardStateRecord::newest(
+        HardStateRecord::decode(&slots[0]),
+        HardStateRecord::decode(&slots[1]),
+    ))
 }
 
 /// Scans the record chain. Returns the slots, the next free sector, the
@@ -46,7 +51,9 @@ fn scan(disk: &mut Disk) -> Result<(Vec<Slot>, u64, u32, bool), StoreError> {
         disk.read(sector, &mut first)?;
         let h = match RecordHeader::decode(&first) {
             Ok(h) => h,
-            Err(metalraft_fw_proto::disk::RecordError::Empty) => return Ok((slots, sector, epoch, false)),
+            Err(metalraft_fw_proto::disk::RecordError::Empty) => {
+                return Ok((slots, sector, epoch, false))
+            }
             Err(_) => return Ok((slots, sector, epoch, true)),
         };
         if sector + h.sectors() > disk.sectors() {
@@ -64,7 +71,10 @@ fn scan(disk: &mut Disk) -> Result<(Vec<Slot>, u64, u32, bool), StoreError> {
         if h.index != next_index || h.epoch < epoch || h.term < term {
             return Ok((slots, sector, epoch, false));
         }
-        slots.push(Slot { term: h.term, sector: sector as u32 });
+        slots.push(Slot {
+            term: h.term,
+            sector: sector as u32,
+        });
         (epoch, term) = (h.epoch, h.term);
         sector += h.sectors();
     }
@@ -73,7 +83,11 @@ fn scan(disk: &mut Disk) -> Result<(Vec<Slot>, u64, u32, bool), StoreError> {
 pub(super) fn open(mut disk: Disk, members: &[u64]) -> Result<(DiskLog, Recovered), StoreError> {
     let hard = read_hard_state(&mut disk)?;
     let (slots, next_sector, epoch, torn) = scan(&mut disk)?;
-    let mut rec = Recovered { entries: slots.len() as u64, torn_records: u64::from(torn), ..Recovered::default() };
+    let mut rec = Recovered {
+        entries: slots.len() as u64,
+        torn_records: u64::from(torn),
+        ..Recovered::default()
+    };
     let mut log = DiskLog {
         disk: RefCell::new(disk),
         slots,
@@ -87,7 +101,13 @@ pub(super) fn open(mut disk: Disk, members: &[u64]) -> Result<(DiskLog, Recovere
         let entry: Entry<Vec<u8>> = bootstrap_entry(members);
         log.append_record(&entry)?;
         let hs = bootstrap_hard_state();
-        log.hard = HardStateRecord { seq: 0, term: hs.term, vote: 0, commit: hs.commit, boots: 0 };
+        log.hard = HardStateRecord {
+            seq: 0,
+            term: hs.term,
+            vote: 0,
+            commit: hs.commit,
+            boots: 0,
+        };
         rec.bootstrapped = true;
     }
     let mut next = log.hard;
@@ -96,7 +116,10 @@ pub(super) fn open(mut disk: Disk, members: &[u64]) -> Result<(DiskLog, Recovere
         // damage, not a torn write (a torn write only loses what was never
         // flushed, hence never acknowledged). Serving on would let this node
         // vote or ack without data it promised to keep, so stop instead.
-        return Err(StoreError::CorruptBelowCommit { index: log.last() + 1, commit: next.commit });
+        return Err(StoreError::CorruptBelowCommit {
+            index: log.last() + 1,
+            commit: next.commit,
+        });
     }
     next.boots += 1;
     log.disk.borrow_mut().flush()?;
