@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use metalraft_core::{
     ConfChange, ConfChangeError, ConfState, Entry, EntryData, Message, Node, ReadError, Role,
-    TransferError,
+    SnapshotChunk, SnapshotInstall, SnapshotMeta, TransferError,
 };
 use metalraft_kv as kv;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -34,6 +34,11 @@ pub const INPUT_QUEUE_CAPACITY: usize = 16 * 1024;
 pub const MAX_INPUTS_PER_ROUND: usize = 4096;
 /// Most proposals waiting for their entry to apply.
 pub const MAX_PENDING_PROPOSALS: usize = 64 * 1024;
+/// Log entries kept behind a snapshot for followers that lag a little
+/// (etcd's `SnapshotCatchUpEntries`), capped by `--snapshot-count`.
+pub const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5000;
+/// Largest snapshot accepted from a leader.
+pub const MAX_INCOMING_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024 * 1024;
 
 /// The Raft node as the server instantiates it.
 pub type RaftNode = Node<Vec<u8>, SharedLog>;
@@ -225,6 +230,7 @@ pub struct RaftLoop {
     was_member: bool,
     next_seq: u64,
     reads: HashMap<u64, oneshot::Sender<Result<u64, EtcdError>>>,
+    incoming: Option<(SnapshotMeta, Vec<u8>)>,
     next_read: u64,
     tick: Duration,
     snapshot_count: u64,
@@ -324,6 +330,7 @@ impl RaftLoop {
             was_member,
             next_seq: 1,
             reads: HashMap::new(),
+            incoming: None,
             next_read: 1,
             tick: p.tick,
             snapshot_count: p.snapshot_count,
@@ -367,6 +374,11 @@ impl RaftLoop {
                             }
                         }
                         if let Some(e) = failed { break Err(e); }
+                    }
+                    Some(WriterEvent::SnapshotSaved { meta, data, compact_to }) => {
+                        let log = self.node.storage();
+                        log.set_snapshot(meta, data);
+                        log.compact_to(compact_to);
                     }
                     Some(WriterEvent::Fatal(e)) => break Err(format!("storage failed: {e}")),
                     None => break Err("the WAL writer stopped".to_string()),
@@ -509,7 +521,14 @@ impl RaftLoop {
                 }
             }
             self.transport.send(rd.take_messages());
+            for chunk in rd.take_snapshot_chunks() {
+                self.receive_chunk(chunk)?;
+            }
             if let Some(mut p) = rd.take_persist() {
+                let install = match p.snapshot().cloned() {
+                    Some(inst) => Some(Box::new(self.install_snapshot(inst)?)),
+                    None => None,
+                };
                 let batch = WriteBatch {
                     entries: p.take_entries(),
                     hard_state: p.hard_state(),
@@ -519,6 +538,7 @@ impl RaftLoop {
                     batch,
                     sync,
                     token: p.into_token(),
+                    install,
                 };
                 self.writer
                     .send(job)
@@ -615,7 +635,14 @@ impl RaftLoop {
         self.status.applied = kv.applied_index();
         if self.status.applied >= self.last_snapshot_index + self.snapshot_count {
             let index = self.status.applied;
-            let term = self.node.storage().term_of(index).unwrap_or(0);
+            let meta = match self.node.snapshot_created(index) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(index, error = %e, "the core refused a snapshot");
+                    self.last_snapshot_index = index;
+                    return Ok(());
+                }
+            };
             let data = SnapshotData {
                 members: self.registry.members(),
                 removed: self.registry.removed(),
@@ -623,18 +650,101 @@ impl RaftLoop {
             };
             let snap = Snapshot {
                 index,
-                term,
-                conf_state: self.node.conf_state().clone(),
+                term: meta.term,
+                conf_state: meta.conf_state.clone(),
                 data: data.encode(),
             };
             drop(kv);
             self.last_snapshot_index = index;
             self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+            // Keep some entries so a slightly lagging follower catches up from
+            // the log rather than needing the whole snapshot.
+            let keep = SNAPSHOT_CATCH_UP_ENTRIES.min(self.snapshot_count);
+            let purge_below = index.saturating_sub(keep) + 1;
             self.writer
-                .send(WriteJob::Snapshot(snap))
+                .send(WriteJob::Snapshot {
+                    snap,
+                    meta,
+                    purge_below,
+                })
                 .map_err(|_| "the WAL writer stopped".to_string())?;
         }
         Ok(())
+    }
+
+    /// Collects the chunks of a snapshot the leader is sending.
+    fn receive_chunk(&mut self, chunk: SnapshotChunk) -> Result<(), String> {
+        if chunk.offset == 0 {
+            self.incoming = Some((chunk.meta.clone(), Vec::new()));
+        }
+        let Some((meta, buf)) = self.incoming.as_mut() else {
+            tracing::warn!(
+                offset = chunk.offset,
+                "snapshot chunk without its start dropped"
+            );
+            return Ok(());
+        };
+        if *meta != chunk.meta || buf.len() as u64 != chunk.offset {
+            tracing::warn!(offset = chunk.offset, "out-of-order snapshot chunk dropped");
+            return Ok(());
+        }
+        if buf.len() + chunk.data.len() > MAX_INCOMING_SNAPSHOT_BYTES {
+            return Err(format!(
+                "incoming snapshot exceeds {MAX_INCOMING_SNAPSHOT_BYTES} bytes"
+            ));
+        }
+        buf.extend_from_slice(&chunk.data);
+        Ok(())
+    }
+
+    /// Restores the state machine and registry from a received snapshot and
+    /// returns what the writer must make durable before the batch.
+    fn install_snapshot(
+        &mut self,
+        install: SnapshotInstall,
+    ) -> Result<(Snapshot, SnapshotInstall), String> {
+        let meta = install.meta.clone();
+        let data = match self.incoming.take() {
+            Some((m, data)) if m == meta => data,
+            _ => {
+                return Err(format!(
+                    "asked to install snapshot {} without having received it",
+                    meta.index
+                ))
+            }
+        };
+        let decoded = SnapshotData::decode(&data)
+            .map_err(|e| format!("snapshot {} from the leader: {e}", meta.index))?;
+        let store = kv::KvStore::restore(&decoded.kv)
+            .map_err(|e| format!("snapshot {} from the leader: {e}", meta.index))?;
+        {
+            let mut kv = self
+                .kv
+                .write()
+                .map_err(|_| "state machine lock poisoned".to_string())?;
+            *kv = store;
+        }
+        self.registry
+            .replace(decoded.members.clone(), decoded.removed);
+        for (id, urls) in &decoded.members {
+            if let Some(Ok(url)) = urls.first().map(|u| url::Url::parse(u)) {
+                self.transport.add_peer(*id, url);
+            }
+        }
+        self.status.applied = meta.index;
+        self.last_snapshot_index = meta.index;
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            "restored state machine from the leader's snapshot"
+        );
+        let snap = Snapshot {
+            index: meta.index,
+            term: meta.term,
+            conf_state: meta.conf_state.clone(),
+            data,
+        };
+        Ok((snap, install))
     }
 
     fn apply_registry(&mut self, op: &RegistryOp) {

@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metalraft_core::PersistToken;
+use metalraft_core::{PersistToken, SnapshotInstall, SnapshotMeta};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::storage::{Snapshot, Storage, StorageError, WriteBatch};
@@ -30,15 +30,34 @@ pub enum WriteJob {
         sync: bool,
         /// The core's token, returned once durable.
         token: PersistToken,
+        /// A snapshot received from the leader, to install before the batch.
+        install: Option<Box<(Snapshot, SnapshotInstall)>>,
     },
-    /// A state-machine snapshot to save.
-    Snapshot(Snapshot),
+    /// A state-machine snapshot taken here, to save; then WAL segments
+    /// below `purge_below` are deleted.
+    Snapshot {
+        /// The snapshot.
+        snap: Snapshot,
+        /// Its metadata from the core.
+        meta: SnapshotMeta,
+        /// Delete WAL segments whose entries are all below this index.
+        purge_below: u64,
+    },
 }
 
 /// What the writer reports back.
 pub enum WriterEvent {
     /// These batches are durable, in order.
     Persisted(Vec<PersistToken>),
+    /// A snapshot taken here is durable; the loop may compact the log.
+    SnapshotSaved {
+        /// Its metadata.
+        meta: SnapshotMeta,
+        /// Its bytes, for sending to followers.
+        data: Arc<Vec<u8>>,
+        /// Compact the in-memory log up to here.
+        compact_to: u64,
+    },
     /// Storage failed for good; the member must stop.
     Fatal(StorageError),
 }
@@ -103,12 +122,18 @@ pub fn run(
                 Err(_) => break,
             }
         }
-        match write_group(&mut storage, &mut pending, &gauges) {
-            Ok(tokens) => {
+        let (tokens, saved, result) = write_group(&mut storage, &mut pending, &gauges);
+        if !tokens.is_empty() && events.send(WriterEvent::Persisted(tokens)).is_err() {
+            return;
+        }
+        for ev in saved {
+            if events.send(ev).is_err() {
+                return;
+            }
+        }
+        match result {
+            Ok(()) => {
                 gauges.no_space.store(false, Ordering::Relaxed);
-                if !tokens.is_empty() && events.send(WriterEvent::Persisted(tokens)).is_err() {
-                    return;
-                }
             }
             Err(e) if e.is_no_space() => {
                 if !gauges.no_space.swap(true, Ordering::Relaxed) {
@@ -129,59 +154,113 @@ pub fn run(
     }
 }
 
-/// Writes every pending persist job with one sync, then saves snapshots.
-/// On success `pending` is emptied and the tokens returned in order.
+type GroupOutcome = (
+    Vec<PersistToken>,
+    Vec<WriterEvent>,
+    Result<(), StorageError>,
+);
+
+/// Works through `pending` in order: each run of plain persist batches is
+/// written with one sync (group commit); an install or a snapshot is handled
+/// on its own. Returns the tokens of what became durable, snapshot events,
+/// and the first error (the failed job and those after it stay in
+/// `pending` for a retry).
 fn write_group(
     storage: &mut Storage,
     pending: &mut Vec<WriteJob>,
     gauges: &WriterGauges,
-) -> Result<Vec<PersistToken>, StorageError> {
-    let start = Instant::now();
-    // Persist batches up to the first snapshot job, so order is kept.
-    let split = pending
-        .iter()
-        .position(|j| matches!(j, WriteJob::Snapshot(_)))
-        .unwrap_or(pending.len());
+) -> GroupOutcome {
     let mut tokens = Vec::new();
-    if split > 0 {
-        let mut batches = Vec::with_capacity(split);
-        let mut sync = false;
-        for j in &mut pending[..split] {
-            if let WriteJob::Persist { batch, sync: s, .. } = j {
-                batches.push(std::mem::take(batch));
-                sync |= *s;
-            }
-        }
-        if let Err(e) = storage.write(&batches, sync) {
-            // Put the batches back for the retry.
-            for (j, b) in pending[..split].iter_mut().zip(batches) {
-                if let WriteJob::Persist { batch, .. } = j {
-                    *batch = b;
+    let mut events = Vec::new();
+    while !pending.is_empty() {
+        let run = pending
+            .iter()
+            .position(|j| !matches!(j, WriteJob::Persist { install: None, .. }))
+            .unwrap_or(pending.len());
+        if run > 0 {
+            let start = Instant::now();
+            let mut batches = Vec::with_capacity(run);
+            let mut sync = false;
+            for j in &mut pending[..run] {
+                if let WriteJob::Persist { batch, sync: s, .. } = j {
+                    batches.push(std::mem::take(batch));
+                    sync |= *s;
                 }
             }
-            return Err(e);
-        }
-        if sync {
-            gauges.observe_sync(start.elapsed());
-        }
-        for j in pending.drain(..split) {
-            if let WriteJob::Persist { token, .. } = j {
-                tokens.push(token);
+            if let Err(e) = storage.write(&batches, sync) {
+                for (j, b) in pending[..run].iter_mut().zip(batches) {
+                    if let WriteJob::Persist { batch, .. } = j {
+                        *batch = b;
+                    }
+                }
+                return (tokens, events, Err(e));
             }
+            if sync {
+                gauges.observe_sync(start.elapsed());
+            }
+            for j in pending.drain(..run) {
+                if let WriteJob::Persist { token, .. } = j {
+                    tokens.push(token);
+                }
+            }
+            continue;
         }
-    }
-    if let Some(WriteJob::Snapshot(_)) = pending.first() {
-        if let WriteJob::Snapshot(s) = pending.remove(0) {
-            match storage.save_snapshot(&s, false) {
-                Ok(()) => tracing::info!(index = s.index, "saved snapshot"),
+        match pending.remove(0) {
+            WriteJob::Persist {
+                batch,
+                sync,
+                token,
+                install: Some(inst),
+            } => {
+                let (snap, install) = &*inst;
+                let res = storage
+                    .install_snapshot(snap, install)
+                    .and_then(|()| storage.write(std::slice::from_ref(&batch), true));
+                match res {
+                    Ok(()) => {
+                        tracing::info!(
+                            index = snap.index,
+                            term = snap.term,
+                            "installed a snapshot from the leader"
+                        );
+                        tokens.push(token);
+                    }
+                    Err(e) => {
+                        pending.insert(
+                            0,
+                            WriteJob::Persist {
+                                batch,
+                                sync,
+                                token,
+                                install: Some(inst),
+                            },
+                        );
+                        return (tokens, events, Err(e));
+                    }
+                }
+            }
+            WriteJob::Snapshot {
+                snap,
+                meta,
+                purge_below,
+            } => match storage.save_snapshot(&snap, Some(purge_below)) {
+                Ok(()) => {
+                    tracing::info!(index = snap.index, "saved snapshot");
+                    events.push(WriterEvent::SnapshotSaved {
+                        meta,
+                        data: Arc::new(snap.data),
+                        compact_to: purge_below.saturating_sub(1),
+                    });
+                }
                 // A failed snapshot loses nothing (the WAL still has every
                 // entry); report it and carry on.
-                Err(e) => tracing::error!(error = %e, index = s.index, "saving snapshot failed"),
-            }
+                Err(e) => tracing::error!(error = %e, index = snap.index, "saving snapshot failed"),
+            },
+            WriteJob::Persist { install: None, .. } => unreachable!("handled as a run above"),
         }
     }
     gauges
         .wal_bytes
         .store(storage.wal_bytes(), Ordering::Relaxed);
-    Ok(tokens)
+    (tokens, events, Ok(()))
 }

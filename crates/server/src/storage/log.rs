@@ -4,7 +4,10 @@
 
 use std::sync::{Arc, RwLock};
 
-use metalraft_core::{ConfState, Entry, HardState, InitialState, LogStorage, StorageError};
+use metalraft_core::{
+    ConfState, Entry, HardState, InitialState, LogStorage, SnapshotInstall, SnapshotMeta,
+    StorageError,
+};
 
 /// What the log holds.
 #[derive(Debug, Default)]
@@ -16,6 +19,8 @@ struct LogState {
     /// Term of entry `first_index - 1`.
     prev_term: u64,
     entries: Vec<Entry<Vec<u8>>>,
+    /// The latest durable snapshot, for sending to followers.
+    snapshot: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
 }
 
 /// A cheaply clonable handle on the durable log, shared between the Raft
@@ -41,8 +46,43 @@ impl SharedLog {
                 first_index,
                 prev_term,
                 entries,
+                snapshot: None,
             })),
         }
+    }
+
+    /// Records the latest durable snapshot (its bytes are what followers
+    /// receive).
+    pub fn set_snapshot(&self, meta: SnapshotMeta, data: Arc<Vec<u8>>) {
+        if let Ok(mut s) = self.inner.write() {
+            s.snapshot = Some((meta, data));
+        }
+    }
+
+    /// Applies a received snapshot to the log (after it was made durable):
+    /// keep the entries after it only if `keep_entries_after`.
+    pub fn install(&self, install: &SnapshotInstall, data: Arc<Vec<u8>>) {
+        let Ok(mut s) = self.inner.write() else {
+            return;
+        };
+        let meta = &install.meta;
+        let keep_from = (meta.index + 1).max(s.first_index);
+        let kept: Vec<Entry<Vec<u8>>> = if install.keep_entries_after {
+            let first = s.first_index;
+            s.entries
+                .iter()
+                .filter(|e| e.index >= keep_from && e.index >= first)
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        s.entries = kept;
+        s.first_index = meta.index + 1;
+        s.prev_term = meta.term;
+        s.conf_state = meta.conf_state.clone();
+        s.hard_state.commit = s.hard_state.commit.max(meta.index);
+        s.snapshot = Some((meta.clone(), data));
     }
 
     fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, LogState>, StorageError> {
@@ -85,7 +125,31 @@ impl SharedLog {
         }
         s.prev_term = s.entries[n - 1].term;
         s.entries.drain(..n);
+        s.first_index += n as u64;
+    }
+
+    /// Makes the log start right after a snapshot at `(index, term)`:
+    /// entries up to `index` are dropped; if the log does not reach `index`
+    /// (a crash between saving a received snapshot and resetting the WAL),
+    /// it restarts empty after it. The commit index is raised to `index`.
+    pub fn start_after_snapshot(&self, index: u64, term: u64, conf_state: ConfState) {
+        let Ok(mut s) = self.inner.write() else {
+            return;
+        };
+        let last = s.first_index + s.entries.len() as u64 - 1;
+        let matches = index >= s.first_index
+            && index <= last
+            && s.entries[(index - s.first_index) as usize].term == term;
+        if matches {
+            let n = (index - s.first_index + 1) as usize;
+            s.entries.drain(..n);
+        } else if index + 1 != s.first_index || s.prev_term != term {
+            s.entries.clear();
+        }
         s.first_index = index + 1;
+        s.prev_term = term;
+        s.conf_state = conf_state;
+        s.hard_state.commit = s.hard_state.commit.max(index);
     }
 
     /// The stored hard state.
@@ -164,5 +228,29 @@ impl LogStorage<Vec<u8>> for SharedLog {
     fn last_index(&self) -> Result<u64, StorageError> {
         let s = self.read()?;
         Ok(s.first_index + s.entries.len() as u64 - 1)
+    }
+
+    fn snapshot_meta(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        Ok(self.read()?.snapshot.as_ref().map(|(m, _)| m.clone()))
+    }
+
+    fn snapshot_chunk(
+        &self,
+        index: u64,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<(Vec<u8>, bool), StorageError> {
+        let s = self.read()?;
+        let Some((meta, data)) = s.snapshot.as_ref() else {
+            return Err(StorageError::SnapshotOutOfDate);
+        };
+        if meta.index != index {
+            return Err(StorageError::SnapshotOutOfDate);
+        }
+        let start = usize::try_from(offset)
+            .map_err(|_| StorageError::Unavailable)?
+            .min(data.len());
+        let end = start.saturating_add(max_len).min(data.len());
+        Ok((data[start..end].to_vec(), end == data.len()))
     }
 }

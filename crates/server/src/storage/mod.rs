@@ -100,10 +100,20 @@ impl Storage {
                 });
             }
         }
-        let conf = snapshot
-            .as_ref()
-            .map_or(conf_state, |s| s.conf_state.clone());
-        let log = SharedLog::new(hard_state, conf, first_index, prev_term, entries);
+        let log = SharedLog::new(hard_state, conf_state, first_index, prev_term, entries);
+        if let Some(s) = &snapshot {
+            // The log the core sees starts right after the snapshot, so its
+            // configuration is the snapshot's.
+            log.start_after_snapshot(s.index, s.term, s.conf_state.clone());
+            log.set_snapshot(
+                metalraft_core::SnapshotMeta {
+                    index: s.index,
+                    term: s.term,
+                    conf_state: s.conf_state.clone(),
+                },
+                std::sync::Arc::new(s.data.clone()),
+            );
+        }
         Ok(Opened {
             storage: Storage {
                 wal,
@@ -143,19 +153,37 @@ impl Storage {
         Ok(())
     }
 
-    /// Saves a snapshot and purges WAL segments wholly below it. The
-    /// in-memory log keeps its entries unless `compact_log` (see the ADR:
-    /// the core cannot yet send snapshots to lagging followers).
+    /// Saves a snapshot and, if `purge_below` is given, deletes the WAL
+    /// segments whose entries are all below that index. The in-memory log is
+    /// compacted by the caller (on the thread that drives the core).
     pub fn save_snapshot(
         &mut self,
         snap: &Snapshot,
-        compact_log: bool,
+        purge_below: Option<u64>,
     ) -> Result<(), StorageError> {
         snapshot::save(&self.snap_dir, snap)?;
-        if compact_log {
-            self.wal.purge_below(snap.index + 1)?;
-            self.log.compact_to(snap.index);
+        if let Some(index) = purge_below {
+            self.wal.purge_below(index)?;
         }
+        Ok(())
+    }
+
+    /// Makes a snapshot received from the leader durable and fixes the WAL:
+    /// entries after it stay if `keep_entries_after`, otherwise the log
+    /// restarts empty after it. Then updates the shared log.
+    pub fn install_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        install: &metalraft_core::SnapshotInstall,
+    ) -> Result<(), StorageError> {
+        snapshot::save(&self.snap_dir, snap)?;
+        if install.keep_entries_after {
+            self.wal.purge_below(snap.index + 1)?;
+        } else {
+            self.wal.reset_after_snapshot(snap.index, snap.term)?;
+        }
+        self.log
+            .install(install, std::sync::Arc::new(snap.data.clone()));
         Ok(())
     }
 

@@ -265,17 +265,66 @@ fn snapshot_round_trips_and_purge_keeps_the_log_readable() {
         let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
         write_entries(&mut s, 1, 200, 300);
         let before = wal_files(dir.path()).len();
-        s.save_snapshot(&snap, true).unwrap();
+        s.save_snapshot(&snap, Some(151)).unwrap();
         assert!(
             wal_files(dir.path()).len() < before,
             "segments below the snapshot are purged"
         );
-        assert_eq!(s.log().bounds(), (151, 200));
     }
     let o = Storage::open(dir.path(), conf(), small()).unwrap();
     assert_eq!(o.snapshot.as_ref(), Some(&snap));
-    let (first, last) = o.storage.log().bounds();
-    assert!(first <= 151 && last == 200, "{first}..{last}");
+    let log = o.storage.log();
+    assert_eq!(
+        log.bounds(),
+        (151, 200),
+        "the log starts right after the snapshot"
+    );
+    assert_eq!(log.term(150).unwrap(), 1);
+    assert_eq!(log.initial_state().unwrap().conf_state, conf());
+}
+
+#[test]
+fn installed_snapshot_resets_the_log_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = Snapshot {
+        index: 500,
+        term: 4,
+        conf_state: conf(),
+        data: b"from the leader".to_vec(),
+    };
+    let install = metalraft_core::SnapshotInstall {
+        meta: metalraft_core::SnapshotMeta {
+            index: 500,
+            term: 4,
+            conf_state: conf(),
+        },
+        keep_entries_after: false,
+    };
+    {
+        let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
+        write_entries(&mut s, 1, 100, 300);
+        s.install_snapshot(&snap, &install).unwrap();
+        assert_eq!(s.log().bounds(), (501, 500));
+        assert_eq!(wal_files(dir.path()).len(), 1, "older segments deleted");
+        s.write(
+            &[WriteBatch {
+                entries: vec![entry(501, 4, 10), entry(502, 4, 10)],
+                hard_state: Some(HardState {
+                    term: 4,
+                    vote: None,
+                    commit: 502,
+                }),
+            }],
+            true,
+        )
+        .unwrap();
+    }
+    let o = Storage::open(dir.path(), conf(), small()).unwrap();
+    assert_eq!(o.snapshot.as_ref(), Some(&snap));
+    let log = o.storage.log();
+    assert_eq!(log.bounds(), (501, 502));
+    assert_eq!(log.term(500).unwrap(), 4);
+    assert_eq!(log.hard_state().commit, 502);
 }
 
 #[test]
@@ -290,7 +339,7 @@ fn damaged_snapshot_is_reported() {
     {
         let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
         write_entries(&mut s, 1, 5, 10);
-        s.save_snapshot(&snap, false).unwrap();
+        s.save_snapshot(&snap, None).unwrap();
     }
     let snap_file = std::fs::read_dir(dir.path().join("member/snap"))
         .unwrap()

@@ -360,6 +360,22 @@ impl Wal {
         self.write_segment_start()
     }
 
+    /// Restarts the log empty after a snapshot at `(index, term)`: a new
+    /// segment starts at `index + 1` and every older segment is deleted.
+    /// The snapshot must already be durable.
+    pub fn reset_after_snapshot(&mut self, index: u64, term: u64) -> Result<(), StorageError> {
+        self.next_index = index + 1;
+        self.last_term = term;
+        self.hard_state.commit = self.hard_state.commit.max(index);
+        self.rotate(0)?;
+        self.sync()?;
+        while self.segments.len() >= 2 {
+            let seg = self.segments.remove(0);
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+        }
+        sync_dir(&self.dir)
+    }
+
     /// Deletes every segment all of whose entries are below `index` (they are
     /// covered by a snapshot). The current segment is never deleted.
     pub fn purge_below(&mut self, index: u64) -> Result<usize, StorageError> {
@@ -471,7 +487,10 @@ fn apply_record(
             prev_term,
             hard_state,
         } => {
-            if first {
+            // A segment normally starts where the log ends; one that starts
+            // elsewhere marks a reset after an installed snapshot.
+            let next = rec.first_index + rec.entries.len() as u64;
+            if first || first_index != next {
                 rec.first_index = first_index;
                 rec.prev_term = prev_term;
                 rec.entries.clear();
