@@ -15,6 +15,9 @@ pub const TICK_US_NOMINAL: Time = 1_000;
 pub const TICK_SKEW_US_MAX: Time = 50;
 /// Largest cluster the swarm draws.
 pub const VOTERS_MAX: usize = 7;
+/// Most spare nodes (started outside the configuration, for membership
+/// changes to add).
+pub const SPARES_MAX: usize = 2;
 /// Most concurrent clients the swarm draws.
 pub const CLIENTS_MAX: usize = 6;
 /// Most distinct keys the workload touches.
@@ -66,6 +69,10 @@ pub struct FaultConfig {
     pub pause_weight: u32,
     /// Relative weight of asking the leader to transfer leadership.
     pub transfer_weight: u32,
+    /// Relative weight of asking the leader for a membership change (add
+    /// or remove a voter or learner; sometimes two at once, via joint
+    /// consensus). Zero in seeds without membership changes.
+    pub conf_change_weight: u32,
     /// Longest pause.
     pub pause_us_max: Time,
     /// Most nodes down at once (may be all of them: safety must hold anyway).
@@ -117,8 +124,11 @@ pub struct WorkloadConfig {
 pub struct SimConfig {
     /// The seed everything was drawn from (and the run's RNG seed).
     pub seed: u64,
-    /// Number of voters (node ids `1..=voters`).
+    /// Number of initial voters (node ids `1..=voters`).
     pub voters: usize,
+    /// Spare nodes (ids `voters + 1..=voters + spares`): running, with an
+    /// empty log and configuration, until a membership change adds them.
+    pub spares: usize,
     /// Per node tick period (index = id - 1).
     pub tick_us: Vec<Time>,
     /// Raft heartbeat interval.
@@ -157,15 +167,56 @@ pub struct SimConfig {
 
 /// Features of the core the swarm does not drive yet; all off. The
 /// simulator refuses a config that turns one on (see the crate README).
-pub const UNSUPPORTED_KNOBS: [&str; 2] = ["snapshots", "membership_changes"];
+pub const UNSUPPORTED_KNOBS: [&str; 1] = ["snapshots"];
+
+/// Optional parts of the swarm, chosen on the command line. A seed names a
+/// run only together with its knobs (the replay command carries them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Knobs {
+    /// Drive membership changes (spare nodes, add/remove voters and
+    /// learners, joint consensus). Off by default while the core has the
+    /// open liveness bugs listed in `KNOWN_CORE_BUGS.md`.
+    pub membership: bool,
+}
+
+impl Knobs {
+    /// The command-line flags that select these knobs (for replay commands).
+    pub fn flags(&self) -> &'static str {
+        if self.membership {
+            " --membership"
+        } else {
+            ""
+        }
+    }
+}
 
 impl SimConfig {
-    /// Draws a configuration from `seed`. Roughly a quarter of the seeds are
+    /// The configuration of `seed` with `knobs` (see [`SimConfig::from_seed`]).
+    /// Turning a knob off changes only what it governs: the other draws of
+    /// the seed stay the same.
+    pub fn from_seed_with(seed: u64, knobs: Knobs) -> Self {
+        let mut c = Self::from_seed(seed);
+        if !knobs.membership {
+            c.spares = 0;
+            c.tick_us.truncate(c.voters);
+            c.faults.conf_change_weight = 0;
+            c.faults.down_max = c.faults.down_max.min(c.voters);
+        }
+        c
+    }
+
+    /// Draws a configuration from `seed`, with every knob on. Roughly a quarter of the seeds are
     /// "calm" (no message loss), the rest draw fault rates up to harsh.
     pub fn from_seed(seed: u64) -> Self {
         let mut r = Rng::new(seed).fork(0xC0F1);
         let voters = 1 + r.index(VOTERS_MAX);
-        let tick_us = (0..voters)
+        let membership = r.coin();
+        let spares = if membership {
+            r.index(SPARES_MAX + 1)
+        } else {
+            0
+        };
+        let tick_us = (0..voters + spares)
             .map(|_| TICK_US_NOMINAL - TICK_SKEW_US_MAX + r.range(0, 2 * TICK_SKEW_US_MAX + 1))
             .collect();
         let heartbeat_interval_ticks = 1 + r.range(0, 3) as u32;
@@ -189,8 +240,13 @@ impl SimConfig {
             heal_weight: 6,
             pause_weight: harsh(&mut r, 6),
             transfer_weight: harsh(&mut r, 4),
+            conf_change_weight: if membership {
+                1 + r.range(0, 6) as u32
+            } else {
+                0
+            },
             pause_us_max: TICK_US_NOMINAL * (1 + r.range(0, 40)),
-            down_max: 1 + r.index(voters),
+            down_max: 1 + r.index(voters + spares),
         };
         let clients = 1 + r.index(CLIENTS_MAX);
         let read_path = match r.range(0, 5) {
@@ -220,6 +276,7 @@ impl SimConfig {
         SimConfig {
             seed,
             voters,
+            spares,
             tick_us,
             heartbeat_interval_ticks,
             election_timeout_ticks_min,
@@ -243,6 +300,11 @@ impl SimConfig {
         }
     }
 
+    /// Number of node slots: initial voters and spares.
+    pub fn nodes(&self) -> usize {
+        self.voters + self.spares
+    }
+
     /// A Raft [`metalraft_core::Config`] for node `id` in incarnation `incarnation`.
     pub fn core_config(&self, id: u64, incarnation: u32) -> metalraft_core::Config {
         let mut c = metalraft_core::Config::new(id);
@@ -264,10 +326,12 @@ impl SimConfig {
     /// One line describing the run, printed by `run` and in failure reports.
     pub fn summary(&self) -> String {
         format!(
-            "seed={} voters={} clients={} keys={} reads={:?} hb={} et={}..{} prevote={} checkquorum={} \
+            "seed={} voters={} spares={} conf_changes={} clients={} keys={} reads={:?} hb={} et={}..{} prevote={} checkquorum={} \
              drop={}ppm dup={}ppm reorder={}ppm latency={}..{}us fsync={}..{}us safety={}ticks",
             self.seed,
             self.voters,
+            self.spares,
+            self.faults.conf_change_weight > 0,
             self.workload.clients,
             self.workload.keys,
             self.workload.read_path,

@@ -68,8 +68,21 @@ impl Disk {
     /// `lying` makes it acknowledge synced batches one batch early (a
     /// deliberate defect for testing the checkers).
     pub fn bootstrap(voters: &[u64], lying: bool) -> Self {
+        Self::with(MemStorage::bootstrap(voters), lying)
+    }
+
+    /// A fresh disk of a node outside the cluster: empty log, empty
+    /// configuration (it learns everything from a leader once added).
+    pub fn spare(lying: bool) -> Self {
+        Self::with(
+            MemStorage::new_with_conf(metalraft_core::ConfState::default()),
+            lying,
+        )
+    }
+
+    fn with(durable: MemStorage<SimPayload>, lying: bool) -> Self {
         Disk {
-            durable: MemStorage::bootstrap(voters),
+            durable,
             unsynced: VecDeque::new(),
             records_written: 0,
             records_durable: 0,

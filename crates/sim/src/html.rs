@@ -62,7 +62,7 @@ pub fn render(r: &RunReport) -> String {
     let empty = Timeline::default();
     let tl = r.timeline.as_ref().unwrap_or(&empty);
     let end = tl.end.max(1);
-    let voters = r.config.voters;
+    let voters = r.config.nodes();
     let clients = r.config.workload.clients;
     let lanes = voters + 1 + clients;
     let width = x(end) + 20.0;
@@ -253,7 +253,7 @@ mod tests {
         );
         let html = super::render(&r);
         assert!(html.starts_with("<!doctype html>") && html.ends_with("</html>\n"));
-        for n in 1..=r.config.voters {
+        for n in 1..=r.config.nodes() {
             assert!(html.contains(&format!(">node {n}<")), "lane for node {n}");
         }
         assert!(html.contains(">client 0<"));

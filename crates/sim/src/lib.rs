@@ -47,10 +47,10 @@ pub mod timeline;
 pub mod trace;
 pub mod workload;
 
-pub use config::SimConfig;
+pub use config::{Knobs, SimConfig};
 pub use sim::{RunOptions, RunReport, RunStats, Sabotage, Simulation};
 
-/// Runs the configuration drawn from `seed`.
+/// Runs the configuration drawn from `seed` with the knobs of `opts`.
 pub fn run_seed(seed: u64, opts: RunOptions) -> RunReport {
-    Simulation::new(SimConfig::from_seed(seed), opts).run()
+    Simulation::new(SimConfig::from_seed_with(seed, opts.knobs), opts).run()
 }

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use metalraft_sim::swarm::{run_swarm, SwarmOptions};
-use metalraft_sim::{html, run_seed, RunOptions};
+use metalraft_sim::{html, run_seed, Knobs, RunOptions};
 
 const USAGE: &str = "usage:
-  metalraft-sim run --seed N [--trace] [--history] [--html FILE]
-  metalraft-sim swarm --seeds A..B [--jobs J] [--minutes M]";
+  metalraft-sim run --seed N [--membership] [--trace] [--history] [--html FILE]
+  metalraft-sim swarm --seeds A..B [--membership] [--jobs J] [--minutes M]";
 
 /// Default worker threads of `swarm`.
 const DEFAULT_JOBS: usize = 2;
@@ -20,8 +20,11 @@ const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Width of the progress bar.
 const PROGRESS_BAR_WIDTH: u64 = 30;
 
-fn replay_command(seed: u64) -> String {
-    format!("cargo run --release -p metalraft-sim -- run --seed {seed} --trace")
+fn replay_command(seed: u64, knobs: Knobs) -> String {
+    format!(
+        "cargo run --release -p metalraft-sim -- run --seed {seed}{} --trace",
+        knobs.flags()
+    )
 }
 
 #[derive(Debug)]
@@ -47,6 +50,7 @@ fn value<T: std::str::FromStr>(args: &[String], i: usize, flag: &str) -> Result<
 
 fn run(args: &[String]) -> Result<bool, CliError> {
     let mut seed = None;
+    let mut knobs = Knobs::default();
     let (mut trace, mut history, mut html_file) = (false, false, None::<String>);
     let mut i = 0;
     while i < args.len() {
@@ -56,6 +60,7 @@ fn run(args: &[String]) -> Result<bool, CliError> {
                 i += 1;
             }
             "--trace" => trace = true,
+            "--membership" => knobs.membership = true,
             "--history" => history = true,
             "--html" => {
                 html_file = Some(value::<String>(args, i, "--html")?);
@@ -69,6 +74,7 @@ fn run(args: &[String]) -> Result<bool, CliError> {
     let opts = RunOptions {
         trace,
         timeline: html_file.is_some(),
+        knobs,
         ..RunOptions::default()
     };
     let r = run_seed(seed, opts);
@@ -90,10 +96,10 @@ fn run(args: &[String]) -> Result<bool, CliError> {
     w(
         &mut out,
         &format!(
-            "stats: {} ticks, {} deliveries, {} lost, {} crashes ({} torn), {} partitions, {} pauses, {} transfers, {} fsyncs, {} leader terms, {}us simulated\n\
+            "stats: {} ticks, {} deliveries, {} lost, {} crashes ({} torn), {} partitions, {} pauses, {} transfers, {} membership changes, {} fsyncs, {} leader terms, {}us simulated\n\
              ops: {ok} ok, {failed} failed, {unknown} unknown, {pending} pending\n\
              fingerprint: {:016x}\n",
-            s.ticks, s.deliveries, s.lost, s.crashes, s.torn_writes, s.partitions, s.pauses, s.transfers, s.fsyncs,
+            s.ticks, s.deliveries, s.lost, s.crashes, s.torn_writes, s.partitions, s.pauses, s.transfers, s.conf_changes, s.fsyncs,
             s.leader_terms, s.sim_time_us, r.fingerprint
         ),
     )?;
@@ -109,7 +115,10 @@ fn run(args: &[String]) -> Result<bool, CliError> {
         Some(v) => {
             w(
                 &mut out,
-                &format!("result: VIOLATION\n{v}\nreplay: {}\n", replay_command(seed)),
+                &format!(
+                    "result: VIOLATION\n{v}\nreplay: {}\n",
+                    replay_command(seed, knobs)
+                ),
             )?;
             Ok(false)
         }
@@ -118,6 +127,7 @@ fn run(args: &[String]) -> Result<bool, CliError> {
 
 fn swarm(args: &[String]) -> Result<bool, CliError> {
     let mut seeds = None;
+    let mut knobs = Knobs::default();
     let mut jobs = DEFAULT_JOBS;
     let mut time_limit = None;
     let mut i = 0;
@@ -135,6 +145,7 @@ fn swarm(args: &[String]) -> Result<bool, CliError> {
                 }
                 i += 1;
             }
+            "--membership" => knobs.membership = true,
             "--jobs" => {
                 jobs = value(args, i, "--jobs")?;
                 i += 1;
@@ -157,6 +168,7 @@ fn swarm(args: &[String]) -> Result<bool, CliError> {
         seeds,
         jobs,
         time_limit,
+        knobs,
     };
     let mut last_print = Duration::ZERO;
     let tty = std::io::stderr().is_terminal();
@@ -171,7 +183,7 @@ fn swarm(args: &[String]) -> Result<bool, CliError> {
             eprintln!(
                 "\nseed {} FAILED: {v}\n  replay: {}",
                 r.seed,
-                replay_command(r.seed)
+                replay_command(r.seed, knobs)
             );
         }
         if s.wall >= last_print + every || s.seeds == total {
@@ -202,7 +214,7 @@ fn swarm(args: &[String]) -> Result<bool, CliError> {
                 "  seed {seed}: {}",
                 v.to_string().lines().next().unwrap_or("")
             );
-            println!("    replay: {}", replay_command(*seed));
+            println!("    replay: {}", replay_command(*seed, knobs));
         }
         Ok(false)
     }

@@ -82,7 +82,7 @@ pub struct Network {
 impl Network {
     /// Draws every link's latency from `cfg` and `rng`.
     pub fn new(cfg: &SimConfig, rng: &mut Rng) -> Self {
-        let n = cfg.voters;
+        let n = cfg.nodes();
         let spread = cfg.latency_us_max - cfg.latency_us_min;
         let links = (0..n * n)
             .map(|_| {
@@ -228,6 +228,7 @@ mod tests {
     fn net(voters: usize) -> (Network, Rng) {
         let mut cfg = SimConfig::from_seed(3);
         cfg.voters = voters;
+        cfg.spares = 0;
         cfg.faults.drop_ppm = 0;
         cfg.faults.duplicate_ppm = 0;
         cfg.faults.reorder_ppm = 0;

@@ -58,6 +58,8 @@ pub struct RunOptions {
     pub timeline: bool,
     /// A deliberate defect (tests only).
     pub sabotage: Sabotage,
+    /// Optional parts of the swarm.
+    pub knobs: crate::config::Knobs,
 }
 
 /// Counters of one run.
@@ -83,6 +85,8 @@ pub struct RunStats {
     pub pauses: u64,
     /// Leadership transfers requested.
     pub transfers: u64,
+    /// Membership changes the leader accepted.
+    pub conf_changes: u64,
     /// Fsyncs completed.
     pub fsyncs: u64,
     /// Terms that had a leader.
@@ -90,9 +94,9 @@ pub struct RunStats {
 }
 
 impl RunStats {
-    /// Faults injected (crashes, partitions, pauses, transfers).
+    /// Faults injected (crashes, partitions, pauses, transfers, membership changes).
     pub fn faults(&self) -> u64 {
-        self.crashes + self.partitions + self.pauses + self.transfers
+        self.crashes + self.partitions + self.pauses + self.transfers + self.conf_changes
     }
 }
 
@@ -260,12 +264,17 @@ impl Simulation {
         let mut rng_net = root.fork(1);
         let net = Network::new(&cfg, &mut rng_net);
         let voters: Vec<NodeId> = (1..=cfg.voters as NodeId).collect();
-        let replicas = (0..cfg.voters)
+        let lying = opts.sabotage == Sabotage::AckBeforeSync;
+        let replicas = (0..cfg.nodes())
             .map(|i| Replica {
                 id: i as NodeId + 1,
                 incarnation: 0,
                 live: None,
-                disk: Disk::bootstrap(&voters, opts.sabotage == Sabotage::AckBeforeSync),
+                disk: if i < cfg.voters {
+                    Disk::bootstrap(&voters, lying)
+                } else {
+                    Disk::spare(lying)
+                },
                 paused_until: 0,
                 tick_us: cfg.tick_us[i],
                 last_role: None,
@@ -1051,6 +1060,7 @@ impl Simulation {
             f.heal_weight,
             f.pause_weight,
             f.transfer_weight,
+            f.conf_change_weight,
         ];
         let total: u32 = weights.iter().sum();
         if total == 0 {
@@ -1133,9 +1143,47 @@ impl Simulation {
                 }
                 self.drive(l)?;
             }
+            6 => self.conf_change()?,
             _ => {}
         }
         Ok(())
+    }
+
+    /// Asks the leader for a random membership change (it may refuse: one
+    /// change at a time, leader not ready, no voters left, ...).
+    fn conf_change(&mut self) -> Step {
+        use metalraft_core::{ConfChange, ConfChangeOp};
+        let n = self.replicas.len() as NodeId;
+        let Some(l) = (0..self.replicas.len()).find(|&i| self.replicas[i].is_leader()) else {
+            return Ok(());
+        };
+        if self.replicas[l].paused_until > self.now {
+            return Ok(());
+        }
+        let pick = |rng: &mut Rng| 1 + rng.range(0, n);
+        let a = pick(&mut self.rng_fault);
+        let b = pick(&mut self.rng_fault);
+        let ops = match self.rng_fault.range(0, 5) {
+            0 | 1 => vec![ConfChangeOp::AddVoter(a)],
+            2 => vec![ConfChangeOp::AddLearner(a)],
+            3 => vec![ConfChangeOp::Remove(a)],
+            _ => vec![ConfChangeOp::AddVoter(a), ConfChangeOp::Remove(b)],
+        };
+        let cc = ConfChange::new(&ops);
+        let id = self.replicas[l].id;
+        if let Some(live) = self.replicas[l].live.as_mut() {
+            let r = live.node.propose_conf_change(cc);
+            self.stats.conf_changes += u64::from(r.is_ok());
+            self.trace.record(
+                self.now,
+                Actor::Node(id),
+                TraceKind::ConfChange,
+                a,
+                b,
+                || format!("conf change {ops:?}: {r:?}"),
+            );
+        }
+        self.drive(l)
     }
 
     fn heal(&mut self) {
@@ -1278,6 +1326,13 @@ impl Simulation {
     }
 
     fn liveness_snapshot(&self, start: Time) -> LivenessSnapshot {
+        // Members of the newest leader's configuration must converge.
+        let members: Vec<NodeId> = self
+            .replicas
+            .iter()
+            .filter_map(|r| r.live.as_ref().filter(|l| l.node.role() == Role::Leader))
+            .max_by_key(|l| l.node.term())
+            .map_or_else(Vec::new, |l| l.node.conf_state().members());
         LivenessSnapshot {
             nodes: self
                 .replicas
@@ -1286,6 +1341,7 @@ impl Simulation {
                     Some(l) => NodeProgress {
                         id: r.id,
                         up: true,
+                        member: members.contains(&r.id),
                         leader: l.node.role() == Role::Leader,
                         term: l.node.term(),
                         commit: l.node.commit_index(),
@@ -1294,6 +1350,7 @@ impl Simulation {
                     None => NodeProgress {
                         id: r.id,
                         up: false,
+                        member: members.contains(&r.id),
                         leader: false,
                         term: 0,
                         commit: 0,

@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::checkers::Violation;
+use crate::config::Knobs;
 use crate::sim::{RunOptions, RunStats};
 
 /// What to run.
@@ -21,6 +22,8 @@ pub struct SwarmOptions {
     pub jobs: usize,
     /// Stop starting new seeds after this long (wall clock).
     pub time_limit: Option<Duration>,
+    /// Optional parts of each run.
+    pub knobs: Knobs,
 }
 
 /// One finished seed.
@@ -93,6 +96,7 @@ impl SwarmSummary {
         s.partitions += t.partitions;
         s.pauses += t.pauses;
         s.transfers += t.transfers;
+        s.conf_changes += t.conf_changes;
         s.fsyncs += t.fsyncs;
         s.leader_terms += t.leader_terms;
         for i in 0..4 {
@@ -125,7 +129,7 @@ impl SwarmSummary {
         format!(
             "seeds: {} ({} failed) in {:.1}s with {} jobs\n\
              simulated: {} node ticks ({:.0}/s), {} message deliveries ({:.0}/s wall, {} per CPU-second), {} events\n\
-             faults injected: {} (crashes {} of which torn {}, partitions {}, pauses {}, leader transfers {}), {} messages lost\n\
+             faults injected: {} (crashes {} of which torn {}, partitions {}, pauses {}, leader transfers {}, membership changes {}), {} messages lost\n\
              operations: {} ok, {} failed, {} unknown, {} pending; {} checked for linearizability, {} inconclusive keys\n\
              fingerprint: {:016x}",
             self.seeds,
@@ -144,6 +148,7 @@ impl SwarmSummary {
             s.partitions,
             s.pauses,
             s.transfers,
+            s.conf_changes,
             s.lost,
             self.ops[0],
             self.ops[1],
@@ -157,9 +162,15 @@ impl SwarmSummary {
 }
 
 /// Runs one seed and summarises it.
-pub fn run_one(seed: u64) -> SeedResult {
+pub fn run_one(seed: u64, knobs: Knobs) -> SeedResult {
     let cpu0 = thread_cpu_time();
-    let r = crate::run_seed(seed, RunOptions::default());
+    let r = crate::run_seed(
+        seed,
+        RunOptions {
+            knobs,
+            ..RunOptions::default()
+        },
+    );
     let cpu = match (cpu0, thread_cpu_time()) {
         (Some(a), Some(b)) => b.saturating_sub(a),
         _ => Duration::ZERO,
@@ -204,7 +215,7 @@ pub fn run_swarm(
                 if seed >= opts.seeds.end {
                     return;
                 }
-                if tx.send(run_one(seed)).is_err() {
+                if tx.send(run_one(seed, opts.knobs)).is_err() {
                     return;
                 }
             });

@@ -11,6 +11,7 @@ fn small_fixed_swarm_passes_and_is_independent_of_thread_count() {
                 seeds: 100..112,
                 jobs,
                 time_limit: None,
+                knobs: Default::default(),
             },
             |_, _| {},
         )

@@ -15,6 +15,9 @@ pub struct NodeProgress {
     pub id: NodeId,
     /// Whether it is running.
     pub up: bool,
+    /// Whether it is a member (voter or learner) of the leader's
+    /// configuration; non-members need not converge.
+    pub member: bool,
     /// Whether it is leader.
     pub leader: bool,
     /// Its term.
@@ -53,6 +56,7 @@ pub fn check_liveness(s: &LivenessSnapshot) -> Result<(), Violation> {
     if let Some(n) = s
         .nodes
         .iter()
+        .filter(|n| n.member)
         .find(|n| n.commit != leader.commit || n.applied != leader.commit)
     {
         return fail(format!(
@@ -77,6 +81,7 @@ mod tests {
         NodeProgress {
             id,
             up: true,
+            member: true,
             leader,
             term: 3,
             commit,
@@ -114,6 +119,11 @@ mod tests {
         s.nodes[1].applied = 8;
         assert!(
             matches!(check_liveness(&s), Err(Violation::Liveness { what }) if what.contains("node 2"))
+        );
+        s.nodes[1].member = false;
+        assert!(
+            check_liveness(&s).is_ok(),
+            "a node removed from the configuration need not catch up"
         );
         s.nodes = ok.clone();
         s.clients_waiting = vec![4];
