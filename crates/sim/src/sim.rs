@@ -374,7 +374,14 @@ impl Simulation {
                     what: format!("event cap {EVENTS_MAX} reached"),
                 });
             }
-            self.handle(s.event)?;
+            if let Err(v) = self.handle(s.event) {
+                if matches!(v, Violation::Liveness { .. }) {
+                    // A stuck cluster may hide a safety bug: judge what
+                    // happened so far, and report a safety violation first.
+                    self.final_checks()?;
+                }
+                return Err(v);
+            }
             if self.finished {
                 return self.final_checks();
             }

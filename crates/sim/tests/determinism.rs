@@ -31,3 +31,20 @@ fn different_seeds_give_different_runs() {
         .collect();
     assert_eq!(fps.len(), 20);
 }
+
+#[test]
+fn membership_runs_are_deterministic_too() {
+    let opts = RunOptions {
+        trace: true,
+        knobs: metalraft_sim::Knobs { membership: true },
+        ..RunOptions::default()
+    };
+    let a = run_seed(72, opts);
+    let b = run_seed(72, opts);
+    assert!(a.stats.conf_changes > 0, "seed 72 changes membership");
+    assert_eq!(a.trace, b.trace);
+    assert_ne!(
+        a.fingerprint,
+        run_seed(72, RunOptions::default()).fingerprint
+    );
+}
