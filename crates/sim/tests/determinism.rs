@@ -9,7 +9,7 @@ fn same_seed_gives_byte_identical_trace() {
         timeline: true,
         ..RunOptions::default()
     };
-    for seed in [3, 11, 42] {
+    for seed in [3, 42] {
         let a = run_seed(seed, opts);
         let b = run_seed(seed, opts);
         let (ta, tb) = (a.trace.as_deref().unwrap(), b.trace.as_deref().unwrap());
