@@ -28,9 +28,11 @@ pub const GUEST_RAM: &str = "16M";
 pub const DEFAULT_TICK_MS: u16 = 20;
 /// Default heartbeat period in ticks.
 pub const DEFAULT_HEARTBEAT_TICKS: u16 = 2;
-/// Default election timeout range in ticks: 300..600 ms at 20 ms per tick,
-/// generous for five emulated nodes sharing two host cores.
-pub const DEFAULT_ELECTION_TICKS: (u16, u16) = (15, 30);
+/// Default election timeout range in ticks: 500..1000 ms at 20 ms per
+/// tick. Generous: five emulators share two host cores, and a node's loop
+/// stalls while the host fsyncs its disk image, which on a loaded machine
+/// can take a good fraction of a second.
+pub const DEFAULT_ELECTION_TICKS: (u16, u16) = (25, 50);
 
 /// Everything that defines a cluster on disk and on loopback.
 #[derive(Clone, Debug)]

@@ -2,7 +2,7 @@
 //! control port, one command per datagram, one reply line per command.
 //!
 //! `isolate N` · `cut A B` · `partition 1,2/3,4,5` · `drop PERCENT` ·
-//! `heal` · `show`
+//! `heal` · `show` · `garbage FROM TO COUNT`
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -22,7 +22,20 @@ pub enum FaultCommand {
     Heal,
     /// Report the current faults.
     Show,
+    /// Send `count` garbage datagrams to node `to`'s Raft port, forged as
+    /// coming from node `from` (a peer speaking garbage).
+    Garbage {
+        /// Claimed sender.
+        from: u8,
+        /// Target.
+        to: u8,
+        /// How many (at most [`MAX_GARBAGE_DATAGRAMS`]).
+        count: u16,
+    },
 }
+
+/// Most garbage datagrams one command sends.
+pub const MAX_GARBAGE_DATAGRAMS: u16 = 1000;
 
 /// Why a command was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +50,8 @@ pub enum FaultParseError {
     BadPercent(String),
     /// A node appears in two groups, or fewer than two groups.
     BadPartition,
+    /// A count out of range.
+    BadCount(String),
 }
 
 impl fmt::Display for FaultParseError {
@@ -44,13 +59,16 @@ impl fmt::Display for FaultParseError {
         match self {
             FaultParseError::Unknown(c) => write!(
                 f,
-                "unknown command {c:?} (isolate, cut, partition, drop, heal, show)"
+                "unknown command {c:?} (isolate, cut, partition, drop, heal, show, garbage)"
             ),
             FaultParseError::Arity(usage) => write!(f, "usage: {usage}"),
             FaultParseError::BadNode(s) => write!(f, "not a node id of this cluster: {s:?}"),
             FaultParseError::BadPercent(s) => write!(f, "not a percentage 0..=100: {s:?}"),
             FaultParseError::BadPartition => {
                 f.write_str("partition needs two or more disjoint groups, e.g. 1,2/3,4,5")
+            }
+            FaultParseError::BadCount(s) => {
+                write!(f, "not a count 1..={MAX_GARBAGE_DATAGRAMS}: {s:?}")
             }
         }
     }
@@ -105,6 +123,16 @@ impl FaultCommand {
                 _ => Err(FaultParseError::BadPercent(p.to_string())),
             },
             ["drop", ..] => Err(FaultParseError::Arity("drop PERCENT")),
+            ["garbage", from, to, count] => {
+                let (from, to) = (node(from, nodes)?, node(to, nodes)?);
+                match count.parse::<u16>() {
+                    Ok(c) if (1..=MAX_GARBAGE_DATAGRAMS).contains(&c) => {
+                        Ok(FaultCommand::Garbage { from, to, count: c })
+                    }
+                    _ => Err(FaultParseError::BadCount(count.to_string())),
+                }
+            }
+            ["garbage", ..] => Err(FaultParseError::Arity("garbage FROM TO COUNT")),
             ["heal"] => Ok(FaultCommand::Heal),
             ["show"] => Ok(FaultCommand::Show),
             _ => Err(FaultParseError::Unknown(line.trim().to_string())),

@@ -29,6 +29,9 @@ const RECV_BUF_BYTES: usize = 65536;
 const FIRST_CLIENT_PORT: u16 = 40000;
 /// Most loopback clients remembered at once (oldest forgotten first).
 const MAX_CLIENTS: usize = 4096;
+/// The firmware's peer protocol version byte (garbage behind it reaches
+/// the decoder's deeper checks).
+const PEER_WIRE_VERSION: u8 = 1;
 
 /// Counters and faults of the fabric.
 #[derive(Debug, Default)]
@@ -95,7 +98,7 @@ impl Fabric {
                 self.cuts.clear();
                 self.drop_percent = 0;
             }
-            FaultCommand::Show => {}
+            FaultCommand::Show | FaultCommand::Garbage { .. } => {}
         }
         format!(
             "ok cuts={:?} drop={}% forwarded={} dropped_cut={} dropped_random={} dropped_invalid={}",
@@ -109,6 +112,29 @@ impl Fabric {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         (self.rng % 100) as u8
+    }
+
+    /// Frames of garbage datagrams from node `from`'s Raft port to node
+    /// `to`'s: random bytes, and random bytes behind a valid version byte.
+    fn garbage(&mut self, from: u8, to: u8, count: u16) -> Vec<Vec<u8>> {
+        (0..count)
+            .filter_map(|i| {
+                let len = 1 + usize::from(self.next_random_percent()) * 4;
+                let mut payload: Vec<u8> = (0..len)
+                    .map(|_| self.next_random_percent().wrapping_mul(37))
+                    .collect();
+                if i % 2 == 1 {
+                    payload[0] = PEER_WIRE_VERSION;
+                }
+                frame::build(&Datagram {
+                    src: from,
+                    src_port: addr::RAFT_PORT,
+                    dst: to,
+                    dst_port: addr::RAFT_PORT,
+                    payload: &payload,
+                })
+            })
+            .collect()
     }
 
     /// Whether a frame from node `src` to node `dst` gets through.
@@ -148,6 +174,26 @@ pub struct Hub {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     fabric: Arc<Mutex<Fabric>>,
+    switch: Arc<UdpSocket>,
+    ports: Ports,
+}
+
+/// Applies `cmd` and carries out what it asks of the network.
+fn execute(cmd: &FaultCommand, fabric: &Mutex<Fabric>, switch: &UdpSocket, ports: Ports) -> String {
+    let mut fab = lock(fabric);
+    let reply = fab.apply(cmd);
+    if let FaultCommand::Garbage { from, to, count } = *cmd {
+        let frames = fab.garbage(from, to, count);
+        drop(fab);
+        for f in &frames {
+            let _ = switch.send_to(f, ports.node(to));
+        }
+        return format!(
+            "sent {} garbage datagrams {from} -> {to}; {reply}",
+            frames.len()
+        );
+    }
+    reply
 }
 
 fn lock(f: &Mutex<Fabric>) -> MutexGuard<'_, Fabric> {
@@ -184,13 +230,13 @@ impl Hub {
             }));
         }
         {
-            let (fabric, stop) = (fabric.clone(), stop.clone());
+            let (switch, fabric, stop) = (switch.clone(), fabric.clone(), stop.clone());
             threads.push(thread::spawn(move || {
-                control_loop(nodes, &control, &fabric, &stop)
+                control_loop(ports, nodes, &control, &switch, &fabric, &stop)
             }));
         }
         {
-            let (fabric, stop) = (fabric.clone(), stop.clone());
+            let (switch, fabric, stop) = (switch.clone(), fabric.clone(), stop.clone());
             threads.push(thread::spawn(move || {
                 gateway_loop(ports, nodes, &switch, &gateway, &fabric, &stop)
             }));
@@ -199,12 +245,14 @@ impl Hub {
             stop,
             threads,
             fabric,
+            switch,
+            ports,
         })
     }
 
     /// Applies a fault command directly (tests use this or the control port).
     pub fn apply(&self, cmd: &FaultCommand) -> String {
-        lock(&self.fabric).apply(cmd)
+        execute(cmd, &self.fabric, &self.switch, self.ports)
     }
 
     /// Blocks until the hub's threads end (never, unless they fail).
@@ -286,7 +334,14 @@ fn switch_loop(
     }
 }
 
-fn control_loop(nodes: u8, control: &UdpSocket, fabric: &Mutex<Fabric>, stop: &AtomicBool) {
+fn control_loop(
+    ports: Ports,
+    nodes: u8,
+    control: &UdpSocket,
+    switch: &UdpSocket,
+    fabric: &Mutex<Fabric>,
+    stop: &AtomicBool,
+) {
     let mut buf = vec![0u8; RECV_BUF_BYTES];
     while !stop.load(Ordering::Relaxed) {
         let Some((cmd, from)) = recv(control, &mut buf) else {
@@ -294,7 +349,7 @@ fn control_loop(nodes: u8, control: &UdpSocket, fabric: &Mutex<Fabric>, stop: &A
         };
         let line = String::from_utf8_lossy(cmd).to_string();
         let reply = match FaultCommand::parse(&line, nodes) {
-            Ok(c) => lock(fabric).apply(&c),
+            Ok(c) => execute(&c, fabric, switch, ports),
             Err(e) => format!("error: {e}"),
         };
         eprintln!("hub: control {:?} -> {}", line.trim(), reply);

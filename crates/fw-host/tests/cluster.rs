@@ -137,6 +137,29 @@ fn five_node_qemu_cluster() {
         Reply::Error(metalraft_fw_proto::client::ErrorCode::BadRequest)
     );
 
+    // A peer speaking garbage: every datagram is refused and counted; the
+    // node keeps leading and committing.
+    let other = ids.iter().copied().find(|&i| i != leader).unwrap();
+    let before = c
+        .status(leader, STATUS_TIMEOUT)
+        .unwrap()
+        .unwrap()
+        .bad_datagrams;
+    eprintln!(
+        "garbage: {}",
+        cluster.hub.apply(&FaultCommand::Garbage {
+            from: other,
+            to: leader,
+            count: 200
+        })
+    );
+    wait_for("garbage to be counted", || {
+        let s = c.status(leader, STATUS_TIMEOUT).ok().flatten()?;
+        (s.bad_datagrams > before).then_some(())
+    });
+    c.put(b"after-garbage", b"ok")
+        .expect("the cluster still commits");
+
     // 2. 200 puts commit and read back from every node.
     let t = Instant::now();
     for i in 0..PUTS {
@@ -162,7 +185,7 @@ fn five_node_qemu_cluster() {
     }
     let st = statuses(&mut c, &ids);
     assert_eq!(st.len(), ids.len());
-    assert!(st.iter().all(|s| s.keys == PUTS as u64), "{st:?}");
+    assert!(st.iter().all(|s| s.keys == PUTS as u64 + 1), "{st:?}");
     // Throughput with requests in flight (they overwrite the same keys, so
     // the key count stays PUTS).
     let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..PUTS)
@@ -251,7 +274,7 @@ fn five_node_qemu_cluster() {
     });
     let st = statuses(&mut c, &minority);
     assert!(
-        st.iter().all(|s| s.keys == PUTS as u64 + 20),
+        st.iter().all(|s| s.keys == PUTS as u64 + 21),
         "the minority applied nothing new: {st:?}"
     );
     eprintln!("heal: {}", cluster.hub.apply(&FaultCommand::Heal));
