@@ -106,8 +106,10 @@ fn dev_runs_three_members_prints_commands_stops_on_ctrl_c_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("metalraft-data");
     // Ports 2379.. plus an offset chosen from this process id, so parallel
-    // runs of the suite do not collide.
-    let offset = 1000 + (std::process::id() % 20_000) as u16;
+    // runs of the suite do not collide, and small enough that every dev port
+    // (up to 32380 + offset) stays below the kernel's ephemeral range
+    // (32768..), where other tests' connections could take it.
+    let offset = 1 + (std::process::id() % 380) as u16;
     let ep = format!("127.0.0.1:{}", 2379 + offset);
     let mut child = dev(&data, offset);
     let mut banner = String::new();
