@@ -138,9 +138,7 @@ impl Shared {
     /// Runs a write through the log: directly on the leader, forwarded from
     /// a follower.
     pub async fn write(&self, cmd: kv::Command) -> Result<kv::CommandResult, EtcdError> {
-        if self.gauges.no_space.load(Ordering::Relaxed) {
-            return Err(EtcdError::NoSpace);
-        }
+        self.check_space(&cmd)?;
         let st = self.leader().await?;
         if st.is_leader {
             return self.raft.propose(cmd, REQUEST_TIMEOUT).await;
@@ -240,8 +238,32 @@ impl Shared {
             .ok_or(EtcdError::NoLeader)
     }
 
-    fn alarms(&self) -> Vec<pb::AlarmMember> {
+    /// Whether the state machine has reached `--quota-backend-bytes`.
+    pub fn over_quota(&self) -> bool {
+        let size = self
+            .raft
+            .kv
+            .read()
+            .map(|k| k.size_bytes() as u64)
+            .unwrap_or(0);
+        size >= self.cfg.quota_backend_bytes
+    }
+
+    /// Refuses writes while the disk is full, and writes that add data while
+    /// the store is over its quota (deletes and compaction still pass, so
+    /// space can be reclaimed), with etcd's "database space exceeded".
+    fn check_space(&self, cmd: &kv::Command) -> Result<(), EtcdError> {
         if self.gauges.no_space.load(Ordering::Relaxed) {
+            return Err(EtcdError::NoSpace);
+        }
+        if adds_data(cmd) && self.over_quota() {
+            return Err(EtcdError::NoSpace);
+        }
+        Ok(())
+    }
+
+    fn alarms(&self) -> Vec<pb::AlarmMember> {
+        if self.gauges.no_space.load(Ordering::Relaxed) || self.over_quota() {
             vec![pb::AlarmMember {
                 member_id: self.cfg.id,
                 alarm: pb::AlarmType::Nospace as i32,
@@ -249,6 +271,19 @@ impl Shared {
         } else {
             Vec::new()
         }
+    }
+}
+
+/// Whether a command can grow the store (a put, or a txn with a put).
+fn adds_data(cmd: &kv::Command) -> bool {
+    match cmd {
+        kv::Command::Put(_) => true,
+        kv::Command::Txn(t) => t
+            .success
+            .iter()
+            .chain(&t.failure)
+            .any(|op| matches!(op, kv::RequestOp::Put(_))),
+        _ => false,
     }
 }
 
@@ -740,14 +775,12 @@ impl peerpb::peer_server::Peer for PeerService {
         let r = req.into_inner();
         self.check(r.envelope.as_ref())?;
         let s = &self.0;
-        if s.gauges.no_space.load(Ordering::Relaxed) {
-            return Err(EtcdError::NoSpace.into());
-        }
         if !s.raft.status.borrow().is_leader {
             return Err(EtcdError::LeaderChanged.into());
         }
         let cmd = kv::Command::decode(&r.command)
             .map_err(|e| Status::invalid_argument(format!("undecodable forwarded command: {e}")))?;
+        s.check_space(&cmd)?;
         let out = s.raft.propose(cmd, REQUEST_TIMEOUT).await?;
         Ok(Response::new(peerpb::ForwardReply {
             result: out.encode(),

@@ -23,7 +23,10 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
 /// etcd's `/health` body: healthy when a leader is known and no alarm is raised.
 pub fn health(s: &Shared) -> String {
     let st = *s.raft.status.borrow();
-    let ok = st.leader.is_some() && !st.stopped && !s.gauges.no_space.load(Ordering::Relaxed);
+    let ok = st.leader.is_some()
+        && !st.stopped
+        && !s.gauges.no_space.load(Ordering::Relaxed)
+        && !s.over_quota();
     format!("{{\"health\":\"{ok}\"}}")
 }
 

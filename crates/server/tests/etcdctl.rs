@@ -151,3 +151,30 @@ fn oversized_request_gets_etcds_error_and_nothing_changes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn quota_backend_bytes_refuses_puts_with_etcds_error_and_allows_deletes() {
+    let c = Cluster::start_with(3, &["--quota-backend-bytes=20000"]);
+    let eps = c.endpoints();
+    let value = vec![b'q'; 1000];
+    let mut refused = None;
+    for i in 0..100 {
+        let out = etcdctl_stdin(&["--endpoints", &eps, "put", &format!("q/{i:03}")], &value);
+        if !out.status.success() {
+            refused = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+            break;
+        }
+    }
+    let err = refused.expect("the quota never refused a put");
+    assert!(
+        err.contains("etcdserver: mvcc: database space exceeded"),
+        "{err}"
+    );
+    let alarms = etcdctl(&["--endpoints", &eps, "alarm", "list"]);
+    assert!(alarms.contains("NOSPACE"), "{alarms}");
+    // Reads and deletes still work; deleting makes room again.
+    assert!(!etcdctl(&["--endpoints", &eps, "get", "q/000"]).is_empty());
+    etcdctl(&["--endpoints", &eps, "del", "q/", "--prefix"]);
+    etcdctl(&["--endpoints", &eps, "put", "fits", "again"]);
+    assert_eq!(etcdctl(&["--endpoints", &eps, "alarm", "list"]).trim(), "");
+}
