@@ -70,13 +70,13 @@ pub fn scan(path: &Path) -> io::Result<LogScan> {
         HardStateRecord::newest(HardStateRecord::decode(&a?), HardStateRecord::decode(&b?));
     let mut records = Vec::new();
     let mut sector = LOG_START_SECTOR;
-    let (mut want, mut epoch, mut term) = (1u64, 0u32, 0u64);
+    let mut chain = disk::Chain::default();
     while sector < total {
         let first = read_sectors(&mut f, sector, 1)?;
         let Ok(h) = RecordHeader::decode(&first) else {
             break;
         };
-        if h.index != want || h.epoch < epoch || h.term < term || sector + h.sectors() > total {
+        if !chain.accepts(&h) || sector + h.sectors() > total {
             break;
         }
         let rec = read_sectors(&mut f, sector, h.sectors())?;
@@ -84,7 +84,7 @@ pub fn scan(path: &Path) -> io::Result<LogScan> {
             break;
         }
         records.push(RecordInfo { sector, header: h });
-        (want, epoch, term) = (h.index + 1, h.epoch, h.term);
+        chain.push(&h);
         sector += h.sectors();
     }
     Ok(LogScan {

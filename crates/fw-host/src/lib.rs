@@ -3,6 +3,9 @@
 //! it through a UDP gateway on loopback. The `metalraft-fw` binary is a thin
 //! CLI over this library; the integration tests use it directly.
 
+#![deny(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod client;
 pub mod cluster;
 pub mod fault;

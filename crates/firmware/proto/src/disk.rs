@@ -194,6 +194,47 @@ impl RecordHeader {
     }
 }
 
+/// The rule that links log records into the log, shared by the firmware's
+/// recovery and the host's inspection so the two cannot drift: a record
+/// continues the log if it has the next index and an epoch and a term no
+/// lower than its predecessor's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chain {
+    /// Index the next record must have.
+    pub next_index: u64,
+    /// Highest epoch so far.
+    pub epoch: u32,
+    /// Highest term so far.
+    pub term: u64,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain {
+            next_index: 1,
+            epoch: 0,
+            term: 0,
+        }
+    }
+}
+
+impl Chain {
+    /// Whether an intact record with header `h` continues the chain.
+    pub fn accepts(&self, h: &RecordHeader) -> bool {
+        h.index == self.next_index && h.epoch >= self.epoch && h.term >= self.term
+    }
+
+    /// Extends the chain with `h` (which it must accept).
+    pub fn push(&mut self, h: &RecordHeader) {
+        debug_assert!(self.accepts(h));
+        *self = Chain {
+            next_index: h.index + 1,
+            epoch: h.epoch,
+            term: h.term,
+        };
+    }
+}
+
 /// The durable hard state plus the boot counter, in one slot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HardStateRecord {
@@ -294,6 +335,27 @@ mod tests {
         let mut bad = rec.clone();
         bad[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(RecordHeader::decode(&bad), Err(RecordError::BadLength));
+    }
+
+    #[test]
+    fn chain_refuses_stale_and_out_of_order_records() {
+        let h = |epoch, index, term| RecordHeader {
+            epoch,
+            len: 0,
+            index,
+            term,
+            crc: 0,
+        };
+        let mut c = Chain::default();
+        assert!(c.accepts(&h(1, 1, 1)));
+        c.push(&h(1, 1, 1));
+        assert!(!c.accepts(&h(1, 3, 1)), "gap");
+        assert!(
+            !c.accepts(&h(0, 2, 1)),
+            "older epoch: left behind by an overwrite"
+        );
+        assert!(!c.accepts(&h(1, 2, 0)), "term went backwards");
+        assert!(c.accepts(&h(2, 2, 3)));
     }
 
     #[test]

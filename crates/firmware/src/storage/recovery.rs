@@ -10,7 +10,7 @@ use core::cell::RefCell;
 
 use metalraft_core::{bootstrap_entry, bootstrap_hard_state, Entry};
 use metalraft_fw_proto::disk::{
-    HardStateRecord, RecordHeader, HARD_STATE_SECTORS, LOG_START_SECTOR, SECTOR_BYTES,
+    Chain, HardStateRecord, RecordHeader, HARD_STATE_SECTORS, LOG_START_SECTOR, SECTOR_BYTES,
 };
 
 use super::{DiskLog, Slot, StoreError, MAX_LOG_ENTRIES};
@@ -42,40 +42,39 @@ fn read_hard_state(disk: &mut Disk) -> Result<Option<HardStateRecord>, StoreErro
 /// highest epoch seen and whether something non-empty ended the chain.
 fn scan(disk: &mut Disk) -> Result<(Vec<Slot>, u64, u32, bool), StoreError> {
     let mut slots: Vec<Slot> = Vec::new();
-    let (mut sector, mut epoch, mut term) = (LOG_START_SECTOR, 0u32, 0u64);
+    let (mut sector, mut chain) = (LOG_START_SECTOR, Chain::default());
     let mut first = [0u8; SECTOR_BYTES];
     loop {
         if sector >= disk.sectors() || slots.len() >= MAX_LOG_ENTRIES {
-            return Ok((slots, sector, epoch, false));
+            return Ok((slots, sector, chain.epoch, false));
         }
         disk.read(sector, &mut first)?;
         let h = match RecordHeader::decode(&first) {
             Ok(h) => h,
             Err(metalraft_fw_proto::disk::RecordError::Empty) => {
-                return Ok((slots, sector, epoch, false))
+                return Ok((slots, sector, chain.epoch, false))
             }
-            Err(_) => return Ok((slots, sector, epoch, true)),
+            Err(_) => return Ok((slots, sector, chain.epoch, true)),
         };
         if sector + h.sectors() > disk.sectors() {
-            return Ok((slots, sector, epoch, true));
+            return Ok((slots, sector, chain.epoch, true));
         }
         let mut rec = vec![0u8; h.sectors() as usize * SECTOR_BYTES];
         disk.read(sector, &mut rec)?;
         if h.verify(&rec).is_err() {
             // Started but not completed: a torn write (or damage).
-            return Ok((slots, sector, epoch, true));
+            return Ok((slots, sector, chain.epoch, true));
         }
         // An intact record from before an overwrite or from an earlier
         // boot's discarded tail: the chain ends here. Not torn: expected.
-        let next_index = slots.len() as u64 + 1;
-        if h.index != next_index || h.epoch < epoch || h.term < term {
-            return Ok((slots, sector, epoch, false));
+        if !chain.accepts(&h) {
+            return Ok((slots, sector, chain.epoch, false));
         }
         slots.push(Slot {
             term: h.term,
             sector: sector as u32,
         });
-        (epoch, term) = (h.epoch, h.term);
+        chain.push(&h);
         sector += h.sectors();
     }
 }
