@@ -1,8 +1,11 @@
 //! Member-to-member transport over the internal gRPC `Peer` service.
 //!
-//! Outgoing: one task per peer with a queue bounded in messages
-//! ([`PEER_QUEUE_MSGS`]) and bytes ([`PEER_QUEUE_BYTES`]). A full queue drops
-//! the message (Raft retransmits; the drop is counted). The task batches
+//! Outgoing: two lanes per peer, each its own connection, sender task and
+//! queue bounded in messages and bytes — one for Raft messages
+//! ([`PEER_QUEUE_MSGS`], [`PEER_QUEUE_BYTES`]) and one for snapshot chunks
+//! ([`PEER_SNAPSHOT_QUEUE_MSGS`], [`PEER_SNAPSHOT_QUEUE_BYTES`]), so a large
+//! snapshot never delays heartbeats and appends. A full queue drops the
+//! message (Raft retransmits; the drop is counted). A task batches
 //! everything queued into one `Deliver` call and reconnects with
 //! exponential backoff ([`RECONNECT_BACKOFF_MIN`]..[`RECONNECT_BACKOFF_MAX`]).
 //!
@@ -15,7 +18,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use metalraft_core::Message;
+use metalraft_core::{Message, MessageKind};
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use url::Url;
@@ -27,6 +30,11 @@ use crate::proto::peer::{Envelope, RaftBatch};
 pub const PEER_QUEUE_MSGS: usize = 4096;
 /// Most encoded bytes queued for one peer.
 pub const PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Most snapshot-chunk messages queued for one peer (the core also bounds
+/// chunks in flight).
+pub const PEER_SNAPSHOT_QUEUE_MSGS: usize = 64;
+/// Most encoded snapshot-chunk bytes queued for one peer.
+pub const PEER_SNAPSHOT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// Most messages sent in one `Deliver` call.
 pub const MAX_MSGS_PER_BATCH: usize = 512;
 /// Most bytes sent in one `Deliver` call (one message may exceed it).
@@ -62,11 +70,19 @@ pub struct TransportStats {
 struct PeerQueue {
     tx: mpsc::Sender<Vec<u8>>,
     queued_bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// The two lanes to one peer, each its own connection and sender task, so
+/// snapshot chunks never queue behind (or hold up) appends and heartbeats.
+struct PeerLanes {
+    raft: PeerQueue,
+    snapshots: PeerQueue,
 }
 
 /// The sending half: routes messages from the Raft loop to per-peer tasks.
 pub struct Transport {
-    peers: BTreeMap<u64, PeerQueue>,
+    peers: BTreeMap<u64, PeerLanes>,
     stats: Arc<TransportStats>,
     cluster_id: u64,
     me: u64,
@@ -107,21 +123,32 @@ impl Transport {
         if id == self.me || self.peers.contains_key(&id) {
             return;
         }
-        let (tx, rx) = mpsc::channel(PEER_QUEUE_MSGS);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let env = Envelope {
             cluster_id: self.cluster_id,
             from: self.me,
             to: id,
         };
-        tokio::spawn(sender_task(
-            env,
-            url,
-            rx,
-            queued_bytes.clone(),
-            self.stats.clone(),
-        ));
-        self.peers.insert(id, PeerQueue { tx, queued_bytes });
+        let lane = |msgs: usize, max_bytes: usize| {
+            let (tx, rx) = mpsc::channel(msgs);
+            let queued_bytes = Arc::new(AtomicUsize::new(0));
+            tokio::spawn(sender_task(
+                env,
+                url.clone(),
+                rx,
+                queued_bytes.clone(),
+                self.stats.clone(),
+            ));
+            PeerQueue {
+                tx,
+                queued_bytes,
+                max_bytes,
+            }
+        };
+        let lanes = PeerLanes {
+            raft: lane(PEER_QUEUE_MSGS, PEER_QUEUE_BYTES),
+            snapshots: lane(PEER_SNAPSHOT_QUEUE_MSGS, PEER_SNAPSHOT_QUEUE_BYTES),
+        };
+        self.peers.insert(id, lanes);
     }
 
     /// Stops sending to a removed member (its task ends with its queue).
@@ -138,9 +165,14 @@ impl Transport {
     /// queue's bounds are dropped and counted.
     pub fn send(&self, msgs: Vec<Message<Vec<u8>>>) {
         for m in msgs {
-            let Some(q) = self.peers.get(&m.to) else {
+            let Some(lanes) = self.peers.get(&m.to) else {
                 tracing::debug!(to = m.to, "message to unknown peer dropped");
                 continue;
+            };
+            let q = if m.body.kind() == MessageKind::InstallSnapshot {
+                &lanes.snapshots
+            } else {
+                &lanes.raft
             };
             let bytes = match postcard::to_allocvec(&m) {
                 Ok(b) => b,
@@ -150,7 +182,7 @@ impl Transport {
                 }
             };
             let len = bytes.len();
-            if q.queued_bytes.load(Ordering::Relaxed) + len > PEER_QUEUE_BYTES {
+            if q.queued_bytes.load(Ordering::Relaxed) + len > q.max_bytes {
                 self.stats
                     .dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);
