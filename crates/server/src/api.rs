@@ -39,6 +39,12 @@ pub const ETCD_API_VERSION: &str = "3.4.0";
 pub const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
 /// How long a request waits for a leader, a commit or a read index.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// A learner is promotable when its applied index is at least
+/// `LEARNER_READY_NUMERATOR / LEARNER_READY_DENOMINATOR` of the leader's
+/// commit index (etcd's 90%).
+pub const LEARNER_READY_NUMERATOR: u64 = 9;
+/// See [`LEARNER_READY_NUMERATOR`].
+pub const LEARNER_READY_DENOMINATOR: u64 = 10;
 /// How long a member waits for a peer's `Info` answer.
 pub const PEER_INFO_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -53,7 +59,7 @@ pub struct Shared {
     /// Transport counters.
     pub transport_stats: Arc<TransportStats>,
     /// Lazily connected clients of the other members' Peer services.
-    peers: Mutex<BTreeMap<u64, PeerClient<Channel>>>,
+    peers: Mutex<BTreeMap<u64, (String, PeerClient<Channel>)>>,
     /// Names and client URLs learned from peers (for MemberList).
     peer_info: Mutex<BTreeMap<u64, (String, Vec<String>)>>,
 }
@@ -79,16 +85,19 @@ impl Shared {
     /// A client of member `id`'s Peer service (connected lazily).
     fn peer_client(&self, id: u64) -> Option<PeerClient<Channel>> {
         let mut peers = self.peers.lock().ok()?;
-        if let Some(c) = peers.get(&id) {
-            return Some(c.clone());
-        }
         let urls = self.raft.registry.members().get(&id)?.clone();
-        let url = url::Url::parse(urls.first()?).ok()?;
+        let first = urls.first()?.clone();
+        if let Some((u, c)) = peers.get(&id) {
+            if *u == first {
+                return Some(c.clone());
+            }
+        }
+        let url = url::Url::parse(&first).ok()?;
         let ep = transport::endpoint(&url).ok()?;
         let client = PeerClient::new(ep.connect_lazy())
             .max_decoding_message_size(transport::PEER_MAX_GRPC_BYTES)
             .max_encoding_message_size(transport::PEER_MAX_GRPC_BYTES);
-        peers.insert(id, client.clone());
+        peers.insert(id, (first, client.clone()));
         Some(client)
     }
 
@@ -224,6 +233,19 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// A member's applied index, asked over the peer service.
+    async fn member_applied_index(&self, id: u64) -> Option<u64> {
+        let mut c = self.peer_client(id)?;
+        let req = peerpb::InfoRequest {
+            envelope: Some(self.envelope(id)),
+        };
+        let r = tokio::time::timeout(PEER_INFO_TIMEOUT, c.info(req))
+            .await
+            .ok()?
+            .ok()?;
+        Some(r.into_inner().applied_index)
     }
 
     /// Client URL of the leader, to relay cluster requests to it.
@@ -487,9 +509,28 @@ impl pb::cluster_server::Cluster for ClusterService {
             return Err(EtcdError::MemberNotFound.into());
         }
         if id == s.cfg.id {
-            return Err(Status::failed_precondition(
-                "metalraft: the leader cannot remove itself; move leadership first (etcdctl move-leader)",
-            ));
+            // Like etcd, a leader asked to remove itself hands leadership to
+            // another voter first; the new leader carries out the removal.
+            let conf = s.raft.conf.read().map(|c| c.clone()).unwrap_or_default();
+            let target = conf
+                .voters
+                .iter()
+                .copied()
+                .find(|v| *v != id)
+                .ok_or_else(|| {
+                    Status::failed_precondition("etcdserver: cannot remove the only voting member")
+                })?;
+            s.raft.transfer(target).await?;
+            let mut st = s.raft.status.clone();
+            tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                st.wait_for(|x| x.leader.is_some_and(|l| l != id) || x.stopped),
+            )
+            .await
+            .map_err(|_| EtcdError::Timeout)?
+            .map_err(|_| EtcdError::Stopped)?;
+            let mut c = leader_cluster_client(s).await?;
+            return c.member_remove(pb::MemberRemoveRequest { id }).await;
         }
         // Registry first: the member's messages are rejected from now on,
         // then the core drops it from the configuration.
@@ -510,12 +551,45 @@ impl pb::cluster_server::Cluster for ClusterService {
 
     async fn member_update(
         &self,
-        _: Request<pb::MemberUpdateRequest>,
+        req: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(EtcdError::Unsupported(
-            "metalraft: MemberUpdate (changing peer URLs) is not implemented".into(),
-        )
-        .into())
+        let s = &self.0;
+        if !is_leader(s) {
+            let mut c = leader_cluster_client(s).await?;
+            return c.member_update(req.into_inner()).await;
+        }
+        let r = req.into_inner();
+        if !s.raft.registry.contains(r.id) {
+            return Err(EtcdError::MemberNotFound.into());
+        }
+        let urls = crate::config::parse_urls("peer-urls", &r.peer_ur_ls.join(","))
+            .map_err(|e| EtcdError::InvalidArgument(format!("etcdserver: {e}")))?;
+        let url_strings = Shared::url_strings(&urls);
+        let taken = s
+            .raft
+            .registry
+            .members()
+            .into_iter()
+            .any(|(id, us)| id != r.id && us.iter().any(|u| url_strings.contains(u)));
+        if taken {
+            return Err(Status::failed_precondition(
+                "etcdserver: Peer URLs already exists",
+            ));
+        }
+        // The id stays; only where the member is reached changes.
+        s.raft
+            .propose_registry(
+                RegistryOp::Add {
+                    id: r.id,
+                    peer_urls: url_strings,
+                },
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+        Ok(Response::new(pb::MemberUpdateResponse {
+            header: Some(self.header()),
+            members: self.list(),
+        }))
     }
 
     async fn member_promote(
@@ -540,6 +614,18 @@ impl pb::cluster_server::Cluster for ClusterService {
         if !learner {
             return Err(Status::failed_precondition(
                 "etcdserver: can only promote a learner member",
+            ));
+        }
+        // etcd promotes only a learner within 10% of the leader's log.
+        let commit = s.raft.status.borrow().commit;
+        let applied = s.member_applied_index(id).await;
+        let ready = applied.is_some_and(|a| {
+            a.saturating_mul(LEARNER_READY_DENOMINATOR)
+                >= commit.saturating_mul(LEARNER_READY_NUMERATOR)
+        });
+        if !ready {
+            return Err(Status::failed_precondition(
+                "etcdserver: can only promote a learner member which is in sync with leader",
             ));
         }
         s.raft
@@ -689,7 +775,13 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         if !s.raft.status.borrow().is_leader {
             return Err(EtcdError::NotLeader.into());
         }
-        if !s.cfg.initial_cluster.iter().any(|p| p.id == target) {
+        if !s
+            .raft
+            .conf
+            .read()
+            .map(|c| c.is_voter(target))
+            .unwrap_or(false)
+        {
             return Err(EtcdError::BadLeaderTransferee.into());
         }
         s.raft.transfer(target).await?;
@@ -815,6 +907,7 @@ impl peerpb::peer_server::Peer for PeerService {
                 .into_iter()
                 .map(|(id, peer_urls)| peerpb::MemberUrls { id, peer_urls })
                 .collect(),
+            applied_index: s.raft.status.borrow().applied,
         }))
     }
 }

@@ -117,31 +117,59 @@ pub const IDENTITY_FILE: &str = "identity";
 /// How long a joining member keeps asking its peers for the cluster's view.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn read_identity(path: &Path) -> Result<Option<(u64, u64)>, MemberError> {
+/// What `member/identity` records: the cluster, this member, and the member
+/// registry the cluster started from (etcd too ignores `--initial-cluster`
+/// once a data directory exists; later changes come from the log).
+struct Identity {
+    cluster_id: u64,
+    member_id: u64,
+    initial_members: BTreeMap<u64, Vec<String>>,
+}
+
+fn read_identity(path: &Path) -> Result<Option<Identity>, MemberError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StorageError::from_io(path, e).into()),
+    };
+    let bad = || -> MemberError {
+        StorageError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason: "identity file is not `cluster_id=<hex>` / `member_id=<hex>` / `member=<hex> <urls>` lines".into(),
+        }
+        .into()
     };
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
     };
-    match (field("cluster_id="), field("member_id=")) {
-        (Some(c), Some(m)) => Ok(Some((c, m))),
-        _ => Err(StorageError::Corrupt {
-            path: path.to_path_buf(),
-            offset: 0,
-            reason: "identity file is not `cluster_id=<hex>` / `member_id=<hex>`".into(),
-        }
-        .into()),
+    let (Some(cluster_id), Some(member_id)) = (field("cluster_id="), field("member_id=")) else {
+        return Err(bad());
+    };
+    let mut initial_members = BTreeMap::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("member=")) {
+        let (id, urls) = line.split_once(' ').ok_or_else(bad)?;
+        let id = u64::from_str_radix(id, 16).map_err(|_| bad())?;
+        initial_members.insert(id, urls.split(',').map(str::to_string).collect());
     }
+    Ok(Some(Identity {
+        cluster_id,
+        member_id,
+        initial_members,
+    }))
 }
 
-fn write_identity(path: &Path, cluster_id: u64, member_id: u64) -> Result<(), MemberError> {
+fn write_identity(path: &Path, id: &Identity) -> Result<(), MemberError> {
     let tmp = path.with_extension("tmp");
-    let body = format!("cluster_id={cluster_id:x}\nmember_id={member_id:x}\n");
+    let mut body = format!(
+        "cluster_id={:x}\nmember_id={:x}\n",
+        id.cluster_id, id.member_id
+    );
+    for (m, urls) in &id.initial_members {
+        body.push_str(&format!("member={m:x} {}\n", urls.join(",")));
+    }
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         std::io::Write::write_all(&mut f, body.as_bytes())?;
@@ -236,16 +264,29 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
                 members = remote;
             }
         }
-        write_identity(&identity_path, cfg.cluster_id, cfg.id)?;
-    } else if let Some((cluster_id, member_id)) = read_identity(&identity_path)? {
-        if member_id != cfg.id {
-            return Err(MemberError::Fatal(format!(
-                "{} belongs to member {member_id:x}, but the flags describe member {:x} (peer URLs or --initial-cluster-token changed?)",
-                cfg.data_dir.display(),
-                cfg.id
-            )));
+        write_identity(
+            &identity_path,
+            &Identity {
+                cluster_id: cfg.cluster_id,
+                member_id: cfg.id,
+                initial_members: members.clone(),
+            },
+        )?;
+    } else if let Some(identity) = read_identity(&identity_path)? {
+        if identity.member_id != cfg.id {
+            // The peer URLs changed since the member was created (etcdctl
+            // member update): the data directory keeps its identity.
+            tracing::info!(
+                member = %format!("{:x}", identity.member_id),
+                from_flags = %format!("{:x}", cfg.id),
+                "using the member id recorded in the data directory"
+            );
+            cfg.id = identity.member_id;
         }
-        cfg.cluster_id = cluster_id;
+        cfg.cluster_id = identity.cluster_id;
+        if !identity.initial_members.is_empty() {
+            members = identity.initial_members;
+        }
     }
     let registry = Registry::new(members);
     let mut store = kv::KvStore::new();
@@ -434,7 +475,13 @@ async fn hand_over_leadership(shared: &Shared) {
     if !st.is_leader {
         return;
     }
-    let Some(target) = shared.cfg.peers().map(|p| p.id).next() else {
+    let voters = shared
+        .raft
+        .conf
+        .read()
+        .map(|c| c.voters.clone())
+        .unwrap_or_default();
+    let Some(target) = voters.into_iter().find(|v| *v != shared.cfg.id) else {
         return;
     };
     if let Err(e) = shared.raft.transfer(target).await {

@@ -753,7 +753,11 @@ impl RaftLoop {
             RegistryOp::Add { id, peer_urls } => {
                 tracing::info!(member = %format!("{id:x}"), urls = ?peer_urls, "member added to the registry");
                 match peer_urls.first().map(|u| url::Url::parse(u)) {
-                    Some(Ok(url)) => self.transport.add_peer(*id, url),
+                    Some(Ok(url)) => {
+                        // Restart the lanes: the URL may have changed (MemberUpdate).
+                        self.transport.remove_peer(*id);
+                        self.transport.add_peer(*id, url);
+                    }
                     _ => {
                         tracing::error!(member = %format!("{id:x}"), "registered member has no usable peer URL")
                     }

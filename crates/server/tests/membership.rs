@@ -77,6 +77,36 @@ fn add_learner_promote_it_and_remove_a_member() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("can only promote a learner member"));
 
+    // Move the promoted member to another peer port: update, restart there.
+    let new_peer_port = free_port();
+    let new_peer = format!("http://127.0.0.1:{new_peer_port}");
+    let out = etcdctl(&[
+        "--endpoints",
+        &eps,
+        "member",
+        "update",
+        &id,
+        &format!("--peer-urls={new_peer}"),
+    ]);
+    assert!(out.contains("updated"), "{out}");
+    c.kill9(new);
+    c.members[new].peer_port = new_peer_port;
+    c.spawn(new);
+    etcdctl(&["--endpoints", &eps, "put", "after-update", "1"]);
+    eventually("the moved member serves new writes", || {
+        let o = etcdctl_try(&[
+            "--endpoints",
+            &ep,
+            "get",
+            "after-update",
+            "--consistency=s",
+            "--print-value-only",
+        ]);
+        (String::from_utf8_lossy(&o.stdout).trim() == "1").then_some(())
+    });
+    let list = etcdctl(&["--endpoints", &eps, "member", "list"]);
+    assert!(list.contains(&new_peer), "{list}");
+
     // Remove a follower that is not the new member; it stops.
     let leader = c.wait_for_leader();
     let victim = (0..3).find(|i| *i != leader).unwrap();
