@@ -148,8 +148,6 @@ pub enum StepError {
     Unexpected,
     /// The node has stopped after a storage failure.
     Failed,
-    /// A vote request from a node that is not a voter of our configuration.
-    NotMember,
     /// A storage read failed while handling the message; the node has stopped.
     Storage(StorageError),
 }
@@ -162,7 +160,6 @@ impl fmt::Display for StepError {
             StepError::InLease => f.write_str("vote request ignored: leader lease holds"),
             StepError::Malformed => f.write_str("malformed message"),
             StepError::Unexpected => f.write_str("unexpected message for this role"),
-            StepError::NotMember => f.write_str("vote request from a non-member"),
             StepError::Failed => f.write_str("node stopped after a storage failure"),
             StepError::Storage(e) => write!(f, "storage failure: {e}"),
         }

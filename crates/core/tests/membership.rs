@@ -78,8 +78,9 @@ fn learner_receives_log_and_is_promoted() {
     assert!(net.nodes[&4].conf_state().learners.is_empty());
 }
 
-/// §4.2.3: a removed server does not disrupt the cluster: it stops
-/// campaigning once it knows, and its vote requests are refused otherwise.
+/// §4.2.3: a removed server does not disrupt the cluster. It never hears of
+/// its removal and keeps campaigning, but pre-vote and the check-quorum lease
+/// keep its requests from raising anyone's term.
 #[test]
 fn removed_follower_cannot_disrupt() {
     let mut net = Network::new(3, 3);
@@ -92,21 +93,72 @@ fn removed_follower_cannot_disrupt() {
     net.change(ConfChange::new(&[Remove(victim)]));
     let term = net.nodes[&leader].term();
     net.ticks(300);
+    assert!(
+        net.nodes[&victim].stats().campaigns > 0,
+        "the victim never tried"
+    );
     assert_eq!(net.stable_leader(), Some(leader));
     assert_eq!(
         net.nodes[&leader].term(),
         term,
         "removed node bumped the term"
     );
+    let refused: u64 = net.nodes.values().map(|n| n.stats().dropped_in_lease).sum();
+    assert!(refused > 0);
+}
+
+/// Thesis §4.2.2: a leader that demotes itself while the rest of the
+/// cluster cannot hear it is still needed until the change commits; the
+/// cluster must not deadlock (regression: simulator seed 481).
+#[test]
+fn self_demotion_of_partitioned_leader_recovers() {
+    let mut net = Network::new(2, 481);
+    let leader = net.wait_leader();
+    let other = 3 - leader;
+    net.isolate(other);
+    net.nodes
+        .get_mut(&leader)
+        .unwrap()
+        .propose_conf_change(ConfChange::new(&[AddLearner(leader)]))
+        .unwrap();
+    net.deliver(1_000);
+    net.ticks(50);
+    net.heal();
+    net.tick_until("demotion committed and a leader elected", |n| {
+        n.stable_leader() == Some(other) && n.nodes[&other].committed_conf_state().voters == [other]
+    });
     assert!(
-        net.nodes[&leader].stats().dropped_not_member
-            + net
-                .nodes
-                .values()
-                .map(|n| n.stats().dropped_not_member)
-                .sum::<u64>()
-            > 0
+        net.nodes[&leader]
+            .committed_conf_state()
+            .learners
+            .contains(&leader)
+            || net.nodes[&leader].conf_state().learners.contains(&leader)
     );
+}
+
+/// A voter added to a cluster whose only other member restarts before the
+/// new voter received any log still votes (regression: simulator seed 70).
+#[test]
+fn new_voter_with_empty_configuration_votes() {
+    let mut net = Network::new(1, 70);
+    net.wait_leader();
+    net.add_node(2, 70);
+    // Node 2 hears nothing until the change is on node 1's disk.
+    net.isolate(2);
+    let idx = net
+        .nodes
+        .get_mut(&1)
+        .unwrap()
+        .propose_conf_change(ConfChange::new(&[AddVoter(2)]))
+        .unwrap();
+    net.deliver(1_000);
+    assert!(net.nodes[&1].last_index().unwrap() >= idx);
+    net.crash(1);
+    net.restart(1);
+    net.heal();
+    net.tick_until("leader elected with the new voter", |n| {
+        n.stable_leader().is_some()
+    });
 }
 
 /// §4.2.2: a leader that removes itself keeps leading until the change
@@ -305,4 +357,32 @@ fn add_then_remove_sequence() {
     let conf = leader_conf(&mut net);
     assert_eq!(conf.voters, [4, 5, 6]);
     net.check_applied_prefixes();
+}
+
+/// A voter cut off while it is demoted to learner, whose term rose while
+/// it campaigned alone (no pre-vote, no check-quorum), still catches up
+/// after healing (regression: simulator seed 528).
+#[test]
+fn demoted_node_with_higher_term_catches_up() {
+    let mut net = Network::with_config(3, 528, |c| {
+        c.pre_vote = false;
+        c.check_quorum = false;
+    });
+    let leader = net.wait_leader();
+    let lone = if leader == 3 { 2 } else { 3 };
+    net.isolate(lone);
+    net.ticks(100);
+    assert!(net.nodes[&lone].term() > net.nodes[&leader].term());
+    net.nodes
+        .get_mut(&leader)
+        .unwrap()
+        .propose_conf_change(ConfChange::new(&[AddLearner(lone)]))
+        .unwrap();
+    net.ticks(5);
+    net.heal();
+    net.tick_until("the learner catches up", |n| {
+        n.stable_leader()
+            .is_some_and(|l| n.nodes[&lone].commit_index() == n.nodes[&l].commit_index())
+            && n.nodes[&lone].conf_state().learners == [lone]
+    });
 }

@@ -8,9 +8,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     pub(super) fn tick_election(&mut self) -> Result<(), StorageError> {
         self.expire_forwarded_reads();
         self.election_elapsed = self.election_elapsed.saturating_add(1);
-        if self.election_elapsed >= self.randomized_election_timeout
-            && self.conf.is_voter(self.id())
-        {
+        if self.election_elapsed >= self.randomized_election_timeout && self.promotable() {
             self.election_elapsed = 0;
             self.hup()?;
         }

@@ -56,6 +56,16 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         Ok(index)
     }
 
+    /// Whether this node may campaign: it is a voter in its latest
+    /// configuration, or in its committed one while a change that removes
+    /// or demotes it is not committed yet (thesis §4.2.2: "it might still be
+    /// needed until the Cnew entry is committed"). Its own vote counts only
+    /// if it is a voter in its latest configuration.
+    pub fn promotable(&self) -> bool {
+        let id = self.id();
+        self.conf.is_voter(id) || self.conf_base.is_voter(id)
+    }
+
     /// The configuration in effect: the latest in the log (committed or not).
     pub fn conf_state(&self) -> &ConfState {
         &self.conf

@@ -40,8 +40,6 @@ pub struct Stats {
     pub dropped_malformed: u64,
     /// Messages dropped as unexpected for the role.
     pub dropped_unexpected: u64,
-    /// Vote requests dropped because the sender is not a voter.
-    pub dropped_not_member: u64,
     /// Elections (including pre-vote rounds) this node started.
     pub campaigns: u64,
     /// Times this node became leader.
@@ -305,7 +303,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         if self.role == Role::Leader {
             return Ok(());
         }
-        if !self.conf.is_voter(self.id()) {
+        if !self.promotable() {
             return Err(Error::NotPromotable);
         }
         self.hup().map_err(|e| self.fail(e))

@@ -199,7 +199,6 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             StepError::InLease => s.dropped_in_lease += 1,
             StepError::Malformed => s.dropped_malformed += 1,
             StepError::Unexpected => s.dropped_unexpected += 1,
-            StepError::NotMember => s.dropped_not_member += 1,
             StepError::Failed | StepError::Storage(_) => {}
         }
     }

@@ -13,13 +13,6 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             return Err(StepError::Misaddressed);
         }
         validate(&m)?;
-        if let MessageBody::RequestVote { .. } = m.body {
-            // Only voters may campaign: a removed node (or a stranger)
-            // cannot disturb the cluster with higher terms.
-            if !self.conf.is_voter(m.from) {
-                return Err(StepError::NotMember);
-            }
-        }
         if m.term > self.term {
             if let MessageBody::RequestVote {
                 transfer: false, ..
@@ -155,7 +148,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 if self.role == Role::Leader {
                     return Err(StepError::Unexpected);
                 }
-                if !self.conf.is_voter(self.id()) {
+                if !self.promotable() {
                     return Err(StepError::Unexpected);
                 }
                 // Thesis §3.10: campaign at once, skipping pre-vote.
