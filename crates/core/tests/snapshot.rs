@@ -239,3 +239,45 @@ fn out_of_order_chunk_is_not_delivered() {
     );
     assert_eq!(out[0].body.kind(), MessageKind::SnapshotResponse);
 }
+
+/// Everything in a snapshot is committed: a node whose durable commit index
+/// is older than its snapshot restarts from the snapshot (regression:
+/// simulator seed 400, commit index written lazily).
+#[test]
+fn restart_with_commit_index_below_snapshot() {
+    let mut s = MemStorage::<Vec<u8>>::bootstrap(&[1]);
+    let entries: Vec<Entry<Vec<u8>>> = (2..=10)
+        .map(|i| Entry {
+            term: 1,
+            index: i,
+            data: EntryData::Normal(vec![i as u8]),
+        })
+        .collect();
+    s.append(&entries);
+    let meta = SnapshotMeta {
+        index: 8,
+        term: 1,
+        conf_state: ConfState::with_voters(&[1]),
+    };
+    s.create_snapshot(meta, Vec::new()).unwrap();
+    s.set_hard_state(HardState {
+        term: 1,
+        vote: None,
+        commit: 3,
+    });
+    let mut n = Node::new(Config::new(1), s, 8).unwrap();
+    assert_eq!(n.commit_index(), 8);
+    n.campaign().unwrap();
+    for _ in 0..5 {
+        while n.has_ready() {
+            let mut rd = n.ready().unwrap();
+            if let Some(p) = rd.take_persist() {
+                n.storage_mut().apply_persist(&p);
+                n.on_persisted(p.into_token()).unwrap();
+            }
+        }
+        n.tick().unwrap();
+    }
+    assert!(n.failure().is_none());
+    assert!(n.commit_index() > 10);
+}

@@ -159,7 +159,11 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         if hs.commit > last {
             return Err(ConfigError::InconsistentHardState);
         }
-        let log = RaftLog::new(storage, hs.commit, applied).map_err(ConfigError::Storage)?;
+        // Everything in a snapshot is committed, even if the lazily written
+        // commit index on disk is older than the snapshot.
+        let first = storage.first_index().map_err(ConfigError::Storage)?;
+        let commit = hs.commit.max(first - 1);
+        let log = RaftLog::new(storage, commit, applied).map_err(ConfigError::Storage)?;
         let rng = Rng::new(cfg.rng_seed, cfg.id);
         let mut node = Node {
             term: hs.term,
