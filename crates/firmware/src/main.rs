@@ -124,7 +124,7 @@ async fn main(spawner: Spawner) {
     );
 
     let members: alloc::vec::Vec<u64> = cfg.members.iter().map(|&m| u64::from(m)).collect();
-    let (log, recovered) = match storage::DiskLog::open(disk, &members) {
+    let (log, recovered, snapshot) = match storage::DiskLog::open(disk, &members) {
         Ok(r) => r,
         Err(e) => {
             error!("storage recovery failed: {}; halting", e);
@@ -132,16 +132,17 @@ async fn main(spawner: Spawner) {
         }
     };
     info!(
-        "recovered {} entries (torn records discarded: {}, bootstrapped: {}), boot #{}",
+        "recovered snapshot at {} + {} entries (torn records discarded: {}, bootstrapped: {}), boot #{}",
+        recovered.snapshot_index,
         recovered.entries,
         recovered.torn_records,
         recovered.bootstrapped,
         log.boots()
     );
-    let replica = match raft::Replica::new(&cfg, log, recovered) {
+    let replica = match raft::Replica::new(&cfg, log, recovered, snapshot) {
         Ok(r) => r,
         Err(e) => {
-            error!("raft config: {}; halting", e);
+            error!("{}; halting", e);
             halt()
         }
     };

@@ -8,8 +8,9 @@ use std::path::Path;
 
 use metalraft_fw_proto::config::NodeConfig;
 use metalraft_fw_proto::disk::{
-    self, HardStateRecord, RecordHeader, LOG_START_SECTOR, SECTOR_BYTES,
+    self, HardStateRecord, RecordHeader, SnapshotHeader, LOG_START_SECTOR, SECTOR_BYTES,
 };
+use metalraft_fw_proto::CRC32C;
 
 /// Creates (or replaces) a node's disk image of `bytes` bytes.
 pub fn create(path: &Path, cfg: &NodeConfig, bytes: u64) -> io::Result<()> {
@@ -50,6 +51,10 @@ pub struct LogScan {
     pub records: Vec<RecordInfo>,
     /// The newest valid hard-state slot.
     pub hard_state: Option<HardStateRecord>,
+    /// The current snapshot's header.
+    pub snapshot: Option<SnapshotHeader>,
+    /// Where the next record would be written.
+    pub next_sector: u64,
 }
 
 fn read_sectors(f: &mut File, sector: u64, count: u64) -> io::Result<Vec<u8>> {
@@ -59,8 +64,30 @@ fn read_sectors(f: &mut File, sector: u64, count: u64) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The newest valid snapshot slot (header and data checksums verified).
+fn current_snapshot(f: &mut File) -> io::Result<Option<SnapshotHeader>> {
+    let mut best: Option<SnapshotHeader> = None;
+    for slot in disk::SNAPSHOT_SLOTS {
+        let Ok(h) = SnapshotHeader::decode(&read_sectors(f, slot, 1)?) else {
+            continue;
+        };
+        let data = read_sectors(
+            f,
+            slot + 1,
+            (h.data_len as u64).div_ceil(SECTOR_BYTES as u64),
+        )?;
+        if CRC32C.checksum(&data[..h.data_len as usize]) != h.data_crc {
+            continue;
+        }
+        if best.as_ref().is_none_or(|b| h.seq > b.seq) {
+            best = Some(h);
+        }
+    }
+    Ok(best)
+}
+
 /// Scans an image the way the firmware recovers it (same rules, same
-/// shared decoders).
+/// shared decoders and chain rule).
 pub fn scan(path: &Path) -> io::Result<LogScan> {
     let mut f = File::open(path)?;
     let total = f.metadata()?.len() / SECTOR_BYTES as u64;
@@ -68,28 +95,40 @@ pub fn scan(path: &Path) -> io::Result<LogScan> {
     let [a, b] = slots;
     let hard_state =
         HardStateRecord::newest(HardStateRecord::decode(&a?), HardStateRecord::decode(&b?));
+    let snapshot = current_snapshot(&mut f)?;
+    let (mut sector, mut chain) = match &snapshot {
+        Some(h) => (
+            h.log_start_sector,
+            disk::Chain {
+                epoch: h.first_epoch,
+                ..disk::Chain::after(h.index, h.term)
+            },
+        ),
+        None => (LOG_START_SECTOR, disk::Chain::default()),
+    };
     let mut records = Vec::new();
-    let mut sector = LOG_START_SECTOR;
-    let mut chain = disk::Chain::default();
-    while sector < total {
-        let first = read_sectors(&mut f, sector, 1)?;
-        let Ok(h) = RecordHeader::decode(&first) else {
+    let max_records = total.saturating_sub(LOG_START_SECTOR) as usize;
+    while records.len() < max_records {
+        let at = disk::ring_position(sector, total);
+        let Ok(h) = RecordHeader::decode(&read_sectors(&mut f, at, 1)?) else {
             break;
         };
-        if !chain.accepts(&h) || sector + h.sectors() > total {
+        let rec = read_sectors(&mut f, at, h.sectors())?;
+        if h.verify(&rec).is_err() || !chain.accepts(&h) {
             break;
         }
-        let rec = read_sectors(&mut f, sector, h.sectors())?;
-        if h.verify(&rec).is_err() {
-            break;
-        }
-        records.push(RecordInfo { sector, header: h });
+        records.push(RecordInfo {
+            sector: at,
+            header: h,
+        });
         chain.push(&h);
-        sector += h.sectors();
+        sector = at + h.sectors();
     }
     Ok(LogScan {
         records,
         hard_state,
+        snapshot,
+        next_sector: disk::ring_position(sector, total),
     })
 }
 
@@ -102,14 +141,11 @@ const TORN_PAYLOAD_BYTES: usize = 600;
 /// Returns the index the torn record claims.
 pub fn append_torn_record(path: &Path) -> io::Result<u64> {
     let s = scan(path)?;
-    let (sector, index, term, epoch) = match s.records.last() {
-        Some(r) => (
-            r.sector + r.header.sectors(),
-            r.header.index + 1,
-            r.header.term,
-            r.header.epoch,
-        ),
-        None => (LOG_START_SECTOR, 1, 1, 1),
+    let sector = s.next_sector;
+    let (index, term, epoch) = match (s.records.last(), &s.snapshot) {
+        (Some(r), _) => (r.header.index + 1, r.header.term, r.header.epoch),
+        (None, Some(h)) => (h.index + 1, h.term, h.first_epoch),
+        (None, None) => (1, 1, 1),
     };
     let mut rec = vec![0u8; disk::record_sectors(TORN_PAYLOAD_BYTES) as usize * SECTOR_BYTES];
     let payload: Vec<u8> = (0..TORN_PAYLOAD_BYTES).map(|i| i as u8).collect();

@@ -360,7 +360,7 @@ fn node_cmd(a: &Args) -> Result<()> {
 
 fn fmt_status(s: &Status) -> String {
     format!(
-        "node {} {:<12} term {:<4} leader {:<4} commit {:<6} applied {:<6} last {:<6} keys {:<5} heap {}/{} (hwm {}) boots {} torn {} bad_dgrams {}",
+        "node {} {:<12} term {:<4} leader {:<4} commit {:<6} applied {:<6} last {:<6} snap {:<6} keys {:<5} heap {}/{} (hwm {}) boots {} torn {} bad_dgrams {}",
         s.node,
         format!("{:?}", s.role),
         s.term,
@@ -368,6 +368,7 @@ fn fmt_status(s: &Status) -> String {
         s.commit,
         s.applied,
         s.last_index,
+        s.snapshot_index,
         s.keys,
         s.heap_used,
         s.heap_size,
@@ -459,6 +460,13 @@ fn run(a: &Args) -> Result<()> {
             let id: u8 = n.parse().map_err(|_| "bad node id")?;
             let scan = metalraft_fw::image::scan(&state.spec(&a.dir())?.image(id))?;
             println!("hard state: {:?}", scan.hard_state);
+            match &scan.snapshot {
+                Some(h) => println!(
+                    "snapshot: index {} term {} {} bytes, log continues at sector {}",
+                    h.index, h.term, h.data_len, h.log_start_sector
+                ),
+                None => println!("snapshot: none"),
+            }
             println!("{} valid records", scan.records.len());
             for r in scan.records.iter().rev().take(5).rev() {
                 println!(

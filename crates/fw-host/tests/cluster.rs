@@ -20,6 +20,12 @@ use metalraft_fw_proto::client::{Op, Reply, Role, Status};
 
 const NODES: u8 = 5;
 const PUTS: usize = 200;
+/// Small, so that snapshots, compaction and InstallSnapshot all happen.
+const SNAPSHOT_INTERVAL: u16 = 64;
+/// Writes while the old leader is down: more than two snapshot intervals,
+/// so the new leader compacts past everything the old one has and must
+/// send it a snapshot.
+const PUTS_WHILE_DOWN: usize = 150;
 /// Requests in flight in the throughput measurement.
 const PIPELINE_WINDOW: usize = 16;
 /// Deadline of any single wait (elections, catch-up) on a loaded machine.
@@ -106,7 +112,11 @@ fn five_node_qemu_cluster() {
         firmware::build().expect("firmware builds (needs the riscv32imac-unknown-none-elf target)");
     let dir = test_dir();
     let _ = std::fs::remove_dir_all(&dir);
-    let spec = pick_ports(|p| ClusterSpec::new(&dir, NODES, p, &elf).unwrap());
+    let spec = pick_ports(|p| {
+        let mut s = ClusterSpec::new(&dir, NODES, p, &elf).unwrap();
+        s.snapshot_interval_entries = SNAPSHOT_INTERVAL;
+        s
+    });
     let ports = spec.ports;
     let t0 = Instant::now();
     let mut cluster =
@@ -203,16 +213,34 @@ fn five_node_qemu_cluster() {
 
     // 3. kill -9 the leader: a new leader emerges, writes continue.
     let leader = wait_for("a leader", || agreed_leader(&mut c, &ids));
+    let last_before_kill = c
+        .status(leader, STATUS_TIMEOUT)
+        .unwrap()
+        .unwrap()
+        .last_index;
     cluster.kill_node(leader).unwrap();
     let rest: Vec<u8> = ids.iter().copied().filter(|&i| i != leader).collect();
     let new_leader = wait_for("a new leader after kill -9", || {
         agreed_leader(&mut c, &rest).filter(|&l| l != leader)
     });
     c.leader_hint = Some(new_leader);
-    for i in 0..20 {
-        c.put(format!("after-kill{i}").as_bytes(), b"x")
-            .expect("writes continue without the old leader");
-    }
+    let while_down: Vec<(Vec<u8>, Vec<u8>)> = (0..PUTS_WHILE_DOWN)
+        .map(|i| (format!("after-kill{i}").into_bytes(), b"x".to_vec()))
+        .collect();
+    assert_eq!(
+        c.put_pipelined(&while_down, PIPELINE_WINDOW)
+            .expect("writes continue without the old leader"),
+        PUTS_WHILE_DOWN
+    );
+    let snap = c
+        .status(new_leader, STATUS_TIMEOUT)
+        .unwrap()
+        .unwrap()
+        .snapshot_index;
+    assert!(
+        snap > last_before_kill,
+        "the new leader compacted past the old one's log ({snap} <= {last_before_kill})"
+    );
 
     // 4. Restart it: it recovers from its own disk and catches up.
     cluster.start_node(leader).unwrap();
@@ -220,8 +248,16 @@ fn five_node_qemu_cluster() {
     wait_applied(&mut c, &[leader], commit);
     let s = c.status(leader, STATUS_TIMEOUT).unwrap().unwrap();
     assert_eq!(s.boots, 2, "restarted from the same disk");
+    assert!(
+        s.snapshots_installed >= 1,
+        "caught up through InstallSnapshot: {s:?}"
+    );
     assert_eq!(
-        c.get_from(leader, b"after-kill19").unwrap(),
+        c.get_from(
+            leader,
+            format!("after-kill{}", PUTS_WHILE_DOWN - 1).as_bytes()
+        )
+        .unwrap(),
         Some(b"x".to_vec())
     );
     assert_eq!(
@@ -274,7 +310,8 @@ fn five_node_qemu_cluster() {
     });
     let st = statuses(&mut c, &minority);
     assert!(
-        st.iter().all(|s| s.keys == PUTS as u64 + 21),
+        st.iter()
+            .all(|s| s.keys == (PUTS + 1 + PUTS_WHILE_DOWN) as u64),
         "the minority applied nothing new: {st:?}"
     );
     eprintln!("heal: {}", cluster.hub.apply(&FaultCommand::Heal));
@@ -358,6 +395,14 @@ fn five_node_qemu_cluster() {
         st[0].heap_size
     );
     assert!(st.iter().all(|s| s.heap_high_water < s.heap_size));
+    // Snapshots keep the log short on every node.
+    for s in &st {
+        assert!(s.snapshot_index > 0, "{s:?}");
+        assert!(
+            s.last_index - s.snapshot_index <= 2 * u64::from(SNAPSHOT_INTERVAL) + 64,
+            "{s:?}"
+        );
+    }
     eprintln!("total test time {:.1}s", t0.elapsed().as_secs_f64());
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);

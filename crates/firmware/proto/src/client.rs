@@ -168,6 +168,10 @@ pub struct Status {
     pub applied: u64,
     /// Last log index.
     pub last_index: u64,
+    /// Index covered by the node's latest snapshot (0: none).
+    pub snapshot_index: u64,
+    /// Snapshots received from a leader and installed since boot.
+    pub snapshots_installed: u64,
     /// Keys in the store.
     pub keys: u64,
     /// Store revision.

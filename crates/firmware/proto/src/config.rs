@@ -46,6 +46,9 @@ pub struct NodeConfig {
     pub election_ticks_max: u16,
     /// Seed of the node's PRNG (election timeouts, network stack).
     pub rng_seed: u64,
+    /// Take a snapshot (and compact the log) after this many applied
+    /// entries.
+    pub snapshot_interval_entries: u16,
 }
 
 /// Why a config block was refused.
@@ -77,6 +80,8 @@ pub enum ConfigError {
     BadTimeouts,
     /// The body does not fit the block (encoding only).
     TooLarge,
+    /// The snapshot interval is 0.
+    BadSnapshotInterval,
 }
 
 impl fmt::Display for ConfigError {
@@ -98,6 +103,7 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::BadTimeouts => f.write_str("heartbeat/election timeouts inconsistent"),
             ConfigError::TooLarge => f.write_str("config body too large for the block"),
+            ConfigError::BadSnapshotInterval => f.write_str("snapshot interval must be at least 1 entry"),
         }
     }
 }
@@ -126,6 +132,9 @@ impl NodeConfig {
             || self.election_ticks_min >= self.election_ticks_max
         {
             return Err(ConfigError::BadTimeouts);
+        }
+        if self.snapshot_interval_entries == 0 {
+            return Err(ConfigError::BadSnapshotInterval);
         }
         Ok(())
     }
@@ -198,6 +207,7 @@ mod tests {
             election_ticks_min: 10,
             election_ticks_max: 20,
             rng_seed: 7,
+            snapshot_interval_entries: 64,
         }
     }
 

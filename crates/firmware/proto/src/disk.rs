@@ -5,8 +5,18 @@
 //! ```text
 //! sector 0              config block (written by the host, see config)
 //! sectors 1, 2          hard-state slots A and B, written alternately
-//! sectors 8 ..          log records, each starting on a sector boundary
+//! sectors 8 .. 136      snapshot slot A: header sector, then data
+//! sectors 136 .. 264    snapshot slot B
+//! sectors 264 .. end    log records in a ring, each on a sector boundary
 //! ```
+//!
+//! Snapshots alternate between the two slots; the valid one (header and
+//! data checksums) with the higher sequence number is current. Its header
+//! also says where the log's first record after the snapshot lies, so
+//! taking a snapshot frees the ring space before it. A record never
+//! straddles the end of the ring: when fewer than [`MAX_RECORD_SECTORS`]
+//! remain, writer and reader both wrap to [`LOG_START_SECTOR`]
+//! ([`ring_position`]).
 //!
 //! A log record is a 36-byte header, the payload, zero padding to the next
 //! sector. The header holds `MAGIC`, the format version, the write epoch,
@@ -28,8 +38,14 @@ pub const SECTOR_BYTES: usize = 512;
 pub const CONFIG_SECTOR: u64 = 0;
 /// The two hard-state slots.
 pub const HARD_STATE_SECTORS: [u64; 2] = [1, 2];
-/// First sector of the log.
-pub const LOG_START_SECTOR: u64 = 8;
+/// Sectors of one snapshot slot (header + data).
+pub const SNAPSHOT_SLOT_SECTORS: u64 = 128;
+/// First sector of each snapshot slot.
+pub const SNAPSHOT_SLOTS: [u64; 2] = [8, 8 + SNAPSHOT_SLOT_SECTORS];
+/// Largest snapshot (data bytes).
+pub const MAX_SNAPSHOT_BYTES: usize = (SNAPSHOT_SLOT_SECTORS as usize - 1) * SECTOR_BYTES;
+/// First sector of the log ring.
+pub const LOG_START_SECTOR: u64 = SNAPSHOT_SLOTS[1] + SNAPSHOT_SLOT_SECTORS;
 /// Bytes of a record header.
 pub const RECORD_HEADER_BYTES: usize = 36;
 /// Largest record payload (bounds reads of a corrupt length field).
@@ -44,7 +60,19 @@ pub const DISK_FORMAT_VERSION: u8 = 1;
 const HARD_STATE_BYTES: usize = 4 + 1 + 8 * 5 + 4;
 
 const _: () = assert!(HARD_STATE_BYTES <= SECTOR_BYTES);
-const _: () = assert!(HARD_STATE_SECTORS[1] < LOG_START_SECTOR);
+const _: () = assert!(HARD_STATE_SECTORS[1] < SNAPSHOT_SLOTS[0]);
+/// Most sectors one record can occupy.
+pub const MAX_RECORD_SECTORS: u64 = record_sectors(MAX_RECORD_PAYLOAD_BYTES);
+
+/// Where a record that would start at `sector` really starts: at the ring's
+/// start when fewer than [`MAX_RECORD_SECTORS`] remain before `disk_sectors`.
+pub const fn ring_position(sector: u64, disk_sectors: u64) -> u64 {
+    if sector + MAX_RECORD_SECTORS > disk_sectors {
+        LOG_START_SECTOR
+    } else {
+        sector
+    }
+}
 
 /// Sectors a record with `payload_len` bytes of payload occupies.
 pub const fn record_sectors(payload_len: usize) -> u64 {
@@ -210,15 +238,17 @@ pub struct Chain {
 
 impl Default for Chain {
     fn default() -> Self {
-        Chain {
-            next_index: 1,
-            epoch: 0,
-            term: 0,
-        }
+        Chain::after(0, 0)
     }
 }
 
 impl Chain {
+    /// A chain whose first record follows the entry (`index`, `term`)
+    /// (the snapshot's, or (0, 0) without one).
+    pub const fn after(index: u64, term: u64) -> Chain {
+        Chain { next_index: index + 1, epoch: 0, term }
+    }
+
     /// Whether an intact record with header `h` continues the chain.
     pub fn accepts(&self, h: &RecordHeader) -> bool {
         h.index == self.next_index && h.epoch >= self.epoch && h.term >= self.term
@@ -232,6 +262,93 @@ impl Chain {
             epoch: h.epoch,
             term: h.term,
         };
+    }
+}
+
+const SNAPSHOT_MAGIC: [u8; 4] = *b"MRSN";
+/// Largest encoded snapshot metadata (index, term, configuration).
+pub const MAX_SNAPSHOT_META_BYTES: usize = 256;
+const SNAPSHOT_FIXED_BYTES: usize = 4 + 1 + 8 * 4 + 4 * 3 + 2;
+
+const _: () = assert!(SNAPSHOT_FIXED_BYTES + MAX_SNAPSHOT_META_BYTES + 4 <= SECTOR_BYTES);
+
+/// The header sector of a snapshot slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// Write sequence: the valid slot with the higher one is current.
+    pub seq: u64,
+    /// Last log index the snapshot covers.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// Sector of the first log record after the snapshot.
+    pub log_start_sector: u64,
+    /// Data length in bytes.
+    pub data_len: u32,
+    /// CRC-32C of the data.
+    pub data_crc: u32,
+    /// Lowest epoch the first log record after the snapshot may have.
+    pub first_epoch: u32,
+    /// Opaque encoded metadata (the firmware stores the core's `SnapshotMeta`).
+    pub meta: alloc::vec::Vec<u8>,
+}
+
+impl SnapshotHeader {
+    /// Encodes into one sector.
+    pub fn encode(&self) -> Result<[u8; SECTOR_BYTES], RecordError> {
+        if self.meta.len() > MAX_SNAPSHOT_META_BYTES || self.data_len as usize > MAX_SNAPSHOT_BYTES {
+            return Err(RecordError::TooLarge);
+        }
+        let mut s = [0u8; SECTOR_BYTES];
+        s[0..4].copy_from_slice(&SNAPSHOT_MAGIC);
+        s[4] = DISK_FORMAT_VERSION;
+        for (i, v) in [self.seq, self.index, self.term, self.log_start_sector].iter().enumerate() {
+            s[5 + 8 * i..13 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        s[37..41].copy_from_slice(&self.data_len.to_le_bytes());
+        s[41..45].copy_from_slice(&self.data_crc.to_le_bytes());
+        s[45..49].copy_from_slice(&self.first_epoch.to_le_bytes());
+        s[49..51].copy_from_slice(&(self.meta.len() as u16).to_le_bytes());
+        let end = SNAPSHOT_FIXED_BYTES + self.meta.len();
+        s[SNAPSHOT_FIXED_BYTES..end].copy_from_slice(&self.meta);
+        let crc = CRC32C.checksum(&s[..end]);
+        s[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+        Ok(s)
+    }
+
+    /// Decodes a header sector (the data checksum is checked separately).
+    pub fn decode(s: &[u8]) -> Result<SnapshotHeader, RecordError> {
+        if s.len() < SECTOR_BYTES {
+            return Err(RecordError::BadLength);
+        }
+        if s[..SNAPSHOT_FIXED_BYTES].iter().all(|&b| b == 0) {
+            return Err(RecordError::Empty);
+        }
+        if s[0..4] != SNAPSHOT_MAGIC {
+            return Err(RecordError::NoMagic);
+        }
+        if s[4] != DISK_FORMAT_VERSION {
+            return Err(RecordError::UnknownVersion(s[4]));
+        }
+        let meta_len = usize::from(u16::from_le_bytes([s[49], s[50]]));
+        let data_len = u32_at(s, 37);
+        if meta_len > MAX_SNAPSHOT_META_BYTES || data_len as usize > MAX_SNAPSHOT_BYTES {
+            return Err(RecordError::BadLength);
+        }
+        let end = SNAPSHOT_FIXED_BYTES + meta_len;
+        if CRC32C.checksum(&s[..end]) != u32_at(s, end) {
+            return Err(RecordError::BadChecksum);
+        }
+        Ok(SnapshotHeader {
+            seq: u64_at(s, 5),
+            index: u64_at(s, 13),
+            term: u64_at(s, 21),
+            log_start_sector: u64_at(s, 29),
+            data_len,
+            data_crc: u32_at(s, 41),
+            first_epoch: u32_at(s, 45),
+            meta: s[SNAPSHOT_FIXED_BYTES..end].to_vec(),
+        })
     }
 }
 
@@ -356,6 +473,33 @@ mod tests {
         );
         assert!(!c.accepts(&h(1, 2, 0)), "term went backwards");
         assert!(c.accepts(&h(2, 2, 3)));
+    }
+
+    #[test]
+    fn snapshot_header_round_trip_and_damage() {
+        let h = SnapshotHeader {
+            seq: 3,
+            index: 700,
+            term: 4,
+            log_start_sector: 300,
+            data_len: 9000,
+            data_crc: 0xdead_beef,
+            first_epoch: 2,
+            meta: alloc::vec![1, 2, 3],
+        };
+        let s = h.encode().unwrap();
+        assert_eq!(SnapshotHeader::decode(&s), Ok(h));
+        let mut bad = s;
+        bad[14] ^= 0x10;
+        assert_eq!(SnapshotHeader::decode(&bad), Err(RecordError::BadChecksum));
+        assert_eq!(SnapshotHeader::decode(&[0u8; SECTOR_BYTES]), Err(RecordError::Empty));
+    }
+
+    #[test]
+    fn ring_wraps_before_a_record_could_straddle_the_end() {
+        assert_eq!(ring_position(LOG_START_SECTOR + 5, 1000), LOG_START_SECTOR + 5);
+        assert_eq!(ring_position(1000 - MAX_RECORD_SECTORS, 1000), 1000 - MAX_RECORD_SECTORS);
+        assert_eq!(ring_position(1000 - MAX_RECORD_SECTORS + 1, 1000), LOG_START_SECTOR);
     }
 
     #[test]

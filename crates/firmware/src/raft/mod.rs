@@ -165,6 +165,7 @@ pub async fn raft_task(stack: Stack<'static>, mut replica: Replica, tick: Durati
                 break;
             }
         }
+        replica.maybe_snapshot(&mut out);
         flush_outbox(&mut out, &mut raft, &mut clients, &mut sbuf).await;
     }
 }

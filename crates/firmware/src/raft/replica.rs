@@ -38,6 +38,24 @@ struct PendingRead {
     key: Vec<u8>,
 }
 
+/// Why the replica could not be built.
+#[derive(Debug)]
+pub enum ReplicaError {
+    /// The core refused the configuration.
+    Config(metalraft_core::ConfigError),
+    /// The stored snapshot does not restore.
+    Snapshot,
+}
+
+impl core::fmt::Display for ReplicaError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ReplicaError::Config(e) => write!(f, "raft config: {e}"),
+            ReplicaError::Snapshot => f.write_str("stored snapshot does not restore"),
+        }
+    }
+}
+
 /// Counters reported in the status.
 #[derive(Default, Clone, Copy)]
 struct Counters {
@@ -59,6 +77,8 @@ pub struct Replica {
     recovered: Recovered,
     first_leader_ms: Option<u64>,
     failed: Option<StoreError>,
+    /// Take a snapshot after this many applied entries.
+    snapshot_interval: u64,
     /// A persistence batch taken from a `Ready`, not yet durable.
     unsynced: Option<metalraft_core::Persist<Vec<u8>>>,
 }
@@ -104,17 +124,24 @@ fn respond(out: &mut Outbox, client: IpEndpoint, id: u64, me: u8, reply: Reply) 
 }
 
 impl Replica {
-    /// Builds the replica over a recovered log. The store is rebuilt by
-    /// re-applying the committed log (applied index 0).
+    /// Builds the replica over a recovered log: the store is restored from
+    /// the snapshot, if any, and the core re-delivers the committed entries
+    /// after it.
     pub fn new(
         cfg: &NodeConfig,
         log: DiskLog,
         recovered: Recovered,
-    ) -> Result<Replica, metalraft_core::ConfigError> {
-        let node = Node::new(core_config(cfg), log, 0)?;
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<Replica, ReplicaError> {
+        let kv = match snapshot {
+            Some(data) => KvStore::restore(&data).map_err(|_| ReplicaError::Snapshot)?,
+            None => KvStore::new(),
+        };
+        let node = Node::new(core_config(cfg), log, kv.applied_index()).map_err(ReplicaError::Config)?;
         Ok(Replica {
             node,
-            kv: KvStore::new(),
+            kv,
+            snapshot_interval: u64::from(cfg.snapshot_interval_entries),
             me: cfg.node_id,
             members: cfg.members.clone(),
             writes: BTreeMap::new(),
@@ -361,6 +388,12 @@ impl Replica {
                 out.peers.push((to, m));
             }
         }
+        for chunk in rd.take_snapshot_chunks() {
+            if let Err(e) = self.node.storage_mut().stage_chunk(&chunk) {
+                self.stop(e, out);
+                return false;
+            }
+        }
         self.unsynced = rd.take_persist();
         for e in rd.take_committed_entries() {
             self.apply(e.index, e.term, &e.data, out);
@@ -390,13 +423,58 @@ impl Replica {
         let Some(p) = self.unsynced.take() else {
             return;
         };
-        if let Err(e) = self.node.storage_mut().persist(&p) {
-            self.stop(e, out);
-            return;
+        match self.node.storage_mut().persist(&p) {
+            Ok(false) => {}
+            Ok(true) => {
+                let restored = match self.node.storage().snapshot_data() {
+                    Ok(Some(data)) => KvStore::restore(&data).ok(),
+                    _ => None,
+                };
+                match restored {
+                    Some(kv) => {
+                        info!("installed a snapshot at index {}", kv.applied_index());
+                        self.kv = kv;
+                    }
+                    None => {
+                        self.stop(StoreError::SnapshotMismatch, out);
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                self.stop(e, out);
+                return;
+            }
         }
         if let Err(e) = self.node.on_persisted(p.into_token()) {
             error!("acknowledging a persisted batch: {}", e);
             self.stop(StoreError::Core, out);
+        }
+    }
+
+    /// Takes a snapshot and compacts the log once `snapshot_interval`
+    /// entries were applied since the last one.
+    pub fn maybe_snapshot(&mut self, out: &mut Outbox) {
+        let applied = self.kv.applied_index();
+        let base = self.node.storage().snapshot_index();
+        if self.failed.is_some() || self.unsynced.is_some() || applied < base + self.snapshot_interval {
+            return;
+        }
+        let data = self.kv.snapshot();
+        let meta = match self.node.snapshot_created(applied) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!("snapshot at {} refused by the core: {}", applied, e);
+                return;
+            }
+        };
+        match self.node.storage_mut().create_snapshot(&meta, &data) {
+            Ok(true) => info!("snapshot at index {} ({} bytes), log compacted", applied, data.len()),
+            Ok(false) => {}
+            Err(StoreError::SnapshotTooLarge) => {
+                warn!("state machine ({} bytes) too large to snapshot; the log keeps growing", data.len())
+            }
+            Err(e) => self.stop(e, out),
         }
     }
 
@@ -421,6 +499,8 @@ impl Replica {
             commit: self.node.commit_index(),
             applied: self.kv.applied_index(),
             last_index: self.node.storage().last(),
+            snapshot_index: self.node.storage().snapshot_index(),
+            snapshots_installed: self.node.stats().snapshots_installed,
             keys: self.kv.len() as u64,
             revision: self.kv.revision(),
             uptime_ms: embassy_time::Instant::now().as_millis(),

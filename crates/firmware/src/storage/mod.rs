@@ -1,19 +1,23 @@
 //! Durable Raft storage on the virtio-blk disk: hard state in two
-//! alternating checksummed slots, log entries as checksummed records (layout
-//! in [`metalraft_fw_proto::disk`]). [`DiskLog`] carries out the core's
+//! alternating checksummed slots, snapshots in two alternating slots, log
+//! entries as checksummed records in a ring (layout in
+//! [`metalraft_fw_proto::disk`]). [`DiskLog`] carries out the core's
 //! `Persist` batches and is the core's read-only [`LogStorage`].
 //!
 //! Durability of one batch: entry records are written, then the hard state,
 //! then one flush (when the core says `must_sync`); a second flush between
-//! the two when the new commit index covers entries of the same batch. The caller acknowledges
-//! the batch to the core only after [`DiskLog::persist`] returns, so
-//! messages that promise this state leave the node only after the flush.
+//! the two when the new commit index covers entries of the same batch. The
+//! caller acknowledges the batch to the core only after [`DiskLog::persist`]
+//! returns, so messages that promise this state leave the node only after
+//! the flush.
 //!
-//! Bounds: at most [`MAX_LOG_ENTRIES`] entries (the RAM index costs 16 bytes
-//! per entry) and the disk size. Log compaction is not implemented yet, so
-//! a full log stops writes with [`StoreError::LogFull`].
+//! Bounds: the ring (disk size minus the fixed areas) and
+//! [`MAX_LOG_ENTRIES`] entries after the snapshot (the RAM index costs 16
+//! bytes per entry). Snapshots ([`snapshot`]) compact the log, so both stay
+//! bounded while the state machine fits [`MAX_SNAPSHOT_BYTES`].
 
 mod recovery;
+mod snapshot;
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -21,16 +25,19 @@ use core::cell::RefCell;
 use core::fmt;
 
 use metalraft_core::{
-    ConfState, Entry, EntryData, HardState, Index, InitialState, LogStorage, Persist, StorageError,
-    Term,
+    Entry, EntryData, HardState, Index, InitialState, LogStorage, Persist, SnapshotMeta,
+    StorageError, Term,
 };
-use metalraft_fw_proto::disk::{record_sectors, HardStateRecord, RecordHeader, SECTOR_BYTES};
+use metalraft_fw_proto::disk::{
+    record_sectors, ring_position, HardStateRecord, RecordHeader, LOG_START_SECTOR,
+    MAX_SNAPSHOT_BYTES, SECTOR_BYTES,
+};
 
 use crate::platform::disk::{Disk, DiskError};
 
 pub use recovery::Recovered;
 
-/// Most entries the log holds (bounds the RAM index).
+/// Most entries the log holds after the snapshot (bounds the RAM index).
 pub const MAX_LOG_ENTRIES: usize = 2048;
 
 /// Where one entry lives.
@@ -40,20 +47,24 @@ struct Slot {
     sector: u32,
 }
 
-/// Why a write failed. Every one of them stops the node: it cannot keep
+/// Why a write failed. Except [`StoreError::SnapshotTooLarge`] (a snapshot
+/// is then simply not taken) every one stops the node: it cannot keep
 /// promises it cannot make durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreError {
     /// The disk failed.
     Disk(DiskError),
-    /// The log reached [`MAX_LOG_ENTRIES`] or the end of the disk.
+    /// The log reached [`MAX_LOG_ENTRIES`] or filled the ring.
     LogFull,
     /// An entry is too large for one record.
     EntryTooLarge,
-    /// The batch would leave a gap or rewrite below index 1 (a caller bug).
+    /// The batch would leave a gap or rewrite compacted entries (a caller bug).
     NotContiguous,
-    /// A snapshot install was requested (not implemented).
-    SnapshotUnsupported,
+    /// A snapshot above [`MAX_SNAPSHOT_BYTES`], or its metadata too large.
+    SnapshotTooLarge,
+    /// A snapshot install without the matching received data, or stored
+    /// snapshot data that does not verify.
+    SnapshotMismatch,
     /// The core refused to go on (it reported why in the log).
     Core,
     /// Recovery found the log damaged at `index`, at or below the durable
@@ -70,10 +81,13 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::Disk(e) => write!(f, "disk: {e}"),
-            StoreError::LogFull => write!(f, "log full ({MAX_LOG_ENTRIES} entries or end of disk)"),
+            StoreError::LogFull => write!(f, "log full ({MAX_LOG_ENTRIES} entries or the ring)"),
             StoreError::EntryTooLarge => f.write_str("entry too large for one record"),
             StoreError::NotContiguous => f.write_str("batch not contiguous with the log"),
-            StoreError::SnapshotUnsupported => f.write_str("snapshot install not supported"),
+            StoreError::SnapshotTooLarge => {
+                write!(f, "snapshot above {MAX_SNAPSHOT_BYTES} bytes")
+            }
+            StoreError::SnapshotMismatch => f.write_str("snapshot data missing or damaged"),
             StoreError::Core => f.write_str("the Raft core stopped"),
             StoreError::CorruptBelowCommit { index, commit } => write!(
                 f,
@@ -93,12 +107,16 @@ impl From<DiskError> for StoreError {
 /// The log and hard state on disk, with an index of the log in RAM.
 pub struct DiskLog {
     disk: RefCell<Disk>,
+    /// Index and term of the last entry covered by the snapshot (0, 0 without).
+    base: (Index, Term),
+    /// Entries `base.0 + 1 ..`.
     slots: Vec<Slot>,
-    /// Where the next record goes.
+    /// Where the next record goes (before [`ring_position`]).
     next_sector: u64,
     /// Epoch of records written now (see the disk layout doc).
     epoch: u32,
     hard: HardStateRecord,
+    snap: snapshot::SnapshotState,
 }
 
 fn encode_payload(data: &EntryData<Vec<u8>>) -> Result<Vec<u8>, StoreError> {
@@ -107,14 +125,20 @@ fn encode_payload(data: &EntryData<Vec<u8>>) -> Result<Vec<u8>, StoreError> {
 
 impl DiskLog {
     /// Recovers from `disk` (or bootstraps a fresh disk with `members` as
-    /// the initial voters). See [`recovery`] for the rules.
-    pub fn open(disk: Disk, members: &[u64]) -> Result<(DiskLog, Recovered), StoreError> {
+    /// the initial voters). See [`recovery`] for the rules. Also returns the
+    /// data of the current snapshot, if any, to restore the state machine.
+    pub fn open(disk: Disk, members: &[u64]) -> Result<(DiskLog, Recovered, Option<Vec<u8>>), StoreError> {
         recovery::open(disk, members)
     }
 
     /// Index of the last entry.
     pub fn last(&self) -> Index {
-        self.slots.len() as Index
+        self.base.0 + self.slots.len() as Index
+    }
+
+    /// Index covered by the current snapshot (0: none).
+    pub fn snapshot_index(&self) -> Index {
+        self.base.0
     }
 
     /// Boots of this disk, this one included.
@@ -122,11 +146,18 @@ impl DiskLog {
         self.hard.boots
     }
 
+    fn slot(&self, index: Index) -> Option<Slot> {
+        let i = index.checked_sub(self.base.0 + 1)?;
+        self.slots.get(usize::try_from(i).ok()?).copied()
+    }
+
+    /// Sector of the first live record (the write head when the log is empty).
+    fn first_live_sector(&self) -> u64 {
+        self.slots.first().map_or(self.next_sector, |s| u64::from(s.sector))
+    }
+
     fn write_hard_state(&mut self, hs: HardStateRecord, sync: bool) -> Result<(), StoreError> {
-        let rec = HardStateRecord {
-            seq: self.hard.seq + 1,
-            ..hs
-        };
+        let rec = HardStateRecord { seq: self.hard.seq + 1, ..hs };
         let mut disk = self.disk.borrow_mut();
         disk.write(rec.sector(), &rec.encode())?;
         if sync {
@@ -143,39 +174,46 @@ impl DiskLog {
         let payload = encode_payload(&e.data)?;
         let sectors = record_sectors(payload.len());
         let disk_sectors = self.disk.borrow().sectors();
-        if self.next_sector + sectors > disk_sectors || self.next_sector > u64::from(u32::MAX) {
+        let at = ring_position(self.next_sector, disk_sectors);
+        // The ring is full if the record would run into the first live one.
+        let start = self.first_live_sector();
+        let wrapped_behind_start = !self.slots.is_empty() && at < start;
+        if (wrapped_behind_start && at + sectors > start) || at > u64::from(u32::MAX) {
             return Err(StoreError::LogFull);
         }
         let mut rec = vec![0u8; sectors as usize * SECTOR_BYTES];
         RecordHeader::encode_record(self.epoch, e.index, e.term, &payload, &mut rec)
             .map_err(|_| StoreError::EntryTooLarge)?;
-        self.disk.borrow_mut().write(self.next_sector, &rec)?;
-        // Checked above: next_sector fits in u32.
-        self.slots.push(Slot {
-            term: e.term,
-            sector: self.next_sector as u32,
-        });
-        self.next_sector += sectors;
+        self.disk.borrow_mut().write(at, &rec)?;
+        // Checked above: `at` fits in u32.
+        self.slots.push(Slot { term: e.term, sector: at as u32 });
+        self.next_sector = at + sectors;
         Ok(())
     }
 
-    /// Carries out a persistence batch: overwrite/append the entries, store
-    /// the hard state, flush as required. On error nothing may be
-    /// acknowledged; the node must stop.
-    pub fn persist(&mut self, p: &Persist<Vec<u8>>) -> Result<(), StoreError> {
-        if p.snapshot().is_some() {
-            return Err(StoreError::SnapshotUnsupported);
-        }
+    /// Carries out a persistence batch: install a received snapshot,
+    /// overwrite/append the entries, store the hard state, flush as
+    /// required. On error nothing may be acknowledged; the node must stop.
+    /// Returns whether a snapshot was installed (the caller then restores
+    /// its state machine from [`DiskLog::snapshot_data`]).
+    pub fn persist(&mut self, p: &Persist<Vec<u8>>) -> Result<bool, StoreError> {
+        let installed = match p.snapshot() {
+            Some(install) => {
+                self.install_snapshot(install)?;
+                true
+            }
+            None => false,
+        };
         let durable_last = self.last();
         if let Some(first) = p.entries().first() {
             let first = first.index;
-            if first == 0 || first > self.last() + 1 {
+            if first <= self.base.0 || first > self.last() + 1 {
                 return Err(StoreError::NotContiguous);
             }
             if first <= self.last() {
                 // Overwrite: new records start where the old entry `first`
                 // was; a new epoch marks everything after them as stale.
-                let keep = (first - 1) as usize;
+                let keep = (first - self.base.0 - 1) as usize;
                 self.next_sector = u64::from(self.slots[keep].sector);
                 self.slots.truncate(keep);
                 self.epoch = self.epoch.checked_add(1).ok_or(StoreError::LogFull)?;
@@ -197,43 +235,33 @@ impl DiskLog {
             let rec = HardStateRecord {
                 term: hs.term,
                 vote: hs.vote.unwrap_or(0),
-                commit: hs.commit,
+                commit: hs.commit.max(self.base.0),
                 ..self.hard
             };
             self.write_hard_state(rec, false)?;
         }
         // One flush for entries and hard state. If power fails before it
         // completes, either part may be lost: nothing was promised yet.
-        if p.must_sync() {
+        if p.must_sync() || installed {
             self.disk.borrow_mut().flush()?;
         }
-        Ok(())
+        Ok(installed)
     }
 
     fn read_entry(&self, index: Index) -> Result<Entry<Vec<u8>>, StorageError> {
-        let slot = *self
-            .slots
-            .get((index as usize).wrapping_sub(1))
-            .ok_or(StorageError::Unavailable)?;
+        let slot = self.slot(index).ok_or(StorageError::Unavailable)?;
         let mut disk = self.disk.borrow_mut();
         let mut first = [0u8; SECTOR_BYTES];
-        disk.read(u64::from(slot.sector), &mut first)
-            .map_err(|_| StorageError::Io)?;
+        disk.read(u64::from(slot.sector), &mut first).map_err(|_| StorageError::Io)?;
         let h = RecordHeader::decode(&first).map_err(|_| StorageError::Io)?;
         if h.index != index || h.term != slot.term {
             return Err(StorageError::Io);
         }
         let mut rec = vec![0u8; h.sectors() as usize * SECTOR_BYTES];
-        disk.read(u64::from(slot.sector), &mut rec)
-            .map_err(|_| StorageError::Io)?;
+        disk.read(u64::from(slot.sector), &mut rec).map_err(|_| StorageError::Io)?;
         let payload = h.verify(&rec).map_err(|_| StorageError::Io)?;
-        let data: EntryData<Vec<u8>> =
-            postcard::from_bytes(payload).map_err(|_| StorageError::Io)?;
-        Ok(Entry {
-            term: h.term,
-            index,
-            data,
-        })
+        let data: EntryData<Vec<u8>> = postcard::from_bytes(payload).map_err(|_| StorageError::Io)?;
+        Ok(Entry { term: h.term, index, data })
     }
 }
 
@@ -245,18 +273,14 @@ impl LogStorage<Vec<u8>> for DiskLog {
                 vote: (self.hard.vote != 0).then_some(self.hard.vote),
                 commit: self.hard.commit,
             },
-            // The initial voters come from the bootstrap entry at index 1.
-            conf_state: ConfState::default(),
+            // Without a snapshot the initial voters come from the bootstrap
+            // entry at index 1.
+            conf_state: self.snap.meta().map(|m| m.conf_state.clone()).unwrap_or_default(),
         })
     }
 
-    fn entries(
-        &self,
-        lo: Index,
-        hi: Index,
-        max_bytes: usize,
-    ) -> Result<Vec<Entry<Vec<u8>>>, StorageError> {
-        if lo == 0 {
+    fn entries(&self, lo: Index, hi: Index, max_bytes: usize) -> Result<Vec<Entry<Vec<u8>>>, StorageError> {
+        if lo <= self.base.0 {
             return Err(StorageError::Compacted);
         }
         if hi > self.last() + 1 || lo > hi {
@@ -276,20 +300,30 @@ impl LogStorage<Vec<u8>> for DiskLog {
     }
 
     fn term(&self, index: Index) -> Result<Term, StorageError> {
-        if index == 0 {
-            return Ok(0);
+        if index == self.base.0 {
+            return Ok(self.base.1);
         }
-        self.slots
-            .get(index as usize - 1)
-            .map(|s| s.term)
-            .ok_or(StorageError::Unavailable)
+        if index < self.base.0 {
+            return Err(StorageError::Compacted);
+        }
+        self.slot(index).map(|s| s.term).ok_or(StorageError::Unavailable)
     }
 
     fn first_index(&self) -> Result<Index, StorageError> {
-        Ok(1)
+        Ok(self.base.0 + 1)
     }
 
     fn last_index(&self) -> Result<Index, StorageError> {
         Ok(self.last())
     }
+
+    fn snapshot_meta(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        Ok(self.snap.meta().cloned())
+    }
+
+    fn snapshot_chunk(&self, index: Index, offset: u64, max_len: usize) -> Result<(Vec<u8>, bool), StorageError> {
+        self.read_snapshot_chunk(index, offset, max_len)
+    }
 }
+
+const _: () = assert!(LOG_START_SECTOR > 0);

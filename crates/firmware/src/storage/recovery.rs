@@ -1,8 +1,9 @@
-//! Boot-time recovery: newest valid hard-state slot, then the valid chain
-//! of log records. A torn tail (a record started but not completed, beyond
-//! the durable commit index) is discarded and counted; damage at or below
-//! the commit index stops the node ([`StoreError::CorruptBelowCommit`]).
-//! Every boot is recorded.
+//! Boot-time recovery: the newest valid hard-state slot, the newest valid
+//! snapshot slot, then the valid chain of log records from where that
+//! snapshot says the log continues. A torn tail (a record started but not
+//! completed, beyond the durable commit index) is discarded and counted;
+//! damage at or below the commit index stops the node
+//! ([`StoreError::CorruptBelowCommit`]). Every boot is recorded.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -10,17 +11,21 @@ use core::cell::RefCell;
 
 use metalraft_core::{bootstrap_entry, bootstrap_hard_state, Entry};
 use metalraft_fw_proto::disk::{
-    Chain, HardStateRecord, RecordHeader, HARD_STATE_SECTORS, LOG_START_SECTOR, SECTOR_BYTES,
+    ring_position, Chain, HardStateRecord, RecordError, RecordHeader, HARD_STATE_SECTORS,
+    LOG_START_SECTOR, SECTOR_BYTES,
 };
 
+use super::snapshot::{load_slot, SnapshotState};
 use super::{DiskLog, Slot, StoreError, MAX_LOG_ENTRIES};
 use crate::platform::disk::Disk;
 
 /// What recovery found.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Recovered {
-    /// Entries recovered.
+    /// Entries recovered after the snapshot.
     pub entries: u64,
+    /// Index covered by the recovered snapshot (0: none).
+    pub snapshot_index: u64,
     /// Records discarded after the valid chain (0 or 1: a torn tail).
     pub torn_records: u64,
     /// Whether the disk was fresh and got the bootstrap entry.
@@ -32,96 +37,112 @@ fn read_hard_state(disk: &mut Disk) -> Result<Option<HardStateRecord>, StoreErro
     for (buf, sector) in slots.iter_mut().zip(HARD_STATE_SECTORS) {
         disk.read(sector, buf)?;
     }
-    Ok(HardStateRecord::newest(
-        HardStateRecord::decode(&slots[0]),
-        HardStateRecord::decode(&slots[1]),
-    ))
+    Ok(HardStateRecord::newest(HardStateRecord::decode(&slots[0]), HardStateRecord::decode(&slots[1])))
 }
 
-/// Scans the record chain. Returns the slots, the next free sector, the
-/// highest epoch seen and whether something non-empty ended the chain.
-fn scan(disk: &mut Disk) -> Result<(Vec<Slot>, u64, u32, bool), StoreError> {
+/// The end of the scan.
+struct Scanned {
+    slots: Vec<Slot>,
+    next_sector: u64,
+    epoch: u32,
+    torn: bool,
+}
+
+/// Follows the record chain from `start`.
+fn scan(disk: &mut Disk, start: u64, mut chain: Chain) -> Result<Scanned, StoreError> {
     let mut slots: Vec<Slot> = Vec::new();
-    let (mut sector, mut chain) = (LOG_START_SECTOR, Chain::default());
+    let total = disk.sectors();
+    let mut sector = start;
     let mut first = [0u8; SECTOR_BYTES];
-    loop {
-        if sector >= disk.sectors() || slots.len() >= MAX_LOG_ENTRIES {
-            return Ok((slots, sector, chain.epoch, false));
-        }
-        disk.read(sector, &mut first)?;
+    let end = |slots, sector, chain: Chain, torn| Ok(Scanned { slots, next_sector: sector, epoch: chain.epoch, torn });
+    // The ring holds at most this many records: a bound on the walk even if
+    // a damaged disk held a cycle.
+    let max_records = (total.saturating_sub(LOG_START_SECTOR) as usize).min(MAX_LOG_ENTRIES);
+    while slots.len() < max_records {
+        let at = ring_position(sector, total);
+        disk.read(at, &mut first)?;
         let h = match RecordHeader::decode(&first) {
             Ok(h) => h,
-            Err(metalraft_fw_proto::disk::RecordError::Empty) => {
-                return Ok((slots, sector, chain.epoch, false))
-            }
-            Err(_) => return Ok((slots, sector, chain.epoch, true)),
+            Err(RecordError::Empty) => return end(slots, sector, chain, false),
+            Err(_) => return end(slots, sector, chain, true),
         };
-        if sector + h.sectors() > disk.sectors() {
-            return Ok((slots, sector, chain.epoch, true));
-        }
         let mut rec = vec![0u8; h.sectors() as usize * SECTOR_BYTES];
-        disk.read(sector, &mut rec)?;
+        disk.read(at, &mut rec)?;
         if h.verify(&rec).is_err() {
             // Started but not completed: a torn write (or damage).
-            return Ok((slots, sector, chain.epoch, true));
+            return end(slots, sector, chain, true);
         }
         // An intact record from before an overwrite or from an earlier
         // boot's discarded tail: the chain ends here. Not torn: expected.
         if !chain.accepts(&h) {
-            return Ok((slots, sector, chain.epoch, false));
+            return end(slots, sector, chain, false);
         }
-        slots.push(Slot {
-            term: h.term,
-            sector: sector as u32,
-        });
+        slots.push(Slot { term: h.term, sector: at as u32 });
         chain.push(&h);
-        sector += h.sectors();
+        sector = at + h.sectors();
     }
+    end(slots, sector, chain, false)
 }
 
-pub(super) fn open(mut disk: Disk, members: &[u64]) -> Result<(DiskLog, Recovered), StoreError> {
+type Opened = (DiskLog, Recovered, Option<Vec<u8>>);
+
+pub(super) fn open(mut disk: Disk, members: &[u64]) -> Result<Opened, StoreError> {
     let hard = read_hard_state(&mut disk)?;
-    let (slots, next_sector, epoch, torn) = scan(&mut disk)?;
+    let a = load_slot(&mut disk, 0);
+    let b = load_slot(&mut disk, 1);
+    let snap = match (a, b) {
+        (Some(a), Some(b)) => Some(if a.0.header.seq >= b.0.header.seq { a } else { b }),
+        (a, b) => a.or(b),
+    };
+    let (base, start, chain, snap_epoch) = match &snap {
+        Some((c, epoch, _)) => (
+            (c.header.index, c.header.term),
+            c.header.log_start_sector,
+            Chain { epoch: *epoch, ..Chain::after(c.header.index, c.header.term) },
+            *epoch,
+        ),
+        None => ((0, 0), LOG_START_SECTOR, Chain::default(), 0),
+    };
+    let scanned = scan(&mut disk, start, chain)?;
     let mut rec = Recovered {
-        entries: slots.len() as u64,
-        torn_records: u64::from(torn),
+        entries: scanned.slots.len() as u64,
+        snapshot_index: base.0,
+        torn_records: u64::from(scanned.torn),
         ..Recovered::default()
+    };
+    let (current, data) = match snap {
+        Some((c, _, data)) => (Some(c), Some(data)),
+        None => (None, None),
     };
     let mut log = DiskLog {
         disk: RefCell::new(disk),
-        slots,
-        next_sector,
+        base,
+        slots: scanned.slots,
+        next_sector: scanned.next_sector,
         // Every boot writes in a new epoch, so nothing written before this
         // boot (a torn tail included) can extend the chain later.
-        epoch: epoch.checked_add(1).ok_or(StoreError::LogFull)?,
+        epoch: scanned.epoch.max(snap_epoch).checked_add(1).ok_or(StoreError::LogFull)?,
         hard: hard.unwrap_or_default(),
+        snap: SnapshotState::recovered(current),
     };
-    if hard.is_none() && log.slots.is_empty() {
+    if hard.is_none() && log.slots.is_empty() && log.base.0 == 0 {
         let entry: Entry<Vec<u8>> = bootstrap_entry(members);
         log.append_record(&entry)?;
         let hs = bootstrap_hard_state();
-        log.hard = HardStateRecord {
-            seq: 0,
-            term: hs.term,
-            vote: 0,
-            commit: hs.commit,
-            boots: 0,
-        };
+        log.hard = HardStateRecord { seq: 0, term: hs.term, vote: 0, commit: hs.commit, boots: 0 };
         rec.bootstrapped = true;
     }
     let mut next = log.hard;
+    next.commit = next.commit.max(log.base.0);
     if next.commit > log.last() {
         // Entries this node flushed and reported committed are gone: that is
         // damage, not a torn write (a torn write only loses what was never
         // flushed, hence never acknowledged). Serving on would let this node
         // vote or ack without data it promised to keep, so stop instead.
-        return Err(StoreError::CorruptBelowCommit {
-            index: log.last() + 1,
-            commit: next.commit,
-        });
+        return Err(StoreError::CorruptBelowCommit { index: log.last() + 1, commit: next.commit });
     }
     next.boots += 1;
     log.disk.borrow_mut().flush()?;
     log.write_hard_state(next, true)?;
-    Ok((log, rec))
+    Ok((log, rec, data))
 }
