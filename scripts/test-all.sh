@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of the project. This is the README's test command and what
 # CI (.ci/run) calls. Installs what it needs first (scripts/setup.sh).
+#
+#   scripts/test-all.sh            everything
+#   QUICK=1 scripts/test-all.sh    skip the long simulator swarm
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n=== %s ===\n' "$*"; }
+started=$(date +%s)
+step() { printf '\n=== [%4ds] %s ===\n' "$(( $(date +%s) - started ))" "$*"; }
 
 step "setup"
 scripts/setup.sh
@@ -18,6 +22,22 @@ for t in thumbv6m-none-eabi thumbv7em-none-eabihf riscv32imac-unknown-none-elf; 
     cargo build --release -p metalraft-core --features serde --target "$t"
 done
 
-step "workspace tests"
-cargo test --workspace --all-targets
-cargo test --workspace --doc
+step "lints"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "workspace tests (core, kv, sim, server processes with etcdctl, QEMU firmware cluster, bench checks)"
+cargo test --workspace
+
+step "simulator: fixed swarm of 1000 seeds, then 200 fresh seeds"
+cargo build --release -p metalraft-sim
+sim=target/release/metalraft-sim
+"$sim" swarm --seeds 0..1000 --jobs 2
+if [ -z "${QUICK:-}" ]; then
+    start=$(( $(date +%s) % 1000000 * 1000 ))
+    "$sim" swarm --seeds "$start..$((start + 200))" --jobs 2
+fi
+
+step "benchmark smoke run (checks every applied entry; numbers are not asserted)"
+cargo run --release -q -p metalraft-bench -- core --quick
+
+step "done"
