@@ -69,27 +69,38 @@ pub enum MemberError {
     Fatal(String),
 }
 
-async fn bind(url: &Url) -> Result<TcpListener, MemberError> {
+/// Binds every address the URL's host resolves to (`localhost` is both
+/// 127.0.0.1 and ::1), so clients reach the member whichever they use. At
+/// least one must bind; an address family the machine lacks is skipped.
+async fn bind(url: &Url) -> Result<Vec<TcpListener>, MemberError> {
     let host = url.host_str().unwrap_or("localhost");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = url.port().unwrap_or(0);
     let err = |source| MemberError::Listen {
         url: url.to_string(),
         source,
     };
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
         .map_err(err)?
         .collect();
+    addrs.sort();
+    addrs.dedup();
+    let mut out = Vec::new();
     let mut last = None;
     for a in addrs {
         match TcpListener::bind(a).await {
-            Ok(l) => return Ok(l),
+            Ok(l) => out.push(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(err(e)),
             Err(e) => last = Some(e),
         }
     }
-    Err(err(last.unwrap_or_else(|| {
-        std::io::Error::other("host resolves to no address")
-    })))
+    if out.is_empty() {
+        return Err(err(last.unwrap_or_else(|| {
+            std::io::Error::other("host resolves to no address")
+        })));
+    }
+    Ok(out)
 }
 
 fn core_config(cfg: &MemberConfig) -> metalraft_core::Config {
@@ -358,15 +369,15 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
     // Bind everything before serving, so a busy port fails the start.
     let mut peer_listeners = Vec::new();
     for u in &cfg.listen_peer_urls {
-        peer_listeners.push(bind(u).await?);
+        peer_listeners.extend(bind(u).await?);
     }
     let mut client_listeners = Vec::new();
     for u in &cfg.listen_client_urls {
-        client_listeners.push(bind(u).await?);
+        client_listeners.extend(bind(u).await?);
     }
     let mut metrics_listeners = Vec::new();
     for u in &cfg.listen_metrics_urls {
-        metrics_listeners.push(bind(u).await?);
+        metrics_listeners.extend(bind(u).await?);
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -76,8 +76,26 @@ fn etcd_environment_variables_are_read() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("couldn't find local name \"from-env\""));
 }
 
-fn dev(dir: &std::path::Path, offset: u16) -> std::process::Child {
-    Command::new(bin())
+/// A running `metalraft dev`; stopped with SIGTERM (so it stops its
+/// members) if a test fails before stopping it.
+struct Dev(Option<std::process::Child>);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            if wait_exit(&mut c, WAIT).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn dev(dir: &std::path::Path, offset: u16) -> Dev {
+    let child = Command::new(bin())
         .args([
             "dev",
             "--data-dir",
@@ -88,17 +106,24 @@ fn dev(dir: &std::path::Path, offset: u16) -> std::process::Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("spawn metalraft dev")
+        .expect("spawn metalraft dev");
+    Dev(Some(child))
 }
 
-fn sigint_and_wait(mut child: std::process::Child) {
+fn sigint_and_wait(mut dev: Dev) {
+    let mut child = dev.0.take().expect("dev running");
     let ok = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(ok.success());
-    let status = wait_exit(&mut child, WAIT).expect("dev did not stop after SIGINT");
-    assert!(status.success(), "dev exited with {status}");
+    match wait_exit(&mut child, WAIT) {
+        Some(status) => assert!(status.success(), "dev exited with {status}"),
+        None => {
+            dev.0 = Some(child);
+            panic!("dev did not stop after SIGINT");
+        }
+    }
 }
 
 #[test]
@@ -113,7 +138,7 @@ fn dev_runs_three_members_prints_commands_stops_on_ctrl_c_and_resumes() {
     let ep = format!("127.0.0.1:{}", 2379 + offset);
     let mut child = dev(&data, offset);
     let mut banner = String::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut out = BufReader::new(child.0.as_mut().unwrap().stdout.take().unwrap());
     while !banner.contains("Ctrl-C") {
         let mut line = String::new();
         assert!(

@@ -119,8 +119,9 @@ fn add_learner_promote_it_and_remove_a_member() {
         &victim_id,
     ]);
     assert!(out.contains("removed from cluster"), "{out}");
-    let mut child = c.children[victim].take().expect("victim running");
-    let status = wait_exit(&mut child, WAIT).expect("removed member did not stop");
+    let status = c
+        .wait_member_exit(victim)
+        .expect("removed member did not stop");
     assert!(!status.success());
     let log = std::fs::read_to_string(&c.members[victim].log).unwrap();
     assert!(log.contains("removed from the cluster"), "{log}");

@@ -159,13 +159,14 @@ impl Cluster {
 
     /// SIGTERM member `i` and wait for it to exit; returns its exit status.
     pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
-        let mut c = self.children[i].take().expect("member running");
+        let pid = self.children[i].as_ref().expect("member running").id();
         let status = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
+            .args(["-TERM", &pid.to_string()])
             .status()
             .expect("run kill");
         assert!(status.success());
-        wait_exit(&mut c, WAIT).expect("member did not exit after SIGTERM")
+        self.wait_member_exit(i)
+            .expect("member did not exit after SIGTERM")
     }
 
     pub fn endpoint(&self, i: usize) -> String {
@@ -260,6 +261,16 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             self.dump_logs();
         }
+    }
+}
+
+impl Cluster {
+    /// Waits for member `i` to exit by itself; on timeout it stays in the
+    /// cluster (and is killed when the cluster is dropped).
+    pub fn wait_member_exit(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let status = wait_exit(self.children[i].as_mut()?, WAIT)?;
+        self.children[i] = None;
+        Some(status)
     }
 }
 
