@@ -147,6 +147,11 @@ pub struct SimConfig {
     pub max_inflight_msgs: usize,
     /// Raft limit: committed entry bytes per Ready.
     pub max_apply_bytes: usize,
+    /// A node snapshots its store and compacts its log every this many
+    /// applied entries (0: never).
+    pub snapshot_every_entries: u64,
+    /// Raft limit: snapshot bytes per InstallSnapshot message.
+    pub max_snapshot_chunk_bytes: usize,
     /// Lower bound of one-way network latency on a link.
     pub latency_us_min: Time,
     /// Upper bound of the per-link base latency.
@@ -165,10 +170,6 @@ pub struct SimConfig {
     pub liveness_budget_ticks: u64,
 }
 
-/// Features of the core the swarm does not drive yet; all off. The
-/// simulator refuses a config that turns one on (see the crate README).
-pub const UNSUPPORTED_KNOBS: [&str; 1] = ["snapshots"];
-
 /// Optional parts of the swarm, chosen on the command line. A seed names a
 /// run only together with its knobs (the replay command carries them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -177,16 +178,22 @@ pub struct Knobs {
     /// learners, joint consensus). Off by default while the core has the
     /// open liveness bugs listed in `KNOWN_CORE_BUGS.md`.
     pub membership: bool,
+    /// Take snapshots and compact logs; lagging followers then catch up by
+    /// chunked InstallSnapshot.
+    pub snapshots: bool,
 }
 
 impl Knobs {
     /// The command-line flags that select these knobs (for replay commands).
-    pub fn flags(&self) -> &'static str {
+    pub fn flags(&self) -> String {
+        let mut f = String::new();
         if self.membership {
-            " --membership"
-        } else {
-            ""
+            f.push_str(" --membership");
         }
+        if self.snapshots {
+            f.push_str(" --snapshots");
+        }
+        f
     }
 }
 
@@ -201,6 +208,9 @@ impl SimConfig {
             c.tick_us.truncate(c.voters);
             c.faults.conf_change_weight = 0;
             c.faults.down_max = c.faults.down_max.min(c.voters);
+        }
+        if !knobs.snapshots {
+            c.snapshot_every_entries = 0;
         }
         c
     }
@@ -287,6 +297,8 @@ impl SimConfig {
             max_entries_per_msg: [1, 4, 64, 256][r.index(4)],
             max_inflight_msgs: [1, 4, 256][r.index(3)],
             max_apply_bytes: [1, 4096, 1 << 20][r.index(3)],
+            snapshot_every_entries: [10, 50, 200][r.index(3)],
+            max_snapshot_chunk_bytes: [64, 1024, 1 << 20][r.index(3)],
             latency_us_min,
             latency_us_max,
             fsync_us_min: 20 + r.range(0, 300),
@@ -316,6 +328,7 @@ impl SimConfig {
         c.max_entries_per_msg = self.max_entries_per_msg;
         c.max_inflight_msgs = self.max_inflight_msgs;
         c.max_apply_bytes = self.max_apply_bytes;
+        c.max_snapshot_chunk_bytes = self.max_snapshot_chunk_bytes;
         c.rng_seed = self.seed ^ (u64::from(incarnation) << 48);
         if self.workload.read_path == ReadPath::Lease {
             c.read_mode = metalraft_core::ReadMode::Lease;
@@ -326,12 +339,13 @@ impl SimConfig {
     /// One line describing the run, printed by `run` and in failure reports.
     pub fn summary(&self) -> String {
         format!(
-            "seed={} voters={} spares={} conf_changes={} clients={} keys={} reads={:?} hb={} et={}..{} prevote={} checkquorum={} \
+            "seed={} voters={} spares={} conf_changes={} snapshot_every={} clients={} keys={} reads={:?} hb={} et={}..{} prevote={} checkquorum={} \
              drop={}ppm dup={}ppm reorder={}ppm latency={}..{}us fsync={}..{}us safety={}ticks",
             self.seed,
             self.voters,
             self.spares,
             self.faults.conf_change_weight > 0,
+            self.snapshot_every_entries,
             self.workload.clients,
             self.workload.keys,
             self.workload.read_path,

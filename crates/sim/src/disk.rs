@@ -12,7 +12,10 @@
 
 use std::collections::VecDeque;
 
-use metalraft_core::{Entry, HardState, Index, LogStorage, MemStorage, Persist, PersistToken};
+use metalraft_core::{
+    Entry, HardState, Index, LogStorage, MemStorage, Persist, PersistToken, SnapshotInstall,
+    SnapshotMeta, StorageError,
+};
 
 use crate::config::Time;
 use crate::payload::SimPayload;
@@ -21,6 +24,7 @@ use crate::rng::Rng;
 /// One record of the write-ahead stream, in write order.
 #[derive(Debug)]
 enum Record {
+    Snapshot(SnapshotInstall, Vec<u8>),
     Entries(Vec<Entry<SimPayload>>),
     HardState(HardState),
 }
@@ -116,8 +120,20 @@ impl Disk {
 
     /// Writes a batch at `now` (the caller has already applied it to the
     /// node's own view of storage) and returns when it will complete.
-    pub fn write(&mut self, mut p: Persist<SimPayload>, now: Time, fsync_us: Time) -> Time {
+    /// `snapshot` is the received snapshot's data when the batch installs
+    /// one.
+    pub fn write(
+        &mut self,
+        mut p: Persist<SimPayload>,
+        snapshot: Option<Vec<u8>>,
+        now: Time,
+        fsync_us: Time,
+    ) -> Time {
         let must_sync = p.must_sync();
+        if let (Some(install), Some(data)) = (p.snapshot().cloned(), snapshot) {
+            self.unsynced.push_back(Record::Snapshot(install, data));
+            self.records_written += 1;
+        }
         let hs = p.hard_state();
         let entries = p.take_entries();
         if !entries.is_empty() {
@@ -170,10 +186,44 @@ impl Disk {
         Some((p.token, changed))
     }
 
+    /// Stores a snapshot the node took and compacts the durable log up to
+    /// it, atomically and durably (a snapshot file written, synced and
+    /// renamed before the log is truncated).
+    ///
+    /// The durable commit index is raised to the snapshot's index with it:
+    /// everything in a snapshot is committed, and the core does not yet
+    /// restart correctly from a snapshot above its durable commit index
+    /// (core bug 4 in KNOWN_CORE_BUGS.md).
+    pub fn create_snapshot(
+        &mut self,
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        let index = meta.index;
+        self.durable.create_snapshot(meta, data)?;
+        let mut hs = self.durable.hard_state();
+        hs.commit = hs.commit.max(index);
+        self.durable.set_hard_state(hs);
+        Ok(())
+    }
+
+    /// Index and data of the durable snapshot, if any.
+    pub fn snapshot(&self) -> Option<(Index, &[u8])> {
+        self.durable
+            .snapshot()
+            .map(|(m, d)| (m.index, d.as_slice()))
+    }
+
     fn make_durable(&mut self, r: Record) {
         match r {
+            Record::Snapshot(install, data) => self.durable.install_snapshot(&install, data),
             Record::Entries(e) => self.durable.append(&e),
-            Record::HardState(hs) => self.durable.set_hard_state(hs),
+            Record::HardState(mut hs) => {
+                // Never below the durable snapshot (see `create_snapshot`).
+                let snap = self.durable.snapshot().map_or(0, |(m, _)| m.index);
+                hs.commit = hs.commit.max(snap);
+                self.durable.set_hard_state(hs)
+            }
         }
     }
 
@@ -198,8 +248,9 @@ impl Disk {
                         e.truncate(n);
                         Record::Entries(e)
                     }
-                    // A torn hard-state record fails its checksum: lost.
-                    Record::HardState(_) if i + 1 == keep => continue,
+                    // A torn hard-state or snapshot record fails its
+                    // checksum: lost.
+                    Record::HardState(_) | Record::Snapshot(..) if i + 1 == keep => continue,
                     r => r,
                 };
                 self.make_durable(r);
@@ -259,7 +310,7 @@ mod tests {
                     if let Some(p) = rd.take_persist() {
                         self.node.storage_mut().apply_persist(&p);
                         self.written.extend(p.entries().iter().map(|e| e.index));
-                        self.disk.write(p, self.now, 100);
+                        self.disk.write(p, None, self.now, 100);
                     }
                 }
                 if !sync {

@@ -8,8 +8,8 @@ use metalraft_sim::swarm::{run_swarm, SwarmOptions};
 use metalraft_sim::{html, run_seed, Knobs, RunOptions};
 
 const USAGE: &str = "usage:
-  metalraft-sim run --seed N [--membership] [--trace] [--history] [--html FILE]
-  metalraft-sim swarm --seeds A..B [--membership] [--jobs J] [--minutes M]";
+  metalraft-sim run --seed N [--membership] [--snapshots] [--trace] [--history] [--html FILE]
+  metalraft-sim swarm --seeds A..B [--membership] [--snapshots] [--jobs J] [--minutes M]";
 
 /// Default worker threads of `swarm`.
 const DEFAULT_JOBS: usize = 2;
@@ -61,6 +61,7 @@ fn run(args: &[String]) -> Result<bool, CliError> {
             }
             "--trace" => trace = true,
             "--membership" => knobs.membership = true,
+            "--snapshots" => knobs.snapshots = true,
             "--history" => history = true,
             "--html" => {
                 html_file = Some(value::<String>(args, i, "--html")?);
@@ -146,6 +147,7 @@ fn swarm(args: &[String]) -> Result<bool, CliError> {
                 i += 1;
             }
             "--membership" => knobs.membership = true,
+            "--snapshots" => knobs.snapshots = true,
             "--jobs" => {
                 jobs = value(args, i, "--jobs")?;
                 i += 1;

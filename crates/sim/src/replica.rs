@@ -29,6 +29,10 @@ pub struct Live {
     pub reads: BTreeMap<ReadCtx, (ProposalRef, KeyId)>,
     /// Client reads with a read index, waiting for the store to apply it.
     pub reads_ready: Vec<(Index, ProposalRef, KeyId)>,
+    /// Snapshot bytes received so far (InstallSnapshot chunks).
+    pub incoming_snapshot: Vec<u8>,
+    /// Index of this node's latest snapshot (taken or installed).
+    pub snapshot_index: Index,
 }
 
 /// A node slot: running or crashed, plus its disk.

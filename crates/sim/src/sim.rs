@@ -242,6 +242,24 @@ pub struct Simulation {
 
 type Step = Result<(), Violation>;
 
+/// A node's whole log: its first index (after any compacted prefix) and
+/// its entries from there, durable or not.
+fn full_log(
+    id: NodeId,
+    node: &crate::replica::SimNode,
+) -> Result<(Index, Vec<metalraft_core::Entry<SimPayload>>), Violation> {
+    use metalraft_core::LogStorage as _;
+    let first = node.storage().first_index().map_err(|e| core_err(id, e))?;
+    let last = node.last_index().map_err(|e| core_err(id, e))?;
+    if first > last {
+        return Ok((first, Vec::new()));
+    }
+    let entries = node
+        .entries(first, last + 1, usize::MAX)
+        .map_err(|e| core_err(id, e))?;
+    Ok((first, entries))
+}
+
 /// The read context of attempt `attempt` of read `op` (unique per attempt;
 /// attempts are fewer than 16).
 fn read_ctx(op: OpId, attempt: u32) -> metalraft_core::ReadCtx {
@@ -556,14 +574,53 @@ impl Simulation {
             let persist = rd.take_persist();
             let committed = rd.take_committed_entries();
             let read_states = rd.take_read_states();
+            for c in rd.take_snapshot_chunks() {
+                if c.offset == 0 {
+                    live.incoming_snapshot.clear();
+                }
+                if c.offset == live.incoming_snapshot.len() as u64 {
+                    live.incoming_snapshot.extend_from_slice(&c.data);
+                }
+            }
+            let mut snapshot_data = None;
+            let mut installed = None;
             if let Some(p) = &persist {
-                if p.snapshot().is_some() {
-                    return Err(core_err(
-                        id,
-                        "snapshot install requested, but no snapshot was ever taken",
-                    ));
+                if let Some(install) = p.snapshot() {
+                    // Install first (store, state machine), then the entries.
+                    let data = std::mem::take(&mut live.incoming_snapshot);
+                    let kv = KvStore::restore(&data).map_err(|e| core_err(id, e))?;
+                    if kv.applied_index() != install.meta.index {
+                        return Err(core_err(
+                            id,
+                            format!(
+                                "snapshot for index {} holds a store applied to {}",
+                                install.meta.index,
+                                kv.applied_index()
+                            ),
+                        ));
+                    }
+                    live.node
+                        .storage_mut()
+                        .install_snapshot(install, data.clone());
+                    live.kv = kv;
+                    live.snapshot_index = install.meta.index;
+                    let index = install.meta.index;
+                    live.proposals.retain(|&i, _| i > index);
+                    installed = Some(index);
+                    snapshot_data = Some(data);
                 }
                 live.node.storage_mut().apply_persist(p);
+            }
+            if let Some(index) = installed {
+                self.state_machine.restore(id, index)?;
+                self.trace.record(
+                    self.now,
+                    Actor::Node(id),
+                    TraceKind::Apply,
+                    index,
+                    1,
+                    || format!("installed snapshot at index {index}"),
+                );
             }
             if let Some(ss) = soft {
                 self.on_soft_state(node, ss)?;
@@ -577,7 +634,7 @@ impl Simulation {
                     .rng_disk
                     .range(self.cfg.fsync_us_min, self.cfg.fsync_us_max);
                 let (n, seq, sync) = (p.entries().len() as u64, p.seq(), p.must_sync());
-                let done = r.disk.write(p, self.now, fsync);
+                let done = r.disk.write(p, snapshot_data, self.now, fsync);
                 let inc = r.incarnation;
                 self.trace.record(
                     self.now,
@@ -594,7 +651,45 @@ impl Simulation {
             }
             self.on_read_states(node, read_states);
             self.serve_reads(node)?;
+            self.maybe_snapshot(node)?;
         }
+    }
+
+    /// Takes a snapshot once `snapshot_every_entries` entries were applied
+    /// since the last one, and compacts the log up to it.
+    fn maybe_snapshot(&mut self, node: usize) -> Step {
+        let every = self.cfg.snapshot_every_entries;
+        let r = &mut self.replicas[node];
+        let id = r.id;
+        let Some(live) = r.live.as_mut() else {
+            return Ok(());
+        };
+        let applied = live.node.applied_index();
+        if every == 0 || applied < live.snapshot_index + every {
+            return Ok(());
+        }
+        let meta = live
+            .node
+            .snapshot_created(applied)
+            .map_err(|e| core_err(id, e))?;
+        let data = live.kv.snapshot();
+        live.node
+            .storage_mut()
+            .create_snapshot(meta.clone(), data.clone())
+            .map_err(|e| core_err(id, e))?;
+        r.disk
+            .create_snapshot(meta, data)
+            .map_err(|e| core_err(id, e))?;
+        live.snapshot_index = applied;
+        self.trace.record(
+            self.now,
+            Actor::Node(id),
+            TraceKind::Apply,
+            applied,
+            2,
+            || format!("snapshot taken at index {applied}, log compacted"),
+        );
+        Ok(())
     }
 
     /// Read indices arrived: queue the reads until the store catches up;
@@ -700,15 +795,12 @@ impl Simulation {
             let Some(live) = self.replicas[node].live.as_ref() else {
                 return Ok(());
             };
-            let last = live.node.last_index().map_err(|e| core_err(id, e))?;
-            let log = live
-                .node
-                .entries(1, last + 1, usize::MAX)
-                .map_err(|e| core_err(id, e))?;
-            self.completeness.check_leader(id, ss.term, |i| {
-                log.get((i as usize).checked_sub(1)?)
-                    .map(|e| (e.term, entry_digest(e)))
-            })?;
+            let (first, log) = full_log(id, &live.node)?;
+            self.completeness
+                .check_leader(id, ss.term, first - 1, |i| {
+                    log.get(usize::try_from(i.checked_sub(first)?).ok()?)
+                        .map(|e| (e.term, entry_digest(e)))
+                })?;
         }
         Ok(())
     }
@@ -1251,19 +1343,27 @@ impl Simulation {
         let id = r.id;
         let storage = r.disk.durable().clone();
         let cfg = self.cfg.core_config(id, r.incarnation);
-        let n = Node::new(cfg, storage, 0).map_err(|e| core_err(id, e))?;
+        // The store restarts from the durable snapshot, if any, and
+        // re-applies the committed log after it.
+        let (applied, kv) = match r.disk.snapshot() {
+            Some((index, data)) => (index, KvStore::restore(data).map_err(|e| core_err(id, e))?),
+            None => (0, KvStore::new()),
+        };
+        let n = Node::new(cfg, storage, applied).map_err(|e| core_err(id, e))?;
         let term = n.term();
         r.live = Some(Live {
             node: n,
-            kv: KvStore::new(),
+            kv,
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             reads_ready: Vec::new(),
+            incoming_snapshot: Vec::new(),
+            snapshot_index: applied,
         });
         r.last_role = Some((Role::Follower, term));
         let inc = r.incarnation;
         let first_tick = self.now + 1 + self.rng_fault.range(0, r.tick_us);
-        self.state_machine.reset(id);
+        self.state_machine.restore(id, applied)?;
         self.trace.record(
             self.now,
             Actor::Node(id),
@@ -1395,15 +1495,12 @@ impl Simulation {
         let mut logs = Vec::new();
         let mut final_log: BTreeMap<Index, OpId> = BTreeMap::new();
         let mut best_commit = 0;
+        let mut compacted = 0;
         for r in &self.replicas {
             let Some(live) = r.live.as_ref() else {
                 continue;
             };
-            let last = live.node.last_index().map_err(|e| core_err(r.id, e))?;
-            let entries = live
-                .node
-                .entries(1, last + 1, usize::MAX)
-                .map_err(|e| core_err(r.id, e))?;
+            let (first, entries) = full_log(r.id, &live.node)?;
             let summary = |e: &metalraft_core::Entry<SimPayload>| LogEntrySummary {
                 index: e.index,
                 term: e.term,
@@ -1417,6 +1514,7 @@ impl Simulation {
             let commit = live.node.commit_index();
             if commit > best_commit {
                 best_commit = commit;
+                compacted = first - 1;
                 final_log = entries
                     .iter()
                     .take_while(|e| e.index <= commit)
@@ -1442,8 +1540,15 @@ impl Simulation {
                 });
             }
         }
+        // Writes in the compacted prefix live on in the snapshot; their
+        // effect is checked through the state (stores, linearizability).
+        let committed_at = &self.committed_at;
         let acked = self.history.ops.iter().filter_map(|o| match o.completion {
-            Some((_, Outcome::Ok(_))) if o.is_write() => Some(o.id),
+            Some((_, Outcome::Ok(_)))
+                if o.is_write() && committed_at.get(&o.id).is_none_or(|&i| i > compacted) =>
+            {
+                Some(o.id)
+            }
             _ => None,
         });
         check_durability(acked, &self.committed_at, &final_log)?;

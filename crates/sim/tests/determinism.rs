@@ -1,6 +1,15 @@
 //! Same seed, same code: the same trace, byte for byte.
 
-use metalraft_sim::{run_seed, RunOptions};
+use metalraft_sim::{Knobs, RunOptions, RunReport, SimConfig, Simulation};
+
+/// Safety phase of these runs (shorter than the swarm's: debug-mode tests).
+const SAFETY_TICKS: u64 = 600;
+
+fn short(seed: u64, opts: RunOptions) -> RunReport {
+    let mut c = SimConfig::from_seed_with(seed, opts.knobs);
+    c.safety_ticks = SAFETY_TICKS;
+    Simulation::new(c, opts).run()
+}
 
 #[test]
 fn same_seed_gives_byte_identical_trace() {
@@ -10,8 +19,8 @@ fn same_seed_gives_byte_identical_trace() {
         ..RunOptions::default()
     };
     for seed in [3, 42] {
-        let a = run_seed(seed, opts);
-        let b = run_seed(seed, opts);
+        let a = short(seed, opts);
+        let b = short(seed, opts);
         let (ta, tb) = (a.trace.as_deref().unwrap(), b.trace.as_deref().unwrap());
         assert!(ta.len() > 1_000, "a real trace for seed {seed}");
         assert_eq!(ta, tb, "seed {seed}: traces differ");
@@ -19,32 +28,33 @@ fn same_seed_gives_byte_identical_trace() {
         assert_eq!(a.history, b.history);
         assert_eq!(a.stats, b.stats);
         // Tracing does not change the run.
-        let quiet = run_seed(seed, RunOptions::default());
+        let quiet = short(seed, RunOptions::default());
         assert_eq!(quiet.fingerprint, a.fingerprint);
     }
 }
 
 #[test]
 fn different_seeds_give_different_runs() {
-    let fps: std::collections::BTreeSet<u64> = (0..20)
-        .map(|s| run_seed(s, RunOptions::default()).fingerprint)
+    let fps: std::collections::BTreeSet<u64> = (0..10)
+        .map(|s| short(s, RunOptions::default()).fingerprint)
         .collect();
-    assert_eq!(fps.len(), 20);
+    assert_eq!(fps.len(), 10);
 }
 
 #[test]
-fn membership_runs_are_deterministic_too() {
+fn membership_and_snapshot_runs_are_deterministic_too() {
     let opts = RunOptions {
         trace: true,
-        knobs: metalraft_sim::Knobs { membership: true },
+        knobs: Knobs {
+            membership: true,
+            snapshots: true,
+        },
         ..RunOptions::default()
     };
-    let a = run_seed(72, opts);
-    let b = run_seed(72, opts);
+    let (a, b) = (short(72, opts), short(72, opts));
     assert!(a.stats.conf_changes > 0, "seed 72 changes membership");
+    let t = a.trace.as_deref().unwrap();
+    assert!(t.contains("snapshot taken"), "seed 72 takes snapshots");
     assert_eq!(a.trace, b.trace);
-    assert_ne!(
-        a.fingerprint,
-        run_seed(72, RunOptions::default()).fingerprint
-    );
+    assert!(a.violation.is_none(), "{:?}", a.violation);
 }

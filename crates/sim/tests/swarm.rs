@@ -8,7 +8,7 @@ fn small_fixed_swarm_passes_and_is_independent_of_thread_count() {
     let run = |jobs| {
         run_swarm(
             &SwarmOptions {
-                seeds: 100..112,
+                seeds: 100..108,
                 jobs,
                 time_limit: None,
                 knobs: Default::default(),
@@ -18,7 +18,7 @@ fn small_fixed_swarm_passes_and_is_independent_of_thread_count() {
     };
     let one = run(1);
     assert!(one.failures.is_empty(), "{:?}", one.failures);
-    assert_eq!(one.seeds, 12);
+    assert_eq!(one.seeds, 8);
     assert!(one.stats.deliveries > 0 && one.stats.faults() > 0 && one.ops_checked > 0);
     let two = run(2);
     assert_eq!(

@@ -31,6 +31,28 @@ impl StateMachineChecker {
         self.nodes.remove(&node);
     }
 
+    /// `node` restored its state machine from a snapshot covering entries
+    /// up to `index`: it continues from the cluster's chain at `index`.
+    /// Fails if no node ever applied `index` (a snapshot of state that was
+    /// never applied anywhere).
+    pub fn restore(&mut self, node: NodeId, index: Index) -> Result<(), Violation> {
+        if index == 0 {
+            self.reset(node);
+            return Ok(());
+        }
+        let Some(&(term, digest, chain)) = self.applied.get((index - 1) as usize) else {
+            return Err(Violation::StateMachineSafety {
+                node,
+                index,
+                got: (0, 0),
+                expected: (0, self.applied_len()),
+            });
+        };
+        let _ = (term, digest);
+        self.nodes.insert(node, NodeChain { last: index, chain });
+        Ok(())
+    }
+
     /// `node` applied entry (`index`, `term`) with content `digest`.
     pub fn observe_applied(
         &mut self,
@@ -97,6 +119,12 @@ mod tests {
         }
         c.reset(2);
         c.observe_applied(2, 1, 1, 10).unwrap();
+        c.restore(3, 4).unwrap();
+        c.observe_applied(3, 5, 1, 50).unwrap();
+        assert!(
+            c.restore(3, 9).is_err(),
+            "a snapshot beyond anything applied"
+        );
         assert_eq!(c.applied_len(), 5);
         assert_eq!(c.applied_at(3), Some((1, 30)));
     }
