@@ -860,6 +860,31 @@ impl peerpb::peer_server::Peer for PeerService {
         Ok(Response::new(peerpb::DeliverReply {}))
     }
 
+    async fn stream(
+        &self,
+        req: Request<tonic::Streaming<peerpb::RaftBatch>>,
+    ) -> Result<Response<peerpb::DeliverReply>, Status> {
+        let mut stream = req.into_inner();
+        while let Some(r) = stream.message().await? {
+            let env = self.check(r.envelope.as_ref())?;
+            let msgs = transport::decode_batch(&env, &r.messages).map_err(|e| {
+                self.0
+                    .transport_stats
+                    .rejected_incoming
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "rejected a malformed peer batch");
+                Status::invalid_argument(e.to_string())
+            })?;
+            for m in msgs {
+                // A full input queue drops the message; Raft retransmits.
+                if let Err(EtcdError::Stopped) = self.0.raft.try_send(Input::Step(m)) {
+                    return Err(EtcdError::Stopped.into());
+                }
+            }
+        }
+        Ok(Response::new(peerpb::DeliverReply {}))
+    }
+
     async fn forward(
         &self,
         req: Request<peerpb::ForwardRequest>,

@@ -165,17 +165,20 @@ pub fn render(s: &Shared) -> String {
     let name = "metalraft_peer_round_trip_seconds";
     let _ = writeln!(
         out,
-        "# HELP {name} Round trips of peer Deliver calls.\n# TYPE {name} summary"
+        "# HELP {name} Round trips of peer probes (an empty Deliver per lane and second).\n# TYPE {name} summary"
     );
     let _ = writeln!(
         out,
         "{name}_sum {}",
         ts.rtt_micros_sum.load(Ordering::Relaxed) as f64 / 1e6
     );
-    let _ = writeln!(
-        out,
-        "{name}_count {}",
-        ts.batches_sent.load(Ordering::Relaxed)
+    let _ = writeln!(out, "{name}_count {}", ts.pings.load(Ordering::Relaxed));
+    metric(
+        &mut out,
+        "metalraft_peer_batches_sent_total",
+        "counter",
+        "Message batches handed to peer streams.",
+        ts.batches_sent.load(Ordering::Relaxed),
     );
     metric(
         &mut out,

@@ -6,8 +6,9 @@
 //! ([`PEER_SNAPSHOT_QUEUE_MSGS`], [`PEER_SNAPSHOT_QUEUE_BYTES`]), so a large
 //! snapshot never delays heartbeats and appends. A full queue drops the
 //! message (Raft retransmits; the drop is counted). A task batches
-//! everything queued into one `Deliver` call and reconnects with
-//! exponential backoff ([`RECONNECT_BACKOFF_MIN`]..[`RECONNECT_BACKOFF_MAX`]).
+//! everything queued and pipelines the batches over one long-lived,
+//! ordered `Stream` call, reconnecting with exponential backoff
+//! ([`RECONNECT_BACKOFF_MIN`]..[`RECONNECT_BACKOFF_MAX`]).
 //!
 //! Incoming: every batch is checked once at the edge — cluster id, a known
 //! sender, this member as recipient, each message decoded with postcard and
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use metalraft_core::{Message, MessageKind};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use url::Url;
 
 use crate::proto::peer::peer_client::PeerClient;
@@ -49,6 +50,15 @@ pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Timeout of one `Deliver` call.
 pub const PEER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Batches buffered between a lane's task and its stream (the pipeline
+/// depth beyond what HTTP/2 flow control holds).
+pub const STREAM_WINDOW_BATCHES: usize = 64;
+/// How often each lane probes the peer's round trip.
+pub const PEER_PING_INTERVAL: Duration = Duration::from_secs(1);
+/// HTTP/2 keep-alive ping interval on peer streams.
+pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// A peer that does not answer a keep-alive within this is considered gone.
+pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Counters of the transport.
 #[derive(Default, Debug)]
@@ -57,11 +67,13 @@ pub struct TransportStats {
     pub dropped_queue_full: AtomicU64,
     /// Messages dropped because delivery failed.
     pub dropped_send_failed: AtomicU64,
-    /// Batches delivered.
+    /// Batches handed to a peer stream.
     pub batches_sent: AtomicU64,
+    /// Round-trip probes answered.
+    pub pings: AtomicU64,
     /// Incoming batches rejected at the edge.
     pub rejected_incoming: AtomicU64,
-    /// Sum of Deliver round trips, in microseconds.
+    /// Sum of round-trip probe times, in microseconds.
     pub rtt_micros_sum: AtomicU64,
     /// A peer told us we were removed from the cluster.
     pub removed: std::sync::atomic::AtomicBool,
@@ -202,6 +214,31 @@ impl Transport {
     }
 }
 
+/// Builds the endpoint of a long-lived stream: no request timeout, but
+/// HTTP/2 keep-alives so a dead peer is noticed.
+fn stream_endpoint(url: &Url) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(
+        Endpoint::from_shared(url.as_str().trim_end_matches('/').to_string())?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true),
+    )
+}
+
+fn note_rejection(env: &Envelope, url: &Url, status: &tonic::Status, stats: &TransportStats) {
+    if status.code() == tonic::Code::PermissionDenied {
+        if status.message() == crate::registry::REMOVED_MESSAGE {
+            stats.removed.store(true, Ordering::Relaxed);
+        }
+        tracing::warn!(peer = env.to, %url, %status, "peer rejected us");
+    }
+}
+
+/// Sends one lane's messages over a `Stream` call, reconnecting with
+/// backoff, and probes the round trip with an empty `Deliver` every
+/// [`PEER_PING_INTERVAL`].
 async fn sender_task(
     env: Envelope,
     url: Url,
@@ -209,66 +246,92 @@ async fn sender_task(
     queued_bytes: Arc<AtomicUsize>,
     stats: Arc<TransportStats>,
 ) {
-    let mut client: Option<PeerClient<Channel>> = None;
+    let ep = match stream_endpoint(&url) {
+        Ok(ep) => ep,
+        Err(e) => {
+            tracing::error!(peer = env.to, %url, error = %e, "bad peer URL");
+            return;
+        }
+    };
     let mut backoff = RECONNECT_BACKOFF_MIN;
-    while let Some(first) = rx.recv().await {
-        let mut bytes = first.len();
-        let mut batch = vec![first];
-        while batch.len() < MAX_MSGS_PER_BATCH && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(m) => {
-                    bytes += m.len();
-                    batch.push(m);
-                }
-                Err(_) => break,
-            }
-        }
-        queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-        let n = batch.len() as u64;
-        if client.is_none() {
-            match endpoint(&url) {
-                Ok(ep) => {
-                    client = Some(
-                        PeerClient::new(ep.connect_lazy())
-                            .max_decoding_message_size(PEER_MAX_GRPC_BYTES)
-                            .max_encoding_message_size(PEER_MAX_GRPC_BYTES),
-                    );
-                }
-                Err(e) => {
-                    tracing::error!(peer = env.to, %url, error = %e, "bad peer URL");
-                    stats.dropped_send_failed.fetch_add(n, Ordering::Relaxed);
-                    continue;
-                }
-            }
-        }
-        let Some(c) = client.as_mut() else { continue };
-        let req = RaftBatch {
-            envelope: Some(env),
-            messages: batch,
-        };
-        let started = std::time::Instant::now();
-        match c.deliver(req).await {
-            Ok(_) => {
-                stats.batches_sent.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .rtt_micros_sum
-                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                backoff = RECONNECT_BACKOFF_MIN;
-            }
-            Err(status) => {
-                stats.dropped_send_failed.fetch_add(n, Ordering::Relaxed);
-                tracing::debug!(peer = env.to, %url, %status, ?backoff, "peer send failed; backing off");
-                if status.code() == tonic::Code::PermissionDenied {
-                    if status.message() == crate::registry::REMOVED_MESSAGE {
-                        stats.removed.store(true, Ordering::Relaxed);
+    let mut ping = tokio::time::interval(PEER_PING_INTERVAL);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let client = PeerClient::new(ep.connect_lazy())
+            .max_decoding_message_size(PEER_MAX_GRPC_BYTES)
+            .max_encoding_message_size(PEER_MAX_GRPC_BYTES);
+        let (tx, out_rx) = mpsc::channel::<RaftBatch>(STREAM_WINDOW_BATCHES);
+        let mut call_client = client.clone();
+        let mut call = tokio::spawn(async move {
+            call_client
+                .stream(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+                .await
+        });
+        let connected_at = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                res = &mut call => {
+                    if let Ok(Err(status)) = &res {
+                        tracing::debug!(peer = env.to, %url, %status, ?backoff, "peer stream ended; reconnecting");
+                        note_rejection(&env, &url, status, &stats);
                     }
-                    tracing::warn!(peer = env.to, %url, %status, "peer rejected us");
+                    break;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
-                // Drop what queued up meanwhile beyond one batch: it is stale.
-                client = None;
+                _ = ping.tick() => {
+                    let mut c = client.clone();
+                    let stats = stats.clone();
+                    let url = url.clone();
+                    tokio::spawn(async move {
+                        let started = std::time::Instant::now();
+                        let req = RaftBatch { envelope: Some(env), messages: Vec::new() };
+                        match tokio::time::timeout(PEER_REQUEST_TIMEOUT, c.deliver(req)).await {
+                            Ok(Ok(_)) => {
+                                stats.pings.fetch_add(1, Ordering::Relaxed);
+                                stats.rtt_micros_sum.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                            }
+                            Ok(Err(status)) => note_rejection(&env, &url, &status, &stats),
+                            Err(_) => {}
+                        }
+                    });
+                }
+                first = rx.recv() => {
+                    let Some(first) = first else {
+                        // The peer was removed: stop (dropping `tx` ends the call).
+                        return;
+                    };
+                    let mut bytes = first.len();
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_MSGS_PER_BATCH && bytes < MAX_BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok(m) => {
+                                bytes += m.len();
+                                batch.push(m);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                    let n = batch.len() as u64;
+                    let req = RaftBatch { envelope: Some(env), messages: batch };
+                    if tx.send(req).await.is_ok() {
+                        stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        // The call ended; the next turn sees why.
+                        stats.dropped_send_failed.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
             }
+        }
+        // A call that lived long enough was healthy: start backing off anew.
+        if connected_at.elapsed() > RECONNECT_BACKOFF_MAX {
+            backoff = RECONNECT_BACKOFF_MIN;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+        // Messages queued while disconnected are stale; Raft resends what matters.
+        while let Ok(m) = rx.try_recv() {
+            queued_bytes.fetch_sub(m.len(), Ordering::Relaxed);
+            stats.dropped_send_failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
