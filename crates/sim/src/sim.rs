@@ -681,6 +681,8 @@ impl Simulation {
             .create_snapshot(meta, data)
             .map_err(|e| core_err(id, e))?;
         live.snapshot_index = applied;
+        let hs = r.disk.durable_hard_state();
+        self.durable.observe_durable(id, hs)?;
         self.trace.record(
             self.now,
             Actor::Node(id),
