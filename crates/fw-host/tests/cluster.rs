@@ -22,6 +22,10 @@ const NODES: u8 = 5;
 const PUTS: usize = 200;
 /// Small, so that snapshots, compaction and InstallSnapshot all happen.
 const SNAPSHOT_INTERVAL: u16 = 64;
+/// A small disk: its log ring (disk minus 264 fixed sectors) is shorter
+/// than the test's whole log, so the ring wraps and only compaction makes
+/// room.
+const DISK_BYTES: u64 = 384 * 1024;
 /// Writes while the old leader is down: more than two snapshot intervals,
 /// so the new leader compacts past everything the old one has and must
 /// send it a snapshot.
@@ -115,6 +119,7 @@ fn five_node_qemu_cluster() {
     let spec = pick_ports(|p| {
         let mut s = ClusterSpec::new(&dir, NODES, p, &elf).unwrap();
         s.snapshot_interval_entries = SNAPSHOT_INTERVAL;
+        s.disk_bytes = DISK_BYTES;
         s
     });
     let ports = spec.ports;
@@ -395,6 +400,13 @@ fn five_node_qemu_cluster() {
         st[0].heap_size
     );
     assert!(st.iter().all(|s| s.heap_high_water < s.heap_size));
+    // Every record takes at least one sector: past this index the ring has
+    // wrapped, so wrap-around and space freed by compaction were exercised.
+    let ring_sectors = DISK_BYTES / 512 - metalraft_fw_proto::disk::LOG_START_SECTOR;
+    assert!(
+        st.iter().all(|s| s.last_index > ring_sectors),
+        "ring never wrapped: {st:?}"
+    );
     // Snapshots keep the log short on every node.
     for s in &st {
         assert!(s.snapshot_index > 0, "{s:?}");
