@@ -10,8 +10,15 @@
 //!   promises is fdatasync'ed in the write-ahead log ([`storage`]). On start a
 //!   torn final WAL record is truncated and logged; any other corruption stops
 //!   the member with an error naming the file and offset.
-//! - **Client API:** the etcd v3 gRPC API ([`proto`]), wire-compatible for the
-//!   services listed in the README; everything else answers `UNIMPLEMENTED`.
+//! - **Client API:** the etcd v3 gRPC API ([`proto`], served by [`api`]),
+//!   wire-compatible for the services listed in the README, with etcd's
+//!   error codes and messages ([`errors`]); everything else answers
+//!   `UNIMPLEMENTED`. Writes go through the Raft log ([`raft_loop`]), reads
+//!   are linearizable by ReadIndex unless serializable.
+//! - **Membership:** runtime changes through the core, with member URLs in
+//!   a replicated registry ([`registry`]); a removed member stops.
+//! - **Peers:** an internal gRPC service ([`transport`]) that checks every
+//!   batch at the edge (cluster id, known sender, decodable messages).
 //! - **Bounds:** every queue and buffer has a named constant or config field.
 //!
 //! The binary's `main` only parses the command line and calls into this

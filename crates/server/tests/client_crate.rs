@@ -5,6 +5,27 @@ mod common;
 use common::*;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
+/// Retries while the cluster answers UNAVAILABLE (no leader yet, leader
+/// changed, timeout), as etcd's own clients do; any other error is returned.
+async fn retry<T, F, Fut>(mut f: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match f().await {
+            Err(etcd_client::Error::GRpcStatus(s))
+                if s.code() == tonic::Code::Unavailable && std::time::Instant::now() < deadline =>
+            {
+                eprintln!("retrying after: {s}");
+                tokio::time::sleep(POLL).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 #[test]
 fn etcd_client_crate_put_get_txn_delete_status_and_unimplemented_services() {
     let c = Cluster::start(3);
@@ -13,8 +34,14 @@ fn etcd_client_crate_put_get_txn_delete_status_and_unimplemented_services() {
         .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut cl = Client::connect(eps, None).await.expect("connect");
-        let put = cl.put("a", "1", None).await.expect("put");
+        let cl = Client::connect(eps, None).await.expect("connect");
+        let put = retry(|| {
+            let mut c = cl.clone();
+            async move { c.put("a", "1", None).await }
+        })
+        .await
+        .expect("put");
+        let mut cl = cl;
         let header = put.header().expect("header");
         assert!(header.revision() >= 2);
         assert_ne!(header.cluster_id(), 0);
