@@ -103,7 +103,9 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::BadTimeouts => f.write_str("heartbeat/election timeouts inconsistent"),
             ConfigError::TooLarge => f.write_str("config body too large for the block"),
-            ConfigError::BadSnapshotInterval => f.write_str("snapshot interval must be at least 1 entry"),
+            ConfigError::BadSnapshotInterval => {
+                f.write_str("snapshot interval must be at least 1 entry")
+            }
         }
     }
 }

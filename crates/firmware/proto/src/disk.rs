@@ -246,7 +246,11 @@ impl Chain {
     /// A chain whose first record follows the entry (`index`, `term`)
     /// (the snapshot's, or (0, 0) without one).
     pub const fn after(index: u64, term: u64) -> Chain {
-        Chain { next_index: index + 1, epoch: 0, term }
+        Chain {
+            next_index: index + 1,
+            epoch: 0,
+            term,
+        }
     }
 
     /// Whether an intact record with header `h` continues the chain.
@@ -296,13 +300,17 @@ pub struct SnapshotHeader {
 impl SnapshotHeader {
     /// Encodes into one sector.
     pub fn encode(&self) -> Result<[u8; SECTOR_BYTES], RecordError> {
-        if self.meta.len() > MAX_SNAPSHOT_META_BYTES || self.data_len as usize > MAX_SNAPSHOT_BYTES {
+        if self.meta.len() > MAX_SNAPSHOT_META_BYTES || self.data_len as usize > MAX_SNAPSHOT_BYTES
+        {
             return Err(RecordError::TooLarge);
         }
         let mut s = [0u8; SECTOR_BYTES];
         s[0..4].copy_from_slice(&SNAPSHOT_MAGIC);
         s[4] = DISK_FORMAT_VERSION;
-        for (i, v) in [self.seq, self.index, self.term, self.log_start_sector].iter().enumerate() {
+        for (i, v) in [self.seq, self.index, self.term, self.log_start_sector]
+            .iter()
+            .enumerate()
+        {
             s[5 + 8 * i..13 + 8 * i].copy_from_slice(&v.to_le_bytes());
         }
         s[37..41].copy_from_slice(&self.data_len.to_le_bytes());
@@ -492,14 +500,26 @@ mod tests {
         let mut bad = s;
         bad[14] ^= 0x10;
         assert_eq!(SnapshotHeader::decode(&bad), Err(RecordError::BadChecksum));
-        assert_eq!(SnapshotHeader::decode(&[0u8; SECTOR_BYTES]), Err(RecordError::Empty));
+        assert_eq!(
+            SnapshotHeader::decode(&[0u8; SECTOR_BYTES]),
+            Err(RecordError::Empty)
+        );
     }
 
     #[test]
     fn ring_wraps_before_a_record_could_straddle_the_end() {
-        assert_eq!(ring_position(LOG_START_SECTOR + 5, 1000), LOG_START_SECTOR + 5);
-        assert_eq!(ring_position(1000 - MAX_RECORD_SECTORS, 1000), 1000 - MAX_RECORD_SECTORS);
-        assert_eq!(ring_position(1000 - MAX_RECORD_SECTORS + 1, 1000), LOG_START_SECTOR);
+        assert_eq!(
+            ring_position(LOG_START_SECTOR + 5, 1000),
+            LOG_START_SECTOR + 5
+        );
+        assert_eq!(
+            ring_position(1000 - MAX_RECORD_SECTORS, 1000),
+            1000 - MAX_RECORD_SECTORS
+        );
+        assert_eq!(
+            ring_position(1000 - MAX_RECORD_SECTORS + 1, 1000),
+            LOG_START_SECTOR
+        );
     }
 
     #[test]

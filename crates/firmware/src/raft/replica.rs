@@ -137,7 +137,8 @@ impl Replica {
             Some(data) => KvStore::restore(&data).map_err(|_| ReplicaError::Snapshot)?,
             None => KvStore::new(),
         };
-        let node = Node::new(core_config(cfg), log, kv.applied_index()).map_err(ReplicaError::Config)?;
+        let node =
+            Node::new(core_config(cfg), log, kv.applied_index()).map_err(ReplicaError::Config)?;
         Ok(Replica {
             node,
             kv,
@@ -457,7 +458,10 @@ impl Replica {
     pub fn maybe_snapshot(&mut self, out: &mut Outbox) {
         let applied = self.kv.applied_index();
         let base = self.node.storage().snapshot_index();
-        if self.failed.is_some() || self.unsynced.is_some() || applied < base + self.snapshot_interval {
+        if self.failed.is_some()
+            || self.unsynced.is_some()
+            || applied < base + self.snapshot_interval
+        {
             return;
         }
         let data = self.kv.snapshot();
@@ -469,10 +473,17 @@ impl Replica {
             }
         };
         match self.node.storage_mut().create_snapshot(&meta, &data) {
-            Ok(true) => info!("snapshot at index {} ({} bytes), log compacted", applied, data.len()),
+            Ok(true) => info!(
+                "snapshot at index {} ({} bytes), log compacted",
+                applied,
+                data.len()
+            ),
             Ok(false) => {}
             Err(StoreError::SnapshotTooLarge) => {
-                warn!("state machine ({} bytes) too large to snapshot; the log keeps growing", data.len())
+                warn!(
+                    "state machine ({} bytes) too large to snapshot; the log keeps growing",
+                    data.len()
+                )
             }
             Err(e) => self.stop(e, out),
         }

@@ -127,7 +127,10 @@ impl DiskLog {
     /// Recovers from `disk` (or bootstraps a fresh disk with `members` as
     /// the initial voters). See [`recovery`] for the rules. Also returns the
     /// data of the current snapshot, if any, to restore the state machine.
-    pub fn open(disk: Disk, members: &[u64]) -> Result<(DiskLog, Recovered, Option<Vec<u8>>), StoreError> {
+    pub fn open(
+        disk: Disk,
+        members: &[u64],
+    ) -> Result<(DiskLog, Recovered, Option<Vec<u8>>), StoreError> {
         recovery::open(disk, members)
     }
 
@@ -153,11 +156,16 @@ impl DiskLog {
 
     /// Sector of the first live record (the write head when the log is empty).
     fn first_live_sector(&self) -> u64 {
-        self.slots.first().map_or(self.next_sector, |s| u64::from(s.sector))
+        self.slots
+            .first()
+            .map_or(self.next_sector, |s| u64::from(s.sector))
     }
 
     fn write_hard_state(&mut self, hs: HardStateRecord, sync: bool) -> Result<(), StoreError> {
-        let rec = HardStateRecord { seq: self.hard.seq + 1, ..hs };
+        let rec = HardStateRecord {
+            seq: self.hard.seq + 1,
+            ..hs
+        };
         let mut disk = self.disk.borrow_mut();
         disk.write(rec.sector(), &rec.encode())?;
         if sync {
@@ -186,7 +194,10 @@ impl DiskLog {
             .map_err(|_| StoreError::EntryTooLarge)?;
         self.disk.borrow_mut().write(at, &rec)?;
         // Checked above: `at` fits in u32.
-        self.slots.push(Slot { term: e.term, sector: at as u32 });
+        self.slots.push(Slot {
+            term: e.term,
+            sector: at as u32,
+        });
         self.next_sector = at + sectors;
         Ok(())
     }
@@ -252,16 +263,23 @@ impl DiskLog {
         let slot = self.slot(index).ok_or(StorageError::Unavailable)?;
         let mut disk = self.disk.borrow_mut();
         let mut first = [0u8; SECTOR_BYTES];
-        disk.read(u64::from(slot.sector), &mut first).map_err(|_| StorageError::Io)?;
+        disk.read(u64::from(slot.sector), &mut first)
+            .map_err(|_| StorageError::Io)?;
         let h = RecordHeader::decode(&first).map_err(|_| StorageError::Io)?;
         if h.index != index || h.term != slot.term {
             return Err(StorageError::Io);
         }
         let mut rec = vec![0u8; h.sectors() as usize * SECTOR_BYTES];
-        disk.read(u64::from(slot.sector), &mut rec).map_err(|_| StorageError::Io)?;
+        disk.read(u64::from(slot.sector), &mut rec)
+            .map_err(|_| StorageError::Io)?;
         let payload = h.verify(&rec).map_err(|_| StorageError::Io)?;
-        let data: EntryData<Vec<u8>> = postcard::from_bytes(payload).map_err(|_| StorageError::Io)?;
-        Ok(Entry { term: h.term, index, data })
+        let data: EntryData<Vec<u8>> =
+            postcard::from_bytes(payload).map_err(|_| StorageError::Io)?;
+        Ok(Entry {
+            term: h.term,
+            index,
+            data,
+        })
     }
 }
 
@@ -275,11 +293,20 @@ impl LogStorage<Vec<u8>> for DiskLog {
             },
             // Without a snapshot the initial voters come from the bootstrap
             // entry at index 1.
-            conf_state: self.snap.meta().map(|m| m.conf_state.clone()).unwrap_or_default(),
+            conf_state: self
+                .snap
+                .meta()
+                .map(|m| m.conf_state.clone())
+                .unwrap_or_default(),
         })
     }
 
-    fn entries(&self, lo: Index, hi: Index, max_bytes: usize) -> Result<Vec<Entry<Vec<u8>>>, StorageError> {
+    fn entries(
+        &self,
+        lo: Index,
+        hi: Index,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry<Vec<u8>>>, StorageError> {
         if lo <= self.base.0 {
             return Err(StorageError::Compacted);
         }
@@ -306,7 +333,9 @@ impl LogStorage<Vec<u8>> for DiskLog {
         if index < self.base.0 {
             return Err(StorageError::Compacted);
         }
-        self.slot(index).map(|s| s.term).ok_or(StorageError::Unavailable)
+        self.slot(index)
+            .map(|s| s.term)
+            .ok_or(StorageError::Unavailable)
     }
 
     fn first_index(&self) -> Result<Index, StorageError> {
@@ -321,7 +350,12 @@ impl LogStorage<Vec<u8>> for DiskLog {
         Ok(self.snap.meta().cloned())
     }
 
-    fn snapshot_chunk(&self, index: Index, offset: u64, max_len: usize) -> Result<(Vec<u8>, bool), StorageError> {
+    fn snapshot_chunk(
+        &self,
+        index: Index,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<(Vec<u8>, bool), StorageError> {
         self.read_snapshot_chunk(index, offset, max_len)
     }
 }

@@ -37,7 +37,10 @@ fn read_hard_state(disk: &mut Disk) -> Result<Option<HardStateRecord>, StoreErro
     for (buf, sector) in slots.iter_mut().zip(HARD_STATE_SECTORS) {
         disk.read(sector, buf)?;
     }
-    Ok(HardStateRecord::newest(HardStateRecord::decode(&slots[0]), HardStateRecord::decode(&slots[1])))
+    Ok(HardStateRecord::newest(
+        HardStateRecord::decode(&slots[0]),
+        HardStateRecord::decode(&slots[1]),
+    ))
 }
 
 /// The end of the scan.
@@ -54,7 +57,14 @@ fn scan(disk: &mut Disk, start: u64, mut chain: Chain) -> Result<Scanned, StoreE
     let total = disk.sectors();
     let mut sector = start;
     let mut first = [0u8; SECTOR_BYTES];
-    let end = |slots, sector, chain: Chain, torn| Ok(Scanned { slots, next_sector: sector, epoch: chain.epoch, torn });
+    let end = |slots, sector, chain: Chain, torn| {
+        Ok(Scanned {
+            slots,
+            next_sector: sector,
+            epoch: chain.epoch,
+            torn,
+        })
+    };
     // The ring holds at most this many records: a bound on the walk even if
     // a damaged disk held a cycle.
     let max_records = (total.saturating_sub(LOG_START_SECTOR) as usize).min(MAX_LOG_ENTRIES);
@@ -77,7 +87,10 @@ fn scan(disk: &mut Disk, start: u64, mut chain: Chain) -> Result<Scanned, StoreE
         if !chain.accepts(&h) {
             return end(slots, sector, chain, false);
         }
-        slots.push(Slot { term: h.term, sector: at as u32 });
+        slots.push(Slot {
+            term: h.term,
+            sector: at as u32,
+        });
         chain.push(&h);
         sector = at + h.sectors();
     }
@@ -91,14 +104,21 @@ pub(super) fn open(mut disk: Disk, members: &[u64]) -> Result<Opened, StoreError
     let a = load_slot(&mut disk, 0);
     let b = load_slot(&mut disk, 1);
     let snap = match (a, b) {
-        (Some(a), Some(b)) => Some(if a.0.header.seq >= b.0.header.seq { a } else { b }),
+        (Some(a), Some(b)) => Some(if a.0.header.seq >= b.0.header.seq {
+            a
+        } else {
+            b
+        }),
         (a, b) => a.or(b),
     };
     let (base, start, chain, snap_epoch) = match &snap {
         Some((c, epoch, _)) => (
             (c.header.index, c.header.term),
             c.header.log_start_sector,
-            Chain { epoch: *epoch, ..Chain::after(c.header.index, c.header.term) },
+            Chain {
+                epoch: *epoch,
+                ..Chain::after(c.header.index, c.header.term)
+            },
             *epoch,
         ),
         None => ((0, 0), LOG_START_SECTOR, Chain::default(), 0),
@@ -121,7 +141,11 @@ pub(super) fn open(mut disk: Disk, members: &[u64]) -> Result<Opened, StoreError
         next_sector: scanned.next_sector,
         // Every boot writes in a new epoch, so nothing written before this
         // boot (a torn tail included) can extend the chain later.
-        epoch: scanned.epoch.max(snap_epoch).checked_add(1).ok_or(StoreError::LogFull)?,
+        epoch: scanned
+            .epoch
+            .max(snap_epoch)
+            .checked_add(1)
+            .ok_or(StoreError::LogFull)?,
         hard: hard.unwrap_or_default(),
         snap: SnapshotState::recovered(current),
     };
@@ -129,7 +153,13 @@ pub(super) fn open(mut disk: Disk, members: &[u64]) -> Result<Opened, StoreError
         let entry: Entry<Vec<u8>> = bootstrap_entry(members);
         log.append_record(&entry)?;
         let hs = bootstrap_hard_state();
-        log.hard = HardStateRecord { seq: 0, term: hs.term, vote: 0, commit: hs.commit, boots: 0 };
+        log.hard = HardStateRecord {
+            seq: 0,
+            term: hs.term,
+            vote: 0,
+            commit: hs.commit,
+            boots: 0,
+        };
         rec.bootstrapped = true;
     }
     let mut next = log.hard;
@@ -139,7 +169,10 @@ pub(super) fn open(mut disk: Disk, members: &[u64]) -> Result<Opened, StoreError
         // damage, not a torn write (a torn write only loses what was never
         // flushed, hence never acknowledged). Serving on would let this node
         // vote or ack without data it promised to keep, so stop instead.
-        return Err(StoreError::CorruptBelowCommit { index: log.last() + 1, commit: next.commit });
+        return Err(StoreError::CorruptBelowCommit {
+            index: log.last() + 1,
+            commit: next.commit,
+        });
     }
     next.boots += 1;
     log.disk.borrow_mut().flush()?;

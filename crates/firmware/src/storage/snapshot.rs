@@ -41,7 +41,10 @@ pub(super) struct SnapshotState {
 
 impl SnapshotState {
     pub(super) fn recovered(current: Option<Current>) -> SnapshotState {
-        SnapshotState { current, staging: None }
+        SnapshotState {
+            current,
+            staging: None,
+        }
     }
 
     pub(super) fn meta(&self) -> Option<&SnapshotMeta> {
@@ -69,7 +72,12 @@ fn data_sector(slot: usize, offset: u64) -> u64 {
 
 impl DiskLog {
     /// Reads `len` data bytes of `slot` from `offset`.
-    pub(super) fn read_slot_data(&self, slot: usize, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+    pub(super) fn read_slot_data(
+        &self,
+        slot: usize,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, StoreError> {
         let mut out = Vec::with_capacity(len);
         let mut sector = [0u8; SECTOR_BYTES];
         let mut pos = offset;
@@ -86,8 +94,15 @@ impl DiskLog {
 
     /// Writes `bytes` into `slot`'s data at `offset` (read-modify-write of
     /// partial sectors).
-    fn write_slot_data(&mut self, slot: usize, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        let end = offset.checked_add(bytes.len() as u64).ok_or(StoreError::SnapshotTooLarge)?;
+    fn write_slot_data(
+        &mut self,
+        slot: usize,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let end = offset
+            .checked_add(bytes.len() as u64)
+            .ok_or(StoreError::SnapshotTooLarge)?;
         if end > MAX_SNAPSHOT_BYTES as u64 {
             return Err(StoreError::SnapshotTooLarge);
         }
@@ -111,11 +126,21 @@ impl DiskLog {
     /// Makes `slot` current: writes its header and flushes, then releases
     /// the log up to the snapshot. `tail` says whether entries after the
     /// snapshot stay (`log_start` is then the first one's sector).
-    fn commit_slot(&mut self, slot: usize, meta: &SnapshotMeta, data_len: u64, data_crc: u32) -> Result<(), StoreError> {
+    fn commit_slot(
+        &mut self,
+        slot: usize,
+        meta: &SnapshotMeta,
+        data_len: u64,
+        data_crc: u32,
+    ) -> Result<(), StoreError> {
         // Entries after the snapshot that stay, and where they start.
         let keep_from = meta.index.saturating_sub(self.base.0) as usize;
         let tail = keep_from < self.slots.len() && meta.index >= self.base.0;
-        let log_start = if tail { u64::from(self.slots[keep_from].sector) } else { self.next_sector };
+        let log_start = if tail {
+            u64::from(self.slots[keep_from].sector)
+        } else {
+            self.next_sector
+        };
         // Without a tail the next record is written in the current epoch;
         // with one, the record at `log_start` is the right one by position.
         let first_epoch = if tail { 0 } else { self.epoch };
@@ -142,7 +167,11 @@ impl DiskLog {
             self.slots.clear();
         }
         self.base = (meta.index, meta.term);
-        self.snap.current = Some(Current { slot, header, meta: meta.clone() });
+        self.snap.current = Some(Current {
+            slot,
+            header,
+            meta: meta.clone(),
+        });
         self.snap.staging = None;
         Ok(())
     }
@@ -150,7 +179,11 @@ impl DiskLog {
     /// Stores a snapshot of the state machine taken at `meta.index` (from
     /// `Node::snapshot_created`) and compacts the log up to it. Skipped
     /// (`Ok(false)`) while a snapshot from the leader is being received.
-    pub fn create_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<bool, StoreError> {
+    pub fn create_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: &[u8],
+    ) -> Result<bool, StoreError> {
         if self.snap.staging.is_some() || meta.index <= self.base.0 {
             return Ok(false);
         }
@@ -168,9 +201,15 @@ impl DiskLog {
     pub fn stage_chunk(&mut self, chunk: &SnapshotChunk) -> Result<(), StoreError> {
         if chunk.offset == 0 {
             let slot = self.snap.free_slot();
-            self.snap.staging = Some(Staging { slot, meta: chunk.meta.clone(), len: 0 });
+            self.snap.staging = Some(Staging {
+                slot,
+                meta: chunk.meta.clone(),
+                len: 0,
+            });
         }
-        let Some(st) = self.snap.staging.clone() else { return Err(StoreError::SnapshotMismatch) };
+        let Some(st) = self.snap.staging.clone() else {
+            return Err(StoreError::SnapshotMismatch);
+        };
         if st.meta != chunk.meta || st.len != chunk.offset {
             // The core hands chunks over in order; anything else is a bug.
             return Err(StoreError::SnapshotMismatch);
@@ -184,7 +223,11 @@ impl DiskLog {
 
     /// Installs the received snapshot (first step of a `Persist`).
     pub(super) fn install_snapshot(&mut self, install: &SnapshotInstall) -> Result<(), StoreError> {
-        let st = self.snap.staging.clone().ok_or(StoreError::SnapshotMismatch)?;
+        let st = self
+            .snap
+            .staging
+            .clone()
+            .ok_or(StoreError::SnapshotMismatch)?;
         if st.meta != install.meta {
             return Err(StoreError::SnapshotMismatch);
         }
@@ -204,7 +247,9 @@ impl DiskLog {
 
     /// The current snapshot's data, verified.
     pub fn snapshot_data(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(c) = &self.snap.current else { return Ok(None) };
+        let Some(c) = &self.snap.current else {
+            return Ok(None);
+        };
         let data = self.read_slot_data(c.slot, 0, c.header.data_len as usize)?;
         if CRC32C.checksum(&data) != c.header.data_crc {
             return Err(StoreError::SnapshotMismatch);
@@ -212,21 +257,33 @@ impl DiskLog {
         Ok(Some(data))
     }
 
-    pub(super) fn read_snapshot_chunk(&self, index: Index, offset: u64, max_len: usize) -> Result<(Vec<u8>, bool), StorageError> {
-        let Some(c) = &self.snap.current else { return Err(StorageError::SnapshotOutOfDate) };
+    pub(super) fn read_snapshot_chunk(
+        &self,
+        index: Index,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<(Vec<u8>, bool), StorageError> {
+        let Some(c) = &self.snap.current else {
+            return Err(StorageError::SnapshotOutOfDate);
+        };
         if c.header.index != index {
             return Err(StorageError::SnapshotOutOfDate);
         }
         let total = u64::from(c.header.data_len);
         let start = offset.min(total);
         let len = (total - start).min(max_len as u64) as usize;
-        let bytes = self.read_slot_data(c.slot, start, len).map_err(|_| StorageError::Io)?;
+        let bytes = self
+            .read_slot_data(c.slot, start, len)
+            .map_err(|_| StorageError::Io)?;
         Ok((bytes, start + len as u64 == total))
     }
 }
 
 /// Reads and verifies one snapshot slot at boot.
-pub(super) fn load_slot(disk: &mut crate::platform::disk::Disk, slot: usize) -> Option<(Current, u32, Vec<u8>)> {
+pub(super) fn load_slot(
+    disk: &mut crate::platform::disk::Disk,
+    slot: usize,
+) -> Option<(Current, u32, Vec<u8>)> {
     let mut sector = [0u8; SECTOR_BYTES];
     disk.read(SNAPSHOT_SLOTS[slot], &mut sector).ok()?;
     let header = SnapshotHeader::decode(&sector).ok()?;
