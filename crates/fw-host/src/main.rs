@@ -39,6 +39,14 @@ Every command takes --dir DIR (default metalraft-data/fw-cluster): images, per-n
 (nodeN.log), hub.log and the cluster state live there. Ports: base (hub switch), base+1
 (fault control), base+2 (client gateway), base+10+N (node N); all on 127.0.0.1.";
 
+/// Prints a line to stdout, ignoring a closed pipe (`metalraft-fw status | head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Default cluster directory.
 const DEFAULT_DIR: &str = "metalraft-data/fw-cluster";
 /// Default cluster size.
@@ -239,7 +247,7 @@ fn cluster_up(a: &Args) -> Result<()> {
     let spec = ClusterSpec::new(&dir, nodes, ports, &elf)?;
     spec.check_ports_free()?;
     if a.flag("--keep-disks") && spec.ids().all(|id| spec.image(id).is_file()) {
-        println!("keeping existing disks in {}", dir.display());
+        outln!("keeping existing disks in {}", dir.display());
     } else {
         spec.create_images()?;
     }
@@ -274,7 +282,7 @@ fn cluster_up(a: &Args) -> Result<()> {
         state.node_pids.insert(id, spawn_node(&spec, id)?);
     }
     state.save(&dir)?;
-    println!(
+    outln!(
         "started {nodes} nodes (logs in {}), waiting for a leader...",
         dir.display()
     );
@@ -283,7 +291,7 @@ fn cluster_up(a: &Args) -> Result<()> {
         for id in spec.ids() {
             if let Ok(Some(s)) = client.status(id, STATUS_TIMEOUT) {
                 if s.role == Role::Leader {
-                    println!("leader: node {id} after {:.2}s", t0.elapsed().as_secs_f64());
+                    outln!("leader: node {id} after {:.2}s", t0.elapsed().as_secs_f64());
                     print_status(&mut client, nodes);
                     return Ok(());
                 }
@@ -314,7 +322,7 @@ fn cluster_down(a: &Args) -> Result<()> {
         signal(state.hub_pid, "-TERM")?;
     }
     fs::remove_file(State::path(&dir))?;
-    println!("cluster in {} stopped (disks and logs kept)", dir.display());
+    outln!("cluster in {} stopped (disks and logs kept)", dir.display());
     Ok(())
 }
 
@@ -343,7 +351,7 @@ fn node_cmd(a: &Args) -> Result<()> {
             signal(pid, "-KILL")?;
             wait_gone(pid, &marker);
             state.node_pids.remove(&id);
-            println!("node {id} (pid {pid}) killed with SIGKILL");
+            outln!("node {id} (pid {pid}) killed with SIGKILL");
         }
         Some("start") => {
             if let Some(pid) = running {
@@ -351,7 +359,7 @@ fn node_cmd(a: &Args) -> Result<()> {
             }
             let pid = spawn_node(&spec, id)?;
             state.node_pids.insert(id, pid);
-            println!("node {id} started (pid {pid}) from its disk");
+            outln!("node {id} started (pid {pid}) from its disk");
         }
         _ => return Err("usage: node kill N | start N".into()),
     }
@@ -382,9 +390,9 @@ fn fmt_status(s: &Status) -> String {
 fn print_status(client: &mut Client, nodes: u8) {
     for id in 1..=nodes {
         match client.status(id, STATUS_TIMEOUT) {
-            Ok(Some(s)) => println!("{}", fmt_status(&s)),
-            Ok(None) => println!("node {id} no answer"),
-            Err(e) => println!("node {id} error: {e}"),
+            Ok(Some(s)) => outln!("{}", fmt_status(&s)),
+            Ok(None) => outln!("node {id} no answer"),
+            Err(e) => outln!("node {id} error: {e}"),
         }
     }
 }
@@ -420,14 +428,14 @@ fn fault_cmd(a: &Args) -> Result<()> {
     let n = sock
         .recv(&mut buf)
         .map_err(|e| format!("hub did not answer: {e}"))?;
-    println!("{}", String::from_utf8_lossy(&buf[..n]));
+    outln!("{}", String::from_utf8_lossy(&buf[..n]));
     Ok(())
 }
 
 fn run(a: &Args) -> Result<()> {
     let w: Vec<&str> = a.words.iter().map(String::as_str).collect();
     match w.as_slice() {
-        ["build"] => println!("{}", firmware::build()?.display()),
+        ["build"] => outln!("{}", firmware::build()?.display()),
         ["cluster", "up"] => cluster_up(a)?,
         ["cluster", "down"] => cluster_down(a)?,
         ["status"] => {
@@ -436,7 +444,7 @@ fn run(a: &Args) -> Result<()> {
         }
         ["put", key, value] => {
             let (mut c, _) = client_for(a)?;
-            println!("OK revision {}", c.put(key.as_bytes(), value.as_bytes())?);
+            outln!("OK revision {}", c.put(key.as_bytes(), value.as_bytes())?);
         }
         ["get", key] => {
             let (mut c, _) = client_for(a)?;
@@ -445,13 +453,13 @@ fn run(a: &Args) -> Result<()> {
                 None => c.get(key.as_bytes())?,
             };
             match v {
-                Some(v) => println!("{}", String::from_utf8_lossy(&v)),
+                Some(v) => outln!("{}", String::from_utf8_lossy(&v)),
                 None => return Err(format!("key {key:?} not found").into()),
             }
         }
         ["delete", key] => {
             let (mut c, _) = client_for(a)?;
-            println!("deleted {}", c.delete(key.as_bytes())?);
+            outln!("deleted {}", c.delete(key.as_bytes())?);
         }
         ["fault", ..] if w.len() > 1 => fault_cmd(a)?,
         ["node", ..] => node_cmd(a)?,
@@ -459,19 +467,26 @@ fn run(a: &Args) -> Result<()> {
             let state = State::load(&a.dir())?;
             let id: u8 = n.parse().map_err(|_| "bad node id")?;
             let scan = metalraft_fw::image::scan(&state.spec(&a.dir())?.image(id))?;
-            println!("hard state: {:?}", scan.hard_state);
+            outln!("hard state: {:?}", scan.hard_state);
             match &scan.snapshot {
-                Some(h) => println!(
+                Some(h) => outln!(
                     "snapshot: index {} term {} {} bytes, log continues at sector {}",
-                    h.index, h.term, h.data_len, h.log_start_sector
+                    h.index,
+                    h.term,
+                    h.data_len,
+                    h.log_start_sector
                 ),
-                None => println!("snapshot: none"),
+                None => outln!("snapshot: none"),
             }
-            println!("{} valid records", scan.records.len());
+            outln!("{} valid records", scan.records.len());
             for r in scan.records.iter().rev().take(5).rev() {
-                println!(
+                outln!(
                     "  index {} term {} epoch {} sector {} len {}",
-                    r.header.index, r.header.term, r.header.epoch, r.sector, r.header.len
+                    r.header.index,
+                    r.header.term,
+                    r.header.epoch,
+                    r.sector,
+                    r.header.len
                 );
             }
         }
@@ -487,7 +502,7 @@ fn run(a: &Args) -> Result<()> {
                 return Err(format!("node {id} is running; `node kill {id}` first").into());
             }
             let index = metalraft_fw::image::append_torn_record(&spec.image(id))?;
-            println!("wrote a torn record claiming index {index} after node {id}'s log");
+            outln!("wrote a torn record claiming index {index} after node {id}'s log");
         }
         ["hub"] => {
             let ports = Ports {
@@ -495,7 +510,7 @@ fn run(a: &Args) -> Result<()> {
             };
             let nodes: u8 = a.opt("nodes", DEFAULT_NODES)?;
             let hub = Hub::start(ports, nodes, u64::from(ports.base))?;
-            eprintln!(
+            eoutln!(
                 "hub: switch {} control {} gateway {} for {nodes} nodes",
                 ports.switch(),
                 ports.control(),
@@ -503,7 +518,7 @@ fn run(a: &Args) -> Result<()> {
             );
             hub.join();
         }
-        ["help"] | [] => println!("{USAGE}"),
+        ["help"] | [] => outln!("{USAGE}"),
         _ => return Err(format!("unknown command {:?}\n\n{USAGE}", w.join(" ")).into()),
     }
     Ok(())
@@ -514,7 +529,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("metalraft-fw: {e}");
+            eoutln!("metalraft-fw: {e}");
             ExitCode::FAILURE
         }
     }
