@@ -510,7 +510,7 @@ fn run(a: &Args) -> Result<()> {
             };
             let nodes: u8 = a.opt("nodes", DEFAULT_NODES)?;
             let hub = Hub::start(ports, nodes, u64::from(ports.base))?;
-            eoutln!(
+            eprintln!(
                 "hub: switch {} control {} gateway {} for {nodes} nodes",
                 ports.switch(),
                 ports.control(),
@@ -529,7 +529,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eoutln!("metalraft-fw: {e}");
+            eprintln!("metalraft-fw: {e}");
             ExitCode::FAILURE
         }
     }
