@@ -22,7 +22,7 @@ metalraft-fw — MetalRaft firmware cluster in QEMU
 
 USAGE:
   metalraft-fw build                              build the firmware, print the ELF path
-  metalraft-fw cluster up [--nodes N] [--base-port P] [--keep-disks]
+  metalraft-fw cluster up [--nodes N] [--base-port P] [--keep-disks] [--no-build]
                                                   start N (3..7, default 5) nodes + hub in the background
   metalraft-fw cluster down                       stop the cluster's nodes and hub
   metalraft-fw status                             every node's role, term, leader, indexes, memory
@@ -30,6 +30,7 @@ USAGE:
   metalraft-fw get KEY [--node N]                 linearizable read (through the leader, or served by node N)
   metalraft-fw delete KEY                         delete through the leader
   metalraft-fw fault isolate N | cut A B | partition 1,2/3,4,5 | drop PERCENT | heal | show
+  metalraft-fw fault garbage FROM TO COUNT        spray COUNT garbage datagrams at node TO's Raft port
   metalraft-fw node kill N | start N              kill -9 / restart one node (it keeps its disk)
   metalraft-fw disk scan N                        the log on node N's disk as recovery sees it
   metalraft-fw disk tear N                        simulate a crash mid-write on a stopped node's disk
