@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Builds the metalraft container image from a static musl binary.
 #
-#   deploy/build-image.sh [TAG]        (default TAG: metalraft:latest)
+#   deploy/build-image.sh [TAG]
+#
+# Without TAG it tags metalraft:latest and metalraft:<workspace version>
+# (0.1.0, the tag deploy/k8s uses).
 #
 # Needs: rustup target x86_64-unknown-linux-musl (added here if missing;
 # no C toolchain: the server has no C dependency), docker.
 # Honours CARGO_TARGET_DIR. SKIP_CARGO=1 reuses an existing binary.
 set -euo pipefail
 
-TAG="${1:-${METALRAFT_IMAGE:-metalraft:latest}}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -1)"
+TAG="${1:-metalraft:latest}"
+EXTRA_TAG=""
+[ $# -ge 1 ] || EXTRA_TAG="metalraft:$VERSION"
 TARGET=x86_64-unknown-linux-musl
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
@@ -43,5 +49,5 @@ printf 'root:x:0:0:root:/:/sbin/nologin\nmetalraft:x:65532:65532:metalraft:/data
 printf 'root:x:0:\nmetalraft:x:65532:\n' >"$CTX/rootfs/etc/group"
 cp "$ROOT/deploy/Dockerfile" "$CTX/Dockerfile"
 
-docker build -q -t "$TAG" "$CTX" >/dev/null
-echo "built $TAG ($(docker image inspect -f '{{.Size}}' "$TAG") bytes)"
+docker build -q -t "$TAG" ${EXTRA_TAG:+-t "$EXTRA_TAG"} "$CTX" >/dev/null
+echo "built $TAG${EXTRA_TAG:+ and $EXTRA_TAG} ($(docker image inspect -f '{{.Size}}' "$TAG") bytes)"
