@@ -147,6 +147,9 @@ impl Shared {
     /// Runs a write through the log: directly on the leader, forwarded from
     /// a follower.
     pub async fn write(&self, cmd: kv::Command) -> Result<kv::CommandResult, EtcdError> {
+        // Refuse what the state machine would refuse before it costs a log
+        // entry (the check runs again, deterministically, at apply).
+        cmd.validate().map_err(command::request_error)?;
         self.check_space(&cmd)?;
         let st = self.leader().await?;
         if st.is_leader {

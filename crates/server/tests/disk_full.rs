@@ -64,7 +64,7 @@ fn full_disk_refuses_writes_keeps_reads_and_loses_nothing() {
     c.spawn(0);
     c.wait_for_leader();
     let ep = c.endpoint(0);
-    etcdctl(&["--endpoints", &ep, "put", "before", "full"]);
+    put_ok(&ep, "before", "full");
     // Fill the disk, leaving less than a second segment needs.
     let filler = mnt.join("filler");
     let leave = 4 * 1024 * 1024;

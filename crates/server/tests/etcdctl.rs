@@ -175,6 +175,6 @@ fn quota_backend_bytes_refuses_puts_with_etcds_error_and_allows_deletes() {
     // Reads and deletes still work; deleting makes room again.
     assert!(!etcdctl(&["--endpoints", &eps, "get", "q/000"]).is_empty());
     etcdctl(&["--endpoints", &eps, "del", "q/", "--prefix"]);
-    etcdctl(&["--endpoints", &eps, "put", "fits", "again"]);
+    put_ok(&eps, "fits", "again");
     assert_eq!(etcdctl(&["--endpoints", &eps, "alarm", "list"]).trim(), "");
 }

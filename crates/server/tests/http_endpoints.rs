@@ -28,7 +28,7 @@ fn health_and_metrics_are_served_on_client_and_metrics_ports() {
     let flag = format!("--listen-metrics-urls=http://127.0.0.1:{metrics_port}");
     let c = Cluster::start_with(1, &[&flag]);
     let client_port = c.members[0].client_port;
-    etcdctl(&["--endpoints", &c.endpoint(0), "put", "k", "v"]);
+    put_ok(&c.endpoint(0), "k", "v");
     for port in [client_port, metrics_port] {
         let health = http_get(port, "/health");
         assert!(health.starts_with("HTTP/1.1 200"), "{health}");

@@ -23,7 +23,7 @@ fn add_learner_promote_it_and_remove_a_member() {
     let mut c = Cluster::start(3);
     let eps = c.endpoints();
     for i in 0..5 {
-        etcdctl(&["--endpoints", &eps, "put", &format!("pre/{i}"), "v"]);
+        put_ok(&eps, &format!("pre/{i}"), "v");
     }
     // Add a fourth member as a learner, then start it.
     let new = c.add_spec("m3");
@@ -92,7 +92,7 @@ fn add_learner_promote_it_and_remove_a_member() {
     c.kill9(new);
     c.members[new].peer_port = new_peer_port;
     c.spawn(new);
-    etcdctl(&["--endpoints", &eps, "put", "after-update", "1"]);
+    put_ok(&eps, "after-update", "1");
     eventually("the moved member serves new writes", || {
         let o = etcdctl_try(&[
             "--endpoints",
@@ -128,7 +128,7 @@ fn add_learner_promote_it_and_remove_a_member() {
 
     // The cluster of three (two original members and the promoted one) works.
     let live = c.live_endpoints();
-    etcdctl(&["--endpoints", &live, "put", "after-remove", "ok"]);
+    put_ok(&live, "after-remove", "ok");
     let list = etcdctl(&["--endpoints", &live, "member", "list"]);
     assert_eq!(list.lines().count(), 3, "{list}");
     assert!(member_id(&list, &c.members[victim].name).is_none());

@@ -25,7 +25,7 @@ fn put_eventually(eps: &str, key: &str, value: &str) {
 fn kill_9_leader_then_writes_continue_and_the_member_catches_up() {
     let mut c = Cluster::start(3);
     let eps = c.endpoints();
-    etcdctl(&["--endpoints", &eps, "put", "before", "1"]);
+    put_ok(&eps, "before", "1");
     let old = c.wait_for_leader();
     c.kill9(old);
     let live = c.live_endpoints();
@@ -126,7 +126,7 @@ fn torn_final_wal_record_is_truncated_and_the_member_rejoins() {
     let mut c = Cluster::start(3);
     let eps = c.endpoints();
     for i in 0..10 {
-        etcdctl(&["--endpoints", &eps, "put", &format!("k{i}"), "v"]);
+        put_ok(&eps, &format!("k{i}"), "v");
     }
     let victim = (c.wait_for_leader() + 1) % 3;
     c.kill9(victim);
@@ -138,7 +138,7 @@ fn torn_final_wal_record_is_truncated_and_the_member_rejoins() {
     f.seek(SeekFrom::Start(end - 5)).unwrap();
     f.write_all(&[0xA5; 5]).unwrap();
     drop(f);
-    etcdctl(&["--endpoints", &c.live_endpoints(), "put", "while-down", "x"]);
+    put_ok(&c.live_endpoints(), "while-down", "x");
     c.spawn(victim);
     let ep = c.endpoint(victim);
     eventually("repaired member catches up", || {
@@ -168,7 +168,7 @@ fn corrupted_middle_wal_record_stops_the_member_with_file_and_offset() {
     let mut c = Cluster::start(3);
     let eps = c.endpoints();
     for i in 0..10 {
-        etcdctl(&["--endpoints", &eps, "put", &format!("k{i}"), "some value"]);
+        put_ok(&eps, &format!("k{i}"), "some value");
     }
     let victim = (c.wait_for_leader() + 1) % 3;
     c.kill9(victim);
@@ -198,7 +198,7 @@ fn corrupted_middle_wal_record_stops_the_member_with_file_and_offset() {
         "names the offset: {err}"
     );
     // The rest of the cluster keeps working.
-    etcdctl(&["--endpoints", &c.live_endpoints(), "put", "still", "works"]);
+    put_ok(&c.live_endpoints(), "still", "works");
 }
 
 #[test]
@@ -241,7 +241,7 @@ fn garbage_on_the_peer_port_does_not_crash_a_member() {
     });
     // Member 0 is still alive and the cluster still works through it.
     let ep = c.endpoint(0);
-    etcdctl(&["--endpoints", &ep, "put", "alive", "yes"]);
+    put_ok(&ep, "alive", "yes");
     assert_eq!(get(&ep, "alive"), "yes");
 }
 

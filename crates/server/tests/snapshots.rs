@@ -14,18 +14,7 @@ fn far_behind_member_catches_up_via_snapshot_and_all_restart_from_snapshots() {
     c.kill9(victim);
     let live = c.live_endpoints();
     for i in 0..150 {
-        let out = etcdctl_try(&[
-            "--endpoints",
-            &live,
-            "put",
-            &format!("s/{i:03}"),
-            &i.to_string(),
-        ]);
-        assert!(
-            out.status.success(),
-            "put {i}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        put_ok(&live, &format!("s/{i:03}"), &i.to_string());
     }
     c.spawn(victim);
     let ep = c.endpoint(victim);
@@ -77,7 +66,7 @@ fn far_behind_member_catches_up_via_snapshot_and_all_restart_from_snapshots() {
             .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
     });
     assert_eq!(keys.lines().filter(|l| !l.is_empty()).count(), 150);
-    etcdctl(&["--endpoints", &all, "put", "after", "restart"]);
+    put_ok(&all, "after", "restart");
     for i in 0..3 {
         let log = std::fs::read_to_string(&c.members[i].log).unwrap();
         assert!(

@@ -16,6 +16,11 @@ pub const FRAME_HEADER_BYTES: usize = 8;
 /// larger than this is split into several frames.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 
+// One log entry (a validated command plus the server's prefix and the
+// entry header) always fits in a frame, so an accepted request can never be
+// refused by the WAL.
+const _: () = assert!(metalraft_kv::MAX_ENCODED_COMMAND_BYTES + 1024 < MAX_FRAME_BYTES);
+
 const TAG_SEGMENT_START: u8 = 1;
 const TAG_BATCH: u8 = 2;
 const ENTRY_NOOP: u8 = 0;

@@ -395,3 +395,31 @@ pub fn frames(path: &Path) -> (Vec<u64>, u64) {
     }
     (out, pos as u64)
 }
+
+/// Errors a client retries: the cluster is electing, busy or slow.
+const TRANSIENT: &[&str] = &[
+    "leader changed",
+    "no leader",
+    "request timed out",
+    "context deadline exceeded",
+    "too many requests",
+];
+
+/// `etcdctl put`, retried (like a client would) while the cluster reports a
+/// transient condition; any other failure fails the test at once.
+pub fn put_ok(eps: &str, key: &str, value: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = etcdctl_try(&["--endpoints", eps, "put", key, value]);
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let transient = TRANSIENT.iter().any(|t| err.contains(t));
+        assert!(
+            transient && Instant::now() < deadline,
+            "etcdctl put {key} failed: {err}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
