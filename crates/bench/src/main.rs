@@ -2,10 +2,12 @@
 //!
 //! `metalraft-bench core` runs metalraft-core and tikv's raft-rs in the same
 //! harness (see `README.md`) and prints a markdown table of proposals/s and
-//! their ratio.
+//! their ratio. `metalraft-bench server` puts a 3-member metalraft cluster
+//! next to a 3-member etcd cluster (`src/server/`). `all` runs both.
 
 mod metal;
 mod raftrs;
+mod server;
 mod workload;
 
 use std::process::ExitCode;
@@ -17,6 +19,9 @@ use workload::{make_payload, Cluster, PAYLOAD_BYTES};
 
 const USAGE: &str = "\
 usage: metalraft-bench core [options]
+       metalraft-bench server [options]   (metalraft-bench server --help)
+       metalraft-bench all [--quick]      core, then server
+
 
 Runs metalraft-core and raft-rs 0.7 side by side: an in-process 3-node
 cluster in one thread, N proposals of 256 bytes per run, for each batch size.
@@ -60,7 +65,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         Some("core") => {}
         Some("-h" | "--help") => return Err(String::new()),
         Some(other) => return Err(format!("unknown benchmark {other:?}")),
-        None => return Err("which benchmark? (only `core` exists)".into()),
+        None => return Err("which benchmark? (core, server or all)".into()),
     }
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
@@ -337,7 +342,27 @@ fn warmup(proposals: u64) -> u64 {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match parse_args(&args) {
+    match args.first().map(String::as_str) {
+        Some("server") => return server_main(&args[1..]),
+        Some("all") => {
+            let quick = args[1..].iter().any(|a| a == "--quick");
+            let core_args: Vec<String> = std::iter::once("core".to_string())
+                .chain(quick.then(|| "--quick".to_string()))
+                .collect();
+            let rc = core_main(&core_args);
+            if rc != ExitCode::SUCCESS {
+                return rc;
+            }
+            println!();
+            return server_main(&args[1..]);
+        }
+        _ => {}
+    }
+    core_main(&args)
+}
+
+fn core_main(args: &[String]) -> ExitCode {
+    match parse_args(args) {
         Ok(o) => {
             core_bench(&o);
             ExitCode::SUCCESS
@@ -349,6 +374,27 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}\n");
             eprint!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn server_main(args: &[String]) -> ExitCode {
+    match server::parse_args(args) {
+        Ok(o) => match server::main(&o) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) if e.is_empty() => {
+            print!("{}", server::USAGE);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n");
+            eprint!("{}", server::USAGE);
             ExitCode::from(2)
         }
     }
@@ -377,7 +423,7 @@ mod tests {
         assert_eq!(o.proposals, 50);
         assert!(o.only == Only::RaftRs);
         assert!(a("core --batches 0").is_err());
-        assert!(a("server").is_err());
+        assert!(a("bogus").is_err());
         assert_eq!(a("--help").err(), Some(String::new()));
     }
 
