@@ -20,7 +20,7 @@ VENV="${DEPLOY_VENV:-$TARGET_DIR/deploy-venv}"
 if ! { command -v checkov && command -v yamllint; } >/dev/null 2>&1; then
     if [ ! -x "$VENV/bin/checkov" ] || [ ! -x "$VENV/bin/yamllint" ]; then
         python3 -m venv "$VENV"
-        "$VENV/bin/pip" install -q "checkov==3.2.495" "yamllint==1.37.1"
+        "$VENV/bin/pip" install -q "checkov==3.3.30" "yamllint==1.38.0"
     fi
     export PATH="$VENV/bin:$PATH"
 fi
@@ -41,7 +41,7 @@ kubectl kustomize deploy/k8s/eks >"$OUT/eks.yaml"
 
 echo "== checkov"
 for f in base eks; do
-    checkov --quiet --compact --framework kubernetes -f "$OUT/$f.yaml" \
+    checkov --quiet --compact --skip-download --framework kubernetes -f "$OUT/$f.yaml" \
         --output cli >"$OUT/$f.checkov" 2>&1 || {
         cat "$OUT/$f.checkov"
         echo "validate: checkov failed on the $f rendering" >&2
