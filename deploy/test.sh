@@ -75,7 +75,9 @@ ctl() { etcdctl --dial-timeout=2s --command-timeout=3s "$@"; }
 cid() { "${DC[@]}" ps -q "$1"; }
 endpoints_except() {
     local out="" m
-    for m in m1 m2 m3; do [ "$m" = "$1" ] || out="$out${out:+,}127.0.0.1:${PORT[$m]}"; done
+    for m in m1 m2 m3; do
+        if [ "$m" != "$1" ]; then out="$out${out:+,}127.0.0.1:${PORT[$m]}"; fi
+    done
     echo "$out"
 }
 # put KEY VALUE ENDPOINTS TIMEOUT: retries until acknowledged, records it.
@@ -106,8 +108,10 @@ wait_healthy() { # services... ; timeout 90 s
 leader() { # prints the service name of the current leader, as the members see it
     local ep
     ep=$(ctl --endpoints="$1" endpoint status -w json 2>/dev/null |
-        jq -r '.[] | select(.Status.header.member_id == .Status.leader) | .Endpoint' | head -1)
-    for m in m1 m2 m3; do [ "$ep" = "127.0.0.1:${PORT[$m]}" ] && echo "$m"; done
+        jq -r '.[] | select(.Status.header.member_id == .Status.leader) | .Endpoint' | head -1 || true)
+    for m in m1 m2 m3; do
+        if [ "$ep" = "127.0.0.1:${PORT[$m]}" ]; then echo "$m"; fi
+    done
 }
 
 # 1. Image.
