@@ -12,7 +12,8 @@
 # Steps: build image -> compose up -> put/get through every published port
 # -> stop the leader's container, writes continue -> restart it -> network
 # disconnect a member, the rest serve, reconnect, it catches up -> stop and
-# start every container, every acknowledged write is still there.
+# start every container, every acknowledged write is still there -> same
+# after SIGKILL of every container under a running writer.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -232,4 +233,35 @@ missing=$(comm -23 "$WORK/want" "$WORK/got" | wc -l)
 }
 put_acked after/restart ok "$ALL" 30 || fail "write after full restart failed"
 log "all $(wc -l <"$WORK/want") acknowledged writes present after restarting every container"
+
+# 7. Crash everything (SIGKILL) under a running writer: acknowledged writes
+# were fsynced before they were acknowledged, so they survive.
+(
+    i=0
+    while :; do
+        i=$((i + 1))
+        if ctl --endpoints="$ALL" put "crash/$i" "c$i" >/dev/null 2>&1; then
+            printf 'crash/%s\tc%s\n' "$i" "$i" >>"$ACKED"
+        fi
+    done
+) &
+WRITER_PID=$!
+sleep 3
+"${DC[@]}" kill -s KILL >/dev/null 2>&1
+sleep 1
+kill "$WRITER_PID" 2>/dev/null
+wait "$WRITER_PID" 2>/dev/null || true
+WRITER_PID=""
+log "killed every container with SIGKILL under load ($(grep -c '^crash/' "$ACKED") crash/ writes acknowledged); starting them"
+"${DC[@]}" start >/dev/null 2>&1
+wait_healthy m1 m2 m3
+ctl --endpoints="$ALL" get "" --prefix >"$WORK/all" || fail "reading everything after the crash failed"
+paste - - <"$WORK/all" | sort >"$WORK/got"
+sort -u "$ACKED" >"$WORK/want"
+missing=$(comm -23 "$WORK/want" "$WORK/got" | wc -l)
+[ "$missing" = 0 ] || {
+    comm -23 "$WORK/want" "$WORK/got" | head -20
+    fail "$missing acknowledged writes lost after SIGKILL of every container"
+}
+log "all $(wc -l <"$WORK/want") acknowledged writes present after SIGKILL of every container"
 log "PASS ($((SECONDS - T0)) s)"
