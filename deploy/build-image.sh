@@ -25,7 +25,7 @@ if ! rustup target list --installed | grep -qx "$TARGET"; then
     rustup target add "$TARGET"
 fi
 if [ "${SKIP_CARGO:-0}" != 1 ] || [ ! -x "$BIN" ]; then
-    (cd "$ROOT" && cargo build --release --locked -p metalraft --target "$TARGET")
+    (cd "$ROOT" && cargo build --release -p metalraft --target "$TARGET")
 fi
 
 CTX="$(mktemp -d)"
