@@ -23,6 +23,9 @@ pub const VALUE_BYTES: usize = 256;
 pub const READ_CLIENTS: usize = 64;
 /// Concurrent clients sharing one gRPC (HTTP/2) connection.
 pub const CLIENTS_PER_CONNECTION: usize = 16;
+/// The value in force (`--clients-per-connection`), set once before a suite.
+pub static CLIENTS_PER_CONN: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(CLIENTS_PER_CONNECTION);
 /// Timeout of one request in the throughput workloads; a slower request
 /// counts as an error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -215,13 +218,14 @@ impl RunResult {
 }
 
 /// Connects `n` clients to the cluster's endpoints, round-robin starting at
-/// `first` (the leader), `CLIENTS_PER_CONNECTION` clients per connection.
+/// `first` (the leader), `CLIENTS_PER_CONN` clients per connection.
 pub async fn connect(
     endpoints: &[String],
     first: usize,
     clients: usize,
 ) -> Result<Vec<KvClient>, String> {
-    let conns = clients.div_ceil(CLIENTS_PER_CONNECTION).max(1);
+    let per = CLIENTS_PER_CONN.load(std::sync::atomic::Ordering::Relaxed).max(1);
+    let conns = clients.div_ceil(per).max(1);
     let mut cs = Vec::new();
     for i in 0..conns {
         let ep = &endpoints[(first + i) % endpoints.len()];

@@ -75,6 +75,8 @@ options:
                        get-serializable,txn-4op
   --only SYSTEM        etcd | metalraft: one system only (e.g. under a
                        profiler); no ratios
+  --clients-per-connection N
+                       clients sharing one HTTP/2 connection (default 16)
   --base-port N        first port (default 29400; etcd uses N.., metalraft N+100..)
 ";
 
@@ -147,6 +149,10 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
                     "metalraft" => vec![System::Metalraft],
                     other => return Err(format!("--only: unknown system {other:?}")),
                 }
+            }
+            "--clients-per-connection" => {
+                let n = crate::parse_pos(&value(a)?, a)? as usize;
+                load::CLIENTS_PER_CONN.store(n, std::sync::atomic::Ordering::Relaxed);
             }
             "--base-port" => {
                 let v = value(a)?;
@@ -325,6 +331,15 @@ async fn suite(o: &Opts) -> Result<(), String> {
     std::fs::write(out_dir.join("results.md"), &report).map_err(|e| e.to_string())?;
     write_plots(o, &out_dir, &results)?;
     eprintln!("results and plots in {}", out_dir.display());
+    // A failed row or failover run is in the report; the exit status says
+    // so too (for CI).
+    let failed_rows = results.values().filter(|v| cell(v).is_err()).count();
+    let failed_failovers = failover.values().flatten().filter(|r| r.is_err()).count();
+    if failed_rows + failed_failovers > 0 {
+        return Err(format!(
+            "{failed_rows} workload row(s) and {failed_failovers} failover run(s) failed; see the report"
+        ));
+    }
     Ok(())
 }
 
@@ -433,7 +448,7 @@ fn machine(o: &Opts, etcd: &Path, mr: &Path) -> String {
     let dirty = sh(&format!("git -C {} status --porcelain -- crates/server crates/core crates/kv | wc -l", root.display()));
     format!(
         "- **Date:** {} UTC\n- **Machine:** {cpus} CPUs ({}), {mem} RAM, kernel {}; load average at start: {}\n\
-         - **Data directories:** {} on {fs}\n- **etcd:** {} ({})\n- **metalraft:** {} built from commit {commit}{}\n\
+         - **Data directories:** {} on {fs}\n- **etcd:** {} ({})\n- **metalraft:** {}; the working tree is at commit {commit}{}\n\
          - **Settings (both):** 3 members on 127.0.0.1, heartbeat {HEARTBEAT_MS} ms, election timeout {ELECTION_MS} ms, \
          default durability (fsync on), snapshot count default (100000), log level warn",
         crate::utc_date(),
@@ -443,7 +458,16 @@ fn machine(o: &Opts, etcd: &Path, mr: &Path) -> String {
         o.data_root.display(),
         etcd.display(),
         sh(&format!("{} --version | head -1", etcd.display())),
-        mr.display(),
+        if o.metalraft_bin.is_some() {
+            // A given binary may be older than the tree: say when it was built.
+            format!(
+                "{} (given with --metalraft-bin; binary modified {} UTC)",
+                mr.display(),
+                sh(&format!("date -u -r {} '+%H:%M'", mr.display()))
+            )
+        } else {
+            mr.display().to_string()
+        },
         if dirty.trim() == "0" { String::new() } else { format!(" plus {} uncommitted files in crates/server, core, kv (shared working tree)", dirty.trim()) },
     )
 }
@@ -542,7 +566,7 @@ fn report(
         8,
         load::KEYSPACE,
         load::VALUE_BYTES,
-        load::CLIENTS_PER_CONNECTION,
+        load::CLIENTS_PER_CONN.load(std::sync::atomic::Ordering::Relaxed),
     );
 
     let _ = writeln!(s, "## Throughput and latency\n");
