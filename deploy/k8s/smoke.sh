@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Runs the Kubernetes StatefulSet's pods as plain Docker containers, to check
+# that the rendered manifest's configuration really forms a cluster with the
+# image — without a Kubernetes cluster:
+#   - the container env of `kubectl kustomize deploy/k8s` ($(POD_NAME)
+#     expanded as the kubelet does) is passed unchanged;
+#   - pod DNS is imitated: each container answers to
+#     metalraft-N.metalraft-peer.<namespace>.svc.cluster.local, and its
+#     resolv.conf has the kubelet's search domains and ndots:5, so the short
+#     names in ETCD_INITIAL_CLUSTER are resolved the way they are in a pod
+#     (by musl's resolver, through the search list);
+#   - the pod's security context is imitated: the UID/GID of the manifest,
+#     read-only root, no capabilities, no-new-privileges;
+#   - the readiness probe's request (GET /health on the client port) must
+#     answer 200 on every member, and etcdctl must write, read and list the
+#     three members by their pod names.
+#
+#   deploy/k8s/smoke.sh        (SKIP_CARGO=1 reuses the built binary)
+#
+# Removes its containers, network, volumes and image on exit.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+RUN="mrk8s$$"
+IMAGE="metalraft:$RUN"
+NET="$RUN"
+export ETCDCTL_API=3
+WORK="$(mktemp -d)"
+T0=$SECONDS
+log() { printf '[%4ds] %s\n' $((SECONDS - T0)) "$*"; }
+fail() {
+    log "FAIL: $*"
+    exit 1
+}
+cleanup() {
+    local rc=$?
+    set +e
+    local ids
+    ids=$(docker ps -aq --filter "label=metalraft-smoke=$RUN")
+    if [ "$rc" != 0 ] && [ -n "$ids" ]; then
+        for c in $ids; do docker logs --tail 20 "$c" 2>&1 | sed "s/^/$(docker inspect -f '{{.Name}}' "$c"): /"; done
+    fi
+    [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1
+    docker volume ls -q --filter "label=metalraft-smoke=$RUN" | xargs -r docker volume rm >/dev/null 2>&1
+    docker network rm "$NET" >/dev/null 2>&1
+    docker rmi -f "$IMAGE" >/dev/null 2>&1
+    rm -rf "$WORK"
+    log "cleaned up (status $rc)"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+kubectl kustomize "$ROOT/deploy/k8s" >"$WORK/rendered.yaml"
+# One line per pod: name, namespace, uid, gid, then KEY=VALUE env pairs.
+python3 - "$WORK/rendered.yaml" >"$WORK/pods" <<'EOF'
+import re, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+sts = next(d for d in docs if d["kind"] == "StatefulSet")
+ns = sts["metadata"].get("namespace", "default")
+pod = sts["spec"]["template"]["spec"]
+c = pod["containers"][0]
+sc = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
+assert sc.get("readOnlyRootFilesystem") and sc.get("capabilities", {}).get("drop") == ["ALL"]
+for i in range(sts["spec"]["replicas"]):
+    name = f'{sts["metadata"]["name"]}-{i}'
+    env = {}
+    for e in c["env"]:
+        if "value" in e:
+            v = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], e["value"])
+        elif e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name":
+            v = name
+        else:
+            raise SystemExit(f"unsupported env source {e}")
+        env[e["name"]] = v
+    pairs = " ".join(f"{k}={v}" for k, v in env.items())
+    print(name, sts["spec"]["serviceName"], ns, sc["runAsUser"], sc["runAsGroup"], pairs)
+EOF
+
+log "building image $IMAGE"
+"$ROOT/deploy/build-image.sh" "$IMAGE" | grep -v -e buildx -e DEPRECATED -e '^$' || true
+docker network create --label "metalraft-smoke=$RUN" "$NET" >/dev/null
+declare -a NAMES
+while read -r name svc ns uid gid envs; do
+    NAMES+=("$name")
+    args=()
+    for kv in $envs; do args+=(-e "$kv"); done
+    docker volume create --label "metalraft-smoke=$RUN" "$RUN-data-$name" >/dev/null
+    docker run -d --name "$RUN-$name" --label "metalraft-smoke=$RUN" \
+        --network "$NET" --hostname "$name" \
+        --network-alias "$name.$svc.$ns.svc.cluster.local" \
+        --dns-search "$ns.svc.cluster.local" --dns-search svc.cluster.local \
+        --dns-search cluster.local --dns-option ndots:5 \
+        --user "$uid:$gid" --read-only --cap-drop ALL --security-opt no-new-privileges \
+        -v "$RUN-data-$name:/data" "${args[@]}" "$IMAGE" >/dev/null
+done <"$WORK/pods"
+log "started ${NAMES[*]} with the StatefulSet's environment"
+
+ips=()
+for n in "${NAMES[@]}"; do
+    ips+=("$(docker inspect -f "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}" "$RUN-$n")")
+done
+deadline=$((SECONDS + 60))
+for ip in "${ips[@]}"; do
+    until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$ip:2379/health")" = 200 ] &&
+        curl -s "http://$ip:2379/health" | grep -q '"health":"true"'; do
+        [ $SECONDS -lt $deadline ] || fail "readiness request GET http://$ip:2379/health not healthy within 60 s"
+        sleep 1
+    done
+done
+log "GET /health answers 200 {\"health\":\"true\"} on every pod"
+EP=$(printf '%s:2379,' "${ips[@]}")
+EP=${EP%,}
+etcdctl --endpoints="$EP" --command-timeout=5s put k8s/smoke ok >/dev/null || fail "put failed"
+for ip in "${ips[@]}"; do
+    [ "$(etcdctl --endpoints="$ip:2379" get k8s/smoke --print-value-only)" = ok ] || fail "get through $ip failed"
+done
+etcdctl --endpoints="$EP" member list >"$WORK/members"
+for n in "${NAMES[@]}"; do
+    grep -q ", $n, http://$n\.metalraft-peer:2380," "$WORK/members" || {
+        cat "$WORK/members"
+        fail "member list lacks $n with its stable peer URL"
+    }
+done
+log "etcdctl put/get through every pod; member list names every pod with its stable DNS peer URL"
+log "PASS ($((SECONDS - T0)) s)"
