@@ -13,7 +13,9 @@
 #     read-only root, no capabilities, no-new-privileges;
 #   - the readiness probe's request (GET /health on the client port) must
 #     answer 200 on every member, and etcdctl must write, read and list the
-#     three members by their pod names.
+#     three members by their pod names;
+#   - scaling as deploy/README.md documents it: member add --learner, a 4th
+#     pod with ETCD_INITIAL_CLUSTER_STATE=existing, promote, member remove.
 #
 #   deploy/k8s/smoke.sh        (SKIP_CARGO=1 reuses the built binary)
 #
@@ -122,4 +124,51 @@ for n in "${NAMES[@]}"; do
     }
 done
 log "etcdctl put/get through every pod; member list names every pod with its stable DNS peer URL"
+
+# Scaling as documented in deploy/README.md: member add --learner, the new
+# pod with ETCD_INITIAL_CLUSTER_STATE=existing and the longer
+# ETCD_INITIAL_CLUSTER (what `kubectl set env` gives it), promote; then
+# member remove.
+read -r name svc ns uid gid envs < <(tail -1 "$WORK/pods")
+new="${name%-*}-${#NAMES[@]}"
+newurl="http://$new.$svc:2380"
+ic=""
+for n in "${NAMES[@]}" "$new"; do ic="$ic${ic:+,}$n=http://$n.$svc:2380"; done
+out=$(etcdctl --endpoints="$EP" member add "$new" --learner --peer-urls="$newurl") || fail "member add $new failed"
+id=$(awk '/^Member/ {print $2; exit}' <<<"$out")
+[ -n "$id" ] || fail "no member id in: $out"
+args=()
+for kv in ${envs//$name/$new}; do
+    case "$kv" in
+        ETCD_INITIAL_CLUSTER=*) args+=(-e "ETCD_INITIAL_CLUSTER=$ic") ;;
+        ETCD_INITIAL_CLUSTER_STATE=*) args+=(-e ETCD_INITIAL_CLUSTER_STATE=existing) ;;
+        *) args+=(-e "$kv") ;;
+    esac
+done
+docker volume create --label "metalraft-smoke=$RUN" "$RUN-data-$new" >/dev/null
+docker run -d --name "$RUN-$new" --label "metalraft-smoke=$RUN" \
+    --network "$NET" --hostname "$new" \
+    --network-alias "$new.$svc.$ns.svc.cluster.local" \
+    --dns-search "$ns.svc.cluster.local" --dns-search svc.cluster.local \
+    --dns-search cluster.local --dns-option ndots:5 \
+    --user "$uid:$gid" --read-only --cap-drop ALL --security-opt no-new-privileges \
+    -v "$RUN-data-$new:/data" "${args[@]}" "$IMAGE" >/dev/null
+nip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}" "$RUN-$new")
+deadline=$((SECONDS + 60))
+until [ "$(etcdctl --endpoints="$nip:2379" get k8s/smoke --consistency=s --print-value-only 2>/dev/null)" = ok ]; do
+    [ $SECONDS -lt $deadline ] || fail "learner $new did not catch up within 60 s"
+    sleep 1
+done
+deadline=$((SECONDS + 30))
+until etcdctl --endpoints="$EP" member promote "$id" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || fail "member promote $new ($id) failed for 30 s"
+    sleep 1
+done
+etcdctl --endpoints="$EP,$nip:2379" --command-timeout=5s put k8s/scaled 4 >/dev/null || fail "put with 4 voters failed"
+[ "$(etcdctl --endpoints="$EP" member list | grep -c ', false$')" = 4 ] || fail "not 4 voters after promote"
+log "scaled up: member add --learner $new, started with state=existing, caught up, promoted; 4 voters"
+etcdctl --endpoints="$EP" member remove "$id" >/dev/null || fail "member remove $new failed"
+[ "$(etcdctl --endpoints="$EP" member list | wc -l)" = 3 ] || fail "member list after remove is not 3"
+etcdctl --endpoints="$EP" put k8s/scaled 3 >/dev/null || fail "put after remove failed"
+log "scaled down: member remove $new; 3 members serve"
 log "PASS ($((SECONDS - T0)) s)"
