@@ -17,7 +17,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 VENV="${DEPLOY_VENV:-$TARGET_DIR/deploy-venv}"
-if ! { command -v checkov && command -v yamllint; } >/dev/null 2>&1; then
+if ! { command -v checkov && command -v yamllint && python3 -c 'import yaml'; } >/dev/null 2>&1; then
     if [ ! -x "$VENV/bin/checkov" ] || [ ! -x "$VENV/bin/yamllint" ]; then
         python3 -m venv "$VENV"
         "$VENV/bin/pip" install -q "checkov==3.3.30" "yamllint==1.38.0"
@@ -51,5 +51,7 @@ for f in base eks; do
 done
 
 echo "== manifest properties"
-python3 deploy/k8s/check_manifests.py "$OUT/base.yaml" "$OUT/eks.yaml"
+PY=python3
+python3 -c 'import yaml' 2>/dev/null || PY="$VENV/bin/python3"
+"$PY" deploy/k8s/check_manifests.py "$OUT/base.yaml" "$OUT/eks.yaml"
 echo "validate: OK"

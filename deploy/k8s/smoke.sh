@@ -54,7 +54,10 @@ trap 'exit 130' INT TERM
 
 kubectl kustomize "$ROOT/deploy/k8s" >"$WORK/rendered.yaml"
 # One line per pod: name, namespace, uid, gid, then KEY=VALUE env pairs.
-python3 - "$WORK/rendered.yaml" >"$WORK/pods" <<'EOF'
+# PyYAML: the system's, else the virtualenv deploy/validate.sh creates.
+PY=python3
+python3 -c 'import yaml' 2>/dev/null || PY="${DEPLOY_VENV:-${CARGO_TARGET_DIR:-$ROOT/target}/deploy-venv}/bin/python3"
+"$PY" - "$WORK/rendered.yaml" >"$WORK/pods" <<'EOF'
 import re, sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 sts = next(d for d in docs if d["kind"] == "StatefulSet")
