@@ -82,7 +82,10 @@ impl Cluster {
         for i in 0..MEMBERS {
             for port in [base_port + 10 * i as u16, base_port + 10 * i as u16 + 1] {
                 std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
-                    format!("port {port} for {} is not free ({e}); pick another --base-port", system.name())
+                    format!(
+                        "port {port} for {} is not free ({e}); pick another --base-port",
+                        system.name()
+                    )
                 })?;
             }
         }
@@ -257,7 +260,10 @@ impl Cluster {
 
     /// Starts a killed member again with the same command line and data.
     pub fn restart(&mut self, i: usize) -> Result<(), String> {
-        assert!(self.members[i].child.is_none(), "restart of a running member");
+        assert!(
+            self.members[i].child.is_none(),
+            "restart of a running member"
+        );
         self.spawn(i)
     }
 }

@@ -61,12 +61,17 @@ fn probe(dir: &Path, dur: Duration, prealloc: bool) -> Result<(Vec<u32>, f64), S
     if prealloc {
         let zeros = vec![0u8; 1 << 20];
         for _ in 0..PREALLOC_BYTES / zeros.len() {
-            f.write_all(&zeros).map_err(|e| format!("preallocate: {e}"))?;
+            f.write_all(&zeros)
+                .map_err(|e| format!("preallocate: {e}"))?;
         }
         f.sync_all().map_err(|e| format!("fsync: {e}"))?;
         f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
     }
-    let max = if prealloc { MAX_APPENDS.min(PREALLOC_BYTES / APPEND_BYTES) } else { MAX_APPENDS };
+    let max = if prealloc {
+        MAX_APPENDS.min(PREALLOC_BYTES / APPEND_BYTES)
+    } else {
+        MAX_APPENDS
+    };
     let mut lat = Vec::new();
     let start = Instant::now();
     while start.elapsed() < dur && lat.len() < max {

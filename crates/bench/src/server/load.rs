@@ -147,7 +147,9 @@ pub fn check_value(idx: u32, v: &[u8]) -> Result<(u32, u64), String> {
         return Err(format!("key {idx}: value belongs to key {got_idx}"));
     }
     if value(idx, writer, seq) != v {
-        return Err(format!("key {idx}: value corrupt (writer {writer}, seq {seq})"));
+        return Err(format!(
+            "key {idx}: value corrupt (writer {writer}, seq {seq})"
+        ));
     }
     Ok((writer, seq))
 }
@@ -224,7 +226,9 @@ pub async fn connect(
     first: usize,
     clients: usize,
 ) -> Result<Vec<KvClient>, String> {
-    let per = CLIENTS_PER_CONN.load(std::sync::atomic::Ordering::Relaxed).max(1);
+    let per = CLIENTS_PER_CONN
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(1);
     let conns = clients.div_ceil(per).max(1);
     let mut cs = Vec::new();
     for i in 0..conns {
@@ -376,9 +380,8 @@ async fn client_task(
                     Ok(r) => {
                         out.written.insert(idx, Some(seq));
                         check_rev_increases(r.header().map(|h| h.revision()), &mut last_rev)
-                            .map_err(|e| {
+                            .inspect_err(|e| {
                                 out.wrong.get_or_insert(e.clone());
-                                e
                             })
                     }
                     Err(e) => Err(e.to_string()),
@@ -386,8 +389,8 @@ async fn client_task(
             }
             Workload::GetLinearizable | Workload::GetSerializable => {
                 let idx = rng.below(KEYSPACE);
-                let opts = (w == Workload::GetSerializable)
-                    .then(|| GetOptions::new().with_serializable());
+                let opts =
+                    (w == Workload::GetSerializable).then(|| GetOptions::new().with_serializable());
                 match kv.get(key(idx), opts).await {
                     Ok(r) => {
                         let rev = r.header().map_or(0, |h| h.revision());
@@ -406,9 +409,8 @@ async fn client_task(
                             [one] => check_value(idx, one.value()).map(|_| ()),
                             other => Err(format!("get {idx}: {} kvs", other.len())),
                         }
-                        .map_err(|e| {
+                        .inspect_err(|e| {
                             out.wrong.get_or_insert(e.clone());
-                            e
                         })
                     }
                     Err(e) => Err(e.to_string()),
@@ -443,9 +445,8 @@ async fn client_task(
                             .and_then(|()| {
                                 check_rev_increases(r.header().map(|h| h.revision()), &mut last_rev)
                             })
-                            .map_err(|e| {
+                            .inspect_err(|e| {
                                 out.wrong.get_or_insert(e.clone());
-                                e
                             })
                     }
                     Err(e) => Err(e.to_string()),
@@ -520,7 +521,8 @@ fn check_txn(r: &etcd_client::TxnResponse, g1: u32, g2: u32) -> Result<(), Strin
     }
     let ops = r.op_responses();
     match ops.as_slice() {
-        [TxnOpResponse::Put(_), TxnOpResponse::Put(_), TxnOpResponse::Get(x), TxnOpResponse::Get(y)] => {
+        [TxnOpResponse::Put(_), TxnOpResponse::Put(_), TxnOpResponse::Get(x), TxnOpResponse::Get(y)] =>
+        {
             for (idx, g) in [(g1, x), (g2, y)] {
                 match g.kvs() {
                     [one] => {

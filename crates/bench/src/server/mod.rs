@@ -135,12 +135,18 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--reps" => reps = Some(crate::parse_pos(&value(a)?, a)? as usize),
             "--failover-runs" => {
                 let v = value(a)?;
-                fo = Some(v.parse::<usize>().map_err(|_| format!("{a}: bad count {v:?}"))?)
+                fo = Some(
+                    v.parse::<usize>()
+                        .map_err(|_| format!("{a}: bad count {v:?}"))?,
+                )
             }
             "--workloads" => {
                 o.workloads = value(a)?
                     .split(',')
-                    .map(|w| Workload::parse(w.trim()).ok_or_else(|| format!("{a}: unknown workload {w:?}")))
+                    .map(|w| {
+                        Workload::parse(w.trim())
+                            .ok_or_else(|| format!("{a}: unknown workload {w:?}"))
+                    })
                     .collect::<Result<_, _>>()?
             }
             "--only" => {
@@ -200,11 +206,16 @@ fn find_etcd(o: &Opts) -> Result<PathBuf, String> {
     }
     eprintln!("etcd not found; installing Debian's etcd-server (apt-get)");
     let ok = Command::new("sh")
-        .args(["-c", "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server"])
+        .args([
+            "-c",
+            "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server",
+        ])
         .status()
         .map_err(|e| format!("apt-get: {e}"))?;
     if !ok.success() {
-        return Err(format!("apt-get install etcd-server failed ({ok}); install etcd 3.4 or pass --etcd-bin"));
+        return Err(format!(
+            "apt-get install etcd-server failed ({ok}); install etcd 3.4 or pass --etcd-bin"
+        ));
     }
     on_path().ok_or_else(|| "etcd-server installed but no etcd on PATH".into())
 }
@@ -222,12 +233,17 @@ fn find_metalraft(o: &Opts) -> Result<PathBuf, String> {
         .status()
         .map_err(|e| format!("cargo build: {e}"))?;
     if !st.success() {
-        return Err(format!("cargo build --release -p metalraft failed ({st}); pass --metalraft-bin"));
+        return Err(format!(
+            "cargo build --release -p metalraft failed ({st}); pass --metalraft-bin"
+        ));
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let bin = exe.with_file_name("metalraft");
     if !bin.is_file() {
-        return Err(format!("{} not found after the build; pass --metalraft-bin", bin.display()));
+        return Err(format!(
+            "{} not found after the build; pass --metalraft-bin",
+            bin.display()
+        ));
     }
     Ok(bin)
 }
@@ -266,7 +282,11 @@ async fn suite(o: &Opts) -> Result<(), String> {
     let machine = machine(o, &etcd_bin, &mr_bin);
     eprintln!("{machine}");
 
-    eprintln!("disk ceiling: 4 KiB appends + fdatasync for {:?} in {}", o.disk_probe, o.data_root.display());
+    eprintln!(
+        "disk ceiling: 4 KiB appends + fdatasync for {:?} in {}",
+        o.disk_probe,
+        o.data_root.display()
+    );
     let ceiling = disk::measure(&o.data_root, o.disk_probe)?;
 
     let timing = Timing {
@@ -275,14 +295,23 @@ async fn suite(o: &Opts) -> Result<(), String> {
     };
     let mut clusters: Vec<Cluster> = Vec::new();
     for (k, &sys) in o.systems.iter().enumerate() {
-        let bin = if sys == System::Etcd { &etcd_bin } else { &mr_bin };
+        let bin = if sys == System::Etcd {
+            &etcd_bin
+        } else {
+            &mr_bin
+        };
         let port = o.base_port + PORT_GAP * k as u16;
         clusters.push(Cluster::start(sys, bin, &o.data_root, port, &timing)?);
     }
     for c in &mut clusters {
         let t = Instant::now();
         let l = c.wait_ready().await?;
-        eprintln!("{}: leader m{} after {:.1?}", c.system.name(), l + 1, t.elapsed());
+        eprintln!(
+            "{}: leader m{} after {:.1?}",
+            c.system.name(),
+            l + 1,
+            t.elapsed()
+        );
         load::preload(&c.endpoints(), l)
             .await
             .map_err(|e| format!("{}: {e}", c.system.name()))?;
@@ -303,9 +332,17 @@ async fn suite(o: &Opts) -> Result<(), String> {
                         m.res.ops_per_sec(),
                         quantile(&m.res.lat_us, 0.5) / 1e3,
                         quantile(&m.res.lat_us, 0.99) / 1e3,
-                        m.res.failure().map(|f| format!("FAILED: {f}")).unwrap_or_default()
+                        m.res
+                            .failure()
+                            .map(|f| format!("FAILED: {f}"))
+                            .unwrap_or_default()
                     ),
-                    Err(e) => eprintln!("{:<18} {:<9} rep {}: FAILED: {e}", w.id(), c.system.name(), rep + 1),
+                    Err(e) => eprintln!(
+                        "{:<18} {:<9} rep {}: FAILED: {e}",
+                        w.id(),
+                        c.system.name(),
+                        rep + 1
+                    ),
                 }
                 results.entry((wi, c.system)).or_default().push(out);
             }
@@ -318,8 +355,17 @@ async fn suite(o: &Opts) -> Result<(), String> {
         for c in clusters.iter_mut() {
             let r = failover_run(c, run as u64).await;
             match &r {
-                Ok(d) => eprintln!("failover {:<9} run {}: {:.0} ms", c.system.name(), run + 1, d.as_secs_f64() * 1e3),
-                Err(e) => eprintln!("failover {:<9} run {}: FAILED: {e}", c.system.name(), run + 1),
+                Ok(d) => eprintln!(
+                    "failover {:<9} run {}: {:.0} ms",
+                    c.system.name(),
+                    run + 1,
+                    d.as_secs_f64() * 1e3
+                ),
+                Err(e) => eprintln!(
+                    "failover {:<9} run {}: FAILED: {e}",
+                    c.system.name(),
+                    run + 1
+                ),
             }
             failover.entry(c.system).or_default().push(r);
         }
@@ -367,7 +413,11 @@ async fn one_run(c: &mut Cluster, w: Workload, o: &Opts, seed: u64) -> Outcome {
     c.check_alive()?;
     Ok(Measured {
         res,
-        cpu_secs: a.iter().zip(&b).map(|(a, b)| b.cpu_secs - a.cpu_secs).collect(),
+        cpu_secs: a
+            .iter()
+            .zip(&b)
+            .map(|(a, b)| b.cpu_secs - a.cpu_secs)
+            .collect(),
         hwm_kib: b.iter().map(|s| s.hwm_kib).collect(),
     })
 }
@@ -377,18 +427,27 @@ async fn one_run(c: &mut Cluster, w: Workload, o: &Opts, seed: u64) -> Outcome {
 /// settles.
 async fn failover_run(c: &mut Cluster, run: u64) -> Result<Duration, String> {
     let leader = c.wait_ready().await?;
-    let survivors: Vec<String> = (0..MEMBERS).filter(|&i| i != leader).map(|i| c.endpoint(i)).collect();
+    let survivors: Vec<String> = (0..MEMBERS)
+        .filter(|&i| i != leader)
+        .map(|i| c.endpoint(i))
+        .collect();
     let opts = ConnectOptions::new()
         .with_timeout(FAILOVER_ATTEMPT_TIMEOUT)
         .with_connect_timeout(FAILOVER_ATTEMPT_TIMEOUT);
-    let client = Client::connect(&survivors, Some(opts)).await.map_err(|e| e.to_string())?;
+    let client = Client::connect(&survivors, Some(opts))
+        .await
+        .map_err(|e| e.to_string())?;
     let mut kv = client.kv_client();
     let idx = 0;
     // Warm the connections to both survivors.
     for s in 0..4 {
-        kv.put(load::key(idx), load::value(idx, u32::MAX - 1, run * 1_000_000 + s), None)
-            .await
-            .map_err(|e| format!("put before the kill: {e}"))?;
+        kv.put(
+            load::key(idx),
+            load::value(idx, u32::MAX - 1, run * 1_000_000 + s),
+            None,
+        )
+        .await
+        .map_err(|e| format!("put before the kill: {e}"))?;
     }
     let t0 = Instant::now();
     c.kill(leader);
@@ -398,7 +457,9 @@ async fn failover_run(c: &mut Cluster, run: u64) -> Result<Duration, String> {
     let mut last_err = String::new();
     let done = loop {
         if t0.elapsed() > FAILOVER_TIMEOUT {
-            break Err(format!("no put succeeded within {FAILOVER_TIMEOUT:?}; last error: {last_err}"));
+            break Err(format!(
+                "no put succeeded within {FAILOVER_TIMEOUT:?}; last error: {last_err}"
+            ));
         }
         tokio::select! {
             _ = tick.tick() => {
@@ -420,9 +481,13 @@ async fn failover_run(c: &mut Cluster, run: u64) -> Result<Duration, String> {
     attempts.abort_all();
     // The value read back must be one the suite wrote.
     if done.is_ok() {
-        let r = kv.get(load::key(idx), None).await.map_err(|e| format!("get after failover: {e}"))?;
+        let r = kv
+            .get(load::key(idx), None)
+            .await
+            .map_err(|e| format!("get after failover: {e}"))?;
         let v = r.kvs().first().ok_or("key missing after failover")?;
-        load::check_value(idx, v.value()).map_err(|e| format!("WRONG ANSWER after failover: {e}"))?;
+        load::check_value(idx, v.value())
+            .map_err(|e| format!("WRONG ANSWER after failover: {e}"))?;
     }
     c.restart(leader)?;
     c.wait_ready().await?;
@@ -442,10 +507,16 @@ fn sh(cmd: &str) -> String {
 fn machine(o: &Opts, etcd: &Path, mr: &Path) -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem = sh("awk '/MemTotal/ {printf \"%.0f GiB\", $2/1048576}' /proc/meminfo");
-    let fs = sh(&format!("df -T {} | awk 'NR==2 {{print $1\" (\"$2\")\"}}'", o.data_root.display()));
+    let fs = sh(&format!(
+        "df -T {} | awk 'NR==2 {{print $1\" (\"$2\")\"}}'",
+        o.data_root.display()
+    ));
     let root = repo_root();
     let commit = sh(&format!("git -C {} rev-parse --short HEAD", root.display()));
-    let dirty = sh(&format!("git -C {} status --porcelain -- crates/server crates/core crates/kv | wc -l", root.display()));
+    let dirty = sh(&format!(
+        "git -C {} status --porcelain -- crates/server crates/core crates/kv | wc -l",
+        root.display()
+    ));
     format!(
         "- **Date:** {} UTC\n- **Machine:** {cpus} CPUs ({}), {mem} RAM, kernel {}; load average at start: {}\n\
          - **Data directories:** {} on {fs}\n- **etcd:** {} ({})\n- **metalraft:** {}; the working tree is at commit {commit}{}\n\
@@ -495,7 +566,10 @@ fn cell(outs: &[Outcome]) -> Result<Cell, String> {
         }
         ms.push(m);
     }
-    let mut lat: Vec<u32> = ms.iter().flat_map(|m| m.res.lat_us.iter().copied()).collect();
+    let mut lat: Vec<u32> = ms
+        .iter()
+        .flat_map(|m| m.res.lat_us.iter().copied())
+        .collect();
     lat.sort_unstable();
     let n = ms.len() as f64;
     Ok(Cell {
@@ -503,8 +577,12 @@ fn cell(outs: &[Outcome]) -> Result<Cell, String> {
         p50: quantile(&lat, 0.5) / 1e3,
         p99: quantile(&lat, 0.99) / 1e3,
         p999: quantile(&lat, 0.999) / 1e3,
-        cpu_secs: (0..MEMBERS).map(|i| ms.iter().map(|m| m.cpu_secs[i]).sum::<f64>() / n).collect(),
-        hwm_kib: (0..MEMBERS).map(|i| ms.iter().map(|m| m.hwm_kib[i]).max().unwrap_or(0)).collect(),
+        cpu_secs: (0..MEMBERS)
+            .map(|i| ms.iter().map(|m| m.cpu_secs[i]).sum::<f64>() / n)
+            .collect(),
+        hwm_kib: (0..MEMBERS)
+            .map(|i| ms.iter().map(|m| m.hwm_kib[i]).max().unwrap_or(0))
+            .collect(),
         errors: ms.iter().map(|m| m.res.errors).sum(),
         ops: ms.iter().map(|m| m.res.ops).sum(),
         lat_us: lat,
@@ -538,7 +616,10 @@ fn report(
 ) -> String {
     let mut s = String::new();
     let both = o.systems.len() == 2;
-    let _ = writeln!(s, "# metalraft vs etcd 3.4: 3-member clusters on loopback\n");
+    let _ = writeln!(
+        s,
+        "# metalraft vs etcd 3.4: 3-member clusters on loopback\n"
+    );
     let _ = writeln!(s, "{machine}");
     let cmd = if o.quick {
         "cargo run --release -p metalraft-bench -- server --quick"
@@ -591,23 +672,46 @@ fn report(
                         fmt_ms(c.p50),
                         fmt_ms(c.p99),
                         fmt_ms(c.p999),
-                        c.cpu_secs.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" / "),
+                        c.cpu_secs
+                            .iter()
+                            .map(|x| format!("{x:.2}"))
+                            .collect::<Vec<_>>()
+                            .join(" / "),
                         cpu_total * 1e6 / (c.ops as f64 / c.runs as f64),
-                        c.hwm_kib.iter().map(|k| format!("{:.0}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(" / "),
+                        c.hwm_kib
+                            .iter()
+                            .map(|k| format!("{:.0}", *k as f64 / 1024.0))
+                            .collect::<Vec<_>>()
+                            .join(" / "),
                     );
                     if c.errors > 0 {
-                        let _ = writeln!(s, "| | ({} failed requests, under the {:.0}% limit) | | | | | | | |", c.errors, load::MAX_ERROR_FRACTION * 100.0);
+                        let _ = writeln!(
+                            s,
+                            "| | ({} failed requests, under the {:.0}% limit) | | | | | | | |",
+                            c.errors,
+                            load::MAX_ERROR_FRACTION * 100.0
+                        );
                     }
                 }
                 Err(e) => {
-                    let _ = writeln!(s, "| {} | {} | **FAILED**: {} | | | | | | |", w.label(), sys.name(), e.replace('|', "\\|").replace('\n', " "));
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | **FAILED**: {} | | | | | | |",
+                        w.label(),
+                        sys.name(),
+                        e.replace('|', "\\|").replace('\n', " ")
+                    );
                 }
             }
             cells.insert((wi, sys), c);
         }
         if both {
-            if let (Some(Ok(e)), Some(Ok(m))) = (cells.get(&(wi, System::Etcd)), cells.get(&(wi, System::Metalraft))) {
-                let cpu_op = |c: &Cell| c.cpu_secs.iter().sum::<f64>() / (c.ops as f64 / c.runs as f64);
+            if let (Some(Ok(e)), Some(Ok(m))) = (
+                cells.get(&(wi, System::Etcd)),
+                cells.get(&(wi, System::Metalraft)),
+            ) {
+                let cpu_op =
+                    |c: &Cell| c.cpu_secs.iter().sum::<f64>() / (c.ops as f64 / c.runs as f64);
                 let maxrss = |c: &Cell| c.hwm_kib.iter().copied().max().unwrap_or(0) as f64;
                 let _ = writeln!(
                     s,
@@ -624,10 +728,16 @@ fn report(
             }
         }
     }
-    let _ = writeln!(s, "\nRatios above 1× are better for metalraft in the ops/s column, worse in the others.\n");
+    let _ = writeln!(
+        s,
+        "\nRatios above 1× are better for metalraft in the ops/s column, worse in the others.\n"
+    );
 
     // Failover.
-    let _ = writeln!(s, "## Failover (kill -9 of the leader until a put through the survivors succeeds)\n");
+    let _ = writeln!(
+        s,
+        "## Failover (kill -9 of the leader until a put through the survivors succeeds)\n"
+    );
     let _ = writeln!(
         s,
         "A put attempt is started every {} ms (each with a {} s timeout) from the kill on; the time is the completion of \
@@ -649,19 +759,35 @@ fn report(
                     Err(e) => format!("FAILED ({e})"),
                 })
                 .collect();
-            let ok: Vec<f64> = runs.iter().filter_map(|r| r.as_ref().ok()).map(|d| d.as_secs_f64() * 1e3).collect();
-            let med = if ok.len() == runs.len() && !ok.is_empty() { crate::median(ok) } else { f64::NAN };
+            let ok: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.as_ref().ok())
+                .map(|d| d.as_secs_f64() * 1e3)
+                .collect();
+            let med = if ok.len() == runs.len() && !ok.is_empty() {
+                crate::median(ok)
+            } else {
+                f64::NAN
+            };
             fo_median.insert(sys, med);
             let _ = writeln!(
                 s,
                 "| {} | {} | {} |",
                 sys.name(),
                 cells.join(", "),
-                if med.is_finite() { format!("{med:.0}") } else { "– (a run failed)".into() }
+                if med.is_finite() {
+                    format!("{med:.0}")
+                } else {
+                    "– (a run failed)".into()
+                }
             );
         }
         if both {
-            let _ = writeln!(s, "| **metalraft/etcd** | | **{}** |", ratio(fo_median[&System::Metalraft], fo_median[&System::Etcd]));
+            let _ = writeln!(
+                s,
+                "| **metalraft/etcd** | | **{}** |",
+                ratio(fo_median[&System::Metalraft], fo_median[&System::Etcd])
+            );
         }
     } else {
         let _ = writeln!(s, "(skipped: --failover-runs 0)");
@@ -711,7 +837,11 @@ fn report(
                     );
                 }
                 _ => {
-                    let _ = writeln!(s, "| {} single-client put p50 | – (run failed) |", sys.name());
+                    let _ = writeln!(
+                        s,
+                        "| {} single-client put p50 | – (run failed) |",
+                        sys.name()
+                    );
                 }
             }
         }
@@ -731,13 +861,29 @@ fn report(
         let both_cells = |w: Workload| get(w, System::Metalraft).zip(get(w, System::Etcd));
         let mut target = |name: &str, val: Option<f64>, good: &dyn Fn(f64) -> bool| {
             let _ = match val {
-                Some(v) if v.is_finite() => writeln!(s, "| {name} | {v:.2}× | {} |", if good(v) { "yes" } else { "**no**" }),
+                Some(v) if v.is_finite() => writeln!(
+                    s,
+                    "| {name} | {v:.2}× | {} |",
+                    if good(v) { "yes" } else { "**no**" }
+                ),
                 _ => writeln!(s, "| {name} | – | not measured / failed |"),
             };
         };
-        target("put throughput at 64 clients ≥ 2× etcd", both_cells(Workload::Put(64)).map(|(m, e)| m.ops_per_sec / e.ops_per_sec), &|v| v >= 2.0);
-        target("single-client put p50 ≤ 0.5× etcd", both_cells(Workload::Put(1)).map(|(m, e)| m.p50 / e.p50), &|v| v <= 0.5);
-        target("linearizable get throughput ≥ 2× etcd", both_cells(Workload::GetLinearizable).map(|(m, e)| m.ops_per_sec / e.ops_per_sec), &|v| v >= 2.0);
+        target(
+            "put throughput at 64 clients ≥ 2× etcd",
+            both_cells(Workload::Put(64)).map(|(m, e)| m.ops_per_sec / e.ops_per_sec),
+            &|v| v >= 2.0,
+        );
+        target(
+            "single-client put p50 ≤ 0.5× etcd",
+            both_cells(Workload::Put(1)).map(|(m, e)| m.p50 / e.p50),
+            &|v| v <= 0.5,
+        );
+        target(
+            "linearizable get throughput ≥ 2× etcd",
+            both_cells(Workload::GetLinearizable).map(|(m, e)| m.ops_per_sec / e.ops_per_sec),
+            &|v| v >= 2.0,
+        );
         target(
             "failover ≤ etcd",
             (o.failover_runs > 0).then(|| fo_median[&System::Metalraft] / fo_median[&System::Etcd]),
@@ -752,15 +898,23 @@ fn report(
         };
         target(
             "peak RSS ≤ etcd (largest member over all workloads)",
-            peak(System::Metalraft).zip(peak(System::Etcd)).map(|(m, e)| m / e),
+            peak(System::Metalraft)
+                .zip(peak(System::Etcd))
+                .map(|(m, e)| m / e),
             &|v| v <= 1.0,
         );
     }
     s
 }
 
-fn write_plots(o: &Opts, dir: &Path, results: &HashMap<(usize, System), Vec<Outcome>>) -> Result<(), String> {
-    let write = |name: &str, body: String| std::fs::write(dir.join(name), body).map_err(|e| format!("{name}: {e}"));
+fn write_plots(
+    o: &Opts,
+    dir: &Path,
+    results: &HashMap<(usize, System), Vec<Outcome>>,
+) -> Result<(), String> {
+    let write = |name: &str, body: String| {
+        std::fs::write(dir.join(name), body).map_err(|e| format!("{name}: {e}"))
+    };
     // Throughput vs clients (put).
     let puts: Vec<(usize, usize)> = o
         .workloads
@@ -790,7 +944,13 @@ fn write_plots(o: &Opts, dir: &Path, results: &HashMap<(usize, System), Vec<Outc
             .collect();
         write(
             "server-put-throughput.svg",
-            svg::line_chart("put throughput vs concurrent clients (3 members, fsync on)", "concurrent clients", "puts/s", &cats, &series),
+            svg::line_chart(
+                "put throughput vs concurrent clients (3 members, fsync on)",
+                "concurrent clients",
+                "puts/s",
+                &cats,
+                &series,
+            ),
         )?;
     }
     for (wi, w) in o.workloads.iter().enumerate() {
@@ -802,8 +962,14 @@ fn write_plots(o: &Opts, dir: &Path, results: &HashMap<(usize, System), Vec<Outc
                 _ => None,
             })
             .collect();
-        let series: Vec<(String, &[u32])> = cs.iter().map(|(n, c)| (n.clone(), c.lat_us.as_slice())).collect();
-        write(&format!("server-latency-{}.svg", w.id()), svg::cdf_chart(&format!("latency CDF: {}", w.label()), &series))?;
+        let series: Vec<(String, &[u32])> = cs
+            .iter()
+            .map(|(n, c)| (n.clone(), c.lat_us.as_slice()))
+            .collect();
+        write(
+            &format!("server-latency-{}.svg", w.id()),
+            svg::cdf_chart(&format!("latency CDF: {}", w.label()), &series),
+        )?;
     }
     Ok(())
 }
@@ -819,8 +985,12 @@ mod tests {
     #[test]
     fn args() {
         let o = a("--quick").unwrap();
-        assert_eq!((o.reps, o.failover_runs, o.measure), (QUICK_REPS, QUICK_FAILOVER_RUNS, QUICK_MEASURE));
-        let o = a("--workloads put-1,txn-4op --only metalraft --duration 1.5 --failover-runs 0").unwrap();
+        assert_eq!(
+            (o.reps, o.failover_runs, o.measure),
+            (QUICK_REPS, QUICK_FAILOVER_RUNS, QUICK_MEASURE)
+        );
+        let o = a("--workloads put-1,txn-4op --only metalraft --duration 1.5 --failover-runs 0")
+            .unwrap();
         assert_eq!(o.workloads, vec![Workload::Put(1), Workload::Txn]);
         assert_eq!(o.systems, vec![System::Metalraft]);
         assert_eq!(o.measure, Duration::from_millis(1500));

@@ -33,12 +33,14 @@ fn header(title: &str) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A "nice" upper bound for an axis: 1, 2 or 5 × 10^k at or above `x`.
 fn nice_max(x: f64) -> f64 {
-    if !(x > 0.0) {
+    if x.is_nan() || x <= 0.0 {
         return 1.0;
     }
     let p = 10f64.powf(x.log10().floor());
@@ -67,7 +69,13 @@ fn legend(s: &mut String, names: &[&str]) {
 }
 
 /// Lines over evenly spaced categories, y from 0.
-pub fn line_chart(title: &str, x_label: &str, y_label: &str, cats: &[String], series: &[Series]) -> String {
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    cats: &[String],
+    series: &[Series],
+) -> String {
     let mut s = header(title);
     let pw = W - LEFT - RIGHT;
     let ph = H - TOP - BOTTOM;
@@ -172,7 +180,11 @@ pub fn cdf_chart(title: &str, series: &[(String, &[u32])]) -> String {
     let (llo, lhi) = (lo.log10(), hi.log10());
     let xpos = |ms: f64| LEFT + pw * ((ms.max(lo).log10() - llo) / (lhi - llo));
     let ypos = |f: f64| TOP + ph * (1.0 - f);
-    axes(&mut s, "latency (ms, log scale)", "fraction of operations ≤ latency");
+    axes(
+        &mut s,
+        "latency (ms, log scale)",
+        "fraction of operations ≤ latency",
+    );
     let mut d = llo;
     while d <= lhi + 1e-9 {
         let ms = 10f64.powf(d);
@@ -207,7 +219,11 @@ pub fn cdf_chart(title: &str, series: &[(String, &[u32])]) -> String {
         let mut i = 0;
         while i < v.len() {
             let f = (i + 1) as f64 / v.len() as f64;
-            pts.push(format!("{:.1},{:.1}", xpos(f64::from(v[i]) / 1000.0), ypos(f)));
+            pts.push(format!(
+                "{:.1},{:.1}",
+                xpos(f64::from(v[i]) / 1000.0),
+                ypos(f)
+            ));
             i += step;
         }
         pts.push(format!(
