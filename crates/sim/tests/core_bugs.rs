@@ -136,7 +136,6 @@ fn plain_cfg(id: NodeId) -> Config {
 /// vote, and the new node refuses to give it. etcd-raft grants votes
 /// whatever its own configuration says.
 #[test]
-#[ignore = "open core bug 1: a new voter with an empty configuration refuses all votes"]
 fn core_bug_01_new_voter_with_empty_config_refuses_votes() {
     let mut c = Cluster::new(&[1], &[2], default_cfg);
     c.elect(1);
@@ -156,7 +155,6 @@ fn core_bug_01_new_voter_with_empty_config_refuses_votes() {
 /// steps down on any higher-term vote request (outside a check-quorum
 /// lease), and the next leader replicates to the learner.
 #[test]
-#[ignore = "open core bug 2: a demoted node with a higher term never rejoins"]
 fn core_bug_02_demoted_node_with_higher_term_never_catches_up() {
     let mut c = Cluster::new(&[1, 2, 3], &[], plain_cfg);
     c.elect(1);
@@ -184,7 +182,6 @@ fn core_bug_02_demoted_node_with_higher_term_never_catches_up() {
 /// (its log is longer) and never campaigns itself (it is a learner in its
 /// own view): no leader, forever.
 #[test]
-#[ignore = "open core bug 3: a leader that demotes itself can deadlock the cluster"]
 fn core_bug_03_self_demotion_deadlocks() {
     let mut c = Cluster::new(&[1, 2], &[], plain_cfg);
     c.elect(2);
@@ -209,7 +206,6 @@ fn core_bug_03_self_demotion_deadlocks() {
 /// simulator now does that, like `MemStorage::install_snapshot` does for
 /// received snapshots).
 #[test]
-#[ignore = "open core bug 4: restart with a durable commit index below the snapshot fails"]
 fn core_bug_04_restart_with_commit_below_snapshot_fails() {
     let mut c = Cluster::new(&[1], &[], default_cfg);
     c.elect(1);
