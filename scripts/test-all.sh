@@ -32,13 +32,12 @@ step "firmware wire formats (the firmware's own workspace; the QEMU cluster test
 (cd crates/firmware && cargo test -p metalraft-fw-proto --target x86_64-unknown-linux-gnu)
 
 step "simulator: fixed swarm of 1000 seeds, then 200 fresh seeds"
-cargo build --release -p metalraft-sim
-sim=target/release/metalraft-sim
-"$sim" swarm --seeds 0..1000 --jobs 2
-"$sim" swarm --seeds 0..500 --snapshots --jobs 2
+sim() { cargo run --release -q -p metalraft-sim -- "$@"; }
+sim swarm --seeds 0..1000 --jobs 2
+sim swarm --seeds 0..500 --snapshots --jobs 2
 if [ -z "${QUICK:-}" ]; then
     start=$(( $(date +%s) % 1000000 * 1000 ))
-    "$sim" swarm --seeds "$start..$((start + 200))" --snapshots --jobs 2
+    sim swarm --seeds "$start..$((start + 200))" --snapshots --jobs 2
 fi
 
 step "benchmark smoke run (checks every applied entry; numbers are not asserted)"
