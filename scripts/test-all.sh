@@ -35,6 +35,7 @@ step "simulator: fixed swarm of 1000 seeds, then 200 fresh seeds"
 sim() { cargo run --release -q -p metalraft-sim -- "$@"; }
 sim swarm --seeds 0..1000 --jobs 2
 sim swarm --seeds 0..500 --snapshots --jobs 2
+sim swarm --seeds 0..1000 --membership --jobs 2
 if [ -z "${QUICK:-}" ]; then
     start=$(( $(date +%s) % 1000000 * 1000 ))
     sim swarm --seeds "$start..$((start + 200))" --snapshots --jobs 2
