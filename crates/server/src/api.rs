@@ -838,13 +838,10 @@ impl PeerService {
     }
 }
 
-#[tonic::async_trait]
-impl peerpb::peer_server::Peer for PeerService {
-    async fn deliver(
-        &self,
-        req: Request<peerpb::RaftBatch>,
-    ) -> Result<Response<peerpb::DeliverReply>, Status> {
-        let r = req.into_inner();
+impl PeerService {
+    /// Checks a batch's envelope, decodes it and queues its messages for
+    /// the Raft loop. A full input queue drops messages (Raft retransmits).
+    fn accept_batch(&self, r: &peerpb::RaftBatch) -> Result<(), Status> {
         let env = self.check(r.envelope.as_ref())?;
         let msgs = transport::decode_batch(&env, &r.messages).map_err(|e| {
             self.0
@@ -855,11 +852,21 @@ impl peerpb::peer_server::Peer for PeerService {
             Status::invalid_argument(e.to_string())
         })?;
         for m in msgs {
-            // A full input queue drops the message; Raft retransmits.
             if let Err(EtcdError::Stopped) = self.0.raft.try_send(Input::Step(m)) {
                 return Err(EtcdError::Stopped.into());
             }
         }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl peerpb::peer_server::Peer for PeerService {
+    async fn deliver(
+        &self,
+        req: Request<peerpb::RaftBatch>,
+    ) -> Result<Response<peerpb::DeliverReply>, Status> {
+        self.accept_batch(&req.into_inner())?;
         Ok(Response::new(peerpb::DeliverReply {}))
     }
 
@@ -869,21 +876,7 @@ impl peerpb::peer_server::Peer for PeerService {
     ) -> Result<Response<peerpb::DeliverReply>, Status> {
         let mut stream = req.into_inner();
         while let Some(r) = stream.message().await? {
-            let env = self.check(r.envelope.as_ref())?;
-            let msgs = transport::decode_batch(&env, &r.messages).map_err(|e| {
-                self.0
-                    .transport_stats
-                    .rejected_incoming
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "rejected a malformed peer batch");
-                Status::invalid_argument(e.to_string())
-            })?;
-            for m in msgs {
-                // A full input queue drops the message; Raft retransmits.
-                if let Err(EtcdError::Stopped) = self.0.raft.try_send(Input::Step(m)) {
-                    return Err(EtcdError::Stopped.into());
-                }
-            }
+            self.accept_batch(&r)?;
         }
         Ok(Response::new(peerpb::DeliverReply {}))
     }
