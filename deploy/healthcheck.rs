@@ -9,9 +9,8 @@
 //! Exits 0 when the answer is HTTP 200 and the body contains EXPECTED,
 //! 1 otherwise (message on stderr). Times out after 3 seconds.
 //!
-//! It checks the body because metalraft's `/health` currently answers
-//! 200 with `{"health":"false"}` when unhealthy (etcd answers 503).
-//! Replace it with `metalraft health` once the server has such a subcommand.
+//! `/health` answers 503 when unhealthy; the body is checked as well so a
+//! different service answering 200 on the port is not taken for healthy.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};

@@ -5,7 +5,7 @@
 #   3. kubectl kustomize renders deploy/k8s and deploy/k8s/eks
 #   4. checkov (Kubernetes framework) on both renderings: any failed check fails
 #   5. deploy/k8s/check_manifests.py: the properties this deployment promises
-#      (quorum-keeping PDB, probes on /health, non-root read-only containers,
+#      (quorum-keeping PDB, probes on /health and /livez, non-root read-only containers,
 #      anti-affinity, peer discovery consistent with replicas, ...)
 #
 #   deploy/validate.sh

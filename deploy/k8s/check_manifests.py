@@ -73,9 +73,11 @@ def check(path):
     need(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem")
     need(sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation false")
     need(sc.get("capabilities", {}).get("drop") == ["ALL"], "drop ALL capabilities")
-    for probe in ("readinessProbe", "livenessProbe"):
+    # Readiness needs a leader and a linearizable read; liveness must not
+    # depend on quorum (or losing quorum would restart every member).
+    for probe, path in (("readinessProbe", "/health"), ("livenessProbe", "/livez")):
         hg = c.get(probe, {}).get("httpGet", {})
-        need(hg.get("path") == "/health", f"{probe} httpGet /health")
+        need(hg.get("path") == path, f"{probe} httpGet {path}")
     res = c.get("resources", {})
     for k in ("cpu", "memory"):
         need(k in res.get("requests", {}), f"requests.{k}")

@@ -112,7 +112,11 @@ for ip in "${ips[@]}"; do
         sleep 1
     done
 done
-log "GET /health answers 200 {\"health\":\"true\"} on every pod"
+for ip in "${ips[@]}"; do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$ip:2379/livez")" = 200 ] ||
+        fail "liveness request GET http://$ip:2379/livez did not answer 200"
+done
+log "GET /health answers 200 {\"health\":\"true\"} and GET /livez 200 on every pod"
 EP=$(printf '%s:2379,' "${ips[@]}")
 EP=${EP%,}
 etcdctl --endpoints="$EP" --command-timeout=5s put k8s/smoke ok >/dev/null || fail "put failed"

@@ -7,27 +7,149 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use axum::http::{StatusCode, Uri};
 use axum::routing::get;
 
 use crate::api::Shared;
 use crate::writer::FSYNC_BUCKETS_SECONDS;
 
-/// The HTTP routes `/metrics` and `/health`.
+/// How long `/health` waits for its linearizable read (etcd's probe
+/// semantics: healthy means a linearizable read succeeds). Below the usual
+/// probe timeouts (Docker's 4 s, Kubernetes' 1–5 s).
+pub const HEALTH_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The HTTP routes `/metrics`, `/health`, `/livez` and `/readyz`.
 pub fn router(shared: Arc<Shared>) -> axum::Router {
     let m = shared.clone();
+    let h = shared.clone();
+    let r = shared.clone();
     axum::Router::new()
         .route("/metrics", get(move || std::future::ready(render(&m))))
-        .route("/health", get(move || std::future::ready(health(&shared))))
+        .route(
+            "/health",
+            get(move |uri: Uri| {
+                let h = h.clone();
+                async move {
+                    let q = HealthQuery::parse(uri.query().unwrap_or(""));
+                    health_response(health(&h, &q).await)
+                }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let r = r.clone();
+                async move {
+                    let q = HealthQuery::default();
+                    let h = health(&r, &q).await;
+                    probe_response(h.healthy, h.reason)
+                }
+            }),
+        )
+        .route(
+            "/livez",
+            get(move || std::future::ready(probe_response(livez(&shared), "raft loop stopped"))),
+        )
 }
 
-/// etcd's `/health` body: healthy when a leader is known and no alarm is raised.
-pub fn health(s: &Shared) -> String {
+/// Options of `/health`, as etcd 3.5 reads them from the query string:
+/// `serializable=true` skips the linearizable read (a member without a
+/// leader is then still unhealthy), `exclude=NOSPACE` ignores that alarm.
+/// Unknown parameters are ignored, as etcd does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HealthQuery {
+    /// Do not require a linearizable read to succeed.
+    pub serializable: bool,
+    /// Ignore the NOSPACE alarm.
+    pub exclude_nospace: bool,
+}
+
+impl HealthQuery {
+    /// Parses `a=b&c=d` (no percent-decoding needed for these values).
+    pub fn parse(query: &str) -> HealthQuery {
+        let mut q = HealthQuery::default();
+        for pair in query.split('&') {
+            match pair.split_once('=') {
+                Some(("serializable", v)) => q.serializable = v.eq_ignore_ascii_case("true"),
+                Some(("exclude", v)) => q.exclude_nospace |= v.eq_ignore_ascii_case("NOSPACE"),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// A health verdict and etcd's reason string (empty when healthy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// Whether the member is healthy.
+    pub healthy: bool,
+    /// etcd's reason: `RAFT NO LEADER`, `ALARM NOSPACE`, ...
+    pub reason: &'static str,
+}
+
+/// etcd's `/health` verdict: no alarm (unless excluded), a leader known,
+/// and (unless `serializable`) a linearizable read that completes within
+/// [`HEALTH_READ_TIMEOUT`].
+pub async fn health(s: &Shared, q: &HealthQuery) -> Health {
     let st = *s.raft.status.borrow();
-    let ok = st.leader.is_some()
-        && !st.stopped
-        && !s.gauges.no_space.load(Ordering::Relaxed)
-        && !s.over_quota();
-    format!("{{\"health\":\"{ok}\"}}")
+    let bad = |reason| Health {
+        healthy: false,
+        reason,
+    };
+    if st.stopped {
+        return bad("RAFT LOOP STOPPED");
+    }
+    if !q.exclude_nospace && (s.gauges.no_space.load(Ordering::Relaxed) || s.over_quota()) {
+        return bad("ALARM NOSPACE");
+    }
+    if st.leader.is_none() {
+        return bad("RAFT NO LEADER");
+    }
+    if !q.serializable {
+        match tokio::time::timeout(HEALTH_READ_TIMEOUT, s.read_barrier()).await {
+            Ok(Ok(())) => {}
+            _ => return bad("LINEARIZABLE READ FAILED"),
+        }
+    }
+    Health {
+        healthy: true,
+        reason: "",
+    }
+}
+
+/// `/livez`: the member's Raft loop runs (leader or not). Kubernetes'
+/// liveness probe should use this: restarting a member because the
+/// cluster lost quorum only makes things worse.
+pub fn livez(s: &Shared) -> bool {
+    !s.raft.status.borrow().stopped
+}
+
+/// etcd's JSON body, HTTP 200 when healthy and 503 otherwise.
+fn health_response(h: Health) -> (StatusCode, String) {
+    let code = if h.healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        format!(
+            "{{\"health\":\"{}\",\"reason\":\"{}\"}}",
+            h.healthy, h.reason
+        ),
+    )
+}
+
+/// `/livez` and `/readyz`: `ok` with 200, or the reason with 503.
+fn probe_response(ok: bool, reason: &str) -> (StatusCode, String) {
+    if ok {
+        (StatusCode::OK, "ok\n".to_string())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"))
+    }
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
@@ -202,4 +324,22 @@ pub fn render(s: &Shared) -> String {
         ts.rejected_incoming.load(Ordering::Relaxed),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HealthQuery;
+
+    #[test]
+    fn health_query_reads_etcds_parameters_and_ignores_others() {
+        assert_eq!(HealthQuery::parse(""), HealthQuery::default());
+        let q = HealthQuery::parse("serializable=true&exclude=NOSPACE&x=1");
+        assert!(q.serializable && q.exclude_nospace);
+        let q = HealthQuery::parse("serializable=false&exclude=CORRUPT");
+        assert!(!q.serializable && !q.exclude_nospace);
+        assert_eq!(
+            HealthQuery::parse("&&=&serializable"),
+            HealthQuery::default()
+        );
+    }
 }

@@ -32,7 +32,18 @@ fn health_and_metrics_are_served_on_client_and_metrics_ports() {
     for port in [client_port, metrics_port] {
         let health = http_get(port, "/health");
         assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-        assert!(health.contains("{\"health\":\"true\"}"), "{health}");
+        assert!(
+            health.contains("{\"health\":\"true\",\"reason\":\"\"}"),
+            "{health}"
+        );
+        for probe in [
+            "/livez",
+            "/readyz",
+            "/health?serializable=true&exclude=NOSPACE",
+        ] {
+            let r = http_get(port, probe);
+            assert!(r.starts_with("HTTP/1.1 200"), "{probe}: {r}");
+        }
         let metrics = http_get(port, "/metrics");
         assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
         for name in [
@@ -55,4 +66,33 @@ fn health_and_metrics_are_served_on_client_and_metrics_ports() {
             .expect("fsync count");
         assert!(count >= 2, "{count}");
     }
+}
+
+#[test]
+fn health_is_503_without_quorum_while_livez_stays_200() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_for_leader();
+    put_ok(&c.endpoints(), "k", "v");
+    let survivor = (leader + 1) % 3;
+    let port = c.members[survivor].client_port;
+    assert!(http_get(port, "/health").starts_with("HTTP/1.1 200"));
+    // Lose quorum: the survivor can no longer serve a linearizable read,
+    // and once its election timeout passes it knows no leader either.
+    c.kill9(leader);
+    c.kill9((leader + 2) % 3);
+    let h = eventually("/health turns 503", || {
+        let r = http_get(port, "/health");
+        r.starts_with("HTTP/1.1 503").then_some(r)
+    });
+    assert!(h.contains("\"health\":\"false\""), "{h}");
+    let s = eventually("serializable /health reports no leader", || {
+        let r = http_get(port, "/health?serializable=true");
+        r.contains("RAFT NO LEADER").then_some(r)
+    });
+    assert!(s.starts_with("HTTP/1.1 503"), "{s}");
+    assert!(http_get(port, "/readyz").starts_with("HTTP/1.1 503"));
+    // Liveness does not depend on the cluster: restarting this member
+    // would not help.
+    let l = http_get(port, "/livez");
+    assert!(l.starts_with("HTTP/1.1 200"), "{l}");
 }
