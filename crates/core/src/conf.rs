@@ -1,6 +1,7 @@
 //! Membership changes (thesis §4): single-server changes, joint consensus
 //! and learners, as pure functions from one configuration to the next.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use crate::error::ConfChangeError;
@@ -40,6 +41,12 @@ pub struct ConfChange {
     pub ops: Vec<ConfChangeOp>,
     /// How to get there.
     pub transition: ConfTransition,
+    /// Opaque bytes replicated with the change and handed back in the
+    /// committed entry (etcd's `ConfChange.Context`): an application puts
+    /// there what must change atomically with the configuration, e.g. a
+    /// new member's address. The core never reads them; they count
+    /// against the uncommitted-bytes bound like a payload.
+    pub context: Vec<u8>,
 }
 
 impl ConfChange {
@@ -48,7 +55,14 @@ impl ConfChange {
         ConfChange {
             ops: ops.to_vec(),
             transition: ConfTransition::Auto,
+            context: Vec::new(),
         }
+    }
+
+    /// This change carrying `context` (see [`ConfChange::context`]).
+    pub fn with_context(mut self, context: Vec<u8>) -> Self {
+        self.context = context;
+        self
     }
 
     /// The change that leaves a joint configuration.
@@ -56,6 +70,7 @@ impl ConfChange {
         ConfChange {
             ops: Vec::new(),
             transition: ConfTransition::Auto,
+            context: Vec::new(),
         }
     }
 
@@ -155,10 +170,11 @@ pub fn bootstrap_entry<P>(voters: &[NodeId]) -> Entry<P> {
     Entry {
         term: BOOTSTRAP_TERM,
         index: 1,
-        data: EntryData::ConfChange(ConfChange {
+        data: EntryData::ConfChange(Box::new(ConfChange {
             ops,
             transition: ConfTransition::Auto,
-        }),
+            context: Vec::new(),
+        })),
     }
 }
 

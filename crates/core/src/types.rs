@@ -53,8 +53,10 @@ pub enum EntryData<P> {
     /// An application command proposed with [`crate::Node::propose`].
     Normal(P),
     /// A membership change proposed with [`crate::Node::propose_conf_change`].
-    /// It takes effect on every node when appended (thesis §4.1).
-    ConfChange(crate::ConfChange),
+    /// It takes effect on every node when appended (thesis §4.1). Boxed so
+    /// the common variants stay small (an `Entry` is 32 bytes on 32-bit
+    /// targets, which bounds the firmware's decode allocations).
+    ConfChange(alloc::boxed::Box<crate::ConfChange>),
 }
 
 /// One log entry.
@@ -76,7 +78,7 @@ impl<P: Payload> Entry<P> {
             + match &self.data {
                 EntryData::Noop => 0,
                 EntryData::Normal(p) => p.payload_len(),
-                EntryData::ConfChange(cc) => cc.ops.len() * CONF_CHANGE_OP_BYTES,
+                EntryData::ConfChange(cc) => cc.ops.len() * CONF_CHANGE_OP_BYTES + cc.context.len(),
             }
     }
 }

@@ -237,6 +237,7 @@ fn joint_consensus_needs_both_majorities() {
     let cc = ConfChange {
         ops: vec![AddVoter(4), AddVoter(5), Remove(1), Remove(2)],
         transition: ConfTransition::JointExplicit,
+        context: Vec::new(),
     };
     let at = net
         .nodes

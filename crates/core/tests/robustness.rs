@@ -39,8 +39,18 @@ fn data() -> impl Strategy<Value = EntryData<Vec<u8>>> {
     prop_oneof![
         Just(EntryData::Noop),
         prop::collection::vec(any::<u8>(), 0..4).prop_map(EntryData::Normal),
-        (prop::collection::vec(op, 0..3), transition)
-            .prop_map(|(ops, transition)| EntryData::ConfChange(ConfChange { ops, transition })),
+        (
+            prop::collection::vec(op, 0..3),
+            transition,
+            prop::collection::vec(any::<u8>(), 0..4)
+        )
+            .prop_map(|(ops, transition, context)| EntryData::ConfChange(Box::new(
+                ConfChange {
+                    ops,
+                    transition,
+                    context
+                }
+            ))),
     ]
 }
 

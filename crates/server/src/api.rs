@@ -454,36 +454,39 @@ impl pb::cluster_server::Cluster for ClusterService {
                 "etcdserver: Peer URLs already exists",
             ));
         }
-        let id = crate::config::member_id(&urls, &s.cfg.cluster_token);
-        if registered.contains_key(&id) {
-            return Err(Status::failed_precondition("etcdserver: ID exists"));
-        }
-        s.raft
-            .propose_registry(
-                RegistryOp::Add {
-                    id,
-                    peer_urls: url_strings.clone(),
-                },
-                REQUEST_TIMEOUT,
-            )
-            .await?;
+        // Like etcd, a new member's id hashes its URLs, the cluster token
+        // and the time, so URLs of a removed member can be added again
+        // (under a new id; removed ids stay refused).
+        let removed = s.raft.registry.removed();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let id = (0u32..)
+            .map(|salt| {
+                let token = format!("{}\0{nanos}\0{salt}", s.cfg.cluster_token);
+                crate::config::member_id(&urls, &token)
+            })
+            .find(|id| !registered.contains_key(id) && !removed.contains(id))
+            .unwrap_or(0);
         let op = if r.is_learner {
             ConfChangeOp::AddLearner(id)
         } else {
             ConfChangeOp::AddVoter(id)
         };
-        if let Err(e) = s
-            .raft
-            .conf_change(ConfChange::new(&[op]), REQUEST_TIMEOUT)
-            .await
-        {
-            // Undo the registry entry so the URLs can be added again.
-            let _ = s
-                .raft
-                .propose_registry(RegistryOp::Remove { id }, REQUEST_TIMEOUT)
-                .await;
-            return Err(e.into());
+        // One log entry: the registry change rides in the configuration
+        // change's context, so a crash cannot leave one without the other.
+        let context = RegistryOp::Add {
+            id,
+            peer_urls: url_strings.clone(),
         }
+        .encode();
+        s.raft
+            .conf_change(
+                ConfChange::new(&[op]).with_context(context),
+                REQUEST_TIMEOUT,
+            )
+            .await?;
         let member = pb::Member {
             id,
             name: String::new(),
@@ -535,14 +538,12 @@ impl pb::cluster_server::Cluster for ClusterService {
             let mut c = leader_cluster_client(s).await?;
             return c.member_remove(pb::MemberRemoveRequest { id }).await;
         }
-        // Registry first: the member's messages are rejected from now on,
-        // then the core drops it from the configuration.
-        s.raft
-            .propose_registry(RegistryOp::Remove { id }, REQUEST_TIMEOUT)
-            .await?;
+        // One entry: the core drops the member from the configuration and
+        // the registry stops accepting its messages, atomically.
+        let context = RegistryOp::Remove { id }.encode();
         s.raft
             .conf_change(
-                ConfChange::new(&[ConfChangeOp::Remove(id)]),
+                ConfChange::new(&[ConfChangeOp::Remove(id)]).with_context(context),
                 REQUEST_TIMEOUT,
             )
             .await?;

@@ -262,6 +262,24 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
             }
             ClusterState::Existing => {
                 let (cluster_id, remote) = join_info(&cfg).await?;
+                // MemberAdd assigns ids with a time salt (as etcd does, so a
+                // removed member's URLs can be added again): find ours by
+                // our advertised peer URLs.
+                let mine: std::collections::BTreeSet<String> = cfg
+                    .advertise_peer_urls
+                    .iter()
+                    .map(|u| u.as_str().trim_end_matches('/').to_string())
+                    .collect();
+                if let Some(id) = remote.iter().find_map(|(id, urls)| {
+                    (urls
+                        .iter()
+                        .cloned()
+                        .collect::<std::collections::BTreeSet<_>>()
+                        == mine)
+                        .then_some(*id)
+                }) {
+                    cfg.id = id;
+                }
                 if !remote.contains_key(&cfg.id) {
                     return Err(MemberError::Fatal(format!(
                         "member {:x} (peer URLs {}) is not in the cluster's member list; add it first with `etcdctl member add {} --peer-urls=...`",

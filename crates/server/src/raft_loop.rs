@@ -607,9 +607,22 @@ impl RaftLoop {
                             .map_err(|err| format!("applying entry {}: {err}", e.index))?;
                     }
                 },
-                EntryData::ConfChange(_) => {
+                EntryData::ConfChange(cc) => {
                     kv.mark_applied(e.index)
                         .map_err(|err| format!("applying entry {}: {err}", e.index))?;
+                    // MemberAdd/MemberRemove carry their registry change in
+                    // the context: applied with the configuration, atomically.
+                    if !cc.context.is_empty() {
+                        match RegistryOp::decode(&cc.context) {
+                            Ok(op) => self.apply_registry(&op),
+                            // Same bytes, same verdict on every member.
+                            Err(reason) => tracing::error!(
+                                index = e.index,
+                                %reason,
+                                "undecodable membership change context skipped"
+                            ),
+                        }
+                    }
                     if self
                         .pending_conf
                         .as_ref()

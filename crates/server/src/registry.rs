@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RegistryOp {
     /// A member with these peer URLs joins (as voter or learner: that is the
-    /// core's configuration, changed by a separate entry).
+    /// core's configuration, changed by the same entry — MemberAdd puts
+    /// this operation in the `ConfChange` context).
     Add {
         /// Member id.
         id: u64,
@@ -26,6 +27,24 @@ pub enum RegistryOp {
         /// Member id.
         id: u64,
     },
+}
+
+impl RegistryOp {
+    /// Encodes with postcard (the `ConfChange` context of MemberAdd and
+    /// MemberRemove).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes, checking the whole input is used.
+    pub fn decode(bytes: &[u8]) -> Result<RegistryOp, String> {
+        let (op, rest) =
+            postcard::take_from_bytes::<RegistryOp>(bytes).map_err(|e| e.to_string())?;
+        if !rest.is_empty() {
+            return Err(format!("{} trailing bytes", rest.len()));
+        }
+        Ok(op)
+    }
 }
 
 /// Members and their peer URLs, shared by the Raft loop (writes, in log
@@ -139,5 +158,28 @@ impl SnapshotData {
             return Err(format!("{} trailing bytes", rest.len()));
         }
         Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RegistryOp;
+
+    #[test]
+    fn registry_ops_round_trip_and_garbage_is_refused() {
+        for op in [
+            RegistryOp::Add {
+                id: 7,
+                peer_urls: vec!["http://10.0.0.7:2380".into()],
+            },
+            RegistryOp::Remove { id: u64::MAX },
+        ] {
+            assert_eq!(RegistryOp::decode(&op.encode()), Ok(op.clone()));
+            let mut long = op.encode();
+            long.push(0);
+            assert!(RegistryOp::decode(&long).is_err());
+        }
+        assert!(RegistryOp::decode(&[]).is_err());
+        assert!(RegistryOp::decode(&[9, 9, 9]).is_err());
     }
 }

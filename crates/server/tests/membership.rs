@@ -143,4 +143,42 @@ fn add_learner_promote_it_and_remove_a_member() {
         ]);
         (String::from_utf8_lossy(&o.stdout).trim() == "ok").then_some(())
     });
+
+    // As with etcd, the removed member's peer URLs can be added again: the
+    // new member gets a new id (the old one stays refused) and a fresh data
+    // directory, joins and catches up.
+    let peer = format!("http://127.0.0.1:{}", c.members[victim].peer_port);
+    let out = etcdctl(&[
+        "--endpoints",
+        &live,
+        "member",
+        "add",
+        "back",
+        &format!("--peer-urls={peer}"),
+    ]);
+    assert!(out.contains("added to cluster"), "{out}");
+    let back = &mut c.members[victim];
+    back.name = "back".to_string();
+    back.data_dir = c.dir.path().join("back");
+    back.log = c.dir.path().join("back.log");
+    back.client_port = free_port();
+    c.spawn_with(victim, &["--initial-cluster-state=existing"]);
+    let back_ep = c.endpoint(victim);
+    eventually("the re-added member serves the data", || {
+        let o = etcdctl_try(&[
+            "--endpoints",
+            &back_ep,
+            "get",
+            "after-remove",
+            "--consistency=s",
+            "--print-value-only",
+        ]);
+        (String::from_utf8_lossy(&o.stdout).trim() == "ok").then_some(())
+    });
+    let list = eventually("member list shows the re-added member", || {
+        let l = etcdctl(&["--endpoints", &live, "member", "list"]);
+        (l.lines().count() == 4 && member_id(&l, "back").is_some()).then_some(l)
+    });
+    assert_ne!(member_id(&list, "back"), Some(victim_id), "{list}");
+    put_ok(&c.live_endpoints(), "after-readd", "4");
 }

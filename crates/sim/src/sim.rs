@@ -1270,7 +1270,9 @@ impl Simulation {
             3 => vec![ConfChangeOp::Remove(a)],
             _ => vec![ConfChangeOp::AddVoter(a), ConfChangeOp::Remove(b)],
         };
-        let cc = ConfChange::new(&ops);
+        // An application context rides along (checked by the log digests
+        // like any entry content).
+        let cc = ConfChange::new(&ops).with_context(format!("cc {a} {b}").into_bytes());
         let id = self.replicas[l].id;
         if let Some(live) = self.replicas[l].live.as_mut() {
             let r = live.node.propose_conf_change(cc);

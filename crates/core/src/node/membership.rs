@@ -45,7 +45,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         let entry = Entry {
             term: self.term,
             index,
-            data: EntryData::ConfChange(cc.clone()),
+            data: EntryData::ConfChange(Box::new(cc.clone())),
         };
         let size = entry.size_bytes();
         self.log.append(entry);

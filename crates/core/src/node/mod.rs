@@ -10,6 +10,7 @@ mod transfer;
 
 pub use step::MAX_TERM_OR_INDEX;
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 

@@ -207,6 +207,38 @@ fn encode_other(data: &EntryData<Vec<u8>>) -> Vec<u8> {
     postcard::to_allocvec(data).unwrap_or_default()
 }
 
+/// Decodes a membership-change entry: the current layout, or the layout
+/// of metalraft 0.1.0 WALs written before `ConfChange` had a context.
+fn decode_other(bytes: &[u8]) -> Result<EntryData<Vec<u8>>, DecodeError> {
+    if let Ok(d) = postcard::from_bytes(bytes) {
+        return Ok(d);
+    }
+    #[derive(serde::Deserialize)]
+    struct ConfChangeV0 {
+        ops: Vec<metalraft_core::ConfChangeOp>,
+        transition: metalraft_core::ConfTransition,
+    }
+    // Variant order as in `EntryData`.
+    #[derive(serde::Deserialize)]
+    enum EntryDataV0 {
+        #[allow(dead_code)]
+        Noop,
+        #[allow(dead_code)]
+        Normal(Vec<u8>),
+        ConfChange(ConfChangeV0),
+    }
+    match postcard::from_bytes::<EntryDataV0>(bytes) {
+        Ok(EntryDataV0::ConfChange(cc)) => Ok(EntryData::ConfChange(Box::new(
+            metalraft_core::ConfChange {
+                ops: cc.ops,
+                transition: cc.transition,
+                context: Vec::new(),
+            },
+        ))),
+        _ => Err(DecodeError::BadConfChange),
+    }
+}
+
 struct Reader<'a> {
     buf: &'a [u8],
 }
@@ -275,8 +307,7 @@ pub fn decode_record(buf: &[u8]) -> Result<Record, DecodeError> {
                     ENTRY_OTHER => {
                         let len = r.u64()?;
                         let len = usize::try_from(len).map_err(|_| DecodeError::Truncated)?;
-                        postcard::from_bytes(r.take(len)?)
-                            .map_err(|_| DecodeError::BadConfChange)?
+                        decode_other(r.take(len)?)?
                     }
                     t => return Err(DecodeError::BadTag(t)),
                 };
@@ -361,6 +392,24 @@ mod tests {
         for cut in 0..payload.len() {
             assert!(decode_record(&payload[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn membership_changes_round_trip_and_0_1_0_layout_still_reads() {
+        use metalraft_core::{ConfChange, ConfChangeOp};
+        let cc = ConfChange::new(&[ConfChangeOp::AddLearner(9)]).with_context(b"ctx".to_vec());
+        let data = EntryData::ConfChange(Box::new(cc));
+        assert_eq!(decode_other(&encode_other(&data)), Ok(data));
+        // metalraft 0.1.0: variant 2 (ConfChange), one op AddVoter(5),
+        // transition Auto, no context.
+        assert_eq!(
+            decode_other(&[2, 1, 0, 5, 0]),
+            Ok(EntryData::ConfChange(Box::new(ConfChange::new(&[
+                ConfChangeOp::AddVoter(5)
+            ]))))
+        );
+        assert_eq!(decode_other(&[2, 1, 9]), Err(DecodeError::BadConfChange));
+        assert_eq!(decode_other(&[]), Err(DecodeError::BadConfChange));
     }
 
     #[test]
