@@ -3,7 +3,8 @@
 # Idempotent: skips what is already there.
 set -euo pipefail
 
-TARGETS=(thumbv6m-none-eabi thumbv7em-none-eabihf riscv32imac-unknown-none-elf)
+# no_std targets of the core, and musl for the static container image.
+TARGETS=(thumbv6m-none-eabi thumbv7em-none-eabihf riscv32imac-unknown-none-elf x86_64-unknown-linux-musl)
 installed=$(rustup target list --installed)
 for t in "${TARGETS[@]}"; do
     grep -qx "$t" <<<"$installed" || rustup target add "$t"
@@ -16,6 +17,13 @@ command -v qemu-system-riscv32 >/dev/null || APT_PACKAGES+=(qemu-system-misc)
 command -v etcdctl >/dev/null || APT_PACKAGES+=(etcd-client)
 # protoc: the etcd-client crate (a test dependency of the server) needs it.
 command -v protoc >/dev/null || APT_PACKAGES+=(protobuf-compiler)
+# The deployment tests (deploy/validate.sh, deploy/test.sh, deploy/k8s/smoke.sh):
+# docker and docker-compose come with the machine; the rest from Debian.
+command -v jq >/dev/null || APT_PACKAGES+=(jq)
+command -v curl >/dev/null || APT_PACKAGES+=(curl)
+command -v file >/dev/null || APT_PACKAGES+=(file)
+command -v kubectl >/dev/null || APT_PACKAGES+=(kubernetes-client)
+python3 -c 'import venv, ensurepip' 2>/dev/null || APT_PACKAGES+=(python3-venv)
 if ((${#APT_PACKAGES[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q

@@ -4,6 +4,9 @@
 #
 #   scripts/test-all.sh            everything
 #   QUICK=1 scripts/test-all.sh    skip the long simulator swarm
+#
+# The deployment step needs a running Docker engine and docker-compose (the
+# CI machine has both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,5 +46,10 @@ fi
 
 step "benchmark smoke run (checks every applied entry; numbers are not asserted)"
 cargo run --release -q -p metalraft-bench -- core --quick
+
+step "deployment: manifests validated (yamllint, kustomize, checkov), container image, Compose cluster, Kubernetes pods in Docker"
+deploy/validate.sh
+deploy/test.sh
+SKIP_CARGO=1 deploy/k8s/smoke.sh
 
 step "done"
