@@ -31,6 +31,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "workspace tests (core, kv, sim, server processes with etcdctl, QEMU firmware cluster, bench checks)"
 cargo test --workspace
 
+step "full disk (mounts a tmpfs: root only)"
+if [ "$(id -u)" = 0 ]; then
+    cargo test -p metalraft --test disk_full -- --ignored
+else
+    echo "skipped: not root (run: sudo cargo test -p metalraft --test disk_full -- --ignored)"
+fi
+
 step "firmware wire formats (the firmware's own workspace; the QEMU cluster test runs above)"
 (cd crates/firmware && cargo test -p metalraft-fw-proto --target x86_64-unknown-linux-gnu)
 

@@ -264,6 +264,30 @@ pub fn render(s: &Shared) -> String {
         "State-machine snapshots taken.",
         ls.snapshots.load(Ordering::Relaxed),
     );
+    for (name, help, v) in [
+        (
+            "metalraft_snapshot_sends_total",
+            "Snapshot transfers started to a follower (first chunk sent).",
+            &ls.snapshot_sends,
+        ),
+        (
+            "metalraft_snapshot_chunks_sent_total",
+            "Snapshot chunks sent to followers.",
+            &ls.snapshot_chunks_sent,
+        ),
+        (
+            "metalraft_snapshot_bytes_sent_total",
+            "Snapshot bytes sent to followers.",
+            &ls.snapshot_bytes_sent,
+        ),
+        (
+            "metalraft_snapshots_installed_total",
+            "Snapshots received from a leader and installed.",
+            &ls.snapshots_installed,
+        ),
+    ] {
+        metric(&mut out, name, "counter", help, v.load(Ordering::Relaxed));
+    }
 
     let name = "etcd_disk_wal_fsync_duration_seconds";
     let _ = writeln!(

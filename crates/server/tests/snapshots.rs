@@ -40,6 +40,17 @@ fn far_behind_member_catches_up_via_snapshot_and_all_restart_from_snapshots() {
         log.contains("restored state machine from the leader's snapshot"),
         "caught up without a snapshot:\n{log}"
     );
+    // The transfer shows in the metrics: sent by a leader, installed here.
+    let installed = metric_value(
+        c.members[victim].client_port,
+        "metalraft_snapshots_installed_total",
+    );
+    assert!(installed >= Some(1.0), "{installed:?}");
+    let sent: f64 = (0..3)
+        .filter(|i| *i != victim)
+        .filter_map(|i| metric_value(c.members[i].client_port, "metalraft_snapshot_sends_total"))
+        .sum();
+    assert!(sent >= 1.0, "no snapshot send counted");
     assert!(
         c.members[victim]
             .data_dir

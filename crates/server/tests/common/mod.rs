@@ -423,3 +423,27 @@ pub fn put_ok(eps: &str, key: &str, value: &str) {
         std::thread::sleep(POLL);
     }
 }
+
+/// `GET path` on 127.0.0.1:`port` over HTTP/1.1; the whole response
+/// (status line, headers, body).
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read response");
+    out
+}
+
+/// The value of an unlabelled Prometheus metric in `GET /metrics` of the
+/// member whose client port is `port`.
+pub fn metric_value(port: u16, name: &str) -> Option<f64> {
+    let body = http_get(port, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
