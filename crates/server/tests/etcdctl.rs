@@ -97,11 +97,16 @@ fn put_get_del_txn_member_list_status_and_snapshot() {
 
     // A branch that puts one key twice is refused up front, as by etcd,
     // and changes nothing.
-    let txn = "\n\nput dup 1\nput dup 2\n\n\n";
-    let out = etcdctl_stdin(&[e[0], e[1], "txn"], txn.as_bytes());
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("duplicate key given in txn request"), "{err}");
+    // (In the branch that runs, and in the one that does not.)
+    for txn in [
+        "\nput dup 1\nput dup 2\n\n\n",
+        "\n\nput dup 1\nput dup 2\n\n",
+    ] {
+        let out = etcdctl_stdin(&[e[0], e[1], "txn"], txn.as_bytes());
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("duplicate key given in txn request"), "{err}");
+    }
     assert_eq!(etcdctl(&[e[0], e[1], "get", "dup"]), "");
 
     // Member list: three started members with their URLs.
