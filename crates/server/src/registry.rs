@@ -38,12 +38,7 @@ impl RegistryOp {
 
     /// Decodes, checking the whole input is used.
     pub fn decode(bytes: &[u8]) -> Result<RegistryOp, String> {
-        let (op, rest) =
-            postcard::take_from_bytes::<RegistryOp>(bytes).map_err(|e| e.to_string())?;
-        if !rest.is_empty() {
-            return Err(format!("{} trailing bytes", rest.len()));
-        }
-        Ok(op)
+        decode_exact(bytes)
     }
 }
 
@@ -152,13 +147,17 @@ impl SnapshotData {
 
     /// Decodes, checking the whole input is used.
     pub fn decode(bytes: &[u8]) -> Result<SnapshotData, String> {
-        let (d, rest) =
-            postcard::take_from_bytes::<SnapshotData>(bytes).map_err(|e| e.to_string())?;
-        if !rest.is_empty() {
-            return Err(format!("{} trailing bytes", rest.len()));
-        }
-        Ok(d)
+        decode_exact(bytes)
     }
+}
+
+/// postcard decoding that refuses trailing bytes.
+fn decode_exact<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let (v, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{} trailing bytes", rest.len()));
+    }
+    Ok(v)
 }
 
 #[cfg(test)]
