@@ -93,7 +93,7 @@ impl Shared {
             }
         }
         let url = url::Url::parse(&first).ok()?;
-        let ep = transport::endpoint(&url).ok()?;
+        let ep = transport::endpoint(&url, self.cfg.tls.peer_dial.as_ref()).ok()?;
         let client = PeerClient::new(ep.connect_lazy())
             .max_decoding_message_size(transport::PEER_MAX_GRPC_BYTES)
             .max_encoding_message_size(transport::PEER_MAX_GRPC_BYTES);
@@ -408,9 +408,16 @@ async fn leader_cluster_client(
     s: &Shared,
 ) -> Result<pb::cluster_client::ClusterClient<Channel>, EtcdError> {
     let url = s.leader_client_url().await?;
-    let ep = tonic::transport::Endpoint::from_shared(url)
+    let mut ep = tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|e| EtcdError::Internal(format!("leader client URL: {e}")))?
         .timeout(REQUEST_TIMEOUT);
+    // An https client URL is dialed with --trusted-ca-file/--peer-trusted-ca-file
+    // as roots and --cert-file/--key-file as client identity (see crate::tls).
+    if let (true, Some(tls)) = (url.starts_with("https://"), &s.cfg.tls.client_dial) {
+        ep = ep
+            .tls_config(tls.clone())
+            .map_err(|e| EtcdError::Internal(format!("leader client URL TLS: {e}")))?;
+    }
     let ch = ep.connect().await.map_err(|_| EtcdError::NoLeader)?;
     Ok(pb::cluster_client::ClusterClient::new(ch))
 }

@@ -182,6 +182,39 @@ pub struct MemberArgs {
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+    /// Path to the client server TLS cert file (needed by https:// client
+    /// and metrics URLs).
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA cert file; as in etcd, it
+    /// also turns client certificate authentication on.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Enable client cert authentication (requires --trusted-ca-file).
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_value_t = false, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub client_cert_auth: bool,
+    /// Path to the peer server TLS cert file (also this member's client
+    /// certificate when it dials peers).
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Path to the peer server TLS trusted CA file (verifies peers in both
+    /// directions; as in etcd, it also turns peer client cert auth on).
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Enable peer client cert authentication (requires
+    /// --peer-trusted-ca-file).
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_value_t = false, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub peer_client_cert_auth: bool,
 }
 
 /// Long flag names that etcd users may spell with a single dash.
@@ -202,6 +235,14 @@ const LONG_FLAGS: &[&str] = &[
     "quota-backend-bytes",
     "listen-metrics-urls",
     "log-level",
+    "cert-file",
+    "key-file",
+    "trusted-ca-file",
+    "client-cert-auth",
+    "peer-cert-file",
+    "peer-key-file",
+    "peer-trusted-ca-file",
+    "peer-client-cert-auth",
     "version",
     "help",
 ];
@@ -281,6 +322,39 @@ mod tests {
     fn bad_enum_value_is_an_error() {
         let e = parse(&["metalraft", "--initial-cluster-state", "maybe"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn tls_flags_parse_like_go_booleans() {
+        let c = parse(&["metalraft"]).unwrap().member;
+        assert!(!c.client_cert_auth && !c.peer_client_cert_auth);
+        assert_eq!(c.cert_file, None);
+        let c = parse(&[
+            "metalraft",
+            "--client-cert-auth",
+            "-peer-client-cert-auth=true",
+            "--cert-file=/c.pem",
+            "-key-file",
+            "/k.pem",
+            "--trusted-ca-file=/ca.pem",
+            "--peer-cert-file=/pc.pem",
+            "--peer-key-file=/pk.pem",
+            "--peer-trusted-ca-file=/pca.pem",
+        ])
+        .unwrap()
+        .member;
+        assert!(c.client_cert_auth && c.peer_client_cert_auth);
+        assert_eq!(c.cert_file, Some(PathBuf::from("/c.pem")));
+        assert_eq!(c.key_file, Some(PathBuf::from("/k.pem")));
+        assert_eq!(c.trusted_ca_file, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(c.peer_cert_file, Some(PathBuf::from("/pc.pem")));
+        assert_eq!(c.peer_key_file, Some(PathBuf::from("/pk.pem")));
+        assert_eq!(c.peer_trusted_ca_file, Some(PathBuf::from("/pca.pem")));
+        let c = parse(&["metalraft", "--client-cert-auth=false"])
+            .unwrap()
+            .member;
+        assert!(!c.client_cert_auth);
+        assert!(parse(&["metalraft", "--client-cert-auth=maybe"]).is_err());
     }
 
     #[test]

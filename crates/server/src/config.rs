@@ -10,6 +10,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::cli::{ClusterState, LogLevel, MemberArgs};
+use crate::tls::{SideFlags, SideUse, TlsError, TlsSettings};
 
 /// etcd's upper bound on `--election-timeout`.
 pub const MAX_ELECTION_TIMEOUT_MS: u64 = 50_000;
@@ -81,6 +82,9 @@ pub enum ConfigError {
     /// The member name is empty or unusable.
     #[error("--name must be non-empty and contain no '=' or ',' (got {0:?})")]
     BadName(String),
+    /// A TLS flag, a combination of them or a file they name is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// One member of the initial cluster.
@@ -133,6 +137,8 @@ pub struct MemberConfig {
     pub listen_metrics_urls: Vec<Url>,
     /// Log level.
     pub log_level: LogLevel,
+    /// TLS server and dial configurations (files loaded and checked).
+    pub tls: TlsSettings,
 }
 
 impl MemberConfig {
@@ -190,6 +196,40 @@ impl MemberConfig {
                 advertised: join_urls(&advertise_peer_urls),
             });
         }
+        let first_https = |flag: &'static str, urls: &[Url]| {
+            urls.iter()
+                .find(|u| u.scheme() == "https")
+                .map(|u| (flag, u.to_string()))
+        };
+        let client_use = SideUse {
+            serves: first_https("listen-client-urls", &listen_client_urls)
+                .or_else(|| first_https("listen-metrics-urls", &listen_metrics_urls)),
+            dials: None,
+        };
+        let cluster_urls: Vec<Url> = initial_cluster
+            .iter()
+            .flat_map(|p| p.peer_urls.iter().cloned())
+            .collect();
+        let peer_use = SideUse {
+            serves: first_https("listen-peer-urls", &listen_peer_urls),
+            dials: first_https("initial-cluster", &cluster_urls),
+        };
+        let tls = TlsSettings::from_flags(
+            &SideFlags {
+                cert_file: a.cert_file.clone(),
+                key_file: a.key_file.clone(),
+                trusted_ca_file: a.trusted_ca_file.clone(),
+                client_cert_auth: a.client_cert_auth,
+            },
+            &client_use,
+            &SideFlags {
+                cert_file: a.peer_cert_file.clone(),
+                key_file: a.peer_key_file.clone(),
+                trusted_ca_file: a.peer_trusted_ca_file.clone(),
+                client_cert_auth: a.peer_client_cert_auth,
+            },
+            &peer_use,
+        )?;
         let id = me.id;
         let cluster_id = cluster_id(&initial_cluster, &a.initial_cluster_token);
         Ok(MemberConfig {
@@ -223,6 +263,7 @@ impl MemberConfig {
             },
             listen_metrics_urls,
             log_level: a.log_level,
+            tls,
         })
     }
 
@@ -246,7 +287,8 @@ fn join_urls(urls: &[Url]) -> String {
     urls.iter().map(url_key).collect::<Vec<_>>().join(",")
 }
 
-/// Parses a comma-separated list of `http://host:port` URLs.
+/// Parses a comma-separated list of `http://host:port` or
+/// `https://host:port` URLs.
 pub fn parse_urls(flag: &'static str, value: &str) -> Result<Vec<Url>, ConfigError> {
     let mut out = Vec::new();
     for part in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -266,9 +308,8 @@ fn parse_url(flag: &'static str, value: &str) -> Result<Url, ConfigError> {
     };
     let u = Url::parse(value).map_err(|e| bad(&e.to_string()))?;
     match u.scheme() {
-        "http" => {}
-        "https" | "unixs" => return Err(bad("TLS is not supported yet; use http://")),
-        s => return Err(bad(&format!("URL scheme must be http, got {s:?}"))),
+        "http" | "https" => {}
+        s => return Err(bad(&format!("URL scheme must be http or https, got {s:?}"))),
     }
     if u.host_str().is_none_or(str::is_empty) {
         return Err(bad("URL must have a host"));
@@ -443,7 +484,7 @@ mod tests {
     fn bad_urls_are_rejected_with_the_flag_name() {
         for bad in [
             "localhost:2379",
-            "https://127.0.0.1:2379",
+            "unixs://127.0.0.1:2379",
             "http://127.0.0.1",
             "http://127.0.0.1:1/x",
             "",
@@ -465,6 +506,63 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn https_urls_need_certificates_and_cert_auth_needs_a_ca() {
+        let e = config(&["--listen-client-urls=https://127.0.0.1:2379"]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Tls(TlsError::MissingCertOrKey {
+                    missing: "cert-file",
+                    ..
+                })
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--cert-file"), "{e}");
+        let e = config(&[
+            "--listen-metrics-urls=https://127.0.0.1:2381",
+            "--cert-file=/nonexistent/c.pem",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--key-file"), "{e}");
+        let e = config(&["--listen-peer-urls=https://127.0.0.1:2380"]).unwrap_err();
+        assert!(e.to_string().contains("--peer-cert-file"), "{e}");
+        let e = config(&["--client-cert-auth"]).unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::Tls(TlsError::CertAuthWithoutCa {
+                flag: "client-cert-auth",
+                ca_flag: "trusted-ca-file"
+            })
+        );
+        let e = config(&["--peer-client-cert-auth=true"]).unwrap_err();
+        assert!(e.to_string().contains("--peer-trusted-ca-file"), "{e}");
+        // Dialing https peers needs the peer CA.
+        let e = config(&[
+            "--initial-advertise-peer-urls=https://127.0.0.1:2380",
+            "--initial-cluster=default=https://127.0.0.1:2380",
+        ])
+        .unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Tls(TlsError::DialWithoutCa { .. })),
+            "{e}"
+        );
+        // A missing file is named.
+        let e = config(&[
+            "--listen-client-urls=https://127.0.0.1:2379",
+            "--cert-file=/nonexistent/c.pem",
+            "--key-file=/nonexistent/k.pem",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/c.pem"), "{e}");
+        // Files named by flags are checked even when only dialing uses them.
+        let e = config(&["--peer-trusted-ca-file=/nonexistent/ca.pem"]).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        let c = config(&[]).unwrap();
+        assert!(c.tls.client_server.is_none() && c.tls.peer_dial.is_none());
     }
 
     #[test]

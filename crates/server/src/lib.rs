@@ -19,6 +19,9 @@
 //!   a replicated registry ([`registry`]); a removed member stops.
 //! - **Peers:** an internal gRPC service ([`transport`]) that checks every
 //!   batch at the edge (cluster id, known sender, decodable messages).
+//! - **TLS:** etcd's certificate flags on both ports ([`tls`], rustls with
+//!   ring); with client-certificate authentication a client or peer without
+//!   a certificate from the trusted CA is refused in the handshake.
 //! - **Bounds:** every queue and buffer has a named constant or config field.
 //!
 //! The binary's `main` only parses the command line and calls into this
@@ -39,5 +42,6 @@ pub mod proto;
 pub mod raft_loop;
 pub mod registry;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 pub mod writer;

@@ -20,6 +20,7 @@ use metalraft_core::{bootstrap_entry, bootstrap_hard_state, ConfState, Node, Rea
 use metalraft_kv as kv;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_stream::wrappers::TcpListenerStream;
 use url::Url;
 
@@ -35,6 +36,7 @@ use crate::proto::peer::{peer_client::PeerClient, Envelope, InfoRequest};
 use crate::raft_loop::{LoopParts, RaftLoop};
 use crate::registry::{Registry, SnapshotData};
 use crate::storage::{Storage, StorageError, WalOptions, WriteBatch};
+use crate::tls;
 use crate::transport::{Transport, TransportStats, PEER_MAX_GRPC_BYTES};
 use crate::writer::{self, WriterGauges};
 
@@ -200,7 +202,7 @@ async fn join_info(cfg: &MemberConfig) -> Result<(u64, BTreeMap<u64, Vec<String>
             let Some(url) = p.peer_urls.first() else {
                 continue;
             };
-            let Ok(ep) = crate::transport::endpoint(url) else {
+            let Ok(ep) = crate::transport::endpoint(url, cfg.tls.peer_dial.as_ref()) else {
                 continue;
             };
             let Ok(ch) = ep.connect().await else { continue };
@@ -363,7 +365,13 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
                 .map(|u| (id, u))
         })
         .collect();
-    let transport = Transport::start(cfg.cluster_id, cfg.id, &peer_urls, transport_stats.clone());
+    let transport = Transport::start(
+        cfg.cluster_id,
+        cfg.id,
+        &peer_urls,
+        transport_stats.clone(),
+        cfg.tls.peer_dial.clone(),
+    );
     let kv = Arc::new(RwLock::new(store));
     let (raft_loop, handle) = RaftLoop::new(LoopParts {
         node,
@@ -384,39 +392,47 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
         transport_stats,
     ));
 
-    // Bind everything before serving, so a busy port fails the start.
+    // Bind everything before serving, so a busy port fails the start. Each
+    // listener carries the TLS config of its side when its URL is https.
+    let tls_for = |u: &Url, side: &Option<Arc<ServerConfig>>| -> Result<_, MemberError> {
+        if u.scheme() != "https" {
+            return Ok(None);
+        }
+        // Config validation guarantees it; never serve plain text on https.
+        side.clone().map(Some).ok_or_else(|| {
+            MemberError::Fatal(format!("{u}: https listener without a TLS configuration"))
+        })
+    };
     let mut peer_listeners = Vec::new();
     for u in &cfg.listen_peer_urls {
-        peer_listeners.extend(bind(u).await?);
+        let tls = tls_for(u, &cfg.tls.peer_server)?;
+        peer_listeners.extend(bind(u).await?.into_iter().map(|l| (l, tls.clone())));
     }
     let mut client_listeners = Vec::new();
     for u in &cfg.listen_client_urls {
-        client_listeners.extend(bind(u).await?);
+        let tls = tls_for(u, &cfg.tls.client_server)?;
+        client_listeners.extend(bind(u).await?.into_iter().map(|l| (l, tls.clone())));
     }
     let mut metrics_listeners = Vec::new();
     for u in &cfg.listen_metrics_urls {
-        metrics_listeners.extend(bind(u).await?);
+        // As in etcd, https metrics URLs use the client certificate and
+        // client-certificate authentication; http ones stay plain (probes).
+        let tls = tls_for(u, &cfg.tls.client_server)?;
+        metrics_listeners.extend(bind(u).await?.into_iter().map(|l| (l, tls.clone())));
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let loop_task = tokio::spawn(raft_loop.run(stop_rx.clone()));
     let mut servers = Vec::new();
-    for l in peer_listeners {
+    for (l, tls) in peer_listeners {
         let svc = PeerServer::new(PeerService(shared.clone()))
             .max_decoding_message_size(PEER_MAX_GRPC_BYTES)
             .max_encoding_message_size(PEER_MAX_GRPC_BYTES);
-        let mut stop = stop_rx.clone();
-        servers.push(tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(nodelay_incoming(l), async move {
-                    let _ = stop.changed().await;
-                }),
-        ));
+        let router = tonic::transport::Server::builder().add_service(svc);
+        servers.push(serve(router, l, tls, "peer", stop_rx.clone()));
     }
     let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    for l in client_listeners {
-        let mut stop = stop_rx.clone();
+    for (l, tls) in client_listeners {
         // gRPC plus etcd's HTTP endpoints (/health, /metrics) on one port.
         let routes = tonic::service::Routes::new(
             KvServer::new(KvService(shared.clone())).max_decoding_message_size(max_recv),
@@ -430,27 +446,18 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
         )
         .into_axum_router()
         .merge(metrics::router(shared.clone()));
-        servers.push(tokio::spawn(
-            tonic::transport::Server::builder()
-                .accept_http1(true)
-                .add_routes(tonic::service::Routes::from(routes))
-                .serve_with_incoming_shutdown(nodelay_incoming(l), async move {
-                    let _ = stop.changed().await;
-                }),
-        ));
+        let router = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(tonic::service::Routes::from(routes));
+        servers.push(serve(router, l, tls, "client", stop_rx.clone()));
     }
-    for l in metrics_listeners {
-        let mut stop = stop_rx.clone();
-        servers.push(tokio::spawn(
-            tonic::transport::Server::builder()
-                .accept_http1(true)
-                .add_routes(tonic::service::Routes::from(metrics::router(
-                    shared.clone(),
-                )))
-                .serve_with_incoming_shutdown(nodelay_incoming(l), async move {
-                    let _ = stop.changed().await;
-                }),
-        ));
+    for (l, tls) in metrics_listeners {
+        let router = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(tonic::service::Routes::from(metrics::router(
+                shared.clone(),
+            )));
+        servers.push(serve(router, l, tls, "metrics", stop_rx.clone()));
     }
     tracing::info!(
         name = %cfg.name,
@@ -526,6 +533,26 @@ async fn hand_over_leadership(shared: &Shared) {
     match done {
         Ok(_) => tracing::info!(to = %format!("{target:x}"), "handed leadership over"),
         Err(_) => tracing::warn!("leadership transfer did not finish before shutdown"),
+    }
+}
+
+/// Serves `router` on `l` until `stop` changes: over TLS (our acceptor,
+/// [`tls::incoming`]) when `tls` is set, in plain text otherwise.
+fn serve(
+    router: tonic::transport::server::Router,
+    l: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    port: &'static str,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    let shutdown = async move {
+        let _ = stop.changed().await;
+    };
+    match tls {
+        Some(cfg) => {
+            tokio::spawn(router.serve_with_incoming_shutdown(tls::incoming(l, cfg, port), shutdown))
+        }
+        None => tokio::spawn(router.serve_with_incoming_shutdown(nodelay_incoming(l), shutdown)),
     }
 }
 

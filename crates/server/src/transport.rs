@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use metalraft_core::{Message, MessageKind};
 use tokio::sync::mpsc;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 use url::Url;
 
 use crate::proto::peer::peer_client::PeerClient;
@@ -96,31 +96,55 @@ struct PeerLanes {
 pub struct Transport {
     peers: BTreeMap<u64, PeerLanes>,
     stats: Arc<TransportStats>,
+    tls: Option<ClientTlsConfig>,
     cluster_id: u64,
     me: u64,
 }
 
-/// Builds a gRPC endpoint for a peer URL.
-pub fn endpoint(url: &Url) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(
+/// Builds a gRPC endpoint for a peer URL; an `https://` URL is dialed with
+/// `tls` (the peer CA as roots, this member's peer certificate as client
+/// identity). Without `tls` an `https://` peer cannot be reached (connecting
+/// fails and is retried).
+pub fn endpoint(
+    url: &Url,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    with_tls(
         Endpoint::from_shared(url.as_str().trim_end_matches('/').to_string())?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .timeout(PEER_REQUEST_TIMEOUT)
             .tcp_nodelay(true),
+        url,
+        tls,
     )
 }
 
+/// Applies `tls` to an endpoint of an `https://` URL.
+fn with_tls(
+    ep: Endpoint,
+    url: &Url,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    match tls {
+        Some(tls) if url.scheme() == "https" => ep.tls_config(tls.clone()),
+        _ => Ok(ep),
+    }
+}
+
 impl Transport {
-    /// Starts one sender task per peer.
+    /// Starts one sender task per peer; `https://` peers are dialed with
+    /// `tls`.
     pub fn start(
         cluster_id: u64,
         me: u64,
         peers: &[(u64, Url)],
         stats: Arc<TransportStats>,
+        tls: Option<ClientTlsConfig>,
     ) -> Transport {
         let mut t = Transport {
             peers: BTreeMap::new(),
             stats,
+            tls,
             cluster_id,
             me,
         };
@@ -146,6 +170,7 @@ impl Transport {
             tokio::spawn(sender_task(
                 env,
                 url.clone(),
+                self.tls.clone(),
                 rx,
                 queued_bytes.clone(),
                 self.stats.clone(),
@@ -216,14 +241,19 @@ impl Transport {
 
 /// Builds the endpoint of a long-lived stream: no request timeout, but
 /// HTTP/2 keep-alives so a dead peer is noticed.
-fn stream_endpoint(url: &Url) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(
+fn stream_endpoint(
+    url: &Url,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    with_tls(
         Endpoint::from_shared(url.as_str().trim_end_matches('/').to_string())?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
             .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true),
+        url,
+        tls,
     )
 }
 
@@ -242,11 +272,12 @@ fn note_rejection(env: &Envelope, url: &Url, status: &tonic::Status, stats: &Tra
 async fn sender_task(
     env: Envelope,
     url: Url,
+    tls: Option<ClientTlsConfig>,
     mut rx: mpsc::Receiver<Vec<u8>>,
     queued_bytes: Arc<AtomicUsize>,
     stats: Arc<TransportStats>,
 ) {
-    let ep = match stream_endpoint(&url) {
+    let ep = match stream_endpoint(&url, tls.as_ref()) {
         Ok(ep) => ep,
         Err(e) => {
             tracing::error!(peer = env.to, %url, error = %e, "bad peer URL");
