@@ -88,17 +88,8 @@ impl KvStore {
     /// equals the store that was snapshotted and behaves identically from
     /// then on. Damaged or foreign bytes are refused, never trusted.
     pub fn restore(bytes: &[u8]) -> Result<KvStore, SnapshotError> {
-        if bytes.len() < HEADER_BYTES + CHECKSUM_BYTES {
-            return Err(SnapshotError::Truncated);
-        }
+        check_header(bytes)?;
         let (covered, crc) = bytes.split_at(bytes.len() - CHECKSUM_BYTES);
-        if covered[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
-            return Err(SnapshotError::BadMagic);
-        }
-        let version = covered[SNAPSHOT_MAGIC.len()];
-        if version != FORMAT_VERSION {
-            return Err(SnapshotError::UnknownVersion(version));
-        }
         let mut crc_le = [0u8; CHECKSUM_BYTES];
         crc_le.copy_from_slice(crc);
         if CRC32C.checksum(covered) != u32::from_le_bytes(crc_le) {
@@ -108,6 +99,52 @@ impl KvStore {
             decode_exact(&covered[HEADER_BYTES..]).map_err(|_| SnapshotError::Malformed)?;
         from_body(body).ok_or(SnapshotError::Inconsistent)
     }
+
+    /// Like [`restore`](Self::restore), for a snapshot followed by other
+    /// bytes (e.g. the zero padding of a backup file): returns the store
+    /// and the snapshot's length. The snapshot delimits itself, so this
+    /// checksums it once, whatever follows.
+    pub fn restore_prefix(bytes: &[u8]) -> Result<(KvStore, usize), SnapshotError> {
+        check_header(bytes)?;
+        // Decoding is bounded and never panics, so it may come before the
+        // checksum: it is what finds where the checksum is.
+        let (body, rest) = postcard::take_from_bytes::<Body>(&bytes[HEADER_BYTES..])
+            .map_err(|_| SnapshotError::ChecksumMismatch)?;
+        let covered_len = bytes.len() - rest.len();
+        if rest.len() < CHECKSUM_BYTES {
+            // Long enough for a header and a checksum: damaged, not short.
+            return Err(SnapshotError::ChecksumMismatch);
+        }
+        let mut crc_le = [0u8; CHECKSUM_BYTES];
+        crc_le.copy_from_slice(&rest[..CHECKSUM_BYTES]);
+        if CRC32C.checksum(&bytes[..covered_len]) != u32::from_le_bytes(crc_le) {
+            return Err(SnapshotError::ChecksumMismatch);
+        }
+        let store = from_body(body).ok_or(SnapshotError::Inconsistent)?;
+        Ok((store, covered_len + CHECKSUM_BYTES))
+    }
+
+    /// Starts the store's applied index over at `index`, for a store
+    /// restored from a backup into a new cluster whose log starts again
+    /// (`metalraft snapshot restore`). Keys and revisions are unchanged.
+    pub fn rebase_applied_index(&mut self, index: u64) {
+        self.applied_index = index;
+    }
+}
+
+/// Length, magic and format version.
+fn check_header(bytes: &[u8]) -> Result<(), SnapshotError> {
+    if bytes.len() < HEADER_BYTES + CHECKSUM_BYTES {
+        return Err(SnapshotError::Truncated);
+    }
+    if bytes[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
+        return Err(SnapshotError::BadMagic);
+    }
+    let version = bytes[SNAPSHOT_MAGIC.len()];
+    if version != FORMAT_VERSION {
+        return Err(SnapshotError::UnknownVersion(version));
+    }
+    Ok(())
 }
 
 /// Checks every invariant `apply` maintains, so a restored store can never

@@ -1013,3 +1013,37 @@ fn txn_put_then_delete_of_same_key_is_still_a_write() {
     assert!(n.kv.is_empty());
     assert_eq!(n.kv.size_bytes(), 0);
 }
+
+#[test]
+fn snapshot_followed_by_padding_restores_with_its_length() {
+    let mut s = KvStore::new();
+    for (i, k) in [&b"a"[..], b"b", b"c"].iter().enumerate() {
+        s.apply(i as u64 + 1, &put(k, b"value")).unwrap();
+    }
+    let snap = s.snapshot();
+    for pad in [0usize, 1, 511] {
+        let mut file = snap.clone();
+        file.resize(snap.len() + pad, 0);
+        let (mut restored, len) = KvStore::restore_prefix(&file).unwrap();
+        assert_eq!(len, snap.len());
+        assert_eq!(restored.snapshot(), snap);
+        // A backup restored into a new cluster starts its log over.
+        restored.rebase_applied_index(1);
+        assert_eq!(restored.applied_index(), 1);
+        assert_eq!(restored.revision(), s.revision());
+        restored.apply(2, &put(b"d", b"new")).unwrap();
+    }
+    // Damage anywhere in the snapshot part is refused.
+    let mut file = snap.clone();
+    file.resize(snap.len() + 100, 0);
+    for i in 5..snap.len() {
+        let mut f = file.clone();
+        f[i] ^= 0x40;
+        assert!(KvStore::restore_prefix(&f).is_err(), "byte {i}");
+    }
+    assert!(KvStore::restore_prefix(&snap[..snap.len() - 1]).is_err());
+    assert_eq!(
+        KvStore::restore_prefix(&[0u8; 64]).map(|_| ()),
+        Err(SnapshotError::BadMagic)
+    );
+}
