@@ -57,6 +57,52 @@ pub enum Command {
     /// ports 2380, 22380, 32380), each member a child process with its own
     /// data directory. Ctrl-C stops it; running it again resumes.
     Dev(DevArgs),
+    /// Inspect or restore a backup written by `etcdctl snapshot save`.
+    Snapshot(SnapshotArgs),
+}
+
+/// `metalraft snapshot ...`.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// What to do with the file.
+    #[command(subcommand)]
+    pub command: SnapshotCommand,
+}
+
+/// Backup operations (etcd 3.4's `etcdctl snapshot status|restore`).
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Print a backup's hash, revision, key count and size.
+    Status {
+        /// The file `etcdctl snapshot save` wrote.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, short = 'w', value_enum, default_value_t = StatusFormat::Table)]
+        write_out: StatusFormat,
+    },
+    /// Create a new member's data directory from a backup. Run it for every
+    /// member of the new cluster with the flags the member will run with
+    /// (at least --name, --initial-cluster, --initial-cluster-token,
+    /// --initial-advertise-peer-urls, --data-dir), then start the members.
+    Restore {
+        /// The file `etcdctl snapshot save` wrote.
+        file: PathBuf,
+        /// Do not check the file's trailing SHA-256.
+        #[arg(long)]
+        skip_hash_check: bool,
+        /// The new member's flags.
+        #[command(flatten)]
+        member: Box<MemberArgs>,
+    },
+}
+
+/// Output formats of `metalraft snapshot status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    /// etcdctl's table.
+    Table,
+    /// One JSON object with etcdctl's field names.
+    Json,
 }
 
 /// Flags of `metalraft dev`.
@@ -362,7 +408,38 @@ mod tests {
         let c = parse(&["metalraft", "dev", "--data-dir", "/tmp/x"]).unwrap();
         match c.command {
             Some(Command::Dev(d)) => assert_eq!(d.data_dir, PathBuf::from("/tmp/x")),
-            None => panic!("expected dev"),
+            other => panic!("expected dev, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn snapshot_restore_takes_the_member_flags() {
+        let c = parse(&[
+            "metalraft",
+            "snapshot",
+            "restore",
+            "/tmp/b.db",
+            "--name",
+            "n1",
+            "--skip-hash-check",
+        ])
+        .unwrap();
+        match c.command {
+            Some(Command::Snapshot(SnapshotArgs {
+                command:
+                    SnapshotCommand::Restore {
+                        file,
+                        skip_hash_check,
+                        member,
+                    },
+            })) => {
+                assert_eq!(file, PathBuf::from("/tmp/b.db"));
+                assert!(skip_hash_check);
+                assert_eq!(member.name, "n1");
+            }
+            other => panic!("expected snapshot restore, got {other:?}"),
+        }
+        assert!(parse(&["metalraft", "snapshot", "restore"]).is_err());
+        assert!(parse(&["metalraft", "snapshot", "status", "f", "-w", "yaml"]).is_err());
     }
 }

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use metalraft::cli::{normalize_args, Cli, Command};
+use metalraft::cli::{normalize_args, Cli, Command, SnapshotCommand, StatusFormat};
 use metalraft::config::MemberConfig;
 
 fn main() -> ExitCode {
@@ -25,6 +25,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Dev(args)) => runtime.block_on(metalraft::dev::run(args)),
+        Some(Command::Snapshot(args)) => snapshot(args.command),
         None => {
             let cfg = match MemberConfig::from_args(&cli.member) {
                 Ok(c) => c,
@@ -42,6 +43,57 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "member stopped");
+                    eprintln!("metalraft: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// `metalraft snapshot status|restore`.
+fn snapshot(cmd: SnapshotCommand) -> ExitCode {
+    use metalraft::backup;
+    match cmd {
+        SnapshotCommand::Status { file, write_out } => match backup::read(&file, true) {
+            Ok((_, info)) => {
+                match write_out {
+                    StatusFormat::Table => print!("{}", backup::status_table(&info)),
+                    StatusFormat::Json => print!("{}", backup::status_json(&info)),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("metalraft: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        SnapshotCommand::Restore {
+            file,
+            skip_hash_check,
+            member,
+        } => {
+            let cfg = match MemberConfig::from_args(&member) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("metalraft: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match backup::restore(&file, &cfg, !skip_hash_check) {
+                Ok(info) => {
+                    println!(
+                        "restored revision {} ({} keys) into {} for member {} ({:x}) of cluster {:x}",
+                        info.revision,
+                        info.total_keys,
+                        cfg.data_dir.display(),
+                        cfg.name,
+                        cfg.id,
+                        cfg.cluster_id
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
                     eprintln!("metalraft: {e}");
                     ExitCode::FAILURE
                 }

@@ -133,10 +133,10 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// What `member/identity` records: the cluster, this member, and the member
 /// registry the cluster started from (etcd too ignores `--initial-cluster`
 /// once a data directory exists; later changes come from the log).
-struct Identity {
-    cluster_id: u64,
-    member_id: u64,
-    initial_members: BTreeMap<u64, Vec<String>>,
+pub(crate) struct Identity {
+    pub(crate) cluster_id: u64,
+    pub(crate) member_id: u64,
+    pub(crate) initial_members: BTreeMap<u64, Vec<String>>,
 }
 
 fn read_identity(path: &Path) -> Result<Option<Identity>, MemberError> {
@@ -174,7 +174,7 @@ fn read_identity(path: &Path) -> Result<Option<Identity>, MemberError> {
     }))
 }
 
-fn write_identity(path: &Path, id: &Identity) -> Result<(), MemberError> {
+pub(crate) fn write_identity(path: &Path, id: &Identity) -> Result<(), MemberError> {
     let tmp = path.with_extension("tmp");
     let mut body = format!(
         "cluster_id={:x}\nmember_id={:x}\n",

@@ -57,6 +57,16 @@ impl Cluster {
 
     /// Starts `n` members with extra flags and waits until one leads.
     pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        let mut c = Self::prepare(n, extra);
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c.wait_for_leader();
+        c
+    }
+
+    /// `n` member specs with fresh ports and data directories, none started.
+    pub fn prepare(n: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let members: Vec<MemberSpec> = (0..n)
             .map(|i| {
@@ -70,17 +80,12 @@ impl Cluster {
                 }
             })
             .collect();
-        let mut c = Cluster {
+        Cluster {
             dir,
             children: (0..n).map(|_| None).collect(),
             members,
             extra_flags: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        for i in 0..n {
-            c.spawn(i);
         }
-        c.wait_for_leader();
-        c
     }
 
     fn initial_cluster(&self) -> String {
