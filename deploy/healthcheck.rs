@@ -3,7 +3,12 @@
 //! crates) by deploy/build-image.sh.
 //!
 //! Usage: healthcheck [URL] [EXPECTED]
-//!   URL      http://host:port/path  (default http://127.0.0.1:2379/health)
+//!   URL      http://host:port/path. Default: `/health` on the first
+//!            `http://` URL of $ETCD_LISTEN_METRICS_URLS, else of
+//!            $ETCD_LISTEN_CLIENT_URLS (a wildcard host becomes 127.0.0.1),
+//!            else http://127.0.0.1:2379/health. So a member whose client
+//!            URLs are https-only is probed on its plain metrics URL, as
+//!            etcd operators do (the probe speaks no TLS).
 //!   EXPECTED substring the body must contain (default `"health":"true"`)
 //!
 //! Exits 0 when the answer is HTTP 200 and the body contains EXPECTED,
@@ -24,9 +29,7 @@ fn fail(msg: String) -> ! {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let url = args
-        .next()
-        .unwrap_or_else(|| "http://127.0.0.1:2379/health".to_string());
+    let url = args.next().unwrap_or_else(default_url);
     let expect = args
         .next()
         .unwrap_or_else(|| "\"health\":\"true\"".to_string());
@@ -74,4 +77,26 @@ fn main() {
         ));
     }
     println!("{}", body.trim());
+}
+
+/// `/health` on the first plain-HTTP metrics or client URL the member
+/// listens on (from the container's etcd environment).
+fn default_url() -> String {
+    for var in ["ETCD_LISTEN_METRICS_URLS", "ETCD_LISTEN_CLIENT_URLS"] {
+        let Ok(list) = std::env::var(var) else { continue };
+        for u in list.split(',').map(str::trim) {
+            let Some(rest) = u.strip_prefix("http://") else { continue };
+            let hostport = rest.split('/').next().unwrap_or(rest);
+            let hostport = match hostport.rsplit_once(':') {
+                Some(("0.0.0.0" | "[::]" | "", port)) => format!("127.0.0.1:{port}"),
+                Some(_) => hostport.to_string(),
+                None => continue,
+            };
+            return format!("http://{hostport}/health");
+        }
+    }
+    if std::env::var("ETCD_LISTEN_CLIENT_URLS").is_ok_and(|v| v.contains("https://")) {
+        fail("the client URLs are https-only and no http:// metrics URL is set: add --listen-metrics-urls=http://0.0.0.0:2381 (ETCD_LISTEN_METRICS_URLS) for the probe".to_string());
+    }
+    "http://127.0.0.1:2379/health".to_string()
 }
