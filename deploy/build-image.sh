@@ -6,8 +6,10 @@
 # Without TAG it tags metalraft:latest and metalraft:<workspace version>
 # (0.1.0, the tag deploy/k8s uses).
 #
-# Needs: rustup target x86_64-unknown-linux-musl (added here if missing;
-# no C toolchain: the server has no C dependency), docker.
+# Needs: rustup target x86_64-unknown-linux-musl (added here if missing),
+# a C compiler (ring, rustls' crypto provider, compiles some freestanding C;
+# .cargo/config.toml points the musl target at the host gcc; no cmake/nasm),
+# docker.
 # Honours CARGO_TARGET_DIR. SKIP_CARGO=1 reuses an existing binary.
 set -euo pipefail
 
