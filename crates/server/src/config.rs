@@ -199,7 +199,7 @@ impl MemberConfig {
         let first_https = |flag: &'static str, urls: &[Url]| {
             urls.iter()
                 .find(|u| u.scheme() == "https")
-                .map(|u| (flag, u.to_string()))
+                .map(|u| (flag, u.as_str().trim_end_matches('/').to_string()))
         };
         let client_use = SideUse {
             serves: first_https("listen-client-urls", &listen_client_urls)
