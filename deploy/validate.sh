@@ -33,6 +33,7 @@ yamllint -s -c deploy/.yamllint deploy
 if command -v docker-compose >/dev/null; then
     echo "== docker-compose config"
     docker-compose -f deploy/compose.yaml config -q
+    docker-compose -f deploy/compose.yaml -f deploy/compose.tls.yaml config -q
 fi
 
 echo "== kubectl kustomize"

@@ -54,9 +54,10 @@ fi
 step "benchmark smoke run (checks every applied entry; numbers are not asserted)"
 cargo run --release -q -p metalraft-bench -- core --quick
 
-step "deployment: manifests validated (yamllint, kustomize, checkov), container image, Compose cluster, Kubernetes pods in Docker"
+step "deployment: manifests validated (yamllint, kustomize, checkov), container image, Compose cluster (plain and mTLS), Kubernetes pods in Docker"
 deploy/validate.sh
 deploy/test.sh
+SKIP_CARGO=1 deploy/test-tls.sh
 SKIP_CARGO=1 deploy/k8s/smoke.sh
 
 step "done"
