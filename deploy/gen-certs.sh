@@ -4,6 +4,10 @@
 # own PKI in production).
 #
 #   deploy/gen-certs.sh DIR [MEMBER...]      (members default: m1 m2 m3)
+#   SAN_EXTRA='DNS:*.metalraft-peer,...' deploy/gen-certs.sh DIR tls
+#                                            (extra SANs on every member's
+#                                            certificate, e.g. one certificate
+#                                            for all pods of a StatefulSet)
 #
 # Writes into DIR:
 #   ca.crt, ca.key                 the CA (trusted by members and clients)
@@ -45,7 +49,7 @@ leaf() { # name ca san
 
 ca ca
 for m in "${MEMBERS[@]}"; do
-    leaf "$m" ca "DNS:$m,DNS:localhost,IP:127.0.0.1"
+    leaf "$m" ca "DNS:$m,DNS:localhost,IP:127.0.0.1${SAN_EXTRA:+,$SAN_EXTRA}"
 done
 leaf client ca "DNS:client"
 ca rogue-ca

@@ -59,5 +59,6 @@ deploy/validate.sh
 deploy/test.sh
 SKIP_CARGO=1 deploy/test-tls.sh
 SKIP_CARGO=1 deploy/k8s/smoke.sh
+OVERLAY=tls SKIP_CARGO=1 deploy/k8s/smoke.sh
 
 step "done"

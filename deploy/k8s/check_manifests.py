@@ -4,6 +4,7 @@
 Usage: check_manifests.py RENDERED.yaml...   (output of kubectl kustomize)
 Exits 1 listing every violated property. Needs PyYAML.
 """
+import re
 import sys
 
 import yaml
@@ -75,9 +76,18 @@ def check(path):
     need(sc.get("capabilities", {}).get("drop") == ["ALL"], "drop ALL capabilities")
     # Readiness needs a leader and a linearizable read; liveness must not
     # depend on quorum (or losing quorum would restart every member).
-    for probe, path in (("readinessProbe", "/health"), ("livenessProbe", "/livez")):
+    for probe, want_path in (("readinessProbe", "/health"), ("livenessProbe", "/livez")):
         hg = c.get(probe, {}).get("httpGet", {})
-        need(hg.get("path") == path, f"{probe} httpGet {path}")
+        need(hg.get("path") == want_path, f"{probe} httpGet {want_path}")
+        # The kubelet's probes speak plain HTTP: they must use a port whose
+        # URL is http (the client port, or the metrics port under TLS).
+        port_name = hg.get("port")
+        port = next((p["containerPort"] for p in c.get("ports", []) if p.get("name") == port_name), None)
+        listen = ",".join(
+            e.get("value", "") for e in c.get("env", [])
+            if e["name"] in ("ETCD_LISTEN_CLIENT_URLS", "ETCD_LISTEN_METRICS_URLS"))
+        need(port is not None and f"http://0.0.0.0:{port}" in listen.split(","),
+             f"{probe} uses a port served over plain http (port {port_name!r})")
     res = c.get("resources", {})
     for k in ("cpu", "memory"):
         need(k in res.get("requests", {}), f"requests.{k}")
@@ -85,6 +95,13 @@ def check(path):
     need(":" in c.get("image", "") and not c["image"].endswith(":latest"), "image with a fixed tag")
 
     env = {e["name"]: e for e in c.get("env", [])}
+    # The kubelet expands $(VAR) only for variables defined earlier in the
+    # list (an overlay's patch can reorder it).
+    seen = set()
+    for e in c.get("env", []):
+        for ref in re.findall(r"\$\((\w+)\)", e.get("value", "")):
+            need(ref in seen, f"env {e['name']} uses $({ref}) before it is defined")
+        seen.add(e["name"])
     mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
     vcts = {v["metadata"]["name"] for v in spec.get("volumeClaimTemplates", [])}
     data_dir = env.get("ETCD_DATA_DIR", {}).get("value")
@@ -95,9 +112,10 @@ def check(path):
     ic = env.get("ETCD_INITIAL_CLUSTER", {}).get("value", "")
     name = sts["metadata"]["name"]
     svc = spec.get("serviceName")
-    want = ",".join(f"{name}-{i}=http://{name}-{i}.{svc}:2380" for i in range(replicas))
+    scheme = "https" if env.get("ETCD_LISTEN_PEER_URLS", {}).get("value", "").startswith("https://") else "http"
+    want = ",".join(f"{name}-{i}={scheme}://{name}-{i}.{svc}:2380" for i in range(replicas))
     need(ic == want, f"ETCD_INITIAL_CLUSTER lists every pod by stable DNS name: want {want}, got {ic}")
-    need(env.get("ETCD_INITIAL_ADVERTISE_PEER_URLS", {}).get("value") == f"http://$(POD_NAME).{svc}:2380",
+    need(env.get("ETCD_INITIAL_ADVERTISE_PEER_URLS", {}).get("value") == f"{scheme}://$(POD_NAME).{svc}:2380",
          "advertised peer URL is the pod's stable DNS name")
     names = [e["name"] for e in c.get("env", [])]
     need("POD_NAME" in names and names.index("POD_NAME") < names.index("ETCD_NAME"),

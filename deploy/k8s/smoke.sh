@@ -17,7 +17,13 @@
 #   - scaling as deploy/README.md documents it: member add --learner, a 4th
 #     pod with ETCD_INITIAL_CLUSTER_STATE=existing, promote, member remove.
 #
-#   deploy/k8s/smoke.sh        (SKIP_CARGO=1 reuses the built binary)
+#   deploy/k8s/smoke.sh              (SKIP_CARGO=1 reuses the built binary)
+#   OVERLAY=tls deploy/k8s/smoke.sh  the mTLS overlay (deploy/k8s/tls): one
+#                                    certificate for every pod from
+#                                    deploy/gen-certs.sh mounted where the
+#                                    overlay mounts its Secret, probes on the
+#                                    plain metrics port, etcdctl over https
+#                                    with a client certificate
 #
 # Removes its containers, network, volumes and image on exit.
 set -euo pipefail
@@ -39,7 +45,7 @@ cleanup() {
     local ids
     ids=$(docker ps -aq --filter "label=metalraft-smoke=$RUN")
     if [ "$rc" != 0 ] && [ -n "$ids" ]; then
-        for c in $ids; do docker logs --tail 20 "$c" 2>&1 | sed "s/^/$(docker inspect -f '{{.Name}}' "$c"): /"; done
+        for c in $ids; do docker logs --tail 20 "$c" 2>&1 | sed "s|^|$(docker inspect -f '{{.Name}}' "$c"): |"; done
     fi
     [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1
     docker volume ls -q --filter "label=metalraft-smoke=$RUN" | xargs -r docker volume rm >/dev/null 2>&1
@@ -52,7 +58,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-kubectl kustomize "$ROOT/deploy/k8s" >"$WORK/rendered.yaml"
+OVERLAY="${OVERLAY:-}"
+kubectl kustomize "$ROOT/deploy/k8s${OVERLAY:+/$OVERLAY}" >"$WORK/rendered.yaml"
 # One line per pod: name, namespace, uid, gid, then KEY=VALUE env pairs.
 # PyYAML: the system's, else the virtualenv deploy/validate.sh creates.
 PY=python3
@@ -81,6 +88,34 @@ for i in range(sts["spec"]["replicas"]):
     print(name, sts["spec"]["serviceName"], ns, sc["runAsUser"], sc["runAsGroup"], pairs)
 EOF
 
+# Plain or TLS, as the rendered environment says.
+SCHEME=http
+HEALTH_PORT=2379
+TLS_MOUNT=()
+CTL_TLS=()
+if grep -q 'ETCD_CERT_FILE=/tls/' "$WORK/pods"; then
+    SCHEME=https
+    grep -q 'ETCD_LISTEN_METRICS_URLS=http://0.0.0.0:2381' "$WORK/pods" || fail "TLS overlay without a plain metrics URL for the probes"
+    HEALTH_PORT=2381
+    read -r _ svc0 ns0 _ < "$WORK/pods"
+    # As deploy/README.md generates it: each pod's short peer name spelled
+    # out (a wildcard over a single-label parent like *.metalraft-peer is
+    # refused by TLS clients), wildcards for the longer names.
+    sans="DNS:*.$svc0.$ns0.svc,DNS:*.$svc0.$ns0.svc.cluster.local"
+    for i in 0 1 2 3 4; do sans="$sans,DNS:metalraft-$i.$svc0"; done
+    SAN_EXTRA="$sans" \
+        "$ROOT/deploy/gen-certs.sh" "$WORK/tls" tls >/dev/null
+    chmod 0755 "$WORK" "$WORK/tls"
+    TLS_MOUNT=(-v "$WORK/tls:/tls:ro")
+    # etcdctl on the host reaches the pods by container IP, which the pod
+    # certificate (DNS names, as in a cluster) does not name: it skips the
+    # server-name check but still must present its client certificate. The
+    # members check each other's certificates by DNS name as in a cluster;
+    # deploy/test-tls.sh covers full client-side verification.
+    CTL_TLS=(--insecure-skip-tls-verify --cert="$WORK/tls/client.crt" --key="$WORK/tls/client.key")
+fi
+etcdctl() { command etcdctl "${CTL_TLS[@]}" "$@"; }
+
 log "building image $IMAGE"
 "$ROOT/deploy/build-image.sh" "$IMAGE" | grep -v -e buildx -e DEPRECATED -e '^$' || true
 docker network create --label "metalraft-smoke=$RUN" "$NET" >/dev/null
@@ -96,7 +131,7 @@ while read -r name svc ns uid gid envs; do
         --dns-search "$ns.svc.cluster.local" --dns-search svc.cluster.local \
         --dns-search cluster.local --dns-option ndots:5 \
         --user "$uid:$gid" --read-only --cap-drop ALL --security-opt no-new-privileges \
-        -v "$RUN-data-$name:/data" "${args[@]}" "$IMAGE" >/dev/null
+        -v "$RUN-data-$name:/data" "${TLS_MOUNT[@]}" "${args[@]}" "$IMAGE" >/dev/null
 done <"$WORK/pods"
 log "started ${NAMES[*]} with the StatefulSet's environment"
 
@@ -106,26 +141,26 @@ for n in "${NAMES[@]}"; do
 done
 deadline=$((SECONDS + 60))
 for ip in "${ips[@]}"; do
-    until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$ip:2379/health")" = 200 ] &&
-        curl -s "http://$ip:2379/health" | grep -q '"health":"true"'; do
-        [ $SECONDS -lt $deadline ] || fail "readiness request GET http://$ip:2379/health not healthy within 60 s"
+    until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$ip:$HEALTH_PORT/health")" = 200 ] &&
+        curl -s "http://$ip:$HEALTH_PORT/health" | grep -q '"health":"true"'; do
+        [ $SECONDS -lt $deadline ] || fail "readiness request GET http://$ip:$HEALTH_PORT/health not healthy within 60 s"
         sleep 1
     done
 done
 for ip in "${ips[@]}"; do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$ip:2379/livez")" = 200 ] ||
-        fail "liveness request GET http://$ip:2379/livez did not answer 200"
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$ip:$HEALTH_PORT/livez")" = 200 ] ||
+        fail "liveness request GET http://$ip:$HEALTH_PORT/livez did not answer 200"
 done
 log "GET /health answers 200 {\"health\":\"true\"} and GET /livez 200 on every pod"
-EP=$(printf '%s:2379,' "${ips[@]}")
+EP=$(printf "$SCHEME://%s:2379," "${ips[@]}")
 EP=${EP%,}
 etcdctl --endpoints="$EP" --command-timeout=5s put k8s/smoke ok >/dev/null || fail "put failed"
 for ip in "${ips[@]}"; do
-    [ "$(etcdctl --endpoints="$ip:2379" get k8s/smoke --print-value-only)" = ok ] || fail "get through $ip failed"
+    [ "$(etcdctl --endpoints="$SCHEME://$ip:2379" get k8s/smoke --print-value-only)" = ok ] || fail "get through $ip failed"
 done
 etcdctl --endpoints="$EP" member list >"$WORK/members"
 for n in "${NAMES[@]}"; do
-    grep -q ", $n, http://$n\.metalraft-peer:2380," "$WORK/members" || {
+    grep -q ", $n, $SCHEME://$n\.metalraft-peer:2380," "$WORK/members" || {
         cat "$WORK/members"
         fail "member list lacks $n with its stable peer URL"
     }
@@ -138,9 +173,9 @@ log "etcdctl put/get through every pod; member list names every pod with its sta
 # member remove.
 read -r name svc ns uid gid envs < <(tail -1 "$WORK/pods")
 new="${name%-*}-${#NAMES[@]}"
-newurl="http://$new.$svc:2380"
+newurl="$SCHEME://$new.$svc:2380"
 ic=""
-for n in "${NAMES[@]}" "$new"; do ic="$ic${ic:+,}$n=http://$n.$svc:2380"; done
+for n in "${NAMES[@]}" "$new"; do ic="$ic${ic:+,}$n=$SCHEME://$n.$svc:2380"; done
 out=$(etcdctl --endpoints="$EP" member add "$new" --learner --peer-urls="$newurl") || fail "member add $new failed"
 id=$(awk '/^Member/ {print $2; exit}' <<<"$out")
 [ -n "$id" ] || fail "no member id in: $out"
@@ -159,10 +194,10 @@ docker run -d --name "$RUN-$new" --label "metalraft-smoke=$RUN" \
     --dns-search "$ns.svc.cluster.local" --dns-search svc.cluster.local \
     --dns-search cluster.local --dns-option ndots:5 \
     --user "$uid:$gid" --read-only --cap-drop ALL --security-opt no-new-privileges \
-    -v "$RUN-data-$new:/data" "${args[@]}" "$IMAGE" >/dev/null
+    -v "$RUN-data-$new:/data" "${TLS_MOUNT[@]}" "${args[@]}" "$IMAGE" >/dev/null
 nip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}" "$RUN-$new")
 deadline=$((SECONDS + 60))
-until [ "$(etcdctl --endpoints="$nip:2379" get k8s/smoke --consistency=s --print-value-only 2>/dev/null)" = ok ]; do
+until [ "$(etcdctl --endpoints="$SCHEME://$nip:2379" get k8s/smoke --consistency=s --print-value-only 2>/dev/null)" = ok ]; do
     [ $SECONDS -lt $deadline ] || fail "learner $new did not catch up within 60 s"
     sleep 1
 done
@@ -171,11 +206,11 @@ until etcdctl --endpoints="$EP" member promote "$id" >/dev/null 2>&1; do
     [ $SECONDS -lt $deadline ] || fail "member promote $new ($id) failed for 30 s"
     sleep 1
 done
-etcdctl --endpoints="$EP,$nip:2379" --command-timeout=5s put k8s/scaled 4 >/dev/null || fail "put with 4 voters failed"
+etcdctl --endpoints="$EP,$SCHEME://$nip:2379" --command-timeout=5s put k8s/scaled 4 >/dev/null || fail "put with 4 voters failed"
 [ "$(etcdctl --endpoints="$EP" member list | grep -c ', false$')" = 4 ] || fail "not 4 voters after promote"
 log "scaled up: member add --learner $new, started with state=existing, caught up, promoted; 4 voters"
 etcdctl --endpoints="$EP" member remove "$id" >/dev/null || fail "member remove $new failed"
 [ "$(etcdctl --endpoints="$EP" member list | wc -l)" = 3 ] || fail "member list after remove is not 3"
 etcdctl --endpoints="$EP" put k8s/scaled 3 >/dev/null || fail "put after remove failed"
 log "scaled down: member remove $new; 3 members serve"
-log "PASS ($((SECONDS - T0)) s)"
+log "PASS${OVERLAY:+ (overlay $OVERLAY)} ($((SECONDS - T0)) s)"
