@@ -2,7 +2,7 @@
 # Validates the deployment files without a cluster:
 #   1. yamllint on every YAML file under deploy/
 #   2. docker-compose config (when docker-compose is installed)
-#   3. kubectl kustomize renders deploy/k8s and deploy/k8s/eks
+#   3. kubectl kustomize renders deploy/k8s, deploy/k8s/eks and deploy/k8s/tls
 #   4. checkov (Kubernetes framework) on both renderings: any failed check fails
 #   5. deploy/k8s/check_manifests.py: the properties this deployment promises
 #      (quorum-keeping PDB, probes on /health and /livez, non-root read-only containers,
@@ -39,9 +39,10 @@ fi
 echo "== kubectl kustomize"
 kubectl kustomize deploy/k8s >"$OUT/base.yaml"
 kubectl kustomize deploy/k8s/eks >"$OUT/eks.yaml"
+kubectl kustomize deploy/k8s/tls >"$OUT/tls.yaml"
 
 echo "== checkov"
-for f in base eks; do
+for f in base eks tls; do
     checkov --quiet --compact --skip-download --framework kubernetes -f "$OUT/$f.yaml" \
         --output cli >"$OUT/$f.checkov" 2>&1 || {
         cat "$OUT/$f.checkov"
@@ -54,5 +55,5 @@ done
 echo "== manifest properties"
 PY=python3
 python3 -c 'import yaml' 2>/dev/null || PY="$VENV/bin/python3"
-"$PY" deploy/k8s/check_manifests.py "$OUT/base.yaml" "$OUT/eks.yaml"
+"$PY" deploy/k8s/check_manifests.py "$OUT/base.yaml" "$OUT/eks.yaml" "$OUT/tls.yaml"
 echo "validate: OK"
