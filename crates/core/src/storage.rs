@@ -130,7 +130,10 @@ impl<P: Payload> MemStorage<P> {
     }
 
     /// Carries out a persistence batch: overwrites/appends its entries and
-    /// stores its hard state. The caller then acknowledges it.
+    /// stores its hard state. The caller then acknowledges it. A batch that
+    /// carries a snapshot ([`crate::Persist::snapshot`]) needs
+    /// [`install_snapshot`](Self::install_snapshot) with the received chunks'
+    /// data first: this method does not install it.
     pub fn apply_persist(&mut self, persist: &crate::Persist<P>) {
         self.append(persist.entries());
         if let Some(hs) = persist.hard_state() {

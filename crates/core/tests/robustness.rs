@@ -176,10 +176,24 @@ fn node_in(role: Role) -> N {
 }
 
 /// Persists, acknowledges and discards everything the node asks for.
+/// Does what the `Ready` contract asks: collects snapshot chunks, installs
+/// a completed snapshot into storage before the rest of the batch, then
+/// persists and acknowledges.
 fn drain(n: &mut N) {
+    let mut incoming = Vec::new();
     while n.has_ready() {
         let mut rd = n.ready().unwrap();
+        for chunk in rd.take_snapshot_chunks() {
+            if chunk.offset == 0 {
+                incoming.clear();
+            }
+            incoming.extend_from_slice(&chunk.data);
+        }
         if let Some(p) = rd.take_persist() {
+            if let Some(install) = p.snapshot() {
+                n.storage_mut()
+                    .install_snapshot(install, core::mem::take(&mut incoming));
+            }
             n.storage_mut().apply_persist(&p);
             n.on_persisted(p.into_token()).unwrap();
         }
@@ -225,7 +239,14 @@ fn run(role: Role, inputs: Vec<Input>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // A fixed seed: reproducible in CI (a random one found the term-0
+    // snapshot below once in a while); more cases make up for it.
+    #![proptest_config(ProptestConfig {
+        cases: 1024,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x7261_6674),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn follower_survives_arbitrary_input(inputs in prop::collection::vec(input(), 1..60)) {
@@ -245,5 +266,40 @@ proptest! {
     #[test]
     fn leader_survives_arbitrary_input(inputs in prop::collection::vec(input(), 1..60)) {
         run(Role::Leader, inputs);
+    }
+}
+
+/// Found by the random-input test: an InstallSnapshot claiming term 0 for
+/// index 1 (or a term beyond the leader's) used to be installed, leaving
+/// the commit index beyond the last index.
+#[test]
+fn snapshot_with_an_impossible_term_is_dropped() {
+    for role in [Role::Follower, Role::PreCandidate, Role::Candidate] {
+        for (index, term) in [(1, 0), (5, 0), (1, 99)] {
+            let mut n = node_in(role);
+            let meta = SnapshotMeta {
+                index,
+                term,
+                conf_state: ConfState::default(),
+            };
+            let r = n.step(Message {
+                from: 2,
+                to: 1,
+                term: 2,
+                body: MessageBody::InstallSnapshot {
+                    meta: Box::new(meta),
+                    offset: 0,
+                    data: Vec::new(),
+                    done: true,
+                },
+            });
+            assert!(
+                r.is_err(),
+                "{role:?} accepted a snapshot at ({index}, {term})"
+            );
+            drain(&mut n);
+            assert!(n.failure().is_none());
+            assert!(n.commit_index() <= n.last_index().unwrap());
+        }
     }
 }

@@ -164,6 +164,12 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         data: Vec<u8>,
         done: bool,
     ) -> Result<(), StepError> {
+        // A snapshot's last entry has a real term (entries start at term 1)
+        // no later than the leader's: anything else is garbage, dropped
+        // before it can touch the log.
+        if meta.index > 0 && (meta.term == 0 || meta.term > self.term) {
+            return Err(StepError::Malformed);
+        }
         let committed = self.log.committed();
         if meta.index <= committed {
             // Older than what we have committed: ignore it (thesis §5.3),
