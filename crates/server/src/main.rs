@@ -8,6 +8,12 @@ use clap::Parser;
 use metalraft::cli::{normalize_args, Cli, Command, SnapshotCommand, StatusFormat};
 use metalraft::config::MemberConfig;
 
+/// mimalloc on glibc targets (docs/adr/0011-allocator.md); musl builds (the
+/// container image) keep the system allocator.
+#[cfg(target_env = "gnu")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(normalize_args(std::env::args_os())) {
         Ok(c) => c,
