@@ -29,13 +29,8 @@ WRITER_PID=""
 IMAGE_BUILT=0
 DC=(docker-compose -p "$RUN" -f "$ROOT/deploy/compose.yaml")
 NET="${RUN}_raft"
-T0=$SECONDS
-
-log() { printf '[%4ds] %s\n' $((SECONDS - T0)) "$*"; }
-fail() {
-    log "FAIL: $*"
-    exit 1
-}
+# shellcheck source=deploy/lib.sh
+. "$ROOT/deploy/lib.sh"
 
 cleanup() {
     local rc=$?
@@ -45,12 +40,9 @@ cleanup() {
         log "test failed (status $rc); last container logs:"
         "${DC[@]}" logs --no-color --tail=40 2>&1 | tail -120
     fi
-    "${DC[@]}" down -v --remove-orphans -t 5 >/dev/null 2>&1
-    # Belt and braces: anything labelled with this project.
-    docker ps -aq --filter "label=com.docker.compose.project=$RUN" | xargs -r docker rm -f >/dev/null 2>&1
-    docker volume ls -q --filter "label=com.docker.compose.project=$RUN" | xargs -r docker volume rm >/dev/null 2>&1
-    docker network rm "$NET" >/dev/null 2>&1
-    if [ "$IMAGE_BUILT" = 1 ]; then docker rmi -f "$METALRAFT_IMAGE" >/dev/null 2>&1; fi
+    local image=""
+    if [ "$IMAGE_BUILT" = 1 ]; then image="$METALRAFT_IMAGE"; fi
+    compose_remove "$RUN" "$image" "${DC[@]}"
     rm -rf "$WORK"
     log "cleaned up (status $rc)"
     exit "$rc"
@@ -63,11 +55,7 @@ for tool in docker docker-compose etcdctl jq; do
 done
 
 # Three free host ports for the published client ports.
-read -r P1 P2 P3 < <(python3 -c '
-import socket
-s=[socket.socket() for _ in range(3)]
-[x.bind(("127.0.0.1",0)) for x in s]
-print(*[x.getsockname()[1] for x in s])')
+read -r P1 P2 P3 < <(free_ports 3)
 export METALRAFT_PORT1=$P1 METALRAFT_PORT2=$P2 METALRAFT_PORT3=$P3
 declare -A PORT=([m1]=$P1 [m2]=$P2 [m3]=$P3)
 ALL="127.0.0.1:$P1,127.0.0.1:$P2,127.0.0.1:$P3"

@@ -33,12 +33,8 @@ IMAGE="metalraft:$RUN"
 NET="$RUN"
 export ETCDCTL_API=3
 WORK="$(mktemp -d)"
-T0=$SECONDS
-log() { printf '[%4ds] %s\n' $((SECONDS - T0)) "$*"; }
-fail() {
-    log "FAIL: $*"
-    exit 1
-}
+# shellcheck source=deploy/lib.sh
+. "$ROOT/deploy/lib.sh"
 cleanup() {
     local rc=$?
     set +e
