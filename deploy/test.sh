@@ -94,6 +94,21 @@ wait_healthy() { # services... ; timeout 90 s
         sleep 1
     done
 }
+# check_acked WHEN: every acknowledged write is readable (reported as lost
+# "after WHEN" otherwise); sets CHECKED to how many were checked. (Not run
+# in $(...): a failure must print its message and stop the script.)
+check_acked() {
+    ctl --endpoints="$ALL" get "" --prefix >"$WORK/all" || fail "reading everything after $1 failed"
+    paste - - <"$WORK/all" | sort >"$WORK/got"
+    sort -u "$ACKED" >"$WORK/want"
+    local missing
+    missing=$(comm -23 "$WORK/want" "$WORK/got" | wc -l)
+    [ "$missing" = 0 ] || {
+        comm -23 "$WORK/want" "$WORK/got" | head -20
+        fail "$missing acknowledged writes lost after $1"
+    }
+    CHECKED=$(wc -l <"$WORK/want")
+}
 leader() { # prints the service name of the current leader, as the members see it
     local ep
     ep=$(ctl --endpoints="$1" endpoint status -w json 2>/dev/null |
@@ -211,16 +226,9 @@ log "stopping and starting all containers ($(wc -l <"$ACKED") acknowledged write
 "${DC[@]}" stop -t 10 >/dev/null 2>&1
 "${DC[@]}" start >/dev/null 2>&1
 wait_healthy m1 m2 m3
-ctl --endpoints="$ALL" get "" --prefix >"$WORK/all" || fail "reading everything after restart failed"
-paste - - <"$WORK/all" | sort >"$WORK/got"
-sort -u "$ACKED" >"$WORK/want"
-missing=$(comm -23 "$WORK/want" "$WORK/got" | wc -l)
-[ "$missing" = 0 ] || {
-    comm -23 "$WORK/want" "$WORK/got" | head -20
-    fail "$missing acknowledged writes lost after restarting all containers"
-}
+check_acked "restarting all containers"
 put_acked after/restart ok "$ALL" 30 || fail "write after full restart failed"
-log "all $(wc -l <"$WORK/want") acknowledged writes present after restarting every container"
+log "all $CHECKED acknowledged writes present after restarting every container"
 
 # 7. Crash everything (SIGKILL) under a running writer: acknowledged writes
 # were fsynced before they were acknowledged, so they survive.
@@ -243,13 +251,6 @@ WRITER_PID=""
 log "killed every container with SIGKILL under load ($(grep -c '^crash/' "$ACKED") crash/ writes acknowledged); starting them"
 "${DC[@]}" start >/dev/null 2>&1
 wait_healthy m1 m2 m3
-ctl --endpoints="$ALL" get "" --prefix >"$WORK/all" || fail "reading everything after the crash failed"
-paste - - <"$WORK/all" | sort >"$WORK/got"
-sort -u "$ACKED" >"$WORK/want"
-missing=$(comm -23 "$WORK/want" "$WORK/got" | wc -l)
-[ "$missing" = 0 ] || {
-    comm -23 "$WORK/want" "$WORK/got" | head -20
-    fail "$missing acknowledged writes lost after SIGKILL of every container"
-}
-log "all $(wc -l <"$WORK/want") acknowledged writes present after SIGKILL of every container"
+check_acked "SIGKILL of every container"
+log "all $CHECKED acknowledged writes present after SIGKILL of every container"
 log "PASS ($((SECONDS - T0)) s)"

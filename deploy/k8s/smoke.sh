@@ -115,11 +115,12 @@ etcdctl() { command etcdctl "${CTL_TLS[@]}" "$@"; }
 log "building image $IMAGE"
 "$ROOT/deploy/build-image.sh" "$IMAGE" | grep -v -e buildx -e DEPRECATED -e '^$' || true
 docker network create --label "metalraft-smoke=$RUN" "$NET" >/dev/null
-declare -a NAMES
-while read -r name svc ns uid gid envs; do
-    NAMES+=("$name")
-    args=()
-    for kv in $envs; do args+=(-e "$kv"); done
+# run_pod NAME SVC NS UID GID -e K=V...: one pod as a container, with its
+# own volume, its stable DNS name, the kubelet's search list and the pod's
+# security context.
+run_pod() {
+    local name="$1" svc="$2" ns="$3" uid="$4" gid="$5"
+    shift 5
     docker volume create --label "metalraft-smoke=$RUN" "$RUN-data-$name" >/dev/null
     docker run -d --name "$RUN-$name" --label "metalraft-smoke=$RUN" \
         --network "$NET" --hostname "$name" \
@@ -127,7 +128,14 @@ while read -r name svc ns uid gid envs; do
         --dns-search "$ns.svc.cluster.local" --dns-search svc.cluster.local \
         --dns-search cluster.local --dns-option ndots:5 \
         --user "$uid:$gid" --read-only --cap-drop ALL --security-opt no-new-privileges \
-        -v "$RUN-data-$name:/data" "${TLS_MOUNT[@]}" "${args[@]}" "$IMAGE" >/dev/null
+        -v "$RUN-data-$name:/data" "${TLS_MOUNT[@]}" "$@" "$IMAGE" >/dev/null
+}
+declare -a NAMES
+while read -r name svc ns uid gid envs; do
+    NAMES+=("$name")
+    args=()
+    for kv in $envs; do args+=(-e "$kv"); done
+    run_pod "$name" "$svc" "$ns" "$uid" "$gid" "${args[@]}"
 done <"$WORK/pods"
 log "started ${NAMES[*]} with the StatefulSet's environment"
 
@@ -183,14 +191,7 @@ for kv in ${envs//$name/$new}; do
         *) args+=(-e "$kv") ;;
     esac
 done
-docker volume create --label "metalraft-smoke=$RUN" "$RUN-data-$new" >/dev/null
-docker run -d --name "$RUN-$new" --label "metalraft-smoke=$RUN" \
-    --network "$NET" --hostname "$new" \
-    --network-alias "$new.$svc.$ns.svc.cluster.local" \
-    --dns-search "$ns.svc.cluster.local" --dns-search svc.cluster.local \
-    --dns-search cluster.local --dns-option ndots:5 \
-    --user "$uid:$gid" --read-only --cap-drop ALL --security-opt no-new-privileges \
-    -v "$RUN-data-$new:/data" "${TLS_MOUNT[@]}" "${args[@]}" "$IMAGE" >/dev/null
+run_pod "$new" "$svc" "$ns" "$uid" "$gid" "${args[@]}"
 nip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}" "$RUN-$new")
 deadline=$((SECONDS + 60))
 until [ "$(etcdctl --endpoints="$SCHEME://$nip:2379" get k8s/smoke --consistency=s --print-value-only 2>/dev/null)" = ok ]; do

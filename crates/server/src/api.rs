@@ -469,13 +469,15 @@ impl pb::cluster_server::Cluster for ClusterService {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
-        let id = (0u32..)
-            .map(|salt| {
-                let token = format!("{}\0{nanos}\0{salt}", s.cfg.cluster_token);
-                crate::config::member_id(&urls, &token)
-            })
-            .find(|id| !registered.contains_key(id) && !removed.contains(id))
-            .unwrap_or(0);
+        let mut salt = 0u32;
+        let id = loop {
+            let token = format!("{}\0{nanos}\0{salt}", s.cfg.cluster_token);
+            let id = crate::config::member_id(&urls, &token);
+            if !registered.contains_key(&id) && !removed.contains(&id) {
+                break id;
+            }
+            salt = salt.wrapping_add(1);
+        };
         let op = if r.is_learner {
             ConfChangeOp::AddLearner(id)
         } else {

@@ -268,17 +268,17 @@ pub fn render(s: &Shared) -> String {
         (
             "metalraft_snapshot_sends_total",
             "Snapshot transfers started to a follower (first chunk sent).",
-            &ls.snapshot_sends,
+            &ts.snapshot_sends,
         ),
         (
             "metalraft_snapshot_chunks_sent_total",
             "Snapshot chunks sent to followers.",
-            &ls.snapshot_chunks_sent,
+            &ts.snapshot_chunks_sent,
         ),
         (
             "metalraft_snapshot_bytes_sent_total",
             "Snapshot bytes sent to followers.",
-            &ls.snapshot_bytes_sent,
+            &ts.snapshot_bytes_sent,
         ),
         (
             "metalraft_snapshots_installed_total",

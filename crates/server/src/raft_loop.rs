@@ -15,8 +15,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use metalraft_core::{
-    ConfChange, ConfChangeError, ConfState, Entry, EntryData, Message, MessageBody, Node,
-    ReadError, Role, SnapshotChunk, SnapshotInstall, SnapshotMeta, TransferError,
+    ConfChange, ConfChangeError, ConfState, Entry, EntryData, Message, Node, ReadError, Role,
+    SnapshotChunk, SnapshotInstall, SnapshotMeta, TransferError,
 };
 use metalraft_kv as kv;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -117,13 +117,6 @@ pub struct LoopStats {
     pub proposals_pending: AtomicU64,
     /// Snapshots taken.
     pub snapshots: AtomicU64,
-    /// Snapshot transfers this member started as leader (first chunks sent,
-    /// retransmissions from offset 0 included).
-    pub snapshot_sends: AtomicU64,
-    /// Snapshot chunks handed to the transport.
-    pub snapshot_chunks_sent: AtomicU64,
-    /// Snapshot bytes handed to the transport.
-    pub snapshot_bytes_sent: AtomicU64,
     /// Snapshots received from a leader and installed.
     pub snapshots_installed: AtomicU64,
 }
@@ -529,21 +522,7 @@ impl RaftLoop {
                     }
                 }
             }
-            let msgs = rd.take_messages();
-            for m in &msgs {
-                if let MessageBody::InstallSnapshot { offset, data, .. } = &m.body {
-                    if *offset == 0 {
-                        self.stats.snapshot_sends.fetch_add(1, Ordering::Relaxed);
-                    }
-                    self.stats
-                        .snapshot_chunks_sent
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .snapshot_bytes_sent
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
-            }
-            self.transport.send(msgs);
+            self.transport.send(rd.take_messages());
             for chunk in rd.take_snapshot_chunks() {
                 self.receive_chunk(chunk)?;
             }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use metalraft_core::{Message, MessageKind};
+use metalraft_core::{Message, MessageBody};
 use tokio::sync::mpsc;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 use url::Url;
@@ -75,6 +75,13 @@ pub struct TransportStats {
     pub rejected_incoming: AtomicU64,
     /// Sum of round-trip probe times, in microseconds.
     pub rtt_micros_sum: AtomicU64,
+    /// Snapshot transfers started (first chunks queued, restarts from
+    /// offset 0 included).
+    pub snapshot_sends: AtomicU64,
+    /// Snapshot chunks queued for peers.
+    pub snapshot_chunks_sent: AtomicU64,
+    /// Snapshot bytes queued for peers.
+    pub snapshot_bytes_sent: AtomicU64,
     /// A peer told us we were removed from the cluster.
     pub removed: std::sync::atomic::AtomicBool,
 }
@@ -206,7 +213,14 @@ impl Transport {
                 tracing::debug!(to = m.to, "message to unknown peer dropped");
                 continue;
             };
-            let q = if m.body.kind() == MessageKind::InstallSnapshot {
+            let q = if let MessageBody::InstallSnapshot { offset, data, .. } = &m.body {
+                let s = &self.stats;
+                if *offset == 0 {
+                    s.snapshot_sends.fetch_add(1, Ordering::Relaxed);
+                }
+                s.snapshot_chunks_sent.fetch_add(1, Ordering::Relaxed);
+                s.snapshot_bytes_sent
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
                 &lanes.snapshots
             } else {
                 &lanes.raft
