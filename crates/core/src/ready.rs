@@ -1,9 +1,13 @@
 //! The batch of effects a node asks its caller to carry out.
 //!
-//! The persistence rule lives in the types: messages that promise durable
-//! state (vote grants, append acknowledgements) are never in a [`Ready`]
-//! until the [`Persist`] batch they depend on has been acknowledged with
+//! The persistence rule lives in the types: a message whose correctness
+//! depends on durable state is never in a [`Ready`] until the [`Persist`]
+//! batch it depends on has been acknowledged with
 //! [`crate::Node::on_persisted`], which takes the batch's [`PersistToken`].
+//! That covers vote grants and append acknowledgements (they promise the
+//! vote or the entries) and **every message sent in a term the node has not
+//! yet made durable**: a candidate's vote requests wait for its new term and
+//! self-vote, so a crash can never make it campaign for the same term twice.
 //! The token cannot be cloned or forged, so a caller cannot release those
 //! messages early; it can only lie about having synced.
 
@@ -24,6 +28,9 @@ pub struct PersistToken {
     pub(crate) last: Option<(Index, Term)>,
     /// Index of the snapshot the batch installs, if any.
     pub(crate) snapshot: Option<Index>,
+    /// Term of the batch's hard state: once acknowledged, the node may send
+    /// messages in this term.
+    pub(crate) term: Term,
 }
 
 impl PersistToken {

@@ -120,18 +120,16 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         let last_log_index = self.log.last_index()?;
         let last_log_term = self.log.last_term()?;
         let id = self.id();
+        // `send` holds real vote requests until the new term and the
+        // self-vote are durable (a pre-vote changes nothing durable).
         for to in self.conf.all_voters().into_iter().filter(|&v| v != id) {
-            self.msgs.push(Message {
-                from: id,
-                to,
-                term,
-                body: MessageBody::RequestVote {
-                    pre_vote,
-                    transfer,
-                    last_log_index,
-                    last_log_term,
-                },
-            });
+            let body = MessageBody::RequestVote {
+                pre_vote,
+                transfer,
+                last_log_index,
+                last_log_term,
+            };
+            self.send(to, term, body);
         }
         Ok(())
     }

@@ -125,6 +125,9 @@ pub struct Node<P, S> {
     acked_seq: u64,
     /// Hard state of the latest issued batch (what storage will hold).
     issued_hs: HardState,
+    /// Highest term known durable (from storage at start, then from
+    /// acknowledged batches). Nothing is sent in a term above it.
+    durable_term: Term,
     /// New entries on the leader wait for the next `ready()` to be sent, so
     /// proposals made in a burst share messages.
     pending_bcast: bool,
@@ -190,6 +193,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             issued_seq: 0,
             acked_seq: 0,
             issued_hs: hs,
+            durable_term: hs.term,
             pending_bcast: false,
             uncommitted: VecDeque::new(),
             uncommitted_bytes: 0,
@@ -386,6 +390,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             });
         }
         self.acked_seq = token.seq;
+        self.durable_term = self.durable_term.max(token.term);
         if let Some(index) = token.snapshot {
             self.log.snapshot_persisted(index);
         }
@@ -469,6 +474,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                     seq: self.issued_seq,
                     last: entries.last().map(|e| (e.index, e.term)),
                     snapshot: snapshot.as_ref().map(|s| s.meta.index),
+                    term: hs.term,
                 },
                 snapshot,
                 entries,

@@ -31,6 +31,18 @@ struct PendingRead {
     seq: u64,
 }
 
+/// A heartbeat round sent by the leader.
+#[derive(Clone, Copy, Debug)]
+struct SentRound {
+    seq: u64,
+    /// Tick it was sent.
+    at: u64,
+    /// Whether its confirmation may extend the lease: not if it was sent
+    /// while a leadership transfer was pending (voters ignore their lease
+    /// for the transfer target, so answering the round promises nothing).
+    lease_ok: bool,
+}
+
 #[derive(Debug, Default)]
 pub(super) struct ReadOnly {
     /// Number of the latest heartbeat round of this leadership.
@@ -39,8 +51,8 @@ pub(super) struct ReadOnly {
     round_needed: bool,
     /// Highest round each follower answered.
     acked: BTreeMap<NodeId, u64>,
-    /// (round, tick it was sent) of unconfirmed rounds, for the lease.
-    sent_at: VecDeque<(u64, u64)>,
+    /// Unconfirmed rounds, for the lease.
+    sent_at: VecDeque<SentRound>,
     /// Reads waiting for a round to be confirmed, in round order.
     pending: VecDeque<PendingRead>,
     /// Reads waiting for the leader's first commit in its term.
@@ -103,7 +115,11 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             return Ok(());
         }
         let alone = self.conf.all_voters() == [self.id()];
-        let leased = self.cfg.read_mode == ReadMode::Lease && self.now < self.read.lease_until;
+        // No lease read during a transfer: the target may already have won
+        // with votes that ignored our lease (thesis §3.10, §6.4.1).
+        let leased = self.cfg.read_mode == ReadMode::Lease
+            && self.lead_transferee.is_none()
+            && self.now < self.read.lease_until;
         if alone || leased {
             self.finish_read(ctx, from, Ok(committed));
             return Ok(());
@@ -138,7 +154,11 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         if self.read.sent_at.len() >= MAX_READ_ROUNDS_TRACKED {
             self.read.sent_at.pop_front();
         }
-        self.read.sent_at.push_back((self.read.seq, self.now));
+        self.read.sent_at.push_back(SentRound {
+            seq: self.read.seq,
+            at: self.now,
+            lease_ok: self.lead_transferee.is_none(),
+        });
         self.read.seq
     }
 
@@ -147,6 +167,13 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         if self.read.round_needed && self.role == Role::Leader {
             self.bcast_heartbeat();
         }
+    }
+
+    /// Whether `seq` names a heartbeat round this leader has sent: a peer
+    /// answering a round that was never sent is confused or lying, and must
+    /// not confirm reads queued for future rounds.
+    pub(super) fn read_round_sent(&self, seq: u64) -> bool {
+        seq <= self.read.seq
     }
 
     /// A follower answered heartbeat round `seq`.
@@ -165,13 +192,19 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         // The lease runs from when the confirmed round was sent: followers
         // that answered it refuse votes for election_timeout_min ticks
         // after receiving it (thesis §6.4.1).
-        while let Some(&(round, sent)) = self.read.sent_at.front() {
-            if round > confirmed {
+        // No extension while a transfer is pending, nor from a round sent
+        // during one (see `SentRound::lease_ok`).
+        let transferring = self.lead_transferee.is_some();
+        while let Some(&round) = self.read.sent_at.front() {
+            if round.seq > confirmed {
                 break;
             }
             self.read.sent_at.pop_front();
-            let span = u64::from(self.cfg.election_timeout_ticks_min - self.cfg.lease_drift_ticks);
-            self.read.lease_until = self.read.lease_until.max(sent + span);
+            if round.lease_ok && !transferring {
+                let span =
+                    u64::from(self.cfg.election_timeout_ticks_min - self.cfg.lease_drift_ticks);
+                self.read.lease_until = self.read.lease_until.max(round.at + span);
+            }
         }
         while let Some(r) = self.read.pending.front() {
             if r.seq > confirmed {

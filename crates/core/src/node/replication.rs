@@ -138,13 +138,23 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
 
     // ----- internals: sending ---------------------------------------------
 
+    /// Sends a message. If this node's current term is not durable yet, the
+    /// message waits for the batch that makes it durable: a peer that sees
+    /// a term from us must never see us forget it in a crash (otherwise a
+    /// candidate could win the same term twice, and a leader's entries of
+    /// that term could be confused with another leader's).
     pub(super) fn send(&mut self, to: NodeId, term: Term, body: MessageBody<P>) {
-        self.msgs.push(Message {
+        let m = Message {
             from: self.id(),
             to,
             term,
             body,
-        });
+        };
+        if self.term > self.durable_term {
+            self.defer(Deferred::Send(m));
+        } else {
+            self.msgs.push(m);
+        }
     }
 
     /// Sends a message that promises durable state: it waits for every

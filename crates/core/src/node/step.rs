@@ -163,7 +163,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 if self.role != Role::Leader {
                     return Ok(());
                 }
-                if !self.progress.contains_key(&from) {
+                if !self.progress.contains_key(&from) || !self.read_round_sent(read_seq) {
                     return Err(StepError::Unexpected);
                 }
                 if read_seq > 0 {
