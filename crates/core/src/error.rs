@@ -140,6 +140,10 @@ pub enum StepError {
     /// A vote request ignored because this node heard from a leader within
     /// the minimum election timeout (check-quorum / pre-vote lease, thesis §4.2.3).
     InLease,
+    /// A vote request from a node that is not a voter in this node's
+    /// configuration and whose log is behind (thesis §4.2.3: a removed
+    /// server must not disrupt the cluster).
+    NotMember,
     /// Internally inconsistent (e.g. non-contiguous entries, entry term above
     /// the message term, index overflow).
     Malformed,
@@ -158,6 +162,9 @@ impl fmt::Display for StepError {
             StepError::Misaddressed => f.write_str("message misaddressed"),
             StepError::StaleTerm => f.write_str("message from a stale term"),
             StepError::InLease => f.write_str("vote request ignored: leader lease holds"),
+            StepError::NotMember => {
+                f.write_str("vote request ignored: sender is not a voter and its log is behind")
+            }
             StepError::Malformed => f.write_str("malformed message"),
             StepError::Unexpected => f.write_str("unexpected message for this role"),
             StepError::Failed => f.write_str("node stopped after a storage failure"),

@@ -308,6 +308,12 @@ fn lease(id: NodeId) -> Config {
 #[test]
 fn defect2_lease_not_renewed_during_leadership_transfer() {
     let mut lab = Lab::new(&[1, 2, 3], lease);
+    // Freshly started nodes refuse votes for one minimum election timeout
+    // in lease mode (they may have answered a heartbeat before starting).
+    let wait = lease(1).election_timeout_ticks_min;
+    lab.ticks(2, wait);
+    lab.ticks(3, wait);
+    lab.inflight.clear();
     lab.node(1).campaign().expect("campaign");
     lab.deliver_all();
     assert_eq!(lab.nodes[&1].role(), Role::Leader);
@@ -387,4 +393,93 @@ fn defect4_read_round_from_the_future_is_dropped() {
     lab.ticks(1, 2);
     lab.deliver_all();
     assert!(lab.reads[&1].iter().any(|r| r.ctx == 7 && r.result.is_ok()));
+}
+
+/// postmortem: the README and ADR 0006 said vote requests from non-voters
+/// are dropped, but the core let any sender raise the receiver's term (and
+/// win its vote): without pre-vote and check-quorum, a removed server that
+/// never heard of its removal forced a new election on the cluster every
+/// election timeout. Fix: a vote request from a node that is not a voter
+/// here and whose log is behind ours is dropped before it touches the term
+/// (`StepError::NotMember`); a member we do not know was added yet has the
+/// entry adding it, so its log is ahead of ours and it is still heard.
+#[test]
+fn defect3_vote_request_from_removed_node_cannot_raise_the_term() {
+    use metalraft_core::{ConfChange, ConfChangeOp, MessageBody, StepError};
+    let mut lab = Lab::new(&[1, 2, 3], no_prevote);
+    lab.node(1).campaign().expect("campaign");
+    lab.deliver_all();
+    lab.node(1)
+        .propose_conf_change(ConfChange::new(&[ConfChangeOp::Remove(3)]))
+        .expect("change");
+    // Node 3 never hears of its removal.
+    lab.deliver(|m| m.to != 3);
+    lab.ticks(1, 3);
+    lab.deliver(|m| m.to != 3);
+    lab.inflight.clear();
+    let term = lab.nodes[&2].term();
+    // Node 3 campaigns again and again with a log that lacks its removal.
+    for _ in 0..5 {
+        lab.node(3)
+            .campaign()
+            .expect("still a voter in its own view");
+        lab.deliver(|m| m.from == 3);
+    }
+    assert!(lab.nodes[&3].term() > term);
+    assert_eq!(lab.nodes[&2].term(), term, "removed node raised the term");
+    assert_eq!(lab.nodes[&1].role(), Role::Leader);
+    assert!(lab.nodes[&2].stats().dropped_not_member > 0);
+    // A member this node does not know was added yet is still heard: its
+    // log holds the entry that added it, so it is ahead of ours.
+    let mut fresh = Lab::new(&[1, 2, 3], no_prevote);
+    let req = |from, last_log_index, last_log_term| Message {
+        from,
+        to: 3,
+        term: 5,
+        body: MessageBody::RequestVote {
+            pre_vote: false,
+            transfer: false,
+            last_log_index,
+            last_log_term,
+        },
+    };
+    assert_eq!(fresh.node(3).step(req(9, 0, 0)), Err(StepError::NotMember));
+    assert_eq!(fresh.nodes[&3].term(), 1);
+    assert_eq!(fresh.node(3).step(req(4, 2, 2)), Ok(()));
+    assert_eq!(fresh.nodes[&3].term(), 5);
+    fresh.process();
+    let granted = fresh.inflight.iter().any(|m| {
+        m.to == 4
+            && matches!(
+                m.body,
+                MessageBody::RequestVoteResponse { granted: true, .. }
+            )
+    });
+    assert!(granted, "a newly added member gets the vote");
+}
+
+/// A follower's lease state does not survive a restart: it forgets when it
+/// last heard from the leader, whose lease counts on its refusing votes for
+/// a minimum election timeout after that. So in lease mode a node refuses
+/// vote requests for one minimum election timeout after it starts.
+#[test]
+fn defect4_restarted_follower_keeps_the_lease_promise() {
+    use metalraft_core::{MessageBody, StepError};
+    let mut lab = Lab::new(&[1, 2, 3], lease);
+    let req = Message {
+        from: 3,
+        to: 2,
+        term: 7,
+        body: MessageBody::RequestVote {
+            pre_vote: false,
+            transfer: false,
+            last_log_index: 1,
+            last_log_term: 1,
+        },
+    };
+    assert_eq!(lab.node(2).step(req.clone()), Err(StepError::InLease));
+    lab.ticks(2, lease(2).election_timeout_ticks_min);
+    lab.inflight.clear();
+    assert_eq!(lab.node(2).step(req), Ok(()));
+    assert_eq!(lab.nodes[&2].term(), 7);
 }

@@ -120,7 +120,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 break;
             }
             if let Some((i, c)) = self.conf_pending.pop_front() {
-                self.conf_history.push_back((i, c.clone()));
+                self.record_committed_conf(i, c.clone());
                 self.conf_base = c;
                 changed = true;
             }
@@ -174,6 +174,16 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         }
     }
 
+    /// Remembers a committed configuration for snapshot metadata, keeping
+    /// at most [`MAX_CONF_HISTORY`] of them (the oldest go first: a snapshot
+    /// older than every one kept is refused with `Error::BadIndex`).
+    pub(super) fn record_committed_conf(&mut self, index: Index, conf: ConfState) {
+        self.conf_history.push_back((index, conf));
+        while self.conf_history.len() > MAX_CONF_HISTORY {
+            self.conf_history.pop_front();
+        }
+    }
+
     /// At start: replay the conf changes in the stored log on top of the
     /// stored base configuration.
     pub(super) fn load_confs(&mut self) -> Result<(), StorageError> {
@@ -203,3 +213,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
 
 /// Bytes of log read per batch when replaying conf changes at start.
 const LOAD_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Committed configurations remembered for snapshot metadata between two
+/// snapshots. Applications snapshot at (or just below) their applied index,
+/// which needs only the newest few; 64 changes between two snapshots is far
+/// beyond any real cluster's churn, and each costs one `ConfState`.
+pub(super) const MAX_CONF_HISTORY: usize = 64;

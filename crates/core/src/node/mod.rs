@@ -37,6 +37,9 @@ pub struct Stats {
     pub dropped_stale_term: u64,
     /// Vote requests ignored because a leader lease held.
     pub dropped_in_lease: u64,
+    /// Vote requests dropped because the sender is not a voter here and
+    /// its log is behind.
+    pub dropped_not_member: u64,
     /// Messages dropped as malformed.
     pub dropped_malformed: u64,
     /// Messages dropped as unexpected for the role.

@@ -207,6 +207,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             StepError::Misaddressed => s.dropped_misaddressed += 1,
             StepError::StaleTerm => s.dropped_stale_term += 1,
             StepError::InLease => s.dropped_in_lease += 1,
+            StepError::NotMember => s.dropped_not_member += 1,
             StepError::Malformed => s.dropped_malformed += 1,
             StepError::Unexpected => s.dropped_unexpected += 1,
             StepError::Failed | StepError::Storage(_) => {}

@@ -13,14 +13,22 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             return Err(StepError::Misaddressed);
         }
         validate(&m)?;
+        if let MessageBody::RequestVote {
+            last_log_index,
+            last_log_term,
+            ..
+        } = m.body
+        {
+            self.check_vote_request_sender(m.from, last_log_index, last_log_term)?;
+        }
         if m.term > self.term {
             if let MessageBody::RequestVote {
                 transfer: false, ..
             } = m.body
             {
-                let in_lease = self.cfg.check_quorum
-                    && self.leader.is_some()
+                let heard_leader = self.leader.is_some()
                     && self.election_elapsed < self.cfg.election_timeout_ticks_min;
+                let in_lease = self.cfg.check_quorum && (heard_leader || self.in_restart_lease());
                 if in_lease {
                     return Err(StepError::InLease);
                 }
@@ -38,12 +46,12 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             }
         } else if m.term < self.term {
             match m.body {
-                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. }
-                    if self.cfg.check_quorum || self.cfg.pre_vote =>
-                {
+                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
                     // A leader from an older term that we never told about
-                    // our term (pre-vote keeps us from campaigning at it):
-                    // tell it, so it steps down.
+                    // our term (Figure 2: the reply carries currentTerm):
+                    // tell it, so it steps down. Campaigning would not tell
+                    // it: pre-vote holds us back, and our vote requests are
+                    // dropped if we are not a voter there and lag behind.
                     self.send(
                         m.from,
                         self.term,
@@ -193,6 +201,40 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 Ok(())
             }
         }
+    }
+
+    /// Thesis §4.2.3 (disruptive servers): a vote request from a node that
+    /// is not a voter in our configuration, whose log is not at least as
+    /// up to date as ours, is dropped before it can raise our term. We
+    /// would refuse the vote anyway, so dropping it is always safe; what it
+    /// saves is a removed server (whose log stops growing once it is cut
+    /// off) forcing term after term on the cluster.
+    ///
+    /// A member we do not know was added yet is not hurt: if its addition
+    /// is committed, its log holds that entry and we lack it, so its log is
+    /// more up to date than ours and the request is handled normally. A node
+    /// with an empty configuration (a new member) handles every request
+    /// normally for the same reason.
+    pub(super) fn check_vote_request_sender(
+        &mut self,
+        from: NodeId,
+        last_log_index: Index,
+        last_log_term: Term,
+    ) -> Result<(), StepError> {
+        if self.conf.is_voter(from) || self.log.is_up_to_date(last_log_index, last_log_term)? {
+            return Ok(());
+        }
+        Err(StepError::NotMember)
+    }
+
+    /// With [`ReadMode::Lease`](crate::ReadMode::Lease), a node that has
+    /// just started may have acknowledged a heartbeat before it went down,
+    /// and the leader's lease counts on it refusing votes for
+    /// `election_timeout_ticks_min` ticks after that. The node forgot when,
+    /// so it refuses (non-transfer) votes for that long after starting.
+    pub(super) fn in_restart_lease(&self) -> bool {
+        self.cfg.read_mode == crate::ReadMode::Lease
+            && self.now < u64::from(self.cfg.election_timeout_ticks_min)
     }
 
     /// A message from the leader of our current term arrived.
