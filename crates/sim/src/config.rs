@@ -283,7 +283,7 @@ impl SimConfig {
             delete_weight: 1 + r.range(0, 2) as u32,
             cas_weight: 1 + r.range(0, 3) as u32,
         };
-        SimConfig {
+        let mut cfg = SimConfig {
             seed,
             voters,
             spares,
@@ -309,6 +309,27 @@ impl SimConfig {
             liveness_budget_ticks: LIVENESS_BUDGET_ELECTION_TIMEOUTS
                 * u64::from(election_timeout_ticks_max)
                 + LIVENESS_BUDGET_TICKS_EXTRA,
+        };
+        cfg.meet_election_timing();
+        cfg
+    }
+
+    /// Raft's timing requirement (paper §5.6): the spread of randomized
+    /// election timeouts must exceed the time a candidate needs to reach
+    /// its voters — its own fsync (vote requests wait until its term is
+    /// durable) plus a one-way latency — or two candidates that time out
+    /// within that window split the vote, round after round (a 2-voter
+    /// cluster with a 1-tick spread never elects anyone). The spread is
+    /// widened to twice that broadcast time, so that a round fails with
+    /// roughly even odds at worst; the liveness budget follows.
+    fn meet_election_timing(&mut self) {
+        let broadcast_us = self.fsync_us_max + self.latency_us_max;
+        let spread_ticks_min = (2 * broadcast_us).div_ceil(TICK_US_NOMINAL) as u32 + 1;
+        let max = self.election_timeout_ticks_min + spread_ticks_min;
+        if self.election_timeout_ticks_max < max {
+            self.election_timeout_ticks_max = max;
+            self.liveness_budget_ticks =
+                LIVENESS_BUDGET_ELECTION_TIMEOUTS * u64::from(max) + LIVENESS_BUDGET_TICKS_EXTRA;
         }
     }
 
