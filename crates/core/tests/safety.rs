@@ -423,7 +423,9 @@ fn defect3_vote_request_from_removed_node_cannot_raise_the_term() {
         lab.node(3)
             .campaign()
             .expect("still a voter in its own view");
-        lab.deliver(|m| m.from == 3);
+        lab.deliver(|m| m.from == 3 || m.to == 3);
+        // Refused in its own term, it stops being a candidate at once.
+        assert_eq!(lab.nodes[&3].role(), Role::Follower);
     }
     assert!(lab.nodes[&3].term() > term);
     assert_eq!(lab.nodes[&2].term(), term, "removed node raised the term");

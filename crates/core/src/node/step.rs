@@ -14,12 +14,19 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         }
         validate(&m)?;
         if let MessageBody::RequestVote {
+            pre_vote,
             last_log_index,
             last_log_term,
             ..
         } = m.body
         {
-            self.check_vote_request_sender(m.from, last_log_index, last_log_term)?;
+            self.check_vote_request_sender(
+                m.from,
+                m.term,
+                pre_vote,
+                last_log_index,
+                last_log_term,
+            )?;
         }
         if m.term > self.term {
             if let MessageBody::RequestVote {
@@ -215,14 +222,28 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     /// more up to date than ours and the request is handled normally. A node
     /// with an empty configuration (a new member) handles every request
     /// normally for the same reason.
+    ///
+    /// A real vote request is still refused in the candidate's own term
+    /// (without taking that term): the candidate loses at once instead of
+    /// staying a candidate, voting for itself in term after term, which
+    /// would keep a lagging node from ever granting the up-to-date one.
     pub(super) fn check_vote_request_sender(
         &mut self,
         from: NodeId,
+        term: Term,
+        pre_vote: bool,
         last_log_index: Index,
         last_log_term: Term,
     ) -> Result<(), StepError> {
         if self.conf.is_voter(from) || self.log.is_up_to_date(last_log_index, last_log_term)? {
             return Ok(());
+        }
+        if !pre_vote && term > self.term {
+            let body = MessageBody::RequestVoteResponse {
+                pre_vote: false,
+                granted: false,
+            };
+            self.send(from, term, body);
         }
         Err(StepError::NotMember)
     }
