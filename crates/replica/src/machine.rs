@@ -3,7 +3,7 @@
 
 use alloc::vec::Vec;
 
-use metalraft_core::{Index, Term};
+use metalraft_core::{ConfChange, Index, Term};
 
 use crate::error::StateMachineError;
 
@@ -59,6 +59,21 @@ pub trait StateMachine {
     /// no-op, a membership change, bytes that are not a replica envelope), so
     /// that a snapshot taken now covers it.
     fn apply_empty(&mut self, index: Index, term: Term) -> Result<(), StateMachineError>;
+
+    /// Records the membership change `change` committed at (`index`,
+    /// `term`). Its `context` is the application's (e.g. the server's
+    /// member-registry operation): apply it here so it is part of the state
+    /// and of every snapshot taken afterwards. By default the entry is
+    /// recorded with [`StateMachine::apply_empty`].
+    fn apply_conf_change(
+        &mut self,
+        index: Index,
+        term: Term,
+        change: &ConfChange,
+    ) -> Result<(), StateMachineError> {
+        let _ = change;
+        self.apply_empty(index, term)
+    }
 
     /// Serves a read from the current state.
     fn query(&self, query: &Self::Query) -> Self::ReadOutput;

@@ -510,7 +510,7 @@ impl<M: StateMachine, S: LogStorage<P>, P: EntryPayload> Replica<M, S, P> {
             }
             EntryData::ConfChange(cc) => {
                 self.sm
-                    .apply_empty(index, term)
+                    .apply_conf_change(index, term, &cc)
                     .map_err(Fatal::StateMachine)?;
                 let conf_state = self.node.conf_state().clone();
                 let me = self.id();
