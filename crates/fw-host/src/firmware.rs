@@ -26,14 +26,12 @@ pub fn elf_path() -> PathBuf {
         .join(BIN)
 }
 
-/// Builds the release firmware (a no-op when it is up to date).
-pub fn build() -> io::Result<PathBuf> {
-    let dir = crate_dir();
+/// A cargo command run in the firmware's workspace as an independent
+/// build: settings of an outer cargo (when this is called from `cargo test`
+/// or `cargo run`) must not leak into it.
+fn firmware_cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(&dir)
-        .args(["build", "--release", "--locked"]);
-    // Run as an independent build: settings of an outer cargo (when this is
-    // called from `cargo test` or `cargo run`) must not leak into it.
+    cmd.current_dir(crate_dir()).args(args);
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().to_string();
         let outer = key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_NET_OFFLINE";
@@ -41,7 +39,13 @@ pub fn build() -> io::Result<PathBuf> {
             cmd.env_remove(&key);
         }
     }
-    let status = cmd.status()?;
+    cmd
+}
+
+/// Builds the release firmware (a no-op when it is up to date).
+pub fn build() -> io::Result<PathBuf> {
+    let dir = crate_dir();
+    let status = firmware_cargo(&["build", "--release", "--locked"]).status()?;
     if !status.success() {
         return Err(io::Error::other(format!(
             "firmware build failed ({status}) in {}",
@@ -56,4 +60,35 @@ pub fn build() -> io::Result<PathBuf> {
         )));
     }
     Ok(elf)
+}
+
+/// The crates of the firmware's workspace that build and test on the host:
+/// the wire formats and the storage with the Ready order (whose
+/// `held_messages` test shows no message leaves before its flush).
+pub const HOST_TESTED: [&str; 2] = ["metalraft-fw-proto", "metalraft-fw-store"];
+
+/// Runs the tests of [`HOST_TESTED`] for the host (the firmware workspace
+/// builds for RISC-V by default, so they need an explicit host target).
+pub fn host_tests() -> io::Result<()> {
+    let out = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+        .arg("-vV")
+        .output()?;
+    let info = String::from_utf8_lossy(&out.stdout);
+    let host = info
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .ok_or_else(|| io::Error::other("`rustc -vV` names no host"))?
+        .to_string();
+    let mut args = vec!["test", "--locked", "--target", host.as_str()];
+    for c in HOST_TESTED {
+        args.extend(["-p", c]);
+    }
+    let status = firmware_cargo(&args).status()?;
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "firmware host tests failed ({status}) in {}",
+            crate_dir().display()
+        )));
+    }
+    Ok(())
 }

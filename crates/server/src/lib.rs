@@ -36,6 +36,8 @@ pub mod cli;
 pub mod command;
 pub mod config;
 pub mod dev;
+#[cfg(test)]
+mod durability_tests;
 pub mod errors;
 pub mod member;
 pub mod metrics;

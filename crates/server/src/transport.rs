@@ -106,7 +106,15 @@ pub struct Transport {
     tls: Option<ClientTlsConfig>,
     cluster_id: u64,
     me: u64,
+    /// Tests only: every message handed to [`Transport::send`] goes here
+    /// instead of to a peer lane.
+    #[cfg(test)]
+    tap: Option<Tap>,
 }
+
+/// Receives every message handed to a tapped transport (tests only).
+#[cfg(test)]
+pub(crate) type Tap = Arc<dyn Fn(Message<Vec<u8>>) + Send + Sync>;
 
 /// Builds a gRPC endpoint for a peer URL; an `https://` URL is dialed with
 /// `tls` (the peer CA as roots, this member's peer certificate as client
@@ -154,6 +162,8 @@ impl Transport {
             tls,
             cluster_id,
             me,
+            #[cfg(test)]
+            tap: None,
         };
         for (id, url) in peers {
             t.add_peer(*id, url.clone());
@@ -161,9 +171,27 @@ impl Transport {
         t
     }
 
+    /// A transport whose send path hands every message to `tap` (tests
+    /// only: the Raft loop above it is the real one).
+    #[cfg(test)]
+    pub(crate) fn tapped(me: u64, tap: Tap) -> Transport {
+        Transport {
+            peers: BTreeMap::new(),
+            stats: Arc::new(TransportStats::default()),
+            tls: None,
+            cluster_id: 0,
+            me,
+            tap: Some(tap),
+        }
+    }
+
     /// Starts sending to a new member (no-op if known or if it is us).
     pub fn add_peer(&mut self, id: u64, url: Url) {
         if id == self.me || self.peers.contains_key(&id) {
+            return;
+        }
+        #[cfg(test)]
+        if self.tap.is_some() {
             return;
         }
         let env = Envelope {
@@ -208,6 +236,11 @@ impl Transport {
     /// Queues messages; never blocks. Messages to unknown peers or beyond a
     /// queue's bounds are dropped and counted.
     pub fn send(&self, msgs: Vec<Message<Vec<u8>>>) {
+        #[cfg(test)]
+        if let Some(tap) = &self.tap {
+            msgs.into_iter().for_each(|m| tap(m));
+            return;
+        }
         for m in msgs {
             let Some(lanes) = self.peers.get(&m.to) else {
                 tracing::debug!(to = m.to, "message to unknown peer dropped");

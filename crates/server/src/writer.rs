@@ -2,8 +2,20 @@
 //!
 //! It blocks for one job, then takes every job already queued, appends
 //! them, issues a single `fdatasync` (if any batch needs one), and only then
-//! hands the tokens back to the Raft loop. A full disk keeps the jobs and
-//! retries (see `docs/adr-storage.md`); any other I/O error is fatal.
+//! hands the tokens back to the Raft loop, in the order the core issued
+//! them. That order is what keeps held messages in: the core releases a
+//! message that depends on a batch only when that batch's token comes back
+//! through `Node::on_persisted`, and a token comes back only after the
+//! `fdatasync` that covers its batch and every batch before it returned
+//! success. A batch that needs no sync is never acknowledged ahead of an
+//! earlier one that does: a group is synced if any batch in it needs it,
+//! and a failed group stays queued, in order, with everything after it.
+//!
+//! A full disk at write time keeps the jobs and retries (see
+//! `docs/adr-storage.md`). A failed `fdatasync` is fatal whatever its
+//! `errno` (see [`crate::storage::Wal::sync`]): a retried sync can succeed
+//! without the lost pages, so nothing written since the last good sync is
+//! ever acknowledged. Any other I/O error is fatal too.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};

@@ -2,8 +2,6 @@
 //! sectors. Requests complete synchronously (QEMU serves the queue on the
 //! notify write), which keeps the storage code simple and ordered.
 
-use core::fmt;
-
 use virtio_drivers::device::blk::VirtIOBlk;
 use virtio_drivers::transport::mmio::MmioTransport;
 
@@ -12,29 +10,7 @@ use super::virtio::HalImpl;
 /// Bytes per sector.
 pub const SECTOR_BYTES: usize = virtio_drivers::device::blk::SECTOR_SIZE;
 
-/// Why a disk operation failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DiskError {
-    /// The range ends past the disk.
-    OutOfRange,
-    /// The buffer is not a whole number of sectors.
-    Misaligned,
-    /// The device reported an error.
-    Io,
-    /// The device is read-only.
-    ReadOnly,
-}
-
-impl fmt::Display for DiskError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DiskError::OutOfRange => "sector range past the end of the disk",
-            DiskError::Misaligned => "buffer not a whole number of sectors",
-            DiskError::Io => "device I/O error",
-            DiskError::ReadOnly => "disk is read-only",
-        })
-    }
-}
+pub use metalraft_fw_store::DiskError;
 
 /// A virtio-blk disk.
 pub struct Disk {
@@ -92,5 +68,23 @@ impl Disk {
     /// fdatasyncs the image file).
     pub fn flush(&mut self) -> Result<(), DiskError> {
         self.blk.flush().map_err(|_| DiskError::Io)
+    }
+}
+
+impl metalraft_fw_store::BlockDevice for Disk {
+    fn sectors(&self) -> u64 {
+        Disk::sectors(self)
+    }
+
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        Disk::read(self, sector, buf)
+    }
+
+    fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), DiskError> {
+        Disk::write(self, sector, buf)
+    }
+
+    fn flush(&mut self) -> Result<(), DiskError> {
+        Disk::flush(self)
     }
 }

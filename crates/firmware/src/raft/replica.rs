@@ -15,7 +15,7 @@ use metalraft_kv::{Command, CommandResult, DeleteRangeRequest, KvStore, PutReque
 use super::limits::*;
 use super::wire;
 use crate::platform::heap;
-use crate::storage::{DiskLog, Recovered, StoreError};
+use crate::storage::{DiskLog, Pump, Recovered, StoreError};
 
 /// Datagrams to send.
 #[derive(Default)]
@@ -79,8 +79,9 @@ pub struct Replica {
     failed: Option<StoreError>,
     /// Take a snapshot after this many applied entries.
     snapshot_interval: u64,
-    /// A persistence batch taken from a `Ready`, not yet durable.
-    unsynced: Option<metalraft_core::Persist<Vec<u8>>>,
+    /// The order in which a `Ready` is carried out; holds the batch taken
+    /// from the last one until it is durable.
+    pump: Pump,
 }
 
 fn core_config(cfg: &NodeConfig) -> Config {
@@ -153,7 +154,7 @@ impl Replica {
             recovered,
             first_leader_ms: None,
             failed: None,
-            unsynced: None,
+            pump: Pump::new(),
         })
     }
 
@@ -358,19 +359,20 @@ impl Replica {
         self.fail_writes(out);
     }
 
-    /// Takes one `Ready`, if there is one: its messages go to `out` (they
-    /// may leave before our own write is durable: the core holds back every
-    /// message that depends on it), its persistence batch is kept for
-    /// [`Replica::sync`], its committed entries are applied. Returns whether
-    /// there was one.
+    /// Takes one `Ready`, if there is one (see [`Pump::poll`]): its
+    /// messages go to `out` (they may leave before our own write is durable:
+    /// the core holds back every message that depends on it), its
+    /// persistence batch is kept for [`Replica::sync`], its committed
+    /// entries are applied. Returns whether there was one.
     pub fn poll_ready(&mut self, out: &mut Outbox) -> bool {
-        if self.failed.is_some() || self.unsynced.is_some() || !self.node.has_ready() {
+        if self.failed.is_some() {
             return false;
         }
-        let mut rd = match self.node.ready() {
-            Ok(rd) => rd,
+        let mut rd = match self.pump.poll(&mut self.node) {
+            Ok(Some(rd)) => rd,
+            Ok(None) => return false,
             Err(e) => {
-                error!("core stopped: {}", e);
+                error!("{}", e);
                 self.stop(StoreError::Core, out);
                 return false;
             }
@@ -389,13 +391,6 @@ impl Replica {
                 out.peers.push((to, m));
             }
         }
-        for chunk in rd.take_snapshot_chunks() {
-            if let Err(e) = self.node.storage_mut().stage_chunk(&chunk) {
-                self.stop(e, out);
-                return false;
-            }
-        }
-        self.unsynced = rd.take_persist();
         for e in rd.take_committed_entries() {
             self.apply(e.index, e.term, &e.data, out);
         }
@@ -419,37 +414,24 @@ impl Replica {
     }
 
     /// Carries out the kept persistence batch (write + flush) and
-    /// acknowledges it, which releases the messages that promised it.
+    /// acknowledges it, which releases the messages that promised it (see
+    /// [`Pump::sync`]). A failure stops the node without acknowledging.
     pub fn sync(&mut self, out: &mut Outbox) {
-        let Some(p) = self.unsynced.take() else {
-            return;
-        };
-        match self.node.storage_mut().persist(&p) {
-            Ok(false) => {}
-            Ok(true) => {
-                let restored = match self.node.storage().snapshot_data() {
-                    Ok(Some(data)) => KvStore::restore(&data).ok(),
-                    _ => None,
-                };
-                match restored {
-                    Some(kv) => {
-                        info!("installed a snapshot at index {}", kv.applied_index());
-                        self.kv = kv;
-                    }
-                    None => {
-                        self.stop(StoreError::SnapshotMismatch, out);
-                        return;
-                    }
-                }
-            }
-            Err(e) => {
-                self.stop(e, out);
-                return;
-            }
-        }
-        if let Err(e) = self.node.on_persisted(p.into_token()) {
-            error!("acknowledging a persisted batch: {}", e);
-            self.stop(StoreError::Core, out);
+        let kv = &mut self.kv;
+        let result = self.pump.sync(&mut self.node, |log| {
+            let data = log.snapshot_data()?.ok_or(StoreError::SnapshotMismatch)?;
+            let restored = KvStore::restore(&data).map_err(|_| StoreError::SnapshotMismatch)?;
+            info!("installed a snapshot at index {}", restored.applied_index());
+            *kv = restored;
+            Ok(())
+        });
+        if let Err(e) = result {
+            error!("{}", e);
+            let cause = match e {
+                metalraft_fw_store::PumpError::Store(s) => s,
+                metalraft_fw_store::PumpError::Core(_) => StoreError::Core,
+            };
+            self.stop(cause, out);
         }
     }
 
@@ -458,10 +440,7 @@ impl Replica {
     pub fn maybe_snapshot(&mut self, out: &mut Outbox) {
         let applied = self.kv.applied_index();
         let base = self.node.storage().snapshot_index();
-        if self.failed.is_some()
-            || self.unsynced.is_some()
-            || applied < base + self.snapshot_interval
-        {
+        if self.failed.is_some() || self.pump.syncing() || applied < base + self.snapshot_interval {
             return;
         }
         let data = self.kv.snapshot();

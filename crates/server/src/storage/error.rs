@@ -21,6 +21,17 @@ pub enum StorageError {
         /// The error.
         source: std::io::Error,
     },
+    /// `fdatasync` failed. Whatever was written since the last successful
+    /// sync may be lost even if a later sync succeeds, so nothing written
+    /// since is acknowledged and the member stops (no retry, even for a
+    /// full disk).
+    #[error("fdatasync failed on {}: {source}; data written since the last successful sync may be lost, so nothing is acknowledged and the member stops", path.display())]
+    SyncFailed {
+        /// The file being synced.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// Stored data failed its checksum or is inconsistent somewhere other
     /// than a torn final write. The member must not start on it: data that
     /// was acknowledged may be damaged.

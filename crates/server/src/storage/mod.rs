@@ -15,6 +15,8 @@ pub mod codec;
 pub mod error;
 pub mod log;
 pub mod snapshot;
+#[cfg(test)]
+pub(crate) mod sync_gate;
 pub mod wal;
 
 use std::fs::{self, File, OpenOptions};
@@ -185,6 +187,12 @@ impl Storage {
         self.log
             .install(install, std::sync::Arc::new(snap.data.clone()));
         Ok(())
+    }
+
+    /// Puts `gate` in front of every `fdatasync` of the WAL (tests only).
+    #[cfg(test)]
+    pub(crate) fn set_sync_gate(&mut self, gate: std::sync::Arc<sync_gate::SyncGate>) {
+        self.wal.sync_gate = Some(gate);
     }
 
     /// Bytes the WAL occupies on disk.

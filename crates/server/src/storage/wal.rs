@@ -77,6 +77,9 @@ pub struct Wal {
     next_index: u64,
     last_term: u64,
     hard_state: HardState,
+    /// Test-only hold/failure of `fdatasync` (see [`super::sync_gate`]).
+    #[cfg(test)]
+    pub(super) sync_gate: Option<std::sync::Arc<super::sync_gate::SyncGate>>,
 }
 
 fn segment_name(seq: u64, first_index: u64) -> String {
@@ -180,6 +183,8 @@ impl Wal {
                     next_index,
                     last_term,
                     hard_state: rec.hard_state,
+                    #[cfg(test)]
+                    sync_gate: None,
                 }
             }
             None => {
@@ -198,6 +203,8 @@ impl Wal {
                     next_index: 1,
                     last_term: 0,
                     hard_state: HardState::default(),
+                    #[cfg(test)]
+                    sync_gate: None,
                 };
                 wal.write_segment_start()?;
                 wal
@@ -274,9 +281,34 @@ impl Wal {
     }
 
     /// Makes everything written so far durable (`fdatasync`).
+    ///
+    /// A failure is always [`StorageError::SyncFailed`], never
+    /// [`StorageError::NoSpace`], even for `ENOSPC`: after a failed
+    /// `fdatasync` the kernel may have dropped the dirty pages and a second
+    /// `fdatasync` can succeed without them ever reaching the disk, so
+    /// retrying and then acknowledging would release messages that promise
+    /// lost state. The writer treats it as fatal.
     pub fn sync(&mut self) -> Result<(), StorageError> {
         let path = self.current_path().to_path_buf();
-        self.file.sync_data().map_err(io_err(&path))
+        let failed = |source| StorageError::SyncFailed {
+            path: path.clone(),
+            source,
+        };
+        #[cfg(test)]
+        let pending = super::sync_gate::Durable {
+            hard_state: self.hard_state,
+            last_index: self.next_index - 1,
+        };
+        #[cfg(test)]
+        if let Some(gate) = &self.sync_gate {
+            gate.before_sync(pending).map_err(failed)?;
+        }
+        self.file.sync_data().map_err(failed)?;
+        #[cfg(test)]
+        if let Some(gate) = &self.sync_gate {
+            gate.after_sync(pending);
+        }
+        Ok(())
     }
 
     /// Appends records (one frame each), rotating segments as needed. Does

@@ -1,4 +1,4 @@
-//! Durable Raft storage on the virtio-blk disk: hard state in two
+//! Durable Raft storage of the firmware on a block device: hard state in two
 //! alternating checksummed slots, snapshots in two alternating slots, log
 //! entries as checksummed records in a ring (layout in
 //! [`metalraft_fw_proto::disk`]). [`DiskLog`] carries out the core's
@@ -16,6 +16,14 @@
 //! bytes per entry). Snapshots ([`snapshot`]) compact the log, so both stay
 //! bounded while the state machine fits [`MAX_SNAPSHOT_BYTES`].
 
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+extern crate alloc;
+
+mod block;
+mod pump;
 mod recovery;
 mod snapshot;
 
@@ -33,9 +41,9 @@ use metalraft_fw_proto::disk::{
     MAX_SNAPSHOT_BYTES, SECTOR_BYTES,
 };
 
-use crate::platform::disk::{Disk, DiskError};
-
-pub use recovery::Recovered;
+pub use block::{BlockDevice, DiskError};
+pub use pump::{DiskNode, Pump, PumpError};
+pub use recovery::{Opened, Recovered};
 
 /// Most entries the log holds after the snapshot (bounds the RAM index).
 pub const MAX_LOG_ENTRIES: usize = 2048;
@@ -105,8 +113,8 @@ impl From<DiskError> for StoreError {
 }
 
 /// The log and hard state on disk, with an index of the log in RAM.
-pub struct DiskLog {
-    disk: RefCell<Disk>,
+pub struct DiskLog<D> {
+    disk: RefCell<D>,
     /// Index and term of the last entry covered by the snapshot (0, 0 without).
     base: (Index, Term),
     /// Entries `base.0 + 1 ..`.
@@ -123,14 +131,11 @@ fn encode_payload(data: &EntryData<Vec<u8>>) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(data).map_err(|_| StoreError::EntryTooLarge)
 }
 
-impl DiskLog {
+impl<D: BlockDevice> DiskLog<D> {
     /// Recovers from `disk` (or bootstraps a fresh disk with `members` as
     /// the initial voters). See [`recovery`] for the rules. Also returns the
     /// data of the current snapshot, if any, to restore the state machine.
-    pub fn open(
-        disk: Disk,
-        members: &[u64],
-    ) -> Result<(DiskLog, Recovered, Option<Vec<u8>>), StoreError> {
+    pub fn open(disk: D, members: &[u64]) -> Result<Opened<D>, StoreError> {
         recovery::open(disk, members)
     }
 
@@ -283,7 +288,7 @@ impl DiskLog {
     }
 }
 
-impl LogStorage<Vec<u8>> for DiskLog {
+impl<D: BlockDevice> LogStorage<Vec<u8>> for DiskLog<D> {
     fn initial_state(&self) -> Result<InitialState, StorageError> {
         Ok(InitialState {
             hard_state: HardState {

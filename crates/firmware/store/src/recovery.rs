@@ -16,8 +16,7 @@ use metalraft_fw_proto::disk::{
 };
 
 use super::snapshot::{load_slot, SnapshotState};
-use super::{DiskLog, Slot, StoreError, MAX_LOG_ENTRIES};
-use crate::platform::disk::Disk;
+use super::{BlockDevice, DiskLog, Slot, StoreError, MAX_LOG_ENTRIES};
 
 /// What recovery found.
 #[derive(Clone, Copy, Debug, Default)]
@@ -32,7 +31,7 @@ pub struct Recovered {
     pub bootstrapped: bool,
 }
 
-fn read_hard_state(disk: &mut Disk) -> Result<Option<HardStateRecord>, StoreError> {
+fn read_hard_state<D: BlockDevice>(disk: &mut D) -> Result<Option<HardStateRecord>, StoreError> {
     let mut slots = [[0u8; SECTOR_BYTES]; 2];
     for (buf, sector) in slots.iter_mut().zip(HARD_STATE_SECTORS) {
         disk.read(sector, buf)?;
@@ -52,7 +51,7 @@ struct Scanned {
 }
 
 /// Follows the record chain from `start`.
-fn scan(disk: &mut Disk, start: u64, mut chain: Chain) -> Result<Scanned, StoreError> {
+fn scan<D: BlockDevice>(disk: &mut D, start: u64, mut chain: Chain) -> Result<Scanned, StoreError> {
     let mut slots: Vec<Slot> = Vec::new();
     let total = disk.sectors();
     let mut sector = start;
@@ -97,9 +96,11 @@ fn scan(disk: &mut Disk, start: u64, mut chain: Chain) -> Result<Scanned, StoreE
     end(slots, sector, chain, false)
 }
 
-type Opened = (DiskLog, Recovered, Option<Vec<u8>>);
+/// What [`DiskLog::open`] returns: the log, what recovery found, and the
+/// data of the current snapshot, if any.
+pub type Opened<D> = (DiskLog<D>, Recovered, Option<Vec<u8>>);
 
-pub(super) fn open(mut disk: Disk, members: &[u64]) -> Result<Opened, StoreError> {
+pub(super) fn open<D: BlockDevice>(mut disk: D, members: &[u64]) -> Result<Opened<D>, StoreError> {
     let hard = read_hard_state(&mut disk)?;
     let a = load_slot(&mut disk, 0);
     let b = load_slot(&mut disk, 1);

@@ -12,7 +12,7 @@ use metalraft_core::{Index, SnapshotChunk, SnapshotInstall, SnapshotMeta, Storag
 use metalraft_fw_proto::disk::{SnapshotHeader, MAX_SNAPSHOT_BYTES, SECTOR_BYTES, SNAPSHOT_SLOTS};
 use metalraft_fw_proto::CRC32C;
 
-use super::{DiskLog, StoreError};
+use super::{BlockDevice, DiskLog, StoreError};
 
 /// The current snapshot.
 #[derive(Clone, Debug)]
@@ -70,7 +70,7 @@ fn data_sector(slot: usize, offset: u64) -> u64 {
     SNAPSHOT_SLOTS[slot] + 1 + offset / SECTOR_BYTES as u64
 }
 
-impl DiskLog {
+impl<D: BlockDevice> DiskLog<D> {
     /// Reads `len` data bytes of `slot` from `offset`.
     pub(super) fn read_slot_data(
         &self,
@@ -280,8 +280,8 @@ impl DiskLog {
 }
 
 /// Reads and verifies one snapshot slot at boot.
-pub(super) fn load_slot(
-    disk: &mut crate::platform::disk::Disk,
+pub(super) fn load_slot<D: BlockDevice>(
+    disk: &mut D,
     slot: usize,
 ) -> Option<(Current, u32, Vec<u8>)> {
     let mut sector = [0u8; SECTOR_BYTES];

@@ -1,0 +1,9 @@
+//! Durable Raft storage: `metalraft-fw-store` (host-tested) over this
+//! board's virtio-blk [`Disk`].
+
+use crate::platform::disk::Disk;
+
+pub use metalraft_fw_store::{Pump, Recovered, StoreError, MAX_LOG_ENTRIES};
+
+/// The log on this board's disk.
+pub type DiskLog = metalraft_fw_store::DiskLog<Disk>;

@@ -1,0 +1,393 @@
+//! The firmware's driver never sends a message before the state it depends
+//! on has been flushed (issue 12, defect 1: the core holds such messages
+//! until `on_persisted`; this shows the firmware's side keeps the promise).
+//!
+//! Three real `metalraft-core` nodes, each over the real [`DiskLog`]
+//! (records, hard-state slots, recovery) driven by the real [`Pump`] in the
+//! Raft task's order (poll, send, sync). Only the disk is a model: a
+//! write-back cache whose writes become durable at `flush` and are lost on
+//! power failure. At every send the test cuts the sender's power in
+//! thought: it recovers a `DiskLog` from the durable image alone and checks
+//! that the message's term, vote and acknowledged entries survived.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use metalraft_core::{Config, HardState, LogStorage, Message, MessageBody};
+use metalraft_fw_proto::disk::{LOG_START_SECTOR, SECTOR_BYTES};
+use metalraft_fw_store::{BlockDevice, DiskError, DiskLog, DiskNode, Pump, PumpError, StoreError};
+
+const MEMBERS: [u64; 3] = [1, 2, 3];
+/// A small disk: the fixed areas plus a ring of a few hundred sectors.
+const DISK_SECTORS: u64 = LOG_START_SECTOR + 512;
+/// Most rounds any test waits for progress.
+const MAX_ROUNDS: usize = 2_000;
+
+/// A disk with a write-back cache.
+#[derive(Default)]
+struct Image {
+    /// What reads see: every completed write.
+    seen: Vec<u8>,
+    /// What survives a power failure: writes covered by a completed flush.
+    durable: Vec<u8>,
+    /// Writes not yet flushed: `(sector, bytes)`.
+    cached: Vec<(u64, Vec<u8>)>,
+    /// Every flush fails from now on (and its cached writes are lost).
+    failing: bool,
+    flushes: u64,
+}
+
+#[derive(Clone)]
+struct ModelDisk(Rc<RefCell<Image>>);
+
+impl ModelDisk {
+    fn new(bytes: Vec<u8>) -> ModelDisk {
+        ModelDisk(Rc::new(RefCell::new(Image {
+            seen: bytes.clone(),
+            durable: bytes,
+            ..Image::default()
+        })))
+    }
+
+    fn range(&self, sector: u64, len: usize) -> Result<std::ops::Range<usize>, DiskError> {
+        if len == 0 || len % SECTOR_BYTES != 0 {
+            return Err(DiskError::Misaligned);
+        }
+        let start = sector as usize * SECTOR_BYTES;
+        if start + len > self.0.borrow().seen.len() {
+            return Err(DiskError::OutOfRange);
+        }
+        Ok(start..start + len)
+    }
+}
+
+impl BlockDevice for ModelDisk {
+    fn sectors(&self) -> u64 {
+        (self.0.borrow().seen.len() / SECTOR_BYTES) as u64
+    }
+
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        let r = self.range(sector, buf.len())?;
+        buf.copy_from_slice(&self.0.borrow().seen[r]);
+        Ok(())
+    }
+
+    fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), DiskError> {
+        let r = self.range(sector, buf.len())?;
+        let mut img = self.0.borrow_mut();
+        img.seen[r].copy_from_slice(buf);
+        img.cached.push((sector, buf.to_vec()));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), DiskError> {
+        let mut img = self.0.borrow_mut();
+        let cached = std::mem::take(&mut img.cached);
+        if img.failing {
+            // The cached writes never reach the medium.
+            return Err(DiskError::Io);
+        }
+        for (sector, bytes) in cached {
+            let start = sector as usize * SECTOR_BYTES;
+            img.durable[start..start + bytes.len()].copy_from_slice(&bytes);
+        }
+        img.flushes += 1;
+        Ok(())
+    }
+}
+
+/// What a node would recover if its power failed now.
+struct AfterPowerLoss {
+    hard_state: HardState,
+    last_index: u64,
+}
+
+fn after_power_loss(disk: &ModelDisk) -> Result<AfterPowerLoss, StoreError> {
+    let image = disk.0.borrow().durable.clone();
+    let (log, _, _) = DiskLog::open(ModelDisk::new(image), &MEMBERS)?;
+    Ok(AfterPowerLoss {
+        hard_state: log.initial_state().expect("initial state").hard_state,
+        last_index: log.last(),
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    PreVote,
+    PreVoteResponse,
+    RequestVote,
+    RequestVoteResponse,
+    AppendEntries,
+    AppendEntriesResponse,
+    Other,
+}
+
+fn kind(m: &Message<Vec<u8>>) -> Kind {
+    match &m.body {
+        MessageBody::RequestVote { pre_vote: true, .. } => Kind::PreVote,
+        MessageBody::RequestVote { .. } => Kind::RequestVote,
+        MessageBody::RequestVoteResponse { pre_vote: true, .. } => Kind::PreVoteResponse,
+        MessageBody::RequestVoteResponse { .. } => Kind::RequestVoteResponse,
+        MessageBody::AppendEntries { .. } => Kind::AppendEntries,
+        MessageBody::AppendEntriesResponse { .. } => Kind::AppendEntriesResponse,
+        _ => Kind::Other,
+    }
+}
+
+/// Why `m` must not have left its sender yet, or `None`.
+fn early(m: &Message<Vec<u8>>, d: &Result<AfterPowerLoss, StoreError>) -> Option<String> {
+    let k = kind(m);
+    if matches!(k, Kind::PreVote | Kind::PreVoteResponse) {
+        return None; // they change no state
+    }
+    let what = format!("node {} sent {k:?} to {} in term {}", m.from, m.to, m.term);
+    let d = match d {
+        Ok(d) => d,
+        Err(e) => {
+            return Some(format!(
+                "{what}, but after a power failure it would not even start: {e}"
+            ))
+        }
+    };
+    if m.term > d.hard_state.term {
+        return Some(format!(
+            "{what}, but after a power failure its term would be {}",
+            d.hard_state.term
+        ));
+    }
+    match &m.body {
+        MessageBody::RequestVoteResponse { granted: true, .. }
+            if d.hard_state.term != m.term || d.hard_state.vote != Some(m.to) =>
+        {
+            Some(format!(
+                "{what} granting its vote, but after a power failure its hard state would be {:?}",
+                d.hard_state
+            ))
+        }
+        MessageBody::AppendEntriesResponse {
+            index,
+            reject: None,
+        } if *index > d.last_index => Some(format!(
+            "{what} acknowledging index {index}, but after a power failure its log would end at {}",
+            d.last_index
+        )),
+        _ => None,
+    }
+}
+
+struct Member {
+    node: DiskNode<ModelDisk>,
+    pump: Pump,
+    disk: ModelDisk,
+    stopped: Option<PumpError>,
+}
+
+#[derive(Debug)]
+struct Sent {
+    from: u64,
+    term: u64,
+    kind: Kind,
+    /// The sender's completed flushes when it sent this.
+    flushes: u64,
+}
+
+struct Cluster {
+    members: Vec<Member>,
+    queue: VecDeque<Message<Vec<u8>>>,
+    sent: Vec<Sent>,
+    violations: Vec<String>,
+}
+
+impl Cluster {
+    /// Fresh disks; node 1 campaigns first, the others never do.
+    fn new() -> Cluster {
+        let members = MEMBERS
+            .iter()
+            .map(|&id| {
+                let disk = ModelDisk::new(vec![0; DISK_SECTORS as usize * SECTOR_BYTES]);
+                let (log, _, _) = DiskLog::open(disk.clone(), &MEMBERS).expect("bootstrap");
+                let mut cfg = Config::new(id);
+                cfg.heartbeat_interval_ticks = 1;
+                let election = if id == 1 { 10 } else { 100_000 };
+                cfg.election_timeout_ticks_min = election;
+                cfg.election_timeout_ticks_max = election * 2;
+                cfg.rng_seed = id;
+                Member {
+                    node: DiskNode::new(cfg, log, 0).expect("node"),
+                    pump: Pump::new(),
+                    disk,
+                    stopped: None,
+                }
+            })
+            .collect();
+        Cluster {
+            members,
+            queue: VecDeque::new(),
+            sent: Vec::new(),
+            violations: Vec::new(),
+        }
+    }
+
+    fn member(&mut self, id: u64) -> &mut Member {
+        &mut self.members[id as usize - 1]
+    }
+
+    /// One round: every running node ticks, takes the messages addressed
+    /// to it, and carries out its Readys as the Raft task does.
+    fn round(&mut self) {
+        let inbox: Vec<_> = self.queue.drain(..).collect();
+        for id in MEMBERS {
+            if self.member(id).stopped.is_some() {
+                continue;
+            }
+            let m = self.member(id);
+            let _ = m.node.tick();
+            for msg in inbox.iter().filter(|msg| msg.to == id) {
+                let _ = m.node.step(msg.clone());
+            }
+            self.drive(id);
+        }
+    }
+
+    /// The Raft task's loop: poll a Ready, send its messages, sync its batch.
+    fn drive(&mut self, id: u64) {
+        loop {
+            let m = self.member(id);
+            let rd = match m.pump.poll(&mut m.node) {
+                Ok(rd) => rd,
+                Err(e) => {
+                    m.stopped = Some(e);
+                    return;
+                }
+            };
+            let progressed = rd.is_some();
+            if let Some(mut rd) = rd {
+                let _ = rd.take_committed_entries();
+                for msg in rd.take_messages() {
+                    self.send(id, msg);
+                }
+            }
+            let m = self.member(id);
+            if let Err(e) = m.pump.sync(&mut m.node, |_| Ok(())) {
+                m.stopped = Some(e);
+                return;
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn send(&mut self, from: u64, msg: Message<Vec<u8>>) {
+        let disk = self.member(from).disk.clone();
+        if let Some(v) = early(&msg, &after_power_loss(&disk)) {
+            self.violations.push(v);
+        }
+        self.sent.push(Sent {
+            from,
+            term: msg.term,
+            kind: kind(&msg),
+            flushes: disk.0.borrow().flushes,
+        });
+        self.queue.push_back(msg);
+    }
+
+    fn run_until(&mut self, what: &str, done: impl Fn(&Cluster) -> bool) {
+        for _ in 0..MAX_ROUNDS {
+            if done(self) {
+                return;
+            }
+            self.round();
+        }
+        panic!(
+            "no {what} within {MAX_ROUNDS} rounds; sent: {:?}",
+            self.sent
+        );
+    }
+
+    fn count(&self, from: u64, kind: Kind, term: u64) -> usize {
+        self.sent
+            .iter()
+            .filter(|s| s.from == from && s.kind == kind && s.term == term)
+            .count()
+    }
+
+    fn assert_no_violation(&self) {
+        assert!(
+            self.violations.is_empty(),
+            "held messages were sent before the state they depend on was flushed:\n{}",
+            self.violations.join("\n")
+        );
+    }
+}
+
+/// Node 1 campaigns in term 2 and wins; nodes 2 and 3 vote and acknowledge
+/// its appends. Every RequestVote, vote, append and acknowledgement left
+/// its sender only once a power failure could no longer take back what it
+/// promises; the vote requests left after the flush of the term and
+/// self-vote.
+#[test]
+fn no_message_leaves_before_the_flush_it_depends_on() {
+    let mut c = Cluster::new();
+    c.run_until("leader with acknowledged appends", |c| {
+        c.members[0].node.role() == metalraft_core::Role::Leader
+            && [2, 3]
+                .iter()
+                .all(|&p| c.count(p, Kind::AppendEntriesResponse, 2) > 0)
+    });
+    c.assert_no_violation();
+    assert!(c.count(1, Kind::PreVote, 2) >= 2);
+    for peer in [2, 3] {
+        assert!(
+            c.count(peer, Kind::RequestVoteResponse, 2) > 0,
+            "node {peer} voted"
+        );
+    }
+    assert!(c.count(1, Kind::AppendEntries, 2) > 0);
+    // The vote requests waited for a flush the pre-votes did not.
+    let flushes_at = |kind| {
+        c.sent
+            .iter()
+            .find(|s| s.from == 1 && s.kind == kind && s.term == 2)
+            .map(|s| s.flushes)
+    };
+    assert!(
+        flushes_at(Kind::RequestVote) > flushes_at(Kind::PreVote),
+        "{:?}",
+        c.sent
+    );
+}
+
+/// Node 1's disk fails every flush once it runs. It becomes a candidate in
+/// term 2 but that batch never becomes durable: it is never acknowledged,
+/// the pump stops, and no message of term 2 leaves node 1.
+#[test]
+fn a_failed_flush_is_never_acknowledged() {
+    let mut c = Cluster::new();
+    c.member(1).disk.0.borrow_mut().failing = true;
+    // Many election timeouts of node 1.
+    for _ in 0..300 {
+        c.round();
+    }
+    c.assert_no_violation();
+    assert!(c.count(1, Kind::PreVote, 2) > 0, "node 1 campaigned");
+    let from_1: Vec<_> = c
+        .sent
+        .iter()
+        .filter(|s| s.from == 1 && !matches!(s.kind, Kind::PreVote | Kind::PreVoteResponse))
+        .collect();
+    assert!(
+        from_1.is_empty(),
+        "node 1 sent after a failed flush: {from_1:?}"
+    );
+    assert_eq!(
+        c.members[0].stopped,
+        Some(PumpError::Store(StoreError::Disk(DiskError::Io)))
+    );
+    assert_eq!(
+        c.members[0].node.term(),
+        2,
+        "the term was taken, just never made durable"
+    );
+}
