@@ -39,7 +39,7 @@ else
 fi
 
 step "firmware wire formats (the firmware's own workspace; the QEMU cluster test runs above)"
-(cd crates/firmware && cargo test -p metalraft-fw-proto -p metalraft-fw-store --target x86_64-unknown-linux-gnu)
+(cd crates/firmware && cargo test -p metalraft-fw-proto --target x86_64-unknown-linux-gnu)
 
 step "simulator: fixed swarm of 1000 seeds, then 200 fresh seeds"
 sim() { cargo run --release -q -p metalraft-sim -- "$@"; }
