@@ -379,8 +379,8 @@ fn no_prevote_cfg(id: NodeId) -> Config {
 /// ... and node 1 (configuration {1, 2}, so it never asks node 3) at 82,
 /// 83, ...: node 1 drops every request of node 3 as stale, both terms rise
 /// in step, no leader ever. Expected (Raft Figure 2, RequestVote: "Reply
-/// false if term < currentTerm", and "if an RPC response contains term T
-/// > currentTerm: set currentTerm = T"): answer a stale vote request with
+/// false if term < currentTerm", and "if an RPC response contains a term
+/// above currentTerm: adopt it"): answer a stale vote request with
 /// a rejection in the current term, so the candidate adopts it and its
 /// next campaign outbids the stale node.
 #[test]
