@@ -290,7 +290,9 @@ fn observe_commit(
     storage: &metalraft_core::MemStorage<SimPayload>,
     commit: Index,
 ) -> Result<(), Violation> {
-    checker.observe_commit(node, commit, |i| stored_entry(storage, i))
+    use metalraft_core::LogStorage as _;
+    let last = storage.last_index().map_err(|e| core_err(node, e))?;
+    checker.observe_commit(node, commit, last, |i| stored_entry(storage, i))
 }
 
 /// Judges a Persist batch before it is written: it must not start on a

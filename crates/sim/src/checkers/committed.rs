@@ -29,14 +29,22 @@ pub struct CommittedChecker {
 }
 
 impl CommittedChecker {
-    /// `node` reports commit index `commit`; `entry_at(i)` is its entry at
-    /// `i` as (term, digest), `None` if compacted into a snapshot.
+    /// `node` reports commit index `commit` over its log ending at `last`;
+    /// `entry_at(i)` is its entry at `i` as (term, digest), `None` if
+    /// compacted into a snapshot. A commit index beyond the log is a
+    /// violation of its own (the core checks that only with a
+    /// `debug_assert!` in `RaftLog::commit_to`; this check also runs in
+    /// release builds).
     pub fn observe_commit(
         &mut self,
         node: NodeId,
         commit: Index,
+        last: Index,
         entry_at: impl Fn(Index) -> Option<(Term, u64)>,
     ) -> Result<(), Violation> {
+        if commit > last {
+            return Err(Violation::CommitBeyondLog { node, commit, last });
+        }
         let from = self.checked.get(&node).copied().unwrap_or(0) + 1;
         if commit < from {
             return Ok(());
@@ -117,9 +125,9 @@ mod tests {
     fn agreeing_commits_pass() {
         let mut c = CommittedChecker::default();
         let a = [(1, 10), (2, 20), (2, 21)];
-        c.observe_commit(1, 2, log(&a)).unwrap();
-        c.observe_commit(2, 3, log(&a)).unwrap();
-        c.observe_commit(1, 3, log(&a)).unwrap();
+        c.observe_commit(1, 2, 3, log(&a)).unwrap();
+        c.observe_commit(2, 3, 3, log(&a)).unwrap();
+        c.observe_commit(1, 3, 3, log(&a)).unwrap();
         assert_eq!(c.committed_at(3), Some((2, 21)));
         c.observe_write(1, 4, (3, 30)).unwrap();
         c.observe_write(1, 3, (2, 21)).unwrap();
@@ -130,10 +138,10 @@ mod tests {
     #[test]
     fn a_node_committing_a_different_entry_is_reported() {
         let mut c = CommittedChecker::default();
-        c.observe_commit(1, 3, log(&[(1, 10), (2, 20), (2, 0xb)]))
+        c.observe_commit(1, 3, 3, log(&[(1, 10), (2, 20), (2, 0xb)]))
             .unwrap();
         assert_eq!(
-            c.observe_commit(2, 3, log(&[(1, 10), (2, 20), (2, 0xa)])),
+            c.observe_commit(2, 3, 3, log(&[(1, 10), (2, 20), (2, 0xa)])),
             Err(Violation::CommittedEntryChanged {
                 node: 2,
                 index: 3,
@@ -146,7 +154,7 @@ mod tests {
     #[test]
     fn overwriting_below_the_own_commit_index_is_reported() {
         let mut c = CommittedChecker::default();
-        c.observe_commit(1, 2, log(&[(1, 10), (2, 20)])).unwrap();
+        c.observe_commit(1, 2, 2, log(&[(1, 10), (2, 20)])).unwrap();
         assert!(matches!(
             c.observe_write(1, 2, (3, 30)),
             Err(Violation::CommittedEntryChanged { index: 2, .. })
@@ -160,12 +168,25 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_index_beyond_the_log_is_reported() {
+        let mut c = CommittedChecker::default();
+        assert_eq!(
+            c.observe_commit(1, 4, 3, log(&[(1, 10), (2, 20), (2, 21)])),
+            Err(Violation::CommitBeyondLog {
+                node: 1,
+                commit: 4,
+                last: 3
+            })
+        );
+    }
+
+    #[test]
     fn compacted_entries_are_skipped() {
         let mut c = CommittedChecker::default();
-        c.observe_commit(1, 3, |i| (i > 2).then_some((2, i)))
+        c.observe_commit(1, 3, 3, |i| (i > 2).then_some((2, i)))
             .unwrap();
         assert_eq!(c.committed_at(1), None);
-        c.observe_commit(2, 3, log(&[(1, 10), (2, 20), (2, 3)]))
+        c.observe_commit(2, 3, 3, log(&[(1, 10), (2, 20), (2, 3)]))
             .unwrap();
         assert_eq!(c.committed_at(1), Some((1, 10)));
     }

@@ -73,6 +73,15 @@ pub enum Violation {
         /// What was committed there first (term, digest).
         expected: (Term, u64),
     },
+    /// A node reported a commit index beyond the end of its own log.
+    CommitBeyondLog {
+        /// The node.
+        node: NodeId,
+        /// The commit index it reported.
+        commit: Index,
+        /// Its last log index.
+        last: Index,
+    },
     /// A leader kept acting as leader of its term more than one round trip
     /// after a message with a higher term was delivered to it (Figure 2).
     StaleLeader {
@@ -215,6 +224,10 @@ impl fmt::Display for Violation {
                 f,
                 "committed entry changed: node {node} holds (term {}, digest {:016x}) at committed index {index}, committed was (term {}, digest {:016x})",
                 got.0, got.1, expected.0, expected.1
+            ),
+            Violation::CommitBeyondLog { node, commit, last } => write!(
+                f,
+                "node {node} reported commit index {commit} beyond its last log index {last}"
             ),
             Violation::StaleLeader { node, term, seen, since_us } => write!(
                 f,
