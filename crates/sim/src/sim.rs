@@ -918,7 +918,12 @@ impl Simulation {
             | MessageBody::InstallSnapshot { .. }
             | MessageBody::TimeoutNow => {
                 self.election.observe_leader(id, r.incarnation, m.term)?;
-                self.step_down.observe_leader_action(id, m.term, self.now)?;
+                // A message held until a write completed (the durability
+                // rule) may leave after its sender stepped down; only a
+                // node that still reports itself leader acts as one.
+                if r.last_role == Some((Role::Leader, m.term)) {
+                    self.step_down.observe_leader_action(id, m.term, self.now)?;
+                }
             }
             _ => {}
         }

@@ -10,8 +10,10 @@
 //! check-quorum lease disregards them, thesis §4.2.3; a vote request from
 //! outside the configuration may be dropped, issue 12 defect 3). From one
 //! round trip after the delivery on, the node must not act as leader of
-//! the old term: no append, heartbeat, snapshot or timeout-now in that
-//! term, and no tick while it still reports itself leader of it.
+//! the old term: no tick, and no append, heartbeat, snapshot or
+//! timeout-now in that term, while it still reports itself leader of it.
+//! (A message the core held back until a write completed may leave after
+//! the node stepped down: that is not acting as leader.)
 
 use std::collections::BTreeMap;
 
