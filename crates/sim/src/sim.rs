@@ -11,9 +11,10 @@ use metalraft_core::{
 use metalraft_kv::{Command, KvStore};
 
 use crate::checkers::{
-    check_durability, check_linearizable, check_liveness, check_log_matching, DurableStateChecker,
-    ElectionChecker, LeaderCompletenessChecker, LinearizabilityReport, LivenessSnapshot,
-    LogEntrySummary, NodeProgress, StateMachineChecker, Violation,
+    check_batch_start, check_durability, check_linearizable, check_liveness, check_log_matching,
+    CommittedChecker, DurableStateChecker, ElectionChecker, LeaderCompletenessChecker,
+    LinearizabilityReport, LivenessSnapshot, LogEntrySummary, NodeProgress, StateMachineChecker,
+    StepDownChecker, Violation,
 };
 use crate::config::{ReadPath, SimConfig, Time, CLIENT_ATTEMPTS_MAX, EVENTS_MAX, TICK_US_NOMINAL};
 use crate::disk::Disk;
@@ -232,6 +233,8 @@ pub struct Simulation {
     completeness: LeaderCompletenessChecker,
     state_machine: StateMachineChecker,
     durable: DurableStateChecker,
+    committed: CommittedChecker,
+    step_down: StepDownChecker,
     committed_at: BTreeMap<OpId, Index>,
     trace: Trace,
     timeline: Timeline,
@@ -265,6 +268,51 @@ fn full_log(
 fn read_ctx(op: OpId, attempt: u32) -> metalraft_core::ReadCtx {
     const _: () = assert!(CLIENT_ATTEMPTS_MAX < 16);
     (op << 4) | u64::from(attempt)
+}
+
+/// (term, digest) of `storage`'s entry at `index`, if it holds it.
+fn stored_entry(
+    storage: &metalraft_core::MemStorage<SimPayload>,
+    index: Index,
+) -> Option<(metalraft_core::Term, u64)> {
+    use metalraft_core::LogStorage as _;
+    let first = storage.first_index().ok()?;
+    let e = storage
+        .all_entries()
+        .get(usize::try_from(index.checked_sub(first)?).ok()?)?;
+    Some((e.term, entry_digest(e)))
+}
+
+/// `node` reports commit index `commit` over the log in `storage`.
+fn observe_commit(
+    checker: &mut CommittedChecker,
+    node: NodeId,
+    storage: &metalraft_core::MemStorage<SimPayload>,
+    commit: Index,
+) -> Result<(), Violation> {
+    use metalraft_core::LogStorage as _;
+    let last = storage.last_index().map_err(|e| core_err(node, e))?;
+    checker.observe_commit(node, commit, last, |i| stored_entry(storage, i))
+}
+
+/// Judges a Persist batch before it is written: it must not start on a
+/// stored entry of the same term (truncating matching entries), nor write
+/// a different entry at or below the node's reported commit index.
+fn check_persist_entries(
+    node: NodeId,
+    n: &crate::replica::SimNode,
+    p: &metalraft_core::Persist<SimPayload>,
+    committed: &CommittedChecker,
+) -> Result<(), Violation> {
+    let Some(head) = p.entries().first() else {
+        return Ok(());
+    };
+    let stored = stored_entry(n.storage(), head.index).map(|(t, _)| t);
+    check_batch_start(node, head.index, head.term, stored)?;
+    for e in p.entries() {
+        committed.observe_write(node, e.index, (e.term, entry_digest(e)))?;
+    }
+    Ok(())
 }
 
 fn core_err(node: NodeId, e: impl std::fmt::Display) -> Violation {
@@ -323,6 +371,8 @@ impl Simulation {
             completeness: LeaderCompletenessChecker::default(),
             state_machine: StateMachineChecker::default(),
             durable: DurableStateChecker::default(),
+            committed: CommittedChecker::default(),
+            step_down: StepDownChecker::default(),
             committed_at: BTreeMap::new(),
             trace: Trace::new(opts.trace),
             timeline: Timeline::default(),
@@ -475,6 +525,9 @@ impl Simulation {
         self.stats.ticks += 1;
         let r = &mut self.replicas[node];
         let id = r.id;
+        if let Some((Role::Leader, term)) = r.last_role {
+            self.step_down.observe_leader_action(id, term, self.now)?;
+        }
         let next = self.now + r.tick_us;
         if let Some(live) = r.live.as_mut() {
             live.node.tick().map_err(|e| core_err(id, e))?;
@@ -505,6 +558,7 @@ impl Simulation {
             || format!("n{from}->n{to} {kind:?} t{term}"),
         );
         let id = self.replicas[node].id;
+        self.observe_higher_term(node, &m);
         if let Some(live) = self.replicas[node].live.as_mut() {
             match live.node.step(m) {
                 Ok(()) => {}
@@ -609,7 +663,11 @@ impl Simulation {
                     installed = Some(index);
                     snapshot_data = Some(data);
                 }
+                check_persist_entries(id, &live.node, p, &self.committed)?;
                 live.node.storage_mut().apply_persist(p);
+                if let Some(hs) = p.hard_state() {
+                    observe_commit(&mut self.committed, id, live.node.storage(), hs.commit)?;
+                }
             }
             if let Some(index) = installed {
                 self.state_machine.restore(id, index)?;
@@ -692,6 +750,27 @@ impl Simulation {
             || format!("snapshot taken at index {applied}, log compacted"),
         );
         Ok(())
+    }
+
+    /// A message with a higher term is about to be delivered to a node that
+    /// last reported itself leader: it must step down within a round trip.
+    /// Pre-vote requests and grants and vote requests are exempt (see
+    /// `checkers::StepDownChecker`).
+    fn observe_higher_term(&mut self, node: usize, m: &Message<SimPayload>) {
+        let r = &self.replicas[node];
+        let Some((Role::Leader, term)) = r.last_role else {
+            return;
+        };
+        let exempt = matches!(
+            m.body,
+            MessageBody::RequestVote { .. }
+                | MessageBody::RequestVoteResponse { pre_vote: true, .. }
+        );
+        if m.term > term && !exempt {
+            let round_trip = 2 * self.cfg.latency_us_max;
+            self.step_down
+                .observe_higher_term(r.id, term, m.term, self.now, round_trip);
+        }
     }
 
     /// Read indices arrived: queue the reads until the store catches up;
@@ -792,8 +871,10 @@ impl Simulation {
                 || format!("{:?} term {} leader {:?}", ss.role, ss.term, ss.leader),
             );
         }
+        self.step_down.observe_role(id, ss.role, ss.term);
         if ss.role == Role::Leader {
-            self.election.observe_leader(id, ss.term)?;
+            let inc = self.replicas[node].incarnation;
+            self.election.observe_leader(id, inc, ss.term)?;
             let Some(live) = self.replicas[node].live.as_ref() else {
                 return Ok(());
             };
@@ -830,6 +911,20 @@ impl Simulation {
                 r.disk.durable_last_index(),
                 r.disk.durable_hard_state().term,
             )?,
+            // Only a leader sends these: judge its leadership here too, so
+            // a leader is judged even if it never reports its role.
+            MessageBody::AppendEntries { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. }
+            | MessageBody::TimeoutNow => {
+                self.election.observe_leader(id, r.incarnation, m.term)?;
+                // A message held until a write completed (the durability
+                // rule) may leave after its sender stepped down; only a
+                // node that still reports itself leader acts as one.
+                if r.last_role == Some((Role::Leader, m.term)) {
+                    self.step_down.observe_leader_action(id, m.term, self.now)?;
+                }
+            }
             _ => {}
         }
         if m.to == 0 || m.to as usize > self.replicas.len() {
@@ -1314,6 +1409,8 @@ impl Simulation {
         let report = r.disk.crash(torn, &mut self.rng_disk);
         let hs = r.disk.durable_hard_state();
         self.durable.observe_durable(id, hs)?;
+        self.committed.forget(id);
+        self.step_down.forget(id);
         self.stats.crashes += 1;
         self.stats.torn_writes += u64::from(torn);
         self.trace.record(
@@ -1354,6 +1451,9 @@ impl Simulation {
             None => (0, KvStore::new()),
         };
         let n = Node::new(cfg, storage, applied).map_err(|e| core_err(id, e))?;
+        // The restarted node's commit index is its durable one: its
+        // durable log must hold the committed entries up to it.
+        observe_commit(&mut self.committed, id, n.storage(), n.commit_index())?;
         let term = n.term();
         r.live = Some(Live {
             node: n,

@@ -39,8 +39,10 @@ fn honest_runs_pass() {
 fn lying_fsync_is_caught() {
     let v = violations(Sabotage::AckBeforeSync);
     assert!(
-        v.iter()
-            .any(|(_, v)| matches!(v, Violation::PromiseNotDurable { .. })),
+        v.iter().any(|(_, v)| matches!(
+            v,
+            Violation::PromiseNotDurable { .. } | Violation::VoteNotDurable { .. }
+        )),
         "a disk that acknowledges before syncing went unnoticed: {v:?}"
     );
 }

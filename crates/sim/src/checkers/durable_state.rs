@@ -57,11 +57,12 @@ impl DurableStateChecker {
         if backed {
             Ok(())
         } else {
-            Err(Violation::PromiseNotDurable {
+            Err(Violation::VoteNotDurable {
                 node,
-                what: "a vote in term",
-                promised: term,
-                durable: durable.term,
+                candidate,
+                term,
+                durable_term: durable.term,
+                durable_vote: durable.vote,
             })
         }
     }
@@ -155,6 +156,22 @@ mod tests {
         assert!(DurableStateChecker::check_vote_grant(1, 2, 4, hs(4, None, 0)).is_err());
         assert!(DurableStateChecker::check_vote_grant(1, 2, 4, hs(3, Some(2), 0)).is_err());
         assert!(DurableStateChecker::check_vote_grant(1, 2, 4, hs(4, Some(3), 0)).is_err());
+        // The message names the vote, not only the term (issue 12).
+        let v = DurableStateChecker::check_vote_grant(1, 2, 4, hs(4, None, 0)).unwrap_err();
+        assert_eq!(
+            v,
+            Violation::VoteNotDurable {
+                node: 1,
+                candidate: 2,
+                term: 4,
+                durable_term: 4,
+                durable_vote: None
+            }
+        );
+        assert_eq!(
+            v.to_string(),
+            "node 1 granted its vote in term 4 to node 2 but its durable term was 4 with vote none"
+        );
         assert!(DurableStateChecker::check_append_ack(1, 7, 2, 7, 2).is_ok());
         assert!(DurableStateChecker::check_append_ack(1, 7, 2, 6, 2).is_err());
         assert!(DurableStateChecker::check_append_ack(1, 7, 3, 9, 2).is_err());

@@ -3,6 +3,8 @@
 //! states and logs, messages sent, client histories), never the core's
 //! internals, and each one can be fed a hand-made history in tests.
 
+mod append_truncation;
+mod committed;
 mod durability;
 mod durable_state;
 mod election;
@@ -11,7 +13,10 @@ mod linearizability;
 mod liveness;
 mod log_matching;
 mod state_machine;
+mod step_down;
 
+pub use append_truncation::check_batch_start;
+pub use committed::CommittedChecker;
 pub use durability::check_durability;
 pub use durable_state::DurableStateChecker;
 pub use election::ElectionChecker;
@@ -22,6 +27,7 @@ pub use linearizability::{
 pub use liveness::{check_liveness, LivenessSnapshot, NodeProgress};
 pub use log_matching::{check_log_matching, LogEntrySummary};
 pub use state_machine::StateMachineChecker;
+pub use step_down::StepDownChecker;
 
 use std::fmt;
 
@@ -41,6 +47,63 @@ pub enum Violation {
         first: NodeId,
         /// The second.
         second: NodeId,
+    },
+    /// A node led a term, crashed, restarted and led the same term again:
+    /// its term and vote were not durable when it won (§5.2, Figure 2).
+    LeaderAgainAfterRestart {
+        /// The node.
+        node: NodeId,
+        /// The term it led twice.
+        term: Term,
+        /// The incarnation that led it first.
+        first_incarnation: u32,
+        /// The incarnation that led it again.
+        second_incarnation: u32,
+    },
+    /// A node reported a commit index covering an entry other than the one
+    /// committed there, or overwrote an entry at or below its own commit
+    /// index (§5.4.3).
+    CommittedEntryChanged {
+        /// The node.
+        node: NodeId,
+        /// The index.
+        index: Index,
+        /// What it holds (term, digest).
+        got: (Term, u64),
+        /// What was committed there first (term, digest).
+        expected: (Term, u64),
+    },
+    /// A node reported a commit index beyond the end of its own log.
+    CommitBeyondLog {
+        /// The node.
+        node: NodeId,
+        /// The commit index it reported.
+        commit: Index,
+        /// Its last log index.
+        last: Index,
+    },
+    /// A leader kept acting as leader of its term more than one round trip
+    /// after a message with a higher term was delivered to it (Figure 2).
+    StaleLeader {
+        /// The node.
+        node: NodeId,
+        /// The term it still leads.
+        term: Term,
+        /// The higher term it was told about.
+        seen: Term,
+        /// When it was told (virtual microseconds).
+        since_us: u64,
+    },
+    /// A follower overwrote an entry it already held with the same term
+    /// (and so truncated the matching entries after it; Figure 2,
+    /// AppendEntries steps 3 and 4).
+    TruncatedMatchingEntry {
+        /// The node.
+        node: NodeId,
+        /// The first overwritten index.
+        index: Index,
+        /// The term both the stored and the new entry have.
+        term: Term,
     },
     /// Two logs agree on an entry's term but not on what precedes it (§5.3).
     LogMatching {
@@ -99,6 +162,20 @@ pub enum Violation {
         /// What was durable.
         durable: u64,
     },
+    /// A node granted its vote before that vote (or a newer term) was
+    /// durable.
+    VoteNotDurable {
+        /// The voter.
+        node: NodeId,
+        /// The candidate it voted for.
+        candidate: NodeId,
+        /// The term of the vote.
+        term: Term,
+        /// Its durable term when it sent the grant.
+        durable_term: Term,
+        /// Its durable vote in that term.
+        durable_vote: Option<NodeId>,
+    },
     /// An acknowledged write is missing from the final committed history.
     LostAcknowledgedWrite {
         /// The operation.
@@ -134,6 +211,32 @@ impl fmt::Display for Violation {
             Violation::ElectionSafety { term, first, second } => {
                 write!(f, "election safety: nodes {first} and {second} both leader in term {term}")
             }
+            Violation::LeaderAgainAfterRestart {
+                node,
+                term,
+                first_incarnation,
+                second_incarnation,
+            } => write!(
+                f,
+                "election safety: node {node} led term {term} in incarnation {first_incarnation} and again after a restart in incarnation {second_incarnation}"
+            ),
+            Violation::CommittedEntryChanged { node, index, got, expected } => write!(
+                f,
+                "committed entry changed: node {node} holds (term {}, digest {:016x}) at committed index {index}, committed was (term {}, digest {:016x})",
+                got.0, got.1, expected.0, expected.1
+            ),
+            Violation::CommitBeyondLog { node, commit, last } => write!(
+                f,
+                "node {node} reported commit index {commit} beyond its last log index {last}"
+            ),
+            Violation::StaleLeader { node, term, seen, since_us } => write!(
+                f,
+                "stale leader: node {node} still acts as leader of term {term} more than a round trip after it was told about term {seen} (at {since_us}us)"
+            ),
+            Violation::TruncatedMatchingEntry { node, index, term } => write!(
+                f,
+                "follower truncated matching entries: node {node} overwrote entry {index} (term {term}) with an entry of the same term, dropping the entries after it"
+            ),
             Violation::LogMatching { a, b, index, term } => write!(
                 f,
                 "log matching: nodes {a} and {b} agree on entry {index} (term {term}) but not on the entries before it"
@@ -155,6 +258,19 @@ impl fmt::Display for Violation {
                 f,
                 "node {node} promised {what} {promised} but only {durable} was durable"
             ),
+            Violation::VoteNotDurable {
+                node,
+                candidate,
+                term,
+                durable_term,
+                durable_vote,
+            } => {
+                let vote = durable_vote.map_or_else(|| "none".to_string(), |v| format!("node {v}"));
+                write!(
+                    f,
+                    "node {node} granted its vote in term {term} to node {candidate} but its durable term was {durable_term} with vote {vote}"
+                )
+            }
             Violation::LostAcknowledgedWrite { op, index } => write!(
                 f,
                 "acknowledged write {op} (committed at index {index}) is missing from the final committed log"

@@ -86,9 +86,18 @@ impl StateMachineChecker {
                     expected: (t, d),
                 });
             }
-        } else {
-            debug_assert_eq!(i, self.applied.len());
+        } else if i == self.applied.len() {
             self.applied.push((term, digest, chain));
+        } else {
+            // Nobody applied the entries between: this node's chain starts
+            // beyond what the cluster applied (checked in release builds
+            // too, not by a debug assertion).
+            return Err(Violation::StateMachineSafety {
+                node,
+                index,
+                got: (term, digest),
+                expected: (0, self.applied.len() as Index + 1),
+            });
         }
         Ok(())
     }
