@@ -49,6 +49,16 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
                     self.become_follower(m.term, Some(m.from));
                 }
+                MessageBody::RequestVote { .. } if self.role != Role::Leader => {
+                    // Figure 2 resets the election timer only when granting
+                    // a vote (handle_vote_request does) or hearing from the
+                    // leader. Resetting it for a request we may refuse lets a
+                    // candidate with a stale log keep the only node that
+                    // could win from ever timing out.
+                    let elapsed = self.election_elapsed;
+                    self.become_follower(m.term, None);
+                    self.election_elapsed = elapsed;
+                }
                 _ => self.become_follower(m.term, None),
             }
         } else if m.term < self.term {
@@ -65,12 +75,16 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                         MessageBody::HeartbeatResponse { read_seq: 0 },
                     );
                 }
-                MessageBody::RequestVote { pre_vote: true, .. } => {
+                MessageBody::RequestVote { pre_vote, .. } => {
+                    // Figure 2: refuse with our term, so the candidate
+                    // learns it. Otherwise a candidate that we never ask
+                    // (our configurations differ) can chase our term
+                    // forever without hearing of it.
                     self.send(
                         m.from,
                         self.term,
                         MessageBody::RequestVoteResponse {
-                            pre_vote: true,
+                            pre_vote,
                             granted: false,
                         },
                     );
@@ -238,12 +252,12 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         if self.conf.is_voter(from) || self.log.is_up_to_date(last_log_index, last_log_term)? {
             return Ok(());
         }
-        if !pre_vote && term > self.term {
+        if !pre_vote {
             let body = MessageBody::RequestVoteResponse {
                 pre_vote: false,
                 granted: false,
             };
-            self.send(from, term, body);
+            self.send(from, term.max(self.term), body);
         }
         Err(StepError::NotMember)
     }
