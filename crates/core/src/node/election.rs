@@ -149,7 +149,12 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     }
 
     pub(super) fn become_leader(&mut self) -> Result<(), StorageError> {
-        debug_assert_eq!(self.role, Role::Candidate);
+        // Only a candidate that won its own term may lead it (§5.2). Checked
+        // in release builds too: leading from any other role would break
+        // Election Safety, so refuse rather than trust the caller.
+        if self.role != Role::Candidate {
+            return Ok(());
+        }
         self.fail_pending_reads();
         self.lead_transferee = None;
         self.role = Role::Leader;
