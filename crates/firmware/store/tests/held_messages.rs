@@ -2,9 +2,9 @@
 //! on has been flushed (issue 12, defect 1: the core holds such messages
 //! until `on_persisted`; this shows the firmware's side keeps the promise).
 //!
-//! Three real `metalraft-core` nodes, each over the real [`DiskLog`]
-//! (records, hard-state slots, recovery) driven by the real [`Pump`] in the
-//! Raft task's order (poll, send, sync). Only the disk is a model: a
+//! Three real `metalraft-replica` replicas (a core node and a `KvStore`),
+//! each over the real [`DiskLog`] (records, hard-state slots, recovery)
+//! driven by the real [`Pump`] in the Raft task's order (poll, send, sync). Only the disk is a model: a
 //! write-back cache whose writes become durable at `flush` and are lost on
 //! power failure. At every send the test cuts the sender's power in
 //! thought: it recovers a `DiskLog` from the durable image alone and checks
@@ -14,9 +14,13 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use metalraft_core::{Config, HardState, LogStorage, Message, MessageBody};
+use metalraft_core::{HardState, LogStorage, Message, MessageBody};
 use metalraft_fw_proto::disk::{LOG_START_SECTOR, SECTOR_BYTES};
-use metalraft_fw_store::{BlockDevice, DiskError, DiskLog, DiskNode, Pump, PumpError, StoreError};
+use metalraft_fw_store::{
+    BlockDevice, DiskError, DiskLog, DiskReplica, Pump, PumpError, StoreError,
+};
+use metalraft_kv::KvStore;
+use metalraft_replica::Config;
 
 const MEMBERS: [u64; 3] = [1, 2, 3];
 /// A small disk: the fixed areas plus a ring of a few hundred sectors.
@@ -177,7 +181,7 @@ fn early(m: &Message<Vec<u8>>, d: &Result<AfterPowerLoss, StoreError>) -> Option
 }
 
 struct Member {
-    node: DiskNode<ModelDisk>,
+    replica: DiskReplica<KvStore, ModelDisk>,
     pump: Pump,
     disk: ModelDisk,
     stopped: Option<PumpError>,
@@ -208,13 +212,15 @@ impl Cluster {
                 let disk = ModelDisk::new(vec![0; DISK_SECTORS as usize * SECTOR_BYTES]);
                 let (log, _, _) = DiskLog::open(disk.clone(), &MEMBERS).expect("bootstrap");
                 let mut cfg = Config::new(id);
-                cfg.heartbeat_interval_ticks = 1;
+                cfg.core.heartbeat_interval_ticks = 1;
                 let election = if id == 1 { 10 } else { 100_000 };
-                cfg.election_timeout_ticks_min = election;
-                cfg.election_timeout_ticks_max = election * 2;
-                cfg.rng_seed = id;
+                cfg.core.election_timeout_ticks_min = election;
+                cfg.core.election_timeout_ticks_max = election * 2;
+                cfg.core.rng_seed = id;
+                // As the firmware: the disk log keeps nothing behind a snapshot.
+                cfg.snapshot_catch_up_entries = 0;
                 Member {
-                    node: DiskNode::new(cfg, log, 0).expect("node"),
+                    replica: DiskReplica::new(cfg, log, KvStore::new()).expect("replica"),
                     pump: Pump::new(),
                     disk,
                     stopped: None,
@@ -242,34 +248,31 @@ impl Cluster {
                 continue;
             }
             let m = self.member(id);
-            let _ = m.node.tick();
+            let _ = m.replica.tick();
             for msg in inbox.iter().filter(|msg| msg.to == id) {
-                let _ = m.node.step(msg.clone());
+                let _ = m.replica.step(msg.clone());
             }
             self.drive(id);
         }
     }
 
-    /// The Raft task's loop: poll a Ready, send its messages, sync its batch.
+    /// The Raft task's loop: poll an output, send its messages, sync its batch.
     fn drive(&mut self, id: u64) {
         loop {
             let m = self.member(id);
-            let rd = match m.pump.poll(&mut m.node) {
-                Ok(rd) => rd,
-                Err(e) => {
-                    m.stopped = Some(e);
+            let out = m.pump.poll(&mut m.replica);
+            let progressed = out.is_some();
+            if let Some(out) = out {
+                if let Some(e) = out.failure {
+                    self.member(id).stopped = Some(PumpError::Replica(e));
                     return;
                 }
-            };
-            let progressed = rd.is_some();
-            if let Some(mut rd) = rd {
-                let _ = rd.take_committed_entries();
-                for msg in rd.take_messages() {
+                for msg in out.messages {
                     self.send(id, msg);
                 }
             }
             let m = self.member(id);
-            if let Err(e) = m.pump.sync(&mut m.node, |_| Ok(())) {
+            if let Err(e) = m.pump.sync(&mut m.replica) {
                 m.stopped = Some(e);
                 return;
             }
@@ -331,7 +334,7 @@ impl Cluster {
 fn no_message_leaves_before_the_flush_it_depends_on() {
     let mut c = Cluster::new();
     c.run_until("leader with acknowledged appends", |c| {
-        c.members[0].node.role() == metalraft_core::Role::Leader
+        c.members[0].replica.role() == metalraft_core::Role::Leader
             && [2, 3]
                 .iter()
                 .all(|&p| c.count(p, Kind::AppendEntriesResponse, 2) > 0)
@@ -386,7 +389,7 @@ fn a_failed_flush_is_never_acknowledged() {
         Some(PumpError::Store(StoreError::Disk(DiskError::Io)))
     );
     assert_eq!(
-        c.members[0].node.term(),
+        c.members[0].replica.term(),
         2,
         "the term was taken, just never made durable"
     );
