@@ -21,7 +21,7 @@ use metalraft_fw_proto::client::{Op, Reply, Role, Status};
 const NODES: u8 = 5;
 const PUTS: usize = 200;
 /// Small, so that snapshots, compaction and InstallSnapshot all happen.
-const SNAPSHOT_INTERVAL: u16 = 64;
+const SNAPSHOT_THRESHOLD: u16 = 64;
 /// A small disk: its log ring (disk minus 264 fixed sectors) is shorter
 /// than the test's whole log, so the ring wraps and only compaction makes
 /// room.
@@ -118,7 +118,7 @@ fn five_node_qemu_cluster() {
     let _ = std::fs::remove_dir_all(&dir);
     let spec = pick_ports(|p| {
         let mut s = ClusterSpec::new(&dir, NODES, p, &elf).unwrap();
-        s.snapshot_interval_entries = SNAPSHOT_INTERVAL;
+        s.snapshot_threshold_entries = SNAPSHOT_THRESHOLD;
         s.disk_bytes = DISK_BYTES;
         s
     });
@@ -411,7 +411,7 @@ fn five_node_qemu_cluster() {
     for s in &st {
         assert!(s.snapshot_index > 0, "{s:?}");
         assert!(
-            s.last_index - s.snapshot_index <= 2 * u64::from(SNAPSHOT_INTERVAL) + 64,
+            s.last_index - s.snapshot_index <= 2 * u64::from(SNAPSHOT_THRESHOLD) + 64,
             "{s:?}"
         );
     }

@@ -153,7 +153,7 @@ fn replica_config(cfg: &NodeConfig) -> Config {
     core.max_pending_reads = MAX_CORE_PENDING_READS;
     core.max_snapshot_chunk_bytes = MAX_APPEND_BYTES;
     core.max_snapshot_chunks_inflight = 1;
-    c.snapshot_threshold_entries = u64::from(cfg.snapshot_interval_entries);
+    c.snapshot_threshold_entries = u64::from(cfg.snapshot_threshold_entries);
     // The disk log keeps no entries behind a snapshot (see `Pump::sync`).
     c.snapshot_catch_up_entries = 0;
     c.max_snapshot_bytes = MAX_SNAPSHOT_BYTES as u64;
