@@ -14,8 +14,10 @@
 //!    synchronous: [`DiskLog::persist`] returns once the flush completed)
 //!    and only then acknowledges it with `Replica::on_persisted`, which is
 //!    what lets the held messages into the next output. Then it stores the
-//!    snapshot the replica took, if any: after the batch, because that
-//!    snapshot covers the entries just applied, which the batch may carry.
+//!    snapshot the replica took, if any, and compacts the log (the core
+//!    applies only durable entries, so the log already holds everything the
+//!    snapshot covers; after the batch, the batch never meets a log being
+//!    compacted).
 //!
 //! A batch whose write or flush failed is never acknowledged, and the pump
 //! stops for good: the node cannot keep the promises those messages make.
