@@ -1,5 +1,6 @@
 //! MetalRaft firmware: one Raft node per emulated RISC-V microcontroller
-//! (QEMU `virt`), driving `metalraft-core` and `metalraft-kv` on Embassy.
+//! (QEMU `virt`), driving a `metalraft-replica` replica (`metalraft-core`
+//! plus `metalraft-kv`) on Embassy.
 //! See README.md for the architecture.
 #![no_std]
 #![no_main]
@@ -139,13 +140,13 @@ async fn main(spawner: Spawner) {
         recovered.bootstrapped,
         log.boots()
     );
-    let replica = match raft::Replica::new(&cfg, log, recovered, snapshot) {
-        Ok(r) => r,
+    let shell = match raft::Shell::new(&cfg, log, recovered, snapshot) {
+        Ok(s) => s,
         Err(e) => {
             error!("{}; halting", e);
             halt()
         }
     };
     let tick = embassy_time::Duration::from_millis(u64::from(cfg.tick_ms));
-    spawner.spawn(raft::raft_task(stack, replica, tick).expect("raft task spawns once"));
+    spawner.spawn(raft::raft_task(stack, shell, tick).expect("raft task spawns once"));
 }

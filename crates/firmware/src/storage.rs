@@ -3,7 +3,9 @@
 
 use crate::platform::disk::Disk;
 
-pub use metalraft_fw_store::{Pump, Recovered, StoreError, MAX_LOG_ENTRIES};
+pub use metalraft_fw_store::{Pump, PumpError, Recovered, SnapshotSaved, MAX_LOG_ENTRIES};
 
 /// The log on this board's disk.
 pub type DiskLog = metalraft_fw_store::DiskLog<Disk>;
+/// The replica of the key-value store over that log.
+pub type DiskReplica = metalraft_fw_store::DiskReplica<metalraft_kv::KvStore, Disk>;

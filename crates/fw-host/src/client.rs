@@ -154,9 +154,11 @@ impl Client {
                     next = target % self.nodes + 1;
                     std::thread::sleep(NO_LEADER_BACKOFF);
                 }
-                Some(Reply::Error(ErrorCode::Busy | ErrorCode::ReadFailed)) => {
-                    std::thread::sleep(NO_LEADER_BACKOFF)
-                }
+                // Nothing was applied (Superseded: another entry took the
+                // write's place): safe to send again.
+                Some(Reply::Error(
+                    ErrorCode::Busy | ErrorCode::ReadFailed | ErrorCode::Superseded,
+                )) => std::thread::sleep(NO_LEADER_BACKOFF),
                 Some(other) => {
                     self.leader_hint = Some(target);
                     return Ok(other);

@@ -34,9 +34,9 @@ pub const DEFAULT_HEARTBEAT_TICKS: u16 = 2;
 /// can take a good fraction of a second.
 pub const DEFAULT_ELECTION_TICKS: (u16, u16) = (25, 50);
 
-/// Default snapshot interval: a snapshot of a few hundred small keys costs
+/// Default snapshot threshold: a snapshot of a few hundred small keys costs
 /// a few KiB of disk writes, and keeps the log (and the RAM index) short.
-pub const DEFAULT_SNAPSHOT_INTERVAL_ENTRIES: u16 = 256;
+pub const DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES: u16 = 256;
 
 /// Everything that defines a cluster on disk and on loopback.
 #[derive(Clone, Debug)]
@@ -56,7 +56,7 @@ pub struct ClusterSpec {
     /// Disk image size.
     pub disk_bytes: u64,
     /// Snapshot (and compact the log) every this many applied entries.
-    pub snapshot_interval_entries: u16,
+    pub snapshot_threshold_entries: u16,
     /// The firmware ELF.
     pub elf: PathBuf,
 }
@@ -78,7 +78,7 @@ impl ClusterSpec {
             heartbeat_ticks: DEFAULT_HEARTBEAT_TICKS,
             election_ticks: DEFAULT_ELECTION_TICKS,
             disk_bytes: DEFAULT_DISK_BYTES,
-            snapshot_interval_entries: DEFAULT_SNAPSHOT_INTERVAL_ENTRIES,
+            snapshot_threshold_entries: DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES,
             elf: elf.to_path_buf(),
         })
     }
@@ -97,7 +97,7 @@ impl ClusterSpec {
             heartbeat_ticks: self.heartbeat_ticks,
             election_ticks_min: self.election_ticks.0,
             election_ticks_max: self.election_ticks.1,
-            snapshot_interval_entries: self.snapshot_interval_entries,
+            snapshot_threshold_entries: self.snapshot_threshold_entries,
             rng_seed: 0x6d72_6677_0000_0000 ^ (u64::from(id) << 8) ^ u64::from(self.ports.base),
         }
     }

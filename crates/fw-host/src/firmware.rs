@@ -63,8 +63,9 @@ pub fn build() -> io::Result<PathBuf> {
 }
 
 /// The crates of the firmware's workspace that build and test on the host:
-/// the wire formats and the storage with the Ready order (whose
-/// `held_messages` test shows no message leaves before its flush).
+/// the wire formats and the storage with the order in which the Raft task
+/// carries out a replica output (whose `held_messages` test shows no message
+/// leaves before its flush).
 pub const HOST_TESTED: [&str; 2] = ["metalraft-fw-proto", "metalraft-fw-store"];
 
 /// Runs the tests of [`HOST_TESTED`] for the host (the firmware workspace

@@ -15,7 +15,7 @@ use metalraft_fw::fault::FaultCommand;
 use metalraft_fw::firmware;
 use metalraft_fw::hub::Hub;
 use metalraft_fw::ports::{Ports, DEFAULT_BASE_PORT};
-use metalraft_fw_proto::client::{Role, Status};
+use metalraft_fw_proto::client::{DroppedDatagrams, Role, Status};
 
 const USAGE: &str = "\
 metalraft-fw — MetalRaft firmware cluster in QEMU
@@ -367,9 +367,32 @@ fn node_cmd(a: &Args) -> Result<()> {
     state.save(&dir)
 }
 
+/// The peer datagrams a node dropped, by cause (only the non-zero ones).
+fn fmt_dropped(d: &DroppedDatagrams) -> String {
+    let causes = [
+        ("truncated", d.truncated),
+        ("foreign", d.foreign_source),
+        ("empty", d.empty),
+        ("version", d.unknown_version),
+        ("malformed", d.malformed),
+        ("recipient", d.wrong_recipient),
+        ("sender", d.wrong_sender),
+    ];
+    let parts: Vec<String> = causes
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(what, n)| format!("{what}={n}"))
+        .collect();
+    if parts.is_empty() {
+        "0".to_string()
+    } else {
+        format!("{} ({})", d.total(), parts.join(" "))
+    }
+}
+
 fn fmt_status(s: &Status) -> String {
     format!(
-        "node {} {:<12} term {:<4} leader {:<4} commit {:<6} applied {:<6} last {:<6} snap {:<6} keys {:<5} heap {}/{} (hwm {}) boots {} torn {} bad_dgrams {}",
+        "node {} {:<12} term {:<4} leader {:<4} commit {:<6} applied {:<6} last {:<6} snap {:<6} keys {:<5} heap {}/{} (hwm {}) boots {} torn {} bad_requests {} dropped {}",
         s.node,
         format!("{:?}", s.role),
         s.term,
@@ -384,7 +407,8 @@ fn fmt_status(s: &Status) -> String {
         s.heap_high_water,
         s.boots,
         s.recovered_torn_records,
-        s.bad_datagrams
+        s.bad_requests,
+        fmt_dropped(&s.dropped)
     )
 }
 

@@ -21,7 +21,7 @@ use metalraft_fw_proto::client::{Op, Reply, Role, Status};
 const NODES: u8 = 5;
 const PUTS: usize = 200;
 /// Small, so that snapshots, compaction and InstallSnapshot all happen.
-const SNAPSHOT_INTERVAL: u16 = 64;
+const SNAPSHOT_THRESHOLD: u16 = 64;
 /// A small disk: its log ring (disk minus 264 fixed sectors) is shorter
 /// than the test's whole log, so the ring wraps and only compaction makes
 /// room.
@@ -118,7 +118,7 @@ fn five_node_qemu_cluster() {
     let _ = std::fs::remove_dir_all(&dir);
     let spec = pick_ports(|p| {
         let mut s = ClusterSpec::new(&dir, NODES, p, &elf).unwrap();
-        s.snapshot_interval_entries = SNAPSHOT_INTERVAL;
+        s.snapshot_threshold_entries = SNAPSHOT_THRESHOLD;
         s.disk_bytes = DISK_BYTES;
         s
     });
@@ -152,14 +152,11 @@ fn five_node_qemu_cluster() {
         Reply::Error(metalraft_fw_proto::client::ErrorCode::BadRequest)
     );
 
-    // A peer speaking garbage: every datagram is refused and counted; the
-    // node keeps leading and committing.
+    // A peer speaking garbage: every datagram is refused and counted by
+    // cause (random bytes: an unknown version; random bytes behind the
+    // version byte: malformed); the node keeps leading and committing.
     let other = ids.iter().copied().find(|&i| i != leader).unwrap();
-    let before = c
-        .status(leader, STATUS_TIMEOUT)
-        .unwrap()
-        .unwrap()
-        .bad_datagrams;
+    let before = c.status(leader, STATUS_TIMEOUT).unwrap().unwrap().dropped;
     eprintln!(
         "garbage: {}",
         cluster.hub.apply(&FaultCommand::Garbage {
@@ -168,9 +165,12 @@ fn five_node_qemu_cluster() {
             count: 200
         })
     );
-    wait_for("garbage to be counted", || {
+    wait_for("garbage to be counted by cause", || {
         let s = c.status(leader, STATUS_TIMEOUT).ok().flatten()?;
-        (s.bad_datagrams > before).then_some(())
+        assert_eq!(s.bad_datagrams, s.dropped.total(), "{s:?}");
+        (s.dropped.unknown_version > before.unknown_version
+            && s.dropped.malformed > before.malformed)
+            .then_some(())
     });
     c.put(b"after-garbage", b"ok")
         .expect("the cluster still commits");
@@ -411,7 +411,7 @@ fn five_node_qemu_cluster() {
     for s in &st {
         assert!(s.snapshot_index > 0, "{s:?}");
         assert!(
-            s.last_index - s.snapshot_index <= 2 * u64::from(SNAPSHOT_INTERVAL) + 64,
+            s.last_index - s.snapshot_index <= 2 * u64::from(SNAPSHOT_THRESHOLD) + 64,
             "{s:?}"
         );
     }

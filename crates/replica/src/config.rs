@@ -48,7 +48,8 @@ pub struct Config {
     /// [`crate::RequestFailure::Unknown`] / [`crate::RequestFailure::TimedOut`].
     pub request_timeout_ticks: u64,
     /// Report the state machine's apply events ([`crate::Event::Applied`], the
-    /// hook for Watch). Off saves the work of collecting them.
+    /// hook for Watch). Off saves the work of collecting them. (The kv store
+    /// reports them only with the default feature `kv-events`.)
     pub emit_apply_events: bool,
 }
 

@@ -1,8 +1,9 @@
 //! [`StateMachine`] for `metalraft_kv::KvStore` (feature `kv`).
 //!
 //! Commands are `metalraft_kv::Command::encode` bytes; reads are
-//! `RangeRequest`s. With apply events on, every command that changes the
-//! revision reports one [`KvEvent`]: the new revision and each key it put
+//! `RangeRequest`s. With apply events on (`Config::emit_apply_events`, and
+//! the default feature `kv-events`, without which their code is left out),
+//! every command that changes the revision reports one [`KvEvent`]: the new revision and each key it put
 //! (with its new metadata) or deleted, in key order within each operation,
 //! operations in order, as etcd's Watch delivers them.
 
@@ -10,9 +11,11 @@ use alloc::vec::Vec;
 
 use metalraft_core::{Index, Term};
 use metalraft_kv::{
-    Command, CommandResult, DecodeError, DeleteRangeRequest, KeyValue, KvStore, RangeRequest,
-    RangeResponse, RequestError, RequestOp,
+    Command, CommandResult, DecodeError, KeyValue, KvStore, RangeRequest, RangeResponse,
+    RequestError,
 };
+#[cfg(feature = "kv-events")]
+use metalraft_kv::{DeleteRangeRequest, RequestOp};
 
 use crate::error::StateMachineError;
 use crate::machine::StateMachine;
@@ -73,16 +76,22 @@ impl StateMachine for KvStore {
             }
         };
         // Deletes report the keys they remove: read them before the write.
+        #[cfg(feature = "kv-events")]
         let doomed = match &events {
             Some(_) => deleted_keys(self, &cmd),
             None => Vec::new(),
         };
+        #[cfg(feature = "kv-events")]
         let before = self.revision();
         let out = match KvStore::apply(self, index, &cmd) {
             Ok(r) => r,
             Err(metalraft_kv::ApplyError::Rejected(e)) => return Ok(Err(KvError::Rejected(e))),
             Err(_) => return Err(StateMachineError::Inconsistent),
         };
+        // Without the feature this build reports no apply events.
+        #[cfg(not(feature = "kv-events"))]
+        let _ = events;
+        #[cfg(feature = "kv-events")]
         if let Some(events) = events {
             if self.revision() != before {
                 let changes = changes(self, &cmd, &out, doomed);
@@ -123,6 +132,7 @@ impl StateMachine for KvStore {
     }
 }
 
+#[cfg(feature = "kv-events")]
 /// The write operations a command runs: (puts, deletes), for the branch of a
 /// transaction given by `succeeded`.
 fn writes(cmd: &Command, succeeded: Option<bool>) -> Vec<&RequestOp> {
@@ -135,6 +145,7 @@ fn writes(cmd: &Command, succeeded: Option<bool>) -> Vec<&RequestOp> {
     }
 }
 
+#[cfg(feature = "kv-events")]
 fn range_of(d: &DeleteRangeRequest) -> RangeRequest {
     RangeRequest {
         key: d.key.clone(),
@@ -144,6 +155,7 @@ fn range_of(d: &DeleteRangeRequest) -> RangeRequest {
     }
 }
 
+#[cfg(feature = "kv-events")]
 /// Keys present now in any delete range of `cmd`.
 fn deleted_keys(kv: &KvStore, cmd: &Command) -> Vec<Vec<u8>> {
     let mut ranges: Vec<&DeleteRangeRequest> = Vec::new();
@@ -167,6 +179,7 @@ fn deleted_keys(kv: &KvStore, cmd: &Command) -> Vec<Vec<u8>> {
     keys
 }
 
+#[cfg(feature = "kv-events")]
 fn changes(
     kv: &KvStore,
     cmd: &Command,
@@ -208,6 +221,7 @@ fn changes(
     changes
 }
 
+#[cfg(feature = "kv-events")]
 /// Whether `key` falls in the key range of `r` (etcd's range rules).
 fn in_range(key: &[u8], r: &RangeRequest) -> bool {
     if r.range_end.is_empty() {

@@ -111,8 +111,10 @@ pub enum ErrorCode {
     BadRequest,
     /// Too many requests in flight on this node; retry later.
     Busy,
-    /// Leadership changed before the request completed: the outcome of a
-    /// write is unknown (it may still commit); retry reads.
+    /// The outcome of a write is unknown: the node can no longer tell
+    /// whether it was applied (it waited too long, e.g. a leader cut off
+    /// from the majority, or a snapshot from a new leader covered it). It
+    /// may have committed, as in etcd.
     LeadershipLost,
     /// The node's log is full (log compaction not implemented yet).
     LogFull,
@@ -122,6 +124,9 @@ pub enum ErrorCode {
     StorageFailed,
     /// The read could not be confirmed (no leader, timeout); retry.
     ReadFailed,
+    /// Definitely not applied: another entry was committed at the write's
+    /// log index (its leader lost office). Safe to retry.
+    Superseded,
 }
 
 impl fmt::Display for ErrorCode {
@@ -134,6 +139,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::Rejected => "state machine refused the command",
             ErrorCode::StorageFailed => "node storage failed",
             ErrorCode::ReadFailed => "read could not be confirmed, retry",
+            ErrorCode::Superseded => "not applied: another entry took its place; retry",
         })
     }
 }
@@ -186,12 +192,52 @@ pub struct Status {
     pub heap_high_water: u64,
     /// Size of the heap arena.
     pub heap_size: u64,
-    /// Raft datagrams dropped because they failed to decode or validate.
+    /// Raft datagrams dropped because they failed to decode or validate
+    /// (`dropped.total()`).
     pub bad_datagrams: u64,
+    /// The same, by cause.
+    pub dropped: DroppedDatagrams,
+    /// Client datagrams that were not a valid request (answered
+    /// `Error(BadRequest)` when they could be read) or were cut by the
+    /// receive buffer.
+    pub bad_requests: u64,
     /// Records discarded from a torn or corrupt log tail at boot.
     pub recovered_torn_records: u64,
     /// Boots of this disk (incremented at every boot).
     pub boots: u64,
+}
+
+/// Raft datagrams a node dropped before they reached Raft, one counter per
+/// cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedDatagrams {
+    /// Larger than the receive buffer: cut, so dropped.
+    pub truncated: u64,
+    /// Not from a member's address and Raft port.
+    pub foreign_source: u64,
+    /// Empty.
+    pub empty: u64,
+    /// Unknown peer protocol version.
+    pub unknown_version: u64,
+    /// Not a valid message encoding, or trailing bytes.
+    pub malformed: u64,
+    /// A message for another node.
+    pub wrong_recipient: u64,
+    /// The named sender is not a member, or not the datagram's source.
+    pub wrong_sender: u64,
+}
+
+impl DroppedDatagrams {
+    /// Every cause together.
+    pub fn total(&self) -> u64 {
+        self.truncated
+            + self.foreign_source
+            + self.empty
+            + self.unknown_version
+            + self.malformed
+            + self.wrong_recipient
+            + self.wrong_sender
+    }
 }
 
 /// Why bytes did not decode.

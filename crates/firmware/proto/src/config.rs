@@ -47,8 +47,10 @@ pub struct NodeConfig {
     /// Seed of the node's PRNG (election timeouts, network stack).
     pub rng_seed: u64,
     /// Take a snapshot (and compact the log) after this many applied
-    /// entries.
-    pub snapshot_interval_entries: u16,
+    /// entries: the replica's `snapshot_threshold_entries`, one name in
+    /// every realization. (Renamed from `snapshot_interval_entries`; the
+    /// encoding is unchanged, so configured disks still boot.)
+    pub snapshot_threshold_entries: u16,
 }
 
 /// Why a config block was refused.
@@ -80,8 +82,8 @@ pub enum ConfigError {
     BadTimeouts,
     /// The body does not fit the block (encoding only).
     TooLarge,
-    /// The snapshot interval is 0.
-    BadSnapshotInterval,
+    /// The snapshot threshold is 0.
+    BadSnapshotThreshold,
 }
 
 impl fmt::Display for ConfigError {
@@ -103,8 +105,8 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::BadTimeouts => f.write_str("heartbeat/election timeouts inconsistent"),
             ConfigError::TooLarge => f.write_str("config body too large for the block"),
-            ConfigError::BadSnapshotInterval => {
-                f.write_str("snapshot interval must be at least 1 entry")
+            ConfigError::BadSnapshotThreshold => {
+                f.write_str("snapshot threshold must be at least 1 entry")
             }
         }
     }
@@ -135,8 +137,8 @@ impl NodeConfig {
         {
             return Err(ConfigError::BadTimeouts);
         }
-        if self.snapshot_interval_entries == 0 {
-            return Err(ConfigError::BadSnapshotInterval);
+        if self.snapshot_threshold_entries == 0 {
+            return Err(ConfigError::BadSnapshotThreshold);
         }
         Ok(())
     }
@@ -209,7 +211,7 @@ mod tests {
             election_ticks_min: 10,
             election_ticks_max: 20,
             rng_seed: 7,
-            snapshot_interval_entries: 64,
+            snapshot_threshold_entries: 64,
         }
     }
 

@@ -23,6 +23,13 @@ pub const MAX_CORE_PENDING_READS: usize = 32;
 pub const MAX_PENDING_WRITES: usize = 64;
 /// Client reads waiting for a read index or for apply.
 pub const MAX_PENDING_READS: usize = 32;
+/// A client request (write or read) still waiting after this long
+/// completes as unknown (`LeadershipLost`) or failed (`ReadFailed`): what a
+/// leader cut off from the majority answers, and what bounds how long a
+/// waiter slot stays taken.
+pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// Requests waiting at once: each has a slot in the shell's waiter table.
+pub const MAX_WAITERS: usize = MAX_PENDING_WRITES + MAX_PENDING_READS;
 /// Headroom for the non-entry fields of an AppendEntries (ids, term,
 /// indexes as varints, enum tags, version byte).
 pub const APPEND_HEADER_BYTES_MAX: usize = 80;

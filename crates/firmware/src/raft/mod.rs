@@ -1,24 +1,25 @@
-//! The Raft node task: one Embassy task owns the [`Replica`] and two UDP
-//! sockets (peers on `RAFT_PORT`, clients on `CLIENT_PORT`). It waits for a
-//! datagram or the next tick, feeds the replica, then for every `Ready`:
-//! sends its messages, writes and flushes its persistence batch, and
-//! acknowledges it to the core, which only then releases the messages that
-//! promise that state (they go out with the next `Ready`).
+//! The Raft node task: one Embassy task owns the [`Shell`] (the
+//! `metalraft-replica` replica and its I/O) and two UDP sockets (peers on
+//! `RAFT_PORT`, clients on `CLIENT_PORT`). It waits for a datagram or the
+//! next tick, feeds the shell, then for every output of the replica: sends
+//! its messages and client answers, writes and flushes its persistence
+//! batch, and acknowledges it, which only then releases the messages that
+//! promise that state (they go out with the next output).
 
 mod limits;
-mod replica;
+mod shell;
 pub mod wire;
 
 use core::task::Poll;
 
 use embassy_futures::poll_once;
 use embassy_futures::select::{select3, Either3};
-use embassy_net::udp::{PacketMetadata, UdpSocket};
+use embassy_net::udp::{PacketMetadata, RecvError, UdpMetadata, UdpSocket};
 use embassy_net::{IpAddress, IpEndpoint, Ipv4Address, Stack};
 use embassy_time::{Duration, Instant, Timer};
 use metalraft_fw_proto::addr::{self, MAX_DATAGRAM_BYTES};
 
-pub use replica::{Outbox, Replica};
+pub use shell::{Outbox, PeerDrop, Shell};
 
 /// Datagrams each socket queues per direction.
 const SOCKET_QUEUE_DATAGRAMS: usize = 16;
@@ -66,9 +67,27 @@ async fn flush_outbox(
     }
 }
 
+/// Hands a datagram received on the Raft port to the shell, or counts why
+/// it was dropped.
+fn on_raft_datagram(
+    shell: &mut Shell,
+    received: Result<(usize, UdpMetadata), RecvError>,
+    buf: &[u8],
+) {
+    match received {
+        Ok((n, meta)) => match lan_id(&meta.endpoint) {
+            Some(src) if meta.endpoint.port == addr::RAFT_PORT => {
+                shell.on_peer_datagram(&buf[..n], src)
+            }
+            _ => shell.drop_peer_datagram(PeerDrop::ForeignSource, 0),
+        },
+        Err(RecvError::Truncated) => shell.drop_peer_datagram(PeerDrop::Truncated, 0),
+    }
+}
+
 /// Runs the node forever.
 #[embassy_executor::task]
-pub async fn raft_task(stack: Stack<'static>, mut replica: Replica, tick: Duration) -> ! {
+pub async fn raft_task(stack: Stack<'static>, mut shell: Shell, tick: Duration) -> ! {
     let mut raft_rx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
     let mut raft_tx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
     let mut raft_rx = [0u8; RAFT_SOCKET_BYTES];
@@ -109,20 +128,13 @@ pub async fn raft_task(stack: Stack<'static>, mut replica: Replica, tick: Durati
         )
         .await
         {
-            Either3::First(Ok((n, meta))) => match lan_id(&meta.endpoint) {
-                Some(src) if meta.endpoint.port == addr::RAFT_PORT => {
-                    replica.on_peer_datagram(&rbuf[..n], src)
-                }
-                _ => replica.on_peer_datagram(&[], 0), // counted as garbage
-            },
+            Either3::First(received) => on_raft_datagram(&mut shell, received, &rbuf),
             Either3::Second(Ok((n, meta))) => {
-                replica.on_client_datagram(&cbuf[..n], meta.endpoint, &mut out)
+                shell.on_client_datagram(&cbuf[..n], meta.endpoint, &mut out)
             }
-            // Truncated datagrams (larger than our buffer) are garbage.
-            Either3::First(Err(_)) => replica.on_peer_datagram(&[], 0),
-            Either3::Second(Err(_)) => {}
+            Either3::Second(Err(RecvError::Truncated)) => shell.drop_client_datagram(),
             Either3::Third(()) => {
-                replica.tick();
+                shell.tick();
                 next_tick += tick;
                 // After a long stall (host overloaded), do not replay missed
                 // ticks in a burst: that would fire election timeouts at once.
@@ -137,35 +149,32 @@ pub async fn raft_task(stack: Stack<'static>, mut replica: Replica, tick: Durati
         // (group commit).
         for _ in 0..MAX_DATAGRAMS_PER_WAKE {
             let mut progressed = false;
-            if let Poll::Ready(Ok((n, meta))) = poll_once(clients.recv_from(&mut cbuf)) {
-                replica.on_client_datagram(&cbuf[..n], meta.endpoint, &mut out);
-                progressed = true;
-            }
-            if let Poll::Ready(Ok((n, meta))) = poll_once(raft.recv_from(&mut rbuf)) {
-                match lan_id(&meta.endpoint) {
-                    Some(src) if meta.endpoint.port == addr::RAFT_PORT => {
-                        replica.on_peer_datagram(&rbuf[..n], src)
-                    }
-                    _ => replica.on_peer_datagram(&[], 0),
+            if let Poll::Ready(received) = poll_once(clients.recv_from(&mut cbuf)) {
+                match received {
+                    Ok((n, meta)) => shell.on_client_datagram(&cbuf[..n], meta.endpoint, &mut out),
+                    Err(RecvError::Truncated) => shell.drop_client_datagram(),
                 }
                 progressed = true;
             }
+            if let Poll::Ready(received) = poll_once(raft.recv_from(&mut rbuf)) {
+                on_raft_datagram(&mut shell, received, &rbuf);
+                progressed = true;
+            }
             if !progressed {
                 break;
             }
         }
-        // Send each Ready's messages before its disk write, so followers
+        // Send each output's messages before its disk write, so followers
         // write in parallel with the leader (the core keeps every message
         // that promises durable state until `sync` acknowledges it).
         loop {
-            let progressed = replica.poll_ready(&mut out);
+            let progressed = shell.poll(&mut out);
             flush_outbox(&mut out, &mut raft, &mut clients, &mut sbuf).await;
-            replica.sync(&mut out);
+            shell.sync(&mut out);
             if !progressed {
                 break;
             }
         }
-        replica.maybe_snapshot(&mut out);
         flush_outbox(&mut out, &mut raft, &mut clients, &mut sbuf).await;
     }
 }

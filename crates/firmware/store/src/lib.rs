@@ -42,7 +42,7 @@ use metalraft_fw_proto::disk::{
 };
 
 pub use block::{BlockDevice, DiskError};
-pub use pump::{DiskNode, Pump, PumpError};
+pub use pump::{DiskReplica, Pump, PumpError, SnapshotSaved, Synced};
 pub use recovery::{Opened, Recovered};
 
 /// Most entries the log holds after the snapshot (bounds the RAM index).
@@ -70,8 +70,8 @@ pub enum StoreError {
     NotContiguous,
     /// A snapshot above [`MAX_SNAPSHOT_BYTES`], or its metadata too large.
     SnapshotTooLarge,
-    /// A snapshot install without the matching received data, or stored
-    /// snapshot data that does not verify.
+    /// A snapshot install without its data, or stored snapshot data that
+    /// does not verify.
     SnapshotMismatch,
     /// The core refused to go on (it reported why in the log).
     Core,
@@ -207,15 +207,20 @@ impl<D: BlockDevice> DiskLog<D> {
         Ok(())
     }
 
-    /// Carries out a persistence batch: install a received snapshot,
-    /// overwrite/append the entries, store the hard state, flush as
-    /// required. On error nothing may be acknowledged; the node must stop.
-    /// Returns whether a snapshot was installed (the caller then restores
-    /// its state machine from [`DiskLog::snapshot_data`]).
-    pub fn persist(&mut self, p: &Persist<Vec<u8>>) -> Result<bool, StoreError> {
+    /// Carries out a persistence batch: install a received snapshot (its
+    /// reassembled bytes are `snapshot_data`), overwrite/append the
+    /// entries, store the hard state, flush as required. On error nothing
+    /// may be acknowledged; the node must stop. Returns whether a snapshot
+    /// was installed.
+    pub fn persist(
+        &mut self,
+        p: &Persist<Vec<u8>>,
+        snapshot_data: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
         let installed = match p.snapshot() {
             Some(install) => {
-                self.install_snapshot(install)?;
+                let data = snapshot_data.ok_or(StoreError::SnapshotMismatch)?;
+                self.install_snapshot(install, data)?;
                 true
             }
             None => false,

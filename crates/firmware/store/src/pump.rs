@@ -1,16 +1,23 @@
-//! The order in which the firmware's Raft task carries out a `Ready`, kept
-//! here (host-testable) rather than in the task:
+//! The order in which the firmware's Raft task carries out a
+//! `metalraft-replica` [`Output`], kept here (host-testable) rather than in
+//! the task:
 //!
-//! 1. [`Pump::poll`] takes the next `Ready` — but not while the batch of
-//!    the previous one waits for [`Pump::sync`] — stages its snapshot
-//!    chunks and keeps its persistence batch. The caller sends its messages
-//!    at once: the core has already held back every message that depends on
-//!    a batch not yet acknowledged (vote grants, append acknowledgements,
-//!    anything sent in a term not yet durable);
-//! 2. [`Pump::sync`] writes the kept batch, flushes it (the disk is
+//! 1. [`Pump::poll`] takes the next output of the [`Replica`] — but not
+//!    while the batch of the previous one waits for [`Pump::sync`] — and
+//!    keeps its persistence batch and its snapshot. The caller sends its
+//!    messages at once (the core has already held back every message that
+//!    depends on a batch not yet acknowledged: vote grants, append
+//!    acknowledgements, anything sent in a term not yet durable) and
+//!    answers its completions;
+//! 2. [`Pump::sync`] writes the kept batch — the snapshot received from the
+//!    leader first, if it installs one — flushes it (the disk is
 //!    synchronous: [`DiskLog::persist`] returns once the flush completed)
-//!    and only then acknowledges it with `Node::on_persisted`, which is what
-//!    lets the held messages into the next `Ready`.
+//!    and only then acknowledges it with `Replica::on_persisted`, which is
+//!    what lets the held messages into the next output. Then it stores the
+//!    snapshot the replica took, if any, and compacts the log (the core
+//!    applies only durable entries, so the log already holds everything the
+//!    snapshot covers; after the batch, the batch never meets a log being
+//!    compacted).
 //!
 //! A batch whose write or flush failed is never acknowledged, and the pump
 //! stops for good: the node cannot keep the promises those messages make.
@@ -18,18 +25,19 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use metalraft_core::{Node, Persist, Ready};
+use metalraft_core::Index;
+use metalraft_replica::{Fatal, OutputOf, PersistWork, Replica, SnapshotToSave, StateMachine};
 
 use crate::{BlockDevice, DiskLog, StoreError};
 
-/// A core node over the firmware's disk log.
-pub type DiskNode<D> = Node<Vec<u8>, DiskLog<D>>;
+/// A replica over the firmware's disk log.
+pub type DiskReplica<M, D> = Replica<M, DiskLog<D>>;
 
 /// Why the pump stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PumpError {
-    /// The core stopped (it says why).
-    Core(metalraft_core::Error),
+    /// The replica stopped (it says why).
+    Replica(Fatal),
     /// Storage failed: the batch was not acknowledged.
     Store(StoreError),
 }
@@ -37,18 +45,50 @@ pub enum PumpError {
 impl fmt::Display for PumpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PumpError::Core(e) => write!(f, "core stopped: {e}"),
+            PumpError::Replica(e) => write!(f, "replica stopped: {e}"),
             PumpError::Store(e) => write!(f, "storage failed: {e}"),
         }
     }
 }
 
-/// Carries out `Ready`s in the order of the module doc.
+/// What became of the snapshot the replica took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotSaved {
+    /// Stored at `index` (`bytes` of state); the log is compacted up to it.
+    Stored {
+        /// The snapshot's index.
+        index: Index,
+        /// Its size.
+        bytes: usize,
+    },
+    /// Not stored: a snapshot already covers its index.
+    Covered,
+    /// Not stored: `bytes` do not fit a snapshot slot; the log keeps growing
+    /// until the replica's next threshold.
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+    },
+}
+
+/// What one [`Pump::sync`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Synced {
+    /// The batch installed the leader's snapshot at this index.
+    pub installed: Option<Index>,
+    /// The snapshot taken by the replica, if there was one.
+    pub snapshot: Option<SnapshotSaved>,
+}
+
+/// Carries out outputs in the order of the module doc.
 #[derive(Debug, Default)]
 pub struct Pump {
-    /// The batch of the last `Ready`, not yet durable.
-    unsynced: Option<Persist<Vec<u8>>>,
-    /// A batch failed: nothing is ever acknowledged again.
+    /// The batch of the last output, not yet durable.
+    unsynced: Option<PersistWork<Vec<u8>>>,
+    /// The snapshot of the last output, stored after its batch.
+    snapshot: Option<SnapshotToSave>,
+    /// A batch failed or the replica stopped: nothing is ever acknowledged
+    /// again.
     stopped: bool,
 }
 
@@ -57,69 +97,89 @@ impl Pump {
     pub const fn new() -> Pump {
         Pump {
             unsynced: None,
+            snapshot: None,
             stopped: false,
         }
     }
 
-    /// Whether a batch waits for [`Pump::sync`].
+    /// Whether a batch or a snapshot waits for [`Pump::sync`].
     pub fn syncing(&self) -> bool {
-        self.unsynced.is_some()
+        self.unsynced.is_some() || self.snapshot.is_some()
     }
 
-    /// Takes the next `Ready`, if there is one and no batch waits for
-    /// [`Pump::sync`]. Its snapshot chunks are already staged and its
-    /// persistence batch is kept; the caller sends its messages, applies its
-    /// committed entries and answers its read states.
-    pub fn poll<D: BlockDevice>(
+    /// Takes the replica's next output, if there is one and nothing waits
+    /// for [`Pump::sync`]. Its persistence batch and snapshot are kept (the
+    /// returned output has neither); the caller sends its messages and
+    /// answers its completions. An output with a `failure` stops the pump:
+    /// its batch is dropped, never written nor acknowledged.
+    pub fn poll<M: StateMachine, D: BlockDevice>(
         &mut self,
-        node: &mut DiskNode<D>,
-    ) -> Result<Option<Ready<Vec<u8>>>, PumpError> {
-        if self.stopped || self.unsynced.is_some() || !node.has_ready() {
-            return Ok(None);
+        replica: &mut DiskReplica<M, D>,
+    ) -> Option<OutputOf<M, Vec<u8>>> {
+        if self.stopped || self.syncing() {
+            return None;
         }
-        let mut rd = node.ready().map_err(|e| self.stop(PumpError::Core(e)))?;
-        // Chunks before the batch: its Persist may install the snapshot.
-        for chunk in rd.take_snapshot_chunks() {
-            if let Err(e) = node.storage_mut().stage_chunk(&chunk) {
-                return Err(self.stop(PumpError::Store(e)));
-            }
+        let mut out = replica.poll()?;
+        let persist = out.persist.take();
+        let snapshot = out.snapshot.take();
+        if out.failure.is_some() {
+            self.stopped = true;
+        } else {
+            self.unsynced = persist;
+            self.snapshot = snapshot;
         }
-        self.unsynced = rd.take_persist();
-        Ok(Some(rd))
+        Some(out)
     }
 
-    /// Writes and flushes the kept batch, runs `installed` if it installed
-    /// a snapshot (restore the state machine from
-    /// [`DiskLog::snapshot_data`]), then acknowledges the batch. Returns
-    /// whether a snapshot was installed. On any error nothing is
+    /// Writes and flushes the kept batch, then acknowledges it; then stores
+    /// the kept snapshot and tells the replica (`snapshot_saved`, also when
+    /// it was not stored, so the next one may be taken). The disk log
+    /// compacts up to the snapshot's index: the firmware keeps no entries
+    /// behind a snapshot (`snapshot_catch_up_entries` = 0, so that is the
+    /// snapshot's `compact_through`). On a storage error nothing is
     /// acknowledged and the pump stops.
-    pub fn sync<D: BlockDevice>(
+    pub fn sync<M: StateMachine, D: BlockDevice>(
         &mut self,
-        node: &mut DiskNode<D>,
-        installed: impl FnOnce(&DiskLog<D>) -> Result<(), StoreError>,
-    ) -> Result<bool, PumpError> {
+        replica: &mut DiskReplica<M, D>,
+    ) -> Result<Synced, PumpError> {
+        let mut done = Synced::default();
         if self.stopped {
-            return Ok(false);
+            return Ok(done);
         }
-        let Some(p) = self.unsynced.take() else {
-            return Ok(false);
-        };
-        let install = node
-            .storage_mut()
-            .persist(&p)
-            .map_err(|e| self.stop(PumpError::Store(e)))?;
-        if install {
-            installed(node.storage()).map_err(|e| self.stop(PumpError::Store(e)))?;
+        if let Some(work) = self.unsynced.take() {
+            let installed = replica
+                .storage_mut()
+                .persist(&work.persist, work.snapshot_data.as_deref())
+                .map_err(|e| self.stop(PumpError::Store(e)))?;
+            if installed {
+                done.installed = work.persist.snapshot().map(|s| s.meta.index);
+            }
+            // Durable: the flush in `persist` has completed.
+            replica
+                .on_persisted(work.persist.into_token())
+                .map_err(|e| self.stop(PumpError::Replica(e)))?;
         }
-        // Durable: the flush in `persist` has completed.
-        node.on_persisted(p.into_token())
-            .map_err(|e| self.stop(PumpError::Core(e)))?;
-        Ok(install)
+        if let Some(s) = self.snapshot.take() {
+            let bytes = s.data.len();
+            let saved = replica.storage_mut().create_snapshot(&s.meta, &s.data);
+            replica.snapshot_saved(s.meta.index);
+            done.snapshot = Some(match saved {
+                Ok(true) => SnapshotSaved::Stored {
+                    index: s.meta.index,
+                    bytes,
+                },
+                Ok(false) => SnapshotSaved::Covered,
+                Err(StoreError::SnapshotTooLarge) => SnapshotSaved::TooLarge { bytes },
+                Err(e) => return Err(self.stop(PumpError::Store(e))),
+            });
+        }
+        Ok(done)
     }
 
     fn stop(&mut self, e: PumpError) -> PumpError {
         self.stopped = true;
         self.unsynced = None;
+        self.snapshot = None;
         e
     }
 }

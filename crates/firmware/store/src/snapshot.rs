@@ -1,14 +1,16 @@
 //! Snapshots on disk: two alternating slots (header sector + data). A new
-//! snapshot — taken locally or received from the leader in chunks — is
-//! written to the slot that is not current, then its header (with a higher
-//! sequence number) is written and flushed: only then does it become
-//! current, and only then is the log before it released. A crash at any
-//! point leaves the previous snapshot and the log it needs intact.
+//! snapshot — taken locally, or received from the leader (reassembled in RAM
+//! by `metalraft-replica` and handed over whole with the `Persist` that
+//! installs it) — is written to the slot that is not current, then its
+//! header (with a higher sequence number) is written and flushed: only then
+//! does it become current, and only then is the log before it released. A
+//! crash at any point leaves the previous snapshot and the log it needs
+//! intact.
 
 use alloc::vec;
 use alloc::vec::Vec;
 
-use metalraft_core::{Index, SnapshotChunk, SnapshotInstall, SnapshotMeta, StorageError};
+use metalraft_core::{Index, SnapshotInstall, SnapshotMeta, StorageError};
 use metalraft_fw_proto::disk::{SnapshotHeader, MAX_SNAPSHOT_BYTES, SECTOR_BYTES, SNAPSHOT_SLOTS};
 use metalraft_fw_proto::CRC32C;
 
@@ -23,28 +25,15 @@ pub(super) struct Current {
     pub(super) meta: SnapshotMeta,
 }
 
-/// A snapshot being received from the leader.
-#[derive(Clone, Debug)]
-struct Staging {
-    slot: usize,
-    meta: SnapshotMeta,
-    /// Bytes received in order.
-    len: u64,
-}
-
 /// Snapshot bookkeeping of a [`DiskLog`].
 #[derive(Clone, Debug, Default)]
 pub(super) struct SnapshotState {
     pub(super) current: Option<Current>,
-    staging: Option<Staging>,
 }
 
 impl SnapshotState {
     pub(super) fn recovered(current: Option<Current>) -> SnapshotState {
-        SnapshotState {
-            current,
-            staging: None,
-        }
+        SnapshotState { current }
     }
 
     pub(super) fn meta(&self) -> Option<&SnapshotMeta> {
@@ -172,19 +161,18 @@ impl<D: BlockDevice> DiskLog<D> {
             header,
             meta: meta.clone(),
         });
-        self.snap.staging = None;
         Ok(())
     }
 
     /// Stores a snapshot of the state machine taken at `meta.index` (from
     /// `Node::snapshot_created`) and compacts the log up to it. Skipped
-    /// (`Ok(false)`) while a snapshot from the leader is being received.
+    /// (`Ok(false)`) if the current snapshot already covers `meta.index`.
     pub fn create_snapshot(
         &mut self,
         meta: &SnapshotMeta,
         data: &[u8],
     ) -> Result<bool, StoreError> {
-        if self.snap.staging.is_some() || meta.index <= self.base.0 {
+        if meta.index <= self.base.0 {
             return Ok(false);
         }
         if data.len() > MAX_SNAPSHOT_BYTES {
@@ -196,65 +184,28 @@ impl<D: BlockDevice> DiskLog<D> {
         Ok(true)
     }
 
-    /// Writes a chunk of a snapshot received from the leader (a chunk at
-    /// offset 0 starts over). Call before the `Persist` of the same `Ready`.
-    pub fn stage_chunk(&mut self, chunk: &SnapshotChunk) -> Result<(), StoreError> {
-        if chunk.offset == 0 {
-            let slot = self.snap.free_slot();
-            self.snap.staging = Some(Staging {
-                slot,
-                meta: chunk.meta.clone(),
-                len: 0,
-            });
+    /// Installs the snapshot received from the leader (first step of a
+    /// `Persist`): its `data` goes to the free slot, then the slot becomes
+    /// current as in [`DiskLog::create_snapshot`].
+    pub(super) fn install_snapshot(
+        &mut self,
+        install: &SnapshotInstall,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        if data.len() > MAX_SNAPSHOT_BYTES {
+            return Err(StoreError::SnapshotTooLarge);
         }
-        let Some(st) = self.snap.staging.clone() else {
-            return Err(StoreError::SnapshotMismatch);
-        };
-        if st.meta != chunk.meta || st.len != chunk.offset {
-            // The core hands chunks over in order; anything else is a bug.
-            return Err(StoreError::SnapshotMismatch);
-        }
-        self.write_slot_data(st.slot, chunk.offset, &chunk.data)?;
-        if let Some(s) = self.snap.staging.as_mut() {
-            s.len += chunk.data.len() as u64;
-        }
-        Ok(())
-    }
-
-    /// Installs the received snapshot (first step of a `Persist`).
-    pub(super) fn install_snapshot(&mut self, install: &SnapshotInstall) -> Result<(), StoreError> {
-        let st = self
-            .snap
-            .staging
-            .clone()
-            .ok_or(StoreError::SnapshotMismatch)?;
-        if st.meta != install.meta {
-            return Err(StoreError::SnapshotMismatch);
-        }
-        let data = self.read_slot_data(st.slot, 0, st.len as usize)?;
-        let crc = CRC32C.checksum(&data);
-        drop(data);
+        let slot = self.snap.free_slot();
+        self.write_slot_data(slot, 0, data)?;
         if !install.keep_entries_after {
             // Everything after the old head is stale from now on.
             self.slots.truncate(0);
             self.epoch = self.epoch.checked_add(1).ok_or(StoreError::LogFull)?;
         }
-        let meta = install.meta.clone();
-        self.commit_slot(st.slot, &meta, st.len, crc)?;
+        let meta = &install.meta;
+        self.commit_slot(slot, meta, data.len() as u64, CRC32C.checksum(data))?;
         self.hard.commit = self.hard.commit.max(meta.index);
         Ok(())
-    }
-
-    /// The current snapshot's data, verified.
-    pub fn snapshot_data(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(c) = &self.snap.current else {
-            return Ok(None);
-        };
-        let data = self.read_slot_data(c.slot, 0, c.header.data_len as usize)?;
-        if CRC32C.checksum(&data) != c.header.data_crc {
-            return Err(StoreError::SnapshotMismatch);
-        }
-        Ok(Some(data))
     }
 
     pub(super) fn read_snapshot_chunk(

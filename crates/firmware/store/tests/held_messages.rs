@@ -2,9 +2,9 @@
 //! on has been flushed (issue 12, defect 1: the core holds such messages
 //! until `on_persisted`; this shows the firmware's side keeps the promise).
 //!
-//! Three real `metalraft-core` nodes, each over the real [`DiskLog`]
-//! (records, hard-state slots, recovery) driven by the real [`Pump`] in the
-//! Raft task's order (poll, send, sync). Only the disk is a model: a
+//! Three real `metalraft-replica` replicas (a core node and a `KvStore`),
+//! each over the real [`DiskLog`] (records, hard-state slots, recovery)
+//! driven by the real [`Pump`] in the Raft task's order (poll, send, sync). Only the disk is a model: a
 //! write-back cache whose writes become durable at `flush` and are lost on
 //! power failure. At every send the test cuts the sender's power in
 //! thought: it recovers a `DiskLog` from the durable image alone and checks
@@ -14,9 +14,13 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use metalraft_core::{Config, HardState, LogStorage, Message, MessageBody};
+use metalraft_core::{HardState, LogStorage, Message, MessageBody};
 use metalraft_fw_proto::disk::{LOG_START_SECTOR, SECTOR_BYTES};
-use metalraft_fw_store::{BlockDevice, DiskError, DiskLog, DiskNode, Pump, PumpError, StoreError};
+use metalraft_fw_store::{
+    BlockDevice, DiskError, DiskLog, DiskReplica, Pump, PumpError, StoreError,
+};
+use metalraft_kv::{Command, KvStore, PutRequest, RangeRequest};
+use metalraft_replica::Config;
 
 const MEMBERS: [u64; 3] = [1, 2, 3];
 /// A small disk: the fixed areas plus a ring of a few hundred sectors.
@@ -177,7 +181,7 @@ fn early(m: &Message<Vec<u8>>, d: &Result<AfterPowerLoss, StoreError>) -> Option
 }
 
 struct Member {
-    node: DiskNode<ModelDisk>,
+    replica: DiskReplica<KvStore, ModelDisk>,
     pump: Pump,
     disk: ModelDisk,
     stopped: Option<PumpError>,
@@ -194,6 +198,8 @@ struct Sent {
 
 struct Cluster {
     members: Vec<Member>,
+    /// A node whose messages, both ways, are lost.
+    isolated: Option<u64>,
     queue: VecDeque<Message<Vec<u8>>>,
     sent: Vec<Sent>,
     violations: Vec<String>,
@@ -202,19 +208,28 @@ struct Cluster {
 impl Cluster {
     /// Fresh disks; node 1 campaigns first, the others never do.
     fn new() -> Cluster {
+        Cluster::with_snapshots_every(Config::new(1).snapshot_threshold_entries)
+    }
+
+    /// As [`Cluster::new`], every replica taking a snapshot each `threshold`
+    /// applied entries.
+    fn with_snapshots_every(threshold: u64) -> Cluster {
         let members = MEMBERS
             .iter()
             .map(|&id| {
                 let disk = ModelDisk::new(vec![0; DISK_SECTORS as usize * SECTOR_BYTES]);
                 let (log, _, _) = DiskLog::open(disk.clone(), &MEMBERS).expect("bootstrap");
                 let mut cfg = Config::new(id);
-                cfg.heartbeat_interval_ticks = 1;
+                cfg.core.heartbeat_interval_ticks = 1;
                 let election = if id == 1 { 10 } else { 100_000 };
-                cfg.election_timeout_ticks_min = election;
-                cfg.election_timeout_ticks_max = election * 2;
-                cfg.rng_seed = id;
+                cfg.core.election_timeout_ticks_min = election;
+                cfg.core.election_timeout_ticks_max = election * 2;
+                cfg.core.rng_seed = id;
+                // As the firmware: the disk log keeps nothing behind a snapshot.
+                cfg.snapshot_catch_up_entries = 0;
+                cfg.snapshot_threshold_entries = threshold;
                 Member {
-                    node: DiskNode::new(cfg, log, 0).expect("node"),
+                    replica: DiskReplica::new(cfg, log, KvStore::new()).expect("replica"),
                     pump: Pump::new(),
                     disk,
                     stopped: None,
@@ -223,6 +238,7 @@ impl Cluster {
             .collect();
         Cluster {
             members,
+            isolated: None,
             queue: VecDeque::new(),
             sent: Vec::new(),
             violations: Vec::new(),
@@ -236,40 +252,42 @@ impl Cluster {
     /// One round: every running node ticks, takes the messages addressed
     /// to it, and carries out its Readys as the Raft task does.
     fn round(&mut self) {
-        let inbox: Vec<_> = self.queue.drain(..).collect();
+        let isolated = self.isolated;
+        let inbox: Vec<_> = self
+            .queue
+            .drain(..)
+            .filter(|m| isolated != Some(m.from) && isolated != Some(m.to))
+            .collect();
         for id in MEMBERS {
             if self.member(id).stopped.is_some() {
                 continue;
             }
             let m = self.member(id);
-            let _ = m.node.tick();
+            let _ = m.replica.tick();
             for msg in inbox.iter().filter(|msg| msg.to == id) {
-                let _ = m.node.step(msg.clone());
+                let _ = m.replica.step(msg.clone());
             }
             self.drive(id);
         }
     }
 
-    /// The Raft task's loop: poll a Ready, send its messages, sync its batch.
+    /// The Raft task's loop: poll an output, send its messages, sync its batch.
     fn drive(&mut self, id: u64) {
         loop {
             let m = self.member(id);
-            let rd = match m.pump.poll(&mut m.node) {
-                Ok(rd) => rd,
-                Err(e) => {
-                    m.stopped = Some(e);
+            let out = m.pump.poll(&mut m.replica);
+            let progressed = out.is_some();
+            if let Some(out) = out {
+                if let Some(e) = out.failure {
+                    self.member(id).stopped = Some(PumpError::Replica(e));
                     return;
                 }
-            };
-            let progressed = rd.is_some();
-            if let Some(mut rd) = rd {
-                let _ = rd.take_committed_entries();
-                for msg in rd.take_messages() {
+                for msg in out.messages {
                     self.send(id, msg);
                 }
             }
             let m = self.member(id);
-            if let Err(e) = m.pump.sync(&mut m.node, |_| Ok(())) {
+            if let Err(e) = m.pump.sync(&mut m.replica) {
                 m.stopped = Some(e);
                 return;
             }
@@ -331,7 +349,7 @@ impl Cluster {
 fn no_message_leaves_before_the_flush_it_depends_on() {
     let mut c = Cluster::new();
     c.run_until("leader with acknowledged appends", |c| {
-        c.members[0].node.role() == metalraft_core::Role::Leader
+        c.members[0].replica.role() == metalraft_core::Role::Leader
             && [2, 3]
                 .iter()
                 .all(|&p| c.count(p, Kind::AppendEntriesResponse, 2) > 0)
@@ -386,8 +404,71 @@ fn a_failed_flush_is_never_acknowledged() {
         Some(PumpError::Store(StoreError::Disk(DiskError::Io)))
     );
     assert_eq!(
-        c.members[0].node.term(),
+        c.members[0].replica.term(),
         2,
         "the term was taken, just never made durable"
     );
+}
+
+/// Puts `key` on node 1 (the leader) and runs until it is applied there.
+fn put(c: &mut Cluster, req_id: u64, key: &str) {
+    let cmd = Command::Put(PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        ..PutRequest::default()
+    });
+    let index = c
+        .member(1)
+        .replica
+        .propose(req_id, &cmd.encode())
+        .expect("leader accepts");
+    c.run_until("the put applied on the leader", |c| {
+        c.members[0].replica.applied_index() >= index
+    });
+}
+
+/// The snapshot paths through the pump: node 3 is cut off while the others
+/// commit past several snapshot thresholds, take snapshots and compact
+/// their logs; back, it can only catch up through the leader's snapshot,
+/// which its replica reassembles and its pump writes whole into a slot.
+/// Its state then matches the leader's, and survives a power failure: the
+/// durable image recovers that snapshot. No message leaves early meanwhile.
+#[test]
+fn snapshots_are_taken_and_installed_through_the_pump() {
+    const THRESHOLD: u64 = 8;
+    let mut c = Cluster::with_snapshots_every(THRESHOLD);
+    c.run_until("a leader", |c| {
+        c.members[0].replica.role() == metalraft_core::Role::Leader
+    });
+    c.isolated = Some(3);
+    for i in 0..4 * THRESHOLD {
+        put(&mut c, i + 1, &format!("k{i}"));
+    }
+    let leader_snapshot = c.members[0].replica.storage().snapshot_index();
+    assert!(
+        leader_snapshot >= 3 * THRESHOLD,
+        "the leader compacted: {leader_snapshot}"
+    );
+    assert_eq!(c.members[2].replica.storage().snapshot_index(), 0);
+
+    c.isolated = None;
+    c.run_until("node 3 to catch up", |c| {
+        c.members[2].replica.applied_index() == c.members[0].replica.applied_index()
+    });
+    c.assert_no_violation();
+    let follower = &c.members[2].replica;
+    assert_eq!(follower.stats().snapshots_installed, 1);
+    assert!(follower.storage().snapshot_index() >= leader_snapshot);
+    assert_eq!(
+        follower.state_machine().hash(),
+        c.members[0].replica.state_machine().hash()
+    );
+
+    let image = c.members[2].disk.0.borrow().durable.clone();
+    let (log, _, data) = DiskLog::open(ModelDisk::new(image), &MEMBERS).expect("recovers");
+    let kv = KvStore::restore(&data.expect("a durable snapshot")).expect("restores");
+    assert_eq!(kv.applied_index(), log.snapshot_index());
+    assert!(kv.applied_index() >= leader_snapshot);
+    let first = kv.range(&RangeRequest::single(b"k0")).expect("range");
+    assert_eq!(first.kvs.len(), 1, "the snapshot holds the first put");
 }

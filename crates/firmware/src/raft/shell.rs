@@ -1,0 +1,504 @@
+//! The node's I/O shell around [`metalraft_replica::Replica`]: it decodes
+//! datagrams, keeps which client waits for which request, carries out the
+//! replica's outputs in the order of the store's [`Pump`], and reports
+//! status. Every decision — which client an applied entry answers, when a
+//! read may be served, when to snapshot, how an incoming snapshot is
+//! reassembled — is the replica's. No I/O here beyond the synchronous disk:
+//! inputs are datagrams and ticks, outputs go to an [`Outbox`] that the task
+//! sends.
+
+use alloc::vec::Vec;
+
+use embassy_net::IpEndpoint;
+use metalraft_core::Role as CoreRole;
+use metalraft_fw_proto::client::{
+    self, DroppedDatagrams, ErrorCode, Op, Reply, Request, Response, Status,
+};
+use metalraft_fw_proto::config::NodeConfig;
+use metalraft_fw_proto::disk::MAX_SNAPSHOT_BYTES;
+use metalraft_kv::{Command, CommandResult, DeleteRangeRequest, KvStore, PutRequest, RangeRequest};
+use metalraft_replica::{
+    Completion, Config, Event, KvEvent, Outcome, ProposeError, ReadError, ReqId, RequestFailure,
+    StateMachine,
+};
+
+use super::limits::*;
+use super::wire::{self, WireError};
+use crate::platform::heap;
+use crate::storage::{
+    DiskLog, DiskReplica, Pump, PumpError, Recovered, SnapshotSaved, MAX_LOG_ENTRIES,
+};
+
+/// Datagrams to send.
+#[derive(Default)]
+pub struct Outbox {
+    /// Raft messages: (peer id, message).
+    pub peers: Vec<(u8, metalraft_core::Message<Vec<u8>>)>,
+    /// Client responses.
+    pub clients: Vec<(IpEndpoint, Response)>,
+}
+
+/// Why a datagram on the Raft port never reached the replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerDrop {
+    /// Larger than the receive buffer: the socket cut it.
+    Truncated,
+    /// Not from a LAN address's Raft port.
+    ForeignSource,
+    /// Refused by the wire decoder.
+    Wire(WireError),
+}
+
+impl PeerDrop {
+    /// The cause, as the status reports it.
+    fn cause(self) -> &'static str {
+        match self {
+            PeerDrop::Truncated => "truncated",
+            PeerDrop::ForeignSource => "not from a member's Raft port",
+            PeerDrop::Wire(WireError::Empty) => "empty",
+            PeerDrop::Wire(WireError::UnknownVersion(_)) => "unknown version",
+            PeerDrop::Wire(WireError::Malformed | WireError::TooLarge) => "malformed",
+            PeerDrop::Wire(WireError::WrongRecipient) => "for another node",
+            PeerDrop::Wire(WireError::WrongSender) => "sender is not who it claims",
+        }
+    }
+}
+
+/// Why the shell could not be built.
+#[derive(Debug)]
+pub enum ShellError {
+    /// The replica refused the configuration.
+    Config(metalraft_replica::ConfigError),
+    /// The stored snapshot does not restore.
+    Snapshot,
+}
+
+impl core::fmt::Display for ShellError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ShellError::Config(e) => write!(f, "raft config: {e}"),
+            ShellError::Snapshot => f.write_str("stored snapshot does not restore"),
+        }
+    }
+}
+
+/// A client waiting for the completion of request `req_id`.
+#[derive(Clone, Copy)]
+struct Waiter {
+    req_id: ReqId,
+    client: IpEndpoint,
+    /// The client's own request id, echoed in the response.
+    id: u64,
+}
+
+/// Which client waits for which request: a fixed table with one slot per
+/// request the replica admits (`max_pending_proposals` + `max_pending_reads`),
+/// so it never fills before the replica refuses. Request ids are the
+/// shell's own counter: client ids are only unique per client.
+struct Waiters {
+    slots: [Option<Waiter>; MAX_WAITERS],
+    next: ReqId,
+}
+
+impl Waiters {
+    const fn new() -> Waiters {
+        Waiters {
+            slots: [None; MAX_WAITERS],
+            next: 1,
+        }
+    }
+
+    /// The id the next request gets if the replica accepts it.
+    fn next_id(&self) -> ReqId {
+        self.next
+    }
+
+    /// Records the client of the accepted request [`Waiters::next_id`].
+    fn insert(&mut self, client: IpEndpoint, id: u64) {
+        let req_id = self.next;
+        self.next += 1;
+        let free = self.slots.iter_mut().find(|s| s.is_none());
+        // The replica admits at most MAX_WAITERS requests at a time.
+        let free = free.expect("a free waiter slot for every request the replica admits");
+        *free = Some(Waiter { req_id, client, id });
+    }
+
+    fn remove(&mut self, req_id: ReqId) -> Option<Waiter> {
+        self.slots
+            .iter_mut()
+            .find(|s| s.is_some_and(|w| w.req_id == req_id))
+            .and_then(Option::take)
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Waiter> + '_ {
+        self.slots.iter_mut().filter_map(Option::take)
+    }
+}
+
+fn replica_config(cfg: &NodeConfig) -> Config {
+    let mut c = Config::new(u64::from(cfg.node_id));
+    let core = &mut c.core;
+    core.heartbeat_interval_ticks = u32::from(cfg.heartbeat_ticks);
+    core.election_timeout_ticks_min = u32::from(cfg.election_ticks_min);
+    core.election_timeout_ticks_max = u32::from(cfg.election_ticks_max);
+    core.rng_seed = cfg.rng_seed;
+    core.pre_vote = true;
+    core.check_quorum = true;
+    core.max_entries_per_msg = MAX_ENTRIES_PER_APPEND;
+    core.max_bytes_per_msg = MAX_APPEND_BYTES;
+    core.max_inflight_msgs = MAX_INFLIGHT_MSGS;
+    core.max_inflight_bytes = MAX_INFLIGHT_BYTES;
+    core.max_uncommitted_bytes = MAX_UNCOMMITTED_BYTES;
+    core.max_apply_bytes = MAX_APPLY_BYTES;
+    core.max_pending_reads = MAX_CORE_PENDING_READS;
+    core.max_snapshot_chunk_bytes = MAX_APPEND_BYTES;
+    core.max_snapshot_chunks_inflight = 1;
+    c.snapshot_threshold_entries = u64::from(cfg.snapshot_threshold_entries);
+    // The disk log keeps no entries behind a snapshot (see `Pump::sync`).
+    c.snapshot_catch_up_entries = 0;
+    c.max_snapshot_bytes = MAX_SNAPSHOT_BYTES as u64;
+    c.max_pending_proposals = MAX_PENDING_WRITES;
+    c.max_pending_reads = MAX_PENDING_READS;
+    c.request_timeout_ticks = (REQUEST_TIMEOUT_MS / u64::from(cfg.tick_ms)).max(1);
+    c.emit_apply_events = false;
+    c
+}
+
+fn role(r: CoreRole) -> client::Role {
+    match r {
+        CoreRole::Follower => client::Role::Follower,
+        CoreRole::PreCandidate => client::Role::PreCandidate,
+        CoreRole::Candidate => client::Role::Candidate,
+        CoreRole::Leader => client::Role::Leader,
+    }
+}
+
+/// A finished request of the kv replica.
+type KvCompletion =
+    Completion<<KvStore as StateMachine>::Output, <KvStore as StateMachine>::ReadOutput>;
+/// How it finished.
+type KvOutcome = Outcome<<KvStore as StateMachine>::Output, <KvStore as StateMachine>::ReadOutput>;
+
+fn lan_id(id: Option<u64>) -> Option<u8> {
+    id.and_then(|l| u8::try_from(l).ok())
+}
+
+/// The client's answer to a finished request.
+fn reply(outcome: KvOutcome) -> Reply {
+    match outcome {
+        Outcome::Applied {
+            output: Ok(CommandResult::Put(p)),
+            ..
+        } => Reply::Put {
+            revision: p.header.revision,
+        },
+        Outcome::Applied {
+            output: Ok(CommandResult::DeleteRange(d)),
+            ..
+        } => Reply::Delete {
+            deleted: d.deleted,
+            revision: d.header.revision,
+        },
+        Outcome::Applied { .. } | Outcome::ConfChanged { .. } => Reply::Error(ErrorCode::Rejected),
+        Outcome::Read {
+            output: Ok(resp), ..
+        } => Reply::Get {
+            value: resp.kvs.into_iter().next().map(|kv| kv.value),
+            revision: resp.header.revision,
+        },
+        Outcome::Read { output: Err(_), .. } => Reply::Error(ErrorCode::BadRequest),
+        Outcome::Failed(why) => Reply::Error(match why {
+            RequestFailure::Superseded { .. } => ErrorCode::Superseded,
+            RequestFailure::Read(_) | RequestFailure::TimedOut => ErrorCode::ReadFailed,
+            RequestFailure::Stopped => ErrorCode::StorageFailed,
+            // Unknown, and any failure added later: the write may have applied.
+            _ => ErrorCode::LeadershipLost,
+        }),
+    }
+}
+
+/// One node: the replica over the disk log, and the clients waiting on it.
+pub struct Shell {
+    core: DiskReplica,
+    me: u8,
+    members: Vec<u8>,
+    waiters: Waiters,
+    dropped: DroppedDatagrams,
+    bad_requests: u64,
+    recovered: Recovered,
+    first_leader_ms: Option<u64>,
+    failed: Option<PumpError>,
+    /// The order in which an output is carried out; holds the batch taken
+    /// from the last one until it is durable.
+    pump: Pump,
+}
+
+impl Shell {
+    /// Builds the node over a recovered log: the store is restored from the
+    /// snapshot, if any, and the replica applies the committed entries after
+    /// it.
+    pub fn new(
+        cfg: &NodeConfig,
+        log: DiskLog,
+        recovered: Recovered,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<Shell, ShellError> {
+        let kv = match snapshot {
+            Some(data) => KvStore::restore(&data).map_err(|_| ShellError::Snapshot)?,
+            None => KvStore::new(),
+        };
+        let core = DiskReplica::new(replica_config(cfg), log, kv).map_err(ShellError::Config)?;
+        Ok(Shell {
+            core,
+            me: cfg.node_id,
+            members: cfg.members.clone(),
+            waiters: Waiters::new(),
+            dropped: DroppedDatagrams::default(),
+            bad_requests: 0,
+            recovered,
+            first_leader_ms: None,
+            failed: None,
+            pump: Pump::new(),
+        })
+    }
+
+    /// One Raft tick.
+    pub fn tick(&mut self) {
+        if self.failed.is_none() {
+            // A failure also comes out of the next poll, which stops the node.
+            if let Err(e) = self.core.tick() {
+                error!("tick: {}", e);
+            }
+        }
+    }
+
+    /// A datagram on the Raft port from LAN id `source`.
+    pub fn on_peer_datagram(&mut self, bytes: &[u8], source: u8) {
+        if self.failed.is_some() {
+            return;
+        }
+        match wire::decode(bytes, u64::from(self.me), source, &self.members) {
+            // Stale or unexpected messages are normal; the core counts them.
+            Ok(msg) => {
+                let _ = self.core.step(msg);
+            }
+            Err(e) => self.drop_peer_datagram(PeerDrop::Wire(e), source),
+        }
+    }
+
+    /// A datagram on the Raft port that never reached the decoder (or was
+    /// refused by it), counted by cause.
+    pub fn drop_peer_datagram(&mut self, why: PeerDrop, source: u8) {
+        let d = &mut self.dropped;
+        let counter = match why {
+            PeerDrop::Truncated => &mut d.truncated,
+            PeerDrop::ForeignSource => &mut d.foreign_source,
+            PeerDrop::Wire(WireError::Empty) => &mut d.empty,
+            PeerDrop::Wire(WireError::UnknownVersion(_)) => &mut d.unknown_version,
+            PeerDrop::Wire(WireError::Malformed | WireError::TooLarge) => &mut d.malformed,
+            PeerDrop::Wire(WireError::WrongRecipient) => &mut d.wrong_recipient,
+            PeerDrop::Wire(WireError::WrongSender) => &mut d.wrong_sender,
+        };
+        *counter += 1;
+        if counter.is_power_of_two() {
+            warn!(
+                "peer datagram from {} dropped: {} ({} so far)",
+                source,
+                why.cause(),
+                counter
+            );
+        }
+    }
+
+    /// A client datagram the socket cut (larger than its buffer): there is
+    /// no request id to answer.
+    pub fn drop_client_datagram(&mut self) {
+        self.bad_requests += 1;
+    }
+
+    /// A datagram on the client port.
+    pub fn on_client_datagram(&mut self, bytes: &[u8], client: IpEndpoint, out: &mut Outbox) {
+        let Ok(Request { id, op }) = Request::decode(bytes) else {
+            self.bad_requests += 1;
+            self.respond(out, client, 0, Reply::Error(ErrorCode::BadRequest));
+            return;
+        };
+        if self.failed.is_some() && op != Op::Status {
+            self.respond(out, client, id, Reply::Error(ErrorCode::StorageFailed));
+            return;
+        }
+        let cmd = match op {
+            Op::Status => {
+                let s = self.status();
+                return self.respond(out, client, id, Reply::Status(s));
+            }
+            Op::Get { key } => return self.read(key, client, id, out),
+            Op::Put { key, value } => Command::Put(PutRequest {
+                key,
+                value,
+                ..PutRequest::default()
+            }),
+            Op::Delete { key } => Command::DeleteRange(DeleteRangeRequest {
+                key,
+                ..DeleteRangeRequest::default()
+            }),
+        };
+        self.propose(&cmd, client, id, out);
+    }
+
+    fn respond(&self, out: &mut Outbox, client: IpEndpoint, id: u64, reply: Reply) {
+        let node = self.me;
+        out.clients.push((client, Response { id, node, reply }));
+    }
+
+    fn propose(&mut self, cmd: &Command, client: IpEndpoint, id: u64, out: &mut Outbox) {
+        // The disk log's bound, not the replica's: entries proposed now must
+        // fit after those already waiting.
+        let log_full = self.core.storage().last() as usize + self.core.pending_proposals()
+            >= MAX_LOG_ENTRIES - 1;
+        if log_full && self.core.role() == CoreRole::Leader {
+            return self.respond(out, client, id, Reply::Error(ErrorCode::LogFull));
+        }
+        let req_id = self.waiters.next_id();
+        let reply = match self.core.propose(req_id, &cmd.encode()) {
+            Ok(_) => return self.waiters.insert(client, id),
+            Err(ProposeError::NotLeader { leader }) => Reply::NotLeader {
+                leader: lan_id(leader),
+            },
+            Err(ProposeError::Stopped) => Reply::Error(ErrorCode::StorageFailed),
+            Err(_) => Reply::Error(ErrorCode::Busy),
+        };
+        self.respond(out, client, id, reply);
+    }
+
+    fn read(&mut self, key: Vec<u8>, client: IpEndpoint, id: u64, out: &mut Outbox) {
+        let req_id = self.waiters.next_id();
+        let code = match self.core.read(req_id, RangeRequest::single(&key)) {
+            Ok(()) => return self.waiters.insert(client, id),
+            Err(ReadError::TooManyPending) => ErrorCode::Busy,
+            Err(ReadError::Stopped) => ErrorCode::StorageFailed,
+            Err(_) => ErrorCode::ReadFailed,
+        };
+        self.respond(out, client, id, Reply::Error(code));
+    }
+
+    fn complete(&mut self, c: KvCompletion, out: &mut Outbox) {
+        if let Some(w) = self.waiters.remove(c.req_id) {
+            self.respond(out, w.client, w.id, reply(c.outcome));
+        }
+    }
+
+    /// The node stops serving: every waiting client is told.
+    fn stop(&mut self, e: PumpError, out: &mut Outbox) {
+        error!("{}; node stops serving", e);
+        self.failed = Some(e);
+        let me = self.me;
+        for w in self.waiters.drain() {
+            out.clients.push((
+                w.client,
+                Response {
+                    id: w.id,
+                    node: me,
+                    reply: Reply::Error(ErrorCode::StorageFailed),
+                },
+            ));
+        }
+    }
+
+    /// Takes the replica's next output, if there is one (see [`Pump::poll`]):
+    /// its messages go to `out` (they may leave before our own write is
+    /// durable: the core holds back every message that depends on it), its
+    /// completions become client responses, its batch and snapshot are kept
+    /// for [`Shell::sync`]. Returns whether there was one.
+    pub fn poll(&mut self, out: &mut Outbox) -> bool {
+        if self.failed.is_some() {
+            return false;
+        }
+        let Some(o) = self.pump.poll(&mut self.core) else {
+            return false;
+        };
+        for e in o.events {
+            self.on_event(e);
+        }
+        for m in o.messages {
+            if let Ok(to) = u8::try_from(m.to) {
+                out.peers.push((to, m));
+            }
+        }
+        for c in o.completions {
+            self.complete(c, out);
+        }
+        if let Some(e) = o.failure {
+            self.stop(PumpError::Replica(e), out);
+        }
+        true
+    }
+
+    fn on_event(&mut self, e: Event<KvEvent>) {
+        match e {
+            Event::Role(ss) => {
+                info!("role {:?} term {} leader {:?}", ss.role, ss.term, ss.leader);
+                if ss.leader.is_some() && self.first_leader_ms.is_none() {
+                    self.first_leader_ms = Some(embassy_time::Instant::now().as_millis());
+                }
+            }
+            Event::SnapshotInstalled { index, .. } => {
+                info!("installing the leader's snapshot at index {}", index)
+            }
+            // Apply events are off; membership is the config block's.
+            Event::Applied { .. } | Event::Membership(_) => {}
+        }
+    }
+
+    /// Carries out the kept batch (write + flush) and acknowledges it,
+    /// which releases the messages that promised it, then stores the kept
+    /// snapshot (see [`Pump::sync`]). A storage failure stops the node
+    /// without acknowledging.
+    pub fn sync(&mut self, out: &mut Outbox) {
+        match self.pump.sync(&mut self.core) {
+            Ok(done) => match done.snapshot {
+                Some(SnapshotSaved::Stored { index, bytes }) => {
+                    info!(
+                        "snapshot at index {} ({} bytes), log compacted",
+                        index, bytes
+                    )
+                }
+                Some(SnapshotSaved::TooLarge { bytes }) => warn!(
+                    "state machine ({} bytes) too large to snapshot; the log keeps growing",
+                    bytes
+                ),
+                Some(SnapshotSaved::Covered) | None => {}
+            },
+            Err(e) => self.stop(e, out),
+        }
+    }
+
+    /// This node's status.
+    pub fn status(&self) -> Status {
+        let kv = self.core.state_machine();
+        let log = self.core.storage();
+        Status {
+            node: self.me,
+            role: role(self.core.role()),
+            term: self.core.term(),
+            leader: lan_id(self.core.leader()),
+            commit: self.core.node().commit_index(),
+            applied: kv.applied_index(),
+            last_index: log.last(),
+            snapshot_index: log.snapshot_index(),
+            snapshots_installed: self.core.stats().snapshots_installed,
+            keys: kv.len() as u64,
+            revision: kv.revision(),
+            uptime_ms: embassy_time::Instant::now().as_millis(),
+            first_leader_ms: self.first_leader_ms,
+            heap_used: heap::used() as u64,
+            heap_high_water: heap::high_water() as u64,
+            heap_size: heap::HEAP_BYTES as u64,
+            bad_datagrams: self.dropped.total(),
+            dropped: self.dropped,
+            bad_requests: self.bad_requests,
+            recovered_torn_records: self.recovered.torn_records,
+            boots: log.boots(),
+        }
+    }
+}
