@@ -99,6 +99,7 @@ impl SwarmSummary {
         s.conf_changes += t.conf_changes;
         s.fsyncs += t.fsyncs;
         s.leader_terms += t.leader_terms;
+        s.targeted += t.targeted;
         for i in 0..4 {
             self.ops[i] += r.ops[i];
         }
