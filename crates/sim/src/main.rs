@@ -171,6 +171,7 @@ fn swarm(args: &[String]) -> Result<bool, CliError> {
         jobs,
         time_limit,
         knobs,
+        sabotage: Default::default(),
     };
     let mut last_print = Duration::ZERO;
     let tty = std::io::stderr().is_terminal();

@@ -15,7 +15,10 @@ use crate::checkers::{
     ElectionChecker, LeaderCompletenessChecker, LinearizabilityReport, LivenessSnapshot,
     LogEntrySummary, NodeProgress, StateMachineChecker, Violation,
 };
-use crate::config::{ReadPath, SimConfig, Time, CLIENT_ATTEMPTS_MAX, EVENTS_MAX, TICK_US_NOMINAL};
+use crate::config::{
+    ReadPath, SimConfig, Time, CLIENT_ATTEMPTS_MAX, EVENTS_MAX, EVENTS_PER_NODE_TICK_MAX,
+    EVENTS_SLACK, TICK_US_NOMINAL,
+};
 use crate::disk::Disk;
 use crate::history::{ClientId, History, KeyId, OpId, OpKind, OpOutput, Outcome};
 use crate::network::{Network, Route};
@@ -49,6 +52,13 @@ pub enum Sabotage {
     /// Reads are answered from the receiving node's local state machine
     /// without going through the log.
     LocalReads,
+    /// The run panics at its start (for testing the swarm's handling of
+    /// panics).
+    Panic,
+    /// Every delivered message is delivered again a microsecond later, and
+    /// again, forever: traffic grows without bound and nothing finishes (a
+    /// livelock, for testing that runs fail fast).
+    Storm,
 }
 
 /// What to record besides the fingerprint.
@@ -383,6 +393,11 @@ impl Simulation {
 
 impl Simulation {
     fn run_inner(&mut self) -> Result<LinearizabilityReport, Violation> {
+        assert!(
+            self.opts.sabotage != Sabotage::Panic,
+            "sabotage: a deliberate panic in seed {}",
+            self.cfg.seed
+        );
         self.trace
             .record(0, Actor::Sim, TraceKind::Phase, 0, 0, || {
                 "safety phase".into()
@@ -400,10 +415,8 @@ impl Simulation {
         while let Some(Reverse(s)) = self.queue.pop() {
             self.now = s.time;
             self.stats.events += 1;
-            if self.stats.events > EVENTS_MAX {
-                return Err(Violation::Liveness {
-                    what: format!("event cap {EVENTS_MAX} reached"),
-                });
+            if let Some(v) = self.event_cap_reached() {
+                return Err(v);
             }
             if let Err(v) = self.handle(s.event) {
                 if matches!(v, Violation::Liveness { .. }) {
@@ -419,6 +432,24 @@ impl Simulation {
         }
         Err(Violation::Liveness {
             what: "event queue ran dry".into(),
+        })
+    }
+
+    /// A livelock verdict once the run has processed far more events than
+    /// a healthy cluster does in its virtual time, or `EVENTS_MAX`.
+    fn event_cap_reached(&self) -> Option<Violation> {
+        let events = self.stats.events;
+        let ticks = self.now / TICK_US_NOMINAL;
+        let rate_cap = EVENTS_PER_NODE_TICK_MAX * self.replicas.len() as u64 * ticks + EVENTS_SLACK;
+        if events <= rate_cap.min(EVENTS_MAX) {
+            return None;
+        }
+        Some(Violation::Liveness {
+            what: format!(
+                "livelock: {events} events in {ticks} ticks (cap {} per node and tick, {EVENTS_MAX} in all): \
+                 the cluster keeps working without finishing",
+                EVENTS_PER_NODE_TICK_MAX
+            ),
         })
     }
 
@@ -517,6 +548,9 @@ impl Simulation {
             return Ok(());
         }
         self.net.heard_from(m.to, m.from, from_inc);
+        if self.opts.sabotage == Sabotage::Storm {
+            self.at(self.now + 1, Event::Deliver(m.clone(), to_inc, from_inc));
+        }
         self.stats.deliveries += 1;
         let (from, to, term, kind) = (m.from, m.to, m.term, m.body.kind());
         self.trace.record(

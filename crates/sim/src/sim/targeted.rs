@@ -29,7 +29,7 @@ pub(super) const POWER_BLIP_DOWN_US_MAX: Time = 2 * TICK_US_NOMINAL;
 pub(super) const RECOVERY_ELECTION_TIMEOUTS: u64 = 4;
 /// Chance (ppm) that a new leader starts a term-churn burst, when none is
 /// running.
-pub(super) const CHURN_BURST_PPM: u32 = 250_000;
+pub(super) const CHURN_BURST_PPM: u32 = 500_000;
 
 /// A targeted fault, scheduled by a hook.
 #[derive(Debug)]
@@ -49,6 +49,8 @@ pub(super) enum Action {
     Isolate { node: usize, inc: u32 },
     /// Undo an isolation.
     Heal,
+    /// Undo a lossy path for AppendEntries.
+    EndDeaf,
     /// Ask `node`, if still leader, to hand over to `to`.
     Transfer { node: usize, to: NodeId },
 }
@@ -191,7 +193,7 @@ impl Simulation {
                     self.trace
                         .record(self.now, Actor::Sim, TraceKind::Partition, 3, 0, || text);
                     self.targeted.deaf = Some((id, deaf));
-                    self.at(crash_at + 1, Event::Targeted(Action::Heal));
+                    self.at(crash_at + 1, Event::Targeted(Action::EndDeaf));
                 }
             }
             Schedule::TermChurn {
@@ -203,13 +205,51 @@ impl Simulation {
                 }
                 if self.targeted.churn_left > 0 {
                     self.targeted.churn_left -= 1;
-                    let d = self.rng_sched.range(0, delay_us_max + 1);
-                    self.crash_at(node, self.now + d, "term churn");
+                    self.churn(node, delay_us_max);
                 }
             }
             Schedule::ReadBeforeNoop => self.clients_to(node),
             _ => {}
         }
+    }
+
+    /// Strikes a new leader in a term-churn burst. Either it is cut off at
+    /// once, before its first AppendEntries leave, so that its entries of
+    /// the term stay on its own log (Figure 8's S5); or its AppendEntries
+    /// reach only some followers and it crashes soon after, leaving its
+    /// entries partially replicated (Figure 8's S1).
+    fn churn(&mut self, node: usize, delay_us_max: Time) {
+        let n = self.replicas.len();
+        let id = self.replicas[node].id;
+        let others: Vec<NodeId> = (1..=n as NodeId).filter(|&x| x != id).collect();
+        if others.is_empty() {
+            return;
+        }
+        if self.rng_sched.range(0, 3) == 0 {
+            self.targeted.fired += 1;
+            self.install_partition(Partition::Symmetric {
+                a: vec![id],
+                b: others,
+            });
+            let back = (1 + self.rng_sched.range(0, ISOLATION_ELECTION_TIMEOUTS))
+                * u64::from(self.cfg.election_timeout_ticks_max)
+                * TICK_US_NOMINAL;
+            self.at(self.now + back, Event::Targeted(Action::Heal));
+            return;
+        }
+        let deaf: Vec<NodeId> = others
+            .into_iter()
+            .filter(|_| self.rng_sched.coin())
+            .collect();
+        let d = self.rng_sched.range(0, delay_us_max + 1);
+        if !deaf.is_empty() {
+            let text = format!("n{id}'s AppendEntries to {deaf:?} are lost");
+            self.trace
+                .record(self.now, Actor::Sim, TraceKind::Partition, 3, 0, || text);
+            self.targeted.deaf = Some((id, deaf));
+            self.at(self.now + d + 1, Event::Targeted(Action::EndDeaf));
+        }
+        self.crash_at(node, self.now + d, "term churn");
     }
 
     /// Every client turns to `node` at once (idle ones start an operation).
@@ -411,9 +451,11 @@ impl Simulation {
                 Ok(())
             }
             Action::Heal => {
-                if self.targeted.deaf.take().is_none() {
-                    self.heal();
-                }
+                self.heal();
+                Ok(())
+            }
+            Action::EndDeaf => {
+                self.targeted.deaf = None;
                 Ok(())
             }
             Action::Transfer { node, to } => {
