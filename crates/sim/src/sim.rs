@@ -708,16 +708,19 @@ impl Simulation {
                 self.at(done, Event::DiskDone { node, inc });
                 self.targeted_on_write(node, sync, done);
             }
-            let own_term = self.replicas[node]
+            // A leader's commits, of whatever term (a correct leader's
+            // first commit in a term includes an entry of that term).
+            let leader_term = self.replicas[node]
                 .live
                 .as_ref()
-                .filter(|l| l.node.role() == Role::Leader)
-                .map(|l| l.node.term())
-                .filter(|&t| committed.iter().any(|e| e.term == t));
+                .filter(|l| l.node.role() == Role::Leader && !committed.is_empty())
+                .map(|l| l.node.term());
             for e in committed {
                 self.apply(node, e)?;
             }
-            self.targeted_on_commit(node, own_term);
+            if let Some(term) = leader_term {
+                self.targeted_on_commit(node, term);
+            }
             self.on_read_states(node, read_states);
             self.serve_reads(node)?;
             self.maybe_snapshot(node)?;

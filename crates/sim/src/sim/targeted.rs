@@ -72,6 +72,8 @@ pub(super) struct TargetedState {
     /// Nodes whose latest crash reset their connections: messages sent to
     /// an earlier incarnation are lost.
     pub(super) conn_reset: BTreeSet<usize>,
+    /// Term-churn leaders (node, term) to crash at their first commit.
+    churn_commit: BTreeSet<(NodeId, Term)>,
     /// (node, term) whose first commit was already handled.
     first_commits: BTreeSet<(NodeId, Term)>,
     /// Targeted faults carried out.
@@ -148,7 +150,7 @@ impl Simulation {
     }
 
     /// Hook: `node` just became leader of `term`.
-    pub(super) fn targeted_on_leader(&mut self, node: usize, _term: Term) {
+    pub(super) fn targeted_on_leader(&mut self, node: usize, term: Term) {
         if !self.targeted_active() {
             return;
         }
@@ -205,7 +207,7 @@ impl Simulation {
                 }
                 if self.targeted.churn_left > 0 {
                     self.targeted.churn_left -= 1;
-                    self.churn(node, delay_us_max);
+                    self.churn(node, term, delay_us_max);
                 }
             }
             Schedule::ReadBeforeNoop => self.clients_to(node),
@@ -213,19 +215,28 @@ impl Simulation {
         }
     }
 
-    /// Strikes a new leader in a term-churn burst. Either it is cut off at
-    /// once, before its first AppendEntries leave, so that its entries of
-    /// the term stay on its own log (Figure 8's S5); or its AppendEntries
-    /// reach only some followers and it crashes soon after, leaving its
-    /// entries partially replicated (Figure 8's S1).
-    fn churn(&mut self, node: usize, delay_us_max: Time) {
+    /// Strikes a new leader in a term-churn burst. It is cut off at once,
+    /// before its first AppendEntries leave, so that its entries of the
+    /// term stay on its own log (Figure 8's S5 in term 3); or its
+    /// AppendEntries reach only some followers and it crashes soon after,
+    /// leaving its entries partially replicated (S1 in term 2); or it loses
+    /// power right after its first commit, before its own entries are safe
+    /// (S1 in term 4).
+    fn churn(&mut self, node: usize, term: Term, delay_us_max: Time) {
         let n = self.replicas.len();
         let id = self.replicas[node].id;
         let others: Vec<NodeId> = (1..=n as NodeId).filter(|&x| x != id).collect();
         if others.is_empty() {
             return;
         }
-        if self.rng_sched.range(0, 3) == 0 {
+        let how = self.rng_sched.range(0, 3);
+        if how == 2 {
+            // Figure 8's S1 in term 4: it may commit, and then loses power
+            // at once (`targeted_on_commit`).
+            self.targeted.churn_commit.insert((id, term));
+            return;
+        }
+        if how == 0 {
             self.targeted.fired += 1;
             self.install_partition(Partition::Symmetric {
                 a: vec![id],
@@ -341,24 +352,31 @@ impl Simulation {
         }
     }
 
-    /// Hook: `node` committed entries; `own_term` if one of them is of
-    /// its current term while it leads.
-    pub(super) fn targeted_on_commit(&mut self, node: usize, own_term: Option<Term>) {
-        let (Some(term), true) = (own_term, self.targeted_active()) else {
-            return;
-        };
-        let Schedule::FirstCommit { partition } = self.cfg.schedule else {
-            return;
-        };
-        let id = self.replicas[node].id;
-        if !self.targeted.first_commits.insert((id, term)) {
+    /// Hook: leader `node` of `term` committed entries.
+    pub(super) fn targeted_on_commit(&mut self, node: usize, term: Term) {
+        if !self.targeted_active() {
             return;
         }
-        let inc = self.replicas[node].incarnation;
-        if partition {
-            self.at(self.now, Event::Targeted(Action::Isolate { node, inc }));
-        } else {
-            self.crash_at(node, self.now, "first commit of the term");
+        let id = self.replicas[node].id;
+        match self.cfg.schedule {
+            Schedule::FirstCommit { partition } => {
+                if !self.targeted.first_commits.insert((id, term)) {
+                    return;
+                }
+                let inc = self.replicas[node].incarnation;
+                if partition {
+                    self.at(self.now, Event::Targeted(Action::Isolate { node, inc }));
+                } else {
+                    self.crash_at(node, self.now, "first commit of the term");
+                }
+            }
+            // Figure 8: a leader that has just committed (entries of an
+            // earlier term, perhaps) loses power before its own entries
+            // are safe.
+            Schedule::TermChurn { .. } if self.targeted.churn_commit.remove(&(id, term)) => {
+                self.power_loss_at(node, self.now, "term churn: first commit of the term");
+            }
+            _ => {}
         }
     }
 
