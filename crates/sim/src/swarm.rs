@@ -133,7 +133,7 @@ impl SwarmSummary {
         format!(
             "seeds: {} ({} failed) in {:.1}s with {} jobs\n\
              simulated: {} node ticks ({:.0}/s), {} message deliveries ({:.0}/s wall, {} per CPU-second), {} events\n\
-             faults injected: {} (crashes {} of which torn {}, partitions {}, pauses {}, leader transfers {}, membership changes {}), {} messages lost\n\
+             faults injected: {} (crashes {} of which torn {}, partitions {}, pauses {}, leader transfers {}, membership changes {}; {} of them targeted), {} messages lost\n\
              operations: {} ok, {} failed, {} unknown, {} pending; {} checked for linearizability, {} inconclusive keys\n\
              fingerprint: {:016x}",
             self.seeds,
@@ -153,6 +153,7 @@ impl SwarmSummary {
             s.pauses,
             s.transfers,
             s.conf_changes,
+            s.targeted,
             s.lost,
             self.ops[0],
             self.ops[1],

@@ -207,7 +207,10 @@ impl Simulation {
                 }
                 if self.targeted.churn_left > 0 {
                     self.targeted.churn_left -= 1;
-                    self.churn(node, term, delay_us_max);
+                    // Figure 8's order: partial replication, a leader whose
+                    // entries stay on its own log, a commit cut short.
+                    let how = (rounds - 1 - self.targeted.churn_left) % 3;
+                    self.churn(node, term, how, delay_us_max);
                 }
             }
             Schedule::ReadBeforeNoop => self.clients_to(node),
@@ -215,28 +218,27 @@ impl Simulation {
         }
     }
 
-    /// Strikes a new leader in a term-churn burst. It is cut off at once,
-    /// before its first AppendEntries leave, so that its entries of the
-    /// term stay on its own log (Figure 8's S5 in term 3); or its
-    /// AppendEntries reach only some followers and it crashes soon after,
-    /// leaving its entries partially replicated (S1 in term 2); or it loses
-    /// power right after its first commit, before its own entries are safe
-    /// (S1 in term 4).
-    fn churn(&mut self, node: usize, term: Term, delay_us_max: Time) {
+    /// Strikes a new leader in a term-churn burst, in Figure 8's order
+    /// (`how`): 0, its AppendEntries reach only a minority of followers and
+    /// it crashes soon after, leaving its entries partially replicated (S1
+    /// in term 2); 1, it is cut off at once, before its first AppendEntries
+    /// leave, so that its entries of the term stay on its own log (S5 in
+    /// term 3); 2, it loses power right after its first commit, before its
+    /// own entries are safe (S1 in term 4).
+    fn churn(&mut self, node: usize, term: Term, how: u64, delay_us_max: Time) {
         let n = self.replicas.len();
         let id = self.replicas[node].id;
         let others: Vec<NodeId> = (1..=n as NodeId).filter(|&x| x != id).collect();
         if others.is_empty() {
             return;
         }
-        let how = self.rng_sched.range(0, 3);
         if how == 2 {
             // Figure 8's S1 in term 4: it may commit, and then loses power
             // at once (`targeted_on_commit`).
             self.targeted.churn_commit.insert((id, term));
             return;
         }
-        if how == 0 {
+        if how == 1 {
             self.targeted.fired += 1;
             self.install_partition(Partition::Symmetric {
                 a: vec![id],
@@ -248,10 +250,15 @@ impl Simulation {
             self.at(self.now + back, Event::Targeted(Action::Heal));
             return;
         }
-        let deaf: Vec<NodeId> = others
-            .into_iter()
-            .filter(|_| self.rng_sched.coin())
-            .collect();
+        // A minority of the followers (at least one) hears it.
+        let mut others = others;
+        let hearing_max = others.len().saturating_sub(n / 2).max(1);
+        let hearing = 1 + self.rng_sched.index(hearing_max);
+        for i in 0..hearing {
+            let j = i + self.rng_sched.index(others.len() - i);
+            others.swap(i, j);
+        }
+        let deaf = others.split_off(hearing.min(others.len()));
         let d = self.rng_sched.range(0, delay_us_max + 1);
         if !deaf.is_empty() {
             let text = format!("n{id}'s AppendEntries to {deaf:?} are lost");
