@@ -267,7 +267,9 @@ impl Simulation {
             self.targeted.deaf = Some((id, deaf));
             self.at(self.now + d + 1, Event::Targeted(Action::EndDeaf));
         }
-        self.crash_at(node, self.now + d, "term churn");
+        // A power loss: what it has not synced is gone, so it may vote for
+        // a follower that never heard of those entries.
+        self.power_loss_at(node, self.now + d, "term churn");
     }
 
     /// Every client turns to `node` at once (idle ones start an operation).
