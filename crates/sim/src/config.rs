@@ -5,6 +5,7 @@
 //! bound of the simulator is a named constant below or a field here.
 
 use crate::rng::Rng;
+use crate::schedule::Schedule;
 
 /// Virtual microseconds.
 pub type Time = u64;
@@ -39,8 +40,61 @@ pub const LIVENESS_BUDGET_TICKS_EXTRA: u64 = 200;
 /// Most attempts of one client operation after "not leader"/"busy" replies.
 pub const CLIENT_ATTEMPTS_MAX: u32 = 6;
 /// Hard cap on processed events per run: a run that reaches it is reported
-/// as an error (a livelock in the simulator itself), never silently cut.
-pub const EVENTS_MAX: u64 = 20_000_000;
+/// as a liveness failure, never silently cut. The busiest of 400 default
+/// seeds processed 354,000 events.
+pub const EVENTS_MAX: u64 = 5_000_000;
+/// Fail fast on a livelock (a broken core that keeps generating messages
+/// without progress): a run may process at most this many events per node
+/// and tick of virtual time so far ... (the busiest of 400 default seeds
+/// averaged 33)
+pub const EVENTS_PER_NODE_TICK_MAX: u64 = 500;
+/// ... plus this many.
+pub const EVENTS_SLACK: u64 = 100_000;
+
+/// The slowest fsync the disk model draws, tail included: slow disks are
+/// long enough that peers answer before a node's own write completes
+/// (several network round trips), but stay below the shortest liveness
+/// budget's catch-up assumptions.
+pub const FSYNC_US_CAP: Time = 30 * TICK_US_NOMINAL;
+/// A slow disk's typical fsync is up to this many worst-case network round
+/// trips ...
+pub const SLOW_DISK_ROUND_TRIPS_MAX: u64 = 4;
+/// ... and its heavy tail up to this many more.
+pub const DISK_TAIL_ROUND_TRIPS_MAX: u64 = 10;
+/// Most fsyncs (parts per million) that fall in a disk's heavy tail.
+pub const DISK_TAIL_PPM_MAX: u64 = 80_000;
+
+/// One node's fsync latency distribution: uniform in
+/// `fsync_us_min..fsync_us_max`, and with probability `tail_ppm` an extra
+/// uniform delay up to `tail_us_max` (a heavy tail: a write stalled behind
+/// garbage collection, a flush of the drive cache, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskProfile {
+    /// Lower bound of an fsync.
+    pub fsync_us_min: Time,
+    /// Upper bound of an fsync (exclusive), outside the tail.
+    pub fsync_us_max: Time,
+    /// Probability that an fsync falls in the tail.
+    pub tail_ppm: u32,
+    /// Largest extra delay of a tail fsync.
+    pub tail_us_max: Time,
+}
+
+impl DiskProfile {
+    /// Draws one fsync latency.
+    pub fn fsync_us(&self, rng: &mut Rng) -> Time {
+        let mut t = rng.range(self.fsync_us_min, self.fsync_us_max);
+        if self.tail_ppm > 0 && rng.chance_ppm(self.tail_ppm) {
+            t += rng.range(0, self.tail_us_max + 1);
+        }
+        t
+    }
+
+    /// The slowest fsync this profile can draw.
+    pub fn fsync_us_worst(&self) -> Time {
+        self.fsync_us_max + self.tail_us_max
+    }
+}
 
 /// Per-seed fault rates. All zero in a "calm" seed and in the liveness phase.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,6 +214,13 @@ pub struct SimConfig {
     pub fsync_us_min: Time,
     /// Upper bound of an fsync (exclusive).
     pub fsync_us_max: Time,
+    /// Per node fsync latency (index = id - 1), drawn around
+    /// `fsync_us_min..fsync_us_max`; on many seeds some or all disks are
+    /// slow, with a heavy tail (see [`SimConfig::draw_disks`]).
+    pub disks: Vec<DiskProfile>,
+    /// The targeted fault schedule of this seed, on top of the random
+    /// faults (see `schedule.rs`).
+    pub schedule: Schedule,
     /// Fault rates of the safety phase.
     pub faults: FaultConfig,
     /// Client workload.
@@ -206,6 +267,7 @@ impl SimConfig {
         if !knobs.membership {
             c.spares = 0;
             c.tick_us.truncate(c.voters);
+            c.disks.truncate(c.voters);
             c.faults.conf_change_weight = 0;
             c.faults.down_max = c.faults.down_max.min(c.voters);
         }
@@ -283,6 +345,19 @@ impl SimConfig {
             delete_weight: 1 + r.range(0, 2) as u32,
             cas_weight: 1 + r.range(0, 3) as u32,
         };
+        let fsync_us_min = 20 + r.range(0, 300);
+        let fsync_us_max = 400 + r.range(0, 3_000);
+        let safety_ticks = r.range(SAFETY_TICKS_MIN, SAFETY_TICKS_MAX);
+        // New draws come from streams of their own, so that the draws above
+        // (and what seeds were chosen for in tests) stay as they were.
+        let disks = Self::draw_disks(
+            &mut Rng::new(seed).fork(0xD15C),
+            voters + spares,
+            (fsync_us_min, fsync_us_max),
+            latency_us_max,
+            u64::from(election_timeout_ticks_min) * TICK_US_NOMINAL,
+        );
+        let schedule = Schedule::draw(&mut Rng::new(seed).fork(0x5C4E));
         let mut cfg = SimConfig {
             seed,
             voters,
@@ -301,11 +376,13 @@ impl SimConfig {
             max_snapshot_chunk_bytes: [64, 1024, 1 << 20][r.index(3)],
             latency_us_min,
             latency_us_max,
-            fsync_us_min: 20 + r.range(0, 300),
-            fsync_us_max: 400 + r.range(0, 3_000),
+            fsync_us_min,
+            fsync_us_max,
+            disks,
+            schedule,
             faults,
             workload,
-            safety_ticks: r.range(SAFETY_TICKS_MIN, SAFETY_TICKS_MAX),
+            safety_ticks,
             liveness_budget_ticks: LIVENESS_BUDGET_ELECTION_TIMEOUTS
                 * u64::from(election_timeout_ticks_max)
                 + LIVENESS_BUDGET_TICKS_EXTRA,
@@ -323,7 +400,16 @@ impl SimConfig {
     /// widened to twice that broadcast time, so that a round fails with
     /// roughly even odds at worst; the liveness budget follows.
     fn meet_election_timing(&mut self) {
-        let broadcast_us = self.fsync_us_max + self.latency_us_max;
+        // The slowest disk's usual fsync (its rare tail is left out: a
+        // round lost to it is retried).
+        let fsync_us_max = self
+            .disks
+            .iter()
+            .map(|d| d.fsync_us_max)
+            .chain([self.fsync_us_max])
+            .max()
+            .unwrap_or(self.fsync_us_max);
+        let broadcast_us = fsync_us_max + self.latency_us_max;
         let spread_ticks_min = (2 * broadcast_us).div_ceil(TICK_US_NOMINAL) as u32 + 1;
         let max = self.election_timeout_ticks_min + spread_ticks_min;
         if self.election_timeout_ticks_max < max {
@@ -331,6 +417,83 @@ impl SimConfig {
             self.liveness_budget_ticks =
                 LIVENESS_BUDGET_ELECTION_TIMEOUTS * u64::from(max) + LIVENESS_BUDGET_TICKS_EXTRA;
         }
+    }
+
+    /// Per node disks. A fifth of the seeds keep every disk fast (`fsync`
+    /// uniform in the seed's base range); the others make one node, a
+    /// random minority or every node slow: slower than any fast disk plus a
+    /// network round trip, a typical fsync of up to
+    /// [`SLOW_DISK_ROUND_TRIPS_MAX`] worst-case network round trips, so
+    /// that votes and acknowledgements from peers arrive while a node's own
+    /// write is still in flight (the window in which a crash loses what a
+    /// node has already told others), and a heavy tail of up to
+    /// [`DISK_TAIL_ROUND_TRIPS_MAX`] more round trips. A typical slow fsync
+    /// stays below half the minimum election timeout and every fsync below
+    /// the timeout (and [`FSYNC_US_CAP`]): with slower disks no election
+    /// could finish in time.
+    pub fn draw_disks(
+        r: &mut Rng,
+        nodes: usize,
+        (base_min, base_max): (Time, Time),
+        latency_us_max: Time,
+        election_timeout_us_min: Time,
+    ) -> Vec<DiskProfile> {
+        let rtt = 2 * latency_us_max;
+        // An election needs a vote round trip with an fsync on each side
+        // well within an election timeout, or no leader may ever win: no
+        // deployment runs disks that slow, so neither do we.
+        let typical_max = (election_timeout_us_min / 2).min(FSYNC_US_CAP / 2);
+        let worst = election_timeout_us_min.min(FSYNC_US_CAP);
+        let fast = DiskProfile {
+            fsync_us_min: base_min,
+            fsync_us_max: base_max,
+            tail_ppm: 0,
+            tail_us_max: 0,
+        };
+        // Which nodes are slow: none, one, a minority, or all.
+        let slow: Vec<bool> = match r.range(0, 5) {
+            0 => vec![false; nodes],
+            1 | 2 => {
+                let one = r.index(nodes);
+                (0..nodes).map(|i| i == one).collect()
+            }
+            3 => (0..nodes).map(|_| r.range(0, 3) == 0).collect(),
+            _ => vec![true; nodes],
+        };
+        slow.into_iter()
+            .map(|slow| {
+                if !slow {
+                    return fast;
+                }
+                // Slower than any fast disk plus a network round trip.
+                let max = typical_max.max(base_max + 2);
+                let min = (base_max + r.range(rtt / 2, 2 * rtt + 1))
+                    .min(max / 2)
+                    .max(base_min);
+                let max =
+                    (min + 1 + r.range(rtt / 2, SLOW_DISK_ROUND_TRIPS_MAX * rtt + 1)).min(max);
+                let min = min.min(max - 1);
+                let tail_ppm = r.range(0, DISK_TAIL_PPM_MAX + 1) as u32;
+                let tail_us_max = r
+                    .range(rtt, DISK_TAIL_ROUND_TRIPS_MAX * rtt + 1)
+                    .min(worst.saturating_sub(max));
+                DiskProfile {
+                    fsync_us_min: min,
+                    fsync_us_max: max,
+                    tail_ppm,
+                    tail_us_max,
+                }
+            })
+            .collect()
+    }
+
+    /// The slowest fsync of any node.
+    pub fn fsync_us_worst(&self) -> Time {
+        self.disks
+            .iter()
+            .map(DiskProfile::fsync_us_worst)
+            .max()
+            .unwrap_or(self.fsync_us_max)
     }
 
     /// Number of node slots: initial voters and spares.
@@ -361,7 +524,7 @@ impl SimConfig {
     pub fn summary(&self) -> String {
         format!(
             "seed={} voters={} spares={} conf_changes={} snapshot_every={} clients={} keys={} reads={:?} hb={} et={}..{} prevote={} checkquorum={} \
-             drop={}ppm dup={}ppm reorder={}ppm latency={}..{}us fsync={}..{}us safety={}ticks",
+             drop={}ppm dup={}ppm reorder={}ppm latency={}..{}us fsync={}..{}us disks={} schedule={} safety={}ticks",
             self.seed,
             self.voters,
             self.spares,
@@ -382,8 +545,38 @@ impl SimConfig {
             self.latency_us_max,
             self.fsync_us_min,
             self.fsync_us_max,
+            self.disks_summary(),
+            self.schedule,
             self.safety_ticks,
         )
+    }
+}
+
+impl SimConfig {
+    /// The disks in short: `fast`, or per slow node
+    /// `n<id>:<min>..<max>us+tail<ppm>ppm/<max>us`.
+    fn disks_summary(&self) -> String {
+        let slow: Vec<String> = self
+            .disks
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.fsync_us_min > self.fsync_us_max || d.tail_ppm > 0)
+            .map(|(i, d)| {
+                format!(
+                    "n{}:{}..{}us+tail{}ppm/{}us",
+                    i + 1,
+                    d.fsync_us_min,
+                    d.fsync_us_max,
+                    d.tail_ppm,
+                    d.tail_us_max
+                )
+            })
+            .collect();
+        if slow.is_empty() {
+            "fast".into()
+        } else {
+            slow.join(",")
+        }
     }
 }
 
@@ -400,6 +593,11 @@ mod tests {
             assert!((1..=VOTERS_MAX).contains(&c.voters));
             assert!(c.core_config(1, 0).validate().is_ok(), "seed {seed}");
             assert!(c.fsync_us_min < c.fsync_us_max);
+            assert_eq!(c.disks.len(), c.nodes());
+            for d in &c.disks {
+                assert!(d.fsync_us_min < d.fsync_us_max, "seed {seed}: {d:?}");
+                assert!(d.fsync_us_worst() <= FSYNC_US_CAP.max(c.fsync_us_max));
+            }
             assert!(c.workload.clients >= 1 && c.workload.keys >= 1);
             sizes[c.voters] += 1;
         }

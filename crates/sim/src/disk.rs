@@ -268,6 +268,14 @@ impl Disk {
         }
     }
 
+    /// When the oldest pending synced batch completes: until then nothing
+    /// more becomes durable, and a crash loses everything written since
+    /// the last fsync (the "power loss" window). `None` if no synced batch
+    /// is pending.
+    pub fn next_sync_at(&self) -> Option<Time> {
+        self.pending.iter().find(|p| p.must_sync).map(|p| p.done_at)
+    }
+
     /// Whether batches are waiting for completion.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()

@@ -41,6 +41,7 @@ pub mod network;
 pub mod payload;
 pub mod replica;
 pub mod rng;
+pub mod schedule;
 pub mod sim;
 pub mod swarm;
 pub mod timeline;

@@ -97,10 +97,10 @@ fn run(args: &[String]) -> Result<bool, CliError> {
     w(
         &mut out,
         &format!(
-            "stats: {} ticks, {} deliveries, {} lost, {} crashes ({} torn), {} partitions, {} pauses, {} transfers, {} membership changes, {} fsyncs, {} leader terms, {}us simulated\n\
+            "stats: {} ticks, {} deliveries, {} lost, {} crashes ({} torn), {} partitions, {} pauses, {} transfers, {} membership changes, {} targeted faults, {} fsyncs, {} leader terms, {}us simulated\n\
              ops: {ok} ok, {failed} failed, {unknown} unknown, {pending} pending\n\
              fingerprint: {:016x}\n",
-            s.ticks, s.deliveries, s.lost, s.crashes, s.torn_writes, s.partitions, s.pauses, s.transfers, s.conf_changes, s.fsyncs,
+            s.ticks, s.deliveries, s.lost, s.crashes, s.torn_writes, s.partitions, s.pauses, s.transfers, s.conf_changes, s.targeted, s.fsyncs,
             s.leader_terms, s.sim_time_us, r.fingerprint
         ),
     )?;
@@ -171,6 +171,7 @@ fn swarm(args: &[String]) -> Result<bool, CliError> {
         jobs,
         time_limit,
         knobs,
+        sabotage: Default::default(),
     };
     let mut last_print = Duration::ZERO;
     let tty = std::io::stderr().is_terminal();

@@ -2,6 +2,14 @@
 //! with its own latency distribution, plus drop, duplicate and reorder
 //! faults and partitions (symmetric, asymmetric, bridge). Partitions are
 //! applied when a message is sent; a message already in flight arrives.
+//!
+//! Connections: every node knows one incarnation of each peer (the one it
+//! last heard from) and sends to that one. A message that reaches a later
+//! incarnation travelled on a connection that died with the process it was
+//! meant for; whether it is lost is decided per crash (a power loss always
+//! resets connections; see `Simulation::lost_to_restart`). A lost one tells
+//! its sender, who reconnects to the current incarnation (as a TCP sender
+//! does after a reset).
 
 use std::fmt;
 
@@ -77,6 +85,9 @@ pub struct Network {
     blocked: Vec<bool>,
     faults: FaultConfig,
     partition: Option<Partition>,
+    /// Per ordered pair (from, to): the incarnation of `to` that `from`
+    /// last heard from.
+    known_inc: Vec<u32>,
 }
 
 impl Network {
@@ -99,6 +110,7 @@ impl Network {
             blocked: vec![false; n * n],
             faults: cfg.faults.clone(),
             partition: None,
+            known_inc: vec![0; n * n],
         }
     }
 
@@ -126,6 +138,19 @@ impl Network {
         let first = at(rng);
         let dup = rng.chance_ppm(self.faults.duplicate_ppm).then(|| at(rng));
         Route::Deliver(first, dup)
+    }
+
+    /// The incarnation of `to` that `from` sends to: the one it last heard
+    /// from.
+    pub fn known_incarnation(&self, from: NodeId, to: NodeId) -> u32 {
+        self.known_inc[self.slot(from, to)]
+    }
+
+    /// `at` received a message from incarnation `inc` of `from`: its
+    /// answers go there from now on.
+    pub fn heard_from(&mut self, at: NodeId, from: NodeId, inc: u32) {
+        let s = self.slot(at, from);
+        self.known_inc[s] = self.known_inc[s].max(inc);
     }
 
     /// Installs `p`, replacing any current partition.

@@ -16,7 +16,10 @@ use crate::checkers::{
     LinearizabilityReport, LivenessSnapshot, LogEntrySummary, NodeProgress, StateMachineChecker,
     StepDownChecker, Violation,
 };
-use crate::config::{ReadPath, SimConfig, Time, CLIENT_ATTEMPTS_MAX, EVENTS_MAX, TICK_US_NOMINAL};
+use crate::config::{
+    ReadPath, SimConfig, Time, CLIENT_ATTEMPTS_MAX, EVENTS_MAX, EVENTS_PER_NODE_TICK_MAX,
+    EVENTS_SLACK, TICK_US_NOMINAL,
+};
 use crate::disk::Disk;
 use crate::history::{ClientId, History, KeyId, OpId, OpKind, OpOutput, Outcome};
 use crate::network::{Network, Route};
@@ -26,6 +29,8 @@ use crate::rng::Rng;
 use crate::timeline::{NodeEvent, Timeline};
 use crate::trace::{Actor, Trace, TraceKind};
 use crate::workload::{self, ClientGen};
+
+mod targeted;
 
 /// A client waits this long before retrying when no leader is known.
 pub const NO_LEADER_BACKOFF_US: Time = TICK_US_NOMINAL;
@@ -48,6 +53,13 @@ pub enum Sabotage {
     /// Reads are answered from the receiving node's local state machine
     /// without going through the log.
     LocalReads,
+    /// The run panics at its start (for testing the swarm's handling of
+    /// panics).
+    Panic,
+    /// Every delivered message is delivered again a microsecond later, and
+    /// again, forever: traffic grows without bound and nothing finishes (a
+    /// livelock, for testing that runs fail fast).
+    Storm,
 }
 
 /// What to record besides the fingerprint.
@@ -92,6 +104,9 @@ pub struct RunStats {
     pub fsyncs: u64,
     /// Terms that had a leader.
     pub leader_terms: u64,
+    /// Targeted faults carried out (`schedule.rs`; also counted as
+    /// crashes, partitions or transfers).
+    pub targeted: u64,
 }
 
 impl RunStats {
@@ -136,7 +151,9 @@ enum Event {
         node: usize,
         inc: u32,
     },
-    Deliver(Message<SimPayload>),
+    /// A message, the receiver's incarnation it was sent to, and the
+    /// sender's incarnation.
+    Deliver(Message<SimPayload>, u32, u32),
     DiskDone {
         node: usize,
         inc: u32,
@@ -167,6 +184,7 @@ enum Event {
     },
     Liveness,
     Poll,
+    Targeted(targeted::Action),
 }
 
 struct Scheduled {
@@ -229,6 +247,8 @@ pub struct Simulation {
     rng_fault: Rng,
     rng_client: Rng,
     rng_disk: Rng,
+    rng_sched: Rng,
+    targeted: targeted::TargetedState,
     election: ElectionChecker,
     completeness: LeaderCompletenessChecker,
     state_machine: StateMachineChecker,
@@ -367,6 +387,8 @@ impl Simulation {
             rng_fault: root.fork(2),
             rng_client: root.fork(3),
             rng_disk: root.fork(4),
+            rng_sched: root.fork(5),
+            targeted: targeted::TargetedState::default(),
             election: ElectionChecker::default(),
             completeness: LeaderCompletenessChecker::default(),
             state_machine: StateMachineChecker::default(),
@@ -401,6 +423,7 @@ impl Simulation {
         self.stats.sim_time_us = self.now;
         self.stats.leader_terms = self.election.terms_with_leader() as u64;
         self.stats.fsyncs = self.replicas.iter().map(|r| r.disk.fsyncs()).sum();
+        self.stats.targeted = self.targeted.fired;
         self.timeline.end = self.now;
         RunReport {
             violation,
@@ -420,6 +443,11 @@ impl Simulation {
 
 impl Simulation {
     fn run_inner(&mut self) -> Result<LinearizabilityReport, Violation> {
+        assert!(
+            self.opts.sabotage != Sabotage::Panic,
+            "sabotage: a deliberate panic in seed {}",
+            self.cfg.seed
+        );
         self.trace
             .record(0, Actor::Sim, TraceKind::Phase, 0, 0, || {
                 "safety phase".into()
@@ -437,10 +465,8 @@ impl Simulation {
         while let Some(Reverse(s)) = self.queue.pop() {
             self.now = s.time;
             self.stats.events += 1;
-            if self.stats.events > EVENTS_MAX {
-                return Err(Violation::Liveness {
-                    what: format!("event cap {EVENTS_MAX} reached"),
-                });
+            if let Some(v) = self.event_cap_reached() {
+                return Err(v);
             }
             if let Err(v) = self.handle(s.event) {
                 if matches!(v, Violation::Liveness { .. }) {
@@ -459,10 +485,28 @@ impl Simulation {
         })
     }
 
+    /// A livelock verdict once the run has processed far more events than
+    /// a healthy cluster does in its virtual time, or `EVENTS_MAX`.
+    fn event_cap_reached(&self) -> Option<Violation> {
+        let events = self.stats.events;
+        let ticks = self.now / TICK_US_NOMINAL;
+        let rate_cap = EVENTS_PER_NODE_TICK_MAX * self.replicas.len() as u64 * ticks + EVENTS_SLACK;
+        if events <= rate_cap.min(EVENTS_MAX) {
+            return None;
+        }
+        Some(Violation::Liveness {
+            what: format!(
+                "livelock: {events} events in {ticks} ticks (cap {} per node and tick, {EVENTS_MAX} in all): \
+                 the cluster keeps working without finishing",
+                EVENTS_PER_NODE_TICK_MAX
+            ),
+        })
+    }
+
     fn handle(&mut self, ev: Event) -> Step {
         match ev {
             Event::Tick { node, inc } => self.on_tick(node, inc),
-            Event::Deliver(m) => self.on_deliver(m),
+            Event::Deliver(m, to_inc, from_inc) => self.on_deliver(m, to_inc, from_inc),
             Event::DiskDone { node, inc } => self.on_disk_done(node, inc),
             Event::Request {
                 node,
@@ -499,6 +543,7 @@ impl Simulation {
             Event::Restart { node } => self.restart(node),
             Event::Liveness => self.on_liveness_start(),
             Event::Poll => self.on_poll(),
+            Event::Targeted(a) => self.on_targeted(a),
         }
     }
 
@@ -536,16 +581,28 @@ impl Simulation {
         self.drive(node)
     }
 
-    fn on_deliver(&mut self, m: Message<SimPayload>) -> Step {
+    fn on_deliver(&mut self, m: Message<SimPayload>, to_inc: u32, from_inc: u32) -> Step {
         let node = (m.to - 1) as usize;
         if self.replicas[node].live.is_none() {
             self.stats.lost += 1;
             return Ok(());
         }
+        let inc = self.replicas[node].incarnation;
+        if inc != to_inc && self.lost_to_restart(node) {
+            // The connection died with an earlier incarnation: the sender
+            // sees it fail and reconnects.
+            self.net.heard_from(m.from, m.to, inc);
+            self.stats.lost += 1;
+            return Ok(());
+        }
         if self.replicas[node].paused_until > self.now {
             let until = self.replicas[node].paused_until;
-            self.at(until, Event::Deliver(m));
+            self.at(until, Event::Deliver(m, to_inc, from_inc));
             return Ok(());
+        }
+        self.net.heard_from(m.to, m.from, from_inc);
+        if self.opts.sabotage == Sabotage::Storm {
+            self.at(self.now + 1, Event::Deliver(m.clone(), to_inc, from_inc));
         }
         self.stats.deliveries += 1;
         let (from, to, term, kind) = (m.from, m.to, m.term, m.body.kind());
@@ -687,11 +744,15 @@ impl Simulation {
                 self.send(node, m)?;
             }
             if let Some(p) = persist {
+                let sync = p.must_sync();
+                let fsync = self.cfg.disks[node].fsync_us(&mut self.rng_disk)
+                    + if sync {
+                        self.targeted_stall_us(node)
+                    } else {
+                        0
+                    };
+                let (n, seq) = (p.entries().len() as u64, p.seq());
                 let r = &mut self.replicas[node];
-                let fsync = self
-                    .rng_disk
-                    .range(self.cfg.fsync_us_min, self.cfg.fsync_us_max);
-                let (n, seq, sync) = (p.entries().len() as u64, p.seq(), p.must_sync());
                 let done = r.disk.write(p, snapshot_data, self.now, fsync);
                 let inc = r.incarnation;
                 self.trace.record(
@@ -703,9 +764,20 @@ impl Simulation {
                     || format!("batch {seq}: {n} entries sync={sync} done@{done}"),
                 );
                 self.at(done, Event::DiskDone { node, inc });
+                self.targeted_on_write(node, sync, done);
             }
+            // A leader's commits, of whatever term (a correct leader's
+            // first commit in a term includes an entry of that term).
+            let leader_term = self.replicas[node]
+                .live
+                .as_ref()
+                .filter(|l| l.node.role() == Role::Leader && !committed.is_empty())
+                .map(|l| l.node.term());
             for e in committed {
                 self.apply(node, e)?;
+            }
+            if let Some(term) = leader_term {
+                self.targeted_on_commit(node, term);
             }
             self.on_read_states(node, read_states);
             self.serve_reads(node)?;
@@ -859,6 +931,9 @@ impl Simulation {
         let id = r.id;
         if r.last_role != Some((ss.role, ss.term)) {
             r.last_role = Some((ss.role, ss.term));
+            if ss.role == Role::Leader {
+                self.targeted_on_leader(node, ss.term);
+            }
             if self.opts.timeline {
                 self.timeline.roles.push((self.now, id, ss.role, ss.term));
             }
@@ -924,13 +999,26 @@ impl Simulation {
                 if r.last_role == Some((Role::Leader, m.term)) {
                     self.step_down.observe_leader_action(id, m.term, self.now)?;
                 }
+                let client_entry = matches!(
+                    &m.body,
+                    MessageBody::AppendEntries { entries, .. }
+                        if entries.iter().any(|e| matches!(e.data, EntryData::Normal(_)))
+                );
+                if client_entry && self.targeted.armed.is_some() {
+                    self.targeted_on_send_entry(node);
+                }
             }
             _ => {}
         }
         if m.to == 0 || m.to as usize > self.replicas.len() {
             return Err(core_err(id, format!("message to unknown node {}", m.to)));
         }
-        match self.net.route(&mut self.rng_net, m.from, m.to, self.now) {
+        let route = if self.targeted.deaf.is_some() && self.targeted_drops(&m) {
+            Route::Lost { blocked: true }
+        } else {
+            self.net.route(&mut self.rng_net, m.from, m.to, self.now)
+        };
+        match route {
             Route::Lost { blocked } => {
                 self.stats.lost += 1;
                 let (from, to, kind) = (m.from, m.to, m.body.kind());
@@ -949,10 +1037,12 @@ impl Simulation {
                 );
             }
             Route::Deliver(t, dup) => {
+                let to_inc = self.net.known_incarnation(m.from, m.to);
+                let from_inc = self.replicas[node].incarnation;
                 if let Some(t2) = dup {
-                    self.at(t2, Event::Deliver(m.clone()));
+                    self.at(t2, Event::Deliver(m.clone(), to_inc, from_inc));
                 }
-                self.at(t, Event::Deliver(m));
+                self.at(t, Event::Deliver(m, to_inc, from_inc));
             }
         }
         Ok(())
@@ -1156,6 +1246,7 @@ impl Simulation {
                         index,
                         || format!("op {op} at index {index}"),
                     );
+                    self.targeted_on_propose(node);
                     None
                 }
                 Err(ProposeError::NotLeader { leader }) => Some(Reply::Redirect(leader)),
@@ -1279,16 +1370,7 @@ impl Simulation {
             }
             2 if n >= 2 => {
                 let p = Network::random_partition(&mut self.rng_fault, n);
-                self.stats.partitions += 1;
-                let text = p.to_string();
-                self.trace
-                    .record(self.now, Actor::Sim, TraceKind::Partition, 0, 0, || {
-                        text.clone()
-                    });
-                if self.opts.timeline {
-                    self.timeline.partitions.push((self.now, Some(text)));
-                }
-                self.net.partition(p);
+                self.install_partition(p);
             }
             3 => self.heal(),
             4 if !up.is_empty() => {
@@ -1324,20 +1406,7 @@ impl Simulation {
                         break t as NodeId + 1;
                     }
                 };
-                let id = self.replicas[l].id;
-                if let Some(live) = self.replicas[l].live.as_mut() {
-                    let r = live.node.transfer_leader(to);
-                    self.stats.transfers += 1;
-                    self.trace.record(
-                        self.now,
-                        Actor::Node(id),
-                        TraceKind::Transfer,
-                        to,
-                        u64::from(r.is_ok()),
-                        || format!("transfer leadership to n{to}: {r:?}"),
-                    );
-                }
-                self.drive(l)?;
+                self.transfer(l, to)?;
             }
             6 => self.conf_change()?,
             _ => {}
@@ -1384,6 +1453,37 @@ impl Simulation {
         self.drive(l)
     }
 
+    fn install_partition(&mut self, p: crate::network::Partition) {
+        self.stats.partitions += 1;
+        let text = p.to_string();
+        self.trace
+            .record(self.now, Actor::Sim, TraceKind::Partition, 0, 0, || {
+                text.clone()
+            });
+        if self.opts.timeline {
+            self.timeline.partitions.push((self.now, Some(text)));
+        }
+        self.net.partition(p);
+    }
+
+    /// Asks leader `l` to hand over to `to`.
+    fn transfer(&mut self, l: usize, to: NodeId) -> Step {
+        let id = self.replicas[l].id;
+        if let Some(live) = self.replicas[l].live.as_mut() {
+            let r = live.node.transfer_leader(to);
+            self.stats.transfers += 1;
+            self.trace.record(
+                self.now,
+                Actor::Node(id),
+                TraceKind::Transfer,
+                to,
+                u64::from(r.is_ok()),
+                || format!("transfer leadership to n{to}: {r:?}"),
+            );
+        }
+        self.drive(l)
+    }
+
     fn heal(&mut self) {
         if self.net.current_partition().is_some() {
             self.net.heal();
@@ -1398,6 +1498,12 @@ impl Simulation {
     }
 
     fn crash(&mut self, node: usize, torn: bool) -> Step {
+        self.targeted_on_random_crash(node);
+        self.crash_for(node, torn, None)
+    }
+
+    /// Crashes `node`; it restarts after `down_us`, or a random downtime.
+    fn crash_for(&mut self, node: usize, torn: bool, down_us: Option<Time>) -> Step {
         let r = &mut self.replicas[node];
         if r.live.take().is_none() {
             return Ok(());
@@ -1431,7 +1537,10 @@ impl Simulation {
                 .node_events
                 .push((self.now, id, NodeEvent::Crash { torn }));
         }
-        let down = self.rng_fault.range(DOWNTIME_TICKS_MIN, DOWNTIME_TICKS_MAX) * TICK_US_NOMINAL;
+        let down = match down_us {
+            Some(d) => d,
+            None => self.rng_fault.range(DOWNTIME_TICKS_MIN, DOWNTIME_TICKS_MAX) * TICK_US_NOMINAL,
+        };
         self.at(self.now + down, Event::Restart { node });
         Ok(())
     }
@@ -1506,7 +1615,7 @@ impl Simulation {
             .min()
             .unwrap_or(0);
         let batches = (last - applied_min.min(last)).div_ceil(self.cfg.max_entries_per_msg as u64);
-        let round_trip_us = 2 * self.cfg.latency_us_max + self.cfg.fsync_us_max;
+        let round_trip_us = 2 * self.cfg.latency_us_max + self.cfg.fsync_us_worst();
         self.cfg.liveness_budget_ticks + (batches * round_trip_us).div_ceil(TICK_US_NOMINAL)
     }
 
@@ -1525,6 +1634,7 @@ impl Simulation {
         }
         self.heal();
         self.net.calm();
+        self.targeted_on_calm();
         for i in 0..self.replicas.len() {
             self.replicas[i].paused_until = 0;
             self.restart(i)?;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::checkers::Violation;
 use crate::config::Knobs;
-use crate::sim::{RunOptions, RunStats};
+use crate::sim::{RunOptions, RunStats, Sabotage};
 
 /// What to run.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,6 +24,9 @@ pub struct SwarmOptions {
     pub time_limit: Option<Duration>,
     /// Optional parts of each run.
     pub knobs: Knobs,
+    /// A deliberate defect in every run (tests only; `Sabotage::None`
+    /// otherwise).
+    pub sabotage: Sabotage,
 }
 
 /// One finished seed.
@@ -99,6 +102,7 @@ impl SwarmSummary {
         s.conf_changes += t.conf_changes;
         s.fsyncs += t.fsyncs;
         s.leader_terms += t.leader_terms;
+        s.targeted += t.targeted;
         for i in 0..4 {
             self.ops[i] += r.ops[i];
         }
@@ -129,7 +133,7 @@ impl SwarmSummary {
         format!(
             "seeds: {} ({} failed) in {:.1}s with {} jobs\n\
              simulated: {} node ticks ({:.0}/s), {} message deliveries ({:.0}/s wall, {} per CPU-second), {} events\n\
-             faults injected: {} (crashes {} of which torn {}, partitions {}, pauses {}, leader transfers {}, membership changes {}), {} messages lost\n\
+             faults injected: {} (crashes {} of which torn {}, partitions {}, pauses {}, leader transfers {}, membership changes {}; {} of them targeted), {} messages lost\n\
              operations: {} ok, {} failed, {} unknown, {} pending; {} checked for linearizability, {} inconclusive keys\n\
              fingerprint: {:016x}",
             self.seeds,
@@ -149,6 +153,7 @@ impl SwarmSummary {
             s.pauses,
             s.transfers,
             s.conf_changes,
+            s.targeted,
             s.lost,
             self.ops[0],
             self.ops[1],
@@ -161,19 +166,57 @@ impl SwarmSummary {
     }
 }
 
-/// Runs one seed and summarises it.
-pub fn run_one(seed: u64, knobs: Knobs) -> SeedResult {
+/// The violation a panic inside a run is reported as: the simulator (or
+/// the core it drives) broke, at no particular node.
+pub fn panic_violation(message: &str) -> Violation {
+    Violation::CoreError {
+        node: 0,
+        error: format!("panic inside the run: {message}"),
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".into()
+    }
+}
+
+/// Runs one seed and summarises it. A panic inside the run is caught and
+/// reported as the seed's violation ([`panic_violation`]); the swarm goes
+/// on with the next seed.
+pub fn run_one(seed: u64, knobs: Knobs, sabotage: Sabotage) -> SeedResult {
     let cpu0 = thread_cpu_time();
-    let r = crate::run_seed(
-        seed,
-        RunOptions {
-            knobs,
-            ..RunOptions::default()
-        },
-    );
+    let opts = RunOptions {
+        knobs,
+        sabotage,
+        ..RunOptions::default()
+    };
+    // A run owns all its state and shares nothing with other runs, so
+    // nothing observes it broken after a panic.
+    let run =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crate::run_seed(seed, opts)));
     let cpu = match (cpu0, thread_cpu_time()) {
         (Some(a), Some(b)) => b.saturating_sub(a),
         _ => Duration::ZERO,
+    };
+    let r = match run {
+        Ok(r) => r,
+        Err(p) => {
+            return SeedResult {
+                seed,
+                violation: Some(panic_violation(&panic_message(p.as_ref()))),
+                stats: RunStats::default(),
+                ops: [0; 4],
+                ops_checked: 0,
+                inconclusive_keys: 0,
+                fingerprint: 0,
+                cpu,
+            }
+        }
     };
     let lin = r.linearizability.as_ref();
     SeedResult {
@@ -215,7 +258,7 @@ pub fn run_swarm(
                 if seed >= opts.seeds.end {
                     return;
                 }
-                if tx.send(run_one(seed, opts.knobs)).is_err() {
+                if tx.send(run_one(seed, opts.knobs, opts.sabotage)).is_err() {
                     return;
                 }
             });

@@ -1,7 +1,8 @@
 //! A small fixed swarm inside `cargo test` (the CI-sized one runs through
 //! the CLI in release mode; see the README).
 
-use metalraft_sim::swarm::{run_swarm, SwarmOptions};
+use metalraft_sim::swarm::{panic_violation, run_swarm, SwarmOptions};
+use metalraft_sim::Sabotage;
 
 #[test]
 fn small_fixed_swarm_passes_and_is_independent_of_thread_count() {
@@ -12,6 +13,7 @@ fn small_fixed_swarm_passes_and_is_independent_of_thread_count() {
                 jobs,
                 time_limit: None,
                 knobs: Default::default(),
+                sabotage: Sabotage::None,
             },
             |_, _| {},
         )
@@ -26,4 +28,27 @@ fn small_fixed_swarm_passes_and_is_independent_of_thread_count() {
         "the summary does not depend on scheduling"
     );
     assert_eq!(one.stats.deliveries, two.stats.deliveries);
+}
+
+#[test]
+fn a_panicking_seed_is_reported_and_the_swarm_goes_on() {
+    // Every run panics at its start; none may take the swarm down, and each
+    // is reported under its own seed.
+    let s = run_swarm(
+        &SwarmOptions {
+            seeds: 40..43,
+            jobs: 2,
+            time_limit: None,
+            knobs: Default::default(),
+            sabotage: Sabotage::Panic,
+        },
+        |_, _| {},
+    );
+    assert_eq!(s.seeds, 3);
+    let seeds: Vec<u64> = s.failures.iter().map(|(seed, _)| *seed).collect();
+    assert_eq!(seeds, vec![40, 41, 42]);
+    for (seed, v) in &s.failures {
+        let msg = format!("sabotage: a deliberate panic in seed {seed}");
+        assert_eq!(*v, panic_violation(&msg));
+    }
 }
