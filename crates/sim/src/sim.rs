@@ -11,10 +11,10 @@ use metalraft_core::{
 use metalraft_kv::{Command, KvStore};
 
 use crate::checkers::{
-    check_batch_start, check_durability, check_linearizable, check_liveness, check_log_matching,
-    CommittedChecker, DurableStateChecker, ElectionChecker, LeaderCompletenessChecker,
-    LinearizabilityReport, LivenessSnapshot, LogEntrySummary, NodeProgress, StateMachineChecker,
-    StepDownChecker, Violation,
+    check_batch_start, check_durability, check_leader_commit, check_linearizable, check_liveness,
+    check_log_matching, CommittedChecker, DurableStateChecker, ElectionChecker,
+    LeaderCompletenessChecker, LinearizabilityReport, LivenessSnapshot, LogEntrySummary,
+    NodeProgress, StateMachineChecker, StepDownChecker, Violation,
 };
 use crate::config::{
     ReadPath, SimConfig, Time, CLIENT_ATTEMPTS_MAX, EVENTS_MAX, EVENTS_PER_NODE_TICK_MAX,
@@ -721,8 +721,13 @@ impl Simulation {
                     snapshot_data = Some(data);
                 }
                 check_persist_entries(id, &live.node, p, &self.committed)?;
+                let commit_before = live.node.storage().hard_state().commit;
                 live.node.storage_mut().apply_persist(p);
                 if let Some(hs) = p.hard_state() {
+                    if live.node.role() == Role::Leader && live.node.term() == hs.term {
+                        let entry_term = stored_entry(live.node.storage(), hs.commit).map(|e| e.0);
+                        check_leader_commit(id, hs.term, commit_before, hs.commit, entry_term)?;
+                    }
                     observe_commit(&mut self.committed, id, live.node.storage(), hs.commit)?;
                 }
             }

@@ -4,6 +4,7 @@
 //! internals, and each one can be fed a hand-made history in tests.
 
 mod append_truncation;
+mod commit_rule;
 mod committed;
 mod durability;
 mod durable_state;
@@ -16,6 +17,7 @@ mod state_machine;
 mod step_down;
 
 pub use append_truncation::check_batch_start;
+pub use commit_rule::check_leader_commit;
 pub use committed::CommittedChecker;
 pub use durability::check_durability;
 pub use durable_state::DurableStateChecker;
@@ -93,6 +95,18 @@ pub enum Violation {
         seen: Term,
         /// When it was told (virtual microseconds).
         since_us: u64,
+    },
+    /// A leader moved its commit index onto an entry of an earlier term
+    /// (counted replicas of an old entry: §5.4.2, Figure 8).
+    LeaderCommittedOldTerm {
+        /// The leader.
+        node: NodeId,
+        /// Its term.
+        term: Term,
+        /// The new commit index.
+        index: Index,
+        /// The term of the entry there.
+        entry_term: Term,
     },
     /// A follower overwrote an entry it already held with the same term
     /// (and so truncated the matching entries after it; Figure 2,
@@ -232,6 +246,15 @@ impl fmt::Display for Violation {
             Violation::StaleLeader { node, term, seen, since_us } => write!(
                 f,
                 "stale leader: node {node} still acts as leader of term {term} more than a round trip after it was told about term {seen} (at {since_us}us)"
+            ),
+            Violation::LeaderCommittedOldTerm {
+                node,
+                term,
+                index,
+                entry_term,
+            } => write!(
+                f,
+                "commit rule (Figure 8): node {node}, leader of term {term}, committed index {index} holding an entry of term {entry_term} by counting replicas"
             ),
             Violation::TruncatedMatchingEntry { node, index, term } => write!(
                 f,
