@@ -41,13 +41,16 @@ fi
 step "firmware wire formats (the firmware's own workspace; the QEMU cluster test runs above)"
 (cd crates/firmware && cargo test -p metalraft-fw-proto --target x86_64-unknown-linux-gnu)
 
-step "simulator: fixed swarm of 1000 seeds, then 200 fresh seeds"
+step "simulator: fixed seed ranges, then fresh random seeds (a failure prints its replay command)"
 sim() { cargo run --release -q -p metalraft-sim -- "$@"; }
 sim swarm --seeds 0..1000 --jobs 2
 sim swarm --seeds 0..500 --snapshots --jobs 2
 sim swarm --seeds 0..1000 --membership --jobs 2
 if [ -z "${QUICK:-}" ]; then
+    # Fresh seeds every run: a range no earlier run is likely to have tried.
     start=$(( $(date +%s) % 1000000 * 1000 ))
+    sim swarm --seeds "$start..$((start + 300))" --jobs 2
+    sim swarm --seeds "$start..$((start + 200))" --membership --jobs 2
     sim swarm --seeds "$start..$((start + 200))" --snapshots --jobs 2
 fi
 
