@@ -197,9 +197,13 @@ impl StateMachine for ServerMachine {
             .read()
             .map_err(|_| StateMachineError::Unavailable)?
             .snapshot();
+        let (members, removed) = self
+            .registry
+            .table()
+            .map_err(|_| StateMachineError::Unavailable)?;
         SnapshotData {
-            members: self.registry.members(),
-            removed: self.registry.removed(),
+            members,
+            removed,
             kv,
         }
         .encode()

@@ -123,6 +123,13 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Members and removed ids, read together (for a snapshot: a poisoned
+    /// lock is an error, never an empty table).
+    pub fn table(&self) -> Result<(MemberUrls, BTreeSet<u64>), Poisoned> {
+        let m = self.inner.read().map_err(|_| Poisoned)?;
+        Ok((m.members.clone(), m.removed.clone()))
+    }
+
     /// Every member, by id.
     pub fn members(&self) -> BTreeMap<u64, Vec<String>> {
         self.inner
@@ -147,6 +154,9 @@ impl Registry {
         Ok(())
     }
 }
+
+/// Peer URLs by member id.
+pub type MemberUrls = BTreeMap<u64, Vec<String>>;
 
 /// A lock was poisoned: a thread panicked while holding it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
