@@ -217,16 +217,6 @@ impl RaftHandle {
         self.ask(|reply| Input::Read { reply }, timeout).await
     }
 
-    /// Waits until the applied index reaches `index`.
-    pub async fn wait_applied(&self, index: u64) -> Result<(), EtcdError> {
-        let mut st = self.status.clone();
-        let r = st.wait_for(|s| s.applied >= index || s.stopped).await;
-        match r {
-            Ok(s) if !s.stopped => Ok(()),
-            _ => Err(EtcdError::Stopped),
-        }
-    }
-
     /// Replicates a registry change and waits until it is applied.
     pub async fn propose_registry(
         &self,
