@@ -489,7 +489,8 @@ impl pb::cluster_server::Cluster for ClusterService {
             id,
             peer_urls: url_strings.clone(),
         }
-        .encode();
+        .encode()
+        .map_err(|e| EtcdError::Internal(format!("encoding a registry operation: {e}")))?;
         s.raft
             .conf_change(
                 ConfChange::new(&[op]).with_context(context),
@@ -549,7 +550,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         // One entry: the core drops the member from the configuration and
         // the registry stops accepting its messages, atomically.
-        let context = RegistryOp::Remove { id }.encode();
+        let context = RegistryOp::Remove { id }
+            .encode()
+            .map_err(|e| EtcdError::Internal(format!("encoding a registry operation: {e}")))?;
         s.raft
             .conf_change(
                 ConfChange::new(&[ConfChangeOp::Remove(id)]).with_context(context),

@@ -95,6 +95,9 @@ pub enum BackupError {
     /// Writing the member identity failed.
     #[error("{0}")]
     Member(#[from] MemberError),
+    /// The snapshot could not be encoded.
+    #[error("encoding the snapshot: {0}")]
+    Encode(#[from] crate::registry::CodecError),
 }
 
 /// What `metalraft snapshot status` prints.
@@ -203,7 +206,7 @@ pub fn restore(
         removed: BTreeSet::new(),
         kv: store.snapshot(),
     }
-    .encode();
+    .encode()?;
     let snap = Snapshot {
         index: RESTORED_INDEX,
         term: BOOTSTRAP_TERM,

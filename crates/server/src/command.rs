@@ -1,23 +1,24 @@
 //! What goes into the Raft log, and the translation between etcd's
 //! protobuf messages and `metalraft-kv`'s commands and results.
 //!
-//! A log entry's payload is `proposer: u64 LE | seq: u64 LE | kind: u8 |
-//! body`: kind 0 is a key-value command (`metalraft_kv::Command::encode`),
-//! kind 1 a member-registry change ([`RegistryOp`], postcard).
-//! `(proposer, seq)` lets the member that proposed an entry find the client
-//! waiting for it when the entry is applied; every other member ignores it.
+//! A log entry's payload is the replica's envelope
+//! ([`metalraft_replica::Frame`]: kind, proposing node, request id; 17
+//! bytes) around a server command `kind: u8 | body`: kind 0 is a key-value
+//! command (`metalraft_kv::Command::encode`), kind 1 a member-registry
+//! change ([`RegistryOp`], postcard). The envelope is the replica's: it
+//! finds the client waiting for an entry; the server never looks at it.
 
 use metalraft_kv as kv;
 
 use crate::errors::EtcdError;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::mvccpb;
-use crate::registry::RegistryOp;
+use crate::registry::{CodecError, RegistryOp};
 
-/// Bytes of the `(proposer, seq, kind)` prefix of a log entry.
-pub const ENTRY_PREFIX_BYTES: usize = 17;
-const KIND_KV: u8 = 0;
-const KIND_REGISTRY: u8 = 1;
+/// Kind byte of a key-value command.
+pub const KIND_KV: u8 = 0;
+/// Kind byte of a member-registry change.
+pub const KIND_REGISTRY: u8 = 1;
 
 /// What an application entry carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,40 +29,57 @@ pub enum Payload {
     Registry(RegistryOp),
 }
 
-/// Builds a log entry payload.
-pub fn encode_entry(proposer: u64, seq: u64, payload: &Payload) -> Vec<u8> {
-    let (kind, body) = match payload {
-        Payload::Kv(cmd) => (KIND_KV, cmd.encode()),
-        Payload::Registry(op) => (KIND_REGISTRY, postcard::to_allocvec(op).unwrap_or_default()),
-    };
-    let mut out = Vec::with_capacity(ENTRY_PREFIX_BYTES + body.len());
-    out.extend_from_slice(&proposer.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.push(kind);
-    out.extend_from_slice(&body);
-    out
+/// Why a server command could not be decoded. Every member decodes the same
+/// bytes alike, so it is refused alike everywhere.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// No kind byte.
+    #[error("empty command")]
+    Empty,
+    /// A kind byte this version does not know.
+    #[error("unknown command kind {0}")]
+    UnknownKind(u8),
+    /// A key-value command that does not decode.
+    #[error("key-value command: {0}")]
+    Kv(kv::DecodeError),
+    /// A registry change that does not decode.
+    #[error("registry operation: {0}")]
+    Registry(CodecError),
 }
 
-/// Splits a log entry payload into `((proposer, seq), payload)`.
-pub fn decode_entry(data: &[u8]) -> Result<((u64, u64), Payload), String> {
-    if data.len() < ENTRY_PREFIX_BYTES {
-        return Err(format!(
-            "entry of {} bytes is shorter than its prefix",
-            data.len()
-        ));
-    }
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&data[0..8]);
-    let proposer = u64::from_le_bytes(a);
-    a.copy_from_slice(&data[8..16]);
-    let seq = u64::from_le_bytes(a);
-    let body = &data[ENTRY_PREFIX_BYTES..];
-    let payload = match data[16] {
-        KIND_KV => Payload::Kv(kv::Command::decode(body).map_err(|e| e.to_string())?),
-        KIND_REGISTRY => Payload::Registry(postcard::from_bytes(body).map_err(|e| e.to_string())?),
-        k => return Err(format!("unknown entry kind {k}")),
+/// Builds a server command (the replica wraps it in its envelope).
+pub fn encode_command(payload: &Payload) -> Result<Vec<u8>, CodecError> {
+    let (kind, body) = match payload {
+        Payload::Kv(cmd) => (KIND_KV, cmd.encode()),
+        Payload::Registry(op) => (KIND_REGISTRY, op.encode()?),
     };
-    Ok(((proposer, seq), payload))
+    let mut out = Vec::with_capacity(1 + body.len());
+    out.push(kind);
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Splits a server command into its kind and body, checking the kind.
+pub fn split_command(data: &[u8]) -> Result<(u8, &[u8]), CommandError> {
+    let (&kind, body) = data.split_first().ok_or(CommandError::Empty)?;
+    match kind {
+        KIND_KV | KIND_REGISTRY => Ok((kind, body)),
+        k => Err(CommandError::UnknownKind(k)),
+    }
+}
+
+/// Decodes a server command.
+pub fn decode_command(data: &[u8]) -> Result<Payload, CommandError> {
+    let (kind, body) = split_command(data)?;
+    if kind == KIND_KV {
+        kv::Command::decode(body)
+            .map(Payload::Kv)
+            .map_err(CommandError::Kv)
+    } else {
+        RegistryOp::decode(body)
+            .map(Payload::Registry)
+            .map_err(CommandError::Registry)
+    }
 }
 
 /// Maps a refusal by the state machine to etcd's error.
@@ -317,25 +335,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entry_payload_round_trips_and_short_input_is_an_error() {
+    fn commands_round_trip_and_garbage_is_an_error() {
         let cmd = kv::Command::Put(kv::PutRequest {
             key: b"k".to_vec(),
             value: b"v".to_vec(),
             ..Default::default()
         });
-        let e = encode_entry(7, 9, &Payload::Kv(cmd.clone()));
-        assert_eq!(decode_entry(&e).unwrap(), ((7, 9), Payload::Kv(cmd)));
-        assert!(decode_entry(&e[..10]).is_err());
-        assert!(decode_entry(&[0u8; 17]).is_err());
+        let e = encode_command(&Payload::Kv(cmd.clone())).unwrap();
+        assert_eq!(e[0], KIND_KV);
+        assert_eq!(decode_command(&e), Ok(Payload::Kv(cmd)));
+        assert_eq!(decode_command(&[]), Err(CommandError::Empty));
+        assert!(matches!(decode_command(&e[..2]), Err(CommandError::Kv(_))));
         let op = RegistryOp::Add {
             id: 5,
             peer_urls: vec!["http://127.0.0.1:1".into()],
         };
-        let e = encode_entry(1, 2, &Payload::Registry(op.clone()));
-        assert_eq!(decode_entry(&e).unwrap(), ((1, 2), Payload::Registry(op)));
+        let e = encode_command(&Payload::Registry(op.clone())).unwrap();
+        assert_eq!(decode_command(&e), Ok(Payload::Registry(op)));
         let mut bad = e.clone();
-        bad[16] = 9;
-        assert!(decode_entry(&bad).is_err());
+        bad[0] = 9;
+        assert_eq!(decode_command(&bad), Err(CommandError::UnknownKind(9)));
+        bad[0] = KIND_REGISTRY;
+        bad.push(0);
+        assert!(matches!(
+            decode_command(&bad),
+            Err(CommandError::Registry(_))
+        ));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! disk (issue 12, defect 1: the core holds such messages until
 //! `on_persisted`; these tests show the server's driver keeps that promise).
 //!
-//! Three members run the real [`RaftLoop`], the real WAL writer thread and
+//! Three members run the real [`RaftLoop`] around the real replica
+//! ([`metalraft_replica::Replica`], whose `poll()` output the loop carries
+//! out), the real WAL writer thread and
 //! the real [`Storage`] (files in a temporary directory, real
 //! `fdatasync`). Two things are test-only: a [`SyncGate`] in front of each
 //! WAL's `fdatasync`, which holds a sync back (a slow disk) or makes it
@@ -14,18 +16,19 @@
 //! change no state): its term is durable at its sender; a vote grant's vote
 //! is durable; an append acknowledgement's entries are durable.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use metalraft_core::{bootstrap_entry, bootstrap_hard_state, Config, Message, MessageBody, Node};
-use metalraft_kv as kv;
+use metalraft_core::{bootstrap_entry, bootstrap_hard_state, Config, Message, MessageBody};
+use metalraft_replica::Replica;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::raft_loop::{Input, LoopParts, NodeStatus, RaftHandle, RaftLoop};
+use crate::machine::ServerMachine;
+use crate::raft_loop::{self, Input, LoopError, LoopParts, NodeStatus, RaftHandle, RaftLoop};
 use crate::registry::Registry;
 use crate::storage::sync_gate::{Durable, SyncGate};
-use crate::storage::{Storage, WalOptions, WriteBatch};
+use crate::storage::{Storage, StorageError, WalOptions, WriteBatch};
 use crate::transport::Transport;
 use crate::writer::{self, WriterGauges};
 
@@ -117,7 +120,7 @@ struct Cluster {
     gates: Vec<Arc<SyncGate>>,
     sent: Arc<Mutex<Vec<Sent>>>,
     violations: Arc<Mutex<Vec<String>>>,
-    loops: Vec<JoinHandle<Result<(), String>>>,
+    loops: Vec<JoinHandle<Result<(), LoopError>>>,
     shutdown: watch::Sender<bool>,
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -177,7 +180,17 @@ impl Cluster {
             cfg.election_timeout_ticks_min = election;
             cfg.election_timeout_ticks_max = election * 2;
             cfg.rng_seed = id;
-            let node = Node::new(cfg, storage.log(), 0).expect("node");
+            let registry = Registry::new(
+                MEMBERS
+                    .iter()
+                    .map(|m| (*m, vec![format!("http://127.0.0.1:{}", 1000 + m)])),
+            );
+            let replica = Replica::new(
+                raft_loop::replica_config(cfg, 1_000_000, TICK),
+                storage.log(),
+                ServerMachine::new(registry),
+            )
+            .expect("replica");
             let gauges = Arc::new(WriterGauges::default());
             let (job_tx, job_rx) = std::sync::mpsc::channel();
             let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -208,20 +221,12 @@ impl Cluster {
                 })
             };
             let (lp, handle) = RaftLoop::new(LoopParts {
-                node,
+                replica,
                 transport: Transport::tapped(id, tap),
                 writer: job_tx,
                 writer_events: ev_rx,
                 gauges,
-                kv: Arc::new(RwLock::new(kv::KvStore::new())),
                 tick: TICK,
-                snapshot_count: 1_000_000,
-                snapshot_index: 0,
-                registry: Registry::new(
-                    MEMBERS
-                        .iter()
-                        .map(|m| (*m, vec![format!("http://127.0.0.1:{}", 1000 + m)])),
-                ),
             });
             c.loops.push(tokio::spawn(lp.run(shutdown_rx.clone())));
             c.handles.push(handle);
@@ -305,7 +310,7 @@ impl Cluster {
     }
 
     /// Stops every loop; returns each loop's outcome.
-    async fn stop(self) -> Vec<Result<(), String>> {
+    async fn stop(self) -> Vec<Result<(), LoopError>> {
         for g in &self.gates {
             g.open();
         }
@@ -452,5 +457,8 @@ async fn a_failed_sync_is_never_acknowledged() {
     c.wait_status(1, "the loop to stop", |s| s.stopped).await;
     let outcomes = c.stop().await;
     let err = outcomes[0].as_ref().expect_err("member 1 must stop");
-    assert!(err.contains("fdatasync failed"), "{err}");
+    assert!(
+        matches!(err, LoopError::Storage(StorageError::SyncFailed { .. })),
+        "{err}"
+    );
 }

@@ -39,6 +39,7 @@ pub mod dev;
 #[cfg(test)]
 mod durability_tests;
 pub mod errors;
+pub mod machine;
 pub mod member;
 pub mod metrics;
 pub mod proto;

@@ -1,23 +1,25 @@
 //! Starting, running and stopping one member.
 //!
-//! Start: lock and recover the data directory (a torn WAL tail is
-//! truncated; corruption stops here with the file and offset), bootstrap
-//! a fresh member with the core's bootstrap entry, restore the state
-//! machine from the newest snapshot, start the WAL writer thread, the peer
-//! transport, the Raft loop and the gRPC servers.
+//! Start, one function per step of [`run`]: lock and recover the data
+//! directory (a torn WAL tail is truncated; corruption stops here with the
+//! file and offset); settle the member's identity (bootstrap a new member
+//! with the core's bootstrap entry, join an existing cluster, or read the
+//! identity file); restore the state machine from the newest snapshot and
+//! build the replica; start the WAL writer thread, the peer transport and
+//! the Raft loop; bind and serve the gRPC ports.
 //!
 //! Stop (SIGTERM/SIGINT): a leader first hands leadership to a peer, then
 //! the servers stop accepting, in-flight requests finish, the Raft loop
 //! stops and the WAL writer drains and exits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use metalraft_core::{bootstrap_entry, bootstrap_hard_state, ConfState, Node, ReadMode};
-use metalraft_kv as kv;
+use metalraft_core::{bootstrap_entry, bootstrap_hard_state, ConfState, ReadMode};
+use metalraft_replica::{Frame, Replica};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::rustls::ServerConfig;
@@ -27,15 +29,16 @@ use url::Url;
 use crate::api::{ClusterService, KvService, MaintenanceService, PeerService, Shared};
 use crate::cli::ClusterState;
 use crate::config::MemberConfig;
+use crate::machine::ServerMachine;
 use crate::metrics;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
 };
 use crate::proto::peer::peer_server::PeerServer;
 use crate::proto::peer::{peer_client::PeerClient, Envelope, InfoRequest};
-use crate::raft_loop::{LoopParts, RaftLoop};
-use crate::registry::{Registry, SnapshotData};
-use crate::storage::{Storage, StorageError, WalOptions, WriteBatch};
+use crate::raft_loop::{self, LoopError, LoopParts, RaftHandle, RaftLoop};
+use crate::registry::Registry;
+use crate::storage::{SharedLog, Snapshot, Storage, StorageError, WalOptions, WriteBatch};
 use crate::tls;
 use crate::transport::{Transport, TransportStats, PEER_MAX_GRPC_BYTES};
 use crate::writer::{self, WriterGauges};
@@ -63,12 +66,45 @@ pub enum MemberError {
         /// Why.
         source: std::io::Error,
     },
-    /// The Raft core rejected its configuration or stored state.
+    /// The replica rejected its configuration or the stored state.
     #[error("raft: {0}")]
-    Raft(String),
-    /// A fatal error while running.
+    Raft(metalraft_replica::ConfigError),
+    /// `--initial-cluster-state=existing`, and no peer answered in time.
+    #[error(
+        "--initial-cluster-state=existing: no member of --initial-cluster answered within {0:?}"
+    )]
+    JoinTimeout(Duration),
+    /// Joining a cluster that does not list this member.
+    #[error("member {id:x} (peer URLs {urls}) is not in the cluster's member list; add it first with `etcdctl member add {name} --peer-urls=...`")]
+    NotInCluster {
+        /// This member's id.
+        id: u64,
+        /// Its advertised peer URLs.
+        urls: String,
+        /// Its name.
+        name: String,
+    },
+    /// An https listener without a TLS configuration (config validation
+    /// rules it out; never serve plain text on https).
+    #[error("{0}: https listener without a TLS configuration")]
+    NoTls(Url),
+    /// A thread or signal handler could not be set up.
+    #[error("cannot start {what}: {source}")]
+    Start {
+        /// What.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The Raft loop stopped on its own.
     #[error("{0}")]
-    Fatal(String),
+    Loop(#[from] LoopError),
+    /// The Raft loop panicked.
+    #[error("raft loop panicked: {0}")]
+    LoopPanicked(String),
+    /// The Raft loop stopped without saying why (it always does; a bug).
+    #[error("the raft loop stopped")]
+    LoopStopped,
 }
 
 /// Binds every address the URL's host resolves to (`localhost` is both
@@ -217,9 +253,7 @@ async fn join_info(cfg: &MemberConfig) -> Result<(u64, BTreeMap<u64, Vec<String>
             }
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(MemberError::Fatal(format!(
-                "--initial-cluster-state=existing: no member of --initial-cluster answered within {JOIN_TIMEOUT:?}"
-            )));
+            return Err(MemberError::JoinTimeout(JOIN_TIMEOUT));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -232,12 +266,54 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
         tracing::warn!(file = %file.display(), offset, "recovered from a torn final WAL record");
     }
     let mut storage = opened.storage;
-    let log = storage.log();
-    let (_, last) = log.bounds();
-    let fresh = last == 0 && log.hard_state() == Default::default() && opened.snapshot.is_none();
-    let identity_path = cfg.data_dir.join("member").join(IDENTITY_FILE);
-    let mut members: BTreeMap<u64, Vec<String>> = cfg
-        .initial_cluster
+    let members = settle_identity(&mut cfg, &mut storage, opened.snapshot.is_none()).await?;
+    let replica = build_replica(
+        &cfg,
+        storage.log(),
+        Registry::new(members),
+        opened.snapshot.as_ref(),
+    )?;
+    let started = start(&cfg, storage, replica)?;
+    // Bind everything before serving, so a busy port fails the start.
+    let listeners = bind_all(&cfg).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let loop_task = tokio::spawn(started.raft_loop.run(stop_rx.clone()));
+    let servers = serve_all(listeners, &started.shared, &cfg, &stop_rx);
+    tracing::info!(
+        name = %cfg.name,
+        member = %format!("{:x}", cfg.id),
+        clients = %cfg.listen_client_urls.iter().map(Url::as_str).collect::<Vec<_>>().join(","),
+        peers = %cfg.listen_peer_urls.iter().map(Url::as_str).collect::<Vec<_>>().join(","),
+        "member started"
+    );
+    let stopped_by_itself = wait_for_stop(&started.shared, &started.handle).await?;
+    let _ = stop_tx.send(true);
+    for s in servers {
+        match tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, s).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
+            _ => tracing::warn!("a server did not stop in time"),
+        }
+    }
+    let loop_result = loop_task
+        .await
+        .map_err(|e| MemberError::LoopPanicked(e.to_string()))?;
+    drop(started.shared);
+    drop(started.handle);
+    // The loop dropped the job sender: the writer drains and exits.
+    let writer_thread = started.writer_thread;
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    loop_result?;
+    if stopped_by_itself {
+        return Err(MemberError::LoopStopped);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The members of `--initial-cluster`, with their peer URLs.
+fn initial_members(cfg: &MemberConfig) -> BTreeMap<u64, Vec<String>> {
+    cfg.initial_cluster
         .iter()
         .map(|p| {
             (
@@ -248,7 +324,23 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
                     .collect(),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Settles which cluster and member the data directory belongs to, and the
+/// member registry it starts from: a fresh member bootstraps a new cluster
+/// or joins an existing one and records its identity; an existing one
+/// reads it back (etcd too ignores `--initial-cluster` then).
+async fn settle_identity(
+    cfg: &mut MemberConfig,
+    storage: &mut Storage,
+    no_snapshot: bool,
+) -> Result<BTreeMap<u64, Vec<String>>, MemberError> {
+    let log = storage.log();
+    let (_, last) = log.bounds()?;
+    let fresh = last == 0 && log.hard_state()? == Default::default() && no_snapshot;
+    let identity_path = cfg.data_dir.join("member").join(IDENTITY_FILE);
+    let mut members = initial_members(cfg);
     if fresh {
         match cfg.initial_cluster_state {
             ClusterState::New => {
@@ -262,38 +354,7 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
                     true,
                 )?;
             }
-            ClusterState::Existing => {
-                let (cluster_id, remote) = join_info(&cfg).await?;
-                // MemberAdd assigns ids with a time salt (as etcd does, so a
-                // removed member's URLs can be added again): find ours by
-                // our advertised peer URLs.
-                let mine: std::collections::BTreeSet<String> = cfg
-                    .advertise_peer_urls
-                    .iter()
-                    .map(|u| u.as_str().trim_end_matches('/').to_string())
-                    .collect();
-                if let Some(id) = remote.iter().find_map(|(id, urls)| {
-                    (urls
-                        .iter()
-                        .cloned()
-                        .collect::<std::collections::BTreeSet<_>>()
-                        == mine)
-                        .then_some(*id)
-                }) {
-                    cfg.id = id;
-                }
-                if !remote.contains_key(&cfg.id) {
-                    return Err(MemberError::Fatal(format!(
-                        "member {:x} (peer URLs {}) is not in the cluster's member list; add it first with `etcdctl member add {} --peer-urls=...`",
-                        cfg.id,
-                        cfg.advertise_peer_urls.iter().map(Url::as_str).collect::<Vec<_>>().join(","),
-                        cfg.name
-                    )));
-                }
-                tracing::info!(member = %format!("{:x}", cfg.id), cluster = %format!("{cluster_id:x}"), "joining an existing cluster");
-                cfg.cluster_id = cluster_id;
-                members = remote;
-            }
+            ClusterState::Existing => members = join_existing(cfg).await?,
         }
         write_identity(
             &identity_path,
@@ -319,33 +380,102 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
             members = identity.initial_members;
         }
     }
-    let registry = Registry::new(members);
-    let mut store = kv::KvStore::new();
-    let mut applied = 0;
-    if let Some(snap) = &opened.snapshot {
-        let corrupt = |reason: String| StorageError::Corrupt {
-            path: cfg.data_dir.join("member/snap"),
-            offset: 0,
-            reason,
-        };
-        let data = SnapshotData::decode(&snap.data)
-            .map_err(|e| corrupt(format!("snapshot at index {}: {e}", snap.index)))?;
-        store = kv::KvStore::restore(&data.kv).map_err(|e| {
-            corrupt(format!(
-                "snapshot at index {} does not restore: {e}",
-                snap.index
-            ))
+    Ok(members)
+}
+
+/// A fresh member joining a running cluster: learns the cluster id and the
+/// registry from its peers and finds its own id there.
+async fn join_existing(cfg: &mut MemberConfig) -> Result<BTreeMap<u64, Vec<String>>, MemberError> {
+    let (cluster_id, remote) = join_info(cfg).await?;
+    // MemberAdd assigns ids with a time salt (as etcd does, so a removed
+    // member's URLs can be added again): find ours by our advertised peer
+    // URLs.
+    let mine: BTreeSet<String> = cfg
+        .advertise_peer_urls
+        .iter()
+        .map(|u| u.as_str().trim_end_matches('/').to_string())
+        .collect();
+    if let Some(id) = remote.iter().find_map(|(id, urls)| {
+        (urls.iter().cloned().collect::<BTreeSet<_>>() == mine).then_some(*id)
+    }) {
+        cfg.id = id;
+    }
+    if !remote.contains_key(&cfg.id) {
+        return Err(MemberError::NotInCluster {
+            id: cfg.id,
+            urls: cfg
+                .advertise_peer_urls
+                .iter()
+                .map(Url::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+            name: cfg.name.clone(),
+        });
+    }
+    tracing::info!(member = %format!("{:x}", cfg.id), cluster = %format!("{cluster_id:x}"), "joining an existing cluster");
+    cfg.cluster_id = cluster_id;
+    Ok(remote)
+}
+
+/// Restores the state machine from the newest snapshot and builds the
+/// replica over the durable log.
+fn build_replica(
+    cfg: &MemberConfig,
+    log: SharedLog,
+    registry: Registry,
+    snapshot: Option<&Snapshot>,
+) -> Result<raft_loop::ServerReplica, MemberError> {
+    let corrupt = |path: &str, reason: String| StorageError::Corrupt {
+        path: cfg.data_dir.join(path),
+        offset: 0,
+        reason,
+    };
+    let mut machine = ServerMachine::new(registry);
+    if let Some(snap) = snapshot {
+        machine.recover(snap.index, &snap.data).map_err(|e| {
+            corrupt(
+                "member/snap",
+                format!("snapshot at index {} does not restore: {e}", snap.index),
+            )
         })?;
-        registry.replace(data.members, data.removed);
-        applied = store.applied_index().min(snap.index);
         tracing::info!(
             index = snap.index,
-            revision = store.revision(),
+            revision = machine.kv().read().map(|k| k.revision()).unwrap_or(0),
             "restored state machine from snapshot"
         );
     }
-    let node = Node::new(core_config(&cfg), storage.log(), applied)
-        .map_err(|e| MemberError::Raft(e.to_string()))?;
+    // Entries carry the replica's envelope since the replica layer; an
+    // entry without one (a WAL of an earlier version) would be skipped on
+    // apply, so refuse to start on it rather than lose its write.
+    if let Some(index) = log.find_entry(
+        |e| matches!(&e.data, metalraft_core::EntryData::Normal(d) if Frame::decode(d).is_none()),
+    )? {
+        return Err(corrupt(
+            "member/wal",
+            format!("entry {index} is not in the replica envelope format (a WAL written before metalraft's replica layer); restore this member from a backup (`etcdctl snapshot save` on the old version, then `metalraft snapshot restore`)"),
+        )
+        .into());
+    }
+    let rc =
+        raft_loop::replica_config(core_config(cfg), cfg.snapshot_count, cfg.heartbeat_interval);
+    Replica::new(rc, log, machine).map_err(MemberError::Raft)
+}
+
+/// What runs once the member has started.
+struct Started {
+    raft_loop: RaftLoop,
+    handle: RaftHandle,
+    shared: Arc<Shared>,
+    writer_thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts the WAL writer thread and the peer transport, and builds the
+/// Raft loop around `replica`.
+fn start(
+    cfg: &MemberConfig,
+    storage: Storage,
+    replica: raft_loop::ServerReplica,
+) -> Result<Started, MemberError> {
     let gauges = Arc::new(WriterGauges::default());
     let (job_tx, job_rx) = std::sync::mpsc::channel();
     let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -353,9 +483,14 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
     let writer_thread = std::thread::Builder::new()
         .name("wal-writer".into())
         .spawn(move || writer::run(storage, job_rx, ev_tx, writer_gauges))
-        .map_err(|e| MemberError::Fatal(format!("cannot start the WAL writer thread: {e}")))?;
+        .map_err(|source| MemberError::Start {
+            what: "the WAL writer thread",
+            source,
+        })?;
     let transport_stats = Arc::new(TransportStats::default());
-    let peer_urls: Vec<(u64, Url)> = registry
+    let peer_urls: Vec<(u64, Url)> = replica
+        .state_machine()
+        .registry()
         .members()
         .into_iter()
         .filter(|(id, _)| *id != cfg.id)
@@ -372,18 +507,13 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
         transport_stats.clone(),
         cfg.tls.peer_dial.clone(),
     );
-    let kv = Arc::new(RwLock::new(store));
     let (raft_loop, handle) = RaftLoop::new(LoopParts {
-        node,
+        replica,
         transport,
         writer: job_tx,
         writer_events: ev_rx,
         gauges: gauges.clone(),
-        kv,
         tick: cfg.heartbeat_interval,
-        snapshot_count: cfg.snapshot_count,
-        snapshot_index: opened.snapshot.as_ref().map_or(0, |s| s.index),
-        registry,
     });
     let shared = Arc::new(Shared::new(
         cfg.clone(),
@@ -391,49 +521,71 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
         gauges,
         transport_stats,
     ));
+    Ok(Started {
+        raft_loop,
+        handle,
+        shared,
+        writer_thread,
+    })
+}
 
-    // Bind everything before serving, so a busy port fails the start. Each
-    // listener carries the TLS config of its side when its URL is https.
-    let tls_for = |u: &Url, side: &Option<Arc<ServerConfig>>| -> Result<_, MemberError> {
-        if u.scheme() != "https" {
-            return Ok(None);
-        }
-        // Config validation guarantees it; never serve plain text on https.
-        side.clone().map(Some).ok_or_else(|| {
-            MemberError::Fatal(format!("{u}: https listener without a TLS configuration"))
-        })
-    };
-    let mut peer_listeners = Vec::new();
-    for u in &cfg.listen_peer_urls {
-        let tls = tls_for(u, &cfg.tls.peer_server)?;
-        peer_listeners.extend(bind(u).await?.into_iter().map(|l| (l, tls.clone())));
+/// Bound listeners, each with the TLS config of its side when its URL is
+/// https.
+type Listeners = Vec<(TcpListener, Option<Arc<ServerConfig>>)>;
+
+/// The member's bound ports: peer, client, metrics.
+struct Bound {
+    peer: Listeners,
+    client: Listeners,
+    metrics: Listeners,
+}
+
+async fn bind_side(
+    urls: &[Url],
+    tls: &Option<Arc<ServerConfig>>,
+) -> Result<Listeners, MemberError> {
+    let mut out = Vec::new();
+    for u in urls {
+        let tls = match u.scheme() {
+            // Config validation guarantees it; never serve plain text on https.
+            "https" => Some(tls.clone().ok_or_else(|| MemberError::NoTls(u.clone()))?),
+            _ => None,
+        };
+        out.extend(bind(u).await?.into_iter().map(|l| (l, tls.clone())));
     }
-    let mut client_listeners = Vec::new();
-    for u in &cfg.listen_client_urls {
-        let tls = tls_for(u, &cfg.tls.client_server)?;
-        client_listeners.extend(bind(u).await?.into_iter().map(|l| (l, tls.clone())));
-    }
-    let mut metrics_listeners = Vec::new();
-    for u in &cfg.listen_metrics_urls {
+    Ok(out)
+}
+
+async fn bind_all(cfg: &MemberConfig) -> Result<Bound, MemberError> {
+    Ok(Bound {
+        peer: bind_side(&cfg.listen_peer_urls, &cfg.tls.peer_server).await?,
+        client: bind_side(&cfg.listen_client_urls, &cfg.tls.client_server).await?,
         // As in etcd, https metrics URLs use the client certificate and
         // client-certificate authentication; http ones stay plain (probes).
-        let tls = tls_for(u, &cfg.tls.client_server)?;
-        metrics_listeners.extend(bind(u).await?.into_iter().map(|l| (l, tls.clone())));
-    }
+        metrics: bind_side(&cfg.listen_metrics_urls, &cfg.tls.client_server).await?,
+    })
+}
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let loop_task = tokio::spawn(raft_loop.run(stop_rx.clone()));
+type ServerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Serves the peer service, the client services (gRPC plus etcd's HTTP
+/// endpoints on one port) and the metrics endpoints until `stop` changes.
+fn serve_all(
+    bound: Bound,
+    shared: &Arc<Shared>,
+    cfg: &MemberConfig,
+    stop: &watch::Receiver<bool>,
+) -> Vec<ServerTask> {
     let mut servers = Vec::new();
-    for (l, tls) in peer_listeners {
+    for (l, tls) in bound.peer {
         let svc = PeerServer::new(PeerService(shared.clone()))
             .max_decoding_message_size(PEER_MAX_GRPC_BYTES)
             .max_encoding_message_size(PEER_MAX_GRPC_BYTES);
         let router = tonic::transport::Server::builder().add_service(svc);
-        servers.push(serve(router, l, tls, "peer", stop_rx.clone()));
+        servers.push(serve(router, l, tls, "peer", stop.clone()));
     }
     let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    for (l, tls) in client_listeners {
-        // gRPC plus etcd's HTTP endpoints (/health, /metrics) on one port.
+    for (l, tls) in bound.client {
         let routes = tonic::service::Routes::new(
             KvServer::new(KvService(shared.clone())).max_decoding_message_size(max_recv),
         )
@@ -449,59 +601,38 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
         let router = tonic::transport::Server::builder()
             .accept_http1(true)
             .add_routes(tonic::service::Routes::from(routes));
-        servers.push(serve(router, l, tls, "client", stop_rx.clone()));
+        servers.push(serve(router, l, tls, "client", stop.clone()));
     }
-    for (l, tls) in metrics_listeners {
+    for (l, tls) in bound.metrics {
         let router = tonic::transport::Server::builder()
             .accept_http1(true)
             .add_routes(tonic::service::Routes::from(metrics::router(
                 shared.clone(),
             )));
-        servers.push(serve(router, l, tls, "metrics", stop_rx.clone()));
+        servers.push(serve(router, l, tls, "metrics", stop.clone()));
     }
-    tracing::info!(
-        name = %cfg.name,
-        member = %format!("{:x}", cfg.id),
-        clients = %cfg.listen_client_urls.iter().map(Url::as_str).collect::<Vec<_>>().join(","),
-        peers = %cfg.listen_peer_urls.iter().map(Url::as_str).collect::<Vec<_>>().join(","),
-        "member started"
-    );
+    servers
+}
 
+/// Waits for SIGTERM/SIGINT (then a leader hands leadership over) or for
+/// the Raft loop to stop by itself (`true`).
+async fn wait_for_stop(shared: &Shared, handle: &RaftHandle) -> Result<bool, MemberError> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| MemberError::Fatal(format!("cannot install SIGTERM handler: {e}")))?;
+        .map_err(|source| MemberError::Start {
+            what: "the SIGTERM handler",
+            source,
+        })?;
     let mut status = handle.status.clone();
-    let fatal = tokio::select! {
-        _ = tokio::signal::ctrl_c() => None,
-        _ = sigterm.recv() => None,
-        _ = status.wait_for(|s| s.stopped) => Some("the raft loop stopped".to_string()),
+    let stopped_by_itself = tokio::select! {
+        _ = tokio::signal::ctrl_c() => false,
+        _ = sigterm.recv() => false,
+        _ = status.wait_for(|s| s.stopped) => true,
     };
-    if fatal.is_none() {
+    if !stopped_by_itself {
         tracing::info!("shutting down");
-        hand_over_leadership(&shared).await;
+        hand_over_leadership(shared).await;
     }
-    let _ = stop_tx.send(true);
-    for s in servers {
-        match tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, s).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
-            _ => tracing::warn!("a server did not stop in time"),
-        }
-    }
-    let loop_result = loop_task
-        .await
-        .map_err(|e| MemberError::Fatal(format!("raft loop panicked: {e}")))?;
-    drop(shared);
-    drop(handle);
-    // The loop dropped the job sender: the writer drains and exits.
-    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
-    loop_result.map_err(MemberError::Fatal)?;
-    match fatal {
-        Some(e) => Err(MemberError::Fatal(e)),
-        None => {
-            tracing::info!("stopped");
-            Ok(())
-        }
-    }
+    Ok(stopped_by_itself)
 }
 
 /// A leader transfers leadership to the most suitable peer before it

@@ -1,50 +1,102 @@
-//! The task that owns the Raft core and drives it with real time.
+//! The task that owns the replica and drives it with real time: an I/O
+//! shell around [`metalraft_replica::Replica`].
 //!
-//! One loop, in the order the core's contract asks for: feed inputs (ticks,
-//! peer messages, proposals, read requests, persistence acknowledgements),
-//! then for every `Ready`: send messages, hand the persistence batch to the
-//! WAL writer thread (which acknowledges it after `fdatasync`), answer read
-//! states, apply committed entries and complete the clients waiting on them.
+//! Every decision — which client an applied entry answers, when a read may
+//! be served, when to snapshot, how a received snapshot is reassembled and
+//! installed, what a membership change means for this member — is the
+//! replica's. The loop only feeds it inputs (ticks, peer messages,
+//! proposals, reads, persistence acknowledgements, saved snapshots) and
+//! carries out each [`Output`](metalraft_replica::Output) of `poll()`: sends
+//! its messages, hands its persistence batch and snapshot to the WAL writer
+//! thread (which acknowledges a batch only after `fdatasync`), answers the
+//! clients whose requests completed, and publishes its events.
 //!
 //! Client-facing code talks to the loop through a [`RaftHandle`] and
 //! observes it through a [`watch`] of [`NodeStatus`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use metalraft_core::{
-    ConfChange, ConfChangeError, ConfState, Entry, EntryData, Message, Node, ReadError, Role,
-    SnapshotChunk, SnapshotInstall, SnapshotMeta, TransferError,
-};
+use metalraft_core::{ConfChange, ConfState, Message, ReadError, Role, SoftState, TransferError};
 use metalraft_kv as kv;
+use metalraft_replica::{
+    Completion, Event, Fatal, Outcome, PersistWork, ProposeError, ReqId, RequestFailure,
+    SnapshotToSave, UnknownReason,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::api::REQUEST_TIMEOUT;
 use crate::command::{self, Payload};
 use crate::errors::EtcdError;
-use crate::registry::{Registry, RegistryOp, SnapshotData};
-use crate::storage::{SharedLog, Snapshot, WriteBatch};
+use crate::machine::{Applied, Refused, ServerMachine};
+use crate::registry::{Registry, RegistryOp};
+use crate::storage::{SharedLog, Snapshot, StorageError, WriteBatch};
 use crate::transport::Transport;
 use crate::writer::{WriteJob, WriterEvent, WriterGauges};
 
 /// Capacity of the loop's input queue; beyond it clients get "too many requests".
 pub const INPUT_QUEUE_CAPACITY: usize = 16 * 1024;
-/// Most inputs handled before the next `Ready` is processed.
+/// Most inputs handled before the replica's output is carried out.
 pub const MAX_INPUTS_PER_ROUND: usize = 4096;
 /// Most proposals waiting for their entry to apply.
-pub const MAX_PENDING_PROPOSALS: usize = 64 * 1024;
+pub const MAX_PENDING_PROPOSALS: usize = metalraft_replica::DEFAULT_MAX_PENDING_PROPOSALS;
 /// Log entries kept behind a snapshot for followers that lag a little
 /// (etcd's `SnapshotCatchUpEntries`), capped by `--snapshot-count`.
-pub const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5000;
+pub const SNAPSHOT_CATCH_UP_ENTRIES: u64 = metalraft_replica::DEFAULT_SNAPSHOT_CATCH_UP_ENTRIES;
 /// Largest snapshot accepted from a leader.
-pub const MAX_INCOMING_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024 * 1024;
+pub const MAX_INCOMING_SNAPSHOT_BYTES: u64 = metalraft_replica::DEFAULT_MAX_SNAPSHOT_BYTES;
 
-/// The Raft node as the server instantiates it.
-pub type RaftNode = Node<Vec<u8>, SharedLog>;
+/// The replica as the server instantiates it.
+pub type ServerReplica = metalraft_replica::Replica<ServerMachine, SharedLog>;
 
 /// The result a proposer gets: the state machine's answer, or why not.
 pub type ProposeResult = Result<kv::CommandResult, EtcdError>;
+
+/// The replica's configuration for this server: the core's `core`,
+/// `--snapshot-count`, and request timeouts in ticks of `tick` matching
+/// the gRPC services' [`REQUEST_TIMEOUT`] (so the replica forgets a request about when its
+/// client gives up).
+pub fn replica_config(
+    core: metalraft_core::Config,
+    snapshot_count: u64,
+    tick: Duration,
+) -> metalraft_replica::Config {
+    let mut cfg = metalraft_replica::Config::new(core.id);
+    cfg.core = core;
+    cfg.snapshot_threshold_entries = snapshot_count.max(1);
+    cfg.snapshot_catch_up_entries = SNAPSHOT_CATCH_UP_ENTRIES;
+    cfg.max_snapshot_bytes = MAX_INCOMING_SNAPSHOT_BYTES;
+    cfg.max_pending_proposals = MAX_PENDING_PROPOSALS;
+    let tick_ms = tick.as_millis().max(1);
+    cfg.request_timeout_ticks = (REQUEST_TIMEOUT.as_millis().div_ceil(tick_ms) + 1) as u64;
+    // Watch does not exist yet: skip collecting per-revision events.
+    cfg.emit_apply_events = false;
+    cfg
+}
+
+/// Why the loop stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    /// The replica stopped (a storage read failed, a snapshot from the
+    /// leader was refused, the state machine failed).
+    #[error("raft replica stopped: {0}")]
+    Replica(Fatal),
+    /// This member was removed from the cluster (by a committed
+    /// configuration change, or a peer said so).
+    #[error("this member was removed from the cluster")]
+    Removed,
+    /// The WAL writer failed for good.
+    #[error("storage failed: {0}")]
+    Storage(StorageError),
+    /// The WAL writer thread is gone.
+    #[error("the WAL writer stopped")]
+    WriterStopped,
+    /// The replica handed out a snapshot install without its bytes (a bug).
+    #[error("snapshot install at index {0} without its data")]
+    InstallWithoutData(u64),
+}
 
 /// Requests to the loop.
 pub enum Input {
@@ -57,10 +109,11 @@ pub enum Input {
         /// Where the result goes.
         reply: oneshot::Sender<ProposeResult>,
     },
-    /// A linearizable read: answered with the index to wait for.
-    ReadIndex {
-        /// Where the read index goes.
-        reply: oneshot::Sender<Result<u64, EtcdError>>,
+    /// A linearizable read barrier: answered once this member has applied
+    /// everything committed when it was asked (ReadIndex).
+    Read {
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<(), EtcdError>>,
     },
     /// A member-registry change to replicate; answered when applied.
     ProposeRegistry {
@@ -158,27 +211,10 @@ impl RaftHandle {
         }
     }
 
-    /// Obtains a read index and waits until it is applied.
+    /// Waits until this member has applied everything committed when the
+    /// call started (ReadIndex), so a local read is linearizable.
     pub async fn linearizable_barrier(&self, timeout: Duration) -> Result<(), EtcdError> {
-        let fut = async {
-            let (reply, rx) = oneshot::channel();
-            self.try_send(Input::ReadIndex { reply })?;
-            let index = rx.await.map_err(|_| EtcdError::Stopped)??;
-            self.wait_applied(index).await
-        };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| EtcdError::Timeout)?
-    }
-
-    /// Waits until the applied index reaches `index`.
-    pub async fn wait_applied(&self, index: u64) -> Result<(), EtcdError> {
-        let mut st = self.status.clone();
-        let r = st.wait_for(|s| s.applied >= index || s.stopped).await;
-        match r {
-            Ok(s) if !s.stopped => Ok(()),
-            _ => Err(EtcdError::Stopped),
-        }
+        self.ask(|reply| Input::Read { reply }, timeout).await
     }
 
     /// Replicates a registry change and waits until it is applied.
@@ -187,22 +223,14 @@ impl RaftHandle {
         op: RegistryOp,
         timeout: Duration,
     ) -> Result<(), EtcdError> {
-        let (reply, rx) = oneshot::channel();
-        self.try_send(Input::ProposeRegistry { op, reply })?;
-        tokio::time::timeout(timeout, rx)
+        self.ask(|reply| Input::ProposeRegistry { op, reply }, timeout)
             .await
-            .map_err(|_| EtcdError::Timeout)?
-            .map_err(|_| EtcdError::Stopped)?
     }
 
     /// Proposes a membership change and waits until it is applied.
     pub async fn conf_change(&self, cc: ConfChange, timeout: Duration) -> Result<(), EtcdError> {
-        let (reply, rx) = oneshot::channel();
-        self.try_send(Input::ConfChange { cc, reply })?;
-        tokio::time::timeout(timeout, rx)
+        self.ask(|reply| Input::ConfChange { cc, reply }, timeout)
             .await
-            .map_err(|_| EtcdError::Timeout)?
-            .map_err(|_| EtcdError::Stopped)?
     }
 
     /// Asks the core to transfer leadership.
@@ -211,66 +239,54 @@ impl RaftHandle {
         self.try_send(Input::Transfer { to, reply })?;
         rx.await.map_err(|_| EtcdError::Stopped)?
     }
-}
 
-/// Everything the loop owns.
-pub struct RaftLoop {
-    node: RaftNode,
-    me: u64,
-    transport: Transport,
-    writer: std::sync::mpsc::Sender<WriteJob>,
-    writer_events: mpsc::UnboundedReceiver<WriterEvent>,
-    gauges: Arc<WriterGauges>,
-    inputs: mpsc::Receiver<Input>,
-    status_tx: watch::Sender<NodeStatus>,
-    kv: Arc<RwLock<kv::KvStore>>,
-    stats: Arc<LoopStats>,
-    pending: HashMap<u64, Pending>,
-    pending_conf: Option<(u64, oneshot::Sender<Result<(), EtcdError>>)>,
-    registry: Registry,
-    conf: Arc<RwLock<ConfState>>,
-    was_member: bool,
-    next_seq: u64,
-    reads: HashMap<u64, oneshot::Sender<Result<u64, EtcdError>>>,
-    incoming: Option<(SnapshotMeta, Vec<u8>)>,
-    next_read: u64,
-    tick: Duration,
-    snapshot_count: u64,
-    last_snapshot_index: u64,
-    status: NodeStatus,
-}
-
-/// A client waiting for its entry to apply.
-enum Pending {
-    Kv(oneshot::Sender<ProposeResult>),
-    Registry(oneshot::Sender<Result<(), EtcdError>>),
-}
-
-impl Pending {
-    fn fail(self, e: EtcdError) {
-        match self {
-            Pending::Kv(tx) => {
-                let _ = tx.send(Err(e));
-            }
-            Pending::Registry(tx) => {
-                let _ = tx.send(Err(e));
-            }
-        }
+    async fn ask(
+        &self,
+        input: impl FnOnce(oneshot::Sender<Result<(), EtcdError>>) -> Input,
+        timeout: Duration,
+    ) -> Result<(), EtcdError> {
+        let (reply, rx) = oneshot::channel();
+        self.try_send(input(reply))?;
+        tokio::time::timeout(timeout, rx)
+            .await
+            .map_err(|_| EtcdError::Timeout)?
+            .map_err(|_| EtcdError::Stopped)?
     }
+}
 
-    fn is_closed(&self) -> bool {
-        match self {
-            Pending::Kv(tx) => tx.is_closed(),
-            Pending::Registry(tx) => tx.is_closed(),
+/// A client waiting for its request to complete (the only request state
+/// the shell keeps: the channel is I/O).
+enum Waiter {
+    Kv(oneshot::Sender<ProposeResult>),
+    Done(oneshot::Sender<Result<(), EtcdError>>),
+}
+
+impl Waiter {
+    fn send(self, r: Result<Option<kv::CommandResult>, EtcdError>) {
+        match (self, r) {
+            (Waiter::Kv(tx), Ok(Some(out))) => {
+                let _ = tx.send(Ok(out));
+            }
+            (Waiter::Kv(tx), Ok(None)) => {
+                let _ = tx.send(Err(EtcdError::Internal(
+                    "a write completed without a key-value result".into(),
+                )));
+            }
+            (Waiter::Kv(tx), Err(e)) => {
+                let _ = tx.send(Err(e));
+            }
+            (Waiter::Done(tx), r) => {
+                let _ = tx.send(r.map(|_| ()));
+            }
         }
     }
 }
 
 /// Parameters of [`RaftLoop::new`].
 pub struct LoopParts {
-    /// The core.
-    pub node: RaftNode,
-    /// Outgoing peer messages.
+    /// The replica, over the durable log and the restored state machine.
+    pub replica: ServerReplica,
+    /// Outgoing peer messages (started with the registry's members).
     pub transport: Transport,
     /// The WAL writer's job queue.
     pub writer: std::sync::mpsc::Sender<WriteJob>,
@@ -278,85 +294,94 @@ pub struct LoopParts {
     pub writer_events: mpsc::UnboundedReceiver<WriterEvent>,
     /// The WAL writer's gauges.
     pub gauges: Arc<WriterGauges>,
-    /// The state machine.
-    pub kv: Arc<RwLock<kv::KvStore>>,
     /// Tick period (`--heartbeat-interval`).
     pub tick: Duration,
-    /// Applied entries between snapshots.
-    pub snapshot_count: u64,
-    /// Index of the snapshot the state machine was restored from.
-    pub snapshot_index: u64,
-    /// The member registry.
-    pub registry: Registry,
+}
+
+/// Everything the loop owns.
+pub struct RaftLoop {
+    replica: ServerReplica,
+    me: u64,
+    log: SharedLog,
+    transport: Transport,
+    /// Peer URL of every member the transport has a lane to.
+    lanes: BTreeMap<u64, String>,
+    registry: Registry,
+    registry_generation: u64,
+    writer: std::sync::mpsc::Sender<WriteJob>,
+    writer_events: mpsc::UnboundedReceiver<WriterEvent>,
+    gauges: Arc<WriterGauges>,
+    inputs: mpsc::Receiver<Input>,
+    status_tx: watch::Sender<NodeStatus>,
+    stats: Arc<LoopStats>,
+    conf: Arc<RwLock<ConfState>>,
+    waiters: HashMap<ReqId, Waiter>,
+    next_req: ReqId,
+    tick: Duration,
+    status: NodeStatus,
 }
 
 impl RaftLoop {
     /// Builds the loop and its handle.
     pub fn new(p: LoopParts) -> (RaftLoop, RaftHandle) {
         let (tx, rx) = mpsc::channel(INPUT_QUEUE_CAPACITY);
-        let applied = p.node.applied_index();
+        let r = &p.replica;
         let status = NodeStatus {
-            term: p.node.term(),
-            applied,
-            commit: p.node.commit_index(),
+            term: r.term(),
+            applied: r.applied_index(),
+            commit: r.node().commit_index(),
             ..NodeStatus::default()
         };
         let (status_tx, status_rx) = watch::channel(status);
         let stats = Arc::new(LoopStats::default());
-        let me = p.node.id();
-        let conf = Arc::new(RwLock::new(p.node.conf_state().clone()));
-        let was_member = p.node.conf_state().contains(me);
+        let me = r.id();
+        let conf = Arc::new(RwLock::new(r.node().conf_state().clone()));
+        let registry = r.state_machine().registry().clone();
         let handle = RaftHandle {
             inputs: tx,
             status: status_rx,
-            kv: p.kv.clone(),
+            kv: r.state_machine().kv(),
             stats: stats.clone(),
-            registry: p.registry.clone(),
+            registry: registry.clone(),
             conf: conf.clone(),
         };
+        let lanes = registry
+            .members()
+            .into_iter()
+            .filter(|(id, _)| *id != me)
+            .filter_map(|(id, urls)| urls.first().map(|u| (id, u.clone())))
+            .collect();
         let lp = RaftLoop {
             me,
-            node: p.node,
+            log: r.storage().clone(),
+            registry_generation: registry.generation(),
+            registry,
+            lanes,
+            replica: p.replica,
             transport: p.transport,
             writer: p.writer,
             writer_events: p.writer_events,
             gauges: p.gauges,
             inputs: rx,
             status_tx,
-            kv: p.kv,
             stats,
-            pending: HashMap::new(),
-            pending_conf: None,
-            registry: p.registry,
             conf,
-            was_member,
-            next_seq: 1,
-            reads: HashMap::new(),
-            incoming: None,
-            next_read: 1,
+            waiters: HashMap::new(),
+            next_req: 1,
             tick: p.tick,
-            snapshot_count: p.snapshot_count,
-            last_snapshot_index: p.snapshot_index,
             status,
         };
         (lp, handle)
     }
 
-    /// Runs until `shutdown` fires or storage fails. Returns the fatal
-    /// error, if any.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    /// Runs until `shutdown` fires or something fatal happens, which it
+    /// returns. Every waiting client is answered before it returns.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), LoopError> {
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
-            tokio::select! {
-                _ = ticker.tick() => {
-                    if let Err(e) = self.node.tick() {
-                        break Err(format!("raft node stopped: {e}"));
-                    }
-                    if self.transport.removed() {
-                        break Err(crate::registry::REMOVED_MESSAGE.to_string());
-                    }
-                }
+            let step = tokio::select! {
+                _ = ticker.tick() => self.on_tick(),
                 Some(input) = self.inputs.recv() => {
                     self.handle(input);
                     for _ in 0..MAX_INPUTS_PER_ROUND {
@@ -365,97 +390,117 @@ impl RaftLoop {
                             Err(_) => break,
                         }
                     }
+                    Ok(())
                 }
-                ev = self.writer_events.recv() => match ev {
-                    Some(WriterEvent::Persisted(tokens)) => {
-                        let mut failed = None;
-                        for t in tokens {
-                            if let Err(e) = self.node.on_persisted(t) {
-                                failed = Some(format!("acknowledging a persisted batch: {e}"));
-                                break;
-                            }
-                        }
-                        if let Some(e) = failed { break Err(e); }
-                    }
-                    Some(WriterEvent::SnapshotSaved { meta, data, compact_to }) => {
-                        let log = self.node.storage();
-                        log.set_snapshot(meta, data);
-                        log.compact_to(compact_to);
-                    }
-                    Some(WriterEvent::Fatal(e)) => break Err(format!("storage failed: {e}")),
-                    None => break Err("the WAL writer stopped".to_string()),
-                },
+                ev = self.writer_events.recv() => self.on_writer_event(ev),
                 _ = shutdown.changed() => break Ok(()),
-            }
-            if let Err(e) = self.process_ready() {
+            };
+            if let Err(e) = step.and_then(|()| self.drive()) {
                 break Err(e);
             }
             self.publish();
         };
+        // A replica that stopped completed its requests in its last output.
+        while let Some(out) = self.replica.poll() {
+            for c in out.completions {
+                self.complete(c);
+            }
+        }
         self.status.stopped = true;
         self.status_tx.send_replace(self.status);
-        for (_, p) in self.pending.drain() {
-            p.fail(EtcdError::Stopped);
-        }
-        if let Some((_, tx)) = self.pending_conf.take() {
-            let _ = tx.send(Err(EtcdError::Stopped));
+        for (_, w) in self.waiters.drain() {
+            w.send(Err(EtcdError::Stopped));
         }
         result
+    }
+
+    fn on_tick(&mut self) -> Result<(), LoopError> {
+        self.replica.tick().map_err(LoopError::Replica)?;
+        if self.transport.removed() {
+            return Err(LoopError::Removed);
+        }
+        Ok(())
+    }
+
+    fn on_writer_event(&mut self, ev: Option<WriterEvent>) -> Result<(), LoopError> {
+        match ev {
+            Some(WriterEvent::Persisted(tokens)) => {
+                for t in tokens {
+                    self.replica.on_persisted(t).map_err(LoopError::Replica)?;
+                }
+                Ok(())
+            }
+            Some(WriterEvent::SnapshotSaved {
+                meta,
+                data,
+                compact_to,
+            }) => {
+                let index = meta.index;
+                self.log
+                    .set_snapshot(meta, data)
+                    .map_err(LoopError::Storage)?;
+                self.log
+                    .compact_to(compact_to)
+                    .map_err(LoopError::Storage)?;
+                self.replica.snapshot_saved(index);
+                Ok(())
+            }
+            Some(WriterEvent::SnapshotFailed { index }) => {
+                // Nothing is lost (the WAL keeps every entry); the replica
+                // tries again at the next threshold.
+                self.replica.snapshot_saved(index);
+                Ok(())
+            }
+            Some(WriterEvent::Fatal(e)) => Err(LoopError::Storage(e)),
+            None => Err(LoopError::WriterStopped),
+        }
     }
 
     fn handle(&mut self, input: Input) {
         match input {
             Input::Step(m) => {
-                // Drops are normal (stale terms etc.) and counted by the core.
-                if let Err(e) = self.node.step(m) {
+                // Drops are normal (stale terms etc.) and counted by the core;
+                // a storage failure stops the replica and shows in its output.
+                if let Err(e) = self.replica.step(m) {
                     tracing::trace!(error = %e, "message dropped");
                 }
             }
-            Input::Propose { cmd, reply } => self.propose(Payload::Kv(cmd), Pending::Kv(reply)),
+            Input::Propose { cmd, reply } => {
+                self.propose(&Payload::Kv(cmd), Waiter::Kv(reply));
+            }
             Input::ProposeRegistry { op, reply } => {
-                self.propose(Payload::Registry(op), Pending::Registry(reply))
+                self.propose(&Payload::Registry(op), Waiter::Done(reply));
             }
             Input::ConfChange { cc, reply } => {
-                if self.pending_conf.is_some() {
-                    let _ = reply.send(Err(EtcdError::Unsupported(
-                        "etcdserver: another membership change is in progress".into(),
-                    )));
-                    return;
-                }
-                match self.node.propose_conf_change(cc) {
-                    Ok(index) => self.pending_conf = Some((index, reply)),
+                let id = self.req_id();
+                match self.replica.propose_conf_change(id, cc) {
+                    Ok(_) => {
+                        self.waiters.insert(id, Waiter::Done(reply));
+                    }
                     Err(e) => {
-                        let err = match e {
-                            ConfChangeError::NotLeader { leader: None } => EtcdError::NoLeader,
-                            ConfChangeError::NotLeader { .. } => EtcdError::NotLeader,
-                            ConfChangeError::Failed => EtcdError::Stopped,
-                            ConfChangeError::ChangePending
-                            | ConfChangeError::LeaderNotReady
-                            | ConfChangeError::TransferInProgress => EtcdError::InvalidArgument(
-                                format!("etcdserver: membership change refused: {e}"),
-                            ),
-                            other => EtcdError::InvalidArgument(format!(
-                                "etcdserver: membership change refused: {other}"
-                            )),
-                        };
-                        let _ = reply.send(Err(err));
+                        let _ = reply.send(Err(propose_error(e)));
                     }
                 }
             }
-            Input::ReadIndex { reply } => {
-                let ctx = self.next_read;
-                self.next_read += 1;
-                match self.node.read_index(ctx) {
+            Input::Read { reply } => {
+                let id = self.req_id();
+                match self.replica.read(id, ()) {
                     Ok(()) => {
-                        self.reads.insert(ctx, reply);
+                        self.waiters.insert(id, Waiter::Done(reply));
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(read_error(e)));
+                        let _ = reply.send(Err(match e {
+                            metalraft_replica::ReadError::TooManyPending => {
+                                EtcdError::TooManyRequests
+                            }
+                            metalraft_replica::ReadError::Core(e) => read_error(e),
+                            _ => EtcdError::Stopped,
+                        }));
                     }
                 }
             }
             Input::Transfer { to, reply } => {
-                let r = self.node.transfer_leader(to).map_err(|e| match e {
+                let r = self.replica.transfer_leader(to).map_err(|e| match e {
                     TransferError::NotLeader { .. } => EtcdError::NotLeader,
                     TransferError::Failed => EtcdError::Stopped,
                     _ => EtcdError::BadLeaderTransferee,
@@ -465,335 +510,224 @@ impl RaftLoop {
         }
     }
 
-    fn propose(&mut self, payload: Payload, waiter: Pending) {
+    fn req_id(&mut self) -> ReqId {
+        let id = self.next_req;
+        self.next_req += 1;
+        id
+    }
+
+    fn propose(&mut self, payload: &Payload, waiter: Waiter) {
         if self.gauges.no_space.load(Ordering::Relaxed) {
-            waiter.fail(EtcdError::NoSpace);
+            waiter.send(Err(EtcdError::NoSpace));
             return;
         }
-        if self.pending.len() >= MAX_PENDING_PROPOSALS {
-            self.pending.retain(|_, p| !p.is_closed());
-            if self.pending.len() >= MAX_PENDING_PROPOSALS {
-                waiter.fail(EtcdError::TooManyRequests);
+        let cmd = match command::encode_command(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                waiter.send(Err(EtcdError::Internal(format!("encoding a command: {e}"))));
                 return;
             }
-        }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let data = command::encode_entry(self.me, seq, &payload);
-        match self.node.propose(data) {
+        };
+        let id = self.req_id();
+        match self.replica.propose(id, &cmd) {
             Ok(_) => {
-                self.pending.insert(seq, waiter);
+                self.waiters.insert(id, waiter);
             }
             Err(e) => {
                 self.stats.proposals_failed.fetch_add(1, Ordering::Relaxed);
-                waiter.fail(match e {
-                    metalraft_core::ProposeError::NotLeader { leader: None } => EtcdError::NoLeader,
-                    metalraft_core::ProposeError::NotLeader { .. } => EtcdError::NotLeader,
-                    metalraft_core::ProposeError::UncommittedLimit => EtcdError::TooManyRequests,
-                    _ => EtcdError::Stopped,
-                });
+                waiter.send(Err(propose_error(e)));
             }
         }
     }
 
-    fn process_ready(&mut self) -> Result<(), String> {
-        while self.node.has_ready() {
-            let mut rd = self
-                .node
-                .ready()
-                .map_err(|e| format!("raft node stopped: {e}"))?;
-            if let Some(ss) = rd.soft_state() {
-                let was_leader = self.status.is_leader;
-                if ss.leader != self.status.leader {
-                    self.status.leader_changes += 1;
-                    tracing::info!(term = ss.term, leader = ?ss.leader.map(|l| format!("{l:x}")), role = ?ss.role, "leadership changed");
-                }
-                self.status.leader = ss.leader;
-                self.status.is_leader = ss.role == Role::Leader;
-                self.status.term = ss.term;
-                if was_leader && !self.status.is_leader {
-                    // Entries proposed here may or may not commit under the
-                    // next leader; etcd answers "leader changed" too.
-                    for (_, p) in self.pending.drain() {
-                        p.fail(EtcdError::LeaderChanged);
-                    }
-                    if let Some((_, tx)) = self.pending_conf.take() {
-                        let _ = tx.send(Err(EtcdError::LeaderChanged));
-                    }
-                }
+    /// Carries out everything the replica asks for, until it has nothing.
+    fn drive(&mut self) -> Result<(), LoopError> {
+        while let Some(out) = self.replica.poll() {
+            // Messages first: the replica only hands out what may leave now
+            // (the core holds back anything that promises state not yet
+            // durable until its batch is acknowledged).
+            self.transport.send(out.messages);
+            if let Some(work) = out.persist {
+                self.persist(work)?;
             }
-            self.transport.send(rd.take_messages());
-            for chunk in rd.take_snapshot_chunks() {
-                self.receive_chunk(chunk)?;
+            for c in out.completions {
+                self.complete(c);
             }
-            if let Some(mut p) = rd.take_persist() {
-                let install = match p.snapshot().cloned() {
-                    Some(inst) => {
-                        self.stats
-                            .snapshots_installed
-                            .fetch_add(1, Ordering::Relaxed);
-                        Some(Box::new(self.install_snapshot(inst)?))
-                    }
-                    None => None,
-                };
-                let batch = WriteBatch {
-                    entries: p.take_entries(),
-                    hard_state: p.hard_state(),
-                };
-                let sync = p.must_sync();
-                let job = WriteJob::Persist {
-                    batch,
-                    sync,
-                    token: p.into_token(),
-                    install,
-                };
-                self.writer
-                    .send(job)
-                    .map_err(|_| "the WAL writer stopped".to_string())?;
+            if let Some(snap) = out.snapshot {
+                self.save_snapshot(snap)?;
             }
-            for rs in rd.take_read_states() {
-                if let Some(tx) = self.reads.remove(&rs.ctx) {
-                    let _ = tx.send(rs.result.map_err(read_error));
-                }
+            for e in out.events {
+                self.on_event(e)?;
             }
-            let committed = rd.take_committed_entries();
-            if !committed.is_empty() {
-                self.apply(committed)?;
+            if let Some(f) = out.failure {
+                return Err(LoopError::Replica(f));
             }
+        }
+        let generation = self.registry.generation();
+        if generation != self.registry_generation {
+            self.registry_generation = generation;
+            self.reconcile_peers();
         }
         Ok(())
     }
 
-    fn apply(&mut self, entries: Vec<Entry<Vec<u8>>>) -> Result<(), String> {
-        let kv_lock = self.kv.clone();
-        let mut kv = kv_lock
-            .write()
-            .map_err(|_| "state machine lock poisoned".to_string())?;
-        for e in entries {
-            if e.index <= kv.applied_index() {
-                // Already in the snapshot the store was restored from.
+    /// Hands a persistence batch (and the snapshot it installs) to the WAL
+    /// writer; the writer acknowledges it after `fdatasync`.
+    fn persist(&mut self, work: PersistWork<Vec<u8>>) -> Result<(), LoopError> {
+        let PersistWork {
+            mut persist,
+            snapshot_data,
+        } = work;
+        let install = match (persist.snapshot(), snapshot_data) {
+            (None, _) => None,
+            (Some(inst), Some(data)) => {
+                let meta = &inst.meta;
+                let snap = Snapshot {
+                    index: meta.index,
+                    term: meta.term,
+                    conf_state: meta.conf_state.clone(),
+                    data,
+                };
+                Some(Box::new((snap, inst.clone())))
+            }
+            (Some(inst), None) => return Err(LoopError::InstallWithoutData(inst.meta.index)),
+        };
+        let job = WriteJob::Persist {
+            batch: WriteBatch {
+                entries: persist.take_entries(),
+                hard_state: persist.hard_state(),
+            },
+            sync: persist.must_sync(),
+            token: persist.into_token(),
+            install,
+        };
+        self.writer.send(job).map_err(|_| LoopError::WriterStopped)
+    }
+
+    fn save_snapshot(&mut self, s: SnapshotToSave) -> Result<(), LoopError> {
+        self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+        let snap = Snapshot {
+            index: s.meta.index,
+            term: s.meta.term,
+            conf_state: s.meta.conf_state.clone(),
+            data: s.data,
+        };
+        let job = WriteJob::Snapshot {
+            snap,
+            meta: s.meta,
+            purge_below: s.compact_through + 1,
+        };
+        self.writer.send(job).map_err(|_| LoopError::WriterStopped)
+    }
+
+    /// Answers the client waiting for `c`, if it still waits.
+    fn complete(&mut self, c: Completion<Result<Applied, Refused>, ()>) {
+        let Some(waiter) = self.waiters.remove(&c.req_id) else {
+            return;
+        };
+        let r = match c.outcome {
+            Outcome::Applied { output, .. } => match output {
+                Ok(Applied::Kv(out)) => Ok(Some(out)),
+                Ok(Applied::Registry) => Ok(None),
+                Err(Refused::Kv(e)) => Err(command::request_error(e)),
+                Err(Refused::Undecodable(e)) => {
+                    Err(EtcdError::Internal(format!("etcdserver: {e}")))
+                }
+            },
+            Outcome::ConfChanged { .. } | Outcome::Read { .. } => Ok(None),
+            Outcome::Failed(f) => Err(request_failure(f)),
+        };
+        if matches!(waiter, Waiter::Kv(_)) {
+            let counter = match &r {
+                Ok(_) => &self.stats.proposals_committed,
+                Err(_) => &self.stats.proposals_failed,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        waiter.send(r);
+    }
+
+    fn on_event(&mut self, e: Event<metalraft_replica::KvEvent>) -> Result<(), LoopError> {
+        match e {
+            Event::Role(ss) => self.on_role(ss),
+            Event::Membership(m) => {
+                tracing::info!(index = m.index, conf = ?m.conf_state, "membership changed");
+                if m.self_removed {
+                    return Err(LoopError::Removed);
+                }
+            }
+            Event::SnapshotInstalled { index, term } => {
+                self.stats
+                    .snapshots_installed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    index,
+                    term,
+                    "restored state machine from the leader's snapshot"
+                );
+            }
+            // Watch's feed; off (`emit_apply_events`) until Watch exists.
+            Event::Applied { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn on_role(&mut self, ss: SoftState) {
+        if ss.leader != self.status.leader {
+            self.status.leader_changes += 1;
+            tracing::info!(term = ss.term, leader = ?ss.leader.map(|l| format!("{l:x}")), role = ?ss.role, "leadership changed");
+        }
+        self.status.leader = ss.leader;
+        self.status.is_leader = ss.role == Role::Leader;
+        self.status.term = ss.term;
+    }
+
+    /// Gives the transport a lane to every registered member and none to
+    /// the others; a member whose URL changed (MemberUpdate) gets a new lane.
+    fn reconcile_peers(&mut self) {
+        let members = self.registry.members();
+        let gone: Vec<u64> = self
+            .lanes
+            .keys()
+            .filter(|id| !members.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            tracing::info!(member = %format!("{id:x}"), "member removed from the registry");
+            self.transport.remove_peer(id);
+            self.lanes.remove(&id);
+        }
+        for (id, urls) in members {
+            if id == self.me {
                 continue;
             }
-            match e.data {
-                EntryData::Normal(data) => match command::decode_entry(&data) {
-                    Ok(((proposer, seq), Payload::Kv(cmd))) => {
-                        let out = match kv.apply(e.index, &cmd) {
-                            Ok(r) => Ok(r),
-                            Err(kv::ApplyError::Rejected(re)) => Err(command::request_error(re)),
-                            Err(other) => {
-                                return Err(format!("applying entry {}: {other}", e.index))
-                            }
-                        };
-                        if proposer == self.me {
-                            if let Some(Pending::Kv(tx)) = self.pending.remove(&seq) {
-                                let counter = if out.is_ok() {
-                                    &self.stats.proposals_committed
-                                } else {
-                                    &self.stats.proposals_failed
-                                };
-                                counter.fetch_add(1, Ordering::Relaxed);
-                                let _ = tx.send(out);
-                            }
-                        }
-                    }
-                    Ok(((proposer, seq), Payload::Registry(op))) => {
-                        kv.mark_applied(e.index)
-                            .map_err(|err| format!("applying entry {}: {err}", e.index))?;
-                        self.apply_registry(&op);
-                        if proposer == self.me {
-                            if let Some(Pending::Registry(tx)) = self.pending.remove(&seq) {
-                                let _ = tx.send(Ok(()));
-                            }
-                        }
-                    }
-                    Err(reason) => {
-                        // Every member decodes the same bytes the same way, so
-                        // skipping is consistent; it can only come from a bug.
-                        tracing::error!(index = e.index, %reason, "undecodable committed entry skipped");
-                        kv.mark_applied(e.index)
-                            .map_err(|err| format!("applying entry {}: {err}", e.index))?;
-                    }
-                },
-                EntryData::ConfChange(cc) => {
-                    kv.mark_applied(e.index)
-                        .map_err(|err| format!("applying entry {}: {err}", e.index))?;
-                    // MemberAdd/MemberRemove carry their registry change in
-                    // the context: applied with the configuration, atomically.
-                    if !cc.context.is_empty() {
-                        match RegistryOp::decode(&cc.context) {
-                            Ok(op) => self.apply_registry(&op),
-                            // Same bytes, same verdict on every member.
-                            Err(reason) => tracing::error!(
-                                index = e.index,
-                                %reason,
-                                "undecodable membership change context skipped"
-                            ),
-                        }
-                    }
-                    if self
-                        .pending_conf
-                        .as_ref()
-                        .is_some_and(|(i, _)| *i == e.index)
-                    {
-                        if let Some((_, tx)) = self.pending_conf.take() {
-                            let _ = tx.send(Ok(()));
-                        }
-                    }
-                    let conf = self.node.conf_state();
-                    if conf.contains(self.me) {
-                        self.was_member = true;
-                    } else if self.was_member && !conf.voters_outgoing.contains(&self.me) {
-                        return Err("this member was removed from the cluster".to_string());
-                    }
-                }
-                _ => {
-                    kv.mark_applied(e.index)
-                        .map_err(|err| format!("applying entry {}: {err}", e.index))?;
-                }
+            let Some(first) = urls.first() else {
+                tracing::error!(member = %format!("{id:x}"), "registered member has no peer URL");
+                continue;
+            };
+            if self.lanes.get(&id) == Some(first) {
+                continue;
             }
-        }
-        self.status.applied = kv.applied_index();
-        if self.status.applied >= self.last_snapshot_index + self.snapshot_count {
-            let index = self.status.applied;
-            let meta = match self.node.snapshot_created(index) {
-                Ok(m) => m,
+            match url::Url::parse(first) {
+                Ok(url) => {
+                    tracing::info!(member = %format!("{id:x}"), urls = ?urls, "member added to the registry");
+                    self.transport.remove_peer(id);
+                    self.transport.add_peer(id, url);
+                    self.lanes.insert(id, first.clone());
+                }
                 Err(e) => {
-                    tracing::warn!(index, error = %e, "the core refused a snapshot");
-                    self.last_snapshot_index = index;
-                    return Ok(());
+                    tracing::error!(member = %format!("{id:x}"), error = %e, "registered member has no usable peer URL")
                 }
-            };
-            let data = SnapshotData {
-                members: self.registry.members(),
-                removed: self.registry.removed(),
-                kv: kv.snapshot(),
-            };
-            let snap = Snapshot {
-                index,
-                term: meta.term,
-                conf_state: meta.conf_state.clone(),
-                data: data.encode(),
-            };
-            drop(kv);
-            self.last_snapshot_index = index;
-            self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
-            // Keep some entries so a slightly lagging follower catches up from
-            // the log rather than needing the whole snapshot.
-            let keep = SNAPSHOT_CATCH_UP_ENTRIES.min(self.snapshot_count);
-            let purge_below = index.saturating_sub(keep) + 1;
-            self.writer
-                .send(WriteJob::Snapshot {
-                    snap,
-                    meta,
-                    purge_below,
-                })
-                .map_err(|_| "the WAL writer stopped".to_string())?;
-        }
-        Ok(())
-    }
-
-    /// Collects the chunks of a snapshot the leader is sending.
-    fn receive_chunk(&mut self, chunk: SnapshotChunk) -> Result<(), String> {
-        if chunk.offset == 0 {
-            self.incoming = Some((chunk.meta.clone(), Vec::new()));
-        }
-        let Some((meta, buf)) = self.incoming.as_mut() else {
-            tracing::warn!(
-                offset = chunk.offset,
-                "snapshot chunk without its start dropped"
-            );
-            return Ok(());
-        };
-        if *meta != chunk.meta || buf.len() as u64 != chunk.offset {
-            tracing::warn!(offset = chunk.offset, "out-of-order snapshot chunk dropped");
-            return Ok(());
-        }
-        if buf.len() + chunk.data.len() > MAX_INCOMING_SNAPSHOT_BYTES {
-            return Err(format!(
-                "incoming snapshot exceeds {MAX_INCOMING_SNAPSHOT_BYTES} bytes"
-            ));
-        }
-        buf.extend_from_slice(&chunk.data);
-        Ok(())
-    }
-
-    /// Restores the state machine and registry from a received snapshot and
-    /// returns what the writer must make durable before the batch.
-    fn install_snapshot(
-        &mut self,
-        install: SnapshotInstall,
-    ) -> Result<(Snapshot, SnapshotInstall), String> {
-        let meta = install.meta.clone();
-        let data = match self.incoming.take() {
-            Some((m, data)) if m == meta => data,
-            _ => {
-                return Err(format!(
-                    "asked to install snapshot {} without having received it",
-                    meta.index
-                ))
-            }
-        };
-        let decoded = SnapshotData::decode(&data)
-            .map_err(|e| format!("snapshot {} from the leader: {e}", meta.index))?;
-        let store = kv::KvStore::restore(&decoded.kv)
-            .map_err(|e| format!("snapshot {} from the leader: {e}", meta.index))?;
-        {
-            let mut kv = self
-                .kv
-                .write()
-                .map_err(|_| "state machine lock poisoned".to_string())?;
-            *kv = store;
-        }
-        self.registry
-            .replace(decoded.members.clone(), decoded.removed);
-        for (id, urls) in &decoded.members {
-            if let Some(Ok(url)) = urls.first().map(|u| url::Url::parse(u)) {
-                self.transport.add_peer(*id, url);
-            }
-        }
-        self.status.applied = meta.index;
-        self.last_snapshot_index = meta.index;
-        tracing::info!(
-            index = meta.index,
-            term = meta.term,
-            "restored state machine from the leader's snapshot"
-        );
-        let snap = Snapshot {
-            index: meta.index,
-            term: meta.term,
-            conf_state: meta.conf_state.clone(),
-            data,
-        };
-        Ok((snap, install))
-    }
-
-    fn apply_registry(&mut self, op: &RegistryOp) {
-        self.registry.apply(op);
-        match op {
-            RegistryOp::Add { id, peer_urls } => {
-                tracing::info!(member = %format!("{id:x}"), urls = ?peer_urls, "member added to the registry");
-                match peer_urls.first().map(|u| url::Url::parse(u)) {
-                    Some(Ok(url)) => {
-                        // Restart the lanes: the URL may have changed (MemberUpdate).
-                        self.transport.remove_peer(*id);
-                        self.transport.add_peer(*id, url);
-                    }
-                    _ => {
-                        tracing::error!(member = %format!("{id:x}"), "registered member has no usable peer URL")
-                    }
-                }
-            }
-            RegistryOp::Remove { id } => {
-                tracing::info!(member = %format!("{id:x}"), "member removed from the registry");
-                self.transport.remove_peer(*id);
             }
         }
     }
 
     fn publish(&mut self) {
-        self.status.commit = self.node.commit_index();
-        self.status.term = self.node.term();
-        let conf = self.node.conf_state();
+        let node = self.replica.node();
+        self.status.applied = self.replica.applied_index();
+        self.status.commit = node.commit_index();
+        self.status.term = node.term();
+        let conf = node.conf_state();
         self.status.is_learner = conf.learners.contains(&self.me);
         if let Ok(mut c) = self.conf.write() {
             if *c != *conf {
@@ -802,7 +736,7 @@ impl RaftLoop {
         }
         self.stats
             .proposals_pending
-            .store(self.pending.len() as u64, Ordering::Relaxed);
+            .store(self.replica.pending_proposals() as u64, Ordering::Relaxed);
         let s = self.status;
         self.status_tx.send_if_modified(|old| {
             if *old != s {
@@ -812,6 +746,34 @@ impl RaftLoop {
                 false
             }
         });
+    }
+}
+
+fn propose_error(e: ProposeError) -> EtcdError {
+    match e {
+        ProposeError::NotLeader { leader: None } => EtcdError::NoLeader,
+        ProposeError::NotLeader { .. } => EtcdError::NotLeader,
+        ProposeError::UncommittedLimit | ProposeError::TooManyPending => EtcdError::TooManyRequests,
+        ProposeError::ConfChange(e) => {
+            EtcdError::InvalidArgument(format!("etcdserver: membership change refused: {e}"))
+        }
+        ProposeError::TransferInProgress => EtcdError::LeaderChanged,
+        _ => EtcdError::Stopped,
+    }
+}
+
+/// etcd's answer for a request the replica could not complete.
+fn request_failure(f: RequestFailure) -> EtcdError {
+    match f {
+        // Definite, or unknown because this member's log was replaced:
+        // etcd says "leader changed" in both cases (clients retry).
+        RequestFailure::Superseded { .. }
+        | RequestFailure::Unknown(UnknownReason::SnapshotInstalled) => EtcdError::LeaderChanged,
+        RequestFailure::Unknown(UnknownReason::TimedOut) | RequestFailure::TimedOut => {
+            EtcdError::Timeout
+        }
+        RequestFailure::Read(e) => read_error(e),
+        _ => EtcdError::Stopped,
     }
 }
 

@@ -31,13 +31,13 @@ pub enum RegistryOp {
 
 impl RegistryOp {
     /// Encodes with postcard (the `ConfChange` context of MemberAdd and
-    /// MemberRemove).
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).unwrap_or_default()
+    /// MemberRemove, and the body of a registry command).
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        Ok(postcard::to_allocvec(self)?)
     }
 
     /// Decodes, checking the whole input is used.
-    pub fn decode(bytes: &[u8]) -> Result<RegistryOp, String> {
+    pub fn decode(bytes: &[u8]) -> Result<RegistryOp, CodecError> {
         decode_exact(bytes)
     }
 }
@@ -51,6 +51,9 @@ pub struct Registry {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// Bumped by every change, so the Raft loop knows when to reconcile the
+    /// transport's peers with the registry.
+    generation: u64,
     members: BTreeMap<u64, Vec<String>>,
     /// Ids of removed members (never reused; their messages are answered
     /// with [`REMOVED_MESSAGE`] so they stop, as in etcd).
@@ -65,17 +68,18 @@ impl Registry {
     pub fn new(members: impl IntoIterator<Item = (u64, Vec<String>)>) -> Self {
         Registry {
             inner: Arc::new(RwLock::new(Inner {
+                generation: 0,
                 members: members.into_iter().collect(),
                 removed: BTreeSet::new(),
             })),
         }
     }
 
-    /// Applies an operation.
-    pub fn apply(&self, op: &RegistryOp) {
-        let Ok(mut m) = self.inner.write() else {
-            return;
-        };
+    /// Applies an operation. A poisoned lock (a thread panicked while
+    /// changing the registry) is an error: the registry may be half-changed.
+    pub fn apply(&self, op: &RegistryOp) -> Result<(), Poisoned> {
+        let mut m = self.inner.write().map_err(|_| Poisoned)?;
+        m.generation += 1;
         match op {
             RegistryOp::Add { id, peer_urls } => {
                 m.members.insert(*id, peer_urls.clone());
@@ -86,6 +90,13 @@ impl Registry {
                 m.removed.insert(*id);
             }
         }
+        Ok(())
+    }
+
+    /// Counts changes: it differs after every [`Registry::apply`] and
+    /// [`Registry::replace`].
+    pub fn generation(&self) -> u64 {
+        self.inner.read().map(|m| m.generation).unwrap_or(u64::MAX)
     }
 
     /// Whether `id` is a member.
@@ -112,6 +123,13 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Members and removed ids, read together (for a snapshot: a poisoned
+    /// lock is an error, never an empty table).
+    pub fn table(&self) -> Result<(MemberUrls, BTreeSet<u64>), Poisoned> {
+        let m = self.inner.read().map_err(|_| Poisoned)?;
+        Ok((m.members.clone(), m.removed.clone()))
+    }
+
     /// Every member, by id.
     pub fn members(&self) -> BTreeMap<u64, Vec<String>> {
         self.inner
@@ -121,11 +139,39 @@ impl Registry {
     }
 
     /// Replaces the content (snapshot restore).
-    pub fn replace(&self, members: BTreeMap<u64, Vec<String>>, removed: BTreeSet<u64>) {
-        if let Ok(mut m) = self.inner.write() {
-            *m = Inner { members, removed };
-        }
+    pub fn replace(
+        &self,
+        members: BTreeMap<u64, Vec<String>>,
+        removed: BTreeSet<u64>,
+    ) -> Result<(), Poisoned> {
+        let mut m = self.inner.write().map_err(|_| Poisoned)?;
+        let generation = m.generation + 1;
+        *m = Inner {
+            generation,
+            members,
+            removed,
+        };
+        Ok(())
     }
+}
+
+/// Peer URLs by member id.
+pub type MemberUrls = BTreeMap<u64, Vec<String>>;
+
+/// A lock was poisoned: a thread panicked while holding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the member registry's lock is poisoned")]
+pub struct Poisoned;
+
+/// A registry operation or snapshot could not be encoded or decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// postcard refused the bytes (or, encoding, the value).
+    #[error("postcard: {0}")]
+    Postcard(#[from] postcard::Error),
+    /// The value ended before the input did.
+    #[error("{0} trailing bytes")]
+    TrailingBytes(usize),
 }
 
 /// What a member's snapshot holds: the registry and the key-value store.
@@ -141,21 +187,21 @@ pub struct SnapshotData {
 
 impl SnapshotData {
     /// Encodes with postcard.
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        Ok(postcard::to_allocvec(self)?)
     }
 
     /// Decodes, checking the whole input is used.
-    pub fn decode(bytes: &[u8]) -> Result<SnapshotData, String> {
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotData, CodecError> {
         decode_exact(bytes)
     }
 }
 
 /// postcard decoding that refuses trailing bytes.
-fn decode_exact<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let (v, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| e.to_string())?;
+fn decode_exact<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (v, rest) = postcard::take_from_bytes::<T>(bytes)?;
     if !rest.is_empty() {
-        return Err(format!("{} trailing bytes", rest.len()));
+        return Err(CodecError::TrailingBytes(rest.len()));
     }
     Ok(v)
 }
@@ -173,8 +219,8 @@ mod tests {
             },
             RegistryOp::Remove { id: u64::MAX },
         ] {
-            assert_eq!(RegistryOp::decode(&op.encode()), Ok(op.clone()));
-            let mut long = op.encode();
+            assert_eq!(RegistryOp::decode(&op.encode().unwrap()), Ok(op.clone()));
+            let mut long = op.encode().unwrap();
             long.push(0);
             assert!(RegistryOp::decode(&long).is_err());
         }

@@ -70,6 +70,12 @@ pub enum WriterEvent {
         /// Compact the in-memory log up to here.
         compact_to: u64,
     },
+    /// Saving a snapshot taken here failed (nothing is lost: the WAL keeps
+    /// every entry); the loop tells the replica, which tries again later.
+    SnapshotFailed {
+        /// The snapshot's index.
+        index: u64,
+    },
     /// Storage failed for good; the member must stop.
     Fatal(StorageError),
 }
@@ -266,7 +272,10 @@ fn write_group(
                 }
                 // A failed snapshot loses nothing (the WAL still has every
                 // entry); report it and carry on.
-                Err(e) => tracing::error!(error = %e, index = snap.index, "saving snapshot failed"),
+                Err(e) => {
+                    tracing::error!(error = %e, index = snap.index, "saving snapshot failed");
+                    events.push(WriterEvent::SnapshotFailed { index: snap.index });
+                }
             },
             WriteJob::Persist { install: None, .. } => unreachable!("handled as a run above"),
         }

@@ -283,3 +283,68 @@ fn move_leader_and_graceful_shutdown_hand_over_leadership() {
         "ok",
     ]);
 }
+
+/// A WAL entry in the server's format before the replica layer (`proposer |
+/// seq | kind | body`, no replica envelope) would be skipped on apply,
+/// losing its write: the member refuses to start on it, naming the entry.
+#[test]
+fn a_wal_entry_of_the_old_format_stops_the_member() {
+    use metalraft::storage::{Storage, WalOptions, WriteBatch};
+    use metalraft_core::{ConfState, Entry, EntryData};
+
+    let mut c = Cluster::start(3);
+    put_ok(&c.endpoints(), "k", "v");
+    let victim = (c.wait_for_leader() + 1) % 3;
+    c.kill9(victim);
+    let data_dir = c
+        .wal_dir(victim)
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let index = {
+        let opened = Storage::open(&data_dir, ConfState::default(), WalOptions::default())
+            .expect("open the stopped member's storage");
+        let mut storage = opened.storage;
+        let log = storage.log();
+        let (_, last) = log.bounds().unwrap();
+        let term = log.term_of(last).unwrap();
+        // proposer 0x0102030405060708 (low byte 0x08: not an envelope kind),
+        // seq 1, kind 0 (kv), a body.
+        let mut old = 0x0102_0304_0506_0708u64.to_le_bytes().to_vec();
+        old.extend_from_slice(&1u64.to_le_bytes());
+        old.push(0);
+        old.extend_from_slice(b"body");
+        let entry = Entry {
+            index: last + 1,
+            term,
+            data: EntryData::Normal(old),
+        };
+        storage
+            .write(
+                &[WriteBatch {
+                    entries: vec![entry],
+                    hard_state: None,
+                }],
+                true,
+            )
+            .expect("append");
+        last + 1
+    };
+    let out = std::process::Command::new(bin())
+        .args(c.flags(victim))
+        .output()
+        .expect("run metalraft");
+    assert!(
+        !out.status.success(),
+        "an old-format WAL must stop the member"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "entry {index} is not in the replica envelope format"
+        )),
+        "{err}"
+    );
+}

@@ -141,8 +141,26 @@ fn put_hard_state(out: &mut Vec<u8>, hs: &HardState) {
     put_u64(out, hs.commit);
 }
 
+/// Why a record could not be encoded. Nothing is written then: an entry
+/// that does not encode must never become an empty WAL record.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// A membership change (or other core-defined entry kind) that postcard
+    /// refused.
+    #[error("entry {index} does not encode: {source}")]
+    Entry {
+        /// The entry's index.
+        index: u64,
+        /// postcard's reason.
+        source: postcard::Error,
+    },
+    /// A snapshot's membership record that postcard refused.
+    #[error("snapshot membership record does not encode: {0}")]
+    ConfState(postcard::Error),
+}
+
 /// Encodes a record payload.
-pub fn encode_record(r: &Record, out: &mut Vec<u8>) {
+pub fn encode_record(r: &Record, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     match r {
         Record::SegmentStart {
             first_index,
@@ -180,7 +198,7 @@ pub fn encode_record(r: &Record, out: &mut Vec<u8>) {
                     #[allow(unreachable_patterns)]
                     other => {
                         out.push(ENTRY_OTHER);
-                        let bytes = encode_other(other);
+                        let bytes = encode_other(e.index, other)?;
                         put_u64(out, bytes.len() as u64);
                         out.extend_from_slice(&bytes);
                     }
@@ -188,23 +206,25 @@ pub fn encode_record(r: &Record, out: &mut Vec<u8>) {
             }
         }
     }
+    Ok(())
 }
 
 /// Bytes `encode_record` produces for one entry (for splitting batches).
-pub fn entry_encoded_bytes(e: &Entry<Vec<u8>>) -> usize {
-    17 + match &e.data {
-        EntryData::Noop => 0,
-        EntryData::Normal(d) => 8 + d.len(),
-        #[allow(unreachable_patterns)]
-        other => 8 + encode_other(other).len(),
-    }
+pub fn entry_encoded_bytes(e: &Entry<Vec<u8>>) -> Result<usize, EncodeError> {
+    Ok(17
+        + match &e.data {
+            EntryData::Noop => 0,
+            EntryData::Normal(d) => 8 + d.len(),
+            #[allow(unreachable_patterns)]
+            other => 8 + encode_other(e.index, other)?.len(),
+        })
 }
 
 /// Entry kinds other than no-op and application data (membership changes)
 /// are stored in the core's serde form (postcard), so the WAL follows the
 /// core's type without a hand-written mirror.
-fn encode_other(data: &EntryData<Vec<u8>>) -> Vec<u8> {
-    postcard::to_allocvec(data).unwrap_or_default()
+fn encode_other(index: u64, data: &EntryData<Vec<u8>>) -> Result<Vec<u8>, EncodeError> {
+    postcard::to_allocvec(data).map_err(|source| EncodeError::Entry { index, source })
 }
 
 /// Decodes a membership-change entry: the current layout, or the layout
@@ -362,19 +382,22 @@ mod tests {
     fn record_round_trips_and_entry_size_is_exact() {
         let r = sample();
         let mut buf = Vec::new();
-        encode_record(&r, &mut buf);
+        encode_record(&r, &mut buf).unwrap();
         assert_eq!(decode_record(&buf), Ok(r.clone()));
         let Record::Batch { entries, .. } = r else {
             unreachable!()
         };
-        let sum: usize = entries.iter().map(entry_encoded_bytes).sum();
+        let sum: usize = entries
+            .iter()
+            .map(|e| entry_encoded_bytes(e).unwrap())
+            .sum();
         assert_eq!(buf.len(), 1 + 1 + 24 + 8 + sum);
     }
 
     #[test]
     fn every_truncation_and_bit_flip_is_detected() {
         let mut payload = Vec::new();
-        encode_record(&sample(), &mut payload);
+        encode_record(&sample(), &mut payload).unwrap();
         let mut frame = Vec::new();
         encode_frame(&payload, &mut frame);
         assert_eq!(read_frame(&frame), FrameRead::Frame(&payload, frame.len()));
@@ -399,7 +422,7 @@ mod tests {
         use metalraft_core::{ConfChange, ConfChangeOp};
         let cc = ConfChange::new(&[ConfChangeOp::AddLearner(9)]).with_context(b"ctx".to_vec());
         let data = EntryData::ConfChange(Box::new(cc));
-        assert_eq!(decode_other(&encode_other(&data)), Ok(data));
+        assert_eq!(decode_other(&encode_other(1, &data).unwrap()), Ok(data));
         // metalraft 0.1.0: variant 2 (ConfChange), one op AddVoter(5),
         // transition Auto, no context.
         assert_eq!(

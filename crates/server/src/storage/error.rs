@@ -52,6 +52,13 @@ pub enum StorageError {
         /// The limit.
         max: usize,
     },
+    /// A record could not be encoded; nothing was written.
+    #[error("{0}")]
+    Encode(#[from] super::codec::EncodeError),
+    /// The in-memory log's lock is poisoned: a thread panicked while
+    /// changing it, so it may be half-changed. The member stops.
+    #[error("the in-memory log's lock is poisoned (a thread panicked while changing it)")]
+    LogPoisoned,
     /// Another process holds the data directory.
     #[error("data directory {} is in use by another process", path.display())]
     Locked {

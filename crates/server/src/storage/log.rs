@@ -9,6 +9,14 @@ use metalraft_core::{
     StorageError,
 };
 
+use super::error::StorageError as LogError;
+
+/// The lock is poisoned: a thread panicked while changing the log, which
+/// may be half-changed. Every method reports it; the member stops.
+fn poisoned<T>(_: T) -> LogError {
+    LogError::LogPoisoned
+}
+
 /// What the log holds.
 #[derive(Debug, Default)]
 struct LogState {
@@ -53,18 +61,15 @@ impl SharedLog {
 
     /// Records the latest durable snapshot (its bytes are what followers
     /// receive).
-    pub fn set_snapshot(&self, meta: SnapshotMeta, data: Arc<Vec<u8>>) {
-        if let Ok(mut s) = self.inner.write() {
-            s.snapshot = Some((meta, data));
-        }
+    pub fn set_snapshot(&self, meta: SnapshotMeta, data: Arc<Vec<u8>>) -> Result<(), LogError> {
+        self.inner.write().map_err(poisoned)?.snapshot = Some((meta, data));
+        Ok(())
     }
 
     /// Applies a received snapshot to the log (after it was made durable):
     /// keep the entries after it only if `keep_entries_after`.
-    pub fn install(&self, install: &SnapshotInstall, data: Arc<Vec<u8>>) {
-        let Ok(mut s) = self.inner.write() else {
-            return;
-        };
+    pub fn install(&self, install: &SnapshotInstall, data: Arc<Vec<u8>>) -> Result<(), LogError> {
+        let mut s = self.inner.write().map_err(poisoned)?;
         let meta = &install.meta;
         let keep_from = (meta.index + 1).max(s.first_index);
         let kept: Vec<Entry<Vec<u8>>> = if install.keep_entries_after {
@@ -83,6 +88,7 @@ impl SharedLog {
         s.conf_state = meta.conf_state.clone();
         s.hard_state.commit = s.hard_state.commit.max(meta.index);
         s.snapshot = Some((meta.clone(), data));
+        Ok(())
     }
 
     fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, LogState>, StorageError> {
@@ -90,16 +96,25 @@ impl SharedLog {
     }
 
     /// Records durable entries (overwriting from the first one's index) and
-    /// hard state. Returns false if the entries would leave a gap (a bug in
-    /// the caller; nothing is changed then).
-    pub fn apply_durable(&self, entries: &[Entry<Vec<u8>>], hard_state: Option<HardState>) -> bool {
-        let Ok(mut s) = self.inner.write() else {
-            return false;
-        };
+    /// hard state. Refuses entries that would leave a gap (a bug in the
+    /// caller; nothing is changed then).
+    pub fn apply_durable(
+        &self,
+        entries: &[Entry<Vec<u8>>],
+        hard_state: Option<HardState>,
+    ) -> Result<(), LogError> {
+        let mut s = self.inner.write().map_err(poisoned)?;
         if let Some(head) = entries.first() {
             let next = s.first_index + s.entries.len() as u64;
             if head.index < s.first_index || head.index > next {
-                return false;
+                return Err(LogError::Corrupt {
+                    path: std::path::PathBuf::from("<memory>"),
+                    offset: 0,
+                    reason: format!(
+                        "persistence batch starting at index {} leaves a gap in the log [{}, {next})",
+                        head.index, s.first_index
+                    ),
+                });
             }
             let keep = (head.index - s.first_index) as usize;
             s.entries.truncate(keep);
@@ -108,34 +123,36 @@ impl SharedLog {
         if let Some(hs) = hard_state {
             s.hard_state = hs;
         }
-        true
+        Ok(())
     }
 
     /// Drops entries up to and including `index` (covered by a snapshot).
-    pub fn compact_to(&self, index: u64) {
-        let Ok(mut s) = self.inner.write() else {
-            return;
-        };
+    pub fn compact_to(&self, index: u64) -> Result<(), LogError> {
+        let mut s = self.inner.write().map_err(poisoned)?;
         if index < s.first_index {
-            return;
+            return Ok(());
         }
         let n = ((index - s.first_index + 1) as usize).min(s.entries.len());
         if n == 0 {
-            return;
+            return Ok(());
         }
         s.prev_term = s.entries[n - 1].term;
         s.entries.drain(..n);
         s.first_index += n as u64;
+        Ok(())
     }
 
     /// Makes the log start right after a snapshot at `(index, term)`:
     /// entries up to `index` are dropped; if the log does not reach `index`
     /// (a crash between saving a received snapshot and resetting the WAL),
     /// it restarts empty after it. The commit index is raised to `index`.
-    pub fn start_after_snapshot(&self, index: u64, term: u64, conf_state: ConfState) {
-        let Ok(mut s) = self.inner.write() else {
-            return;
-        };
+    pub fn start_after_snapshot(
+        &self,
+        index: u64,
+        term: u64,
+        conf_state: ConfState,
+    ) -> Result<(), LogError> {
+        let mut s = self.inner.write().map_err(poisoned)?;
         let last = s.first_index + s.entries.len() as u64 - 1;
         let matches = index >= s.first_index
             && index <= last
@@ -150,18 +167,27 @@ impl SharedLog {
         s.prev_term = term;
         s.conf_state = conf_state;
         s.hard_state.commit = s.hard_state.commit.max(index);
+        Ok(())
     }
 
     /// The stored hard state.
-    pub fn hard_state(&self) -> HardState {
-        self.read().map(|s| s.hard_state).unwrap_or_default()
+    pub fn hard_state(&self) -> Result<HardState, LogError> {
+        Ok(self.inner.read().map_err(poisoned)?.hard_state)
     }
 
     /// `(first_index, last_index)` of the stored entries.
-    pub fn bounds(&self) -> (u64, u64) {
-        self.read()
-            .map(|s| (s.first_index, s.first_index + s.entries.len() as u64 - 1))
-            .unwrap_or((1, 0))
+    pub fn bounds(&self) -> Result<(u64, u64), LogError> {
+        let s = self.inner.read().map_err(poisoned)?;
+        Ok((s.first_index, s.first_index + s.entries.len() as u64 - 1))
+    }
+
+    /// The index of the first held entry for which `pred` holds.
+    pub fn find_entry(
+        &self,
+        pred: impl Fn(&Entry<Vec<u8>>) -> bool,
+    ) -> Result<Option<u64>, LogError> {
+        let s = self.inner.read().map_err(poisoned)?;
+        Ok(s.entries.iter().find(|e| pred(e)).map(|e| e.index))
     }
 
     /// Term of entry `index`, if held.

@@ -106,7 +106,7 @@ impl Storage {
         if let Some(s) = &snapshot {
             // The log the core sees starts right after the snapshot, so its
             // configuration is the snapshot's.
-            log.start_after_snapshot(s.index, s.term, s.conf_state.clone());
+            log.start_after_snapshot(s.index, s.term, s.conf_state.clone())?;
             log.set_snapshot(
                 metalraft_core::SnapshotMeta {
                     index: s.index,
@@ -114,7 +114,7 @@ impl Storage {
                     conf_state: s.conf_state.clone(),
                 },
                 std::sync::Arc::new(s.data.clone()),
-            );
+            )?;
         }
         Ok(Opened {
             storage: Storage {
@@ -144,13 +144,7 @@ impl Storage {
             self.wal.sync()?;
         }
         for b in batches {
-            if !self.log.apply_durable(&b.entries, b.hard_state) {
-                return Err(StorageError::Corrupt {
-                    path: PathBuf::from("<memory>"),
-                    offset: 0,
-                    reason: "persistence batch leaves a gap in the log".into(),
-                });
-            }
+            self.log.apply_durable(&b.entries, b.hard_state)?;
         }
         Ok(())
     }
@@ -185,8 +179,7 @@ impl Storage {
             self.wal.reset_after_snapshot(snap.index, snap.term)?;
         }
         self.log
-            .install(install, std::sync::Arc::new(snap.data.clone()));
-        Ok(())
+            .install(install, std::sync::Arc::new(snap.data.clone()))
     }
 
     /// Puts `gate` in front of every `fdatasync` of the WAL (tests only).

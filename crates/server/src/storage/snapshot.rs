@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use metalraft_core::ConfState;
 
+use super::codec::EncodeError;
 use super::error::StorageError;
 use super::wal::sync_dir;
 
@@ -50,12 +51,40 @@ fn parse_name(n: &str) -> Option<(u64, u64)> {
     ))
 }
 
+/// Why snapshot file bytes were refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The file does not start with the snapshot magic.
+    #[error("not a metalraft snapshot (bad magic)")]
+    BadMagic,
+    /// The payload length differs from the header's.
+    #[error("length {actual} does not match header {header}")]
+    Length {
+        /// Payload bytes present.
+        actual: u64,
+        /// Payload bytes the header claims.
+        header: u64,
+    },
+    /// The payload's checksum does not match.
+    #[error("checksum mismatch")]
+    Checksum,
+    /// The payload ends inside a field.
+    #[error("truncated")]
+    Truncated,
+    /// The membership record is larger than a snapshot may hold.
+    #[error("membership record of {0} bytes")]
+    ConfTooLarge(u64),
+    /// The membership record does not decode.
+    #[error("membership record: {0}")]
+    Conf(postcard::Error),
+}
+
 /// Encodes a snapshot file's bytes.
-pub fn encode(s: &Snapshot) -> Vec<u8> {
+pub fn encode(s: &Snapshot) -> Result<Vec<u8>, EncodeError> {
     let mut p = Vec::with_capacity(s.data.len() + 64);
     p.extend_from_slice(&s.index.to_le_bytes());
     p.extend_from_slice(&s.term.to_le_bytes());
-    let conf = postcard::to_allocvec(&s.conf_state).unwrap_or_default();
+    let conf = postcard::to_allocvec(&s.conf_state).map_err(EncodeError::ConfState)?;
     p.extend_from_slice(&(conf.len() as u64).to_le_bytes());
     p.extend_from_slice(&conf);
     p.extend_from_slice(&s.data);
@@ -64,39 +93,46 @@ pub fn encode(s: &Snapshot) -> Vec<u8> {
     out.extend_from_slice(&crc32c::crc32c(&p).to_le_bytes());
     out.extend_from_slice(&(p.len() as u64).to_le_bytes());
     out.extend_from_slice(&p);
-    out
+    Ok(out)
+}
+
+fn u64_at(p: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
+    let b = p.get(*pos..*pos + 8).ok_or(DecodeError::Truncated)?;
+    *pos += 8;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    Ok(u64::from_le_bytes(a))
 }
 
 /// Decodes and verifies a snapshot file's bytes.
-pub fn decode(buf: &[u8]) -> Result<Snapshot, String> {
+pub fn decode(buf: &[u8]) -> Result<Snapshot, DecodeError> {
     if buf.len() < HEADER_BYTES || &buf[..8] != MAGIC {
-        return Err("not a metalraft snapshot (bad magic)".into());
+        return Err(DecodeError::BadMagic);
     }
-    let crc = u32::from_le_bytes(buf[8..12].try_into().map_err(|_| "short header")?);
-    let len = u64::from_le_bytes(buf[12..20].try_into().map_err(|_| "short header")?);
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&buf[8..12]);
+    let crc = u32::from_le_bytes(crc);
+    let len = u64_at(buf, &mut 12)?;
     let p = &buf[HEADER_BYTES..];
     if p.len() as u64 != len {
-        return Err(format!("length {} does not match header {len}", p.len()));
+        return Err(DecodeError::Length {
+            actual: p.len() as u64,
+            header: len,
+        });
     }
     if crc32c::crc32c(p) != crc {
-        return Err("checksum mismatch".into());
+        return Err(DecodeError::Checksum);
     }
     let mut pos = 0usize;
-    let u64_at = |pos: &mut usize| -> Result<u64, String> {
-        let b = p.get(*pos..*pos + 8).ok_or("truncated")?;
-        *pos += 8;
-        Ok(u64::from_le_bytes(b.try_into().map_err(|_| "truncated")?))
-    };
-    let index = u64_at(&mut pos)?;
-    let term = u64_at(&mut pos)?;
-    let conf_len = u64_at(&mut pos)?;
+    let index = u64_at(p, &mut pos)?;
+    let term = u64_at(p, &mut pos)?;
+    let conf_len = u64_at(p, &mut pos)?;
     if conf_len > MAX_CONF_BYTES {
-        return Err(format!("membership record of {conf_len} bytes"));
+        return Err(DecodeError::ConfTooLarge(conf_len));
     }
     let conf_end = pos + conf_len as usize;
-    let conf_bytes = p.get(pos..conf_end).ok_or("truncated membership record")?;
-    let conf_state: ConfState =
-        postcard::from_bytes(conf_bytes).map_err(|e| format!("membership record: {e}"))?;
+    let conf_bytes = p.get(pos..conf_end).ok_or(DecodeError::Truncated)?;
+    let conf_state: ConfState = postcard::from_bytes(conf_bytes).map_err(DecodeError::Conf)?;
     pos = conf_end;
     Ok(Snapshot {
         index,
@@ -112,7 +148,7 @@ pub fn save(dir: &Path, s: &Snapshot) -> Result<PathBuf, StorageError> {
     fs::create_dir_all(dir).map_err(|e| StorageError::from_io(dir, e))?;
     let path = dir.join(name(s.term, s.index));
     let tmp = dir.join(format!("{}.tmp", name(s.term, s.index)));
-    let bytes = encode(s);
+    let bytes = encode(s)?;
     let write = || -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
         f.write_all(&bytes)?;
@@ -167,11 +203,9 @@ pub fn load_latest(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
     File::open(&path)
         .and_then(|mut f| f.read_to_end(&mut buf))
         .map_err(|e| StorageError::from_io(&path, e))?;
-    decode(&buf)
-        .map(Some)
-        .map_err(|reason| StorageError::Corrupt {
-            path,
-            offset: 0,
-            reason,
-        })
+    decode(&buf).map(Some).map_err(|e| StorageError::Corrupt {
+        path,
+        offset: 0,
+        reason: e.to_string(),
+    })
 }

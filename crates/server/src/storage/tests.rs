@@ -100,8 +100,8 @@ fn entries_and_hard_state_survive_reopen_across_segments() {
     let o = Storage::open(dir.path(), conf(), small()).unwrap();
     assert!(o.torn_tail.is_none());
     let log = o.storage.log();
-    assert_eq!(log.bounds(), (1, 200));
-    assert_eq!(log.hard_state().commit, 199);
+    assert_eq!(log.bounds().unwrap(), (1, 200));
+    assert_eq!(log.hard_state().unwrap().commit, 199);
     let es = log.entries(1, 201, usize::MAX).unwrap();
     assert_eq!(es.len(), 200);
     for (i, e) in es.iter().enumerate() {
@@ -127,16 +127,16 @@ fn overwrite_truncates_the_conflicting_suffix() {
             true,
         )
         .unwrap();
-        assert_eq!(s.log().bounds(), (1, 7));
+        assert_eq!(s.log().bounds().unwrap(), (1, 7));
     }
     let log = Storage::open(dir.path(), conf(), small())
         .unwrap()
         .storage
         .log();
-    assert_eq!(log.bounds(), (1, 7));
+    assert_eq!(log.bounds().unwrap(), (1, 7));
     assert_eq!(log.term(7).unwrap(), 2);
     assert_eq!(log.term(5).unwrap(), 1);
-    assert_eq!(log.hard_state().term, 2);
+    assert_eq!(log.hard_state().unwrap().term, 2);
 }
 
 #[test]
@@ -158,7 +158,7 @@ fn torn_final_record_is_truncated_and_the_rest_kept() {
     assert_eq!(path, last);
     assert!(offset < end - 30);
     assert_eq!(
-        o.storage.log().bounds(),
+        o.storage.log().bounds().unwrap(),
         (1, 4),
         "only the torn entry is lost"
     );
@@ -168,7 +168,7 @@ fn torn_final_record_is_truncated_and_the_rest_kept() {
     drop(s);
     let o = Storage::open(dir.path(), conf(), small()).unwrap();
     assert!(o.torn_tail.is_none());
-    assert_eq!(o.storage.log().bounds(), (1, 6));
+    assert_eq!(o.storage.log().bounds().unwrap(), (1, 6));
 }
 
 #[test]
@@ -187,7 +187,7 @@ fn final_record_cut_short_is_truncated() {
     drop(f);
     let o = Storage::open(dir.path(), conf(), small()).unwrap();
     assert!(o.torn_tail.is_some());
-    assert_eq!(o.storage.log().bounds(), (1, 2));
+    assert_eq!(o.storage.log().bounds().unwrap(), (1, 2));
 }
 
 #[test]
@@ -275,7 +275,7 @@ fn snapshot_round_trips_and_purge_keeps_the_log_readable() {
     assert_eq!(o.snapshot.as_ref(), Some(&snap));
     let log = o.storage.log();
     assert_eq!(
-        log.bounds(),
+        log.bounds().unwrap(),
         (151, 200),
         "the log starts right after the snapshot"
     );
@@ -304,7 +304,7 @@ fn installed_snapshot_resets_the_log_and_survives_a_restart() {
         let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
         write_entries(&mut s, 1, 100, 300);
         s.install_snapshot(&snap, &install).unwrap();
-        assert_eq!(s.log().bounds(), (501, 500));
+        assert_eq!(s.log().bounds().unwrap(), (501, 500));
         assert_eq!(wal_files(dir.path()).len(), 1, "older segments deleted");
         s.write(
             &[WriteBatch {
@@ -322,9 +322,9 @@ fn installed_snapshot_resets_the_log_and_survives_a_restart() {
     let o = Storage::open(dir.path(), conf(), small()).unwrap();
     assert_eq!(o.snapshot.as_ref(), Some(&snap));
     let log = o.storage.log();
-    assert_eq!(log.bounds(), (501, 502));
+    assert_eq!(log.bounds().unwrap(), (501, 502));
     assert_eq!(log.term(500).unwrap(), 4);
-    assert_eq!(log.hard_state().commit, 502);
+    assert_eq!(log.hard_state().unwrap().commit, 502);
 }
 
 #[test]
@@ -433,7 +433,7 @@ fn kill_9_during_appends_loses_no_acknowledged_entry() {
         assert!(acked >= 1, "the child acknowledged nothing");
         let o = Storage::open(dir.path(), conf(), small()).unwrap();
         let log = o.storage.log();
-        let (_, last) = log.bounds();
+        let (_, last) = log.bounds().unwrap();
         assert!(
             last >= acked,
             "round {round}: acknowledged {acked} but recovered only {last}"

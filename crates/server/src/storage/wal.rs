@@ -249,7 +249,7 @@ impl Wal {
             hard_state: self.hard_state,
         };
         let mut payload = Vec::new();
-        codec::encode_record(&rec, &mut payload);
+        codec::encode_record(&rec, &mut payload)?;
         let mut frame = Vec::new();
         codec::encode_frame(&payload, &mut frame);
         self.write_at_tail(&frame)?;
@@ -325,7 +325,7 @@ impl Wal {
             let mut end = start;
             let mut bytes = 64usize;
             while end < entries.len() {
-                let b = codec::entry_encoded_bytes(&entries[end]);
+                let b = codec::entry_encoded_bytes(&entries[end])?;
                 if end > start && bytes + b > MAX_FRAME_BYTES {
                     break;
                 }
@@ -356,7 +356,7 @@ impl Wal {
 
     fn append_record(&mut self, rec: &Record) -> Result<(), StorageError> {
         let mut payload = Vec::new();
-        codec::encode_record(rec, &mut payload);
+        codec::encode_record(rec, &mut payload)?;
         if payload.len() > MAX_FRAME_BYTES {
             return Err(StorageError::TooLarge {
                 bytes: payload.len(),
