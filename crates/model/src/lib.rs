@@ -45,6 +45,6 @@ pub use driver::{
     Tag,
 };
 pub use model::{
-    show_message, Action, Bounds, Ghost, RaftModel, ServedRead, Slot, State, Used, Variant, View,
-    NODES, QUORUM,
+    show_message, Action, Bounds, Ghost, RaftModel, Script, ServedRead, Slot, State, Used, Variant,
+    View, NODES, QUORUM,
 };

@@ -9,7 +9,7 @@ use stateright::{Checker, HasDiscoveries, Model};
 
 const USAGE: &str =
     "usage: metalraft-model check [--bound quick|deep] [--variant basic|membership|snapshot]
-       [--pre-vote] [--batch N] [--dfs] [--threads N] [--depth N] [--term N] [--crashes N]
+       [--pre-vote] [--batch N] [--from figure8] [--dfs] [--threads N] [--depth N (0: none)] [--term N] [--crashes N]
        [--proposals N] [--reads N] [--drops N] [--dups N] [--heartbeats N]
        [--log N] [--snapshots N] [--stop-on-failure]";
 
@@ -37,9 +37,9 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
     let mut variant = Variant::Basic;
     let mut pre_vote = false;
     let mut batch = 1usize;
+    let mut prefix = Vec::new();
     let mut dfs = false;
     let mut threads = 1usize;
-    let mut depth = None;
     let mut stop = false;
     while let Some(flag) = it.next() {
         let b = &mut bounds;
@@ -58,11 +58,15 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
                 }
             }
             "--pre-vote" => pre_vote = true,
+            "--from" => match it.next().map(String::as_str) {
+                Some("figure8") => prefix = RaftModel::figure8_prefix(),
+                _ => return Err("--from is figure8".into()),
+            },
             "--batch" => batch = num(it.next(), flag)?,
             "--dfs" => dfs = true,
             "--stop-on-failure" => stop = true,
             "--threads" => threads = num(it.next(), flag)?,
-            "--depth" => depth = Some(num(it.next(), flag)?),
+            "--depth" => b.max_depth = num(it.next(), flag)?,
             "--term" => b.max_term = num(it.next(), flag)?,
             "--crashes" => b.max_crashes = num(it.next(), flag)?,
             "--proposals" => b.max_proposals = num(it.next(), flag)?,
@@ -78,14 +82,13 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
     let mut model = RaftModel::new(variant, bounds);
     model.pre_vote = pre_vote;
     model.entries_per_msg = batch;
-    println!(
-        "variant {variant:?}, pre-vote {pre_vote}, entries per message {batch}, {bounds:?}, depth {depth:?}"
-    );
-    let start = Instant::now();
-    let mut builder = model.clone().checker().threads(threads);
-    if let Some(d) = depth {
-        builder = builder.target_max_depth(d);
+    for step in &prefix {
+        println!("prefix: {step:?}");
     }
+    model.prefix = prefix;
+    println!("variant {variant:?}, pre-vote {pre_vote}, entries per message {batch}, {bounds:?}");
+    let start = Instant::now();
+    let mut builder = model.clone().checker_at_bound().threads(threads);
     if stop {
         builder = builder.finish_when(HasDiscoveries::AnyFailures);
     }

@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 
 use metalraft_core::{
     ConfChange, ConfChangeOp, ConfState, ConfTransition, Config, Index, LogStorage, MemStorage,
-    Message, MessageBody, NodeId, ReadCtx, Role, Term,
+    Message, MessageBody, MessageKind, NodeId, ReadCtx, Role, Term,
 };
 use stateright::{Model, Property};
 
@@ -48,6 +48,10 @@ pub struct Bounds {
     pub max_log: Index,
     /// Snapshots taken ([`Variant::Snapshot`]).
     pub max_snapshots: u8,
+    /// Steps explored from the initial state (0: no limit). Message
+    /// interleavings grow the state space about fourfold per five steps,
+    /// so every practical bound has one.
+    pub max_depth: usize,
 }
 
 impl Bounds {
@@ -62,6 +66,7 @@ impl Bounds {
         max_heartbeats: 0,
         max_log: 3,
         max_snapshots: 0,
+        max_depth: 16,
     };
     /// The deep bound (release build, documented command).
     pub const DEEP: Bounds = Bounds {
@@ -74,6 +79,7 @@ impl Bounds {
         max_heartbeats: 1,
         max_log: 4,
         max_snapshots: 0,
+        max_depth: 22,
     };
 }
 
@@ -90,6 +96,96 @@ pub struct RaftModel {
     /// entry without its own (what the Figure-8 rule is about); larger
     /// batches give a smaller state space.
     pub entries_per_msg: usize,
+    /// Steps taken before the exhaustive search starts (empty: from the
+    /// bootstrapped cluster). See [`Script`].
+    pub prefix: Vec<Script>,
+}
+
+/// A scripted step, resolved against the model's own actions: a prefix of
+/// them leads to a reachable state from which the search starts, for
+/// counterexamples deeper than an exhaustive search from the start can
+/// reach in minutes (Figure 8 needs four elections).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Script {
+    /// [`Action::Timeout`].
+    Timeout(NodeId),
+    /// [`Action::Persist`] until the node has nothing pending.
+    Sync(NodeId),
+    /// [`Action::Deliver`] of a message in flight from, to, of a kind (of
+    /// the highest term if several).
+    Deliver(NodeId, NodeId, MessageKind),
+}
+
+impl RaftModel {
+    /// The Figure-8 set-up (Raft paper §5.4.2): node 1 led term 2 and
+    /// holds its no-op (2, t2); node 3 led term 3 with node 2's vote and
+    /// holds (2, t3); neither entry is replicated. Then node 1 wins term 4
+    /// with node 2's vote (node 2 holds only the bootstrap entry) and
+    /// replicates (2, t2) to node 2 before its own no-op (3, t4): a leader
+    /// that counted replicas of an old-term entry would now commit (2, t2),
+    /// which node 3 (last term 3) can still overwrite if it wins term 5.
+    pub fn figure8_prefix() -> Vec<Script> {
+        use MessageKind::{Append, AppendResponse, Vote, VoteResponse};
+        use Script::{Deliver, Sync, Timeout};
+        vec![
+            Timeout(1),
+            Sync(1),
+            Deliver(1, 2, Vote),
+            Sync(2),
+            Deliver(2, 1, VoteResponse),
+            Sync(1),
+            // Node 3 hears of term 2 (and votes for node 1), then campaigns.
+            Deliver(1, 3, Vote),
+            Sync(3),
+            Timeout(3),
+            Sync(3),
+            Deliver(3, 2, Vote),
+            Sync(2),
+            Deliver(2, 3, VoteResponse),
+            Sync(3),
+            // Node 1 hears of term 3 and wins term 4 with node 2's vote.
+            Deliver(3, 1, Vote),
+            Timeout(1),
+            Sync(1),
+            Deliver(1, 2, Vote),
+            Sync(2),
+            Deliver(2, 1, VoteResponse),
+            // Node 1's first append (prev 2@t2) is rejected by node 2; the
+            // retry carries (2, t2) alone, and node 2 acknowledges it.
+            Sync(1),
+            Deliver(1, 2, Append),
+            Sync(2),
+            Deliver(2, 1, AppendResponse),
+            Sync(1),
+            Deliver(1, 2, Append),
+            Sync(2),
+            Deliver(2, 1, AppendResponse),
+        ]
+    }
+
+    /// The actions a script resolves to in `s`.
+    ///
+    /// # Panics
+    ///
+    /// If a step has no matching action: the script is wrong.
+    pub fn resolve(&self, s: &State, step: Script) -> Vec<Action> {
+        match step {
+            Script::Timeout(id) => vec![Action::Timeout(id)],
+            Script::Sync(id) => vec![Action::Persist(id); s.node(id).unsynced.len()],
+            Script::Deliver(from, to, kind) => {
+                let m = s
+                    .net
+                    .values()
+                    .map(|(m, _)| m)
+                    .filter(|m| m.from == from && m.to == to && m.body.kind() == kind)
+                    .max_by_key(|m| m.term)
+                    .unwrap_or_else(|| {
+                        panic!("no {kind:?} n{from}→n{to} in flight: {:?}", s.net.keys())
+                    });
+                vec![Action::Deliver(m.clone())]
+            }
+        }
+    }
 }
 
 /// The ids of the model's nodes.
@@ -492,6 +588,18 @@ impl RaftModel {
             variant,
             pre_vote: false,
             entries_per_msg: 1,
+            prefix: Vec::new(),
+        }
+    }
+
+    /// A checker builder with the bounds' depth applied.
+    pub fn checker_at_bound(self) -> stateright::CheckerBuilder<RaftModel> {
+        let depth = self.bounds.max_depth;
+        let b = self.checker();
+        if depth > 0 {
+            b.target_max_depth(depth)
+        } else {
+            b
         }
     }
 
@@ -610,6 +718,11 @@ impl Model for RaftModel {
                 view: View::of(&d),
             });
             absorb(&mut s, id, &d, out);
+        }
+        for &step in &self.prefix {
+            for a in self.resolve(&s, step) {
+                s = self.next_state(&s, a).expect("a scripted step");
+            }
         }
         vec![s]
     }
