@@ -8,7 +8,7 @@ use metalraft_model::{Bounds, RaftModel, Variant};
 use stateright::{Checker, HasDiscoveries, Model};
 
 const USAGE: &str =
-    "usage: metalraft-model check [--bound quick|deep] [--variant basic|membership|snapshot]
+    "usage: metalraft-model check [--bound quick|quick-power-loss|deep] [--variant basic|membership|snapshot]
        [--pre-vote] [--batch N] [--from figure8] [--dfs] [--threads N] [--depth N (0: none)] [--term N] [--crashes N]
        [--proposals N] [--reads N] [--drops N] [--dups N] [--heartbeats N]
        [--log N] [--snapshots N] [--stop-on-failure]";
@@ -47,7 +47,8 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
             "--bound" => match it.next().map(String::as_str) {
                 Some("quick") => *b = Bounds::QUICK,
                 Some("deep") => *b = Bounds::DEEP,
-                _ => return Err("--bound is quick or deep".into()),
+                Some("quick-power-loss") => *b = Bounds::QUICK_POWER_LOSS,
+                _ => return Err("--bound is quick, quick-power-loss or deep".into()),
             },
             "--variant" => {
                 variant = match it.next().map(String::as_str) {

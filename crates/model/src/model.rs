@@ -58,7 +58,7 @@ impl Bounds {
     /// The quick bound that runs in `cargo test` (debug build).
     pub const QUICK: Bounds = Bounds {
         max_term: 2,
-        max_crashes: 1,
+        max_crashes: 0,
         max_proposals: 1,
         max_reads: 0,
         max_drops: 0,
@@ -67,6 +67,13 @@ impl Bounds {
         max_log: 3,
         max_snapshots: 0,
         max_depth: 16,
+    };
+    /// [`Bounds::QUICK`] with one power loss, to a smaller depth (also in
+    /// `cargo test`; safety properties only).
+    pub const QUICK_POWER_LOSS: Bounds = Bounds {
+        max_crashes: 1,
+        max_depth: 12,
+        ..Bounds::QUICK
     };
     /// The deep bound (release build, documented command).
     pub const DEEP: Bounds = Bounds {
