@@ -323,13 +323,14 @@ fn disk_key(d: &MemStorage<Payload>) -> DiskKey {
     }
 }
 
-fn batch_key(
-    b: &Batch,
-) -> (
+/// A batch for hashing: (snapshot index, entries, hard state).
+type BatchKey = (
     Option<Index>,
     Vec<EntryId>,
     Option<(Term, Option<NodeId>, Index)>,
-) {
+);
+
+fn batch_key(b: &Batch) -> BatchKey {
     (
         b.install.as_ref().map(|(i, _)| i.meta.index),
         b.entries.iter().map(EntryId::of).collect(),
