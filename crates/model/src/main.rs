@@ -9,7 +9,7 @@ use stateright::{Checker, HasDiscoveries, Model};
 
 const USAGE: &str =
     "usage: metalraft-model check [--bound quick|quick-power-loss|deep] [--variant basic|membership|snapshot]
-       [--pre-vote] [--batch N] [--from figure8] [--dfs] [--threads N] [--depth N (0: none)] [--term N] [--crashes N]
+       [--pre-vote] [--batch N] [--from figure8|leader] [--dfs] [--threads N] [--depth N (0: none)] [--term N] [--crashes N]
        [--proposals N] [--reads N] [--drops N] [--dups N] [--heartbeats N]
        [--log N] [--snapshots N] [--stop-on-failure]";
 
@@ -61,7 +61,8 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
             "--pre-vote" => pre_vote = true,
             "--from" => match it.next().map(String::as_str) {
                 Some("figure8") => prefix = RaftModel::figure8_prefix(),
-                _ => return Err("--from is figure8".into()),
+                Some("leader") => prefix = RaftModel::leader_prefix(),
+                _ => return Err("--from is figure8 or leader".into()),
             },
             "--batch" => batch = num(it.next(), flag)?,
             "--dfs" => dfs = true,

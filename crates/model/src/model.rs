@@ -86,7 +86,7 @@ impl Bounds {
         max_heartbeats: 1,
         max_log: 4,
         max_snapshots: 0,
-        max_depth: 22,
+        max_depth: 17,
     };
 }
 
@@ -163,6 +163,26 @@ impl RaftModel {
             Deliver(1, 2, Append),
             Sync(2),
             Deliver(2, 1, AppendResponse),
+            Sync(1),
+            Deliver(1, 2, Append),
+            Sync(2),
+            Deliver(2, 1, AppendResponse),
+        ]
+    }
+
+    /// Node 1 leads term 2 and has committed its no-op with node 2; node
+    /// 3 has heard nothing yet. The membership and snapshot variants start
+    /// here (a change needs a commit in the leader's term first, a
+    /// snapshot an applied entry).
+    pub fn leader_prefix() -> Vec<Script> {
+        use MessageKind::{Append, AppendResponse, Vote, VoteResponse};
+        use Script::{Deliver, Sync, Timeout};
+        vec![
+            Timeout(1),
+            Sync(1),
+            Deliver(1, 2, Vote),
+            Sync(2),
+            Deliver(2, 1, VoteResponse),
             Sync(1),
             Deliver(1, 2, Append),
             Sync(2),
@@ -417,6 +437,8 @@ pub struct Ghost {
     pub reads_pending: BTreeMap<ReadCtx, (NodeId, Index)>,
     /// Reads served.
     pub reads_served: Vec<ServedRead>,
+    /// Snapshots installed by followers.
+    pub installs: u8,
 }
 
 impl Ghost {
@@ -654,6 +676,8 @@ fn absorb(s: &mut State, id: NodeId, d: &Driver, out: Outputs) {
         let e = s.net.entry(format!("{m:?}")).or_insert((m, 0));
         e.1 = e.1.saturating_add(1);
     }
+    let installs = out.batches.iter().filter(|b| b.install.is_some()).count();
+    s.ghost.installs = s.ghost.installs.saturating_add(installs as u8);
     let slot = &mut s.nodes[slot_index(id)];
     slot.unsynced.extend(out.batches);
     if let Some((meta, data)) = out.snapshot {
@@ -862,7 +886,7 @@ impl Model for RaftModel {
     }
 
     fn properties(&self) -> Vec<Property<Self>> {
-        vec![
+        let mut v = vec![
             Property::always("election safety", |_, s| crate::props::election_safety(s)),
             Property::always("log matching", |_, s| crate::props::log_matching(s)),
             Property::always("leader completeness", |_, s| {
@@ -880,6 +904,18 @@ impl Model for RaftModel {
             Property::sometimes("a leader commits a client entry", |_, s| {
                 crate::props::client_entry_committed(s)
             }),
-        ]
+        ];
+        match self.variant {
+            Variant::Basic => {}
+            Variant::Membership => v.push(Property::sometimes(
+                "the joint change commits and is left",
+                |_, s| crate::props::reconfigured(s),
+            )),
+            Variant::Snapshot => v.push(Property::sometimes(
+                "a follower installs a snapshot",
+                |_, s: &State| s.ghost.installs > 0,
+            )),
+        }
+        v
     }
 }

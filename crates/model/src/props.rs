@@ -94,3 +94,14 @@ pub fn client_entry_committed(s: &State) -> bool {
         .values()
         .any(|(e, _)| matches!(e.tag, Tag::Normal(_)))
 }
+
+/// Reachability ([`crate::Variant::Membership`]): both entries of the
+/// joint change (entering and leaving) were committed.
+pub fn reconfigured(s: &State) -> bool {
+    s.ghost
+        .committed
+        .values()
+        .filter(|(e, _)| e.tag == Tag::Conf && e.index > 1)
+        .count()
+        >= 2
+}
