@@ -86,7 +86,7 @@ impl Bounds {
         max_heartbeats: 1,
         max_log: 4,
         max_snapshots: 0,
-        max_depth: 17,
+        max_depth: 14,
     };
 }
 
