@@ -1,0 +1,66 @@
+//! The model checker at the quick bound (runs in `cargo test`), and the
+//! deep bound as an ignored test (run it in release, see the README).
+
+use metalraft_model::{props, Bounds, RaftModel, Variant};
+use stateright::{Checker, Model};
+
+/// Checks every property of `model`: no safety property is violated and
+/// every reachability property is reached.
+fn check(model: RaftModel) -> usize {
+    let properties = model.properties();
+    let checker = model.checker_at_bound().spawn_bfs().join();
+    for p in &properties {
+        if p.expectation.discovery_is_failure() {
+            checker.assert_no_discovery(p.name);
+        } else {
+            let found = checker.discovery(p.name);
+            assert!(found.is_some(), "never reached: {}", p.name);
+        }
+    }
+    checker.unique_state_count()
+}
+
+#[test]
+fn quick_bound_holds() {
+    let states = check(RaftModel::new(Variant::Basic, Bounds::QUICK));
+    eprintln!("quick bound: {states} unique states");
+    assert!(states > 10_000, "the bound explores something: {states}");
+}
+
+/// Power loss, with a shallower depth (the safety properties only: a
+/// commit needs 16 steps).
+#[test]
+fn quick_bound_with_power_loss_holds() {
+    let model = RaftModel::new(Variant::Basic, Bounds::QUICK_POWER_LOSS);
+    let properties = model.properties();
+    let checker = model.checker_at_bound().spawn_bfs().join();
+    for p in properties
+        .iter()
+        .filter(|p| p.expectation.discovery_is_failure())
+    {
+        checker.assert_no_discovery(p.name);
+    }
+    eprintln!(
+        "quick bound with power loss: {} unique states",
+        checker.unique_state_count()
+    );
+}
+
+/// The properties hold in the initial state and are not trivially true:
+/// a hand-made bad ghost history fails them.
+#[test]
+fn properties_can_fail() {
+    let model = RaftModel::new(Variant::Basic, Bounds::QUICK);
+    let mut s = model.init_states().remove(0);
+    assert!(props::election_safety(&s));
+    assert!(props::state_machine_safety(&s));
+    s.ghost.leaders.insert(2, vec![1, 1]);
+    assert!(!props::election_safety(&s), "one node winning a term twice");
+}
+
+#[test]
+#[ignore = "minutes in release: cargo test --release -p metalraft-model -- --ignored"]
+fn deep_bound_holds() {
+    let states = check(RaftModel::new(Variant::Basic, Bounds::DEEP));
+    eprintln!("deep bound: {states} unique states");
+}
