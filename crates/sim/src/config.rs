@@ -520,6 +520,22 @@ impl SimConfig {
         c
     }
 
+    /// The replica configuration of node `id` in incarnation `incarnation`:
+    /// the core's ([`SimConfig::core_config`]) and the snapshot threshold
+    /// (none without snapshots); a snapshot compacts the whole log behind it.
+    pub fn replica_config(&self, id: u64, incarnation: u32) -> metalraft_replica::Config {
+        let mut c = metalraft_replica::Config::new(id);
+        c.core = self.core_config(id, incarnation);
+        c.snapshot_threshold_entries = match self.snapshot_every_entries {
+            0 => u64::MAX,
+            n => n,
+        };
+        c.snapshot_catch_up_entries = 0;
+        c.max_pending_reads = c.core.max_pending_reads;
+        c.emit_apply_events = false;
+        c
+    }
+
     /// One line describing the run, printed by `run` and in failure reports.
     pub fn summary(&self) -> String {
         format!(

@@ -37,6 +37,7 @@ pub mod digest;
 pub mod disk;
 pub mod history;
 pub mod html;
+pub mod machine;
 pub mod network;
 pub mod payload;
 pub mod replica;

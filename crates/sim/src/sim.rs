@@ -3,12 +3,13 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap};
-use std::rc::Rc;
 
-use metalraft_core::{
-    EntryData, Index, Message, MessageBody, Node, NodeId, ProposeError, Role, SoftState, StepError,
+use metalraft_core::{EntryData, Index, Message, MessageBody, NodeId, Role, SoftState, StepError};
+use metalraft_kv::RangeRequest;
+use metalraft_replica::{
+    Completion, Event as ReplicaEvent, Outcome as ReplicaOutcome, ProposeError, ReqId,
+    RequestFailure,
 };
-use metalraft_kv::{Command, KvStore};
 
 use crate::checkers::{
     check_batch_start, check_durability, check_linearizable, check_liveness, check_log_matching,
@@ -22,9 +23,10 @@ use crate::config::{
 };
 use crate::disk::Disk;
 use crate::history::{ClientId, History, KeyId, OpId, OpKind, OpOutput, Outcome};
+use crate::machine::{Applied, SimMachine};
 use crate::network::{Network, Route};
-use crate::payload::{entry_digest, entry_op, Proposal, SimPayload};
-use crate::replica::{Live, Replica};
+use crate::payload::{entry_digest, entry_op, sim_command, SimPayload};
+use crate::replica::{Live, Replica, SimNode, SimReplica};
 use crate::rng::Rng;
 use crate::timeline::{NodeEvent, Timeline};
 use crate::trace::{Actor, Trace, TraceKind};
@@ -143,6 +145,7 @@ enum Reply {
     Busy,
     Done(OpOutput),
     Failed,
+    Unknown,
 }
 
 #[derive(Debug)]
@@ -215,7 +218,8 @@ struct Current {
     key: KeyId,
     kind: OpKind,
     attempt: u32,
-    payload: SimPayload,
+    /// The command proposed for it ([`sim_command`]).
+    command: Vec<u8>,
 }
 
 struct Client {
@@ -256,6 +260,8 @@ pub struct Simulation {
     committed: CommittedChecker,
     step_down: StepDownChecker,
     committed_at: BTreeMap<OpId, Index>,
+    /// Request id of the last membership change proposed.
+    conf_req: ReqId,
     trace: Trace,
     timeline: Timeline,
     stats: RunStats,
@@ -269,7 +275,7 @@ type Step = Result<(), Violation>;
 /// its entries from there, durable or not.
 fn full_log(
     id: NodeId,
-    node: &crate::replica::SimNode,
+    node: &SimNode,
 ) -> Result<(Index, Vec<metalraft_core::Entry<SimPayload>>), Violation> {
     use metalraft_core::LogStorage as _;
     let first = node.storage().first_index().map_err(|e| core_err(id, e))?;
@@ -283,11 +289,29 @@ fn full_log(
     Ok((first, entries))
 }
 
-/// The read context of attempt `attempt` of read `op` (unique per attempt;
-/// attempts are fewer than 16).
-fn read_ctx(op: OpId, attempt: u32) -> metalraft_core::ReadCtx {
-    const _: () = assert!(CLIENT_ATTEMPTS_MAX < 16);
-    (op << 4) | u64::from(attempt)
+/// Bits of a client request id below the op id: the attempt.
+const REQ_ATTEMPT_BITS: u32 = 4;
+const _: () = assert!(CLIENT_ATTEMPTS_MAX < 1 << REQ_ATTEMPT_BITS);
+
+/// The replica request id of attempt `attempt` of operation `op` (unique per
+/// attempt). Op ids are at least `1 << OP_SEQ_BITS`, so request ids below
+/// [`CONF_REQ_IDS_MAX`] are free for membership changes.
+fn req_id(op: OpId, attempt: u32) -> ReqId {
+    (op << REQ_ATTEMPT_BITS) | u64::from(attempt)
+}
+
+/// Request ids of membership changes stay below this.
+const CONF_REQ_IDS_MAX: ReqId = 1 << (workload::OP_SEQ_BITS + REQ_ATTEMPT_BITS);
+
+/// The (client, op, attempt) of a client request id; `None` for a
+/// membership change's.
+fn client_request(req: ReqId) -> Option<(ClientId, OpId, u32)> {
+    if req < CONF_REQ_IDS_MAX {
+        return None;
+    }
+    let op = req >> REQ_ATTEMPT_BITS;
+    let client = ((op >> workload::OP_SEQ_BITS) - 1) as ClientId;
+    Some((client, op, (req & ((1 << REQ_ATTEMPT_BITS) - 1)) as u32))
 }
 
 /// (term, digest) of `storage`'s entry at `index`, if it holds it.
@@ -320,7 +344,7 @@ fn observe_commit(
 /// a different entry at or below the node's reported commit index.
 fn check_persist_entries(
     node: NodeId,
-    n: &crate::replica::SimNode,
+    n: &SimNode,
     p: &metalraft_core::Persist<SimPayload>,
     committed: &CommittedChecker,
 ) -> Result<(), Violation> {
@@ -396,6 +420,7 @@ impl Simulation {
             committed: CommittedChecker::default(),
             step_down: StepDownChecker::default(),
             committed_at: BTreeMap::new(),
+            conf_req: 0,
             trace: Trace::new(opts.trace),
             timeline: Timeline::default(),
             stats: RunStats::default(),
@@ -575,7 +600,7 @@ impl Simulation {
         }
         let next = self.now + r.tick_us;
         if let Some(live) = r.live.as_mut() {
-            live.node.tick().map_err(|e| core_err(id, e))?;
+            live.replica.tick().map_err(|e| core_err(id, e))?;
         }
         self.at(next, Event::Tick { node, inc });
         self.drive(node)
@@ -617,7 +642,7 @@ impl Simulation {
         let id = self.replicas[node].id;
         self.observe_higher_term(node, &m);
         if let Some(live) = self.replicas[node].live.as_mut() {
-            match live.node.step(m) {
+            match live.replica.step(m) {
                 Ok(()) => {}
                 Err(e @ (StepError::Storage(_) | StepError::Failed)) => {
                     return Err(core_err(id, e))
@@ -661,14 +686,19 @@ impl Simulation {
                 );
             }
             if let Some(live) = self.replicas[node].live.as_mut() {
-                live.node.on_persisted(token).map_err(|e| core_err(id, e))?;
+                live.replica
+                    .on_persisted(token)
+                    .map_err(|e| core_err(id, e))?;
             }
             // Release what the batch unblocked before the next one completes.
             self.drive(node)?;
         }
     }
 
-    /// Carries out everything the node asks for until it has nothing ready.
+    /// Carries out everything the replica asks for until it has nothing to
+    /// do: its persistence batch goes to the simulated disk, its messages to
+    /// the network, its completions to the clients, its snapshot to the disk;
+    /// what its state machine applied goes to the checkers.
     fn drive(&mut self, node: usize) -> Step {
         loop {
             let r = &mut self.replicas[node];
@@ -676,150 +706,107 @@ impl Simulation {
             let Some(live) = r.live.as_mut() else {
                 return Ok(());
             };
-            if !live.node.has_ready() {
+            let Some(out) = live.replica.poll() else {
                 return Ok(());
+            };
+            if let Some(e) = out.failure {
+                return Err(core_err(id, format!("replica stopped: {e}")));
             }
-            let mut rd = live.node.ready().map_err(|e| core_err(id, e))?;
-            let soft = rd.soft_state();
-            let messages = rd.take_messages();
-            let persist = rd.take_persist();
-            let committed = rd.take_committed_entries();
-            let read_states = rd.take_read_states();
-            for c in rd.take_snapshot_chunks() {
-                if c.offset == 0 {
-                    live.incoming_snapshot.clear();
-                }
-                if c.offset == live.incoming_snapshot.len() as u64 {
-                    live.incoming_snapshot.extend_from_slice(&c.data);
-                }
-            }
-            let mut snapshot_data = None;
-            let mut installed = None;
-            if let Some(p) = &persist {
-                if let Some(install) = p.snapshot() {
-                    // Install first (store, state machine), then the entries.
-                    let data = std::mem::take(&mut live.incoming_snapshot);
-                    let kv = KvStore::restore(&data).map_err(|e| core_err(id, e))?;
-                    if kv.applied_index() != install.meta.index {
-                        return Err(core_err(
-                            id,
-                            format!(
-                                "snapshot for index {} holds a store applied to {}",
-                                install.meta.index,
-                                kv.applied_index()
-                            ),
-                        ));
-                    }
-                    live.node
+            let applied = live.replica.state_machine().take_applied();
+            if let Some(w) = &out.persist {
+                let p = &w.persist;
+                if let (Some(install), Some(data)) = (p.snapshot(), &w.snapshot_data) {
+                    // Install first (the replica restored the store), then
+                    // the entries.
+                    live.replica
                         .storage_mut()
                         .install_snapshot(install, data.clone());
-                    live.kv = kv;
-                    live.snapshot_index = install.meta.index;
-                    let index = install.meta.index;
-                    live.proposals.retain(|&i, _| i > index);
-                    installed = Some(index);
-                    snapshot_data = Some(data);
                 }
-                check_persist_entries(id, &live.node, p, &self.committed)?;
-                live.node.storage_mut().apply_persist(p);
+                check_persist_entries(id, live.node(), p, &self.committed)?;
+                live.replica.storage_mut().apply_persist(p);
                 if let Some(hs) = p.hard_state() {
-                    observe_commit(&mut self.committed, id, live.node.storage(), hs.commit)?;
+                    observe_commit(&mut self.committed, id, live.replica.storage(), hs.commit)?;
                 }
             }
-            if let Some(index) = installed {
-                self.state_machine.restore(id, index)?;
-                self.trace.record(
-                    self.now,
-                    Actor::Node(id),
-                    TraceKind::Apply,
-                    index,
-                    1,
-                    || format!("installed snapshot at index {index}"),
-                );
+            for ev in &out.events {
+                if let ReplicaEvent::Role(ss) = ev {
+                    self.on_soft_state(node, *ss)?;
+                }
             }
-            if let Some(ss) = soft {
-                self.on_soft_state(node, ss)?;
-            }
-            for m in messages {
+            for m in out.messages {
                 self.send(node, m)?;
             }
-            if let Some(p) = persist {
-                let sync = p.must_sync();
-                let fsync = self.cfg.disks[node].fsync_us(&mut self.rng_disk)
-                    + if sync {
-                        self.targeted_stall_us(node)
-                    } else {
-                        0
-                    };
-                let (n, seq) = (p.entries().len() as u64, p.seq());
-                let r = &mut self.replicas[node];
-                let done = r.disk.write(p, snapshot_data, self.now, fsync);
-                let inc = r.incarnation;
-                self.trace.record(
-                    self.now,
-                    Actor::Node(id),
-                    TraceKind::Persist,
-                    seq,
-                    n,
-                    || format!("batch {seq}: {n} entries sync={sync} done@{done}"),
-                );
-                self.at(done, Event::DiskDone { node, inc });
-                self.targeted_on_write(node, sync, done);
+            if let Some(w) = out.persist {
+                self.write_batch(node, w.persist, w.snapshot_data);
             }
-            // A leader's commits, of whatever term (a correct leader's
-            // first commit in a term includes an entry of that term).
-            let leader_term = self.replicas[node]
-                .live
-                .as_ref()
-                .filter(|l| l.node.role() == Role::Leader && !committed.is_empty())
-                .map(|l| l.node.term());
-            for e in committed {
-                self.apply(node, e)?;
+            self.observe_applied(node, applied)?;
+            if let Some(s) = out.snapshot {
+                self.save_snapshot(node, s)?;
             }
-            if let Some(term) = leader_term {
-                self.targeted_on_commit(node, term);
+            for c in out.completions {
+                self.on_completion(node, c)?;
             }
-            self.on_read_states(node, read_states);
-            self.serve_reads(node)?;
-            self.maybe_snapshot(node)?;
         }
     }
 
-    /// Takes a snapshot once `snapshot_every_entries` entries were applied
-    /// since the last one, and compacts the log up to it.
-    fn maybe_snapshot(&mut self, node: usize) -> Step {
-        let every = self.cfg.snapshot_every_entries;
+    /// Writes a batch to `node`'s disk; it completes after an fsync time.
+    fn write_batch(
+        &mut self,
+        node: usize,
+        p: metalraft_core::Persist<SimPayload>,
+        snapshot_data: Option<Vec<u8>>,
+    ) {
+        let sync = p.must_sync();
+        let fsync = self.cfg.disks[node].fsync_us(&mut self.rng_disk)
+            + if sync {
+                self.targeted_stall_us(node)
+            } else {
+                0
+            };
+        let (n, seq) = (p.entries().len() as u64, p.seq());
+        let r = &mut self.replicas[node];
+        let id = r.id;
+        let done = r.disk.write(p, snapshot_data, self.now, fsync);
+        let inc = r.incarnation;
+        self.trace.record(
+            self.now,
+            Actor::Node(id),
+            TraceKind::Persist,
+            seq,
+            n,
+            || format!("batch {seq}: {n} entries sync={sync} done@{done}"),
+        );
+        self.at(done, Event::DiskDone { node, inc });
+        self.targeted_on_write(node, sync, done);
+    }
+
+    /// Stores the snapshot the replica took and compacts the log up to it;
+    /// the snapshot and the compaction are durable at once (a snapshot file
+    /// written, synced and renamed before the log is truncated).
+    fn save_snapshot(&mut self, node: usize, s: metalraft_replica::SnapshotToSave) -> Step {
         let r = &mut self.replicas[node];
         let id = r.id;
         let Some(live) = r.live.as_mut() else {
             return Ok(());
         };
-        let applied = live.node.applied_index();
-        if every == 0 || applied < live.snapshot_index + every {
-            return Ok(());
-        }
-        let meta = live
-            .node
-            .snapshot_created(applied)
-            .map_err(|e| core_err(id, e))?;
-        let data = live.kv.snapshot();
-        live.node
+        let index = s.meta.index;
+        live.replica
             .storage_mut()
-            .create_snapshot(meta.clone(), data.clone())
+            .create_snapshot(s.meta.clone(), s.data.clone())
             .map_err(|e| core_err(id, e))?;
         r.disk
-            .create_snapshot(meta, data)
+            .create_snapshot(s.meta, s.data)
             .map_err(|e| core_err(id, e))?;
-        live.snapshot_index = applied;
+        live.replica.snapshot_saved(index);
         let hs = r.disk.durable_hard_state();
         self.durable.observe_durable(id, hs)?;
         self.trace.record(
             self.now,
             Actor::Node(id),
             TraceKind::Apply,
-            applied,
+            index,
             2,
-            || format!("snapshot taken at index {applied}, log compacted"),
+            || format!("snapshot taken at index {index}, log compacted"),
         );
         Ok(())
     }
@@ -843,87 +830,6 @@ impl Simulation {
             self.step_down
                 .observe_higher_term(r.id, term, m.term, self.now, round_trip);
         }
-    }
-
-    /// Read indices arrived: queue the reads until the store catches up;
-    /// a failed read index is refused to the client, who retries.
-    fn on_read_states(&mut self, node: usize, states: Vec<metalraft_core::ReadState>) {
-        let mut refused = Vec::new();
-        let Some(live) = self.replicas[node].live.as_mut() else {
-            return;
-        };
-        for rs in states {
-            let Some((pref, key)) = live.reads.remove(&rs.ctx) else {
-                continue;
-            };
-            match rs.result {
-                Ok(index) => live.reads_ready.push((index, pref, key)),
-                Err(_) => refused.push(pref),
-            }
-        }
-        for (client, op, attempt) in refused {
-            let t = self.now + self.cfg.workload.client_latency_us;
-            self.at(
-                t,
-                Event::Reply {
-                    client,
-                    op,
-                    attempt,
-                    reply: Reply::Busy,
-                },
-            );
-        }
-    }
-
-    /// Serves queued reads whose read index the store has applied.
-    fn serve_reads(&mut self, node: usize) -> Step {
-        let r = &mut self.replicas[node];
-        let id = r.id;
-        let Some(live) = r.live.as_mut() else {
-            return Ok(());
-        };
-        if live.reads_ready.is_empty() {
-            return Ok(());
-        }
-        let applied = live.kv.applied_index();
-        let mut served = Vec::new();
-        let mut i = 0;
-        while i < live.reads_ready.len() {
-            if live.reads_ready[i].0 <= applied {
-                let (index, pref, key) = live.reads_ready.remove(i);
-                let got = live
-                    .kv
-                    .range(&metalraft_kv::RangeRequest::single(&workload::key_bytes(
-                        key,
-                    )))
-                    .map_err(|e| core_err(id, e))?;
-                let v = got.kvs.first().and_then(|kv| workload::value_op(&kv.value));
-                served.push((index, pref, v));
-            } else {
-                i += 1;
-            }
-        }
-        for (index, (client, op, attempt), v) in served {
-            self.trace.record(
-                self.now,
-                Actor::Node(id),
-                TraceKind::Apply,
-                op,
-                index,
-                || format!("read op {op} served at read index {index} (applied {applied})"),
-            );
-            let t = self.now + self.cfg.workload.client_latency_us;
-            self.at(
-                t,
-                Event::Reply {
-                    client,
-                    op,
-                    attempt,
-                    reply: Reply::Done(OpOutput::Get(v)),
-                },
-            );
-        }
-        Ok(())
     }
 
     fn on_soft_state(&mut self, node: usize, ss: SoftState) -> Step {
@@ -953,7 +859,7 @@ impl Simulation {
             let Some(live) = self.replicas[node].live.as_ref() else {
                 return Ok(());
             };
-            let (first, log) = full_log(id, &live.node)?;
+            let (first, log) = full_log(id, live.node())?;
             self.completeness
                 .check_leader(id, ss.term, first - 1, |i| {
                     log.get(usize::try_from(i.checked_sub(first)?).ok()?)
@@ -1048,49 +954,99 @@ impl Simulation {
         Ok(())
     }
 
-    fn apply(&mut self, node: usize, e: metalraft_core::Entry<SimPayload>) -> Step {
-        let r = &mut self.replicas[node];
+    /// What `node`'s state machine applied (or restored), as the replica did
+    /// it: the state-machine and leader-completeness checkers judge this.
+    fn observe_applied(&mut self, node: usize, applied: Vec<Applied>) -> Step {
+        let r = &self.replicas[node];
         let id = r.id;
-        let Some(live) = r.live.as_mut() else {
+        let Some(live) = r.live.as_ref() else {
             return Ok(());
         };
-        let digest = entry_digest(&e);
-        self.state_machine
-            .observe_applied(id, e.index, e.term, digest)?;
-        self.completeness
-            .observe_committed(e.index, e.term, digest, live.node.term());
-        self.trace.record(
-            self.now,
-            Actor::Node(id),
-            TraceKind::Apply,
-            e.index,
-            digest,
-            || format!("index {} term {} op {:?}", e.index, e.term, entry_op(&e)),
-        );
-        let EntryData::Normal(p) = &e.data else {
-            live.kv
-                .mark_applied(e.index)
-                .map_err(|err| core_err(id, err))?;
+        let term = live.node().term();
+        let leader = live.node().role() == Role::Leader;
+        let mut committed = false;
+        for a in applied {
+            match a {
+                Applied::Entry {
+                    index,
+                    term: e_term,
+                    digest,
+                    op,
+                } => {
+                    committed = true;
+                    self.state_machine
+                        .observe_applied(id, index, e_term, digest)?;
+                    self.completeness
+                        .observe_committed(index, e_term, digest, term);
+                    if let Some(op) = op {
+                        self.committed_at.entry(op).or_insert(index);
+                    }
+                    self.trace.record(
+                        self.now,
+                        Actor::Node(id),
+                        TraceKind::Apply,
+                        index,
+                        digest,
+                        || format!("index {index} term {e_term} op {op:?}"),
+                    );
+                }
+                Applied::Restored { index } => {
+                    self.state_machine.restore(id, index)?;
+                    self.trace.record(
+                        self.now,
+                        Actor::Node(id),
+                        TraceKind::Apply,
+                        index,
+                        1,
+                        || format!("installed snapshot at index {index}"),
+                    );
+                }
+            }
+        }
+        // A leader's commits, of whatever term (a correct leader's first
+        // commit in a term includes an entry of that term).
+        if leader && committed {
+            self.targeted_on_commit(node, term);
+        }
+        Ok(())
+    }
+
+    /// A request finished on `node`: the client hears the outcome after its
+    /// latency. Superseded is a definite failure, unknown stays unknown, a
+    /// read that was not served is retried.
+    fn on_completion(
+        &mut self,
+        node: usize,
+        c: Completion<
+            <SimMachine as metalraft_replica::StateMachine>::Output,
+            <SimMachine as metalraft_replica::StateMachine>::ReadOutput,
+        >,
+    ) -> Step {
+        let id = self.replicas[node].id;
+        let Some((client, op, attempt)) = client_request(c.req_id) else {
+            let (req, outcome) = (c.req_id, &c.outcome);
+            self.trace.record(
+                self.now,
+                Actor::Node(id),
+                TraceKind::ConfChange,
+                req,
+                0,
+                || format!("conf change {req} done: {outcome:?}"),
+            );
             return Ok(());
         };
-        let op = p.0.op;
-        self.committed_at.entry(op).or_insert(e.index);
-        let cmd = Command::decode(&p.0.command).map_err(|err| core_err(id, err))?;
-        let result = live
-            .kv
-            .apply(e.index, &cmd)
-            .map_err(|err| core_err(id, err))?;
-        let Some((client, pop, attempt)) = live.proposals.remove(&e.index) else {
-            return Ok(());
+        let kind = self.clients[client]
+            .current
+            .as_ref()
+            .filter(|cur| cur.id == op)
+            .map(|cur| cur.kind);
+        let Some(kind) = kind else {
+            return Ok(()); // the client gave up on it already
         };
-        let reply = if pop == op {
-            let kind = self.clients[client]
-                .current
-                .as_ref()
-                .filter(|c| c.id == op)
-                .map(|c| c.kind);
-            match kind {
-                Some(kind) => match workload::output(kind, &result) {
+        let reply = match c.outcome {
+            ReplicaOutcome::Applied { output, .. } => {
+                let result = output.map_err(|e| core_err(id, format!("{e:?}")))?;
+                match workload::output(kind, &result) {
                     Some(out) => Reply::Done(out),
                     None => {
                         return Err(core_err(
@@ -1098,20 +1054,37 @@ impl Simulation {
                             format!("result {result:?} does not fit {kind:?}"),
                         ))
                     }
-                },
-                None => return Ok(()), // the client gave up on it already
+                }
             }
-        } else {
+            ReplicaOutcome::Read { index, output } => {
+                let got = output.map_err(|e| core_err(id, e))?;
+                let v = got.kvs.first().and_then(|kv| workload::value_op(&kv.value));
+                self.trace.record(
+                    self.now,
+                    Actor::Node(id),
+                    TraceKind::Apply,
+                    op,
+                    index,
+                    || format!("read op {op} served at read index {index}"),
+                );
+                Reply::Done(OpOutput::Get(v))
+            }
+            ReplicaOutcome::ConfChanged { .. } => {
+                return Err(core_err(id, format!("op {op} completed as a conf change")))
+            }
             // Another entry was committed where ours was: ours is gone for
             // good (each attempt is appended at most once, at one index).
-            Reply::Failed
+            ReplicaOutcome::Failed(RequestFailure::Superseded { .. }) => Reply::Failed,
+            ReplicaOutcome::Failed(RequestFailure::Unknown(_)) => Reply::Unknown,
+            // A read that was not served: safe to retry.
+            ReplicaOutcome::Failed(_) => Reply::Busy,
         };
         let t = self.now + self.cfg.workload.client_latency_us;
         self.at(
             t,
             Event::Reply {
                 client,
-                op: pop,
+                op,
                 attempt,
                 reply,
             },
@@ -1139,10 +1112,7 @@ impl Simulation {
             .gen
             .next_op(&self.cfg.workload, &mut self.rng_client);
         let pad = self.cfg.workload.value_pad_bytes;
-        let payload = SimPayload(Rc::new(Proposal {
-            op: id,
-            command: workload::command(id, key, kind, pad).encode(),
-        }));
+        let command = sim_command(id, &workload::command(id, key, kind, pad).encode());
         let pos = self.history.invoke(id, client, key, kind, self.now);
         self.trace.record(
             self.now,
@@ -1158,7 +1128,7 @@ impl Simulation {
             key,
             kind,
             attempt: 0,
-            payload,
+            command,
         });
         self.send_attempt(client, 0);
     }
@@ -1209,50 +1179,56 @@ impl Simulation {
         let Some(cur) = self.clients[client].current.as_ref() else {
             return Ok(());
         };
-        let (payload, kind, key) = (cur.payload.clone(), cur.kind, cur.key);
+        let (kind, key) = (cur.kind, cur.key);
+        let req = req_id(op, attempt);
         let r = &mut self.replicas[node];
         let id = r.id;
         let Some(live) = r.live.as_mut() else {
             return Ok(());
         };
+        let range = RangeRequest::single(&workload::key_bytes(key));
+        let mut proposed = None;
         let reply = if self.opts.sabotage == Sabotage::LocalReads && kind == OpKind::Get {
             // The defect: a read served from whatever this node has applied.
             let got = live
-                .kv
-                .range(&metalraft_kv::RangeRequest::single(&workload::key_bytes(
-                    key,
-                )))
+                .replica
+                .state_machine()
+                .kv()
+                .range(&range)
                 .map_err(|e| core_err(id, e))?;
             let v = got.kvs.first().and_then(|kv| workload::value_op(&kv.value));
             Some(Reply::Done(OpOutput::Get(v)))
         } else if kind == OpKind::Get && self.cfg.workload.read_path != ReadPath::Log {
-            let ctx = read_ctx(op, attempt);
-            match live.node.read_index(ctx) {
-                Ok(()) => {
-                    live.reads.insert(ctx, ((client, op, attempt), key));
-                    None
-                }
+            match live.replica.read(req, range) {
+                Ok(()) => None,
                 Err(_) => Some(Reply::Busy),
             }
         } else {
-            match live.node.propose(payload) {
+            let command = &self.clients[client]
+                .current
+                .as_ref()
+                .expect("checked")
+                .command;
+            match live.replica.propose(req, command) {
                 Ok(index) => {
-                    live.proposals.insert(index, (client, op, attempt));
-                    self.trace.record(
-                        self.now,
-                        Actor::Node(id),
-                        TraceKind::Propose,
-                        op,
-                        index,
-                        || format!("op {op} at index {index}"),
-                    );
-                    self.targeted_on_propose(node);
+                    proposed = Some(index);
                     None
                 }
                 Err(ProposeError::NotLeader { leader }) => Some(Reply::Redirect(leader)),
                 Err(_) => Some(Reply::Busy),
             }
         };
+        if let Some(index) = proposed {
+            self.trace.record(
+                self.now,
+                Actor::Node(id),
+                TraceKind::Propose,
+                op,
+                index,
+                || format!("op {op} at index {index}"),
+            );
+            self.targeted_on_propose(node);
+        }
         if let Some(reply) = reply {
             let t = self.now + self.cfg.workload.client_latency_us;
             self.at(
@@ -1279,6 +1255,10 @@ impl Simulation {
         match reply {
             Reply::Done(out) => self.complete(client, Outcome::Ok(out)),
             Reply::Failed => self.complete(client, Outcome::Failed),
+            Reply::Unknown => {
+                c.hint = None;
+                self.complete(client, Outcome::Unknown)
+            }
             Reply::Redirect(_) | Reply::Busy if cur.attempt + 1 >= CLIENT_ATTEMPTS_MAX => {
                 // Every attempt was refused before being appended.
                 self.complete(client, Outcome::Failed)
@@ -1439,7 +1419,8 @@ impl Simulation {
         let cc = ConfChange::new(&ops).with_context(format!("cc {a} {b}").into_bytes());
         let id = self.replicas[l].id;
         if let Some(live) = self.replicas[l].live.as_mut() {
-            let r = live.node.propose_conf_change(cc);
+            self.conf_req += 1;
+            let r = live.replica.propose_conf_change(self.conf_req, cc);
             self.stats.conf_changes += u64::from(r.is_ok());
             self.trace.record(
                 self.now,
@@ -1470,7 +1451,7 @@ impl Simulation {
     fn transfer(&mut self, l: usize, to: NodeId) -> Step {
         let id = self.replicas[l].id;
         if let Some(live) = self.replicas[l].live.as_mut() {
-            let r = live.node.transfer_leader(to);
+            let r = live.replica.transfer_leader(to);
             self.stats.transfers += 1;
             self.trace.record(
                 self.now,
@@ -1552,27 +1533,27 @@ impl Simulation {
         }
         let id = r.id;
         let storage = r.disk.durable().clone();
-        let cfg = self.cfg.core_config(id, r.incarnation);
+        let cfg = self.cfg.replica_config(id, r.incarnation);
         // The store restarts from the durable snapshot, if any, and
         // re-applies the committed log after it.
-        let (applied, kv) = match r.disk.snapshot() {
-            Some((index, data)) => (index, KvStore::restore(data).map_err(|e| core_err(id, e))?),
-            None => (0, KvStore::new()),
+        let (applied, sm) = match r.disk.snapshot() {
+            Some((index, data)) => (
+                index,
+                SimMachine::from_snapshot(data).map_err(|e| core_err(id, e))?,
+            ),
+            None => (0, SimMachine::new()),
         };
-        let n = Node::new(cfg, storage, applied).map_err(|e| core_err(id, e))?;
+        let replica = SimReplica::new(cfg, storage, sm).map_err(|e| core_err(id, e))?;
         // The restarted node's commit index is its durable one: its
         // durable log must hold the committed entries up to it.
-        observe_commit(&mut self.committed, id, n.storage(), n.commit_index())?;
-        let term = n.term();
-        r.live = Some(Live {
-            node: n,
-            kv,
-            proposals: BTreeMap::new(),
-            reads: BTreeMap::new(),
-            reads_ready: Vec::new(),
-            incoming_snapshot: Vec::new(),
-            snapshot_index: applied,
-        });
+        observe_commit(
+            &mut self.committed,
+            id,
+            replica.storage(),
+            replica.node().commit_index(),
+        )?;
+        let term = replica.term();
+        r.live = Some(Live { replica });
         r.last_role = Some((Role::Follower, term));
         let inc = r.incarnation;
         let first_tick = self.now + 1 + self.rng_fault.range(0, r.tick_us);
@@ -1604,14 +1585,14 @@ impl Simulation {
         let last = self
             .replicas
             .iter()
-            .filter_map(|r| r.live.as_ref()?.node.last_index().ok())
+            .filter_map(|r| r.live.as_ref()?.node().last_index().ok())
             .chain(self.replicas.iter().map(|r| r.disk.durable_last_index()))
             .max()
             .unwrap_or(0);
         let applied_min = self
             .replicas
             .iter()
-            .map(|r| r.live.as_ref().map_or(0, |l| l.node.applied_index()))
+            .map(|r| r.live.as_ref().map_or(0, |l| l.node().applied_index()))
             .min()
             .unwrap_or(0);
         let batches = (last - applied_min.min(last)).div_ceil(self.cfg.max_entries_per_msg as u64);
@@ -1651,9 +1632,9 @@ impl Simulation {
         let members: Vec<NodeId> = self
             .replicas
             .iter()
-            .filter_map(|r| r.live.as_ref().filter(|l| l.node.role() == Role::Leader))
-            .max_by_key(|l| l.node.term())
-            .map_or_else(Vec::new, |l| l.node.conf_state().members());
+            .filter_map(|r| r.live.as_ref().filter(|l| l.node().role() == Role::Leader))
+            .max_by_key(|l| l.node().term())
+            .map_or_else(Vec::new, |l| l.node().conf_state().members());
         LivenessSnapshot {
             nodes: self
                 .replicas
@@ -1663,10 +1644,10 @@ impl Simulation {
                         id: r.id,
                         up: true,
                         member: members.contains(&r.id),
-                        leader: l.node.role() == Role::Leader,
-                        term: l.node.term(),
-                        commit: l.node.commit_index(),
-                        applied: l.node.applied_index(),
+                        leader: l.node().role() == Role::Leader,
+                        term: l.node().term(),
+                        commit: l.node().commit_index(),
+                        applied: l.node().applied_index(),
                     },
                     None => NodeProgress {
                         id: r.id,
@@ -1714,7 +1695,7 @@ impl Simulation {
             let Some(live) = r.live.as_ref() else {
                 continue;
             };
-            let (first, entries) = full_log(r.id, &live.node)?;
+            let (first, entries) = full_log(r.id, live.node())?;
             let summary = |e: &metalraft_core::Entry<SimPayload>| LogEntrySummary {
                 index: e.index,
                 term: e.term,
@@ -1725,7 +1706,7 @@ impl Simulation {
                 r.id,
                 r.disk.durable().all_entries().iter().map(summary).collect(),
             ));
-            let commit = live.node.commit_index();
+            let commit = live.node().commit_index();
             if commit > best_commit {
                 best_commit = commit;
                 compacted = first - 1;
@@ -1743,12 +1724,13 @@ impl Simulation {
             let Some(live) = r.live.as_ref() else {
                 continue;
             };
-            let h = live.kv.hash();
-            let (n0, h0) = *kv_hash.entry(live.kv.applied_index()).or_insert((r.id, h));
+            let kv = live.replica.state_machine().kv();
+            let h = kv.hash();
+            let (n0, h0) = *kv_hash.entry(kv.applied_index()).or_insert((r.id, h));
             if h0 != h {
                 return Err(Violation::StateMachineSafety {
                     node: r.id,
-                    index: live.kv.applied_index(),
+                    index: kv.applied_index(),
                     got: (0, u64::from(h)),
                     expected: (n0, u64::from(h0)),
                 });
