@@ -1049,10 +1049,11 @@ impl Simulation {
                 match workload::output(kind, &result) {
                     Some(out) => Reply::Done(out),
                     None => {
-                        return Err(core_err(
-                            id,
-                            format!("result {result:?} does not fit {kind:?}"),
-                        ))
+                        return Err(Violation::MismatchedCompletion {
+                            node: id,
+                            op,
+                            what: format!("{kind:?} got {result:?}"),
+                        })
                     }
                 }
             }
@@ -1069,8 +1070,12 @@ impl Simulation {
                 );
                 Reply::Done(OpOutput::Get(v))
             }
-            ReplicaOutcome::ConfChanged { .. } => {
-                return Err(core_err(id, format!("op {op} completed as a conf change")))
+            ReplicaOutcome::ConfChanged { index, .. } => {
+                return Err(Violation::MismatchedCompletion {
+                    node: id,
+                    op,
+                    what: format!("{kind:?} got a membership change at index {index}"),
+                })
             }
             // Another entry was committed where ours was: ours is gone for
             // good (each attempt is appended at most once, at one index).
