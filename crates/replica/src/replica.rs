@@ -365,21 +365,30 @@ impl<M: StateMachine, S: LogStorage<P>, P: EntryPayload> Replica<M, S, P> {
     /// batch of the core: messages, persistence, applied entries (their
     /// completions and events), read answers, and the snapshot trigger.
     pub fn poll(&mut self) -> Option<OutputOf<M, P>> {
-        if self.failed.is_none() && self.node.has_ready() {
-            if let Err(e) = self.handle_ready() {
-                self.fail(e);
+        loop {
+            let ready = self.failed.is_none() && self.node.has_ready();
+            if ready {
+                if let Err(e) = self.handle_ready() {
+                    self.fail(e);
+                }
             }
-        }
-        if self.failed.is_none() {
-            self.serve_reads();
-            if let Err(e) = self.maybe_snapshot() {
-                self.fail(e);
+            if self.failed.is_none() {
+                self.serve_reads();
+                if let Err(e) = self.maybe_snapshot() {
+                    self.fail(e);
+                }
             }
+            if !self.out.is_empty() {
+                return Some(core::mem::replace(&mut self.out, Output::new()));
+            }
+            if !ready || self.failed.is_some() {
+                return None;
+            }
+            // The batch only applied entries and produced nothing to hand
+            // out (a follower without apply events): the core may have the
+            // next batch of committed entries ready (`max_apply_bytes`).
+            // Returning `None` now would leave it until the next input.
         }
-        if self.out.is_empty() {
-            return None;
-        }
-        Some(core::mem::replace(&mut self.out, Output::new()))
     }
 
     fn handle_ready(&mut self) -> Result<(), Fatal> {

@@ -773,3 +773,46 @@ fn old_and_new_proposal_of_one_node_at_the_same_index() {
         );
     }
 }
+
+/// postmortem: `poll` handled one batch of the core per call and returned
+/// `None` when that batch produced nothing to hand out — a follower applying
+/// committed entries without apply events. The next batch of committed
+/// entries (`max_apply_bytes` each) then waited for the next input, so a
+/// lagging follower applied one batch per heartbeat. Found by the simulator
+/// (seed 97 of the default swarm: a liveness failure, a follower 1,400
+/// entries behind after the faults stopped).
+#[test]
+fn poll_applies_every_committed_batch_before_returning_none() {
+    use metalraft_core::{Entry, EntryData, HardState, MemStorage};
+    use metalraft_replica::{Frame, Origin, Replica};
+
+    let mut disk: MemStorage<Vec<u8>> = MemStorage::bootstrap(&[1, 2, 3]);
+    let first = disk.all_entries().last().map_or(1, |e| e.index + 1);
+    let entries: Vec<Entry<Vec<u8>>> = (first..first + 100)
+        .map(|index| Entry {
+            term: 1,
+            index,
+            data: EntryData::Normal(Frame::encode(
+                Origin::Client {
+                    node: 2,
+                    req_id: index,
+                },
+                &put(&format!("k{index}"), "v"),
+            )),
+        })
+        .collect();
+    disk.append(&entries);
+    disk.set_hard_state(HardState {
+        term: 1,
+        vote: None,
+        commit: first + 99,
+    });
+    let mut cfg = default_config(1);
+    cfg.emit_apply_events = false;
+    cfg.core.max_apply_bytes = 1; // one entry per batch of the core
+    let mut r = Replica::new(cfg, disk, KvStore::new()).unwrap();
+    while let Some(out) = r.poll() {
+        assert!(out.persist.is_none());
+    }
+    assert_eq!(r.applied_index(), first + 99);
+}

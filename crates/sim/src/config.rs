@@ -203,7 +203,7 @@ pub struct SimConfig {
     pub max_apply_bytes: usize,
     /// A node snapshots its store and compacts its log every this many
     /// applied entries (0: never).
-    pub snapshot_every_entries: u64,
+    pub snapshot_threshold_entries: u64,
     /// Raft limit: snapshot bytes per InstallSnapshot message.
     pub max_snapshot_chunk_bytes: usize,
     /// Lower bound of one-way network latency on a link.
@@ -233,23 +233,34 @@ pub struct SimConfig {
 
 /// Optional parts of the swarm, chosen on the command line. A seed names a
 /// run only together with its knobs (the replay command carries them).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Knobs {
     /// Drive membership changes (spare nodes, add/remove voters and
-    /// learners, joint consensus). Off by default while the core has the
-    /// open liveness bugs listed in `KNOWN_CORE_BUGS.md`.
+    /// learners, joint consensus). On by default (`--no-membership` turns
+    /// it off): the core's membership bugs of `KNOWN_CORE_BUGS.md` are
+    /// fixed, and the `--membership` swarms over seeds `0..2000` pass.
     pub membership: bool,
     /// Take snapshots and compact logs; lagging followers then catch up by
     /// chunked InstallSnapshot.
     pub snapshots: bool,
 }
 
+impl Default for Knobs {
+    /// Membership changes on, snapshots off.
+    fn default() -> Self {
+        Knobs {
+            membership: true,
+            snapshots: false,
+        }
+    }
+}
+
 impl Knobs {
     /// The command-line flags that select these knobs (for replay commands).
     pub fn flags(&self) -> String {
         let mut f = String::new();
-        if self.membership {
-            f.push_str(" --membership");
+        if !self.membership {
+            f.push_str(" --no-membership");
         }
         if self.snapshots {
             f.push_str(" --snapshots");
@@ -272,7 +283,7 @@ impl SimConfig {
             c.faults.down_max = c.faults.down_max.min(c.voters);
         }
         if !knobs.snapshots {
-            c.snapshot_every_entries = 0;
+            c.snapshot_threshold_entries = 0;
         }
         c
     }
@@ -372,7 +383,7 @@ impl SimConfig {
             max_entries_per_msg: [1, 4, 64, 256][r.index(4)],
             max_inflight_msgs: [1, 4, 256][r.index(3)],
             max_apply_bytes: [1, 4096, 1 << 20][r.index(3)],
-            snapshot_every_entries: [10, 50, 200][r.index(3)],
+            snapshot_threshold_entries: [10, 50, 200][r.index(3)],
             max_snapshot_chunk_bytes: [64, 1024, 1 << 20][r.index(3)],
             latency_us_min,
             latency_us_max,
@@ -520,16 +531,32 @@ impl SimConfig {
         c
     }
 
+    /// The replica configuration of node `id` in incarnation `incarnation`:
+    /// the core's ([`SimConfig::core_config`]) and the snapshot threshold
+    /// (none without snapshots); a snapshot compacts the whole log behind it.
+    pub fn replica_config(&self, id: u64, incarnation: u32) -> metalraft_replica::Config {
+        let mut c = metalraft_replica::Config::new(id);
+        c.core = self.core_config(id, incarnation);
+        c.snapshot_threshold_entries = match self.snapshot_threshold_entries {
+            0 => u64::MAX,
+            n => n,
+        };
+        c.snapshot_catch_up_entries = 0;
+        c.max_pending_reads = c.core.max_pending_reads;
+        c.emit_apply_events = false;
+        c
+    }
+
     /// One line describing the run, printed by `run` and in failure reports.
     pub fn summary(&self) -> String {
         format!(
-            "seed={} voters={} spares={} conf_changes={} snapshot_every={} clients={} keys={} reads={:?} hb={} et={}..{} prevote={} checkquorum={} \
+            "seed={} voters={} spares={} conf_changes={} snapshot_threshold={} clients={} keys={} reads={:?} hb={} et={}..{} prevote={} checkquorum={} \
              drop={}ppm dup={}ppm reorder={}ppm latency={}..{}us fsync={}..{}us disks={} schedule={} safety={}ticks",
             self.seed,
             self.voters,
             self.spares,
             self.faults.conf_change_weight > 0,
-            self.snapshot_every_entries,
+            self.snapshot_threshold_entries,
             self.workload.clients,
             self.workload.keys,
             self.workload.read_path,

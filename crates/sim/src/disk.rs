@@ -286,9 +286,8 @@ impl Disk {
 mod tests {
     use super::*;
     use metalraft_core::{Config, Node, Role};
-    use std::rc::Rc;
 
-    use crate::payload::{Proposal, SimPayload};
+    use crate::payload::SimPayload;
 
     /// A single-voter node persisting through the disk under test.
     struct Rig {
@@ -333,10 +332,7 @@ mod tests {
 
         fn propose(&mut self, op: u64) {
             assert_eq!(self.node.role(), Role::Leader);
-            let p = SimPayload(Rc::new(Proposal {
-                op,
-                command: vec![1, 2, 3],
-            }));
+            let p = SimPayload::from(op.to_le_bytes().to_vec());
             self.node.propose(p).unwrap();
         }
     }

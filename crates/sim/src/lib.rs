@@ -1,8 +1,9 @@
 //! # metalraft-sim
 //!
-//! A deterministic simulator for MetalRaft: whole clusters of the real
-//! `metalraft-core` nodes running the real `metalraft-kv` state machine, in
-//! virtual time, under network, disk and node faults drawn from a seed, with
+//! A deterministic simulator for MetalRaft: whole clusters of the shipped
+//! `metalraft-replica` replicas (the `metalraft-core` node, the
+//! `metalraft-kv` state machine, proposal matching, reads and snapshots, as
+//! the server and the firmware run them), in virtual time, under network, disk and node faults drawn from a seed, with
 //! independent checkers of safety, durability, linearizability and
 //! liveness. See the crate README for the fault model, the checkers and how
 //! to replay a failing seed.
@@ -37,6 +38,7 @@ pub mod digest;
 pub mod disk;
 pub mod history;
 pub mod html;
+pub mod machine;
 pub mod network;
 pub mod payload;
 pub mod replica;

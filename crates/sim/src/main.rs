@@ -8,8 +8,9 @@ use metalraft_sim::swarm::{run_swarm, SwarmOptions};
 use metalraft_sim::{html, run_seed, Knobs, RunOptions};
 
 const USAGE: &str = "usage:
-  metalraft-sim run --seed N [--membership] [--snapshots] [--trace] [--history] [--html FILE]
-  metalraft-sim swarm --seeds A..B [--membership] [--snapshots] [--jobs J] [--minutes M]";
+  metalraft-sim run --seed N [--no-membership] [--snapshots] [--trace] [--history] [--html FILE]
+  metalraft-sim swarm --seeds A..B [--no-membership] [--snapshots] [--jobs J] [--minutes M]
+(membership changes are on by default; --membership is accepted and changes nothing)";
 
 /// Default worker threads of `swarm`.
 const DEFAULT_JOBS: usize = 2;
@@ -61,6 +62,7 @@ fn run(args: &[String]) -> Result<bool, CliError> {
             }
             "--trace" => trace = true,
             "--membership" => knobs.membership = true,
+            "--no-membership" => knobs.membership = false,
             "--snapshots" => knobs.snapshots = true,
             "--history" => history = true,
             "--html" => {
@@ -147,6 +149,7 @@ fn swarm(args: &[String]) -> Result<bool, CliError> {
                 i += 1;
             }
             "--membership" => knobs.membership = true,
+            "--no-membership" => knobs.membership = false,
             "--snapshots" => knobs.snapshots = true,
             "--jobs" => {
                 jobs = value(args, i, "--jobs")?;

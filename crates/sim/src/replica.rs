@@ -1,38 +1,32 @@
-//! One simulated node: the real `metalraft-core` node and `metalraft-kv`
-//! store while it runs, and its disk, which outlives crashes.
+//! One simulated node: the shipped `metalraft-replica` [`Replica`] (the
+//! core node, the kv state machine, proposal matching, reads, snapshots)
+//! while it runs, and its disk, which outlives crashes.
 
-use std::collections::BTreeMap;
-
-use metalraft_core::{Index, MemStorage, Node, NodeId, ReadCtx, Role, Term};
-use metalraft_kv::KvStore;
+use metalraft_core::{MemStorage, Node, NodeId, Role, Term};
 
 use crate::config::Time;
 use crate::disk::Disk;
-use crate::history::{ClientId, KeyId, OpId};
+use crate::machine::SimMachine;
 use crate::payload::SimPayload;
 
-/// The core node type the simulator runs.
+/// The core node type inside a simulated replica.
 pub type SimNode = Node<SimPayload, MemStorage<SimPayload>>;
 
-/// A client operation proposed on this node: (client, op, attempt).
-pub type ProposalRef = (ClientId, OpId, u32);
+/// The replica type the simulator runs: the one the server and the
+/// firmware run, over the disk's "written" view of the log.
+pub type SimReplica = metalraft_replica::Replica<SimMachine, MemStorage<SimPayload>, SimPayload>;
 
 /// A running node's volatile state (lost on crash).
 pub struct Live {
-    /// The Raft node; its storage is the disk's "written" view.
-    pub node: SimNode,
-    /// The state machine, rebuilt after a restart by re-applying the log.
-    pub kv: KvStore,
-    /// Client proposals waiting to be applied, by log index.
-    pub proposals: BTreeMap<Index, ProposalRef>,
-    /// Client reads waiting for their read index, by read context.
-    pub reads: BTreeMap<ReadCtx, (ProposalRef, KeyId)>,
-    /// Client reads with a read index, waiting for the store to apply it.
-    pub reads_ready: Vec<(Index, ProposalRef, KeyId)>,
-    /// Snapshot bytes received so far (InstallSnapshot chunks).
-    pub incoming_snapshot: Vec<u8>,
-    /// Index of this node's latest snapshot (taken or installed).
-    pub snapshot_index: Index,
+    /// The replica; its storage is the disk's "written" view.
+    pub replica: SimReplica,
+}
+
+impl Live {
+    /// The Raft node, read-only.
+    pub fn node(&self) -> &SimNode {
+        self.replica.node()
+    }
 }
 
 /// A node slot: running or crashed, plus its disk.
@@ -58,6 +52,6 @@ impl Replica {
     pub fn is_leader(&self) -> bool {
         self.live
             .as_ref()
-            .is_some_and(|l| l.node.role() == Role::Leader)
+            .is_some_and(|l| l.node().role() == Role::Leader)
     }
 }

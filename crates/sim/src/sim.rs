@@ -3,12 +3,13 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap};
-use std::rc::Rc;
 
-use metalraft_core::{
-    EntryData, Index, Message, MessageBody, Node, NodeId, ProposeError, Role, SoftState, StepError,
+use metalraft_core::{EntryData, Index, Message, MessageBody, NodeId, Role, SoftState, StepError};
+use metalraft_kv::RangeRequest;
+use metalraft_replica::{
+    Completion, Event as ReplicaEvent, Outcome as ReplicaOutcome, ProposeError, ReqId,
+    RequestFailure,
 };
-use metalraft_kv::{Command, KvStore};
 
 use crate::checkers::{
     check_batch_start, check_durability, check_leader_commit, check_linearizable, check_liveness,
@@ -22,14 +23,18 @@ use crate::config::{
 };
 use crate::disk::Disk;
 use crate::history::{ClientId, History, KeyId, OpId, OpKind, OpOutput, Outcome};
+use crate::machine::{Applied, SimMachine};
 use crate::network::{Network, Route};
-use crate::payload::{entry_digest, entry_op, Proposal, SimPayload};
-use crate::replica::{Live, Replica};
+use crate::payload::{entry_digest, entry_op, sim_command, SimPayload};
+use crate::replica::{Live, Replica, SimNode, SimReplica};
 use crate::rng::Rng;
 use crate::timeline::{NodeEvent, Timeline};
 use crate::trace::{Actor, Trace, TraceKind};
 use crate::workload::{self, ClientGen};
 
+mod clients;
+mod faults;
+mod liveness;
 mod targeted;
 
 /// A client waits this long before retrying when no leader is known.
@@ -143,6 +148,7 @@ enum Reply {
     Busy,
     Done(OpOutput),
     Failed,
+    Unknown,
 }
 
 #[derive(Debug)]
@@ -215,7 +221,8 @@ struct Current {
     key: KeyId,
     kind: OpKind,
     attempt: u32,
-    payload: SimPayload,
+    /// The command proposed for it ([`sim_command`]).
+    command: Vec<u8>,
 }
 
 struct Client {
@@ -256,6 +263,8 @@ pub struct Simulation {
     committed: CommittedChecker,
     step_down: StepDownChecker,
     committed_at: BTreeMap<OpId, Index>,
+    /// Request id of the last membership change proposed.
+    conf_req: ReqId,
     trace: Trace,
     timeline: Timeline,
     stats: RunStats,
@@ -269,7 +278,7 @@ type Step = Result<(), Violation>;
 /// its entries from there, durable or not.
 fn full_log(
     id: NodeId,
-    node: &crate::replica::SimNode,
+    node: &SimNode,
 ) -> Result<(Index, Vec<metalraft_core::Entry<SimPayload>>), Violation> {
     use metalraft_core::LogStorage as _;
     let first = node.storage().first_index().map_err(|e| core_err(id, e))?;
@@ -281,13 +290,6 @@ fn full_log(
         .entries(first, last + 1, usize::MAX)
         .map_err(|e| core_err(id, e))?;
     Ok((first, entries))
-}
-
-/// The read context of attempt `attempt` of read `op` (unique per attempt;
-/// attempts are fewer than 16).
-fn read_ctx(op: OpId, attempt: u32) -> metalraft_core::ReadCtx {
-    const _: () = assert!(CLIENT_ATTEMPTS_MAX < 16);
-    (op << 4) | u64::from(attempt)
 }
 
 /// (term, digest) of `storage`'s entry at `index`, if it holds it.
@@ -320,7 +322,7 @@ fn observe_commit(
 /// a different entry at or below the node's reported commit index.
 fn check_persist_entries(
     node: NodeId,
-    n: &crate::replica::SimNode,
+    n: &SimNode,
     p: &metalraft_core::Persist<SimPayload>,
     committed: &CommittedChecker,
 ) -> Result<(), Violation> {
@@ -396,6 +398,7 @@ impl Simulation {
             committed: CommittedChecker::default(),
             step_down: StepDownChecker::default(),
             committed_at: BTreeMap::new(),
+            conf_req: 0,
             trace: Trace::new(opts.trace),
             timeline: Timeline::default(),
             stats: RunStats::default(),
@@ -575,7 +578,7 @@ impl Simulation {
         }
         let next = self.now + r.tick_us;
         if let Some(live) = r.live.as_mut() {
-            live.node.tick().map_err(|e| core_err(id, e))?;
+            live.replica.tick().map_err(|e| core_err(id, e))?;
         }
         self.at(next, Event::Tick { node, inc });
         self.drive(node)
@@ -617,7 +620,7 @@ impl Simulation {
         let id = self.replicas[node].id;
         self.observe_higher_term(node, &m);
         if let Some(live) = self.replicas[node].live.as_mut() {
-            match live.node.step(m) {
+            match live.replica.step(m) {
                 Ok(()) => {}
                 Err(e @ (StepError::Storage(_) | StepError::Failed)) => {
                     return Err(core_err(id, e))
@@ -661,14 +664,19 @@ impl Simulation {
                 );
             }
             if let Some(live) = self.replicas[node].live.as_mut() {
-                live.node.on_persisted(token).map_err(|e| core_err(id, e))?;
+                live.replica
+                    .on_persisted(token)
+                    .map_err(|e| core_err(id, e))?;
             }
             // Release what the batch unblocked before the next one completes.
             self.drive(node)?;
         }
     }
 
-    /// Carries out everything the node asks for until it has nothing ready.
+    /// Carries out everything the replica asks for until it has nothing to
+    /// do: its persistence batch goes to the simulated disk, its messages to
+    /// the network, its completions to the clients, its snapshot to the disk;
+    /// what its state machine applied goes to the checkers.
     fn drive(&mut self, node: usize) -> Step {
         loop {
             let r = &mut self.replicas[node];
@@ -676,155 +684,114 @@ impl Simulation {
             let Some(live) = r.live.as_mut() else {
                 return Ok(());
             };
-            if !live.node.has_ready() {
+            let Some(out) = live.replica.poll() else {
                 return Ok(());
+            };
+            if let Some(e) = out.failure {
+                return Err(core_err(id, format!("replica stopped: {e}")));
             }
-            let mut rd = live.node.ready().map_err(|e| core_err(id, e))?;
-            let soft = rd.soft_state();
-            let messages = rd.take_messages();
-            let persist = rd.take_persist();
-            let committed = rd.take_committed_entries();
-            let read_states = rd.take_read_states();
-            for c in rd.take_snapshot_chunks() {
-                if c.offset == 0 {
-                    live.incoming_snapshot.clear();
-                }
-                if c.offset == live.incoming_snapshot.len() as u64 {
-                    live.incoming_snapshot.extend_from_slice(&c.data);
-                }
-            }
-            let mut snapshot_data = None;
-            let mut installed = None;
-            if let Some(p) = &persist {
-                if let Some(install) = p.snapshot() {
-                    // Install first (store, state machine), then the entries.
-                    let data = std::mem::take(&mut live.incoming_snapshot);
-                    let kv = KvStore::restore(&data).map_err(|e| core_err(id, e))?;
-                    if kv.applied_index() != install.meta.index {
-                        return Err(core_err(
-                            id,
-                            format!(
-                                "snapshot for index {} holds a store applied to {}",
-                                install.meta.index,
-                                kv.applied_index()
-                            ),
-                        ));
-                    }
-                    live.node
+            let applied = live.replica.state_machine().take_applied();
+            if let Some(w) = &out.persist {
+                let p = &w.persist;
+                if let (Some(install), Some(data)) = (p.snapshot(), &w.snapshot_data) {
+                    // Install first (the replica restored the store), then
+                    // the entries.
+                    live.replica
                         .storage_mut()
                         .install_snapshot(install, data.clone());
-                    live.kv = kv;
-                    live.snapshot_index = install.meta.index;
-                    let index = install.meta.index;
-                    live.proposals.retain(|&i, _| i > index);
-                    installed = Some(index);
-                    snapshot_data = Some(data);
                 }
-                check_persist_entries(id, &live.node, p, &self.committed)?;
-                let commit_before = live.node.storage().hard_state().commit;
-                live.node.storage_mut().apply_persist(p);
+                check_persist_entries(id, live.node(), p, &self.committed)?;
+                let commit_before = live.replica.storage().hard_state().commit;
+                live.replica.storage_mut().apply_persist(p);
                 if let Some(hs) = p.hard_state() {
-                    if live.node.role() == Role::Leader && live.node.term() == hs.term {
-                        let entry_term = stored_entry(live.node.storage(), hs.commit).map(|e| e.0);
+                    let (role, term) = (live.node().role(), live.node().term());
+                    if role == Role::Leader && term == hs.term {
+                        let entry_term =
+                            stored_entry(live.replica.storage(), hs.commit).map(|e| e.0);
                         check_leader_commit(id, hs.term, commit_before, hs.commit, entry_term)?;
                     }
-                    observe_commit(&mut self.committed, id, live.node.storage(), hs.commit)?;
+                    observe_commit(&mut self.committed, id, live.replica.storage(), hs.commit)?;
                 }
             }
-            if let Some(index) = installed {
-                self.state_machine.restore(id, index)?;
-                self.trace.record(
-                    self.now,
-                    Actor::Node(id),
-                    TraceKind::Apply,
-                    index,
-                    1,
-                    || format!("installed snapshot at index {index}"),
-                );
+            for ev in &out.events {
+                if let ReplicaEvent::Role(ss) = ev {
+                    self.on_soft_state(node, *ss)?;
+                }
             }
-            if let Some(ss) = soft {
-                self.on_soft_state(node, ss)?;
-            }
-            for m in messages {
+            for m in out.messages {
                 self.send(node, m)?;
             }
-            if let Some(p) = persist {
-                let sync = p.must_sync();
-                let fsync = self.cfg.disks[node].fsync_us(&mut self.rng_disk)
-                    + if sync {
-                        self.targeted_stall_us(node)
-                    } else {
-                        0
-                    };
-                let (n, seq) = (p.entries().len() as u64, p.seq());
-                let r = &mut self.replicas[node];
-                let done = r.disk.write(p, snapshot_data, self.now, fsync);
-                let inc = r.incarnation;
-                self.trace.record(
-                    self.now,
-                    Actor::Node(id),
-                    TraceKind::Persist,
-                    seq,
-                    n,
-                    || format!("batch {seq}: {n} entries sync={sync} done@{done}"),
-                );
-                self.at(done, Event::DiskDone { node, inc });
-                self.targeted_on_write(node, sync, done);
+            if let Some(w) = out.persist {
+                self.write_batch(node, w.persist, w.snapshot_data);
             }
-            // A leader's commits, of whatever term (a correct leader's
-            // first commit in a term includes an entry of that term).
-            let leader_term = self.replicas[node]
-                .live
-                .as_ref()
-                .filter(|l| l.node.role() == Role::Leader && !committed.is_empty())
-                .map(|l| l.node.term());
-            for e in committed {
-                self.apply(node, e)?;
+            self.observe_applied(node, applied)?;
+            if let Some(s) = out.snapshot {
+                self.save_snapshot(node, s)?;
             }
-            if let Some(term) = leader_term {
-                self.targeted_on_commit(node, term);
+            for c in out.completions {
+                self.on_completion(node, c)?;
             }
-            self.on_read_states(node, read_states);
-            self.serve_reads(node)?;
-            self.maybe_snapshot(node)?;
         }
     }
 
-    /// Takes a snapshot once `snapshot_every_entries` entries were applied
-    /// since the last one, and compacts the log up to it.
-    fn maybe_snapshot(&mut self, node: usize) -> Step {
-        let every = self.cfg.snapshot_every_entries;
+    /// Writes a batch to `node`'s disk; it completes after an fsync time.
+    fn write_batch(
+        &mut self,
+        node: usize,
+        p: metalraft_core::Persist<SimPayload>,
+        snapshot_data: Option<Vec<u8>>,
+    ) {
+        let sync = p.must_sync();
+        let fsync = self.cfg.disks[node].fsync_us(&mut self.rng_disk)
+            + if sync {
+                self.targeted_stall_us(node)
+            } else {
+                0
+            };
+        let (n, seq) = (p.entries().len() as u64, p.seq());
+        let r = &mut self.replicas[node];
+        let id = r.id;
+        let done = r.disk.write(p, snapshot_data, self.now, fsync);
+        let inc = r.incarnation;
+        self.trace.record(
+            self.now,
+            Actor::Node(id),
+            TraceKind::Persist,
+            seq,
+            n,
+            || format!("batch {seq}: {n} entries sync={sync} done@{done}"),
+        );
+        self.at(done, Event::DiskDone { node, inc });
+        self.targeted_on_write(node, sync, done);
+    }
+
+    /// Stores the snapshot the replica took and compacts the log up to it;
+    /// the snapshot and the compaction are durable at once (a snapshot file
+    /// written, synced and renamed before the log is truncated).
+    fn save_snapshot(&mut self, node: usize, s: metalraft_replica::SnapshotToSave) -> Step {
         let r = &mut self.replicas[node];
         let id = r.id;
         let Some(live) = r.live.as_mut() else {
             return Ok(());
         };
-        let applied = live.node.applied_index();
-        if every == 0 || applied < live.snapshot_index + every {
-            return Ok(());
-        }
-        let meta = live
-            .node
-            .snapshot_created(applied)
-            .map_err(|e| core_err(id, e))?;
-        let data = live.kv.snapshot();
-        live.node
+        let index = s.meta.index;
+        live.replica
             .storage_mut()
-            .create_snapshot(meta.clone(), data.clone())
+            .create_snapshot(s.meta.clone(), s.data.clone())
             .map_err(|e| core_err(id, e))?;
         r.disk
-            .create_snapshot(meta, data)
+            .create_snapshot(s.meta, s.data)
             .map_err(|e| core_err(id, e))?;
-        live.snapshot_index = applied;
+        live.replica.snapshot_saved(index);
         let hs = r.disk.durable_hard_state();
         self.durable.observe_durable(id, hs)?;
         self.trace.record(
             self.now,
             Actor::Node(id),
             TraceKind::Apply,
-            applied,
+            index,
             2,
-            || format!("snapshot taken at index {applied}, log compacted"),
+            || format!("snapshot taken at index {index}, log compacted"),
         );
         Ok(())
     }
@@ -848,87 +815,6 @@ impl Simulation {
             self.step_down
                 .observe_higher_term(r.id, term, m.term, self.now, round_trip);
         }
-    }
-
-    /// Read indices arrived: queue the reads until the store catches up;
-    /// a failed read index is refused to the client, who retries.
-    fn on_read_states(&mut self, node: usize, states: Vec<metalraft_core::ReadState>) {
-        let mut refused = Vec::new();
-        let Some(live) = self.replicas[node].live.as_mut() else {
-            return;
-        };
-        for rs in states {
-            let Some((pref, key)) = live.reads.remove(&rs.ctx) else {
-                continue;
-            };
-            match rs.result {
-                Ok(index) => live.reads_ready.push((index, pref, key)),
-                Err(_) => refused.push(pref),
-            }
-        }
-        for (client, op, attempt) in refused {
-            let t = self.now + self.cfg.workload.client_latency_us;
-            self.at(
-                t,
-                Event::Reply {
-                    client,
-                    op,
-                    attempt,
-                    reply: Reply::Busy,
-                },
-            );
-        }
-    }
-
-    /// Serves queued reads whose read index the store has applied.
-    fn serve_reads(&mut self, node: usize) -> Step {
-        let r = &mut self.replicas[node];
-        let id = r.id;
-        let Some(live) = r.live.as_mut() else {
-            return Ok(());
-        };
-        if live.reads_ready.is_empty() {
-            return Ok(());
-        }
-        let applied = live.kv.applied_index();
-        let mut served = Vec::new();
-        let mut i = 0;
-        while i < live.reads_ready.len() {
-            if live.reads_ready[i].0 <= applied {
-                let (index, pref, key) = live.reads_ready.remove(i);
-                let got = live
-                    .kv
-                    .range(&metalraft_kv::RangeRequest::single(&workload::key_bytes(
-                        key,
-                    )))
-                    .map_err(|e| core_err(id, e))?;
-                let v = got.kvs.first().and_then(|kv| workload::value_op(&kv.value));
-                served.push((index, pref, v));
-            } else {
-                i += 1;
-            }
-        }
-        for (index, (client, op, attempt), v) in served {
-            self.trace.record(
-                self.now,
-                Actor::Node(id),
-                TraceKind::Apply,
-                op,
-                index,
-                || format!("read op {op} served at read index {index} (applied {applied})"),
-            );
-            let t = self.now + self.cfg.workload.client_latency_us;
-            self.at(
-                t,
-                Event::Reply {
-                    client,
-                    op,
-                    attempt,
-                    reply: Reply::Done(OpOutput::Get(v)),
-                },
-            );
-        }
-        Ok(())
     }
 
     fn on_soft_state(&mut self, node: usize, ss: SoftState) -> Step {
@@ -958,7 +844,7 @@ impl Simulation {
             let Some(live) = self.replicas[node].live.as_ref() else {
                 return Ok(());
             };
-            let (first, log) = full_log(id, &live.node)?;
+            let (first, log) = full_log(id, live.node())?;
             self.completeness
                 .check_leader(id, ss.term, first - 1, |i| {
                     log.get(usize::try_from(i.checked_sub(first)?).ok()?)
@@ -1053,662 +939,65 @@ impl Simulation {
         Ok(())
     }
 
-    fn apply(&mut self, node: usize, e: metalraft_core::Entry<SimPayload>) -> Step {
-        let r = &mut self.replicas[node];
+    /// What `node`'s state machine applied (or restored), as the replica did
+    /// it: the state-machine and leader-completeness checkers judge this.
+    fn observe_applied(&mut self, node: usize, applied: Vec<Applied>) -> Step {
+        let r = &self.replicas[node];
         let id = r.id;
-        let Some(live) = r.live.as_mut() else {
+        let Some(live) = r.live.as_ref() else {
             return Ok(());
         };
-        let digest = entry_digest(&e);
-        self.state_machine
-            .observe_applied(id, e.index, e.term, digest)?;
-        self.completeness
-            .observe_committed(e.index, e.term, digest, live.node.term());
-        self.trace.record(
-            self.now,
-            Actor::Node(id),
-            TraceKind::Apply,
-            e.index,
-            digest,
-            || format!("index {} term {} op {:?}", e.index, e.term, entry_op(&e)),
-        );
-        let EntryData::Normal(p) = &e.data else {
-            live.kv
-                .mark_applied(e.index)
-                .map_err(|err| core_err(id, err))?;
-            return Ok(());
-        };
-        let op = p.0.op;
-        self.committed_at.entry(op).or_insert(e.index);
-        let cmd = Command::decode(&p.0.command).map_err(|err| core_err(id, err))?;
-        let result = live
-            .kv
-            .apply(e.index, &cmd)
-            .map_err(|err| core_err(id, err))?;
-        let Some((client, pop, attempt)) = live.proposals.remove(&e.index) else {
-            return Ok(());
-        };
-        let reply = if pop == op {
-            let kind = self.clients[client]
-                .current
-                .as_ref()
-                .filter(|c| c.id == op)
-                .map(|c| c.kind);
-            match kind {
-                Some(kind) => match workload::output(kind, &result) {
-                    Some(out) => Reply::Done(out),
-                    None => {
-                        return Err(core_err(
-                            id,
-                            format!("result {result:?} does not fit {kind:?}"),
-                        ))
+        let term = live.node().term();
+        let leader = live.node().role() == Role::Leader;
+        let mut committed = false;
+        for a in applied {
+            match a {
+                Applied::Entry {
+                    index,
+                    term: e_term,
+                    digest,
+                    op,
+                } => {
+                    committed = true;
+                    self.state_machine
+                        .observe_applied(id, index, e_term, digest)?;
+                    self.completeness
+                        .observe_committed(index, e_term, digest, term);
+                    if let Some(op) = op {
+                        self.committed_at.entry(op).or_insert(index);
                     }
-                },
-                None => return Ok(()), // the client gave up on it already
-            }
-        } else {
-            // Another entry was committed where ours was: ours is gone for
-            // good (each attempt is appended at most once, at one index).
-            Reply::Failed
-        };
-        let t = self.now + self.cfg.workload.client_latency_us;
-        self.at(
-            t,
-            Event::Reply {
-                client,
-                op: pop,
-                attempt,
-                reply,
-            },
-        );
-        Ok(())
-    }
-}
-
-// ----- clients --------------------------------------------------------------
-impl Simulation {
-    fn target(&mut self, client: ClientId) -> usize {
-        match self.clients[client].hint {
-            Some(n) => n,
-            None => self.rng_client.index(self.replicas.len()),
-        }
-    }
-
-    fn invoke(&mut self, client: ClientId) {
-        let c = &self.clients[client];
-        if c.current.is_some() || (matches!(self.phase, Phase::Liveness { .. }) && c.ok_since_calm)
-        {
-            return;
-        }
-        let (id, key, kind) = self.clients[client]
-            .gen
-            .next_op(&self.cfg.workload, &mut self.rng_client);
-        let pad = self.cfg.workload.value_pad_bytes;
-        let payload = SimPayload(Rc::new(Proposal {
-            op: id,
-            command: workload::command(id, key, kind, pad).encode(),
-        }));
-        let pos = self.history.invoke(id, client, key, kind, self.now);
-        self.trace.record(
-            self.now,
-            Actor::Client(client),
-            TraceKind::Invoke,
-            id,
-            u64::from(key),
-            || format!("{}", self.history.ops[pos]),
-        );
-        self.clients[client].current = Some(Current {
-            pos,
-            id,
-            key,
-            kind,
-            attempt: 0,
-            payload,
-        });
-        self.send_attempt(client, 0);
-    }
-
-    fn send_attempt(&mut self, client: ClientId, delay: Time) {
-        let node = self.target(client);
-        let Some(cur) = self.clients[client].current.as_ref() else {
-            return;
-        };
-        let (op, attempt) = (cur.id, cur.attempt);
-        let w = &self.cfg.workload;
-        let (lat, timeout) = (w.client_latency_us, w.client_timeout_us);
-        self.at(
-            self.now + delay + lat,
-            Event::Request {
-                node,
-                client,
-                op,
-                attempt,
-            },
-        );
-        self.at(
-            self.now + delay + timeout,
-            Event::Timeout {
-                client,
-                op,
-                attempt,
-            },
-        );
-    }
-
-    fn on_request(&mut self, node: usize, client: ClientId, op: OpId, attempt: u32) -> Step {
-        let current = self.clients[client]
-            .current
-            .as_ref()
-            .is_some_and(|c| c.id == op && c.attempt == attempt);
-        if !current || self.replicas[node].live.is_none() {
-            return Ok(()); // stale, or the node is down: the client times out
-        }
-        if self.defer_if_paused(node, || Event::Request {
-            node,
-            client,
-            op,
-            attempt,
-        }) {
-            return Ok(());
-        }
-        let Some(cur) = self.clients[client].current.as_ref() else {
-            return Ok(());
-        };
-        let (payload, kind, key) = (cur.payload.clone(), cur.kind, cur.key);
-        let r = &mut self.replicas[node];
-        let id = r.id;
-        let Some(live) = r.live.as_mut() else {
-            return Ok(());
-        };
-        let reply = if self.opts.sabotage == Sabotage::LocalReads && kind == OpKind::Get {
-            // The defect: a read served from whatever this node has applied.
-            let got = live
-                .kv
-                .range(&metalraft_kv::RangeRequest::single(&workload::key_bytes(
-                    key,
-                )))
-                .map_err(|e| core_err(id, e))?;
-            let v = got.kvs.first().and_then(|kv| workload::value_op(&kv.value));
-            Some(Reply::Done(OpOutput::Get(v)))
-        } else if kind == OpKind::Get && self.cfg.workload.read_path != ReadPath::Log {
-            let ctx = read_ctx(op, attempt);
-            match live.node.read_index(ctx) {
-                Ok(()) => {
-                    live.reads.insert(ctx, ((client, op, attempt), key));
-                    None
-                }
-                Err(_) => Some(Reply::Busy),
-            }
-        } else {
-            match live.node.propose(payload) {
-                Ok(index) => {
-                    live.proposals.insert(index, (client, op, attempt));
                     self.trace.record(
                         self.now,
                         Actor::Node(id),
-                        TraceKind::Propose,
-                        op,
+                        TraceKind::Apply,
                         index,
-                        || format!("op {op} at index {index}"),
+                        digest,
+                        || format!("index {index} term {e_term} op {op:?}"),
                     );
-                    self.targeted_on_propose(node);
-                    None
                 }
-                Err(ProposeError::NotLeader { leader }) => Some(Reply::Redirect(leader)),
-                Err(_) => Some(Reply::Busy),
+                Applied::Restored { index } => {
+                    self.state_machine.restore(id, index)?;
+                    self.trace.record(
+                        self.now,
+                        Actor::Node(id),
+                        TraceKind::Apply,
+                        index,
+                        1,
+                        || format!("installed snapshot at index {index}"),
+                    );
+                }
             }
-        };
-        if let Some(reply) = reply {
-            let t = self.now + self.cfg.workload.client_latency_us;
-            self.at(
-                t,
-                Event::Reply {
-                    client,
-                    op,
-                    attempt,
-                    reply,
-                },
-            );
         }
-        self.drive(node)
-    }
-
-    fn on_reply(&mut self, client: ClientId, op: OpId, attempt: u32, reply: Reply) -> Step {
-        let c = &mut self.clients[client];
-        let Some(cur) = c.current.as_mut() else {
-            return Ok(());
-        };
-        if cur.id != op || cur.attempt != attempt {
-            return Ok(());
-        }
-        match reply {
-            Reply::Done(out) => self.complete(client, Outcome::Ok(out)),
-            Reply::Failed => self.complete(client, Outcome::Failed),
-            Reply::Redirect(_) | Reply::Busy if cur.attempt + 1 >= CLIENT_ATTEMPTS_MAX => {
-                // Every attempt was refused before being appended.
-                self.complete(client, Outcome::Failed)
-            }
-            Reply::Redirect(hint) => {
-                cur.attempt += 1;
-                c.hint = hint.map(|l| (l - 1) as usize);
-                let delay = if hint.is_some() {
-                    0
-                } else {
-                    NO_LEADER_BACKOFF_US
-                };
-                self.send_attempt(client, delay);
-            }
-            Reply::Busy => {
-                cur.attempt += 1;
-                self.send_attempt(client, NO_LEADER_BACKOFF_US);
-            }
+        // A leader's commits, of whatever term (a correct leader's first
+        // commit in a term includes an entry of that term).
+        if leader && committed {
+            self.targeted_on_commit(node, term);
         }
         Ok(())
-    }
-
-    fn complete(&mut self, client: ClientId, outcome: Outcome) {
-        let c = &mut self.clients[client];
-        let Some(cur) = c.current.take() else { return };
-        self.history.complete(cur.pos, self.now, outcome);
-        if let Outcome::Ok(out) = outcome {
-            c.gen.learn(cur.id, cur.key, cur.kind, out);
-            if matches!(self.phase, Phase::Liveness { .. }) {
-                c.ok_since_calm = true;
-            }
-        }
-        let pos = cur.pos;
-        self.trace.record(
-            self.now,
-            Actor::Client(client),
-            TraceKind::Complete,
-            cur.id,
-            0,
-            || format!("{}", self.history.ops[pos]),
-        );
-        let t = self.now + workload::think(&self.cfg.workload, &mut self.rng_client);
-        self.at(t, Event::ClientWake { client });
     }
 }
 
-// ----- faults and phases ----------------------------------------------------
 impl Simulation {
-    fn fault_gap(&mut self) -> Time {
-        1 + self
-            .rng_fault
-            .range(0, 2 * self.cfg.faults.fault_gap_us_mean)
-    }
-
-    fn on_fault(&mut self) -> Step {
-        if self.phase != Phase::Safety {
-            return Ok(());
-        }
-        let gap = self.fault_gap();
-        self.at(self.now + gap, Event::Fault);
-        let f = &self.cfg.faults;
-        let weights = [
-            f.crash_weight,
-            f.torn_crash_weight,
-            f.partition_weight,
-            f.heal_weight,
-            f.pause_weight,
-            f.transfer_weight,
-            f.conf_change_weight,
-        ];
-        let total: u32 = weights.iter().sum();
-        if total == 0 {
-            return Ok(());
-        }
-        let mut x = self.rng_fault.range(0, u64::from(total)) as u32;
-        let mut action = 0;
-        while x >= weights[action] {
-            x -= weights[action];
-            action += 1;
-        }
-        let n = self.replicas.len();
-        let up: Vec<usize> = (0..n)
-            .filter(|&i| self.replicas[i].live.is_some())
-            .collect();
-        match action {
-            0 | 1 if n - up.len() < self.cfg.faults.down_max && !up.is_empty() => {
-                let i = up[self.rng_fault.index(up.len())];
-                self.crash(i, action == 1)?;
-            }
-            2 if n >= 2 => {
-                let p = Network::random_partition(&mut self.rng_fault, n);
-                self.install_partition(p);
-            }
-            3 => self.heal(),
-            4 if !up.is_empty() => {
-                let i = up[self.rng_fault.index(up.len())];
-                let until = self.now + 1 + self.rng_fault.range(0, self.cfg.faults.pause_us_max);
-                self.replicas[i].paused_until = until;
-                self.stats.pauses += 1;
-                let id = self.replicas[i].id;
-                self.trace.record(
-                    self.now,
-                    Actor::Node(id),
-                    TraceKind::Pause,
-                    until,
-                    0,
-                    || format!("paused until {until}us"),
-                );
-                if self.opts.timeline {
-                    self.timeline
-                        .node_events
-                        .push((self.now, id, NodeEvent::Pause(until)));
-                }
-            }
-            5 => {
-                let Some(l) = (0..n).find(|&i| self.replicas[i].is_leader()) else {
-                    return Ok(());
-                };
-                if n < 2 || self.replicas[l].paused_until > self.now {
-                    return Ok(());
-                }
-                let to = loop {
-                    let t = self.rng_fault.index(n);
-                    if t != l {
-                        break t as NodeId + 1;
-                    }
-                };
-                self.transfer(l, to)?;
-            }
-            6 => self.conf_change()?,
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// Asks the leader for a random membership change (it may refuse: one
-    /// change at a time, leader not ready, no voters left, ...).
-    fn conf_change(&mut self) -> Step {
-        use metalraft_core::{ConfChange, ConfChangeOp};
-        let n = self.replicas.len() as NodeId;
-        let Some(l) = (0..self.replicas.len()).find(|&i| self.replicas[i].is_leader()) else {
-            return Ok(());
-        };
-        if self.replicas[l].paused_until > self.now {
-            return Ok(());
-        }
-        let pick = |rng: &mut Rng| 1 + rng.range(0, n);
-        let a = pick(&mut self.rng_fault);
-        let b = pick(&mut self.rng_fault);
-        let ops = match self.rng_fault.range(0, 5) {
-            0 | 1 => vec![ConfChangeOp::AddVoter(a)],
-            2 => vec![ConfChangeOp::AddLearner(a)],
-            3 => vec![ConfChangeOp::Remove(a)],
-            _ => vec![ConfChangeOp::AddVoter(a), ConfChangeOp::Remove(b)],
-        };
-        // An application context rides along (checked by the log digests
-        // like any entry content).
-        let cc = ConfChange::new(&ops).with_context(format!("cc {a} {b}").into_bytes());
-        let id = self.replicas[l].id;
-        if let Some(live) = self.replicas[l].live.as_mut() {
-            let r = live.node.propose_conf_change(cc);
-            self.stats.conf_changes += u64::from(r.is_ok());
-            self.trace.record(
-                self.now,
-                Actor::Node(id),
-                TraceKind::ConfChange,
-                a,
-                b,
-                || format!("conf change {ops:?}: {r:?}"),
-            );
-        }
-        self.drive(l)
-    }
-
-    fn install_partition(&mut self, p: crate::network::Partition) {
-        self.stats.partitions += 1;
-        let text = p.to_string();
-        self.trace
-            .record(self.now, Actor::Sim, TraceKind::Partition, 0, 0, || {
-                text.clone()
-            });
-        if self.opts.timeline {
-            self.timeline.partitions.push((self.now, Some(text)));
-        }
-        self.net.partition(p);
-    }
-
-    /// Asks leader `l` to hand over to `to`.
-    fn transfer(&mut self, l: usize, to: NodeId) -> Step {
-        let id = self.replicas[l].id;
-        if let Some(live) = self.replicas[l].live.as_mut() {
-            let r = live.node.transfer_leader(to);
-            self.stats.transfers += 1;
-            self.trace.record(
-                self.now,
-                Actor::Node(id),
-                TraceKind::Transfer,
-                to,
-                u64::from(r.is_ok()),
-                || format!("transfer leadership to n{to}: {r:?}"),
-            );
-        }
-        self.drive(l)
-    }
-
-    fn heal(&mut self) {
-        if self.net.current_partition().is_some() {
-            self.net.heal();
-            self.trace
-                .record(self.now, Actor::Sim, TraceKind::Heal, 0, 0, || {
-                    "network healed".into()
-                });
-            if self.opts.timeline {
-                self.timeline.partitions.push((self.now, None));
-            }
-        }
-    }
-
-    fn crash(&mut self, node: usize, torn: bool) -> Step {
-        self.targeted_on_random_crash(node);
-        self.crash_for(node, torn, None)
-    }
-
-    /// Crashes `node`; it restarts after `down_us`, or a random downtime.
-    fn crash_for(&mut self, node: usize, torn: bool, down_us: Option<Time>) -> Step {
-        let r = &mut self.replicas[node];
-        if r.live.take().is_none() {
-            return Ok(());
-        }
-        r.incarnation += 1;
-        r.paused_until = 0;
-        r.last_role = None;
-        let id = r.id;
-        let report = r.disk.crash(torn, &mut self.rng_disk);
-        let hs = r.disk.durable_hard_state();
-        self.durable.observe_durable(id, hs)?;
-        self.committed.forget(id);
-        self.step_down.forget(id);
-        self.stats.crashes += 1;
-        self.stats.torn_writes += u64::from(torn);
-        self.trace.record(
-            self.now,
-            Actor::Node(id),
-            TraceKind::Crash,
-            u64::from(torn),
-            report.records_lost,
-            || {
-                format!(
-                "torn={torn} unsynced records lost={} kept={} durable term={} vote={:?} commit={}",
-                report.records_lost, report.records_kept, hs.term, hs.vote, hs.commit
-            )
-            },
-        );
-        if self.opts.timeline {
-            self.timeline
-                .node_events
-                .push((self.now, id, NodeEvent::Crash { torn }));
-        }
-        let down = match down_us {
-            Some(d) => d,
-            None => self.rng_fault.range(DOWNTIME_TICKS_MIN, DOWNTIME_TICKS_MAX) * TICK_US_NOMINAL,
-        };
-        self.at(self.now + down, Event::Restart { node });
-        Ok(())
-    }
-
-    fn restart(&mut self, node: usize) -> Step {
-        let r = &mut self.replicas[node];
-        if r.live.is_some() {
-            return Ok(());
-        }
-        let id = r.id;
-        let storage = r.disk.durable().clone();
-        let cfg = self.cfg.core_config(id, r.incarnation);
-        // The store restarts from the durable snapshot, if any, and
-        // re-applies the committed log after it.
-        let (applied, kv) = match r.disk.snapshot() {
-            Some((index, data)) => (index, KvStore::restore(data).map_err(|e| core_err(id, e))?),
-            None => (0, KvStore::new()),
-        };
-        let n = Node::new(cfg, storage, applied).map_err(|e| core_err(id, e))?;
-        // The restarted node's commit index is its durable one: its
-        // durable log must hold the committed entries up to it.
-        observe_commit(&mut self.committed, id, n.storage(), n.commit_index())?;
-        let term = n.term();
-        r.live = Some(Live {
-            node: n,
-            kv,
-            proposals: BTreeMap::new(),
-            reads: BTreeMap::new(),
-            reads_ready: Vec::new(),
-            incoming_snapshot: Vec::new(),
-            snapshot_index: applied,
-        });
-        r.last_role = Some((Role::Follower, term));
-        let inc = r.incarnation;
-        let first_tick = self.now + 1 + self.rng_fault.range(0, r.tick_us);
-        self.state_machine.restore(id, applied)?;
-        self.trace.record(
-            self.now,
-            Actor::Node(id),
-            TraceKind::Restart,
-            u64::from(inc),
-            term,
-            || format!("restart (incarnation {inc}) from durable term {term}"),
-        );
-        if self.opts.timeline {
-            self.timeline
-                .node_events
-                .push((self.now, id, NodeEvent::Restart));
-            self.timeline
-                .roles
-                .push((self.now, id, Role::Follower, term));
-        }
-        self.at(first_tick, Event::Tick { node, inc });
-        self.drive(node)
-    }
-
-    /// The liveness budget: the configured base plus time for the most
-    /// lagging node to catch up, one batch of `max_entries_per_msg` entries
-    /// per round trip (two worst-case latencies plus a worst-case fsync).
-    fn liveness_budget_ticks(&self) -> u64 {
-        let last = self
-            .replicas
-            .iter()
-            .filter_map(|r| r.live.as_ref()?.node.last_index().ok())
-            .chain(self.replicas.iter().map(|r| r.disk.durable_last_index()))
-            .max()
-            .unwrap_or(0);
-        let applied_min = self
-            .replicas
-            .iter()
-            .map(|r| r.live.as_ref().map_or(0, |l| l.node.applied_index()))
-            .min()
-            .unwrap_or(0);
-        let batches = (last - applied_min.min(last)).div_ceil(self.cfg.max_entries_per_msg as u64);
-        let round_trip_us = 2 * self.cfg.latency_us_max + self.cfg.fsync_us_worst();
-        self.cfg.liveness_budget_ticks + (batches * round_trip_us).div_ceil(TICK_US_NOMINAL)
-    }
-
-    fn on_liveness_start(&mut self) -> Step {
-        let budget = self.liveness_budget_ticks();
-        self.phase = Phase::Liveness {
-            deadline: self.now + budget * TICK_US_NOMINAL,
-            start: self.now,
-        };
-        self.trace
-            .record(self.now, Actor::Sim, TraceKind::Phase, 1, budget, || {
-                format!("liveness phase: faults stop, budget {budget} ticks")
-            });
-        if self.opts.timeline {
-            self.timeline.liveness_start = Some(self.now);
-        }
-        self.heal();
-        self.net.calm();
-        self.targeted_on_calm();
-        for i in 0..self.replicas.len() {
-            self.replicas[i].paused_until = 0;
-            self.restart(i)?;
-        }
-        for c in &mut self.clients {
-            c.ok_since_calm = false;
-        }
-        self.at(self.now + LIVENESS_POLL_US, Event::Poll);
-        Ok(())
-    }
-
-    fn liveness_snapshot(&self, start: Time) -> LivenessSnapshot {
-        // Members of the newest leader's configuration must converge.
-        let members: Vec<NodeId> = self
-            .replicas
-            .iter()
-            .filter_map(|r| r.live.as_ref().filter(|l| l.node.role() == Role::Leader))
-            .max_by_key(|l| l.node.term())
-            .map_or_else(Vec::new, |l| l.node.conf_state().members());
-        LivenessSnapshot {
-            nodes: self
-                .replicas
-                .iter()
-                .map(|r| match &r.live {
-                    Some(l) => NodeProgress {
-                        id: r.id,
-                        up: true,
-                        member: members.contains(&r.id),
-                        leader: l.node.role() == Role::Leader,
-                        term: l.node.term(),
-                        commit: l.node.commit_index(),
-                        applied: l.node.applied_index(),
-                    },
-                    None => NodeProgress {
-                        id: r.id,
-                        up: false,
-                        member: members.contains(&r.id),
-                        leader: false,
-                        term: 0,
-                        commit: 0,
-                        applied: 0,
-                    },
-                })
-                .collect(),
-            clients_waiting: (0..self.clients.len())
-                .filter(|&c| !self.clients[c].ok_since_calm || self.clients[c].current.is_some())
-                .collect(),
-            elapsed_ticks: (self.now - start) / TICK_US_NOMINAL,
-        }
-    }
-
-    fn on_poll(&mut self) -> Step {
-        let Phase::Liveness { deadline, start } = self.phase else {
-            return Ok(());
-        };
-        let snap = self.liveness_snapshot(start);
-        match check_liveness(&snap) {
-            Ok(()) => {
-                self.finished = true;
-                Ok(())
-            }
-            Err(v) if self.now >= deadline => Err(v),
-            Err(_) => {
-                self.at(self.now + LIVENESS_POLL_US, Event::Poll);
-                Ok(())
-            }
-        }
-    }
-
     fn final_checks(&mut self) -> Result<LinearizabilityReport, Violation> {
         // Log matching over every node's full log and its durable log.
         let mut logs = Vec::new();
@@ -1719,7 +1008,7 @@ impl Simulation {
             let Some(live) = r.live.as_ref() else {
                 continue;
             };
-            let (first, entries) = full_log(r.id, &live.node)?;
+            let (first, entries) = full_log(r.id, live.node())?;
             let summary = |e: &metalraft_core::Entry<SimPayload>| LogEntrySummary {
                 index: e.index,
                 term: e.term,
@@ -1730,7 +1019,7 @@ impl Simulation {
                 r.id,
                 r.disk.durable().all_entries().iter().map(summary).collect(),
             ));
-            let commit = live.node.commit_index();
+            let commit = live.node().commit_index();
             if commit > best_commit {
                 best_commit = commit;
                 compacted = first - 1;
@@ -1748,12 +1037,13 @@ impl Simulation {
             let Some(live) = r.live.as_ref() else {
                 continue;
             };
-            let h = live.kv.hash();
-            let (n0, h0) = *kv_hash.entry(live.kv.applied_index()).or_insert((r.id, h));
+            let kv = live.replica.state_machine().kv();
+            let h = kv.hash();
+            let (n0, h0) = *kv_hash.entry(kv.applied_index()).or_insert((r.id, h));
             if h0 != h {
                 return Err(Violation::StateMachineSafety {
                     node: r.id,
-                    index: live.kv.applied_index(),
+                    index: kv.applied_index(),
                     got: (0, u64::from(h)),
                     expected: (n0, u64::from(h0)),
                 });

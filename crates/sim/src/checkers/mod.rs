@@ -209,6 +209,16 @@ pub enum Violation {
         /// What did not happen.
         what: String,
     },
+    /// A client request was answered with a result of another kind of
+    /// operation: the replica completed it with another entry's output.
+    MismatchedCompletion {
+        /// The node that answered.
+        node: NodeId,
+        /// The operation.
+        op: OpId,
+        /// The operation and the result it got.
+        what: String,
+    },
     /// The core returned an error the simulator cannot explain (a storage
     /// failure of a healthy in-memory store, a refused restart, ...).
     CoreError {
@@ -306,6 +316,10 @@ impl fmt::Display for Violation {
                 Ok(())
             }
             Violation::Liveness { what } => write!(f, "liveness: {what}"),
+            Violation::MismatchedCompletion { node, op, what } => write!(
+                f,
+                "mismatched completion: node {node} answered op {op} with another entry's result: {what}"
+            ),
             Violation::CoreError { node, error } => write!(f, "core error on node {node}: {error}"),
         }
     }

@@ -334,7 +334,7 @@ impl Simulation {
         let candidate = self.replicas[node]
             .live
             .as_ref()
-            .is_some_and(|l| l.node.role() == metalraft_core::Role::Candidate);
+            .is_some_and(|l| l.node().role() == metalraft_core::Role::Candidate);
         if !self.targeted_active()
             || !candidate
             || self.spared(node)
