@@ -11,7 +11,7 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use metalraft_core::ConfState;
+use metalraft_core::{ConfState, MAX_TERM_OR_INDEX};
 
 use super::error::StorageError;
 use super::wal::sync_dir;
@@ -89,6 +89,11 @@ pub fn decode(buf: &[u8]) -> Result<Snapshot, String> {
     };
     let index = u64_at(&mut pos)?;
     let term = u64_at(&mut pos)?;
+    // The core refuses indices and terms above MAX_TERM_OR_INDEX; the log
+    // that starts after the snapshot computes `index + 1`.
+    if index > MAX_TERM_OR_INDEX || term > MAX_TERM_OR_INDEX {
+        return Err(format!("index {index} or term {term} out of range"));
+    }
     let conf_len = u64_at(&mut pos)?;
     if conf_len > MAX_CONF_BYTES {
         return Err(format!("membership record of {conf_len} bytes"));

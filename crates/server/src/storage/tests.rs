@@ -505,3 +505,30 @@ fn wal_bug_01_segment_start_at_index_zero_is_corrupt_not_a_panic() {
         Err(StorageError::Corrupt { .. })
     ));
 }
+
+/// postmortem: found by the `wal_decode` fuzz target. A checksummed
+/// snapshot file claiming index u64::MAX was loaded; `Storage::open` then
+/// started the log at `index + 1`, which overflowed (a panic with overflow
+/// checks, a log starting at 0 without). Fix: `snapshot::decode` refuses an
+/// index or term above the core's `MAX_TERM_OR_INDEX`.
+#[test]
+fn wal_bug_02_snapshot_at_index_u64_max_is_corrupt_not_a_panic() {
+    for (index, term) in [(u64::MAX, 1), (1, u64::MAX)] {
+        let dir = tempfile::tempdir().unwrap();
+        let snap_dir = dir.path().join("member").join("snap");
+        std::fs::create_dir_all(&snap_dir).unwrap();
+        let snap = Snapshot {
+            index,
+            term,
+            conf_state: conf(),
+            data: vec![1],
+        };
+        assert!(snapshot::decode(&snapshot::encode(&snap)).is_err());
+        snapshot::save(&snap_dir, &snap).unwrap();
+        match Storage::open(dir.path(), conf(), small()) {
+            Err(StorageError::Corrupt { .. }) => {}
+            Err(e) => panic!("expected Corrupt, got {e}"),
+            Ok(_) => panic!("snapshot at index {index}, term {term} accepted"),
+        }
+    }
+}
