@@ -167,10 +167,10 @@ impl<D: BlockDevice> DiskLog<D> {
     }
 
     fn write_hard_state(&mut self, hs: HardStateRecord, sync: bool) -> Result<(), StoreError> {
-        let rec = HardStateRecord {
-            seq: self.hard.seq + 1,
-            ..hs
-        };
+        // A damaged but checksummed slot may hold any sequence number; a
+        // wrapped one would make the older slot win at the next boot.
+        let seq = self.hard.seq.checked_add(1).ok_or(StoreError::LogFull)?;
+        let rec = HardStateRecord { seq, ..hs };
         let mut disk = self.disk.borrow_mut();
         disk.write(rec.sector(), &rec.encode())?;
         if sync {

@@ -175,7 +175,7 @@ pub(super) fn open<D: BlockDevice>(mut disk: D, members: &[u64]) -> Result<Opene
             commit: next.commit,
         });
     }
-    next.boots += 1;
+    next.boots = next.boots.saturating_add(1);
     log.disk.borrow_mut().flush()?;
     log.write_hard_state(next, true)?;
     Ok((log, rec, data))

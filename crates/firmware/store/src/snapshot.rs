@@ -8,7 +8,9 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use metalraft_core::{Index, SnapshotChunk, SnapshotInstall, SnapshotMeta, StorageError};
+use metalraft_core::{
+    Index, SnapshotChunk, SnapshotInstall, SnapshotMeta, StorageError, MAX_TERM_OR_INDEX,
+};
 use metalraft_fw_proto::disk::{SnapshotHeader, MAX_SNAPSHOT_BYTES, SECTOR_BYTES, SNAPSHOT_SLOTS};
 use metalraft_fw_proto::CRC32C;
 
@@ -290,6 +292,11 @@ pub(super) fn load_slot<D: BlockDevice>(
     let meta = decode_meta(&header.meta)?;
     let epoch = header.first_epoch;
     if meta.index != header.index || meta.term != header.term {
+        return None;
+    }
+    // The log after the snapshot starts at `index + 1`; the core refuses
+    // anything above MAX_TERM_OR_INDEX.
+    if header.index > MAX_TERM_OR_INDEX || header.term > MAX_TERM_OR_INDEX {
         return None;
     }
     let len = header.data_len as usize;

@@ -81,3 +81,74 @@ fn fw_store_bug_01_ring_wrapping_onto_the_first_live_record_is_full() {
     let (again, _, _) = DiskLog::open(disk, &[1]).expect("what was persisted recovers");
     assert!(again.last_index().expect("last") >= persisted);
 }
+
+fn disk_with(writes: &[(u64, [u8; SECTOR_BYTES])]) -> MemDisk {
+    let mut img = vec![0u8; (LOG_START_SECTOR + 64) as usize * SECTOR_BYTES];
+    for (sector, bytes) in writes {
+        let at = *sector as usize * SECTOR_BYTES;
+        img[at..at + SECTOR_BYTES].copy_from_slice(bytes);
+    }
+    MemDisk(Rc::new(RefCell::new(img)))
+}
+
+/// postmortem: found by the `fw_disk` fuzz target. Recovery writes the
+/// next hard state with sequence number `seq + 1` and `boots + 1`; a
+/// checksummed slot holding u64::MAX in either overflowed (a panic with
+/// overflow checks; without, seq 0 went to slot A while slot B kept
+/// u64::MAX, so every later boot read the stale slot B: term and vote
+/// would go back). Fix: an exhausted sequence number stops the node with
+/// an error; the boot counter saturates.
+#[test]
+fn fw_store_bug_02_hard_state_counters_at_u64_max_do_not_wrap() {
+    use metalraft_fw_proto::disk::{HardStateRecord, HARD_STATE_SECTORS};
+    let at_max = HardStateRecord {
+        seq: u64::MAX,
+        term: 1,
+        ..HardStateRecord::default()
+    };
+    let disk = disk_with(&[(HARD_STATE_SECTORS[1], at_max.encode())]);
+    assert!(matches!(
+        DiskLog::open(disk, &[1]),
+        Err(StoreError::LogFull)
+    ));
+    let boots_max = HardStateRecord {
+        seq: 1,
+        term: 1,
+        boots: u64::MAX,
+        ..HardStateRecord::default()
+    };
+    let disk = disk_with(&[(HARD_STATE_SECTORS[1], boots_max.encode())]);
+    let (log, _, _) = DiskLog::open(disk, &[1]).expect("opens");
+    assert_eq!(log.boots(), u64::MAX);
+}
+
+/// postmortem: found while fixing bug 02 (the `fw_disk` target generates
+/// such slots). A checksummed snapshot slot whose index was u64::MAX was
+/// recovered; the log after it starts at `index + 1`, which overflowed.
+/// Fix: such a slot is not valid (as with a bad checksum), so recovery
+/// falls back to the other slot or to no snapshot.
+#[test]
+fn fw_store_bug_03_snapshot_slot_at_index_u64_max_is_invalid() {
+    use metalraft_core::{ConfState, SnapshotMeta};
+    use metalraft_fw_proto::disk::{SnapshotHeader, SNAPSHOT_SLOTS};
+    let meta = SnapshotMeta {
+        index: u64::MAX,
+        term: 1,
+        conf_state: ConfState::with_voters(&[1]),
+    };
+    let header = SnapshotHeader {
+        seq: 1,
+        index: meta.index,
+        term: meta.term,
+        log_start_sector: LOG_START_SECTOR,
+        data_len: 0,
+        data_crc: metalraft_fw_proto::CRC32C.checksum(&[]),
+        first_epoch: 0,
+        meta: postcard::to_allocvec(&meta).expect("encodes"),
+    };
+    let disk = disk_with(&[(SNAPSHOT_SLOTS[0], header.encode().expect("fits"))]);
+    let (log, rec, data) = DiskLog::open(disk, &[1]).expect("opens without it");
+    assert_eq!(rec.snapshot_index, 0);
+    assert!(data.is_none());
+    assert_eq!(log.snapshot_index(), 0);
+}
