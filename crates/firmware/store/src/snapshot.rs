@@ -11,7 +11,9 @@ use alloc::vec::Vec;
 use metalraft_core::{
     Index, SnapshotChunk, SnapshotInstall, SnapshotMeta, StorageError, MAX_TERM_OR_INDEX,
 };
-use metalraft_fw_proto::disk::{SnapshotHeader, MAX_SNAPSHOT_BYTES, SECTOR_BYTES, SNAPSHOT_SLOTS};
+use metalraft_fw_proto::disk::{
+    SnapshotHeader, LOG_START_SECTOR, MAX_SNAPSHOT_BYTES, SECTOR_BYTES, SNAPSHOT_SLOTS,
+};
 use metalraft_fw_proto::CRC32C;
 
 use super::{BlockDevice, DiskLog, StoreError};
@@ -297,6 +299,12 @@ pub(super) fn load_slot<D: BlockDevice>(
     // The log after the snapshot starts at `index + 1`; the core refuses
     // anything above MAX_TERM_OR_INDEX.
     if header.index > MAX_TERM_OR_INDEX || header.term > MAX_TERM_OR_INDEX {
+        return None;
+    }
+    // The log continues inside the ring (or at its very end, where the
+    // writer wraps): anywhere else, recovery would read (and the node later
+    // write) the fixed areas or past the disk.
+    if !(LOG_START_SECTOR..=disk.sectors()).contains(&header.log_start_sector) {
         return None;
     }
     let len = header.data_len as usize;

@@ -152,3 +152,37 @@ fn fw_store_bug_03_snapshot_slot_at_index_u64_max_is_invalid() {
     assert!(data.is_none());
     assert_eq!(log.snapshot_index(), 0);
 }
+
+/// postmortem: found by the `fw_disk` fuzz target. A checksummed snapshot
+/// slot whose `log_start_sector` lay outside the log ring was trusted:
+/// u64::MAX overflowed `ring_position`; a sector in the fixed areas (say 1,
+/// a hard-state slot) would have been scanned as log records and then
+/// overwritten by the node's next entries. Fix: such a slot is not valid.
+#[test]
+fn fw_store_bug_04_snapshot_log_start_outside_the_ring_is_invalid() {
+    use metalraft_core::{ConfState, SnapshotMeta};
+    use metalraft_fw_proto::disk::{SnapshotHeader, SNAPSHOT_SLOTS};
+    for log_start_sector in [u64::MAX, 1, LOG_START_SECTOR - 1, LOG_START_SECTOR + 65] {
+        let meta = SnapshotMeta {
+            index: 5,
+            term: 1,
+            conf_state: ConfState::with_voters(&[1]),
+        };
+        let header = SnapshotHeader {
+            seq: 1,
+            index: meta.index,
+            term: meta.term,
+            log_start_sector,
+            data_len: 0,
+            data_crc: metalraft_fw_proto::CRC32C.checksum(&[]),
+            first_epoch: 0,
+            meta: postcard::to_allocvec(&meta).expect("encodes"),
+        };
+        let disk = disk_with(&[(SNAPSHOT_SLOTS[0], header.encode().expect("fits"))]);
+        let (_, rec, _) = DiskLog::open(disk, &[1]).expect("opens without it");
+        assert_eq!(
+            rec.snapshot_index, 0,
+            "log start {log_start_sector} accepted"
+        );
+    }
+}
