@@ -186,3 +186,50 @@ fn fw_store_bug_04_snapshot_log_start_outside_the_ring_is_invalid() {
         );
     }
 }
+
+/// A one-sector log record at `sector` holding `data`.
+fn record(index: u64, term: u64, data: &metalraft_core::EntryData<Vec<u8>>) -> [u8; SECTOR_BYTES] {
+    use metalraft_fw_proto::disk::RecordHeader;
+    let payload = postcard::to_allocvec(data).expect("encodes");
+    let mut rec = [0u8; SECTOR_BYTES];
+    RecordHeader::encode_record(1, index, term, &payload, &mut rec).expect("fits");
+    rec
+}
+
+/// postmortem: found by the `fw_disk` fuzz target. Records are written
+/// before their batch's hard state and flushed together, so a disk that
+/// kept the records but lost the hard-state sector recovers a log whose
+/// last term (here 9; the fuzzer used u64::MAX) is above the stored term.
+/// The node resumed in the older term, won it alone, and appended its
+/// entries of that term after the newer ones: the next recovery's chain
+/// (terms never decrease) cut them off below the commit index,
+/// `CorruptBelowCommit`. Fix: recovery resumes in the log's last term
+/// (without a vote); a record with a term or index the core refuses ends
+/// the chain as damage.
+#[test]
+fn fw_store_bug_05_log_term_above_the_stored_term_is_adopted() {
+    use metalraft_core::{ConfChange, ConfChangeOp, EntryData};
+    let add_1 = EntryData::ConfChange(Box::new(ConfChange::new(&[ConfChangeOp::AddVoter(1)])));
+    for term in [9, u64::MAX] {
+        let disk = disk_with(&[(LOG_START_SECTOR, record(1, term, &add_1))]);
+        let (log, _, _) = DiskLog::open(disk.clone(), &[1]).expect("opens");
+        let mut node = Node::new(Config::new(1), log, 0).expect("valid");
+        node.campaign().expect("single voter");
+        for round in 0..4u8 {
+            if node.role() == Role::Leader {
+                node.propose(vec![round]).expect("leader");
+            }
+            while node.has_ready() {
+                let mut rd = node.ready().expect("ready");
+                let Some(p) = rd.take_persist() else { continue };
+                node.storage_mut().persist(&p).expect("persists");
+                node.on_persisted(p.into_token()).expect("in order");
+            }
+        }
+        assert_eq!(node.role(), Role::Leader);
+        let persisted = node.persisted_index();
+        drop(node);
+        let (again, _, _) = DiskLog::open(disk, &[1]).expect("recovers what it wrote");
+        assert_eq!(again.last_index().expect("last"), persisted);
+    }
+}
