@@ -557,17 +557,20 @@ impl Cluster {
                 pre_vote: false,
                 granted: true,
             } => {
+                // (A later batch may already be durable too, in a higher
+                // term: the grant was durable when it was released.)
                 assert!(
-                    hs.term == m.term && hs.vote == Some(m.to),
+                    hs.term > m.term || hs.vote == Some(m.to),
                     "n{id} granted its vote to n{} in term {} before it was durable ({hs:?})",
                     m.to,
                     m.term
                 );
             }
+            // (Only while no later term's batch may have rewritten the log.)
             MessageBody::AppendEntriesResponse {
                 index,
                 reject: None,
-            } => {
+            } if hs.term == m.term => {
                 let last = disk.all_entries().last().map_or(0, |e| e.index);
                 assert!(
                     *index <= last.max(disk.snapshot().map_or(0, |s| s.0.index)),
