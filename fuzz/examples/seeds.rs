@@ -45,7 +45,12 @@ fn kv() -> KvStore {
 fn kv_seeds() {
     let t = "kv_decode";
     write(t, "put", 0, &put(b"key", b"value").encode());
-    write(t, "range", 0, &Command::Range(RangeRequest::prefix(b"k")).encode());
+    write(
+        t,
+        "range",
+        0,
+        &Command::Range(RangeRequest::prefix(b"k")).encode(),
+    );
     let mut store = KvStore::new();
     let res = store.apply(1, &put(b"k", b"v")).expect("put");
     write(t, "result", 0, &res.encode());

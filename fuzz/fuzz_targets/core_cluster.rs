@@ -60,25 +60,63 @@ struct Input {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Tick { node: u8, times: u8 },
-    Campaign { node: u8 },
-    Propose { node: u8, data: u8 },
-    ReadIndex { node: u8, ctx: u8 },
-    ConfChange { node: u8, ops: Vec<(u8, u8)>, explicit_joint: bool },
-    LeaveJoint { node: u8 },
-    Transfer { node: u8, to: u8 },
-    Deliver { pick: u16 },
-    Drop { pick: u16 },
-    Duplicate { pick: u16 },
+    Tick {
+        node: u8,
+        times: u8,
+    },
+    Campaign {
+        node: u8,
+    },
+    Propose {
+        node: u8,
+        data: u8,
+    },
+    ReadIndex {
+        node: u8,
+        ctx: u8,
+    },
+    ConfChange {
+        node: u8,
+        ops: Vec<(u8, u8)>,
+        explicit_joint: bool,
+    },
+    LeaveJoint {
+        node: u8,
+    },
+    Transfer {
+        node: u8,
+        to: u8,
+    },
+    Deliver {
+        pick: u16,
+    },
+    Drop {
+        pick: u16,
+    },
+    Duplicate {
+        pick: u16,
+    },
     /// Completes the oldest outstanding write of the node's disk.
-    Sync { node: u8 },
-    SetSlow { node: u8, slow: bool },
+    Sync {
+        node: u8,
+    },
+    SetSlow {
+        node: u8,
+        slow: bool,
+    },
     /// Power loss: what was not durable is lost; the node restarts.
-    Crash { node: u8 },
+    Crash {
+        node: u8,
+    },
     /// Delivers everything and completes every write, a bounded number of
     /// times: lets short inputs make progress.
     Settle,
-    Forge { to: u8, from: u8, term: Num, body: ForgedBody },
+    Forge {
+        to: u8,
+        from: u8,
+        term: Num,
+        body: ForgedBody,
+    },
 }
 
 /// A number from a small range, or an extreme one (to find overflows).
@@ -103,23 +141,64 @@ impl Num {
 
 #[derive(Arbitrary, Debug)]
 enum ForgedBody {
-    RequestVote { pre_vote: bool, transfer: bool, index: Num, term: Num },
-    RequestVoteResponse { pre_vote: bool, granted: bool },
-    AppendEntries { prev_index: Num, prev_term: Num, entries: Vec<(Num, Num, u8)>, commit: Num },
-    AppendEntriesResponse { index: Num, reject: Option<(Num, Num)> },
-    Heartbeat { commit: Num, read_seq: Num },
-    HeartbeatResponse { read_seq: Num },
-    ReadIndex { ctx: Num },
-    ReadIndexResponse { ctx: Num, index: Option<Num> },
+    RequestVote {
+        pre_vote: bool,
+        transfer: bool,
+        index: Num,
+        term: Num,
+    },
+    RequestVoteResponse {
+        pre_vote: bool,
+        granted: bool,
+    },
+    AppendEntries {
+        prev_index: Num,
+        prev_term: Num,
+        entries: Vec<(Num, Num, u8)>,
+        commit: Num,
+    },
+    AppendEntriesResponse {
+        index: Num,
+        reject: Option<(Num, Num)>,
+    },
+    Heartbeat {
+        commit: Num,
+        read_seq: Num,
+    },
+    HeartbeatResponse {
+        read_seq: Num,
+    },
+    ReadIndex {
+        ctx: Num,
+    },
+    ReadIndexResponse {
+        ctx: Num,
+        index: Option<Num>,
+    },
     TimeoutNow,
-    InstallSnapshot { index: Num, term: Num, voters: Vec<u8>, offset: Num, data: Vec<u8>, done: bool },
-    SnapshotResponse { index: Num, received: Num },
+    InstallSnapshot {
+        index: Num,
+        term: Num,
+        voters: Vec<u8>,
+        offset: Num,
+        data: Vec<u8>,
+        done: bool,
+    },
+    SnapshotResponse {
+        index: Num,
+        received: Num,
+    },
 }
 
 impl ForgedBody {
     fn into_body(self) -> MessageBody<Vec<u8>> {
         match self {
-            ForgedBody::RequestVote { pre_vote, transfer, index, term } => MessageBody::RequestVote {
+            ForgedBody::RequestVote {
+                pre_vote,
+                transfer,
+                index,
+                term,
+            } => MessageBody::RequestVote {
                 pre_vote,
                 transfer,
                 last_log_index: index.get(),
@@ -128,28 +207,32 @@ impl ForgedBody {
             ForgedBody::RequestVoteResponse { pre_vote, granted } => {
                 MessageBody::RequestVoteResponse { pre_vote, granted }
             }
-            ForgedBody::AppendEntries { prev_index, prev_term, entries, commit } => {
-                MessageBody::AppendEntries {
-                    prev_log_index: prev_index.get(),
-                    prev_log_term: prev_term.get(),
-                    entries: entries
-                        .into_iter()
-                        .take(8)
-                        .map(|(index, term, d)| Entry {
-                            term: term.get(),
-                            index: index.get(),
-                            data: match d % 3 {
-                                0 => EntryData::Noop,
-                                1 => EntryData::Normal(vec![d]),
-                                _ => EntryData::ConfChange(Box::new(ConfChange::new(&[
-                                    conf_op(d, d / 3),
-                                ]))),
-                            },
-                        })
-                        .collect(),
-                    leader_commit: commit.get(),
-                }
-            }
+            ForgedBody::AppendEntries {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => MessageBody::AppendEntries {
+                prev_log_index: prev_index.get(),
+                prev_log_term: prev_term.get(),
+                entries: entries
+                    .into_iter()
+                    .take(8)
+                    .map(|(index, term, d)| Entry {
+                        term: term.get(),
+                        index: index.get(),
+                        data: match d % 3 {
+                            0 => EntryData::Noop,
+                            1 => EntryData::Normal(vec![d]),
+                            _ => EntryData::ConfChange(Box::new(ConfChange::new(&[conf_op(
+                                d,
+                                d / 3,
+                            )]))),
+                        },
+                    })
+                    .collect(),
+                leader_commit: commit.get(),
+            },
             ForgedBody::AppendEntriesResponse { index, reject } => {
                 MessageBody::AppendEntriesResponse {
                     index: index.get(),
@@ -172,20 +255,29 @@ impl ForgedBody {
                 index: index.map(Num::get),
             },
             ForgedBody::TimeoutNow => MessageBody::TimeoutNow,
-            ForgedBody::InstallSnapshot { index, term, voters, offset, data, done } => {
-                MessageBody::InstallSnapshot {
-                    meta: Box::new(SnapshotMeta {
-                        index: index.get(),
-                        term: term.get(),
-                        conf_state: ConfState::with_voters(
-                            &voters.iter().take(6).map(|v| u64::from(v % 6)).collect::<Vec<_>>(),
-                        ),
-                    }),
-                    offset: offset.get(),
-                    data: data.into_iter().take(64).collect(),
-                    done,
-                }
-            }
+            ForgedBody::InstallSnapshot {
+                index,
+                term,
+                voters,
+                offset,
+                data,
+                done,
+            } => MessageBody::InstallSnapshot {
+                meta: Box::new(SnapshotMeta {
+                    index: index.get(),
+                    term: term.get(),
+                    conf_state: ConfState::with_voters(
+                        &voters
+                            .iter()
+                            .take(6)
+                            .map(|v| u64::from(v % 6))
+                            .collect::<Vec<_>>(),
+                    ),
+                }),
+                offset: offset.get(),
+                data: data.into_iter().take(64).collect(),
+                done,
+            },
             ForgedBody::SnapshotResponse { index, received } => MessageBody::SnapshotResponse {
                 index: index.get(),
                 received: received.get(),
@@ -526,7 +618,11 @@ impl Cluster {
         for (&i, s) in &self.committed {
             if let Ok(es) = node.entries(i, i + 1, usize::MAX) {
                 let e = es.first().expect("one entry");
-                assert_eq!(&summary(e), s, "leader n{id} of term {term} lacks committed {i}");
+                assert_eq!(
+                    &summary(e),
+                    s,
+                    "leader n{id} of term {term} lacks committed {i}"
+                );
             }
         }
     }
@@ -586,7 +682,10 @@ impl Cluster {
         let applied = self.applied.get_mut(&id).expect("node");
         if !self.byzantine {
             // After a snapshot install the node resumes after it.
-            let snap = self.nodes[&id].storage().snapshot().map_or(0, |s| s.0.index);
+            let snap = self.nodes[&id]
+                .storage()
+                .snapshot()
+                .map_or(0, |s| s.0.index);
             assert!(
                 first.index == *applied + 1 || first.index == snap + 1,
                 "n{id} applies {} after {applied}",
@@ -600,7 +699,9 @@ impl Cluster {
             }
             let s = summary(e);
             match self.committed.get(&e.index) {
-                Some(prev) => assert_eq!(prev, &s, "n{id} applied a different entry at {}", e.index),
+                Some(prev) => {
+                    assert_eq!(prev, &s, "n{id} applied a different entry at {}", e.index)
+                }
                 None => {
                     self.committed.insert(e.index, s);
                 }

@@ -155,9 +155,11 @@ fn build(input: &Input) -> Vec<u8> {
     };
     for w in input.writes.iter().take(64) {
         match w {
-            Write::Raw { sector, bytes } => {
-                put(&mut img, u64::from(*sector), &bytes[..bytes.len().min(4 * SECTOR_BYTES)])
-            }
+            Write::Raw { sector, bytes } => put(
+                &mut img,
+                u64::from(*sector),
+                &bytes[..bytes.len().min(4 * SECTOR_BYTES)],
+            ),
             Write::Record {
                 jump,
                 epoch,
@@ -196,7 +198,11 @@ fn build(input: &Input) -> Vec<u8> {
                     commit: commit.get(),
                     boots: boots.get(),
                 };
-                put(&mut img, HARD_STATE_SECTORS[usize::from(*slot)], &r.encode());
+                put(
+                    &mut img,
+                    HARD_STATE_SECTORS[usize::from(*slot)],
+                    &r.encode(),
+                );
             }
             Write::Snapshot {
                 slot,
@@ -215,7 +221,11 @@ fn build(input: &Input) -> Vec<u8> {
                     index: mi.get(),
                     term: mt.get(),
                     conf_state: ConfState::with_voters(
-                        &voters.iter().take(5).map(|&v| u64::from(v)).collect::<Vec<_>>(),
+                        &voters
+                            .iter()
+                            .take(5)
+                            .map(|&v| u64::from(v))
+                            .collect::<Vec<_>>(),
                     ),
                 };
                 let data = &data[..data.len().min(4 * SECTOR_BYTES)];

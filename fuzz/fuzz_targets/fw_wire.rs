@@ -85,7 +85,9 @@ fn peer(datagram: &[u8]) {
     // Accept whatever recipient and sender the datagram names, so the
     // fuzzer need not guess them to get past the address checks.
     // (The body starts with the sender's and the recipient's ids.)
-    let ids = datagram.get(1..).map(postcard::take_from_bytes::<(u64, u64)>);
+    let ids = datagram
+        .get(1..)
+        .map(postcard::take_from_bytes::<(u64, u64)>);
     let (me, source) = match ids {
         Some(Ok(((from, to), _))) => (to, u8::try_from(from).unwrap_or(0)),
         _ => (1, 2),

@@ -251,7 +251,11 @@ fn dir(snap: Option<SnapFile>, segments: Vec<Segment>) {
                     index: index.get(),
                     term: term.get(),
                     conf_state: ConfState::with_voters(
-                        &voters.iter().take(5).map(|&v| u64::from(v)).collect::<Vec<_>>(),
+                        &voters
+                            .iter()
+                            .take(5)
+                            .map(|&v| u64::from(v))
+                            .collect::<Vec<_>>(),
                     ),
                     data,
                 };
@@ -288,7 +292,13 @@ fn dir(snap: Option<SnapFile>, segments: Vec<Segment>) {
     // Whatever opened, the core reads it without panicking...
     let (first, last) = log.bounds();
     let _ = log.hard_state();
-    for i in [0, first.saturating_sub(1), first, last, last.saturating_add(1)] {
+    for i in [
+        0,
+        first.saturating_sub(1),
+        first,
+        last,
+        last.saturating_add(1),
+    ] {
         let _ = log.term_of(i);
     }
     let _ = LogStorage::<Vec<u8>>::entries(&log, first, last.saturating_add(1), 1 << 20);
