@@ -167,10 +167,10 @@ impl<D: BlockDevice> DiskLog<D> {
     }
 
     fn write_hard_state(&mut self, hs: HardStateRecord, sync: bool) -> Result<(), StoreError> {
-        let rec = HardStateRecord {
-            seq: self.hard.seq + 1,
-            ..hs
-        };
+        // A damaged but checksummed slot may hold any sequence number; a
+        // wrapped one would make the older slot win at the next boot.
+        let seq = self.hard.seq.checked_add(1).ok_or(StoreError::LogFull)?;
+        let rec = HardStateRecord { seq, ..hs };
         let mut disk = self.disk.borrow_mut();
         disk.write(rec.sector(), &rec.encode())?;
         if sync {
@@ -189,8 +189,10 @@ impl<D: BlockDevice> DiskLog<D> {
         let disk_sectors = self.disk.borrow().sectors();
         let at = ring_position(self.next_sector, disk_sectors);
         // The ring is full if the record would run into the first live one.
+        // Writing at `start` itself (the ring wrapped right onto it) is that
+        // too: live records always lie ahead of the write head otherwise.
         let start = self.first_live_sector();
-        let wrapped_behind_start = !self.slots.is_empty() && at < start;
+        let wrapped_behind_start = !self.slots.is_empty() && at <= start;
         if (wrapped_behind_start && at + sectors > start) || at > u64::from(u32::MAX) {
             return Err(StoreError::LogFull);
         }

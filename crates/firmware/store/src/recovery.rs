@@ -9,7 +9,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
-use metalraft_core::{bootstrap_entry, bootstrap_hard_state, Entry};
+use metalraft_core::{bootstrap_entry, bootstrap_hard_state, Entry, MAX_TERM_OR_INDEX};
 use metalraft_fw_proto::disk::{
     ring_position, Chain, HardStateRecord, RecordError, RecordHeader, HARD_STATE_SECTORS,
     LOG_START_SECTOR, SECTOR_BYTES,
@@ -79,6 +79,11 @@ fn scan<D: BlockDevice>(disk: &mut D, start: u64, mut chain: Chain) -> Result<Sc
         disk.read(at, &mut rec)?;
         if h.verify(&rec).is_err() {
             // Started but not completed: a torn write (or damage).
+            return end(slots, sector, chain, true);
+        }
+        // Terms and indices the core refuses are damage, whatever the
+        // checksum says.
+        if h.index > MAX_TERM_OR_INDEX || h.term > MAX_TERM_OR_INDEX {
             return end(slots, sector, chain, true);
         }
         // An intact record from before an overwrite or from an earlier
@@ -175,7 +180,19 @@ pub(super) fn open<D: BlockDevice>(mut disk: D, members: &[u64]) -> Result<Opene
             commit: next.commit,
         });
     }
-    next.boots += 1;
+    // Entries are written before the hard state of their batch and both are
+    // flushed once: a disk that kept the records but lost the hard-state
+    // sector leaves a log whose last term is above the stored term. The
+    // node has seen that term (a leader of it wrote the entries), so it
+    // resumes in it, without a vote (a vote that was not durable was never
+    // sent). Otherwise it could lead an older term and append entries of
+    // that term after newer ones, which the next recovery would cut off.
+    let last_term = log.slots.last().map_or(log.base.1, |s| s.term);
+    if last_term > next.term {
+        next.term = last_term;
+        next.vote = 0;
+    }
+    next.boots = next.boots.saturating_add(1);
     log.disk.borrow_mut().flush()?;
     log.write_hard_state(next, true)?;
     Ok((log, rec, data))

@@ -10,8 +10,10 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use metalraft_core::{Index, SnapshotInstall, SnapshotMeta, StorageError};
-use metalraft_fw_proto::disk::{SnapshotHeader, MAX_SNAPSHOT_BYTES, SECTOR_BYTES, SNAPSHOT_SLOTS};
+use metalraft_core::{Index, SnapshotInstall, SnapshotMeta, StorageError, MAX_TERM_OR_INDEX};
+use metalraft_fw_proto::disk::{
+    SnapshotHeader, LOG_START_SECTOR, MAX_SNAPSHOT_BYTES, SECTOR_BYTES, SNAPSHOT_SLOTS,
+};
 use metalraft_fw_proto::CRC32C;
 
 use super::{BlockDevice, DiskLog, StoreError};
@@ -241,6 +243,17 @@ pub(super) fn load_slot<D: BlockDevice>(
     let meta = decode_meta(&header.meta)?;
     let epoch = header.first_epoch;
     if meta.index != header.index || meta.term != header.term {
+        return None;
+    }
+    // The log after the snapshot starts at `index + 1`; the core refuses
+    // anything above MAX_TERM_OR_INDEX.
+    if header.index > MAX_TERM_OR_INDEX || header.term > MAX_TERM_OR_INDEX {
+        return None;
+    }
+    // The log continues inside the ring (or at its very end, where the
+    // writer wraps): anywhere else, recovery would read (and the node later
+    // write) the fixed areas or past the disk.
+    if !(LOG_START_SECTOR..=disk.sectors()).contains(&header.log_start_sector) {
         return None;
     }
     let len = header.data_len as usize;

@@ -11,7 +11,7 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use metalraft_core::ConfState;
+use metalraft_core::{ConfState, MAX_TERM_OR_INDEX};
 
 use super::codec::EncodeError;
 use super::error::StorageError;
@@ -77,6 +77,14 @@ pub enum DecodeError {
     /// The membership record does not decode.
     #[error("membership record: {0}")]
     Conf(postcard::Error),
+    /// The index or term is beyond what the core accepts.
+    #[error("index {index} or term {term} out of range")]
+    OutOfRange {
+        /// The snapshot's index.
+        index: u64,
+        /// The snapshot's term.
+        term: u64,
+    },
 }
 
 /// Encodes a snapshot file's bytes.
@@ -126,6 +134,11 @@ pub fn decode(buf: &[u8]) -> Result<Snapshot, DecodeError> {
     let mut pos = 0usize;
     let index = u64_at(p, &mut pos)?;
     let term = u64_at(p, &mut pos)?;
+    // The core refuses indices and terms above MAX_TERM_OR_INDEX; the log
+    // that starts after the snapshot computes `index + 1`.
+    if index > MAX_TERM_OR_INDEX || term > MAX_TERM_OR_INDEX {
+        return Err(DecodeError::OutOfRange { index, term });
+    }
     let conf_len = u64_at(p, &mut pos)?;
     if conf_len > MAX_CONF_BYTES {
         return Err(DecodeError::ConfTooLarge(conf_len));

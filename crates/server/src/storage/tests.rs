@@ -445,3 +445,90 @@ fn kill_9_during_appends_loses_no_acknowledged_entry() {
         // from index 1 again (overwriting), exercising recovery + overwrite.
     }
 }
+
+/// A segment of well-checksummed frames holding `records`, as segment 0.
+fn write_segment(dir: &Path, records: &[codec::Record]) {
+    let wal = dir.join("member").join("wal");
+    std::fs::create_dir_all(&wal).unwrap();
+    let mut bytes = Vec::new();
+    for r in records {
+        let mut payload = Vec::new();
+        codec::encode_record(r, &mut payload);
+        codec::encode_frame(&payload, &mut bytes);
+    }
+    std::fs::write(wal.join(format!("{:016x}-{:016x}.wal", 0, 1)), bytes).unwrap();
+}
+
+/// postmortem: found by the `wal_decode` fuzz target. A segment whose
+/// checksummed start record said the log starts at index 0 was replayed as
+/// is; `SharedLog::bounds` and `last_index` then computed `0 + 0 - 1` and
+/// panicked (or, without overflow checks, reported a last index of
+/// u64::MAX to the core). An index above the core's `MAX_TERM_OR_INDEX`
+/// overflowed the same sums. Fix: replay refuses such a segment start, and
+/// entries above that bound, as corruption.
+#[test]
+fn wal_bug_01_segment_start_at_index_zero_is_corrupt_not_a_panic() {
+    for first_index in [0, metalraft_core::MAX_TERM_OR_INDEX + 1, u64::MAX] {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(
+            dir.path(),
+            &[codec::Record::SegmentStart {
+                first_index,
+                prev_term: 0,
+                hard_state: HardState::default(),
+            }],
+        );
+        match Storage::open(dir.path(), conf(), small()) {
+            Err(StorageError::Corrupt { offset, .. }) => assert_eq!(offset, 0),
+            Err(e) => panic!("expected Corrupt, got {e}"),
+            Ok(_) => panic!("segment start at {first_index} accepted"),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let max = metalraft_core::MAX_TERM_OR_INDEX;
+    write_segment(
+        dir.path(),
+        &[
+            codec::Record::SegmentStart {
+                first_index: max,
+                prev_term: 0,
+                hard_state: HardState::default(),
+            },
+            codec::Record::Batch {
+                entries: vec![entry(max, 1, 1), entry(max + 1, 1, 1)],
+                hard_state: None,
+            },
+        ],
+    );
+    assert!(matches!(
+        Storage::open(dir.path(), conf(), small()),
+        Err(StorageError::Corrupt { .. })
+    ));
+}
+
+/// postmortem: found by the `wal_decode` fuzz target. A checksummed
+/// snapshot file claiming index u64::MAX was loaded; `Storage::open` then
+/// started the log at `index + 1`, which overflowed (a panic with overflow
+/// checks, a log starting at 0 without). Fix: `snapshot::decode` refuses an
+/// index or term above the core's `MAX_TERM_OR_INDEX`.
+#[test]
+fn wal_bug_02_snapshot_at_index_u64_max_is_corrupt_not_a_panic() {
+    for (index, term) in [(u64::MAX, 1), (1, u64::MAX)] {
+        let dir = tempfile::tempdir().unwrap();
+        let snap_dir = dir.path().join("member").join("snap");
+        std::fs::create_dir_all(&snap_dir).unwrap();
+        let snap = Snapshot {
+            index,
+            term,
+            conf_state: conf(),
+            data: vec![1],
+        };
+        assert!(snapshot::decode(&snapshot::encode(&snap)).is_err());
+        snapshot::save(&snap_dir, &snap).unwrap();
+        match Storage::open(dir.path(), conf(), small()) {
+            Err(StorageError::Corrupt { .. }) => {}
+            Err(e) => panic!("expected Corrupt, got {e}"),
+            Ok(_) => panic!("snapshot at index {index}, term {term} accepted"),
+        }
+    }
+}

@@ -17,7 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use metalraft_core::{Entry, HardState};
+use metalraft_core::{Entry, HardState, MAX_TERM_OR_INDEX};
 
 use super::codec::{self, FrameRead, Record, FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
 use super::error::StorageError;
@@ -519,6 +519,12 @@ fn apply_record(
             prev_term,
             hard_state,
         } => {
+            // Index 0 is the empty prefix, and the core refuses indices
+            // above MAX_TERM_OR_INDEX: either is damage, and would make the
+            // log's bounds underflow or overflow.
+            if !(1..=MAX_TERM_OR_INDEX).contains(&first_index) {
+                return Err(corrupt(format!("segment starts at index {first_index}")));
+            }
             // A segment normally starts where the log ends; one that starts
             // elsewhere marks a reset after an installed snapshot.
             let next = rec.first_index + rec.entries.len() as u64;
@@ -533,6 +539,11 @@ fn apply_record(
             entries,
             hard_state,
         } => {
+            if let Some(last) = entries.last() {
+                if last.index > MAX_TERM_OR_INDEX {
+                    return Err(corrupt(format!("entry index {}", last.index)));
+                }
+            }
             if let Some(head) = entries.first() {
                 let next = rec.first_index + rec.entries.len() as u64;
                 if head.index < rec.first_index || head.index > next {

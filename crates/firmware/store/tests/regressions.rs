@@ -1,0 +1,235 @@
+//! Regressions found by fuzzing (`fuzz/`, target `fw_disk`), each named
+//! after the bug with a `postmortem:` note.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use metalraft_core::{Config, LogStorage, Node, Role};
+use metalraft_fw_proto::disk::{LOG_START_SECTOR, SECTOR_BYTES};
+use metalraft_fw_store::{BlockDevice, DiskError, DiskLog, StoreError};
+
+/// A disk whose writes are durable at once, shared so that it can be
+/// recovered again after a node used it.
+#[derive(Clone)]
+struct MemDisk(Rc<RefCell<Vec<u8>>>);
+
+impl BlockDevice for MemDisk {
+    fn sectors(&self) -> u64 {
+        (self.0.borrow().len() / SECTOR_BYTES) as u64
+    }
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        let start = sector as usize * SECTOR_BYTES;
+        let img = self.0.borrow();
+        let src = img
+            .get(start..start + buf.len())
+            .ok_or(DiskError::OutOfRange)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), DiskError> {
+        let start = sector as usize * SECTOR_BYTES;
+        let mut img = self.0.borrow_mut();
+        let dst = img
+            .get_mut(start..start + buf.len())
+            .ok_or(DiskError::OutOfRange)?;
+        dst.copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), DiskError> {
+        Ok(())
+    }
+}
+
+/// postmortem: found by the `fw_disk` fuzz target (a fresh disk with a
+/// 17-sector ring, 14 proposals). The ring-full check only looked for a
+/// wrapped record that would end past the first live record's sector
+/// (`at < start`); when the ring wrapped exactly onto that sector
+/// (`at == start`), the new record overwrote entry 1. Recovery then found
+/// no chain from the ring's start while the durable commit index covered
+/// it: `CorruptBelowCommit`, a node that lost committed entries it had
+/// acknowledged. Fix: writing at the first live record's sector is "log
+/// full" too.
+#[test]
+fn fw_store_bug_01_ring_wrapping_onto_the_first_live_record_is_full() {
+    let ring_sectors = 17;
+    let img = vec![0u8; (LOG_START_SECTOR + ring_sectors) as usize * SECTOR_BYTES];
+    let disk = MemDisk(Rc::new(RefCell::new(img)));
+    let (log, _, _) = DiskLog::open(disk.clone(), &[1]).expect("fresh disk");
+    let mut node = Node::new(Config::new(1), log, 0).expect("valid");
+    node.campaign().expect("single voter");
+    let mut full = false;
+    for round in 0..64u8 {
+        if round > 0 && node.role() == Role::Leader {
+            node.propose(vec![round; 40]).expect("leader");
+        }
+        while node.has_ready() {
+            let mut rd = node.ready().expect("ready");
+            let Some(p) = rd.take_persist() else { continue };
+            match node.storage_mut().persist(&p) {
+                Ok(_) => node.on_persisted(p.into_token()).expect("in order"),
+                Err(StoreError::LogFull) => full = true,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        if full {
+            break;
+        }
+    }
+    assert!(full, "a 17-sector ring fills up within 64 entries");
+    let persisted = node.persisted_index();
+    drop(node);
+    let (again, _, _) = DiskLog::open(disk, &[1]).expect("what was persisted recovers");
+    assert!(again.last_index().expect("last") >= persisted);
+}
+
+fn disk_with(writes: &[(u64, [u8; SECTOR_BYTES])]) -> MemDisk {
+    let mut img = vec![0u8; (LOG_START_SECTOR + 64) as usize * SECTOR_BYTES];
+    for (sector, bytes) in writes {
+        let at = *sector as usize * SECTOR_BYTES;
+        img[at..at + SECTOR_BYTES].copy_from_slice(bytes);
+    }
+    MemDisk(Rc::new(RefCell::new(img)))
+}
+
+/// postmortem: found by the `fw_disk` fuzz target. Recovery writes the
+/// next hard state with sequence number `seq + 1` and `boots + 1`; a
+/// checksummed slot holding u64::MAX in either overflowed (a panic with
+/// overflow checks; without, seq 0 went to slot A while slot B kept
+/// u64::MAX, so every later boot read the stale slot B: term and vote
+/// would go back). Fix: an exhausted sequence number stops the node with
+/// an error; the boot counter saturates.
+#[test]
+fn fw_store_bug_02_hard_state_counters_at_u64_max_do_not_wrap() {
+    use metalraft_fw_proto::disk::{HardStateRecord, HARD_STATE_SECTORS};
+    let at_max = HardStateRecord {
+        seq: u64::MAX,
+        term: 1,
+        ..HardStateRecord::default()
+    };
+    let disk = disk_with(&[(HARD_STATE_SECTORS[1], at_max.encode())]);
+    assert!(matches!(
+        DiskLog::open(disk, &[1]),
+        Err(StoreError::LogFull)
+    ));
+    let boots_max = HardStateRecord {
+        seq: 1,
+        term: 1,
+        boots: u64::MAX,
+        ..HardStateRecord::default()
+    };
+    let disk = disk_with(&[(HARD_STATE_SECTORS[1], boots_max.encode())]);
+    let (log, _, _) = DiskLog::open(disk, &[1]).expect("opens");
+    assert_eq!(log.boots(), u64::MAX);
+}
+
+/// postmortem: found while fixing bug 02 (the `fw_disk` target generates
+/// such slots). A checksummed snapshot slot whose index was u64::MAX was
+/// recovered; the log after it starts at `index + 1`, which overflowed.
+/// Fix: such a slot is not valid (as with a bad checksum), so recovery
+/// falls back to the other slot or to no snapshot.
+#[test]
+fn fw_store_bug_03_snapshot_slot_at_index_u64_max_is_invalid() {
+    use metalraft_core::{ConfState, SnapshotMeta};
+    use metalraft_fw_proto::disk::{SnapshotHeader, SNAPSHOT_SLOTS};
+    let meta = SnapshotMeta {
+        index: u64::MAX,
+        term: 1,
+        conf_state: ConfState::with_voters(&[1]),
+    };
+    let header = SnapshotHeader {
+        seq: 1,
+        index: meta.index,
+        term: meta.term,
+        log_start_sector: LOG_START_SECTOR,
+        data_len: 0,
+        data_crc: metalraft_fw_proto::CRC32C.checksum(&[]),
+        first_epoch: 0,
+        meta: postcard::to_allocvec(&meta).expect("encodes"),
+    };
+    let disk = disk_with(&[(SNAPSHOT_SLOTS[0], header.encode().expect("fits"))]);
+    let (log, rec, data) = DiskLog::open(disk, &[1]).expect("opens without it");
+    assert_eq!(rec.snapshot_index, 0);
+    assert!(data.is_none());
+    assert_eq!(log.snapshot_index(), 0);
+}
+
+/// postmortem: found by the `fw_disk` fuzz target. A checksummed snapshot
+/// slot whose `log_start_sector` lay outside the log ring was trusted:
+/// u64::MAX overflowed `ring_position`; a sector in the fixed areas (say 1,
+/// a hard-state slot) would have been scanned as log records and then
+/// overwritten by the node's next entries. Fix: such a slot is not valid.
+#[test]
+fn fw_store_bug_04_snapshot_log_start_outside_the_ring_is_invalid() {
+    use metalraft_core::{ConfState, SnapshotMeta};
+    use metalraft_fw_proto::disk::{SnapshotHeader, SNAPSHOT_SLOTS};
+    for log_start_sector in [u64::MAX, 1, LOG_START_SECTOR - 1, LOG_START_SECTOR + 65] {
+        let meta = SnapshotMeta {
+            index: 5,
+            term: 1,
+            conf_state: ConfState::with_voters(&[1]),
+        };
+        let header = SnapshotHeader {
+            seq: 1,
+            index: meta.index,
+            term: meta.term,
+            log_start_sector,
+            data_len: 0,
+            data_crc: metalraft_fw_proto::CRC32C.checksum(&[]),
+            first_epoch: 0,
+            meta: postcard::to_allocvec(&meta).expect("encodes"),
+        };
+        let disk = disk_with(&[(SNAPSHOT_SLOTS[0], header.encode().expect("fits"))]);
+        let (_, rec, _) = DiskLog::open(disk, &[1]).expect("opens without it");
+        assert_eq!(
+            rec.snapshot_index, 0,
+            "log start {log_start_sector} accepted"
+        );
+    }
+}
+
+/// A one-sector log record at `sector` holding `data`.
+fn record(index: u64, term: u64, data: &metalraft_core::EntryData<Vec<u8>>) -> [u8; SECTOR_BYTES] {
+    use metalraft_fw_proto::disk::RecordHeader;
+    let payload = postcard::to_allocvec(data).expect("encodes");
+    let mut rec = [0u8; SECTOR_BYTES];
+    RecordHeader::encode_record(1, index, term, &payload, &mut rec).expect("fits");
+    rec
+}
+
+/// postmortem: found by the `fw_disk` fuzz target. Records are written
+/// before their batch's hard state and flushed together, so a disk that
+/// kept the records but lost the hard-state sector recovers a log whose
+/// last term (here 9; the fuzzer used u64::MAX) is above the stored term.
+/// The node resumed in the older term, won it alone, and appended its
+/// entries of that term after the newer ones: the next recovery's chain
+/// (terms never decrease) cut them off below the commit index,
+/// `CorruptBelowCommit`. Fix: recovery resumes in the log's last term
+/// (without a vote); a record with a term or index the core refuses ends
+/// the chain as damage.
+#[test]
+fn fw_store_bug_05_log_term_above_the_stored_term_is_adopted() {
+    use metalraft_core::{ConfChange, ConfChangeOp, EntryData};
+    let add_1 = EntryData::ConfChange(Box::new(ConfChange::new(&[ConfChangeOp::AddVoter(1)])));
+    for term in [9, u64::MAX] {
+        let disk = disk_with(&[(LOG_START_SECTOR, record(1, term, &add_1))]);
+        let (log, _, _) = DiskLog::open(disk.clone(), &[1]).expect("opens");
+        let mut node = Node::new(Config::new(1), log, 0).expect("valid");
+        node.campaign().expect("single voter");
+        for round in 0..4u8 {
+            if node.role() == Role::Leader {
+                node.propose(vec![round]).expect("leader");
+            }
+            while node.has_ready() {
+                let mut rd = node.ready().expect("ready");
+                let Some(p) = rd.take_persist() else { continue };
+                node.storage_mut().persist(&p).expect("persists");
+                node.on_persisted(p.into_token()).expect("in order");
+            }
+        }
+        assert_eq!(node.role(), Role::Leader);
+        let persisted = node.persisted_index();
+        drop(node);
+        let (again, _, _) = DiskLog::open(disk, &[1]).expect("recovers what it wrote");
+        assert_eq!(again.last_index().expect("last"), persisted);
+    }
+}
