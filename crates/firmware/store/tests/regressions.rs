@@ -65,7 +65,7 @@ fn fw_store_bug_01_ring_wrapping_onto_the_first_live_record_is_full() {
         while node.has_ready() {
             let mut rd = node.ready().expect("ready");
             let Some(p) = rd.take_persist() else { continue };
-            match node.storage_mut().persist(&p) {
+            match node.storage_mut().persist(&p, None) {
                 Ok(_) => node.on_persisted(p.into_token()).expect("in order"),
                 Err(StoreError::LogFull) => full = true,
                 Err(e) => panic!("unexpected {e}"),
@@ -222,7 +222,7 @@ fn fw_store_bug_05_log_term_above_the_stored_term_is_adopted() {
             while node.has_ready() {
                 let mut rd = node.ready().expect("ready");
                 let Some(p) = rd.take_persist() else { continue };
-                node.storage_mut().persist(&p).expect("persists");
+                node.storage_mut().persist(&p, None).expect("persists");
                 node.on_persisted(p.into_token()).expect("in order");
             }
         }

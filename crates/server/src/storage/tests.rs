@@ -523,7 +523,7 @@ fn wal_bug_02_snapshot_at_index_u64_max_is_corrupt_not_a_panic() {
             conf_state: conf(),
             data: vec![1],
         };
-        assert!(snapshot::decode(&snapshot::encode(&snap)).is_err());
+        assert!(snapshot::decode(&snapshot::encode(&snap).unwrap()).is_err());
         snapshot::save(&snap_dir, &snap).unwrap();
         match Storage::open(dir.path(), conf(), small()) {
             Err(StorageError::Corrupt { .. }) => {}
