@@ -21,7 +21,7 @@ cargo fmt --all --check
 
 step "no_std builds of the core and the kv state machine"
 for t in thumbv6m-none-eabi thumbv7em-none-eabihf riscv32imac-unknown-none-elf; do
-    cargo build --release -p metalraft-core -p metalraft-kv --target "$t"
+    cargo build --release -p metalraft-core -p metalraft-kv -p metalraft-replica --target "$t"
     cargo build --release -p metalraft-core --features serde --target "$t"
 done
 
