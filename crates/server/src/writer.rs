@@ -12,7 +12,7 @@
 //! and a failed group stays queued, in order, with everything after it.
 //!
 //! A full disk at write time keeps the jobs and retries (see
-//! `docs/adr-storage.md`). A failed `fdatasync` is fatal whatever its
+//! `docs/adr/0008-server-storage.md`). A failed `fdatasync` is fatal whatever its
 //! `errno` (see [`crate::storage::Wal::sync`]): a retried sync can succeed
 //! without the lost pages, so nothing written since the last good sync is
 //! ever acknowledged. Any other I/O error is fatal too.

@@ -9,7 +9,7 @@
 //! <data-dir>/member/snap/*.snap   state-machine snapshots
 //! ```
 //!
-//! The design and its crash analysis are in `docs/adr-storage.md`.
+//! The design and its crash analysis are in `docs/adr/0008-server-storage.md`.
 
 pub mod codec;
 pub mod error;

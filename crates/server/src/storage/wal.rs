@@ -7,7 +7,7 @@
 //! `fallocate`, so appends within it never change the file size and an
 //! `fdatasync` is enough to make them durable.
 //!
-//! Recovery rules (see `docs/adr-storage.md`):
+//! Recovery rules (see `docs/adr/0008-server-storage.md`):
 //! - a bad frame in the **last** segment followed only by zero bytes is a
 //!   torn write from a crash: it is zeroed, synced and logged;
 //! - any other bad frame is corruption: opening fails with
