@@ -74,16 +74,24 @@ enum Deferred<P> {
 ///
 /// # Method map
 ///
+/// - **Construction:** [`Node::new`] (from a [`Config`] and durable storage).
 /// - **Inputs:** [`Node::tick`] (one unit of logical time),
 ///   [`Node::step`] (a message from a peer), [`Node::propose`] (a command, on
-///   the leader), [`Node::campaign`] (start an election now), and
-///   [`Node::on_persisted`] (a persistence batch is durable).
+///   the leader), [`Node::propose_conf_change`] (a membership change),
+///   [`Node::read_index`] (a linearizable read), [`Node::transfer_leader`],
+///   [`Node::campaign`] (start an election now), [`Node::on_persisted`] (a
+///   persistence batch is durable) and [`Node::snapshot_created`] (the
+///   application snapshotted its state machine).
 /// - **Output:** [`Node::ready`] returns a [`Ready`] with messages to send,
 ///   storage work, committed entries to apply and role changes;
 ///   [`Node::has_ready`] tells whether calling it would return anything.
 /// - **Getters:** [`Node::id`], [`Node::role`], [`Node::term`],
-///   [`Node::leader`], [`Node::hard_state`], [`Node::commit_index`],
-///   [`Node::stats`], [`Node::storage`] / [`Node::storage_mut`].
+///   [`Node::vote`], [`Node::leader`], [`Node::soft_state`],
+///   [`Node::hard_state`], [`Node::commit_index`], [`Node::applied_index`],
+///   [`Node::persisted_index`], [`Node::last_index`], [`Node::entries`],
+///   [`Node::conf_state`], [`Node::committed_conf_state`],
+///   [`Node::promotable`], [`Node::lead_transferee`], [`Node::stats`],
+///   [`Node::failure`], [`Node::storage`] / [`Node::storage_mut`].
 ///
 /// The node reads no clock, owns no socket or file and draws randomness only
 /// from [`Config::rng_seed`]: identical inputs give identical outputs.
