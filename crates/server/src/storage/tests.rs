@@ -453,7 +453,7 @@ fn write_segment(dir: &Path, records: &[codec::Record]) {
     let mut bytes = Vec::new();
     for r in records {
         let mut payload = Vec::new();
-        codec::encode_record(r, &mut payload);
+        codec::encode_record(r, &mut payload).unwrap();
         codec::encode_frame(&payload, &mut bytes);
     }
     std::fs::write(wal.join(format!("{:016x}-{:016x}.wal", 0, 1)), bytes).unwrap();
