@@ -99,7 +99,7 @@ fn wal_seeds() {
     let mut segment = Vec::new();
     for r in [&start, &batch] {
         let mut payload = Vec::new();
-        codec::encode_record(r, &mut payload);
+        codec::encode_record(r, &mut payload).expect("encodes");
         codec::encode_frame(&payload, &mut segment);
         if matches!(r, Record::Batch { .. }) {
             write(t, "record", 0, &payload);
@@ -115,7 +115,8 @@ fn wal_seeds() {
         term: 2,
         conf_state: ConfState::with_voters(&[1, 2, 3]),
         data: kv().snapshot(),
-    });
+    })
+    .expect("encodes");
     write(t, "snapshot", 1, &snap);
     write(t, "snapshot-payload", 2, &snap[20..]);
     write(t, "backup", 3, &kv().snapshot());
@@ -171,7 +172,7 @@ fn fw_seeds() {
         election_ticks_min: 10,
         election_ticks_max: 20,
         rng_seed: 7,
-        snapshot_interval_entries: 100,
+        snapshot_threshold_entries: 100,
     };
     write(t, "config", 3, &cfg.encode().expect("valid config"));
 }

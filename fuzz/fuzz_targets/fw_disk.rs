@@ -308,7 +308,7 @@ fuzz_target!(|input: Input| {
         while node.has_ready() {
             let mut rd = node.ready().expect("ready");
             let Some(p) = rd.take_persist() else { continue };
-            if node.storage_mut().persist(&p).is_err() {
+            if node.storage_mut().persist(&p, None).is_err() {
                 // Log full, or the disk refused: the node must stop.
                 return;
             }
