@@ -394,9 +394,8 @@ impl SimConfig {
             faults,
             workload,
             safety_ticks,
-            liveness_budget_ticks: LIVENESS_BUDGET_ELECTION_TIMEOUTS
-                * u64::from(election_timeout_ticks_max)
-                + LIVENESS_BUDGET_TICKS_EXTRA,
+            // Follows the election timeout: set by meet_election_timing.
+            liveness_budget_ticks: 0,
         };
         cfg.meet_election_timing();
         cfg
@@ -423,11 +422,10 @@ impl SimConfig {
         let broadcast_us = fsync_us_max + self.latency_us_max;
         let spread_ticks_min = (2 * broadcast_us).div_ceil(TICK_US_NOMINAL) as u32 + 1;
         let max = self.election_timeout_ticks_min + spread_ticks_min;
-        if self.election_timeout_ticks_max < max {
-            self.election_timeout_ticks_max = max;
-            self.liveness_budget_ticks =
-                LIVENESS_BUDGET_ELECTION_TIMEOUTS * u64::from(max) + LIVENESS_BUDGET_TICKS_EXTRA;
-        }
+        self.election_timeout_ticks_max = self.election_timeout_ticks_max.max(max);
+        self.liveness_budget_ticks = LIVENESS_BUDGET_ELECTION_TIMEOUTS
+            * u64::from(self.election_timeout_ticks_max)
+            + LIVENESS_BUDGET_TICKS_EXTRA;
     }
 
     /// Per node disks. A fifth of the seeds keep every disk fast (`fsync`

@@ -46,6 +46,21 @@ pub struct Slot<M: StateMachine> {
     pub snapshots_saved: Vec<Index>,
 }
 
+impl<M: StateMachine> Slot<M> {
+    fn new(id: NodeId, replica: Replica<M, Store>, disk: Store) -> Self {
+        Slot {
+            id,
+            replica: Some(replica),
+            disk,
+            in_flight: VecDeque::new(),
+            completions: Vec::new(),
+            events: Vec::new(),
+            failure: None,
+            snapshots_saved: Vec::new(),
+        }
+    }
+}
+
 pub struct Cluster<M: StateMachine> {
     pub slots: Vec<Slot<M>>,
     pub net: VecDeque<Message<Vec<u8>>>,
@@ -97,16 +112,7 @@ where
         for id in 1..=n {
             let disk = Store::bootstrap(&voters);
             let replica = Replica::new(cfg(id), disk.clone(), make_sm()).expect("config");
-            c.slots.push(Slot {
-                id,
-                replica: Some(replica),
-                disk,
-                in_flight: VecDeque::new(),
-                completions: Vec::new(),
-                events: Vec::new(),
-                failure: None,
-                snapshots_saved: Vec::new(),
-            });
+            c.slots.push(Slot::new(id, replica, disk));
         }
         c
     }
@@ -116,16 +122,7 @@ where
         let id = self.slots.len() as NodeId + 1;
         let disk = Store::new_with_conf(Default::default());
         let replica = Replica::new((self.cfg)(id), disk.clone(), (self.make_sm)()).expect("config");
-        self.slots.push(Slot {
-            id,
-            replica: Some(replica),
-            disk,
-            in_flight: VecDeque::new(),
-            completions: Vec::new(),
-            events: Vec::new(),
-            failure: None,
-            snapshots_saved: Vec::new(),
-        });
+        self.slots.push(Slot::new(id, replica, disk));
         id
     }
 

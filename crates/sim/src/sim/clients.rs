@@ -95,6 +95,20 @@ impl Simulation {
         );
     }
 
+    /// The node's answer reaches the client one client latency from now.
+    fn reply_after_latency(&mut self, client: ClientId, op: OpId, attempt: u32, reply: Reply) {
+        let t = self.now + self.cfg.workload.client_latency_us;
+        self.at(
+            t,
+            Event::Reply {
+                client,
+                op,
+                attempt,
+                reply,
+            },
+        );
+    }
+
     pub(super) fn on_request(
         &mut self,
         node: usize,
@@ -171,16 +185,7 @@ impl Simulation {
             self.targeted_on_propose(node);
         }
         if let Some(reply) = reply {
-            let t = self.now + self.cfg.workload.client_latency_us;
-            self.at(
-                t,
-                Event::Reply {
-                    client,
-                    op,
-                    attempt,
-                    reply,
-                },
-            );
+            self.reply_after_latency(client, op, attempt, reply);
         }
         self.drive(node)
     }
@@ -324,16 +329,7 @@ impl Simulation {
             // A read that was not served: safe to retry.
             ReplicaOutcome::Failed(_) => Reply::Busy,
         };
-        let t = self.now + self.cfg.workload.client_latency_us;
-        self.at(
-            t,
-            Event::Reply {
-                client,
-                op,
-                attempt,
-                reply,
-            },
-        );
+        self.reply_after_latency(client, op, attempt, reply);
         Ok(())
     }
 }
