@@ -17,6 +17,7 @@ mod snapshot;
 mod store;
 mod txn;
 mod validate;
+mod write;
 
 pub use codec::FORMAT_VERSION;
 pub use error::{ApplyError, DecodeError, RequestError, SnapshotError};

@@ -1,16 +1,11 @@
 //! [`KvStore`]: the state, the apply path and the read path.
 
 use crate::error::{ApplyError, RequestError};
-use crate::keys::KeyRange;
 use crate::limits::{ENTRY_OVERHEAD_BYTES, INITIAL_REVISION};
-use crate::request::{
-    Command, CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-};
-use crate::response::{
-    CommandResult, CompactionResponse, DeleteRangeResponse, PutResponse, RangeResponse,
-    ResponseHeader, ResponseOp, TxnResponse,
-};
-use crate::{range, txn};
+use crate::request::{Command, CompactionRequest, RangeRequest};
+use crate::response::{CommandResult, CompactionResponse, RangeResponse, ResponseHeader};
+use crate::range;
+use crate::write::NoHistory;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
@@ -136,143 +131,18 @@ impl KvStore {
     fn execute(&mut self, cmd: &Command) -> Result<CommandResult, RequestError> {
         cmd.validate()?;
         Ok(match cmd {
-            Command::Put(r) => CommandResult::Put(self.put_command(r)?),
-            Command::DeleteRange(r) => CommandResult::DeleteRange(self.delete_command(r)?),
-            Command::Txn(r) => CommandResult::Txn(self.txn(r)?),
+            Command::Put(r) => CommandResult::Put(self.put_command(r, &mut NoHistory)?),
+            Command::DeleteRange(r) => {
+                CommandResult::DeleteRange(self.delete_command(r, &mut NoHistory)?)
+            }
+            Command::Txn(r) => CommandResult::Txn(self.txn(r, &mut NoHistory)?),
             Command::Compact(r) => CommandResult::Compact(self.compact(r)?),
             Command::Range(r) => CommandResult::Range(self.range(r)?),
         })
     }
 
-    fn next_revision(&self) -> Result<i64, RequestError> {
-        self.revision
-            .checked_add(1)
-            .ok_or(RequestError::RevisionExhausted)
-    }
-
-    fn put_command(&mut self, r: &PutRequest) -> Result<PutResponse, RequestError> {
-        if r.ignore_value && !self.map.contains_key(&r.key) {
-            return Err(RequestError::KeyNotFound);
-        }
-        let rev = self.next_revision()?;
-        let resp = self.put_at(rev, r);
-        self.revision = rev;
-        Ok(resp)
-    }
-
-    fn delete_command(
-        &mut self,
-        r: &DeleteRangeRequest,
-    ) -> Result<DeleteRangeResponse, RequestError> {
-        let rev = self.next_revision()?;
-        let mut resp = self.delete_at(rev, r);
-        if resp.deleted > 0 {
-            self.revision = rev;
-        }
-        resp.header.revision = self.revision;
-        Ok(resp)
-    }
-
-    /// Writes one key at revision `rev`; the caller checked `ignore_value`
-    /// and sets `self.revision`.
-    fn put_at(&mut self, rev: i64, r: &PutRequest) -> PutResponse {
-        let header = ResponseHeader { revision: rev };
-        match self.map.get_mut(r.key.as_slice()) {
-            Some(e) => {
-                let prev_kv = r.prev_kv.then(|| e.to_key_value(&r.key, true));
-                if !r.ignore_value {
-                    self.size_bytes = self.size_bytes.saturating_sub(e.value.len());
-                    self.size_bytes = self.size_bytes.saturating_add(r.value.len());
-                    e.value = r.value.clone();
-                }
-                e.mod_revision = rev;
-                e.version = e.version.saturating_add(1);
-                PutResponse { header, prev_kv }
-            }
-            None => {
-                self.size_bytes = self.size_bytes.saturating_add(entry_size(&r.key, &r.value));
-                let e = Entry {
-                    value: r.value.clone(),
-                    create_revision: rev,
-                    mod_revision: rev,
-                    version: 1,
-                };
-                self.map.insert(r.key.clone(), e);
-                PutResponse {
-                    header,
-                    prev_kv: None,
-                }
-            }
-        }
-    }
-
-    /// Deletes a range; the caller sets `self.revision` to `rev` if anything
-    /// was deleted.
-    fn delete_at(&mut self, rev: i64, r: &DeleteRangeRequest) -> DeleteRangeResponse {
-        let keys: Vec<Vec<u8>> = KeyRange::new(&r.key, &r.range_end)
-            .iter(&self.map)
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut prev_kvs = Vec::new();
-        for k in &keys {
-            if let Some(e) = self.map.remove(k.as_slice()) {
-                self.size_bytes = self.size_bytes.saturating_sub(entry_size(k, &e.value));
-                if r.prev_kv {
-                    prev_kvs.push(e.to_key_value(k, true));
-                }
-            }
-        }
-        DeleteRangeResponse {
-            header: ResponseHeader { revision: rev },
-            deleted: i64::try_from(keys.len()).unwrap_or(i64::MAX),
-            prev_kvs,
-        }
-    }
-
-    fn txn(&mut self, t: &TxnRequest) -> Result<TxnResponse, RequestError> {
-        let succeeded = t.compare.iter().all(|c| txn::holds(&self.map, c));
-        let ops = if succeeded { &t.success } else { &t.failure };
-        let start = self.revision;
-        txn::check_branch(&self.map, ops, start)?;
-        // check_branch refused the branch if it writes and start == i64::MAX.
-        let rev = start.saturating_add(1);
-        let mut changed = false;
-        let mut responses = Vec::with_capacity(ops.len());
-        for op in ops {
-            responses.push(match op {
-                RequestOp::Range(r) => ResponseOp::Range(range::read(&self.map, r, start)),
-                RequestOp::Put(p) => {
-                    changed = true;
-                    ResponseOp::Put(self.put_at(rev, p))
-                }
-                RequestOp::DeleteRange(d) => {
-                    let resp = self.delete_at(rev, d);
-                    changed |= resp.deleted > 0;
-                    ResponseOp::DeleteRange(resp)
-                }
-            });
-        }
-        if changed {
-            self.revision = rev;
-        }
-        let header = ResponseHeader {
-            revision: self.revision,
-        };
-        for resp in &mut responses {
-            match resp {
-                ResponseOp::Range(r) => r.header = header,
-                ResponseOp::Put(r) => r.header = header,
-                ResponseOp::DeleteRange(r) => r.header = header,
-            }
-        }
-        Ok(TxnResponse {
-            header,
-            succeeded,
-            responses,
-        })
-    }
-
-    fn compact(&mut self, r: &CompactionRequest) -> Result<CompactionResponse, RequestError> {
+    /// etcd's compaction checks: `compact_revision() < revision <= revision()`.
+    pub(crate) fn check_compact(&self, r: &CompactionRequest) -> Result<(), RequestError> {
         if r.revision > self.revision {
             return Err(RequestError::FutureRevision {
                 requested: r.revision,
@@ -285,6 +155,11 @@ impl KvStore {
                 oldest: self.compact_revision,
             });
         }
+        Ok(())
+    }
+
+    fn compact(&mut self, r: &CompactionRequest) -> Result<CompactionResponse, RequestError> {
+        self.check_compact(r)?;
         self.compact_revision = r.revision;
         Ok(CompactionResponse {
             header: ResponseHeader {

@@ -47,38 +47,19 @@ fn outcome(result: CompareResult, ord: Ordering) -> bool {
 /// The state-dependent checks etcd runs on the chosen branch before
 /// executing it (`checkRequests`), so a failing transaction changes nothing.
 ///
-/// A range inside a transaction may name `revision` 0 or the revision the
-/// transaction started at. etcd serves the latter from history even after
-/// earlier writes in the same branch; this store keeps no history, so that
-/// one case is refused as compacted.
+/// `check_range(requested, wrote)` decides whether a range of the branch may
+/// name revision `requested` (`wrote`: an earlier op of the branch wrote);
+/// the store decides, since only it knows which revisions it keeps.
 pub(crate) fn check_branch(
     map: &BTreeMap<Vec<u8>, Entry>,
     ops: &[RequestOp],
     start: i64,
+    mut check_range: impl FnMut(i64, bool) -> Result<(), RequestError>,
 ) -> Result<(), RequestError> {
     let mut wrote = false;
     for op in ops {
         match op {
-            RequestOp::Range(r) => {
-                let requested = r.revision;
-                if requested == 0 {
-                    continue;
-                }
-                if requested > start {
-                    return Err(RequestError::FutureRevision {
-                        requested,
-                        current: start,
-                    });
-                }
-                if requested < start || wrote {
-                    let oldest = if wrote {
-                        start.saturating_add(1)
-                    } else {
-                        start
-                    };
-                    return Err(RequestError::Compacted { requested, oldest });
-                }
-            }
+            RequestOp::Range(r) => check_range(r.revision, wrote)?,
             RequestOp::Put(p) => {
                 if p.ignore_value && !map.contains_key(&p.key) {
                     return Err(RequestError::KeyNotFound);
