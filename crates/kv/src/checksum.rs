@@ -1,7 +1,8 @@
 //! CRC-32C (Castagnoli, the CRC etcd uses for `HashKV`): snapshot checksums
 //! and the state hash.
 
-use crate::store::KvStore;
+use crate::store::{Entry, KvStore};
+use alloc::vec::Vec;
 use crc::{Crc, CRC_32_ISCSI};
 
 pub(crate) const CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
@@ -14,16 +15,22 @@ impl KvStore {
     /// little-endian). It does not cover the revision, compact revision or
     /// applied index, so compare those alongside it. Cost: O(data).
     pub fn hash(&self) -> u32 {
-        let mut digest = CRC32C.digest();
-        for (key, e) in &self.map {
-            digest.update(&(key.len() as u64).to_le_bytes());
-            digest.update(key);
-            digest.update(&(e.value.len() as u64).to_le_bytes());
-            digest.update(&e.value);
-            digest.update(&e.create_revision.to_le_bytes());
-            digest.update(&e.mod_revision.to_le_bytes());
-            digest.update(&e.version.to_le_bytes());
-        }
-        digest.finalize()
+        hash_entries(self.map.iter())
     }
+}
+
+/// CRC-32C over `(key, entry)` pairs in the order given, in the layout
+/// [`KvStore::hash`] documents.
+pub(crate) fn hash_entries<'m>(entries: impl Iterator<Item = (&'m Vec<u8>, &'m Entry)>) -> u32 {
+    let mut digest = CRC32C.digest();
+    for (key, e) in entries {
+        digest.update(&(key.len() as u64).to_le_bytes());
+        digest.update(key);
+        digest.update(&(e.value.len() as u64).to_le_bytes());
+        digest.update(&e.value);
+        digest.update(&e.create_revision.to_le_bytes());
+        digest.update(&e.mod_revision.to_le_bytes());
+        digest.update(&e.version.to_le_bytes());
+    }
+    digest.finalize()
 }

@@ -68,4 +68,13 @@ impl<'a> KeyRange<'a> {
             .into_iter()
             .flat_map(move |b| map.range::<[u8], _>(b))
     }
+
+    /// Whether `k` is in the range.
+    pub(crate) fn contains(self, k: &[u8]) -> bool {
+        match self {
+            KeyRange::Single(key) => k == key,
+            KeyRange::From(key) => k >= key,
+            KeyRange::Between(key, end) => key <= k && k < end,
+        }
+    }
 }

@@ -10,6 +10,7 @@ mod codec;
 mod error;
 mod keys;
 mod limits;
+mod mvcc;
 mod range;
 mod request;
 mod response;
@@ -23,9 +24,12 @@ pub use codec::FORMAT_VERSION;
 pub use error::{ApplyError, DecodeError, RequestError, SnapshotError};
 pub use keys::prefix_end;
 pub use limits::{
-    ENTRY_OVERHEAD_BYTES, INITIAL_REVISION, MAX_ENCODED_COMMAND_BYTES, MAX_ENCODED_RESULT_BYTES,
+    ENTRY_OVERHEAD_BYTES, HISTORY_KEY_OVERHEAD_BYTES, HISTORY_VERSION_OVERHEAD_BYTES,
+    INITIAL_REVISION, LOG_CHANGE_OVERHEAD_BYTES, LOG_RECORD_OVERHEAD_BYTES,
+    MAX_CHANGES_SCANNED_REVISIONS, MAX_ENCODED_COMMAND_BYTES, MAX_ENCODED_RESULT_BYTES,
     MAX_FRAMING_BYTES, MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES,
 };
+pub use mvcc::{Change, ChangeBatch, ChangeKind, HashKv, MvccStore, MVCC_SNAPSHOT_MAGIC};
 pub use request::{
     Command, CompactionRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
     PutRequest, RangeRequest, RequestOp, SortOrder, SortTarget, TxnRequest,

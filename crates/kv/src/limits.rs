@@ -38,6 +38,31 @@ pub const MAX_ENCODED_RESULT_BYTES: usize = 64 * 1024 * 1024;
 /// allowance for the map node and two heap allocations.
 pub const ENTRY_OVERHEAD_BYTES: usize = 64;
 
+/// Bytes [`MvccStore::size_bytes`](crate::MvccStore::size_bytes) counts for
+/// each superseded version or tombstone on top of its value bytes: the
+/// 48-byte slot (value vector and three `i64`) in the key's version list.
+pub const HISTORY_VERSION_OVERHEAD_BYTES: usize = 48;
+
+/// Bytes [`MvccStore::size_bytes`](crate::MvccStore::size_bytes) counts for
+/// each key that has history, on top of the key bytes: its map node share
+/// and the version list's header.
+pub const HISTORY_KEY_OVERHEAD_BYTES: usize = 64;
+
+/// Bytes [`MvccStore::size_bytes`](crate::MvccStore::size_bytes) counts for
+/// each change in the revision log, on top of the key bytes it copies: the
+/// key vector and the change kind.
+pub const LOG_CHANGE_OVERHEAD_BYTES: usize = 32;
+
+/// Bytes [`MvccStore::size_bytes`](crate::MvccStore::size_bytes) counts for
+/// each revision in the revision log: its slot (revision and change list)
+/// and the change list's allocation header.
+pub const LOG_RECORD_OVERHEAD_BYTES: usize = 48;
+
+/// Most revision records one [`MvccStore::changes`](crate::MvccStore::changes)
+/// call scans, whatever its key range matches, so one watch catch-up step
+/// does bounded work; the caller continues from the batch's `next_revision`.
+pub const MAX_CHANGES_SCANNED_REVISIONS: usize = 4096;
+
 /// The revision of an empty store, as in etcd (the first write gets 2).
 pub const INITIAL_REVISION: i64 = 1;
 

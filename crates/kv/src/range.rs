@@ -15,8 +15,22 @@ pub(crate) fn read(
     req: &RangeRequest,
     revision: i64,
 ) -> RangeResponse {
+    read_from(
+        KeyRange::new(&req.key, &req.range_end).iter(map),
+        req,
+        revision,
+    )
+}
+
+/// Runs `req` against `in_range`: the keys in `req`'s range with the version
+/// to show, in key order (a current map's, or a past revision's). Answers
+/// with `revision` in the header.
+pub(crate) fn read_from<'m>(
+    in_range: impl Iterator<Item = (&'m Vec<u8>, &'m Entry)>,
+    req: &RangeRequest,
+    revision: i64,
+) -> RangeResponse {
     let header = ResponseHeader { revision };
-    let in_range = KeyRange::new(&req.key, &req.range_end).iter(map);
     if req.count_only {
         let count = in_range.count();
         return RangeResponse {

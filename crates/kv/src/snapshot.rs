@@ -14,6 +14,7 @@ use crate::response::KeyValue;
 use crate::store::{entry_size, Entry, KvStore};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// The first bytes of every snapshot.
@@ -35,12 +36,12 @@ struct KvsRef<'a>(&'a BTreeMap<Vec<u8>, Entry>);
 
 /// Field for field the serde layout of [`KeyValue`], which the reader uses.
 #[derive(Serialize)]
-struct KeyValueRef<'a> {
-    key: &'a [u8],
-    create_revision: i64,
-    mod_revision: i64,
-    version: i64,
-    value: &'a [u8],
+pub(crate) struct KeyValueRef<'a> {
+    pub(crate) key: &'a [u8],
+    pub(crate) create_revision: i64,
+    pub(crate) mod_revision: i64,
+    pub(crate) version: i64,
+    pub(crate) value: &'a [u8],
 }
 
 impl Serialize for KvsRef<'_> {
@@ -68,35 +69,20 @@ impl KvStore {
     /// Serializes the whole state. Deterministic: equal stores give equal
     /// bytes. Cost: O(data).
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_BYTES + self.size_bytes + CHECKSUM_BYTES);
-        out.extend_from_slice(&SNAPSHOT_MAGIC);
-        out.push(FORMAT_VERSION);
         let body = BodyRef {
             revision: self.revision,
             compact_revision: self.compact_revision,
             applied_index: self.applied_index,
             kvs: KvsRef(&self.map),
         };
-        let mut out = postcard::to_extend(&body, out)
-            .expect("postcard cannot fail to encode a snapshot body into a Vec");
-        let crc = CRC32C.checksum(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
+        encode_framed(SNAPSHOT_MAGIC, &body, self.size_bytes)
     }
 
     /// Rebuilds a store from [`snapshot`](Self::snapshot) bytes. The result
     /// equals the store that was snapshotted and behaves identically from
     /// then on. Damaged or foreign bytes are refused, never trusted.
     pub fn restore(bytes: &[u8]) -> Result<KvStore, SnapshotError> {
-        check_header(bytes)?;
-        let (covered, crc) = bytes.split_at(bytes.len() - CHECKSUM_BYTES);
-        let mut crc_le = [0u8; CHECKSUM_BYTES];
-        crc_le.copy_from_slice(crc);
-        if CRC32C.checksum(covered) != u32::from_le_bytes(crc_le) {
-            return Err(SnapshotError::ChecksumMismatch);
-        }
-        let body: Body =
-            decode_exact(&covered[HEADER_BYTES..]).map_err(|_| SnapshotError::Malformed)?;
+        let body: Body = decode_framed(bytes, SNAPSHOT_MAGIC)?;
         from_body(body).ok_or(SnapshotError::Inconsistent)
     }
 
@@ -105,23 +91,9 @@ impl KvStore {
     /// and the snapshot's length. The snapshot delimits itself, so this
     /// checksums it once, whatever follows.
     pub fn restore_prefix(bytes: &[u8]) -> Result<(KvStore, usize), SnapshotError> {
-        check_header(bytes)?;
-        // Decoding is bounded and never panics, so it may come before the
-        // checksum: it is what finds where the checksum is.
-        let (body, rest) = postcard::take_from_bytes::<Body>(&bytes[HEADER_BYTES..])
-            .map_err(|_| SnapshotError::ChecksumMismatch)?;
-        let covered_len = bytes.len() - rest.len();
-        if rest.len() < CHECKSUM_BYTES {
-            // Long enough for a header and a checksum: damaged, not short.
-            return Err(SnapshotError::ChecksumMismatch);
-        }
-        let mut crc_le = [0u8; CHECKSUM_BYTES];
-        crc_le.copy_from_slice(&rest[..CHECKSUM_BYTES]);
-        if CRC32C.checksum(&bytes[..covered_len]) != u32::from_le_bytes(crc_le) {
-            return Err(SnapshotError::ChecksumMismatch);
-        }
+        let (body, len): (Body, usize) = decode_framed_prefix(bytes, SNAPSHOT_MAGIC)?;
         let store = from_body(body).ok_or(SnapshotError::Inconsistent)?;
-        Ok((store, covered_len + CHECKSUM_BYTES))
+        Ok((store, len))
     }
 
     /// Starts the store's applied index over at `index`, for a store
@@ -132,15 +104,67 @@ impl KvStore {
     }
 }
 
+/// `magic`, [`FORMAT_VERSION`], the postcard `body`, then the CRC-32C of
+/// all of it. `size_hint` is the expected body size in bytes.
+pub(crate) fn encode_framed<B: Serialize>(magic: [u8; 4], body: &B, size_hint: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + size_hint + CHECKSUM_BYTES);
+    out.extend_from_slice(&magic);
+    out.push(FORMAT_VERSION);
+    let mut out = postcard::to_extend(body, out)
+        .expect("postcard cannot fail to encode a snapshot body into a Vec");
+    let crc = CRC32C.checksum(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// The body of a framed snapshot that fills `bytes` exactly.
+pub(crate) fn decode_framed<B: DeserializeOwned>(
+    bytes: &[u8],
+    magic: [u8; 4],
+) -> Result<B, SnapshotError> {
+    check_header(bytes, magic)?;
+    let (covered, crc) = bytes.split_at(bytes.len() - CHECKSUM_BYTES);
+    let mut crc_le = [0u8; CHECKSUM_BYTES];
+    crc_le.copy_from_slice(crc);
+    if CRC32C.checksum(covered) != u32::from_le_bytes(crc_le) {
+        return Err(SnapshotError::ChecksumMismatch);
+    }
+    decode_exact(&covered[HEADER_BYTES..]).map_err(|_| SnapshotError::Malformed)
+}
+
+/// The body of a framed snapshot at the start of `bytes`, and the
+/// snapshot's length.
+pub(crate) fn decode_framed_prefix<B: DeserializeOwned>(
+    bytes: &[u8],
+    magic: [u8; 4],
+) -> Result<(B, usize), SnapshotError> {
+    check_header(bytes, magic)?;
+    // Decoding is bounded and never panics, so it may come before the
+    // checksum: it is what finds where the checksum is.
+    let (body, rest) = postcard::take_from_bytes::<B>(&bytes[HEADER_BYTES..])
+        .map_err(|_| SnapshotError::ChecksumMismatch)?;
+    let covered_len = bytes.len() - rest.len();
+    if rest.len() < CHECKSUM_BYTES {
+        // Long enough for a header and a checksum: damaged, not short.
+        return Err(SnapshotError::ChecksumMismatch);
+    }
+    let mut crc_le = [0u8; CHECKSUM_BYTES];
+    crc_le.copy_from_slice(&rest[..CHECKSUM_BYTES]);
+    if CRC32C.checksum(&bytes[..covered_len]) != u32::from_le_bytes(crc_le) {
+        return Err(SnapshotError::ChecksumMismatch);
+    }
+    Ok((body, covered_len + CHECKSUM_BYTES))
+}
+
 /// Length, magic and format version.
-fn check_header(bytes: &[u8]) -> Result<(), SnapshotError> {
+fn check_header(bytes: &[u8], magic: [u8; 4]) -> Result<(), SnapshotError> {
     if bytes.len() < HEADER_BYTES + CHECKSUM_BYTES {
         return Err(SnapshotError::Truncated);
     }
-    if bytes[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
+    if bytes[..magic.len()] != magic {
         return Err(SnapshotError::BadMagic);
     }
-    let version = bytes[SNAPSHOT_MAGIC.len()];
+    let version = bytes[magic.len()];
     if version != FORMAT_VERSION {
         return Err(SnapshotError::UnknownVersion(version));
     }
@@ -185,7 +209,7 @@ fn from_body(body: Body) -> Option<KvStore> {
     Some(store)
 }
 
-fn valid_key_value(kv: &KeyValue, revision: i64) -> bool {
+pub(crate) fn valid_key_value(kv: &KeyValue, revision: i64) -> bool {
     let sizes =
         !kv.key.is_empty() && kv.key.len() <= MAX_KEY_BYTES && kv.value.len() <= MAX_VALUE_BYTES;
     let revisions = INITIAL_REVISION < kv.create_revision

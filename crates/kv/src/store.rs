@@ -2,9 +2,9 @@
 
 use crate::error::{ApplyError, RequestError};
 use crate::limits::{ENTRY_OVERHEAD_BYTES, INITIAL_REVISION};
+use crate::range;
 use crate::request::{Command, CompactionRequest, RangeRequest};
 use crate::response::{CommandResult, CompactionResponse, RangeResponse, ResponseHeader};
-use crate::range;
 use crate::write::NoHistory;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;

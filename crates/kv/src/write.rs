@@ -9,8 +9,7 @@ use crate::error::RequestError;
 use crate::keys::KeyRange;
 use crate::request::{DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use crate::response::{
-    DeleteRangeResponse, PutResponse, RangeResponse, ResponseHeader, ResponseOp,
-    TxnResponse,
+    DeleteRangeResponse, PutResponse, RangeResponse, ResponseHeader, ResponseOp, TxnResponse,
 };
 use crate::store::{entry_size, Entry, KvStore};
 use crate::{range, txn};

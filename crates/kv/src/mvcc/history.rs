@@ -1,0 +1,260 @@
+//! What the MVCC store keeps besides the current state: each key's past
+//! versions and the revision log, fed by the shared write path.
+
+use super::change::ChangeKind;
+use crate::error::RequestError;
+use crate::limits::{
+    HISTORY_KEY_OVERHEAD_BYTES, HISTORY_VERSION_OVERHEAD_BYTES, LOG_CHANGE_OVERHEAD_BYTES,
+    LOG_RECORD_OVERHEAD_BYTES,
+};
+use crate::request::RangeRequest;
+use crate::response::RangeResponse;
+use crate::store::Entry;
+use crate::write::History;
+use crate::{keys::KeyRange, range};
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+use core::cmp::Ordering;
+use core::iter::Peekable;
+
+/// The keys one revision changed, in sub-revision (operation) order. A key
+/// appears at most once: etcd refuses a transaction that writes a key twice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Record {
+    /// The main revision.
+    pub(crate) revision: i64,
+    /// Each changed key and what happened to it.
+    pub(crate) changes: Vec<(Vec<u8>, ChangeKind)>,
+}
+
+/// Past versions and the revision log.
+///
+/// Invariants (kept by the write path and compaction, checked on restore):
+/// - `versions[k]` is non-empty, ascending by `mod_revision`, and every
+///   entry is older than `k`'s live version in the current map;
+/// - a tombstone ([`Entry::is_tombstone`]) is followed by nothing or by a
+///   version of a re-created key; a key not live has a tombstone last;
+/// - `log` is ascending by revision, one record per revision from the first
+///   kept one to the current revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Past {
+    /// Per key, its superseded versions and tombstones, oldest first.
+    pub(crate) versions: BTreeMap<Vec<u8>, VecDeque<Entry>>,
+    /// One record per revision since the compact revision, oldest first.
+    pub(crate) log: VecDeque<Record>,
+    /// What [`MvccStore::size_bytes`](crate::MvccStore::size_bytes) counts
+    /// for all of the above.
+    pub(crate) size_bytes: usize,
+}
+
+impl Entry {
+    /// The marker of a deletion at `revision`.
+    pub(crate) fn tombstone(revision: i64) -> Entry {
+        Entry {
+            value: Vec::new(),
+            create_revision: 0,
+            mod_revision: revision,
+            version: 0,
+        }
+    }
+
+    /// Whether this marks a deletion (a live version has version `>= 1`).
+    pub(crate) fn is_tombstone(&self) -> bool {
+        self.version == 0
+    }
+}
+
+/// What [`Past::size_bytes`] counts for one past version.
+pub(crate) fn version_size(e: &Entry) -> usize {
+    e.value.len().saturating_add(HISTORY_VERSION_OVERHEAD_BYTES)
+}
+
+/// What [`Past::size_bytes`] counts for a key's version list.
+pub(crate) fn key_size(key: &[u8]) -> usize {
+    key.len().saturating_add(HISTORY_KEY_OVERHEAD_BYTES)
+}
+
+/// What [`Past::size_bytes`] counts for one logged change.
+pub(crate) fn change_size(key: &[u8]) -> usize {
+    key.len().saturating_add(LOG_CHANGE_OVERHEAD_BYTES)
+}
+
+impl Past {
+    /// Appends `e` to `key`'s past versions.
+    pub(crate) fn push_version(&mut self, key: &[u8], e: Entry) {
+        self.size_bytes = self.size_bytes.saturating_add(version_size(&e));
+        match self.versions.get_mut(key) {
+            Some(list) => list.push_back(e),
+            None => {
+                self.size_bytes = self.size_bytes.saturating_add(key_size(key));
+                self.versions.insert(key.to_vec(), VecDeque::from([e]));
+            }
+        }
+    }
+
+    /// Appends a change of `key` at `revision` to the log.
+    pub(crate) fn log_change(&mut self, key: &[u8], kind: ChangeKind, revision: i64) {
+        let fresh = self.log.back().is_none_or(|r| r.revision != revision);
+        if fresh {
+            self.size_bytes = self.size_bytes.saturating_add(LOG_RECORD_OVERHEAD_BYTES);
+            self.log.push_back(Record {
+                revision,
+                changes: Vec::new(),
+            });
+        }
+        if let Some(record) = self.log.back_mut() {
+            self.size_bytes = self.size_bytes.saturating_add(change_size(key));
+            record.changes.push((key.to_vec(), kind));
+        }
+    }
+
+    /// The newest version of `key` with `mod_revision <= revision` that is
+    /// kept, tombstones included; `live` is the key's entry in the current map.
+    pub(crate) fn version_at<'a>(
+        &'a self,
+        live: Option<&'a Entry>,
+        key: &[u8],
+        revision: i64,
+    ) -> Option<&'a Entry> {
+        if let Some(e) = live.filter(|e| e.mod_revision <= revision) {
+            return Some(e);
+        }
+        let list = self.versions.get(key)?;
+        let newer = list.partition_point(|e| e.mod_revision <= revision);
+        newer.checked_sub(1).and_then(|i| list.get(i))
+    }
+
+    /// Like [`version_at`](Self::version_at), but `None` for a tombstone:
+    /// the version a read at `revision` shows, if the key existed then.
+    pub(crate) fn value_at<'a>(
+        &'a self,
+        live: Option<&'a Entry>,
+        key: &[u8],
+        revision: i64,
+    ) -> Option<&'a Entry> {
+        self.version_at(live, key, revision)
+            .filter(|e| !e.is_tombstone())
+    }
+
+    /// The index in `log` of the first record at or after `revision`.
+    pub(crate) fn log_position(&self, revision: i64) -> usize {
+        self.log.partition_point(|r| r.revision < revision)
+    }
+}
+
+impl History for Past {
+    fn record_put(&mut self, key: &[u8], old: Option<Entry>, rev: i64) {
+        self.log_change(key, ChangeKind::Put, rev);
+        if let Some(old) = old {
+            self.push_version(key, old);
+        }
+    }
+
+    fn record_delete(&mut self, key: &[u8], old: Entry, rev: i64) {
+        self.log_change(key, ChangeKind::Delete, rev);
+        self.push_version(key, old);
+        self.push_version(key, Entry::tombstone(rev));
+    }
+
+    fn keeps_versions(&self) -> bool {
+        true
+    }
+
+    /// etcd `checkRequestRange` against the transaction's read view: any
+    /// revision from the compact revision to the start is served from
+    /// history, even after a write of the same branch.
+    fn check_txn_range(
+        &self,
+        requested: i64,
+        start: i64,
+        _wrote: bool,
+        compact_revision: i64,
+    ) -> Result<(), RequestError> {
+        if requested <= 0 {
+            return Ok(());
+        }
+        if requested > start {
+            return Err(RequestError::FutureRevision {
+                requested,
+                current: start,
+            });
+        }
+        if requested < compact_revision {
+            return Err(RequestError::Compacted {
+                requested,
+                oldest: compact_revision,
+            });
+        }
+        Ok(())
+    }
+
+    fn txn_range(
+        &self,
+        map: &BTreeMap<Vec<u8>, Entry>,
+        r: &RangeRequest,
+        start: i64,
+    ) -> RangeResponse {
+        if r.revision <= 0 {
+            return range::read(map, r, start);
+        }
+        read_past(map, self, r, r.revision, start)
+    }
+}
+
+/// `req` as the store was at `revision` (checked by the caller), with
+/// `header_revision` in the header.
+pub(crate) fn read_past(
+    map: &BTreeMap<Vec<u8>, Entry>,
+    past: &Past,
+    req: &RangeRequest,
+    revision: i64,
+    header_revision: i64,
+) -> RangeResponse {
+    let keys = KeyRange::new(&req.key, &req.range_end);
+    let found = merged_keys(keys, map, &past.versions)
+        .filter_map(|(key, live)| past.value_at(live, key, revision).map(|e| (key, e)));
+    range::read_from(found, req, header_revision)
+}
+
+/// Every key in `keys` that is live in `map` or has past versions, once
+/// each, in key order, with its live entry if any.
+pub(crate) fn merged_keys<'m>(
+    keys: KeyRange<'m>,
+    map: &'m BTreeMap<Vec<u8>, Entry>,
+    versions: &'m BTreeMap<Vec<u8>, VecDeque<Entry>>,
+) -> impl Iterator<Item = (&'m Vec<u8>, Option<&'m Entry>)> + 'm {
+    MergedKeys {
+        live: keys.iter(map).peekable(),
+        past: keys.iter(versions).map(|(k, _)| k).peekable(),
+    }
+}
+
+struct MergedKeys<L: Iterator, P: Iterator> {
+    live: Peekable<L>,
+    past: Peekable<P>,
+}
+
+impl<'m, L, P> Iterator for MergedKeys<L, P>
+where
+    L: Iterator<Item = (&'m Vec<u8>, &'m Entry)>,
+    P: Iterator<Item = &'m Vec<u8>>,
+{
+    type Item = (&'m Vec<u8>, Option<&'m Entry>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let order = match (self.live.peek(), self.past.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((l, _)), Some(p)) => (*l).cmp(*p),
+        };
+        match order {
+            Ordering::Less => self.live.next().map(|(k, e)| (k, Some(e))),
+            Ordering::Greater => self.past.next().map(|k| (k, None)),
+            Ordering::Equal => {
+                self.past.next();
+                self.live.next().map(|(k, e)| (k, Some(e)))
+            }
+        }
+    }
+}

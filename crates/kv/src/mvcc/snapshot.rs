@@ -1,0 +1,333 @@
+//! MVCC snapshots: the state at the compact revision plus every change
+//! since, replayed through the write path on restore, so a restored store
+//! equals the original by construction (same versions, log and sizes).
+//!
+//! Framing as [`KvStore`] snapshots (magic, [`FORMAT_VERSION`](crate::FORMAT_VERSION),
+//! postcard body, CRC-32C) with the magic [`MVCC_SNAPSHOT_MAGIC`]. The body:
+//! revision, compact revision, applied index; `base`, every key live at the
+//! base revision (`max(compact revision, 1)`) in key order; `at_base`, the
+//! log record of the base revision (kept for watches from the compact
+//! revision; empty if none); `records`, one per later revision in order,
+//! each change a key with its new value (put) or nothing (delete).
+
+use super::change::ChangeKind;
+use super::history::{merged_keys, Past, Record};
+use super::MvccStore;
+use crate::error::SnapshotError;
+use crate::keys::KeyRange;
+use crate::limits::{INITIAL_REVISION, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::request::{DeleteRangeRequest, PutRequest};
+use crate::response::KeyValue;
+use crate::snapshot::{
+    decode_framed, decode_framed_prefix, encode_framed, valid_key_value, KeyValueRef,
+    SNAPSHOT_MAGIC,
+};
+use crate::store::{entry_size, Entry, KvStore};
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The first bytes of every [`MvccStore`] snapshot ([`KvStore`] snapshots
+/// start with [`SNAPSHOT_MAGIC`]).
+pub const MVCC_SNAPSHOT_MAGIC: [u8; 4] = *b"MRMV";
+
+/// The body as written: borrows the store.
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    revision: i64,
+    compact_revision: i64,
+    applied_index: u64,
+    base: BaseRef<'a>,
+    at_base: &'a [(Vec<u8>, ChangeKind)],
+    records: RecordsRef<'a>,
+}
+
+/// The keys live at the base revision.
+struct BaseRef<'a>(&'a MvccStore, i64);
+
+/// The log records after the base revision.
+struct RecordsRef<'a>(&'a MvccStore, usize);
+
+/// One record as written.
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    revision: i64,
+    changes: ChangesRef<'a>,
+}
+
+struct ChangesRef<'a>(&'a MvccStore, &'a Record);
+
+/// Field for field the serde layout of [`SnapChange`].
+#[derive(Serialize)]
+struct ChangeRef<'a> {
+    key: &'a [u8],
+    op: OpRef<'a>,
+}
+
+/// Variant for variant the serde layout of [`SnapOp`].
+#[derive(Serialize)]
+enum OpRef<'a> {
+    Put(&'a [u8]),
+    Delete,
+}
+
+impl<'a> BaseRef<'a> {
+    /// The keys live at the base revision, with their version then.
+    fn iter(&self) -> impl Iterator<Item = (&'a Vec<u8>, &'a Entry)> + 'a {
+        let (store, base) = (self.0, self.1);
+        let all = KeyRange::From(&[]);
+        merged_keys(all, &store.current.map, &store.past.versions)
+            .filter_map(move |(key, live)| Some((key, store.past.value_at(live, key, base)?)))
+    }
+}
+
+impl Serialize for BaseRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // postcard writes a sequence's length first: count, then write.
+        let len = self.iter().count();
+        s.collect_seq(Counted {
+            len,
+            iter: self.iter().map(|(key, e)| KeyValueRef {
+                key,
+                create_revision: e.create_revision,
+                mod_revision: e.mod_revision,
+                version: e.version,
+                value: &e.value,
+            }),
+        })
+    }
+}
+
+/// An iterator whose length was counted beforehand, so serde can announce
+/// it (postcard cannot write a sequence of unknown length).
+struct Counted<I> {
+    len: usize,
+    iter: I,
+}
+
+impl<I: Iterator> Iterator for Counted<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.iter.next()?;
+        self.len = self.len.saturating_sub(1);
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.len, Some(self.len))
+    }
+}
+
+impl Serialize for RecordsRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let store = self.0;
+        s.collect_seq(store.past.log.range(self.1..).map(|record| RecordRef {
+            revision: record.revision,
+            changes: ChangesRef(store, record),
+        }))
+    }
+}
+
+impl Serialize for ChangesRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (store, record) = (self.0, self.1);
+        s.collect_seq(record.changes.iter().map(|(key, kind)| {
+            let op = match kind {
+                ChangeKind::Delete => OpRef::Delete,
+                ChangeKind::Put => {
+                    let live = store.current.map.get(key.as_slice());
+                    // The write path logs a put with the version it made.
+                    let value = store
+                        .past
+                        .value_at(live, key, record.revision)
+                        .map_or(&[][..], |e| &e.value[..]);
+                    OpRef::Put(value)
+                }
+            };
+            ChangeRef { key, op }
+        }))
+    }
+}
+
+/// The body as read.
+#[derive(Deserialize)]
+struct Body {
+    revision: i64,
+    compact_revision: i64,
+    applied_index: u64,
+    base: Vec<KeyValue>,
+    at_base: Vec<(Vec<u8>, ChangeKind)>,
+    records: Vec<SnapRecord>,
+}
+
+#[derive(Deserialize)]
+struct SnapRecord {
+    revision: i64,
+    changes: Vec<SnapChange>,
+}
+
+#[derive(Deserialize)]
+struct SnapChange {
+    key: Vec<u8>,
+    op: SnapOp,
+}
+
+#[derive(Deserialize)]
+enum SnapOp {
+    Put(Vec<u8>),
+    Delete,
+}
+
+/// The revision whose state a snapshot carries whole.
+fn base_revision(compact_revision: i64) -> i64 {
+    compact_revision.max(INITIAL_REVISION)
+}
+
+impl MvccStore {
+    /// Serializes the whole store, history since the compaction included,
+    /// so a restored member serves the same past reads, hashes and watch
+    /// replays. Deterministic: equal stores give equal bytes. O(data +
+    /// history).
+    pub fn snapshot(&self) -> Vec<u8> {
+        let base = base_revision(self.compact_revision());
+        let first = self.past.log_position(base);
+        let (at_base, after) = match self.past.log.get(first) {
+            Some(r) if r.revision == base => (&r.changes[..], first.saturating_add(1)),
+            _ => (&[][..], first),
+        };
+        let body = BodyRef {
+            revision: self.revision(),
+            compact_revision: self.compact_revision(),
+            applied_index: self.applied_index(),
+            base: BaseRef(self, base),
+            at_base,
+            records: RecordsRef(self, after),
+        };
+        encode_framed(MVCC_SNAPSHOT_MAGIC, &body, self.size_bytes())
+    }
+
+    /// Rebuilds a store from [`snapshot`](Self::snapshot) bytes; the result
+    /// equals the original. Also accepts a [`KvStore`] snapshot: its data
+    /// becomes the current state, with no history and the compact revision
+    /// at its revision. Damaged or foreign bytes are refused, never trusted.
+    pub fn restore(bytes: &[u8]) -> Result<MvccStore, SnapshotError> {
+        if bytes.starts_with(&SNAPSHOT_MAGIC) {
+            return KvStore::restore(bytes).map(from_kv_store);
+        }
+        let body: Body = decode_framed(bytes, MVCC_SNAPSHOT_MAGIC)?;
+        from_body(body).ok_or(SnapshotError::Inconsistent)
+    }
+
+    /// Like [`restore`](Self::restore), for a snapshot followed by other
+    /// bytes (a backup file's padding): the store and the snapshot's length.
+    pub fn restore_prefix(bytes: &[u8]) -> Result<(MvccStore, usize), SnapshotError> {
+        if bytes.starts_with(&SNAPSHOT_MAGIC) {
+            return KvStore::restore_prefix(bytes).map(|(kv, len)| (from_kv_store(kv), len));
+        }
+        let (body, len): (Body, usize) = decode_framed_prefix(bytes, MVCC_SNAPSHOT_MAGIC)?;
+        let store = from_body(body).ok_or(SnapshotError::Inconsistent)?;
+        Ok((store, len))
+    }
+
+    /// Starts the applied index over at `index` (see
+    /// [`KvStore::rebase_applied_index`]). Data and revisions are unchanged.
+    pub fn rebase_applied_index(&mut self, index: u64) {
+        self.current.rebase_applied_index(index);
+    }
+}
+
+/// A store of `kv`'s data whose history starts at its revision.
+fn from_kv_store(mut kv: KvStore) -> MvccStore {
+    kv.compact_revision = kv.revision;
+    MvccStore {
+        current: kv,
+        past: Past::default(),
+    }
+}
+
+/// Rebuilds the store by replaying the records over the base state through
+/// the write path, checking every invariant that path relies on.
+fn from_body(body: Body) -> Option<MvccStore> {
+    let valid_header =
+        body.revision >= INITIAL_REVISION && (0..=body.revision).contains(&body.compact_revision);
+    if !valid_header {
+        return None;
+    }
+    let base = base_revision(body.compact_revision);
+    let mut store = MvccStore::new();
+    let MvccStore { current, past } = &mut store;
+    current.revision = base;
+    current.compact_revision = body.compact_revision;
+    current.applied_index = body.applied_index;
+    for kv in body.base {
+        let ascending = current
+            .map
+            .last_key_value()
+            .is_none_or(|(k, _)| *k < kv.key);
+        if !valid_key_value(&kv, base) || !ascending {
+            return None;
+        }
+        current.size_bytes = current
+            .size_bytes
+            .saturating_add(entry_size(&kv.key, &kv.value));
+        let e = Entry {
+            value: kv.value,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+        };
+        current.map.insert(kv.key, e);
+    }
+    if !body.at_base.is_empty() {
+        let mut seen = BTreeSet::new();
+        for (key, kind) in &body.at_base {
+            let live = current.map.get(key).filter(|e| e.mod_revision == base);
+            let fits = match kind {
+                ChangeKind::Put => live.is_some(),
+                ChangeKind::Delete => !current.map.contains_key(key),
+            };
+            if body.compact_revision == 0 || !fits || !seen.insert(key.as_slice()) {
+                return None;
+            }
+            past.log_change(key, *kind, base);
+        }
+    }
+    for record in body.records {
+        let next = current.revision.checked_add(1)?;
+        if record.revision != next || record.changes.is_empty() {
+            return None;
+        }
+        let mut seen = BTreeSet::new();
+        for change in record.changes {
+            let key_ok = !change.key.is_empty() && change.key.len() <= MAX_KEY_BYTES;
+            if !key_ok || !seen.insert(change.key.clone()) {
+                return None;
+            }
+            match change.op {
+                SnapOp::Put(value) => {
+                    if value.len() > MAX_VALUE_BYTES {
+                        return None;
+                    }
+                    let put = PutRequest {
+                        key: change.key,
+                        value,
+                        ..PutRequest::default()
+                    };
+                    current.put_at(next, &put, past);
+                }
+                SnapOp::Delete => {
+                    let delete = DeleteRangeRequest {
+                        key: change.key,
+                        ..DeleteRangeRequest::default()
+                    };
+                    if current.delete_at(next, &delete, past).deleted != 1 {
+                        return None;
+                    }
+                }
+            }
+        }
+        current.revision = next;
+    }
+    (current.revision == body.revision).then_some(store)
+}
