@@ -22,7 +22,7 @@ pub use error::{
 };
 pub use frame::{Frame, Origin, FRAME_HEADER_BYTES};
 #[cfg(feature = "kv")]
-pub use kv::{KeyChange, KvError, KvEvent};
+pub use kv::{KeyChange, KvError, KvEvent, MvccEvent};
 pub use machine::{Instant, StateMachine};
 pub use output::{
     Completion, Event, MembershipChange, Outcome, Output, PersistWork, ReqId, SnapshotToSave,
