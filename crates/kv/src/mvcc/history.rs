@@ -18,7 +18,9 @@ use core::cmp::Ordering;
 use core::iter::Peekable;
 
 /// The keys one revision changed, in sub-revision (operation) order. A key
-/// appears at most once: etcd refuses a transaction that writes a key twice.
+/// usually appears once, but can appear more: etcd compares a transaction's
+/// delete intervals literally, so a `"\0"`-ended delete may delete a key the
+/// same branch puts (before or after it), each change its own sub-revision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Record {
     /// The main revision.
@@ -30,8 +32,9 @@ pub(crate) struct Record {
 /// Past versions and the revision log.
 ///
 /// Invariants (kept by the write path and compaction, checked on restore):
-/// - `versions[k]` is non-empty, ascending by `mod_revision`, and every
-///   entry is older than `k`'s live version in the current map;
+/// - `versions[k]` is non-empty, ascending by `mod_revision` (several
+///   entries may share one, see [`Record`]), and no entry is newer than
+///   `k`'s live version in the current map;
 /// - a tombstone ([`Entry::is_tombstone`]) is followed by nothing or by a
 ///   version of a re-created key; a key not live has a tombstone last;
 /// - `log` is ascending by revision, one record per revision from the first
@@ -134,6 +137,25 @@ impl Past {
     ) -> Option<&'a Entry> {
         self.version_at(live, key, revision)
             .filter(|e| !e.is_tombstone())
+    }
+
+    /// The version `key` was given by a put at `revision`, if still kept.
+    /// Not simply [`version_at`](Self::version_at): the same transaction may
+    /// have deleted the key after putting it.
+    pub(crate) fn put_at<'a>(
+        &'a self,
+        live: Option<&'a Entry>,
+        key: &[u8],
+        revision: i64,
+    ) -> Option<&'a Entry> {
+        if let Some(e) = live.filter(|e| e.mod_revision == revision) {
+            return Some(e);
+        }
+        let list = self.versions.get(key)?;
+        let first = list.partition_point(|e| e.mod_revision < revision);
+        list.range(first..)
+            .take_while(|e| e.mod_revision == revision)
+            .find(|e| !e.is_tombstone())
     }
 
     /// The index in `log` of the first record at or after `revision`.

@@ -112,13 +112,12 @@ impl MvccStore {
         }
     }
 
-    /// The watch event for `key` changing at `revision`.
+    /// The watch event for `key` changing at `revision`. Its `prev_kv` is
+    /// what etcd's watch server reports: the key at `revision - 1`, none for
+    /// a creation (even when the same transaction deleted an older version
+    /// first) and none once `revision - 1` is compacted.
     fn change(&self, revision: i64, key: &[u8], kind: ChangeKind) -> Change {
         let live = self.current.map.get(key);
-        let prev_kv = self
-            .past
-            .value_at(live, key, revision.saturating_sub(1))
-            .map(|e| e.to_key_value(key, true));
         let deleted = KeyValue {
             key: key.to_vec(),
             mod_revision: revision,
@@ -129,9 +128,17 @@ impl MvccStore {
             // The write path logs a put only with the version it made.
             ChangeKind::Put => self
                 .past
-                .value_at(live, key, revision)
-                .filter(|e| e.mod_revision == revision)
+                .put_at(live, key, revision)
                 .map_or(deleted, |e| e.to_key_value(key, true)),
+        };
+        let created = kind == ChangeKind::Put && kv.create_revision == revision;
+        let before = revision.saturating_sub(1);
+        let prev_kv = if created || before < self.compact_revision() {
+            None
+        } else {
+            self.past
+                .value_at(live, key, before)
+                .map(|e| e.to_key_value(key, true))
         };
         Change { kind, kv, prev_kv }
     }

@@ -23,7 +23,6 @@ use crate::snapshot::{
     SNAPSHOT_MAGIC,
 };
 use crate::store::{entry_size, Entry, KvStore};
-use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -140,7 +139,7 @@ impl Serialize for ChangesRef<'_> {
                     // The write path logs a put with the version it made.
                     let value = store
                         .past
-                        .value_at(live, key, record.revision)
+                        .put_at(live, key, record.revision)
                         .map_or(&[][..], |e| &e.value[..]);
                     OpRef::Put(value)
                 }
@@ -279,29 +278,24 @@ fn from_body(body: Body) -> Option<MvccStore> {
         };
         current.map.insert(kv.key, e);
     }
-    if !body.at_base.is_empty() {
-        let mut seen = BTreeSet::new();
-        for (key, kind) in &body.at_base {
-            let live = current.map.get(key).filter(|e| e.mod_revision == base);
-            let fits = match kind {
-                ChangeKind::Put => live.is_some(),
-                ChangeKind::Delete => !current.map.contains_key(key),
-            };
-            if body.compact_revision == 0 || !fits || !seen.insert(key.as_slice()) {
-                return None;
-            }
-            past.log_change(key, *kind, base);
+    if !body.at_base.is_empty() && body.compact_revision == 0 {
+        return None;
+    }
+    for (key, kind) in &body.at_base {
+        // Its puts are versions of the base state (unless the same revision
+        // deleted them again); nothing else can be checked without history.
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return None;
         }
+        past.log_change(key, *kind, base);
     }
     for record in body.records {
         let next = current.revision.checked_add(1)?;
         if record.revision != next || record.changes.is_empty() {
             return None;
         }
-        let mut seen = BTreeSet::new();
         for change in record.changes {
-            let key_ok = !change.key.is_empty() && change.key.len() <= MAX_KEY_BYTES;
-            if !key_ok || !seen.insert(change.key.clone()) {
+            if change.key.is_empty() || change.key.len() > MAX_KEY_BYTES {
                 return None;
             }
             match change.op {
