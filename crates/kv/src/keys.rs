@@ -26,6 +26,20 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     alloc::vec![0]
 }
 
+/// Whether `k` falls in the range `(key, range_end)` by etcd's rules (the
+/// same test the store's reads and watch replay use).
+///
+/// ```
+/// use metalraft_kv::{key_in_range, prefix_end};
+/// assert!(key_in_range(b"a", b"a", b""));
+/// assert!(key_in_range(b"foo/1", b"foo/", &prefix_end(b"foo/")));
+/// assert!(key_in_range(b"z", b"b", b"\0"));
+/// assert!(!key_in_range(b"a", b"b", b"\0"));
+/// ```
+pub fn key_in_range(k: &[u8], key: &[u8], range_end: &[u8]) -> bool {
+    KeyRange::new(key, range_end).contains(k)
+}
+
 /// Start and end bounds for `BTreeMap::range`.
 type KeyBounds<'k> = (Bound<&'k [u8]>, Bound<&'k [u8]>);
 

@@ -22,7 +22,7 @@ mod write;
 
 pub use codec::FORMAT_VERSION;
 pub use error::{ApplyError, DecodeError, RequestError, SnapshotError};
-pub use keys::prefix_end;
+pub use keys::{key_in_range, prefix_end};
 pub use limits::{
     ENTRY_OVERHEAD_BYTES, HISTORY_KEY_OVERHEAD_BYTES, HISTORY_VERSION_OVERHEAD_BYTES,
     INITIAL_REVISION, LOG_CHANGE_OVERHEAD_BYTES, LOG_RECORD_OVERHEAD_BYTES,

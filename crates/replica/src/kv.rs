@@ -311,7 +311,7 @@ fn changes(
         for key in &doomed {
             // A key deleted by this range is one that was there before and is
             // in the range (a branch never puts a key it deletes).
-            if in_range(key, &probe)
+            if metalraft_kv::key_in_range(key, &probe.key, &probe.range_end)
                 && !changes.iter().any(|c| c == &KeyChange::Delete(key.clone()))
             {
                 changes.push(KeyChange::Delete(key.clone()));
@@ -333,18 +333,6 @@ fn changes(
         _ => {}
     }
     changes
-}
-
-#[cfg(feature = "kv-events")]
-/// Whether `key` falls in the key range of `r` (etcd's range rules).
-fn in_range(key: &[u8], r: &RangeRequest) -> bool {
-    if r.range_end.is_empty() {
-        return key == r.key.as_slice();
-    }
-    if r.range_end.as_slice() == [0] {
-        return key >= r.key.as_slice();
-    }
-    key >= r.key.as_slice() && key < r.range_end.as_slice()
 }
 
 #[cfg(test)]

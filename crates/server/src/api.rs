@@ -738,18 +738,15 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         let s = &self.0;
         let r = req.into_inner();
         let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
-        if r.revision > 0 && r.revision != kv.revision() {
-            return Err(if r.revision < kv.revision() {
-                EtcdError::Compacted
-            } else {
-                EtcdError::FutureRevision
-            }
-            .into());
-        }
+        // etcd: the hash of every version kept up to `revision` (0: now),
+        // equal on members that applied the same log.
+        let h = kv.hash_kv(r.revision).map_err(command::request_error)?;
+        let current = kv.revision();
+        drop(kv);
         Ok(Response::new(pb::HashKvResponse {
-            header: Some(s.header_info().header(kv.revision())),
-            hash: kv.hash(),
-            compact_revision: kv.compact_revision(),
+            header: Some(s.header_info().header(current)),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
         }))
     }
 

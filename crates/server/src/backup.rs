@@ -117,7 +117,7 @@ pub struct BackupInfo {
 
 /// Reads and checks a backup file; with `check_hash` the trailing SHA-256
 /// must match (etcdctl's default; `--skip-hash-check` turns it off).
-pub fn read(path: &Path, check_hash: bool) -> Result<(kv::KvStore, BackupInfo), BackupError> {
+pub fn read(path: &Path, check_hash: bool) -> Result<(kv::MvccStore, BackupInfo), BackupError> {
     let bytes = std::fs::read(path).map_err(|source| BackupError::Read {
         path: path.to_path_buf(),
         source,
@@ -140,7 +140,7 @@ pub fn read(path: &Path, check_hash: bool) -> Result<(kv::KvStore, BackupInfo), 
         });
     }
     let (store, len) =
-        kv::KvStore::restore_prefix(body).map_err(|reason| BackupError::Snapshot {
+        kv::MvccStore::restore_prefix(body).map_err(|reason| BackupError::Snapshot {
             path: path.to_path_buf(),
             reason,
         })?;

@@ -29,6 +29,16 @@ pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1024 * 1024 + 512 * 1024;
 /// Default data directory of `metalraft dev`.
 pub const DEFAULT_DEV_DATA_DIR: &str = "metalraft-data";
 
+/// How `--auto-compaction-retention` is read (etcd's
+/// `--auto-compaction-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AutoCompactionMode {
+    /// Keep a time window of history.
+    Periodic,
+    /// Keep a number of revisions.
+    Revision,
+}
+
 /// `metalraft`: an etcd-compatible replicated key-value server.
 #[derive(Debug, Parser)]
 #[command(
@@ -222,6 +232,23 @@ pub struct MemberArgs {
     /// to the low space quota).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
+    /// Interpret --auto-compaction-retention as hours/a duration
+    /// ('periodic') or as a number of revisions ('revision').
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", value_enum, default_value_t = AutoCompactionMode::Periodic)]
+    pub auto_compaction_mode: AutoCompactionMode,
+    /// Auto compaction retention for the MVCC key-value history: '0' is
+    /// off; in periodic mode a number of hours or a duration ('5m', '72h');
+    /// in revision mode a number of revisions.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// Duration of the periodic watch progress notifications (etcd's
+    /// experimental flag; a Go duration such as '10m0s').
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m0s"
+    )]
+    pub experimental_watch_progress_notify_interval: String,
     /// List of URLs to listen on for the metrics and health endpoints.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS")]
     pub listen_metrics_urls: Option<String>,
@@ -280,6 +307,9 @@ const LONG_FLAGS: &[&str] = &[
     "max-request-bytes",
     "quota-backend-bytes",
     "listen-metrics-urls",
+    "auto-compaction-mode",
+    "auto-compaction-retention",
+    "experimental-watch-progress-notify-interval",
     "log-level",
     "cert-file",
     "key-file",

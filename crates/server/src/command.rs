@@ -270,7 +270,8 @@ impl HeaderInfo {
     }
 }
 
-fn kv_pair(k: kv::KeyValue) -> mvccpb::KeyValue {
+/// A key-value pair on the wire.
+pub fn kv_pair(k: kv::KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
         key: k.key,
         create_revision: k.create_revision,

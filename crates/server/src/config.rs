@@ -10,6 +10,8 @@ use std::time::Duration;
 use url::Url;
 
 use crate::cli::{ClusterState, LogLevel, MemberArgs};
+use crate::compactor::{AutoCompaction, AutoCompactionError};
+use crate::duration::{parse_go_duration, DurationError};
 use crate::tls::{SideFlags, SideUse, TlsError, TlsSettings};
 
 /// etcd's upper bound on `--election-timeout`.
@@ -28,6 +30,17 @@ pub const MAX_CLUSTER_MEMBERS: usize = 64;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// A duration flag does not parse (Go syntax, e.g. `10m0s`) or is zero.
+    #[error("invalid value for --{flag}: {reason}")]
+    BadDuration {
+        /// The flag.
+        flag: &'static str,
+        /// Why.
+        reason: DurationError,
+    },
+    /// The auto-compaction flags are inconsistent.
+    #[error(transparent)]
+    AutoCompaction(#[from] AutoCompactionError),
     /// A URL flag holds something that is not a usable URL.
     #[error("invalid value {value:?} for --{flag}: {reason}")]
     BadUrl {
@@ -135,6 +148,10 @@ pub struct MemberConfig {
     pub quota_backend_bytes: u64,
     /// Metrics/health listen URLs.
     pub listen_metrics_urls: Vec<Url>,
+    /// Automatic compaction of the key-value history (`None`: off).
+    pub auto_compaction: Option<AutoCompaction>,
+    /// Period of Watch progress notifications.
+    pub watch_progress_notify_interval: Duration,
     /// Log level.
     pub log_level: LogLevel,
     /// TLS server and dial configurations (files loaded and checked).
@@ -169,6 +186,21 @@ impl MemberConfig {
         }
         if a.election_timeout > MAX_ELECTION_TIMEOUT_MS {
             return Err(ConfigError::ElectionTooLong(a.election_timeout));
+        }
+        let auto_compaction =
+            AutoCompaction::from_flags(a.auto_compaction_mode, &a.auto_compaction_retention)?;
+        let watch_progress_notify_interval =
+            parse_go_duration(&a.experimental_watch_progress_notify_interval).map_err(|e| {
+                ConfigError::BadDuration {
+                    flag: "experimental-watch-progress-notify-interval",
+                    reason: e,
+                }
+            })?;
+        if watch_progress_notify_interval.is_zero() {
+            return Err(ConfigError::BadDuration {
+                flag: "experimental-watch-progress-notify-interval",
+                reason: DurationError::Invalid("0".into()),
+            });
         }
         if a.max_request_bytes == 0 || a.max_request_bytes > MAX_MAX_REQUEST_BYTES {
             return Err(ConfigError::BadMaxRequestBytes(a.max_request_bytes));
@@ -254,6 +286,8 @@ impl MemberConfig {
             } else {
                 a.snapshot_count
             },
+            auto_compaction,
+            watch_progress_notify_interval,
             max_request_bytes: usize::try_from(a.max_request_bytes)
                 .map_err(|_| ConfigError::BadMaxRequestBytes(a.max_request_bytes))?,
             quota_backend_bytes: if a.quota_backend_bytes == 0 {

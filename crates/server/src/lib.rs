@@ -34,10 +34,12 @@ pub mod api;
 pub mod backup;
 pub mod cli;
 pub mod command;
+pub mod compactor;
 pub mod config;
 pub mod dev;
 #[cfg(test)]
 mod durability_tests;
+pub mod duration;
 pub mod errors;
 pub mod machine;
 pub mod member;
@@ -48,4 +50,5 @@ pub mod registry;
 pub mod storage;
 pub mod tls;
 pub mod transport;
+pub mod watch;
 pub mod writer;

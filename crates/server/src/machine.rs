@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use metalraft_core::{ConfChange, Index, Term};
 use metalraft_kv as kv;
-use metalraft_replica::{KvError, KvEvent, StateMachine, StateMachineError};
+use metalraft_replica::{KvError, MvccEvent, StateMachine, StateMachineError};
 
 use crate::command::{self, CommandError, KIND_KV};
 use crate::registry::{CodecError, Registry, RegistryOp, SnapshotData};
@@ -56,7 +56,7 @@ pub enum RestoreError {
 /// store under its lock, so range scans never run on the Raft loop.
 #[derive(Clone, Debug)]
 pub struct ServerMachine {
-    kv: Arc<RwLock<kv::KvStore>>,
+    kv: Arc<RwLock<kv::MvccStore>>,
     registry: Registry,
     /// The store's applied index, kept here so the replica's frequent
     /// `applied_index()` calls take no lock.
@@ -67,7 +67,7 @@ impl ServerMachine {
     /// A state machine over an empty store and `registry`.
     pub fn new(registry: Registry) -> Self {
         ServerMachine {
-            kv: Arc::new(RwLock::new(kv::KvStore::new())),
+            kv: Arc::new(RwLock::new(kv::MvccStore::new())),
             registry,
             applied: 0,
         }
@@ -78,7 +78,7 @@ impl ServerMachine {
     /// index, which is at most `index`.
     pub fn recover(&mut self, index: Index, data: &[u8]) -> Result<Index, RestoreError> {
         let decoded = SnapshotData::decode(data)?;
-        let store = kv::KvStore::restore(&decoded.kv)?;
+        let store = kv::MvccStore::restore(&decoded.kv)?;
         let applied = store.applied_index().min(index);
         *self.kv.write().map_err(|_| crate::registry::Poisoned)? = store;
         self.registry.replace(decoded.members, decoded.removed)?;
@@ -87,7 +87,7 @@ impl ServerMachine {
     }
 
     /// The store, shared with the gRPC services (read it under the lock).
-    pub fn kv(&self) -> Arc<RwLock<kv::KvStore>> {
+    pub fn kv(&self) -> Arc<RwLock<kv::MvccStore>> {
         self.kv.clone()
     }
 
@@ -96,7 +96,7 @@ impl ServerMachine {
         &self.registry
     }
 
-    fn store(&self) -> Result<std::sync::RwLockWriteGuard<'_, kv::KvStore>, StateMachineError> {
+    fn store(&self) -> Result<std::sync::RwLockWriteGuard<'_, kv::MvccStore>, StateMachineError> {
         self.kv.write().map_err(|_| StateMachineError::Unavailable)
     }
 
@@ -120,7 +120,7 @@ impl StateMachine for ServerMachine {
     type Output = Result<Applied, Refused>;
     type Query = ();
     type ReadOutput = ();
-    type Event = KvEvent;
+    type Event = MvccEvent;
 
     fn applied_index(&self) -> Index {
         self.applied
@@ -131,7 +131,7 @@ impl StateMachine for ServerMachine {
         index: Index,
         term: Term,
         cmd: &[u8],
-        events: Option<&mut Vec<KvEvent>>,
+        events: Option<&mut Vec<MvccEvent>>,
     ) -> Result<Self::Output, StateMachineError> {
         let refused = match command::split_command(cmd) {
             Ok((KIND_KV, body)) => {
@@ -214,7 +214,7 @@ impl StateMachine for ServerMachine {
         // Check before changing anything: on error the state stays as it was.
         let decoded = SnapshotData::decode(data).map_err(|_| StateMachineError::BadSnapshot)?;
         let store =
-            kv::KvStore::restore(&decoded.kv).map_err(|_| StateMachineError::BadSnapshot)?;
+            kv::MvccStore::restore(&decoded.kv).map_err(|_| StateMachineError::BadSnapshot)?;
         if store.applied_index() != index {
             return Err(StateMachineError::Inconsistent);
         }

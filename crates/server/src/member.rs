@@ -33,6 +33,7 @@ use crate::machine::ServerMachine;
 use crate::metrics;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    watch_server::WatchServer,
 };
 use crate::proto::peer::peer_server::PeerServer;
 use crate::proto::peer::{peer_client::PeerClient, Envelope, InfoRequest};
@@ -41,6 +42,7 @@ use crate::registry::Registry;
 use crate::storage::{SharedLog, Snapshot, Storage, StorageError, WalOptions, WriteBatch};
 use crate::tls;
 use crate::transport::{Transport, TransportStats, PEER_MAX_GRPC_BYTES};
+use crate::watch::WatchService;
 use crate::writer::{self, WriterGauges};
 
 /// Extra bytes allowed on the client port above `--max-request-bytes`
@@ -279,6 +281,13 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let loop_task = tokio::spawn(started.raft_loop.run(stop_rx.clone()));
     let servers = serve_all(listeners, &started.shared, &cfg, &stop_rx);
+    if let Some(setting) = cfg.auto_compaction {
+        tokio::spawn(crate::compactor::run(
+            started.shared.clone(),
+            setting,
+            stop_rx.clone(),
+        ));
+    }
     tracing::info!(
         name = %cfg.name,
         member = %format!("{:x}", cfg.id),
@@ -595,6 +604,9 @@ fn serve_all(
         .add_service(
             MaintenanceServer::new(MaintenanceService(shared.clone()))
                 .max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            WatchServer::new(WatchService(shared.clone())).max_decoding_message_size(max_recv),
         )
         .into_axum_router()
         .merge(metrics::router(shared.clone()));

@@ -250,6 +250,35 @@ pub fn render(s: &Shared) -> String {
         "Bytes the WAL occupies.",
         g.wal_bytes.load(Ordering::Relaxed),
     );
+    let w = &s.raft.watch_feed.stats;
+    metric(
+        &mut out,
+        "etcd_debugging_mvcc_watch_stream_total",
+        "gauge",
+        "Open Watch streams.",
+        w.streams.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "etcd_debugging_mvcc_watcher_total",
+        "gauge",
+        "Watchers.",
+        w.watchers.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "etcd_debugging_mvcc_events_total",
+        "counter",
+        "Events sent to watchers.",
+        w.events.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "metalraft_watch_catch_ups_total",
+        "counter",
+        "Times a watcher fell behind the live feed and caught up from history.",
+        w.catch_ups.load(Ordering::Relaxed),
+    );
     metric(
         &mut out,
         "metalraft_disk_no_space",

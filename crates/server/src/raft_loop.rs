@@ -34,6 +34,7 @@ use crate::machine::{Applied, Refused, ServerMachine};
 use crate::registry::{Registry, RegistryOp};
 use crate::storage::{SharedLog, Snapshot, StorageError, WriteBatch};
 use crate::transport::Transport;
+use crate::watch::{MvccEvent, WatchFeed};
 use crate::writer::{WriteJob, WriterEvent, WriterGauges};
 
 /// Capacity of the loop's input queue; beyond it clients get "too many requests".
@@ -71,8 +72,8 @@ pub fn replica_config(
     cfg.max_pending_proposals = MAX_PENDING_PROPOSALS;
     let tick_ms = tick.as_millis().max(1);
     cfg.request_timeout_ticks = (REQUEST_TIMEOUT.as_millis().div_ceil(tick_ms) + 1) as u64;
-    // Watch does not exist yet: skip collecting per-revision events.
-    cfg.emit_apply_events = false;
+    // Every revision's changes feed Watch (`crate::watch`).
+    cfg.emit_apply_events = true;
     cfg
 }
 
@@ -181,7 +182,9 @@ pub struct RaftHandle {
     /// Status updates.
     pub status: watch::Receiver<NodeStatus>,
     /// The state machine (read under the lock for serializable reads).
-    pub kv: Arc<RwLock<kv::KvStore>>,
+    pub kv: Arc<RwLock<kv::MvccStore>>,
+    /// Applied events, for Watch streams.
+    pub watch_feed: WatchFeed,
     /// Loop counters.
     pub stats: Arc<LoopStats>,
     /// The member registry.
@@ -319,6 +322,9 @@ pub struct RaftLoop {
     next_req: ReqId,
     tick: Duration,
     status: NodeStatus,
+    /// Where applied events go, and what one drive round collected.
+    watch_feed: WatchFeed,
+    applied_events: Vec<MvccEvent>,
 }
 
 impl RaftLoop {
@@ -337,7 +343,9 @@ impl RaftLoop {
         let me = r.id();
         let conf = Arc::new(RwLock::new(r.node().conf_state().clone()));
         let registry = r.state_machine().registry().clone();
+        let watch_feed = WatchFeed::new();
         let handle = RaftHandle {
+            watch_feed: watch_feed.clone(),
             inputs: tx,
             status: status_rx,
             kv: r.state_machine().kv(),
@@ -370,6 +378,8 @@ impl RaftLoop {
             next_req: 1,
             tick: p.tick,
             status,
+            watch_feed,
+            applied_events: Vec::new(),
         };
         (lp, handle)
     }
@@ -563,6 +573,10 @@ impl RaftLoop {
                 return Err(LoopError::Replica(f));
             }
         }
+        // One feed batch per round: watchers wake once, however many
+        // revisions were applied.
+        self.watch_feed
+            .publish(std::mem::take(&mut self.applied_events));
         let generation = self.registry.generation();
         if generation != self.registry_generation {
             self.registry_generation = generation;
@@ -647,7 +661,7 @@ impl RaftLoop {
         waiter.send(r);
     }
 
-    fn on_event(&mut self, e: Event<metalraft_replica::KvEvent>) -> Result<(), LoopError> {
+    fn on_event(&mut self, e: Event<MvccEvent>) -> Result<(), LoopError> {
         match e {
             Event::Role(ss) => self.on_role(ss),
             Event::Membership(m) => {
@@ -666,8 +680,7 @@ impl RaftLoop {
                     "restored state machine from the leader's snapshot"
                 );
             }
-            // Watch's feed; off (`emit_apply_events`) until Watch exists.
-            Event::Applied { .. } => {}
+            Event::Applied { event, .. } => self.applied_events.push(event),
         }
         Ok(())
     }

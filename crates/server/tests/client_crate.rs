@@ -63,8 +63,15 @@ fn etcd_client_crate_put_get_txn_delete_status_and_unimplemented_services() {
         assert_eq!(count.count(), 2);
         assert!(count.kvs().is_empty());
 
-        // An old revision is compacted (no history is kept), as etcd reports.
-        let err = cl.get("a", Some(GetOptions::new().with_revision(1))).await.unwrap_err();
+        // Past revisions read as they were; after a compaction, older ones
+        // are refused as etcd refuses them.
+        let first = header.revision();
+        let old = cl.get("a", Some(GetOptions::new().with_revision(first))).await.unwrap();
+        assert_eq!(old.kvs()[0].value(), b"1");
+        let before = cl.get("a", Some(GetOptions::new().with_revision(1))).await.unwrap();
+        assert!(before.kvs().is_empty(), "no key at revision 1");
+        cl.compact(first + 1, None).await.unwrap();
+        let err = cl.get("a", Some(GetOptions::new().with_revision(first))).await.unwrap_err();
         assert!(err.to_string().contains("required revision has been compacted"), "{err}");
 
         let txn = Txn::new()
@@ -86,7 +93,7 @@ fn etcd_client_crate_put_get_txn_delete_status_and_unimplemented_services() {
         let members = cl.member_list().await.unwrap();
         assert_eq!(members.members().len(), 3);
 
-        // Leases and watches are not implemented: gRPC UNIMPLEMENTED.
+        // Leases are not implemented yet: gRPC UNIMPLEMENTED.
         let err = cl.lease_grant(10, None).await.unwrap_err();
         assert!(matches!(&err, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unimplemented), "{err:?}");
         // A lease id on put is refused with etcd's error.
