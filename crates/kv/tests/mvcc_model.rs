@@ -322,6 +322,10 @@ impl Reference {
             }
             Command::Txn(t) => self.txn(t).map(CommandResult::Txn),
             Command::Range(r) => self.range(r).map(CommandResult::Range),
+            Command::LeaseGrant(_)
+            | Command::LeaseRevoke(_)
+            | Command::LeasePut(..)
+            | Command::LeaseTxn(..) => unreachable!("lease commands are modelled in leases.rs"),
             Command::Compact(c) => {
                 if c.revision > self.rev() {
                     return Err(RequestError::FutureRevision {
