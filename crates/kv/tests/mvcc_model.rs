@@ -160,6 +160,7 @@ impl Draft {
             kind: ChangeKind::Put,
             kv: next,
             prev_kv: None,
+            lease: 0,
         });
         PutResponse {
             header: ResponseHeader { revision: rev },
@@ -179,6 +180,7 @@ impl Draft {
                     ..KeyValue::default()
                 },
                 prev_kv: None,
+                lease: 0,
             });
         }
         DeleteRangeResponse {
