@@ -2,7 +2,11 @@
 //! `protoc` is needed) and generates tonic services and prost messages.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/etcdserverpb/rpc.proto", "proto/metalraft/peer.proto"];
+    let files = [
+        "proto/etcdserverpb/rpc.proto",
+        "proto/v3lockpb/v3lock.proto",
+        "proto/metalraft/peer.proto",
+    ];
     let fds = protox::compile(files, ["proto"])?;
     tonic_build::configure()
         .build_client(true)

@@ -610,6 +610,12 @@ fn serve_all(
                 .max_decoding_message_size(max_recv),
         )
         .add_service(
+            crate::proto::v3lockpb::lock_server::LockServer::new(crate::lock::LockService(
+                shared.clone(),
+            ))
+            .max_decoding_message_size(max_recv),
+        )
+        .add_service(
             WatchServer::new(WatchService(shared.clone())).max_decoding_message_size(max_recv),
         )
         .into_axum_router()

@@ -13,6 +13,11 @@ pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
+/// etcd's server-side lock service.
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
 /// The member-to-member service.
 pub mod peer {
     tonic::include_proto!("metalraft.peer.v1");

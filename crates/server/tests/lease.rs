@@ -358,10 +358,11 @@ fn etcdctl_elect_with_an_observer() {
     stop(observer);
 }
 
-/// The `etcd-client` crate: grant, keepalive stream, time-to-live, and a
-/// lease-attached key disappearing when the lease is revoked.
+/// The `etcd-client` crate: grant, keepalive stream, time-to-live, a lease
+/// compare, a lease-attached key disappearing when the lease is revoked,
+/// and its lock client (the server-side Lock service).
 #[test]
-fn etcd_client_crate_lease_grant_keepalive_and_revoke() {
+fn etcd_client_crate_lease_keepalive_revoke_and_lock() {
     let c = Cluster::start(3);
     let eps: Vec<String> = (0..3)
         .map(|i| format!("http://{}", c.endpoint(i)))
@@ -409,6 +410,33 @@ fn etcd_client_crate_lease_grant_keepalive_and_revoke() {
         assert!(got.kvs().is_empty());
         let ttl = cl.lease_time_to_live(id, None).await.expect("ttl");
         assert_eq!(ttl.ttl(), -1, "an unknown lease has TTL -1");
+
+        // The Lock service: a second holder waits until the first unlocks.
+        let a = cl.lease_grant(10, None).await.expect("grant").id();
+        let b = cl.lease_grant(10, None).await.expect("grant").id();
+        let opts = |l| Some(etcd_client::LockOptions::new().with_lease(l));
+        let first = cl.lock("svc-lock", opts(a)).await.expect("lock");
+        assert!(first.key().starts_with(b"svc-lock/"));
+        let mut other = cl.clone();
+        let second = tokio::spawn(async move { other.lock("svc-lock", opts(b)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!second.is_finished(), "two holders at once");
+        cl.unlock(first.key()).await.expect("unlock");
+        let second = tokio::time::timeout(WAIT, second)
+            .await
+            .expect("lock handed over");
+        let second = second.expect("task").expect("lock");
+        assert_ne!(second.key(), first.key());
+        // A lock whose lease is revoked is released too.
+        let mut other = cl.clone();
+        let third = tokio::spawn(async move { other.lock("svc-lock", opts(a)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!third.is_finished());
+        cl.lease_revoke(b).await.expect("revoke");
+        let third = tokio::time::timeout(WAIT, third)
+            .await
+            .expect("lock handed over");
+        third.expect("task").expect("lock");
         keeper.keep_alive().await.expect("send");
         let resp = stream.message().await.expect("recv").expect("response");
         assert!(resp.ttl() <= 0, "a revoked lease is not renewed");
