@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/etcdserverpb/rpc.proto",
         "proto/v3lockpb/v3lock.proto",
+        "proto/v3electionpb/v3election.proto",
         "proto/metalraft/peer.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;

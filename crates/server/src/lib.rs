@@ -40,6 +40,7 @@ pub mod dev;
 #[cfg(test)]
 mod durability_tests;
 pub mod duration;
+pub mod election;
 pub mod errors;
 pub mod lease;
 pub mod lock;

@@ -31,7 +31,8 @@ pub const LOCK_POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// etcd's Lock service.
 pub struct LockService(pub Arc<Shared>);
 
-fn lock_key(name: &[u8], lease: i64) -> Vec<u8> {
+/// etcd's key for a lock or candidacy of `lease` under `name`.
+pub(crate) fn lock_key(name: &[u8], lease: i64) -> Vec<u8> {
     let mut key = name.to_vec();
     key.push(b'/');
     key.extend_from_slice(format!("{lease:x}").as_bytes());
@@ -50,9 +51,15 @@ async fn fresh_lease(s: &Shared) -> Result<i64, EtcdError> {
     }
 }
 
-/// Creates `key` attached to `lease` unless it exists (locking twice with
-/// one lease is one acquisition, as in etcd).
-async fn create_key(s: &Shared, key: &[u8], lease: i64) -> Result<(), EtcdError> {
+/// Creates `key` with `value` attached to `lease` unless it exists
+/// (locking twice with one lease is one acquisition, as in etcd); returns
+/// whether it created it.
+pub(crate) async fn create_key(
+    s: &Shared,
+    key: &[u8],
+    value: &[u8],
+    lease: i64,
+) -> Result<bool, EtcdError> {
     let txn = kv::TxnRequest {
         compare: vec![kv::Compare::new(
             key,
@@ -61,6 +68,7 @@ async fn create_key(s: &Shared, key: &[u8], lease: i64) -> Result<(), EtcdError>
         )],
         success: vec![kv::RequestOp::Put(kv::PutRequest {
             key: key.to_vec(),
+            value: value.to_vec(),
             ..Default::default()
         })],
         failure: Vec::new(),
@@ -72,13 +80,16 @@ async fn create_key(s: &Shared, key: &[u8], lease: i64) -> Result<(), EtcdError>
         }],
         failure: Vec::new(),
     };
-    s.write(kv::Command::LeaseTxn(txn, leases)).await?;
-    Ok(())
+    match s.write(kv::Command::LeaseTxn(txn, leases)).await? {
+        kv::CommandResult::Txn(t) => Ok(t.succeeded),
+        _ => Err(EtcdError::Internal("unexpected result kind".into())),
+    }
 }
 
-/// Whether `key` holds the lock now: `Some(revision)` if no key under
-/// `prefix` is older; an error once `key` is gone (its lease expired).
-fn holds(s: &Shared, prefix: &[u8], key: &[u8]) -> Result<Option<i64>, EtcdError> {
+/// Whether `key` holds the lock now: `Some((revision, key's create
+/// revision))` if no key under `prefix` is older; an error once `key` is
+/// gone (its lease expired).
+fn holds(s: &Shared, prefix: &[u8], key: &[u8]) -> Result<Option<(i64, i64)>, EtcdError> {
     let store = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
     let mine = store
         .range(&kv::RangeRequest::single(key))
@@ -94,7 +105,28 @@ fn holds(s: &Shared, prefix: &[u8], key: &[u8]) -> Result<Option<i64>, EtcdError
         ..kv::RangeRequest::prefix(prefix)
     };
     let older = store.range(&older).map_err(crate::command::request_error)?;
-    Ok(older.kvs.is_empty().then_some(store.revision()))
+    Ok(older
+        .kvs
+        .is_empty()
+        .then_some((store.revision(), me.create_revision)))
+}
+
+/// Waits (polling this member's applied state) until `key` is the oldest
+/// key under `prefix`: `(revision, key's create revision)`.
+pub(crate) async fn wait_turn(
+    s: &Shared,
+    prefix: &[u8],
+    key: &[u8],
+) -> Result<(i64, i64), EtcdError> {
+    s.read_barrier().await?;
+    // Ends when the turn comes, the lease goes, or the client leaves
+    // (tonic drops this future).
+    loop {
+        if let Some(turn) = holds(s, prefix, key)? {
+            return Ok(turn);
+        }
+        tokio::time::sleep(LOCK_POLL_INTERVAL).await;
+    }
 }
 
 #[tonic::async_trait]
@@ -113,21 +145,14 @@ impl pb::lock_server::Lock for LockService {
             id => id,
         };
         let key = lock_key(&r.name, lease);
-        create_key(s, &key, lease).await?;
+        create_key(s, &key, &[], lease).await?;
         let mut prefix = r.name.clone();
         prefix.push(b'/');
-        s.read_barrier().await?;
-        // Ends when the lock is held, the lease goes, or the client leaves
-        // (tonic drops this future).
-        loop {
-            if let Some(revision) = holds(s, &prefix, &key)? {
-                return Ok(Response::new(pb::LockResponse {
-                    header: Some(s.header_info().header(revision)),
-                    key,
-                }));
-            }
-            tokio::time::sleep(LOCK_POLL_INTERVAL).await;
-        }
+        let (revision, _) = wait_turn(s, &prefix, &key).await?;
+        Ok(Response::new(pb::LockResponse {
+            header: Some(s.header_info().header(revision)),
+            key,
+        }))
     }
 
     async fn unlock(

@@ -616,6 +616,12 @@ fn serve_all(
             .max_decoding_message_size(max_recv),
         )
         .add_service(
+            crate::proto::v3electionpb::election_server::ElectionServer::new(
+                crate::election::ElectionService(shared.clone()),
+            )
+            .max_decoding_message_size(max_recv),
+        )
+        .add_service(
             WatchServer::new(WatchService(shared.clone())).max_decoding_message_size(max_recv),
         )
         .into_axum_router()

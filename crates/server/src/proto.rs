@@ -18,6 +18,11 @@ pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
 }
 
+/// etcd's server-side election service.
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
+
 /// The member-to-member service.
 pub mod peer {
     tonic::include_proto!("metalraft.peer.v1");

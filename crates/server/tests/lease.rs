@@ -541,3 +541,54 @@ fn etcdctl_lock_stays_exclusive_across_a_leader_kill9() {
         assert_eq!(a[6..], b[5..], "overlap: {text}");
     }
 }
+
+/// The `etcd-client` crate's election client against the server-side
+/// Election service: campaign, leader, proclaim, observe, resign, and a
+/// candidate taking over when the leader's lease is revoked.
+#[test]
+fn etcd_client_crate_election() {
+    use etcd_client::{ProclaimOptions, ResignOptions};
+    let c = Cluster::start(3);
+    let eps: Vec<String> = (0..3).map(|i| format!("http://{}", c.endpoint(i))).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cl = etcd_client::Client::connect(eps, None).await.expect("connect");
+        let a = cl.lease_grant(10, None).await.expect("grant").id();
+        let b = cl.lease_grant(10, None).await.expect("grant").id();
+        let won = cl.campaign("db", "node-a", a).await.expect("campaign");
+        let key = won.leader().expect("leader key").clone();
+        assert!(key.key().starts_with(b"db/"));
+        let mut observe = cl.observe("db").await.expect("observe");
+        let seen = observe.message().await.expect("recv").expect("leader");
+        assert_eq!(seen.kv().expect("kv").value(), b"node-a");
+
+        let mut other = cl.clone();
+        let b_campaign = tokio::spawn(async move { other.campaign("db", "node-b", b).await });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!b_campaign.is_finished(), "two leaders at once");
+
+        let opts = ProclaimOptions::new().with_leader(key.clone());
+        cl.proclaim("node-a2", Some(opts)).await.expect("proclaim");
+        let seen = observe.message().await.expect("recv").expect("leader");
+        assert_eq!(seen.kv().expect("kv").value(), b"node-a2");
+        let now = cl.leader("db").await.expect("leader");
+        assert_eq!(now.kv().expect("kv").value(), b"node-a2");
+        assert_eq!(now.kv().expect("kv").lease(), a);
+
+        // The leader's lease goes: the waiting candidate wins.
+        cl.lease_revoke(a).await.expect("revoke");
+        let won_b = tokio::time::timeout(WAIT, b_campaign).await.expect("b wins");
+        let won_b = won_b.expect("task").expect("campaign");
+        let seen = observe.message().await.expect("recv").expect("leader");
+        assert_eq!(seen.kv().expect("kv").value(), b"node-b");
+        // The old leader can no longer proclaim.
+        let opts = ProclaimOptions::new().with_leader(key);
+        let err = cl.proclaim("stale", Some(opts)).await.unwrap_err();
+        assert!(err.to_string().contains("election: not leader"), "{err}");
+
+        let b_key = won_b.leader().expect("leader key").clone();
+        cl.resign(Some(ResignOptions::new().with_leader(b_key))).await.expect("resign");
+        let err = cl.leader("db").await.unwrap_err();
+        assert!(err.to_string().contains("election: no leader"), "{err}");
+    });
+}
