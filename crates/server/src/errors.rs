@@ -71,6 +71,10 @@ pub enum EtcdError {
     /// An internal failure (storage, encoding); logged on the server.
     #[error("etcdserver: {0}")]
     Internal(String),
+    /// A learner was asked for something etcd 3.4 serves only on voters
+    /// (everything but serializable Range and Status).
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
 }
 
 impl EtcdError {
@@ -88,7 +92,8 @@ impl EtcdError {
             | EtcdError::Timeout
             | EtcdError::LeaderChanged
             | EtcdError::Stopped
-            | EtcdError::TooManyRequests => Code::Unavailable,
+            | EtcdError::TooManyRequests
+            | EtcdError::NotSupportedForLearner => Code::Unavailable,
             EtcdError::NoSpace => Code::ResourceExhausted,
             EtcdError::Compacted | EtcdError::FutureRevision => Code::OutOfRange,
             EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
@@ -125,6 +130,7 @@ pub fn from_status(s: &Status) -> EtcdError {
         EtcdError::NotLeader,
         EtcdError::Stopped,
         EtcdError::TooManyRequests,
+        EtcdError::NotSupportedForLearner,
     ];
     for k in KNOWN {
         if k.to_string() == s.message() {
