@@ -625,10 +625,7 @@ fn serve_all(
 /// The etcd gRPC methods a learner serves, as in etcd 3.4: Status, and
 /// Range (whose linearizable form the handler refuses on a learner, since
 /// only the request says which it is).
-const LEARNER_METHODS: &[&str] = &[
-    "/etcdserverpb.Maintenance/Status",
-    "/etcdserverpb.KV/Range",
-];
+const LEARNER_METHODS: &[&str] = &["/etcdserverpb.Maintenance/Status", "/etcdserverpb.KV/Range"];
 
 /// Refuses every other etcd gRPC method on a learner with etcd 3.4's
 /// "rpc not supported for learner" (Unavailable, so clients with several
