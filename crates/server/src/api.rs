@@ -390,6 +390,29 @@ async fn leader_cluster_client(
     Ok(pb::cluster_client::ClusterClient::new(ch))
 }
 
+/// Pause between two tries of a membership change the leader cannot take
+/// yet (it commits its first entry within a heartbeat or two).
+pub const CONF_CHANGE_RETRY: Duration = Duration::from_millis(100);
+
+/// Proposes a membership change, trying again while the leader cannot take
+/// it yet (right after an election, or while the previous change commits),
+/// for up to [`REQUEST_TIMEOUT`]: an operator's `member add` during churn
+/// succeeds instead of failing on a transient condition.
+async fn conf_change_when_ready(s: &Shared, cc: ConfChange) -> Result<(), EtcdError> {
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match s.raft.conf_change(cc.clone(), left).await {
+            Err(EtcdError::MembershipChangeNotReady(_))
+                if tokio::time::Instant::now() + CONF_CHANGE_RETRY < deadline =>
+            {
+                tokio::time::sleep(CONF_CHANGE_RETRY).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 fn is_leader(s: &Shared) -> bool {
     s.raft.status.borrow().is_leader
 }
@@ -459,12 +482,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         .encode()
         .map_err(|e| EtcdError::Internal(format!("encoding a registry operation: {e}")))?;
-        s.raft
-            .conf_change(
-                ConfChange::new(&[op]).with_context(context),
-                REQUEST_TIMEOUT,
-            )
-            .await?;
+        conf_change_when_ready(s, ConfChange::new(&[op]).with_context(context)).await?;
         let member = pb::Member {
             id,
             name: String::new(),
@@ -521,12 +539,11 @@ impl pb::cluster_server::Cluster for ClusterService {
         let context = RegistryOp::Remove { id }
             .encode()
             .map_err(|e| EtcdError::Internal(format!("encoding a registry operation: {e}")))?;
-        s.raft
-            .conf_change(
-                ConfChange::new(&[ConfChangeOp::Remove(id)]).with_context(context),
-                REQUEST_TIMEOUT,
-            )
-            .await?;
+        conf_change_when_ready(
+            s,
+            ConfChange::new(&[ConfChangeOp::Remove(id)]).with_context(context),
+        )
+        .await?;
         Ok(Response::new(pb::MemberRemoveResponse {
             header: Some(self.header()),
             members: self.list(),
@@ -613,12 +630,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 "etcdserver: can only promote a learner member which is in sync with leader",
             ));
         }
-        s.raft
-            .conf_change(
-                ConfChange::new(&[ConfChangeOp::AddVoter(id)]),
-                REQUEST_TIMEOUT,
-            )
-            .await?;
+        conf_change_when_ready(s, ConfChange::new(&[ConfChangeOp::AddVoter(id)])).await?;
         Ok(Response::new(pb::MemberPromoteResponse {
             header: Some(self.header()),
             members: self.list(),

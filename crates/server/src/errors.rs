@@ -71,6 +71,11 @@ pub enum EtcdError {
     /// An internal failure (storage, encoding); logged on the server.
     #[error("etcdserver: {0}")]
     Internal(String),
+    /// A membership change the leader cannot take yet (another change is
+    /// still uncommitted, or the leader has not committed an entry of its
+    /// term): the Cluster service retries it until its request timeout.
+    #[error("etcdserver: membership change refused for now: {0}")]
+    MembershipChangeNotReady(String),
     /// A learner was asked for something etcd 3.4 serves only on voters
     /// (everything but serializable Range and Status).
     #[error("etcdserver: rpc not supported for learner")]
@@ -93,7 +98,8 @@ impl EtcdError {
             | EtcdError::LeaderChanged
             | EtcdError::Stopped
             | EtcdError::TooManyRequests
-            | EtcdError::NotSupportedForLearner => Code::Unavailable,
+            | EtcdError::NotSupportedForLearner
+            | EtcdError::MembershipChangeNotReady(_) => Code::Unavailable,
             EtcdError::NoSpace => Code::ResourceExhausted,
             EtcdError::Compacted | EtcdError::FutureRevision => Code::OutOfRange,
             EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,

@@ -217,33 +217,66 @@ fn member_add(eps: &str, name: &str, peer: &str, learner: bool) -> (String, Vec<
     (id, vars)
 }
 
-/// Starts member `i` with the printed variables, verbatim, and only the
-/// flags that say where it listens and stores (no `--initial-cluster*`,
-/// `--name` or `--initial-advertise-peer-urls`: those come from etcdctl).
-fn spawn_printed(c: &mut Cluster, i: usize, vars: &[(String, String)]) {
-    let m = &c.members[i];
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&m.log)
-        .expect("open member log");
-    let child = Command::new(bin())
-        .args([
-            format!("--data-dir={}", m.data_dir.display()),
-            format!("--listen-client-urls=http://127.0.0.1:{}", m.client_port),
-            format!("--advertise-client-urls=http://127.0.0.1:{}", m.client_port),
-            format!("--listen-peer-urls=http://127.0.0.1:{}", m.peer_port),
-            "--initial-cluster-token=test-cluster".to_string(),
-            format!("--heartbeat-interval={HEARTBEAT_MS}"),
-            format!("--election-timeout={ELECTION_MS}"),
-            "--log-level=info".to_string(),
-        ])
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn metalraft");
-    c.children[i] = Some(child);
+/// How a member was first started: its flags and environment. A restart
+/// repeats them (the data directory then decides, as in etcd; the
+/// cluster's `flags()` would now list a reused peer URL twice).
+#[derive(Clone, Default)]
+struct Launch {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Launch {
+    /// The printed variables, verbatim, plus only the flags that say where
+    /// the member listens and stores (no `--initial-cluster*`, `--name` or
+    /// `--initial-advertise-peer-urls`: those come from etcdctl).
+    fn printed(c: &Cluster, i: usize, vars: Vec<(String, String)>) -> Launch {
+        let m = &c.members[i];
+        Launch {
+            args: vec![
+                format!("--data-dir={}", m.data_dir.display()),
+                format!("--listen-client-urls=http://127.0.0.1:{}", m.client_port),
+                format!("--advertise-client-urls=http://127.0.0.1:{}", m.client_port),
+                format!("--listen-peer-urls=http://127.0.0.1:{}", m.peer_port),
+                "--initial-cluster-token=test-cluster".to_string(),
+                format!("--heartbeat-interval={HEARTBEAT_MS}"),
+                format!("--election-timeout={ELECTION_MS}"),
+                "--log-level=info".to_string(),
+            ],
+            env: vars,
+        }
+    }
+
+    fn spawn(&self, c: &mut Cluster, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&c.members[i].log)
+            .expect("open member log");
+        let child = Command::new(bin())
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn metalraft");
+        c.children[i] = Some(child);
+    }
+}
+
+/// Restarts member `i` as it was first started and waits until it answers.
+fn restart(c: &mut Cluster, i: usize, launch: &[Launch]) {
+    launch[i].spawn(c, i);
+    let ep = c.endpoint(i);
+    eventually(
+        &format!("{} answers after its restart", c.members[i].name),
+        || {
+            etcdctl_try(&["--endpoints", &ep, "endpoint", "status"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
 }
 
 /// The id of the member whose peer URL is `peer`, from a voter's list.
@@ -315,6 +348,12 @@ fn membership_churn_keeps_names_client_urls_and_writes() {
         expected: (0..3).map(|i| Some(Model::row(&c, i, false))).collect(),
         voter: vec![true; 3],
     };
+    let mut launch: Vec<Launch> = (0..3)
+        .map(|i| Launch {
+            args: c.flags(i),
+            env: Vec::new(),
+        })
+        .collect();
     let writer = Writer::start(c.endpoints());
     assert_lists_converge(&c, &m, "start");
 
@@ -325,7 +364,8 @@ fn membership_churn_keeps_names_client_urls_and_writes() {
     m.voter.push(false);
     let peer = Model::row(&c, l, true).peer_url;
     let (_, vars) = member_add(&eps, "m3", &peer, true);
-    spawn_printed(&mut c, l, &vars);
+    launch.push(Launch::printed(&c, l, vars));
+    launch[l].spawn(&mut c, l);
     m.expected[l] = Some(Model::row(&c, l, true));
     let since = wait_published(&c, &m, m.expected[l].as_ref().unwrap());
     assert_named_within(&c, &m, since, None, "learner started");
@@ -364,7 +404,7 @@ fn membership_churn_keeps_names_client_urls_and_writes() {
     m.expected[l].as_mut().unwrap().learner = false;
     writer.set_endpoints(&c, &m);
     assert_named_within(&c, &m, since, None, "leader killed after promote");
-    c.spawn(leader);
+    restart(&mut c, leader, &launch);
     assert_lists_converge(&c, &m, "promoted, leader restarted");
 
     // A fifth member, a voter.
@@ -373,7 +413,8 @@ fn membership_churn_keeps_names_client_urls_and_writes() {
     m.voter.push(true);
     let peer = Model::row(&c, v, false).peer_url;
     let (_, vars) = member_add(&c.live_endpoints(), "m4", &peer, false);
-    spawn_printed(&mut c, v, &vars);
+    launch.push(Launch::printed(&c, v, vars));
+    launch[v].spawn(&mut c, v);
     m.expected[v] = Some(Model::row(&c, v, false));
     let since = wait_published(&c, &m, m.expected[v].as_ref().unwrap());
     assert_named_within(&c, &m, since, None, "voter added");
@@ -413,15 +454,16 @@ fn membership_churn_keeps_names_client_urls_and_writes() {
         m.voter.push(true);
         c.members[i].peer_port = c.members[old].peer_port;
         let (_, vars) = member_add(&c.live_endpoints(), &name, &peer, false);
+        launch.push(Launch::printed(&c, i, vars));
         if n == 0 {
             let leader = c.wait_for_leader();
             c.kill9(leader);
             let since = Instant::now();
             writer.set_endpoints(&c, &m);
             assert_named_within(&c, &m, since, Some(&peer), "leader killed after member add");
-            c.spawn(leader);
+            restart(&mut c, leader, &launch);
         }
-        spawn_printed(&mut c, i, &vars);
+        launch[i].spawn(&mut c, i);
         m.expected[i] = Some(Model::row(&c, i, false));
         let since = wait_published(&c, &m, m.expected[i].as_ref().unwrap());
         assert_named_within(&c, &m, since, None, "freed address added again");
