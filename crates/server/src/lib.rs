@@ -45,6 +45,7 @@ pub mod machine;
 pub mod member;
 pub mod metrics;
 pub mod proto;
+pub mod publish;
 pub mod raft_loop;
 pub mod registry;
 pub mod storage;

@@ -288,6 +288,7 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
             stop_rx.clone(),
         ));
     }
+    let publisher = tokio::spawn(crate::publish::run(started.shared.clone(), stop_rx.clone()));
     tracing::info!(
         name = %cfg.name,
         member = %format!("{:x}", cfg.id),
@@ -297,6 +298,9 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
     );
     let stopped_by_itself = wait_for_stop(&started.shared, &started.handle).await?;
     let _ = stop_tx.send(true);
+    // It returns on `stop`; nothing it does needs finishing.
+    publisher.abort();
+    let _ = publisher.await;
     for s in servers {
         match tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, s).await {
             Ok(Ok(Ok(()))) => {}
@@ -609,6 +613,10 @@ fn serve_all(
             WatchServer::new(WatchService(shared.clone())).max_decoding_message_size(max_recv),
         )
         .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            learner_gate,
+        ))
         .merge(metrics::router(shared.clone()));
         let router = tonic::transport::Server::builder()
             .accept_http1(true)
@@ -624,6 +632,31 @@ fn serve_all(
         servers.push(serve(router, l, tls, "metrics", stop.clone()));
     }
     servers
+}
+
+/// The etcd gRPC methods a learner serves, as in etcd 3.4: Status, and
+/// Range (whose linearizable form the handler refuses on a learner, since
+/// only the request says which it is).
+const LEARNER_METHODS: &[&str] = &["/etcdserverpb.Maintenance/Status", "/etcdserverpb.KV/Range"];
+
+/// Refuses every other etcd gRPC method on a learner with etcd 3.4's
+/// "rpc not supported for learner" (Unavailable, so clients with several
+/// endpoints try another). One check for every service, present and
+/// future: a method is refused unless listed. etcd's HTTP endpoints
+/// (health, version, metrics) stay served.
+async fn learner_gate(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = req.uri().path();
+    let refused = path.starts_with("/etcdserverpb.")
+        && !LEARNER_METHODS.contains(&path)
+        && shared.raft.status.borrow().is_learner;
+    if refused {
+        return tonic::Status::from(crate::errors::EtcdError::NotSupportedForLearner).into_http();
+    }
+    next.run(req).await
 }
 
 /// Waits for SIGTERM/SIGINT (then a leader hands leadership over) or for
