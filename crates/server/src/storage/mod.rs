@@ -53,8 +53,11 @@ pub struct Opened {
     pub storage: Storage,
     /// The newest snapshot, if any.
     pub snapshot: Option<Snapshot>,
-    /// `(file, offset)` of a torn final WAL record that was truncated.
+    /// `(file, offset)` of a torn WAL tail that was truncated (already
+    /// logged as a warning with the bytes dropped).
     pub torn_tail: Option<(PathBuf, u64)>,
+    /// Bytes of never-acknowledged data the truncation dropped.
+    pub torn_bytes_dropped: u64,
 }
 
 impl Storage {
@@ -88,6 +91,7 @@ impl Storage {
             hard_state,
             entries,
             torn_tail,
+            torn_bytes_dropped,
         } = rec;
         if first_index > 1 {
             // Entries below first_index were purged: a snapshot must cover them.
@@ -125,6 +129,7 @@ impl Storage {
             },
             snapshot,
             torn_tail,
+            torn_bytes_dropped,
         })
     }
 
