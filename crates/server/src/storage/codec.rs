@@ -211,7 +211,10 @@ pub fn encode_record(r: &Record, out: &mut Vec<u8>) -> Result<(), EncodeError> {
 /// If `at.synced >= at.seq` (a frame cannot be durable before it exists).
 pub fn encode_sequenced(r: &Record, at: FrameSeq, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     assert!(at.seq >= 1, "frame numbers start at 1");
-    assert!(at.synced < at.seq, "durable mark not below the frame number");
+    assert!(
+        at.synced < at.seq,
+        "durable mark not below the frame number"
+    );
     out.push(record_tag(r) + TAG_SEQUENCED_OFFSET);
     put_u64(out, at.seq);
     put_u64(out, at.synced);

@@ -200,4 +200,6 @@ impl Storage {
 }
 
 #[cfg(test)]
+mod power_loss_tests;
+#[cfg(test)]
 mod tests;

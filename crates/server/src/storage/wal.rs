@@ -572,7 +572,11 @@ fn replay_segment(
     }
     if let Some((later, at)) = find_durable_witness(&buf, pos, *last_seq, start == Some(true)) {
         let witness = match at {
-            Some(a) => format!("frame {} at offset {later} was written after frame {} was durable", a.seq, *last_seq + 1),
+            Some(a) => format!(
+                "frame {} at offset {later} was written after frame {} was durable",
+                a.seq,
+                *last_seq + 1
+            ),
             None => format!("an unsequenced (format 1) frame at offset {later} follows it"),
         };
         return Err(corrupt(
