@@ -83,7 +83,7 @@ impl Storage {
             },
         )?;
         let snap_dir = member.join("snap");
-        let snapshot = snapshot::load_latest(&snap_dir)?;
+        let snapshot::Loaded { snapshot, damaged } = snapshot::load_latest(&snap_dir)?;
         let (wal, rec) = Wal::open(&member.join("wal"), opts)?;
         let Recovered {
             first_index,
@@ -99,6 +99,18 @@ impl Storage {
                 .as_ref()
                 .is_some_and(|s| s.index + 1 >= first_index);
             if !covered {
+                // A damaged newer snapshot that the log no longer backs up is
+                // the real cause: name it.
+                if let Some(d) = damaged.first() {
+                    return Err(StorageError::Corrupt {
+                        path: d.path.clone(),
+                        offset: 0,
+                        reason: format!(
+                            "{}; the WAL starts at index {first_index} and no older snapshot covers the entries before it",
+                            d.reason
+                        ),
+                    });
+                }
                 return Err(StorageError::Corrupt {
                     path: member.join("wal"),
                     offset: 0,
@@ -106,6 +118,7 @@ impl Storage {
                 });
             }
         }
+        snapshot::set_aside(&snap_dir, &damaged)?;
         let log = SharedLog::new(hard_state, conf_state, first_index, prev_term, entries);
         if let Some(s) = &snapshot {
             // The log the core sees starts right after the snapshot, so its

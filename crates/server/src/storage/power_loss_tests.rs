@@ -467,3 +467,81 @@ fn power_loss_format_1_wal_opens_and_new_frames_are_sequenced() {
     let o = Storage::open(dir.path(), conf(), opts()).unwrap();
     assert_eq!(o.storage.log().bounds().unwrap(), (1, 4));
 }
+
+fn snap(index: u64) -> Snapshot {
+    Snapshot {
+        index,
+        term: 1,
+        conf_state: conf(),
+        data: vec![index as u8; 2000],
+    }
+}
+
+/// Two snapshots and a log purged below the older one; then the newer
+/// snapshot file is damaged (`garble`).
+fn two_snapshots(purge_below: u64, garble: impl Fn(&mut Vec<u8>)) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = Storage::open(dir.path(), conf(), opts()).unwrap().storage;
+        for i in 1..=120 {
+            s.write(&[batch(i, 300)], true).unwrap();
+        }
+        s.save_snapshot(&snap(60), None).unwrap();
+        s.save_snapshot(&snap(110), Some(purge_below)).unwrap();
+    }
+    let newest = dir
+        .path()
+        .join("member/snap")
+        .join(format!("{:016x}-{:016x}.snap", 1, 110));
+    let mut bytes = std::fs::read(&newest).unwrap();
+    garble(&mut bytes);
+    std::fs::write(&newest, bytes).unwrap();
+    (dir, newest)
+}
+
+#[test]
+fn power_loss_damaged_newest_snapshot_falls_back_to_the_older_one() {
+    for (what, garble) in [
+        (
+            "flipped bit",
+            Box::new(|b: &mut Vec<u8>| b[700] ^= 1) as Box<dyn Fn(&mut Vec<u8>)>,
+        ),
+        ("cut short", Box::new(|b: &mut Vec<u8>| b.truncate(1000))),
+        (
+            "zeroed sectors",
+            Box::new(|b: &mut Vec<u8>| b[512..1536].fill(0)),
+        ),
+    ] {
+        let (dir, newest) = two_snapshots(61, garble);
+        let o = Storage::open(dir.path(), conf(), opts()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(o.snapshot.as_ref().map(|s| s.index), Some(60), "{what}");
+        let log = o.storage.log();
+        let (first, last) = log.bounds().unwrap();
+        assert!(first <= 61 && last == 120, "{what}: {first}..{last}");
+        assert!(!newest.exists(), "{what}: set aside");
+        drop(o);
+        // A later save keeps the good older snapshot and the new one.
+        let mut s = Storage::open(dir.path(), conf(), opts()).unwrap().storage;
+        s.save_snapshot(&snap(115), None).unwrap();
+        drop(s);
+        let o = Storage::open(dir.path(), conf(), opts()).unwrap();
+        assert_eq!(o.snapshot.as_ref().map(|s| s.index), Some(115), "{what}");
+    }
+}
+
+/// If the log no longer holds the entries between the older snapshot and
+/// the damaged newer one, falling back would lose them: refuse, naming the
+/// damaged snapshot.
+#[test]
+fn power_loss_damaged_newest_snapshot_without_log_cover_is_refused() {
+    let (dir, newest) = two_snapshots(111, |b| b[700] ^= 1);
+    match Storage::open(dir.path(), conf(), opts()) {
+        Err(StorageError::Corrupt { path, reason, .. }) => {
+            assert_eq!(path, newest, "{reason}");
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("expected Corrupt, opened"),
+    }
+    assert!(newest.exists(), "left in place for the operator");
+}
