@@ -528,4 +528,36 @@ mod tests {
         assert_eq!(read_frame(&[0u8; 64]), FrameRead::End);
         assert_eq!(read_frame(&[0u8; 3]), FrameRead::End);
     }
+
+    #[test]
+    fn sequenced_records_round_trip_and_unsequenced_ones_still_read() {
+        let at = FrameSeq { seq: 9, synced: 7 };
+        let mut buf = Vec::new();
+        encode_sequenced(&sample(), at, &mut buf).unwrap();
+        assert!(is_sequenced_tag(buf[0]));
+        assert_eq!(decode_sequenced(&buf), Ok((sample(), Some(at))));
+        assert_eq!(decode_record(&buf), Ok(sample()));
+        let mut old = Vec::new();
+        encode_record(&sample(), &mut old).unwrap();
+        assert!(is_record_tag(old[0]) && !is_sequenced_tag(old[0]));
+        assert_eq!(decode_sequenced(&old), Ok((sample(), None)));
+        // Same body after the 17-byte sequence prefix.
+        assert_eq!(buf.len(), old.len() + 16);
+        for cut in 0..buf.len() {
+            assert!(decode_sequenced(&buf[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn a_frame_durable_before_it_was_written_does_not_decode() {
+        let mut buf = Vec::new();
+        encode_sequenced(&sample(), FrameSeq { seq: 3, synced: 2 }, &mut buf).unwrap();
+        buf[9..17].copy_from_slice(&3u64.to_le_bytes());
+        assert_eq!(
+            decode_sequenced(&buf),
+            Err(DecodeError::BadSequence { seq: 3, synced: 3 })
+        );
+        buf[1..9].copy_from_slice(&0u64.to_le_bytes());
+        assert!(decode_sequenced(&buf).is_err());
+    }
 }
