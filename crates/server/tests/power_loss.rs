@@ -31,7 +31,9 @@ fn leave_issue_20_tail(seg: &Path) -> u64 {
     let (rec, at) = codec::decode_sequenced(payload).expect("decodes");
     let at = at.expect("the server writes sequenced frames");
     let next_index = match rec {
-        Record::Batch { entries, .. } if !entries.is_empty() => entries[entries.len() - 1].index + 1,
+        Record::Batch { entries, .. } if !entries.is_empty() => {
+            entries[entries.len() - 1].index + 1
+        }
         _ => 1_000_000,
     };
     // Frame seq+1 was lost; seq+2 was written in the same unsynced group, so
@@ -87,19 +89,22 @@ fn power_cut_of_every_member_with_the_issue_20_tail_restarts_all_and_keeps_acked
     put_ok(&c.endpoints(), "after", "restart");
     for i in 0..3 {
         let ep = c.endpoint(i);
-        let keys = eventually(&format!("member {i} serves every acknowledged write"), || {
-            let out = etcdctl_try(&[
-                "--endpoints",
-                &ep,
-                "get",
-                "",
-                "--prefix",
-                "--keys-only",
-                "--consistency=s",
-            ]);
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            (out.status.success() && text.lines().any(|l| l == "after")).then_some(text)
-        });
+        let keys = eventually(
+            &format!("member {i} serves every acknowledged write"),
+            || {
+                let out = etcdctl_try(&[
+                    "--endpoints",
+                    &ep,
+                    "get",
+                    "",
+                    "--prefix",
+                    "--keys-only",
+                    "--consistency=s",
+                ]);
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                (out.status.success() && text.lines().any(|l| l == "after")).then_some(text)
+            },
+        );
         for k in 0..20 {
             let key = format!("acked/{k:02}");
             assert!(keys.lines().any(|l| l == key), "member {i} lost {key}");
@@ -110,9 +115,18 @@ fn power_cut_of_every_member_with_the_issue_20_tail_restarts_all_and_keeps_acked
             log.contains("truncated a torn WAL tail"),
             "member {i} logs the truncation:\n{log}"
         );
-        assert!(log.contains(&seg.display().to_string()), "names the file:\n{log}");
-        assert!(log.contains(&format!("offset={offset}")), "names the offset:\n{log}");
-        assert!(log.contains("bytes_dropped="), "names the bytes dropped:\n{log}");
+        assert!(
+            log.contains(&seg.display().to_string()),
+            "names the file:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("offset={offset}")),
+            "names the offset:\n{log}"
+        );
+        assert!(
+            log.contains("bytes_dropped="),
+            "names the bytes dropped:\n{log}"
+        );
     }
 }
 
@@ -143,7 +157,13 @@ fn a_hole_before_a_frame_that_proves_it_durable_stops_only_that_member() {
     assert!(!out.status.success(), "mid-log damage must stop the member");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("mid-log damage"), "{err}");
-    assert!(err.contains(&seg.display().to_string()), "names the file: {err}");
-    assert!(err.contains(&format!("offset {target}")), "names the offset: {err}");
+    assert!(
+        err.contains(&seg.display().to_string()),
+        "names the file: {err}"
+    );
+    assert!(
+        err.contains(&format!("offset {target}")),
+        "names the offset: {err}"
+    );
     put_ok(&c.live_endpoints(), "still", "works");
 }

@@ -545,3 +545,96 @@ fn power_loss_damaged_newest_snapshot_without_log_cover_is_refused() {
     }
     assert!(newest.exists(), "left in place for the operator");
 }
+
+/// The last acknowledged frame held a new term and vote and rots at rest
+/// with nothing after it: the WAL cannot tell it from a torn write and drops
+/// it, but the vote record still has the term and vote, so the member can
+/// never vote twice in that term.
+#[test]
+fn power_loss_vote_survives_a_truncated_wal_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let voted = HardState {
+        term: 5,
+        vote: Some(2),
+        commit: 3,
+    };
+    {
+        let mut s = Storage::open(dir.path(), conf(), opts()).unwrap().storage;
+        for i in 1..=4 {
+            s.write(&[batch(i, 100)], true).unwrap();
+        }
+        s.write(
+            &[WriteBatch {
+                entries: Vec::new(),
+                hard_state: Some(voted),
+            }],
+            true,
+        )
+        .unwrap();
+    }
+    let seg = last_segment(dir.path());
+    let mut img = std::fs::read(&seg).unwrap();
+    let (_, end) = frames(&img);
+    img[end - 5] ^= 0x10;
+    std::fs::write(&seg, &img).unwrap();
+    let o = Storage::open(dir.path(), conf(), opts()).unwrap();
+    assert!(
+        o.torn_tail.is_some(),
+        "the damaged final frame is truncated"
+    );
+    let hs = o.storage.log().hard_state().unwrap();
+    assert_eq!((hs.term, hs.vote), (5, Some(2)), "{hs:?}");
+    assert_eq!(o.storage.log().bounds().unwrap(), (1, 4));
+    drop(o);
+    // The WAL was brought up to date too: the record alone is no longer needed.
+    std::fs::remove_file(dir.path().join("member/vote")).unwrap();
+    let o = Storage::open(dir.path(), conf(), opts()).unwrap();
+    let hs = o.storage.log().hard_state().unwrap();
+    assert_eq!((hs.term, hs.vote), (5, Some(2)));
+}
+
+/// A crash between the WAL's sync and the vote record's leaves the record
+/// behind; the WAL wins and the record catches up.
+#[test]
+fn power_loss_vote_record_behind_the_wal_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = Storage::open(dir.path(), conf(), opts()).unwrap().storage;
+        s.write(&[batch(1, 10)], true).unwrap();
+    }
+    let vote = dir.path().join("member/vote");
+    let before = std::fs::read(&vote).unwrap();
+    {
+        let mut s = Storage::open(dir.path(), conf(), opts()).unwrap().storage;
+        s.write(
+            &[WriteBatch {
+                entries: Vec::new(),
+                hard_state: Some(HardState {
+                    term: 4,
+                    vote: Some(3),
+                    commit: 0,
+                }),
+            }],
+            true,
+        )
+        .unwrap();
+    }
+    std::fs::write(&vote, before).unwrap();
+    let o = Storage::open(dir.path(), conf(), opts()).unwrap();
+    let hs = o.storage.log().hard_state().unwrap();
+    assert_eq!((hs.term, hs.vote), (4, Some(3)));
+    drop(o);
+    let img = std::fs::read(&vote).unwrap();
+    let mut both_damaged = img.clone();
+    both_damaged[0] ^= 1;
+    both_damaged[vote::FILE_BYTES / 2] ^= 1;
+    std::fs::write(&vote, both_damaged).unwrap();
+    match Storage::open(dir.path(), conf(), opts()) {
+        Err(StorageError::Corrupt { path, reason, .. }) => {
+            assert_eq!(path, vote);
+            assert!(reason.contains("both copies"), "{reason}");
+        }
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("a lost vote must refuse to start"),
+    }
+}

@@ -477,6 +477,11 @@ impl Wal {
         Ok(removed)
     }
 
+    /// The WAL's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
         self.segments.len()
