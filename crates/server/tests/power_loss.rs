@@ -87,7 +87,7 @@ fn power_cut_of_every_member_with_the_issue_20_tail_restarts_all_and_keeps_acked
     }
     c.wait_for_leader();
     put_ok(&c.endpoints(), "after", "restart");
-    for i in 0..3 {
+    for (i, (seg, offset)) in cut.iter().enumerate() {
         let ep = c.endpoint(i);
         let keys = eventually(
             &format!("member {i} serves every acknowledged write"),
@@ -110,7 +110,6 @@ fn power_cut_of_every_member_with_the_issue_20_tail_restarts_all_and_keeps_acked
             assert!(keys.lines().any(|l| l == key), "member {i} lost {key}");
         }
         let log = std::fs::read_to_string(&c.members[i].log).expect("member log");
-        let (seg, offset) = &cut[i];
         assert!(
             log.contains("truncated a torn WAL tail"),
             "member {i} logs the truncation:\n{log}"
