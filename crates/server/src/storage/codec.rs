@@ -88,6 +88,11 @@ pub enum DecodeError {
     },
 }
 
+/// Largest frame number accepted: far beyond what a WAL can write (2^62
+/// frames), and low enough that `seq + 1` never overflows for a number read
+/// from disk.
+pub const MAX_FRAME_SEQ: u64 = 1 << 62;
+
 /// Where a frame sits in the WAL's write history.
 ///
 /// `seq` numbers frames 1, 2, 3, … across segments and never repeats within
@@ -211,6 +216,7 @@ pub fn encode_record(r: &Record, out: &mut Vec<u8>) -> Result<(), EncodeError> {
 /// If `at.synced >= at.seq` (a frame cannot be durable before it exists).
 pub fn encode_sequenced(r: &Record, at: FrameSeq, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     assert!(at.seq >= 1, "frame numbers start at 1");
+    assert!(at.seq <= MAX_FRAME_SEQ, "frame number above MAX_FRAME_SEQ");
     assert!(
         at.synced < at.seq,
         "durable mark not below the frame number"
@@ -367,7 +373,7 @@ pub fn decode_sequenced(buf: &[u8]) -> Result<(Record, Option<FrameSeq>), Decode
         tag -= TAG_SEQUENCED_OFFSET;
         let seq = r.u64()?;
         let synced = r.u64()?;
-        if seq == 0 || synced >= seq {
+        if seq == 0 || seq > MAX_FRAME_SEQ || synced >= seq {
             return Err(DecodeError::BadSequence { seq, synced });
         }
         at = Some(FrameSeq { seq, synced });
@@ -558,6 +564,10 @@ mod tests {
             Err(DecodeError::BadSequence { seq: 3, synced: 3 })
         );
         buf[1..9].copy_from_slice(&0u64.to_le_bytes());
+        assert!(decode_sequenced(&buf).is_err());
+        // A number read from disk can always be incremented.
+        buf[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
+        buf[9..17].copy_from_slice(&0u64.to_le_bytes());
         assert!(decode_sequenced(&buf).is_err());
     }
 }

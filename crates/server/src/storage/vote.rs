@@ -23,6 +23,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use metalraft_core::MAX_TERM_OR_INDEX;
+
 use super::error::StorageError;
 use super::wal::sync_dir;
 
@@ -34,6 +36,8 @@ const SLOT_STRIDE_BYTES: usize = 4096;
 /// Size of the file.
 pub(crate) const FILE_BYTES: usize = 2 * SLOT_STRIDE_BYTES;
 const _: () = assert!(SLOT_BYTES <= 512, "a slot fits one sector");
+/// Largest save counter accepted on read (one save per election: never reached).
+const MAX_COUNTER: u64 = 1 << 62;
 
 /// Term and vote, as the core's hard state holds them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -91,11 +95,22 @@ fn decode(b: &[u8]) -> Slot {
     if &b[..8] != MAGIC || crc32c::crc32c(&b[..32]) != u32::from_le_bytes(crc) {
         return Slot::Damaged;
     }
+    let counter = u64_at(b, 8);
+    // Written counters start at 1 and grow by one per save; one from disk
+    // must leave room for the next save's `+ 1`.
+    if counter == 0 || counter > MAX_COUNTER {
+        return Slot::Damaged;
+    }
+    let term = u64_at(b, 16);
+    // The core refuses terms above MAX_TERM_OR_INDEX.
+    if term > MAX_TERM_OR_INDEX {
+        return Slot::Damaged;
+    }
     let vote = u64_at(b, 24);
     Slot::Valid(
-        u64_at(b, 8),
+        counter,
         TermVote {
-            term: u64_at(b, 16),
+            term,
             vote: (vote != 0).then_some(vote),
         },
     )
