@@ -167,10 +167,13 @@ impl Storage {
         if sync {
             self.wal.sync()?;
         }
-        // The WAL holds the hard state first; the vote record follows, so it
-        // is never behind anything promised (it is only ahead of the WAL if
-        // the WAL's tail was later lost).
-        if let Some(hs) = batches.iter().rev().find_map(|b| b.hard_state) {
+        // The WAL holds the hard state first; the vote record follows once
+        // it is durable there, so the record is never behind anything
+        // promised and never ahead of what the WAL made durable (it is ahead
+        // only if the WAL's tail is later lost). A group the core did not
+        // ask to sync changes only the commit index.
+        let last_hs = batches.iter().rev().find_map(|b| b.hard_state);
+        if let Some(hs) = last_hs.filter(|_| sync) {
             let tv = vote::TermVote {
                 term: hs.term,
                 vote: hs.vote,
