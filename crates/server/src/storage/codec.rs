@@ -88,10 +88,13 @@ pub enum DecodeError {
     },
 }
 
-/// Largest frame number accepted: far beyond what a WAL can write (2^62
-/// frames), and low enough that `seq + 1` never overflows for a number read
-/// from disk.
+/// Largest frame number the WAL writes (asserted): far beyond what a WAL
+/// can write in practice.
 pub const MAX_FRAME_SEQ: u64 = 1 << 62;
+/// Largest frame number accepted on read: half of [`MAX_FRAME_SEQ`], so a
+/// WAL continuing after a number read from (possibly hostile) bytes has
+/// 2^61 frames to go before the writer's assertion.
+pub const MAX_FRAME_SEQ_READ: u64 = MAX_FRAME_SEQ / 2;
 
 /// Where a frame sits in the WAL's write history.
 ///
@@ -373,7 +376,7 @@ pub fn decode_sequenced(buf: &[u8]) -> Result<(Record, Option<FrameSeq>), Decode
         tag -= TAG_SEQUENCED_OFFSET;
         let seq = r.u64()?;
         let synced = r.u64()?;
-        if seq == 0 || seq > MAX_FRAME_SEQ || synced >= seq {
+        if seq == 0 || seq > MAX_FRAME_SEQ_READ || synced >= seq {
             return Err(DecodeError::BadSequence { seq, synced });
         }
         at = Some(FrameSeq { seq, synced });
