@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use metalraft_core::MAX_TERM_OR_INDEX;
 
 use super::error::StorageError;
-use super::wal::sync_dir;
+use super::wal::{preallocate, sync_dir};
 
 const MAGIC: &[u8; 8] = b"MRVOTE01";
 /// Bytes of one encoded slot.
@@ -131,7 +131,9 @@ impl VoteRecord {
             .open(path)
             .map_err(io)?;
         if created || file.metadata().map_err(io)?.len() < FILE_BYTES as u64 {
-            file.set_len(FILE_BYTES as u64).map_err(io)?;
+            // Allocated, not sparse: a later save on a full disk must not
+            // fail for want of a block.
+            preallocate(&file, path, FILE_BYTES as u64)?;
             file.sync_all().map_err(io)?;
             if let Some(dir) = path.parent() {
                 sync_dir(dir)?;

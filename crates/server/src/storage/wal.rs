@@ -130,7 +130,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 /// Preallocates `len` bytes of `file`, falling back to extending it with
 /// `set_len` where the filesystem has no `fallocate` (the space is then not
 /// reserved and a full disk shows up on write instead).
-fn preallocate(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {
+pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::NOSPC) => Err(StorageError::NoSpace {
