@@ -41,6 +41,7 @@ pub mod dev;
 mod durability_tests;
 pub mod duration;
 pub mod errors;
+pub mod gateway;
 pub mod machine;
 pub mod member;
 pub mod metrics;

@@ -617,7 +617,8 @@ fn serve_all(
             shared.clone(),
             learner_gate,
         ))
-        .merge(metrics::router(shared.clone()));
+        .merge(metrics::router(shared.clone()))
+        .merge(crate::gateway::router(shared.clone()));
         let router = tonic::transport::Server::builder()
             .accept_http1(true)
             .add_routes(tonic::service::Routes::from(routes));
@@ -649,14 +650,18 @@ async fn learner_gate(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let path = req.uri().path();
-    let refused = path.starts_with("/etcdserverpb.")
-        && !LEARNER_METHODS.contains(&path)
-        && shared.raft.status.borrow().is_learner;
-    if refused {
+    if learner_refuses(&shared, req.uri().path()) {
         return tonic::Status::from(crate::errors::EtcdError::NotSupportedForLearner).into_http();
     }
     next.run(req).await
+}
+
+/// Whether this member, a learner, refuses gRPC method `path`
+/// (`/etcdserverpb.KV/Put`); the HTTP gateway asks the same.
+pub fn learner_refuses(shared: &Shared, path: &str) -> bool {
+    path.starts_with("/etcdserverpb.")
+        && !LEARNER_METHODS.contains(&path)
+        && shared.raft.status.borrow().is_learner
 }
 
 /// Waits for SIGTERM/SIGINT (then a leader hands leadership over) or for
