@@ -68,6 +68,7 @@ fn replay(target: &str) {
 #[test]
 fn core_cluster_corpus() {
     replay("core_cluster");
+    assert_structured::<metalraft_fuzz::core_cluster::Input>("core_cluster");
 }
 
 #[test]
@@ -83,6 +84,21 @@ fn fw_wire_corpus() {
 #[test]
 fn fw_disk_corpus() {
     replay("fw_disk");
+    assert_structured::<metalraft_fuzz::fw_disk::Input>("fw_disk");
+}
+
+/// Every committed input of a structured target still decodes to an
+/// input (a changed `Input` type can make old seeds decode to nothing,
+/// and their replay would then check nothing).
+fn assert_structured<T: for<'a> arbitrary::Arbitrary<'a>>(target: &str) {
+    for path in inputs(target) {
+        let bytes = fs::read(&path).expect("a readable input");
+        assert!(
+            metalraft_fuzz::structured::<T>(&bytes).is_some(),
+            "{} no longer decodes to a {target} input",
+            path.display()
+        );
+    }
 }
 
 #[cfg(feature = "server")]

@@ -9,7 +9,7 @@ use stateright::{Checker, HasDiscoveries, Model};
 
 const USAGE: &str =
     "usage: metalraft-model check [--bound quick|quick-power-loss|deep] [--variant basic|membership|snapshot]
-       [--pre-vote] [--batch N] [--from figure8|leader] [--dfs] [--threads N] [--depth N (0: none)] [--term N] [--crashes N]
+       [--pre-vote] [--batch N] [--from figure8|leader|joint|snapshot] [--dfs] [--threads N] [--depth N (0: none)] [--term N] [--crashes N]
        [--proposals N] [--reads N] [--drops N] [--dups N] [--heartbeats N]
        [--log N] [--snapshots N] [--stop-on-failure]";
 
@@ -62,7 +62,9 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
             "--from" => match it.next().map(String::as_str) {
                 Some("figure8") => prefix = RaftModel::figure8_prefix(),
                 Some("leader") => prefix = RaftModel::leader_prefix(),
-                _ => return Err("--from is figure8 or leader".into()),
+                Some("snapshot") => prefix = RaftModel::snapshot_prefix(),
+                Some("joint") => prefix = RaftModel::joint_prefix(),
+                _ => return Err("--from is figure8, leader, joint or snapshot".into()),
             },
             "--batch" => batch = num(it.next(), flag)?,
             "--dfs" => dfs = true,
