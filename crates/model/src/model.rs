@@ -397,7 +397,7 @@ type BatchKey = (
     Option<(Term, Option<NodeId>, Index)>,
 );
 
-fn batch_key(b: &Batch) -> BatchKey {
+fn batch_key(b: &Arc<Batch>) -> BatchKey {
     (
         b.install.as_ref().map(|(i, _)| i.meta.index),
         b.entries.iter().map(EntryId::of).collect(),
@@ -416,9 +416,9 @@ pub struct Slot {
     /// Inputs since the start (not part of the state's identity).
     inputs: Inputs,
     /// What survives a power loss.
-    pub durable: MemStorage<Payload>,
+    pub durable: Arc<MemStorage<Payload>>,
     /// Batches written but not yet durable, oldest first.
-    pub unsynced: VecDeque<Batch>,
+    pub unsynced: VecDeque<Arc<Batch>>,
     /// Observable state.
     pub view: View,
 }
@@ -539,6 +539,20 @@ impl Ghost {
         }
     }
 
+    /// Whether [`Ghost::observe_commits`] would change anything.
+    fn would_observe(&self, v: &View) -> bool {
+        v.log
+            .iter()
+            .filter(|e| e.index <= v.commit)
+            .any(|e| match self.committed.get(&e.index) {
+                None => true,
+                Some((seen, _)) if seen != e => {
+                    !self.commit_conflicts.contains(&(seen.clone(), e.clone()))
+                }
+                Some((_, term)) => *term > v.term,
+            })
+    }
+
     fn max_committed(&self) -> Index {
         self.committed.keys().next_back().copied().unwrap_or(0)
     }
@@ -547,13 +561,15 @@ impl Ghost {
 /// A state of the cluster.
 #[derive(Clone, Debug)]
 pub struct State {
-    /// Nodes 1..=3.
-    pub nodes: Vec<Slot>,
+    /// Nodes 1..=3. Shared between states: a transition changes one node,
+    /// and a successor copies only that one ([`State::node_mut`]).
+    pub nodes: Vec<Arc<Slot>>,
     /// Messages in flight, keyed by their rendering: (message, copies).
     /// Shared between states (a successor changes only a few).
     pub net: BTreeMap<Arc<str>, (Arc<Message<Payload>>, u8)>,
-    /// History for the properties.
-    pub ghost: Ghost,
+    /// History for the properties. Shared between states: most
+    /// transitions do not change it.
+    pub ghost: Arc<Ghost>,
     /// Budget used.
     pub used: Used,
 }
@@ -587,6 +603,11 @@ impl State {
     /// Node `id`.
     pub fn node(&self, id: NodeId) -> &Slot {
         &self.nodes[slot_index(id)]
+    }
+
+    /// Node `id`, to change (copied first if another state shares it).
+    fn node_mut(&mut self, id: NodeId) -> &mut Slot {
+        Arc::make_mut(&mut self.nodes[slot_index(id)])
     }
 }
 
@@ -738,17 +759,17 @@ impl RaftModel {
         let mut d = self.driver(s.node(id));
         let mut out = Outputs::default();
         d.apply(input.clone(), &mut out);
-        s.nodes[slot_index(id)].inputs.push(input);
+        s.node_mut(id).inputs.push(input);
         absorb(s, id, &d, out);
     }
 
     fn crash(&self, s: &mut State, id: NodeId) {
-        let slot = &mut s.nodes[slot_index(id)];
-        slot.start = Arc::new(slot.durable.clone());
+        let slot = s.node_mut(id);
+        slot.start = Arc::clone(&slot.durable);
         slot.inputs = Inputs::default();
         slot.unsynced.clear();
         let mut out = Outputs::default();
-        let d = Driver::start(self.config(id), slot.durable.clone(), &mut out);
+        let d = Driver::start(self.config(id), MemStorage::clone(&slot.durable), &mut out);
         absorb(s, id, &d, out);
     }
 }
@@ -762,18 +783,27 @@ fn absorb(s: &mut State, id: NodeId, d: &Driver, out: Outputs) {
         e.1 = e.1.saturating_add(1);
     }
     let installs = out.batches.iter().filter(|b| b.install.is_some()).count();
-    s.ghost.installs = s.ghost.installs.saturating_add(installs as u8);
-    let slot = &mut s.nodes[slot_index(id)];
-    slot.unsynced.extend(out.batches);
+    let slot = s.node_mut(id);
+    slot.unsynced.extend(out.batches.into_iter().map(Arc::new));
     if let Some((meta, data)) = out.snapshot {
         // Taking a snapshot is synchronous: it is durable before the log
         // is compacted (everything it covers is applied, hence durable).
-        slot.durable
+        Arc::make_mut(&mut slot.durable)
             .create_snapshot(meta, data)
             .expect("the durable log covers what was applied");
     }
     slot.view = View::of(d);
-    let g = &mut s.ghost;
+    let view = slot.view.clone();
+    let changes = installs > 0
+        || !out.committed.is_empty()
+        || !out.became_leader.is_empty()
+        || !out.reads.is_empty()
+        || s.ghost.would_observe(&view);
+    if !changes {
+        return;
+    }
+    let g = Arc::make_mut(&mut s.ghost);
+    g.installs = g.installs.saturating_add(installs as u8);
     for e in &out.committed {
         g.applied.entry(e.index).or_default().insert(EntryId::of(e));
     }
@@ -793,7 +823,6 @@ fn absorb(s: &mut State, id: NodeId, d: &Driver, out: Outputs) {
             });
         }
     }
-    let view = slot.view.clone();
     g.observe_commits(&view);
 }
 
@@ -819,21 +848,21 @@ impl Model for RaftModel {
         let mut s = State {
             nodes: Vec::new(),
             net: BTreeMap::new(),
-            ghost: Ghost::default(),
+            ghost: Arc::new(Ghost::default()),
             used: Used::default(),
         };
         for id in NODES {
             let disk = MemStorage::bootstrap(&NODES);
             let mut out = Outputs::default();
             let d = Driver::start(self.config(id), disk.clone(), &mut out);
-            s.nodes.push(Slot {
+            s.nodes.push(Arc::new(Slot {
                 id,
                 start: Arc::new(disk.clone()),
                 inputs: Inputs::default(),
-                durable: disk,
+                durable: Arc::new(disk),
                 unsynced: VecDeque::new(),
                 view: View::of(&d),
-            });
+            }));
             absorb(&mut s, id, &d, out);
         }
         for &step in &self.prefix {
@@ -919,9 +948,9 @@ impl Model for RaftModel {
                 self.feed(&mut s, id, Input::Tick);
             }
             Action::Persist(id) => {
-                let slot = &mut s.nodes[slot_index(id)];
+                let slot = s.node_mut(id);
                 let batch = slot.unsynced.pop_front().expect("a pending write");
-                batch.apply_to(&mut slot.durable);
+                batch.apply_to(Arc::make_mut(&mut slot.durable));
                 self.feed(&mut s, id, Input::Persisted);
             }
             Action::Crash(id) => {
@@ -937,7 +966,9 @@ impl Model for RaftModel {
                 s.used.reads += 1;
                 let ctx = ReadCtx::from(s.used.reads);
                 let required = s.ghost.max_committed();
-                s.ghost.reads_pending.insert(ctx, (id, required));
+                Arc::make_mut(&mut s.ghost)
+                    .reads_pending
+                    .insert(ctx, (id, required));
                 self.feed(&mut s, id, Input::ReadIndex(ctx));
             }
             Action::Reconfigure(id) => {
