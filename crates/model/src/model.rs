@@ -76,18 +76,24 @@ impl Bounds {
         max_depth: 12,
         ..Bounds::QUICK
     };
-    /// The deep bound (release build, documented command).
+    /// The deep bound (release build, documented command), searched from
+    /// [`RaftModel::leader_prefix`] (`check --bound deep` starts there):
+    /// every interleaving of a proposal, a read, a heartbeat, a power loss
+    /// and elections up to term 3 around a leader that has committed.
+    /// Measured: 1,267,946 unique states, 94 s, 2.3 GB (drops and
+    /// duplicates make depth 9 exceed 4.5 GB; they are covered from the
+    /// start, see `docs/model-checking.md`).
     pub const DEEP: Bounds = Bounds {
         max_term: 3,
         max_crashes: 1,
         max_proposals: 1,
         max_reads: 1,
-        max_drops: 1,
-        max_dups: 1,
+        max_drops: 0,
+        max_dups: 0,
         max_heartbeats: 1,
         max_log: 4,
         max_snapshots: 0,
-        max_depth: 14,
+        max_depth: 10,
     };
 }
 

@@ -113,6 +113,8 @@ fn properties_can_fail() {
 #[test]
 #[ignore = "minutes in release: cargo test --release -p metalraft-model -- --ignored"]
 fn deep_bound_holds() {
-    let states = check(RaftModel::new(Variant::Basic, Bounds::DEEP));
+    let mut model = RaftModel::new(Variant::Basic, Bounds::DEEP);
+    model.prefix = RaftModel::leader_prefix();
+    let states = check(model);
     eprintln!("deep bound: {states} unique states");
 }
