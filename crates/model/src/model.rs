@@ -80,7 +80,7 @@ impl Bounds {
     /// [`RaftModel::leader_prefix`] (`check --bound deep` starts there):
     /// every interleaving of a proposal, a read, a heartbeat, a power loss
     /// and elections up to term 3 around a leader that has committed.
-    /// Measured: 1,267,946 unique states, 94 s, 2.3 GB (drops and
+    /// Measured: 1,267,946 unique states, 33-44 s of CPU, 2.3 GB (drops and
     /// duplicates make depth 9 exceed 4.5 GB; they are covered from the
     /// start, see `docs/model-checking.md`).
     pub const DEEP: Bounds = Bounds {
