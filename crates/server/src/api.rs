@@ -267,6 +267,16 @@ impl Shared {
     }
 }
 
+/// etcd reports the compacted revision of a store never compacted as -1
+/// (its `compactMainRev` starts there); clients test for it.
+fn etcd_compact_revision(compacted: i64) -> i64 {
+    if compacted == 0 {
+        -1
+    } else {
+        compacted
+    }
+}
+
 /// Whether a command can grow the store (a put, or a txn with a put).
 fn adds_data(cmd: &kv::Command) -> bool {
     match cmd {
@@ -728,7 +738,24 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         Ok(Response::new(pb::HashKvResponse {
             header: Some(s.header_info().header(current)),
             hash: h.hash,
-            compact_revision: h.compact_revision,
+            compact_revision: etcd_compact_revision(h.compact_revision),
+        }))
+    }
+
+    async fn hash(
+        &self,
+        _: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        // etcd hashes its whole backend file; the closest equivalent here
+        // is every version kept, up to now (the same digest as HashKV(0)).
+        let s = &self.0;
+        let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
+        let h = kv.hash_kv(0).map_err(command::request_error)?;
+        let current = kv.revision();
+        drop(kv);
+        Ok(Response::new(pb::HashResponse {
+            header: Some(s.header_info().header(current)),
+            hash: h.hash,
         }))
     }
 
