@@ -107,7 +107,7 @@ impl Shared {
         }
     }
 
-    fn revision(&self) -> i64 {
+    pub(crate) fn revision(&self) -> i64 {
         self.raft.kv.read().map(|k| k.revision()).unwrap_or(0)
     }
 
@@ -127,7 +127,7 @@ impl Shared {
     }
 
     /// Waits (bounded) until some leader is known, returning the status.
-    async fn leader(&self) -> Result<crate::raft_loop::NodeStatus, EtcdError> {
+    pub(crate) async fn leader(&self) -> Result<crate::raft_loop::NodeStatus, EtcdError> {
         let mut st = self.raft.status.clone();
         let r = tokio::time::timeout(
             REQUEST_TIMEOUT,
@@ -280,8 +280,8 @@ fn etcd_compact_revision(compacted: i64) -> i64 {
 /// Whether a command can grow the store (a put, or a txn with a put).
 fn adds_data(cmd: &kv::Command) -> bool {
     match cmd {
-        kv::Command::Put(_) => true,
-        kv::Command::Txn(t) => t
+        kv::Command::Put(_) | kv::Command::LeasePut(..) | kv::Command::LeaseGrant(_) => true,
+        kv::Command::Txn(t) | kv::Command::LeaseTxn(t, _) => t
             .success
             .iter()
             .chain(&t.failure)
@@ -314,18 +314,17 @@ impl pb::kv_server::Kv for KvService {
         }
         let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
         let out = kv.range(&kr).map_err(command::request_error)?;
+        let mut resp = command::range_response(&s.header_info(), out);
+        crate::lease::fill_leases(&kv, &mut resp.kvs);
         drop(kv);
-        Ok(Response::new(command::range_response(
-            &s.header_info(),
-            out,
-        )))
+        Ok(Response::new(resp))
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let s = &self.0;
         let r = req.into_inner();
         s.check_size(&r)?;
-        let cmd = kv::Command::Put(command::put_request(&r)?);
+        let cmd = command::put_command(&r)?;
         match s.write(cmd).await? {
             kv::CommandResult::Put(p) => {
                 Ok(Response::new(command::put_response(&s.header_info(), p)))
@@ -354,10 +353,14 @@ impl pb::kv_server::Kv for KvService {
         let s = &self.0;
         let r = req.into_inner();
         s.check_size(&r)?;
-        let cmd = kv::Command::Txn(command::txn_request(&r)?);
+        let cmd = command::txn_command(&r)?;
         match s.write(cmd).await? {
             kv::CommandResult::Txn(t) => {
-                Ok(Response::new(command::txn_response(&s.header_info(), t)))
+                let mut resp = command::txn_response(&s.header_info(), t);
+                if let Ok(kv) = s.raft.kv.read() {
+                    crate::lease::fill_txn_leases(&kv, &mut resp);
+                }
+                Ok(Response::new(resp))
             }
             _ => Err(EtcdError::Internal("unexpected result kind".into()).into()),
         }
@@ -929,6 +932,16 @@ impl peerpb::peer_server::Peer for PeerService {
         let env = self.check(r.envelope.as_ref())?;
         crate::publish::accept(&self.0, env.from, r.name, r.client_urls).await?;
         Ok(Response::new(peerpb::PublishReply {}))
+    }
+
+    async fn lease_renew(
+        &self,
+        req: Request<peerpb::LeaseRenewRequest>,
+    ) -> Result<Response<peerpb::LeaseRenewReply>, Status> {
+        let r = req.into_inner();
+        self.check(r.envelope.as_ref())?;
+        let reply = crate::lease::peer_lease_renew(&self.0, r).await?;
+        Ok(Response::new(reply))
     }
 
     async fn info(

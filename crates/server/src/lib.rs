@@ -42,6 +42,7 @@ mod durability_tests;
 pub mod duration;
 pub mod errors;
 pub mod gateway;
+pub mod lease;
 pub mod machine;
 pub mod member;
 pub mod metrics;

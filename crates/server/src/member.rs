@@ -32,8 +32,8 @@ use crate::config::MemberConfig;
 use crate::machine::ServerMachine;
 use crate::metrics;
 use crate::proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
-    watch_server::WatchServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::proto::peer::peer_server::PeerServer;
 use crate::proto::peer::{peer_client::PeerClient, Envelope, InfoRequest};
@@ -607,6 +607,10 @@ fn serve_all(
         )
         .add_service(
             MaintenanceServer::new(MaintenanceService(shared.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            LeaseServer::new(crate::lease::LeaseService(shared.clone()))
                 .max_decoding_message_size(max_recv),
         )
         .add_service(
