@@ -35,6 +35,7 @@ pub mod backup;
 pub mod cli;
 pub mod command;
 pub mod compactor;
+pub mod concurrency;
 pub mod config;
 pub mod dev;
 #[cfg(test)]

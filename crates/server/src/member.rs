@@ -28,6 +28,7 @@ use url::Url;
 
 use crate::api::{ClusterService, KvService, MaintenanceService, PeerService, Shared};
 use crate::cli::ClusterState;
+use crate::concurrency::{ElectionService, LockService};
 use crate::config::MemberConfig;
 use crate::machine::ServerMachine;
 use crate::metrics;
@@ -37,6 +38,8 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::peer::peer_server::PeerServer;
 use crate::proto::peer::{peer_client::PeerClient, Envelope, InfoRequest};
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::raft_loop::{self, LoopError, LoopParts, RaftHandle, RaftLoop};
 use crate::registry::Registry;
 use crate::storage::{SharedLog, Snapshot, Storage, StorageError, WalOptions, WriteBatch};
@@ -615,6 +618,13 @@ fn serve_all(
         )
         .add_service(
             WatchServer::new(WatchService(shared.clone())).max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            LockServer::new(LockService(shared.clone())).max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            ElectionServer::new(ElectionService(shared.clone()))
+                .max_decoding_message_size(max_recv),
         )
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(
