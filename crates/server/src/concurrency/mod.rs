@@ -131,7 +131,7 @@ async fn enter(
         },
     )
     .await?;
-    let header = resp.header.clone().unwrap_or_default();
+    let header = resp.header.unwrap_or_default();
     if resp.succeeded {
         return Ok((header.revision, value.to_vec(), header));
     }
