@@ -1,19 +1,19 @@
-//! The simulator's state machine: the crate's `KvStore` (through its
-//! `metalraft-replica` `StateMachine` impl, the one that ships), wrapped to
-//! report what the replica applies so the checkers judge the shipped apply
-//! path.
+//! The simulator's state machine: the crate's `MvccStore` (through its
+//! `metalraft-replica` `StateMachine` impl, the one the server ships),
+//! wrapped to report what the replica applies so the checkers judge the
+//! shipped apply path.
 
 use std::cell::RefCell;
 
 use metalraft_core::{ConfChange, Index, Term};
-use metalraft_kv::{KvStore, RangeRequest};
+use metalraft_kv::{MvccStore, RangeRequest};
 use metalraft_replica::{StateMachine, StateMachineError};
 
 use crate::history::OpId;
 use crate::payload::{command_digest, conf_change_digest, empty_digest, split_command};
 
 /// What the replica did to the state machine, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
     /// Entry (`index`, `term`) with content `digest` was applied; `op` is
     /// the client operation it carried.
@@ -26,6 +26,10 @@ pub enum Applied {
         digest: u64,
         /// The client operation, if any.
         op: Option<OpId>,
+        /// The kv command (without the op prefix), if the entry carried
+        /// one: the committed history is replayed from it
+        /// (`checkers::ReferenceHistory`).
+        command: Option<Vec<u8>>,
     },
     /// The state was replaced by a snapshot of `index`.
     Restored {
@@ -34,11 +38,11 @@ pub enum Applied {
     },
 }
 
-/// `KvStore` plus a record of every apply and restore, drained by the
+/// `MvccStore` plus a record of every apply and restore, drained by the
 /// simulator after each `Replica::poll` ([`SimMachine::take_applied`]).
 #[derive(Debug, Default)]
 pub struct SimMachine {
-    kv: KvStore,
+    kv: MvccStore,
     applied: RefCell<Vec<Applied>>,
 }
 
@@ -52,13 +56,13 @@ impl SimMachine {
     /// nothing.
     pub fn from_snapshot(data: &[u8]) -> Result<Self, metalraft_kv::SnapshotError> {
         Ok(SimMachine {
-            kv: KvStore::restore(data)?,
+            kv: MvccStore::restore(data)?,
             applied: RefCell::new(Vec::new()),
         })
     }
 
     /// The store.
-    pub fn kv(&self) -> &KvStore {
+    pub fn kv(&self) -> &MvccStore {
         &self.kv
     }
 
@@ -73,10 +77,10 @@ impl SimMachine {
 }
 
 impl StateMachine for SimMachine {
-    type Output = <KvStore as StateMachine>::Output;
+    type Output = <MvccStore as StateMachine>::Output;
     type Query = RangeRequest;
-    type ReadOutput = <KvStore as StateMachine>::ReadOutput;
-    type Event = <KvStore as StateMachine>::Event;
+    type ReadOutput = <MvccStore as StateMachine>::ReadOutput;
+    type Event = <MvccStore as StateMachine>::Event;
 
     fn applied_index(&self) -> Index {
         StateMachine::applied_index(&self.kv)
@@ -101,6 +105,7 @@ impl StateMachine for SimMachine {
             term,
             digest: command_digest(command),
             op,
+            command: Some(kv.to_vec()),
         });
         Ok(out)
     }
@@ -112,6 +117,7 @@ impl StateMachine for SimMachine {
             term,
             digest: empty_digest(),
             op: None,
+            command: None,
         });
         Ok(())
     }
@@ -128,6 +134,7 @@ impl StateMachine for SimMachine {
             term,
             digest: conf_change_digest(change),
             op: None,
+            command: None,
         });
         Ok(())
     }

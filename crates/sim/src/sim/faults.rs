@@ -178,6 +178,7 @@ impl Simulation {
             self.timeline.partitions.push((self.now, Some(text)));
         }
         self.net.partition(p);
+        self.watch_on_partition();
     }
 
     /// Asks leader `l` to hand over to `to`.
