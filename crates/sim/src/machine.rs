@@ -3,7 +3,8 @@
 //! wrapped to report what the replica applies so the checkers judge the
 //! shipped apply path.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use metalraft_core::{ConfChange, Index, Term};
 use metalraft_kv::{MvccStore, RangeRequest};
@@ -27,7 +28,8 @@ pub enum Applied {
         /// The client operation, if any.
         op: Option<OpId>,
         /// The kv command (without the op prefix), if the entry carried
-        /// one: the committed history is replayed from it
+        /// one and lies beyond [`SimMachine::with_history_end`]'s index:
+        /// the committed history is replayed from it
         /// (`checkers::ReferenceHistory`).
         command: Option<Vec<u8>>,
     },
@@ -44,6 +46,9 @@ pub enum Applied {
 pub struct SimMachine {
     kv: MvccStore,
     applied: RefCell<Vec<Applied>>,
+    /// The highest index whose command the simulator already has (shared
+    /// by every node): only entries beyond it are copied into the record.
+    history_end: Rc<Cell<Index>>,
 }
 
 impl SimMachine {
@@ -57,8 +62,17 @@ impl SimMachine {
     pub fn from_snapshot(data: &[u8]) -> Result<Self, metalraft_kv::SnapshotError> {
         Ok(SimMachine {
             kv: MvccStore::restore(data)?,
-            applied: RefCell::new(Vec::new()),
+            ..SimMachine::default()
         })
+    }
+
+    /// Shares the simulator's end of the committed history: entries at or
+    /// below it are recorded without their command (the simulator has it
+    /// from the first node that applied them). Without it every command is
+    /// recorded.
+    pub fn with_history_end(mut self, end: Rc<Cell<Index>>) -> Self {
+        self.history_end = end;
+        self
     }
 
     /// The store.
@@ -105,7 +119,7 @@ impl StateMachine for SimMachine {
             term,
             digest: command_digest(command),
             op,
-            command: Some(kv.to_vec()),
+            command: (index > self.history_end.get()).then(|| kv.to_vec()),
         });
         Ok(out)
     }

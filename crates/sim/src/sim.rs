@@ -305,6 +305,8 @@ pub struct Simulation {
     committed_at: BTreeMap<OpId, Index>,
     /// The committed MVCC history, replayed independently of the stores.
     reference: ReferenceHistory,
+    /// Its applied index, shared with every node's `SimMachine`.
+    history_end: std::rc::Rc<std::cell::Cell<Index>>,
     watch: WatchChecker,
     watchers: Vec<watch::Watcher>,
     /// Background writes proposed so far (their op ids, below any client's).
@@ -446,6 +448,7 @@ impl Simulation {
             step_down: StepDownChecker::default(),
             committed_at: BTreeMap::new(),
             reference: ReferenceHistory::new(),
+            history_end: Default::default(),
             watch: WatchChecker::new(cfg.watch.watchers.len()),
             watchers: cfg.watch.watchers.iter().map(watch::Watcher::new).collect(),
             background: 0,
@@ -755,6 +758,13 @@ impl Simulation {
                 return Ok(());
             };
             let Some(out) = live.replica.poll() else {
+                // A poll that applied entries but had nothing to hand out
+                // (no apply events: no-ops, reads, refusals) still applied
+                // them: judge them now, before anything reads the store.
+                let applied = live.replica.state_machine().take_applied();
+                if !applied.is_empty() {
+                    self.observe_applied(node, applied, Vec::new())?;
+                }
                 return Ok(());
             };
             if let Some(e) = out.failure {
@@ -1046,6 +1056,7 @@ impl Simulation {
                         .observe_applied(id, index, e_term, digest)?;
                     if index == self.reference.applied_index() + 1 {
                         self.reference.apply(index, command.as_deref());
+                        self.history_end.set(index);
                     }
                     let event = events.next_if(|(i, _)| *i == index);
                     let event = event

@@ -277,6 +277,7 @@ impl Simulation {
             ),
             None => (0, SimMachine::new()),
         };
+        let sm = sm.with_history_end(self.history_end.clone());
         let replica = SimReplica::new(cfg, storage, sm).map_err(|e| core_err(id, e))?;
         // The restarted node's commit index is its durable one: its
         // durable log must hold the committed entries up to it.
