@@ -40,8 +40,9 @@ pub const ENTRY_OVERHEAD_BYTES: usize = 64;
 
 /// Bytes [`MvccStore::size_bytes`](crate::MvccStore::size_bytes) counts for
 /// each superseded version or tombstone on top of its value bytes: the
-/// 48-byte slot (value vector and three `i64`) in the key's version list.
-pub const HISTORY_VERSION_OVERHEAD_BYTES: usize = 48;
+/// 48-byte slot (value vector and three `i64`) in the key's version list,
+/// plus that list's spare capacity (it grows by doubling), on average.
+pub const HISTORY_VERSION_OVERHEAD_BYTES: usize = 64;
 
 /// Bytes [`MvccStore::size_bytes`](crate::MvccStore::size_bytes) counts for
 /// each key that has history, on top of the key bytes: its map node share
@@ -54,8 +55,8 @@ pub const HISTORY_KEY_OVERHEAD_BYTES: usize = 64;
 pub const LOG_CHANGE_OVERHEAD_BYTES: usize = 32;
 
 /// Bytes [`MvccStore::size_bytes`](crate::MvccStore::size_bytes) counts for
-/// each revision in the revision log: its slot (revision and change list)
-/// and the change list's allocation header.
+/// each revision in the revision log: its 32-byte slot (revision and
+/// change list) and the log's spare capacity (it grows by doubling).
 pub const LOG_RECORD_OVERHEAD_BYTES: usize = 48;
 
 /// Most revision records one [`MvccStore::changes`](crate::MvccStore::changes)

@@ -151,6 +151,16 @@ fn compaction_onto_a_tombstone_drops_the_key_history() {
             oldest: 4
         })
     );
+    assert_eq!(
+        kv.hash_kv(3),
+        Err(RequestError::Compacted {
+            requested: 3,
+            oldest: 4
+        })
+    );
+    let h = kv.hash_kv(0).unwrap();
+    assert_eq!((h.compact_revision, h.revision), (4, 4));
+    assert_eq!(h, kv.hash_kv(4).unwrap());
     // Only the live key and the record of revision 4 are left.
     let record = LOG_RECORD_OVERHEAD_BYTES + LOG_CHANGE_OVERHEAD_BYTES + 1;
     assert_eq!(kv.size_bytes(), 5 + 1 + ENTRY_OVERHEAD_BYTES + record);

@@ -8,7 +8,7 @@ use crate::limits::LOG_RECORD_OVERHEAD_BYTES;
 use crate::request::CompactionRequest;
 use crate::response::{CompactionResponse, ResponseHeader};
 use crate::store::Entry;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
 impl MvccStore {
@@ -51,6 +51,7 @@ impl MvccStore {
                     .saturating_sub(LOG_RECORD_OVERHEAD_BYTES);
             }
         }
+        release_spare(log);
         self.current.compact_revision = target;
         Ok(CompactionResponse {
             header: ResponseHeader {
@@ -64,7 +65,7 @@ impl MvccStore {
 /// longer see: those superseded at or before `target`, then the remaining
 /// oldest if it is a tombstone at or before `target`.
 fn prune(
-    versions: &mut BTreeMap<Vec<u8>, alloc::collections::VecDeque<Entry>>,
+    versions: &mut BTreeMap<Vec<u8>, VecDeque<Entry>>,
     size_bytes: &mut usize,
     map: &BTreeMap<Vec<u8>, Entry>,
     key: &[u8],
@@ -76,7 +77,7 @@ fn prune(
     let live_revision = map.get(key).map(|e| e.mod_revision);
     loop {
         let successor = list.get(1).map(|e| e.mod_revision).or(live_revision);
-        if !successor.is_some_and(|s| s <= target) {
+        if successor.is_none_or(|s| s > target) {
             break;
         }
         let Some(gone) = list.pop_front() else { break };
@@ -93,5 +94,20 @@ fn prune(
     if list.is_empty() {
         versions.remove(key);
         *size_bytes = size_bytes.saturating_sub(key_size(key));
+    } else {
+        release_spare(list);
     }
 }
+
+/// Gives memory back once a list uses under a quarter of its capacity
+/// (keeping room to grow twice its length): compaction frees the history,
+/// not just its contents. The copy is O(length), at most what was removed.
+fn release_spare<T>(list: &mut VecDeque<T>) {
+    if list.len() < list.capacity() / SPARE_CAPACITY_FACTOR {
+        list.shrink_to(list.len().saturating_mul(2));
+    }
+}
+
+/// How many times its length a list may hold in capacity before
+/// compaction shrinks it.
+const SPARE_CAPACITY_FACTOR: usize = 4;

@@ -99,10 +99,15 @@ impl Past {
     pub(crate) fn log_change(&mut self, key: &[u8], kind: ChangeKind, revision: i64) {
         let fresh = self.log.back().is_none_or(|r| r.revision != revision);
         if fresh {
+            // Most revisions change one key: start with room for one, and
+            // give back what a finished multi-key revision over-allocated.
+            if let Some(done) = self.log.back_mut() {
+                done.changes.shrink_to_fit();
+            }
             self.size_bytes = self.size_bytes.saturating_add(LOG_RECORD_OVERHEAD_BYTES);
             self.log.push_back(Record {
                 revision,
-                changes: Vec::new(),
+                changes: Vec::with_capacity(1),
             });
         }
         if let Some(record) = self.log.back_mut() {

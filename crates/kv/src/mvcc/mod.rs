@@ -39,7 +39,8 @@ use history::Past;
 ///   [`changes_at`](Self::changes_at) (live watch events of one revision);
 ///   [`hash_kv`](Self::hash_kv) (etcd `HashKV`).
 /// - **snapshot**: [`snapshot`](Self::snapshot), [`restore`](Self::restore),
-///   [`restore_prefix`](Self::restore_prefix).
+///   [`restore_prefix`](Self::restore_prefix) (both also take a [`KvStore`]
+///   snapshot), [`rebase_applied_index`](Self::rebase_applied_index).
 /// - **getters**: [`revision`](Self::revision),
 ///   [`compact_revision`](Self::compact_revision),
 ///   [`applied_index`](Self::applied_index), [`len`](Self::len),

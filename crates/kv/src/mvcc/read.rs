@@ -41,8 +41,9 @@ impl MvccStore {
     ///
     /// Stops once it holds at least `max_events` changes (at least one), but
     /// never inside a revision, so a transaction's changes stay together;
-    /// and after scanning [`MAX_CHANGES_SCANNED_REVISIONS`] revisions, so one
-    /// call does bounded work even when few changes match. Continue from
+    /// and after scanning `max(max_events, MAX_CHANGES_SCANNED_REVISIONS)`
+    /// revisions ([`MAX_CHANGES_SCANNED_REVISIONS`]), so one call does
+    /// bounded work even when few changes match. Continue from
     /// `next_revision` until it exceeds [`revision`](Self::revision).
     ///
     /// `start_revision <= 0` means `revision() + 1` (only future changes);
@@ -78,10 +79,11 @@ impl MvccStore {
         }
         let keys = KeyRange::new(key, range_end);
         let first = self.past.log_position(start);
+        let max_events = max_events.max(1);
+        let max_scanned = max_events.max(MAX_CHANGES_SCANNED_REVISIONS);
         batch.next_revision = current.saturating_add(1);
         for (scanned, record) in self.past.log.range(first..).enumerate() {
-            let full = batch.changes.len() >= max_events.max(1);
-            if full || scanned >= MAX_CHANGES_SCANNED_REVISIONS {
+            if batch.changes.len() >= max_events || scanned >= max_scanned {
                 batch.next_revision = record.revision;
                 break;
             }

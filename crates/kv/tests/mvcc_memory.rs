@@ -1,0 +1,139 @@
+//! What MVCC history costs, measured once and written down in the crate
+//! README and ADR 0013: 1,000,000 revisions of 256-byte values over 100,000
+//! keys, with `size_bytes()` next to the real heap (a counting global
+//! allocator: bytes requested, not the allocator's own overhead).
+//!
+//! ```sh
+//! cargo test --release -p metalraft-kv --test mvcc_memory -- --ignored --nocapture
+//! ```
+
+// The one unsafe block in this crate's tests: a global allocator must
+// implement the unsafe `GlobalAlloc` trait. It forwards to `System`.
+#![allow(unsafe_code)]
+
+use metalraft_kv::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+/// Live heap bytes requested through the global allocator.
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+struct Counting;
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const KEYS: usize = 100_000;
+const REVISIONS: usize = 1_000_000;
+const VALUE_BYTES: usize = 256;
+
+fn key(i: usize) -> Vec<u8> {
+    format!("/registry/pods/{:08}", i % KEYS).into_bytes()
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[test]
+#[ignore = "measurement: about 1 GB of heap and a minute; run by hand"]
+fn one_million_revisions_of_256_byte_values() {
+    let base = LIVE_BYTES.load(Ordering::Relaxed);
+    let mut kv = MvccStore::new();
+    let started = Instant::now();
+    for i in 0..REVISIONS {
+        let mut value = vec![b'v'; VALUE_BYTES];
+        value[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let put = Command::Put(PutRequest {
+            key: key(i),
+            value,
+            ..Default::default()
+        });
+        kv.apply(i as u64 + 1, &put).unwrap();
+    }
+    let applied = started.elapsed();
+    let heap = LIVE_BYTES.load(Ordering::Relaxed) - base;
+    let per_revision = |bytes: usize| bytes as f64 / REVISIONS as f64;
+    println!(
+        "{REVISIONS} puts over {KEYS} keys ({} B keys, {VALUE_BYTES} B values) in {:.1?}",
+        key(0).len(),
+        applied
+    );
+    println!(
+        "  size_bytes {:.1} MiB ({:.0} B/revision), heap {:.1} MiB ({:.0} B/revision)",
+        mib(kv.size_bytes()),
+        per_revision(kv.size_bytes()),
+        mib(heap),
+        per_revision(heap)
+    );
+
+    let started = Instant::now();
+    let snapshot = kv.snapshot();
+    println!(
+        "  snapshot {:.1} MiB in {:.1?}",
+        mib(snapshot.len()),
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let restored = MvccStore::restore(&snapshot).unwrap();
+    println!("  restore in {:.1?}", started.elapsed());
+    assert_eq!(restored, kv);
+    drop((restored, snapshot));
+
+    let started = Instant::now();
+    let batch = kv.changes(2, b"\0", b"\0", 100_000).unwrap();
+    println!(
+        "  watch catch-up: {} events from revision 2 in {:.1?}",
+        batch.changes.len(),
+        started.elapsed()
+    );
+    drop(batch);
+
+    let half = kv.revision() / 2;
+    let started = Instant::now();
+    let index = kv.applied_index() + 1;
+    kv.apply(
+        index,
+        &Command::Compact(CompactionRequest { revision: half }),
+    )
+    .unwrap();
+    let heap_half = LIVE_BYTES.load(Ordering::Relaxed) - base;
+    println!(
+        "  compact to {half} in {:.1?}: size_bytes {:.1} MiB, heap {:.1} MiB",
+        started.elapsed(),
+        mib(kv.size_bytes()),
+        mib(heap_half)
+    );
+
+    let current = kv.revision();
+    let started = Instant::now();
+    let index = kv.applied_index() + 1;
+    kv.apply(
+        index,
+        &Command::Compact(CompactionRequest { revision: current }),
+    )
+    .unwrap();
+    let heap_now = LIVE_BYTES.load(Ordering::Relaxed) - base;
+    println!(
+        "  compact to {current} in {:.1?}: size_bytes {:.1} MiB, heap {:.1} MiB (current data only)",
+        started.elapsed(),
+        mib(kv.size_bytes()),
+        mib(heap_now)
+    );
+    assert!(kv.size_bytes() < heap);
+}
