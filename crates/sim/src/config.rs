@@ -71,6 +71,12 @@ pub const WATCH_BREAK_PPM_MAX: u64 = 40_000;
 /// the leader's (drawn per seed).
 pub const COMPACT_RETENTION_REVISIONS_MAX: u64 = 60;
 
+/// In seeds with snapshots, background writes (half of them compactions)
+/// come on average at least every this many ticks ...
+pub const SNAPSHOT_SEED_BACKGROUND_GAP_TICKS_MAX: u64 = 10;
+/// ... and compact to at most this many revisions behind the leader.
+pub const SNAPSHOT_SEED_RETENTION_REVISIONS_MAX: u64 = 20;
+
 /// The slowest fsync the disk model draws, tail included: slow disks are
 /// long enough that peers answer before a node's own write completes
 /// (several network round trips), but stay below the shortest liveness
@@ -327,6 +333,28 @@ impl WatchConfig {
         }
     }
 
+    /// Seeds that snapshot also compact, often and close behind: a
+    /// snapshot carries the history since the last compaction, so without
+    /// compaction a lagging follower's catch-up (by chunks as small as 64
+    /// bytes) grows with the whole run and overruns the liveness budget,
+    /// which no deployment that snapshots would run (etcd's
+    /// auto-compaction). At least every other background write is a
+    /// compaction, on average every [`SNAPSHOT_SEED_BACKGROUND_GAP_TICKS_MAX`]
+    /// ticks at most, to at most [`SNAPSHOT_SEED_RETENTION_REVISIONS_MAX`]
+    /// revisions behind.
+    pub fn compact_for_snapshots(&mut self) {
+        let gap_max = SNAPSHOT_SEED_BACKGROUND_GAP_TICKS_MAX * TICK_US_NOMINAL;
+        if self.background_gap_us_mean == 0 || self.background_gap_us_mean > gap_max {
+            self.background_gap_us_mean = gap_max;
+        }
+        self.compact_weight = self
+            .compact_weight
+            .max(self.txn_weight + self.delete_range_weight);
+        self.compact_retention_revisions_max = self
+            .compact_retention_revisions_max
+            .min(SNAPSHOT_SEED_RETENTION_REVISIONS_MAX);
+    }
+
     /// The watchers in short: `/sim/k1@now,/sim/*@-5`.
     pub fn summary(&self) -> String {
         if self.watchers.is_empty() {
@@ -461,6 +489,8 @@ impl SimConfig {
         }
         if !knobs.snapshots {
             c.snapshot_threshold_entries = 0;
+        } else {
+            c.watch.compact_for_snapshots();
         }
         c
     }
