@@ -71,9 +71,9 @@ pub const WATCH_BREAK_PPM_MAX: u64 = 40_000;
 /// the leader's (drawn per seed).
 pub const COMPACT_RETENTION_REVISIONS_MAX: u64 = 60;
 
-/// In seeds with snapshots, background writes (half of them compactions)
+/// In seeds with snapshots, background writes (two in three of them compactions)
 /// come on average at least every this many ticks ...
-pub const SNAPSHOT_SEED_BACKGROUND_GAP_TICKS_MAX: u64 = 10;
+pub const SNAPSHOT_SEED_BACKGROUND_GAP_TICKS_MAX: u64 = 20;
 /// ... and compact to at most this many revisions behind the leader.
 pub const SNAPSHOT_SEED_RETENTION_REVISIONS_MAX: u64 = 20;
 
@@ -338,8 +338,8 @@ impl WatchConfig {
     /// compaction a lagging follower's catch-up (by chunks as small as 64
     /// bytes) grows with the whole run and overruns the liveness budget,
     /// which no deployment that snapshots would run (etcd's
-    /// auto-compaction). At least every other background write is a
-    /// compaction, on average every [`SNAPSHOT_SEED_BACKGROUND_GAP_TICKS_MAX`]
+    /// auto-compaction). At least two background writes in three are
+    /// compactions, on average every [`SNAPSHOT_SEED_BACKGROUND_GAP_TICKS_MAX`]
     /// ticks at most, to at most [`SNAPSHOT_SEED_RETENTION_REVISIONS_MAX`]
     /// revisions behind.
     pub fn compact_for_snapshots(&mut self) {
@@ -349,7 +349,7 @@ impl WatchConfig {
         }
         self.compact_weight = self
             .compact_weight
-            .max(self.txn_weight + self.delete_range_weight);
+            .max(2 * (self.txn_weight + self.delete_range_weight));
         self.compact_retention_revisions_max = self
             .compact_retention_revisions_max
             .min(SNAPSHOT_SEED_RETENTION_REVISIONS_MAX);
