@@ -184,6 +184,12 @@ impl ReferenceHistory {
                 }
             }
             Command::Range(_) => {}
+            Command::LeaseGrant(_)
+            | Command::LeaseRevoke(_)
+            | Command::LeasePut(..)
+            | Command::LeaseTxn(..) => {
+                panic!("model: the simulator's workload uses no leases")
+            }
         }
         if !w.changes.is_empty() {
             self.revisions.push((index, w.changes));
@@ -245,6 +251,8 @@ impl Write {
             kind: ChangeKind::Put,
             kv,
             prev_kv,
+            // The simulator's workload attaches no leases.
+            lease: 0,
         });
     }
 
@@ -265,6 +273,7 @@ impl Write {
                     ..KeyValue::default()
                 },
                 prev_kv,
+                lease: 0,
             });
         }
     }
