@@ -31,6 +31,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "workspace tests (core, kv, sim, server processes with etcdctl, QEMU firmware cluster, bench checks)"
 cargo test --workspace
 
+step "a real client library's own test suite: the etcd-client crate's tests against one member"
+scripts/client-suite.sh
+
 step "full disk (mounts a tmpfs: root only)"
 if [ "$(id -u)" = 0 ]; then
     cargo test -p metalraft --test disk_full -- --ignored
