@@ -60,8 +60,6 @@ pub struct Shared {
     pub transport_stats: Arc<TransportStats>,
     /// Lazily connected clients of the other members' Peer services.
     peers: Mutex<BTreeMap<u64, (String, PeerClient<Channel>)>>,
-    /// Names and client URLs learned from peers (for MemberList).
-    peer_info: Mutex<BTreeMap<u64, (String, Vec<String>)>>,
 }
 
 impl Shared {
@@ -78,7 +76,6 @@ impl Shared {
             gauges,
             transport_stats,
             peers: Mutex::new(BTreeMap::new()),
-            peer_info: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -172,70 +169,39 @@ impl Shared {
     /// Waits until this member has applied everything committed when the
     /// call started (ReadIndex), so a local read is linearizable.
     pub async fn read_barrier(&self) -> Result<(), EtcdError> {
+        // etcd 3.4 serves only serializable reads on a learner.
+        if self.raft.status.borrow().is_learner {
+            return Err(EtcdError::NotSupportedForLearner);
+        }
         self.leader().await?;
         self.raft.linearizable_barrier(REQUEST_TIMEOUT).await
     }
 
-    fn url_strings(urls: &[url::Url]) -> Vec<String> {
+    pub(crate) fn url_strings(urls: &[url::Url]) -> Vec<String> {
         urls.iter()
             .map(|u| u.as_str().trim_end_matches('/').to_string())
             .collect()
     }
 
-    /// The members as etcd lists them: registry URLs, learner flag from the
-    /// core's configuration, names and client URLs as learned from each
-    /// member (empty until it answered, like etcd's "unstarted").
+    /// The members as etcd lists them, from this member's applied state
+    /// only (see [`crate::registry`]): peer URLs and published attributes
+    /// from the registry, the learner flag from the core's configuration.
+    /// A member that has not published yet has an empty name and no client
+    /// URLs, as etcd shows an unstarted member.
     pub fn members(&self) -> Vec<pb::Member> {
-        let info = self.peer_info.lock().map(|m| m.clone()).unwrap_or_default();
         let conf = self.raft.conf.read().map(|c| c.clone()).unwrap_or_default();
         self.raft
             .registry
-            .members()
+            .records()
             .into_iter()
-            .map(|(id, peer_urls)| {
-                let (name, client_urls) = if id == self.cfg.id {
-                    (
-                        self.cfg.name.clone(),
-                        Self::url_strings(&self.cfg.advertise_client_urls),
-                    )
-                } else {
-                    info.get(&id).cloned().unwrap_or_default()
-                };
-                pb::Member {
-                    id,
-                    name,
-                    peer_ur_ls: peer_urls,
-                    client_ur_ls: client_urls,
-                    is_learner: conf.is_learner(id),
-                }
+            .map(|(id, r)| pb::Member {
+                id,
+                name: r.attributes.name,
+                peer_ur_ls: r.peer_urls,
+                client_ur_ls: r.attributes.client_urls,
+                is_learner: conf.is_learner(id),
             })
             .collect()
-    }
-
-    /// Asks peers we know nothing about yet (bounded by a short timeout).
-    async fn learn_peer_info(&self) {
-        let known: Vec<u64> = self
-            .peer_info
-            .lock()
-            .map(|m| m.keys().copied().collect())
-            .unwrap_or_default();
-        for id in self.raft.registry.members().into_keys() {
-            if id == self.cfg.id || known.contains(&id) {
-                continue;
-            }
-            let Some(mut c) = self.peer_client(id) else {
-                continue;
-            };
-            let req = peerpb::InfoRequest {
-                envelope: Some(self.envelope(id)),
-            };
-            if let Ok(Ok(r)) = tokio::time::timeout(PEER_INFO_TIMEOUT, c.info(req)).await {
-                let r = r.into_inner();
-                if let Ok(mut m) = self.peer_info.lock() {
-                    m.insert(id, (r.name, r.client_urls));
-                }
-            }
-        }
     }
 
     /// A member's applied index, asked over the peer service.
@@ -255,11 +221,13 @@ impl Shared {
     async fn leader_client_url(&self) -> Result<String, EtcdError> {
         let st = self.leader().await?;
         let leader = st.leader.ok_or(EtcdError::NoLeader)?;
-        self.learn_peer_info().await;
-        self.peer_info
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&leader).and_then(|(_, urls)| urls.first().cloned()))
+        // The leader's published client URL. Only a brand-new member that
+        // leads before its first publish applied has none: "no leader"
+        // until then, which clients retry.
+        self.raft
+            .registry
+            .attributes(leader)
+            .and_then(|a| a.client_urls.first().cloned())
             .ok_or(EtcdError::NoLeader)
     }
 
@@ -296,6 +264,16 @@ impl Shared {
         } else {
             Vec::new()
         }
+    }
+}
+
+/// etcd reports the compacted revision of a store never compacted as -1
+/// (its `compactMainRev` starts there); clients test for it.
+fn etcd_compact_revision(compacted: i64) -> i64 {
+    if compacted == 0 {
+        -1
+    } else {
+        compacted
     }
 }
 
@@ -425,6 +403,29 @@ async fn leader_cluster_client(
     Ok(pb::cluster_client::ClusterClient::new(ch))
 }
 
+/// Pause between two tries of a membership change the leader cannot take
+/// yet (it commits its first entry within a heartbeat or two).
+pub const CONF_CHANGE_RETRY: Duration = Duration::from_millis(100);
+
+/// Proposes a membership change, trying again while the leader cannot take
+/// it yet (right after an election, or while the previous change commits),
+/// for up to [`REQUEST_TIMEOUT`]: an operator's `member add` during churn
+/// succeeds instead of failing on a transient condition.
+async fn conf_change_when_ready(s: &Shared, cc: ConfChange) -> Result<(), EtcdError> {
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match s.raft.conf_change(cc.clone(), left).await {
+            Err(EtcdError::MembershipChangeNotReady(_))
+                if tokio::time::Instant::now() + CONF_CHANGE_RETRY < deadline =>
+            {
+                tokio::time::sleep(CONF_CHANGE_RETRY).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 fn is_leader(s: &Shared) -> bool {
     s.raft.status.borrow().is_leader
 }
@@ -494,12 +495,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         .encode()
         .map_err(|e| EtcdError::Internal(format!("encoding a registry operation: {e}")))?;
-        s.raft
-            .conf_change(
-                ConfChange::new(&[op]).with_context(context),
-                REQUEST_TIMEOUT,
-            )
-            .await?;
+        conf_change_when_ready(s, ConfChange::new(&[op]).with_context(context)).await?;
         let member = pb::Member {
             id,
             name: String::new(),
@@ -556,12 +552,11 @@ impl pb::cluster_server::Cluster for ClusterService {
         let context = RegistryOp::Remove { id }
             .encode()
             .map_err(|e| EtcdError::Internal(format!("encoding a registry operation: {e}")))?;
-        s.raft
-            .conf_change(
-                ConfChange::new(&[ConfChangeOp::Remove(id)]).with_context(context),
-                REQUEST_TIMEOUT,
-            )
-            .await?;
+        conf_change_when_ready(
+            s,
+            ConfChange::new(&[ConfChangeOp::Remove(id)]).with_context(context),
+        )
+        .await?;
         Ok(Response::new(pb::MemberRemoveResponse {
             header: Some(self.header()),
             members: self.list(),
@@ -595,10 +590,11 @@ impl pb::cluster_server::Cluster for ClusterService {
                 "etcdserver: Peer URLs already exists",
             ));
         }
-        // The id stays; only where the member is reached changes.
+        // The id and the published attributes stay; only where the member
+        // is reached changes.
         s.raft
             .propose_registry(
-                RegistryOp::Add {
+                RegistryOp::UpdatePeerUrls {
                     id: r.id,
                     peer_urls: url_strings,
                 },
@@ -647,12 +643,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 "etcdserver: can only promote a learner member which is in sync with leader",
             ));
         }
-        s.raft
-            .conf_change(
-                ConfChange::new(&[ConfChangeOp::AddVoter(id)]),
-                REQUEST_TIMEOUT,
-            )
-            .await?;
+        conf_change_when_ready(s, ConfChange::new(&[ConfChangeOp::AddVoter(id)])).await?;
         Ok(Response::new(pb::MemberPromoteResponse {
             header: Some(self.header()),
             members: self.list(),
@@ -663,8 +654,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
-        let s = &self.0;
-        s.learn_peer_info().await;
+        // As in etcd 3.4 (MemberList has no `linearizable` flag before
+        // 3.5), the answer is this member's applied registry, at once, even
+        // on a member cut off from the leader: possibly stale, never partial.
         Ok(Response::new(pb::MemberListResponse {
             header: Some(self.header()),
             members: self.list(),
@@ -728,10 +720,8 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         _: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         // The state machine lives in memory; there is nothing to defragment.
-        let s = &self.0;
-        Ok(Response::new(pb::DefragmentResponse {
-            header: Some(s.header_info().header(s.revision())),
-        }))
+        // etcd 3.4 answers without a header, and clients test for that.
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     async fn hash_kv(
@@ -749,7 +739,24 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         Ok(Response::new(pb::HashKvResponse {
             header: Some(s.header_info().header(current)),
             hash: h.hash,
-            compact_revision: h.compact_revision,
+            compact_revision: etcd_compact_revision(h.compact_revision),
+        }))
+    }
+
+    async fn hash(
+        &self,
+        _: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        // etcd hashes its whole backend file; the closest equivalent here
+        // is every version kept, up to now (the same digest as HashKV(0)).
+        let s = &self.0;
+        let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
+        let h = kv.hash_kv(0).map_err(command::request_error)?;
+        let current = kv.revision();
+        drop(kv);
+        Ok(Response::new(pb::HashResponse {
+            header: Some(s.header_info().header(current)),
+            hash: h.hash,
         }))
     }
 
@@ -799,6 +806,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             .unwrap_or(false)
         {
             return Err(EtcdError::BadLeaderTransferee.into());
+        }
+        if target == s.cfg.id {
+            // Already there: etcd 3.4 answers at once, without a header.
+            return Ok(Response::new(pb::MoveLeaderResponse { header: None }));
         }
         s.raft.transfer(target).await?;
         let mut st = s.raft.status.clone();
@@ -911,6 +922,16 @@ impl peerpb::peer_server::Peer for PeerService {
         Ok(Response::new(peerpb::ForwardReply {
             result: out.encode(),
         }))
+    }
+
+    async fn publish(
+        &self,
+        req: Request<peerpb::PublishRequest>,
+    ) -> Result<Response<peerpb::PublishReply>, Status> {
+        let r = req.into_inner();
+        let env = self.check(r.envelope.as_ref())?;
+        crate::publish::accept(&self.0, env.from, r.name, r.client_urls).await?;
+        Ok(Response::new(peerpb::PublishReply {}))
     }
 
     async fn lease_renew(

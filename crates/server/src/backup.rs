@@ -205,6 +205,8 @@ pub fn restore(
         members: members.clone(),
         removed: BTreeSet::new(),
         kv: store.snapshot(),
+        // Each member publishes its name and client URLs when it starts.
+        attributes: BTreeMap::new(),
     }
     .encode()?;
     let snap = Snapshot {

@@ -369,14 +369,17 @@ fn parse_initial_cluster(value: &str, token: &str) -> Result<Vec<Peer>, ConfigEr
         let (name, url) = part
             .split_once('=')
             .ok_or_else(|| bad(format!("{part:?} is not name=url")))?;
-        if name.is_empty() {
-            return Err(bad(format!("{part:?} has an empty name")));
-        }
         let url = parse_url("initial-cluster", url)?;
         if !seen_urls.insert(url_key(&url)) {
             return Err(bad(format!("URL {url} appears more than once")));
         }
-        match by_name.iter_mut().find(|(n, _)| n == name) {
+        // `etcdctl member add` prints a member that was added but never
+        // started as `=<peer URL>` (no name yet), and etcd accepts it: each
+        // such URL stays a member of its own.
+        match by_name
+            .iter_mut()
+            .find(|(n, _)| !name.is_empty() && n == name)
+        {
             Some((_, urls)) => urls.push(url),
             None => by_name.push((name.to_string(), vec![url])),
         }
@@ -526,6 +529,19 @@ mod tests {
             let e = config(&["--listen-client-urls", bad]).unwrap_err();
             assert!(e.to_string().contains("listen-client-urls"), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn unnamed_members_printed_by_member_add_are_accepted() {
+        let c = config(&[
+            "--name=a",
+            "--initial-cluster-state=existing",
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+            "--initial-cluster",
+            "=http://127.0.0.1:1,=http://127.0.0.1:2,a=http://127.0.0.1:2380",
+        ])
+        .unwrap();
+        assert_eq!(c.initial_cluster.len(), 3);
     }
 
     #[test]

@@ -80,6 +80,15 @@ pub enum EtcdError {
     /// An internal failure (storage, encoding); logged on the server.
     #[error("etcdserver: {0}")]
     Internal(String),
+    /// A membership change the leader cannot take yet (another change is
+    /// still uncommitted, or the leader has not committed an entry of its
+    /// term): the Cluster service retries it until its request timeout.
+    #[error("etcdserver: membership change refused for now: {0}")]
+    MembershipChangeNotReady(String),
+    /// A learner was asked for something etcd 3.4 serves only on voters
+    /// (everything but serializable Range and Status).
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
 }
 
 impl EtcdError {
@@ -98,7 +107,9 @@ impl EtcdError {
             | EtcdError::Timeout
             | EtcdError::LeaderChanged
             | EtcdError::Stopped
-            | EtcdError::TooManyRequests => Code::Unavailable,
+            | EtcdError::TooManyRequests
+            | EtcdError::NotSupportedForLearner
+            | EtcdError::MembershipChangeNotReady(_) => Code::Unavailable,
             EtcdError::NoSpace => Code::ResourceExhausted,
             EtcdError::Compacted | EtcdError::FutureRevision | EtcdError::LeaseTtlTooLarge => {
                 Code::OutOfRange
@@ -141,6 +152,7 @@ pub fn from_status(s: &Status) -> EtcdError {
         EtcdError::NotLeader,
         EtcdError::Stopped,
         EtcdError::TooManyRequests,
+        EtcdError::NotSupportedForLearner,
     ];
     for k in KNOWN {
         if k.to_string() == s.message() {

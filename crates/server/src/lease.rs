@@ -218,7 +218,10 @@ impl LeaseService {
     }
 
     /// The answer to one keepalive (TTL 0: the lease is gone or expired).
-    async fn keepalive(s: &Shared, id: i64) -> Result<pb::LeaseKeepAliveResponse, EtcdError> {
+    pub(crate) async fn keepalive(
+        s: &Shared,
+        id: i64,
+    ) -> Result<pb::LeaseKeepAliveResponse, EtcdError> {
         let state = Self::at_leader(s, id, true).await?;
         Ok(pb::LeaseKeepAliveResponse {
             header: Some(s.header_info().header(s.revision())),

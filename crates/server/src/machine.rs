@@ -91,7 +91,7 @@ impl ServerMachine {
         let store = kv::MvccStore::restore(&decoded.kv)?;
         let applied = store.applied_index().min(index);
         *self.kv.write().map_err(|_| crate::registry::Poisoned)? = store;
-        self.registry.replace(decoded.members, decoded.removed)?;
+        self.registry.restore(&decoded)?;
         self.applied = applied;
         Ok(applied)
     }
@@ -210,17 +210,11 @@ impl StateMachine for ServerMachine {
             .read()
             .map_err(|_| StateMachineError::Unavailable)?
             .snapshot();
-        let (members, removed) = self
-            .registry
-            .table()
-            .map_err(|_| StateMachineError::Unavailable)?;
-        SnapshotData {
-            members,
-            removed,
-            kv,
-        }
-        .encode()
-        .map_err(|_| StateMachineError::Unavailable)
+        self.registry
+            .snapshot_data(kv)
+            .map_err(|_| StateMachineError::Unavailable)?
+            .encode()
+            .map_err(|_| StateMachineError::Unavailable)
     }
 
     fn restore(&mut self, index: Index, data: &[u8]) -> Result<(), StateMachineError> {
@@ -233,7 +227,7 @@ impl StateMachine for ServerMachine {
         }
         *self.store()? = store;
         self.registry
-            .replace(decoded.members, decoded.removed)
+            .restore(&decoded)
             .map_err(|_| StateMachineError::Unavailable)?;
         self.applied = index;
         Ok(())

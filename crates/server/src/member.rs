@@ -28,6 +28,7 @@ use url::Url;
 
 use crate::api::{ClusterService, KvService, MaintenanceService, PeerService, Shared};
 use crate::cli::ClusterState;
+use crate::concurrency::{ElectionService, LockService};
 use crate::config::MemberConfig;
 use crate::machine::ServerMachine;
 use crate::metrics;
@@ -37,6 +38,8 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::peer::peer_server::PeerServer;
 use crate::proto::peer::{peer_client::PeerClient, Envelope, InfoRequest};
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::raft_loop::{self, LoopError, LoopParts, RaftHandle, RaftLoop};
 use crate::registry::Registry;
 use crate::storage::{SharedLog, Snapshot, Storage, StorageError, WalOptions, WriteBatch};
@@ -288,6 +291,7 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
             stop_rx.clone(),
         ));
     }
+    let publisher = tokio::spawn(crate::publish::run(started.shared.clone(), stop_rx.clone()));
     tracing::info!(
         name = %cfg.name,
         member = %format!("{:x}", cfg.id),
@@ -297,6 +301,9 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
     );
     let stopped_by_itself = wait_for_stop(&started.shared, &started.handle).await?;
     let _ = stop_tx.send(true);
+    // It returns on `stop`; nothing it does needs finishing.
+    publisher.abort();
+    let _ = publisher.await;
     for s in servers {
         match tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, s).await {
             Ok(Ok(Ok(()))) => {}
@@ -610,22 +617,22 @@ fn serve_all(
                 .max_decoding_message_size(max_recv),
         )
         .add_service(
-            crate::proto::v3lockpb::lock_server::LockServer::new(crate::lock::LockService(
-                shared.clone(),
-            ))
-            .max_decoding_message_size(max_recv),
-        )
-        .add_service(
-            crate::proto::v3electionpb::election_server::ElectionServer::new(
-                crate::election::ElectionService(shared.clone()),
-            )
-            .max_decoding_message_size(max_recv),
-        )
-        .add_service(
             WatchServer::new(WatchService(shared.clone())).max_decoding_message_size(max_recv),
         )
+        .add_service(
+            LockServer::new(LockService(shared.clone())).max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            ElectionServer::new(ElectionService(shared.clone()))
+                .max_decoding_message_size(max_recv),
+        )
         .into_axum_router()
-        .merge(metrics::router(shared.clone()));
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            learner_gate,
+        ))
+        .merge(metrics::router(shared.clone()))
+        .merge(crate::gateway::router(shared.clone()));
         let router = tonic::transport::Server::builder()
             .accept_http1(true)
             .add_routes(tonic::service::Routes::from(routes));
@@ -640,6 +647,35 @@ fn serve_all(
         servers.push(serve(router, l, tls, "metrics", stop.clone()));
     }
     servers
+}
+
+/// The etcd gRPC methods a learner serves, as in etcd 3.4: Status, and
+/// Range (whose linearizable form the handler refuses on a learner, since
+/// only the request says which it is).
+const LEARNER_METHODS: &[&str] = &["/etcdserverpb.Maintenance/Status", "/etcdserverpb.KV/Range"];
+
+/// Refuses every other etcd gRPC method on a learner with etcd 3.4's
+/// "rpc not supported for learner" (Unavailable, so clients with several
+/// endpoints try another). One check for every service, present and
+/// future: a method is refused unless listed. etcd's HTTP endpoints
+/// (health, version, metrics) stay served.
+async fn learner_gate(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if learner_refuses(&shared, req.uri().path()) {
+        return tonic::Status::from(crate::errors::EtcdError::NotSupportedForLearner).into_http();
+    }
+    next.run(req).await
+}
+
+/// Whether this member, a learner, refuses gRPC method `path`
+/// (`/etcdserverpb.KV/Put`); the HTTP gateway asks the same.
+pub fn learner_refuses(shared: &Shared, path: &str) -> bool {
+    path.starts_with("/etcdserverpb.")
+        && !LEARNER_METHODS.contains(&path)
+        && shared.raft.status.borrow().is_learner
 }
 
 /// Waits for SIGTERM/SIGINT (then a leader hands leadership over) or for

@@ -774,6 +774,10 @@ fn propose_error(e: ProposeError) -> EtcdError {
         ProposeError::NotLeader { leader: None } => EtcdError::NoLeader,
         ProposeError::NotLeader { .. } => EtcdError::NotLeader,
         ProposeError::UncommittedLimit | ProposeError::TooManyPending => EtcdError::TooManyRequests,
+        ProposeError::ConfChange(
+            e @ (metalraft_core::ConfChangeError::LeaderNotReady
+            | metalraft_core::ConfChangeError::ChangePending),
+        ) => EtcdError::MembershipChangeNotReady(e.to_string()),
         ProposeError::ConfChange(e) => {
             EtcdError::InvalidArgument(format!("etcdserver: membership change refused: {e}"))
         }

@@ -1,31 +1,86 @@
-//! The replicated member registry: which members exist and their peer URLs.
+//! The replicated member registry: which members exist, their peer URLs,
+//! and the attributes each member publishes about itself (name and client
+//! URLs).
 //!
-//! The Raft core knows members only by id. Their peer URLs are replicated
-//! through the log as [`RegistryOp`] entries (etcd does the same with its
-//! member attributes), applied in log order on every member, and saved in
-//! snapshots. The starting point is `--initial-cluster`.
+//! The Raft core knows members only by id. Everything else MemberList shows
+//! is replicated through the log as [`RegistryOp`] entries, applied in log
+//! order on every member and saved in snapshots, so every member answers
+//! MemberList and MemberAdd from its own applied state, whichever peers are
+//! up (etcd keeps its member store the same way):
+//!
+//! - MemberAdd and MemberRemove carry [`RegistryOp::Add`] /
+//!   [`RegistryOp::Remove`] in the configuration change's context, so the
+//!   registry and the core's configuration change in one entry;
+//! - each member proposes [`RegistryOp::Publish`] with its `--name` and
+//!   `--advertise-client-urls` when it starts and whenever the replicated
+//!   value differs from its flags (etcd's `publish`); until then it is listed
+//!   with an empty name, as etcd lists an unstarted member;
+//! - MemberUpdate proposes [`RegistryOp::UpdatePeerUrls`].
+//!
+//! The starting point is `--initial-cluster` (peer URLs only).
+//!
+//! # Compatibility
+//!
+//! Operations and snapshots are postcard, which is not self-describing, so
+//! both only ever grow at the end: new [`RegistryOp`] variants are appended
+//! (a WAL written before them still decodes), and [`SnapshotData`] gained
+//! its `attributes` as a last field. A snapshot written before that field
+//! is the same bytes minus the field, which the full decoder refuses (input
+//! ends) and the legacy decoder accepts; a current snapshot leaves trailing
+//! bytes for the legacy decoder. So each snapshot decodes one way only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-/// A change to the registry, replicated through the log.
+/// What a member publishes about itself: etcd's member `Attributes`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attributes {
+    /// `--name`.
+    pub name: String,
+    /// `--advertise-client-urls`, without a trailing slash.
+    pub client_urls: Vec<String>,
+}
+
+/// A change to the registry, replicated through the log. Variants are only
+/// ever appended (see the module doc).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RegistryOp {
     /// A member with these peer URLs joins (as voter or learner: that is the
     /// core's configuration, changed by the same entry — MemberAdd puts
-    /// this operation in the `ConfChange` context).
+    /// this operation in the `ConfChange` context). It has no attributes
+    /// until it publishes. On a member already registered it only replaces
+    /// the peer URLs: MemberUpdate wrote `Add` before
+    /// [`RegistryOp::UpdatePeerUrls`] existed, and such entries stay in old
+    /// WALs.
     Add {
         /// Member id.
         id: u64,
         /// Peer URLs.
         peer_urls: Vec<String>,
     },
-    /// A member leaves.
+    /// A member leaves; its id is never accepted again.
     Remove {
         /// Member id.
         id: u64,
+    },
+    /// A member's own name and client URLs. Ignored for an id that is not
+    /// registered (a removed member's late publish, as in etcd).
+    Publish {
+        /// Member id (the proposer's own: the leader checks it against the
+        /// sender).
+        id: u64,
+        /// Its attributes.
+        attributes: Attributes,
+    },
+    /// MemberUpdate: new peer URLs, attributes unchanged. Ignored for an id
+    /// that is not registered (removed between the check and the commit).
+    UpdatePeerUrls {
+        /// Member id.
+        id: u64,
+        /// Peer URLs.
+        peer_urls: Vec<String>,
     },
 }
 
@@ -42,8 +97,18 @@ impl RegistryOp {
     }
 }
 
-/// Members and their peer URLs, shared by the Raft loop (writes, in log
-/// order) and the services (reads).
+/// One registered member as MemberList shows it (the learner flag is the
+/// core's configuration, not the registry's).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberRecord {
+    /// Peer URLs (from MemberAdd, MemberUpdate or `--initial-cluster`).
+    pub peer_urls: Vec<String>,
+    /// Published attributes; empty until the member published.
+    pub attributes: Attributes,
+}
+
+/// Members, their peer URLs and attributes, shared by the Raft loop
+/// (writes, in log order) and the services (reads).
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
     inner: Arc<RwLock<Inner>>,
@@ -54,7 +119,7 @@ struct Inner {
     /// Bumped by every change, so the Raft loop knows when to reconcile the
     /// transport's peers with the registry.
     generation: u64,
-    members: BTreeMap<u64, Vec<String>>,
+    members: BTreeMap<u64, MemberRecord>,
     /// Ids of removed members (never reused; their messages are answered
     /// with [`REMOVED_MESSAGE`] so they stop, as in etcd).
     removed: BTreeSet<u64>,
@@ -64,12 +129,22 @@ struct Inner {
 pub const REMOVED_MESSAGE: &str = "metalraft: this member was removed from the cluster";
 
 impl Registry {
-    /// A registry holding `members`.
+    /// A registry holding `members` (peer URLs), none of them published.
     pub fn new(members: impl IntoIterator<Item = (u64, Vec<String>)>) -> Self {
+        let members = members
+            .into_iter()
+            .map(|(id, peer_urls)| {
+                let record = MemberRecord {
+                    peer_urls,
+                    attributes: Attributes::default(),
+                };
+                (id, record)
+            })
+            .collect();
         Registry {
             inner: Arc::new(RwLock::new(Inner {
                 generation: 0,
-                members: members.into_iter().collect(),
+                members,
                 removed: BTreeSet::new(),
             })),
         }
@@ -82,19 +157,29 @@ impl Registry {
         m.generation += 1;
         match op {
             RegistryOp::Add { id, peer_urls } => {
-                m.members.insert(*id, peer_urls.clone());
+                m.members.entry(*id).or_default().peer_urls = peer_urls.clone();
                 m.removed.remove(id);
             }
             RegistryOp::Remove { id } => {
                 m.members.remove(id);
                 m.removed.insert(*id);
             }
+            RegistryOp::Publish { id, attributes } => {
+                if let Some(r) = m.members.get_mut(id) {
+                    r.attributes = attributes.clone();
+                }
+            }
+            RegistryOp::UpdatePeerUrls { id, peer_urls } => {
+                if let Some(r) = m.members.get_mut(id) {
+                    r.peer_urls = peer_urls.clone();
+                }
+            }
         }
         Ok(())
     }
 
     /// Counts changes: it differs after every [`Registry::apply`] and
-    /// [`Registry::replace`].
+    /// [`Registry::restore`].
     pub fn generation(&self) -> u64 {
         self.inner.read().map(|m| m.generation).unwrap_or(u64::MAX)
     }
@@ -123,33 +208,80 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// Members and removed ids, read together (for a snapshot: a poisoned
-    /// lock is an error, never an empty table).
-    pub fn table(&self) -> Result<(MemberUrls, BTreeSet<u64>), Poisoned> {
-        let m = self.inner.read().map_err(|_| Poisoned)?;
-        Ok((m.members.clone(), m.removed.clone()))
+    /// Every member's peer URLs, by id.
+    pub fn members(&self) -> BTreeMap<u64, Vec<String>> {
+        self.inner
+            .read()
+            .map(|m| {
+                m.members
+                    .iter()
+                    .map(|(id, r)| (*id, r.peer_urls.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
-    /// Every member, by id.
-    pub fn members(&self) -> BTreeMap<u64, Vec<String>> {
+    /// Every member with its peer URLs and attributes, by id.
+    pub fn records(&self) -> BTreeMap<u64, MemberRecord> {
         self.inner
             .read()
             .map(|m| m.members.clone())
             .unwrap_or_default()
     }
 
-    /// Replaces the content (snapshot restore).
-    pub fn replace(
-        &self,
-        members: BTreeMap<u64, Vec<String>>,
-        removed: BTreeSet<u64>,
-    ) -> Result<(), Poisoned> {
+    /// Member `id`'s published attributes (`None`: not registered).
+    pub fn attributes(&self, id: u64) -> Option<Attributes> {
+        self.inner
+            .read()
+            .ok()?
+            .members
+            .get(&id)
+            .map(|r| r.attributes.clone())
+    }
+
+    /// The registry's part of a snapshot, around the key-value store's
+    /// bytes. A poisoned lock is an error, never an empty table.
+    pub fn snapshot_data(&self, kv: Vec<u8>) -> Result<SnapshotData, Poisoned> {
+        let m = self.inner.read().map_err(|_| Poisoned)?;
+        let members = m
+            .members
+            .iter()
+            .map(|(id, r)| (*id, r.peer_urls.clone()))
+            .collect();
+        let attributes = m
+            .members
+            .iter()
+            .filter(|(_, r)| r.attributes != Attributes::default())
+            .map(|(id, r)| (*id, r.attributes.clone()))
+            .collect();
+        Ok(SnapshotData {
+            members,
+            removed: m.removed.clone(),
+            kv,
+            attributes,
+        })
+    }
+
+    /// Replaces the content with a snapshot's (restore). Attributes of ids
+    /// that are not members are dropped.
+    pub fn restore(&self, data: &SnapshotData) -> Result<(), Poisoned> {
         let mut m = self.inner.write().map_err(|_| Poisoned)?;
         let generation = m.generation + 1;
+        let members = data
+            .members
+            .iter()
+            .map(|(id, peer_urls)| {
+                let record = MemberRecord {
+                    peer_urls: peer_urls.clone(),
+                    attributes: data.attributes.get(id).cloned().unwrap_or_default(),
+                };
+                (*id, record)
+            })
+            .collect();
         *m = Inner {
             generation,
             members,
-            removed,
+            removed: data.removed.clone(),
         };
         Ok(())
     }
@@ -175,14 +307,27 @@ pub enum CodecError {
 }
 
 /// What a member's snapshot holds: the registry and the key-value store.
+/// Fields are only ever appended (see the module doc).
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotData {
-    /// The registry.
-    pub members: BTreeMap<u64, Vec<String>>,
+    /// Peer URLs by member.
+    pub members: MemberUrls,
     /// Removed member ids.
     pub removed: BTreeSet<u64>,
     /// `metalraft_kv::KvStore::snapshot` bytes.
     pub kv: Vec<u8>,
+    /// Published attributes by member (members that have not published are
+    /// absent). Missing in snapshots written before attributes were
+    /// replicated.
+    pub attributes: BTreeMap<u64, Attributes>,
+}
+
+/// A snapshot as written before attributes were replicated.
+#[derive(Deserialize)]
+struct SnapshotDataV1 {
+    members: MemberUrls,
+    removed: BTreeSet<u64>,
+    kv: Vec<u8>,
 }
 
 impl SnapshotData {
@@ -191,9 +336,22 @@ impl SnapshotData {
         Ok(postcard::to_allocvec(self)?)
     }
 
-    /// Decodes, checking the whole input is used.
+    /// Decodes, checking the whole input is used; a snapshot written before
+    /// attributes were replicated decodes with none.
     pub fn decode(bytes: &[u8]) -> Result<SnapshotData, CodecError> {
-        decode_exact(bytes)
+        match decode_exact::<SnapshotData>(bytes) {
+            Ok(d) => Ok(d),
+            Err(current) => match decode_exact::<SnapshotDataV1>(bytes) {
+                Ok(v1) => Ok(SnapshotData {
+                    members: v1.members,
+                    removed: v1.removed,
+                    kv: v1.kv,
+                    attributes: BTreeMap::new(),
+                }),
+                // Report the current format's complaint.
+                Err(_) => Err(current),
+            },
+        }
     }
 }
 
@@ -208,7 +366,14 @@ fn decode_exact<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Codec
 
 #[cfg(test)]
 mod tests {
-    use super::RegistryOp;
+    use super::*;
+
+    fn attrs(name: &str, url: &str) -> Attributes {
+        Attributes {
+            name: name.into(),
+            client_urls: vec![url.into()],
+        }
+    }
 
     #[test]
     fn registry_ops_round_trip_and_garbage_is_refused() {
@@ -218,6 +383,14 @@ mod tests {
                 peer_urls: vec!["http://10.0.0.7:2380".into()],
             },
             RegistryOp::Remove { id: u64::MAX },
+            RegistryOp::Publish {
+                id: 3,
+                attributes: attrs("m3", "http://10.0.0.3:2379"),
+            },
+            RegistryOp::UpdatePeerUrls {
+                id: 3,
+                peer_urls: vec!["http://10.0.0.3:2390".into()],
+            },
         ] {
             assert_eq!(RegistryOp::decode(&op.encode().unwrap()), Ok(op.clone()));
             let mut long = op.encode().unwrap();
@@ -226,5 +399,108 @@ mod tests {
         }
         assert!(RegistryOp::decode(&[]).is_err());
         assert!(RegistryOp::decode(&[9, 9, 9]).is_err());
+    }
+
+    /// postmortem guard: entries written by earlier versions sit in WALs;
+    /// reordering the variants would make them decode as something else.
+    #[test]
+    fn wal_entries_of_earlier_versions_decode_as_written() {
+        let add = [0u8, 7, 1, 1, b'a'];
+        assert_eq!(
+            RegistryOp::decode(&add),
+            Ok(RegistryOp::Add {
+                id: 7,
+                peer_urls: vec!["a".into()]
+            })
+        );
+        assert_eq!(
+            RegistryOp::decode(&[1, 5]),
+            Ok(RegistryOp::Remove { id: 5 })
+        );
+    }
+
+    #[test]
+    fn publish_and_update_keep_each_others_fields_and_ignore_strangers() {
+        let r = Registry::new([(1, vec!["http://a:1".to_string()])]);
+        let published = attrs("one", "http://a:2");
+        r.apply(&RegistryOp::Publish {
+            id: 1,
+            attributes: published.clone(),
+        })
+        .unwrap();
+        r.apply(&RegistryOp::UpdatePeerUrls {
+            id: 1,
+            peer_urls: vec!["http://a:3".into()],
+        })
+        .unwrap();
+        // An old MemberUpdate entry (`Add` on a registered member).
+        r.apply(&RegistryOp::Add {
+            id: 1,
+            peer_urls: vec!["http://a:4".into()],
+        })
+        .unwrap();
+        let rec = &r.records()[&1];
+        assert_eq!(rec.peer_urls, vec!["http://a:4".to_string()]);
+        assert_eq!(rec.attributes, published);
+        // Strangers: a removed member's late publish, an update that lost
+        // the race with a removal.
+        r.apply(&RegistryOp::Remove { id: 1 }).unwrap();
+        r.apply(&RegistryOp::Publish {
+            id: 1,
+            attributes: published,
+        })
+        .unwrap();
+        r.apply(&RegistryOp::UpdatePeerUrls {
+            id: 9,
+            peer_urls: vec!["http://z:1".into()],
+        })
+        .unwrap();
+        assert!(r.records().is_empty());
+        assert!(r.is_removed(1));
+        assert_eq!(r.attributes(1), None);
+    }
+
+    #[test]
+    fn snapshots_carry_attributes_and_old_snapshots_still_restore() {
+        let r = Registry::new([
+            (1, vec!["http://a:1".to_string()]),
+            (2, vec!["http://b:1".to_string()]),
+        ]);
+        r.apply(&RegistryOp::Publish {
+            id: 1,
+            attributes: attrs("one", "http://a:2"),
+        })
+        .unwrap();
+        r.apply(&RegistryOp::Remove { id: 3 }).unwrap();
+        let data = r.snapshot_data(vec![1, 2, 3]).unwrap();
+        let bytes = data.encode().unwrap();
+        let decoded = SnapshotData::decode(&bytes).unwrap();
+        assert_eq!(decoded, data);
+        let other = Registry::default();
+        other.restore(&decoded).unwrap();
+        assert_eq!(other.records(), r.records());
+        assert_eq!(other.removed(), r.removed());
+
+        // The layout before attributes: the same fields, minus the last.
+        #[derive(Serialize)]
+        struct Old<'a> {
+            members: &'a MemberUrls,
+            removed: &'a BTreeSet<u64>,
+            kv: &'a [u8],
+        }
+        let old = postcard::to_allocvec(&Old {
+            members: &data.members,
+            removed: &data.removed,
+            kv: &data.kv,
+        })
+        .unwrap();
+        let decoded = SnapshotData::decode(&old).unwrap();
+        assert_eq!(decoded.members, data.members);
+        assert_eq!(decoded.kv, data.kv);
+        assert!(decoded.attributes.is_empty());
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(SnapshotData::decode(&long).is_err());
+        assert!(SnapshotData::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 }

@@ -7,6 +7,13 @@
 //!
 //! Payloads are decoded with explicit bounds checks: a decoder never panics
 //! and never allocates more than the frame it was given.
+//!
+//! Since format 2 every frame the WAL writes is *sequenced*: its payload
+//! starts with a tag of [`TAG_SEQUENCED_OFFSET`] plus the record's tag, then a
+//! [`FrameSeq`] (the frame's number in the WAL and the highest number known
+//! durable when it was written). Recovery uses it to tell a torn tail from
+//! mid-log damage (`docs/adr/0014-torn-tail-recovery.md`). Unsequenced
+//! frames (format 1, metalraft 0.1.x) still decode.
 
 use metalraft_core::{Entry, EntryData, HardState};
 
@@ -23,6 +30,8 @@ const _: () = assert!(metalraft_kv::MAX_ENCODED_COMMAND_BYTES + 1024 < MAX_FRAME
 
 const TAG_SEGMENT_START: u8 = 1;
 const TAG_BATCH: u8 = 2;
+/// Added to a record's tag when the payload carries a [`FrameSeq`].
+pub const TAG_SEQUENCED_OFFSET: u8 = 2;
 const ENTRY_NOOP: u8 = 0;
 const ENTRY_NORMAL: u8 = 1;
 const ENTRY_OTHER: u8 = 2;
@@ -69,6 +78,37 @@ pub enum DecodeError {
     /// Entries are not contiguous.
     #[error("entries not contiguous")]
     NotContiguous,
+    /// A sequenced frame whose durable mark is not below its own number.
+    #[error("frame {seq} claims frame {synced} was durable before it was written")]
+    BadSequence {
+        /// The frame's number.
+        seq: u64,
+        /// The durable mark it carries.
+        synced: u64,
+    },
+}
+
+/// Largest frame number the WAL writes (asserted): far beyond what a WAL
+/// can write in practice.
+pub const MAX_FRAME_SEQ: u64 = 1 << 62;
+/// Largest frame number accepted on read: half of [`MAX_FRAME_SEQ`], so a
+/// WAL continuing after a number read from (possibly hostile) bytes has
+/// 2^61 frames to go before the writer's assertion.
+pub const MAX_FRAME_SEQ_READ: u64 = MAX_FRAME_SEQ / 2;
+
+/// Where a frame sits in the WAL's write history.
+///
+/// `seq` numbers frames 1, 2, 3, … across segments and never repeats within
+/// a WAL. `synced` is the highest `seq` a completed `fdatasync` had made
+/// durable when this frame was written (0 if none), so `synced < seq`. A
+/// valid frame whose `synced` covers an earlier damaged frame proves that
+/// frame had been durable, hence possibly acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameSeq {
+    /// This frame's number (1-based).
+    pub seq: u64,
+    /// Highest frame number durable when this one was written.
+    pub synced: u64,
 }
 
 /// Encodes `payload` as a frame.
@@ -159,15 +199,44 @@ pub enum EncodeError {
     ConfState(postcard::Error),
 }
 
-/// Encodes a record payload.
+fn record_tag(r: &Record) -> u8 {
+    match r {
+        Record::SegmentStart { .. } => TAG_SEGMENT_START,
+        Record::Batch { .. } => TAG_BATCH,
+    }
+}
+
+/// Encodes an unsequenced (format 1) record payload. The WAL writes
+/// [`encode_sequenced`]; this stays for tools and tests that build old logs.
 pub fn encode_record(r: &Record, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    out.push(record_tag(r));
+    encode_body(r, out)
+}
+
+/// Encodes a sequenced (format 2) record payload.
+///
+/// # Panics
+/// If `at.synced >= at.seq` (a frame cannot be durable before it exists).
+pub fn encode_sequenced(r: &Record, at: FrameSeq, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    assert!(at.seq >= 1, "frame numbers start at 1");
+    assert!(at.seq <= MAX_FRAME_SEQ, "frame number above MAX_FRAME_SEQ");
+    assert!(
+        at.synced < at.seq,
+        "durable mark not below the frame number"
+    );
+    out.push(record_tag(r) + TAG_SEQUENCED_OFFSET);
+    put_u64(out, at.seq);
+    put_u64(out, at.synced);
+    encode_body(r, out)
+}
+
+fn encode_body(r: &Record, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     match r {
         Record::SegmentStart {
             first_index,
             prev_term,
             hard_state,
         } => {
-            out.push(TAG_SEGMENT_START);
             put_u64(out, *first_index);
             put_u64(out, *prev_term);
             put_hard_state(out, hard_state);
@@ -176,7 +245,6 @@ pub fn encode_record(r: &Record, out: &mut Vec<u8>) -> Result<(), EncodeError> {
             entries,
             hard_state,
         } => {
-            out.push(TAG_BATCH);
             match hard_state {
                 Some(hs) => {
                     out.push(1);
@@ -293,10 +361,27 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes a record payload.
+/// Decodes a record payload, sequenced or not.
 pub fn decode_record(buf: &[u8]) -> Result<Record, DecodeError> {
+    decode_sequenced(buf).map(|(rec, _)| rec)
+}
+
+/// Decodes a record payload and its [`FrameSeq`] (`None` for a format 1
+/// frame).
+pub fn decode_sequenced(buf: &[u8]) -> Result<(Record, Option<FrameSeq>), DecodeError> {
     let mut r = Reader { buf };
-    let rec = match r.u8()? {
+    let mut tag = r.u8()?;
+    let mut at = None;
+    if is_sequenced_tag(tag) {
+        tag -= TAG_SEQUENCED_OFFSET;
+        let seq = r.u64()?;
+        let synced = r.u64()?;
+        if seq == 0 || seq > MAX_FRAME_SEQ_READ || synced >= seq {
+            return Err(DecodeError::BadSequence { seq, synced });
+        }
+        at = Some(FrameSeq { seq, synced });
+    }
+    let rec = match tag {
         TAG_SEGMENT_START => Record::SegmentStart {
             first_index: r.u64()?,
             prev_term: r.u64()?,
@@ -349,7 +434,19 @@ pub fn decode_record(buf: &[u8]) -> Result<Record, DecodeError> {
     if !r.buf.is_empty() {
         return Err(DecodeError::Trailing);
     }
-    Ok(rec)
+    Ok((rec, at))
+}
+
+/// Whether `b` can be the first payload byte of a frame the WAL writes
+/// today: a cheap filter before checksumming a candidate frame while
+/// scanning damaged bytes.
+pub fn is_sequenced_tag(b: u8) -> bool {
+    b == TAG_SEGMENT_START + TAG_SEQUENCED_OFFSET || b == TAG_BATCH + TAG_SEQUENCED_OFFSET
+}
+
+/// Whether `b` can be the first payload byte of any record.
+pub fn is_record_tag(b: u8) -> bool {
+    b == TAG_SEGMENT_START || b == TAG_BATCH || is_sequenced_tag(b)
 }
 
 #[cfg(test)]
@@ -439,5 +536,41 @@ mod tests {
     fn zero_bytes_read_as_end() {
         assert_eq!(read_frame(&[0u8; 64]), FrameRead::End);
         assert_eq!(read_frame(&[0u8; 3]), FrameRead::End);
+    }
+
+    #[test]
+    fn sequenced_records_round_trip_and_unsequenced_ones_still_read() {
+        let at = FrameSeq { seq: 9, synced: 7 };
+        let mut buf = Vec::new();
+        encode_sequenced(&sample(), at, &mut buf).unwrap();
+        assert!(is_sequenced_tag(buf[0]));
+        assert_eq!(decode_sequenced(&buf), Ok((sample(), Some(at))));
+        assert_eq!(decode_record(&buf), Ok(sample()));
+        let mut old = Vec::new();
+        encode_record(&sample(), &mut old).unwrap();
+        assert!(is_record_tag(old[0]) && !is_sequenced_tag(old[0]));
+        assert_eq!(decode_sequenced(&old), Ok((sample(), None)));
+        // Same body after the 17-byte sequence prefix.
+        assert_eq!(buf.len(), old.len() + 16);
+        for cut in 0..buf.len() {
+            assert!(decode_sequenced(&buf[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn a_frame_durable_before_it_was_written_does_not_decode() {
+        let mut buf = Vec::new();
+        encode_sequenced(&sample(), FrameSeq { seq: 3, synced: 2 }, &mut buf).unwrap();
+        buf[9..17].copy_from_slice(&3u64.to_le_bytes());
+        assert_eq!(
+            decode_sequenced(&buf),
+            Err(DecodeError::BadSequence { seq: 3, synced: 3 })
+        );
+        buf[1..9].copy_from_slice(&0u64.to_le_bytes());
+        assert!(decode_sequenced(&buf).is_err());
+        // A number read from disk can always be incremented.
+        buf[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
+        buf[9..17].copy_from_slice(&0u64.to_le_bytes());
+        assert!(decode_sequenced(&buf).is_err());
     }
 }

@@ -7,6 +7,7 @@
 //! <data-dir>/member/LOCK          flock'ed while a process uses the directory
 //! <data-dir>/member/wal/*.wal     WAL segments
 //! <data-dir>/member/snap/*.snap   state-machine snapshots
+//! <data-dir>/member/vote          term and vote, two checksummed copies
 //! ```
 //!
 //! The design and its crash analysis are in `docs/adr/0008-server-storage.md`.
@@ -17,6 +18,7 @@ pub mod log;
 pub mod snapshot;
 #[cfg(test)]
 pub(crate) mod sync_gate;
+pub(crate) mod vote;
 pub mod wal;
 
 use std::fs::{self, File, OpenOptions};
@@ -42,6 +44,7 @@ pub struct WriteBatch {
 /// A member's open storage.
 pub struct Storage {
     wal: Wal,
+    vote: vote::VoteRecord,
     log: SharedLog,
     snap_dir: PathBuf,
     _lock: File,
@@ -53,8 +56,11 @@ pub struct Opened {
     pub storage: Storage,
     /// The newest snapshot, if any.
     pub snapshot: Option<Snapshot>,
-    /// `(file, offset)` of a torn final WAL record that was truncated.
+    /// `(file, offset)` of a torn WAL tail that was truncated (already
+    /// logged as a warning with the bytes dropped).
     pub torn_tail: Option<(PathBuf, u64)>,
+    /// Bytes of never-acknowledged data the truncation dropped.
+    pub torn_bytes_dropped: u64,
 }
 
 impl Storage {
@@ -80,14 +86,15 @@ impl Storage {
             },
         )?;
         let snap_dir = member.join("snap");
-        let snapshot = snapshot::load_latest(&snap_dir)?;
-        let (wal, rec) = Wal::open(&member.join("wal"), opts)?;
+        let snapshot::Loaded { snapshot, damaged } = snapshot::load_latest(&snap_dir)?;
+        let (mut wal, rec) = Wal::open(&member.join("wal"), opts)?;
         let Recovered {
             first_index,
             prev_term,
             hard_state,
             entries,
             torn_tail,
+            torn_bytes_dropped,
         } = rec;
         if first_index > 1 {
             // Entries below first_index were purged: a snapshot must cover them.
@@ -95,6 +102,18 @@ impl Storage {
                 .as_ref()
                 .is_some_and(|s| s.index + 1 >= first_index);
             if !covered {
+                // A damaged newer snapshot that the log no longer backs up is
+                // the real cause: name it.
+                if let Some(d) = damaged.first() {
+                    return Err(StorageError::Corrupt {
+                        path: d.path.clone(),
+                        offset: 0,
+                        reason: format!(
+                            "{}; the WAL starts at index {first_index} and no older snapshot covers the entries before it",
+                            d.reason
+                        ),
+                    });
+                }
                 return Err(StorageError::Corrupt {
                     path: member.join("wal"),
                     offset: 0,
@@ -102,6 +121,9 @@ impl Storage {
                 });
             }
         }
+        snapshot::set_aside(&snap_dir, &damaged)?;
+        let mut vote = vote::VoteRecord::open(&member.join("vote"))?;
+        let hard_state = reconcile_vote(&mut wal, &mut vote, hard_state)?;
         let log = SharedLog::new(hard_state, conf_state, first_index, prev_term, entries);
         if let Some(s) = &snapshot {
             // The log the core sees starts right after the snapshot, so its
@@ -119,12 +141,14 @@ impl Storage {
         Ok(Opened {
             storage: Storage {
                 wal,
+                vote,
                 log,
                 snap_dir,
                 _lock: lock,
             },
             snapshot,
             torn_tail,
+            torn_bytes_dropped,
         })
     }
 
@@ -142,6 +166,21 @@ impl Storage {
         }
         if sync {
             self.wal.sync()?;
+        }
+        // The WAL holds the hard state first; the vote record follows once
+        // it is durable there, so the record is never behind anything
+        // promised and never ahead of what the WAL made durable (it is ahead
+        // only if the WAL's tail is later lost). A group the core did not
+        // ask to sync changes only the commit index.
+        let last_hs = batches.iter().rev().find_map(|b| b.hard_state);
+        if let Some(hs) = last_hs.filter(|_| sync) {
+            let tv = vote::TermVote {
+                term: hs.term,
+                vote: hs.vote,
+            };
+            if self.vote.current() != Some(tv) {
+                self.vote.save(tv)?;
+            }
         }
         for b in batches {
             self.log.apply_durable(&b.entries, b.hard_state)?;
@@ -194,5 +233,59 @@ impl Storage {
     }
 }
 
+/// Takes the term and vote from the vote record where it is ahead of the
+/// WAL's hard state (the WAL's tail held them and was truncated), and brings
+/// whichever is behind up to date.
+fn reconcile_vote(
+    wal: &mut Wal,
+    vote: &mut vote::VoteRecord,
+    mut hs: HardState,
+) -> Result<HardState, StorageError> {
+    let from_wal = vote::TermVote {
+        term: hs.term,
+        vote: hs.vote,
+    };
+    match vote.current() {
+        Some(saved)
+            if saved.term > hs.term
+                || (saved.term == hs.term && hs.vote.is_none() && saved.vote.is_some()) =>
+        {
+            tracing::warn!(
+                wal_term = hs.term,
+                wal_vote = ?hs.vote,
+                term = saved.term,
+                vote = ?saved.vote,
+                "the vote record is ahead of the WAL (its tail was lost): keeping the recorded term and vote"
+            );
+            hs.term = saved.term;
+            hs.vote = saved.vote;
+            wal.append(&[], Some(hs))?;
+            wal.sync()?;
+        }
+        Some(saved)
+            if saved.term == hs.term
+                && saved.vote.is_some()
+                && hs.vote.is_some()
+                && saved.vote != hs.vote =>
+        {
+            return Err(StorageError::Corrupt {
+                path: wal.dir().to_path_buf(),
+                offset: 0,
+                reason: format!(
+                    "the WAL says this member voted for {:?} in term {} but the vote record says {:?}",
+                    hs.vote, hs.term, saved.vote
+                ),
+            });
+        }
+        Some(saved) if saved == from_wal => {}
+        // Behind (a crash between the WAL sync and the record's), or never
+        // written (a new member, or a data directory from before the record).
+        _ => vote.save(from_wal)?,
+    }
+    Ok(hs)
+}
+
+#[cfg(test)]
+mod power_loss_tests;
 #[cfg(test)]
 mod tests;

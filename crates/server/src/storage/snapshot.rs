@@ -206,19 +206,73 @@ fn list(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>, StorageError> {
     Ok(out)
 }
 
-/// Loads the newest snapshot in `dir`, if any. A damaged newest snapshot is
-/// an error (the log before it may have been purged).
-pub fn load_latest(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
-    let Some((_, _, path)) = list(dir)?.pop() else {
-        return Ok(None);
-    };
-    let mut buf = Vec::new();
-    File::open(&path)
-        .and_then(|mut f| f.read_to_end(&mut buf))
-        .map_err(|e| StorageError::from_io(&path, e))?;
-    decode(&buf).map(Some).map_err(|e| StorageError::Corrupt {
-        path,
-        offset: 0,
-        reason: e.to_string(),
-    })
+/// A snapshot file that failed to read or verify and was set aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damaged {
+    /// The file.
+    pub path: PathBuf,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// What [`load_latest`] found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The newest snapshot that verifies, if any.
+    pub snapshot: Option<Snapshot>,
+    /// Newer snapshot files that did not verify, newest first (logged; see
+    /// [`set_aside`]).
+    pub damaged: Vec<Damaged>,
+}
+
+/// Loads the newest snapshot in `dir` that verifies.
+///
+/// A newer snapshot that fails its checksum (a save whose data or rename
+/// did not become durable, or damage at rest) is set aside and the next
+/// older one is used. That is safe only if the WAL still holds every entry
+/// after the older snapshot; `Storage::open` checks exactly that and
+/// refuses to start otherwise, naming the damaged file.
+pub fn load_latest(dir: &Path) -> Result<Loaded, StorageError> {
+    let mut all = list(dir)?;
+    let mut out = Loaded::default();
+    while let Some((_, _, path)) = all.pop() {
+        let mut buf = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut buf))
+            .map_err(|e| StorageError::from_io(&path, e))?;
+        match decode(&buf) {
+            Ok(s) => {
+                out.snapshot = Some(s);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    reason = %e,
+                    "snapshot failed to verify; trying an older one"
+                );
+                out.damaged.push(Damaged {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Renames damaged snapshot files to `*.broken` (kept for operators, no
+/// longer listed, so a later save cannot delete the good older snapshot in
+/// their favour). Called once the older snapshot was found to suffice.
+pub fn set_aside(dir: &Path, damaged: &[Damaged]) -> Result<(), StorageError> {
+    for d in damaged {
+        let mut broken = d.path.clone().into_os_string();
+        broken.push(".broken");
+        fs::rename(&d.path, &broken).map_err(|e| StorageError::from_io(&d.path, e))?;
+        tracing::warn!(file = %d.path.display(), reason = %d.reason, "set a damaged snapshot aside as .broken; an older snapshot and the WAL cover it");
+    }
+    if !damaged.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }

@@ -7,11 +7,23 @@
 //! `fallocate`, so appends within it never change the file size and an
 //! `fdatasync` is enough to make them durable.
 //!
-//! Recovery rules (see `docs/adr/0008-server-storage.md`):
-//! - a bad frame in the **last** segment followed only by zero bytes is a
-//!   torn write from a crash: it is zeroed, synced and logged;
-//! - any other bad frame is corruption: opening fails with
-//!   [`StorageError::Corrupt`] naming the file and offset.
+//! Every frame carries a [`FrameSeq`]: its number in the WAL and the
+//! highest number a completed `fdatasync` had made durable when it was
+//! written.
+//!
+//! Recovery rules (see `docs/adr/0014-torn-tail-recovery.md`, which holds the
+//! argument, and `docs/adr/0008-server-storage.md`). Damage is a frame that
+//! fails its checksum or length, a zeroed header followed by data, or a
+//! valid frame out of sequence. Then:
+//! - in a segment that is not the last it is corruption (every frame there
+//!   was synced before the next segment was created);
+//! - in the last segment, if a later valid frame says the damaged frame was
+//!   already durable when it was written (`synced` reaches it), it is
+//!   **mid-log damage**: acknowledged data may be affected, and opening fails
+//!   with [`StorageError::Corrupt`] naming the file and offset;
+//! - otherwise it is a **torn tail**: nothing from the damage on was ever
+//!   durable, hence never acknowledged. It is zeroed, synced and logged
+//!   (file, offset, bytes dropped), and appends continue there.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -19,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use metalraft_core::{Entry, HardState, MAX_TERM_OR_INDEX};
 
-use super::codec::{self, FrameRead, Record, FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
+use super::codec::{self, FrameRead, FrameSeq, Record, FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
 use super::error::StorageError;
 
 /// Default segment size (etcd's is 64 MiB too).
@@ -53,8 +65,10 @@ pub struct Recovered {
     pub hard_state: HardState,
     /// The log, contiguous from `first_index`.
     pub entries: Vec<Entry<Vec<u8>>>,
-    /// `(file, offset)` of a torn final frame that was truncated.
+    /// `(file, offset)` of a torn tail that was truncated.
     pub torn_tail: Option<(PathBuf, u64)>,
+    /// Bytes of unsynced data the truncation dropped (0 if none).
+    pub torn_bytes_dropped: u64,
 }
 
 struct Segment {
@@ -77,6 +91,10 @@ pub struct Wal {
     next_index: u64,
     last_term: u64,
     hard_state: HardState,
+    /// Number the next frame gets.
+    next_seq: u64,
+    /// Highest frame number made durable by a completed sync.
+    synced_seq: u64,
     /// Test-only hold/failure of `fdatasync` (see [`super::sync_gate`]).
     #[cfg(test)]
     pub(super) sync_gate: Option<std::sync::Arc<super::sync_gate::SyncGate>>,
@@ -112,7 +130,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 /// Preallocates `len` bytes of `file`, falling back to extending it with
 /// `set_len` where the filesystem has no `fallocate` (the space is then not
 /// reserved and a full disk shows up on write instead).
-fn preallocate(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {
+pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::NOSPC) => Err(StorageError::NoSpace {
@@ -158,11 +176,16 @@ impl Wal {
             first_index: 1,
             ..Recovered::default()
         };
-        let mut tail_offset = 0u64;
+        let mut tail = SegmentEnd {
+            offset: 0,
+            sequenced: true,
+        };
+        let mut last_seq = 0u64;
         let n = segments.len();
         for (i, seg) in segments.iter().enumerate() {
-            tail_offset = replay_segment(seg, i + 1 == n, i == 0, &mut rec)?;
+            tail = replay_segment(seg, i + 1 == n, i == 0, &mut rec, &mut last_seq)?;
         }
+        let tail_offset = tail.offset;
         let last_term = rec.entries.last().map_or(rec.prev_term, |e| e.term);
         let next_index = rec.first_index + rec.entries.len() as u64;
         let mut wal = match segments.last() {
@@ -183,6 +206,8 @@ impl Wal {
                     next_index,
                     last_term,
                     hard_state: rec.hard_state,
+                    next_seq: last_seq + 1,
+                    synced_seq: 0,
                     #[cfg(test)]
                     sync_gate: None,
                 }
@@ -203,6 +228,8 @@ impl Wal {
                     next_index: 1,
                     last_term: 0,
                     hard_state: HardState::default(),
+                    next_seq: 1,
+                    synced_seq: 0,
                     #[cfg(test)]
                     sync_gate: None,
                 };
@@ -210,9 +237,17 @@ impl Wal {
                 wal
             }
         };
+        // What was read may sit only in the page cache (a process crash, not
+        // a power loss): make it durable before new frames call it durable.
+        wal.sync()?;
         if wal.offset == 0 {
-            // The last segment was created but its start record never made it.
+            // The last segment was created but its start record never made
+            // it (or was torn and truncated).
             wal.write_segment_start()?;
+        } else if !tail.sequenced {
+            // A format 1 segment (metalraft 0.1.x): new frames are sequenced,
+            // and a segment never mixes the two.
+            wal.rotate(0)?;
         }
         Ok((wal, rec))
     }
@@ -248,12 +283,36 @@ impl Wal {
             prev_term: self.last_term,
             hard_state: self.hard_state,
         };
-        let mut payload = Vec::new();
-        codec::encode_record(&rec, &mut payload)?;
-        let mut frame = Vec::new();
-        codec::encode_frame(&payload, &mut frame);
-        self.write_at_tail(&frame)?;
+        let frame = self.encode_frame(&rec)?;
+        self.write_frame(&frame)?;
         self.sync()
+    }
+
+    /// Encodes `rec` as the next frame (numbered `next_seq`).
+    fn encode_frame(&self, rec: &Record) -> Result<Vec<u8>, StorageError> {
+        let at = FrameSeq {
+            seq: self.next_seq,
+            synced: self.synced_seq,
+        };
+        let mut payload = Vec::new();
+        codec::encode_sequenced(rec, at, &mut payload)?;
+        if payload.len() > MAX_FRAME_BYTES {
+            return Err(StorageError::TooLarge {
+                bytes: payload.len(),
+                max: MAX_FRAME_BYTES,
+            });
+        }
+        let mut frame = Vec::with_capacity(payload.len() + FRAME_HEADER_BYTES);
+        codec::encode_frame(&payload, &mut frame);
+        Ok(frame)
+    }
+
+    /// Writes a frame from [`Wal::encode_frame`] at the tail; the next
+    /// frame gets the next number only if this one was written.
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), StorageError> {
+        self.write_at_tail(frame)?;
+        self.next_seq += 1;
+        Ok(())
     }
 
     fn current_path(&self) -> &Path {
@@ -304,6 +363,8 @@ impl Wal {
             gate.before_sync(pending).map_err(failed)?;
         }
         self.file.sync_data().map_err(failed)?;
+        // Earlier segments were synced before this one was created.
+        self.synced_seq = self.next_seq - 1;
         #[cfg(test)]
         if let Some(gate) = &self.sync_gate {
             gate.after_sync(pending);
@@ -355,20 +416,13 @@ impl Wal {
     }
 
     fn append_record(&mut self, rec: &Record) -> Result<(), StorageError> {
-        let mut payload = Vec::new();
-        codec::encode_record(rec, &mut payload)?;
-        if payload.len() > MAX_FRAME_BYTES {
-            return Err(StorageError::TooLarge {
-                bytes: payload.len(),
-                max: MAX_FRAME_BYTES,
-            });
-        }
-        let mut frame = Vec::with_capacity(payload.len() + FRAME_HEADER_BYTES);
-        codec::encode_frame(&payload, &mut frame);
+        let mut frame = self.encode_frame(rec)?;
         if self.offset + frame.len() as u64 > self.capacity {
             self.rotate(frame.len() as u64)?;
+            // The segment start took this frame's number.
+            frame = self.encode_frame(rec)?;
         }
-        self.write_at_tail(&frame)
+        self.write_frame(&frame)
     }
 
     /// Starts a new segment, named after the index the next entry would
@@ -423,6 +477,11 @@ impl Wal {
         Ok(removed)
     }
 
+    /// The WAL's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
         self.segments.len()
@@ -438,67 +497,148 @@ impl Wal {
     }
 }
 
-/// Replays one segment into `rec`, returning the offset after its last
-/// valid frame.
+/// Where replaying one segment stopped.
+struct SegmentEnd {
+    /// Offset after its last valid frame.
+    offset: u64,
+    /// Whether its frames are sequenced (format 2); an empty segment counts
+    /// as sequenced.
+    sequenced: bool,
+}
+
+/// Whether a frame numbered `at` may follow: `start` is `Some(sequenced)`
+/// once the segment's start frame was read, `last_seq` the number of the
+/// last valid frame (0 if none or unsequenced).
+fn in_sequence(at: Option<FrameSeq>, start: Option<bool>, last_seq: u64) -> bool {
+    match (start, at) {
+        // A segment start after purged or unsequenced segments may have any
+        // number; after a sequenced one it continues the numbering.
+        (None, Some(a)) => last_seq == 0 || a.seq == last_seq + 1,
+        (None, None) => last_seq == 0,
+        (Some(true), Some(a)) => a.seq == last_seq + 1,
+        (Some(false), None) => true,
+        // A segment never mixes the two formats.
+        (Some(true), None) | (Some(false), Some(_)) => false,
+    }
+}
+
+/// Replays one segment into `rec`, advancing `last_seq` past its valid
+/// frames, and classifies damage (see the module doc).
 fn replay_segment(
     seg: &Segment,
     is_last: bool,
     is_first: bool,
     rec: &mut Recovered,
-) -> Result<u64, StorageError> {
+    last_seq: &mut u64,
+) -> Result<SegmentEnd, StorageError> {
     let mut buf = Vec::new();
     File::open(&seg.path)
         .and_then(|mut f| f.read_to_end(&mut buf))
         .map_err(io_err(&seg.path))?;
+    let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
+        path: seg.path.clone(),
+        offset: offset as u64,
+        reason,
+    };
     let mut pos = 0usize;
-    let mut saw_start = false;
-    loop {
+    let mut start: Option<bool> = None;
+    let (pos, reason) = loop {
         match codec::read_frame(&buf[pos..]) {
             FrameRead::Frame(payload, len) => {
-                let record = codec::decode_record(payload).map_err(|e| StorageError::Corrupt {
-                    path: seg.path.clone(),
-                    offset: pos as u64,
-                    reason: e.to_string(),
-                })?;
-                apply_record(record, seg, pos, is_first && !saw_start, rec)?;
-                saw_start = true;
+                let (record, at) =
+                    codec::decode_sequenced(payload).map_err(|e| corrupt(pos, e.to_string()))?;
+                if !in_sequence(at, start, *last_seq) {
+                    break (pos, "valid frame out of sequence");
+                }
+                apply_record(record, seg, pos, is_first && start.is_none(), rec)?;
+                start.get_or_insert(at.is_some());
+                if let Some(a) = at {
+                    *last_seq = a.seq;
+                }
                 pos += len;
             }
             FrameRead::End => {
-                if buf[pos..].iter().any(|b| *b != 0) {
-                    return Err(StorageError::Corrupt {
-                        path: seg.path.clone(),
+                if buf[pos..].iter().all(|b| *b == 0) {
+                    return Ok(SegmentEnd {
                         offset: pos as u64,
-                        reason: "zeroed frame followed by data".to_string(),
+                        sequenced: start.unwrap_or(true),
                     });
                 }
-                return Ok(pos as u64);
+                break (pos, "zeroed frame header followed by data");
             }
-            FrameRead::Bad {
-                reason,
-                claimed_end,
-            } => {
-                let after = (pos + claimed_end).min(buf.len());
-                let rest_zero = buf[after..].iter().all(|b| *b == 0);
-                if is_last && rest_zero {
-                    truncate_tail(&seg.path, pos as u64, buf.len() as u64)?;
-                    tracing::warn!(
-                        file = %seg.path.display(),
-                        offset = pos,
-                        reason,
-                        "truncated a torn final WAL record (an unacknowledged write interrupted by a crash)"
-                    );
-                    rec.torn_tail = Some((seg.path.clone(), pos as u64));
-                    return Ok(pos as u64);
+            FrameRead::Bad { reason, .. } => break (pos, reason),
+        }
+    };
+    if !is_last {
+        return Err(corrupt(
+            pos,
+            format!("{reason} in a segment that is not the last (it was synced before the next segment was created)"),
+        ));
+    }
+    if let Some((later, at)) = find_durable_witness(&buf, pos, *last_seq, start == Some(true)) {
+        let witness = match at {
+            Some(a) => format!(
+                "frame {} at offset {later} was written after frame {} was durable",
+                a.seq,
+                *last_seq + 1
+            ),
+            None => format!("an unsequenced (format 1) frame at offset {later} follows it"),
+        };
+        return Err(corrupt(
+            pos,
+            format!("mid-log damage ({reason}): {witness}, so acknowledged entries may be damaged"),
+        ));
+    }
+    let data_end = buf.iter().rposition(|b| *b != 0).map_or(pos, |i| i + 1);
+    let dropped = (data_end - pos) as u64;
+    zero_range(&seg.path, pos as u64, data_end as u64)?;
+    tracing::warn!(
+        file = %seg.path.display(),
+        offset = pos,
+        bytes_dropped = dropped,
+        reason,
+        "truncated a torn WAL tail: no later frame shows it was ever durable, so it was never acknowledged"
+    );
+    rec.torn_tail = Some((seg.path.clone(), pos as u64));
+    rec.torn_bytes_dropped = dropped;
+    Ok(SegmentEnd {
+        offset: pos as u64,
+        sequenced: start.unwrap_or(true),
+    })
+}
+
+/// Looks for a valid frame at any byte offset from `from` on that proves the
+/// frame numbered `last_seq + 1` had been durable: a sequenced frame whose
+/// `synced` reaches it, or (unless the segment is known sequenced) any
+/// unsequenced frame, which carries no proof either way. Frames numbered at
+/// or below `last_seq` are stale (an earlier use of the space) and frames
+/// with a lower `synced` were written in the same unsynced window as the
+/// damage: neither is a witness.
+fn find_durable_witness(
+    buf: &[u8],
+    from: usize,
+    last_seq: u64,
+    sequenced: bool,
+) -> Option<(usize, Option<FrameSeq>)> {
+    let mut q = from;
+    while q + FRAME_HEADER_BYTES < buf.len() {
+        // Cheap filter first: a frame's payload starts with a record tag.
+        if codec::is_record_tag(buf[q + FRAME_HEADER_BYTES]) {
+            if let FrameRead::Frame(payload, _) = codec::read_frame(&buf[q..]) {
+                if let Ok((_, at)) = codec::decode_sequenced(payload) {
+                    let proves = match at {
+                        Some(a) => a.synced > last_seq,
+                        None => !sequenced,
+                    };
+                    if proves {
+                        return Some((q, at));
+                    }
                 }
-                return Err(StorageError::Corrupt {
-                    path: seg.path.clone(),
-                    offset: pos as u64,
-                    reason: reason.to_string(),
-                });
             }
         }
+        q += 1;
     }
+    None
 }
 
 fn apply_record(
@@ -564,15 +704,16 @@ fn apply_record(
     Ok(())
 }
 
-/// Zeroes `[from, len)` of a file and syncs it.
-fn truncate_tail(path: &Path, from: u64, len: u64) -> Result<(), StorageError> {
+/// Zeroes `[from, to)` of a file and syncs it.
+fn zero_range(path: &Path, from: u64, to: u64) -> Result<(), StorageError> {
+    assert!(from <= to, "zero_range: from {from} after to {to}");
     let mut f = OpenOptions::new()
         .write(true)
         .open(path)
         .map_err(io_err(path))?;
     f.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
     let zeros = vec![0u8; 64 * 1024];
-    let mut left = len - from;
+    let mut left = to - from;
     while left > 0 {
         let n = left.min(zeros.len() as u64) as usize;
         f.write_all(&zeros[..n]).map_err(io_err(path))?;

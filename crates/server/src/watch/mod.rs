@@ -1,5 +1,6 @@
-//! etcd's Watch service, served by every member (followers and learners
-//! included) from its own applied state.
+//! etcd's Watch service, served by every voting member (followers
+//! included) from its own applied state; learners refuse it, as in etcd 3.4
+//! (`member::learner_gate`).
 //!
 //! How events reach a watcher:
 //! - The Raft loop publishes what each round of applying produced (one

@@ -1,0 +1,411 @@
+//! etcd's HTTP/JSON gateway on the client port: `POST /v3/<service>/<call>`
+//! (and `/v3beta/...`, which etcd 3.4 also serves) with a JSON body in
+//! protobuf's JSON mapping (original field names, bytes as base64, 64-bit
+//! integers as strings, defaults omitted), answered by the same handlers as
+//! the gRPC API; and `GET /version`.
+//!
+//! - Unary calls answer one JSON object, or etcd's error object
+//!   `{"error": …, "code": <gRPC code>, "message": …}` with the HTTP status
+//!   grpc-gateway maps the code to.
+//! - Streaming calls (`/v3/watch`) read a sequence of JSON requests from the
+//!   body as they arrive and answer a chunked body of one
+//!   `{"result": <response>}` line per message, as grpc-gateway does.
+//!
+//! Clients that use it: Patroni's etcd3 support, etcd3gw (OpenStack), curl
+//! scripts.
+
+mod json;
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Status};
+
+use crate::api::{ClusterService, KvService, MaintenanceService, Shared, ETCD_API_VERSION};
+use crate::concurrency::{ElectionService, LockService};
+use crate::lease::LeaseService;
+use crate::proto::etcdserverpb as pb;
+use crate::proto::etcdserverpb::cluster_server::Cluster as _;
+use crate::proto::etcdserverpb::kv_server::Kv as _;
+use crate::proto::etcdserverpb::lease_server::Lease as _;
+use crate::proto::etcdserverpb::maintenance_server::Maintenance as _;
+use crate::proto::v3electionpb;
+use crate::proto::v3electionpb::election_server::Election as _;
+use crate::proto::v3lockpb::lock_server::Lock as _;
+use tokio_stream::StreamExt;
+
+pub use json::{error_body, http_status};
+
+/// The path prefixes served: etcd 3.4 answers both.
+pub const PREFIXES: [&str; 2] = ["/v3", "/v3beta"];
+/// Largest JSON request body accepted (a request is at most
+/// `--max-request-bytes` of protobuf; base64 adds a third, field names and
+/// quoting a little more).
+pub fn max_body_bytes(max_request_bytes: usize) -> usize {
+    max_request_bytes
+        .saturating_mul(2)
+        .saturating_add(64 * 1024)
+}
+
+/// The gateway's routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let mut r = Router::new().route(
+        "/version",
+        get(|| async {
+            json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "etcdserver": ETCD_API_VERSION,
+                    "etcdcluster": ETCD_API_VERSION,
+                }),
+            )
+        }),
+    );
+    for p in PREFIXES {
+        r = r
+            .route(
+                &format!("{p}/kv/range"),
+                unary(&shared, "/etcdserverpb.KV/Range", |s, q| async move {
+                    KvService(s).range(q).await
+                }),
+            )
+            .route(
+                &format!("{p}/kv/put"),
+                unary(&shared, "/etcdserverpb.KV/Put", |s, q| async move {
+                    KvService(s).put(q).await
+                }),
+            )
+            .route(
+                &format!("{p}/kv/deleterange"),
+                unary(&shared, "/etcdserverpb.KV/DeleteRange", |s, q| async move {
+                    KvService(s).delete_range(q).await
+                }),
+            )
+            .route(
+                &format!("{p}/kv/txn"),
+                unary(&shared, "/etcdserverpb.KV/Txn", |s, q| async move {
+                    KvService(s).txn(q).await
+                }),
+            )
+            .route(
+                &format!("{p}/kv/compaction"),
+                unary(&shared, "/etcdserverpb.KV/Compact", |s, q| async move {
+                    KvService(s).compact(q).await
+                }),
+            )
+            .route(
+                &format!("{p}/cluster/member/add"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Cluster/MemberAdd",
+                    |s, q| async move { ClusterService(s).member_add(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/cluster/member/remove"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Cluster/MemberRemove",
+                    |s, q| async move { ClusterService(s).member_remove(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/cluster/member/update"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Cluster/MemberUpdate",
+                    |s, q| async move { ClusterService(s).member_update(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/cluster/member/list"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Cluster/MemberList",
+                    |s, q| async move { ClusterService(s).member_list(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/cluster/member/promote"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Cluster/MemberPromote",
+                    |s, q| async move { ClusterService(s).member_promote(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/maintenance/alarm"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Maintenance/Alarm",
+                    |s, q| async move { MaintenanceService(s).alarm(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/maintenance/status"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Maintenance/Status",
+                    |s, q| async move { MaintenanceService(s).status(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/maintenance/defragment"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Maintenance/Defragment",
+                    |s, q| async move { MaintenanceService(s).defragment(q).await },
+                ),
+            )
+            // etcd 3.4 routes both Hash and HashKV here; HashKV wins.
+            .route(
+                &format!("{p}/maintenance/hash"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Maintenance/HashKV",
+                    |s, q| async move { MaintenanceService(s).hash_kv(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/maintenance/hashkv"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Maintenance/HashKV",
+                    |s, q| async move { MaintenanceService(s).hash_kv(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/maintenance/transfer-leadership"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Maintenance/MoveLeader",
+                    |s, q| async move { MaintenanceService(s).move_leader(q).await },
+                ),
+            )
+            .route(&format!("{p}/watch"), watch_route(&shared))
+            .route(
+                &format!("{p}/lease/grant"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Lease/LeaseGrant",
+                    |s, q| async move { LeaseService(s).lease_grant(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/lease/revoke"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Lease/LeaseRevoke",
+                    |s, q| async move { LeaseService(s).lease_revoke(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/kv/lease/revoke"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Lease/LeaseRevoke",
+                    |s, q| async move { LeaseService(s).lease_revoke(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/lease/timetolive"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Lease/LeaseTimeToLive",
+                    |s, q| async move { LeaseService(s).lease_time_to_live(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/kv/lease/timetolive"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Lease/LeaseTimeToLive",
+                    |s, q| async move { LeaseService(s).lease_time_to_live(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/lease/leases"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Lease/LeaseLeases",
+                    |s, q| async move { LeaseService(s).lease_leases(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/kv/lease/leases"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Lease/LeaseLeases",
+                    |s, q| async move { LeaseService(s).lease_leases(q).await },
+                ),
+            )
+            .route(&format!("{p}/lease/keepalive"), keepalive_route(&shared))
+            .route(
+                &format!("{p}/lock/lock"),
+                unary(&shared, "/v3lockpb.Lock/Lock", |s, q| async move {
+                    LockService(s).lock(q).await
+                }),
+            )
+            .route(
+                &format!("{p}/lock/unlock"),
+                unary(&shared, "/v3lockpb.Lock/Unlock", |s, q| async move {
+                    LockService(s).unlock(q).await
+                }),
+            )
+            .route(
+                &format!("{p}/election/campaign"),
+                unary(
+                    &shared,
+                    "/v3electionpb.Election/Campaign",
+                    |s, q| async move { ElectionService(s).campaign(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/election/proclaim"),
+                unary(
+                    &shared,
+                    "/v3electionpb.Election/Proclaim",
+                    |s, q| async move { ElectionService(s).proclaim(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/election/leader"),
+                unary(
+                    &shared,
+                    "/v3electionpb.Election/Leader",
+                    |s, q| async move { ElectionService(s).leader(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/election/resign"),
+                unary(
+                    &shared,
+                    "/v3electionpb.Election/Resign",
+                    |s, q| async move { ElectionService(s).resign(q).await },
+                ),
+            )
+            .route(&format!("{p}/election/observe"), observe_route(&shared));
+    }
+    r
+}
+
+/// A unary route: JSON body → `Req` → `call` → JSON answer.
+fn unary<Req, Resp, F, Fut>(
+    shared: &Arc<Shared>,
+    method: &'static str,
+    call: F,
+) -> axum::routing::MethodRouter
+where
+    Req: DeserializeOwned + Default + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Arc<Shared>, Request<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>> + Send,
+{
+    let shared = shared.clone();
+    post(move |body: Bytes| {
+        let shared = shared.clone();
+        let call = call.clone();
+        async move {
+            if let Some(refused) = learner_refusal(&shared, method) {
+                return error_response(&refused);
+            }
+            let req: Req =
+                match json::parse_body(&body, max_body_bytes(shared.cfg.max_request_bytes)) {
+                    Ok(r) => r,
+                    Err(status) => return error_response(&status),
+                };
+            match call(shared, Request::new(req)).await {
+                Ok(resp) => json_response(StatusCode::OK, &resp.into_inner()),
+                Err(status) => error_response(&status),
+            }
+        }
+    })
+}
+
+/// The learner refusal the gRPC side applies (`member::learner_gate`).
+fn learner_refusal(shared: &Shared, method: &str) -> Option<Status> {
+    crate::member::learner_refuses(shared, method)
+        .then(|| Status::from(crate::errors::EtcdError::NotSupportedForLearner))
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => error_response(&Status::internal(format!("encoding the answer: {e}"))),
+    }
+}
+
+/// grpc-gateway's error answer for a failed unary call.
+fn error_response(status: &Status) -> Response {
+    json_response(http_status(status.code()), &error_body(status))
+}
+
+/// `/v3/lease/keepalive`: each `LeaseKeepAliveRequest` of the body gets
+/// one `{"result": LeaseKeepAliveResponse}` line.
+fn keepalive_route(shared: &Arc<Shared>) -> axum::routing::MethodRouter {
+    let shared = shared.clone();
+    post(move |body: Body| {
+        let shared = shared.clone();
+        async move {
+            if let Some(refused) = learner_refusal(&shared, "/etcdserverpb.Lease/LeaseKeepAlive") {
+                return error_response(&refused);
+            }
+            let limit = max_body_bytes(shared.cfg.max_request_bytes);
+            let requests = json::request_stream::<pb::LeaseKeepAliveRequest>(body, limit);
+            let answers = requests.then(move |r| {
+                let shared = shared.clone();
+                async move {
+                    let r = r?;
+                    LeaseService::keepalive(&shared, r.id)
+                        .await
+                        .map_err(Status::from)
+                }
+            });
+            json::streaming_response(Box::pin(answers))
+        }
+    })
+}
+
+/// `/v3/election/observe`: one `LeaderRequest` body, a stream of
+/// `{"result": LeaderResponse}` lines.
+fn observe_route(shared: &Arc<Shared>) -> axum::routing::MethodRouter {
+    let shared = shared.clone();
+    post(move |body: Bytes| {
+        let shared = shared.clone();
+        async move {
+            let limit = max_body_bytes(shared.cfg.max_request_bytes);
+            let req: v3electionpb::LeaderRequest = match json::parse_body(&body, limit) {
+                Ok(r) => r,
+                Err(status) => return error_response(&status),
+            };
+            match ElectionService(shared).observe(Request::new(req)).await {
+                Ok(stream) => json::streaming_response(stream.into_inner()),
+                Err(status) => error_response(&status),
+            }
+        }
+    })
+}
+
+/// `/v3/watch`: the request body is a stream of `WatchRequest`s, the
+/// answer a stream of `{"result": WatchResponse}` lines.
+fn watch_route(shared: &Arc<Shared>) -> axum::routing::MethodRouter {
+    let shared = shared.clone();
+    post(move |body: Body| {
+        let shared = shared.clone();
+        async move {
+            if let Some(refused) = learner_refusal(&shared, "/etcdserverpb.Watch/Watch") {
+                return error_response(&refused);
+            }
+            let limit = max_body_bytes(shared.cfg.max_request_bytes);
+            let requests = json::request_stream::<pb::WatchRequest>(body, limit);
+            let responses = crate::watch::serve_stream(shared, requests);
+            json::streaming_response(responses)
+        }
+    })
+}
