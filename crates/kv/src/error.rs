@@ -61,13 +61,17 @@ pub enum RequestError {
     /// A put names a lease that does not exist, or a revoke a missing lease
     /// (`ErrGRPCLeaseNotFound`). A [`KvStore`](crate::KvStore) refuses every
     /// lease command with it.
+    #[cfg(feature = "leases")]
     LeaseNotFound,
     /// A grant names a lease ID that exists (`ErrGRPCLeaseExist`).
+    #[cfg(feature = "leases")]
     LeaseExists,
     /// A grant's TTL is above [`MAX_LEASE_TTL_SECS`](crate::MAX_LEASE_TTL_SECS)
     /// (`ErrGRPCLeaseTTLTooLarge`).
+    #[cfg(feature = "leases")]
     LeaseTtlTooLarge,
     /// A put with `ignore_lease` also names a lease (`ErrGRPCLeaseProvided`).
+    #[cfg(feature = "leases")]
     LeaseProvided,
 }
 
@@ -115,9 +119,13 @@ impl fmt::Display for RequestError {
                 "required revision {requested} is a future revision (current {current})"
             ),
             RequestError::RevisionExhausted => f.write_str("revision counter exhausted"),
+            #[cfg(feature = "leases")]
             RequestError::LeaseNotFound => f.write_str("requested lease not found"),
+            #[cfg(feature = "leases")]
             RequestError::LeaseExists => f.write_str("lease already exists"),
+            #[cfg(feature = "leases")]
             RequestError::LeaseTtlTooLarge => f.write_str("too large lease TTL"),
+            #[cfg(feature = "leases")]
             RequestError::LeaseProvided => f.write_str("lease is provided"),
         }
     }

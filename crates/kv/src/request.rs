@@ -22,13 +22,17 @@ pub enum Command {
     // unchanged, so logs written before them still decode. Only the
     // MvccStore serves them: a KvStore refuses them as `LeaseNotFound`.
     /// Create a lease (etcd `LeaseGrant`).
+    #[cfg(feature = "leases")]
     LeaseGrant(LeaseGrantRequest),
     /// Delete a lease and every key attached to it, in one revision (etcd
     /// `LeaseRevoke`, and the leader's revoke of an expired lease).
+    #[cfg(feature = "leases")]
     LeaseRevoke(LeaseRevokeRequest),
     /// A put with etcd's `lease`/`ignore_lease` fields.
+    #[cfg(feature = "leases")]
     LeasePut(PutRequest, LeaseOption),
     /// A transaction with lease fields on its puts.
+    #[cfg(feature = "leases")]
     LeaseTxn(TxnRequest, TxnLeases),
 }
 

@@ -102,9 +102,11 @@ pub enum CommandResult {
     Compact(CompactionResponse),
     /// Result of [`Command::Range`](crate::Command::Range).
     Range(RangeResponse),
-    /// Result of [`Command::LeaseGrant`](crate::Command::LeaseGrant).
+    /// Result of `Command::LeaseGrant` (feature `leases`).
+    #[cfg(feature = "leases")]
     LeaseGrant(LeaseGrantResponse),
-    /// Result of [`Command::LeaseRevoke`](crate::Command::LeaseRevoke).
+    /// Result of `Command::LeaseRevoke` (feature `leases`).
+    #[cfg(feature = "leases")]
     LeaseRevoke(LeaseRevokeResponse),
 }
 
@@ -135,7 +137,9 @@ impl CommandResult {
             CommandResult::Txn(r) => r.header,
             CommandResult::Compact(r) => r.header,
             CommandResult::Range(r) => r.header,
+            #[cfg(feature = "leases")]
             CommandResult::LeaseGrant(r) => r.header,
+            #[cfg(feature = "leases")]
             CommandResult::LeaseRevoke(r) => r.header,
         }
     }

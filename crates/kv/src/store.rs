@@ -139,6 +139,7 @@ impl KvStore {
             Command::Compact(r) => CommandResult::Compact(self.compact(r)?),
             Command::Range(r) => CommandResult::Range(self.range(r)?),
             // No leases here: the firmware's store stays small (ADR 0015).
+            #[cfg(feature = "leases")]
             Command::LeaseGrant(_)
             | Command::LeaseRevoke(_)
             | Command::LeasePut(..)

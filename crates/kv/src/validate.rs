@@ -4,9 +4,11 @@
 use crate::error::RequestError;
 use crate::limits::{MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES};
 use crate::request::{
-    Command, Compare, CompareTarget, DeleteRangeRequest, LeaseOption, PutRequest, RangeRequest,
-    RequestOp, TxnLeases, TxnRequest,
+    Command, Compare, CompareTarget, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
 };
+#[cfg(feature = "leases")]
+use crate::request::{LeaseOption, TxnLeases};
 
 impl Command {
     /// Checks the command against etcd's request rules and this crate's
@@ -20,16 +22,20 @@ impl Command {
             Command::Txn(r) => check_txn(r)?,
             Command::Range(r) => check_range(r)?,
             Command::Compact(_) => {}
+            #[cfg(feature = "leases")]
             Command::LeaseGrant(g) => {
                 if g.ttl > crate::MAX_LEASE_TTL_SECS {
                     return Err(RequestError::LeaseTtlTooLarge);
                 }
             }
+            #[cfg(feature = "leases")]
             Command::LeaseRevoke(_) => {}
+            #[cfg(feature = "leases")]
             Command::LeasePut(r, l) => {
                 check_put(r)?;
                 check_lease_option(l)?;
             }
+            #[cfg(feature = "leases")]
             Command::LeaseTxn(t, l) => {
                 check_txn(t)?;
                 check_txn_leases(t, l)?;
@@ -44,35 +50,45 @@ impl Command {
 
     /// Sum of the lengths of every key, `range_end` and value in the command.
     fn payload_bytes(&self) -> usize {
-        fn op_bytes(op: &RequestOp) -> usize {
-            match op {
-                RequestOp::Range(r) => r.key.len() + r.range_end.len(),
-                RequestOp::Put(r) => r.key.len() + r.value.len(),
-                RequestOp::DeleteRange(r) => r.key.len() + r.range_end.len(),
-            }
-        }
         match self {
-            Command::Put(r) | Command::LeasePut(r, _) => r.key.len() + r.value.len(),
+            Command::Put(r) => r.key.len() + r.value.len(),
             Command::DeleteRange(r) => r.key.len() + r.range_end.len(),
             Command::Range(r) => r.key.len() + r.range_end.len(),
-            Command::Compact(_) | Command::LeaseGrant(_) | Command::LeaseRevoke(_) => 0,
-            Command::Txn(t) | Command::LeaseTxn(t, _) => {
-                let cmp: usize = t
-                    .compare
-                    .iter()
-                    .map(|c| {
-                        let v = match &c.target {
-                            CompareTarget::Value(v) => v.len(),
-                            _ => 0,
-                        };
-                        c.key.len() + c.range_end.len() + v
-                    })
-                    .sum();
-                let ops: usize = t.success.iter().chain(&t.failure).map(op_bytes).sum();
-                cmp + ops
-            }
+            Command::Compact(_) => 0,
+            Command::Txn(t) => txn_bytes(t),
+            #[cfg(feature = "leases")]
+            Command::LeasePut(r, _) => r.key.len() + r.value.len(),
+            #[cfg(feature = "leases")]
+            Command::LeaseTxn(t, _) => txn_bytes(t),
+            #[cfg(feature = "leases")]
+            Command::LeaseGrant(_) | Command::LeaseRevoke(_) => 0,
         }
     }
+}
+
+/// The payload bytes of a transaction: compare keys and operands, and its
+/// operations' keys, range ends and values.
+fn txn_bytes(t: &TxnRequest) -> usize {
+    fn op_bytes(op: &RequestOp) -> usize {
+        match op {
+            RequestOp::Range(r) => r.key.len() + r.range_end.len(),
+            RequestOp::Put(r) => r.key.len() + r.value.len(),
+            RequestOp::DeleteRange(r) => r.key.len() + r.range_end.len(),
+        }
+    }
+    let cmp: usize = t
+        .compare
+        .iter()
+        .map(|c| {
+            let v = match &c.target {
+                CompareTarget::Value(v) => v.len(),
+                _ => 0,
+            };
+            c.key.len() + c.range_end.len() + v
+        })
+        .sum();
+    let ops: usize = t.success.iter().chain(&t.failure).map(op_bytes).sum();
+    cmp + ops
 }
 
 fn check_key(key: &[u8]) -> Result<(), RequestError> {
@@ -169,6 +185,7 @@ fn check_duplicates(ops: &[RequestOp]) -> Result<(), RequestError> {
     Ok(())
 }
 
+#[cfg(feature = "leases")]
 /// etcd `checkPutRequest`'s lease rule: `ignore_lease` with a lease is refused.
 fn check_lease_option(l: &LeaseOption) -> Result<(), RequestError> {
     if l.ignore_lease && l.lease != 0 {
@@ -177,6 +194,7 @@ fn check_lease_option(l: &LeaseOption) -> Result<(), RequestError> {
     Ok(())
 }
 
+#[cfg(feature = "leases")]
 /// One [`LeaseOption`] per put of each branch, each valid.
 fn check_txn_leases(t: &TxnRequest, l: &TxnLeases) -> Result<(), RequestError> {
     let puts = |ops: &[RequestOp]| {

@@ -2,6 +2,7 @@
 //! server-chosen IDs), attach/detach on put, `ignore_lease`, lease compares,
 //! revoke deleting every attached key in one revision, snapshots; and a
 //! model test of attachments against a plain reference.
+#![cfg(feature = "leases")]
 
 use metalraft_kv::*;
 use std::collections::{BTreeMap, BTreeSet};

@@ -356,6 +356,7 @@ impl Model {
             Command::Txn(t) => self.txn(t).map(CommandResult::Txn),
             Command::Range(r) => self.range(r).map(CommandResult::Range),
             // A KvStore has no leases.
+            #[cfg(feature = "leases")]
             Command::LeaseGrant(_)
             | Command::LeaseRevoke(_)
             | Command::LeasePut(..)

@@ -324,6 +324,7 @@ impl Reference {
             }
             Command::Txn(t) => self.txn(t).map(CommandResult::Txn),
             Command::Range(r) => self.range(r).map(CommandResult::Range),
+            #[cfg(feature = "leases")]
             Command::LeaseGrant(_)
             | Command::LeaseRevoke(_)
             | Command::LeasePut(..)

@@ -10,7 +10,7 @@ mod error;
 mod frame;
 #[cfg(feature = "kv")]
 mod kv;
-#[cfg(feature = "kv")]
+#[cfg(feature = "leases")]
 mod kv_lease;
 mod lease;
 mod machine;
@@ -26,7 +26,7 @@ pub use error::{
 pub use frame::{Frame, Origin, FRAME_HEADER_BYTES};
 #[cfg(feature = "kv")]
 pub use kv::{KeyChange, KvError, KvEvent, MvccEvent};
-#[cfg(feature = "kv")]
+#[cfg(feature = "leases")]
 pub use kv_lease::{observe_lease_result, propose_expired_revokes, LeasedMvccStore};
 pub use lease::{Lessor, LessorConfig, Renew};
 pub use machine::{Instant, StateMachine};

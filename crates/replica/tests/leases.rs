@@ -3,6 +3,7 @@
 //! revokes, through the log; keepalives on the leader keep a lease alive
 //! across a leader crash (the new leader restarts the countdown in full);
 //! once keepalives stop the key goes on every replica, never before its TTL.
+#![cfg(feature = "leases")]
 
 mod common;
 

@@ -3,12 +3,16 @@
 //!
 //! Only replicated facts live here. When a lease expires is the leader's
 //! business (`metalraft_replica::Lessor`), which revokes it through the log
-//! with [`Command::LeaseRevoke`](crate::Command::LeaseRevoke); every replica
+//! with `Command::LeaseRevoke`; every replica
 //! then deletes its keys in one revision.
 //!
 //! Invariants (kept by [`LeaseHook`] and the revoke, checked on restore):
 //! every attached key is live in the current map; `attached[k] == id` if and
 //! only if `k` is in `by_id[id].keys`.
+//!
+//! Without the feature `leases` (the firmware) no command reaches the
+//! lease paths; the table stays empty.
+#![cfg_attr(not(feature = "leases"), allow(dead_code, unused_imports))]
 
 use super::history::Past;
 use super::MvccStore;
@@ -76,6 +80,7 @@ impl Leases {
         }
     }
 
+    #[cfg(feature = "leases")]
     /// etcd's put checks that need state: the lease exists; an
     /// `ignore_lease` put names a live key.
     fn check_put(
@@ -93,6 +98,7 @@ impl Leases {
         Ok(())
     }
 
+    #[cfg(feature = "leases")]
     /// The [`LeaseOption`]s of the branch a transaction will run, checked.
     fn txn_branch<'a>(
         &self,
@@ -196,6 +202,7 @@ fn mix(index: u64) -> u64 {
 }
 
 impl MvccStore {
+    #[cfg(feature = "leases")]
     pub(crate) fn check_lease_put(
         &self,
         p: &PutRequest,
@@ -204,6 +211,7 @@ impl MvccStore {
         self.leases.check_put(&self.current.map, p, l)
     }
 
+    #[cfg(feature = "leases")]
     pub(crate) fn check_lease_txn<'a>(
         &self,
         t: &TxnRequest,
@@ -212,6 +220,7 @@ impl MvccStore {
         self.leases.txn_branch(&self.current.map, t, l)
     }
 
+    #[cfg(feature = "leases")]
     /// etcd `LeaseGrant` at apply: ID 0 becomes a positive ID derived from
     /// the log index (the first free one from there), the same on every
     /// replica. The revision is unchanged.
@@ -249,6 +258,7 @@ impl MvccStore {
         })
     }
 
+    #[cfg(feature = "leases")]
     /// etcd `LeaseRevoke` at apply: the lease goes, and every key attached
     /// to it is deleted in one new revision (none if it had no keys), in key
     /// order, so watchers see one DELETE event per key.

@@ -160,12 +160,16 @@ impl MvccStore {
         let puts: &[LeaseOption] = match cmd {
             Command::Compact(r) => return Ok(CommandResult::Compact(self.compact(r)?)),
             Command::Range(r) => return Ok(CommandResult::Range(self.range(r)?)),
+            #[cfg(feature = "leases")]
             Command::LeaseGrant(g) => return Ok(CommandResult::LeaseGrant(self.grant(g)?)),
+            #[cfg(feature = "leases")]
             Command::LeaseRevoke(r) => return Ok(CommandResult::LeaseRevoke(self.revoke(r)?)),
+            #[cfg(feature = "leases")]
             Command::LeasePut(p, l) => {
                 self.check_lease_put(p, l)?;
                 core::slice::from_ref(l)
             }
+            #[cfg(feature = "leases")]
             Command::LeaseTxn(t, l) => self.check_lease_txn(t, l)?,
             Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) => &[],
         };
@@ -176,19 +180,18 @@ impl MvccStore {
         } = self;
         let mut hook = LeaseHook::new(past, leases, puts);
         Ok(match cmd {
-            Command::Put(r) | Command::LeasePut(r, _) => {
-                CommandResult::Put(current.put_command(r, &mut hook)?)
-            }
+            Command::Put(r) => CommandResult::Put(current.put_command(r, &mut hook)?),
+            #[cfg(feature = "leases")]
+            Command::LeasePut(r, _) => CommandResult::Put(current.put_command(r, &mut hook)?),
             Command::DeleteRange(r) => {
                 CommandResult::DeleteRange(current.delete_command(r, &mut hook)?)
             }
-            Command::Txn(r) | Command::LeaseTxn(r, _) => {
-                CommandResult::Txn(current.txn(r, &mut hook)?)
-            }
-            Command::Compact(_)
-            | Command::Range(_)
-            | Command::LeaseGrant(_)
-            | Command::LeaseRevoke(_) => unreachable!("answered above"),
+            Command::Txn(r) => CommandResult::Txn(current.txn(r, &mut hook)?),
+            #[cfg(feature = "leases")]
+            Command::LeaseTxn(r, _) => CommandResult::Txn(current.txn(r, &mut hook)?),
+            Command::Compact(_) | Command::Range(_) => unreachable!("answered above"),
+            #[cfg(feature = "leases")]
+            Command::LeaseGrant(_) | Command::LeaseRevoke(_) => unreachable!("answered above"),
         })
     }
 
