@@ -1,36 +1,5 @@
 //! [`Lessor`]: the leader's lease clock (etcd 3.4's `lessor`, with time
-//! passed in). Which leases exist and what is attached to them is
-//! replicated state (the key-value store's); when each one expires is not:
-//! only the leader keeps deadlines, renews them on keepalives, and proposes
-//! a revoke through the log once one has passed.
-//!
-//! Rules, as etcd 3.4 has them:
-//! - a new leader restarts every lease's countdown at its full TTL
-//!   ([`Lessor::promote`], etcd's `Promote`), so a lease never expires early
-//!   because leadership moved; it may live up to one TTL longer;
-//! - a follower keeps no deadlines ([`Lessor::demote`]) and answers no
-//!   keepalive (the caller relays it to the leader);
-//! - a lease whose deadline passed is not renewed (its revoke is on the
-//!   way): [`Lessor::renew`] says [`Renew::Expired`];
-//! - at most [`LessorConfig::revokes_per_round`] revokes are proposed per
-//!   [`LessorConfig::round_interval_us`], so a mass expiry does not flood the
-//!   log (etcd: 1000 revokes per second); a revoke not applied after
-//!   [`LessorConfig::revoke_retry_us`] is proposed again.
-//!
-//! Deadlines are not checkpointed (etcd's optional
-//! `--experimental-enable-lease-checkpoint`): a long TTL restarts in full on
-//! each leader change. See `docs/adr/0015-leases.md`.
-//!
-//! Method map:
-//! - **leadership**: [`promote`](Lessor::promote), [`demote`](Lessor::demote),
-//!   [`is_primary`](Lessor::is_primary);
-//! - **replicated changes**: [`granted`](Lessor::granted),
-//!   [`revoked`](Lessor::revoked) (optional: a deadline of a lease that is
-//!   gone is dropped when it comes due);
-//! - **clients, on the leader**: [`renew`](Lessor::renew),
-//!   [`remaining_us`](Lessor::remaining_us);
-//! - **timer**: [`next_deadline`](Lessor::next_deadline),
-//!   [`expire`](Lessor::expire).
+//! passed in).
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
@@ -79,7 +48,39 @@ pub enum Renew {
     NotPrimary,
 }
 
-/// The leader's lease deadlines. See the [module docs](self).
+/// The leader's lease clock (etcd 3.4's `lessor`, with time
+/// passed in). Which leases exist and what is attached to them is
+/// replicated state (the key-value store's); when each one expires is not:
+/// only the leader keeps deadlines, renews them on keepalives, and proposes
+/// a revoke through the log once one has passed.
+///
+/// Rules, as etcd 3.4 has them:
+/// - a new leader restarts every lease's countdown at its full TTL
+///   ([`Lessor::promote`], etcd's `Promote`), so a lease never expires early
+///   because leadership moved; it may live up to one TTL longer;
+/// - a follower keeps no deadlines ([`Lessor::demote`]) and answers no
+///   keepalive (the caller relays it to the leader);
+/// - a lease whose deadline passed is not renewed (its revoke is on the
+///   way): [`Lessor::renew`] says [`Renew::Expired`];
+/// - at most [`LessorConfig::revokes_per_round`] revokes are proposed per
+///   [`LessorConfig::round_interval_us`], so a mass expiry does not flood the
+///   log (etcd: 1000 revokes per second); a revoke not applied after
+///   [`LessorConfig::revoke_retry_us`] is proposed again.
+///
+/// Deadlines are not checkpointed (etcd's optional
+/// `--experimental-enable-lease-checkpoint`): a long TTL restarts in full on
+/// each leader change. See `docs/adr/0015-leases.md`.
+///
+/// Method map:
+/// - **leadership**: [`promote`](Lessor::promote), [`demote`](Lessor::demote),
+///   [`is_primary`](Lessor::is_primary);
+/// - **replicated changes**: [`granted`](Lessor::granted),
+///   [`revoked`](Lessor::revoked) (optional: a deadline of a lease that is
+///   gone is dropped when it comes due);
+/// - **clients, on the leader**: [`renew`](Lessor::renew),
+///   [`remaining_us`](Lessor::remaining_us);
+/// - **timer**: [`next_deadline`](Lessor::next_deadline),
+///   [`expire`](Lessor::expire).
 #[derive(Clone, Debug, Default)]
 pub struct Lessor {
     config: LessorConfig,

@@ -358,10 +358,11 @@ fn etcdctl_elect_with_an_observer() {
     stop(observer);
 }
 
-/// The `etcd-client` crate: grant, keepalive stream, time-to-live, and a
-/// lease-attached key disappearing when the lease is revoked.
+/// The `etcd-client` crate: grant, keepalive stream, time-to-live, a lease
+/// compare, a lease-attached key disappearing when the lease is revoked,
+/// and its lock client (the server-side Lock service).
 #[test]
-fn etcd_client_crate_lease_grant_keepalive_and_revoke() {
+fn etcd_client_crate_lease_keepalive_revoke_and_lock() {
     let c = Cluster::start(3);
     let eps: Vec<String> = (0..3)
         .map(|i| format!("http://{}", c.endpoint(i)))
@@ -409,8 +410,185 @@ fn etcd_client_crate_lease_grant_keepalive_and_revoke() {
         assert!(got.kvs().is_empty());
         let ttl = cl.lease_time_to_live(id, None).await.expect("ttl");
         assert_eq!(ttl.ttl(), -1, "an unknown lease has TTL -1");
+
+        // The Lock service: a second holder waits until the first unlocks.
+        let a = cl.lease_grant(10, None).await.expect("grant").id();
+        let b = cl.lease_grant(10, None).await.expect("grant").id();
+        let opts = |l| Some(etcd_client::LockOptions::new().with_lease(l));
+        let first = cl.lock("svc-lock", opts(a)).await.expect("lock");
+        assert!(first.key().starts_with(b"svc-lock/"));
+        let mut other = cl.clone();
+        let second = tokio::spawn(async move { other.lock("svc-lock", opts(b)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!second.is_finished(), "two holders at once");
+        cl.unlock(first.key()).await.expect("unlock");
+        let second = tokio::time::timeout(WAIT, second)
+            .await
+            .expect("lock handed over");
+        let second = second.expect("task").expect("lock");
+        assert_ne!(second.key(), first.key());
+        // A lock whose lease is revoked is released too.
+        let mut other = cl.clone();
+        let third = tokio::spawn(async move { other.lock("svc-lock", opts(a)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!third.is_finished());
+        cl.lease_revoke(b).await.expect("revoke");
+        let third = tokio::time::timeout(WAIT, third)
+            .await
+            .expect("lock handed over");
+        third.expect("task").expect("lock");
         keeper.keep_alive().await.expect("send");
         let resp = stream.message().await.expect("recv").expect("response");
         assert!(resp.ttl() <= 0, "a revoked lease is not renewed");
+    });
+}
+
+/// Leases and attachments are in the snapshots and the log: after every
+/// member is killed and restarted (snapshots every few entries), the lease
+/// is still there with its keys, and revoking it deletes them.
+#[test]
+fn leases_survive_a_kill9_of_every_member_and_snapshots() {
+    let mut c = Cluster::start_with(3, &["--snapshot-count=5"]);
+    let eps = c.endpoints();
+    let (id, _) = grant(&eps, 60);
+    etcdctl(&["--endpoints", &eps, "put", "--lease", &id, "reg/a", "1"]);
+    for i in 0..20 {
+        etcdctl(&["--endpoints", &eps, "put", &format!("filler{i}"), "x"]);
+    }
+    etcdctl(&["--endpoints", &eps, "put", "--lease", &id, "reg/b", "2"]);
+    for i in 0..3 {
+        c.kill9(i);
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.wait_for_leader();
+    let out = eventually("timetolive after restart", || {
+        let out = etcdctl_try(&["--endpoints", &eps, "lease", "timetolive", &id, "--keys"]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert!(out.contains("attached keys([reg/a reg/b])"), "{out}");
+    let list = etcdctl(&["--endpoints", &eps, "lease", "list"]);
+    assert!(list.contains(&id), "{list}");
+    etcdctl(&["--endpoints", &eps, "lease", "revoke", &id]);
+    assert_eq!(get(&eps, "reg/a"), "");
+    assert_eq!(get(&eps, "reg/b"), "");
+    assert_eq!(get(&eps, "filler3"), "x");
+}
+
+/// Mutual exclusion holds while the leader is killed and restarted: the
+/// holders' sessions are kept alive across the leader change, and no two
+/// critical sections overlap.
+#[test]
+fn etcdctl_lock_stays_exclusive_across_a_leader_kill9() {
+    let mut c = Cluster::start(3);
+    let eps = c.endpoints();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("cs.log");
+    let holders: Vec<Child> = (0..5)
+        .map(|i| {
+            let script = format!(
+                "echo enter {i} >> {p}; sleep 0.5; echo exit {i} >> {p}",
+                p = log.display()
+            );
+            Command::new(etcdctl_path())
+                .env("ETCDCTL_API", "3")
+                .args([
+                    "--dial-timeout=3s",
+                    "--endpoints",
+                    &eps,
+                    "lock",
+                    "--ttl=5",
+                    "mylock",
+                ])
+                .args(["--", "sh", "-c", &script])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn etcdctl")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let leader = c.wait_for_leader();
+    c.kill9(leader);
+    std::thread::sleep(Duration::from_secs(2));
+    c.spawn(leader);
+    let mut ok = 0;
+    for h in holders {
+        let out = h.wait_with_output().expect("lock holder finished");
+        if out.status.success() {
+            ok += 1;
+        } else {
+            eprintln!("holder failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<&str> = text.lines().collect();
+    // A holder whose request met the dead leader may fail (as against
+    // etcd); safety is that no two critical sections overlap.
+    assert!(ok >= 1, "no holder got the lock");
+    assert!(lines.len() >= 2 * ok, "{text}");
+    for pair in lines.chunks(2) {
+        assert_eq!(pair.len(), 2, "a critical section never ended: {text}");
+        let (a, b) = (pair[0], pair[1]);
+        assert!(
+            a.starts_with("enter ") && b.starts_with("exit "),
+            "overlap: {text}"
+        );
+        assert_eq!(a[6..], b[5..], "overlap: {text}");
+    }
+}
+
+/// The `etcd-client` crate's election client against the server-side
+/// Election service: campaign, leader, proclaim, observe, resign, and a
+/// candidate taking over when the leader's lease is revoked.
+#[test]
+fn etcd_client_crate_election() {
+    use etcd_client::{ProclaimOptions, ResignOptions};
+    let c = Cluster::start(3);
+    let eps: Vec<String> = (0..3).map(|i| format!("http://{}", c.endpoint(i))).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cl = etcd_client::Client::connect(eps, None).await.expect("connect");
+        let a = cl.lease_grant(10, None).await.expect("grant").id();
+        let b = cl.lease_grant(10, None).await.expect("grant").id();
+        let won = cl.campaign("db", "node-a", a).await.expect("campaign");
+        let key = won.leader().expect("leader key").clone();
+        assert!(key.key().starts_with(b"db/"));
+        let mut observe = cl.observe("db").await.expect("observe");
+        let seen = observe.message().await.expect("recv").expect("leader");
+        assert_eq!(seen.kv().expect("kv").value(), b"node-a");
+
+        let mut other = cl.clone();
+        let b_campaign = tokio::spawn(async move { other.campaign("db", "node-b", b).await });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!b_campaign.is_finished(), "two leaders at once");
+
+        let opts = ProclaimOptions::new().with_leader(key.clone());
+        cl.proclaim("node-a2", Some(opts)).await.expect("proclaim");
+        let seen = observe.message().await.expect("recv").expect("leader");
+        assert_eq!(seen.kv().expect("kv").value(), b"node-a2");
+        let now = cl.leader("db").await.expect("leader");
+        assert_eq!(now.kv().expect("kv").value(), b"node-a2");
+        assert_eq!(now.kv().expect("kv").lease(), a);
+
+        // The leader's lease goes: the waiting candidate wins.
+        cl.lease_revoke(a).await.expect("revoke");
+        let won_b = tokio::time::timeout(WAIT, b_campaign).await.expect("b wins");
+        let won_b = won_b.expect("task").expect("campaign");
+        let seen = observe.message().await.expect("recv").expect("leader");
+        assert_eq!(seen.kv().expect("kv").value(), b"node-b");
+        // The old leader can no longer proclaim.
+        let opts = ProclaimOptions::new().with_leader(key);
+        let err = cl.proclaim("stale", Some(opts)).await.unwrap_err();
+        assert!(err.to_string().contains("election: not leader"), "{err}");
+
+        let b_key = won_b.leader().expect("leader key").clone();
+        cl.resign(Some(ResignOptions::new().with_leader(b_key))).await.expect("resign");
+        let err = cl.leader("db").await.unwrap_err();
+        assert!(err.to_string().contains("election: no leader"), "{err}");
     });
 }
