@@ -768,8 +768,19 @@ fn report(
     };
     let _ = writeln!(
         s,
-        "- **Command:** `{cmd}` (this run was invoked as `metalraft-bench {}`); the suite took {:.0} s\n\
-         - **Schedule:** per workload, {} run(s) per system alternating {}, each {:.1} s warm-up + {:.1} s measured; \
+        "- **Command:** `{cmd}` (this run was invoked as `metalraft-bench {}`); the suite took {:.0} s{}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        took.as_secs_f64(),
+        if o.workloads.is_empty() {
+            "\n- **Key-value workloads:** none selected (no preload, no disk ceiling)\n"
+        } else {
+            ""
+        },
+    );
+    if !o.workloads.is_empty() {
+        let _ = writeln!(
+        s,
+        "- **Schedule:** per workload, {} run(s) per system alternating {}, each {:.1} s warm-up + {:.1} s measured; \
          ops/s is the median over runs, latency percentiles pool every measured operation, CPU seconds are the \
          mean per run of each member's utime+stime in the measured window (`/proc/<pid>/stat`), peak RSS is \
          VmHWM after the run (max over runs)\n\
@@ -778,8 +789,6 @@ fn report(
          round-robin over the members starting at the leader); every answer checked (values self-describing and \
          checksummed, per-client revisions increasing, linearizable reads at the current revision, written keys \
          read back after each write workload)\n",
-        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
-        took.as_secs_f64(),
         o.reps,
         if both { "(etcd, metalraft, etcd, metalraft, …)" } else { "(one system only)" },
         o.warmup.as_secs_f64(),
@@ -789,6 +798,7 @@ fn report(
         load::VALUE_BYTES,
         load::CLIENTS_PER_CONN.load(std::sync::atomic::Ordering::Relaxed),
     );
+    }
 
     if !o.workloads.is_empty() {
         let _ = writeln!(s, "## Throughput and latency\n");

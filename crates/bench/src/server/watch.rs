@@ -1091,6 +1091,7 @@ pub fn report(
                 let _ = writeln!(s, "| fan-out | – | a run failed |");
             }
         }
+        let _ = writeln!(s);
     }
 }
 
