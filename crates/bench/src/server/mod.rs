@@ -460,7 +460,7 @@ async fn watch_workloads(o: &Opts, clusters: &mut [Cluster]) -> watch::Results {
                 match &out {
                     Ok(f) => eprintln!(
                         "watch-fanout       {:<9} rep {}: {:>9.0} events/s  p50 {:.2} ms  p99 {:.2} ms  \
-                         idle {:.1} KiB/watcher  {} puts at {:.0}/s  drain {:.3} s",
+                         idle {:.1} KiB/watcher  {} puts at {:.0}/s ({} held back)  drain {:.3} s",
                         c.system.name(),
                         rep + 1,
                         f.events_per_sec,
@@ -469,6 +469,7 @@ async fn watch_workloads(o: &Opts, clusters: &mut [Cluster]) -> watch::Results {
                         f.idle_kib_per_watcher(),
                         f.puts,
                         f.puts_per_sec,
+                        f.held_back,
                         f.drain_secs,
                     ),
                     Err(e) => eprintln!(
