@@ -878,6 +878,17 @@ impl Results {
     }
 }
 
+/// The first run's idle memory per watcher, then the later runs'.
+fn idle_kib(c: &FanoutCell) -> String {
+    let k = &c.kib_per_watcher;
+    let later: Vec<String> = k[1..].iter().map(|x| format!("{x:.1}")).collect();
+    if later.is_empty() {
+        format!("{:.1}", k[0])
+    } else {
+        format!("{:.1} ({})", k[0], later.join(" / "))
+    }
+}
+
 fn esc(e: &str) -> String {
     e.replace('|', "\\|").replace('\n', " ")
 }
@@ -907,7 +918,9 @@ pub fn report(
              offered rate is puts/s × watchers. **Latency** = event delivery − the put's acknowledgement, both seen \
              by the load generator's clock, every measured event of every run pooled (an event that arrives before \
              its acknowledgement counts as 0). **Idle memory per watcher** = (RSS of the three members after \
-             opening the watchers and {} s idle − before) / watchers, per run. CPU is each member's utime+stime \
+             opening the watchers and {} s idle − before) / watchers, from the first run, before any watch load; later \
+             runs are in parentheses: the members are still handing back the previous run's memory then (Go's \
+             scavenger, freed buffers), so their differences are disturbed and can be negative. CPU is each member's utime+stime \
              from the first measured put to the last delivery (mean per run).\n",
             p.watchers,
             p.per_connection,
@@ -920,7 +933,7 @@ pub fn report(
         );
         let _ = writeln!(
             s,
-            "| system | events/s delivered | puts/s | p50 ms | p99 ms | p99.9 ms | max ms | idle memory per watcher, KiB (runs) | CPU µs per event (all members) | CPU s per member (m1 / m2 / m3) | load generator CPU s |"
+            "| system | events/s delivered | puts/s | p50 ms | p99 ms | p99.9 ms | max ms | idle memory per watcher, KiB, first run (later runs) | CPU µs per event (all members) | CPU s per member (m1 / m2 / m3) | load generator CPU s |"
         );
         let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for &sys in systems {
@@ -938,11 +951,7 @@ pub fn report(
                         ms(c.lat.quantile(0.99)),
                         ms(c.lat.quantile(0.999)),
                         ms(c.lat.quantile(1.0)),
-                        c.kib_per_watcher
-                            .iter()
-                            .map(|k| format!("{k:.1}"))
-                            .collect::<Vec<_>>()
-                            .join(" / "),
+                        idle_kib(c),
                         c.cpu_us_per_event,
                         c.cpu_secs
                             .iter()
@@ -966,10 +975,10 @@ pub fn report(
         if both {
             match (fan.get(&System::Etcd), fan.get(&System::Metalraft)) {
                 (Some(Ok(e)), Some(Ok(m))) => {
-                    let kib = |c: &FanoutCell| crate::median(c.kib_per_watcher.clone());
+                    let kib = |c: &FanoutCell| c.kib_per_watcher[0];
                     let _ = writeln!(
                         s,
-                        "| **metalraft/etcd** | **{}** | | {} | **{}** | {} | {} | {} (medians) | {} | | |",
+                        "| **metalraft/etcd** | **{}** | | {} | **{}** | {} | {} | {} (first runs) | {} | | |",
                         ratio(m.events_per_sec, e.events_per_sec),
                         ratio(m.lat.quantile(0.5), e.lat.quantile(0.5)),
                         ratio(m.lat.quantile(0.99), e.lat.quantile(0.99)),
@@ -1094,9 +1103,9 @@ pub fn report(
                 );
                 let _ = writeln!(
                     s,
-                    "| memory per idle watcher reported | {:.1} KiB vs {:.1} KiB (etcd) | yes |",
-                    crate::median(m.kib_per_watcher.clone()),
-                    crate::median(e.kib_per_watcher.clone())
+                    "| memory per idle watcher reported | {:.1} KiB vs {:.1} KiB (etcd), first run | yes |",
+                    m.kib_per_watcher[0],
+                    e.kib_per_watcher[0]
                 );
             }
             _ => {
