@@ -311,9 +311,15 @@ async fn connect(ep: &str) -> Result<Client, String> {
 /// Watch RPCs are streams: no per-request timeout on their connection.
 async fn connect_watch(ep: &str) -> Result<WatchClient, String> {
     let opts = ConnectOptions::new().with_connect_timeout(load::REQUEST_TIMEOUT);
-    let c = Client::connect([ep], Some(opts))
+    let mut c = Client::connect([ep], Some(opts))
         .await
         .map_err(|e| format!("connect {ep}: {e}"))?;
+    // One round trip first, so that no measured watch pays for setting up
+    // the connection.
+    tokio::time::timeout(load::REQUEST_TIMEOUT, c.status())
+        .await
+        .map_err(|_| format!("status of {ep}: no answer"))?
+        .map_err(|e| format!("status of {ep}: {e}"))?;
     Ok(c.watch_client()
         .max_decoding_message_size(MAX_MESSAGE_BYTES))
 }
