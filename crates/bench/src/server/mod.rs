@@ -1189,6 +1189,6 @@ mod tests {
         // the idle pause before the RSS reading.
         let q = watch::Params::quick();
         let fanout = (q.warmup + q.measure).as_secs_f64() + 2.0;
-        assert!(7.0 * 2.0 * per + 2.0 * fanout * QUICK_REPS as f64 < 80.0);
+        assert!(7.0 * 2.0 * per + 2.0 * fanout * (QUICK_REPS as f64) < 80.0);
     }
 }

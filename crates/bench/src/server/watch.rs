@@ -37,6 +37,10 @@ pub const QUICK_FANOUT_WATCHERS: usize = 100;
 /// hyper's default of 200 concurrent streams per connection (etcd: no
 /// limit), so this stays well below it.
 pub const WATCHERS_PER_CONNECTION: usize = 50;
+/// hyper's default limit of concurrent streams per connection, which the
+/// metalraft server keeps.
+const SERVER_STREAMS_PER_CONNECTION: usize = 200;
+const _: () = assert!(WATCHERS_PER_CONNECTION < SERVER_STREAMS_PER_CONNECTION);
 /// Fan-out: puts per second, paced (open loop: a put is sent on schedule
 /// whether or not earlier ones have been answered).
 pub const PUT_RATE: u32 = 1_000;
@@ -1178,7 +1182,6 @@ mod tests {
         assert_eq!((p.warm_puts(), p.total_puts()), (1_000, 11_000));
         let q = Params::quick();
         assert_eq!((q.warm_puts(), q.total_puts()), (500, 2_500));
-        assert!(WATCHERS_PER_CONNECTION < 200);
         assert_eq!(fanout_key(42), b"w/0000042".to_vec());
         assert_eq!(key_index(10_042), 42);
         for w in WatchWorkload::all() {
