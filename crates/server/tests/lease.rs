@@ -549,14 +549,10 @@ fn etcdctl_lock_stays_exclusive_across_a_leader_kill9() {
 fn etcd_client_crate_election() {
     use etcd_client::{ProclaimOptions, ResignOptions};
     let c = Cluster::start(3);
-    let eps: Vec<String> = (0..3)
-        .map(|i| format!("http://{}", c.endpoint(i)))
-        .collect();
+    let eps: Vec<String> = (0..3).map(|i| format!("http://{}", c.endpoint(i))).collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut cl = etcd_client::Client::connect(eps, None)
-            .await
-            .expect("connect");
+        let mut cl = etcd_client::Client::connect(eps, None).await.expect("connect");
         let a = cl.lease_grant(10, None).await.expect("grant").id();
         let b = cl.lease_grant(10, None).await.expect("grant").id();
         let won = cl.campaign("db", "node-a", a).await.expect("campaign");
@@ -581,9 +577,7 @@ fn etcd_client_crate_election() {
 
         // The leader's lease goes: the waiting candidate wins.
         cl.lease_revoke(a).await.expect("revoke");
-        let won_b = tokio::time::timeout(WAIT, b_campaign)
-            .await
-            .expect("b wins");
+        let won_b = tokio::time::timeout(WAIT, b_campaign).await.expect("b wins");
         let won_b = won_b.expect("task").expect("campaign");
         let seen = observe.message().await.expect("recv").expect("leader");
         assert_eq!(seen.kv().expect("kv").value(), b"node-b");
@@ -593,9 +587,7 @@ fn etcd_client_crate_election() {
         assert!(err.to_string().contains("election: not leader"), "{err}");
 
         let b_key = won_b.leader().expect("leader key").clone();
-        cl.resign(Some(ResignOptions::new().with_leader(b_key)))
-            .await
-            .expect("resign");
+        cl.resign(Some(ResignOptions::new().with_leader(b_key))).await.expect("resign");
         let err = cl.leader("db").await.unwrap_err();
         assert!(err.to_string().contains("election: no leader"), "{err}");
     });

@@ -57,11 +57,13 @@ pub struct Cluster {
     members: Vec<Member>,
 }
 
-/// CPU seconds (user + system) and peak RSS of one member process.
+/// CPU seconds (user + system), peak RSS and current RSS of one member
+/// process.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcStats {
     pub cpu_secs: f64,
     pub hwm_kib: u64,
+    pub rss_kib: u64,
 }
 
 impl Cluster {
@@ -290,7 +292,7 @@ fn clk_tck() -> f64 {
     })
 }
 
-/// utime + stime (fields 14 and 15 of /proc/<pid>/stat) and VmHWM.
+/// utime + stime (fields 14 and 15 of /proc/<pid>/stat), VmHWM and VmRSS.
 pub fn proc_stats(pid: u32) -> Option<ProcStats> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; fields restart after ')'.
@@ -299,15 +301,18 @@ pub fn proc_stats(pid: u32) -> Option<ProcStats> {
     // rest starts at field 3 (state): utime is field 14 → index 11.
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm_kib = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
     Some(ProcStats {
         cpu_secs: ticks / clk_tck(),
-        hwm_kib,
+        hwm_kib: kib("VmHWM:"),
+        rss_kib: kib("VmRSS:"),
     })
 }
 
@@ -319,6 +324,7 @@ mod tests {
     fn reads_own_proc_stats() {
         let s = proc_stats(std::process::id()).expect("own /proc entry");
         assert!(s.hwm_kib > 0);
+        assert!(s.rss_kib > 0 && s.rss_kib <= s.hwm_kib);
         assert!(s.cpu_secs >= 0.0);
     }
 }
