@@ -323,9 +323,19 @@ fn etcdctl_elect_with_an_observer() {
     let eps = c.endpoints();
     let mut observer = spawn_etcdctl(&["--endpoints", &eps, "elect", "-l", "election"]);
     let p1 = spawn_etcdctl(&["--endpoints", &eps, "elect", "election", "p1"]);
-    let mut seen = BufReader::new(observer.stdout.take().expect("stdout")).lines();
-    let mut next_value = || loop {
-        let line = seen.next().expect("observer output").expect("line");
+    // Lines from the observer, read on a thread so a missing one fails the
+    // test after WAIT instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = observer.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next_value = || loop {
+        let line = rx.recv_timeout(WAIT).expect("observer output");
         if !line.starts_with("election/") {
             return line;
         }
@@ -342,9 +352,12 @@ fn etcdctl_elect_with_an_observer() {
         "get",
         "election/",
         "--prefix",
+        "--sort-by=CREATE",
+        "--order=ASCEND",
         "-w",
         "json",
     ]);
+    // Keys sort by lease ID in hex, not by age: p1's is the oldest.
     let lease = json_u64(&list, "lease").expect("p1's key has a lease");
     etcdctl(&[
         "--endpoints",
@@ -549,10 +562,14 @@ fn etcdctl_lock_stays_exclusive_across_a_leader_kill9() {
 fn etcd_client_crate_election() {
     use etcd_client::{ProclaimOptions, ResignOptions};
     let c = Cluster::start(3);
-    let eps: Vec<String> = (0..3).map(|i| format!("http://{}", c.endpoint(i))).collect();
+    let eps: Vec<String> = (0..3)
+        .map(|i| format!("http://{}", c.endpoint(i)))
+        .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut cl = etcd_client::Client::connect(eps, None).await.expect("connect");
+        let mut cl = etcd_client::Client::connect(eps, None)
+            .await
+            .expect("connect");
         let a = cl.lease_grant(10, None).await.expect("grant").id();
         let b = cl.lease_grant(10, None).await.expect("grant").id();
         let won = cl.campaign("db", "node-a", a).await.expect("campaign");
@@ -577,7 +594,9 @@ fn etcd_client_crate_election() {
 
         // The leader's lease goes: the waiting candidate wins.
         cl.lease_revoke(a).await.expect("revoke");
-        let won_b = tokio::time::timeout(WAIT, b_campaign).await.expect("b wins");
+        let won_b = tokio::time::timeout(WAIT, b_campaign)
+            .await
+            .expect("b wins");
         let won_b = won_b.expect("task").expect("campaign");
         let seen = observe.message().await.expect("recv").expect("leader");
         assert_eq!(seen.kv().expect("kv").value(), b"node-b");
@@ -587,7 +606,9 @@ fn etcd_client_crate_election() {
         assert!(err.to_string().contains("election: not leader"), "{err}");
 
         let b_key = won_b.leader().expect("leader key").clone();
-        cl.resign(Some(ResignOptions::new().with_leader(b_key))).await.expect("resign");
+        cl.resign(Some(ResignOptions::new().with_leader(b_key)))
+            .await
+            .expect("resign");
         let err = cl.leader("db").await.unwrap_err();
         assert!(err.to_string().contains("election: no leader"), "{err}");
     });
