@@ -127,7 +127,7 @@ impl Shared {
     }
 
     /// Waits (bounded) until some leader is known, returning the status.
-    async fn leader(&self) -> Result<crate::raft_loop::NodeStatus, EtcdError> {
+    pub(crate) async fn leader(&self) -> Result<crate::raft_loop::NodeStatus, EtcdError> {
         let mut st = self.raft.status.clone();
         let r = tokio::time::timeout(
             REQUEST_TIMEOUT,
@@ -296,6 +296,7 @@ impl pb::kv_server::Kv for KvService {
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize(s, &req)?;
         let r = req.into_inner();
         s.check_size(&r)?;
         let kr = command::range_request(&r)?;
@@ -313,6 +314,7 @@ impl pb::kv_server::Kv for KvService {
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize(s, &req)?;
         let r = req.into_inner();
         s.check_size(&r)?;
         let cmd = kv::Command::Put(command::put_request(&r)?);
@@ -329,6 +331,7 @@ impl pb::kv_server::Kv for KvService {
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize(s, &req)?;
         let r = req.into_inner();
         s.check_size(&r)?;
         let cmd = kv::Command::DeleteRange(command::delete_request(&r));
@@ -342,6 +345,7 @@ impl pb::kv_server::Kv for KvService {
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize(s, &req)?;
         let r = req.into_inner();
         s.check_size(&r)?;
         let cmd = kv::Command::Txn(command::txn_request(&r)?);
@@ -358,6 +362,7 @@ impl pb::kv_server::Kv for KvService {
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize(s, &req)?;
         let r = req.into_inner();
         let cmd = kv::Command::Compact(kv::CompactionRequest {
             revision: r.revision,
@@ -434,6 +439,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize_admin(s, &req)?;
         if !is_leader(s) {
             let mut c = leader_cluster_client(s).await?;
             return c.member_add(req.into_inner()).await;
@@ -502,6 +508,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize_admin(s, &req)?;
         if !is_leader(s) {
             let mut c = leader_cluster_client(s).await?;
             return c.member_remove(req.into_inner()).await;
@@ -555,6 +562,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize_admin(s, &req)?;
         if !is_leader(s) {
             let mut c = leader_cluster_client(s).await?;
             return c.member_update(req.into_inner()).await;
@@ -599,6 +607,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize_admin(s, &req)?;
         if !is_leader(s) {
             let mut c = leader_cluster_client(s).await?;
             return c.member_promote(req.into_inner()).await;
@@ -704,10 +713,11 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _: Request<pb::DefragmentRequest>,
+        req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         // The state machine lives in memory; there is nothing to defragment.
         let s = &self.0;
+        crate::auth::service::authorize_admin(s, &req)?;
         Ok(Response::new(pb::DefragmentResponse {
             header: Some(s.header_info().header(s.revision())),
         }))
@@ -718,6 +728,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         req: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize_admin(s, &req)?;
         let r = req.into_inner();
         let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
         // etcd: the hash of every version kept up to `revision` (0: now),
@@ -736,9 +747,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _: Request<pb::SnapshotRequest>,
+        req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize_admin(s, &req)?;
         let (bytes, rev) = {
             let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
             (kv.snapshot(), kv.revision())
@@ -900,6 +912,16 @@ impl peerpb::peer_server::Peer for PeerService {
         let env = self.check(r.envelope.as_ref())?;
         crate::publish::accept(&self.0, env.from, r.name, r.client_urls).await?;
         Ok(Response::new(peerpb::PublishReply {}))
+    }
+
+    async fn forward_auth(
+        &self,
+        req: Request<peerpb::ForwardAuthRequest>,
+    ) -> Result<Response<peerpb::ForwardAuthReply>, Status> {
+        let r = req.into_inner();
+        self.check(r.envelope.as_ref())?;
+        crate::auth::service::accept_forwarded(&self.0, &r.op).await?;
+        Ok(Response::new(peerpb::ForwardAuthReply {}))
     }
 
     async fn info(

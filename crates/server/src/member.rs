@@ -528,6 +528,7 @@ fn start(
         gauges: gauges.clone(),
         tick: cfg.heartbeat_interval,
     });
+    handle.auth.tokens().set_ttl(cfg.auth_token_ttl);
     let shared = Arc::new(Shared::new(
         cfg.clone(),
         handle.clone(),
@@ -611,6 +612,12 @@ fn serve_all(
         )
         .add_service(
             WatchServer::new(WatchService(shared.clone())).max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            crate::proto::etcdserverpb::auth_server::AuthServer::new(
+                crate::auth::service::AuthService(shared.clone()),
+            )
+            .max_decoding_message_size(max_recv),
         )
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(
