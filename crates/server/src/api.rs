@@ -442,7 +442,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         crate::auth::service::authorize_admin(s, &req)?;
         if !is_leader(s) {
             let mut c = leader_cluster_client(s).await?;
-            return c.member_add(req.into_inner()).await;
+            return c
+                .member_add(crate::auth::service::relayed(s, req).await?)
+                .await;
         }
         let r = req.into_inner();
         let urls = crate::config::parse_urls("peer-urls", &r.peer_ur_ls.join(","))
@@ -511,7 +513,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         crate::auth::service::authorize_admin(s, &req)?;
         if !is_leader(s) {
             let mut c = leader_cluster_client(s).await?;
-            return c.member_remove(req.into_inner()).await;
+            return c
+                .member_remove(crate::auth::service::relayed(s, req).await?)
+                .await;
         }
         let id = req.into_inner().id;
         if !s.raft.registry.contains(id) {
@@ -565,7 +569,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         crate::auth::service::authorize_admin(s, &req)?;
         if !is_leader(s) {
             let mut c = leader_cluster_client(s).await?;
-            return c.member_update(req.into_inner()).await;
+            return c
+                .member_update(crate::auth::service::relayed(s, req).await?)
+                .await;
         }
         let r = req.into_inner();
         if !s.raft.registry.contains(r.id) {
@@ -610,7 +616,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         crate::auth::service::authorize_admin(s, &req)?;
         if !is_leader(s) {
             let mut c = leader_cluster_client(s).await?;
-            return c.member_promote(req.into_inner()).await;
+            return c
+                .member_promote(crate::auth::service::relayed(s, req).await?)
+                .await;
         }
         let id = req.into_inner().id;
         if !s.raft.registry.contains(id) {
@@ -922,6 +930,16 @@ impl peerpb::peer_server::Peer for PeerService {
         self.check(r.envelope.as_ref())?;
         crate::auth::service::accept_forwarded(&self.0, &r.op).await?;
         Ok(Response::new(peerpb::ForwardAuthReply {}))
+    }
+
+    async fn issue_token(
+        &self,
+        req: Request<peerpb::IssueTokenRequest>,
+    ) -> Result<Response<peerpb::IssueTokenReply>, Status> {
+        let r = req.into_inner();
+        self.check(r.envelope.as_ref())?;
+        let token = crate::auth::service::issue_for_peer(&self.0, &r.user)?;
+        Ok(Response::new(peerpb::IssueTokenReply { token }))
     }
 
     async fn info(

@@ -217,6 +217,22 @@ fn auth_changes_through_followers_reach_every_member() {
             "etcdserver: permission denied",
         );
     }
+    // A member change through a follower reaches the leader as root.
+    let out = ok(
+        &f2,
+        Some("root:pw"),
+        &["member", "add", "m9", "--peer-urls=http://127.0.0.1:1"],
+    );
+    assert!(
+        out.contains("Member") && out.contains("added to cluster"),
+        "{out}"
+    );
+    refused(
+        &f2,
+        Some("alice:apw"),
+        &["member", "add", "m8", "--peer-urls=http://127.0.0.1:2"],
+        "etcdserver: permission denied",
+    );
     assert_eq!(
         ok(
             &f2,

@@ -198,6 +198,45 @@ pub async fn accept_forwarded(s: &Shared, op: &[u8]) -> Result<(), Status> {
     Ok(s.raft.propose_auth(op, REQUEST_TIMEOUT).await?)
 }
 
+/// A Cluster request to relay to the leader's client URL: while auth is
+/// enabled it carries a token the leader issued for the caller (asked over
+/// the Peer service), since this member's tokens mean nothing there.
+pub async fn relayed<T>(s: &Shared, req: Request<T>) -> Result<Request<T>, Status> {
+    let user = caller(&s.raft.auth, &req)?;
+    let mut out = Request::new(req.into_inner());
+    let Some(user) = user else {
+        return Ok(out);
+    };
+    let leader = s.raft.status.borrow().leader.ok_or(EtcdError::NoLeader)?;
+    let mut client = s.peer_client(leader).ok_or(EtcdError::NoLeader)?;
+    let ask = peerpb::IssueTokenRequest {
+        envelope: Some(s.envelope(leader)),
+        user,
+    };
+    let token = tokio::time::timeout(REQUEST_TIMEOUT, client.issue_token(ask))
+        .await
+        .map_err(|_| EtcdError::Timeout)?
+        .map_err(|st| errors::from_status(&st))?
+        .into_inner()
+        .token;
+    let token = tonic::metadata::MetadataValue::try_from(token.as_str())
+        .map_err(|e| EtcdError::Internal(format!("token from the leader: {e}")))?;
+    out.metadata_mut().insert(TOKEN_METADATA, token);
+    Ok(out)
+}
+
+/// The leader's side of [`relayed`]: a token for `user` on this member.
+pub fn issue_for_peer(s: &Shared, user: &str) -> Result<String, Status> {
+    if !s.raft.auth.read(|a| a.users.contains_key(user)) {
+        return Err(AuthError::UserNotFound.into());
+    }
+    Ok(s.raft
+        .auth
+        .tokens()
+        .issue(user, Instant::now())
+        .map_err(|e| EtcdError::Internal(format!("token randomness: {e}")))?)
+}
+
 async fn hash(cost: u32, password: String) -> Result<String, EtcdError> {
     tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
         .await
