@@ -529,6 +529,7 @@ fn start(
         tick: cfg.heartbeat_interval,
     });
     handle.auth.tokens().set_ttl(cfg.auth_token_ttl);
+    handle.auth.set_cert_users(cfg.tls.client_cert_auth);
     let shared = Arc::new(Shared::new(
         cfg.clone(),
         handle.clone(),

@@ -13,6 +13,7 @@
 //! its applied auth state, before the request is proposed or read (etcd
 //! checks again at apply with an auth revision; see docs/adr/0018-auth.md).
 
+pub mod cert;
 pub(crate) mod gateway;
 pub mod service;
 pub mod store;
@@ -134,6 +135,9 @@ impl From<AuthError> for crate::errors::EtcdError {
 pub struct Auth {
     state: Arc<RwLock<AuthState>>,
     tokens: Arc<Mutex<SimpleTokens>>,
+    /// `--client-cert-auth`: a request without a token is the user its TLS
+    /// client certificate's CommonName names.
+    cert_users: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Auth {
@@ -171,6 +175,18 @@ impl Auth {
     /// The state as a snapshot field.
     pub fn snapshot(&self) -> AuthState {
         self.read(|s| s.clone())
+    }
+
+    /// Makes the TLS client certificate's CommonName the user of requests
+    /// without a token (`--client-cert-auth`, as etcd).
+    pub fn set_cert_users(&self, on: bool) {
+        self.cert_users
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// See [`Auth::set_cert_users`].
+    pub fn cert_users(&self) -> bool {
+        self.cert_users.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This member's tokens.

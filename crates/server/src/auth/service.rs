@@ -44,7 +44,8 @@ impl From<AuthError> for Status {
 }
 
 /// The user a request comes from: `Ok(None)` while auth is disabled or when
-/// the request carries no token.
+/// the request carries no token (and, with `--client-cert-auth`, no client
+/// certificate with a CommonName).
 pub fn caller<T>(auth: &Auth, req: &Request<T>) -> Result<Option<String>, AuthError> {
     if !auth.read(|s| s.enabled) {
         return Ok(None);
@@ -55,7 +56,16 @@ pub fn caller<T>(auth: &Auth, req: &Request<T>) -> Result<Option<String>, AuthEr
         .or_else(|| md.get(GATEWAY_TOKEN_METADATA))
         .and_then(|v| v.to_str().ok());
     let Some(token) = token else {
-        return Ok(None);
+        // etcd: with --client-cert-auth, no token means the certificate's
+        // CommonName (a certificate without one is no user).
+        if !auth.cert_users() {
+            return Ok(None);
+        }
+        let certs = req.peer_certs();
+        return Ok(certs
+            .as_ref()
+            .and_then(|c| c.first())
+            .and_then(|c| super::cert::common_name(c)));
     };
     auth.tokens()
         .user(token, Instant::now())
