@@ -275,3 +275,74 @@ fn etcd_client_crate_with_user() {
         }
     });
 }
+
+/// curl `POST` to the gateway with an optional `Authorization` header.
+fn gateway_post(
+    port: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "-X", "POST", "-w", "\n%{http_code}", "-d", body]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: {t}")]);
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (json, code) = text.rsplit_once('\n').expect("status line");
+    (
+        code.trim().parse().expect("status"),
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {json:?}")),
+    )
+}
+
+#[test]
+fn the_gateway_authenticates_and_passes_the_authorization_header() {
+    let c = Cluster::start_with(1, FLAGS);
+    let ep = c.endpoint(0);
+    let port = ep.rsplit(':').next().unwrap();
+    set_up_root_and_alice(&ep);
+    let (code, v) = gateway_post(
+        port,
+        "/v3/auth/authenticate",
+        None,
+        r#"{"name":"alice","password":"apw"}"#,
+    );
+    assert_eq!(code, 200, "{v}");
+    let token = v["token"].as_str().expect("token").to_string();
+    // "foo/g" and "x" in base64.
+    let (code, v) = gateway_post(
+        port,
+        "/v3/kv/put",
+        Some(&token),
+        r#"{"key":"Zm9vL2c=","value":"MQ=="}"#,
+    );
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = gateway_post(
+        port,
+        "/v3/kv/put",
+        Some(&token),
+        r#"{"key":"eA==","value":"MQ=="}"#,
+    );
+    assert_eq!(code, 403, "{v}");
+    assert_eq!(v["message"], "etcdserver: permission denied");
+    let (code, v) = gateway_post(port, "/v3/kv/range", None, r#"{"key":"Zm9vL2c="}"#);
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["message"], "etcdserver: user name is empty");
+    let (code, v) = gateway_post(port, "/v3/auth/user/list", Some(&token), "{}");
+    assert_eq!(code, 403, "{v}");
+    let (_, v) = gateway_post(
+        port,
+        "/v3/auth/authenticate",
+        None,
+        r#"{"name":"root","password":"pw"}"#,
+    );
+    let root = v["token"].as_str().expect("token").to_string();
+    let (code, v) = gateway_post(port, "/v3/auth/user/list", Some(&root), "{}");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["users"], serde_json::json!(["alice", "root"]));
+}

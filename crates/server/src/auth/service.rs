@@ -7,6 +7,21 @@
 //! etcd's "invalid auth token" (clients re-authenticate and retry); no
 //! token is no user, which every check refuses with "user name is empty",
 //! as etcd does. With auth disabled tokens are ignored and all is allowed.
+//!
+//! # Hooking the Lease service (branch `lease`)
+//!
+//! etcd 3.4 checks nothing on LeaseGrant, LeaseKeepAlive, LeaseTimeToLive
+//! and LeaseLeases beyond a valid token, and on LeaseRevoke, and on a Put
+//! with a lease, that the caller may write every key attached to the lease
+//! (its `checkLeasePuts`). With the lease store's key list:
+//!
+//! ```ignore
+//! // LeaseRevoke, and KvService::put when `r.lease != 0`:
+//! let user = crate::auth::service::caller(&s.raft.auth, &req)?;
+//! crate::auth::service::may_write_keys(&s.raft.auth, user.as_deref(), &keys)?;
+//! // LeaseGrant / KeepAlive / TimeToLive / Leases: only a valid token.
+//! crate::auth::service::caller(&s.raft.auth, &req)?;
+//! ```
 
 // tonic's handlers return `Result<_, Status>`; `Status` is large by design.
 #![allow(clippy::result_large_err)]
@@ -171,6 +186,15 @@ pub fn may_watch(
     range_end: &[u8],
 ) -> Result<(), AuthError> {
     auth.read(|a| a.check_range(user, key, range_end, PermType::Read))
+}
+
+/// Checks that `user` may write each of `keys` (a lease's keys, see the
+/// module doc).
+pub fn may_write_keys(auth: &Auth, user: Option<&str>, keys: &[Vec<u8>]) -> Result<(), AuthError> {
+    auth.read(|a| {
+        keys.iter()
+            .try_for_each(|k| a.check_range(user, k, &[], PermType::Write))
+    })
 }
 
 /// Replicates `op` and waits until it is applied here or on the leader:
