@@ -185,7 +185,7 @@ pub struct AuthState {
     pub enabled: bool,
     /// Users by name.
     pub users: BTreeMap<String, User>,
-    /// Roles by name, each with its permissions in grant order.
+    /// Roles by name, each with its permissions in key order.
     pub roles: BTreeMap<String, Vec<Permission>>,
     /// Successful changes applied (etcd's auth revision).
     pub revision: u64,
@@ -309,7 +309,13 @@ impl AuthState {
                     .find(|p| p.key == perm.key && p.range_end == perm.range_end)
                 {
                     Some(p) => p.perm_type = perm.perm_type,
-                    None => perms.push(perm.clone()),
+                    None => {
+                        // Kept in key order, as etcd lists them.
+                        let at = perms.partition_point(|p| {
+                            (&p.key, &p.range_end) <= (&perm.key, &perm.range_end)
+                        });
+                        perms.insert(at, perm.clone());
+                    }
                 }
             }
             AuthOp::RoleRevokePermission {
@@ -619,13 +625,15 @@ mod tests {
     #[test]
     fn adjacent_permissions_cover_a_range_together() {
         let s = enabled_with_alice(&[
-            perm(PermType::Read, b"a", b"c"),
             perm(PermType::ReadWrite, b"c", b"e"),
+            perm(PermType::Read, b"a", b"c"),
         ]);
         let a = Some("alice");
         assert!(s.check_range(a, b"b", b"d", PermType::Read).is_ok());
         assert!(s.check_range(a, b"b", b"d", PermType::Write).is_err());
         assert!(s.check_range(a, b"a", b"f", PermType::Read).is_err());
+        let keys: Vec<&[u8]> = s.roles["r"].iter().map(|p| p.key.as_slice()).collect();
+        assert_eq!(keys, [b"a".as_slice(), b"c"], "listed in key order");
     }
 
     #[test]
