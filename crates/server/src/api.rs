@@ -725,7 +725,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         // The state machine lives in memory; there is nothing to defragment.
         let s = &self.0;
-        crate::auth::service::authorize_admin(s, &req)?;
+        crate::auth::service::authorize_maintenance(s, &req)?;
         Ok(Response::new(pb::DefragmentResponse {
             header: Some(s.header_info().header(s.revision())),
         }))
@@ -736,7 +736,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         req: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         let s = &self.0;
-        crate::auth::service::authorize_admin(s, &req)?;
+        crate::auth::service::authorize_maintenance(s, &req)?;
         let r = req.into_inner();
         let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
         // etcd: the hash of every version kept up to `revision` (0: now),
@@ -758,7 +758,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let s = &self.0;
-        crate::auth::service::authorize_admin(s, &req)?;
+        crate::auth::service::authorize_maintenance(s, &req)?;
         let (bytes, rev) = {
             let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
             (kv.snapshot(), kv.revision())
