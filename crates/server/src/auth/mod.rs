@@ -156,12 +156,17 @@ impl Auth {
     pub fn apply(&self, op: &AuthOp) -> Result<(), AuthError> {
         let mut g = self.state.write().unwrap_or_else(|p| p.into_inner());
         let r = g.apply(op);
-        let enabled = g.enabled;
         drop(g);
-        // Tokens name users; a change to who exists or is enabled drops
-        // every token, as etcd invalidates them on auth disable/user delete.
-        if (r.is_ok() && op.invalidates_tokens()) || !enabled {
-            self.tokens().clear();
+        // As etcd: disabling ends every session, deleting a user or
+        // changing its password ends that user's.
+        if r.is_ok() {
+            match op {
+                AuthOp::Disable => self.tokens().clear(),
+                AuthOp::UserDelete { name } | AuthOp::UserChangePassword { name, .. } => {
+                    self.tokens().invalidate_user(name)
+                }
+                _ => {}
+            }
         }
         r
     }

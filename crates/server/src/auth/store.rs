@@ -167,15 +167,6 @@ impl AuthOp {
         }
         Ok(op)
     }
-
-    /// Whether applying it ends the sessions of existing tokens (etcd drops
-    /// tokens on auth disable, user delete and password change).
-    pub fn invalidates_tokens(&self) -> bool {
-        matches!(
-            self,
-            AuthOp::Disable | AuthOp::UserDelete { .. } | AuthOp::UserChangePassword { .. }
-        )
-    }
 }
 
 /// Users, roles and whether auth is enabled: what every member applies.

@@ -77,9 +77,14 @@ impl SimpleTokens {
         Some(user.clone())
     }
 
-    /// Drops every token (auth disabled, users changed).
+    /// Drops every token (auth disabled, a snapshot installed).
     pub fn clear(&mut self) {
         self.live.clear();
+    }
+
+    /// Drops the tokens of `user` (deleted, or its password changed).
+    pub fn invalidate_user(&mut self, user: &str) {
+        self.live.retain(|_, (u, _)| u != user);
     }
 
     fn expire(&mut self, now: Instant) {
@@ -106,7 +111,11 @@ mod tests {
         assert_eq!(t.user(&b, t0 + 10 * s), None);
         assert_eq!(t.user(&a, t0 + 18 * s).as_deref(), Some("alice"));
         assert_eq!(t.user("nope", t0), None);
-        t.clear();
+        let c = t.issue("carol", t0 + 18 * s).unwrap();
+        t.invalidate_user("alice");
         assert_eq!(t.user(&a, t0 + 18 * s), None);
+        assert_eq!(t.user(&c, t0 + 18 * s).as_deref(), Some("carol"));
+        t.clear();
+        assert_eq!(t.user(&c, t0 + 18 * s), None);
     }
 }
