@@ -31,6 +31,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "workspace tests (core, kv, sim, server processes with etcdctl, QEMU firmware cluster, bench checks)"
 cargo test --workspace
 
+step "a real client library's own test suite: the etcd-client crate's tests against one member"
+scripts/client-suite.sh
+
 step "full disk (mounts a tmpfs: root only)"
 if [ "$(id -u)" = 0 ]; then
     cargo test -p metalraft --test disk_full -- --ignored
@@ -40,6 +43,9 @@ fi
 
 step "firmware wire formats (the firmware's own workspace; the QEMU cluster test runs above)"
 (cd crates/firmware && cargo test -p metalraft-fw-proto --target x86_64-unknown-linux-gnu)
+
+step "fuzz: fmt, clippy, and every committed fuzz input replayed through the targets (stable; core, kv, firmware; no server, no libFuzzer)"
+fuzz/ci.sh
 
 step "simulator: fixed seed ranges, then fresh random seeds (a failure prints its replay command)"
 sim() { cargo run --release -q -p metalraft-sim -- "$@"; }

@@ -6,7 +6,12 @@
 use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/etcdserverpb/rpc.proto", "proto/metalraft/peer.proto"];
+    let files = [
+        "proto/etcdserverpb/rpc.proto",
+        "proto/v3lockpb/v3lock.proto",
+        "proto/v3electionpb/v3election.proto",
+        "proto/metalraft/peer.proto",
+    ];
     let fds = protox::compile(files, ["proto"])?;
     let descriptors = fds.encode_to_vec();
     tonic_build::configure()
@@ -16,7 +21,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
         .preserve_proto_field_names()
-        .build(&[".etcdserverpb", ".mvccpb", ".authpb"])?;
+        .build(&[
+            ".etcdserverpb",
+            ".mvccpb",
+            ".authpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -58,6 +58,17 @@ pub enum RequestError {
     },
     /// The revision counter would overflow `i64` (unreachable in practice).
     RevisionExhausted,
+    /// A put names a lease that does not exist, or a revoke a missing lease
+    /// (`ErrGRPCLeaseNotFound`). A [`KvStore`](crate::KvStore) refuses every
+    /// lease command with it.
+    LeaseNotFound,
+    /// A grant names a lease ID that exists (`ErrGRPCLeaseExist`).
+    LeaseExists,
+    /// A grant's TTL is above [`MAX_LEASE_TTL_SECS`](crate::MAX_LEASE_TTL_SECS)
+    /// (`ErrGRPCLeaseTTLTooLarge`).
+    LeaseTtlTooLarge,
+    /// A put with `ignore_lease` also names a lease (`ErrGRPCLeaseProvided`).
+    LeaseProvided,
 }
 
 impl fmt::Display for RequestError {
@@ -104,6 +115,10 @@ impl fmt::Display for RequestError {
                 "required revision {requested} is a future revision (current {current})"
             ),
             RequestError::RevisionExhausted => f.write_str("revision counter exhausted"),
+            RequestError::LeaseNotFound => f.write_str("requested lease not found"),
+            RequestError::LeaseExists => f.write_str("lease already exists"),
+            RequestError::LeaseTtlTooLarge => f.write_str("too large lease TTL"),
+            RequestError::LeaseProvided => f.write_str("lease is provided"),
         }
     }
 }

@@ -27,16 +27,21 @@ pub use limits::{
     ENTRY_OVERHEAD_BYTES, HISTORY_KEY_OVERHEAD_BYTES, HISTORY_VERSION_OVERHEAD_BYTES,
     INITIAL_REVISION, LOG_CHANGE_OVERHEAD_BYTES, LOG_RECORD_OVERHEAD_BYTES,
     MAX_CHANGES_SCANNED_REVISIONS, MAX_ENCODED_COMMAND_BYTES, MAX_ENCODED_RESULT_BYTES,
-    MAX_FRAMING_BYTES, MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES,
+    MAX_FRAMING_BYTES, MAX_KEY_BYTES, MAX_LEASE_TTL_SECS, MAX_REQUEST_BYTES, MAX_TXN_OPS,
+    MAX_VALUE_BYTES,
 };
-pub use mvcc::{Change, ChangeBatch, ChangeKind, HashKv, MvccStore, MVCC_SNAPSHOT_MAGIC};
+pub use mvcc::{
+    Change, ChangeBatch, ChangeKind, HashKv, LeaseInfo, MvccStore, MVCC_LEASE_SNAPSHOT_MAGIC,
+    MVCC_SNAPSHOT_MAGIC,
+};
 pub use request::{
     Command, CompactionRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
-    PutRequest, RangeRequest, RequestOp, SortOrder, SortTarget, TxnRequest,
+    LeaseGrantRequest, LeaseOption, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp,
+    SortOrder, SortTarget, TxnLeases, TxnRequest,
 };
 pub use response::{
-    CommandResult, CompactionResponse, DeleteRangeResponse, KeyValue, PutResponse, RangeResponse,
-    ResponseHeader, ResponseOp, TxnResponse,
+    CommandResult, CompactionResponse, DeleteRangeResponse, KeyValue, LeaseGrantResponse,
+    LeaseRevokeResponse, PutResponse, RangeResponse, ResponseHeader, ResponseOp, TxnResponse,
 };
 pub use snapshot::SNAPSHOT_MAGIC;
 pub use store::KvStore;

@@ -64,6 +64,10 @@ pub const LOG_RECORD_OVERHEAD_BYTES: usize = 48;
 /// does bounded work; the caller continues from the batch's `next_revision`.
 pub const MAX_CHANGES_SCANNED_REVISIONS: usize = 4096;
 
+/// The longest lease TTL a grant may ask for, in seconds (etcd's
+/// `MaxLeaseTTL`, about 285 years).
+pub const MAX_LEASE_TTL_SECS: i64 = 9_000_000_000;
+
 /// The revision of an empty store, as in etcd (the first write gets 2).
 pub const INITIAL_REVISION: i64 = 1;
 

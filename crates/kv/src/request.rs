@@ -18,9 +18,60 @@ pub enum Command {
     /// A read ordered through the log (etcd serves reads outside the log;
     /// this exists for callers that want log-ordered reads).
     Range(RangeRequest),
+    // Variants below were appended for leases; existing encodings are
+    // unchanged, so logs written before them still decode. Only the
+    // MvccStore serves them: a KvStore refuses them as `LeaseNotFound`.
+    /// Create a lease (etcd `LeaseGrant`).
+    LeaseGrant(LeaseGrantRequest),
+    /// Delete a lease and every key attached to it, in one revision (etcd
+    /// `LeaseRevoke`, and the leader's revoke of an expired lease).
+    LeaseRevoke(LeaseRevokeRequest),
+    /// A put with etcd's `lease`/`ignore_lease` fields.
+    LeasePut(PutRequest, LeaseOption),
+    /// A transaction with lease fields on its puts.
+    LeaseTxn(TxnRequest, TxnLeases),
 }
 
-/// etcd `PutRequest` (no lease fields: leases are not implemented).
+/// etcd `PutRequest`'s lease fields (kept out of [`PutRequest`], whose
+/// encoding is fixed by existing logs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseOption {
+    /// Attach the key to this lease (0: to none; the key leaves its old one).
+    pub lease: i64,
+    /// Keep the key's current lease (`lease` must be 0; the key must exist).
+    pub ignore_lease: bool,
+}
+
+/// The lease fields of a [`TxnRequest`]'s puts: one [`LeaseOption`] per
+/// [`RequestOp::Put`] of each branch, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnLeases {
+    /// For the puts of `success`.
+    pub success: Vec<LeaseOption>,
+    /// For the puts of `failure`.
+    pub failure: Vec<LeaseOption>,
+}
+
+/// etcd `LeaseGrantRequest`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrantRequest {
+    /// The lease's ID; 0 lets the store choose one (deterministically, from
+    /// the log index, so every replica chooses the same).
+    pub id: i64,
+    /// Time to live in seconds, at most [`MAX_LEASE_TTL_SECS`](crate::MAX_LEASE_TTL_SECS).
+    /// The store keeps it as given: raising it to a minimum is the server's
+    /// business (it knows the election timeout).
+    pub ttl: i64,
+}
+
+/// etcd `LeaseRevokeRequest`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRevokeRequest {
+    /// The lease to revoke.
+    pub id: i64,
+}
+
+/// etcd `PutRequest` without its lease fields (see [`Command::LeasePut`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutRequest {
     /// The key; must not be empty.
@@ -155,7 +206,8 @@ pub enum CompareTarget {
     ModRevision(i64),
     /// The key's value; any compare on a missing key's value is false.
     Value(Vec<u8>),
-    /// The key's lease, always 0 here because leases are not implemented.
+    /// The key's lease (0 when missing or without a lease; always 0 in a
+    /// [`KvStore`](crate::KvStore), which has no leases).
     Lease(i64),
 }
 

@@ -102,6 +102,28 @@ pub enum CommandResult {
     Compact(CompactionResponse),
     /// Result of [`Command::Range`](crate::Command::Range).
     Range(RangeResponse),
+    /// Result of [`Command::LeaseGrant`](crate::Command::LeaseGrant).
+    LeaseGrant(LeaseGrantResponse),
+    /// Result of [`Command::LeaseRevoke`](crate::Command::LeaseRevoke).
+    LeaseRevoke(LeaseRevokeResponse),
+}
+
+/// etcd `LeaseGrantResponse`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrantResponse {
+    /// The store's revision (a grant does not change it).
+    pub header: ResponseHeader,
+    /// The lease's ID (the store's choice if the request's was 0).
+    pub id: i64,
+    /// Its time to live in seconds.
+    pub ttl: i64,
+}
+
+/// etcd `LeaseRevokeResponse`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRevokeResponse {
+    /// The revision after the revoke (one more if it deleted keys).
+    pub header: ResponseHeader,
 }
 
 impl CommandResult {
@@ -113,6 +135,8 @@ impl CommandResult {
             CommandResult::Txn(r) => r.header,
             CommandResult::Compact(r) => r.header,
             CommandResult::Range(r) => r.header,
+            CommandResult::LeaseGrant(r) => r.header,
+            CommandResult::LeaseRevoke(r) => r.header,
         }
     }
 }

@@ -138,6 +138,11 @@ impl KvStore {
             Command::Txn(r) => CommandResult::Txn(self.txn(r, &mut NoHistory)?),
             Command::Compact(r) => CommandResult::Compact(self.compact(r)?),
             Command::Range(r) => CommandResult::Range(self.range(r)?),
+            // No leases here: the firmware's store stays small (ADR 0015).
+            Command::LeaseGrant(_)
+            | Command::LeaseRevoke(_)
+            | Command::LeasePut(..)
+            | Command::LeaseTxn(..) => return Err(RequestError::LeaseNotFound),
         })
     }
 

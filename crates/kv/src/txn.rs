@@ -12,25 +12,30 @@ use core::cmp::Ordering;
 /// range. With no key in range, a value compare is false whatever the
 /// operator (etcd cannot tell a missing value from an empty one), and any
 /// other target compares a zeroed key-value (version, revisions, lease 0).
-pub(crate) fn holds(map: &BTreeMap<Vec<u8>, Entry>, c: &Compare) -> bool {
+/// `lease_of` gives a live key's lease (a store without leases: always 0).
+pub(crate) fn holds(
+    map: &BTreeMap<Vec<u8>, Entry>,
+    c: &Compare,
+    lease_of: impl Fn(&[u8]) -> i64,
+) -> bool {
     let mut in_range = KeyRange::new(&c.key, &c.range_end).iter(map).peekable();
     if in_range.peek().is_none() {
         return match &c.target {
             CompareTarget::Value(_) => false,
-            _ => outcome(c.result, ordering(None, &c.target)),
+            _ => outcome(c.result, ordering(None, 0, &c.target)),
         };
     }
-    in_range.all(|(_, e)| outcome(c.result, ordering(Some(e), &c.target)))
+    in_range.all(|(k, e)| outcome(c.result, ordering(Some(e), lease_of(k), &c.target)))
 }
 
 /// How the key's field compares to the operand (`None`: missing key).
-fn ordering(e: Option<&Entry>, target: &CompareTarget) -> Ordering {
+fn ordering(e: Option<&Entry>, lease: i64, target: &CompareTarget) -> Ordering {
     let field = |f: fn(&Entry) -> i64| e.map_or(0, f);
     match target {
         CompareTarget::Version(v) => field(|e| e.version).cmp(v),
         CompareTarget::CreateRevision(v) => field(|e| e.create_revision).cmp(v),
         CompareTarget::ModRevision(v) => field(|e| e.mod_revision).cmp(v),
-        CompareTarget::Lease(v) => 0.cmp(v),
+        CompareTarget::Lease(v) => lease.cmp(v),
         CompareTarget::Value(v) => e.map_or(&[][..], |e| &e.value[..]).cmp(&v[..]),
     }
 }

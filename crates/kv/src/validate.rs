@@ -4,8 +4,8 @@
 use crate::error::RequestError;
 use crate::limits::{MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES};
 use crate::request::{
-    Command, Compare, CompareTarget, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest,
+    Command, Compare, CompareTarget, DeleteRangeRequest, LeaseOption, PutRequest, RangeRequest,
+    RequestOp, TxnLeases, TxnRequest,
 };
 
 impl Command {
@@ -20,6 +20,20 @@ impl Command {
             Command::Txn(r) => check_txn(r)?,
             Command::Range(r) => check_range(r)?,
             Command::Compact(_) => {}
+            Command::LeaseGrant(g) => {
+                if g.ttl > crate::MAX_LEASE_TTL_SECS {
+                    return Err(RequestError::LeaseTtlTooLarge);
+                }
+            }
+            Command::LeaseRevoke(_) => {}
+            Command::LeasePut(r, l) => {
+                check_put(r)?;
+                check_lease_option(l)?;
+            }
+            Command::LeaseTxn(t, l) => {
+                check_txn(t)?;
+                check_txn_leases(t, l)?;
+            }
         }
         let len = self.payload_bytes();
         if len > MAX_REQUEST_BYTES {
@@ -38,11 +52,11 @@ impl Command {
             }
         }
         match self {
-            Command::Put(r) => r.key.len() + r.value.len(),
+            Command::Put(r) | Command::LeasePut(r, _) => r.key.len() + r.value.len(),
             Command::DeleteRange(r) => r.key.len() + r.range_end.len(),
             Command::Range(r) => r.key.len() + r.range_end.len(),
-            Command::Compact(_) => 0,
-            Command::Txn(t) => {
+            Command::Compact(_) | Command::LeaseGrant(_) | Command::LeaseRevoke(_) => 0,
+            Command::Txn(t) | Command::LeaseTxn(t, _) => {
                 let cmp: usize = t
                     .compare
                     .iter()
@@ -153,4 +167,31 @@ fn check_duplicates(ops: &[RequestOp]) -> Result<(), RequestError> {
         }
     }
     Ok(())
+}
+
+/// etcd `checkPutRequest`'s lease rule: `ignore_lease` with a lease is refused.
+fn check_lease_option(l: &LeaseOption) -> Result<(), RequestError> {
+    if l.ignore_lease && l.lease != 0 {
+        return Err(RequestError::LeaseProvided);
+    }
+    Ok(())
+}
+
+/// One [`LeaseOption`] per put of each branch, each valid.
+fn check_txn_leases(t: &TxnRequest, l: &TxnLeases) -> Result<(), RequestError> {
+    let puts = |ops: &[RequestOp]| {
+        ops.iter()
+            .filter(|op| matches!(op, RequestOp::Put(_)))
+            .count()
+    };
+    if puts(&t.success) != l.success.len() || puts(&t.failure) != l.failure.len() {
+        // A malformed command (the server builds both from one etcd txn).
+        return Err(RequestError::TooManyOps {
+            len: l.success.len().saturating_add(l.failure.len()),
+        });
+    }
+    l.success
+        .iter()
+        .chain(&l.failure)
+        .try_for_each(check_lease_option)
 }

@@ -36,6 +36,8 @@ pub(crate) trait History {
         wrote: bool,
         compact_revision: i64,
     ) -> Result<(), RequestError>;
+    /// The lease a live key is attached to (0: none), for lease compares.
+    fn lease_of(&self, key: &[u8]) -> i64;
     /// Serves a range of a transaction branch whose revision was checked.
     fn txn_range(
         &self,
@@ -58,6 +60,10 @@ impl History for NoHistory {
     #[inline(always)]
     fn keeps_versions(&self) -> bool {
         false
+    }
+    #[inline(always)]
+    fn lease_of(&self, _key: &[u8]) -> i64 {
+        0
     }
 
     fn check_txn_range(
@@ -218,7 +224,10 @@ impl KvStore {
         t: &TxnRequest,
         history: &mut H,
     ) -> Result<TxnResponse, RequestError> {
-        let succeeded = t.compare.iter().all(|c| txn::holds(&self.map, c));
+        let succeeded = t
+            .compare
+            .iter()
+            .all(|c| txn::holds(&self.map, c, |k| history.lease_of(k)));
         let ops = if succeeded { &t.success } else { &t.failure };
         let start = self.revision;
         let compact_revision = self.compact_revision;

@@ -355,6 +355,11 @@ impl Model {
             }
             Command::Txn(t) => self.txn(t).map(CommandResult::Txn),
             Command::Range(r) => self.range(r).map(CommandResult::Range),
+            // A KvStore has no leases.
+            Command::LeaseGrant(_)
+            | Command::LeaseRevoke(_)
+            | Command::LeasePut(..)
+            | Command::LeaseTxn(..) => Err(RequestError::LeaseNotFound),
             Command::Compact(c) => {
                 if c.revision > self.rev {
                     return Err(RequestError::FutureRevision {

@@ -160,6 +160,7 @@ impl Draft {
             kind: ChangeKind::Put,
             kv: next,
             prev_kv: None,
+            lease: 0,
         });
         PutResponse {
             header: ResponseHeader { revision: rev },
@@ -179,6 +180,7 @@ impl Draft {
                     ..KeyValue::default()
                 },
                 prev_kv: None,
+                lease: 0,
             });
         }
         DeleteRangeResponse {
@@ -322,6 +324,10 @@ impl Reference {
             }
             Command::Txn(t) => self.txn(t).map(CommandResult::Txn),
             Command::Range(r) => self.range(r).map(CommandResult::Range),
+            Command::LeaseGrant(_)
+            | Command::LeaseRevoke(_)
+            | Command::LeasePut(..)
+            | Command::LeaseTxn(..) => unreachable!("lease commands are modelled in leases.rs"),
             Command::Compact(c) => {
                 if c.revision > self.rev() {
                     return Err(RequestError::FutureRevision {

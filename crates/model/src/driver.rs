@@ -115,7 +115,11 @@ impl Driver {
     }
 
     /// Rebuilds an incarnation from the disk it started with and its inputs.
-    pub fn replay(cfg: Config, start: &MemStorage<Payload>, inputs: &[Input]) -> Driver {
+    pub fn replay<'a>(
+        cfg: Config,
+        start: &MemStorage<Payload>,
+        inputs: impl IntoIterator<Item = &'a Input>,
+    ) -> Driver {
         let mut d = Driver::start(cfg, start.clone(), &mut Outputs::default());
         for input in inputs {
             d.apply(input.clone(), &mut Outputs::default());

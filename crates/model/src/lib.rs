@@ -19,8 +19,8 @@
 //! use metalraft_model::{Bounds, RaftModel, Variant};
 //! use stateright::{Checker, Model};
 //!
-//! // Elections in term 2, no proposals, 10 steps deep: about a second.
-//! let bounds = Bounds { max_proposals: 0, max_depth: 10, ..Bounds::QUICK };
+//! // Elections in term 2, no proposals, 8 steps deep: well under a second.
+//! let bounds = Bounds { max_proposals: 0, max_depth: 8, ..Bounds::QUICK };
 //! let checker = RaftModel::new(Variant::Basic, bounds)
 //!     .checker()
 //!     .spawn_bfs()

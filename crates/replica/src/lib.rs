@@ -10,6 +10,9 @@ mod error;
 mod frame;
 #[cfg(feature = "kv")]
 mod kv;
+#[cfg(feature = "kv")]
+mod kv_lease;
+mod lease;
 mod machine;
 mod output;
 mod replica;
@@ -23,6 +26,9 @@ pub use error::{
 pub use frame::{Frame, Origin, FRAME_HEADER_BYTES};
 #[cfg(feature = "kv")]
 pub use kv::{KeyChange, KvError, KvEvent, MvccEvent};
+#[cfg(feature = "kv")]
+pub use kv_lease::{observe_lease_result, propose_expired_revokes, LeasedMvccStore};
+pub use lease::{Lessor, LessorConfig, Renew};
 pub use machine::{Instant, StateMachine};
 pub use output::{
     Completion, Event, MembershipChange, Outcome, Output, PersistWork, ReqId, SnapshotToSave,

@@ -92,8 +92,8 @@ struct ReadyRead<Q> {
 ///   nothing to do; [`Replica::poll_timeout`] says when to call
 ///   `handle_timeout` next.
 /// - **Getters:** [`Replica::id`], [`Replica::role`], [`Replica::leader`],
-///   [`Replica::term`], [`Replica::applied_index`], [`Replica::state_machine`],
-///   [`Replica::node`], [`Replica::storage`] / [`Replica::storage_mut`],
+///   [`Replica::term`], [`Replica::applied_index`], [`Replica::state_machine`]
+///   / [`Replica::state_machine_mut`], [`Replica::node`], [`Replica::storage`] / [`Replica::storage_mut`],
 ///   [`Replica::pending_proposals`], [`Replica::pending_reads`],
 ///   [`Replica::stats`], [`Replica::failure`].
 ///
@@ -182,6 +182,12 @@ impl<M: StateMachine, S: LogStorage<P>, P: EntryPayload> Replica<M, S, P> {
     /// The state machine, for local (serializable) reads and status.
     pub fn state_machine(&self) -> &M {
         &self.sm
+    }
+    /// The state machine, for state outside the replicated state (a lease
+    /// clock's keepalives, e.g. `LeasedMvccStore::lessor_mut`). Changing
+    /// replicated state through it breaks determinism: propose instead.
+    pub fn state_machine_mut(&mut self) -> &mut M {
+        &mut self.sm
     }
     /// The Raft node, read-only (its getters: commit index, configuration,
     /// stats...). Inputs go through the replica.

@@ -107,7 +107,7 @@ impl Shared {
         }
     }
 
-    fn revision(&self) -> i64 {
+    pub(crate) fn revision(&self) -> i64 {
         self.raft.kv.read().map(|k| k.revision()).unwrap_or(0)
     }
 
@@ -267,11 +267,21 @@ impl Shared {
     }
 }
 
+/// etcd reports the compacted revision of a store never compacted as -1
+/// (its `compactMainRev` starts there); clients test for it.
+fn etcd_compact_revision(compacted: i64) -> i64 {
+    if compacted == 0 {
+        -1
+    } else {
+        compacted
+    }
+}
+
 /// Whether a command can grow the store (a put, or a txn with a put).
 fn adds_data(cmd: &kv::Command) -> bool {
     match cmd {
-        kv::Command::Put(_) => true,
-        kv::Command::Txn(t) => t
+        kv::Command::Put(_) | kv::Command::LeasePut(..) | kv::Command::LeaseGrant(_) => true,
+        kv::Command::Txn(t) | kv::Command::LeaseTxn(t, _) => t
             .success
             .iter()
             .chain(&t.failure)
@@ -305,11 +315,10 @@ impl pb::kv_server::Kv for KvService {
         }
         let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
         let out = kv.range(&kr).map_err(command::request_error)?;
+        let mut resp = command::range_response(&s.header_info(), out);
+        crate::lease::fill_leases(&kv, &mut resp.kvs);
         drop(kv);
-        Ok(Response::new(command::range_response(
-            &s.header_info(),
-            out,
-        )))
+        Ok(Response::new(resp))
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
@@ -317,7 +326,7 @@ impl pb::kv_server::Kv for KvService {
         crate::auth::service::authorize(s, &req)?;
         let r = req.into_inner();
         s.check_size(&r)?;
-        let cmd = kv::Command::Put(command::put_request(&r)?);
+        let cmd = command::put_command(&r)?;
         match s.write(cmd).await? {
             kv::CommandResult::Put(p) => {
                 Ok(Response::new(command::put_response(&s.header_info(), p)))
@@ -348,10 +357,14 @@ impl pb::kv_server::Kv for KvService {
         crate::auth::service::authorize(s, &req)?;
         let r = req.into_inner();
         s.check_size(&r)?;
-        let cmd = kv::Command::Txn(command::txn_request(&r)?);
+        let cmd = command::txn_command(&r)?;
         match s.write(cmd).await? {
             kv::CommandResult::Txn(t) => {
-                Ok(Response::new(command::txn_response(&s.header_info(), t)))
+                let mut resp = command::txn_response(&s.header_info(), t);
+                if let Ok(kv) = s.raft.kv.read() {
+                    crate::lease::fill_txn_leases(&kv, &mut resp);
+                }
+                Ok(Response::new(resp))
             }
             _ => Err(EtcdError::Internal("unexpected result kind".into()).into()),
         }
@@ -724,11 +737,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         // The state machine lives in memory; there is nothing to defragment.
-        let s = &self.0;
-        crate::auth::service::authorize_maintenance(s, &req)?;
-        Ok(Response::new(pb::DefragmentResponse {
-            header: Some(s.header_info().header(s.revision())),
-        }))
+        // etcd 3.4 answers without a header, and clients test for that.
+        crate::auth::service::authorize_maintenance(&self.0, &req)?;
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     async fn hash_kv(
@@ -747,7 +758,24 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         Ok(Response::new(pb::HashKvResponse {
             header: Some(s.header_info().header(current)),
             hash: h.hash,
-            compact_revision: h.compact_revision,
+            compact_revision: etcd_compact_revision(h.compact_revision),
+        }))
+    }
+
+    async fn hash(
+        &self,
+        _: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        // etcd hashes its whole backend file; the closest equivalent here
+        // is every version kept, up to now (the same digest as HashKV(0)).
+        let s = &self.0;
+        let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
+        let h = kv.hash_kv(0).map_err(command::request_error)?;
+        let current = kv.revision();
+        drop(kv);
+        Ok(Response::new(pb::HashResponse {
+            header: Some(s.header_info().header(current)),
+            hash: h.hash,
         }))
     }
 
@@ -798,6 +826,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             .unwrap_or(false)
         {
             return Err(EtcdError::BadLeaderTransferee.into());
+        }
+        if target == s.cfg.id {
+            // Already there: etcd 3.4 answers at once, without a header.
+            return Ok(Response::new(pb::MoveLeaderResponse { header: None }));
         }
         s.raft.transfer(target).await?;
         let mut st = s.raft.status.clone();
@@ -940,6 +972,16 @@ impl peerpb::peer_server::Peer for PeerService {
         self.check(r.envelope.as_ref())?;
         let token = crate::auth::service::issue_for_peer(&self.0, &r.user)?;
         Ok(Response::new(peerpb::IssueTokenReply { token }))
+    }
+
+    async fn lease_renew(
+        &self,
+        req: Request<peerpb::LeaseRenewRequest>,
+    ) -> Result<Response<peerpb::LeaseRenewReply>, Status> {
+        let r = req.into_inner();
+        self.check(r.envelope.as_ref())?;
+        let reply = crate::lease::peer_lease_renew(&self.0, r).await?;
+        Ok(Response::new(reply))
     }
 
     async fn info(

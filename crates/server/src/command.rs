@@ -109,6 +109,10 @@ pub fn request_error(e: kv::RequestError) -> EtcdError {
         R::KeyNotFound => EtcdError::KeyNotFound,
         R::Compacted { .. } => EtcdError::Compacted,
         R::FutureRevision { .. } => EtcdError::FutureRevision,
+        R::LeaseNotFound => EtcdError::LeaseNotFound,
+        R::LeaseExists => EtcdError::LeaseExist,
+        R::LeaseTtlTooLarge => EtcdError::LeaseTtlTooLarge,
+        R::LeaseProvided => EtcdError::LeaseProvided,
         other => EtcdError::InvalidArgument(format!("etcdserver: {other}")),
     }
 }
@@ -160,12 +164,29 @@ pub fn range_request(r: &pb::RangeRequest) -> Result<kv::RangeRequest, EtcdError
     })
 }
 
-/// etcd `PutRequest` → kv. Leases do not exist yet, so a lease id or
-/// `ignore_lease` is refused with etcd's "lease not found".
-pub fn put_request(r: &pb::PutRequest) -> Result<kv::PutRequest, EtcdError> {
-    if r.lease != 0 || r.ignore_lease {
-        return Err(EtcdError::LeaseNotFound);
+/// etcd `PutRequest` → the command: a plain put, or one with lease fields.
+pub fn put_command(r: &pb::PutRequest) -> Result<kv::Command, EtcdError> {
+    let put = put_request(r)?;
+    Ok(match lease_option(r)? {
+        None => kv::Command::Put(put),
+        Some(l) => kv::Command::LeasePut(put, l),
+    })
+}
+
+/// etcd `PutRequest`'s lease fields (`None`: neither is set), checked as
+/// etcd's API layer does.
+fn lease_option(r: &pb::PutRequest) -> Result<Option<kv::LeaseOption>, EtcdError> {
+    if r.ignore_lease && r.lease != 0 {
+        return Err(EtcdError::LeaseProvided);
     }
+    Ok((r.lease != 0 || r.ignore_lease).then_some(kv::LeaseOption {
+        lease: r.lease,
+        ignore_lease: r.ignore_lease,
+    }))
+}
+
+/// etcd `PutRequest` → kv, without its lease fields (see [`put_command`]).
+pub fn put_request(r: &pb::PutRequest) -> Result<kv::PutRequest, EtcdError> {
     Ok(kv::PutRequest {
         key: r.key.clone(),
         value: r.value.clone(),
@@ -248,6 +269,31 @@ pub fn txn_request(r: &pb::TxnRequest) -> Result<kv::TxnRequest, EtcdError> {
         compare: r.compare.iter().map(compare).collect::<Result<_, _>>()?,
         success: r.success.iter().map(request_op).collect::<Result<_, _>>()?,
         failure: r.failure.iter().map(request_op).collect::<Result<_, _>>()?,
+    })
+}
+
+/// etcd `TxnRequest` → the command: a plain txn, or one whose puts carry
+/// lease fields.
+pub fn txn_command(r: &pb::TxnRequest) -> Result<kv::Command, EtcdError> {
+    let txn = txn_request(r)?;
+    let options = |ops: &[pb::RequestOp]| -> Result<Vec<kv::LeaseOption>, EtcdError> {
+        let mut out = Vec::new();
+        for op in ops {
+            if let Some(pb::request_op::Request::RequestPut(p)) = &op.request {
+                out.push(lease_option(p)?.unwrap_or_default());
+            }
+        }
+        Ok(out)
+    };
+    let leases = kv::TxnLeases {
+        success: options(&r.success)?,
+        failure: options(&r.failure)?,
+    };
+    let plain = |l: &[kv::LeaseOption]| l.iter().all(|o| *o == kv::LeaseOption::default());
+    Ok(if plain(&leases.success) && plain(&leases.failure) {
+        kv::Command::Txn(txn)
+    } else {
+        kv::Command::LeaseTxn(txn, leases)
     })
 }
 
@@ -378,13 +424,25 @@ mod tests {
     }
 
     #[test]
-    fn leases_are_refused_with_etcds_error() {
-        let r = pb::PutRequest {
+    fn lease_fields_make_a_lease_put_and_are_checked_as_etcd_does() {
+        let mut r = pb::PutRequest {
             key: b"k".to_vec(),
             lease: 5,
             ..Default::default()
         };
-        assert_eq!(put_request(&r), Err(EtcdError::LeaseNotFound));
+        let lease = kv::LeaseOption {
+            lease: 5,
+            ignore_lease: false,
+        };
+        assert_eq!(
+            put_command(&r),
+            Ok(kv::Command::LeasePut(put_request(&r).unwrap(), lease))
+        );
+        r.ignore_lease = true;
+        assert_eq!(put_command(&r), Err(EtcdError::LeaseProvided));
+        r.lease = 0;
+        r.ignore_lease = false;
+        assert!(matches!(put_command(&r), Ok(kv::Command::Put(_))));
     }
 
     #[test]

@@ -38,9 +38,18 @@ pub enum EtcdError {
     /// `ignore_value` with a value.
     #[error("etcdserver: value is provided")]
     ValueProvided,
-    /// A lease was given but leases are not implemented.
+    /// A put or revoke names a lease that does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// A grant names a lease ID that exists.
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    /// A grant's TTL is above etcd's maximum.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    /// A put has both `ignore_lease` and a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
     /// Too many operations in a txn.
     #[error("etcdserver: too many operations in txn request")]
     TooManyOps,
@@ -93,6 +102,7 @@ impl EtcdError {
             | EtcdError::EmptyKey
             | EtcdError::KeyNotFound
             | EtcdError::ValueProvided
+            | EtcdError::LeaseProvided
             | EtcdError::TooManyOps
             | EtcdError::DuplicateKey
             | EtcdError::InvalidArgument(_) => Code::InvalidArgument,
@@ -104,7 +114,10 @@ impl EtcdError {
             | EtcdError::NotSupportedForLearner
             | EtcdError::MembershipChangeNotReady(_) => Code::Unavailable,
             EtcdError::NoSpace => Code::ResourceExhausted,
-            EtcdError::Compacted | EtcdError::FutureRevision => Code::OutOfRange,
+            EtcdError::Compacted | EtcdError::FutureRevision | EtcdError::LeaseTtlTooLarge => {
+                Code::OutOfRange
+            }
+            EtcdError::LeaseExist => Code::FailedPrecondition,
             EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
             EtcdError::NotLeader | EtcdError::BadLeaderTransferee => Code::FailedPrecondition,
             EtcdError::Unsupported(_) => Code::Unimplemented,
@@ -135,6 +148,9 @@ pub fn from_status(s: &Status) -> EtcdError {
         EtcdError::KeyNotFound,
         EtcdError::ValueProvided,
         EtcdError::LeaseNotFound,
+        EtcdError::LeaseExist,
+        EtcdError::LeaseTtlTooLarge,
+        EtcdError::LeaseProvided,
         EtcdError::TooManyOps,
         EtcdError::DuplicateKey,
         EtcdError::NotLeader,
@@ -174,5 +190,17 @@ mod tests {
             from_status(&EtcdError::Compacted.into()),
             EtcdError::Compacted
         );
+        let s: Status = EtcdError::LeaseNotFound.into();
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.message(), "etcdserver: requested lease not found");
+        let s: Status = EtcdError::LeaseExist.into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(s.message(), "etcdserver: lease already exists");
+        let s: Status = EtcdError::LeaseTtlTooLarge.into();
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(s.message(), "etcdserver: too large lease TTL");
+        let s: Status = EtcdError::LeaseProvided.into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "etcdserver: lease is provided");
     }
 }

@@ -36,6 +36,7 @@ pub mod backup;
 pub mod cli;
 pub mod command;
 pub mod compactor;
+pub mod concurrency;
 pub mod config;
 pub mod dev;
 #[cfg(test)]
@@ -43,6 +44,7 @@ mod durability_tests;
 pub mod duration;
 pub mod errors;
 pub mod gateway;
+pub mod lease;
 pub mod machine;
 pub mod member;
 pub mod metrics;

@@ -11,10 +11,11 @@ use std::sync::{Arc, RwLock};
 
 use metalraft_core::{ConfChange, Index, Term};
 use metalraft_kv as kv;
-use metalraft_replica::{KvError, MvccEvent, StateMachine, StateMachineError};
+use metalraft_replica::{Instant, KvError, MvccEvent, StateMachine, StateMachineError};
 
 use crate::auth::{Auth, AuthError, AuthOp, AuthState};
 use crate::command::{self, CommandError, KIND_AUTH, KIND_KV};
+use crate::lease::LeaseClock;
 use crate::registry::{CodecError, Registry, RegistryOp, SnapshotData};
 
 /// What a proposer gets back from an applied command.
@@ -68,6 +69,9 @@ pub struct ServerMachine {
     /// The store's applied index, kept here so the replica's frequent
     /// `applied_index()` calls take no lock.
     applied: Index,
+    /// The leader's lease deadlines (not replicated), shared with the Lease
+    /// service for keepalives.
+    leases: LeaseClock,
 }
 
 impl ServerMachine {
@@ -78,7 +82,13 @@ impl ServerMachine {
             registry,
             auth: Auth::new(),
             applied: 0,
+            leases: LeaseClock::new(),
         }
+    }
+
+    /// The lease clock, shared with the Lease service.
+    pub fn leases(&self) -> LeaseClock {
+        self.leases.clone()
     }
 
     /// Restores the store and the registry from snapshot `data` (taken at
@@ -153,7 +163,10 @@ impl StateMachine for ServerMachine {
                 let out = StateMachine::apply(&mut *self.store()?, index, term, body, events)?;
                 self.applied = index;
                 match out {
-                    Ok(r) => return Ok(Ok(Applied::Kv(r))),
+                    Ok(r) => {
+                        self.leases.observe(body, &r);
+                        return Ok(Ok(Applied::Kv(r)));
+                    }
                     Err(KvError::Rejected(e)) => return Ok(Err(Refused::Kv(e))),
                     Err(KvError::Decode(e)) => CommandError::Kv(e),
                 }
@@ -254,6 +267,23 @@ impl StateMachine for ServerMachine {
         self.auth.restore(auth);
         self.applied = index;
         Ok(())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.leases.next_deadline()
+    }
+
+    fn on_timeout(&mut self, now: Instant, proposals: &mut Vec<Vec<u8>>) {
+        if let Ok(store) = self.kv.read() {
+            self.leases.expire(&store, now, proposals);
+        }
+    }
+
+    fn on_leader_change(&mut self, leader: bool, now: Instant) {
+        match self.kv.read() {
+            Ok(store) if leader => self.leases.promote(&store, now),
+            _ => self.leases.demote(),
+        }
     }
 }
 

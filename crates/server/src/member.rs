@@ -28,15 +28,18 @@ use url::Url;
 
 use crate::api::{ClusterService, KvService, MaintenanceService, PeerService, Shared};
 use crate::cli::ClusterState;
+use crate::concurrency::{ElectionService, LockService};
 use crate::config::MemberConfig;
 use crate::machine::ServerMachine;
 use crate::metrics;
 use crate::proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
-    watch_server::WatchServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::proto::peer::peer_server::PeerServer;
 use crate::proto::peer::{peer_client::PeerClient, Envelope, InfoRequest};
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::raft_loop::{self, LoopError, LoopParts, RaftHandle, RaftLoop};
 use crate::registry::Registry;
 use crate::storage::{SharedLog, Snapshot, Storage, StorageError, WalOptions, WriteBatch};
@@ -612,6 +615,10 @@ fn serve_all(
                 .max_decoding_message_size(max_recv),
         )
         .add_service(
+            LeaseServer::new(crate::lease::LeaseService(shared.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(
             WatchServer::new(WatchService(shared.clone())).max_decoding_message_size(max_recv),
         )
         .add_service(
@@ -619,6 +626,13 @@ fn serve_all(
                 crate::auth::service::AuthService(shared.clone()),
             )
             .max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            LockServer::new(LockService(shared.clone())).max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            ElectionServer::new(ElectionService(shared.clone()))
+                .max_decoding_message_size(max_recv),
         )
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(

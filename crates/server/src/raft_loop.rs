@@ -190,6 +190,8 @@ pub struct RaftHandle {
     pub status: watch::Receiver<NodeStatus>,
     /// The state machine (read under the lock for serializable reads).
     pub kv: Arc<RwLock<kv::MvccStore>>,
+    /// The leader's lease deadlines (keepalives renew them).
+    pub leases: crate::lease::LeaseClock,
     /// Applied events, for Watch streams.
     pub watch_feed: WatchFeed,
     /// Loop counters.
@@ -368,6 +370,7 @@ impl RaftLoop {
             inputs: tx,
             status: status_rx,
             kv: r.state_machine().kv(),
+            leases: r.state_machine().leases(),
             stats: stats.clone(),
             registry: registry.clone(),
             conf: conf.clone(),
@@ -425,6 +428,10 @@ impl RaftLoop {
                 ev = self.writer_events.recv() => self.on_writer_event(ev),
                 _ = shutdown.changed() => break Ok(()),
             };
+            // Wall time for lease expiry (leader only; also dates a
+            // leadership change, which restarts every lease countdown).
+            let now = self.replica.state_machine().leases().now();
+            self.replica.handle_timeout(now);
             if let Err(e) = step.and_then(|()| self.drive()) {
                 break Err(e);
             }

@@ -48,31 +48,59 @@ fn etcd_client_crate_put_get_txn_delete_status_and_unimplemented_services() {
         assert_ne!(header.member_id(), 0);
         assert!(header.raft_term() >= 2);
 
-        let prev = cl.put("a", "2", Some(PutOptions::new().with_prev_key())).await.unwrap();
+        let prev = cl
+            .put("a", "2", Some(PutOptions::new().with_prev_key()))
+            .await
+            .unwrap();
         assert_eq!(prev.prev_key().unwrap().value(), b"1");
 
         cl.put("p/1", "x", None).await.unwrap();
         cl.put("p/2", "y", None).await.unwrap();
-        let got = cl.get("p/", Some(GetOptions::new().with_prefix())).await.unwrap();
+        let got = cl
+            .get("p/", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
         assert_eq!(got.kvs().len(), 2);
         assert_eq!(got.count(), 2);
-        let limited = cl.get("p/", Some(GetOptions::new().with_prefix().with_limit(1))).await.unwrap();
+        let limited = cl
+            .get("p/", Some(GetOptions::new().with_prefix().with_limit(1)))
+            .await
+            .unwrap();
         assert_eq!(limited.kvs().len(), 1);
         assert!(limited.more());
-        let count = cl.get("p/", Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap();
+        let count = cl
+            .get(
+                "p/",
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .unwrap();
         assert_eq!(count.count(), 2);
         assert!(count.kvs().is_empty());
 
         // Past revisions read as they were; after a compaction, older ones
         // are refused as etcd refuses them.
         let first = header.revision();
-        let old = cl.get("a", Some(GetOptions::new().with_revision(first))).await.unwrap();
+        let old = cl
+            .get("a", Some(GetOptions::new().with_revision(first)))
+            .await
+            .unwrap();
         assert_eq!(old.kvs()[0].value(), b"1");
-        let before = cl.get("a", Some(GetOptions::new().with_revision(1))).await.unwrap();
+        let before = cl
+            .get("a", Some(GetOptions::new().with_revision(1)))
+            .await
+            .unwrap();
         assert!(before.kvs().is_empty(), "no key at revision 1");
         cl.compact(first + 1, None).await.unwrap();
-        let err = cl.get("a", Some(GetOptions::new().with_revision(first))).await.unwrap_err();
-        assert!(err.to_string().contains("required revision has been compacted"), "{err}");
+        let err = cl
+            .get("a", Some(GetOptions::new().with_revision(first)))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("required revision has been compacted"),
+            "{err}"
+        );
 
         let txn = Txn::new()
             .when([Compare::value("a", CompareOp::Equal, "2")])
@@ -83,7 +111,10 @@ fn etcd_client_crate_put_get_txn_delete_status_and_unimplemented_services() {
         let t = cl.get("t", None).await.unwrap();
         assert_eq!(t.kvs()[0].value(), b"yes");
 
-        let d = cl.delete("p/", Some(etcd_client::DeleteOptions::new().with_prefix())).await.unwrap();
+        let d = cl
+            .delete("p/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+            .await
+            .unwrap();
         assert_eq!(d.deleted(), 2);
 
         let st = cl.status().await.unwrap();
@@ -93,11 +124,18 @@ fn etcd_client_crate_put_get_txn_delete_status_and_unimplemented_services() {
         let members = cl.member_list().await.unwrap();
         assert_eq!(members.members().len(), 3);
 
-        // Leases are not implemented yet: gRPC UNIMPLEMENTED.
-        let err = cl.lease_grant(10, None).await.unwrap_err();
-        assert!(matches!(&err, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unimplemented), "{err:?}");
-        // A lease id on put is refused with etcd's error.
-        let err = cl.put("l", "v", Some(PutOptions::new().with_lease(7))).await.unwrap_err();
-        assert!(err.to_string().contains("requested lease not found"), "{err}");
+        // Leases are served (crates/server/tests/lease.rs tests them in depth).
+        let lease = cl.lease_grant(10, None).await.expect("lease grant");
+        assert_eq!(lease.ttl(), 10);
+        assert_ne!(lease.id(), 0);
+        // A lease that does not exist is refused on put with etcd's error.
+        let err = cl
+            .put("l", "v", Some(PutOptions::new().with_lease(7)))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("requested lease not found"),
+            "{err}"
+        );
     });
 }

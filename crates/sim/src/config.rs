@@ -51,6 +51,32 @@ pub const EVENTS_PER_NODE_TICK_MAX: u64 = 500;
 /// ... plus this many.
 pub const EVENTS_SLACK: u64 = 100_000;
 
+/// Most watchers a seed draws (a third of the seeds draw none).
+pub const WATCHERS_MAX: usize = 4;
+/// Keys only the background writer touches (`/sim/t0`, ...), next to the
+/// clients' keys (`/sim/k0`, ...), so its multi-key transactions and range
+/// deletes stay out of the clients' linearizability check.
+pub const BACKGROUND_KEYS: usize = 4;
+/// A watcher asks for at least one and at most this many events per
+/// response (drawn per watcher; the store never splits a revision, so a
+/// response may hold more).
+pub const WATCH_BATCH_EVENTS_MAX: usize = 16;
+/// A watcher polls its node every `TICK_US_NOMINAL / 2` up to this many
+/// ticks (drawn per watcher).
+pub const WATCH_POLL_TICKS_MAX: u64 = 5;
+/// Most breaks per million polls of a watch stream, on top of crashes and
+/// partitions (drawn per seed).
+pub const WATCH_BREAK_PPM_MAX: u64 = 40_000;
+/// The background writer compacts to at most this many revisions behind
+/// the leader's (drawn per seed).
+pub const COMPACT_RETENTION_REVISIONS_MAX: u64 = 60;
+
+/// In seeds with snapshots, background writes (two in three of them compactions)
+/// come on average at least every this many ticks ...
+pub const SNAPSHOT_SEED_BACKGROUND_GAP_TICKS_MAX: u64 = 20;
+/// ... and compact to at most this many revisions behind the leader.
+pub const SNAPSHOT_SEED_RETENTION_REVISIONS_MAX: u64 = 20;
+
 /// The slowest fsync the disk model draws, tail included: slow disks are
 /// long enough that peers answer before a node's own write completes
 /// (several network round trips), but stay below the shortest liveness
@@ -173,6 +199,183 @@ pub struct WorkloadConfig {
     pub cas_weight: u32,
 }
 
+/// The keys a watcher watches (etcd's `key` and `range_end`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchRange {
+    /// One key.
+    Key(Vec<u8>),
+    /// Every key with this prefix.
+    Prefix(Vec<u8>),
+    /// Every key from this one on (`range_end = "\0"`).
+    FromKey(Vec<u8>),
+}
+
+impl WatchRange {
+    /// etcd's (`key`, `range_end`).
+    pub fn bounds(&self) -> (Vec<u8>, Vec<u8>) {
+        match self {
+            WatchRange::Key(k) => (k.clone(), Vec::new()),
+            WatchRange::Prefix(p) => (p.clone(), metalraft_kv::prefix_end(p)),
+            WatchRange::FromKey(k) => (k.clone(), vec![0]),
+        }
+    }
+}
+
+impl std::fmt::Display for WatchRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WatchRange::Key(k) => write!(f, "{}", String::from_utf8_lossy(k)),
+            WatchRange::Prefix(p) => write!(f, "{}*", String::from_utf8_lossy(p)),
+            WatchRange::FromKey(k) => write!(f, "{}..", String::from_utf8_lossy(k)),
+        }
+    }
+}
+
+/// Where a watcher starts, resolved against its first node's revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchStart {
+    /// etcd's `start_revision = 0`: the node's revision + 1.
+    Now,
+    /// This many revisions before the node's revision (at least 1): past
+    /// events replayed from history (possibly compacted).
+    Past(i64),
+    /// This many revisions after the node's revision + 1: waits.
+    Future(i64),
+}
+
+/// One simulated watch client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatcherSpec {
+    /// What it watches.
+    pub range: WatchRange,
+    /// Where it starts.
+    pub start: WatchStart,
+    /// Most events it asks for per response.
+    pub batch_max: usize,
+    /// How often it polls its node when caught up.
+    pub poll_us: Time,
+    /// When it is created.
+    pub created_us: Time,
+}
+
+/// Watchers and the background writer (compactions, multi-key
+/// transactions and range deletes) of one seed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// The watchers.
+    pub watchers: Vec<WatcherSpec>,
+    /// Probability a poll finds its stream broken (a dropped connection).
+    pub break_ppm: u32,
+    /// Mean gap between background writes (0: none).
+    pub background_gap_us_mean: Time,
+    /// Relative weight of a compaction among background writes.
+    pub compact_weight: u32,
+    /// Relative weight of a multi-key transaction.
+    pub txn_weight: u32,
+    /// Relative weight of a range delete of every background key.
+    pub delete_range_weight: u32,
+    /// A compaction goes to the leader's revision minus up to this many.
+    pub compact_retention_revisions_max: u64,
+}
+
+impl WatchConfig {
+    /// Draws the watch workload of a seed with `keys` client keys and a
+    /// safety phase of `safety_ticks`.
+    pub fn draw(r: &mut Rng, keys: usize, safety_ticks: u64) -> Self {
+        let n = if r.range(0, 3) == 0 {
+            0
+        } else {
+            1 + r.index(WATCHERS_MAX)
+        };
+        let key = |r: &mut Rng| -> Vec<u8> {
+            if r.coin() {
+                format!("/sim/k{}", r.index(keys)).into_bytes()
+            } else {
+                format!("/sim/t{}", r.index(BACKGROUND_KEYS)).into_bytes()
+            }
+        };
+        let watchers = (0..n)
+            .map(|_| {
+                let range = match r.range(0, 6) {
+                    0 | 1 => WatchRange::Key(key(r)),
+                    2 => WatchRange::Prefix(b"/sim/".to_vec()),
+                    3 => WatchRange::Prefix(if r.coin() { b"/sim/k" } else { b"/sim/t" }.to_vec()),
+                    _ => WatchRange::FromKey(key(r)),
+                };
+                let start = match r.range(0, 4) {
+                    0 | 1 => WatchStart::Now,
+                    2 => WatchStart::Past(r.range(0, 80) as i64),
+                    _ => WatchStart::Future(1 + r.range(0, 20) as i64),
+                };
+                WatcherSpec {
+                    range,
+                    start,
+                    batch_max: 1 + r.index(WATCH_BATCH_EVENTS_MAX),
+                    poll_us: TICK_US_NOMINAL / 2
+                        + r.range(0, WATCH_POLL_TICKS_MAX * TICK_US_NOMINAL),
+                    created_us: r.range(0, safety_ticks * TICK_US_NOMINAL / 2),
+                }
+            })
+            .collect();
+        let background = r.range(0, 4) != 0;
+        WatchConfig {
+            watchers,
+            break_ppm: r.range(0, WATCH_BREAK_PPM_MAX + 1) as u32,
+            background_gap_us_mean: if background {
+                TICK_US_NOMINAL * (5 + r.range(0, 80))
+            } else {
+                0
+            },
+            compact_weight: 1 + r.range(0, 3) as u32,
+            txn_weight: 1 + r.range(0, 4) as u32,
+            delete_range_weight: r.range(0, 2) as u32,
+            compact_retention_revisions_max: r.range(0, COMPACT_RETENTION_REVISIONS_MAX + 1),
+        }
+    }
+
+    /// Seeds that snapshot also compact, often and close behind: a
+    /// snapshot carries the history since the last compaction, so without
+    /// compaction a lagging follower's catch-up (by chunks as small as 64
+    /// bytes) grows with the whole run and overruns the liveness budget,
+    /// which no deployment that snapshots would run (etcd's
+    /// auto-compaction). At least two background writes in three are
+    /// compactions, on average every [`SNAPSHOT_SEED_BACKGROUND_GAP_TICKS_MAX`]
+    /// ticks at most, to at most [`SNAPSHOT_SEED_RETENTION_REVISIONS_MAX`]
+    /// revisions behind.
+    pub fn compact_for_snapshots(&mut self) {
+        let gap_max = SNAPSHOT_SEED_BACKGROUND_GAP_TICKS_MAX * TICK_US_NOMINAL;
+        if self.background_gap_us_mean == 0 || self.background_gap_us_mean > gap_max {
+            self.background_gap_us_mean = gap_max;
+        }
+        self.compact_weight = self
+            .compact_weight
+            .max(2 * (self.txn_weight + self.delete_range_weight));
+        self.compact_retention_revisions_max = self
+            .compact_retention_revisions_max
+            .min(SNAPSHOT_SEED_RETENTION_REVISIONS_MAX);
+    }
+
+    /// The watchers in short: `/sim/k1@now,/sim/*@-5`.
+    pub fn summary(&self) -> String {
+        if self.watchers.is_empty() {
+            return "none".into();
+        }
+        let w: Vec<String> = self
+            .watchers
+            .iter()
+            .map(|w| {
+                let start = match w.start {
+                    WatchStart::Now => "now".to_string(),
+                    WatchStart::Past(n) => format!("-{n}"),
+                    WatchStart::Future(n) => format!("+{n}"),
+                };
+                format!("{}@{start}", w.range)
+            })
+            .collect();
+        w.join(",")
+    }
+}
+
 /// The whole configuration of one run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimConfig {
@@ -225,6 +428,8 @@ pub struct SimConfig {
     pub faults: FaultConfig,
     /// Client workload.
     pub workload: WorkloadConfig,
+    /// Watchers and background writes.
+    pub watch: WatchConfig,
     /// Length of the safety phase.
     pub safety_ticks: u64,
     /// Tick budget of the liveness phase.
@@ -284,6 +489,8 @@ impl SimConfig {
         }
         if !knobs.snapshots {
             c.snapshot_threshold_entries = 0;
+        } else {
+            c.watch.compact_for_snapshots();
         }
         c
     }
@@ -369,6 +576,11 @@ impl SimConfig {
             u64::from(election_timeout_ticks_min) * TICK_US_NOMINAL,
         );
         let schedule = Schedule::draw(&mut Rng::new(seed).fork(0x5C4E));
+        let watch = WatchConfig::draw(
+            &mut Rng::new(seed).fork(0x3A7C),
+            workload.keys,
+            safety_ticks,
+        );
         let mut cfg = SimConfig {
             seed,
             voters,
@@ -393,6 +605,7 @@ impl SimConfig {
             schedule,
             faults,
             workload,
+            watch,
             safety_ticks,
             // Follows the election timeout: set by meet_election_timing.
             liveness_budget_ticks: 0,
@@ -541,7 +754,8 @@ impl SimConfig {
         };
         c.snapshot_catch_up_entries = 0;
         c.max_pending_reads = c.core.max_pending_reads;
-        c.emit_apply_events = false;
+        // The replica's watch feed: judged against the committed history.
+        c.emit_apply_events = true;
         c
     }
 
@@ -549,7 +763,7 @@ impl SimConfig {
     pub fn summary(&self) -> String {
         format!(
             "seed={} voters={} spares={} conf_changes={} snapshot_threshold={} clients={} keys={} reads={:?} hb={} et={}..{} prevote={} checkquorum={} \
-             drop={}ppm dup={}ppm reorder={}ppm latency={}..{}us fsync={}..{}us disks={} schedule={} safety={}ticks",
+             drop={}ppm dup={}ppm reorder={}ppm latency={}..{}us fsync={}..{}us disks={} schedule={} watchers={} background={}us safety={}ticks",
             self.seed,
             self.voters,
             self.spares,
@@ -572,6 +786,8 @@ impl SimConfig {
             self.fsync_us_max,
             self.disks_summary(),
             self.schedule,
+            self.watch.summary(),
+            self.watch.background_gap_us_mean,
             self.safety_ticks,
         )
     }

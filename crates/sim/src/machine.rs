@@ -1,19 +1,20 @@
-//! The simulator's state machine: the crate's `KvStore` (through its
-//! `metalraft-replica` `StateMachine` impl, the one that ships), wrapped to
-//! report what the replica applies so the checkers judge the shipped apply
-//! path.
+//! The simulator's state machine: the crate's `MvccStore` (through its
+//! `metalraft-replica` `StateMachine` impl, the one the server ships),
+//! wrapped to report what the replica applies so the checkers judge the
+//! shipped apply path.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use metalraft_core::{ConfChange, Index, Term};
-use metalraft_kv::{KvStore, RangeRequest};
+use metalraft_kv::{MvccStore, RangeRequest};
 use metalraft_replica::{StateMachine, StateMachineError};
 
 use crate::history::OpId;
 use crate::payload::{command_digest, conf_change_digest, empty_digest, split_command};
 
 /// What the replica did to the state machine, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
     /// Entry (`index`, `term`) with content `digest` was applied; `op` is
     /// the client operation it carried.
@@ -26,6 +27,11 @@ pub enum Applied {
         digest: u64,
         /// The client operation, if any.
         op: Option<OpId>,
+        /// The kv command (without the op prefix), if the entry carried
+        /// one and lies beyond [`SimMachine::with_history_end`]'s index:
+        /// the committed history is replayed from it
+        /// (`checkers::ReferenceHistory`).
+        command: Option<Vec<u8>>,
     },
     /// The state was replaced by a snapshot of `index`.
     Restored {
@@ -34,12 +40,15 @@ pub enum Applied {
     },
 }
 
-/// `KvStore` plus a record of every apply and restore, drained by the
+/// `MvccStore` plus a record of every apply and restore, drained by the
 /// simulator after each `Replica::poll` ([`SimMachine::take_applied`]).
 #[derive(Debug, Default)]
 pub struct SimMachine {
-    kv: KvStore,
+    kv: MvccStore,
     applied: RefCell<Vec<Applied>>,
+    /// The highest index whose command the simulator already has (shared
+    /// by every node): only entries beyond it are copied into the record.
+    history_end: Rc<Cell<Index>>,
 }
 
 impl SimMachine {
@@ -52,13 +61,22 @@ impl SimMachine {
     /// nothing.
     pub fn from_snapshot(data: &[u8]) -> Result<Self, metalraft_kv::SnapshotError> {
         Ok(SimMachine {
-            kv: KvStore::restore(data)?,
-            applied: RefCell::new(Vec::new()),
+            kv: MvccStore::restore(data)?,
+            ..SimMachine::default()
         })
     }
 
+    /// Shares the simulator's end of the committed history: entries at or
+    /// below it are recorded without their command (the simulator has it
+    /// from the first node that applied them). Without it every command is
+    /// recorded.
+    pub fn with_history_end(mut self, end: Rc<Cell<Index>>) -> Self {
+        self.history_end = end;
+        self
+    }
+
     /// The store.
-    pub fn kv(&self) -> &KvStore {
+    pub fn kv(&self) -> &MvccStore {
         &self.kv
     }
 
@@ -73,10 +91,10 @@ impl SimMachine {
 }
 
 impl StateMachine for SimMachine {
-    type Output = <KvStore as StateMachine>::Output;
+    type Output = <MvccStore as StateMachine>::Output;
     type Query = RangeRequest;
-    type ReadOutput = <KvStore as StateMachine>::ReadOutput;
-    type Event = <KvStore as StateMachine>::Event;
+    type ReadOutput = <MvccStore as StateMachine>::ReadOutput;
+    type Event = <MvccStore as StateMachine>::Event;
 
     fn applied_index(&self) -> Index {
         StateMachine::applied_index(&self.kv)
@@ -101,6 +119,7 @@ impl StateMachine for SimMachine {
             term,
             digest: command_digest(command),
             op,
+            command: (index > self.history_end.get()).then(|| kv.to_vec()),
         });
         Ok(out)
     }
@@ -112,6 +131,7 @@ impl StateMachine for SimMachine {
             term,
             digest: empty_digest(),
             op: None,
+            command: None,
         });
         Ok(())
     }
@@ -128,6 +148,7 @@ impl StateMachine for SimMachine {
             term,
             digest: conf_change_digest(change),
             op: None,
+            command: None,
         });
         Ok(())
     }

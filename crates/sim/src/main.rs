@@ -101,9 +101,10 @@ fn run(args: &[String]) -> Result<bool, CliError> {
         &format!(
             "stats: {} ticks, {} deliveries, {} lost, {} crashes ({} torn), {} partitions, {} pauses, {} transfers, {} membership changes, {} targeted faults, {} fsyncs, {} leader terms, {}us simulated\n\
              ops: {ok} ok, {failed} failed, {unknown} unknown, {pending} pending\n\
+             watch: {} events checked, {} streams broken and resumed, {} compaction cancels; {} background writes, {} compactions\n\
              fingerprint: {:016x}\n",
             s.ticks, s.deliveries, s.lost, s.crashes, s.torn_writes, s.partitions, s.pauses, s.transfers, s.conf_changes, s.targeted, s.fsyncs,
-            s.leader_terms, s.sim_time_us, r.fingerprint
+            s.leader_terms, s.sim_time_us, s.watch_events, s.watch_breaks, s.watch_cancels, s.background_writes, s.compactions, r.fingerprint
         ),
     )?;
     if let Some(file) = &html_file {

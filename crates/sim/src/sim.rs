@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use metalraft_core::{EntryData, Index, Message, MessageBody, NodeId, Role, SoftState, StepError};
 use metalraft_kv::RangeRequest;
+use metalraft_replica::MvccEvent;
 use metalraft_replica::{
     Completion, Event as ReplicaEvent, Outcome as ReplicaOutcome, ProposeError, ReqId,
     RequestFailure,
@@ -13,9 +14,10 @@ use metalraft_replica::{
 
 use crate::checkers::{
     check_batch_start, check_durability, check_leader_commit, check_linearizable, check_liveness,
-    check_log_matching, CommittedChecker, DurableStateChecker, ElectionChecker,
-    LeaderCompletenessChecker, LinearizabilityReport, LivenessSnapshot, LogEntrySummary,
-    NodeProgress, StateMachineChecker, StepDownChecker, Violation,
+    check_log_matching, check_node_event, check_node_revision, describe, CommittedChecker,
+    DurableStateChecker, ElectionChecker, LeaderCompletenessChecker, LinearizabilityReport,
+    LivenessSnapshot, LogEntrySummary, NodeProgress, ReferenceHistory, StateMachineChecker,
+    StepDownChecker, Violation, WatchChecker,
 };
 use crate::config::{
     ReadPath, SimConfig, Time, CLIENT_ATTEMPTS_MAX, EVENTS_MAX, EVENTS_PER_NODE_TICK_MAX,
@@ -36,6 +38,7 @@ mod clients;
 mod faults;
 mod liveness;
 mod targeted;
+mod watch;
 
 /// A client waits this long before retrying when no leader is known.
 pub const NO_LEADER_BACKOFF_US: Time = TICK_US_NOMINAL;
@@ -65,6 +68,17 @@ pub enum Sabotage {
     /// again, forever: traffic grows without bound and nothing finishes (a
     /// livelock, for testing that runs fail fast).
     Storm,
+    /// Watchers drop the first event of every fifth non-empty response.
+    WatchSkipsEvent,
+    /// Watchers deliver the last event of every fifth non-empty response
+    /// twice.
+    WatchDuplicatesEvent,
+    /// A watcher whose stream broke resumes at the last revision it reached
+    /// instead of last + 1.
+    WatchResumesAtLast,
+    /// The stores' history replay (`changes`, what watchers read) drops the
+    /// changes of `/sim/k0` and `/sim/t0`.
+    HistoryDropsKey,
 }
 
 /// What to record besides the fingerprint.
@@ -112,6 +126,17 @@ pub struct RunStats {
     /// Targeted faults carried out (`schedule.rs`; also counted as
     /// crashes, partitions or transfers).
     pub targeted: u64,
+    /// Watch events delivered to watchers and checked.
+    pub watch_events: u64,
+    /// Watch streams broken (crash, partition, dropped connection) and resumed.
+    pub watch_breaks: u64,
+    /// Watch requests canceled because their revision was compacted.
+    pub watch_cancels: u64,
+    /// Background writes (compactions, transactions, range deletes) the
+    /// leader accepted.
+    pub background_writes: u64,
+    /// Compactions committed and accepted by the store.
+    pub compactions: u64,
 }
 
 impl RunStats {
@@ -191,6 +216,20 @@ enum Event {
     Liveness,
     Poll,
     Targeted(targeted::Action),
+    WatchConnect {
+        watcher: usize,
+    },
+    WatchPoll {
+        watcher: usize,
+        stream: u32,
+    },
+    WatchReply {
+        watcher: usize,
+        stream: u32,
+        node: usize,
+        reply: watch::WatchReply,
+    },
+    Background,
 }
 
 struct Scheduled {
@@ -255,6 +294,7 @@ pub struct Simulation {
     rng_client: Rng,
     rng_disk: Rng,
     rng_sched: Rng,
+    rng_watch: Rng,
     targeted: targeted::TargetedState,
     election: ElectionChecker,
     completeness: LeaderCompletenessChecker,
@@ -263,6 +303,14 @@ pub struct Simulation {
     committed: CommittedChecker,
     step_down: StepDownChecker,
     committed_at: BTreeMap<OpId, Index>,
+    /// The committed MVCC history, replayed independently of the stores.
+    reference: ReferenceHistory,
+    /// Its applied index, shared with every node's `SimMachine`.
+    history_end: std::rc::Rc<std::cell::Cell<Index>>,
+    watch: WatchChecker,
+    watchers: Vec<watch::Watcher>,
+    /// Background writes proposed so far (their op ids, below any client's).
+    background: OpId,
     /// Request id of the last membership change proposed.
     conf_req: ReqId,
     trace: Trace,
@@ -390,6 +438,7 @@ impl Simulation {
             rng_client: root.fork(3),
             rng_disk: root.fork(4),
             rng_sched: root.fork(5),
+            rng_watch: root.fork(6),
             targeted: targeted::TargetedState::default(),
             election: ElectionChecker::default(),
             completeness: LeaderCompletenessChecker::default(),
@@ -398,6 +447,11 @@ impl Simulation {
             committed: CommittedChecker::default(),
             step_down: StepDownChecker::default(),
             committed_at: BTreeMap::new(),
+            reference: ReferenceHistory::new(),
+            history_end: Default::default(),
+            watch: WatchChecker::new(cfg.watch.watchers.len()),
+            watchers: cfg.watch.watchers.iter().map(watch::Watcher::new).collect(),
+            background: 0,
             conf_req: 0,
             trace: Trace::new(opts.trace),
             timeline: Timeline::default(),
@@ -427,6 +481,7 @@ impl Simulation {
         self.stats.leader_terms = self.election.terms_with_leader() as u64;
         self.stats.fsyncs = self.replicas.iter().map(|r| r.disk.fsyncs()).sum();
         self.stats.targeted = self.targeted.fired;
+        self.stats.compactions = self.reference.compactions() as u64;
         self.timeline.end = self.now;
         RunReport {
             violation,
@@ -464,6 +519,15 @@ impl Simulation {
         }
         let first_fault = self.fault_gap();
         self.at(first_fault, Event::Fault);
+        for w in 0..self.watchers.len() {
+            let t = self.cfg.watch.watchers[w].created_us;
+            self.at(t, Event::WatchConnect { watcher: w });
+        }
+        let mean = self.cfg.watch.background_gap_us_mean;
+        if mean > 0 {
+            let t = 1 + self.rng_watch.range(0, 2 * mean);
+            self.at(t, Event::Background);
+        }
         self.at(self.cfg.safety_ticks * TICK_US_NOMINAL, Event::Liveness);
         while let Some(Reverse(s)) = self.queue.pop() {
             self.now = s.time;
@@ -475,12 +539,12 @@ impl Simulation {
                 if matches!(v, Violation::Liveness { .. }) {
                     // A stuck cluster may hide a safety bug: judge what
                     // happened so far, and report a safety violation first.
-                    self.final_checks()?;
+                    self.final_checks(false)?;
                 }
                 return Err(v);
             }
             if self.finished {
-                return self.final_checks();
+                return self.final_checks(true);
             }
         }
         Err(Violation::Liveness {
@@ -547,6 +611,15 @@ impl Simulation {
             Event::Liveness => self.on_liveness_start(),
             Event::Poll => self.on_poll(),
             Event::Targeted(a) => self.on_targeted(a),
+            Event::WatchConnect { watcher } => self.on_watch_connect(watcher),
+            Event::WatchPoll { watcher, stream } => self.on_watch_poll(watcher, stream),
+            Event::WatchReply {
+                watcher,
+                stream,
+                node,
+                reply,
+            } => self.on_watch_reply(watcher, stream, node, reply),
+            Event::Background => self.on_background(),
         }
     }
 
@@ -685,6 +758,13 @@ impl Simulation {
                 return Ok(());
             };
             let Some(out) = live.replica.poll() else {
+                // A poll that applied entries but had nothing to hand out
+                // (no apply events: no-ops, reads, refusals) still applied
+                // them: judge them now, before anything reads the store.
+                let applied = live.replica.state_machine().take_applied();
+                if !applied.is_empty() {
+                    self.observe_applied(node, applied, Vec::new())?;
+                }
                 return Ok(());
             };
             if let Some(e) = out.failure {
@@ -713,9 +793,12 @@ impl Simulation {
                     observe_commit(&mut self.committed, id, live.replica.storage(), hs.commit)?;
                 }
             }
-            for ev in &out.events {
-                if let ReplicaEvent::Role(ss) = ev {
-                    self.on_soft_state(node, *ss)?;
+            let mut apply_events = Vec::new();
+            for ev in out.events {
+                match ev {
+                    ReplicaEvent::Role(ss) => self.on_soft_state(node, ss)?,
+                    ReplicaEvent::Applied { index, event } => apply_events.push((index, event)),
+                    _ => {}
                 }
             }
             for m in out.messages {
@@ -724,7 +807,7 @@ impl Simulation {
             if let Some(w) = out.persist {
                 self.write_batch(node, w.persist, w.snapshot_data);
             }
-            self.observe_applied(node, applied)?;
+            self.observe_applied(node, applied, apply_events)?;
             if let Some(s) = out.snapshot {
                 self.save_snapshot(node, s)?;
             }
@@ -941,7 +1024,15 @@ impl Simulation {
 
     /// What `node`'s state machine applied (or restored), as the replica did
     /// it: the state-machine and leader-completeness checkers judge this.
-    fn observe_applied(&mut self, node: usize, applied: Vec<Applied>) -> Step {
+    /// The first application of each index extends the committed MVCC
+    /// history; the replica's watch feed (`events`) and the store's
+    /// revisions are judged against it.
+    fn observe_applied(
+        &mut self,
+        node: usize,
+        applied: Vec<Applied>,
+        events: Vec<(Index, MvccEvent)>,
+    ) -> Step {
         let r = &self.replicas[node];
         let id = r.id;
         let Some(live) = r.live.as_ref() else {
@@ -950,6 +1041,7 @@ impl Simulation {
         let term = live.node().term();
         let leader = live.node().role() == Role::Leader;
         let mut committed = false;
+        let mut events = events.into_iter().peekable();
         for a in applied {
             match a {
                 Applied::Entry {
@@ -957,10 +1049,20 @@ impl Simulation {
                     term: e_term,
                     digest,
                     op,
+                    command,
                 } => {
                     committed = true;
                     self.state_machine
                         .observe_applied(id, index, e_term, digest)?;
+                    if index == self.reference.applied_index() + 1 {
+                        self.reference.apply(index, command.as_deref());
+                        self.history_end.set(index);
+                    }
+                    let event = events.next_if(|(i, _)| *i == index);
+                    let event = event
+                        .as_ref()
+                        .map(|(_, e)| (e.revision, e.changes.as_slice()));
+                    check_node_event(id, &self.reference, index, event)?;
                     self.completeness
                         .observe_committed(index, e_term, digest, term);
                     if let Some(op) = op {
@@ -988,6 +1090,19 @@ impl Simulation {
                 }
             }
         }
+        if let Some((index, e)) = events.next() {
+            return Err(Violation::NodeHistory {
+                node: id,
+                index,
+                revision: e.revision,
+                what: "a watch event for an index the state machine did not apply".into(),
+            });
+        }
+        if let Some(live) = self.replicas[node].live.as_ref() {
+            let kv = live.replica.state_machine().kv();
+            let (index, rev, compact) = (kv.applied_index(), kv.revision(), kv.compact_revision());
+            check_node_revision(id, &self.reference, index, rev, compact)?;
+        }
         // A leader's commits, of whatever term (a correct leader's first
         // commit in a term includes an entry of that term).
         if leader && committed {
@@ -998,7 +1113,8 @@ impl Simulation {
 }
 
 impl Simulation {
-    fn final_checks(&mut self) -> Result<LinearizabilityReport, Violation> {
+    /// The end-of-run checks; `recovered`: the liveness phase succeeded.
+    fn final_checks(&mut self, recovered: bool) -> Result<LinearizabilityReport, Violation> {
         // Log matching over every node's full log and its durable log.
         let mut logs = Vec::new();
         let mut final_log: BTreeMap<Index, OpId> = BTreeMap::new();
@@ -1031,15 +1147,17 @@ impl Simulation {
             }
         }
         check_log_matching(&logs)?;
-        // Replicas at the same applied index hold the same data.
-        let mut kv_hash: BTreeMap<Index, (NodeId, u32)> = BTreeMap::new();
+        // Replicas at the same applied index hold the same data, and the
+        // same history (etcd's HashKV).
+        let mut kv_hash: BTreeMap<Index, (NodeId, u32, u32)> = BTreeMap::new();
         for r in &self.replicas {
             let Some(live) = r.live.as_ref() else {
                 continue;
             };
             let kv = live.replica.state_machine().kv();
             let h = kv.hash();
-            let (n0, h0) = *kv_hash.entry(kv.applied_index()).or_insert((r.id, h));
+            let hk = kv.hash_kv(0).map_err(|e| core_err(r.id, e))?.hash;
+            let (n0, h0, hk0) = *kv_hash.entry(kv.applied_index()).or_insert((r.id, h, hk));
             if h0 != h {
                 return Err(Violation::StateMachineSafety {
                     node: r.id,
@@ -1048,7 +1166,18 @@ impl Simulation {
                     expected: (n0, u64::from(h0)),
                 });
             }
+            if hk0 != hk {
+                return Err(Violation::NodeHistory {
+                    node: r.id,
+                    index: kv.applied_index(),
+                    revision: kv.revision(),
+                    what: format!(
+                        "HashKV {hk:08x} differs from node {n0}'s {hk0:08x} at the same applied index"
+                    ),
+                });
+            }
         }
+        self.drain_watchers(recovered)?;
         // Writes in the compacted prefix live on in the snapshot; their
         // effect is checked through the state (stores, linearizability).
         let committed_at = &self.committed_at;

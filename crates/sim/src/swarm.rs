@@ -103,6 +103,11 @@ impl SwarmSummary {
         s.fsyncs += t.fsyncs;
         s.leader_terms += t.leader_terms;
         s.targeted += t.targeted;
+        s.watch_events += t.watch_events;
+        s.watch_breaks += t.watch_breaks;
+        s.watch_cancels += t.watch_cancels;
+        s.background_writes += t.background_writes;
+        s.compactions += t.compactions;
         for i in 0..4 {
             self.ops[i] += r.ops[i];
         }
@@ -135,6 +140,7 @@ impl SwarmSummary {
              simulated: {} node ticks ({:.0}/s), {} message deliveries ({:.0}/s wall, {} per CPU-second), {} events\n\
              faults injected: {} (crashes {} of which torn {}, partitions {}, pauses {}, leader transfers {}, membership changes {}; {} of them targeted), {} messages lost\n\
              operations: {} ok, {} failed, {} unknown, {} pending; {} checked for linearizability, {} inconclusive keys\n\
+             watch: {} events checked, {} streams broken and resumed, {} compaction cancels; {} background writes, {} compactions\n\
              fingerprint: {:016x}",
             self.seeds,
             self.failures.len(),
@@ -161,6 +167,11 @@ impl SwarmSummary {
             self.ops[3],
             self.ops_checked,
             self.inconclusive_keys,
+            s.watch_events,
+            s.watch_breaks,
+            s.watch_cancels,
+            s.background_writes,
+            s.compactions,
             self.fingerprint,
         )
     }

@@ -37,6 +37,7 @@ pub enum TraceKind {
     Propose,
     Complete,
     Phase,
+    Watch,
 }
 
 impl TraceKind {
@@ -59,6 +60,7 @@ impl TraceKind {
             TraceKind::Propose => "propose",
             TraceKind::Complete => "complete",
             TraceKind::Phase => "PHASE",
+            TraceKind::Watch => "watch",
         }
     }
 }

@@ -25,6 +25,11 @@ pub struct Change {
     /// The key's previous version, if it existed and is still kept (it is
     /// gone for changes at the compact revision itself).
     pub prev_kv: Option<KeyValue>,
+    /// The lease of `kv` (etcd `KeyValue.lease`): for a put whose version
+    /// is still the live one, the key's lease; otherwise 0 (past versions
+    /// do not record their lease, see [`MvccStore::key_lease`](crate::MvccStore::key_lease)).
+    /// Exact for the events of the revision just applied.
+    pub lease: i64,
 }
 
 /// A bounded run of changes from [`MvccStore::changes`](crate::MvccStore::changes).

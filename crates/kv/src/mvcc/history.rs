@@ -187,6 +187,11 @@ impl History for Past {
         true
     }
 
+    /// The history knows no leases ([`super::lease::LeaseHook`] does).
+    fn lease_of(&self, _key: &[u8]) -> i64 {
+        0
+    }
+
     /// etcd `checkRequestRange` against the transaction's read view: any
     /// revision from the compact revision to the start is served from
     /// history, even after a write of the same branch.

@@ -14,17 +14,20 @@
 mod change;
 mod compact;
 mod history;
+mod lease;
 mod read;
 mod snapshot;
 
 pub use change::{Change, ChangeBatch, ChangeKind, HashKv};
-pub use snapshot::MVCC_SNAPSHOT_MAGIC;
+pub use lease::LeaseInfo;
+pub use snapshot::{MVCC_LEASE_SNAPSHOT_MAGIC, MVCC_SNAPSHOT_MAGIC};
 
 use crate::error::{ApplyError, RequestError};
-use crate::request::{Command, RangeRequest};
+use crate::request::{Command, LeaseOption, RangeRequest};
 use crate::response::{CommandResult, RangeResponse};
 use crate::store::KvStore;
 use history::Past;
+use lease::{LeaseHook, Leases};
 
 /// The replicated key-value state machine with etcd's MVCC history: every
 /// revision since the last compaction can be read, hashed and replayed as
@@ -54,6 +57,8 @@ pub struct MvccStore {
     pub(crate) current: KvStore,
     /// Superseded versions, tombstones and the revision log.
     pub(crate) past: Past,
+    /// Leases and the live keys attached to them.
+    pub(crate) leases: Leases,
 }
 
 impl MvccStore {
@@ -150,13 +155,40 @@ impl MvccStore {
 
     fn execute(&mut self, cmd: &Command) -> Result<CommandResult, RequestError> {
         cmd.validate()?;
-        let MvccStore { current, past } = self;
+        // Writes run through the shared path with a hook that also keeps
+        // lease attachments (a put without a lease detaches its key).
+        let puts: &[LeaseOption] = match cmd {
+            Command::Compact(r) => return Ok(CommandResult::Compact(self.compact(r)?)),
+            Command::Range(r) => return Ok(CommandResult::Range(self.range(r)?)),
+            Command::LeaseGrant(g) => return Ok(CommandResult::LeaseGrant(self.grant(g)?)),
+            Command::LeaseRevoke(r) => return Ok(CommandResult::LeaseRevoke(self.revoke(r)?)),
+            Command::LeasePut(p, l) => {
+                self.check_lease_put(p, l)?;
+                core::slice::from_ref(l)
+            }
+            Command::LeaseTxn(t, l) => self.check_lease_txn(t, l)?,
+            Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) => &[],
+        };
+        let MvccStore {
+            current,
+            past,
+            leases,
+        } = self;
+        let mut hook = LeaseHook::new(past, leases, puts);
         Ok(match cmd {
-            Command::Put(r) => CommandResult::Put(current.put_command(r, past)?),
-            Command::DeleteRange(r) => CommandResult::DeleteRange(current.delete_command(r, past)?),
-            Command::Txn(r) => CommandResult::Txn(current.txn(r, past)?),
-            Command::Compact(r) => CommandResult::Compact(self.compact(r)?),
-            Command::Range(r) => CommandResult::Range(self.range(r)?),
+            Command::Put(r) | Command::LeasePut(r, _) => {
+                CommandResult::Put(current.put_command(r, &mut hook)?)
+            }
+            Command::DeleteRange(r) => {
+                CommandResult::DeleteRange(current.delete_command(r, &mut hook)?)
+            }
+            Command::Txn(r) | Command::LeaseTxn(r, _) => {
+                CommandResult::Txn(current.txn(r, &mut hook)?)
+            }
+            Command::Compact(_)
+            | Command::Range(_)
+            | Command::LeaseGrant(_)
+            | Command::LeaseRevoke(_) => unreachable!("answered above"),
         })
     }
 

@@ -142,7 +142,16 @@ impl MvccStore {
                 .value_at(live, key, before)
                 .map(|e| e.to_key_value(key, true))
         };
-        Change { kind, kv, prev_kv }
+        let lease = match kind {
+            ChangeKind::Put => self.key_lease(key, kv.mod_revision),
+            ChangeKind::Delete => 0,
+        };
+        Change {
+            kind,
+            kv,
+            prev_kv,
+            lease,
+        }
     }
 
     /// etcd `HashKV`: a CRC-32C of every kept version (tombstones included)

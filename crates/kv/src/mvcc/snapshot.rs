@@ -12,10 +12,11 @@
 
 use super::change::ChangeKind;
 use super::history::{merged_keys, Past, Record};
+use super::lease::{Lease, Leases};
 use super::MvccStore;
 use crate::error::SnapshotError;
 use crate::keys::KeyRange;
-use crate::limits::{INITIAL_REVISION, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::limits::{INITIAL_REVISION, MAX_KEY_BYTES, MAX_LEASE_TTL_SECS, MAX_VALUE_BYTES};
 use crate::request::{DeleteRangeRequest, PutRequest};
 use crate::response::KeyValue;
 use crate::snapshot::{
@@ -23,12 +24,60 @@ use crate::snapshot::{
     SNAPSHOT_MAGIC,
 };
 use crate::store::{entry_size, Entry, KvStore};
+use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize, Serializer};
 
-/// The first bytes of every [`MvccStore`] snapshot ([`KvStore`] snapshots
-/// start with [`SNAPSHOT_MAGIC`]).
+/// The first bytes of an [`MvccStore`] snapshot written before leases
+/// existed (still restored; [`KvStore`] snapshots start with
+/// [`SNAPSHOT_MAGIC`]).
 pub const MVCC_SNAPSHOT_MAGIC: [u8; 4] = *b"MRMV";
+
+/// The first bytes of every [`MvccStore`] snapshot written now: the
+/// [`MVCC_SNAPSHOT_MAGIC`] body followed by the leases, each its ID, TTL
+/// and attached keys in key order, in ID order.
+pub const MVCC_LEASE_SNAPSHOT_MAGIC: [u8; 4] = *b"MRML";
+
+/// The body with leases as written.
+#[derive(Serialize)]
+struct LeaseBodyRef<'a> {
+    body: BodyRef<'a>,
+    leases: LeasesRef<'a>,
+}
+
+struct LeasesRef<'a>(&'a MvccStore);
+
+/// One lease as written; field for field the layout of [`SnapLease`].
+#[derive(Serialize)]
+struct LeaseRef<'a> {
+    id: i64,
+    ttl: i64,
+    keys: &'a BTreeSet<Vec<u8>>,
+}
+
+impl Serialize for LeasesRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.leases.by_id.iter().map(|(id, l)| LeaseRef {
+            id: *id,
+            ttl: l.ttl,
+            keys: &l.keys,
+        }))
+    }
+}
+
+/// The body with leases as read.
+#[derive(Deserialize)]
+struct LeaseBody {
+    body: Body,
+    leases: Vec<SnapLease>,
+}
+
+#[derive(Deserialize)]
+struct SnapLease {
+    id: i64,
+    ttl: i64,
+    keys: Vec<Vec<u8>>,
+}
 
 /// The body as written: borrows the store.
 #[derive(Serialize)]
@@ -203,7 +252,11 @@ impl MvccStore {
             at_base,
             records: RecordsRef(self, after),
         };
-        encode_framed(MVCC_SNAPSHOT_MAGIC, &body, self.size_bytes())
+        let body = LeaseBodyRef {
+            body,
+            leases: LeasesRef(self),
+        };
+        encode_framed(MVCC_LEASE_SNAPSHOT_MAGIC, &body, self.size_bytes())
     }
 
     /// Rebuilds a store from [`snapshot`](Self::snapshot) bytes; the result
@@ -214,8 +267,12 @@ impl MvccStore {
         if bytes.starts_with(&SNAPSHOT_MAGIC) {
             return KvStore::restore(bytes).map(from_kv_store);
         }
-        let body: Body = decode_framed(bytes, MVCC_SNAPSHOT_MAGIC)?;
-        from_body(body).ok_or(SnapshotError::Inconsistent)
+        if bytes.starts_with(&MVCC_SNAPSHOT_MAGIC) {
+            let body: Body = decode_framed(bytes, MVCC_SNAPSHOT_MAGIC)?;
+            return from_body(body).ok_or(SnapshotError::Inconsistent);
+        }
+        let body: LeaseBody = decode_framed(bytes, MVCC_LEASE_SNAPSHOT_MAGIC)?;
+        from_lease_body(body).ok_or(SnapshotError::Inconsistent)
     }
 
     /// Like [`restore`](Self::restore), for a snapshot followed by other
@@ -224,8 +281,14 @@ impl MvccStore {
         if bytes.starts_with(&SNAPSHOT_MAGIC) {
             return KvStore::restore_prefix(bytes).map(|(kv, len)| (from_kv_store(kv), len));
         }
-        let (body, len): (Body, usize) = decode_framed_prefix(bytes, MVCC_SNAPSHOT_MAGIC)?;
-        let store = from_body(body).ok_or(SnapshotError::Inconsistent)?;
+        if bytes.starts_with(&MVCC_SNAPSHOT_MAGIC) {
+            let (body, len): (Body, usize) = decode_framed_prefix(bytes, MVCC_SNAPSHOT_MAGIC)?;
+            let store = from_body(body).ok_or(SnapshotError::Inconsistent)?;
+            return Ok((store, len));
+        }
+        let (body, len): (LeaseBody, usize) =
+            decode_framed_prefix(bytes, MVCC_LEASE_SNAPSHOT_MAGIC)?;
+        let store = from_lease_body(body).ok_or(SnapshotError::Inconsistent)?;
         Ok((store, len))
     }
 
@@ -242,7 +305,34 @@ fn from_kv_store(mut kv: KvStore) -> MvccStore {
     MvccStore {
         current: kv,
         past: Past::default(),
+        leases: Leases::default(),
     }
+}
+
+/// [`from_body`], then the leases, each key attached at most once and live.
+fn from_lease_body(body: LeaseBody) -> Option<MvccStore> {
+    let mut store = from_body(body.body)?;
+    for l in body.leases {
+        if l.ttl > MAX_LEASE_TTL_SECS {
+            return None;
+        }
+        let lease = Lease {
+            ttl: l.ttl,
+            keys: BTreeSet::new(),
+        };
+        if store.leases.by_id.insert(l.id, lease).is_some() {
+            return None;
+        }
+        for key in l.keys {
+            let fresh = !store.leases.attached.contains_key(&key);
+            if !fresh || !store.current.map.contains_key(&key) {
+                return None;
+            }
+            store.leases.attached.insert(key.clone(), l.id);
+            store.leases.by_id.get_mut(&l.id)?.keys.insert(key);
+        }
+    }
+    Some(store)
 }
 
 /// Rebuilds the store by replaying the records over the base state through
@@ -255,7 +345,7 @@ fn from_body(body: Body) -> Option<MvccStore> {
     }
     let base = base_revision(body.compact_revision);
     let mut store = MvccStore::new();
-    let MvccStore { current, past } = &mut store;
+    let MvccStore { current, past, .. } = &mut store;
     current.revision = base;
     current.compact_revision = body.compact_revision;
     current.applied_index = body.applied_index;

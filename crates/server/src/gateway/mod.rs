@@ -28,10 +28,17 @@ use serde::Serialize;
 use tonic::{Request, Status};
 
 use crate::api::{ClusterService, KvService, MaintenanceService, Shared, ETCD_API_VERSION};
+use crate::concurrency::{ElectionService, LockService};
+use crate::lease::LeaseService;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::cluster_server::Cluster as _;
 use crate::proto::etcdserverpb::kv_server::Kv as _;
+use crate::proto::etcdserverpb::lease_server::Lease as _;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance as _;
+use crate::proto::v3electionpb;
+use crate::proto::v3electionpb::election_server::Election as _;
+use crate::proto::v3lockpb::lock_server::Lock as _;
+use tokio_stream::StreamExt;
 
 pub use json::{error_body, http_status};
 
@@ -181,7 +188,109 @@ pub fn router(shared: Arc<Shared>) -> Router {
                     |s, q| async move { MaintenanceService(s).move_leader(q).await },
                 ),
             )
-            .route(&format!("{p}/watch"), watch_route(&shared));
+            .route(&format!("{p}/watch"), watch_route(&shared))
+            .route(
+                &format!("{p}/lease/grant"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Lease/LeaseGrant",
+                    |s, q| async move { LeaseService(s).lease_grant(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/lease/revoke"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Lease/LeaseRevoke",
+                    |s, q| async move { LeaseService(s).lease_revoke(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/kv/lease/revoke"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Lease/LeaseRevoke",
+                    |s, q| async move { LeaseService(s).lease_revoke(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/lease/timetolive"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Lease/LeaseTimeToLive",
+                    |s, q| async move { LeaseService(s).lease_time_to_live(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/kv/lease/timetolive"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Lease/LeaseTimeToLive",
+                    |s, q| async move { LeaseService(s).lease_time_to_live(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/lease/leases"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Lease/LeaseLeases",
+                    |s, q| async move { LeaseService(s).lease_leases(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/kv/lease/leases"),
+                unary(
+                    &shared,
+                    "/etcdserverpb.Lease/LeaseLeases",
+                    |s, q| async move { LeaseService(s).lease_leases(q).await },
+                ),
+            )
+            .route(&format!("{p}/lease/keepalive"), keepalive_route(&shared))
+            .route(
+                &format!("{p}/lock/lock"),
+                unary(&shared, "/v3lockpb.Lock/Lock", |s, q| async move {
+                    LockService(s).lock(q).await
+                }),
+            )
+            .route(
+                &format!("{p}/lock/unlock"),
+                unary(&shared, "/v3lockpb.Lock/Unlock", |s, q| async move {
+                    LockService(s).unlock(q).await
+                }),
+            )
+            .route(
+                &format!("{p}/election/campaign"),
+                unary(
+                    &shared,
+                    "/v3electionpb.Election/Campaign",
+                    |s, q| async move { ElectionService(s).campaign(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/election/proclaim"),
+                unary(
+                    &shared,
+                    "/v3electionpb.Election/Proclaim",
+                    |s, q| async move { ElectionService(s).proclaim(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/election/leader"),
+                unary(
+                    &shared,
+                    "/v3electionpb.Election/Leader",
+                    |s, q| async move { ElectionService(s).leader(q).await },
+                ),
+            )
+            .route(
+                &format!("{p}/election/resign"),
+                unary(
+                    &shared,
+                    "/v3electionpb.Election/Resign",
+                    |s, q| async move { ElectionService(s).resign(q).await },
+                ),
+            )
+            .route(&format!("{p}/election/observe"), observe_route(&shared));
         r = crate::auth::gateway::routes(r, &shared, p);
     }
     r
@@ -246,6 +355,52 @@ fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
 /// grpc-gateway's error answer for a failed unary call.
 fn error_response(status: &Status) -> Response {
     json_response(http_status(status.code()), &error_body(status))
+}
+
+/// `/v3/lease/keepalive`: each `LeaseKeepAliveRequest` of the body gets
+/// one `{"result": LeaseKeepAliveResponse}` line.
+fn keepalive_route(shared: &Arc<Shared>) -> axum::routing::MethodRouter {
+    let shared = shared.clone();
+    post(move |body: Body| {
+        let shared = shared.clone();
+        async move {
+            if let Some(refused) = learner_refusal(&shared, "/etcdserverpb.Lease/LeaseKeepAlive") {
+                return error_response(&refused);
+            }
+            let limit = max_body_bytes(shared.cfg.max_request_bytes);
+            let requests = json::request_stream::<pb::LeaseKeepAliveRequest>(body, limit);
+            let answers = requests.then(move |r| {
+                let shared = shared.clone();
+                async move {
+                    let r = r?;
+                    LeaseService::keepalive(&shared, r.id)
+                        .await
+                        .map_err(Status::from)
+                }
+            });
+            json::streaming_response(Box::pin(answers))
+        }
+    })
+}
+
+/// `/v3/election/observe`: one `LeaderRequest` body, a stream of
+/// `{"result": LeaderResponse}` lines.
+fn observe_route(shared: &Arc<Shared>) -> axum::routing::MethodRouter {
+    let shared = shared.clone();
+    post(move |body: Bytes| {
+        let shared = shared.clone();
+        async move {
+            let limit = max_body_bytes(shared.cfg.max_request_bytes);
+            let req: v3electionpb::LeaderRequest = match json::parse_body(&body, limit) {
+                Ok(r) => r,
+                Err(status) => return error_response(&status),
+            };
+            match ElectionService(shared).observe(Request::new(req)).await {
+                Ok(stream) => json::streaming_response(stream.into_inner()),
+                Err(status) => error_response(&status),
+            }
+        }
+    })
 }
 
 /// `/v3/watch`: the request body is a stream of `WatchRequest`s, the

@@ -134,9 +134,11 @@ impl Watcher {
             kv::ChangeKind::Put => mvccpb::event::EventType::Put,
             kv::ChangeKind::Delete => mvccpb::event::EventType::Delete,
         };
+        let mut kv = command::kv_pair(c.kv.clone());
+        kv.lease = c.lease;
         mvccpb::Event {
             r#type: kind as i32,
-            kv: Some(command::kv_pair(c.kv.clone())),
+            kv: Some(kv),
             prev_kv: if self.prev_kv {
                 c.prev_kv.clone().map(command::kv_pair)
             } else {

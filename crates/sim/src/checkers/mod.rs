@@ -13,8 +13,10 @@ mod leader_completeness;
 mod linearizability;
 mod liveness;
 mod log_matching;
+mod mvcc_history;
 mod state_machine;
 mod step_down;
+mod watch;
 
 pub use append_truncation::check_batch_start;
 pub use commit_rule::check_leader_commit;
@@ -28,8 +30,13 @@ pub use linearizability::{
 };
 pub use liveness::{check_liveness, LivenessSnapshot, NodeProgress};
 pub use log_matching::{check_log_matching, LogEntrySummary};
+pub use mvcc_history::{
+    check_node_event, check_node_revision, describe, describe_one, in_key_range, ReferenceHistory,
+    FIRST_WRITE_REVISION,
+};
 pub use state_machine::StateMachineChecker;
 pub use step_down::StepDownChecker;
+pub use watch::{WatchChecker, WatchFault};
 
 use std::fmt;
 
@@ -219,6 +226,35 @@ pub enum Violation {
         /// The operation and the result it got.
         what: String,
     },
+    /// A node's store or its replica's watch feed disagrees with the
+    /// committed MVCC history (`checkers::ReferenceHistory`): a missing,
+    /// extra or different watch event for an applied entry, or the wrong
+    /// revision or compact revision after an index.
+    NodeHistory {
+        /// The node.
+        node: NodeId,
+        /// The applied index concerned.
+        index: Index,
+        /// The revision concerned.
+        revision: i64,
+        /// What differs.
+        what: String,
+    },
+    /// A watcher's concatenated events are not the committed history
+    /// filtered by its key range from its start revision (see
+    /// `checkers::WatchChecker`).
+    Watch {
+        /// The watcher.
+        watcher: usize,
+        /// The node that served the response (0: none, at the end).
+        node: NodeId,
+        /// What is wrong.
+        fault: WatchFault,
+        /// The revision concerned.
+        revision: i64,
+        /// Details.
+        what: String,
+    },
     /// The core returned an error the simulator cannot explain (a storage
     /// failure of a healthy in-memory store, a refused restart, ...).
     CoreError {
@@ -319,6 +355,14 @@ impl fmt::Display for Violation {
             Violation::MismatchedCompletion { node, op, what } => write!(
                 f,
                 "mismatched completion: node {node} answered op {op} with another entry's result: {what}"
+            ),
+            Violation::NodeHistory { node, index, revision, what } => write!(
+                f,
+                "node history: node {node} at index {index} (revision {revision}): {what}"
+            ),
+            Violation::Watch { watcher, node, fault, revision, what } => write!(
+                f,
+                "watch: watcher {watcher} ({fault:?}, revision {revision}, served by node {node}): {what}"
             ),
             Violation::CoreError { node, error } => write!(f, "core error on node {node}: {error}"),
         }

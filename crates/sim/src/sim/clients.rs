@@ -270,13 +270,18 @@ impl Simulation {
         let id = self.replicas[node].id;
         let Some((client, op, attempt)) = client_request(c.req_id) else {
             let (req, outcome) = (c.req_id, &c.outcome);
+            let what = if req >= super::watch::BACKGROUND_REQ_BASE {
+                "background write"
+            } else {
+                "conf change"
+            };
             self.trace.record(
                 self.now,
                 Actor::Node(id),
                 TraceKind::ConfChange,
                 req,
                 0,
-                || format!("conf change {req} done: {outcome:?}"),
+                || format!("{what} {req} done: {outcome:?}"),
             );
             return Ok(());
         };

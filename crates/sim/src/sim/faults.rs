@@ -178,6 +178,7 @@ impl Simulation {
             self.timeline.partitions.push((self.now, Some(text)));
         }
         self.net.partition(p);
+        self.watch_on_partition();
     }
 
     /// Asks leader `l` to hand over to `to`.
@@ -276,6 +277,7 @@ impl Simulation {
             ),
             None => (0, SimMachine::new()),
         };
+        let sm = sm.with_history_end(self.history_end.clone());
         let replica = SimReplica::new(cfg, storage, sm).map_err(|e| core_err(id, e))?;
         // The restarted node's commit index is its durable one: its
         // durable log must hold the committed entries up to it.

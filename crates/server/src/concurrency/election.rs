@@ -1,0 +1,227 @@
+//! `v3electionpb.Election`: clientv3's election recipe on the server.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use metalraft_kv as kv;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{
+    created_at, enter, key_of, prefix_of, put_op, session_lease, txn, wait_deletes, Abandon,
+};
+use crate::api::{KvService, Shared};
+use crate::proto::etcdserverpb as pb;
+use crate::proto::etcdserverpb::kv_server::Kv as _;
+use crate::proto::{mvccpb, v3electionpb as epb};
+
+/// etcd's errors (plain errors in etcd, so gRPC code Unknown).
+pub const NO_LEADER: &str = "election: no leader";
+/// See [`NO_LEADER`].
+pub const NOT_LEADER: &str = "election: not leader";
+/// See [`NO_LEADER`].
+pub const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
+/// Announcements an observer may have queued before its task waits.
+pub const OBSERVE_BUFFER: usize = 16;
+
+/// etcd's Election service.
+pub struct ElectionService(pub Arc<Shared>);
+
+/// The current leader's key-value under `prefix` (the oldest key), read
+/// linearizably.
+async fn leader_kv(
+    s: &Arc<Shared>,
+    prefix: &[u8],
+    serializable: bool,
+) -> Result<(Option<mvccpb::KeyValue>, Option<pb::ResponseHeader>), Status> {
+    let r = KvService(s.clone())
+        .range(Request::new(pb::RangeRequest {
+            key: prefix.to_vec(),
+            range_end: kv::prefix_end(prefix),
+            limit: 1,
+            sort_order: pb::range_request::SortOrder::Ascend as i32,
+            sort_target: pb::range_request::SortTarget::Create as i32,
+            serializable,
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+    Ok((r.kvs.into_iter().next(), r.header))
+}
+
+type ObserveStream = Pin<Box<dyn Stream<Item = Result<epb::LeaderResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl epb::election_server::Election for ElectionService {
+    async fn campaign(
+        &self,
+        req: Request<epb::CampaignRequest>,
+    ) -> Result<Response<epb::CampaignResponse>, Status> {
+        let s = &self.0;
+        let r = req.into_inner();
+        let lease = session_lease(s, r.lease).await?;
+        let prefix = prefix_of(&r.name);
+        let key = key_of(&prefix, lease);
+        let (rev, current, header) = enter(s, &key, &r.value, lease).await?;
+        let abandon = Abandon::new(s, &key);
+        if current != r.value {
+            // Our key existed with another value: announce the new one.
+            let t = txn(
+                s,
+                pb::TxnRequest {
+                    compare: vec![created_at(&key, rev)],
+                    success: vec![put_op(&key, &r.value, lease)],
+                    failure: vec![],
+                },
+            )
+            .await?;
+            if !t.succeeded {
+                return Err(Status::unknown(NOT_LEADER));
+            }
+        }
+        wait_deletes(s, &prefix, rev - 1).await?;
+        abandon.keep();
+        Ok(Response::new(epb::CampaignResponse {
+            header: Some(header),
+            leader: Some(epb::LeaderKey {
+                name: r.name,
+                key,
+                rev,
+                lease,
+            }),
+        }))
+    }
+
+    async fn proclaim(
+        &self,
+        req: Request<epb::ProclaimRequest>,
+    ) -> Result<Response<epb::ProclaimResponse>, Status> {
+        let r = req.into_inner();
+        let leader = r
+            .leader
+            .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
+        let t = txn(
+            &self.0,
+            pb::TxnRequest {
+                compare: vec![created_at(&leader.key, leader.rev)],
+                success: vec![put_op(&leader.key, &r.value, leader.lease)],
+                failure: vec![],
+            },
+        )
+        .await?;
+        if !t.succeeded {
+            return Err(Status::unknown(NOT_LEADER));
+        }
+        Ok(Response::new(epb::ProclaimResponse { header: t.header }))
+    }
+
+    async fn leader(
+        &self,
+        req: Request<epb::LeaderRequest>,
+    ) -> Result<Response<epb::LeaderResponse>, Status> {
+        let prefix = prefix_of(&req.into_inner().name);
+        match leader_kv(&self.0, &prefix, false).await? {
+            (Some(kv), header) => Ok(Response::new(epb::LeaderResponse {
+                header,
+                kv: Some(kv),
+            })),
+            (None, _) => Err(Status::unknown(NO_LEADER)),
+        }
+    }
+
+    type ObserveStream = ObserveStream;
+
+    async fn observe(
+        &self,
+        req: Request<epb::LeaderRequest>,
+    ) -> Result<Response<Self::ObserveStream>, Status> {
+        let s = self.0.clone();
+        let prefix = prefix_of(&req.into_inner().name);
+        let (tx, rx) = tokio::sync::mpsc::channel(OBSERVE_BUFFER);
+        tokio::spawn(async move {
+            // Announce every change of the leader's key or value, as
+            // clientv3's `Observe` does; nothing while there is no leader.
+            let mut last: Option<(Vec<u8>, i64)> = None;
+            loop {
+                let mut feed = s.raft.watch_feed.subscribe();
+                let (kv, header) = match leader_kv(&s, &prefix, true).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                if let Some(kv) = kv {
+                    let now = (kv.key.clone(), kv.mod_revision);
+                    if last.as_ref() != Some(&now) {
+                        last = Some(now);
+                        let resp = epb::LeaderResponse {
+                            header,
+                            kv: Some(kv),
+                        };
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = wait_prefix_change(&mut feed, &prefix) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn resign(
+        &self,
+        req: Request<epb::ResignRequest>,
+    ) -> Result<Response<epb::ResignResponse>, Status> {
+        let r = req.into_inner();
+        let leader = r
+            .leader
+            .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
+        let t = txn(
+            &self.0,
+            pb::TxnRequest {
+                compare: vec![created_at(&leader.key, leader.rev)],
+                success: vec![pb::RequestOp {
+                    request: Some(pb::request_op::Request::RequestDeleteRange(
+                        pb::DeleteRangeRequest {
+                            key: leader.key,
+                            ..Default::default()
+                        },
+                    )),
+                }],
+                failure: vec![],
+            },
+        )
+        .await?;
+        Ok(Response::new(epb::ResignResponse { header: t.header }))
+    }
+}
+
+/// Returns when the feed shows a change under `prefix`, or after
+/// [`super::RECHECK_INTERVAL`].
+async fn wait_prefix_change(
+    feed: &mut tokio::sync::broadcast::Receiver<crate::watch::FeedBatch>,
+    prefix: &[u8],
+) {
+    let deadline = tokio::time::Instant::now() + super::RECHECK_INTERVAL;
+    loop {
+        match tokio::time::timeout_at(deadline, feed.recv()).await {
+            Ok(Ok(batch)) => {
+                if batch
+                    .iter()
+                    .flat_map(|e| &e.changes)
+                    .any(|c| c.kv.key.starts_with(prefix))
+                {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
