@@ -8,7 +8,7 @@
 //! token is no user, which every check refuses with "user name is empty",
 //! as etcd does. With auth disabled tokens are ignored and all is allowed.
 //!
-//! # Hooking the Lease service (branch `lease`)
+//! # Hooking the Lease service (`crate::lease`, not wired yet)
 //!
 //! etcd 3.4 checks nothing on LeaseGrant, LeaseKeepAlive, LeaseTimeToLive
 //! and LeaseLeases beyond a valid token, and on LeaseRevoke, and on a Put
