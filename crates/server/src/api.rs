@@ -306,6 +306,7 @@ impl pb::kv_server::Kv for KvService {
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize(s, &req)?;
         let r = req.into_inner();
         s.check_size(&r)?;
         let kr = command::range_request(&r)?;
@@ -322,6 +323,7 @@ impl pb::kv_server::Kv for KvService {
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize(s, &req)?;
         let r = req.into_inner();
         s.check_size(&r)?;
         let cmd = command::put_command(&r)?;
@@ -338,6 +340,7 @@ impl pb::kv_server::Kv for KvService {
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize(s, &req)?;
         let r = req.into_inner();
         s.check_size(&r)?;
         let cmd = kv::Command::DeleteRange(command::delete_request(&r));
@@ -351,6 +354,7 @@ impl pb::kv_server::Kv for KvService {
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize(s, &req)?;
         let r = req.into_inner();
         s.check_size(&r)?;
         let cmd = command::txn_command(&r)?;
@@ -371,6 +375,7 @@ impl pb::kv_server::Kv for KvService {
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize(s, &req)?;
         let r = req.into_inner();
         let cmd = kv::Command::Compact(kv::CompactionRequest {
             revision: r.revision,
@@ -447,9 +452,12 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize_admin(s, &req)?;
         if !is_leader(s) {
             let mut c = leader_cluster_client(s).await?;
-            return c.member_add(req.into_inner()).await;
+            return c
+                .member_add(crate::auth::service::relayed(s, req).await?)
+                .await;
         }
         let r = req.into_inner();
         let urls = crate::config::parse_urls("peer-urls", &r.peer_ur_ls.join(","))
@@ -515,9 +523,12 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize_admin(s, &req)?;
         if !is_leader(s) {
             let mut c = leader_cluster_client(s).await?;
-            return c.member_remove(req.into_inner()).await;
+            return c
+                .member_remove(crate::auth::service::relayed(s, req).await?)
+                .await;
         }
         let id = req.into_inner().id;
         if !s.raft.registry.contains(id) {
@@ -568,9 +579,12 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize_admin(s, &req)?;
         if !is_leader(s) {
             let mut c = leader_cluster_client(s).await?;
-            return c.member_update(req.into_inner()).await;
+            return c
+                .member_update(crate::auth::service::relayed(s, req).await?)
+                .await;
         }
         let r = req.into_inner();
         if !s.raft.registry.contains(r.id) {
@@ -612,9 +626,12 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize_admin(s, &req)?;
         if !is_leader(s) {
             let mut c = leader_cluster_client(s).await?;
-            return c.member_promote(req.into_inner()).await;
+            return c
+                .member_promote(crate::auth::service::relayed(s, req).await?)
+                .await;
         }
         let id = req.into_inner().id;
         if !s.raft.registry.contains(id) {
@@ -717,10 +734,11 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _: Request<pb::DefragmentRequest>,
+        req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         // The state machine lives in memory; there is nothing to defragment.
         // etcd 3.4 answers without a header, and clients test for that.
+        crate::auth::service::authorize_maintenance(&self.0, &req)?;
         Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
@@ -729,6 +747,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         req: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize_maintenance(s, &req)?;
         let r = req.into_inner();
         let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
         // etcd: the hash of every version kept up to `revision` (0: now),
@@ -764,9 +783,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _: Request<pb::SnapshotRequest>,
+        req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize_maintenance(s, &req)?;
         let (bytes, rev) = {
             let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
             (kv.snapshot(), kv.revision())
@@ -932,6 +952,26 @@ impl peerpb::peer_server::Peer for PeerService {
         let env = self.check(r.envelope.as_ref())?;
         crate::publish::accept(&self.0, env.from, r.name, r.client_urls).await?;
         Ok(Response::new(peerpb::PublishReply {}))
+    }
+
+    async fn forward_auth(
+        &self,
+        req: Request<peerpb::ForwardAuthRequest>,
+    ) -> Result<Response<peerpb::ForwardAuthReply>, Status> {
+        let r = req.into_inner();
+        self.check(r.envelope.as_ref())?;
+        crate::auth::service::accept_forwarded(&self.0, &r.op).await?;
+        Ok(Response::new(peerpb::ForwardAuthReply {}))
+    }
+
+    async fn issue_token(
+        &self,
+        req: Request<peerpb::IssueTokenRequest>,
+    ) -> Result<Response<peerpb::IssueTokenReply>, Status> {
+        let r = req.into_inner();
+        self.check(r.envelope.as_ref())?;
+        let token = crate::auth::service::issue_for_peer(&self.0, &r.user)?;
+        Ok(Response::new(peerpb::IssueTokenReply { token }))
     }
 
     async fn lease_renew(

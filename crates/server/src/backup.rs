@@ -207,6 +207,9 @@ pub fn restore(
         kv: store.snapshot(),
         // Each member publishes its name and client URLs when it starts.
         attributes: BTreeMap::new(),
+        // A backup holds keys only: a restored cluster starts with auth
+        // disabled and no users or roles (etcd's restore keeps them).
+        auth: Vec::new(),
     }
     .encode()?;
     let snap = Snapshot {

@@ -232,6 +232,16 @@ pub struct MemberArgs {
     /// to the low space quota).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
+    /// Auth token type: 'simple' (random tokens each member keeps) is
+    /// served; 'jwt' is not.
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// Time (in seconds) of a simple auth token's TTL, renewed on each use.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// Cost of bcrypt hashing for user passwords (4 to 31).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
     /// Interpret --auto-compaction-retention as hours/a duration
     /// ('periodic') or as a number of revisions ('revision').
     #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", value_enum, default_value_t = AutoCompactionMode::Periodic)]
@@ -306,6 +316,9 @@ const LONG_FLAGS: &[&str] = &[
     "snapshot-count",
     "max-request-bytes",
     "quota-backend-bytes",
+    "auth-token",
+    "auth-token-ttl",
+    "bcrypt-cost",
     "listen-metrics-urls",
     "auto-compaction-mode",
     "auto-compaction-retention",

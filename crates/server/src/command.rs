@@ -5,7 +5,8 @@
 //! ([`metalraft_replica::Frame`]: kind, proposing node, request id; 17
 //! bytes) around a server command `kind: u8 | body`: kind 0 is a key-value
 //! command (`metalraft_kv::Command::encode`), kind 1 a member-registry
-//! change ([`RegistryOp`], postcard). The envelope is the replica's: it
+//! change ([`RegistryOp`], postcard), kind 2 an auth change
+//! ([`crate::auth::AuthOp`], postcard). The envelope is the replica's: it
 //! finds the client waiting for an entry; the server never looks at it.
 
 use metalraft_kv as kv;
@@ -19,6 +20,8 @@ use crate::registry::{CodecError, RegistryOp};
 pub const KIND_KV: u8 = 0;
 /// Kind byte of a member-registry change.
 pub const KIND_REGISTRY: u8 = 1;
+/// Kind byte of an auth change.
+pub const KIND_AUTH: u8 = 2;
 
 /// What an application entry carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +30,8 @@ pub enum Payload {
     Kv(kv::Command),
     /// A member-registry change.
     Registry(RegistryOp),
+    /// An auth change.
+    Auth(crate::auth::AuthOp),
 }
 
 /// Why a server command could not be decoded. Every member decodes the same
@@ -45,6 +50,9 @@ pub enum CommandError {
     /// A registry change that does not decode.
     #[error("registry operation: {0}")]
     Registry(CodecError),
+    /// An auth change that does not decode.
+    #[error("auth operation: {0}")]
+    Auth(CodecError),
 }
 
 /// Builds a server command (the replica wraps it in its envelope).
@@ -52,6 +60,7 @@ pub fn encode_command(payload: &Payload) -> Result<Vec<u8>, CodecError> {
     let (kind, body) = match payload {
         Payload::Kv(cmd) => (KIND_KV, cmd.encode()),
         Payload::Registry(op) => (KIND_REGISTRY, op.encode()?),
+        Payload::Auth(op) => (KIND_AUTH, op.encode()?),
     };
     let mut out = Vec::with_capacity(1 + body.len());
     out.push(kind);
@@ -63,7 +72,7 @@ pub fn encode_command(payload: &Payload) -> Result<Vec<u8>, CodecError> {
 pub fn split_command(data: &[u8]) -> Result<(u8, &[u8]), CommandError> {
     let (&kind, body) = data.split_first().ok_or(CommandError::Empty)?;
     match kind {
-        KIND_KV | KIND_REGISTRY => Ok((kind, body)),
+        KIND_KV | KIND_REGISTRY | KIND_AUTH => Ok((kind, body)),
         k => Err(CommandError::UnknownKind(k)),
     }
 }
@@ -75,6 +84,10 @@ pub fn decode_command(data: &[u8]) -> Result<Payload, CommandError> {
         kv::Command::decode(body)
             .map(Payload::Kv)
             .map_err(CommandError::Kv)
+    } else if kind == KIND_AUTH {
+        crate::auth::AuthOp::decode(body)
+            .map(Payload::Auth)
+            .map_err(CommandError::Auth)
     } else {
         RegistryOp::decode(body)
             .map(Payload::Registry)

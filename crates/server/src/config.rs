@@ -98,6 +98,35 @@ pub enum ConfigError {
     /// A TLS flag, a combination of them or a file they name is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// `--auth-token` names a token type this server does not serve.
+    #[error("--auth-token {0:?} is not supported (only 'simple' is)")]
+    BadAuthToken(String),
+    /// `--bcrypt-cost` is outside bcrypt's bounds.
+    #[error("--bcrypt-cost must be between 4 and 31, got {0}")]
+    BadBcryptCost(u32),
+    /// `--auth-token-ttl` is zero.
+    #[error("--auth-token-ttl must be at least 1 second")]
+    ZeroAuthTokenTtl,
+}
+
+/// `--auth-token`: `simple`, optionally with etcd's `,key=value` options
+/// (ignored); `jwt` is refused. With `--auth-token-ttl`.
+fn auth_token_ttl(a: &MemberArgs) -> Result<Duration, ConfigError> {
+    if a.auth_token.split(',').next() != Some("simple") {
+        return Err(ConfigError::BadAuthToken(a.auth_token.clone()));
+    }
+    if a.auth_token_ttl == 0 {
+        return Err(ConfigError::ZeroAuthTokenTtl);
+    }
+    Ok(Duration::from_secs(a.auth_token_ttl))
+}
+
+fn bcrypt_cost(cost: u32) -> Result<u32, ConfigError> {
+    use crate::auth::service::{BCRYPT_COST_MAX, BCRYPT_COST_MIN};
+    if !(BCRYPT_COST_MIN..=BCRYPT_COST_MAX).contains(&cost) {
+        return Err(ConfigError::BadBcryptCost(cost));
+    }
+    Ok(cost)
 }
 
 /// One member of the initial cluster.
@@ -156,6 +185,10 @@ pub struct MemberConfig {
     pub log_level: LogLevel,
     /// TLS server and dial configurations (files loaded and checked).
     pub tls: TlsSettings,
+    /// `--auth-token-ttl`: how long an unused simple token lives.
+    pub auth_token_ttl: Duration,
+    /// `--bcrypt-cost`.
+    pub bcrypt_cost: u32,
 }
 
 impl MemberConfig {
@@ -298,6 +331,8 @@ impl MemberConfig {
             listen_metrics_urls,
             log_level: a.log_level,
             tls,
+            auth_token_ttl: auth_token_ttl(a)?,
+            bcrypt_cost: bcrypt_cost(a.bcrypt_cost)?,
         })
     }
 

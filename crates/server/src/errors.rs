@@ -89,6 +89,9 @@ pub enum EtcdError {
     /// (everything but serializable Range and Status).
     #[error("etcdserver: rpc not supported for learner")]
     NotSupportedForLearner,
+    /// An auth failure ([`crate::auth::AuthError`]: etcd's codes and messages).
+    #[error("{0}")]
+    Auth(crate::auth::AuthError),
 }
 
 impl EtcdError {
@@ -119,6 +122,7 @@ impl EtcdError {
             EtcdError::NotLeader | EtcdError::BadLeaderTransferee => Code::FailedPrecondition,
             EtcdError::Unsupported(_) => Code::Unimplemented,
             EtcdError::Internal(_) => Code::Internal,
+            EtcdError::Auth(a) => a.code(),
         }
     }
 }
@@ -158,6 +162,9 @@ pub fn from_status(s: &Status) -> EtcdError {
         if k.to_string() == s.message() {
             return k.clone();
         }
+    }
+    if let Some(a) = crate::auth::AuthError::from_message(s.message()) {
+        return EtcdError::Auth(a);
     }
     match s.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => EtcdError::Timeout,

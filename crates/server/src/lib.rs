@@ -31,6 +31,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod api;
+pub mod auth;
 pub mod backup;
 pub mod cli;
 pub mod command;

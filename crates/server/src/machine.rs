@@ -1,5 +1,6 @@
-//! The server's replicated state machine: the key-value store and the
-//! member registry, driven by [`metalraft_replica::Replica`].
+//! The server's replicated state machine: the key-value store, the
+//! member registry and the auth state ([`crate::auth`]), driven by
+//! [`metalraft_replica::Replica`].
 //!
 //! Both halves are shared with the gRPC services (serializable reads, the
 //! member list) behind locks, and written only here, in log order, on the
@@ -12,7 +13,8 @@ use metalraft_core::{ConfChange, Index, Term};
 use metalraft_kv as kv;
 use metalraft_replica::{Instant, KvError, MvccEvent, StateMachine, StateMachineError};
 
-use crate::command::{self, CommandError, KIND_KV};
+use crate::auth::{Auth, AuthError, AuthOp, AuthState};
+use crate::command::{self, CommandError, KIND_AUTH, KIND_KV};
 use crate::lease::LeaseClock;
 use crate::registry::{CodecError, Registry, RegistryOp, SnapshotData};
 
@@ -23,6 +25,8 @@ pub enum Applied {
     Kv(kv::CommandResult),
     /// A registry change was applied.
     Registry,
+    /// An auth change was applied.
+    Auth,
 }
 
 /// Why an applied command produced no result. Deterministic: every member
@@ -34,6 +38,8 @@ pub enum Refused {
     Kv(kv::RequestError),
     /// The command does not decode (a bug in some member's encoder).
     Undecodable(CommandError),
+    /// The auth store refused the change (etcd's error to the client).
+    Auth(AuthError),
 }
 
 /// Why a snapshot of this state machine could not be read.
@@ -59,6 +65,7 @@ pub enum RestoreError {
 pub struct ServerMachine {
     kv: Arc<RwLock<kv::MvccStore>>,
     registry: Registry,
+    auth: Auth,
     /// The store's applied index, kept here so the replica's frequent
     /// `applied_index()` calls take no lock.
     applied: Index,
@@ -73,6 +80,7 @@ impl ServerMachine {
         ServerMachine {
             kv: Arc::new(RwLock::new(kv::MvccStore::new())),
             registry,
+            auth: Auth::new(),
             applied: 0,
             leases: LeaseClock::new(),
         }
@@ -89,9 +97,11 @@ impl ServerMachine {
     pub fn recover(&mut self, index: Index, data: &[u8]) -> Result<Index, RestoreError> {
         let decoded = SnapshotData::decode(data)?;
         let store = kv::MvccStore::restore(&decoded.kv)?;
+        let auth = AuthState::decode(&decoded.auth)?;
         let applied = store.applied_index().min(index);
         *self.kv.write().map_err(|_| crate::registry::Poisoned)? = store;
         self.registry.restore(&decoded)?;
+        self.auth.restore(auth);
         self.applied = applied;
         Ok(applied)
     }
@@ -104,6 +114,11 @@ impl ServerMachine {
     /// The member registry, shared with the gRPC services.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The auth state, shared with the gRPC services.
+    pub fn auth(&self) -> &Auth {
+        &self.auth
     }
 
     fn store(&self) -> Result<std::sync::RwLockWriteGuard<'_, kv::MvccStore>, StateMachineError> {
@@ -156,6 +171,20 @@ impl StateMachine for ServerMachine {
                     Err(KvError::Decode(e)) => CommandError::Kv(e),
                 }
             }
+            Ok((KIND_AUTH, body)) => match AuthOp::decode(body) {
+                Ok(op) => {
+                    self.mark_applied(index)?;
+                    return Ok(self
+                        .auth
+                        .apply(&op)
+                        .map(|()| Applied::Auth)
+                        .map_err(Refused::Auth));
+                }
+                Err(e) => {
+                    self.mark_applied(index)?;
+                    CommandError::Auth(e)
+                }
+            },
             Ok((_, body)) => match RegistryOp::decode(body) {
                 Ok(op) => {
                     self.apply_registry(index, &op)?;
@@ -210,11 +239,16 @@ impl StateMachine for ServerMachine {
             .read()
             .map_err(|_| StateMachineError::Unavailable)?
             .snapshot();
-        self.registry
+        let mut data = self
+            .registry
             .snapshot_data(kv)
-            .map_err(|_| StateMachineError::Unavailable)?
+            .map_err(|_| StateMachineError::Unavailable)?;
+        data.auth = self
+            .auth
+            .snapshot()
             .encode()
-            .map_err(|_| StateMachineError::Unavailable)
+            .map_err(|_| StateMachineError::Unavailable)?;
+        data.encode().map_err(|_| StateMachineError::Unavailable)
     }
 
     fn restore(&mut self, index: Index, data: &[u8]) -> Result<(), StateMachineError> {
@@ -222,6 +256,7 @@ impl StateMachine for ServerMachine {
         let decoded = SnapshotData::decode(data).map_err(|_| StateMachineError::BadSnapshot)?;
         let store =
             kv::MvccStore::restore(&decoded.kv).map_err(|_| StateMachineError::BadSnapshot)?;
+        let auth = AuthState::decode(&decoded.auth).map_err(|_| StateMachineError::BadSnapshot)?;
         if store.applied_index() != index {
             return Err(StateMachineError::Inconsistent);
         }
@@ -229,6 +264,7 @@ impl StateMachine for ServerMachine {
         self.registry
             .restore(&decoded)
             .map_err(|_| StateMachineError::Unavailable)?;
+        self.auth.restore(auth);
         self.applied = index;
         Ok(())
     }
@@ -297,6 +333,48 @@ mod tests {
         let kv = other.kv();
         let got = kv.read().unwrap().range(&kv::RangeRequest::single(b"k"));
         assert_eq!(got.unwrap().kvs[0].value, b"v");
+    }
+
+    #[test]
+    fn auth_changes_apply_in_log_order_and_travel_in_snapshots() {
+        use crate::auth::{AuthError, AuthOp, ROOT_ROLE, ROOT_USER};
+        let mut m = machine();
+        let ops = [
+            AuthOp::Enable,
+            AuthOp::UserAdd {
+                name: ROOT_USER.into(),
+                password_hash: Some("hash".into()),
+            },
+            AuthOp::UserGrantRole {
+                user: ROOT_USER.into(),
+                role: ROOT_ROLE.into(),
+            },
+            AuthOp::Enable,
+        ];
+        let mut outs = Vec::new();
+        for (i, op) in ops.into_iter().enumerate() {
+            let cmd = encode_command(&Payload::Auth(op)).unwrap();
+            outs.push(m.apply(i as u64 + 1, 1, &cmd, None).unwrap());
+        }
+        assert_eq!(
+            outs,
+            vec![
+                Err(Refused::Auth(AuthError::RootUserNotExist)),
+                Ok(Applied::Auth),
+                Ok(Applied::Auth),
+                Ok(Applied::Auth),
+            ]
+        );
+        assert_eq!(m.applied_index(), 4);
+        assert!(m.auth().read(|a| a.enabled));
+
+        let snap = m.snapshot().unwrap();
+        let mut other = machine();
+        other.restore(4, &snap).unwrap();
+        assert_eq!(other.auth().snapshot(), m.auth().snapshot());
+        let mut recovered = machine();
+        assert_eq!(recovered.recover(4, &snap).unwrap(), 4);
+        assert!(recovered.auth().read(|a| a.users.contains_key(ROOT_USER)));
     }
 
     #[test]

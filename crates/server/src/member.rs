@@ -531,6 +531,8 @@ fn start(
         gauges: gauges.clone(),
         tick: cfg.heartbeat_interval,
     });
+    handle.auth.tokens().set_ttl(cfg.auth_token_ttl);
+    handle.auth.set_cert_users(cfg.tls.client_cert_auth);
     let shared = Arc::new(Shared::new(
         cfg.clone(),
         handle.clone(),
@@ -618,6 +620,12 @@ fn serve_all(
         )
         .add_service(
             WatchServer::new(WatchService(shared.clone())).max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            crate::proto::etcdserverpb::auth_server::AuthServer::new(
+                crate::auth::service::AuthService(shared.clone()),
+            )
+            .max_decoding_message_size(max_recv),
         )
         .add_service(
             LockServer::new(LockService(shared.clone())).max_decoding_message_size(max_recv),

@@ -9,6 +9,12 @@ pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
+/// etcd's auth records (users, roles, permissions).
+pub mod authpb {
+    tonic::include_proto!("authpb");
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
+}
+
 /// etcd's v3 client API.
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");

@@ -123,6 +123,13 @@ pub enum Input {
         /// Applied, or why not.
         reply: oneshot::Sender<Result<(), EtcdError>>,
     },
+    /// An auth change to replicate; answered when applied.
+    ProposeAuth {
+        /// The change.
+        op: crate::auth::AuthOp,
+        /// Applied, or why not (etcd's auth errors).
+        reply: oneshot::Sender<Result<(), EtcdError>>,
+    },
     /// A membership change of the core; answered when its entry is applied.
     ConfChange {
         /// The change.
@@ -193,6 +200,8 @@ pub struct RaftHandle {
     pub registry: Registry,
     /// The core's configuration in effect.
     pub conf: Arc<RwLock<ConfState>>,
+    /// The auth state and this member's tokens.
+    pub auth: crate::auth::Auth,
 }
 
 impl RaftHandle {
@@ -229,6 +238,16 @@ impl RaftHandle {
         timeout: Duration,
     ) -> Result<(), EtcdError> {
         self.ask(|reply| Input::ProposeRegistry { op, reply }, timeout)
+            .await
+    }
+
+    /// Replicates an auth change and waits until it is applied.
+    pub async fn propose_auth(
+        &self,
+        op: crate::auth::AuthOp,
+        timeout: Duration,
+    ) -> Result<(), EtcdError> {
+        self.ask(|reply| Input::ProposeAuth { op, reply }, timeout)
             .await
     }
 
@@ -355,6 +374,7 @@ impl RaftLoop {
             stats: stats.clone(),
             registry: registry.clone(),
             conf: conf.clone(),
+            auth: r.state_machine().auth().clone(),
         };
         let lanes = registry
             .members()
@@ -487,6 +507,9 @@ impl RaftLoop {
             }
             Input::ProposeRegistry { op, reply } => {
                 self.propose(&Payload::Registry(op), Waiter::Done(reply));
+            }
+            Input::ProposeAuth { op, reply } => {
+                self.propose(&Payload::Auth(op), Waiter::Done(reply));
             }
             Input::ConfChange { cc, reply } => {
                 let id = self.req_id();
@@ -649,7 +672,8 @@ impl RaftLoop {
         let r = match c.outcome {
             Outcome::Applied { output, .. } => match output {
                 Ok(Applied::Kv(out)) => Ok(Some(out)),
-                Ok(Applied::Registry) => Ok(None),
+                Ok(Applied::Registry | Applied::Auth) => Ok(None),
+                Err(Refused::Auth(e)) => Err(EtcdError::Auth(e)),
                 Err(Refused::Kv(e)) => Err(command::request_error(e)),
                 Err(Refused::Undecodable(e)) => {
                     Err(EtcdError::Internal(format!("etcdserver: {e}")))

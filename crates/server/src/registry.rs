@@ -24,10 +24,11 @@
 //! Operations and snapshots are postcard, which is not self-describing, so
 //! both only ever grow at the end: new [`RegistryOp`] variants are appended
 //! (a WAL written before them still decodes), and [`SnapshotData`] gained
-//! its `attributes` as a last field. A snapshot written before that field
-//! is the same bytes minus the field, which the full decoder refuses (input
-//! ends) and the legacy decoder accepts; a current snapshot leaves trailing
-//! bytes for the legacy decoder. So each snapshot decodes one way only.
+//! its `attributes` as a last field, then `auth`. A snapshot written before
+//! a field is the same bytes minus the field, which the full decoder
+//! refuses (input ends) and the legacy decoder accepts; a current snapshot
+//! leaves trailing bytes for the legacy decoders. So each snapshot decodes
+//! one way only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -259,6 +260,7 @@ impl Registry {
             removed: m.removed.clone(),
             kv,
             attributes,
+            auth: Vec::new(),
         })
     }
 
@@ -320,6 +322,19 @@ pub struct SnapshotData {
     /// absent). Missing in snapshots written before attributes were
     /// replicated.
     pub attributes: BTreeMap<u64, Attributes>,
+    /// The auth state ([`crate::auth::AuthState::encode`]); empty in
+    /// snapshots written before auth existed, which decode as no users, no
+    /// roles, auth disabled.
+    pub auth: Vec<u8>,
+}
+
+/// A snapshot as written before auth was replicated.
+#[derive(Deserialize)]
+struct SnapshotDataV2 {
+    members: MemberUrls,
+    removed: BTreeSet<u64>,
+    kv: Vec<u8>,
+    attributes: BTreeMap<u64, Attributes>,
 }
 
 /// A snapshot as written before attributes were replicated.
@@ -339,18 +354,29 @@ impl SnapshotData {
     /// Decodes, checking the whole input is used; a snapshot written before
     /// attributes were replicated decodes with none.
     pub fn decode(bytes: &[u8]) -> Result<SnapshotData, CodecError> {
-        match decode_exact::<SnapshotData>(bytes) {
-            Ok(d) => Ok(d),
-            Err(current) => match decode_exact::<SnapshotDataV1>(bytes) {
-                Ok(v1) => Ok(SnapshotData {
-                    members: v1.members,
-                    removed: v1.removed,
-                    kv: v1.kv,
-                    attributes: BTreeMap::new(),
-                }),
-                // Report the current format's complaint.
-                Err(_) => Err(current),
-            },
+        let current = match decode_exact::<SnapshotData>(bytes) {
+            Ok(d) => return Ok(d),
+            Err(e) => e,
+        };
+        if let Ok(v2) = decode_exact::<SnapshotDataV2>(bytes) {
+            return Ok(SnapshotData {
+                members: v2.members,
+                removed: v2.removed,
+                kv: v2.kv,
+                attributes: v2.attributes,
+                auth: Vec::new(),
+            });
+        }
+        match decode_exact::<SnapshotDataV1>(bytes) {
+            Ok(v1) => Ok(SnapshotData {
+                members: v1.members,
+                removed: v1.removed,
+                kv: v1.kv,
+                attributes: BTreeMap::new(),
+                auth: Vec::new(),
+            }),
+            // Report the current format's complaint.
+            Err(_) => Err(current),
         }
     }
 }
@@ -501,6 +527,48 @@ mod tests {
         let mut long = bytes.clone();
         long.push(0);
         assert!(SnapshotData::decode(&long).is_err());
-        assert!(SnapshotData::decode(&bytes[..bytes.len() - 1]).is_err());
+        // With no auth state the last byte is its empty length, and the
+        // bytes before it are exactly the layout before auth (below).
+        let with_auth = SnapshotData {
+            auth: vec![1, 2, 3],
+            ..r.snapshot_data(vec![1, 2, 3]).unwrap()
+        }
+        .encode()
+        .unwrap();
+        assert!(SnapshotData::decode(&with_auth[..with_auth.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn snapshots_from_before_auth_restore_with_no_auth_state() {
+        let r = Registry::new([(1, vec!["http://a:1".to_string()])]);
+        r.apply(&RegistryOp::Publish {
+            id: 1,
+            attributes: attrs("one", "http://a:2"),
+        })
+        .unwrap();
+        let data = SnapshotData {
+            auth: vec![1, 0, 0, 0, 0],
+            ..r.snapshot_data(vec![7, 7]).unwrap()
+        };
+        assert_eq!(SnapshotData::decode(&data.encode().unwrap()).unwrap(), data);
+        // The layout before auth: the same fields, minus the last.
+        #[derive(Serialize)]
+        struct V2<'a> {
+            members: &'a MemberUrls,
+            removed: &'a BTreeSet<u64>,
+            kv: &'a [u8],
+            attributes: &'a BTreeMap<u64, Attributes>,
+        }
+        let old = postcard::to_allocvec(&V2 {
+            members: &data.members,
+            removed: &data.removed,
+            kv: &data.kv,
+            attributes: &data.attributes,
+        })
+        .unwrap();
+        let decoded = SnapshotData::decode(&old).unwrap();
+        assert_eq!(decoded.attributes, data.attributes);
+        assert_eq!(decoded.kv, data.kv);
+        assert!(decoded.auth.is_empty());
     }
 }

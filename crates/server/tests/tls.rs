@@ -927,3 +927,35 @@ fn tls_configuration_errors_name_the_flag_or_the_file() {
     // Nothing was created.
     assert!(!dir.path().join("d").exists());
 }
+
+/// With `--client-cert-auth` and auth enabled, a request without a token is
+/// the user its certificate's CommonName names (etcd's behaviour); a token
+/// (`--user`) wins over the certificate.
+#[test]
+fn the_client_certificate_common_name_is_the_auth_user() {
+    let c = TlsCluster::start(1);
+    let ep = c.endpoint(0);
+    // etcdctl's certificate says CN=etcdctl.
+    for args in [
+        &["user", "add", "root:pw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "etcdctl:unused"],
+        &["role", "add", "r"],
+        &["role", "grant-permission", "r", "readwrite", "foo"],
+        &["user", "grant-role", "etcdctl", "r"],
+        &["auth", "enable"],
+    ] {
+        c.ctl_ok(&ep, args);
+    }
+    assert_eq!(c.ctl_ok(&ep, &["put", "foo", "1"]), "OK\n");
+    let out = c.ctl(&ep, &["put", "bar", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Error: etcdserver: permission denied"),
+        "{out:?}"
+    );
+    assert_eq!(
+        c.ctl_ok(&ep, &["--user", "root:pw", "put", "bar", "1"]),
+        "OK\n"
+    );
+}

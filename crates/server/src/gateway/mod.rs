@@ -291,12 +291,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 ),
             )
             .route(&format!("{p}/election/observe"), observe_route(&shared));
+        r = crate::auth::gateway::routes(r, &shared, p);
     }
     r
 }
 
-/// A unary route: JSON body → `Req` → `call` → JSON answer.
-fn unary<Req, Resp, F, Fut>(
+/// A unary route: JSON body → `Req` → `call` → JSON answer. An
+/// `Authorization` header is passed on as the auth token (etcd's gateway
+/// does the same).
+pub(crate) fn unary<Req, Resp, F, Fut>(
     shared: &Arc<Shared>,
     method: &'static str,
     call: F,
@@ -308,7 +311,7 @@ where
     Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>> + Send,
 {
     let shared = shared.clone();
-    post(move |body: Bytes| {
+    post(move |headers: axum::http::HeaderMap, body: Bytes| {
         let shared = shared.clone();
         let call = call.clone();
         async move {
@@ -320,7 +323,15 @@ where
                     Ok(r) => r,
                     Err(status) => return error_response(&status),
                 };
-            match call(shared, Request::new(req)).await {
+            let mut req = Request::new(req);
+            if let Some(token) = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| tonic::metadata::MetadataValue::try_from(v.as_bytes()).ok())
+            {
+                req.metadata_mut()
+                    .insert(crate::auth::service::GATEWAY_TOKEN_METADATA, token);
+            }
+            match call(shared, req).await {
                 Ok(resp) => json_response(StatusCode::OK, &resp.into_inner()),
                 Err(status) => error_response(&status),
             }
@@ -396,15 +407,19 @@ fn observe_route(shared: &Arc<Shared>) -> axum::routing::MethodRouter {
 /// answer a stream of `{"result": WatchResponse}` lines.
 fn watch_route(shared: &Arc<Shared>) -> axum::routing::MethodRouter {
     let shared = shared.clone();
-    post(move |body: Body| {
+    post(move |headers: axum::http::HeaderMap, body: Body| {
         let shared = shared.clone();
         async move {
+            let user = match crate::auth::service::gateway_caller(&shared, &headers) {
+                Ok(u) => u,
+                Err(e) => return error_response(&e.into()),
+            };
             if let Some(refused) = learner_refusal(&shared, "/etcdserverpb.Watch/Watch") {
                 return error_response(&refused);
             }
             let limit = max_body_bytes(shared.cfg.max_request_bytes);
             let requests = json::request_stream::<pb::WatchRequest>(body, limit);
-            let responses = crate::watch::serve_stream(shared, requests);
+            let responses = crate::watch::serve_stream_as(shared, requests, user);
             json::streaming_response(responses)
         }
     })

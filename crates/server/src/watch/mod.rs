@@ -31,6 +31,7 @@ mod stream;
 
 pub use feed::{FeedBatch, WatchFeed, WatchStats};
 pub use metalraft_replica::MvccEvent;
+pub(crate) use stream::serve_stream_as;
 pub use stream::{serve_stream, WatchService};
 
 use std::time::Duration;

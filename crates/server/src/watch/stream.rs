@@ -60,7 +60,8 @@ impl pb::watch_server::Watch for WatchService {
         // The feed is subscribed before anything is read, so no applied
         // batch can fall between what the store shows a new watcher and
         // what the feed brings.
-        let out = serve_stream(s, req.into_inner());
+        let user = crate::auth::service::caller(&s.raft.auth, &req)?;
+        let out = serve_stream_as(s, req.into_inner(), user);
         Ok(Response::new(Box::pin(out)))
     }
 }
@@ -74,6 +75,19 @@ pub fn serve_stream<S>(
 where
     S: Stream<Item = Result<pb::WatchRequest, Status>> + Send + Unpin + 'static,
 {
+    serve_stream_as(shared, inbound, None)
+}
+
+/// [`serve_stream`] for the auth user `user` (whose read permission each
+/// watch create needs while auth is enabled).
+pub(crate) fn serve_stream_as<S>(
+    shared: Arc<Shared>,
+    inbound: S,
+    user: Option<String>,
+) -> impl Stream<Item = Result<pb::WatchResponse, Status>> + Send
+where
+    S: Stream<Item = Result<pb::WatchRequest, Status>> + Send + Unpin + 'static,
+{
     let feed = shared.raft.watch_feed.subscribe();
     let (out, rx) = mpsc::channel(WATCH_SEND_BUFFER);
     let stats = shared.raft.watch_feed.stats.clone();
@@ -81,6 +95,7 @@ where
     let task = StreamTask {
         stats,
         shared,
+        user,
         watchers: BTreeMap::new(),
         next_auto_id: 0,
         out,
@@ -138,6 +153,8 @@ struct Gone;
 
 struct StreamTask {
     shared: Arc<Shared>,
+    /// The auth user of the stream (see [`serve_stream_as`]).
+    user: Option<String>,
     stats: Arc<WatchStats>,
     watchers: BTreeMap<i64, Watcher>,
     next_auto_id: i64,
@@ -269,6 +286,15 @@ impl StreamTask {
             Some(DUPLICATE_ID)
         } else if self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
             Some(TOO_MANY)
+        } else if crate::auth::service::may_watch(
+            &self.shared.raft.auth,
+            self.user.as_deref(),
+            &key,
+            &c.range_end,
+        )
+        .is_err()
+        {
+            Some(crate::auth::service::WATCH_PERMISSION_DENIED)
         } else {
             None
         };
