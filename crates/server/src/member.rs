@@ -643,6 +643,7 @@ fn serve_all(
         .merge(crate::gateway::router(shared.clone()));
         let router = tonic::transport::Server::builder()
             .accept_http1(true)
+            .max_concurrent_streams(CLIENT_MAX_CONCURRENT_STREAMS)
             .add_routes(tonic::service::Routes::from(routes));
         servers.push(serve(router, l, tls, "client", stop.clone()));
     }
@@ -656,6 +657,11 @@ fn serve_all(
     }
     servers
 }
+
+/// HTTP/2 streams one client connection may have open at once: grpc-go's
+/// (and so etcd's) unlimited default, instead of hyper's 200, so a client
+/// multiplexing hundreds of Watch streams on one connection is not stalled.
+pub const CLIENT_MAX_CONCURRENT_STREAMS: u32 = u32::MAX;
 
 /// The etcd gRPC methods a learner serves, as in etcd 3.4: Status, and
 /// Range (whose linearizable form the handler refuses on a learner, since
