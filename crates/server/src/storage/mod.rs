@@ -63,6 +63,27 @@ pub struct Opened {
     pub torn_bytes_dropped: u64,
 }
 
+/// How long opening a data directory waits for its `LOCK` before saying
+/// another process uses it. A process that just forked (any thread of this
+/// one starting a child) holds a copy of every descriptor, the lock's
+/// included, until the child execs; a directory closed a moment ago can
+/// still look locked for that long.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Pause between attempts while waiting for the `LOCK`.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Takes the exclusive `flock` on `lock`, retrying for [`LOCK_WAIT`].
+fn lock_exclusive(lock: &fs::File) -> rustix::io::Result<()> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match rustix::fs::flock(lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(LOCK_RETRY),
+        }
+    }
+}
+
 impl Storage {
     /// Opens (creating if needed) the storage under `data_dir`. `conf_state`
     /// is the static membership from the command line.
@@ -80,11 +101,9 @@ impl Storage {
             .write(true)
             .open(&lock_path)
             .map_err(|e| StorageError::from_io(&lock_path, e))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-            |_| StorageError::Locked {
-                path: lock_path.clone(),
-            },
-        )?;
+        lock_exclusive(&lock).map_err(|_| StorageError::Locked {
+            path: lock_path.clone(),
+        })?;
         let snap_dir = member.join("snap");
         let snapshot::Loaded { snapshot, damaged } = snapshot::load_latest(&snap_dir)?;
         let (mut wal, rec) = Wal::open(&member.join("wal"), opts)?;
