@@ -17,6 +17,7 @@ use crate::auth::{Auth, AuthError, AuthOp, AuthState};
 use crate::command::{self, CommandError, KIND_AUTH, KIND_KV};
 use crate::lease::LeaseClock;
 use crate::registry::{CodecError, Registry, RegistryOp, SnapshotData};
+use crate::watch::WatchFeed;
 
 /// What a proposer gets back from an applied command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +73,9 @@ pub struct ServerMachine {
     /// The leader's lease deadlines (not replicated), shared with the Lease
     /// service for keepalives.
     leases: LeaseClock,
+    /// Where applied events go (`crate::watch`): the store reports them only
+    /// while someone is subscribed.
+    watch_feed: WatchFeed,
 }
 
 impl ServerMachine {
@@ -83,7 +87,13 @@ impl ServerMachine {
             auth: Auth::new(),
             applied: 0,
             leases: LeaseClock::new(),
+            watch_feed: WatchFeed::new(),
         }
+    }
+
+    /// The feed of applied events, for Watch and the concurrency services.
+    pub fn watch_feed(&self) -> WatchFeed {
+        self.watch_feed.clone()
     }
 
     /// The lease clock, shared with the Lease service.
@@ -160,6 +170,10 @@ impl StateMachine for ServerMachine {
     ) -> Result<Self::Output, StateMachineError> {
         let refused = match command::split_command(cmd) {
             Ok((KIND_KV, body)) => {
+                // Collecting events copies every change; skip it while
+                // nobody listens. A subscriber that arrives meanwhile finds
+                // the gap by revision and reads history (`crate::watch`).
+                let events = events.filter(|_| self.watch_feed.streams() > 0);
                 let out = StateMachine::apply(&mut *self.store()?, index, term, body, events)?;
                 self.applied = index;
                 match out {

@@ -364,7 +364,7 @@ impl RaftLoop {
         let me = r.id();
         let conf = Arc::new(RwLock::new(r.node().conf_state().clone()));
         let registry = r.state_machine().registry().clone();
-        let watch_feed = WatchFeed::new();
+        let watch_feed = r.state_machine().watch_feed();
         let handle = RaftHandle {
             watch_feed: watch_feed.clone(),
             inputs: tx,

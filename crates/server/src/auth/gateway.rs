@@ -10,12 +10,12 @@ use crate::api::Shared;
 use crate::gateway::unary;
 use crate::proto::etcdserverpb::auth_server::Auth as _;
 
-/// Adds the Auth routes under prefix `p` (`/v3` or `/v3beta`).
-pub(crate) fn routes(r: Router, shared: &Arc<Shared>, p: &str) -> Router {
+/// Adds the Auth routes (relative to the gateway's prefix).
+pub(crate) fn routes(r: Router, shared: &Arc<Shared>) -> Router {
     macro_rules! route {
         ($r:expr, $path:literal, $method:literal, $call:ident) => {
             $r.route(
-                &format!("{p}/auth/{}", $path),
+                concat!("/auth/", $path),
                 unary(
                     shared,
                     concat!("/etcdserverpb.Auth/", $method),

@@ -8,7 +8,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    created_at, enter, key_of, prefix_of, put_op, session_lease, txn, wait_deletes, Abandon,
+    created_at, enter, key_of, prefix_of, put_op, session_lease, txn, wait_deletes, wait_feed,
+    Abandon,
 };
 use crate::api::{KvService, Shared};
 use crate::proto::etcdserverpb as pb;
@@ -166,7 +167,7 @@ impl epb::election_server::Election for ElectionService {
                 }
                 tokio::select! {
                     _ = tx.closed() => return,
-                    _ = wait_prefix_change(&mut feed, &prefix) => {}
+                    _ = wait_feed(&mut feed, |c| c.kv.key.starts_with(&prefix)) => {}
                 }
             }
         });
@@ -200,28 +201,5 @@ impl epb::election_server::Election for ElectionService {
         )
         .await?;
         Ok(Response::new(epb::ResignResponse { header: t.header }))
-    }
-}
-
-/// Returns when the feed shows a change under `prefix`, or after
-/// [`super::RECHECK_INTERVAL`].
-async fn wait_prefix_change(
-    feed: &mut tokio::sync::broadcast::Receiver<crate::watch::FeedBatch>,
-    prefix: &[u8],
-) {
-    let deadline = tokio::time::Instant::now() + super::RECHECK_INTERVAL;
-    loop {
-        match tokio::time::timeout_at(deadline, feed.recv()).await {
-            Ok(Ok(batch)) => {
-                if batch
-                    .iter()
-                    .flat_map(|e| &e.changes)
-                    .any(|c| c.kv.key.starts_with(prefix))
-                {
-                    return;
-                }
-            }
-            _ => return,
-        }
     }
 }

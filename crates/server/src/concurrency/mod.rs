@@ -187,30 +187,24 @@ async fn wait_deletes(
         let Some(blocker) = blocker else {
             return Ok(header);
         };
-        wait_gone(&mut feed, &blocker.key).await;
+        wait_feed(&mut feed, |c| {
+            c.kind == kv::ChangeKind::Delete && c.kv.key == blocker.key
+        })
+        .await;
     }
 }
 
-/// Returns once `key` was deleted according to the feed, or after
-/// [`RECHECK_INTERVAL`], whichever comes first.
-async fn wait_gone(
+/// Returns once a change on the feed satisfies `stop`, or after
+/// [`RECHECK_INTERVAL`], or when the feed lagged or closed, whichever comes
+/// first: the caller then reads again.
+async fn wait_feed(
     feed: &mut tokio::sync::broadcast::Receiver<crate::watch::FeedBatch>,
-    key: &[u8],
+    stop: impl Fn(&kv::Change) -> bool,
 ) {
     let deadline = tokio::time::Instant::now() + RECHECK_INTERVAL;
-    loop {
-        match tokio::time::timeout_at(deadline, feed.recv()).await {
-            Ok(Ok(batch)) => {
-                let deleted = batch
-                    .iter()
-                    .flat_map(|e| &e.changes)
-                    .any(|c| c.kind == kv::ChangeKind::Delete && c.kv.key.as_slice() == key);
-                if deleted {
-                    return;
-                }
-            }
-            // Lagged, closed or timed out: let the caller read again.
-            _ => return,
+    while let Ok(Ok(batch)) = tokio::time::timeout_at(deadline, feed.recv()).await {
+        if batch.iter().flat_map(|e| &e.changes).any(&stop) {
+            return;
         }
     }
 }

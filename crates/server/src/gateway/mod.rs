@@ -55,7 +55,7 @@ pub fn max_body_bytes(max_request_bytes: usize) -> usize {
 
 /// The gateway's routes.
 pub fn router(shared: Arc<Shared>) -> Router {
-    let mut r = Router::new().route(
+    let version = Router::new().route(
         "/version",
         get(|| async {
             json_response(
@@ -67,233 +67,168 @@ pub fn router(shared: Arc<Shared>) -> Router {
             )
         }),
     );
-    for p in PREFIXES {
-        r = r
-            .route(
-                &format!("{p}/kv/range"),
-                unary(&shared, "/etcdserverpb.KV/Range", |s, q| async move {
-                    KvService(s).range(q).await
-                }),
+    // One route table, served under every prefix.
+    let api = api_routes(&shared);
+    PREFIXES.iter().fold(version, |r, p| r.nest(p, api.clone()))
+}
+
+/// The calls, relative to a prefix.
+fn api_routes(shared: &Arc<Shared>) -> Router {
+    // A unary call `$service($method)` of gRPC service `$grpc`.
+    macro_rules! call {
+        ($service:ident, $grpc:literal, $method:ident) => {
+            unary(
+                shared,
+                $grpc,
+                |s, q| async move { $service(s).$method(q).await },
             )
-            .route(
-                &format!("{p}/kv/put"),
-                unary(&shared, "/etcdserverpb.KV/Put", |s, q| async move {
-                    KvService(s).put(q).await
-                }),
-            )
-            .route(
-                &format!("{p}/kv/deleterange"),
-                unary(&shared, "/etcdserverpb.KV/DeleteRange", |s, q| async move {
-                    KvService(s).delete_range(q).await
-                }),
-            )
-            .route(
-                &format!("{p}/kv/txn"),
-                unary(&shared, "/etcdserverpb.KV/Txn", |s, q| async move {
-                    KvService(s).txn(q).await
-                }),
-            )
-            .route(
-                &format!("{p}/kv/compaction"),
-                unary(&shared, "/etcdserverpb.KV/Compact", |s, q| async move {
-                    KvService(s).compact(q).await
-                }),
-            )
-            .route(
-                &format!("{p}/cluster/member/add"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Cluster/MemberAdd",
-                    |s, q| async move { ClusterService(s).member_add(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/cluster/member/remove"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Cluster/MemberRemove",
-                    |s, q| async move { ClusterService(s).member_remove(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/cluster/member/update"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Cluster/MemberUpdate",
-                    |s, q| async move { ClusterService(s).member_update(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/cluster/member/list"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Cluster/MemberList",
-                    |s, q| async move { ClusterService(s).member_list(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/cluster/member/promote"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Cluster/MemberPromote",
-                    |s, q| async move { ClusterService(s).member_promote(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/maintenance/alarm"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Maintenance/Alarm",
-                    |s, q| async move { MaintenanceService(s).alarm(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/maintenance/status"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Maintenance/Status",
-                    |s, q| async move { MaintenanceService(s).status(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/maintenance/defragment"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Maintenance/Defragment",
-                    |s, q| async move { MaintenanceService(s).defragment(q).await },
-                ),
-            )
-            // etcd 3.4 routes both Hash and HashKV here; HashKV wins.
-            .route(
-                &format!("{p}/maintenance/hash"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Maintenance/HashKV",
-                    |s, q| async move { MaintenanceService(s).hash_kv(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/maintenance/hashkv"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Maintenance/HashKV",
-                    |s, q| async move { MaintenanceService(s).hash_kv(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/maintenance/transfer-leadership"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Maintenance/MoveLeader",
-                    |s, q| async move { MaintenanceService(s).move_leader(q).await },
-                ),
-            )
-            .route(&format!("{p}/watch"), watch_route(&shared))
-            .route(
-                &format!("{p}/lease/grant"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Lease/LeaseGrant",
-                    |s, q| async move { LeaseService(s).lease_grant(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/lease/revoke"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Lease/LeaseRevoke",
-                    |s, q| async move { LeaseService(s).lease_revoke(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/kv/lease/revoke"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Lease/LeaseRevoke",
-                    |s, q| async move { LeaseService(s).lease_revoke(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/lease/timetolive"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Lease/LeaseTimeToLive",
-                    |s, q| async move { LeaseService(s).lease_time_to_live(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/kv/lease/timetolive"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Lease/LeaseTimeToLive",
-                    |s, q| async move { LeaseService(s).lease_time_to_live(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/lease/leases"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Lease/LeaseLeases",
-                    |s, q| async move { LeaseService(s).lease_leases(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/kv/lease/leases"),
-                unary(
-                    &shared,
-                    "/etcdserverpb.Lease/LeaseLeases",
-                    |s, q| async move { LeaseService(s).lease_leases(q).await },
-                ),
-            )
-            .route(&format!("{p}/lease/keepalive"), keepalive_route(&shared))
-            .route(
-                &format!("{p}/lock/lock"),
-                unary(&shared, "/v3lockpb.Lock/Lock", |s, q| async move {
-                    LockService(s).lock(q).await
-                }),
-            )
-            .route(
-                &format!("{p}/lock/unlock"),
-                unary(&shared, "/v3lockpb.Lock/Unlock", |s, q| async move {
-                    LockService(s).unlock(q).await
-                }),
-            )
-            .route(
-                &format!("{p}/election/campaign"),
-                unary(
-                    &shared,
-                    "/v3electionpb.Election/Campaign",
-                    |s, q| async move { ElectionService(s).campaign(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/election/proclaim"),
-                unary(
-                    &shared,
-                    "/v3electionpb.Election/Proclaim",
-                    |s, q| async move { ElectionService(s).proclaim(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/election/leader"),
-                unary(
-                    &shared,
-                    "/v3electionpb.Election/Leader",
-                    |s, q| async move { ElectionService(s).leader(q).await },
-                ),
-            )
-            .route(
-                &format!("{p}/election/resign"),
-                unary(
-                    &shared,
-                    "/v3electionpb.Election/Resign",
-                    |s, q| async move { ElectionService(s).resign(q).await },
-                ),
-            )
-            .route(&format!("{p}/election/observe"), observe_route(&shared));
-        r = crate::auth::gateway::routes(r, &shared, p);
+        };
     }
-    r
+    // etcd 3.4 routes both Hash and HashKV to `/maintenance/hash`; HashKV wins.
+    let hash_kv = call!(
+        MaintenanceService,
+        "/etcdserverpb.Maintenance/HashKV",
+        hash_kv
+    );
+    // The lease calls etcd also serves under `/kv/lease/`.
+    let revoke = call!(
+        LeaseService,
+        "/etcdserverpb.Lease/LeaseRevoke",
+        lease_revoke
+    );
+    let ttl = call!(
+        LeaseService,
+        "/etcdserverpb.Lease/LeaseTimeToLive",
+        lease_time_to_live
+    );
+    let leases = call!(
+        LeaseService,
+        "/etcdserverpb.Lease/LeaseLeases",
+        lease_leases
+    );
+    let r = Router::new()
+        .route(
+            "/kv/range",
+            call!(KvService, "/etcdserverpb.KV/Range", range),
+        )
+        .route("/kv/put", call!(KvService, "/etcdserverpb.KV/Put", put))
+        .route(
+            "/kv/deleterange",
+            call!(KvService, "/etcdserverpb.KV/DeleteRange", delete_range),
+        )
+        .route("/kv/txn", call!(KvService, "/etcdserverpb.KV/Txn", txn))
+        .route(
+            "/kv/compaction",
+            call!(KvService, "/etcdserverpb.KV/Compact", compact),
+        )
+        .route(
+            "/cluster/member/add",
+            call!(
+                ClusterService,
+                "/etcdserverpb.Cluster/MemberAdd",
+                member_add
+            ),
+        )
+        .route(
+            "/cluster/member/remove",
+            call!(
+                ClusterService,
+                "/etcdserverpb.Cluster/MemberRemove",
+                member_remove
+            ),
+        )
+        .route(
+            "/cluster/member/update",
+            call!(
+                ClusterService,
+                "/etcdserverpb.Cluster/MemberUpdate",
+                member_update
+            ),
+        )
+        .route(
+            "/cluster/member/list",
+            call!(
+                ClusterService,
+                "/etcdserverpb.Cluster/MemberList",
+                member_list
+            ),
+        )
+        .route(
+            "/cluster/member/promote",
+            call!(
+                ClusterService,
+                "/etcdserverpb.Cluster/MemberPromote",
+                member_promote
+            ),
+        )
+        .route(
+            "/maintenance/alarm",
+            call!(MaintenanceService, "/etcdserverpb.Maintenance/Alarm", alarm),
+        )
+        .route(
+            "/maintenance/status",
+            call!(
+                MaintenanceService,
+                "/etcdserverpb.Maintenance/Status",
+                status
+            ),
+        )
+        .route(
+            "/maintenance/defragment",
+            call!(
+                MaintenanceService,
+                "/etcdserverpb.Maintenance/Defragment",
+                defragment
+            ),
+        )
+        .route("/maintenance/hash", hash_kv.clone())
+        .route("/maintenance/hashkv", hash_kv)
+        .route(
+            "/maintenance/transfer-leadership",
+            call!(
+                MaintenanceService,
+                "/etcdserverpb.Maintenance/MoveLeader",
+                move_leader
+            ),
+        )
+        .route("/watch", watch_route(shared))
+        .route(
+            "/lease/grant",
+            call!(LeaseService, "/etcdserverpb.Lease/LeaseGrant", lease_grant),
+        )
+        .route("/lease/revoke", revoke.clone())
+        .route("/kv/lease/revoke", revoke)
+        .route("/lease/timetolive", ttl.clone())
+        .route("/kv/lease/timetolive", ttl)
+        .route("/lease/leases", leases.clone())
+        .route("/kv/lease/leases", leases)
+        .route("/lease/keepalive", keepalive_route(shared))
+        .route(
+            "/lock/lock",
+            call!(LockService, "/v3lockpb.Lock/Lock", lock),
+        )
+        .route(
+            "/lock/unlock",
+            call!(LockService, "/v3lockpb.Lock/Unlock", unlock),
+        )
+        .route(
+            "/election/campaign",
+            call!(ElectionService, "/v3electionpb.Election/Campaign", campaign),
+        )
+        .route(
+            "/election/proclaim",
+            call!(ElectionService, "/v3electionpb.Election/Proclaim", proclaim),
+        )
+        .route(
+            "/election/leader",
+            call!(ElectionService, "/v3electionpb.Election/Leader", leader),
+        )
+        .route(
+            "/election/resign",
+            call!(ElectionService, "/v3electionpb.Election/Resign", resign),
+        )
+        .route("/election/observe", observe_route(shared));
+    crate::auth::gateway::routes(r, shared)
 }
 
 /// A unary route: JSON body → `Req` → `call` → JSON answer. An
@@ -419,7 +354,7 @@ fn watch_route(shared: &Arc<Shared>) -> axum::routing::MethodRouter {
             }
             let limit = max_body_bytes(shared.cfg.max_request_bytes);
             let requests = json::request_stream::<pb::WatchRequest>(body, limit);
-            let responses = crate::watch::serve_stream_as(shared, requests, user);
+            let responses = crate::watch::serve_stream(shared, requests, user);
             json::streaming_response(responses)
         }
     })

@@ -6,7 +6,9 @@
 //! - The Raft loop publishes what each round of applying produced (one
 //!   [`MvccEvent`] per revision, in revision order) on the member's
 //!   [`WatchFeed`]: a bounded broadcast of [`WATCH_FEED_CAPACITY`] batches.
-//!   The events are shared (`Arc`), never copied per watcher.
+//!   The events are shared (`Arc`), never copied per watcher. While
+//!   nothing is subscribed the store does not collect them at all
+//!   (`ServerMachine` checks before each apply).
 //! - One task per gRPC stream owns that stream's watchers. Each watcher keeps
 //!   `next_revision`: every revision below it has been delivered (or did not
 //!   concern it). Revisions are contiguous, so a batch whose first revision
@@ -31,7 +33,6 @@ mod stream;
 
 pub use feed::{FeedBatch, WatchFeed, WatchStats};
 pub use metalraft_replica::MvccEvent;
-pub(crate) use stream::serve_stream_as;
 pub use stream::{serve_stream, WatchService};
 
 use std::time::Duration;

@@ -61,26 +61,16 @@ impl pb::watch_server::Watch for WatchService {
         // batch can fall between what the store shows a new watcher and
         // what the feed brings.
         let user = crate::auth::service::caller(&s.raft.auth, &req)?;
-        let out = serve_stream_as(s, req.into_inner(), user);
+        let out = serve_stream(s, req.into_inner(), user);
         Ok(Response::new(Box::pin(out)))
     }
 }
 
 /// Serves one Watch stream whose requests come from `inbound` (the gRPC
-/// stream, or the HTTP gateway's decoded body): returns the responses.
+/// stream, or the HTTP gateway's decoded body) for the auth user `user`
+/// (whose read permission each watch create needs while auth is enabled):
+/// returns the responses.
 pub fn serve_stream<S>(
-    shared: Arc<Shared>,
-    inbound: S,
-) -> impl Stream<Item = Result<pb::WatchResponse, Status>> + Send
-where
-    S: Stream<Item = Result<pb::WatchRequest, Status>> + Send + Unpin + 'static,
-{
-    serve_stream_as(shared, inbound, None)
-}
-
-/// [`serve_stream`] for the auth user `user` (whose read permission each
-/// watch create needs while auth is enabled).
-pub(crate) fn serve_stream_as<S>(
     shared: Arc<Shared>,
     inbound: S,
     user: Option<String>,
@@ -153,7 +143,7 @@ struct Gone;
 
 struct StreamTask {
     shared: Arc<Shared>,
-    /// The auth user of the stream (see [`serve_stream_as`]).
+    /// The auth user of the stream (see [`serve_stream`]).
     user: Option<String>,
     stats: Arc<WatchStats>,
     watchers: BTreeMap<i64, Watcher>,
@@ -219,6 +209,16 @@ impl StreamTask {
         self.shared.header_info().header(revision)
     }
 
+    /// etcd's answer that watcher `id` is canceled, at `revision`.
+    fn canceled(&self, id: i64, revision: i64) -> pb::WatchResponse {
+        pb::WatchResponse {
+            header: Some(self.header(revision)),
+            watch_id: id,
+            canceled: true,
+            ..Default::default()
+        }
+    }
+
     fn current_revision(&self) -> i64 {
         self.shared
             .raft
@@ -242,14 +242,8 @@ impl StreamTask {
             Some(RequestUnion::CancelRequest(c)) => {
                 // etcd answers only a cancel of a watcher that exists.
                 if self.remove(c.watch_id) {
-                    let header = self.header(self.current_revision());
-                    self.send(pb::WatchResponse {
-                        header: Some(header),
-                        watch_id: c.watch_id,
-                        canceled: true,
-                        ..Default::default()
-                    })
-                    .await?;
+                    let resp = self.canceled(c.watch_id, self.current_revision());
+                    self.send(resp).await?;
                 }
                 Ok(())
             }
@@ -299,16 +293,12 @@ impl StreamTask {
             None
         };
         if let Some(reason) = refusal {
-            return self
-                .send(pb::WatchResponse {
-                    header: Some(self.header(current)),
-                    watch_id: NO_WATCH_ID,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: reason.to_string(),
-                    ..Default::default()
-                })
-                .await;
+            let resp = pb::WatchResponse {
+                created: true,
+                cancel_reason: reason.to_string(),
+                ..self.canceled(NO_WATCH_ID, current)
+            };
+            return self.send(resp).await;
         }
         let id = if c.watch_id != 0 {
             c.watch_id
@@ -429,28 +419,20 @@ impl StreamTask {
                     }
                 }
                 (Err(kv::RequestError::Compacted { oldest, .. }), current) => {
+                    let resp = pb::WatchResponse {
+                        compact_revision: oldest,
+                        ..self.canceled(id, current)
+                    };
                     self.remove(id);
-                    return self
-                        .send(pb::WatchResponse {
-                            header: Some(self.header(current)),
-                            watch_id: id,
-                            canceled: true,
-                            compact_revision: oldest,
-                            ..Default::default()
-                        })
-                        .await;
+                    return self.send(resp).await;
                 }
                 (Err(e), current) => {
+                    let resp = pb::WatchResponse {
+                        cancel_reason: e.to_string(),
+                        ..self.canceled(id, current)
+                    };
                     self.remove(id);
-                    return self
-                        .send(pb::WatchResponse {
-                            header: Some(self.header(current)),
-                            watch_id: id,
-                            canceled: true,
-                            cancel_reason: e.to_string(),
-                            ..Default::default()
-                        })
-                        .await;
+                    return self.send(resp).await;
                 }
             }
         }
