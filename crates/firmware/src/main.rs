@@ -113,7 +113,7 @@ async fn main(spawner: Spawner) {
     );
     spawner.spawn(net_task(runner).expect("net task spawns once"));
     info!(
-        "node {} up: {}.{}.{}.{}/{} members {:?} disk {} sectors",
+        "node {} up: {}.{}.{}.{}/{} bootstrap voters {:?} disk {} sectors",
         cfg.node_id,
         ip[0],
         ip[1],
@@ -124,8 +124,13 @@ async fn main(spawner: Spawner) {
         disk.sectors()
     );
 
-    let members: alloc::vec::Vec<u64> = cfg.members.iter().map(|&m| u64::from(m)).collect();
-    let (log, recovered, snapshot) = match storage::DiskLog::open(disk, &members) {
+    // The config block's voters matter only on a fresh disk (see
+    // `DiskLog::open`); a joiner passes none and starts with an empty log.
+    let bootstrap: alloc::vec::Vec<u64> = match cfg.bootstraps() {
+        true => cfg.members.iter().map(|&m| u64::from(m)).collect(),
+        false => alloc::vec::Vec::new(),
+    };
+    let (log, recovered, snapshot) = match storage::DiskLog::open(disk, &bootstrap) {
         Ok(r) => r,
         Err(e) => {
             error!("storage recovery failed: {}; halting", e);

@@ -5,18 +5,25 @@
 //!
 //! Wire form: [`CLIENT_VERSION`], then the postcard encoding. Both sides
 //! decode with [`Request::decode`] / [`Response::decode`], which refuse
-//! unknown versions, malformed bytes, trailing bytes and out-of-bound keys
-//! and values.
+//! unknown versions, malformed bytes, trailing bytes and out-of-bound keys,
+//! values, node ids and member lists: decoding is total, any input gives a
+//! value or a [`DecodeError`].
+//!
+//! Versions: 1 had the kv operations and `Status`; 2 (this one) adds the
+//! membership messages ([`Op::Members`], [`Op::ChangeMembers`],
+//! [`Reply::Members`]) and their error codes. A datagram of another
+//! version is refused as [`DecodeError::UnknownVersion`] (the host tool and
+//! the firmware are built from the same tree).
 
 use alloc::vec::Vec;
 use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::addr::MAX_DATAGRAM_BYTES;
+use crate::addr::{MAX_DATAGRAM_BYTES, MAX_MEMBERS, MAX_NODE_ID};
 
-/// Version byte of the client protocol.
-pub const CLIENT_VERSION: u8 = 1;
+/// Version byte of the client protocol (2: membership messages added).
+pub const CLIENT_VERSION: u8 = 2;
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 64;
 /// Longest value, in bytes.
@@ -57,6 +64,106 @@ pub enum Op {
     },
     /// The node's own view of the cluster (answered by any node).
     Status,
+    /// The node's view of the membership: the latest configuration in its
+    /// log, committed or not (answered by any node, like `Status`; ask the
+    /// leader for the cluster's). A joint configuration (outgoing voters
+    /// listed) means a change is still in progress.
+    Members,
+    /// A membership change, carried out by the leader through the Raft
+    /// log: one voter changed is a single-server change, more go through
+    /// joint consensus (left automatically). Answered with
+    /// [`Reply::Members`] once the change is applied on the leader. A
+    /// change that removes or demotes the leader itself is not proposed:
+    /// the leader hands leadership to a remaining voter and answers
+    /// [`Reply::NotLeader`] naming it; send the change there.
+    ChangeMembers {
+        /// 1..=[`MAX_MEMBERS`] operations, each on a different node.
+        ops: Vec<MemberOp>,
+    },
+}
+
+/// One operation of a membership change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberOp {
+    /// Add a node that is not a member as a voter.
+    AddVoter(u8),
+    /// Add a node that is not a member as a learner (it receives the log,
+    /// typically through a snapshot, but does not vote).
+    AddLearner(u8),
+    /// Make a learner a voter.
+    Promote(u8),
+    /// Remove a member in any role; a removed node stops.
+    Remove(u8),
+}
+
+impl MemberOp {
+    /// The node the operation is about.
+    pub fn node(self) -> u8 {
+        match self {
+            MemberOp::AddVoter(n)
+            | MemberOp::AddLearner(n)
+            | MemberOp::Promote(n)
+            | MemberOp::Remove(n) => n,
+        }
+    }
+}
+
+/// A configuration as a node sees it (ids ascending).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// Voters (of the incoming configuration when joint).
+    pub voters: Vec<u8>,
+    /// Learners.
+    pub learners: Vec<u8>,
+    /// Voters of the outgoing configuration: not empty only while a joint
+    /// change is in progress.
+    pub voters_outgoing: Vec<u8>,
+    /// Outgoing voters that become learners when the joint configuration is
+    /// left.
+    pub learners_next: Vec<u8>,
+}
+
+impl Membership {
+    /// Every list holds at most [`MAX_MEMBERS`] valid node ids.
+    fn valid(&self) -> bool {
+        [
+            &self.voters,
+            &self.learners,
+            &self.voters_outgoing,
+            &self.learners_next,
+        ]
+        .iter()
+        .all(|l| l.len() <= MAX_MEMBERS && l.iter().all(|&id| node_ok(id)))
+    }
+
+    /// Whether `id` is a member in any role.
+    pub fn contains(&self, id: u8) -> bool {
+        self.is_voter(id) || self.learners.contains(&id) || self.learners_next.contains(&id)
+    }
+
+    /// Whether `id` votes (in the incoming or the outgoing configuration).
+    pub fn is_voter(&self, id: u8) -> bool {
+        self.voters.contains(&id) || self.voters_outgoing.contains(&id)
+    }
+
+    /// Whether a joint change is in progress.
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+}
+
+impl fmt::Display for Membership {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "voters {:?} learners {:?}", self.voters, self.learners)?;
+        if self.is_joint() {
+            write!(
+                f,
+                " (joint: outgoing voters {:?}, learners after {:?})",
+                self.voters_outgoing, self.learners_next
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// A response.
@@ -101,6 +208,8 @@ pub enum Reply {
     },
     /// The request failed; nothing was applied unless said otherwise.
     Error(ErrorCode),
+    /// The membership (after the change, for [`Op::ChangeMembers`]).
+    Members(Membership),
 }
 
 /// Why a request failed.
@@ -127,6 +236,16 @@ pub enum ErrorCode {
     /// Definitely not applied: another entry was committed at the write's
     /// log index (its leader lost office). Safe to retry.
     Superseded,
+    /// Another membership change is still in progress (or a new leader has
+    /// not committed an entry of its term yet, or a leadership transfer is
+    /// under way): nothing was proposed; retry.
+    ChangePending,
+    /// The change does not fit the configuration: adding a member, promoting
+    /// a node that is not a learner, removing a node that is not a member,
+    /// or leaving no voter. Nothing was proposed.
+    BadMembershipChange,
+    /// This node was removed from the cluster and stops.
+    Removed,
 }
 
 impl fmt::Display for ErrorCode {
@@ -140,6 +259,12 @@ impl fmt::Display for ErrorCode {
             ErrorCode::StorageFailed => "node storage failed",
             ErrorCode::ReadFailed => "read could not be confirmed, retry",
             ErrorCode::Superseded => "not applied: another entry took its place; retry",
+            ErrorCode::ChangePending => "another membership change is in progress; retry",
+            ErrorCode::BadMembershipChange => {
+                "membership change does not fit the configuration (already a member, \
+                 not a learner, not a member, or no voter left)"
+            }
+            ErrorCode::Removed => "node removed from the cluster",
         })
     }
 }
@@ -252,7 +377,7 @@ pub enum DecodeError {
     UnknownVersion(u8),
     /// Not a valid encoding, or trailing bytes.
     Malformed,
-    /// A key or value breaks a bound.
+    /// A key, value, node id or member list breaks a bound.
     OutOfBounds,
 }
 
@@ -263,7 +388,9 @@ impl fmt::Display for DecodeError {
             DecodeError::TooLarge => write!(f, "datagram above {MAX_DATAGRAM_BYTES} bytes"),
             DecodeError::UnknownVersion(v) => write!(f, "unknown protocol version {v}"),
             DecodeError::Malformed => f.write_str("malformed datagram"),
-            DecodeError::OutOfBounds => f.write_str("key or value out of bounds"),
+            DecodeError::OutOfBounds => {
+                f.write_str("key, value, node id or member list out of bounds")
+            }
         }
     }
 }
@@ -294,13 +421,27 @@ fn key_ok(key: &[u8]) -> bool {
     !key.is_empty() && key.len() <= MAX_KEY_BYTES
 }
 
+fn node_ok(id: u8) -> bool {
+    (1..=MAX_NODE_ID).contains(&id)
+}
+
+/// 1..=MAX_MEMBERS operations on valid, distinct nodes.
+fn ops_ok(ops: &[MemberOp]) -> bool {
+    let distinct = ops
+        .iter()
+        .enumerate()
+        .all(|(i, a)| ops[..i].iter().all(|b| b.node() != a.node()));
+    (1..=MAX_MEMBERS).contains(&ops.len()) && distinct && ops.iter().all(|o| node_ok(o.node()))
+}
+
 impl Request {
     /// Checks the bounds of keys and values.
     pub fn validate(&self) -> Result<(), DecodeError> {
         let ok = match &self.op {
             Op::Put { key, value } => key_ok(key) && value.len() <= MAX_VALUE_BYTES,
             Op::Get { key } | Op::Delete { key } => key_ok(key),
-            Op::Status => true,
+            Op::Status | Op::Members => true,
+            Op::ChangeMembers { ops } => ops_ok(ops),
         };
         ok.then_some(()).ok_or(DecodeError::OutOfBounds)
     }
@@ -324,9 +465,13 @@ impl Response {
         encode(self)
     }
 
-    /// Parses the wire form.
+    /// Parses the wire form; a member list beyond its bounds is refused.
     pub fn decode(bytes: &[u8]) -> Result<Response, DecodeError> {
-        decode(bytes)
+        let r: Response = decode(bytes)?;
+        match &r.reply {
+            Reply::Members(m) if !m.valid() => Err(DecodeError::OutOfBounds),
+            _ => Ok(r),
+        }
     }
 }
 
@@ -399,5 +544,98 @@ mod tests {
         .encode();
         ok.push(0);
         assert_eq!(Request::decode(&ok), Err(DecodeError::Malformed));
+    }
+
+    #[test]
+    fn membership_messages_round_trip_and_are_bounded() {
+        let change = Request {
+            id: 4,
+            op: Op::ChangeMembers {
+                ops: alloc::vec![MemberOp::Promote(4), MemberOp::Promote(5)],
+            },
+        };
+        assert_eq!(Request::decode(&change.encode()), Ok(change));
+        let list = Request {
+            id: 5,
+            op: Op::Members,
+        };
+        assert_eq!(Request::decode(&list.encode()), Ok(list));
+        let bad = |ops: Vec<MemberOp>| {
+            Request::decode(
+                &Request {
+                    id: 1,
+                    op: Op::ChangeMembers { ops },
+                }
+                .encode(),
+            )
+        };
+        // No operation, node 0, a node beyond the plan, one node twice,
+        // more operations than members.
+        assert_eq!(bad(Vec::new()), Err(DecodeError::OutOfBounds));
+        assert_eq!(
+            bad(alloc::vec![MemberOp::Remove(0)]),
+            Err(DecodeError::OutOfBounds)
+        );
+        assert_eq!(
+            bad(alloc::vec![MemberOp::AddVoter(MAX_NODE_ID + 1)]),
+            Err(DecodeError::OutOfBounds)
+        );
+        assert_eq!(
+            bad(alloc::vec![MemberOp::AddLearner(4), MemberOp::Promote(4)]),
+            Err(DecodeError::OutOfBounds)
+        );
+        let too_many = (1..=MAX_NODE_ID).chain([1]).map(MemberOp::Remove).collect();
+        assert_eq!(bad(too_many), Err(DecodeError::OutOfBounds));
+
+        // The largest answer fits one datagram.
+        let all: Vec<u8> = (1..=MAX_NODE_ID).collect();
+        let full = Response {
+            id: u64::MAX,
+            node: MAX_NODE_ID,
+            reply: Reply::Members(Membership {
+                voters: all.clone(),
+                learners: all.clone(),
+                voters_outgoing: all.clone(),
+                learners_next: all,
+            }),
+        };
+        assert!(full.encode().len() <= MAX_DATAGRAM_BYTES);
+        assert_eq!(Response::decode(&full.encode()), Ok(full));
+        // A member list beyond the plan is refused.
+        let wrong = Response {
+            id: 1,
+            node: 1,
+            reply: Reply::Members(Membership {
+                voters: alloc::vec![1, 200],
+                ..Membership::default()
+            }),
+        };
+        assert_eq!(
+            Response::decode(&wrong.encode()),
+            Err(DecodeError::OutOfBounds)
+        );
+        let long = Response {
+            id: 1,
+            node: 1,
+            reply: Reply::Members(Membership {
+                learners: alloc::vec![1; MAX_MEMBERS + 1],
+                ..Membership::default()
+            }),
+        };
+        assert_eq!(
+            Response::decode(&long.encode()),
+            Err(DecodeError::OutOfBounds)
+        );
+    }
+
+    #[test]
+    fn version_1_datagrams_are_refused_by_version() {
+        let mut v1 = Request {
+            id: 1,
+            op: Op::Status,
+        }
+        .encode();
+        v1[0] = 1;
+        assert_eq!(Request::decode(&v1), Err(DecodeError::UnknownVersion(1)));
     }
 }

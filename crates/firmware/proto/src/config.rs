@@ -1,6 +1,10 @@
 //! The node configuration block: sector 0 of every node's disk, written by
 //! the host tool, read once at boot. One firmware image serves every node;
-//! identity and membership come from here.
+//! its identity and timing come from here, and the bootstrap membership:
+//! [`NodeConfig::members`] is used once, when the disk is fresh. After that
+//! the membership is the one in the node's log and snapshot (changes are
+//! log entries), so a restarted node recovers it from its disk whatever
+//! this block says.
 //!
 //! Layout (little endian): `MAGIC` (8 bytes), format version (1 byte), body
 //! length (2 bytes), postcard body, CRC-32C of everything before it (4
@@ -34,7 +38,11 @@ pub const TICK_MS_MAX: u16 = 1000;
 pub struct NodeConfig {
     /// This node's id (`1..=MAX_NODE_ID`), also its LAN address.
     pub node_id: u8,
-    /// Ids of every initial voter, this node included, ascending.
+    /// The bootstrap voters, ascending: the cluster's first configuration.
+    /// A node listed here starts a fresh disk with the bootstrap entry (these
+    /// voters at index 1); a node not listed is a joiner: it starts with an
+    /// empty log and waits until a leader adds it and sends it the log or a
+    /// snapshot. Read only on a fresh disk.
     pub members: Vec<u8>,
     /// Raft tick period in milliseconds.
     pub tick_ms: u16,
@@ -73,8 +81,6 @@ pub enum ConfigError {
     BadNodeId,
     /// Members are empty, too many, unsorted, duplicated or out of range.
     BadMembers,
-    /// The node is not one of the members.
-    NotAMember,
     /// Tick period outside `TICK_MS_MIN..=TICK_MS_MAX`.
     BadTick,
     /// Heartbeat is 0 or not below the election timeout, or the election
@@ -99,7 +105,6 @@ impl fmt::Display for ConfigError {
             ConfigError::BadMembers => {
                 f.write_str("member list empty, unsorted, duplicated or out of range")
             }
-            ConfigError::NotAMember => f.write_str("node id is not a member"),
             ConfigError::BadTick => {
                 write!(f, "tick period not in {TICK_MS_MIN}..={TICK_MS_MAX} ms")
             }
@@ -113,6 +118,12 @@ impl fmt::Display for ConfigError {
 }
 
 impl NodeConfig {
+    /// Whether this node is one of the bootstrap voters (else it joins a
+    /// running cluster).
+    pub fn bootstraps(&self) -> bool {
+        self.members.iter().any(|&m| m == self.node_id)
+    }
+
     /// Checks every field and their relationships.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id == 0 || self.node_id > MAX_NODE_ID {
@@ -124,9 +135,6 @@ impl NodeConfig {
         }
         if m.iter().any(|&id| id == 0 || id > MAX_NODE_ID) || m.windows(2).any(|w| w[0] >= w[1]) {
             return Err(ConfigError::BadMembers);
-        }
-        if !m.contains(&self.node_id) {
-            return Err(ConfigError::NotAMember);
         }
         if !(TICK_MS_MIN..=TICK_MS_MAX).contains(&self.tick_ms) {
             return Err(ConfigError::BadTick);
@@ -236,7 +244,9 @@ mod tests {
     fn invalid_configs_are_refused() {
         let mut c = sample();
         c.node_id = 4;
-        assert_eq!(c.encode(), Err(ConfigError::NotAMember));
+        let joiner = NodeConfig::decode(&c.encode().unwrap()).unwrap();
+        assert!(!joiner.bootstraps(), "not a bootstrap voter: joins later");
+        assert!(sample().bootstraps());
         let mut c = sample();
         c.members = alloc::vec![2, 1];
         assert_eq!(c.validate(), Err(ConfigError::BadMembers));

@@ -6,5 +6,6 @@ pub mod disk;
 pub mod heap;
 pub mod irq;
 pub mod net;
+pub mod power;
 pub mod time;
 pub mod virtio;

@@ -4,7 +4,10 @@
 //! next tick, feeds the shell, then for every output of the replica: sends
 //! its messages and client answers, writes and flushes its persistence
 //! batch, and acknowledges it, which only then releases the messages that
-//! promise that state (they go out with the next output).
+//! promise that state (they go out with the next output). A node that
+//! applies its own removal from the cluster answers its waiting clients and
+//! powers off at the next tick (so the network task sends those answers
+//! first).
 
 mod limits;
 mod shell;
@@ -19,7 +22,7 @@ use embassy_net::{IpAddress, IpEndpoint, Ipv4Address, Stack};
 use embassy_time::{Duration, Instant, Timer};
 use metalraft_fw_proto::addr::{self, MAX_DATAGRAM_BYTES};
 
-pub use shell::{Outbox, PeerDrop, Shell};
+pub use shell::{Outbox, PeerDrop, PeerOut, Shell};
 
 /// Datagrams each socket queues per direction.
 const SOCKET_QUEUE_DATAGRAMS: usize = 16;
@@ -50,17 +53,22 @@ async fn flush_outbox(
     clients: &mut UdpSocket<'_>,
     buf: &mut [u8; MAX_DATAGRAM_BYTES],
 ) {
-    for (to, msg) in out.peers.drain(..) {
-        match wire::encode(&msg, buf) {
-            // A send error (no route, buffer trouble) is a lost datagram:
-            // Raft retransmits.
-            Ok(bytes) => {
-                let _ = raft
-                    .send_to(bytes, peer_endpoint(to, addr::RAFT_PORT))
-                    .await;
-            }
-            Err(e) => warn!("message to {} not sent: {}", to, e),
-        }
+    for (to, item) in out.peers.drain(..) {
+        let bytes = match &item {
+            PeerOut::Raft(msg) => match wire::encode(msg, buf) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    warn!("message to {} not sent: {}", to, e);
+                    continue;
+                }
+            },
+            PeerOut::Removed(notice) => &notice[..],
+        };
+        // A send error (no route, buffer trouble) is a lost datagram: Raft
+        // retransmits.
+        let _ = raft
+            .send_to(bytes, peer_endpoint(to, addr::RAFT_PORT))
+            .await;
     }
     for (ep, resp) in out.clients.drain(..) {
         let _ = clients.send_to(&resp.encode(), ep).await;
@@ -73,11 +81,12 @@ fn on_raft_datagram(
     shell: &mut Shell,
     received: Result<(usize, UdpMetadata), RecvError>,
     buf: &[u8],
+    out: &mut Outbox,
 ) {
     match received {
         Ok((n, meta)) => match lan_id(&meta.endpoint) {
             Some(src) if meta.endpoint.port == addr::RAFT_PORT => {
-                shell.on_peer_datagram(&buf[..n], src)
+                shell.on_peer_datagram(&buf[..n], src, out)
             }
             _ => shell.drop_peer_datagram(PeerDrop::ForeignSource, 0),
         },
@@ -128,12 +137,16 @@ pub async fn raft_task(stack: Stack<'static>, mut shell: Shell, tick: Duration) 
         )
         .await
         {
-            Either3::First(received) => on_raft_datagram(&mut shell, received, &rbuf),
+            Either3::First(received) => on_raft_datagram(&mut shell, received, &rbuf, &mut out),
             Either3::Second(Ok((n, meta))) => {
                 shell.on_client_datagram(&cbuf[..n], meta.endpoint, &mut out)
             }
             Either3::Second(Err(RecvError::Truncated)) => shell.drop_client_datagram(),
             Either3::Third(()) => {
+                if let Some(index) = shell.removed() {
+                    info!("removed from the cluster at index {}: stopping", index);
+                    crate::platform::power::off();
+                }
                 shell.tick();
                 next_tick += tick;
                 // After a long stall (host overloaded), do not replay missed
@@ -157,7 +170,7 @@ pub async fn raft_task(stack: Stack<'static>, mut shell: Shell, tick: Duration) 
                 progressed = true;
             }
             if let Poll::Ready(received) = poll_once(raft.recv_from(&mut rbuf)) {
-                on_raft_datagram(&mut shell, received, &rbuf);
+                on_raft_datagram(&mut shell, received, &rbuf, &mut out);
                 progressed = true;
             }
             if !progressed {

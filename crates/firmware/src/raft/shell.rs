@@ -6,13 +6,30 @@
 //! reassembled — is the replica's. No I/O here beyond the synchronous disk:
 //! inputs are datagrams and ticks, outputs go to an [`Outbox`] that the task
 //! sends.
+//!
+//! Membership: the configuration is the core's (the latest in the log, or
+//! the snapshot's), never the config block's. A change request is checked
+//! against it on the leader and proposed as one conf-change entry; one that
+//! would remove or demote the leader itself is not proposed — the leader
+//! hands leadership to a voter that stays and redirects the client there.
+//! A node stops ([`Shell::removed`]) when it applies its own removal, or
+//! when a member that applied it tells it so (a removal notice, see
+//! [`wire`]): each node remembers at which index its applied configuration
+//! dropped each other node, and answers a message from such a node, not
+//! in its latest configuration, with a notice. The removed node believes a
+//! notice only if its own log ends before that index (a node added again
+//! later has the removal in its log, so a stale notice cannot stop it).
 
 use alloc::vec::Vec;
 
 use embassy_net::IpEndpoint;
-use metalraft_core::Role as CoreRole;
+use metalraft_core::{
+    apply_conf_change, ConfChange, ConfChangeError, ConfChangeOp, ConfState, Index, LogStorage,
+    Role as CoreRole,
+};
+use metalraft_fw_proto::addr::MAX_NODE_ID;
 use metalraft_fw_proto::client::{
-    self, DroppedDatagrams, ErrorCode, Op, Reply, Request, Response, Status,
+    self, DroppedDatagrams, ErrorCode, MemberOp, Membership, Op, Reply, Request, Response, Status,
 };
 use metalraft_fw_proto::config::NodeConfig;
 use metalraft_fw_proto::disk::MAX_SNAPSHOT_BYTES;
@@ -23,17 +40,25 @@ use metalraft_replica::{
 };
 
 use super::limits::*;
-use super::wire::{self, WireError};
+use super::wire::{self, WireError, NOTICE_BYTES, REMOVED_NOTICE_KIND};
 use crate::platform::heap;
 use crate::storage::{
     DiskLog, DiskReplica, Pump, PumpError, Recovered, SnapshotSaved, MAX_LOG_ENTRIES,
 };
 
+/// A datagram for a peer's Raft port.
+pub enum PeerOut {
+    /// A Raft message.
+    Raft(metalraft_core::Message<Vec<u8>>),
+    /// A removal notice (already encoded).
+    Removed([u8; NOTICE_BYTES]),
+}
+
 /// Datagrams to send.
 #[derive(Default)]
 pub struct Outbox {
-    /// Raft messages: (peer id, message).
-    pub peers: Vec<(u8, metalraft_core::Message<Vec<u8>>)>,
+    /// To peers: (peer id, datagram).
+    pub peers: Vec<(u8, PeerOut)>,
     /// Client responses.
     pub clients: Vec<(IpEndpoint, Response)>,
 }
@@ -183,6 +208,62 @@ fn lan_id(id: Option<u64>) -> Option<u8> {
     id.and_then(|l| u8::try_from(l).ok())
 }
 
+/// Node ids of a configuration: every id in it came through a change the
+/// leader checked against the address plan (`1..=MAX_NODE_ID`) or from the
+/// bootstrap voters of a config block, so none is truncated.
+fn lan_ids(ids: &[u64]) -> Vec<u8> {
+    ids.iter().map(|&i| i as u8).collect()
+}
+
+/// A configuration as the client protocol reports it.
+fn membership(c: &ConfState) -> Membership {
+    Membership {
+        voters: lan_ids(&c.voters),
+        learners: lan_ids(&c.learners),
+        voters_outgoing: lan_ids(&c.voters_outgoing),
+        learners_next: lan_ids(&c.learners_next),
+    }
+}
+
+/// The core's change for the client's operations, if each fits the
+/// configuration `c`: only non-members are added, only learners promoted,
+/// only members removed.
+fn conf_change(c: &ConfState, ops: &[MemberOp]) -> Option<ConfChange> {
+    let mut out = Vec::with_capacity(ops.len());
+    for &op in ops {
+        let id = u64::from(op.node());
+        let (fits, core_op) = match op {
+            MemberOp::AddVoter(_) => (!c.contains(id), ConfChangeOp::AddVoter(id)),
+            MemberOp::AddLearner(_) => (!c.contains(id), ConfChangeOp::AddLearner(id)),
+            MemberOp::Promote(_) => (c.is_learner(id), ConfChangeOp::AddVoter(id)),
+            MemberOp::Remove(_) => (c.contains(id), ConfChangeOp::Remove(id)),
+        };
+        if !fits {
+            return None;
+        }
+        out.push(core_op);
+    }
+    Some(ConfChange::new(&out))
+}
+
+/// The client's code for a change the core refused.
+fn conf_change_error(e: ConfChangeError) -> Reply {
+    Reply::Error(match e {
+        ConfChangeError::NotLeader { leader } => {
+            return Reply::NotLeader {
+                leader: lan_id(leader),
+            }
+        }
+        ConfChangeError::Failed => ErrorCode::StorageFailed,
+        ConfChangeError::NoVoters | ConfChangeError::NotJoint | ConfChangeError::InvalidId => {
+            ErrorCode::BadMembershipChange
+        }
+        // Pending change, joint configuration not left yet, new leader not
+        // ready, transfer: all pass by themselves.
+        _ => ErrorCode::ChangePending,
+    })
+}
+
 /// The client's answer to a finished request.
 fn reply(outcome: KvOutcome) -> Reply {
     match outcome {
@@ -199,7 +280,8 @@ fn reply(outcome: KvOutcome) -> Reply {
             deleted: d.deleted,
             revision: d.header.revision,
         },
-        Outcome::Applied { .. } | Outcome::ConfChanged { .. } => Reply::Error(ErrorCode::Rejected),
+        Outcome::Applied { .. } => Reply::Error(ErrorCode::Rejected),
+        Outcome::ConfChanged { conf_state, .. } => Reply::Members(membership(&conf_state)),
         Outcome::Read {
             output: Ok(resp), ..
         } => Reply::Get {
@@ -221,8 +303,14 @@ fn reply(outcome: KvOutcome) -> Reply {
 pub struct Shell {
     core: DiskReplica,
     me: u8,
-    members: Vec<u8>,
     waiters: Waiters,
+    /// The index of the applied change that removed this node: it stops.
+    removed: Option<Index>,
+    /// The configuration as of the applied index.
+    applied_conf: ConfState,
+    /// Per node id: the index at which the applied configuration dropped it
+    /// (None: a member, or never one as far as this node saw).
+    removed_at: [Option<Index>; MAX_NODE_ID as usize + 1],
     dropped: DroppedDatagrams,
     bad_requests: u64,
     recovered: Recovered,
@@ -247,12 +335,20 @@ impl Shell {
             Some(data) => KvStore::restore(&data).map_err(|_| ShellError::Snapshot)?,
             None => KvStore::new(),
         };
+        // The snapshot's configuration; the replica replays the committed
+        // changes after it as events.
+        let applied_conf = match log.snapshot_meta() {
+            Ok(Some(meta)) => meta.conf_state,
+            _ => ConfState::default(),
+        };
         let core = DiskReplica::new(replica_config(cfg), log, kv).map_err(ShellError::Config)?;
         Ok(Shell {
             core,
             me: cfg.node_id,
-            members: cfg.members.clone(),
             waiters: Waiters::new(),
+            removed: None,
+            applied_conf,
+            removed_at: [None; MAX_NODE_ID as usize + 1],
             dropped: DroppedDatagrams::default(),
             bad_requests: 0,
             recovered,
@@ -264,7 +360,7 @@ impl Shell {
 
     /// One Raft tick.
     pub fn tick(&mut self) {
-        if self.failed.is_none() {
+        if self.failed.is_none() && self.removed.is_none() {
             // A failure also comes out of the next poll, which stops the node.
             if let Err(e) = self.core.tick() {
                 error!("tick: {}", e);
@@ -273,16 +369,41 @@ impl Shell {
     }
 
     /// A datagram on the Raft port from LAN id `source`.
-    pub fn on_peer_datagram(&mut self, bytes: &[u8], source: u8) {
-        if self.failed.is_some() {
+    pub fn on_peer_datagram(&mut self, bytes: &[u8], source: u8, out: &mut Outbox) {
+        if self.failed.is_some() || self.removed.is_some() {
             return;
         }
-        match wire::decode(bytes, u64::from(self.me), source, &self.members) {
+        if bytes.first() == Some(&REMOVED_NOTICE_KIND) {
+            match wire::decode_removed(bytes, self.me, source) {
+                Ok(index) => self.on_removed_notice(index, source),
+                Err(e) => self.drop_peer_datagram(PeerDrop::Wire(e), source),
+            }
+            return;
+        }
+        match wire::decode(bytes, u64::from(self.me), source) {
             // Stale or unexpected messages are normal; the core counts them.
             Ok(msg) => {
+                let from = msg.from;
+                if !self.core.node().conf_state().contains(from) {
+                    if let Some(index) = self.removed_at[usize::from(source)] {
+                        let notice = wire::encode_removed(source, self.me, index);
+                        out.peers.push((source, PeerOut::Removed(notice)));
+                    }
+                }
                 let _ = self.core.step(msg);
             }
             Err(e) => self.drop_peer_datagram(PeerDrop::Wire(e), source),
+        }
+    }
+
+    /// Node `source` says the change at `index` removed this node.
+    fn on_removed_notice(&mut self, index: Index, source: u8) {
+        if self.core.storage().last() < index {
+            info!(
+                "node {} says the change at {} removed this node",
+                source, index
+            );
+            self.removed = Some(index);
         }
     }
 
@@ -323,15 +444,24 @@ impl Shell {
             self.respond(out, client, 0, Reply::Error(ErrorCode::BadRequest));
             return;
         };
-        if self.failed.is_some() && op != Op::Status {
-            self.respond(out, client, id, Reply::Error(ErrorCode::StorageFailed));
-            return;
+        let stopped = if self.removed.is_some() {
+            Some(ErrorCode::Removed)
+        } else {
+            self.failed.map(|_| ErrorCode::StorageFailed)
+        };
+        if let (Some(code), false) = (stopped, op == Op::Status) {
+            return self.respond(out, client, id, Reply::Error(code));
         }
         let cmd = match op {
             Op::Status => {
                 let s = self.status();
                 return self.respond(out, client, id, Reply::Status(s));
             }
+            Op::Members => {
+                let m = membership(self.core.node().conf_state());
+                return self.respond(out, client, id, Reply::Members(m));
+            }
+            Op::ChangeMembers { ops } => return self.change_members(&ops, client, id, out),
             Op::Get { key } => return self.read(key, client, id, out),
             Op::Put { key, value } => Command::Put(PutRequest {
                 key,
@@ -371,6 +501,62 @@ impl Shell {
         self.respond(out, client, id, reply);
     }
 
+    /// A membership change on the leader (see the module doc).
+    fn change_members(&mut self, ops: &[MemberOp], client: IpEndpoint, id: u64, out: &mut Outbox) {
+        let reply = self.try_change_members(ops);
+        match reply {
+            None => self.waiters.insert(client, id),
+            Some(r) => self.respond(out, client, id, r),
+        }
+    }
+
+    /// Proposes the change (`None`: accepted, the client waits for its
+    /// completion) or says why not.
+    fn try_change_members(&mut self, ops: &[MemberOp]) -> Option<Reply> {
+        let me = u64::from(self.me);
+        let node = self.core.node();
+        if self.core.role() != CoreRole::Leader {
+            return Some(Reply::NotLeader {
+                leader: lan_id(self.core.leader()),
+            });
+        }
+        // A change still pending is the core's to refuse (ChangePending).
+        let conf = node.conf_state();
+        let Some(cc) = conf_change(conf, ops) else {
+            return Some(Reply::Error(ErrorCode::BadMembershipChange));
+        };
+        // The leader is a voter, so of the operations that fit only a
+        // removal can take it out of the voters.
+        let removed = |id: u64| ops.contains(&MemberOp::Remove(id as u8));
+        if removed(me) {
+            // Removing the leader: hand off to a voter that stays, which
+            // then carries out the change (as etcd does).
+            let Some(&to) = conf.voters.iter().find(|&&v| !removed(v)) else {
+                return Some(Reply::Error(ErrorCode::BadMembershipChange));
+            };
+            return Some(match self.core.transfer_leader(to) {
+                Ok(()) => {
+                    info!("handing leadership to {} before leaving", to);
+                    Reply::NotLeader {
+                        leader: lan_id(Some(to)),
+                    }
+                }
+                Err(_) => Reply::Error(ErrorCode::ChangePending),
+            });
+        }
+        let req_id = self.waiters.next_id();
+        match self.core.propose_conf_change(req_id, cc) {
+            Ok(_) => None,
+            Err(ProposeError::ConfChange(e)) => Some(conf_change_error(e)),
+            Err(ProposeError::NotLeader { leader }) => Some(Reply::NotLeader {
+                leader: lan_id(leader),
+            }),
+            Err(ProposeError::Stopped) => Some(Reply::Error(ErrorCode::StorageFailed)),
+            Err(ProposeError::TransferInProgress) => Some(Reply::Error(ErrorCode::ChangePending)),
+            Err(_) => Some(Reply::Error(ErrorCode::Busy)),
+        }
+    }
+
     fn read(&mut self, key: Vec<u8>, client: IpEndpoint, id: u64, out: &mut Outbox) {
         let req_id = self.waiters.next_id();
         let code = match self.core.read(req_id, RangeRequest::single(&key)) {
@@ -392,6 +578,10 @@ impl Shell {
     fn stop(&mut self, e: PumpError, out: &mut Outbox) {
         error!("{}; node stops serving", e);
         self.failed = Some(e);
+        self.fail_waiters(ErrorCode::StorageFailed, out);
+    }
+
+    fn fail_waiters(&mut self, code: ErrorCode, out: &mut Outbox) {
         let me = self.me;
         for w in self.waiters.drain() {
             out.clients.push((
@@ -399,10 +589,16 @@ impl Shell {
                 Response {
                     id: w.id,
                     node: me,
-                    reply: Reply::Error(ErrorCode::StorageFailed),
+                    reply: Reply::Error(code),
                 },
             ));
         }
+    }
+
+    /// The index of the applied change that removed this node from the
+    /// cluster: it serves nothing more and the task stops the board.
+    pub fn removed(&self) -> Option<Index> {
+        self.removed
     }
 
     /// Takes the replica's next output, if there is one (see [`Pump::poll`]):
@@ -411,7 +607,7 @@ impl Shell {
     /// completions become client responses, its batch and snapshot are kept
     /// for [`Shell::sync`]. Returns whether there was one.
     pub fn poll(&mut self, out: &mut Outbox) -> bool {
-        if self.failed.is_some() {
+        if self.failed.is_some() || self.removed.is_some() {
             return false;
         }
         let Some(o) = self.pump.poll(&mut self.core) else {
@@ -422,7 +618,7 @@ impl Shell {
         }
         for m in o.messages {
             if let Ok(to) = u8::try_from(m.to) {
-                out.peers.push((to, m));
+                out.peers.push((to, PeerOut::Raft(m)));
             }
         }
         for c in o.completions {
@@ -430,6 +626,9 @@ impl Shell {
         }
         if let Some(e) = o.failure {
             self.stop(PumpError::Replica(e), out);
+        }
+        if self.removed.is_some() {
+            self.fail_waiters(ErrorCode::Removed, out);
         }
         true
     }
@@ -445,8 +644,33 @@ impl Shell {
             Event::SnapshotInstalled { index, .. } => {
                 info!("installing the leader's snapshot at index {}", index)
             }
-            // Apply events are off; membership is the config block's.
-            Event::Applied { .. } | Event::Membership(_) => {}
+            Event::Membership(m) => {
+                let c = &m.conf_state;
+                info!(
+                    "membership at index {}: voters {:?} learners {:?}",
+                    m.index, c.voters, c.learners
+                );
+                if m.self_removed {
+                    self.removed = Some(m.index);
+                }
+                // The event carries the latest configuration; the applied
+                // one follows from the change (an invalid change, which
+                // the core ignores, changes nothing).
+                if let Ok(next) = apply_conf_change(&self.applied_conf, &m.change) {
+                    for id in 1..=MAX_NODE_ID {
+                        let n = u64::from(id);
+                        let slot = &mut self.removed_at[usize::from(id)];
+                        if next.contains(n) {
+                            *slot = None;
+                        } else if self.applied_conf.contains(n) {
+                            *slot = Some(m.index);
+                        }
+                    }
+                    self.applied_conf = next;
+                }
+            }
+            // Apply events are off.
+            Event::Applied { .. } => {}
         }
     }
 

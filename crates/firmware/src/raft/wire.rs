@@ -2,8 +2,20 @@
 //! [`RAFT_WIRE_VERSION`] then the postcard encoding of
 //! `metalraft_core::Message<Vec<u8>>`. Decoding checks the version, refuses
 //! trailing bytes, and checks that the message is for this node and really
-//! comes from the member it names (its source address); the core validates
-//! everything else.
+//! comes from the node it names (its source address on the LAN plan, where
+//! the hub accepts node N's frames only from node N's port). Whether that
+//! node is a member is the core's call, not the wire's: membership changes
+//! with the log, and a node this one does not yet know was added may need
+//! its vote (ADR 0006); the core drops what a non-member may not send.
+//!
+//! One other datagram shares the port: the removal notice
+//! ([`REMOVED_NOTICE_KIND`], fixed [`NOTICE_BYTES`] bytes: kind, recipient,
+//! sender, index as u64 little endian), the firmware's own signal, not a
+//! Raft message. A member sends it to a node that its applied
+//! configuration removed at that index and that still talks to it — as
+//! etcd's peers answer a removed member "410 Gone": the leader stops
+//! replicating to a removed node the moment it appends the change, so the
+//! node may never learn of its removal through Raft.
 //!
 //! Allocation bound: postcard never pre-allocates more elements than input
 //! bytes remain, so a datagram of at most `MAX_DATAGRAM_BYTES` makes the
@@ -14,10 +26,14 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use metalraft_core::{Entry, Message, NodeId};
-use metalraft_fw_proto::addr::MAX_DATAGRAM_BYTES;
+use metalraft_fw_proto::addr::{MAX_DATAGRAM_BYTES, MAX_NODE_ID};
 
 /// Version byte of the peer protocol.
 pub const RAFT_WIRE_VERSION: u8 = 1;
+/// First byte of a removal notice.
+pub const REMOVED_NOTICE_KIND: u8 = 0x81;
+/// Length of a removal notice.
+pub const NOTICE_BYTES: usize = 1 + 1 + 1 + 8;
 /// Worst transient allocation of decoding one datagram.
 pub const DECODE_ALLOC_BOUND_BYTES: usize =
     MAX_DATAGRAM_BYTES * core::mem::size_of::<Entry<Vec<u8>>>();
@@ -35,7 +51,8 @@ pub enum WireError {
     Malformed,
     /// Addressed to another node.
     WrongRecipient,
-    /// The named sender is not a member or not the datagram's source.
+    /// The named sender is not a node of the plan or not the datagram's
+    /// source.
     WrongSender,
     /// The message does not fit one datagram (encoding).
     TooLarge,
@@ -48,7 +65,7 @@ impl fmt::Display for WireError {
             WireError::UnknownVersion(v) => write!(f, "unknown peer protocol version {v}"),
             WireError::Malformed => f.write_str("malformed message"),
             WireError::WrongRecipient => f.write_str("message for another node"),
-            WireError::WrongSender => f.write_str("sender is not the member it claims to be"),
+            WireError::WrongSender => f.write_str("sender is not the node it claims to be"),
             WireError::TooLarge => write!(f, "message above {MAX_DATAGRAM_BYTES} bytes"),
         }
     }
@@ -67,12 +84,7 @@ pub fn encode<'b>(
 }
 
 /// Decodes a datagram received by node `me` from LAN id `source`.
-pub fn decode(
-    bytes: &[u8],
-    me: NodeId,
-    source: u8,
-    members: &[u8],
-) -> Result<Message<Vec<u8>>, WireError> {
+pub fn decode(bytes: &[u8], me: NodeId, source: u8) -> Result<Message<Vec<u8>>, WireError> {
     let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
     if version != RAFT_WIRE_VERSION {
         return Err(WireError::UnknownVersion(version));
@@ -85,8 +97,37 @@ pub fn decode(
     if msg.to != me {
         return Err(WireError::WrongRecipient);
     }
-    if msg.from != NodeId::from(source) || !members.contains(&source) {
+    if msg.from != NodeId::from(source) || !(1..=MAX_NODE_ID).contains(&source) {
         return Err(WireError::WrongSender);
     }
     Ok(msg)
+}
+
+/// The removal notice to node `to` from node `from`: `to` left the
+/// configuration with the change at `index`.
+pub fn encode_removed(to: u8, from: u8, index: u64) -> [u8; NOTICE_BYTES] {
+    let mut b = [0u8; NOTICE_BYTES];
+    b[0] = REMOVED_NOTICE_KIND;
+    b[1] = to;
+    b[2] = from;
+    b[3..].copy_from_slice(&index.to_le_bytes());
+    b
+}
+
+/// Decodes a removal notice received by node `me` from LAN id `source`;
+/// returns the index of the change that removed `me`.
+pub fn decode_removed(bytes: &[u8], me: u8, source: u8) -> Result<u64, WireError> {
+    let b: &[u8; NOTICE_BYTES] = bytes.try_into().map_err(|_| WireError::Malformed)?;
+    if b[0] != REMOVED_NOTICE_KIND {
+        return Err(WireError::UnknownVersion(b[0]));
+    }
+    if b[1] != me {
+        return Err(WireError::WrongRecipient);
+    }
+    if b[2] != source || !(1..=MAX_NODE_ID).contains(&source) {
+        return Err(WireError::WrongSender);
+    }
+    let mut index = [0u8; 8];
+    index.copy_from_slice(&b[3..]);
+    Ok(u64::from_le_bytes(index))
 }

@@ -132,9 +132,12 @@ fn encode_payload(data: &EntryData<Vec<u8>>) -> Result<Vec<u8>, StoreError> {
 }
 
 impl<D: BlockDevice> DiskLog<D> {
-    /// Recovers from `disk` (or bootstraps a fresh disk with `members` as
-    /// the initial voters). See [`recovery`] for the rules. Also returns the
-    /// data of the current snapshot, if any, to restore the state machine.
+    /// Recovers from `disk`. A fresh disk gets the bootstrap entry with
+    /// `members` as the initial voters, or, if `members` is empty (a node
+    /// joining a running cluster), an empty log. `members` is read only for
+    /// a fresh disk: a used one has its membership in its log and snapshot.
+    /// See [`recovery`] for the rules. Also returns the data of the current
+    /// snapshot, if any, to restore the state machine.
     pub fn open(disk: D, members: &[u64]) -> Result<Opened<D>, StoreError> {
         recovery::open(disk, members)
     }

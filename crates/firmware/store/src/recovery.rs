@@ -27,7 +27,8 @@ pub struct Recovered {
     pub snapshot_index: u64,
     /// Records discarded after the valid chain (0 or 1: a torn tail).
     pub torn_records: u64,
-    /// Whether the disk was fresh and got the bootstrap entry.
+    /// Whether the disk was fresh and got the bootstrap entry (a fresh disk
+    /// of a joiner gets none).
     pub bootstrapped: bool,
 }
 
@@ -155,7 +156,12 @@ pub(super) fn open<D: BlockDevice>(mut disk: D, members: &[u64]) -> Result<Opene
         hard: hard.unwrap_or_default(),
         snap: SnapshotState::recovered(current),
     };
-    if hard.is_none() && log.slots.is_empty() && log.base.0 == 0 {
+    // A fresh disk: a bootstrap voter stores the first configuration as
+    // the entry at index 1; a joiner (no bootstrap voters given) keeps an
+    // empty log, to be filled by the leader that adds it. Either way the
+    // hard state written below marks the disk as no longer fresh, so the
+    // bootstrap voters are read once.
+    if hard.is_none() && log.slots.is_empty() && log.base.0 == 0 && !members.is_empty() {
         let entry: Entry<Vec<u8>> = bootstrap_entry(members);
         log.append_record(&entry)?;
         let hs = bootstrap_hard_state();

@@ -1,0 +1,286 @@
+//! Membership on the firmware's storage, with real replicas over the real
+//! [`DiskLog`] driven by the real [`Pump`] (only the disk is a model, in
+//! RAM, and messages are delivered in rounds):
+//!
+//! - a joiner's fresh disk gets no bootstrap entry (it is not one of the
+//!   bootstrap voters): an empty log, no configuration;
+//! - added as a learner after the leader compacted its log, it catches up
+//!   through the leader's snapshot, then is promoted;
+//! - every node reopened from its disk (as after a restart) has the
+//!   membership of its log and snapshot, whatever bootstrap voters it is
+//!   given: the config block is read only on a fresh disk;
+//! - a removed node learns it from the change it applies (`self_removed`).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use metalraft_core::{ConfChange, ConfChangeOp, ConfState, Message, Role};
+use metalraft_fw_proto::disk::{LOG_START_SECTOR, SECTOR_BYTES};
+use metalraft_fw_store::{BlockDevice, DiskError, DiskLog, DiskReplica, Pump};
+use metalraft_kv::{Command, KvStore, PutRequest};
+use metalraft_replica::{Config, Event, Outcome};
+
+/// The bootstrap voters (the config block's `members`).
+const BOOTSTRAP: [u64; 3] = [1, 2, 3];
+/// The node that joins later.
+const JOINER: u64 = 4;
+const DISK_SECTORS: u64 = LOG_START_SECTOR + 1024;
+const SNAPSHOT_THRESHOLD: u64 = 8;
+/// Most rounds any step waits for progress.
+const MAX_ROUNDS: usize = 3_000;
+
+/// A disk in RAM, shared so a "restart" can reopen it.
+#[derive(Clone)]
+struct MemDisk(Rc<RefCell<Vec<u8>>>);
+
+impl BlockDevice for MemDisk {
+    fn sectors(&self) -> u64 {
+        (self.0.borrow().len() / SECTOR_BYTES) as u64
+    }
+
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        let start = sector as usize * SECTOR_BYTES;
+        let img = self.0.borrow();
+        let src = img
+            .get(start..start + buf.len())
+            .ok_or(DiskError::OutOfRange)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), DiskError> {
+        let start = sector as usize * SECTOR_BYTES;
+        let mut img = self.0.borrow_mut();
+        let dst = img
+            .get_mut(start..start + buf.len())
+            .ok_or(DiskError::OutOfRange)?;
+        dst.copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), DiskError> {
+        Ok(())
+    }
+}
+
+fn config(id: u64) -> Config {
+    let mut cfg = Config::new(id);
+    cfg.core.heartbeat_interval_ticks = 1;
+    // Node 1 campaigns first; the others only if it is gone.
+    let election = if id == 1 { 10 } else { 40 };
+    cfg.core.election_timeout_ticks_min = election;
+    cfg.core.election_timeout_ticks_max = election * 2;
+    cfg.core.rng_seed = id;
+    cfg.core.max_snapshot_chunk_bytes = 256;
+    // As the firmware: the disk log keeps nothing behind a snapshot.
+    cfg.snapshot_catch_up_entries = 0;
+    cfg.snapshot_threshold_entries = SNAPSHOT_THRESHOLD;
+    cfg
+}
+
+fn open(id: u64, disk: &MemDisk, bootstrap: &[u64]) -> DiskReplica<KvStore, MemDisk> {
+    let (log, _, snapshot) = DiskLog::open(disk.clone(), bootstrap).expect("recovers");
+    let kv = match snapshot {
+        Some(data) => KvStore::restore(&data).expect("snapshot restores"),
+        None => KvStore::new(),
+    };
+    DiskReplica::new(config(id), log, kv).expect("replica")
+}
+
+struct Node {
+    id: u64,
+    disk: MemDisk,
+    replica: DiskReplica<KvStore, MemDisk>,
+    pump: Pump,
+    removed: bool,
+    conf_changes: Vec<ConfState>,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    queue: Vec<Message<Vec<u8>>>,
+}
+
+impl Cluster {
+    /// Nodes 1..=3 bootstrap; node 4 gets a fresh disk as a joiner.
+    fn new() -> Cluster {
+        let nodes = (1..=JOINER)
+            .map(|id| {
+                let disk = MemDisk(Rc::new(RefCell::new(vec![
+                    0;
+                    DISK_SECTORS as usize
+                        * SECTOR_BYTES
+                ])));
+                let bootstrap: &[u64] = if BOOTSTRAP.contains(&id) {
+                    &BOOTSTRAP
+                } else {
+                    &[]
+                };
+                Node {
+                    id,
+                    replica: open(id, &disk, bootstrap),
+                    disk,
+                    pump: Pump::new(),
+                    removed: false,
+                    conf_changes: Vec::new(),
+                }
+            })
+            .collect();
+        Cluster {
+            nodes,
+            queue: Vec::new(),
+        }
+    }
+
+    fn node(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    fn round(&mut self) {
+        let inbox = std::mem::take(&mut self.queue);
+        for n in self.nodes.iter_mut().filter(|n| !n.removed) {
+            n.replica.tick().expect("tick");
+            for m in inbox.iter().filter(|m| m.to == n.id) {
+                let _ = n.replica.step(m.clone());
+            }
+            loop {
+                let out = n.pump.poll(&mut n.replica);
+                let progressed = out.is_some();
+                if let Some(out) = out {
+                    assert!(out.failure.is_none(), "node {}: {:?}", n.id, out.failure);
+                    self.queue.extend(out.messages);
+                    for e in out.events {
+                        if let Event::Membership(m) = e {
+                            n.conf_changes.push(m.conf_state.clone());
+                            n.removed |= m.self_removed;
+                        }
+                    }
+                }
+                n.pump.sync(&mut n.replica).expect("sync");
+                if !progressed {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn run_until(&mut self, what: &str, done: impl Fn(&Cluster) -> bool) {
+        for _ in 0..MAX_ROUNDS {
+            if done(self) {
+                return;
+            }
+            self.round();
+        }
+        panic!("no {what} within {MAX_ROUNDS} rounds");
+    }
+
+    fn applied(&self, id: u64) -> u64 {
+        self.nodes[id as usize - 1].replica.applied_index()
+    }
+
+    fn put(&mut self, req_id: u64, key: &str) {
+        let cmd = Command::Put(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            ..PutRequest::default()
+        });
+        let index = self
+            .node(1)
+            .replica
+            .propose(req_id, &cmd.encode())
+            .expect("leader accepts");
+        self.run_until("the put applied", |c| c.applied(1) >= index);
+    }
+
+    /// Proposes `ops` on node 1 and runs until every running node applied it.
+    fn change(&mut self, req_id: u64, ops: &[ConfChangeOp]) {
+        let index = self
+            .node(1)
+            .replica
+            .propose_conf_change(req_id, ConfChange::new(ops))
+            .expect("the leader accepts the change");
+        self.run_until("the change applied everywhere", |c| {
+            c.nodes
+                .iter()
+                .filter(|n| !n.removed && n.replica.node().conf_state().contains(n.id))
+                .all(|n| n.replica.applied_index() >= index)
+        });
+    }
+}
+
+fn voters(r: &DiskReplica<KvStore, MemDisk>) -> Vec<u64> {
+    r.node().conf_state().voters.clone()
+}
+
+#[test]
+fn a_joiner_catches_up_by_snapshot_and_every_node_recovers_membership_from_disk() {
+    let mut c = Cluster::new();
+    // The joiner's fresh disk holds no bootstrap entry and no configuration.
+    let joiner = &c.nodes[JOINER as usize - 1].replica;
+    assert_eq!(joiner.storage().last(), 0, "no bootstrap entry on a joiner");
+    assert_eq!(joiner.node().conf_state(), &ConfState::default());
+
+    c.run_until("a leader", |c| c.nodes[0].replica.role() == Role::Leader);
+    for i in 0..3 * SNAPSHOT_THRESHOLD {
+        c.put(i + 1, &format!("k{i}"));
+    }
+    let compacted = c.nodes[0].replica.storage().snapshot_index();
+    assert!(
+        compacted > 1,
+        "the leader compacted past the bootstrap entry"
+    );
+    // The joiner, never added, heard nothing.
+    assert_eq!(c.applied(JOINER), 0);
+
+    // Added as a learner: only the leader's snapshot can bring it up.
+    c.change(100, &[ConfChangeOp::AddLearner(JOINER)]);
+    c.run_until("the learner to catch up", |c| {
+        c.applied(JOINER) == c.applied(1)
+    });
+    let learner = &c.nodes[JOINER as usize - 1].replica;
+    assert_eq!(learner.stats().snapshots_installed, 1);
+    assert!(learner.node().conf_state().is_learner(JOINER));
+    assert_eq!(
+        learner.state_machine().hash(),
+        c.nodes[0].replica.state_machine().hash()
+    );
+
+    // Promoted: four voters.
+    c.change(101, &[ConfChangeOp::AddVoter(JOINER)]);
+    assert_eq!(voters(&c.nodes[0].replica), vec![1, 2, 3, 4]);
+    c.put(200, "after-promotion");
+
+    // Restart every node from its disk. The bootstrap voters are the config
+    // block's [1, 2, 3] (or none for the joiner); the membership comes from
+    // the log and snapshot all the same.
+    for n in &c.nodes {
+        for bootstrap in [&BOOTSTRAP[..], &[]] {
+            let again = open(n.id, &n.disk, bootstrap);
+            assert_eq!(
+                voters(&again),
+                vec![1, 2, 3, 4],
+                "node {} after a restart (bootstrap {bootstrap:?})",
+                n.id
+            );
+        }
+    }
+}
+
+#[test]
+fn a_removed_node_learns_it_and_the_rest_carry_on() {
+    let mut c = Cluster::new();
+    c.run_until("a leader", |c| c.nodes[0].replica.role() == Role::Leader);
+    c.put(1, "k");
+    c.change(2, &[ConfChangeOp::Remove(3)]);
+    c.run_until("node 3 to apply its removal", |c| c.nodes[2].removed);
+    let last = c.nodes[2].conf_changes.last().expect("a change").clone();
+    assert_eq!(last.voters, vec![1, 2]);
+    assert_eq!(voters(&c.nodes[0].replica), vec![1, 2]);
+    assert!(!c.nodes[0].removed && !c.nodes[1].removed);
+    // Two voters commit without it.
+    c.put(3, "after-removal");
+    assert_eq!(c.applied(2), c.applied(1));
+    // Its disk says it is no longer a member.
+    let again = open(3, &c.nodes[2].disk, &BOOTSTRAP);
+    assert!(!again.node().conf_state().contains(3));
+}
