@@ -1,13 +1,17 @@
 //! A client of the firmware cluster through the hub's gateway: sends
 //! requests to a chosen node, matches responses by id, follows leader
-//! redirects and retries until a deadline.
+//! redirects and retries until a deadline. Membership: [`Client::members`]
+//! and [`Client::change_members`] (which retries while another change is in
+//! progress and follows a leader that hands off before its own removal).
 
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use metalraft_fw_proto::client::{ErrorCode, Op, Reply, Request, Response, Status};
+use metalraft_fw_proto::client::{
+    ErrorCode, MemberOp, Membership, Op, Reply, Request, Response, Status,
+};
 
 /// How long to wait for one response before trying another node.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(800);
@@ -139,6 +143,7 @@ impl Client {
     pub fn to_leader(&mut self, op: Op) -> Result<Reply, ClientError> {
         let until = Instant::now() + self.deadline;
         let mut next = self.leader_hint.unwrap_or(1);
+        let mut previous = None;
         while Instant::now() < until {
             let target = next;
             let reply = self
@@ -148,24 +153,83 @@ impl Client {
                 Some(Reply::NotLeader { leader: Some(l) })
                     if l != target && (1..=self.nodes).contains(&l) =>
                 {
+                    // Sent back where we came from: a leadership transfer
+                    // is under way; give it time.
+                    if previous == Some(l) {
+                        std::thread::sleep(NO_LEADER_BACKOFF);
+                    }
                     next = l;
                 }
-                Some(Reply::NotLeader { .. }) | None => {
+                // No leader known, no answer, or a node that left.
+                Some(Reply::NotLeader { .. } | Reply::Error(ErrorCode::Removed)) | None => {
                     next = target % self.nodes + 1;
                     std::thread::sleep(NO_LEADER_BACKOFF);
                 }
                 // Nothing was applied (Superseded: another entry took the
-                // write's place): safe to send again.
+                // write's place; ChangePending: no change was proposed):
+                // safe to send again.
                 Some(Reply::Error(
-                    ErrorCode::Busy | ErrorCode::ReadFailed | ErrorCode::Superseded,
+                    ErrorCode::Busy
+                    | ErrorCode::ReadFailed
+                    | ErrorCode::Superseded
+                    | ErrorCode::ChangePending,
                 )) => std::thread::sleep(NO_LEADER_BACKOFF),
                 Some(other) => {
                     self.leader_hint = Some(target);
                     return Ok(other);
                 }
             }
+            previous = Some(target);
         }
         Err(ClientError::Timeout)
+    }
+
+    /// Node `node`'s view of the membership (one attempt; `Ok(None)` on
+    /// timeout).
+    pub fn members(
+        &mut self,
+        node: u8,
+        timeout: Duration,
+    ) -> Result<Option<Membership>, ClientError> {
+        match self.call(node, Op::Members, timeout)? {
+            Some(Response {
+                reply: Reply::Members(m),
+                ..
+            }) => Ok(Some(m)),
+            Some(Response {
+                reply: Reply::Error(e),
+                ..
+            }) => Err(ClientError::Server(e)),
+            Some(r) => Err(ClientError::UnexpectedReply(Box::new(r.reply))),
+            None => Ok(None),
+        }
+    }
+
+    /// Carries out a membership change through the leader: retries while
+    /// another change is in progress, follows a leader that hands off
+    /// before its own removal. Returns the configuration once the change
+    /// is applied on the leader (a joint change is then still being left:
+    /// see [`Membership::is_joint`]).
+    pub fn change_members(&mut self, ops: &[MemberOp]) -> Result<Membership, ClientError> {
+        match self.to_leader(Op::ChangeMembers { ops: ops.to_vec() })? {
+            Reply::Members(m) => Ok(m),
+            Reply::Error(e) => Err(ClientError::Server(e)),
+            r => Err(ClientError::UnexpectedReply(Box::new(r))),
+        }
+    }
+
+    /// The leader among nodes `1..=nodes` that answers status as leader
+    /// (one round of status requests).
+    pub fn find_leader(&mut self, timeout: Duration) -> Result<Option<u8>, ClientError> {
+        for id in 1..=self.nodes {
+            if let Some(s) = self.status(id, timeout)? {
+                if s.role == metalraft_fw_proto::client::Role::Leader {
+                    self.leader_hint = Some(id);
+                    return Ok(Some(id));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Puts `key` = `value`; returns the revision.

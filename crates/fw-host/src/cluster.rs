@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::net::UdpSocket;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 use metalraft_fw_proto::addr::{self, MAX_NODE_ID};
 use metalraft_fw_proto::config::NodeConfig;
@@ -45,6 +45,9 @@ pub struct ClusterSpec {
     pub dir: PathBuf,
     /// Number of nodes (ids `1..=nodes`).
     pub nodes: u8,
+    /// The bootstrap voters are `1..=voters` (the config block's
+    /// `members`); nodes above start as joiners, members only once added.
+    pub voters: u8,
     /// Loopback ports.
     pub ports: Ports,
     /// Raft tick period.
@@ -73,6 +76,7 @@ impl ClusterSpec {
         Ok(ClusterSpec {
             dir: dir.to_path_buf(),
             nodes,
+            voters: nodes,
             ports,
             tick_ms: DEFAULT_TICK_MS,
             heartbeat_ticks: DEFAULT_HEARTBEAT_TICKS,
@@ -81,6 +85,24 @@ impl ClusterSpec {
             snapshot_threshold_entries: DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES,
             elf: elf.to_path_buf(),
         })
+    }
+
+    /// This spec with `extra` more nodes (ids after the bootstrap voters)
+    /// that are not in the bootstrap membership: they start with an empty
+    /// log and join once a `member add` adds them.
+    pub fn with_joiners(mut self, extra: u8) -> io::Result<ClusterSpec> {
+        let nodes = self.nodes.saturating_add(extra);
+        if nodes > MAX_NODE_ID {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} nodes plus {extra} extra is above {MAX_NODE_ID} nodes",
+                    self.nodes
+                ),
+            ));
+        }
+        self.nodes = nodes;
+        Ok(self)
     }
 
     /// Node ids.
@@ -92,7 +114,7 @@ impl ClusterSpec {
     pub fn node_config(&self, id: u8) -> NodeConfig {
         NodeConfig {
             node_id: id,
-            members: self.ids().collect(),
+            members: (1..=self.voters).collect(),
             tick_ms: self.tick_ms,
             heartbeat_ticks: self.heartbeat_ticks,
             election_ticks_min: self.election_ticks.0,
@@ -230,6 +252,20 @@ impl LocalCluster {
     /// Whether node `id` is running.
     pub fn is_running(&self, id: u8) -> bool {
         self.nodes[usize::from(id - 1)].is_some()
+    }
+
+    /// Node `id`'s exit status if its QEMU exited on its own (reaped; the
+    /// node can be started again), `None` while it runs.
+    pub fn exited(&mut self, id: u8) -> io::Result<Option<ExitStatus>> {
+        let slot = &mut self.nodes[usize::from(id - 1)];
+        let Some(child) = slot.as_mut() else {
+            return Ok(None);
+        };
+        let status = child.try_wait()?;
+        if status.is_some() {
+            *slot = None;
+        }
+        Ok(status)
     }
 }
 

@@ -9,22 +9,30 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use metalraft_fw::client::Client;
+use metalraft_fw::client::{Client, ClientError};
 use metalraft_fw::cluster::ClusterSpec;
 use metalraft_fw::fault::FaultCommand;
 use metalraft_fw::firmware;
 use metalraft_fw::hub::Hub;
 use metalraft_fw::ports::{Ports, DEFAULT_BASE_PORT};
-use metalraft_fw_proto::client::{DroppedDatagrams, Role, Status};
+use metalraft_fw_proto::addr::MAX_NODE_ID;
+use metalraft_fw_proto::client::{DroppedDatagrams, ErrorCode, MemberOp, Membership, Role, Status};
 
 const USAGE: &str = "\
 metalraft-fw — MetalRaft firmware cluster in QEMU
 
 USAGE:
   metalraft-fw build                              build the firmware, print the ELF path
-  metalraft-fw cluster up [--nodes N] [--base-port P] [--keep-disks] [--no-build]
-                                                  start N (3..7, default 5) nodes + hub in the background
+  metalraft-fw cluster up [--nodes N] [--extra K] [--base-port P] [--keep-disks] [--no-build]
+                                                  start N (3..7, default 5) bootstrap voters + hub in the
+                                                  background, and K extra nodes (ids N+1..N+K, N+K <= 7)
+                                                  that are not members until `member add`
   metalraft-fw cluster down                       stop the cluster's nodes and hub
+  metalraft-fw member list [--node N]             the membership as the leader (or node N) sees it
+  metalraft-fw member add N.. [--learner]         add nodes as voters (or learners)
+  metalraft-fw member promote N..                 make caught-up learners voters
+  metalraft-fw member remove N..                  remove members (a removed node stops; removing the
+                                                  leader hands leadership to another voter first)
   metalraft-fw status                             every node's role, term, leader, indexes, memory
   metalraft-fw put KEY VALUE                      write through the leader
   metalraft-fw get KEY [--node N]                 linearizable read (through the leader, or served by node N)
@@ -35,8 +43,10 @@ USAGE:
   metalraft-fw disk scan N                        the log on node N's disk as recovery sees it
   metalraft-fw disk tear N                        simulate a crash mid-write on a stopped node's disk
   metalraft-fw hub --base-port P --nodes N        run the L2 hub in the foreground (used by `cluster up`)
+  metalraft-fw help | --help | -h                 this text
 
-Every command takes --dir DIR (default metalraft-data/fw-cluster): images, per-node logs
+One node id changes the membership with a single-server change; several voters at once go
+through joint consensus. Every command takes --dir DIR (default metalraft-data/fw-cluster): images, per-node logs
 (nodeN.log), hub.log and the cluster state live there. Ports: base (hub switch), base+1
 (fault control), base+2 (client gateway), base+10+N (node N); all on 127.0.0.1.";
 
@@ -60,37 +70,93 @@ const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 const DOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Poll interval while waiting.
 const POLL: Duration = Duration::from_millis(50);
+/// `member promote` refuses a learner that has applied less than this
+/// percentage of the leader's commit index (etcd: 90 %).
+const LEARNER_READY_PERCENT: u64 = 90;
+/// How long a membership command waits for a joint configuration to be left.
+const JOINT_LEAVE_TIMEOUT: Duration = Duration::from_secs(15);
 const STATE_FILE: &str = "cluster.state";
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// Exit status of a command line that does not parse (as getopt tools do).
+const EXIT_USAGE: u8 = 2;
+
+/// A command line that does not parse: exit status [`EXIT_USAGE`].
+#[derive(Debug, PartialEq, Eq)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn usage_error(msg: impl Into<String>) -> Box<dyn std::error::Error> {
+    Box::new(UsageError(msg.into()))
+}
+
 /// Parsed command line: positional words and `--flag value` options.
+#[derive(Debug)]
 struct Args {
     words: Vec<String>,
     opts: BTreeMap<String, String>,
     flags: Vec<String>,
 }
 
-const BOOL_FLAGS: &[&str] = &["--keep-disks", "--no-build"];
+/// Options without a value.
+const BOOL_FLAGS: &[&str] = &["--keep-disks", "--no-build", "--learner"];
+/// Options with a value (`--name VALUE` or `--name=VALUE`).
+const VALUE_OPTS: &[&str] = &["dir", "nodes", "extra", "base-port", "node"];
 
-fn parse_args() -> Result<Args> {
+/// Parses the arguments after the program name; `Ok(None)` asks for the
+/// usage (`--help`, `-h`). After `--` every argument is a word (a value
+/// that starts with `-`).
+fn parse_args(
+    args: impl IntoIterator<Item = String>,
+) -> std::result::Result<Option<Args>, UsageError> {
     let mut a = Args {
         words: Vec::new(),
         opts: BTreeMap::new(),
         flags: Vec::new(),
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = args.into_iter();
     while let Some(w) = it.next() {
+        if w == "--help" || w == "-h" {
+            return Ok(None);
+        }
+        if w == "--" {
+            a.words.extend(it.by_ref());
+            break;
+        }
         if BOOL_FLAGS.contains(&w.as_str()) {
             a.flags.push(w);
-        } else if let Some(name) = w.strip_prefix("--") {
-            let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+        } else if let Some(opt) = w.strip_prefix("--") {
+            let (name, inline) = match opt.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (opt, None),
+            };
+            if !VALUE_OPTS.contains(&name) {
+                return Err(UsageError(format!("unknown option --{name}")));
+            }
+            let v = match inline {
+                Some(v) => v,
+                None => it
+                    .next()
+                    .ok_or_else(|| UsageError(format!("--{name} needs a value")))?,
+            };
             a.opts.insert(name.to_string(), v);
+        } else if w.len() > 1 && w.starts_with('-') {
+            return Err(UsageError(format!(
+                "unknown option {w} (use `--` before a value that starts with '-')"
+            )));
         } else {
             a.words.push(w);
         }
     }
-    Ok(a)
+    Ok(Some(a))
 }
 
 impl Args {
@@ -99,7 +165,7 @@ impl Args {
             None => Ok(default),
             Some(v) => v
                 .parse()
-                .map_err(|_| format!("--{name}: bad value {v:?}").into()),
+                .map_err(|_| usage_error(format!("--{name}: bad value {v:?}"))),
         }
     }
     fn dir(&self) -> PathBuf {
@@ -118,6 +184,8 @@ impl Args {
 /// What `cluster up` records for the other commands.
 struct State {
     nodes: u8,
+    /// Bootstrap voters `1..=voters`; the nodes above joined (or will).
+    voters: u8,
     base_port: u16,
     hub_pid: u32,
     node_pids: BTreeMap<u8, u32>,
@@ -131,8 +199,9 @@ impl State {
 
     fn save(&self, dir: &Path) -> Result<()> {
         let mut s = format!(
-            "nodes={}\nbase_port={}\nhub_pid={}\nelf={}\n",
+            "nodes={}\nvoters={}\nbase_port={}\nhub_pid={}\nelf={}\n",
             self.nodes,
+            self.voters,
             self.base_port,
             self.hub_pid,
             self.elf.display()
@@ -166,8 +235,14 @@ impl State {
                 node_pids.insert(id, p.parse().map_err(|_| bad("node pid"))?);
             }
         }
+        // Files written before extra nodes existed have no `voters`.
+        let voters = match kv.get("voters") {
+            Some(v) => v.parse().map_err(|_| bad("voters"))?,
+            None => nodes,
+        };
         Ok(State {
             nodes,
+            voters,
             base_port: get("base_port")?.parse().map_err(|_| bad("base_port"))?,
             hub_pid: get("hub_pid")?.parse().map_err(|_| bad("hub_pid"))?,
             node_pids,
@@ -176,14 +251,19 @@ impl State {
     }
 
     fn spec(&self, dir: &Path) -> Result<ClusterSpec> {
+        let extra = self
+            .nodes
+            .checked_sub(self.voters)
+            .ok_or("cluster.state: voters > nodes")?;
         Ok(ClusterSpec::new(
             dir,
-            self.nodes,
+            self.voters,
             Ports {
                 base: self.base_port,
             },
             &self.elf,
-        )?)
+        )?
+        .with_joiners(extra)?)
     }
 }
 
@@ -236,16 +316,22 @@ fn cluster_up(a: &Args) -> Result<()> {
             .into());
         }
     }
-    let nodes = a.opt("nodes", DEFAULT_NODES)?;
+    let voters = a.opt("nodes", DEFAULT_NODES)?;
+    let extra: u8 = a.opt("extra", 0)?;
     let ports = Ports {
         base: a.opt("base-port", DEFAULT_BASE_PORT)?,
     };
+    // Check the sizes before the (long) build.
+    ClusterSpec::new(&dir, voters, ports, Path::new(""))
+        .and_then(|s| s.with_joiners(extra))
+        .map_err(|e| usage_error(e.to_string()))?;
     let elf = if a.flag("--no-build") {
         firmware::elf_path()
     } else {
         firmware::build()?
     };
-    let spec = ClusterSpec::new(&dir, nodes, ports, &elf)?;
+    let spec = ClusterSpec::new(&dir, voters, ports, &elf)?.with_joiners(extra)?;
+    let nodes = spec.nodes;
     spec.check_ports_free()?;
     if a.flag("--keep-disks") && spec.ids().all(|id| spec.image(id).is_file()) {
         outln!("keeping existing disks in {}", dir.display());
@@ -268,6 +354,7 @@ fn cluster_up(a: &Args) -> Result<()> {
         .spawn()?;
     let mut state = State {
         nodes,
+        voters,
         base_port: ports.base,
         hub_pid: hub.id(),
         node_pids: BTreeMap::new(),
@@ -284,7 +371,12 @@ fn cluster_up(a: &Args) -> Result<()> {
     }
     state.save(&dir)?;
     outln!(
-        "started {nodes} nodes (logs in {}), waiting for a leader...",
+        "started {nodes} nodes ({voters} bootstrap voters{}; logs in {}), waiting for a leader...",
+        if extra > 0 {
+            format!(", nodes {}..={nodes} join with `member add`", voters + 1)
+        } else {
+            String::new()
+        },
         dir.display()
     );
     let mut client = Client::new(ports.gateway(), nodes)?;
@@ -436,6 +528,135 @@ fn client_for(a: &Args) -> Result<(Client, u8)> {
     ))
 }
 
+/// Node ids of a `member` command.
+fn member_ids(words: &[&str]) -> Result<Vec<u8>> {
+    if words.is_empty() {
+        return Err(usage_error("name at least one node id"));
+    }
+    words
+        .iter()
+        .map(|w| match w.parse::<u8>() {
+            Ok(id) if (1..=MAX_NODE_ID).contains(&id) => Ok(id),
+            _ => Err(usage_error(format!(
+                "bad node id {w:?} (1..={MAX_NODE_ID})"
+            ))),
+        })
+        .collect()
+}
+
+/// The leader, found by asking every node's status until one leads.
+fn wait_leader(client: &mut Client) -> Result<u8> {
+    let until = Instant::now() + client.deadline;
+    while Instant::now() < until {
+        if let Some(l) = client.find_leader(STATUS_TIMEOUT)? {
+            return Ok(l);
+        }
+        std::thread::sleep(POLL);
+    }
+    Err("no leader answers".into())
+}
+
+fn print_members(client: &mut Client, nodes: u8, from: u8, m: &Membership) {
+    outln!("{m} (as node {from} sees it)");
+    for id in 1..=nodes {
+        let role = if m.is_voter(id) {
+            "voter"
+        } else if m.contains(id) {
+            "learner"
+        } else {
+            "not a member"
+        };
+        match client.status(id, STATUS_TIMEOUT) {
+            Ok(Some(s)) => outln!(
+                "  node {id}: {role:<12} {:<12} applied {:<6} snapshots installed {}",
+                format!("{:?}", s.role),
+                s.applied,
+                s.snapshots_installed
+            ),
+            _ => outln!("  node {id}: {role:<12} (no answer)"),
+        }
+    }
+}
+
+/// Refuses to promote a learner that is far behind the leader (it would
+/// slow down every commit until it caught up).
+fn check_caught_up(client: &mut Client, leader: u8, ids: &[u8]) -> Result<()> {
+    let commit = client
+        .status(leader, STATUS_TIMEOUT)?
+        .ok_or("the leader does not answer")?
+        .commit;
+    for &id in ids {
+        let applied = client.status(id, STATUS_TIMEOUT)?.map_or(0, |s| s.applied);
+        if applied * 100 < commit * LEARNER_READY_PERCENT {
+            return Err(format!(
+                "node {id} has applied {applied} of the leader's {commit} entries; \
+                 promote it once it has caught up (`member list` shows its progress)"
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+fn member_cmd(a: &Args, w: &[&str]) -> Result<()> {
+    if w == ["list"] {
+        let (mut c, nodes) = client_for(a)?;
+        let node = match a.opts.get("node") {
+            Some(n) => n.parse().map_err(|_| usage_error("bad --node"))?,
+            None => wait_leader(&mut c)?,
+        };
+        let m = c
+            .members(node, STATUS_TIMEOUT)?
+            .ok_or(format!("node {node} does not answer"))?;
+        print_members(&mut c, nodes, node, &m);
+        return Ok(());
+    }
+    let (verb, rest) = w
+        .split_first()
+        .ok_or_else(|| usage_error("member list | add | promote | remove"))?;
+    let ids = member_ids(rest)?;
+    let learner = a.flag("--learner");
+    let op: fn(u8) -> MemberOp = match *verb {
+        "add" if learner => MemberOp::AddLearner,
+        "add" => MemberOp::AddVoter,
+        "promote" => MemberOp::Promote,
+        "remove" => MemberOp::Remove,
+        _ => return Err(usage_error(format!("unknown member command {verb:?}"))),
+    };
+    if learner && *verb != "add" {
+        return Err(usage_error("--learner goes with `member add`"));
+    }
+    let (mut c, nodes) = client_for(a)?;
+    let leader = wait_leader(&mut c)?;
+    if *verb == "promote" {
+        check_caught_up(&mut c, leader, &ids)?;
+    }
+    let ops: Vec<MemberOp> = ids.iter().map(|&id| op(id)).collect();
+    let mut m = match c.change_members(&ops) {
+        Err(ClientError::Server(ErrorCode::BadMembershipChange)) => {
+            return Err(format!(
+                "refused: {} (see `member list`)",
+                ErrorCode::BadMembershipChange
+            )
+            .into())
+        }
+        r => r?,
+    };
+    // Several voters at once went through joint consensus, which the
+    // leader leaves by itself: wait for it.
+    let until = Instant::now() + JOINT_LEAVE_TIMEOUT;
+    while m.is_joint() && Instant::now() < until {
+        std::thread::sleep(POLL);
+        let leader = c.leader_hint.unwrap_or(leader);
+        if let Ok(Some(now)) = c.members(leader, STATUS_TIMEOUT) {
+            m = now;
+        }
+    }
+    let from = c.leader_hint.unwrap_or(leader);
+    print_members(&mut c, nodes, from, &m);
+    Ok(())
+}
+
 fn fault_cmd(a: &Args) -> Result<()> {
     let state = State::load(&a.dir())?;
     let line = a.words[1..].join(" ");
@@ -487,6 +708,7 @@ fn run(a: &Args) -> Result<()> {
             outln!("deleted {}", c.delete(key.as_bytes())?);
         }
         ["fault", ..] if w.len() > 1 => fault_cmd(a)?,
+        ["member", rest @ ..] if !rest.is_empty() => member_cmd(a, rest)?,
         ["node", ..] => node_cmd(a)?,
         ["disk", "scan", n] => {
             let state = State::load(&a.dir())?;
@@ -544,18 +766,88 @@ fn run(a: &Args) -> Result<()> {
             hub.join();
         }
         ["help"] | [] => outln!("{USAGE}"),
-        _ => return Err(format!("unknown command {:?}\n\n{USAGE}", w.join(" ")).into()),
+        _ => return Err(usage_error(format!("unknown command {:?}", w.join(" ")))),
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    let result = parse_args().and_then(|a| run(&a));
-    match result {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            outln!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("metalraft-fw: {e}\nRun `metalraft-fw --help` for usage.");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<UsageError>() => {
+            eprintln!("metalraft-fw: {e}\nRun `metalraft-fw --help` for usage.");
+            ExitCode::from(EXIT_USAGE)
+        }
         Err(e) => {
             eprintln!("metalraft-fw: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> std::result::Result<Option<Args>, UsageError> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn help_asks_for_the_usage_wherever_it_stands() {
+        for args in [
+            &["--help"][..],
+            &["-h"],
+            &["cluster", "up", "--help"],
+            &["--dir", "x", "-h"],
+        ] {
+            assert!(matches!(parse(args), Ok(None)), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn options_flags_and_words() {
+        let a = parse(&["member", "add", "4", "--learner", "--dir=d", "--node", "2"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.words, ["member", "add", "4"]);
+        assert!(a.flag("--learner"));
+        assert_eq!(a.dir(), PathBuf::from("d"));
+        assert_eq!(a.opts.get("node").map(String::as_str), Some("2"));
+        let a = parse(&["put", "k", "--", "-v"]).unwrap().unwrap();
+        assert_eq!(a.words, ["put", "k", "-v"]);
+    }
+
+    #[test]
+    fn unknown_options_and_missing_values_are_usage_errors() {
+        assert_eq!(
+            parse(&["status", "--bogus"]).unwrap_err(),
+            UsageError("unknown option --bogus".into())
+        );
+        assert!(parse(&["status", "-x"]).is_err());
+        assert_eq!(
+            parse(&["status", "--dir"]).unwrap_err(),
+            UsageError("--dir needs a value".into())
+        );
+    }
+
+    #[test]
+    fn member_ids_are_checked() {
+        assert_eq!(member_ids(&["4", "5"]).unwrap(), vec![4, 5]);
+        for bad in [&[][..], &["0"], &["8"], &["x"]] {
+            let e = member_ids(bad).unwrap_err();
+            assert!(e.is::<UsageError>(), "{bad:?}: {e}");
         }
     }
 }
