@@ -8,15 +8,20 @@
 //! Every wait polls for a condition with a generous deadline; nothing
 //! asserts on a fixed sleep. Set METALRAFT_FW_TEST_BASE_PORT to pin ports.
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::{
+    agreed_leader, leader_commit, pick_ports, statuses, test_dir, wait_applied, wait_for,
+    STATUS_TIMEOUT,
+};
 
 use metalraft_fw::client::Client;
 use metalraft_fw::cluster::{ClusterSpec, LocalCluster};
 use metalraft_fw::fault::FaultCommand;
-use metalraft_fw::ports::Ports;
 use metalraft_fw::{firmware, image};
-use metalraft_fw_proto::client::{Op, Reply, Role, Status};
+use metalraft_fw_proto::client::{Op, Reply};
 
 const NODES: u8 = 5;
 const PUTS: usize = 200;
@@ -32,90 +37,16 @@ const DISK_BYTES: u64 = 384 * 1024;
 const PUTS_WHILE_DOWN: usize = 150;
 /// Requests in flight in the throughput measurement.
 const PIPELINE_WINDOW: usize = 16;
-/// Deadline of any single wait (elections, catch-up) on a loaded machine.
-const WAIT: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(100);
-const STATUS_TIMEOUT: Duration = Duration::from_millis(400);
-
-fn test_dir() -> PathBuf {
-    let base = std::env::var_os("CARGO_TARGET_TMPDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    base.join(format!("fw-cluster-{}", std::process::id()))
-}
-
-fn pick_ports(spec_for: impl Fn(Ports) -> ClusterSpec) -> ClusterSpec {
-    if let Some(p) = std::env::var("METALRAFT_FW_TEST_BASE_PORT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        return spec_for(Ports { base: p });
-    }
-    let start = 20000 + (std::process::id() % 500) as u16 * 20;
-    for i in 0..50u16 {
-        let spec = spec_for(Ports {
-            base: start.wrapping_add(i * 20).max(20000),
-        });
-        if spec.check_ports_free().is_ok() {
-            return spec;
-        }
-    }
-    panic!("no free port range found; set METALRAFT_FW_TEST_BASE_PORT");
-}
-
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
-        std::thread::sleep(POLL);
-    }
-}
-
-fn statuses(c: &mut Client, ids: &[u8]) -> Vec<Status> {
-    ids.iter()
-        .filter_map(|&id| c.status(id, STATUS_TIMEOUT).ok().flatten())
-        .collect()
-}
-
-/// A leader among `ids` that a majority of the cluster reports.
-fn agreed_leader(c: &mut Client, ids: &[u8]) -> Option<u8> {
-    let st = statuses(c, ids);
-    let leader = st.iter().find(|s| s.role == Role::Leader)?.node;
-    let agree = st.iter().filter(|s| s.leader == Some(leader)).count();
-    (agree > usize::from(NODES) / 2).then_some(leader)
-}
 
 fn all(nodes: u8) -> Vec<u8> {
     (1..=nodes).collect()
-}
-
-/// Waits until every node in `ids` has applied at least `index`.
-fn wait_applied(c: &mut Client, ids: &[u8], index: u64) {
-    wait_for(&format!("nodes {ids:?} to apply index {index}"), || {
-        let st = statuses(c, ids);
-        (st.len() == ids.len() && st.iter().all(|s| s.applied >= index)).then_some(())
-    });
-}
-
-fn leader_commit(c: &mut Client, leader: u8) -> u64 {
-    c.status(leader, STATUS_TIMEOUT)
-        .ok()
-        .flatten()
-        .map_or(0, |s| s.commit)
 }
 
 #[test]
 fn five_node_qemu_cluster() {
     let elf =
         firmware::build().expect("firmware builds (needs the riscv32imac-unknown-none-elf target)");
-    let dir = test_dir();
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = test_dir("fw-cluster");
     let spec = pick_ports(|p| {
         let mut s = ClusterSpec::new(&dir, NODES, p, &elf).unwrap();
         s.snapshot_threshold_entries = SNAPSHOT_THRESHOLD;
@@ -130,7 +61,7 @@ fn five_node_qemu_cluster() {
     let ids = all(NODES);
 
     // 1. A leader is elected.
-    let leader = wait_for("a leader", || agreed_leader(&mut c, &ids));
+    let leader = wait_for("a leader", || agreed_leader(&mut c, &ids, NODES.into()));
     let boot_to_leader = t0.elapsed();
     eprintln!(
         "MEASURE boot-to-first-leader (host wall, 5 nodes): {:.2}s (node {leader})",
@@ -217,7 +148,7 @@ fn five_node_qemu_cluster() {
     eprintln!("MEASURE pipelined puts ({PIPELINE_WINDOW} in flight): {PUTS} in {secs:.2}s = {:.0} commits/s", PUTS as f64 / secs);
 
     // 3. kill -9 the leader: a new leader emerges, writes continue.
-    let leader = wait_for("a leader", || agreed_leader(&mut c, &ids));
+    let leader = wait_for("a leader", || agreed_leader(&mut c, &ids, NODES.into()));
     let last_before_kill = c
         .status(leader, STATUS_TIMEOUT)
         .unwrap()
@@ -226,7 +157,7 @@ fn five_node_qemu_cluster() {
     cluster.kill_node(leader).unwrap();
     let rest: Vec<u8> = ids.iter().copied().filter(|&i| i != leader).collect();
     let new_leader = wait_for("a new leader after kill -9", || {
-        agreed_leader(&mut c, &rest).filter(|&l| l != leader)
+        agreed_leader(&mut c, &rest, NODES.into()).filter(|&l| l != leader)
     });
     c.leader_hint = Some(new_leader);
     let while_down: Vec<(Vec<u8>, Vec<u8>)> = (0..PUTS_WHILE_DOWN)
@@ -272,7 +203,7 @@ fn five_node_qemu_cluster() {
 
     // 5. Minority partition: the side with the leader cannot commit; the
     //    majority elects a leader and can; after healing all converge.
-    let old = wait_for("a leader", || agreed_leader(&mut c, &ids));
+    let old = wait_for("a leader", || agreed_leader(&mut c, &ids, NODES.into()));
     let buddy = ids.iter().copied().find(|&i| i != old).unwrap();
     let minority = vec![old, buddy];
     let majority: Vec<u8> = ids
@@ -297,7 +228,7 @@ fn five_node_qemu_cluster() {
         "minority committed: {r:?}"
     );
     let maj_leader = wait_for("a majority leader", || {
-        agreed_leader(&mut c, &majority).filter(|l| majority.contains(l))
+        agreed_leader(&mut c, &majority, NODES.into()).filter(|l| majority.contains(l))
     });
     c.leader_hint = Some(maj_leader);
     wait_for("a majority write", || {
@@ -320,7 +251,9 @@ fn five_node_qemu_cluster() {
         "the minority applied nothing new: {st:?}"
     );
     eprintln!("heal: {}", cluster.hub.apply(&FaultCommand::Heal));
-    let leader = wait_for("a leader after heal", || agreed_leader(&mut c, &ids));
+    let leader = wait_for("a leader after heal", || {
+        agreed_leader(&mut c, &ids, NODES.into())
+    });
     let commit = leader_commit(&mut c, leader);
     wait_applied(&mut c, &ids, commit);
     for &id in &ids {
@@ -338,7 +271,7 @@ fn five_node_qemu_cluster() {
 
     // 6. A node restarted with a torn log tail (a crash in the middle of
     //    writing a record) discards it and catches up.
-    let leader = wait_for("a leader", || agreed_leader(&mut c, &ids));
+    let leader = wait_for("a leader", || agreed_leader(&mut c, &ids, NODES.into()));
     let victim = ids.iter().copied().find(|&i| i != leader).unwrap();
     cluster.kill_node(victim).unwrap();
     let img = cluster.spec.image(victim);
