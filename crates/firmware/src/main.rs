@@ -112,6 +112,9 @@ async fn main(spawner: Spawner) {
         cfg.rng_seed,
     );
     spawner.spawn(net_task(runner).expect("net task spawns once"));
+    // As u64 ids, the type every other id list is printed with (one Debug
+    // instantiation less).
+    let voters: alloc::vec::Vec<u64> = cfg.members.iter().map(|&m| u64::from(m)).collect();
     info!(
         "node {} up: {}.{}.{}.{}/{} bootstrap voters {:?} disk {} sectors",
         cfg.node_id,
@@ -120,17 +123,17 @@ async fn main(spawner: Spawner) {
         ip[2],
         ip[3],
         addr::PREFIX_LEN,
-        cfg.members,
+        voters,
         disk.sectors()
     );
 
     // The config block's voters matter only on a fresh disk (see
     // `DiskLog::open`); a joiner passes none and starts with an empty log.
-    let bootstrap: alloc::vec::Vec<u64> = match cfg.bootstraps() {
-        true => cfg.members.iter().map(|&m| u64::from(m)).collect(),
-        false => alloc::vec::Vec::new(),
+    let bootstrap: &[u64] = match cfg.bootstraps() {
+        true => &voters,
+        false => &[],
     };
-    let (log, recovered, snapshot) = match storage::DiskLog::open(disk, &bootstrap) {
+    let (log, recovered, snapshot) = match storage::DiskLog::open(disk, bootstrap) {
         Ok(r) => r,
         Err(e) => {
             error!("storage recovery failed: {}; halting", e);

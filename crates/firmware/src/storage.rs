@@ -3,7 +3,9 @@
 
 use crate::platform::disk::Disk;
 
-pub use metalraft_fw_store::{Pump, PumpError, Recovered, SnapshotSaved, MAX_LOG_ENTRIES};
+pub use metalraft_fw_store::{
+    believe_notice, Departures, Pump, PumpError, Recovered, SnapshotSaved, MAX_LOG_ENTRIES,
+};
 
 /// The log on this board's disk.
 pub type DiskLog = metalraft_fw_store::DiskLog<Disk>;

@@ -1,5 +1,8 @@
 //! Building the firmware: runs cargo in `crates/firmware` (its own
-//! workspace, target and profile) and returns the ELF path.
+//! workspace, target and profile) and returns the ELF path; and measuring
+//! it: [`section_bytes`] reads a section's size from the ELF's section
+//! headers (what `llvm-size -A` reports), checked against
+//! [`TEXT_BUDGET_BYTES`] by the tests.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -9,6 +12,9 @@ use std::process::Command;
 pub const TARGET: &str = "riscv32imac-unknown-none-elf";
 /// The firmware's binary name.
 pub const BIN: &str = "metalraft-firmware";
+/// The `.text` budget of the firmware (192 KiB of code, for MCUs with 256
+/// KiB of flash and room for `.rodata`; see the firmware README).
+pub const TEXT_BUDGET_BYTES: u64 = 192 * 1024;
 
 /// The firmware crate's directory (next to this crate in the repository).
 pub fn crate_dir() -> PathBuf {
@@ -92,4 +98,43 @@ pub fn host_tests() -> io::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Reads a little-endian integer of `N` bytes at `at`.
+fn le<const N: usize>(b: &[u8], at: usize) -> io::Result<u64> {
+    let bytes = b
+        .get(at..at + N)
+        .ok_or_else(|| io::Error::other("ELF file too short"))?;
+    Ok(bytes
+        .iter()
+        .rev()
+        .fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+}
+
+/// The size in bytes of section `name` of a 32-bit little-endian ELF file
+/// (the firmware's format), from its section headers.
+pub fn section_bytes(elf: &Path, name: &str) -> io::Result<u64> {
+    let b = std::fs::read(elf)?;
+    let bad = |what: &str| io::Error::other(format!("{}: {what}", elf.display()));
+    if b.get(..4) != Some(b"\x7fELF") || b.get(4) != Some(&1) || b.get(5) != Some(&1) {
+        return Err(bad("not a 32-bit little-endian ELF file"));
+    }
+    let shoff = le::<4>(&b, 0x20)? as usize;
+    let shentsize = le::<2>(&b, 0x2e)? as usize;
+    let shnum = le::<2>(&b, 0x30)? as usize;
+    let shstrndx = le::<2>(&b, 0x32)? as usize;
+    // Section header fields: name offset at 0, file offset at 0x10, size at 0x14.
+    let header = |i: usize| shoff + i * shentsize;
+    let strtab = le::<4>(&b, header(shstrndx) + 0x10)? as usize;
+    for i in 0..shnum {
+        let name_at = strtab + le::<4>(&b, header(i))? as usize;
+        let end = b[name_at.min(b.len())..]
+            .iter()
+            .position(|&c| c == 0)
+            .ok_or_else(|| bad("unterminated section name"))?;
+        if &b[name_at..name_at + end] == name.as_bytes() {
+            return le::<4>(&b, header(i) + 0x14);
+        }
+    }
+    Err(bad(&format!("no section {name}")))
 }

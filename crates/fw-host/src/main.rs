@@ -23,6 +23,7 @@ metalraft-fw — MetalRaft firmware cluster in QEMU
 
 USAGE:
   metalraft-fw build                              build the firmware, print the ELF path
+  metalraft-fw size                               build the firmware, print its .text against the budget
   metalraft-fw cluster up [--nodes N] [--extra K] [--base-port P] [--keep-disks] [--no-build]
                                                   start N (3..7, default 5) bootstrap voters + hub in the
                                                   background, and K extra nodes (ids N+1..N+K, N+K <= 7)
@@ -682,6 +683,19 @@ fn run(a: &Args) -> Result<()> {
     let w: Vec<&str> = a.words.iter().map(String::as_str).collect();
     match w.as_slice() {
         ["build"] => outln!("{}", firmware::build()?.display()),
+        ["size"] => {
+            let elf = firmware::build()?;
+            let text = firmware::section_bytes(&elf, ".text")?;
+            let rodata = firmware::section_bytes(&elf, ".rodata")?;
+            let budget = firmware::TEXT_BUDGET_BYTES;
+            outln!(
+                ".text {text} bytes of {budget} ({} to spare); .rodata {rodata} bytes",
+                budget as i64 - text as i64
+            );
+            if text > budget {
+                return Err(format!(".text above its {budget}-byte budget").into());
+            }
+        }
         ["cluster", "up"] => cluster_up(a)?,
         ["cluster", "down"] => cluster_down(a)?,
         ["status"] => {

@@ -13,21 +13,15 @@
 //! would remove or demote the leader itself is not proposed — the leader
 //! hands leadership to a voter that stays and redirects the client there.
 //! A node stops ([`Shell::removed`]) when it applies its own removal, or
-//! when a member that applied it tells it so (a removal notice, see
-//! [`wire`]): each node remembers at which index its applied configuration
-//! dropped each other node, and answers a message from such a node, not
-//! in its latest configuration, with a notice. The removed node believes a
-//! notice only if its own log ends before that index (a node added again
-//! later has the removal in its log, so a stale notice cannot stop it).
+//! when a member that applied it tells it so: a removal notice (format in
+//! [`wire`], rules in `metalraft-fw-store`'s [`Departures`]).
 
 use alloc::vec::Vec;
 
 use embassy_net::IpEndpoint;
 use metalraft_core::{
-    apply_conf_change, ConfChange, ConfChangeError, ConfChangeOp, ConfState, Index, LogStorage,
-    Role as CoreRole,
+    ConfChange, ConfChangeError, ConfChangeOp, ConfState, Index, LogStorage, Role as CoreRole,
 };
-use metalraft_fw_proto::addr::MAX_NODE_ID;
 use metalraft_fw_proto::client::{
     self, DroppedDatagrams, ErrorCode, MemberOp, Membership, Op, Reply, Request, Response, Status,
 };
@@ -43,7 +37,8 @@ use super::limits::*;
 use super::wire::{self, WireError, NOTICE_BYTES, REMOVED_NOTICE_KIND};
 use crate::platform::heap;
 use crate::storage::{
-    DiskLog, DiskReplica, Pump, PumpError, Recovered, SnapshotSaved, MAX_LOG_ENTRIES,
+    believe_notice, Departures, DiskLog, DiskReplica, Pump, PumpError, Recovered, SnapshotSaved,
+    MAX_LOG_ENTRIES,
 };
 
 /// A datagram for a peer's Raft port.
@@ -306,11 +301,8 @@ pub struct Shell {
     waiters: Waiters,
     /// The index of the applied change that removed this node: it stops.
     removed: Option<Index>,
-    /// The configuration as of the applied index.
-    applied_conf: ConfState,
-    /// Per node id: the index at which the applied configuration dropped it
-    /// (None: a member, or never one as far as this node saw).
-    removed_at: [Option<Index>; MAX_NODE_ID as usize + 1],
+    /// Which nodes the applied configuration dropped (removal notices).
+    departures: Departures,
     dropped: DroppedDatagrams,
     bad_requests: u64,
     recovered: Recovered,
@@ -337,18 +329,17 @@ impl Shell {
         };
         // The snapshot's configuration; the replica replays the committed
         // changes after it as events.
-        let applied_conf = match log.snapshot_meta() {
+        let departures = Departures::new(match log.snapshot_meta() {
             Ok(Some(meta)) => meta.conf_state,
             _ => ConfState::default(),
-        };
+        });
         let core = DiskReplica::new(replica_config(cfg), log, kv).map_err(ShellError::Config)?;
         Ok(Shell {
             core,
             me: cfg.node_id,
             waiters: Waiters::new(),
             removed: None,
-            applied_conf,
-            removed_at: [None; MAX_NODE_ID as usize + 1],
+            departures,
             dropped: DroppedDatagrams::default(),
             bad_requests: 0,
             recovered,
@@ -383,12 +374,10 @@ impl Shell {
         match wire::decode(bytes, u64::from(self.me), source) {
             // Stale or unexpected messages are normal; the core counts them.
             Ok(msg) => {
-                let from = msg.from;
-                if !self.core.node().conf_state().contains(from) {
-                    if let Some(index) = self.removed_at[usize::from(source)] {
-                        let notice = wire::encode_removed(source, self.me, index);
-                        out.peers.push((source, PeerOut::Removed(notice)));
-                    }
+                let latest = self.core.node().conf_state();
+                if let Some(index) = self.departures.notice_for(source, latest) {
+                    let notice = wire::encode_removed(source, self.me, index);
+                    out.peers.push((source, PeerOut::Removed(notice)));
                 }
                 let _ = self.core.step(msg);
             }
@@ -398,7 +387,7 @@ impl Shell {
 
     /// Node `source` says the change at `index` removed this node.
     fn on_removed_notice(&mut self, index: Index, source: u8) {
-        if self.core.storage().last() < index {
+        if believe_notice(index, self.core.storage().last()) {
             info!(
                 "node {} says the change at {} removed this node",
                 source, index
@@ -636,7 +625,10 @@ impl Shell {
     fn on_event(&mut self, e: Event<KvEvent>) {
         match e {
             Event::Role(ss) => {
-                info!("role {:?} term {} leader {:?}", ss.role, ss.term, ss.leader);
+                // Leader 0: none known (0 is never a node id; cheaper to
+                // print than an Option).
+                let leader = ss.leader.unwrap_or(0);
+                info!("role {:?} term {} leader {}", ss.role, ss.term, leader);
                 if ss.leader.is_some() && self.first_leader_ms.is_none() {
                     self.first_leader_ms = Some(embassy_time::Instant::now().as_millis());
                 }
@@ -653,21 +645,7 @@ impl Shell {
                 if m.self_removed {
                     self.removed = Some(m.index);
                 }
-                // The event carries the latest configuration; the applied
-                // one follows from the change (an invalid change, which
-                // the core ignores, changes nothing).
-                if let Ok(next) = apply_conf_change(&self.applied_conf, &m.change) {
-                    for id in 1..=MAX_NODE_ID {
-                        let n = u64::from(id);
-                        let slot = &mut self.removed_at[usize::from(id)];
-                        if next.contains(n) {
-                            *slot = None;
-                        } else if self.applied_conf.contains(n) {
-                            *slot = Some(m.index);
-                        }
-                    }
-                    self.applied_conf = next;
-                }
+                self.departures.applied(m.index, &m.change);
             }
             // Apply events are off.
             Event::Applied { .. } => {}

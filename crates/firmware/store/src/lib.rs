@@ -23,6 +23,7 @@
 extern crate alloc;
 
 mod block;
+mod departures;
 mod pump;
 mod recovery;
 mod snapshot;
@@ -42,6 +43,7 @@ use metalraft_fw_proto::disk::{
 };
 
 pub use block::{BlockDevice, DiskError};
+pub use departures::{believe_notice, Departures};
 pub use pump::{DiskReplica, Pump, PumpError, SnapshotSaved, Synced};
 pub use recovery::{Opened, Recovered};
 

@@ -9,16 +9,22 @@
 //! - every node reopened from its disk (as after a restart) has the
 //!   membership of its log and snapshot, whatever bootstrap voters it is
 //!   given: the config block is read only on a fresh disk;
-//! - a removed node learns it from the change it applies (`self_removed`).
+//! - a removed node never receives the change that removes it (the leader
+//!   stops replicating to it when it appends that change), so it keeps
+//!   campaigning; the members that applied the change answer it with a
+//!   removal notice ([`Departures`]) that it believes, while a node added
+//!   back later does not believe a stale one.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use metalraft_core::{ConfChange, ConfChangeOp, ConfState, Message, Role};
+use metalraft_core::{ConfChange, ConfChangeOp, ConfState, Message, MessageBody, Role};
 use metalraft_fw_proto::disk::{LOG_START_SECTOR, SECTOR_BYTES};
-use metalraft_fw_store::{BlockDevice, DiskError, DiskLog, DiskReplica, Pump};
+use metalraft_fw_store::{
+    believe_notice, BlockDevice, Departures, DiskError, DiskLog, DiskReplica, Pump,
+};
 use metalraft_kv::{Command, KvStore, PutRequest};
-use metalraft_replica::{Config, Event, Outcome};
+use metalraft_replica::{Config, Event};
 
 /// The bootstrap voters (the config block's `members`).
 const BOOTSTRAP: [u64; 3] = [1, 2, 3];
@@ -93,7 +99,8 @@ struct Node {
     replica: DiskReplica<KvStore, MemDisk>,
     pump: Pump,
     removed: bool,
-    conf_changes: Vec<ConfState>,
+    /// What the firmware's shell tracks for removal notices.
+    departures: Departures,
 }
 
 struct Cluster {
@@ -122,7 +129,7 @@ impl Cluster {
                     disk,
                     pump: Pump::new(),
                     removed: false,
-                    conf_changes: Vec::new(),
+                    departures: Departures::new(ConfState::default()),
                 }
             })
             .collect();
@@ -151,7 +158,7 @@ impl Cluster {
                     self.queue.extend(out.messages);
                     for e in out.events {
                         if let Event::Membership(m) = e {
-                            n.conf_changes.push(m.conf_state.clone());
+                            n.departures.applied(m.index, &m.change);
                             n.removed |= m.self_removed;
                         }
                     }
@@ -267,20 +274,63 @@ fn a_joiner_catches_up_by_snapshot_and_every_node_recovers_membership_from_disk(
 }
 
 #[test]
-fn a_removed_node_learns_it_and_the_rest_carry_on() {
+fn a_removed_node_is_told_by_a_notice_and_a_node_added_back_is_not() {
     let mut c = Cluster::new();
     c.run_until("a leader", |c| c.nodes[0].replica.role() == Role::Leader);
     c.put(1, "k");
-    c.change(2, &[ConfChangeOp::Remove(3)]);
-    c.run_until("node 3 to apply its removal", |c| c.nodes[2].removed);
-    let last = c.nodes[2].conf_changes.last().expect("a change").clone();
-    assert_eq!(last.voters, vec![1, 2]);
-    assert_eq!(voters(&c.nodes[0].replica), vec![1, 2]);
-    assert!(!c.nodes[0].removed && !c.nodes[1].removed);
-    // Two voters commit without it.
+    let index = c
+        .node(1)
+        .replica
+        .propose_conf_change(2, ConfChange::new(&[ConfChangeOp::Remove(3)]))
+        .expect("the leader accepts");
+    c.run_until("nodes 1 and 2 to apply the removal", |c| {
+        c.applied(1) >= index && c.applied(2) >= index
+    });
+    // Two voters commit without node 3.
     c.put(3, "after-removal");
-    assert_eq!(c.applied(2), c.applied(1));
-    // Its disk says it is no longer a member.
-    let again = open(3, &c.nodes[2].disk, &BOOTSTRAP);
-    assert!(!again.node().conf_state().contains(3));
+    assert_eq!(voters(&c.nodes[0].replica), vec![1, 2]);
+    // Node 3 never got the change (the leader stopped replicating to it
+    // when it appended it): it still thinks it is a voter and campaigns.
+    let mut vote_requests = Vec::new();
+    for _ in 0..400 {
+        c.round();
+        vote_requests.extend(
+            c.queue
+                .iter()
+                .filter(|m| m.from == 3 && matches!(m.body, MessageBody::RequestVote { .. }))
+                .cloned(),
+        );
+    }
+    let three = &c.nodes[2].replica;
+    assert!(!c.nodes[2].removed, "node 3 learned nothing through Raft");
+    assert!(three.storage().last() < index);
+    assert!(three.node().conf_state().is_voter(3));
+    assert!(!vote_requests.is_empty(), "node 3 campaigns");
+    // The members that applied the removal name it in a notice; node 3
+    // believes it.
+    for member in [1, 2] {
+        let n = &c.nodes[member - 1];
+        let latest = n.replica.node().conf_state();
+        assert_eq!(n.departures.notice_for(3, latest), Some(index));
+        assert_eq!(n.departures.notice_for(2, latest), None, "a member");
+        assert_eq!(n.departures.notice_for(4, latest), None, "never a member");
+    }
+    assert!(believe_notice(index, three.storage().last()));
+
+    // Added back: its log catches up through the removal and the addition,
+    // so the notice a member that has not applied the addition might still
+    // send cannot stop it; and once applied, no member sends one.
+    let stale = c.nodes[1].departures.clone();
+    c.change(4, &[ConfChangeOp::AddVoter(3)]);
+    c.run_until("node 3 to catch up", |c| c.applied(3) == c.applied(1));
+    let three = &c.nodes[2].replica;
+    assert!(!believe_notice(index, three.storage().last()));
+    let old_view = ConfState::with_voters(&[1, 2]);
+    assert_eq!(stale.notice_for(3, &old_view), Some(index), "a stale view");
+    for member in [1, 2] {
+        let n = &c.nodes[member - 1];
+        let latest = n.replica.node().conf_state();
+        assert_eq!(n.departures.notice_for(3, latest), None);
+    }
+    assert_eq!(voters(&c.nodes[0].replica), vec![1, 2, 3]);
 }
