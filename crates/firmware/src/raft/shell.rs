@@ -519,7 +519,12 @@ impl Shell {
         let removed = |id: u64| ops.contains(&MemberOp::Remove(id as u8));
         if removed(me) {
             // Removing the leader: hand off to a voter that stays, which
-            // then carries out the change (as etcd does).
+            // then carries out the change (as etcd does). Not while a
+            // joint configuration is being left: the change would wait
+            // anyway, and the hand-off would be for nothing.
+            if conf.is_joint() {
+                return Some(Reply::Error(ErrorCode::ChangePending));
+            }
             let Some(&to) = conf.voters.iter().find(|&&v| !removed(v)) else {
                 return Some(Reply::Error(ErrorCode::BadMembershipChange));
             };
