@@ -1,7 +1,7 @@
 //! Wire formats shared by the MetalRaft firmware (`no_std`) and its host tool
 //! (`metalraft-fw`): the node configuration block stored in sector 0 of every
-//! node's disk, the client request/response protocol, and the address plan of
-//! the emulated LAN.
+//! node's disk, the client request/response protocol, the removal notice
+//! between nodes, and the address plan of the emulated LAN.
 //!
 //! Every decoder here validates its input once and returns a typed error;
 //! none of them panics on any input.
@@ -15,6 +15,7 @@ pub mod addr;
 pub mod client;
 pub mod config;
 pub mod disk;
+pub mod notice;
 
 /// CRC-32C (Castagnoli), used by every checksummed format of the firmware.
 pub const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);

@@ -27,6 +27,7 @@ use metalraft_fw_proto::client::{
 };
 use metalraft_fw_proto::config::NodeConfig;
 use metalraft_fw_proto::disk::MAX_SNAPSHOT_BYTES;
+use metalraft_fw_proto::notice::{RemovalNotice, NOTICE_BYTES, REMOVED_NOTICE_KIND};
 use metalraft_kv::{Command, CommandResult, DeleteRangeRequest, KvStore, PutRequest, RangeRequest};
 use metalraft_replica::{
     Completion, Config, Event, KvEvent, Outcome, ProposeError, ReadError, ReqId, RequestFailure,
@@ -34,7 +35,7 @@ use metalraft_replica::{
 };
 
 use super::limits::*;
-use super::wire::{self, WireError, NOTICE_BYTES, REMOVED_NOTICE_KIND};
+use super::wire::{self, WireError};
 use crate::platform::heap;
 use crate::storage::{
     believe_notice, Departures, DiskLog, DiskReplica, Pump, PumpError, Recovered, SnapshotSaved,
@@ -376,8 +377,12 @@ impl Shell {
             Ok(msg) => {
                 let latest = self.core.node().conf_state();
                 if let Some(index) = self.departures.notice_for(source, latest) {
-                    let notice = wire::encode_removed(source, self.me, index);
-                    out.peers.push((source, PeerOut::Removed(notice)));
+                    let notice = RemovalNotice {
+                        to: source,
+                        from: self.me,
+                        index,
+                    };
+                    out.peers.push((source, PeerOut::Removed(notice.encode())));
                 }
                 let _ = self.core.step(msg);
             }

@@ -9,9 +9,9 @@
 //! its vote (ADR 0006); the core drops what a non-member may not send.
 //!
 //! One other datagram shares the port: the removal notice
-//! ([`REMOVED_NOTICE_KIND`], fixed [`NOTICE_BYTES`] bytes: kind, recipient,
-//! sender, index as u64 little endian), the firmware's own signal, not a
-//! Raft message. A member sends it to a node that its applied
+//! (`metalraft_fw_proto::notice`, first byte `REMOVED_NOTICE_KIND`),
+//! the firmware's own signal, not a Raft message; [`decode_removed`] adds
+//! the same address checks. A member sends it to a node that its applied
 //! configuration removed at that index and that still talks to it — as
 //! etcd's peers answer a removed member "410 Gone": the leader stops
 //! replicating to a removed node the moment it appends the change, so the
@@ -27,13 +27,11 @@ use core::fmt;
 
 use metalraft_core::{Entry, Message, NodeId};
 use metalraft_fw_proto::addr::{MAX_DATAGRAM_BYTES, MAX_NODE_ID};
+use metalraft_fw_proto::notice::RemovalNotice;
 
 /// Version byte of the peer protocol.
 pub const RAFT_WIRE_VERSION: u8 = 1;
-/// First byte of a removal notice.
-pub const REMOVED_NOTICE_KIND: u8 = 0x81;
-/// Length of a removal notice.
-pub const NOTICE_BYTES: usize = 1 + 1 + 1 + 8;
+
 /// Worst transient allocation of decoding one datagram.
 pub const DECODE_ALLOC_BOUND_BYTES: usize =
     MAX_DATAGRAM_BYTES * core::mem::size_of::<Entry<Vec<u8>>>();
@@ -103,31 +101,15 @@ pub fn decode(bytes: &[u8], me: NodeId, source: u8) -> Result<Message<Vec<u8>>, 
     Ok(msg)
 }
 
-/// The removal notice to node `to` from node `from`: `to` left the
-/// configuration with the change at `index`.
-pub fn encode_removed(to: u8, from: u8, index: u64) -> [u8; NOTICE_BYTES] {
-    let mut b = [0u8; NOTICE_BYTES];
-    b[0] = REMOVED_NOTICE_KIND;
-    b[1] = to;
-    b[2] = from;
-    b[3..].copy_from_slice(&index.to_le_bytes());
-    b
-}
-
 /// Decodes a removal notice received by node `me` from LAN id `source`;
 /// returns the index of the change that removed `me`.
 pub fn decode_removed(bytes: &[u8], me: u8, source: u8) -> Result<u64, WireError> {
-    let b: &[u8; NOTICE_BYTES] = bytes.try_into().map_err(|_| WireError::Malformed)?;
-    if b[0] != REMOVED_NOTICE_KIND {
-        return Err(WireError::UnknownVersion(b[0]));
-    }
-    if b[1] != me {
+    let n = RemovalNotice::decode(bytes).map_err(|_| WireError::Malformed)?;
+    if n.to != me {
         return Err(WireError::WrongRecipient);
     }
-    if b[2] != source || !(1..=MAX_NODE_ID).contains(&source) {
+    if n.from != source || !(1..=MAX_NODE_ID).contains(&source) {
         return Err(WireError::WrongSender);
     }
-    let mut index = [0u8; 8];
-    index.copy_from_slice(&b[3..]);
-    Ok(u64::from_le_bytes(index))
+    Ok(n.index)
 }
