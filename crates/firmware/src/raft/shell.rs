@@ -10,8 +10,8 @@
 //! Membership: the configuration is the core's (the latest in the log, or
 //! the snapshot's), never the config block's. A change request is checked
 //! against it on the leader and proposed as one conf-change entry; one that
-//! would remove or demote the leader itself is not proposed — the leader
-//! hands leadership to a voter that stays and redirects the client there.
+//! would remove the leader itself is not proposed — the leader hands
+//! leadership to a voter that stays and redirects the client there.
 //! A node stops ([`Shell::removed`]) when it applies its own removal, or
 //! when a member that applied it tells it so: a removal notice (format in
 //! [`wire`], rules in `metalraft-fw-store`'s [`Departures`]).
@@ -606,7 +606,13 @@ impl Shell {
     /// completions become client responses, its batch and snapshot are kept
     /// for [`Shell::sync`]. Returns whether there was one.
     pub fn poll(&mut self, out: &mut Outbox) -> bool {
-        if self.failed.is_some() || self.removed.is_some() {
+        if self.removed.is_some() {
+            // Whichever way it learned it, a removed node answers whoever
+            // still waits (once: the table is then empty).
+            self.fail_waiters(ErrorCode::Removed, out);
+            return false;
+        }
+        if self.failed.is_some() {
             return false;
         }
         let Some(o) = self.pump.poll(&mut self.core) else {
@@ -625,9 +631,6 @@ impl Shell {
         }
         if let Some(e) = o.failure {
             self.stop(PumpError::Replica(e), out);
-        }
-        if self.removed.is_some() {
-            self.fail_waiters(ErrorCode::Removed, out);
         }
         true
     }
