@@ -447,8 +447,10 @@ impl ClusterService {
         self.0.members()
     }
 
+    /// etcd's Cluster service header: cluster, member and term, no
+    /// revision.
     fn header(&self) -> pb::ResponseHeader {
-        self.0.header_info().header(self.0.revision())
+        self.0.header_info().header(0)
     }
 }
 
