@@ -34,6 +34,9 @@ cargo test --workspace
 step "a real client library's own test suite: the etcd-client crate's tests against one member"
 scripts/client-suite.sh
 
+step "etcdctl 3.4 side by side: every etcdctl command against etcd 3.4.23 and metalraft, outputs compared"
+scripts/etcdctl-compare.sh
+
 step "full disk (mounts a tmpfs: root only)"
 if [ "$(id -u)" = 0 ]; then
     cargo test -p metalraft --test disk_full -- --ignored

@@ -58,6 +58,10 @@ pub struct Shared {
     pub gauges: Arc<WriterGauges>,
     /// Transport counters.
     pub transport_stats: Arc<TransportStats>,
+    /// Per-method gRPC counters of the client port.
+    pub grpc_metrics: Arc<crate::grpc_metrics::GrpcMetrics>,
+    /// `/health` outcomes.
+    pub health_counts: crate::metrics::HealthCounts,
     /// Lazily connected clients of the other members' Peer services.
     peers: Mutex<BTreeMap<u64, (String, PeerClient<Channel>)>>,
 }
@@ -70,11 +74,14 @@ impl Shared {
         gauges: Arc<WriterGauges>,
         transport_stats: Arc<TransportStats>,
     ) -> Shared {
+        let extensive = cfg.metrics == crate::cli::MetricsLevel::Extensive;
         Shared {
             cfg,
             raft,
             gauges,
             transport_stats,
+            grpc_metrics: Arc::new(crate::grpc_metrics::GrpcMetrics::new(extensive)),
+            health_counts: crate::metrics::HealthCounts::default(),
             peers: Mutex::new(BTreeMap::new()),
         }
     }
@@ -440,8 +447,10 @@ impl ClusterService {
         self.0.members()
     }
 
+    /// etcd's Cluster service header: cluster, member and term, no
+    /// revision.
     fn header(&self) -> pb::ResponseHeader {
-        self.0.header_info().header(self.0.revision())
+        self.0.header_info().header(0)
     }
 }
 
@@ -887,6 +896,12 @@ impl PeerService {
     /// the Raft loop. A full input queue drops messages (Raft retransmits).
     fn accept_batch(&self, r: &peerpb::RaftBatch) -> Result<(), Status> {
         let env = self.check(r.envelope.as_ref())?;
+        let bytes: usize = r.messages.iter().map(Vec::len).sum();
+        self.0
+            .transport_stats
+            .peer(env.from)
+            .received_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         let msgs = transport::decode_batch(&env, &r.messages).map_err(|e| {
             self.0
                 .transport_stats

@@ -141,6 +141,15 @@ pub enum ClusterState {
     Existing,
 }
 
+/// etcd's `--metrics` levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MetricsLevel {
+    /// etcd's default series.
+    Basic,
+    /// Also `grpc_server_handling_seconds`, per method.
+    Extensive,
+}
+
 /// etcd's log levels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
@@ -262,6 +271,10 @@ pub struct MemberArgs {
     /// List of URLs to listen on for the metrics and health endpoints.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS")]
     pub listen_metrics_urls: Option<String>,
+    /// Set level of detail for exported metrics: 'basic' or 'extensive'
+    /// (adds the per-method gRPC handling-time histograms).
+    #[arg(long, env = "ETCD_METRICS", value_enum, default_value_t = MetricsLevel::Basic)]
+    pub metrics: MetricsLevel,
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -320,6 +333,7 @@ const LONG_FLAGS: &[&str] = &[
     "auth-token-ttl",
     "bcrypt-cost",
     "listen-metrics-urls",
+    "metrics",
     "auto-compaction-mode",
     "auto-compaction-retention",
     "experimental-watch-progress-notify-interval",

@@ -368,11 +368,19 @@ pub fn delete_response(h: &HeaderInfo, r: kv::DeleteRangeResponse) -> pb::Delete
     }
 }
 
-/// kv `TxnResponse` → etcd.
+/// kv `TxnResponse` → etcd. As in etcd, only the outer header names the
+/// cluster, member and term; the headers of the operations inside carry
+/// just their revision.
 pub fn txn_response(h: &HeaderInfo, r: kv::TxnResponse) -> pb::TxnResponse {
     use pb::response_op::Response;
+    let outer = h;
+    let h = &HeaderInfo {
+        cluster_id: 0,
+        member_id: 0,
+        raft_term: 0,
+    };
     pb::TxnResponse {
-        header: Some(h.header(r.header.revision)),
+        header: Some(outer.header(r.header.revision)),
         succeeded: r.succeeded,
         responses: r
             .responses

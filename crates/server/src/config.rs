@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::cli::{ClusterState, LogLevel, MemberArgs};
+use crate::cli::{ClusterState, LogLevel, MemberArgs, MetricsLevel};
 use crate::compactor::{AutoCompaction, AutoCompactionError};
 use crate::duration::{parse_go_duration, DurationError};
 use crate::tls::{SideFlags, SideUse, TlsError, TlsSettings};
@@ -181,6 +181,8 @@ pub struct MemberConfig {
     pub auto_compaction: Option<AutoCompaction>,
     /// Period of Watch progress notifications.
     pub watch_progress_notify_interval: Duration,
+    /// `--metrics`: whether the gRPC handling-time histograms are served.
+    pub metrics: MetricsLevel,
     /// Log level.
     pub log_level: LogLevel,
     /// TLS server and dial configurations (files loaded and checked).
@@ -329,6 +331,7 @@ impl MemberConfig {
                 a.quota_backend_bytes
             },
             listen_metrics_urls,
+            metrics: a.metrics,
             log_level: a.log_level,
             tls,
             auth_token_ttl: auth_token_ttl(a)?,

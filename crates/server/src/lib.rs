@@ -44,6 +44,7 @@ mod durability_tests;
 pub mod duration;
 pub mod errors;
 pub mod gateway;
+pub mod grpc_metrics;
 pub mod lease;
 pub mod machine;
 pub mod member;

@@ -639,6 +639,11 @@ fn serve_all(
             shared.clone(),
             learner_gate,
         ))
+        // Outermost, so refusals by the layers inside are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            shared.grpc_metrics.clone(),
+            crate::grpc_metrics::layer,
+        ))
         .merge(metrics::router(shared.clone()))
         .merge(crate::gateway::router(shared.clone()));
         let router = tonic::transport::Server::builder()

@@ -4,7 +4,7 @@
 //! and alerts find them; metalraft-specific ones are prefixed `metalraft_`.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -13,6 +13,7 @@ use axum::http::{StatusCode, Uri};
 use axum::routing::get;
 
 use crate::api::Shared;
+use crate::transport::PeerCounters;
 use crate::writer::FSYNC_BUCKETS_SECONDS;
 
 /// How long `/health` waits for its linearizable read (etcd's probe
@@ -33,7 +34,9 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
                 let h = h.clone();
                 async move {
                     let q = HealthQuery::parse(uri.query().unwrap_or(""));
-                    health_response(health(&h, &q).await)
+                    let verdict = health(&h, &q).await;
+                    h.health_counts.count(verdict.healthy);
+                    health_response(verdict)
                 }
             }),
         )
@@ -52,6 +55,25 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
             "/livez",
             get(move || std::future::ready(probe_response(livez(&shared), "raft loop stopped"))),
         )
+}
+
+/// How many `/health` requests found the member healthy, and how many
+/// did not (etcd's `etcd_server_health_success` / `_failures`).
+#[derive(Debug, Default)]
+pub struct HealthCounts {
+    success: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl HealthCounts {
+    fn count(&self, healthy: bool) {
+        let c = if healthy {
+            &self.success
+        } else {
+            &self.failures
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Options of `/health`, as etcd 3.5 reads them from the query string:
@@ -376,12 +398,301 @@ pub fn render(s: &Shared) -> String {
         "Incoming peer requests rejected at the edge.",
         ts.rejected_incoming.load(Ordering::Relaxed),
     );
+    render_identity(s, &mut out);
+    render_store(s, &mut out);
+    render_peers(s, &mut out);
+    s.grpc_metrics.render(&mut out);
+    render_process(&mut out);
     out
+}
+
+/// A gauge whose one series carries its value in a label (etcd's
+/// `etcd_server_id{server_id="…"} 1` style).
+fn info_metric(out: &mut String, name: &str, help: &str, label: &str, value: &str) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{label}=\"{value}\"}} 1"
+    );
+}
+
+fn render_identity(s: &Shared, out: &mut String) {
+    info_metric(
+        out,
+        "etcd_server_id",
+        "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+        "server_id",
+        &format!("{:x}", s.cfg.id),
+    );
+    info_metric(
+        out,
+        "etcd_server_version",
+        "Which version is running. 1 for 'server_version' label with current version.",
+        "server_version",
+        crate::api::ETCD_API_VERSION,
+    );
+    info_metric(
+        out,
+        "etcd_cluster_version",
+        "Which version is running. 1 for 'cluster_version' label with current cluster version",
+        "cluster_version",
+        CLUSTER_VERSION,
+    );
+    let h = &s.health_counts;
+    metric(
+        out,
+        "etcd_server_health_success",
+        "counter",
+        "The total number of successful health checks",
+        h.success.load(Ordering::Relaxed),
+    );
+    metric(
+        out,
+        "etcd_server_health_failures",
+        "counter",
+        "The total number of failed health checks",
+        h.failures.load(Ordering::Relaxed),
+    );
+    metric(
+        out,
+        "etcd_server_quota_backend_bytes",
+        "gauge",
+        "Current backend storage quota size in bytes.",
+        s.cfg.quota_backend_bytes,
+    );
+}
+
+/// The cluster version etcd 3.4 reports (major.minor).
+pub const CLUSTER_VERSION: &str = "3.4";
+
+fn render_store(s: &Shared, out: &mut String) {
+    let (keys, in_use, rev, compacted) = s
+        .raft
+        .kv
+        .read()
+        .map(|k| (k.len(), k.size_bytes(), k.revision(), k.compact_revision()))
+        .unwrap_or_default();
+    metric(
+        out,
+        "etcd_mvcc_db_total_size_in_use_in_bytes",
+        "gauge",
+        "Total size of the underlying database logically in use in bytes.",
+        in_use,
+    );
+    metric(
+        out,
+        "etcd_debugging_mvcc_keys_total",
+        "gauge",
+        "Total number of keys.",
+        keys,
+    );
+    metric(
+        out,
+        "etcd_debugging_mvcc_current_revision",
+        "gauge",
+        "The current revision of store.",
+        rev,
+    );
+    metric(
+        out,
+        "etcd_debugging_mvcc_compact_revision",
+        "gauge",
+        "The revision of the last compaction in store.",
+        compacted,
+    );
+}
+
+fn render_peers(s: &Shared, out: &mut String) {
+    use crate::transport::PEER_RTT_BUCKETS_SECONDS;
+    let me = format!("{:x}", s.cfg.id);
+    let peers = s.transport_stats.peers();
+    let series = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    series(
+        out,
+        "etcd_network_active_peers",
+        "gauge",
+        "The current number of active peer connections.",
+    );
+    for (id, p) in &peers {
+        let _ = writeln!(
+            out,
+            "etcd_network_active_peers{{Local=\"{me}\",Remote=\"{id:x}\"}} {}",
+            u8::from(p.active.load(Ordering::Relaxed))
+        );
+    }
+    for (name, help, label, get) in [
+        (
+            "etcd_network_peer_sent_bytes_total",
+            "The total number of bytes sent to peers.",
+            "To",
+            (|p: &PeerCounters| &p.sent_bytes) as fn(&PeerCounters) -> &AtomicU64,
+        ),
+        (
+            "etcd_network_peer_received_bytes_total",
+            "The total number of bytes received from peers.",
+            "From",
+            |p: &PeerCounters| &p.received_bytes,
+        ),
+        (
+            "etcd_network_peer_sent_failures_total",
+            "The total number of send failures from peers.",
+            "To",
+            |p: &PeerCounters| &p.sent_failures,
+        ),
+    ] {
+        series(out, name, "counter", help);
+        for (id, p) in &peers {
+            let _ = writeln!(
+                out,
+                "{name}{{{label}=\"{id:x}\"}} {}",
+                get(p).load(Ordering::Relaxed)
+            );
+        }
+    }
+    let name = "etcd_network_peer_round_trip_time_seconds";
+    series(
+        out,
+        name,
+        "histogram",
+        "Round-Trip-Time histogram between peers",
+    );
+    for (id, p) in &peers {
+        let mut cumulative = 0;
+        for (i, le) in PEER_RTT_BUCKETS_SECONDS.iter().enumerate() {
+            cumulative += p.rtt_buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{To=\"{id:x}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        cumulative += p.rtt_buckets[PEER_RTT_BUCKETS_SECONDS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{To=\"{id:x}\",le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = p.rtt_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{To=\"{id:x}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{To=\"{id:x}\"}} {cumulative}");
+    }
+}
+
+/// The process series of Prometheus' process collector, read from
+/// `/proc/self` (absent where it cannot be read).
+fn render_process(out: &mut String) {
+    let Some(p) = ProcessStats::read() else {
+        return;
+    };
+    for (name, kind, help, value) in [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            p.cpu_seconds,
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            p.open_fds,
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            p.max_fds,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            p.resident_bytes,
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time_seconds,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            p.virtual_bytes,
+        ),
+    ] {
+        metric(out, name, kind, help, value);
+    }
+}
+
+/// What `/proc/self` says about this process.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProcessStats {
+    /// User + system CPU seconds.
+    pub cpu_seconds: f64,
+    /// Open file descriptors.
+    pub open_fds: f64,
+    /// The soft limit on open file descriptors.
+    pub max_fds: f64,
+    /// Resident set size.
+    pub resident_bytes: f64,
+    /// Virtual memory size.
+    pub virtual_bytes: f64,
+    /// Start time, seconds since the Unix epoch.
+    pub start_time_seconds: f64,
+}
+
+impl ProcessStats {
+    /// Reads `/proc/self/{stat,fd,limits}` and `/proc/stat`.
+    pub fn read() -> Option<ProcessStats> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which is in parentheses and may
+        // itself hold spaces or parentheses.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // `rest` starts at field 3 (state): field n is f[n - 3].
+        let field = |n: usize| f.get(n - 3)?.parse::<f64>().ok();
+        let ticks = rustix::param::clock_ticks_per_second() as f64;
+        let page = rustix::param::page_size() as f64;
+        let boot_time = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as f64;
+        let max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()?
+            .lines()
+            .find_map(|l| {
+                let v = l.strip_prefix("Max open files")?;
+                v.split_whitespace().next()?.parse::<f64>().ok()
+            })?;
+        Some(ProcessStats {
+            cpu_seconds: (field(14)? + field(15)?) / ticks,
+            open_fds,
+            max_fds,
+            resident_bytes: field(24)? * page,
+            virtual_bytes: field(23)?,
+            start_time_seconds: boot_time + field(22)? / ticks,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::HealthQuery;
+
+    #[test]
+    fn process_stats_are_read_from_proc() {
+        let p = super::ProcessStats::read().expect("/proc/self is readable on Linux");
+        assert!(p.resident_bytes > 0.0 && p.virtual_bytes >= p.resident_bytes);
+        assert!(p.open_fds >= 3.0 && p.max_fds >= p.open_fds);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(p.start_time_seconds <= now + 1.0 && p.start_time_seconds > now - 86_400.0);
+        assert!(p.cpu_seconds >= 0.0);
+    }
 
     #[test]
     fn health_query_reads_etcds_parameters_and_ignores_others() {

@@ -84,6 +84,59 @@ pub struct TransportStats {
     pub snapshot_bytes_sent: AtomicU64,
     /// A peer told us we were removed from the cluster.
     pub removed: std::sync::atomic::AtomicBool,
+    /// Per-peer counters, by member id.
+    peers: std::sync::Mutex<BTreeMap<u64, Arc<PeerCounters>>>,
+}
+
+/// Upper bounds of `etcd_network_peer_round_trip_time_seconds`: etcd's
+/// exponential buckets from 100 µs, doubling, 14 of them.
+pub const PEER_RTT_BUCKETS_SECONDS: [f64; 14] = [
+    0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048,
+    0.4096, 0.8192,
+];
+
+/// The counters of one peer, exported with etcd's `To`/`From` labels.
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    /// Message bytes handed to the peer's streams.
+    pub sent_bytes: AtomicU64,
+    /// Message bytes received from the peer.
+    pub received_bytes: AtomicU64,
+    /// Messages that could not be sent (queue full, stream failed).
+    pub sent_failures: AtomicU64,
+    /// Round-trip probes per bucket (not cumulative; the last is +Inf).
+    pub rtt_buckets: [AtomicU64; PEER_RTT_BUCKETS_SECONDS.len() + 1],
+    /// Sum of the probes' round trips, in microseconds.
+    pub rtt_micros: AtomicU64,
+    /// Whether the last probe on a lane to the peer was answered.
+    pub active: std::sync::atomic::AtomicBool,
+}
+
+impl PeerCounters {
+    fn observe_rtt(&self, took: std::time::Duration) {
+        let secs = took.as_secs_f64();
+        let bucket = PEER_RTT_BUCKETS_SECONDS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(PEER_RTT_BUCKETS_SECONDS.len());
+        self.rtt_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.rtt_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+impl TransportStats {
+    /// The counters of peer `id` (created on first use).
+    pub fn peer(&self, id: u64) -> Arc<PeerCounters> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.entry(id).or_default().clone()
+    }
+
+    /// Every peer's counters, by id.
+    pub fn peers(&self) -> Vec<(u64, Arc<PeerCounters>)> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.iter().map(|(id, c)| (*id, c.clone())).collect()
+    }
 }
 
 struct PeerQueue {
@@ -266,21 +319,18 @@ impl Transport {
                 }
             };
             let len = bytes.len();
-            if q.queued_bytes.load(Ordering::Relaxed) + len > q.max_bytes {
+            let queued = q.queued_bytes.load(Ordering::Relaxed) + len <= q.max_bytes
+                && q.tx.try_send(bytes).is_ok();
+            if queued {
+                q.queued_bytes.fetch_add(len, Ordering::Relaxed);
+            } else {
                 self.stats
                     .dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            match q.tx.try_send(bytes) {
-                Ok(()) => {
-                    q.queued_bytes.fetch_add(len, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    self.stats
-                        .dropped_queue_full
-                        .fetch_add(1, Ordering::Relaxed);
-                }
+                self.stats
+                    .peer(m.to)
+                    .sent_failures
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -331,6 +381,7 @@ async fn sender_task(
             return;
         }
     };
+    let peer = stats.peer(env.to);
     let mut backoff = RECONNECT_BACKOFF_MIN;
     let mut ping = tokio::time::interval(PEER_PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -358,17 +409,24 @@ async fn sender_task(
                 _ = ping.tick() => {
                     let mut c = client.clone();
                     let stats = stats.clone();
+                    let peer = peer.clone();
                     let url = url.clone();
                     tokio::spawn(async move {
                         let started = std::time::Instant::now();
                         let req = RaftBatch { envelope: Some(env), messages: Vec::new() };
                         match tokio::time::timeout(PEER_REQUEST_TIMEOUT, c.deliver(req)).await {
                             Ok(Ok(_)) => {
+                                let took = started.elapsed();
                                 stats.pings.fetch_add(1, Ordering::Relaxed);
-                                stats.rtt_micros_sum.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                                stats.rtt_micros_sum.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                                peer.observe_rtt(took);
+                                peer.active.store(true, Ordering::Relaxed);
                             }
-                            Ok(Err(status)) => note_rejection(&env, &url, &status, &stats),
-                            Err(_) => {}
+                            Ok(Err(status)) => {
+                                peer.active.store(false, Ordering::Relaxed);
+                                note_rejection(&env, &url, &status, &stats);
+                            }
+                            Err(_) => peer.active.store(false, Ordering::Relaxed),
                         }
                     });
                 }
@@ -393,13 +451,16 @@ async fn sender_task(
                     let req = RaftBatch { envelope: Some(env), messages: batch };
                     if tx.send(req).await.is_ok() {
                         stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+                        peer.sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                     } else {
                         // The call ended; the next turn sees why.
                         stats.dropped_send_failed.fetch_add(n, Ordering::Relaxed);
+                        peer.sent_failures.fetch_add(n, Ordering::Relaxed);
                     }
                 }
             }
         }
+        peer.active.store(false, Ordering::Relaxed);
         // A call that lived long enough was healthy: start backing off anew.
         if connected_at.elapsed() > RECONNECT_BACKOFF_MAX {
             backoff = RECONNECT_BACKOFF_MIN;
@@ -410,6 +471,7 @@ async fn sender_task(
         while let Ok(m) = rx.try_recv() {
             queued_bytes.fetch_sub(m.len(), Ordering::Relaxed);
             stats.dropped_send_failed.fetch_add(1, Ordering::Relaxed);
+            peer.sent_failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -387,3 +387,50 @@ fn etcdctl_auth_answers_are_etcd_3_4_23s() {
     }
     assert_eq!(got, golden);
 }
+
+/// Lock and Election run their recipes as the caller: with auth enabled,
+/// a user may lock or campaign only where it may write, as in etcd.
+#[test]
+fn lock_and_election_act_as_the_caller() {
+    let c = Cluster::start_with(1, FLAGS);
+    let ep = c.endpoint(0);
+    set_up_root_and_alice(&ep);
+    let alice = Some("alice:apw");
+    let held = ok(&ep, alice, &["lock", "foo/lock", "echo", "held"]);
+    assert!(held.ends_with("held\n"), "{held}");
+    let held = ok(&ep, Some("root:pw"), &["lock", "bar", "echo", "held"]);
+    assert!(held.ends_with("held\n"), "{held}");
+    refused(
+        &ep,
+        alice,
+        &["lock", "bar", "echo", "held"],
+        "etcdserver: permission denied",
+    );
+    // Without credentials, a lock is refused like any other request.
+    refused(
+        &ep,
+        None,
+        &["lock", "foo/lock", "echo", "held"],
+        "etcdserver: user name is empty",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = format!("http://{ep}");
+        let opts = etcd_client::ConnectOptions::new().with_user("alice", "apw");
+        let mut cl = etcd_client::Client::connect([url.as_str()], Some(opts))
+            .await
+            .expect("connect as alice");
+        let lease = cl.lease_grant(30, None).await.expect("lease").id();
+        cl.campaign("foo/e", "v1", lease)
+            .await
+            .expect("alice campaigns under foo");
+        let leader = cl.leader("foo/e").await.expect("leader");
+        assert_eq!(leader.kv().map(|kv| kv.value()), Some(&b"v1"[..]));
+        match cl.campaign("bar/e", "v1", lease).await {
+            Err(etcd_client::Error::GRpcStatus(s)) => {
+                assert_eq!(s.code(), tonic::Code::PermissionDenied);
+            }
+            other => panic!("alice campaigns under bar: {other:?}"),
+        }
+    });
+}

@@ -9,9 +9,9 @@ use tonic::{Request, Response, Status};
 
 use super::{
     created_at, enter, key_of, prefix_of, put_op, session_lease, txn, wait_deletes, wait_feed,
-    Abandon,
+    Abandon, Ctx,
 };
-use crate::api::{KvService, Shared};
+use crate::api::Shared;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::kv_server::Kv as _;
 use crate::proto::{mvccpb, v3electionpb as epb};
@@ -31,12 +31,13 @@ pub struct ElectionService(pub Arc<Shared>);
 /// The current leader's key-value under `prefix` (the oldest key), read
 /// linearizably.
 async fn leader_kv(
-    s: &Arc<Shared>,
+    cx: &Ctx,
     prefix: &[u8],
     serializable: bool,
 ) -> Result<(Option<mvccpb::KeyValue>, Option<pb::ResponseHeader>), Status> {
-    let r = KvService(s.clone())
-        .range(Request::new(pb::RangeRequest {
+    let r = cx
+        .kv()
+        .range(cx.request(pb::RangeRequest {
             key: prefix.to_vec(),
             range_end: kv::prefix_end(prefix),
             limit: 1,
@@ -58,17 +59,17 @@ impl epb::election_server::Election for ElectionService {
         &self,
         req: Request<epb::CampaignRequest>,
     ) -> Result<Response<epb::CampaignResponse>, Status> {
-        let s = &self.0;
+        let cx = Ctx::of(&self.0, &req);
         let r = req.into_inner();
-        let lease = session_lease(s, r.lease).await?;
+        let lease = session_lease(&cx, r.lease).await?;
         let prefix = prefix_of(&r.name);
         let key = key_of(&prefix, lease);
-        let (rev, current, header) = enter(s, &key, &r.value, lease).await?;
-        let abandon = Abandon::new(s, &key);
+        let (rev, current, header) = enter(&cx, &key, &r.value, lease).await?;
+        let abandon = Abandon::new(&cx, &key);
         if current != r.value {
             // Our key existed with another value: announce the new one.
             let t = txn(
-                s,
+                &cx,
                 pb::TxnRequest {
                     compare: vec![created_at(&key, rev)],
                     success: vec![put_op(&key, &r.value, lease)],
@@ -80,7 +81,7 @@ impl epb::election_server::Election for ElectionService {
                 return Err(Status::unknown(NOT_LEADER));
             }
         }
-        wait_deletes(s, &prefix, rev - 1).await?;
+        wait_deletes(&cx, &prefix, rev - 1).await?;
         abandon.keep();
         Ok(Response::new(epb::CampaignResponse {
             header: Some(header),
@@ -97,12 +98,13 @@ impl epb::election_server::Election for ElectionService {
         &self,
         req: Request<epb::ProclaimRequest>,
     ) -> Result<Response<epb::ProclaimResponse>, Status> {
+        let cx = Ctx::of(&self.0, &req);
         let r = req.into_inner();
         let leader = r
             .leader
             .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
         let t = txn(
-            &self.0,
+            &cx,
             pb::TxnRequest {
                 compare: vec![created_at(&leader.key, leader.rev)],
                 success: vec![put_op(&leader.key, &r.value, leader.lease)],
@@ -120,8 +122,9 @@ impl epb::election_server::Election for ElectionService {
         &self,
         req: Request<epb::LeaderRequest>,
     ) -> Result<Response<epb::LeaderResponse>, Status> {
+        let cx = Ctx::of(&self.0, &req);
         let prefix = prefix_of(&req.into_inner().name);
-        match leader_kv(&self.0, &prefix, false).await? {
+        match leader_kv(&cx, &prefix, false).await? {
             (Some(kv), header) => Ok(Response::new(epb::LeaderResponse {
                 header,
                 kv: Some(kv),
@@ -136,7 +139,7 @@ impl epb::election_server::Election for ElectionService {
         &self,
         req: Request<epb::LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
-        let s = self.0.clone();
+        let cx = Ctx::of(&self.0, &req);
         let prefix = prefix_of(&req.into_inner().name);
         let (tx, rx) = tokio::sync::mpsc::channel(OBSERVE_BUFFER);
         tokio::spawn(async move {
@@ -144,8 +147,8 @@ impl epb::election_server::Election for ElectionService {
             // clientv3's `Observe` does; nothing while there is no leader.
             let mut last: Option<(Vec<u8>, i64)> = None;
             loop {
-                let mut feed = s.raft.watch_feed.subscribe();
-                let (kv, header) = match leader_kv(&s, &prefix, true).await {
+                let mut feed = cx.shared.raft.watch_feed.subscribe();
+                let (kv, header) = match leader_kv(&cx, &prefix, true).await {
                     Ok(x) => x,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
@@ -180,12 +183,13 @@ impl epb::election_server::Election for ElectionService {
         &self,
         req: Request<epb::ResignRequest>,
     ) -> Result<Response<epb::ResignResponse>, Status> {
+        let cx = Ctx::of(&self.0, &req);
         let r = req.into_inner();
         let leader = r
             .leader
             .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
         let t = txn(
-            &self.0,
+            &cx,
             pb::TxnRequest {
                 compare: vec![created_at(&leader.key, leader.rev)],
                 success: vec![pb::RequestOp {

@@ -2,8 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{enter, key_of, prefix_of, session_lease, wait_deletes, Abandon};
-use crate::api::{KvService, Shared};
+use super::{enter, key_of, prefix_of, session_lease, wait_deletes, Abandon, Ctx};
+use crate::api::Shared;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::kv_server::Kv as _;
 use crate::proto::v3lockpb;
@@ -22,17 +22,18 @@ impl v3lockpb::lock_server::Lock for LockService {
         &self,
         req: Request<v3lockpb::LockRequest>,
     ) -> Result<Response<v3lockpb::LockResponse>, Status> {
-        let s = &self.0;
+        let cx = Ctx::of(&self.0, &req);
         let r = req.into_inner();
-        let lease = session_lease(s, r.lease).await?;
+        let lease = session_lease(&cx, r.lease).await?;
         let prefix = prefix_of(&r.name);
         let key = key_of(&prefix, lease);
-        let (rev, _, _) = enter(s, &key, b"", lease).await?;
-        let abandon = Abandon::new(s, &key);
-        wait_deletes(s, &prefix, rev - 1).await?;
+        let (rev, _, _) = enter(&cx, &key, b"", lease).await?;
+        let abandon = Abandon::new(&cx, &key);
+        wait_deletes(&cx, &prefix, rev - 1).await?;
         // Still ours? The lease may have expired while waiting.
-        let mine = KvService(s.clone())
-            .range(Request::new(pb::RangeRequest {
+        let mine = cx
+            .kv()
+            .range(cx.request(pb::RangeRequest {
                 key: key.clone(),
                 ..Default::default()
             }))
@@ -53,9 +54,11 @@ impl v3lockpb::lock_server::Lock for LockService {
         &self,
         req: Request<v3lockpb::UnlockRequest>,
     ) -> Result<Response<v3lockpb::UnlockResponse>, Status> {
+        let cx = Ctx::of(&self.0, &req);
         let r = req.into_inner();
-        let del = KvService(self.0.clone())
-            .delete_range(Request::new(pb::DeleteRangeRequest {
+        let del = cx
+            .kv()
+            .delete_range(cx.request(pb::DeleteRangeRequest {
                 key: r.key,
                 ..Default::default()
             }))

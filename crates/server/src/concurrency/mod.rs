@@ -12,6 +12,11 @@
 //!   theirs is deleted (unlocked, resigned, or its lease expired);
 //! - actions "while leading" compare the key's create revision.
 //!
+//! Every KV and Lease call a recipe makes carries the caller's credentials
+//! (its token metadata and TLS connection), as etcd passes the incoming
+//! context on: with auth enabled, the caller needs permission on the
+//! keys the recipe touches, and a caller without it is refused.
+//!
 //! Waiting reads linearizably, then sleeps on the member's Watch feed
 //! until the key it waits on is deleted (rechecking every
 //! [`RECHECK_INTERVAL`] in case the feed skipped, e.g. over a snapshot).
@@ -26,6 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metalraft_kv as kv;
+use tonic::metadata::MetadataMap;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Status};
 
 use crate::api::{KvService, Shared};
@@ -40,6 +47,43 @@ pub const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// TTL of the lease etcd's recipes grant when the caller gives none
 /// (clientv3 `concurrency.NewSession`'s default).
 pub const DEFAULT_SESSION_TTL_SECS: i64 = 60;
+
+/// A recipe's context: this member, and the caller's credentials to put
+/// on every request the recipe makes.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    shared: Arc<Shared>,
+    metadata: MetadataMap,
+    tls: Option<TlsConnectInfo<TcpConnectInfo>>,
+}
+
+impl Ctx {
+    /// The context of the incoming request `req`.
+    pub(crate) fn of<T>(shared: &Arc<Shared>, req: &Request<T>) -> Ctx {
+        Ctx {
+            shared: shared.clone(),
+            metadata: req.metadata().clone(),
+            tls: req
+                .extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .cloned(),
+        }
+    }
+
+    /// A request carrying `msg` with the caller's credentials.
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        *r.metadata_mut() = self.metadata.clone();
+        if let Some(tls) = &self.tls {
+            r.extensions_mut().insert(tls.clone());
+        }
+        r
+    }
+
+    fn kv(&self) -> KvService {
+        KvService(self.shared.clone())
+    }
+}
 
 /// `<name>/`.
 fn prefix_of(name: &[u8]) -> Vec<u8> {
@@ -57,12 +101,12 @@ fn key_of(prefix: &[u8], lease: i64) -> Vec<u8> {
 
 /// The caller's lease, or a new one of [`DEFAULT_SESSION_TTL_SECS`] when
 /// it gave none (as etcd's session does).
-async fn session_lease(shared: &Arc<Shared>, lease: i64) -> Result<i64, Status> {
+async fn session_lease(cx: &Ctx, lease: i64) -> Result<i64, Status> {
     if lease != 0 {
         return Ok(lease);
     }
-    let granted = LeaseService(shared.clone())
-        .lease_grant(Request::new(pb::LeaseGrantRequest {
+    let granted = LeaseService(cx.shared.clone())
+        .lease_grant(cx.request(pb::LeaseGrantRequest {
             ttl: DEFAULT_SESSION_TTL_SECS,
             id: 0,
         }))
@@ -94,31 +138,25 @@ fn created_at(key: &[u8], rev: i64) -> pb::Compare {
     }
 }
 
-async fn txn(shared: &Arc<Shared>, t: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
-    Ok(KvService(shared.clone())
-        .txn(Request::new(t))
-        .await?
-        .into_inner())
+async fn txn(cx: &Ctx, t: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
+    Ok(cx.kv().txn(cx.request(t)).await?.into_inner())
 }
 
-async fn range(shared: &Arc<Shared>, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
-    Ok(KvService(shared.clone())
-        .range(Request::new(r))
-        .await?
-        .into_inner())
+async fn range(cx: &Ctx, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+    Ok(cx.kv().range(cx.request(r)).await?.into_inner())
 }
 
 /// Creates the contender key `key` (attached to `lease`, holding `value`)
 /// unless it exists; returns its create revision, its current value and
 /// the header of the transaction.
 async fn enter(
-    shared: &Arc<Shared>,
+    cx: &Ctx,
     key: &[u8],
     value: &[u8],
     lease: i64,
 ) -> Result<(i64, Vec<u8>, pb::ResponseHeader), Status> {
     let resp = txn(
-        shared,
+        cx,
         pb::TxnRequest {
             compare: vec![created_at(key, 0)],
             success: vec![put_op(key, value, lease)],
@@ -152,12 +190,12 @@ async fn enter(
 /// The oldest key under `prefix` created at or below `max_create` (the
 /// contender just ahead), if any, read linearizably.
 async fn ahead(
-    shared: &Arc<Shared>,
+    cx: &Ctx,
     prefix: &[u8],
     max_create: i64,
 ) -> Result<(Option<mvccpb::KeyValue>, pb::ResponseHeader), Status> {
     let r = range(
-        shared,
+        cx,
         pb::RangeRequest {
             key: prefix.to_vec(),
             range_end: kv::prefix_end(prefix),
@@ -175,15 +213,15 @@ async fn ahead(
 /// Waits until no key under `prefix` was created at or below `max_create`
 /// (clientv3's `waitDeletes`); returns the header of the last read.
 async fn wait_deletes(
-    shared: &Arc<Shared>,
+    cx: &Ctx,
     prefix: &[u8],
     max_create: i64,
 ) -> Result<pb::ResponseHeader, Status> {
     loop {
         // Subscribe before reading, so a delete right after the read is
         // seen on the feed.
-        let mut feed = shared.raft.watch_feed.subscribe();
-        let (blocker, header) = ahead(shared, prefix, max_create).await?;
+        let mut feed = cx.shared.raft.watch_feed.subscribe();
+        let (blocker, header) = ahead(cx, prefix, max_create).await?;
         let Some(blocker) = blocker else {
             return Ok(header);
         };
@@ -212,14 +250,14 @@ async fn wait_feed(
 /// Deletes `key` if the request is abandoned before it succeeds (the
 /// client went away while waiting), as clientv3's recipes clean up.
 struct Abandon {
-    shared: Arc<Shared>,
+    cx: Ctx,
     key: Option<Vec<u8>>,
 }
 
 impl Abandon {
-    fn new(shared: &Arc<Shared>, key: &[u8]) -> Self {
+    fn new(cx: &Ctx, key: &[u8]) -> Self {
         Abandon {
-            shared: shared.clone(),
+            cx: cx.clone(),
             key: Some(key.to_vec()),
         }
     }
@@ -232,13 +270,13 @@ impl Abandon {
 impl Drop for Abandon {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            let shared = self.shared.clone();
+            let cx = self.cx.clone();
             tokio::spawn(async move {
                 let del = pb::DeleteRangeRequest {
                     key,
                     ..Default::default()
                 };
-                if let Err(e) = KvService(shared).delete_range(Request::new(del)).await {
+                if let Err(e) = cx.kv().delete_range(cx.request(del)).await {
                     tracing::warn!(error = %e, "could not remove an abandoned contender key");
                 }
             });
