@@ -36,12 +36,14 @@ pub(crate) fn committed_index(voters: &[NodeId], mut acked: impl FnMut(NodeId) -
         for (slot, &v) in idx.iter_mut().zip(voters) {
             *slot = acked(v);
         }
-        idx.sort_unstable_by(|a, b| b.cmp(a));
-        return idx[q - 1];
+        // Ascending, like every other sort in the crate: one sort
+        // instantiation in the firmware image instead of two (~4.7 KB).
+        idx.sort_unstable();
+        return idx[idx.len() - q];
     }
     let mut idx: Vec<Index> = voters.iter().map(|&v| acked(v)).collect();
-    idx.sort_unstable_by(|a, b| b.cmp(a));
-    idx[q - 1]
+    idx.sort_unstable();
+    idx[idx.len() - q]
 }
 
 /// Tallies votes: `vote(id)` is `Some(granted)` for voters that answered.
