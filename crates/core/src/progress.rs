@@ -204,6 +204,10 @@ impl Progress {
     pub(crate) fn maybe_decr_to(&mut self, rejected: Index, hint: Index) -> bool {
         match self.state {
             ProgressState::Replicate => {
+                if rejected == self.matched && hint < self.matched {
+                    self.lost_entries(hint);
+                    return true;
+                }
                 // Only a rejection of what we actually sent is meaningful:
                 // anything at or below `matched` is a stale response.
                 if rejected <= self.matched {
@@ -217,6 +221,10 @@ impl Progress {
                 if self.next == 0 || rejected != self.next - 1 {
                     return false;
                 }
+                if rejected == self.matched && hint < self.matched {
+                    self.lost_entries(hint);
+                    return true;
+                }
                 self.next = rejected.min(hint.saturating_add(1)).max(self.matched + 1);
                 self.probe_sent = false;
                 true
@@ -224,6 +232,23 @@ impl Progress {
             // A snapshot is on its way; rejections of older appends are stale.
             ProgressState::Snapshot => false,
         }
+    }
+
+    /// A rejection at exactly `matched` with a hint below it: the follower
+    /// no longer holds what it acknowledged. It repaired a damaged log (ADR
+    /// 0021) and kept a shorter prefix (it says so on a heartbeat whose
+    /// commit index it lacks). Backing off never goes below `matched`, so
+    /// forget it and probe from the hint. Safe: the follower abstains from
+    /// votes until it has caught up, and a lower `matched` only delays
+    /// commits. A reordered rejection of an earlier append at this index
+    /// looks the same; forgetting then costs one extra round trip.
+    fn lost_entries(&mut self, hint: Index) {
+        self.snapshot = None;
+        self.state = ProgressState::Probe;
+        self.matched = 0;
+        self.next = hint.saturating_add(1);
+        self.probe_sent = false;
+        self.inflights.reset();
     }
 
     /// Records an append of entries up to `last` (of `bytes` bytes).

@@ -326,6 +326,7 @@ fn a_wal_entry_of_the_old_format_stops_the_member() {
                 &[WriteBatch {
                     entries: vec![entry],
                     hard_state: None,
+                    clears_repair: false,
                 }],
                 true,
             )

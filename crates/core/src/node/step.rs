@@ -126,8 +126,28 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             }
             MessageBody::Heartbeat { commit, read_seq } => {
                 self.follow(from)?;
+                // The leader's match index for a repairing node may predate
+                // the damage, and this log may hold entries the leader does
+                // not (stale ones the lost part had overwritten): commit
+                // only through appends, which check the log (ADR 0021).
                 let last = self.log.last_index()?;
-                self.commit_to(commit.min(last));
+                if self.vote_barrier.is_none() {
+                    self.commit_to(commit.min(last));
+                } else if commit > last {
+                    // The leader counts on entries we lost; its back-off
+                    // never goes below what we acknowledged, and an idle
+                    // leader would send no append at all. Reject at that
+                    // index with our last as the hint: it probes from there.
+                    let hint = RejectHint {
+                        hint_index: last,
+                        hint_term: self.log.last_term()?,
+                    };
+                    let body = MessageBody::AppendEntriesResponse {
+                        index: commit,
+                        reject: Some(hint),
+                    };
+                    self.send(from, self.term, body);
+                }
                 self.send(from, self.term, MessageBody::HeartbeatResponse { read_seq });
                 Ok(())
             }
@@ -177,7 +197,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 if self.role == Role::Leader {
                     return Err(StepError::Unexpected);
                 }
-                if !self.promotable() {
+                if !self.promotable() || self.vote_barrier.is_some() {
                     return Err(StepError::Unexpected);
                 }
                 // Thesis §3.10: campaign at once, skipping pre-vote.
@@ -306,7 +326,10 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         let leader_recent = self.leader.is_some()
             && self.leader != Some(self.id())
             && self.election_elapsed < self.cfg.election_timeout_ticks_min;
+        // A repairing node may lack entries it acknowledged: its log says
+        // nothing about what the candidate must hold (ADR 0021).
         let grant = can_vote
+            && self.vote_barrier.is_none()
             && !(pre_vote && leader_recent)
             && self.role != Role::Leader
             && self.log.is_up_to_date(last_log_index, last_log_term)?;
@@ -362,6 +385,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                     self.apply_appended_confs(&confs, from);
                 }
                 self.commit_to(leader_commit.min(last_new));
+                self.confirm_log_to(last_new);
                 let body = MessageBody::AppendEntriesResponse {
                     index: last_new,
                     reject: None,
