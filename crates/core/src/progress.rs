@@ -201,10 +201,12 @@ impl Progress {
 
     /// A rejection of an append at `rejected` (its prev index). `hint` is the
     /// index the leader should retry after. Returns false if stale.
-    pub(crate) fn maybe_decr_to(&mut self, rejected: Index, hint: Index) -> bool {
+    /// `lost`: the follower says it may lack entries it acknowledged
+    /// ([`crate::RejectHint::is_lost_entries`]).
+    pub(crate) fn maybe_decr_to(&mut self, rejected: Index, hint: Index, lost: bool) -> bool {
         match self.state {
             ProgressState::Replicate => {
-                if rejected == self.matched && hint < self.matched {
+                if lost && rejected == self.matched && hint < self.matched {
                     self.lost_entries(hint);
                     return true;
                 }
@@ -221,7 +223,7 @@ impl Progress {
                 if self.next == 0 || rejected != self.next - 1 {
                     return false;
                 }
-                if rejected == self.matched && hint < self.matched {
+                if lost && rejected == self.matched && hint < self.matched {
                     self.lost_entries(hint);
                     return true;
                 }
@@ -234,14 +236,15 @@ impl Progress {
         }
     }
 
-    /// A rejection at exactly `matched` with a hint below it: the follower
-    /// no longer holds what it acknowledged. It repaired a damaged log (ADR
-    /// 0021) and kept a shorter prefix (it says so on a heartbeat whose
-    /// commit index it lacks). Backing off never goes below `matched`, so
-    /// forget it and probe from the hint. Safe: the follower abstains from
-    /// votes until it has caught up, and a lower `matched` only delays
-    /// commits. A reordered rejection of an earlier append at this index
-    /// looks the same; forgetting then costs one extra round trip.
+    /// A repairing follower's rejection at exactly `matched` with a hint
+    /// below it: it no longer holds what it acknowledged (it repaired a
+    /// damaged log and kept a shorter prefix, ADR 0021; it also says so on
+    /// a heartbeat whose commit index it lacks). Backing off never goes
+    /// below `matched`, so forget it and probe from the hint. Safe: the
+    /// follower abstains from votes until it has caught up, and a lower
+    /// `matched` only delays commits. Only hints marked
+    /// [`crate::RejectHint::is_lost_entries`] do this, so a reordered
+    /// ordinary rejection stays a stale response.
     fn lost_entries(&mut self, hint: Index) {
         self.snapshot = None;
         self.state = ProgressState::Probe;

@@ -138,10 +138,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                     // never goes below what we acknowledged, and an idle
                     // leader would send no append at all. Reject at that
                     // index with our last as the hint: it probes from there.
-                    let hint = RejectHint {
-                        hint_index: last,
-                        hint_term: self.log.last_term()?,
-                    };
+                    let hint = RejectHint::lost_entries(last);
                     let body = MessageBody::AppendEntriesResponse {
                         index: commit,
                         reject: Some(hint),
@@ -398,12 +395,19 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 let (hint_index, hint_term) = self
                     .log
                     .find_conflict_by_term(prev_log_index.min(last), prev_log_term)?;
-                let body = MessageBody::AppendEntriesResponse {
-                    index: prev_log_index,
-                    reject: Some(RejectHint {
+                // A repairing node says it may lack what it acknowledged, so
+                // the leader backs off below its old match index (ADR 0021).
+                let hint = if self.vote_barrier.is_some() {
+                    RejectHint::lost_entries(hint_index)
+                } else {
+                    RejectHint {
                         hint_index,
                         hint_term,
-                    }),
+                    }
+                };
+                let body = MessageBody::AppendEntriesResponse {
+                    index: prev_log_index,
+                    reject: Some(hint),
                 };
                 self.send_durable(from, self.term, body);
                 Ok(())
@@ -430,7 +434,8 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         match reject {
             Some(hint) => {
                 let mut probe = hint.hint_index;
-                if hint.hint_term > 0 {
+                let lost = hint.is_lost_entries();
+                if hint.hint_term > 0 && !lost {
                     // Skip every entry of ours whose term exceeds the
                     // follower's term at the hint (fast back-off).
                     probe = self
@@ -441,7 +446,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 let Some(pr) = self.progress.get_mut(&from) else {
                     return Err(StepError::Unexpected);
                 };
-                if pr.maybe_decr_to(index, probe) {
+                if pr.maybe_decr_to(index, probe, lost) {
                     if pr.state == ProgressState::Replicate {
                         pr.become_probe();
                     }
