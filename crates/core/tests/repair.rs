@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use common::{config, Network, TestNode};
 use metalraft_core::{
-    Error, HardState, MemStorage, Message, MessageBody, Node, NodeId, Role, StepError,
+    EntryData, Error, HardState, MemStorage, Message, MessageBody, Node, NodeId, Role, StepError,
 };
 
 /// Ticks a lone node is left alone for: many election timeouts
@@ -324,5 +324,107 @@ fn clearing_is_handed_out_once_in_a_synced_batch() {
     let mut rd = node.ready().unwrap();
     if let Some(p) = rd.take_persist() {
         assert!(!p.clears_vote_barrier());
+    }
+}
+
+/// What happened to a committed entry after the member holding its only
+/// other copy lost it (see [`lost_entry_run`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// A leader was elected whose log lacks the committed entry (Leader
+    /// Completeness, §5.4, violated): the safety violation.
+    LeaderWithoutCommittedEntry { leader: NodeId, term: u64 },
+    /// No such leader; the cluster recovered and every member applied the
+    /// entry, in the same order.
+    Safe,
+}
+
+/// §5.4 with a damaged voter, the way the simulator checks it: leader `l`
+/// commits `e` with member `d` only (member `s` is cut off), then `l`
+/// crashes and `d` restarts having lost `e` from the middle of its log
+/// (entries from `e` on are cut; its term and vote are kept), with or
+/// without the vote barrier; `s` is reconnected. Without the barrier `d`
+/// votes for `s` (or campaigns itself) and a leader without `e` is elected;
+/// with it nobody can be elected until `l` returns, and `l` then repairs
+/// `d`.
+fn lost_entry_run(seed: u64, with_barrier: bool) -> Outcome {
+    let mut net = Network::new(3, seed);
+    let l = net.wait_leader();
+    let (s, d) = match l {
+        1 => (2, 3),
+        2 => (3, 1),
+        _ => (1, 2),
+    };
+    net.isolate(s);
+    let e = net.propose(l, b"e");
+    net.tick_until("e committed by l and d", |n| {
+        n.nodes[&l].commit_index() >= e && n.nodes[&d].persisted_index() >= e
+    });
+    net.tick_until("l applies e", |n| {
+        n.applied[&l].iter().any(|(i, _)| *i == e)
+    });
+    net.crash(l);
+    net.crash(d);
+    let full = net.down.remove(&d).unwrap();
+    let mut cut = MemStorage::new_with_conf(Default::default());
+    let keep: Vec<_> = full
+        .all_entries()
+        .iter()
+        .filter(|x| x.index < e)
+        .cloned()
+        .collect();
+    cut.append(&keep);
+    let hs = full.hard_state();
+    cut.set_hard_state(HardState {
+        commit: hs.commit.min(e - 1),
+        ..hs
+    });
+    let mut cfg = net.configs[&d].clone();
+    cfg.vote_barrier = with_barrier.then_some(full.all_entries().last().unwrap().index);
+    net.configs.insert(d, cfg);
+    net.down.insert(d, cut);
+    net.restart(d);
+    net.heal();
+    // Many election timeouts with `l` down.
+    for _ in 0..MANY_TIMEOUTS_TICKS / 5 {
+        net.tick();
+        for (&id, node) in &net.nodes {
+            if node.role() == Role::Leader {
+                let has_e = node.entries(e, e + 1, usize::MAX).is_ok_and(|x| {
+                    x.first()
+                        .is_some_and(|x| matches!(&x.data, EntryData::Normal(v) if v == b"e"))
+                });
+                if !has_e {
+                    return Outcome::LeaderWithoutCommittedEntry {
+                        leader: id,
+                        term: node.term(),
+                    };
+                }
+            }
+        }
+    }
+    assert!(net.leader().is_none(), "only a leader without e could win");
+    assert_eq!(net.nodes[&d].stats().campaigns, 0);
+    net.restart(l);
+    net.tick_until("d repaired by the returning leader", |n| {
+        n.nodes[&d].vote_barrier().is_none()
+            && n.applied[&d].iter().any(|(i, v)| *i == e && v == b"e")
+    });
+    net.check_applied_prefixes();
+    Outcome::Safe
+}
+
+/// The simulator-style check of the barrier, with teeth: across seeds,
+/// ignoring the barrier always elects a leader without a committed entry,
+/// and honouring it never does.
+#[test]
+fn lost_entry_without_barrier_breaks_leader_completeness_and_with_it_never() {
+    for seed in 0..8 {
+        let without = lost_entry_run(seed, false);
+        assert!(
+            matches!(without, Outcome::LeaderWithoutCommittedEntry { .. }),
+            "seed {seed}: the teeth variant must find the violation, got {without:?}"
+        );
+        assert_eq!(lost_entry_run(seed, true), Outcome::Safe, "seed {seed}");
     }
 }
