@@ -99,6 +99,16 @@ pub struct Config {
     pub max_snapshot_chunk_bytes: usize,
     /// Maximum unacknowledged snapshot chunks per follower.
     pub max_snapshot_chunks_inflight: usize,
+    /// Restart option for a member whose log lost entries it may have
+    /// acknowledged (the caller found mid-log damage and kept only the valid
+    /// prefix): the highest index it may have acknowledged. While set the
+    /// node grants no votes or pre-votes and never campaigns; it clears once
+    /// a leader has confirmed this node's log up to that index (an accepted
+    /// append or an installed snapshot reaching it), and the clearing is
+    /// handed out in a [`crate::Persist`] batch
+    /// ([`crate::Persist::clears_vote_barrier`]) for the caller to make
+    /// durable. `None` (the default) for a whole log. See ADR 0021.
+    pub vote_barrier: Option<crate::types::Index>,
 }
 
 impl Config {
@@ -123,6 +133,7 @@ impl Config {
             max_pending_reads: DEFAULT_MAX_PENDING_READS,
             max_snapshot_chunk_bytes: DEFAULT_MAX_SNAPSHOT_CHUNK_BYTES,
             max_snapshot_chunks_inflight: DEFAULT_MAX_SNAPSHOT_CHUNKS_INFLIGHT,
+            vote_barrier: None,
         }
     }
 

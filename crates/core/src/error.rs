@@ -190,6 +190,12 @@ pub enum Error {
     },
     /// This node cannot campaign (it is a learner or not a member).
     NotPromotable,
+    /// This node is repairing its log and may not campaign until a leader
+    /// has confirmed it up to `barrier` ([`crate::Config::vote_barrier`]).
+    Repairing {
+        /// The index the log must reach.
+        barrier: Index,
+    },
     /// A log index that is not available.
     BadIndex(Index),
 }
@@ -206,6 +212,10 @@ impl fmt::Display for Error {
                 )
             }
             Error::NotPromotable => f.write_str("node is not a voter"),
+            Error::Repairing { barrier } => write!(
+                f,
+                "node is repairing its log (no votes or campaigns until a leader confirms it up to index {barrier})"
+            ),
             Error::BadIndex(i) => write!(f, "log index {i} not available"),
         }
     }

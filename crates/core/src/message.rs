@@ -126,6 +126,37 @@ pub struct RejectHint {
     pub hint_term: Term,
 }
 
+impl RejectHint {
+    /// The hint of a follower that is repairing a damaged log
+    /// ([`crate::Config::vote_barrier`]) and may lack entries it once
+    /// acknowledged, whose log ends at `last`. Encoded in values no other
+    /// follower sends (a term of 0 above index 0, or the largest term at
+    /// index 0), so a leader tells it from a reordered rejection and still
+    /// reads it as an ordinary hint (probe from `last`) otherwise.
+    pub fn lost_entries(last: Index) -> Self {
+        if last > 0 {
+            RejectHint {
+                hint_index: last,
+                hint_term: 0,
+            }
+        } else {
+            RejectHint {
+                hint_index: 0,
+                hint_term: crate::node::MAX_TERM_OR_INDEX,
+            }
+        }
+    }
+
+    /// Whether this hint comes from [`RejectHint::lost_entries`]. A correct
+    /// follower that is not repairing never sends such a hint: its hint
+    /// index is at or above its commit index, hence its snapshot, where
+    /// every index but 0 has a term of at least 1, and index 0 has term 0.
+    pub fn is_lost_entries(&self) -> bool {
+        (self.hint_index > 0 && self.hint_term == 0)
+            || (self.hint_index == 0 && self.hint_term == crate::node::MAX_TERM_OR_INDEX)
+    }
+}
+
 impl<P> MessageBody<P> {
     /// A short name for traces and counters.
     pub fn kind(&self) -> MessageKind {

@@ -201,9 +201,15 @@ impl Progress {
 
     /// A rejection of an append at `rejected` (its prev index). `hint` is the
     /// index the leader should retry after. Returns false if stale.
-    pub(crate) fn maybe_decr_to(&mut self, rejected: Index, hint: Index) -> bool {
+    /// `lost`: the follower says it may lack entries it acknowledged
+    /// ([`crate::RejectHint::is_lost_entries`]).
+    pub(crate) fn maybe_decr_to(&mut self, rejected: Index, hint: Index, lost: bool) -> bool {
         match self.state {
             ProgressState::Replicate => {
+                if lost && rejected == self.matched && hint < self.matched {
+                    self.lost_entries(hint);
+                    return true;
+                }
                 // Only a rejection of what we actually sent is meaningful:
                 // anything at or below `matched` is a stale response.
                 if rejected <= self.matched {
@@ -217,6 +223,10 @@ impl Progress {
                 if self.next == 0 || rejected != self.next - 1 {
                     return false;
                 }
+                if lost && rejected == self.matched && hint < self.matched {
+                    self.lost_entries(hint);
+                    return true;
+                }
                 self.next = rejected.min(hint.saturating_add(1)).max(self.matched + 1);
                 self.probe_sent = false;
                 true
@@ -224,6 +234,24 @@ impl Progress {
             // A snapshot is on its way; rejections of older appends are stale.
             ProgressState::Snapshot => false,
         }
+    }
+
+    /// A repairing follower's rejection at exactly `matched` with a hint
+    /// below it: it no longer holds what it acknowledged (it repaired a
+    /// damaged log and kept a shorter prefix, ADR 0021; it also says so on
+    /// a heartbeat whose commit index it lacks). Backing off never goes
+    /// below `matched`, so forget it and probe from the hint. Safe: the
+    /// follower abstains from votes until it has caught up, and a lower
+    /// `matched` only delays commits. Only hints marked
+    /// [`crate::RejectHint::is_lost_entries`] do this, so a reordered
+    /// ordinary rejection stays a stale response.
+    fn lost_entries(&mut self, hint: Index) {
+        self.snapshot = None;
+        self.state = ProgressState::Probe;
+        self.matched = 0;
+        self.next = hint.saturating_add(1);
+        self.probe_sent = false;
+        self.inflights.reset();
     }
 
     /// Records an append of entries up to `last` (of `bytes` bytes).

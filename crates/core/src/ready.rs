@@ -51,6 +51,7 @@ pub struct Persist<P> {
     pub(crate) entries: Vec<Entry<P>>,
     pub(crate) hard_state: Option<HardState>,
     pub(crate) must_sync: bool,
+    pub(crate) clears_vote_barrier: bool,
     pub(crate) token: PersistToken,
 }
 
@@ -82,6 +83,16 @@ impl<P> Persist<P> {
     /// be written lazily.
     pub fn must_sync(&self) -> bool {
         self.must_sync
+    }
+
+    /// Whether this batch clears the node's vote barrier
+    /// ([`crate::Config::vote_barrier`]): a leader confirmed the log up to
+    /// it. Record the clearing durably AFTER this batch's entries, snapshot
+    /// and hard state are durable (the batch is then synced), before
+    /// acknowledging the batch: a crash in between only leaves the barrier
+    /// in place, which the leader clears again.
+    pub fn clears_vote_barrier(&self) -> bool {
+        self.clears_vote_barrier
     }
 
     /// The batch's sequence number.

@@ -319,6 +319,10 @@ impl pb::kv_server::Kv for KvService {
         let kr = command::range_request(&r)?;
         if !r.serializable {
             s.read_barrier().await?;
+        } else if s.raft.status.borrow().repair_barrier.is_some() {
+            // Repairing after mid-log WAL damage (ADR 0021): the local
+            // state may be older than what this member acknowledged.
+            return Err(EtcdError::NotCapable.into());
         }
         let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
         let out = kv.range(&kr).map_err(command::request_error)?;

@@ -240,6 +240,7 @@ pub fn restore(
                     vote: None,
                     commit: RESTORED_INDEX,
                 }),
+                clears_repair: false,
             }],
             true,
         )?;

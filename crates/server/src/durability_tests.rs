@@ -158,6 +158,7 @@ impl Cluster {
                     &[WriteBatch {
                         entries: vec![bootstrap_entry(&MEMBERS)],
                         hard_state: Some(bootstrap_hard_state()),
+                        clears_repair: false,
                     }],
                     true,
                 )

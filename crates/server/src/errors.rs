@@ -89,6 +89,13 @@ pub enum EtcdError {
     /// (everything but serializable Range and Status).
     #[error("etcdserver: rpc not supported for learner")]
     NotSupportedForLearner,
+    /// A serializable read on a member that is repairing its log after
+    /// mid-log WAL damage (ADR 0021): its state may be older than what it
+    /// acknowledged. etcd's message for a member that cannot serve a
+    /// request; the code is `Unavailable` (etcd uses `FailedPrecondition`
+    /// for it) so that clients retry on another endpoint.
+    #[error("etcdserver: not capable")]
+    NotCapable,
     /// An auth failure ([`crate::auth::AuthError`]: etcd's codes and messages).
     #[error("{0}")]
     Auth(crate::auth::AuthError),
@@ -112,6 +119,7 @@ impl EtcdError {
             | EtcdError::Stopped
             | EtcdError::TooManyRequests
             | EtcdError::NotSupportedForLearner
+            | EtcdError::NotCapable
             | EtcdError::MembershipChangeNotReady(_) => Code::Unavailable,
             EtcdError::NoSpace => Code::ResourceExhausted,
             EtcdError::Compacted | EtcdError::FutureRevision | EtcdError::LeaseTtlTooLarge => {
@@ -157,6 +165,7 @@ pub fn from_status(s: &Status) -> EtcdError {
         EtcdError::Stopped,
         EtcdError::TooManyRequests,
         EtcdError::NotSupportedForLearner,
+        EtcdError::NotCapable,
     ];
     for k in KNOWN {
         if k.to_string() == s.message() {
@@ -202,5 +211,8 @@ mod tests {
         let s: Status = EtcdError::LeaseProvided.into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "etcdserver: lease is provided");
+        let s: Status = EtcdError::NotCapable.into();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.message(), "etcdserver: not capable");
     }
 }

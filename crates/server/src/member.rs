@@ -277,6 +277,7 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
         storage.log(),
         Registry::new(members),
         opened.snapshot.as_ref(),
+        opened.repair_barrier,
     )?;
     let started = start(&cfg, storage, replica)?;
     // Bind everything before serving, so a busy port fails the start.
@@ -366,6 +367,7 @@ async fn settle_identity(
                     &[WriteBatch {
                         entries: vec![bootstrap_entry(&voters)],
                         hard_state: Some(bootstrap_hard_state()),
+                        clears_repair: false,
                     }],
                     true,
                 )?;
@@ -440,6 +442,7 @@ fn build_replica(
     log: SharedLog,
     registry: Registry,
     snapshot: Option<&Snapshot>,
+    vote_barrier: Option<u64>,
 ) -> Result<raft_loop::ServerReplica, MemberError> {
     let corrupt = |path: &str, reason: String| StorageError::Corrupt {
         path: cfg.data_dir.join(path),
@@ -472,8 +475,10 @@ fn build_replica(
         )
         .into());
     }
-    let rc =
-        raft_loop::replica_config(core_config(cfg), cfg.snapshot_count, cfg.heartbeat_interval);
+    let mut core = core_config(cfg);
+    // Repair mode after mid-log WAL damage (ADR 0021).
+    core.vote_barrier = vote_barrier;
+    let rc = raft_loop::replica_config(core, cfg.snapshot_count, cfg.heartbeat_interval);
     Replica::new(rc, log, machine).map_err(MemberError::Raft)
 }
 

@@ -124,6 +124,10 @@ pub async fn health(s: &Shared, q: &HealthQuery) -> Health {
     if st.stopped {
         return bad("RAFT LOOP STOPPED");
     }
+    if st.repair_barrier.is_some() {
+        // ADR 0021: catching up after mid-log WAL damage, not a voter yet.
+        return bad("LOG REPAIR IN PROGRESS");
+    }
     if !q.exclude_nospace && (s.gauges.no_space.load(Ordering::Relaxed) || s.over_quota()) {
         return bad("ALARM NOSPACE");
     }
@@ -307,6 +311,20 @@ pub fn render(s: &Shared) -> String {
         "gauge",
         "1 while the disk is full (NOSPACE alarm).",
         u8::from(g.no_space.load(Ordering::Relaxed)),
+    );
+    metric(
+        &mut out,
+        "metalraft_repair_pending",
+        "gauge",
+        "1 while this member repairs its log from the leader after mid-log WAL damage (no votes, no serializable reads; ADR 0021).",
+        u8::from(st.repair_barrier.is_some()),
+    );
+    metric(
+        &mut out,
+        "metalraft_repair_barrier_index",
+        "gauge",
+        "The log index this member's log must reach from the leader before it votes again (0 when not repairing).",
+        st.repair_barrier.unwrap_or(0),
     );
     metric(
         &mut out,

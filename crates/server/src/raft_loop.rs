@@ -165,6 +165,10 @@ pub struct NodeStatus {
     pub leader_changes: u64,
     /// The loop stopped (shutdown or fatal error).
     pub stopped: bool,
+    /// Repairing after mid-log WAL damage: the core's vote barrier (ADR
+    /// 0021). Serializable reads are refused and `/health` is unhealthy
+    /// until it clears.
+    pub repair_barrier: Option<u64>,
 }
 
 /// Counters for metrics.
@@ -640,6 +644,7 @@ impl RaftLoop {
             batch: WriteBatch {
                 entries: persist.take_entries(),
                 hard_state: persist.hard_state(),
+                clears_repair: persist.clears_vote_barrier(),
             },
             sync: persist.must_sync(),
             token: persist.into_token(),
@@ -771,6 +776,7 @@ impl RaftLoop {
         self.status.applied = self.replica.applied_index();
         self.status.commit = node.commit_index();
         self.status.term = node.term();
+        self.status.repair_barrier = node.vote_barrier();
         let conf = node.conf_state();
         self.status.is_learner = conf.learners.contains(&self.me);
         if let Ok(mut c) = self.conf.write() {

@@ -130,10 +130,12 @@ fn power_cut_of_every_member_with_the_issue_20_tail_restarts_all_and_keeps_acked
 }
 
 /// The same tail, but the frame after the hole says the lost frame had been
-/// durable (its durable mark covers it): that is mid-log damage and the
-/// member refuses to start, naming file and offset, while the others serve.
+/// durable (its durable mark covers it): that is mid-log damage. The member
+/// starts in repair mode (ADR 0021), naming file and offset, and repairs
+/// itself from the leader while the others serve (`tests/repair.rs` has the
+/// full check under a writer).
 #[test]
-fn a_hole_before_a_frame_that_proves_it_durable_stops_only_that_member() {
+fn a_hole_before_a_frame_that_proves_it_durable_is_repaired_from_the_leader() {
     let mut c = Cluster::start(3);
     let eps = c.endpoints();
     for i in 0..10 {
@@ -149,22 +151,38 @@ fn a_hole_before_a_frame_that_proves_it_durable_stops_only_that_member() {
     let mut img = std::fs::read(&seg).unwrap();
     img[target as usize..target as usize + 8].fill(0);
     std::fs::write(&seg, &img).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(c.flags(victim))
-        .output()
-        .expect("run metalraft");
-    assert!(!out.status.success(), "mid-log damage must stop the member");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("mid-log damage"), "{err}");
-    assert!(
-        err.contains(&seg.display().to_string()),
-        "names the file: {err}"
-    );
-    assert!(
-        err.contains(&format!("offset {target}")),
-        "names the offset: {err}"
-    );
     put_ok(&c.live_endpoints(), "still", "works");
+    c.spawn(victim);
+    let port = c.members[victim].client_port;
+    eventually("the member repairs itself", || {
+        let log = std::fs::read_to_string(&c.members[victim].log).ok()?;
+        log.contains("log repair complete").then_some(())
+    });
+    let log = std::fs::read_to_string(&c.members[victim].log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("mid-log WAL damage"))
+        .unwrap_or_else(|| panic!("no repair line:\n{log}"));
+    assert!(line.contains(&seg.display().to_string()), "{line}");
+    assert!(line.contains(&format!("offset={target}")), "{line}");
+    assert_eq!(metric_value(port, "metalraft_repair_pending"), Some(0.0));
+    let ep = c.endpoint(victim);
+    let keys = eventually("the repaired member serves every write", || {
+        let out = etcdctl_try(&[
+            "--endpoints",
+            &ep,
+            "get",
+            "",
+            "--prefix",
+            "--keys-only",
+            "--consistency=s",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && text.lines().any(|l| l == "still")).then_some(text)
+    });
+    for i in 0..10 {
+        assert!(keys.lines().any(|l| l == format!("k{i}")), "lacks k{i}");
+    }
 }
 
 /// Under a writer, the leader is cut (SIGKILL, then issue 20's tail left in

@@ -8,7 +8,12 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     pub(super) fn tick_election(&mut self) -> Result<(), StorageError> {
         self.expire_forwarded_reads();
         self.election_elapsed = self.election_elapsed.saturating_add(1);
-        if self.election_elapsed >= self.randomized_election_timeout && self.promotable() {
+        // A repairing node (vote barrier set) never starts an election: it
+        // may lack entries it acknowledged (ADR 0021).
+        if self.election_elapsed >= self.randomized_election_timeout
+            && self.promotable()
+            && self.vote_barrier.is_none()
+        {
             self.election_elapsed = 0;
             self.hup()?;
         }
@@ -58,6 +63,17 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             self.become_pre_candidate()
         } else {
             self.become_candidate(false)
+        }
+    }
+
+    /// A leader confirmed this node's log up to `confirmed` (an accepted
+    /// append or an installed snapshot): the vote barrier clears once that
+    /// reaches it. The node's own entries never clear it, only a leader's
+    /// confirmation does (ADR 0021).
+    pub(super) fn confirm_log_to(&mut self, confirmed: Index) {
+        if self.vote_barrier.is_some_and(|b| confirmed >= b) {
+            self.vote_barrier = None;
+            self.barrier_clear_unissued = true;
         }
     }
 

@@ -90,7 +90,8 @@ enum Deferred<P> {
 ///   [`Node::hard_state`], [`Node::commit_index`], [`Node::applied_index`],
 ///   [`Node::persisted_index`], [`Node::last_index`], [`Node::entries`],
 ///   [`Node::conf_state`], [`Node::committed_conf_state`],
-///   [`Node::promotable`], [`Node::lead_transferee`], [`Node::stats`],
+///   [`Node::promotable`], [`Node::vote_barrier`],
+///   [`Node::lead_transferee`], [`Node::stats`],
 ///   [`Node::failure`], [`Node::storage`] / [`Node::storage_mut`].
 ///
 /// The node reads no clock, owns no socket or file and draws randomness only
@@ -153,6 +154,11 @@ pub struct Node<P, S> {
     read: read::ReadOnly,
     lead_transferee: Option<NodeId>,
     transfer_elapsed: u32,
+    /// Repair mode ([`Config::vote_barrier`]): no votes, no campaigns,
+    /// until a leader confirms the log up to this index.
+    vote_barrier: Option<Index>,
+    /// The barrier cleared in memory; the next Persist batch says so.
+    barrier_clear_unissued: bool,
 }
 
 impl<P: Payload, S: LogStorage<P>> Node<P, S> {
@@ -219,6 +225,8 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             read: read::ReadOnly::default(),
             lead_transferee: None,
             transfer_elapsed: 0,
+            vote_barrier: cfg.vote_barrier,
+            barrier_clear_unissued: false,
             cfg,
         };
         node.reset_timers();
@@ -280,6 +288,12 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             term: self.term,
         }
     }
+    /// The vote barrier still in force ([`Config::vote_barrier`]): while
+    /// `Some`, this node is repairing its log and neither votes nor
+    /// campaigns.
+    pub fn vote_barrier(&self) -> Option<Index> {
+        self.vote_barrier
+    }
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.stats
@@ -325,6 +339,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         }
         if !self.promotable() {
             return Err(Error::NotPromotable);
+        }
+        if let Some(barrier) = self.vote_barrier {
+            return Err(Error::Repairing { barrier });
         }
         self.hup().map_err(|e| self.fail(e))
     }
@@ -452,7 +469,8 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 || self.soft_state() != self.last_soft
                 || self.has_read_results()
                 || !self.snapshot_chunks.is_empty()
-                || self.pending_install.is_some())
+                || self.pending_install.is_some()
+                || self.barrier_clear_unissued)
     }
 
     /// Collects everything the caller must do now (see [`Ready`]).
@@ -473,9 +491,15 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         let hs = self.hard_state();
         let entries = self.log.take_unissued();
         let snapshot = self.pending_install.take();
-        let persist = if !entries.is_empty() || hs != self.issued_hs || snapshot.is_some() {
+        let clears_vote_barrier = core::mem::take(&mut self.barrier_clear_unissued);
+        let persist = if !entries.is_empty()
+            || hs != self.issued_hs
+            || snapshot.is_some()
+            || clears_vote_barrier
+        {
             let must_sync = !entries.is_empty()
                 || snapshot.is_some()
+                || clears_vote_barrier
                 || hs.term != self.issued_hs.term
                 || hs.vote != self.issued_hs.vote;
             self.issued_seq += 1;
@@ -491,6 +515,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 entries,
                 hard_state: Some(hs),
                 must_sync,
+                clears_vote_barrier,
             })
         } else {
             None

@@ -273,6 +273,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             .push_back((meta.index, meta.conf_state.clone()));
         self.refresh_conf();
         let index = meta.index;
+        self.confirm_log_to(index);
         self.pending_install = Some(SnapshotInstall {
             meta,
             keep_entries_after: keep,

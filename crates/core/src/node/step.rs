@@ -126,8 +126,25 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             }
             MessageBody::Heartbeat { commit, read_seq } => {
                 self.follow(from)?;
+                // The leader's match index for a repairing node may predate
+                // the damage, and this log may hold entries the leader does
+                // not (stale ones the lost part had overwritten): commit
+                // only through appends, which check the log (ADR 0021).
                 let last = self.log.last_index()?;
-                self.commit_to(commit.min(last));
+                if self.vote_barrier.is_none() {
+                    self.commit_to(commit.min(last));
+                } else if commit > last {
+                    // The leader counts on entries we lost; its back-off
+                    // never goes below what we acknowledged, and an idle
+                    // leader would send no append at all. Reject at that
+                    // index with our last as the hint: it probes from there.
+                    let hint = RejectHint::lost_entries(last);
+                    let body = MessageBody::AppendEntriesResponse {
+                        index: commit,
+                        reject: Some(hint),
+                    };
+                    self.send(from, self.term, body);
+                }
                 self.send(from, self.term, MessageBody::HeartbeatResponse { read_seq });
                 Ok(())
             }
@@ -177,7 +194,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 if self.role == Role::Leader {
                     return Err(StepError::Unexpected);
                 }
-                if !self.promotable() {
+                if !self.promotable() || self.vote_barrier.is_some() {
                     return Err(StepError::Unexpected);
                 }
                 // Thesis §3.10: campaign at once, skipping pre-vote.
@@ -306,7 +323,10 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         let leader_recent = self.leader.is_some()
             && self.leader != Some(self.id())
             && self.election_elapsed < self.cfg.election_timeout_ticks_min;
+        // A repairing node may lack entries it acknowledged: its log says
+        // nothing about what the candidate must hold (ADR 0021).
         let grant = can_vote
+            && self.vote_barrier.is_none()
             && !(pre_vote && leader_recent)
             && self.role != Role::Leader
             && self.log.is_up_to_date(last_log_index, last_log_term)?;
@@ -362,6 +382,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                     self.apply_appended_confs(&confs, from);
                 }
                 self.commit_to(leader_commit.min(last_new));
+                self.confirm_log_to(last_new);
                 let body = MessageBody::AppendEntriesResponse {
                     index: last_new,
                     reject: None,
@@ -374,12 +395,19 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 let (hint_index, hint_term) = self
                     .log
                     .find_conflict_by_term(prev_log_index.min(last), prev_log_term)?;
-                let body = MessageBody::AppendEntriesResponse {
-                    index: prev_log_index,
-                    reject: Some(RejectHint {
+                // A repairing node says it may lack what it acknowledged, so
+                // the leader backs off below its old match index (ADR 0021).
+                let hint = if self.vote_barrier.is_some() {
+                    RejectHint::lost_entries(hint_index)
+                } else {
+                    RejectHint {
                         hint_index,
                         hint_term,
-                    }),
+                    }
+                };
+                let body = MessageBody::AppendEntriesResponse {
+                    index: prev_log_index,
+                    reject: Some(hint),
                 };
                 self.send_durable(from, self.term, body);
                 Ok(())
@@ -406,7 +434,8 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         match reject {
             Some(hint) => {
                 let mut probe = hint.hint_index;
-                if hint.hint_term > 0 {
+                let lost = hint.is_lost_entries();
+                if hint.hint_term > 0 && !lost {
                     // Skip every entry of ours whose term exceeds the
                     // follower's term at the hint (fast back-off).
                     probe = self
@@ -417,7 +446,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 let Some(pr) = self.progress.get_mut(&from) else {
                     return Err(StepError::Unexpected);
                 };
-                if pr.maybe_decr_to(index, probe) {
+                if pr.maybe_decr_to(index, probe, lost) {
                     if pr.state == ProgressState::Replicate {
                         pr.become_probe();
                     }

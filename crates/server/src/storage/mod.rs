@@ -8,6 +8,7 @@
 //! <data-dir>/member/wal/*.wal     WAL segments
 //! <data-dir>/member/snap/*.snap   state-machine snapshots
 //! <data-dir>/member/vote          term and vote, two checksummed copies
+//! <data-dir>/member/repair        repair barrier, only while repairing (ADR 0021)
 //! ```
 //!
 //! The design and its crash analysis are in `docs/adr/0008-server-storage.md`.
@@ -15,6 +16,7 @@
 pub mod codec;
 pub mod error;
 pub mod log;
+pub(crate) mod repair;
 pub mod snapshot;
 #[cfg(test)]
 pub(crate) mod sync_gate;
@@ -29,7 +31,7 @@ use metalraft_core::{ConfState, Entry, HardState};
 pub use error::StorageError;
 pub use log::SharedLog;
 pub use snapshot::Snapshot;
-pub use wal::{Recovered, Wal, WalOptions};
+pub use wal::{MidLogDamage, Recovered, Wal, WalOptions};
 
 /// One persistence batch: entries (overwriting from the first one's index)
 /// and the hard state after them.
@@ -39,12 +41,17 @@ pub struct WriteBatch {
     pub entries: Vec<Entry<Vec<u8>>>,
     /// Hard state to write, if it changed.
     pub hard_state: Option<HardState>,
+    /// The core cleared its vote barrier with this batch
+    /// (`Persist::clears_vote_barrier`): once the group is synced, the
+    /// repair record is removed.
+    pub clears_repair: bool,
 }
 
 /// A member's open storage.
 pub struct Storage {
     wal: Wal,
     vote: vote::VoteRecord,
+    repair: repair::RepairRecord,
     log: SharedLog,
     snap_dir: PathBuf,
     _lock: File,
@@ -61,6 +68,12 @@ pub struct Opened {
     pub torn_tail: Option<(PathBuf, u64)>,
     /// Bytes of never-acknowledged data the truncation dropped.
     pub torn_bytes_dropped: u64,
+    /// Mid-log damage found and cut off by this open (already logged).
+    pub repair: Option<MidLogDamage>,
+    /// The repair barrier in force (from this open's damage or an earlier
+    /// one not yet repaired): start the core with it as
+    /// `Config::vote_barrier`.
+    pub repair_barrier: Option<u64>,
 }
 
 /// How long opening a data directory waits for its `LOCK` before saying
@@ -106,7 +119,14 @@ impl Storage {
         })?;
         let snap_dir = member.join("snap");
         let snapshot::Loaded { snapshot, damaged } = snapshot::load_latest(&snap_dir)?;
-        let (mut wal, rec) = Wal::open(&member.join("wal"), opts)?;
+        // The vote record first: if it is unreadable in both copies the
+        // member refuses to start before anything on disk is changed.
+        let mut vote = vote::VoteRecord::open(&member.join("vote"))?;
+        let mut repair = repair::RepairRecord::open(&member)?;
+        let (mut wal, rec) =
+            Wal::open_repairing(&member.join("wal"), opts, &mut |d: &MidLogDamage| {
+                repair.raise(d.barrier).map(|_| ())
+            })?;
         let Recovered {
             first_index,
             prev_term,
@@ -114,7 +134,15 @@ impl Storage {
             entries,
             torn_tail,
             torn_bytes_dropped,
+            repair: damage,
         } = rec;
+        if let (None, Some(barrier)) = (&damage, repair.barrier()) {
+            tracing::warn!(
+                file = %member.join(repair::FILE_NAME).display(),
+                barrier,
+                "resuming the repair of an earlier mid-log WAL damage: no votes until the log reaches the barrier"
+            );
+        }
         if first_index > 1 {
             // Entries below first_index were purged: a snapshot must cover them.
             let covered = snapshot
@@ -141,7 +169,6 @@ impl Storage {
             }
         }
         snapshot::set_aside(&snap_dir, &damaged)?;
-        let mut vote = vote::VoteRecord::open(&member.join("vote"))?;
         let hard_state = reconcile_vote(&mut wal, &mut vote, hard_state)?;
         let log = SharedLog::new(hard_state, conf_state, first_index, prev_term, entries);
         if let Some(s) = &snapshot {
@@ -157,10 +184,12 @@ impl Storage {
                 std::sync::Arc::new(s.data.clone()),
             )?;
         }
+        let repair_barrier = repair.barrier();
         Ok(Opened {
             storage: Storage {
                 wal,
                 vote,
+                repair,
                 log,
                 snap_dir,
                 _lock: lock,
@@ -168,6 +197,8 @@ impl Storage {
             snapshot,
             torn_tail,
             torn_bytes_dropped,
+            repair: damage,
+            repair_barrier,
         })
     }
 
@@ -201,10 +232,21 @@ impl Storage {
                 self.vote.save(tv)?;
             }
         }
+        // The batch that reached the barrier is durable now (a group that
+        // clears it is always synced: the core marks it must_sync).
+        if sync && batches.iter().any(|b| b.clears_repair) {
+            self.repair.clear()?;
+            tracing::info!("log repair complete: the leader confirmed the log up to the barrier; this member votes again");
+        }
         for b in batches {
             self.log.apply_durable(&b.entries, b.hard_state)?;
         }
         Ok(())
+    }
+
+    /// The repair barrier in force (`None` once the repair is complete).
+    pub fn repair_barrier(&self) -> Option<u64> {
+        self.repair.barrier()
     }
 
     /// Saves a snapshot and, if `purge_below` is given, deletes the WAL

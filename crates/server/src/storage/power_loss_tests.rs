@@ -45,6 +45,7 @@ fn batch(index: u64, len: usize) -> WriteBatch {
             vote: Some(1),
             commit: index.saturating_sub(1),
         }),
+        clears_repair: false,
     }
 }
 
@@ -142,6 +143,13 @@ impl PowerCut {
         Storage::open(self.dir.path(), conf(), opts())
     }
 
+    /// Puts `img` on disk as the segment and opens the bare WAL (which
+    /// refuses mid-log damage instead of repairing it).
+    fn open_wal(&self, img: &[u8]) -> Result<(Wal, Recovered), StorageError> {
+        std::fs::write(&self.segment, img).unwrap();
+        Wal::open(&self.dir.path().join("member/wal"), opts())
+    }
+
     /// Opens `img` and checks the recovered log: every acknowledged entry,
     /// then only entries that were written, intact. Returns the open storage.
     fn recovers(&self, img: &[u8], what: &str) -> Opened {
@@ -178,7 +186,7 @@ fn entry_len(e: &Entry<Vec<u8>>) -> usize {
     }
 }
 
-fn assert_corrupt_at(r: Result<Opened, StorageError>, path: &Path, offset: usize) -> String {
+fn assert_corrupt_at<T>(r: Result<T, StorageError>, path: &Path, offset: usize) -> String {
     match r {
         Err(StorageError::Corrupt {
             path: p,
@@ -320,28 +328,46 @@ fn power_loss_zeroed_header_followed_by_a_stale_frame_is_a_torn_tail() {
 /// A flipped bit in an acknowledged frame in the middle of the log: the
 /// frames after it were written after it was durable, so it is refused.
 #[test]
-fn power_loss_bit_flip_mid_log_is_refused_even_with_a_torn_tail_after_it() {
+fn power_loss_bit_flip_mid_log_is_repaired_even_with_a_torn_tail_after_it() {
     let cut = PowerCut::new(6, 2, 100);
     let (fs, _) = frames(&cut.synced);
     let victim = fs[3];
     // Torn tail too: only the first unsynced sector landed.
     let mut img = cut.sectors(|n| n == cut.unsynced_sectors().start);
     img[victim + 30] ^= 0x08;
-    let reason = assert_corrupt_at(cut.open(&img), &cut.segment, victim);
+    let reason = assert_corrupt_at(cut.open_wal(&img), &cut.segment, victim);
     assert!(reason.contains("mid-log damage"), "{reason}");
+    // The member itself repairs: the prefix before the damaged frame (the
+    // segment start and frames 1..=2 hold entries 1 and 2), a barrier at
+    // the highest index any later frame names.
+    let o = cut.open(&img).unwrap();
+    let d = o.repair.expect("repair");
+    assert_eq!(
+        (d.path.as_path(), d.offset),
+        (cut.segment.as_path(), victim as u64)
+    );
+    assert_eq!(o.storage.log().bounds().unwrap(), (1, 2));
+    // Frames 4..=6 (entries 4..=6) follow the damage; the torn unsynced
+    // sector may add entry 7.
+    assert!(d.barrier >= 6, "barrier {}", d.barrier);
+    assert_eq!(o.repair_barrier, Some(d.barrier));
 }
 
 /// The last acknowledged frame is damaged; an unsynced frame written after
 /// its sync survived and proves it had been durable.
 #[test]
-fn power_loss_damaged_last_acked_frame_with_a_later_witness_is_refused() {
+fn power_loss_damaged_last_acked_frame_with_a_later_witness_is_repaired() {
     let cut = PowerCut::new(4, 1, 100);
     let (fs, end) = frames(&cut.synced);
     let victim = *fs.last().unwrap();
     let mut img = cut.live.clone();
     img[end - 3] ^= 0x40;
-    let reason = assert_corrupt_at(cut.open(&img), &cut.segment, victim);
+    let reason = assert_corrupt_at(cut.open_wal(&img), &cut.segment, victim);
     assert!(reason.contains("was durable"), "{reason}");
+    // Repaired: entry 4 is lost, the witness (entry 5) sets the barrier.
+    let o = cut.open(&img).unwrap();
+    assert_eq!(o.storage.log().bounds().unwrap(), (1, 3));
+    assert_eq!(o.repair_barrier, Some(5));
 }
 
 /// A flip in the last frame with nothing after it cannot be told from a
@@ -363,7 +389,7 @@ fn power_loss_damaged_final_frame_without_a_witness_is_truncated() {
 /// Every frame of a segment that is not the last was synced before the next
 /// segment was created: a torn-looking frame there is corruption.
 #[test]
-fn power_loss_damage_in_a_non_last_segment_is_refused() {
+fn power_loss_damage_in_a_non_last_segment_is_repaired() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut s = Storage::open(dir.path(), conf(), opts()).unwrap().storage;
@@ -384,8 +410,25 @@ fn power_loss_damage_in_a_non_last_segment_is_refused() {
     // Zero the second half of its last frame, exactly as a torn write looks.
     img[victim + (end - victim) / 2..end].fill(0);
     std::fs::write(first, &img).unwrap();
-    let reason = assert_corrupt_at(Storage::open(dir.path(), conf(), opts()), first, victim);
+    let reason = assert_corrupt_at(
+        Wal::open(&dir.path().join("member/wal"), opts()),
+        first,
+        victim,
+    );
     assert!(reason.contains("not the last"), "{reason}");
+    // Repaired: the later segments are deleted, the barrier is the last
+    // entry they held.
+    let o = Storage::open(dir.path(), conf(), opts()).unwrap();
+    let d = o.repair.clone().expect("repair");
+    assert_eq!(d.segments_dropped, segs.len() - 1);
+    assert_eq!(d.barrier, 60);
+    let (_, last) = o.storage.log().bounds().unwrap();
+    assert!(last < 60 && last == d.kept_last_index, "{last} {d:?}");
+    drop(o);
+    let left = std::fs::read_dir(dir.path().join("member/wal"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 1);
 }
 
 /// A new segment whose start frame was torn: nothing in it was written
@@ -567,6 +610,7 @@ fn power_loss_vote_survives_a_truncated_wal_tail() {
             &[WriteBatch {
                 entries: Vec::new(),
                 hard_state: Some(voted),
+                clears_repair: false,
             }],
             true,
         )
@@ -614,6 +658,7 @@ fn power_loss_vote_record_behind_the_wal_catches_up() {
                     vote: Some(3),
                     commit: 0,
                 }),
+                clears_repair: false,
             }],
             true,
         )
@@ -714,6 +759,7 @@ fn power_loss_repeated_random_cuts_keep_every_acknowledged_entry() {
                     &[WriteBatch {
                         entries: vec![entry(next, len)],
                         hard_state: Some(hs),
+                        clears_repair: false,
                     }],
                     true,
                 )
@@ -737,6 +783,7 @@ fn power_loss_repeated_random_cuts_keep_every_acknowledged_entry() {
                             vote: Some(9),
                             commit: i - 1,
                         }),
+                        clears_repair: false,
                     }
                 })
                 .collect();

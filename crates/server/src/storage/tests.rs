@@ -40,6 +40,7 @@ fn write_entries(s: &mut Storage, from: u64, to: u64, len: usize) {
             &[WriteBatch {
                 entries: vec![entry(i, 1, len)],
                 hard_state: Some(hs),
+                clears_repair: false,
             }],
             true,
         )
@@ -123,6 +124,7 @@ fn overwrite_truncates_the_conflicting_suffix() {
                     vote: None,
                     commit: 5,
                 }),
+                clears_repair: false,
             }],
             true,
         )
@@ -211,9 +213,10 @@ fn flipped_bit_in_a_middle_record_stops_with_file_and_offset() {
     f.seek(SeekFrom::Start(victim + 20)).unwrap();
     f.write_all(&[b[0] ^ 0x04]).unwrap();
     drop(f);
-    let err = Storage::open(dir.path(), conf(), small())
+    // The bare WAL refuses; `Storage::open` repairs (see the repair tests).
+    let err = Wal::open(&dir.path().join("member/wal"), small())
         .err()
-        .expect("corruption must stop the member");
+        .expect("corruption must stop the bare WAL");
     match &err {
         StorageError::Corrupt { path, offset, .. } => {
             assert_eq!(path, &last);
@@ -242,7 +245,7 @@ fn corruption_in_an_older_segment_is_never_treated_as_torn() {
     f.seek(SeekFrom::Start(victim + 12)).unwrap();
     f.write_all(&[0xFF; 4]).unwrap();
     drop(f);
-    match Storage::open(dir.path(), conf(), small()) {
+    match Wal::open(&dir.path().join("member/wal"), small()) {
         Err(StorageError::Corrupt { path, offset, .. }) => {
             assert_eq!(path, first);
             assert_eq!(offset, victim);
@@ -250,6 +253,153 @@ fn corruption_in_an_older_segment_is_never_treated_as_torn() {
         Err(e) => panic!("expected Corrupt, got {e}"),
         Ok(_) => panic!("expected Corrupt, opened fine"),
     }
+}
+
+// ----- repair after mid-log damage (ADR 0021) -------------------------------
+
+/// Flips one bit inside the frame at `offset` of `path` (at `offset + 20`,
+/// inside the payload).
+fn flip_bit(path: &Path, offset: u64) {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(offset + 20)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(offset + 20)).unwrap();
+    f.write_all(&[b[0] ^ 0x10]).unwrap();
+}
+
+/// Writes entries 1..=10 (term 1, voted for 1) and flips a bit in the
+/// frame of entry 4: the WAL's frames are the segment start, then one per
+/// entry.
+fn early_frame_flipped() -> (tempfile::TempDir, PathBuf, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
+        write_entries(&mut s, 1, 10, 100);
+    }
+    let seg = wal_files(dir.path()).pop().unwrap();
+    let victim = frame_offsets(&seg)[4];
+    flip_bit(&seg, victim);
+    (dir, seg, victim)
+}
+
+#[test]
+fn flipped_bit_in_an_early_frame_starts_repair_with_the_prefix_and_barrier() {
+    let (dir, seg, victim) = early_frame_flipped();
+    let o = Storage::open(dir.path(), conf(), small()).unwrap();
+    let d = o
+        .repair
+        .clone()
+        .expect("mid-log damage is repaired, not refused");
+    assert_eq!((d.path.clone(), d.offset), (seg.clone(), victim));
+    // Entries 5..=10 follow the damage: the member may have acknowledged up
+    // to 10. The prefix holds entries 1..=3.
+    assert_eq!(d.barrier, 10);
+    assert_eq!(d.kept_last_index, 3);
+    assert_eq!(o.repair_barrier, Some(10));
+    let log = o.storage.log();
+    assert_eq!(log.bounds().unwrap(), (1, 3));
+    for e in log.entries(1, 4, usize::MAX).unwrap() {
+        assert_eq!(e, entry(e.index, 1, 100));
+    }
+    // The term and vote survive; the commit is the prefix's.
+    let hs = log.initial_state().unwrap().hard_state;
+    assert_eq!((hs.term, hs.vote, hs.commit), (1, Some(1), 2));
+    // Everything after the damage was dropped from the file.
+    assert_eq!(data_end(&seg), victim);
+    assert!(dir.path().join("member/repair").exists());
+    drop(o);
+
+    // A restart before the repair completes resumes it: same barrier, no
+    // new damage, the log as left.
+    let o = Storage::open(dir.path(), conf(), small()).unwrap();
+    assert!(o.repair.is_none());
+    assert_eq!(o.repair_barrier, Some(10));
+    assert_eq!(o.storage.log().bounds().unwrap(), (1, 3));
+    let mut s = o.storage;
+    // Entries from the leader, then the batch the core marks as clearing.
+    write_entries(&mut s, 4, 9, 100);
+    assert_eq!(s.repair_barrier(), Some(10));
+    s.write(
+        &[WriteBatch {
+            entries: vec![entry(10, 1, 100)],
+            hard_state: None,
+            clears_repair: true,
+        }],
+        true,
+    )
+    .unwrap();
+    assert_eq!(s.repair_barrier(), None);
+    assert!(!dir.path().join("member/repair").exists());
+    drop(s);
+    let o = Storage::open(dir.path(), conf(), small()).unwrap();
+    assert_eq!(o.repair_barrier, None);
+    assert_eq!(o.storage.log().bounds().unwrap(), (1, 10));
+}
+
+/// A clearing batch that was not synced does not clear: the barrier must
+/// not go before the entries that reached it are durable.
+#[test]
+fn repair_clears_only_with_a_synced_group() {
+    let (dir, _, _) = early_frame_flipped();
+    let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
+    s.write(
+        &[WriteBatch {
+            entries: (4..=10).map(|i| entry(i, 1, 100)).collect(),
+            hard_state: None,
+            clears_repair: true,
+        }],
+        false,
+    )
+    .unwrap();
+    assert_eq!(s.repair_barrier(), Some(10));
+}
+
+/// Mid-log damage and the vote record unreadable in both copies: the term
+/// and vote are lost, so safe repair is impossible; refuse, and change
+/// nothing on disk (the damaged WAL is still there for an operator).
+#[test]
+fn mid_log_damage_with_both_vote_copies_bad_refuses_to_start() {
+    let (dir, seg, victim) = early_frame_flipped();
+    let vote_path = dir.path().join("member/vote");
+    let mut v = std::fs::read(&vote_path).unwrap();
+    v[3] ^= 0xFF;
+    v[vote::FILE_BYTES / 2 + 3] ^= 0xFF;
+    std::fs::write(&vote_path, &v).unwrap();
+    let before = std::fs::read(&seg).unwrap();
+    let err = Storage::open(dir.path(), conf(), small())
+        .err()
+        .expect("must refuse");
+    assert!(
+        err.to_string().contains("unreadable in both copies"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&seg).unwrap(), before);
+    assert!(!dir.path().join("member/repair").exists());
+    assert!(victim > 0);
+}
+
+/// A damaged repair record is refused with a message naming it.
+#[test]
+fn damaged_repair_record_refuses_to_start() {
+    let (dir, _, _) = early_frame_flipped();
+    drop(Storage::open(dir.path(), conf(), small()).unwrap());
+    let p = dir.path().join("member/repair");
+    let mut b = std::fs::read(&p).unwrap();
+    b[10] ^= 1;
+    std::fs::write(&p, &b).unwrap();
+    let err = Storage::open(dir.path(), conf(), small())
+        .err()
+        .expect("must refuse");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("repair barrier record") && msg.contains(&p.display().to_string()),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -314,6 +464,7 @@ fn installed_snapshot_resets_the_log_and_survives_a_restart() {
                     vote: None,
                     commit: 502,
                 }),
+                clears_repair: false,
             }],
             true,
         )
@@ -395,6 +546,7 @@ fn crash_child_writer() {
                 vote: Some(1),
                 commit: i - 1,
             }),
+            clears_repair: false,
         };
         s.write(&[batch], true).unwrap();
         writeln!(out, "ACK {i}").unwrap();

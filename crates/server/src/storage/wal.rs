@@ -15,12 +15,15 @@
 //! argument, and `docs/adr/0008-server-storage.md`). Damage is a frame that
 //! fails its checksum or length, a zeroed header followed by data, or a
 //! valid frame out of sequence. Then:
-//! - in a segment that is not the last it is corruption (every frame there
-//!   was synced before the next segment was created);
+//! - in a segment that is not the last it is mid-log damage (every frame
+//!   there was synced before the next segment was created);
 //! - in the last segment, if a later valid frame says the damaged frame was
 //!   already durable when it was written (`synced` reaches it), it is
-//!   **mid-log damage**: acknowledged data may be affected, and opening fails
-//!   with [`StorageError::Corrupt`] naming the file and offset;
+//!   **mid-log damage**: acknowledged data may be affected. [`Wal::open`]
+//!   fails with [`StorageError::Corrupt`] naming the file and offset;
+//!   [`Wal::open_repairing`] has the caller record a repair barrier, keeps
+//!   the valid prefix and drops the rest (ADR 0021). Damage in a segment
+//!   that is not the last is mid-log damage too;
 //! - otherwise it is a **torn tail**: nothing from the damage on was ever
 //!   durable, hence never acknowledged. It is zeroed, synced and logged
 //!   (file, offset, bytes dropped), and appends continue there.
@@ -69,6 +72,30 @@ pub struct Recovered {
     pub torn_tail: Option<(PathBuf, u64)>,
     /// Bytes of unsynced data the truncation dropped (0 if none).
     pub torn_bytes_dropped: u64,
+    /// Mid-log damage that was cut off (only with [`Wal::open_repairing`]).
+    pub repair: Option<MidLogDamage>,
+}
+
+/// Mid-log damage: a frame before the last valid one is damaged, so entries
+/// this member acknowledged may be lost. [`Wal::open_repairing`] keeps the
+/// valid prefix before it and drops the rest (ADR 0021).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MidLogDamage {
+    /// The segment holding the damaged frame.
+    pub path: PathBuf,
+    /// Its offset there.
+    pub offset: u64,
+    /// What is wrong, and the later frame that proves it was durable.
+    pub reason: String,
+    /// The highest index this member may have acknowledged: the largest
+    /// entry index and commit index of any valid frame after the damage (at
+    /// any byte offset, in this segment and every later one), and the commit
+    /// index of the prefix.
+    pub barrier: u64,
+    /// Last index of the prefix that is kept.
+    pub kept_last_index: u64,
+    /// Later segment files deleted (their content is after the damage).
+    pub segments_dropped: usize,
 }
 
 struct Segment {
@@ -141,9 +168,35 @@ pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> Result<(), Stor
     }
 }
 
+/// What [`Wal::open_with`] does on mid-log damage.
+type OnDamage<'a> = Option<&'a mut dyn FnMut(&MidLogDamage) -> Result<(), StorageError>>;
+
 impl Wal {
     /// Opens (creating if needed) the WAL in `dir` and recovers its content.
+    /// Mid-log damage fails with [`StorageError::Corrupt`].
     pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Recovered), StorageError> {
+        Self::open_with(dir, opts, None)
+    }
+
+    /// Like [`Wal::open`], but on mid-log damage calls `record_barrier`
+    /// with what was found (before anything is changed on disk: it must
+    /// make the barrier durable), then keeps the valid prefix before the
+    /// damage and drops the rest: the damaged segment is zeroed from the
+    /// damage on and synced, later segments are deleted. The damage is
+    /// reported in [`Recovered::repair`].
+    pub fn open_repairing(
+        dir: &Path,
+        opts: WalOptions,
+        record_barrier: &mut dyn FnMut(&MidLogDamage) -> Result<(), StorageError>,
+    ) -> Result<(Wal, Recovered), StorageError> {
+        Self::open_with(dir, opts, Some(record_barrier))
+    }
+
+    fn open_with(
+        dir: &Path,
+        opts: WalOptions,
+        mut on_damage: OnDamage<'_>,
+    ) -> Result<(Wal, Recovered), StorageError> {
         assert!(
             opts.segment_bytes >= MIN_SEGMENT_BYTES,
             "segment_bytes below MIN_SEGMENT_BYTES"
@@ -182,8 +235,38 @@ impl Wal {
         };
         let mut last_seq = 0u64;
         let n = segments.len();
-        for (i, seg) in segments.iter().enumerate() {
-            tail = replay_segment(seg, i + 1 == n, i == 0, &mut rec, &mut last_seq)?;
+        for i in 0..n {
+            let seg = &segments[i];
+            match replay_segment(seg, i + 1 == n, i == 0, &mut rec, &mut last_seq)? {
+                Replayed::End(end) => tail = end,
+                Replayed::MidLog(found) => {
+                    let Some(record_barrier) = on_damage.as_mut() else {
+                        return Err(StorageError::Corrupt {
+                            path: seg.path.clone(),
+                            offset: found.offset as u64,
+                            reason: found.reason,
+                        });
+                    };
+                    let sequenced = found.sequenced;
+                    let damage = cut_mid_log(&segments, i, found, &rec, &mut **record_barrier)?;
+                    tracing::error!(
+                        file = %damage.path.display(),
+                        offset = damage.offset,
+                        barrier = damage.barrier,
+                        kept_last_index = damage.kept_last_index,
+                        segments_dropped = damage.segments_dropped,
+                        reason = %damage.reason,
+                        "mid-log WAL damage: kept the valid prefix, dropped the rest; repairing from the leader (no votes until the log reaches the barrier)"
+                    );
+                    segments.truncate(i + 1);
+                    tail = SegmentEnd {
+                        offset: damage.offset,
+                        sequenced,
+                    };
+                    rec.repair = Some(damage);
+                    break;
+                }
+            }
         }
         let tail_offset = tail.offset;
         let last_term = rec.entries.last().map_or(rec.prev_term, |e| e.term);
@@ -506,6 +589,22 @@ struct SegmentEnd {
     sequenced: bool,
 }
 
+/// How replaying a segment ended.
+enum Replayed {
+    /// At the end of its data (after truncating a torn tail, if any).
+    End(SegmentEnd),
+    /// At mid-log damage; nothing was changed on disk.
+    MidLog(Found),
+}
+
+/// Mid-log damage as the replay found it.
+struct Found {
+    offset: usize,
+    reason: String,
+    /// Whether the segment's frames are sequenced.
+    sequenced: bool,
+}
+
 /// Whether a frame numbered `at` may follow: `start` is `Some(sequenced)`
 /// once the segment's start frame was read, `last_seq` the number of the
 /// last valid frame (0 if none or unsequenced).
@@ -530,7 +629,7 @@ fn replay_segment(
     is_first: bool,
     rec: &mut Recovered,
     last_seq: &mut u64,
-) -> Result<SegmentEnd, StorageError> {
+) -> Result<Replayed, StorageError> {
     let mut buf = Vec::new();
     File::open(&seg.path)
         .and_then(|mut f| f.read_to_end(&mut buf))
@@ -559,21 +658,23 @@ fn replay_segment(
             }
             FrameRead::End => {
                 if buf[pos..].iter().all(|b| *b == 0) {
-                    return Ok(SegmentEnd {
+                    return Ok(Replayed::End(SegmentEnd {
                         offset: pos as u64,
                         sequenced: start.unwrap_or(true),
-                    });
+                    }));
                 }
                 break (pos, "zeroed frame header followed by data");
             }
             FrameRead::Bad { reason, .. } => break (pos, reason),
         }
     };
+    let sequenced = start.unwrap_or(true);
     if !is_last {
-        return Err(corrupt(
-            pos,
-            format!("{reason} in a segment that is not the last (it was synced before the next segment was created)"),
-        ));
+        return Ok(Replayed::MidLog(Found {
+            offset: pos,
+            reason: format!("{reason} in a segment that is not the last (it was synced before the next segment was created)"),
+            sequenced,
+        }));
     }
     if let Some((later, at)) = find_durable_witness(&buf, pos, *last_seq, start == Some(true)) {
         let witness = match at {
@@ -584,10 +685,13 @@ fn replay_segment(
             ),
             None => format!("an unsequenced (format 1) frame at offset {later} follows it"),
         };
-        return Err(corrupt(
-            pos,
-            format!("mid-log damage ({reason}): {witness}, so acknowledged entries may be damaged"),
-        ));
+        return Ok(Replayed::MidLog(Found {
+            offset: pos,
+            reason: format!(
+                "mid-log damage ({reason}): {witness}, so acknowledged entries may be damaged"
+            ),
+            sequenced,
+        }));
     }
     let data_end = buf.iter().rposition(|b| *b != 0).map_or(pos, |i| i + 1);
     let dropped = (data_end - pos) as u64;
@@ -601,10 +705,101 @@ fn replay_segment(
     );
     rec.torn_tail = Some((seg.path.clone(), pos as u64));
     rec.torn_bytes_dropped = dropped;
-    Ok(SegmentEnd {
+    Ok(Replayed::End(SegmentEnd {
         offset: pos as u64,
-        sequenced: start.unwrap_or(true),
-    })
+        sequenced,
+    }))
+}
+
+fn read_all(path: &Path) -> Result<Vec<u8>, StorageError> {
+    let mut buf = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut buf))
+        .map_err(io_err(path))?;
+    Ok(buf)
+}
+
+/// The highest entry index or commit index named by any valid frame at any
+/// byte offset from `from` on (0 if none). Frames after damage sit at
+/// unknown boundaries, so every offset is tried (filtered by the record tag
+/// before the checksum). A stale frame can only raise the result, which is
+/// the safe direction for a barrier.
+fn highest_index_after(buf: &[u8], from: usize) -> u64 {
+    let mut highest = 0u64;
+    let mut q = from;
+    while q + FRAME_HEADER_BYTES < buf.len() {
+        if codec::is_record_tag(buf[q + FRAME_HEADER_BYTES]) {
+            if let FrameRead::Frame(payload, _) = codec::read_frame(&buf[q..]) {
+                if let Ok((record, _)) = codec::decode_sequenced(payload) {
+                    let named = match record {
+                        Record::SegmentStart {
+                            first_index,
+                            hard_state,
+                            ..
+                        } => first_index.saturating_sub(1).max(hard_state.commit),
+                        Record::Batch {
+                            entries,
+                            hard_state,
+                        } => entries
+                            .last()
+                            .map_or(0, |e| e.index)
+                            .max(hard_state.map_or(0, |h| h.commit)),
+                    };
+                    if named <= MAX_TERM_OR_INDEX {
+                        highest = highest.max(named);
+                    }
+                }
+            }
+        }
+        q += 1;
+    }
+    highest
+}
+
+/// Mid-log damage in `segments[i]`: works out the barrier, has it recorded
+/// durably, then drops everything from the damage on (zeroes the rest of the
+/// segment and syncs it, deletes later segments and syncs the directory).
+fn cut_mid_log(
+    segments: &[Segment],
+    i: usize,
+    found: Found,
+    rec: &Recovered,
+    record_barrier: &mut dyn FnMut(&MidLogDamage) -> Result<(), StorageError>,
+) -> Result<MidLogDamage, StorageError> {
+    let seg = &segments[i];
+    let buf = read_all(&seg.path)?;
+    let mut barrier = rec
+        .hard_state
+        .commit
+        .max(highest_index_after(&buf, found.offset));
+    for later in &segments[i + 1..] {
+        barrier = barrier.max(highest_index_after(&read_all(&later.path)?, 0));
+    }
+    let damage = MidLogDamage {
+        path: seg.path.clone(),
+        offset: found.offset as u64,
+        reason: found.reason,
+        barrier,
+        kept_last_index: (rec.first_index + rec.entries.len() as u64).saturating_sub(1),
+        segments_dropped: segments.len() - i - 1,
+    };
+    // The evidence is about to be dropped: the barrier must be durable first.
+    record_barrier(&damage)?;
+    let data_end = buf
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(found.offset, |e| e + 1)
+        .max(found.offset);
+    zero_range(&seg.path, found.offset as u64, data_end as u64)?;
+    for later in &segments[i + 1..] {
+        fs::remove_file(&later.path).map_err(io_err(&later.path))?;
+    }
+    if damage.segments_dropped > 0 {
+        if let Some(dir) = seg.path.parent() {
+            sync_dir(dir)?;
+        }
+    }
+    Ok(damage)
 }
 
 /// Looks for a valid frame at any byte offset from `from` on that proves the
