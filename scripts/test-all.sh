@@ -34,6 +34,9 @@ cargo test --workspace
 step "a real client library's own test suite: the etcd-client crate's tests against one member"
 scripts/client-suite.sh
 
+step "Patroni end to end: Debian's patroni and PostgreSQL 15 on a 3-member metalraft cluster (bootstrap, replication, switchover, failover, kill -9 of the metalraft leader, Auth)"
+scripts/patroni-test.sh
+
 step "full disk (mounts a tmpfs: root only)"
 if [ "$(id -u)" = 0 ]; then
     cargo test -p metalraft --test disk_full -- --ignored
