@@ -637,6 +637,10 @@ fn serve_all(
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
+            crate::auth::service::token_gate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
             learner_gate,
         ))
         .merge(metrics::router(shared.clone()))
