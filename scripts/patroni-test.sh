@@ -130,6 +130,8 @@ cleanup() {
     elif [ -n "$ok" ]; then
         echo "logs kept: $work"
     else
+        # Keep the logs, not the bulky data (WAL segments, databases).
+        rm -rf "$work"/m[0-2]/ "$work"/pg[12]/data/base "$work"/pg[12]/data/pg_wal
         echo
         echo "FAILED after $(($(date +%s) - started)) s against $DCS. Logs (kept): $work"
         echo "  DCS members: $work/m{0,1,2}.log   Patroni: $work/pg{1,2}.log   PostgreSQL: $work/pg{1,2}/data/log/"
@@ -440,6 +442,27 @@ wait_role pg2 replica "$ROLE_WAIT"
 check_replication pg1 pg2
 check_list pg1 pg2
 [ "$(leader_key --user root:root-secret)" = pg1 ] || fail "the leader key is not pg1's"
+# Kill the member pg1's Patroni talks to: it moves to another member with
+# its token, which (as in etcd) every member knows; pg1 stays primary.
+port=$(grep -o 'Selected new etcd server http://127.0.0.1:[0-9]*' "$work/pg1.log" | tail -1 | sed 's/.*://')
+victim=""
+for i in 0 1 2; do [ "${client_port[i]}" = "$port" ] && victim=$i; done
+[ -n "$victim" ] || fail "cannot tell which $DCS member pg1's Patroni uses (log: $work/pg1.log)"
+echo "killing $DCS member m$victim, the one pg1's Patroni uses"
+lines=$(wc -l <"$work/pg1.log")
+kill_member "$victim"
+killed=$(date +%s)
+until (($(date +%s) >= killed + 2 * LOOP_WAIT + RETRY_TIMEOUT)); do
+    [ "$(rest pg1 /primary)" = 200 ] || fail "pg1 lost its primary role after its $DCS member was killed (log: $work/pg1.log)"
+    sleep "$POLL"
+done
+tail -n +"$((lines + 1))" "$work/pg1.log" | grep -q "Selected new etcd server" ||
+    fail "pg1's Patroni did not move to another member"
+start_member "$victim"
+wait_member "$victim"
+# Patroni logs "Invalid auth token" when a member refuses its token.
+! grep -q 'Invalid auth token' "$work/pg1.log" "$work/pg2.log" ||
+    fail "a member refused Patroni's token: $(grep -h 'Invalid auth token' "$work/pg1.log" "$work/pg2.log" | head -2)"
 patronictl_ switchover --leader pg1 --candidate pg2 --force
 wait_role pg2 primary "$ROLE_WAIT"
 wait_role pg1 replica "$ROLE_WAIT"
