@@ -81,6 +81,9 @@ etcd) dcs_bin=$(command -v etcd) ;;
     ;;
 esac
 
+# The checks' clock (installing and building above are not counted).
+started=$(date +%s)
+
 # --- the work directory, cleanup ----------------------------------------
 work=$(mktemp -d /tmp/patroni-test.XXXXXX)
 chmod 755 "$work"
@@ -102,8 +105,12 @@ kill_node() {
     [ -n "${patroni_pid[$n]:-}" ] && pids="${patroni_pid[$n]}"
     local pm
     pm=$(head -1 "$work/$n/data/postmaster.pid" 2>/dev/null || true)
-    if [ -n "$pm" ] && [ -d "/proc/$pm" ]; then
+    # Only the postmaster of this node's data directory (a stale pid file
+    # may name a recycled pid).
+    if [ -n "$pm" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pm/cmdline" | grep -qF "$work/$n/data"; then
         pids="$pids $pm $(pgrep -P "$pm" | tr '\n' ' ')"
+    else
+        pm=""
     fi
     # shellcheck disable=SC2086
     [ -n "${pids// /}" ] && kill -9 $pids 2>/dev/null || true
@@ -141,6 +148,7 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 fail() {
     echo "FAIL: $*" >&2
     exit 1
@@ -349,6 +357,7 @@ check_list pg2 pg1
 step "3. kill -9 the primary pg2 (Patroni and PostgreSQL): pg1 takes over within ttl + loop_wait = $((TTL + LOOP_WAIT))s"
 killed=$(date +%s.%N)
 kill_node pg2
+"$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "${pg_port[pg2]}" -t 2 && fail "pg2's PostgreSQL still answers after kill -9"
 deadline=$(($(date +%s) + TTL + LOOP_WAIT + ROLE_WAIT))
 until [ "$(leader_key)" = pg1 ]; do
     (($(date +%s) < deadline)) || fail "pg1 did not take the leader key (log: $work/pg1.log)"
