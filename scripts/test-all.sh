@@ -37,6 +37,9 @@ scripts/client-suite.sh
 step "etcdctl 3.4 side by side: every etcdctl command against etcd 3.4.23 and metalraft, outputs compared"
 scripts/etcdctl-compare.sh
 
+step "Patroni end to end: Debian's patroni and PostgreSQL 15 on a 3-member metalraft cluster (bootstrap, replication, switchover, failover, kill -9 of the metalraft leader, Auth)"
+scripts/patroni-test.sh
+
 step "full disk (mounts a tmpfs: root only)"
 if [ "$(id -u)" = 0 ]; then
     cargo test -p metalraft --test disk_full -- --ignored

@@ -642,6 +642,10 @@ fn serve_all(
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
+            crate::auth::service::token_gate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
             learner_gate,
         ))
         // Outermost, so refusals by the layers inside are counted too.

@@ -4,8 +4,9 @@
 //!   key-range permissions, the enabled flag) and the [`AuthOp`]s that
 //!   change it, applied in log order as server commands of kind
 //!   [`crate::command::KIND_AUTH`] and saved in snapshots.
-//! - [`tokens`]: etcd's `simple` tokens, random and per member (never
-//!   replicated), expiring after a TTL that every use renews.
+//! - [`tokens`]: etcd's `simple` tokens, random, assigned through the log
+//!   ([`AuthOp::AssignToken`]) so every member knows them, as in etcd 3.4,
+//!   each expiring on each member after a TTL that every use there renews.
 //! - [`service`]: the `etcdserverpb.Auth` gRPC service and the checks the
 //!   other services call ([`service::caller`], [`Auth::check_range`], ...).
 //!
@@ -130,7 +131,7 @@ impl From<AuthError> for crate::errors::EtcdError {
 }
 
 /// One member's auth: the replicated state (written only by the state
-/// machine, in log order) and its own simple tokens.
+/// machine, in log order) and the simple tokens this member knows.
 #[derive(Clone, Debug, Default)]
 pub struct Auth {
     state: Arc<RwLock<AuthState>>,
@@ -162,6 +163,9 @@ impl Auth {
         if r.is_ok() {
             match op {
                 AuthOp::Disable => self.tokens().clear(),
+                AuthOp::AssignToken { user, token, .. } => {
+                    self.tokens().assign(token, user, std::time::Instant::now())
+                }
                 AuthOp::UserDelete { name } | AuthOp::UserChangePassword { name, .. } => {
                     self.tokens().invalidate_user(name)
                 }

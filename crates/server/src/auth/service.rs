@@ -3,10 +3,15 @@
 //!
 //! Who calls: with auth enabled, the `token` gRPC metadata (clientv3's key;
 //! `authorization`, which etcd's gateway passes, is accepted too) names a
-//! user through this member's [`super::SimpleTokens`]. An unknown token is
-//! etcd's "invalid auth token" (clients re-authenticate and retry); no
-//! token is no user, which every check refuses with "user name is empty",
-//! as etcd does. With auth disabled tokens are ignored and all is allowed.
+//! user through the [`super::SimpleTokens`] every member learns from the
+//! log. A token this member does not know yet may come from an
+//! `Authenticate` on another member whose entry is not applied here yet:
+//! [`token_gate`] (every gRPC call) and the gateway first wait for one read
+//! index ([`await_token`]), as etcd 3.4 waits for the token's raft index.
+//! A token still unknown is etcd's "invalid auth token" (clients
+//! re-authenticate and retry); no token is no user, which every check
+//! refuses with "user name is empty", as etcd does. With auth disabled
+//! tokens are ignored and all is allowed.
 //!
 //! # Hooking the Lease service (`crate::lease`, not wired yet)
 //!
@@ -27,7 +32,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
@@ -46,6 +51,9 @@ pub const GATEWAY_TOKEN_METADATA: &str = "authorization";
 /// (etcd 3.4 puts the gRPC error's text there).
 pub const WATCH_PERMISSION_DENIED: &str =
     "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
+/// Longest a request whose token this member does not know waits for the
+/// read index that would bring the token's `AssignToken` entry here.
+pub const TOKEN_APPLY_WAIT: Duration = Duration::from_secs(3);
 /// Lowest and highest `--bcrypt-cost` (bcrypt's own bounds; etcd's default
 /// is 10).
 pub const BCRYPT_COST_MIN: u32 = 4;
@@ -86,6 +94,50 @@ pub fn caller<T>(auth: &Auth, req: &Request<T>) -> Result<Option<String>, AuthEr
         .user(token, Instant::now())
         .map(Some)
         .ok_or(AuthError::InvalidAuthToken)
+}
+
+/// The token an HTTP request carries: gRPC's `token` metadata, else the
+/// gateway's `Authorization` header.
+pub fn request_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(TOKEN_METADATA)
+        .or_else(|| headers.get(axum::http::header::AUTHORIZATION))
+        .and_then(|v| v.to_str().ok())
+}
+
+/// With auth enabled, a `token` this member does not know yet waits until
+/// this member has applied everything committed now (one read index,
+/// at most [`TOKEN_APPLY_WAIT`]): a client that authenticated on another
+/// member got its token only after the `AssignToken` entry committed.
+/// Returns at once for no token or a known one. A failed wait (no leader)
+/// leaves the token unknown, and the call answers "invalid auth token".
+pub async fn await_token(s: &Shared, token: Option<&str>) {
+    let Some(token) = token else {
+        return;
+    };
+    if !s.raft.auth.read(|a| a.enabled) || s.raft.auth.tokens().knows(token, Instant::now()) {
+        return;
+    }
+    let barrier = s.raft.linearizable_barrier(TOKEN_APPLY_WAIT);
+    if let Ok(Err(e)) | Err(e) = tokio::time::timeout(TOKEN_APPLY_WAIT, barrier)
+        .await
+        .map_err(|_| EtcdError::Timeout)
+    {
+        tracing::debug!(error = %e, "waiting for an unknown auth token");
+    }
+}
+
+/// The layer of the client port's gRPC routes: [`await_token`] before every
+/// call, so the handlers' synchronous [`caller`] finds a token assigned
+/// through the log a moment ago.
+pub async fn token_gate(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let token = request_token(req.headers()).map(str::to_owned);
+    await_token(&shared, token.as_deref()).await;
+    next.run(req).await
 }
 
 /// [`caller`] for an HTTP gateway request's `Authorization` header.
@@ -360,7 +412,8 @@ impl pb::auth_server::Auth for AuthService {
         }
         let hash = hash.ok_or(AuthError::AuthFailed)?;
         let password = r.password;
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
+        let checked = hash.clone();
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &checked))
             .await
             .map_err(|e| EtcdError::Internal(format!("bcrypt task: {e}")))?
             .unwrap_or(false);
@@ -370,8 +423,16 @@ impl pb::auth_server::Auth for AuthService {
         let token = self
             .auth()
             .tokens()
-            .issue(&r.name, Instant::now())
+            .generate()
             .map_err(|e| EtcdError::Internal(format!("token randomness: {e}")))?;
+        // Every member learns the token from the log (etcd 3.4 too), so the
+        // client may use it on any of them; answered once applied here.
+        let op = AuthOp::AssignToken {
+            user: r.name,
+            token: token.clone(),
+            password_hash: hash,
+        };
+        propose(&self.0, op).await?;
         Ok(Response::new(pb::AuthenticateResponse {
             header: Some(self.header()),
             token,

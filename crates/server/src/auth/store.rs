@@ -151,6 +151,20 @@ pub enum AuthOp {
         /// Its end.
         range_end: Vec<u8>,
     },
+    /// A successful `Authenticate`: `token` names `user` on every member
+    /// from this entry on (etcd 3.4 replicates its simple tokens the same
+    /// way). Changes no [`AuthState`] and not its revision; refused with
+    /// "authentication failed" unless auth is still enabled and the user's
+    /// password hash is still `password_hash`, the one the password was
+    /// checked against (a password changed in between wins).
+    AssignToken {
+        /// The authenticated user.
+        user: String,
+        /// The token (see [`super::SimpleTokens::generate`]).
+        token: String,
+        /// The bcrypt hash the password matched.
+        password_hash: String,
+    },
 }
 
 impl AuthOp {
@@ -211,7 +225,26 @@ impl AuthState {
     /// Applies `op`; on error nothing changes.
     pub fn apply(&mut self, op: &AuthOp) -> Result<(), AuthError> {
         self.apply_inner(op)?;
-        self.revision += 1;
+        // A session is not a change of users or roles: no new revision.
+        if !matches!(op, AuthOp::AssignToken { .. }) {
+            self.revision += 1;
+        }
+        Ok(())
+    }
+
+    /// Whether an `AssignToken` for `user`, checked against
+    /// `password_hash`, still holds.
+    fn check_assign_token(&self, user: &str, password_hash: &str) -> Result<(), AuthError> {
+        if !self.enabled {
+            return Err(AuthError::AuthNotEnabled);
+        }
+        let current = self
+            .users
+            .get(user)
+            .and_then(|u| u.password_hash.as_deref());
+        if current != Some(password_hash) {
+            return Err(AuthError::AuthFailed);
+        }
         Ok(())
     }
 
@@ -309,6 +342,11 @@ impl AuthState {
                     }
                 }
             }
+            AuthOp::AssignToken {
+                user,
+                password_hash,
+                ..
+            } => self.check_assign_token(user, password_hash)?,
             AuthOp::RoleRevokePermission {
                 role,
                 key,
@@ -485,6 +523,43 @@ mod tests {
         }
         s.apply(&AuthOp::Enable).unwrap();
         s
+    }
+
+    #[test]
+    fn assign_token_needs_auth_on_and_the_checked_password_hash_and_keeps_the_revision() {
+        let assign = |hash: &str| AuthOp::AssignToken {
+            user: "alice".into(),
+            token: "abcdefghijklmnop.1".into(),
+            password_hash: hash.into(),
+        };
+        let mut s = enabled_with_alice(&[]);
+        let rev = s.revision;
+        let before = s.clone();
+        assert_eq!(s.apply(&assign("h")), Ok(()));
+        assert_eq!(
+            s, before,
+            "a session changes no auth state, nor its revision"
+        );
+        assert_eq!(s.revision, rev);
+        // The password changed after it was checked: the old one fails.
+        s.apply(&AuthOp::UserChangePassword {
+            name: "alice".into(),
+            password_hash: "h2".into(),
+        })
+        .unwrap();
+        assert_eq!(s.apply(&assign("h")), Err(AuthError::AuthFailed));
+        assert_eq!(s.apply(&assign("h2")), Ok(()));
+        s.apply(&AuthOp::UserDelete {
+            name: "alice".into(),
+        })
+        .unwrap();
+        assert_eq!(s.apply(&assign("h2")), Err(AuthError::AuthFailed));
+        s.apply(&AuthOp::Disable).unwrap();
+        assert_eq!(s.apply(&assign("h2")), Err(AuthError::AuthNotEnabled));
+        // Appended last: the variants before it keep their postcard tags.
+        let op = assign("h");
+        assert_eq!(op.encode().unwrap()[0], 11);
+        assert_eq!(AuthOp::decode(&op.encode().unwrap()).unwrap(), op);
     }
 
     #[test]

@@ -1,7 +1,15 @@
-//! etcd's `simple` tokens: random strings that this member alone knows,
-//! each naming a user until it has not been used for the TTL (etcd's
-//! `--auth-token simple` keeps them 5 minutes, renewed on every use). A
-//! client that reaches another member authenticates again, as with etcd.
+//! etcd's `simple` tokens: random strings naming a user until they have not
+//! been used for the TTL (etcd's `--auth-token simple` keeps them 5
+//! minutes, renewed on every use).
+//!
+//! As in etcd 3.4, a token is valid on every member: `Authenticate` makes
+//! one ([`SimpleTokens::generate`]) and replicates it through the log
+//! (`AuthOp::AssignToken`); every member records it when it applies that
+//! entry ([`SimpleTokens::assign`]), so a client that authenticated on one
+//! member may send its token to any other. The TTL runs per member from
+//! that member's apply and last use, as in etcd. [`SimpleTokens::issue`]
+//! makes a token known to this member only (the leader's answer to a
+//! follower relaying a Cluster call).
 //!
 //! Time is an argument (`now`), so tests need no clock.
 
@@ -40,14 +48,28 @@ impl SimpleTokens {
         self.ttl = ttl;
     }
 
-    /// A new token for `user`: random letters from the OS, a dot and a
-    /// counter (etcd's shape).
+    /// A new token for `user`, known to this member only: [`Self::generate`]
+    /// then [`Self::assign`].
     pub fn issue(&mut self, user: &str, now: Instant) -> Result<String, getrandom::Error> {
+        let token = self.generate()?;
+        self.assign(&token, user, now);
+        Ok(token)
+    }
+
+    /// A new token string, not yet naming anyone: random letters from the
+    /// OS, a dot and a counter (etcd's shape).
+    pub fn generate(&mut self) -> Result<String, getrandom::Error> {
         let mut raw = [0u8; TOKEN_RANDOM_LETTERS];
         getrandom::fill(&mut raw)?;
         let letters: String = raw.iter().map(|b| char::from(b'a' + b % 26)).collect();
         let token = format!("{letters}.{}", self.next);
         self.next += 1;
+        Ok(token)
+    }
+
+    /// Makes `token` name `user` from `now` for the TTL (an applied
+    /// `AssignToken`, or [`Self::issue`]).
+    pub fn assign(&mut self, token: &str, user: &str, now: Instant) {
         self.expire(now);
         if self.live.len() >= MAX_TOKENS {
             if let Some(oldest) = self
@@ -60,8 +82,12 @@ impl SimpleTokens {
             }
         }
         self.live
-            .insert(token.clone(), (user.to_string(), now + self.ttl));
-        Ok(token)
+            .insert(token.to_string(), (user.to_string(), now + self.ttl));
+    }
+
+    /// Whether `token` names someone here now (no renewal).
+    pub fn knows(&self, token: &str, now: Instant) -> bool {
+        self.live.get(token).is_some_and(|(_, t)| *t > now)
     }
 
     /// The user `token` names, renewing it, or `None` if unknown or
@@ -117,5 +143,20 @@ mod tests {
         assert_eq!(t.user(&c, t0 + 18 * s).as_deref(), Some("carol"));
         t.clear();
         assert_eq!(t.user(&c, t0 + 18 * s), None);
+    }
+
+    #[test]
+    fn a_generated_token_names_nobody_until_assigned() {
+        let mut t = SimpleTokens::default();
+        let t0 = Instant::now();
+        let g = t.generate().unwrap();
+        assert!(!t.knows(&g, t0));
+        assert_eq!(t.user(&g, t0), None);
+        // Another member's state: the same string assigned there.
+        let mut other = SimpleTokens::default();
+        other.assign(&g, "alice", t0);
+        assert!(other.knows(&g, t0));
+        assert_eq!(other.user(&g, t0).as_deref(), Some("alice"));
+        assert!(!other.knows(&g, t0 + DEFAULT_TOKEN_TTL * 2));
     }
 }

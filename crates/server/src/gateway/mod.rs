@@ -233,7 +233,8 @@ fn api_routes(shared: &Arc<Shared>) -> Router {
 
 /// A unary route: JSON body → `Req` → `call` → JSON answer. An
 /// `Authorization` header is passed on as the auth token (etcd's gateway
-/// does the same).
+/// does the same), valid on every member as in etcd
+/// ([`crate::auth::service::await_token`]).
 pub(crate) fn unary<Req, Resp, F, Fut>(
     shared: &Arc<Shared>,
     method: &'static str,
@@ -253,6 +254,13 @@ where
             if let Some(refused) = learner_refusal(&shared, method) {
                 return error_response(&refused);
             }
+            // A token from another member's Authenticate may need its
+            // entry applied here first.
+            crate::auth::service::await_token(
+                &shared,
+                crate::auth::service::request_token(&headers),
+            )
+            .await;
             let req: Req =
                 match json::parse_body(&body, max_body_bytes(shared.cfg.max_request_bytes)) {
                     Ok(r) => r,
@@ -345,6 +353,11 @@ fn watch_route(shared: &Arc<Shared>) -> axum::routing::MethodRouter {
     post(move |headers: axum::http::HeaderMap, body: Body| {
         let shared = shared.clone();
         async move {
+            crate::auth::service::await_token(
+                &shared,
+                crate::auth::service::request_token(&headers),
+            )
+            .await;
             let user = match crate::auth::service::gateway_caller(&shared, &headers) {
                 Ok(u) => u,
                 Err(e) => return error_response(&e.into()),
