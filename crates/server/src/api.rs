@@ -335,6 +335,7 @@ impl pb::kv_server::Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let s = &self.0;
         crate::auth::service::authorize(s, &req)?;
+        crate::auth::service::authorize_lease(s, &req, [req.get_ref().lease])?;
         let r = req.into_inner();
         s.check_size(&r)?;
         let cmd = command::put_command(&r)?;
@@ -366,6 +367,8 @@ impl pb::kv_server::Kv for KvService {
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let s = &self.0;
         crate::auth::service::authorize(s, &req)?;
+        let leases = crate::auth::service::txn_leases(req.get_ref());
+        crate::auth::service::authorize_lease(s, &req, leases)?;
         let r = req.into_inner();
         s.check_size(&r)?;
         let cmd = command::txn_command(&r)?;

@@ -258,6 +258,7 @@ impl pb::lease_server::Lease for LeaseService {
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::caller(&s.raft.auth, &req)?;
         let r = req.into_inner();
         if r.ttl > kv::MAX_LEASE_TTL_SECS {
             return Err(EtcdError::LeaseTtlTooLarge.into());
@@ -280,6 +281,7 @@ impl pb::lease_server::Lease for LeaseService {
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::authorize_lease(s, &req, [req.get_ref().id])?;
         let id = req.into_inner().id;
         let cmd = kv::Command::LeaseRevoke(kv::LeaseRevokeRequest { id });
         match s.write(cmd).await? {
@@ -297,6 +299,7 @@ impl pb::lease_server::Lease for LeaseService {
         req: Request<tonic::Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let s = self.0.clone();
+        crate::auth::service::caller(&s.raft.auth, &req)?;
         let mut incoming = req.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_STREAM_BUFFER);
         tokio::spawn(async move {
@@ -324,6 +327,7 @@ impl pb::lease_server::Lease for LeaseService {
         req: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::caller(&s.raft.auth, &req)?;
         let r = req.into_inner();
         let state = LeaseService::at_leader(s, r.id, false).await?;
         let Some((ttl, granted)) = state else {
@@ -352,9 +356,10 @@ impl pb::lease_server::Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _req: Request<pb::LeaseLeasesRequest>,
+        req: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         let s = &self.0;
+        crate::auth::service::caller(&s.raft.auth, &req)?;
         s.read_barrier().await?;
         let store = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
         let leases = store

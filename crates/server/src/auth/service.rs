@@ -13,20 +13,12 @@
 //! refuses with "user name is empty", as etcd does. With auth disabled
 //! tokens are ignored and all is allowed.
 //!
-//! # Hooking the Lease service (`crate::lease`, not wired yet)
+//! # Leases
 //!
-//! etcd 3.4 checks nothing on LeaseGrant, LeaseKeepAlive, LeaseTimeToLive
-//! and LeaseLeases beyond a valid token, and on LeaseRevoke, and on a Put
-//! with a lease, that the caller may write every key attached to the lease
-//! (its `checkLeasePuts`). With the lease store's key list:
-//!
-//! ```ignore
-//! // LeaseRevoke, and KvService::put when `r.lease != 0`:
-//! let user = crate::auth::service::caller(&s.raft.auth, &req)?;
-//! crate::auth::service::may_write_keys(&s.raft.auth, user.as_deref(), &keys)?;
-//! // LeaseGrant / KeepAlive / TimeToLive / Leases: only a valid token.
-//! crate::auth::service::caller(&s.raft.auth, &req)?;
-//! ```
+//! As etcd 3.4: LeaseGrant, LeaseKeepAlive, LeaseTimeToLive and
+//! LeaseLeases need only a valid token (or none); LeaseRevoke, and a Put or
+//! a txn put with a lease, need write permission on every key already
+//! attached to that lease (etcd's `checkLeasePuts`): [`authorize_lease`].
 
 // tonic's handlers return `Result<_, Status>`; `Status` is large by design.
 #![allow(clippy::result_large_err)]
@@ -254,8 +246,54 @@ pub fn may_watch(
     auth.read(|a| a.check_range(user, key, range_end, PermType::Read))
 }
 
-/// Checks that `user` may write each of `keys` (a lease's keys, see the
-/// module doc).
+/// etcd's `checkLeasePuts`: with auth enabled, the caller may write every
+/// key attached to each of `leases` (0 and unknown leases pass; the
+/// command itself reports a missing lease). For LeaseRevoke and for puts
+/// with a lease.
+pub fn authorize_lease<T>(
+    s: &Shared,
+    req: &Request<T>,
+    leases: impl IntoIterator<Item = i64>,
+) -> Result<(), Status> {
+    if !s.raft.auth.read(|a| a.enabled) {
+        return Ok(());
+    }
+    let user = caller(&s.raft.auth, req)?;
+    for lease in leases.into_iter().filter(|l| *l != 0) {
+        let keys = s
+            .raft
+            .kv
+            .read()
+            .ok()
+            .and_then(|kv| kv.lease(lease))
+            .map(|l| l.keys)
+            .unwrap_or_default();
+        may_write_keys(&s.raft.auth, user.as_deref(), &keys)?;
+    }
+    Ok(())
+}
+
+/// The leases a txn's puts attach keys to, in both branches and nested
+/// txns (etcd's `checkLeasePutsTxn`).
+pub fn txn_leases(t: &pb::TxnRequest) -> Vec<i64> {
+    use pb::request_op::Request as Op;
+    let mut out = Vec::new();
+    let mut stack = vec![t];
+    while let Some(t) = stack.pop() {
+        for op in t.success.iter().chain(&t.failure) {
+            match &op.request {
+                Some(Op::RequestPut(p)) if p.lease != 0 => out.push(p.lease),
+                Some(Op::RequestTxn(inner)) => stack.push(inner),
+                _ => {}
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Checks that `user` may write each of `keys` (a lease's keys).
 pub fn may_write_keys(auth: &Auth, user: Option<&str>, keys: &[Vec<u8>]) -> Result<(), AuthError> {
     auth.read(|a| {
         keys.iter()
