@@ -43,6 +43,7 @@ pub mod dev;
 mod durability_tests;
 pub mod duration;
 pub mod errors;
+pub mod front;
 pub mod gateway;
 pub mod lease;
 pub mod machine;
