@@ -37,6 +37,11 @@ fn etcdctl_cluster_wide_and_per_endpoint_commands_succeed() {
     let c = Cluster::start(3);
     let ep0 = c.endpoint(0);
     etcdctl(&["--endpoints", &ep0, "put", "k", "v"]);
+    // --cluster dials the client URLs each member has published.
+    common::eventually("every member published its client URL", || {
+        let list = etcdctl(&["--endpoints", &ep0, "member", "list"]);
+        (list.matches("http://").count() == 6).then_some(())
+    });
 
     let status = etcdctl(&[
         "--endpoints",
