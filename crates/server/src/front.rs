@@ -20,7 +20,7 @@
 //!   held until complete and decoded once; when its authority is valid, or
 //!   the bytes are not HTTP/2 (HTTP/1.1 for the gateway) or not parseable,
 //!   the held bytes are replayed and every later read goes straight to the
-//!   socket ([`Mode::Pass`]).
+//!   socket.
 //! - **The repair path.** HPACK's dynamic table is connection-wide, so once
 //!   one block is rewritten every client→server header block is transcoded:
 //!   decoded with the client's table state, the authority repaired, and
