@@ -95,6 +95,7 @@ norm() {
         -e 's/TTL\([0-9]+s\)/TTL(<N>s)/g' \
         -e 's/"ts":[^,]*,//g' \
         -e 's/Member +<ID>/Member <ID>/g' \
+        -e '/^[|+]/s/ +/ /g' -e '/^\+/s/-+/-/g' \
         -e 's/etcdserver: (member ID already exist|Peer URLs already exists)/etcdserver: <PEER URL CONFLICT>/g' \
         -e 's/^(http:\/\/)?127\.0\.0\.1:<PORT>, [0-9]+$/\1127.0.0.1:<PORT>, <HASH>/'
 }

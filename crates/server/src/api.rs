@@ -737,7 +737,11 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         Ok(Response::new(pb::StatusResponse {
             header: Some(s.header_info().header(rev)),
             version: ETCD_API_VERSION.to_string(),
-            db_size: s.gauges.wal_bytes.load(Ordering::Relaxed) as i64,
+            // etcd's dbSize is its backend's size, the bound its quota
+            // checks; ours is the store, which the quota checks too. The
+            // WAL (preallocated in 64 MiB segments) is not the backend:
+            // metalraft_wal_bytes reports it.
+            db_size: in_use,
             leader: st.leader.unwrap_or(0),
             raft_index: st.commit,
             raft_term: st.term,

@@ -181,6 +181,48 @@ pub fn from_status(s: &Status) -> EtcdError {
     }
 }
 
+/// The start of the message tonic gives a request above the gRPC receive
+/// limit (`max_decoding_message_size`), with OUT_OF_RANGE.
+const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: found ";
+
+/// The status etcd's server (grpc-go) gives where tonic's differs, for a
+/// call of gRPC method `path` (`/etcdserverpb.KV/Put`); `services` are the
+/// services served. `None` keeps tonic's.
+///
+/// - UNIMPLEMENTED without a message: grpc-go's `unknown service S` or
+///   `unknown method M for service S`.
+/// - A request above the receive limit: RESOURCE_EXHAUSTED
+///   `grpc: received message larger than max (N vs. M)`, where tonic says
+///   OUT_OF_RANGE.
+pub fn grpc_go_status(path: &str, services: &[&str], s: &Status) -> Option<Status> {
+    match s.code() {
+        Code::Unimplemented if s.message().is_empty() => {
+            let (service, method) = path
+                .strip_prefix('/')
+                .and_then(|p| p.split_once('/'))
+                .unwrap_or((path, ""));
+            let message = if services.contains(&service) {
+                format!("unknown method {method} for service {service}")
+            } else if service.is_empty() || method.is_empty() {
+                format!("malformed method name: {path:?}")
+            } else {
+                format!("unknown service {service}")
+            };
+            Some(Status::unimplemented(message))
+        }
+        Code::OutOfRange => {
+            let rest = s.message().strip_prefix(TONIC_TOO_LARGE)?;
+            let (found, rest) = rest.split_once(" bytes, the limit is: ")?;
+            let limit = rest.strip_suffix(" bytes")?;
+            let (found, limit) = (found.parse::<u64>().ok()?, limit.parse::<u64>().ok()?);
+            Some(Status::resource_exhausted(format!(
+                "grpc: received message larger than max ({found} vs. {limit})"
+            )))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +256,36 @@ mod tests {
         let s: Status = EtcdError::NotCapable.into();
         assert_eq!(s.code(), Code::Unavailable);
         assert_eq!(s.message(), "etcdserver: not capable");
+    }
+
+    #[test]
+    fn grpc_go_statuses_replace_tonics() {
+        let known = ["etcdserverpb.KV"];
+        let empty = Status::unimplemented("");
+        let s = grpc_go_status("/etcdserverpb.KV/Nope", &known, &empty).unwrap();
+        assert_eq!(s.code(), Code::Unimplemented);
+        assert_eq!(
+            s.message(),
+            "unknown method Nope for service etcdserverpb.KV"
+        );
+        let s = grpc_go_status("/foo.Bar/Baz", &known, &empty).unwrap();
+        assert_eq!(s.message(), "unknown service foo.Bar");
+        let s = grpc_go_status("/nope", &known, &empty).unwrap();
+        assert_eq!(s.message(), "malformed method name: \"/nope\"");
+        let with_message = Status::unimplemented("etcd says why");
+        assert!(grpc_go_status("/x/y", &known, &with_message).is_none());
+
+        let big = Status::out_of_range(
+            "Error, decoded message length too large: found 3000000 bytes, the limit is: 2097152 bytes",
+        );
+        let s = grpc_go_status("/etcdserverpb.KV/Put", &known, &big).unwrap();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(
+            s.message(),
+            "grpc: received message larger than max (3000000 vs. 2097152)"
+        );
+        // etcd's own OUT_OF_RANGE errors stay.
+        let compacted: Status = EtcdError::Compacted.into();
+        assert!(grpc_go_status("/etcdserverpb.KV/Range", &known, &compacted).is_none());
     }
 }

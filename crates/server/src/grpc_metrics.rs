@@ -107,6 +107,8 @@ pub const CLIENT_METHODS: &[(&str, &str, GrpcType)] = &[
     ("v3electionpb.Election", "Leader", Unary),
     ("v3electionpb.Election", "Observe", ServerStream),
     ("v3electionpb.Election", "Resign", Unary),
+    ("grpc.health.v1.Health", "Check", Unary),
+    ("grpc.health.v1.Health", "Watch", ServerStream),
 ];
 
 /// gRPC status codes by number, with go-grpc-prometheus's label spelling.

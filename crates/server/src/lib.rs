@@ -15,6 +15,8 @@
 //!   error codes and messages ([`errors`]); everything else answers
 //!   `UNIMPLEMENTED`. Writes go through the Raft log ([`raft_loop`]), reads
 //!   are linearizable by ReadIndex unless serializable.
+//! - **Client connections:** each passes a front layer ([`front`]) that
+//!   repairs the HTTP/2 `:authority` etcd clients send and `h2` refuses.
 //! - **Membership:** runtime changes through the core, with member URLs in
 //!   a replicated registry ([`registry`]); a removed member stops.
 //! - **Peers:** an internal gRPC service ([`transport`]) that checks every
@@ -43,6 +45,7 @@ pub mod dev;
 mod durability_tests;
 pub mod duration;
 pub mod errors;
+pub mod front;
 pub mod gateway;
 pub mod grpc_metrics;
 pub mod lease;

@@ -30,6 +30,7 @@ use crate::api::{ClusterService, KvService, MaintenanceService, PeerService, Sha
 use crate::cli::ClusterState;
 use crate::concurrency::{ElectionService, LockService};
 use crate::config::MemberConfig;
+use crate::front::Front;
 use crate::machine::ServerMachine;
 use crate::metrics;
 use crate::proto::etcdserverpb::{
@@ -639,6 +640,9 @@ fn serve_all(
             ElectionServer::new(ElectionService(shared.clone()))
                 .max_decoding_message_size(max_recv),
         )
+        // grpc.health.v1 as etcd 3.4 serves it: "" SERVING, nothing else
+        // registered.
+        .add_service(tonic_health::server::health_reporter().1)
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
@@ -648,6 +652,7 @@ fn serve_all(
             shared.clone(),
             learner_gate,
         ))
+        .layer(axum::middleware::from_fn(grpc_go_statuses))
         // Outermost, so refusals by the layers inside are counted too.
         .layer(axum::middleware::from_fn_with_state(
             shared.grpc_metrics.clone(),
@@ -696,6 +701,45 @@ async fn learner_gate(
         return tonic::Status::from(crate::errors::EtcdError::NotSupportedForLearner).into_http();
     }
     next.run(req).await
+}
+
+/// The gRPC services of the client port, as grpc-go names them in its
+/// UNIMPLEMENTED messages.
+const CLIENT_SERVICES: &[&str] = &[
+    "etcdserverpb.KV",
+    "etcdserverpb.Watch",
+    "etcdserverpb.Lease",
+    "etcdserverpb.Cluster",
+    "etcdserverpb.Maintenance",
+    "etcdserverpb.Auth",
+    "v3lockpb.Lock",
+    "v3electionpb.Election",
+    "grpc.health.v1.Health",
+];
+
+/// Gives the statuses tonic answers by itself (an unknown service or
+/// method, a request above the receive limit) etcd's codes and messages
+/// ([`crate::errors::grpc_go_status`]). Only trailers-only responses carry
+/// them in the headers, which is where tonic puts these: a streaming call
+/// whose later message is too large keeps tonic's trailer.
+async fn grpc_go_statuses(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = req.uri().path().to_owned();
+    let mut resp = next.run(req).await;
+    let Some(status) = tonic::Status::from_header_map(resp.headers()) else {
+        return resp;
+    };
+    if let Some(etcd) = crate::errors::grpc_go_status(&path, CLIENT_SERVICES, &status) {
+        let h = resp.headers_mut();
+        h.remove(tonic::Status::GRPC_STATUS);
+        h.remove(tonic::Status::GRPC_MESSAGE);
+        if let Err(e) = etcd.add_header(h) {
+            tracing::debug!(error = %e, "could not rewrite a gRPC status");
+        }
+    }
+    resp
 }
 
 /// Whether this member, a learner, refuses gRPC method `path`
@@ -760,7 +804,9 @@ async fn hand_over_leadership(shared: &Shared) {
 }
 
 /// Serves `router` on `l` until `stop` changes: over TLS (our acceptor,
-/// [`tls::incoming`]) when `tls` is set, in plain text otherwise.
+/// [`tls::incoming`]) when `tls` is set, in plain text otherwise. Client
+/// connections pass through the [`Front`] layer (after TLS), which repairs
+/// the `:authority` etcd clients send and `h2` refuses.
 fn serve(
     router: tonic::transport::server::Router,
     l: TcpListener,
@@ -771,11 +817,25 @@ fn serve(
     let shutdown = async move {
         let _ = stop.changed().await;
     };
-    match tls {
-        Some(cfg) => {
+    use tokio_stream::StreamExt;
+    // Only the client port meets etcdctl's and clientv3's authorities; the
+    // peer port talks to our own tonic client.
+    let front = port == "client";
+    match (tls, front) {
+        (Some(cfg), false) => {
             tokio::spawn(router.serve_with_incoming_shutdown(tls::incoming(l, cfg, port), shutdown))
         }
-        None => tokio::spawn(router.serve_with_incoming_shutdown(nodelay_incoming(l), shutdown)),
+        (Some(cfg), true) => tokio::spawn(router.serve_with_incoming_shutdown(
+            tls::incoming(l, cfg, port).map(|c| c.map(Front::new)),
+            shutdown,
+        )),
+        (None, false) => {
+            tokio::spawn(router.serve_with_incoming_shutdown(nodelay_incoming(l), shutdown))
+        }
+        (None, true) => tokio::spawn(router.serve_with_incoming_shutdown(
+            nodelay_incoming(l).map(|c| c.map(Front::new)),
+            shutdown,
+        )),
     }
 }
 

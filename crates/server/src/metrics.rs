@@ -271,9 +271,9 @@ pub fn render(s: &Shared) -> String {
     );
     metric(
         &mut out,
-        "etcd_mvcc_db_total_size_in_bytes",
+        "metalraft_wal_bytes",
         "gauge",
-        "Bytes the WAL occupies.",
+        "Bytes the WAL occupies (preallocated segments included).",
         g.wal_bytes.load(Ordering::Relaxed),
     );
     let w = &s.raft.watch_feed.stats;
@@ -489,6 +489,14 @@ fn render_store(s: &Shared, out: &mut String) {
         .read()
         .map(|k| (k.len(), k.size_bytes(), k.revision(), k.compact_revision()))
         .unwrap_or_default();
+    // Status' dbSize and what the quota checks: the store's size.
+    metric(
+        out,
+        "etcd_mvcc_db_total_size_in_bytes",
+        "gauge",
+        "Total size of the underlying database physically allocated in bytes.",
+        in_use,
+    );
     metric(
         out,
         "etcd_mvcc_db_total_size_in_use_in_bytes",

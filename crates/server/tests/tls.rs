@@ -959,3 +959,28 @@ fn the_client_certificate_common_name_is_the_auth_user() {
         "OK\n"
     );
 }
+
+/// etcdctl's per-endpoint commands over TLS send `:authority:
+/// https://127.0.0.1:port`; the front layer repairs it after the handshake
+/// (src/front.rs, ADR 0019).
+#[test]
+fn cluster_wide_etcdctl_commands_over_tls() {
+    let c = TlsCluster::start(3);
+    let ep0 = c.endpoint(0);
+    c.put(&ep0, "k", "v");
+    // --cluster dials the client URLs each member has published.
+    eventually("every member published its client URL", || {
+        let list = c.ctl_ok(&ep0, &["member", "list"]);
+        (list.matches("https://").count() == 6).then_some(())
+    });
+    let status = c.ctl_ok(&ep0, &["endpoint", "status", "--cluster", "-w", "json"]);
+    assert_eq!(status.matches("\"leader\":").count(), 3, "{status}");
+    let hashes = c.ctl_ok(&ep0, &["endpoint", "hashkv", "--cluster", "-w", "json"]);
+    assert_eq!(hashes.matches("\"hash\":").count(), 3, "{hashes}");
+    let defrag = c.ctl_ok(&ep0, &["defrag", "--cluster"]);
+    assert_eq!(
+        defrag.matches("Finished defragmenting etcd member").count(),
+        3,
+        "{defrag}"
+    );
+}

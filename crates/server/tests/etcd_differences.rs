@@ -1,0 +1,283 @@
+//! The smaller differences from etcd 3.4 of issue 17 item 4, each checked
+//! over gRPC with the server's own proto types (what etcdctl cannot send)
+//! against real `metalraft` processes. The same checks run against a real
+//! etcd 3.4.23 with `cargo test -p metalraft --test etcd_differences --
+//! --ignored` when `etcd` is on PATH (Debian's `etcd-server`).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{etcdctl, free_port, Cluster, WAIT};
+use metalraft::proto::etcdserverpb as pb;
+use pb::cluster_client::ClusterClient;
+use pb::kv_client::KvClient;
+use pb::maintenance_client::MaintenanceClient;
+use tonic::transport::Channel;
+use tonic::Code;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn channel(endpoint: &str) -> Channel {
+    Channel::from_shared(format!("http://{endpoint}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(WAIT)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A unary call of `path` with an empty request message, as a client
+/// built for another etcd version would make it.
+async fn raw_call(ch: Channel, path: &'static str) -> tonic::Status {
+    let mut g = tonic::client::Grpc::new(ch);
+    g.ready().await.unwrap();
+    let codec = tonic::codec::ProstCodec::<pb::StatusRequest, pb::StatusResponse>::default();
+    g.unary(
+        tonic::Request::new(pb::StatusRequest {}),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        codec,
+    )
+    .await
+    .expect_err("no such method")
+}
+
+/// Every check that must hold on etcd 3.4.23 and on metalraft alike, on a
+/// fresh single-member cluster at `endpoint`.
+async fn check_fresh_member(endpoint: &str) {
+    let ch = channel(endpoint).await;
+
+    // grpc.health.v1: the server's overall status is SERVING.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("grpc.health.v1 Check")
+        .into_inner();
+    assert_eq!(
+        h.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // dbSize on an empty cluster is the backend's, not a preallocated WAL.
+    let mut m = MaintenanceClient::new(ch.clone());
+    let st = m.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert!(
+        st.db_size < 1 << 20,
+        "dbSize {} on an empty cluster",
+        st.db_size
+    );
+    assert!(st.db_size >= st.db_size_in_use, "{st:?}");
+
+    // UNIMPLEMENTED carries grpc-go's message.
+    let s = raw_call(ch.clone(), "/etcdserverpb.Maintenance/Downgrade").await;
+    assert_eq!(s.code(), Code::Unimplemented);
+    assert_eq!(
+        s.message(),
+        "unknown method Downgrade for service etcdserverpb.Maintenance"
+    );
+    let s = raw_call(ch.clone(), "/etcdserverpb.Nope/Status").await;
+    assert_eq!(s.code(), Code::Unimplemented);
+    assert_eq!(s.message(), "unknown service etcdserverpb.Nope");
+
+    // Above the gRPC receive limit (--max-request-bytes + 512 KiB):
+    // RESOURCE_EXHAUSTED; between the two limits: etcd's own error.
+    let mut kv = KvClient::new(ch.clone()).max_encoding_message_size(usize::MAX);
+    let put = |n: usize| pb::PutRequest {
+        key: b"big".to_vec(),
+        value: vec![b'a'; n],
+        ..Default::default()
+    };
+    let s = kv.put(put(2_200_000)).await.unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(
+        s.message()
+            .starts_with("grpc: received message larger than max ("),
+        "{s:?}"
+    );
+    let s = kv.put(put(1_600_000)).await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert_eq!(s.message(), "etcdserver: request is too large");
+
+    // HashKV reports the compacted revision; Hash is served; Defragment and
+    // MoveLeader (to itself) answer without a header.
+    for i in 0..3 {
+        kv.put(pb::PutRequest {
+            key: b"h".to_vec(),
+            value: vec![i],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let rev = kv
+        .range(pb::RangeRequest {
+            key: b"h".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
+    kv.compact(pb::CompactionRequest {
+        revision: rev - 1,
+        physical: true,
+    })
+    .await
+    .unwrap();
+    let hk = m
+        .hash_kv(pb::HashKvRequest { revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hk.compact_revision, rev - 1);
+    m.hash(pb::HashRequest {}).await.expect("Maintenance.Hash");
+    let d = m
+        .defragment(pb::DefragmentRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(d.header.is_none(), "{d:?}");
+    let me = st.header.unwrap().member_id;
+    let ml = m
+        .move_leader(pb::MoveLeaderRequest { target_id: me })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ml.header.is_none(), "{ml:?}");
+
+    // ignore_lease keeps the key's lease.
+    let mut lease = pb::lease_client::LeaseClient::new(ch.clone());
+    let id = lease
+        .lease_grant(pb::LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    kv.put(pb::PutRequest {
+        key: b"l".to_vec(),
+        value: b"1".to_vec(),
+        lease: id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    kv.put(pb::PutRequest {
+        key: b"l".to_vec(),
+        value: b"2".to_vec(),
+        ignore_lease: true,
+        ..Default::default()
+    })
+    .await
+    .expect("ignore_lease");
+    let got = kv
+        .range(pb::RangeRequest {
+            key: b"l".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.kvs[0].lease, id);
+    assert_eq!(got.kvs[0].value, b"2");
+}
+
+#[test]
+fn metalraft_answers_as_etcd_3_4_does() {
+    let c = Cluster::start(1);
+    runtime().block_on(check_fresh_member(&c.endpoint(0)));
+}
+
+/// The same checks against a real etcd 3.4.23 (the reference).
+#[test]
+#[ignore = "needs etcd 3.4 on PATH (apt-get install -y etcd-server)"]
+fn etcd_3_4_answers_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, peer) = (free_port(), free_port());
+    let mut etcd: Child = Command::new("etcd")
+        .args([
+            "--name=e1".to_string(),
+            format!("--data-dir={}", dir.path().join("e1").display()),
+            format!("--listen-client-urls=http://127.0.0.1:{client}"),
+            format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-cluster=e1=http://127.0.0.1:{peer}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run etcd");
+    let ep = format!("127.0.0.1:{client}");
+    common::eventually("etcd up", || {
+        common::etcdctl_try(&["--endpoints", &ep, "endpoint", "health"])
+            .status
+            .success()
+            .then_some(())
+    });
+    runtime().block_on(check_fresh_member(&ep));
+    etcd.kill().unwrap();
+    etcd.wait().unwrap();
+}
+
+/// After a full restart, MemberAdd's answer lists every started member
+/// with its name, so the `ETCD_INITIAL_CLUSTER` etcdctl prints is usable.
+#[test]
+fn member_add_after_a_restart_names_every_member() {
+    let mut c = Cluster::start(3);
+    let eps = c.endpoints();
+    etcdctl(&["--endpoints", &eps, "put", "k", "v"]);
+    for i in 0..3 {
+        c.kill9(i);
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.wait_for_leader();
+    let peer = free_port();
+    let out = etcdctl(&[
+        "--endpoints",
+        &eps,
+        "member",
+        "add",
+        "newbie",
+        &format!("--peer-urls=http://127.0.0.1:{peer}"),
+    ]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("ETCD_INITIAL_CLUSTER="))
+        .unwrap_or_else(|| panic!("{out}"));
+    for i in 0..3 {
+        let m = &c.members[i];
+        assert!(
+            line.contains(&format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)),
+            "{line}"
+        );
+    }
+    assert!(
+        line.contains(&format!("newbie=http://127.0.0.1:{peer}")),
+        "{line}"
+    );
+    // And through the proto: every started member has its name.
+    runtime().block_on(async {
+        let mut cl = ClusterClient::new(channel(&c.endpoint(0)).await);
+        let list = cl
+            .member_list(pb::MemberListRequest { linearizable: true })
+            .await
+            .unwrap()
+            .into_inner();
+        let named = list.members.iter().filter(|m| !m.name.is_empty()).count();
+        assert_eq!(named, 3, "{list:?}");
+    });
+}
