@@ -143,7 +143,7 @@ impl SnapshotJob {
         }
         self.stream
             .step(&store, SNAPSHOT_STEP_ITEMS, out)
-            .map_err(|kv::StreamError::Changed| SnapshotJobError::Changed)
+            .map_err(|_: kv::StreamError| SnapshotJobError::Changed)
     }
 
     /// The whole snapshot's length, by a first pass over the store (no

@@ -684,7 +684,10 @@ impl RaftLoop {
     /// snapshot thread.
     fn start_snapshot(&mut self, due: SnapshotDue) {
         let sm = self.replica.state_machine();
-        debug_assert_eq!(sm.applied_index(), due.meta.index);
+        debug_assert_eq!(
+            metalraft_replica::StateMachine::applied_index(sm),
+            due.meta.index
+        );
         match sm.snapshot_job() {
             Ok(job) => self.spawn_snapshot(due, SnapshotSource::Job(Box::new(job))),
             Err(e) => {

@@ -226,7 +226,7 @@ impl Storage {
     /// snapshot saved elsewhere covers them, see
     /// [`snapshot::save_streamed`]).
     pub fn purge_wal_below(&mut self, index: u64) -> Result<(), StorageError> {
-        self.wal.purge_below(index)
+        self.wal.purge_below(index).map(|_| ())
     }
 
     /// Where this member's snapshots live.

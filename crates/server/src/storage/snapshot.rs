@@ -265,7 +265,8 @@ pub fn save_streamed<E: std::error::Error + 'static>(
     fs::create_dir_all(dir).map_err(|e| StorageError::from_io(dir, e))?;
     let path = dir.join(name(term, index));
     let tmp = dir.join(format!("{}.tmp", name(term, index)));
-    let conf = postcard::to_allocvec(conf_state).map_err(EncodeError::ConfState)?;
+    let conf = postcard::to_allocvec(conf_state)
+        .map_err(|e| StorageError::from(EncodeError::ConfState(e)))?;
     let mut head = Vec::with_capacity(3 * 8 + conf.len());
     head.extend_from_slice(&index.to_le_bytes());
     head.extend_from_slice(&term.to_le_bytes());
