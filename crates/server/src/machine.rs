@@ -569,6 +569,90 @@ mod tests {
         assert!(recovered.auth().read(|a| a.users.contains_key(ROOT_USER)));
     }
 
+    fn put(m: &mut ServerMachine, index: Index, key: &str, value: &[u8]) {
+        let cmd = Payload::Kv(kv::Command::Put(kv::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.to_vec(),
+            ..Default::default()
+        }));
+        let out = m
+            .apply(index, 1, &encode_command(&cmd).unwrap(), None)
+            .unwrap();
+        assert!(out.is_ok());
+    }
+
+    /// Runs `job` to the end, applying a put to `m` between pieces.
+    fn run_job_while_applying(
+        job: &mut SnapshotJob,
+        m: &mut ServerMachine,
+    ) -> Result<Vec<u8>, SnapshotJobError> {
+        let cancel = AtomicBool::new(false);
+        let len = job.measure(&cancel)?;
+        let mut bytes = Vec::new();
+        let mut next = m.applied_index() + 1;
+        while !job.fill(&mut bytes, &cancel)? {
+            put(m, next, &format!("late{next}"), b"after the freeze");
+            next += 1;
+        }
+        assert_eq!(bytes.len() as u64, len, "measure announced the length");
+        Ok(bytes)
+    }
+
+    #[test]
+    fn a_snapshot_job_writes_the_bytes_of_the_snapshot_at_its_freeze() {
+        let mut m = machine();
+        for i in 1..=3000u64 {
+            put(&mut m, i, &format!("k{}", i % 700), &[b'v'; 100]);
+        }
+        let expected = m.snapshot().unwrap();
+        let mut job = m.snapshot_job().unwrap();
+        assert_eq!(job.index(), 3000);
+        let got = run_job_while_applying(&mut job, &mut m).unwrap();
+        assert!(m.applied_index() > 3000, "applies went on meanwhile");
+        assert_eq!(got, expected);
+        let mut other = machine();
+        other.restore(3000, &got).unwrap();
+        assert_eq!(
+            *other.kv().read().unwrap(),
+            kv::MvccStore::restore(&SnapshotData::decode(&expected).unwrap().kv).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_snapshot_job_gives_up_when_the_store_is_replaced_or_compacted() {
+        let mut m = machine();
+        for i in 1..=2500u64 {
+            put(&mut m, i, &format!("k{}", i % 300), b"x");
+        }
+        let snap = m.snapshot().unwrap();
+        let mut job = m.snapshot_job().unwrap();
+        m.restore(2500, &snap).unwrap();
+        let cancel = AtomicBool::new(false);
+        assert!(matches!(
+            job.measure(&cancel),
+            Err(SnapshotJobError::Changed)
+        ));
+
+        let mut job = m.snapshot_job().unwrap();
+        let compact = Payload::Kv(kv::Command::Compact(kv::CompactionRequest {
+            revision: 100,
+        }));
+        m.apply(2501, 1, &encode_command(&compact).unwrap(), None)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            job.measure(&cancel),
+            Err(SnapshotJobError::Changed)
+        ));
+
+        let mut job = m.snapshot_job().unwrap();
+        cancel.store(true, Ordering::Relaxed);
+        assert!(matches!(
+            job.measure(&cancel),
+            Err(SnapshotJobError::Cancelled)
+        ));
+    }
+
     #[test]
     fn a_membership_change_applies_its_registry_context() {
         let mut m = machine();

@@ -380,7 +380,7 @@ async fn suite(o: &Opts) -> Result<(), String> {
                 let out = one_run(c, w, o, (wi * 1000 + rep) as u64).await;
                 match &out {
                     Ok(m) => eprintln!(
-                        "{:<18} {:<9} rep {}: {:>9.0} ops/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  {}",
+                        "{:<18} {:<9} rep {}: {:>9.0} ops/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  peak RSS {:.0} MiB  {}",
                         w.id(),
                         c.system.name(),
                         rep + 1,
@@ -389,6 +389,7 @@ async fn suite(o: &Opts) -> Result<(), String> {
                         quantile(&m.res.lat_us, 0.99) / 1e3,
                         quantile(&m.res.lat_us, 0.999) / 1e3,
                         m.res.lat_us.iter().max().map_or(0.0, |&us| f64::from(us) / 1e3),
+                        m.hwm_kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0,
                         m.res
                             .failure()
                             .map(|f| format!("FAILED: {f}"))
@@ -670,7 +671,7 @@ fn machine(o: &Opts, etcd: &Path, mr: &Path) -> String {
         "- **Date:** {} UTC\n- **Machine:** {cpus} CPUs ({}), {mem} RAM, kernel {}; load average at start: {}\n\
          - **Data directories:** {} on {fs}\n- **etcd:** {} ({})\n- **metalraft:** {}; the working tree is at commit {commit}{}\n\
          - **Settings (both):** 3 members on 127.0.0.1, heartbeat {HEARTBEAT_MS} ms, election timeout {ELECTION_MS} ms, \
-         default durability (fsync on), snapshot count default (100000), log level warn",
+         default durability (fsync on), snapshot count {}, log level warn",
         crate::utc_date(),
         crate::cpu_model(),
         sh("uname -r"),
@@ -689,6 +690,10 @@ fn machine(o: &Opts, etcd: &Path, mr: &Path) -> String {
             mr.display().to_string()
         },
         if dirty.trim() == "0" { String::new() } else { format!(" plus {} uncommitted files in crates/server, core, kv (shared working tree)", dirty.trim()) },
+        o.snapshot_count.map_or_else(
+            || "default (etcd 3.4: 100000, metalraft: 100000)".to_string(),
+            |n| format!("{n} (--snapshot-count)")
+        ),
     )
 }
 
