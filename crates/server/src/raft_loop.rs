@@ -55,6 +55,9 @@ pub const MAX_PENDING_PROPOSALS: usize = metalraft_replica::DEFAULT_MAX_PENDING_
 /// Log entries kept behind a snapshot for followers that lag a little
 /// (etcd's `SnapshotCatchUpEntries`), capped by `--snapshot-count`.
 pub const SNAPSHOT_CATCH_UP_ENTRIES: u64 = metalraft_replica::DEFAULT_SNAPSHOT_CATCH_UP_ENTRIES;
+/// Nice value of the snapshot thread: it yields the cores to the Raft loop,
+/// the WAL writer and the gRPC tasks.
+pub const SNAPSHOT_THREAD_NICE: i32 = 10;
 /// Largest snapshot accepted from a leader.
 pub const MAX_INCOMING_SNAPSHOT_BYTES: u64 = metalraft_replica::DEFAULT_MAX_SNAPSHOT_BYTES;
 
@@ -859,6 +862,11 @@ fn write_snapshot(
     cancel: &AtomicBool,
     writer: &std::sync::mpsc::Sender<WriteJob>,
 ) {
+    // Below the loop and the WAL writer when the cores are busy (on Linux
+    // this sets the calling thread's nice value only).
+    if let Err(e) = rustix::process::setpriority_process(None, SNAPSHOT_THREAD_NICE) {
+        tracing::debug!(error = %e, "could not lower the snapshot thread's priority");
+    }
     let started = std::time::Instant::now();
     let meta = due.meta;
     let (index, term) = (meta.index, meta.term);

@@ -29,6 +29,10 @@ const HEADER_BYTES: usize = 8 + 4 + 8;
 /// Snapshots kept on disk (the newest plus older ones as a fallback for
 /// operators; only the newest is loaded).
 pub const SNAPSHOTS_KEPT: usize = 2;
+/// A streamed snapshot is synced every this many bytes as it is written, so
+/// the device never has a whole snapshot's dirty pages to flush at once:
+/// the WAL's `fdatasync`s queue behind one such slice at most.
+pub const SNAPSHOT_SYNC_BYTES: u64 = 4 * 1024 * 1024;
 /// Largest encoded membership record a snapshot may hold.
 const MAX_CONF_BYTES: u64 = 64 * 1024;
 
@@ -285,6 +289,7 @@ pub fn save_streamed<E: std::error::Error + 'static>(
         f.write_all(&head).map_err(io)?;
         let mut crc = crc32c::crc32c(&head);
         let mut written = 0u64;
+        let mut synced = 0u64;
         let mut buf = Vec::new();
         loop {
             buf.clear();
@@ -292,6 +297,10 @@ pub fn save_streamed<E: std::error::Error + 'static>(
             crc = crc32c::crc32c_append(crc, &buf);
             written += buf.len() as u64;
             f.write_all(&buf).map_err(io)?;
+            if written - synced >= SNAPSHOT_SYNC_BYTES {
+                f.sync_data().map_err(io)?;
+                synced = written;
+            }
             if last {
                 break;
             }
