@@ -281,8 +281,12 @@ impl ServerMachine {
         let store = kv::MvccStore::restore(&decoded.kv)?;
         let auth = AuthState::decode(&decoded.auth)?;
         let applied = store.applied_index().min(index);
-        *self.kv.write().map_err(|_| crate::registry::Poisoned)? = store;
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        {
+            // Bumped under the lock: a job's next step sees both or neither.
+            let mut kv = self.kv.write().map_err(|_| crate::registry::Poisoned)?;
+            *kv = store;
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         self.registry.restore(&decoded)?;
         self.auth.restore(auth);
         self.applied = applied;
@@ -452,8 +456,12 @@ impl StateMachine for ServerMachine {
         if store.applied_index() != index {
             return Err(StateMachineError::Inconsistent);
         }
-        *self.store()? = store;
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        {
+            // Bumped under the lock: a job's next step sees both or neither.
+            let mut kv = self.store()?;
+            *kv = store;
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         self.registry
             .restore(&decoded)
             .map_err(|_| StateMachineError::Unavailable)?;
