@@ -8,8 +8,8 @@
 //! that installs one from its leader gets the member table with the keys.
 //!
 //! Snapshots are taken off the apply path ([`SnapshotJob`], issue 18): the
-//! replica only says one is due, the loop freezes the state here in O(leases
-//! + members), and a snapshot thread serializes it from the live store,
+//! replica only says one is due, the loop freezes the state here in
+//! O(leases and members), and a snapshot thread serializes it from the live store,
 //! holding the store's read lock for [`SNAPSHOT_STEP_ITEMS`] keys or log
 //! records at a time, straight into the snapshot file.
 
