@@ -31,8 +31,8 @@ pub use limits::{
     MAX_VALUE_BYTES,
 };
 pub use mvcc::{
-    Change, ChangeBatch, ChangeKind, HashKv, LeaseInfo, MvccStore, MVCC_LEASE_SNAPSHOT_MAGIC,
-    MVCC_SNAPSHOT_MAGIC,
+    Change, ChangeBatch, ChangeKind, HashKv, LeaseInfo, MvccStore, SnapshotStream, StreamError,
+    COMPACTION_CHANGES_PER_ENTRY, MVCC_LEASE_SNAPSHOT_MAGIC, MVCC_SNAPSHOT_MAGIC,
 };
 pub use request::{
     Command, CompactionRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest,

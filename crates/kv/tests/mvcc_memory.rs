@@ -18,12 +18,20 @@ use std::time::Instant;
 
 /// Live heap bytes requested through the global allocator.
 static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// The most `LIVE_BYTES` reached since last reset.
+static PEAK_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts a new peak measurement at the current heap.
+fn reset_peak() {
+    PEAK_BYTES.store(LIVE_BYTES.load(Ordering::Relaxed), Ordering::Relaxed);
+}
 
 struct Counting;
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        let live = LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        PEAK_BYTES.fetch_max(live, Ordering::Relaxed);
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.alloc(layout) }
     }
@@ -82,13 +90,40 @@ fn one_million_revisions_of_256_byte_values() {
         per_revision(heap)
     );
 
+    // The server's way (issue 18): a stream in steps of 1,024 items, each
+    // piece written out and dropped; the heap does not grow by the snapshot.
+    reset_peak();
+    let started = Instant::now();
+    let mut stream = kv.snapshot_stream();
+    let (mut piece, mut longest, mut steps) = (Vec::new(), std::time::Duration::ZERO, 0);
+    loop {
+        piece.clear();
+        let step = Instant::now();
+        let done = stream.step(&kv, 1024, &mut piece).unwrap();
+        longest = longest.max(step.elapsed());
+        steps += 1;
+        if done {
+            break;
+        }
+    }
+    println!(
+        "  snapshot stream: {:.1} MiB in {:.1?}, {steps} steps, longest {:.2?}, heap peak +{:.1} MiB",
+        mib(stream.emitted() as usize),
+        started.elapsed(),
+        longest,
+        mib(PEAK_BYTES.load(Ordering::Relaxed) - heap - base)
+    );
+
+    reset_peak();
     let started = Instant::now();
     let snapshot = kv.snapshot();
     println!(
-        "  snapshot {:.1} MiB in {:.1?}",
+        "  snapshot {:.1} MiB in {:.1?} (in one Vec: heap peak +{:.1} MiB)",
         mib(snapshot.len()),
-        started.elapsed()
+        started.elapsed(),
+        mib(PEAK_BYTES.load(Ordering::Relaxed) - heap - base)
     );
+    assert_eq!(snapshot.len() as u64, stream.emitted());
     let started = Instant::now();
     let restored = MvccStore::restore(&snapshot).unwrap();
     println!("  restore in {:.1?}", started.elapsed());
@@ -112,9 +147,21 @@ fn one_million_revisions_of_256_byte_values() {
         &Command::Compact(CompactionRequest { revision: half }),
     )
     .unwrap();
+    let compact_apply = started.elapsed();
+    // The rest is freed by the entries that follow, one chunk each.
+    let (mut entries, mut longest) = (0, compact_apply);
+    let started = Instant::now();
+    while kv.is_pruning() {
+        let index = kv.applied_index() + 1;
+        let entry = Instant::now();
+        kv.mark_applied(index).unwrap();
+        longest = longest.max(entry.elapsed());
+        entries += 1;
+    }
     let heap_half = LIVE_BYTES.load(Ordering::Relaxed) - base;
     println!(
-        "  compact to {half} in {:.1?}: size_bytes {:.1} MiB, heap {:.1} MiB",
+        "  compact to {half}: the Compact entry {compact_apply:.1?}, then {entries} entries in {:.1?} \
+         (longest {longest:.2?}): size_bytes {:.1} MiB, heap {:.1} MiB",
         started.elapsed(),
         mib(kv.size_bytes()),
         mib(heap_half)
@@ -128,6 +175,10 @@ fn one_million_revisions_of_256_byte_values() {
         &Command::Compact(CompactionRequest { revision: current }),
     )
     .unwrap();
+    while kv.is_pruning() {
+        let index = kv.applied_index() + 1;
+        kv.mark_applied(index).unwrap();
+    }
     let heap_now = LIVE_BYTES.load(Ordering::Relaxed) - base;
     println!(
         "  compact to {current} in {:.1?}: size_bytes {:.1} MiB, heap {:.1} MiB (current data only)",

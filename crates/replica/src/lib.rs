@@ -31,7 +31,8 @@ pub use kv_lease::{observe_lease_result, propose_expired_revokes, LeasedMvccStor
 pub use lease::{Lessor, LessorConfig, Renew};
 pub use machine::{Instant, StateMachine};
 pub use output::{
-    Completion, Event, MembershipChange, Outcome, Output, PersistWork, ReqId, SnapshotToSave,
+    Completion, Event, MembershipChange, Outcome, Output, PersistWork, ReqId, SnapshotDue,
+    SnapshotToSave,
 };
 pub use replica::{EntryPayload, OutputOf, Replica, Stats};
 pub use snapshot::SnapshotAssembler;

@@ -81,6 +81,15 @@ pub trait StateMachine {
     /// A deterministic snapshot of the whole state, `applied_index()` included.
     fn snapshot(&self) -> Result<Vec<u8>, StateMachineError>;
 
+    /// Whether the caller takes this state machine's snapshots itself, off
+    /// the apply path (e.g. serialized on another thread from an immutable
+    /// view): the replica then hands out [`crate::SnapshotDue`] instead of
+    /// calling [`StateMachine::snapshot`] and a [`crate::SnapshotToSave`].
+    /// Default `false`.
+    fn defers_snapshots(&self) -> bool {
+        false
+    }
+
     /// Replaces the whole state with a snapshot of index `index`. On `Err`
     /// the state must be unchanged.
     fn restore(&mut self, index: Index, data: &[u8]) -> Result<(), StateMachineError>;

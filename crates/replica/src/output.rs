@@ -115,11 +115,30 @@ pub struct SnapshotToSave {
     pub compact_through: Index,
 }
 
+/// The snapshot threshold was reached and the state machine takes its
+/// snapshots itself ([`crate::StateMachine::defers_snapshots`]).
+///
+/// The state machine is at `meta.index` when the [`Output`] carrying this is
+/// handed out, and stays there until the next [`crate::Replica::poll`]
+/// (entries are applied only inside `poll`): capture its state before
+/// polling again, store it with `meta` (whenever it is ready, from any
+/// thread), compact the log up to `compact_through`, then call
+/// [`crate::Replica::snapshot_saved`] (also if it failed: nothing is lost,
+/// the next threshold tries again).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use = "take the snapshot before the next poll, then call Replica::snapshot_saved"]
+pub struct SnapshotDue {
+    /// Its metadata (store it with the data; the leader sends both).
+    pub meta: SnapshotMeta,
+    /// Once durable, the log may be compacted up to and including this index.
+    pub compact_through: Index,
+}
+
 /// Everything a replica asks its caller to do, from one [`crate::Replica::poll`].
 ///
 /// Order: send `messages`; write `persist` and acknowledge it when durable
 /// (maybe later, on another thread); hand out `completions`; store
-/// `snapshot`; publish `events`.
+/// `snapshot` (or take `snapshot_due`); publish `events`.
 #[derive(Debug)]
 #[must_use = "an Output holds messages to send and state to persist"]
 pub struct Output<P, O, R, E> {
@@ -132,6 +151,9 @@ pub struct Output<P, O, R, E> {
     pub completions: Vec<Completion<O, R>>,
     /// A snapshot to store, if the threshold was reached.
     pub snapshot: Option<SnapshotToSave>,
+    /// A snapshot to take, if the threshold was reached and the state
+    /// machine defers its snapshots (then `snapshot` is `None`).
+    pub snapshot_due: Option<SnapshotDue>,
     /// What happened, in order.
     pub events: Vec<Event<E>>,
     /// Set once, when the replica stops: every pending request has completed
@@ -146,6 +168,7 @@ impl<P, O, R, E> Output<P, O, R, E> {
             persist: None,
             completions: Vec::new(),
             snapshot: None,
+            snapshot_due: None,
             events: Vec::new(),
             failure: None,
         }
@@ -157,6 +180,7 @@ impl<P, O, R, E> Output<P, O, R, E> {
             && self.persist.is_none()
             && self.completions.is_empty()
             && self.snapshot.is_none()
+            && self.snapshot_due.is_none()
             && self.events.is_empty()
             && self.failure.is_none()
     }

@@ -14,7 +14,8 @@ use crate::error::{ConfigError, Fatal, ProposeError, ReadError, RequestFailure, 
 use crate::frame::{Frame, Origin};
 use crate::machine::{Instant, StateMachine};
 use crate::output::{
-    Completion, Event, MembershipChange, Outcome, Output, PersistWork, ReqId, SnapshotToSave,
+    Completion, Event, MembershipChange, Outcome, Output, PersistWork, ReqId, SnapshotDue,
+    SnapshotToSave,
 };
 use crate::snapshot::SnapshotAssembler;
 
@@ -689,8 +690,19 @@ impl<M: StateMachine, S: LogStorage<P>, P: EntryPayload> Replica<M, S, P> {
             Err(metalraft_core::Error::BadIndex(_)) => return Ok(()),
             Err(e) => return Err(Fatal::Core(e)),
         };
-        let data = self.sm.snapshot().map_err(Fatal::StateMachine)?;
         let keep = self.cfg.snapshot_catch_up_entries.min(threshold);
+        if self.sm.defers_snapshots() {
+            // `poll` returns this output before applying anything else, so
+            // the caller finds the state machine at `applied`.
+            self.snapshot_pending = Some(applied);
+            self.stats.snapshots_taken += 1;
+            self.out.snapshot_due = Some(SnapshotDue {
+                meta,
+                compact_through: applied.saturating_sub(keep),
+            });
+            return Ok(());
+        }
+        let data = self.sm.snapshot().map_err(Fatal::StateMachine)?;
         self.snapshot_pending = Some(applied);
         self.stats.snapshots_taken += 1;
         self.out.snapshot = Some(SnapshotToSave {

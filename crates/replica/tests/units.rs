@@ -127,6 +127,8 @@ struct Ticker {
     bumps: u64,
     deadline: Option<Instant>,
     leader_changes: Vec<bool>,
+    /// Leave snapshots to the caller (`StateMachine::defers_snapshots`).
+    defer: bool,
 }
 
 impl StateMachine for Ticker {
@@ -182,6 +184,7 @@ impl StateMachine for Ticker {
             bumps,
             deadline: Some(Instant::from_micros(bumps * 1_000_000)),
             leader_changes: vec![],
+            defer: self.defer,
         };
         Ok(())
     }
@@ -195,6 +198,9 @@ impl StateMachine for Ticker {
     }
     fn on_leader_change(&mut self, leader: bool, _now: Instant) {
         self.leader_changes.push(leader);
+    }
+    fn defers_snapshots(&self) -> bool {
+        self.defer
     }
 }
 
@@ -249,4 +255,44 @@ fn leader_driven_timed_actions_with_time_passed_in() {
         c.slot(followers[1]).completions[0].outcome,
         Outcome::Read { output: 4, .. }
     ));
+}
+
+#[test]
+fn a_state_machine_that_defers_snapshots_is_asked_for_none_and_its_caller_takes_them() {
+    fn deferring() -> Ticker {
+        Ticker {
+            defer: true,
+            ..Ticker::default()
+        }
+    }
+    let mut c = Cluster::new(
+        3,
+        Persistence::Immediate,
+        |id| {
+            let mut cfg = default_config(id);
+            cfg.snapshot_threshold_entries = 3;
+            cfg
+        },
+        deferring,
+        |_| deferring(),
+    );
+    let l = c.elect();
+    for step in 0..=8u64 {
+        c.r(l)
+            .handle_timeout(Instant::from_micros(step * 1_000_000));
+        c.rounds(2);
+    }
+    for id in 1..=3 {
+        let slot = c.slot(id);
+        assert!(!slot.snapshots_saved.is_empty(), "n{id} took snapshots");
+        assert_eq!(
+            slot.snapshots_deferred,
+            slot.snapshots_saved.len(),
+            "n{id}: every one through SnapshotDue (the harness checks the state machine was at its index)"
+        );
+        assert_eq!(
+            c.r(id).stats().snapshots_taken as usize,
+            c.slot(id).snapshots_saved.len()
+        );
+    }
 }

@@ -196,6 +196,7 @@ impl Cluster {
             let (job_tx, job_rx) = std::sync::mpsc::channel();
             let (ev_tx, ev_rx) = mpsc::unbounded_channel();
             let g = gauges.clone();
+            let snap_dir = storage.snap_dir().to_path_buf();
             std::thread::spawn(move || writer::run(storage, job_rx, ev_tx, g));
             let tap = {
                 let (gate, sent, violations, route) = (
@@ -228,6 +229,7 @@ impl Cluster {
                 writer_events: ev_rx,
                 gauges,
                 tick: TICK,
+                snap_dir,
             });
             c.loops.push(tokio::spawn(lp.run(shutdown_rx.clone())));
             c.handles.push(handle);

@@ -502,6 +502,7 @@ fn start(
     let (job_tx, job_rx) = std::sync::mpsc::channel();
     let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
     let writer_gauges = gauges.clone();
+    let snap_dir = storage.snap_dir().to_path_buf();
     let writer_thread = std::thread::Builder::new()
         .name("wal-writer".into())
         .spawn(move || writer::run(storage, job_rx, ev_tx, writer_gauges))
@@ -536,6 +537,7 @@ fn start(
         writer_events: ev_rx,
         gauges: gauges.clone(),
         tick: cfg.heartbeat_interval,
+        snap_dir,
     });
     handle.auth.tokens().set_ttl(cfg.auth_token_ttl);
     handle.auth.set_cert_users(cfg.tls.client_cert_auth);

@@ -11,11 +11,19 @@
 //! thread (which acknowledges a batch only after `fdatasync`), answers the
 //! clients whose requests completed, and publishes its events.
 //!
+//! A snapshot the replica says is due is frozen here ([`ServerMachine::snapshot_job`],
+//! cheap) and written by its own thread, which holds the store's read lock
+//! one bounded step at a time and streams into the snapshot file; neither
+//! this loop nor the WAL writer waits for it (issue 18). When the file is
+//! durable the writer purges the WAL behind it, in order with its batches,
+//! and the loop compacts the in-memory log.
+//!
 //! Client-facing code talks to the loop through a [`RaftHandle`] and
 //! observes it through a [`watch`] of [`NodeStatus`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -23,15 +31,16 @@ use metalraft_core::{ConfChange, ConfState, Message, ReadError, Role, SoftState,
 use metalraft_kv as kv;
 use metalraft_replica::{
     Completion, Event, Fatal, Outcome, PersistWork, ProposeError, ReqId, RequestFailure,
-    SnapshotToSave, UnknownReason,
+    SnapshotDue, SnapshotToSave, UnknownReason,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api::REQUEST_TIMEOUT;
 use crate::command::{self, Payload};
 use crate::errors::EtcdError;
-use crate::machine::{Applied, Refused, ServerMachine};
+use crate::machine::{Applied, Refused, ServerMachine, SnapshotJob, SnapshotJobError};
 use crate::registry::{Registry, RegistryOp};
+use crate::storage::snapshot::{save_streamed, StreamedSaveError};
 use crate::storage::{SharedLog, Snapshot, StorageError, WriteBatch};
 use crate::transport::Transport;
 use crate::watch::{MvccEvent, WatchFeed};
@@ -46,6 +55,9 @@ pub const MAX_PENDING_PROPOSALS: usize = metalraft_replica::DEFAULT_MAX_PENDING_
 /// Log entries kept behind a snapshot for followers that lag a little
 /// (etcd's `SnapshotCatchUpEntries`), capped by `--snapshot-count`.
 pub const SNAPSHOT_CATCH_UP_ENTRIES: u64 = metalraft_replica::DEFAULT_SNAPSHOT_CATCH_UP_ENTRIES;
+/// Nice value of the snapshot thread: it yields the cores to the Raft loop,
+/// the WAL writer and the gRPC tasks.
+pub const SNAPSHOT_THREAD_NICE: i32 = 10;
 /// Largest snapshot accepted from a leader.
 pub const MAX_INCOMING_SNAPSHOT_BYTES: u64 = metalraft_replica::DEFAULT_MAX_SNAPSHOT_BYTES;
 
@@ -324,6 +336,8 @@ pub struct LoopParts {
     pub gauges: Arc<WriterGauges>,
     /// Tick period (`--heartbeat-interval`).
     pub tick: Duration,
+    /// Where snapshots taken here are written (the storage's).
+    pub snap_dir: PathBuf,
 }
 
 /// Everything the loop owns.
@@ -350,6 +364,10 @@ pub struct RaftLoop {
     /// Where applied events go, and what one drive round collected.
     watch_feed: WatchFeed,
     applied_events: Vec<MvccEvent>,
+    /// Where snapshot threads write.
+    snap_dir: PathBuf,
+    /// Set when the loop stops: a snapshot thread gives up at its next step.
+    snapshot_cancel: Arc<AtomicBool>,
 }
 
 impl RaftLoop {
@@ -407,6 +425,8 @@ impl RaftLoop {
             status,
             watch_feed,
             applied_events: Vec::new(),
+            snap_dir: p.snap_dir,
+            snapshot_cancel: Arc::new(AtomicBool::new(false)),
         };
         (lp, handle)
     }
@@ -441,6 +461,7 @@ impl RaftLoop {
             }
             self.publish();
         };
+        self.snapshot_cancel.store(true, Ordering::Relaxed);
         // A replica that stopped completed its requests in its last output.
         while let Some(out) = self.replica.poll() {
             for c in out.completions {
@@ -473,12 +494,12 @@ impl RaftLoop {
             }
             Some(WriterEvent::SnapshotSaved {
                 meta,
-                data,
+                file,
                 compact_to,
             }) => {
                 let index = meta.index;
                 self.log
-                    .set_snapshot(meta, data)
+                    .set_snapshot_file(meta, file)
                     .map_err(LoopError::Storage)?;
                 self.log
                     .compact_to(compact_to)
@@ -598,7 +619,11 @@ impl RaftLoop {
                 self.complete(c);
             }
             if let Some(snap) = out.snapshot {
-                self.save_snapshot(snap)?;
+                self.save_snapshot(snap);
+            }
+            if let Some(due) = out.snapshot_due {
+                // Before the next poll: the state machine is at its index.
+                self.start_snapshot(due);
             }
             for e in out.events {
                 self.on_event(e)?;
@@ -653,20 +678,46 @@ impl RaftLoop {
         self.writer.send(job).map_err(|_| LoopError::WriterStopped)
     }
 
-    fn save_snapshot(&mut self, s: SnapshotToSave) -> Result<(), LoopError> {
-        self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
-        let snap = Snapshot {
-            index: s.meta.index,
-            term: s.meta.term,
-            conf_state: s.meta.conf_state.clone(),
-            data: s.data,
-        };
-        let job = WriteJob::Snapshot {
-            snap,
+    /// A snapshot the replica serialized itself (a state machine that does
+    /// not defer them): written by a snapshot thread all the same.
+    fn save_snapshot(&mut self, s: SnapshotToSave) {
+        let due = SnapshotDue {
             meta: s.meta,
-            purge_below: s.compact_through + 1,
+            compact_through: s.compact_through,
         };
-        self.writer.send(job).map_err(|_| LoopError::WriterStopped)
+        self.spawn_snapshot(due, SnapshotSource::Bytes(s.data));
+    }
+
+    /// Freezes the state machine for the due snapshot and hands it to a
+    /// snapshot thread.
+    fn start_snapshot(&mut self, due: SnapshotDue) {
+        let sm = self.replica.state_machine();
+        debug_assert_eq!(
+            metalraft_replica::StateMachine::applied_index(sm),
+            due.meta.index
+        );
+        match sm.snapshot_job() {
+            Ok(job) => self.spawn_snapshot(due, SnapshotSource::Job(Box::new(job))),
+            Err(e) => {
+                tracing::error!(error = %e, index = due.meta.index, "freezing a snapshot failed; the next threshold tries again");
+                self.replica.snapshot_saved(due.meta.index);
+            }
+        }
+    }
+
+    fn spawn_snapshot(&mut self, due: SnapshotDue, source: SnapshotSource) {
+        self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+        let index = due.meta.index;
+        let writer = self.writer.clone();
+        let dir = self.snap_dir.clone();
+        let cancel = self.snapshot_cancel.clone();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || write_snapshot(&dir, due, source, &cancel, &writer));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, index, "starting the snapshot thread failed; the next threshold tries again");
+            self.replica.snapshot_saved(index);
+        }
     }
 
     /// Answers the client waiting for `c`, if it still waits.
@@ -797,6 +848,73 @@ impl RaftLoop {
             }
         });
     }
+}
+
+/// What a snapshot thread writes.
+enum SnapshotSource {
+    /// A frozen state machine, serialized step by step.
+    Job(Box<SnapshotJob>),
+    /// Bytes the replica already has.
+    Bytes(Vec<u8>),
+}
+
+/// The snapshot thread: writes the snapshot file, then tells the WAL
+/// writer (which purges the WAL behind it, in order with its batches, and
+/// tells the loop). A failure is reported the same way; nothing is lost.
+fn write_snapshot(
+    dir: &std::path::Path,
+    due: SnapshotDue,
+    source: SnapshotSource,
+    cancel: &AtomicBool,
+    writer: &std::sync::mpsc::Sender<WriteJob>,
+) {
+    // Below the loop and the WAL writer when the cores are busy (on Linux
+    // this sets the calling thread's nice value only).
+    if let Err(e) = rustix::process::setpriority_process(None, SNAPSHOT_THREAD_NICE) {
+        tracing::debug!(error = %e, "could not lower the snapshot thread's priority");
+    }
+    let started = std::time::Instant::now();
+    let meta = due.meta;
+    let (index, term) = (meta.index, meta.term);
+    let saved = match source {
+        SnapshotSource::Job(mut job) => job
+            .measure(cancel)
+            .map_err(StreamedSaveError::Source)
+            .and_then(|len| {
+                save_streamed(dir, index, term, &meta.conf_state, len, |out| {
+                    job.fill(out, cancel)
+                })
+            }),
+        SnapshotSource::Bytes(data) => {
+            let mut data = Some(data);
+            let len = data.as_ref().map_or(0, |d| d.len() as u64);
+            save_streamed::<SnapshotJobError>(dir, index, term, &meta.conf_state, len, |out| {
+                out.extend(data.take().unwrap_or_default());
+                Ok(true)
+            })
+        }
+    };
+    let job = match saved {
+        Ok(file) => {
+            tracing::info!(
+                index,
+                bytes = file.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "saved snapshot"
+            );
+            WriteJob::SnapshotSaved {
+                meta,
+                file,
+                purge_below: due.compact_through + 1,
+            }
+        }
+        Err(e) => {
+            tracing::warn!(index, error = %e, "taking a snapshot failed; the next threshold tries again");
+            WriteJob::SnapshotFailed { index }
+        }
+    };
+    // The writer is gone only when the member stops.
+    let _ = writer.send(job);
 }
 
 fn propose_error(e: ProposeError) -> EtcdError {

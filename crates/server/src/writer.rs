@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use metalraft_core::{PersistToken, SnapshotInstall, SnapshotMeta};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::storage::snapshot::SnapshotFile;
 use crate::storage::{Snapshot, Storage, StorageError, WriteBatch};
 
 /// Most jobs merged into one group commit.
@@ -45,15 +46,21 @@ pub enum WriteJob {
         /// A snapshot received from the leader, to install before the batch.
         install: Option<Box<(Snapshot, SnapshotInstall)>>,
     },
-    /// A state-machine snapshot taken here, to save; then WAL segments
-    /// below `purge_below` are deleted.
-    Snapshot {
-        /// The snapshot.
-        snap: Snapshot,
+    /// A state-machine snapshot taken here was saved (by the snapshot
+    /// thread, `crate::raft_loop`; the writer never waits on its I/O): WAL
+    /// segments below `purge_below` may go.
+    SnapshotSaved {
         /// Its metadata from the core.
         meta: SnapshotMeta,
+        /// Its data, in its file.
+        file: SnapshotFile,
         /// Delete WAL segments whose entries are all below this index.
         purge_below: u64,
+    },
+    /// Taking a snapshot failed; passed on, in order, to the loop.
+    SnapshotFailed {
+        /// The snapshot's index.
+        index: u64,
     },
 }
 
@@ -65,8 +72,8 @@ pub enum WriterEvent {
     SnapshotSaved {
         /// Its metadata.
         meta: SnapshotMeta,
-        /// Its bytes, for sending to followers.
-        data: Arc<Vec<u8>>,
+        /// Its data, for sending to followers.
+        file: SnapshotFile,
         /// Compact the in-memory log up to here.
         compact_to: u64,
     },
@@ -257,26 +264,28 @@ fn write_group(
                     }
                 }
             }
-            WriteJob::Snapshot {
-                snap,
+            WriteJob::SnapshotSaved {
                 meta,
+                file,
                 purge_below,
-            } => match storage.save_snapshot(&snap, Some(purge_below)) {
+            } => match storage.purge_wal_below(purge_below) {
                 Ok(()) => {
-                    tracing::info!(index = snap.index, "saved snapshot");
                     events.push(WriterEvent::SnapshotSaved {
                         meta,
-                        data: Arc::new(snap.data),
+                        file,
                         compact_to: purge_below.saturating_sub(1),
                     });
                 }
-                // A failed snapshot loses nothing (the WAL still has every
+                // A failed purge loses nothing (the WAL still has every
                 // entry); report it and carry on.
                 Err(e) => {
-                    tracing::error!(error = %e, index = snap.index, "saving snapshot failed");
-                    events.push(WriterEvent::SnapshotFailed { index: snap.index });
+                    tracing::error!(error = %e, index = meta.index, "purging the WAL behind a snapshot failed");
+                    events.push(WriterEvent::SnapshotFailed { index: meta.index });
                 }
             },
+            WriteJob::SnapshotFailed { index } => {
+                events.push(WriterEvent::SnapshotFailed { index });
+            }
             WriteJob::Persist { install: None, .. } => unreachable!("handled as a run above"),
         }
     }

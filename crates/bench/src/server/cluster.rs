@@ -39,6 +39,8 @@ impl System {
 pub struct Timing {
     pub heartbeat_ms: u64,
     pub election_ms: u64,
+    /// `--snapshot-count` for every member, if set (else each system's default).
+    pub snapshot_count: Option<u64>,
 }
 
 /// One member: its command line, and its process while it runs.
@@ -124,6 +126,10 @@ impl Cluster {
                 "--log-level".into(),
                 "warn".into(),
             ];
+            if let Some(n) = timing.snapshot_count {
+                args.push("--snapshot-count".into());
+                args.push(n.to_string());
+            }
             if system == System::Etcd {
                 // etcd 3.4 logs through capnslog unless told to use zap,
                 // and only zap honours --log-level.

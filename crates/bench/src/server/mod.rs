@@ -91,6 +91,9 @@ options:
   --clients-per-connection N
                        clients sharing one HTTP/2 connection (default 16)
   --base-port N        first port (default 29400; etcd uses N.., metalraft N+100..)
+  --snapshot-count N   pass --snapshot-count N to every member of both systems
+                       (default: each system's own), e.g. to put snapshots
+                       inside the measured runs
 ";
 
 pub struct Opts {
@@ -109,6 +112,7 @@ pub struct Opts {
     systems: Vec<System>,
     base_port: u16,
     disk_probe: Duration,
+    snapshot_count: Option<u64>,
 }
 
 pub fn parse_args(args: &[String]) -> Result<Opts, String> {
@@ -128,6 +132,7 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
         systems: vec![System::Etcd, System::Metalraft],
         base_port: BASE_PORT,
         disk_probe: DISK_PROBE,
+        snapshot_count: None,
     };
     let (mut warmup, mut measure, mut reps, mut fo) = (None, None, None, None);
     let (mut watchers, mut per_conn, mut put_rate, mut watch_secs, mut catchup) =
@@ -193,6 +198,7 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
                 let n = crate::parse_pos(&value(a)?, a)? as usize;
                 load::CLIENTS_PER_CONN.store(n, std::sync::atomic::Ordering::Relaxed);
             }
+            "--snapshot-count" => o.snapshot_count = Some(crate::parse_pos(&value(a)?, a)?),
             "--base-port" => {
                 let v = value(a)?;
                 o.base_port = match v.parse::<u16>() {
@@ -338,6 +344,7 @@ async fn suite(o: &Opts) -> Result<(), String> {
     let timing = Timing {
         heartbeat_ms: HEARTBEAT_MS,
         election_ms: ELECTION_MS,
+        snapshot_count: o.snapshot_count,
     };
     let mut clusters: Vec<Cluster> = Vec::new();
     for (k, &sys) in o.systems.iter().enumerate() {
@@ -373,13 +380,16 @@ async fn suite(o: &Opts) -> Result<(), String> {
                 let out = one_run(c, w, o, (wi * 1000 + rep) as u64).await;
                 match &out {
                     Ok(m) => eprintln!(
-                        "{:<18} {:<9} rep {}: {:>9.0} ops/s  p50 {:.2} ms  p99 {:.2} ms  {}",
+                        "{:<18} {:<9} rep {}: {:>9.0} ops/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  peak RSS {:.0} MiB  {}",
                         w.id(),
                         c.system.name(),
                         rep + 1,
                         m.res.ops_per_sec(),
                         quantile(&m.res.lat_us, 0.5) / 1e3,
                         quantile(&m.res.lat_us, 0.99) / 1e3,
+                        quantile(&m.res.lat_us, 0.999) / 1e3,
+                        m.res.lat_us.iter().max().map_or(0.0, |&us| f64::from(us) / 1e3),
+                        m.hwm_kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0,
                         m.res
                             .failure()
                             .map(|f| format!("FAILED: {f}"))
@@ -661,7 +671,7 @@ fn machine(o: &Opts, etcd: &Path, mr: &Path) -> String {
         "- **Date:** {} UTC\n- **Machine:** {cpus} CPUs ({}), {mem} RAM, kernel {}; load average at start: {}\n\
          - **Data directories:** {} on {fs}\n- **etcd:** {} ({})\n- **metalraft:** {}; the working tree is at commit {commit}{}\n\
          - **Settings (both):** 3 members on 127.0.0.1, heartbeat {HEARTBEAT_MS} ms, election timeout {ELECTION_MS} ms, \
-         default durability (fsync on), snapshot count default (100000), log level warn",
+         default durability (fsync on), snapshot count {}, log level warn",
         crate::utc_date(),
         crate::cpu_model(),
         sh("uname -r"),
@@ -680,6 +690,10 @@ fn machine(o: &Opts, etcd: &Path, mr: &Path) -> String {
             mr.display().to_string()
         },
         if dirty.trim() == "0" { String::new() } else { format!(" plus {} uncommitted files in crates/server, core, kv (shared working tree)", dirty.trim()) },
+        o.snapshot_count.map_or_else(
+            || "default (etcd 3.4: 100000, metalraft: 100000)".to_string(),
+            |n| format!("{n} (--snapshot-count)")
+        ),
     )
 }
 
@@ -689,6 +703,7 @@ struct Cell {
     p50: f64,
     p99: f64,
     p999: f64,
+    max: f64,
     cpu_secs: Vec<f64>,
     hwm_kib: Vec<u64>,
     lat_us: Vec<u32>,
@@ -717,6 +732,7 @@ fn cell(outs: &[Outcome]) -> Result<Cell, String> {
         p50: quantile(&lat, 0.5) / 1e3,
         p99: quantile(&lat, 0.99) / 1e3,
         p999: quantile(&lat, 0.999) / 1e3,
+        max: lat.last().map_or(0.0, |&us| f64::from(us) / 1e3),
         cpu_secs: (0..MEMBERS)
             .map(|i| ms.iter().map(|m| m.cpu_secs[i]).sum::<f64>() / n)
             .collect(),
@@ -805,9 +821,9 @@ fn report(
         let _ = writeln!(s, "## Throughput and latency\n");
         let _ = writeln!(
             s,
-            "| workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | CPU s per member (m1 / m2 / m3) | CPU µs per op (all members) | peak RSS MiB per member |"
+            "| workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | max ms | CPU s per member (m1 / m2 / m3) | CPU µs per op (all members) | peak RSS MiB per member |"
         );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     }
     let mut cells: HashMap<(usize, System), Result<Cell, String>> = HashMap::new();
     for (wi, w) in o.workloads.iter().enumerate() {
@@ -818,13 +834,14 @@ fn report(
                     let cpu_total: f64 = c.cpu_secs.iter().sum();
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {:.0} | {} | {} | {} | {} | {:.0} | {} |",
+                        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {} |",
                         w.label(),
                         sys.name(),
                         c.ops_per_sec,
                         fmt_ms(c.p50),
                         fmt_ms(c.p99),
                         fmt_ms(c.p999),
+                        fmt_ms(c.max),
                         c.cpu_secs
                             .iter()
                             .map(|x| format!("{x:.2}"))
@@ -840,7 +857,7 @@ fn report(
                     if c.errors > 0 {
                         let _ = writeln!(
                             s,
-                            "| | ({} failed requests, under the {:.0}% limit) | | | | | | | |",
+                            "| | ({} failed requests, under the {:.0}% limit) | | | | | | | | |",
                             c.errors,
                             load::MAX_ERROR_FRACTION * 100.0
                         );
@@ -849,7 +866,7 @@ fn report(
                 Err(e) => {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | **FAILED**: {} | | | | | | |",
+                        "| {} | {} | **FAILED**: {} | | | | | | | |",
                         w.label(),
                         sys.name(),
                         e.replace('|', "\\|").replace('\n', " ")
@@ -868,16 +885,20 @@ fn report(
                 let maxrss = |c: &Cell| c.hwm_kib.iter().copied().max().unwrap_or(0) as f64;
                 let _ = writeln!(
                     s,
-                    "| | **metalraft/etcd** | **{}** | {} | {} | {} | | {} | {} (max member) |",
+                    "| | **metalraft/etcd** | **{}** | {} | {} | {} | {} | | {} | {} (max member) |",
                     ratio(m.ops_per_sec, e.ops_per_sec),
                     ratio(m.p50, e.p50),
                     ratio(m.p99, e.p99),
                     ratio(m.p999, e.p999),
+                    ratio(m.max, e.max),
                     ratio(cpu_op(m), cpu_op(e)),
                     ratio(maxrss(m), maxrss(e)),
                 );
             } else {
-                let _ = writeln!(s, "| | **metalraft/etcd** | – (a run failed) | | | | | | |");
+                let _ = writeln!(
+                    s,
+                    "| | **metalraft/etcd** | – (a run failed) | | | | | | | |"
+                );
             }
         }
     }

@@ -38,7 +38,9 @@ pub(crate) struct Record {
 /// - a tombstone ([`Entry::is_tombstone`]) is followed by nothing or by a
 ///   version of a re-created key; a key not live has a tombstone last;
 /// - `log` is ascending by revision, one record per revision from the first
-///   kept one to the current revision.
+///   kept one to the current revision;
+/// - with `prune_to` set, versions and records below it may remain that no
+///   read can see any more (freed in chunks, see [`super::compact`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Past {
     /// Per key, its superseded versions and tombstones, oldest first.
@@ -48,6 +50,9 @@ pub(crate) struct Past {
     /// What [`MvccStore::size_bytes`](crate::MvccStore::size_bytes) counts
     /// for all of the above.
     pub(crate) size_bytes: usize,
+    /// The revision an accepted compaction is still pruning to (see
+    /// [`super::compact`]); `None` once its history is freed.
+    pub(crate) prune_to: Option<i64>,
 }
 
 impl Entry {

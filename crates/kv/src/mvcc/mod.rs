@@ -17,10 +17,13 @@ mod history;
 mod lease;
 mod read;
 mod snapshot;
+mod stream;
 
 pub use change::{Change, ChangeBatch, ChangeKind, HashKv};
+pub use compact::COMPACTION_CHANGES_PER_ENTRY;
 pub use lease::LeaseInfo;
 pub use snapshot::{MVCC_LEASE_SNAPSHOT_MAGIC, MVCC_SNAPSHOT_MAGIC};
+pub use stream::{SnapshotStream, StreamError};
 
 use crate::error::{ApplyError, RequestError};
 use crate::request::{Command, LeaseOption, RangeRequest};
@@ -75,18 +78,23 @@ impl MvccStore {
     /// ([`ApplyError::Rejected`]) without changing data or revision.
     ///
     /// Writes keep the versions they replace; a transaction's writes share
-    /// one revision. [`Command::Compact`] drops history below its revision
-    /// (see [`compact_revision`](Self::compact_revision)) in
-    /// O(history removed).
+    /// one revision. [`Command::Compact`] makes history below its revision
+    /// unreadable at once (see [`compact_revision`](Self::compact_revision));
+    /// its memory is freed in bounded chunks, one per applied entry
+    /// ([`COMPACTION_CHANGES_PER_ENTRY`] logged changes each).
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<CommandResult, ApplyError> {
         self.current.mark_applied(index)?;
+        self.prune_step();
         self.execute(cmd).map_err(ApplyError::Rejected)
     }
 
     /// Records that the log entry at `index` was applied although it carries
-    /// no command. Same index rule as [`apply`](Self::apply).
+    /// no command. Same index rule as [`apply`](Self::apply). Like every
+    /// applied entry, it frees one chunk of a pending compaction's history.
     pub fn mark_applied(&mut self, index: u64) -> Result<(), ApplyError> {
-        self.current.mark_applied(index)
+        self.current.mark_applied(index)?;
+        self.prune_step();
+        Ok(())
     }
 
     /// Serves a read (etcd `Range`) at `req.revision`: `<= 0` is the current

@@ -1,6 +1,7 @@
 //! Reads of the history: past ranges, watch changes and `HashKV`.
 
 use super::change::{Change, ChangeBatch, ChangeKind, HashKv};
+use super::compact::kept_from;
 use super::history::{merged_keys, read_past, Record};
 use super::MvccStore;
 use crate::checksum::CRC32C;
@@ -168,8 +169,14 @@ impl MvccStore {
         let at = self.readable_revision(revision)?;
         let mut digest = CRC32C.digest();
         let all = KeyRange::From(&[]);
+        let compacted = self.compact_revision();
         for (key, live) in merged_keys(all, &self.current.map, &self.past.versions) {
-            let history = self.past.versions.get(key).into_iter().flatten();
+            // Versions a pending compaction has not freed yet are gone all
+            // the same (`super::compact`).
+            let history = self.past.versions.get(key).into_iter().flat_map(|list| {
+                let first = kept_from(list, live.map(|e| e.mod_revision), compacted);
+                list.range(first..)
+            });
             for e in history.chain(live).filter(|e| e.mod_revision <= at) {
                 digest.update(&(key.len() as u64).to_le_bytes());
                 digest.update(key);

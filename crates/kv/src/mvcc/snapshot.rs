@@ -11,18 +11,14 @@
 //! each change a key with its new value (put) or nothing (delete).
 
 use super::change::ChangeKind;
-use super::history::{merged_keys, Past, Record};
+use super::history::{Past, Record};
 use super::lease::{Lease, Leases};
 use super::MvccStore;
 use crate::error::SnapshotError;
-use crate::keys::KeyRange;
 use crate::limits::{INITIAL_REVISION, MAX_KEY_BYTES, MAX_LEASE_TTL_SECS, MAX_VALUE_BYTES};
 use crate::request::{DeleteRangeRequest, PutRequest};
 use crate::response::KeyValue;
-use crate::snapshot::{
-    decode_framed, decode_framed_prefix, encode_framed, valid_key_value, KeyValueRef,
-    SNAPSHOT_MAGIC,
-};
+use crate::snapshot::{decode_framed, decode_framed_prefix, valid_key_value, SNAPSHOT_MAGIC};
 use crate::store::{entry_size, Entry, KvStore};
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
@@ -38,14 +34,8 @@ pub const MVCC_SNAPSHOT_MAGIC: [u8; 4] = *b"MRMV";
 /// and attached keys in key order, in ID order.
 pub const MVCC_LEASE_SNAPSHOT_MAGIC: [u8; 4] = *b"MRML";
 
-/// The body with leases as written.
-#[derive(Serialize)]
-struct LeaseBodyRef<'a> {
-    body: BodyRef<'a>,
-    leases: LeasesRef<'a>,
-}
-
-struct LeasesRef<'a>(&'a MvccStore);
+/// The leases as written: each its ID, TTL and attached keys, in ID order.
+pub(super) struct LeasesRef<'a>(pub(super) &'a MvccStore);
 
 /// One lease as written; field for field the layout of [`SnapLease`].
 #[derive(Serialize)]
@@ -79,31 +69,15 @@ struct SnapLease {
     keys: Vec<Vec<u8>>,
 }
 
-/// The body as written: borrows the store.
-#[derive(Serialize)]
-struct BodyRef<'a> {
-    revision: i64,
-    compact_revision: i64,
-    applied_index: u64,
-    base: BaseRef<'a>,
-    at_base: &'a [(Vec<u8>, ChangeKind)],
-    records: RecordsRef<'a>,
-}
-
-/// The keys live at the base revision.
-struct BaseRef<'a>(&'a MvccStore, i64);
-
-/// The log records after the base revision.
-struct RecordsRef<'a>(&'a MvccStore, usize);
-
 /// One record as written.
 #[derive(Serialize)]
-struct RecordRef<'a> {
-    revision: i64,
-    changes: ChangesRef<'a>,
+pub(super) struct RecordRef<'a> {
+    pub(super) revision: i64,
+    pub(super) changes: ChangesRef<'a>,
 }
 
-struct ChangesRef<'a>(&'a MvccStore, &'a Record);
+/// A record's changes as written, each put with the value it wrote.
+pub(super) struct ChangesRef<'a>(pub(super) &'a MvccStore, pub(super) &'a Record);
 
 /// Field for field the serde layout of [`SnapChange`].
 #[derive(Serialize)]
@@ -117,64 +91,6 @@ struct ChangeRef<'a> {
 enum OpRef<'a> {
     Put(&'a [u8]),
     Delete,
-}
-
-impl<'a> BaseRef<'a> {
-    /// The keys live at the base revision, with their version then.
-    fn iter(&self) -> impl Iterator<Item = (&'a Vec<u8>, &'a Entry)> + 'a {
-        let (store, base) = (self.0, self.1);
-        let all = KeyRange::From(&[]);
-        merged_keys(all, &store.current.map, &store.past.versions)
-            .filter_map(move |(key, live)| Some((key, store.past.value_at(live, key, base)?)))
-    }
-}
-
-impl Serialize for BaseRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // postcard writes a sequence's length first: count, then write.
-        let len = self.iter().count();
-        s.collect_seq(Counted {
-            len,
-            iter: self.iter().map(|(key, e)| KeyValueRef {
-                key,
-                create_revision: e.create_revision,
-                mod_revision: e.mod_revision,
-                version: e.version,
-                value: &e.value,
-            }),
-        })
-    }
-}
-
-/// An iterator whose length was counted beforehand, so serde can announce
-/// it (postcard cannot write a sequence of unknown length).
-struct Counted<I> {
-    len: usize,
-    iter: I,
-}
-
-impl<I: Iterator> Iterator for Counted<I> {
-    type Item = I::Item;
-
-    fn next(&mut self) -> Option<I::Item> {
-        let item = self.iter.next()?;
-        self.len = self.len.saturating_sub(1);
-        Some(item)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.len, Some(self.len))
-    }
-}
-
-impl Serialize for RecordsRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let store = self.0;
-        s.collect_seq(store.past.log.range(self.1..).map(|record| RecordRef {
-            revision: record.revision,
-            changes: ChangesRef(store, record),
-        }))
-    }
 }
 
 impl Serialize for ChangesRef<'_> {
@@ -228,7 +144,7 @@ enum SnapOp {
 }
 
 /// The revision whose state a snapshot carries whole.
-fn base_revision(compact_revision: i64) -> i64 {
+pub(super) fn base_revision(compact_revision: i64) -> i64 {
     compact_revision.max(INITIAL_REVISION)
 }
 
@@ -238,25 +154,14 @@ impl MvccStore {
     /// replays. Deterministic: equal stores give equal bytes. O(data +
     /// history).
     pub fn snapshot(&self) -> Vec<u8> {
-        let base = base_revision(self.compact_revision());
-        let first = self.past.log_position(base);
-        let (at_base, after) = match self.past.log.get(first) {
-            Some(r) if r.revision == base => (&r.changes[..], first.saturating_add(1)),
-            _ => (&[][..], first),
-        };
-        let body = BodyRef {
-            revision: self.revision(),
-            compact_revision: self.compact_revision(),
-            applied_index: self.applied_index(),
-            base: BaseRef(self, base),
-            at_base,
-            records: RecordsRef(self, after),
-        };
-        let body = LeaseBodyRef {
-            body,
-            leases: LeasesRef(self),
-        };
-        encode_framed(MVCC_LEASE_SNAPSHOT_MAGIC, &body, self.size_bytes())
+        // One code path for both: the stream, in a single pass.
+        let mut stream = self.snapshot_stream();
+        let mut out = Vec::with_capacity(self.size_bytes());
+        while !stream
+            .step(self, usize::MAX, &mut out)
+            .expect("a store does not change while it is borrowed")
+        {}
+        out
     }
 
     /// Rebuilds a store from [`snapshot`](Self::snapshot) bytes; the result

@@ -44,6 +44,8 @@ pub struct Slot<M: StateMachine> {
     pub events: Vec<Event<M::Event>>,
     pub failure: Option<metalraft_replica::Fatal>,
     pub snapshots_saved: Vec<Index>,
+    /// Of those, the ones the state machine deferred (`SnapshotDue`).
+    pub snapshots_deferred: usize,
 }
 
 impl<M: StateMachine> Slot<M> {
@@ -57,6 +59,7 @@ impl<M: StateMachine> Slot<M> {
             events: Vec::new(),
             failure: None,
             snapshots_saved: Vec::new(),
+            snapshots_deferred: 0,
         }
     }
 }
@@ -309,6 +312,20 @@ where
             let _ = s.disk.create_snapshot(snap.meta, snap.data);
             r.snapshot_saved(index);
             s.snapshots_saved.push(index);
+        }
+        if let Some(due) = out.snapshot_due.take() {
+            // The caller's side of a deferred snapshot: the state machine is
+            // still at the snapshot's index when the output is handed out.
+            let index = due.meta.index;
+            assert_eq!(r.state_machine().applied_index(), index);
+            let data = r.state_machine().snapshot().expect("snapshot");
+            let _ = r
+                .storage_mut()
+                .create_snapshot(due.meta.clone(), data.clone());
+            let _ = s.disk.create_snapshot(due.meta, data);
+            r.snapshot_saved(index);
+            s.snapshots_saved.push(index);
+            s.snapshots_deferred += 1;
         }
         s.completions.extend(out.completions);
         s.events.extend(out.events);

@@ -28,7 +28,16 @@ struct LogState {
     prev_term: u64,
     entries: Vec<Entry<Vec<u8>>>,
     /// The latest durable snapshot, for sending to followers.
-    snapshot: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
+    snapshot: Option<(SnapshotMeta, SnapshotBytes)>,
+}
+
+/// Where the latest snapshot's data is read from when a follower needs it.
+#[derive(Clone, Debug)]
+enum SnapshotBytes {
+    /// In memory (loaded at start-up, or received from the leader).
+    Memory(Arc<Vec<u8>>),
+    /// In its file (taken here: never held in memory whole).
+    File(super::snapshot::SnapshotFile),
 }
 
 /// A cheaply clonable handle on the durable log, shared between the Raft
@@ -62,7 +71,18 @@ impl SharedLog {
     /// Records the latest durable snapshot (its bytes are what followers
     /// receive).
     pub fn set_snapshot(&self, meta: SnapshotMeta, data: Arc<Vec<u8>>) -> Result<(), LogError> {
-        self.inner.write().map_err(poisoned)?.snapshot = Some((meta, data));
+        self.inner.write().map_err(poisoned)?.snapshot = Some((meta, SnapshotBytes::Memory(data)));
+        Ok(())
+    }
+
+    /// Records the latest durable snapshot, whose data followers receive
+    /// from its file.
+    pub fn set_snapshot_file(
+        &self,
+        meta: SnapshotMeta,
+        file: super::snapshot::SnapshotFile,
+    ) -> Result<(), LogError> {
+        self.inner.write().map_err(poisoned)?.snapshot = Some((meta, SnapshotBytes::File(file)));
         Ok(())
     }
 
@@ -87,7 +107,7 @@ impl SharedLog {
         s.prev_term = meta.term;
         s.conf_state = meta.conf_state.clone();
         s.hard_state.commit = s.hard_state.commit.max(meta.index);
-        s.snapshot = Some((meta.clone(), data));
+        s.snapshot = Some((meta.clone(), SnapshotBytes::Memory(data)));
         Ok(())
     }
 
@@ -266,17 +286,34 @@ impl LogStorage<Vec<u8>> for SharedLog {
         offset: u64,
         max_len: usize,
     ) -> Result<(Vec<u8>, bool), StorageError> {
-        let s = self.read()?;
-        let Some((meta, data)) = s.snapshot.as_ref() else {
-            return Err(StorageError::SnapshotOutOfDate);
+        // A cheap clone (an `Arc`), so the file is read without the lock the
+        // WAL writer takes to append.
+        let data = {
+            let s = self.read()?;
+            let Some((meta, data)) = s.snapshot.as_ref() else {
+                return Err(StorageError::SnapshotOutOfDate);
+            };
+            if meta.index != index {
+                return Err(StorageError::SnapshotOutOfDate);
+            }
+            data.clone()
         };
-        if meta.index != index {
-            return Err(StorageError::SnapshotOutOfDate);
+        match &data {
+            SnapshotBytes::Memory(data) => {
+                let start = usize::try_from(offset)
+                    .map_err(|_| StorageError::Unavailable)?
+                    .min(data.len());
+                let end = start.saturating_add(max_len).min(data.len());
+                Ok((data[start..end].to_vec(), end == data.len()))
+            }
+            SnapshotBytes::File(file) => {
+                let chunk = file.read_at(offset, max_len).map_err(|e| {
+                    tracing::error!(error = %e, index, "reading the snapshot file for a follower");
+                    StorageError::Unavailable
+                })?;
+                let last = offset.saturating_add(chunk.len() as u64) >= file.len();
+                Ok((chunk, last))
+            }
         }
-        let start = usize::try_from(offset)
-            .map_err(|_| StorageError::Unavailable)?
-            .min(data.len());
-        let end = start.saturating_add(max_len).min(data.len());
-        Ok((data[start..end].to_vec(), end == data.len()))
     }
 }

@@ -264,6 +264,18 @@ impl Storage {
         Ok(())
     }
 
+    /// Deletes the WAL segments whose entries are all below `index` (a
+    /// snapshot saved elsewhere covers them, see
+    /// [`snapshot::save_streamed`]).
+    pub fn purge_wal_below(&mut self, index: u64) -> Result<(), StorageError> {
+        self.wal.purge_below(index).map(|_| ())
+    }
+
+    /// Where this member's snapshots live.
+    pub fn snap_dir(&self) -> &Path {
+        &self.snap_dir
+    }
+
     /// Makes a snapshot received from the leader durable and fixes the WAL:
     /// entries after it stay if `keep_entries_after`, otherwise the log
     /// restarts empty after it. Then updates the shared log.

@@ -6,10 +6,17 @@
 //! the core's serde form) | data`. Files are written to a temporary name, synced, renamed
 //! and the directory synced, so a crash leaves either the old or the new
 //! snapshot, never a partial one under a snapshot name.
+//!
+//! [`save_streamed`] writes the same file from a source that produces the
+//! data in pieces (the state machine's snapshot, serialized step by step on
+//! a snapshot thread), so the data is never held in memory whole; the
+//! result, [`SnapshotFile`], serves followers from the file.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use metalraft_core::{ConfState, MAX_TERM_OR_INDEX};
 
@@ -22,6 +29,10 @@ const HEADER_BYTES: usize = 8 + 4 + 8;
 /// Snapshots kept on disk (the newest plus older ones as a fallback for
 /// operators; only the newest is loaded).
 pub const SNAPSHOTS_KEPT: usize = 2;
+/// A streamed snapshot is synced every this many bytes as it is written, so
+/// the device never has a whole snapshot's dirty pages to flush at once:
+/// the WAL's `fdatasync`s queue behind one such slice at most.
+pub const SNAPSHOT_SYNC_BYTES: u64 = 4 * 1024 * 1024;
 /// Largest encoded membership record a snapshot may hold.
 const MAX_CONF_BYTES: u64 = 64 * 1024;
 
@@ -173,12 +184,150 @@ pub fn save(dir: &Path, s: &Snapshot) -> Result<PathBuf, StorageError> {
     }
     fs::rename(&tmp, &path).map_err(|e| StorageError::from_io(&path, e))?;
     sync_dir(dir)?;
+    keep_newest(dir)?;
+    Ok(path)
+}
+
+/// Removes all but the newest [`SNAPSHOTS_KEPT`] snapshots in `dir`.
+fn keep_newest(dir: &Path) -> Result<(), StorageError> {
     let mut all = list(dir)?;
     while all.len() > SNAPSHOTS_KEPT {
         let (_, _, old) = all.remove(0);
         fs::remove_file(&old).map_err(|e| StorageError::from_io(&old, e))?;
     }
-    Ok(path)
+    Ok(())
+}
+
+/// The data of a saved snapshot, read from its file when a follower needs
+/// it (an open handle: it stays readable if a newer snapshot deletes the
+/// file).
+#[derive(Clone, Debug)]
+pub struct SnapshotFile {
+    /// The snapshot file, open for reading.
+    file: Arc<File>,
+    /// Where the data starts in it.
+    data_offset: u64,
+    /// The data's length.
+    data_len: u64,
+}
+
+impl SnapshotFile {
+    /// The data's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.data_len
+    }
+
+    /// Whether the data is empty.
+    pub fn is_empty(&self) -> bool {
+        self.data_len == 0
+    }
+
+    /// Up to `max_len` bytes of the data from `offset`.
+    pub fn read_at(&self, offset: u64, max_len: usize) -> std::io::Result<Vec<u8>> {
+        let start = offset.min(self.data_len);
+        let len = (self.data_len - start).min(max_len as u64) as usize;
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, self.data_offset + start)?;
+        Ok(buf)
+    }
+}
+
+/// Why [`save_streamed`] did not save a snapshot (nothing was saved: at
+/// most a `.tmp` file is left, which [`load_latest`] removes).
+#[derive(Debug, thiserror::Error)]
+pub enum StreamedSaveError<E: std::error::Error + 'static> {
+    /// Writing, syncing or renaming failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The data source failed (e.g. the state changed under it).
+    #[error("snapshot data: {0}")]
+    Source(#[source] E),
+    /// The source produced another length than it announced (a bug).
+    #[error("snapshot data of {actual} bytes, {announced} announced")]
+    Length {
+        /// Bytes produced.
+        actual: u64,
+        /// Bytes announced.
+        announced: u64,
+    },
+}
+
+/// Saves a snapshot like [`save`], its `data_len` bytes of data produced by
+/// `fill`: each call appends the next piece to the (empty) buffer it is
+/// given and says whether that was the last. Only one piece is in memory at
+/// a time. The checksum in the header is written last, before the sync, so
+/// the file has the layout of [`encode`] exactly.
+pub fn save_streamed<E: std::error::Error + 'static>(
+    dir: &Path,
+    index: u64,
+    term: u64,
+    conf_state: &ConfState,
+    data_len: u64,
+    mut fill: impl FnMut(&mut Vec<u8>) -> Result<bool, E>,
+) -> Result<SnapshotFile, StreamedSaveError<E>> {
+    fs::create_dir_all(dir).map_err(|e| StorageError::from_io(dir, e))?;
+    let path = dir.join(name(term, index));
+    let tmp = dir.join(format!("{}.tmp", name(term, index)));
+    let conf = postcard::to_allocvec(conf_state)
+        .map_err(|e| StorageError::from(EncodeError::ConfState(e)))?;
+    let mut head = Vec::with_capacity(3 * 8 + conf.len());
+    head.extend_from_slice(&index.to_le_bytes());
+    head.extend_from_slice(&term.to_le_bytes());
+    head.extend_from_slice(&(conf.len() as u64).to_le_bytes());
+    head.extend_from_slice(&conf);
+    let payload_len = head.len() as u64 + data_len;
+    let data_offset = (HEADER_BYTES + head.len()) as u64;
+    let io = |e: std::io::Error| StreamedSaveError::Storage(StorageError::from_io(&tmp, e));
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(io)?;
+        let mut header = Vec::with_capacity(HEADER_BYTES);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&payload_len.to_le_bytes());
+        f.write_all(&header).map_err(io)?;
+        f.write_all(&head).map_err(io)?;
+        let mut crc = crc32c::crc32c(&head);
+        let mut written = 0u64;
+        let mut synced = 0u64;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let last = fill(&mut buf).map_err(StreamedSaveError::Source)?;
+            crc = crc32c::crc32c_append(crc, &buf);
+            written += buf.len() as u64;
+            f.write_all(&buf).map_err(io)?;
+            if written - synced >= SNAPSHOT_SYNC_BYTES {
+                f.sync_data().map_err(io)?;
+                synced = written;
+            }
+            if last {
+                break;
+            }
+        }
+        if written != data_len {
+            return Err(StreamedSaveError::Length {
+                actual: written,
+                announced: data_len,
+            });
+        }
+        f.seek(SeekFrom::Start(MAGIC.len() as u64)).map_err(io)?;
+        f.write_all(&crc.to_le_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, &path).map_err(|e| StorageError::from_io(&path, e))?;
+    sync_dir(dir)?;
+    let file = File::open(&path).map_err(|e| StorageError::from_io(&path, e))?;
+    keep_newest(dir)?;
+    Ok(SnapshotFile {
+        file: Arc::new(file),
+        data_offset,
+        data_len,
+    })
 }
 
 /// Snapshot files in `dir` as `(index, term, path)`, oldest first.
@@ -275,4 +424,65 @@ pub fn set_aside(dir: &Path, damaged: &[Damaged]) -> Result<(), StorageError> {
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streamed_snapshot_is_the_file_save_writes_and_serves_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let snap = Snapshot {
+            index: 42,
+            term: 7,
+            conf_state: ConfState::default(),
+            data: data.clone(),
+        };
+        let mut pieces = data.chunks(4096);
+        let file = save_streamed::<std::io::Error>(
+            dir.path(),
+            snap.index,
+            snap.term,
+            &snap.conf_state,
+            data.len() as u64,
+            |out| {
+                out.extend_from_slice(pieces.next().unwrap_or(&[]));
+                Ok(pieces.len() == 0)
+            },
+        )
+        .unwrap();
+        let on_disk = fs::read(dir.path().join(name(7, 42))).unwrap();
+        assert_eq!(on_disk, encode(&snap).unwrap());
+        assert_eq!(load_latest(dir.path()).unwrap().snapshot, Some(snap));
+        assert_eq!(file.len(), data.len() as u64);
+        assert_eq!(file.read_at(1000, 10).unwrap(), data[1000..1010]);
+        assert_eq!(file.read_at(99_995, 10).unwrap(), data[99_995..]);
+        assert!(file.read_at(200_000, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failed_or_short_source_saves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = ConfState::default();
+        let err = save_streamed(dir.path(), 1, 1, &conf, 10, |_| {
+            Err(std::io::Error::other("the state changed"))
+        });
+        assert!(matches!(err, Err(StreamedSaveError::Source(_))));
+        let err = save_streamed::<std::io::Error>(dir.path(), 1, 1, &conf, 10, |out| {
+            out.extend_from_slice(b"short");
+            Ok(true)
+        });
+        assert!(matches!(
+            err,
+            Err(StreamedSaveError::Length {
+                actual: 5,
+                announced: 10
+            })
+        ));
+        let loaded = load_latest(dir.path()).unwrap();
+        assert!(loaded.snapshot.is_none() && loaded.damaged.is_empty());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "no .tmp left");
+    }
 }
