@@ -15,8 +15,8 @@ use metalraft_replica::{
 use crate::checkers::{
     check_batch_start, check_durability, check_leader_commit, check_linearizable, check_liveness,
     check_log_matching, check_node_event, check_node_revision, describe, CommittedChecker,
-    DurableStateChecker, ElectionChecker, LeaderCompletenessChecker, LinearizabilityReport,
-    LeaseChecker, LivenessSnapshot, LogEntrySummary, NodeProgress, ReferenceHistory,
+    DurableStateChecker, ElectionChecker, LeaderCompletenessChecker, LeaseChecker,
+    LinearizabilityReport, LivenessSnapshot, LogEntrySummary, NodeProgress, ReferenceHistory,
     StateMachineChecker, StepDownChecker, Violation, WatchChecker, LEASE_EXPIRY_SLACK_US,
 };
 use crate::config::{

@@ -38,7 +38,10 @@ fn caught(sabotage: Sabotage, name: &str, fault: LeaseFault, min_caught: usize) 
             Some(other) => panic!("seed {seed}: {sabotage:?} ended in another violation: {other}"),
         }
     }
-    assert!(n >= min_caught, "{sabotage:?}: caught on {n} of {SEEDS} seeds");
+    assert!(
+        n >= min_caught,
+        "{sabotage:?}: caught on {n} of {SEEDS} seeds"
+    );
 }
 
 #[test]
@@ -52,12 +55,20 @@ fn honest_leases_pass_and_expire() {
         expired += r.stats.lease_expiries;
         kept += r.stats.lease_keepalives;
     }
-    assert!(expired > 0 && kept > 0, "expired {expired}, keepalives {kept}");
+    assert!(
+        expired > 0 && kept > 0,
+        "expired {expired}, keepalives {kept}"
+    );
 }
 
 #[test]
 fn expiring_at_half_the_ttl_is_caught() {
-    caught(Sabotage::LeaseHalfTtl, "half-ttl", LeaseFault::Early, SEEDS as usize / 2);
+    caught(
+        Sabotage::LeaseHalfTtl,
+        "half-ttl",
+        LeaseFault::Early,
+        SEEDS as usize / 2,
+    );
 }
 
 #[test]

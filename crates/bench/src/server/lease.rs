@@ -152,7 +152,6 @@ pub struct KeepaliveRun {
 /// One mass-expiry run.
 pub struct ExpiryRun {
     pub leases: usize,
-    pub ttl_secs: i64,
     /// Seconds to grant and attach.
     pub setup_secs: f64,
     /// From the first lease's deadline (its grant's acknowledgement + TTL)
@@ -247,14 +246,22 @@ async fn grant(
                     .await
                     .map_err(|e| format!("grant {i}: {e}"))?;
                 if r.ttl() < ttl || r.id() == 0 {
-                    return Err(format!("WRONG ANSWER: grant {i}: id {} ttl {}", r.id(), r.ttl()));
+                    return Err(format!(
+                        "WRONG ANSWER: grant {i}: id {} ttl {}",
+                        r.id(),
+                        r.ttl()
+                    ));
                 }
                 let at = Instant::now();
                 if let Some(p) = prefix {
                     let opts = PutOptions::new().with_lease(r.id());
-                    kv.put(format!("{p}{i:07}"), load::value(0, 0, i as u64), Some(opts))
-                        .await
-                        .map_err(|e| format!("put {i} with lease: {e}"))?;
+                    kv.put(
+                        format!("{p}{i:07}"),
+                        load::value(0, 0, i as u64),
+                        Some(opts),
+                    )
+                    .await
+                    .map_err(|e| format!("put {i} with lease: {e}"))?;
                 }
                 got.push((i, r.id(), at));
             }
@@ -531,7 +538,9 @@ pub async fn expiry_run(c: &mut Cluster, p: &Params) -> Result<ExpiryRun, String
         }
         if now > due_last + EXPIRY_TIMEOUT {
             let _ = stop_tx.send(true);
-            return Err(format!("{left} keys still attached {EXPIRY_TIMEOUT:?} after the last deadline"));
+            return Err(format!(
+                "{left} keys still attached {EXPIRY_TIMEOUT:?} after the last deadline"
+            ));
         }
         tokio::time::sleep(COUNT_POLL).await;
     };
@@ -554,7 +563,6 @@ pub async fn expiry_run(c: &mut Cluster, p: &Params) -> Result<ExpiryRun, String
     before.sort_unstable();
     Ok(ExpiryRun {
         leases: n,
-        ttl_secs: p.expiry_ttl_secs,
         setup_secs,
         span_secs: (gone - due_first).as_secs_f64(),
         after_last_deadline_secs: gone.saturating_duration_since(due_last).as_secs_f64(),
@@ -575,7 +583,13 @@ fn mib(kib: u64) -> f64 {
 }
 
 /// The lease section of the report.
-pub fn report(s: &mut String, p: &Params, systems: &[System], which: &[LeaseWorkload], r: &Results) {
+pub fn report(
+    s: &mut String,
+    p: &Params,
+    systems: &[System],
+    which: &[LeaseWorkload],
+    r: &Results,
+) {
     use super::{fmt_ms, ratio};
     let both = systems.len() == 2;
     let ms = |us: f64| fmt_ms(us / 1e3);
@@ -621,7 +635,12 @@ pub fn report(s: &mut String, p: &Params, systems: &[System], which: &[LeaseWork
                         );
                     }
                     Err(e) => {
-                        let _ = writeln!(s, "| {} | FAILED: {} |||||||", sys.name(), e.replace('|', "/"));
+                        let _ = writeln!(
+                            s,
+                            "| {} | FAILED: {} |||||||",
+                            sys.name(),
+                            e.replace('|', "/")
+                        );
                     }
                 }
             }
@@ -677,7 +696,12 @@ pub fn report(s: &mut String, p: &Params, systems: &[System], which: &[LeaseWork
                         );
                     }
                     Err(e) => {
-                        let _ = writeln!(s, "| {} | FAILED: {} ||||||||", sys.name(), e.replace('|', "/"));
+                        let _ = writeln!(
+                            s,
+                            "| {} | FAILED: {} ||||||||",
+                            sys.name(),
+                            e.replace('|', "/")
+                        );
                     }
                 }
             }

@@ -1287,7 +1287,9 @@ mod tests {
         // (their paced warm-up is 2 s, one interval between them) and the
         // expiry TTL plus its drain (1,000 leases at 1,000 revokes/s).
         let l = lease::Params::quick();
-        let leases = 2.0 + 1.0 + (l.paced_measure + l.saturated_measure).as_secs_f64()
+        let leases = 2.0
+            + 1.0
+            + (l.paced_measure + l.saturated_measure).as_secs_f64()
             + l.expiry_ttl_secs as f64
             + 1.0;
         assert!(2.0 * leases * (QUICK_REPS as f64) < 40.0);

@@ -66,7 +66,11 @@ struct LeaderView {
 
 impl LeaderView {
     fn start(&self, lease: i64) -> Time {
-        self.starts.get(&lease).copied().unwrap_or(0).max(self.promoted)
+        self.starts
+            .get(&lease)
+            .copied()
+            .unwrap_or(0)
+            .max(self.promoted)
     }
 }
 
@@ -124,9 +128,20 @@ impl LeaseChecker {
     }
 
     /// `node` answered a keepalive of `lease` at `now` with a renewed TTL.
-    pub fn observe_keepalive(&mut self, node: NodeId, lease: i64, now: Time) -> Result<(), Violation> {
+    pub fn observe_keepalive(
+        &mut self,
+        node: NodeId,
+        lease: i64,
+        now: Time,
+    ) -> Result<(), Violation> {
         let Some(v) = self.leaders.get_mut(&node) else {
-            return Err(violation(node, lease, LeaseFault::NotLeader, now, "a keepalive renewed by a node that does not lead".into()));
+            return Err(violation(
+                node,
+                lease,
+                LeaseFault::NotLeader,
+                now,
+                "a keepalive renewed by a node that does not lead".into(),
+            ));
         };
         v.starts.insert(lease, now);
         self.keepalives += 1;
@@ -137,10 +152,22 @@ impl LeaseChecker {
     pub fn observe_expiry(&mut self, node: NodeId, lease: i64, now: Time) -> Result<(), Violation> {
         self.decisions += 1;
         let Some(v) = self.leaders.get(&node) else {
-            return Err(violation(node, lease, LeaseFault::NotLeader, now, "an expiry decided by a node that does not lead".into()));
+            return Err(violation(
+                node,
+                lease,
+                LeaseFault::NotLeader,
+                now,
+                "an expiry decided by a node that does not lead".into(),
+            ));
         };
         let Some(&ttl) = self.ttls.get(&lease) else {
-            return Err(violation(node, lease, LeaseFault::Early, now, "an expiry of a lease never granted".into()));
+            return Err(violation(
+                node,
+                lease,
+                LeaseFault::Early,
+                now,
+                "an expiry of a lease never granted".into(),
+            ));
         };
         let start = v.start(lease);
         let due = start + ttl_us(ttl);
@@ -165,7 +192,12 @@ impl LeaseChecker {
     /// The committed revoke of `lease` was first applied at `now`;
     /// `expiry_by`: the node that proposed it as an expiry (else a client
     /// revoked it).
-    pub fn observe_revoked(&mut self, lease: i64, expiry_by: Option<NodeId>, now: Time) -> Result<(), Violation> {
+    pub fn observe_revoked(
+        &mut self,
+        lease: i64,
+        expiry_by: Option<NodeId>,
+        now: Time,
+    ) -> Result<(), Violation> {
         if !self.revoked.insert(lease) {
             return Ok(());
         }
@@ -225,7 +257,9 @@ impl LeaseChecker {
 
     /// Whether every lease granted so far is gone (`exists` is false).
     pub fn all_gone(&self, exists: impl Fn(i64) -> bool) -> bool {
-        self.ttls.keys().all(|&l| self.revoked.contains(&l) || !exists(l))
+        self.ttls
+            .keys()
+            .all(|&l| self.revoked.contains(&l) || !exists(l))
     }
 }
 
@@ -254,7 +288,16 @@ mod tests {
         c.observe_keepalive(1, 7, S).unwrap();
         // Due at S + 2 S.
         let e = c.observe_expiry(1, 7, 3 * S - 1).unwrap_err();
-        assert!(matches!(e, Violation::Lease { fault: LeaseFault::Early, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Violation::Lease {
+                    fault: LeaseFault::Early,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         c.observe_expiry(1, 7, 3 * S).unwrap();
         c.observe_revoked(7, Some(1), 3 * S + 5).unwrap();
         assert_eq!(c.expired, 1);
@@ -267,14 +310,32 @@ mod tests {
         c.observe_grant(1, 7, 1, 0);
         c.observe_role(1, false, S / 2);
         let e = c.observe_expiry(1, 7, 2 * S).unwrap_err();
-        assert!(matches!(e, Violation::Lease { fault: LeaseFault::NotLeader, .. }));
+        assert!(matches!(
+            e,
+            Violation::Lease {
+                fault: LeaseFault::NotLeader,
+                ..
+            }
+        ));
         c.observe_role(2, true, S / 2);
         let e = c.observe_expiry(2, 7, S + S / 4).unwrap_err();
-        assert!(matches!(e, Violation::Lease { fault: LeaseFault::Early, .. }));
+        assert!(matches!(
+            e,
+            Violation::Lease {
+                fault: LeaseFault::Early,
+                ..
+            }
+        ));
         c.observe_expiry(2, 7, S + S / 2).unwrap();
         // A revoke by node 3 that never decided.
         let e = c.observe_revoked(7, Some(3), 2 * S).unwrap_err();
-        assert!(matches!(e, Violation::Lease { fault: LeaseFault::Undecided, .. }));
+        assert!(matches!(
+            e,
+            Violation::Lease {
+                fault: LeaseFault::Undecided,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -282,9 +343,18 @@ mod tests {
         let mut c = LeaseChecker::new();
         c.observe_role(1, true, 0);
         c.observe_grant(1, 7, 1, 0);
-        c.check_not_late(1, S + LEASE_EXPIRY_SLACK_US, 0, |_| true).unwrap();
-        let e = c.check_not_late(1, S + LEASE_EXPIRY_SLACK_US + 1, 0, |_| true).unwrap_err();
-        assert!(matches!(e, Violation::Lease { fault: LeaseFault::Late, .. }));
+        c.check_not_late(1, S + LEASE_EXPIRY_SLACK_US, 0, |_| true)
+            .unwrap();
+        let e = c
+            .check_not_late(1, S + LEASE_EXPIRY_SLACK_US + 1, 0, |_| true)
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            Violation::Lease {
+                fault: LeaseFault::Late,
+                ..
+            }
+        ));
         assert!(!c.all_gone(|_| true));
         c.observe_revoked(7, None, 2 * S).unwrap();
         c.check_not_late(1, 10 * S, 0, |_| true).unwrap();

@@ -233,7 +233,10 @@ impl ReferenceHistory {
                     self.detach(&p.key);
                     if l.lease != 0 {
                         self.attached.insert(p.key.clone(), l.lease);
-                        self.leases.entry(l.lease).or_default().insert(p.key.clone());
+                        self.leases
+                            .entry(l.lease)
+                            .or_default()
+                            .insert(p.key.clone());
                     }
                 }
             }

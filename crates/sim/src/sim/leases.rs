@@ -11,7 +11,9 @@
 //! (both proposed on the current leader), then sends a keepalive every
 //! TTL/3 to a random node for up to [`LEASE_KEEPALIVE_TTLS_MAX`] TTLs;
 //! then it stops, and either revokes the lease or lets it expire, and
-//! starts over. A node that does not lead relays a keepalive to the leader
+//! starts over. Clients go quiet for the largest TTL and two election
+//! timeouts before the safety phase ends, so most leases expire under
+//! faults and the liveness phase rarely waits for one. A node that does not lead relays a keepalive to the leader
 //! it knows, as the server's followers do (`LeaseRenew`), unless a
 //! partition cuts that link; otherwise the keepalive is lost (the client
 //! sends the next one anyway). The lease checker (`checkers::LeaseChecker`)
@@ -28,6 +30,10 @@ use metalraft_replica::{Instant, Renew};
 
 /// A lease client starts within this long of the run's start.
 pub(super) const LEASE_CLIENT_START_US_MAX: Time = 50 * crate::config::TICK_US_NOMINAL;
+
+/// Lease clients stop this many election timeouts (plus the largest TTL)
+/// before the end of the safety phase.
+const LEASE_QUIET_ELECTIONS: u64 = 2;
 
 /// Lease IDs of client `c` are `(c + 1) << LEASE_ID_CLIENT_SHIFT | n`.
 const LEASE_ID_CLIENT_SHIFT: u32 = 32;
@@ -79,14 +85,33 @@ impl Simulation {
 
     /// Lease client `c` wakes up: grants, keeps alive, or stops.
     pub(super) fn on_lease_client(&mut self, c: usize) -> Step {
-        if self.phase != Phase::Safety {
+        let lc = self.cfg.leases.clone();
+        // Quiet for the last TTL and election timeout of the safety phase:
+        // the last leases expire under faults, and the liveness phase is
+        // not stretched waiting for them (`LEASE_QUIET_ELECTIONS`).
+        let quiet_us = lc.ttl_secs_max as u64 * LEASE_SECOND_US
+            + LEASE_QUIET_ELECTIONS
+                * u64::from(self.cfg.election_timeout_ticks_max)
+                * crate::config::TICK_US_NOMINAL;
+        let safety_end = self.cfg.safety_ticks * crate::config::TICK_US_NOMINAL;
+        if self.phase != Phase::Safety || self.now + quiet_us >= safety_end {
+            if let Some(h) = self.lease_clients[c].held.take() {
+                if h.revoke {
+                    if let Some(l) = self.lease_leader() {
+                        let cmd = Command::LeaseRevoke(LeaseRevokeRequest { id: h.id });
+                        return self.lease_propose(l, c, cmd);
+                    }
+                }
+            }
             return Ok(());
         }
-        let lc = self.cfg.leases.clone();
         match self.lease_clients[c].held.take() {
             None => {
                 let Some(l) = self.lease_leader() else {
-                    self.at(self.now + NO_LEADER_BACKOFF_US, Event::LeaseClient { client: c });
+                    self.at(
+                        self.now + NO_LEADER_BACKOFF_US,
+                        Event::LeaseClient { client: c },
+                    );
                     return Ok(());
                 };
                 let client = &mut self.lease_clients[c];
@@ -95,7 +120,9 @@ impl Simulation {
                 let span = (lc.ttl_secs_max - lc.ttl_secs_min) as u64;
                 let ttl = lc.ttl_secs_min + self.rng_lease.range(0, span + 1) as i64;
                 let ttl_us = ttl as u64 * LEASE_SECOND_US;
-                let keep = self.rng_lease.range(0, LEASE_KEEPALIVE_TTLS_MAX * ttl_us + 1);
+                let keep = self
+                    .rng_lease
+                    .range(0, LEASE_KEEPALIVE_TTLS_MAX * ttl_us + 1);
                 let revoke = self.rng_lease.chance_ppm(LEASE_REVOKE_PPM);
                 self.lease_clients[c].held = Some(Held {
                     id,
