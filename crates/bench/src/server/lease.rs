@@ -145,8 +145,12 @@ pub struct KeepaliveRun {
     /// RSS of the members before granting and with every stream open.
     pub rss_before_kib: Vec<u64>,
     pub rss_after_kib: Vec<u64>,
-    /// Seconds to grant the leases and open the streams.
+    /// Seconds to grant the leases.
     pub setup_secs: f64,
+    /// Keepalive streams that failed and were reopened, and the first
+    /// error.
+    pub errors: u64,
+    pub first_error: Option<String>,
 }
 
 /// One mass-expiry run.
@@ -167,6 +171,9 @@ pub struct ExpiryRun {
     pub put_p99_before_us: f64,
     /// Each member's CPU seconds during the expiry.
     pub cpu_secs: Vec<f64>,
+    /// Keys still attached at the first deadline (all of them, unless a
+    /// lease expired early in the client's view).
+    pub left_at_first_deadline: i64,
 }
 
 /// Every lease run of the suite.
@@ -319,6 +326,17 @@ async fn revoke(clients: &[Client], ids: Vec<i64>) -> Result<(), String> {
 struct Counters {
     paced: AtomicU64,
     saturated: AtomicU64,
+    errors: AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Counters {
+    fn note_error(&self, e: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut f) = self.first_error.lock() {
+            f.get_or_insert(e);
+        }
+    }
 }
 
 /// Phases of the keepalive run, as instants every task reads.
@@ -330,9 +348,14 @@ struct Plan {
     saturated_to: Instant,
 }
 
+/// After a keepalive stream fails (an error answer, a reset), the task
+/// waits this long and opens a new one, as etcd's clients do.
+const KEEPALIVE_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
 /// One lease's keepalive stream: paced until `paced_to`, then as fast as
-/// answers come until `saturated_to`. Returns the paced round trips
-/// measured (µs) or the first error.
+/// answers come until `saturated_to`. A stream that fails is counted and
+/// reopened. Returns the paced round trips measured (µs), or a wrong
+/// answer.
 async fn keeper_task(
     mut lc: LeaseClient,
     id: i64,
@@ -340,18 +363,26 @@ async fn keeper_task(
     plan: Plan,
     counters: Arc<Counters>,
 ) -> Result<Vec<u32>, String> {
-    let (mut keeper, mut stream) = lc
-        .keep_alive(id)
-        .await
-        .map_err(|e| format!("open the keepalive stream of {id:x}: {e}"))?;
     let mut rtts = Vec::new();
     let start = plan.paced_from - PACED_WARMUP;
     let mut k: u32 = 0;
+    let mut open = None;
     loop {
         let now = Instant::now();
         if now >= plan.saturated_to {
             return Ok(rtts);
         }
+        let (keeper, stream) = match open.as_mut() {
+            Some(s) => s,
+            None => match lc.keep_alive(id).await {
+                Ok(s) => open.insert(s),
+                Err(e) => {
+                    counters.note_error(format!("open the keepalive stream of {id:x}: {e}"));
+                    tokio::time::sleep(KEEPALIVE_RETRY_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
         if now < plan.paced_to {
             let at = start + offset + KEEPALIVE_INTERVAL * k;
             k += 1;
@@ -362,15 +393,24 @@ async fn keeper_task(
             tokio::time::sleep_until(at.into()).await;
         }
         let sent = Instant::now();
-        keeper
-            .keep_alive()
-            .await
-            .map_err(|e| format!("keepalive of {id:x}: {e}"))?;
-        let resp = stream
-            .message()
-            .await
-            .map_err(|e| format!("keepalive stream of {id:x}: {e}"))?
-            .ok_or_else(|| format!("keepalive stream of {id:x} closed"))?;
+        let answer = match keeper.keep_alive().await {
+            Ok(()) => stream.message().await,
+            Err(e) => Err(e),
+        };
+        let resp = match answer {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                counters.note_error(format!("keepalive stream of {id:x} closed"));
+                open = None;
+                continue;
+            }
+            Err(e) => {
+                counters.note_error(format!("keepalive of {id:x}: {e}"));
+                open = None;
+                tokio::time::sleep(KEEPALIVE_RETRY_BACKOFF).await;
+                continue;
+            }
+        };
         if resp.id() != id || resp.ttl() <= 0 {
             return Err(format!(
                 "WRONG ANSWER: keepalive of {id:x} answered for {:x} with TTL {}",
@@ -458,6 +498,8 @@ pub async fn keepalive_run(c: &mut Cluster, p: &Params) -> Result<KeepaliveRun, 
         rss_before_kib,
         rss_after_kib,
         setup_secs,
+        errors: counters.errors.load(Ordering::Relaxed),
+        first_error: counters.first_error.lock().ok().and_then(|mut f| f.take()),
     })
 }
 
@@ -530,6 +572,7 @@ pub async fn expiry_run(c: &mut Cluster, p: &Params) -> Result<ExpiryRun, String
     let due_last = last + ttl;
     tokio::time::sleep_until(due_first.into()).await;
     let a = stats(c);
+    let left_at_first_deadline = count(&mut counter, EXPIRY_PREFIX).await?;
     let gone = loop {
         let left = count(&mut counter, EXPIRY_PREFIX).await?;
         let now = Instant::now();
@@ -575,6 +618,7 @@ pub async fn expiry_run(c: &mut Cluster, p: &Params) -> Result<ExpiryRun, String
             .zip(&b)
             .map(|(a, b)| b.cpu_secs - a.cpu_secs)
             .collect(),
+        left_at_first_deadline,
     })
 }
 
@@ -604,7 +648,8 @@ pub fn report(
              their p99 round trip, the members' CPU (sum, cores) and RSS (sum, with every stream open; before \
              granting in parentheses). **Saturated**: then every stream sends its next keepalive as soon as \
              the previous one is answered, {:.1} s measured: keepalives answered/s (the sustained rate), the \
-             members' CPU and the load generator's. Every answer must name its lease with TTL > 0.\n",
+             members' CPU and the load generator's. Every answer must name its lease with TTL > 0; a stream \
+             that fails (an error answer, a reset) is counted, and reopened after 100 ms, as etcd's clients do.\n",
             p.keepalive_leases,
             PACED_WARMUP.as_secs_f64(),
             p.paced_measure.as_secs_f64(),
@@ -612,7 +657,7 @@ pub fn report(
         );
         let _ = writeln!(
             s,
-            "| system | paced keepalives/s | paced p99 | paced CPU | RSS MiB | saturated keepalives/s | saturated CPU | load generator CPU |\n|---|---|---|---|---|---|---|---|"
+            "| system | paced keepalives/s | paced p99 | paced CPU | RSS MiB | saturated keepalives/s | saturated CPU | load generator CPU | streams failed and reopened |\n|---|---|---|---|---|---|---|---|---|"
         );
         let mut sat: HashMap<System, f64> = HashMap::new();
         for &sys in systems {
@@ -622,7 +667,7 @@ pub fn report(
                         sat.insert(sys, k.saturated_per_sec);
                         let _ = writeln!(
                             s,
-                            "| {} | {:.0} | {} ms | {:.2} | {:.0} ({:.0}) | {:.0} | {:.2} | {:.2} |",
+                            "| {} | {:.0} | {} ms | {:.2} | {:.0} ({:.0}) | {:.0} | {:.2} | {:.2} | {}{} |",
                             sys.name(),
                             k.paced_per_sec,
                             ms(k.paced_p99_us),
@@ -632,6 +677,11 @@ pub fn report(
                             k.saturated_per_sec,
                             k.saturated_cpu.iter().sum::<f64>(),
                             k.loadgen_saturated_cpu,
+                            k.errors,
+                            k.first_error
+                                .as_deref()
+                                .map(|e| format!(" (first: {})", e.replace('|', "/")))
+                                .unwrap_or_default(),
                         );
                     }
                     Err(e) => {
@@ -664,16 +714,16 @@ pub fn report(
              gone (a linearizable count every {} ms); **after the last deadline** = the last lease's deadline → \
              the last key gone. Meanwhile unrelated puts (`{UNRELATED_PREFIX}…`) go to the leader at \
              {UNRELATED_PUT_RATE}/s, paced, open loop: their p50/p99 for puts sent during the span, and the p99 \
-             of those sent before it. Both systems revoke at most 1,000 leases per second (etcd's \
-             `leaseRevokeRate`; metalraft's `LessorConfig` default of 500 per 500 ms). CPU: the members' \
-             (sum, CPU-seconds over the span).\n",
+             of those sent before it. etcd revokes at most 1,000 leases per second (its `leaseRevokeRate`, 500 \
+             per 500 ms tick); metalraft's `Lessor` at most 500 per round, where a round waits 500 ms only after a \
+             full one (compare the spans). CPU: the members' (sum, CPU-seconds over the span).\n",
             p.expiry_leases,
             p.expiry_ttl_secs,
             COUNT_POLL.as_millis(),
         );
         let _ = writeln!(
             s,
-            "| system | grant + attach | span | after the last deadline | puts during | put p50 | put p99 | put p99 before | CPU-s |\n|---|---|---|---|---|---|---|---|---|"
+            "| system | grant + attach | keys left at the first deadline | span | after the last deadline | puts during | put p50 | put p99 | put p99 before | CPU-s |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         let mut p99: HashMap<System, f64> = HashMap::new();
         for &sys in systems {
@@ -683,9 +733,10 @@ pub fn report(
                         p99.insert(sys, x.put_p99_us);
                         let _ = writeln!(
                             s,
-                            "| {} | {:.1} s | {:.2} s | {:.2} s | {} | {} ms | {} ms | {} ms | {:.2} |",
+                            "| {} | {:.1} s | {} | {:.2} s | {:.2} s | {} | {} ms | {} ms | {} ms | {:.2} |",
                             sys.name(),
                             x.setup_secs,
+                            x.left_at_first_deadline,
                             x.span_secs,
                             x.after_last_deadline_secs,
                             x.puts,

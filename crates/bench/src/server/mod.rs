@@ -570,7 +570,8 @@ async fn lease_workloads(o: &Opts, clusters: &mut [Cluster]) -> lease::Results {
                 match &out {
                     Ok(k) => eprintln!(
                         "lease-keepalive    {:<9} rep {}: {} leases, paced {:.0} keepalives/s (p99 {:.2} ms, CPU {:.2}), \
-                         saturated {:.0} keepalives/s (CPU {:.2}, load generator {:.2}), setup {:.1} s",
+                         saturated {:.0} keepalives/s (CPU {:.2}, load generator {:.2}), setup {:.1} s, \
+                         {} streams failed and reopened {}",
                         c.system.name(),
                         rep + 1,
                         k.leases,
@@ -581,6 +582,8 @@ async fn lease_workloads(o: &Opts, clusters: &mut [Cluster]) -> lease::Results {
                         k.saturated_cpu.iter().sum::<f64>(),
                         k.loadgen_saturated_cpu,
                         k.setup_secs,
+                        k.errors,
+                        k.first_error.as_deref().unwrap_or(""),
                     ),
                     Err(e) => eprintln!(
                         "lease-keepalive    {:<9} rep {}: FAILED: {e}",
@@ -598,11 +601,12 @@ async fn lease_workloads(o: &Opts, clusters: &mut [Cluster]) -> lease::Results {
                 let out = lease::expiry_run(c, p).await;
                 match &out {
                     Ok(x) => eprintln!(
-                        "lease-expiry       {:<9} rep {}: {} leases gone {:.2} s after the first deadline \
+                        "lease-expiry       {:<9} rep {}: {} leases ({} left at the first deadline) gone {:.2} s after the first deadline \
                          ({:.2} s after the last); unrelated puts p50 {:.2} ms p99 {:.2} ms (before: p99 {:.2} ms)",
                         c.system.name(),
                         rep + 1,
                         x.leases,
+                        x.left_at_first_deadline,
                         x.span_secs,
                         x.after_last_deadline_secs,
                         x.put_p50_us / 1e3,
