@@ -715,8 +715,7 @@ pub fn report(
              the last key gone. Meanwhile unrelated puts (`{UNRELATED_PREFIX}…`) go to the leader at \
              {UNRELATED_PUT_RATE}/s, paced, open loop: their p50/p99 for puts sent during the span, and the p99 \
              of those sent before it. etcd revokes at most 1,000 leases per second (its `leaseRevokeRate`, 500 \
-             per 500 ms tick); metalraft's `Lessor` at most 500 per round, where a round waits 500 ms only after a \
-             full one (compare the spans). CPU: the members' (sum, CPU-seconds over the span).\n",
+             per 500 ms tick); metalraft's `Lessor` at most 500 per 500 ms round. CPU: the members' (sum, CPU-seconds over the span).\n",
             p.expiry_leases,
             p.expiry_ttl_secs,
             COUNT_POLL.as_millis(),
