@@ -500,14 +500,20 @@ pub struct Knobs {
     /// Take snapshots and compact logs; lagging followers then catch up by
     /// chunked InstallSnapshot.
     pub snapshots: bool,
+    /// Run lease clients and the lease checker (`--leases`). Off by
+    /// default: their traffic changes every seed's schedule, and with it
+    /// `--snapshots` seed 56 runs into an open core liveness bug
+    /// (`KNOWN_CORE_BUGS.md`); CI runs a fixed `--leases` range.
+    pub leases: bool,
 }
 
 impl Default for Knobs {
-    /// Membership changes on, snapshots off.
+    /// Membership changes on, snapshots and lease clients off.
     fn default() -> Self {
         Knobs {
             membership: true,
             snapshots: false,
+            leases: false,
         }
     }
 }
@@ -521,6 +527,9 @@ impl Knobs {
         }
         if self.snapshots {
             f.push_str(" --snapshots");
+        }
+        if self.leases {
+            f.push_str(" --leases");
         }
         f
     }
@@ -538,6 +547,9 @@ impl SimConfig {
             c.disks.truncate(c.voters);
             c.faults.conf_change_weight = 0;
             c.faults.down_max = c.faults.down_max.min(c.voters);
+        }
+        if !knobs.leases {
+            c.leases.clients = 0;
         }
         if !knobs.snapshots {
             c.snapshot_threshold_entries = 0;

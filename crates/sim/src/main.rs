@@ -8,9 +8,9 @@ use metalraft_sim::swarm::{run_swarm, SwarmOptions};
 use metalraft_sim::{html, run_seed, Knobs, RunOptions, Sabotage};
 
 const USAGE: &str = "usage:
-  metalraft-sim run --seed N [--no-membership] [--snapshots] [--trace] [--history] [--html FILE]
+  metalraft-sim run --seed N [--no-membership] [--snapshots] [--leases] [--trace] [--history] [--html FILE]
                     [--lease-bug half-ttl|promote-from-epoch|never-expire]   (replays tests/lease_teeth.rs)
-  metalraft-sim swarm --seeds A..B [--no-membership] [--snapshots] [--jobs J] [--minutes M]
+  metalraft-sim swarm --seeds A..B [--no-membership] [--snapshots] [--leases] [--jobs J] [--minutes M]
 (membership changes are on by default; --membership is accepted and changes nothing)";
 
 /// Default worker threads of `swarm`.
@@ -66,6 +66,7 @@ fn run(args: &[String]) -> Result<bool, CliError> {
             "--membership" => knobs.membership = true,
             "--no-membership" => knobs.membership = false,
             "--snapshots" => knobs.snapshots = true,
+            "--leases" => knobs.leases = true,
             "--history" => history = true,
             "--lease-bug" => {
                 let name = value::<String>(args, i, "--lease-bug")?;
@@ -163,6 +164,7 @@ fn swarm(args: &[String]) -> Result<bool, CliError> {
             "--membership" => knobs.membership = true,
             "--no-membership" => knobs.membership = false,
             "--snapshots" => knobs.snapshots = true,
+            "--leases" => knobs.leases = true,
             "--jobs" => {
                 jobs = value(args, i, "--jobs")?;
                 i += 1;

@@ -7,7 +7,7 @@
 //! without the defect.
 
 use metalraft_sim::checkers::{LeaseFault, Violation};
-use metalraft_sim::{run_seed, RunOptions, RunReport, Sabotage};
+use metalraft_sim::{run_seed, Knobs, RunOptions, RunReport, Sabotage};
 
 /// Seeds tried per defect (the default configuration of each, so that the
 /// printed replay command reproduces the run exactly).
@@ -16,6 +16,10 @@ const SEEDS: u64 = 6;
 fn run(seed: u64, sabotage: Sabotage) -> RunReport {
     let opts = RunOptions {
         sabotage,
+        knobs: Knobs {
+            leases: true,
+            ..Knobs::default()
+        },
         ..RunOptions::default()
     };
     run_seed(seed, opts)
@@ -31,7 +35,7 @@ fn caught(sabotage: Sabotage, name: &str, fault: LeaseFault, min_caught: usize) 
             None => eprintln!("seed {seed}, {sabotage:?}: not caught on this seed"),
             Some(v @ Violation::Lease { fault: f, .. }) => {
                 eprintln!(
-                    "seed {seed}, {sabotage:?}: {v}\n  replay: cargo run --release -p metalraft-sim -- run --seed {seed} --lease-bug {name} --trace"
+                    "seed {seed}, {sabotage:?}: {v}\n  replay: cargo run --release -p metalraft-sim -- run --seed {seed} --leases --lease-bug {name} --trace"
                 );
                 n += usize::from(f == fault);
             }

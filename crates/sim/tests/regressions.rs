@@ -24,6 +24,7 @@ fn core_open_snapshots_seed_56_no_leader_after_membership_changes() {
     let opts = RunOptions {
         knobs: Knobs {
             snapshots: true,
+            leases: true,
             ..Knobs::default()
         },
         ..RunOptions::default()
