@@ -376,6 +376,56 @@ impl WatchConfig {
     }
 }
 
+/// Simulated microseconds per second of lease time. Lease TTLs are whole
+/// seconds (etcd's unit), and a run lasts a few simulated seconds: the
+/// simulator's lease clock runs [`LEASE_CLOCK_SCALE`] times faster than its
+/// Raft clock, so a lease second is 20 ticks and a TTL a few election
+/// timeouts, as in a deployment (etcd's minimum TTL is 1.5 election
+/// timeouts).
+pub const LEASE_SECOND_US: Time = 20 * TICK_US_NOMINAL;
+/// Lease-clock microseconds per simulated microsecond.
+pub const LEASE_CLOCK_SCALE: u64 = 1_000_000 / LEASE_SECOND_US;
+const _: () = assert!(LEASE_CLOCK_SCALE * LEASE_SECOND_US == 1_000_000);
+/// Lease clients per seed.
+pub const LEASE_CLIENTS: usize = 2;
+/// TTLs are drawn from the minimum up to this many seconds above it.
+pub const LEASE_TTL_SPREAD_SECS: i64 = 3;
+/// A client keeps a lease alive for up to this many TTLs, then stops.
+pub const LEASE_KEEPALIVE_TTLS_MAX: u64 = 3;
+/// Keepalives per TTL (etcd's clients send one every TTL/3).
+pub const LEASE_KEEPALIVES_PER_TTL: u64 = 3;
+/// Chance that a client revokes its lease when it stops keeping it alive
+/// (otherwise it lets it expire).
+pub const LEASE_REVOKE_PPM: u32 = 250_000;
+/// The RNG stream the lease configuration is drawn from.
+const LEASE_RNG_STREAM: u64 = 0x1ea5e;
+
+/// Lease clients of one seed (`sim/leases.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// Number of lease clients.
+    pub clients: usize,
+    /// Smallest TTL granted (seconds of lease time): etcd's minimum,
+    /// `ceil(1.5 × election timeout)`, with the largest election timeout.
+    pub ttl_secs_min: i64,
+    /// Largest TTL granted.
+    pub ttl_secs_max: i64,
+}
+
+impl LeaseConfig {
+    /// The lease clients for a cluster whose election timeout is below
+    /// `election_timeout_ticks_max`.
+    pub fn draw(r: &mut Rng, election_timeout_ticks_max: u32) -> Self {
+        let election_us = u64::from(election_timeout_ticks_max) * TICK_US_NOMINAL;
+        let min = (3 * election_us / 2).div_ceil(LEASE_SECOND_US).max(1) as i64;
+        LeaseConfig {
+            clients: LEASE_CLIENTS,
+            ttl_secs_min: min,
+            ttl_secs_max: min + r.range(0, LEASE_TTL_SPREAD_SECS as u64 + 1) as i64,
+        }
+    }
+}
+
 /// The whole configuration of one run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimConfig {
@@ -430,6 +480,8 @@ pub struct SimConfig {
     pub workload: WorkloadConfig,
     /// Watchers and background writes.
     pub watch: WatchConfig,
+    /// Lease clients (grants, attached keys, keepalives, revokes).
+    pub leases: LeaseConfig,
     /// Length of the safety phase.
     pub safety_ticks: u64,
     /// Tick budget of the liveness phase.
@@ -448,14 +500,20 @@ pub struct Knobs {
     /// Take snapshots and compact logs; lagging followers then catch up by
     /// chunked InstallSnapshot.
     pub snapshots: bool,
+    /// Run lease clients and the lease checker (`--leases`). Off by
+    /// default: their traffic changes every seed's schedule, and with it
+    /// `--snapshots` seed 56 runs into an open core liveness bug
+    /// (`KNOWN_CORE_BUGS.md`); CI runs a fixed `--leases` range.
+    pub leases: bool,
 }
 
 impl Default for Knobs {
-    /// Membership changes on, snapshots off.
+    /// Membership changes on, snapshots and lease clients off.
     fn default() -> Self {
         Knobs {
             membership: true,
             snapshots: false,
+            leases: false,
         }
     }
 }
@@ -469,6 +527,9 @@ impl Knobs {
         }
         if self.snapshots {
             f.push_str(" --snapshots");
+        }
+        if self.leases {
+            f.push_str(" --leases");
         }
         f
     }
@@ -486,6 +547,9 @@ impl SimConfig {
             c.disks.truncate(c.voters);
             c.faults.conf_change_weight = 0;
             c.faults.down_max = c.faults.down_max.min(c.voters);
+        }
+        if !knobs.leases {
+            c.leases.clients = 0;
         }
         if !knobs.snapshots {
             c.snapshot_threshold_entries = 0;
@@ -606,11 +670,18 @@ impl SimConfig {
             faults,
             workload,
             watch,
+            // Follows the election timeout: set below.
+            leases: LeaseConfig::default(),
             safety_ticks,
             // Follows the election timeout: set by meet_election_timing.
             liveness_budget_ticks: 0,
         };
         cfg.meet_election_timing();
+        // From a stream of its own, so the draws above stay as they were.
+        cfg.leases = LeaseConfig::draw(
+            &mut Rng::new(seed).fork(LEASE_RNG_STREAM),
+            cfg.election_timeout_ticks_max,
+        );
         cfg
     }
 

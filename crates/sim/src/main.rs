@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use metalraft_sim::swarm::{run_swarm, SwarmOptions};
-use metalraft_sim::{html, run_seed, Knobs, RunOptions};
+use metalraft_sim::{html, run_seed, Knobs, RunOptions, Sabotage};
 
 const USAGE: &str = "usage:
-  metalraft-sim run --seed N [--no-membership] [--snapshots] [--trace] [--history] [--html FILE]
-  metalraft-sim swarm --seeds A..B [--no-membership] [--snapshots] [--jobs J] [--minutes M]
+  metalraft-sim run --seed N [--no-membership] [--snapshots] [--leases] [--trace] [--history] [--html FILE]
+                    [--lease-bug half-ttl|promote-from-epoch|never-expire]   (replays tests/lease_teeth.rs)
+  metalraft-sim swarm --seeds A..B [--no-membership] [--snapshots] [--leases] [--jobs J] [--minutes M]
 (membership changes are on by default; --membership is accepted and changes nothing)";
 
 /// Default worker threads of `swarm`.
@@ -53,6 +54,7 @@ fn run(args: &[String]) -> Result<bool, CliError> {
     let mut seed = None;
     let mut knobs = Knobs::default();
     let (mut trace, mut history, mut html_file) = (false, false, None::<String>);
+    let mut sabotage = Sabotage::None;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -64,7 +66,15 @@ fn run(args: &[String]) -> Result<bool, CliError> {
             "--membership" => knobs.membership = true,
             "--no-membership" => knobs.membership = false,
             "--snapshots" => knobs.snapshots = true,
+            "--leases" => knobs.leases = true,
             "--history" => history = true,
+            "--lease-bug" => {
+                let name = value::<String>(args, i, "--lease-bug")?;
+                sabotage = Sabotage::from_lease_bug_name(&name).ok_or_else(|| {
+                    CliError::Usage(format!("--lease-bug: unknown defect {name:?}"))
+                })?;
+                i += 1;
+            }
             "--html" => {
                 html_file = Some(value::<String>(args, i, "--html")?);
                 i += 1;
@@ -78,7 +88,7 @@ fn run(args: &[String]) -> Result<bool, CliError> {
         trace,
         timeline: html_file.is_some(),
         knobs,
-        ..RunOptions::default()
+        sabotage,
     };
     let r = run_seed(seed, opts);
     let mut out = std::io::stdout().lock();
@@ -102,9 +112,11 @@ fn run(args: &[String]) -> Result<bool, CliError> {
             "stats: {} ticks, {} deliveries, {} lost, {} crashes ({} torn), {} partitions, {} pauses, {} transfers, {} membership changes, {} targeted faults, {} fsyncs, {} leader terms, {}us simulated\n\
              ops: {ok} ok, {failed} failed, {unknown} unknown, {pending} pending\n\
              watch: {} events checked, {} streams broken and resumed, {} compaction cancels; {} background writes, {} compactions\n\
+             leases: {} keepalives accepted, {} expired, {} revoked by clients; latest expiry {} µs past its deadline\n\
              fingerprint: {:016x}\n",
             s.ticks, s.deliveries, s.lost, s.crashes, s.torn_writes, s.partitions, s.pauses, s.transfers, s.conf_changes, s.targeted, s.fsyncs,
-            s.leader_terms, s.sim_time_us, s.watch_events, s.watch_breaks, s.watch_cancels, s.background_writes, s.compactions, r.fingerprint
+            s.leader_terms, s.sim_time_us, s.watch_events, s.watch_breaks, s.watch_cancels, s.background_writes, s.compactions,
+            s.lease_keepalives, s.lease_expiries, s.lease_revokes, s.lease_lateness_max_us, r.fingerprint
         ),
     )?;
     if let Some(file) = &html_file {
@@ -152,6 +164,7 @@ fn swarm(args: &[String]) -> Result<bool, CliError> {
             "--membership" => knobs.membership = true,
             "--no-membership" => knobs.membership = false,
             "--snapshots" => knobs.snapshots = true,
+            "--leases" => knobs.leases = true,
             "--jobs" => {
                 jobs = value(args, i, "--jobs")?;
                 i += 1;

@@ -15,9 +15,9 @@ use metalraft_replica::{
 use crate::checkers::{
     check_batch_start, check_durability, check_leader_commit, check_linearizable, check_liveness,
     check_log_matching, check_node_event, check_node_revision, describe, CommittedChecker,
-    DurableStateChecker, ElectionChecker, LeaderCompletenessChecker, LinearizabilityReport,
-    LivenessSnapshot, LogEntrySummary, NodeProgress, ReferenceHistory, StateMachineChecker,
-    StepDownChecker, Violation, WatchChecker,
+    DurableStateChecker, ElectionChecker, LeaderCompletenessChecker, LeaseChecker,
+    LinearizabilityReport, LivenessSnapshot, LogEntrySummary, NodeProgress, ReferenceHistory,
+    StateMachineChecker, StepDownChecker, Violation, WatchChecker, LEASE_EXPIRY_SLACK_US,
 };
 use crate::config::{
     ReadPath, SimConfig, Time, CLIENT_ATTEMPTS_MAX, EVENTS_MAX, EVENTS_PER_NODE_TICK_MAX,
@@ -25,7 +25,7 @@ use crate::config::{
 };
 use crate::disk::Disk;
 use crate::history::{ClientId, History, KeyId, OpId, OpKind, OpOutput, Outcome};
-use crate::machine::{Applied, SimMachine};
+use crate::machine::{Applied, LeaseBug, SimMachine};
 use crate::network::{Network, Route};
 use crate::payload::{entry_digest, entry_op, sim_command, SimPayload};
 use crate::replica::{Live, Replica, SimNode, SimReplica};
@@ -36,6 +36,7 @@ use crate::workload::{self, ClientGen};
 
 mod clients;
 mod faults;
+mod leases;
 mod liveness;
 mod targeted;
 mod watch;
@@ -79,6 +80,38 @@ pub enum Sabotage {
     /// The stores' history replay (`changes`, what watchers read) drops the
     /// changes of `/sim/k0` and `/sim/t0`.
     HistoryDropsKey,
+    /// The leaders' lease clocks run twice as fast: leases expire at half
+    /// their TTL ([`LeaseBug::HalfTtl`]).
+    LeaseHalfTtl,
+    /// A new leader does not restart lease countdowns at its promotion
+    /// ([`LeaseBug::PromoteFromEpoch`]).
+    LeasePromoteFromEpoch,
+    /// Leaders never find a lease expired ([`LeaseBug::NeverExpire`]).
+    LeaseNeverExpires,
+}
+
+impl Sabotage {
+    /// The lease defect this sabotage injects into every node's state
+    /// machine.
+    pub fn lease_bug(self) -> LeaseBug {
+        match self {
+            Sabotage::LeaseHalfTtl => LeaseBug::HalfTtl,
+            Sabotage::LeasePromoteFromEpoch => LeaseBug::PromoteFromEpoch,
+            Sabotage::LeaseNeverExpires => LeaseBug::NeverExpire,
+            _ => LeaseBug::None,
+        }
+    }
+
+    /// The sabotage `run --lease-bug NAME` selects (`half-ttl`,
+    /// `promote-from-epoch`, `never-expire`), to replay a lease-teeth run.
+    pub fn from_lease_bug_name(name: &str) -> Option<Sabotage> {
+        match name {
+            "half-ttl" => Some(Sabotage::LeaseHalfTtl),
+            "promote-from-epoch" => Some(Sabotage::LeasePromoteFromEpoch),
+            "never-expire" => Some(Sabotage::LeaseNeverExpires),
+            _ => None,
+        }
+    }
 }
 
 /// What to record besides the fingerprint.
@@ -137,6 +170,15 @@ pub struct RunStats {
     pub background_writes: u64,
     /// Compactions committed and accepted by the store.
     pub compactions: u64,
+    /// Keepalives a leader accepted.
+    pub lease_keepalives: u64,
+    /// Leases gone because a leader found them expired.
+    pub lease_expiries: u64,
+    /// Leases revoked by their clients.
+    pub lease_revokes: u64,
+    /// The largest time a lease outlived its deadline under a stable
+    /// leader (liveness phase; bounded by `LEASE_EXPIRY_SLACK_US`).
+    pub lease_lateness_max_us: Time,
 }
 
 impl RunStats {
@@ -230,6 +272,14 @@ enum Event {
         reply: watch::WatchReply,
     },
     Background,
+    LeaseClient {
+        client: usize,
+    },
+    KeepAlive {
+        node: usize,
+        lease: i64,
+        relayed: bool,
+    },
 }
 
 struct Scheduled {
@@ -295,6 +345,7 @@ pub struct Simulation {
     rng_disk: Rng,
     rng_sched: Rng,
     rng_watch: Rng,
+    rng_lease: Rng,
     targeted: targeted::TargetedState,
     election: ElectionChecker,
     completeness: LeaderCompletenessChecker,
@@ -309,6 +360,12 @@ pub struct Simulation {
     history_end: std::rc::Rc<std::cell::Cell<Index>>,
     watch: WatchChecker,
     watchers: Vec<watch::Watcher>,
+    lease: LeaseChecker,
+    lease_clients: Vec<leases::LeaseClient>,
+    /// In the liveness phase: the leader, its term, and when it was first
+    /// seen with its whole log committed (stable: from then on it commits
+    /// new entries within a round trip and an fsync).
+    lease_stable: Option<(NodeId, metalraft_core::Term, Option<Time>)>,
     /// Background writes proposed so far (their op ids, below any client's).
     background: OpId,
     /// Request id of the last membership change proposed.
@@ -439,6 +496,7 @@ impl Simulation {
             rng_disk: root.fork(4),
             rng_sched: root.fork(5),
             rng_watch: root.fork(6),
+            rng_lease: root.fork(7),
             targeted: targeted::TargetedState::default(),
             election: ElectionChecker::default(),
             completeness: LeaderCompletenessChecker::default(),
@@ -451,6 +509,11 @@ impl Simulation {
             history_end: Default::default(),
             watch: WatchChecker::new(cfg.watch.watchers.len()),
             watchers: cfg.watch.watchers.iter().map(watch::Watcher::new).collect(),
+            lease: LeaseChecker::new(),
+            lease_clients: (0..cfg.leases.clients)
+                .map(|_| leases::LeaseClient::default())
+                .collect(),
+            lease_stable: None,
             background: 0,
             conf_req: 0,
             trace: Trace::new(opts.trace),
@@ -482,6 +545,10 @@ impl Simulation {
         self.stats.fsyncs = self.replicas.iter().map(|r| r.disk.fsyncs()).sum();
         self.stats.targeted = self.targeted.fired;
         self.stats.compactions = self.reference.compactions() as u64;
+        self.stats.lease_keepalives = self.lease.keepalives;
+        self.stats.lease_expiries = self.lease.expired;
+        self.stats.lease_revokes = self.lease.revoked_by_clients;
+        self.stats.lease_lateness_max_us = self.lease.lateness_max_us;
         self.timeline.end = self.now;
         RunReport {
             violation,
@@ -527,6 +594,10 @@ impl Simulation {
         if mean > 0 {
             let t = 1 + self.rng_watch.range(0, 2 * mean);
             self.at(t, Event::Background);
+        }
+        for c in 0..self.lease_clients.len() {
+            let t = 1 + self.rng_lease.range(0, leases::LEASE_CLIENT_START_US_MAX);
+            self.at(t, Event::LeaseClient { client: c });
         }
         self.at(self.cfg.safety_ticks * TICK_US_NOMINAL, Event::Liveness);
         while let Some(Reverse(s)) = self.queue.pop() {
@@ -620,6 +691,12 @@ impl Simulation {
                 reply,
             } => self.on_watch_reply(watcher, stream, node, reply),
             Event::Background => self.on_background(),
+            Event::LeaseClient { client } => self.on_lease_client(client),
+            Event::KeepAlive {
+                node,
+                lease,
+                relayed,
+            } => self.on_keepalive(node, lease, relayed),
         }
     }
 
@@ -751,6 +828,17 @@ impl Simulation {
     /// the network, its completions to the clients, its snapshot to the disk;
     /// what its state machine applied goes to the checkers.
     fn drive(&mut self, node: usize) -> Step {
+        // The replica's clock, as the server's loop gives it before every
+        // poll: a promotion in this poll restarts the lease countdowns now,
+        // and a leader's due leases are revoked through the log.
+        if let Some(live) = self.replicas[node].live.as_mut() {
+            live.replica
+                .handle_timeout(metalraft_replica::Instant(self.now));
+            let notes = live.replica.state_machine().take_lease_notes();
+            if !notes.is_empty() {
+                self.observe_lease_notes(node, notes)?;
+            }
+        }
         loop {
             let r = &mut self.replicas[node];
             let id = r.id;
@@ -762,8 +850,12 @@ impl Simulation {
                 // (no apply events: no-ops, reads, refusals) still applied
                 // them: judge them now, before anything reads the store.
                 let applied = live.replica.state_machine().take_applied();
+                let notes = live.replica.state_machine().take_lease_notes();
                 if !applied.is_empty() {
                     self.observe_applied(node, applied, Vec::new())?;
+                }
+                if !notes.is_empty() {
+                    self.observe_lease_notes(node, notes)?;
                 }
                 return Ok(());
             };
@@ -771,6 +863,7 @@ impl Simulation {
                 return Err(core_err(id, format!("replica stopped: {e}")));
             }
             let applied = live.replica.state_machine().take_applied();
+            let notes = live.replica.state_machine().take_lease_notes();
             if let Some(w) = &out.persist {
                 let p = &w.persist;
                 if let (Some(install), Some(data)) = (p.snapshot(), &w.snapshot_data) {
@@ -808,6 +901,9 @@ impl Simulation {
                 self.write_batch(node, w.persist, w.snapshot_data);
             }
             self.observe_applied(node, applied, apply_events)?;
+            if !notes.is_empty() {
+                self.observe_lease_notes(node, notes)?;
+            }
             if let Some(s) = out.snapshot {
                 self.save_snapshot(node, s)?;
             }
@@ -921,6 +1017,8 @@ impl Simulation {
             );
         }
         self.step_down.observe_role(id, ss.role, ss.term);
+        self.lease
+            .observe_role(id, ss.role == Role::Leader, self.now);
         if ss.role == Role::Leader {
             let inc = self.replicas[node].incarnation;
             self.election.observe_leader(id, inc, ss.term)?;

@@ -108,6 +108,10 @@ impl SwarmSummary {
         s.watch_cancels += t.watch_cancels;
         s.background_writes += t.background_writes;
         s.compactions += t.compactions;
+        s.lease_keepalives += t.lease_keepalives;
+        s.lease_expiries += t.lease_expiries;
+        s.lease_revokes += t.lease_revokes;
+        s.lease_lateness_max_us = s.lease_lateness_max_us.max(t.lease_lateness_max_us);
         for i in 0..4 {
             self.ops[i] += r.ops[i];
         }
@@ -141,6 +145,7 @@ impl SwarmSummary {
              faults injected: {} (crashes {} of which torn {}, partitions {}, pauses {}, leader transfers {}, membership changes {}; {} of them targeted), {} messages lost\n\
              operations: {} ok, {} failed, {} unknown, {} pending; {} checked for linearizability, {} inconclusive keys\n\
              watch: {} events checked, {} streams broken and resumed, {} compaction cancels; {} background writes, {} compactions\n\
+             leases: {} keepalives accepted, {} expired, {} revoked by clients; latest expiry {} µs past its deadline (slack {} µs)\n\
              fingerprint: {:016x}",
             self.seeds,
             self.failures.len(),
@@ -172,6 +177,11 @@ impl SwarmSummary {
             s.watch_cancels,
             s.background_writes,
             s.compactions,
+            s.lease_keepalives,
+            s.lease_expiries,
+            s.lease_revokes,
+            s.lease_lateness_max_us,
+            crate::checkers::LEASE_EXPIRY_SLACK_US,
             self.fingerprint,
         )
     }

@@ -38,6 +38,7 @@ pub enum TraceKind {
     Complete,
     Phase,
     Watch,
+    Lease,
 }
 
 impl TraceKind {
@@ -60,6 +61,7 @@ impl TraceKind {
             TraceKind::Propose => "propose",
             TraceKind::Complete => "complete",
             TraceKind::Phase => "PHASE",
+            TraceKind::Lease => "lease",
             TraceKind::Watch => "watch",
         }
     }

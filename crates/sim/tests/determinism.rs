@@ -48,6 +48,7 @@ fn membership_and_snapshot_runs_are_deterministic_too() {
         knobs: Knobs {
             membership: true,
             snapshots: true,
+            leases: false,
         },
         ..RunOptions::default()
     };

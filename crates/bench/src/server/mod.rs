@@ -5,6 +5,7 @@
 
 mod cluster;
 mod disk;
+mod lease;
 mod load;
 mod svg;
 mod watch;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use cluster::{Cluster, ProcStats, System, Timing, MEMBERS};
 use etcd_client::{Client, ConnectOptions};
+use lease::LeaseWorkload;
 use load::{quantile, RunResult, Workload};
 use watch::WatchWorkload;
 
@@ -74,7 +76,8 @@ options:
   --reps N             measured runs per system and workload (default 3)
   --failover-runs N    leader kills per system (default 5; 0 skips)
   --workloads A,B,..   subset of put-1,put-16,put-64,put-256,get-linearizable,
-                       get-serializable,txn-4op,watch-fanout,watch-catchup
+                       get-serializable,txn-4op,watch-fanout,watch-catchup,
+                       lease-keepalive,lease-expiry
                        (with no key-value workload the disk ceiling is skipped)
   --watchers N         watch-fanout: watchers on the followers (default 1000;
                        100 with --quick)
@@ -86,6 +89,8 @@ options:
                        --quick), after 1 s (0.5 s) of warm-up
   --catchup-events N   watch-catchup: history replayed (default 100000; 10000
                        with --quick)
+  --leases N           lease-keepalive and lease-expiry: leases (default 10000;
+                       1000 with --quick)
   --only SYSTEM        etcd | metalraft: one system only (e.g. under a
                        profiler); no ratios
   --clients-per-connection N
@@ -109,6 +114,8 @@ pub struct Opts {
     workloads: Vec<Workload>,
     watch: Vec<WatchWorkload>,
     watch_params: watch::Params,
+    lease: Vec<LeaseWorkload>,
+    lease_params: lease::Params,
     systems: Vec<System>,
     base_port: u16,
     disk_probe: Duration,
@@ -129,6 +136,8 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
         workloads: Workload::all(),
         watch: WatchWorkload::all(),
         watch_params: watch::Params::full(),
+        lease: LeaseWorkload::all(),
+        lease_params: lease::Params::full(),
         systems: vec![System::Etcd, System::Metalraft],
         base_port: BASE_PORT,
         disk_probe: DISK_PROBE,
@@ -137,6 +146,7 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
     let (mut warmup, mut measure, mut reps, mut fo) = (None, None, None, None);
     let (mut watchers, mut per_conn, mut put_rate, mut watch_secs, mut catchup) =
         (None, None, None, None, None);
+    let mut leases = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
@@ -167,11 +177,14 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--workloads" => {
                 o.workloads.clear();
                 o.watch.clear();
+                o.lease.clear();
                 for w in value(a)?.split(',').map(str::trim) {
                     if let Some(w) = Workload::parse(w) {
                         o.workloads.push(w);
                     } else if let Some(w) = WatchWorkload::parse(w) {
                         o.watch.push(w);
+                    } else if let Some(w) = LeaseWorkload::parse(w) {
+                        o.lease.push(w);
                     } else {
                         return Err(format!("{a}: unknown workload {w:?}"));
                     }
@@ -187,6 +200,7 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
             }
             "--watch-duration" => watch_secs = Some(secs(value(a)?, a)?),
             "--catchup-events" => catchup = Some(crate::parse_pos(&value(a)?, a)?),
+            "--leases" => leases = Some(crate::parse_pos(&value(a)?, a)? as usize),
             "--only" => {
                 o.systems = match value(a)?.as_str() {
                     "etcd" => vec![System::Etcd],
@@ -217,6 +231,11 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
         o.failover_runs = QUICK_FAILOVER_RUNS;
         o.disk_probe = QUICK_DISK_PROBE;
         o.watch_params = watch::Params::quick();
+        o.lease_params = lease::Params::quick();
+    }
+    if let Some(n) = leases {
+        o.lease_params.keepalive_leases = n;
+        o.lease_params.expiry_leases = n;
     }
     let wp = &mut o.watch_params;
     wp.watchers = watchers.unwrap_or(wp.watchers);
@@ -408,6 +427,7 @@ async fn suite(o: &Opts) -> Result<(), String> {
     }
 
     let watch_results = watch_workloads(o, &mut clusters).await;
+    let lease_results = lease_workloads(o, &mut clusters).await;
 
     // Failover, alternating.
     let mut failover: HashMap<System, Vec<Result<Duration, String>>> = HashMap::new();
@@ -432,7 +452,7 @@ async fn suite(o: &Opts) -> Result<(), String> {
     }
     drop(clusters);
 
-    let report = report(
+    let mut report = report(
         o,
         &machine,
         ceiling.as_ref(),
@@ -441,6 +461,15 @@ async fn suite(o: &Opts) -> Result<(), String> {
         &failover,
         wall.elapsed(),
     );
+    if !o.lease.is_empty() {
+        lease::report(
+            &mut report,
+            &o.lease_params,
+            &o.systems,
+            &o.lease,
+            &lease_results,
+        );
+    }
     println!("{report}");
     std::fs::write(out_dir.join("results.md"), &report).map_err(|e| e.to_string())?;
     write_plots(o, &out_dir, &results)?;
@@ -448,7 +477,7 @@ async fn suite(o: &Opts) -> Result<(), String> {
     // A failed row or failover run is in the report; the exit status says
     // so too (for CI).
     let failed_rows = results.values().filter(|v| cell(v).is_err()).count();
-    let failed_rows = failed_rows + watch_results.failed();
+    let failed_rows = failed_rows + watch_results.failed() + lease_results.failed();
     let failed_failovers = failover.values().flatten().filter(|r| r.is_err()).count();
     if failed_rows + failed_failovers > 0 {
         return Err(format!(
@@ -533,6 +562,74 @@ async fn watch_workloads(o: &Opts, clusters: &mut [Cluster]) -> watch::Results {
                     ),
                 }
                 r.catchup.entry(c.system).or_default().push(out);
+            }
+        }
+    }
+    r
+}
+
+/// The lease workloads: keepalive runs, then mass-expiry runs, each
+/// alternating A B A B.
+async fn lease_workloads(o: &Opts, clusters: &mut [Cluster]) -> lease::Results {
+    let p = &o.lease_params;
+    let mut r = lease::Results::default();
+    if o.lease.contains(&LeaseWorkload::Keepalive) {
+        for rep in 0..o.reps {
+            for c in clusters.iter_mut() {
+                let out = lease::keepalive_run(c, p).await;
+                match &out {
+                    Ok(k) => eprintln!(
+                        "lease-keepalive    {:<9} rep {}: {} leases, paced {:.0} keepalives/s (p99 {:.2} ms, CPU {:.2}), \
+                         saturated {:.0} keepalives/s (CPU {:.2}, load generator {:.2}), setup {:.1} s, \
+                         {} streams failed and reopened {}",
+                        c.system.name(),
+                        rep + 1,
+                        k.leases,
+                        k.paced_per_sec,
+                        k.paced_p99_us / 1e3,
+                        k.paced_cpu.iter().sum::<f64>(),
+                        k.saturated_per_sec,
+                        k.saturated_cpu.iter().sum::<f64>(),
+                        k.loadgen_saturated_cpu,
+                        k.setup_secs,
+                        k.errors,
+                        k.first_error.as_deref().unwrap_or(""),
+                    ),
+                    Err(e) => eprintln!(
+                        "lease-keepalive    {:<9} rep {}: FAILED: {e}",
+                        c.system.name(),
+                        rep + 1
+                    ),
+                }
+                r.keepalive.entry(c.system).or_default().push(out);
+            }
+        }
+    }
+    if o.lease.contains(&LeaseWorkload::Expiry) {
+        for rep in 0..o.reps {
+            for c in clusters.iter_mut() {
+                let out = lease::expiry_run(c, p).await;
+                match &out {
+                    Ok(x) => eprintln!(
+                        "lease-expiry       {:<9} rep {}: {} leases ({} left at the first deadline) gone {:.2} s after the first deadline \
+                         ({:.2} s after the last); unrelated puts p50 {:.2} ms p99 {:.2} ms (before: p99 {:.2} ms)",
+                        c.system.name(),
+                        rep + 1,
+                        x.leases,
+                        x.left_at_first_deadline,
+                        x.span_secs,
+                        x.after_last_deadline_secs,
+                        x.put_p50_us / 1e3,
+                        x.put_p99_us / 1e3,
+                        x.put_p99_before_us / 1e3,
+                    ),
+                    Err(e) => eprintln!(
+                        "lease-expiry       {:<9} rep {}: FAILED: {e}",
+                        c.system.name(),
+                        rep + 1
+                    ),
+                }
+                r.expiry.entry(c.system).or_default().push(out);
             }
         }
     }
@@ -1211,5 +1308,15 @@ mod tests {
         let q = watch::Params::quick();
         let fanout = (q.warmup + q.measure).as_secs_f64() + 2.0;
         assert!(7.0 * 2.0 * per + 2.0 * fanout * (QUICK_REPS as f64) < 80.0);
+        // The lease runs add, per system and run, the keepalive phases
+        // (their paced warm-up is 2 s, one interval between them) and the
+        // expiry TTL plus its drain (1,000 leases at 1,000 revokes/s).
+        let l = lease::Params::quick();
+        let leases = 2.0
+            + 1.0
+            + (l.paced_measure + l.saturated_measure).as_secs_f64()
+            + l.expiry_ttl_secs as f64
+            + 1.0;
+        assert!(2.0 * leases * (QUICK_REPS as f64) < 40.0);
     }
 }

@@ -10,6 +10,7 @@ mod durability;
 mod durable_state;
 mod election;
 mod leader_completeness;
+mod lease;
 mod linearizability;
 mod liveness;
 mod log_matching;
@@ -25,6 +26,7 @@ pub use durability::check_durability;
 pub use durable_state::DurableStateChecker;
 pub use election::ElectionChecker;
 pub use leader_completeness::LeaderCompletenessChecker;
+pub use lease::{LeaseChecker, LeaseFault, LEASE_EXPIRY_SLACK_US};
 pub use linearizability::{
     check_linearizable, LinearizabilityReport, LIN_REPORT_OPS_MAX, LIN_SEARCH_STEPS_MAX,
 };
@@ -255,6 +257,21 @@ pub enum Violation {
         /// Details.
         what: String,
     },
+    /// A lease expired early in its leader's view, was expired or renewed by
+    /// a node that did not lead, or outlived its deadline under a stable
+    /// leader (see `checkers::LeaseChecker`).
+    Lease {
+        /// The node that decided (or the stable leader, for `Late`).
+        node: NodeId,
+        /// The lease.
+        lease: i64,
+        /// What is wrong.
+        fault: LeaseFault,
+        /// When (simulated µs).
+        at_us: u64,
+        /// Details.
+        what: String,
+    },
     /// The core returned an error the simulator cannot explain (a storage
     /// failure of a healthy in-memory store, a refused restart, ...).
     CoreError {
@@ -363,6 +380,10 @@ impl fmt::Display for Violation {
             Violation::Watch { watcher, node, fault, revision, what } => write!(
                 f,
                 "watch: watcher {watcher} ({fault:?}, revision {revision}, served by node {node}): {what}"
+            ),
+            Violation::Lease { node, lease, fault, at_us, what } => write!(
+                f,
+                "lease: lease {lease} ({fault:?}, node {node}, at {at_us} µs): {what}"
             ),
             Violation::CoreError { node, error } => write!(f, "core error on node {node}: {error}"),
         }

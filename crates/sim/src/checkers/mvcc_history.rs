@@ -10,6 +10,10 @@
 //! `prev_kv` rule (the key at `revision - 1`, none for a creation). It
 //! keeps every revision forever and never reads `metalraft_kv::MvccStore`,
 //! so a store that loses, reorders or misreports history disagrees with it.
+//! Leases are modeled too: which exist, which live key is attached to which
+//! (a put attaches the key to its lease, or detaches it; a delete detaches
+//! it), and a revoke deletes the attached keys in one revision, in key
+//! order.
 //!
 //! [`check_node_event`] judges what one node's replica reported applying
 //! (the live watch feed, `Event::Applied`), and [`check_node_revision`] the
@@ -53,6 +57,10 @@ pub struct ReferenceHistory {
     compact_revision: i64,
     /// Every accepted compaction's revision.
     compactions: BTreeSet<i64>,
+    /// Lease → its attached live keys.
+    leases: BTreeMap<i64, BTreeSet<Vec<u8>>>,
+    /// Live key → its lease.
+    attached: BTreeMap<Vec<u8>, i64>,
 }
 
 impl ReferenceHistory {
@@ -159,6 +167,24 @@ impl ReferenceHistory {
             .push((self.revision(), self.compact_revision));
     }
 
+    fn detach(&mut self, key: &[u8]) {
+        if let Some(id) = self.attached.remove(key) {
+            if let Some(keys) = self.leases.get_mut(&id) {
+                keys.remove(key);
+            }
+        }
+    }
+
+    /// Whether lease `id` exists at the newest applied index.
+    pub fn has_lease(&self, id: i64) -> bool {
+        self.leases.contains_key(&id)
+    }
+
+    /// Number of leases at the newest applied index.
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+
     fn execute(&mut self, index: Index, cmd: &Command) {
         let mut w = Write::new(self.revision() + 1);
         match cmd {
@@ -184,11 +210,42 @@ impl ReferenceHistory {
                 }
             }
             Command::Range(_) => {}
-            Command::LeaseGrant(_)
-            | Command::LeaseRevoke(_)
-            | Command::LeasePut(..)
-            | Command::LeaseTxn(..) => {
-                panic!("model: the simulator's workload uses no leases")
+            Command::LeaseGrant(g) => {
+                assert!(g.id != 0, "model: the simulator chooses lease IDs");
+                self.leases.entry(g.id).or_default();
+            }
+            Command::LeaseRevoke(r) => {
+                for key in self.leases.remove(&r.id).unwrap_or_default() {
+                    self.attached.remove(&key);
+                    w.delete(
+                        &mut self.live,
+                        &DeleteRangeRequest {
+                            key,
+                            ..DeleteRangeRequest::default()
+                        },
+                    );
+                }
+            }
+            Command::LeasePut(p, l) => {
+                assert!(!l.ignore_lease, "model: ignore_lease is not used");
+                if l.lease == 0 || self.leases.contains_key(&l.lease) {
+                    w.put(&mut self.live, p);
+                    self.detach(&p.key);
+                    if l.lease != 0 {
+                        self.attached.insert(p.key.clone(), l.lease);
+                        self.leases
+                            .entry(l.lease)
+                            .or_default()
+                            .insert(p.key.clone());
+                    }
+                }
+            }
+            Command::LeaseTxn(..) => panic!("model: the simulator's workload sends no lease txns"),
+        }
+        // A plain put or a delete detaches the key from its lease.
+        if !matches!(cmd, Command::LeasePut(..) | Command::LeaseRevoke(_)) {
+            for c in &w.changes {
+                self.detach(&c.kv.key);
             }
         }
         if !w.changes.is_empty() {

@@ -232,6 +232,7 @@ impl Simulation {
         self.durable.observe_durable(id, hs)?;
         self.committed.forget(id);
         self.step_down.forget(id);
+        self.lease.observe_role(id, false, self.now);
         self.stats.crashes += 1;
         self.stats.torn_writes += u64::from(torn);
         self.trace.record(
@@ -277,7 +278,10 @@ impl Simulation {
             ),
             None => (0, SimMachine::new()),
         };
-        let sm = sm.with_history_end(self.history_end.clone());
+        let sm = sm
+            .with_history_end(self.history_end.clone())
+            .on_node(id)
+            .with_lease_bug(self.opts.sabotage.lease_bug());
         let replica = SimReplica::new(cfg, storage, sm).map_err(|e| core_err(id, e))?;
         // The restarted node's commit index is its durable one: its
         // durable log must hold the committed entries up to it.

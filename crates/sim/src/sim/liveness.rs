@@ -23,7 +23,13 @@ impl Simulation {
             .unwrap_or(0);
         let batches = (last - applied_min.min(last)).div_ceil(self.cfg.max_entries_per_msg as u64);
         let round_trip_us = 2 * self.cfg.latency_us_max + self.cfg.fsync_us_worst();
-        self.cfg.liveness_budget_ticks + (batches * round_trip_us).div_ceil(TICK_US_NOMINAL)
+        // Leases whose keepalives stopped must expire: a TTL after an
+        // election, plus the slack.
+        let lease_us = self.cfg.leases.ttl_secs_max as u64 * crate::config::LEASE_SECOND_US
+            + u64::from(self.cfg.election_timeout_ticks_max) * TICK_US_NOMINAL
+            + LEASE_EXPIRY_SLACK_US;
+        self.cfg.liveness_budget_ticks
+            + (batches * round_trip_us + lease_us).div_ceil(TICK_US_NOMINAL)
     }
 
     pub(super) fn on_liveness_start(&mut self) -> Step {
@@ -93,12 +99,62 @@ impl Simulation {
         }
     }
 
+    /// Under one leader that is stable — it has been seen with its whole log
+    /// committed in this phase — every lease is within its deadline plus
+    /// the slack, counted from that moment at the earliest: before it,
+    /// faults or a quorum still catching up (entry by entry on some seeds)
+    /// keep the leader's revokes queued behind its backlog.
+    fn check_leases_not_late(&mut self, start: Time) -> Step {
+        let leaders: Vec<usize> = (0..self.replicas.len())
+            .filter(|&i| self.replicas[i].is_leader())
+            .collect();
+        let [l] = leaders[..] else {
+            return Ok(());
+        };
+        let r = &self.replicas[l];
+        let Some(live) = r.live.as_ref() else {
+            return Ok(());
+        };
+        let node = live.node();
+        let (id, term, commit) = (r.id, node.term(), node.commit_index());
+        let caught_up = node.last_index().is_ok_and(|last| commit >= last);
+        let stable = match self.lease_stable {
+            Some((n, t, Some(at))) if n == id && t == term => Some(at),
+            Some((n, t, None)) if n == id && t == term && !caught_up => None,
+            _ => {
+                let since = caught_up.then_some(self.now);
+                self.lease_stable = Some((id, term, since));
+                since
+            }
+        };
+        let Some(since) = stable else {
+            return Ok(());
+        };
+        let reference = &self.reference;
+        self.lease
+            .check_not_late(id, self.now, since.max(start), |l| reference.has_lease(l))
+    }
+
     pub(super) fn on_poll(&mut self) -> Step {
         let Phase::Liveness { deadline, start } = self.phase else {
             return Ok(());
         };
         let snap = self.liveness_snapshot(start);
-        match check_liveness(&snap) {
+        self.check_leases_not_late(start)?;
+        let reference = &self.reference;
+        let leases_gone = self.lease.all_gone(|l| reference.has_lease(l));
+        match check_liveness(&snap).and_then(|()| {
+            if leases_gone {
+                Ok(())
+            } else {
+                Err(Violation::Liveness {
+                    what: format!(
+                        "{} leases still exist after their keepalives stopped",
+                        reference.lease_count()
+                    ),
+                })
+            }
+        }) {
             Ok(()) => {
                 self.finished = true;
                 Ok(())
