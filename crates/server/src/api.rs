@@ -62,6 +62,9 @@ pub struct Shared {
     pub grpc_metrics: Arc<crate::grpc_metrics::GrpcMetrics>,
     /// `/health` outcomes.
     pub health_counts: crate::metrics::HealthCounts,
+    /// Slots for keepalives relayed to the leader
+    /// ([`crate::lease::LEASE_RELAYS_IN_FLIGHT`]).
+    pub lease_relays: tokio::sync::Semaphore,
     /// Lazily connected clients of the other members' Peer services.
     peers: Mutex<BTreeMap<u64, (String, PeerClient<Channel>)>>,
 }
@@ -82,6 +85,7 @@ impl Shared {
             transport_stats,
             grpc_metrics: Arc::new(crate::grpc_metrics::GrpcMetrics::new(extensive)),
             health_counts: crate::metrics::HealthCounts::default(),
+            lease_relays: tokio::sync::Semaphore::new(crate::lease::LEASE_RELAYS_IN_FLIGHT),
             peers: Mutex::new(BTreeMap::new()),
         }
     }

@@ -39,6 +39,13 @@ use crate::proto::peer as peerpb;
 /// Keepalive responses buffered per stream before the reader waits.
 pub const KEEPALIVE_STREAM_BUFFER: usize = 16;
 
+/// Keepalives and TTL questions a follower relays to the leader at once;
+/// more wait for a slot. Below the leader's peer port limit of concurrent
+/// HTTP/2 streams per connection (hyper's 200), so a burst of thousands of
+/// keepalive streams on a follower queues here instead of having its
+/// streams refused by the leader ("h2 protocol error").
+pub const LEASE_RELAYS_IN_FLIGHT: usize = 128;
+
 /// The leader's lease deadlines, shared by the state machine (timer, apply)
 /// and the Lease service (keepalives). Cheap to clone.
 #[derive(Clone, Debug)]
@@ -209,7 +216,11 @@ impl LeaseService {
             id,
             renew,
         };
-        let reply = tokio::time::timeout(REQUEST_TIMEOUT, client.lease_renew(req))
+        let relay = async {
+            let _slot = s.lease_relays.acquire().await;
+            client.lease_renew(req).await
+        };
+        let reply = tokio::time::timeout(REQUEST_TIMEOUT, relay)
             .await
             .map_err(|_| EtcdError::Timeout)?
             .map_err(|st| errors::from_status(&st))?
