@@ -37,12 +37,41 @@ pub struct Cluster {
     pub extra_flags: Vec<String>,
 }
 
-/// A free TCP port on loopback (the kernel picks it; the listener is
-/// closed right away, so a rare collision with another test is possible but
-/// each test gets fresh ports).
+/// Lowest port [`free_port`] hands out.
+const TEST_PORT_MIN: u32 = 10_000;
+
+/// A free TCP port on loopback for a member to listen on.
+///
+/// Picked below the kernel's ephemeral range (`ip_local_port_range`,
+/// 32768–60999 by default), never with `bind(0)`: a port the kernel hands
+/// out for port 0 comes from that range, and between our pick and the
+/// member's own bind any outgoing connection (a client, a peer stream) may
+/// take it as its source port, so the member fails with "Address already in
+/// use" (seen in CI). Ports are handed out in turn from a per-process start,
+/// so tests running in parallel in one process never share one; each is
+/// checked free by binding it once.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low <= TEST_PORT_MIN + 1_000 {
+        // No room below the ephemeral range: let the kernel pick.
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        return l.local_addr().expect("local addr").port();
+    }
+    let span = ephemeral_low - TEST_PORT_MIN;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (TEST_PORT_MIN + (start + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {TEST_PORT_MIN}..{ephemeral_low}");
 }
 
 pub fn bin() -> &'static str {
