@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, LeaseClient, PutOptions};
+use etcd_client::{Client, GetOptions, KvClient, LeaseClient, PutOptions};
 use tokio::task::JoinSet;
 
 use super::cluster::{self, Cluster, ProcStats, System, MEMBERS};
@@ -189,23 +189,6 @@ impl Results {
         let e = self.expiry.values().flatten().filter(|r| r.is_err());
         k.count() + e.count()
     }
-}
-
-async fn connect(ep: &str) -> Result<Client, String> {
-    let opts = ConnectOptions::new()
-        .with_timeout(load::REQUEST_TIMEOUT)
-        .with_connect_timeout(load::REQUEST_TIMEOUT);
-    Client::connect([ep], Some(opts))
-        .await
-        .map_err(|e| format!("connect {ep}: {e}"))
-}
-
-/// Streams carry no per-request timeout.
-async fn connect_stream(ep: &str) -> Result<Client, String> {
-    let opts = ConnectOptions::new().with_connect_timeout(load::REQUEST_TIMEOUT);
-    Client::connect([ep], Some(opts))
-        .await
-        .map_err(|e| format!("connect {ep}: {e}"))
 }
 
 fn stats(c: &Cluster) -> Vec<ProcStats> {
@@ -439,7 +422,7 @@ pub async fn keepalive_run(c: &mut Cluster, p: &Params) -> Result<KeepaliveRun, 
     let conns = n.div_ceil(STREAMS_PER_CONNECTION);
     let mut clients = Vec::with_capacity(conns);
     for i in 0..conns {
-        clients.push(connect_stream(&eps[i % eps.len()]).await?);
+        clients.push(load::connect_stream(&eps[i % eps.len()]).await?);
     }
     let (ids, _, _) = grant(&clients, n, KEEPALIVE_TTL_SECS, None).await?;
     let setup_secs = t0.elapsed().as_secs_f64();
@@ -522,12 +505,12 @@ pub async fn expiry_run(c: &mut Cluster, p: &Params) -> Result<ExpiryRun, String
     let ttl = Duration::from_secs(p.expiry_ttl_secs as u64);
     let mut clients = Vec::new();
     for i in 0..SETUP_CONCURRENCY.div_ceil(16) {
-        clients.push(connect(&eps[i % eps.len()]).await?);
+        clients.push(load::connect_one(&eps[i % eps.len()]).await?);
     }
     let t0 = Instant::now();
     let (_, first, last) = grant(&clients, n, p.expiry_ttl_secs, Some(EXPIRY_PREFIX)).await?;
     let setup_secs = t0.elapsed().as_secs_f64();
-    let mut counter = connect(&eps[leader]).await?.kv_client();
+    let mut counter = load::connect_one(&eps[leader]).await?.kv_client();
     let attached = count(&mut counter, EXPIRY_PREFIX).await?;
     if first + ttl <= Instant::now() {
         return Err(format!(
@@ -540,7 +523,7 @@ pub async fn expiry_run(c: &mut Cluster, p: &Params) -> Result<ExpiryRun, String
     // Unrelated puts, paced, open loop, until told to stop.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let puts = {
-        let kv = connect(&eps[leader]).await?.kv_client();
+        let kv = load::connect_one(&eps[leader]).await?.kv_client();
         let base = Instant::now();
         tokio::spawn(async move {
             let mut set = JoinSet::new();

@@ -228,6 +228,25 @@ impl RunResult {
     }
 }
 
+/// One client of `ep` whose requests time out after [`REQUEST_TIMEOUT`].
+pub async fn connect_one(ep: &str) -> Result<Client, String> {
+    let opts = ConnectOptions::new()
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_connect_timeout(REQUEST_TIMEOUT);
+    Client::connect([ep], Some(opts))
+        .await
+        .map_err(|e| format!("connect {ep}: {e}"))
+}
+
+/// One client of `ep` for streams (Watch, keepalives): only the connection
+/// has a timeout, a stream has no per-request one.
+pub async fn connect_stream(ep: &str) -> Result<Client, String> {
+    let opts = ConnectOptions::new().with_connect_timeout(REQUEST_TIMEOUT);
+    Client::connect([ep], Some(opts))
+        .await
+        .map_err(|e| format!("connect {ep}: {e}"))
+}
+
 /// Connects `n` clients to the cluster's endpoints, round-robin starting at
 /// `first` (the leader), `CLIENTS_PER_CONN` clients per connection.
 pub async fn connect(
@@ -242,12 +261,7 @@ pub async fn connect(
     let mut cs = Vec::new();
     for i in 0..conns {
         let ep = &endpoints[(first + i) % endpoints.len()];
-        let opts = ConnectOptions::new()
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_connect_timeout(REQUEST_TIMEOUT);
-        let c = Client::connect([ep.as_str()], Some(opts))
-            .await
-            .map_err(|e| format!("connect {ep}: {e}"))?;
+        let c = connect_one(ep).await?;
         cs.push(c.kv_client());
     }
     Ok((0..clients).map(|i| cs[i % conns].clone()).collect())

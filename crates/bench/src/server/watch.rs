@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, Event, EventType, KvClient, WatchClient, WatchOptions};
+use etcd_client::{Event, EventType, KvClient, WatchClient, WatchOptions};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -303,21 +303,9 @@ fn us_since(base: Instant) -> u32 {
     base.elapsed().as_micros().min(u128::from(u32::MAX)) as u32
 }
 
-async fn connect(ep: &str) -> Result<Client, String> {
-    let opts = ConnectOptions::new()
-        .with_timeout(load::REQUEST_TIMEOUT)
-        .with_connect_timeout(load::REQUEST_TIMEOUT);
-    Client::connect([ep], Some(opts))
-        .await
-        .map_err(|e| format!("connect {ep}: {e}"))
-}
-
 /// Watch RPCs are streams: no per-request timeout on their connection.
 async fn connect_watch(ep: &str) -> Result<WatchClient, String> {
-    let opts = ConnectOptions::new().with_connect_timeout(load::REQUEST_TIMEOUT);
-    let mut c = Client::connect([ep], Some(opts))
-        .await
-        .map_err(|e| format!("connect {ep}: {e}"))?;
+    let mut c = load::connect_stream(ep).await?;
     // One round trip first, so that no measured watch pays for setting up
     // the connection.
     tokio::time::timeout(load::REQUEST_TIMEOUT, c.status())
@@ -331,7 +319,7 @@ async fn connect_watch(ep: &str) -> Result<WatchClient, String> {
 async fn kv_clients(ep: &str, n: usize) -> Result<Vec<KvClient>, String> {
     let mut v = Vec::new();
     for _ in 0..n {
-        v.push(connect(ep).await?.kv_client());
+        v.push(load::connect_one(ep).await?.kv_client());
     }
     Ok(v)
 }
