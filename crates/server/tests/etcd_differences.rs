@@ -238,6 +238,18 @@ fn member_add_after_a_restart_names_every_member() {
     let mut c = Cluster::start(3);
     let eps = c.endpoints();
     etcdctl(&["--endpoints", &eps, "put", "k", "v"]);
+    // Every member publishes its name through the log once after it starts
+    // (as etcd does); until its entry is applied it is listed unnamed, in
+    // etcd too. Wait for the three entries, so that what follows checks
+    // that the names survive the restart, not whether a re-publish after
+    // it wins a race with MemberAdd.
+    common::eventually("every member published its name", || {
+        let out = etcdctl(&["--endpoints", &eps, "member", "list"]);
+        let named = (0..3)
+            .filter(|&i| out.contains(&format!(", {}, ", c.members[i].name)))
+            .count();
+        (named == 3).then_some(())
+    });
     for i in 0..3 {
         c.kill9(i);
     }
