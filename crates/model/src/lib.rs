@@ -1,7 +1,7 @@
 //! Exhaustive model checking of the real `metalraft-core` [`Node`] with
 //! [stateright].
 //!
-//! A state is three real nodes, the messages in flight (a multiset), each
+//! A state is three real nodes (four in the replacement configuration), the messages in flight (a multiset), each
 //! node's durable disk and its written-but-unsynced batches, and ghost
 //! history for the properties. Every input of the core is a transition:
 //! deliver, drop or duplicate a message; an election timeout; a leader's
@@ -45,6 +45,6 @@ pub use driver::{
     Tag,
 };
 pub use model::{
-    show_message, Action, Bounds, Ghost, RaftModel, Script, ServedRead, Slot, State, Used, Variant,
-    View, NODES, QUORUM,
+    show_message, Action, Bounds, Change, Ghost, RaftModel, Script, ServedRead, Slot, State, Used,
+    Variant, View, ALL_NODES, NODES, QUORUM,
 };

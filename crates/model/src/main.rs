@@ -8,8 +8,8 @@ use metalraft_model::{Bounds, RaftModel, Variant};
 use stateright::{Checker, HasDiscoveries, Model};
 
 const USAGE: &str =
-    "usage: metalraft-model check [--bound quick|quick-power-loss|deep] [--variant basic|membership|snapshot]
-       [--pre-vote] [--batch N] [--from figure8|leader|joint|snapshot] [--dfs] [--threads N] [--depth N (0: none)] [--term N] [--crashes N]
+    "usage: metalraft-model check [--bound quick|quick-power-loss|deep] [--variant basic|membership|replace|snapshot]
+       [--pre-vote] [--batch N] [--from figure8|leader|joint|replace|snapshot] [--dfs] [--threads N] [--depth N (0: none)] [--term N] [--crashes N]
        [--proposals N] [--reads N] [--drops N] [--dups N] [--heartbeats N]
        [--log N] [--snapshots N] [--stop-on-failure] [--safety-only]";
 
@@ -59,8 +59,9 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
                 variant = match it.next().map(String::as_str) {
                     Some("basic") => Variant::Basic,
                     Some("membership") => Variant::Membership,
+                    Some("replace") => Variant::Replace,
                     Some("snapshot") => Variant::Snapshot,
-                    _ => return Err("--variant is basic, membership or snapshot".into()),
+                    _ => return Err("--variant is basic, membership, replace or snapshot".into()),
                 }
             }
             "--pre-vote" => pre_vote = true,
@@ -69,7 +70,8 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
                 Some("leader") => prefix = RaftModel::leader_prefix(),
                 Some("snapshot") => prefix = RaftModel::snapshot_prefix(),
                 Some("joint") => prefix = RaftModel::joint_prefix(),
-                _ => return Err("--from is figure8, leader, joint or snapshot".into()),
+                Some("replace") => prefix = RaftModel::replace_prefix(),
+                _ => return Err("--from is figure8, leader, joint, replace or snapshot".into()),
             },
             "--batch" => batch = num(it.next(), flag)?,
             "--dfs" => dfs = true,

@@ -24,6 +24,65 @@ pub enum Variant {
     /// Plus the application snapshotting and compacting its log, so a
     /// follower that falls behind is sent the snapshot.
     Snapshot,
+    /// Plus one replacement at a leader: joint consensus from {1,2,3} to
+    /// {1,2,4} (node 4, a new member with an empty log, in; node 3 out),
+    /// left automatically. Unlike [`Variant::Membership`], a leader that
+    /// counted only one of the two configurations during the joint phase
+    /// commits where the correct one does not: a majority of {1,2,4} is
+    /// not always one of {1,2,3}.
+    Replace,
+}
+
+impl Variant {
+    /// The membership change this variant's leaders propose, if any.
+    pub fn change(self) -> Option<Change> {
+        match self {
+            Variant::Membership => Some(Change::Remove3),
+            Variant::Replace => Some(Change::Replace3With4),
+            Variant::Basic | Variant::Snapshot => None,
+        }
+    }
+
+    /// The node slots of the model: node 4 exists only to join.
+    pub fn nodes(self) -> &'static [NodeId] {
+        match self {
+            Variant::Replace => &ALL_NODES,
+            _ => &NODES,
+        }
+    }
+}
+
+/// A membership change the model proposes (once per run, at a leader
+/// that has committed an entry of its own term).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// {1,2,3} → {1,2}.
+    Remove3,
+    /// {1,2,3} → {1,2,4}.
+    Replace3With4,
+}
+
+impl Change {
+    fn conf_change(self) -> ConfChange {
+        let ops = match self {
+            Change::Remove3 => vec![ConfChangeOp::Remove(3)],
+            Change::Replace3With4 => vec![ConfChangeOp::AddVoter(4), ConfChangeOp::Remove(3)],
+        };
+        ConfChange {
+            ops,
+            transition: ConfTransition::JointAutoLeave,
+            context: Vec::new(),
+        }
+    }
+}
+
+impl core::fmt::Display for Change {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Change::Remove3 => write!(f, "{{1,2,3}}→{{1,2}}"),
+            Change::Replace3With4 => write!(f, "{{1,2,3}}→{{1,2,4}}"),
+        }
+    }
 }
 
 /// Bounds that make the state space finite. Every counter is global
@@ -128,6 +187,10 @@ pub enum Script {
     /// [`Action::Deliver`] of a message in flight from, to, of a kind (of
     /// the highest term if several).
     Deliver(NodeId, NodeId, MessageKind),
+    /// [`Action::Deliver`] of the append in flight from, to that reaches
+    /// furthest into the log (of the highest term if several): the
+    /// leader's newest, where older retries are still in flight.
+    DeliverNewestAppend(NodeId, NodeId),
     /// [`Action::Propose`].
     Propose(NodeId),
     /// [`Action::Snapshot`].
@@ -214,6 +277,34 @@ impl RaftModel {
         v
     }
 
+    /// [`RaftModel::leader_prefix`], then node 1 proposes the joint change
+    /// {1,2,3}→{1,2,4} (entry 3) and brings node 4, which joins with an
+    /// empty log, up to it: node 4 holds entries 1–3 durably and its
+    /// acknowledgement of entry 3 is in flight. Nodes 2 and 3 have not
+    /// received entry 3. The replace variant starts here: every
+    /// interleaving of committing the joint entry (which needs node 2, or
+    /// nodes 3 and 4), the automatic leave, crashes and elections.
+    pub fn replace_prefix() -> Vec<Script> {
+        use MessageKind::AppendResponse;
+        use Script::{Deliver, DeliverNewestAppend, Reconfigure, Sync};
+        let mut v = RaftModel::leader_prefix();
+        v.extend([Sync(1), Reconfigure(1), Sync(1)]);
+        // The probe (prev 2@t2, rejected by the empty log), then entries 1
+        // and 2 one per message (`entries_per_msg` 1), acknowledged (a
+        // retry of entry 2 stays in flight).
+        for _ in 0..4 {
+            v.extend([
+                DeliverNewestAppend(1, 4),
+                Sync(4),
+                Deliver(4, 1, AppendResponse),
+                Sync(1),
+            ]);
+        }
+        // Entry 3, written durably; the acknowledgement stays in flight.
+        v.extend([DeliverNewestAppend(1, 4), Sync(4)]);
+        v
+    }
+
     /// [`RaftModel::leader_prefix`], then node 1 commits a client entry
     /// (3, t2) with node 2, applies it and snapshots at index 3,
     /// compacting its log. Node 3 has still heard nothing (node 1's first
@@ -250,7 +341,10 @@ impl RaftModel {
             Script::Timeout(id) => vec![Action::Timeout(id)],
             Script::Propose(id) => vec![Action::Propose(id)],
             Script::Snapshot(id) => vec![Action::Snapshot(id)],
-            Script::Reconfigure(id) => vec![Action::Reconfigure(id)],
+            Script::Reconfigure(id) => {
+                let change = self.variant.change().expect("a variant with a change");
+                vec![Action::Reconfigure(id, change)]
+            }
             Script::Sync(id) => vec![Action::Persist(id); s.node(id).unsynced.len()],
             Script::Deliver(from, to, kind) => {
                 let m = s
@@ -264,14 +358,38 @@ impl RaftModel {
                     });
                 vec![Action::Deliver(Message::clone(m))]
             }
+            Script::DeliverNewestAppend(from, to) => {
+                let reach = |m: &Message<Payload>| match &m.body {
+                    MessageBody::AppendEntries {
+                        prev_log_index,
+                        entries,
+                        ..
+                    } => Some((m.term, *prev_log_index + entries.len() as Index)),
+                    _ => None,
+                };
+                let m = s
+                    .net
+                    .values()
+                    .map(|(m, _)| m)
+                    .filter(|m| m.from == from && m.to == to)
+                    .filter_map(|m| Some((reach(m)?, m)))
+                    .max_by_key(|(r, _)| *r)
+                    .map(|(_, m)| m)
+                    .unwrap_or_else(|| panic!("no append n{from}→n{to} in flight"));
+                vec![Action::Deliver(Message::clone(m))]
+            }
         }
     }
 }
 
-/// The ids of the model's nodes.
+/// The ids of the model's bootstrapped nodes (the initial voters).
 pub const NODES: [NodeId; 3] = [1, 2, 3];
-/// A quorum of [`NODES`]: every configuration the model reaches (3 voters,
-/// or {1,2} after removing node 3) needs at least this many of them.
+/// Every node slot of [`Variant::Replace`]: node 4 starts with an empty
+/// log and no configuration, as a member added to a running cluster does.
+pub const ALL_NODES: [NodeId; 4] = [1, 2, 3, 4];
+/// A quorum of every configuration the model reaches (3 voters, {1,2}
+/// after removing node 3, {1,2,4} after replacing it) needs at least this
+/// many nodes.
 pub const QUORUM: usize = 2;
 
 /// Budget used so far.
@@ -642,8 +760,8 @@ pub enum Action {
     Propose(NodeId),
     /// A read request at a node.
     Read(NodeId),
-    /// A leader proposes removing node 3 (joint consensus).
-    Reconfigure(NodeId),
+    /// A leader proposes a membership change (joint consensus).
+    Reconfigure(NodeId, Change),
     /// The application snapshots its state machine and compacts its log.
     Snapshot(NodeId),
 }
@@ -715,7 +833,7 @@ impl core::fmt::Display for Action {
             Action::Crash(n) => write!(f, "n{n} power loss + restart"),
             Action::Propose(n) => write!(f, "n{n} propose"),
             Action::Read(n) => write!(f, "n{n} read_index"),
-            Action::Reconfigure(n) => write!(f, "n{n} propose joint {{1,2,3}}→{{1,2}}"),
+            Action::Reconfigure(n, c) => write!(f, "n{n} propose joint {c}"),
             Action::Snapshot(n) => write!(f, "n{n} snapshot + compact"),
         }
     }
@@ -857,8 +975,12 @@ impl Model for RaftModel {
             ghost: Arc::new(Ghost::default()),
             used: Used::default(),
         };
-        for id in NODES {
-            let disk = MemStorage::bootstrap(&NODES);
+        for &id in self.variant.nodes() {
+            let disk = if NODES.contains(&id) {
+                MemStorage::bootstrap(&NODES)
+            } else {
+                MemStorage::new_with_conf(ConfState::default())
+            };
             let mut out = Outputs::default();
             let d = Driver::start(self.config(id), disk.clone(), &mut out);
             s.nodes.push(Arc::new(Slot {
@@ -913,13 +1035,13 @@ impl Model for RaftModel {
             if s.used.reads < b.max_reads && (leader || v.leader.is_some()) {
                 actions.push(Action::Read(id));
             }
-            if self.variant == Variant::Membership
-                && leader
-                && s.used.conf_changes == 0
-                && v.commit > 0
-                && v.entry(v.commit).is_some_and(|e| e.term == v.term)
-            {
-                actions.push(Action::Reconfigure(id));
+            if let Some(change) = self.variant.change().filter(|_| {
+                leader
+                    && s.used.conf_changes == 0
+                    && v.commit > 0
+                    && v.entry(v.commit).is_some_and(|e| e.term == v.term)
+            }) {
+                actions.push(Action::Reconfigure(id, change));
             }
             if self.variant == Variant::Snapshot
                 && s.used.snapshots < b.max_snapshots
@@ -977,14 +1099,9 @@ impl Model for RaftModel {
                     .insert(ctx, (id, required));
                 self.feed(&mut s, id, Input::ReadIndex(ctx));
             }
-            Action::Reconfigure(id) => {
+            Action::Reconfigure(id, change) => {
                 s.used.conf_changes += 1;
-                let cc = ConfChange {
-                    ops: vec![ConfChangeOp::Remove(3)],
-                    transition: ConfTransition::JointAutoLeave,
-                    context: Vec::new(),
-                };
-                self.feed(&mut s, id, Input::ConfChange(cc));
+                self.feed(&mut s, id, Input::ConfChange(change.conf_change()));
             }
             Action::Snapshot(id) => {
                 s.used.snapshots += 1;
@@ -1032,13 +1149,13 @@ impl Model for RaftModel {
             // The joint entry and the leave entry fill the log bound: the
             // leave committed under {1,2} is this variant's "a leader
             // commits an entry".
-            Variant::Membership => v.push(Property::sometimes(
+            Variant::Membership | Variant::Replace => v.push(Property::sometimes(
                 "the joint change commits and is left",
                 |_, s| crate::props::reconfigured(s),
             )),
         }
         match self.variant {
-            Variant::Basic | Variant::Membership => {}
+            Variant::Basic | Variant::Membership | Variant::Replace => {}
             Variant::Snapshot => v.push(Property::sometimes(
                 "a follower installs a snapshot",
                 |_, s: &State| s.ghost.installs > 0,
