@@ -12,6 +12,54 @@ pub const SECTOR_BYTES: usize = virtio_drivers::device::blk::SECTOR_SIZE;
 
 pub use metalraft_fw_store::DiskError;
 
+use core::cell::Cell;
+use critical_section::Mutex;
+
+/// Disk requests and the time they took since boot (`status`).
+#[derive(Clone, Copy, Default)]
+pub struct DiskStats {
+    /// Write requests.
+    pub writes: u64,
+    /// Flush requests.
+    pub flushes: u64,
+    /// Time in writes, µs.
+    pub write_us: u64,
+    /// Time in flushes, µs.
+    pub flush_us: u64,
+}
+
+static STATS: Mutex<Cell<DiskStats>> = Mutex::new(Cell::new(DiskStats {
+    writes: 0,
+    flushes: 0,
+    write_us: 0,
+    flush_us: 0,
+}));
+
+/// The disk's counters so far.
+pub fn stats() -> DiskStats {
+    critical_section::with(|cs| STATS.borrow(cs).get())
+}
+
+/// Runs `f`, counting it as a write (`flush` false) or a flush.
+fn timed<T>(flush: bool, f: impl FnOnce() -> T) -> T {
+    let start = embassy_time::Instant::now();
+    let r = f();
+    let us = start.elapsed().as_micros();
+    critical_section::with(|cs| {
+        let cell = STATS.borrow(cs);
+        let mut s = cell.get();
+        if flush {
+            s.flushes += 1;
+            s.flush_us += us;
+        } else {
+            s.writes += 1;
+            s.write_us += us;
+        }
+        cell.set(s);
+    });
+    r
+}
+
 /// A virtio-blk disk.
 pub struct Disk {
     blk: VirtIOBlk<HalImpl, MmioTransport<'static>>,
@@ -59,15 +107,15 @@ impl Disk {
     /// [`Disk::flush`]).
     pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), DiskError> {
         self.check(sector, buf.len())?;
-        self.blk
-            .write_blocks(sector as usize, buf)
-            .map_err(|_| DiskError::Io)
+        let blk = &mut self.blk;
+        timed(false, || blk.write_blocks(sector as usize, buf)).map_err(|_| DiskError::Io)
     }
 
     /// Makes every completed write durable (virtio-blk FLUSH; QEMU
     /// fdatasyncs the image file).
     pub fn flush(&mut self) -> Result<(), DiskError> {
-        self.blk.flush().map_err(|_| DiskError::Io)
+        let blk = &mut self.blk;
+        timed(true, || blk.flush()).map_err(|_| DiskError::Io)
     }
 }
 

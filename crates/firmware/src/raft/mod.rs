@@ -47,12 +47,15 @@ fn peer_endpoint(id: u8, port: u16) -> IpEndpoint {
     )
 }
 
+/// Sends everything in `out`; returns how many datagrams went to peers and
+/// to clients.
 async fn flush_outbox(
     out: &mut Outbox,
     raft: &mut UdpSocket<'_>,
     clients: &mut UdpSocket<'_>,
     buf: &mut [u8; MAX_DATAGRAM_BYTES],
-) {
+) -> (u64, u64) {
+    let counts = (out.peers.len() as u64, out.clients.len() as u64);
     for (to, item) in out.peers.drain(..) {
         let bytes = match &item {
             PeerOut::Raft(msg) => match wire::encode(msg, buf) {
@@ -73,6 +76,26 @@ async fn flush_outbox(
     for (ep, resp) in out.clients.drain(..) {
         let _ = clients.send_to(&resp.encode(), ep).await;
     }
+    counts
+}
+
+/// Sends `out` and counts it in the shell's [`Perf`](metalraft_fw_proto::client::Perf).
+async fn send(
+    shell: &mut Shell,
+    out: &mut Outbox,
+    raft: &mut UdpSocket<'_>,
+    clients: &mut UdpSocket<'_>,
+    buf: &mut [u8; MAX_DATAGRAM_BYTES],
+) {
+    if out.peers.is_empty() && out.clients.is_empty() {
+        return;
+    }
+    let start = Instant::now();
+    let (peers, answers) = flush_outbox(out, raft, clients, buf).await;
+    let p = &mut shell.perf;
+    p.send_us += start.elapsed().as_micros();
+    p.peer_out += peers;
+    p.client_out += answers;
 }
 
 /// Hands a datagram received on the Raft port to the shell, or counts why
@@ -83,6 +106,7 @@ fn on_raft_datagram(
     buf: &[u8],
     out: &mut Outbox,
 ) {
+    let start = Instant::now();
     match received {
         Ok((n, meta)) => match lan_id(&meta.endpoint) {
             Some(src) if meta.endpoint.port == addr::RAFT_PORT => {
@@ -92,6 +116,22 @@ fn on_raft_datagram(
         },
         Err(RecvError::Truncated) => shell.drop_peer_datagram(PeerDrop::Truncated, 0),
     }
+    shell.perf.raft_us += start.elapsed().as_micros();
+}
+
+/// Hands a datagram received on the client port to the shell.
+fn on_client(
+    shell: &mut Shell,
+    received: Result<(usize, UdpMetadata), RecvError>,
+    buf: &[u8],
+    out: &mut Outbox,
+) {
+    let start = Instant::now();
+    match received {
+        Ok((n, meta)) => shell.on_client_datagram(&buf[..n], meta.endpoint, out),
+        Err(RecvError::Truncated) => shell.drop_client_datagram(),
+    }
+    shell.perf.raft_us += start.elapsed().as_micros();
 }
 
 /// Runs the node forever.
@@ -130,30 +170,35 @@ pub async fn raft_task(stack: Stack<'static>, mut shell: Shell, tick: Duration) 
     let mut out = Outbox::default();
     let mut next_tick = Instant::now() + tick;
     loop {
-        match select3(
+        let woke = select3(
             raft.recv_from(&mut rbuf),
             clients.recv_from(&mut cbuf),
             Timer::at(next_tick),
         )
-        .await
-        {
-            Either3::First(received) => on_raft_datagram(&mut shell, received, &rbuf, &mut out),
-            Either3::Second(Ok((n, meta))) => {
-                shell.on_client_datagram(&cbuf[..n], meta.endpoint, &mut out)
+        .await;
+        let awake = Instant::now();
+        shell.perf.wakeups += 1;
+        match woke {
+            Either3::First(received) => {
+                shell.perf.peer_in += 1;
+                on_raft_datagram(&mut shell, received, &rbuf, &mut out)
             }
-            Either3::Second(Err(RecvError::Truncated)) => shell.drop_client_datagram(),
+            Either3::Second(received) => {
+                shell.perf.client_in += 1;
+                on_client(&mut shell, received, &cbuf, &mut out)
+            }
             Either3::Third(()) => {
                 if let Some(index) = shell.removed() {
                     info!("removed from the cluster at index {}: stopping", index);
                     crate::platform::power::off();
                 }
+                shell.perf.ticks += 1;
                 shell.tick();
                 next_tick += tick;
                 // After a long stall (host overloaded), do not replay missed
                 // ticks in a burst: that would fire election timeouts at once.
-                let now = Instant::now();
-                if next_tick < now {
-                    next_tick = now + tick;
+                if next_tick < awake {
+                    next_tick = awake + tick;
                 }
             }
         }
@@ -163,13 +208,12 @@ pub async fn raft_task(stack: Stack<'static>, mut shell: Shell, tick: Duration) 
         for _ in 0..MAX_DATAGRAMS_PER_WAKE {
             let mut progressed = false;
             if let Poll::Ready(received) = poll_once(clients.recv_from(&mut cbuf)) {
-                match received {
-                    Ok((n, meta)) => shell.on_client_datagram(&cbuf[..n], meta.endpoint, &mut out),
-                    Err(RecvError::Truncated) => shell.drop_client_datagram(),
-                }
+                shell.perf.client_in += 1;
+                on_client(&mut shell, received, &cbuf, &mut out);
                 progressed = true;
             }
             if let Poll::Ready(received) = poll_once(raft.recv_from(&mut rbuf)) {
+                shell.perf.peer_in += 1;
                 on_raft_datagram(&mut shell, received, &rbuf, &mut out);
                 progressed = true;
             }
@@ -181,13 +225,16 @@ pub async fn raft_task(stack: Stack<'static>, mut shell: Shell, tick: Duration) 
         // write in parallel with the leader (the core keeps every message
         // that promises durable state until `sync` acknowledges it).
         loop {
+            let polled = Instant::now();
             let progressed = shell.poll(&mut out);
-            flush_outbox(&mut out, &mut raft, &mut clients, &mut sbuf).await;
+            shell.perf.raft_us += polled.elapsed().as_micros();
+            send(&mut shell, &mut out, &mut raft, &mut clients, &mut sbuf).await;
             shell.sync(&mut out);
             if !progressed {
                 break;
             }
         }
-        flush_outbox(&mut out, &mut raft, &mut clients, &mut sbuf).await;
+        send(&mut shell, &mut out, &mut raft, &mut clients, &mut sbuf).await;
+        shell.perf.busy_us += awake.elapsed().as_micros();
     }
 }

@@ -23,7 +23,8 @@ use metalraft_core::{
     ConfChange, ConfChangeError, ConfChangeOp, ConfState, Index, LogStorage, Role as CoreRole,
 };
 use metalraft_fw_proto::client::{
-    self, DroppedDatagrams, ErrorCode, MemberOp, Membership, Op, Reply, Request, Response, Status,
+    self, DroppedDatagrams, ErrorCode, MemberOp, Membership, Op, Perf, Reply, Request, Response,
+    Status,
 };
 use metalraft_fw_proto::config::NodeConfig;
 use metalraft_fw_proto::disk::MAX_SNAPSHOT_BYTES;
@@ -312,6 +313,9 @@ pub struct Shell {
     /// The order in which an output is carried out; holds the batch taken
     /// from the last one until it is durable.
     pump: Pump,
+    /// Per-stage counters (`status`); the task fills in the network and
+    /// timing ones, [`Shell::status`] the disk's.
+    pub perf: Perf,
 }
 
 impl Shell {
@@ -347,6 +351,7 @@ impl Shell {
             first_leader_ms: None,
             failed: None,
             pump: Pump::new(),
+            perf: Perf::default(),
         })
     }
 
@@ -618,6 +623,7 @@ impl Shell {
         let Some(o) = self.pump.poll(&mut self.core) else {
             return false;
         };
+        self.perf.outputs += 1;
         for e in o.events {
             self.on_event(e);
         }
@@ -670,7 +676,16 @@ impl Shell {
     /// snapshot (see [`Pump::sync`]). A storage failure stops the node
     /// without acknowledging.
     pub fn sync(&mut self, out: &mut Outbox) {
-        match self.pump.sync(&mut self.core) {
+        let entries = self.pump.pending_entries() as u64;
+        if !self.pump.syncing() {
+            return;
+        }
+        let start = embassy_time::Instant::now();
+        let synced = self.pump.sync(&mut self.core);
+        self.perf.storage_us += start.elapsed().as_micros();
+        self.perf.batches += 1;
+        self.perf.entries_written += entries;
+        match synced {
             Ok(done) => match done.snapshot {
                 Some(SnapshotSaved::Stored { index, bytes }) => {
                     info!(
@@ -714,6 +729,16 @@ impl Shell {
             bad_requests: self.bad_requests,
             recovered_torn_records: self.recovered.torn_records,
             boots: log.boots(),
+            perf: {
+                let d = crate::platform::disk::stats();
+                Perf {
+                    disk_writes: d.writes,
+                    flushes: d.flushes,
+                    write_us: d.write_us,
+                    flush_us: d.flush_us,
+                    ..self.perf
+                }
+            },
         }
     }
 }

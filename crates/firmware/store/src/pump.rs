@@ -107,6 +107,13 @@ impl Pump {
         self.unsynced.is_some() || self.snapshot.is_some()
     }
 
+    /// Log entries in the batch waiting for [`Pump::sync`] (0: none).
+    pub fn pending_entries(&self) -> usize {
+        self.unsynced
+            .as_ref()
+            .map_or(0, |w| w.persist.entries().len())
+    }
+
     /// Takes the replica's next output, if there is one and nothing waits
     /// for [`Pump::sync`]. Its persistence batch and snapshot are kept (the
     /// returned output has neither); the caller sends its messages and
