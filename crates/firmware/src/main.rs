@@ -67,7 +67,10 @@ async fn main(spawner: Spawner) {
         halt()
     };
     let mut disk = match Disk::new(blk_dev.transport) {
-        Ok(d) => d,
+        Ok(d) => {
+            platform::irq::enable_blk(blk_dev.irq, blk_dev.base);
+            d
+        }
         Err(e) => {
             error!("disk: {}", e);
             halt()

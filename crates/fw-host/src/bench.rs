@@ -23,6 +23,8 @@ use metalraft_fw_proto::client::{Op, Perf, Reply, Request, Response};
 pub const BENCH_KEYS: u64 = 128;
 /// A put unanswered after this long is counted lost and its slot refilled.
 pub const LOST_AFTER: Duration = Duration::from_secs(3);
+/// Pause after an error answer before the window is refilled.
+pub const ERROR_BACKOFF: Duration = Duration::from_millis(5);
 /// Largest window the bench accepts (the leader admits 64 waiting writes).
 pub const MAX_WINDOW: usize = 64;
 /// Receive buffer.
@@ -37,6 +39,8 @@ pub struct WindowResult {
     pub commits: u64,
     /// Puts answered with an error (`Busy`, `NotLeader`, ...).
     pub errors: u64,
+    /// The first error answer, if any.
+    pub first_error: Option<Reply>,
     /// Puts never answered within [`LOST_AFTER`].
     pub lost: u64,
     /// Length of the run.
@@ -79,6 +83,7 @@ pub fn run_window(
         window,
         commits: 0,
         errors: 0,
+        first_error: None,
         lost: 0,
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
@@ -155,7 +160,13 @@ pub fn run_window(
                 r.commits += 1;
                 r.latencies.push(at.elapsed());
             }
-            _ => r.errors += 1,
+            // Busy, NotLeader, ...: back off a little before the slot is
+            // refilled, so a refusing leader is not flooded.
+            other => {
+                r.errors += 1;
+                r.first_error.get_or_insert(other);
+                std::thread::sleep(ERROR_BACKOFF);
+            }
         }
     }
     r.elapsed = start.elapsed();
@@ -254,6 +265,7 @@ mod tests {
             window: 1,
             commits: 100,
             errors: 0,
+            first_error: None,
             lost: 0,
             elapsed: Duration::from_secs(1),
             latencies: (1..=100).map(Duration::from_millis).collect(),

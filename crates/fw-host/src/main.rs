@@ -664,6 +664,9 @@ fn bench_cmd(a: &Args) -> Result<()> {
             100.0 * total / wall,
             per_proc.join(" ")
         );
+        if let Some(e) = &r.first_error {
+            outln!("  first error answer: {e:?}");
+        }
         for (i, (b, a)) in before.iter().zip(&after).enumerate() {
             let id = i as u8 + 1;
             if let (Some(b), Some(a)) = (b, a) {

@@ -24,14 +24,19 @@ use metalraft_fw_proto::addr::{self, MAX_DATAGRAM_BYTES};
 
 pub use shell::{Outbox, PeerDrop, PeerOut, Shell};
 
-/// Datagrams each socket queues per direction.
+/// Datagrams the Raft socket queues per direction.
 const SOCKET_QUEUE_DATAGRAMS: usize = 16;
+/// Datagrams the client socket queues per direction: every write the node
+/// admits at once (`MAX_PENDING_WRITES`) can arrive in one burst without
+/// the socket dropping one.
+const CLIENT_QUEUE_DATAGRAMS: usize = limits::MAX_PENDING_WRITES;
 /// Raft socket buffer bytes per direction.
 const RAFT_SOCKET_BYTES: usize = 8 * 1024;
 /// Datagrams (per socket) taken in one wake-up before driving the node.
-const MAX_DATAGRAMS_PER_WAKE: usize = SOCKET_QUEUE_DATAGRAMS;
-/// Client socket buffer bytes per direction.
-const CLIENT_SOCKET_BYTES: usize = 4 * 1024;
+const MAX_DATAGRAMS_PER_WAKE: usize = CLIENT_QUEUE_DATAGRAMS;
+/// Client socket buffer bytes per direction (a burst of small requests,
+/// or of answers, fits).
+const CLIENT_SOCKET_BYTES: usize = 8 * 1024;
 
 fn lan_id(ep: &IpEndpoint) -> Option<u8> {
     match ep.addr {
@@ -148,8 +153,8 @@ pub async fn raft_task(stack: Stack<'static>, mut shell: Shell, tick: Duration) 
         &mut raft_tx_meta,
         &mut raft_tx,
     );
-    let mut cl_rx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
-    let mut cl_tx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
+    let mut cl_rx_meta = [PacketMetadata::EMPTY; CLIENT_QUEUE_DATAGRAMS];
+    let mut cl_tx_meta = [PacketMetadata::EMPTY; CLIENT_QUEUE_DATAGRAMS];
     let mut cl_rx = [0u8; CLIENT_SOCKET_BYTES];
     let mut cl_tx = [0u8; CLIENT_SOCKET_BYTES];
     let mut clients = UdpSocket::new(

@@ -482,9 +482,13 @@ impl Shell {
 
     fn propose(&mut self, cmd: &Command, client: IpEndpoint, id: u64, out: &mut Outbox) {
         // The disk log's bound, not the replica's: entries proposed now must
-        // fit after those already waiting.
-        let log_full = self.core.storage().last() as usize + self.core.pending_proposals()
-            >= MAX_LOG_ENTRIES - 1;
+        // fit after those already waiting. The bound counts the entries
+        // after the snapshot (the log before it is compacted away), not the
+        // absolute index: that refused every write once 2047 entries had
+        // ever been written, snapshots or not.
+        let log = self.core.storage();
+        let held = log.last().saturating_sub(log.snapshot_index()) as usize;
+        let log_full = held + self.core.pending_proposals() >= MAX_LOG_ENTRIES - 1;
         if log_full && self.core.role() == CoreRole::Leader {
             return self.respond(out, client, id, Reply::Error(ErrorCode::LogFull));
         }
