@@ -229,6 +229,7 @@ pub fn perf_delta(after: &Perf, before: &Perf) -> Perf {
         send_us: d(after.send_us, before.send_us),
         raft_us: d(after.raft_us, before.raft_us),
         busy_us: d(after.busy_us, before.busy_us),
+        disk_wait_us: d(after.disk_wait_us, before.disk_wait_us),
     }
 }
 
@@ -239,7 +240,8 @@ pub fn fmt_perf(p: &Perf, commits: u64, elapsed: Duration) -> String {
     let share = |us: u64| 100.0 * us as f64 / elapsed.as_micros().max(1) as f64;
     format!(
         "per commit: {:.2} peer msgs out, {:.2} in, {:.2} outputs, {:.2} flushes ({:.1} entries/batch); \
-         time: busy {:.0}%, storage {:.0}% (flush {:.0}%, write {:.0}%), send {:.0}%, raft {:.0}%; {:.0} ticks/s",
+         time: busy {:.0}%, storage {:.0}%, send {:.0}%, raft {:.0}%, waiting for the disk {:.0}% \
+         (device: flush {:.0}%, write {:.0}%); {:.0} ticks/s",
         per(p.peer_out),
         per(p.peer_in),
         per(p.outputs),
@@ -247,10 +249,11 @@ pub fn fmt_perf(p: &Perf, commits: u64, elapsed: Duration) -> String {
         p.entries_written as f64 / p.batches.max(1) as f64,
         share(p.busy_us),
         share(p.storage_us),
-        share(p.flush_us),
-        share(p.write_us),
         share(p.send_us),
         share(p.raft_us),
+        share(p.disk_wait_us),
+        share(p.flush_us),
+        share(p.write_us),
         p.ticks as f64 / elapsed.as_secs_f64().max(1e-9),
     )
 }

@@ -530,7 +530,7 @@ fn print_status(client: &mut Client, nodes: u8) {
                 let p = &s.perf;
                 outln!(
                     "       wakeups {} ticks {} peer in/out {}/{} client in/out {}/{} outputs {} batches {} entries {} \
-                     disk writes {} flushes {} | ms: busy {} storage {} (write {} flush {}) send {} raft {}",
+                     disk writes {} flushes {} | ms: busy {} storage {} send {} raft {} disk wait {} (device: write {} flush {})",
                     p.wakeups,
                     p.ticks,
                     p.peer_in,
@@ -544,10 +544,11 @@ fn print_status(client: &mut Client, nodes: u8) {
                     p.flushes,
                     p.busy_us / 1000,
                     p.storage_us / 1000,
-                    p.write_us / 1000,
-                    p.flush_us / 1000,
                     p.send_us / 1000,
-                    p.raft_us / 1000
+                    p.raft_us / 1000,
+                    p.disk_wait_us / 1000,
+                    p.write_us / 1000,
+                    p.flush_us / 1000
                 )
             }
             Ok(None) => outln!("node {id} no answer"),

@@ -373,6 +373,9 @@ pub struct Perf {
     pub raft_us: u64,
     /// Time the Raft task was not waiting (all of the above and the rest).
     pub busy_us: u64,
+    /// Time the Raft task waited for the disk to finish a batch (its
+    /// flush) before acknowledging it, receiving and ticking meanwhile.
+    pub disk_wait_us: u64,
 }
 
 /// Raft datagrams a node dropped before they reached Raft, one counter per

@@ -1,10 +1,14 @@
 //! The block device: virtio-blk behind a small typed API of 512-byte
-//! sectors. Each request is synchronous for its caller — it returns once
-//! the device completed it, which keeps the storage code simple and
-//! ordered — but the hart does not spin meanwhile: it sleeps (`wfi`) until
-//! the device's completion interrupt. QEMU carries out the request (and a
-//! flush's `fdatasync`) on its I/O thread, so a waiting node costs the host
-//! no CPU, which the other emulated nodes on the same host then get.
+//! sectors. The device carries out one request at a time, in the order
+//! they are made, as a synchronous disk would; but a write or a flush
+//! returns as soon as it is submitted, and only the next request (or the
+//! Raft task, through [`DiskWaiter::idle`], before it acknowledges a
+//! batch) waits for it. So the flush that ends a batch — QEMU's
+//! `fdatasync` — runs while the node receives datagrams and ticks. Where
+//! code must wait synchronously (the next request, a read), the hart
+//! sleeps (`wfi`) until the completion interrupt instead of spinning, so a
+//! waiting node costs the host no CPU, which the other emulated nodes on
+//! the same host then get.
 //!
 //! The request path is this module's own (virtio 1.x §5.2: a 16-byte
 //! header — type, reserved, sector — then the data, then one status byte)
@@ -12,6 +16,13 @@
 //! block driver has no non-blocking flush and spins on every request.
 #![allow(unsafe_code)]
 
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use core::task::Poll;
+
+use embassy_sync::waitqueue::AtomicWaker;
+use static_cell::StaticCell;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::mmio::MmioTransport;
 use virtio_drivers::transport::{DeviceStatus, Transport};
@@ -66,26 +77,6 @@ pub fn stats() -> DiskStats {
     critical_section::with(|cs| STATS.borrow(cs).get())
 }
 
-/// Runs `f`, counting it as a write (`flush` false) or a flush.
-fn timed<T>(flush: bool, f: impl FnOnce() -> T) -> T {
-    let start = embassy_time::Instant::now();
-    let r = f();
-    let us = start.elapsed().as_micros();
-    critical_section::with(|cs| {
-        let cell = STATS.borrow(cs);
-        let mut s = cell.get();
-        if flush {
-            s.flushes += 1;
-            s.flush_us += us;
-        } else {
-            s.writes += 1;
-            s.write_us += us;
-        }
-        cell.set(s);
-    });
-    r
-}
-
 /// Sleeps until `done()` holds. The check and the `wfi` run with
 /// interrupts masked, so a completion interrupt between them is not lost:
 /// `wfi` returns on a pending enabled interrupt whatever the global enable,
@@ -109,18 +100,197 @@ fn sleep_until(mut done: impl FnMut() -> bool) {
     }
 }
 
-/// A virtio-blk disk.
-pub struct Disk {
+/// Woken by the block device's interrupt (a request completed).
+pub static WAKER: AtomicWaker = AtomicWaker::new();
+
+/// The request the device is carrying out: its buffers stay here, owned,
+/// until the device has used them.
+struct InFlight {
+    token: u16,
+    header: [u8; 16],
+    data: Vec<u8>,
+    status: [u8; 1],
+    flush: bool,
+    since: embassy_time::Instant,
+}
+
+/// The device and its one request in flight.
+struct Device {
     transport: MmioTransport<'static>,
     queue: VirtQueue<HalImpl, QUEUE_SIZE>,
+    /// Boxed: the device reads and writes its buffers by address.
+    inflight: Option<Box<InFlight>>,
+    /// A request failed: every later one fails too (the node stops).
+    failed: bool,
+}
+
+impl Device {
+    /// Takes the completed request off the queue, if it completed: counts
+    /// it, records a failure. Returns whether nothing is in flight.
+    fn reap(&mut self) -> bool {
+        if self.inflight.is_none() {
+            return true;
+        }
+        if !self.queue.can_pop() {
+            return false;
+        }
+        let Some(mut req) = self.inflight.take() else {
+            return true;
+        };
+        let used = {
+            let r = &mut *req;
+            let inputs: [&[u8]; 2] = [&r.header, &r.data];
+            let mut outputs: [&mut [u8]; 1] = [&mut r.status];
+            let inputs: &[&[u8]] = if r.data.is_empty() {
+                &inputs[..1]
+            } else {
+                &inputs
+            };
+            // SAFETY: the same buffers as given to `add` for this token.
+            unsafe { self.queue.pop_used(r.token, inputs, &mut outputs) }
+        };
+        if used.is_err() || req.status[0] != S_OK {
+            self.failed = true;
+        }
+        let us = req.since.elapsed().as_micros();
+        critical_section::with(|cs| {
+            let cell = STATS.borrow(cs);
+            let mut s = cell.get();
+            if req.flush {
+                s.flushes += 1;
+                s.flush_us += us;
+            } else {
+                s.writes += 1;
+                s.write_us += us;
+            }
+            cell.set(s);
+        });
+        true
+    }
+
+    /// Waits (asleep) until nothing is in flight; fails if anything did.
+    fn settle(&mut self) -> Result<(), DiskError> {
+        sleep_until(|| self.reap());
+        if self.failed {
+            return Err(DiskError::Io);
+        }
+        Ok(())
+    }
+
+    /// Submits a write (`data`) or flush (`data` empty) and returns: the
+    /// device completes it while the node goes on; the next request, or
+    /// [`DiskWaiter::idle`], waits for it.
+    fn submit(&mut self, kind: u32, sector: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.settle()?;
+        let mut req = Box::new(InFlight {
+            token: 0,
+            header: [0; 16],
+            data: data.to_vec(),
+            status: [0xff],
+            flush: kind == T_FLUSH,
+            since: embassy_time::Instant::now(),
+        });
+        req.header[..4].copy_from_slice(&kind.to_le_bytes());
+        req.header[8..].copy_from_slice(&sector.to_le_bytes());
+        let token = {
+            let r = &mut *req;
+            let inputs: [&[u8]; 2] = [&r.header, &r.data];
+            let mut outputs: [&mut [u8]; 1] = [&mut r.status];
+            let inputs: &[&[u8]] = if r.data.is_empty() {
+                &inputs[..1]
+            } else {
+                &inputs
+            };
+            // SAFETY: the buffers live in the box kept in `inflight` (heap
+            // memory that does not move) until `reap` pops this token.
+            unsafe { self.queue.add(inputs, &mut outputs) }.map_err(|_| DiskError::Io)?
+        };
+        req.token = token;
+        self.inflight = Some(req);
+        if self.queue.should_notify() {
+            self.transport.notify(REQUEST_QUEUE);
+        }
+        Ok(())
+    }
+
+    /// Reads synchronously (after whatever was in flight).
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.settle()?;
+        let mut header = [0u8; 16];
+        header[..4].copy_from_slice(&T_IN.to_le_bytes());
+        header[8..].copy_from_slice(&sector.to_le_bytes());
+        let mut status = [0xffu8; 1];
+        let inputs: [&[u8]; 1] = [&header];
+        let mut outputs: [&mut [u8]; 2] = [buf, &mut status];
+        let queue = &mut self.queue;
+        // SAFETY: the buffers outlive the request: we wait for it here.
+        let token = unsafe { queue.add(&inputs, &mut outputs) }.map_err(|_| DiskError::Io)?;
+        if queue.should_notify() {
+            self.transport.notify(REQUEST_QUEUE);
+        }
+        sleep_until(|| queue.can_pop());
+        // SAFETY: the same buffers as given to `add`.
+        let used = unsafe { queue.pop_used(token, &inputs, &mut outputs) };
+        match (used, status[0]) {
+            (Ok(_), S_OK) => Ok(()),
+            _ => {
+                self.failed = true;
+                Err(DiskError::Io)
+            }
+        }
+    }
+}
+
+/// A virtio-blk disk. Every request waits for the one before it, so the
+/// device sees them in the order they are made, as with a synchronous
+/// disk; but a write or flush returns once submitted, and the caller that
+/// must know it is done — the Raft task before it acknowledges a batch —
+/// awaits [`DiskWaiter::idle`], receiving datagrams and ticking meanwhile.
+/// Reads wait for whatever is in flight, then for themselves.
+pub struct Disk {
+    dev: &'static RefCell<Device>,
     sectors: u64,
     /// The device carries out flushes (else writes are write-through).
     flush: bool,
 }
 
+/// Lets the Raft task wait for the disk while the [`Disk`] itself belongs
+/// to the log.
+#[derive(Clone, Copy)]
+pub struct DiskWaiter {
+    dev: &'static RefCell<Device>,
+}
+
+impl DiskWaiter {
+    /// Completes when nothing is in flight: `Err` if a request failed (its
+    /// batch must not be acknowledged).
+    pub async fn idle(&self) -> Result<(), DiskError> {
+        core::future::poll_fn(|cx| {
+            WAKER.register(cx.waker());
+            let mut dev = self.dev.borrow_mut();
+            if !dev.reap() {
+                return Poll::Pending;
+            }
+            Poll::Ready(if dev.failed {
+                Err(DiskError::Io)
+            } else {
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Whether a request is in flight.
+    pub fn busy(&self) -> bool {
+        !self.dev.borrow_mut().reap()
+    }
+}
+
+static DEVICE: StaticCell<RefCell<Device>> = StaticCell::new();
+
 impl Disk {
     /// Initializes the device (virtio 1.x §3.1.1). Its completion
-    /// interrupt is routed by `irq::enable_blk`.
+    /// interrupt is routed by `irq::enable_blk`. Called once.
     pub fn new(mut transport: MmioTransport<'static>) -> Result<Disk, DiskError> {
         transport.set_status(DeviceStatus::empty());
         transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
@@ -145,12 +315,23 @@ impl Disk {
         if features & F_RO != 0 {
             return Err(DiskError::ReadOnly);
         }
-        Ok(Disk {
+        let dev = DEVICE.try_init(RefCell::new(Device {
             transport,
             queue,
+            inflight: None,
+            failed: false,
+        }));
+        let dev = dev.ok_or(DiskError::Io)?;
+        Ok(Disk {
+            dev,
             sectors: (u64::from(hi) << 32) | u64::from(lo),
             flush: features & F_FLUSH != 0,
         })
+    }
+
+    /// The handle the Raft task waits with.
+    pub fn waiter(&self) -> DiskWaiter {
+        DiskWaiter { dev: self.dev }
     }
 
     /// Capacity in sectors.
@@ -171,86 +352,29 @@ impl Disk {
         Ok(())
     }
 
-    /// Submits one request and sleeps until the device completed it.
-    /// `data` goes to the device for a write, comes from it for a read.
-    fn request(&mut self, kind: u32, sector: u64, data: Data<'_>) -> Result<(), DiskError> {
-        let mut header = [0u8; 16];
-        header[..4].copy_from_slice(&kind.to_le_bytes());
-        header[8..].copy_from_slice(&sector.to_le_bytes());
-        let mut status = [0xffu8; 1];
-        let queue = &mut self.queue;
-        let transport = &mut self.transport;
-        let used = match data {
-            Data::None => {
-                let inputs: [&[u8]; 1] = [&header];
-                let mut outputs: [&mut [u8]; 1] = [&mut status];
-                submit_wait(queue, transport, &inputs, &mut outputs)
-            }
-            Data::Out(buf) => {
-                let inputs: [&[u8]; 2] = [&header, buf];
-                let mut outputs: [&mut [u8]; 1] = [&mut status];
-                submit_wait(queue, transport, &inputs, &mut outputs)
-            }
-            Data::In(buf) => {
-                let inputs: [&[u8]; 1] = [&header];
-                let mut outputs: [&mut [u8]; 2] = [buf, &mut status];
-                submit_wait(queue, transport, &inputs, &mut outputs)
-            }
-        };
-        match (used, status[0]) {
-            (Ok(()), S_OK) => Ok(()),
-            _ => Err(DiskError::Io),
-        }
-    }
-
     /// Reads whole sectors starting at `sector` into `buf`.
     pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.check(sector, buf.len())?;
-        self.request(T_IN, sector, Data::In(buf))
+        self.dev.borrow_mut().read(sector, buf)
     }
 
-    /// Writes whole sectors starting at `sector` (not yet durable: see
-    /// [`Disk::flush`]).
+    /// Writes whole sectors starting at `sector` (submitted; not yet
+    /// durable: see [`Disk::flush`]).
     pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), DiskError> {
         self.check(sector, buf.len())?;
-        timed(false, || self.request(T_OUT, sector, Data::Out(buf)))
+        self.dev.borrow_mut().submit(T_OUT, sector, buf)
     }
 
     /// Makes every completed write durable (virtio-blk FLUSH; QEMU
-    /// fdatasyncs the image file). A device that does not offer flushes
-    /// must be write-through (see the README).
+    /// fdatasyncs the image file), once it completes: submitted after the
+    /// writes before it completed (a flush covers only those). A device
+    /// that does not offer flushes must be write-through (see the README).
     pub fn flush(&mut self) -> Result<(), DiskError> {
         if !self.flush {
             return Ok(());
         }
-        timed(true, || self.request(T_FLUSH, 0, Data::None))
+        self.dev.borrow_mut().submit(T_FLUSH, 0, &[])
     }
-}
-
-/// The data of one request.
-enum Data<'a> {
-    None,
-    Out(&'a [u8]),
-    In(&'a mut [u8]),
-}
-
-/// Adds one descriptor chain, notifies the device and sleeps until it is
-/// used. Requests are issued one at a time, so the used element is ours.
-fn submit_wait<'a>(
-    queue: &mut VirtQueue<HalImpl, QUEUE_SIZE>,
-    transport: &mut MmioTransport<'static>,
-    inputs: &'a [&'a [u8]],
-    outputs: &'a mut [&'a mut [u8]],
-) -> Result<(), virtio_drivers::Error> {
-    // SAFETY: the buffers stay borrowed, untouched, until `pop_used`
-    // below returns them; nothing else is in flight on this queue.
-    let token = unsafe { queue.add(inputs, outputs)? };
-    if queue.should_notify() {
-        transport.notify(REQUEST_QUEUE);
-    }
-    sleep_until(|| queue.can_pop());
-    // SAFETY: the same buffers as given to `add`, for its token.
-    unsafe { queue.pop_used(token, inputs, outputs) }.map(|_| ())
 }
 
 impl metalraft_fw_store::BlockDevice for Disk {

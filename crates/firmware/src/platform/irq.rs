@@ -1,6 +1,6 @@
 //! Interrupts: the PLIC routes virtio-net's and virtio-blk's lines to hart
 //! 0 (M-mode); the handlers acknowledge the device and wake the network
-//! driver (the disk's waiter sleeps in `wfi` and checks its queue itself).
+//! driver or the task waiting for the disk.
 #![allow(unsafe_code)]
 
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -72,6 +72,7 @@ fn machine_external() {
         super::net::WAKER.wake();
     } else if irq == BLK_IRQ.load(Ordering::Relaxed) {
         ack(BLK_MMIO.load(Ordering::Relaxed));
+        super::disk::WAKER.wake();
     }
     // SAFETY: completing the claimed source.
     unsafe { core::ptr::write_volatile(PLIC_CLAIM_CTX0 as *mut u32, irq) };

@@ -16,13 +16,15 @@ pub mod wire;
 use core::task::Poll;
 
 use embassy_futures::poll_once;
-use embassy_futures::select::{select3, Either3};
+use embassy_futures::select::{select3, select4, Either3, Either4};
 use embassy_net::udp::{PacketMetadata, RecvError, UdpMetadata, UdpSocket};
 use embassy_net::{IpAddress, IpEndpoint, Ipv4Address, Stack};
 use embassy_time::{Duration, Instant, Timer};
 use metalraft_fw_proto::addr::{self, MAX_DATAGRAM_BYTES};
 
 pub use shell::{Outbox, PeerDrop, PeerOut, Shell};
+
+use crate::platform::disk::DiskWaiter;
 
 /// Datagrams the Raft socket queues per direction.
 const SOCKET_QUEUE_DATAGRAMS: usize = 16;
@@ -141,7 +143,12 @@ fn on_client(
 
 /// Runs the node forever.
 #[embassy_executor::task]
-pub async fn raft_task(stack: Stack<'static>, mut shell: Shell, tick: Duration) -> ! {
+pub async fn raft_task(
+    stack: Stack<'static>,
+    mut shell: Shell,
+    disk: DiskWaiter,
+    tick: Duration,
+) -> ! {
     let mut raft_rx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
     let mut raft_tx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
     let mut raft_rx = [0u8; RAFT_SOCKET_BYTES];
@@ -192,20 +199,7 @@ pub async fn raft_task(stack: Stack<'static>, mut shell: Shell, tick: Duration) 
                 shell.perf.client_in += 1;
                 on_client(&mut shell, received, &cbuf, &mut out)
             }
-            Either3::Third(()) => {
-                if let Some(index) = shell.removed() {
-                    info!("removed from the cluster at index {}: stopping", index);
-                    crate::platform::power::off();
-                }
-                shell.perf.ticks += 1;
-                shell.tick();
-                next_tick += tick;
-                // After a long stall (host overloaded), do not replay missed
-                // ticks in a burst: that would fire election timeouts at once.
-                if next_tick < awake {
-                    next_tick = awake + tick;
-                }
-            }
+            Either3::Third(()) => on_tick(&mut shell, &mut next_tick, tick),
         }
         // Take whatever else already arrived before driving the node, so a
         // burst of requests becomes one log append and one disk flush
@@ -228,18 +222,71 @@ pub async fn raft_task(stack: Stack<'static>, mut shell: Shell, tick: Duration) 
         }
         // Send each output's messages before its disk write, so followers
         // write in parallel with the leader (the core keeps every message
-        // that promises durable state until `sync` acknowledges it).
+        // that promises durable state until the batch is acknowledged).
+        let mut waited = Duration::from_ticks(0);
         loop {
             let polled = Instant::now();
             let progressed = shell.poll(&mut out);
             shell.perf.raft_us += polled.elapsed().as_micros();
             send(&mut shell, &mut out, &mut raft, &mut clients, &mut sbuf).await;
-            shell.sync(&mut out);
+            shell.write(&mut out);
+            // While the disk finishes the batch (its flush), keep receiving
+            // and ticking: requests that arrive now join the next batch.
+            let wait_start = Instant::now();
+            let written = loop {
+                if !disk.busy() {
+                    break disk.idle().await;
+                }
+                match select4(
+                    disk.idle(),
+                    raft.recv_from(&mut rbuf),
+                    clients.recv_from(&mut cbuf),
+                    Timer::at(next_tick),
+                )
+                .await
+                {
+                    Either4::First(r) => break r,
+                    Either4::Second(received) => {
+                        shell.perf.peer_in += 1;
+                        on_raft_datagram(&mut shell, received, &rbuf, &mut out)
+                    }
+                    Either4::Third(received) => {
+                        shell.perf.client_in += 1;
+                        on_client(&mut shell, received, &cbuf, &mut out)
+                    }
+                    Either4::Fourth(()) => on_tick(&mut shell, &mut next_tick, tick),
+                }
+                // Answers the shell gave at once (status, redirects,
+                // refusals, removal notices).
+                send(&mut shell, &mut out, &mut raft, &mut clients, &mut sbuf).await;
+            };
+            let w = wait_start.elapsed();
+            waited += w;
+            shell.perf.disk_wait_us += w.as_micros();
+            shell.acknowledge(written, &mut out);
             if !progressed {
                 break;
             }
         }
         send(&mut shell, &mut out, &mut raft, &mut clients, &mut sbuf).await;
-        shell.perf.busy_us += awake.elapsed().as_micros();
+        shell.perf.busy_us += (awake.elapsed() - waited).as_micros();
+    }
+}
+
+/// One tick of the node (or its power-off, once removed), and the next
+/// tick's time.
+fn on_tick(shell: &mut Shell, next_tick: &mut Instant, tick: Duration) {
+    if let Some(index) = shell.removed() {
+        info!("removed from the cluster at index {}: stopping", index);
+        crate::platform::power::off();
+    }
+    shell.perf.ticks += 1;
+    shell.tick();
+    *next_tick += tick;
+    // After a long stall (host overloaded), do not replay missed ticks in a
+    // burst: that would fire election timeouts at once.
+    let now = Instant::now();
+    if *next_tick < now {
+        *next_tick = now + tick;
     }
 }

@@ -37,10 +37,11 @@ use metalraft_replica::{
 
 use super::limits::*;
 use super::wire::{self, WireError};
+use crate::platform::disk::DiskError;
 use crate::platform::heap;
 use crate::storage::{
     believe_notice, Departures, DiskLog, DiskReplica, Pump, PumpError, Recovered, SnapshotSaved,
-    MAX_LOG_ENTRIES,
+    StoreError, MAX_LOG_ENTRIES,
 };
 
 /// A datagram for a peer's Raft port.
@@ -675,21 +676,41 @@ impl Shell {
         }
     }
 
-    /// Carries out the kept batch (write + flush) and acknowledges it,
-    /// which releases the messages that promised it, then stores the kept
-    /// snapshot (see [`Pump::sync`]). A storage failure stops the node
-    /// without acknowledging.
-    pub fn sync(&mut self, out: &mut Outbox) {
-        let entries = self.pump.pending_entries() as u64;
+    /// Writes the kept batch (see [`Pump::write`]); the disk may still be
+    /// carrying out its last request (the flush) when this returns. A
+    /// storage failure stops the node.
+    pub fn write(&mut self, out: &mut Outbox) {
         if !self.pump.syncing() {
             return;
         }
+        let entries = self.pump.pending_entries() as u64;
         let start = embassy_time::Instant::now();
-        let synced = self.pump.sync(&mut self.core);
+        let written = self.pump.write(&mut self.core);
         self.perf.storage_us += start.elapsed().as_micros();
         self.perf.batches += 1;
         self.perf.entries_written += entries;
-        match synced {
+        if let Err(e) = written {
+            self.stop(e, out);
+        }
+    }
+
+    /// Once the disk finished everything [`Shell::write`] wrote (`disk`:
+    /// how it went), acknowledges the batch — which releases the messages
+    /// that promised it — then stores the kept snapshot (see
+    /// [`Pump::acknowledge`]). A failed request stops the node without
+    /// acknowledging.
+    pub fn acknowledge(&mut self, disk: Result<(), DiskError>, out: &mut Outbox) {
+        if !self.pump.syncing() {
+            return;
+        }
+        if let Err(e) = disk {
+            let e = self.pump.fail(StoreError::Disk(e));
+            return self.stop(e, out);
+        }
+        let start = embassy_time::Instant::now();
+        let done = self.pump.acknowledge(&mut self.core);
+        self.perf.storage_us += start.elapsed().as_micros();
+        match done {
             Ok(done) => match done.snapshot {
                 Some(SnapshotSaved::Stored { index, bytes }) => {
                     info!(
