@@ -1,6 +1,8 @@
 //! The block device: virtio-blk behind a small typed API of 512-byte
-//! sectors. The device carries out one request at a time, in the order
-//! they are made, as a synchronous disk would; but a write or a flush
+//! sectors. Writes to consecutive sectors are merged into one request;
+//! several writes may be in flight, but a flush starts only once every
+//! write before it completed and no write starts before it completed, so
+//! every flush covers exactly what a synchronous disk's would. A write or a flush
 //! returns as soon as it is submitted, and only the next request (or the
 //! Raft task, through [`DiskWaiter::idle`], before it acknowledges a
 //! batch) waits for it. So the flush that ends a batch — QEMU's
@@ -49,6 +51,11 @@ const F_VERSION_1: u64 = 1 << 32;
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
 const T_FLUSH: u32 = 4;
+/// Writes the device carries out at once (three descriptors each).
+const MAX_WRITES_IN_FLIGHT: usize = 4;
+const _: () = assert!(3 * MAX_WRITES_IN_FLIGHT <= QUEUE_SIZE);
+/// Most bytes of consecutive writes merged into one request.
+const MAX_MERGED_WRITE_BYTES: usize = 16 * 1024;
 /// Status byte of a request that succeeded.
 const S_OK: u8 = 0;
 
@@ -111,61 +118,77 @@ struct InFlight {
     data: Vec<u8>,
     status: [u8; 1],
     flush: bool,
+    /// First sector written (a write).
+    sector: u64,
     since: embassy_time::Instant,
 }
 
-/// The device and its one request in flight.
+impl InFlight {
+    /// Whether this write covers any of `len` bytes from `sector`.
+    fn overlaps(&self, sector: u64, len: usize) -> bool {
+        let end = |s: u64, l: usize| s + (l / SECTOR_BYTES) as u64;
+        !self.flush && self.sector < end(sector, len) && sector < end(self.sector, self.data.len())
+    }
+}
+
+/// The device and its requests in flight.
 struct Device {
     transport: MmioTransport<'static>,
     queue: VirtQueue<HalImpl, QUEUE_SIZE>,
-    /// Boxed: the device reads and writes its buffers by address.
-    inflight: Option<Box<InFlight>>,
+    /// Boxed: the device reads and writes their buffers by address. Either
+    /// up to [`MAX_WRITES_IN_FLIGHT`] writes, or one flush.
+    inflight: Vec<Box<InFlight>>,
+    /// Writes not yet submitted: consecutive sectors from the first, merged
+    /// into one request (a batch's records lie one after the other).
+    pending: Option<(u64, Vec<u8>)>,
     /// A request failed: every later one fails too (the node stops).
     failed: bool,
 }
 
+/// The buffers of a request as the virtqueue takes them: header (and data,
+/// for a write) in, status out.
+fn with_buffers<T>(
+    r: &mut InFlight,
+    f: impl for<'a> FnOnce(&'a [&'a [u8]], &'a mut [&'a mut [u8]]) -> T,
+) -> T {
+    let inputs: [&[u8]; 2] = [&r.header, &r.data];
+    let mut outputs: [&mut [u8]; 1] = [&mut r.status];
+    let n = if r.data.is_empty() { 1 } else { 2 };
+    f(&inputs[..n], &mut outputs)
+}
+
 impl Device {
-    /// Takes the completed request off the queue, if it completed: counts
-    /// it, records a failure. Returns whether nothing is in flight.
+    /// Takes every completed request off the queue: counts it, records a
+    /// failure. Returns whether nothing is in flight.
     fn reap(&mut self) -> bool {
-        if self.inflight.is_none() {
-            return true;
-        }
-        if !self.queue.can_pop() {
-            return false;
-        }
-        let Some(mut req) = self.inflight.take() else {
-            return true;
-        };
-        let used = {
-            let r = &mut *req;
-            let inputs: [&[u8]; 2] = [&r.header, &r.data];
-            let mut outputs: [&mut [u8]; 1] = [&mut r.status];
-            let inputs: &[&[u8]] = if r.data.is_empty() {
-                &inputs[..1]
-            } else {
-                &inputs
+        while let Some(token) = self.queue.peek_used() {
+            let Some(at) = self.inflight.iter().position(|r| r.token == token) else {
+                // Not ours: cannot happen (every request is in the table).
+                self.failed = true;
+                return self.inflight.is_empty();
             };
+            let mut req = self.inflight.swap_remove(at);
+            let queue = &mut self.queue;
             // SAFETY: the same buffers as given to `add` for this token.
-            unsafe { self.queue.pop_used(r.token, inputs, &mut outputs) }
-        };
-        if used.is_err() || req.status[0] != S_OK {
-            self.failed = true;
-        }
-        let us = req.since.elapsed().as_micros();
-        critical_section::with(|cs| {
-            let cell = STATS.borrow(cs);
-            let mut s = cell.get();
-            if req.flush {
-                s.flushes += 1;
-                s.flush_us += us;
-            } else {
-                s.writes += 1;
-                s.write_us += us;
+            let used = with_buffers(&mut req, |i, o| unsafe { queue.pop_used(token, i, o) });
+            if used.is_err() || req.status[0] != S_OK {
+                self.failed = true;
             }
-            cell.set(s);
-        });
-        true
+            let us = req.since.elapsed().as_micros();
+            critical_section::with(|cs| {
+                let cell = STATS.borrow(cs);
+                let mut s = cell.get();
+                if req.flush {
+                    s.flushes += 1;
+                    s.flush_us += us;
+                } else {
+                    s.writes += 1;
+                    s.write_us += us;
+                }
+                cell.set(s);
+            });
+        }
+        self.inflight.is_empty()
     }
 
     /// Waits (asleep) until nothing is in flight; fails if anything did.
@@ -178,43 +201,76 @@ impl Device {
     }
 
     /// Submits a write (`data`) or flush (`data` empty) and returns: the
-    /// device completes it while the node goes on; the next request, or
-    /// [`DiskWaiter::idle`], waits for it.
-    fn submit(&mut self, kind: u32, sector: u64, data: &[u8]) -> Result<(), DiskError> {
-        self.settle()?;
+    /// device completes it while the node goes on. Writes to different
+    /// sectors may run side by side (nothing is promised of an unflushed
+    /// write, so their order does not matter; one that overlaps a write in
+    /// flight waits for it); a flush waits until every write before it completed (it
+    /// covers only those), and a write after a flush waits for the flush.
+    fn submit(&mut self, kind: u32, sector: u64, data: Vec<u8>) -> Result<(), DiskError> {
+        let flush = kind == T_FLUSH;
+        let len = data.len();
+        sleep_until(|| {
+            let idle = self.reap();
+            idle || (!flush
+                && self.inflight.len() < MAX_WRITES_IN_FLIGHT
+                && !self
+                    .inflight
+                    .iter()
+                    .any(|r| r.flush || r.overlaps(sector, len)))
+        });
+        if self.failed {
+            return Err(DiskError::Io);
+        }
         let mut req = Box::new(InFlight {
             token: 0,
             header: [0; 16],
-            data: data.to_vec(),
+            data,
             status: [0xff],
-            flush: kind == T_FLUSH,
+            flush,
+            sector,
             since: embassy_time::Instant::now(),
         });
         req.header[..4].copy_from_slice(&kind.to_le_bytes());
         req.header[8..].copy_from_slice(&sector.to_le_bytes());
-        let token = {
-            let r = &mut *req;
-            let inputs: [&[u8]; 2] = [&r.header, &r.data];
-            let mut outputs: [&mut [u8]; 1] = [&mut r.status];
-            let inputs: &[&[u8]] = if r.data.is_empty() {
-                &inputs[..1]
-            } else {
-                &inputs
-            };
-            // SAFETY: the buffers live in the box kept in `inflight` (heap
-            // memory that does not move) until `reap` pops this token.
-            unsafe { self.queue.add(inputs, &mut outputs) }.map_err(|_| DiskError::Io)?
-        };
+        let queue = &mut self.queue;
+        // SAFETY: the buffers live in the box kept in `inflight` (heap
+        // memory that does not move) until `reap` pops this token.
+        let token =
+            with_buffers(&mut req, |i, o| unsafe { queue.add(i, o) }).map_err(|_| DiskError::Io)?;
         req.token = token;
-        self.inflight = Some(req);
+        self.inflight.push(req);
         if self.queue.should_notify() {
             self.transport.notify(REQUEST_QUEUE);
         }
         Ok(())
     }
 
-    /// Reads synchronously (after whatever was in flight).
+    /// Queues a write: merged with the pending one if it continues it,
+    /// else the pending one is submitted first.
+    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), DiskError> {
+        if let Some((start, buf)) = &mut self.pending {
+            let end = *start + (buf.len() / SECTOR_BYTES) as u64;
+            if end == sector && buf.len() + data.len() <= MAX_MERGED_WRITE_BYTES {
+                buf.extend_from_slice(data);
+                return Ok(());
+            }
+        }
+        self.submit_pending()?;
+        self.pending = Some((sector, data.to_vec()));
+        Ok(())
+    }
+
+    /// Submits the pending writes, if any.
+    fn submit_pending(&mut self) -> Result<(), DiskError> {
+        match self.pending.take() {
+            Some((sector, data)) => self.submit(T_OUT, sector, data),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads synchronously (after whatever was pending or in flight).
     fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.submit_pending()?;
         self.settle()?;
         let mut header = [0u8; 16];
         header[..4].copy_from_slice(&T_IN.to_le_bytes());
@@ -268,6 +324,9 @@ impl DiskWaiter {
         core::future::poll_fn(|cx| {
             WAKER.register(cx.waker());
             let mut dev = self.dev.borrow_mut();
+            if let Err(e) = dev.submit_pending() {
+                return Poll::Ready(Err(e));
+            }
             if !dev.reap() {
                 return Poll::Pending;
             }
@@ -280,9 +339,11 @@ impl DiskWaiter {
         .await
     }
 
-    /// Whether a request is in flight.
+    /// Whether a request is in flight (pending writes are submitted first).
     pub fn busy(&self) -> bool {
-        !self.dev.borrow_mut().reap()
+        let mut dev = self.dev.borrow_mut();
+        // A failure shows in `idle`.
+        dev.submit_pending().is_ok() && !dev.reap()
     }
 }
 
@@ -318,7 +379,8 @@ impl Disk {
         let dev = DEVICE.try_init(RefCell::new(Device {
             transport,
             queue,
-            inflight: None,
+            inflight: Vec::with_capacity(MAX_WRITES_IN_FLIGHT),
+            pending: None,
             failed: false,
         }));
         let dev = dev.ok_or(DiskError::Io)?;
@@ -358,11 +420,12 @@ impl Disk {
         self.dev.borrow_mut().read(sector, buf)
     }
 
-    /// Writes whole sectors starting at `sector` (submitted; not yet
-    /// durable: see [`Disk::flush`]).
+    /// Writes whole sectors starting at `sector` (queued — merged with the
+    /// previous write when it continues it — or submitted; not yet durable:
+    /// see [`Disk::flush`]).
     pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), DiskError> {
         self.check(sector, buf.len())?;
-        self.dev.borrow_mut().submit(T_OUT, sector, buf)
+        self.dev.borrow_mut().write(sector, buf)
     }
 
     /// Makes every completed write durable (virtio-blk FLUSH; QEMU
@@ -373,7 +436,9 @@ impl Disk {
         if !self.flush {
             return Ok(());
         }
-        self.dev.borrow_mut().submit(T_FLUSH, 0, &[])
+        let mut dev = self.dev.borrow_mut();
+        dev.submit_pending()?;
+        dev.submit(T_FLUSH, 0, Vec::new())
     }
 }
 
