@@ -3,11 +3,12 @@
 //! `RAFT_PORT`, clients on `CLIENT_PORT`). It waits for a datagram or the
 //! next tick, feeds the shell, then for every output of the replica: sends
 //! its messages and client answers, writes and flushes its persistence
-//! batch, and acknowledges it, which only then releases the messages that
-//! promise that state (they go out with the next output). A node that
-//! applies its own removal from the cluster answers its waiting clients and
-//! powers off at the next tick (so the network task sends those answers
-//! first).
+//! batch — receiving datagrams and ticking while the disk finishes it —
+//! and acknowledges it once the disk is done, which only then releases the
+//! messages that promise that state (they go out with the next output).
+//! A node that applies its own removal from the cluster answers its
+//! waiting clients and powers off at the next tick (so the network task
+//! sends those answers first).
 
 mod limits;
 mod shell;
