@@ -178,6 +178,11 @@ pub struct Response {
 }
 
 /// Outcomes.
+// `Status` (with its per-stage counters) is the large variant. A reply
+// lives only from its decision to its encoding, one at a time; boxing it
+// would cost an allocation per status request and code in the firmware's
+// tight `.text` budget for no memory saved.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// The put committed and was applied at `revision`.

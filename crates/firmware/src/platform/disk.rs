@@ -135,8 +135,11 @@ impl InFlight {
 struct Device {
     transport: MmioTransport<'static>,
     queue: VirtQueue<HalImpl, QUEUE_SIZE>,
-    /// Boxed: the device reads and writes their buffers by address. Either
-    /// up to [`MAX_WRITES_IN_FLIGHT`] writes, or one flush.
+    /// Boxed: the device reads and writes their buffers (the header and
+    /// status arrays inside `InFlight`) by address, so they must not move
+    /// when the vector does (`swap_remove`). Either up to
+    /// [`MAX_WRITES_IN_FLIGHT`] writes, or one flush.
+    #[allow(clippy::vec_box)]
     inflight: Vec<Box<InFlight>>,
     /// Writes not yet submitted: consecutive sectors from the first, merged
     /// into one request (a batch's records lie one after the other).
