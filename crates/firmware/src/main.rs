@@ -67,7 +67,10 @@ async fn main(spawner: Spawner) {
         halt()
     };
     let mut disk = match Disk::new(blk_dev.transport) {
-        Ok(d) => d,
+        Ok(d) => {
+            platform::irq::enable_blk(blk_dev.irq, blk_dev.base);
+            d
+        }
         Err(e) => {
             error!("disk: {}", e);
             halt()
@@ -133,6 +136,7 @@ async fn main(spawner: Spawner) {
         true => &voters,
         false => &[],
     };
+    let disk_waiter = disk.waiter();
     let (log, recovered, snapshot) = match storage::DiskLog::open(disk, bootstrap) {
         Ok(r) => r,
         Err(e) => {
@@ -156,5 +160,5 @@ async fn main(spawner: Spawner) {
         }
     };
     let tick = embassy_time::Duration::from_millis(u64::from(cfg.tick_ms));
-    spawner.spawn(raft::raft_task(stack, shell, tick).expect("raft task spawns once"));
+    spawner.spawn(raft::raft_task(stack, shell, disk_waiter, tick).expect("raft task spawns once"));
 }

@@ -4,7 +4,8 @@
 use crate::platform::disk::Disk;
 
 pub use metalraft_fw_store::{
-    believe_notice, Departures, Pump, PumpError, Recovered, SnapshotSaved, MAX_LOG_ENTRIES,
+    believe_notice, Departures, Pump, PumpError, Recovered, SnapshotSaved, StoreError,
+    MAX_LOG_ENTRIES,
 };
 
 /// The log on this board's disk.

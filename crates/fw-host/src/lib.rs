@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod bench;
 pub mod client;
 pub mod cluster;
 pub mod fault;

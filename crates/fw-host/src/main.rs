@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use metalraft_fw::bench;
 use metalraft_fw::client::{Client, ClientError};
 use metalraft_fw::cluster::ClusterSpec;
 use metalraft_fw::fault::FaultCommand;
@@ -16,7 +17,9 @@ use metalraft_fw::firmware;
 use metalraft_fw::hub::Hub;
 use metalraft_fw::ports::{Ports, DEFAULT_BASE_PORT};
 use metalraft_fw_proto::addr::MAX_NODE_ID;
-use metalraft_fw_proto::client::{DroppedDatagrams, ErrorCode, MemberOp, Membership, Role, Status};
+use metalraft_fw_proto::client::{
+    DroppedDatagrams, ErrorCode, MemberOp, Membership, Perf, Role, Status, MAX_VALUE_BYTES,
+};
 
 const USAGE: &str = "\
 metalraft-fw — MetalRaft firmware cluster in QEMU
@@ -35,6 +38,11 @@ USAGE:
   metalraft-fw member remove N..                  remove members (a removed node stops; removing the
                                                   leader hands leadership to another voter first)
   metalraft-fw status                             every node's role, term, leader, indexes, memory
+                                                  and per-stage counters (messages, flushes, time)
+  metalraft-fw bench [--seconds S] [--windows 1,16,64] [--value-bytes B]
+                                                  puts with 1, 16 and 64 in flight at the leader for S
+                                                  (default 5) s each: commits/s, p50/p99 latency, the QEMU
+                                                  processes' CPU use and the leader's counters per commit
   metalraft-fw put KEY VALUE                      write through the leader
   metalraft-fw get KEY [--node N]                 linearizable read (through the leader, or served by node N)
   metalraft-fw delete KEY                         delete through the leader
@@ -110,7 +118,16 @@ struct Args {
 /// Options without a value.
 const BOOL_FLAGS: &[&str] = &["--keep-disks", "--no-build", "--learner"];
 /// Options with a value (`--name VALUE` or `--name=VALUE`).
-const VALUE_OPTS: &[&str] = &["dir", "nodes", "extra", "base-port", "node"];
+const VALUE_OPTS: &[&str] = &[
+    "dir",
+    "nodes",
+    "extra",
+    "base-port",
+    "node",
+    "seconds",
+    "windows",
+    "value-bytes",
+];
 
 /// Parses the arguments after the program name; `Ok(None)` asks for the
 /// usage (`--help`, `-h`). After `--` every argument is a word (a value
@@ -508,11 +525,161 @@ fn fmt_status(s: &Status) -> String {
 fn print_status(client: &mut Client, nodes: u8) {
     for id in 1..=nodes {
         match client.status(id, STATUS_TIMEOUT) {
-            Ok(Some(s)) => outln!("{}", fmt_status(&s)),
+            Ok(Some(s)) => {
+                outln!("{}", fmt_status(&s));
+                let p = &s.perf;
+                outln!(
+                    "       wakeups {} ticks {} peer in/out {}/{} client in/out {}/{} outputs {} batches {} entries {} \
+                     disk writes {} flushes {} | ms: busy {} storage {} send {} raft {} disk wait {} (device: write {} flush {})",
+                    p.wakeups,
+                    p.ticks,
+                    p.peer_in,
+                    p.peer_out,
+                    p.client_in,
+                    p.client_out,
+                    p.outputs,
+                    p.batches,
+                    p.entries_written,
+                    p.disk_writes,
+                    p.flushes,
+                    p.busy_us / 1000,
+                    p.storage_us / 1000,
+                    p.send_us / 1000,
+                    p.raft_us / 1000,
+                    p.disk_wait_us / 1000,
+                    p.write_us / 1000,
+                    p.flush_us / 1000
+                )
+            }
             Ok(None) => outln!("node {id} no answer"),
             Err(e) => outln!("node {id} error: {e}"),
         }
     }
+}
+
+/// Every node's counters (`None` for a node that does not answer).
+fn all_perf(client: &mut Client, nodes: u8) -> Vec<Option<Perf>> {
+    (1..=nodes)
+        .map(|id| {
+            client
+                .status(id, STATUS_TIMEOUT)
+                .ok()
+                .flatten()
+                .map(|s| s.perf)
+        })
+        .collect()
+}
+
+/// Total CPU time of the given processes (those still readable).
+fn qemu_cpu(pids: &[u32]) -> Vec<Duration> {
+    pids.iter()
+        .map(|&p| bench::cpu_time(p).unwrap_or_default())
+        .collect()
+}
+
+fn bench_cmd(a: &Args) -> Result<()> {
+    let dir = a.dir();
+    let state = State::load(&dir)?;
+    let seconds: f64 = a.opt("seconds", 5.0)?;
+    if !(seconds > 0.0 && seconds <= 3600.0) {
+        return Err(usage_error("--seconds: between 0 and 3600"));
+    }
+    let value_bytes: usize = a.opt("value-bytes", 16)?;
+    if value_bytes > MAX_VALUE_BYTES {
+        return Err(usage_error(format!(
+            "--value-bytes: at most {MAX_VALUE_BYTES}"
+        )));
+    }
+    let windows: Vec<usize> = a
+        .opts
+        .get("windows")
+        .map_or("1,16,64", String::as_str)
+        .split(',')
+        .map(|w| match w.trim().parse() {
+            Ok(n) if (1..=bench::MAX_WINDOW).contains(&n) => Ok(n),
+            _ => Err(usage_error(format!(
+                "--windows: bad window {w:?} (1..={})",
+                bench::MAX_WINDOW
+            ))),
+        })
+        .collect::<Result<_>>()?;
+    let spec = state.spec(&dir)?;
+    let pids: Vec<u32> = state
+        .node_pids
+        .iter()
+        .filter(|(&id, &p)| is_ours(p, &spec.image(id).display().to_string()))
+        .map(|(_, &p)| p)
+        .collect();
+    let (mut c, nodes) = client_for(a)?;
+    let gateway = Ports {
+        base: state.base_port,
+    }
+    .gateway();
+    let leader = wait_leader(&mut c)?;
+    c.put(b"bench-warmup", b"1")?;
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    outln!(
+        "bench: {nodes} nodes, leader {leader}, {value_bytes}-byte values, {seconds} s per window; \
+         host load average {} ({} CPUs); {} QEMU processes",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        pids.len()
+    );
+    for w in windows {
+        let before = all_perf(&mut c, nodes);
+        let cpu0 = qemu_cpu(&pids);
+        let r = bench::run_window(
+            gateway,
+            leader,
+            w,
+            value_bytes,
+            Duration::from_secs_f64(seconds),
+        )?;
+        let cpu1 = qemu_cpu(&pids);
+        let after = all_perf(&mut c, nodes);
+        let wall = r.elapsed.as_secs_f64().max(1e-9);
+        let per_proc: Vec<String> = cpu0
+            .iter()
+            .zip(&cpu1)
+            .map(|(a, b)| format!("{:.0}", 100.0 * b.saturating_sub(*a).as_secs_f64() / wall))
+            .collect();
+        let total: f64 = cpu0
+            .iter()
+            .zip(&cpu1)
+            .map(|(a, b)| b.saturating_sub(*a).as_secs_f64())
+            .sum();
+        let ms = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| format!("{:.1}", d.as_secs_f64() * 1e3))
+        };
+        outln!(
+            "in flight {:>2}: {:>6.0} commits/s ({} in {:.2} s), latency p50 {} ms p99 {} ms, errors {} lost {}; \
+             QEMU CPU {:.0}% of one core ({} %)",
+            w,
+            r.rate(),
+            r.commits,
+            wall,
+            ms(r.percentile(50)),
+            ms(r.percentile(99)),
+            r.errors,
+            r.lost,
+            100.0 * total / wall,
+            per_proc.join(" ")
+        );
+        if let Some(e) = &r.first_error {
+            outln!("  first error answer: {e:?}");
+        }
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            let id = i as u8 + 1;
+            if let (Some(b), Some(a)) = (b, a) {
+                let role = if id == leader { "leader  " } else { "follower" };
+                outln!(
+                    "  node {id} {role} {}",
+                    bench::fmt_perf(&bench::perf_delta(a, b), r.commits, r.elapsed)
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn client_for(a: &Args) -> Result<(Client, u8)> {
@@ -702,6 +869,7 @@ fn run(a: &Args) -> Result<()> {
             let (mut c, nodes) = client_for(a)?;
             print_status(&mut c, nodes);
         }
+        ["bench"] => bench_cmd(a)?,
         ["put", key, value] => {
             let (mut c, _) = client_for(a)?;
             outln!("OK revision {}", c.put(key.as_bytes(), value.as_bytes())?);

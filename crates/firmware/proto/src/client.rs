@@ -178,6 +178,11 @@ pub struct Response {
 }
 
 /// Outcomes.
+// `Status` (with its per-stage counters) is the large variant. A reply
+// lives only from its decision to its encoding, one at a time; boxing it
+// would cost an allocation per status request and code in the firmware's
+// tight `.text` budget for no memory saved.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// The put committed and was applied at `revision`.
@@ -330,6 +335,52 @@ pub struct Status {
     pub recovered_torn_records: u64,
     /// Boots of this disk (incremented at every boot).
     pub boots: u64,
+    /// Where the node's work and time went since boot (measured).
+    pub perf: Perf,
+}
+
+/// Per-stage counters of a node since boot, all measured by the node
+/// (times from its 10 MHz machine timer, in microseconds of guest time,
+/// which under QEMU is host wall time).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Perf {
+    /// Wake-ups of the Raft task (a datagram or a tick ended its wait).
+    pub wakeups: u64,
+    /// Raft ticks.
+    pub ticks: u64,
+    /// Datagrams received on the Raft port.
+    pub peer_in: u64,
+    /// Datagrams sent to peers.
+    pub peer_out: u64,
+    /// Datagrams received on the client port.
+    pub client_in: u64,
+    /// Client responses sent.
+    pub client_out: u64,
+    /// Outputs of the replica carried out.
+    pub outputs: u64,
+    /// Persistence batches written (each ends with a flush when it must).
+    pub batches: u64,
+    /// Log entries written by those batches.
+    pub entries_written: u64,
+    /// Disk write requests.
+    pub disk_writes: u64,
+    /// Disk flush requests.
+    pub flushes: u64,
+    /// Time in disk writes.
+    pub write_us: u64,
+    /// Time in disk flushes.
+    pub flush_us: u64,
+    /// Time carrying out batches and snapshots (writes, flushes, encoding).
+    pub storage_us: u64,
+    /// Time handing datagrams to the network stack.
+    pub send_us: u64,
+    /// Time in the replica: decoding, stepping, proposing, taking outputs.
+    pub raft_us: u64,
+    /// Time the Raft task was not waiting (all of the above and the rest).
+    pub busy_us: u64,
+    /// Time the Raft task waited for the disk to finish a batch (its
+    /// flush) before acknowledging it, receiving and ticking meanwhile.
+    pub disk_wait_us: u64,
 }
 
 /// Raft datagrams a node dropped before they reached Raft, one counter per

@@ -3,11 +3,12 @@
 //! `RAFT_PORT`, clients on `CLIENT_PORT`). It waits for a datagram or the
 //! next tick, feeds the shell, then for every output of the replica: sends
 //! its messages and client answers, writes and flushes its persistence
-//! batch, and acknowledges it, which only then releases the messages that
-//! promise that state (they go out with the next output). A node that
-//! applies its own removal from the cluster answers its waiting clients and
-//! powers off at the next tick (so the network task sends those answers
-//! first).
+//! batch — receiving datagrams and ticking while the disk finishes it —
+//! and acknowledges it once the disk is done, which only then releases the
+//! messages that promise that state (they go out with the next output).
+//! A node that applies its own removal from the cluster answers its
+//! waiting clients and powers off at the next tick (so the network task
+//! sends those answers first).
 
 mod limits;
 mod shell;
@@ -16,7 +17,7 @@ pub mod wire;
 use core::task::Poll;
 
 use embassy_futures::poll_once;
-use embassy_futures::select::{select3, Either3};
+use embassy_futures::select::{select3, select4, Either3, Either4};
 use embassy_net::udp::{PacketMetadata, RecvError, UdpMetadata, UdpSocket};
 use embassy_net::{IpAddress, IpEndpoint, Ipv4Address, Stack};
 use embassy_time::{Duration, Instant, Timer};
@@ -24,14 +25,21 @@ use metalraft_fw_proto::addr::{self, MAX_DATAGRAM_BYTES};
 
 pub use shell::{Outbox, PeerDrop, PeerOut, Shell};
 
-/// Datagrams each socket queues per direction.
+use crate::platform::disk::DiskWaiter;
+
+/// Datagrams the Raft socket queues per direction.
 const SOCKET_QUEUE_DATAGRAMS: usize = 16;
+/// Datagrams the client socket queues per direction: every write the node
+/// admits at once (`MAX_PENDING_WRITES`) can arrive in one burst without
+/// the socket dropping one.
+const CLIENT_QUEUE_DATAGRAMS: usize = limits::MAX_PENDING_WRITES;
 /// Raft socket buffer bytes per direction.
 const RAFT_SOCKET_BYTES: usize = 8 * 1024;
 /// Datagrams (per socket) taken in one wake-up before driving the node.
-const MAX_DATAGRAMS_PER_WAKE: usize = SOCKET_QUEUE_DATAGRAMS;
-/// Client socket buffer bytes per direction.
-const CLIENT_SOCKET_BYTES: usize = 4 * 1024;
+const MAX_DATAGRAMS_PER_WAKE: usize = CLIENT_QUEUE_DATAGRAMS;
+/// Client socket buffer bytes per direction (a burst of small requests,
+/// or of answers, fits).
+const CLIENT_SOCKET_BYTES: usize = 8 * 1024;
 
 fn lan_id(ep: &IpEndpoint) -> Option<u8> {
     match ep.addr {
@@ -47,12 +55,15 @@ fn peer_endpoint(id: u8, port: u16) -> IpEndpoint {
     )
 }
 
+/// Sends everything in `out`; returns how many datagrams went to peers and
+/// to clients.
 async fn flush_outbox(
     out: &mut Outbox,
     raft: &mut UdpSocket<'_>,
     clients: &mut UdpSocket<'_>,
     buf: &mut [u8; MAX_DATAGRAM_BYTES],
-) {
+) -> (u64, u64) {
+    let counts = (out.peers.len() as u64, out.clients.len() as u64);
     for (to, item) in out.peers.drain(..) {
         let bytes = match &item {
             PeerOut::Raft(msg) => match wire::encode(msg, buf) {
@@ -73,6 +84,26 @@ async fn flush_outbox(
     for (ep, resp) in out.clients.drain(..) {
         let _ = clients.send_to(&resp.encode(), ep).await;
     }
+    counts
+}
+
+/// Sends `out` and counts it in the shell's [`Perf`](metalraft_fw_proto::client::Perf).
+async fn send(
+    shell: &mut Shell,
+    out: &mut Outbox,
+    raft: &mut UdpSocket<'_>,
+    clients: &mut UdpSocket<'_>,
+    buf: &mut [u8; MAX_DATAGRAM_BYTES],
+) {
+    if out.peers.is_empty() && out.clients.is_empty() {
+        return;
+    }
+    let start = Instant::now();
+    let (peers, answers) = flush_outbox(out, raft, clients, buf).await;
+    let p = &mut shell.perf;
+    p.send_us += start.elapsed().as_micros();
+    p.peer_out += peers;
+    p.client_out += answers;
 }
 
 /// Hands a datagram received on the Raft port to the shell, or counts why
@@ -83,6 +114,7 @@ fn on_raft_datagram(
     buf: &[u8],
     out: &mut Outbox,
 ) {
+    let start = Instant::now();
     match received {
         Ok((n, meta)) => match lan_id(&meta.endpoint) {
             Some(src) if meta.endpoint.port == addr::RAFT_PORT => {
@@ -92,11 +124,32 @@ fn on_raft_datagram(
         },
         Err(RecvError::Truncated) => shell.drop_peer_datagram(PeerDrop::Truncated, 0),
     }
+    shell.perf.raft_us += start.elapsed().as_micros();
+}
+
+/// Hands a datagram received on the client port to the shell.
+fn on_client(
+    shell: &mut Shell,
+    received: Result<(usize, UdpMetadata), RecvError>,
+    buf: &[u8],
+    out: &mut Outbox,
+) {
+    let start = Instant::now();
+    match received {
+        Ok((n, meta)) => shell.on_client_datagram(&buf[..n], meta.endpoint, out),
+        Err(RecvError::Truncated) => shell.drop_client_datagram(),
+    }
+    shell.perf.raft_us += start.elapsed().as_micros();
 }
 
 /// Runs the node forever.
 #[embassy_executor::task]
-pub async fn raft_task(stack: Stack<'static>, mut shell: Shell, tick: Duration) -> ! {
+pub async fn raft_task(
+    stack: Stack<'static>,
+    mut shell: Shell,
+    disk: DiskWaiter,
+    tick: Duration,
+) -> ! {
     let mut raft_rx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
     let mut raft_tx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
     let mut raft_rx = [0u8; RAFT_SOCKET_BYTES];
@@ -108,8 +161,8 @@ pub async fn raft_task(stack: Stack<'static>, mut shell: Shell, tick: Duration) 
         &mut raft_tx_meta,
         &mut raft_tx,
     );
-    let mut cl_rx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
-    let mut cl_tx_meta = [PacketMetadata::EMPTY; SOCKET_QUEUE_DATAGRAMS];
+    let mut cl_rx_meta = [PacketMetadata::EMPTY; CLIENT_QUEUE_DATAGRAMS];
+    let mut cl_tx_meta = [PacketMetadata::EMPTY; CLIENT_QUEUE_DATAGRAMS];
     let mut cl_rx = [0u8; CLIENT_SOCKET_BYTES];
     let mut cl_tx = [0u8; CLIENT_SOCKET_BYTES];
     let mut clients = UdpSocket::new(
@@ -130,32 +183,24 @@ pub async fn raft_task(stack: Stack<'static>, mut shell: Shell, tick: Duration) 
     let mut out = Outbox::default();
     let mut next_tick = Instant::now() + tick;
     loop {
-        match select3(
+        let woke = select3(
             raft.recv_from(&mut rbuf),
             clients.recv_from(&mut cbuf),
             Timer::at(next_tick),
         )
-        .await
-        {
-            Either3::First(received) => on_raft_datagram(&mut shell, received, &rbuf, &mut out),
-            Either3::Second(Ok((n, meta))) => {
-                shell.on_client_datagram(&cbuf[..n], meta.endpoint, &mut out)
+        .await;
+        let awake = Instant::now();
+        shell.perf.wakeups += 1;
+        match woke {
+            Either3::First(received) => {
+                shell.perf.peer_in += 1;
+                on_raft_datagram(&mut shell, received, &rbuf, &mut out)
             }
-            Either3::Second(Err(RecvError::Truncated)) => shell.drop_client_datagram(),
-            Either3::Third(()) => {
-                if let Some(index) = shell.removed() {
-                    info!("removed from the cluster at index {}: stopping", index);
-                    crate::platform::power::off();
-                }
-                shell.tick();
-                next_tick += tick;
-                // After a long stall (host overloaded), do not replay missed
-                // ticks in a burst: that would fire election timeouts at once.
-                let now = Instant::now();
-                if next_tick < now {
-                    next_tick = now + tick;
-                }
+            Either3::Second(received) => {
+                shell.perf.client_in += 1;
+                on_client(&mut shell, received, &cbuf, &mut out)
             }
+            Either3::Third(()) => on_tick(&mut shell, &mut next_tick, tick),
         }
         // Take whatever else already arrived before driving the node, so a
         // burst of requests becomes one log append and one disk flush
@@ -163,13 +208,12 @@ pub async fn raft_task(stack: Stack<'static>, mut shell: Shell, tick: Duration) 
         for _ in 0..MAX_DATAGRAMS_PER_WAKE {
             let mut progressed = false;
             if let Poll::Ready(received) = poll_once(clients.recv_from(&mut cbuf)) {
-                match received {
-                    Ok((n, meta)) => shell.on_client_datagram(&cbuf[..n], meta.endpoint, &mut out),
-                    Err(RecvError::Truncated) => shell.drop_client_datagram(),
-                }
+                shell.perf.client_in += 1;
+                on_client(&mut shell, received, &cbuf, &mut out);
                 progressed = true;
             }
             if let Poll::Ready(received) = poll_once(raft.recv_from(&mut rbuf)) {
+                shell.perf.peer_in += 1;
                 on_raft_datagram(&mut shell, received, &rbuf, &mut out);
                 progressed = true;
             }
@@ -179,15 +223,71 @@ pub async fn raft_task(stack: Stack<'static>, mut shell: Shell, tick: Duration) 
         }
         // Send each output's messages before its disk write, so followers
         // write in parallel with the leader (the core keeps every message
-        // that promises durable state until `sync` acknowledges it).
+        // that promises durable state until the batch is acknowledged).
+        let mut waited = Duration::from_ticks(0);
         loop {
+            let polled = Instant::now();
             let progressed = shell.poll(&mut out);
-            flush_outbox(&mut out, &mut raft, &mut clients, &mut sbuf).await;
-            shell.sync(&mut out);
+            shell.perf.raft_us += polled.elapsed().as_micros();
+            send(&mut shell, &mut out, &mut raft, &mut clients, &mut sbuf).await;
+            shell.write(&mut out);
+            // While the disk finishes the batch (its flush), keep receiving
+            // and ticking: requests that arrive now join the next batch.
+            let wait_start = Instant::now();
+            let written = loop {
+                if !disk.busy() {
+                    break disk.idle().await;
+                }
+                match select4(
+                    disk.idle(),
+                    raft.recv_from(&mut rbuf),
+                    clients.recv_from(&mut cbuf),
+                    Timer::at(next_tick),
+                )
+                .await
+                {
+                    Either4::First(r) => break r,
+                    Either4::Second(received) => {
+                        shell.perf.peer_in += 1;
+                        on_raft_datagram(&mut shell, received, &rbuf, &mut out)
+                    }
+                    Either4::Third(received) => {
+                        shell.perf.client_in += 1;
+                        on_client(&mut shell, received, &cbuf, &mut out)
+                    }
+                    Either4::Fourth(()) => on_tick(&mut shell, &mut next_tick, tick),
+                }
+                // Answers the shell gave at once (status, redirects,
+                // refusals, removal notices).
+                send(&mut shell, &mut out, &mut raft, &mut clients, &mut sbuf).await;
+            };
+            let w = wait_start.elapsed();
+            waited += w;
+            shell.perf.disk_wait_us += w.as_micros();
+            shell.acknowledge(written, &mut out);
             if !progressed {
                 break;
             }
         }
-        flush_outbox(&mut out, &mut raft, &mut clients, &mut sbuf).await;
+        send(&mut shell, &mut out, &mut raft, &mut clients, &mut sbuf).await;
+        shell.perf.busy_us += (awake.elapsed() - waited).as_micros();
+    }
+}
+
+/// One tick of the node (or its power-off, once removed), and the next
+/// tick's time.
+fn on_tick(shell: &mut Shell, next_tick: &mut Instant, tick: Duration) {
+    if let Some(index) = shell.removed() {
+        info!("removed from the cluster at index {}: stopping", index);
+        crate::platform::power::off();
+    }
+    shell.perf.ticks += 1;
+    shell.tick();
+    *next_tick += tick;
+    // After a long stall (host overloaded), do not replay missed ticks in a
+    // burst: that would fire election timeouts at once.
+    let now = Instant::now();
+    if *next_tick < now {
+        *next_tick = now + tick;
     }
 }

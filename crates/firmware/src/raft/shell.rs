@@ -23,7 +23,8 @@ use metalraft_core::{
     ConfChange, ConfChangeError, ConfChangeOp, ConfState, Index, LogStorage, Role as CoreRole,
 };
 use metalraft_fw_proto::client::{
-    self, DroppedDatagrams, ErrorCode, MemberOp, Membership, Op, Reply, Request, Response, Status,
+    self, DroppedDatagrams, ErrorCode, MemberOp, Membership, Op, Perf, Reply, Request, Response,
+    Status,
 };
 use metalraft_fw_proto::config::NodeConfig;
 use metalraft_fw_proto::disk::MAX_SNAPSHOT_BYTES;
@@ -36,10 +37,11 @@ use metalraft_replica::{
 
 use super::limits::*;
 use super::wire::{self, WireError};
+use crate::platform::disk::DiskError;
 use crate::platform::heap;
 use crate::storage::{
     believe_notice, Departures, DiskLog, DiskReplica, Pump, PumpError, Recovered, SnapshotSaved,
-    MAX_LOG_ENTRIES,
+    StoreError, MAX_LOG_ENTRIES,
 };
 
 /// A datagram for a peer's Raft port.
@@ -312,6 +314,9 @@ pub struct Shell {
     /// The order in which an output is carried out; holds the batch taken
     /// from the last one until it is durable.
     pump: Pump,
+    /// Per-stage counters (`status`); the task fills in the network and
+    /// timing ones, [`Shell::status`] the disk's.
+    pub perf: Perf,
 }
 
 impl Shell {
@@ -347,6 +352,7 @@ impl Shell {
             first_leader_ms: None,
             failed: None,
             pump: Pump::new(),
+            perf: Perf::default(),
         })
     }
 
@@ -477,9 +483,13 @@ impl Shell {
 
     fn propose(&mut self, cmd: &Command, client: IpEndpoint, id: u64, out: &mut Outbox) {
         // The disk log's bound, not the replica's: entries proposed now must
-        // fit after those already waiting.
-        let log_full = self.core.storage().last() as usize + self.core.pending_proposals()
-            >= MAX_LOG_ENTRIES - 1;
+        // fit after those already waiting. The bound counts the entries
+        // after the snapshot (the log before it is compacted away), not the
+        // absolute index: that refused every write once 2047 entries had
+        // ever been written, snapshots or not.
+        let log = self.core.storage();
+        let held = log.last().saturating_sub(log.snapshot_index()) as usize;
+        let log_full = held + self.core.pending_proposals() >= MAX_LOG_ENTRIES - 1;
         if log_full && self.core.role() == CoreRole::Leader {
             return self.respond(out, client, id, Reply::Error(ErrorCode::LogFull));
         }
@@ -618,6 +628,7 @@ impl Shell {
         let Some(o) = self.pump.poll(&mut self.core) else {
             return false;
         };
+        self.perf.outputs += 1;
         for e in o.events {
             self.on_event(e);
         }
@@ -665,12 +676,41 @@ impl Shell {
         }
     }
 
-    /// Carries out the kept batch (write + flush) and acknowledges it,
-    /// which releases the messages that promised it, then stores the kept
-    /// snapshot (see [`Pump::sync`]). A storage failure stops the node
-    /// without acknowledging.
-    pub fn sync(&mut self, out: &mut Outbox) {
-        match self.pump.sync(&mut self.core) {
+    /// Writes the kept batch (see [`Pump::write`]); the disk may still be
+    /// carrying out its last request (the flush) when this returns. A
+    /// storage failure stops the node.
+    pub fn write(&mut self, out: &mut Outbox) {
+        if !self.pump.syncing() {
+            return;
+        }
+        let entries = self.pump.pending_entries() as u64;
+        let start = embassy_time::Instant::now();
+        let written = self.pump.write(&mut self.core);
+        self.perf.storage_us += start.elapsed().as_micros();
+        self.perf.batches += 1;
+        self.perf.entries_written += entries;
+        if let Err(e) = written {
+            self.stop(e, out);
+        }
+    }
+
+    /// Once the disk finished everything [`Shell::write`] wrote (`disk`:
+    /// how it went), acknowledges the batch — which releases the messages
+    /// that promised it — then stores the kept snapshot (see
+    /// [`Pump::acknowledge`]). A failed request stops the node without
+    /// acknowledging.
+    pub fn acknowledge(&mut self, disk: Result<(), DiskError>, out: &mut Outbox) {
+        if !self.pump.syncing() {
+            return;
+        }
+        if let Err(e) = disk {
+            let e = self.pump.fail(StoreError::Disk(e));
+            return self.stop(e, out);
+        }
+        let start = embassy_time::Instant::now();
+        let done = self.pump.acknowledge(&mut self.core);
+        self.perf.storage_us += start.elapsed().as_micros();
+        match done {
             Ok(done) => match done.snapshot {
                 Some(SnapshotSaved::Stored { index, bytes }) => {
                     info!(
@@ -714,6 +754,16 @@ impl Shell {
             bad_requests: self.bad_requests,
             recovered_torn_records: self.recovered.torn_records,
             boots: log.boots(),
+            perf: {
+                let d = crate::platform::disk::stats();
+                Perf {
+                    disk_writes: d.writes,
+                    flushes: d.flushes,
+                    write_us: d.write_us,
+                    flush_us: d.flush_us,
+                    ..self.perf
+                }
+            },
         }
     }
 }

@@ -25,7 +25,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use metalraft_core::Index;
+use metalraft_core::{Index, PersistToken};
 use metalraft_replica::{Fatal, OutputOf, PersistWork, Replica, SnapshotToSave, StateMachine};
 
 use crate::{BlockDevice, DiskLog, StoreError};
@@ -85,6 +85,9 @@ pub struct Synced {
 pub struct Pump {
     /// The batch of the last output, not yet durable.
     unsynced: Option<PersistWork<Vec<u8>>>,
+    /// The batch written by [`Pump::write`], waiting for
+    /// [`Pump::acknowledge`]: its token, and the snapshot it installed.
+    written: Option<(PersistToken, Option<Index>)>,
     /// The snapshot of the last output, stored after its batch.
     snapshot: Option<SnapshotToSave>,
     /// A batch failed or the replica stopped: nothing is ever acknowledged
@@ -97,6 +100,7 @@ impl Pump {
     pub const fn new() -> Pump {
         Pump {
             unsynced: None,
+            written: None,
             snapshot: None,
             stopped: false,
         }
@@ -104,7 +108,14 @@ impl Pump {
 
     /// Whether a batch or a snapshot waits for [`Pump::sync`].
     pub fn syncing(&self) -> bool {
-        self.unsynced.is_some() || self.snapshot.is_some()
+        self.unsynced.is_some() || self.written.is_some() || self.snapshot.is_some()
+    }
+
+    /// Log entries in the batch waiting for [`Pump::sync`] (0: none).
+    pub fn pending_entries(&self) -> usize {
+        self.unsynced
+            .as_ref()
+            .map_or(0, |w| w.persist.entries().len())
     }
 
     /// Takes the replica's next output, if there is one and nothing waits
@@ -142,21 +153,52 @@ impl Pump {
         &mut self,
         replica: &mut DiskReplica<M, D>,
     ) -> Result<Synced, PumpError> {
-        let mut done = Synced::default();
+        self.write(replica)?;
+        self.acknowledge(replica)
+    }
+
+    /// The first half of [`Pump::sync`]: writes the kept batch (its last
+    /// request, typically the flush, may still be under way in a device
+    /// that completes requests asynchronously) and keeps its token. The
+    /// caller waits until the device completed every request, then calls
+    /// [`Pump::acknowledge`] — or never, if the device reported a failure.
+    pub fn write<M: StateMachine, D: BlockDevice>(
+        &mut self,
+        replica: &mut DiskReplica<M, D>,
+    ) -> Result<(), PumpError> {
         if self.stopped {
-            return Ok(done);
+            return Ok(());
         }
         if let Some(work) = self.unsynced.take() {
             let installed = replica
                 .storage_mut()
                 .persist(&work.persist, work.snapshot_data.as_deref())
                 .map_err(|e| self.stop(PumpError::Store(e)))?;
-            if installed {
-                done.installed = work.persist.snapshot().map(|s| s.meta.index);
-            }
-            // Durable: the flush in `persist` has completed.
+            let installed = if installed {
+                work.persist.snapshot().map(|s| s.meta.index)
+            } else {
+                None
+            };
+            self.written = Some((work.persist.into_token(), installed));
+        }
+        Ok(())
+    }
+
+    /// The second half of [`Pump::sync`], once everything [`Pump::write`]
+    /// wrote is durable: acknowledges the batch, then stores the kept
+    /// snapshot (see [`Pump::sync`]).
+    pub fn acknowledge<M: StateMachine, D: BlockDevice>(
+        &mut self,
+        replica: &mut DiskReplica<M, D>,
+    ) -> Result<Synced, PumpError> {
+        let mut done = Synced::default();
+        if self.stopped {
+            return Ok(done);
+        }
+        if let Some((token, installed)) = self.written.take() {
+            done.installed = installed;
             replica
-                .on_persisted(work.persist.into_token())
+                .on_persisted(token)
                 .map_err(|e| self.stop(PumpError::Replica(e)))?;
         }
         if let Some(s) = self.snapshot.take() {
@@ -176,9 +218,16 @@ impl Pump {
         Ok(done)
     }
 
+    /// Stops the pump for good: a request the caller waited for after
+    /// [`Pump::write`] failed, so the batch is never acknowledged.
+    pub fn fail(&mut self, e: StoreError) -> PumpError {
+        self.stop(PumpError::Store(e))
+    }
+
     fn stop(&mut self, e: PumpError) -> PumpError {
         self.stopped = true;
         self.unsynced = None;
+        self.written = None;
         self.snapshot = None;
         e
     }

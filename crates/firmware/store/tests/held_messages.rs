@@ -203,6 +203,10 @@ struct Cluster {
     queue: VecDeque<Message<Vec<u8>>>,
     sent: Vec<Sent>,
     violations: Vec<String>,
+    /// Drive as the firmware does: `Pump::write`, then receive (step what
+    /// is queued for the node) while the disk finishes, then
+    /// `Pump::acknowledge`; instead of `Pump::sync`.
+    split: bool,
 }
 
 impl Cluster {
@@ -242,6 +246,7 @@ impl Cluster {
             queue: VecDeque::new(),
             sent: Vec::new(),
             violations: Vec::new(),
+            split: false,
         }
     }
 
@@ -286,10 +291,41 @@ impl Cluster {
                     self.send(id, msg);
                 }
             }
-            let m = self.member(id);
-            if let Err(e) = m.pump.sync(&mut m.replica) {
-                m.stopped = Some(e);
-                return;
+            if self.split {
+                let m = self.member(id);
+                if let Err(e) = m.pump.write(&mut m.replica) {
+                    m.stopped = Some(e);
+                    return;
+                }
+                // Receiving while the disk finishes the batch.
+                let isolated = self.isolated;
+                let mine: Vec<_> = self
+                    .queue
+                    .iter()
+                    .filter(|q| q.to == id && isolated != Some(q.from) && isolated != Some(id))
+                    .cloned()
+                    .collect();
+                self.queue.retain(|q| q.to != id);
+                let m = self.member(id);
+                for msg in mine {
+                    let _ = m.replica.step(msg);
+                }
+                if m.pump.syncing() {
+                    assert!(
+                        m.pump.poll(&mut m.replica).is_none(),
+                        "an output was taken before the batch was acknowledged"
+                    );
+                }
+                if let Err(e) = m.pump.acknowledge(&mut m.replica) {
+                    m.stopped = Some(e);
+                    return;
+                }
+            } else {
+                let m = self.member(id);
+                if let Err(e) = m.pump.sync(&mut m.replica) {
+                    m.stopped = Some(e);
+                    return;
+                }
             }
             if !progressed {
                 return;
@@ -375,6 +411,26 @@ fn no_message_leaves_before_the_flush_it_depends_on() {
         "{:?}",
         c.sent
     );
+}
+
+/// The same with the firmware's split of `Pump::sync`: messages stepped in
+/// between `Pump::write` and `Pump::acknowledge` (the task receives while
+/// the disk finishes a batch) release nothing early, and no output is
+/// taken before the acknowledgement.
+#[test]
+fn receiving_between_write_and_acknowledge_releases_nothing_early() {
+    let mut c = Cluster::new();
+    c.split = true;
+    c.run_until("leader with acknowledged appends", |c| {
+        c.members[0].replica.role() == metalraft_core::Role::Leader
+            && [2, 3]
+                .iter()
+                .all(|&p| c.count(p, Kind::AppendEntriesResponse, 2) > 0)
+    });
+    for i in 0..20 {
+        put(&mut c, 100 + i, &format!("k{i}"));
+    }
+    c.assert_no_violation();
 }
 
 /// Node 1's disk fails every flush once it runs. It becomes a candidate in
