@@ -6,11 +6,12 @@
 #  1. lints of the fuzz crate;
 #  2. every committed input (fuzz/corpus/<target>/, fuzz/regressions/)
 #     replayed through the targets' own functions (tests/corpus.rs);
-#  3. only if FUZZ_SECONDS is set and cargo-fuzz is installed: each of the
-#     core, kv and firmware targets fuzzed for FUZZ_SECONDS seconds.
+#  3. only if FUZZ_SECONDS is set: each of the core, kv and firmware
+#     targets fuzzed for FUZZ_SECONDS seconds (libFuzzer, built below with
+#     plain cargo on stable Rust).
 #
 #   fuzz/ci.sh                    1 and 2
-#   FUZZ_SECONDS=10 fuzz/ci.sh    1, 2 and 3
+#   FUZZ_SECONDS=10 fuzz/ci.sh    1, 2 and 3 (what CI runs)
 #
 # The server's WAL target (wal_decode) runs with scripts/fuzz.sh, or its
 # corpus with `cargo test --manifest-path fuzz/Cargo.toml`.
@@ -23,25 +24,35 @@ cargo test --no-default-features
 
 seconds="${FUZZ_SECONDS:-0}"
 [ "$seconds" -gt 0 ] || exit 0
-if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "timed fuzz runs skipped: cargo-fuzz is not installed (cargo install cargo-fuzz --locked)"
-    exit 0
-fi
-# cargo fuzz needs nightly-only compiler flags (-Zsanitizer); stable rustc
-# accepts them with this. Kept to the scripts on purpose.
-export RUSTC_BOOTSTRAP=1
-flags=(--fuzz-dir . -a --no-default-features --features libfuzzer)
-cargo fuzz build "${flags[@]}"
+# The libFuzzer binaries, built the way `cargo fuzz build -a -s none` builds
+# them (coverage instrumentation for libFuzzer, `cfg(fuzzing)`, debug
+# assertions and overflow checks), with plain cargo: stable rustc accepts
+# these flags, so CI needs neither cargo-fuzz (a 1-3 minute install) nor
+# RUSTC_BOOTSTRAP. Without AddressSanitizer, which needs a nightly flag:
+# the fuzzed crates have no unsafe code of their own, and
+# -malloc_limit_mb still catches unbounded allocation. scripts/fuzz.sh runs
+# the longer campaigns with cargo fuzz and ASan.
+export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
+-Cllvm-args=-sanitizer-coverage-level=4 \
+-Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
+-Cllvm-args=-sanitizer-coverage-pc-table \
+-Cllvm-args=-sanitizer-coverage-trace-compares \
+-Cdebug-assertions -Coverflow-checks"
+host=$(rustc -vV | sed -n 's/^host: //p')
+cargo build --release --no-default-features --features libfuzzer --bins \
+    --target "$host" --target-dir target/timed
+bin="target/timed/$host/release"
 work=$(mktemp -d)
 for t in core_cluster kv_decode fw_wire fw_disk; do
-    mkdir -p "$work/$t"
+    mkdir -p "$work/$t" "artifacts/$t"
     # New inputs go to the scratch directory; the seeds are only read.
-    if ! cargo fuzz run "${flags[@]}" "$t" "$work/$t" "corpus/$t" -- \
-        -max_total_time="$seconds" -rss_limit_mb=1024 -malloc_limit_mb=256 \
-        -timeout=10 >"$work/$t.log" 2>&1; then
+    if ! "$bin/$t" "$work/$t" "corpus/$t" -max_total_time="$seconds" \
+        -rss_limit_mb=1024 -malloc_limit_mb=256 -timeout=10 \
+        -artifact_prefix="artifacts/$t/" >"$work/$t.log" 2>&1; then
         tail -n 60 "$work/$t.log"
         echo "=== fuzz $t FAILED: the crash input is in fuzz/artifacts/$t/ ==="
         exit 1
     fi
     grep -E '^#[0-9]+.*DONE' "$work/$t.log" | tail -n 1 | sed "s/^/$t: /"
 done
+rm -rf "$work"

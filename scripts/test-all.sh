@@ -50,8 +50,8 @@ fi
 step "firmware wire formats (the firmware's own workspace; the QEMU cluster test runs above)"
 (cd crates/firmware && cargo test -p metalraft-fw-proto --target x86_64-unknown-linux-gnu)
 
-step "fuzz: fmt, clippy, and every committed fuzz input replayed through the targets (stable; core, kv, firmware; no server, no libFuzzer)"
-fuzz/ci.sh
+step "fuzz: fmt, clippy, every committed fuzz input replayed, then ${FUZZ_SECONDS:-10} s of libFuzzer per core/kv/firmware target (stable; no server)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" fuzz/ci.sh
 
 step "simulator: fixed seed ranges, then fresh random seeds (a failure prints its replay command)"
 sim() { cargo run --release -q -p metalraft-sim -- "$@"; }

@@ -638,7 +638,16 @@ impl Cluster {
             MessageBody::RequestVote { pre_vote: true, .. }
                 | MessageBody::RequestVoteResponse { pre_vote: true, .. }
         );
-        if !pre_vote {
+        // A vote rejection promises nothing. One from a node that refuses
+        // a non-member candidate with a stale log carries the candidate's
+        // term without the node adopting it (so the candidate can count
+        // the refusal; "non-members cannot disrupt"): that term is never
+        // this node's, durable or not.
+        let rejection = matches!(
+            m.body,
+            MessageBody::RequestVoteResponse { granted: false, .. }
+        );
+        if !pre_vote && !rejection {
             assert!(
                 m.term <= hs.term,
                 "n{id} sent {:?} in term {} with durable term {}",
