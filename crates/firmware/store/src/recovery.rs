@@ -102,6 +102,50 @@ fn scan<D: BlockDevice>(disk: &mut D, start: u64, mut chain: Chain) -> Result<Sc
     end(slots, sector, chain, false)
 }
 
+/// Sectors [`highest_epoch`] reads per request (a 4 KiB buffer, freed
+/// before the node runs).
+pub(crate) const EPOCH_SCAN_CHUNK_SECTORS: u64 = 8;
+
+/// The highest epoch of any intact record anywhere in the log ring, in the
+/// chain or not (0 if there is none).
+///
+/// A boot writes in an epoch above it, so no record from before the boot
+/// can ever continue a chain of this boot's records (`Chain::accepts`
+/// wants an epoch no lower than its predecessor's). The chain's own epoch
+/// is not enough: an intact record can lie beyond the chain's end with a
+/// higher epoch, when a power cut kept it but lost the record before it
+/// (sectors of one unsynced write land in any order), or on a disk
+/// written by anything else. Found by the `fw_disk` fuzz target.
+fn highest_epoch<D: BlockDevice>(disk: &mut D) -> Result<u32, StoreError> {
+    let total = disk.sectors();
+    let mut best = 0u32;
+    let mut chunk = vec![0u8; EPOCH_SCAN_CHUNK_SECTORS as usize * SECTOR_BYTES];
+    let mut at = LOG_START_SECTOR;
+    while at < total {
+        let n = (total - at).min(EPOCH_SCAN_CHUNK_SECTORS);
+        let buf = &mut chunk[..n as usize * SECTOR_BYTES];
+        disk.read(at, buf)?;
+        for (i, sector) in buf.chunks_exact(SECTOR_BYTES).enumerate() {
+            let Ok(h) = RecordHeader::decode(sector) else {
+                continue;
+            };
+            let start = at + i as u64;
+            // Only a higher epoch matters, and only if the record is intact
+            // (a record never runs past the end of the disk).
+            if h.epoch <= best || start + h.sectors() > total {
+                continue;
+            }
+            let mut rec = vec![0u8; h.sectors() as usize * SECTOR_BYTES];
+            disk.read(start, &mut rec)?;
+            if h.verify(&rec).is_ok() {
+                best = h.epoch;
+            }
+        }
+        at += n;
+    }
+    Ok(best)
+}
+
 /// What [`DiskLog::open`] returns: the log, what recovery found, and the
 /// data of the current snapshot, if any.
 pub type Opened<D> = (DiskLog<D>, Recovered, Option<Vec<u8>>);
@@ -131,6 +175,7 @@ pub(super) fn open<D: BlockDevice>(mut disk: D, members: &[u64]) -> Result<Opene
         None => ((0, 0), LOG_START_SECTOR, Chain::default(), 0),
     };
     let scanned = scan(&mut disk, start, chain)?;
+    let stale_epoch = highest_epoch(&mut disk)?;
     let mut rec = Recovered {
         entries: scanned.slots.len() as u64,
         snapshot_index: base.0,
@@ -146,11 +191,13 @@ pub(super) fn open<D: BlockDevice>(mut disk: D, members: &[u64]) -> Result<Opene
         base,
         slots: scanned.slots,
         next_sector: scanned.next_sector,
-        // Every boot writes in a new epoch, so nothing written before this
-        // boot (a torn tail included) can extend the chain later.
+        // Every boot writes in a new epoch, above every intact record on
+        // the disk, so nothing written before this boot (a torn tail
+        // included) can extend the chain later.
         epoch: scanned
             .epoch
             .max(snap_epoch)
+            .max(stale_epoch)
             .checked_add(1)
             .ok_or(StoreError::LogFull)?,
         hard: hard.unwrap_or_default(),

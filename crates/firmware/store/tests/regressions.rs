@@ -233,3 +233,54 @@ fn fw_store_bug_05_log_term_above_the_stored_term_is_adopted() {
         assert_eq!(again.last_index().expect("last"), persisted);
     }
 }
+
+/// postmortem: found by the `fw_disk` fuzz target (the first timed run in
+/// CI, 2026-12-06). A boot wrote in the epoch after the recovered chain's
+/// highest, but an intact record beyond the chain's end can carry a higher
+/// epoch (a power cut that kept it and lost the record before it; here:
+/// stale records on a fresh disk). The boot's new records then chained
+/// into it: a second recovery found an entry this node never wrote, with
+/// a term it never had. Fix: a boot writes in an epoch above every intact
+/// record on the disk (`highest_epoch`, a full scan of the ring).
+#[test]
+fn fw_store_bug_06_a_stale_record_with_a_higher_epoch_never_joins_the_chain() {
+    use metalraft_fw_proto::disk::{record_sectors, RecordHeader};
+    let ring_sectors = 64;
+    let mut img = vec![0u8; (LOG_START_SECTOR + ring_sectors) as usize * SECTOR_BYTES];
+    // Stale records (epoch 9, index 3, term 5) in the ring's first sectors,
+    // so one lies right after wherever entries 1 and 2 end.
+    let payload = [7u8; 8];
+    let mut rec = vec![0u8; record_sectors(payload.len()) as usize * SECTOR_BYTES];
+    RecordHeader::encode_record(9, 3, 5, &payload, &mut rec).expect("encodes");
+    for s in 0..8 {
+        let at = (LOG_START_SECTOR + s) as usize * SECTOR_BYTES;
+        img[at..at + rec.len()].copy_from_slice(&rec);
+    }
+    let disk = MemDisk(Rc::new(RefCell::new(img)));
+    let (log, recovered, _) = DiskLog::open(disk.clone(), &[1]).expect("opens");
+    assert!(recovered.bootstrapped, "no chain from the ring's start");
+    let mut node = Node::new(Config::new(1), log, 0).expect("valid");
+    node.campaign().expect("single voter");
+    while node.has_ready() {
+        let mut rd = node.ready().expect("ready");
+        let Some(p) = rd.take_persist() else { continue };
+        node.storage_mut().persist(&p, None).expect("persists");
+        node.on_persisted(p.into_token()).expect("in order");
+    }
+    assert_eq!(node.role(), Role::Leader);
+    let (last, term) = (node.persisted_index(), node.hard_state().term);
+    assert_eq!(
+        (last, term),
+        (2, 2),
+        "the bootstrap entry and the no-op of term 2"
+    );
+    drop(node);
+    let (again, _, _) = DiskLog::open(disk, &[1]).expect("recovers");
+    assert_eq!(
+        again.last_index().expect("last"),
+        last,
+        "no stale entry joined"
+    );
+    let hs = again.initial_state().expect("initial state").hard_state;
+    assert_eq!(hs.term, term, "no stale term adopted");
+}
