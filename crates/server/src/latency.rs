@@ -200,7 +200,10 @@ mod tests {
                 .to_string()
         };
         let b = "metalraft_stage_duration_seconds_bucket";
-        assert_eq!(line(&format!("{b}{{stage=\"apply\",le=\"0.000025\"}}")), "1");
+        assert_eq!(
+            line(&format!("{b}{{stage=\"apply\",le=\"0.000025\"}}")),
+            "1"
+        );
         assert_eq!(line(&format!("{b}{{stage=\"apply\",le=\"0.00005\"}}")), "2");
         assert_eq!(line(&format!("{b}{{stage=\"apply\",le=\"3.2768\"}}")), "2");
         assert_eq!(line(&format!("{b}{{stage=\"apply\",le=\"+Inf\"}}")), "3");

@@ -375,8 +375,10 @@ impl StateMachine for ServerMachine {
                 let asked = std::time::Instant::now();
                 let mut store = self.store()?;
                 let locked = std::time::Instant::now();
-                self.latency
-                    .observe(Stage::ApplyLockWait, locked.saturating_duration_since(asked));
+                self.latency.observe(
+                    Stage::ApplyLockWait,
+                    locked.saturating_duration_since(asked),
+                );
                 let out = StateMachine::apply(&mut *store, index, term, body, events)?;
                 drop(store);
                 self.latency.since(Stage::Apply, locked);

@@ -56,6 +56,12 @@ pub const MAX_PENDING_PROPOSALS: usize = metalraft_replica::DEFAULT_MAX_PENDING_
 /// Log entries kept behind a snapshot for followers that lag a little
 /// (etcd's `SnapshotCatchUpEntries`), capped by `--snapshot-count`.
 pub const SNAPSHOT_CATCH_UP_ENTRIES: u64 = metalraft_replica::DEFAULT_SNAPSHOT_CATCH_UP_ENTRIES;
+/// Nice value of the snapshot thread: it yields the cores to the Raft loop,
+/// the WAL writer and the gRPC tasks. Measured without it
+/// (docs/latency-budget.md): the snapshot's two passes then took the cores
+/// from the loop (put throughput during snapshots fell) and the tail did
+/// not improve, since a holder at nice 0 is preempted inside a step too.
+pub const SNAPSHOT_THREAD_NICE: i32 = 10;
 /// Largest snapshot accepted from a leader.
 pub const MAX_INCOMING_SNAPSHOT_BYTES: u64 = metalraft_replica::DEFAULT_MAX_SNAPSHOT_BYTES;
 
@@ -900,10 +906,14 @@ fn write_snapshot(
     cancel: &AtomicBool,
     writer: &std::sync::mpsc::Sender<WriteJob>,
 ) {
-    // Not niced: the thread holds the store's read lock in every step, and
-    // a niced holder preempted on a busy machine waits for the CPU far
-    // longer than the others, with every apply (and so the Raft loop)
-    // waiting behind it (a priority inversion; docs/latency-budget.md).
+    // Below the loop and the WAL writer when the cores are busy (on Linux
+    // this sets the calling thread's nice value only). The price: a step
+    // preempted while it holds the store's read lock keeps every apply
+    // waiting until this thread gets a core again, which is why a step is
+    // short (`SNAPSHOT_STEP_ITEMS`; docs/latency-budget.md).
+    if let Err(e) = rustix::process::setpriority_process(None, SNAPSHOT_THREAD_NICE) {
+        tracing::debug!(error = %e, "could not lower the snapshot thread's priority");
+    }
     let started = std::time::Instant::now();
     let meta = due.meta;
     let (index, term) = (meta.index, meta.term);

@@ -156,7 +156,11 @@ pub fn run(
             }
         }
         let (tokens, saved, result) = write_group(&mut storage, &mut pending, &gauges);
-        if !tokens.is_empty() && events.send(WriterEvent::Persisted(tokens, Instant::now())).is_err() {
+        if !tokens.is_empty()
+            && events
+                .send(WriterEvent::Persisted(tokens, Instant::now()))
+                .is_err()
+        {
             return;
         }
         for ev in saved {
@@ -289,26 +293,26 @@ fn write_group(
                 meta,
                 file,
                 purge_below,
-            } => match {
+            } => {
                 let started = Instant::now();
                 let purged = storage.purge_wal_below(purge_below);
                 gauges.latency.since(Stage::WalPurge, started);
-                purged
-            } {
-                Ok(()) => {
-                    events.push(WriterEvent::SnapshotSaved {
-                        meta,
-                        file,
-                        compact_to: purge_below.saturating_sub(1),
-                    });
+                match purged {
+                    Ok(()) => {
+                        events.push(WriterEvent::SnapshotSaved {
+                            meta,
+                            file,
+                            compact_to: purge_below.saturating_sub(1),
+                        });
+                    }
+                    // A failed purge loses nothing (the WAL still has every
+                    // entry); report it and carry on.
+                    Err(e) => {
+                        tracing::error!(error = %e, index = meta.index, "purging the WAL behind a snapshot failed");
+                        events.push(WriterEvent::SnapshotFailed { index: meta.index });
+                    }
                 }
-                // A failed purge loses nothing (the WAL still has every
-                // entry); report it and carry on.
-                Err(e) => {
-                    tracing::error!(error = %e, index = meta.index, "purging the WAL behind a snapshot failed");
-                    events.push(WriterEvent::SnapshotFailed { index: meta.index });
-                }
-            },
+            }
             WriteJob::SnapshotFailed { index } => {
                 events.push(WriterEvent::SnapshotFailed { index });
             }

@@ -224,8 +224,19 @@ fn metrics_have_etcds_names_labels_and_counts() {
     for name in ["queue", "propose", "commit_apply", "reply", "total"] {
         assert_eq!(stage(name), Some(3.0), "stage {name}");
     }
-    for name in ["apply_lock_wait", "apply", "wal_handoff", "wal_write_fsync", "wal_ack", "loop_round"] {
-        assert!(stage(name).is_some_and(|n| n >= 3.0), "stage {name}: {:?}", stage(name));
+    for name in [
+        "apply_lock_wait",
+        "apply",
+        "wal_handoff",
+        "wal_write_fsync",
+        "wal_ack",
+        "loop_round",
+    ] {
+        assert!(
+            stage(name).is_some_and(|n| n >= 3.0),
+            "stage {name}: {:?}",
+            stage(name)
+        );
     }
     assert_eq!(
         sample(
