@@ -48,6 +48,7 @@ pub mod errors;
 pub mod front;
 pub mod gateway;
 pub mod grpc_metrics;
+pub mod latency;
 pub mod lease;
 pub mod machine;
 pub mod member;

@@ -22,6 +22,7 @@ use metalraft_replica::{Instant, KvError, MvccEvent, StateMachine, StateMachineE
 
 use crate::auth::{Auth, AuthError, AuthOp, AuthState};
 use crate::command::{self, CommandError, KIND_AUTH, KIND_KV};
+use crate::latency::{Latency, Stage};
 use crate::lease::LeaseClock;
 use crate::registry::{CodecError, Registry, RegistryOp, SnapshotData};
 use crate::watch::WatchFeed;
@@ -65,10 +66,13 @@ pub enum RestoreError {
 }
 
 /// Keys or log records a snapshot job serializes per hold of the store's
-/// read lock: what an apply may wait for it. With 256-byte values a step
-/// took 4.4 ms on average on the 2-core dev machine at load average 17
-/// (`mvcc_memory`, 1,000,000 revisions), so about 1 ms unloaded.
-pub const SNAPSHOT_STEP_ITEMS: usize = 1024;
+/// read lock: what an apply may wait for it. 1,024 steps took 4.4 ms on
+/// average with 256-byte values on the 2-core dev machine at load average
+/// 17 (`mvcc_memory`, 1,000,000 revisions); 128 keep a hold (and the time
+/// a preempted holder can keep the lock past its slice) an eighth of that.
+/// Each step looks its first key up again (O(log n)), so smaller steps
+/// cost little.
+pub const SNAPSHOT_STEP_ITEMS: usize = 128;
 
 /// Why a [`SnapshotJob`] stopped. Nothing is lost: the WAL keeps every
 /// entry, and the replica tries again at the next threshold.
@@ -121,6 +125,8 @@ pub struct SnapshotJob {
     tail: Vec<u8>,
     kv_len: Option<u64>,
     part: Part,
+    /// Where the read lock's hold time goes (`snapshot_step_lock_hold`).
+    latency: Arc<Latency>,
 }
 
 impl SnapshotJob {
@@ -139,12 +145,17 @@ impl SnapshotJob {
             return Err(SnapshotJobError::Cancelled);
         }
         let store = self.store.read().map_err(|_| SnapshotJobError::Poisoned)?;
+        let held = std::time::Instant::now();
         if self.generation.load(Ordering::Acquire) != self.frozen_generation {
             return Err(SnapshotJobError::Changed);
         }
-        self.stream
+        let r = self
+            .stream
             .step(&store, SNAPSHOT_STEP_ITEMS, out)
-            .map_err(|_: kv::StreamError| SnapshotJobError::Changed)
+            .map_err(|_: kv::StreamError| SnapshotJobError::Changed);
+        drop(store);
+        self.latency.since(Stage::SnapshotStepLockHold, held);
+        r
     }
 
     /// The whole snapshot's length, by a first pass over the store (no
@@ -216,6 +227,8 @@ pub struct ServerMachine {
     /// Bumped whenever the store is replaced (restore), so a snapshot job
     /// reading it from another thread notices.
     generation: Arc<AtomicU64>,
+    /// The write path's stage histograms (`apply_lock_wait`, `apply`).
+    latency: Arc<Latency>,
 }
 
 impl ServerMachine {
@@ -229,7 +242,14 @@ impl ServerMachine {
             leases: LeaseClock::new(),
             watch_feed: WatchFeed::new(),
             generation: Arc::new(AtomicU64::new(0)),
+            latency: Arc::default(),
         }
+    }
+
+    /// Records this machine's stages (and its snapshot jobs') in `latency`
+    /// (the member's, exported in `/metrics`).
+    pub fn set_latency(&mut self, latency: Arc<Latency>) {
+        self.latency = latency;
     }
 
     /// Freezes the state for a snapshot at the current applied index (the
@@ -260,6 +280,7 @@ impl ServerMachine {
             tail,
             kv_len: None,
             part: Part::Head,
+            latency: self.latency.clone(),
         })
     }
 
@@ -351,7 +372,16 @@ impl StateMachine for ServerMachine {
                 // nobody listens. A subscriber that arrives meanwhile finds
                 // the gap by revision and reads history (`crate::watch`).
                 let events = events.filter(|_| self.watch_feed.streams() > 0);
-                let out = StateMachine::apply(&mut *self.store()?, index, term, body, events)?;
+                let asked = std::time::Instant::now();
+                let mut store = self.store()?;
+                let locked = std::time::Instant::now();
+                self.latency.observe(
+                    Stage::ApplyLockWait,
+                    locked.saturating_duration_since(asked),
+                );
+                let out = StateMachine::apply(&mut *store, index, term, body, events)?;
+                drop(store);
+                self.latency.since(Stage::Apply, locked);
                 self.applied = index;
                 match out {
                     Ok(r) => {

@@ -416,6 +416,7 @@ pub fn render(s: &Shared) -> String {
         "Incoming peer requests rejected at the edge.",
         ts.rejected_incoming.load(Ordering::Relaxed),
     );
+    s.raft.stats.latency.render(&mut out);
     render_identity(s, &mut out);
     render_store(s, &mut out);
     render_peers(s, &mut out);

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metalraft_core::{ConfChange, ConfState, Message, ReadError, Role, SoftState, TransferError};
 use metalraft_kv as kv;
@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::api::REQUEST_TIMEOUT;
 use crate::command::{self, Payload};
 use crate::errors::EtcdError;
+use crate::latency::{Latency, Stage};
 use crate::machine::{Applied, Refused, ServerMachine, SnapshotJob, SnapshotJobError};
 use crate::registry::{Registry, RegistryOp};
 use crate::storage::snapshot::{save_streamed, StreamedSaveError};
@@ -56,7 +57,10 @@ pub const MAX_PENDING_PROPOSALS: usize = metalraft_replica::DEFAULT_MAX_PENDING_
 /// (etcd's `SnapshotCatchUpEntries`), capped by `--snapshot-count`.
 pub const SNAPSHOT_CATCH_UP_ENTRIES: u64 = metalraft_replica::DEFAULT_SNAPSHOT_CATCH_UP_ENTRIES;
 /// Nice value of the snapshot thread: it yields the cores to the Raft loop,
-/// the WAL writer and the gRPC tasks.
+/// the WAL writer and the gRPC tasks. Measured without it
+/// (docs/latency-budget.md): the snapshot's two passes then took the cores
+/// from the loop (put throughput during snapshots fell) and the tail did
+/// not improve, since a holder at nice 0 is preempted inside a step too.
 pub const SNAPSHOT_THREAD_NICE: i32 = 10;
 /// Largest snapshot accepted from a leader.
 pub const MAX_INCOMING_SNAPSHOT_BYTES: u64 = metalraft_replica::DEFAULT_MAX_SNAPSHOT_BYTES;
@@ -119,8 +123,11 @@ pub enum Input {
     Propose {
         /// The command.
         cmd: kv::Command,
-        /// Where the result goes.
-        reply: oneshot::Sender<ProposeResult>,
+        /// Where the result goes, with the instant it was sent (the
+        /// `reply` stage).
+        reply: oneshot::Sender<(ProposeResult, Instant)>,
+        /// When it was queued (the `queue` stage).
+        at: Instant,
     },
     /// A linearizable read barrier: answered once this member has applied
     /// everything committed when it was asked (ReadIndex).
@@ -196,6 +203,8 @@ pub struct LoopStats {
     pub snapshots: AtomicU64,
     /// Snapshots received from a leader and installed.
     pub snapshots_installed: AtomicU64,
+    /// The write path's stage histograms (the WAL writer's, shared).
+    pub latency: Arc<Latency>,
 }
 
 /// A cheap handle for client-facing code.
@@ -233,9 +242,15 @@ impl RaftHandle {
     /// it is applied, or `timeout`.
     pub async fn propose(&self, cmd: kv::Command, timeout: Duration) -> ProposeResult {
         let (reply, rx) = oneshot::channel();
-        self.try_send(Input::Propose { cmd, reply })?;
+        let at = Instant::now();
+        self.try_send(Input::Propose { cmd, reply, at })?;
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => r,
+            Ok(Ok((r, sent))) => {
+                let latency = &self.stats.latency;
+                latency.since(Stage::Reply, sent);
+                latency.since(Stage::Total, at);
+                r
+            }
             Ok(Err(_)) => Err(EtcdError::Stopped),
             Err(_) => Err(EtcdError::Timeout),
         }
@@ -297,23 +312,28 @@ impl RaftHandle {
 /// A client waiting for its request to complete (the only request state
 /// the shell keeps: the channel is I/O).
 enum Waiter {
-    Kv(oneshot::Sender<ProposeResult>),
+    /// A key-value proposal and when it was proposed (the `commit_apply`
+    /// stage).
+    Kv(oneshot::Sender<(ProposeResult, Instant)>, Instant),
     Done(oneshot::Sender<Result<(), EtcdError>>),
 }
 
 impl Waiter {
     fn send(self, r: Result<Option<kv::CommandResult>, EtcdError>) {
         match (self, r) {
-            (Waiter::Kv(tx), Ok(Some(out))) => {
-                let _ = tx.send(Ok(out));
+            (Waiter::Kv(tx, _), Ok(Some(out))) => {
+                let _ = tx.send((Ok(out), Instant::now()));
             }
-            (Waiter::Kv(tx), Ok(None)) => {
-                let _ = tx.send(Err(EtcdError::Internal(
-                    "a write completed without a key-value result".into(),
-                )));
+            (Waiter::Kv(tx, _), Ok(None)) => {
+                let _ = tx.send((
+                    Err(EtcdError::Internal(
+                        "a write completed without a key-value result".into(),
+                    )),
+                    Instant::now(),
+                ));
             }
-            (Waiter::Kv(tx), Err(e)) => {
-                let _ = tx.send(Err(e));
+            (Waiter::Kv(tx, _), Err(e)) => {
+                let _ = tx.send((Err(e), Instant::now()));
             }
             (Waiter::Done(tx), r) => {
                 let _ = tx.send(r.map(|_| ()));
@@ -372,8 +392,11 @@ pub struct RaftLoop {
 
 impl RaftLoop {
     /// Builds the loop and its handle.
-    pub fn new(p: LoopParts) -> (RaftLoop, RaftHandle) {
+    pub fn new(mut p: LoopParts) -> (RaftLoop, RaftHandle) {
         let (tx, rx) = mpsc::channel(INPUT_QUEUE_CAPACITY);
+        p.replica
+            .state_machine_mut()
+            .set_latency(p.gauges.latency.clone());
         let r = &p.replica;
         let status = NodeStatus {
             term: r.term(),
@@ -382,7 +405,10 @@ impl RaftLoop {
             ..NodeStatus::default()
         };
         let (status_tx, status_rx) = watch::channel(status);
-        let stats = Arc::new(LoopStats::default());
+        let stats = Arc::new(LoopStats {
+            latency: p.gauges.latency.clone(),
+            ..LoopStats::default()
+        });
         let me = r.id();
         let conf = Arc::new(RwLock::new(r.node().conf_state().clone()));
         let registry = r.state_machine().registry().clone();
@@ -437,9 +463,12 @@ impl RaftLoop {
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
+            // Set when the round starts (after the wait), for `loop_round`.
+            let mut round = Instant::now();
             let step = tokio::select! {
                 _ = ticker.tick() => self.on_tick(),
                 Some(input) = self.inputs.recv() => {
+                    round = Instant::now();
                     self.handle(input);
                     for _ in 0..MAX_INPUTS_PER_ROUND {
                         match self.inputs.try_recv() {
@@ -460,6 +489,7 @@ impl RaftLoop {
                 break Err(e);
             }
             self.publish();
+            self.stats.latency.since(Stage::LoopRound, round);
         };
         self.snapshot_cancel.store(true, Ordering::Relaxed);
         // A replica that stopped completed its requests in its last output.
@@ -486,7 +516,8 @@ impl RaftLoop {
 
     fn on_writer_event(&mut self, ev: Option<WriterEvent>) -> Result<(), LoopError> {
         match ev {
-            Some(WriterEvent::Persisted(tokens)) => {
+            Some(WriterEvent::Persisted(tokens, sent)) => {
+                self.stats.latency.since(Stage::WalAck, sent);
                 for t in tokens {
                     self.replica.on_persisted(t).map_err(LoopError::Replica)?;
                 }
@@ -527,8 +558,13 @@ impl RaftLoop {
                     tracing::trace!(error = %e, "message dropped");
                 }
             }
-            Input::Propose { cmd, reply } => {
-                self.propose(&Payload::Kv(cmd), Waiter::Kv(reply));
+            Input::Propose { cmd, reply, at } => {
+                let now = Instant::now();
+                self.stats
+                    .latency
+                    .observe(Stage::Queue, now.saturating_duration_since(at));
+                self.propose(&Payload::Kv(cmd), Waiter::Kv(reply, now));
+                self.stats.latency.since(Stage::Propose, now);
             }
             Input::ProposeRegistry { op, reply } => {
                 self.propose(&Payload::Registry(op), Waiter::Done(reply));
@@ -674,6 +710,7 @@ impl RaftLoop {
             sync: persist.must_sync(),
             token: persist.into_token(),
             install,
+            queued: Instant::now(),
         };
         self.writer.send(job).map_err(|_| LoopError::WriterStopped)
     }
@@ -738,7 +775,8 @@ impl RaftLoop {
             Outcome::ConfChanged { .. } | Outcome::Read { .. } => Ok(None),
             Outcome::Failed(f) => Err(request_failure(f)),
         };
-        if matches!(waiter, Waiter::Kv(_)) {
+        if let Waiter::Kv(_, proposed) = waiter {
+            self.stats.latency.since(Stage::Commit, proposed);
             let counter = match &r {
                 Ok(_) => &self.stats.proposals_committed,
                 Err(_) => &self.stats.proposals_failed,
@@ -869,7 +907,10 @@ fn write_snapshot(
     writer: &std::sync::mpsc::Sender<WriteJob>,
 ) {
     // Below the loop and the WAL writer when the cores are busy (on Linux
-    // this sets the calling thread's nice value only).
+    // this sets the calling thread's nice value only). The price: a step
+    // preempted while it holds the store's read lock keeps every apply
+    // waiting until this thread gets a core again, which is why a step is
+    // short (`SNAPSHOT_STEP_ITEMS`; docs/latency-budget.md).
     if let Err(e) = rustix::process::setpriority_process(None, SNAPSHOT_THREAD_NICE) {
         tracing::debug!(error = %e, "could not lower the snapshot thread's priority");
     }

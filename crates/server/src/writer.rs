@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use metalraft_core::{PersistToken, SnapshotInstall, SnapshotMeta};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::latency::{Latency, Stage};
 use crate::storage::snapshot::SnapshotFile;
 use crate::storage::{Snapshot, Storage, StorageError, WriteBatch};
 
@@ -45,6 +46,8 @@ pub enum WriteJob {
         token: PersistToken,
         /// A snapshot received from the leader, to install before the batch.
         install: Option<Box<(Snapshot, SnapshotInstall)>>,
+        /// When the loop queued it (the `wal_handoff` stage).
+        queued: Instant,
     },
     /// A state-machine snapshot taken here was saved (by the snapshot
     /// thread, `crate::raft_loop`; the writer never waits on its I/O): WAL
@@ -66,8 +69,9 @@ pub enum WriteJob {
 
 /// What the writer reports back.
 pub enum WriterEvent {
-    /// These batches are durable, in order.
-    Persisted(Vec<PersistToken>),
+    /// These batches are durable, in order; sent at the instant given
+    /// (the `wal_ack` stage).
+    Persisted(Vec<PersistToken>, Instant),
     /// A snapshot taken here is durable; the loop may compact the log.
     SnapshotSaved {
         /// Its metadata.
@@ -101,6 +105,9 @@ pub struct WriterGauges {
     /// Histogram of write + fdatasync durations: count per bucket of
     /// [`FSYNC_BUCKETS_SECONDS`] (non-cumulative; the last slot is +Inf).
     pub sync_buckets: [AtomicU64; FSYNC_BUCKETS_SECONDS.len() + 1],
+    /// The write path's stage histograms (`crate::latency`), shared with
+    /// the Raft loop and the state machine.
+    pub latency: Arc<Latency>,
 }
 
 /// Upper bounds of the WAL fsync histogram (etcd's: 1 ms doubling to 8 s).
@@ -120,6 +127,7 @@ impl WriterGauges {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.sync_micros
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.latency.observe(Stage::WalWrite, d);
     }
 }
 
@@ -148,7 +156,11 @@ pub fn run(
             }
         }
         let (tokens, saved, result) = write_group(&mut storage, &mut pending, &gauges);
-        if !tokens.is_empty() && events.send(WriterEvent::Persisted(tokens)).is_err() {
+        if !tokens.is_empty()
+            && events
+                .send(WriterEvent::Persisted(tokens, Instant::now()))
+                .is_err()
+        {
             return;
         }
         for ev in saved {
@@ -207,7 +219,18 @@ fn write_group(
             let mut batches = Vec::with_capacity(run);
             let mut sync = false;
             for j in &mut pending[..run] {
-                if let WriteJob::Persist { batch, sync: s, .. } = j {
+                if let WriteJob::Persist {
+                    batch,
+                    sync: s,
+                    queued,
+                    ..
+                } = j
+                {
+                    if !batch.entries.is_empty() || batch.hard_state.is_some() {
+                        gauges
+                            .latency
+                            .observe(Stage::WalHandoff, start.saturating_duration_since(*queued));
+                    }
                     batches.push(std::mem::take(batch));
                     sync |= *s;
                 }
@@ -236,6 +259,7 @@ fn write_group(
                 sync,
                 token,
                 install: Some(inst),
+                queued,
             } => {
                 let (snap, install) = &*inst;
                 let res = storage
@@ -258,6 +282,7 @@ fn write_group(
                                 sync,
                                 token,
                                 install: Some(inst),
+                                queued,
                             },
                         );
                         return (tokens, events, Err(e));
@@ -268,21 +293,26 @@ fn write_group(
                 meta,
                 file,
                 purge_below,
-            } => match storage.purge_wal_below(purge_below) {
-                Ok(()) => {
-                    events.push(WriterEvent::SnapshotSaved {
-                        meta,
-                        file,
-                        compact_to: purge_below.saturating_sub(1),
-                    });
+            } => {
+                let started = Instant::now();
+                let purged = storage.purge_wal_below(purge_below);
+                gauges.latency.since(Stage::WalPurge, started);
+                match purged {
+                    Ok(()) => {
+                        events.push(WriterEvent::SnapshotSaved {
+                            meta,
+                            file,
+                            compact_to: purge_below.saturating_sub(1),
+                        });
+                    }
+                    // A failed purge loses nothing (the WAL still has every
+                    // entry); report it and carry on.
+                    Err(e) => {
+                        tracing::error!(error = %e, index = meta.index, "purging the WAL behind a snapshot failed");
+                        events.push(WriterEvent::SnapshotFailed { index: meta.index });
+                    }
                 }
-                // A failed purge loses nothing (the WAL still has every
-                // entry); report it and carry on.
-                Err(e) => {
-                    tracing::error!(error = %e, index = meta.index, "purging the WAL behind a snapshot failed");
-                    events.push(WriterEvent::SnapshotFailed { index: meta.index });
-                }
-            },
+            }
             WriteJob::SnapshotFailed { index } => {
                 events.push(WriterEvent::SnapshotFailed { index });
             }

@@ -213,6 +213,38 @@ fn metrics_have_etcds_names_labels_and_counts() {
         ),
         Some(1.0)
     );
+    // The write path's stages (docs/latency-budget.md): every put went
+    // through each per-proposal stage of this member (the leader) once.
+    let stage = |name: &str| {
+        sample(
+            &text,
+            &format!("metalraft_stage_duration_seconds_count{{stage=\"{name}\"}}"),
+        )
+    };
+    for name in ["queue", "propose", "commit_apply", "reply", "total"] {
+        assert_eq!(stage(name), Some(3.0), "stage {name}");
+    }
+    for name in [
+        "apply_lock_wait",
+        "apply",
+        "wal_handoff",
+        "wal_write_fsync",
+        "wal_ack",
+        "loop_round",
+    ] {
+        assert!(
+            stage(name).is_some_and(|n| n >= 3.0),
+            "stage {name}: {:?}",
+            stage(name)
+        );
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "metalraft_stage_duration_seconds_bucket{stage=\"total\",le=\"+Inf\"}"
+        ),
+        Some(3.0)
+    );
     let received = sample(&text, "etcd_network_client_grpc_received_bytes_total").unwrap();
     assert!(received > 0.0);
     // This member is the leader: it sent entries to both followers.

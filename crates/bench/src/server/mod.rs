@@ -7,6 +7,7 @@ mod cluster;
 mod disk;
 mod lease;
 mod load;
+mod stages;
 mod svg;
 mod watch;
 
@@ -648,15 +649,42 @@ async fn one_run(c: &mut Cluster, w: Workload, o: &Opts, seed: u64) -> Outcome {
             .collect()
     };
     let (warmup, measure) = (o.warmup, o.measure);
+    // metalraft's stage histograms over the measured phase, every member.
+    let urls: Vec<String> = if c.system == System::Metalraft {
+        eps.clone()
+    } else {
+        Vec::new()
+    };
+    let scrape = move || -> Vec<Result<stages::Scrape, String>> {
+        urls.iter()
+            .map(|u| stages::fetch(u).map(|t| stages::parse(&t)))
+            .collect()
+    };
     let sampler = tokio::spawn(async move {
         tokio::time::sleep(warmup).await;
         let a = sample();
+        let s0 = tokio::task::spawn_blocking(scrape.clone()).await;
         tokio::time::sleep(measure).await;
         let b = sample();
-        (a, b)
+        let s1 = tokio::task::spawn_blocking(scrape).await;
+        (a, b, s0, s1)
     });
     let res = load::run(&eps, leader, w, warmup, measure, rev0, seed).await?;
-    let (a, b) = sampler.await.map_err(|e| e.to_string())?;
+    let (a, b, s0, s1) = sampler.await.map_err(|e| e.to_string())?;
+    if let (Ok(s0), Ok(s1)) = (s0, s1) {
+        for (i, (x, y)) in s0.iter().zip(&s1).enumerate() {
+            match (x, y) {
+                (Ok(x), Ok(y)) => eprint!(
+                    "  m{}{}: {} snapshot(s) in the measured phase; stages:\n{}",
+                    i + 1,
+                    if i == leader { " (leader)" } else { "" },
+                    y.snapshots.saturating_sub(x.snapshots),
+                    stages::render(&stages::delta(x, y))
+                ),
+                (Err(e), _) | (_, Err(e)) => eprintln!("  m{}: /metrics: {e}", i + 1),
+            }
+        }
+    }
     c.check_alive()?;
     Ok(Measured {
         res,

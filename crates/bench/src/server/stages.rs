@@ -1,0 +1,202 @@
+//! The write path's stage histograms of a metalraft member
+//! (`metalraft_stage_duration_seconds{stage="…"}` in its `/metrics`), read
+//! before and after a measured run; the difference is that run's breakdown
+//! (docs/latency-budget.md).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// The histogram family the server exports.
+pub const STAGE_METRIC: &str = "metalraft_stage_duration_seconds";
+/// The snapshot counter the server exports.
+pub const SNAPSHOTS_METRIC: &str = "metalraft_snapshots_total";
+/// Longest a scrape may take.
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One scrape: per stage, the cumulative bucket counts in order of their
+/// upper bound (`f64::INFINITY` last), and the snapshots taken so far.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scrape {
+    pub stages: BTreeMap<String, Vec<(f64, u64)>>,
+    pub snapshots: u64,
+}
+
+/// `GET /metrics` over HTTP/1.1 from `url` (`http://host:port`).
+pub fn fetch(url: &str) -> Result<String, String> {
+    let addr = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: not an http:// URL"))?
+        .trim_end_matches('/');
+    let sock = addr
+        .parse::<std::net::SocketAddr>()
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = TcpStream::connect_timeout(&sock, SCRAPE_TIMEOUT).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(SCRAPE_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{url}: no HTTP header end"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "{url}: {}",
+            head.lines().next().unwrap_or_default()
+        ));
+    }
+    Ok(rest.to_string())
+}
+
+/// The stage histograms and the snapshot counter in a `/metrics` text.
+pub fn parse(text: &str) -> Scrape {
+    let mut out = Scrape::default();
+    let bucket = format!("{STAGE_METRIC}_bucket{{stage=\"");
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(&bucket) {
+            // rest: `queue",le="0.000025"} 12`
+            let Some((stage, rest)) = rest.split_once("\",le=\"") else {
+                continue;
+            };
+            let Some((le, count)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                match le.parse::<f64>() {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                }
+            };
+            let Ok(count) = count.trim().parse::<u64>() else {
+                continue;
+            };
+            out.stages
+                .entry(stage.to_string())
+                .or_default()
+                .push((le, count));
+        } else if let Some(v) = line.strip_prefix(SNAPSHOTS_METRIC) {
+            if let Ok(n) = v.trim().parse::<u64>() {
+                out.snapshots = n;
+            }
+        }
+    }
+    out
+}
+
+/// One stage over a run: observations, and the upper bounds of the
+/// buckets holding the 50th, 99th, 99.9th percentile and the largest one
+/// (`f64::INFINITY`: above the last bound).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StageDelta {
+    pub count: u64,
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+/// What happened between two scrapes of one member.
+pub fn delta(before: &Scrape, after: &Scrape) -> BTreeMap<String, StageDelta> {
+    let mut out = BTreeMap::new();
+    for (stage, b) in &after.stages {
+        let a = before.stages.get(stage);
+        let counts: Vec<(f64, u64)> = b
+            .iter()
+            .enumerate()
+            .map(|(i, &(le, n))| {
+                let prev = a.and_then(|a| a.get(i)).map_or(0, |p| p.1);
+                (le, n.saturating_sub(prev))
+            })
+            .collect();
+        let total = counts.last().map_or(0, |c| c.1);
+        if total == 0 {
+            continue;
+        }
+        let at = |q: f64| {
+            let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+            counts
+                .iter()
+                .find(|c| c.1 >= rank)
+                .map_or(f64::INFINITY, |c| c.0)
+        };
+        out.insert(
+            stage.clone(),
+            StageDelta {
+                count: total,
+                p50: at(0.5),
+                p99: at(0.99),
+                p999: at(0.999),
+                max: at(1.0),
+            },
+        );
+    }
+    out
+}
+
+fn ms(v: f64) -> String {
+    if v.is_infinite() {
+        ">3277".into()
+    } else {
+        format!("{:.3}", v * 1e3)
+    }
+}
+
+/// One line per stage: `stage n=… p50≤… p99≤… p99.9≤… max≤… ms`.
+pub fn render(d: &BTreeMap<String, StageDelta>) -> String {
+    let mut s = String::new();
+    for (stage, v) in d {
+        s.push_str(&format!(
+            "    {stage:<24} n={:<8} p50<={} p99<={} p99.9<={} max<={} ms\n",
+            v.count,
+            ms(v.p50),
+            ms(v.p99),
+            ms(v.p999),
+            ms(v.max)
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: &str = "\
+metalraft_snapshots_total 2
+metalraft_stage_duration_seconds_bucket{stage=\"apply\",le=\"0.000025\"} 10
+metalraft_stage_duration_seconds_bucket{stage=\"apply\",le=\"0.00005\"} 10
+metalraft_stage_duration_seconds_bucket{stage=\"apply\",le=\"+Inf\"} 10
+";
+    const T1: &str = "\
+metalraft_snapshots_total 5
+metalraft_stage_duration_seconds_bucket{stage=\"apply\",le=\"0.000025\"} 1008
+metalraft_stage_duration_seconds_bucket{stage=\"apply\",le=\"0.00005\"} 1009
+metalraft_stage_duration_seconds_bucket{stage=\"apply\",le=\"+Inf\"} 1010
+metalraft_stage_duration_seconds_sum{stage=\"apply\"} 1.5
+";
+
+    #[test]
+    fn a_run_is_the_difference_of_two_scrapes() {
+        let (a, b) = (parse(T0), parse(T1));
+        assert_eq!(a.snapshots, 2);
+        assert_eq!(b.snapshots, 5);
+        assert_eq!(b.stages["apply"].len(), 3);
+        let d = delta(&a, &b);
+        let apply = d["apply"];
+        assert_eq!(apply.count, 1000);
+        assert_eq!(apply.p50, 0.000025);
+        assert_eq!(apply.p99, 0.000025);
+        assert_eq!(apply.p999, 0.00005);
+        assert!(apply.max.is_infinite());
+        assert!(render(&d).contains("apply"));
+    }
+}
