@@ -460,6 +460,32 @@ fn check_persist_entries(
     Ok(())
 }
 
+/// The positions a message carries, for the text trace.
+fn brief(body: &MessageBody<SimPayload>) -> String {
+    match body {
+        MessageBody::AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit,
+        } => format!(
+            " prev={prev_log_index}/{prev_log_term} n={} commit={leader_commit}",
+            entries.len()
+        ),
+        MessageBody::AppendEntriesResponse { index, reject } => match reject {
+            None => format!(" ack={index}"),
+            Some(h) => format!(
+                " reject={index} hint={}/{}{}",
+                h.hint_index,
+                h.hint_term,
+                if h.is_lost_entries() { " lost" } else { "" }
+            ),
+        },
+        MessageBody::Heartbeat { commit, .. } => format!(" commit={commit}"),
+        _ => String::new(),
+    }
+}
+
 fn core_err(node: NodeId, e: impl std::fmt::Display) -> Violation {
     Violation::CoreError {
         node,
@@ -785,13 +811,14 @@ impl Simulation {
         }
         self.stats.deliveries += 1;
         let (from, to, term, kind) = (m.from, m.to, m.term, m.body.kind());
+        let body = &m.body;
         self.trace.record(
             self.now,
             Actor::Node(to),
             TraceKind::Deliver,
             from,
             term,
-            || format!("n{from}->n{to} {kind:?} t{term}"),
+            || format!("n{from}->n{to} {kind:?} t{term}{}", brief(body)),
         );
         let id = self.replicas[node].id;
         self.observe_higher_term(node, &m);

@@ -147,6 +147,12 @@ impl Simulation {
             3 => vec![ConfChangeOp::Remove(a)],
             _ => vec![ConfChangeOp::AddVoter(a), ConfChangeOp::Remove(b)],
         };
+        if self.cfg.faults.rot_ppm > 0 && !self.keeps_rot_quorum(l, &ops) {
+            // With bit rot, a damaged voter abstains until repaired: the
+            // other voters must stay a quorum (an operator does not shrink
+            // a cluster below three voters while a member may need repair).
+            return Ok(());
+        }
         // An application context rides along (checked by the log digests
         // like any entry content).
         let cc = ConfChange::new(&ops).with_context(format!("cc {a} {b}").into_bytes());
@@ -165,6 +171,27 @@ impl Simulation {
             );
         }
         self.drive(l)
+    }
+
+    /// Whether leader `l`'s configuration keeps at least
+    /// `ROT_VOTERS_MIN` voters after `ops`.
+    fn keeps_rot_quorum(&self, l: usize, ops: &[metalraft_core::ConfChangeOp]) -> bool {
+        use metalraft_core::ConfChangeOp;
+        let Some(live) = self.replicas[l].live.as_ref() else {
+            return false;
+        };
+        let mut voters = live.node().conf_state().voters.clone();
+        for op in ops {
+            match *op {
+                ConfChangeOp::AddVoter(a) => {
+                    if !voters.contains(&a) {
+                        voters.push(a);
+                    }
+                }
+                ConfChangeOp::AddLearner(a) | ConfChangeOp::Remove(a) => voters.retain(|&v| v != a),
+            }
+        }
+        voters.len() >= crate::config::ROT_VOTERS_MIN
     }
 
     pub(super) fn install_partition(&mut self, p: crate::network::Partition) {
