@@ -505,8 +505,13 @@ impl Disk {
             return None;
         }
         let f = rng.index(self.wal.len());
+        Some(self.rot_frame(f))
+    }
+
+    /// Damages the durable entry frame at position `f` of the history.
+    fn rot_frame(&mut self, f: usize) -> Index {
         self.rotten = Some(f);
-        Some(self.wal[f].index)
+        self.wal[f].index
     }
 
     /// Opens the disk for a restart. Mid-log damage left by [`Disk::rot`]
@@ -582,6 +587,7 @@ impl Disk {
 mod tests {
     use super::*;
     use metalraft_core::{Config, Node, Role};
+    use std::collections::BTreeSet;
 
     use crate::payload::SimPayload;
 
@@ -691,6 +697,147 @@ mod tests {
             lengths.len() > 2,
             "torn crashes keep prefixes of varying length: {lengths:?}"
         );
+    }
+
+    fn torn_sectors() -> DiskFaults {
+        DiskFaults {
+            torn_sectors: true,
+            bit_rot: false,
+        }
+    }
+
+    #[test]
+    fn sector_tearing_keeps_a_contiguous_prefix_and_drops_frames_after_a_gap() {
+        let (mut lengths, mut after_gap, mut lost_all) = (BTreeSet::new(), 0, 0);
+        for seed in 0..200 {
+            let mut rig = Rig::new(false);
+            rig.disk = Disk::bootstrap(&[1], false).with_faults(torn_sectors());
+            rig.pump(true);
+            let synced = rig.disk.durable_last_index();
+            let synced_hs = rig.disk.durable_hard_state();
+            for op in 0..8 {
+                rig.propose(op);
+                rig.pump(false);
+            }
+            let r = rig.disk.crash(true, &mut Rng::new(seed));
+            after_gap += r.frames_after_gap;
+            lost_all += u64::from(r.records_kept == 0);
+            let idx: Vec<u64> = rig
+                .disk
+                .durable()
+                .all_entries()
+                .iter()
+                .map(|e| e.index)
+                .collect();
+            // Recovery stops at the first damaged frame: no gap, ever.
+            assert!(idx.windows(2).all(|w| w[1] == w[0] + 1), "{idx:?}");
+            let last = rig.disk.durable_last_index();
+            assert!(last >= synced && last <= *rig.written.iter().max().unwrap());
+            let hs = rig.disk.durable_hard_state();
+            assert!(hs.term >= synced_hs.term && hs.commit <= last, "{hs:?}");
+            lengths.insert(last);
+        }
+        assert!(lengths.len() > 3, "prefixes of varying length: {lengths:?}");
+        assert!(
+            after_gap > 0,
+            "some crashes keep a later frame whole while an earlier one is torn"
+        );
+        assert!(lost_all > 0, "some crashes lose every unsynced frame");
+    }
+
+    fn entry(index: Index, term: u64) -> Entry<SimPayload> {
+        Entry {
+            index,
+            term,
+            data: metalraft_core::EntryData::Normal(SimPayload::from(vec![index as u8; 3])),
+        }
+    }
+
+    fn rotting_disk() -> Disk {
+        Disk::bootstrap(&[1, 2, 3], false).with_faults(DiskFaults {
+            torn_sectors: false,
+            bit_rot: true,
+        })
+    }
+
+    #[test]
+    fn rot_keeps_the_valid_prefix_and_records_a_barrier() {
+        let mut d = rotting_disk();
+        d.make_durable(Record::Entries((2..=9).map(|i| entry(i, 2)).collect()));
+        d.make_durable(Record::HardState(HardState {
+            term: 3,
+            vote: Some(2),
+            commit: 7,
+        }));
+        assert_eq!(d.open(), None, "nothing damaged");
+        // Frame 5 holds entry 6 (frame 0 is the bootstrap entry).
+        assert_eq!(d.rot_frame(5), 6);
+        assert!(d.is_rotten());
+        let r = d.open().unwrap();
+        assert_eq!(
+            r,
+            Repair {
+                damaged_index: 6,
+                lost_from: 6,
+                barrier: 9,
+                kept_last: 5,
+                last_before: 9,
+                frames_dropped: 4,
+            }
+        );
+        assert_eq!(d.repair_barrier(), Some(9));
+        assert_eq!(d.durable_last_index(), 5);
+        let hs = d.durable_hard_state();
+        assert_eq!((hs.term, hs.vote, hs.commit), (3, Some(2), 5));
+        assert_eq!(d.open(), None, "found once");
+    }
+
+    #[test]
+    fn rot_replays_the_frames_before_the_damage_so_overwritten_entries_return() {
+        let mut d = rotting_disk();
+        d.make_durable(Record::Entries((2..=5).map(|i| entry(i, 2)).collect()));
+        // A new leader overwrote 3..=5 with entries of term 3.
+        d.make_durable(Record::Entries((3..=5).map(|i| entry(i, 3)).collect()));
+        d.make_durable(Record::HardState(HardState {
+            term: 3,
+            vote: None,
+            commit: 4,
+        }));
+        // Damage the first overwriting frame, entry 3 of term 3 (frames:
+        // 1, 2..=5 of term 2, 3..=5 of term 3).
+        assert_eq!(d.rot_frame(5), 3);
+        let r = d.open().unwrap();
+        // The log is 1, 2 and the stale 3..=5 of term 2 again: it no
+        // longer holds what it held from index 3 on.
+        let terms: Vec<u64> = d.durable().all_entries().iter().map(|e| e.term).collect();
+        assert_eq!(terms, [1, 2, 2, 2, 2]);
+        assert_eq!((r.lost_from, r.barrier, r.kept_last), (3, 5, 5));
+        assert_eq!(
+            d.durable_hard_state().commit,
+            2,
+            "commit only where the logs agree"
+        );
+    }
+
+    #[test]
+    fn the_barrier_record_survives_crashes_and_only_grows() {
+        let mut rig = Rig::new(false);
+        rig.disk = Disk::bootstrap(&[1], false).with_faults(DiskFaults {
+            torn_sectors: false,
+            bit_rot: true,
+        });
+        rig.pump(true);
+        let last = rig.disk.durable_last_index();
+        rig.disk.rot_frame(0);
+        rig.disk.open().unwrap();
+        assert_eq!(rig.disk.repair_barrier(), Some(last));
+        // A crash keeps it, and damage found again never lowers it.
+        rig.disk.crash(true, &mut Rng::new(3));
+        assert_eq!(rig.disk.repair_barrier(), Some(last));
+        rig.disk.make_durable(Record::Entries(vec![entry(1, 1)]));
+        rig.disk.rot_frame(0);
+        let r = rig.disk.open().unwrap();
+        assert_eq!((r.barrier, rig.disk.repair_barrier()), (last, Some(last)));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use metalraft_sim::{html, run_seed, Knobs, RunOptions, Sabotage};
 const USAGE: &str = "usage:
   metalraft-sim run --seed N [--no-membership] [--snapshots] [--leases] [--torn-sectors] [--bit-rot] [--trace] [--history] [--html FILE]
                     [--lease-bug half-ttl|promote-from-epoch|never-expire]   (replays tests/lease_teeth.rs)
+                    [--no-vote-barrier]   (with --bit-rot: replays tests/repair_teeth.rs)
   metalraft-sim swarm --seeds A..B [--no-membership] [--snapshots] [--leases] [--torn-sectors] [--bit-rot] [--jobs J] [--minutes M]
 (membership changes are on by default; --membership is accepted and changes nothing)";
 
@@ -69,6 +70,7 @@ fn run(args: &[String]) -> Result<bool, CliError> {
             "--leases" => knobs.leases = true,
             "--torn-sectors" => knobs.torn_sectors = true,
             "--bit-rot" => knobs.bit_rot = true,
+            "--no-vote-barrier" => sabotage = Sabotage::NoVoteBarrier,
             "--history" => history = true,
             "--lease-bug" => {
                 let name = value::<String>(args, i, "--lease-bug")?;
