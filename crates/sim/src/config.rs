@@ -590,10 +590,9 @@ impl SimConfig {
         }
         if knobs.bit_rot {
             // From a stream of its own, so the other draws stay as they were.
-            c.faults.rot_ppm =
-                Rng::new(seed)
-                    .fork(ROT_RNG_STREAM)
-                    .range(ROT_PPM_MIN, ROT_PPM_MAX + 1) as u32;
+            c.faults.rot_ppm = Rng::new(seed)
+                .fork(ROT_RNG_STREAM)
+                .range(ROT_PPM_MIN, ROT_PPM_MAX + 1) as u32;
         }
         c
     }

@@ -527,9 +527,7 @@ impl Disk {
         let damaged_index = self.wal[f].index;
         let hs = self.durable.hard_state();
         let named = self.wal[f..].iter().map(|e| e.index).max().unwrap_or(0);
-        let barrier = named
-            .max(hs.commit)
-            .max(self.repair_barrier.unwrap_or(0));
+        let barrier = named.max(hs.commit).max(self.repair_barrier.unwrap_or(0));
         self.repair_barrier = Some(barrier);
         let last_before = self.durable_last_index();
         let frames_dropped = (self.wal.len() - f) as u64;

@@ -156,7 +156,10 @@ mod tests {
             })
         ));
         assert!(c.check_vote(1, 3, 4, true).is_err());
-        assert!(c.check_ack(1, 4).is_ok(), "the kept prefix may be acknowledged");
+        assert!(
+            c.check_ack(1, 4).is_ok(),
+            "the kept prefix may be acknowledged"
+        );
         assert!(c.check_ack(1, 5).is_err());
         assert!(c.check_ack(1, 9).is_err());
         assert!(c.check_ack(1, 10).is_ok(), "beyond the barrier: not lost");
@@ -171,7 +174,7 @@ mod tests {
         c.observe_crash(1, 5);
         assert!(c.check_ack(1, 6).is_err());
         c.observe_write(1, 6, 9);
-        assert!(c.is_repairing(1) == false && c.repaired == 1);
+        assert!(!c.is_repairing(1) && c.repaired == 1);
         assert!(c.check_vote(1, 3, 5, false).is_ok());
     }
 
@@ -187,6 +190,9 @@ mod tests {
         c.observe_restart(2, Some(20), 15);
         assert!(c.check_ack(2, 16).is_err() && c.check_ack(2, 15).is_ok());
         c.observe_restart(3, Some(7), 7);
-        assert!(!c.is_repairing(3), "everything up to the barrier is durable");
+        assert!(
+            !c.is_repairing(3),
+            "everything up to the barrier is durable"
+        );
     }
 }

@@ -313,10 +313,14 @@ impl Simulation {
         let id = r.id;
         if let Some(index) = r.disk.rot(&mut self.rng_rot) {
             self.stats.rot_damaged += 1;
-            self.trace
-                .record(self.now, Actor::Node(id), TraceKind::Repair, 0, index, || {
-                    format!("bit rot: the durable frame of entry {index} is damaged at rest")
-                });
+            self.trace.record(
+                self.now,
+                Actor::Node(id),
+                TraceKind::Repair,
+                0,
+                index,
+                || format!("bit rot: the durable frame of entry {index} is damaged at rest"),
+            );
         }
     }
 
@@ -331,8 +335,7 @@ impl Simulation {
             // repair barrier durable (ADR 0021).
             let hs = r.disk.durable_hard_state();
             self.durable.observe_repaired(id, hs)?;
-            self.repair
-                .observe_damage(id, rep.lost_from, rep.barrier);
+            self.repair.observe_damage(id, rep.lost_from, rep.barrier);
             self.stats.repairs_found += 1;
             self.trace.record(
                 self.now,
