@@ -6,7 +6,9 @@
 //!
 //! Durability of one batch: entry records are written, then the hard state,
 //! then one flush (when the core says `must_sync`); a second flush between
-//! the two when the new commit index covers entries of the same batch. The
+//! the two when the new commit index covers entries of the same batch, and
+//! one after the first record of an overwrite of more than one entry (it
+//! replaces a record in place; see [`DiskLog::persist`]). The
 //! caller acknowledges the batch to the core only after [`DiskLog::persist`]
 //! returns, so messages that promise this state leave the node only after
 //! the flush.
