@@ -23,13 +23,17 @@ struct Lost {
     from: Index,
     /// The highest index the node may have acknowledged before the damage.
     barrier: Index,
+    /// Tracked since damage was found (not re-armed from a barrier record
+    /// at a restart): its completion counts in [`RepairChecker::repaired`].
+    found: bool,
 }
 
 /// Tracks, per node, the indices lost to damage and not yet given back.
 #[derive(Debug, Default)]
 pub struct RepairChecker {
     lost: BTreeMap<NodeId, Lost>,
-    /// Nodes whose lost range was given back in full (for the stats).
+    /// Damaged nodes whose lost range was given back in full (for the
+    /// stats).
     pub repaired: u64,
 }
 
@@ -40,9 +44,11 @@ impl RepairChecker {
         let l = self.lost.entry(node).or_insert(Lost {
             from: lost_from,
             barrier,
+            found: true,
         });
         l.from = l.from.min(lost_from);
         l.barrier = l.barrier.max(barrier);
+        l.found = true;
         self.settle(node);
     }
 
@@ -57,6 +63,7 @@ impl RepairChecker {
                     Lost {
                         from: durable_last + 1,
                         barrier,
+                        found: false,
                     },
                 );
             }
@@ -91,9 +98,9 @@ impl RepairChecker {
     }
 
     fn settle(&mut self, node: NodeId) {
-        if self.lost.get(&node).is_some_and(|l| l.from > l.barrier) {
+        if let Some(l) = self.lost.get(&node).copied().filter(|l| l.from > l.barrier) {
             self.lost.remove(&node);
-            self.repaired += 1;
+            self.repaired += u64::from(l.found);
         }
     }
 
