@@ -47,8 +47,11 @@ else
     echo "skipped: not root (run: sudo cargo test -p metalraft --test disk_full -- --ignored)"
 fi
 
-step "firmware wire formats (the firmware's own workspace; the QEMU cluster test runs above)"
+step "firmware wire formats and block store (the firmware's own workspace; the QEMU cluster test runs above)"
 (cd crates/firmware && cargo test -p metalraft-fw-proto --target x86_64-unknown-linux-gnu)
+# The store's host tests: recovery after power cuts at every subset of the
+# sectors in flight (tests/power_loss.rs), fuzz regressions, held messages.
+(cd crates/firmware && cargo test -p metalraft-fw-store --target x86_64-unknown-linux-gnu)
 
 step "fuzz: fmt, clippy, and every committed fuzz input replayed through the targets (stable; core, kv, firmware; no server, no libFuzzer)"
 fuzz/ci.sh
