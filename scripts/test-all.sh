@@ -64,8 +64,7 @@ sim swarm --seeds 0..1000 --no-membership --jobs 2
 # Lease clients and the lease checker (opt-in: see crates/sim/KNOWN_CORE_BUGS.md).
 sim swarm --seeds 0..500 --leases --jobs 2
 sim swarm --seeds 0..300 --leases --no-membership --jobs 2
-# Sector tearing and bit rot repaired from peers (opt-in: seed 272 of
-# --bit-rot hits an open core liveness bug, see crates/sim/KNOWN_CORE_BUGS.md);
+# Sector tearing and bit rot repaired from peers (crates/sim/README.md);
 # 120 seeds took 6 s with 2 jobs (18 s on a busy machine).
 sim swarm --seeds 0..120 --torn-sectors --bit-rot --jobs 2
 if [ -z "${QUICK:-}" ]; then
