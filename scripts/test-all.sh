@@ -65,7 +65,7 @@ sim swarm --seeds 0..1000 --no-membership --jobs 2
 sim swarm --seeds 0..500 --leases --jobs 2
 sim swarm --seeds 0..300 --leases --no-membership --jobs 2
 # Sector tearing and bit rot repaired from peers (crates/sim/README.md);
-# 120 seeds took 6 s with 2 jobs (18 s on a busy machine).
+# 120 seeds took 6 s with 2 jobs (18-28 s while other builds ran).
 sim swarm --seeds 0..120 --torn-sectors --bit-rot --jobs 2
 if [ -z "${QUICK:-}" ]; then
     # Fresh seeds every run: a range no earlier run is likely to have tried.
