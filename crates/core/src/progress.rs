@@ -44,6 +44,10 @@ impl Inflights {
         }
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     pub(crate) fn full(&self) -> bool {
         self.queue.len() >= self.max_msgs || self.bytes >= self.max_bytes
     }
@@ -206,7 +210,19 @@ impl Progress {
     pub(crate) fn maybe_decr_to(&mut self, rejected: Index, hint: Index, lost: bool) -> bool {
         match self.state {
             ProgressState::Replicate => {
-                if lost && rejected == self.matched && hint < self.matched {
+                // Only with nothing in flight: a marked rejection at
+                // `matched` may be a stale one, sent for an append that
+                // overtook an earlier one before the follower acknowledged
+                // `matched`; while appends are in flight, the follower's
+                // rejections of them (above `matched`) lead to Probe and
+                // the lost entries are found there. An idle leader has
+                // nothing in flight once everything is acknowledged, and
+                // one that is behind probes on every heartbeat response.
+                if lost
+                    && rejected == self.matched
+                    && hint < self.matched
+                    && self.inflights.is_empty()
+                {
                     self.lost_entries(hint);
                     return true;
                 }
@@ -264,5 +280,52 @@ impl Progress {
             ProgressState::Probe => self.probe_sent = true,
             ProgressState::Snapshot => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A follower in Replicate with `matched` 10 and appends up to `sent`
+    /// in flight.
+    fn replicating(sent: Index) -> Progress {
+        let mut pr = Progress::new(1, 256, usize::MAX);
+        assert!(pr.maybe_update(10));
+        pr.become_replicate();
+        for i in 11..=sent {
+            pr.sent_entries(i, 1);
+        }
+        pr
+    }
+
+    #[test]
+    fn a_lost_entries_rejection_at_matched_resets_only_with_nothing_in_flight() {
+        // Idle: the follower says it lost what it acknowledged.
+        let mut pr = replicating(10);
+        assert!(pr.maybe_decr_to(10, 4, true));
+        assert_eq!(
+            (pr.state, pr.matched, pr.next),
+            (ProgressState::Probe, 0, 5)
+        );
+        // Appends in flight: a marked rejection at `matched` may be a stale
+        // one (sent before the follower acknowledged `matched`, for an
+        // append that overtook an earlier one): ignored, as an unmarked one.
+        let mut pr = replicating(20);
+        assert!(!pr.maybe_decr_to(10, 9, true));
+        assert_eq!(
+            (pr.state, pr.matched, pr.next),
+            (ProgressState::Replicate, 10, 21)
+        );
+        // A rejection of an append in flight (above `matched`) leads to
+        // Probe at `matched + 1`, where the loss is found.
+        assert!(pr.maybe_decr_to(15, 9, true));
+        pr.become_probe();
+        assert_eq!((pr.matched, pr.next), (10, 11));
+        assert!(pr.maybe_decr_to(10, 9, true));
+        assert_eq!(
+            (pr.state, pr.matched, pr.next),
+            (ProgressState::Probe, 0, 10)
+        );
     }
 }

@@ -135,11 +135,53 @@ pub fn scan(path: &Path) -> io::Result<LogScan> {
 /// Payload size of the simulated torn record (spans two sectors).
 const TORN_PAYLOAD_BYTES: usize = 600;
 
+/// How [`tear`] damages the space after a node's log: each a way a power
+/// cut leaves records that were written but never flushed (so never
+/// acknowledged), which recovery must discard as a torn tail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TearCase {
+    /// The next record's first sector (header and the start of the
+    /// payload) reached the disk, its second did not.
+    Body,
+    /// The reverse: the second sector reached the disk, the first (with
+    /// the header) did not: a later sector kept while an earlier is lost.
+    Header,
+    /// The next record's sectors are zero (never written, as in
+    /// preallocated space) and a complete, valid record with the index
+    /// after it follows: a zeroed frame followed by data (issue 20).
+    Gap,
+}
+
+impl TearCase {
+    /// Every case, in the order the tool lists them.
+    pub const ALL: [TearCase; 3] = [TearCase::Body, TearCase::Header, TearCase::Gap];
+
+    /// The case named `name` (`body`, `header`, `gap`).
+    pub fn from_name(name: &str) -> Option<TearCase> {
+        TearCase::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TearCase::Body => "body",
+            TearCase::Header => "header",
+            TearCase::Gap => "gap",
+        }
+    }
+}
+
 /// Simulates a crash in the middle of writing the next log record: its
 /// first sector (header and the start of the payload) reached the disk, its
 /// second did not. Such a record was never flushed, so never acknowledged.
 /// Returns the index the torn record claims.
 pub fn append_torn_record(path: &Path) -> io::Result<u64> {
+    tear(path, TearCase::Body)
+}
+
+/// Damages the space after the log of a stopped node's image as `case`
+/// says. Returns the index of the first record the damage claims.
+pub fn tear(path: &Path, case: TearCase) -> io::Result<u64> {
     let s = scan(path)?;
     let sector = s.next_sector;
     let (index, term, epoch) = match (s.records.last(), &s.snapshot) {
@@ -147,14 +189,42 @@ pub fn append_torn_record(path: &Path) -> io::Result<u64> {
         (None, Some(h)) => (h.index + 1, h.term, h.first_epoch),
         (None, None) => (1, 1, 1),
     };
-    let mut rec = vec![0u8; disk::record_sectors(TORN_PAYLOAD_BYTES) as usize * SECTOR_BYTES];
-    let payload: Vec<u8> = (0..TORN_PAYLOAD_BYTES).map(|i| i as u8).collect();
-    RecordHeader::encode_record(epoch, index, term, &payload, &mut rec)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let record = |index: u64| -> io::Result<Vec<u8>> {
+        let mut rec = vec![0u8; disk::record_sectors(TORN_PAYLOAD_BYTES) as usize * SECTOR_BYTES];
+        let payload: Vec<u8> = (0..TORN_PAYLOAD_BYTES).map(|i| i as u8).collect();
+        RecordHeader::encode_record(epoch, index, term, &payload, &mut rec)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        Ok(rec)
+    };
+    let rec = record(index)?;
+    let bytes = match case {
+        TearCase::Body => {
+            let mut b = rec.clone();
+            b[SECTOR_BYTES..].fill(0);
+            b
+        }
+        TearCase::Header => {
+            let mut b = rec.clone();
+            b[..SECTOR_BYTES].fill(0);
+            b
+        }
+        TearCase::Gap => {
+            let mut b = vec![0u8; rec.len()];
+            b.extend_from_slice(&record(index + 1)?);
+            b
+        }
+    };
+    let total = OpenOptions::new().read(true).open(path)?.metadata()?.len();
+    let end = sector * SECTOR_BYTES as u64 + bytes.len() as u64;
+    if end > total || disk::ring_position(sector, total / SECTOR_BYTES as u64) != sector {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no room after the log for the damage (the ring wraps here)",
+        ));
+    }
     let mut f = OpenOptions::new().read(true).write(true).open(path)?;
     f.seek(SeekFrom::Start(sector * SECTOR_BYTES as u64))?;
-    f.write_all(&rec[..SECTOR_BYTES])?;
-    f.write_all(&vec![0u8; rec.len() - SECTOR_BYTES])?;
+    f.write_all(&bytes)?;
     f.sync_all()?;
     Ok(index)
 }
@@ -188,4 +258,62 @@ pub fn damage_committed_record(path: &Path) -> io::Result<u64> {
     f.write_all(&garbage)?;
     f.sync_all()?;
     Ok(last.header.index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image whose log holds entries 1..=3 (one sector each).
+    fn image_with_a_log(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("disk.img");
+        let mut f = File::create(&path).unwrap();
+        f.set_len((LOG_START_SECTOR + 64) * SECTOR_BYTES as u64)
+            .unwrap();
+        for i in 0..3u64 {
+            let mut rec = vec![0u8; SECTOR_BYTES];
+            RecordHeader::encode_record(1, i + 1, 1, &[i as u8; 8], &mut rec).unwrap();
+            f.seek(SeekFrom::Start(
+                (LOG_START_SECTOR + i) * SECTOR_BYTES as u64,
+            ))
+            .unwrap();
+            f.write_all(&rec).unwrap();
+        }
+        path
+    }
+
+    #[test]
+    fn every_tear_case_is_discarded_by_the_recovery_rules() {
+        for case in TearCase::ALL {
+            let dir = std::env::temp_dir().join(format!(
+                "metalraft-fw-tear-{}-{}",
+                std::process::id(),
+                case.name()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = image_with_a_log(&dir);
+            let before = scan(&path).unwrap();
+            assert_eq!(before.records.len(), 3);
+            assert_eq!(tear(&path, case).unwrap(), 4, "{case:?}");
+            let after = scan(&path).unwrap();
+            assert_eq!(
+                after.records.len(),
+                3,
+                "{case:?}: the damage is not part of the log"
+            );
+            assert_eq!(after.next_sector, before.next_sector, "{case:?}");
+            // The damage is really there: the bytes after the log changed.
+            let mut f = File::open(&path).unwrap();
+            let tail = read_sectors(&mut f, before.next_sector, 4).unwrap();
+            assert!(tail.iter().any(|&b| b != 0), "{case:?}");
+            if case == TearCase::Gap {
+                let h =
+                    RecordHeader::decode(&read_sectors(&mut f, before.next_sector + 2, 1).unwrap())
+                        .unwrap();
+                assert_eq!(h.index, 5, "a valid record follows the zeroed one");
+            }
+            std::fs::remove_dir_all(&dir).unwrap();
+            assert_eq!(TearCase::from_name(case.name()), Some(case));
+        }
+    }
 }

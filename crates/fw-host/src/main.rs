@@ -50,7 +50,9 @@ USAGE:
   metalraft-fw fault garbage FROM TO COUNT        spray COUNT garbage datagrams at node TO's Raft port
   metalraft-fw node kill N | start N              kill -9 / restart one node (it keeps its disk)
   metalraft-fw disk scan N                        the log on node N's disk as recovery sees it
-  metalraft-fw disk tear N                        simulate a crash mid-write on a stopped node's disk
+  metalraft-fw disk tear N [body|header|gap]      simulate a crash mid-write on a stopped node's disk
+                                                  (body: header sector kept, the rest lost (default);
+                                                  header: the reverse; gap: a zeroed record, then a valid one)
   metalraft-fw hub --base-port P --nodes N        run the L2 hub in the foreground (used by `cluster up`)
   metalraft-fw help | --help | -h                 this text
 
@@ -919,7 +921,15 @@ fn run(a: &Args) -> Result<()> {
                 );
             }
         }
-        ["disk", "tear", n] => {
+        ["disk", "tear", n] | ["disk", "tear", n, _] => {
+            let case = match w.get(3) {
+                None => metalraft_fw::image::TearCase::Body,
+                Some(name) => metalraft_fw::image::TearCase::from_name(name).ok_or_else(|| {
+                    usage_error(format!(
+                        "disk tear: unknown case {name:?} (body, header or gap)"
+                    ))
+                })?,
+            };
             let state = State::load(&a.dir())?;
             let id: u8 = n.parse().map_err(|_| "bad node id")?;
             let spec = state.spec(&a.dir())?;
@@ -930,8 +940,11 @@ fn run(a: &Args) -> Result<()> {
             {
                 return Err(format!("node {id} is running; `node kill {id}` first").into());
             }
-            let index = metalraft_fw::image::append_torn_record(&spec.image(id))?;
-            outln!("wrote a torn record claiming index {index} after node {id}'s log");
+            let index = metalraft_fw::image::tear(&spec.image(id), case)?;
+            outln!(
+                "wrote a torn record ({}) claiming index {index} after node {id}'s log",
+                case.name()
+            );
         }
         ["hub"] => {
             let ports = Ports {

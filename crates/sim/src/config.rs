@@ -157,6 +157,11 @@ pub struct FaultConfig {
     pub pause_us_max: Time,
     /// Most nodes down at once (may be all of them: safety must hold anyway).
     pub down_max: usize,
+    /// Probability that a crash also damages one durable log frame of the
+    /// crashed node at rest (bit rot, found at its restart: mid-log
+    /// damage, repaired from its peers). Zero unless `--bit-rot`; only
+    /// while no other node has damage pending or a repair in progress.
+    pub rot_ppm: u32,
 }
 
 /// How a client read (`get`) is served.
@@ -397,6 +402,17 @@ pub const LEASE_KEEPALIVES_PER_TTL: u64 = 3;
 /// Chance that a client revokes its lease when it stops keeping it alive
 /// (otherwise it lets it expire).
 pub const LEASE_REVOKE_PPM: u32 = 250_000;
+/// With `--bit-rot`, the chance that a crash damages a durable frame is
+/// drawn per seed from this ...
+pub const ROT_PPM_MIN: u64 = 50_000;
+/// ... to this (parts per million of crashes).
+pub const ROT_PPM_MAX: u64 = 400_000;
+/// Mid-log damage is injected only in clusters with at least this many
+/// initial voters: with fewer, the other voters are no quorum without the
+/// damaged one, which abstains until repaired, so no leader could repair it.
+pub const ROT_VOTERS_MIN: usize = 3;
+/// The RNG stream the bit-rot rate is drawn from.
+const ROT_RNG_STREAM: u64 = 0xB17_207;
 /// The RNG stream the lease configuration is drawn from.
 const LEASE_RNG_STREAM: u64 = 0x1ea5e;
 
@@ -505,15 +521,25 @@ pub struct Knobs {
     /// `--snapshots` seed 56 runs into an open core liveness bug
     /// (`KNOWN_CORE_BUGS.md`); CI runs a fixed `--leases` range.
     pub leases: bool,
+    /// A torn crash keeps an arbitrary subset of the unsynced 512-byte
+    /// sectors, not only a prefix (`--torn-sectors`; `disk.rs`).
+    pub torn_sectors: bool,
+    /// A crash may damage a durable log frame at rest; the node repairs it
+    /// from its peers behind a vote barrier (`--bit-rot`; `disk.rs`,
+    /// ADR 0021).
+    pub bit_rot: bool,
 }
 
 impl Default for Knobs {
-    /// Membership changes on, snapshots and lease clients off.
+    /// Membership changes on; snapshots, lease clients and the extra disk
+    /// faults off.
     fn default() -> Self {
         Knobs {
             membership: true,
             snapshots: false,
             leases: false,
+            torn_sectors: false,
+            bit_rot: false,
         }
     }
 }
@@ -530,6 +556,12 @@ impl Knobs {
         }
         if self.leases {
             f.push_str(" --leases");
+        }
+        if self.torn_sectors {
+            f.push_str(" --torn-sectors");
+        }
+        if self.bit_rot {
+            f.push_str(" --bit-rot");
         }
         f
     }
@@ -555,6 +587,12 @@ impl SimConfig {
             c.snapshot_threshold_entries = 0;
         } else {
             c.watch.compact_for_snapshots();
+        }
+        if knobs.bit_rot {
+            // From a stream of its own, so the other draws stay as they were.
+            c.faults.rot_ppm = Rng::new(seed)
+                .fork(ROT_RNG_STREAM)
+                .range(ROT_PPM_MIN, ROT_PPM_MAX + 1) as u32;
         }
         c
     }
@@ -601,6 +639,7 @@ impl SimConfig {
             },
             pause_us_max: TICK_US_NOMINAL * (1 + r.range(0, 40)),
             down_max: 1 + r.index(voters + spares),
+            rot_ppm: 0,
         };
         let clients = 1 + r.index(CLIENTS_MAX);
         let read_path = match r.range(0, 5) {
@@ -860,7 +899,11 @@ impl SimConfig {
             self.watch.summary(),
             self.watch.background_gap_us_mean,
             self.safety_ticks,
-        )
+        ) + &if self.faults.rot_ppm > 0 {
+            format!(" rot={}ppm", self.faults.rot_ppm)
+        } else {
+            String::new()
+        }
     }
 }
 

@@ -8,9 +8,10 @@ use metalraft_sim::swarm::{run_swarm, SwarmOptions};
 use metalraft_sim::{html, run_seed, Knobs, RunOptions, Sabotage};
 
 const USAGE: &str = "usage:
-  metalraft-sim run --seed N [--no-membership] [--snapshots] [--leases] [--trace] [--history] [--html FILE]
+  metalraft-sim run --seed N [--no-membership] [--snapshots] [--leases] [--torn-sectors] [--bit-rot] [--trace] [--history] [--html FILE]
                     [--lease-bug half-ttl|promote-from-epoch|never-expire]   (replays tests/lease_teeth.rs)
-  metalraft-sim swarm --seeds A..B [--no-membership] [--snapshots] [--leases] [--jobs J] [--minutes M]
+                    [--no-vote-barrier]   (with --bit-rot: replays tests/repair_teeth.rs)
+  metalraft-sim swarm --seeds A..B [--no-membership] [--snapshots] [--leases] [--torn-sectors] [--bit-rot] [--jobs J] [--minutes M]
 (membership changes are on by default; --membership is accepted and changes nothing)";
 
 /// Default worker threads of `swarm`.
@@ -67,6 +68,9 @@ fn run(args: &[String]) -> Result<bool, CliError> {
             "--no-membership" => knobs.membership = false,
             "--snapshots" => knobs.snapshots = true,
             "--leases" => knobs.leases = true,
+            "--torn-sectors" => knobs.torn_sectors = true,
+            "--bit-rot" => knobs.bit_rot = true,
+            "--no-vote-barrier" => sabotage = Sabotage::NoVoteBarrier,
             "--history" => history = true,
             "--lease-bug" => {
                 let name = value::<String>(args, i, "--lease-bug")?;
@@ -113,10 +117,12 @@ fn run(args: &[String]) -> Result<bool, CliError> {
              ops: {ok} ok, {failed} failed, {unknown} unknown, {pending} pending\n\
              watch: {} events checked, {} streams broken and resumed, {} compaction cancels; {} background writes, {} compactions\n\
              leases: {} keepalives accepted, {} expired, {} revoked by clients; latest expiry {} µs past its deadline\n\
+             disk: {} whole frames dropped after a torn one; {} frames damaged at rest, {} found at restart, {} repairs completed\n\
              fingerprint: {:016x}\n",
             s.ticks, s.deliveries, s.lost, s.crashes, s.torn_writes, s.partitions, s.pauses, s.transfers, s.conf_changes, s.targeted, s.fsyncs,
             s.leader_terms, s.sim_time_us, s.watch_events, s.watch_breaks, s.watch_cancels, s.background_writes, s.compactions,
-            s.lease_keepalives, s.lease_expiries, s.lease_revokes, s.lease_lateness_max_us, r.fingerprint
+            s.lease_keepalives, s.lease_expiries, s.lease_revokes, s.lease_lateness_max_us,
+            s.torn_frames_after_gap, s.rot_damaged, s.repairs_found, s.repairs_done, r.fingerprint
         ),
     )?;
     if let Some(file) = &html_file {
@@ -165,6 +171,8 @@ fn swarm(args: &[String]) -> Result<bool, CliError> {
             "--no-membership" => knobs.membership = false,
             "--snapshots" => knobs.snapshots = true,
             "--leases" => knobs.leases = true,
+            "--torn-sectors" => knobs.torn_sectors = true,
+            "--bit-rot" => knobs.bit_rot = true,
             "--jobs" => {
                 jobs = value(args, i, "--jobs")?;
                 i += 1;

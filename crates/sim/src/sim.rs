@@ -17,13 +17,14 @@ use crate::checkers::{
     check_log_matching, check_node_event, check_node_revision, describe, CommittedChecker,
     DurableStateChecker, ElectionChecker, LeaderCompletenessChecker, LeaseChecker,
     LinearizabilityReport, LivenessSnapshot, LogEntrySummary, NodeProgress, ReferenceHistory,
-    StateMachineChecker, StepDownChecker, Violation, WatchChecker, LEASE_EXPIRY_SLACK_US,
+    RepairChecker, StateMachineChecker, StepDownChecker, Violation, WatchChecker,
+    LEASE_EXPIRY_SLACK_US,
 };
 use crate::config::{
     ReadPath, SimConfig, Time, CLIENT_ATTEMPTS_MAX, EVENTS_MAX, EVENTS_PER_NODE_TICK_MAX,
     EVENTS_SLACK, TICK_US_NOMINAL,
 };
-use crate::disk::Disk;
+use crate::disk::{Disk, DiskFaults};
 use crate::history::{ClientId, History, KeyId, OpId, OpKind, OpOutput, Outcome};
 use crate::machine::{Applied, LeaseBug, SimMachine};
 use crate::network::{Network, Route};
@@ -88,6 +89,10 @@ pub enum Sabotage {
     LeasePromoteFromEpoch,
     /// Leaders never find a lease expired ([`LeaseBug::NeverExpire`]).
     LeaseNeverExpires,
+    /// A node that found mid-log damage restarts without
+    /// `Config::vote_barrier` (it votes and campaigns at once, ADR 0021's
+    /// unsafe alternative).
+    NoVoteBarrier,
 }
 
 impl Sabotage {
@@ -179,6 +184,16 @@ pub struct RunStats {
     /// The largest time a lease outlived its deadline under a stable
     /// leader (liveness phase; bounded by `LEASE_EXPIRY_SLACK_US`).
     pub lease_lateness_max_us: Time,
+    /// Sector tearing: whole frames a recovery dropped because an earlier
+    /// frame was torn.
+    pub torn_frames_after_gap: u64,
+    /// Durable frames damaged at rest (bit rot).
+    pub rot_damaged: u64,
+    /// Mid-log damage found at a restart (a repair started or resumed
+    /// with a higher barrier).
+    pub repairs_found: u64,
+    /// Repairs completed: every lost index was given back by a leader.
+    pub repairs_done: u64,
 }
 
 impl RunStats {
@@ -346,6 +361,8 @@ pub struct Simulation {
     rng_sched: Rng,
     rng_watch: Rng,
     rng_lease: Rng,
+    /// Bit rot (`--bit-rot`): which crashes damage a frame, and which.
+    rng_rot: Rng,
     targeted: targeted::TargetedState,
     election: ElectionChecker,
     completeness: LeaderCompletenessChecker,
@@ -353,6 +370,7 @@ pub struct Simulation {
     durable: DurableStateChecker,
     committed: CommittedChecker,
     step_down: StepDownChecker,
+    repair: RepairChecker,
     committed_at: BTreeMap<OpId, Index>,
     /// The committed MVCC history, replayed independently of the stores.
     reference: ReferenceHistory,
@@ -442,6 +460,32 @@ fn check_persist_entries(
     Ok(())
 }
 
+/// The positions a message carries, for the text trace.
+fn brief(body: &MessageBody<SimPayload>) -> String {
+    match body {
+        MessageBody::AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit,
+        } => format!(
+            " prev={prev_log_index}/{prev_log_term} n={} commit={leader_commit}",
+            entries.len()
+        ),
+        MessageBody::AppendEntriesResponse { index, reject } => match reject {
+            None => format!(" ack={index}"),
+            Some(h) => format!(
+                " reject={index} hint={}/{}{}",
+                h.hint_index,
+                h.hint_term,
+                if h.is_lost_entries() { " lost" } else { "" }
+            ),
+        },
+        MessageBody::Heartbeat { commit, .. } => format!(" commit={commit}"),
+        _ => String::new(),
+    }
+}
+
 fn core_err(node: NodeId, e: impl std::fmt::Display) -> Violation {
     Violation::CoreError {
         node,
@@ -458,6 +502,10 @@ impl Simulation {
         let net = Network::new(&cfg, &mut rng_net);
         let voters: Vec<NodeId> = (1..=cfg.voters as NodeId).collect();
         let lying = opts.sabotage == Sabotage::AckBeforeSync;
+        let disk_faults = DiskFaults {
+            torn_sectors: opts.knobs.torn_sectors,
+            bit_rot: opts.knobs.bit_rot,
+        };
         let replicas = (0..cfg.nodes())
             .map(|i| Replica {
                 id: i as NodeId + 1,
@@ -467,7 +515,8 @@ impl Simulation {
                     Disk::bootstrap(&voters, lying)
                 } else {
                     Disk::spare(lying)
-                },
+                }
+                .with_faults(disk_faults),
                 paused_until: 0,
                 tick_us: cfg.tick_us[i],
                 last_role: None,
@@ -497,6 +546,7 @@ impl Simulation {
             rng_sched: root.fork(5),
             rng_watch: root.fork(6),
             rng_lease: root.fork(7),
+            rng_rot: root.fork(8),
             targeted: targeted::TargetedState::default(),
             election: ElectionChecker::default(),
             completeness: LeaderCompletenessChecker::default(),
@@ -504,6 +554,7 @@ impl Simulation {
             durable: DurableStateChecker::default(),
             committed: CommittedChecker::default(),
             step_down: StepDownChecker::default(),
+            repair: RepairChecker::default(),
             committed_at: BTreeMap::new(),
             reference: ReferenceHistory::new(),
             history_end: Default::default(),
@@ -549,6 +600,7 @@ impl Simulation {
         self.stats.lease_expiries = self.lease.expired;
         self.stats.lease_revokes = self.lease.revoked_by_clients;
         self.stats.lease_lateness_max_us = self.lease.lateness_max_us;
+        self.stats.repairs_done = self.repair.repaired;
         self.timeline.end = self.now;
         RunReport {
             violation,
@@ -759,13 +811,14 @@ impl Simulation {
         }
         self.stats.deliveries += 1;
         let (from, to, term, kind) = (m.from, m.to, m.term, m.body.kind());
+        let body = &m.body;
         self.trace.record(
             self.now,
             Actor::Node(to),
             TraceKind::Deliver,
             from,
             term,
-            || format!("n{from}->n{to} {kind:?} t{term}"),
+            || format!("n{from}->n{to} {kind:?} t{term}{}", brief(body)),
         );
         let id = self.replicas[node].id;
         self.observe_higher_term(node, &m);
@@ -874,6 +927,12 @@ impl Simulation {
                         .install_snapshot(install, data.clone());
                 }
                 check_persist_entries(id, live.node(), p, &self.committed)?;
+                if let Some(install) = p.snapshot() {
+                    self.repair.observe_snapshot(id, install.meta.index);
+                }
+                if let (Some(a), Some(b)) = (p.entries().first(), p.entries().last()) {
+                    self.repair.observe_write(id, a.index, b.index);
+                }
                 let commit_before = live.replica.storage().hard_state().commit;
                 live.replica.storage_mut().apply_persist(p);
                 if let Some(hs) = p.hard_state() {
@@ -1040,24 +1099,32 @@ impl Simulation {
         let id = r.id;
         match m.body {
             MessageBody::RequestVoteResponse {
-                pre_vote: false,
+                pre_vote,
                 granted: true,
-            } => DurableStateChecker::check_vote_grant(
-                id,
-                m.to,
-                m.term,
-                r.disk.durable_hard_state(),
-            )?,
+            } => {
+                self.repair.check_vote(id, m.to, m.term, pre_vote)?;
+                if !pre_vote {
+                    DurableStateChecker::check_vote_grant(
+                        id,
+                        m.to,
+                        m.term,
+                        r.disk.durable_hard_state(),
+                    )?
+                }
+            }
             MessageBody::AppendEntriesResponse {
                 index,
                 reject: None,
-            } => DurableStateChecker::check_append_ack(
-                id,
-                index,
-                m.term,
-                r.disk.durable_last_index(),
-                r.disk.durable_hard_state().term,
-            )?,
+            } => {
+                self.repair.check_ack(id, index)?;
+                DurableStateChecker::check_append_ack(
+                    id,
+                    index,
+                    m.term,
+                    r.disk.durable_last_index(),
+                    r.disk.durable_hard_state().term,
+                )?
+            }
             // Only a leader sends these: judge its leadership here too, so
             // a leader is judged even if it never reports its role.
             MessageBody::AppendEntries { .. }

@@ -111,6 +111,10 @@ impl SwarmSummary {
         s.lease_keepalives += t.lease_keepalives;
         s.lease_expiries += t.lease_expiries;
         s.lease_revokes += t.lease_revokes;
+        s.torn_frames_after_gap += t.torn_frames_after_gap;
+        s.rot_damaged += t.rot_damaged;
+        s.repairs_found += t.repairs_found;
+        s.repairs_done += t.repairs_done;
         s.lease_lateness_max_us = s.lease_lateness_max_us.max(t.lease_lateness_max_us);
         for i in 0..4 {
             self.ops[i] += r.ops[i];
@@ -146,6 +150,7 @@ impl SwarmSummary {
              operations: {} ok, {} failed, {} unknown, {} pending; {} checked for linearizability, {} inconclusive keys\n\
              watch: {} events checked, {} streams broken and resumed, {} compaction cancels; {} background writes, {} compactions\n\
              leases: {} keepalives accepted, {} expired, {} revoked by clients; latest expiry {} µs past its deadline (slack {} µs)\n\
+             disk: {} whole frames dropped after a torn one; {} frames damaged at rest, {} found at restart, {} repairs completed\n\
              fingerprint: {:016x}",
             self.seeds,
             self.failures.len(),
@@ -182,6 +187,10 @@ impl SwarmSummary {
             s.lease_revokes,
             s.lease_lateness_max_us,
             crate::checkers::LEASE_EXPIRY_SLACK_US,
+            s.torn_frames_after_gap,
+            s.rot_damaged,
+            s.repairs_found,
+            s.repairs_done,
             self.fingerprint,
         )
     }

@@ -39,6 +39,7 @@ pub enum TraceKind {
     Phase,
     Watch,
     Lease,
+    Repair,
 }
 
 impl TraceKind {
@@ -62,6 +63,7 @@ impl TraceKind {
             TraceKind::Complete => "complete",
             TraceKind::Phase => "PHASE",
             TraceKind::Lease => "lease",
+            TraceKind::Repair => "REPAIR",
             TraceKind::Watch => "watch",
         }
     }

@@ -49,6 +49,7 @@ fn membership_and_snapshot_runs_are_deterministic_too() {
             membership: true,
             snapshots: true,
             leases: false,
+            ..Knobs::default()
         },
         ..RunOptions::default()
     };

@@ -32,3 +32,23 @@ fn core_open_snapshots_seed_56_no_leader_after_membership_changes() {
     let r = run_seed(56, opts);
     assert!(r.violation.is_none(), "{}", r.violation.unwrap());
 }
+
+/// postmortem (core, `KNOWN_CORE_BUGS.md`, "reordered lost-entries
+/// rejections made the leader restart a repairing follower's catch-up"):
+/// with bit rot, a follower repairing 660 lost entries over a reordering
+/// link drew stale lost-entries rejections that reset the leader's
+/// progress for it again and again, until the event cap (a livelock).
+/// Fixed in `Progress::maybe_decr_to`: such a rejection resets only while
+/// nothing is in flight.
+#[test]
+fn core_bug_bit_rot_seed_272_stale_lost_entries_rejections_livelock() {
+    let opts = RunOptions {
+        knobs: Knobs {
+            bit_rot: true,
+            ..Knobs::default()
+        },
+        ..RunOptions::default()
+    };
+    let r = run_seed(272, opts);
+    assert!(r.violation.is_none(), "{}", r.violation.unwrap());
+}

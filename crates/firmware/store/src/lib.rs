@@ -6,7 +6,9 @@
 //!
 //! Durability of one batch: entry records are written, then the hard state,
 //! then one flush (when the core says `must_sync`); a second flush between
-//! the two when the new commit index covers entries of the same batch. The
+//! the two when the new commit index covers entries of the same batch, and
+//! one after the first record of an overwrite of more than one entry (it
+//! replaces a record in place; see [`DiskLog::persist`]). The
 //! caller acknowledges the batch to the core only after [`DiskLog::persist`]
 //! returns, so messages that promise this state leave the node only after
 //! the flush.
@@ -238,7 +240,8 @@ impl<D: BlockDevice> DiskLog<D> {
             if first <= self.base.0 || first > self.last() + 1 {
                 return Err(StoreError::NotContiguous);
             }
-            if first <= self.last() {
+            let overwrite = first <= self.last();
+            if overwrite {
                 // Overwrite: new records start where the old entry `first`
                 // was; a new epoch marks everything after them as stale.
                 let keep = (first - self.base.0 - 1) as usize;
@@ -246,11 +249,23 @@ impl<D: BlockDevice> DiskLog<D> {
                 self.slots.truncate(keep);
                 self.epoch = self.epoch.checked_add(1).ok_or(StoreError::LogFull)?;
             }
-            for e in p.entries() {
+            for (i, e) in p.entries().iter().enumerate() {
                 if e.index != self.last() + 1 {
                     return Err(StoreError::NotContiguous);
                 }
                 self.append_record(e)?;
+                if overwrite && i == 0 && p.entries().len() > 1 {
+                    // The first record of an overwrite lies where the
+                    // replaced entry's record was. If power failed with it
+                    // lost (the sector still holding the replaced record,
+                    // intact and in the chain) but a later new record kept,
+                    // recovery would chain the later record (newer epoch,
+                    // next index) after the replaced entry: a log this node
+                    // never had, breaking Log Matching. So it is durable
+                    // before any record that could follow it
+                    // (`tests/power_loss.rs`).
+                    self.disk.borrow_mut().flush()?;
+                }
             }
         }
         if let Some(hs) = p.hard_state() {

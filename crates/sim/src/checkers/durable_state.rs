@@ -44,6 +44,16 @@ impl DurableStateChecker {
         Ok(())
     }
 
+    /// `node` found mid-log damage at restart and kept the valid prefix of
+    /// its log: its durable commit index may drop to what that prefix
+    /// holds (ADR 0021); the term and vote must not.
+    pub fn observe_repaired(&mut self, node: NodeId, hs: HardState) -> Result<(), Violation> {
+        if let Some(prev) = self.last.get_mut(&node) {
+            prev.commit = prev.commit.min(hs.commit);
+        }
+        self.observe_durable(node, hs)
+    }
+
     /// `node` sends a vote for `candidate` in `term`; `durable` is its
     /// durable hard state.
     pub fn check_vote_grant(

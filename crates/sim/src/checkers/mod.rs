@@ -15,6 +15,7 @@ mod linearizability;
 mod liveness;
 mod log_matching;
 mod mvcc_history;
+mod repair;
 mod state_machine;
 mod step_down;
 mod watch;
@@ -36,6 +37,7 @@ pub use mvcc_history::{
     check_node_event, check_node_revision, describe, describe_one, in_key_range, ReferenceHistory,
     FIRST_WRITE_REVISION,
 };
+pub use repair::RepairChecker;
 pub use state_machine::StateMachineChecker;
 pub use step_down::StepDownChecker;
 pub use watch::{WatchChecker, WatchFault};
@@ -272,6 +274,35 @@ pub enum Violation {
         /// Details.
         what: String,
     },
+    /// A node that lost part of its durable log to mid-log damage granted
+    /// a vote (or pre-vote) before a leader had given the lost entries back
+    /// (ADR 0021: it may lack entries it acknowledged).
+    VoteWhileRepairing {
+        /// The node.
+        node: NodeId,
+        /// The candidate.
+        candidate: NodeId,
+        /// The term.
+        term: Term,
+        /// Whether it was a pre-vote.
+        pre_vote: bool,
+        /// The lowest index lost and not given back.
+        lost_from: Index,
+        /// The highest index it may have acknowledged before the damage.
+        barrier: Index,
+    },
+    /// A node acknowledged an append up to an index it had lost to mid-log
+    /// damage and not been given back.
+    AckOfLostEntry {
+        /// The node.
+        node: NodeId,
+        /// The index acknowledged.
+        index: Index,
+        /// The lowest index lost and not given back.
+        lost_from: Index,
+        /// The highest index it may have acknowledged before the damage.
+        barrier: Index,
+    },
     /// The core returned an error the simulator cannot explain (a storage
     /// failure of a healthy in-memory store, a refused restart, ...).
     CoreError {
@@ -384,6 +415,15 @@ impl fmt::Display for Violation {
             Violation::Lease { node, lease, fault, at_us, what } => write!(
                 f,
                 "lease: lease {lease} ({fault:?}, node {node}, at {at_us} µs): {what}"
+            ),
+            Violation::VoteWhileRepairing { node, candidate, term, pre_vote, lost_from, barrier } => write!(
+                f,
+                "repair: node {node} granted its {} in term {term} to node {candidate} while it lacked the entries {lost_from}..={barrier} it lost to mid-log damage",
+                if *pre_vote { "pre-vote" } else { "vote" }
+            ),
+            Violation::AckOfLostEntry { node, index, lost_from, barrier } => write!(
+                f,
+                "repair: node {node} acknowledged entries up to {index} while it lacked the entries {lost_from}..={barrier} it lost to mid-log damage"
             ),
             Violation::CoreError { node, error } => write!(f, "core error on node {node}: {error}"),
         }

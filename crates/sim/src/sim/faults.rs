@@ -147,6 +147,12 @@ impl Simulation {
             3 => vec![ConfChangeOp::Remove(a)],
             _ => vec![ConfChangeOp::AddVoter(a), ConfChangeOp::Remove(b)],
         };
+        if self.cfg.faults.rot_ppm > 0 && !self.keeps_rot_quorum(l, &ops) {
+            // With bit rot, a damaged voter abstains until repaired: the
+            // other voters must stay a quorum (an operator does not shrink
+            // a cluster below three voters while a member may need repair).
+            return Ok(());
+        }
         // An application context rides along (checked by the log digests
         // like any entry content).
         let cc = ConfChange::new(&ops).with_context(format!("cc {a} {b}").into_bytes());
@@ -165,6 +171,27 @@ impl Simulation {
             );
         }
         self.drive(l)
+    }
+
+    /// Whether leader `l`'s configuration keeps at least
+    /// `ROT_VOTERS_MIN` voters after `ops`.
+    fn keeps_rot_quorum(&self, l: usize, ops: &[metalraft_core::ConfChangeOp]) -> bool {
+        use metalraft_core::ConfChangeOp;
+        let Some(live) = self.replicas[l].live.as_ref() else {
+            return false;
+        };
+        let mut voters = live.node().conf_state().voters.clone();
+        for op in ops {
+            match *op {
+                ConfChangeOp::AddVoter(a) => {
+                    if !voters.contains(&a) {
+                        voters.push(a);
+                    }
+                }
+                ConfChangeOp::AddLearner(a) | ConfChangeOp::Remove(a) => voters.retain(|&v| v != a),
+            }
+        }
+        voters.len() >= crate::config::ROT_VOTERS_MIN
     }
 
     pub(super) fn install_partition(&mut self, p: crate::network::Partition) {
@@ -230,6 +257,8 @@ impl Simulation {
         let report = r.disk.crash(torn, &mut self.rng_disk);
         let hs = r.disk.durable_hard_state();
         self.durable.observe_durable(id, hs)?;
+        self.repair.observe_crash(id, r.disk.durable_last_index());
+        self.stats.torn_frames_after_gap += report.frames_after_gap;
         self.committed.forget(id);
         self.step_down.forget(id);
         self.lease.observe_role(id, false, self.now);
@@ -253,6 +282,7 @@ impl Simulation {
                 .node_events
                 .push((self.now, id, NodeEvent::Crash { torn }));
         }
+        self.maybe_rot(node);
         let down = match down_us {
             Some(d) => d,
             None => self.rng_fault.range(DOWNTIME_TICKS_MIN, DOWNTIME_TICKS_MAX) * TICK_US_NOMINAL,
@@ -261,14 +291,82 @@ impl Simulation {
         Ok(())
     }
 
+    /// Bit rot (`--bit-rot`): with the seed's chance, the crash also
+    /// damages one durable log frame of `node` at rest, found at its
+    /// restart. One node at a time: not while another node's damage is
+    /// pending or its repair is in progress, and only in clusters that can
+    /// elect a leader without the damaged node's vote.
+    fn maybe_rot(&mut self, node: usize) {
+        let rate = self.cfg.faults.rot_ppm;
+        if rate == 0 || self.cfg.voters < crate::config::ROT_VOTERS_MIN {
+            return;
+        }
+        let busy = self.replicas.iter().any(|r| {
+            r.disk.is_rotten()
+                || r.disk.repair_barrier().is_some()
+                || self.repair.is_repairing(r.id)
+        });
+        if busy || !self.rng_rot.chance_ppm(rate) {
+            return;
+        }
+        let r = &mut self.replicas[node];
+        let id = r.id;
+        if let Some(index) = r.disk.rot(&mut self.rng_rot) {
+            self.stats.rot_damaged += 1;
+            self.trace.record(
+                self.now,
+                Actor::Node(id),
+                TraceKind::Repair,
+                0,
+                index,
+                || format!("bit rot: the durable frame of entry {index} is damaged at rest"),
+            );
+        }
+    }
+
     pub(super) fn restart(&mut self, node: usize) -> Step {
         let r = &mut self.replicas[node];
         if r.live.is_some() {
             return Ok(());
         }
         let id = r.id;
+        if let Some(rep) = r.disk.open() {
+            // Mid-log damage: the disk kept the valid prefix and made the
+            // repair barrier durable (ADR 0021).
+            let hs = r.disk.durable_hard_state();
+            self.durable.observe_repaired(id, hs)?;
+            self.repair.observe_damage(id, rep.lost_from, rep.barrier);
+            self.stats.repairs_found += 1;
+            self.trace.record(
+                self.now,
+                Actor::Node(id),
+                TraceKind::Repair,
+                rep.lost_from,
+                rep.barrier,
+                || {
+                    format!(
+                        "mid-log damage at entry {}: kept the log up to {} (was {}), lost from {}, \
+                         {} frames dropped, commit {}, repair barrier {}",
+                        rep.damaged_index,
+                        rep.kept_last,
+                        rep.last_before,
+                        rep.lost_from,
+                        rep.frames_dropped,
+                        hs.commit,
+                        rep.barrier
+                    )
+                },
+            );
+        }
+        let r = &mut self.replicas[node];
+        let barrier = r.disk.repair_barrier();
+        self.repair
+            .observe_restart(id, barrier, r.disk.durable_last_index());
         let storage = r.disk.durable().clone();
-        let cfg = self.cfg.replica_config(id, r.incarnation);
+        let mut cfg = self.cfg.replica_config(id, r.incarnation);
+        if self.opts.sabotage != Sabotage::NoVoteBarrier {
+            cfg.core.vote_barrier = barrier;
+        }
         // The store restarts from the durable snapshot, if any, and
         // re-applies the committed log after it.
         let (applied, sm) = match r.disk.snapshot() {
