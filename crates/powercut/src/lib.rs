@@ -70,8 +70,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
 };
 
 /// The unit a disk writes atomically; a torn write lands in whole sectors.
@@ -566,7 +566,10 @@ impl Model {
                         for s in &landing {
                             let start = s * SECTOR_BYTES;
                             let n = f.size.saturating_sub(start).min(SECTOR_BYTES);
-                            if backing.write_all_at(&f.dirty[s][..n as usize], start).is_ok() {
+                            if backing
+                                .write_all_at(&f.dirty[s][..n as usize], start)
+                                .is_ok()
+                            {
                                 f.durable_size = f.durable_size.max(start + n);
                                 f.dirty.remove(s);
                             }

@@ -35,7 +35,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!("powercut: mounted {mountpoint} (backing {backing}, seed {seed}); commands: cut, quit");
+    eprintln!(
+        "powercut: mounted {mountpoint} (backing {backing}, seed {seed}); commands: cut, quit"
+    );
     for line in std::io::stdin().lock().lines() {
         match line.as_deref().map(str::trim) {
             Ok("cut") => eprintln!("powercut: cut: {:?}", mount.handle.cut()),
