@@ -53,36 +53,42 @@ fn skip_reason() -> Option<String> {
     None
 }
 
+/// Concurrent writers: several puts in flight at a cut, so the WALs have
+/// unsynced frames to tear.
+const WRITER_THREADS: usize = 3;
+
 struct Writer {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<(String, String)>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Writer {
     fn start(eps: String) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
-        let thread = {
-            let (stop, acked) = (stop.clone(), acked.clone());
-            std::thread::spawn(move || {
-                let mut i = 0u32;
-                while !stop.load(Ordering::Relaxed) {
-                    let (key, value) = (format!("w/{i:05}"), format!("v{i}"));
-                    let out = etcdctl_try(&["--endpoints", &eps, "put", &key, &value]);
-                    if out.status.success() {
-                        acked.lock().unwrap().push((key, value));
-                    } else {
-                        std::thread::sleep(POLL);
+        let threads = (0..WRITER_THREADS)
+            .map(|t| {
+                let (stop, acked, eps) = (stop.clone(), acked.clone(), eps.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        let (key, value) = (format!("w/{t}/{i:05}"), format!("v{t}.{i}"));
+                        let out = etcdctl_try(&["--endpoints", &eps, "put", &key, &value]);
+                        if out.status.success() {
+                            acked.lock().unwrap().push((key, value));
+                        } else {
+                            std::thread::sleep(POLL);
+                        }
+                        i += 1;
                     }
-                    i += 1;
-                }
+                })
             })
-        };
+            .collect();
         Writer {
             stop,
             acked,
-            thread: Some(thread),
+            threads,
         }
     }
 
@@ -98,7 +104,7 @@ impl Writer {
 
     fn stop(mut self) -> Vec<(String, String)> {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             t.join().unwrap();
         }
         self.acked.lock().unwrap().clone()
