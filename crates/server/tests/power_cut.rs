@@ -310,11 +310,18 @@ fn power_cuts_on_a_real_fuse_file_system_lose_no_acknowledged_write() {
             .collect::<Option<_>>()?;
         h.iter().all(|x| *x == h[0]).then_some(h)
     });
+    let truncations: usize = (0..3)
+        .map(|i| {
+            std::fs::read_to_string(&c.members[i].log)
+                .unwrap_or_default()
+                .matches("truncated a torn WAL tail")
+                .count()
+        })
+        .sum();
     eprintln!(
-        "power_cut: {} acknowledged puts, {} cluster cuts, {} leader cuts, converged at {:?}, {:.1}s",
+        "power_cut: {} acknowledged puts, {CLUSTER_CUTS} cluster cuts, {CLUSTER_CUTS} leader cuts, \
+         {truncations} torn WAL tails truncated, converged at (revision, hash) {:?}, {:.1}s",
         acked.len(),
-        CLUSTER_CUTS,
-        CLUSTER_CUTS,
         hashes[0],
         started.elapsed().as_secs_f64()
     );
