@@ -206,6 +206,11 @@ pub struct Model {
     /// Bumped by every cut; file handles carry it in their top 32 bits.
     generation: u64,
     next_fh: u64,
+    /// Power is off (see [`Handle::power_off`]): every request fails.
+    off: bool,
+    /// How long every file `fsync` takes before it syncs (see
+    /// [`Model::set_sync_delay`]).
+    sync_delay: Duration,
 }
 
 impl Model {
@@ -231,7 +236,15 @@ impl Model {
             seed,
             generation: 0,
             next_fh: 0,
+            off: false,
+            sync_delay: Duration::ZERO,
         })
+    }
+
+    /// Makes every file `fsync` wait `d` before it syncs, like a disk's
+    /// flush latency, so unsynced data is around when a cut comes.
+    pub fn set_sync_delay(&mut self, d: Duration) {
+        self.sync_delay = d;
     }
 
     /// The seed this model was made with.
@@ -666,6 +679,27 @@ impl Handle {
         lock(&self.model).cut()
     }
 
+    /// Cuts the power while processes still run: the image is cut at once
+    /// (see [`Model::cut`]) and every request fails with `EIO` until
+    /// [`Handle::power_on`]. Kill the processes in between. This catches
+    /// writes in flight, which a kill first would let finish (the kernel
+    /// waits for a FUSE request it has handed to the daemon).
+    pub fn power_off(&self) -> CutReport {
+        let mut m = lock(&self.model);
+        m.off = true;
+        m.cut()
+    }
+
+    /// Power is back: requests are served again.
+    pub fn power_on(&self) {
+        lock(&self.model).off = false;
+    }
+
+    /// See [`Model::set_sync_delay`].
+    pub fn set_sync_delay(&self, d: Duration) {
+        lock(&self.model).set_sync_delay(d);
+    }
+
     /// The seed of the torn-sector choices.
     pub fn seed(&self) -> u64 {
         lock(&self.model).seed()
@@ -741,15 +775,27 @@ fn empty_reply(r: Result<(), FsError>, reply: ReplyEmpty) {
     }
 }
 
+/// Locks the model for a request, or fails the request with `EIO` while
+/// the power is off.
+macro_rules! live {
+    ($s:expr, $reply:expr) => {{
+        let m = lock(&$s.model);
+        if m.off {
+            return $reply.error(libc::EIO);
+        }
+        m
+    }};
+}
+
 impl Filesystem for PowerCutFs {
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        let m = lock(&self.model);
+        let m = live!(self, reply);
         let r = m.lookup(parent, name).ok_or(FsError::NotFound);
         entry_reply(&m, r, reply);
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        match lock(&self.model).attr(ino) {
+        match live!(self, reply).attr(ino) {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e.errno()),
         }
@@ -773,7 +819,7 @@ impl Filesystem for PowerCutFs {
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
-        let mut m = lock(&self.model);
+        let mut m = live!(self, reply);
         let mut r = fh.map_or(Ok(()), |fh| m.check_handle(fh));
         if let (Ok(()), Some(size)) = (r, size) {
             r = m.set_size(ino, size);
@@ -798,7 +844,7 @@ impl Filesystem for PowerCutFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mut m = lock(&self.model);
+        let mut m = live!(self, reply);
         let r = m.mkdir(parent, name, (mode & !umask & 0o7777) as u16);
         if let Ok(ino) = r {
             m.set_owner(ino, req.uid(), req.gid());
@@ -807,11 +853,11 @@ impl Filesystem for PowerCutFs {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        empty_reply(lock(&self.model).remove(parent, name, false), reply);
+        empty_reply(live!(self, reply).remove(parent, name, false), reply);
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        empty_reply(lock(&self.model).remove(parent, name, true), reply);
+        empty_reply(live!(self, reply).remove(parent, name, true), reply);
     }
 
     fn rename(
@@ -827,7 +873,7 @@ impl Filesystem for PowerCutFs {
         let r = if flags & !(libc::RENAME_NOREPLACE) != 0 {
             Err(FsError::Invalid)
         } else {
-            lock(&self.model).rename(
+            live!(self, reply).rename(
                 parent,
                 name,
                 newparent,
@@ -839,7 +885,7 @@ impl Filesystem for PowerCutFs {
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        let mut m = lock(&self.model);
+        let mut m = live!(self, reply);
         if !m.inodes.contains_key(&ino) {
             return reply.error(libc::ENOENT);
         }
@@ -859,7 +905,7 @@ impl Filesystem for PowerCutFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let mut m = lock(&self.model);
+        let mut m = live!(self, reply);
         let r = m
             .create(parent, name, (mode & !umask & 0o7777) as u16)
             .and_then(|ino| {
@@ -886,7 +932,7 @@ impl Filesystem for PowerCutFs {
         _lock_owner: Option<u64>,
         reply: ReplyData,
     ) {
-        let m = lock(&self.model);
+        let m = live!(self, reply);
         let r = m
             .check_handle(fh)
             .and_then(|()| m.read(ino, offset.max(0) as u64, size as u64));
@@ -908,7 +954,7 @@ impl Filesystem for PowerCutFs {
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
-        let mut m = lock(&self.model);
+        let mut m = live!(self, reply);
         let r = m
             .check_handle(fh)
             .and_then(|()| m.write(ino, offset.max(0) as u64, data));
@@ -919,13 +965,19 @@ impl Filesystem for PowerCutFs {
     }
 
     fn fsync(&mut self, _req: &Request<'_>, ino: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
-        let mut m = lock(&self.model);
+        let delay = live!(self, reply).sync_delay;
+        if !delay.is_zero() {
+            // A slow disk: the data stays unsynced (and a cut meanwhile
+            // drops it; the handle is then stale and the sync fails).
+            std::thread::sleep(delay);
+        }
+        let mut m = live!(self, reply);
         let r = m.check_handle(fh).and_then(|()| m.fsync(ino));
         empty_reply(r, reply);
     }
 
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        let mut m = lock(&self.model);
+        let mut m = live!(self, reply);
         match m.dir(ino) {
             Ok(_) => {
                 let fh = m.new_handle();
@@ -943,7 +995,7 @@ impl Filesystem for PowerCutFs {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        let m = lock(&self.model);
+        let m = live!(self, reply);
         let list = match m.list(ino) {
             Ok(l) => l,
             Err(e) => return reply.error(e.errno()),
@@ -975,13 +1027,13 @@ impl Filesystem for PowerCutFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let mut m = lock(&self.model);
+        let mut m = live!(self, reply);
         let r = m.check_handle(fh).map(|()| m.fsync_dir(ino));
         empty_reply(r, reply);
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
-        let backing = lock(&self.model).backing.clone();
+        let backing = live!(self, reply).backing.clone();
         match rustix::fs::statvfs(&backing) {
             Ok(s) => reply.statfs(
                 s.f_blocks,

@@ -23,12 +23,21 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::*;
 
 /// Power cuts of the whole cluster.
 const CLUSTER_CUTS: usize = 3;
+/// Entries between snapshots: small, so snapshots are saved (tmp, sync,
+/// rename, directory sync) and WAL segments purged between the cuts too.
+const SNAPSHOT_COUNT: &str = "--snapshot-count=40";
+/// Bytes of padding in every value: a frame then spans several 512-byte
+/// sectors, so a cut mid-write can leave a torn frame to truncate.
+const VALUE_PAD: usize = 1500;
+/// Flush latency of the FUSE disks: a write stays unsynced that long, so a
+/// cut often finds a frame written but not synced.
+const SYNC_DELAY: Duration = Duration::from_millis(2);
 /// Acknowledged puts the writer must add between two cuts.
 const WRITES_PER_ROUND: usize = 5;
 
@@ -53,9 +62,12 @@ fn skip_reason() -> Option<String> {
     None
 }
 
-/// Concurrent writers: several puts in flight at a cut, so the WALs have
-/// unsynced frames to tear.
-const WRITER_THREADS: usize = 3;
+/// Concurrent writers (tasks of one `etcd-client` connection per task):
+/// many puts in flight at a cut, so the WALs have unsynced frames to tear.
+const WRITERS: usize = 8;
+/// How long one put may take before the writer gives up on it (it is then
+/// not acknowledged, whatever became of it).
+const PUT_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Writer {
     stop: Arc<AtomicBool>,
@@ -64,31 +76,61 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(eps: String) -> Writer {
+    fn start(eps: Vec<String>) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..WRITER_THREADS)
-            .map(|t| {
-                let (stop, acked, eps) = (stop.clone(), acked.clone(), eps.clone());
-                std::thread::spawn(move || {
-                    let mut i = 0u32;
-                    while !stop.load(Ordering::Relaxed) {
-                        let (key, value) = (format!("w/{t}/{i:05}"), format!("v{t}.{i}"));
-                        let out = etcdctl_try(&["--endpoints", &eps, "put", &key, &value]);
-                        if out.status.success() {
-                            acked.lock().unwrap().push((key, value));
-                        } else {
-                            std::thread::sleep(POLL);
-                        }
-                        i += 1;
+        let thread = {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let tasks: Vec<_> = (0..WRITERS)
+                        .map(|t| {
+                            let (stop, acked, eps) = (stop.clone(), acked.clone(), eps.clone());
+                            tokio::spawn(async move {
+                                let opts = etcd_client::ConnectOptions::new()
+                                    .with_connect_timeout(PUT_TIMEOUT)
+                                    .with_timeout(PUT_TIMEOUT);
+                                let mut client = None;
+                                let mut i = 0u32;
+                                while !stop.load(Ordering::Relaxed) {
+                                    if client.is_none() {
+                                        client = etcd_client::Client::connect(
+                                            eps.clone(),
+                                            Some(opts.clone()),
+                                        )
+                                        .await
+                                        .ok();
+                                    }
+                                    let Some(cl) = client.as_mut() else {
+                                        tokio::time::sleep(POLL).await;
+                                        continue;
+                                    };
+                                    let key = format!("w/{t}/{i:05}");
+                                    let value = format!("v{t}.{i}.{}", "x".repeat(VALUE_PAD));
+                                    i += 1;
+                                    let put = cl.put(key.clone(), value.clone(), None);
+                                    match tokio::time::timeout(PUT_TIMEOUT, put).await {
+                                        Ok(Ok(_)) => acked.lock().unwrap().push((key, value)),
+                                        _ => tokio::time::sleep(POLL).await,
+                                    }
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
                     }
-                })
+                });
             })
-            .collect();
+        };
         Writer {
             stop,
             acked,
-            threads,
+            threads: vec![thread],
         }
     }
 
@@ -111,11 +153,16 @@ impl Writer {
     }
 }
 
-/// Cuts the power of member `i`: SIGKILL, reap, then drop its unsynced data.
-fn cut(c: &mut Cluster, mounts: &[powercut::Mount], i: usize) {
-    c.kill9(i);
-    let report = mounts[i].handle.cut();
-    eprintln!("power cut of m{i}: {report:?}");
+/// Cuts the power of the members `who` at once: their images are cut (and
+/// every request fails) while they run, then they are killed and reaped,
+/// then the power is back for the restart.
+fn cut(c: &mut Cluster, mounts: &[powercut::Mount], who: &[usize]) {
+    let reports: Vec<_> = who.iter().map(|&i| mounts[i].handle.power_off()).collect();
+    for (&i, report) in who.iter().zip(reports) {
+        c.kill9(i);
+        mounts[i].handle.power_on();
+        eprintln!("power cut of m{i}: {report:?}");
+    }
 }
 
 /// `key value` pairs a member serves (serializable read, so from its own
@@ -202,13 +249,14 @@ fn power_cuts_on_a_real_fuse_file_system_lose_no_acknowledged_write() {
     // killed before its file system is unmounted).
     let fs_dir = tempfile::tempdir().unwrap();
     let mut mounts = Vec::new();
-    let mut c = Cluster::prepare(3, &[]);
+    let mut c = Cluster::prepare(3, &[SNAPSHOT_COUNT]);
     for i in 0..3 {
         let backing = fs_dir.path().join(format!("backing{i}"));
         let mnt = fs_dir.path().join(format!("mnt{i}"));
         std::fs::create_dir_all(&mnt).unwrap();
         let m = powercut::mount(&backing, &mnt, seed.wrapping_add(i as u64))
             .unwrap_or_else(|e| panic!("mounting the power-cut file system on {mnt:?}: {e}"));
+        m.handle.set_sync_delay(SYNC_DELAY);
         c.members[i].data_dir = mnt.join("data");
         mounts.push(m);
     }
@@ -216,21 +264,23 @@ fn power_cuts_on_a_real_fuse_file_system_lose_no_acknowledged_write() {
         c.spawn(i);
     }
     c.wait_for_leader();
-    let writer = Writer::start(c.endpoints());
+    let writer = Writer::start(
+        (0..3)
+            .map(|i| format!("http://{}", c.endpoint(i)))
+            .collect(),
+    );
     writer.flows(WRITES_PER_ROUND, "writes flow at the start");
 
     for round in 0..CLUSTER_CUTS {
         // The whole cluster loses power at once.
-        for i in 0..3 {
-            cut(&mut c, &mounts, i);
-        }
+        cut(&mut c, &mounts, &[0, 1, 2]);
         for i in 0..3 {
             c.spawn(i);
         }
         // The leader elected right after is cut before it does much.
         let leader = c.wait_for_leader();
         eprintln!("round {round}: cutting the just-elected leader m{leader}");
-        cut(&mut c, &mounts, leader);
+        cut(&mut c, &mounts, &[leader]);
         c.spawn(leader);
         writer.flows(
             WRITES_PER_ROUND,
