@@ -25,6 +25,9 @@
 //!   reproduced from [`Handle::seed`] (the tests print it).
 //! * After a cut, file handles opened before it fail with `EIO`, so a
 //!   request from a killed process can never change the new image.
+//!   [`Handle::power_off`] cuts while the processes still run and fails
+//!   every request until [`Handle::power_on`]; [`Handle::set_sync_delay`]
+//!   makes each `fsync` wait first, like a disk's flush latency.
 //!
 //! Not modelled: metadata other than sizes and names (modes are kept in
 //! memory, times are not kept), reordering of *synced* data (a completed

@@ -2,10 +2,13 @@
 //! directory on its own power-cut FUSE mount (`crates/powercut`), which
 //! keeps every unsynced write in memory and on a cut drops it, except that
 //! the last unsynced write of a file may land as a random subset of its
-//! 512-byte sectors. Under a writer that records every acknowledged put:
+//! 512-byte sectors (each `fsync` takes [`SYNC_DELAY`], like a disk's
+//! flush, so cuts find frames written but not synced). Under concurrent
+//! writers that record every acknowledged put:
 //!
-//! 1. the power of all members is cut at once (SIGKILL, then the cut), and
-//!    of the leader elected right after, several times;
+//! 1. the power of all members is cut at once (the images are cut while
+//!    the members run, then they are killed), and of the leader elected
+//!    right after, several times;
 //! 2. every member restarts by itself (no hand repair), every acknowledged
 //!    put is present on every member, and the members converge (same
 //!    revision and the same `HashKV`);
@@ -15,7 +18,8 @@
 //!
 //! Needs root and `/dev/fuse` (CI has both); elsewhere it prints why it is
 //! skipped and passes. The torn sectors come from a seed, printed at the
-//! start; `POWERCUT_SEED=<n>` replays one.
+//! start; `POWERCUT_SEED=<n>` replays those choices (not the schedule of
+//! the processes). See ADR 0014, "Power cuts on a real file system".
 
 mod common;
 
