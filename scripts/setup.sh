@@ -17,6 +17,8 @@ command -v qemu-system-riscv32 >/dev/null || APT_PACKAGES+=(qemu-system-misc)
 command -v etcdctl >/dev/null || APT_PACKAGES+=(etcd-client)
 # protoc: the etcd-client crate (a test dependency of the server) needs it.
 command -v protoc >/dev/null || APT_PACKAGES+=(protobuf-compiler)
+# fusermount3: the power-cut test mounts a FUSE file system (crates/powercut).
+command -v fusermount3 >/dev/null || APT_PACKAGES+=(fuse3)
 # The deployment tests (deploy/validate.sh, deploy/test.sh, deploy/k8s/smoke.sh):
 # docker and docker-compose come with the machine; the rest from Debian.
 command -v jq >/dev/null || APT_PACKAGES+=(jq)

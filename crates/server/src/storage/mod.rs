@@ -106,7 +106,7 @@ impl Storage {
         opts: WalOptions,
     ) -> Result<Opened, StorageError> {
         let member = data_dir.join("member");
-        fs::create_dir_all(&member).map_err(|e| StorageError::from_io(&member, e))?;
+        wal::create_dir_durable(&member)?;
         let lock_path = member.join("LOCK");
         let lock = OpenOptions::new()
             .create(true)

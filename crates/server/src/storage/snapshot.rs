@@ -22,7 +22,7 @@ use metalraft_core::{ConfState, MAX_TERM_OR_INDEX};
 
 use super::codec::EncodeError;
 use super::error::StorageError;
-use super::wal::sync_dir;
+use super::wal::{create_dir_durable, sync_dir};
 
 const MAGIC: &[u8; 8] = b"MRSNAP01";
 const HEADER_BYTES: usize = 8 + 4 + 8;
@@ -169,7 +169,7 @@ pub fn decode(buf: &[u8]) -> Result<Snapshot, DecodeError> {
 /// Writes `s` durably into `dir` and removes all but the newest
 /// [`SNAPSHOTS_KEPT`] snapshots.
 pub fn save(dir: &Path, s: &Snapshot) -> Result<PathBuf, StorageError> {
-    fs::create_dir_all(dir).map_err(|e| StorageError::from_io(dir, e))?;
+    create_dir_durable(dir)?;
     let path = dir.join(name(s.term, s.index));
     let tmp = dir.join(format!("{}.tmp", name(s.term, s.index)));
     let bytes = encode(s)?;
@@ -266,7 +266,7 @@ pub fn save_streamed<E: std::error::Error + 'static>(
     data_len: u64,
     mut fill: impl FnMut(&mut Vec<u8>) -> Result<bool, E>,
 ) -> Result<SnapshotFile, StreamedSaveError<E>> {
-    fs::create_dir_all(dir).map_err(|e| StorageError::from_io(dir, e))?;
+    create_dir_durable(dir)?;
     let path = dir.join(name(term, index));
     let tmp = dir.join(format!("{}.tmp", name(term, index)));
     let conf = postcard::to_allocvec(conf_state)

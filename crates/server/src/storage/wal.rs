@@ -154,6 +154,40 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(io_err(dir))
 }
 
+/// Creates `dir` and every missing parent, and makes each new name durable
+/// by syncing the directory that holds it (issue 20's power-cut test found
+/// this: `create_dir_all` alone leaves the new entries unsynced, and a power
+/// cut then takes the whole member directory with its WAL and vote, though
+/// every file in it was synced). The parent of `dir` is synced even when
+/// `dir` existed, in case an earlier start was killed between the two.
+pub(crate) fn create_dir_durable(dir: &Path) -> Result<(), StorageError> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        missing.push(d);
+        at = d.parent();
+    }
+    for d in missing.iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(StorageError::from_io(d, e)),
+        }
+        sync_parent(d)?;
+    }
+    if missing.is_empty() {
+        sync_parent(dir)?;
+    }
+    Ok(())
+}
+
+fn sync_parent(d: &Path) -> Result<(), StorageError> {
+    match d.parent() {
+        Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
 /// Preallocates `len` bytes of `file`, falling back to extending it with
 /// `set_len` where the filesystem has no `fallocate` (the space is then not
 /// reserved and a full disk shows up on write instead).
@@ -201,7 +235,7 @@ impl Wal {
             opts.segment_bytes >= MIN_SEGMENT_BYTES,
             "segment_bytes below MIN_SEGMENT_BYTES"
         );
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        create_dir_durable(dir)?;
         let mut segments = Vec::new();
         for ent in fs::read_dir(dir).map_err(io_err(dir))? {
             let ent = ent.map_err(io_err(dir))?;
