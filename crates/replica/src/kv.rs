@@ -19,7 +19,7 @@ use metalraft_kv::{
     RangeRequest, RangeResponse, RequestError, SnapshotError,
 };
 #[cfg(feature = "kv-events")]
-use metalraft_kv::{DeleteRangeRequest, RequestOp};
+use metalraft_kv::{DeleteRangeRequest, RequestOp, TxnRequest};
 
 use crate::error::StateMachineError;
 use crate::machine::StateMachine;
@@ -247,15 +247,19 @@ fn restored<S>(
 }
 
 #[cfg(feature = "kv-events")]
-/// The write operations a command runs: (puts, deletes), for the branch of a
-/// transaction given by `succeeded`.
-fn writes(cmd: &Command, succeeded: Option<bool>) -> Vec<&RequestOp> {
-    match (cmd, succeeded) {
-        (Command::Txn(t), Some(true)) => t.success.iter().collect(),
-        (Command::Txn(t), Some(false)) => t.failure.iter().collect(),
-        // Before the write, the branch is not known: both are candidates.
-        (Command::Txn(t), None) => t.success.iter().chain(&t.failure).collect(),
-        _ => Vec::new(),
+#[cfg(feature = "kv-events")]
+/// Every operation of both branches of a transaction, nested transactions'
+/// included (before the write, the branches are not known: all are
+/// candidates).
+fn all_ops<'a>(ops: &'a [RequestOp], out: &mut Vec<&'a RequestOp>) {
+    for op in ops {
+        match op {
+            RequestOp::Txn(t) => {
+                all_ops(&t.success, out);
+                all_ops(&t.failure, out);
+            }
+            op => out.push(op),
+        }
     }
 }
 
@@ -275,8 +279,11 @@ fn deleted_keys(kv: &KvStore, cmd: &Command) -> Vec<Vec<u8>> {
     let mut ranges: Vec<&DeleteRangeRequest> = Vec::new();
     match cmd {
         Command::DeleteRange(d) => ranges.push(d),
-        Command::Txn(_) => {
-            for op in writes(cmd, None) {
+        Command::Txn(t) => {
+            let mut ops = Vec::new();
+            all_ops(&t.success, &mut ops);
+            all_ops(&t.failure, &mut ops);
+            for op in ops {
                 if let RequestOp::DeleteRange(d) = op {
                     ranges.push(d);
                 }
@@ -291,6 +298,24 @@ fn deleted_keys(kv: &KvStore, cmd: &Command) -> Vec<Vec<u8>> {
         }
     }
     keys
+}
+
+#[cfg(feature = "kv-events")]
+/// Calls `f` on every write that ran, in order: each branch's ops beside
+/// their responses, a nested txn's by its own verdict.
+fn ran(
+    t: &TxnRequest,
+    r: &metalraft_kv::TxnResponse,
+    f: &mut dyn FnMut(&RequestOp, &mut Vec<KeyChange>),
+    changes: &mut Vec<KeyChange>,
+) {
+    let ops = if r.succeeded { &t.success } else { &t.failure };
+    for (op, resp) in ops.iter().zip(&r.responses) {
+        match (op, resp) {
+            (RequestOp::Txn(t), metalraft_kv::ResponseOp::Txn(r)) => ran(t, r, f, changes),
+            (op, _) => f(op, changes),
+        }
+    }
 }
 
 #[cfg(feature = "kv-events")]
@@ -321,14 +346,17 @@ fn changes(
     match (cmd, out) {
         (Command::Put(p), _) => put(&p.key, &mut changes),
         (Command::DeleteRange(d), _) => delete(d, &mut changes),
-        (Command::Txn(_), CommandResult::Txn(t)) => {
-            for op in writes(cmd, Some(t.succeeded)) {
-                match op {
-                    RequestOp::Put(p) => put(&p.key, &mut changes),
-                    RequestOp::DeleteRange(d) => delete(d, &mut changes),
-                    RequestOp::Range(_) => {}
-                }
-            }
+        (Command::Txn(t), CommandResult::Txn(r)) => {
+            ran(
+                t,
+                r,
+                &mut |op, changes| match op {
+                    RequestOp::Put(p) => put(&p.key, changes),
+                    RequestOp::DeleteRange(d) => delete(d, changes),
+                    _ => {}
+                },
+                &mut changes,
+            );
         }
         _ => {}
     }

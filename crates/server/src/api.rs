@@ -292,11 +292,7 @@ fn etcd_compact_revision(compacted: i64) -> i64 {
 fn adds_data(cmd: &kv::Command) -> bool {
     match cmd {
         kv::Command::Put(_) | kv::Command::LeasePut(..) | kv::Command::LeaseGrant(_) => true,
-        kv::Command::Txn(t) | kv::Command::LeaseTxn(t, _) => t
-            .success
-            .iter()
-            .chain(&t.failure)
-            .any(|op| matches!(op, kv::RequestOp::Put(_))),
+        kv::Command::Txn(t) | kv::Command::LeaseTxn(t, _) => crate::command::txn_has_put(t),
         _ => false,
     }
 }

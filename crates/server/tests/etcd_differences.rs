@@ -191,6 +191,226 @@ async fn check_fresh_member(endpoint: &str) {
         .into_inner();
     assert_eq!(got.kvs[0].lease, id);
     assert_eq!(got.kvs[0].value, b"2");
+
+    check_nested_txn(&ch, id).await;
+}
+
+fn put_op(key: &[u8], value: &[u8], lease: i64) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            lease,
+            ..Default::default()
+        })),
+    }
+}
+
+fn range_op(key: &[u8]) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn delete_op(key: &[u8], range_end: &[u8]) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestDeleteRange(
+            pb::DeleteRangeRequest {
+                key: key.to_vec(),
+                range_end: range_end.to_vec(),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+fn txn_op(
+    compare: Vec<pb::Compare>,
+    success: Vec<pb::RequestOp>,
+    failure: Vec<pb::RequestOp>,
+) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestTxn(pb::TxnRequest {
+            compare,
+            success,
+            failure,
+        })),
+    }
+}
+
+fn version_is(key: &[u8], version: i64) -> pb::Compare {
+    pb::Compare {
+        result: pb::compare::CompareResult::Equal as i32,
+        target: pb::compare::CompareTarget::Version as i32,
+        key: key.to_vec(),
+        target_union: Some(pb::compare::TargetUnion::Version(version)),
+        ..Default::default()
+    }
+}
+
+fn txn_of(success: Vec<pb::RequestOp>) -> pb::TxnRequest {
+    pb::TxnRequest {
+        success,
+        ..Default::default()
+    }
+}
+
+/// Nested `request_txn`, as etcd 3.4 serves it: the whole txn is one
+/// revision, a nested compare sees the store as it was before the txn, a
+/// nested txn's own header is empty, etcd's duplicate-key rules across
+/// levels, its op budget across levels, and leases on nested puts.
+async fn check_nested_txn(ch: &Channel, lease: i64) {
+    use pb::response_op::Response;
+    let mut kv = KvClient::new(ch.clone());
+    let before = kv
+        .range(pb::RangeRequest {
+            key: b"n".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
+    // n/b is put by the outer branch, but the nested compare (version of
+    // n/b is 0) still holds: compares are decided before any write.
+    let t = kv
+        .txn(txn_of(vec![
+            put_op(b"n/b", b"1", 0),
+            txn_op(
+                vec![version_is(b"n/b", 0)],
+                vec![put_op(b"n/c", b"2", lease), range_op(b"n/b")],
+                vec![put_op(b"n/d", b"3", 0)],
+            ),
+            range_op(b"n/c"),
+        ]))
+        .await
+        .expect("nested txn")
+        .into_inner();
+    let rev = before + 1;
+    assert!(t.succeeded);
+    assert_eq!(t.header.as_ref().unwrap().revision, rev, "{t:?}");
+    let Some(Response::ResponseTxn(inner)) = &t.responses[1].response else {
+        panic!("{t:?}")
+    };
+    assert!(inner.succeeded, "{t:?}");
+    assert_eq!(inner.header, Some(pb::ResponseHeader::default()), "{t:?}");
+    let Some(Response::ResponsePut(p)) = &inner.responses[0].response else {
+        panic!("{t:?}")
+    };
+    assert_eq!(p.header.as_ref().unwrap().revision, rev);
+    let Some(Response::ResponseRange(r)) = &inner.responses[1].response else {
+        panic!("{t:?}")
+    };
+    assert_eq!(r.kvs[0].value, b"1", "a later op sees an earlier write");
+    let Some(Response::ResponseRange(r)) = &t.responses[2].response else {
+        panic!("{t:?}")
+    };
+    assert_eq!((r.kvs[0].mod_revision, r.kvs[0].lease), (rev, lease));
+    let d = kv
+        .range(pb::RangeRequest {
+            key: b"n/d".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.count, 0, "the nested failure branch did not run");
+
+    // etcd's duplicate-key rules across levels.
+    let dup = |t: pb::TxnRequest| {
+        let mut kv = kv.clone();
+        async move { kv.txn(t).await }
+    };
+    for (what, success) in [
+        (
+            "a key put by the outer branch and a nested one",
+            vec![
+                put_op(b"n/x", b"", 0),
+                txn_op(vec![], vec![put_op(b"n/x", b"", 0)], vec![]),
+            ],
+        ),
+        (
+            "a key put by two nested txns",
+            vec![
+                txn_op(vec![], vec![put_op(b"n/x", b"", 0)], vec![]),
+                txn_op(vec![], vec![], vec![put_op(b"n/x", b"", 0)]),
+            ],
+        ),
+        (
+            "a nested put in an outer delete range",
+            vec![
+                delete_op(b"n/", b"n0"),
+                txn_op(vec![], vec![put_op(b"n/x", b"", 0)], vec![]),
+            ],
+        ),
+        (
+            "an outer put in a nested delete",
+            vec![
+                put_op(b"n/x", b"", 0),
+                txn_op(vec![], vec![], vec![delete_op(b"n/x", b"")]),
+            ],
+        ),
+    ] {
+        let e = dup(txn_of(success)).await.expect_err(what);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}");
+        assert_eq!(
+            e.message(),
+            "etcdserver: duplicate key given in txn request",
+            "{what}"
+        );
+    }
+    // Both branches of one nested txn may put the same key.
+    dup(txn_of(vec![txn_op(
+        vec![],
+        vec![put_op(b"n/x", b"", 0)],
+        vec![put_op(b"n/x", b"", 0)],
+    )]))
+    .await
+    .expect("then and else never both run");
+
+    // The op budget is shared: 100 outer ops leave 28 for a nested txn.
+    let ranges = |n: usize| (0..n).map(|_| range_op(b"n/b")).collect::<Vec<_>>();
+    let with_nested = |n: usize| {
+        let mut ops = ranges(100);
+        ops.push(txn_op(vec![], ranges(n), vec![]));
+        txn_of(ops)
+    };
+    dup(with_nested(27)).await.expect("within the budget");
+    let e = dup(with_nested(30)).await.expect_err("over the budget");
+    assert_eq!(
+        e.message(),
+        "etcdserver: too many operations in txn request"
+    );
+
+    // An empty op, a missing lease and a missing ignore_value key inside a
+    // nested txn are refused as at the top level.
+    let e = dup(txn_of(vec![txn_op(
+        vec![],
+        vec![pb::RequestOp::default()],
+        vec![],
+    )]))
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "etcdserver: key not found")
+    );
+    let e = dup(txn_of(vec![txn_op(
+        vec![],
+        vec![put_op(b"n/l", b"", 12345)],
+        vec![],
+    )]))
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::NotFound, "etcdserver: requested lease not found")
+    );
 }
 
 #[test]
