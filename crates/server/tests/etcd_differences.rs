@@ -193,6 +193,92 @@ async fn check_fresh_member(endpoint: &str) {
     assert_eq!(got.kvs[0].value, b"2");
 
     check_nested_txn(&ch, id).await;
+    check_large_key(&ch).await;
+}
+
+/// A 100 KiB key (etcd's only bound on a key is the request size): put,
+/// get, watched, deleted; and a request over `--max-request-bytes` is
+/// still refused with etcd's error.
+async fn check_large_key(ch: &Channel) {
+    use pb::watch_request::RequestUnion;
+    let key: Vec<u8> = (0..100 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut kv = KvClient::new(ch.clone());
+    let mut w = pb::watch_client::WatchClient::new(ch.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(pb::WatchCreateRequest {
+            key: key.clone(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut events = w
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("watch a large key")
+        .into_inner();
+    let created = events.message().await.unwrap().expect("created");
+    assert!(created.created, "{created:?}");
+
+    let put = kv
+        .put(pb::PutRequest {
+            key: key.clone(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("put a 100 KiB key")
+        .into_inner();
+    let rev = put.header.unwrap().revision;
+    let got = kv
+        .range(pb::RangeRequest {
+            key: key.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.kvs.len(), 1);
+    assert_eq!((&got.kvs[0].key, got.kvs[0].mod_revision), (&key, rev));
+    let del = kv
+        .delete_range(pb::DeleteRangeRequest {
+            key: key.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(del.deleted, 1);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let m = tokio::time::timeout(WAIT, events.message())
+            .await
+            .expect("watch events in time")
+            .unwrap()
+            .expect("stream open");
+        for e in m.events {
+            let kv = e.kv.unwrap();
+            assert_eq!(kv.key, key);
+            seen.push((e.r#type, kv.mod_revision));
+        }
+    }
+    assert_eq!(seen, vec![(0, rev), (1, rev + 1)], "PUT then DELETE");
+    drop(tx);
+
+    // Over --max-request-bytes (1.5 MiB), under the gRPC limit.
+    let e = kv
+        .put(pb::PutRequest {
+            key,
+            value: vec![b'v'; 1536 * 1024],
+            ..Default::default()
+        })
+        .await
+        .expect_err("over the request limit");
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "etcdserver: request is too large")
+    );
 }
 
 fn put_op(key: &[u8], value: &[u8], lease: i64) -> pb::RequestOp {
