@@ -25,6 +25,7 @@ use crate::command::{self, CommandError, KIND_AUTH, KIND_KV};
 use crate::lease::LeaseClock;
 use crate::registry::{CodecError, Registry, RegistryOp, SnapshotData};
 use crate::watch::WatchFeed;
+use crate::writer::DurationHistogram;
 
 /// What a proposer gets back from an applied command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,6 +217,10 @@ pub struct ServerMachine {
     /// Bumped whenever the store is replaced (restore), so a snapshot job
     /// reading it from another thread notices.
     generation: Arc<AtomicU64>,
+    /// How long each applied key-value command held the store's write lock
+    /// (`etcd_disk_backend_commit_duration_seconds`): the MVCC store's
+    /// commit, which etcd makes in a bbolt transaction.
+    backend_commits: Arc<DurationHistogram>,
 }
 
 impl ServerMachine {
@@ -229,7 +234,13 @@ impl ServerMachine {
             leases: LeaseClock::new(),
             watch_feed: WatchFeed::new(),
             generation: Arc::new(AtomicU64::new(0)),
+            backend_commits: Arc::default(),
         }
+    }
+
+    /// The store's commit latencies, for `/metrics`.
+    pub fn backend_commits(&self) -> Arc<DurationHistogram> {
+        self.backend_commits.clone()
     }
 
     /// Freezes the state for a snapshot at the current applied index (the
@@ -351,7 +362,9 @@ impl StateMachine for ServerMachine {
                 // nobody listens. A subscriber that arrives meanwhile finds
                 // the gap by revision and reads history (`crate::watch`).
                 let events = events.filter(|_| self.watch_feed.streams() > 0);
+                let started = std::time::Instant::now();
                 let out = StateMachine::apply(&mut *self.store()?, index, term, body, events)?;
+                self.backend_commits.observe(started.elapsed());
                 self.applied = index;
                 match out {
                     Ok(r) => {

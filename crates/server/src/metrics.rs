@@ -377,6 +377,26 @@ pub fn render(s: &Shared) -> String {
     );
     let _ = writeln!(out, "{name}_count {}", g.syncs.load(Ordering::Relaxed));
 
+    let h = &s.raft.backend_commits;
+    let name = "etcd_disk_backend_commit_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} The latency distributions of commit called by backend (here: how long an applied command holds the in-memory MVCC store's write lock).\n# TYPE {name} histogram"
+    );
+    let mut cumulative = 0u64;
+    for (i, le) in FSYNC_BUCKETS_SECONDS.iter().enumerate() {
+        cumulative += h.buckets[i].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    cumulative += h.buckets[FSYNC_BUCKETS_SECONDS.len()].load(Ordering::Relaxed);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(
+        out,
+        "{name}_sum {}",
+        h.micros.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(out, "{name}_count {}", h.count.load(Ordering::Relaxed));
+
     let name = "metalraft_peer_round_trip_seconds";
     let _ = writeln!(
         out,
