@@ -316,6 +316,16 @@ pub fn txn_is_read_only(r: &kv::TxnRequest) -> bool {
     })
 }
 
+/// Whether a command can grow the store (a put, a txn with a put, a lease
+/// grant): what etcd refuses while the NOSPACE alarm is raised.
+pub fn adds_data(cmd: &kv::Command) -> bool {
+    match cmd {
+        kv::Command::Put(_) | kv::Command::LeasePut(..) | kv::Command::LeaseGrant(_) => true,
+        kv::Command::Txn(t) | kv::Command::LeaseTxn(t, _) => txn_has_put(t),
+        _ => false,
+    }
+}
+
 /// Whether a txn has a put in any branch, nested txns included.
 pub fn txn_has_put(r: &kv::TxnRequest) -> bool {
     r.success.iter().chain(&r.failure).any(|op| match op {

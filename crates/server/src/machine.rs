@@ -27,6 +27,9 @@ use crate::registry::{CodecError, Registry, RegistryOp, SnapshotData};
 use crate::watch::WatchFeed;
 use crate::writer::DurationHistogram;
 
+/// etcd's `AlarmType_NOSPACE`.
+pub const NOSPACE_ALARM: i32 = 1;
+
 /// What a proposer gets back from an applied command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -49,6 +52,9 @@ pub enum Refused {
     Undecodable(CommandError),
     /// The auth store refused the change (etcd's error to the client).
     Auth(AuthError),
+    /// A write that adds data while the NOSPACE alarm is raised (etcd's
+    /// capped applier): `etcdserver: mvcc: database space exceeded`.
+    NoSpace,
 }
 
 /// Why a snapshot of this state machine could not be read.
@@ -258,10 +264,12 @@ impl ServerMachine {
             .snapshot_data(Vec::new())
             .map_err(|_| SnapshotJobError::Poisoned)?;
         let auth = self.auth.snapshot().encode()?;
-        // Field order of `SnapshotData`: members, removed, kv, attributes, auth.
+        // Field order of `SnapshotData`: members, removed, kv, attributes,
+        // auth, alarms.
         let head =
             postcard::to_allocvec(&(&data.members, &data.removed)).map_err(CodecError::from)?;
-        let tail = postcard::to_allocvec(&(&data.attributes, &auth)).map_err(CodecError::from)?;
+        let tail = postcard::to_allocvec(&(&data.attributes, &auth, &data.alarms))
+            .map_err(CodecError::from)?;
         Ok(SnapshotJob {
             store: self.kv.clone(),
             stream,
@@ -357,6 +365,15 @@ impl StateMachine for ServerMachine {
         events: Option<&mut Vec<MvccEvent>>,
     ) -> Result<Self::Output, StateMachineError> {
         let refused = match command::split_command(cmd) {
+            Ok((KIND_KV, body))
+                if self.registry.alarm_raised(NOSPACE_ALARM)
+                    && kv::Command::decode(body).is_ok_and(|c| command::adds_data(&c)) =>
+            {
+                // etcd's capped applier: every member has the same alarms
+                // at this index, so every member refuses alike.
+                self.mark_applied(index)?;
+                return Ok(Err(Refused::NoSpace));
+            }
             Ok((KIND_KV, body)) => {
                 // Collecting events copies every change; skip it while
                 // nobody listens. A subscriber that arrives meanwhile finds

@@ -128,8 +128,18 @@ pub async fn health(s: &Shared, q: &HealthQuery) -> Health {
         // ADR 0021: catching up after mid-log WAL damage, not a voter yet.
         return bad("LOG REPAIR IN PROGRESS");
     }
-    if !q.exclude_nospace && (s.gauges.no_space.load(Ordering::Relaxed) || s.over_quota()) {
-        return bad("ALARM NOSPACE");
+    // etcd: any alarm makes the member unhealthy ("ALARM NOSPACE",
+    // "ALARM CORRUPT"); `exclude=NOSPACE` ignores that one.
+    for a in s.alarms() {
+        let nospace = a.alarm == crate::proto::etcdserverpb::AlarmType::Nospace as i32;
+        if nospace && q.exclude_nospace {
+            continue;
+        }
+        return bad(if nospace {
+            "ALARM NOSPACE"
+        } else {
+            "ALARM CORRUPT"
+        });
     }
     if st.leader.is_none() {
         return bad("RAFT NO LEADER");

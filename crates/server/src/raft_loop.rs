@@ -733,6 +733,7 @@ impl RaftLoop {
                 Ok(Applied::Kv(out)) => Ok(Some(out)),
                 Ok(Applied::Registry | Applied::Auth) => Ok(None),
                 Err(Refused::Auth(e)) => Err(EtcdError::Auth(e)),
+                Err(Refused::NoSpace) => Err(EtcdError::NoSpace),
                 Err(Refused::Kv(e)) => Err(command::request_error(e)),
                 Err(Refused::Undecodable(e)) => {
                     Err(EtcdError::Internal(format!("etcdserver: {e}")))
