@@ -785,12 +785,14 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             .read()
             .map(|k| (k.revision(), k.size_bytes() as i64))
             .unwrap_or((0, 0));
+        // etcd lists each alarm as its protobuf text form.
         let errors = s
             .alarms()
             .iter()
             .map(|a| {
-                pb::AlarmType::try_from(a.alarm)
-                    .map_or_else(|_| a.alarm.to_string(), |t| t.as_str_name().to_string())
+                let name = pb::AlarmType::try_from(a.alarm)
+                    .map_or_else(|_| a.alarm.to_string(), |t| t.as_str_name().to_string());
+                format!("memberID:{} alarm:{name} ", a.member_id)
             })
             .collect();
         Ok(Response::new(pb::StatusResponse {
