@@ -323,6 +323,17 @@ async fn check_alarm_activate(
 fn alarms_are_replicated_and_survive_snapshots_and_restarts() {
     use pb::alarm_request::AlarmAction;
     let mut c = Cluster::start_with(3, &["--snapshot-count=5"]);
+    // A follower relays the alarm to the leader's published client URL
+    // (until the leader has published it: "no leader", which clients
+    // retry), so wait for every member's publish.
+    let eps = c.endpoints();
+    common::eventually("every member published its name", || {
+        let out = etcdctl(&["--endpoints", &eps, "member", "list"]);
+        let named = (0..3)
+            .filter(|&i| out.contains(&format!(", {}, ", c.members[i].name)))
+            .count();
+        (named == 3).then_some(())
+    });
     let leader = c.wait_for_leader();
     let follower = (leader + 1) % 3;
     let rt = runtime();
