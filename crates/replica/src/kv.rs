@@ -247,7 +247,6 @@ fn restored<S>(
 }
 
 #[cfg(feature = "kv-events")]
-#[cfg(feature = "kv-events")]
 /// Every operation of both branches of a transaction, nested transactions'
 /// included (before the write, the branches are not known: all are
 /// candidates).
@@ -423,6 +422,67 @@ mod tests {
         )
         .unwrap();
         assert_eq!(at2.kvs[0].value, b"1");
+    }
+
+    #[cfg(feature = "kv-events")]
+    #[test]
+    fn kv_store_events_follow_nested_txns_in_order() {
+        let mut kv = KvStore::new();
+        let mut events = Vec::new();
+        StateMachine::apply(&mut kv, 1, 1, &put(b"a", b"1"), Some(&mut events))
+            .unwrap()
+            .unwrap();
+        let p = |k: &[u8]| {
+            RequestOp::Put(PutRequest {
+                key: k.to_vec(),
+                ..PutRequest::default()
+            })
+        };
+        let nested = |success, failure| {
+            RequestOp::Txn(TxnRequest {
+                compare: alloc::vec![],
+                success,
+                failure,
+            })
+        };
+        // Outer put b, then a nested txn whose success branch deletes a and
+        // puts c; the failure branch's put d never runs.
+        let txn = Command::Txn(TxnRequest {
+            success: alloc::vec![
+                p(b"b"),
+                nested(
+                    alloc::vec![
+                        RequestOp::DeleteRange(DeleteRangeRequest {
+                            key: b"a".to_vec(),
+                            ..DeleteRangeRequest::default()
+                        }),
+                        p(b"c"),
+                    ],
+                    alloc::vec![p(b"d")],
+                ),
+            ],
+            ..TxnRequest::default()
+        });
+        StateMachine::apply(&mut kv, 2, 1, &txn.encode(), Some(&mut events))
+            .unwrap()
+            .unwrap();
+        assert_eq!(events.len(), 2);
+        let keys: Vec<_> = events[1]
+            .changes
+            .iter()
+            .map(|c| match c {
+                KeyChange::Put(kv) => (b'P', kv.key.clone()),
+                KeyChange::Delete(k) => (b'D', k.clone()),
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (b'P', b"b".to_vec()),
+                (b'D', b"a".to_vec()),
+                (b'P', b"c".to_vec())
+            ]
+        );
     }
 
     #[test]
