@@ -528,6 +528,54 @@ mod tests {
     }
 
     #[test]
+    fn a_raised_nospace_refuses_growing_writes_at_apply_and_survives_a_snapshot() {
+        let mut m = machine();
+        let put = encode_command(&Payload::Kv(kv::Command::Put(kv::PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })))
+        .unwrap();
+        let delete = encode_command(&Payload::Kv(kv::Command::DeleteRange(
+            kv::DeleteRangeRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            },
+        )))
+        .unwrap();
+        let alarm = |activate| {
+            encode_command(&Payload::Registry(RegistryOp::Alarm {
+                member_id: 9,
+                alarm: NOSPACE_ALARM,
+                activate,
+            }))
+            .unwrap()
+        };
+        assert!(matches!(m.apply(1, 1, &put, None), Ok(Ok(Applied::Kv(_)))));
+        assert_eq!(m.apply(2, 1, &alarm(true), None), Ok(Ok(Applied::Registry)));
+        assert_eq!(m.apply(3, 1, &put, None), Ok(Err(Refused::NoSpace)));
+        assert_eq!(m.applied_index(), 3);
+        let snap = m.snapshot().unwrap();
+        let mut other = machine();
+        other.restore(3, &snap).unwrap();
+        assert_eq!(other.registry().alarms(), vec![(9, NOSPACE_ALARM)]);
+        assert_eq!(other.apply(4, 1, &put, None), Ok(Err(Refused::NoSpace)));
+        assert!(matches!(
+            other.apply(5, 1, &delete, None),
+            Ok(Ok(Applied::Kv(kv::CommandResult::DeleteRange(_))))
+        ));
+        assert_eq!(
+            other.apply(6, 1, &alarm(false), None),
+            Ok(Ok(Applied::Registry))
+        );
+        assert!(matches!(
+            other.apply(7, 1, &put, None),
+            Ok(Ok(Applied::Kv(_)))
+        ));
+        assert_eq!(other.kv().read().unwrap().revision(), 4);
+    }
+
+    #[test]
     fn kv_and_registry_commands_apply_in_order_and_snapshot_together() {
         let mut m = machine();
         let put = Payload::Kv(kv::Command::Put(kv::PutRequest {
