@@ -47,7 +47,9 @@ pub struct LeaseOption {
 }
 
 /// The lease fields of a [`TxnRequest`]'s puts: one [`LeaseOption`] per
-/// [`RequestOp::Put`] of each branch, in order.
+/// [`RequestOp::Put`] of each branch, in order, the puts of a nested
+/// [`RequestOp::Txn`] counted where it stands (its `success` puts, then its
+/// `failure` puts, each in this same order).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnLeases {
     /// For the puts of `success`.
@@ -241,8 +243,7 @@ impl Compare {
     }
 }
 
-/// etcd `RequestOp`: one operation in a transaction branch. Nested
-/// transactions are not supported (see the crate docs).
+/// etcd `RequestOp`: one operation in a transaction branch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RequestOp {
     /// A read.
@@ -251,6 +252,11 @@ pub enum RequestOp {
     Put(PutRequest),
     /// A delete of one key or a range.
     DeleteRange(DeleteRangeRequest),
+    /// A nested transaction (etcd `request_txn`). Its compares are decided
+    /// against the store as it was before the outer transaction, as etcd
+    /// does, and the whole outer transaction is one revision. Appended
+    /// after the other variants, so earlier encodings are unchanged.
+    Txn(TxnRequest),
 }
 
 /// etcd `TxnRequest`: if every compare holds, run `success`, else `failure`.

@@ -68,6 +68,9 @@ pub enum ResponseOp {
     Put(PutResponse),
     /// Result of a delete.
     DeleteRange(DeleteRangeResponse),
+    /// Result of a nested transaction. As in etcd, its header is empty
+    /// (revision 0): only the outer transaction's header carries one.
+    Txn(TxnResponse),
 }
 
 /// etcd `TxnResponse`.

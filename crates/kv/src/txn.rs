@@ -2,7 +2,7 @@
 
 use crate::error::RequestError;
 use crate::keys::KeyRange;
-use crate::request::{Compare, CompareResult, CompareTarget, RequestOp};
+use crate::request::{Compare, CompareResult, CompareTarget, RequestOp, TxnRequest};
 use crate::store::Entry;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -49,33 +49,89 @@ fn outcome(result: CompareResult, ord: Ordering) -> bool {
     }
 }
 
-/// The state-dependent checks etcd runs on the chosen branch before
-/// executing it (`checkRequests`), so a failing transaction changes nothing.
+/// The branch a transaction runs when its compares `held`.
+pub(crate) fn branch(t: &TxnRequest, held: bool) -> &[RequestOp] {
+    if held {
+        &t.success
+    } else {
+        &t.failure
+    }
+}
+
+/// etcd `compareToPath`: decides `t` and every nested transaction in the
+/// branches that will run, all against the store as it is before any write
+/// of the transaction, and appends the verdicts to `path` in execution
+/// order (the outer transaction first).
+pub(crate) fn decide(
+    map: &BTreeMap<Vec<u8>, Entry>,
+    t: &TxnRequest,
+    lease_of: &dyn Fn(&[u8]) -> i64,
+    path: &mut Vec<bool>,
+) {
+    let held = t.compare.iter().all(|c| holds(map, c, lease_of));
+    path.push(held);
+    for op in branch(t, held) {
+        if let RequestOp::Txn(inner) = op {
+            decide(map, inner, lease_of, path);
+        }
+    }
+}
+
+/// Walks the operations a decided transaction will run, in execution
+/// order; `path` is [`decide`]'s verdicts and `next` the position in it.
+pub(crate) fn path_branch<'t>(
+    t: &'t TxnRequest,
+    path: &[bool],
+    next: &mut usize,
+) -> &'t [RequestOp] {
+    let held = path.get(*next).copied().unwrap_or(false);
+    *next += 1;
+    branch(t, held)
+}
+
+/// The state-dependent checks etcd runs on the branches that will run
+/// before executing them (`checkRequests`), so a failing transaction
+/// changes nothing. `path` is [`decide`]'s verdicts.
 ///
-/// `check_range(requested, wrote)` decides whether a range of the branch may
-/// name revision `requested` (`wrote`: an earlier op of the branch wrote);
+/// `check_range(requested, wrote)` decides whether a range may name
+/// revision `requested` (`wrote`: an earlier op of the transaction wrote);
 /// the store decides, since only it knows which revisions it keeps.
 pub(crate) fn check_branch(
     map: &BTreeMap<Vec<u8>, Entry>,
-    ops: &[RequestOp],
+    t: &TxnRequest,
+    path: &[bool],
     start: i64,
-    mut check_range: impl FnMut(i64, bool) -> Result<(), RequestError>,
+    check_range: &mut dyn FnMut(i64, bool) -> Result<(), RequestError>,
 ) -> Result<(), RequestError> {
     let mut wrote = false;
-    for op in ops {
+    let mut next = 0;
+    check_ops(map, t, path, &mut next, &mut wrote, check_range)?;
+    if wrote && start == i64::MAX {
+        return Err(RequestError::RevisionExhausted);
+    }
+    Ok(())
+}
+
+fn check_ops(
+    map: &BTreeMap<Vec<u8>, Entry>,
+    t: &TxnRequest,
+    path: &[bool],
+    next: &mut usize,
+    wrote: &mut bool,
+    check_range: &mut dyn FnMut(i64, bool) -> Result<(), RequestError>,
+) -> Result<(), RequestError> {
+    for op in path_branch(t, path, next) {
         match op {
-            RequestOp::Range(r) => check_range(r.revision, wrote)?,
+            RequestOp::Range(r) => check_range(r.revision, *wrote)?,
             RequestOp::Put(p) => {
                 if p.ignore_value && !map.contains_key(&p.key) {
                     return Err(RequestError::KeyNotFound);
                 }
-                wrote = true;
+                *wrote = true;
             }
-            RequestOp::DeleteRange(_) => wrote = true,
+            RequestOp::DeleteRange(_) => *wrote = true,
+            RequestOp::Txn(inner) => check_ops(map, inner, path, next, wrote, check_range)?,
         }
-    }
-    if wrote && start == i64::MAX {
-        return Err(RequestError::RevisionExhausted);
     }
     Ok(())
 }

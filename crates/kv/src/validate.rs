@@ -9,6 +9,7 @@ use crate::request::{
 };
 #[cfg(feature = "leases")]
 use crate::request::{LeaseOption, TxnLeases};
+use alloc::vec::Vec;
 
 impl Command {
     /// Checks the command against etcd's request rules and this crate's
@@ -74,6 +75,7 @@ fn txn_bytes(t: &TxnRequest) -> usize {
             RequestOp::Range(r) => r.key.len() + r.range_end.len(),
             RequestOp::Put(r) => r.key.len() + r.value.len(),
             RequestOp::DeleteRange(r) => r.key.len() + r.range_end.len(),
+            RequestOp::Txn(t) => txn_bytes(t),
         }
     }
     let cmp: usize = t
@@ -142,10 +144,20 @@ fn check_compare(c: &Compare) -> Result<(), RequestError> {
 }
 
 fn check_txn(t: &TxnRequest) -> Result<(), RequestError> {
-    for len in [t.compare.len(), t.success.len(), t.failure.len()] {
-        if len > MAX_TXN_OPS {
-            return Err(RequestError::TooManyOps { len });
-        }
+    check_txn_ops(t, MAX_TXN_OPS)?;
+    check_duplicates(&t.success)?;
+    check_duplicates(&t.failure)?;
+    Ok(())
+}
+
+/// etcd `checkTxnRequest`: the longest of a transaction's three lists
+/// counts against `budget`, and a nested transaction gets what is left
+/// (so nesting is at most [`MAX_TXN_OPS`] deep); then every operation's
+/// own checks.
+fn check_txn_ops(t: &TxnRequest, budget: usize) -> Result<(), RequestError> {
+    let len = t.compare.len().max(t.success.len()).max(t.failure.len());
+    if len > budget {
+        return Err(RequestError::TooManyOps { len });
     }
     for c in &t.compare {
         check_compare(c)?;
@@ -155,34 +167,83 @@ fn check_txn(t: &TxnRequest) -> Result<(), RequestError> {
             RequestOp::Range(r) => check_range(r)?,
             RequestOp::Put(r) => check_put(r)?,
             RequestOp::DeleteRange(r) => check_delete(r)?,
-        }
-    }
-    check_duplicates(&t.success)?;
-    check_duplicates(&t.failure)
-}
-
-/// etcd's `checkIntervals` for one branch: no key is put twice, and no put
-/// key lies in a deleted interval. Intervals are compared literally, as
-/// etcd's interval tree does, so a delete with `range_end = "\0"` conflicts
-/// with nothing (etcd quirk, kept for compatibility).
-fn check_duplicates(ops: &[RequestOp]) -> Result<(), RequestError> {
-    // Pairwise over at most MAX_TXN_OPS ops rather than a `BTreeSet` of put
-    // keys: the set was one more map instantiation in the firmware (~3 KB
-    // of `.text`), and the interval test is pairwise anyway.
-    for (i, op) in ops.iter().enumerate() {
-        let RequestOp::Put(p) = op else { continue };
-        let k = p.key.as_slice();
-        let conflict = ops.iter().enumerate().any(|(j, op)| match op {
-            RequestOp::Put(earlier) => j < i && earlier.key == k,
-            RequestOp::DeleteRange(d) if d.range_end.is_empty() => d.key == k,
-            RequestOp::DeleteRange(d) => d.key.as_slice() <= k && k < d.range_end.as_slice(),
-            RequestOp::Range(_) => false,
-        });
-        if conflict {
-            return Err(RequestError::DuplicateKey);
+            RequestOp::Txn(inner) => check_txn_ops(inner, budget - len)?,
         }
     }
     Ok(())
+}
+
+/// Whether `key` lies in a deleted interval. Intervals are compared
+/// literally, as etcd's interval tree does, so a delete with
+/// `range_end = "\0"` contains nothing (etcd quirk, kept for compatibility).
+fn deleted(d: &DeleteRangeRequest, key: &[u8]) -> bool {
+    if d.range_end.is_empty() {
+        d.key == key
+    } else {
+        d.key.as_slice() <= key && key < d.range_end.as_slice()
+    }
+}
+
+/// The put keys and deletes of one branch, nested transactions included,
+/// as etcd's `checkIntervals` collects them.
+#[derive(Default)]
+struct Intervals<'a> {
+    puts: Vec<&'a [u8]>,
+    dels: Vec<&'a DeleteRangeRequest>,
+}
+
+impl Intervals<'_> {
+    fn put_conflicts(&self, key: &[u8]) -> bool {
+        self.puts.contains(&key) || self.dels.iter().any(|d| deleted(d, key))
+    }
+}
+
+/// etcd's `checkIntervals` for one branch: no key is put twice, and no put
+/// key lies in a deleted interval, counting the puts and deletes of nested
+/// transactions, where a key put by both branches of one nested
+/// transaction is fine (only one of them runs). Refuses with
+/// [`RequestError::DuplicateKey`].
+fn check_duplicates(ops: &[RequestOp]) -> Result<Intervals<'_>, RequestError> {
+    // Linear lists over at most MAX_TXN_OPS ops a level rather than sets:
+    // a set was one more map instantiation in the firmware (~3 KB of
+    // `.text`), and the interval test is a scan anyway.
+    let mut here = Intervals::default();
+    for op in ops {
+        if let RequestOp::DeleteRange(d) = op {
+            here.dels.push(d);
+        }
+    }
+    for op in ops {
+        let RequestOp::Txn(t) = op else { continue };
+        let then = check_duplicates(&t.success)?;
+        let els = check_duplicates(&t.failure)?;
+        for k in &then.puts {
+            if here.put_conflicts(k) {
+                return Err(RequestError::DuplicateKey);
+            }
+        }
+        let before = here.puts.len();
+        here.puts.extend_from_slice(&then.puts);
+        for k in &els.puts {
+            let in_then = then.puts.contains(k);
+            if (here.puts.contains(k) && !in_then) || here.dels.iter().any(|d| deleted(d, k)) {
+                return Err(RequestError::DuplicateKey);
+            }
+            if !here.puts[before..].contains(k) {
+                here.puts.push(k);
+            }
+        }
+        here.dels.extend(then.dels);
+        here.dels.extend(els.dels);
+    }
+    for op in ops {
+        let RequestOp::Put(p) = op else { continue };
+        if here.put_conflicts(&p.key) {
+            return Err(RequestError::DuplicateKey);
+        }
+        here.puts.push(&p.key);
+    }
+    Ok(here)
 }
 
 #[cfg(feature = "leases")]
@@ -197,11 +258,7 @@ fn check_lease_option(l: &LeaseOption) -> Result<(), RequestError> {
 #[cfg(feature = "leases")]
 /// One [`LeaseOption`] per put of each branch, each valid.
 fn check_txn_leases(t: &TxnRequest, l: &TxnLeases) -> Result<(), RequestError> {
-    let puts = |ops: &[RequestOp]| {
-        ops.iter()
-            .filter(|op| matches!(op, RequestOp::Put(_)))
-            .count()
-    };
+    let puts = count_puts;
     if puts(&t.success) != l.success.len() || puts(&t.failure) != l.failure.len() {
         // A malformed command (the server builds both from one etcd txn).
         return Err(RequestError::TooManyOps {
@@ -212,4 +269,17 @@ fn check_txn_leases(t: &TxnRequest, l: &TxnLeases) -> Result<(), RequestError> {
         .iter()
         .chain(&l.failure)
         .try_for_each(check_lease_option)
+}
+
+/// The puts of a branch, those of nested transactions (both branches)
+/// included: how many [`LeaseOption`]s the branch has in a [`TxnLeases`].
+#[cfg(feature = "leases")]
+pub(crate) fn count_puts(ops: &[RequestOp]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            RequestOp::Put(_) => 1,
+            RequestOp::Txn(t) => count_puts(&t.success) + count_puts(&t.failure),
+            _ => 0,
+        })
+        .sum()
 }

@@ -224,51 +224,84 @@ impl KvStore {
         t: &TxnRequest,
         history: &mut H,
     ) -> Result<TxnResponse, RequestError> {
-        let succeeded = t
-            .compare
-            .iter()
-            .all(|c| txn::holds(&self.map, c, |k| history.lease_of(k)));
-        let ops = if succeeded { &t.success } else { &t.failure };
+        let mut path = Vec::new();
+        txn::decide(&self.map, t, &|k| history.lease_of(k), &mut path);
         let start = self.revision;
         let compact_revision = self.compact_revision;
-        txn::check_branch(&self.map, ops, start, |requested, wrote| {
+        txn::check_branch(&self.map, t, &path, start, &mut |requested, wrote| {
             history.check_txn_range(requested, start, wrote, compact_revision)
         })?;
         // check_branch refused the branch if it writes and start == i64::MAX.
         let rev = start.saturating_add(1);
         let mut changed = false;
+        let mut next = 0;
+        let mut resp = self.run_txn(t, &path, &mut next, rev, start, &mut changed, history);
+        if changed {
+            self.revision = rev;
+        }
+        set_headers(
+            &mut resp.responses,
+            ResponseHeader {
+                revision: self.revision,
+            },
+        );
+        resp.header = ResponseHeader {
+            revision: self.revision,
+        };
+        Ok(resp)
+    }
+
+    /// Runs the branch of `t` that `path[*next]` names, nested transactions
+    /// included, every write at `rev` and every read at `start`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_txn<H: History>(
+        &mut self,
+        t: &TxnRequest,
+        path: &[bool],
+        next: &mut usize,
+        rev: i64,
+        start: i64,
+        changed: &mut bool,
+        history: &mut H,
+    ) -> TxnResponse {
+        let succeeded = path.get(*next).copied().unwrap_or(false);
+        let ops = txn::path_branch(t, path, next);
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             responses.push(match op {
                 RequestOp::Range(r) => ResponseOp::Range(history.txn_range(&self.map, r, start)),
                 RequestOp::Put(p) => {
-                    changed = true;
+                    *changed = true;
                     ResponseOp::Put(self.put_at(rev, p, history))
                 }
                 RequestOp::DeleteRange(d) => {
                     let resp = self.delete_at(rev, d, history);
-                    changed |= resp.deleted > 0;
+                    *changed |= resp.deleted > 0;
                     ResponseOp::DeleteRange(resp)
+                }
+                RequestOp::Txn(inner) => {
+                    ResponseOp::Txn(self.run_txn(inner, path, next, rev, start, changed, history))
                 }
             });
         }
-        if changed {
-            self.revision = rev;
-        }
-        let header = ResponseHeader {
-            revision: self.revision,
-        };
-        for resp in &mut responses {
-            match resp {
-                ResponseOp::Range(r) => r.header = header,
-                ResponseOp::Put(r) => r.header = header,
-                ResponseOp::DeleteRange(r) => r.header = header,
-            }
-        }
-        Ok(TxnResponse {
-            header,
+        TxnResponse {
+            header: ResponseHeader::default(),
             succeeded,
             responses,
-        })
+        }
+    }
+}
+
+/// Gives every operation's response `header`, as etcd does once the
+/// transaction's revision is known; a nested transaction's own header
+/// stays empty, as in etcd, but its operations get `header` too.
+fn set_headers(responses: &mut [ResponseOp], header: ResponseHeader) {
+    for resp in responses {
+        match resp {
+            ResponseOp::Range(r) => r.header = header,
+            ResponseOp::Put(r) => r.header = header,
+            ResponseOp::DeleteRange(r) => r.header = header,
+            ResponseOp::Txn(t) => set_headers(&mut t.responses, header),
+        }
     }
 }

@@ -533,6 +533,7 @@ fn txn_is_one_revision_and_picks_a_branch() {
         ResponseOp::Range(x) => x.header.revision == 3,
         ResponseOp::Put(x) => x.header.revision == 3,
         ResponseOp::DeleteRange(x) => x.header.revision == 3,
+        ResponseOp::Txn(_) => false,
     }));
     // Now the compare fails: the read-only failure branch bumps nothing.
     let r = n.txn(txn(0));

@@ -296,6 +296,7 @@ impl Model {
                 }
                 RequestOp::DeleteRange(_) => wrote = true,
                 RequestOp::Range(_) => {}
+                RequestOp::Txn(_) => unreachable!("the strategies make no nested txns"),
             }
         }
         // etcd counts changes, not net effect: a put later deleted in the
@@ -306,12 +307,13 @@ impl Model {
                 RequestOp::Range(r) => ResponseOp::Range(self.read(r)),
                 RequestOp::Put(p) => ResponseOp::Put(self.write(p, start + 1)),
                 RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.remove(d)),
+                RequestOp::Txn(_) => unreachable!("the strategies make no nested txns"),
             })
             .collect();
         let changed = responses.iter().any(|r| match r {
             ResponseOp::Put(_) => true,
             ResponseOp::DeleteRange(d) => d.deleted > 0,
-            ResponseOp::Range(_) => false,
+            ResponseOp::Range(_) | ResponseOp::Txn(_) => false,
         });
         if changed {
             self.rev = start + 1;
@@ -322,6 +324,7 @@ impl Model {
                 ResponseOp::Range(x) => x.header = header,
                 ResponseOp::Put(x) => x.header = header,
                 ResponseOp::DeleteRange(x) => x.header = header,
+                ResponseOp::Txn(_) => unreachable!("the strategies make no nested txns"),
             }
         }
         Ok(TxnResponse {

@@ -280,6 +280,7 @@ impl Reference {
                 RequestOp::Range(r) => ResponseOp::Range(read(&draft.state, r, 0)),
                 RequestOp::Put(p) => ResponseOp::Put(draft.put(p, rev)),
                 RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(draft.delete(d, rev)),
+                RequestOp::Txn(_) => unreachable!("the strategies make no nested txns"),
             })
             .collect();
         // etcd counts changes, not net effect.
@@ -293,6 +294,7 @@ impl Reference {
                 ResponseOp::Range(x) => x.header = header,
                 ResponseOp::Put(x) => x.header = header,
                 ResponseOp::DeleteRange(x) => x.header = header,
+                ResponseOp::Txn(_) => unreachable!("the strategies make no nested txns"),
             }
         }
         Ok(TxnResponse {

@@ -19,7 +19,7 @@ use metalraft_kv::{
     RangeRequest, RangeResponse, RequestError, SnapshotError,
 };
 #[cfg(feature = "kv-events")]
-use metalraft_kv::{DeleteRangeRequest, RequestOp};
+use metalraft_kv::{DeleteRangeRequest, RequestOp, TxnRequest};
 
 use crate::error::StateMachineError;
 use crate::machine::StateMachine;
@@ -247,15 +247,18 @@ fn restored<S>(
 }
 
 #[cfg(feature = "kv-events")]
-/// The write operations a command runs: (puts, deletes), for the branch of a
-/// transaction given by `succeeded`.
-fn writes(cmd: &Command, succeeded: Option<bool>) -> Vec<&RequestOp> {
-    match (cmd, succeeded) {
-        (Command::Txn(t), Some(true)) => t.success.iter().collect(),
-        (Command::Txn(t), Some(false)) => t.failure.iter().collect(),
-        // Before the write, the branch is not known: both are candidates.
-        (Command::Txn(t), None) => t.success.iter().chain(&t.failure).collect(),
-        _ => Vec::new(),
+/// Every operation of both branches of a transaction, nested transactions'
+/// included (before the write, the branches are not known: all are
+/// candidates).
+fn all_ops<'a>(ops: &'a [RequestOp], out: &mut Vec<&'a RequestOp>) {
+    for op in ops {
+        match op {
+            RequestOp::Txn(t) => {
+                all_ops(&t.success, out);
+                all_ops(&t.failure, out);
+            }
+            op => out.push(op),
+        }
     }
 }
 
@@ -275,8 +278,11 @@ fn deleted_keys(kv: &KvStore, cmd: &Command) -> Vec<Vec<u8>> {
     let mut ranges: Vec<&DeleteRangeRequest> = Vec::new();
     match cmd {
         Command::DeleteRange(d) => ranges.push(d),
-        Command::Txn(_) => {
-            for op in writes(cmd, None) {
+        Command::Txn(t) => {
+            let mut ops = Vec::new();
+            all_ops(&t.success, &mut ops);
+            all_ops(&t.failure, &mut ops);
+            for op in ops {
                 if let RequestOp::DeleteRange(d) = op {
                     ranges.push(d);
                 }
@@ -291,6 +297,24 @@ fn deleted_keys(kv: &KvStore, cmd: &Command) -> Vec<Vec<u8>> {
         }
     }
     keys
+}
+
+#[cfg(feature = "kv-events")]
+/// Calls `f` on every write that ran, in order: each branch's ops beside
+/// their responses, a nested txn's by its own verdict.
+fn ran(
+    t: &TxnRequest,
+    r: &metalraft_kv::TxnResponse,
+    f: &mut dyn FnMut(&RequestOp, &mut Vec<KeyChange>),
+    changes: &mut Vec<KeyChange>,
+) {
+    let ops = if r.succeeded { &t.success } else { &t.failure };
+    for (op, resp) in ops.iter().zip(&r.responses) {
+        match (op, resp) {
+            (RequestOp::Txn(t), metalraft_kv::ResponseOp::Txn(r)) => ran(t, r, f, changes),
+            (op, _) => f(op, changes),
+        }
+    }
 }
 
 #[cfg(feature = "kv-events")]
@@ -321,14 +345,17 @@ fn changes(
     match (cmd, out) {
         (Command::Put(p), _) => put(&p.key, &mut changes),
         (Command::DeleteRange(d), _) => delete(d, &mut changes),
-        (Command::Txn(_), CommandResult::Txn(t)) => {
-            for op in writes(cmd, Some(t.succeeded)) {
-                match op {
-                    RequestOp::Put(p) => put(&p.key, &mut changes),
-                    RequestOp::DeleteRange(d) => delete(d, &mut changes),
-                    RequestOp::Range(_) => {}
-                }
-            }
+        (Command::Txn(t), CommandResult::Txn(r)) => {
+            ran(
+                t,
+                r,
+                &mut |op, changes| match op {
+                    RequestOp::Put(p) => put(&p.key, changes),
+                    RequestOp::DeleteRange(d) => delete(d, changes),
+                    _ => {}
+                },
+                &mut changes,
+            );
         }
         _ => {}
     }
@@ -395,6 +422,67 @@ mod tests {
         )
         .unwrap();
         assert_eq!(at2.kvs[0].value, b"1");
+    }
+
+    #[cfg(feature = "kv-events")]
+    #[test]
+    fn kv_store_events_follow_nested_txns_in_order() {
+        let mut kv = KvStore::new();
+        let mut events = Vec::new();
+        StateMachine::apply(&mut kv, 1, 1, &put(b"a", b"1"), Some(&mut events))
+            .unwrap()
+            .unwrap();
+        let p = |k: &[u8]| {
+            RequestOp::Put(PutRequest {
+                key: k.to_vec(),
+                ..PutRequest::default()
+            })
+        };
+        let nested = |success, failure| {
+            RequestOp::Txn(TxnRequest {
+                compare: alloc::vec![],
+                success,
+                failure,
+            })
+        };
+        // Outer put b, then a nested txn whose success branch deletes a and
+        // puts c; the failure branch's put d never runs.
+        let txn = Command::Txn(TxnRequest {
+            success: alloc::vec![
+                p(b"b"),
+                nested(
+                    alloc::vec![
+                        RequestOp::DeleteRange(DeleteRangeRequest {
+                            key: b"a".to_vec(),
+                            ..DeleteRangeRequest::default()
+                        }),
+                        p(b"c"),
+                    ],
+                    alloc::vec![p(b"d")],
+                ),
+            ],
+            ..TxnRequest::default()
+        });
+        StateMachine::apply(&mut kv, 2, 1, &txn.encode(), Some(&mut events))
+            .unwrap()
+            .unwrap();
+        assert_eq!(events.len(), 2);
+        let keys: Vec<_> = events[1]
+            .changes
+            .iter()
+            .map(|c| match c {
+                KeyChange::Put(kv) => (b'P', kv.key.clone()),
+                KeyChange::Delete(k) => (b'D', k.clone()),
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (b'P', b"b".to_vec()),
+                (b'D', b"a".to_vec()),
+                (b'P', b"c".to_vec())
+            ]
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status};
 use crate::command::{self, HeaderInfo};
 use crate::config::MemberConfig;
 use crate::errors::{self, EtcdError};
+use crate::machine::NOSPACE_ALARM;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::peer::{self as peerpb, peer_client::PeerClient};
 use crate::raft_loop::{Input, RaftHandle};
@@ -260,21 +261,35 @@ impl Shared {
         if self.gauges.no_space.load(Ordering::Relaxed) {
             return Err(EtcdError::NoSpace);
         }
-        if adds_data(cmd) && self.over_quota() {
+        if command::adds_data(cmd)
+            && (self.over_quota() || self.raft.registry.alarm_raised(NOSPACE_ALARM))
+        {
             return Err(EtcdError::NoSpace);
         }
         Ok(())
     }
 
-    fn alarms(&self) -> Vec<pb::AlarmMember> {
-        if self.gauges.no_space.load(Ordering::Relaxed) || self.over_quota() {
-            vec![pb::AlarmMember {
-                member_id: self.cfg.id,
-                alarm: pb::AlarmType::Nospace as i32,
-            }]
-        } else {
-            Vec::new()
+    /// The alarms in force: those raised through the log (Alarm ACTIVATE),
+    /// and this member's NOSPACE while its disk is full or its data over
+    /// the quota (cleared by itself once the condition ends).
+    pub(crate) fn alarms(&self) -> Vec<pb::AlarmMember> {
+        let mut alarms: Vec<pb::AlarmMember> = self
+            .raft
+            .registry
+            .alarms()
+            .into_iter()
+            .map(|(member_id, alarm)| pb::AlarmMember { member_id, alarm })
+            .collect();
+        let local = pb::AlarmMember {
+            member_id: self.cfg.id,
+            alarm: pb::AlarmType::Nospace as i32,
+        };
+        if (self.gauges.no_space.load(Ordering::Relaxed) || self.over_quota())
+            && !alarms.contains(&local)
+        {
+            alarms.push(local);
         }
+        alarms
     }
 }
 
@@ -285,19 +300,6 @@ fn etcd_compact_revision(compacted: i64) -> i64 {
         -1
     } else {
         compacted
-    }
-}
-
-/// Whether a command can grow the store (a put, or a txn with a put).
-fn adds_data(cmd: &kv::Command) -> bool {
-    match cmd {
-        kv::Command::Put(_) | kv::Command::LeasePut(..) | kv::Command::LeaseGrant(_) => true,
-        kv::Command::Txn(t) | kv::Command::LeaseTxn(t, _) => t
-            .success
-            .iter()
-            .chain(&t.failure)
-            .any(|op| matches!(op, kv::RequestOp::Put(_))),
-        _ => false,
     }
 }
 
@@ -411,6 +413,13 @@ impl pb::kv_server::Kv for KvService {
 async fn leader_cluster_client(
     s: &Shared,
 ) -> Result<pb::cluster_client::ClusterClient<Channel>, EtcdError> {
+    Ok(pb::cluster_client::ClusterClient::new(
+        leader_channel(s).await?,
+    ))
+}
+
+/// A channel to the leader's client URL, for requests a follower relays.
+async fn leader_channel(s: &Shared) -> Result<Channel, EtcdError> {
     let url = s.leader_client_url().await?;
     let mut ep = tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|e| EtcdError::Internal(format!("leader client URL: {e}")))?
@@ -422,8 +431,7 @@ async fn leader_cluster_client(
             .tls_config(tls.clone())
             .map_err(|e| EtcdError::Internal(format!("leader client URL TLS: {e}")))?;
     }
-    let ch = ep.connect().await.map_err(|_| EtcdError::NoLeader)?;
-    Ok(pb::cluster_client::ClusterClient::new(ch))
+    ep.connect().await.map_err(|_| EtcdError::NoLeader)
 }
 
 /// Pause between two tries of a membership change the leader cannot take
@@ -709,19 +717,59 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         req: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
+        use pb::alarm_request::AlarmAction;
         let s = &self.0;
-        let r = req.into_inner();
-        if r.action == pb::alarm_request::AlarmAction::Activate as i32 {
-            return Err(EtcdError::Unsupported(
-                "metalraft: alarms are raised by the server only".into(),
-            )
-            .into());
+        let action = AlarmAction::try_from(req.get_ref().action).map_err(|_| {
+            EtcdError::InvalidArgument(format!(
+                "etcdserver: unknown alarm action {}",
+                req.get_ref().action
+            ))
+        })?;
+        if action == AlarmAction::Get {
+            return Ok(Response::new(pb::AlarmResponse {
+                header: Some(s.header_info().header(s.revision())),
+                alarms: s.alarms(),
+            }));
         }
-        // GET lists; DEACTIVATE is accepted, but NOSPACE clears by itself once
-        // the disk has room, so the list reflects the real condition.
+        // ACTIVATE and DEACTIVATE go through the log, as in etcd: a
+        // follower relays them to the leader, then waits until it has
+        // applied them too.
+        if !is_leader(s) {
+            let ch = leader_channel(s).await?;
+            let mut c = pb::maintenance_client::MaintenanceClient::new(ch);
+            let resp = c
+                .alarm(crate::auth::service::relayed(s, req).await?)
+                .await?;
+            s.read_barrier().await?;
+            return Ok(resp);
+        }
+        let r = req.into_inner();
+        let this = pb::AlarmMember {
+            member_id: r.member_id,
+            alarm: r.alarm,
+        };
+        let activate = action == AlarmAction::Activate;
+        let was_raised = s.alarms().contains(&this);
+        s.raft
+            .propose_registry(
+                RegistryOp::Alarm {
+                    member_id: r.member_id,
+                    alarm: r.alarm,
+                    activate,
+                },
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+        // etcd answers with the alarm raised, or the one cleared (none if
+        // it was not raised). A NOSPACE this member raised for its own full
+        // disk or quota stays listed until the condition ends.
         Ok(Response::new(pb::AlarmResponse {
             header: Some(s.header_info().header(s.revision())),
-            alarms: s.alarms(),
+            alarms: if activate || was_raised {
+                vec![this]
+            } else {
+                Vec::new()
+            },
         }))
     }
 
@@ -737,7 +785,16 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             .read()
             .map(|k| (k.revision(), k.size_bytes() as i64))
             .unwrap_or((0, 0));
-        let errors = s.alarms().iter().map(|_| "NOSPACE".to_string()).collect();
+        // etcd lists each alarm as its protobuf text form.
+        let errors = s
+            .alarms()
+            .iter()
+            .map(|a| {
+                let name = pb::AlarmType::try_from(a.alarm)
+                    .map_or_else(|_| a.alarm.to_string(), |t| t.as_str_name().to_string());
+                format!("memberID:{} alarm:{name} ", a.member_id)
+            })
+            .collect();
         Ok(Response::new(pb::StatusResponse {
             header: Some(s.header_info().header(rev)),
             version: ETCD_API_VERSION.to_string(),

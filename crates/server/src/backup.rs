@@ -210,6 +210,8 @@ pub fn restore(
         // A backup holds keys only: a restored cluster starts with auth
         // disabled and no users or roles (etcd's restore keeps them).
         auth: Vec::new(),
+        // etcd's restore drops alarms too.
+        alarms: BTreeSet::new(),
     }
     .encode()?;
     let snap = Snapshot {

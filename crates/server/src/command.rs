@@ -254,12 +254,9 @@ fn request_op(op: &pb::RequestOp) -> Result<kv::RequestOp, EtcdError> {
         Some(Request::RequestRange(r)) => Ok(kv::RequestOp::Range(range_request(r)?)),
         Some(Request::RequestPut(r)) => Ok(kv::RequestOp::Put(put_request(r)?)),
         Some(Request::RequestDeleteRange(r)) => Ok(kv::RequestOp::DeleteRange(delete_request(r))),
-        Some(Request::RequestTxn(_)) => Err(EtcdError::Unsupported(
-            "etcdserver: nested transactions are not supported by metalraft".into(),
-        )),
-        None => Err(EtcdError::InvalidArgument(
-            "etcdserver: empty request op in txn".into(),
-        )),
+        Some(Request::RequestTxn(t)) => Ok(kv::RequestOp::Txn(txn_request(t)?)),
+        // etcd's checkRequestOp answers an empty op with "key not found".
+        None => Err(EtcdError::KeyNotFound),
     }
 }
 
@@ -276,13 +273,25 @@ pub fn txn_request(r: &pb::TxnRequest) -> Result<kv::TxnRequest, EtcdError> {
 /// lease fields.
 pub fn txn_command(r: &pb::TxnRequest) -> Result<kv::Command, EtcdError> {
     let txn = txn_request(r)?;
-    let options = |ops: &[pb::RequestOp]| -> Result<Vec<kv::LeaseOption>, EtcdError> {
-        let mut out = Vec::new();
+    // One option per put, a nested txn's puts where it stands (its success
+    // puts, then its failure puts), as `kv::TxnLeases` lists them.
+    fn collect(ops: &[pb::RequestOp], out: &mut Vec<kv::LeaseOption>) -> Result<(), EtcdError> {
+        use pb::request_op::Request;
         for op in ops {
-            if let Some(pb::request_op::Request::RequestPut(p)) = &op.request {
-                out.push(lease_option(p)?.unwrap_or_default());
+            match &op.request {
+                Some(Request::RequestPut(p)) => out.push(lease_option(p)?.unwrap_or_default()),
+                Some(Request::RequestTxn(t)) => {
+                    collect(&t.success, out)?;
+                    collect(&t.failure, out)?;
+                }
+                _ => {}
             }
         }
+        Ok(())
+    }
+    let options = |ops: &[pb::RequestOp]| -> Result<Vec<kv::LeaseOption>, EtcdError> {
+        let mut out = Vec::new();
+        collect(ops, &mut out)?;
         Ok(out)
     };
     let leases = kv::TxnLeases {
@@ -300,10 +309,30 @@ pub fn txn_command(r: &pb::TxnRequest) -> Result<kv::Command, EtcdError> {
 /// Whether a txn only reads (then it is served like a linearizable Range,
 /// without going through the log).
 pub fn txn_is_read_only(r: &kv::TxnRequest) -> bool {
-    r.success
-        .iter()
-        .chain(&r.failure)
-        .all(|op| matches!(op, kv::RequestOp::Range(_)))
+    r.success.iter().chain(&r.failure).all(|op| match op {
+        kv::RequestOp::Range(_) => true,
+        kv::RequestOp::Txn(t) => txn_is_read_only(t),
+        _ => false,
+    })
+}
+
+/// Whether a command can grow the store (a put, a txn with a put, a lease
+/// grant): what etcd refuses while the NOSPACE alarm is raised.
+pub fn adds_data(cmd: &kv::Command) -> bool {
+    match cmd {
+        kv::Command::Put(_) | kv::Command::LeasePut(..) | kv::Command::LeaseGrant(_) => true,
+        kv::Command::Txn(t) | kv::Command::LeaseTxn(t, _) => txn_has_put(t),
+        _ => false,
+    }
+}
+
+/// Whether a txn has a put in any branch, nested txns included.
+pub fn txn_has_put(r: &kv::TxnRequest) -> bool {
+    r.success.iter().chain(&r.failure).any(|op| match op {
+        kv::RequestOp::Put(_) => true,
+        kv::RequestOp::Txn(t) => txn_has_put(t),
+        _ => false,
+    })
 }
 
 /// What the server puts in every response header.
@@ -372,15 +401,24 @@ pub fn delete_response(h: &HeaderInfo, r: kv::DeleteRangeResponse) -> pb::Delete
 /// cluster, member and term; the headers of the operations inside carry
 /// just their revision.
 pub fn txn_response(h: &HeaderInfo, r: kv::TxnResponse) -> pb::TxnResponse {
+    let revision = r.header.revision;
+    let mut out = inner_txn_response(r);
+    out.header = Some(h.header(revision));
+    out
+}
+
+/// A txn response whose header carries only the revision, as etcd's
+/// operations inside a txn have; a nested txn's own header is empty
+/// (kv gives it revision 0).
+fn inner_txn_response(r: kv::TxnResponse) -> pb::TxnResponse {
     use pb::response_op::Response;
-    let outer = h;
     let h = &HeaderInfo {
         cluster_id: 0,
         member_id: 0,
         raft_term: 0,
     };
     pb::TxnResponse {
-        header: Some(outer.header(r.header.revision)),
+        header: Some(h.header(r.header.revision)),
         succeeded: r.succeeded,
         responses: r
             .responses
@@ -392,6 +430,7 @@ pub fn txn_response(h: &HeaderInfo, r: kv::TxnResponse) -> pb::TxnResponse {
                     kv::ResponseOp::DeleteRange(x) => {
                         Response::ResponseDeleteRange(delete_response(h, x))
                     }
+                    kv::ResponseOp::Txn(x) => Response::ResponseTxn(inner_txn_response(x)),
                 }),
             })
             .collect(),

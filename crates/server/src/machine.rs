@@ -26,6 +26,10 @@ use crate::latency::{Latency, Stage};
 use crate::lease::LeaseClock;
 use crate::registry::{CodecError, Registry, RegistryOp, SnapshotData};
 use crate::watch::WatchFeed;
+use crate::writer::DurationHistogram;
+
+/// etcd's `AlarmType_NOSPACE`.
+pub const NOSPACE_ALARM: i32 = 1;
 
 /// What a proposer gets back from an applied command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +53,9 @@ pub enum Refused {
     Undecodable(CommandError),
     /// The auth store refused the change (etcd's error to the client).
     Auth(AuthError),
+    /// A write that adds data while the NOSPACE alarm is raised (etcd's
+    /// capped applier): `etcdserver: mvcc: database space exceeded`.
+    NoSpace,
 }
 
 /// Why a snapshot of this state machine could not be read.
@@ -227,8 +234,15 @@ pub struct ServerMachine {
     /// Bumped whenever the store is replaced (restore), so a snapshot job
     /// reading it from another thread notices.
     generation: Arc<AtomicU64>,
+<<<<<<< HEAD
     /// The write path's stage histograms (`apply_lock_wait`, `apply`).
     latency: Arc<Latency>,
+=======
+    /// How long each applied key-value command held the store's write lock
+    /// (`etcd_disk_backend_commit_duration_seconds`): the MVCC store's
+    /// commit, which etcd makes in a bbolt transaction.
+    backend_commits: Arc<DurationHistogram>,
+>>>>>>> etcdapi
 }
 
 impl ServerMachine {
@@ -242,6 +256,7 @@ impl ServerMachine {
             leases: LeaseClock::new(),
             watch_feed: WatchFeed::new(),
             generation: Arc::new(AtomicU64::new(0)),
+<<<<<<< HEAD
             latency: Arc::default(),
         }
     }
@@ -250,6 +265,15 @@ impl ServerMachine {
     /// (the member's, exported in `/metrics`).
     pub fn set_latency(&mut self, latency: Arc<Latency>) {
         self.latency = latency;
+=======
+            backend_commits: Arc::default(),
+        }
+    }
+
+    /// The store's commit latencies, for `/metrics`.
+    pub fn backend_commits(&self) -> Arc<DurationHistogram> {
+        self.backend_commits.clone()
+>>>>>>> etcdapi
     }
 
     /// Freezes the state for a snapshot at the current applied index (the
@@ -267,10 +291,12 @@ impl ServerMachine {
             .snapshot_data(Vec::new())
             .map_err(|_| SnapshotJobError::Poisoned)?;
         let auth = self.auth.snapshot().encode()?;
-        // Field order of `SnapshotData`: members, removed, kv, attributes, auth.
+        // Field order of `SnapshotData`: members, removed, kv, attributes,
+        // auth, alarms.
         let head =
             postcard::to_allocvec(&(&data.members, &data.removed)).map_err(CodecError::from)?;
-        let tail = postcard::to_allocvec(&(&data.attributes, &auth)).map_err(CodecError::from)?;
+        let tail = postcard::to_allocvec(&(&data.attributes, &auth, &data.alarms))
+            .map_err(CodecError::from)?;
         Ok(SnapshotJob {
             store: self.kv.clone(),
             stream,
@@ -367,11 +393,21 @@ impl StateMachine for ServerMachine {
         events: Option<&mut Vec<MvccEvent>>,
     ) -> Result<Self::Output, StateMachineError> {
         let refused = match command::split_command(cmd) {
+            Ok((KIND_KV, body))
+                if self.registry.alarm_raised(NOSPACE_ALARM)
+                    && kv::Command::decode(body).is_ok_and(|c| command::adds_data(&c)) =>
+            {
+                // etcd's capped applier: every member has the same alarms
+                // at this index, so every member refuses alike.
+                self.mark_applied(index)?;
+                return Ok(Err(Refused::NoSpace));
+            }
             Ok((KIND_KV, body)) => {
                 // Collecting events copies every change; skip it while
                 // nobody listens. A subscriber that arrives meanwhile finds
                 // the gap by revision and reads history (`crate::watch`).
                 let events = events.filter(|_| self.watch_feed.streams() > 0);
+<<<<<<< HEAD
                 let asked = std::time::Instant::now();
                 let mut store = self.store()?;
                 let locked = std::time::Instant::now();
@@ -382,6 +418,11 @@ impl StateMachine for ServerMachine {
                 let out = StateMachine::apply(&mut *store, index, term, body, events)?;
                 drop(store);
                 self.latency.since(Stage::Apply, locked);
+=======
+                let started = std::time::Instant::now();
+                let out = StateMachine::apply(&mut *self.store()?, index, term, body, events)?;
+                self.backend_commits.observe(started.elapsed());
+>>>>>>> etcdapi
                 self.applied = index;
                 match out {
                     Ok(r) => {
@@ -525,6 +566,54 @@ mod tests {
 
     fn machine() -> ServerMachine {
         ServerMachine::new(Registry::new([(1, vec!["http://a:1".to_string()])]))
+    }
+
+    #[test]
+    fn a_raised_nospace_refuses_growing_writes_at_apply_and_survives_a_snapshot() {
+        let mut m = machine();
+        let put = encode_command(&Payload::Kv(kv::Command::Put(kv::PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })))
+        .unwrap();
+        let delete = encode_command(&Payload::Kv(kv::Command::DeleteRange(
+            kv::DeleteRangeRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            },
+        )))
+        .unwrap();
+        let alarm = |activate| {
+            encode_command(&Payload::Registry(RegistryOp::Alarm {
+                member_id: 9,
+                alarm: NOSPACE_ALARM,
+                activate,
+            }))
+            .unwrap()
+        };
+        assert!(matches!(m.apply(1, 1, &put, None), Ok(Ok(Applied::Kv(_)))));
+        assert_eq!(m.apply(2, 1, &alarm(true), None), Ok(Ok(Applied::Registry)));
+        assert_eq!(m.apply(3, 1, &put, None), Ok(Err(Refused::NoSpace)));
+        assert_eq!(m.applied_index(), 3);
+        let snap = m.snapshot().unwrap();
+        let mut other = machine();
+        other.restore(3, &snap).unwrap();
+        assert_eq!(other.registry().alarms(), vec![(9, NOSPACE_ALARM)]);
+        assert_eq!(other.apply(4, 1, &put, None), Ok(Err(Refused::NoSpace)));
+        assert!(matches!(
+            other.apply(5, 1, &delete, None),
+            Ok(Ok(Applied::Kv(kv::CommandResult::DeleteRange(_))))
+        ));
+        assert_eq!(
+            other.apply(6, 1, &alarm(false), None),
+            Ok(Ok(Applied::Registry))
+        );
+        assert!(matches!(
+            other.apply(7, 1, &put, None),
+            Ok(Ok(Applied::Kv(_)))
+        ));
+        assert_eq!(other.kv().read().unwrap().revision(), 4);
     }
 
     #[test]

@@ -128,8 +128,18 @@ pub async fn health(s: &Shared, q: &HealthQuery) -> Health {
         // ADR 0021: catching up after mid-log WAL damage, not a voter yet.
         return bad("LOG REPAIR IN PROGRESS");
     }
-    if !q.exclude_nospace && (s.gauges.no_space.load(Ordering::Relaxed) || s.over_quota()) {
-        return bad("ALARM NOSPACE");
+    // etcd: any alarm makes the member unhealthy ("ALARM NOSPACE",
+    // "ALARM CORRUPT"); `exclude=NOSPACE` ignores that one.
+    for a in s.alarms() {
+        let nospace = a.alarm == crate::proto::etcdserverpb::AlarmType::Nospace as i32;
+        if nospace && q.exclude_nospace {
+            continue;
+        }
+        return bad(if nospace {
+            "ALARM NOSPACE"
+        } else {
+            "ALARM CORRUPT"
+        });
     }
     if st.leader.is_none() {
         return bad("RAFT NO LEADER");
@@ -376,6 +386,26 @@ pub fn render(s: &Shared) -> String {
         g.sync_micros.load(Ordering::Relaxed) as f64 / 1e6
     );
     let _ = writeln!(out, "{name}_count {}", g.syncs.load(Ordering::Relaxed));
+
+    let h = &s.raft.backend_commits;
+    let name = "etcd_disk_backend_commit_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} The latency distributions of commit called by backend (here: how long an applied command holds the in-memory MVCC store's write lock).\n# TYPE {name} histogram"
+    );
+    let mut cumulative = 0u64;
+    for (i, le) in FSYNC_BUCKETS_SECONDS.iter().enumerate() {
+        cumulative += h.buckets[i].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    cumulative += h.buckets[FSYNC_BUCKETS_SECONDS.len()].load(Ordering::Relaxed);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(
+        out,
+        "{name}_sum {}",
+        h.micros.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(out, "{name}_count {}", h.count.load(Ordering::Relaxed));
 
     let name = "metalraft_peer_round_trip_seconds";
     let _ = writeln!(

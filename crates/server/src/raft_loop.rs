@@ -215,6 +215,8 @@ pub struct RaftHandle {
     pub status: watch::Receiver<NodeStatus>,
     /// The state machine (read under the lock for serializable reads).
     pub kv: Arc<RwLock<kv::MvccStore>>,
+    /// The store's commit latencies.
+    pub backend_commits: Arc<crate::writer::DurationHistogram>,
     /// The leader's lease deadlines (keepalives renew them).
     pub leases: crate::lease::LeaseClock,
     /// Applied events, for Watch streams.
@@ -418,6 +420,7 @@ impl RaftLoop {
             inputs: tx,
             status: status_rx,
             kv: r.state_machine().kv(),
+            backend_commits: r.state_machine().backend_commits(),
             leases: r.state_machine().leases(),
             stats: stats.clone(),
             registry: registry.clone(),
@@ -767,6 +770,7 @@ impl RaftLoop {
                 Ok(Applied::Kv(out)) => Ok(Some(out)),
                 Ok(Applied::Registry | Applied::Auth) => Ok(None),
                 Err(Refused::Auth(e)) => Err(EtcdError::Auth(e)),
+                Err(Refused::NoSpace) => Err(EtcdError::NoSpace),
                 Err(Refused::Kv(e)) => Err(command::request_error(e)),
                 Err(Refused::Undecodable(e)) => {
                     Err(EtcdError::Internal(format!("etcdserver: {e}")))

@@ -24,7 +24,7 @@
 //! Operations and snapshots are postcard, which is not self-describing, so
 //! both only ever grow at the end: new [`RegistryOp`] variants are appended
 //! (a WAL written before them still decodes), and [`SnapshotData`] gained
-//! its `attributes` as a last field, then `auth`. A snapshot written before
+//! its `attributes` as a last field, then `auth`, then `alarms`. A snapshot written before
 //! a field is the same bytes minus the field, which the full decoder
 //! refuses (input ends) and the legacy decoder accepts; a current snapshot
 //! leaves trailing bytes for the legacy decoders. So each snapshot decodes
@@ -83,6 +83,16 @@ pub enum RegistryOp {
         /// Peer URLs.
         peer_urls: Vec<String>,
     },
+    /// Maintenance.Alarm ACTIVATE (`activate`) or DEACTIVATE of `alarm`
+    /// (etcd's `AlarmType` number) for `member_id`, as etcd replicates it.
+    Alarm {
+        /// The member the alarm is raised for (any id, as in etcd).
+        member_id: u64,
+        /// etcd's `AlarmType` (1 NOSPACE, 2 CORRUPT).
+        alarm: i32,
+        /// Raise (`true`) or clear it.
+        activate: bool,
+    },
 }
 
 impl RegistryOp {
@@ -124,6 +134,8 @@ struct Inner {
     /// Ids of removed members (never reused; their messages are answered
     /// with [`REMOVED_MESSAGE`] so they stop, as in etcd).
     removed: BTreeSet<u64>,
+    /// Raised alarms: (member id, etcd `AlarmType`).
+    alarms: BTreeSet<(u64, i32)>,
 }
 
 /// The status message a removed member gets from its former peers.
@@ -147,6 +159,7 @@ impl Registry {
                 generation: 0,
                 members,
                 removed: BTreeSet::new(),
+                alarms: BTreeSet::new(),
             })),
         }
     }
@@ -155,8 +168,23 @@ impl Registry {
     /// changing the registry) is an error: the registry may be half-changed.
     pub fn apply(&self, op: &RegistryOp) -> Result<(), Poisoned> {
         let mut m = self.inner.write().map_err(|_| Poisoned)?;
+        if let RegistryOp::Alarm {
+            member_id,
+            alarm,
+            activate,
+        } = op
+        {
+            // Members are unchanged: no transport reconciliation.
+            if *activate {
+                m.alarms.insert((*member_id, *alarm));
+            } else {
+                m.alarms.remove(&(*member_id, *alarm));
+            }
+            return Ok(());
+        }
         m.generation += 1;
         match op {
+            RegistryOp::Alarm { .. } => {}
             RegistryOp::Add { id, peer_urls } => {
                 m.members.entry(*id).or_default().peer_urls = peer_urls.clone();
                 m.removed.remove(id);
@@ -261,7 +289,24 @@ impl Registry {
             kv,
             attributes,
             auth: Vec::new(),
+            alarms: m.alarms.clone(),
         })
+    }
+
+    /// The raised alarms: (member id, etcd `AlarmType`), in order.
+    pub fn alarms(&self) -> Vec<(u64, i32)> {
+        self.inner
+            .read()
+            .map(|m| m.alarms.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether any member's `alarm` is raised.
+    pub fn alarm_raised(&self, alarm: i32) -> bool {
+        self.inner
+            .read()
+            .map(|m| m.alarms.iter().any(|(_, a)| *a == alarm))
+            .unwrap_or(false)
     }
 
     /// Replaces the content with a snapshot's (restore). Attributes of ids
@@ -284,6 +329,7 @@ impl Registry {
             generation,
             members,
             removed: data.removed.clone(),
+            alarms: data.alarms.clone(),
         };
         Ok(())
     }
@@ -326,6 +372,19 @@ pub struct SnapshotData {
     /// snapshots written before auth existed, which decode as no users, no
     /// roles, auth disabled.
     pub auth: Vec<u8>,
+    /// Raised alarms (member id, etcd `AlarmType`); missing in snapshots
+    /// written before alarms were replicated, which decode with none.
+    pub alarms: BTreeSet<(u64, i32)>,
+}
+
+/// A snapshot as written before alarms were replicated.
+#[derive(Deserialize)]
+struct SnapshotDataV3 {
+    members: MemberUrls,
+    removed: BTreeSet<u64>,
+    kv: Vec<u8>,
+    attributes: BTreeMap<u64, Attributes>,
+    auth: Vec<u8>,
 }
 
 /// A snapshot as written before auth was replicated.
@@ -358,6 +417,16 @@ impl SnapshotData {
             Ok(d) => return Ok(d),
             Err(e) => e,
         };
+        if let Ok(v3) = decode_exact::<SnapshotDataV3>(bytes) {
+            return Ok(SnapshotData {
+                members: v3.members,
+                removed: v3.removed,
+                kv: v3.kv,
+                attributes: v3.attributes,
+                auth: v3.auth,
+                alarms: BTreeSet::new(),
+            });
+        }
         if let Ok(v2) = decode_exact::<SnapshotDataV2>(bytes) {
             return Ok(SnapshotData {
                 members: v2.members,
@@ -365,6 +434,7 @@ impl SnapshotData {
                 kv: v2.kv,
                 attributes: v2.attributes,
                 auth: Vec::new(),
+                alarms: BTreeSet::new(),
             });
         }
         match decode_exact::<SnapshotDataV1>(bytes) {
@@ -374,6 +444,7 @@ impl SnapshotData {
                 kv: v1.kv,
                 attributes: BTreeMap::new(),
                 auth: Vec::new(),
+                alarms: BTreeSet::new(),
             }),
             // Report the current format's complaint.
             Err(_) => Err(current),
@@ -527,15 +598,61 @@ mod tests {
         let mut long = bytes.clone();
         long.push(0);
         assert!(SnapshotData::decode(&long).is_err());
-        // With no auth state the last byte is its empty length, and the
-        // bytes before it are exactly the layout before auth (below).
+        // With no alarms the last byte is their empty length; one byte
+        // less cuts into the auth state, which no layout accepts.
         let with_auth = SnapshotData {
             auth: vec![1, 2, 3],
             ..r.snapshot_data(vec![1, 2, 3]).unwrap()
         }
         .encode()
         .unwrap();
-        assert!(SnapshotData::decode(&with_auth[..with_auth.len() - 1]).is_err());
+        assert!(SnapshotData::decode(&with_auth[..with_auth.len() - 2]).is_err());
+    }
+
+    #[test]
+    fn alarms_apply_travel_in_snapshots_and_old_snapshots_have_none() {
+        let r = Registry::new([(1, vec!["http://a:1".to_string()])]);
+        let generation = r.generation();
+        for (member_id, alarm, activate) in
+            [(1, 1, true), (9, 2, true), (9, 2, false), (1, 1, true)]
+        {
+            r.apply(&RegistryOp::Alarm {
+                member_id,
+                alarm,
+                activate,
+            })
+            .unwrap();
+        }
+        assert_eq!(r.alarms(), vec![(1, 1)]);
+        assert!(r.alarm_raised(1) && !r.alarm_raised(2));
+        assert_eq!(r.generation(), generation, "members unchanged");
+        let data = r.snapshot_data(vec![5]).unwrap();
+        let bytes = data.encode().unwrap();
+        let back = SnapshotData::decode(&bytes).unwrap();
+        assert_eq!(back, data);
+        let fresh = Registry::new([]);
+        fresh.restore(&back).unwrap();
+        assert_eq!(fresh.alarms(), vec![(1, 1)]);
+        // The layout before alarms: the same fields, minus the last.
+        #[derive(Serialize)]
+        struct V3<'a> {
+            members: &'a MemberUrls,
+            removed: &'a BTreeSet<u64>,
+            kv: &'a [u8],
+            attributes: &'a BTreeMap<u64, Attributes>,
+            auth: &'a [u8],
+        }
+        let old = postcard::to_allocvec(&V3 {
+            members: &data.members,
+            removed: &data.removed,
+            kv: &data.kv,
+            attributes: &data.attributes,
+            auth: &[1, 0],
+        })
+        .unwrap();
+        let decoded = SnapshotData::decode(&old).unwrap();
+        assert_eq!((decoded.kv, decoded.auth), (data.kv, vec![1, 0]));
+        assert!(decoded.alarms.is_empty());
     }
 
     #[test]

@@ -116,6 +116,33 @@ pub const FSYNC_BUCKETS_SECONDS: [f64; 14] = [
     8.192,
 ];
 
+/// A latency histogram over [`FSYNC_BUCKETS_SECONDS`] (etcd's disk
+/// buckets), for `/metrics`.
+#[derive(Debug, Default)]
+pub struct DurationHistogram {
+    /// Observations.
+    pub count: AtomicU64,
+    /// Their total, in microseconds.
+    pub micros: AtomicU64,
+    /// Count per bucket (non-cumulative; the last slot is +Inf).
+    pub buckets: [AtomicU64; FSYNC_BUCKETS_SECONDS.len() + 1],
+}
+
+impl DurationHistogram {
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let slot = FSYNC_BUCKETS_SECONDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(FSYNC_BUCKETS_SECONDS.len());
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
 impl WriterGauges {
     fn observe_sync(&self, d: Duration) {
         let secs = d.as_secs_f64();

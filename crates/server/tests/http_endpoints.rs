@@ -90,6 +90,7 @@ const MIXIN_SERIES: &[&str] = &[
     "etcd_server_proposals_applied_total",
     "etcd_server_proposals_pending",
     "etcd_disk_wal_fsync_duration_seconds_bucket",
+    "etcd_disk_backend_commit_duration_seconds_bucket",
     "etcd_mvcc_db_total_size_in_bytes",
     "etcd_mvcc_db_total_size_in_use_in_bytes",
     "etcd_server_quota_backend_bytes",
@@ -245,6 +246,25 @@ fn metrics_have_etcds_names_labels_and_counts() {
         ),
         Some(3.0)
     );
+    // The store's commits: etcd's 14 buckets (1 ms doubling to 8.192 s),
+    // cumulative up to +Inf, which counts at least the 3 puts.
+    let commit = "etcd_disk_backend_commit_duration_seconds";
+    let mut le = 0.001;
+    let mut last = 0.0;
+    for _ in 0..14 {
+        let v = sample(&text, &format!("{commit}_bucket{{le=\"{le}\"}}"))
+            .unwrap_or_else(|| panic!("{commit} bucket {le} missing"));
+        assert!(v >= last, "{commit} buckets are cumulative");
+        last = v;
+        le = ((le * 2.0) * 1000.0_f64).round() / 1000.0;
+    }
+    let count = sample(&text, &format!("{commit}_count")).unwrap();
+    assert_eq!(
+        sample(&text, &format!("{commit}_bucket{{le=\"+Inf\"}}")),
+        Some(count)
+    );
+    assert!(count >= 3.0, "{commit}_count {count}");
+    assert!(sample(&text, &format!("{commit}_sum")).unwrap() > 0.0);
     let received = sample(&text, "etcd_network_client_grpc_received_bytes_total").unwrap();
     assert!(received > 0.0);
     // This member is the leader: it sent entries to both followers.

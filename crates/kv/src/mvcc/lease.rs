@@ -18,7 +18,7 @@ use super::history::Past;
 use super::MvccStore;
 use crate::error::RequestError;
 use crate::request::{
-    Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseOption, LeaseRevokeRequest, PutRequest,
+    DeleteRangeRequest, LeaseGrantRequest, LeaseOption, LeaseRevokeRequest, PutRequest,
     RangeRequest, RequestOp, TxnLeases, TxnRequest,
 };
 use crate::response::{LeaseGrantResponse, LeaseRevokeResponse, RangeResponse, ResponseHeader};
@@ -99,30 +99,84 @@ impl Leases {
     }
 
     #[cfg(feature = "leases")]
-    /// The [`LeaseOption`]s of the branch a transaction will run, checked.
-    fn txn_branch<'a>(
+    /// The [`LeaseOption`]s of the puts a transaction will run, in the
+    /// order they run (nested transactions included), each checked.
+    fn txn_branch(
         &self,
         map: &BTreeMap<Vec<u8>, Entry>,
         t: &TxnRequest,
-        l: &'a TxnLeases,
-    ) -> Result<&'a [LeaseOption], RequestError> {
-        let succeeded = t
-            .compare
-            .iter()
-            .all(|c: &Compare| txn::holds(map, c, |k| self.lease_of(k)));
-        let (ops, opts) = if succeeded {
-            (&t.success, &l.success)
-        } else {
-            (&t.failure, &l.failure)
-        };
-        let puts = ops.iter().filter_map(|op| match op {
-            RequestOp::Put(p) => Some(p),
-            _ => None,
-        });
-        for (p, o) in puts.zip(opts) {
+        l: &TxnLeases,
+    ) -> Result<Vec<LeaseOption>, RequestError> {
+        let mut path = Vec::new();
+        txn::decide(map, t, &|k| self.lease_of(k), &mut path);
+        let held = path.first().copied().unwrap_or(false);
+        let opts = if held { &l.success } else { &l.failure };
+        let mut next = 0;
+        let mut opts = opts.iter();
+        let mut run = Vec::new();
+        collect_options(t, &path, &mut next, &mut opts, Some(&mut run));
+        for (p, o) in &run {
             self.check_put(map, p, o)?;
         }
-        Ok(opts)
+        Ok(run.into_iter().map(|(_, o)| o).collect())
+    }
+}
+
+#[cfg(feature = "leases")]
+/// Walks the branch of `t` that `path[*next]` names, taking one option from
+/// `opts` for every put in it (those of nested transactions included, in
+/// [`TxnLeases`] order); the puts that run, with their options, go to `run`
+/// (`None`: a branch that does not run, whose options are only skipped).
+fn collect_options<'t>(
+    t: &'t TxnRequest,
+    path: &[bool],
+    next: &mut usize,
+    opts: &mut core::slice::Iter<'_, LeaseOption>,
+    run: Option<&mut Vec<(&'t PutRequest, LeaseOption)>>,
+) {
+    let ops = txn::path_branch(t, path, next);
+    walk_options(ops, path, next, opts, run);
+}
+
+#[cfg(feature = "leases")]
+fn walk_options<'t>(
+    ops: &'t [RequestOp],
+    path: &[bool],
+    next: &mut usize,
+    opts: &mut core::slice::Iter<'_, LeaseOption>,
+    mut run: Option<&mut Vec<(&'t PutRequest, LeaseOption)>>,
+) {
+    for op in ops {
+        match op {
+            RequestOp::Put(p) => {
+                let o = opts.next().copied().unwrap_or_default();
+                if let Some(run) = run.as_deref_mut() {
+                    run.push((p, o));
+                }
+            }
+            RequestOp::Txn(inner) => match run.as_deref_mut() {
+                // A nested transaction of a branch that runs: its options
+                // are listed success first, then failure; only the branch
+                // its verdict names runs.
+                Some(run) => {
+                    let held = path.get(*next).copied().unwrap_or(false);
+                    *next += 1;
+                    let (first, second) = (&inner.success, &inner.failure);
+                    if held {
+                        walk_options(first, path, next, opts, Some(run));
+                        walk_options(second, path, next, opts, None);
+                    } else {
+                        walk_options(first, path, next, opts, None);
+                        walk_options(second, path, next, opts, Some(run));
+                    }
+                }
+                None => {
+                    walk_options(&inner.success, path, next, opts, None);
+                    walk_options(&inner.failure, path, next, opts, None);
+                }
+            },
+            _ => {}
+        }
     }
 }
 
@@ -212,11 +266,11 @@ impl MvccStore {
     }
 
     #[cfg(feature = "leases")]
-    pub(crate) fn check_lease_txn<'a>(
+    pub(crate) fn check_lease_txn(
         &self,
         t: &TxnRequest,
-        l: &'a TxnLeases,
-    ) -> Result<&'a [LeaseOption], RequestError> {
+        l: &TxnLeases,
+    ) -> Result<Vec<LeaseOption>, RequestError> {
         self.leases.txn_branch(&self.current.map, t, l)
     }
 

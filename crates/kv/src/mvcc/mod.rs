@@ -165,6 +165,8 @@ impl MvccStore {
         cmd.validate()?;
         // Writes run through the shared path with a hook that also keeps
         // lease attachments (a put without a lease detaches its key).
+        #[cfg(feature = "leases")]
+        let txn_puts: alloc::vec::Vec<LeaseOption>;
         let puts: &[LeaseOption] = match cmd {
             Command::Compact(r) => return Ok(CommandResult::Compact(self.compact(r)?)),
             Command::Range(r) => return Ok(CommandResult::Range(self.range(r)?)),
@@ -178,7 +180,10 @@ impl MvccStore {
                 core::slice::from_ref(l)
             }
             #[cfg(feature = "leases")]
-            Command::LeaseTxn(t, l) => self.check_lease_txn(t, l)?,
+            Command::LeaseTxn(t, l) => {
+                txn_puts = self.check_lease_txn(t, l)?;
+                &txn_puts
+            }
             Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) => &[],
         };
         let MvccStore {

@@ -119,13 +119,25 @@ where
         .into_response()
 }
 
+/// grpc-gateway's error object for a failed unary call, its fields in
+/// grpc-gateway's order (`error`, `message`, `code`).
+#[derive(Debug, serde::Serialize)]
+pub struct ErrorBody<'a> {
+    /// The gRPC message.
+    pub error: &'a str,
+    /// The gRPC message again.
+    pub message: &'a str,
+    /// The gRPC code's number.
+    pub code: i32,
+}
+
 /// grpc-gateway's error object for a failed unary call.
-pub fn error_body(status: &Status) -> serde_json::Value {
-    serde_json::json!({
-        "error": status.message(),
-        "code": status.code() as i32,
-        "message": status.message(),
-    })
+pub fn error_body(status: &Status) -> ErrorBody<'_> {
+    ErrorBody {
+        error: status.message(),
+        message: status.message(),
+        code: status.code() as i32,
+    }
 }
 
 /// The HTTP status grpc-gateway answers for a gRPC code.

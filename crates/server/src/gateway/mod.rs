@@ -5,7 +5,7 @@
 //! the gRPC API; and `GET /version`.
 //!
 //! - Unary calls answer one JSON object, or etcd's error object
-//!   `{"error": …, "code": <gRPC code>, "message": …}` with the HTTP status
+//!   `{"error": …, "message": …, "code": <gRPC code>}` with the HTTP status
 //!   grpc-gateway maps the code to.
 //! - Streaming calls (`/v3/watch`) read a sequence of JSON requests from the
 //!   body as they arrive and answer a chunked body of one
@@ -40,7 +40,7 @@ use crate::proto::v3electionpb::election_server::Election as _;
 use crate::proto::v3lockpb::lock_server::Lock as _;
 use tokio_stream::StreamExt;
 
-pub use json::{error_body, http_status};
+pub use json::{error_body, http_status, ErrorBody};
 
 /// The path prefixes served: etcd 3.4 answers both.
 pub const PREFIXES: [&str; 2] = ["/v3", "/v3beta"];

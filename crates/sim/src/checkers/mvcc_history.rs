@@ -200,6 +200,7 @@ impl ReferenceHistory {
                         RequestOp::Put(p) => w.put(&mut self.live, p),
                         RequestOp::DeleteRange(d) => w.delete(&mut self.live, d),
                         RequestOp::Range(_) => {}
+                        RequestOp::Txn(_) => panic!("model: the workload sends no nested txns"),
                     }
                 }
             }
