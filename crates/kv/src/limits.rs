@@ -24,6 +24,12 @@ pub const MAX_VALUE_BYTES: usize = MAX_REQUEST_BYTES;
 /// `failure` lists: etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
 
+/// Most levels of transactions nested in one another (the outer one is
+/// level 1). [`MAX_TXN_OPS`] bounds it already for a valid command (a
+/// nested transaction gets what its parent's longest list leaves); decoding
+/// enforces it before recursing, so no input, valid or not, nests deeper.
+pub const MAX_TXN_DEPTH: usize = MAX_TXN_OPS;
+
 /// Bytes of framing (tags, varint lengths and integers) an encoded command
 /// may carry on top of its payload. A maximal transaction (3 lists of
 /// [`MAX_TXN_OPS`] items) needs under 100 bytes per item.

@@ -244,7 +244,12 @@ impl Compare {
 }
 
 /// etcd `RequestOp`: one operation in a transaction branch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `Deserialize` is written by hand ([`crate::nesting`]): decoding counts
+/// how deep transactions nest and refuses more than
+/// [`MAX_TXN_DEPTH`](crate::MAX_TXN_DEPTH) levels before recursing, so
+/// bytes from a peer or a damaged log cannot exhaust the stack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum RequestOp {
     /// A read.
     Range(RangeRequest),
@@ -260,7 +265,8 @@ pub enum RequestOp {
 }
 
 /// etcd `TxnRequest`: if every compare holds, run `success`, else `failure`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// (`Deserialize` by hand, as for [`RequestOp`].)
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TxnRequest {
     /// Conditions, all of which must hold.
     pub compare: Vec<Compare>,

@@ -234,15 +234,12 @@ pub struct ServerMachine {
     /// Bumped whenever the store is replaced (restore), so a snapshot job
     /// reading it from another thread notices.
     generation: Arc<AtomicU64>,
-<<<<<<< HEAD
     /// The write path's stage histograms (`apply_lock_wait`, `apply`).
     latency: Arc<Latency>,
-=======
     /// How long each applied key-value command held the store's write lock
     /// (`etcd_disk_backend_commit_duration_seconds`): the MVCC store's
     /// commit, which etcd makes in a bbolt transaction.
     backend_commits: Arc<DurationHistogram>,
->>>>>>> etcdapi
 }
 
 impl ServerMachine {
@@ -256,8 +253,8 @@ impl ServerMachine {
             leases: LeaseClock::new(),
             watch_feed: WatchFeed::new(),
             generation: Arc::new(AtomicU64::new(0)),
-<<<<<<< HEAD
             latency: Arc::default(),
+            backend_commits: Arc::default(),
         }
     }
 
@@ -265,15 +262,11 @@ impl ServerMachine {
     /// (the member's, exported in `/metrics`).
     pub fn set_latency(&mut self, latency: Arc<Latency>) {
         self.latency = latency;
-=======
-            backend_commits: Arc::default(),
-        }
     }
 
     /// The store's commit latencies, for `/metrics`.
     pub fn backend_commits(&self) -> Arc<DurationHistogram> {
         self.backend_commits.clone()
->>>>>>> etcdapi
     }
 
     /// Freezes the state for a snapshot at the current applied index (the
@@ -407,7 +400,6 @@ impl StateMachine for ServerMachine {
                 // nobody listens. A subscriber that arrives meanwhile finds
                 // the gap by revision and reads history (`crate::watch`).
                 let events = events.filter(|_| self.watch_feed.streams() > 0);
-<<<<<<< HEAD
                 let asked = std::time::Instant::now();
                 let mut store = self.store()?;
                 let locked = std::time::Instant::now();
@@ -417,12 +409,10 @@ impl StateMachine for ServerMachine {
                 );
                 let out = StateMachine::apply(&mut *store, index, term, body, events)?;
                 drop(store);
+                // The store's commit (etcd's bbolt transaction): the time
+                // the write lock was held.
+                self.backend_commits.observe(locked.elapsed());
                 self.latency.since(Stage::Apply, locked);
-=======
-                let started = std::time::Instant::now();
-                let out = StateMachine::apply(&mut *self.store()?, index, term, body, events)?;
-                self.backend_commits.observe(started.elapsed());
->>>>>>> etcdapi
                 self.applied = index;
                 match out {
                     Ok(r) => {

@@ -1,0 +1,239 @@
+//! `Deserialize` for [`TxnRequest`] and [`RequestOp`], the two types that
+//! contain each other: a nested transaction is a `RequestOp::Txn`. Derived
+//! code would recurse once per level for as long as the input says, so a
+//! command of a few hundred kilobytes from a peer or a damaged log could
+//! nest deeply enough to overflow the stack before validation ever ran.
+//! These seeds carry the depth down and refuse a transaction nested more
+//! than [`MAX_TXN_DEPTH`] levels deep before decoding it.
+//!
+//! The wire form is the derived one (postcard encodes a struct as a
+//! sequence and an enum as a variant index then its content), so the
+//! encoding is unchanged; only sequence-shaped formats are supported, which
+//! is all this crate decodes (see `codec.rs`).
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde::de::{
+    self, DeserializeSeed, Deserializer, EnumAccess, SeqAccess, VariantAccess, Visitor,
+};
+use serde::Deserialize;
+
+use crate::limits::MAX_TXN_DEPTH;
+use crate::request::{
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+
+const TXN_FIELDS: &[&str] = &["compare", "success", "failure"];
+const OP_VARIANTS: &[&str] = &["Range", "Put", "DeleteRange", "Txn"];
+
+/// A transaction at `level` (the outer one is level 1).
+struct TxnSeed {
+    level: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for TxnSeed {
+    type Value = TxnRequest;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<TxnRequest, D::Error> {
+        if self.level > MAX_TXN_DEPTH {
+            return Err(de::Error::custom("transactions nested too deep"));
+        }
+        d.deserialize_struct("TxnRequest", TXN_FIELDS, self)
+    }
+}
+
+impl<'de> Visitor<'de> for TxnSeed {
+    type Value = TxnRequest;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a TxnRequest")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TxnRequest, A::Error> {
+        let missing = |i| de::Error::invalid_length(i, &"3 fields");
+        let compare: Vec<Compare> = seq.next_element()?.ok_or_else(|| missing(0))?;
+        let ops = OpsSeed { level: self.level };
+        let success = seq.next_element_seed(ops)?.ok_or_else(|| missing(1))?;
+        let ops = OpsSeed { level: self.level };
+        let failure = seq.next_element_seed(ops)?.ok_or_else(|| missing(2))?;
+        Ok(TxnRequest {
+            compare,
+            success,
+            failure,
+        })
+    }
+}
+
+/// One branch of a transaction at `level`.
+struct OpsSeed {
+    level: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for OpsSeed {
+    type Value = Vec<RequestOp>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<RequestOp>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OpsSeed {
+    type Value = Vec<RequestOp>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of RequestOp")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<RequestOp>, A::Error> {
+        // No capacity from the length prefix: the input could claim any.
+        let mut ops = Vec::new();
+        while let Some(op) = seq.next_element_seed(OpSeed { level: self.level })? {
+            ops.push(op);
+        }
+        Ok(ops)
+    }
+}
+
+/// One operation of a transaction at `level`.
+struct OpSeed {
+    level: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for OpSeed {
+    type Value = RequestOp;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RequestOp, D::Error> {
+        d.deserialize_enum("RequestOp", OP_VARIANTS, self)
+    }
+}
+
+impl<'de> Visitor<'de> for OpSeed {
+    type Value = RequestOp;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a RequestOp")
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<RequestOp, A::Error> {
+        // Variant indices in declaration order, as the derived `Serialize`
+        // writes them.
+        let (index, v): (u32, _) = data.variant()?;
+        match index {
+            0 => Ok(RequestOp::Range(v.newtype_variant::<RangeRequest>()?)),
+            1 => Ok(RequestOp::Put(v.newtype_variant::<PutRequest>()?)),
+            2 => Ok(RequestOp::DeleteRange(
+                v.newtype_variant::<DeleteRangeRequest>()?,
+            )),
+            3 => Ok(RequestOp::Txn(v.newtype_variant_seed(TxnSeed {
+                level: self.level + 1,
+            })?)),
+            other => Err(de::Error::invalid_value(
+                de::Unexpected::Unsigned(u64::from(other)),
+                &"a RequestOp variant index (0-3)",
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TxnRequest {
+    /// A transaction that is not nested in another (level 1).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<TxnRequest, D::Error> {
+        TxnSeed { level: 1 }.deserialize(d)
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestOp {
+    /// An operation of a transaction that is not nested (level 1).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RequestOp, D::Error> {
+        OpSeed { level: 1 }.deserialize(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Command, DecodeError, MAX_TXN_OPS};
+
+    fn nested(levels: usize) -> TxnRequest {
+        let mut t = TxnRequest {
+            success: alloc::vec![RequestOp::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                ..PutRequest::default()
+            })],
+            ..TxnRequest::default()
+        };
+        for _ in 1..levels {
+            t = TxnRequest {
+                success: alloc::vec![RequestOp::Txn(t)],
+                ..TxnRequest::default()
+            };
+        }
+        t
+    }
+
+    /// The encoding of `Command::Txn(nested(levels))`, built without the
+    /// value (a very deep value overflows the stack when it is encoded or
+    /// dropped): each level wraps the next as `compare: []`,
+    /// `success: [Txn(..)]`, `failure: []`.
+    fn deep_bytes(levels: usize) -> Vec<u8> {
+        let one = Command::Txn(nested(1)).encode();
+        // [format version, Command::Txn's index], then the txn.
+        let (head, txn) = one.split_at(2);
+        let mut bytes = head.to_vec();
+        for _ in 1..levels {
+            // compare: 0 items; success: 1 item, variant 3 (Txn).
+            bytes.extend_from_slice(&[0, 1, 3]);
+        }
+        bytes.extend_from_slice(txn);
+        // Each wrapper's failure: 0 items.
+        bytes.resize(bytes.len() + levels - 1, 0);
+        bytes
+    }
+
+    #[test]
+    fn the_encoding_round_trips_at_every_allowed_depth() {
+        for levels in [1, 2, 3, 17, MAX_TXN_DEPTH] {
+            let cmd = Command::Txn(nested(levels));
+            let bytes = cmd.encode();
+            assert_eq!(Command::decode(&bytes), Ok(cmd), "{levels} levels");
+        }
+    }
+
+    #[test]
+    fn deeper_nesting_is_refused_before_it_is_decoded() {
+        // The hand-made encoding is the real one.
+        for levels in [1, 2, 5] {
+            assert_eq!(deep_bytes(levels), Command::Txn(nested(levels)).encode());
+        }
+        assert!(Command::decode(&deep_bytes(MAX_TXN_DEPTH)).is_ok());
+        assert_eq!(
+            Command::decode(&deep_bytes(MAX_TXN_DEPTH + 1)),
+            Err(DecodeError::Malformed)
+        );
+        // Far deeper than derived code's recursion would survive, and
+        // within the command size limit: four bytes a level.
+        assert_eq!(
+            Command::decode(&deep_bytes(300_000)),
+            Err(DecodeError::Malformed)
+        );
+        const { assert!(MAX_TXN_DEPTH <= MAX_TXN_OPS) };
+    }
+
+    #[test]
+    fn an_unknown_variant_index_is_malformed() {
+        let cmd = Command::Txn(TxnRequest {
+            success: alloc::vec![RequestOp::Range(RangeRequest::default())],
+            ..TxnRequest::default()
+        });
+        let mut bytes = cmd.encode();
+        // The Range's variant index sits before its body and the failure
+        // list's length (one byte, 0).
+        let range = postcard::to_allocvec(&RangeRequest::default()).expect("encodes");
+        let idx = bytes.len() - 2 - range.len();
+        assert_eq!(bytes[idx], 0, "the Range variant index");
+        bytes[idx] = 9;
+        assert_eq!(Command::decode(&bytes), Err(DecodeError::Malformed));
+    }
+}
