@@ -97,6 +97,7 @@ impl<'de> Visitor<'de> for OpsSeed {
 
 /// One operation of a transaction at `level`.
 struct OpSeed {
+    #[cfg_attr(not(feature = "nested-txn"), allow(dead_code))]
     level: usize,
 }
 
@@ -125,6 +126,7 @@ impl<'de> Visitor<'de> for OpSeed {
             2 => Ok(RequestOp::DeleteRange(
                 v.newtype_variant::<DeleteRangeRequest>()?,
             )),
+            #[cfg(feature = "nested-txn")]
             3 => Ok(RequestOp::Txn(v.newtype_variant_seed(TxnSeed {
                 level: self.level + 1,
             })?)),
@@ -153,8 +155,11 @@ impl<'de> Deserialize<'de> for RequestOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Command, DecodeError, MAX_TXN_OPS};
+    #[cfg(feature = "nested-txn")]
+    use crate::MAX_TXN_OPS;
+    use crate::{Command, DecodeError};
 
+    #[cfg(feature = "nested-txn")]
     fn nested(levels: usize) -> TxnRequest {
         let mut t = TxnRequest {
             success: alloc::vec![RequestOp::Put(PutRequest {
@@ -177,6 +182,7 @@ mod tests {
     /// value (a very deep value overflows the stack when it is encoded or
     /// dropped): each level wraps the next as `compare: []`,
     /// `success: [Txn(..)]`, `failure: []`.
+    #[cfg(feature = "nested-txn")]
     fn deep_bytes(levels: usize) -> Vec<u8> {
         let one = Command::Txn(nested(1)).encode();
         // [format version, Command::Txn's index], then the txn.
@@ -192,6 +198,7 @@ mod tests {
         bytes
     }
 
+    #[cfg(feature = "nested-txn")]
     #[test]
     fn the_encoding_round_trips_at_every_allowed_depth() {
         for levels in [1, 2, 3, 17, MAX_TXN_DEPTH] {
@@ -201,6 +208,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "nested-txn")]
     #[test]
     fn deeper_nesting_is_refused_before_it_is_decoded() {
         // The hand-made encoding is the real one.

@@ -79,7 +79,7 @@ fn passes_filters(req: &RangeRequest, e: &Entry) -> bool {
 
 /// etcd's sort rules: a target other than the key with no order sorts
 /// ascending; key/ascend is the natural order. Ties (which etcd leaves in an
-/// unspecified order) stay in key order here: the sort is stable.
+/// unspecified order) stay in key order here.
 fn sort(found: &mut [(&Vec<u8>, &Entry)], order: SortOrder, target: SortTarget) {
     let order = match (target, order) {
         (SortTarget::Key, SortOrder::Ascend) => SortOrder::None,
@@ -101,16 +101,14 @@ fn sort(found: &mut [(&Vec<u8>, &Entry)], order: SortOrder, target: SortTarget) 
         SortOrder::Ascend => false,
         SortOrder::Descend => true,
     };
-    // One `sort_by` call, so one copy of the stable sort (each closure type
-    // is another ~2.5 KB of firmware `.text`). The comparisons are total
-    // orders, so reversing one gives the descending order, ties included.
-    found.sort_by(|a, b| {
+    // `found` is in key order, so breaking ties by key (ascending, also
+    // when descending) gives exactly what a stable sort would, with the
+    // unstable sort: the firmware then carries no stable sort at all
+    // (about 2.8 KB of `.text`). One call, so one copy.
+    found.sort_unstable_by(|a, b| {
         let o = by(a, b);
-        if descend {
-            o.reverse()
-        } else {
-            o
-        }
+        let o = if descend { o.reverse() } else { o };
+        o.then_with(|| a.0.cmp(b.0))
     });
 }
 

@@ -261,6 +261,8 @@ pub enum RequestOp {
     /// against the store as it was before the outer transaction, as etcd
     /// does, and the whole outer transaction is one revision. Appended
     /// after the other variants, so earlier encodings are unchanged.
+    /// (Feature `nested-txn`, on by default.)
+    #[cfg(feature = "nested-txn")]
     Txn(TxnRequest),
 }
 

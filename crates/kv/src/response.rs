@@ -70,6 +70,8 @@ pub enum ResponseOp {
     DeleteRange(DeleteRangeResponse),
     /// Result of a nested transaction. As in etcd, its header is empty
     /// (revision 0): only the outer transaction's header carries one.
+    /// (Feature `nested-txn`, on by default.)
+    #[cfg(feature = "nested-txn")]
     Txn(TxnResponse),
 }
 

@@ -70,6 +70,7 @@ pub(crate) fn decide(
 ) {
     let held = t.compare.iter().all(|c| holds(map, c, lease_of));
     path.push(held);
+    #[cfg(feature = "nested-txn")]
     for op in branch(t, held) {
         if let RequestOp::Txn(inner) = op {
             decide(map, inner, lease_of, path);
@@ -130,6 +131,7 @@ fn check_ops(
                 *wrote = true;
             }
             RequestOp::DeleteRange(_) => *wrote = true,
+            #[cfg(feature = "nested-txn")]
             RequestOp::Txn(inner) => check_ops(map, inner, path, next, wrote, check_range)?,
         }
     }

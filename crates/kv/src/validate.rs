@@ -75,6 +75,7 @@ fn txn_bytes(t: &TxnRequest) -> usize {
             RequestOp::Range(r) => r.key.len() + r.range_end.len(),
             RequestOp::Put(r) => r.key.len() + r.value.len(),
             RequestOp::DeleteRange(r) => r.key.len() + r.range_end.len(),
+            #[cfg(feature = "nested-txn")]
             RequestOp::Txn(t) => txn_bytes(t),
         }
     }
@@ -167,6 +168,7 @@ fn check_txn_ops(t: &TxnRequest, budget: usize) -> Result<(), RequestError> {
             RequestOp::Range(r) => check_range(r)?,
             RequestOp::Put(r) => check_put(r)?,
             RequestOp::DeleteRange(r) => check_delete(r)?,
+            #[cfg(feature = "nested-txn")]
             RequestOp::Txn(inner) => check_txn_ops(inner, budget - len)?,
         }
     }
@@ -213,6 +215,7 @@ fn check_duplicates(ops: &[RequestOp]) -> Result<Intervals<'_>, RequestError> {
             here.dels.push(d);
         }
     }
+    #[cfg(feature = "nested-txn")]
     for op in ops {
         let RequestOp::Txn(t) = op else { continue };
         let then = check_duplicates(&t.success)?;
@@ -278,6 +281,7 @@ pub(crate) fn count_puts(ops: &[RequestOp]) -> usize {
     ops.iter()
         .map(|op| match op {
             RequestOp::Put(_) => 1,
+            #[cfg(feature = "nested-txn")]
             RequestOp::Txn(t) => count_puts(&t.success) + count_puts(&t.failure),
             _ => 0,
         })

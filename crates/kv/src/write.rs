@@ -279,6 +279,7 @@ impl KvStore {
                     *changed |= resp.deleted > 0;
                     ResponseOp::DeleteRange(resp)
                 }
+                #[cfg(feature = "nested-txn")]
                 RequestOp::Txn(inner) => {
                     ResponseOp::Txn(self.run_txn(inner, path, next, rev, start, changed, history))
                 }
@@ -301,6 +302,7 @@ fn set_headers(responses: &mut [ResponseOp], header: ResponseHeader) {
             ResponseOp::Range(r) => r.header = header,
             ResponseOp::Put(r) => r.header = header,
             ResponseOp::DeleteRange(r) => r.header = header,
+            #[cfg(feature = "nested-txn")]
             ResponseOp::Txn(t) => set_headers(&mut t.responses, header),
         }
     }

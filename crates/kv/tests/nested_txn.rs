@@ -1,3 +1,4 @@
+#![cfg(feature = "nested-txn")]
 //! Nested transactions (`RequestOp::Txn`, etcd's `request_txn`) with etcd
 //! 3.4's semantics: one revision for the whole transaction, nested compares
 //! decided against the store before any write, etcd's duplicate-key and

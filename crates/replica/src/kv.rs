@@ -253,6 +253,7 @@ fn restored<S>(
 fn all_ops<'a>(ops: &'a [RequestOp], out: &mut Vec<&'a RequestOp>) {
     for op in ops {
         match op {
+            #[cfg(feature = "nested-txn")]
             RequestOp::Txn(t) => {
                 all_ops(&t.success, out);
                 all_ops(&t.failure, out);
@@ -311,6 +312,7 @@ fn ran(
     let ops = if r.succeeded { &t.success } else { &t.failure };
     for (op, resp) in ops.iter().zip(&r.responses) {
         match (op, resp) {
+            #[cfg(feature = "nested-txn")]
             (RequestOp::Txn(t), metalraft_kv::ResponseOp::Txn(r)) => ran(t, r, f, changes),
             (op, _) => f(op, changes),
         }
@@ -424,7 +426,7 @@ mod tests {
         assert_eq!(at2.kvs[0].value, b"1");
     }
 
-    #[cfg(feature = "kv-events")]
+    #[cfg(all(feature = "kv-events", feature = "nested-txn"))]
     #[test]
     fn kv_store_events_follow_nested_txns_in_order() {
         let mut kv = KvStore::new();

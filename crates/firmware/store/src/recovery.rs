@@ -102,10 +102,6 @@ fn scan<D: BlockDevice>(disk: &mut D, start: u64, mut chain: Chain) -> Result<Sc
     end(slots, sector, chain, false)
 }
 
-/// Sectors [`highest_epoch`] reads per request (a 4 KiB buffer, freed
-/// before the node runs).
-pub(crate) const EPOCH_SCAN_CHUNK_SECTORS: u64 = 8;
-
 /// The highest epoch of any intact record anywhere in the log ring, in the
 /// chain or not (0 if there is none).
 ///
@@ -119,29 +115,22 @@ pub(crate) const EPOCH_SCAN_CHUNK_SECTORS: u64 = 8;
 fn highest_epoch<D: BlockDevice>(disk: &mut D) -> Result<u32, StoreError> {
     let total = disk.sectors();
     let mut best = 0u32;
-    let mut chunk = vec![0u8; EPOCH_SCAN_CHUNK_SECTORS as usize * SECTOR_BYTES];
-    let mut at = LOG_START_SECTOR;
-    while at < total {
-        let n = (total - at).min(EPOCH_SCAN_CHUNK_SECTORS);
-        let buf = &mut chunk[..n as usize * SECTOR_BYTES];
-        disk.read(at, buf)?;
-        for (i, sector) in buf.chunks_exact(SECTOR_BYTES).enumerate() {
-            let Ok(h) = RecordHeader::decode(sector) else {
-                continue;
-            };
-            let start = at + i as u64;
-            // Only a higher epoch matters, and only if the record is intact
-            // (a record never runs past the end of the disk).
-            if h.epoch <= best || start + h.sectors() > total {
-                continue;
-            }
-            let mut rec = vec![0u8; h.sectors() as usize * SECTOR_BYTES];
-            disk.read(start, &mut rec)?;
-            if h.verify(&rec).is_ok() {
-                best = h.epoch;
-            }
+    let mut first = [0u8; SECTOR_BYTES];
+    for at in LOG_START_SECTOR..total {
+        disk.read(at, &mut first)?;
+        let Ok(h) = RecordHeader::decode(&first) else {
+            continue;
+        };
+        // Only a higher epoch matters, and only if the record is intact
+        // (a record never runs past the end of the disk).
+        if h.epoch <= best || at + h.sectors() > total {
+            continue;
         }
-        at += n;
+        let mut rec = vec![0u8; h.sectors() as usize * SECTOR_BYTES];
+        disk.read(at, &mut rec)?;
+        if h.verify(&rec).is_ok() {
+            best = h.epoch;
+        }
     }
     Ok(best)
 }

@@ -154,6 +154,7 @@ fn walk_options<'t>(
                     run.push((p, o));
                 }
             }
+            #[cfg(feature = "nested-txn")]
             RequestOp::Txn(inner) => match run.as_deref_mut() {
                 // A nested transaction of a branch that runs: its options
                 // are listed success first, then failure; only the branch
