@@ -1,5 +1,7 @@
 //! `Deserialize` for [`TxnRequest`] and [`RequestOp`], the two types that
-//! contain each other: a nested transaction is a `RequestOp::Txn`. Derived
+//! contain each other (a nested transaction is a `RequestOp::Txn`), and
+//! for their results [`TxnResponse`] and [`ResponseOp`] (a follower decodes
+//! those from the leader). Derived
 //! code would recurse once per level for as long as the input says, so a
 //! command of a few hundred kilobytes from a peer or a damaged log could
 //! nest deeply enough to overflow the stack before validation ever ran.
@@ -22,6 +24,9 @@ use serde::Deserialize;
 use crate::limits::MAX_TXN_DEPTH;
 use crate::request::{
     Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use crate::response::{
+    DeleteRangeResponse, PutResponse, RangeResponse, ResponseHeader, ResponseOp, TxnResponse,
 };
 
 const TXN_FIELDS: &[&str] = &["compare", "success", "failure"];
@@ -152,6 +157,132 @@ impl<'de> Deserialize<'de> for RequestOp {
     }
 }
 
+const TXN_RESPONSE_FIELDS: &[&str] = &["header", "succeeded", "responses"];
+
+/// A transaction's result at `level` (the outer one is level 1).
+struct TxnResponseSeed {
+    level: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for TxnResponseSeed {
+    type Value = TxnResponse;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<TxnResponse, D::Error> {
+        if self.level > MAX_TXN_DEPTH {
+            return Err(de::Error::custom("transactions nested too deep"));
+        }
+        d.deserialize_struct("TxnResponse", TXN_RESPONSE_FIELDS, self)
+    }
+}
+
+impl<'de> Visitor<'de> for TxnResponseSeed {
+    type Value = TxnResponse;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a TxnResponse")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TxnResponse, A::Error> {
+        let missing = |i| de::Error::invalid_length(i, &"3 fields");
+        let header: ResponseHeader = seq.next_element()?.ok_or_else(|| missing(0))?;
+        let succeeded: bool = seq.next_element()?.ok_or_else(|| missing(1))?;
+        let responses = seq
+            .next_element_seed(ResponsesSeed { level: self.level })?
+            .ok_or_else(|| missing(2))?;
+        Ok(TxnResponse {
+            header,
+            succeeded,
+            responses,
+        })
+    }
+}
+
+/// The results of a transaction's branch at `level`.
+struct ResponsesSeed {
+    level: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ResponsesSeed {
+    type Value = Vec<ResponseOp>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<ResponseOp>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ResponsesSeed {
+    type Value = Vec<ResponseOp>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of ResponseOp")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<ResponseOp>, A::Error> {
+        let mut out = Vec::new();
+        while let Some(r) = seq.next_element_seed(ResponseSeed { level: self.level })? {
+            out.push(r);
+        }
+        Ok(out)
+    }
+}
+
+/// One operation's result in a transaction at `level`.
+struct ResponseSeed {
+    #[cfg_attr(not(feature = "nested-txn"), allow(dead_code))]
+    level: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ResponseSeed {
+    type Value = ResponseOp;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ResponseOp, D::Error> {
+        d.deserialize_enum("ResponseOp", OP_VARIANTS, self)
+    }
+}
+
+impl<'de> Visitor<'de> for ResponseSeed {
+    type Value = ResponseOp;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a ResponseOp")
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<ResponseOp, A::Error> {
+        let (index, v): (u32, _) = data.variant()?;
+        match index {
+            0 => Ok(ResponseOp::Range(v.newtype_variant::<RangeResponse>()?)),
+            1 => Ok(ResponseOp::Put(v.newtype_variant::<PutResponse>()?)),
+            2 => Ok(ResponseOp::DeleteRange(
+                v.newtype_variant::<DeleteRangeResponse>()?,
+            )),
+            #[cfg(feature = "nested-txn")]
+            3 => Ok(ResponseOp::Txn(v.newtype_variant_seed(
+                TxnResponseSeed {
+                    level: self.level + 1,
+                },
+            )?)),
+            other => Err(de::Error::invalid_value(
+                de::Unexpected::Unsigned(u64::from(other)),
+                &"a ResponseOp variant index (0-3)",
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TxnResponse {
+    /// A transaction's result that is not nested in another (level 1).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<TxnResponse, D::Error> {
+        TxnResponseSeed { level: 1 }.deserialize(d)
+    }
+}
+
+impl<'de> Deserialize<'de> for ResponseOp {
+    /// An operation's result in a transaction that is not nested (level 1).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ResponseOp, D::Error> {
+        ResponseSeed { level: 1 }.deserialize(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +358,33 @@ mod tests {
             Err(DecodeError::Malformed)
         );
         const { assert!(MAX_TXN_DEPTH <= MAX_TXN_OPS) };
+    }
+
+    #[cfg(feature = "nested-txn")]
+    #[test]
+    fn results_round_trip_and_deep_ones_are_refused() {
+        use crate::CommandResult;
+        let mut r = TxnResponse {
+            succeeded: true,
+            responses: alloc::vec![ResponseOp::Put(PutResponse::default())],
+            ..TxnResponse::default()
+        };
+        for _ in 1..MAX_TXN_DEPTH {
+            r = TxnResponse {
+                responses: alloc::vec![ResponseOp::Txn(r)],
+                ..TxnResponse::default()
+            };
+        }
+        let ok = CommandResult::Txn(r.clone());
+        assert_eq!(CommandResult::decode(&ok.encode()), Ok(ok));
+        let deeper = CommandResult::Txn(TxnResponse {
+            responses: alloc::vec![ResponseOp::Txn(r)],
+            ..TxnResponse::default()
+        });
+        assert_eq!(
+            CommandResult::decode(&deeper.encode()),
+            Err(DecodeError::Malformed)
+        );
     }
 
     #[test]

@@ -60,7 +60,9 @@ pub struct RangeResponse {
 }
 
 /// etcd `ResponseOp`: the result of one [`RequestOp`](crate::RequestOp).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// (`Deserialize` by hand, depth-limited as for
+/// [`RequestOp`](crate::RequestOp): results come from the leader.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum ResponseOp {
     /// Result of a read.
     Range(RangeResponse),
@@ -75,8 +77,8 @@ pub enum ResponseOp {
     Txn(TxnResponse),
 }
 
-/// etcd `TxnResponse`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// etcd `TxnResponse`. (`Deserialize` by hand, as for [`ResponseOp`].)
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TxnResponse {
     /// Revision after the transaction (one more than before if it wrote).
     pub header: ResponseHeader,
