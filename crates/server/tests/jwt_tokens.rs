@@ -192,11 +192,38 @@ fn jwt_tokens_work_on_every_member_and_tampered_ones_are_refused() {
     let (opub, opriv) = es256_keys(keys.path(), "other");
     let foreign = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
-        &serde_json::json!({"username": "root", "revision": claims.revision, "exp": now + 300}),
+        &serde_json::json!({"username": "root", "revision": claims.revision + 100, "exp": now + 300}),
         &jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(&opriv).unwrap()).unwrap(),
     )
     .unwrap();
     drop(opub);
+    // Any change of users or roles makes earlier tokens old, on every
+    // member (etcd 3.4's auth revision check); a new token works.
+    ctl_ok(&ep0, Some("root:pw"), &["role", "add", "r2"]);
+    for port in [p0, p1, p2] {
+        let old = eventually("the role change applied everywhere", || {
+            let (code, got) = post(port, "/v3/kv/range", range, Some(&token));
+            (code != 200).then_some((code, got))
+        });
+        assert!(
+            old.1
+                .to_string()
+                .contains("etcdserver: revision of auth store is old"),
+            ":{port}: {old:?}"
+        );
+    }
+    let (_, got) = post(
+        p1,
+        "/v3/auth/authenticate",
+        r#"{"name":"root","password":"pw"}"#,
+        None,
+    );
+    let fresh = got["token"].as_str().expect("token").to_string();
+    for port in [p0, p1, p2] {
+        let (code, got) = post(port, "/v3/kv/range", range, Some(&fresh));
+        assert_eq!(code, 200, ":{port}: {got}");
+    }
+
     for bad in [
         &tampered_sig,
         &forged_payload,

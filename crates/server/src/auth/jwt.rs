@@ -208,15 +208,15 @@ impl JwtTokens {
         jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.encoding)
     }
 
-    /// The user a token names, if it was signed with our key and method
-    /// and has not expired at `now`.
-    pub fn verify(&self, token: &str, now: SystemTime) -> Option<String> {
+    /// The user a token names and the auth revision it was issued at, if
+    /// it was signed with our key and method and has not expired at `now`.
+    pub fn verify(&self, token: &str, now: SystemTime) -> Option<(String, u64)> {
         let mut v = Validation::new(self.alg);
         // `exp` is checked below against `now`, with no leeway.
         v.validate_exp = false;
         v.set_required_spec_claims(&["exp"]);
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &v).ok()?;
-        (data.claims.exp > unix_secs(now)).then_some(data.claims.username)
+        (data.claims.exp > unix_secs(now)).then_some((data.claims.username, data.claims.revision))
     }
 }
 
@@ -272,7 +272,7 @@ mod tests {
         let t = o.load().unwrap();
         let now = SystemTime::now();
         let tok = t.sign("alice", 7, now).unwrap();
-        assert_eq!(t.verify(&tok, now).as_deref(), Some("alice"));
+        assert_eq!(t.verify(&tok, now), Some(("alice".to_string(), 7)));
         assert_eq!(t.verify(&tok, now + Duration::from_secs(61)), None);
         let mut bad = tok.clone().into_bytes();
         let i = bad.len() - 5;

@@ -85,11 +85,15 @@ pub enum AuthError {
     /// is enabled.
     #[error("etcdserver: invalid auth management")]
     InvalidAuthMgmt,
+    /// A JWT issued before the latest change of users or roles (etcd's
+    /// `ErrAuthOldRevision`; clients authenticate again).
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
 }
 
 impl AuthError {
     /// Every error, for mapping a forwarded status back.
-    pub const ALL: [AuthError; 15] = [
+    pub const ALL: [AuthError; 16] = [
         AuthError::RootUserNotExist,
         AuthError::RootRoleNotExist,
         AuthError::UserAlreadyExist,
@@ -105,6 +109,7 @@ impl AuthError {
         AuthError::AuthNotEnabled,
         AuthError::InvalidAuthToken,
         AuthError::InvalidAuthMgmt,
+        AuthError::AuthOldRevision,
     ];
 
     /// etcd's gRPC status code.
@@ -114,7 +119,8 @@ impl AuthError {
             AuthError::UserEmpty
             | AuthError::RoleEmpty
             | AuthError::AuthFailed
-            | AuthError::InvalidAuthMgmt => Code::InvalidArgument,
+            | AuthError::InvalidAuthMgmt
+            | AuthError::AuthOldRevision => Code::InvalidArgument,
             AuthError::PermissionDenied => Code::PermissionDenied,
             AuthError::InvalidAuthToken => Code::Unauthenticated,
             _ => Code::FailedPrecondition,

@@ -83,10 +83,15 @@ pub fn caller<T>(auth: &Auth, req: &Request<T>) -> Result<Option<String>, AuthEr
             .and_then(|c| super::cert::common_name(c)));
     };
     if let Some(jwt) = auth.jwt() {
-        return jwt
+        let (user, revision) = jwt
             .verify(token, std::time::SystemTime::now())
-            .map(Some)
-            .ok_or(AuthError::InvalidAuthToken);
+            .ok_or(AuthError::InvalidAuthToken)?;
+        // As etcd 3.4: a JWT from before a change of users or roles (a
+        // password changed, a user deleted and added again) is refused.
+        if revision < auth.read(|s| s.revision) {
+            return Err(AuthError::AuthOldRevision);
+        }
+        return Ok(Some(user));
     }
     auth.tokens()
         .user(token, Instant::now())
