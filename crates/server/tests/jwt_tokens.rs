@@ -239,6 +239,27 @@ fn jwt_tokens_work_on_every_member_and_tampered_ones_are_refused() {
             );
         }
     }
+
+    // A member change through a follower is relayed to the leader with a
+    // token the leader signed for the caller (root), and refused for alice.
+    let leader = c.wait_for_leader();
+    let follower = c.endpoint((leader + 1) % 3);
+    let out = ctl_ok(
+        &follower,
+        Some("root:pw"),
+        &["member", "add", "m9", "--peer-urls=http://127.0.0.1:1"],
+    );
+    assert!(out.contains("added to cluster"), "{out}");
+    let out = ctl(
+        &follower,
+        Some("alice:apw"),
+        &["member", "add", "m8", "--peer-urls=http://127.0.0.1:2"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
