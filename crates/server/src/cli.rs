@@ -241,8 +241,9 @@ pub struct MemberArgs {
     /// to the low space quota).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
-    /// Auth token type: 'simple' (random tokens each member keeps) is
-    /// served; 'jwt' is not.
+    /// Auth token type: 'simple' (random tokens replicated through the
+    /// log) or 'jwt,pub-key=<path>,priv-key=<path>,sign-method=<RS256|
+    /// RS384|RS512|PS256|PS384|PS512|ES256|ES384>[,ttl=<duration>]'.
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
     /// Time (in seconds) of a simple auth token's TTL, renewed on each use.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::auth::jwt::{JwtConfigError, JwtOptions, JwtTokens};
 use crate::cli::{ClusterState, LogLevel, MemberArgs, MetricsLevel};
 use crate::compactor::{AutoCompaction, AutoCompactionError};
 use crate::duration::{parse_go_duration, DurationError};
@@ -99,8 +100,11 @@ pub enum ConfigError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// `--auth-token` names a token type this server does not serve.
-    #[error("--auth-token {0:?} is not supported (only 'simple' is)")]
+    #[error("--auth-token {0:?} is not supported (only 'simple' and 'jwt,...' are)")]
     BadAuthToken(String),
+    /// `--auth-token jwt,...` with unusable options or keys.
+    #[error("--auth-token: {0}")]
+    Jwt(#[from] crate::auth::jwt::JwtConfigError),
     /// `--bcrypt-cost` is outside bcrypt's bounds.
     #[error("--bcrypt-cost must be between 4 and 31, got {0}")]
     BadBcryptCost(u32),
@@ -109,10 +113,21 @@ pub enum ConfigError {
     ZeroAuthTokenTtl,
 }
 
+/// `--auth-token jwt,...`: its options parsed and its keys loaded
+/// (`None` for `simple`).
+fn jwt_tokens(a: &MemberArgs) -> Result<Option<JwtTokens>, ConfigError> {
+    match a.auth_token.split_once(',') {
+        Some(("jwt", opts)) => Ok(Some(JwtOptions::parse(opts)?.load()?)),
+        None if a.auth_token == "jwt" => Err(JwtConfigError::Missing("sign-method").into()),
+        _ => Ok(None),
+    }
+}
+
 /// `--auth-token`: `simple`, optionally with etcd's `,key=value` options
-/// (ignored); `jwt` is refused. With `--auth-token-ttl`.
+/// (ignored), or `jwt,...` ([`jwt_tokens`]). With `--auth-token-ttl`.
 fn auth_token_ttl(a: &MemberArgs) -> Result<Duration, ConfigError> {
-    if a.auth_token.split(',').next() != Some("simple") {
+    let kind = a.auth_token.split(',').next();
+    if kind != Some("simple") && kind != Some("jwt") {
         return Err(ConfigError::BadAuthToken(a.auth_token.clone()));
     }
     if a.auth_token_ttl == 0 {
@@ -189,6 +204,8 @@ pub struct MemberConfig {
     pub tls: TlsSettings,
     /// `--auth-token-ttl`: how long an unused simple token lives.
     pub auth_token_ttl: Duration,
+    /// `--auth-token jwt,...`: the loaded keys (`None`: simple tokens).
+    pub jwt: Option<JwtTokens>,
     /// `--bcrypt-cost`.
     pub bcrypt_cost: u32,
 }
@@ -335,6 +352,7 @@ impl MemberConfig {
             log_level: a.log_level,
             tls,
             auth_token_ttl: auth_token_ttl(a)?,
+            jwt: jwt_tokens(a)?,
             bcrypt_cost: bcrypt_cost(a.bcrypt_cost)?,
         })
     }

@@ -540,6 +540,9 @@ fn start(
         snap_dir,
     });
     handle.auth.tokens().set_ttl(cfg.auth_token_ttl);
+    if let Some(jwt) = &cfg.jwt {
+        handle.auth.set_jwt(jwt.clone());
+    }
     handle.auth.set_cert_users(cfg.tls.client_cert_auth);
     let shared = Arc::new(Shared::new(
         cfg.clone(),

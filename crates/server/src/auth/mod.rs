@@ -7,6 +7,8 @@
 //! - [`tokens`]: etcd's `simple` tokens, random, assigned through the log
 //!   ([`AuthOp::AssignToken`]) so every member knows them, as in etcd 3.4,
 //!   each expiring on each member after a TTL that every use there renews.
+//! - [`jwt`]: etcd's JWT tokens (`--auth-token jwt,...`), signed and
+//!   verified with a key pair every member holds; no log entry.
 //! - [`service`]: the `etcdserverpb.Auth` gRPC service and the checks the
 //!   other services call ([`service::caller`], [`Auth::check_range`], ...).
 //!
@@ -16,6 +18,7 @@
 
 pub mod cert;
 pub(crate) mod gateway;
+pub mod jwt;
 pub mod service;
 pub mod store;
 pub mod tokens;
@@ -82,11 +85,15 @@ pub enum AuthError {
     /// is enabled.
     #[error("etcdserver: invalid auth management")]
     InvalidAuthMgmt,
+    /// A JWT issued before the latest change of users or roles (etcd's
+    /// `ErrAuthOldRevision`; clients authenticate again).
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
 }
 
 impl AuthError {
     /// Every error, for mapping a forwarded status back.
-    pub const ALL: [AuthError; 15] = [
+    pub const ALL: [AuthError; 16] = [
         AuthError::RootUserNotExist,
         AuthError::RootRoleNotExist,
         AuthError::UserAlreadyExist,
@@ -102,6 +109,7 @@ impl AuthError {
         AuthError::AuthNotEnabled,
         AuthError::InvalidAuthToken,
         AuthError::InvalidAuthMgmt,
+        AuthError::AuthOldRevision,
     ];
 
     /// etcd's gRPC status code.
@@ -111,7 +119,8 @@ impl AuthError {
             AuthError::UserEmpty
             | AuthError::RoleEmpty
             | AuthError::AuthFailed
-            | AuthError::InvalidAuthMgmt => Code::InvalidArgument,
+            | AuthError::InvalidAuthMgmt
+            | AuthError::AuthOldRevision => Code::InvalidArgument,
             AuthError::PermissionDenied => Code::PermissionDenied,
             AuthError::InvalidAuthToken => Code::Unauthenticated,
             _ => Code::FailedPrecondition,
@@ -136,6 +145,9 @@ impl From<AuthError> for crate::errors::EtcdError {
 pub struct Auth {
     state: Arc<RwLock<AuthState>>,
     tokens: Arc<Mutex<SimpleTokens>>,
+    /// `--auth-token jwt,...`: set once at start-up; then every token is a
+    /// JWT and `tokens` stays unused.
+    jwt: Arc<std::sync::OnceLock<jwt::JwtTokens>>,
     /// `--client-cert-auth`: a request without a token is the user its TLS
     /// client certificate's CommonName names.
     cert_users: Arc<std::sync::atomic::AtomicBool>,
@@ -196,6 +208,28 @@ impl Auth {
     /// See [`Auth::set_cert_users`].
     pub fn cert_users(&self) -> bool {
         self.cert_users.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Serves JWT tokens instead of simple ones (at start-up; a second
+    /// call is ignored).
+    pub fn set_jwt(&self, tokens: jwt::JwtTokens) {
+        let _ = self.jwt.set(tokens);
+    }
+
+    /// The JWT keys, when `--auth-token jwt,...`.
+    pub fn jwt(&self) -> Option<&jwt::JwtTokens> {
+        self.jwt.get()
+    }
+
+    /// A signed JWT for `user` (carrying the current auth revision), or
+    /// `None` when this member serves simple tokens.
+    pub fn sign_jwt(&self, user: &str) -> Option<Result<String, String>> {
+        let jwt = self.jwt()?;
+        let revision = self.read(|s| s.revision);
+        Some(
+            jwt.sign(user, revision, std::time::SystemTime::now())
+                .map_err(|e| e.to_string()),
+        )
     }
 
     /// This member's tokens.

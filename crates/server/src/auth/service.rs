@@ -82,6 +82,17 @@ pub fn caller<T>(auth: &Auth, req: &Request<T>) -> Result<Option<String>, AuthEr
             .and_then(|c| c.first())
             .and_then(|c| super::cert::common_name(c)));
     };
+    if let Some(jwt) = auth.jwt() {
+        let (user, revision) = jwt
+            .verify(token, std::time::SystemTime::now())
+            .ok_or(AuthError::InvalidAuthToken)?;
+        // As etcd 3.4: a JWT from before a change of users or roles (a
+        // password changed, a user deleted and added again) is refused.
+        if revision < auth.read(|s| s.revision) {
+            return Err(AuthError::AuthOldRevision);
+        }
+        return Ok(Some(user));
+    }
     auth.tokens()
         .user(token, Instant::now())
         .map(Some)
@@ -107,7 +118,11 @@ pub async fn await_token(s: &Shared, token: Option<&str>) {
     let Some(token) = token else {
         return;
     };
-    if !s.raft.auth.read(|a| a.enabled) || s.raft.auth.tokens().knows(token, Instant::now()) {
+    // A JWT needs no log entry: valid or not, waiting changes nothing.
+    if s.raft.auth.jwt().is_some()
+        || !s.raft.auth.read(|a| a.enabled)
+        || s.raft.auth.tokens().knows(token, Instant::now())
+    {
         return;
     }
     let barrier = s.raft.linearizable_barrier(TOKEN_APPLY_WAIT);
@@ -368,6 +383,9 @@ pub fn issue_for_peer(s: &Shared, user: &str) -> Result<String, Status> {
     if !s.raft.auth.read(|a| a.users.contains_key(user)) {
         return Err(AuthError::UserNotFound.into());
     }
+    if let Some(signed) = s.raft.auth.sign_jwt(user) {
+        return Ok(signed.map_err(|e| EtcdError::Internal(format!("signing a JWT: {e}")))?);
+    }
     Ok(s.raft
         .auth
         .tokens()
@@ -457,6 +475,15 @@ impl pb::auth_server::Auth for AuthService {
             .unwrap_or(false);
         if !ok {
             return Err(AuthError::AuthFailed.into());
+        }
+        // A JWT is stateless: signed here, verified by any member with the
+        // public key; nothing goes through the log.
+        if let Some(signed) = self.auth().sign_jwt(&r.name) {
+            let token = signed.map_err(|e| EtcdError::Internal(format!("signing a JWT: {e}")))?;
+            return Ok(Response::new(pb::AuthenticateResponse {
+                header: Some(self.header()),
+                token,
+            }));
         }
         let token = self
             .auth()
