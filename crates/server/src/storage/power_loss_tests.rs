@@ -797,7 +797,7 @@ fn power_loss_repeated_random_cuts_keep_every_acknowledged_entry() {
             let mut img = synced.clone();
             for n in 0..img.len() / SECTOR_BYTES {
                 let r = n * SECTOR_BYTES..(n + 1) * SECTOR_BYTES;
-                if synced[r.clone()] != live[r.clone()] && rng.next() % 2 == 0 {
+                if synced[r.clone()] != live[r.clone()] && rng.next().is_multiple_of(2) {
                     img[r.clone()].copy_from_slice(&live[r]);
                 }
             }
