@@ -48,6 +48,10 @@ pub const LEARNER_READY_NUMERATOR: u64 = 9;
 pub const LEARNER_READY_DENOMINATOR: u64 = 10;
 /// How long a member waits for a peer's `Info` answer.
 pub const PEER_INFO_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a follower relaying a cluster request looks again for the
+/// leader's published client URL (a new leader publishes it right after it
+/// is elected).
+pub const LEADER_URL_POLL: Duration = Duration::from_millis(20);
 
 /// What every service of a member shares.
 pub struct Shared {
@@ -231,16 +235,29 @@ impl Shared {
 
     /// Client URL of the leader, to relay cluster requests to it.
     async fn leader_client_url(&self) -> Result<String, EtcdError> {
-        let st = self.leader().await?;
-        let leader = st.leader.ok_or(EtcdError::NoLeader)?;
-        // The leader's published client URL. Only a brand-new member that
-        // leads before its first publish applied has none: "no leader"
-        // until then, which clients retry.
-        self.raft
-            .registry
-            .attributes(leader)
-            .and_then(|a| a.client_urls.first().cloned())
-            .ok_or(EtcdError::NoLeader)
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let st = self.leader().await?;
+            let leader = st.leader.ok_or(EtcdError::NoLeader)?;
+            // The leader's published client URL. A brand-new member that
+            // leads before its first publish is applied has none yet: wait
+            // for it (its publish is one entry, retried every
+            // `PUBLISH_RETRY`), as etcd's followers, which propose through
+            // Raft, never make a client see. etcdctl does not retry a
+            // "no leader" MemberAdd.
+            if let Some(url) = self
+                .raft
+                .registry
+                .attributes(leader)
+                .and_then(|a| a.client_urls.first().cloned())
+            {
+                return Ok(url);
+            }
+            if tokio::time::Instant::now() + LEADER_URL_POLL >= deadline {
+                return Err(EtcdError::NoLeader);
+            }
+            tokio::time::sleep(LEADER_URL_POLL).await;
+        }
     }
 
     /// Whether the state machine has reached `--quota-backend-bytes`.
