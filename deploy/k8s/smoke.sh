@@ -33,6 +33,8 @@ IMAGE="metalraft:$RUN"
 NET="$RUN"
 export ETCDCTL_API=3
 WORK="$(mktemp -d)"
+# `member list` polls (0.5 s apart) until every pod has published its name.
+MEMBER_LIST_TRIES=40
 # shellcheck source=deploy/lib.sh
 . "$ROOT/deploy/lib.sh"
 cleanup() {
@@ -162,13 +164,23 @@ etcdctl --endpoints="$EP" --command-timeout=5s put k8s/smoke ok >/dev/null || fa
 for ip in "${ips[@]}"; do
     [ "$(etcdctl --endpoints="$SCHEME://$ip:2379" get k8s/smoke --print-value-only)" = ok ] || fail "get through $ip failed"
 done
-etcdctl --endpoints="$EP" member list >"$WORK/members"
-for n in "${NAMES[@]}"; do
-    grep -q ", $n, $SCHEME://$n\.metalraft-peer:2380," "$WORK/members" || {
-        cat "$WORK/members"
-        fail "member list lacks $n with its stable peer URL"
-    }
+# Each member publishes its name through the log once it follows a leader
+# (as etcd does: until then `member list` shows it "unstarted", unnamed), so
+# the list is polled for a while rather than read once.
+named_all() {
+    etcdctl --endpoints="$EP" member list >"$WORK/members" || return 1
+    for n in "${NAMES[@]}"; do
+        grep -q ", $n, $SCHEME://$n\.metalraft-peer:2380," "$WORK/members" || return 1
+    done
+}
+for _ in $(seq 1 "$MEMBER_LIST_TRIES"); do
+    named_all && break
+    sleep 0.5
 done
+named_all || {
+    cat "$WORK/members"
+    fail "member list lacks a pod's name with its stable peer URL after $MEMBER_LIST_TRIES tries"
+}
 log "etcdctl put/get through every pod; member list names every pod with its stable DNS peer URL"
 
 # Scaling as documented in deploy/README.md: member add --learner, the new
