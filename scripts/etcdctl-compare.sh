@@ -77,6 +77,9 @@ sort_initial_cluster() {
         fi
     done
 }
+# etcdctl prints member and cluster IDs with Go's %16x: an ID below 2^60 is
+# padded with leading spaces, so the run of spaces before an ID is random (1 in
+# 16 per ID) and is collapsed after the ID itself is replaced.
 norm() {
     sed -E \
         -e 's/client-[0-9a-f-]{36}/client-<UUID>/g' \
@@ -95,7 +98,7 @@ norm() {
         -e 's/remaining\([0-9]+s\)/remaining(<N>s)/g' \
         -e 's/TTL\([0-9]+s\)/TTL(<N>s)/g' \
         -e 's/"ts":[^,]*,//g' \
-        -e 's/Member +<ID>/Member <ID>/g' \
+        -e 's/ +<ID>/ <ID>/g' \
         -e '/^[|+]/s/ +/ /g' -e '/^\+/s/-+/-/g' \
         -e 's/etcdserver: (member ID already exist|Peer URLs already exists)/etcdserver: <PEER URL CONFLICT>/g' \
         -e 's/^(http:\/\/)?127\.0\.0\.1:<PORT>, [0-9]+$/\1127.0.0.1:<PORT>, <HASH>/'
