@@ -61,8 +61,9 @@ sim() { cargo run --release -q -p metalraft-sim -- "$@"; }
 sim swarm --seeds 0..1000 --jobs 2
 sim swarm --seeds 0..500 --snapshots --jobs 2
 sim swarm --seeds 0..1000 --no-membership --jobs 2
-# Lease clients and the lease checker (opt-in: see crates/sim/KNOWN_CORE_BUGS.md).
+# Lease clients and the lease checker (opt-in for their cost: crates/sim/README.md).
 sim swarm --seeds 0..500 --leases --jobs 2
+sim swarm --seeds 0..300 --snapshots --leases --jobs 2
 sim swarm --seeds 0..300 --leases --no-membership --jobs 2
 # Sector tearing and bit rot repaired from peers (crates/sim/README.md);
 # 120 seeds took 6 s with 2 jobs (18-28 s while other builds ran).

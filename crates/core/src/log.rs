@@ -118,6 +118,18 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
         Ok(last_term > our_term || (last_term == our_term && last_index >= self.last_index()?))
     }
 
+    /// Whether a log ending at (`last_index`, `last_term`) is strictly more
+    /// up to date than ours (§5.4.1): we would grant it on log grounds, and
+    /// it would never grant us.
+    pub(crate) fn is_more_up_to_date(
+        &self,
+        last_index: Index,
+        last_term: Term,
+    ) -> Result<bool, StorageError> {
+        let our_term = self.last_term()?;
+        Ok(last_term > our_term || (last_term == our_term && last_index > self.last_index()?))
+    }
+
     /// Leader append: `entries` continue the log.
     pub(crate) fn append(&mut self, entry: Entry<P>) {
         debug_assert_eq!(Some(entry.index), self.last_index().ok().map(|l| l + 1));

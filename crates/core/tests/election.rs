@@ -193,3 +193,81 @@ fn no_leader_without_vote_responses() {
     net.ticks(200);
     assert!(net.leader().is_none());
 }
+
+/// How many ticks after a refused real vote request node 1 (a candidate in
+/// term 3 with an empty log, voters {1, 2}, pre-vote and check-quorum off,
+/// election timeout 10..15 ticks) campaigns again. The request arrives
+/// after 9 ticks of node 1's current timeout, in `req_term`, from a
+/// candidate whose log ends at (`last_index`, `last_term`).
+fn ticks_until_next_campaign(req_term: u64, last_index: u64, last_term: u64) -> u32 {
+    use metalraft_core::{ConfState, Config, MemStorage, Message, MessageBody, Node};
+    let mut cfg = Config::new(1);
+    cfg.pre_vote = false;
+    cfg.check_quorum = false;
+    cfg.election_timeout_ticks_min = 10;
+    cfg.election_timeout_ticks_max = 15;
+    let storage = MemStorage::new_with_conf(ConfState::with_voters(&[1, 2]));
+    let mut n: Node<Vec<u8>, MemStorage<Vec<u8>>> = Node::new(cfg, storage, 0).unwrap();
+    let mut drain = |n: &mut Node<Vec<u8>, MemStorage<Vec<u8>>>| {
+        while n.has_ready() {
+            let mut rd = n.ready().unwrap();
+            rd.take_messages();
+            if let Some(p) = rd.take_persist() {
+                n.storage_mut().apply_persist(&p);
+                n.on_persisted(p.into_token()).unwrap();
+            }
+        }
+    };
+    for _ in 0..3 {
+        n.campaign().unwrap();
+        drain(&mut n);
+    }
+    assert_eq!((n.term(), n.role()), (3, Role::Candidate));
+    for _ in 0..9 {
+        n.tick().unwrap();
+        drain(&mut n);
+    }
+    assert_eq!(n.term(), 3, "campaigned before the minimum timeout");
+    let req = MessageBody::RequestVote {
+        pre_vote: false,
+        transfer: false,
+        last_log_index: last_index,
+        last_log_term: last_term,
+    };
+    let _ = n.step(Message {
+        from: 2,
+        to: 1,
+        term: req_term,
+        body: req,
+    });
+    drain(&mut n);
+    assert_eq!(n.term(), 3, "a refused request must not change our term");
+    for t in 1..=40 {
+        n.tick().unwrap();
+        drain(&mut n);
+        if n.term() > 3 {
+            return t;
+        }
+    }
+    panic!("node 1 never campaigned again");
+}
+
+/// Liveness, pre-vote off (simulator `--snapshots --leases` seed 56,
+/// `crates/sim/KNOWN_CORE_BUGS.md`): a vote request refused only for its
+/// term (stale, or in a term we already voted in) whose candidate's log is
+/// strictly more up to date than ours holds our own campaign back a full
+/// election timeout, as a grant would; otherwise a stale node campaigning
+/// alone stays a timeout ahead of the one candidate that can win. A
+/// refused candidate whose log is not ahead of ours leaves our timer
+/// alone (known core bug 5).
+#[test]
+fn a_refused_candidate_with_a_better_log_holds_back_our_campaign() {
+    // Stale term, better log: at least the minimum timeout (10) passes.
+    assert!(ticks_until_next_campaign(1, 5, 1) >= 10);
+    // Our own term (we voted for ourselves), better log: the same.
+    assert!(ticks_until_next_campaign(3, 5, 1) >= 10);
+    // A log no better than ours (empty): the timeout already running
+    // fires within its 15-tick maximum, 9 ticks of which had passed.
+    assert!(ticks_until_next_campaign(1, 0, 0) <= 6);
+    assert!(ticks_until_next_campaign(3, 0, 0) <= 6);
+}

@@ -14,13 +14,18 @@ fn sim_bug_01_liveness_budget_ignored_catch_up() {
     assert!(r.violation.is_none(), "{}", r.violation.unwrap());
 }
 
-/// Open (core, `KNOWN_CORE_BUGS.md`, "a member with a stale configuration
-/// keeps an election from finishing"): with pre-vote off, after the
-/// configuration shrank to one voter and grew again, no leader is elected
-/// in the liveness phase. Run with `--ignored` once the core is fixed.
+/// postmortem (core, `KNOWN_CORE_BUGS.md`, "a member with a stale
+/// configuration keeps an election from finishing"): with pre-vote off,
+/// after the configuration shrank to `{4}` and grew to `{1, 4}`, removed
+/// nodes with stale configurations campaigned alone, one election timeout
+/// ahead of node 4, the only node that could win: it learnt each of node
+/// 1's terms from node 1's refusal and lost the next race. No leader in
+/// the 758-tick budget (elected after 1,360 ticks with a longer one).
+/// Fixed in the core (`yield_to_better_candidate`, node/step.rs): a node
+/// that refuses a vote only for its term, to a candidate whose log is
+/// strictly more up to date, holds its own campaign back.
 #[test]
-#[ignore = "open core liveness bug, see KNOWN_CORE_BUGS.md"]
-fn core_open_snapshots_seed_56_no_leader_after_membership_changes() {
+fn core_bug_snapshots_leases_seed_56_stale_candidates_outrun_the_up_to_date_one() {
     let opts = RunOptions {
         knobs: Knobs {
             snapshots: true,
