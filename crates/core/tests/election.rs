@@ -208,7 +208,7 @@ fn ticks_until_next_campaign(req_term: u64, last_index: u64, last_term: u64) -> 
     cfg.election_timeout_ticks_max = 15;
     let storage = MemStorage::new_with_conf(ConfState::with_voters(&[1, 2]));
     let mut n: Node<Vec<u8>, MemStorage<Vec<u8>>> = Node::new(cfg, storage, 0).unwrap();
-    let mut drain = |n: &mut Node<Vec<u8>, MemStorage<Vec<u8>>>| {
+    let drain = |n: &mut Node<Vec<u8>, MemStorage<Vec<u8>>>| {
         while n.has_ready() {
             let mut rd = n.ready().unwrap();
             rd.take_messages();
