@@ -27,6 +27,7 @@ metalraft-fw — MetalRaft firmware cluster in QEMU
 USAGE:
   metalraft-fw build                              build the firmware, print the ELF path
   metalraft-fw size                               build the firmware, print its .text against the budget
+                                                  (and the Cortex-M4F build's sections)
   metalraft-fw cluster up [--nodes N] [--extra K] [--arm M] [--base-port P] [--keep-disks] [--no-build]
                                                   start N (3..7, default 5) bootstrap voters + hub in the
                                                   background, and K extra nodes (ids N+1..N+K, N+K <= 7)
@@ -882,10 +883,19 @@ fn run(a: &Args) -> Result<()> {
             let elf = firmware::build()?;
             let text = firmware::section_bytes(&elf, ".text")?;
             let rodata = firmware::section_bytes(&elf, ".rodata")?;
+            let bss = firmware::section_bytes(&elf, ".bss")?;
             let budget = firmware::TEXT_BUDGET_BYTES;
             outln!(
-                ".text {text} bytes of {budget} ({} to spare); .rodata {rodata} bytes",
+                ".text {text} bytes of {budget} ({} to spare); .rodata {rodata} bytes; .bss {bss} bytes",
                 budget as i64 - text as i64
+            );
+            // The Cortex-M4F build of the same firmware (no budget of its own).
+            let arm = firmware::build_arm()?;
+            outln!(
+                "Cortex-M4F (mps2-an386): .text {} bytes; .rodata {} bytes; .bss {} bytes",
+                firmware::section_bytes(&arm, ".text")?,
+                firmware::section_bytes(&arm, ".rodata")?,
+                firmware::section_bytes(&arm, ".bss")?
             );
             if text > budget {
                 return Err(format!(".text above its {budget}-byte budget").into());

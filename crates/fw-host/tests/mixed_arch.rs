@@ -185,6 +185,18 @@ fn riscv_and_cortex_m_nodes_form_one_group() {
             "node {id}"
         );
     }
+    for s in statuses(&mut c, &ids) {
+        eprintln!(
+            "MEASURE node {} ({}): heap high-water {} B",
+            s.node,
+            if s.node > NODES - ARM_NODES {
+                "Cortex-M4F"
+            } else {
+                "RISC-V"
+            },
+            s.heap_high_water
+        );
+    }
     eprintln!(
         "MEASURE mixed-architecture test: {:.1}s",
         t0.elapsed().as_secs_f64()

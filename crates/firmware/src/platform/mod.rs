@@ -1,7 +1,7 @@
 //! The boards. Every `unsafe` of the firmware lives below this module. One
 //! board is compiled in, chosen by the target architecture:
 //!
-//! - `riscv32` (files in `virt/`): QEMU `virt` (M-mode, `-bios none`),
+//! - `riscv32` (the files in this directory): QEMU `virt` (M-mode, `-bios none`),
 //!   virtio-net and virtio-blk;
 //! - `arm` (files in `mps2/`): QEMU `mps2-an386` (Arm MPS2 with the AN386
 //!   FPGA image, a Cortex-M4F at 25 MHz), its on-board LAN9118 Ethernet
@@ -17,34 +17,35 @@
 //! which `main` does itself for `virt`), `console` (`log_line`), `disk` (`Disk`, `DiskWaiter`,
 //! `DiskError`, `stats`), `power` (`off`) and an `embassy-time` driver in
 //! `time`; `heap` is shared. (The board's files are declared here with
-//! `#[path]` rather than as a `virt`/`mps2` module so that the RISC-V
-//! image's symbols, and with them its code layout, stay as they were.)
+//! `#[path]` under these names, and the RISC-V ones stay where they were,
+//! rather than in a `virt`/`mps2` module: that keeps the RISC-V image's
+//! symbols, code layout and panic locations as they were.)
 
 pub mod heap;
 
 #[cfg(target_arch = "riscv32")]
-#[path = "virt/board.rs"]
+#[path = "board.rs"]
 pub mod board;
 #[cfg(target_arch = "riscv32")]
-#[path = "virt/console.rs"]
+#[path = "console.rs"]
 pub mod console;
 #[cfg(target_arch = "riscv32")]
-#[path = "virt/disk.rs"]
+#[path = "disk.rs"]
 pub mod disk;
 #[cfg(target_arch = "riscv32")]
-#[path = "virt/irq.rs"]
+#[path = "irq.rs"]
 pub mod irq;
 #[cfg(target_arch = "riscv32")]
-#[path = "virt/net.rs"]
+#[path = "net.rs"]
 pub mod net;
 #[cfg(target_arch = "riscv32")]
-#[path = "virt/power.rs"]
+#[path = "power.rs"]
 pub mod power;
 #[cfg(target_arch = "riscv32")]
-#[path = "virt/time.rs"]
+#[path = "time.rs"]
 pub mod time;
 #[cfg(target_arch = "riscv32")]
-#[path = "virt/virtio.rs"]
+#[path = "virtio.rs"]
 pub mod virtio;
 
 #[cfg(target_arch = "arm")]
