@@ -1,5 +1,5 @@
 //! Bring-up of QEMU `mps2-an386`: the storage file first (for the config
-//! block), the LAN9118 once the node's id is known; the halt loop.
+//! block), the LAN9118 once the node's id is known.
 
 use metalraft_fw_proto::addr;
 use metalraft_fw_proto::config::NodeConfig;
