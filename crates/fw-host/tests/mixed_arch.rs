@@ -1,8 +1,9 @@
 //! End-to-end: one Raft group of 3 RISC-V nodes (QEMU `virt`) and 2
 //! Cortex-M4F nodes (QEMU `mps2-an386`: LAN9118, semihosting storage file)
 //! through the same hub. Elections, writes read back from every node of
-//! both architectures, kill -9 of a Cortex-M node and its restart from its
-//! storage file, an isolated leader replaced by an election, and a
+//! both architectures, kill -9 of a Cortex-M node (its storage file, read
+//! as recovery reads it, holds everything it applied) and its restart from
+//! that file, an isolated leader replaced by an election, and a
 //! partition with both architectures on each side.
 //!
 //! Every wait polls for a condition with a generous deadline; nothing
@@ -20,7 +21,7 @@ use common::{
 use metalraft_fw::client::Client;
 use metalraft_fw::cluster::{ClusterSpec, LocalCluster};
 use metalraft_fw::fault::FaultCommand;
-use metalraft_fw::firmware;
+use metalraft_fw::{firmware, image};
 use metalraft_fw_proto::client::{Op, Reply};
 
 const NODES: u8 = 5;
@@ -89,7 +90,22 @@ fn riscv_and_cortex_m_nodes_form_one_group() {
     //    storage file (same boot count +1, its entries recovered) and
     //    catches up.
     let victim = 5;
+    let applied = c.status(victim, STATUS_TIMEOUT).unwrap().unwrap().applied;
+    assert!(applied >= PUTS as u64, "node {victim} applied the puts");
     cluster.kill_node(victim).unwrap();
+    // Its storage file, as recovery will read it, holds every entry it had
+    // applied: semihosting writes reached the host before the node went on.
+    let scan = image::scan(&cluster.spec.image(victim)).unwrap();
+    let last = scan
+        .records
+        .last()
+        .map(|r| r.header.index)
+        .or(scan.snapshot.as_ref().map(|h| h.index))
+        .unwrap_or(0);
+    assert!(
+        last >= applied,
+        "node {victim}'s file ends at index {last}, below the {applied} it applied"
+    );
     let rest: Vec<u8> = ids.iter().copied().filter(|&i| i != victim).collect();
     if leader == victim {
         let l = wait_for("a new leader", || {
