@@ -14,6 +14,7 @@ rustup component list --installed | grep -q '^clippy' || rustup component add cl
 
 APT_PACKAGES=()
 command -v qemu-system-riscv32 >/dev/null || APT_PACKAGES+=(qemu-system-misc)
+command -v qemu-system-arm >/dev/null || APT_PACKAGES+=(qemu-system-arm)
 command -v etcdctl >/dev/null || APT_PACKAGES+=(etcd-client)
 # protoc: the etcd-client crate (a test dependency of the server) needs it.
 command -v protoc >/dev/null || APT_PACKAGES+=(protobuf-compiler)

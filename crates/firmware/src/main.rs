@@ -1,7 +1,7 @@
-//! MetalRaft firmware: one Raft node per emulated RISC-V microcontroller
-//! (QEMU `virt`), driving a `metalraft-replica` replica (`metalraft-core`
-//! plus `metalraft-kv`) on Embassy.
-//! See README.md for the architecture.
+//! MetalRaft firmware: one Raft node per emulated microcontroller (QEMU
+//! `virt` RISC-V, or QEMU `mps2-an386` Cortex-M4F), driving a
+//! `metalraft-replica` replica (`metalraft-core` plus `metalraft-kv`) on
+//! Embassy. See README.md for the architecture.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -20,8 +20,8 @@ use metalraft_fw_proto::addr;
 use metalraft_fw_proto::config::{NodeConfig, CONFIG_BLOCK_BYTES};
 use static_cell::StaticCell;
 
+use platform::board::NetDriver;
 use platform::disk::Disk;
-use platform::net::VirtioNet;
 
 /// Sockets the network stack can hold (Raft + client).
 const STACK_SOCKETS: usize = 2;
@@ -35,12 +35,15 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 /// Stops the node for good (the host sees the log line and the dead node).
 pub(crate) fn halt() -> ! {
     loop {
+        #[cfg(target_arch = "riscv32")]
         riscv::asm::wfi();
+        #[cfg(target_arch = "arm")]
+        cortex_m::asm::wfi();
     }
 }
 
 #[embassy_executor::task]
-async fn net_task(mut runner: embassy_net::Runner<'static, VirtioNet>) -> ! {
+async fn net_task(mut runner: embassy_net::Runner<'static, NetDriver>) -> ! {
     runner.run().await
 }
 
@@ -61,11 +64,17 @@ async fn main(spawner: Spawner) {
     platform::time::init();
     info!("boot: metalraft-firmware {}", env!("CARGO_PKG_VERSION"));
 
+    // QEMU virt: the virtio devices and the disk, the config block, the NIC
+    // (the code as it was before there was a second board, each statement
+    // marked as this board's: the RISC-V image stays unchanged).
+    #[cfg(target_arch = "riscv32")]
     let devices = platform::virtio::discover();
+    #[cfg(target_arch = "riscv32")]
     let (Some(net_dev), Some(blk_dev)) = (devices.net, devices.blk) else {
         error!("need one virtio-net and one virtio-blk device");
         halt()
     };
+    #[cfg(target_arch = "riscv32")]
     let mut disk = match Disk::new(blk_dev.transport) {
         Ok(d) => {
             platform::irq::enable_blk(blk_dev.irq, blk_dev.base);
@@ -76,6 +85,9 @@ async fn main(spawner: Spawner) {
             halt()
         }
     };
+    // QEMU mps2-an386: the storage file (semihosting), then the LAN9118.
+    #[cfg(target_arch = "arm")]
+    let (mut disk, nic) = platform::board::start();
     let cfg = match read_config(&mut disk) {
         Ok(c) => c,
         Err(e) => {
@@ -83,10 +95,14 @@ async fn main(spawner: Spawner) {
             halt()
         }
     };
-    let Some(net) = VirtioNet::new(net_dev.transport) else {
+    #[cfg(target_arch = "arm")]
+    let net = platform::board::net(nic, &cfg);
+    #[cfg(target_arch = "riscv32")]
+    let Some(net) = NetDriver::new(net_dev.transport) else {
         error!("virtio-net init failed");
         halt()
     };
+    #[cfg(target_arch = "riscv32")]
     if net.mac() != addr::mac(cfg.node_id) {
         warn!(
             "NIC MAC {:02x?} does not match node {}'s plan {:02x?}",
@@ -95,7 +111,9 @@ async fn main(spawner: Spawner) {
             addr::mac(cfg.node_id)
         );
     }
+    #[cfg(target_arch = "riscv32")]
     platform::irq::enable_net(net_dev.irq, net_dev.base);
+    #[cfg(target_arch = "riscv32")]
     platform::irq::enable_all();
 
     let ip = addr::ip(cfg.node_id);

@@ -22,6 +22,10 @@ use crate::ports::Ports;
 pub const MIN_NODES: u8 = 3;
 /// QEMU binary.
 pub const QEMU: &str = "qemu-system-riscv32";
+/// QEMU binary of the Cortex-M nodes.
+pub const QEMU_ARM: &str = "qemu-system-arm";
+/// QEMU machine of the Cortex-M nodes.
+pub const ARM_MACHINE: &str = "mps2-an386";
 /// Guest RAM given to each node (the firmware uses a fraction; see its README).
 pub const GUEST_RAM: &str = "16M";
 /// Default Raft tick period.
@@ -62,6 +66,11 @@ pub struct ClusterSpec {
     pub snapshot_threshold_entries: u16,
     /// The firmware ELF.
     pub elf: PathBuf,
+    /// The last `arm` nodes run the Cortex-M4F build on QEMU `mps2-an386`
+    /// (on-board LAN9118, the same disk image as a semihosting file).
+    pub arm: u8,
+    /// The Cortex-M4F firmware ELF (used when `arm > 0`).
+    pub arm_elf: PathBuf,
 }
 
 impl ClusterSpec {
@@ -84,7 +93,28 @@ impl ClusterSpec {
             disk_bytes: DEFAULT_DISK_BYTES,
             snapshot_threshold_entries: DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES,
             elf: elf.to_path_buf(),
+            arm: 0,
+            arm_elf: PathBuf::new(),
         })
+    }
+
+    /// This spec with its last `arm` nodes running `arm_elf` on QEMU
+    /// `mps2-an386` (all the others stay RISC-V).
+    pub fn with_arm(mut self, arm: u8, arm_elf: &Path) -> io::Result<ClusterSpec> {
+        if arm > self.nodes {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("--arm {arm} is more than the {} nodes", self.nodes),
+            ));
+        }
+        self.arm = arm;
+        self.arm_elf = arm_elf.to_path_buf();
+        Ok(self)
+    }
+
+    /// Whether node `id` is a Cortex-M node.
+    pub fn is_arm(&self, id: u8) -> bool {
+        id > self.nodes - self.arm
     }
 
     /// This spec with `extra` more nodes (ids after the bootstrap voters)
@@ -174,32 +204,52 @@ impl ClusterSpec {
             self.ports.node(id).port(),
             self.ports.switch().port()
         );
-        let drive = format!("file={},format=raw,if=none,id=d0", self.image(id).display());
-        let mut cmd = Command::new(QEMU);
-        cmd.args([
-            "-M", "virt", "-m", GUEST_RAM, "-bios", "none", "-display", "none", "-monitor", "none",
-        ])
-        .args([
-            "-serial",
-            "stdio",
-            "-global",
-            "virtio-mmio.force-legacy=false",
-        ])
-        .arg("-kernel")
-        .arg(&self.elf)
-        .args(["-drive", &drive, "-device", "virtio-blk-device,drive=d0"])
-        .args([
-            "-netdev",
-            &netdev,
-            "-device",
-            &format!("virtio-net-device,netdev=n0,mac={mac}"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        // Own process group: a terminal's Ctrl-C aimed at the tool does
-        // not take the nodes down with it.
-        .process_group(0);
+        let mut cmd;
+        if self.is_arm(id) {
+            // The board's own NIC (`-net nic` names the on-board lan9118
+            // model; `-nic` cannot take dgram's dotted options) on the same
+            // hub; the disk image is the semihosting argument
+            // (`disk=PATH`; QEMU's `,` in an option value is written `,,`).
+            let storage = self.image(id).display().to_string().replace(',', ",,");
+            cmd = Command::new(QEMU_ARM);
+            cmd.args(["-M", ARM_MACHINE, "-display", "none", "-monitor", "none"])
+                .args(["-serial", "stdio"])
+                .arg("-semihosting-config")
+                .arg(format!("enable=on,target=native,arg=disk={storage}"))
+                .arg("-kernel")
+                .arg(&self.arm_elf)
+                .args(["-netdev", &netdev])
+                .arg("-net")
+                .arg(format!("nic,netdev=n0,model=lan9118,macaddr={mac}"));
+        } else {
+            let drive = format!("file={},format=raw,if=none,id=d0", self.image(id).display());
+            cmd = Command::new(QEMU);
+            cmd.args([
+                "-M", "virt", "-m", GUEST_RAM, "-bios", "none", "-display", "none", "-monitor",
+                "none",
+            ])
+            .args([
+                "-serial",
+                "stdio",
+                "-global",
+                "virtio-mmio.force-legacy=false",
+            ])
+            .arg("-kernel")
+            .arg(&self.elf)
+            .args(["-drive", &drive, "-device", "virtio-blk-device,drive=d0"])
+            .args([
+                "-netdev",
+                &netdev,
+                "-device",
+                &format!("virtio-net-device,netdev=n0,mac={mac}"),
+            ]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Own process group: a terminal's Ctrl-C aimed at the tool does
+            // not take the nodes down with it.
+            .process_group(0);
         Ok(cmd)
     }
 }

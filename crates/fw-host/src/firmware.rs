@@ -8,8 +8,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The firmware's target triple.
+/// The firmware's target triple (QEMU `virt`, RISC-V).
 pub const TARGET: &str = "riscv32imac-unknown-none-elf";
+/// The target triple of the Cortex-M4F build (QEMU `mps2-an386`).
+pub const ARM_TARGET: &str = "thumbv7em-none-eabihf";
 /// The firmware's binary name.
 pub const BIN: &str = "metalraft-firmware";
 /// The `.text` budget of the firmware (192 KiB of code, for MCUs with 256
@@ -25,9 +27,18 @@ pub fn crate_dir() -> PathBuf {
 
 /// Where the release ELF lands.
 pub fn elf_path() -> PathBuf {
+    target_elf_path(TARGET)
+}
+
+/// Where the release ELF of the Cortex-M4F build lands.
+pub fn arm_elf_path() -> PathBuf {
+    target_elf_path(ARM_TARGET)
+}
+
+fn target_elf_path(target: &str) -> PathBuf {
     crate_dir()
         .join("target")
-        .join(TARGET)
+        .join(target)
         .join("release")
         .join(BIN)
 }
@@ -59,6 +70,26 @@ pub fn build() -> io::Result<PathBuf> {
         )));
     }
     let elf = elf_path();
+    if !elf.is_file() {
+        return Err(io::Error::other(format!(
+            "firmware build produced no {}",
+            elf.display()
+        )));
+    }
+    Ok(elf)
+}
+
+/// Builds the release firmware for QEMU `mps2-an386` (Cortex-M4F).
+pub fn build_arm() -> io::Result<PathBuf> {
+    let status =
+        firmware_cargo(&["build", "--release", "--locked", "--target", ARM_TARGET]).status()?;
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "Cortex-M firmware build failed ({status}) in {}",
+            crate_dir().display()
+        )));
+    }
+    let elf = arm_elf_path();
     if !elf.is_file() {
         return Err(io::Error::other(format!(
             "firmware build produced no {}",

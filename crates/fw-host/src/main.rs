@@ -27,10 +27,13 @@ metalraft-fw — MetalRaft firmware cluster in QEMU
 USAGE:
   metalraft-fw build                              build the firmware, print the ELF path
   metalraft-fw size                               build the firmware, print its .text against the budget
-  metalraft-fw cluster up [--nodes N] [--extra K] [--base-port P] [--keep-disks] [--no-build]
+                                                  (and the Cortex-M4F build's sections)
+  metalraft-fw cluster up [--nodes N] [--extra K] [--arm M] [--base-port P] [--keep-disks] [--no-build]
                                                   start N (3..7, default 5) bootstrap voters + hub in the
                                                   background, and K extra nodes (ids N+1..N+K, N+K <= 7)
-                                                  that are not members until `member add`
+                                                  that are not members until `member add`; the last M
+                                                  nodes run the Cortex-M4F build (qemu-system-arm,
+                                                  mps2-an386)
   metalraft-fw cluster down                       stop the cluster's nodes and hub
   metalraft-fw member list [--node N]             the membership as the leader (or node N) sees it
   metalraft-fw member add N.. [--learner]         add nodes as voters (or learners)
@@ -124,6 +127,7 @@ const VALUE_OPTS: &[&str] = &[
     "dir",
     "nodes",
     "extra",
+    "arm",
     "base-port",
     "node",
     "seconds",
@@ -210,6 +214,9 @@ struct State {
     hub_pid: u32,
     node_pids: BTreeMap<u8, u32>,
     elf: PathBuf,
+    /// The last `arm` nodes are Cortex-M nodes running `arm_elf`.
+    arm: u8,
+    arm_elf: PathBuf,
 }
 
 impl State {
@@ -219,12 +226,14 @@ impl State {
 
     fn save(&self, dir: &Path) -> Result<()> {
         let mut s = format!(
-            "nodes={}\nvoters={}\nbase_port={}\nhub_pid={}\nelf={}\n",
+            "nodes={}\nvoters={}\nbase_port={}\nhub_pid={}\nelf={}\narm={}\narm_elf={}\n",
             self.nodes,
             self.voters,
             self.base_port,
             self.hub_pid,
-            self.elf.display()
+            self.elf.display(),
+            self.arm,
+            self.arm_elf.display()
         );
         for (id, pid) in &self.node_pids {
             s += &format!("node{id}_pid={pid}\n");
@@ -267,6 +276,12 @@ impl State {
             hub_pid: get("hub_pid")?.parse().map_err(|_| bad("hub_pid"))?,
             node_pids,
             elf: PathBuf::from(get("elf")?),
+            // Files written before Cortex-M nodes existed have neither.
+            arm: match kv.get("arm") {
+                Some(v) => v.parse().map_err(|_| bad("arm"))?,
+                None => 0,
+            },
+            arm_elf: PathBuf::from(kv.get("arm_elf").copied().unwrap_or_default()),
         })
     }
 
@@ -283,7 +298,8 @@ impl State {
             },
             &self.elf,
         )?
-        .with_joiners(extra)?)
+        .with_joiners(extra)?
+        .with_arm(self.arm, &self.arm_elf)?)
     }
 }
 
@@ -338,19 +354,28 @@ fn cluster_up(a: &Args) -> Result<()> {
     }
     let voters = a.opt("nodes", DEFAULT_NODES)?;
     let extra: u8 = a.opt("extra", 0)?;
+    let arm: u8 = a.opt("arm", 0)?;
     let ports = Ports {
         base: a.opt("base-port", DEFAULT_BASE_PORT)?,
     };
     // Check the sizes before the (long) build.
     ClusterSpec::new(&dir, voters, ports, Path::new(""))
         .and_then(|s| s.with_joiners(extra))
+        .and_then(|s| s.with_arm(arm, Path::new("")))
         .map_err(|e| usage_error(e.to_string()))?;
     let elf = if a.flag("--no-build") {
         firmware::elf_path()
     } else {
         firmware::build()?
     };
-    let spec = ClusterSpec::new(&dir, voters, ports, &elf)?.with_joiners(extra)?;
+    let arm_elf = match (arm, a.flag("--no-build")) {
+        (0, _) => PathBuf::new(),
+        (_, true) => firmware::arm_elf_path(),
+        (_, false) => firmware::build_arm()?,
+    };
+    let spec = ClusterSpec::new(&dir, voters, ports, &elf)?
+        .with_joiners(extra)?
+        .with_arm(arm, &arm_elf)?;
     let nodes = spec.nodes;
     spec.check_ports_free()?;
     if a.flag("--keep-disks") && spec.ids().all(|id| spec.image(id).is_file()) {
@@ -379,6 +404,8 @@ fn cluster_up(a: &Args) -> Result<()> {
         hub_pid: hub.id(),
         node_pids: BTreeMap::new(),
         elf,
+        arm,
+        arm_elf,
     };
     // The hub must be listening before QEMU sends to it.
     let until = Instant::now() + DOWN_TIMEOUT;
@@ -856,10 +883,19 @@ fn run(a: &Args) -> Result<()> {
             let elf = firmware::build()?;
             let text = firmware::section_bytes(&elf, ".text")?;
             let rodata = firmware::section_bytes(&elf, ".rodata")?;
+            let bss = firmware::section_bytes(&elf, ".bss")?;
             let budget = firmware::TEXT_BUDGET_BYTES;
             outln!(
-                ".text {text} bytes of {budget} ({} to spare); .rodata {rodata} bytes",
+                ".text {text} bytes of {budget} ({} to spare); .rodata {rodata} bytes; .bss {bss} bytes",
                 budget as i64 - text as i64
+            );
+            // The Cortex-M4F build of the same firmware (no budget of its own).
+            let arm = firmware::build_arm()?;
+            outln!(
+                "Cortex-M4F (mps2-an386): .text {} bytes; .rodata {} bytes; .bss {} bytes",
+                firmware::section_bytes(&arm, ".text")?,
+                firmware::section_bytes(&arm, ".rodata")?,
+                firmware::section_bytes(&arm, ".bss")?
             );
             if text > budget {
                 return Err(format!(".text above its {budget}-byte budget").into());

@@ -32,12 +32,16 @@ fn help_prints_the_usage_and_succeeds() {
 
 #[test]
 fn usage_errors_exit_with_status_2_and_say_why() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["status", "--bogus"], "unknown option --bogus"),
         (&["status", "-x"], "unknown option -x"),
         (&["member", "add", "0"], "bad node id"),
         (&["member", "promote"], "at least one node id"),
         (&["frobnicate"], "unknown command"),
+        (
+            &["cluster", "up", "--arm", "9"],
+            "--arm 9 is more than the 5 nodes",
+        ),
     ];
     for (args, says) in cases {
         let out = run(args);
