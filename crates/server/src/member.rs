@@ -171,6 +171,12 @@ fn core_config(cfg: &MemberConfig) -> metalraft_core::Config {
 pub const IDENTITY_FILE: &str = "identity";
 /// How long a joining member keeps asking its peers for the cluster's view.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a joining member keeps asking after a member answered with a
+/// list that does not include it (that member had not applied the
+/// MemberAdd yet), before it gives up as not a member.
+pub const JOIN_NOT_LISTED_GRACE: Duration = Duration::from_secs(5);
+/// Pause between two rounds over the peers while joining.
+pub const JOIN_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 
 /// What `member/identity` records: the cluster, this member, and the member
 /// registry the cluster started from (etcd too ignores `--initial-cluster`
@@ -236,9 +242,22 @@ pub(crate) fn write_identity(path: &Path, id: &Identity) -> Result<(), MemberErr
 }
 
 /// A member joining a running cluster asks the members listed in
-/// `--initial-cluster` for the cluster id and member registry.
-async fn join_info(cfg: &MemberConfig) -> Result<(u64, BTreeMap<u64, Vec<String>>), MemberError> {
-    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+/// `--initial-cluster` for the cluster id and member registry, and takes
+/// the first answer that lists a member with our advertised peer URLs
+/// (`mine`). A member's answer comes from its applied state, and the
+/// MemberAdd that added us answered once the member that served it had
+/// applied it: another member may not have yet, so an answer without us
+/// sends us to the next member, and round after round until
+/// [`JOIN_NOT_LISTED_GRACE`] has passed since the first such answer. Then
+/// the last answer is returned, and the caller reports that we are not a
+/// member.
+async fn join_info(
+    cfg: &MemberConfig,
+    mine: &BTreeSet<String>,
+) -> Result<(u64, BTreeMap<u64, Vec<String>>), MemberError> {
+    let start = tokio::time::Instant::now();
+    let deadline = start + JOIN_TIMEOUT;
+    let mut not_listed: Option<(tokio::time::Instant, u64, BTreeMap<u64, Vec<String>>)> = None;
     loop {
         for p in cfg.peers() {
             let Some(url) = p.peer_urls.first() else {
@@ -254,15 +273,39 @@ async fn join_info(cfg: &MemberConfig) -> Result<(u64, BTreeMap<u64, Vec<String>
             };
             if let Ok(r) = c.info(req).await {
                 let r = r.into_inner();
-                let members = r.members.into_iter().map(|m| (m.id, m.peer_urls)).collect();
-                return Ok((r.cluster_id, members));
+                let members: BTreeMap<u64, Vec<String>> =
+                    r.members.into_iter().map(|m| (m.id, m.peer_urls)).collect();
+                if find_by_peer_urls(&members, mine).is_some() {
+                    return Ok((r.cluster_id, members));
+                }
+                let since = not_listed
+                    .as_ref()
+                    .map_or_else(tokio::time::Instant::now, |n| n.0);
+                not_listed = Some((since, r.cluster_id, members));
             }
         }
-        if tokio::time::Instant::now() > deadline {
+        let now = tokio::time::Instant::now();
+        if let Some((since, cluster_id, members)) = &not_listed {
+            if now >= *since + JOIN_NOT_LISTED_GRACE || now > deadline {
+                return Ok((*cluster_id, members.clone()));
+            }
+        } else if now > deadline {
             return Err(MemberError::JoinTimeout(JOIN_TIMEOUT));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(JOIN_RETRY_INTERVAL).await;
     }
+}
+
+/// The member whose peer URLs are exactly `mine` (compared without a
+/// trailing `/`).
+fn find_by_peer_urls(members: &BTreeMap<u64, Vec<String>>, mine: &BTreeSet<String>) -> Option<u64> {
+    members.iter().find_map(|(id, urls)| {
+        let theirs: BTreeSet<String> = urls
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .collect();
+        (&theirs == mine).then_some(*id)
+    })
 }
 
 /// Runs a member until SIGTERM/SIGINT or a fatal error.
@@ -405,7 +448,6 @@ async fn settle_identity(
 /// A fresh member joining a running cluster: learns the cluster id and the
 /// registry from its peers and finds its own id there.
 async fn join_existing(cfg: &mut MemberConfig) -> Result<BTreeMap<u64, Vec<String>>, MemberError> {
-    let (cluster_id, remote) = join_info(cfg).await?;
     // MemberAdd assigns ids with a time salt (as etcd does, so a removed
     // member's URLs can be added again): find ours by our advertised peer
     // URLs.
@@ -414,9 +456,8 @@ async fn join_existing(cfg: &mut MemberConfig) -> Result<BTreeMap<u64, Vec<Strin
         .iter()
         .map(|u| u.as_str().trim_end_matches('/').to_string())
         .collect();
-    if let Some(id) = remote.iter().find_map(|(id, urls)| {
-        (urls.iter().cloned().collect::<BTreeSet<_>>() == mine).then_some(*id)
-    }) {
+    let (cluster_id, remote) = join_info(cfg, &mine).await?;
+    if let Some(id) = find_by_peer_urls(&remote, &mine) {
         cfg.id = id;
     }
     if !remote.contains_key(&cfg.id) {

@@ -182,3 +182,29 @@ fn add_learner_promote_it_and_remove_a_member() {
     assert_ne!(member_id(&list, "back"), Some(victim_id), "{list}");
     put_ok(&c.live_endpoints(), "after-readd", "4");
 }
+
+/// A member started with `--initial-cluster-state=existing` that was never
+/// added asks every peer, keeps asking for `JOIN_NOT_LISTED_GRACE` (a peer
+/// may not have applied a MemberAdd yet), then stops with an error that
+/// names the fix; the cluster is not disturbed.
+#[test]
+fn a_member_never_added_stops_with_an_error_naming_member_add() {
+    let mut c = Cluster::start(2);
+    let eps = c.endpoints();
+    put_ok(&eps, "before", "v");
+    let stranger = c.add_spec("m9");
+    c.spawn_with(stranger, &["--initial-cluster-state=existing"]);
+    let status = c
+        .wait_member_exit(stranger)
+        .expect("the member stops by itself");
+    assert!(!status.success(), "exit status {status}");
+    let log = std::fs::read_to_string(&c.members[stranger].log).unwrap();
+    assert!(
+        log.contains("is not in the cluster's member list")
+            && log.contains("etcdctl member add m9"),
+        "{log}"
+    );
+    let list = etcdctl(&["--endpoints", &eps, "member", "list"]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    put_ok(&eps, "after", "v");
+}
