@@ -45,7 +45,9 @@ use crate::machine::{
     kv_len_slot, Applied, Refused, ServerMachine, SnapshotJob, SnapshotJobError, KV_LEN_SLOT_BYTES,
 };
 use crate::registry::{Registry, RegistryOp};
-use crate::storage::snapshot::{save_streamed, SnapshotFile, SnapshotWriter, StreamedSaveError};
+use crate::storage::snapshot::{
+    save_streamed, SnapshotFile, SnapshotWriter, StreamedSaveError, SNAPSHOT_WRITE_BYTES_PER_SEC,
+};
 use crate::storage::{SharedLog, Snapshot, StorageError, WriteBatch};
 use crate::transport::Transport;
 use crate::watch::{MvccEvent, WatchFeed};
@@ -1047,6 +1049,7 @@ fn write_snapshot_pieces(
     let saved = (|| {
         let mut w = SnapshotWriter::create(dir, meta.index, meta.term, &meta.conf_state)?;
         w.observe_syncs(latency.clone());
+        w.pace(SNAPSHOT_WRITE_BYTES_PER_SEC);
         loop {
             match pieces.recv() {
                 Ok(Piece::Data(buf)) => {

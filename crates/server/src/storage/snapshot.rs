@@ -17,6 +17,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use metalraft_core::{ConfState, MAX_TERM_OR_INDEX};
 
@@ -31,8 +32,18 @@ const HEADER_BYTES: usize = 8 + 4 + 8;
 pub const SNAPSHOTS_KEPT: usize = 2;
 /// A streamed snapshot is synced every this many bytes as it is written, so
 /// the device never has a whole snapshot's dirty pages to flush at once:
-/// the WAL's `fdatasync`s queue behind one such slice at most.
-pub const SNAPSHOT_SYNC_BYTES: u64 = 4 * 1024 * 1024;
+/// the WAL's `fdatasync`s queue behind one such slice at most. 4 MiB slices
+/// took 13–100 ms to sync under the put-64 benchmark and the WAL's group
+/// commits during snapshots reached 51–205 ms at p99.9
+/// (docs/latency-budget.md); 1 MiB makes the wait behind one a quarter.
+pub const SNAPSHOT_SYNC_BYTES: u64 = 1024 * 1024;
+/// Write rate of a paced snapshot ([`SnapshotWriter::pace`]): the snapshot
+/// thread sleeps after a synced slice that got ahead of it, so the WAL
+/// shares the disk with at most this much snapshot traffic per member.
+/// Snapshots then take longer (a 40 MB store: about 1.7 s), and fewer of
+/// them fit in a busy period (the replica takes one at a time; the WAL
+/// keeps the entries meanwhile).
+pub const SNAPSHOT_WRITE_BYTES_PER_SEC: u64 = 24 * 1024 * 1024;
 /// Largest encoded membership record a snapshot may hold.
 const MAX_CONF_BYTES: u64 = 64 * 1024;
 
@@ -342,6 +353,8 @@ pub struct SnapshotWriter {
     slot: Option<Slot>,
     /// Where the syncs' durations go (`snapshot_sync`).
     latency: Option<Arc<crate::latency::Latency>>,
+    /// With [`pace`](Self::pace): when writing started, and the rate.
+    pace: Option<(std::time::Instant, u64)>,
 }
 
 impl SnapshotWriter {
@@ -378,6 +391,7 @@ impl SnapshotWriter {
             synced: 0,
             slot: None,
             latency: None,
+            pace: None,
         };
         let mut f = File::create(&w.tmp).map_err(|e| StorageError::from_io(&w.tmp, e))?;
         f.write_all(&head)
@@ -401,6 +415,13 @@ impl SnapshotWriter {
         Ok(())
     }
 
+    /// Keeps the data's write rate at or below `bytes_per_sec` (from now
+    /// on; checked at every synced slice, so bursts are at most
+    /// [`SNAPSHOT_SYNC_BYTES`]).
+    pub fn pace(&mut self, bytes_per_sec: u64) {
+        self.pace = Some((std::time::Instant::now(), bytes_per_sec.max(1)));
+    }
+
     /// Data bytes written so far (the slot included).
     pub fn data_len(&self) -> u64 {
         self.written
@@ -419,6 +440,12 @@ impl SnapshotWriter {
             let f = self.file.as_ref().ok_or(StorageError::from(WriterMisuse::Closed))?;
             self.timed_sync(f, false)?;
             self.synced = self.written;
+            if let Some((since, rate)) = self.pace {
+                let due = Duration::from_secs_f64(self.written as f64 / rate as f64);
+                if let Some(ahead) = due.checked_sub(since.elapsed()) {
+                    std::thread::sleep(ahead);
+                }
+            }
         }
         Ok(())
     }
