@@ -707,7 +707,17 @@ mod tests {
 
     #[test]
     fn the_padded_length_slot_decodes_as_the_length() {
-        for len in [0u64, 1, 127, 128, 300, 1 << 20, 60_000_000, u64::MAX >> 1, u64::MAX] {
+        for len in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            1 << 20,
+            60_000_000,
+            u64::MAX >> 1,
+            u64::MAX,
+        ] {
             let slot = kv_len_slot(len);
             assert_eq!(postcard::from_bytes::<u64>(&slot).unwrap(), len, "{len}");
         }
@@ -733,7 +743,9 @@ mod tests {
         assert_eq!(have.kv, want.kv);
         assert_eq!(have.members, want.members);
         assert_eq!(have.auth, want.auth);
-        let canonical = postcard::to_allocvec(&(want.kv.len() as u64)).unwrap().len();
+        let canonical = postcard::to_allocvec(&(want.kv.len() as u64))
+            .unwrap()
+            .len();
         assert_eq!(got.len(), expected.len() - canonical + KV_LEN_SLOT_BYTES);
         let now = m.snapshot_job().unwrap().run_to_end().unwrap();
         assert_eq!(

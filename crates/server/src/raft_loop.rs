@@ -779,11 +779,17 @@ impl RaftLoop {
             let mut data = Some(data);
             let len = data.as_ref().map_or(0, |d| d.len() as u64);
             let meta = &due.meta;
-            let saved =
-                save_streamed::<SnapshotJobError>(dir, index, meta.term, &meta.conf_state, len, |out| {
+            let saved = save_streamed::<SnapshotJobError>(
+                dir,
+                index,
+                meta.term,
+                &meta.conf_state,
+                len,
+                |out| {
                     out.extend(data.take().unwrap_or_default());
                     Ok(true)
-                });
+                },
+            );
             report_snapshot(due, saved, std::time::Instant::now(), writer);
         });
     }
@@ -882,9 +888,7 @@ impl RaftLoop {
             .spawn(move || {
                 // Below the loop and the WAL writer when the cores are busy
                 // (on Linux this sets the calling thread's nice value only).
-                if let Err(e) =
-                    rustix::process::setpriority_process(None, SNAPSHOT_THREAD_NICE)
-                {
+                if let Err(e) = rustix::process::setpriority_process(None, SNAPSHOT_THREAD_NICE) {
                     tracing::debug!(error = %e, "could not lower the snapshot thread's priority");
                 }
                 body(&dir, &writer)

@@ -432,12 +432,18 @@ impl SnapshotWriter {
     }
 
     fn raw_write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
-        let f = self.file.as_mut().ok_or(StorageError::from(WriterMisuse::Closed))?;
+        let f = self
+            .file
+            .as_mut()
+            .ok_or(StorageError::from(WriterMisuse::Closed))?;
         let r = f.write_all(bytes);
         r.map_err(|e| self.io(e))?;
         self.written += bytes.len() as u64;
         if self.written - self.synced >= SNAPSHOT_SYNC_BYTES {
-            let f = self.file.as_ref().ok_or(StorageError::from(WriterMisuse::Closed))?;
+            let f = self
+                .file
+                .as_ref()
+                .ok_or(StorageError::from(WriterMisuse::Closed))?;
             self.timed_sync(f, false)?;
             self.synced = self.written;
             if let Some((since, rate)) = self.pace {
@@ -492,7 +498,10 @@ impl SnapshotWriter {
                 .into())
             }
         };
-        let f = self.file.take().ok_or(StorageError::from(WriterMisuse::Closed))?;
+        let f = self
+            .file
+            .take()
+            .ok_or(StorageError::from(WriterMisuse::Closed))?;
         let mut header = [0u8; 12];
         header[..4].copy_from_slice(&crc.to_le_bytes());
         header[4..].copy_from_slice(&payload_len.to_le_bytes());
@@ -658,6 +667,77 @@ mod tests {
         assert_eq!(file.read_at(1000, 10).unwrap(), data[1000..1010]);
         assert_eq!(file.read_at(99_995, 10).unwrap(), data[99_995..]);
         assert!(file.read_at(200_000, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_slot_filled_at_the_end_gives_the_file_save_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = ConfState::default();
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let mut data = b"head".to_vec();
+        data.extend_from_slice(&[7, 8, 9]);
+        data.extend_from_slice(&body);
+        let mut w = SnapshotWriter::create(dir.path(), 9, 2, &conf).unwrap();
+        w.write(b"head").unwrap();
+        w.reserve(3).unwrap();
+        assert!(matches!(
+            w.reserve(1),
+            Err(StorageError::SnapshotWriter(WriterMisuse::SecondSlot))
+        ));
+        for piece in body.chunks(100_000) {
+            w.write(piece).unwrap();
+        }
+        let file = w.finish(&[7, 8, 9]).unwrap();
+        let snap = Snapshot {
+            index: 9,
+            term: 2,
+            conf_state: conf.clone(),
+            data: data.clone(),
+        };
+        assert_eq!(
+            fs::read(dir.path().join(name(2, 9))).unwrap(),
+            encode(&snap).unwrap()
+        );
+        assert_eq!(file.len(), data.len() as u64);
+        assert_eq!(file.read_at(4, 3).unwrap(), [7, 8, 9]);
+
+        // A slot filled with the wrong length, or a writer dropped
+        // unfinished, saves nothing.
+        let mut w = SnapshotWriter::create(dir.path(), 10, 2, &conf).unwrap();
+        w.reserve(3).unwrap();
+        assert!(matches!(
+            w.finish(&[1]),
+            Err(StorageError::SnapshotWriter(WriterMisuse::SlotLength {
+                reserved: 3,
+                given: 1
+            }))
+        ));
+        let mut w = SnapshotWriter::create(dir.path(), 11, 2, &conf).unwrap();
+        w.write(b"partial").unwrap();
+        drop(w);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec![name(2, 9)], "no .tmp left");
+        assert_eq!(load_latest(dir.path()).unwrap().snapshot, Some(snap));
+    }
+
+    #[test]
+    fn a_paced_writer_keeps_to_its_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SnapshotWriter::create(dir.path(), 1, 1, &ConfState::default()).unwrap();
+        let rate = 16 * 1024 * 1024;
+        w.pace(rate);
+        let started = std::time::Instant::now();
+        let piece = vec![1u8; 64 * 1024];
+        // 4 MiB at 16 MiB/s: at least 0.25 s (the last slice's sleep is
+        // after its sync, so the whole takes no less).
+        for _ in 0..64 {
+            w.write(&piece).unwrap();
+        }
+        assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+        w.finish(&[]).unwrap();
     }
 
     #[test]
