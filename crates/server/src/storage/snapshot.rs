@@ -736,7 +736,11 @@ mod tests {
         for _ in 0..64 {
             w.write(&piece).unwrap();
         }
-        assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
         w.finish(&[]).unwrap();
     }
 
