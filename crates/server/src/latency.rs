@@ -3,7 +3,7 @@
 //! One histogram per [`Stage`], exported in `/metrics` as
 //! `metalraft_stage_duration_seconds{stage="…"}`. The put stages follow a
 //! proposal through the member that leads; `loop_round`,
-//! `snapshot_step_lock_hold` and `wal_purge` are the periodic work that can
+//! `snapshot_step`, `snapshot_sync` and `wal_purge` are the periodic work that can
 //! delay them. `docs/latency-budget.md` shows the breakdown measured with
 //! the bench suite.
 //!
@@ -50,15 +50,23 @@ pub enum Stage {
     Total,
     /// One round of the Raft loop (inputs, drive, publish).
     LoopRound,
-    /// A snapshot step holds the store's read lock.
-    SnapshotStepLockHold,
+    /// One step of a snapshot's serialization, on the Raft loop
+    /// (`SNAPSHOT_STEP_ITEMS` keys or log records).
+    SnapshotStep,
+    /// One group commit (write + `fdatasync`, as [`Stage::WalWrite`],
+    /// which counts it too) while this member was writing a snapshot file:
+    /// the WAL's syncs with and without snapshot I/O on the same disk.
+    WalWriteDuringSnapshot,
+    /// One sync of the snapshot file (every `SNAPSHOT_SYNC_BYTES` and at
+    /// its end), on the snapshot thread.
+    SnapshotSync,
     /// The WAL writer deletes the segments behind a snapshot.
     WalPurge,
 }
 
 impl Stage {
     /// Every stage, in export order.
-    pub const ALL: [Stage; 13] = [
+    pub const ALL: [Stage; 15] = [
         Stage::Queue,
         Stage::Propose,
         Stage::WalHandoff,
@@ -70,7 +78,9 @@ impl Stage {
         Stage::Reply,
         Stage::Total,
         Stage::LoopRound,
-        Stage::SnapshotStepLockHold,
+        Stage::SnapshotStep,
+        Stage::WalWriteDuringSnapshot,
+        Stage::SnapshotSync,
         Stage::WalPurge,
     ];
 
@@ -88,7 +98,9 @@ impl Stage {
             Stage::Reply => "reply",
             Stage::Total => "total",
             Stage::LoopRound => "loop_round",
-            Stage::SnapshotStepLockHold => "snapshot_step_lock_hold",
+            Stage::SnapshotStep => "snapshot_step",
+            Stage::WalWriteDuringSnapshot => "wal_write_fsync_during_snapshot",
+            Stage::SnapshotSync => "snapshot_sync",
             Stage::WalPurge => "wal_purge",
         }
     }
@@ -120,9 +132,38 @@ impl Histogram {
 #[derive(Default, Debug)]
 pub struct Latency {
     stages: [Histogram; Stage::ALL.len()],
+    /// Snapshot files being written by this member right now.
+    snapshot_files: AtomicU64,
+}
+
+/// While alive, this member counts as writing a snapshot file
+/// ([`Latency::snapshot_file`]).
+#[derive(Debug)]
+pub struct SnapshotFileGuard<'a>(&'a Latency);
+
+impl Drop for SnapshotFileGuard<'_> {
+    fn drop(&mut self) {
+        self.0.snapshot_files.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Latency {
+    /// Marks a snapshot file being written until the guard is dropped.
+    pub fn snapshot_file(&self) -> SnapshotFileGuard<'_> {
+        self.snapshot_files.fetch_add(1, Ordering::Relaxed);
+        SnapshotFileGuard(self)
+    }
+
+    /// Records one WAL group commit ([`Stage::WalWrite`], and
+    /// [`Stage::WalWriteDuringSnapshot`] if a snapshot file is being
+    /// written).
+    pub fn observe_wal_write(&self, d: Duration) {
+        self.observe(Stage::WalWrite, d);
+        if self.snapshot_files.load(Ordering::Relaxed) > 0 {
+            self.observe(Stage::WalWriteDuringSnapshot, d);
+        }
+    }
+
     /// Records one duration of `stage`.
     pub fn observe(&self, stage: Stage, d: Duration) {
         self.stages[stage as usize].observe(d);

@@ -9,11 +9,11 @@
 //!
 //! Snapshots are taken off the apply path ([`SnapshotJob`], issue 18): the
 //! replica only says one is due, the loop freezes the state here in
-//! O(leases and members), and a snapshot thread serializes it from the live store,
-//! holding the store's read lock for [`SNAPSHOT_STEP_ITEMS`] keys or log
-//! records at a time, straight into the snapshot file.
+//! O(leases and members), and the loop serializes it from the live store
+//! in steps of [`SNAPSHOT_STEP_ITEMS`] keys or log records between its
+//! rounds, handing the pieces to a thread that writes the snapshot file.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use metalraft_core::{ConfChange, Index, Term};
@@ -72,14 +72,35 @@ pub enum RestoreError {
     Poisoned(#[from] crate::registry::Poisoned),
 }
 
-/// Keys or log records a snapshot job serializes per hold of the store's
-/// read lock: what an apply may wait for it. 1,024 steps took 4.4 ms on
-/// average with 256-byte values on the 2-core dev machine at load average
-/// 17 (`mvcc_memory`, 1,000,000 revisions); 128 keep a hold (and the time
-/// a preempted holder can keep the lock past its slice) an eighth of that.
-/// Each step looks its first key up again (O(log n)), so smaller steps
-/// cost little.
+/// Keys or log records a snapshot job serializes per step. Steps run on
+/// the Raft loop, between its rounds (issue 18: a step on another thread
+/// held the store's lock, and when that thread was preempted inside a step
+/// every apply waited for it, up to 205 ms; docs/latency-budget.md). 128
+/// items of 256-byte values take tens of µs.
 pub const SNAPSHOT_STEP_ITEMS: usize = 128;
+
+/// Bytes of the slot that holds the key-value part's length in the
+/// snapshot's envelope: the longest postcard varint of a `u64`. The length
+/// is known only once the part is written (one pass over the store), so the
+/// slot is reserved before it and filled at the end with the length as a
+/// varint padded to this width ([`kv_len_slot`]), which postcard decodes
+/// as the same number.
+pub const KV_LEN_SLOT_BYTES: usize = 10;
+
+/// `len` as a postcard varint of exactly [`KV_LEN_SLOT_BYTES`] bytes: every
+/// byte but the last carries the continuation bit.
+pub fn kv_len_slot(len: u64) -> [u8; KV_LEN_SLOT_BYTES] {
+    let mut out = [0u8; KV_LEN_SLOT_BYTES];
+    for (i, b) in out.iter_mut().enumerate() {
+        let bits = (len >> (7 * i)) as u8 & 0x7f;
+        *b = if i + 1 < KV_LEN_SLOT_BYTES {
+            bits | 0x80
+        } else {
+            bits
+        };
+    }
+    out
+}
 
 /// Why a [`SnapshotJob`] stopped. Nothing is lost: the WAL keeps every
 /// entry, and the replica tries again at the next threshold.
@@ -100,26 +121,17 @@ pub enum SnapshotJobError {
     Envelope(#[from] CodecError),
 }
 
-/// Which part of the [`SnapshotData`] envelope a job writes next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Part {
-    /// Members and removed ids, then the key-value length.
-    Head,
-    /// The key-value snapshot, one step at a time.
-    Kv,
-    /// Attributes and auth.
-    Tail,
-    /// All written.
-    Done,
-}
-
-/// A snapshot of the state machine frozen at one applied index and written
-/// in pieces from another thread: exactly the bytes
-/// [`StateMachine::snapshot`] returned at that index (the [`SnapshotData`]
-/// envelope around the store's [`kv::SnapshotStream`]).
+/// A snapshot of the state machine frozen at one applied index and
+/// serialized in steps on the Raft loop, in one pass: the [`SnapshotData`]
+/// envelope [`StateMachine::snapshot`] returned at that index, as
+/// `head | kv length slot | key-value part | tail`.
 ///
-/// First [`measure`](Self::measure) (the envelope announces the key-value
-/// length), then [`fill`](Self::fill) until it says done.
+/// The envelope's bytes are [`head`](Self::head), then the
+/// [`KV_LEN_SLOT_BYTES`]-byte slot, filled at the end with
+/// [`kv_len_slot`]`(`[`kv_len`](Self::kv_len)`)`, then the pieces of
+/// [`step`](Self::step) until it says done, then [`tail`](Self::tail). They
+/// decode to what `snapshot()` returned; the key-value part is the same
+/// bytes, the length before it is a padded varint.
 pub struct SnapshotJob {
     store: Arc<RwLock<kv::MvccStore>>,
     stream: kv::SnapshotStream,
@@ -130,9 +142,7 @@ pub struct SnapshotJob {
     head: Vec<u8>,
     /// The encoded attributes and auth state.
     tail: Vec<u8>,
-    kv_len: Option<u64>,
-    part: Part,
-    /// Where the read lock's hold time goes (`snapshot_step_lock_hold`).
+    /// Where a step's time goes (`snapshot_step`).
     latency: Arc<Latency>,
 }
 
@@ -142,17 +152,30 @@ impl SnapshotJob {
         self.stream.applied_index()
     }
 
-    /// One step of the key-value stream under the store's read lock.
-    fn kv_step(
-        &mut self,
-        out: &mut Vec<u8>,
-        cancel: &AtomicBool,
-    ) -> Result<bool, SnapshotJobError> {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(SnapshotJobError::Cancelled);
-        }
+    /// The envelope's bytes before the key-value length slot.
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// The envelope's bytes after the key-value part.
+    pub fn tail(&self) -> &[u8] {
+        &self.tail
+    }
+
+    /// Bytes of the key-value part emitted so far (its length once
+    /// [`step`](Self::step) said done).
+    pub fn kv_len(&self) -> u64 {
+        self.stream.emitted()
+    }
+
+    /// Appends the next piece of the key-value part (at most
+    /// [`SNAPSHOT_STEP_ITEMS`] keys or log records) to `out`; `true` once
+    /// the last was appended. Meant for the thread that applies (the Raft
+    /// loop), so no apply ever waits for a step; it takes the store's read
+    /// lock, which only the apply contends for.
+    pub fn step(&mut self, out: &mut Vec<u8>) -> Result<bool, SnapshotJobError> {
+        let started = std::time::Instant::now();
         let store = self.store.read().map_err(|_| SnapshotJobError::Poisoned)?;
-        let held = std::time::Instant::now();
         if self.generation.load(Ordering::Acquire) != self.frozen_generation {
             return Err(SnapshotJobError::Changed);
         }
@@ -161,54 +184,19 @@ impl SnapshotJob {
             .step(&store, SNAPSHOT_STEP_ITEMS, out)
             .map_err(|_: kv::StreamError| SnapshotJobError::Changed);
         drop(store);
-        self.latency.since(Stage::SnapshotStepLockHold, held);
+        self.latency.since(Stage::SnapshotStep, started);
         r
     }
 
-    /// The whole snapshot's length, by a first pass over the store (no
-    /// bytes kept). `cancel` stops it between steps.
-    pub fn measure(&mut self, cancel: &AtomicBool) -> Result<u64, SnapshotJobError> {
-        let mut scratch = Vec::new();
-        while !self.kv_step(&mut scratch, cancel)? {
-            scratch.clear();
-        }
-        let kv_len = self.stream.emitted();
-        self.stream.rewind();
-        self.kv_len = Some(kv_len);
-        self.part = Part::Head;
-        let len_prefix = postcard::to_allocvec(&kv_len).map_err(CodecError::from)?;
-        Ok(self.head.len() as u64 + len_prefix.len() as u64 + kv_len + self.tail.len() as u64)
-    }
-
-    /// Appends the next piece to `out`; `true` once the last was written.
-    /// Call [`measure`](Self::measure) first.
-    pub fn fill(
-        &mut self,
-        out: &mut Vec<u8>,
-        cancel: &AtomicBool,
-    ) -> Result<bool, SnapshotJobError> {
-        match self.part {
-            Part::Head => {
-                out.extend_from_slice(&self.head);
-                let kv_len = self.kv_len.unwrap_or(0);
-                let prefix = postcard::to_allocvec(&kv_len).map_err(CodecError::from)?;
-                out.extend_from_slice(&prefix);
-                self.part = Part::Kv;
-                Ok(false)
-            }
-            Part::Kv => {
-                if self.kv_step(out, cancel)? {
-                    self.part = Part::Tail;
-                }
-                Ok(false)
-            }
-            Part::Tail => {
-                out.extend_from_slice(&self.tail);
-                self.part = Part::Done;
-                Ok(true)
-            }
-            Part::Done => Ok(true),
-        }
+    /// The whole envelope in one go (the steps run back to back).
+    pub fn run_to_end(&mut self) -> Result<Vec<u8>, SnapshotJobError> {
+        let mut out = self.head.clone();
+        out.extend_from_slice(&[0; KV_LEN_SLOT_BYTES]);
+        let at = out.len();
+        while !self.step(&mut out)? {}
+        out[at - KV_LEN_SLOT_BYTES..at].copy_from_slice(&kv_len_slot(self.kv_len()));
+        out.extend_from_slice(&self.tail);
+        Ok(out)
     }
 }
 
@@ -297,8 +285,6 @@ impl ServerMachine {
             frozen_generation: self.generation.load(Ordering::Acquire),
             head,
             tail,
-            kv_len: None,
-            part: Part::Head,
             latency: self.latency.clone(),
         })
     }
@@ -699,25 +685,46 @@ mod tests {
         assert!(out.is_ok());
     }
 
-    /// Runs `job` to the end, applying a put to `m` between pieces.
+    /// Runs `job` to the end as the Raft loop does, applying a put to `m`
+    /// between steps; the envelope's bytes.
     fn run_job_while_applying(
         job: &mut SnapshotJob,
         m: &mut ServerMachine,
     ) -> Result<Vec<u8>, SnapshotJobError> {
-        let cancel = AtomicBool::new(false);
-        let len = job.measure(&cancel)?;
-        let mut bytes = Vec::new();
+        let mut kv_part = Vec::new();
         let mut next = m.applied_index() + 1;
-        while !job.fill(&mut bytes, &cancel)? {
+        while !job.step(&mut kv_part)? {
             put(m, next, &format!("late{next}"), b"after the freeze");
             next += 1;
         }
-        assert_eq!(bytes.len() as u64, len, "measure announced the length");
+        assert_eq!(job.kv_len(), kv_part.len() as u64);
+        let mut bytes = job.head().to_vec();
+        bytes.extend_from_slice(&kv_len_slot(job.kv_len()));
+        bytes.extend_from_slice(&kv_part);
+        bytes.extend_from_slice(job.tail());
         Ok(bytes)
     }
 
     #[test]
-    fn a_snapshot_job_writes_the_bytes_of_the_snapshot_at_its_freeze() {
+    fn the_padded_length_slot_decodes_as_the_length() {
+        for len in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            1 << 20,
+            60_000_000,
+            u64::MAX >> 1,
+            u64::MAX,
+        ] {
+            let slot = kv_len_slot(len);
+            assert_eq!(postcard::from_bytes::<u64>(&slot).unwrap(), len, "{len}");
+        }
+    }
+
+    #[test]
+    fn a_snapshot_job_writes_the_snapshot_at_its_freeze() {
         let mut m = machine();
         for i in 1..=3000u64 {
             put(&mut m, i, &format!("k{}", i % 700), &[b'v'; 100]);
@@ -727,12 +734,29 @@ mod tests {
         assert_eq!(job.index(), 3000);
         let got = run_job_while_applying(&mut job, &mut m).unwrap();
         assert!(m.applied_index() > 3000, "applies went on meanwhile");
-        assert_eq!(got, expected);
+        // The same envelope: the same key-value bytes, only the varint of
+        // their length is padded to its slot.
+        let (want, have) = (
+            SnapshotData::decode(&expected).unwrap(),
+            SnapshotData::decode(&got).unwrap(),
+        );
+        assert_eq!(have.kv, want.kv);
+        assert_eq!(have.members, want.members);
+        assert_eq!(have.auth, want.auth);
+        let canonical = postcard::to_allocvec(&(want.kv.len() as u64))
+            .unwrap()
+            .len();
+        assert_eq!(got.len(), expected.len() - canonical + KV_LEN_SLOT_BYTES);
+        let now = m.snapshot_job().unwrap().run_to_end().unwrap();
+        assert_eq!(
+            SnapshotData::decode(&now).unwrap().kv,
+            SnapshotData::decode(&m.snapshot().unwrap()).unwrap().kv
+        );
         let mut other = machine();
         other.restore(3000, &got).unwrap();
         assert_eq!(
             *other.kv().read().unwrap(),
-            kv::MvccStore::restore(&SnapshotData::decode(&expected).unwrap().kv).unwrap()
+            kv::MvccStore::restore(&want.kv).unwrap()
         );
     }
 
@@ -745,30 +769,18 @@ mod tests {
         let snap = m.snapshot().unwrap();
         let mut job = m.snapshot_job().unwrap();
         m.restore(2500, &snap).unwrap();
-        let cancel = AtomicBool::new(false);
-        assert!(matches!(
-            job.measure(&cancel),
-            Err(SnapshotJobError::Changed)
-        ));
+        assert!(matches!(job.run_to_end(), Err(SnapshotJobError::Changed)));
 
         let mut job = m.snapshot_job().unwrap();
+        let mut piece = Vec::new();
+        assert!(!job.step(&mut piece).unwrap(), "more than one step");
         let compact = Payload::Kv(kv::Command::Compact(kv::CompactionRequest {
             revision: 100,
         }));
         m.apply(2501, 1, &encode_command(&compact).unwrap(), None)
             .unwrap()
             .unwrap();
-        assert!(matches!(
-            job.measure(&cancel),
-            Err(SnapshotJobError::Changed)
-        ));
-
-        let mut job = m.snapshot_job().unwrap();
-        cancel.store(true, Ordering::Relaxed);
-        assert!(matches!(
-            job.measure(&cancel),
-            Err(SnapshotJobError::Cancelled)
-        ));
+        assert!(matches!(job.run_to_end(), Err(SnapshotJobError::Changed)));
     }
 
     #[test]

@@ -12,18 +12,20 @@
 //! clients whose requests completed, and publishes its events.
 //!
 //! A snapshot the replica says is due is frozen here ([`ServerMachine::snapshot_job`],
-//! cheap) and written by its own thread, which holds the store's read lock
-//! one bounded step at a time and streams into the snapshot file; neither
-//! this loop nor the WAL writer waits for it (issue 18). When the file is
-//! durable the writer purges the WAL behind it, in order with its batches,
-//! and the loop compacts the in-memory log.
+//! cheap) and serialized by this loop, one bounded step between rounds,
+//! in one pass; its own thread writes the pieces to the snapshot file and
+//! hands the buffers back ([`SNAPSHOT_PIECES_IN_FLIGHT`]). No other thread
+//! touches the store for it, and neither this loop nor the WAL writer waits
+//! for its I/O (issue 18). When the file is durable the writer purges the
+//! WAL behind it, in order with its batches, and the loop compacts the
+//! in-memory log.
 //!
 //! Client-facing code talks to the loop through a [`RaftHandle`] and
 //! observes it through a [`watch`] of [`NodeStatus`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -39,9 +41,13 @@ use crate::api::REQUEST_TIMEOUT;
 use crate::command::{self, Payload};
 use crate::errors::EtcdError;
 use crate::latency::{Latency, Stage};
-use crate::machine::{Applied, Refused, ServerMachine, SnapshotJob, SnapshotJobError};
+use crate::machine::{
+    kv_len_slot, Applied, Refused, ServerMachine, SnapshotJob, SnapshotJobError, KV_LEN_SLOT_BYTES,
+};
 use crate::registry::{Registry, RegistryOp};
-use crate::storage::snapshot::{save_streamed, StreamedSaveError};
+use crate::storage::snapshot::{
+    save_streamed, SnapshotFile, SnapshotWriter, StreamedSaveError, SNAPSHOT_WRITE_BYTES_PER_SEC,
+};
 use crate::storage::{SharedLog, Snapshot, StorageError, WriteBatch};
 use crate::transport::Transport;
 use crate::watch::{MvccEvent, WatchFeed};
@@ -57,11 +63,14 @@ pub const MAX_PENDING_PROPOSALS: usize = metalraft_replica::DEFAULT_MAX_PENDING_
 /// (etcd's `SnapshotCatchUpEntries`), capped by `--snapshot-count`.
 pub const SNAPSHOT_CATCH_UP_ENTRIES: u64 = metalraft_replica::DEFAULT_SNAPSHOT_CATCH_UP_ENTRIES;
 /// Nice value of the snapshot thread: it yields the cores to the Raft loop,
-/// the WAL writer and the gRPC tasks. Measured without it
-/// (docs/latency-budget.md): the snapshot's two passes then took the cores
-/// from the loop (put throughput during snapshots fell) and the tail did
-/// not improve, since a holder at nice 0 is preempted inside a step too.
+/// the WAL writer and the gRPC tasks. It only writes and syncs the pieces
+/// the loop serialized, and holds no lock the loop needs.
 pub const SNAPSHOT_THREAD_NICE: i32 = 10;
+/// Pieces of a snapshot (one [`SnapshotJob::step`] each) serialized by the
+/// loop and not yet written by the snapshot thread: the loop steps the job
+/// only when the thread hands a written piece's buffer back, so memory is
+/// bounded and a slow disk slows the snapshot, never the loop.
+pub const SNAPSHOT_PIECES_IN_FLIGHT: usize = 4;
 /// Largest snapshot accepted from a leader.
 pub const MAX_INCOMING_SNAPSHOT_BYTES: u64 = metalraft_replica::DEFAULT_MAX_SNAPSHOT_BYTES;
 
@@ -388,8 +397,39 @@ pub struct RaftLoop {
     applied_events: Vec<MvccEvent>,
     /// Where snapshot threads write.
     snap_dir: PathBuf,
-    /// Set when the loop stops: a snapshot thread gives up at its next step.
-    snapshot_cancel: Arc<AtomicBool>,
+    /// The snapshot being serialized by this loop, if any.
+    snapshot: Option<ActiveSnapshot>,
+}
+
+/// What the loop sends the thread writing a snapshot it serializes.
+enum Piece {
+    /// Data to append; the buffer comes back when written.
+    Data(Vec<u8>),
+    /// Reserve the slot of the key-value part's length.
+    KvLenSlot,
+    /// Every piece was sent: fill the slot with this and save the file.
+    Finish([u8; KV_LEN_SLOT_BYTES]),
+}
+
+/// A snapshot the loop serializes step by step for its writing thread.
+struct ActiveSnapshot {
+    index: u64,
+    job: Box<SnapshotJob>,
+    /// To the snapshot thread (dropped: it abandons the file).
+    pieces: std::sync::mpsc::Sender<Piece>,
+    /// Buffers the thread has written, to fill with the next step.
+    free: mpsc::UnboundedReceiver<Vec<u8>>,
+    /// Every piece was sent; the thread's result comes from the writer.
+    sent_all: bool,
+}
+
+/// The next written buffer of the active snapshot; never ready when there
+/// is nothing to serialize. `None`: the thread stopped (it reports why).
+async fn next_free_piece(s: &mut Option<ActiveSnapshot>) -> Option<Vec<u8>> {
+    match s {
+        Some(a) if !a.sent_all => a.free.recv().await,
+        _ => std::future::pending().await,
+    }
 }
 
 impl RaftLoop {
@@ -455,7 +495,7 @@ impl RaftLoop {
             watch_feed,
             applied_events: Vec::new(),
             snap_dir: p.snap_dir,
-            snapshot_cancel: Arc::new(AtomicBool::new(false)),
+            snapshot: None,
         };
         (lp, handle)
     }
@@ -482,6 +522,11 @@ impl RaftLoop {
                     Ok(())
                 }
                 ev = self.writer_events.recv() => self.on_writer_event(ev),
+                buf = next_free_piece(&mut self.snapshot) => {
+                    round = Instant::now();
+                    self.snapshot_step(buf);
+                    Ok(())
+                }
                 _ = shutdown.changed() => break Ok(()),
             };
             // Wall time for lease expiry (leader only; also dates a
@@ -494,7 +539,8 @@ impl RaftLoop {
             self.publish();
             self.stats.latency.since(Stage::LoopRound, round);
         };
-        self.snapshot_cancel.store(true, Ordering::Relaxed);
+        // Its thread abandons the file.
+        self.snapshot = None;
         // A replica that stopped completed its requests in its last output.
         while let Some(out) = self.replica.poll() {
             for c in out.completions {
@@ -532,6 +578,7 @@ impl RaftLoop {
                 compact_to,
             }) => {
                 let index = meta.index;
+                self.snapshot_finished(index);
                 self.log
                     .set_snapshot_file(meta, file)
                     .map_err(LoopError::Storage)?;
@@ -544,6 +591,7 @@ impl RaftLoop {
             Some(WriterEvent::SnapshotFailed { index }) => {
                 // Nothing is lost (the WAL keeps every entry); the replica
                 // tries again at the next threshold.
+                self.snapshot_finished(index);
                 self.replica.snapshot_saved(index);
                 Ok(())
             }
@@ -725,39 +773,132 @@ impl RaftLoop {
             meta: s.meta,
             compact_through: s.compact_through,
         };
-        self.spawn_snapshot(due, SnapshotSource::Bytes(s.data));
+        let index = due.meta.index;
+        let data = s.data;
+        self.spawn_snapshot(index, move |dir, writer| {
+            let mut data = Some(data);
+            let len = data.as_ref().map_or(0, |d| d.len() as u64);
+            let meta = &due.meta;
+            let saved = save_streamed::<SnapshotJobError>(
+                dir,
+                index,
+                meta.term,
+                &meta.conf_state,
+                len,
+                |out| {
+                    out.extend(data.take().unwrap_or_default());
+                    Ok(true)
+                },
+            );
+            report_snapshot(due, saved, std::time::Instant::now(), writer);
+        });
     }
 
-    /// Freezes the state machine for the due snapshot and hands it to a
-    /// snapshot thread.
+    /// Freezes the state machine for the due snapshot; this loop
+    /// serializes it ([`Self::snapshot_step`]) and a thread writes it.
     fn start_snapshot(&mut self, due: SnapshotDue) {
         let sm = self.replica.state_machine();
         debug_assert_eq!(
             metalraft_replica::StateMachine::applied_index(sm),
             due.meta.index
         );
-        match sm.snapshot_job() {
-            Ok(job) => self.spawn_snapshot(due, SnapshotSource::Job(Box::new(job))),
+        let job = match sm.snapshot_job() {
+            Ok(job) => Box::new(job),
             Err(e) => {
                 tracing::error!(error = %e, index = due.meta.index, "freezing a snapshot failed; the next threshold tries again");
                 self.replica.snapshot_saved(due.meta.index);
+                return;
+            }
+        };
+        let (pieces, from_loop) = std::sync::mpsc::channel();
+        let (to_loop, free) = mpsc::unbounded_channel();
+        // The envelope's head and the slot first; then one step per buffer
+        // handed back.
+        let _ = pieces.send(Piece::Data(job.head().to_vec()));
+        let _ = pieces.send(Piece::KvLenSlot);
+        for _ in 0..SNAPSHOT_PIECES_IN_FLIGHT {
+            let _ = to_loop.send(Vec::new());
+        }
+        let index = due.meta.index;
+        let latency = self.stats.latency.clone();
+        if self.spawn_snapshot(index, move |dir, writer| {
+            write_snapshot_pieces(dir, due, &from_loop, &to_loop, writer, latency)
+        }) {
+            self.snapshot = Some(ActiveSnapshot {
+                index,
+                job,
+                pieces,
+                free,
+                sent_all: false,
+            });
+        }
+    }
+
+    /// Serializes the active snapshot's next step into `buf` (a buffer its
+    /// thread has written) and sends it; after the last, the tail and the
+    /// key-value length. A failed step (the store was compacted or
+    /// replaced) abandons the snapshot.
+    fn snapshot_step(&mut self, buf: Option<Vec<u8>>) {
+        let Some(a) = self.snapshot.as_mut() else {
+            return;
+        };
+        let Some(mut buf) = buf else {
+            // The thread stopped on its own (an I/O error); it reports it.
+            a.sent_all = true;
+            return;
+        };
+        buf.clear();
+        match a.job.step(&mut buf) {
+            Ok(done) => {
+                let _ = a.pieces.send(Piece::Data(buf));
+                if done {
+                    let _ = a.pieces.send(Piece::Data(a.job.tail().to_vec()));
+                    let _ = a.pieces.send(Piece::Finish(kv_len_slot(a.job.kv_len())));
+                    a.sent_all = true;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(index = a.index, error = %e, "snapshot abandoned; the next threshold tries again");
+                // Its thread sees the channel closed, removes the file and
+                // reports the failure through the writer.
+                self.snapshot = None;
             }
         }
     }
 
-    fn spawn_snapshot(&mut self, due: SnapshotDue, source: SnapshotSource) {
+    /// The writer reported the snapshot at `index` saved or failed.
+    fn snapshot_finished(&mut self, index: u64) {
+        if self.snapshot.as_ref().is_some_and(|a| a.index == index) {
+            self.snapshot = None;
+        }
+    }
+
+    /// Starts a snapshot thread running `body`; `false` (and the replica
+    /// told) if it could not start.
+    fn spawn_snapshot(
+        &mut self,
+        index: u64,
+        body: impl FnOnce(&std::path::Path, &std::sync::mpsc::Sender<WriteJob>) + Send + 'static,
+    ) -> bool {
         self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
-        let index = due.meta.index;
         let writer = self.writer.clone();
         let dir = self.snap_dir.clone();
-        let cancel = self.snapshot_cancel.clone();
         let spawned = std::thread::Builder::new()
             .name("snapshot".into())
-            .spawn(move || write_snapshot(&dir, due, source, &cancel, &writer));
+            .spawn(move || {
+                // Below the loop and the WAL writer when the cores are busy
+                // (on Linux this sets the calling thread's nice value only).
+                if let Err(e) = rustix::process::setpriority_process(None, SNAPSHOT_THREAD_NICE) {
+                    tracing::debug!(error = %e, "could not lower the snapshot thread's priority");
+                }
+                body(&dir, &writer)
+            });
         if let Err(e) = spawned {
             tracing::error!(error = %e, index, "starting the snapshot thread failed; the next threshold tries again");
             self.replica.snapshot_saved(index);
+            return false;
         }
+        true
     }
 
     /// Answers the client waiting for `c`, if it still waits.
@@ -892,53 +1033,53 @@ impl RaftLoop {
     }
 }
 
-/// What a snapshot thread writes.
-enum SnapshotSource {
-    /// A frozen state machine, serialized step by step.
-    Job(Box<SnapshotJob>),
-    /// Bytes the replica already has.
-    Bytes(Vec<u8>),
-}
-
-/// The snapshot thread: writes the snapshot file, then tells the WAL
-/// writer (which purges the WAL behind it, in order with its batches, and
-/// tells the loop). A failure is reported the same way; nothing is lost.
-fn write_snapshot(
+/// The snapshot thread of a snapshot the loop serializes: writes the
+/// pieces as they come ([`SnapshotWriter`], one pass: the key-value length
+/// is filled into its slot at the end), hands each buffer back, then tells
+/// the WAL writer (which purges the WAL behind the file, in order with its
+/// batches, and tells the loop). A failure is reported the same way;
+/// nothing is lost.
+fn write_snapshot_pieces(
     dir: &std::path::Path,
     due: SnapshotDue,
-    source: SnapshotSource,
-    cancel: &AtomicBool,
+    pieces: &std::sync::mpsc::Receiver<Piece>,
+    free: &mpsc::UnboundedSender<Vec<u8>>,
+    writer: &std::sync::mpsc::Sender<WriteJob>,
+    latency: Arc<Latency>,
+) {
+    let started = std::time::Instant::now();
+    let meta = &due.meta;
+    let _writing = latency.snapshot_file();
+    let saved = (|| {
+        let mut w = SnapshotWriter::create(dir, meta.index, meta.term, &meta.conf_state)?;
+        w.observe_syncs(latency.clone());
+        w.pace(SNAPSHOT_WRITE_BYTES_PER_SEC);
+        loop {
+            match pieces.recv() {
+                Ok(Piece::Data(buf)) => {
+                    w.write(&buf)?;
+                    // The loop is gone only when the snapshot was abandoned.
+                    let _ = free.send(buf);
+                }
+                Ok(Piece::KvLenSlot) => w.reserve(KV_LEN_SLOT_BYTES)?,
+                Ok(Piece::Finish(slot)) => return Ok(w.finish(&slot)?),
+                // Dropping `w` removes the temporary file.
+                Err(_) => return Err(StreamedSaveError::Source(SnapshotJobError::Cancelled)),
+            }
+        }
+    })();
+    report_snapshot(due, saved, started, writer);
+}
+
+/// Tells the WAL writer how a snapshot's save ended.
+fn report_snapshot(
+    due: SnapshotDue,
+    saved: Result<SnapshotFile, StreamedSaveError<SnapshotJobError>>,
+    started: std::time::Instant,
     writer: &std::sync::mpsc::Sender<WriteJob>,
 ) {
-    // Below the loop and the WAL writer when the cores are busy (on Linux
-    // this sets the calling thread's nice value only). The price: a step
-    // preempted while it holds the store's read lock keeps every apply
-    // waiting until this thread gets a core again, which is why a step is
-    // short (`SNAPSHOT_STEP_ITEMS`; docs/latency-budget.md).
-    if let Err(e) = rustix::process::setpriority_process(None, SNAPSHOT_THREAD_NICE) {
-        tracing::debug!(error = %e, "could not lower the snapshot thread's priority");
-    }
-    let started = std::time::Instant::now();
     let meta = due.meta;
-    let (index, term) = (meta.index, meta.term);
-    let saved = match source {
-        SnapshotSource::Job(mut job) => job
-            .measure(cancel)
-            .map_err(StreamedSaveError::Source)
-            .and_then(|len| {
-                save_streamed(dir, index, term, &meta.conf_state, len, |out| {
-                    job.fill(out, cancel)
-                })
-            }),
-        SnapshotSource::Bytes(data) => {
-            let mut data = Some(data);
-            let len = data.as_ref().map_or(0, |d| d.len() as u64);
-            save_streamed::<SnapshotJobError>(dir, index, term, &meta.conf_state, len, |out| {
-                out.extend(data.take().unwrap_or_default());
-                Ok(true)
-            })
-        }
-    };
+    let index = meta.index;
     let job = match saved {
         Ok(file) => {
             tracing::info!(

@@ -154,7 +154,7 @@ impl WriterGauges {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.sync_micros
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-        self.latency.observe(Stage::WalWrite, d);
+        self.latency.observe_wal_write(d);
     }
 }
 

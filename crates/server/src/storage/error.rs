@@ -59,6 +59,10 @@ pub enum StorageError {
     /// changing it, so it may be half-changed. The member stops.
     #[error("the in-memory log's lock is poisoned (a thread panicked while changing it)")]
     LogPoisoned,
+    /// A snapshot file was written against [`super::snapshot::SnapshotWriter`]'s
+    /// contract (a bug in its caller); nothing was saved.
+    #[error("snapshot writer: {0}")]
+    SnapshotWriter(#[from] super::snapshot::WriterMisuse),
     /// Another process holds the data directory.
     #[error("data directory {} is in use by another process", path.display())]
     Locked {

@@ -13,10 +13,11 @@
 //! result, [`SnapshotFile`], serves followers from the file.
 
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use metalraft_core::{ConfState, MAX_TERM_OR_INDEX};
 
@@ -31,8 +32,18 @@ const HEADER_BYTES: usize = 8 + 4 + 8;
 pub const SNAPSHOTS_KEPT: usize = 2;
 /// A streamed snapshot is synced every this many bytes as it is written, so
 /// the device never has a whole snapshot's dirty pages to flush at once:
-/// the WAL's `fdatasync`s queue behind one such slice at most.
-pub const SNAPSHOT_SYNC_BYTES: u64 = 4 * 1024 * 1024;
+/// the WAL's `fdatasync`s queue behind one such slice at most. 4 MiB slices
+/// took 13–100 ms to sync under the put-64 benchmark and the WAL's group
+/// commits during snapshots reached 51–205 ms at p99.9
+/// (docs/latency-budget.md); 1 MiB makes the wait behind one a quarter.
+pub const SNAPSHOT_SYNC_BYTES: u64 = 1024 * 1024;
+/// Write rate of a paced snapshot ([`SnapshotWriter::pace`]): the snapshot
+/// thread sleeps after a synced slice that got ahead of it, so the WAL
+/// shares the disk with at most this much snapshot traffic per member.
+/// Snapshots then take longer (a 40 MB store: about 1.7 s), and fewer of
+/// them fit in a busy period (the replica takes one at a time; the WAL
+/// keeps the entries meanwhile).
+pub const SNAPSHOT_WRITE_BYTES_PER_SEC: u64 = 24 * 1024 * 1024;
 /// Largest encoded membership record a snapshot may hold.
 const MAX_CONF_BYTES: u64 = 64 * 1024;
 
@@ -256,8 +267,7 @@ pub enum StreamedSaveError<E: std::error::Error + 'static> {
 /// Saves a snapshot like [`save`], its `data_len` bytes of data produced by
 /// `fill`: each call appends the next piece to the (empty) buffer it is
 /// given and says whether that was the last. Only one piece is in memory at
-/// a time. The checksum in the header is written last, before the sync, so
-/// the file has the layout of [`encode`] exactly.
+/// a time. The file has the layout of [`encode`] exactly ([`SnapshotWriter`]).
 pub fn save_streamed<E: std::error::Error + 'static>(
     dir: &Path,
     index: u64,
@@ -266,68 +276,265 @@ pub fn save_streamed<E: std::error::Error + 'static>(
     data_len: u64,
     mut fill: impl FnMut(&mut Vec<u8>) -> Result<bool, E>,
 ) -> Result<SnapshotFile, StreamedSaveError<E>> {
-    create_dir_durable(dir)?;
-    let path = dir.join(name(term, index));
-    let tmp = dir.join(format!("{}.tmp", name(term, index)));
-    let conf = postcard::to_allocvec(conf_state)
-        .map_err(|e| StorageError::from(EncodeError::ConfState(e)))?;
-    let mut head = Vec::with_capacity(3 * 8 + conf.len());
-    head.extend_from_slice(&index.to_le_bytes());
-    head.extend_from_slice(&term.to_le_bytes());
-    head.extend_from_slice(&(conf.len() as u64).to_le_bytes());
-    head.extend_from_slice(&conf);
-    let payload_len = head.len() as u64 + data_len;
-    let data_offset = (HEADER_BYTES + head.len()) as u64;
-    let io = |e: std::io::Error| StreamedSaveError::Storage(StorageError::from_io(&tmp, e));
-    let result = (|| {
-        let mut f = File::create(&tmp).map_err(io)?;
-        let mut header = Vec::with_capacity(HEADER_BYTES);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&0u32.to_le_bytes());
-        header.extend_from_slice(&payload_len.to_le_bytes());
-        f.write_all(&header).map_err(io)?;
-        f.write_all(&head).map_err(io)?;
-        let mut crc = crc32c::crc32c(&head);
-        let mut written = 0u64;
-        let mut synced = 0u64;
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            let last = fill(&mut buf).map_err(StreamedSaveError::Source)?;
-            crc = crc32c::crc32c_append(crc, &buf);
-            written += buf.len() as u64;
-            f.write_all(&buf).map_err(io)?;
-            if written - synced >= SNAPSHOT_SYNC_BYTES {
-                f.sync_data().map_err(io)?;
-                synced = written;
-            }
-            if last {
-                break;
-            }
+    let mut w = SnapshotWriter::create(dir, index, term, conf_state)?;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let last = fill(&mut buf).map_err(StreamedSaveError::Source)?;
+        w.write(&buf)?;
+        if last {
+            break;
         }
-        if written != data_len {
-            return Err(StreamedSaveError::Length {
-                actual: written,
-                announced: data_len,
-            });
-        }
-        f.seek(SeekFrom::Start(MAGIC.len() as u64)).map_err(io)?;
-        f.write_all(&crc.to_le_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
     }
-    fs::rename(&tmp, &path).map_err(|e| StorageError::from_io(&path, e))?;
-    sync_dir(dir)?;
-    let file = File::open(&path).map_err(|e| StorageError::from_io(&path, e))?;
-    keep_newest(dir)?;
-    Ok(SnapshotFile {
-        file: Arc::new(file),
-        data_offset,
-        data_len,
-    })
+    if w.data_len() != data_len {
+        return Err(StreamedSaveError::Length {
+            actual: w.data_len(),
+            announced: data_len,
+        });
+    }
+    Ok(w.finish(&[])?)
+}
+
+/// A [`SnapshotWriter`] used against its contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WriterMisuse {
+    /// A second slot was reserved.
+    #[error("a second slot reserved")]
+    SecondSlot,
+    /// The slot was filled with another length than reserved (0: none
+    /// reserved).
+    #[error("a slot of {reserved} bytes filled with {given}")]
+    SlotLength {
+        /// Bytes reserved.
+        reserved: usize,
+        /// Bytes given.
+        given: usize,
+    },
+    /// Written after a failure closed the file.
+    #[error("written after the file was closed")]
+    Closed,
+}
+
+/// Where the slot reserved by [`SnapshotWriter::reserve`] is.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    /// Its offset in the data.
+    at: u64,
+    /// Its length.
+    len: usize,
+    /// The checksum of the payload before it.
+    crc_before: u32,
+}
+
+/// A snapshot file written in one pass, piece by piece, in the layout of
+/// [`encode`]: the header's checksum and length are written last, and one
+/// slot of the data may be reserved on the way and filled at the end (the
+/// state machine's snapshot announces its key-value part's length before
+/// that part, which is known only once it is written).
+///
+/// Written to a temporary name; [`finish`](Self::finish) syncs, renames and
+/// syncs the directory. Dropped unfinished, it removes the temporary file.
+/// The data is synced every [`SNAPSHOT_SYNC_BYTES`] as it is written.
+pub struct SnapshotWriter {
+    file: Option<File>,
+    dir: PathBuf,
+    tmp: PathBuf,
+    path: PathBuf,
+    /// Where the data starts in the file.
+    data_offset: u64,
+    /// Payload bytes before the data (index, term, conf).
+    head_len: u64,
+    /// Data bytes written so far.
+    written: u64,
+    synced: u64,
+    /// The checksum of the payload since the slot (or since the start, if
+    /// none was reserved).
+    crc: u32,
+    slot: Option<Slot>,
+    /// Where the syncs' durations go (`snapshot_sync`).
+    latency: Option<Arc<crate::latency::Latency>>,
+    /// With [`pace`](Self::pace): when writing started, and the rate.
+    pace: Option<(std::time::Instant, u64)>,
+}
+
+impl SnapshotWriter {
+    /// Creates the temporary file of the snapshot at `index`/`term` and
+    /// writes its header (checksum and length zero until
+    /// [`finish`](Self::finish)).
+    pub fn create(
+        dir: &Path,
+        index: u64,
+        term: u64,
+        conf_state: &ConfState,
+    ) -> Result<SnapshotWriter, StorageError> {
+        create_dir_durable(dir)?;
+        let path = dir.join(name(term, index));
+        let tmp = dir.join(format!("{}.tmp", name(term, index)));
+        let conf = postcard::to_allocvec(conf_state)
+            .map_err(|e| StorageError::from(EncodeError::ConfState(e)))?;
+        let mut head = Vec::with_capacity(HEADER_BYTES + 3 * 8 + conf.len());
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&[0u8; 12]);
+        head.extend_from_slice(&index.to_le_bytes());
+        head.extend_from_slice(&term.to_le_bytes());
+        head.extend_from_slice(&(conf.len() as u64).to_le_bytes());
+        head.extend_from_slice(&conf);
+        let mut w = SnapshotWriter {
+            file: None,
+            dir: dir.to_path_buf(),
+            crc: crc32c::crc32c(&head[HEADER_BYTES..]),
+            head_len: (head.len() - HEADER_BYTES) as u64,
+            data_offset: head.len() as u64,
+            tmp,
+            path,
+            written: 0,
+            synced: 0,
+            slot: None,
+            latency: None,
+            pace: None,
+        };
+        let mut f = File::create(&w.tmp).map_err(|e| StorageError::from_io(&w.tmp, e))?;
+        f.write_all(&head)
+            .map_err(|e| StorageError::from_io(&w.tmp, e))?;
+        w.file = Some(f);
+        Ok(w)
+    }
+
+    /// Records every sync's duration in `latency` (`snapshot_sync`).
+    pub fn observe_syncs(&mut self, latency: Arc<crate::latency::Latency>) {
+        self.latency = Some(latency);
+    }
+
+    fn timed_sync(&self, f: &File, all: bool) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
+        let r = if all { f.sync_all() } else { f.sync_data() };
+        r.map_err(|e| self.io(e))?;
+        if let Some(l) = &self.latency {
+            l.since(crate::latency::Stage::SnapshotSync, started);
+        }
+        Ok(())
+    }
+
+    /// Keeps the data's write rate at or below `bytes_per_sec` (from now
+    /// on; checked at every synced slice, so bursts are at most
+    /// [`SNAPSHOT_SYNC_BYTES`]).
+    pub fn pace(&mut self, bytes_per_sec: u64) {
+        self.pace = Some((std::time::Instant::now(), bytes_per_sec.max(1)));
+    }
+
+    /// Data bytes written so far (the slot included).
+    pub fn data_len(&self) -> u64 {
+        self.written
+    }
+
+    fn io(&self, e: std::io::Error) -> StorageError {
+        StorageError::from_io(&self.tmp, e)
+    }
+
+    fn raw_write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        let f = self
+            .file
+            .as_mut()
+            .ok_or(StorageError::from(WriterMisuse::Closed))?;
+        let r = f.write_all(bytes);
+        r.map_err(|e| self.io(e))?;
+        self.written += bytes.len() as u64;
+        if self.written - self.synced >= SNAPSHOT_SYNC_BYTES {
+            let f = self
+                .file
+                .as_ref()
+                .ok_or(StorageError::from(WriterMisuse::Closed))?;
+            self.timed_sync(f, false)?;
+            self.synced = self.written;
+            if let Some((since, rate)) = self.pace {
+                let due = Duration::from_secs_f64(self.written as f64 / rate as f64);
+                if let Some(ahead) = due.checked_sub(since.elapsed()) {
+                    std::thread::sleep(ahead);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `bytes` to the data.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.raw_write(bytes)
+    }
+
+    /// Reserves the next `len` bytes of the data (zeros until
+    /// [`finish`](Self::finish) fills them). At most one slot.
+    pub fn reserve(&mut self, len: usize) -> Result<(), StorageError> {
+        if self.slot.is_some() {
+            return Err(WriterMisuse::SecondSlot.into());
+        }
+        self.slot = Some(Slot {
+            at: self.written,
+            len,
+            crc_before: self.crc,
+        });
+        self.crc = 0;
+        self.raw_write(&vec![0u8; len])
+    }
+
+    /// Fills the reserved slot with `slot` (empty if none was reserved),
+    /// writes the header's checksum and length, syncs, renames the file to
+    /// its snapshot name, syncs the directory and removes all but the
+    /// newest [`SNAPSHOTS_KEPT`] snapshots.
+    pub fn finish(mut self, slot: &[u8]) -> Result<SnapshotFile, StorageError> {
+        let payload_len = self.head_len + self.written;
+        let crc = match self.slot {
+            None if slot.is_empty() => self.crc,
+            Some(s) if s.len == slot.len() => {
+                let with_slot = crc32c::crc32c_append(s.crc_before, slot);
+                let after = payload_len - self.head_len - s.at - s.len as u64;
+                crc32c::crc32c_combine(with_slot, self.crc, after as usize)
+            }
+            s => {
+                return Err(WriterMisuse::SlotLength {
+                    reserved: s.map_or(0, |s| s.len),
+                    given: slot.len(),
+                }
+                .into())
+            }
+        };
+        let f = self
+            .file
+            .take()
+            .ok_or(StorageError::from(WriterMisuse::Closed))?;
+        let mut header = [0u8; 12];
+        header[..4].copy_from_slice(&crc.to_le_bytes());
+        header[4..].copy_from_slice(&payload_len.to_le_bytes());
+        let r = (|| {
+            if let Some(s) = self.slot {
+                f.write_all_at(slot, self.data_offset + s.at)?;
+            }
+            f.write_all_at(&header, MAGIC.len() as u64)
+        })();
+        r.map_err(|e| self.io(e))?;
+        self.timed_sync(&f, true)?;
+        drop(f);
+        fs::rename(&self.tmp, &self.path).map_err(|e| StorageError::from_io(&self.path, e))?;
+        // Renamed: nothing for `Drop` to remove.
+        self.tmp = PathBuf::new();
+        sync_dir(&self.dir)?;
+        let file = File::open(&self.path).map_err(|e| StorageError::from_io(&self.path, e))?;
+        keep_newest(&self.dir)?;
+        Ok(SnapshotFile {
+            file: Arc::new(file),
+            data_offset: self.data_offset,
+            data_len: self.written,
+        })
+    }
+}
+
+impl Drop for SnapshotWriter {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            self.file = None;
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Snapshot files in `dir` as `(index, term, path)`, oldest first.
@@ -460,6 +667,81 @@ mod tests {
         assert_eq!(file.read_at(1000, 10).unwrap(), data[1000..1010]);
         assert_eq!(file.read_at(99_995, 10).unwrap(), data[99_995..]);
         assert!(file.read_at(200_000, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_slot_filled_at_the_end_gives_the_file_save_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = ConfState::default();
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let mut data = b"head".to_vec();
+        data.extend_from_slice(&[7, 8, 9]);
+        data.extend_from_slice(&body);
+        let mut w = SnapshotWriter::create(dir.path(), 9, 2, &conf).unwrap();
+        w.write(b"head").unwrap();
+        w.reserve(3).unwrap();
+        assert!(matches!(
+            w.reserve(1),
+            Err(StorageError::SnapshotWriter(WriterMisuse::SecondSlot))
+        ));
+        for piece in body.chunks(100_000) {
+            w.write(piece).unwrap();
+        }
+        let file = w.finish(&[7, 8, 9]).unwrap();
+        let snap = Snapshot {
+            index: 9,
+            term: 2,
+            conf_state: conf.clone(),
+            data: data.clone(),
+        };
+        assert_eq!(
+            fs::read(dir.path().join(name(2, 9))).unwrap(),
+            encode(&snap).unwrap()
+        );
+        assert_eq!(file.len(), data.len() as u64);
+        assert_eq!(file.read_at(4, 3).unwrap(), [7, 8, 9]);
+
+        // A slot filled with the wrong length, or a writer dropped
+        // unfinished, saves nothing.
+        let mut w = SnapshotWriter::create(dir.path(), 10, 2, &conf).unwrap();
+        w.reserve(3).unwrap();
+        assert!(matches!(
+            w.finish(&[1]),
+            Err(StorageError::SnapshotWriter(WriterMisuse::SlotLength {
+                reserved: 3,
+                given: 1
+            }))
+        ));
+        let mut w = SnapshotWriter::create(dir.path(), 11, 2, &conf).unwrap();
+        w.write(b"partial").unwrap();
+        drop(w);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec![name(2, 9)], "no .tmp left");
+        assert_eq!(load_latest(dir.path()).unwrap().snapshot, Some(snap));
+    }
+
+    #[test]
+    fn a_paced_writer_keeps_to_its_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SnapshotWriter::create(dir.path(), 1, 1, &ConfState::default()).unwrap();
+        let rate = 16 * 1024 * 1024;
+        w.pace(rate);
+        let started = std::time::Instant::now();
+        let piece = vec![1u8; 64 * 1024];
+        // 4 MiB at 16 MiB/s: at least 0.25 s (the last slice's sleep is
+        // after its sync, so the whole takes no less).
+        for _ in 0..64 {
+            w.write(&piece).unwrap();
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
+        w.finish(&[]).unwrap();
     }
 
     #[test]
