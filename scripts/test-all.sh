@@ -53,6 +53,10 @@ step "firmware wire formats and block store (the firmware's own workspace; the Q
 # sectors in flight (tests/power_loss.rs), fuzz regressions, held messages.
 (cd crates/firmware && cargo test -p metalraft-fw-store --target x86_64-unknown-linux-gnu)
 
+step "firmware lints: clippy of both boards' builds (RISC-V virt; Cortex-M4F mps2-an386, its own platform code)"
+(cd crates/firmware && cargo clippy --release --locked -- -D warnings)
+(cd crates/firmware && cargo clippy --release --locked --target thumbv7em-none-eabihf -- -D warnings)
+
 step "fuzz: fmt, clippy, every committed fuzz input replayed, then ${FUZZ_SECONDS:-10} s of libFuzzer per core/kv/firmware target (stable; no server)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}" fuzz/ci.sh
 

@@ -378,8 +378,9 @@ pub struct Perf {
     pub raft_us: u64,
     /// Time the Raft task was not waiting (all of the above and the rest).
     pub busy_us: u64,
-    /// Time the Raft task waited for the disk to finish a batch (its
-    /// flush) before acknowledging it, receiving and ticking meanwhile.
+    /// Time the Raft task waited, idle, while a batch was on the disk (its
+    /// flush running) or a snapshot was to be stored; the datagrams and
+    /// ticks it handled meanwhile count as busy.
     pub disk_wait_us: u64,
 }
 

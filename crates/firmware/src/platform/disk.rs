@@ -322,9 +322,13 @@ pub struct DiskWaiter {
 
 impl DiskWaiter {
     /// Completes when nothing is in flight: `Err` if a request failed (its
-    /// batch must not be acknowledged).
-    pub async fn idle(&self) -> Result<(), DiskError> {
+    /// batch must not be acknowledged). Never, if not `wanted` (the Raft
+    /// task has nothing on the disk to acknowledge).
+    pub async fn idle(&self, wanted: bool) -> Result<(), DiskError> {
         core::future::poll_fn(|cx| {
+            if !wanted {
+                return Poll::Pending;
+            }
             WAKER.register(cx.waker());
             let mut dev = self.dev.borrow_mut();
             if let Err(e) = dev.submit_pending() {
@@ -340,13 +344,6 @@ impl DiskWaiter {
             })
         })
         .await
-    }
-
-    /// Whether a request is in flight (pending writes are submitted first).
-    pub fn busy(&self) -> bool {
-        let mut dev = self.dev.borrow_mut();
-        // A failure shows in `idle`.
-        dev.submit_pending().is_ok() && !dev.reap()
     }
 }
 

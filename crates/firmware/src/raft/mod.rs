@@ -3,9 +3,11 @@
 //! `RAFT_PORT`, clients on `CLIENT_PORT`). It waits for a datagram or the
 //! next tick, feeds the shell, then for every output of the replica: sends
 //! its messages and client answers, writes and flushes its persistence
-//! batch — receiving datagrams and ticking while the disk finishes it —
-//! and acknowledges it once the disk is done, which only then releases the
-//! messages that promise that state (they go out with the next output).
+//! batch — receiving datagrams, ticking and taking the replica's next
+//! output while the disk finishes it (that output's batch is written once
+//! this one is acknowledged) — and acknowledges it once the disk is done,
+//! which only then releases the messages that promise that state (they go
+//! out with a later output).
 //! A node that applies its own removal from the cluster answers its
 //! waiting clients and powers off at the next tick (so the network task
 //! sends those answers first).
@@ -17,7 +19,7 @@ pub mod wire;
 use core::task::Poll;
 
 use embassy_futures::poll_once;
-use embassy_futures::select::{select3, select4, Either3, Either4};
+use embassy_futures::select::{select4, Either4};
 use embassy_net::udp::{PacketMetadata, RecvError, UdpMetadata, UdpSocket};
 use embassy_net::{IpAddress, IpEndpoint, Ipv4Address, Stack};
 use embassy_time::{Duration, Instant, Timer};
@@ -183,28 +185,41 @@ pub async fn raft_task(
     let mut out = Outbox::default();
     let mut next_tick = Instant::now() + tick;
     loop {
-        let woke = select3(
+        // Wait for a datagram, the next tick, or the disk to finish the
+        // batch on it (its acknowledgement then releases what it promised).
+        let syncing = shell.syncing();
+        let waiting = Instant::now();
+        let woke = select4(
+            disk.idle(syncing),
             raft.recv_from(&mut rbuf),
             clients.recv_from(&mut cbuf),
             Timer::at(next_tick),
         )
         .await;
+        if syncing {
+            shell.perf.disk_wait_us += waiting.elapsed().as_micros();
+        }
         let awake = Instant::now();
         shell.perf.wakeups += 1;
         match woke {
-            Either3::First(received) => {
+            Either4::First(r) => shell.acknowledge(r, &mut out),
+            Either4::Second(received) => {
                 shell.perf.peer_in += 1;
                 on_raft_datagram(&mut shell, received, &rbuf, &mut out)
             }
-            Either3::Second(received) => {
+            Either4::Third(received) => {
                 shell.perf.client_in += 1;
                 on_client(&mut shell, received, &cbuf, &mut out)
             }
-            Either3::Third(()) => on_tick(&mut shell, &mut next_tick, tick),
+            Either4::Fourth(()) => on_tick(&mut shell, &mut next_tick, tick),
         }
-        // Take whatever else already arrived before driving the node, so a
-        // burst of requests becomes one log append and one disk flush
-        // (group commit).
+        // Answers the shell gave at once (status, redirects, refusals,
+        // removal notices).
+        send(&mut shell, &mut out, &mut raft, &mut clients, &mut sbuf).await;
+        // Take whatever else already arrived before polling the replica, so
+        // a burst of datagrams becomes one output — one append per
+        // follower, one acknowledgement to the leader, one log append and
+        // flush (group commit) — rather than one per datagram.
         for _ in 0..MAX_DATAGRAMS_PER_WAKE {
             let mut progressed = false;
             if let Poll::Ready(received) = poll_once(clients.recv_from(&mut cbuf)) {
@@ -221,61 +236,30 @@ pub async fn raft_task(
                 break;
             }
         }
-        // Send each output's messages before its disk write, so followers
-        // write in parallel with the leader (the core keeps every message
-        // that promises durable state until the batch is acknowledged).
-        let mut waited = Duration::from_ticks(0);
+        // Drive the node: take each output of the replica and send its
+        // messages before its disk write, so followers write in parallel
+        // with the leader (the core keeps every message that promises
+        // durable state until its batch is acknowledged). Batches are
+        // pipelined: while one is on the disk (its flush running) the task
+        // keeps receiving and takes the replica's next output, whose
+        // messages leave at once; its batch is written the moment the one
+        // on the disk is acknowledged (`Pump`).
         loop {
             let polled = Instant::now();
-            let progressed = shell.poll(&mut out);
+            let took = shell.poll(&mut out);
             shell.perf.raft_us += polled.elapsed().as_micros();
             send(&mut shell, &mut out, &mut raft, &mut clients, &mut sbuf).await;
-            shell.write(&mut out);
-            // While the disk finishes the batch (its flush), keep receiving
-            // and ticking: requests that arrive now join the next batch.
-            let wait_start = Instant::now();
-            let written = loop {
-                if !disk.busy() {
-                    break disk.idle().await;
-                }
-                match select4(
-                    disk.idle(),
-                    raft.recv_from(&mut rbuf),
-                    clients.recv_from(&mut cbuf),
-                    Timer::at(next_tick),
-                )
-                .await
-                {
-                    Either4::First(r) => break r,
-                    Either4::Second(received) => {
-                        shell.perf.peer_in += 1;
-                        on_raft_datagram(&mut shell, received, &rbuf, &mut out)
-                    }
-                    Either4::Third(received) => {
-                        shell.perf.client_in += 1;
-                        on_client(&mut shell, received, &cbuf, &mut out)
-                    }
-                    Either4::Fourth(()) => on_tick(&mut shell, &mut next_tick, tick),
-                }
-                // Answers the shell gave at once (status, redirects,
-                // refusals, removal notices).
-                send(&mut shell, &mut out, &mut raft, &mut clients, &mut sbuf).await;
-            };
-            let w = wait_start.elapsed();
-            waited += w;
-            shell.perf.disk_wait_us += w.as_micros();
-            shell.acknowledge(written, &mut out);
-            if !progressed {
+            if !(shell.write(&mut out) || took) {
                 break;
             }
         }
-        send(&mut shell, &mut out, &mut raft, &mut clients, &mut sbuf).await;
-        shell.perf.busy_us += (awake.elapsed() - waited).as_micros();
+        shell.perf.busy_us += awake.elapsed().as_micros();
     }
 }
 
 /// One tick of the node (or its power-off, once removed), and the next
-/// tick's time.
+/// tick's time. (Out of line: .text.)
+#[inline(never)]
 fn on_tick(shell: &mut Shell, next_tick: &mut Instant, tick: Duration) {
     if let Some(index) = shell.removed() {
         info!("removed from the cluster at index {}: stopping", index);

@@ -676,22 +676,32 @@ impl Shell {
         }
     }
 
-    /// Writes the kept batch (see [`Pump::write`]); the disk may still be
-    /// carrying out its last request (the flush) when this returns. A
-    /// storage failure stops the node.
-    pub fn write(&mut self, out: &mut Outbox) {
-        if !self.pump.syncing() {
-            return;
+    /// Writes the kept batch (see [`Pump::write`]) unless the one before
+    /// is still on the disk; the disk may still be carrying out its last
+    /// request (the flush) when this returns. Returns whether a batch went
+    /// to the disk. A storage failure stops the node.
+    pub fn write(&mut self, out: &mut Outbox) -> bool {
+        if self.pump.on_disk() {
+            return false;
         }
         let entries = self.pump.pending_entries() as u64;
         let start = embassy_time::Instant::now();
         let written = self.pump.write(&mut self.core);
         self.perf.storage_us += start.elapsed().as_micros();
-        self.perf.batches += 1;
-        self.perf.entries_written += entries;
         if let Err(e) = written {
             self.stop(e, out);
         }
+        if !self.pump.on_disk() {
+            return false;
+        }
+        self.perf.batches += 1;
+        self.perf.entries_written += entries;
+        true
+    }
+
+    /// Whether a written batch or a snapshot waits for [`Shell::acknowledge`].
+    pub fn syncing(&self) -> bool {
+        self.pump.syncing()
     }
 
     /// Once the disk finished everything [`Shell::write`] wrote (`disk`:

@@ -1,23 +1,33 @@
 //! The order in which the firmware's Raft task carries out a
 //! `metalraft-replica` [`Output`], kept here (host-testable) rather than in
-//! the task:
+//! the task. Two persistence batches may be outstanding at once (ADR 0002:
+//! tokens are acknowledged strictly in order), but the disk only ever sees
+//! one at a time:
 //!
-//! 1. [`Pump::poll`] takes the next output of the [`Replica`] — but not
-//!    while the batch of the previous one waits for [`Pump::sync`] — and
-//!    keeps its persistence batch and its snapshot. The caller sends its
-//!    messages at once (the core has already held back every message that
-//!    depends on a batch not yet acknowledged: vote grants, append
-//!    acknowledgements, anything sent in a term not yet durable) and
-//!    answers its completions;
-//! 2. [`Pump::sync`] writes the kept batch — the snapshot received from the
-//!    leader first, if it installs one — flushes it (the disk is
-//!    synchronous: [`DiskLog::persist`] returns once the flush completed)
-//!    and only then acknowledges it with `Replica::on_persisted`, which is
-//!    what lets the held messages into the next output. Then it stores the
-//!    snapshot the replica took, if any, and compacts the log (the core
-//!    applies only durable entries, so the log already holds everything the
-//!    snapshot covers; after the batch, the batch never meets a log being
-//!    compacted).
+//! 1. [`Pump::poll`] takes the next output of the [`Replica`] — while no
+//!    batch waits to be written, and so also while the previous batch is
+//!    on the disk (its flush running) — and keeps its persistence batch
+//!    and its snapshot. The caller sends its messages at once (the core
+//!    has already held back every message that depends on a batch not yet
+//!    acknowledged: vote grants, append acknowledgements, anything sent in
+//!    a term not yet durable) and answers its completions;
+//! 2. [`Pump::write`] writes the kept batch — the snapshot received from
+//!    the leader first, if it installs one — and its flush, but only once
+//!    the batch before it was acknowledged: batch N+1's records and hard
+//!    state reach the device after batch N's flush completed, so every
+//!    promise about the hard-state slots, the record chain and the commit
+//!    claim of [`DiskLog::persist`] holds as with one batch at a time;
+//! 3. [`Pump::acknowledge`], once the device completed the flush, hands the
+//!    token to `Replica::on_persisted`, which is what lets the held
+//!    messages into a later output. Then it stores the snapshot the
+//!    replica took, if any, and compacts the log (the core applies only
+//!    durable entries, so the log already holds everything the snapshot
+//!    covers).
+//!
+//! So while batch N's flush runs, the replica's next output — the leader's
+//! appends of new entries, answers of already applied entries — goes out,
+//! and batch N+1 is written the moment N is acknowledged ([`Pump::sync`]
+//! does write + acknowledge for a synchronous disk).
 //!
 //! A batch whose write or flush failed is never acknowledged, and the pump
 //! stops for good: the node cannot keep the promises those messages make.
@@ -111,6 +121,12 @@ impl Pump {
         self.unsynced.is_some() || self.written.is_some() || self.snapshot.is_some()
     }
 
+    /// Whether a written batch waits for [`Pump::acknowledge`] (its flush
+    /// may still be running on the device).
+    pub fn on_disk(&self) -> bool {
+        self.written.is_some()
+    }
+
     /// Log entries in the batch waiting for [`Pump::sync`] (0: none).
     pub fn pending_entries(&self) -> usize {
         self.unsynced
@@ -118,8 +134,10 @@ impl Pump {
             .map_or(0, |w| w.persist.entries().len())
     }
 
-    /// Takes the replica's next output, if there is one and nothing waits
-    /// for [`Pump::sync`]. Its persistence batch and snapshot are kept (the
+    /// Takes the replica's next output, if there is one and no batch or
+    /// snapshot waits to be written (a written batch waiting for
+    /// [`Pump::acknowledge`] does not hold it back: its token is
+    /// acknowledged before this one's). Its persistence batch and snapshot are kept (the
     /// returned output has neither); the caller sends its messages and
     /// answers its completions. An output with a `failure` stops the pump:
     /// its batch is dropped, never written nor acknowledged.
@@ -127,7 +145,7 @@ impl Pump {
         &mut self,
         replica: &mut DiskReplica<M, D>,
     ) -> Option<OutputOf<M, Vec<u8>>> {
-        if self.stopped || self.syncing() {
+        if self.stopped || self.unsynced.is_some() || self.snapshot.is_some() {
             return None;
         }
         let mut out = replica.poll()?;
@@ -162,11 +180,13 @@ impl Pump {
     /// that completes requests asynchronously) and keeps its token. The
     /// caller waits until the device completed every request, then calls
     /// [`Pump::acknowledge`] — or never, if the device reported a failure.
+    /// Does nothing while the batch before is not acknowledged (the disk
+    /// sees one batch at a time).
     pub fn write<M: StateMachine, D: BlockDevice>(
         &mut self,
         replica: &mut DiskReplica<M, D>,
     ) -> Result<(), PumpError> {
-        if self.stopped {
+        if self.stopped || self.written.is_some() {
             return Ok(());
         }
         if let Some(work) = self.unsynced.take() {

@@ -40,6 +40,16 @@ struct Image {
     /// Every flush fails from now on (and its cached writes are lost).
     failing: bool,
     flushes: u64,
+    /// Flushes complete only at [`ModelDisk::complete`], as a device that
+    /// carries out requests while the node goes on (the firmware's
+    /// virtio-blk): `flush` returns once submitted.
+    deferred: bool,
+    /// With `deferred`: flushes submitted but not yet completed, each with
+    /// the writes it covers, in order. As the firmware's driver does, a
+    /// write after a flush starts only once it completed, so a power
+    /// failure keeps some of these flushes whole, then any subset of the
+    /// next one's sectors, and nothing after.
+    flushing: Vec<Vec<(u64, Vec<u8>)>>,
 }
 
 #[derive(Clone)]
@@ -92,6 +102,10 @@ impl BlockDevice for ModelDisk {
             // The cached writes never reach the medium.
             return Err(DiskError::Io);
         }
+        if img.deferred {
+            img.flushing.push(cached);
+            return Ok(());
+        }
         for (sector, bytes) in cached {
             let start = sector as usize * SECTOR_BYTES;
             img.durable[start..start + bytes.len()].copy_from_slice(&bytes);
@@ -101,6 +115,80 @@ impl BlockDevice for ModelDisk {
     }
 }
 
+impl ModelDisk {
+    /// The device completes the flushes submitted so far.
+    fn complete(&self) {
+        let mut img = self.0.borrow_mut();
+        let done = std::mem::take(&mut img.flushing);
+        if done.is_empty() {
+            return;
+        }
+        for (sector, bytes) in done.into_iter().flatten() {
+            let start = sector as usize * SECTOR_BYTES;
+            img.durable[start..start + bytes.len()].copy_from_slice(&bytes);
+        }
+        img.flushes += 1;
+    }
+
+    /// Images a power failure could leave now: the durable one plus the
+    /// first `k` flushes in flight whole (they completed) and a subset of
+    /// the sectors written after them, up to the next flush (in any order),
+    /// for every `k`. Every subset when there are at most
+    /// [`MAX_SUBSET_SECTORS`]; else none, all, and each prefix and suffix
+    /// in write order.
+    fn power_cuts(&self) -> Vec<Vec<u8>> {
+        let img = self.0.borrow();
+        let groups: Vec<&Vec<(u64, Vec<u8>)>> = img.flushing.iter().chain([&img.cached]).collect();
+        let mut images = Vec::new();
+        for k in 0..groups.len() {
+            let mut base = img.durable.clone();
+            for (sector, bytes) in groups[..k].iter().copied().flatten() {
+                let start = *sector as usize * SECTOR_BYTES;
+                base[start..start + bytes.len()].copy_from_slice(bytes);
+            }
+            let sectors: Vec<(u64, &[u8])> = groups[k]
+                .iter()
+                .flat_map(|(s, b)| {
+                    b.chunks(SECTOR_BYTES)
+                        .enumerate()
+                        .map(move |(i, c)| (s + i as u64, c))
+                })
+                .collect();
+            let n = sectors.len();
+            let keeps: Vec<Box<dyn Fn(usize) -> bool>> = if n <= MAX_SUBSET_SECTORS {
+                (0..1u32 << n)
+                    .map(|mask| {
+                        Box::new(move |i: usize| mask & (1 << i) != 0) as Box<dyn Fn(usize) -> bool>
+                    })
+                    .collect()
+            } else {
+                (0..=n)
+                    .flat_map(|j| {
+                        [
+                            Box::new(move |i: usize| i < j) as Box<dyn Fn(usize) -> bool>,
+                            Box::new(move |i: usize| i >= j),
+                        ]
+                    })
+                    .collect()
+            };
+            for keep in &keeps {
+                let mut image = base.clone();
+                for (i, (sector, bytes)) in sectors.iter().enumerate() {
+                    if keep(i) {
+                        let start = *sector as usize * SECTOR_BYTES;
+                        image[start..start + SECTOR_BYTES].copy_from_slice(bytes);
+                    }
+                }
+                images.push(image);
+            }
+        }
+        images
+    }
+}
+
+/// Most unflushed sectors whose every subset [`ModelDisk::power_cuts`] tries.
+const MAX_SUBSET_SECTORS: usize = 8;
+
 /// What a node would recover if its power failed now.
 struct AfterPowerLoss {
     hard_state: HardState,
@@ -109,6 +197,10 @@ struct AfterPowerLoss {
 
 fn after_power_loss(disk: &ModelDisk) -> Result<AfterPowerLoss, StoreError> {
     let image = disk.0.borrow().durable.clone();
+    recover(image)
+}
+
+fn recover(image: Vec<u8>) -> Result<AfterPowerLoss, StoreError> {
     let (log, _, _) = DiskLog::open(ModelDisk::new(image), &MEMBERS)?;
     Ok(AfterPowerLoss {
         hard_state: log.initial_state().expect("initial state").hard_state,
@@ -207,6 +299,18 @@ struct Cluster {
     /// is queued for the node) while the disk finishes, then
     /// `Pump::acknowledge`; instead of `Pump::sync`.
     split: bool,
+    /// Drive as the firmware does with batches pipelined: flushes complete
+    /// later (the model disk defers them); while a batch is on the disk the
+    /// node receives and takes the replica's next outputs (sending their
+    /// messages, keeping their batch), and the kept batch is written right
+    /// after the one on the disk is acknowledged. Every send is then also
+    /// checked against every power cut of the in-flight sectors.
+    pipelined: bool,
+    /// Outputs with messages taken while the node's previous batch was on
+    /// the disk, unacknowledged.
+    taken_during_flush: usize,
+    /// Power cuts checked.
+    cuts_checked: usize,
 }
 
 impl Cluster {
@@ -247,6 +351,9 @@ impl Cluster {
             sent: Vec::new(),
             violations: Vec::new(),
             split: false,
+            pipelined: false,
+            taken_during_flush: 0,
+            cuts_checked: 0,
         }
     }
 
@@ -276,8 +383,87 @@ impl Cluster {
         }
     }
 
+    /// Takes every output the pump gives now and sends its messages;
+    /// returns how many had messages, or `None` if the node stopped.
+    fn take_outputs(&mut self, id: u64) -> Option<usize> {
+        let mut with_messages = 0;
+        loop {
+            let m = self.member(id);
+            let Some(out) = m.pump.poll(&mut m.replica) else {
+                return Some(with_messages);
+            };
+            if let Some(e) = out.failure {
+                self.member(id).stopped = Some(PumpError::Replica(e));
+                return None;
+            }
+            if !out.messages.is_empty() {
+                with_messages += 1;
+            }
+            for msg in out.messages {
+                self.send(id, msg);
+            }
+        }
+    }
+
+    /// The Raft task's loop with pipelined batches (see `pipelined`).
+    fn drive_pipelined(&mut self, id: u64) {
+        loop {
+            let Some(taken) = self.take_outputs(id) else {
+                return;
+            };
+            let m = self.member(id);
+            if let Err(e) = m.pump.write(&mut m.replica) {
+                m.stopped = Some(e);
+                return;
+            }
+            if !m.pump.on_disk() {
+                if taken == 0 {
+                    return;
+                }
+                continue;
+            }
+            // The flush runs: receive, and take what that produces.
+            let isolated = self.isolated;
+            let mine: Vec<_> = self
+                .queue
+                .iter()
+                .filter(|q| q.to == id && isolated != Some(q.from) && isolated != Some(id))
+                .cloned()
+                .collect();
+            self.queue.retain(|q| q.to != id);
+            let m = self.member(id);
+            for msg in mine {
+                let _ = m.replica.step(msg);
+            }
+            let Some(taken) = self.take_outputs(id) else {
+                return;
+            };
+            self.taken_during_flush += taken;
+            let m = self.member(id);
+            assert!(
+                m.pump.on_disk(),
+                "the batch on the disk is still unacknowledged"
+            );
+            // Nothing new reaches the disk before the flush completes.
+            let writes_before = m.disk.0.borrow().cached.len();
+            if let Err(e) = m.pump.write(&mut m.replica) {
+                m.stopped = Some(e);
+                return;
+            }
+            assert_eq!(m.disk.0.borrow().cached.len(), writes_before);
+            m.disk.complete();
+            if let Err(e) = m.pump.acknowledge(&mut m.replica) {
+                m.stopped = Some(e);
+                return;
+            }
+        }
+    }
+
     /// The Raft task's loop: poll an output, send its messages, sync its batch.
     fn drive(&mut self, id: u64) {
+        if self.pipelined {
+            return self.drive_pipelined(id);
+        }
         loop {
             let m = self.member(id);
             let out = m.pump.poll(&mut m.replica);
@@ -310,12 +496,6 @@ impl Cluster {
                 for msg in mine {
                     let _ = m.replica.step(msg);
                 }
-                if m.pump.syncing() {
-                    assert!(
-                        m.pump.poll(&mut m.replica).is_none(),
-                        "an output was taken before the batch was acknowledged"
-                    );
-                }
                 if let Err(e) = m.pump.acknowledge(&mut m.replica) {
                     m.stopped = Some(e);
                     return;
@@ -337,6 +517,14 @@ impl Cluster {
         let disk = self.member(from).disk.clone();
         if let Some(v) = early(&msg, &after_power_loss(&disk)) {
             self.violations.push(v);
+        }
+        if self.pipelined {
+            for image in disk.power_cuts() {
+                self.cuts_checked += 1;
+                if let Some(v) = early(&msg, &recover(image)) {
+                    self.violations.push(format!("(power cut in flight) {v}"));
+                }
+            }
         }
         self.sent.push(Sent {
             from,
@@ -415,8 +603,7 @@ fn no_message_leaves_before_the_flush_it_depends_on() {
 
 /// The same with the firmware's split of `Pump::sync`: messages stepped in
 /// between `Pump::write` and `Pump::acknowledge` (the task receives while
-/// the disk finishes a batch) release nothing early, and no output is
-/// taken before the acknowledgement.
+/// the disk finishes a batch) release nothing early.
 #[test]
 fn receiving_between_write_and_acknowledge_releases_nothing_early() {
     let mut c = Cluster::new();
@@ -431,6 +618,98 @@ fn receiving_between_write_and_acknowledge_releases_nothing_early() {
         put(&mut c, 100 + i, &format!("k{i}"));
     }
     c.assert_no_violation();
+}
+
+/// Pipelined batches (the firmware's order): flushes complete only later,
+/// and while a node's batch is on the disk it receives and takes the
+/// replica's next outputs, whose messages leave at once (the leader's
+/// appends of new entries, acknowledgements released by the batch before).
+/// No message leaves before the flush it depends on — checked against the
+/// durable image and against every power cut that keeps a subset of the
+/// sectors in flight — and the disk sees nothing of batch N+1 before
+/// batch N's flush completed. Outputs really were taken during flushes.
+#[test]
+fn pipelined_batches_release_nothing_before_their_flush() {
+    let mut c = Cluster::new();
+    c.pipelined = true;
+    for m in &c.members {
+        m.disk.0.borrow_mut().deferred = true;
+    }
+    c.run_until("leader with acknowledged appends", |c| {
+        c.members[0].replica.role() == metalraft_core::Role::Leader
+            && [2, 3]
+                .iter()
+                .all(|&p| c.count(p, Kind::AppendEntriesResponse, 2) > 0)
+    });
+    // Several proposals at once, so batches overlap.
+    for round in 0..10u64 {
+        let mut last = 0;
+        for i in 0..3 {
+            let cmd = Command::Put(PutRequest {
+                key: format!("k{round}-{i}").into_bytes(),
+                value: b"v".to_vec(),
+                ..PutRequest::default()
+            });
+            last = c
+                .member(1)
+                .replica
+                .propose(1000 + round * 10 + i, &cmd.encode())
+                .expect("leader accepts");
+            c.round();
+        }
+        c.run_until("the puts applied on the leader", |c| {
+            c.members[0].replica.applied_index() >= last
+        });
+    }
+    c.assert_no_violation();
+    assert!(
+        c.taken_during_flush > 0,
+        "no output was taken while a batch was on the disk"
+    );
+    assert!(c.cuts_checked > 0);
+    for m in &c.members {
+        assert!(m.stopped.is_none(), "{:?}", m.stopped);
+    }
+    // Every replica converges, and the leader's durable image holds the
+    // last put.
+    c.run_until("followers applied everything", |c| {
+        let a = c.members[0].replica.applied_index();
+        c.members.iter().all(|m| m.replica.applied_index() == a)
+    });
+    let leader = &c.members[0];
+    leader.disk.complete();
+    let after = after_power_loss(&leader.disk).expect("recovers");
+    assert!(after.last_index >= leader.replica.applied_index());
+}
+
+/// As [`snapshots_are_taken_and_installed_through_the_pump`], with
+/// pipelined batches and deferred flushes.
+#[test]
+fn pipelined_batches_take_and_install_snapshots() {
+    const THRESHOLD: u64 = 8;
+    let mut c = Cluster::with_snapshots_every(THRESHOLD);
+    c.pipelined = true;
+    for m in &c.members {
+        m.disk.0.borrow_mut().deferred = true;
+    }
+    c.run_until("a leader", |c| {
+        c.members[0].replica.role() == metalraft_core::Role::Leader
+    });
+    c.isolated = Some(3);
+    for i in 0..4 * THRESHOLD {
+        put(&mut c, i + 1, &format!("k{i}"));
+    }
+    assert!(c.members[0].replica.storage().snapshot_index() >= 3 * THRESHOLD);
+    c.isolated = None;
+    c.run_until("node 3 to catch up", |c| {
+        c.members[2].replica.applied_index() == c.members[0].replica.applied_index()
+    });
+    c.assert_no_violation();
+    assert_eq!(c.members[2].replica.stats().snapshots_installed, 1);
+    assert_eq!(
+        c.members[2].replica.state_machine().hash(),
+        c.members[0].replica.state_machine().hash()
+    );
 }
 
 /// Node 1's disk fails every flush once it runs. It becomes a candidate in

@@ -99,16 +99,15 @@ pub struct DiskWaiter;
 
 impl DiskWaiter {
     /// `Err` if a request failed (its batch must not be acknowledged).
-    pub async fn idle(&self) -> Result<(), DiskError> {
+    /// Never, if not `wanted` (nothing to acknowledge).
+    pub async fn idle(&self, wanted: bool) -> Result<(), DiskError> {
+        if !wanted {
+            core::future::pending::<()>().await;
+        }
         match critical_section::with(|cs| FAILED.borrow(cs).get()) {
             true => Err(DiskError::Io),
             false => Ok(()),
         }
-    }
-
-    /// Whether a request is in flight: never.
-    pub fn busy(&self) -> bool {
-        false
     }
 }
 
