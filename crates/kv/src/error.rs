@@ -133,6 +133,30 @@ impl fmt::Display for RequestError {
 
 impl core::error::Error for RequestError {}
 
+/// Why [`MvccStore::read_txn`](crate::MvccStore::read_txn) did not serve a
+/// transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadTxnError {
+    /// An operation of the transaction (in either branch, nested ones
+    /// included) writes: it must go through the log.
+    Writes,
+    /// The transaction was refused, with the error applying it through the
+    /// log would give.
+    Refused(RequestError),
+}
+
+impl fmt::Display for ReadTxnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadTxnError::Writes => f.write_str("transaction is not read-only"),
+            ReadTxnError::Refused(e) => write!(f, "transaction refused: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for ReadTxnError {}
+
 /// Why [`KvStore::apply`](crate::KvStore::apply) did not produce a result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -22,7 +22,7 @@ mod validate;
 mod write;
 
 pub use codec::FORMAT_VERSION;
-pub use error::{ApplyError, DecodeError, RequestError, SnapshotError};
+pub use error::{ApplyError, DecodeError, ReadTxnError, RequestError, SnapshotError};
 pub use keys::{key_in_range, prefix_end};
 pub use limits::{
     ENTRY_OVERHEAD_BYTES, HISTORY_KEY_OVERHEAD_BYTES, HISTORY_VERSION_OVERHEAD_BYTES,

@@ -67,6 +67,33 @@ impl Command {
     }
 }
 
+impl TxnRequest {
+    /// [`Command::validate`] of `Command::Txn(self)`: etcd's request rules
+    /// (operation counts, [`MAX_TXN_OPS`], duplicate writes, key and value
+    /// lengths) and [`MAX_REQUEST_BYTES`], without cloning the request.
+    pub fn validate(&self) -> Result<(), RequestError> {
+        check_txn(self)?;
+        let len = txn_bytes(self);
+        if len > MAX_REQUEST_BYTES {
+            return Err(RequestError::RequestTooLarge { len });
+        }
+        Ok(())
+    }
+
+    /// Whether every operation of both branches, nested transactions
+    /// included, is a range (etcd `isTxnReadonly`): such a transaction
+    /// changes nothing and can be served without the log
+    /// ([`MvccStore::read_txn`](crate::MvccStore::read_txn)).
+    pub fn is_read_only(&self) -> bool {
+        self.success.iter().chain(&self.failure).all(|op| match op {
+            RequestOp::Range(_) => true,
+            #[cfg(feature = "nested-txn")]
+            RequestOp::Txn(t) => t.is_read_only(),
+            _ => false,
+        })
+    }
+}
+
 /// The payload bytes of a transaction: compare keys and operands, and its
 /// operations' keys, range ends and values.
 fn txn_bytes(t: &TxnRequest) -> usize {

@@ -296,7 +296,7 @@ impl KvStore {
 /// Gives every operation's response `header`, as etcd does once the
 /// transaction's revision is known; a nested transaction's own header
 /// stays empty, as in etcd, but its operations get `header` too.
-fn set_headers(responses: &mut [ResponseOp], header: ResponseHeader) {
+pub(crate) fn set_headers(responses: &mut [ResponseOp], header: ResponseHeader) {
     for resp in responses {
         match resp {
             ResponseOp::Range(r) => r.header = header,

@@ -193,6 +193,37 @@ impl Shared {
         self.raft.linearizable_barrier(REQUEST_TIMEOUT).await
     }
 
+    /// Serves a transaction whose every operation (nested ones included)
+    /// is a range without the log, as etcd does: after a ReadIndex wait
+    /// unless every range is serializable, then against one view of the
+    /// store (every compare and range at the same revision), with the
+    /// answer and errors applying it through the log would give (the
+    /// revision does not move). The caller checked permissions and size.
+    pub async fn read_only_txn(
+        &self,
+        t: &kv::TxnRequest,
+        serializable: bool,
+    ) -> Result<pb::TxnResponse, EtcdError> {
+        // What `write` refuses before proposing, refused before waiting.
+        t.validate().map_err(command::request_error)?;
+        if !serializable {
+            self.read_barrier().await?;
+        } else if self.raft.status.borrow().repair_barrier.is_some() {
+            // As a serializable Range: the local state may be older than
+            // what this member acknowledged (ADR 0021).
+            return Err(EtcdError::NotCapable);
+        }
+        let kv = self.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
+        let out = kv.read_txn(t).map_err(|e| match e {
+            kv::ReadTxnError::Refused(e) => command::request_error(e),
+            other => EtcdError::Internal(format!("read-only txn: {other}")),
+        })?;
+        let mut resp = command::txn_response(&self.header_info(), out);
+        crate::lease::fill_txn_leases(&kv, &mut resp);
+        drop(kv);
+        Ok(resp)
+    }
+
     pub(crate) fn url_strings(urls: &[url::Url]) -> Vec<String> {
         urls.iter()
             .map(|u| u.as_str().trim_end_matches('/').to_string())
@@ -395,6 +426,12 @@ impl pb::kv_server::Kv for KvService {
         let r = req.into_inner();
         s.check_size(&r)?;
         let cmd = command::txn_command(&r)?;
+        if let kv::Command::Txn(t) = &cmd {
+            if t.is_read_only() {
+                let serializable = command::txn_is_serializable(&r);
+                return Ok(Response::new(s.read_only_txn(t, serializable).await?));
+            }
+        }
         match s.write(cmd).await? {
             kv::CommandResult::Txn(t) => {
                 let mut resp = command::txn_response(&s.header_info(), t);

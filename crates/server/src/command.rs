@@ -306,14 +306,20 @@ pub fn txn_command(r: &pb::TxnRequest) -> Result<kv::Command, EtcdError> {
     })
 }
 
-/// Whether a txn only reads (then it is served like a linearizable Range,
-/// without going through the log).
-pub fn txn_is_read_only(r: &kv::TxnRequest) -> bool {
-    r.success.iter().chain(&r.failure).all(|op| match op {
-        kv::RequestOp::Range(_) => true,
-        kv::RequestOp::Txn(t) => txn_is_read_only(t),
-        _ => false,
-    })
+/// Whether every range of a txn, nested txns included, is serializable
+/// (etcd `isTxnSerializable`): a read-only txn is then served from local
+/// state without a ReadIndex wait. Only meaningful for a read-only txn
+/// (`kv::TxnRequest::is_read_only`); a write makes it false.
+pub fn txn_is_serializable(r: &pb::TxnRequest) -> bool {
+    use pb::request_op::Request;
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(r)) => r.serializable,
+            Some(Request::RequestTxn(t)) => txn_is_serializable(t),
+            _ => false,
+        })
 }
 
 /// Whether a command can grow the store (a put, a txn with a put, a lease

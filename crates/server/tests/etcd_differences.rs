@@ -194,6 +194,7 @@ async fn check_fresh_member(endpoint: &str) -> Result<(), tonic::Status> {
     assert_eq!(got.kvs[0].value, b"2");
 
     check_nested_txn(&ch, id).await;
+    check_read_only_txn(&ch).await;
     check_large_key(&ch).await;
     let nested_put = check_alarm_activate(&ch, endpoint, me).await;
     nested_put.map(|_| ())
@@ -542,6 +543,92 @@ fn txn_of(success: Vec<pb::RequestOp>) -> pb::TxnRequest {
         success,
         ..Default::default()
     }
+}
+
+/// A txn that only reads (metalraft serves it without the log, etcd 3.4
+/// too unless it nests a txn): the current revision in every header, the
+/// revision unchanged, the same answers linearizable and serializable, and
+/// etcd's error for a future revision.
+async fn check_read_only_txn(ch: &Channel) {
+    use pb::response_op::Response;
+    let mut kv = KvClient::new(ch.clone());
+    let rev = kv
+        .put(pb::PutRequest {
+            key: b"ro/a".to_vec(),
+            value: b"1".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("put")
+        .into_inner()
+        .header
+        .expect("header")
+        .revision;
+    for serializable in [false, true] {
+        let range = |key: &[u8], revision: i64| pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                key: key.to_vec(),
+                revision,
+                serializable,
+                ..Default::default()
+            })),
+        };
+        let t = pb::TxnRequest {
+            compare: vec![version_is(b"ro/a", 1)],
+            success: vec![
+                range(b"ro/a", 0),
+                range(b"ro/a", rev),
+                txn_op(vec![], vec![range(b"ro/a", 0)], vec![]),
+            ],
+            failure: vec![range(b"ro/b", 0)],
+        };
+        let r = kv.txn(t).await.expect("read-only txn").into_inner();
+        assert!(r.succeeded, "{r:?}");
+        assert_eq!(r.header.as_ref().map(|h| h.revision), Some(rev), "{r:?}");
+        assert_eq!(r.responses.len(), 3, "{r:?}");
+        for op in &r.responses[..2] {
+            let Some(Response::ResponseRange(g)) = &op.response else {
+                panic!("not a range response: {op:?}");
+            };
+            assert_eq!(g.header.as_ref().map(|h| h.revision), Some(rev));
+            assert_eq!(g.kvs.len(), 1, "{g:?}");
+            assert_eq!(g.kvs[0].value, b"1");
+            assert_eq!(g.kvs[0].mod_revision, rev);
+        }
+        let Some(Response::ResponseTxn(n)) = &r.responses[2].response else {
+            panic!("not a txn response: {:?}", r.responses[2]);
+        };
+        let Some(Response::ResponseRange(g)) = &n.responses[0].response else {
+            panic!("not a range response: {n:?}");
+        };
+        assert_eq!(g.kvs[0].value, b"1");
+        // The failure branch, with a future revision: etcd's error.
+        let e = kv
+            .txn(pb::TxnRequest {
+                compare: vec![version_is(b"ro/a", 7)],
+                success: vec![],
+                failure: vec![range(b"ro/a", rev + 5)],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision"
+            )
+        );
+    }
+    // Nothing was written.
+    let after = kv
+        .range(pb::RangeRequest {
+            key: b"ro/a".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("range")
+        .into_inner();
+    assert_eq!(after.header.map(|h| h.revision), Some(rev));
 }
 
 /// Nested `request_txn`, as etcd 3.4 serves it: the whole txn is one

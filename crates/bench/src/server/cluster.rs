@@ -52,11 +52,18 @@ struct Member {
     child: Option<Child>,
 }
 
-/// A running 3-member cluster.
+/// A running 3-member cluster (plus, for a while, members added by
+/// [`Cluster::add_member`]).
 pub struct Cluster {
     pub system: System,
     bin: PathBuf,
     members: Vec<Member>,
+    /// Where the data directories and logs are.
+    dir: PathBuf,
+    /// The first client port; member `i` uses `base_port + 10*i` and `+1`.
+    base_port: u16,
+    /// `--initial-cluster` of the founding members.
+    initial: String,
 }
 
 /// CPU seconds (user + system), peak RSS and current RSS of one member
@@ -82,7 +89,6 @@ impl Cluster {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let peer = |i: usize| format!("http://127.0.0.1:{}", base_port + 10 * i as u16 + 1);
-        let client = |i: usize| format!("http://127.0.0.1:{}", base_port + 10 * i as u16);
         for i in 0..MEMBERS {
             for port in [base_port + 10 * i as u16, base_port + 10 * i as u16 + 1] {
                 std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
@@ -99,60 +105,52 @@ impl Cluster {
         let initial = initial.join(",");
         let mut members = Vec::new();
         for i in 0..MEMBERS {
-            let name = format!("m{}", i + 1);
-            let mut args = vec![
-                "--name".into(),
-                name.clone(),
-                "--data-dir".into(),
-                dir.join(&name).display().to_string(),
-                "--listen-client-urls".into(),
-                client(i),
-                "--advertise-client-urls".into(),
-                client(i),
-                "--listen-peer-urls".into(),
-                peer(i),
-                "--initial-advertise-peer-urls".into(),
-                peer(i),
-                "--initial-cluster".into(),
-                initial.clone(),
-                "--initial-cluster-state".into(),
-                "new".into(),
-                "--initial-cluster-token".into(),
-                format!("bench-{}", system.name()),
-                "--heartbeat-interval".into(),
-                timing.heartbeat_ms.to_string(),
-                "--election-timeout".into(),
-                timing.election_ms.to_string(),
-                "--log-level".into(),
-                "warn".into(),
-            ];
-            if let Some(n) = timing.snapshot_count {
-                args.push("--snapshot-count".into());
-                args.push(n.to_string());
-            }
-            if system == System::Etcd {
-                // etcd 3.4 logs through capnslog unless told to use zap,
-                // and only zap honours --log-level.
-                args.push("--logger".into());
-                args.push("zap".into());
-            }
-            members.push(Member {
-                log: dir.join(format!("{name}.log")),
-                name,
-                client_url: client(i),
-                args,
-                child: None,
-            });
+            members.push(member(system, &dir, base_port, i, &initial, "new", timing));
         }
         let mut c = Cluster {
             system,
             bin: bin.to_path_buf(),
             members,
+            dir,
+            base_port,
+            initial,
         };
         for i in 0..MEMBERS {
             c.spawn(i)?;
         }
         Ok(c)
+    }
+
+    /// Prepares one more member (`m4`, ...) with an empty data directory,
+    /// to join with `--initial-cluster-state existing` once a MemberAdd of
+    /// its peer URL (returned) is committed; [`restart`](Self::restart)
+    /// starts it. Returns its index and peer URL.
+    pub fn add_member(&mut self, timing: &Timing) -> (usize, String) {
+        let i = self.members.len();
+        let peer = format!("http://127.0.0.1:{}", self.base_port + 10 * i as u16 + 1);
+        let initial = format!("{},m{}={peer}", self.initial, i + 1);
+        let m = member(
+            self.system,
+            &self.dir,
+            self.base_port,
+            i,
+            &initial,
+            "existing",
+            timing,
+        );
+        let _ = fs::remove_dir_all(self.dir.join(&m.name));
+        self.members.push(m);
+        (i, peer)
+    }
+
+    /// Kills the last added member and forgets it (its MemberRemove is the
+    /// caller's).
+    pub fn drop_added(&mut self) {
+        let last = self.members.len() - 1;
+        if last >= MEMBERS {
+            self.kill(last);
+            self.members.pop();
+        }
     }
 
     fn spawn(&mut self, i: usize) -> Result<(), String> {
@@ -195,7 +193,7 @@ impl Cluster {
 
     /// Fails if a member process has exited.
     pub fn check_alive(&mut self) -> Result<(), String> {
-        for i in 0..MEMBERS {
+        for i in 0..self.members.len() {
             let m = &mut self.members[i];
             if let Some(c) = m.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
@@ -237,7 +235,7 @@ impl Cluster {
     pub async fn leader(&self) -> Result<usize, String> {
         let mut ids = Vec::new();
         let mut leaders = Vec::new();
-        for m in &self.members {
+        for m in self.members.iter().filter(|m| m.child.is_some()) {
             let opts = ConnectOptions::new()
                 .with_timeout(STATUS_TIMEOUT)
                 .with_connect_timeout(STATUS_TIMEOUT);
@@ -278,9 +276,68 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for i in 0..MEMBERS {
+        for i in 0..self.members.len() {
             self.kill(i);
         }
+    }
+}
+
+/// The command line of member `i` (`m{i+1}`): ports `base_port + 10*i`
+/// (client) and `+1` (peer), data directory and log under `dir`.
+fn member(
+    system: System,
+    dir: &Path,
+    base_port: u16,
+    i: usize,
+    initial: &str,
+    state: &str,
+    timing: &Timing,
+) -> Member {
+    let client = format!("http://127.0.0.1:{}", base_port + 10 * i as u16);
+    let peer = format!("http://127.0.0.1:{}", base_port + 10 * i as u16 + 1);
+    let name = format!("m{}", i + 1);
+    let mut args: Vec<String> = vec![
+        "--name".into(),
+        name.clone(),
+        "--data-dir".into(),
+        dir.join(&name).display().to_string(),
+        "--listen-client-urls".into(),
+        client.clone(),
+        "--advertise-client-urls".into(),
+        client.clone(),
+        "--listen-peer-urls".into(),
+        peer.clone(),
+        "--initial-advertise-peer-urls".into(),
+        peer,
+        "--initial-cluster".into(),
+        initial.into(),
+        "--initial-cluster-state".into(),
+        state.into(),
+        "--initial-cluster-token".into(),
+        format!("bench-{}", system.name()),
+        "--heartbeat-interval".into(),
+        timing.heartbeat_ms.to_string(),
+        "--election-timeout".into(),
+        timing.election_ms.to_string(),
+        "--log-level".into(),
+        "warn".into(),
+    ];
+    if let Some(n) = timing.snapshot_count {
+        args.push("--snapshot-count".into());
+        args.push(n.to_string());
+    }
+    if system == System::Etcd {
+        // etcd 3.4 logs through capnslog unless told to use zap,
+        // and only zap honours --log-level.
+        args.push("--logger".into());
+        args.push("zap".into());
+    }
+    Member {
+        log: dir.join(format!("{name}.log")),
+        name,
+        client_url: client,
+        args,
+        child: None,
     }
 }
 

@@ -3,6 +3,7 @@
 //! v3 gRPC API, side by side; plus failover and the disk ceiling. See
 //! `README.md` for what each number means.
 
+mod big;
 mod cluster;
 mod disk;
 mod lease;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use big::BigWorkload;
 use cluster::{Cluster, ProcStats, System, Timing, MEMBERS};
 use etcd_client::{Client, ConnectOptions};
 use lease::LeaseWorkload;
@@ -78,8 +80,10 @@ options:
   --failover-runs N    leader kills per system (default 5; 0 skips)
   --workloads A,B,..   subset of put-1,put-16,put-64,put-256,get-linearizable,
                        get-serializable,txn-4op,watch-fanout,watch-catchup,
-                       lease-keepalive,lease-expiry
+                       lease-keepalive,lease-expiry,big-rss,big-restart,
+                       big-catchup
                        (with no key-value workload the disk ceiling is skipped)
+  --big-keys N         big-*: keys loaded (default 1000000; 20000 with --quick)
   --watchers N         watch-fanout: watchers on the followers (default 1000;
                        100 with --quick)
   --watchers-per-connection N
@@ -117,6 +121,8 @@ pub struct Opts {
     watch_params: watch::Params,
     lease: Vec<LeaseWorkload>,
     lease_params: lease::Params,
+    big: Vec<BigWorkload>,
+    big_params: big::Params,
     systems: Vec<System>,
     base_port: u16,
     disk_probe: Duration,
@@ -139,6 +145,8 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
         watch_params: watch::Params::full(),
         lease: LeaseWorkload::all(),
         lease_params: lease::Params::full(),
+        big: BigWorkload::all(),
+        big_params: big::Params::full(),
         systems: vec![System::Etcd, System::Metalraft],
         base_port: BASE_PORT,
         disk_probe: DISK_PROBE,
@@ -148,6 +156,7 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
     let (mut watchers, mut per_conn, mut put_rate, mut watch_secs, mut catchup) =
         (None, None, None, None, None);
     let mut leases = None;
+    let mut big_keys = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
@@ -179,6 +188,7 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
                 o.workloads.clear();
                 o.watch.clear();
                 o.lease.clear();
+                o.big.clear();
                 for w in value(a)?.split(',').map(str::trim) {
                     if let Some(w) = Workload::parse(w) {
                         o.workloads.push(w);
@@ -186,6 +196,8 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
                         o.watch.push(w);
                     } else if let Some(w) = LeaseWorkload::parse(w) {
                         o.lease.push(w);
+                    } else if let Some(w) = BigWorkload::parse(w) {
+                        o.big.push(w);
                     } else {
                         return Err(format!("{a}: unknown workload {w:?}"));
                     }
@@ -201,6 +213,7 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
             }
             "--watch-duration" => watch_secs = Some(secs(value(a)?, a)?),
             "--catchup-events" => catchup = Some(crate::parse_pos(&value(a)?, a)?),
+            "--big-keys" => big_keys = Some(crate::parse_pos(&value(a)?, a)?),
             "--leases" => leases = Some(crate::parse_pos(&value(a)?, a)? as usize),
             "--only" => {
                 o.systems = match value(a)?.as_str() {
@@ -233,6 +246,10 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
         o.disk_probe = QUICK_DISK_PROBE;
         o.watch_params = watch::Params::quick();
         o.lease_params = lease::Params::quick();
+        o.big_params = big::Params::quick();
+    }
+    if let Some(n) = big_keys {
+        o.big_params.keys = n;
     }
     if let Some(n) = leases {
         o.lease_params.keepalive_leases = n;
@@ -367,7 +384,13 @@ async fn suite(o: &Opts) -> Result<(), String> {
         snapshot_count: o.snapshot_count,
     };
     let mut clusters: Vec<Cluster> = Vec::new();
-    for (k, &sys) in o.systems.iter().enumerate() {
+    // The big-* measurements start clusters of their own; the shared ones
+    // are only for the other workloads and failover.
+    let shared = !(o.workloads.is_empty()
+        && o.watch.is_empty()
+        && o.lease.is_empty()
+        && o.failover_runs == 0);
+    for (k, &sys) in o.systems.iter().enumerate().filter(|_| shared) {
         let bin = if sys == System::Etcd {
             &etcd_bin
         } else {
@@ -453,6 +476,8 @@ async fn suite(o: &Opts) -> Result<(), String> {
     }
     drop(clusters);
 
+    let big_runs = big_workloads(o, &etcd_bin, &mr_bin, &timing).await;
+
     let mut report = report(
         o,
         &machine,
@@ -471,6 +496,16 @@ async fn suite(o: &Opts) -> Result<(), String> {
             &lease_results,
         );
     }
+    if !o.big.is_empty() {
+        big::report(
+            &mut report,
+            &o.big_params,
+            big_timing(o, &timing).snapshot_count.unwrap_or(0),
+            &o.systems,
+            &o.big,
+            &big_runs,
+        );
+    }
     println!("{report}");
     std::fs::write(out_dir.join("results.md"), &report).map_err(|e| e.to_string())?;
     write_plots(o, &out_dir, &results)?;
@@ -478,7 +513,8 @@ async fn suite(o: &Opts) -> Result<(), String> {
     // A failed row or failover run is in the report; the exit status says
     // so too (for CI).
     let failed_rows = results.values().filter(|v| cell(v).is_err()).count();
-    let failed_rows = failed_rows + watch_results.failed() + lease_results.failed();
+    let failed_rows =
+        failed_rows + watch_results.failed() + lease_results.failed() + big::failed(&big_runs);
     let failed_failovers = failover.values().flatten().filter(|r| r.is_err()).count();
     if failed_rows + failed_failovers > 0 {
         return Err(format!(
@@ -486,6 +522,44 @@ async fn suite(o: &Opts) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The big clusters' timing: the suite's, with `--snapshot-count`
+/// [`big::Params::snapshot_count`] unless the suite sets one.
+fn big_timing(o: &Opts, timing: &Timing) -> Timing {
+    Timing {
+        snapshot_count: o.snapshot_count.or(Some(o.big_params.snapshot_count())),
+        ..timing.clone()
+    }
+}
+
+/// The 1,000,000-key measurements, each system on a fresh cluster of its
+/// own, one after the other.
+async fn big_workloads(
+    o: &Opts,
+    etcd_bin: &Path,
+    mr_bin: &Path,
+    timing: &Timing,
+) -> Vec<(System, Result<big::BigRun, String>)> {
+    let mut runs = Vec::new();
+    if o.big.is_empty() {
+        return runs;
+    }
+    let timing = big_timing(o, timing);
+    for (k, &sys) in o.systems.iter().enumerate() {
+        let bin = if sys == System::Etcd {
+            etcd_bin
+        } else {
+            mr_bin
+        };
+        let port = o.base_port + PORT_GAP * k as u16;
+        let r = big::run(sys, bin, &o.data_root, port, &timing, &o.big_params, &o.big).await;
+        if let Err(e) = &r {
+            eprintln!("big       {:<9} FAILED: {e}", sys.name());
+        }
+        runs.push((sys, r));
+    }
+    runs
 }
 
 /// The watch workloads: fan-out runs alternating A B A B, then per system

@@ -57,7 +57,7 @@ pub struct LeaseInfo {
 }
 
 impl Leases {
-    fn lease_of(&self, key: &[u8]) -> i64 {
+    pub(super) fn lease_of(&self, key: &[u8]) -> i64 {
         self.attached.get(key).copied().unwrap_or(0)
     }
 

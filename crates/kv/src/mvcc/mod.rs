@@ -16,6 +16,7 @@ mod compact;
 mod history;
 mod lease;
 mod read;
+mod read_txn;
 mod snapshot;
 mod stream;
 
