@@ -13,15 +13,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    agreed_leader, leader_commit, pick_ports, statuses, test_dir, wait_applied, wait_for,
-    STATUS_TIMEOUT,
+    agreed_leader, leader_commit, partition_and_check, pick_ports, statuses, test_dir,
+    wait_applied, wait_for, STATUS_TIMEOUT,
 };
 
 use metalraft_fw::client::Client;
 use metalraft_fw::cluster::{ClusterSpec, LocalCluster};
 use metalraft_fw::fault::FaultCommand;
 use metalraft_fw::{firmware, image};
-use metalraft_fw_proto::client::{Op, Reply};
+use metalraft_fw_proto::client::Reply;
 
 const NODES: u8 = 5;
 const PUTS: usize = 200;
@@ -211,39 +211,14 @@ fn five_node_qemu_cluster() {
         .copied()
         .filter(|i| !minority.contains(i))
         .collect();
-    let groups = FaultCommand::Partition(vec![minority.clone(), majority.clone()]);
-    eprintln!("partition: {}", cluster.hub.apply(&groups));
-    let r = c
-        .call(
-            old,
-            Op::Put {
-                key: b"minority".to_vec(),
-                value: b"lost".to_vec(),
-            },
-            Duration::from_secs(3),
-        )
-        .unwrap();
-    assert!(
-        !matches!(r.as_ref().map(|r| &r.reply), Some(Reply::Put { .. })),
-        "minority committed: {r:?}"
+    partition_and_check(
+        &cluster.hub,
+        &mut c,
+        &minority,
+        &majority,
+        NODES.into(),
+        Duration::from_secs(3),
     );
-    let maj_leader = wait_for("a majority leader", || {
-        agreed_leader(&mut c, &majority, NODES.into()).filter(|l| majority.contains(l))
-    });
-    c.leader_hint = Some(maj_leader);
-    wait_for("a majority write", || {
-        match c.call(
-            maj_leader,
-            Op::Put {
-                key: b"majority".to_vec(),
-                value: b"won".to_vec(),
-            },
-            Duration::from_secs(2),
-        ) {
-            Ok(Some(r)) => matches!(r.reply, Reply::Put { .. }).then_some(()),
-            _ => None,
-        }
-    });
     let st = statuses(&mut c, &minority);
     assert!(
         st.iter()

@@ -14,15 +14,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    agreed_leader, leader_commit, pick_ports, statuses, test_dir, wait_applied, wait_for,
-    STATUS_TIMEOUT,
+    agreed_leader, leader_commit, partition_and_check, pick_ports, statuses, test_dir,
+    wait_applied, wait_for, STATUS_TIMEOUT,
 };
 
 use metalraft_fw::client::Client;
 use metalraft_fw::cluster::{ClusterSpec, LocalCluster};
 use metalraft_fw::fault::FaultCommand;
 use metalraft_fw::{firmware, image};
-use metalraft_fw_proto::client::{Op, Reply};
 
 const NODES: u8 = 5;
 /// The last two nodes (4 and 5) are Cortex-M.
@@ -147,41 +146,14 @@ fn riscv_and_cortex_m_nodes_form_one_group() {
     //    cannot commit; the majority elects a leader and can.
     let minority = vec![1u8, 4];
     let majority = vec![2u8, 3, 5];
-    let groups = FaultCommand::Partition(vec![minority.clone(), majority.clone()]);
-    eprintln!("partition: {}", cluster.hub.apply(&groups));
-    for &m in &minority {
-        let r = c
-            .call(
-                m,
-                Op::Put {
-                    key: b"minority".to_vec(),
-                    value: b"lost".to_vec(),
-                },
-                Duration::from_secs(2),
-            )
-            .unwrap();
-        assert!(
-            !matches!(r.as_ref().map(|r| &r.reply), Some(Reply::Put { .. })),
-            "minority node {m} committed: {r:?}"
-        );
-    }
-    let maj_leader = wait_for("a majority leader", || {
-        agreed_leader(&mut c, &majority, NODES.into()).filter(|l| majority.contains(l))
-    });
-    c.leader_hint = Some(maj_leader);
-    wait_for("a majority write", || {
-        match c.call(
-            maj_leader,
-            Op::Put {
-                key: b"majority".to_vec(),
-                value: b"won".to_vec(),
-            },
-            Duration::from_secs(2),
-        ) {
-            Ok(Some(r)) => matches!(r.reply, Reply::Put { .. }).then_some(()),
-            _ => None,
-        }
-    });
+    partition_and_check(
+        &cluster.hub,
+        &mut c,
+        &minority,
+        &majority,
+        NODES.into(),
+        Duration::from_secs(2),
+    );
     eprintln!("heal: {}", cluster.hub.apply(&FaultCommand::Heal));
     let leader = wait_for("a leader after heal", || {
         agreed_leader(&mut c, &ids, NODES.into())

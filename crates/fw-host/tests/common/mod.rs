@@ -94,3 +94,48 @@ pub fn leader_commit(c: &mut Client, leader: u8) -> u64 {
         .flatten()
         .map_or(0, |s| s.commit)
 }
+
+/// Partitions the hub into `minority` and `majority` (of `voters` voters):
+/// a put sent to each minority node is not committed within
+/// `minority_wait`, and the majority elects a leader that commits
+/// `majority` = `won`. Returns that leader (set as the client's hint); the
+/// partition stays until the caller heals it.
+pub fn partition_and_check(
+    hub: &metalraft_fw::hub::Hub,
+    c: &mut Client,
+    minority: &[u8],
+    majority: &[u8],
+    voters: usize,
+    minority_wait: Duration,
+) -> u8 {
+    use metalraft_fw::fault::FaultCommand;
+    use metalraft_fw_proto::client::{Op, Reply};
+    let groups = FaultCommand::Partition(vec![minority.to_vec(), majority.to_vec()]);
+    eprintln!("partition: {}", hub.apply(&groups));
+    for &m in minority {
+        let put = Op::Put {
+            key: b"minority".to_vec(),
+            value: b"lost".to_vec(),
+        };
+        let r = c.call(m, put, minority_wait).unwrap();
+        assert!(
+            !matches!(r.as_ref().map(|r| &r.reply), Some(Reply::Put { .. })),
+            "minority node {m} committed: {r:?}"
+        );
+    }
+    let leader = wait_for("a majority leader", || {
+        agreed_leader(c, majority, voters).filter(|l| majority.contains(l))
+    });
+    c.leader_hint = Some(leader);
+    wait_for("a majority write", || {
+        let put = Op::Put {
+            key: b"majority".to_vec(),
+            value: b"won".to_vec(),
+        };
+        match c.call(leader, put, Duration::from_secs(2)) {
+            Ok(Some(r)) => matches!(r.reply, Reply::Put { .. }).then_some(()),
+            _ => None,
+        }
+    });
+    leader
+}
