@@ -118,6 +118,10 @@ failures=()
 # cmp NAME [etcdctl args...]: runs on both sides (stdin from $IN), with
 # `{VAR}` replaced by the side's captured variable VAR. The raw outputs are
 # kept in $work/NAME.<side>.
+# etcdctl's per-request deadline (its default is 5 s). This script compares
+# answers, not latency: a CI disk that stalls an fdatasync for seconds
+# must not turn one answer into "context deadline exceeded" on one side.
+COMMAND_TIMEOUT=20s
 cmp() {
     local name=$1
     shift
@@ -132,7 +136,7 @@ cmp() {
             fi
             args+=("$a")
         done
-        out=$(printf '%s' "${IN:-}" | timeout "${T:-20}" env ETCDCTL_API=3 etcdctl --endpoints "${!ep_var}" "${args[@]}" 2>&1)
+        out=$(printf '%s' "${IN:-}" | timeout "${T:-30}" env ETCDCTL_API=3 ETCDCTL_COMMAND_TIMEOUT="$COMMAND_TIMEOUT" etcdctl --endpoints "${!ep_var}" "${args[@]}" 2>&1)
         rc=$?
         printf '%s\nexit %s\n' "$out" "$rc" >"$work/$name.$side"
     done
@@ -325,5 +329,7 @@ echo
 echo "$same same, $differ different ($listed of them known and explained in $(basename "$known_file"))"
 if [ "${#failures[@]}" -gt 0 ]; then
     echo "unexpected: ${failures[*]}"
+    echo "--- last 40 lines of the metalraft member's log ---"
+    tail -n 40 "$work/metalraft.log"
     exit 1
 fi
