@@ -7,6 +7,13 @@
 use alloc::vec::Vec;
 use core::fmt;
 use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
+use serde::Serializer;
+
+/// Writes a byte string in one block (`serialize_with` of a `&[u8]` field):
+/// the same postcard bytes as serde's element-by-element `[u8]`.
+pub(crate) fn serialize<S: Serializer>(v: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(v)
+}
 
 /// A `Vec<u8>` read with `deserialize_byte_buf`.
 pub(crate) struct ByteBuf(pub(crate) Vec<u8>);
@@ -57,6 +64,20 @@ mod tests {
             let bytes = postcard::to_allocvec(&(7u8, v.clone(), 9u8)).unwrap();
             let (a, ByteBuf(got), b): (u8, ByteBuf, u8) = postcard::from_bytes(&bytes).unwrap();
             assert_eq!((a, got, b), (7, v, 9));
+        }
+    }
+
+    /// Written as one block, the bytes are those of a `&[u8]` written
+    /// element by element.
+    #[test]
+    fn writes_what_a_slice_of_u8_wrote() {
+        #[derive(serde::Serialize)]
+        struct Block<'a>(#[serde(serialize_with = "serialize")] &'a [u8]);
+        for len in [0usize, 1, 127, 128, 300, 70_000] {
+            let v: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+            let block = postcard::to_allocvec(&(1u8, Block(&v), 2u8)).unwrap();
+            let each = postcard::to_allocvec(&(1u8, v.as_slice(), 2u8)).unwrap();
+            assert_eq!(block, each);
         }
     }
 

@@ -37,10 +37,12 @@ struct KvsRef<'a>(&'a BTreeMap<Vec<u8>, Entry>);
 /// Field for field the serde layout of [`KeyValue`], which the reader uses.
 #[derive(Serialize)]
 pub(crate) struct KeyValueRef<'a> {
+    #[serde(serialize_with = "crate::bytes::serialize")]
     pub(crate) key: &'a [u8],
     pub(crate) create_revision: i64,
     pub(crate) mod_revision: i64,
     pub(crate) version: i64,
+    #[serde(serialize_with = "crate::bytes::serialize")]
     pub(crate) value: &'a [u8],
 }
 

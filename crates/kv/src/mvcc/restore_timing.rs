@@ -121,7 +121,8 @@ fn ms(d: Duration) -> f64 {
 
 fn measure(label: &str, kv: &MvccStore) {
     let (t_snapshot, bytes) = fastest(|| kv.snapshot());
-    let (t_crc, _) = fastest(|| std::hint::black_box(CRC32C.checksum(std::hint::black_box(&bytes))));
+    let (t_crc, _) =
+        fastest(|| std::hint::black_box(CRC32C.checksum(std::hint::black_box(&bytes))));
     let (t_decode, _) =
         fastest(|| decode_framed::<LeaseBody>(&bytes, MVCC_LEASE_SNAPSHOT_MAGIC).unwrap());
     let mut t_build = Duration::MAX;

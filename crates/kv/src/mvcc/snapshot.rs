@@ -84,6 +84,7 @@ pub(super) struct ChangesRef<'a>(pub(super) &'a MvccStore, pub(super) &'a Record
 /// Field for field the serde layout of [`SnapChange`].
 #[derive(Serialize)]
 struct ChangeRef<'a> {
+    #[serde(serialize_with = "crate::bytes::serialize")]
     key: &'a [u8],
     op: OpRef<'a>,
 }
@@ -91,6 +92,7 @@ struct ChangeRef<'a> {
 /// Variant for variant the serde layout of [`SnapOp`].
 #[derive(Serialize)]
 enum OpRef<'a> {
+    #[serde(serialize_with = "crate::bytes::serialize")]
     Put(&'a [u8]),
     Delete,
 }
