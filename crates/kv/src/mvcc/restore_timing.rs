@@ -1,9 +1,9 @@
 //! Where the time of [`MvccStore::restore`] goes, on a store of 1,000,000
 //! keys of 256 bytes with history: measured by hand, written down in the
-//! crate README ("Restore time").
+//! crate README ("Restore time"). `fast-checksum` is the server's CRC.
 //!
 //! ```sh
-//! cargo test --release -p metalraft-kv --lib restore_timing -- --ignored --nocapture
+//! cargo test --release -p metalraft-kv --features fast-checksum --lib restore_timing -- --ignored --nocapture
 //! ```
 
 use super::snapshot::{from_lease_body, LeaseBody};
