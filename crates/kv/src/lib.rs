@@ -5,6 +5,7 @@
 
 extern crate alloc;
 
+mod bytes;
 mod checksum;
 mod codec;
 mod error;

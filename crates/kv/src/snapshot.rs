@@ -6,11 +6,11 @@
 //! capacities, no hash-map order) enters it, so replicas that applied the
 //! same entries produce byte-identical snapshots.
 
+use crate::bytes::ByteBuf;
 use crate::checksum::CRC32C;
 use crate::codec::{decode_exact, FORMAT_VERSION};
 use crate::error::SnapshotError;
 use crate::limits::{INITIAL_REVISION, MAX_KEY_BYTES, MAX_VALUE_BYTES};
-use crate::response::KeyValue;
 use crate::store::{entry_size, Entry, KvStore};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -37,10 +37,12 @@ struct KvsRef<'a>(&'a BTreeMap<Vec<u8>, Entry>);
 /// Field for field the serde layout of [`KeyValue`], which the reader uses.
 #[derive(Serialize)]
 pub(crate) struct KeyValueRef<'a> {
+    #[serde(serialize_with = "crate::bytes::serialize")]
     pub(crate) key: &'a [u8],
     pub(crate) create_revision: i64,
     pub(crate) mod_revision: i64,
     pub(crate) version: i64,
+    #[serde(serialize_with = "crate::bytes::serialize")]
     pub(crate) value: &'a [u8],
 }
 
@@ -62,7 +64,73 @@ struct Body {
     revision: i64,
     compact_revision: i64,
     applied_index: u64,
-    kvs: Vec<KeyValue>,
+    kvs: Vec<SnapKeyValue>,
+}
+
+/// One key as read: field for field the serde layout of
+/// [`KeyValue`](crate::KeyValue) (and [`KeyValueRef`]), its byte strings
+/// read in one copy each.
+#[derive(Deserialize)]
+pub(crate) struct SnapKeyValue {
+    key: ByteBuf,
+    create_revision: i64,
+    mod_revision: i64,
+    version: i64,
+    value: ByteBuf,
+}
+
+/// The map of `kvs`, which must be in strictly ascending key order and
+/// each valid at `revision` ([`SnapKeyValue::valid`]), built in bulk (no
+/// search per key); adds what [`KvStore::size_bytes`] counts for them to
+/// `size_bytes`. `None` if a key is out of order or invalid. Needs no more
+/// memory than inserting one by one: the checks borrow, and the entries
+/// are made in place in `kvs`'s buffer, which the bulk build then reads.
+pub(crate) fn build_map(
+    kvs: Vec<SnapKeyValue>,
+    revision: i64,
+    size_bytes: &mut usize,
+) -> Option<BTreeMap<Vec<u8>, Entry>> {
+    let mut last: Option<&[u8]> = None;
+    for kv in &kvs {
+        let ascending = last.is_none_or(|last| last < kv.key.0.as_slice());
+        if !ascending || !kv.valid(revision) {
+            return None;
+        }
+        last = Some(&kv.key.0);
+        *size_bytes = size_bytes.saturating_add(entry_size(&kv.key.0, &kv.value.0));
+    }
+    // Sorted and free of duplicates: `from_iter`'s stable sort is one
+    // linear pass, then the tree is built bottom-up.
+    Some(
+        kvs.into_iter()
+            .map(|kv| {
+                let e = Entry {
+                    value: kv.value.0,
+                    create_revision: kv.create_revision,
+                    mod_revision: kv.mod_revision,
+                    version: kv.version,
+                };
+                (kv.key.0, e)
+            })
+            .collect(),
+    )
+}
+
+impl SnapKeyValue {
+    /// Whether a store at `revision` can hold this key and version.
+    fn valid(&self, revision: i64) -> bool {
+        let (key, value) = (&self.key.0, &self.value.0);
+        let sizes = !key.is_empty() && key.len() <= MAX_KEY_BYTES && value.len() <= MAX_VALUE_BYTES;
+        let revisions = INITIAL_REVISION < self.create_revision
+            && self.create_revision <= self.mod_revision
+            && self.mod_revision <= revision;
+        // At most one write per revision from creation to the last write.
+        let max_version = self
+            .mod_revision
+            .saturating_sub(self.create_revision)
+            .saturating_add(1);
+        sizes && revisions && (1..=max_version).contains(&self.version)
+    }
 }
 
 impl KvStore {
@@ -184,41 +252,6 @@ fn from_body(body: Body) -> Option<KvStore> {
     store.revision = revision;
     store.compact_revision = body.compact_revision;
     store.applied_index = body.applied_index;
-    for kv in body.kvs {
-        if !valid_key_value(&kv, revision) {
-            return None;
-        }
-        let ascending = store
-            .map
-            .last_key_value()
-            .is_none_or(|(last, _)| *last < kv.key);
-        if !ascending {
-            return None;
-        }
-        store.size_bytes = store
-            .size_bytes
-            .saturating_add(entry_size(&kv.key, &kv.value));
-        let e = Entry {
-            value: kv.value,
-            create_revision: kv.create_revision,
-            mod_revision: kv.mod_revision,
-            version: kv.version,
-        };
-        store.map.insert(kv.key, e);
-    }
+    store.map = build_map(body.kvs, revision, &mut store.size_bytes)?;
     Some(store)
-}
-
-pub(crate) fn valid_key_value(kv: &KeyValue, revision: i64) -> bool {
-    let sizes =
-        !kv.key.is_empty() && kv.key.len() <= MAX_KEY_BYTES && kv.value.len() <= MAX_VALUE_BYTES;
-    let revisions = INITIAL_REVISION < kv.create_revision
-        && kv.create_revision <= kv.mod_revision
-        && kv.mod_revision <= revision;
-    // At most one write per revision from creation to the last write.
-    let max_version = kv
-        .mod_revision
-        .saturating_sub(kv.create_revision)
-        .saturating_add(1);
-    sizes && revisions && (1..=max_version).contains(&kv.version)
 }

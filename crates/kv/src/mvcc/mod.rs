@@ -17,6 +17,8 @@ mod history;
 mod lease;
 mod read;
 mod read_txn;
+#[cfg(test)]
+mod restore_timing;
 mod snapshot;
 mod stream;
 

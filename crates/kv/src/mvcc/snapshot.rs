@@ -11,14 +11,16 @@
 //! each change a key with its new value (put) or nothing (delete).
 
 use super::change::ChangeKind;
-use super::history::{Past, Record};
+use super::history::{change_size, Past, Record};
 use super::lease::{Lease, Leases};
 use super::MvccStore;
+use crate::bytes::ByteBuf;
 use crate::error::SnapshotError;
+use crate::limits::LOG_RECORD_OVERHEAD_BYTES;
 use crate::limits::{INITIAL_REVISION, MAX_KEY_BYTES, MAX_LEASE_TTL_SECS, MAX_VALUE_BYTES};
-use crate::request::{DeleteRangeRequest, PutRequest};
-use crate::response::KeyValue;
-use crate::snapshot::{decode_framed, decode_framed_prefix, valid_key_value, SNAPSHOT_MAGIC};
+use crate::snapshot::{
+    build_map, decode_framed, decode_framed_prefix, SnapKeyValue, SNAPSHOT_MAGIC,
+};
 use crate::store::{entry_size, Entry, KvStore};
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
@@ -57,7 +59,7 @@ impl Serialize for LeasesRef<'_> {
 
 /// The body with leases as read.
 #[derive(Deserialize)]
-struct LeaseBody {
+pub(super) struct LeaseBody {
     body: Body,
     leases: Vec<SnapLease>,
 }
@@ -66,7 +68,7 @@ struct LeaseBody {
 struct SnapLease {
     id: i64,
     ttl: i64,
-    keys: Vec<Vec<u8>>,
+    keys: Vec<ByteBuf>,
 }
 
 /// One record as written.
@@ -82,6 +84,7 @@ pub(super) struct ChangesRef<'a>(pub(super) &'a MvccStore, pub(super) &'a Record
 /// Field for field the serde layout of [`SnapChange`].
 #[derive(Serialize)]
 struct ChangeRef<'a> {
+    #[serde(serialize_with = "crate::bytes::serialize")]
     key: &'a [u8],
     op: OpRef<'a>,
 }
@@ -89,6 +92,7 @@ struct ChangeRef<'a> {
 /// Variant for variant the serde layout of [`SnapOp`].
 #[derive(Serialize)]
 enum OpRef<'a> {
+    #[serde(serialize_with = "crate::bytes::serialize")]
     Put(&'a [u8]),
     Delete,
 }
@@ -116,30 +120,30 @@ impl Serialize for ChangesRef<'_> {
 
 /// The body as read.
 #[derive(Deserialize)]
-struct Body {
+pub(super) struct Body {
     revision: i64,
     compact_revision: i64,
     applied_index: u64,
-    base: Vec<KeyValue>,
-    at_base: Vec<(Vec<u8>, ChangeKind)>,
+    base: Vec<SnapKeyValue>,
+    at_base: Vec<(ByteBuf, ChangeKind)>,
     records: Vec<SnapRecord>,
 }
 
 #[derive(Deserialize)]
-struct SnapRecord {
+pub(super) struct SnapRecord {
     revision: i64,
     changes: Vec<SnapChange>,
 }
 
 #[derive(Deserialize)]
 struct SnapChange {
-    key: Vec<u8>,
+    key: ByteBuf,
     op: SnapOp,
 }
 
 #[derive(Deserialize)]
 enum SnapOp {
-    Put(Vec<u8>),
+    Put(ByteBuf),
     Delete,
 }
 
@@ -215,7 +219,7 @@ fn from_kv_store(mut kv: KvStore) -> MvccStore {
 }
 
 /// [`from_body`], then the leases, each key attached at most once and live.
-fn from_lease_body(body: LeaseBody) -> Option<MvccStore> {
+pub(super) fn from_lease_body(body: LeaseBody) -> Option<MvccStore> {
     let mut store = from_body(body.body)?;
     for l in body.leases {
         if l.ttl > MAX_LEASE_TTL_SECS {
@@ -228,7 +232,7 @@ fn from_lease_body(body: LeaseBody) -> Option<MvccStore> {
         if store.leases.by_id.insert(l.id, lease).is_some() {
             return None;
         }
-        for key in l.keys {
+        for ByteBuf(key) in l.keys {
             let fresh = !store.leases.attached.contains_key(&key);
             if !fresh || !store.current.map.contains_key(&key) {
                 return None;
@@ -240,9 +244,10 @@ fn from_lease_body(body: LeaseBody) -> Option<MvccStore> {
     Some(store)
 }
 
-/// Rebuilds the store by replaying the records over the base state through
-/// the write path, checking every invariant that path relies on.
-fn from_body(body: Body) -> Option<MvccStore> {
+/// Rebuilds the store: the base state built in bulk, then the records
+/// replayed in order with the write path's effects (see [`replay_put`] and
+/// [`replay_delete`]), checking every invariant that path relies on.
+pub(super) fn from_body(body: Body) -> Option<MvccStore> {
     let valid_header =
         body.revision >= INITIAL_REVISION && (0..=body.revision).contains(&body.compact_revision);
     if !valid_header {
@@ -254,29 +259,11 @@ fn from_body(body: Body) -> Option<MvccStore> {
     current.revision = base;
     current.compact_revision = body.compact_revision;
     current.applied_index = body.applied_index;
-    for kv in body.base {
-        let ascending = current
-            .map
-            .last_key_value()
-            .is_none_or(|(k, _)| *k < kv.key);
-        if !valid_key_value(&kv, base) || !ascending {
-            return None;
-        }
-        current.size_bytes = current
-            .size_bytes
-            .saturating_add(entry_size(&kv.key, &kv.value));
-        let e = Entry {
-            value: kv.value,
-            create_revision: kv.create_revision,
-            mod_revision: kv.mod_revision,
-            version: kv.version,
-        };
-        current.map.insert(kv.key, e);
-    }
+    current.map = build_map(body.base, base, &mut current.size_bytes)?;
     if !body.at_base.is_empty() && body.compact_revision == 0 {
         return None;
     }
-    for (key, kind) in &body.at_base {
+    for (ByteBuf(key), kind) in &body.at_base {
         // Its puts are versions of the base state (unless the same revision
         // deleted them again); nothing else can be checked without history.
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
@@ -284,39 +271,112 @@ fn from_body(body: Body) -> Option<MvccStore> {
         }
         past.log_change(key, *kind, base);
     }
-    for record in body.records {
+    replay(current, past, body.records)?;
+    (current.revision == body.revision).then_some(store)
+}
+
+/// Replays `records` over `current` and `past`, each the next revision.
+pub(super) fn replay(
+    current: &mut KvStore,
+    past: &mut Past,
+    records: Vec<SnapRecord>,
+) -> Option<()> {
+    for record in records {
         let next = current.revision.checked_add(1)?;
         if record.revision != next || record.changes.is_empty() {
             return None;
         }
-        for change in record.changes {
-            if change.key.is_empty() || change.key.len() > MAX_KEY_BYTES {
+        // The log record, made at its final size (the write path grows it
+        // and shrinks it when the next revision starts: equal contents).
+        let mut logged = Vec::with_capacity(record.changes.len());
+        past.size_bytes = past.size_bytes.saturating_add(LOG_RECORD_OVERHEAD_BYTES);
+        for SnapChange {
+            key: ByteBuf(key),
+            op,
+        } in record.changes
+        {
+            if key.is_empty() || key.len() > MAX_KEY_BYTES {
                 return None;
             }
-            match change.op {
-                SnapOp::Put(value) => {
+            past.size_bytes = past.size_bytes.saturating_add(change_size(&key));
+            let change = match op {
+                SnapOp::Put(ByteBuf(value)) => {
                     if value.len() > MAX_VALUE_BYTES {
                         return None;
                     }
-                    let put = PutRequest {
-                        key: change.key,
-                        value,
-                        ..PutRequest::default()
-                    };
-                    current.put_at(next, &put, past);
+                    (replay_put(current, past, next, key, value), ChangeKind::Put)
                 }
-                SnapOp::Delete => {
-                    let delete = DeleteRangeRequest {
-                        key: change.key,
-                        ..DeleteRangeRequest::default()
-                    };
-                    if current.delete_at(next, &delete, past).deleted != 1 {
-                        return None;
-                    }
-                }
-            }
+                SnapOp::Delete => (replay_delete(current, past, next, key)?, ChangeKind::Delete),
+            };
+            logged.push(change);
         }
+        past.log.push_back(Record {
+            revision: next,
+            changes: logged,
+        });
         current.revision = next;
     }
-    (current.revision == body.revision).then_some(store)
+    Some(())
+}
+
+/// What [`KvStore::put_at`] with [`Past`] as history does for a plain put
+/// (no `prev_kv`, no `ignore_value`) of `key` at `rev`, except logging:
+/// moves `key` and `value` in rather than copying them, and returns the
+/// key for the log record.
+fn replay_put(
+    current: &mut KvStore,
+    past: &mut Past,
+    rev: i64,
+    key: Vec<u8>,
+    value: Vec<u8>,
+) -> Vec<u8> {
+    use alloc::collections::btree_map::Entry as Slot;
+    match current.map.entry(key) {
+        Slot::Occupied(mut slot) => {
+            let key = slot.key().clone();
+            let e = slot.get_mut();
+            current.size_bytes = current.size_bytes.saturating_sub(e.value.len());
+            current.size_bytes = current.size_bytes.saturating_add(value.len());
+            let old = Entry {
+                value: core::mem::replace(&mut e.value, value),
+                create_revision: e.create_revision,
+                mod_revision: e.mod_revision,
+                version: e.version,
+            };
+            e.mod_revision = rev;
+            e.version = e.version.saturating_add(1);
+            past.push_version(&key, old);
+            key
+        }
+        Slot::Vacant(slot) => {
+            let key = slot.key().clone();
+            current.size_bytes = current.size_bytes.saturating_add(entry_size(&key, &value));
+            slot.insert(Entry {
+                value,
+                create_revision: rev,
+                mod_revision: rev,
+                version: 1,
+            });
+            key
+        }
+    }
+}
+
+/// What [`KvStore::delete_at`] with [`Past`] as history does for a delete
+/// of the single key `key` at `rev`, except logging; `None` if the key is
+/// not live (the write path would have deleted nothing and logged no
+/// change), else the key for the log record.
+fn replay_delete(
+    current: &mut KvStore,
+    past: &mut Past,
+    rev: i64,
+    key: Vec<u8>,
+) -> Option<Vec<u8>> {
+    let e = current.map.remove(key.as_slice())?;
+    current.size_bytes = current
+        .size_bytes
+        .saturating_sub(entry_size(&key, &e.value));
+    past.push_version(&key, e);
+    past.push_version(&key, Entry::tombstone(rev));
+    Some(key)
 }

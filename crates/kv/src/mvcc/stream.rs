@@ -26,6 +26,7 @@ use super::change::ChangeKind;
 use super::history::merged_keys;
 use super::snapshot::{base_revision, ChangesRef, LeasesRef, RecordRef};
 use super::{MvccStore, MVCC_LEASE_SNAPSHOT_MAGIC};
+use crate::checksum::Table;
 use crate::codec::FORMAT_VERSION;
 use crate::keys::KeyRange;
 use crate::snapshot::KeyValueRef;
@@ -36,7 +37,7 @@ use serde::Serialize;
 
 /// The checksum of the snapshot framing, as a `static` so a running digest
 /// can live in the stream.
-static CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
+static CRC32C: Crc<u32, Table> = Crc::<u32, Table>::new(&CRC_32_ISCSI);
 
 /// Why a [`SnapshotStream`] step could not continue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +100,7 @@ pub struct SnapshotStream {
     /// The keys live at the base revision, once counted.
     base_len: Option<usize>,
     phase: Phase,
-    digest: Digest<'static, u32>,
+    digest: Digest<'static, u32, Table>,
     emitted: u64,
 }
 

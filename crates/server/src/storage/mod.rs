@@ -118,15 +118,32 @@ impl Storage {
             path: lock_path.clone(),
         })?;
         let snap_dir = member.join("snap");
+        let started = std::time::Instant::now();
         let snapshot::Loaded { snapshot, damaged } = snapshot::load_latest(&snap_dir)?;
+        if let Some(s) = &snapshot {
+            // Read, checksum and split off the header (issue 18: seconds
+            // with a million keys before the file was read in one copy).
+            tracing::info!(
+                index = s.index,
+                bytes = s.data.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "loaded the newest snapshot"
+            );
+        }
         // The vote record first: if it is unreadable in both copies the
         // member refuses to start before anything on disk is changed.
         let mut vote = vote::VoteRecord::open(&member.join("vote"))?;
         let mut repair = repair::RepairRecord::open(&member)?;
+        let started = std::time::Instant::now();
         let (mut wal, rec) =
             Wal::open_repairing(&member.join("wal"), opts, &mut |d: &MidLogDamage| {
                 repair.raise(d.barrier).map(|_| ())
             })?;
+        tracing::info!(
+            entries = rec.entries.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "read the WAL"
+        );
         let Recovered {
             first_index,
             prev_term,

@@ -109,20 +109,21 @@ pub enum DecodeError {
     },
 }
 
-/// Encodes a snapshot file's bytes.
+/// Encodes a snapshot file's bytes, copying the data once.
 pub fn encode(s: &Snapshot) -> Result<Vec<u8>, EncodeError> {
-    let mut p = Vec::with_capacity(s.data.len() + 64);
-    p.extend_from_slice(&s.index.to_le_bytes());
-    p.extend_from_slice(&s.term.to_le_bytes());
     let conf = postcard::to_allocvec(&s.conf_state).map_err(EncodeError::ConfState)?;
-    p.extend_from_slice(&(conf.len() as u64).to_le_bytes());
-    p.extend_from_slice(&conf);
-    p.extend_from_slice(&s.data);
-    let mut out = Vec::with_capacity(p.len() + HEADER_BYTES);
+    let mut out = Vec::with_capacity(HEADER_BYTES + 24 + conf.len() + s.data.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&crc32c::crc32c(&p).to_le_bytes());
-    out.extend_from_slice(&(p.len() as u64).to_le_bytes());
-    out.extend_from_slice(&p);
+    // The checksum and length, filled in once the payload is written.
+    out.extend_from_slice(&[0u8; HEADER_BYTES - 8]);
+    out.extend_from_slice(&s.index.to_le_bytes());
+    out.extend_from_slice(&s.term.to_le_bytes());
+    out.extend_from_slice(&(conf.len() as u64).to_le_bytes());
+    out.extend_from_slice(&conf);
+    out.extend_from_slice(&s.data);
+    let (head, p) = out.split_at_mut(HEADER_BYTES);
+    head[8..12].copy_from_slice(&crc32c::crc32c(p).to_le_bytes());
+    head[12..20].copy_from_slice(&(p.len() as u64).to_le_bytes());
     Ok(out)
 }
 
@@ -136,6 +137,39 @@ fn u64_at(p: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
 
 /// Decodes and verifies a snapshot file's bytes.
 pub fn decode(buf: &[u8]) -> Result<Snapshot, DecodeError> {
+    let (head, at) = verify(buf)?;
+    Ok(head.with_data(buf[at..].to_vec()))
+}
+
+/// [`decode`] of a buffer it may keep: the data is the buffer itself with
+/// the header moved off its front, not a copy (a snapshot of a million
+/// keys is hundreds of MB).
+pub fn decode_owned(mut buf: Vec<u8>) -> Result<Snapshot, DecodeError> {
+    let (head, at) = verify(&buf)?;
+    buf.drain(..at);
+    Ok(head.with_data(buf))
+}
+
+/// A snapshot without its data.
+struct Head {
+    index: u64,
+    term: u64,
+    conf_state: ConfState,
+}
+
+impl Head {
+    fn with_data(self, data: Vec<u8>) -> Snapshot {
+        Snapshot {
+            index: self.index,
+            term: self.term,
+            conf_state: self.conf_state,
+            data,
+        }
+    }
+}
+
+/// Verifies a snapshot file's bytes: its head, and where its data starts.
+fn verify(buf: &[u8]) -> Result<(Head, usize), DecodeError> {
     if buf.len() < HEADER_BYTES || &buf[..8] != MAGIC {
         return Err(DecodeError::BadMagic);
     }
@@ -168,13 +202,12 @@ pub fn decode(buf: &[u8]) -> Result<Snapshot, DecodeError> {
     let conf_end = pos + conf_len as usize;
     let conf_bytes = p.get(pos..conf_end).ok_or(DecodeError::Truncated)?;
     let conf_state: ConfState = postcard::from_bytes(conf_bytes).map_err(DecodeError::Conf)?;
-    pos = conf_end;
-    Ok(Snapshot {
+    let head = Head {
         index,
         term,
         conf_state,
-        data: p[pos..].to_vec(),
-    })
+    };
+    Ok((head, HEADER_BYTES + conf_end))
 }
 
 /// Writes `s` durably into `dir` and removes all but the newest
@@ -592,11 +625,16 @@ pub fn load_latest(dir: &Path) -> Result<Loaded, StorageError> {
     let mut all = list(dir)?;
     let mut out = Loaded::default();
     while let Some((_, _, path)) = all.pop() {
+        // Sized once from the file's length: no regrowing copies.
         let mut buf = Vec::new();
         File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut buf))
+            .and_then(|mut f| {
+                let len = f.metadata()?.len();
+                buf.reserve_exact(usize::try_from(len).unwrap_or(0));
+                f.read_to_end(&mut buf)
+            })
             .map_err(|e| StorageError::from_io(&path, e))?;
-        match decode(&buf) {
+        match decode_owned(buf) {
             Ok(s) => {
                 out.snapshot = Some(s);
                 break;
