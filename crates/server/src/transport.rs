@@ -275,14 +275,17 @@ impl Transport {
             to: id,
         };
         let lane = |window: usize, max_bytes: usize| {
-            let live = StreamSlot::default();
+            // The first stream is live at once, so what the loop sends
+            // before the task first runs waits for the connection.
+            let (first, body) = new_stream(window);
+            let live: StreamSlot = Arc::new(Mutex::new(Some(first)));
             let (stop, stopped) = oneshot::channel();
             tokio::spawn(sender_task(
                 env,
                 url.clone(),
                 self.tls.clone(),
                 live.clone(),
-                window,
+                (window, body),
                 stopped,
                 self.stats.clone(),
             ));
@@ -464,16 +467,54 @@ fn note_rejection(env: &Envelope, url: &Url, status: &tonic::Status, stats: &Tra
     }
 }
 
+/// What one `Stream` call sends: the batches of its channel, each
+/// batch's bytes taken off the lane's count as HTTP/2 takes it.
+struct StreamBody {
+    rx: mpsc::Receiver<RaftBatch>,
+    taken: Arc<AtomicUsize>,
+}
+
+impl tokio_stream::Stream for StreamBody {
+    type Item = RaftBatch;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<RaftBatch>> {
+        let this = self.get_mut();
+        let next = this.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(b)) = &next {
+            let n: usize = b.messages.iter().map(Vec::len).sum();
+            this.taken.fetch_sub(n, Ordering::Relaxed);
+        }
+        next
+    }
+}
+
+/// A fresh channel for one `Stream` call of a lane holding `window`
+/// batches: its sending side (for [`Transport::send`]) and the call's body.
+fn new_stream(window: usize) -> (LiveStream, StreamBody) {
+    let (tx, rx) = mpsc::channel::<RaftBatch>(window);
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let body = StreamBody {
+        rx,
+        taken: queued_bytes.clone(),
+    };
+    (LiveStream { tx, queued_bytes }, body)
+}
+
 /// Keeps one lane's `Stream` call up, reconnecting with backoff: each call
 /// gets a fresh channel, published in `live` for [`Transport::send`] while
 /// the call lasts. Probes the round trip with an empty `Deliver` every
-/// [`PEER_PING_INTERVAL`]. Stops when the lane is dropped (`stopped`).
+/// [`PEER_PING_INTERVAL`]. The first call's channel was made (and
+/// published) by [`Transport::add_peer`]. Stops when the lane is dropped
+/// (`stopped`).
 async fn sender_task(
     env: Envelope,
     url: Url,
     tls: Option<ClientTlsConfig>,
     live: StreamSlot,
-    window: usize,
+    (window, first): (usize, StreamBody),
     mut stopped: oneshot::Receiver<()>,
     stats: Arc<TransportStats>,
 ) {
@@ -491,22 +532,19 @@ async fn sender_task(
     let mut backoff = RECONNECT_BACKOFF_MIN;
     let mut ping = tokio::time::interval(PEER_PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = Some(first);
     loop {
         let client = PeerClient::new(ep.connect_lazy())
             .max_decoding_message_size(PEER_MAX_GRPC_BYTES)
             .max_encoding_message_size(PEER_MAX_GRPC_BYTES);
-        let (tx, out_rx) = mpsc::channel::<RaftBatch>(window);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let taken = queued_bytes.clone();
-        let body = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::ReceiverStream::new(out_rx),
-            move |b: RaftBatch| {
-                let n: usize = b.messages.iter().map(Vec::len).sum();
-                taken.fetch_sub(n, Ordering::Relaxed);
-                b
-            },
-        );
-        set_live(Some(LiveStream { tx, queued_bytes }));
+        let body = match next.take() {
+            Some(body) => body,
+            None => {
+                let (stream, body) = new_stream(window);
+                set_live(Some(stream));
+                body
+            }
+        };
         let mut call_client = client.clone();
         let mut call = tokio::spawn(async move { call_client.stream(body).await });
         let connected_at = tokio::time::Instant::now();
