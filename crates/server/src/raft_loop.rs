@@ -699,14 +699,11 @@ impl RaftLoop {
             // (the core holds back anything that promises state not yet
             // durable until its batch is acknowledged).
             self.transport.send(out.messages);
-            // Then the clients: a completion never depends on this
-            // output's batch (the replica applies only what is durable
-            // here already), so its answer need not wait for the hand-off.
-            for c in out.completions {
-                self.complete(c);
-            }
             if let Some(work) = out.persist {
                 self.persist(work)?;
+            }
+            for c in out.completions {
+                self.complete(c);
             }
             if let Some(snap) = out.snapshot {
                 self.save_snapshot(snap);

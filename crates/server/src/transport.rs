@@ -1,17 +1,14 @@
 //! Member-to-member transport over the internal gRPC `Peer` service.
 //!
-//! Outgoing: two lanes per peer, each its own connection and long-lived,
-//! ordered `Stream` call — one for Raft messages and one for snapshot
-//! chunks, so a large snapshot never delays heartbeats and appends. The
-//! Raft loop encodes the messages of one [`Transport::send`] into one batch
-//! per lane and puts it straight onto the lane's live stream (no task hop
-//! in between: issue 18); a lane holds at most [`PEER_QUEUE_BATCHES`]
-//! batches ([`PEER_SNAPSHOT_QUEUE_BATCHES`] for snapshots) and
-//! [`PEER_QUEUE_BYTES`] ([`PEER_SNAPSHOT_QUEUE_BYTES`]) not yet taken by
-//! HTTP/2. A full lane, or one whose stream is down, drops the batch (Raft
-//! retransmits; the drop is counted). Each lane's task only (re)connects,
-//! with exponential backoff ([`RECONNECT_BACKOFF_MIN`]..[`RECONNECT_BACKOFF_MAX`]),
-//! and probes the round trip.
+//! Outgoing: two lanes per peer, each its own connection, sender task and
+//! queue bounded in messages and bytes — one for Raft messages
+//! ([`PEER_QUEUE_MSGS`], [`PEER_QUEUE_BYTES`]) and one for snapshot chunks
+//! ([`PEER_SNAPSHOT_QUEUE_MSGS`], [`PEER_SNAPSHOT_QUEUE_BYTES`]), so a large
+//! snapshot never delays heartbeats and appends. A full queue drops the
+//! message (Raft retransmits; the drop is counted). A task batches
+//! everything queued and pipelines the batches over one long-lived,
+//! ordered `Stream` call, reconnecting with exponential backoff
+//! ([`RECONNECT_BACKOFF_MIN`]..[`RECONNECT_BACKOFF_MAX`]).
 //!
 //! Incoming: every batch is checked once at the edge — cluster id, a known
 //! sender, this member as recipient, each message decoded with postcard and
@@ -19,30 +16,29 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use metalraft_core::{Message, MessageBody};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 use url::Url;
 
 use crate::proto::peer::peer_client::PeerClient;
 use crate::proto::peer::{Envelope, RaftBatch};
 
-/// Most batches queued on one peer's Raft lane (the pipeline depth beyond
-/// what HTTP/2 flow control holds).
-pub const PEER_QUEUE_BATCHES: usize = 64;
-/// Most encoded bytes queued on one peer's Raft lane.
+/// Most messages queued for one peer.
+pub const PEER_QUEUE_MSGS: usize = 4096;
+/// Most encoded bytes queued for one peer.
 pub const PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
-/// Most batches queued on one peer's snapshot lane (the core also bounds
+/// Most snapshot-chunk messages queued for one peer (the core also bounds
 /// chunks in flight).
-pub const PEER_SNAPSHOT_QUEUE_BATCHES: usize = 64;
+pub const PEER_SNAPSHOT_QUEUE_MSGS: usize = 64;
 /// Most encoded snapshot-chunk bytes queued for one peer.
 pub const PEER_SNAPSHOT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
-/// Most messages in one batch.
+/// Most messages sent in one `Deliver` call.
 pub const MAX_MSGS_PER_BATCH: usize = 512;
-/// Most bytes in one batch (one message may exceed it).
+/// Most bytes sent in one `Deliver` call (one message may exceed it).
 pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Largest gRPC message on the peer port, in and out.
 pub const PEER_MAX_GRPC_BYTES: usize = 128 * 1024 * 1024;
@@ -54,6 +50,9 @@ pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Timeout of one `Deliver` call.
 pub const PEER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Batches buffered between a lane's task and its stream (the pipeline
+/// depth beyond what HTTP/2 flow control holds).
+pub const STREAM_WINDOW_BATCHES: usize = 64;
 /// How often each lane probes the peer's round trip.
 pub const PEER_PING_INTERVAL: Duration = Duration::from_secs(1);
 /// HTTP/2 keep-alive ping interval on peer streams.
@@ -140,41 +139,20 @@ impl TransportStats {
     }
 }
 
-/// The stream a lane feeds while its call is up.
-struct LiveStream {
-    tx: mpsc::Sender<RaftBatch>,
-    /// Encoded bytes put on `tx` and not yet taken by the HTTP/2 body.
+struct PeerQueue {
+    tx: mpsc::Sender<Vec<u8>>,
     queued_bytes: Arc<AtomicUsize>,
-}
-
-/// Where a lane's batches go: its live stream, or none while (re)connecting.
-type StreamSlot = Arc<Mutex<Option<LiveStream>>>;
-
-/// One lane to a peer: its own connection and task.
-struct Lane {
-    live: StreamSlot,
     max_bytes: usize,
-    /// Dropped with the lane: its task stops.
-    _stop: oneshot::Sender<()>,
 }
 
-/// The two lanes to one peer, each its own connection and task, so
+/// The two lanes to one peer, each its own connection and sender task, so
 /// snapshot chunks never queue behind (or hold up) appends and heartbeats.
 struct PeerLanes {
-    env: Envelope,
-    raft: Lane,
-    snapshots: Lane,
+    raft: PeerQueue,
+    snapshots: PeerQueue,
 }
 
-/// Messages of one [`Transport::send`] for one lane, encoded.
-struct Outgoing {
-    to: u64,
-    snapshots: bool,
-    messages: Vec<Vec<u8>>,
-    bytes: usize,
-}
-
-/// The sending half: routes messages from the Raft loop to per-peer streams.
+/// The sending half: routes messages from the Raft loop to per-peer tasks.
 pub struct Transport {
     peers: BTreeMap<u64, PeerLanes>,
     stats: Arc<TransportStats>,
@@ -274,31 +252,26 @@ impl Transport {
             from: self.me,
             to: id,
         };
-        let lane = |window: usize, max_bytes: usize| {
-            // The first stream is live at once, so what the loop sends
-            // before the task first runs waits for the connection.
-            let (first, body) = new_stream(window);
-            let live: StreamSlot = Arc::new(Mutex::new(Some(first)));
-            let (stop, stopped) = oneshot::channel();
+        let lane = |msgs: usize, max_bytes: usize| {
+            let (tx, rx) = mpsc::channel(msgs);
+            let queued_bytes = Arc::new(AtomicUsize::new(0));
             tokio::spawn(sender_task(
                 env,
                 url.clone(),
                 self.tls.clone(),
-                live.clone(),
-                (window, body),
-                stopped,
+                rx,
+                queued_bytes.clone(),
                 self.stats.clone(),
             ));
-            Lane {
-                live,
+            PeerQueue {
+                tx,
+                queued_bytes,
                 max_bytes,
-                _stop: stop,
             }
         };
         let lanes = PeerLanes {
-            env,
-            raft: lane(PEER_QUEUE_BATCHES, PEER_QUEUE_BYTES),
-            snapshots: lane(PEER_SNAPSHOT_QUEUE_BATCHES, PEER_SNAPSHOT_QUEUE_BYTES),
+            raft: lane(PEER_QUEUE_MSGS, PEER_QUEUE_BYTES),
+            snapshots: lane(PEER_SNAPSHOT_QUEUE_MSGS, PEER_SNAPSHOT_QUEUE_BYTES),
         };
         self.peers.insert(id, lanes);
     }
@@ -313,24 +286,20 @@ impl Transport {
         self.stats.removed.load(Ordering::Relaxed)
     }
 
-    /// Queues messages; never blocks. The messages for one lane become
-    /// one batch (or several, beyond [`MAX_MSGS_PER_BATCH`] or
-    /// [`MAX_BATCH_BYTES`]), in order, put straight onto the lane's
-    /// stream. Messages to unknown peers, beyond a lane's bounds or to a
-    /// lane whose stream is down are dropped and counted.
+    /// Queues messages; never blocks. Messages to unknown peers or beyond a
+    /// queue's bounds are dropped and counted.
     pub fn send(&self, msgs: Vec<Message<Vec<u8>>>) {
         #[cfg(test)]
         if let Some(tap) = &self.tap {
             msgs.into_iter().for_each(|m| tap(m));
             return;
         }
-        let mut out: Vec<Outgoing> = Vec::new();
         for m in msgs {
-            if !self.peers.contains_key(&m.to) {
+            let Some(lanes) = self.peers.get(&m.to) else {
                 tracing::debug!(to = m.to, "message to unknown peer dropped");
                 continue;
-            }
-            let snapshots = if let MessageBody::InstallSnapshot { offset, data, .. } = &m.body {
+            };
+            let q = if let MessageBody::InstallSnapshot { offset, data, .. } = &m.body {
                 let s = &self.stats;
                 if *offset == 0 {
                     s.snapshot_sends.fetch_add(1, Ordering::Relaxed);
@@ -338,9 +307,9 @@ impl Transport {
                 s.snapshot_chunks_sent.fetch_add(1, Ordering::Relaxed);
                 s.snapshot_bytes_sent
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
-                true
+                &lanes.snapshots
             } else {
-                false
+                &lanes.raft
             };
             let bytes = match postcard::to_allocvec(&m) {
                 Ok(b) => b,
@@ -349,92 +318,19 @@ impl Transport {
                     continue;
                 }
             };
-            let slot = match out
-                .iter()
-                .position(|o| o.to == m.to && o.snapshots == snapshots)
-            {
-                Some(i) => i,
-                None => {
-                    out.push(Outgoing {
-                        to: m.to,
-                        snapshots,
-                        messages: Vec::new(),
-                        bytes: 0,
-                    });
-                    out.len() - 1
-                }
-            };
-            let o = &mut out[slot];
-            o.bytes += bytes.len();
-            o.messages.push(bytes);
-            if o.messages.len() >= MAX_MSGS_PER_BATCH || o.bytes >= MAX_BATCH_BYTES {
-                let full = std::mem::replace(
-                    o,
-                    Outgoing {
-                        to: m.to,
-                        snapshots,
-                        messages: Vec::new(),
-                        bytes: 0,
-                    },
-                );
-                self.put_batch(full);
-            }
-        }
-        for o in out {
-            if !o.messages.is_empty() {
-                self.put_batch(o);
-            }
-        }
-    }
-
-    /// Puts one lane's batch on its live stream, or drops and counts it.
-    fn put_batch(&self, o: Outgoing) {
-        let Some(lanes) = self.peers.get(&o.to) else {
-            return;
-        };
-        let lane = if o.snapshots {
-            &lanes.snapshots
-        } else {
-            &lanes.raft
-        };
-        let n = o.messages.len() as u64;
-        let peer = self.stats.peer(o.to);
-        let live = lane.live.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(stream) = live.as_ref() else {
-            self.stats
-                .dropped_send_failed
-                .fetch_add(n, Ordering::Relaxed);
-            peer.sent_failures.fetch_add(n, Ordering::Relaxed);
-            return;
-        };
-        // Counted before the send: the stream may take it at once.
-        let before = stream.queued_bytes.fetch_add(o.bytes, Ordering::Relaxed);
-        let batch = RaftBatch {
-            envelope: Some(lanes.env),
-            messages: o.messages,
-        };
-        let sent = if before + o.bytes > lane.max_bytes {
-            Err(true)
-        } else {
-            stream
-                .tx
-                .try_send(batch)
-                .map_err(|e| matches!(e, mpsc::error::TrySendError::Full(_)))
-        };
-        match sent {
-            Ok(()) => {
-                self.stats.batches_sent.fetch_add(1, Ordering::Relaxed);
-                peer.sent_bytes.fetch_add(o.bytes as u64, Ordering::Relaxed);
-            }
-            Err(full) => {
-                stream.queued_bytes.fetch_sub(o.bytes, Ordering::Relaxed);
-                let counter = if full {
-                    &self.stats.dropped_queue_full
-                } else {
-                    &self.stats.dropped_send_failed
-                };
-                counter.fetch_add(n, Ordering::Relaxed);
-                peer.sent_failures.fetch_add(n, Ordering::Relaxed);
+            let len = bytes.len();
+            let queued = q.queued_bytes.load(Ordering::Relaxed) + len <= q.max_bytes
+                && q.tx.try_send(bytes).is_ok();
+            if queued {
+                q.queued_bytes.fetch_add(len, Ordering::Relaxed);
+            } else {
+                self.stats
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .peer(m.to)
+                    .sent_failures
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -467,55 +363,15 @@ fn note_rejection(env: &Envelope, url: &Url, status: &tonic::Status, stats: &Tra
     }
 }
 
-/// What one `Stream` call sends: the batches of its channel, each
-/// batch's bytes taken off the lane's count as HTTP/2 takes it.
-struct StreamBody {
-    rx: mpsc::Receiver<RaftBatch>,
-    taken: Arc<AtomicUsize>,
-}
-
-impl tokio_stream::Stream for StreamBody {
-    type Item = RaftBatch;
-
-    fn poll_next(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<RaftBatch>> {
-        let this = self.get_mut();
-        let next = this.rx.poll_recv(cx);
-        if let std::task::Poll::Ready(Some(b)) = &next {
-            let n: usize = b.messages.iter().map(Vec::len).sum();
-            this.taken.fetch_sub(n, Ordering::Relaxed);
-        }
-        next
-    }
-}
-
-/// A fresh channel for one `Stream` call of a lane holding `window`
-/// batches: its sending side (for [`Transport::send`]) and the call's body.
-fn new_stream(window: usize) -> (LiveStream, StreamBody) {
-    let (tx, rx) = mpsc::channel::<RaftBatch>(window);
-    let queued_bytes = Arc::new(AtomicUsize::new(0));
-    let body = StreamBody {
-        rx,
-        taken: queued_bytes.clone(),
-    };
-    (LiveStream { tx, queued_bytes }, body)
-}
-
-/// Keeps one lane's `Stream` call up, reconnecting with backoff: each call
-/// gets a fresh channel, published in `live` for [`Transport::send`] while
-/// the call lasts. Probes the round trip with an empty `Deliver` every
-/// [`PEER_PING_INTERVAL`]. The first call's channel was made (and
-/// published) by [`Transport::add_peer`]. Stops when the lane is dropped
-/// (`stopped`).
+/// Sends one lane's messages over a `Stream` call, reconnecting with
+/// backoff, and probes the round trip with an empty `Deliver` every
+/// [`PEER_PING_INTERVAL`].
 async fn sender_task(
     env: Envelope,
     url: Url,
     tls: Option<ClientTlsConfig>,
-    live: StreamSlot,
-    (window, first): (usize, StreamBody),
-    mut stopped: oneshot::Receiver<()>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    queued_bytes: Arc<AtomicUsize>,
     stats: Arc<TransportStats>,
 ) {
     let ep = match stream_endpoint(&url, tls.as_ref()) {
@@ -525,28 +381,21 @@ async fn sender_task(
             return;
         }
     };
-    let set_live = |s: Option<LiveStream>| {
-        *live.lock().unwrap_or_else(|e| e.into_inner()) = s;
-    };
     let peer = stats.peer(env.to);
     let mut backoff = RECONNECT_BACKOFF_MIN;
     let mut ping = tokio::time::interval(PEER_PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next = Some(first);
     loop {
         let client = PeerClient::new(ep.connect_lazy())
             .max_decoding_message_size(PEER_MAX_GRPC_BYTES)
             .max_encoding_message_size(PEER_MAX_GRPC_BYTES);
-        let body = match next.take() {
-            Some(body) => body,
-            None => {
-                let (stream, body) = new_stream(window);
-                set_live(Some(stream));
-                body
-            }
-        };
+        let (tx, out_rx) = mpsc::channel::<RaftBatch>(STREAM_WINDOW_BATCHES);
         let mut call_client = client.clone();
-        let mut call = tokio::spawn(async move { call_client.stream(body).await });
+        let mut call = tokio::spawn(async move {
+            call_client
+                .stream(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+                .await
+        });
         let connected_at = tokio::time::Instant::now();
         loop {
             tokio::select! {
@@ -556,11 +405,6 @@ async fn sender_task(
                         note_rejection(&env, &url, status, &stats);
                     }
                     break;
-                }
-                _ = &mut stopped => {
-                    // The peer was removed: dropping the sender ends the call.
-                    set_live(None);
-                    return;
                 }
                 _ = ping.tick() => {
                     let mut c = client.clone();
@@ -586,21 +430,49 @@ async fn sender_task(
                         }
                     });
                 }
+                first = rx.recv() => {
+                    let Some(first) = first else {
+                        // The peer was removed: stop (dropping `tx` ends the call).
+                        return;
+                    };
+                    let mut bytes = first.len();
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_MSGS_PER_BATCH && bytes < MAX_BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok(m) => {
+                                bytes += m.len();
+                                batch.push(m);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                    let n = batch.len() as u64;
+                    let req = RaftBatch { envelope: Some(env), messages: batch };
+                    if tx.send(req).await.is_ok() {
+                        stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+                        peer.sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                    } else {
+                        // The call ended; the next turn sees why.
+                        stats.dropped_send_failed.fetch_add(n, Ordering::Relaxed);
+                        peer.sent_failures.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
             }
         }
-        // Batches sent until the next call are dropped and counted: they
-        // are stale by then, and Raft resends what matters.
-        set_live(None);
         peer.active.store(false, Ordering::Relaxed);
         // A call that lived long enough was healthy: start backing off anew.
         if connected_at.elapsed() > RECONNECT_BACKOFF_MAX {
             backoff = RECONNECT_BACKOFF_MIN;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = &mut stopped => return,
-        }
+        tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+        // Messages queued while disconnected are stale; Raft resends what matters.
+        while let Ok(m) = rx.try_recv() {
+            queued_bytes.fetch_sub(m.len(), Ordering::Relaxed);
+            stats.dropped_send_failed.fetch_add(1, Ordering::Relaxed);
+            peer.sent_failures.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
