@@ -11,6 +11,7 @@ use crate::checksum::CRC32C;
 use crate::codec::{decode_exact, FORMAT_VERSION};
 use crate::error::SnapshotError;
 use crate::limits::{INITIAL_REVISION, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::response::KeyValue;
 use crate::store::{entry_size, Entry, KvStore};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -64,7 +65,11 @@ struct Body {
     revision: i64,
     compact_revision: i64,
     applied_index: u64,
-    kvs: Vec<SnapKeyValue>,
+    // Serde's element-wise `Vec<u8>` and one insert per key, not
+    // `SnapKeyValue` and `build_map`: this store's snapshots are the
+    // firmware's (small), and the bulk path's code (a byte-buffer visitor,
+    // `BTreeMap::from_iter` with its stable sort) is ~5 KB of its `.text`.
+    kvs: Vec<KeyValue>,
 }
 
 /// One key as read: field for field the serde layout of
@@ -119,17 +124,8 @@ pub(crate) fn build_map(
 impl SnapKeyValue {
     /// Whether a store at `revision` can hold this key and version.
     fn valid(&self, revision: i64) -> bool {
-        let (key, value) = (&self.key.0, &self.value.0);
-        let sizes = !key.is_empty() && key.len() <= MAX_KEY_BYTES && value.len() <= MAX_VALUE_BYTES;
-        let revisions = INITIAL_REVISION < self.create_revision
-            && self.create_revision <= self.mod_revision
-            && self.mod_revision <= revision;
-        // At most one write per revision from creation to the last write.
-        let max_version = self
-            .mod_revision
-            .saturating_sub(self.create_revision)
-            .saturating_add(1);
-        sizes && revisions && (1..=max_version).contains(&self.version)
+        let revs = [self.create_revision, self.mod_revision, self.version];
+        valid_version(&self.key.0, &self.value.0, revs, revision)
     }
 }
 
@@ -252,6 +248,51 @@ fn from_body(body: Body) -> Option<KvStore> {
     store.revision = revision;
     store.compact_revision = body.compact_revision;
     store.applied_index = body.applied_index;
-    store.map = build_map(body.kvs, revision, &mut store.size_bytes)?;
+    for kv in body.kvs {
+        if !valid_key_value(&kv, revision) {
+            return None;
+        }
+        let ascending = store
+            .map
+            .last_key_value()
+            .is_none_or(|(last, _)| *last < kv.key);
+        if !ascending {
+            return None;
+        }
+        store.size_bytes = store
+            .size_bytes
+            .saturating_add(entry_size(&kv.key, &kv.value));
+        let e = Entry {
+            value: kv.value,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+        };
+        store.map.insert(kv.key, e);
+    }
     Some(store)
+}
+
+fn valid_key_value(kv: &KeyValue, revision: i64) -> bool {
+    valid_version(
+        &kv.key,
+        &kv.value,
+        [kv.create_revision, kv.mod_revision, kv.version],
+        revision,
+    )
+}
+
+/// Whether a store at `revision` can hold `key` = `value` with
+/// `[create_revision, mod_revision, version]`.
+fn valid_version(key: &[u8], value: &[u8], revs: [i64; 3], revision: i64) -> bool {
+    let [create_revision, mod_revision, version] = revs;
+    let sizes = !key.is_empty() && key.len() <= MAX_KEY_BYTES && value.len() <= MAX_VALUE_BYTES;
+    let revisions = INITIAL_REVISION < create_revision
+        && create_revision <= mod_revision
+        && mod_revision <= revision;
+    // At most one write per revision from creation to the last write.
+    let max_version = mod_revision
+        .saturating_sub(create_revision)
+        .saturating_add(1);
+    sizes && revisions && (1..=max_version).contains(&version)
 }
