@@ -3,16 +3,25 @@
 //! writes that sequence (a varint length, then the bytes), so reading it as
 //! bytes gives the same values from the same input, about ten times faster
 //! on a snapshot of 256-byte values (see the README, "Restore time").
+//!
+//! For other crates' postcard formats too: `#[serde(with =
+//! "metalraft_kv::bytes")]` on a `Vec<u8>` field, or
+//! `serialize_with = "metalraft_kv::bytes::serialize"` on a `&[u8]` one.
 
 use alloc::vec::Vec;
 use core::fmt;
 use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::Serializer;
 
-/// Writes a byte string in one block (`serialize_with` of a `&[u8]` field):
-/// the same postcard bytes as serde's element-by-element `[u8]`.
-pub(crate) fn serialize<S: Serializer>(v: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+/// Writes a byte string in one block: the same postcard bytes as serde's
+/// element-by-element `[u8]`.
+pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_bytes(v)
+}
+
+/// Reads a `Vec<u8>` with `deserialize_byte_buf` (one copy).
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    d.deserialize_byte_buf(ByteBufVisitor)
 }
 
 /// A `Vec<u8>` read with `deserialize_byte_buf`.
@@ -20,7 +29,7 @@ pub(crate) struct ByteBuf(pub(crate) Vec<u8>);
 
 impl<'de> Deserialize<'de> for ByteBuf {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_byte_buf(ByteBufVisitor).map(ByteBuf)
+        deserialize(d).map(ByteBuf)
     }
 }
 

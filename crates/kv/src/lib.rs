@@ -5,7 +5,7 @@
 
 extern crate alloc;
 
-mod bytes;
+pub mod bytes;
 mod checksum;
 mod codec;
 mod error;

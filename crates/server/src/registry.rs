@@ -362,8 +362,10 @@ pub struct SnapshotData {
     pub members: MemberUrls,
     /// Removed member ids.
     pub removed: BTreeSet<u64>,
-    /// `metalraft_kv::KvStore::snapshot` bytes.
-    #[serde(with = "byte_string")]
+    /// `metalraft_kv::KvStore::snapshot` bytes, written and read as one
+    /// block (hundreds of MB with a million keys; same postcard bytes as
+    /// serde's element-by-element `Vec<u8>`).
+    #[serde(with = "metalraft_kv::bytes")]
     pub kv: Vec<u8>,
     /// Published attributes by member (members that have not published are
     /// absent). Missing in snapshots written before attributes were
@@ -372,7 +374,7 @@ pub struct SnapshotData {
     /// The auth state ([`crate::auth::AuthState::encode`]); empty in
     /// snapshots written before auth existed, which decode as no users, no
     /// roles, auth disabled.
-    #[serde(with = "byte_string")]
+    #[serde(with = "metalraft_kv::bytes")]
     pub auth: Vec<u8>,
     /// Raised alarms (member id, etcd `AlarmType`); missing in snapshots
     /// written before alarms were replicated, which decode with none.
@@ -384,10 +386,10 @@ pub struct SnapshotData {
 struct SnapshotDataV3 {
     members: MemberUrls,
     removed: BTreeSet<u64>,
-    #[serde(deserialize_with = "byte_string::deserialize")]
+    #[serde(deserialize_with = "metalraft_kv::bytes::deserialize")]
     kv: Vec<u8>,
     attributes: BTreeMap<u64, Attributes>,
-    #[serde(deserialize_with = "byte_string::deserialize")]
+    #[serde(deserialize_with = "metalraft_kv::bytes::deserialize")]
     auth: Vec<u8>,
 }
 
@@ -396,7 +398,7 @@ struct SnapshotDataV3 {
 struct SnapshotDataV2 {
     members: MemberUrls,
     removed: BTreeSet<u64>,
-    #[serde(deserialize_with = "byte_string::deserialize")]
+    #[serde(deserialize_with = "metalraft_kv::bytes::deserialize")]
     kv: Vec<u8>,
     attributes: BTreeMap<u64, Attributes>,
 }
@@ -406,7 +408,7 @@ struct SnapshotDataV2 {
 struct SnapshotDataV1 {
     members: MemberUrls,
     removed: BTreeSet<u64>,
-    #[serde(deserialize_with = "byte_string::deserialize")]
+    #[serde(deserialize_with = "metalraft_kv::bytes::deserialize")]
     kv: Vec<u8>,
 }
 
@@ -454,51 +456,6 @@ impl SnapshotData {
             }),
             // Report the current format's complaint.
             Err(_) => Err(current),
-        }
-    }
-}
-
-/// The snapshot's byte strings (the key-value snapshot, hundreds of MB with
-/// a million keys) written and read as one block: serde's `Vec<u8>` goes
-/// byte by byte. postcard writes a byte string exactly as that sequence
-/// (varint length, then the bytes), so the format is unchanged.
-mod byte_string {
-    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
-    use serde::Serializer;
-    use std::fmt;
-
-    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        d.deserialize_byte_buf(Bytes)
-    }
-
-    struct Bytes;
-
-    impl<'de> Visitor<'de> for Bytes {
-        type Value = Vec<u8>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a byte string")
-        }
-
-        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-            Ok(v.to_vec())
-        }
-
-        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-            Ok(v)
-        }
-
-        /// For formats that hand a byte string over as a sequence.
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-            let mut out = Vec::new();
-            while let Some(b) = seq.next_element::<u8>()? {
-                out.push(b);
-            }
-            Ok(out)
         }
     }
 }
