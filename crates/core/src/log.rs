@@ -114,8 +114,7 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
         last_index: Index,
         last_term: Term,
     ) -> Result<bool, StorageError> {
-        let our_term = self.last_term()?;
-        Ok(last_term > our_term || (last_term == our_term && last_index >= self.last_index()?))
+        Ok(self.compare_with_ours(last_index, last_term)?.is_ge())
     }
 
     /// Whether a log ending at (`last_index`, `last_term`) is strictly more
@@ -126,8 +125,17 @@ impl<P: Payload, S: LogStorage<P>> RaftLog<P, S> {
         last_index: Index,
         last_term: Term,
     ) -> Result<bool, StorageError> {
-        let our_term = self.last_term()?;
-        Ok(last_term > our_term || (last_term == our_term && last_index > self.last_index()?))
+        Ok(self.compare_with_ours(last_index, last_term)?.is_gt())
+    }
+
+    /// §5.4.1's order of logs: by last term, then by last index.
+    fn compare_with_ours(
+        &self,
+        last_index: Index,
+        last_term: Term,
+    ) -> Result<core::cmp::Ordering, StorageError> {
+        let ours = (self.last_term()?, self.last_index()?);
+        Ok((last_term, last_index).cmp(&ours))
     }
 
     /// Leader append: `entries` continue the log.
