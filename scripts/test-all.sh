@@ -42,7 +42,9 @@ scripts/patroni-test.sh
 
 step "full disk (mounts a tmpfs: root only)"
 if [ "$(id -u)" = 0 ]; then
-    cargo test -p metalraft --test disk_full -- --ignored
+    # --workspace: the same features as the workspace tests above, so the
+    # already-built test binary is reused (-p metalraft rebuilt the server).
+    cargo test --workspace --test disk_full -- --ignored
 else
     echo "skipped: not root (run: sudo cargo test -p metalraft --test disk_full -- --ignored)"
 fi

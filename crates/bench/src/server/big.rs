@@ -1,5 +1,5 @@
 //! The 1,000,000-key measurements of issue 18, for each system on a fresh
-//! 3-member cluster of its own (after the other workloads, whose clusters
+//! cluster of its own (after the other workloads, whose clusters
 //! are gone by then, so only one cluster runs at a time):
 //!
 //! - **load** (always, the others need it): `keys` keys of `value_bytes`
@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, ConnectOptions, Txn, TxnOp};
 use tokio::task::JoinSet;
 
-use super::cluster::{self, Cluster, ProcStats, System, Timing, MEMBERS};
+use super::cluster::{self, Cluster, ProcStats, System, Timing};
 use super::load;
 
 /// Keys loaded by the full run.
@@ -237,7 +237,7 @@ where
 async fn wait_applied_everywhere(c: &Cluster, leader: usize) -> Result<u64, String> {
     let target = applied_index(&c.endpoint(leader)).await?;
     let start = Instant::now();
-    for i in 0..MEMBERS {
+    for i in 0..c.founders() {
         let ep = c.endpoint(i);
         until(start, &format!("m{} applying the load", i + 1), || async {
             Ok(applied_index(&ep).await? >= target)
@@ -270,7 +270,7 @@ pub async fn run(
         .map_err(|_| format!("loading {} keys took over {LOAD_TIMEOUT:?}", p.keys))??;
     out.load_secs = t.elapsed().as_secs_f64();
     out.applied = wait_applied_everywhere(&c, leader).await?;
-    out.stats = (0..MEMBERS)
+    out.stats = (0..c.founders())
         .map(|i| c.pid(i).and_then(cluster::proc_stats).unwrap_or_default())
         .collect();
     eprintln!(
@@ -291,7 +291,7 @@ pub async fn run(
     );
     let probe_key = p.keys / 2;
     if which.contains(&BigWorkload::Restart) {
-        let f = (leader + 1) % MEMBERS;
+        let f = (leader + 1) % c.founders();
         c.kill(f);
         let start = Instant::now();
         let r = match c.restart(f) {
@@ -380,7 +380,7 @@ async fn catch_up(
         Ok::<_, String>((applied, serving))
     }
     .await;
-    // Back to three members whatever happened.
+    // Back to the founding members whatever happened.
     let removed = admin
         .member_remove(id)
         .await
@@ -405,7 +405,7 @@ pub fn report(
     let _ = writeln!(
         s,
         "\n## {} keys (issue 18)\n\n\
-         Each system on a fresh 3-member cluster of its own (etcd first, then metalraft; one cluster \
+         Each system on a fresh cluster of its own (as many members as the other workloads) (etcd first, then metalraft; one cluster \
          at a time), `--snapshot-count {snapshot_count}`: {} keys of {VALUE_BYTES} bytes loaded by \
          {LOAD_CLIENTS} clients in txns of {PUTS_PER_TXN} puts ({} log entries, so about as many \
          snapshots as {} single puts at the default 100,000). Peak RSS: VmHWM of each member once \

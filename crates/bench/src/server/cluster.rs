@@ -1,4 +1,5 @@
-//! Starting, watching and killing the 3-member clusters (etcd and metalraft)
+//! Starting, watching and killing the clusters (etcd and metalraft; 3
+//! members unless `--members` says otherwise)
 //! as child processes on loopback, and reading their CPU time and peak RSS
 //! from `/proc`.
 
@@ -9,8 +10,14 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
 
-/// Members per cluster.
-pub const MEMBERS: usize = 3;
+/// Members per cluster unless `--members` says otherwise.
+pub const DEFAULT_MEMBERS: usize = 3;
+/// Fewest members per cluster: the workloads read from, watch on and kill
+/// followers, and failover needs a majority to survive the leader.
+pub const MIN_MEMBERS: usize = 3;
+/// Most members per cluster: member `i` uses ports `base + 10*i` and
+/// `+ 1`, and the two systems' port ranges are `PORT_GAP` (100) apart.
+pub const MAX_MEMBERS: usize = 9;
 /// How long a cluster may take to elect a leader after its processes start.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Timeout of one status request while waiting for a cluster.
@@ -41,6 +48,8 @@ pub struct Timing {
     pub election_ms: u64,
     /// `--snapshot-count` for every member, if set (else each system's default).
     pub snapshot_count: Option<u64>,
+    /// Founding members per cluster (`--members`, [`MIN_MEMBERS`]..=[`MAX_MEMBERS`]).
+    pub members: usize,
 }
 
 /// One member: its command line, and its process while it runs.
@@ -52,7 +61,7 @@ struct Member {
     child: Option<Child>,
 }
 
-/// A running 3-member cluster (plus, for a while, members added by
+/// A running cluster of `Timing::members` founders (plus, for a while, members added by
 /// [`Cluster::add_member`]).
 pub struct Cluster {
     pub system: System,
@@ -64,6 +73,8 @@ pub struct Cluster {
     base_port: u16,
     /// `--initial-cluster` of the founding members.
     initial: String,
+    /// How many founding members (the first `founders` of `members`).
+    founders: usize,
 }
 
 /// CPU seconds (user + system), peak RSS and current RSS of one member
@@ -89,7 +100,8 @@ impl Cluster {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let peer = |i: usize| format!("http://127.0.0.1:{}", base_port + 10 * i as u16 + 1);
-        for i in 0..MEMBERS {
+        let founders = timing.members;
+        for i in 0..founders {
             for port in [base_port + 10 * i as u16, base_port + 10 * i as u16 + 1] {
                 std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
                     format!(
@@ -99,12 +111,12 @@ impl Cluster {
                 })?;
             }
         }
-        let initial: Vec<String> = (0..MEMBERS)
+        let initial: Vec<String> = (0..founders)
             .map(|i| format!("m{}={}", i + 1, peer(i)))
             .collect();
         let initial = initial.join(",");
         let mut members = Vec::new();
-        for i in 0..MEMBERS {
+        for i in 0..founders {
             members.push(member(system, &dir, base_port, i, &initial, "new", timing));
         }
         let mut c = Cluster {
@@ -114,8 +126,9 @@ impl Cluster {
             dir,
             base_port,
             initial,
+            founders,
         };
-        for i in 0..MEMBERS {
+        for i in 0..founders {
             c.spawn(i)?;
         }
         Ok(c)
@@ -147,7 +160,7 @@ impl Cluster {
     /// caller's).
     pub fn drop_added(&mut self) {
         let last = self.members.len() - 1;
-        if last >= MEMBERS {
+        if last >= self.founders {
             self.kill(last);
             self.members.pop();
         }
@@ -178,6 +191,11 @@ impl Cluster {
 
     pub fn endpoint(&self, i: usize) -> String {
         self.members[i].client_url.clone()
+    }
+
+    /// Founding members (indexes `0..founders()`).
+    pub fn founders(&self) -> usize {
+        self.founders
     }
 
     pub fn pid(&self, i: usize) -> Option<u32> {

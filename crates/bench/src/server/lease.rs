@@ -3,7 +3,7 @@
 //!
 //! - **keepalive** (`lease-keepalive`): many leases, each kept alive by a
 //!   keepalive stream of its own (etcd-client's `LeaseKeeper`, one gRPC
-//!   stream per lease, the streams spread over the three members, so
+//!   stream per lease, the streams spread over the members, so
 //!   followers relay). First paced, one keepalive per lease per second (the
 //!   load of that many clients): keepalives answered per second, the
 //!   members' CPU and memory. Then saturated: every stream sends its next
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, GetOptions, KvClient, LeaseClient, PutOptions};
 use tokio::task::JoinSet;
 
-use super::cluster::{self, Cluster, ProcStats, System, MEMBERS};
+use super::cluster::{self, Cluster, ProcStats, System};
 use super::load;
 
 /// Keepalive run: leases, each with its own keepalive stream.
@@ -192,7 +192,7 @@ impl Results {
 }
 
 fn stats(c: &Cluster) -> Vec<ProcStats> {
-    (0..MEMBERS)
+    (0..c.founders())
         .map(|i| c.pid(i).and_then(cluster::proc_stats).unwrap_or_default())
         .collect()
 }
@@ -626,7 +626,7 @@ pub fn report(
             s,
             "**Keepalive.** {} leases (TTL {KEEPALIVE_TTL_SECS} s), each with its own keepalive stream \
              (etcd-client's `LeaseKeeper`), {STREAMS_PER_CONNECTION} streams per HTTP/2 connection, the \
-             connections spread over the three members (followers relay to the leader). **Paced**: each \
+             connections spread over the members (followers relay to the leader). **Paced**: each \
              stream sends one keepalive per second, {:.0} s warm-up, {:.1} s measured: keepalives answered/s, \
              their p99 round trip, the members' CPU (sum, cores) and RSS (sum, with every stream open; before \
              granting in parentheses). **Saturated**: then every stream sends its next keepalive as soon as \

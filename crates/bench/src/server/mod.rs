@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use big::BigWorkload;
-use cluster::{Cluster, ProcStats, System, Timing, MEMBERS};
+use cluster::{Cluster, ProcStats, System, Timing};
 use etcd_client::{Client, ConnectOptions};
 use lease::LeaseWorkload;
 use load::{quantile, RunResult, Workload};
@@ -58,7 +58,7 @@ const LOADGEN_THREADS: usize = 2;
 pub const USAGE: &str = "\
 usage: metalraft-bench server [options]
 
-Starts a 3-member etcd cluster and a 3-member metalraft cluster on loopback
+Starts a 3-member (--members) etcd cluster and a metalraft cluster of as many on loopback
 (data directories on the same file system, heartbeat 100 ms, election
 timeout 1000 ms for both) and drives both with one load generator over the
 etcd v3 gRPC API, alternating runs (A B A B). Then kills the leader of each
@@ -101,6 +101,7 @@ options:
   --clients-per-connection N
                        clients sharing one HTTP/2 connection (default 16)
   --base-port N        first port (default 29400; etcd uses N.., metalraft N+100..)
+  --members N          members per cluster, both systems (default 3; 3..=9)
   --snapshot-count N   pass --snapshot-count N to every member of both systems
                        (default: each system's own), e.g. to put snapshots
                        inside the measured runs
@@ -127,6 +128,7 @@ pub struct Opts {
     base_port: u16,
     disk_probe: Duration,
     snapshot_count: Option<u64>,
+    members: usize,
 }
 
 pub fn parse_args(args: &[String]) -> Result<Opts, String> {
@@ -151,6 +153,7 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
         base_port: BASE_PORT,
         disk_probe: DISK_PROBE,
         snapshot_count: None,
+        members: cluster::DEFAULT_MEMBERS,
     };
     let (mut warmup, mut measure, mut reps, mut fo) = (None, None, None, None);
     let (mut watchers, mut per_conn, mut put_rate, mut watch_secs, mut catchup) =
@@ -225,6 +228,19 @@ pub fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--clients-per-connection" => {
                 let n = crate::parse_pos(&value(a)?, a)? as usize;
                 load::CLIENTS_PER_CONN.store(n, std::sync::atomic::Ordering::Relaxed);
+            }
+            "--members" => {
+                let v = value(a)?;
+                o.members = match v.parse::<usize>() {
+                    Ok(n) if (cluster::MIN_MEMBERS..=cluster::MAX_MEMBERS).contains(&n) => n,
+                    _ => {
+                        return Err(format!(
+                            "{a}: expected {}..={} members, got {v:?}",
+                            cluster::MIN_MEMBERS,
+                            cluster::MAX_MEMBERS
+                        ))
+                    }
+                }
             }
             "--snapshot-count" => o.snapshot_count = Some(crate::parse_pos(&value(a)?, a)?),
             "--base-port" => {
@@ -382,6 +398,7 @@ async fn suite(o: &Opts) -> Result<(), String> {
         heartbeat_ms: HEARTBEAT_MS,
         election_ms: ELECTION_MS,
         snapshot_count: o.snapshot_count,
+        members: o.members,
     };
     let mut clusters: Vec<Cluster> = Vec::new();
     // The big-* measurements start clusters of their own; the shared ones
@@ -716,7 +733,7 @@ async fn one_run(c: &mut Cluster, w: Workload, o: &Opts, seed: u64) -> Outcome {
     let leader = c.wait_ready().await?;
     let eps = c.endpoints();
     let rev0 = load::revision(&eps, leader).await?;
-    let pids: Vec<Option<u32>> = (0..MEMBERS).map(|i| c.pid(i)).collect();
+    let pids: Vec<Option<u32>> = (0..c.founders()).map(|i| c.pid(i)).collect();
     let sample = move || -> Vec<ProcStats> {
         pids.iter()
             .map(|p| p.and_then(cluster::proc_stats).unwrap_or_default())
@@ -776,7 +793,7 @@ async fn one_run(c: &mut Cluster, w: Workload, o: &Opts, seed: u64) -> Outcome {
 /// settles.
 async fn failover_run(c: &mut Cluster, run: u64) -> Result<Duration, String> {
     let leader = c.wait_ready().await?;
-    let survivors: Vec<String> = (0..MEMBERS)
+    let survivors: Vec<String> = (0..c.founders())
         .filter(|&i| i != leader)
         .map(|i| c.endpoint(i))
         .collect();
@@ -869,7 +886,7 @@ fn machine(o: &Opts, etcd: &Path, mr: &Path) -> String {
     format!(
         "- **Date:** {} UTC\n- **Machine:** {cpus} CPUs ({}), {mem} RAM, kernel {}; load average at start: {}\n\
          - **Data directories:** {} on {fs}\n- **etcd:** {} ({})\n- **metalraft:** {}; the working tree is at commit {commit}{}\n\
-         - **Settings (both):** 3 members on 127.0.0.1, heartbeat {HEARTBEAT_MS} ms, election timeout {ELECTION_MS} ms, \
+         - **Settings (both):** {} members on 127.0.0.1, heartbeat {HEARTBEAT_MS} ms, election timeout {ELECTION_MS} ms, \
          default durability (fsync on), snapshot count {}, log level warn",
         crate::utc_date(),
         crate::cpu_model(),
@@ -889,6 +906,7 @@ fn machine(o: &Opts, etcd: &Path, mr: &Path) -> String {
             mr.display().to_string()
         },
         if dirty.trim() == "0" { String::new() } else { format!(" plus {} uncommitted files in crates/server, core, kv (shared working tree)", dirty.trim()) },
+        o.members,
         o.snapshot_count.map_or_else(
             || "default (etcd 3.4: 100000, metalraft: 100000)".to_string(),
             |n| format!("{n} (--snapshot-count)")
@@ -926,16 +944,17 @@ fn cell(outs: &[Outcome]) -> Result<Cell, String> {
         .collect();
     lat.sort_unstable();
     let n = ms.len() as f64;
+    let members = ms.first().map_or(0, |m| m.cpu_secs.len());
     Ok(Cell {
         ops_per_sec: crate::median(ms.iter().map(|m| m.res.ops_per_sec()).collect()),
         p50: quantile(&lat, 0.5) / 1e3,
         p99: quantile(&lat, 0.99) / 1e3,
         p999: quantile(&lat, 0.999) / 1e3,
         max: lat.last().map_or(0.0, |&us| f64::from(us) / 1e3),
-        cpu_secs: (0..MEMBERS)
+        cpu_secs: (0..members)
             .map(|i| ms.iter().map(|m| m.cpu_secs[i]).sum::<f64>() / n)
             .collect(),
-        hwm_kib: (0..MEMBERS)
+        hwm_kib: (0..members)
             .map(|i| ms.iter().map(|m| m.hwm_kib[i]).max().unwrap_or(0))
             .collect(),
         errors: ms.iter().map(|m| m.res.errors).sum(),
@@ -974,7 +993,8 @@ fn report(
     let both = o.systems.len() == 2;
     let _ = writeln!(
         s,
-        "# metalraft vs etcd 3.4: 3-member clusters on loopback\n"
+        "# metalraft vs etcd 3.4: {}-member clusters on loopback\n",
+        o.members
     );
     let _ = writeln!(s, "{machine}");
     let cmd = if o.quick {
@@ -1020,7 +1040,7 @@ fn report(
         let _ = writeln!(s, "## Throughput and latency\n");
         let _ = writeln!(
             s,
-            "| workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | max ms | CPU s per member (m1 / m2 / m3) | CPU µs per op (all members) | peak RSS MiB per member |"
+            "| workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | max ms | CPU s per member (m1 / m2 / …) | CPU µs per op (all members) | peak RSS MiB per member |"
         );
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     }
@@ -1126,7 +1146,7 @@ fn report(
     let _ = writeln!(
         s,
         "A put attempt is started every {} ms (each with a {} s timeout) from the kill on; the time is the completion of \
-         the first successful one. The killed member is restarted, and the next run starts {} s after all three agree on a leader.\n",
+         the first successful one. The killed member is restarted, and the next run starts {} s after all members agree on a leader.\n",
         FAILOVER_RETRY_INTERVAL.as_millis(),
         FAILOVER_ATTEMPT_TIMEOUT.as_secs(),
         FAILOVER_SETTLE.as_secs()
@@ -1332,7 +1352,10 @@ fn write_plots(
         write(
             "server-put-throughput.svg",
             svg::line_chart(
-                "put throughput vs concurrent clients (3 members, fsync on)",
+                &format!(
+                    "put throughput vs concurrent clients ({} members, fsync on)",
+                    o.members
+                ),
                 "concurrent clients",
                 "puts/s",
                 &cats,

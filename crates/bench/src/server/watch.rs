@@ -27,7 +27,7 @@ use etcd_client::{Event, EventType, KvClient, WatchClient, WatchOptions};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::cluster::{self, Cluster, ProcStats, System, MEMBERS};
+use super::cluster::{self, Cluster, ProcStats, System};
 use super::load;
 
 /// Fan-out: watchers (one watch stream each), spread over the followers.
@@ -478,8 +478,8 @@ struct Ack {
 pub async fn fanout_run(c: &mut Cluster, p: &Params) -> Result<FanoutRun, String> {
     c.check_alive()?;
     let leader = c.wait_ready().await?;
-    let followers: Vec<usize> = (0..MEMBERS).filter(|&i| i != leader).collect();
-    let pids: Vec<Option<u32>> = (0..MEMBERS).map(|i| c.pid(i)).collect();
+    let followers: Vec<usize> = (0..c.founders()).filter(|&i| i != leader).collect();
+    let pids: Vec<Option<u32>> = (0..c.founders()).map(|i| c.pid(i)).collect();
     let sample = || -> Vec<ProcStats> {
         pids.iter()
             .map(|p| p.and_then(cluster::proc_stats).unwrap_or_default())
@@ -722,7 +722,9 @@ pub async fn catchup_history(c: &mut Cluster, n: u64) -> Result<History, String>
 pub async fn catchup_run(c: &mut Cluster, h: &History) -> Result<CatchupRun, String> {
     c.check_alive()?;
     let leader = c.wait_ready().await?;
-    let follower = (0..MEMBERS).find(|&i| i != leader).expect("3 members");
+    let follower = (0..c.founders())
+        .find(|&i| i != leader)
+        .ok_or("a watch catch-up run needs a follower")?;
     let mut wc = connect_watch(&c.endpoint(follower)).await?;
     let n = h.expected.len();
     let t0 = Instant::now();
@@ -814,6 +816,7 @@ fn fanout_cell(runs: &[FanoutOutcome]) -> Result<FanoutCell, String> {
         return Err("not run".into());
     }
     let n = rs.len() as f64;
+    let members = rs[0].cpu_secs.len();
     let mut lat = Hist::new();
     for r in &rs {
         lat.merge(&r.lat);
@@ -829,7 +832,7 @@ fn fanout_cell(runs: &[FanoutOutcome]) -> Result<FanoutCell, String> {
             .map(|r| r.cpu_secs.iter().sum::<f64>() * 1e6 / r.events as f64)
             .sum::<f64>()
             / n,
-        cpu_secs: (0..MEMBERS)
+        cpu_secs: (0..members)
             .map(|i| rs.iter().map(|r| r.cpu_secs[i]).sum::<f64>() / n)
             .collect(),
         loadgen_cpu_secs: rs.iter().map(|r| r.loadgen_cpu_secs).sum::<f64>() / n,
@@ -909,13 +912,13 @@ pub fn report(
         let _ = writeln!(
             s,
             "**Fan-out.** {} watchers on the prefix `{FANOUT_PREFIX}`, one watch stream each, {} streams per HTTP/2 \
-             connection, the connections spread over the two followers. Writers put to the leader at {} puts/s \
+             connection, the connections spread over the followers. Writers put to the leader at {} puts/s \
              (paced, open loop; {}-byte values, keys cycling over {}) for {:.1} s of warm-up and {:.1} s measured; \
              {reps} run(s) per system alternating, fresh watchers each run. **events/s** = events of the measured \
              puts delivered to all watchers / (last delivery − first measured put), the median over runs; the \
              offered rate is puts/s × watchers. **Latency** = event delivery − the put's acknowledgement, both seen \
              by the load generator's clock, every measured event of every run pooled (an event that arrives before \
-             its acknowledgement counts as 0). **Idle memory per watcher** = (RSS of the three members after \
+             its acknowledgement counts as 0). **Idle memory per watcher** = (RSS of the members after \
              opening the watchers and {} s idle − before) / watchers, from the first run, before any watch load; later \
              runs are in parentheses: the members are still handing back the previous run's memory then (Go's \
              scavenger, freed buffers), so their differences are disturbed and can be negative. CPU is each member's utime+stime \
@@ -931,7 +934,7 @@ pub fn report(
         );
         let _ = writeln!(
             s,
-            "| system | events/s delivered | puts/s | p50 ms | p99 ms | p99.9 ms | max ms | idle memory per watcher, KiB, first run (later runs) | CPU µs per event (all members) | CPU s per member (m1 / m2 / m3) | load generator CPU s |"
+            "| system | events/s delivered | puts/s | p50 ms | p99 ms | p99.9 ms | max ms | idle memory per watcher, KiB, first run (later runs) | CPU µs per event (all members) | CPU s per member (m1 / m2 / …) | load generator CPU s |"
         );
         let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for &sys in systems {
