@@ -20,7 +20,8 @@ use alloc::vec::Vec;
 
 use embassy_net::IpEndpoint;
 use metalraft_core::{
-    ConfChange, ConfChangeError, ConfChangeOp, ConfState, Index, LogStorage, Role as CoreRole,
+    ConfChange, ConfChangeError, ConfChangeOp, ConfState, Index, LogStorage, Message, MessageBody,
+    Role as CoreRole,
 };
 use metalraft_fw_proto::client::{
     self, DroppedDatagrams, ErrorCode, MemberOp, Membership, Op, Perf, Reply, Request, Response,
@@ -50,6 +51,21 @@ pub enum PeerOut {
     Raft(metalraft_core::Message<Vec<u8>>),
     /// A removal notice (already encoded).
     Removed([u8; NOTICE_BYTES]),
+}
+
+/// Whether `p` is an AppendEntries that carries no entries — only a
+/// commit index (the core sends one to every follower at each advance of
+/// its commit index) — in `term`, at or below `commit`: a later
+/// AppendEntries to the same follower in the same output, of that term and
+/// with a commit index at least as high, says everything it says, so it is
+/// not sent (one datagram fewer; as if the network had lost it, which Raft
+/// allows: the core counts no entry-less append as in flight).
+fn commit_only(p: &PeerOut, term: u64, commit: Index) -> bool {
+    matches!(p, PeerOut::Raft(Message {
+        term: t,
+        body: MessageBody::AppendEntries { entries, leader_commit, .. },
+        ..
+    }) if *t == term && entries.is_empty() && *leader_commit <= commit)
 }
 
 /// Datagrams to send.
@@ -634,6 +650,10 @@ impl Shell {
         }
         for m in o.messages {
             if let Ok(to) = u8::try_from(m.to) {
+                if let MessageBody::AppendEntries { leader_commit, .. } = m.body {
+                    out.peers
+                        .retain(|(t, p)| !(*t == to && commit_only(p, m.term, leader_commit)));
+                }
                 out.peers.push((to, PeerOut::Raft(m)));
             }
         }
