@@ -437,7 +437,26 @@ impl ActiveSnapshot {
     /// Whether this round may step: nothing from clients is waiting, or
     /// the snapshot was put off for [`SNAPSHOT_MAX_DEFERRED_ROUNDS`].
     fn may_step(&self, inputs_waiting: bool) -> bool {
-        !inputs_waiting || self.deferred_rounds >= SNAPSHOT_MAX_DEFERRED_ROUNDS
+        snapshot_may_step(inputs_waiting, self.deferred_rounds)
+    }
+}
+
+/// [`ActiveSnapshot::may_step`] on its two inputs.
+fn snapshot_may_step(inputs_waiting: bool, deferred_rounds: u32) -> bool {
+    !inputs_waiting || deferred_rounds >= SNAPSHOT_MAX_DEFERRED_ROUNDS
+}
+
+/// The deferral counter after a round ([`SNAPSHOT_MAX_DEFERRED_ROUNDS`]):
+/// reset by a step, raised by a round that was not allowed one, kept by a
+/// round that was allowed one but had no written buffer to fill (so an
+/// overdue step stays due).
+fn deferred_after_round(deferred_rounds: u32, may_step: bool, stepped: bool) -> u32 {
+    if stepped {
+        0
+    } else if may_step {
+        deferred_rounds
+    } else {
+        deferred_rounds.saturating_add(1)
     }
 }
 
@@ -555,11 +574,7 @@ impl RaftLoop {
                 _ = shutdown.changed() => break Ok(()),
             };
             if let Some(a) = self.snapshot.as_mut() {
-                if stepped {
-                    a.deferred_rounds = 0;
-                } else if !may_step {
-                    a.deferred_rounds += 1;
-                }
+                a.deferred_rounds = deferred_after_round(a.deferred_rounds, may_step, stepped);
             }
             // Wall time for lease expiry (leader only; also dates a
             // leadership change, which restarts every lease countdown).
@@ -1175,5 +1190,51 @@ fn read_error(e: ReadError) -> EtcdError {
         ReadError::LeaderChanged => EtcdError::LeaderChanged,
         ReadError::TimedOut | ReadError::Rejected => EtcdError::Timeout,
         _ => EtcdError::Stopped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replays the loop's rule for `rounds` rounds in which client inputs
+    /// are always waiting and a written buffer is always ready (the select
+    /// is modelled as taking the step whenever it is allowed to); returns
+    /// the rounds that stepped.
+    fn steps_under_constant_inputs(rounds: u32) -> Vec<u32> {
+        let mut deferred = 0;
+        let mut stepped_at = Vec::new();
+        for r in 0..rounds {
+            let may = snapshot_may_step(true, deferred);
+            if may {
+                stepped_at.push(r);
+            }
+            deferred = deferred_after_round(deferred, may, may);
+        }
+        stepped_at
+    }
+
+    #[test]
+    fn a_snapshot_step_waits_for_waiting_inputs_but_never_longer_than_the_bound() {
+        assert!(snapshot_may_step(false, 0), "an idle loop steps at once");
+        assert!(!snapshot_may_step(true, 0));
+        assert!(!snapshot_may_step(true, SNAPSHOT_MAX_DEFERRED_ROUNDS - 1));
+        assert!(snapshot_may_step(true, SNAPSHOT_MAX_DEFERRED_ROUNDS));
+        let at = steps_under_constant_inputs(10 * (SNAPSHOT_MAX_DEFERRED_ROUNDS + 1));
+        assert_eq!(at.len(), 10, "one step every bound + 1 rounds: {at:?}");
+        for w in at.windows(2) {
+            assert_eq!(w[1] - w[0], SNAPSHOT_MAX_DEFERRED_ROUNDS + 1);
+        }
+    }
+
+    #[test]
+    fn an_overdue_step_without_a_buffer_stays_due() {
+        // Allowed (overdue) but the thread had no buffer back yet: the
+        // counter is kept, so the step runs as soon as one comes back.
+        let d = deferred_after_round(SNAPSHOT_MAX_DEFERRED_ROUNDS, true, false);
+        assert!(snapshot_may_step(true, d));
+        assert_eq!(deferred_after_round(d, true, true), 0);
+        assert_eq!(deferred_after_round(3, false, false), 4);
+        assert_eq!(deferred_after_round(u32::MAX, false, false), u32::MAX);
     }
 }
