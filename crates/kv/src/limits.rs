@@ -60,8 +60,10 @@ pub const HISTORY_VERSION_OVERHEAD_BYTES: usize = 64;
 pub const HISTORY_KEY_OVERHEAD_BYTES: usize = 64;
 
 /// Bytes [`MvccStore::size_bytes`](crate::MvccStore::size_bytes) counts for
-/// each change in the revision log, on top of the key bytes it copies: the
-/// key vector and the change kind.
+/// each change in the revision log, on top of the key bytes it copies. The
+/// log once held a key vector and the kind per change; it now packs them
+/// (a 1–4 byte varint each), so this over-counts, and is kept so that
+/// `size_bytes` (etcd's `dbSize`, the quota) means what it meant.
 pub const LOG_CHANGE_OVERHEAD_BYTES: usize = 32;
 
 /// Bytes [`MvccStore::size_bytes`](crate::MvccStore::size_bytes) counts for

@@ -188,3 +188,105 @@ fn one_million_revisions_of_256_byte_values() {
     );
     assert!(kv.size_bytes() < heap);
 }
+
+/// Keys of the bench's big-* workloads (issue 18).
+const BIG_KEYS: u64 = 1_000_000;
+/// Puts per txn in the bench's load.
+const BIG_PUTS_PER_TXN: u64 = 100;
+
+fn big_key(i: u64) -> Vec<u8> {
+    // As `crates/bench/src/server/big.rs` names them; its 16 clients
+    // interleave, so keys arrive out of order.
+    format!("big/{:08}", i.wrapping_mul(7_919) % BIG_KEYS).into_bytes()
+}
+
+/// Issue 18's 1,000,000-key store as the bench's `big-rss` cluster holds it
+/// (10,000 txns of 100 puts of 256 bytes, never compacted), taken apart by
+/// structure: the revision log (freed by a compaction to the current
+/// revision), the current map, and what a restore from a snapshot holds.
+///
+/// ```sh
+/// cargo test --release -p metalraft-kv --test mvcc_memory -- --ignored --nocapture big
+/// ```
+#[test]
+#[ignore = "measurement: about 1 GB of heap and half a minute; run by hand"]
+fn big_store_bytes_per_key_by_structure() {
+    let base = LIVE_BYTES.load(Ordering::Relaxed);
+    let heap = || LIVE_BYTES.load(Ordering::Relaxed) - base;
+    let per_key = |bytes: usize| bytes as f64 / BIG_KEYS as f64;
+    let mut kv = MvccStore::new();
+    let mut index = 0;
+    let started = Instant::now();
+    for t in 0..BIG_KEYS / BIG_PUTS_PER_TXN {
+        let success = (t * BIG_PUTS_PER_TXN..(t + 1) * BIG_PUTS_PER_TXN)
+            .map(|i| {
+                let mut value = vec![b'v'; VALUE_BYTES];
+                value[..8].copy_from_slice(&i.to_le_bytes());
+                RequestOp::Put(PutRequest {
+                    key: big_key(i),
+                    value,
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let txn = TxnRequest {
+            compare: Vec::new(),
+            success,
+            failure: Vec::new(),
+        };
+        index += 1;
+        kv.apply(index, &Command::Txn(txn)).unwrap();
+    }
+    let loaded = heap();
+    println!(
+        "{BIG_KEYS} keys of {} B with {VALUE_BYTES} B values in {} txns, {:.1?}: heap {:.1} MiB \
+         ({:.0} B/key), size_bytes {:.1} MiB",
+        big_key(0).len(),
+        BIG_KEYS / BIG_PUTS_PER_TXN,
+        started.elapsed(),
+        mib(loaded),
+        per_key(loaded),
+        mib(kv.size_bytes())
+    );
+
+    reset_peak();
+    let snapshot = kv.snapshot();
+    let started = Instant::now();
+    let restored = MvccStore::restore(&snapshot).unwrap();
+    let restore_time = started.elapsed();
+    assert!(restored == kv);
+    let with_restored = heap();
+    drop(restored);
+    let restored_heap = with_restored - heap();
+    println!(
+        "  snapshot {:.1} MiB; restore {restore_time:.1?}; the restored store: heap {:.1} MiB \
+         ({:.0} B/key)",
+        mib(snapshot.len()),
+        mib(restored_heap),
+        per_key(restored_heap)
+    );
+    drop(snapshot);
+
+    let revision = kv.revision();
+    index += 1;
+    kv.apply(index, &Command::Compact(CompactionRequest { revision }))
+        .unwrap();
+    while kv.is_pruning() {
+        index += 1;
+        kv.mark_applied(index).unwrap();
+    }
+    let current = heap();
+    println!(
+        "  revision log ({BIG_KEYS} changes in {} records): {:.1} MiB ({:.0} B/change)",
+        BIG_KEYS / BIG_PUTS_PER_TXN,
+        mib(loaded - current),
+        per_key(loaded - current)
+    );
+    println!(
+        "  current map (key + value allocations and tree nodes): {:.1} MiB ({:.0} B/key, of \
+         which {} B key and {VALUE_BYTES} B value bytes)",
+        mib(current),
+        per_key(current),
+        big_key(0).len()
+    );
+}

@@ -92,10 +92,12 @@ impl MvccStore {
             if budget == 0 {
                 break;
             }
+            let mut changes = 0;
             for (key, _) in &record.changes {
                 prune(versions, size_bytes, map, key, target);
+                changes += 1;
             }
-            budget = budget.saturating_sub(record.changes.len().max(1));
+            budget = budget.saturating_sub(changes.max(1));
             if record.revision == target {
                 *prune_to = None;
                 break;

@@ -26,7 +26,118 @@ pub(crate) struct Record {
     /// The main revision.
     pub(crate) revision: i64,
     /// Each changed key and what happened to it.
-    pub(crate) changes: Vec<(Vec<u8>, ChangeKind)>,
+    pub(crate) changes: Changes,
+}
+
+/// A revision's changes packed into one buffer (issue 18: a change costs
+/// its key bytes plus one to four bytes, not a 32-byte slot and a heap
+/// allocation for a copy of the key): per change, a LEB128 varint of
+/// `key length * 2 + kind` (0 put, 1 delete), then the key bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Changes(Vec<u8>);
+
+impl Changes {
+    /// Room for changes of `key_bytes` key bytes in all, `n` changes.
+    pub(crate) fn with_capacity(n: usize, key_bytes: usize) -> Changes {
+        Changes(Vec::with_capacity(
+            key_bytes.saturating_add(n.saturating_mul(2)),
+        ))
+    }
+
+    /// Appends a change of `key`.
+    pub(crate) fn push(&mut self, key: &[u8], kind: ChangeKind) {
+        let tag = match kind {
+            ChangeKind::Put => 0,
+            ChangeKind::Delete => 1,
+        };
+        let mut head = (key.len() as u64).saturating_mul(2) | tag;
+        loop {
+            // Seven bits a byte, the high bit set on all but the last.
+            let low = (head & 0x7f) as u8;
+            head >>= 7;
+            if head == 0 {
+                self.0.push(low);
+                break;
+            }
+            self.0.push(low | 0x80);
+        }
+        self.0.extend_from_slice(key);
+    }
+
+    /// Number of changes. O(changes).
+    pub(crate) fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// Gives back spare capacity once the revision is complete.
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+
+    /// The changes in sub-revision order.
+    pub(crate) fn iter(&self) -> ChangesIter<'_> {
+        ChangesIter(&self.0)
+    }
+}
+
+/// The changes of a [`Changes`], each its key and kind.
+#[derive(Clone)]
+pub(crate) struct ChangesIter<'a>(&'a [u8]);
+
+impl<'a> Iterator for ChangesIter<'a> {
+    type Item = (&'a [u8], ChangeKind);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut head: u64 = 0;
+        let mut shift = 0;
+        loop {
+            let (&b, rest) = self.0.split_first()?;
+            self.0 = rest;
+            head |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        let kind = if head & 1 == 0 {
+            ChangeKind::Put
+        } else {
+            ChangeKind::Delete
+        };
+        // Only `push` writes the buffer: the length fits.
+        let len = usize::try_from(head >> 1).unwrap_or(usize::MAX);
+        let (key, rest) = self.0.split_at_checked(len)?;
+        self.0 = rest;
+        Some((key, kind))
+    }
+}
+
+impl<'a> IntoIterator for &'a Changes {
+    type Item = (&'a [u8], ChangeKind);
+    type IntoIter = ChangesIter<'a>;
+
+    fn into_iter(self) -> ChangesIter<'a> {
+        self.iter()
+    }
+}
+
+/// Written as serde writes a `[(Vec<u8>, ChangeKind)]`: a sequence of
+/// (byte string, kind), the same postcard bytes as before the packing.
+impl serde::Serialize for Changes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct ChangeRef<'a>(
+            #[serde(serialize_with = "crate::bytes::serialize")] &'a [u8],
+            ChangeKind,
+        );
+        use serde::ser::SerializeSeq;
+        // The length first (postcard needs it): one pass to count.
+        let mut seq = s.serialize_seq(Some(self.len()))?;
+        for (k, kind) in self {
+            seq.serialize_element(&ChangeRef(k, kind))?;
+        }
+        seq.end()
+    }
 }
 
 /// Past versions and the revision log.
@@ -104,20 +215,20 @@ impl Past {
     pub(crate) fn log_change(&mut self, key: &[u8], kind: ChangeKind, revision: i64) {
         let fresh = self.log.back().is_none_or(|r| r.revision != revision);
         if fresh {
-            // Most revisions change one key: start with room for one, and
-            // give back what a finished multi-key revision over-allocated.
+            // Give back what a finished multi-key revision over-allocated.
             if let Some(done) = self.log.back_mut() {
                 done.changes.shrink_to_fit();
             }
             self.size_bytes = self.size_bytes.saturating_add(LOG_RECORD_OVERHEAD_BYTES);
+            // Most revisions change one key: room for exactly that.
             self.log.push_back(Record {
                 revision,
-                changes: Vec::with_capacity(1),
+                changes: Changes::with_capacity(1, key.len()),
             });
         }
         if let Some(record) = self.log.back_mut() {
             self.size_bytes = self.size_bytes.saturating_add(change_size(key));
-            record.changes.push((key.to_vec(), kind));
+            record.changes.push(key, kind);
         }
     }
 

@@ -110,7 +110,7 @@ impl MvccStore {
         let revision = record.revision;
         for (key, kind) in &record.changes {
             if keys.contains(key) {
-                out.push(self.change(revision, key, *kind));
+                out.push(self.change(revision, key, kind));
             }
         }
     }

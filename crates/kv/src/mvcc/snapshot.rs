@@ -11,7 +11,7 @@
 //! each change a key with its new value (put) or nothing (delete).
 
 use super::change::ChangeKind;
-use super::history::{change_size, Past, Record};
+use super::history::{change_size, key_size, version_size, Changes, Past, Record};
 use super::lease::{Lease, Leases};
 use super::MvccStore;
 use crate::bytes::ByteBuf;
@@ -22,8 +22,9 @@ use crate::snapshot::{
     build_map, decode_framed, decode_framed_prefix, SnapKeyValue, SNAPSHOT_MAGIC,
 };
 use crate::store::{entry_size, Entry, KvStore};
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeSet, VecDeque};
 use alloc::vec::Vec;
+use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// The first bytes of an [`MvccStore`] snapshot written before leases
@@ -100,11 +101,12 @@ enum OpRef<'a> {
 impl Serialize for ChangesRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let (store, record) = (self.0, self.1);
-        s.collect_seq(record.changes.iter().map(|(key, kind)| {
+        let mut seq = s.serialize_seq(Some(record.changes.len()))?;
+        for (key, kind) in &record.changes {
             let op = match kind {
                 ChangeKind::Delete => OpRef::Delete,
                 ChangeKind::Put => {
-                    let live = store.current.map.get(key.as_slice());
+                    let live = store.current.map.get(key);
                     // The write path logs a put with the version it made.
                     let value = store
                         .past
@@ -113,8 +115,9 @@ impl Serialize for ChangesRef<'_> {
                     OpRef::Put(value)
                 }
             };
-            ChangeRef { key, op }
-        }))
+            seq.serialize_element(&ChangeRef { key, op })?;
+        }
+        seq.end()
     }
 }
 
@@ -275,12 +278,26 @@ pub(super) fn from_body(body: Body) -> Option<MvccStore> {
     (current.revision == body.revision).then_some(store)
 }
 
-/// Replays `records` over `current` and `past`, each the next revision.
+/// Replays `records` over `current` and `past`, each the next revision,
+/// with the effects the write path (a [`KvStore`] with [`Past`] as history)
+/// has for a plain put (no `prev_kv`, no `ignore_value`) and a delete of
+/// one key, logging included.
+///
+/// In bulk (issue 18, "Restore time" in the crate README): the records
+/// are logged in order, their changes sorted by key (stably, so each key's
+/// changes stay in revision and sub-revision order), and then every key's
+/// changes are run over its base version in one merge with the base map,
+/// which gives the current map and the past versions in key order, each
+/// built bottom-up, instead of one tree search per change. Keys and values
+/// are moved in, never copied (except the key of a key both live and with
+/// history).
 pub(super) fn replay(
     current: &mut KvStore,
     past: &mut Past,
     records: Vec<SnapRecord>,
 ) -> Option<()> {
+    let total = records.iter().map(|r| r.changes.len()).sum();
+    let mut changes: Vec<Replayed> = Vec::with_capacity(total);
     for record in records {
         let next = current.revision.checked_add(1)?;
         if record.revision != next || record.changes.is_empty() {
@@ -288,7 +305,8 @@ pub(super) fn replay(
         }
         // The log record, made at its final size (the write path grows it
         // and shrinks it when the next revision starts: equal contents).
-        let mut logged = Vec::with_capacity(record.changes.len());
+        let key_bytes = record.changes.iter().map(|c| c.key.0.len()).sum();
+        let mut logged = Changes::with_capacity(record.changes.len(), key_bytes);
         past.size_bytes = past.size_bytes.saturating_add(LOG_RECORD_OVERHEAD_BYTES);
         for SnapChange {
             key: ByteBuf(key),
@@ -299,16 +317,25 @@ pub(super) fn replay(
                 return None;
             }
             past.size_bytes = past.size_bytes.saturating_add(change_size(&key));
-            let change = match op {
+            let value = match op {
                 SnapOp::Put(ByteBuf(value)) => {
                     if value.len() > MAX_VALUE_BYTES {
                         return None;
                     }
-                    (replay_put(current, past, next, key, value), ChangeKind::Put)
+                    logged.push(&key, ChangeKind::Put);
+                    Some(value)
                 }
-                SnapOp::Delete => (replay_delete(current, past, next, key)?, ChangeKind::Delete),
+                SnapOp::Delete => {
+                    logged.push(&key, ChangeKind::Delete);
+                    None
+                }
             };
-            logged.push(change);
+            changes.push(Replayed {
+                prefix: 0,
+                key,
+                revision: next,
+                value,
+            });
         }
         past.log.push_back(Record {
             revision: next,
@@ -316,67 +343,126 @@ pub(super) fn replay(
         });
         current.revision = next;
     }
+    if changes.is_empty() {
+        return Some(());
+    }
+    // Comparing keys means reading them where they lie on the heap, one
+    // cache miss each; the bytes after the prefix every key shares, kept
+    // inline, decide almost every comparison without that.
+    let shared = changes.iter().fold(changes[0].key.len(), |shared, c| {
+        let same = changes[0].key.iter().zip(&c.key).take(shared);
+        same.take_while(|(a, b)| a == b).count()
+    });
+    for c in &mut changes {
+        c.prefix = sort_prefix(&c.key, shared);
+    }
+    changes.sort_by(Replayed::order);
+
+    let base = core::mem::take(&mut current.map);
+    let mut live: Vec<(Vec<u8>, Entry)> = Vec::with_capacity(base.len());
+    let mut versions: Vec<(Vec<u8>, VecDeque<Entry>)> = Vec::new();
+    let mut base = base.into_iter().peekable();
+    let mut changes = changes.into_iter().peekable();
+    while let Some(first) = changes.next() {
+        while let Some(kv) = base.next_if(|(k, _)| *k < first.key) {
+            live.push(kv);
+        }
+        let mut version = base.next_if(|(k, _)| *k == first.key).map(|(_, e)| e);
+        let mut list = VecDeque::new();
+        let (key, prefix) = (first.key, first.prefix);
+        replay_change(&mut version, &mut list, first.revision, first.value)?;
+        while let Some(c) = changes.next_if(|c| c.prefix == prefix && c.key == key) {
+            replay_change(&mut version, &mut list, c.revision, c.value)?;
+        }
+        match (version, list.is_empty()) {
+            (Some(e), true) => live.push((key, e)),
+            (Some(e), false) => {
+                live.push((key.clone(), e));
+                versions.push((key, list));
+            }
+            (None, false) => versions.push((key, list)),
+            (None, true) => return None,
+        }
+    }
+    live.extend(base);
+
+    current.size_bytes = live.iter().fold(0usize, |sum, (k, e)| {
+        sum.saturating_add(entry_size(k, &e.value))
+    });
+    for (key, list) in &versions {
+        let listed = list
+            .iter()
+            .fold(key_size(key), |sum, e| sum.saturating_add(version_size(e)));
+        past.size_bytes = past.size_bytes.saturating_add(listed);
+    }
+    // Both in key order without duplicates: built bottom-up.
+    current.map = live.into_iter().collect();
+    past.versions = versions.into_iter().collect();
     Some(())
 }
 
-/// What [`KvStore::put_at`] with [`Past`] as history does for a plain put
-/// (no `prev_kv`, no `ignore_value`) of `key` at `rev`, except logging:
-/// moves `key` and `value` in rather than copying them, and returns the
-/// key for the log record.
-fn replay_put(
-    current: &mut KvStore,
-    past: &mut Past,
-    rev: i64,
+/// One logged change being replayed: its key, revision, and the value a
+/// put wrote (`None`: a delete).
+struct Replayed {
+    /// [`sort_prefix`] of the key.
+    prefix: u128,
     key: Vec<u8>,
-    value: Vec<u8>,
-) -> Vec<u8> {
-    use alloc::collections::btree_map::Entry as Slot;
-    match current.map.entry(key) {
-        Slot::Occupied(mut slot) => {
-            let key = slot.key().clone();
-            let e = slot.get_mut();
-            current.size_bytes = current.size_bytes.saturating_sub(e.value.len());
-            current.size_bytes = current.size_bytes.saturating_add(value.len());
-            let old = Entry {
-                value: core::mem::replace(&mut e.value, value),
-                create_revision: e.create_revision,
-                mod_revision: e.mod_revision,
-                version: e.version,
-            };
-            e.mod_revision = rev;
-            e.version = e.version.saturating_add(1);
-            past.push_version(&key, old);
-            key
-        }
-        Slot::Vacant(slot) => {
-            let key = slot.key().clone();
-            current.size_bytes = current.size_bytes.saturating_add(entry_size(&key, &value));
-            slot.insert(Entry {
-                value,
-                create_revision: rev,
-                mod_revision: rev,
-                version: 1,
-            });
-            key
-        }
+    revision: i64,
+    value: Option<Vec<u8>>,
+}
+
+impl Replayed {
+    /// Key order (the prefixes order keys as the keys do, see
+    /// [`sort_prefix`]; equal prefixes need the keys).
+    fn order(&self, other: &Replayed) -> core::cmp::Ordering {
+        self.prefix
+            .cmp(&other.prefix)
+            .then_with(|| self.key.cmp(&other.key))
     }
 }
 
-/// What [`KvStore::delete_at`] with [`Past`] as history does for a delete
-/// of the single key `key` at `rev`, except logging; `None` if the key is
-/// not live (the write path would have deleted nothing and logged no
-/// change), else the key for the log record.
-fn replay_delete(
-    current: &mut KvStore,
-    past: &mut Past,
+/// The 16 bytes of `key` after its first `shared` (zero-padded), big
+/// endian. For keys that all share their first `shared` bytes, a smaller
+/// prefix means a smaller key: where two prefixes first differ, either
+/// both keys have that byte, or the one whose padding shows there ended
+/// before it and is the smaller. Equal prefixes say nothing.
+fn sort_prefix(key: &[u8], shared: usize) -> u128 {
+    let mut bytes = [0u8; 16];
+    let rest = key.get(shared..).unwrap_or(&[]);
+    let n = rest.len().min(bytes.len());
+    bytes[..n].copy_from_slice(&rest[..n]);
+    u128::from_be_bytes(bytes)
+}
+
+/// Runs one change of a key over `version` (its live version, if any),
+/// appending what it supersedes to `list` (the key's past versions), as the
+/// write path does; `None` for a delete of a key not live (the write path
+/// would have deleted nothing and logged no change).
+fn replay_change(
+    version: &mut Option<Entry>,
+    list: &mut VecDeque<Entry>,
     rev: i64,
-    key: Vec<u8>,
-) -> Option<Vec<u8>> {
-    let e = current.map.remove(key.as_slice())?;
-    current.size_bytes = current
-        .size_bytes
-        .saturating_sub(entry_size(&key, &e.value));
-    past.push_version(&key, e);
-    past.push_version(&key, Entry::tombstone(rev));
-    Some(key)
+    value: Option<Vec<u8>>,
+) -> Option<()> {
+    let old = version.take();
+    match value {
+        Some(value) => {
+            let (create_revision, version_number) = match &old {
+                Some(e) => (e.create_revision, e.version.saturating_add(1)),
+                None => (rev, 1),
+            };
+            list.extend(old);
+            *version = Some(Entry {
+                value,
+                create_revision,
+                mod_revision: rev,
+                version: version_number,
+            });
+        }
+        None => {
+            list.push_back(old?);
+            list.push_back(Entry::tombstone(rev));
+        }
+    }
+    Some(())
 }

@@ -22,8 +22,7 @@
 //! are looked up again by key and revision at each step, never through
 //! positions that moves could invalidate.
 
-use super::change::ChangeKind;
-use super::history::merged_keys;
+use super::history::{merged_keys, Changes};
 use super::snapshot::{base_revision, ChangesRef, LeasesRef, RecordRef};
 use super::{MvccStore, MVCC_LEASE_SNAPSHOT_MAGIC};
 use crate::checksum::Table;
@@ -219,11 +218,12 @@ impl SnapshotStream {
             Phase::Base { after, n } => self.base(store, after, n, max_items, out)?,
             Phase::AtBase => {
                 let at = store.past.log_position(self.base);
+                let none = Changes::default();
                 let at_base = match store.past.log.get(at) {
-                    Some(r) if r.revision == self.base => &r.changes[..],
-                    _ => &[][..],
+                    Some(r) if r.revision == self.base => &r.changes,
+                    _ => &none,
                 };
-                encode_into::<[(Vec<u8>, ChangeKind)]>(at_base, out);
+                encode_into(at_base, out);
                 encode_into(&self.records, out);
                 Phase::Records {
                     next: self.base.saturating_add(1),
