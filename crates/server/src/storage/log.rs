@@ -162,6 +162,17 @@ impl SharedLog {
         Ok(())
     }
 
+    /// Bytes ([`Entry::size_bytes`]) of the entries in memory from the
+    /// first one through `index`: what compacting to `index` would free.
+    pub fn bytes_through(&self, index: u64) -> Result<u64, LogError> {
+        let s = self.inner.read().map_err(poisoned)?;
+        let n = index.saturating_add(1).saturating_sub(s.first_index);
+        let n = usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(s.entries.len());
+        Ok(s.entries[..n].iter().map(|e| e.size_bytes() as u64).sum())
+    }
+
     /// Makes the log start right after a snapshot at `(index, term)`:
     /// entries up to `index` are dropped; if the log does not reach `index`
     /// (a crash between saving a received snapshot and resetting the WAL),
