@@ -152,22 +152,19 @@ impl PeerCounters {
         }
         if *done {
             let bytes = offset.saturating_add(data.len() as u64);
-            match t.take() {
-                Some((index, started)) if index == meta.index => {
-                    let secs = started.elapsed().as_secs_f64();
-                    tracing::info!(
-                        peer = %format_args!("{peer:x}"),
-                        index,
-                        dir,
-                        bytes,
-                        elapsed_ms = (secs * 1000.0) as u64,
-                        mb_per_s = (bytes as f64 / 1e6 / secs.max(1e-6)) as u64,
-                        "snapshot transfer's last chunk"
-                    );
-                }
-                _ => {
-                    tracing::info!(peer = %format_args!("{peer:x}"), index = meta.index, dir, bytes, "snapshot transfer's last chunk")
-                }
+            // Resent last chunks (the heartbeat's go-back-N while the
+            // follower restores) are not logged again.
+            if let Some((index, started)) = t.take().filter(|(i, _)| *i == meta.index) {
+                let secs = started.elapsed().as_secs_f64();
+                tracing::info!(
+                    peer = %format_args!("{peer:x}"),
+                    index,
+                    dir,
+                    bytes,
+                    elapsed_ms = (secs * 1000.0) as u64,
+                    mb_per_s = (bytes as f64 / 1e6 / secs.max(1e-6)) as u64,
+                    "snapshot transfer's last chunk"
+                );
             }
         }
     }
