@@ -52,8 +52,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     /// without cutting off a follower being caught up: the snapshot index of
     /// every follower receiving a snapshot (it needs the entries after it;
     /// etcd pauses compaction while a snapshot is in flight for the same
-    /// reason), and the matched index of every follower replicating that was
-    /// heard from in this check-quorum period. `None` on a non-leader or
+    /// reason), and the matched index of every other follower heard from in
+    /// this check-quorum period (one that just installed a snapshot is
+    /// probed before it replicates, and needs the entries after it too). `None` on a non-leader or
     /// when no follower is behind. Read-only: the application decides how
     /// long it honours it (it bounds the entries it keeps for this).
     pub fn catch_up_floor(&self) -> Option<Index> {
@@ -65,7 +66,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             .filter(|(id, _)| **id != self.cfg.id)
             .filter_map(|(_, pr)| match (&pr.snapshot, pr.state) {
                 (Some(send), _) => Some(send.meta.index),
-                (None, ProgressState::Replicate) if pr.recent_active => Some(pr.matched),
+                (None, _) if pr.recent_active => Some(pr.matched),
                 _ => None,
             })
             .min()
