@@ -281,3 +281,54 @@ fn restart_with_commit_index_below_snapshot() {
     assert!(n.failure().is_none());
     assert!(n.commit_index() > 10);
 }
+
+/// `catch_up_floor`: on the leader, the lowest index a follower being
+/// caught up still needs: the snapshot it is receiving, or the match of a
+/// follower heard from; nothing for a follower not heard from, nothing on
+/// followers.
+#[test]
+fn catch_up_floor_follows_the_followers_being_caught_up() {
+    let mut net = Network::with_config(3, 4, |c| {
+        c.max_snapshot_chunk_bytes = 32;
+        c.max_snapshot_chunks_inflight = 1;
+    });
+    let leader = net.wait_leader();
+    let f = if leader == 1 { 2 } else { 1 };
+    let other = 6 - leader - f;
+    let mut last = 0;
+    for i in 0..10u32 {
+        last = net.propose(leader, &i.to_be_bytes());
+    }
+    net.tick_until("all apply", |n| {
+        (1..=3).all(|id| n.nodes[&id].applied_index() >= last)
+    });
+    net.tick_until("matches acknowledged", |n| {
+        n.nodes[&leader].catch_up_floor() == Some(last)
+    });
+    assert_eq!(net.nodes[&f].catch_up_floor(), None);
+    // An isolated follower stops counting once not heard from.
+    net.isolate(f);
+    for i in 0..60u32 {
+        last = net.propose(leader, &i.to_be_bytes());
+    }
+    net.tick_until("the others apply and f goes quiet", |n| {
+        n.nodes[&other].applied_index() >= last && n.nodes[&leader].catch_up_floor() == Some(last)
+    });
+    // Compacted past f: f gets a snapshot, and while its transfer is in
+    // progress (chunks after the first dropped) the floor is its index.
+    let snap = net.snapshot(leader);
+    net.snapshot(other);
+    net.heal();
+    net.filter = Some(Box::new(
+        |m| matches!(&m.body, MessageBody::InstallSnapshot { offset, .. } if *offset > 0),
+    ));
+    net.tick_until("the transfer started", |n| {
+        n.incoming.get(&f).is_some_and(|b| !b.is_empty())
+    });
+    assert_eq!(net.nodes[&leader].catch_up_floor(), Some(snap));
+    net.filter = None;
+    net.tick_until("f catches up", |n| n.nodes[&f].applied_index() >= last);
+    net.tick_until("f's match acknowledged", |n| {
+        n.nodes[&leader].catch_up_floor() == Some(last)
+    });
+}

@@ -1037,6 +1037,7 @@ impl PeerService {
             Status::invalid_argument(e.to_string())
         })?;
         for m in msgs {
+            self.0.transport_stats.note_incoming(env.from, &m);
             if let Err(EtcdError::Stopped) = self.0.raft.try_send(Input::Step(m)) {
                 return Err(EtcdError::Stopped.into());
             }

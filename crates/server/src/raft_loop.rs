@@ -78,6 +78,15 @@ pub const SNAPSHOT_PIECES_IN_FLIGHT: usize = 4;
 /// round in `SNAPSHOT_MAX_DEFERRED_ROUNDS + 1`) and the log behind it is
 /// still purged.
 pub const SNAPSHOT_MAX_DEFERRED_ROUNDS: u32 = 8;
+/// Most bytes of log entries ([`metalraft_core::Entry::size_bytes`]) the
+/// leader keeps beyond a snapshot's compaction point for followers being
+/// caught up ([`metalraft_core::Node::catch_up_floor`]): a new member that
+/// received a snapshot needs the entries after it, and compacting them
+/// while it restores would send it a second whole snapshot (issue 18:
+/// 1,000,000 keys, two 200–260 MB transfers and restores). Beyond this the
+/// log is compacted anyway and a follower that still lags gets a newer
+/// snapshot, so a dead follower cannot grow the log without bound.
+pub const LOG_HOLD_MAX_BYTES: u64 = 128 * 1024 * 1024;
 /// Largest snapshot accepted from a leader.
 pub const MAX_INCOMING_SNAPSHOT_BYTES: u64 = metalraft_replica::DEFAULT_MAX_SNAPSHOT_BYTES;
 
@@ -406,6 +415,9 @@ pub struct RaftLoop {
     snap_dir: PathBuf,
     /// The snapshot being serialized by this loop, if any.
     snapshot: Option<ActiveSnapshot>,
+    /// Where a saved snapshot lets the log be compacted to, while entries
+    /// before it are kept for a follower being caught up.
+    compaction_due: Option<u64>,
 }
 
 /// What the loop sends the thread writing a snapshot it serializes.
@@ -533,6 +545,7 @@ impl RaftLoop {
             applied_events: Vec::new(),
             snap_dir: p.snap_dir,
             snapshot: None,
+            compaction_due: None,
         };
         (lp, handle)
     }
@@ -604,8 +617,44 @@ impl RaftLoop {
 
     fn on_tick(&mut self) -> Result<(), LoopError> {
         self.replica.tick().map_err(LoopError::Replica)?;
+        self.compact_log()?;
         if self.transport.removed() {
             return Err(LoopError::Removed);
+        }
+        Ok(())
+    }
+
+    /// Compacts the in-memory log to the saved snapshot's point, or only
+    /// to the core's [`catch_up_floor`](metalraft_core::Node::catch_up_floor)
+    /// while a follower being caught up needs the entries after it (and
+    /// they stay within [`LOG_HOLD_MAX_BYTES`]); retried every tick. The WAL
+    /// behind the snapshot is purged regardless: the entries kept here are
+    /// only for sending.
+    fn compact_log(&mut self) -> Result<(), LoopError> {
+        let Some(due) = self.compaction_due else {
+            return Ok(());
+        };
+        let floor = self.replica.node().catch_up_floor();
+        let to = match floor {
+            Some(floor) if floor < due => {
+                let held = self.log.bytes_through(due).map_err(LoopError::Storage)?;
+                if held <= LOG_HOLD_MAX_BYTES {
+                    floor
+                } else {
+                    tracing::info!(
+                        floor,
+                        due,
+                        held,
+                        "compacting the log past a lagging follower (hold limit)"
+                    );
+                    due
+                }
+            }
+            _ => due,
+        };
+        self.log.compact_to(to).map_err(LoopError::Storage)?;
+        if to >= due {
+            self.compaction_due = None;
         }
         Ok(())
     }
@@ -629,9 +678,8 @@ impl RaftLoop {
                 self.log
                     .set_snapshot_file(meta, file)
                     .map_err(LoopError::Storage)?;
-                self.log
-                    .compact_to(compact_to)
-                    .map_err(LoopError::Storage)?;
+                self.compaction_due = Some(self.compaction_due.unwrap_or(0).max(compact_to));
+                self.compact_log()?;
                 self.replica.snapshot_saved(index);
                 Ok(())
             }

@@ -110,6 +110,9 @@ pub struct PeerCounters {
     pub rtt_micros: AtomicU64,
     /// Whether the last probe on a lane to the peer was answered.
     pub active: std::sync::atomic::AtomicBool,
+    /// The snapshot transfer to or from this peer, for the log lines that
+    /// time its stages: (snapshot index, first chunk's instant).
+    snapshot_transfer: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 impl PeerCounters {
@@ -125,7 +128,57 @@ impl PeerCounters {
     }
 }
 
+impl PeerCounters {
+    /// Logs the start (offset 0) and the end (last chunk) of a snapshot
+    /// transfer with `peer`, `dir` saying which way, with the transfer's time
+    /// and rate at the end (issue 18's catch-up breakdown).
+    fn note_snapshot_chunk(&self, dir: &'static str, peer: u64, m: &Message<Vec<u8>>) {
+        let MessageBody::InstallSnapshot {
+            meta,
+            offset,
+            data,
+            done,
+        } = &m.body
+        else {
+            return;
+        };
+        let mut t = self
+            .snapshot_transfer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *offset == 0 {
+            tracing::info!(peer = %format_args!("{peer:x}"), index = meta.index, dir, "snapshot transfer started");
+            *t = Some((meta.index, std::time::Instant::now()));
+        }
+        if *done {
+            let bytes = offset.saturating_add(data.len() as u64);
+            // Resent last chunks (the heartbeat's go-back-N while the
+            // follower restores) are not logged again.
+            if let Some((index, started)) = t.take().filter(|(i, _)| *i == meta.index) {
+                let secs = started.elapsed().as_secs_f64();
+                tracing::info!(
+                    peer = %format_args!("{peer:x}"),
+                    index,
+                    dir,
+                    bytes,
+                    elapsed_ms = (secs * 1000.0) as u64,
+                    mb_per_s = (bytes as f64 / 1e6 / secs.max(1e-6)) as u64,
+                    "snapshot transfer's last chunk"
+                );
+            }
+        }
+    }
+}
+
 impl TransportStats {
+    /// Notes an incoming message from `from` (the receiving side of the
+    /// snapshot transfer log lines).
+    pub fn note_incoming(&self, from: u64, m: &Message<Vec<u8>>) {
+        if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
+            self.peer(from).note_snapshot_chunk("received", from, m);
+        }
+    }
+
     /// The counters of peer `id` (created on first use).
     pub fn peer(&self, id: u64) -> Arc<PeerCounters> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
@@ -307,6 +360,7 @@ impl Transport {
                 s.snapshot_chunks_sent.fetch_add(1, Ordering::Relaxed);
                 s.snapshot_bytes_sent
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
+                s.peer(m.to).note_snapshot_chunk("sent", m.to, &m);
                 &lanes.snapshots
             } else {
                 &lanes.raft

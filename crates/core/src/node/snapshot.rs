@@ -48,6 +48,30 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         })
     }
 
+    /// Leader: the highest index the application may compact its log to
+    /// without cutting off a follower being caught up: the snapshot index of
+    /// every follower receiving a snapshot (it needs the entries after it;
+    /// etcd pauses compaction while a snapshot is in flight for the same
+    /// reason), and the matched index of every other follower heard from in
+    /// this check-quorum period (one that just installed a snapshot is
+    /// probed before it replicates, and needs the entries after it too). `None` on a non-leader or
+    /// when no follower is behind. Read-only: the application decides how
+    /// long it honours it (it bounds the entries it keeps for this).
+    pub fn catch_up_floor(&self) -> Option<Index> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        self.progress
+            .iter()
+            .filter(|(id, _)| **id != self.cfg.id)
+            .filter_map(|(_, pr)| match (&pr.snapshot, pr.state) {
+                (Some(send), _) => Some(send.meta.index),
+                (None, _) if pr.recent_active => Some(pr.matched),
+                _ => None,
+            })
+            .min()
+    }
+
     /// Leader: start sending the current snapshot to `to`. Returns false if
     /// storage has none (a storage contract violation: entries were
     /// compacted without a snapshot).

@@ -29,6 +29,13 @@ struct LogState {
     entries: Vec<Entry<Vec<u8>>>,
     /// The latest durable snapshot, for sending to followers.
     snapshot: Option<(SnapshotMeta, SnapshotBytes)>,
+    /// The snapshot file `snapshot` replaced, still served to a follower
+    /// whose transfer of it began before (its open file outlives the
+    /// file's removal): without it, a new snapshot saved while a new member
+    /// receives or restores the previous one restarts the transfer from
+    /// byte 0 with the new one (issue 18: a second 200 MB transfer and
+    /// restore). Only a file is kept, never a second snapshot in memory.
+    previous: Option<(SnapshotMeta, super::snapshot::SnapshotFile)>,
 }
 
 /// Where the latest snapshot's data is read from when a follower needs it.
@@ -64,6 +71,7 @@ impl SharedLog {
                 prev_term,
                 entries,
                 snapshot: None,
+                previous: None,
             })),
         }
     }
@@ -71,7 +79,9 @@ impl SharedLog {
     /// Records the latest durable snapshot (its bytes are what followers
     /// receive).
     pub fn set_snapshot(&self, meta: SnapshotMeta, data: Arc<Vec<u8>>) -> Result<(), LogError> {
-        self.inner.write().map_err(poisoned)?.snapshot = Some((meta, SnapshotBytes::Memory(data)));
+        let mut s = self.inner.write().map_err(poisoned)?;
+        s.snapshot = Some((meta, SnapshotBytes::Memory(data)));
+        s.previous = None;
         Ok(())
     }
 
@@ -82,7 +92,12 @@ impl SharedLog {
         meta: SnapshotMeta,
         file: super::snapshot::SnapshotFile,
     ) -> Result<(), LogError> {
-        self.inner.write().map_err(poisoned)?.snapshot = Some((meta, SnapshotBytes::File(file)));
+        let mut s = self.inner.write().map_err(poisoned)?;
+        let replaced = s.snapshot.replace((meta, SnapshotBytes::File(file)));
+        s.previous = match replaced {
+            Some((m, SnapshotBytes::File(f))) => Some((m, f)),
+            _ => None,
+        };
         Ok(())
     }
 
@@ -108,6 +123,7 @@ impl SharedLog {
         s.conf_state = meta.conf_state.clone();
         s.hard_state.commit = s.hard_state.commit.max(meta.index);
         s.snapshot = Some((meta.clone(), SnapshotBytes::Memory(data)));
+        s.previous = None;
         Ok(())
     }
 
@@ -160,6 +176,17 @@ impl SharedLog {
         s.entries.drain(..n);
         s.first_index += n as u64;
         Ok(())
+    }
+
+    /// Bytes ([`Entry::size_bytes`]) of the entries in memory from the
+    /// first one through `index`: what compacting to `index` would free.
+    pub fn bytes_through(&self, index: u64) -> Result<u64, LogError> {
+        let s = self.inner.read().map_err(poisoned)?;
+        let n = index.saturating_add(1).saturating_sub(s.first_index);
+        let n = usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(s.entries.len());
+        Ok(s.entries[..n].iter().map(|e| e.size_bytes() as u64).sum())
     }
 
     /// Makes the log start right after a snapshot at `(index, term)`:
@@ -290,13 +317,11 @@ impl LogStorage<Vec<u8>> for SharedLog {
         // WAL writer takes to append.
         let data = {
             let s = self.read()?;
-            let Some((meta, data)) = s.snapshot.as_ref() else {
-                return Err(StorageError::SnapshotOutOfDate);
-            };
-            if meta.index != index {
-                return Err(StorageError::SnapshotOutOfDate);
+            match (s.snapshot.as_ref(), s.previous.as_ref()) {
+                (Some((meta, data)), _) if meta.index == index => data.clone(),
+                (_, Some((meta, file))) if meta.index == index => SnapshotBytes::File(file.clone()),
+                _ => return Err(StorageError::SnapshotOutOfDate),
             }
-            data.clone()
         };
         match &data {
             SnapshotBytes::Memory(data) => {

@@ -694,3 +694,89 @@ fn wal_bug_02_snapshot_at_index_u64_max_is_corrupt_not_a_panic() {
         }
     }
 }
+
+/// A snapshot file of `len` bytes at `index`, written as the loop's
+/// snapshot thread writes one.
+fn snapshot_file(dir: &Path, index: u64, len: usize) -> (snapshot::SnapshotFile, Vec<u8>) {
+    let data: Vec<u8> = (0..len).map(|i| (i as u64 * 31 + index) as u8).collect();
+    let mut pieces = data.chunks(64 * 1024);
+    let file = snapshot::save_streamed::<std::io::Error>(
+        dir,
+        index,
+        1,
+        &ConfState::default(),
+        data.len() as u64,
+        |out| {
+            out.extend_from_slice(pieces.next().unwrap_or(&[]));
+            Ok(pieces.len() == 0)
+        },
+    )
+    .unwrap();
+    (file, data)
+}
+
+/// Reads snapshot `index` from the log as the core does, in chunks.
+fn read_snapshot(
+    log: &SharedLog,
+    index: u64,
+    chunk: usize,
+) -> Result<Vec<u8>, metalraft_core::StorageError> {
+    let mut out = Vec::new();
+    loop {
+        let (data, done) = log.snapshot_chunk(index, out.len() as u64, chunk)?;
+        out.extend_from_slice(&data);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+#[test]
+fn a_transfer_begun_on_a_snapshot_finishes_on_it_after_a_newer_one_is_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SharedLog::new(HardState::default(), ConfState::default(), 1, 0, Vec::new());
+    let meta = |index| metalraft_core::SnapshotMeta {
+        index,
+        term: 1,
+        conf_state: ConfState::default(),
+    };
+    let (f10, d10) = snapshot_file(dir.path(), 10, 3 * 1024 * 1024 + 17);
+    log.set_snapshot_file(meta(10), f10).unwrap();
+    // A follower has the first chunk of snapshot 10 ...
+    let (first, done) = log.snapshot_chunk(10, 0, 1024 * 1024).unwrap();
+    assert!(!done);
+    assert_eq!(first, d10[..1024 * 1024]);
+    // ... when snapshot 20 is saved (and the older files removed).
+    let (f20, d20) = snapshot_file(dir.path(), 20, 2 * 1024 * 1024 + 5);
+    log.set_snapshot_file(meta(20), f20).unwrap();
+    let (f30, d30) = snapshot_file(dir.path(), 30, 1024 * 1024 + 3);
+    assert_eq!(read_snapshot(&log, 10, 1024 * 1024).unwrap(), d10);
+    // New transfers get the newest; the one before the previous is gone.
+    assert_eq!(log.snapshot_meta().unwrap().unwrap().index, 20);
+    assert_eq!(read_snapshot(&log, 20, 1024 * 1024).unwrap(), d20);
+    log.set_snapshot_file(meta(30), f30).unwrap();
+    assert_eq!(read_snapshot(&log, 30, 1000).unwrap(), d30);
+    assert_eq!(read_snapshot(&log, 20, 1024 * 1024).unwrap(), d20);
+    assert_eq!(
+        log.snapshot_chunk(10, 0, 1024),
+        Err(metalraft_core::StorageError::SnapshotOutOfDate)
+    );
+}
+
+#[test]
+fn bytes_through_counts_the_entries_compaction_would_free() {
+    let entries: Vec<Entry<Vec<u8>>> = (5..=9)
+        .map(|index| Entry {
+            index,
+            term: 1,
+            data: EntryData::Normal(vec![0u8; 100]),
+        })
+        .collect();
+    let one = entries[0].size_bytes() as u64;
+    let log = SharedLog::new(HardState::default(), ConfState::default(), 5, 1, entries);
+    assert_eq!(log.bytes_through(4).unwrap(), 0);
+    assert_eq!(log.bytes_through(6).unwrap(), 2 * one);
+    assert_eq!(log.bytes_through(100).unwrap(), 5 * one);
+    log.compact_to(6).unwrap();
+    assert_eq!(log.bytes_through(7).unwrap(), one);
+}
