@@ -24,6 +24,9 @@ pub const MIN_NODES: u8 = 3;
 pub const QEMU: &str = "qemu-system-riscv32";
 /// QEMU binary of the Cortex-M nodes.
 pub const QEMU_ARM: &str = "qemu-system-arm";
+/// Prefix of the per-node diagnostic variable that appends QEMU arguments
+/// (`METALRAFT_FW_QEMU_EXTRA_2="-d exec,nochain -D /tmp/n2.log"`).
+pub const QEMU_EXTRA_ENV: &str = "METALRAFT_FW_QEMU_EXTRA_";
 /// QEMU machine of the Cortex-M nodes.
 pub const ARM_MACHINE: &str = "mps2-an386";
 /// Guest RAM given to each node (the firmware uses a fraction; see its README).
@@ -243,6 +246,13 @@ impl ClusterSpec {
                 "-device",
                 &format!("virtio-net-device,netdev=n0,mac={mac}"),
             ]);
+        }
+        // Diagnostic: `METALRAFT_FW_QEMU_EXTRA_<id>` (e.g. `_2`) appends
+        // whitespace-separated QEMU arguments for that node only, such as
+        // `-d exec,nochain -D /tmp/n2.log` to profile one node (see the
+        // firmware README, "Where the emulated CPU goes").
+        if let Ok(extra) = std::env::var(format!("{QEMU_EXTRA_ENV}{id}")) {
+            cmd.args(extra.split_whitespace());
         }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
