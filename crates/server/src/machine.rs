@@ -909,4 +909,61 @@ mod tests {
         assert!(m.registry().is_removed(1));
         assert_eq!(m.applied_index(), 1);
     }
+
+    #[test]
+    fn a_received_snapshot_is_written_during_its_restore_and_a_failed_one_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = machine();
+        let put = Payload::Kv(kv::Command::Put(kv::PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        }));
+        m.apply(1, 1, &encode_command(&put).unwrap(), None)
+            .unwrap()
+            .unwrap();
+        let snap = m.snapshot().unwrap();
+        let files = || -> Vec<String> {
+            std::fs::read_dir(dir.path())
+                .map(|rd| {
+                    rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let meta = |index| metalraft_core::SnapshotMeta {
+            index,
+            term: 2,
+            conf_state: metalraft_core::ConfState::default(),
+        };
+        let mut other = machine();
+        other.set_snapshot_dir(dir.path().to_path_buf());
+        // Not announced by a leader's chunk (e.g. at startup): no file.
+        other.restore(1, &snap).unwrap();
+        assert!(other.take_prepared(1).is_none());
+        assert!(files().is_empty(), "{:?}", files());
+        // A refused restore discards the file it wrote.
+        other.expect_snapshot(&meta(2));
+        assert_eq!(
+            other.restore(2, &snap),
+            Err(StateMachineError::Inconsistent)
+        );
+        assert!(other.take_prepared(2).is_none());
+        assert!(files().is_empty(), "{:?}", files());
+        // Announced and restored: its file is ready for the install.
+        other.expect_snapshot(&meta(1));
+        other.restore(1, &snap).unwrap();
+        let p = other.take_prepared(1).expect("the restore wrote the file");
+        assert_eq!(files().len(), 1);
+        assert!(files()[0].ends_with(".received.tmp"), "{:?}", files());
+        let full = crate::storage::Snapshot {
+            index: 1,
+            term: 2,
+            conf_state: metalraft_core::ConfState::default(),
+            data: snap.clone(),
+        };
+        assert!(p.is_of(&full));
+        drop(p);
+        assert!(files().is_empty(), "dropped uncommitted: removed");
+    }
 }
