@@ -25,6 +25,7 @@ use crate::command::{self, CommandError, KIND_AUTH, KIND_KV};
 use crate::latency::{Latency, Stage};
 use crate::lease::LeaseClock;
 use crate::registry::{CodecError, Registry, RegistryOp, SnapshotData};
+use crate::storage::snapshot::{self, PreparedSnapshot};
 use crate::watch::WatchFeed;
 use crate::writer::DurationHistogram;
 
@@ -227,7 +228,7 @@ impl SnapshotJob {
 /// Linearizable reads are barriers (`Query = ()`): the replica answers once
 /// this member has applied the read index, and the gRPC task then reads the
 /// store under its lock, so range scans never run on the Raft loop.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ServerMachine {
     kv: Arc<RwLock<kv::MvccStore>>,
     registry: Registry,
@@ -250,6 +251,28 @@ pub struct ServerMachine {
     /// (`etcd_disk_backend_commit_duration_seconds`): the MVCC store's
     /// commit, which etcd makes in a bbolt transaction.
     backend_commits: Arc<DurationHistogram>,
+    /// The snapshot being received from the leader, whose file the restore
+    /// writes alongside ([`ReceivedFile`]).
+    received: ReceivedFile,
+}
+
+/// A snapshot received from the leader is saved while the state machine
+/// restores from it (issue 18: saving it after the restore took ~2 s of a
+/// 1,000,000-key catch-up): the restore writes and syncs its file under a
+/// temporary name on a second thread from the same bytes, and the WAL
+/// writer renames it where it saved the snapshot before
+/// ([`crate::storage::Storage::install_received_snapshot`]). The order the
+/// install needs is unchanged: the file is a snapshot only once renamed,
+/// before the log is reset and the install acknowledged.
+#[derive(Debug, Default)]
+struct ReceivedFile {
+    /// The member's snapshot directory (none: files are written after the
+    /// restore, by the writer, as before).
+    dir: Option<std::path::PathBuf>,
+    /// The snapshot the leader is sending (from its chunks' metadata).
+    expected: Option<metalraft_core::SnapshotMeta>,
+    /// Its file, written and synced by the restore, not yet committed.
+    prepared: Option<PreparedSnapshot>,
 }
 
 impl ServerMachine {
@@ -265,7 +288,55 @@ impl ServerMachine {
             generation: Arc::new(AtomicU64::new(0)),
             latency: Arc::default(),
             backend_commits: Arc::default(),
+            received: ReceivedFile::default(),
         }
+    }
+
+    /// Writes the file of each snapshot received from the leader into
+    /// `dir` while restoring from it ([`ReceivedFile`]).
+    pub fn set_snapshot_dir(&mut self, dir: std::path::PathBuf) {
+        self.received.dir = Some(dir);
+    }
+
+    /// Records that the leader is sending the snapshot `meta` (called for
+    /// each of its chunks; cheap when it is the one already recorded).
+    pub fn expect_snapshot(&mut self, meta: &metalraft_core::SnapshotMeta) {
+        if self.received.dir.is_some()
+            && self
+                .received
+                .expected
+                .as_ref()
+                .is_none_or(|m| (m.index, m.term) != (meta.index, meta.term))
+        {
+            self.received.expected = Some(meta.clone());
+        }
+    }
+
+    /// The file the restore of snapshot `index` wrote, if it did.
+    pub fn take_prepared(&mut self, index: Index) -> Option<PreparedSnapshot> {
+        self.received.prepared.take().filter(|p| p.index() == index)
+    }
+
+    /// Replaces the whole state with the snapshot `data` of `index`.
+    fn restore_state(&mut self, index: Index, data: &[u8]) -> Result<(), StateMachineError> {
+        // Check before changing anything: on error the state stays as it was.
+        let (decoded, store) = open_snapshot(data).map_err(|_| StateMachineError::BadSnapshot)?;
+        let auth = AuthState::decode(&decoded.auth).map_err(|_| StateMachineError::BadSnapshot)?;
+        if store.applied_index() != index {
+            return Err(StateMachineError::Inconsistent);
+        }
+        {
+            // Bumped under the lock: a job's next step sees both or neither.
+            let mut kv = self.store()?;
+            *kv = store;
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        self.registry
+            .restore(&decoded)
+            .map_err(|_| StateMachineError::Unavailable)?;
+        self.auth.restore(auth);
+        self.applied = index;
+        Ok(())
     }
 
     /// Records this machine's stages (and its snapshot jobs') in `latency`
@@ -515,25 +586,50 @@ impl StateMachine for ServerMachine {
         true
     }
 
+    /// A snapshot received from the leader is also written to its file
+    /// meanwhile, on a second thread ([`ReceivedFile`]).
     fn restore(&mut self, index: Index, data: &[u8]) -> Result<(), StateMachineError> {
-        // Check before changing anything: on error the state stays as it was.
-        let (decoded, store) = open_snapshot(data).map_err(|_| StateMachineError::BadSnapshot)?;
-        let auth = AuthState::decode(&decoded.auth).map_err(|_| StateMachineError::BadSnapshot)?;
-        if store.applied_index() != index {
-            return Err(StateMachineError::Inconsistent);
+        self.received.prepared = None;
+        let expected = self.received.expected.take().filter(|m| m.index == index);
+        let (Some(dir), Some(meta)) = (self.received.dir.clone(), expected) else {
+            return self.restore_state(index, data);
+        };
+        let (restored, file) = std::thread::scope(|s| {
+            let writer = std::thread::Builder::new()
+                .name("snapshot-receive".into())
+                .spawn_scoped(s, || {
+                    let started = std::time::Instant::now();
+                    let r = snapshot::prepare(&dir, meta.index, meta.term, &meta.conf_state, data);
+                    (r, started.elapsed())
+                });
+            let restored = self.restore_state(index, data);
+            (restored, writer.map(|h| h.join()))
+        });
+        match file {
+            Ok(Ok((Ok(p), took))) => {
+                tracing::info!(
+                    index,
+                    bytes = data.len(),
+                    write_ms = took.as_millis() as u64,
+                    "wrote and synced the received snapshot's file during the restore"
+                );
+                if restored.is_ok() {
+                    self.received.prepared = Some(p);
+                }
+            }
+            // The writer saves it after the restore, as without a directory.
+            Ok(Ok((Err(e), _))) => {
+                tracing::warn!(error = %e, index, "writing the received snapshot during the restore failed; it is saved after");
+            }
+            Ok(Err(_)) => tracing::warn!(
+                index,
+                "the received snapshot's writing thread panicked; it is saved after"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, index, "no thread to write the received snapshot during the restore; it is saved after")
+            }
         }
-        {
-            // Bumped under the lock: a job's next step sees both or neither.
-            let mut kv = self.store()?;
-            *kv = store;
-            self.generation.fetch_add(1, Ordering::AcqRel);
-        }
-        self.registry
-            .restore(&decoded)
-            .map_err(|_| StateMachineError::Unavailable)?;
-        self.auth.restore(auth);
-        self.applied = index;
-        Ok(())
+        restored
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -812,5 +908,62 @@ mod tests {
         assert!(!m.registry().contains(1));
         assert!(m.registry().is_removed(1));
         assert_eq!(m.applied_index(), 1);
+    }
+
+    #[test]
+    fn a_received_snapshot_is_written_during_its_restore_and_a_failed_one_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = machine();
+        let put = Payload::Kv(kv::Command::Put(kv::PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        }));
+        m.apply(1, 1, &encode_command(&put).unwrap(), None)
+            .unwrap()
+            .unwrap();
+        let snap = m.snapshot().unwrap();
+        let files = || -> Vec<String> {
+            std::fs::read_dir(dir.path())
+                .map(|rd| {
+                    rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let meta = |index| metalraft_core::SnapshotMeta {
+            index,
+            term: 2,
+            conf_state: metalraft_core::ConfState::default(),
+        };
+        let mut other = machine();
+        other.set_snapshot_dir(dir.path().to_path_buf());
+        // Not announced by a leader's chunk (e.g. at startup): no file.
+        other.restore(1, &snap).unwrap();
+        assert!(other.take_prepared(1).is_none());
+        assert!(files().is_empty(), "{:?}", files());
+        // A refused restore discards the file it wrote.
+        other.expect_snapshot(&meta(2));
+        assert_eq!(
+            other.restore(2, &snap),
+            Err(StateMachineError::Inconsistent)
+        );
+        assert!(other.take_prepared(2).is_none());
+        assert!(files().is_empty(), "{:?}", files());
+        // Announced and restored: its file is ready for the install.
+        other.expect_snapshot(&meta(1));
+        other.restore(1, &snap).unwrap();
+        let p = other.take_prepared(1).expect("the restore wrote the file");
+        assert_eq!(files().len(), 1);
+        assert!(files()[0].ends_with(".received.tmp"), "{:?}", files());
+        let full = crate::storage::Snapshot {
+            index: 1,
+            term: 2,
+            conf_state: metalraft_core::ConfState::default(),
+            data: snap.clone(),
+        };
+        assert!(p.is_of(&full));
+        drop(p);
+        assert!(files().is_empty(), "dropped uncommitted: removed");
     }
 }

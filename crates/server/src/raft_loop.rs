@@ -488,6 +488,9 @@ impl RaftLoop {
         p.replica
             .state_machine_mut()
             .set_latency(p.gauges.latency.clone());
+        p.replica
+            .state_machine_mut()
+            .set_snapshot_dir(p.snap_dir.clone());
         let r = &p.replica;
         let status = NodeStatus {
             term: r.term(),
@@ -698,6 +701,10 @@ impl RaftLoop {
     fn handle(&mut self, input: Input) {
         match input {
             Input::Step(m) => {
+                if let metalraft_core::MessageBody::InstallSnapshot { meta, .. } = &m.body {
+                    // So the restore of this snapshot writes its file too.
+                    self.replica.state_machine_mut().expect_snapshot(meta);
+                }
                 // Drops are normal (stale terms etc.) and counted by the core;
                 // a storage failure stops the replica and shows in its output.
                 if let Err(e) = self.replica.step(m) {
@@ -843,7 +850,10 @@ impl RaftLoop {
                     conf_state: meta.conf_state.clone(),
                     data,
                 };
-                Some(Box::new((snap, inst.clone())))
+                // Written and synced while the state machine restored from
+                // the same bytes: the writer only renames it.
+                let prepared = self.replica.state_machine_mut().take_prepared(meta.index);
+                Some(Box::new((snap, inst.clone(), prepared)))
             }
             (Some(inst), None) => return Err(LoopError::InstallWithoutData(inst.meta.index)),
         };

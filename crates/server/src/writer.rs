@@ -26,7 +26,7 @@ use metalraft_core::{PersistToken, SnapshotInstall, SnapshotMeta};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::latency::{Latency, Stage};
-use crate::storage::snapshot::SnapshotFile;
+use crate::storage::snapshot::{PreparedSnapshot, SnapshotFile};
 use crate::storage::{Snapshot, Storage, StorageError, WriteBatch};
 
 /// Most jobs merged into one group commit.
@@ -45,7 +45,9 @@ pub enum WriteJob {
         /// The core's token, returned once durable.
         token: PersistToken,
         /// A snapshot received from the leader, to install before the batch.
-        install: Option<Box<(Snapshot, SnapshotInstall)>>,
+        /// Its file, when already written while the state machine restored
+        /// ([`crate::storage::snapshot::prepare`]); committed here.
+        install: Option<Box<(Snapshot, SnapshotInstall, Option<PreparedSnapshot>)>>,
         /// When the loop queued it (the `wal_handoff` stage).
         queued: Instant,
     },
@@ -285,12 +287,12 @@ fn write_group(
                 batch,
                 sync,
                 token,
-                install: Some(inst),
+                install: Some(mut inst),
                 queued,
             } => {
-                let (snap, install) = &*inst;
+                let (snap, install, prepared) = &mut *inst;
                 let res = storage
-                    .install_snapshot(snap, install)
+                    .install_received_snapshot(snap, install, prepared.take())
                     .and_then(|()| storage.write(std::slice::from_ref(&batch), true));
                 match res {
                     Ok(()) => {

@@ -86,3 +86,74 @@ fn far_behind_member_catches_up_via_snapshot_and_all_restart_from_snapshots() {
         );
     }
 }
+
+/// A member killed with SIGKILL right as it writes the file of a snapshot
+/// received from its leader (ADR 0029: written during the restore, renamed
+/// at the install) restarts from what it had made durable and catches up.
+#[test]
+fn member_killed_while_saving_a_received_snapshot_restarts_and_catches_up() {
+    let mut c = Cluster::start_with(3, &["--snapshot-count=20"]);
+    let leader = c.wait_for_leader();
+    let victim = (leader + 1) % 3;
+    c.kill9(victim);
+    let live = c.live_endpoints();
+    for i in 0..150 {
+        put_ok(&live, &format!("k/{i:03}"), &i.to_string());
+    }
+    c.spawn(victim);
+    let snap_dir = c.members[victim].data_dir.join("member/snap");
+    let log_path = c.members[victim].log.clone();
+    // Kill as soon as the received file appears (mid-write or just
+    // written), or at the latest when the restore says it wrote it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let received = std::fs::read_dir(&snap_dir).ok().is_some_and(|rd| {
+            rd.filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().ends_with(".received.tmp"))
+        });
+        let logged = std::fs::read_to_string(&log_path)
+            .is_ok_and(|l| l.contains("wrote and synced the received snapshot's file"));
+        if received || logged {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no received snapshot file:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    c.kill9(victim);
+    c.spawn(victim);
+    let ep = c.endpoint(victim);
+    eventually("the restarted member has every key", || {
+        let o = etcdctl_try(&[
+            "--endpoints",
+            &ep,
+            "get",
+            "k/",
+            "--prefix",
+            "--keys-only",
+            "--consistency=s",
+        ]);
+        (String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
+            == 150)
+            .then_some(())
+    });
+    put_ok(&c.endpoints(), "after", "crash");
+    let names: Vec<String> = std::fs::read_dir(&snap_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.ends_with(".snap")),
+        "no snapshot after catching up: {names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.ends_with(".received.tmp")),
+        "a received file left after the restart: {names:?}"
+    );
+}

@@ -301,7 +301,30 @@ impl Storage {
         snap: &Snapshot,
         install: &metalraft_core::SnapshotInstall,
     ) -> Result<(), StorageError> {
-        snapshot::save(&self.snap_dir, snap)?;
+        self.install_received_snapshot(snap, install, None)
+    }
+
+    /// [`Self::install_snapshot`] with the snapshot's file already written
+    /// and synced under its temporary name ([`snapshot::prepare`], while
+    /// the state machine restored): it is only renamed here, at the same
+    /// point of the install as [`snapshot::save`] (before the log is reset;
+    /// the caller acknowledges the install after this returns). A file of
+    /// another snapshot is discarded and `snap` saved as before.
+    pub fn install_received_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        install: &metalraft_core::SnapshotInstall,
+        prepared: Option<snapshot::PreparedSnapshot>,
+    ) -> Result<(), StorageError> {
+        match prepared {
+            Some(p) if p.is_of(snap) => {
+                p.commit()?;
+            }
+            other => {
+                drop(other);
+                snapshot::save(&self.snap_dir, snap)?;
+            }
+        }
         if install.keep_entries_after {
             self.wal.purge_below(snap.index + 1)?;
         } else {

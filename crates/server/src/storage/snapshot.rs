@@ -234,7 +234,9 @@ pub fn save(dir: &Path, s: &Snapshot) -> Result<PathBuf, StorageError> {
 
 /// Removes all but the newest [`SNAPSHOTS_KEPT`] snapshots in `dir`.
 fn keep_newest(dir: &Path) -> Result<(), StorageError> {
-    let mut all = list(dir)?;
+    // Temporary files are left alone: one may be a snapshot being written
+    // or a received one waiting for its install (`PreparedSnapshot`).
+    let mut all = list(dir, false)?;
     while all.len() > SNAPSHOTS_KEPT {
         let (_, _, old) = all.remove(0);
         fs::remove_file(&old).map_err(|e| StorageError::from_io(&old, e))?;
@@ -570,8 +572,114 @@ impl Drop for SnapshotWriter {
     }
 }
 
-/// Snapshot files in `dir` as `(index, term, path)`, oldest first.
-fn list(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>, StorageError> {
+/// A received snapshot's file, written and synced under a temporary name
+/// while the state machine restores from the same bytes ([`prepare`]).
+/// [`commit`](Self::commit) makes it the current snapshot (rename,
+/// directory sync) where the install's order puts the save: before the log
+/// is reset and the install is acknowledged. Until then it is not a
+/// snapshot: dropped uncommitted it removes its file, and a crash leaves a
+/// `.tmp` that [`load_latest`] removes, so the previous state stays the one
+/// a restart uses.
+#[derive(Debug)]
+pub struct PreparedSnapshot {
+    dir: PathBuf,
+    tmp: PathBuf,
+    path: PathBuf,
+    index: u64,
+    term: u64,
+    conf_state: ConfState,
+    data_len: u64,
+}
+
+/// Suffix of a received snapshot's file until it is committed (ends in
+/// `.tmp`, so a crash leaves nothing [`load_latest`] would use).
+const PREPARED_SUFFIX: &str = "received.tmp";
+
+/// Writes the file of the snapshot `index`/`term`/`conf_state` holding
+/// `data` (the layout of [`encode`], without its copy of the data) under a
+/// temporary name, and syncs it. Not yet a snapshot: see
+/// [`PreparedSnapshot::commit`].
+pub fn prepare(
+    dir: &Path,
+    index: u64,
+    term: u64,
+    conf_state: &ConfState,
+    data: &[u8],
+) -> Result<PreparedSnapshot, StorageError> {
+    create_dir_durable(dir)?;
+    let conf = postcard::to_allocvec(conf_state)
+        .map_err(|e| StorageError::from(EncodeError::ConfState(e)))?;
+    let mut head = Vec::with_capacity(HEADER_BYTES + 3 * 8 + conf.len());
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&[0u8; HEADER_BYTES - 8]);
+    head.extend_from_slice(&index.to_le_bytes());
+    head.extend_from_slice(&term.to_le_bytes());
+    head.extend_from_slice(&(conf.len() as u64).to_le_bytes());
+    head.extend_from_slice(&conf);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&head[HEADER_BYTES..]), data);
+    let payload_len = (head.len() - HEADER_BYTES + data.len()) as u64;
+    head[8..12].copy_from_slice(&crc.to_le_bytes());
+    head[12..20].copy_from_slice(&payload_len.to_le_bytes());
+    let p = PreparedSnapshot {
+        dir: dir.to_path_buf(),
+        tmp: dir.join(format!("{}.{PREPARED_SUFFIX}", name(term, index))),
+        path: dir.join(name(term, index)),
+        index,
+        term,
+        conf_state: conf_state.clone(),
+        data_len: data.len() as u64,
+    };
+    // On error `p` is dropped and removes what was written.
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&p.tmp)?;
+        f.write_all(&head)?;
+        f.write_all(data)?;
+        f.sync_all()
+    };
+    write().map_err(|e| StorageError::from_io(&p.tmp, e))?;
+    Ok(p)
+}
+
+impl PreparedSnapshot {
+    /// Whether this is the file of `s` (same index, term, membership and
+    /// data length; the data is the bytes it was prepared from).
+    pub fn is_of(&self, s: &Snapshot) -> bool {
+        self.index == s.index
+            && self.term == s.term
+            && self.conf_state == s.conf_state
+            && self.data_len == s.data.len() as u64
+    }
+
+    /// The snapshot's index.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// Makes the file the current snapshot: renames it to its snapshot
+    /// name, syncs the directory and removes all but the newest
+    /// [`SNAPSHOTS_KEPT`] snapshots (what [`save`] does after its write).
+    pub fn commit(mut self) -> Result<PathBuf, StorageError> {
+        fs::rename(&self.tmp, &self.path).map_err(|e| StorageError::from_io(&self.path, e))?;
+        // Renamed: nothing for `Drop` to remove.
+        self.tmp = PathBuf::new();
+        sync_dir(&self.dir)?;
+        keep_newest(&self.dir)?;
+        Ok(std::mem::take(&mut self.path))
+    }
+}
+
+impl Drop for PreparedSnapshot {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Snapshot files in `dir` as `(index, term, path)`, oldest first; with
+/// `remove_tmp` (at startup only) the temporary files of saves a crash
+/// interrupted are removed.
+fn list(dir: &Path, remove_tmp: bool) -> Result<Vec<(u64, u64, PathBuf)>, StorageError> {
     let mut out = Vec::new();
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -584,7 +692,9 @@ fn list(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>, StorageError> {
         let Some(n) = n.to_str() else { continue };
         if n.ends_with(".tmp") {
             // A save interrupted by a crash: never renamed, never used.
-            let _ = fs::remove_file(ent.path());
+            if remove_tmp {
+                let _ = fs::remove_file(ent.path());
+            }
             continue;
         }
         if let Some((term, index)) = parse_name(n) {
@@ -622,7 +732,7 @@ pub struct Loaded {
 /// after the older snapshot; `Storage::open` checks exactly that and
 /// refuses to start otherwise, naming the damaged file.
 pub fn load_latest(dir: &Path) -> Result<Loaded, StorageError> {
-    let mut all = list(dir)?;
+    let mut all = list(dir, true)?;
     let mut out = Loaded::default();
     while let Some((_, _, path)) = all.pop() {
         // Sized once from the file's length: no regrowing copies.

@@ -780,3 +780,187 @@ fn bytes_through_counts_the_entries_compaction_would_free() {
     log.compact_to(6).unwrap();
     assert_eq!(log.bytes_through(7).unwrap(), one);
 }
+
+/// The snapshot a leader sends in the received-snapshot tests below, with
+/// `len` bytes of data.
+fn received(index: u64, term: u64, len: usize) -> (Snapshot, metalraft_core::SnapshotInstall) {
+    let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+    let snap = Snapshot {
+        index,
+        term,
+        conf_state: conf(),
+        data,
+    };
+    let install = metalraft_core::SnapshotInstall {
+        meta: metalraft_core::SnapshotMeta {
+            index,
+            term,
+            conf_state: conf(),
+        },
+        keep_entries_after: false,
+    };
+    (snap, install)
+}
+
+fn snap_dir_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("member").join("snap"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_received_snapshot_written_during_the_restore_is_installed_by_its_rename() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snap, install) = received(500, 4, 300_000);
+    {
+        let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
+        write_entries(&mut s, 1, 100, 300);
+        let p = snapshot::prepare(s.snap_dir(), 500, 4, &conf(), &snap.data).unwrap();
+        // A local snapshot finishing meanwhile keeps the prepared file.
+        let local = Snapshot {
+            index: 90,
+            term: 1,
+            conf_state: conf(),
+            data: b"local".to_vec(),
+        };
+        snapshot::save(s.snap_dir(), &local).unwrap();
+        assert!(snap_dir_files(dir.path())
+            .iter()
+            .any(|n| n.ends_with(".received.tmp")));
+        s.install_received_snapshot(&snap, &install, Some(p))
+            .unwrap();
+        assert_eq!(s.log().bounds().unwrap(), (501, 500));
+    }
+    let names = snap_dir_files(dir.path());
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    let o = Storage::open(dir.path(), conf(), small()).unwrap();
+    assert_eq!(o.snapshot.as_ref(), Some(&snap));
+    // The same bytes `save` writes.
+    let other = tempfile::tempdir().unwrap();
+    let saved = snapshot::save(other.path(), &snap).unwrap();
+    let name = saved.file_name().unwrap();
+    assert_eq!(
+        std::fs::read(dir.path().join("member").join("snap").join(name)).unwrap(),
+        std::fs::read(&saved).unwrap()
+    );
+}
+
+#[test]
+fn a_prepared_file_of_another_snapshot_is_discarded_and_the_snapshot_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snap, install) = received(500, 4, 1000);
+    {
+        let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
+        write_entries(&mut s, 1, 100, 300);
+        // Same index and term, other bytes: not this snapshot's file.
+        let p = snapshot::prepare(s.snap_dir(), 500, 4, &conf(), &snap.data[..999]).unwrap();
+        s.install_received_snapshot(&snap, &install, Some(p))
+            .unwrap();
+    }
+    let names = snap_dir_files(dir.path());
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    let o = Storage::open(dir.path(), conf(), small()).unwrap();
+    assert_eq!(o.snapshot.as_ref(), Some(&snap));
+}
+
+/// Environment variable that turns [`crash_child_receiver`] into the
+/// receiving member.
+const RECEIVE_CRASH_DIR_ENV: &str = "METALRAFT_TEST_RECEIVE_CRASH_DIR";
+/// Data bytes of the snapshot the child writes again and again.
+const RECEIVE_CRASH_SNAPSHOT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Child half of [`kill_9_while_a_received_snapshot_is_written_keeps_the_previous_state`]:
+/// holds snapshot 100 and entries 101..=150, then writes the file of a
+/// received snapshot (400, then 401, 402, ...) over and over as the
+/// restore does, never installing it, printing a line after each.
+#[test]
+fn crash_child_receiver() {
+    let Ok(dir) = std::env::var(RECEIVE_CRASH_DIR_ENV) else {
+        return;
+    };
+    let s = Storage::open(Path::new(&dir), conf(), small())
+        .unwrap()
+        .storage;
+    let (big, _) = received(400, 3, RECEIVE_CRASH_SNAPSHOT_BYTES);
+    // One complete file left behind, as a crash after the restore and
+    // before the install leaves it.
+    std::mem::forget(snapshot::prepare(s.snap_dir(), 400, 3, &conf(), &big.data).unwrap());
+    let mut out = std::io::stdout();
+    for i in 1.. {
+        let p = snapshot::prepare(s.snap_dir(), 400 + i, 3, &conf(), &big.data).unwrap();
+        drop(p);
+        writeln!(out, "WRITTEN {i}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn kill_9_while_a_received_snapshot_is_written_keeps_the_previous_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, install) = received(100, 2, 5000);
+    {
+        let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
+        write_entries(&mut s, 1, 100, 300);
+        s.install_snapshot(&before, &install).unwrap();
+        s.write(
+            &[WriteBatch {
+                entries: (101..=150).map(|i| entry(i, 2, 50)).collect(),
+                hard_state: Some(HardState {
+                    term: 2,
+                    vote: None,
+                    commit: 150,
+                }),
+                clears_repair: false,
+            }],
+            true,
+        )
+        .unwrap();
+    }
+    let exe = std::env::current_exe().unwrap();
+    for round in 0..3u32 {
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "storage::tests::crash_child_receiver",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(RECEIVE_CRASH_DIR_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut written = 0u32;
+        for line in BufReader::new(stdout).lines() {
+            if let Some(n) = line.unwrap().strip_prefix("WRITTEN ") {
+                written = n.trim().parse().unwrap();
+                if written > round || Instant::now() > deadline {
+                    break;
+                }
+            }
+        }
+        // SIGKILL in the middle of writing the next file (or just after).
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(written >= 1, "the child wrote nothing");
+        assert!(
+            snap_dir_files(dir.path())
+                .iter()
+                .any(|n| n.ends_with(".received.tmp")),
+            "round {round}: a received file was left by the crash"
+        );
+        let o = Storage::open(dir.path(), conf(), small()).unwrap();
+        assert_eq!(o.snapshot.as_ref(), Some(&before), "round {round}");
+        let log = o.storage.log();
+        assert_eq!(log.bounds().unwrap(), (101, 150), "round {round}");
+        assert_eq!(log.hard_state().unwrap().commit, 150);
+        drop(o);
+        let names = snap_dir_files(dir.path());
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    }
+}
