@@ -51,6 +51,13 @@ pub use recovery::{Opened, Recovered};
 
 /// Most entries the log holds after the snapshot (bounds the RAM index).
 pub const MAX_LOG_ENTRIES: usize = 2048;
+/// Highest epoch a record or a snapshot header is written in. Every boot
+/// takes an epoch above every one on the disk, so a disk holding a record
+/// of epoch `u32::MAX` could never boot again; at this bound writes are
+/// refused (`LogFull`) instead. (Four billion boots or overwrites; reached
+/// only by a disk whose epochs were damaged or crafted, which the fuzz
+/// target `fw_disk` found.)
+pub const LAST_WRITABLE_EPOCH: u32 = u32::MAX - 1;
 
 /// Where one entry lives.
 #[derive(Clone, Copy, Debug)]
@@ -188,7 +195,7 @@ impl<D: BlockDevice> DiskLog<D> {
     }
 
     fn append_record(&mut self, e: &Entry<Vec<u8>>) -> Result<(), StoreError> {
-        if self.slots.len() >= MAX_LOG_ENTRIES {
+        if self.slots.len() >= MAX_LOG_ENTRIES || self.epoch > LAST_WRITABLE_EPOCH {
             return Err(StoreError::LogFull);
         }
         let payload = encode_payload(&e.data)?;

@@ -135,6 +135,9 @@ impl<D: BlockDevice> DiskLog<D> {
         // Without a tail the next record is written in the current epoch;
         // with one, the record at `log_start` is the right one by position.
         let first_epoch = if tail { 0 } else { self.epoch };
+        if first_epoch > crate::LAST_WRITABLE_EPOCH {
+            return Err(StoreError::LogFull);
+        }
         let seq = self.snap.current.as_ref().map_or(1, |c| c.header.seq + 1);
         let header = SnapshotHeader {
             seq,
