@@ -19,21 +19,7 @@ fn far_behind_member_catches_up_via_snapshot_and_all_restart_from_snapshots() {
     c.spawn(victim);
     let ep = c.endpoint(victim);
     eventually("the restarted member has every key", || {
-        let o = etcdctl_try(&[
-            "--endpoints",
-            &ep,
-            "get",
-            "s/",
-            "--prefix",
-            "--keys-only",
-            "--consistency=s",
-        ]);
-        (String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .count()
-            == 150)
-            .then_some(())
+        (local_key_count(&ep, "s/") == 150).then_some(())
     });
     let log = std::fs::read_to_string(&c.members[victim].log).unwrap();
     assert!(
@@ -127,21 +113,7 @@ fn member_killed_while_saving_a_received_snapshot_restarts_and_catches_up() {
     c.spawn(victim);
     let ep = c.endpoint(victim);
     eventually("the restarted member has every key", || {
-        let o = etcdctl_try(&[
-            "--endpoints",
-            &ep,
-            "get",
-            "k/",
-            "--prefix",
-            "--keys-only",
-            "--consistency=s",
-        ]);
-        (String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .count()
-            == 150)
-            .then_some(())
+        (local_key_count(&ep, "k/") == 150).then_some(())
     });
     put_ok(&c.endpoints(), "after", "crash");
     let names: Vec<String> = std::fs::read_dir(&snap_dir)

@@ -458,6 +458,25 @@ pub fn put_ok(eps: &str, key: &str, value: &str) {
     }
 }
 
+/// How many keys under `prefix` the member at `ep` holds, read locally
+/// (`--consistency=s`, so a member catching up answers from its own store);
+/// 0 when the read fails.
+pub fn local_key_count(ep: &str, prefix: &str) -> usize {
+    let o = etcdctl_try(&[
+        "--endpoints",
+        ep,
+        "get",
+        prefix,
+        "--prefix",
+        "--keys-only",
+        "--consistency=s",
+    ]);
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count()
+}
+
 /// `GET path` on 127.0.0.1:`port` over HTTP/1.1; the whole response
 /// (status line, headers, body).
 pub fn http_get(port: u16, path: &str) -> String {
