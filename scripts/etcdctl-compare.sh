@@ -79,18 +79,20 @@ sort_initial_cluster() {
 }
 # etcdctl prints member and cluster IDs with Go's %16x: an ID below 2^60 is
 # padded with leading spaces, so the run of spaces before an ID is random (1 in
-# 16 per ID) and is collapsed after the ID itself is replaced.
+# 16 per ID) and is collapsed after the ID itself is replaced. Decimal JSON
+# fields are replaced before hex IDs: a decimal ID of 12-16 digits would
+# otherwise read as a hex one on one side only.
 norm() {
     sed -E \
         -e 's/client-[0-9a-f-]{36}/client-<UUID>/g' \
+        -e 's/"(ClusterID|MemberID|RaftTerm|Lease)" : [0-9]+/"\1" : <N>/g' \
+        -e 's/"(cluster_id|member_id|ID|id|leader|raft_term|raft_index|raft_applied_index|hash|hash_revision|dbSize|dbSizeInUse|ttl|TTL|grantedTTL)":-?[0-9]+/"\1":<N>/g' \
         -e 's/\b[0-9a-f]{12,16}\b/<ID>/g' \
         -e 's/memberID:[0-9]+/memberID:<ID>/g' \
         -e 's/"(took|size)":[^,}]*/"\1":<T>/g' \
-        -e 's/"(ClusterID|MemberID|RaftTerm|Lease)" : [0-9]+/"\1" : <N>/g' \
         -e 's/"(raftIndex|raftAppliedIndex|raftTerm)":[0-9]+/"\1":<N>/g' \
         -e 's/(true|false), (true|false), [0-9]+, [0-9]+, [0-9]+,/\1, \2, <TERM>, <INDEX>, <INDEX>,/g' \
         -e 's/\| +(true|false) \| +(true|false) \| +[0-9]+ \| +[0-9]+ \| +[0-9]+ \|/| \1 | \2 | <TERM> | <INDEX> | <INDEX> |/g' \
-        -e 's/"(cluster_id|member_id|ID|id|leader|raft_term|raft_index|raft_applied_index|hash|hash_revision|dbSize|dbSizeInUse|ttl|TTL|grantedTTL)":-?[0-9]+/"\1":<N>/g' \
         -e 's/127\.0\.0\.1:[0-9]+/127.0.0.1:<PORT>/g' \
         -e 's/took = [0-9.]+[mµn]?s/took = <T>/g' \
         -e 's/[0-9.]+ (kB|MB|B)\b/<SIZE>/g' \
