@@ -138,7 +138,13 @@ impl<D: BlockDevice> DiskLog<D> {
         if first_epoch > crate::LAST_WRITABLE_EPOCH {
             return Err(StoreError::LogFull);
         }
-        let seq = self.snap.current.as_ref().map_or(1, |c| c.header.seq + 1);
+        // A damaged but checksummed slot may hold any sequence number; an
+        // exhausted one stops the node rather than wrap (a wrapped header
+        // would lose to the stale slot at the next boot).
+        let seq = match self.snap.current.as_ref() {
+            Some(c) => c.header.seq.checked_add(1).ok_or(StoreError::LogFull)?,
+            None => 1,
+        };
         let header = SnapshotHeader {
             seq,
             index: meta.index,

@@ -187,6 +187,45 @@ fn fw_store_bug_04_snapshot_log_start_outside_the_ring_is_invalid() {
     }
 }
 
+/// postmortem: found by reading (session 10), the snapshot-side twin of
+/// bug 02. A checksummed snapshot slot holding sequence number u64::MAX was
+/// recovered, and the next snapshot's header took `seq + 1`: a panic with
+/// overflow checks; without, seq 0 in the other slot, which the next boot
+/// would rank below the stale one. Fix: an exhausted sequence number
+/// refuses the snapshot with `LogFull`; the recovered one stays current.
+#[test]
+fn fw_store_bug_07_snapshot_sequence_at_u64_max_does_not_wrap() {
+    use metalraft_core::{ConfState, SnapshotMeta};
+    use metalraft_fw_proto::disk::{SnapshotHeader, SNAPSHOT_SLOTS};
+    let meta = SnapshotMeta {
+        index: 5,
+        term: 1,
+        conf_state: ConfState::with_voters(&[1]),
+    };
+    let header = SnapshotHeader {
+        seq: u64::MAX,
+        index: meta.index,
+        term: meta.term,
+        log_start_sector: LOG_START_SECTOR,
+        data_len: 0,
+        data_crc: metalraft_fw_proto::CRC32C.checksum(&[]),
+        first_epoch: 0,
+        meta: postcard::to_allocvec(&meta).expect("encodes"),
+    };
+    let disk = disk_with(&[(SNAPSHOT_SLOTS[0], header.encode().expect("fits"))]);
+    let (mut log, rec, _) = DiskLog::open(disk.clone(), &[1]).expect("opens");
+    assert_eq!(rec.snapshot_index, 5);
+    let next = SnapshotMeta { index: 6, ..meta };
+    assert!(matches!(
+        log.create_snapshot(&next, b"state"),
+        Err(StoreError::LogFull)
+    ));
+    drop(log);
+    let (again, rec, _) = DiskLog::open(disk, &[1]).expect("opens again");
+    assert_eq!(rec.snapshot_index, 5);
+    assert_eq!(again.snapshot_index(), 5);
+}
+
 /// A one-sector log record at `sector` holding `data`.
 fn record(index: u64, term: u64, data: &metalraft_core::EntryData<Vec<u8>>) -> [u8; SECTOR_BYTES] {
     use metalraft_fw_proto::disk::RecordHeader;
