@@ -32,8 +32,7 @@ use metalraft_fw_proto::disk::MAX_SNAPSHOT_BYTES;
 use metalraft_fw_proto::notice::{RemovalNotice, NOTICE_BYTES, REMOVED_NOTICE_KIND};
 use metalraft_kv::{Command, CommandResult, DeleteRangeRequest, KvStore, PutRequest, RangeRequest};
 use metalraft_replica::{
-    Completion, Config, Event, KvEvent, Outcome, ProposeError, ReadError, ReqId, RequestFailure,
-    StateMachine,
+    Config, Event, KvEvent, Outcome, ProposeError, ReadError, ReqId, RequestFailure, StateMachine,
 };
 
 use super::limits::*;
@@ -212,10 +211,7 @@ fn role(r: CoreRole) -> client::Role {
     }
 }
 
-/// A finished request of the kv replica.
-type KvCompletion =
-    Completion<<KvStore as StateMachine>::Output, <KvStore as StateMachine>::ReadOutput>;
-/// How it finished.
+/// How a request of the kv replica finished.
 type KvOutcome = Outcome<<KvStore as StateMachine>::Output, <KvStore as StateMachine>::ReadOutput>;
 
 fn lan_id(id: Option<u64>) -> Option<u8> {
@@ -318,14 +314,11 @@ pub struct Shell {
     core: DiskReplica,
     me: u8,
     waiters: Waiters,
-    /// The index of the applied change that removed this node: it stops.
-    removed: Option<Index>,
-    /// Which nodes the applied configuration dropped (removal notices).
-    departures: Departures,
+    /// What the replica's events said (removal, departures, first leader).
+    seen: Seen,
     dropped: DroppedDatagrams,
     bad_requests: u64,
     recovered: Recovered,
-    first_leader_ms: Option<u64>,
     failed: Option<PumpError>,
     /// The order in which an output is carried out; holds the batch taken
     /// from the last one until it is durable.
@@ -360,12 +353,14 @@ impl Shell {
             core,
             me: cfg.node_id,
             waiters: Waiters::new(),
-            removed: None,
-            departures,
+            seen: Seen {
+                removed: None,
+                departures,
+                first_leader_ms: None,
+            },
             dropped: DroppedDatagrams::default(),
             bad_requests: 0,
             recovered,
-            first_leader_ms: None,
             failed: None,
             pump: Pump::new(),
             perf: Perf::default(),
@@ -374,7 +369,7 @@ impl Shell {
 
     /// One Raft tick.
     pub fn tick(&mut self) {
-        if self.failed.is_none() && self.removed.is_none() {
+        if self.failed.is_none() && self.seen.removed.is_none() {
             // A failure also comes out of the next poll, which stops the node.
             if let Err(e) = self.core.tick() {
                 error!("tick: {}", e);
@@ -384,7 +379,7 @@ impl Shell {
 
     /// A datagram on the Raft port from LAN id `source`.
     pub fn on_peer_datagram(&mut self, bytes: &[u8], source: u8, out: &mut Outbox) {
-        if self.failed.is_some() || self.removed.is_some() {
+        if self.failed.is_some() || self.seen.removed.is_some() {
             return;
         }
         if bytes.first() == Some(&REMOVED_NOTICE_KIND) {
@@ -398,7 +393,7 @@ impl Shell {
             // Stale or unexpected messages are normal; the core counts them.
             Ok(msg) => {
                 let latest = self.core.node().conf_state();
-                if let Some(index) = self.departures.notice_for(source, latest) {
+                if let Some(index) = self.seen.departures.notice_for(source, latest) {
                     let notice = RemovalNotice {
                         to: source,
                         from: self.me,
@@ -419,7 +414,7 @@ impl Shell {
                 "node {} says the change at {} removed this node",
                 source, index
             );
-            self.removed = Some(index);
+            self.seen.removed = Some(index);
         }
     }
 
@@ -460,7 +455,7 @@ impl Shell {
             self.respond(out, client, 0, Reply::Error(ErrorCode::BadRequest));
             return;
         };
-        let stopped = if self.removed.is_some() {
+        let stopped = if self.seen.removed.is_some() {
             Some(ErrorCode::Removed)
         } else {
             self.failed.map(|_| ErrorCode::StorageFailed)
@@ -593,12 +588,6 @@ impl Shell {
         self.respond(out, client, id, Reply::Error(code));
     }
 
-    fn complete(&mut self, c: KvCompletion, out: &mut Outbox) {
-        if let Some(w) = self.waiters.remove(c.req_id) {
-            self.respond(out, w.client, w.id, reply(c.outcome));
-        }
-    }
-
     /// The node stops serving: every waiting client is told.
     fn stop(&mut self, e: PumpError, out: &mut Outbox) {
         error!("{}; node stops serving", e);
@@ -623,7 +612,7 @@ impl Shell {
     /// The index of the applied change that removed this node from the
     /// cluster: it serves nothing more and the task stops the board.
     pub fn removed(&self) -> Option<Index> {
-        self.removed
+        self.seen.removed
     }
 
     /// Takes the replica's next output, if there is one (see [`Pump::poll`]):
@@ -632,7 +621,7 @@ impl Shell {
     /// completions become client responses, its batch and snapshot are kept
     /// for [`Shell::sync`]. Returns whether there was one.
     pub fn poll(&mut self, out: &mut Outbox) -> bool {
-        if self.removed.is_some() {
+        if self.seen.removed.is_some() {
             // Whichever way it learned it, a removed node answers whoever
             // still waits (once: the table is then empty).
             self.fail_waiters(ErrorCode::Removed, out);
@@ -641,31 +630,62 @@ impl Shell {
         if self.failed.is_some() {
             return false;
         }
-        let Some(o) = self.pump.poll(&mut self.core) else {
+        // The output is worked on where the replica built it (no move of
+        // it); its vectors are drained, so they keep their capacity.
+        let me = self.me;
+        let waiters = &mut self.waiters;
+        let seen = &mut self.seen;
+        let failure = self.pump.poll(&mut self.core, |o| {
+            for e in o.events.drain(..) {
+                seen.on_event(e);
+            }
+            for m in o.messages.drain(..) {
+                if let Ok(to) = u8::try_from(m.to) {
+                    if let MessageBody::AppendEntries { leader_commit, .. } = m.body {
+                        out.peers
+                            .retain(|(t, p)| !(*t == to && commit_only(p, m.term, leader_commit)));
+                    }
+                    out.peers.push((to, PeerOut::Raft(m)));
+                }
+            }
+            for c in o.completions.drain(..) {
+                if let Some(w) = waiters.remove(c.req_id) {
+                    let reply = reply(c.outcome);
+                    out.clients.push((
+                        w.client,
+                        Response {
+                            id: w.id,
+                            node: me,
+                            reply,
+                        },
+                    ));
+                }
+            }
+            o.failure.take()
+        });
+        let Some(failure) = failure else {
             return false;
         };
         self.perf.outputs += 1;
-        for e in o.events {
-            self.on_event(e);
-        }
-        for m in o.messages {
-            if let Ok(to) = u8::try_from(m.to) {
-                if let MessageBody::AppendEntries { leader_commit, .. } = m.body {
-                    out.peers
-                        .retain(|(t, p)| !(*t == to && commit_only(p, m.term, leader_commit)));
-                }
-                out.peers.push((to, PeerOut::Raft(m)));
-            }
-        }
-        for c in o.completions {
-            self.complete(c, out);
-        }
-        if let Some(e) = o.failure {
+        if let Some(e) = failure {
             self.stop(PumpError::Replica(e), out);
         }
         true
     }
+}
 
+/// What the node learns from the replica's events (kept apart from the
+/// rest of [`Shell`] so that the output can be carried out while the
+/// replica is borrowed).
+struct Seen {
+    /// The index of the applied change that removed this node: it stops.
+    removed: Option<Index>,
+    /// Which nodes the applied configuration dropped (removal notices).
+    departures: Departures,
+    first_leader_ms: Option<u64>,
+}
+
+impl Seen {
     fn on_event(&mut self, e: Event<KvEvent>) {
         match e {
             Event::Role(ss) => {
@@ -695,7 +715,9 @@ impl Shell {
             Event::Applied { .. } => {}
         }
     }
+}
 
+impl Shell {
     /// Writes the kept batch (see [`Pump::write`]) unless the one before
     /// is still on the disk; the disk may still be carrying out its last
     /// request (the flush) when this returns. Returns whether a batch went
@@ -775,7 +797,7 @@ impl Shell {
             keys: kv.len() as u64,
             revision: kv.revision(),
             uptime_ms: embassy_time::Instant::now().as_millis(),
-            first_leader_ms: self.first_leader_ms,
+            first_leader_ms: self.seen.first_leader_ms,
             heap_used: heap::used() as u64,
             heap_high_water: heap::high_water() as u64,
             heap_size: heap::HEAP_BYTES as u64,

@@ -389,17 +389,20 @@ impl Cluster {
         let mut with_messages = 0;
         loop {
             let m = self.member(id);
-            let Some(out) = m.pump.poll(&mut m.replica) else {
+            let taken = m.pump.poll(&mut m.replica, |out| {
+                (out.failure.take(), core::mem::take(&mut out.messages))
+            });
+            let Some((failure, messages)) = taken else {
                 return Some(with_messages);
             };
-            if let Some(e) = out.failure {
+            if let Some(e) = failure {
                 self.member(id).stopped = Some(PumpError::Replica(e));
                 return None;
             }
-            if !out.messages.is_empty() {
+            if !messages.is_empty() {
                 with_messages += 1;
             }
-            for msg in out.messages {
+            for msg in messages {
                 self.send(id, msg);
             }
         }
@@ -466,14 +469,16 @@ impl Cluster {
         }
         loop {
             let m = self.member(id);
-            let out = m.pump.poll(&mut m.replica);
+            let out = m.pump.poll(&mut m.replica, |out| {
+                (out.failure.take(), core::mem::take(&mut out.messages))
+            });
             let progressed = out.is_some();
-            if let Some(out) = out {
-                if let Some(e) = out.failure {
+            if let Some((failure, messages)) = out {
+                if let Some(e) = failure {
                     self.member(id).stopped = Some(PumpError::Replica(e));
                     return;
                 }
-                for msg in out.messages {
+                for msg in messages {
                     self.send(id, msg);
                 }
             }

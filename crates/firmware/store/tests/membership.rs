@@ -151,18 +151,20 @@ impl Cluster {
                 let _ = n.replica.step(m.clone());
             }
             loop {
-                let out = n.pump.poll(&mut n.replica);
-                let progressed = out.is_some();
-                if let Some(out) = out {
-                    assert!(out.failure.is_none(), "node {}: {:?}", n.id, out.failure);
-                    self.queue.extend(out.messages);
-                    for e in out.events {
-                        if let Event::Membership(m) = e {
-                            n.departures.applied(m.index, &m.change);
-                            n.removed |= m.self_removed;
+                let queue = &mut self.queue;
+                let progressed = n
+                    .pump
+                    .poll(&mut n.replica, |out| {
+                        assert!(out.failure.is_none(), "node {}: {:?}", n.id, out.failure);
+                        queue.extend(out.messages.drain(..));
+                        for e in out.events.drain(..) {
+                            if let Event::Membership(m) = e {
+                                n.departures.applied(m.index, &m.change);
+                                n.removed |= m.self_removed;
+                            }
                         }
-                    }
-                }
+                    })
+                    .is_some();
                 n.pump.sync(&mut n.replica).expect("sync");
                 if !progressed {
                     break;

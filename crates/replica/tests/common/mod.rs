@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, VecDeque};
 use metalraft_core::{
     Entry, HardState, Index, MemStorage, Message, NodeId, PersistToken, Role, SnapshotInstall,
 };
-use metalraft_replica::{Completion, Config, Event, OutputOf, Replica, StateMachine};
+use metalraft_replica::{Completion, Config, Event, Output, OutputOf, Replica, StateMachine};
 
 pub type Store = MemStorage<Vec<u8>>;
 
@@ -78,6 +78,9 @@ pub struct Cluster<M: StateMachine> {
     cfg: fn(NodeId) -> Config,
     /// Every output, for determinism checks.
     pub trace: Vec<String>,
+    /// Take outputs with `Replica::poll_mut` (emptied in place) instead of
+    /// `Replica::poll`.
+    pub in_place: bool,
 }
 
 pub fn default_config(id: NodeId) -> Config {
@@ -111,6 +114,7 @@ where
             restore_sm,
             cfg,
             trace: Vec::new(),
+            in_place: false,
         };
         for id in 1..=n {
             let disk = Store::bootstrap(&voters);
@@ -253,7 +257,20 @@ where
             let Some(r) = s.replica.as_mut() else {
                 return any;
             };
-            let Some(out) = r.poll() else {
+            let polled = if self.in_place {
+                r.poll_mut().map(|o| Output {
+                    messages: o.messages.drain(..).collect(),
+                    persist: o.persist.take(),
+                    completions: o.completions.drain(..).collect(),
+                    snapshot: o.snapshot.take(),
+                    snapshot_due: o.snapshot_due.take(),
+                    events: o.events.drain(..).collect(),
+                    failure: o.failure.take(),
+                })
+            } else {
+                r.poll()
+            };
+            let Some(out) = polled else {
                 return any;
             };
             any = true;
