@@ -517,6 +517,16 @@ impl Response {
         encode(self)
     }
 
+    /// The wire form written into `buf` (the same bytes as
+    /// [`Response::encode`]), or `None` if it does not fit. For the node,
+    /// which answers every request: no heap allocation per answer.
+    pub fn encode_into<'b>(&self, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        let (version, body) = buf.split_first_mut()?;
+        *version = CLIENT_VERSION;
+        let n = postcard::to_slice(self, body).ok()?.len();
+        Some(&buf[..1 + n])
+    }
+
     /// Parses the wire form; a member list beyond its bounds is refused.
     pub fn decode(bytes: &[u8]) -> Result<Response, DecodeError> {
         let r: Response = decode(bytes)?;
@@ -568,6 +578,26 @@ mod tests {
             },
         };
         assert!(max.encode().len() <= MAX_DATAGRAM_BYTES);
+    }
+
+    #[test]
+    fn response_encoded_into_a_buffer_is_the_same_bytes() {
+        let r = Response {
+            id: 7,
+            node: 3,
+            reply: Reply::Get {
+                value: Some(b"value".to_vec()),
+                revision: 42,
+            },
+        };
+        let mut buf = [0u8; MAX_DATAGRAM_BYTES];
+        let bytes = r.encode_into(&mut buf).unwrap();
+        assert_eq!(bytes, &r.encode()[..]);
+        assert_eq!(Response::decode(bytes).unwrap(), r);
+        // Too small a buffer: refused, not cut.
+        let mut small = [0u8; 4];
+        assert_eq!(r.encode_into(&mut small), None);
+        assert_eq!(r.encode_into(&mut []), None);
     }
 
     #[test]

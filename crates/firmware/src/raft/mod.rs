@@ -84,7 +84,11 @@ async fn flush_outbox(
             .await;
     }
     for (ep, resp) in out.clients.drain(..) {
-        let _ = clients.send_to(&resp.encode(), ep).await;
+        // Encoded into the send buffer, not a fresh `Vec` per answer. An
+        // answer that does not fit one datagram is lost like any other.
+        if let Some(bytes) = resp.encode_into(buf) {
+            let _ = clients.send_to(bytes, ep).await;
+        }
     }
     counts
 }

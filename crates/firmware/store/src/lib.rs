@@ -59,6 +59,10 @@ pub const MAX_LOG_ENTRIES: usize = 2048;
 /// target `fw_disk` found.)
 pub const LAST_WRITABLE_EPOCH: u32 = u32::MAX - 1;
 
+/// Entries [`LogStorage::entries`] makes room for at once (a typical
+/// append or apply batch holds fewer; a larger one grows from there).
+const ENTRIES_PRESIZE: usize = 16;
+
 /// Where one entry lives.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
@@ -136,10 +140,26 @@ pub struct DiskLog<D> {
     epoch: u32,
     hard: HardStateRecord,
     snap: snapshot::SnapshotState,
+    /// Reused for every record appended (the entry's encoding, then the
+    /// record): allocating both anew per entry cost a handful of heap
+    /// round trips each (the encoding grows by doubling), on the hot path
+    /// of every write (README, "Where the emulated CPU goes").
+    scratch: RecordScratch,
 }
 
-fn encode_payload(data: &EntryData<Vec<u8>>) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(data).map_err(|_| StoreError::EntryTooLarge)
+/// The buffers [`DiskLog::append_record`] reuses.
+#[derive(Default)]
+struct RecordScratch {
+    payload: Vec<u8>,
+    record: Vec<u8>,
+}
+
+/// Encodes an entry's data into `buf` (emptied first; its capacity kept).
+fn encode_payload(data: &EntryData<Vec<u8>>, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+    buf.clear();
+    let filled = postcard::to_extend(data, core::mem::take(buf));
+    *buf = filled.map_err(|_| StoreError::EntryTooLarge)?;
+    Ok(())
 }
 
 impl<D: BlockDevice> DiskLog<D> {
@@ -198,8 +218,8 @@ impl<D: BlockDevice> DiskLog<D> {
         if self.slots.len() >= MAX_LOG_ENTRIES || self.epoch > LAST_WRITABLE_EPOCH {
             return Err(StoreError::LogFull);
         }
-        let payload = encode_payload(&e.data)?;
-        let sectors = record_sectors(payload.len());
+        encode_payload(&e.data, &mut self.scratch.payload)?;
+        let sectors = record_sectors(self.scratch.payload.len());
         let disk_sectors = self.disk.borrow().sectors();
         let at = ring_position(self.next_sector, disk_sectors);
         // The ring is full if the record would run into the first live one.
@@ -210,10 +230,12 @@ impl<D: BlockDevice> DiskLog<D> {
         if (wrapped_behind_start && at + sectors > start) || at > u64::from(u32::MAX) {
             return Err(StoreError::LogFull);
         }
-        let mut rec = vec![0u8; sectors as usize * SECTOR_BYTES];
-        RecordHeader::encode_record(self.epoch, e.index, e.term, &payload, &mut rec)
+        // `encode_record` fills the whole record (zeroes included).
+        let RecordScratch { payload, record } = &mut self.scratch;
+        record.resize(sectors as usize * SECTOR_BYTES, 0);
+        RecordHeader::encode_record(self.epoch, e.index, e.term, payload, record)
             .map_err(|_| StoreError::EntryTooLarge)?;
-        self.disk.borrow_mut().write(at, &rec)?;
+        self.disk.borrow_mut().write(at, record)?;
         // Checked above: `at` fits in u32.
         self.slots.push(Slot {
             term: e.term,
@@ -352,7 +374,9 @@ impl<D: BlockDevice> LogStorage<Vec<u8>> for DiskLog<D> {
         if hi > self.last() + 1 || lo > hi {
             return Err(StorageError::Unavailable);
         }
-        let mut out = Vec::new();
+        // Sized for the usual range up front (growing by doubling
+        // reallocates and copies); `max_bytes` may cut it shorter.
+        let mut out = Vec::with_capacity(((hi - lo) as usize).min(ENTRIES_PRESIZE));
         let mut total = 0usize;
         for i in lo..hi {
             let e = self.read_entry(i)?;
