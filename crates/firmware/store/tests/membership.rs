@@ -156,7 +156,7 @@ impl Cluster {
                     .pump
                     .poll(&mut n.replica, |out| {
                         assert!(out.failure.is_none(), "node {}: {:?}", n.id, out.failure);
-                        queue.extend(out.messages.drain(..));
+                        queue.append(&mut out.messages);
                         for e in out.events.drain(..) {
                             if let Event::Membership(m) = e {
                                 n.departures.applied(m.index, &m.change);
