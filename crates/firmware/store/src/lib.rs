@@ -41,7 +41,7 @@ use metalraft_core::{
 };
 use metalraft_fw_proto::disk::{
     record_sectors, ring_position, HardStateRecord, RecordHeader, LOG_START_SECTOR,
-    MAX_SNAPSHOT_BYTES, SECTOR_BYTES,
+    MAX_RECORD_PAYLOAD_BYTES, MAX_SNAPSHOT_BYTES, RECORD_HEADER_BYTES, SECTOR_BYTES,
 };
 
 pub use block::{BlockDevice, DiskError};
@@ -140,27 +140,17 @@ pub struct DiskLog<D> {
     epoch: u32,
     hard: HardStateRecord,
     snap: snapshot::SnapshotState,
-    /// Reused for every record appended (the entry's encoding, then the
-    /// record): allocating both anew per entry cost a handful of heap
-    /// round trips each (the encoding grows by doubling), on the hot path
-    /// of every write (README, "Where the emulated CPU goes").
-    scratch: RecordScratch,
-}
-
-/// The buffers [`DiskLog::append_record`] reuses.
-#[derive(Default)]
-struct RecordScratch {
-    payload: Vec<u8>,
+    /// Reused for every record appended: the entry is encoded straight
+    /// into it, after the header. Allocating a payload and a record anew
+    /// per entry cost a handful of heap round trips each (the encoding
+    /// grew by doubling) and a copy, on the hot path of every write
+    /// (README, "Where the emulated CPU goes"). Holds
+    /// [`RECORD_BUFFER_BYTES`] once the first entry was written.
     record: Vec<u8>,
 }
 
-/// Encodes an entry's data into `buf` (emptied first; its capacity kept).
-fn encode_payload(data: &EntryData<Vec<u8>>, buf: &mut Vec<u8>) -> Result<(), StoreError> {
-    buf.clear();
-    let filled = postcard::to_extend(data, core::mem::take(buf));
-    *buf = filled.map_err(|_| StoreError::EntryTooLarge)?;
-    Ok(())
-}
+/// The largest record: header and the largest payload (whole sectors).
+const RECORD_BUFFER_BYTES: usize = RECORD_HEADER_BYTES + MAX_RECORD_PAYLOAD_BYTES;
 
 impl<D: BlockDevice> DiskLog<D> {
     /// Recovers from `disk`. A fresh disk gets the bootstrap entry with
@@ -218,8 +208,13 @@ impl<D: BlockDevice> DiskLog<D> {
         if self.slots.len() >= MAX_LOG_ENTRIES || self.epoch > LAST_WRITABLE_EPOCH {
             return Err(StoreError::LogFull);
         }
-        encode_payload(&e.data, &mut self.scratch.payload)?;
-        let sectors = record_sectors(self.scratch.payload.len());
+        if self.record.len() != RECORD_BUFFER_BYTES {
+            self.record.resize(RECORD_BUFFER_BYTES, 0);
+        }
+        let payload_len = postcard::to_slice(&e.data, &mut self.record[RECORD_HEADER_BYTES..])
+            .map_err(|_| StoreError::EntryTooLarge)?
+            .len();
+        let sectors = record_sectors(payload_len);
         let disk_sectors = self.disk.borrow().sectors();
         let at = ring_position(self.next_sector, disk_sectors);
         // The ring is full if the record would run into the first live one.
@@ -230,10 +225,8 @@ impl<D: BlockDevice> DiskLog<D> {
         if (wrapped_behind_start && at + sectors > start) || at > u64::from(u32::MAX) {
             return Err(StoreError::LogFull);
         }
-        // `encode_record` fills the whole record (zeroes included).
-        let RecordScratch { payload, record } = &mut self.scratch;
-        record.resize(sectors as usize * SECTOR_BYTES, 0);
-        RecordHeader::encode_record(self.epoch, e.index, e.term, payload, record)
+        let record = &mut self.record[..sectors as usize * SECTOR_BYTES];
+        RecordHeader::seal_record(self.epoch, e.index, e.term, payload_len, record)
             .map_err(|_| StoreError::EntryTooLarge)?;
         self.disk.borrow_mut().write(at, record)?;
         // Checked above: `at` fits in u32.

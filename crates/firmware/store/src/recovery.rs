@@ -191,7 +191,7 @@ pub(super) fn open<D: BlockDevice>(mut disk: D, members: &[u64]) -> Result<Opene
             .ok_or(StoreError::LogFull)?,
         hard: hard.unwrap_or_default(),
         snap: SnapshotState::recovered(current),
-        scratch: Default::default(),
+        record: Vec::new(),
     };
     // A fresh disk: a bootstrap voter stores the first configuration as
     // the entry at index 1; a joiner (no bootstrap voters given) keeps an
