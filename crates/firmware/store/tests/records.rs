@@ -64,7 +64,7 @@ fn write_entries(sizes: &[usize]) -> (MemDisk, Vec<Result<bool, StoreError>>) {
                 .iter()
                 .any(|e| matches!(e.data, EntryData::Normal(_)))
             {
-                results.push(r.clone());
+                results.push(r);
             }
             if r.is_err() {
                 return (disk, results);
