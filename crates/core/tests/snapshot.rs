@@ -332,3 +332,36 @@ fn catch_up_floor_follows_the_followers_being_caught_up() {
         n.nodes[&leader].catch_up_floor() == Some(last)
     });
 }
+
+/// What `catch_up_floor` cannot see: at the tick that starts a
+/// check-quorum period the leader forgets which followers it heard from,
+/// so right after it the floor counts no follower outside a snapshot
+/// transfer until each answers again. An application that compacts right
+/// after that tick cuts off a follower that has just installed a
+/// snapshot (issue 18: the server keeps the lowest floor of the last two
+/// periods instead, `metalraft::catch_up::FloorWindow`).
+#[test]
+fn catch_up_floor_forgets_every_follower_when_a_check_quorum_period_starts() {
+    let mut net = Network::with_config(3, 7, |c| c.check_quorum = true);
+    let leader = net.wait_leader();
+    let mut last = 0;
+    for i in 0..5u32 {
+        last = net.propose(leader, &i.to_be_bytes());
+    }
+    net.tick_until("matches acknowledged", |n| {
+        n.nodes[&leader].catch_up_floor() == Some(last)
+    });
+    // Only the leader ticks (nothing delivered): the floor is unchanged
+    // until the period ends, then gone although both followers answered
+    // in the period that just ended.
+    let mut forgot_at = None;
+    for t in 0..=common::config(leader, 7).election_timeout_ticks_min {
+        net.nodes.get_mut(&leader).unwrap().tick().unwrap();
+        if net.nodes[&leader].catch_up_floor().is_none() {
+            forgot_at = Some(t);
+            break;
+        }
+    }
+    assert!(forgot_at.is_some(), "the floor outlived a whole period");
+    assert!(net.nodes[&leader].role() == metalraft_core::Role::Leader);
+}

@@ -176,6 +176,10 @@ impl<M: StateMachine, S: LogStorage<P>, P: EntryPayload> Replica<M, S, P> {
     pub fn term(&self) -> Term {
         self.node.term()
     }
+    /// The configuration it was built with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
     /// The state machine's applied index.
     pub fn applied_index(&self) -> Index {
         self.sm.applied_index()

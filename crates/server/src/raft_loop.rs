@@ -38,6 +38,7 @@ use metalraft_replica::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api::REQUEST_TIMEOUT;
+use crate::catch_up::FloorWindow;
 use crate::command::{self, Payload};
 use crate::errors::EtcdError;
 use crate::latency::{Latency, Stage};
@@ -418,6 +419,8 @@ pub struct RaftLoop {
     /// Where a saved snapshot lets the log be compacted to, while entries
     /// before it are kept for a follower being caught up.
     compaction_due: Option<u64>,
+    /// The core's catch-up floor over the last check-quorum periods.
+    floors: FloorWindow,
 }
 
 /// What the loop sends the thread writing a snapshot it serializes.
@@ -504,6 +507,7 @@ impl RaftLoop {
             ..LoopStats::default()
         });
         let me = r.id();
+        let floor_period_ticks = r.config().core.election_timeout_ticks_min;
         let conf = Arc::new(RwLock::new(r.node().conf_state().clone()));
         let registry = r.state_machine().registry().clone();
         let watch_feed = r.state_machine().watch_feed();
@@ -549,6 +553,7 @@ impl RaftLoop {
             snap_dir: p.snap_dir,
             snapshot: None,
             compaction_due: None,
+            floors: FloorWindow::new(floor_period_ticks.into()),
         };
         (lp, handle)
     }
@@ -620,6 +625,7 @@ impl RaftLoop {
 
     fn on_tick(&mut self) -> Result<(), LoopError> {
         self.replica.tick().map_err(LoopError::Replica)?;
+        self.floors.push(self.replica.node().catch_up_floor());
         self.compact_log()?;
         if self.transport.removed() {
             return Err(LoopError::Removed);
@@ -637,7 +643,7 @@ impl RaftLoop {
         let Some(due) = self.compaction_due else {
             return Ok(());
         };
-        let floor = self.replica.node().catch_up_floor();
+        let floor = self.floors.floor(self.replica.node().catch_up_floor());
         let to = match floor {
             Some(floor) if floor < due => {
                 let held = self.log.bytes_through(due).map_err(LoopError::Storage)?;
