@@ -37,10 +37,20 @@ fn read_hard_state<D: BlockDevice>(disk: &mut D) -> Result<Option<HardStateRecor
     for (buf, sector) in slots.iter_mut().zip(HARD_STATE_SECTORS) {
         disk.read(sector, buf)?;
     }
-    Ok(HardStateRecord::newest(
-        HardStateRecord::decode(&slots[0]),
-        HardStateRecord::decode(&slots[1]),
-    ))
+    // A checksummed slot whose term or commit index the core refuses
+    // (above `MAX_TERM_OR_INDEX`) is damage, as a bad checksum is: the core
+    // would start in that term, pass the limit at its next election and
+    // write records the next recovery must end the chain at (found by the
+    // `fw_disk` fuzz target; regression test bug 08).
+    let [a, b] = slots.map(|s| {
+        HardStateRecord::decode(&s)
+            .ok()
+            .filter(|h| h.term <= MAX_TERM_OR_INDEX && h.commit <= MAX_TERM_OR_INDEX)
+    });
+    Ok(match (a, b) {
+        (Some(a), Some(b)) => Some(if a.seq >= b.seq { a } else { b }),
+        (a, b) => a.or(b),
+    })
 }
 
 /// The end of the scan.

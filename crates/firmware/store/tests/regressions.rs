@@ -323,3 +323,50 @@ fn fw_store_bug_06_a_stale_record_with_a_higher_epoch_never_joins_the_chain() {
     let hs = again.initial_state().expect("initial state").hard_state;
     assert_eq!(hs.term, term, "no stale term adopted");
 }
+
+/// postmortem: found by the `fw_disk` fuzz target (CI's fixed-seed run,
+/// 2026-12-07). A checksummed hard-state slot holding a term above
+/// `MAX_TERM_OR_INDEX` (2^63) was recovered and the core started in that
+/// term; its election went one past the limit and its records carried
+/// that term, which the next recovery (rightly) treats as damage: the
+/// chain ended below the commit index, `CorruptBelowCommit`. Fix: such a
+/// slot is not valid (as with a bad checksum; the same for its commit
+/// index), so recovery falls back to the other slot or to none.
+#[test]
+fn fw_store_bug_08_hard_state_term_above_the_core_limit_is_invalid() {
+    use metalraft_core::{ConfChange, ConfChangeOp, EntryData, MAX_TERM_OR_INDEX};
+    use metalraft_fw_proto::disk::{HardStateRecord, HARD_STATE_SECTORS};
+    let add_1 = EntryData::ConfChange(Box::new(ConfChange::new(&[ConfChangeOp::AddVoter(1)])));
+    let above = HardStateRecord {
+        seq: 7,
+        term: MAX_TERM_OR_INDEX + 1,
+        ..HardStateRecord::default()
+    };
+    let disk = disk_with(&[
+        (LOG_START_SECTOR, record(1, 0, &add_1)),
+        (HARD_STATE_SECTORS[1], above.encode()),
+    ]);
+    let (log, _, _) = DiskLog::open(disk.clone(), &[1]).expect("opens");
+    assert!(log.initial_state().expect("initial state").hard_state.term <= MAX_TERM_OR_INDEX);
+    let mut node = Node::new(Config::new(1), log, 0).expect("valid");
+    node.campaign().expect("single voter");
+    for round in 0..3u8 {
+        if node.role() == Role::Leader {
+            node.propose(vec![round]).expect("leader");
+        }
+        while node.has_ready() {
+            let mut rd = node.ready().expect("ready");
+            let Some(p) = rd.take_persist() else { continue };
+            node.storage_mut().persist(&p, None).expect("persists");
+            node.on_persisted(p.into_token()).expect("in order");
+        }
+    }
+    assert_eq!(node.role(), Role::Leader);
+    let (persisted, term) = (node.persisted_index(), node.hard_state().term);
+    assert!(persisted > 1);
+    drop(node);
+    let (again, _, _) = DiskLog::open(disk, &[1]).expect("recovers what it wrote");
+    assert_eq!(again.last_index().expect("last"), persisted);
+    let hs = again.initial_state().expect("initial state").hard_state;
+    assert_eq!(hs.term, term);
+}
