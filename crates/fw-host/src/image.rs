@@ -93,8 +93,10 @@ pub fn scan(path: &Path) -> io::Result<LogScan> {
     let total = f.metadata()?.len() / SECTOR_BYTES as u64;
     let slots = disk::HARD_STATE_SECTORS.map(|s| read_sectors(&mut f, s, 1));
     let [a, b] = slots;
-    let hard_state =
-        HardStateRecord::newest(HardStateRecord::decode(&a?), HardStateRecord::decode(&b?));
+    let hard_state = HardStateRecord::newest(
+        HardStateRecord::decode(&a?).ok(),
+        HardStateRecord::decode(&b?).ok(),
+    );
     let snapshot = current_snapshot(&mut f)?;
     let (mut sector, mut chain) = match &snapshot {
         Some(h) => (

@@ -450,12 +450,12 @@ impl HardStateRecord {
         })
     }
 
-    /// The newer of two slots, ignoring invalid ones.
+    /// The newer of two slots, ignoring invalid ones (`None`).
     pub fn newest(
-        a: Result<HardStateRecord, RecordError>,
-        b: Result<HardStateRecord, RecordError>,
+        a: Option<HardStateRecord>,
+        b: Option<HardStateRecord>,
     ) -> Option<HardStateRecord> {
-        match (a.ok(), b.ok()) {
+        match (a, b) {
             (Some(a), Some(b)) => Some(if a.seq >= b.seq { a } else { b }),
             (a, b) => a.or(b),
         }
@@ -587,8 +587,8 @@ mod tests {
         torn[20] ^= 1;
         assert_eq!(
             HardStateRecord::newest(
-                HardStateRecord::decode(&a.encode()),
-                HardStateRecord::decode(&torn)
+                HardStateRecord::decode(&a.encode()).ok(),
+                HardStateRecord::decode(&torn).ok()
             ),
             Some(a)
         );

@@ -47,10 +47,7 @@ fn read_hard_state<D: BlockDevice>(disk: &mut D) -> Result<Option<HardStateRecor
             .ok()
             .filter(|h| h.term <= MAX_TERM_OR_INDEX && h.commit <= MAX_TERM_OR_INDEX)
     });
-    Ok(match (a, b) {
-        (Some(a), Some(b)) => Some(if a.seq >= b.seq { a } else { b }),
-        (a, b) => a.or(b),
-    })
+    Ok(HardStateRecord::newest(a, b))
 }
 
 /// The end of the scan.
