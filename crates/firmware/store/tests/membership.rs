@@ -15,14 +15,15 @@
 //!   removal notice ([`Departures`]) that it believes, while a node added
 //!   back later does not believe a stale one.
 
+mod common;
+
+use common::MemDisk;
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use metalraft_core::{ConfChange, ConfChangeOp, ConfState, Message, MessageBody, Role};
 use metalraft_fw_proto::disk::{LOG_START_SECTOR, SECTOR_BYTES};
-use metalraft_fw_store::{
-    believe_notice, BlockDevice, Departures, DiskError, DiskLog, DiskReplica, Pump,
-};
+use metalraft_fw_store::{believe_notice, Departures, DiskLog, DiskReplica, Pump};
 use metalraft_kv::{Command, KvStore, PutRequest};
 use metalraft_replica::{Config, Event};
 
@@ -34,40 +35,6 @@ const DISK_SECTORS: u64 = LOG_START_SECTOR + 1024;
 const SNAPSHOT_THRESHOLD: u64 = 8;
 /// Most rounds any step waits for progress.
 const MAX_ROUNDS: usize = 3_000;
-
-/// A disk in RAM, shared so a "restart" can reopen it.
-#[derive(Clone)]
-struct MemDisk(Rc<RefCell<Vec<u8>>>);
-
-impl BlockDevice for MemDisk {
-    fn sectors(&self) -> u64 {
-        (self.0.borrow().len() / SECTOR_BYTES) as u64
-    }
-
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        let start = sector as usize * SECTOR_BYTES;
-        let img = self.0.borrow();
-        let src = img
-            .get(start..start + buf.len())
-            .ok_or(DiskError::OutOfRange)?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), DiskError> {
-        let start = sector as usize * SECTOR_BYTES;
-        let mut img = self.0.borrow_mut();
-        let dst = img
-            .get_mut(start..start + buf.len())
-            .ok_or(DiskError::OutOfRange)?;
-        dst.copy_from_slice(buf);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), DiskError> {
-        Ok(())
-    }
-}
 
 fn config(id: u64) -> Config {
     let mut cfg = Config::new(id);

@@ -3,47 +3,18 @@
 //! mixed sizes read back intact after recovery, and an entry too large for
 //! a record is refused.
 
+mod common;
+
+use common::MemDisk;
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use metalraft_core::{Config, EntryData, LogStorage, Node};
 use metalraft_fw_proto::disk::{LOG_START_SECTOR, MAX_RECORD_PAYLOAD_BYTES, SECTOR_BYTES};
-use metalraft_fw_store::{BlockDevice, DiskError, DiskLog, StoreError};
+use metalraft_fw_store::{DiskLog, StoreError};
 
 /// Sectors of the test disk's ring.
 const RING_SECTORS: u64 = 256;
-
-/// A disk whose writes are durable at once, shared so that it can be
-/// recovered again after a node used it.
-#[derive(Clone)]
-struct MemDisk(Rc<RefCell<Vec<u8>>>);
-
-impl BlockDevice for MemDisk {
-    fn sectors(&self) -> u64 {
-        (self.0.borrow().len() / SECTOR_BYTES) as u64
-    }
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        let start = sector as usize * SECTOR_BYTES;
-        let img = self.0.borrow();
-        let src = img
-            .get(start..start + buf.len())
-            .ok_or(DiskError::OutOfRange)?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-    fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), DiskError> {
-        let start = sector as usize * SECTOR_BYTES;
-        let mut img = self.0.borrow_mut();
-        let dst = img
-            .get_mut(start..start + buf.len())
-            .ok_or(DiskError::OutOfRange)?;
-        dst.copy_from_slice(buf);
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), DiskError> {
-        Ok(())
-    }
-}
 
 /// Proposes `sizes` one at a time on a single-voter node over a fresh disk
 /// and persists each; returns the disk and the persist results.

@@ -1,44 +1,15 @@
 //! Regressions found by fuzzing (`fuzz/`, target `fw_disk`), each named
 //! after the bug with a `postmortem:` note.
 
+mod common;
+
+use common::MemDisk;
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use metalraft_core::{Config, LogStorage, Node, Role};
 use metalraft_fw_proto::disk::{LOG_START_SECTOR, SECTOR_BYTES};
-use metalraft_fw_store::{BlockDevice, DiskError, DiskLog, StoreError};
-
-/// A disk whose writes are durable at once, shared so that it can be
-/// recovered again after a node used it.
-#[derive(Clone)]
-struct MemDisk(Rc<RefCell<Vec<u8>>>);
-
-impl BlockDevice for MemDisk {
-    fn sectors(&self) -> u64 {
-        (self.0.borrow().len() / SECTOR_BYTES) as u64
-    }
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        let start = sector as usize * SECTOR_BYTES;
-        let img = self.0.borrow();
-        let src = img
-            .get(start..start + buf.len())
-            .ok_or(DiskError::OutOfRange)?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-    fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), DiskError> {
-        let start = sector as usize * SECTOR_BYTES;
-        let mut img = self.0.borrow_mut();
-        let dst = img
-            .get_mut(start..start + buf.len())
-            .ok_or(DiskError::OutOfRange)?;
-        dst.copy_from_slice(buf);
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), DiskError> {
-        Ok(())
-    }
-}
+use metalraft_fw_store::{DiskLog, StoreError};
 
 /// postmortem: found by the `fw_disk` fuzz target (a fresh disk with a
 /// 17-sector ring, 14 proposals). The ring-full check only looked for a
