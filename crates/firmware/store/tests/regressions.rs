@@ -229,12 +229,7 @@ fn fw_store_bug_05_log_term_above_the_stored_term_is_adopted() {
             if node.role() == Role::Leader {
                 node.propose(vec![round]).expect("leader");
             }
-            while node.has_ready() {
-                let mut rd = node.ready().expect("ready");
-                let Some(p) = rd.take_persist() else { continue };
-                node.storage_mut().persist(&p, None).expect("persists");
-                node.on_persisted(p.into_token()).expect("in order");
-            }
+            persist_all(&mut node);
         }
         assert_eq!(node.role(), Role::Leader);
         let persisted = node.persisted_index();
@@ -271,12 +266,7 @@ fn fw_store_bug_06_a_stale_record_with_a_higher_epoch_never_joins_the_chain() {
     assert!(recovered.bootstrapped, "no chain from the ring's start");
     let mut node = Node::new(Config::new(1), log, 0).expect("valid");
     node.campaign().expect("single voter");
-    while node.has_ready() {
-        let mut rd = node.ready().expect("ready");
-        let Some(p) = rd.take_persist() else { continue };
-        node.storage_mut().persist(&p, None).expect("persists");
-        node.on_persisted(p.into_token()).expect("in order");
-    }
+    persist_all(&mut node);
     assert_eq!(node.role(), Role::Leader);
     let (last, term) = (node.persisted_index(), node.hard_state().term);
     assert_eq!(
@@ -325,12 +315,7 @@ fn fw_store_bug_08_hard_state_term_above_the_core_limit_is_invalid() {
         if node.role() == Role::Leader {
             node.propose(vec![round]).expect("leader");
         }
-        while node.has_ready() {
-            let mut rd = node.ready().expect("ready");
-            let Some(p) = rd.take_persist() else { continue };
-            node.storage_mut().persist(&p, None).expect("persists");
-            node.on_persisted(p.into_token()).expect("in order");
-        }
+        persist_all(&mut node);
     }
     assert_eq!(node.role(), Role::Leader);
     let (persisted, term) = (node.persisted_index(), node.hard_state().term);
@@ -340,4 +325,14 @@ fn fw_store_bug_08_hard_state_term_above_the_core_limit_is_invalid() {
     assert_eq!(again.last_index().expect("last"), persisted);
     let hs = again.initial_state().expect("initial state").hard_state;
     assert_eq!(hs.term, term);
+}
+
+/// Persists every ready batch of `node` on its disk (each must succeed).
+fn persist_all(node: &mut Node<Vec<u8>, DiskLog<MemDisk>>) {
+    while node.has_ready() {
+        let mut rd = node.ready().expect("ready");
+        let Some(p) = rd.take_persist() else { continue };
+        node.storage_mut().persist(&p, None).expect("persists");
+        node.on_persisted(p.into_token()).expect("in order");
+    }
 }
