@@ -6,17 +6,25 @@ mod common;
 
 use common::*;
 
-#[test]
-fn far_behind_member_catches_up_via_snapshot_and_all_restart_from_snapshots() {
+/// A 3-member cluster snapshotting every 20 entries where one member was
+/// down while 150 keys under `prefix` were written, then restarted: it
+/// needs a snapshot to catch up. Returns the cluster and that member.
+fn member_far_behind(prefix: &str) -> (Cluster, usize) {
     let mut c = Cluster::start_with(3, &["--snapshot-count=20"]);
     let leader = c.wait_for_leader();
     let victim = (leader + 1) % 3;
     c.kill9(victim);
     let live = c.live_endpoints();
     for i in 0..150 {
-        put_ok(&live, &format!("s/{i:03}"), &i.to_string());
+        put_ok(&live, &format!("{prefix}{i:03}"), &i.to_string());
     }
     c.spawn(victim);
+    (c, victim)
+}
+
+#[test]
+fn far_behind_member_catches_up_via_snapshot_and_all_restart_from_snapshots() {
+    let (mut c, victim) = member_far_behind("s/");
     let ep = c.endpoint(victim);
     eventually("the restarted member has every key", || {
         (local_key_count(&ep, "s/") == 150).then_some(())
@@ -78,15 +86,7 @@ fn far_behind_member_catches_up_via_snapshot_and_all_restart_from_snapshots() {
 /// at the install) restarts from what it had made durable and catches up.
 #[test]
 fn member_killed_while_saving_a_received_snapshot_restarts_and_catches_up() {
-    let mut c = Cluster::start_with(3, &["--snapshot-count=20"]);
-    let leader = c.wait_for_leader();
-    let victim = (leader + 1) % 3;
-    c.kill9(victim);
-    let live = c.live_endpoints();
-    for i in 0..150 {
-        put_ok(&live, &format!("k/{i:03}"), &i.to_string());
-    }
-    c.spawn(victim);
+    let (mut c, victim) = member_far_behind("k/");
     let snap_dir = c.members[victim].data_dir.join("member/snap");
     let log_path = c.members[victim].log.clone();
     // Kill as soon as the received file appears (mid-write or just
