@@ -2,6 +2,19 @@
 //! this driver does the Ethernet layer with the static address plan of
 //! [`metalraft_fw_proto::addr`] (10.0.0.N <-> 52:54:00:00:00:N), so no ARP
 //! is needed and no ARP stall can delay an election.
+//!
+//! Frames go through virtio-drivers' raw device (`VirtIONetRaw`), with
+//! buffers this module owns in static memory: [`QUEUE_LEN`] receive
+//! buffers, always posted to the device except while the stack reads one,
+//! and a pool of [`TX_FRAMES`] transmit frames. A frame is handed to the
+//! device and *not waited for*: it is reclaimed from the used ring at the
+//! next `transmit` or `receive`, and the device's interrupt (a frame
+//! received or sent) wakes the stack when the pool was empty. (virtio-drivers'
+//! high-level `VirtIONet::send` allocated a frame per send and spun on the
+//! used ring until QEMU's main loop had taken it: at 16 writes in flight
+//! that spin was a quarter of the leader's time, see the firmware README,
+//! "The transmit spin".)
+#![allow(unsafe_code)]
 
 use core::cell::RefCell;
 use core::task::Context;
@@ -9,17 +22,26 @@ use core::task::Context;
 use embassy_net_driver::{Capabilities, HardwareAddress, LinkState};
 use embassy_sync::waitqueue::AtomicWaker;
 use metalraft_fw_proto::addr::{self, MTU_BYTES};
-use virtio_drivers::device::net::{RxBuffer, VirtIONet};
+use static_cell::ConstStaticCell;
+use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::mmio::MmioTransport;
 
 use super::virtio::HalImpl;
 
-/// Receive queue depth (descriptors).
+/// Descriptors per queue (receive and transmit); also the receive buffers.
 pub const QUEUE_LEN: usize = 8;
-/// Bytes per receive buffer (virtio-net header + one Ethernet frame).
-pub const RX_BUF_BYTES: usize = 1536 + 64;
+/// Transmit frames that can be on the device at once. Every frame takes
+/// one descriptor, so this must not exceed [`QUEUE_LEN`]; it fits in the
+/// `u8` mask of busy frames.
+pub const TX_FRAMES: usize = 4;
+const _: () = assert!(TX_FRAMES <= QUEUE_LEN && TX_FRAMES <= 8);
+/// Largest virtio-net header (the modern one, with `num_buffers`).
+const VIRTIO_NET_HDR_MAX_BYTES: usize = 12;
 /// Ethernet header length.
 const ETH_HEADER_BYTES: usize = 14;
+/// Bytes per buffer: virtio-net header + one Ethernet frame of the MTU.
+pub const FRAME_BUF_BYTES: usize =
+    (VIRTIO_NET_HDR_MAX_BYTES + ETH_HEADER_BYTES + MTU_BYTES).next_multiple_of(8);
 /// Ethertype of IPv4.
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 /// Offset of the IPv4 destination address in an IPv4 header.
@@ -27,24 +49,103 @@ const IPV4_DST_OFFSET: usize = 16;
 /// Smallest IPv4 header.
 const IPV4_MIN_HEADER_BYTES: usize = 20;
 
-type Net = VirtIONet<HalImpl, MmioTransport<'static>, QUEUE_LEN>;
+type Raw = VirtIONetRaw<HalImpl, MmioTransport<'static>, QUEUE_LEN>;
+type Frame = RefCell<[u8; FRAME_BUF_BYTES]>;
+
+/// Every frame buffer, for good. A buffer is either on the device (then
+/// nothing here touches it: virtio-drivers' contract for `*_begin`) or
+/// borrowed through its `RefCell` for the moment it is filled or read.
+struct Frames {
+    rx: [Frame; QUEUE_LEN],
+    tx: [Frame; TX_FRAMES],
+}
+
+/// All zeros, so the buffers are `.bss`, not `.data`, and are never built
+/// on the stack.
+static FRAMES: ConstStaticCell<Frames> = ConstStaticCell::new(Frames {
+    rx: [const { RefCell::new([0; FRAME_BUF_BYTES]) }; QUEUE_LEN],
+    tx: [const { RefCell::new([0; FRAME_BUF_BYTES]) }; TX_FRAMES],
+});
 
 /// Woken by the device interrupt (frame received or sent).
 pub static WAKER: AtomicWaker = AtomicWaker::new();
 
-/// The driver; frames that are not IPv4 for us are counted and dropped.
+/// The device and which buffer each of its descriptor chains holds.
+struct Device {
+    raw: Raw,
+    /// The receive buffer posted under each token (a token is the head
+    /// descriptor's index, below [`QUEUE_LEN`]).
+    rx_slot: [u8; QUEUE_LEN],
+    /// The transmit frame and its length in bytes under each token.
+    tx_slot: [Option<(u8, u16)>; QUEUE_LEN],
+    /// Bit `i` set: transmit frame `i` is on the device.
+    tx_busy: u8,
+}
+
+impl Device {
+    /// Posts receive buffer `slot` to the device.
+    fn post_rx(&mut self, frames: &Frames, slot: usize) {
+        let mut buf = frames.rx[slot].borrow_mut();
+        // SAFETY: the buffer is static, and it is not touched again until
+        // the device has returned it (`receive_complete` with this token).
+        // It cannot fail: there are as many descriptors as receive buffers.
+        if let Ok(token) = unsafe { self.raw.receive_begin(&mut buf[..]) } {
+            self.rx_slot[usize::from(token)] = slot as u8;
+        }
+    }
+
+    /// Takes back every transmit frame the device is done with.
+    fn reclaim_tx(&mut self, frames: &Frames) {
+        while let Some(token) = self.raw.poll_transmit() {
+            let Some((slot, len)) = self.tx_slot[usize::from(token)] else {
+                return;
+            };
+            let buf = frames.tx[usize::from(slot)].borrow();
+            // SAFETY: the same buffer and length `transmit_begin` got for
+            // this token.
+            if unsafe { self.raw.transmit_complete(token, &buf[..usize::from(len)]) }.is_err() {
+                return;
+            }
+            self.tx_slot[usize::from(token)] = None;
+            self.tx_busy &= !(1 << slot);
+        }
+    }
+
+    /// A transmit frame not on the device, if any (after reclaiming).
+    fn free_tx(&mut self, frames: &Frames) -> Option<u8> {
+        self.reclaim_tx(frames);
+        let free = !self.tx_busy & ((1u16 << TX_FRAMES) - 1) as u8;
+        (free != 0).then(|| free.trailing_zeros() as u8)
+    }
+}
+
+/// The driver; frames that are not IPv4 are dropped (and their buffers
+/// posted again at once).
 pub struct VirtioNet {
-    net: RefCell<Net>,
+    dev: RefCell<Device>,
+    frames: &'static Frames,
     mac: [u8; 6],
 }
 
 impl VirtioNet {
-    /// Initializes the device.
+    /// Initializes the device and posts every receive buffer. `None` if
+    /// the device refuses, or if called twice (the buffers are static).
     pub fn new(transport: MmioTransport<'static>) -> Option<VirtioNet> {
-        let net = Net::new(transport, RX_BUF_BYTES).ok()?;
-        let mac = net.mac_address();
+        let frames: &'static Frames = FRAMES.try_take()?;
+        let raw = Raw::new(transport).ok()?;
+        let mac = raw.mac_address();
+        let mut dev = Device {
+            raw,
+            rx_slot: [0; QUEUE_LEN],
+            tx_slot: [None; QUEUE_LEN],
+            tx_busy: 0,
+        };
+        for slot in 0..QUEUE_LEN {
+            dev.post_rx(frames, slot);
+        }
         Some(VirtioNet {
-            net: RefCell::new(net),
+            dev: RefCell::new(dev),
+            frames,
             mac,
         })
     }
@@ -54,58 +155,93 @@ impl VirtioNet {
         self.mac
     }
 
-    /// Pops received frames until an IPv4 one; recycles the rest.
-    fn next_ipv4(&self) -> Option<RxBuffer> {
-        let mut net = self.net.borrow_mut();
-        while net.can_recv() {
-            let buf = net.receive().ok()?;
-            let frame = buf.packet();
-            if frame.len() >= ETH_HEADER_BYTES + IPV4_MIN_HEADER_BYTES
-                && frame[12..14] == ETHERTYPE_IPV4
-            {
-                return Some(buf);
+    /// The next received IPv4 frame (its buffer and the Ethernet frame's
+    /// bounds in it); every other frame's buffer goes back to the device.
+    fn next_ipv4(&self) -> Option<(usize, usize, usize)> {
+        let mut dev = self.dev.borrow_mut();
+        while let Some(token) = dev.raw.poll_receive() {
+            let slot = usize::from(dev.rx_slot[usize::from(token)]);
+            let done = {
+                let mut buf = self.frames.rx[slot].borrow_mut();
+                // SAFETY: the buffer posted under this token.
+                unsafe { dev.raw.receive_complete(token, &mut buf[..]) }
+            };
+            match done {
+                Ok((hdr, len)) => {
+                    let frame_start = hdr;
+                    let frame_end = hdr + len;
+                    let buf = self.frames.rx[slot].borrow();
+                    if frame_end <= FRAME_BUF_BYTES
+                        && len >= ETH_HEADER_BYTES + IPV4_MIN_HEADER_BYTES
+                        && buf[frame_start + 12..frame_start + 14] == ETHERTYPE_IPV4
+                    {
+                        return Some((slot, frame_start, frame_end));
+                    }
+                }
+                // Shorter than a header: the buffer is back, drop the frame.
+                Err(virtio_drivers::Error::IoError) => {}
+                // Not popped (cannot happen after `poll_receive`): leave it.
+                Err(_) => return None,
             }
-            let _ = net.recycle_rx_buffer(buf);
+            dev.post_rx(self.frames, slot);
         }
         None
     }
 }
 
-/// A received IPv4 frame.
+/// A received IPv4 frame; its buffer goes back to the device when the
+/// token is consumed or dropped.
 pub struct Rx<'a> {
-    net: &'a RefCell<Net>,
-    buf: Option<RxBuffer>,
+    dev: &'a RefCell<Device>,
+    frames: &'a Frames,
+    /// (buffer, frame start, frame end); `None` once given back.
+    frame: Option<(usize, usize, usize)>,
+}
+
+impl Rx<'_> {
+    fn give_back(&mut self) {
+        if let Some((slot, _, _)) = self.frame.take() {
+            self.dev.borrow_mut().post_rx(self.frames, slot);
+        }
+    }
 }
 
 impl Drop for Rx<'_> {
     fn drop(&mut self) {
-        if let Some(buf) = self.buf.take() {
-            let _ = self.net.borrow_mut().recycle_rx_buffer(buf);
-        }
+        self.give_back();
     }
 }
 
 impl embassy_net_driver::RxToken for Rx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(mut self, f: F) -> R {
-        let mut buf = self.buf.take().expect("rx token consumed once");
-        // The stack may use the paired TxToken inside `f`: no borrow held here.
-        let r = f(&mut buf.packet_mut()[ETH_HEADER_BYTES..]);
-        let _ = self.net.borrow_mut().recycle_rx_buffer(buf);
+        let (slot, start, end) = self.frame.expect("rx token consumed once");
+        // The stack may use the paired TxToken inside `f`: only this
+        // buffer is borrowed, not the device.
+        let r = f(&mut self.frames.rx[slot].borrow_mut()[start + ETH_HEADER_BYTES..end]);
+        self.give_back();
         r
     }
 }
 
-/// Permission to send one frame.
+/// Permission to send one frame: a transmit frame that is not on the device.
 pub struct Tx<'a> {
-    net: &'a RefCell<Net>,
+    dev: &'a RefCell<Device>,
+    frames: &'a Frames,
+    slot: u8,
     mac: [u8; 6],
 }
 
 impl embassy_net_driver::TxToken for Tx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut net = self.net.borrow_mut();
-        let mut tx = net.new_tx_buffer(len + ETH_HEADER_BYTES);
-        let frame = tx.packet_mut();
+        let mut dev = self.dev.borrow_mut();
+        let mut buf = self.frames.tx[usize::from(self.slot)].borrow_mut();
+        // Zeroes the header (no checksum offload, no segmentation); the
+        // buffer holds the largest header, so this cannot fail.
+        let hdr = dev.raw.fill_buffer_header(&mut buf[..]).unwrap_or(0);
+        // The stack never asks for more than the MTU (`capabilities`), so
+        // the frame fits its buffer.
+        let end = hdr + ETH_HEADER_BYTES + len;
+        let frame = &mut buf[hdr..end];
         let r = f(&mut frame[ETH_HEADER_BYTES..]);
         let ip = &frame[ETH_HEADER_BYTES..];
         let dst_mac = if ip.len() >= IPV4_MIN_HEADER_BYTES {
@@ -125,9 +261,13 @@ impl embassy_net_driver::TxToken for Tx<'_> {
         frame[0..6].copy_from_slice(&dst_mac);
         frame[6..12].copy_from_slice(&self.mac);
         frame[12..14].copy_from_slice(&ETHERTYPE_IPV4);
-        // QEMU consumes the TX queue on the notify write; a full queue was
-        // ruled out by `transmit` checking `can_send`.
-        let _ = net.send(tx);
+        // SAFETY: the frame is static and not touched until the device has
+        // used it (`reclaim_tx` passes the same bytes back). It cannot fail:
+        // the frame was free, and there are more descriptors than frames.
+        if let Ok(token) = unsafe { dev.raw.transmit_begin(&buf[..end]) } {
+            dev.tx_slot[usize::from(token)] = Some((self.slot, end as u16));
+            dev.tx_busy |= 1 << self.slot;
+        }
         r
     }
 }
@@ -144,14 +284,20 @@ impl embassy_net_driver::Driver for VirtioNet {
 
     fn receive(&mut self, cx: &mut Context<'_>) -> Option<(Rx<'_>, Tx<'_>)> {
         WAKER.register(cx.waker());
-        let buf = self.next_ipv4()?;
+        // The paired transmit token needs a free frame; without one the
+        // frame waits in its buffer until a send completes (interrupt).
+        let slot = self.dev.borrow_mut().free_tx(self.frames)?;
+        let frame = self.next_ipv4()?;
         Some((
             Rx {
-                net: &self.net,
-                buf: Some(buf),
+                dev: &self.dev,
+                frames: self.frames,
+                frame: Some(frame),
             },
             Tx {
-                net: &self.net,
+                dev: &self.dev,
+                frames: self.frames,
+                slot,
                 mac: self.mac,
             },
         ))
@@ -159,8 +305,11 @@ impl embassy_net_driver::Driver for VirtioNet {
 
     fn transmit(&mut self, cx: &mut Context<'_>) -> Option<Tx<'_>> {
         WAKER.register(cx.waker());
-        self.net.borrow().can_send().then_some(Tx {
-            net: &self.net,
+        let slot = self.dev.borrow_mut().free_tx(self.frames)?;
+        Some(Tx {
+            dev: &self.dev,
+            frames: self.frames,
+            slot,
             mac: self.mac,
         })
     }
