@@ -60,6 +60,7 @@ fn read_config(disk: &mut Disk) -> Result<NodeConfig, &'static str> {
 #[allow(unsafe_code)] // the entry point is exported by the executor macro
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
+    platform::ram::paint_stack();
     platform::heap::init();
     platform::time::init();
     info!("boot: metalraft-firmware {}", env!("CARGO_PKG_VERSION"));

@@ -17,7 +17,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use metalraft_fw_proto::client::{Op, Perf, Reply, Request, Response};
+use metalraft_fw_proto::client::{Op, Perf, Reply, Request, Response, Status};
 
 /// Distinct keys the bench writes (cycled).
 pub const BENCH_KEYS: u64 = 128;
@@ -206,6 +206,19 @@ pub fn clock_ticks_per_second() -> u64 {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100)
+}
+
+/// RAM a node may use at its peak (issue 19): static image, stack and
+/// heap high-water marks together.
+pub const RAM_BUDGET_BYTES: u64 = 256 * 1024;
+
+/// A node's measured RAM peak: static image + stack high-water + heap
+/// high-water (each a peak since boot, so their sum bounds the real peak
+/// from above).
+pub fn ram_peak(s: &Status) -> u64 {
+    s.static_bytes
+        .saturating_add(s.stack_high_water)
+        .saturating_add(s.heap_high_water)
 }
 
 /// The difference of two counter snapshots, field by field.

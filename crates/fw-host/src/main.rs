@@ -531,7 +531,7 @@ fn fmt_dropped(d: &DroppedDatagrams) -> String {
 
 fn fmt_status(s: &Status) -> String {
     format!(
-        "node {} {:<12} term {:<4} leader {:<4} commit {:<6} applied {:<6} last {:<6} snap {:<6} keys {:<5} heap {}/{} (hwm {}) boots {} torn {} bad_requests {} dropped {}",
+        "node {} {:<12} term {:<4} leader {:<4} commit {:<6} applied {:<6} last {:<6} snap {:<6} keys {:<5} heap {}/{} (hwm {}) stack hwm {}/{} static {} boots {} torn {} bad_requests {} dropped {}",
         s.node,
         format!("{:?}", s.role),
         s.term,
@@ -544,6 +544,9 @@ fn fmt_status(s: &Status) -> String {
         s.heap_used,
         s.heap_size,
         s.heap_high_water,
+        s.stack_high_water,
+        s.stack_watch,
+        s.static_bytes,
         s.boots,
         s.recovered_torn_records,
         s.bad_requests,
@@ -707,6 +710,26 @@ fn bench_cmd(a: &Args) -> Result<()> {
                 );
             }
         }
+    }
+    let statuses: Vec<Status> = (1..=nodes)
+        .filter_map(|id| c.status(id, STATUS_TIMEOUT).ok().flatten())
+        .collect();
+    if let Some(s) = statuses.iter().max_by_key(|s| bench::ram_peak(s)) {
+        outln!(
+            "RAM peak since boot (static + stack high-water + heap high-water), largest node: \
+             node {} {} B = {} + {} + {} ({} B budget{})",
+            s.node,
+            bench::ram_peak(s),
+            s.static_bytes,
+            s.stack_high_water,
+            s.heap_high_water,
+            bench::RAM_BUDGET_BYTES,
+            if bench::ram_peak(s) > bench::RAM_BUDGET_BYTES {
+                ", OVER"
+            } else {
+                ""
+            }
+        );
     }
     Ok(())
 }

@@ -297,8 +297,8 @@ fn five_node_qemu_cluster() {
     c.put(b"after-damage", b"z")
         .expect("the other four nodes carry on");
 
-    // Memory: static RAM is in the README (from the ELF); the heap
-    // high-water mark is measured here, after the whole workload.
+    // Memory, measured by the nodes after the whole workload: the static
+    // image, the heap's and the stack's high-water marks.
     let live: Vec<u8> = ids.iter().copied().filter(|&i| i != victim).collect();
     let st = statuses(&mut c, &live);
     let _ = cluster.kill_node(victim);
@@ -308,6 +308,22 @@ fn five_node_qemu_cluster() {
         st[0].heap_size
     );
     assert!(st.iter().all(|s| s.heap_high_water < s.heap_size));
+    let stack = st.iter().map(|s| s.stack_high_water).max().unwrap();
+    let ram = st.iter().map(metalraft_fw::bench::ram_peak).max().unwrap();
+    eprintln!(
+        "MEASURE stack high-water mark (max over nodes): {stack} bytes of {} watched; static {} bytes; \
+         RAM peak (static + stack + heap high-water, largest node) {ram} bytes of {}",
+        st[0].stack_watch,
+        st[0].static_bytes,
+        metalraft_fw::bench::RAM_BUDGET_BYTES
+    );
+    // The paint was found and overwritten (a node has a stack), and no
+    // node's stack went past the watched window (the mps2 board's whole
+    // reservation).
+    assert!(st
+        .iter()
+        .all(|s| s.stack_high_water > 0 && s.stack_high_water < s.stack_watch));
+    assert!(st.iter().all(|s| s.static_bytes > 0));
     // Every record takes at least one sector: past this index the ring has
     // wrapped, so wrap-around and space freed by compaction were exercised.
     let ring_sectors = DISK_BYTES / 512 - metalraft_fw_proto::disk::LOG_START_SECTOR;

@@ -322,6 +322,13 @@ pub struct Status {
     pub heap_high_water: u64,
     /// Size of the heap arena.
     pub heap_size: u64,
+    /// Static RAM (`.data`, `.bss`, `.uninit`) without the heap arena.
+    pub static_bytes: u64,
+    /// Deepest the main stack has been since boot, in bytes (measured by
+    /// painting; at most `stack_watch`).
+    pub stack_high_water: u64,
+    /// The stack window watched for `stack_high_water`.
+    pub stack_watch: u64,
     /// Raft datagrams dropped because they failed to decode or validate
     /// (`dropped.total()`).
     pub bad_datagrams: u64,

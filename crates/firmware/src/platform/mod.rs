@@ -16,12 +16,14 @@
 //! same paths: `board` (the network driver type; on mps2 also the bring-up,
 //! which `main` does itself for `virt`), `console` (`log_line`), `disk` (`Disk`, `DiskWaiter`,
 //! `DiskError`, `stats`), `power` (`off`) and an `embassy-time` driver in
-//! `time`; `heap` is shared. (The board's files are declared here with
+//! `time`; `heap` and `ram` (the static image and the stack's high-water
+//! mark, measured) are shared. (The board's files are declared here with
 //! `#[path]` under these names, and the RISC-V ones stay where they were,
 //! rather than in a `virt`/`mps2` module: that keeps the RISC-V image's
 //! symbols, code layout and panic locations as they were.)
 
 pub mod heap;
+pub mod ram;
 
 #[cfg(target_arch = "riscv32")]
 #[path = "board.rs"]

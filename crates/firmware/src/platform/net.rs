@@ -28,8 +28,13 @@ use virtio_drivers::transport::mmio::MmioTransport;
 
 use super::virtio::HalImpl;
 
-/// Descriptors per queue (receive and transmit); also the receive buffers.
+/// Descriptors per queue (receive and transmit).
 pub const QUEUE_LEN: usize = 8;
+/// Receive buffers, all posted to the device. When they are full QEMU
+/// leaves the next frames in the host socket until one is posted again, so
+/// fewer buffers cost wake-ups, not frames.
+pub const RX_BUFFERS: usize = 4;
+const _: () = assert!(RX_BUFFERS <= QUEUE_LEN);
 /// Transmit frames that can be on the device at once. Every frame takes
 /// one descriptor, so this must not exceed [`QUEUE_LEN`]; it fits in the
 /// `u8` mask of busy frames.
@@ -56,14 +61,14 @@ type Frame = RefCell<[u8; FRAME_BUF_BYTES]>;
 /// nothing here touches it: virtio-drivers' contract for `*_begin`) or
 /// borrowed through its `RefCell` for the moment it is filled or read.
 struct Frames {
-    rx: [Frame; QUEUE_LEN],
+    rx: [Frame; RX_BUFFERS],
     tx: [Frame; TX_FRAMES],
 }
 
 /// All zeros, so the buffers are `.bss`, not `.data`, and are never built
 /// on the stack.
 static FRAMES: ConstStaticCell<Frames> = ConstStaticCell::new(Frames {
-    rx: [const { RefCell::new([0; FRAME_BUF_BYTES]) }; QUEUE_LEN],
+    rx: [const { RefCell::new([0; FRAME_BUF_BYTES]) }; RX_BUFFERS],
     tx: [const { RefCell::new([0; FRAME_BUF_BYTES]) }; TX_FRAMES],
 });
 
@@ -140,7 +145,7 @@ impl VirtioNet {
             tx_slot: [None; QUEUE_LEN],
             tx_busy: 0,
         };
-        for slot in 0..QUEUE_LEN {
+        for slot in 0..RX_BUFFERS {
             dev.post_rx(frames, slot);
         }
         Some(VirtioNet {
