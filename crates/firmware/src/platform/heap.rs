@@ -7,9 +7,10 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use embedded_alloc::LlffHeap;
 
-/// Size of the heap arena. Holds the virtio queues and buffers, the network
-/// stack's socket buffers, the Raft log index, in-flight entries and the
-/// key-value store (see README: memory budget).
+/// Size of the heap arena. Holds the virtqueues (a page per ring), the disk's
+/// write buffers, the Raft log index, in-flight entries and messages, and
+/// the key-value store (see README: memory budget). The network frames and
+/// socket buffers are static.
 pub const HEAP_BYTES: usize = 192 * 1024;
 
 struct TrackingHeap {
