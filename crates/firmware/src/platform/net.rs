@@ -4,10 +4,13 @@
 //! is needed and no ARP stall can delay an election.
 //!
 //! Frames go through virtio-drivers' raw device (`VirtIONetRaw`), with
-//! buffers this module owns in static memory: [`QUEUE_LEN`] receive
+//! buffers this module owns in static memory: [`RX_BUFFERS`] receive
 //! buffers, always posted to the device except while the stack reads one,
-//! and a pool of [`TX_FRAMES`] transmit frames. A frame is handed to the
-//! device and *not waited for*: it is reclaimed from the used ring at the
+//! and a pool of transmit frames: [`TX_FRAMES`] of the full size and
+//! [`TX_SMALL_FRAMES`] small ones, which carry most of the traffic (client
+//! answers, append answers, heartbeats, appends of a few small entries)
+//! and let more frames be on the device at once for little memory. A frame
+//! is handed to the device and *not waited for*: it is reclaimed from the used ring at the
 //! next `transmit` or `receive`, and the device's interrupt (a frame
 //! received or sent) wakes the stack when the pool was empty. (virtio-drivers'
 //! high-level `VirtIONet::send` allocated a frame per send and spun on the
@@ -28,18 +31,22 @@ use virtio_drivers::transport::mmio::MmioTransport;
 
 use super::virtio::HalImpl;
 
-/// Descriptors per queue (receive and transmit).
-pub const QUEUE_LEN: usize = 8;
+/// Descriptors per queue (receive and transmit; a power of two).
+pub const QUEUE_LEN: usize = 16;
 /// Receive buffers, all posted to the device. When they are full QEMU
 /// leaves the next frames in the host socket until one is posted again, so
 /// fewer buffers cost wake-ups, not frames.
 pub const RX_BUFFERS: usize = 4;
 const _: () = assert!(RX_BUFFERS <= QUEUE_LEN);
-/// Transmit frames that can be on the device at once. Every frame takes
-/// one descriptor, so this must not exceed [`QUEUE_LEN`]; it fits in the
-/// `u8` mask of busy frames.
+/// Full-size transmit frames. A transmit token is only handed out while one
+/// is free, so any frame the stack asks for fits.
 pub const TX_FRAMES: usize = 4;
-const _: () = assert!(TX_FRAMES <= QUEUE_LEN && TX_FRAMES <= 8);
+/// Small transmit frames, used first for frames that fit
+/// [`SMALL_FRAME_BUF_BYTES`].
+pub const TX_SMALL_FRAMES: usize = 8;
+/// Every frame takes one descriptor; the frames fit the `u16` busy mask.
+const TX_ALL: usize = TX_FRAMES + TX_SMALL_FRAMES;
+const _: () = assert!(TX_ALL <= QUEUE_LEN && TX_ALL <= 16);
 /// Largest virtio-net header (the modern one, with `num_buffers`).
 const VIRTIO_NET_HDR_MAX_BYTES: usize = 12;
 /// Ethernet header length.
@@ -47,6 +54,9 @@ const ETH_HEADER_BYTES: usize = 14;
 /// Bytes per buffer: virtio-net header + one Ethernet frame of the MTU.
 pub const FRAME_BUF_BYTES: usize =
     (VIRTIO_NET_HDR_MAX_BYTES + ETH_HEADER_BYTES + MTU_BYTES).next_multiple_of(8);
+/// Bytes per small transmit frame: header + Ethernet + IPv4 + UDP headers
+/// (54 B) and up to 266 B of datagram.
+pub const SMALL_FRAME_BUF_BYTES: usize = 320;
 /// Ethertype of IPv4.
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 /// Offset of the IPv4 destination address in an IPv4 header.
@@ -56,6 +66,7 @@ const IPV4_MIN_HEADER_BYTES: usize = 20;
 
 type Raw = VirtIONetRaw<HalImpl, MmioTransport<'static>, QUEUE_LEN>;
 type Frame = RefCell<[u8; FRAME_BUF_BYTES]>;
+type SmallFrame = RefCell<[u8; SMALL_FRAME_BUF_BYTES]>;
 
 /// Every frame buffer, for good. A buffer is either on the device (then
 /// nothing here touches it: virtio-drivers' contract for `*_begin`) or
@@ -63,6 +74,18 @@ type Frame = RefCell<[u8; FRAME_BUF_BYTES]>;
 struct Frames {
     rx: [Frame; RX_BUFFERS],
     tx: [Frame; TX_FRAMES],
+    tx_small: [SmallFrame; TX_SMALL_FRAMES],
+}
+
+impl Frames {
+    /// Transmit frame `id`: the full-size ones first, then the small ones.
+    fn tx(&self, id: u8) -> &RefCell<[u8]> {
+        let id = usize::from(id);
+        match id.checked_sub(TX_FRAMES) {
+            None => &self.tx[id],
+            Some(small) => &self.tx_small[small],
+        }
+    }
 }
 
 /// All zeros, so the buffers are `.bss`, not `.data`, and are never built
@@ -70,6 +93,7 @@ struct Frames {
 static FRAMES: ConstStaticCell<Frames> = ConstStaticCell::new(Frames {
     rx: [const { RefCell::new([0; FRAME_BUF_BYTES]) }; RX_BUFFERS],
     tx: [const { RefCell::new([0; FRAME_BUF_BYTES]) }; TX_FRAMES],
+    tx_small: [const { RefCell::new([0; SMALL_FRAME_BUF_BYTES]) }; TX_SMALL_FRAMES],
 });
 
 /// Woken by the device interrupt (frame received or sent).
@@ -84,7 +108,7 @@ struct Device {
     /// The transmit frame and its length in bytes under each token.
     tx_slot: [Option<(u8, u16)>; QUEUE_LEN],
     /// Bit `i` set: transmit frame `i` is on the device.
-    tx_busy: u8,
+    tx_busy: u16,
 }
 
 impl Device {
@@ -105,7 +129,7 @@ impl Device {
             let Some((slot, len)) = self.tx_slot[usize::from(token)] else {
                 return;
             };
-            let buf = frames.tx[usize::from(slot)].borrow();
+            let buf = frames.tx(slot).borrow();
             // SAFETY: the same buffer and length `transmit_begin` got for
             // this token.
             if unsafe { self.raw.transmit_complete(token, &buf[..usize::from(len)]) }.is_err() {
@@ -116,10 +140,17 @@ impl Device {
         }
     }
 
-    /// A transmit frame not on the device, if any (after reclaiming).
+    /// A full-size transmit frame not on the device, if any (after
+    /// reclaiming).
     fn free_tx(&mut self, frames: &Frames) -> Option<u8> {
         self.reclaim_tx(frames);
-        let free = !self.tx_busy & ((1u16 << TX_FRAMES) - 1) as u8;
+        let free = !self.tx_busy & ((1u16 << TX_FRAMES) - 1);
+        (free != 0).then(|| free.trailing_zeros() as u8)
+    }
+
+    /// A free small transmit frame, if any.
+    fn free_small_tx(&self) -> Option<u8> {
+        let free = !self.tx_busy & (((1u32 << TX_ALL) - 1) as u16) & !((1u16 << TX_FRAMES) - 1);
         (free != 0).then(|| free.trailing_zeros() as u8)
     }
 }
@@ -228,7 +259,9 @@ impl embassy_net_driver::RxToken for Rx<'_> {
     }
 }
 
-/// Permission to send one frame: a transmit frame that is not on the device.
+/// Permission to send one frame: a full-size transmit frame that is not on
+/// the device (a small one is taken instead if the frame fits and one is
+/// free).
 pub struct Tx<'a> {
     dev: &'a RefCell<Device>,
     frames: &'a Frames,
@@ -239,7 +272,15 @@ pub struct Tx<'a> {
 impl embassy_net_driver::TxToken for Tx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut dev = self.dev.borrow_mut();
-        let mut buf = self.frames.tx[usize::from(self.slot)].borrow_mut();
+        let slot = match dev.free_small_tx() {
+            Some(small)
+                if VIRTIO_NET_HDR_MAX_BYTES + ETH_HEADER_BYTES + len <= SMALL_FRAME_BUF_BYTES =>
+            {
+                small
+            }
+            _ => self.slot,
+        };
+        let mut buf = self.frames.tx(slot).borrow_mut();
         // Zeroes the header (no checksum offload, no segmentation); the
         // buffer holds the largest header, so this cannot fail.
         let hdr = dev.raw.fill_buffer_header(&mut buf[..]).unwrap_or(0);
@@ -270,8 +311,8 @@ impl embassy_net_driver::TxToken for Tx<'_> {
         // used it (`reclaim_tx` passes the same bytes back). It cannot fail:
         // the frame was free, and there are more descriptors than frames.
         if let Ok(token) = unsafe { dev.raw.transmit_begin(&buf[..end]) } {
-            dev.tx_slot[usize::from(token)] = Some((self.slot, end as u16));
-            dev.tx_busy |= 1 << self.slot;
+            dev.tx_slot[usize::from(token)] = Some((slot, end as u16));
+            dev.tx_busy |= 1 << slot;
         }
         r
     }
