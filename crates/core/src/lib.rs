@@ -15,6 +15,7 @@ mod progress;
 mod quorum;
 mod ready;
 mod rng;
+mod sort;
 mod storage;
 mod types;
 

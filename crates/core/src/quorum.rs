@@ -36,13 +36,11 @@ pub(crate) fn committed_index(voters: &[NodeId], mut acked: impl FnMut(NodeId) -
         for (slot, &v) in idx.iter_mut().zip(voters) {
             *slot = acked(v);
         }
-        // Ascending, like every other sort in the crate: one sort
-        // instantiation in the firmware image instead of two (~4.7 KB).
-        idx.sort_unstable();
+        crate::sort::sort_u64(idx);
         return idx[idx.len() - q];
     }
     let mut idx: Vec<Index> = voters.iter().map(|&v| acked(v)).collect();
-    idx.sort_unstable();
+    crate::sort::sort_u64(&mut idx);
     idx[idx.len() - q]
 }
 

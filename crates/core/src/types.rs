@@ -167,14 +167,14 @@ impl ConfState {
             .chain(&self.learners_next)
             .copied()
             .collect();
-        all.sort_unstable();
+        crate::sort::sort_u64(&mut all);
         all.dedup();
         all
     }
 }
 
 pub(crate) fn sorted(mut v: Vec<NodeId>) -> Vec<NodeId> {
-    v.sort_unstable();
+    crate::sort::sort_u64(&mut v);
     v.dedup();
     v
 }
