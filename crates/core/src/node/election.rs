@@ -46,6 +46,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         Ok(())
     }
 
+    /// Out of line: five callers, each inlining the random draw at
+    /// `opt-level = "s"` cost the firmware `.text`.
+    #[inline(never)]
     pub(super) fn reset_timers(&mut self) {
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
