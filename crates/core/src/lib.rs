@@ -11,6 +11,7 @@ mod error;
 mod log;
 mod message;
 mod node;
+mod peer_map;
 mod progress;
 mod quorum;
 mod ready;

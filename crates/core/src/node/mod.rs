@@ -126,7 +126,7 @@ pub struct Node<P, S> {
     pending_install: Option<crate::types::SnapshotInstall>,
     /// Followers' progress (leader only; never contains this node).
     progress: BTreeMap<NodeId, Progress>,
-    votes: BTreeMap<NodeId, bool>,
+    votes: crate::peer_map::PeerMap<bool>,
     election_elapsed: u32,
     heartbeat_elapsed: u32,
     randomized_election_timeout: u32,
@@ -200,7 +200,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             pending_install: None,
             conf,
             progress: BTreeMap::new(),
-            votes: BTreeMap::new(),
+            votes: crate::peer_map::PeerMap::new(),
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_timeout: cfg.election_timeout_ticks_min,
