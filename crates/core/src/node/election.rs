@@ -155,7 +155,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
 
     pub(super) fn record_vote(&mut self, from: NodeId, granted: bool) -> Result<(), StorageError> {
         self.votes.get_or_insert(from, granted);
-        match quorum::joint_vote_result(&self.conf, |v| self.votes.get(v)) {
+        match quorum::joint_vote_result(&self.conf, |v| self.votes.get(v).copied()) {
             VoteResult::Won if self.role == Role::PreCandidate => self.become_candidate(false),
             VoteResult::Won => self.become_leader(),
             VoteResult::Lost => {

@@ -186,7 +186,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             if v == id {
                 own
             } else {
-                acks.get(v).unwrap_or(0)
+                acks.get(v).copied().unwrap_or(0)
             }
         });
         // The lease runs from when the confirmed round was sent: followers
