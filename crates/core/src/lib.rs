@@ -11,10 +11,12 @@ mod error;
 mod log;
 mod message;
 mod node;
+mod peer_map;
 mod progress;
 mod quorum;
 mod ready;
 mod rng;
+mod sort;
 mod storage;
 mod types;
 

@@ -23,7 +23,9 @@ pub(crate) fn majority(n: usize) -> usize {
 
 /// The highest index acknowledged by a majority of `voters`, given each
 /// voter's acknowledged index (`acked(id)`; unknown voters count as 0).
-pub(crate) fn committed_index(voters: &[NodeId], mut acked: impl FnMut(NodeId) -> Index) -> Index {
+/// Takes `dyn`: one copy in the firmware image for every caller and both
+/// halves of a joint configuration, instead of one per closure type.
+pub(crate) fn committed_index(voters: &[NodeId], acked: &mut dyn FnMut(NodeId) -> Index) -> Index {
     if voters.is_empty() {
         // An empty configuration agrees on everything (so that a joint
         // minimum ignores it); callers never commit with no voters at all.
@@ -36,20 +38,19 @@ pub(crate) fn committed_index(voters: &[NodeId], mut acked: impl FnMut(NodeId) -
         for (slot, &v) in idx.iter_mut().zip(voters) {
             *slot = acked(v);
         }
-        // Ascending, like every other sort in the crate: one sort
-        // instantiation in the firmware image instead of two (~4.7 KB).
-        idx.sort_unstable();
+        crate::sort::sort_u64(idx);
         return idx[idx.len() - q];
     }
     let mut idx: Vec<Index> = voters.iter().map(|&v| acked(v)).collect();
-    idx.sort_unstable();
+    crate::sort::sort_u64(&mut idx);
     idx[idx.len() - q]
 }
 
 /// Tallies votes: `vote(id)` is `Some(granted)` for voters that answered.
+/// Takes `dyn` for the reason given at [`committed_index`].
 pub(crate) fn vote_result(
     voters: &[NodeId],
-    mut vote: impl FnMut(NodeId) -> Option<bool>,
+    vote: &mut dyn FnMut(NodeId) -> Option<bool>,
 ) -> VoteResult {
     let (mut yes, mut missing) = (0usize, 0usize);
     for &v in voters {
@@ -79,7 +80,7 @@ pub(crate) fn joint_committed_index(
     if conf.voters_outgoing.is_empty() {
         return incoming;
     }
-    incoming.min(committed_index(&conf.voters_outgoing, acked))
+    incoming.min(committed_index(&conf.voters_outgoing, &mut acked))
 }
 
 /// Thesis §4.3: an election is won with both majorities, lost if either
@@ -92,7 +93,7 @@ pub(crate) fn joint_vote_result(
     if conf.voters_outgoing.is_empty() {
         return a;
     }
-    let b = vote_result(&conf.voters_outgoing, vote);
+    let b = vote_result(&conf.voters_outgoing, &mut vote);
     match (a, b) {
         (VoteResult::Won, VoteResult::Won) => VoteResult::Won,
         (VoteResult::Lost, _) | (_, VoteResult::Lost) => VoteResult::Lost,
@@ -116,9 +117,12 @@ mod tests {
     fn committed_index_is_the_majority_minimum() {
         let voters = [1, 2, 3, 4, 5];
         let acks = [0, 9, 7, 5, 3, 1];
-        assert_eq!(committed_index(&voters, |v| acks[v as usize]), 5);
-        assert_eq!(committed_index(&[1], |_| 4), 4);
-        assert_eq!(committed_index(&[1, 2], |v| if v == 1 { 4 } else { 2 }), 2);
+        assert_eq!(committed_index(&voters, &mut |v| acks[v as usize]), 5);
+        assert_eq!(committed_index(&[1], &mut |_| 4), 4);
+        assert_eq!(
+            committed_index(&[1, 2], &mut |v| if v == 1 { 4 } else { 2 }),
+            2
+        );
     }
 
     #[test]
@@ -139,13 +143,16 @@ mod tests {
     fn vote_result_counts_majorities() {
         let voters = [1, 2, 3];
         assert_eq!(
-            vote_result(&voters, |v| (v <= 2).then_some(true)),
+            vote_result(&voters, &mut |v| (v <= 2).then_some(true)),
             VoteResult::Won
         );
         assert_eq!(
-            vote_result(&voters, |v| (v == 1).then_some(true)),
+            vote_result(&voters, &mut |v| (v == 1).then_some(true)),
             VoteResult::Pending
         );
-        assert_eq!(vote_result(&voters, |v| Some(v == 1)), VoteResult::Lost);
+        assert_eq!(
+            vote_result(&voters, &mut |v| Some(v == 1)),
+            VoteResult::Lost
+        );
     }
 }

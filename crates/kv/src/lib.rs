@@ -14,6 +14,7 @@ mod limits;
 mod mvcc;
 mod nesting;
 mod range;
+mod range_sort;
 mod request;
 mod response;
 mod snapshot;

@@ -2,6 +2,7 @@
 //! `keys_only` and `count_only` behaviour (etcd `txn.Range`).
 
 use crate::keys::KeyRange;
+use crate::range_sort::Found;
 use crate::request::{RangeRequest, SortOrder, SortTarget};
 use crate::response::{KeyValue, RangeResponse, ResponseHeader};
 use crate::store::Entry;
@@ -80,14 +81,14 @@ fn passes_filters(req: &RangeRequest, e: &Entry) -> bool {
 /// etcd's sort rules: a target other than the key with no order sorts
 /// ascending; key/ascend is the natural order. Ties (which etcd leaves in an
 /// unspecified order) stay in key order here.
-fn sort(found: &mut [(&Vec<u8>, &Entry)], order: SortOrder, target: SortTarget) {
+fn sort(found: &mut [Found<'_>], order: SortOrder, target: SortTarget) {
     let order = match (target, order) {
         (SortTarget::Key, SortOrder::Ascend) => SortOrder::None,
         (SortTarget::Key, o) => o,
         (_, SortOrder::None) => SortOrder::Ascend,
         (_, o) => o,
     };
-    let by = |a: &(&Vec<u8>, &Entry), b: &(&Vec<u8>, &Entry)| -> Ordering {
+    let by = |a: &Found<'_>, b: &Found<'_>| -> Ordering {
         match target {
             SortTarget::Key => a.0.cmp(b.0),
             SortTarget::Version => a.1.version.cmp(&b.1.version),
@@ -102,10 +103,9 @@ fn sort(found: &mut [(&Vec<u8>, &Entry)], order: SortOrder, target: SortTarget) 
         SortOrder::Descend => true,
     };
     // `found` is in key order, so breaking ties by key (ascending, also
-    // when descending) gives exactly what a stable sort would, with the
-    // unstable sort: the firmware then carries no stable sort at all
-    // (about 2.8 KB of `.text`). One call, so one copy.
-    found.sort_unstable_by(|a, b| {
+    // when descending) gives exactly what a stable sort would, with any
+    // sort (see `range_sort` for why not the library's).
+    crate::range_sort::sort_by(found, &|a, b| {
         let o = by(a, b);
         let o = if descend { o.reverse() } else { o };
         o.then_with(|| a.0.cmp(b.0))

@@ -5,6 +5,7 @@
 
 extern crate alloc;
 
+mod awaiting;
 mod config;
 mod error;
 mod frame;

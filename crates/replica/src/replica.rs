@@ -9,6 +9,7 @@ use metalraft_core::{
     ReadState, Role, SnapshotChunk, SoftState, StepError, Term,
 };
 
+use crate::awaiting::AwaitingReads;
 use crate::config::Config;
 use crate::error::{ConfigError, Fatal, ProposeError, ReadError, RequestFailure, UnknownReason};
 use crate::frame::{Frame, Origin};
@@ -105,7 +106,7 @@ pub struct Replica<M: StateMachine, S, P = Vec<u8>> {
     cfg: Config,
     proposals: BTreeMap<(Index, Term), Proposal>,
     proposal_ids: BTreeMap<ReqId, (Index, Term)>,
-    reads: BTreeMap<ReadCtx, (ReqId, M::Query)>,
+    reads: AwaitingReads<M::Query>,
     reads_ready: Vec<ReadyRead<M::Query>>,
     next_ctx: ReadCtx,
     next_internal: u64,
@@ -138,7 +139,7 @@ impl<M: StateMachine, S: LogStorage<P>, P: EntryPayload> Replica<M, S, P> {
             sm,
             proposals: BTreeMap::new(),
             proposal_ids: BTreeMap::new(),
-            reads: BTreeMap::new(),
+            reads: AwaitingReads::new(),
             reads_ready: Vec::new(),
             next_ctx: 1,
             next_internal: 1,
@@ -296,7 +297,8 @@ impl<M: StateMachine, S: LogStorage<P>, P: EntryPayload> Replica<M, S, P> {
         let ctx = self.next_ctx;
         self.node.read_index(ctx).map_err(ReadError::Core)?;
         self.next_ctx += 1;
-        self.reads.insert(ctx, (req_id, query));
+        let queued = self.reads.push(ctx, req_id, query);
+        debug_assert!(queued, "read contexts only grow");
         Ok(())
     }
 
@@ -655,7 +657,7 @@ impl<M: StateMachine, S: LogStorage<P>, P: EntryPayload> Replica<M, S, P> {
     }
 
     fn on_read_state(&mut self, rs: ReadState) {
-        let Some((req_id, query)) = self.reads.remove(&rs.ctx) else {
+        let Some((req_id, query)) = self.reads.take(rs.ctx) else {
             return;
         };
         match rs.result {
@@ -838,7 +840,7 @@ impl<M: StateMachine, S: LogStorage<P>, P: EntryPayload> Replica<M, S, P> {
                 Outcome::Failed(RequestFailure::Unknown(UnknownReason::Stopped)),
             );
         }
-        for (_, (req_id, _)) in core::mem::take(&mut self.reads) {
+        for (req_id, _) in core::mem::replace(&mut self.reads, AwaitingReads::new()).drain() {
             self.fail_read(req_id, RequestFailure::Stopped);
         }
         for r in core::mem::take(&mut self.reads_ready) {

@@ -46,6 +46,9 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         Ok(())
     }
 
+    /// Out of line: five callers, each inlining the random draw at
+    /// `opt-level = "s"` cost the firmware `.text`.
+    #[inline(never)]
     pub(super) fn reset_timers(&mut self) {
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
@@ -151,8 +154,8 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     }
 
     pub(super) fn record_vote(&mut self, from: NodeId, granted: bool) -> Result<(), StorageError> {
-        self.votes.entry(from).or_insert(granted);
-        match quorum::joint_vote_result(&self.conf, |v| self.votes.get(&v).copied()) {
+        self.votes.get_or_insert(from, granted);
+        match quorum::joint_vote_result(&self.conf, |v| self.votes.get(v).copied()) {
             VoteResult::Won if self.role == Role::PreCandidate => self.become_candidate(false),
             VoteResult::Won => self.become_leader(),
             VoteResult::Lost => {

@@ -159,10 +159,10 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         let id = self.id();
         let members = self.conf.members();
         self.progress
-            .retain(|p, _| members.binary_search(p).is_ok());
+            .retain(|p, _| members.binary_search(&p).is_ok());
         let next = self.log.last_index().unwrap_or(0) + 1;
         for m in members.into_iter().filter(|&m| m != id) {
-            self.progress.entry(m).or_insert_with(|| {
+            self.progress.get_or_insert_with(m, || {
                 let mut pr = Progress::new(
                     next,
                     self.cfg.max_inflight_msgs,

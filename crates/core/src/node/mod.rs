@@ -11,7 +11,7 @@ mod transfer;
 pub use step::MAX_TERM_OR_INDEX;
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use crate::config::Config;
@@ -125,8 +125,8 @@ pub struct Node<P, S> {
     /// Follower: a complete snapshot to hand out in the next Persist batch.
     pending_install: Option<crate::types::SnapshotInstall>,
     /// Followers' progress (leader only; never contains this node).
-    progress: BTreeMap<NodeId, Progress>,
-    votes: BTreeMap<NodeId, bool>,
+    progress: crate::peer_map::PeerMap<Progress>,
+    votes: crate::peer_map::PeerMap<bool>,
     election_elapsed: u32,
     heartbeat_elapsed: u32,
     randomized_election_timeout: u32,
@@ -199,8 +199,8 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             snapshot_chunks: Vec::new(),
             pending_install: None,
             conf,
-            progress: BTreeMap::new(),
-            votes: BTreeMap::new(),
+            progress: crate::peer_map::PeerMap::new(),
+            votes: crate::peer_map::PeerMap::new(),
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_timeout: cfg.election_timeout_ticks_min,

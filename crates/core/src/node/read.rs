@@ -7,7 +7,7 @@
 //! read at any applied index >= the read index is linearizable. Rounds are
 //! shared: one heartbeat broadcast confirms every read queued before it.
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use super::*;
@@ -50,7 +50,7 @@ pub(super) struct ReadOnly {
     /// A new round must be broadcast for reads queued since the last one.
     round_needed: bool,
     /// Highest round each follower answered.
-    acked: BTreeMap<NodeId, u64>,
+    acked: crate::peer_map::PeerMap<u64>,
     /// Unconfirmed rounds, for the lease.
     sent_at: VecDeque<SentRound>,
     /// Reads waiting for a round to be confirmed, in round order.
@@ -178,7 +178,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
 
     /// A follower answered heartbeat round `seq`.
     pub(super) fn on_read_ack(&mut self, from: NodeId, seq: u64) {
-        let acked = self.read.acked.entry(from).or_insert(0);
+        let acked = self.read.acked.get_or_insert(from, 0);
         *acked = (*acked).max(seq);
         let id = self.id();
         let (own, acks) = (self.read.seq, &self.read.acked);
@@ -186,7 +186,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             if v == id {
                 own
             } else {
-                acks.get(&v).copied().unwrap_or(0)
+                acks.get(v).copied().unwrap_or(0)
             }
         });
         // The lease runs from when the confirmed round was sent: followers

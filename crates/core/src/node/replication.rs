@@ -9,15 +9,11 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
 
     pub(super) fn bcast_append(&mut self) -> Result<(), StorageError> {
         // Walk the peers by key so the map can be borrowed mutably meanwhile.
-        let mut cursor = self.progress.keys().next().copied();
+        let mut cursor = self.progress.first_key();
         while let Some(to) = cursor {
             self.send_append(to, true)?;
             self.send_append_loop(to)?;
-            cursor = self
-                .progress
-                .range((core::ops::Bound::Excluded(to), core::ops::Bound::Unbounded))
-                .next()
-                .map(|(&k, _)| k);
+            cursor = self.progress.next_key_after(to);
         }
         Ok(())
     }
@@ -38,7 +34,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     ) -> Result<bool, StorageError> {
         let last = self.log.last_index()?;
         let committed = self.log.committed();
-        let Some(pr) = self.progress.get(&to) else {
+        let Some(pr) = self.progress.get(to) else {
             return Ok(false);
         };
         if pr.is_paused() {
@@ -64,7 +60,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             return Ok(false);
         }
         let sent = !entries.is_empty();
-        if let Some(pr) = self.progress.get_mut(&to) {
+        if let Some(pr) = self.progress.get_mut(to) {
             match entries.last() {
                 Some(e) => {
                     let bytes = entries.iter().map(Entry::size_bytes).sum();
@@ -91,7 +87,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         let beats: Vec<(NodeId, Index)> = self
             .progress
             .iter()
-            .map(|(&id, pr)| (id, pr.matched.min(committed)))
+            .map(|(id, pr)| (id, pr.matched.min(committed)))
             .collect();
         for (to, commit) in beats {
             self.send(to, term, MessageBody::Heartbeat { commit, read_seq });
@@ -108,7 +104,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             if v == id {
                 persisted
             } else {
-                progress.get(&v).map_or(0, |p| p.matched)
+                progress.get(v).map_or(0, |p| p.matched)
             }
         });
         if mci <= self.log.committed() || self.log.term(mci)? != Some(self.term) {
@@ -132,7 +128,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     pub(super) fn quorum_active(&self) -> bool {
         let id = self.id();
         quorum::joint_active(&self.conf, |v| {
-            v == id || self.progress.get(&v).is_some_and(|p| p.recent_active)
+            v == id || self.progress.get(v).is_some_and(|p| p.recent_active)
         })
     }
 

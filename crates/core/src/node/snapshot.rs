@@ -63,7 +63,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         }
         self.progress
             .iter()
-            .filter(|(id, _)| **id != self.cfg.id)
+            .filter(|(id, _)| *id != self.cfg.id)
             .filter_map(|(_, pr)| match (&pr.snapshot, pr.state) {
                 (Some(send), _) => Some(send.meta.index),
                 (None, _) if pr.recent_active => Some(pr.matched),
@@ -79,7 +79,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         let Some(meta) = self.log.storage.snapshot_meta()? else {
             return Ok(false);
         };
-        let Some(pr) = self.progress.get_mut(&to) else {
+        let Some(pr) = self.progress.get_mut(to) else {
             return Ok(false);
         };
         pr.become_snapshot(meta);
@@ -95,7 +95,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             self.cfg.max_snapshot_chunk_bytes,
         );
         loop {
-            let Some(send) = self.progress.get(&to).and_then(|p| p.snapshot.as_ref()) else {
+            let Some(send) = self.progress.get(to).and_then(|p| p.snapshot.as_ref()) else {
                 return Ok(());
             };
             if send.done_sent || send.inflight.len() >= max_chunks {
@@ -112,14 +112,14 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                     if meta.index == index {
                         return Err(StorageError::Io);
                     }
-                    if let Some(pr) = self.progress.get_mut(&to) {
+                    if let Some(pr) = self.progress.get_mut(to) {
                         pr.snapshot = Some(SnapshotSend::new(meta));
                     }
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            let Some(send) = self.progress.get_mut(&to).and_then(|p| p.snapshot.as_mut()) else {
+            let Some(send) = self.progress.get_mut(to).and_then(|p| p.snapshot.as_mut()) else {
                 return Ok(());
             };
             let end = offset + data.len() as u64;
@@ -147,7 +147,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
         index: Index,
         received: u64,
     ) -> Result<(), StepError> {
-        let Some(pr) = self.progress.get_mut(&from) else {
+        let Some(pr) = self.progress.get_mut(from) else {
             return Err(StepError::Unexpected);
         };
         pr.recent_active = true;
@@ -165,7 +165,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
     pub(super) fn snapshot_heartbeat(&mut self, from: NodeId) -> Result<(), StorageError> {
         let Some(send) = self
             .progress
-            .get_mut(&from)
+            .get_mut(from)
             .and_then(|p| p.snapshot.as_mut())
         else {
             return Ok(());

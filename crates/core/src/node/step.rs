@@ -217,13 +217,13 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 if self.role != Role::Leader {
                     return Ok(());
                 }
-                if !self.progress.contains_key(&from) || !self.read_round_sent(read_seq) {
+                if !self.progress.contains_key(from) || !self.read_round_sent(read_seq) {
                     return Err(StepError::Unexpected);
                 }
                 if read_seq > 0 {
                     self.on_read_ack(from, read_seq);
                 }
-                let Some(pr) = self.progress.get_mut(&from) else {
+                let Some(pr) = self.progress.get_mut(from) else {
                     return Err(StepError::Unexpected);
                 };
                 pr.recent_active = true;
@@ -466,7 +466,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             return Err(StepError::Unexpected);
         }
         let last = self.log.last_index()?;
-        let Some(pr) = self.progress.get_mut(&from) else {
+        let Some(pr) = self.progress.get_mut(from) else {
             return Err(StepError::Unexpected);
         };
         pr.recent_active = true;
@@ -482,7 +482,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                         .find_conflict_by_term(hint.hint_index, hint.hint_term)?
                         .0;
                 }
-                let Some(pr) = self.progress.get_mut(&from) else {
+                let Some(pr) = self.progress.get_mut(from) else {
                     return Err(StepError::Unexpected);
                 };
                 if pr.maybe_decr_to(index, probe, lost) {

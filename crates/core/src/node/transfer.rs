@@ -54,7 +54,7 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
             return Ok(());
         }
         let last = self.log.last_index()?;
-        let caught_up = self.progress.get(&to).is_some_and(|p| p.matched == last);
+        let caught_up = self.progress.get(to).is_some_and(|p| p.matched == last);
         if caught_up {
             self.send(to, self.term, MessageBody::TimeoutNow);
         } else {

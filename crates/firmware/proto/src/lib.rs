@@ -14,6 +14,7 @@ extern crate alloc;
 pub mod addr;
 pub mod client;
 pub mod config;
+mod counters;
 pub mod disk;
 pub mod notice;
 
