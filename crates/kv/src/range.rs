@@ -104,12 +104,17 @@ fn sort(found: &mut [Found<'_>], order: SortOrder, target: SortTarget) {
     };
     // `found` is in key order, so breaking ties by key (ascending, also
     // when descending) gives exactly what a stable sort would, with any
-    // sort (see `range_sort` for why not the library's).
-    crate::range_sort::sort_by(found, &|a, b| {
+    // sort: the library's with `fast-sort` (the server), else `range_sort`'s
+    // smaller one (the firmware; see there).
+    let cmp = |a: &Found<'_>, b: &Found<'_>| {
         let o = by(a, b);
         let o = if descend { o.reverse() } else { o };
         o.then_with(|| a.0.cmp(b.0))
-    });
+    };
+    #[cfg(feature = "fast-sort")]
+    found.sort_unstable_by(cmp);
+    #[cfg(not(feature = "fast-sort"))]
+    crate::range_sort::sort_by(found, &cmp);
 }
 
 /// Checks the revision of a standalone range (etcd `rangeKeys`): `<= 0` is
