@@ -59,6 +59,14 @@ pub const MAX_LOG_ENTRIES: usize = 2048;
 /// target `fw_disk` found.)
 pub const LAST_WRITABLE_EPOCH: u32 = u32::MAX - 1;
 
+/// A recovered hard-state sequence number at or above this one is
+/// renumbered by the boot (written again under small numbers). Only a
+/// damaged or crafted slot holds one (2^63 writes do not happen), and
+/// without it such a disk would run out of numbers: every boot writes the
+/// hard state once more, so a disk near `u64::MAX` would boot a last time
+/// and then never again. (Found by the fuzz target `fw_disk`.)
+pub const RENUMBER_HARD_STATE_SEQ_AT: u64 = 1 << 63;
+
 /// Entries [`LogStorage::entries`] makes room for at once (a typical
 /// append or apply batch holds fewer; a larger one grows from there).
 const ENTRIES_PRESIZE: usize = 16;
@@ -194,6 +202,30 @@ impl<D: BlockDevice> DiskLog<D> {
         // A damaged but checksummed slot may hold any sequence number; a
         // wrapped one would make the older slot win at the next boot.
         let seq = self.hard.seq.checked_add(1).ok_or(StoreError::LogFull)?;
+        self.write_hard_state_as(hs, seq, sync)
+    }
+
+    /// The boot's hard-state write when the recovered sequence number is at
+    /// or above [`RENUMBER_HARD_STATE_SEQ_AT`]: `hs` goes under a small
+    /// number into the other slot first, then under the next one into the
+    /// current slot, each flushed. Until the second write lands the current
+    /// slot keeps the highest number, so a crash in between recovers the
+    /// state from before this boot (as a crash before the boot's write
+    /// would); a torn second write leaves the first, which holds `hs`.
+    fn renumber_hard_state(&mut self, hs: HardStateRecord) -> Result<(), StoreError> {
+        // The first number's parity differs from the current one's: the
+        // other slot.
+        let first = 2 + (self.hard.seq.wrapping_add(1) % 2);
+        self.write_hard_state_as(hs, first, true)?;
+        self.write_hard_state_as(hs, first + 1, true)
+    }
+
+    fn write_hard_state_as(
+        &mut self,
+        hs: HardStateRecord,
+        seq: u64,
+        sync: bool,
+    ) -> Result<(), StoreError> {
         let rec = HardStateRecord { seq, ..hs };
         let mut disk = self.disk.borrow_mut();
         disk.write(rec.sector(), &rec.encode())?;

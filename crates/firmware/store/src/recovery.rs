@@ -16,7 +16,7 @@ use metalraft_fw_proto::disk::{
 };
 
 use super::snapshot::{load_slot, SnapshotState};
-use super::{BlockDevice, DiskLog, Slot, StoreError, MAX_LOG_ENTRIES};
+use super::{BlockDevice, DiskLog, Slot, StoreError, MAX_LOG_ENTRIES, RENUMBER_HARD_STATE_SEQ_AT};
 
 /// What recovery found.
 #[derive(Clone, Copy, Debug, Default)]
@@ -244,6 +244,10 @@ pub(super) fn open<D: BlockDevice>(mut disk: D, members: &[u64]) -> Result<Opene
     }
     next.boots = next.boots.saturating_add(1);
     log.disk.borrow_mut().flush()?;
-    log.write_hard_state(next, true)?;
+    if log.hard.seq >= RENUMBER_HARD_STATE_SEQ_AT {
+        log.renumber_hard_state(next)?;
+    } else {
+        log.write_hard_state(next, true)?;
+    }
     Ok((log, rec, data))
 }

@@ -68,7 +68,8 @@ fn disk_with(writes: &[(u64, [u8; SECTOR_BYTES])]) -> MemDisk {
 /// overflow checks; without, seq 0 went to slot A while slot B kept
 /// u64::MAX, so every later boot read the stale slot B: term and vote
 /// would go back). Fix: an exhausted sequence number stops the node with
-/// an error; the boot counter saturates.
+/// an error; the boot counter saturates. (Since bug 09 a boot renumbers a
+/// sequence number at or above 2^63 instead, so such a disk boots.)
 #[test]
 fn fw_store_bug_02_hard_state_counters_at_u64_max_do_not_wrap() {
     use metalraft_fw_proto::disk::{HardStateRecord, HARD_STATE_SECTORS};
@@ -78,10 +79,12 @@ fn fw_store_bug_02_hard_state_counters_at_u64_max_do_not_wrap() {
         ..HardStateRecord::default()
     };
     let disk = disk_with(&[(HARD_STATE_SECTORS[1], at_max.encode())]);
-    assert!(matches!(
-        DiskLog::open(disk, &[1]),
-        Err(StoreError::LogFull)
-    ));
+    // Since bug 09 the boot renumbers such a slot instead of stopping; it
+    // boots again and again, in its term.
+    for _ in 0..3 {
+        let (log, _, _) = DiskLog::open(disk.clone(), &[1]).expect("renumbered, not wrapped");
+        assert_eq!(log.initial_state().expect("state").hard_state.term, 1);
+    }
     let boots_max = HardStateRecord {
         seq: 1,
         term: 1,
@@ -325,6 +328,65 @@ fn fw_store_bug_08_hard_state_term_above_the_core_limit_is_invalid() {
     assert_eq!(again.last_index().expect("last"), persisted);
     let hs = again.initial_state().expect("initial state").hard_state;
     assert_eq!(hs.term, term);
+}
+
+/// postmortem: found by the `fw_disk` fuzz target (a fixed-seed run after
+/// the core's coverage changed, 2026-12-07). Every boot writes the hard
+/// state once more (its boot counter), under the next sequence number. A
+/// checksummed slot at `u64::MAX - 1` booted once, writing `u64::MAX`, and
+/// the next boot had no number left: `LogFull`, so a disk the node had
+/// written did not boot. Fix: a boot that recovers a number at or above
+/// `RENUMBER_HARD_STATE_SEQ_AT` (only a damaged or crafted slot) writes the
+/// state again under small numbers, the other slot first, so a crash in
+/// between recovers the state from before the boot.
+#[test]
+fn fw_store_bug_09_a_boot_renumbers_an_exhausted_hard_state_sequence() {
+    use metalraft_core::{ConfChange, ConfChangeOp, EntryData};
+    use metalraft_fw_proto::disk::{HardStateRecord, HARD_STATE_SECTORS};
+    let add_1 = EntryData::ConfChange(Box::new(ConfChange::new(&[ConfChangeOp::AddVoter(1)])));
+    for seq in [u64::MAX - 2, u64::MAX - 1, u64::MAX] {
+        let near_max = HardStateRecord {
+            seq,
+            term: 1,
+            ..HardStateRecord::default()
+        };
+        let disk = disk_with(&[
+            (LOG_START_SECTOR, record(1, 0, &add_1)),
+            (HARD_STATE_SECTORS[(seq % 2) as usize], near_max.encode()),
+        ]);
+        let mut term = 1;
+        for boot in 0..3 {
+            let (log, _, _) = DiskLog::open(disk.clone(), &[1]).unwrap_or_else(|e| {
+                panic!("seq {seq}, boot {boot}: a disk the node wrote boots: {e:?}")
+            });
+            assert_eq!(log.initial_state().expect("state").hard_state.term, term);
+            let mut node = Node::new(Config::new(1), log, 0).expect("valid");
+            node.campaign().expect("single voter");
+            persist_all(&mut node);
+            assert_eq!(node.role(), Role::Leader);
+            term = node.hard_state().term;
+        }
+    }
+    // A crash between the two writes of the renumbering: only the first
+    // (into the other slot, under a small number) landed. The slot with the
+    // highest number still wins: the state from before that boot.
+    let old = HardStateRecord {
+        seq: u64::MAX,
+        term: 5,
+        ..HardStateRecord::default()
+    };
+    let first = HardStateRecord {
+        seq: 2,
+        term: 6,
+        ..HardStateRecord::default()
+    };
+    let disk = disk_with(&[
+        (LOG_START_SECTOR, record(1, 0, &add_1)),
+        (HARD_STATE_SECTORS[1], old.encode()),
+        (HARD_STATE_SECTORS[0], first.encode()),
+    ]);
+    let (log, _, _) = DiskLog::open(disk, &[1]).expect("boots");
+    assert_eq!(log.initial_state().expect("state").hard_state.term, 5);
 }
 
 /// Persists every ready batch of `node` on its disk (each must succeed).
