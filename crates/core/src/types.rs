@@ -175,17 +175,15 @@ impl ConfState {
 
     /// Every member, sorted, without duplicates.
     pub fn members(&self) -> Vec<NodeId> {
-        let mut all: Vec<NodeId> = self
-            .voters
-            .iter()
-            .chain(&self.voters_outgoing)
-            .chain(&self.learners)
-            .chain(&self.learners_next)
-            .copied()
-            .collect();
-        crate::sort::sort_u64(&mut all);
-        all.dedup();
-        all
+        sorted(
+            self.voters
+                .iter()
+                .chain(&self.voters_outgoing)
+                .chain(&self.learners)
+                .chain(&self.learners_next)
+                .copied()
+                .collect(),
+        )
     }
 }
 

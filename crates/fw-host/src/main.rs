@@ -18,7 +18,7 @@ use metalraft_fw::hub::Hub;
 use metalraft_fw::ports::{Ports, DEFAULT_BASE_PORT};
 use metalraft_fw_proto::addr::MAX_NODE_ID;
 use metalraft_fw_proto::client::{
-    DroppedDatagrams, ErrorCode, MemberOp, Membership, Perf, Role, Status, MAX_VALUE_BYTES,
+    DroppedDatagrams, ErrorCode, MemberOp, Membership, Role, Status, MAX_VALUE_BYTES,
 };
 
 const USAGE: &str = "\
@@ -589,16 +589,10 @@ fn print_status(client: &mut Client, nodes: u8) {
     }
 }
 
-/// Every node's counters (`None` for a node that does not answer).
-fn all_perf(client: &mut Client, nodes: u8) -> Vec<Option<Perf>> {
+/// Every node's status (`None` for a node that does not answer).
+fn all_status(client: &mut Client, nodes: u8) -> Vec<Option<Status>> {
     (1..=nodes)
-        .map(|id| {
-            client
-                .status(id, STATUS_TIMEOUT)
-                .ok()
-                .flatten()
-                .map(|s| s.perf)
-        })
+        .map(|id| client.status(id, STATUS_TIMEOUT).ok().flatten())
         .collect()
 }
 
@@ -657,8 +651,10 @@ fn bench_cmd(a: &Args) -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         pids.len()
     );
+    // Every node's status after the last window, for the RAM peaks.
+    let mut last = Vec::new();
     for w in windows {
-        let before = all_perf(&mut c, nodes);
+        let before = all_status(&mut c, nodes);
         let cpu0 = qemu_cpu(&pids);
         let r = bench::run_window(
             gateway,
@@ -668,7 +664,7 @@ fn bench_cmd(a: &Args) -> Result<()> {
             Duration::from_secs_f64(seconds),
         )?;
         let cpu1 = qemu_cpu(&pids);
-        let after = all_perf(&mut c, nodes);
+        let after = all_status(&mut c, nodes);
         let wall = r.elapsed.as_secs_f64().max(1e-9);
         let per_proc: Vec<String> = cpu0
             .iter()
@@ -706,25 +702,27 @@ fn bench_cmd(a: &Args) -> Result<()> {
                 let role = if id == leader { "leader  " } else { "follower" };
                 outln!(
                     "  node {id} {role} {}",
-                    bench::fmt_perf(&bench::perf_delta(a, b), r.commits, r.elapsed)
+                    bench::fmt_perf(&bench::perf_delta(&a.perf, &b.perf), r.commits, r.elapsed)
                 );
             }
         }
+        last = after;
     }
-    let statuses: Vec<Status> = (1..=nodes)
-        .filter_map(|id| c.status(id, STATUS_TIMEOUT).ok().flatten())
-        .collect();
-    if let Some(s) = statuses.iter().max_by_key(|s| bench::ram_peak(s)) {
+    let largest = last
+        .iter()
+        .flatten()
+        .map(|s| (bench::ram_peak(s), s))
+        .max_by_key(|p| p.0);
+    if let Some((peak, s)) = largest {
         outln!(
             "RAM peak since boot (static + stack high-water + heap high-water), largest node: \
-             node {} {} B = {} + {} + {} ({} B budget{})",
+             node {} {peak} B = {} + {} + {} ({} B budget{})",
             s.node,
-            bench::ram_peak(s),
             s.static_bytes,
             s.stack_high_water,
             s.heap_high_water,
             bench::RAM_BUDGET_BYTES,
-            if bench::ram_peak(s) > bench::RAM_BUDGET_BYTES {
+            if peak > bench::RAM_BUDGET_BYTES {
                 ", OVER"
             } else {
                 ""

@@ -394,47 +394,30 @@ pub struct Perf {
 /// By hand, the same as the derive (see [`crate::counters`]).
 impl Serialize for Perf {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        const FIELDS: [&str; 18] = [
-            "wakeups",
-            "ticks",
-            "peer_in",
-            "peer_out",
-            "client_in",
-            "client_out",
-            "outputs",
-            "batches",
-            "entries_written",
-            "disk_writes",
-            "flushes",
-            "write_us",
-            "flush_us",
-            "storage_us",
-            "send_us",
-            "raft_us",
-            "busy_us",
-            "disk_wait_us",
-        ];
-        let values = [
-            self.wakeups,
-            self.ticks,
-            self.peer_in,
-            self.peer_out,
-            self.client_in,
-            self.client_out,
-            self.outputs,
-            self.batches,
-            self.entries_written,
-            self.disk_writes,
-            self.flushes,
-            self.write_us,
-            self.flush_us,
-            self.storage_us,
-            self.send_us,
-            self.raft_us,
-            self.busy_us,
-            self.disk_wait_us,
-        ];
-        crate::counters::serialize_counters(serializer, "Perf", &FIELDS, &values)
+        crate::counters::serialize_counters(
+            serializer,
+            "Perf",
+            &[
+                ("wakeups", self.wakeups),
+                ("ticks", self.ticks),
+                ("peer_in", self.peer_in),
+                ("peer_out", self.peer_out),
+                ("client_in", self.client_in),
+                ("client_out", self.client_out),
+                ("outputs", self.outputs),
+                ("batches", self.batches),
+                ("entries_written", self.entries_written),
+                ("disk_writes", self.disk_writes),
+                ("flushes", self.flushes),
+                ("write_us", self.write_us),
+                ("flush_us", self.flush_us),
+                ("storage_us", self.storage_us),
+                ("send_us", self.send_us),
+                ("raft_us", self.raft_us),
+                ("busy_us", self.busy_us),
+                ("disk_wait_us", self.disk_wait_us),
+            ],
+        )
     }
 }
 
@@ -461,25 +444,19 @@ pub struct DroppedDatagrams {
 /// By hand, the same as the derive (see [`crate::counters`]).
 impl Serialize for DroppedDatagrams {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        const FIELDS: [&str; 7] = [
-            "truncated",
-            "foreign_source",
-            "empty",
-            "unknown_version",
-            "malformed",
-            "wrong_recipient",
-            "wrong_sender",
-        ];
-        let values = [
-            self.truncated,
-            self.foreign_source,
-            self.empty,
-            self.unknown_version,
-            self.malformed,
-            self.wrong_recipient,
-            self.wrong_sender,
-        ];
-        crate::counters::serialize_counters(serializer, "DroppedDatagrams", &FIELDS, &values)
+        crate::counters::serialize_counters(
+            serializer,
+            "DroppedDatagrams",
+            &[
+                ("truncated", self.truncated),
+                ("foreign_source", self.foreign_source),
+                ("empty", self.empty),
+                ("unknown_version", self.unknown_version),
+                ("malformed", self.malformed),
+                ("wrong_recipient", self.wrong_recipient),
+                ("wrong_sender", self.wrong_sender),
+            ],
+        )
     }
 }
 

@@ -8,18 +8,16 @@
 
 use serde::ser::{SerializeStruct, Serializer};
 
-/// Serializes struct `name` with the fields named `fields` holding
-/// `values`, in order, exactly as `#[derive(Serialize)]` would for a struct
-/// of those `u64` fields. Names without values (or the reverse) are left
-/// out; the callers pass arrays of one length.
+/// Serializes struct `name` with its `(field name, value)` pairs, in
+/// order, exactly as `#[derive(Serialize)]` would for a struct of those
+/// `u64` fields.
 pub(crate) fn serialize_counters<S: Serializer>(
     serializer: S,
     name: &'static str,
-    fields: &[&'static str],
-    values: &[u64],
+    fields: &[(&'static str, u64)],
 ) -> Result<S::Ok, S::Error> {
-    let mut st = serializer.serialize_struct(name, fields.len().min(values.len()))?;
-    for (key, value) in fields.iter().zip(values) {
+    let mut st = serializer.serialize_struct(name, fields.len())?;
+    for (key, value) in fields {
         st.serialize_field(key, value)?;
     }
     st.end()

@@ -10,13 +10,13 @@
 //! [`TX_SMALL_FRAMES`] small ones, which carry most of the traffic (client
 //! answers, append answers, heartbeats, appends of a few small entries)
 //! and let more frames be on the device at once for little memory. A frame
-//! is handed to the device and *not waited for*: it is reclaimed from the used ring at the
-//! next `transmit` or `receive`, and the device's interrupt (a frame
-//! received or sent) wakes the stack when the pool was empty. (virtio-drivers'
-//! high-level `VirtIONet::send` allocated a frame per send and spun on the
-//! used ring until QEMU's main loop had taken it: at 16 writes in flight
-//! that spin was a quarter of the leader's time, see the firmware README,
-//! "The transmit spin".)
+//! is handed to the device and *not waited for*: it is reclaimed from the
+//! used ring at the next `transmit` or `receive`, and the device's
+//! interrupt (a frame received or sent) wakes the stack when the pool was
+//! empty. (virtio-drivers' high-level `VirtIONet::send` allocated a frame
+//! per send and spun on the used ring until QEMU's main loop had taken it:
+//! at 16 writes in flight that spin was a quarter of the leader's time, see
+//! the firmware README, "The transmit spin".)
 #![allow(unsafe_code)]
 
 use core::cell::RefCell;
@@ -44,7 +44,7 @@ pub const TX_FRAMES: usize = 4;
 /// Small transmit frames, used first for frames that fit
 /// [`SMALL_FRAME_BUF_BYTES`].
 pub const TX_SMALL_FRAMES: usize = 8;
-/// Every frame takes one descriptor; the frames fit the `u16` busy mask.
+/// Every frame takes one descriptor; frame ids fit a `u16` mask.
 const TX_ALL: usize = TX_FRAMES + TX_SMALL_FRAMES;
 const _: () = assert!(TX_ALL <= QUEUE_LEN && TX_ALL <= 16);
 /// Largest virtio-net header (the modern one, with `num_buffers`).
@@ -105,10 +105,9 @@ struct Device {
     /// The receive buffer posted under each token (a token is the head
     /// descriptor's index, below [`QUEUE_LEN`]).
     rx_slot: [u8; QUEUE_LEN],
-    /// The transmit frame and its length in bytes under each token.
+    /// The transmit frame and its length in bytes under each token: the
+    /// frames on the device.
     tx_slot: [Option<(u8, u16)>; QUEUE_LEN],
-    /// Bit `i` set: transmit frame `i` is on the device.
-    tx_busy: u16,
 }
 
 impl Device {
@@ -117,7 +116,7 @@ impl Device {
         let mut buf = frames.rx[slot].borrow_mut();
         // SAFETY: the buffer is static, and it is not touched again until
         // the device has returned it (`receive_complete` with this token).
-        // It cannot fail: there are as many descriptors as receive buffers.
+        // It cannot fail: there are more descriptors than receive buffers.
         if let Ok(token) = unsafe { self.raw.receive_begin(&mut buf[..]) } {
             self.rx_slot[usize::from(token)] = slot as u8;
         }
@@ -136,22 +135,29 @@ impl Device {
                 return;
             }
             self.tx_slot[usize::from(token)] = None;
-            self.tx_busy &= !(1 << slot);
         }
+    }
+
+    /// The first transmit frame among `ids` that is not on the device.
+    fn first_free_tx(&self, ids: core::ops::Range<u8>) -> Option<u8> {
+        let busy = self
+            .tx_slot
+            .iter()
+            .flatten()
+            .fold(0u16, |m, &(slot, _)| m | 1 << slot);
+        ids.into_iter().find(|&id| busy & (1 << id) == 0)
     }
 
     /// A full-size transmit frame not on the device, if any (after
     /// reclaiming).
     fn free_tx(&mut self, frames: &Frames) -> Option<u8> {
         self.reclaim_tx(frames);
-        let free = !self.tx_busy & ((1u16 << TX_FRAMES) - 1);
-        (free != 0).then(|| free.trailing_zeros() as u8)
+        self.first_free_tx(0..TX_FRAMES as u8)
     }
 
     /// A free small transmit frame, if any.
     fn free_small_tx(&self) -> Option<u8> {
-        let free = !self.tx_busy & (((1u32 << TX_ALL) - 1) as u16) & !((1u16 << TX_FRAMES) - 1);
-        (free != 0).then(|| free.trailing_zeros() as u8)
+        self.first_free_tx(TX_FRAMES as u8..TX_ALL as u8)
     }
 }
 
@@ -174,7 +180,6 @@ impl VirtioNet {
             raw,
             rx_slot: [0; QUEUE_LEN],
             tx_slot: [None; QUEUE_LEN],
-            tx_busy: 0,
         };
         for slot in 0..RX_BUFFERS {
             dev.post_rx(frames, slot);
@@ -312,7 +317,6 @@ impl embassy_net_driver::TxToken for Tx<'_> {
         // the frame was free, and there are more descriptors than frames.
         if let Ok(token) = unsafe { dev.raw.transmit_begin(&buf[..end]) } {
             dev.tx_slot[usize::from(token)] = Some((slot, end as u16));
-            dev.tx_busy |= 1 << slot;
         }
         r
     }

@@ -44,6 +44,11 @@ fn stack_top() -> usize {
     sym!(_stack_start)
 }
 
+/// The lowest address of the watched window.
+fn watch_bottom() -> usize {
+    stack_top() - STACK_WATCH_BYTES
+}
+
 /// Paints the watched stack window below the caller. Call once, first
 /// thing at boot.
 #[inline(never)]
@@ -51,7 +56,7 @@ pub fn paint_stack() {
     let marker = 0u8;
     let here = addr_of!(marker) as usize;
     let end = here.saturating_sub(PAINT_MARGIN_BYTES) & !3;
-    let mut p = stack_top() - STACK_WATCH_BYTES;
+    let mut p = watch_bottom();
     while p < end {
         // SAFETY: `p` lies in the stack region below every live frame
         // (below this function's own, less a margin for the loop itself),
@@ -65,7 +70,7 @@ pub fn paint_stack() {
 /// below its top (at most [`STACK_WATCH_BYTES`]).
 pub fn stack_high_water() -> usize {
     let top = stack_top();
-    let mut p = top - STACK_WATCH_BYTES;
+    let mut p = watch_bottom();
     // SAFETY: word-aligned reads inside the stack window; a frame may be
     // using a word (the value read is then simply not the pattern).
     while p < top && unsafe { core::ptr::read_volatile(p as *const u32) } == PATTERN {

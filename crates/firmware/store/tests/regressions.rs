@@ -7,7 +7,7 @@ use common::MemDisk;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use metalraft_core::{Config, LogStorage, Node, Role};
+use metalraft_core::{ConfChange, ConfChangeOp, Config, EntryData, LogStorage, Node, Role};
 use metalraft_fw_proto::disk::{LOG_START_SECTOR, SECTOR_BYTES};
 use metalraft_fw_store::{DiskLog, StoreError};
 
@@ -26,8 +26,7 @@ fn fw_store_bug_01_ring_wrapping_onto_the_first_live_record_is_full() {
     let img = vec![0u8; (LOG_START_SECTOR + ring_sectors) as usize * SECTOR_BYTES];
     let disk = MemDisk(Rc::new(RefCell::new(img)));
     let (log, _, _) = DiskLog::open(disk.clone(), &[1]).expect("fresh disk");
-    let mut node = Node::new(Config::new(1), log, 0).expect("valid");
-    node.campaign().expect("single voter");
+    let mut node = elect(log);
     let mut full = false;
     for round in 0..64u8 {
         if round > 0 && node.role() == Role::Leader {
@@ -201,7 +200,7 @@ fn fw_store_bug_07_snapshot_sequence_at_u64_max_does_not_wrap() {
 }
 
 /// A one-sector log record at `sector` holding `data`.
-fn record(index: u64, term: u64, data: &metalraft_core::EntryData<Vec<u8>>) -> [u8; SECTOR_BYTES] {
+fn record(index: u64, term: u64, data: &EntryData<Vec<u8>>) -> [u8; SECTOR_BYTES] {
     use metalraft_fw_proto::disk::RecordHeader;
     let payload = postcard::to_allocvec(data).expect("encodes");
     let mut rec = [0u8; SECTOR_BYTES];
@@ -221,19 +220,12 @@ fn record(index: u64, term: u64, data: &metalraft_core::EntryData<Vec<u8>>) -> [
 /// the chain as damage.
 #[test]
 fn fw_store_bug_05_log_term_above_the_stored_term_is_adopted() {
-    use metalraft_core::{ConfChange, ConfChangeOp, EntryData};
-    let add_1 = EntryData::ConfChange(Box::new(ConfChange::new(&[ConfChangeOp::AddVoter(1)])));
+    let add_1 = add_voter_1();
     for term in [9, u64::MAX] {
         let disk = disk_with(&[(LOG_START_SECTOR, record(1, term, &add_1))]);
         let (log, _, _) = DiskLog::open(disk.clone(), &[1]).expect("opens");
-        let mut node = Node::new(Config::new(1), log, 0).expect("valid");
-        node.campaign().expect("single voter");
-        for round in 0..4u8 {
-            if node.role() == Role::Leader {
-                node.propose(vec![round]).expect("leader");
-            }
-            persist_all(&mut node);
-        }
+        let mut node = elect(log);
+        write_rounds(&mut node, 4);
         assert_eq!(node.role(), Role::Leader);
         let persisted = node.persisted_index();
         drop(node);
@@ -267,8 +259,7 @@ fn fw_store_bug_06_a_stale_record_with_a_higher_epoch_never_joins_the_chain() {
     let disk = MemDisk(Rc::new(RefCell::new(img)));
     let (log, recovered, _) = DiskLog::open(disk.clone(), &[1]).expect("opens");
     assert!(recovered.bootstrapped, "no chain from the ring's start");
-    let mut node = Node::new(Config::new(1), log, 0).expect("valid");
-    node.campaign().expect("single voter");
+    let mut node = elect(log);
     persist_all(&mut node);
     assert_eq!(node.role(), Role::Leader);
     let (last, term) = (node.persisted_index(), node.hard_state().term);
@@ -298,9 +289,9 @@ fn fw_store_bug_06_a_stale_record_with_a_higher_epoch_never_joins_the_chain() {
 /// index), so recovery falls back to the other slot or to none.
 #[test]
 fn fw_store_bug_08_hard_state_term_above_the_core_limit_is_invalid() {
-    use metalraft_core::{ConfChange, ConfChangeOp, EntryData, MAX_TERM_OR_INDEX};
+    use metalraft_core::MAX_TERM_OR_INDEX;
     use metalraft_fw_proto::disk::{HardStateRecord, HARD_STATE_SECTORS};
-    let add_1 = EntryData::ConfChange(Box::new(ConfChange::new(&[ConfChangeOp::AddVoter(1)])));
+    let add_1 = add_voter_1();
     let above = HardStateRecord {
         seq: 7,
         term: MAX_TERM_OR_INDEX + 1,
@@ -312,14 +303,8 @@ fn fw_store_bug_08_hard_state_term_above_the_core_limit_is_invalid() {
     ]);
     let (log, _, _) = DiskLog::open(disk.clone(), &[1]).expect("opens");
     assert!(log.initial_state().expect("initial state").hard_state.term <= MAX_TERM_OR_INDEX);
-    let mut node = Node::new(Config::new(1), log, 0).expect("valid");
-    node.campaign().expect("single voter");
-    for round in 0..3u8 {
-        if node.role() == Role::Leader {
-            node.propose(vec![round]).expect("leader");
-        }
-        persist_all(&mut node);
-    }
+    let mut node = elect(log);
+    write_rounds(&mut node, 3);
     assert_eq!(node.role(), Role::Leader);
     let (persisted, term) = (node.persisted_index(), node.hard_state().term);
     assert!(persisted > 1);
@@ -341,9 +326,8 @@ fn fw_store_bug_08_hard_state_term_above_the_core_limit_is_invalid() {
 /// between recovers the state from before the boot.
 #[test]
 fn fw_store_bug_09_a_boot_renumbers_an_exhausted_hard_state_sequence() {
-    use metalraft_core::{ConfChange, ConfChangeOp, EntryData};
     use metalraft_fw_proto::disk::{HardStateRecord, HARD_STATE_SECTORS};
-    let add_1 = EntryData::ConfChange(Box::new(ConfChange::new(&[ConfChangeOp::AddVoter(1)])));
+    let add_1 = add_voter_1();
     for seq in [u64::MAX - 2, u64::MAX - 1, u64::MAX] {
         let near_max = HardStateRecord {
             seq,
@@ -360,8 +344,7 @@ fn fw_store_bug_09_a_boot_renumbers_an_exhausted_hard_state_sequence() {
                 panic!("seq {seq}, boot {boot}: a disk the node wrote boots: {e:?}")
             });
             assert_eq!(log.initial_state().expect("state").hard_state.term, term);
-            let mut node = Node::new(Config::new(1), log, 0).expect("valid");
-            node.campaign().expect("single voter");
+            let mut node = elect(log);
             persist_all(&mut node);
             assert_eq!(node.role(), Role::Leader);
             term = node.hard_state().term;
@@ -387,6 +370,29 @@ fn fw_store_bug_09_a_boot_renumbers_an_exhausted_hard_state_sequence() {
     ]);
     let (log, _, _) = DiskLog::open(disk, &[1]).expect("boots");
     assert_eq!(log.initial_state().expect("state").hard_state.term, 5);
+}
+
+/// The configuration entry that makes node 1 the single voter.
+fn add_voter_1() -> EntryData<Vec<u8>> {
+    EntryData::ConfChange(Box::new(ConfChange::new(&[ConfChangeOp::AddVoter(1)])))
+}
+
+/// A single-voter node on `log`, campaigning.
+fn elect(log: DiskLog<MemDisk>) -> Node<Vec<u8>, DiskLog<MemDisk>> {
+    let mut node = Node::new(Config::new(1), log, 0).expect("valid");
+    node.campaign().expect("single voter");
+    node
+}
+
+/// `rounds` rounds of: propose a one-byte entry if leading, then persist
+/// every ready batch.
+fn write_rounds(node: &mut Node<Vec<u8>, DiskLog<MemDisk>>, rounds: u8) {
+    for round in 0..rounds {
+        if node.role() == Role::Leader {
+            node.propose(vec![round]).expect("leader");
+        }
+        persist_all(node);
+    }
 }
 
 /// Persists every ready batch of `node` on its disk (each must succeed).
