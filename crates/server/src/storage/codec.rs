@@ -121,6 +121,32 @@ pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// Starts a frame at the end of `out`: reserves its header, which
+/// [`finish_frame`] fills once the payload follows it. Lets the WAL encode
+/// a whole group's frames into one buffer without a copy per frame.
+pub fn begin_frame(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+    start
+}
+
+/// Fills the header of the frame [`begin_frame`] started at `start`, whose
+/// payload is everything after the header. Same bytes as [`encode_frame`].
+/// Returns the payload's length, or `None` (the buffer unchanged beyond
+/// `start`, and nothing filled) if it exceeds [`MAX_FRAME_BYTES`].
+pub fn finish_frame(out: &mut [u8], start: usize) -> Option<usize> {
+    let payload_len = out.len() - start - FRAME_HEADER_BYTES;
+    if payload_len > MAX_FRAME_BYTES {
+        return None;
+    }
+    let len_bytes = u32::try_from(payload_len).ok()?.to_le_bytes();
+    let payload = &out[start + FRAME_HEADER_BYTES..];
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&len_bytes), payload);
+    out[start..start + 4].copy_from_slice(&len_bytes);
+    out[start + 4..start + FRAME_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+    Some(payload_len)
+}
+
 /// Result of looking at the bytes at a frame boundary.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FrameRead<'a> {
@@ -218,16 +244,36 @@ pub fn encode_record(r: &Record, out: &mut Vec<u8>) -> Result<(), EncodeError> {
 /// # Panics
 /// If `at.synced >= at.seq` (a frame cannot be durable before it exists).
 pub fn encode_sequenced(r: &Record, at: FrameSeq, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    put_sequence(record_tag(r), at, out);
+    encode_body(r, out)
+}
+
+/// Encodes a sequenced (format 2) batch payload from borrowed entries:
+/// the same bytes as [`encode_sequenced`] of a [`Record::Batch`] holding
+/// them, without copying the entries into one first.
+///
+/// # Panics
+/// As [`encode_sequenced`].
+pub fn encode_batch_sequenced(
+    entries: &[Entry<Vec<u8>>],
+    hard_state: Option<HardState>,
+    at: FrameSeq,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    put_sequence(TAG_BATCH, at, out);
+    encode_batch_body(entries, hard_state.as_ref(), out)
+}
+
+fn put_sequence(tag: u8, at: FrameSeq, out: &mut Vec<u8>) {
     assert!(at.seq >= 1, "frame numbers start at 1");
     assert!(at.seq <= MAX_FRAME_SEQ, "frame number above MAX_FRAME_SEQ");
     assert!(
         at.synced < at.seq,
         "durable mark not below the frame number"
     );
-    out.push(record_tag(r) + TAG_SEQUENCED_OFFSET);
+    out.push(tag + TAG_SEQUENCED_OFFSET);
     put_u64(out, at.seq);
     put_u64(out, at.synced);
-    encode_body(r, out)
 }
 
 fn encode_body(r: &Record, out: &mut Vec<u8>) -> Result<(), EncodeError> {
@@ -244,33 +290,40 @@ fn encode_body(r: &Record, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         Record::Batch {
             entries,
             hard_state,
-        } => {
-            match hard_state {
-                Some(hs) => {
-                    out.push(1);
-                    put_hard_state(out, hs);
-                }
-                None => out.push(0),
+        } => encode_batch_body(entries, hard_state.as_ref(), out)?,
+    }
+    Ok(())
+}
+
+fn encode_batch_body(
+    entries: &[Entry<Vec<u8>>],
+    hard_state: Option<&HardState>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    match hard_state {
+        Some(hs) => {
+            out.push(1);
+            put_hard_state(out, hs);
+        }
+        None => out.push(0),
+    }
+    put_u64(out, entries.len() as u64);
+    for e in entries {
+        put_u64(out, e.index);
+        put_u64(out, e.term);
+        match &e.data {
+            EntryData::Noop => out.push(ENTRY_NOOP),
+            EntryData::Normal(d) => {
+                out.push(ENTRY_NORMAL);
+                put_u64(out, d.len() as u64);
+                out.extend_from_slice(d);
             }
-            put_u64(out, entries.len() as u64);
-            for e in entries {
-                put_u64(out, e.index);
-                put_u64(out, e.term);
-                match &e.data {
-                    EntryData::Noop => out.push(ENTRY_NOOP),
-                    EntryData::Normal(d) => {
-                        out.push(ENTRY_NORMAL);
-                        put_u64(out, d.len() as u64);
-                        out.extend_from_slice(d);
-                    }
-                    #[allow(unreachable_patterns)]
-                    other => {
-                        out.push(ENTRY_OTHER);
-                        let bytes = encode_other(e.index, other)?;
-                        put_u64(out, bytes.len() as u64);
-                        out.extend_from_slice(&bytes);
-                    }
-                }
+            #[allow(unreachable_patterns)]
+            other => {
+                out.push(ENTRY_OTHER);
+                let bytes = encode_other(e.index, other)?;
+                put_u64(out, bytes.len() as u64);
+                out.extend_from_slice(&bytes);
             }
         }
     }

@@ -22,6 +22,7 @@ pub mod snapshot;
 pub(crate) mod sync_gate;
 pub(crate) mod vote;
 pub mod wal;
+pub mod zero_fill;
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -228,9 +229,8 @@ impl Storage {
     /// the batches visible in the shared log. On error nothing is visible and
     /// the batches may be retried.
     pub fn write(&mut self, batches: &[WriteBatch], sync: bool) -> Result<(), StorageError> {
-        for b in batches {
-            self.wal.append(&b.entries, b.hard_state)?;
-        }
+        self.wal
+            .append_group(batches.iter().map(|b| (b.entries.as_slice(), b.hard_state)))?;
         if sync {
             self.wal.sync()?;
         }

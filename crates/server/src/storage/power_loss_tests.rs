@@ -67,6 +67,7 @@ fn last_segment(dir: &Path) -> PathBuf {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("member/wal"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
         .collect();
     v.sort();
     v.pop().expect("a segment")
@@ -400,6 +401,7 @@ fn power_loss_damage_in_a_non_last_segment_is_repaired() {
     let mut segs: Vec<PathBuf> = std::fs::read_dir(dir.path().join("member/wal"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
         .collect();
     segs.sort();
     assert!(segs.len() >= 2, "{segs:?}");

@@ -3,9 +3,11 @@
 //! Segment files are named `{seq:016x}-{first_index:016x}.wal` and live in
 //! `<data-dir>/member/wal`. Each starts with a [`Record::SegmentStart`] frame,
 //! so a segment is readable after every earlier one was purged. A new
-//! segment is preallocated to [`WalOptions::segment_bytes`] with
-//! `fallocate`, so appends within it never change the file size and an
-//! `fdatasync` is enough to make them durable.
+//! segment is preallocated to [`WalOptions::segment_bytes`] and, when it
+//! can be, filled with zeros ahead of use ([`super::zero_fill`], ADR
+//! 0032), so appends within it never change the file size or its extents
+//! and an `fdatasync` is enough to make them durable without a journal
+//! commit. A group of frames is written with one `pwrite`.
 //!
 //! Every frame carries a [`FrameSeq`]: its number in the WAL and the
 //! highest number a completed `fdatasync` had made durable when it was
@@ -30,12 +32,14 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use metalraft_core::{Entry, HardState, MAX_TERM_OR_INDEX};
 
 use super::codec::{self, FrameRead, FrameSeq, Record, FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
 use super::error::StorageError;
+use super::zero_fill::{self, Preparer, PREPARED_NAME, PREPARE_AT_PERCENT};
 
 /// Default segment size (etcd's is 64 MiB too).
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -102,6 +106,18 @@ struct Segment {
     seq: u64,
     first_index: u64,
     path: PathBuf,
+    /// Its size on disk.
+    len: u64,
+}
+
+/// Where the log's tail stands: what a failed write rolls back to.
+#[derive(Clone, Copy)]
+struct Tail {
+    offset: u64,
+    next_index: u64,
+    last_term: u64,
+    hard_state: HardState,
+    next_seq: u64,
 }
 
 /// An open WAL positioned for appending.
@@ -122,6 +138,13 @@ pub struct Wal {
     next_seq: u64,
     /// Highest frame number made durable by a completed sync.
     synced_seq: u64,
+    /// Frames encoded but not yet written, which end at `offset`. Empty
+    /// between calls: every public method that appends writes them.
+    pending: Vec<u8>,
+    /// The tail as of the last successful write (`pending` empty).
+    written: Tail,
+    /// The next segment, being zero-filled.
+    preparer: Option<Preparer>,
     /// Test-only hold/failure of `fdatasync` (see [`super::sync_gate`]).
     #[cfg(test)]
     pub(super) sync_gate: Option<std::sync::Arc<super::sync_gate::SyncGate>>,
@@ -241,11 +264,16 @@ impl Wal {
             let ent = ent.map_err(io_err(dir))?;
             let name = ent.file_name();
             let Some(name) = name.to_str() else { continue };
-            if let Some((seq, first_index)) = parse_segment_name(name) {
+            if name == PREPARED_NAME {
+                // A segment being prepared when the member stopped.
+                fs::remove_file(ent.path()).map_err(io_err(&ent.path()))?;
+            } else if let Some((seq, first_index)) = parse_segment_name(name) {
+                let len = ent.metadata().map_err(io_err(&ent.path()))?.len();
                 segments.push(Segment {
                     seq,
                     first_index,
                     path: ent.path(),
+                    len,
                 });
             }
         }
@@ -312,7 +340,14 @@ impl Wal {
                     .write(true)
                     .open(&last.path)
                     .map_err(io_err(&last.path))?;
-                let capacity = file.metadata().map_err(io_err(&last.path))?.len();
+                let capacity = last.len;
+                let tail = Tail {
+                    offset: tail_offset,
+                    next_index,
+                    last_term,
+                    hard_state: rec.hard_state,
+                    next_seq: last_seq + 1,
+                };
                 Wal {
                     dir: dir.to_path_buf(),
                     opts,
@@ -325,12 +360,25 @@ impl Wal {
                     hard_state: rec.hard_state,
                     next_seq: last_seq + 1,
                     synced_seq: 0,
+                    pending: Vec::new(),
+                    written: tail,
+                    preparer: None,
                     #[cfg(test)]
                     sync_gate: None,
                 }
             }
             None => {
-                let (file, path, capacity) = Self::create_segment(dir, 0, 1, opts.segment_bytes)?;
+                // A new log: its first segment is zero-filled now (no
+                // preparer has run yet).
+                let (file, path, capacity) =
+                    Self::create_segment(dir, 0, 1, opts.segment_bytes, true)?;
+                let tail = Tail {
+                    offset: 0,
+                    next_index: 1,
+                    last_term: 0,
+                    hard_state: HardState::default(),
+                    next_seq: 1,
+                };
                 let mut wal = Wal {
                     dir: dir.to_path_buf(),
                     opts,
@@ -341,12 +389,16 @@ impl Wal {
                         seq: 0,
                         first_index: 1,
                         path,
+                        len: capacity,
                     }],
                     next_index: 1,
                     last_term: 0,
                     hard_state: HardState::default(),
                     next_seq: 1,
                     synced_seq: 0,
+                    pending: Vec::new(),
+                    written: tail,
+                    preparer: None,
                     #[cfg(test)]
                     sync_gate: None,
                 };
@@ -369,11 +421,14 @@ impl Wal {
         Ok((wal, rec))
     }
 
+    /// Creates segment `seq`, `len` bytes, reserved with `fallocate` and,
+    /// with `zeros`, filled with zeros (synchronously).
     fn create_segment(
         dir: &Path,
         seq: u64,
         first_index: u64,
         len: u64,
+        zeros: bool,
     ) -> Result<(File, PathBuf, u64), StorageError> {
         let path = dir.join(segment_name(seq, first_index));
         let file = OpenOptions::new()
@@ -382,9 +437,12 @@ impl Wal {
             .create_new(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        if let Err(e) =
+        let made = if zeros {
+            zero_fill::zero_fill(&file, &path, len, None)
+        } else {
             preallocate(&file, &path, len).and_then(|()| file.sync_all().map_err(io_err(&path)))
-        {
+        };
+        if let Err(e) = made {
             drop(file);
             // A half-created segment must not be mistaken for a log later.
             let _ = fs::remove_file(&path);
@@ -400,35 +458,80 @@ impl Wal {
             prev_term: self.last_term,
             hard_state: self.hard_state,
         };
-        let frame = self.encode_frame(&rec)?;
-        self.write_frame(&frame)?;
+        let len = self.push_frame(|at, out| codec::encode_sequenced(&rec, at, out))?;
+        self.offset += len as u64;
+        self.next_seq += 1;
         self.sync()
     }
 
-    /// Encodes `rec` as the next frame (numbered `next_seq`).
-    fn encode_frame(&self, rec: &Record) -> Result<Vec<u8>, StorageError> {
+    /// Encodes the next frame (numbered `next_seq`) at the end of
+    /// `pending` with `encode`, and returns its length. Advances nothing:
+    /// the caller does, once the frame is known to fit the segment.
+    fn push_frame(
+        &mut self,
+        encode: impl FnOnce(FrameSeq, &mut Vec<u8>) -> Result<(), codec::EncodeError>,
+    ) -> Result<usize, StorageError> {
         let at = FrameSeq {
             seq: self.next_seq,
             synced: self.synced_seq,
         };
-        let mut payload = Vec::new();
-        codec::encode_sequenced(rec, at, &mut payload)?;
-        if payload.len() > MAX_FRAME_BYTES {
-            return Err(StorageError::TooLarge {
-                bytes: payload.len(),
-                max: MAX_FRAME_BYTES,
-            });
+        let start = codec::begin_frame(&mut self.pending);
+        let encoded = encode(at, &mut self.pending);
+        let finished = match encoded {
+            Ok(()) => codec::finish_frame(&mut self.pending, start),
+            Err(e) => {
+                self.pending.truncate(start);
+                return Err(e.into());
+            }
+        };
+        match finished {
+            Some(_) => Ok(self.pending.len() - start),
+            None => {
+                let bytes = self.pending.len() - start - FRAME_HEADER_BYTES;
+                self.pending.truncate(start);
+                Err(StorageError::TooLarge {
+                    bytes,
+                    max: MAX_FRAME_BYTES,
+                })
+            }
         }
-        let mut frame = Vec::with_capacity(payload.len() + FRAME_HEADER_BYTES);
-        codec::encode_frame(&payload, &mut frame);
-        Ok(frame)
     }
 
-    /// Writes a frame from [`Wal::encode_frame`] at the tail; the next
-    /// frame gets the next number only if this one was written.
-    fn write_frame(&mut self, frame: &[u8]) -> Result<(), StorageError> {
-        self.write_at_tail(frame)?;
-        self.next_seq += 1;
+    fn tail(&self) -> Tail {
+        Tail {
+            offset: self.offset,
+            next_index: self.next_index,
+            last_term: self.last_term,
+            hard_state: self.hard_state,
+            next_seq: self.next_seq,
+        }
+    }
+
+    /// Writes the pending frames with one `pwrite`. On failure nothing of
+    /// them counts: the tail is rolled back to before them (a retry
+    /// overwrites whatever part reached the file, and a crash leaves a torn
+    /// tail that recovery truncates).
+    fn flush(&mut self) -> Result<(), StorageError> {
+        if !self.pending.is_empty() {
+            let at = self.offset - self.pending.len() as u64;
+            let res = self.file.write_all_at(&self.pending, at);
+            self.pending.clear();
+            if let Err(e) = res {
+                let w = self.written;
+                self.offset = w.offset;
+                self.next_index = w.next_index;
+                self.last_term = w.last_term;
+                self.hard_state = w.hard_state;
+                self.next_seq = w.next_seq;
+                return Err(StorageError::from_io(self.current_path(), e));
+            }
+        }
+        self.written = self.tail();
+        if self.preparer.is_none()
+            && self.offset.saturating_mul(100) >= self.capacity.saturating_mul(PREPARE_AT_PERCENT)
+        {
+            self.preparer = Preparer::start(&self.dir, self.opts.segment_bytes);
+        }
         Ok(())
     }
 
@@ -436,23 +539,6 @@ impl Wal {
         match self.segments.last() {
             Some(s) => &s.path,
             None => &self.dir,
-        }
-    }
-
-    fn write_at_tail(&mut self, frame: &[u8]) -> Result<(), StorageError> {
-        let path = self.current_path().to_path_buf();
-        let res = self
-            .file
-            .seek(SeekFrom::Start(self.offset))
-            .and_then(|_| self.file.write_all(frame));
-        match res {
-            Ok(()) => {
-                self.offset += frame.len() as u64;
-                Ok(())
-            }
-            // The offset is not advanced: a retry overwrites the partial frame,
-            // and a crash leaves a torn tail that recovery truncates.
-            Err(e) => Err(StorageError::from_io(&path, e)),
         }
     }
 
@@ -465,6 +551,7 @@ impl Wal {
     /// retrying and then acknowledging would release messages that promise
     /// lost state. The writer treats it as fatal.
     pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.flush()?;
         let path = self.current_path().to_path_buf();
         let failed = |source| StorageError::SyncFailed {
             path: path.clone(),
@@ -489,9 +576,45 @@ impl Wal {
         Ok(())
     }
 
-    /// Appends records (one frame each), rotating segments as needed. Does
-    /// not sync: call [`Wal::sync`] once after a group of appends.
+    /// Appends a batch of entries and/or a hard state (one frame, or more
+    /// for a batch above [`MAX_FRAME_BYTES`]), rotating segments as needed,
+    /// and writes it. Does not sync: call [`Wal::sync`] once after a group
+    /// of appends.
     pub fn append(
+        &mut self,
+        entries: &[Entry<Vec<u8>>],
+        hard_state: Option<HardState>,
+    ) -> Result<(), StorageError> {
+        self.append_group([(entries, hard_state)])
+    }
+
+    /// Appends several batches like [`Wal::append`], all written with one
+    /// `pwrite` (per segment they fall in). On failure none of them counts
+    /// and the caller may append them all again.
+    pub fn append_group<'a>(
+        &mut self,
+        batches: impl IntoIterator<Item = (&'a [Entry<Vec<u8>>], Option<HardState>)>,
+    ) -> Result<(), StorageError> {
+        for (entries, hard_state) in batches {
+            if let Err(e) = self.encode_batch(entries, hard_state) {
+                // Drop what this call encoded: the tail goes back to the
+                // last write.
+                let w = self.written;
+                self.pending.clear();
+                self.offset = w.offset;
+                self.next_index = w.next_index;
+                self.last_term = w.last_term;
+                self.hard_state = w.hard_state;
+                self.next_seq = w.next_seq;
+                return Err(e);
+            }
+        }
+        self.flush()
+    }
+
+    /// Encodes one batch into `pending` (writing what is pending first if
+    /// the segment has to rotate).
+    fn encode_batch(
         &mut self,
         entries: &[Entry<Vec<u8>>],
         hard_state: Option<HardState>,
@@ -511,18 +634,23 @@ impl Wal {
                 end += 1;
             }
             let last_chunk = end == entries.len();
-            let rec = Record::Batch {
-                entries: entries[start..end].to_vec(),
-                hard_state: if last_chunk { hard_state } else { None },
-            };
-            self.append_record(&rec)?;
-            if let Record::Batch { entries: chunk, .. } = &rec {
-                if let Some(last) = chunk.last() {
-                    self.next_index = last.index + 1;
-                    self.last_term = last.term;
-                }
+            let chunk = &entries[start..end];
+            let hs = if last_chunk { hard_state } else { None };
+            let encode = |at, out: &mut Vec<u8>| codec::encode_batch_sequenced(chunk, hs, at, out);
+            let mut len = self.push_frame(encode)?;
+            if self.offset + len as u64 > self.capacity {
+                self.pending.truncate(self.pending.len() - len);
+                self.rotate(len as u64)?;
+                // The segment start took this frame's number.
+                len = self.push_frame(encode)?;
             }
-            if let Some(hs) = hard_state.filter(|_| last_chunk) {
+            self.offset += len as u64;
+            self.next_seq += 1;
+            if let Some(last) = chunk.last() {
+                self.next_index = last.index + 1;
+                self.last_term = last.term;
+            }
+            if let Some(hs) = hs {
                 self.hard_state = hs;
             }
             start = end;
@@ -530,16 +658,6 @@ impl Wal {
                 return Ok(());
             }
         }
-    }
-
-    fn append_record(&mut self, rec: &Record) -> Result<(), StorageError> {
-        let mut frame = self.encode_frame(rec)?;
-        if self.offset + frame.len() as u64 > self.capacity {
-            self.rotate(frame.len() as u64)?;
-            // The segment start took this frame's number.
-            frame = self.encode_frame(rec)?;
-        }
-        self.write_frame(&frame)
     }
 
     /// Starts a new segment, named after the index the next entry would
@@ -551,16 +669,54 @@ impl Wal {
         let seq = self.segments.last().map_or(0, |s| s.seq + 1);
         let first_index = self.next_index;
         let len = self.opts.segment_bytes.max(need + 4096);
-        let (file, path, capacity) = Self::create_segment(&self.dir, seq, first_index, len)?;
+        let (file, path, capacity) = match self.take_prepared(seq, first_index, len) {
+            Some(made) => made,
+            None => Self::create_segment(&self.dir, seq, first_index, len, false)?,
+        };
         self.file = file;
         self.offset = 0;
         self.capacity = capacity;
+        self.written = self.tail();
         self.segments.push(Segment {
             seq,
             first_index,
             path,
+            len: capacity,
         });
         self.write_segment_start()
+    }
+
+    /// The prepared segment as segment `seq`, if it is ready and large
+    /// enough (its name made durable). Never waits for it; a failed
+    /// preparation is logged and forgotten.
+    fn take_prepared(
+        &mut self,
+        seq: u64,
+        first_index: u64,
+        len: u64,
+    ) -> Option<(File, PathBuf, u64)> {
+        if !self.preparer.as_ref()?.is_finished() {
+            return None;
+        }
+        let path = self.dir.join(segment_name(seq, first_index));
+        let taken = self
+            .preparer
+            .take()?
+            .take(len, &path)
+            .and_then(|made| match made {
+                Some((file, capacity)) => sync_dir(&self.dir).map(|()| Some((file, capacity))),
+                None => Ok(None),
+            });
+        match taken {
+            Ok(Some((file, capacity))) => Some((file, path, capacity)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "preparing a zero-filled WAL segment failed; creating it with fallocate");
+                // A half-renamed file must not be mistaken for the log.
+                let _ = fs::remove_file(&path);
+                None
+            }
+        }
     }
 
     /// Restarts the log empty after a snapshot at `(index, term)`: a new
@@ -604,13 +760,9 @@ impl Wal {
         self.segments.len()
     }
 
-    /// Bytes allocated by all segments.
+    /// Bytes allocated by all segments (not the one being prepared).
     pub fn allocated_bytes(&self) -> u64 {
-        self.segments
-            .iter()
-            .filter_map(|s| fs::metadata(&s.path).ok())
-            .map(|m| m.len())
-            .sum()
+        self.segments.iter().map(|s| s.len).sum()
     }
 }
 
