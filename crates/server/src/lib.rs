@@ -37,6 +37,7 @@ pub mod auth;
 pub mod backup;
 pub mod catch_up;
 pub mod cli;
+pub mod coalesce;
 pub mod command;
 pub mod compactor;
 pub mod concurrency;

@@ -28,6 +28,7 @@ use url::Url;
 
 use crate::api::{ClusterService, KvService, MaintenanceService, PeerService, Shared};
 use crate::cli::ClusterState;
+use crate::coalesce::Coalesce;
 use crate::concurrency::{ElectionService, LockService};
 use crate::config::MemberConfig;
 use crate::front::Front;
@@ -867,19 +868,23 @@ fn serve(
     // Only the client port meets etcdctl's and clientv3's authorities; the
     // peer port talks to our own tonic client.
     let front = port == "client";
+    // Replies ready in the same scheduler round leave in one write
+    // (`crate::coalesce`), on both ports.
     match (tls, front) {
-        (Some(cfg), false) => {
-            tokio::spawn(router.serve_with_incoming_shutdown(tls::incoming(l, cfg, port), shutdown))
-        }
-        (Some(cfg), true) => tokio::spawn(router.serve_with_incoming_shutdown(
-            tls::incoming(l, cfg, port).map(|c| c.map(Front::new)),
+        (Some(cfg), false) => tokio::spawn(router.serve_with_incoming_shutdown(
+            tls::incoming(l, cfg, port).map(|c| c.map(Coalesce::new)),
             shutdown,
         )),
-        (None, false) => {
-            tokio::spawn(router.serve_with_incoming_shutdown(nodelay_incoming(l), shutdown))
-        }
+        (Some(cfg), true) => tokio::spawn(router.serve_with_incoming_shutdown(
+            tls::incoming(l, cfg, port).map(|c| c.map(|s| Front::new(Coalesce::new(s)))),
+            shutdown,
+        )),
+        (None, false) => tokio::spawn(router.serve_with_incoming_shutdown(
+            nodelay_incoming(l).map(|c| c.map(Coalesce::new)),
+            shutdown,
+        )),
         (None, true) => tokio::spawn(router.serve_with_incoming_shutdown(
-            nodelay_incoming(l).map(|c| c.map(Front::new)),
+            nodelay_incoming(l).map(|c| c.map(|s| Front::new(Coalesce::new(s)))),
             shutdown,
         )),
     }
