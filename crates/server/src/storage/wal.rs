@@ -45,6 +45,9 @@ use super::zero_fill::{self, Preparer, PREPARED_NAME, PREPARE_AT_PERCENT};
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Smallest segment size accepted (tests use small segments).
 pub const MIN_SEGMENT_BYTES: u64 = 4096;
+/// Capacity the group-write buffer keeps between groups; a larger one is
+/// freed after its write.
+pub const GROUP_BUFFER_KEEP_BYTES: usize = 1024 * 1024;
 
 /// WAL tuning.
 #[derive(Clone, Copy, Debug)]
@@ -507,6 +510,17 @@ impl Wal {
         }
     }
 
+    /// Drops the pending frames: the tail goes back to the last write.
+    fn roll_back(&mut self) {
+        let w = self.written;
+        self.pending.clear();
+        self.offset = w.offset;
+        self.next_index = w.next_index;
+        self.last_term = w.last_term;
+        self.hard_state = w.hard_state;
+        self.next_seq = w.next_seq;
+    }
+
     /// Writes the pending frames with one `pwrite`. On failure nothing of
     /// them counts: the tail is rolled back to before them (a retry
     /// overwrites whatever part reached the file, and a crash leaves a torn
@@ -515,15 +529,14 @@ impl Wal {
         if !self.pending.is_empty() {
             let at = self.offset - self.pending.len() as u64;
             let res = self.file.write_all_at(&self.pending, at);
-            self.pending.clear();
             if let Err(e) = res {
-                let w = self.written;
-                self.offset = w.offset;
-                self.next_index = w.next_index;
-                self.last_term = w.last_term;
-                self.hard_state = w.hard_state;
-                self.next_seq = w.next_seq;
+                self.roll_back();
                 return Err(StorageError::from_io(self.current_path(), e));
+            }
+            self.pending.clear();
+            if self.pending.capacity() > GROUP_BUFFER_KEEP_BYTES {
+                // A rare huge group (a catch-up batch) does not pin its buffer.
+                self.pending = Vec::new();
             }
         }
         self.written = self.tail();
@@ -597,15 +610,7 @@ impl Wal {
     ) -> Result<(), StorageError> {
         for (entries, hard_state) in batches {
             if let Err(e) = self.encode_batch(entries, hard_state) {
-                // Drop what this call encoded: the tail goes back to the
-                // last write.
-                let w = self.written;
-                self.pending.clear();
-                self.offset = w.offset;
-                self.next_index = w.next_index;
-                self.last_term = w.last_term;
-                self.hard_state = w.hard_state;
-                self.next_seq = w.next_seq;
+                self.roll_back();
                 return Err(e);
             }
         }
