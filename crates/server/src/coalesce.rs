@@ -58,11 +58,6 @@ impl<S> Coalesce<S> {
             deferred: false,
         }
     }
-
-    /// The wrapped connection.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
 }
 
 impl<S: AsyncWrite + Unpin> Coalesce<S> {

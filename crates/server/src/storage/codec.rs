@@ -132,19 +132,19 @@ pub fn begin_frame(out: &mut Vec<u8>) -> usize {
 
 /// Fills the header of the frame [`begin_frame`] started at `start`, whose
 /// payload is everything after the header. Same bytes as [`encode_frame`].
-/// Returns the payload's length, or `None` (the buffer unchanged beyond
-/// `start`, and nothing filled) if it exceeds [`MAX_FRAME_BYTES`].
-pub fn finish_frame(out: &mut [u8], start: usize) -> Option<usize> {
+/// A payload above [`MAX_FRAME_BYTES`] is refused with its length, and
+/// nothing is filled.
+pub fn finish_frame(out: &mut [u8], start: usize) -> Result<(), usize> {
     let payload_len = out.len() - start - FRAME_HEADER_BYTES;
-    if payload_len > MAX_FRAME_BYTES {
-        return None;
-    }
-    let len_bytes = u32::try_from(payload_len).ok()?.to_le_bytes();
+    let len_bytes = match u32::try_from(payload_len) {
+        Ok(len) if payload_len <= MAX_FRAME_BYTES => len.to_le_bytes(),
+        _ => return Err(payload_len),
+    };
     let payload = &out[start + FRAME_HEADER_BYTES..];
     let crc = crc32c::crc32c_append(crc32c::crc32c(&len_bytes), payload);
     out[start..start + 4].copy_from_slice(&len_bytes);
     out[start + 4..start + FRAME_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
-    Some(payload_len)
+    Ok(())
 }
 
 /// Result of looking at the bytes at a frame boundary.

@@ -29,22 +29,22 @@ fn small() -> WalOptions {
     }
 }
 
-fn write_entries(s: &mut Storage, from: u64, to: u64, len: usize) {
-    for i in from..=to {
-        let hs = HardState {
+/// Entry `i` (term 1) with a hard state committing the one before it.
+fn entry_batch(i: u64, len: usize) -> WriteBatch {
+    WriteBatch {
+        entries: vec![entry(i, 1, len)],
+        hard_state: Some(HardState {
             term: 1,
             vote: Some(1),
             commit: i.saturating_sub(1),
-        };
-        s.write(
-            &[WriteBatch {
-                entries: vec![entry(i, 1, len)],
-                hard_state: Some(hs),
-                clears_repair: false,
-            }],
-            true,
-        )
-        .unwrap();
+        }),
+        clears_repair: false,
+    }
+}
+
+fn write_entries(s: &mut Storage, from: u64, to: u64, len: usize) {
+    for i in from..=to {
+        s.write(&[entry_batch(i, len)], true).unwrap();
     }
 }
 
@@ -1062,17 +1062,7 @@ fn a_leftover_prepared_segment_is_deleted_at_open() {
 fn a_group_spanning_a_rotation_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Storage::open(dir.path(), conf(), small()).unwrap().storage;
-    let batches: Vec<WriteBatch> = (1..=40)
-        .map(|i| WriteBatch {
-            entries: vec![entry(i, 1, 1000)],
-            hard_state: Some(HardState {
-                term: 1,
-                vote: Some(1),
-                commit: i - 1,
-            }),
-            clears_repair: false,
-        })
-        .collect();
+    let batches: Vec<WriteBatch> = (1..=40).map(|i| entry_batch(i, 1000)).collect();
     s.write(&batches, true).unwrap();
     assert!(wal_files(dir.path()).len() >= 2, "the group did not rotate");
     drop(s);

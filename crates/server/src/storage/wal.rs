@@ -113,13 +113,16 @@ struct Segment {
     len: u64,
 }
 
-/// Where the log's tail stands: what a failed write rolls back to.
+/// Where the log's tail stands (what a failed write rolls back to).
 #[derive(Clone, Copy)]
 struct Tail {
+    /// Write offset in the current segment.
     offset: u64,
+    /// Index the next appended entry would have (for new segment names).
     next_index: u64,
     last_term: u64,
     hard_state: HardState,
+    /// Number the next frame gets.
     next_seq: u64,
 }
 
@@ -129,16 +132,8 @@ pub struct Wal {
     opts: WalOptions,
     segments: Vec<Segment>,
     file: File,
-    /// Write offset in the current segment.
-    offset: u64,
-    /// Allocated size of the current segment.
-    capacity: u64,
-    /// Index the next appended entry would have (for new segment names).
-    next_index: u64,
-    last_term: u64,
-    hard_state: HardState,
-    /// Number the next frame gets.
-    next_seq: u64,
+    /// Where appends continue (including `pending`).
+    tail: Tail,
     /// Highest frame number made durable by a completed sync.
     synced_seq: u64,
     /// Frames encoded but not yet written, which end at `offset`. Empty
@@ -336,14 +331,13 @@ impl Wal {
         let tail_offset = tail.offset;
         let last_term = rec.entries.last().map_or(rec.prev_term, |e| e.term);
         let next_index = rec.first_index + rec.entries.len() as u64;
-        let mut wal = match segments.last() {
+        let (file, log_tail, segments, created) = match segments.last() {
             Some(last) => {
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
                     .open(&last.path)
                     .map_err(io_err(&last.path))?;
-                let capacity = last.len;
                 let tail = Tail {
                     offset: tail_offset,
                     next_index,
@@ -351,30 +345,12 @@ impl Wal {
                     hard_state: rec.hard_state,
                     next_seq: last_seq + 1,
                 };
-                Wal {
-                    dir: dir.to_path_buf(),
-                    opts,
-                    file,
-                    offset: tail_offset,
-                    capacity,
-                    segments,
-                    next_index,
-                    last_term,
-                    hard_state: rec.hard_state,
-                    next_seq: last_seq + 1,
-                    synced_seq: 0,
-                    pending: Vec::new(),
-                    written: tail,
-                    preparer: None,
-                    #[cfg(test)]
-                    sync_gate: None,
-                }
+                (file, tail, segments, false)
             }
             None => {
                 // A new log: its first segment is zero-filled now (no
                 // preparer has run yet).
-                let (file, path, capacity) =
-                    Self::create_segment(dir, 0, 1, opts.segment_bytes, true)?;
+                let (file, path, len) = Self::create_segment(dir, 0, 1, opts.segment_bytes, true)?;
                 let tail = Tail {
                     offset: 0,
                     next_index: 1,
@@ -382,37 +358,35 @@ impl Wal {
                     hard_state: HardState::default(),
                     next_seq: 1,
                 };
-                let mut wal = Wal {
-                    dir: dir.to_path_buf(),
-                    opts,
-                    file,
-                    offset: 0,
-                    capacity,
-                    segments: vec![Segment {
-                        seq: 0,
-                        first_index: 1,
-                        path,
-                        len: capacity,
-                    }],
-                    next_index: 1,
-                    last_term: 0,
-                    hard_state: HardState::default(),
-                    next_seq: 1,
-                    synced_seq: 0,
-                    pending: Vec::new(),
-                    written: tail,
-                    preparer: None,
-                    #[cfg(test)]
-                    sync_gate: None,
+                let first = Segment {
+                    seq: 0,
+                    first_index: 1,
+                    path,
+                    len,
                 };
-                wal.write_segment_start()?;
-                wal
+                (file, tail, vec![first], true)
             }
         };
+        let mut wal = Wal {
+            dir: dir.to_path_buf(),
+            opts,
+            file,
+            tail: log_tail,
+            segments,
+            synced_seq: 0,
+            pending: Vec::new(),
+            written: log_tail,
+            preparer: None,
+            #[cfg(test)]
+            sync_gate: None,
+        };
+        if created {
+            wal.write_segment_start()?;
+        }
         // What was read may sit only in the page cache (a process crash, not
         // a power loss): make it durable before new frames call it durable.
         wal.sync()?;
-        if wal.offset == 0 {
+        if wal.tail.offset == 0 {
             // The last segment was created but its start record never made
             // it (or was torn and truncated).
             wal.write_segment_start()?;
@@ -457,13 +431,13 @@ impl Wal {
 
     fn write_segment_start(&mut self) -> Result<(), StorageError> {
         let rec = Record::SegmentStart {
-            first_index: self.next_index,
-            prev_term: self.last_term,
-            hard_state: self.hard_state,
+            first_index: self.tail.next_index,
+            prev_term: self.tail.last_term,
+            hard_state: self.tail.hard_state,
         };
         let len = self.push_frame(|at, out| codec::encode_sequenced(&rec, at, out))?;
-        self.offset += len as u64;
-        self.next_seq += 1;
+        self.tail.offset += len as u64;
+        self.tail.next_seq += 1;
         self.sync()
     }
 
@@ -475,50 +449,38 @@ impl Wal {
         encode: impl FnOnce(FrameSeq, &mut Vec<u8>) -> Result<(), codec::EncodeError>,
     ) -> Result<usize, StorageError> {
         let at = FrameSeq {
-            seq: self.next_seq,
+            seq: self.tail.next_seq,
             synced: self.synced_seq,
         };
         let start = codec::begin_frame(&mut self.pending);
-        let encoded = encode(at, &mut self.pending);
-        let finished = match encoded {
-            Ok(()) => codec::finish_frame(&mut self.pending, start),
+        let made = encode(at, &mut self.pending)
+            .map_err(StorageError::from)
+            .and_then(|()| {
+                codec::finish_frame(&mut self.pending, start).map_err(|bytes| {
+                    StorageError::TooLarge {
+                        bytes,
+                        max: MAX_FRAME_BYTES,
+                    }
+                })
+            });
+        match made {
+            Ok(()) => Ok(self.pending.len() - start),
             Err(e) => {
                 self.pending.truncate(start);
-                return Err(e.into());
+                Err(e)
             }
-        };
-        match finished {
-            Some(_) => Ok(self.pending.len() - start),
-            None => {
-                let bytes = self.pending.len() - start - FRAME_HEADER_BYTES;
-                self.pending.truncate(start);
-                Err(StorageError::TooLarge {
-                    bytes,
-                    max: MAX_FRAME_BYTES,
-                })
-            }
-        }
-    }
-
-    fn tail(&self) -> Tail {
-        Tail {
-            offset: self.offset,
-            next_index: self.next_index,
-            last_term: self.last_term,
-            hard_state: self.hard_state,
-            next_seq: self.next_seq,
         }
     }
 
     /// Drops the pending frames: the tail goes back to the last write.
     fn roll_back(&mut self) {
-        let w = self.written;
         self.pending.clear();
-        self.offset = w.offset;
-        self.next_index = w.next_index;
-        self.last_term = w.last_term;
-        self.hard_state = w.hard_state;
-        self.next_seq = w.next_seq;
+        self.tail = self.written;
+    }
+
+    /// Allocated size of the current segment.
+    fn capacity(&self) -> u64 {
+        self.segments.last().map_or(0, |s| s.len)
     }
 
     /// Writes the pending frames with one `pwrite`. On failure nothing of
@@ -527,7 +489,7 @@ impl Wal {
     /// tail that recovery truncates).
     fn flush(&mut self) -> Result<(), StorageError> {
         if !self.pending.is_empty() {
-            let at = self.offset - self.pending.len() as u64;
+            let at = self.tail.offset - self.pending.len() as u64;
             let res = self.file.write_all_at(&self.pending, at);
             if let Err(e) = res {
                 self.roll_back();
@@ -539,9 +501,10 @@ impl Wal {
                 self.pending = Vec::new();
             }
         }
-        self.written = self.tail();
+        self.written = self.tail;
         if self.preparer.is_none()
-            && self.offset.saturating_mul(100) >= self.capacity.saturating_mul(PREPARE_AT_PERCENT)
+            && self.tail.offset.saturating_mul(100)
+                >= self.capacity().saturating_mul(PREPARE_AT_PERCENT)
         {
             self.preparer = Preparer::start(&self.dir, self.opts.segment_bytes);
         }
@@ -572,8 +535,8 @@ impl Wal {
         };
         #[cfg(test)]
         let pending = super::sync_gate::Durable {
-            hard_state: self.hard_state,
-            last_index: self.next_index - 1,
+            hard_state: self.tail.hard_state,
+            last_index: self.tail.next_index - 1,
         };
         #[cfg(test)]
         if let Some(gate) = &self.sync_gate {
@@ -581,7 +544,7 @@ impl Wal {
         }
         self.file.sync_data().map_err(failed)?;
         // Earlier segments were synced before this one was created.
-        self.synced_seq = self.next_seq - 1;
+        self.synced_seq = self.tail.next_seq - 1;
         #[cfg(test)]
         if let Some(gate) = &self.sync_gate {
             gate.after_sync(pending);
@@ -643,20 +606,20 @@ impl Wal {
             let hs = if last_chunk { hard_state } else { None };
             let encode = |at, out: &mut Vec<u8>| codec::encode_batch_sequenced(chunk, hs, at, out);
             let mut len = self.push_frame(encode)?;
-            if self.offset + len as u64 > self.capacity {
+            if self.tail.offset + len as u64 > self.capacity() {
                 self.pending.truncate(self.pending.len() - len);
                 self.rotate(len as u64)?;
                 // The segment start took this frame's number.
                 len = self.push_frame(encode)?;
             }
-            self.offset += len as u64;
-            self.next_seq += 1;
+            self.tail.offset += len as u64;
+            self.tail.next_seq += 1;
             if let Some(last) = chunk.last() {
-                self.next_index = last.index + 1;
-                self.last_term = last.term;
+                self.tail.next_index = last.index + 1;
+                self.tail.last_term = last.term;
             }
             if let Some(hs) = hs {
-                self.hard_state = hs;
+                self.tail.hard_state = hs;
             }
             start = end;
             if last_chunk {
@@ -672,22 +635,21 @@ impl Wal {
     fn rotate(&mut self, need: u64) -> Result<(), StorageError> {
         self.sync()?;
         let seq = self.segments.last().map_or(0, |s| s.seq + 1);
-        let first_index = self.next_index;
+        let first_index = self.tail.next_index;
         let len = self.opts.segment_bytes.max(need + 4096);
         let (file, path, capacity) = match self.take_prepared(seq, first_index, len) {
             Some(made) => made,
             None => Self::create_segment(&self.dir, seq, first_index, len, false)?,
         };
         self.file = file;
-        self.offset = 0;
-        self.capacity = capacity;
-        self.written = self.tail();
+        self.tail.offset = 0;
         self.segments.push(Segment {
             seq,
             first_index,
             path,
             len: capacity,
         });
+        self.written = self.tail;
         self.write_segment_start()
     }
 
@@ -728,9 +690,9 @@ impl Wal {
     /// segment starts at `index + 1` and every older segment is deleted.
     /// The snapshot must already be durable.
     pub fn reset_after_snapshot(&mut self, index: u64, term: u64) -> Result<(), StorageError> {
-        self.next_index = index + 1;
-        self.last_term = term;
-        self.hard_state.commit = self.hard_state.commit.max(index);
+        self.tail.next_index = index + 1;
+        self.tail.last_term = term;
+        self.tail.hard_state.commit = self.tail.hard_state.commit.max(index);
         self.rotate(0)?;
         self.sync()?;
         while self.segments.len() >= 2 {
