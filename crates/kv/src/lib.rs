@@ -34,8 +34,8 @@ pub use limits::{
     MAX_TXN_OPS, MAX_VALUE_BYTES,
 };
 pub use mvcc::{
-    Change, ChangeBatch, ChangeKind, HashKv, LeaseInfo, MvccStore, SnapshotStream, StreamError,
-    COMPACTION_CHANGES_PER_ENTRY, MVCC_LEASE_SNAPSHOT_MAGIC, MVCC_SNAPSHOT_MAGIC,
+    padded_varint, Change, ChangeBatch, ChangeKind, HashKv, LeaseInfo, MvccStore, Section,
+    SnapshotStream, StreamError, COMPACTION_CHANGES_PER_ENTRY, PADDED_VARINT_BYTES, MVCC_LEASE_SNAPSHOT_MAGIC, MVCC_SNAPSHOT_MAGIC,
 };
 pub use request::{
     Command, CompactionRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest,

@@ -26,7 +26,7 @@ pub use change::{Change, ChangeBatch, ChangeKind, HashKv};
 pub use compact::COMPACTION_CHANGES_PER_ENTRY;
 pub use lease::LeaseInfo;
 pub use snapshot::{MVCC_LEASE_SNAPSHOT_MAGIC, MVCC_SNAPSHOT_MAGIC};
-pub use stream::{SnapshotStream, StreamError};
+pub use stream::{padded_varint, Section, SnapshotStream, StreamError, PADDED_VARINT_BYTES};
 
 use crate::error::{ApplyError, RequestError};
 use crate::request::{Command, LeaseOption, RangeRequest};

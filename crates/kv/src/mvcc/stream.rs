@@ -66,19 +66,70 @@ enum Phase {
     /// Counting the keys live at the base revision (postcard writes a
     /// sequence's length first), resuming after `after`.
     CountBase { after: Option<Vec<u8>>, n: usize },
-    /// Magic, version, revision, compact revision, applied index and the
-    /// base length.
+    /// Magic, version, revision, compact revision and applied index.
     Header,
+    /// The number of keys live at the base revision.
+    BaseLen,
     /// The keys live at the base revision, resuming after `after`.
     Base { after: Option<Vec<u8>>, n: usize },
-    /// The log record of the base revision, then the record count.
+    /// The log record of the base revision.
     AtBase,
+    /// The record count.
+    Count,
     /// The records from revision `next` to the frozen revision.
     Records { next: i64 },
     /// The frozen leases, then the checksum.
     Tail,
     /// Everything was emitted.
     Done,
+}
+
+/// The part of a snapshot's bytes a [`SnapshotStream`] step writes: every
+/// step writes into one part only ([`SnapshotStream::section`]), so a
+/// writer can tell where each part lies in what it wrote (a delta snapshot,
+/// [`MvccStore::snapshot_delta_stream`], reuses the `Base` and `Records`
+/// bytes of an earlier chainable one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    /// Magic, format version, revision, compact revision, applied index
+    /// ([`SnapshotStream::prefix_bytes`]).
+    Prefix,
+    /// The keys live at the base revision (with their count) and the log
+    /// record of the base revision: the same bytes for every snapshot of
+    /// one compact revision.
+    Base,
+    /// The record count ([`SnapshotStream::count_bytes`]).
+    Count,
+    /// The log records after the base revision, oldest first; a later
+    /// snapshot of the same compact revision starts with the same bytes.
+    Records,
+    /// The leases ([`SnapshotStream::leases_bytes`]) and the checksum.
+    Tail,
+}
+
+/// Bytes of a [`padded_varint`]: the longest postcard varint of a `u64`.
+pub const PADDED_VARINT_BYTES: usize = 10;
+
+/// `n` as a postcard varint of exactly [`PADDED_VARINT_BYTES`] bytes: every
+/// byte but the last carries the continuation bit. Postcard decodes it as
+/// the same number, so a field written this way can be rewritten in place
+/// with another value.
+pub fn padded_varint(n: u64) -> [u8; PADDED_VARINT_BYTES] {
+    let mut out = [0u8; PADDED_VARINT_BYTES];
+    for (i, b) in out.iter_mut().enumerate() {
+        let bits = (n >> (7 * i)) as u8 & 0x7f;
+        *b = if i + 1 < PADDED_VARINT_BYTES {
+            bits | 0x80
+        } else {
+            bits
+        };
+    }
+    out
+}
+
+/// Postcard's zig-zag form of an `i64` (how it encodes signed varints).
+fn zigzag(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
 }
 
 /// A snapshot of an [`MvccStore`] as it was when
@@ -98,6 +149,11 @@ pub struct SnapshotStream {
     leases: Vec<u8>,
     /// The keys live at the base revision, once counted.
     base_len: Option<usize>,
+    /// Chainable: the revision, applied index and record count are
+    /// [`padded_varint`]s, so a delta snapshot can rewrite them.
+    padded: bool,
+    /// A delta: only the records after this revision, then done.
+    delta_after: Option<i64>,
     phase: Phase,
     digest: Digest<'static, u32, Table>,
     emitted: u64,
@@ -141,10 +197,52 @@ impl MvccStore {
             records: self.past.log.len().saturating_sub(after),
             leases,
             base_len: None,
+            padded: false,
+            delta_after: None,
             phase: Phase::CountBase { after: None, n: 0 },
             digest: CRC32C.digest(),
             emitted: 0,
         }
+    }
+
+    /// [`snapshot_stream`](Self::snapshot_stream) with the revision, the
+    /// applied index and the record count written as [`padded_varint`]s:
+    /// the same snapshot (it restores to the same store), a few bytes
+    /// longer, whose [`Section::Base`] and [`Section::Records`] bytes a
+    /// later delta ([`snapshot_delta_stream`](Self::snapshot_delta_stream))
+    /// can reuse.
+    pub fn chainable_snapshot_stream(&self) -> SnapshotStream {
+        SnapshotStream {
+            padded: true,
+            ..self.snapshot_stream()
+        }
+    }
+
+    /// The part of a snapshot of the store as it is now that a chainable
+    /// snapshot taken at `after_revision` (same compact revision) does not
+    /// have: a stream of only the [`Section::Records`] bytes of the
+    /// revisions after `after_revision`, frozen like
+    /// [`snapshot_stream`](Self::snapshot_stream). The whole snapshot is
+    /// [`prefix_bytes`](SnapshotStream::prefix_bytes), the earlier one's
+    /// `Base` bytes, [`count_bytes`](SnapshotStream::count_bytes), the
+    /// earlier one's `Records` bytes, this stream's,
+    /// [`leases_bytes`](SnapshotStream::leases_bytes), and the CRC-32C of
+    /// all that, little-endian.
+    ///
+    /// `None` if `after_revision` is not between the base revision and the
+    /// current revision.
+    pub fn snapshot_delta_stream(&self, after_revision: i64) -> Option<SnapshotStream> {
+        let s = self.chainable_snapshot_stream();
+        if after_revision < s.base || after_revision > s.revision {
+            return None;
+        }
+        Some(SnapshotStream {
+            delta_after: Some(after_revision),
+            phase: Phase::Records {
+                next: after_revision.saturating_add(1),
+            },
+            ..s
+        })
     }
 }
 
@@ -170,13 +268,69 @@ impl SnapshotStream {
         matches!(self.phase, Phase::Done)
     }
 
+    /// The compact revision the snapshot carries.
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision
+    }
+
+    /// The part the next [`step`](Self::step) writes into (`None` when it
+    /// writes nothing: counting, or done).
+    pub fn section(&self) -> Option<Section> {
+        match (&self.phase, self.delta_after) {
+            (Phase::CountBase { .. } | Phase::Done, _) => None,
+            (Phase::Header, _) => Some(Section::Prefix),
+            (Phase::BaseLen | Phase::Base { .. } | Phase::AtBase, _) => Some(Section::Base),
+            (Phase::Count, _) => Some(Section::Count),
+            (Phase::Records { .. }, _) => Some(Section::Records),
+            (Phase::Tail, _) => Some(Section::Tail),
+        }
+    }
+
+    /// The [`Section::Prefix`] bytes: magic, format version and the
+    /// header (revision and applied index padded in a chainable stream).
+    pub fn prefix_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&MVCC_LEASE_SNAPSHOT_MAGIC);
+        out.push(FORMAT_VERSION);
+        if self.padded {
+            out.extend_from_slice(&padded_varint(zigzag(self.revision)));
+            encode_into(&self.compact_revision, &mut out);
+            out.extend_from_slice(&padded_varint(self.applied_index));
+        } else {
+            let header = (self.revision, self.compact_revision, self.applied_index);
+            encode_into(&header, &mut out);
+        }
+        out
+    }
+
+    /// The [`Section::Count`] bytes: the number of records after the base
+    /// revision (padded in a chainable stream).
+    pub fn count_bytes(&self) -> Vec<u8> {
+        if self.padded {
+            padded_varint(self.records as u64).to_vec()
+        } else {
+            let mut out = Vec::new();
+            encode_into(&self.records, &mut out);
+            out
+        }
+    }
+
+    /// The frozen leases as written, the [`Section::Tail`] bytes before the
+    /// checksum.
+    pub fn leases_bytes(&self) -> &[u8] {
+        &self.leases
+    }
+
     /// Starts the output over from the first byte (the same bytes come
     /// again; keys already counted are not counted twice). For a caller
     /// that measures the length in a first pass and writes in a second.
     pub fn rewind(&mut self) {
-        self.phase = match self.base_len {
-            Some(_) => Phase::Header,
-            None => Phase::CountBase { after: None, n: 0 },
+        self.phase = match (self.delta_after, self.base_len) {
+            (Some(after), _) => Phase::Records {
+                next: after.saturating_add(1),
+            },
+            (None, Some(_)) => Phase::Header,
+            (None, None) => Phase::CountBase { after: None, n: 0 },
         };
         self.digest = CRC32C.digest();
         self.emitted = 0;
@@ -208,10 +362,10 @@ impl SnapshotStream {
         self.phase = match phase {
             Phase::CountBase { after, n } => self.count_base(store, after, n, max_items)?,
             Phase::Header => {
-                out.extend_from_slice(&MVCC_LEASE_SNAPSHOT_MAGIC);
-                out.push(FORMAT_VERSION);
-                let header = (self.revision, self.compact_revision, self.applied_index);
-                encode_into(&header, out);
+                out.extend_from_slice(&self.prefix_bytes());
+                Phase::BaseLen
+            }
+            Phase::BaseLen => {
                 encode_into(&self.base_len.unwrap_or(0), out);
                 Phase::Base { after: None, n: 0 }
             }
@@ -224,12 +378,19 @@ impl SnapshotStream {
                     _ => &none,
                 };
                 encode_into(at_base, out);
-                encode_into(&self.records, out);
+                Phase::Count
+            }
+            Phase::Count => {
+                out.extend_from_slice(&self.count_bytes());
                 Phase::Records {
                     next: self.base.saturating_add(1),
                 }
             }
-            Phase::Records { next } => self.records(store, next, max_items, out)?,
+            Phase::Records { next } => match self.records(store, next, max_items, out)? {
+                // A delta ends with its records.
+                Phase::Tail if self.delta_after.is_some() => Phase::Done,
+                p => p,
+            },
             Phase::Tail => {
                 out.extend_from_slice(&self.leases);
                 self.digest.update(&out[start..]);
@@ -243,7 +404,7 @@ impl SnapshotStream {
         };
         self.digest.update(&out[start..]);
         self.emitted = self.emitted.saturating_add((out.len() - start) as u64);
-        Ok(false)
+        Ok(matches!(self.phase, Phase::Done))
     }
 
     /// Up to `max` keys of the store (live now or with history), from
