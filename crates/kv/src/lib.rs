@@ -35,7 +35,8 @@ pub use limits::{
 };
 pub use mvcc::{
     padded_varint, Change, ChangeBatch, ChangeKind, HashKv, LeaseInfo, MvccStore, Section,
-    SnapshotStream, StreamError, COMPACTION_CHANGES_PER_ENTRY, PADDED_VARINT_BYTES, MVCC_LEASE_SNAPSHOT_MAGIC, MVCC_SNAPSHOT_MAGIC,
+    SnapshotStream, StreamError, COMPACTION_CHANGES_PER_ENTRY, MVCC_LEASE_SNAPSHOT_MAGIC,
+    MVCC_SNAPSHOT_MAGIC, PADDED_VARINT_BYTES,
 };
 pub use request::{
     Command, CompactionRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest,

@@ -366,7 +366,16 @@ fn a_chainable_snapshot_and_its_deltas_compose_into_the_later_snapshot() {
 
 #[test]
 fn a_padded_varint_decodes_as_the_number() {
-    for n in [0u64, 1, 127, 128, 300, u32::MAX as u64, i64::MAX as u64, u64::MAX] {
+    for n in [
+        0u64,
+        1,
+        127,
+        128,
+        300,
+        u32::MAX as u64,
+        i64::MAX as u64,
+        u64::MAX,
+    ] {
         let bytes = padded_varint(n);
         assert_eq!(bytes.len(), PADDED_VARINT_BYTES);
         assert_eq!(postcard::from_bytes::<u64>(&bytes).unwrap(), n);

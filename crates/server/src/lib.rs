@@ -59,6 +59,7 @@ pub mod proto;
 pub mod publish;
 pub mod raft_loop;
 pub mod registry;
+pub mod snapshot_chain;
 pub mod storage;
 pub mod tls;
 pub mod transport;

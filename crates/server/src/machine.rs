@@ -158,6 +158,9 @@ pub enum SnapshotJobError {
 pub struct SnapshotJob {
     store: Arc<RwLock<kv::MvccStore>>,
     stream: kv::SnapshotStream,
+    /// Only the log records after an earlier chainable snapshot
+    /// ([`ServerMachine::chained_snapshot_job`]).
+    delta: bool,
     /// Bumped by every restore; the job gives up if it moved.
     generation: Arc<AtomicU64>,
     frozen_generation: u64,
@@ -178,6 +181,51 @@ impl SnapshotJob {
     /// The envelope's bytes before the key-value length slot.
     pub fn head(&self) -> &[u8] {
         &self.head
+    }
+
+    /// Whether the steps write only the log records after an earlier
+    /// chainable snapshot (the rest of the snapshot is that snapshot's
+    /// bytes and this job's [`prefix_bytes`](Self::prefix_bytes),
+    /// [`count_bytes`](Self::count_bytes) and
+    /// [`leases_bytes`](Self::leases_bytes); see
+    /// [`kv::MvccStore::snapshot_delta_stream`]).
+    pub fn is_delta(&self) -> bool {
+        self.delta
+    }
+
+    /// The part of the key-value snapshot the next step writes.
+    pub fn section(&self) -> Option<kv::Section> {
+        self.stream.section()
+    }
+
+    /// The key-value revision the snapshot carries.
+    pub fn revision(&self) -> i64 {
+        self.stream.revision()
+    }
+
+    /// The key-value compact revision the snapshot carries.
+    pub fn compact_revision(&self) -> i64 {
+        self.stream.compact_revision()
+    }
+
+    /// The store's generation (bumped by every restore) at the freeze.
+    pub fn generation(&self) -> u64 {
+        self.frozen_generation
+    }
+
+    /// The key-value header as written ([`kv::Section::Prefix`]).
+    pub fn prefix_bytes(&self) -> Vec<u8> {
+        self.stream.prefix_bytes()
+    }
+
+    /// The record count as written ([`kv::Section::Count`]).
+    pub fn count_bytes(&self) -> Vec<u8> {
+        self.stream.count_bytes()
+    }
+
+    /// The leases as written, before the key-value checksum.
+    pub fn leases_bytes(&self) -> &[u8] {
+        self.stream.leases_bytes()
     }
 
     /// The envelope's bytes after the key-value part.
@@ -360,6 +408,33 @@ impl ServerMachine {
             .read()
             .map_err(|_| SnapshotJobError::Poisoned)?
             .snapshot_stream();
+        self.job_of(stream, false)
+    }
+
+    /// A job for the snapshot of the state as it is now that a later delta
+    /// can extend ([`kv::MvccStore::chainable_snapshot_stream`]), or, with
+    /// `delta_after`, the delta after the chainable snapshot at that
+    /// key-value revision (a full chainable job if the store's revision is
+    /// not at or after it). The caller checks the compact revision and
+    /// generation match the earlier snapshot's.
+    pub fn chained_snapshot_job(
+        &self,
+        delta_after: Option<i64>,
+    ) -> Result<SnapshotJob, SnapshotJobError> {
+        let store = self.kv.read().map_err(|_| SnapshotJobError::Poisoned)?;
+        let (stream, delta) = match delta_after.and_then(|r| store.snapshot_delta_stream(r)) {
+            Some(s) => (s, true),
+            None => (store.chainable_snapshot_stream(), false),
+        };
+        drop(store);
+        self.job_of(stream, delta)
+    }
+
+    fn job_of(
+        &self,
+        stream: kv::SnapshotStream,
+        delta: bool,
+    ) -> Result<SnapshotJob, SnapshotJobError> {
         let data = self
             .registry
             .snapshot_data(Vec::new())
@@ -374,6 +449,7 @@ impl ServerMachine {
         Ok(SnapshotJob {
             store: self.kv.clone(),
             stream,
+            delta,
             generation: self.generation.clone(),
             frozen_generation: self.generation.load(Ordering::Acquire),
             head,

@@ -46,6 +46,7 @@ use crate::machine::{
     kv_len_slot, Applied, Refused, ServerMachine, SnapshotJob, SnapshotJobError, KV_LEN_SLOT_BYTES,
 };
 use crate::registry::{Registry, RegistryOp};
+use crate::snapshot_chain::{self, Plan, SectionTracker, SharedChain};
 use crate::storage::snapshot::{
     save_streamed, SnapshotFile, SnapshotWriter, StreamedSaveError, SNAPSHOT_WRITE_BYTES_PER_SEC,
 };
@@ -416,6 +417,8 @@ pub struct RaftLoop {
     snap_dir: PathBuf,
     /// The snapshot being serialized by this loop, if any.
     snapshot: Option<ActiveSnapshot>,
+    /// The chain the next snapshot may extend with a delta (ADR 0033).
+    chain: SharedChain,
     /// Where a saved snapshot lets the log be compacted to, while entries
     /// before it are kept for a follower being caught up.
     compaction_due: Option<u64>,
@@ -425,8 +428,9 @@ pub struct RaftLoop {
 
 /// What the loop sends the thread writing a snapshot it serializes.
 enum Piece {
-    /// Data to append; the buffer comes back when written.
-    Data(Vec<u8>),
+    /// Data to append, and the key-value section it belongs to (`None`:
+    /// the envelope); the buffer comes back when written.
+    Data(Vec<u8>, Option<kv::Section>),
     /// Reserve the slot of the key-value part's length.
     KvLenSlot,
     /// Every piece was sent: fill the slot with this and save the file.
@@ -552,6 +556,7 @@ impl RaftLoop {
             applied_events: Vec::new(),
             snap_dir: p.snap_dir,
             snapshot: None,
+            chain: SharedChain::default(),
             compaction_due: None,
             floors: FloorWindow::new(floor_period_ticks.into()),
         };
@@ -886,6 +891,10 @@ impl RaftLoop {
         };
         let index = due.meta.index;
         let data = s.data;
+        // Not chainable: the next snapshot starts a chain of its own.
+        if let Ok(mut c) = self.chain.lock() {
+            *c = None;
+        }
         self.spawn_snapshot(index, move |dir, writer| {
             let mut data = Some(data);
             let len = data.as_ref().map_or(0, |d| d.len() as u64);
@@ -913,7 +922,20 @@ impl RaftLoop {
             metalraft_replica::StateMachine::applied_index(sm),
             due.meta.index
         );
-        let job = match sm.snapshot_job() {
+        // A delta on the chain if it may grow and still matches the store
+        // (same compact revision and generation), else a full snapshot.
+        let chain = self.chain.lock().ok().and_then(|c| c.clone());
+        let job = match chain.as_ref().filter(|c| c.may_grow()) {
+            Some(c) => {
+                sm.chained_snapshot_job(Some(c.revision))
+                    .and_then(|job| match c.may_extend(&job) {
+                        true => Ok(job),
+                        false => sm.chained_snapshot_job(None),
+                    })
+            }
+            None => sm.chained_snapshot_job(None),
+        };
+        let job = match job {
             Ok(job) => Box::new(job),
             Err(e) => {
                 tracing::error!(error = %e, index = due.meta.index, "freezing a snapshot failed; the next threshold tries again");
@@ -921,19 +943,29 @@ impl RaftLoop {
                 return;
             }
         };
+        let plan = Plan::of(&job, chain);
         let (pieces, from_loop) = std::sync::mpsc::channel();
         let (to_loop, free) = mpsc::unbounded_channel();
-        // The envelope's head and the slot first; then one step per buffer
+        // A full snapshot: the envelope's head and the slot first (a
+        // delta's thread writes them at the end); then one step per buffer
         // handed back.
-        let _ = pieces.send(Piece::Data(job.head().to_vec()));
-        let _ = pieces.send(Piece::KvLenSlot);
+        if !job.is_delta() {
+            let _ = pieces.send(Piece::Data(job.head().to_vec(), None));
+            let _ = pieces.send(Piece::KvLenSlot);
+        }
         for _ in 0..SNAPSHOT_PIECES_IN_FLIGHT {
             let _ = to_loop.send(Vec::new());
         }
         let index = due.meta.index;
         let latency = self.stats.latency.clone();
+        let chain = self.chain.clone();
         if self.spawn_snapshot(index, move |dir, writer| {
-            write_snapshot_pieces(dir, due, &from_loop, &to_loop, writer, latency)
+            let to = SnapshotTarget {
+                dir,
+                plan,
+                chain: &chain,
+            };
+            write_snapshot_pieces(to, due, &from_loop, &to_loop, writer, latency)
         }) {
             self.snapshot = Some(ActiveSnapshot {
                 index,
@@ -960,11 +992,14 @@ impl RaftLoop {
             return;
         };
         buf.clear();
+        let section = a.job.section();
         match a.job.step(&mut buf) {
             Ok(done) => {
-                let _ = a.pieces.send(Piece::Data(buf));
+                let _ = a.pieces.send(Piece::Data(buf, section));
                 if done {
-                    let _ = a.pieces.send(Piece::Data(a.job.tail().to_vec()));
+                    if !a.job.is_delta() {
+                        let _ = a.pieces.send(Piece::Data(a.job.tail().to_vec(), None));
+                    }
                     let _ = a.pieces.send(Piece::Finish(kv_len_slot(a.job.kv_len())));
                     a.sent_all = true;
                 }
@@ -1145,14 +1180,23 @@ impl RaftLoop {
     }
 }
 
+/// Where the snapshot thread writes, and what.
+struct SnapshotTarget<'a> {
+    dir: &'a std::path::Path,
+    plan: Plan,
+    /// Set to the chain the snapshot leaves once its file is durable.
+    chain: &'a SharedChain,
+}
+
 /// The snapshot thread of a snapshot the loop serializes: writes the
 /// pieces as they come ([`SnapshotWriter`], one pass: the key-value length
-/// is filled into its slot at the end), hands each buffer back, then tells
-/// the WAL writer (which purges the WAL behind the file, in order with its
-/// batches, and tells the loop). A failure is reported the same way;
-/// nothing is lost.
+/// is filled into its slot at the end; a delta's parts around its records
+/// are written after them, [`snapshot_chain::finish_delta`]), hands each
+/// buffer back, then tells the WAL writer (which purges the WAL behind the
+/// file, in order with its batches, and tells the loop). A failure is
+/// reported the same way; nothing is lost.
 fn write_snapshot_pieces(
-    dir: &std::path::Path,
+    to: SnapshotTarget<'_>,
     due: SnapshotDue,
     pieces: &std::sync::mpsc::Receiver<Piece>,
     free: &mpsc::UnboundedSender<Vec<u8>>,
@@ -1163,18 +1207,55 @@ fn write_snapshot_pieces(
     let meta = &due.meta;
     let _writing = latency.snapshot_file();
     let saved = (|| {
-        let mut w = SnapshotWriter::create(dir, meta.index, meta.term, &meta.conf_state)?;
+        let mut w = match &to.plan {
+            Plan::Full { .. } => {
+                SnapshotWriter::create(to.dir, meta.index, meta.term, &meta.conf_state)?
+            }
+            Plan::Delta { .. } => SnapshotWriter::create_delta(to.dir, meta.index, meta.term)?,
+        };
         w.observe_syncs(latency.clone());
         w.pace(SNAPSHOT_WRITE_BYTES_PER_SEC);
+        let mut sections = SectionTracker::default();
+        if let Plan::Delta { .. } = &to.plan {
+            w.begin_extent();
+        }
         loop {
             match pieces.recv() {
-                Ok(Piece::Data(buf)) => {
+                Ok(Piece::Data(buf, section)) => {
+                    if let Plan::Full { .. } = &to.plan {
+                        sections.enter(&mut w, section);
+                    }
                     w.write(&buf)?;
                     // The loop is gone only when the snapshot was abandoned.
                     let _ = free.send(buf);
                 }
-                Ok(Piece::KvLenSlot) => w.reserve(KV_LEN_SLOT_BYTES)?,
-                Ok(Piece::Finish(slot)) => return Ok(w.finish(&slot)?),
+                Ok(Piece::KvLenSlot) => {
+                    sections.enter(&mut w, None);
+                    w.reserve(KV_LEN_SLOT_BYTES)?;
+                }
+                Ok(Piece::Finish(slot)) => {
+                    let (file, chain) = match &to.plan {
+                        Plan::Full { .. } => {
+                            let chain = sections.chain(&mut w, &to.plan);
+                            (w.finish(&slot)?, chain)
+                        }
+                        Plan::Delta { chain, parts } => {
+                            let own = w.end_extent();
+                            let (file, next) = snapshot_chain::finish_delta(
+                                w,
+                                chain,
+                                parts,
+                                own,
+                                &meta.conf_state,
+                            )?;
+                            (file, Some(next))
+                        }
+                    };
+                    if let Ok(mut c) = to.chain.lock() {
+                        *c = chain;
+                    }
+                    return Ok(file);
+                }
                 // Dropping `w` removes the temporary file.
                 Err(_) => return Err(StreamedSaveError::Source(SnapshotJobError::Cancelled)),
             }
@@ -1197,6 +1278,7 @@ fn report_snapshot(
             tracing::info!(
                 index,
                 bytes = file.len(),
+                delta = file.is_delta(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "saved snapshot"
             );

@@ -129,3 +129,136 @@ fn member_killed_while_saving_a_received_snapshot_restarts_and_catches_up() {
         "a received file left after the restart: {names:?}"
     );
 }
+
+/// Names of the snapshot files in member `i`'s snapshot directory, oldest
+/// first (the names sort by term, then index).
+fn snapshot_names(c: &Cluster, i: usize) -> Vec<String> {
+    let dir = c.members[i].data_dir.join("member/snap");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".snap") || n.ends_with(".delta"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn get_json(eps: &str, key: &str, extra: &[&str]) -> String {
+    let mut args = vec!["--endpoints", eps, "get", key, "-w", "json"];
+    args.extend_from_slice(extra);
+    etcdctl(&args)
+}
+
+/// ADR 0033: with a snapshot every 30 entries, a member writes delta
+/// snapshots on a full one. A member far behind is sent the leader's
+/// newest snapshot while it is a delta (its data read from several
+/// files), and every member restarts from its newest snapshot, delta or
+/// not, with the history since the compaction (reads at old revisions)
+/// intact; a compaction starts a new chain.
+#[test]
+fn delta_snapshots_serve_catch_up_and_restarts_with_history() {
+    let mut c = Cluster::start_with(3, &["--snapshot-count=30"]);
+    let leader = c.wait_for_leader();
+    let victim = (leader + 1) % 3;
+    c.kill9(victim);
+    let live = c.live_endpoints();
+    let value = "v".repeat(300);
+    // Writes until the leader's newest snapshot is a delta (the snapshot
+    // after a full one always is).
+    let mut written = 0;
+    loop {
+        for _ in 0..10 {
+            put_ok(
+                &live,
+                &format!("d/{:02}", written % 40),
+                &format!("{written}-{value}"),
+            );
+            written += 1;
+        }
+        let names = snapshot_names(&c, leader);
+        if names.len() >= 2 && names.last().is_some_and(|n| n.ends_with(".delta")) {
+            break;
+        }
+        assert!(written < 1000, "no delta snapshot on the leader: {names:?}");
+    }
+    let log = std::fs::read_to_string(&c.members[leader].log).unwrap();
+    assert!(log.contains("delta=true"), "no delta saved:\n{log}");
+
+    c.spawn(victim);
+    let ep = c.endpoint(victim);
+    eventually("the restarted member has every key", || {
+        (local_key_count(&ep, "d/") == 40).then_some(())
+    });
+    let vlog = std::fs::read_to_string(&c.members[victim].log).unwrap();
+    assert!(
+        vlog.contains("restored state machine from the leader's snapshot"),
+        "caught up without a snapshot:\n{vlog}"
+    );
+    let newest = get_json(&ep, "d/00", &["--consistency=s"]);
+    assert!(
+        newest.contains(&format!("\"mod_revision\":{}", {
+            json_u64(&get_json(&c.endpoint(leader), "d/00", &[]), "mod_revision").unwrap()
+        })),
+        "{newest}"
+    );
+
+    // A compaction, then more writes: a new chain on a new full snapshot.
+    let all = c.endpoints();
+    let rev = json_u64(&get_json(&all, "d/00", &[]), "revision").unwrap();
+    etcdctl(&["--endpoints", &all, "compact", &(rev / 2).to_string()]);
+    for i in 0..90 {
+        put_ok(
+            &all,
+            &format!("d/{:02}", i % 40),
+            &format!("late{i}-{value}"),
+        );
+    }
+    let before = get_json(&all, "d/", &["--prefix"]);
+    let past_rev = (rev / 2 + rev) / 2;
+    let past = get_json(&all, "d/", &["--prefix", &format!("--rev={past_rev}")]);
+    assert!(past.contains("\"kvs\""), "{past}");
+
+    for i in 0..3 {
+        c.kill9(i);
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.wait_for_leader();
+    let after = eventually("reads after the restart", || {
+        let o = etcdctl_try(&["--endpoints", &all, "get", "d/", "--prefix", "-w", "json"]);
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    });
+    let kvs = |s: &str| s[s.find("\"kvs\"").unwrap()..].to_string();
+    assert_eq!(kvs(&after), kvs(&before));
+    for i in 0..3 {
+        let ep = c.endpoint(i);
+        let past_here = eventually("a past read on each member", || {
+            let o = etcdctl_try(&[
+                "--endpoints",
+                &ep,
+                "get",
+                "d/",
+                "--prefix",
+                "-w",
+                "json",
+                "--consistency=s",
+                &format!("--rev={past_rev}"),
+            ]);
+            o.status
+                .success()
+                .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+        });
+        assert_eq!(kvs(&past_here), kvs(&past), "member {i}");
+        let log = std::fs::read_to_string(&c.members[i].log).unwrap();
+        assert!(
+            log.contains("restored state machine from snapshot"),
+            "member {i} did not restore from its snapshot"
+        );
+    }
+}

@@ -223,6 +223,9 @@ pub enum EncodeError {
     /// A snapshot's membership record that postcard refused.
     #[error("snapshot membership record does not encode: {0}")]
     ConfState(postcard::Error),
+    /// A delta snapshot's manifest that postcard refused.
+    #[error("delta snapshot manifest does not encode: {0}")]
+    DeltaManifest(postcard::Error),
 }
 
 fn record_tag(r: &Record) -> u8 {

@@ -63,6 +63,15 @@ pub enum StorageError {
     /// contract (a bug in its caller); nothing was saved.
     #[error("snapshot writer: {0}")]
     SnapshotWriter(#[from] super::snapshot::WriterMisuse),
+    /// A delta snapshot just written does not read back (its extents'
+    /// files are gone or shorter than recorded); nothing was saved.
+    #[error("delta snapshot {} does not read back: {source}", path.display())]
+    Delta {
+        /// The delta file.
+        path: PathBuf,
+        /// What is wrong.
+        source: super::delta::DeltaError,
+    },
     /// Another process holds the data directory.
     #[error("data directory {} is in use by another process", path.display())]
     Locked {

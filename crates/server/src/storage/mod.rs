@@ -14,6 +14,7 @@
 //! The design and its crash analysis are in `docs/adr/0008-server-storage.md`.
 
 pub mod codec;
+pub mod delta;
 pub mod error;
 pub mod log;
 pub(crate) mod repair;

@@ -22,6 +22,7 @@ use std::time::Duration;
 use metalraft_core::{ConfState, MAX_TERM_OR_INDEX};
 
 use super::codec::EncodeError;
+use super::delta::Extent;
 use super::error::StorageError;
 use super::wal::{create_dir_durable, sync_dir};
 
@@ -62,6 +63,11 @@ pub struct Snapshot {
 
 fn name(term: u64, index: u64) -> String {
     format!("{term:016x}-{index:016x}.snap")
+}
+
+/// Whether `n` is a full snapshot file's name.
+pub(super) fn is_full_name(n: &str) -> bool {
+    parse_name(n).is_some()
 }
 
 fn parse_name(n: &str) -> Option<(u64, u64)> {
@@ -232,32 +238,70 @@ pub fn save(dir: &Path, s: &Snapshot) -> Result<PathBuf, StorageError> {
     Ok(path)
 }
 
-/// Removes all but the newest [`SNAPSHOTS_KEPT`] snapshots in `dir`.
+/// Removes all but the newest [`SNAPSHOTS_KEPT`] snapshots in `dir`, and
+/// the files the kept delta snapshots read from ([`super::delta`]).
 fn keep_newest(dir: &Path) -> Result<(), StorageError> {
     // Temporary files are left alone: one may be a snapshot being written
     // or a received one waiting for its install (`PreparedSnapshot`).
     let mut all = list(dir, false)?;
-    while all.len() > SNAPSHOTS_KEPT {
-        let (_, _, old) = all.remove(0);
-        fs::remove_file(&old).map_err(|e| StorageError::from_io(&old, e))?;
+    let old = all.len().saturating_sub(SNAPSHOTS_KEPT);
+    let mut needed = std::collections::BTreeSet::new();
+    for (_, _, kept) in &all[old..] {
+        let Some(n) = kept.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if super::delta::parse_name(n).is_none() {
+            continue;
+        }
+        match super::delta::read_manifest(kept)? {
+            Ok(m) => needed.extend(m.data.into_iter().map(|e| e.file)),
+            Err(e) => {
+                // Which files it needs is unknown: remove nothing.
+                tracing::warn!(file = %kept.display(), reason = %e, "delta snapshot's manifest unreadable; keeping every older snapshot");
+                return Ok(());
+            }
+        }
+    }
+    all.truncate(old);
+    for (_, _, path) in all {
+        let n = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !needed.contains(n) {
+            fs::remove_file(&path).map_err(|e| StorageError::from_io(&path, e))?;
+        }
     }
     Ok(())
 }
 
 /// The data of a saved snapshot, read from its file when a follower needs
-/// it (an open handle: it stays readable if a newer snapshot deletes the
-/// file).
+/// it (open handles: it stays readable if a newer snapshot deletes the
+/// file). A delta snapshot's data lies in several files
+/// ([`super::delta`]): the parts, in order.
 #[derive(Clone, Debug)]
 pub struct SnapshotFile {
-    /// The snapshot file, open for reading.
-    file: Arc<File>,
-    /// Where the data starts in it.
-    data_offset: u64,
-    /// The data's length.
+    parts: Arc<[FilePart]>,
+    /// The data's length (the parts' lengths added up).
     data_len: u64,
 }
 
+/// A run of a snapshot's data in one open file.
+#[derive(Clone, Debug)]
+pub(super) struct FilePart {
+    pub(super) file: Arc<File>,
+    /// Where the run starts in the file.
+    pub(super) offset: u64,
+    pub(super) len: u64,
+}
+
 impl SnapshotFile {
+    /// The data made of `parts`, in order.
+    pub(super) fn from_parts(parts: Vec<FilePart>) -> SnapshotFile {
+        let data_len = parts.iter().map(|p| p.len).sum();
+        SnapshotFile {
+            parts: parts.into(),
+            data_len,
+        }
+    }
+
     /// The data's length in bytes.
     pub fn len(&self) -> u64 {
         self.data_len
@@ -268,13 +312,29 @@ impl SnapshotFile {
         self.data_len == 0
     }
 
+    /// Whether the data lies in several files (a delta snapshot's).
+    pub fn is_delta(&self) -> bool {
+        self.parts.len() > 1
+    }
+
     /// Up to `max_len` bytes of the data from `offset`.
     pub fn read_at(&self, offset: u64, max_len: usize) -> std::io::Result<Vec<u8>> {
         let start = offset.min(self.data_len);
         let len = (self.data_len - start).min(max_len as u64) as usize;
         let mut buf = vec![0u8; len];
-        self.file
-            .read_exact_at(&mut buf, self.data_offset + start)?;
+        let (mut filled, mut part_start) = (0usize, 0u64);
+        for p in self.parts.iter() {
+            let part_end = part_start + p.len;
+            let at = start + filled as u64;
+            if filled < len && at < part_end {
+                let within = at - part_start;
+                let n = ((p.len - within) as usize).min(len - filled);
+                p.file
+                    .read_exact_at(&mut buf[filled..filled + n], p.offset + within)?;
+                filled += n;
+            }
+            part_start = part_end;
+        }
         Ok(buf)
     }
 }
@@ -390,6 +450,9 @@ pub struct SnapshotWriter {
     latency: Option<Arc<crate::latency::Latency>>,
     /// With [`pace`](Self::pace): when writing started, and the rate.
     pace: Option<(std::time::Instant, u64)>,
+    /// The extent being recorded ([`begin_extent`](Self::begin_extent)):
+    /// where it starts in the file, and the checksum of its bytes so far.
+    extent: Option<(u64, u32)>,
 }
 
 impl SnapshotWriter {
@@ -427,12 +490,96 @@ impl SnapshotWriter {
             slot: None,
             latency: None,
             pace: None,
+            extent: None,
         };
         let mut f = File::create(&w.tmp).map_err(|e| StorageError::from_io(&w.tmp, e))?;
         f.write_all(&head)
             .map_err(|e| StorageError::from_io(&w.tmp, e))?;
         w.file = Some(f);
         Ok(w)
+    }
+
+    /// Creates the temporary file of the delta snapshot at `index`/`term`
+    /// ([`super::delta`]): its magic, then whatever is written, then the
+    /// manifest [`finish_delta`](Self::finish_delta) appends.
+    pub fn create_delta(dir: &Path, index: u64, term: u64) -> Result<SnapshotWriter, StorageError> {
+        create_dir_durable(dir)?;
+        let final_name = super::delta::name(term, index);
+        let path = dir.join(&final_name);
+        let tmp = dir.join(format!("{final_name}.tmp"));
+        let mut f = File::create(&tmp).map_err(|e| StorageError::from_io(&tmp, e))?;
+        f.write_all(super::delta::MAGIC)
+            .map_err(|e| StorageError::from_io(&tmp, e))?;
+        Ok(SnapshotWriter {
+            file: Some(f),
+            dir: dir.to_path_buf(),
+            tmp,
+            path,
+            data_offset: super::delta::MAGIC.len() as u64,
+            head_len: 0,
+            written: 0,
+            synced: 0,
+            crc: 0,
+            slot: None,
+            latency: None,
+            pace: None,
+            extent: None,
+        })
+    }
+
+    /// Starts recording the bytes written from now on as one [`Extent`]
+    /// of this file (ending a recording under way).
+    pub fn begin_extent(&mut self) {
+        self.extent = Some((self.data_offset + self.written, 0));
+    }
+
+    /// Ends the recording [`begin_extent`](Self::begin_extent) started:
+    /// the bytes written since, by name, offset, length and checksum
+    /// (empty if none was started).
+    pub fn end_extent(&mut self) -> Extent {
+        let end = self.data_offset + self.written;
+        let (offset, crc) = self.extent.take().unwrap_or((end, 0));
+        Extent {
+            file: self
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            offset,
+            len: end - offset,
+            crc,
+        }
+    }
+
+    /// Ends a delta file: appends the manifest (`data`, the snapshot's data
+    /// as extents of this and earlier snapshot files, in order), syncs,
+    /// renames, syncs the directory and removes the snapshots no longer
+    /// kept. Returns the data, open for followers.
+    pub fn finish_delta(
+        mut self,
+        conf_state: &ConfState,
+        data: Vec<Extent>,
+    ) -> Result<SnapshotFile, StorageError> {
+        let manifest = super::delta::Manifest {
+            conf_state: conf_state.clone(),
+            data,
+        };
+        // The manifest is not part of any extent.
+        self.extent = None;
+        let trailer = super::delta::encode_manifest(&manifest)?;
+        self.raw_write(&trailer)?;
+        let f = self
+            .file
+            .take()
+            .ok_or(StorageError::from(WriterMisuse::Closed))?;
+        self.timed_sync(&f, true)?;
+        drop(f);
+        fs::rename(&self.tmp, &self.path).map_err(|e| StorageError::from_io(&self.path, e))?;
+        self.tmp = PathBuf::new();
+        sync_dir(&self.dir)?;
+        let file = super::delta::open_extents(&self.dir, &self.path, &manifest.data)?;
+        keep_newest(&self.dir)?;
+        Ok(file)
     }
 
     /// Records every sync's duration in `latency` (`snapshot_sync`).
@@ -494,6 +641,9 @@ impl SnapshotWriter {
     /// Appends `bytes` to the data.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         self.crc = crc32c::crc32c_append(self.crc, bytes);
+        if let Some((_, crc)) = &mut self.extent {
+            *crc = crc32c::crc32c_append(*crc, bytes);
+        }
         self.raw_write(bytes)
     }
 
@@ -555,11 +705,11 @@ impl SnapshotWriter {
         sync_dir(&self.dir)?;
         let file = File::open(&self.path).map_err(|e| StorageError::from_io(&self.path, e))?;
         keep_newest(&self.dir)?;
-        Ok(SnapshotFile {
+        Ok(SnapshotFile::from_parts(vec![FilePart {
             file: Arc::new(file),
-            data_offset: self.data_offset,
-            data_len: self.written,
-        })
+            offset: self.data_offset,
+            len: self.written,
+        }]))
     }
 }
 
@@ -697,7 +847,7 @@ fn list(dir: &Path, remove_tmp: bool) -> Result<Vec<(u64, u64, PathBuf)>, Storag
             }
             continue;
         }
-        if let Some((term, index)) = parse_name(n) {
+        if let Some((term, index)) = parse_name(n).or_else(|| super::delta::parse_name(n)) {
             out.push((index, term, ent.path()));
         }
     }
@@ -734,7 +884,23 @@ pub struct Loaded {
 pub fn load_latest(dir: &Path) -> Result<Loaded, StorageError> {
     let mut all = list(dir, true)?;
     let mut out = Loaded::default();
-    while let Some((_, _, path)) = all.pop() {
+    while let Some((index, term, path)) = all.pop() {
+        if path.extension().is_some_and(|e| e == "delta") {
+            match super::delta::load(dir, &path, index, term)? {
+                Ok(s) => {
+                    out.snapshot = Some(s);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), reason = %e, "delta snapshot failed to verify; trying an older one");
+                    out.damaged.push(Damaged {
+                        path,
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            }
+        }
         // Sized once from the file's length: no regrowing copies.
         let mut buf = Vec::new();
         File::open(&path)
