@@ -91,9 +91,9 @@ pub enum Plan {
     /// A delta on `chain`.
     Delta {
         /// The chain it extends.
-        chain: Chain,
+        chain: Box<Chain>,
         /// The parts it writes besides the records.
-        parts: DeltaParts,
+        parts: Box<DeltaParts>,
     },
 }
 
@@ -102,15 +102,15 @@ impl Plan {
     pub fn of(job: &SnapshotJob, chain: Option<Chain>) -> Plan {
         match chain {
             Some(chain) if chain.may_extend(job) => Plan::Delta {
-                chain,
-                parts: DeltaParts {
+                chain: Box::new(chain),
+                parts: Box::new(DeltaParts {
                     head: job.head().to_vec(),
                     tail: job.tail().to_vec(),
                     prefix: job.prefix_bytes(),
                     count: job.count_bytes(),
                     leases: job.leases_bytes().to_vec(),
                     revision: job.revision(),
-                },
+                }),
             },
             _ => Plan::Full {
                 revision: job.revision(),
