@@ -174,11 +174,13 @@ fn is_snapshot_name(name: &str) -> bool {
     !name.contains('/') && (parse_name(name).is_some() || super::snapshot::is_full_name(name))
 }
 
-/// Opens the files of `extents` (each once) and checks each extent lies
-/// within its file. `Ok(Err)`: a file is missing or an extent is outside.
+/// Opens the files of `extents` (each once; the one named `alias.0` at
+/// `alias.1`) and checks each extent lies within its file. `Ok(Err)`: a
+/// file is missing or an extent is outside.
 fn open_checked(
     dir: &Path,
     extents: &[Extent],
+    alias: Option<(&str, &Path)>,
 ) -> Result<Result<Vec<FilePart>, DeltaError>, StorageError> {
     let mut files: BTreeMap<&str, (Arc<File>, u64)> = BTreeMap::new();
     let mut parts = Vec::with_capacity(extents.len());
@@ -189,7 +191,10 @@ fn open_checked(
         let (file, len) = match files.get(e.file.as_str()) {
             Some(f) => f.clone(),
             None => {
-                let path = dir.join(&e.file);
+                let path = match alias {
+                    Some((name, at)) if name == e.file => at.to_path_buf(),
+                    _ => dir.join(&e.file),
+                };
                 let f = match File::open(&path) {
                     Ok(f) => f,
                     Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -224,13 +229,16 @@ fn open_checked(
 
 /// The data of the delta file `path`'s `extents`, open for followers
 /// (checked to exist and lie within their files; their checksums are
-/// checked when a delta is loaded).
+/// checked when a delta is loaded). The delta itself is still at `tmp`
+/// (opened there: the handle stays valid across the rename).
 pub(super) fn open_extents(
     dir: &Path,
     path: &Path,
+    tmp: &Path,
     extents: &[Extent],
 ) -> Result<SnapshotFile, StorageError> {
-    match open_checked(dir, extents)? {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    match open_checked(dir, extents, Some((name, tmp)))? {
         Ok(parts) => Ok(SnapshotFile::from_parts(parts)),
         Err(source) => Err(StorageError::Delta {
             path: path.to_path_buf(),
@@ -252,7 +260,7 @@ pub(super) fn load(
         Ok(m) => m,
         Err(e) => return Ok(Err(e)),
     };
-    let parts = match open_checked(dir, &manifest.data)? {
+    let parts = match open_checked(dir, &manifest.data, None)? {
         Ok(p) => p,
         Err(e) => return Ok(Err(e)),
     };
@@ -277,4 +285,182 @@ pub(super) fn load(
         conf_state: manifest.conf_state,
         data,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::snapshot::{load_latest, SnapshotWriter};
+
+    fn conf() -> ConfState {
+        ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        }
+    }
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// A full snapshot at `index` whose data is `a | b | c`; returns the
+    /// extent of `b`.
+    fn full(dir: &Path, index: u64, a: &[u8], b: &[u8], c: &[u8]) -> Extent {
+        let mut w = SnapshotWriter::create(dir, index, 1, &conf()).unwrap();
+        w.write(a).unwrap();
+        w.begin_extent();
+        w.write(b).unwrap();
+        let e = w.end_extent();
+        w.write(c).unwrap();
+        w.finish(&[]).unwrap();
+        e
+    }
+
+    /// A delta at `index` whose data is `earlier` extents, then `own`.
+    fn delta(dir: &Path, index: u64, earlier: &[Extent], own: &[u8]) -> (SnapshotFile, Extent) {
+        let mut w = SnapshotWriter::create_delta(dir, index, 1).unwrap();
+        w.begin_extent();
+        w.write(own).unwrap();
+        let mine = w.end_extent();
+        let mut data = earlier.to_vec();
+        data.push(mine.clone());
+        (w.finish_delta(&conf(), data).unwrap(), mine)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn a_delta_reads_back_its_extents_in_order_and_keeps_the_files_it_needs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (a, b, c) = (bytes(100, 1), bytes(70_000, 2), bytes(50, 3));
+        let base = full(dir, 10, &a, &b, &c);
+        assert_eq!(base.len, b.len() as u64);
+        let (own1, own2, own3) = (bytes(5_000, 4), bytes(1, 5), bytes(9_000, 6));
+        let (_, d1) = delta(dir, 20, &[base.clone()], &own1);
+        let (_, d2) = delta(dir, 30, &[base.clone(), d1.clone()], &own2);
+        let (file, _) = delta(dir, 40, &[base.clone(), d1.clone(), d2.clone()], &own3);
+        let expected: Vec<u8> = [&b[..], &own1, &own2, &own3].concat();
+
+        // Loaded at restart: the newest, its data spelled out.
+        let loaded = load_latest(dir).unwrap();
+        assert!(loaded.damaged.is_empty());
+        let s = loaded.snapshot.unwrap();
+        assert_eq!((s.index, s.term, &s.conf_state), (40, 1, &conf()));
+        assert_eq!(s.data, expected);
+        // Served to followers: any window across the parts.
+        assert!(file.is_delta());
+        assert_eq!(file.len(), expected.len() as u64);
+        for (at, len) in [
+            (0, 10),
+            (69_990, 20),
+            (69_999, 5_003),
+            (75_000, 100_000),
+            (0, 200_000),
+        ] {
+            let got = file.read_at(at, len).unwrap();
+            let end = (at as usize + len).min(expected.len());
+            assert_eq!(got, expected[at as usize..end], "{at}+{len}");
+        }
+        // Kept: the two newest and everything they read from (the full
+        // one and the first delta); nothing was removed.
+        assert_eq!(
+            names(dir),
+            [
+                "0000000000000001-000000000000000a.snap",
+                "0000000000000001-0000000000000014.delta",
+                "0000000000000001-000000000000001e.delta",
+                "0000000000000001-0000000000000028.delta",
+            ]
+        );
+        // A new full snapshot and one delta on it: the old chain goes.
+        let base2 = full(dir, 50, &a, &b, &c);
+        delta(dir, 60, &[base2], &own1);
+        assert_eq!(
+            names(dir),
+            [
+                "0000000000000001-0000000000000032.snap",
+                "0000000000000001-000000000000003c.delta",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_delta_whose_files_are_damaged_or_gone_is_refused_and_an_older_snapshot_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (a, b, c) = (bytes(10, 1), bytes(4_000, 2), bytes(10, 3));
+        let base = full(dir, 10, &a, &b, &c);
+        let (_, d1) = delta(dir, 20, &[base.clone()], &bytes(300, 4));
+        delta(dir, 30, &[base.clone(), d1.clone()], &bytes(300, 5));
+
+        // One flipped bit in the first delta's records: both deltas that
+        // read it are refused, the full snapshot is used.
+        let d1_path = dir.join(&d1.file);
+        let mut raw = std::fs::read(&d1_path).unwrap();
+        raw[d1.offset as usize + 7] ^= 0x10;
+        std::fs::write(&d1_path, &raw).unwrap();
+        let loaded = load_latest(dir).unwrap();
+        assert_eq!(loaded.snapshot.unwrap().index, 10);
+        assert_eq!(loaded.damaged.len(), 2);
+        assert!(
+            loaded.damaged[0].reason.contains("checksum"),
+            "{:?}",
+            loaded.damaged
+        );
+
+        // The full snapshot gone: nothing loads, each delta says why.
+        std::fs::remove_file(dir.join(&base.file)).unwrap();
+        let loaded = load_latest(dir).unwrap();
+        assert!(loaded.snapshot.is_none());
+        assert!(
+            loaded.damaged.iter().all(|d| d.reason.contains("missing")),
+            "{:?}",
+            loaded.damaged
+        );
+
+        // A truncated trailer, a manifest naming a path outside the
+        // directory, an extent past the end of its file.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let base = full(dir, 10, &a, &b, &c);
+        let (_, d1) = delta(dir, 20, &[base.clone()], &bytes(30, 4));
+        let p = dir.join(&d1.file);
+        let raw = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &raw[..raw.len() - 3]).unwrap();
+        assert!(matches!(
+            read_manifest(&p).unwrap(),
+            Err(DeltaError::BadTrailer)
+        ));
+        for bad in [
+            Extent {
+                file: "../etc/passwd".into(),
+                ..base.clone()
+            },
+            Extent {
+                len: 1 << 40,
+                ..base.clone()
+            },
+        ] {
+            let mut w = SnapshotWriter::create_delta(dir, 30, 1).unwrap();
+            w.write(b"x").unwrap();
+            let err = w.finish_delta(&conf(), vec![bad]).unwrap_err();
+            assert!(matches!(err, StorageError::Delta { .. }), "{err}");
+        }
+        // Neither became a snapshot, nor left a temporary file.
+        assert!(
+            !names(dir).iter().any(|n| n.contains("1e.delta")),
+            "{:?}",
+            names(dir)
+        );
+    }
 }

@@ -574,10 +574,12 @@ impl SnapshotWriter {
             .ok_or(StorageError::from(WriterMisuse::Closed))?;
         self.timed_sync(&f, true)?;
         drop(f);
+        // Checked before it becomes a snapshot: dropped on error, the
+        // temporary file is removed.
+        let file = super::delta::open_extents(&self.dir, &self.path, &self.tmp, &manifest.data)?;
         fs::rename(&self.tmp, &self.path).map_err(|e| StorageError::from_io(&self.path, e))?;
         self.tmp = PathBuf::new();
         sync_dir(&self.dir)?;
-        let file = super::delta::open_extents(&self.dir, &self.path, &manifest.data)?;
         keep_newest(&self.dir)?;
         Ok(file)
     }
