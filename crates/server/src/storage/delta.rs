@@ -346,7 +346,7 @@ mod tests {
         let base = full(dir, 10, &a, &b, &c);
         assert_eq!(base.len, b.len() as u64);
         let (own1, own2, own3) = (bytes(5_000, 4), bytes(1, 5), bytes(9_000, 6));
-        let (_, d1) = delta(dir, 20, &[base.clone()], &own1);
+        let (_, d1) = delta(dir, 20, std::slice::from_ref(&base), &own1);
         let (_, d2) = delta(dir, 30, &[base.clone(), d1.clone()], &own2);
         let (file, _) = delta(dir, 40, &[base.clone(), d1.clone(), d2.clone()], &own3);
         let expected: Vec<u8> = [&b[..], &own1, &own2, &own3].concat();
@@ -400,7 +400,7 @@ mod tests {
         let dir = tmp.path();
         let (a, b, c) = (bytes(10, 1), bytes(4_000, 2), bytes(10, 3));
         let base = full(dir, 10, &a, &b, &c);
-        let (_, d1) = delta(dir, 20, &[base.clone()], &bytes(300, 4));
+        let (_, d1) = delta(dir, 20, std::slice::from_ref(&base), &bytes(300, 4));
         delta(dir, 30, &[base.clone(), d1.clone()], &bytes(300, 5));
 
         // One flipped bit in the first delta's records: both deltas that
@@ -433,7 +433,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         let base = full(dir, 10, &a, &b, &c);
-        let (_, d1) = delta(dir, 20, &[base.clone()], &bytes(30, 4));
+        let (_, d1) = delta(dir, 20, std::slice::from_ref(&base), &bytes(30, 4));
         let p = dir.join(&d1.file);
         let raw = std::fs::read(&p).unwrap();
         std::fs::write(&p, &raw[..raw.len() - 3]).unwrap();
