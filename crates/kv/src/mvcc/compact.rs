@@ -110,7 +110,7 @@ impl MvccStore {
             }
         }
         if prune_to.is_none() {
-            release_spare(log);
+            log.release_spare();
         }
     }
 }

@@ -2,6 +2,7 @@
 //! versions and the revision log, fed by the shared write path.
 
 use super::change::ChangeKind;
+use super::record_log::RecordLog;
 use crate::error::RequestError;
 use crate::limits::{
     HISTORY_KEY_OVERHEAD_BYTES, HISTORY_VERSION_OVERHEAD_BYTES, LOG_CHANGE_OVERHEAD_BYTES,
@@ -157,7 +158,7 @@ pub(crate) struct Past {
     /// Per key, its superseded versions and tombstones, oldest first.
     pub(crate) versions: BTreeMap<Vec<u8>, VecDeque<Entry>>,
     /// One record per revision since the compact revision, oldest first.
-    pub(crate) log: VecDeque<Record>,
+    pub(crate) log: RecordLog,
     /// What [`MvccStore::size_bytes`](crate::MvccStore::size_bytes) counts
     /// for all of the above.
     pub(crate) size_bytes: usize,

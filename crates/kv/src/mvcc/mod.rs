@@ -17,6 +17,7 @@ mod history;
 mod lease;
 mod read;
 mod read_txn;
+mod record_log;
 #[cfg(test)]
 mod restore_timing;
 mod snapshot;

@@ -83,7 +83,7 @@ impl MvccStore {
         let max_events = max_events.max(1);
         let max_scanned = max_events.max(MAX_CHANGES_SCANNED_REVISIONS);
         batch.next_revision = current.saturating_add(1);
-        for (scanned, record) in self.past.log.range(first..).enumerate() {
+        for (scanned, record) in self.past.log.iter_from(first).enumerate() {
             if batch.changes.len() >= max_events || scanned >= max_scanned {
                 batch.next_revision = record.revision;
                 break;

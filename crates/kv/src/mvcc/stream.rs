@@ -497,7 +497,7 @@ impl SnapshotStream {
         out: &mut Vec<u8>,
     ) -> Result<Phase, StreamError> {
         let first = store.past.log_position(next);
-        for record in store.past.log.range(first..).take(max) {
+        for record in store.past.log.iter_from(first).take(max) {
             if record.revision > self.revision {
                 break;
             }
