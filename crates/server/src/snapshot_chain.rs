@@ -4,9 +4,9 @@
 //!
 //! The Raft loop keeps the [`Chain`] the last snapshot left (the snapshot
 //! thread updates it when a file is durable). When the next snapshot is
-//! due and the chain may grow ([`Chain::may_extend`]: same compact
-//! revision, same store generation, fewer than [`MAX_DELTAS_PER_CHAIN`]
-//! deltas whose bytes add up to less than the full snapshot's), the loop
+//! due and the chain may grow ([`Chain::may_grow`], [`Chain::may_extend`]:
+//! same compact revision, same store generation, fewer than
+//! [`MAX_DELTAS_PER_CHAIN`] deltas), the loop
 //! serializes only the log records after the chain's revision and the
 //! thread writes a delta file ([`crate::storage::delta`]) whose manifest
 //! spells out the whole snapshot from the full file's `Base` and `Records`
@@ -16,9 +16,11 @@
 //! ends a chain; a restart starts with none.
 //!
 //! Written bytes per snapshot: the records since the previous one plus
-//! the small parts (leases, membership, auth), and a full snapshot once
-//! the deltas add up to its size, so a store that only grows writes each
-//! byte about twice instead of once per snapshot while it stays.
+//! the small parts (leases, membership, auth). Nothing a chain holds is
+//! ever stale: the full snapshot's base and every record stay part of
+//! every later snapshot until a compaction (which ends the chain), so a
+//! long chain costs files, not bytes; [`MAX_DELTAS_PER_CHAIN`] bounds the
+//! files a load opens and the manifest's length.
 
 use std::sync::{Arc, Mutex};
 
@@ -31,8 +33,10 @@ use crate::storage::snapshot::{SnapshotFile, SnapshotWriter};
 use crate::storage::StorageError;
 
 /// Most deltas on one full snapshot: a delta's manifest lists an extent
-/// per earlier delta, and loading one opens every file of its chain.
-pub const MAX_DELTAS_PER_CHAIN: usize = 32;
+/// per earlier delta (about 60 bytes each), and loading one opens every
+/// file of its chain. At the default `--snapshot-count` (100,000) a chain
+/// covers 12.8 million entries.
+pub const MAX_DELTAS_PER_CHAIN: usize = 128;
 
 /// The chain the next snapshot may extend, shared by the Raft loop and the
 /// snapshot thread (which sets it once a file is durable).
@@ -52,19 +56,15 @@ pub struct Chain {
     /// The `Records` sections, oldest first: the full snapshot's, then
     /// each delta's (empty ones left out).
     pub records: Vec<Extent>,
-    /// The full snapshot's data length.
-    pub full_len: u64,
-    /// Bytes the deltas wrote.
-    pub delta_bytes: u64,
     /// Deltas written.
     pub deltas: usize,
 }
 
 impl Chain {
-    /// Whether the next snapshot may be a delta on this chain: the chain is
-    /// short, and its deltas have not yet written as much as the full one.
+    /// Whether the next snapshot may be a delta on this chain (it has
+    /// fewer than [`MAX_DELTAS_PER_CHAIN`]).
     pub fn may_grow(&self) -> bool {
-        self.deltas < MAX_DELTAS_PER_CHAIN && self.delta_bytes < self.full_len
+        self.deltas < MAX_DELTAS_PER_CHAIN
     }
 
     /// Whether `job` (a delta job) extends this chain: same compact
@@ -186,8 +186,6 @@ impl SectionTracker {
             generation,
             base: self.base?,
             records: self.records.into_iter().filter(|e| e.len > 0).collect(),
-            full_len: w.data_len(),
-            delta_bytes: 0,
             deltas: 0,
         })
     }
@@ -205,7 +203,6 @@ pub fn finish_delta(
     own_records: Extent,
     conf_state: &ConfState,
 ) -> Result<(SnapshotFile, Chain), StorageError> {
-    let own_len = own_records.len;
     let mut records = chain.records.clone();
     if own_records.len > 0 {
         records.push(own_records);
@@ -239,7 +236,6 @@ pub fn finish_delta(
     w.write(&parts.tail)?;
     let end = w.end_extent();
 
-    let written = front.len + count.len + end.len + own_len;
     let mut data = vec![front, chain.base.clone(), count];
     data.extend(records.iter().cloned());
     data.push(end);
@@ -247,7 +243,6 @@ pub fn finish_delta(
     let next = Chain {
         revision: parts.revision,
         records,
-        delta_bytes: chain.delta_bytes.saturating_add(written),
         deltas: chain.deltas + 1,
         ..chain.clone()
     };
