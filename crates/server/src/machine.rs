@@ -79,11 +79,11 @@ pub enum RestoreError {
 /// (issue 18; the breakdown is in crates/kv/README.md, "Restore time").
 fn open_snapshot(data: &[u8]) -> Result<(SnapshotData, kv::MvccStore), RestoreError> {
     let started = std::time::Instant::now();
-    let mut decoded = SnapshotData::decode(data)?;
+    let (decoded, kv_bytes) = SnapshotData::decode_split(data)?;
     let envelope = started.elapsed();
-    let store = kv::MvccStore::restore(&decoded.kv)?;
+    let store = kv::MvccStore::restore(&kv_bytes)?;
     let restored = started.elapsed();
-    drop(std::mem::take(&mut decoded.kv));
+    drop(kv_bytes);
     tracing::info!(
         bytes = data.len(),
         keys = store.len(),

@@ -412,7 +412,47 @@ struct SnapshotDataV1 {
     kv: Vec<u8>,
 }
 
+/// The current snapshot layout with the key-value part borrowed from the
+/// input, not copied (hundreds of MB with a million keys).
+#[derive(Deserialize)]
+struct SnapshotDataRef<'a> {
+    members: MemberUrls,
+    removed: BTreeSet<u64>,
+    #[serde(borrow)]
+    kv: &'a [u8],
+    attributes: BTreeMap<u64, Attributes>,
+    #[serde(deserialize_with = "metalraft_kv::bytes::deserialize")]
+    auth: Vec<u8>,
+    alarms: BTreeSet<(u64, i32)>,
+}
+
 impl SnapshotData {
+    /// [`decode`](Self::decode) with the key-value part handed back apart
+    /// (the returned data's `kv` is empty): borrowed from `bytes` for the
+    /// current layout, so a restore reads it in place.
+    pub fn decode_split(
+        bytes: &[u8],
+    ) -> Result<(SnapshotData, std::borrow::Cow<'_, [u8]>), CodecError> {
+        match postcard::take_from_bytes::<SnapshotDataRef<'_>>(bytes) {
+            Ok((r, rest)) if rest.is_empty() => Ok((
+                SnapshotData {
+                    members: r.members,
+                    removed: r.removed,
+                    kv: Vec::new(),
+                    attributes: r.attributes,
+                    auth: r.auth,
+                    alarms: r.alarms,
+                },
+                std::borrow::Cow::Borrowed(r.kv),
+            )),
+            _ => {
+                let mut d = SnapshotData::decode(bytes)?;
+                let kv = std::mem::take(&mut d.kv);
+                Ok((d, std::borrow::Cow::Owned(kv)))
+            }
+        }
+    }
+
     /// Encodes with postcard.
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
         Ok(postcard::to_allocvec(self)?)
@@ -603,9 +643,22 @@ mod tests {
         assert_eq!(decoded.members, data.members);
         assert_eq!(decoded.kv, data.kv);
         assert!(decoded.attributes.is_empty());
+        // Split: the key-value part borrowed from the current layout,
+        // owned from an old one; the rest as `decode` gives it.
+        let (rest, kv) = SnapshotData::decode_split(&bytes).unwrap();
+        assert!(matches!(kv, std::borrow::Cow::Borrowed(_)));
+        assert_eq!(
+            (&rest.members, &rest.attributes, &kv[..]),
+            (&data.members, &data.attributes, &data.kv[..])
+        );
+        assert!(rest.kv.is_empty());
+        let (rest, kv) = SnapshotData::decode_split(&old).unwrap();
+        assert!(matches!(kv, std::borrow::Cow::Owned(_)));
+        assert_eq!((&rest.members, &kv[..]), (&data.members, &data.kv[..]));
         let mut long = bytes.clone();
         long.push(0);
         assert!(SnapshotData::decode(&long).is_err());
+        assert!(SnapshotData::decode_split(&long).is_err());
         // With no alarms the last byte is their empty length; one byte
         // less cuts into the auth state, which no layout accepts.
         let with_auth = SnapshotData {

@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -268,10 +269,17 @@ pub(super) fn load(
     let mut data = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     for (p, e) in parts.iter().zip(&manifest.data) {
         let at = data.len();
-        data.resize(at + p.len as usize, 0);
-        p.file
-            .read_exact_at(&mut data[at..], p.offset)
-            .map_err(|err| StorageError::from_io(&dir.join(&e.file), err))?;
+        // Read into the spare capacity (no zero fill of hundreds of MB).
+        let read = (|| {
+            let mut f = &*p.file;
+            f.seek(SeekFrom::Start(p.offset))?;
+            let n = f.take(p.len).read_to_end(&mut data)?;
+            match n as u64 == p.len {
+                true => Ok(()),
+                false => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            }
+        })();
+        read.map_err(|err| StorageError::from_io(&dir.join(&e.file), err))?;
         if crc32c::crc32c(&data[at..]) != e.crc {
             return Ok(Err(DeltaError::ExtentChecksum {
                 file: e.file.clone(),
