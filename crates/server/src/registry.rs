@@ -434,7 +434,7 @@ impl SnapshotData {
         bytes: &[u8],
     ) -> Result<(SnapshotData, std::borrow::Cow<'_, [u8]>), CodecError> {
         match postcard::take_from_bytes::<SnapshotDataRef<'_>>(bytes) {
-            Ok((r, rest)) if rest.is_empty() => Ok((
+            Ok((r, [])) => Ok((
                 SnapshotData {
                     members: r.members,
                     removed: r.removed,
