@@ -108,21 +108,12 @@ pub const SNAPSHOT_STEP_ITEMS: usize = 128;
 /// slot is reserved before it and filled at the end with the length as a
 /// varint padded to this width ([`kv_len_slot`]), which postcard decodes
 /// as the same number.
-pub const KV_LEN_SLOT_BYTES: usize = 10;
+pub const KV_LEN_SLOT_BYTES: usize = kv::PADDED_VARINT_BYTES;
 
 /// `len` as a postcard varint of exactly [`KV_LEN_SLOT_BYTES`] bytes: every
-/// byte but the last carries the continuation bit.
+/// byte but the last carries the continuation bit ([`kv::padded_varint`]).
 pub fn kv_len_slot(len: u64) -> [u8; KV_LEN_SLOT_BYTES] {
-    let mut out = [0u8; KV_LEN_SLOT_BYTES];
-    for (i, b) in out.iter_mut().enumerate() {
-        let bits = (len >> (7 * i)) as u8 & 0x7f;
-        *b = if i + 1 < KV_LEN_SLOT_BYTES {
-            bits | 0x80
-        } else {
-            bits
-        };
-    }
-    out
+    kv::padded_varint(len)
 }
 
 /// Why a [`SnapshotJob`] stopped. Nothing is lost: the WAL keeps every
