@@ -317,13 +317,17 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
     }
     let mut storage = opened.storage;
     let members = settle_identity(&mut cfg, &mut storage, opened.snapshot.is_none()).await?;
+    let snapshot = opened.snapshot;
     let replica = build_replica(
         &cfg,
         storage.log(),
         Registry::new(members),
-        opened.snapshot.as_ref(),
+        snapshot.as_ref(),
         opened.repair_barrier,
     )?;
+    // Restored: the loaded bytes are not needed any more (followers are
+    // served from the file), and `run` lives as long as the member.
+    drop(snapshot);
     let started = start(&cfg, storage, replica)?;
     // Bind everything before serving, so a busy port fails the start.
     let listeners = bind_all(&cfg).await?;

@@ -250,13 +250,13 @@ pub(super) fn open_extents(
 
 /// Loads the delta snapshot `path` (`index`/`term` from its name): reads
 /// every extent, verifies its checksum, and returns the snapshot its data
-/// spells out. `Ok(Err)`: damaged.
+/// spells out, and that data open in its files. `Ok(Err)`: damaged.
 pub(super) fn load(
     dir: &Path,
     path: &Path,
     index: u64,
     term: u64,
-) -> Result<Result<Snapshot, DeltaError>, StorageError> {
+) -> Result<Result<(Snapshot, SnapshotFile), DeltaError>, StorageError> {
     let manifest = match read_manifest(path)? {
         Ok(m) => m,
         Err(e) => return Ok(Err(e)),
@@ -287,12 +287,13 @@ pub(super) fn load(
             }));
         }
     }
-    Ok(Ok(Snapshot {
+    let snapshot = Snapshot {
         index,
         term,
         conf_state: manifest.conf_state,
         data,
-    }))
+    };
+    Ok(Ok((snapshot, SnapshotFile::from_parts(parts))))
 }
 
 #[cfg(test)]
@@ -365,6 +366,9 @@ mod tests {
         let s = loaded.snapshot.unwrap();
         assert_eq!((s.index, s.term, &s.conf_state), (40, 1, &conf()));
         assert_eq!(s.data, expected);
+        // Followers of a restarted member are served from the files.
+        let served = loaded.file.unwrap();
+        assert_eq!(served.read_at(0, usize::MAX).unwrap(), expected);
         // Served to followers: any window across the parts.
         assert!(file.is_delta());
         assert_eq!(file.len(), expected.len() as u64);
@@ -419,6 +423,8 @@ mod tests {
         std::fs::write(&d1_path, &raw).unwrap();
         let loaded = load_latest(dir).unwrap();
         assert_eq!(loaded.snapshot.unwrap().index, 10);
+        let whole: Vec<u8> = [&a[..], &b, &c].concat();
+        assert_eq!(loaded.file.unwrap().read_at(0, usize::MAX).unwrap(), whole);
         assert_eq!(loaded.damaged.len(), 2);
         assert!(
             loaded.damaged[0].reason.contains("checksum"),

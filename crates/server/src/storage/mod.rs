@@ -121,7 +121,11 @@ impl Storage {
         })?;
         let snap_dir = member.join("snap");
         let started = std::time::Instant::now();
-        let snapshot::Loaded { snapshot, damaged } = snapshot::load_latest(&snap_dir)?;
+        let snapshot::Loaded {
+            snapshot,
+            file: snapshot_file,
+            damaged,
+        } = snapshot::load_latest(&snap_dir)?;
         if let Some(s) = &snapshot {
             // Read, checksum and split off the header (issue 18: seconds
             // with a million keys before the file was read in one copy).
@@ -194,14 +198,17 @@ impl Storage {
             // The log the core sees starts right after the snapshot, so its
             // configuration is the snapshot's.
             log.start_after_snapshot(s.index, s.term, s.conf_state.clone())?;
-            log.set_snapshot(
-                metalraft_core::SnapshotMeta {
-                    index: s.index,
-                    term: s.term,
-                    conf_state: s.conf_state.clone(),
-                },
-                std::sync::Arc::new(s.data.clone()),
-            )?;
+            let meta = metalraft_core::SnapshotMeta {
+                index: s.index,
+                term: s.term,
+                conf_state: s.conf_state.clone(),
+            };
+            // Followers are served from the file(s): no second copy of the
+            // data in memory (hundreds of MB with a million keys).
+            match snapshot_file {
+                Some(file) => log.set_snapshot_file(meta, file)?,
+                None => log.set_snapshot(meta, std::sync::Arc::new(s.data.clone()))?,
+            }
         }
         let repair_barrier = repair.barrier();
         Ok(Opened {
@@ -219,6 +226,12 @@ impl Storage {
             repair: damage,
             repair_barrier,
         })
+    }
+
+    /// Whether the WAL prepares no segment right now (tests).
+    #[cfg(test)]
+    pub(crate) fn wal_preparer_idle(&self) -> bool {
+        self.wal.preparer_idle()
     }
 
     /// The shared log view for the Raft core.

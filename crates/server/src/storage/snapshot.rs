@@ -871,6 +871,9 @@ pub struct Damaged {
 pub struct Loaded {
     /// The newest snapshot that verifies, if any.
     pub snapshot: Option<Snapshot>,
+    /// Its data, open in its file(s) for followers (so the log need not
+    /// keep a second copy in memory).
+    pub file: Option<SnapshotFile>,
     /// Newer snapshot files that did not verify, newest first (logged; see
     /// [`set_aside`]).
     pub damaged: Vec<Damaged>,
@@ -889,8 +892,9 @@ pub fn load_latest(dir: &Path) -> Result<Loaded, StorageError> {
     while let Some((index, term, path)) = all.pop() {
         if path.extension().is_some_and(|e| e == "delta") {
             match super::delta::load(dir, &path, index, term)? {
-                Ok(s) => {
+                Ok((s, file)) => {
                     out.snapshot = Some(s);
+                    out.file = Some(file);
                     break;
                 }
                 Err(e) => {
@@ -905,15 +909,23 @@ pub fn load_latest(dir: &Path) -> Result<Loaded, StorageError> {
         }
         // Sized once from the file's length: no regrowing copies.
         let mut buf = Vec::new();
-        File::open(&path)
+        let file = File::open(&path)
             .and_then(|mut f| {
                 let len = f.metadata()?.len();
                 buf.reserve_exact(usize::try_from(len).unwrap_or(0));
-                f.read_to_end(&mut buf)
+                f.read_to_end(&mut buf)?;
+                Ok(f)
             })
             .map_err(|e| StorageError::from_io(&path, e))?;
+        let file_len = buf.len() as u64;
         match decode_owned(buf) {
             Ok(s) => {
+                let len = s.data.len() as u64;
+                out.file = Some(SnapshotFile::from_parts(vec![FilePart {
+                    file: Arc::new(file),
+                    offset: file_len - len,
+                    len,
+                }]));
                 out.snapshot = Some(s);
                 break;
             }

@@ -1006,14 +1006,12 @@ fn segments_are_zero_filled_ahead_and_the_log_reads_back() {
     let mut rotations = 0;
     while rotations < 3 {
         let before = wal_files(dir.path()).len();
-        // Past half the segment a preparer starts: give it time to finish,
-        // so the rotation below takes its file.
-        if prepared.exists() {
-            wait_for("the preparer", || {
-                std::fs::metadata(&prepared).is_ok_and(|m| m.len() >= small().segment_bytes)
-            });
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // Past half the segment a preparer starts: wait until its thread
+        // has finished, so the rotation below takes its file. (Waiting
+        // only once its file existed, then a fixed 50 ms, failed on a
+        // loaded machine: the thread had not yet run when the segment
+        // filled up.)
+        wait_for("the preparer", || s.wal_preparer_idle());
         write_entries(&mut s, next, next, 700);
         next += 1;
         if wal_files(dir.path()).len() > before {

@@ -653,6 +653,14 @@ impl Wal {
         self.write_segment_start()
     }
 
+    /// Whether no segment is being prepared right now (none started, or
+    /// its thread finished): for tests that need the next rotation to take
+    /// a prepared segment.
+    #[cfg(test)]
+    pub(crate) fn preparer_idle(&self) -> bool {
+        self.preparer.as_ref().is_none_or(Preparer::is_finished)
+    }
+
     /// The prepared segment as segment `seq`, if it is ready and large
     /// enough (its name made durable). Never waits for it; a failed
     /// preparation is logged and forgotten.
