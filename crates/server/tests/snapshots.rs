@@ -261,4 +261,40 @@ fn delta_snapshots_serve_catch_up_and_restarts_with_history() {
             "member {i} did not restore from its snapshot"
         );
     }
+
+    // A new member right after the restart is sent the snapshot each
+    // member loaded at start, read from its file(s).
+    let new = c.add_spec("m3");
+    let peer = format!("http://127.0.0.1:{}", c.members[new].peer_port);
+    let out = etcdctl(&[
+        "--endpoints",
+        &all,
+        "member",
+        "add",
+        "m3",
+        &format!("--peer-urls={peer}"),
+        "--learner",
+    ]);
+    assert!(out.contains("added to cluster"), "{out}");
+    c.spawn_with(new, &["--initial-cluster-state=existing"]);
+    let ep = c.endpoint(new);
+    eventually("the new member has every key", || {
+        (local_key_count(&ep, "d/") == 40).then_some(())
+    });
+    let nlog = std::fs::read_to_string(&c.members[new].log).unwrap();
+    assert!(
+        nlog.contains("restored state machine from the leader's snapshot"),
+        "the new member caught up without a snapshot:\n{nlog}"
+    );
+    let here = etcdctl(&[
+        "--endpoints",
+        &ep,
+        "get",
+        "d/",
+        "--prefix",
+        "-w",
+        "json",
+        "--consistency=s",
+    ]);
+    assert_eq!(kvs(&here), kvs(&before));
 }
