@@ -230,6 +230,7 @@ impl Cluster {
                 gauges,
                 tick: TICK,
                 snap_dir,
+                chain: None,
             });
             c.loops.push(tokio::spawn(lp.run(shutdown_rx.clone())));
             c.handles.push(handle);

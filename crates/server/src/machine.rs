@@ -454,6 +454,12 @@ impl ServerMachine {
         self.watch_feed.clone()
     }
 
+    /// The store's generation (bumped by every restore; a snapshot chain
+    /// belongs to one).
+    pub fn store_generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// The lease clock, shared with the Lease service.
     pub fn leases(&self) -> LeaseClock {
         self.leases.clone()

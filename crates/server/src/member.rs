@@ -44,6 +44,7 @@ use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::raft_loop::{self, LoopError, LoopParts, RaftHandle, RaftLoop};
 use crate::registry::Registry;
+use crate::snapshot_chain;
 use crate::storage::{SharedLog, Snapshot, Storage, StorageError, WalOptions, WriteBatch};
 use crate::tls;
 use crate::transport::{Transport, TransportStats, PEER_MAX_GRPC_BYTES};
@@ -318,17 +319,26 @@ pub async fn run(mut cfg: MemberConfig) -> Result<(), MemberError> {
     let mut storage = opened.storage;
     let members = settle_identity(&mut cfg, &mut storage, opened.snapshot.is_none()).await?;
     let snapshot = opened.snapshot;
-    let replica = build_replica(
+    let (replica, restored) = build_replica(
         &cfg,
         storage.log(),
         Registry::new(members),
         snapshot.as_ref(),
         opened.repair_barrier,
     )?;
+    // A delta loaded at start: the next snapshot may extend its chain,
+    // from the state the snapshot itself restored (not the WAL after it).
+    let chain = opened
+        .snapshot_extents
+        .as_deref()
+        .zip(restored)
+        .and_then(|(extents, r)| {
+            snapshot_chain::Chain::loaded(extents, r.revision, r.compact_revision, r.generation)
+        });
     // Restored: the loaded bytes are not needed any more (followers are
     // served from the file), and `run` lives as long as the member.
     drop(snapshot);
-    let started = start(&cfg, storage, replica)?;
+    let started = start(&cfg, storage, replica, chain)?;
     // Bind everything before serving, so a busy port fails the start.
     let listeners = bind_all(&cfg).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -482,21 +492,30 @@ async fn join_existing(cfg: &mut MemberConfig) -> Result<BTreeMap<u64, Vec<Strin
     Ok(remote)
 }
 
+/// The store as a snapshot restored it, before any entry after it.
+#[derive(Clone, Copy, Debug)]
+struct Restored {
+    revision: i64,
+    compact_revision: i64,
+    generation: u64,
+}
+
 /// Restores the state machine from the newest snapshot and builds the
-/// replica over the durable log.
+/// replica over the durable log; also what the snapshot restored.
 fn build_replica(
     cfg: &MemberConfig,
     log: SharedLog,
     registry: Registry,
     snapshot: Option<&Snapshot>,
     vote_barrier: Option<u64>,
-) -> Result<raft_loop::ServerReplica, MemberError> {
+) -> Result<(raft_loop::ServerReplica, Option<Restored>), MemberError> {
     let corrupt = |path: &str, reason: String| StorageError::Corrupt {
         path: cfg.data_dir.join(path),
         offset: 0,
         reason,
     };
     let mut machine = ServerMachine::new(registry);
+    let mut restored = None;
     if let Some(snap) = snapshot {
         machine.recover(snap.index, &snap.data).map_err(|e| {
             corrupt(
@@ -509,6 +528,11 @@ fn build_replica(
             revision = machine.kv().read().map(|k| k.revision()).unwrap_or(0),
             "restored state machine from snapshot"
         );
+        restored = machine.kv().read().ok().map(|k| Restored {
+            revision: k.revision(),
+            compact_revision: k.compact_revision(),
+            generation: machine.store_generation(),
+        });
     }
     // Entries carry the replica's envelope since the replica layer; an
     // entry without one (a WAL of an earlier version) would be skipped on
@@ -526,7 +550,8 @@ fn build_replica(
     // Repair mode after mid-log WAL damage (ADR 0021).
     core.vote_barrier = vote_barrier;
     let rc = raft_loop::replica_config(core, cfg.snapshot_count, cfg.heartbeat_interval);
-    Replica::new(rc, log, machine).map_err(MemberError::Raft)
+    let replica = Replica::new(rc, log, machine).map_err(MemberError::Raft)?;
+    Ok((replica, restored))
 }
 
 /// What runs once the member has started.
@@ -543,6 +568,7 @@ fn start(
     cfg: &MemberConfig,
     storage: Storage,
     replica: raft_loop::ServerReplica,
+    chain: Option<snapshot_chain::Chain>,
 ) -> Result<Started, MemberError> {
     let gauges = Arc::new(WriterGauges::default());
     let (job_tx, job_rx) = std::sync::mpsc::channel();
@@ -584,6 +610,7 @@ fn start(
         gauges: gauges.clone(),
         tick: cfg.heartbeat_interval,
         snap_dir,
+        chain,
     });
     handle.auth.tokens().set_ttl(cfg.auth_token_ttl);
     if let Some(jwt) = &cfg.jwt {

@@ -387,6 +387,9 @@ pub struct LoopParts {
     pub tick: Duration,
     /// Where snapshots taken here are written (the storage's).
     pub snap_dir: PathBuf,
+    /// The chain of the delta snapshot loaded at start, if any, so the
+    /// next snapshot may extend it (ADR 0033).
+    pub chain: Option<crate::snapshot_chain::Chain>,
 }
 
 /// Everything the loop owns.
@@ -556,7 +559,7 @@ impl RaftLoop {
             applied_events: Vec::new(),
             snap_dir: p.snap_dir,
             snapshot: None,
-            chain: SharedChain::default(),
+            chain: Arc::new(std::sync::Mutex::new(p.chain)),
             compaction_due: None,
             floors: FloorWindow::new(floor_period_ticks.into()),
         };

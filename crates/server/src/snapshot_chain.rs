@@ -13,7 +13,8 @@
 //! bytes, the earlier deltas' records and its own. Otherwise it writes a
 //! full snapshot, which starts a new chain. A compaction (new compact
 //! revision) or a snapshot installed from the leader (new generation)
-//! ends a chain; a restart starts with none.
+//! ends a chain; a restart continues the chain of the delta it loaded
+//! ([`Chain::loaded`]), or starts with none after a full snapshot.
 //!
 //! Written bytes per snapshot: the records since the previous one plus
 //! the small parts (leases, membership, auth). Nothing a chain holds is
@@ -74,6 +75,32 @@ impl Chain {
             && job.compact_revision() == self.compact_revision
             && job.generation() == self.generation
             && job.revision() >= self.revision
+    }
+}
+
+impl Chain {
+    /// The chain a delta loaded at start continues (so the first snapshot
+    /// after a restart need not be a full one): its data's extents are
+    /// `[head, Base, count, Records…, tail]` ([`finish_delta`]), and the
+    /// store restored from it is at its `revision` and `compact_revision`,
+    /// `generation`. `None` for any other layout.
+    pub fn loaded(
+        extents: &[Extent],
+        revision: i64,
+        compact_revision: i64,
+        generation: u64,
+    ) -> Option<Chain> {
+        let [_, base, _, records @ .., _] = extents else {
+            return None;
+        };
+        Some(Chain {
+            revision,
+            compact_revision,
+            generation,
+            base: base.clone(),
+            records: records.to_vec(),
+            deltas: records.len(),
+        })
     }
 }
 
@@ -255,4 +282,42 @@ const KV_CHECKSUM_BYTES: u64 = 4;
 /// `crc` extended by the bytes of `e`, from its checksum.
 fn combine(crc: u32, e: &Extent) -> u32 {
     crc32c::crc32c_combine(crc, e.crc, e.len as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extent(file: &str, offset: u64) -> Extent {
+        Extent {
+            file: file.into(),
+            offset,
+            len: 10,
+            crc: 7,
+        }
+    }
+
+    #[test]
+    fn a_loaded_delta_continues_its_chain_and_other_layouts_do_not() {
+        let data = [
+            extent("d2", 0),
+            extent("full", 100),
+            extent("d2", 10),
+            extent("full", 200),
+            extent("d1", 8),
+            extent("d2", 20),
+            extent("d2", 30),
+        ];
+        let c = Chain::loaded(&data, 40, 3, 1).unwrap();
+        assert_eq!(c.base, data[1]);
+        assert_eq!(c.records, data[3..6]);
+        assert_eq!((c.revision, c.compact_revision, c.generation), (40, 3, 1));
+        assert!(c.may_grow());
+        assert!(Chain::loaded(&data[..3], 40, 3, 1).is_none());
+        let full = Chain {
+            deltas: MAX_DELTAS_PER_CHAIN,
+            ..c
+        };
+        assert!(!full.may_grow());
+    }
 }

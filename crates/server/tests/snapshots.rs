@@ -224,6 +224,17 @@ fn delta_snapshots_serve_catch_up_and_restarts_with_history() {
     for i in 0..3 {
         c.kill9(i);
     }
+    // Which members restart on a delta (their next snapshot extends it).
+    let on_delta: Vec<usize> = (0..3)
+        .filter(|&i| {
+            snapshot_names(&c, i)
+                .last()
+                .is_some_and(|n| n.ends_with(".delta"))
+        })
+        .collect();
+    let log_len: Vec<usize> = (0..3)
+        .map(|i| std::fs::read_to_string(&c.members[i].log).unwrap().len())
+        .collect();
     for i in 0..3 {
         c.spawn(i);
     }
@@ -297,4 +308,56 @@ fn delta_snapshots_serve_catch_up_and_restarts_with_history() {
         "--consistency=s",
     ]);
     assert_eq!(kvs(&here), kvs(&before));
+
+    // More writes: a member that restarted on a delta extends its chain
+    // (its first snapshot since is a delta), and what it wrote restores.
+    assert!(!on_delta.is_empty(), "no member restarted on a delta");
+    // `all` names the three voters (the learner refuses writes).
+    for i in 0..70 {
+        put_ok(
+            &all,
+            &format!("d/{:02}", i % 40),
+            &format!("again{i}-{value}"),
+        );
+    }
+    for &i in &on_delta {
+        let first_save = eventually("a snapshot after the restart", || {
+            let log = std::fs::read_to_string(&c.members[i].log).unwrap();
+            let since = &log[log_len[i]..];
+            since
+                .lines()
+                .find(|l| l.contains("saved snapshot"))
+                .map(str::to_string)
+        });
+        assert!(
+            first_save.contains("delta=true"),
+            "member {i}: {first_save}"
+        );
+    }
+    let before = get_json(&all, "d/", &["--prefix"]);
+    for i in 0..4 {
+        c.kill9(i);
+    }
+    for i in 0..4 {
+        c.spawn(i);
+    }
+    c.wait_for_leader();
+    for i in 0..4 {
+        let ep = c.endpoint(i);
+        let here = eventually("serializable reads after the second restart", || {
+            let o = etcdctl_try(&[
+                "--endpoints",
+                &ep,
+                "get",
+                "d/",
+                "--prefix",
+                "-w",
+                "json",
+                "--consistency=s",
+            ]);
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            (o.status.success() && kvs(&out) == kvs(&before)).then_some(out)
+        });
+        assert_eq!(kvs(&here), kvs(&before), "member {i}");
+    }
 }

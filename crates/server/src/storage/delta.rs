@@ -248,15 +248,19 @@ pub(super) fn open_extents(
     }
 }
 
+/// A loaded delta: the snapshot, its data open in its files, its extents.
+pub(super) type LoadedDelta = (Snapshot, SnapshotFile, Vec<Extent>);
+
 /// Loads the delta snapshot `path` (`index`/`term` from its name): reads
 /// every extent, verifies its checksum, and returns the snapshot its data
-/// spells out, and that data open in its files. `Ok(Err)`: damaged.
+/// spells out, that data open in its files, and the extents. `Ok(Err)`:
+/// damaged.
 pub(super) fn load(
     dir: &Path,
     path: &Path,
     index: u64,
     term: u64,
-) -> Result<Result<(Snapshot, SnapshotFile), DeltaError>, StorageError> {
+) -> Result<Result<LoadedDelta, DeltaError>, StorageError> {
     let manifest = match read_manifest(path)? {
         Ok(m) => m,
         Err(e) => return Ok(Err(e)),
@@ -293,7 +297,11 @@ pub(super) fn load(
         conf_state: manifest.conf_state,
         data,
     };
-    Ok(Ok((snapshot, SnapshotFile::from_parts(parts))))
+    Ok(Ok((
+        snapshot,
+        SnapshotFile::from_parts(parts),
+        manifest.data,
+    )))
 }
 
 #[cfg(test)]

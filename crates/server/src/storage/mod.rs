@@ -65,6 +65,8 @@ pub struct Opened {
     pub storage: Storage,
     /// The newest snapshot, if any.
     pub snapshot: Option<Snapshot>,
+    /// Its data as extents, if it is a delta snapshot (ADR 0033).
+    pub snapshot_extents: Option<Vec<delta::Extent>>,
     /// `(file, offset)` of a torn WAL tail that was truncated (already
     /// logged as a warning with the bytes dropped).
     pub torn_tail: Option<(PathBuf, u64)>,
@@ -124,6 +126,7 @@ impl Storage {
         let snapshot::Loaded {
             snapshot,
             file: snapshot_file,
+            extents: snapshot_extents,
             damaged,
         } = snapshot::load_latest(&snap_dir)?;
         if let Some(s) = &snapshot {
@@ -221,6 +224,7 @@ impl Storage {
                 _lock: lock,
             },
             snapshot,
+            snapshot_extents,
             torn_tail,
             torn_bytes_dropped,
             repair: damage,

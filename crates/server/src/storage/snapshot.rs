@@ -874,6 +874,9 @@ pub struct Loaded {
     /// Its data, open in its file(s) for followers (so the log need not
     /// keep a second copy in memory).
     pub file: Option<SnapshotFile>,
+    /// If it is a delta, its data as extents (the chain a later delta may
+    /// extend, [`crate::snapshot_chain::Chain::loaded`]).
+    pub extents: Option<Vec<Extent>>,
     /// Newer snapshot files that did not verify, newest first (logged; see
     /// [`set_aside`]).
     pub damaged: Vec<Damaged>,
@@ -892,9 +895,10 @@ pub fn load_latest(dir: &Path) -> Result<Loaded, StorageError> {
     while let Some((index, term, path)) = all.pop() {
         if path.extension().is_some_and(|e| e == "delta") {
             match super::delta::load(dir, &path, index, term)? {
-                Ok((s, file)) => {
+                Ok((s, file, extents)) => {
                     out.snapshot = Some(s);
                     out.file = Some(file);
+                    out.extents = Some(extents);
                     break;
                 }
                 Err(e) => {
