@@ -146,10 +146,22 @@ fn snapshot_names(c: &Cluster, i: usize) -> Vec<String> {
     names
 }
 
-fn get_json(eps: &str, key: &str, extra: &[&str]) -> String {
+fn get_args<'a>(eps: &'a str, key: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--endpoints", eps, "get", key, "-w", "json"];
     args.extend_from_slice(extra);
-    etcdctl(&args)
+    args
+}
+
+fn get_json(eps: &str, key: &str, extra: &[&str]) -> String {
+    etcdctl(&get_args(eps, key, extra))
+}
+
+/// [`get_json`], `None` while etcdctl fails (a member still starting).
+fn try_get_json(eps: &str, key: &str, extra: &[&str]) -> Option<String> {
+    let o = etcdctl_try(&get_args(eps, key, extra));
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 /// ADR 0033: with a snapshot every 30 entries, a member writes delta
@@ -240,30 +252,15 @@ fn delta_snapshots_serve_catch_up_and_restarts_with_history() {
     }
     c.wait_for_leader();
     let after = eventually("reads after the restart", || {
-        let o = etcdctl_try(&["--endpoints", &all, "get", "d/", "--prefix", "-w", "json"]);
-        o.status
-            .success()
-            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+        try_get_json(&all, "d/", &["--prefix"])
     });
     let kvs = |s: &str| s[s.find("\"kvs\"").unwrap()..].to_string();
     assert_eq!(kvs(&after), kvs(&before));
     for i in 0..3 {
         let ep = c.endpoint(i);
+        let rev = format!("--rev={past_rev}");
         let past_here = eventually("a past read on each member", || {
-            let o = etcdctl_try(&[
-                "--endpoints",
-                &ep,
-                "get",
-                "d/",
-                "--prefix",
-                "-w",
-                "json",
-                "--consistency=s",
-                &format!("--rev={past_rev}"),
-            ]);
-            o.status
-                .success()
-                .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+            try_get_json(&ep, "d/", &["--prefix", "--consistency=s", &rev])
         });
         assert_eq!(kvs(&past_here), kvs(&past), "member {i}");
         let log = std::fs::read_to_string(&c.members[i].log).unwrap();
@@ -297,16 +294,7 @@ fn delta_snapshots_serve_catch_up_and_restarts_with_history() {
         nlog.contains("restored state machine from the leader's snapshot"),
         "the new member caught up without a snapshot:\n{nlog}"
     );
-    let here = etcdctl(&[
-        "--endpoints",
-        &ep,
-        "get",
-        "d/",
-        "--prefix",
-        "-w",
-        "json",
-        "--consistency=s",
-    ]);
+    let here = get_json(&ep, "d/", &["--prefix", "--consistency=s"]);
     assert_eq!(kvs(&here), kvs(&before));
 
     // More writes: a member that restarted on a delta extends its chain
@@ -345,18 +333,8 @@ fn delta_snapshots_serve_catch_up_and_restarts_with_history() {
     for i in 0..4 {
         let ep = c.endpoint(i);
         let here = eventually("serializable reads after the second restart", || {
-            let o = etcdctl_try(&[
-                "--endpoints",
-                &ep,
-                "get",
-                "d/",
-                "--prefix",
-                "-w",
-                "json",
-                "--consistency=s",
-            ]);
-            let out = String::from_utf8_lossy(&o.stdout).into_owned();
-            (o.status.success() && kvs(&out) == kvs(&before)).then_some(out)
+            try_get_json(&ep, "d/", &["--prefix", "--consistency=s"])
+                .filter(|out| kvs(out) == kvs(&before))
         });
         assert_eq!(kvs(&here), kvs(&before), "member {i}");
     }
