@@ -44,8 +44,19 @@ pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 pub const PEER_MAX_GRPC_BYTES: usize = 128 * 1024 * 1024;
 /// First reconnect delay after a failed send.
 pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
-/// Longest reconnect delay.
-pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Longest reconnect delay to a peer that could not be reached: short, so
+/// a restarted peer hears from this member within a fraction of a second
+/// of listening again (a 2 s cap cost a restarted member up to 0.8 s
+/// before the leader reconnected, issue 18; etcd's stream reader redials
+/// every 100 ms). A failed dial on a closed port costs one refused SYN.
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// Delay before dialling again a peer that rejected this member (another
+/// cluster, or this member was removed): it will not change its mind soon,
+/// and every rejection is logged.
+pub const REJECTED_RETRY: Duration = Duration::from_secs(2);
+/// A stream that lived this long was healthy: the next failure backs off
+/// from [`RECONNECT_BACKOFF_MIN`] again.
+pub const RECONNECT_HEALTHY_AFTER: Duration = Duration::from_secs(2);
 /// Connect timeout to a peer.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Timeout of one `Deliver` call.
@@ -408,13 +419,21 @@ fn stream_endpoint(
     )
 }
 
-fn note_rejection(env: &Envelope, url: &Url, status: &tonic::Status, stats: &TransportStats) {
-    if status.code() == tonic::Code::PermissionDenied {
-        if status.message() == crate::registry::REMOVED_MESSAGE {
-            stats.removed.store(true, Ordering::Relaxed);
-        }
-        tracing::warn!(peer = env.to, %url, %status, "peer rejected us");
+/// Records and logs a rejection by the peer; whether `status` was one.
+fn note_rejection(
+    env: &Envelope,
+    url: &Url,
+    status: &tonic::Status,
+    stats: &TransportStats,
+) -> bool {
+    if status.code() != tonic::Code::PermissionDenied {
+        return false;
     }
+    if status.message() == crate::registry::REMOVED_MESSAGE {
+        stats.removed.store(true, Ordering::Relaxed);
+    }
+    tracing::warn!(peer = env.to, %url, %status, "peer rejected us");
+    true
 }
 
 /// Sends one lane's messages over a `Stream` call, reconnecting with
@@ -437,6 +456,7 @@ async fn sender_task(
     };
     let peer = stats.peer(env.to);
     let mut backoff = RECONNECT_BACKOFF_MIN;
+    let mut rejected = false;
     let mut ping = tokio::time::interval(PEER_PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -456,7 +476,7 @@ async fn sender_task(
                 res = &mut call => {
                     if let Ok(Err(status)) = &res {
                         tracing::debug!(peer = env.to, %url, %status, ?backoff, "peer stream ended; reconnecting");
-                        note_rejection(&env, &url, status, &stats);
+                        rejected = note_rejection(&env, &url, status, &stats);
                     }
                     break;
                 }
@@ -516,10 +536,14 @@ async fn sender_task(
         }
         peer.active.store(false, Ordering::Relaxed);
         // A call that lived long enough was healthy: start backing off anew.
-        if connected_at.elapsed() > RECONNECT_BACKOFF_MAX {
+        if connected_at.elapsed() > RECONNECT_HEALTHY_AFTER {
             backoff = RECONNECT_BACKOFF_MIN;
         }
-        tokio::time::sleep(backoff).await;
+        let pause = match std::mem::take(&mut rejected) {
+            true => REJECTED_RETRY,
+            false => backoff,
+        };
+        tokio::time::sleep(pause).await;
         backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
         // Messages queued while disconnected are stale; Raft resends what matters.
         while let Ok(m) = rx.try_recv() {

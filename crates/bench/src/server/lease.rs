@@ -204,7 +204,8 @@ fn cpu_delta(a: &[ProcStats], b: &[ProcStats], secs: f64) -> Vec<f64> {
         .collect()
 }
 
-fn own_cpu_secs() -> f64 {
+/// CPU seconds this process (the load generator) has used so far.
+pub(super) fn own_cpu_secs() -> f64 {
     cpu_time::ProcessTime::now().as_duration().as_secs_f64()
 }
 
