@@ -929,13 +929,13 @@ impl RaftLoop {
         // (same compact revision and generation), else a full snapshot.
         let chain = self.chain.lock().ok().and_then(|c| c.clone());
         let job = match chain.as_ref().filter(|c| c.may_grow()) {
-            Some(c) => {
-                sm.chained_snapshot_job(Some(c.revision))
-                    .and_then(|job| match c.may_extend(&job) {
-                        true => Ok(job),
-                        false => sm.chained_snapshot_job(None),
-                    })
-            }
+            Some(c) => sm.chained_snapshot_job(Some(c.revision)).and_then(|job| {
+                if c.may_extend(&job) {
+                    Ok(job)
+                } else {
+                    sm.chained_snapshot_job(None)
+                }
+            }),
             None => sm.chained_snapshot_job(None),
         };
         let job = match job {

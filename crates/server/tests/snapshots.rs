@@ -198,6 +198,12 @@ fn delta_snapshots_serve_catch_up_and_restarts_with_history() {
     }
     let log = std::fs::read_to_string(&c.members[leader].log).unwrap();
     assert!(log.contains("delta=true"), "no delta saved:\n{log}");
+    // The leader keeps its log for a follower heard from in the last two
+    // check-quorum periods (one election timeout each; the catch-up
+    // floor). Past them, with the victim still down, it compacts beyond
+    // the victim's log, so the victim needs the snapshot however fast it
+    // and the leader's redial come back.
+    std::thread::sleep(std::time::Duration::from_millis(3 * ELECTION_MS));
 
     c.spawn(victim);
     let ep = c.endpoint(victim);

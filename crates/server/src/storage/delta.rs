@@ -371,11 +371,10 @@ mod tests {
         // Loaded at restart: the newest, its data spelled out.
         let loaded = load_latest(dir).unwrap();
         assert!(loaded.damaged.is_empty());
-        let s = loaded.snapshot.unwrap();
+        let (s, served) = loaded.snapshot.unwrap();
         assert_eq!((s.index, s.term, &s.conf_state), (40, 1, &conf()));
         assert_eq!(s.data, expected);
         // Followers of a restarted member are served from the files.
-        let served = loaded.file.unwrap();
         assert_eq!(served.read_at(0, usize::MAX).unwrap(), expected);
         // Served to followers: any window across the parts.
         assert!(file.is_delta());
@@ -430,9 +429,10 @@ mod tests {
         raw[d1.offset as usize + 7] ^= 0x10;
         std::fs::write(&d1_path, &raw).unwrap();
         let loaded = load_latest(dir).unwrap();
-        assert_eq!(loaded.snapshot.unwrap().index, 10);
+        let (s, served) = loaded.snapshot.unwrap();
+        assert_eq!(s.index, 10);
         let whole: Vec<u8> = [&a[..], &b, &c].concat();
-        assert_eq!(loaded.file.unwrap().read_at(0, usize::MAX).unwrap(), whole);
+        assert_eq!(served.read_at(0, usize::MAX).unwrap(), whole);
         assert_eq!(loaded.damaged.len(), 2);
         assert!(
             loaded.damaged[0].reason.contains("checksum"),
@@ -524,7 +524,7 @@ mod tests {
             }
             std::fs::write(&path, &raw).unwrap();
             let loaded = load_latest(dir).unwrap();
-            let s = loaded.snapshot.expect("the good delta or the full one");
+            let (s, _) = loaded.snapshot.expect("the good delta or the full one");
             if loaded.damaged.is_empty() {
                 // A flip inside an unused byte of the manifest's varints
                 // may leave an equivalent manifest; it must spell out the

@@ -136,7 +136,8 @@ impl Storage {
                 let started = std::time::Instant::now();
                 let loaded = snapshot::load_latest(&snap_dir);
                 if let Ok(snapshot::Loaded {
-                    snapshot: Some(s), ..
+                    snapshot: Some((s, _)),
+                    ..
                 }) = &loaded
                 {
                     // Read, checksum and split off the header.
@@ -166,11 +167,11 @@ impl Storage {
             (loaded, wal)
         });
         let snapshot::Loaded {
-            snapshot,
-            file: snapshot_file,
+            snapshot: loaded_snapshot,
             extents: snapshot_extents,
             damaged,
         } = loaded?;
+        let (snapshot, snapshot_file) = loaded_snapshot.unzip();
         let (mut wal, rec) = wal?;
         let Recovered {
             first_index,
@@ -216,7 +217,7 @@ impl Storage {
         snapshot::set_aside(&snap_dir, &damaged)?;
         let hard_state = reconcile_vote(&mut wal, &mut vote, hard_state)?;
         let log = SharedLog::new(hard_state, conf_state, first_index, prev_term, entries);
-        if let Some(s) = &snapshot {
+        if let (Some(s), Some(file)) = (&snapshot, snapshot_file) {
             // The log the core sees starts right after the snapshot, so its
             // configuration is the snapshot's.
             log.start_after_snapshot(s.index, s.term, s.conf_state.clone())?;
@@ -227,10 +228,7 @@ impl Storage {
             };
             // Followers are served from the file(s): no second copy of the
             // data in memory (hundreds of MB with a million keys).
-            match snapshot_file {
-                Some(file) => log.set_snapshot_file(meta, file)?,
-                None => log.set_snapshot(meta, std::sync::Arc::new(s.data.clone()))?,
-            }
+            log.set_snapshot_file(meta, file)?;
         }
         let repair_barrier = repair.barrier();
         Ok(Opened {

@@ -869,11 +869,10 @@ pub struct Damaged {
 /// What [`load_latest`] found.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// The newest snapshot that verifies, if any.
-    pub snapshot: Option<Snapshot>,
-    /// Its data, open in its file(s) for followers (so the log need not
-    /// keep a second copy in memory).
-    pub file: Option<SnapshotFile>,
+    /// The newest snapshot that verifies, if any, and its data open in its
+    /// file(s) for followers (so the log need not keep a second copy in
+    /// memory).
+    pub snapshot: Option<(Snapshot, SnapshotFile)>,
     /// If it is a delta, its data as extents (the chain a later delta may
     /// extend, [`crate::snapshot_chain::Chain::loaded`]).
     pub extents: Option<Vec<Extent>>,
@@ -896,8 +895,7 @@ pub fn load_latest(dir: &Path) -> Result<Loaded, StorageError> {
         if path.extension().is_some_and(|e| e == "delta") {
             match super::delta::load(dir, &path, index, term)? {
                 Ok((s, file, extents)) => {
-                    out.snapshot = Some(s);
-                    out.file = Some(file);
+                    out.snapshot = Some((s, file));
                     out.extents = Some(extents);
                     break;
                 }
@@ -925,12 +923,12 @@ pub fn load_latest(dir: &Path) -> Result<Loaded, StorageError> {
         match decode_owned(buf) {
             Ok(s) => {
                 let len = s.data.len() as u64;
-                out.file = Some(SnapshotFile::from_parts(vec![FilePart {
+                let file = SnapshotFile::from_parts(vec![FilePart {
                     file: Arc::new(file),
                     offset: file_len - len,
                     len,
-                }]));
-                out.snapshot = Some(s);
+                }]);
+                out.snapshot = Some((s, file));
                 break;
             }
             Err(e) => {
@@ -994,7 +992,10 @@ mod tests {
         .unwrap();
         let on_disk = fs::read(dir.path().join(name(7, 42))).unwrap();
         assert_eq!(on_disk, encode(&snap).unwrap());
-        assert_eq!(load_latest(dir.path()).unwrap().snapshot, Some(snap));
+        assert_eq!(
+            load_latest(dir.path()).unwrap().snapshot.map(|(s, _)| s),
+            Some(snap)
+        );
         assert_eq!(file.len(), data.len() as u64);
         assert_eq!(file.read_at(1000, 10).unwrap(), data[1000..1010]);
         assert_eq!(file.read_at(99_995, 10).unwrap(), data[99_995..]);
@@ -1052,7 +1053,10 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, vec![name(2, 9)], "no .tmp left");
-        assert_eq!(load_latest(dir.path()).unwrap().snapshot, Some(snap));
+        assert_eq!(
+            load_latest(dir.path()).unwrap().snapshot.map(|(s, _)| s),
+            Some(snap)
+        );
     }
 
     #[test]
