@@ -18,8 +18,18 @@ fn member_far_behind(prefix: &str) -> (Cluster, usize) {
     for i in 0..150 {
         put_ok(&live, &format!("{prefix}{i:03}"), &i.to_string());
     }
+    wait_out_catch_up_floor();
     c.spawn(victim);
     (c, victim)
+}
+
+/// The leader keeps its log for a follower heard from in the last two
+/// check-quorum periods (one election timeout each; the catch-up floor).
+/// Waiting them out with a member down lets the leader compact beyond that
+/// member's log, so it needs a snapshot however fast it and the leader's
+/// redial come back.
+fn wait_out_catch_up_floor() {
+    std::thread::sleep(std::time::Duration::from_millis(3 * ELECTION_MS));
 }
 
 #[test]
@@ -198,12 +208,7 @@ fn delta_snapshots_serve_catch_up_and_restarts_with_history() {
     }
     let log = std::fs::read_to_string(&c.members[leader].log).unwrap();
     assert!(log.contains("delta=true"), "no delta saved:\n{log}");
-    // The leader keeps its log for a follower heard from in the last two
-    // check-quorum periods (one election timeout each; the catch-up
-    // floor). Past them, with the victim still down, it compacts beyond
-    // the victim's log, so the victim needs the snapshot however fast it
-    // and the leader's redial come back.
-    std::thread::sleep(std::time::Duration::from_millis(3 * ELECTION_MS));
+    wait_out_catch_up_floor();
 
     c.spawn(victim);
     let ep = c.endpoint(victim);
