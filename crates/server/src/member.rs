@@ -523,16 +523,16 @@ fn build_replica(
                 format!("snapshot at index {} does not restore: {e}", snap.index),
             )
         })?;
-        tracing::info!(
-            index = snap.index,
-            revision = machine.kv().read().map(|k| k.revision()).unwrap_or(0),
-            "restored state machine from snapshot"
-        );
         restored = machine.kv().read().ok().map(|k| Restored {
             revision: k.revision(),
             compact_revision: k.compact_revision(),
             generation: machine.store_generation(),
         });
+        tracing::info!(
+            index = snap.index,
+            revision = restored.map_or(0, |r| r.revision),
+            "restored state machine from snapshot"
+        );
     }
     // Entries carry the replica's envelope since the replica layer; an
     // entry without one (a WAL of an earlier version) would be skipped on

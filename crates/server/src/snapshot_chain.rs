@@ -76,9 +76,7 @@ impl Chain {
             && job.generation() == self.generation
             && job.revision() >= self.revision
     }
-}
 
-impl Chain {
     /// The chain a delta loaded at start continues (so the first snapshot
     /// after a restart need not be a full one): its data's extents are
     /// `[head, Base, count, Records…, tail]` ([`finish_delta`]), and the

@@ -26,18 +26,7 @@ fn add_learner_promote_it_and_remove_a_member() {
         put_ok(&eps, &format!("pre/{i}"), "v");
     }
     // Add a fourth member as a learner, then start it.
-    let new = c.add_spec("m3");
-    let peer = format!("http://127.0.0.1:{}", c.members[new].peer_port);
-    let out = etcdctl(&[
-        "--endpoints",
-        &eps,
-        "member",
-        "add",
-        "m3",
-        &format!("--peer-urls={peer}"),
-        "--learner",
-    ]);
-    assert!(out.contains("added to cluster"), "{out}");
+    let (new, out) = c.add_learner(&eps, "m3");
     assert!(
         out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
         "{out}"

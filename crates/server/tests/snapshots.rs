@@ -283,18 +283,7 @@ fn delta_snapshots_serve_catch_up_and_restarts_with_history() {
 
     // A new member right after the restart is sent the snapshot each
     // member loaded at start, read from its file(s).
-    let new = c.add_spec("m3");
-    let peer = format!("http://127.0.0.1:{}", c.members[new].peer_port);
-    let out = etcdctl(&[
-        "--endpoints",
-        &all,
-        "member",
-        "add",
-        "m3",
-        &format!("--peer-urls={peer}"),
-        "--learner",
-    ]);
-    assert!(out.contains("added to cluster"), "{out}");
+    let (new, _) = c.add_learner(&all, "m3");
     c.spawn_with(new, &["--initial-cluster-state=existing"]);
     let ep = c.endpoint(new);
     eventually("the new member has every key", || {

@@ -166,6 +166,25 @@ impl Cluster {
         self.members.len() - 1
     }
 
+    /// Adds a member spec `name` and announces it as a learner through
+    /// `eps` (`etcdctl member add NAME --peer-urls=... --learner`, checked
+    /// to succeed); not started. Its index and etcdctl's output.
+    pub fn add_learner(&mut self, eps: &str, name: &str) -> (usize, String) {
+        let new = self.add_spec(name);
+        let peer = format!("http://127.0.0.1:{}", self.members[new].peer_port);
+        let out = etcdctl(&[
+            "--endpoints",
+            eps,
+            "member",
+            "add",
+            name,
+            &format!("--peer-urls={peer}"),
+            "--learner",
+        ]);
+        assert!(out.contains("added to cluster"), "{out}");
+        (new, out)
+    }
+
     /// Starts member `i` with extra flags.
     pub fn spawn_with(&mut self, i: usize, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
