@@ -16,6 +16,8 @@ APT_PACKAGES=()
 command -v qemu-system-riscv32 >/dev/null || APT_PACKAGES+=(qemu-system-misc)
 command -v qemu-system-arm >/dev/null || APT_PACKAGES+=(qemu-system-arm)
 command -v etcdctl >/dev/null || APT_PACKAGES+=(etcd-client)
+# etcd 3.4 itself: the backup test restores a metalraft backup into it.
+command -v etcd >/dev/null || APT_PACKAGES+=(etcd-server)
 # protoc: the etcd-client crate (a test dependency of the server) needs it.
 command -v protoc >/dev/null || APT_PACKAGES+=(protobuf-compiler)
 # fusermount3: the power-cut test mounts a FUSE file system (crates/powercut).
@@ -31,4 +33,11 @@ if ((${#APT_PACKAGES[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}"
+fi
+# Debian's etcd-server package starts etcd as a service on 2379/2380; the
+# tests start their own etcd on free ports, so a service left running would
+# only hold ports the deployment tests publish.
+if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
+    systemctl stop etcd || true
+    systemctl disable etcd 2>/dev/null || true
 fi

@@ -924,7 +924,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         crate::auth::service::authorize_maintenance(s, &req)?;
         let (bytes, rev) = {
             let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
-            (kv.snapshot(), kv.revision())
+            (crate::backup::etcd_db::encode(&kv), kv.revision())
         };
         let header = s.header_info().header(rev);
         let bytes = etcd_snapshot_stream(bytes);
@@ -987,7 +987,8 @@ pub const SNAPSHOT_PAGE_BYTES: usize = 512;
 /// Frames state-machine snapshot bytes the way etcd streams a snapshot:
 /// the body zero-padded to a multiple of [`SNAPSHOT_PAGE_BYTES`], followed
 /// by the SHA-256 of the padded body (etcdctl checks this shape). The body
-/// is `metalraft-kv`'s snapshot format, not etcd's bbolt database.
+/// is etcd's database ([`crate::backup::etcd_db::encode`], already whole
+/// pages).
 pub fn etcd_snapshot_stream(mut body: Vec<u8>) -> Vec<u8> {
     use sha2::Digest;
     let padded = body.len().div_ceil(SNAPSHOT_PAGE_BYTES).max(1) * SNAPSHOT_PAGE_BYTES;

@@ -90,8 +90,8 @@ fn snapshot(cmd: SnapshotCommand) -> ExitCode {
                 Ok(info) => {
                     println!(
                         "restored revision {} ({} keys) into {} for member {} ({:x}) of cluster {:x}",
-                        info.revision,
-                        info.total_keys,
+                        info.store_revision,
+                        info.live_keys,
                         cfg.data_dir.display(),
                         cfg.name,
                         cfg.id,

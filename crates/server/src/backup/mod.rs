@@ -4,17 +4,23 @@
 //! snapshot status|restore` do with etcd's files).
 //!
 //! File layout, as the Maintenance `Snapshot` RPC streams it
-//! ([`crate::api::etcd_snapshot_stream`]): a `metalraft-kv` snapshot
-//! (self-delimiting, with its own CRC-32C), zero padding up to a multiple of
-//! [`SNAPSHOT_PAGE_BYTES`], then the SHA-256 of everything before it (etcd
-//! appends the same digest to its bbolt file, and etcdctl checks it while
-//! saving). Neither format is readable by the other system.
+//! ([`crate::api::etcd_snapshot_stream`]): etcd 3.4's database — a bbolt
+//! file with etcd's buckets ([`etcd_db`]), which `etcdctl snapshot status`
+//! checks and `etcdctl snapshot restore` turns into an etcd member — plus a
+//! bucket holding the `metalraft-kv` snapshot that `metalraft snapshot
+//! restore` reads; then the SHA-256 of everything before it (as etcd
+//! appends). Files written before this layout (a bare `metalraft-kv`
+//! snapshot zero-padded to [`SNAPSHOT_PAGE_BYTES`]) are still read. A
+//! backup of etcd itself (no metalraft bucket) is refused with a clear
+//! error: importing etcd's database is not supported yet.
 //!
 //! Restoring creates a new cluster, as etcd does: every member of
 //! `--initial-cluster` is restored from the same file with the same flags
 //! and gets the same starting state — a Raft snapshot at index
 //! [`RESTORED_INDEX`] holding the keys (revisions kept) and the new member
 //! registry. Nothing of the old cluster's membership or log survives.
+
+pub mod etcd_db;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -48,6 +54,14 @@ pub enum BackupError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// A bbolt database that is damaged or holds no metalraft snapshot.
+    #[error("{path}: {reason}")]
+    Database {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: etcd_db::DbError,
     },
     /// The size is not pages plus a digest.
     #[error(
@@ -103,16 +117,24 @@ pub enum BackupError {
 /// What `metalraft snapshot status` prints.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupInfo {
-    /// The snapshot's own CRC-32C (identifies the content).
+    /// etcdctl's hash: CRC-32C of the database's buckets (for a file of the
+    /// older layout, the snapshot's own CRC-32C).
     pub hash: u32,
-    /// The store's revision.
+    /// etcdctl's revision: the newest version's (the store's revision for
+    /// the older layout).
     pub revision: i64,
     /// The compacted revision.
     pub compact_revision: i64,
-    /// Number of keys.
+    /// etcdctl's total keys: items in all buckets (keys for the older
+    /// layout).
     pub total_keys: usize,
-    /// Size of the file in bytes.
+    /// etcdctl's total size: the database's pages (the file's size for the
+    /// older layout).
     pub total_size: u64,
+    /// The restored store's revision (what a restored member serves).
+    pub store_revision: i64,
+    /// Live keys in the restored store.
+    pub live_keys: usize,
 }
 
 /// Reads and checks a backup file; with `check_hash` the trailing SHA-256
@@ -139,6 +161,30 @@ pub fn read(path: &Path, check_hash: bool) -> Result<(kv::MvccStore, BackupInfo)
             path: path.to_path_buf(),
         });
     }
+    if etcd_db::looks_like_bolt(body) {
+        let db_err = |reason| BackupError::Database {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let status = etcd_db::status(body).map_err(db_err)?;
+        let snapshot = etcd_db::snapshot_bytes(body).map_err(db_err)?;
+        let store = kv::MvccStore::restore(&snapshot).map_err(|reason| BackupError::Snapshot {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        let info = BackupInfo {
+            hash: status.hash,
+            revision: status.revision,
+            compact_revision: store.compact_revision(),
+            total_keys: status.total_keys,
+            total_size: status.total_size,
+            store_revision: store.revision(),
+            live_keys: store.len(),
+        };
+        return Ok((store, info));
+    }
+    // Backups written before etcd's layout (a bare `metalraft-kv`
+    // snapshot, zero-padded) still restore.
     let (store, len) =
         kv::MvccStore::restore_prefix(body).map_err(|reason| BackupError::Snapshot {
             path: path.to_path_buf(),
@@ -159,6 +205,8 @@ pub fn read(path: &Path, check_hash: bool) -> Result<(kv::MvccStore, BackupInfo)
         compact_revision: store.compact_revision(),
         total_keys: store.len(),
         total_size: bytes.len() as u64,
+        store_revision: store.revision(),
+        live_keys: store.len(),
     };
     Ok((store, info))
 }
@@ -270,7 +318,8 @@ pub fn restore(
 pub fn status_table(i: &BackupInfo) -> String {
     let header = ["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"];
     let row = [
-        format!("{:08x}", i.hash),
+        // etcdctl prints `%x`: no leading zeros.
+        format!("{:x}", i.hash),
         i.revision.to_string(),
         i.total_keys.to_string(),
         human_bytes(i.total_size),
@@ -285,18 +334,26 @@ pub fn status_table(i: &BackupInfo) -> String {
         .map(|w| format!("+{}", "-".repeat(*w)))
         .collect::<String>()
         + "+";
-    let cells = |cols: &[String]| -> String {
+    // etcdctl's table: headers centred, cells right-aligned, one space of
+    // margin.
+    let cells = |cols: &[String], right: bool| -> String {
         cols.iter()
             .zip(&widths)
-            .map(|(c, w)| format!("|{c:^w$}"))
+            .map(|(c, w)| {
+                if right {
+                    format!("| {c:>0$} ", w - 2)
+                } else {
+                    format!("|{c:^w$}")
+                }
+            })
             .collect::<String>()
             + "|"
     };
     let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
     format!(
         "{line}\n{}\n{line}\n{}\n{line}\n",
-        cells(&header),
-        cells(&row)
+        cells(&header, false),
+        cells(&row, true)
     )
 }
 
@@ -317,10 +374,15 @@ fn human_bytes(n: u64) -> String {
         v /= 1000.0;
         u += 1;
     }
+    // go-humanize's `Bytes`, which etcdctl uses: one decimal place below
+    // 10 of the unit (rounded to it first), none from 10 on.
+    let v = (v * 10.0 + 0.5).floor() / 10.0;
     if u == 0 {
         format!("{n} B")
-    } else {
+    } else if v < 10.0 {
         format!("{v:.1} {}", UNITS[u])
+    } else {
+        format!("{v:.0} {}", UNITS[u])
     }
 }
 
@@ -333,7 +395,10 @@ mod tests {
         assert_eq!(human_bytes(0), "0 B");
         assert_eq!(human_bytes(999), "999 B");
         assert_eq!(human_bytes(2_100_000), "2.1 MB");
-        assert_eq!(human_bytes(20_480), "20.5 kB");
+        // etcdctl 3.4.23 printed "37 kB" for 36,864 bytes.
+        assert_eq!(human_bytes(36_864), "37 kB");
+        assert_eq!(human_bytes(9_960), "10 kB");
+        assert_eq!(human_bytes(1_234), "1.2 kB");
     }
 
     #[test]
@@ -343,14 +408,16 @@ mod tests {
             revision: 10,
             compact_revision: 0,
             total_keys: 7,
-            total_size: 20_480,
+            total_size: 36_864,
+            store_revision: 10,
+            live_keys: 3,
         });
         assert!(
             t.contains("|   HASH   | REVISION | TOTAL KEYS | TOTAL SIZE |"),
             "{t}"
         );
         assert!(
-            t.contains("| fe01cf57 |    10    |     7      |  20.5 kB   |"),
+            t.contains("| fe01cf57 |       10 |          7 |      37 kB |"),
             "{t}"
         );
     }
