@@ -34,6 +34,9 @@ cargo test --workspace
 step "a real client library's own test suite: the etcd-client crate's tests against one member"
 scripts/client-suite.sh
 
+step "another client library's own suite: python-etcd3 (PyPI etcd3 0.12.0, gRPC) against a 3-member cluster"
+scripts/python-client-suite.sh
+
 step "etcdctl 3.4 side by side: every etcdctl command against etcd 3.4.23 and metalraft, outputs compared"
 scripts/etcdctl-compare.sh
 
