@@ -34,9 +34,9 @@ pub use limits::{
     MAX_TXN_OPS, MAX_VALUE_BYTES,
 };
 pub use mvcc::{
-    padded_varint, Change, ChangeBatch, ChangeKind, HashKv, LeaseInfo, MvccStore, Section,
-    SnapshotStream, StreamError, COMPACTION_CHANGES_PER_ENTRY, MVCC_LEASE_SNAPSHOT_MAGIC,
-    MVCC_SNAPSHOT_MAGIC, PADDED_VARINT_BYTES,
+    padded_varint, Change, ChangeBatch, ChangeKind, HashKv, Imported, ImportedChanges, LeaseInfo,
+    MvccStore, Section, SnapshotStream, StreamError, COMPACTION_CHANGES_PER_ENTRY,
+    MVCC_LEASE_SNAPSHOT_MAGIC, MVCC_SNAPSHOT_MAGIC, PADDED_VARINT_BYTES,
 };
 pub use request::{
     Command, CompactionRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest,

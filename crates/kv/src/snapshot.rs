@@ -77,11 +77,11 @@ struct Body {
 /// read in one copy each.
 #[derive(Deserialize)]
 pub(crate) struct SnapKeyValue {
-    key: ByteBuf,
-    create_revision: i64,
-    mod_revision: i64,
-    version: i64,
-    value: ByteBuf,
+    pub(crate) key: ByteBuf,
+    pub(crate) create_revision: i64,
+    pub(crate) mod_revision: i64,
+    pub(crate) version: i64,
+    pub(crate) value: ByteBuf,
 }
 
 /// The map of `kvs`, which must be in strictly ascending key order and

@@ -187,10 +187,112 @@ fn etcd_path() -> std::path::PathBuf {
         .expect("etcd not found: install Debian's etcd-server (scripts/setup.sh does)")
 }
 
-/// The fields of every key etcdctl prints with `-w json`, header aside.
-fn kvs(json: &str) -> String {
-    json.split_once("\"kvs\":")
-        .map_or(String::new(), |(_, rest)| rest.to_string())
+/// A one-member etcd 3.4 on free ports, on `data` (new or restored).
+struct Etcd {
+    child: std::process::Child,
+    ep: String,
+}
+
+impl Etcd {
+    fn start(data: &Path, peer: u16) -> Etcd {
+        let client = free_port();
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(etcd_path())
+            .args([
+                "--name=e1".to_string(),
+                format!("--data-dir={}", data.display()),
+                format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=e1={peer_url}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run etcd");
+        let ep = format!("127.0.0.1:{client}");
+        eventually("etcd up", || {
+            etcdctl_try(&["--endpoints", &ep, "endpoint", "health"])
+                .status
+                .success()
+                .then_some(())
+        });
+        Etcd { child, ep }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes history through `ep`: overwrites, a delete, a compaction, a
+/// leased key and a transaction. Returns the lease's ID (hex).
+fn write_history(ep: &str) -> String {
+    for i in 1..=3 {
+        put_ok(ep, "foo", &format!("v{i}"));
+    }
+    put_ok(ep, "bar", "b1");
+    etcdctl(&["--endpoints", ep, "del", "bar"]);
+    put_ok(ep, "baz", "z1");
+    etcdctl(&["--endpoints", ep, "compact", "3"]);
+    put_ok(ep, "foo", "v4");
+    let grant = etcdctl(&["--endpoints", ep, "lease", "grant", "600"]);
+    let lease = grant
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    etcdctl(&["--endpoints", ep, "put", "leased", "x", "--lease", &lease]);
+    let txn = etcdctl_stdin(
+        &["--endpoints", ep, "txn"],
+        b"\nput t1 a\nput t2 b\ndel baz\n\n\n",
+    );
+    assert!(txn.status.success(), "{txn:?}");
+    lease
+}
+
+/// What the reads of [`write_history`]'s keys return (the `kvs` of each
+/// JSON answer: keys, values, create/mod revisions, versions, leases), now
+/// and at past revisions since the compaction; and whether a read below the
+/// compaction is refused as compacted.
+fn read_history(ep: &str) -> (Vec<String>, bool) {
+    let reads: [&[&str]; 4] = [
+        &["get", "", "--prefix"],
+        &["get", "foo", "--rev", "3"],
+        &["get", "", "--prefix", "--rev", "5"],
+        &["get", "baz", "--rev", "8"],
+    ];
+    let kvs = reads
+        .iter()
+        .map(|r| {
+            let mut args = vec!["--endpoints", ep, "-w", "json"];
+            args.extend_from_slice(r);
+            let json = etcdctl(&args);
+            json.split_once("\"kvs\":")
+                .map_or(String::new(), |(_, rest)| rest.to_string())
+        })
+        .collect();
+    let old = etcdctl_try(&["--endpoints", ep, "get", "foo", "--rev", "2"]);
+    let compacted = String::from_utf8_lossy(&old.stderr).contains("compacted");
+    (kvs, compacted)
+}
+
+/// `metalraft snapshot status` prints what `etcdctl snapshot status` does.
+fn same_status(file: &Path) {
+    let path = file.to_str().unwrap();
+    for w in ["json", "table"] {
+        let ours = metalraft(&["snapshot", "status", path, "-w", w]);
+        assert!(ours.status.success(), "{}", text(&ours));
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stdout).trim(),
+            etcdctl(&["snapshot", "status", path, "-w", w]).trim(),
+            "-w {w}"
+        );
+    }
 }
 
 /// A metalraft backup restored by etcd 3.4's own tool into an etcd member:
@@ -200,26 +302,7 @@ fn kvs(json: &str) -> String {
 fn a_backup_restores_into_etcd_3_4() {
     let mut c = Cluster::start(1);
     let ep = c.endpoint(0);
-    for i in 1..=3 {
-        put_ok(&ep, "foo", &format!("v{i}"));
-    }
-    put_ok(&ep, "bar", "b1");
-    etcdctl(&["--endpoints", &ep, "del", "bar"]);
-    put_ok(&ep, "baz", "z1");
-    etcdctl(&["--endpoints", &ep, "compact", "3"]);
-    put_ok(&ep, "foo", "v4");
-    let grant = etcdctl(&["--endpoints", &ep, "lease", "grant", "600"]);
-    let lease = grant
-        .split_whitespace()
-        .nth(1)
-        .expect("lease id")
-        .to_string();
-    etcdctl(&["--endpoints", &ep, "put", "leased", "x", "--lease", &lease]);
-    let txn = etcdctl_stdin(
-        &["--endpoints", &ep, "txn"],
-        b"\nput t1 a\nput t2 b\ndel baz\n\n\n",
-    );
-    assert!(txn.status.success(), "{txn:?}");
+    let lease = write_history(&ep);
     let file = c.dir.path().join("backup.db");
     etcdctl(&[
         "--endpoints",
@@ -228,37 +311,19 @@ fn a_backup_restores_into_etcd_3_4() {
         "save",
         file.to_str().unwrap(),
     ]);
-    let reads: Vec<Vec<String>> = vec![
-        vec!["get".into(), "".into(), "--prefix".into()],
-        vec!["get".into(), "foo".into(), "--rev".into(), "3".into()],
-        vec![
-            "get".into(),
-            "".into(),
-            "--prefix".into(),
-            "--rev".into(),
-            "5".into(),
-        ],
-        vec!["get".into(), "baz".into(), "--rev".into(), "8".into()],
-    ];
-    let read_all = |ep: &str| -> Vec<String> {
-        reads
-            .iter()
-            .map(|r| {
-                let mut args = vec!["--endpoints", ep, "-w", "json"];
-                args.extend(r.iter().map(String::as_str));
-                kvs(&etcdctl(&args))
-            })
-            .collect()
-    };
-    let ours = read_all(&ep);
-    assert!(ours[0].contains("\"lease\""), "the leased key: {}", ours[0]);
-    let compacted = etcdctl_try(&["--endpoints", &ep, "get", "foo", "--rev", "2"]);
-    assert!(!compacted.status.success());
+    let ours = read_history(&ep);
+    assert!(
+        ours.0[0].contains("\"lease\""),
+        "the leased key: {:?}",
+        ours.0
+    );
+    assert!(ours.1, "a read below the compaction is refused");
     c.kill9(0);
+    same_status(&file);
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("e1");
-    let (client, peer) = (free_port(), free_port());
+    let peer = free_port();
     let peer_url = format!("http://127.0.0.1:{peer}");
     let restore = etcdctl_try(&[
         "snapshot",
@@ -270,38 +335,52 @@ fn a_backup_restores_into_etcd_3_4() {
         &format!("--initial-advertise-peer-urls={peer_url}"),
     ]);
     assert!(restore.status.success(), "{restore:?}");
-    let mut etcd = Command::new(etcd_path())
-        .args([
-            "--name=e1".to_string(),
-            format!("--data-dir={}", data.display()),
-            format!("--listen-client-urls=http://127.0.0.1:{client}"),
-            format!("--advertise-client-urls=http://127.0.0.1:{client}"),
-            format!("--listen-peer-urls={peer_url}"),
-            format!("--initial-advertise-peer-urls={peer_url}"),
-            format!("--initial-cluster=e1={peer_url}"),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run etcd");
-    let eep = format!("127.0.0.1:{client}");
-    eventually("etcd up", || {
-        etcdctl_try(&["--endpoints", &eep, "endpoint", "health"])
-            .status
-            .success()
-            .then_some(())
-    });
-    let theirs = read_all(&eep);
-    let leases = etcdctl(&["--endpoints", &eep, "lease", "list"]);
-    let compacted = etcdctl_try(&["--endpoints", &eep, "get", "foo", "--rev", "2"]);
-    let _ = etcd.kill();
-    let _ = etcd.wait();
-    for (r, (a, b)) in reads.iter().zip(ours.iter().zip(&theirs)) {
-        assert_eq!(a, b, "etcdctl {r:?}: metalraft vs etcd after restore");
-    }
+    let etcd = Etcd::start(&data, peer);
+    assert_eq!(
+        read_history(&etcd.ep),
+        ours,
+        "etcd after restore vs metalraft"
+    );
+    let leases = etcdctl(&["--endpoints", &etcd.ep, "lease", "list"]);
     assert!(leases.contains(&lease), "{leases}");
-    assert!(
-        String::from_utf8_lossy(&compacted.stderr).contains("compacted"),
-        "{compacted:?}"
+}
+
+/// A backup of etcd 3.4 itself restored into a metalraft cluster: the same
+/// keys, versions, revisions, history since the compaction and leases (the
+/// way from etcd to metalraft).
+#[test]
+fn an_etcd_3_4_backup_restores_into_metalraft() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(&dir.path().join("e1"), free_port());
+    let lease = write_history(&etcd.ep);
+    let file = dir.path().join("etcd-backup.db");
+    etcdctl(&[
+        "--endpoints",
+        &etcd.ep,
+        "snapshot",
+        "save",
+        file.to_str().unwrap(),
+    ]);
+    let theirs = read_history(&etcd.ep);
+    assert!(theirs.1, "etcd refuses a read below the compaction");
+    drop(etcd);
+    same_status(&file);
+
+    let mut c = Cluster::prepare(1, &[]);
+    let out = restore(&c, 0, &file, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    c.spawn(0);
+    c.wait_for_leader();
+    let ep = c.endpoint(0);
+    assert_eq!(read_history(&ep), theirs, "metalraft after restore vs etcd");
+    let leases = etcdctl(&["--endpoints", &ep, "lease", "list"]);
+    assert!(leases.contains(&lease), "{leases}");
+    // And it takes writes at the next revision.
+    let before = etcdctl(&["--endpoints", &ep, "get", "foo", "-w", "json"]);
+    put_ok(&ep, "after", "1");
+    let after = etcdctl(&["--endpoints", &ep, "get", "after", "-w", "json"]);
+    assert_eq!(
+        json_u64(&after, "revision"),
+        json_u64(&before, "revision").map(|r| r + 1)
     );
 }

@@ -14,6 +14,7 @@
 mod change;
 mod compact;
 mod history;
+mod import;
 mod lease;
 mod read;
 mod read_txn;
@@ -25,6 +26,7 @@ mod stream;
 
 pub use change::{Change, ChangeBatch, ChangeKind, HashKv};
 pub use compact::COMPACTION_CHANGES_PER_ENTRY;
+pub use import::{Imported, ImportedChanges};
 pub use lease::LeaseInfo;
 pub use snapshot::{MVCC_LEASE_SNAPSHOT_MAGIC, MVCC_SNAPSHOT_MAGIC};
 pub use stream::{padded_varint, Section, SnapshotStream, StreamError, PADDED_VARINT_BYTES};

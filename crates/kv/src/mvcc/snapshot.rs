@@ -61,15 +61,15 @@ impl Serialize for LeasesRef<'_> {
 /// The body with leases as read.
 #[derive(Deserialize)]
 pub(super) struct LeaseBody {
-    body: Body,
-    leases: Vec<SnapLease>,
+    pub(super) body: Body,
+    pub(super) leases: Vec<SnapLease>,
 }
 
 #[derive(Deserialize)]
-struct SnapLease {
-    id: i64,
-    ttl: i64,
-    keys: Vec<ByteBuf>,
+pub(super) struct SnapLease {
+    pub(super) id: i64,
+    pub(super) ttl: i64,
+    pub(super) keys: Vec<ByteBuf>,
 }
 
 /// One record as written.
@@ -124,28 +124,28 @@ impl Serialize for ChangesRef<'_> {
 /// The body as read.
 #[derive(Deserialize)]
 pub(super) struct Body {
-    revision: i64,
-    compact_revision: i64,
-    applied_index: u64,
-    base: Vec<SnapKeyValue>,
-    at_base: Vec<(ByteBuf, ChangeKind)>,
-    records: Vec<SnapRecord>,
+    pub(super) revision: i64,
+    pub(super) compact_revision: i64,
+    pub(super) applied_index: u64,
+    pub(super) base: Vec<SnapKeyValue>,
+    pub(super) at_base: Vec<(ByteBuf, ChangeKind)>,
+    pub(super) records: Vec<SnapRecord>,
 }
 
 #[derive(Deserialize)]
 pub(super) struct SnapRecord {
-    revision: i64,
-    changes: Vec<SnapChange>,
+    pub(super) revision: i64,
+    pub(super) changes: Vec<SnapChange>,
 }
 
 #[derive(Deserialize)]
-struct SnapChange {
-    key: ByteBuf,
-    op: SnapOp,
+pub(super) struct SnapChange {
+    pub(super) key: ByteBuf,
+    pub(super) op: SnapOp,
 }
 
 #[derive(Deserialize)]
-enum SnapOp {
+pub(super) enum SnapOp {
     Put(ByteBuf),
     Delete,
 }

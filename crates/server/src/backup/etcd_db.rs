@@ -17,6 +17,11 @@
 //! snapshot restore` reads (exact: leases' keys, history and revision as
 //! the member had them). etcd carries an unknown bucket along untouched.
 //!
+//! A backup of etcd itself has no such bucket: [`import`] rebuilds the
+//! store from etcd's `key`, `meta` and `lease` buckets (the way from etcd
+//! to metalraft), through the checks a snapshot's restore runs
+//! ([`kv::MvccStore::import`]).
+//!
 //! What etcd's view loses, and why it does not matter to etcd: a version
 //! that was live at the compact revision keeps its main revision but gets a
 //! sub-revision by key order (the store does not keep the original one; etcd
@@ -64,18 +69,31 @@ pub struct DbStatus {
     pub total_size: u64,
 }
 
-/// Why a database holds no metalraft snapshot.
+/// Why a database cannot be read as a backup.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The file is not a readable bbolt database.
     #[error(transparent)]
     Bolt(#[from] bolt::BoltError),
-    /// A bbolt database without [`METALRAFT_BUCKET`]: etcd's own backup.
-    #[error(
-        "a database without metalraft's bucket (an etcd backup?): \
-         restoring etcd's own database is not supported"
-    )]
+    /// A bbolt database without [`METALRAFT_BUCKET`] (asked of
+    /// [`snapshot_bytes`]; [`import`] reads etcd's buckets instead).
+    #[error("a database without metalraft's bucket")]
     NoMetalraftBucket,
+    /// etcd's database has no `key` bucket.
+    #[error("not an etcd database: no `key` bucket")]
+    NoKeyBucket,
+    /// An item of etcd's buckets that does not decode.
+    #[error("etcd's `{bucket}` bucket: {what}")]
+    BadItem {
+        /// The bucket.
+        bucket: &'static str,
+        /// What is wrong.
+        what: String,
+    },
+    /// etcd's revisions do not make a consistent history (a gap, a version
+    /// newer than the compaction where it should be older, ...).
+    #[error("etcd's revisions are not a consistent history: {0}")]
+    Inconsistent(kv::SnapshotError),
 }
 
 /// The store as etcd's database (without the trailing digest).
@@ -143,6 +161,167 @@ pub fn snapshot_bytes(db: &[u8]) -> Result<Vec<u8>, DbError> {
         .bucket(METALRAFT_BUCKET)?
         .ok_or(DbError::NoMetalraftBucket)?;
     Ok(chunks.concat_values())
+}
+
+/// The store a backup holds: metalraft's own snapshot if the database has
+/// [`METALRAFT_BUCKET`], else (a backup of etcd itself) the store rebuilt
+/// from etcd's `key`, `meta` and `lease` buckets — every revision since the
+/// compaction, the versions live at it, the leases with their keys.
+pub fn restore(db: &[u8]) -> Result<kv::MvccStore, RestoreError> {
+    match snapshot_bytes(db) {
+        Ok(bytes) => kv::MvccStore::restore(&bytes).map_err(RestoreError::Snapshot),
+        Err(DbError::NoMetalraftBucket) => import(db).map_err(RestoreError::Db),
+        Err(e) => Err(RestoreError::Db(e)),
+    }
+}
+
+/// Why [`restore`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// metalraft's snapshot in the database is damaged.
+    #[error("not a metalraft snapshot: {0}")]
+    Snapshot(kv::SnapshotError),
+    /// The database, or etcd's buckets in it.
+    #[error(transparent)]
+    Db(DbError),
+}
+
+/// One item of etcd's `key` bucket.
+struct Version {
+    main: i64,
+    tombstone: bool,
+    kv: mvccpb::KeyValue,
+}
+
+fn bad(bucket: &'static str, what: impl Into<String>) -> DbError {
+    DbError::BadItem {
+        bucket,
+        what: what.into(),
+    }
+}
+
+/// Decodes a `key` bucket item.
+fn version(k: &[u8], v: &[u8]) -> Result<Version, DbError> {
+    let tombstone = match k.len() {
+        REVISION_KEY_BYTES => false,
+        n if n == REVISION_KEY_BYTES + 1 && k[REVISION_KEY_BYTES] == b't' => true,
+        n => return Err(bad("key", format!("a revision key of {n} bytes"))),
+    };
+    let main = i64::from_be_bytes(k[..8].try_into().unwrap_or_default());
+    if main < 1 || k[8] != b'_' {
+        return Err(bad("key", format!("revision key {k:02x?}")));
+    }
+    let kv =
+        mvccpb::KeyValue::decode(v).map_err(|e| bad("key", format!("revision {main}: {e}")))?;
+    if kv.key.is_empty() {
+        return Err(bad("key", format!("revision {main}: empty key")));
+    }
+    Ok(Version {
+        main,
+        tombstone,
+        kv,
+    })
+}
+
+/// Rebuilds the store from etcd's buckets (see [`restore`]).
+pub fn import(db: &[u8]) -> Result<kv::MvccStore, DbError> {
+    use std::collections::BTreeMap;
+    let db = bolt::Db::open(db)?;
+    let keys = db.bucket(b"key")?.ok_or(DbError::NoKeyBucket)?;
+    let meta: BTreeMap<&[u8], &[u8]> = db
+        .bucket(b"meta")?
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let compacted = match meta.get(&b"finishedCompactRev"[..]) {
+        Some(v) if v.len() >= 8 => i64::from_be_bytes(v[..8].try_into().unwrap_or_default()),
+        Some(_) => return Err(bad("meta", "finishedCompactRev is not a revision")),
+        None => 0,
+    };
+    let applied_index = match meta.get(&b"consistent_index"[..]) {
+        Some(v) if v.len() == 8 => u64::from_be_bytes((*v).try_into().unwrap_or_default()),
+        Some(_) => return Err(bad("meta", "consistent_index is not 8 bytes")),
+        None => 0,
+    };
+    let base_rev = compacted.max(kv::INITIAL_REVISION);
+    // Each key's newest version so far, walking revisions in order.
+    let mut live: BTreeMap<Vec<u8>, mvccpb::KeyValue> = BTreeMap::new();
+    let mut at_base = Vec::new();
+    let mut records: Vec<(i64, kv::ImportedChanges)> = Vec::new();
+    let mut base: Option<Vec<kv::KeyValue>> = None;
+    let mut revision = base_rev;
+    for (k, v) in keys {
+        let Version {
+            main,
+            tombstone,
+            kv,
+        } = version(k, v)?;
+        if main > base_rev && base.is_none() {
+            base = Some(base_state(&live));
+        }
+        if main == base_rev && compacted > 0 {
+            let kind = if tombstone {
+                kv::ChangeKind::Delete
+            } else {
+                kv::ChangeKind::Put
+            };
+            at_base.push((kv.key.clone(), kind));
+        }
+        if main > base_rev {
+            if records.last().is_none_or(|(r, _)| *r != main) {
+                records.push((main, Vec::new()));
+            }
+            let value = (!tombstone).then(|| kv.value.clone());
+            if let Some((_, changes)) = records.last_mut() {
+                changes.push((kv.key.clone(), value));
+            }
+        }
+        revision = revision.max(main);
+        if tombstone {
+            live.remove(&kv.key);
+        } else {
+            live.insert(kv.key.clone(), kv);
+        }
+    }
+    let base = base.unwrap_or_else(|| base_state(&live));
+    // Each lease with the live keys whose newest version names it.
+    let mut leases: BTreeMap<i64, (i64, Vec<Vec<u8>>)> = BTreeMap::new();
+    for (_, v) in db.bucket(b"lease")?.unwrap_or_default() {
+        let l = LeasePb::decode(v).map_err(|e| bad("lease", e.to_string()))?;
+        leases.insert(l.id, (l.ttl, Vec::new()));
+    }
+    for (key, kv) in &live {
+        // etcd drops the attachment of a lease it no longer has, too.
+        if let Some((_, keys)) = leases.get_mut(&kv.lease) {
+            keys.push(key.clone());
+        }
+    }
+    kv::MvccStore::import(kv::Imported {
+        revision,
+        compact_revision: compacted,
+        applied_index,
+        base,
+        at_base,
+        records,
+        leases: leases
+            .into_iter()
+            .map(|(id, (ttl, keys))| (id, ttl, keys))
+            .collect(),
+    })
+    .map_err(DbError::Inconsistent)
+}
+
+/// The live versions, in key order.
+fn base_state(live: &std::collections::BTreeMap<Vec<u8>, mvccpb::KeyValue>) -> Vec<kv::KeyValue> {
+    live.values()
+        .map(|kv| kv::KeyValue {
+            key: kv.key.clone(),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            value: kv.value.clone(),
+        })
+        .collect()
 }
 
 /// `etcdctl snapshot status` of a database.
@@ -346,16 +525,137 @@ mod tests {
             .any(|(k, v)| *k == b"consistent_index" && *v == 6u64.to_be_bytes()));
     }
 
+    /// etcd's buckets alone (what a backup of etcd itself holds).
+    fn etcd_only(db: &[u8]) -> Vec<u8> {
+        let d = bolt::Db::open(db).unwrap();
+        let buckets: Vec<Bucket> = d
+            .buckets()
+            .unwrap()
+            .into_iter()
+            .filter(|(name, _)| *name != METALRAFT_BUCKET)
+            .map(|(name, items)| Bucket {
+                name: name.to_vec(),
+                items: items
+                    .into_iter()
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .collect(),
+            })
+            .collect();
+        bolt::write_db(&buckets)
+    }
+
+    fn read_at(s: &kv::MvccStore, revision: i64) -> kv::RangeResponse {
+        s.range(&kv::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            revision,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
     #[test]
-    fn a_database_without_metalrafts_bucket_is_refused_clearly() {
-        let db = bolt::write_db(&[Bucket {
-            name: b"key".to_vec(),
-            items: vec![],
-        }]);
+    fn etcds_buckets_alone_rebuild_a_store_that_reads_the_same() {
+        let mut s = kv::MvccStore::new();
+        let mut i = 0;
+        let mut next = || {
+            i += 1;
+            i
+        };
+        for round in 0..5 {
+            for k in ["a", "b", "c", "d"] {
+                put(&mut s, next(), k, &format!("{k}{round}"));
+            }
+            let del = kv::Command::DeleteRange(kv::DeleteRangeRequest {
+                key: ["a", "b", "c", "d"][round % 4].as_bytes().to_vec(),
+                ..Default::default()
+            });
+            s.apply(next(), &del).unwrap();
+            if round == 2 {
+                let rev = s.revision() - 3;
+                s.apply(
+                    next(),
+                    &kv::Command::Compact(kv::CompactionRequest { revision: rev }),
+                )
+                .unwrap();
+            }
+        }
+        let grant = kv::Command::LeaseGrant(kv::LeaseGrantRequest { id: 7, ttl: 60 });
+        s.apply(next(), &grant).unwrap();
+        let leased = kv::Command::LeasePut(
+            kv::PutRequest {
+                key: b"l".to_vec(),
+                value: b"x".to_vec(),
+                ..Default::default()
+            },
+            kv::LeaseOption {
+                lease: 7,
+                ignore_lease: false,
+            },
+        );
+        s.apply(next(), &leased).unwrap();
+
+        let db = etcd_only(&encode(&s));
         assert!(matches!(
             snapshot_bytes(&db),
             Err(DbError::NoMetalraftBucket)
         ));
+        let back = import(&db).unwrap();
+        assert_eq!(back.revision(), s.revision());
+        assert_eq!(back.compact_revision(), s.compact_revision());
+        for rev in s.compact_revision()..=s.revision() {
+            assert_eq!(read_at(&back, rev), read_at(&s, rev), "at revision {rev}");
+        }
+        assert_eq!(back.lease(7), s.lease(7));
+        // The same through restore(), which picks the path by the bucket.
+        assert_eq!(read_at(&restore(&db).unwrap(), 0), read_at(&s, 0));
+    }
+
+    #[test]
+    fn garbage_in_etcds_buckets_is_an_error() {
         assert!(matches!(snapshot_bytes(b"junk"), Err(DbError::Bolt(_))));
+        let no_key = bolt::write_db(&[Bucket {
+            name: b"meta".to_vec(),
+            items: vec![],
+        }]);
+        assert!(matches!(import(&no_key), Err(DbError::NoKeyBucket)));
+        let with_key = |k: Vec<u8>, v: Vec<u8>| {
+            bolt::write_db(&[Bucket {
+                name: b"key".to_vec(),
+                items: vec![(k, v)],
+            }])
+        };
+        let kv = mvccpb::KeyValue {
+            key: b"k".to_vec(),
+            create_revision: 2,
+            mod_revision: 2,
+            version: 1,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert!(import(&with_key(revision_key(2, 0, false), kv.clone())).is_ok());
+        for (k, v) in [
+            (b"short".to_vec(), kv.clone()),
+            (revision_key(0, 0, false), kv.clone()),
+            (revision_key(2, 0, false), vec![0xff, 0xff]),
+            (revision_key(2, 0, false), Vec::new()),
+        ] {
+            assert!(
+                matches!(
+                    import(&with_key(k.clone(), v)),
+                    Err(DbError::BadItem { .. })
+                ),
+                "{k:?}"
+            );
+        }
+        // A gap: revision 3 missing before 4.
+        let gap = bolt::write_db(&[Bucket {
+            name: b"key".to_vec(),
+            items: vec![
+                (revision_key(2, 0, false), kv.clone()),
+                (revision_key(4, 0, false), kv),
+            ],
+        }]);
+        assert!(matches!(import(&gap), Err(DbError::Inconsistent(_))));
     }
 }

@@ -11,8 +11,9 @@
 //! restore` reads; then the SHA-256 of everything before it (as etcd
 //! appends). Files written before this layout (a bare `metalraft-kv`
 //! snapshot zero-padded to [`SNAPSHOT_PAGE_BYTES`]) are still read. A
-//! backup of etcd itself (no metalraft bucket) is refused with a clear
-//! error: importing etcd's database is not supported yet.
+//! backup of etcd 3.4 itself (no metalraft bucket) is imported from etcd's
+//! buckets, so a cluster moves from etcd to metalraft the way etcd
+//! restores one.
 //!
 //! Restoring creates a new cluster, as etcd does: every member of
 //! `--initial-cluster` is restored from the same file with the same flags
@@ -167,10 +168,12 @@ pub fn read(path: &Path, check_hash: bool) -> Result<(kv::MvccStore, BackupInfo)
             reason,
         };
         let status = etcd_db::status(body).map_err(db_err)?;
-        let snapshot = etcd_db::snapshot_bytes(body).map_err(db_err)?;
-        let store = kv::MvccStore::restore(&snapshot).map_err(|reason| BackupError::Snapshot {
-            path: path.to_path_buf(),
-            reason,
+        let store = etcd_db::restore(body).map_err(|e| match e {
+            etcd_db::RestoreError::Snapshot(reason) => BackupError::Snapshot {
+                path: path.to_path_buf(),
+                reason,
+            },
+            etcd_db::RestoreError::Db(reason) => db_err(reason),
         })?;
         let info = BackupInfo {
             hash: status.hash,
