@@ -17,6 +17,11 @@
 //! snapshot restore` reads (exact: leases' keys, history and revision as
 //! the member had them). etcd carries an unknown bucket along untouched.
 //!
+//! With the chunks, [`DIGEST_KEY`] holds the SHA-256 of the `key` and
+//! `lease` buckets as written: etcd keeps our bucket when it restores the
+//! file and writes on, so a later backup of that etcd holds a stale copy,
+//! which the digest exposes (and etcd's buckets are imported instead).
+//!
 //! A backup of etcd itself has no such bucket: [`import`] rebuilds the
 //! store from etcd's `key`, `meta` and `lease` buckets (the way from etcd
 //! to metalraft), through the checks a snapshot's restore runs
@@ -38,6 +43,9 @@ use crate::proto::mvccpb;
 pub const METALRAFT_BUCKET: &[u8] = b"metalraft";
 /// Bytes per value of [`METALRAFT_BUCKET`].
 pub const CHUNK_BYTES: usize = 1 << 20;
+/// The item of [`METALRAFT_BUCKET`] holding the SHA-256 of etcd's `key`
+/// and `lease` buckets as written (after the chunks' 8-byte keys).
+pub const DIGEST_KEY: &[u8] = b"etcd-sha256";
 /// etcd's cluster version recorded in the `cluster` bucket.
 pub const CLUSTER_VERSION: &str = "3.4.0";
 /// Changes read from the store per call while the `key` bucket is built.
@@ -79,6 +87,11 @@ pub enum DbError {
     /// [`snapshot_bytes`]; [`import`] reads etcd's buckets instead).
     #[error("a database without metalraft's bucket")]
     NoMetalraftBucket,
+    /// metalraft's bucket no longer matches etcd's buckets: etcd wrote to
+    /// the database after restoring it (asked of [`snapshot_bytes`];
+    /// [`restore`] imports etcd's buckets instead).
+    #[error("metalraft's bucket is older than etcd's data in the same database")]
+    Diverged,
     /// etcd's database has no `key` bucket.
     #[error("not an etcd database: no `key` bucket")]
     NoKeyBucket,
@@ -98,13 +111,7 @@ pub enum DbError {
 
 /// The store as etcd's database (without the trailing digest).
 pub fn encode(store: &kv::MvccStore) -> Vec<u8> {
-    let snapshot = store.snapshot();
-    let chunks = snapshot
-        .chunks(CHUNK_BYTES)
-        .enumerate()
-        .map(|(i, c)| ((i as u64).to_be_bytes().to_vec(), c.to_vec()))
-        .collect();
-    drop(snapshot);
+    let keys = key_bucket(store);
     let mut meta = vec![(
         b"consistent_index".to_vec(),
         store.applied_index().to_be_bytes().to_vec(),
@@ -116,7 +123,7 @@ pub fn encode(store: &kv::MvccStore) -> Vec<u8> {
         meta.push((b"scheduledCompactRev".to_vec(), rev));
     }
     meta.sort();
-    let leases = store
+    let leases: Vec<(Vec<u8>, Vec<u8>)> = store
         .leases()
         .map(|(id, ttl)| {
             let v = LeasePb {
@@ -127,6 +134,18 @@ pub fn encode(store: &kv::MvccStore) -> Vec<u8> {
             ((id as u64).to_be_bytes().to_vec(), v.encode_to_vec())
         })
         .collect();
+    let digest = etcd_digest(
+        keys.iter().map(|(k, v)| (&k[..], &v[..])),
+        leases.iter().map(|(k, v)| (&k[..], &v[..])),
+    );
+    let snapshot = store.snapshot();
+    let mut ours: Vec<(Vec<u8>, Vec<u8>)> = snapshot
+        .chunks(CHUNK_BYTES)
+        .enumerate()
+        .map(|(i, c)| ((i as u64).to_be_bytes().to_vec(), c.to_vec()))
+        .collect();
+    drop(snapshot);
+    ours.push((DIGEST_KEY.to_vec(), digest.to_vec()));
     bolt::write_db(&[
         Bucket {
             name: b"cluster".to_vec(),
@@ -137,7 +156,7 @@ pub fn encode(store: &kv::MvccStore) -> Vec<u8> {
         },
         Bucket {
             name: b"key".to_vec(),
-            items: key_bucket(store),
+            items: keys,
         },
         Bucket {
             name: b"lease".to_vec(),
@@ -149,18 +168,54 @@ pub fn encode(store: &kv::MvccStore) -> Vec<u8> {
         },
         Bucket {
             name: METALRAFT_BUCKET.to_vec(),
-            items: chunks,
+            items: ours,
         },
     ])
 }
 
 /// The `metalraft-kv` snapshot a database written by [`encode`] holds.
+///
+/// Only while etcd's `key` and `lease` buckets are still the ones written
+/// with it ([`DIGEST_KEY`]): etcd carries the bucket along, so a backup
+/// taken from an etcd restored from ours and written to since holds a
+/// stale copy — that is [`DbError::Diverged`].
 pub fn snapshot_bytes(db: &[u8]) -> Result<Vec<u8>, DbError> {
     let db = bolt::Db::open(db)?;
-    let chunks = db
+    let items = db
         .bucket(METALRAFT_BUCKET)?
         .ok_or(DbError::NoMetalraftBucket)?;
+    let (digest, chunks): (bolt::Items<'_>, bolt::Items<'_>) =
+        items.into_iter().partition(|(k, _)| *k == DIGEST_KEY);
+    let keys = db.bucket(b"key")?.unwrap_or_default();
+    let leases = db.bucket(b"lease")?.unwrap_or_default();
+    let now = etcd_digest(keys.into_iter(), leases.into_iter());
+    if digest.first().map(|(_, v)| *v) != Some(&now[..]) {
+        return Err(DbError::Diverged);
+    }
     Ok(chunks.concat_values())
+}
+
+/// SHA-256 of etcd's `key` and `lease` items, each length-prefixed.
+fn etcd_digest<'a>(
+    keys: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    leases: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (bucket, items) in [
+        (&b"key"[..], keys.collect::<Vec<_>>()),
+        (b"lease", leases.collect()),
+    ] {
+        h.update((bucket.len() as u64).to_le_bytes());
+        h.update(bucket);
+        for (k, v) in items {
+            h.update((k.len() as u64).to_le_bytes());
+            h.update(k);
+            h.update((v.len() as u64).to_le_bytes());
+            h.update(v);
+        }
+    }
+    h.finalize().into()
 }
 
 /// The store a backup holds: metalraft's own snapshot if the database has
@@ -170,7 +225,7 @@ pub fn snapshot_bytes(db: &[u8]) -> Result<Vec<u8>, DbError> {
 pub fn restore(db: &[u8]) -> Result<kv::MvccStore, RestoreError> {
     match snapshot_bytes(db) {
         Ok(bytes) => kv::MvccStore::restore(&bytes).map_err(RestoreError::Snapshot),
-        Err(DbError::NoMetalraftBucket) => import(db).map_err(RestoreError::Db),
+        Err(DbError::NoMetalraftBucket | DbError::Diverged) => import(db).map_err(RestoreError::Db),
         Err(e) => Err(RestoreError::Db(e)),
     }
 }
@@ -609,6 +664,44 @@ mod tests {
         assert_eq!(back.lease(7), s.lease(7));
         // The same through restore(), which picks the path by the bucket.
         assert_eq!(read_at(&restore(&db).unwrap(), 0), read_at(&s, 0));
+    }
+
+    #[test]
+    fn a_database_etcd_wrote_to_after_our_backup_is_imported_not_our_stale_copy() {
+        let mut s = kv::MvccStore::new();
+        put(&mut s, 1, "a", "old");
+        let ours = encode(&s);
+        assert_eq!(restore(&ours).unwrap(), s, "untouched: our exact copy");
+        // etcd restored it and wrote a@3 (revision 3, sub 0).
+        let d = bolt::Db::open(&ours).unwrap();
+        let mut buckets: Vec<Bucket> = d
+            .buckets()
+            .unwrap()
+            .into_iter()
+            .map(|(name, items)| Bucket {
+                name: name.to_vec(),
+                items: items
+                    .into_iter()
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .collect(),
+            })
+            .collect();
+        let key = buckets.iter_mut().find(|b| b.name == b"key").unwrap();
+        let newer = mvccpb::KeyValue {
+            key: b"a".to_vec(),
+            create_revision: 2,
+            mod_revision: 3,
+            version: 2,
+            value: b"new".to_vec(),
+            lease: 0,
+        };
+        key.items
+            .push((revision_key(3, 0, false), newer.encode_to_vec()));
+        let theirs = bolt::write_db(&buckets);
+        assert!(matches!(snapshot_bytes(&theirs), Err(DbError::Diverged)));
+        let back = restore(&theirs).unwrap();
+        assert_eq!(back.revision(), 3);
+        assert_eq!(read_at(&back, 0).kvs[0].value, b"new");
     }
 
     #[test]
