@@ -580,14 +580,12 @@ mod tests {
             .any(|(k, v)| *k == b"consistent_index" && *v == 6u64.to_be_bytes()));
     }
 
-    /// etcd's buckets alone (what a backup of etcd itself holds).
-    fn etcd_only(db: &[u8]) -> Vec<u8> {
+    /// Every bucket of `db`, owned, to change and write again.
+    fn buckets_of(db: &[u8]) -> Vec<Bucket> {
         let d = bolt::Db::open(db).unwrap();
-        let buckets: Vec<Bucket> = d
-            .buckets()
+        d.buckets()
             .unwrap()
             .into_iter()
-            .filter(|(name, _)| *name != METALRAFT_BUCKET)
             .map(|(name, items)| Bucket {
                 name: name.to_vec(),
                 items: items
@@ -595,7 +593,13 @@ mod tests {
                     .map(|(k, v)| (k.to_vec(), v.to_vec()))
                     .collect(),
             })
-            .collect();
+            .collect()
+    }
+
+    /// etcd's buckets alone (what a backup of etcd itself holds).
+    fn etcd_only(db: &[u8]) -> Vec<u8> {
+        let mut buckets = buckets_of(db);
+        buckets.retain(|b| b.name != METALRAFT_BUCKET);
         bolt::write_db(&buckets)
     }
 
@@ -673,19 +677,7 @@ mod tests {
         let ours = encode(&s);
         assert_eq!(restore(&ours).unwrap(), s, "untouched: our exact copy");
         // etcd restored it and wrote a@3 (revision 3, sub 0).
-        let d = bolt::Db::open(&ours).unwrap();
-        let mut buckets: Vec<Bucket> = d
-            .buckets()
-            .unwrap()
-            .into_iter()
-            .map(|(name, items)| Bucket {
-                name: name.to_vec(),
-                items: items
-                    .into_iter()
-                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .collect(),
-            })
-            .collect();
+        let mut buckets = buckets_of(&ours);
         let key = buckets.iter_mut().find(|b| b.name == b"key").unwrap();
         let newer = mvccpb::KeyValue {
             key: b"a".to_vec(),
