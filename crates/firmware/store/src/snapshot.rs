@@ -255,8 +255,10 @@ pub(super) fn load_slot<D: BlockDevice>(
         return None;
     }
     // The log after the snapshot starts at `index + 1`; the core refuses
-    // anything above MAX_TERM_OR_INDEX.
-    if header.index > MAX_TERM_OR_INDEX || header.term > MAX_TERM_OR_INDEX {
+    // anything above MAX_TERM_OR_INDEX. A snapshot covers at least the
+    // bootstrap entry: one at index 0 describes nothing, and its term would
+    // make the chain refuse the bootstrap entry written after it (bug 10).
+    if header.index == 0 || header.index > MAX_TERM_OR_INDEX || header.term > MAX_TERM_OR_INDEX {
         return None;
     }
     // The log continues inside the ring (or at its very end, where the

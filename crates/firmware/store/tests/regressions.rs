@@ -372,6 +372,47 @@ fn fw_store_bug_09_a_boot_renumbers_an_exhausted_hard_state_sequence() {
     assert_eq!(log.initial_state().expect("state").hard_state.term, 5);
 }
 
+/// postmortem: found by the `fw_disk` fuzz target (CI's fixed-seed run,
+/// 2026-12-07, session 15). A checksummed snapshot slot at index 0 with
+/// term 2 was recovered on an otherwise fresh disk: no hard state and an
+/// empty chain, so the disk was bootstrapped — the bootstrap entry (index
+/// 1, term 1) written after a "snapshot" of term 2. The node ran and
+/// committed; the next recovery's chain (after index 0, term 2) refused
+/// the term-1 record, and the disk the node wrote did not boot
+/// (`CorruptBelowCommit`). Fix: a snapshot slot at index 0 is not valid (no
+/// snapshot covers nothing), so recovery ignores it.
+#[test]
+fn fw_store_bug_10_snapshot_slot_at_index_0_is_invalid() {
+    use metalraft_core::{ConfState, SnapshotMeta};
+    use metalraft_fw_proto::disk::{SnapshotHeader, SNAPSHOT_SLOTS};
+    let meta = SnapshotMeta {
+        index: 0,
+        term: 2,
+        conf_state: ConfState::default(),
+    };
+    let header = SnapshotHeader {
+        seq: u64::MAX,
+        index: meta.index,
+        term: meta.term,
+        log_start_sector: LOG_START_SECTOR,
+        data_len: 0,
+        data_crc: metalraft_fw_proto::CRC32C.checksum(&[]),
+        first_epoch: 7,
+        meta: postcard::to_allocvec(&meta).expect("encodes"),
+    };
+    let disk = disk_with(&[(SNAPSHOT_SLOTS[0], header.encode().expect("fits"))]);
+    let (log, rec, data) = DiskLog::open(disk.clone(), &[1]).expect("opens without it");
+    assert_eq!(rec.snapshot_index, 0);
+    assert!(data.is_none());
+    assert!(rec.bootstrapped);
+    let mut node = elect(log);
+    write_rounds(&mut node, 3);
+    let persisted = node.persisted_index();
+    drop(node);
+    let (again, _, _) = DiskLog::open(disk, &[1]).expect("a disk the node wrote boots");
+    assert!(again.last_index().expect("last") >= persisted);
+}
+
 /// The configuration entry that makes node 1 the single voter.
 fn add_voter_1() -> EntryData<Vec<u8>> {
     EntryData::ConfChange(Box::new(ConfChange::new(&[ConfChangeOp::AddVoter(1)])))
