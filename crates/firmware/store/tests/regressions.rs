@@ -103,23 +103,16 @@ fn fw_store_bug_02_hard_state_counters_at_u64_max_do_not_wrap() {
 #[test]
 fn fw_store_bug_03_snapshot_slot_at_index_u64_max_is_invalid() {
     use metalraft_core::{ConfState, SnapshotMeta};
-    use metalraft_fw_proto::disk::{SnapshotHeader, SNAPSHOT_SLOTS};
+    use metalraft_fw_proto::disk::SNAPSHOT_SLOTS;
     let meta = SnapshotMeta {
         index: u64::MAX,
         term: 1,
         conf_state: ConfState::with_voters(&[1]),
     };
-    let header = SnapshotHeader {
-        seq: 1,
-        index: meta.index,
-        term: meta.term,
-        log_start_sector: LOG_START_SECTOR,
-        data_len: 0,
-        data_crc: metalraft_fw_proto::CRC32C.checksum(&[]),
-        first_epoch: 0,
-        meta: postcard::to_allocvec(&meta).expect("encodes"),
-    };
-    let disk = disk_with(&[(SNAPSHOT_SLOTS[0], header.encode().expect("fits"))]);
+    let disk = disk_with(&[(
+        SNAPSHOT_SLOTS[0],
+        snapshot_slot(&meta, 1, LOG_START_SECTOR, 0),
+    )]);
     let (log, rec, data) = DiskLog::open(disk, &[1]).expect("opens without it");
     assert_eq!(rec.snapshot_index, 0);
     assert!(data.is_none());
@@ -134,24 +127,17 @@ fn fw_store_bug_03_snapshot_slot_at_index_u64_max_is_invalid() {
 #[test]
 fn fw_store_bug_04_snapshot_log_start_outside_the_ring_is_invalid() {
     use metalraft_core::{ConfState, SnapshotMeta};
-    use metalraft_fw_proto::disk::{SnapshotHeader, SNAPSHOT_SLOTS};
+    use metalraft_fw_proto::disk::SNAPSHOT_SLOTS;
     for log_start_sector in [u64::MAX, 1, LOG_START_SECTOR - 1, LOG_START_SECTOR + 65] {
         let meta = SnapshotMeta {
             index: 5,
             term: 1,
             conf_state: ConfState::with_voters(&[1]),
         };
-        let header = SnapshotHeader {
-            seq: 1,
-            index: meta.index,
-            term: meta.term,
-            log_start_sector,
-            data_len: 0,
-            data_crc: metalraft_fw_proto::CRC32C.checksum(&[]),
-            first_epoch: 0,
-            meta: postcard::to_allocvec(&meta).expect("encodes"),
-        };
-        let disk = disk_with(&[(SNAPSHOT_SLOTS[0], header.encode().expect("fits"))]);
+        let disk = disk_with(&[(
+            SNAPSHOT_SLOTS[0],
+            snapshot_slot(&meta, 1, log_start_sector, 0),
+        )]);
         let (_, rec, _) = DiskLog::open(disk, &[1]).expect("opens without it");
         assert_eq!(
             rec.snapshot_index, 0,
@@ -169,23 +155,16 @@ fn fw_store_bug_04_snapshot_log_start_outside_the_ring_is_invalid() {
 #[test]
 fn fw_store_bug_07_snapshot_sequence_at_u64_max_does_not_wrap() {
     use metalraft_core::{ConfState, SnapshotMeta};
-    use metalraft_fw_proto::disk::{SnapshotHeader, SNAPSHOT_SLOTS};
+    use metalraft_fw_proto::disk::SNAPSHOT_SLOTS;
     let meta = SnapshotMeta {
         index: 5,
         term: 1,
         conf_state: ConfState::with_voters(&[1]),
     };
-    let header = SnapshotHeader {
-        seq: u64::MAX,
-        index: meta.index,
-        term: meta.term,
-        log_start_sector: LOG_START_SECTOR,
-        data_len: 0,
-        data_crc: metalraft_fw_proto::CRC32C.checksum(&[]),
-        first_epoch: 0,
-        meta: postcard::to_allocvec(&meta).expect("encodes"),
-    };
-    let disk = disk_with(&[(SNAPSHOT_SLOTS[0], header.encode().expect("fits"))]);
+    let disk = disk_with(&[(
+        SNAPSHOT_SLOTS[0],
+        snapshot_slot(&meta, u64::MAX, LOG_START_SECTOR, 0),
+    )]);
     let (mut log, rec, _) = DiskLog::open(disk.clone(), &[1]).expect("opens");
     assert_eq!(rec.snapshot_index, 5);
     let next = SnapshotMeta { index: 6, ..meta };
@@ -384,23 +363,16 @@ fn fw_store_bug_09_a_boot_renumbers_an_exhausted_hard_state_sequence() {
 #[test]
 fn fw_store_bug_10_snapshot_slot_at_index_0_is_invalid() {
     use metalraft_core::{ConfState, SnapshotMeta};
-    use metalraft_fw_proto::disk::{SnapshotHeader, SNAPSHOT_SLOTS};
+    use metalraft_fw_proto::disk::SNAPSHOT_SLOTS;
     let meta = SnapshotMeta {
         index: 0,
         term: 2,
         conf_state: ConfState::default(),
     };
-    let header = SnapshotHeader {
-        seq: u64::MAX,
-        index: meta.index,
-        term: meta.term,
-        log_start_sector: LOG_START_SECTOR,
-        data_len: 0,
-        data_crc: metalraft_fw_proto::CRC32C.checksum(&[]),
-        first_epoch: 7,
-        meta: postcard::to_allocvec(&meta).expect("encodes"),
-    };
-    let disk = disk_with(&[(SNAPSHOT_SLOTS[0], header.encode().expect("fits"))]);
+    let disk = disk_with(&[(
+        SNAPSHOT_SLOTS[0],
+        snapshot_slot(&meta, u64::MAX, LOG_START_SECTOR, 7),
+    )]);
     let (log, rec, data) = DiskLog::open(disk.clone(), &[1]).expect("opens without it");
     assert_eq!(rec.snapshot_index, 0);
     assert!(data.is_none());
@@ -411,6 +383,27 @@ fn fw_store_bug_10_snapshot_slot_at_index_0_is_invalid() {
     drop(node);
     let (again, _, _) = DiskLog::open(disk, &[1]).expect("a disk the node wrote boots");
     assert!(again.last_index().expect("last") >= persisted);
+}
+
+/// A checksummed snapshot slot for `meta` with no data.
+fn snapshot_slot(
+    meta: &metalraft_core::SnapshotMeta,
+    seq: u64,
+    log_start_sector: u64,
+    first_epoch: u32,
+) -> [u8; SECTOR_BYTES] {
+    metalraft_fw_proto::disk::SnapshotHeader {
+        seq,
+        index: meta.index,
+        term: meta.term,
+        log_start_sector,
+        data_len: 0,
+        data_crc: metalraft_fw_proto::CRC32C.checksum(&[]),
+        first_epoch,
+        meta: postcard::to_allocvec(meta).expect("encodes"),
+    }
+    .encode()
+    .expect("fits")
 }
 
 /// The configuration entry that makes node 1 the single voter.
