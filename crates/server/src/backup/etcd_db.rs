@@ -192,7 +192,7 @@ pub fn snapshot_bytes(db: &[u8]) -> Result<Vec<u8>, DbError> {
     if digest.first().map(|(_, v)| *v) != Some(&now[..]) {
         return Err(DbError::Diverged);
     }
-    Ok(chunks.concat_values())
+    Ok(chunks.iter().flat_map(|(_, v)| v.iter().copied()).collect())
 }
 
 /// SHA-256 of etcd's `key` and `lease` items, each length-prefixed.
@@ -409,21 +409,6 @@ pub fn status(db: &[u8]) -> Result<DbStatus, DbError> {
 /// Whether `bytes` starts like a bbolt database (page 0's meta magic).
 pub fn looks_like_bolt(bytes: &[u8]) -> bool {
     bytes.get(16..20) == Some(&bolt::MAGIC.to_le_bytes()[..])
-}
-
-/// Concatenation of a bucket's values in key order.
-trait ConcatValues {
-    fn concat_values(&self) -> Vec<u8>;
-}
-
-impl ConcatValues for bolt::Items<'_> {
-    fn concat_values(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.iter().map(|(_, v)| v.len()).sum());
-        for (_, v) in self {
-            out.extend_from_slice(v);
-        }
-        out
-    }
 }
 
 /// etcd's key of a version: main and sub revision, `t` for a tombstone.
