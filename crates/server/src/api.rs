@@ -922,25 +922,33 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let s = &self.0;
         crate::auth::service::authorize_maintenance(s, &req)?;
-        let (bytes, rev) = {
-            let kv = s.raft.kv.read().map_err(|_| EtcdError::Stopped)?;
-            (crate::backup::etcd_db::encode(&kv), kv.revision())
-        };
-        let header = s.header_info().header(rev);
-        let bytes = etcd_snapshot_stream(bytes);
+        // Off the runtime, and holding the store's lock one step at a
+        // time: applies never wait for a backup (crate::backup::live).
+        let kv = Arc::clone(&s.raft.kv);
+        let backup = tokio::task::spawn_blocking(move || crate::backup::live::backup(&kv))
+            .await
+            .map_err(|_| EtcdError::Stopped)?
+            .map_err(|e| {
+                tracing::warn!(error = %e, "backup failed");
+                match e {
+                    crate::backup::live::LiveBackupError::Stopped => EtcdError::Stopped,
+                    e => EtcdError::Internal(e.to_string()),
+                }
+            })?;
+        let header = s.header_info().header(backup.revision);
+        let bytes = Arc::new(etcd_snapshot_stream(backup.db));
         let total = bytes.len();
-        let chunks: Vec<Result<pb::SnapshotResponse, Status>> = bytes
-            .chunks(SNAPSHOT_CHUNK_BYTES)
-            .enumerate()
-            .map(|(i, c)| {
-                let sent = (i * SNAPSHOT_CHUNK_BYTES + c.len()) as u64;
-                Ok(pb::SnapshotResponse {
-                    header: (i == 0).then_some(header),
-                    remaining_bytes: total as u64 - sent,
-                    blob: c.to_vec(),
-                })
+        // Each message copies its chunk when the stream is polled, not all
+        // of them up front (a second copy of the whole file).
+        let chunks = (0..total.div_ceil(SNAPSHOT_CHUNK_BYTES)).map(move |i| {
+            let start = i * SNAPSHOT_CHUNK_BYTES;
+            let end = (start + SNAPSHOT_CHUNK_BYTES).min(total);
+            Ok(pb::SnapshotResponse {
+                header: (i == 0).then_some(header),
+                remaining_bytes: (total - end) as u64,
+                blob: bytes[start..end].to_vec(),
             })
-            .collect();
+        });
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 

@@ -8,6 +8,10 @@
 //!   reach the leader's applied index.
 //! - **`big-rss`**: each member's peak RSS (VmHWM) and current RSS once the
 //!   load is applied everywhere; the largest member counts.
+//! - **`big-backup`**: a backup (the Maintenance `Snapshot` RPC, what
+//!   `etcdctl snapshot save` calls) taken from the leader while one client
+//!   puts: its time and size, and the put latencies before and during it
+//!   ([`super::backup`]).
 //! - **`big-restart`**: kill -9 of a follower, then the time from starting
 //!   it again (same data directory) until it answers a linearizable get of
 //!   a loaded key with the right value.
@@ -33,6 +37,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, ConnectOptions, Txn, TxnOp};
 use tokio::task::JoinSet;
 
+use super::backup::BackupRun;
 use super::cluster::{self, Cluster, ProcStats, System, Timing};
 use super::load;
 
@@ -66,18 +71,25 @@ const MEMBER_ADD_RETRY_FOR: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BigWorkload {
     Rss,
+    Backup,
     Restart,
     Catchup,
 }
 
 impl BigWorkload {
     pub fn all() -> Vec<BigWorkload> {
-        vec![BigWorkload::Rss, BigWorkload::Restart, BigWorkload::Catchup]
+        vec![
+            BigWorkload::Rss,
+            BigWorkload::Backup,
+            BigWorkload::Restart,
+            BigWorkload::Catchup,
+        ]
     }
 
     pub fn parse(s: &str) -> Option<BigWorkload> {
         match s {
             "big-rss" => Some(BigWorkload::Rss),
+            "big-backup" => Some(BigWorkload::Backup),
             "big-restart" => Some(BigWorkload::Restart),
             "big-catchup" => Some(BigWorkload::Catchup),
             _ => None,
@@ -133,6 +145,7 @@ pub struct BigRun {
     pub loadavg_after: String,
     /// Per member after the load: peak and current RSS.
     pub stats: Vec<ProcStats>,
+    pub backup: Option<Result<BackupRun, String>>,
     pub restart: Option<Result<Duration, String>>,
     /// (applied index reached, serving a linearizable get).
     pub catchup: Option<Result<(Duration, Duration), String>>,
@@ -290,6 +303,27 @@ pub async fn run(
             .join(" ")
     );
     let probe_key = p.keys / 2;
+    if which.contains(&BigWorkload::Backup) {
+        let r = super::backup::measure(&c.endpoint(leader)).await;
+        match &r {
+            Ok(b) => eprintln!(
+                "big       {:<9} backup: {:.2} s, {:.1} MB; put ms p50/p99.9/max before {:.2}/{:.2}/{:.2} ({} puts), during {:.2}/{:.2}/{:.2} ({} puts)",
+                system.name(),
+                b.secs,
+                b.bytes as f64 / 1e6,
+                b.before.p50_ms,
+                b.before.p999_ms,
+                b.before.max_ms,
+                b.before.n,
+                b.during.p50_ms,
+                b.during.p999_ms,
+                b.during.max_ms,
+                b.during.n,
+            ),
+            Err(e) => eprintln!("big       {:<9} backup: FAILED: {e}", system.name()),
+        }
+        out.backup = Some(r);
+    }
     if which.contains(&BigWorkload::Restart) {
         let f = (leader + 1) % c.founders();
         c.kill(f);
@@ -458,6 +492,9 @@ pub fn report(
             }
         }
     }
+    if which.contains(&BigWorkload::Backup) {
+        backup_report(s, runs);
+    }
     if systems.len() != 2 {
         return;
     }
@@ -528,6 +565,50 @@ pub fn report(
     }
 }
 
+/// The `big-backup` table: one row per system.
+fn backup_report(s: &mut String, runs: &[(System, Result<BigRun, String>)]) {
+    let _ = writeln!(
+        s,
+        "\nBackup (`big-backup`): the Maintenance `Snapshot` RPC (`etcdctl snapshot save`) from the \
+         leader while one client puts {}-byte values to it without pause; a put in flight at any \
+         moment of the backup counts as during it. A backup that makes writes wait shows in the \
+         \"during\" columns.\n\n\
+         | system | backup s | backup MB | puts before / during | put ms before: p50 / p99.9 / max | put ms during: p50 / p99.9 / max |\n\
+         |---|---:|---:|---:|---|---|",
+        VALUE_BYTES
+    );
+    for (sys, r) in runs {
+        let Ok(BigRun {
+            backup: Some(b), ..
+        }) = r
+        else {
+            continue;
+        };
+        match b {
+            Ok(b) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.2} | {:.1} | {} / {} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} |",
+                    sys.name(),
+                    b.secs,
+                    b.bytes as f64 / 1e6,
+                    b.before.n,
+                    b.during.n,
+                    b.before.p50_ms,
+                    b.before.p999_ms,
+                    b.before.max_ms,
+                    b.during.p50_ms,
+                    b.during.p999_ms,
+                    b.during.max_ms,
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(s, "| {} | FAILED: {e} | | | | |", sys.name());
+            }
+        }
+    }
+}
+
 /// Issue 18's target for every big measurement: at most half of etcd's.
 pub const TARGET_RATIO: f64 = 0.5;
 
@@ -538,6 +619,7 @@ pub fn failed(runs: &[(System, Result<BigRun, String>)]) -> usize {
             Err(_) => 1,
             Ok(b) => {
                 usize::from(matches!(b.restart, Some(Err(_))))
+                    + usize::from(matches!(b.backup, Some(Err(_))))
                     + usize::from(matches!(b.catchup, Some(Err(_))))
             }
         })

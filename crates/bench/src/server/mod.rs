@@ -3,6 +3,7 @@
 //! v3 gRPC API, side by side; plus failover and the disk ceiling. See
 //! `README.md` for what each number means.
 
+mod backup;
 mod big;
 mod cluster;
 mod disk;
@@ -81,7 +82,7 @@ options:
   --workloads A,B,..   subset of put-1,put-16,put-64,put-256,get-linearizable,
                        get-linearizable-256,get-serializable,txn-4op,
                        watch-fanout,watch-catchup,
-                       lease-keepalive,lease-expiry,big-rss,big-restart,
+                       lease-keepalive,lease-expiry,big-rss,big-backup,big-restart,
                        big-catchup
                        (with no key-value workload the disk ceiling is skipped)
   --big-keys N         big-*: keys loaded (default 1000000; 20000 with --quick)
@@ -357,6 +358,9 @@ struct Measured {
     /// The load generator's (this process's) CPU seconds in the window: on
     /// a 2-core machine its share bounds what the members can serve.
     gen_cpu_secs: f64,
+    /// Snapshots the leader saved in the window (from its `/metrics`; `None`
+    /// if a scrape failed).
+    snapshots: Option<u64>,
 }
 
 type Outcome = Result<Measured, String>;
@@ -744,12 +748,10 @@ async fn one_run(c: &mut Cluster, w: Workload, o: &Opts, seed: u64) -> Outcome {
             .collect()
     };
     let (warmup, measure) = (o.warmup, o.measure);
-    // metalraft's stage histograms over the measured phase, every member.
-    let urls: Vec<String> = if c.system == System::Metalraft {
-        eps.clone()
-    } else {
-        Vec::new()
-    };
+    // Every member's /metrics before and after the measured phase:
+    // snapshots saved (both systems), metalraft's stage histograms.
+    let urls: Vec<String> = eps.clone();
+    let system = c.system;
     let scrape = move || -> Vec<Result<stages::Scrape, String>> {
         urls.iter()
             .map(|u| stages::fetch(u).map(|t| stages::parse(&t)))
@@ -768,9 +770,19 @@ async fn one_run(c: &mut Cluster, w: Workload, o: &Opts, seed: u64) -> Outcome {
     });
     let res = load::run(&eps, leader, w, warmup, measure, rev0, seed).await?;
     let (a, b, s0, s1, gen_cpu_secs) = sampler.await.map_err(|e| e.to_string())?;
+    let mut snapshots = None;
     if let (Ok(s0), Ok(s1)) = (s0, s1) {
+        if let (Some(Ok(x)), Some(Ok(y))) = (s0.get(leader), s1.get(leader)) {
+            snapshots = Some(y.snapshots.saturating_sub(x.snapshots));
+        }
         for (i, (x, y)) in s0.iter().zip(&s1).enumerate() {
             match (x, y) {
+                (Ok(x), Ok(y)) if system == System::Etcd => eprintln!(
+                    "  m{}{}: {} snapshot(s) in the measured phase",
+                    i + 1,
+                    if i == leader { " (leader)" } else { "" },
+                    y.snapshots.saturating_sub(x.snapshots),
+                ),
                 (Ok(x), Ok(y)) => eprint!(
                     "  m{}{}: {} snapshot(s) in the measured phase; stages:\n{}",
                     i + 1,
@@ -792,6 +804,7 @@ async fn one_run(c: &mut Cluster, w: Workload, o: &Opts, seed: u64) -> Outcome {
             .collect(),
         hwm_kib: b.iter().map(|s| s.hwm_kib).collect(),
         gen_cpu_secs,
+        snapshots,
     })
 }
 
@@ -932,6 +945,9 @@ struct Cell {
     hwm_kib: Vec<u64>,
     /// The load generator's CPU seconds per run (mean).
     gen_cpu_secs: f64,
+    /// Snapshots the leader saved in the measured phases, all runs
+    /// together (`None`: a scrape failed).
+    snapshots: Option<u64>,
     lat_us: Vec<u32>,
     errors: u64,
     ops: u64,
@@ -967,6 +983,7 @@ fn cell(outs: &[Outcome]) -> Result<Cell, String> {
             .map(|i| ms.iter().map(|m| m.hwm_kib[i]).max().unwrap_or(0))
             .collect(),
         gen_cpu_secs: ms.iter().map(|m| m.gen_cpu_secs).sum::<f64>() / n,
+        snapshots: ms.iter().map(|m| m.snapshots).sum(),
         errors: ms.iter().map(|m| m.res.errors).sum(),
         ops: ms.iter().map(|m| m.res.ops).sum(),
         lat_us: lat,
@@ -1050,9 +1067,12 @@ fn report(
         let _ = writeln!(s, "## Throughput and latency\n");
         let _ = writeln!(
             s,
-            "| workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | max ms | CPU s per member (m1 / m2 / …) | CPU µs per op (all members) | CPU µs per op (load generator) | peak RSS MiB per member |"
+            "| workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | max ms | CPU s per member (m1 / m2 / …) | CPU µs per op (all members) | CPU µs per op (load generator) | peak RSS MiB per member | snapshots by the leader, all runs |"
         );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            s,
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
     }
     let mut cells: HashMap<(usize, System), Result<Cell, String>> = HashMap::new();
     for (wi, w) in o.workloads.iter().enumerate() {
@@ -1064,7 +1084,7 @@ fn report(
                     let ops_per_run = c.ops as f64 / c.runs as f64;
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} |",
+                        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} |",
                         w.label(),
                         sys.name(),
                         c.ops_per_sec,
@@ -1084,11 +1104,12 @@ fn report(
                             .map(|k| format!("{:.0}", *k as f64 / 1024.0))
                             .collect::<Vec<_>>()
                             .join(" / "),
+                        c.snapshots.map_or_else(|| "?".into(), |n| n.to_string()),
                     );
                     if c.errors > 0 {
                         let _ = writeln!(
                             s,
-                            "| | ({} failed requests, under the {:.0}% limit) | | | | | | | | | |",
+                            "| | ({} failed requests, under the {:.0}% limit) | | | | | | | | | | |",
                             c.errors,
                             load::MAX_ERROR_FRACTION * 100.0
                         );
@@ -1097,7 +1118,7 @@ fn report(
                 Err(e) => {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | **FAILED**: {} | | | | | | | | |",
+                        "| {} | {} | **FAILED**: {} | | | | | | | | | |",
                         w.label(),
                         sys.name(),
                         e.replace('|', "\\|").replace('\n', " ")

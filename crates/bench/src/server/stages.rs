@@ -12,11 +12,15 @@ use std::time::Duration;
 pub const STAGE_METRIC: &str = "metalraft_stage_duration_seconds";
 /// The snapshot counter the server exports.
 pub const SNAPSHOTS_METRIC: &str = "metalraft_snapshots_total";
+/// etcd 3.4's count of snapshots saved (the observations of its snapshot
+/// save histogram): what [`Scrape::snapshots`] holds for etcd.
+pub const ETCD_SNAPSHOTS_METRIC: &str = "etcd_debugging_snap_save_total_duration_seconds_count";
 /// Longest a scrape may take.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One scrape: per stage, the cumulative bucket counts in order of their
-/// upper bound (`f64::INFINITY` last), and the snapshots taken so far.
+/// upper bound (`f64::INFINITY` last), and the snapshots taken so far
+/// (metalraft's [`SNAPSHOTS_METRIC`] or etcd's [`ETCD_SNAPSHOTS_METRIC`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Scrape {
     pub stages: BTreeMap<String, Vec<(f64, u64)>>,
@@ -83,7 +87,10 @@ pub fn parse(text: &str) -> Scrape {
                 .entry(stage.to_string())
                 .or_default()
                 .push((le, count));
-        } else if let Some(v) = line.strip_prefix(SNAPSHOTS_METRIC) {
+        } else if let Some(v) = line
+            .strip_prefix(SNAPSHOTS_METRIC)
+            .or_else(|| line.strip_prefix(ETCD_SNAPSHOTS_METRIC))
+        {
             if let Ok(n) = v.trim().parse::<u64>() {
                 out.snapshots = n;
             }
@@ -198,5 +205,18 @@ metalraft_stage_duration_seconds_sum{stage=\"apply\"} 1.5
         assert_eq!(apply.p999, 0.00005);
         assert!(apply.max.is_infinite());
         assert!(render(&d).contains("apply"));
+    }
+
+    #[test]
+    fn etcds_snapshot_count_is_read() {
+        let etcd = "\
+# TYPE etcd_debugging_snap_save_total_duration_seconds histogram
+etcd_debugging_snap_save_total_duration_seconds_bucket{le=\"0.001\"} 0
+etcd_debugging_snap_save_total_duration_seconds_sum 0.02
+etcd_debugging_snap_save_total_duration_seconds_count 4
+";
+        let s = parse(etcd);
+        assert_eq!(s.snapshots, 4);
+        assert!(s.stages.is_empty());
     }
 }

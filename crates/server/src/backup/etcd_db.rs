@@ -111,6 +111,23 @@ pub enum DbError {
 
 /// The store as etcd's database (without the trailing digest).
 pub fn encode(store: &kv::MvccStore) -> Vec<u8> {
+    encode_with(store, &store.snapshot())
+}
+
+/// [`encode`] of the store a `metalraft-kv` snapshot holds (made by
+/// [`kv::MvccStore::snapshot`] or a [`kv::SnapshotStream`]): it is restored
+/// into a store of its own, so no lock on a live store is held while the
+/// database is built ([`super::live`]).
+///
+/// # Errors
+/// The snapshot does not decode or is inconsistent.
+pub fn encode_snapshot(snapshot: &[u8]) -> Result<Vec<u8>, kv::SnapshotError> {
+    let store = kv::MvccStore::restore(snapshot)?;
+    Ok(encode_with(&store, snapshot))
+}
+
+/// [`encode`], with `snapshot` = `store.snapshot()` already made.
+fn encode_with(store: &kv::MvccStore, snapshot: &[u8]) -> Vec<u8> {
     let keys = key_bucket(store);
     let mut meta = vec![(
         b"consistent_index".to_vec(),
@@ -138,13 +155,11 @@ pub fn encode(store: &kv::MvccStore) -> Vec<u8> {
         keys.iter().map(|(k, v)| (&k[..], &v[..])),
         leases.iter().map(|(k, v)| (&k[..], &v[..])),
     );
-    let snapshot = store.snapshot();
     let mut ours: Vec<(Vec<u8>, Vec<u8>)> = snapshot
         .chunks(CHUNK_BYTES)
         .enumerate()
         .map(|(i, c)| ((i as u64).to_be_bytes().to_vec(), c.to_vec()))
         .collect();
-    drop(snapshot);
     ours.push((DIGEST_KEY.to_vec(), digest.to_vec()));
     bolt::write_db(&[
         Bucket {

@@ -22,6 +22,7 @@
 //! registry. Nothing of the old cluster's membership or log survives.
 
 pub mod etcd_db;
+pub mod live;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

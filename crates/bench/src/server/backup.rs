@@ -1,0 +1,144 @@
+//! `big-backup`: what a backup (`etcdctl snapshot save`, the Maintenance
+//! `Snapshot` RPC) costs the writers, on the loaded cluster of
+//! [`super::big`].
+//!
+//! One client puts to the leader without pause; after [`BASELINE`] a second
+//! client fetches a backup from the leader (the whole stream, every byte
+//! counted), then the writer stops [`AFTER`] later. Reported: the backup's
+//! time and size, and the writer's put latencies (p50, p99.9, max) before
+//! the backup and while it was being taken. A backup that makes writes wait
+//! shows in the second set.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::load;
+
+/// Writer time before the backup starts.
+pub const BASELINE: Duration = Duration::from_secs(2);
+/// Writer time after the backup ends.
+pub const AFTER: Duration = Duration::from_millis(200);
+/// Give up on a backup after this long.
+pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(600);
+/// The writer's keys (a key space of their own, not the loaded keys).
+const WRITER_KEYS: u64 = 1000;
+/// Bytes per written value.
+const WRITER_VALUE_BYTES: usize = 256;
+
+/// Put latencies of one interval.
+#[derive(Clone, Debug, Default)]
+pub struct Latencies {
+    pub n: usize,
+    pub p50_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latencies {
+    fn of(mut us: Vec<u32>) -> Latencies {
+        us.sort_unstable();
+        Latencies {
+            n: us.len(),
+            p50_ms: load::quantile(&us, 0.5) / 1000.0,
+            p999_ms: load::quantile(&us, 0.999) / 1000.0,
+            max_ms: us.last().map_or(f64::NAN, |&m| f64::from(m) / 1000.0),
+        }
+    }
+}
+
+/// One system's backup measurement.
+#[derive(Clone, Debug, Default)]
+pub struct BackupRun {
+    pub secs: f64,
+    pub bytes: u64,
+    pub before: Latencies,
+    pub during: Latencies,
+}
+
+/// Fetches a whole backup from `ep`; returns its size.
+async fn fetch_backup(ep: &str) -> Result<u64, String> {
+    let c = load::connect_stream(ep).await?;
+    let mut m = c.maintenance_client();
+    let mut stream = m
+        .snapshot()
+        .await
+        .map_err(|e| format!("snapshot {ep}: {e}"))?;
+    let mut bytes = 0u64;
+    while let Some(r) = stream
+        .message()
+        .await
+        .map_err(|e| format!("snapshot stream {ep}: {e}"))?
+    {
+        bytes += r.blob().len() as u64;
+    }
+    if bytes == 0 {
+        return Err(format!("snapshot {ep}: an empty backup"));
+    }
+    Ok(bytes)
+}
+
+/// The measurement (see the module doc) against the leader `ep`.
+pub async fn measure(ep: &str) -> Result<BackupRun, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writer = load::connect_one(ep).await?;
+    let stop_w = Arc::clone(&stop);
+    let origin = Instant::now();
+    // (start offset, latency) of every put, microseconds.
+    let puts = tokio::spawn(async move {
+        let mut out: Vec<(u64, u32)> = Vec::new();
+        let mut i = 0u64;
+        while !stop_w.load(Ordering::Relaxed) {
+            let key = format!("bk/{:04}", i % WRITER_KEYS);
+            let start = Instant::now();
+            writer
+                .put(key, vec![b'b'; WRITER_VALUE_BYTES], None)
+                .await
+                .map_err(|e| format!("put during the backup measurement: {e}"))?;
+            let lat = u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX);
+            out.push((start.duration_since(origin).as_micros() as u64, lat));
+            i += 1;
+        }
+        Ok::<_, String>(out)
+    });
+    tokio::time::sleep(BASELINE).await;
+    let t0 = origin.elapsed().as_micros() as u64;
+    let fetched = tokio::time::timeout(BACKUP_TIMEOUT, fetch_backup(ep)).await;
+    let t1 = origin.elapsed().as_micros() as u64;
+    tokio::time::sleep(AFTER).await;
+    stop.store(true, Ordering::Relaxed);
+    let puts = puts.await.map_err(|e| e.to_string())??;
+    let bytes = fetched.map_err(|_| format!("a backup took over {BACKUP_TIMEOUT:?}"))??;
+    let (mut before, mut during) = (Vec::new(), Vec::new());
+    for (at, lat) in puts {
+        // A put that was in flight at any moment of the backup is "during"
+        // (one started just before it and held up by it counts).
+        let end = at + u64::from(lat);
+        if end > t0 && at < t1 {
+            during.push(lat);
+        } else if at < t0 {
+            before.push(lat);
+        }
+    }
+    Ok(BackupRun {
+        secs: (t1 - t0) as f64 / 1e6,
+        bytes,
+        before: Latencies::of(before),
+        during: Latencies::of(during),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_of_samples() {
+        let l = Latencies::of((1..=1000).rev().map(|x| x * 1000).collect());
+        assert_eq!(l.n, 1000);
+        assert_eq!(l.p50_ms, 500.0);
+        assert_eq!(l.p999_ms, 999.0);
+        assert_eq!(l.max_ms, 1000.0);
+        assert!(Latencies::of(Vec::new()).max_ms.is_nan());
+    }
+}

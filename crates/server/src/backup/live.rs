@@ -1,0 +1,198 @@
+//! A backup of a running member's store (the Maintenance `Snapshot` RPC,
+//! `etcdctl snapshot save`) that never makes applies wait for it.
+//!
+//! etcd serves a backup from a bbolt read transaction, which writers do not
+//! wait for. Ours used to build the whole database under the store's read
+//! lock, so every apply (and so every write of the cluster, on the leader)
+//! waited for it: seconds at a million keys. Now:
+//!
+//! 1. the store's lock is held for one [`kv::SnapshotStream`] step at a
+//!    time ([`BACKUP_STEP_ITEMS`] keys or log records), while applies go on
+//!    between steps; the stream's contract makes the bytes exactly the
+//!    snapshot of the store as it was when the backup began;
+//! 2. the database is built from those bytes with no lock at all
+//!    ([`super::etcd_db::encode_snapshot`]).
+//!
+//! A compaction accepted (or a snapshot installed) mid-backup invalidates
+//! the stream; the backup starts over, at most [`BACKUP_ATTEMPTS`] times.
+
+use std::sync::RwLock;
+
+use metalraft_kv as kv;
+
+/// Keys or log records serialized per hold of the store's read lock (the
+/// Raft loop's own snapshot steps take 128 between its rounds; a backup
+/// runs on a thread of its own, so it takes bigger steps, still tens of
+/// microseconds each).
+pub const BACKUP_STEP_ITEMS: usize = 1024;
+/// Fresh starts after the store was compacted or replaced mid-backup, before
+/// the backup is refused.
+pub const BACKUP_ATTEMPTS: usize = 3;
+
+/// Why a backup of the live store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveBackupError {
+    /// The store's lock is poisoned: the member is stopping.
+    #[error("the member's store is unavailable (stopping)")]
+    Stopped,
+    /// The store was compacted or replaced during every attempt.
+    #[error("the store was compacted or replaced during each of {attempts} backup attempts")]
+    KeptChanging {
+        /// Attempts made ([`BACKUP_ATTEMPTS`]).
+        attempts: usize,
+    },
+    /// The snapshot just taken does not restore (a bug).
+    #[error("the backup's snapshot does not restore: {0}")]
+    Snapshot(kv::SnapshotError),
+}
+
+/// A backup taken from the live store.
+#[derive(Debug)]
+pub struct LiveBackup {
+    /// etcd's database ([`super::etcd_db::encode`]), without the trailing
+    /// SHA-256.
+    pub db: Vec<u8>,
+    /// The store's revision the backup holds.
+    pub revision: i64,
+}
+
+/// The `metalraft-kv` snapshot of `store` as it is at the call and its
+/// revision, taken in steps: between two steps the lock is free, and
+/// `between_steps` runs (tests apply writes and compactions there).
+pub fn snapshot_in_steps(
+    store: &RwLock<kv::MvccStore>,
+    mut between_steps: impl FnMut(),
+) -> Result<(Vec<u8>, i64), LiveBackupError> {
+    for _ in 0..BACKUP_ATTEMPTS {
+        let mut stream = store
+            .read()
+            .map_err(|_| LiveBackupError::Stopped)?
+            .snapshot_stream();
+        let mut out = Vec::new();
+        loop {
+            let step = {
+                let s = store.read().map_err(|_| LiveBackupError::Stopped)?;
+                stream.step(&s, BACKUP_STEP_ITEMS, &mut out)
+            };
+            match step {
+                Ok(true) => return Ok((out, stream.revision())),
+                Ok(false) => between_steps(),
+                // `Changed` (the only kind): the history it needs may be gone.
+                Err(_) => break,
+            }
+        }
+        tracing::info!("the store was compacted or replaced during a backup; starting over");
+    }
+    Err(LiveBackupError::KeptChanging {
+        attempts: BACKUP_ATTEMPTS,
+    })
+}
+
+/// A backup of `store` as it is at the call. Blocking (CPU-bound, O(data +
+/// history)): run it off the async runtime.
+pub fn backup(store: &RwLock<kv::MvccStore>) -> Result<LiveBackup, LiveBackupError> {
+    let (snapshot, revision) = snapshot_in_steps(store, || {})?;
+    let db = super::etcd_db::encode_snapshot(&snapshot).map_err(LiveBackupError::Snapshot)?;
+    Ok(LiveBackup { db, revision })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(s: &mut kv::MvccStore, key: &str, value: &str) {
+        let index = s.applied_index() + 1;
+        let cmd = kv::Command::Put(kv::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            ..Default::default()
+        });
+        s.apply(index, &cmd).unwrap();
+    }
+
+    fn compact(s: &mut kv::MvccStore, revision: i64) {
+        let index = s.applied_index() + 1;
+        let cmd = kv::Command::Compact(kv::CompactionRequest { revision });
+        s.apply(index, &cmd).unwrap();
+    }
+
+    fn store_with(keys: usize) -> kv::MvccStore {
+        let mut s = kv::MvccStore::new();
+        for i in 0..keys {
+            put(&mut s, &format!("k{i:06}"), &format!("v{i}"));
+            put(&mut s, &format!("k{i:06}"), &format!("w{i}"));
+        }
+        s
+    }
+
+    #[test]
+    fn writes_between_steps_are_not_in_the_backup() {
+        let keys = 3 * BACKUP_STEP_ITEMS;
+        let lock = RwLock::new(store_with(keys));
+        let expected = lock.read().unwrap().snapshot();
+        let mut steps = 0;
+        let (got, revision) = snapshot_in_steps(&lock, || {
+            steps += 1;
+            let mut s = lock.write().unwrap();
+            // Overwrites, deletes and new keys, all above the frozen
+            // revision.
+            put(&mut s, &format!("k{steps:06}"), "later");
+            put(&mut s, &format!("new{steps}"), "later");
+            let index = s.applied_index() + 1;
+            let del = kv::Command::DeleteRange(kv::DeleteRangeRequest {
+                key: format!("k{:06}", keys - steps).into_bytes(),
+                ..Default::default()
+            });
+            s.apply(index, &del).unwrap();
+        })
+        .unwrap();
+        assert!(steps >= 3, "only {steps} steps: the lock was not released");
+        assert_eq!(revision, 1 + 2 * keys as i64);
+        assert!(got == expected, "the backup is not the store at its start");
+        // And it restores into a store that reads as the original did.
+        let restored = kv::MvccStore::restore(&got).unwrap();
+        assert_eq!(restored.revision(), revision);
+        assert_eq!(restored.len(), keys);
+    }
+
+    #[test]
+    fn a_compaction_mid_backup_starts_it_over_and_then_gives_up() {
+        let lock = RwLock::new(store_with(2 * BACKUP_STEP_ITEMS));
+        // One compaction during the first attempt: the second attempt
+        // holds the compacted store.
+        let mut compactions = 0;
+        let (got, _) = snapshot_in_steps(&lock, || {
+            if compactions == 0 {
+                compactions += 1;
+                compact(&mut lock.write().unwrap(), 5);
+            }
+        })
+        .unwrap();
+        let now = lock.read().unwrap();
+        assert_eq!(now.compact_revision(), 5);
+        assert!(got == now.snapshot());
+        drop(now);
+        // A compaction during every attempt: refused, not a wrong backup.
+        let mut rev = 5;
+        let err = snapshot_in_steps(&lock, || {
+            rev += 1;
+            compact(&mut lock.write().unwrap(), rev);
+        })
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            LiveBackupError::KeptChanging {
+                attempts: BACKUP_ATTEMPTS
+            }
+        ));
+    }
+
+    #[test]
+    fn the_backup_is_the_database_of_the_store() {
+        let lock = RwLock::new(store_with(100));
+        let b = backup(&lock).unwrap();
+        let s = lock.read().unwrap();
+        assert_eq!(b.revision, s.revision());
+        assert_eq!(b.db, super::super::etcd_db::encode(&s));
+    }
+}
