@@ -51,13 +51,25 @@ impl Latencies {
 #[derive(Clone, Debug, Default)]
 pub struct BackupRun {
     pub secs: f64,
+    /// From the request until the first chunk arrived (the server building
+    /// the backup, for a system that builds it before sending).
+    pub first_byte_secs: f64,
     pub bytes: u64,
     pub before: Latencies,
     pub during: Latencies,
+    /// Puts during the backup that failed (timed out after
+    /// [`load::REQUEST_TIMEOUT`]); counted in the latencies at the time
+    /// they took.
+    pub failed_during: usize,
+    /// When the slowest put during the backup began, seconds after the
+    /// backup's request.
+    pub worst_at_secs: f64,
 }
 
-/// Fetches a whole backup from `ep`; returns its size.
-async fn fetch_backup(ep: &str) -> Result<u64, String> {
+/// Fetches a whole backup from `ep`; returns its size and when its first
+/// chunk arrived.
+async fn fetch_backup(ep: &str) -> Result<(u64, Duration), String> {
+    let start = Instant::now();
     let c = load::connect_stream(ep).await?;
     let mut m = c.maintenance_client();
     let mut stream = m
@@ -65,17 +77,19 @@ async fn fetch_backup(ep: &str) -> Result<u64, String> {
         .await
         .map_err(|e| format!("snapshot {ep}: {e}"))?;
     let mut bytes = 0u64;
+    let mut first = None;
     while let Some(r) = stream
         .message()
         .await
         .map_err(|e| format!("snapshot stream {ep}: {e}"))?
     {
+        first.get_or_insert_with(|| start.elapsed());
         bytes += r.blob().len() as u64;
     }
     if bytes == 0 {
         return Err(format!("snapshot {ep}: an empty backup"));
     }
-    Ok(bytes)
+    Ok((bytes, first.unwrap_or_default()))
 }
 
 /// The measurement (see the module doc) against the leader `ep`.
@@ -84,22 +98,24 @@ pub async fn measure(ep: &str) -> Result<BackupRun, String> {
     let mut writer = load::connect_one(ep).await?;
     let stop_w = Arc::clone(&stop);
     let origin = Instant::now();
-    // (start offset, latency) of every put, microseconds.
+    // (start offset, latency, failed) of every put, microseconds.
     let puts = tokio::spawn(async move {
-        let mut out: Vec<(u64, u32)> = Vec::new();
+        let mut out: Vec<(u64, u32, bool)> = Vec::new();
         let mut i = 0u64;
         while !stop_w.load(Ordering::Relaxed) {
             let key = format!("bk/{:04}", i % WRITER_KEYS);
             let start = Instant::now();
-            writer
+            // A put that times out is a result here (a stall at least as
+            // long as the timeout), not a failed measurement.
+            let failed = writer
                 .put(key, vec![b'b'; WRITER_VALUE_BYTES], None)
                 .await
-                .map_err(|e| format!("put during the backup measurement: {e}"))?;
+                .is_err();
             let lat = u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX);
-            out.push((start.duration_since(origin).as_micros() as u64, lat));
+            out.push((start.duration_since(origin).as_micros() as u64, lat, failed));
             i += 1;
         }
-        Ok::<_, String>(out)
+        out
     });
     tokio::time::sleep(BASELINE).await;
     let t0 = origin.elapsed().as_micros() as u64;
@@ -107,24 +123,40 @@ pub async fn measure(ep: &str) -> Result<BackupRun, String> {
     let t1 = origin.elapsed().as_micros() as u64;
     tokio::time::sleep(AFTER).await;
     stop.store(true, Ordering::Relaxed);
-    let puts = puts.await.map_err(|e| e.to_string())??;
-    let bytes = fetched.map_err(|_| format!("a backup took over {BACKUP_TIMEOUT:?}"))??;
+    let puts = puts.await.map_err(|e| e.to_string())?;
+    let (bytes, first_byte) =
+        fetched.map_err(|_| format!("a backup took over {BACKUP_TIMEOUT:?}"))??;
     let (mut before, mut during) = (Vec::new(), Vec::new());
-    for (at, lat) in puts {
+    let (mut failed_during, mut failed_before) = (0, 0);
+    let mut worst = (0u32, 0u64);
+    for (at, lat, failed) in puts {
         // A put that was in flight at any moment of the backup is "during"
         // (one started just before it and held up by it counts).
         let end = at + u64::from(lat);
         if end > t0 && at < t1 {
             during.push(lat);
+            failed_during += usize::from(failed);
+            if lat > worst.0 {
+                worst = (lat, at);
+            }
         } else if at < t0 {
             before.push(lat);
+            failed_before += usize::from(failed);
         }
+    }
+    if failed_before > 0 {
+        return Err(format!(
+            "{failed_before} put(s) failed before the backup began: the cluster is not healthy"
+        ));
     }
     Ok(BackupRun {
         secs: (t1 - t0) as f64 / 1e6,
+        first_byte_secs: first_byte.as_secs_f64(),
         bytes,
         before: Latencies::of(before),
         during: Latencies::of(during),
+        failed_during,
+        worst_at_secs: (worst.1 as f64 - t0 as f64) / 1e6,
     })
 }
 

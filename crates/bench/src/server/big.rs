@@ -307,9 +307,10 @@ pub async fn run(
         let r = super::backup::measure(&c.endpoint(leader)).await;
         match &r {
             Ok(b) => eprintln!(
-                "big       {:<9} backup: {:.2} s, {:.1} MB; put ms p50/p99.9/max before {:.2}/{:.2}/{:.2} ({} puts), during {:.2}/{:.2}/{:.2} ({} puts)",
+                "big       {:<9} backup: {:.2} s (first byte {:.2} s), {:.1} MB; put ms p50/p99.9/max before {:.2}/{:.2}/{:.2} ({} puts), during {:.2}/{:.2}/{:.2} ({} puts, {} failed; the slowest began {:.2} s in)",
                 system.name(),
                 b.secs,
+                b.first_byte_secs,
                 b.bytes as f64 / 1e6,
                 b.before.p50_ms,
                 b.before.p999_ms,
@@ -319,6 +320,8 @@ pub async fn run(
                 b.during.p999_ms,
                 b.during.max_ms,
                 b.during.n,
+                b.failed_during,
+                b.worst_at_secs,
             ),
             Err(e) => eprintln!("big       {:<9} backup: FAILED: {e}", system.name()),
         }
@@ -573,8 +576,8 @@ fn backup_report(s: &mut String, runs: &[(System, Result<BigRun, String>)]) {
          leader while one client puts {}-byte values to it without pause; a put in flight at any \
          moment of the backup counts as during it. A backup that makes writes wait shows in the \
          \"during\" columns.\n\n\
-         | system | backup s | backup MB | puts before / during | put ms before: p50 / p99.9 / max | put ms during: p50 / p99.9 / max |\n\
-         |---|---:|---:|---:|---|---|",
+         | system | backup s (first byte) | backup MB | puts before / during (failed) | put ms before: p50 / p99.9 / max | put ms during: p50 / p99.9 / max | slowest put began, s into the backup |\n\
+         |---|---:|---:|---:|---|---|---:|",
         VALUE_BYTES
     );
     for (sys, r) in runs {
@@ -588,22 +591,25 @@ fn backup_report(s: &mut String, runs: &[(System, Result<BigRun, String>)]) {
             Ok(b) => {
                 let _ = writeln!(
                     s,
-                    "| {} | {:.2} | {:.1} | {} / {} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} |",
+                    "| {} | {:.2} ({:.2}) | {:.1} | {} / {} ({}) | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} |",
                     sys.name(),
                     b.secs,
+                    b.first_byte_secs,
                     b.bytes as f64 / 1e6,
                     b.before.n,
                     b.during.n,
+                    b.failed_during,
                     b.before.p50_ms,
                     b.before.p999_ms,
                     b.before.max_ms,
                     b.during.p50_ms,
                     b.during.p999_ms,
                     b.during.max_ms,
+                    b.worst_at_secs,
                 );
             }
             Err(e) => {
-                let _ = writeln!(s, "| {} | FAILED: {e} | | | | |", sys.name());
+                let _ = writeln!(s, "| {} | FAILED: {e} | | | | | |", sys.name());
             }
         }
     }

@@ -7,9 +7,10 @@
 //! waited for it: seconds at a million keys. Now:
 //!
 //! 1. the store's lock is held for one [`kv::SnapshotStream`] step at a
-//!    time ([`BACKUP_STEP_ITEMS`] keys or log records), while applies go on
-//!    between steps; the stream's contract makes the bytes exactly the
-//!    snapshot of the store as it was when the backup began;
+//!    time ([`BACKUP_STEP_ITEMS`] keys or [`BACKUP_STEP_RECORDS`] log
+//!    records), and released for [`BACKUP_STEP_PAUSE`] after each, so
+//!    applies go on between steps; the stream's contract makes the bytes
+//!    exactly the snapshot of the store as it was when the backup began;
 //! 2. the database is built from those bytes with no lock at all
 //!    ([`super::etcd_db::encode_snapshot`]).
 //!
@@ -20,11 +21,21 @@ use std::sync::RwLock;
 
 use metalraft_kv as kv;
 
-/// Keys or log records serialized per hold of the store's read lock (the
-/// Raft loop's own snapshot steps take 128 between its rounds; a backup
-/// runs on a thread of its own, so it takes bigger steps, still tens of
-/// microseconds each).
+/// Keys serialized per hold of the store's read lock: ~0.1 ms at 1,000,000
+/// keys of 256 bytes on the 2-core CI machine (release build).
 pub const BACKUP_STEP_ITEMS: usize = 1024;
+/// Log records serialized per hold of the lock: a record holds every change
+/// of one revision (a txn of 100 puts: 100), so fewer per step than keys:
+/// 1,024 records of 100 puts held the lock 84 ms, 64 hold it ~5 ms.
+pub const BACKUP_STEP_RECORDS: usize = 64;
+/// Pause after every step, with the lock free. Without it the apply thread
+/// starves: releasing a read lock wakes the waiting writer, but the backup
+/// thread takes the lock again before the writer runs, and the writer goes
+/// back to sleep for another step — a put waited 1.28 s, most of the
+/// backup's stepping, at 1,000,000 keys (`big-backup`, see
+/// docs/benchmarks.md). Paused, the woken writer always gets the lock
+/// first. ~2,100 steps at 1,000,000 keys: ~0.3 s added to the backup.
+pub const BACKUP_STEP_PAUSE: std::time::Duration = std::time::Duration::from_micros(100);
 /// Fresh starts after the store was compacted or replaced mid-backup, before
 /// the backup is refused.
 pub const BACKUP_ATTEMPTS: usize = 3;
@@ -56,27 +67,66 @@ pub struct LiveBackup {
     pub revision: i64,
 }
 
-/// The `metalraft-kv` snapshot of `store` as it is at the call and its
-/// revision, taken in steps: between two steps the lock is free, and
-/// `between_steps` runs (tests apply writes and compactions there).
+/// A snapshot taken by [`snapshot_in_steps`].
+#[derive(Debug)]
+pub struct Stepped {
+    /// The `metalraft-kv` snapshot.
+    pub bytes: Vec<u8>,
+    /// The store's revision it holds.
+    pub revision: i64,
+    /// Steps taken (the last attempt).
+    pub steps: usize,
+    /// The longest the lock was held for one step.
+    pub longest_hold: std::time::Duration,
+}
+
+/// The `metalraft-kv` snapshot of `store` as it is at the call, taken in
+/// steps: between two steps the lock is free, and `between_steps` runs
+/// (tests apply writes and compactions there).
 pub fn snapshot_in_steps(
     store: &RwLock<kv::MvccStore>,
     mut between_steps: impl FnMut(),
-) -> Result<(Vec<u8>, i64), LiveBackupError> {
+) -> Result<Stepped, LiveBackupError> {
     for _ in 0..BACKUP_ATTEMPTS {
+        let mut steps = 0;
+        let mut longest_hold = std::time::Duration::ZERO;
         let mut stream = store
             .read()
             .map_err(|_| LiveBackupError::Stopped)?
             .snapshot_stream();
         let mut out = Vec::new();
+        let mut piece = Vec::new();
         loop {
+            let items = match stream.section() {
+                Some(kv::Section::Records) => BACKUP_STEP_RECORDS,
+                _ => BACKUP_STEP_ITEMS,
+            };
+            // Into a buffer of its own, appended with the lock free: growing
+            // `out` (a copy of up to all of it, into fresh pages) under the
+            // lock held it 135 ms at 1,000,000 keys.
             let step = {
                 let s = store.read().map_err(|_| LiveBackupError::Stopped)?;
-                stream.step(&s, BACKUP_STEP_ITEMS, &mut out)
+                let held = std::time::Instant::now();
+                let step = stream.step(&s, items, &mut piece);
+                longest_hold = longest_hold.max(held.elapsed());
+                step
             };
+            out.extend_from_slice(&piece);
+            piece.clear();
+            steps += 1;
             match step {
-                Ok(true) => return Ok((out, stream.revision())),
-                Ok(false) => between_steps(),
+                Ok(true) => {
+                    return Ok(Stepped {
+                        bytes: out,
+                        revision: stream.revision(),
+                        steps,
+                        longest_hold,
+                    })
+                }
+                Ok(false) => {
+                    std::thread::sleep(BACKUP_STEP_PAUSE);
+                    between_steps();
+                }
                 // `Changed` (the only kind): the history it needs may be gone.
                 Err(_) => break,
             }
@@ -91,9 +141,24 @@ pub fn snapshot_in_steps(
 /// A backup of `store` as it is at the call. Blocking (CPU-bound, O(data +
 /// history)): run it off the async runtime.
 pub fn backup(store: &RwLock<kv::MvccStore>) -> Result<LiveBackup, LiveBackupError> {
-    let (snapshot, revision) = snapshot_in_steps(store, || {})?;
-    let db = super::etcd_db::encode_snapshot(&snapshot).map_err(LiveBackupError::Snapshot)?;
-    Ok(LiveBackup { db, revision })
+    let start = std::time::Instant::now();
+    let snapshot = snapshot_in_steps(store, || {})?;
+    let stepped = start.elapsed();
+    let db = super::etcd_db::encode_snapshot(&snapshot.bytes).map_err(LiveBackupError::Snapshot)?;
+    tracing::info!(
+        revision = snapshot.revision,
+        snapshot_bytes = snapshot.bytes.len(),
+        db_bytes = db.len(),
+        snapshot_ms = stepped.as_millis() as u64,
+        steps = snapshot.steps,
+        longest_lock_hold_us = snapshot.longest_hold.as_micros() as u64,
+        db_ms = (start.elapsed() - stepped).as_millis() as u64,
+        "backup built"
+    );
+    Ok(LiveBackup {
+        db,
+        revision: snapshot.revision,
+    })
 }
 
 #[cfg(test)]
@@ -131,7 +196,7 @@ mod tests {
         let lock = RwLock::new(store_with(keys));
         let expected = lock.read().unwrap().snapshot();
         let mut steps = 0;
-        let (got, revision) = snapshot_in_steps(&lock, || {
+        let got = snapshot_in_steps(&lock, || {
             steps += 1;
             let mut s = lock.write().unwrap();
             // Overwrites, deletes and new keys, all above the frozen
@@ -147,11 +212,15 @@ mod tests {
         })
         .unwrap();
         assert!(steps >= 3, "only {steps} steps: the lock was not released");
-        assert_eq!(revision, 1 + 2 * keys as i64);
-        assert!(got == expected, "the backup is not the store at its start");
+        assert_eq!(got.steps, steps + 1);
+        assert_eq!(got.revision, 1 + 2 * keys as i64);
+        assert!(
+            got.bytes == expected,
+            "the backup is not the store at its start"
+        );
         // And it restores into a store that reads as the original did.
-        let restored = kv::MvccStore::restore(&got).unwrap();
-        assert_eq!(restored.revision(), revision);
+        let restored = kv::MvccStore::restore(&got.bytes).unwrap();
+        assert_eq!(restored.revision(), got.revision);
         assert_eq!(restored.len(), keys);
     }
 
@@ -161,7 +230,7 @@ mod tests {
         // One compaction during the first attempt: the second attempt
         // holds the compacted store.
         let mut compactions = 0;
-        let (got, _) = snapshot_in_steps(&lock, || {
+        let got = snapshot_in_steps(&lock, || {
             if compactions == 0 {
                 compactions += 1;
                 compact(&mut lock.write().unwrap(), 5);
@@ -170,7 +239,7 @@ mod tests {
         .unwrap();
         let now = lock.read().unwrap();
         assert_eq!(now.compact_revision(), 5);
-        assert!(got == now.snapshot());
+        assert!(got.bytes == now.snapshot());
         drop(now);
         // A compaction during every attempt: refused, not a wrong backup.
         let mut rev = 5;
