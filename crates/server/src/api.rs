@@ -925,30 +925,24 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         // Off the runtime, and holding the store's lock one step at a
         // time: applies never wait for a backup (crate::backup::live).
         let kv = Arc::clone(&s.raft.kv);
-        let backup = tokio::task::spawn_blocking(move || crate::backup::live::backup(&kv))
-            .await
-            .map_err(|_| EtcdError::Stopped)?
-            .map_err(|e| {
-                tracing::warn!(error = %e, "backup failed");
-                match e {
-                    crate::backup::live::LiveBackupError::Stopped => EtcdError::Stopped,
-                    e => EtcdError::Internal(e.to_string()),
-                }
-            })?;
-        let header = s.header_info().header(backup.revision);
-        let bytes = Arc::new(etcd_snapshot_stream(backup.db));
-        let total = bytes.len();
-        // Each message copies its chunk when the stream is polled, not all
-        // of them up front (a second copy of the whole file).
-        let chunks = (0..total.div_ceil(SNAPSHOT_CHUNK_BYTES)).map(move |i| {
-            let start = i * SNAPSHOT_CHUNK_BYTES;
-            let end = (start + SNAPSHOT_CHUNK_BYTES).min(total);
-            Ok(pb::SnapshotResponse {
-                header: (i == 0).then_some(header),
-                remaining_bytes: (total - end) as u64,
-                blob: bytes[start..end].to_vec(),
+        let backup = tokio::task::spawn_blocking(move || {
+            crate::backup::live::backup(&kv).map(|mut b| {
+                let digest = etcd_snapshot_frame(&mut b.db);
+                (b, digest)
             })
-        });
+        })
+        .await
+        .map_err(|_| EtcdError::Stopped)?
+        .map_err(|e| {
+            tracing::warn!(error = %e, "backup failed");
+            match e {
+                crate::backup::live::LiveBackupError::Stopped => EtcdError::Stopped,
+                e => EtcdError::Internal(e.to_string()),
+            }
+        })?;
+        let (backup, digest) = backup;
+        let header = s.header_info().header(backup.revision);
+        let chunks = snapshot_messages(backup.db, digest, header, SNAPSHOT_CHUNK_BYTES).map(Ok);
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
@@ -992,18 +986,44 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 /// Page size etcd's tools expect a snapshot's body to be a multiple of.
 pub const SNAPSHOT_PAGE_BYTES: usize = 512;
 
-/// Frames state-machine snapshot bytes the way etcd streams a snapshot:
-/// the body zero-padded to a multiple of [`SNAPSHOT_PAGE_BYTES`], followed
-/// by the SHA-256 of the padded body (etcdctl checks this shape). The body
-/// is etcd's database ([`crate::backup::etcd_db::encode`], already whole
-/// pages).
-pub fn etcd_snapshot_stream(mut body: Vec<u8>) -> Vec<u8> {
+/// The `Snapshot` RPC's messages: `body` then `digest`, `chunk` bytes per
+/// message, the header on the first. Each message copies its bytes when it
+/// is taken (as the stream is polled), not all of them up front: one copy
+/// of the whole file in memory, not two.
+fn snapshot_messages(
+    body: Vec<u8>,
+    digest: [u8; 32],
+    header: pb::ResponseHeader,
+    chunk: usize,
+) -> impl Iterator<Item = pb::SnapshotResponse> {
+    let chunk = chunk.max(1);
+    let total = body.len() + digest.len();
+    (0..total.div_ceil(chunk)).map(move |i| {
+        let start = i * chunk;
+        let end = (start + chunk).min(total);
+        let mut blob = body[start.min(body.len())..end.min(body.len())].to_vec();
+        if end > body.len() {
+            let from = start.saturating_sub(body.len());
+            blob.extend_from_slice(&digest[from..end - body.len()]);
+        }
+        pb::SnapshotResponse {
+            header: (i == 0).then_some(header),
+            remaining_bytes: (total - end) as u64,
+            blob,
+        }
+    })
+}
+
+/// Frames a backup the way etcd streams a snapshot: the body zero-padded to
+/// a multiple of [`SNAPSHOT_PAGE_BYTES`] (in place), and the SHA-256 of the
+/// padded body, which the stream sends after it (etcdctl checks this
+/// shape). The body is etcd's database ([`crate::backup::etcd_db::encode`],
+/// already whole pages, so no padding and no copy of it).
+pub fn etcd_snapshot_frame(body: &mut Vec<u8>) -> [u8; 32] {
     use sha2::Digest;
     let padded = body.len().div_ceil(SNAPSHOT_PAGE_BYTES).max(1) * SNAPSHOT_PAGE_BYTES;
     body.resize(padded, 0);
-    let digest = sha2::Sha256::digest(&body);
-    body.extend_from_slice(&digest);
-    body
+    sha2::Sha256::digest(&body[..]).into()
 }
 
 impl PeerService {
@@ -1165,5 +1185,35 @@ impl peerpb::peer_server::Peer for PeerService {
                 .collect(),
             applied_index: s.raft.status.borrow().applied,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_messages_carry_the_body_then_the_digest() {
+        let body: Vec<u8> = (0..100u8).collect();
+        let digest = [7u8; 32];
+        let whole = [&body[..], &digest[..]].concat();
+        for chunk in [1, 5, 31, 32, 33, 100, 131, 132, 4096] {
+            let msgs: Vec<_> =
+                snapshot_messages(body.clone(), digest, pb::ResponseHeader::default(), chunk)
+                    .collect();
+            let sent: Vec<u8> = msgs.iter().flat_map(|m| m.blob.iter().copied()).collect();
+            assert_eq!(sent, whole, "chunk {chunk}");
+            assert!(msgs[0].header.is_some(), "chunk {chunk}");
+            assert!(
+                msgs[1..].iter().all(|m| m.header.is_none()),
+                "chunk {chunk}"
+            );
+            let mut left = whole.len() as u64;
+            for m in &msgs {
+                assert!(!m.blob.is_empty() && m.blob.len() <= chunk, "chunk {chunk}");
+                left -= m.blob.len() as u64;
+                assert_eq!(m.remaining_bytes, left, "chunk {chunk}");
+            }
+        }
     }
 }

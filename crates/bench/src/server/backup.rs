@@ -64,6 +64,9 @@ pub struct BackupRun {
     /// When the slowest put during the backup began, seconds after the
     /// backup's request.
     pub worst_at_secs: f64,
+    /// The leader's peak RSS (VmHWM, KiB) before the backup and after it
+    /// (filled in by the caller, which knows the process).
+    pub leader_hwm_kib: (u64, u64),
 }
 
 /// Fetches a whole backup from `ep`; returns its size and when its first
@@ -157,6 +160,7 @@ pub async fn measure(ep: &str) -> Result<BackupRun, String> {
         during: Latencies::of(during),
         failed_during,
         worst_at_secs: (worst.1 as f64 - t0 as f64) / 1e6,
+        leader_hwm_kib: (0, 0),
     })
 }
 

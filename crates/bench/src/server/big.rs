@@ -304,10 +304,17 @@ pub async fn run(
     );
     let probe_key = p.keys / 2;
     if which.contains(&BigWorkload::Backup) {
-        let r = super::backup::measure(&c.endpoint(leader)).await;
+        let hwm = || c.pid(leader).and_then(cluster::proc_stats).map_or(0, |s| s.hwm_kib);
+        let before = hwm();
+        let r = super::backup::measure(&c.endpoint(leader))
+            .await
+            .map(|b| BackupRun {
+                leader_hwm_kib: (before, hwm()),
+                ..b
+            });
         match &r {
             Ok(b) => eprintln!(
-                "big       {:<9} backup: {:.2} s (first byte {:.2} s), {:.1} MB; put ms p50/p99.9/max before {:.2}/{:.2}/{:.2} ({} puts), during {:.2}/{:.2}/{:.2} ({} puts, {} failed; the slowest began {:.2} s in)",
+                "big       {:<9} backup: {:.2} s (first byte {:.2} s), {:.1} MB; put ms p50/p99.9/max before {:.2}/{:.2}/{:.2} ({} puts), during {:.2}/{:.2}/{:.2} ({} puts, {} failed; the slowest began {:.2} s in); leader peak RSS {:.0} -> {:.0} MiB",
                 system.name(),
                 b.secs,
                 b.first_byte_secs,
@@ -322,6 +329,8 @@ pub async fn run(
                 b.during.n,
                 b.failed_during,
                 b.worst_at_secs,
+                b.leader_hwm_kib.0 as f64 / 1024.0,
+                b.leader_hwm_kib.1 as f64 / 1024.0,
             ),
             Err(e) => eprintln!("big       {:<9} backup: FAILED: {e}", system.name()),
         }
@@ -576,8 +585,8 @@ fn backup_report(s: &mut String, runs: &[(System, Result<BigRun, String>)]) {
          leader while one client puts {}-byte values to it without pause; a put in flight at any \
          moment of the backup counts as during it. A backup that makes writes wait shows in the \
          \"during\" columns.\n\n\
-         | system | backup s (first byte) | backup MB | puts before / during (failed) | put ms before: p50 / p99.9 / max | put ms during: p50 / p99.9 / max | slowest put began, s into the backup |\n\
-         |---|---:|---:|---:|---|---|---:|",
+         | system | backup s (first byte) | backup MB | puts before / during (failed) | put ms before: p50 / p99.9 / max | put ms during: p50 / p99.9 / max | slowest put began, s into the backup | leader peak RSS MiB before → after |\n\
+         |---|---:|---:|---:|---|---|---:|---|",
         VALUE_BYTES
     );
     for (sys, r) in runs {
@@ -591,7 +600,7 @@ fn backup_report(s: &mut String, runs: &[(System, Result<BigRun, String>)]) {
             Ok(b) => {
                 let _ = writeln!(
                     s,
-                    "| {} | {:.2} ({:.2}) | {:.1} | {} / {} ({}) | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} |",
+                    "| {} | {:.2} ({:.2}) | {:.1} | {} / {} ({}) | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} | {:.0} → {:.0} |",
                     sys.name(),
                     b.secs,
                     b.first_byte_secs,
@@ -606,10 +615,12 @@ fn backup_report(s: &mut String, runs: &[(System, Result<BigRun, String>)]) {
                     b.during.p999_ms,
                     b.during.max_ms,
                     b.worst_at_secs,
+                    b.leader_hwm_kib.0 as f64 / 1024.0,
+                    b.leader_hwm_kib.1 as f64 / 1024.0,
                 );
             }
             Err(e) => {
-                let _ = writeln!(s, "| {} | FAILED: {e} | | | | | |", sys.name());
+                let _ = writeln!(s, "| {} | FAILED: {e} | | | | | | |", sys.name());
             }
         }
     }

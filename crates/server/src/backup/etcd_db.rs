@@ -111,46 +111,67 @@ pub enum DbError {
 
 /// The store as etcd's database (without the trailing digest).
 pub fn encode(store: &kv::MvccStore) -> Vec<u8> {
-    encode_with(store, &store.snapshot())
+    assemble(EtcdBuckets::of(store), store.snapshot())
 }
 
 /// [`encode`] of the store a `metalraft-kv` snapshot holds (made by
 /// [`kv::MvccStore::snapshot`] or a [`kv::SnapshotStream`]): it is restored
 /// into a store of its own, so no lock on a live store is held while the
-/// database is built ([`super::live`]).
+/// database is built ([`super::live`]). The private store is dropped once
+/// etcd's buckets are read from it, and the snapshot once it is cut into
+/// the bucket's values, before the file is laid out: the peak holds the
+/// buckets and the file, not the store and the snapshot too.
 ///
 /// # Errors
 /// The snapshot does not decode or is inconsistent.
-pub fn encode_snapshot(snapshot: &[u8]) -> Result<Vec<u8>, kv::SnapshotError> {
-    let store = kv::MvccStore::restore(snapshot)?;
-    Ok(encode_with(&store, snapshot))
+pub fn encode_snapshot(snapshot: Vec<u8>) -> Result<Vec<u8>, kv::SnapshotError> {
+    let etcd = EtcdBuckets::of(&kv::MvccStore::restore(&snapshot)?);
+    Ok(assemble(etcd, snapshot))
 }
 
-/// [`encode`], with `snapshot` = `store.snapshot()` already made.
-fn encode_with(store: &kv::MvccStore, snapshot: &[u8]) -> Vec<u8> {
-    let keys = key_bucket(store);
-    let mut meta = vec![(
-        b"consistent_index".to_vec(),
-        store.applied_index().to_be_bytes().to_vec(),
-    )];
-    let compacted = store.compact_revision();
-    if compacted > 0 {
-        let rev = revision_key(compacted, 0, false);
-        meta.push((b"finishedCompactRev".to_vec(), rev.clone()));
-        meta.push((b"scheduledCompactRev".to_vec(), rev));
+/// etcd's `key`, `lease` and `meta` items of a store.
+struct EtcdBuckets {
+    keys: Vec<(Vec<u8>, Vec<u8>)>,
+    leases: Vec<(Vec<u8>, Vec<u8>)>,
+    meta: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EtcdBuckets {
+    fn of(store: &kv::MvccStore) -> EtcdBuckets {
+        let mut meta = vec![(
+            b"consistent_index".to_vec(),
+            store.applied_index().to_be_bytes().to_vec(),
+        )];
+        let compacted = store.compact_revision();
+        if compacted > 0 {
+            let rev = revision_key(compacted, 0, false);
+            meta.push((b"finishedCompactRev".to_vec(), rev.clone()));
+            meta.push((b"scheduledCompactRev".to_vec(), rev));
+        }
+        meta.sort();
+        let leases = store
+            .leases()
+            .map(|(id, ttl)| {
+                let v = LeasePb {
+                    id,
+                    ttl,
+                    remaining_ttl: 0,
+                };
+                ((id as u64).to_be_bytes().to_vec(), v.encode_to_vec())
+            })
+            .collect();
+        EtcdBuckets {
+            keys: key_bucket(store),
+            leases,
+            meta,
+        }
     }
-    meta.sort();
-    let leases: Vec<(Vec<u8>, Vec<u8>)> = store
-        .leases()
-        .map(|(id, ttl)| {
-            let v = LeasePb {
-                id,
-                ttl,
-                remaining_ttl: 0,
-            };
-            ((id as u64).to_be_bytes().to_vec(), v.encode_to_vec())
-        })
-        .collect();
+}
+
+/// The database: etcd's buckets and ours holding `snapshot`, the
+/// `metalraft-kv` snapshot of the same store.
+fn assemble(etcd: EtcdBuckets, snapshot: Vec<u8>) -> Vec<u8> {
+    let EtcdBuckets { keys, leases, meta } = etcd;
     let digest = etcd_digest(
         keys.iter().map(|(k, v)| (&k[..], &v[..])),
         leases.iter().map(|(k, v)| (&k[..], &v[..])),
@@ -160,6 +181,7 @@ fn encode_with(store: &kv::MvccStore, snapshot: &[u8]) -> Vec<u8> {
         .enumerate()
         .map(|(i, c)| ((i as u64).to_be_bytes().to_vec(), c.to_vec()))
         .collect();
+    drop(snapshot);
     ours.push((DIGEST_KEY.to_vec(), digest.to_vec()));
     bolt::write_db(&[
         Bucket {

@@ -142,23 +142,26 @@ pub fn snapshot_in_steps(
 /// history)): run it off the async runtime.
 pub fn backup(store: &RwLock<kv::MvccStore>) -> Result<LiveBackup, LiveBackupError> {
     let start = std::time::Instant::now();
-    let snapshot = snapshot_in_steps(store, || {})?;
+    let Stepped {
+        bytes,
+        revision,
+        steps,
+        longest_hold,
+    } = snapshot_in_steps(store, || {})?;
     let stepped = start.elapsed();
-    let db = super::etcd_db::encode_snapshot(&snapshot.bytes).map_err(LiveBackupError::Snapshot)?;
+    let snapshot_bytes = bytes.len();
+    let db = super::etcd_db::encode_snapshot(bytes).map_err(LiveBackupError::Snapshot)?;
     tracing::info!(
-        revision = snapshot.revision,
-        snapshot_bytes = snapshot.bytes.len(),
+        revision,
+        snapshot_bytes,
         db_bytes = db.len(),
         snapshot_ms = stepped.as_millis() as u64,
-        steps = snapshot.steps,
-        longest_lock_hold_us = snapshot.longest_hold.as_micros() as u64,
+        steps,
+        longest_lock_hold_us = longest_hold.as_micros() as u64,
         db_ms = (start.elapsed() - stepped).as_millis() as u64,
         "backup built"
     );
-    Ok(LiveBackup {
-        db,
-        revision: snapshot.revision,
-    })
+    Ok(LiveBackup { db, revision })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! snapshot status|restore` do with etcd's files).
 //!
 //! File layout, as the Maintenance `Snapshot` RPC streams it
-//! ([`crate::api::etcd_snapshot_stream`]): etcd 3.4's database — a bbolt
+//! ([`crate::api::etcd_snapshot_frame`]): etcd 3.4's database — a bbolt
 //! file with etcd's buckets ([`etcd_db`]), which `etcdctl snapshot status`
 //! checks and `etcdctl snapshot restore` turns into an etcd member — plus a
 //! bucket holding the `metalraft-kv` snapshot that `metalraft snapshot
