@@ -132,6 +132,9 @@ impl Histogram {
 #[derive(Default, Debug)]
 pub struct Latency {
     stages: [Histogram; Stage::ALL.len()],
+    /// Entries per WAL sync and per AppendEntries (shared by the same
+    /// threads, rendered with the stages).
+    pub batches: crate::batch_sizes::BatchSizes,
     /// Snapshot files being written by this member right now.
     snapshot_files: AtomicU64,
 }
@@ -179,8 +182,14 @@ impl Latency {
         self.stages[stage as usize].count.load(Ordering::Relaxed)
     }
 
-    /// Appends the Prometheus text of every stage to `out`.
+    /// Appends the Prometheus text of every stage, then of the batch sizes
+    /// ([`crate::batch_sizes`]), to `out`.
     pub fn render(&self, out: &mut String) {
+        self.render_stages(out);
+        self.batches.render(out);
+    }
+
+    fn render_stages(&self, out: &mut String) {
         let name = "metalraft_stage_duration_seconds";
         let _ = writeln!(
             out,

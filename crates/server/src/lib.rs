@@ -35,6 +35,7 @@
 pub mod api;
 pub mod auth;
 pub mod backup;
+pub mod batch_sizes;
 pub mod bolt;
 pub mod catch_up;
 pub mod cli;

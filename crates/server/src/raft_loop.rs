@@ -38,6 +38,7 @@ use metalraft_replica::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api::REQUEST_TIMEOUT;
+use crate::batch_sizes::Batch;
 use crate::catch_up::FloorWindow;
 use crate::command::{self, Payload};
 use crate::errors::EtcdError;
@@ -814,6 +815,16 @@ impl RaftLoop {
             // Messages first: the replica only hands out what may leave now
             // (the core holds back anything that promises state not yet
             // durable until its batch is acknowledged).
+            for m in &out.messages {
+                if let metalraft_core::MessageBody::AppendEntries { entries, .. } = &m.body {
+                    if !entries.is_empty() {
+                        self.stats
+                            .latency
+                            .batches
+                            .observe(Batch::AppendEntries, entries.len());
+                    }
+                }
+            }
             self.transport.send(out.messages);
             if let Some(work) = out.persist {
                 self.persist(work)?;

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use metalraft_core::{PersistToken, SnapshotInstall, SnapshotMeta};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::batch_sizes::Batch;
 use crate::latency::{Latency, Stage};
 use crate::storage::snapshot::{PreparedSnapshot, SnapshotFile};
 use crate::storage::{Snapshot, Storage, StorageError, WriteBatch};
@@ -264,6 +265,7 @@ fn write_group(
                     sync |= *s;
                 }
             }
+            let entries: usize = batches.iter().map(|b| b.entries.len()).sum();
             if let Err(e) = storage.write(&batches, sync) {
                 for (j, b) in pending[..run].iter_mut().zip(batches) {
                     if let WriteJob::Persist { batch, .. } = j {
@@ -274,6 +276,7 @@ fn write_group(
             }
             if sync {
                 gauges.observe_sync(start.elapsed());
+                gauges.latency.batches.observe(Batch::WalSync, entries);
             }
             for j in pending.drain(..run) {
                 if let WriteJob::Persist { token, .. } = j {

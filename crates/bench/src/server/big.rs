@@ -304,7 +304,11 @@ pub async fn run(
     );
     let probe_key = p.keys / 2;
     if which.contains(&BigWorkload::Backup) {
-        let hwm = || c.pid(leader).and_then(cluster::proc_stats).map_or(0, |s| s.hwm_kib);
+        let hwm = || {
+            c.pid(leader)
+                .and_then(cluster::proc_stats)
+                .map_or(0, |s| s.hwm_kib)
+        };
         let before = hwm();
         let r = super::backup::measure(&c.endpoint(leader))
             .await

@@ -777,19 +777,23 @@ async fn one_run(c: &mut Cluster, w: Workload, o: &Opts, seed: u64) -> Outcome {
         }
         for (i, (x, y)) in s0.iter().zip(&s1).enumerate() {
             match (x, y) {
-                (Ok(x), Ok(y)) if system == System::Etcd => eprintln!(
-                    "  m{}{}: {} snapshot(s) in the measured phase",
-                    i + 1,
-                    if i == leader { " (leader)" } else { "" },
-                    y.snapshots.saturating_sub(x.snapshots),
-                ),
-                (Ok(x), Ok(y)) => eprint!(
-                    "  m{}{}: {} snapshot(s) in the measured phase; stages:\n{}",
-                    i + 1,
-                    if i == leader { " (leader)" } else { "" },
-                    y.snapshots.saturating_sub(x.snapshots),
-                    stages::render(&stages::delta(x, y))
-                ),
+                (Ok(x), Ok(y)) => {
+                    eprint!(
+                        "  m{}{}: {} snapshot(s) in the measured phase",
+                        i + 1,
+                        if i == leader { " (leader)" } else { "" },
+                        y.snapshots.saturating_sub(x.snapshots),
+                    );
+                    if system == System::Metalraft {
+                        eprint!(
+                            "; stages:\n{}{}",
+                            stages::render(&stages::delta(x, y)),
+                            stages::render_batches(&stages::batch_delta(x, y))
+                        );
+                    } else {
+                        eprintln!();
+                    }
+                }
                 (Err(e), _) | (_, Err(e)) => eprintln!("  m{}: /metrics: {e}", i + 1),
             }
         }

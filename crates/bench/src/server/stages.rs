@@ -24,7 +24,28 @@ pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Scrape {
     pub stages: BTreeMap<String, Vec<(f64, u64)>>,
+    /// The same for the batch sizes ([`BATCH_METRIC`], entries), and each
+    /// batch's total entries.
+    pub batches: BTreeMap<String, Vec<(f64, u64)>>,
+    pub batch_sums: BTreeMap<String, u64>,
     pub snapshots: u64,
+}
+
+/// The batch-size histogram family the server exports (entries per WAL
+/// sync and per AppendEntries message).
+pub const BATCH_METRIC: &str = "metalraft_batch_entries";
+
+/// One bucket line of a labelled histogram: `rest` is what follows
+/// `<family>_bucket{<label>="`, e.g. `queue",le="0.000025"} 12`.
+fn bucket(rest: &str) -> Option<(String, f64, u64)> {
+    let (name, rest) = rest.split_once("\",le=\"")?;
+    let (le, count) = rest.split_once("\"} ")?;
+    let le = if le == "+Inf" {
+        f64::INFINITY
+    } else {
+        le.parse::<f64>().ok()?
+    };
+    Some((name.to_string(), le, count.trim().parse::<u64>().ok()?))
 }
 
 /// `GET /metrics` over HTTP/1.1 from `url` (`http://host:port`).
@@ -62,31 +83,24 @@ pub fn fetch(url: &str) -> Result<String, String> {
 /// The stage histograms and the snapshot counter in a `/metrics` text.
 pub fn parse(text: &str) -> Scrape {
     let mut out = Scrape::default();
-    let bucket = format!("{STAGE_METRIC}_bucket{{stage=\"");
+    let stage_bucket = format!("{STAGE_METRIC}_bucket{{stage=\"");
+    let batch_bucket = format!("{BATCH_METRIC}_bucket{{batch=\"");
+    let batch_sum = format!("{BATCH_METRIC}_sum{{batch=\"");
     for line in text.lines() {
-        if let Some(rest) = line.strip_prefix(&bucket) {
-            // rest: `queue",le="0.000025"} 12`
-            let Some((stage, rest)) = rest.split_once("\",le=\"") else {
-                continue;
-            };
-            let Some((le, count)) = rest.split_once("\"} ") else {
-                continue;
-            };
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                match le.parse::<f64>() {
-                    Ok(v) => v,
-                    Err(_) => continue,
+        if let Some(rest) = line.strip_prefix(&stage_bucket) {
+            if let Some((stage, le, count)) = bucket(rest) {
+                out.stages.entry(stage).or_default().push((le, count));
+            }
+        } else if let Some(rest) = line.strip_prefix(&batch_bucket) {
+            if let Some((batch, le, count)) = bucket(rest) {
+                out.batches.entry(batch).or_default().push((le, count));
+            }
+        } else if let Some(rest) = line.strip_prefix(&batch_sum) {
+            if let Some((batch, v)) = rest.split_once("\"} ") {
+                if let Ok(v) = v.trim().parse::<u64>() {
+                    out.batch_sums.insert(batch.to_string(), v);
                 }
-            };
-            let Ok(count) = count.trim().parse::<u64>() else {
-                continue;
-            };
-            out.stages
-                .entry(stage.to_string())
-                .or_default()
-                .push((le, count));
+            }
         } else if let Some(v) = line
             .strip_prefix(SNAPSHOTS_METRIC)
             .or_else(|| line.strip_prefix(ETCD_SNAPSHOTS_METRIC))
@@ -111,11 +125,69 @@ pub struct StageDelta {
     pub max: f64,
 }
 
-/// What happened between two scrapes of one member.
+/// What happened between two scrapes of one member, per stage.
 pub fn delta(before: &Scrape, after: &Scrape) -> BTreeMap<String, StageDelta> {
+    histogram_delta(&before.stages, &after.stages)
+}
+
+/// One batch size over a run: the [`StageDelta`] of its histogram (bounds
+/// in entries) and the mean entries per batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchDelta {
+    pub hist: StageDelta,
+    pub mean: f64,
+}
+
+/// The batch sizes between two scrapes of one member.
+pub fn batch_delta(before: &Scrape, after: &Scrape) -> BTreeMap<String, BatchDelta> {
+    histogram_delta(&before.batches, &after.batches)
+        .into_iter()
+        .map(|(name, hist)| {
+            let sum = after
+                .batch_sums
+                .get(&name)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(before.batch_sums.get(&name).copied().unwrap_or(0));
+            let mean = sum as f64 / hist.count as f64;
+            (name, BatchDelta { hist, mean })
+        })
+        .collect()
+}
+
+/// One line per batch: `batch n=… mean=… p50<=… p99<=… max<=… entries`.
+pub fn render_batches(d: &BTreeMap<String, BatchDelta>) -> String {
+    let n = |v: f64| {
+        if v.is_infinite() {
+            ">4096".to_string()
+        } else {
+            format!("{v:.0}")
+        }
+    };
+    let mut s = String::new();
+    for (batch, v) in d {
+        s.push_str(&format!(
+            "    batch {batch:<18} n={:<8} mean={:.1} p50<={} p99<={} max<={} entries\n",
+            v.hist.count,
+            v.mean,
+            n(v.hist.p50),
+            n(v.hist.p99),
+            n(v.hist.max)
+        ));
+    }
+    s
+}
+
+/// Per name, the difference of two scrapes' cumulative buckets and its
+/// quantiles' bucket bounds; names with no observation in between are left
+/// out.
+fn histogram_delta(
+    before: &BTreeMap<String, Vec<(f64, u64)>>,
+    after: &BTreeMap<String, Vec<(f64, u64)>>,
+) -> BTreeMap<String, StageDelta> {
     let mut out = BTreeMap::new();
-    for (stage, b) in &after.stages {
-        let a = before.stages.get(stage);
+    for (stage, b) in after {
+        let a = before.get(stage);
         let counts: Vec<(f64, u64)> = b
             .iter()
             .enumerate()
@@ -205,6 +277,30 @@ metalraft_stage_duration_seconds_sum{stage=\"apply\"} 1.5
         assert_eq!(apply.p999, 0.00005);
         assert!(apply.max.is_infinite());
         assert!(render(&d).contains("apply"));
+    }
+
+    #[test]
+    fn batch_sizes_are_read_and_differenced() {
+        let t = |n1: u64, n4: u64, sum: u64| {
+            format!(
+                "metalraft_batch_entries_bucket{{batch=\"wal_sync\",le=\"1\"}} {n1}\n\
+                 metalraft_batch_entries_bucket{{batch=\"wal_sync\",le=\"4\"}} {n4}\n\
+                 metalraft_batch_entries_bucket{{batch=\"wal_sync\",le=\"+Inf\"}} {n4}\n\
+                 metalraft_batch_entries_sum{{batch=\"wal_sync\"}} {sum}\n\
+                 metalraft_batch_entries_count{{batch=\"wal_sync\"}} {n4}\n"
+            )
+        };
+        let (a, b) = (parse(&t(5, 5, 5)), parse(&t(6, 10, 20)));
+        assert_eq!(b.batches["wal_sync"].len(), 3);
+        assert_eq!(b.batch_sums["wal_sync"], 20);
+        let d = batch_delta(&a, &b);
+        let w = d["wal_sync"];
+        assert_eq!(w.hist.count, 5);
+        assert_eq!(w.mean, 3.0);
+        assert_eq!(w.hist.p50, 4.0);
+        assert_eq!(w.hist.max, 4.0);
+        assert!(render_batches(&d).contains("wal_sync"));
+        assert!(delta(&a, &b).is_empty());
     }
 
     #[test]
