@@ -84,29 +84,14 @@ impl BatchSizes {
         );
         for batch in Batch::ALL {
             let h = &self.batches[batch as usize];
-            let label = batch.label();
-            let mut cumulative = 0u64;
-            for (i, le) in BATCH_BUCKETS.iter().enumerate() {
-                cumulative += h.buckets[i].load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{batch=\"{label}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            cumulative += h.buckets[BATCH_BUCKETS.len()].load(Ordering::Relaxed);
-            let _ = writeln!(
+            crate::latency::write_histogram(
                 out,
-                "{name}_bucket{{batch=\"{label}\",le=\"+Inf\"}} {cumulative}"
-            );
-            let _ = writeln!(
-                out,
-                "{name}_sum{{batch=\"{label}\"}} {}",
-                h.sum.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "{name}_count{{batch=\"{label}\"}} {}",
-                h.count.load(Ordering::Relaxed)
+                name,
+                &format!("batch=\"{}\"", batch.label()),
+                &BATCH_BUCKETS,
+                &h.buckets,
+                h.sum.load(Ordering::Relaxed),
+                h.count.load(Ordering::Relaxed),
             );
         }
     }

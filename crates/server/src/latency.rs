@@ -197,32 +197,43 @@ impl Latency {
         );
         for stage in Stage::ALL {
             let h = &self.stages[stage as usize];
-            let label = stage.label();
-            let mut cumulative = 0u64;
-            for (i, le) in STAGE_BUCKETS_SECONDS.iter().enumerate() {
-                cumulative += h.buckets[i].load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{stage=\"{label}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            cumulative += h.buckets[STAGE_BUCKETS_SECONDS.len()].load(Ordering::Relaxed);
-            let _ = writeln!(
+            write_histogram(
                 out,
-                "{name}_bucket{{stage=\"{label}\",le=\"+Inf\"}} {cumulative}"
-            );
-            let _ = writeln!(
-                out,
-                "{name}_sum{{stage=\"{label}\"}} {}",
-                h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "{name}_count{{stage=\"{label}\"}} {}",
-                h.count.load(Ordering::Relaxed)
+                name,
+                &format!("stage=\"{}\"", stage.label()),
+                &STAGE_BUCKETS_SECONDS,
+                &h.buckets,
+                h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+                h.count.load(Ordering::Relaxed),
             );
         }
     }
+}
+
+/// Writes one labelled series of a Prometheus histogram: a cumulative
+/// `_bucket` line per bound of `bounds`, then `+Inf`, from the
+/// non-cumulative `counts` (one more than `bounds`), then `_sum` and
+/// `_count`. `label` is `name="value"`.
+pub(crate) fn write_histogram(
+    out: &mut String,
+    name: &str,
+    label: &str,
+    bounds: &[impl std::fmt::Display],
+    counts: &[AtomicU64],
+    sum: impl std::fmt::Display,
+    count: u64,
+) {
+    let mut cumulative = 0u64;
+    for (le, n) in bounds.iter().zip(counts) {
+        cumulative += n.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{label},le=\"{le}\"}} {cumulative}");
+    }
+    cumulative += counts
+        .get(bounds.len())
+        .map_or(0, |n| n.load(Ordering::Relaxed));
+    let _ = writeln!(out, "{name}_bucket{{{label},le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(out, "{name}_sum{{{label}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{label}}} {count}");
 }
 
 #[cfg(test)]
