@@ -925,7 +925,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         // Off the runtime, and holding the store's lock one step at a
         // time: applies never wait for a backup (crate::backup::live).
         let kv = Arc::clone(&s.raft.kv);
-        let backup = tokio::task::spawn_blocking(move || {
+        let (backup, digest) = tokio::task::spawn_blocking(move || {
             crate::backup::live::backup(&kv).map(|mut b| {
                 let digest = etcd_snapshot_frame(&mut b.db);
                 (b, digest)
@@ -940,7 +940,6 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                 e => EtcdError::Internal(e.to_string()),
             }
         })?;
-        let (backup, digest) = backup;
         let header = s.header_info().header(backup.revision);
         let chunks = snapshot_messages(backup.db, digest, header, SNAPSHOT_CHUNK_BYTES).map(Ok);
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))

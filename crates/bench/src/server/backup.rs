@@ -65,7 +65,7 @@ pub struct BackupRun {
     /// backup's request.
     pub worst_at_secs: f64,
     /// The leader's peak RSS (VmHWM, KiB) before the backup and after it
-    /// (filled in by the caller, which knows the process).
+    /// (0 if its process could not be read).
     pub leader_hwm_kib: (u64, u64),
 }
 
@@ -95,8 +95,15 @@ async fn fetch_backup(ep: &str) -> Result<(u64, Duration), String> {
     Ok((bytes, first.unwrap_or_default()))
 }
 
-/// The measurement (see the module doc) against the leader `ep`.
-pub async fn measure(ep: &str) -> Result<BackupRun, String> {
+/// The measurement (see the module doc) against the leader `ep`, whose
+/// process is `leader_pid`.
+pub async fn measure(ep: &str, leader_pid: Option<u32>) -> Result<BackupRun, String> {
+    let hwm = || {
+        leader_pid
+            .and_then(super::cluster::proc_stats)
+            .map_or(0, |s| s.hwm_kib)
+    };
+    let hwm_before = hwm();
     let stop = Arc::new(AtomicBool::new(false));
     let mut writer = load::connect_one(ep).await?;
     let stop_w = Arc::clone(&stop);
@@ -160,7 +167,7 @@ pub async fn measure(ep: &str) -> Result<BackupRun, String> {
         during: Latencies::of(during),
         failed_during,
         worst_at_secs: (worst.1 as f64 - t0 as f64) / 1e6,
-        leader_hwm_kib: (0, 0),
+        leader_hwm_kib: (hwm_before, hwm()),
     })
 }
 

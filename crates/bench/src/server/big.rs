@@ -304,18 +304,7 @@ pub async fn run(
     );
     let probe_key = p.keys / 2;
     if which.contains(&BigWorkload::Backup) {
-        let hwm = || {
-            c.pid(leader)
-                .and_then(cluster::proc_stats)
-                .map_or(0, |s| s.hwm_kib)
-        };
-        let before = hwm();
-        let r = super::backup::measure(&c.endpoint(leader))
-            .await
-            .map(|b| BackupRun {
-                leader_hwm_kib: (before, hwm()),
-                ..b
-            });
+        let r = super::backup::measure(&c.endpoint(leader), c.pid(leader)).await;
         match &r {
             Ok(b) => eprintln!(
                 "big       {:<9} backup: {:.2} s (first byte {:.2} s), {:.1} MB; put ms p50/p99.9/max before {:.2}/{:.2}/{:.2} ({} puts), during {:.2}/{:.2}/{:.2} ({} puts, {} failed; the slowest began {:.2} s in); leader peak RSS {:.0} -> {:.0} MiB",
