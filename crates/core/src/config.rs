@@ -66,8 +66,15 @@ pub struct Config {
     /// rejoining after a partition does not disrupt a working leader.
     pub pre_vote: bool,
     /// A leader that has not heard from a quorum within
-    /// `election_timeout_ticks_min` steps down (thesis §6.2); followers that
-    /// heard from a leader within that time ignore vote requests.
+    /// `election_timeout_ticks_min` steps down (thesis §6.2).
+    ///
+    /// Independent of this flag, a node that heard from a leader within
+    /// that time ignores (non-transfer) vote requests, taking neither their
+    /// term nor granting them (thesis §4.2.3, ADR 0036): removed servers
+    /// cannot depose a working leader even through a member whose
+    /// configuration still lists them. Without check-quorum, a leader that
+    /// reaches followers but cannot hear them keeps those followers from
+    /// voting until the link heals; turn it on (the server and firmware do).
     pub check_quorum: bool,
     /// Maximum entries in one AppendEntries (>= 1).
     pub max_entries_per_msg: usize,

@@ -185,6 +185,40 @@ fn vote_requests_ignored_within_lease() {
     assert!(net.nodes[&other].term() > term);
 }
 
+/// Thesis §4.2.3 without check-quorum or pre-vote (plain Raft): the lease
+/// on votes is part of the vote rule itself, so a node still campaigning
+/// (a removed server that never learnt it, as seen by a member whose
+/// configuration is stale) cannot raise the term of a follower that hears
+/// from its leader, and the leader keeps its term.
+#[test]
+fn vote_requests_ignored_within_lease_without_check_quorum() {
+    let mut net = Network::with_config(3, 2, |c| {
+        c.pre_vote = false;
+        c.check_quorum = false;
+    });
+    let leader = net.wait_leader();
+    let term = net.nodes[&leader].term();
+    let other = if leader == 1 { 2 } else { 1 };
+    let third = (1..=3).find(|&i| i != leader && i != other).unwrap();
+    // Like a removed server, `other` hears nothing from the leader (so it
+    // cannot pass its term on in a reply either).
+    net.cut.insert((leader, other));
+    net.nodes.get_mut(&other).unwrap().campaign().unwrap();
+    net.deliver(10_000);
+    net.ticks(5);
+    assert!(net.nodes[&third].stats().dropped_in_lease > 0);
+    assert!(net.nodes[&leader].stats().dropped_in_lease > 0);
+    assert_ne!(
+        net.nodes[&third].vote(),
+        Some(other),
+        "voted despite the lease"
+    );
+    assert!(net.nodes[&other].term() > term);
+    assert_eq!(net.nodes[&third].term(), term, "the term was taken");
+    assert_eq!(net.nodes[&leader].role(), Role::Leader);
+    assert_eq!(net.nodes[&leader].term(), term);
+}
+
 /// Dropping every vote response prevents any election (no hidden path).
 #[test]
 fn no_leader_without_vote_responses() {

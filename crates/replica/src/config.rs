@@ -22,6 +22,13 @@ pub const DEFAULT_MAX_PENDING_READS: usize = 4096;
 /// Default: a proposal or a read still waiting after 600 ticks (a minute at
 /// the server's 100 ms tick) completes as unknown / timed out.
 pub const DEFAULT_REQUEST_TIMEOUT_TICKS: u64 = 600;
+/// Most commands of the state machine's timed actions (lease revokes) that
+/// the core refused for a while (a leadership transfer pending, the
+/// uncommitted-bytes limit) and that the replica keeps to propose again at
+/// the next [`crate::Replica::handle_timeout`]; beyond it they are dropped
+/// and the state machine's own retry brings them back (the lessor's
+/// `revoke_retry_us`). etcd's lessor revokes at most 1,000 leases a second.
+pub const MAX_TIMED_BACKLOG: usize = 4096;
 
 /// How a replica behaves. Build with [`Config::new`], adjust fields; the
 /// replica checks it with [`Config::validate`].

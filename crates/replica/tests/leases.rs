@@ -149,3 +149,65 @@ fn a_kept_alive_lease_survives_a_leader_crash_and_expires_after_keepalives_stop(
         assert_eq!(store.lease_count(), 0);
     }
 }
+
+/// A lease that expires while a leadership transfer is pending: the core
+/// refuses the revoke (etcd drops proposals during a transfer too), and
+/// the replica proposes it again at the next `handle_timeout` once the
+/// transfer is over, instead of waiting for the lessor's 3 s retry
+/// (30 rounds here).
+#[test]
+fn a_revoke_refused_during_a_transfer_is_proposed_again_when_it_ends() {
+    let mut c = cluster();
+    let l = c.elect();
+    propose(
+        &mut c,
+        1,
+        &Command::LeaseGrant(LeaseGrantRequest {
+            id: LEASE,
+            ttl: TTL_SECS,
+        }),
+    );
+    let put = Command::LeasePut(
+        PutRequest {
+            key: b"lock".to_vec(),
+            value: b"me".to_vec(),
+            ..Default::default()
+        },
+        LeaseOption {
+            lease: LEASE,
+            ignore_lease: false,
+        },
+    );
+    propose(&mut c, 2, &put);
+    assert_eq!(keepalive(&mut c, l), Renew::Renewed);
+    let last = c.round;
+    while c.round + 1 < last + TTL_ROUNDS {
+        step(&mut c);
+    }
+    // A transfer to a cut-off follower stays pending for an election
+    // timeout, across the lease's deadline.
+    let target = (1..=3).find(|&i| i != l).expect("a follower");
+    c.isolate(target);
+    c.r(l).transfer_leader(target).expect("transfer starts");
+    let mut refused = false;
+    let gone = c.run_until(25, |c| {
+        if c.round > last + TTL_ROUNDS && c.r(l).node().lead_transferee().is_some() {
+            refused = true;
+        }
+        let t = now(c);
+        for s in &mut c.slots {
+            if let Some(r) = s.replica.as_mut() {
+                r.handle_timeout(t);
+            }
+        }
+        c.r(l).state_machine().store().is_empty()
+    });
+    assert!(
+        refused,
+        "the deadline passed while the transfer was pending"
+    );
+    assert!(
+        gone,
+        "the key is gone from the leader within 2.5 s of its deadline (the lessor's own retry: 3 s)"
+    );
+}

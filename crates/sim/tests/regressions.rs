@@ -57,3 +57,84 @@ fn core_bug_bit_rot_seed_272_stale_lost_entries_rejections_livelock() {
     let r = run_seed(272, opts);
     assert!(r.violation.is_none(), "{}", r.violation.unwrap());
 }
+
+/// postmortem (core, `KNOWN_CORE_BUGS.md`, "removed servers disrupted a
+/// lagging member without pre-vote and check-quorum"): a member 300
+/// entries behind on a slow disk, whose configuration still listed two
+/// removed nodes as voters, took their terms over and over and deposed the
+/// one node that could lead before it could catch the member up: no leader
+/// for the whole 10,703-tick budget. Fixed in the core: the lease on votes
+/// of thesis §4.2.3 holds with or without check-quorum.
+#[test]
+fn core_bug_seed_678987180_removed_servers_disrupt_a_lagging_member() {
+    for seed in [678_987_180, 700_012_783] {
+        let r = run_seed(seed, RunOptions::default());
+        assert!(
+            r.violation.is_none(),
+            "seed {seed}: {}",
+            r.violation.unwrap()
+        );
+    }
+}
+
+/// postmortem (replica, `KNOWN_CORE_BUGS.md`, "an older snapshot install
+/// landing after a newer snapshot of its own"): a late snapshot at 203 was
+/// installed by a follower holding entries to 214; before the install was
+/// durable the replica applied to 214 and took its own snapshot there,
+/// which the older install then replaced: the durable commit index went
+/// from 214 back to 203. Fixed in the replica: no snapshot of its own
+/// while an install is not durable.
+#[test]
+fn replica_bug_snapshots_leases_seed_19_install_replaced_a_newer_snapshot() {
+    let opts = RunOptions {
+        knobs: Knobs {
+            snapshots: true,
+            leases: true,
+            ..Knobs::default()
+        },
+        ..RunOptions::default()
+    };
+    let r = run_seed(19, opts);
+    assert!(r.violation.is_none(), "{}", r.violation.unwrap());
+}
+
+/// postmortem (simulator): a new leader of 2 nodes restarted the countdown
+/// of 34 leases at its promotion and proposed their 34 revokes together;
+/// with one entry per AppendEntries and a follower fsyncing each (3.5–7
+/// ms), the 33rd committed 70.7 ms after its deadline, past the lease
+/// checker's 70 ms slack, which was sized for one revoke. The checker now
+/// counts lateness from the last expiry revoke committed, if later: a
+/// draining queue is not late, a stalled one is.
+#[test]
+fn sim_bug_leases_seed_840002479_a_queue_of_revokes_is_not_late() {
+    let opts = RunOptions {
+        knobs: Knobs {
+            leases: true,
+            membership: false,
+            ..Knobs::default()
+        },
+        ..RunOptions::default()
+    };
+    let r = run_seed(840_002_479, opts);
+    assert!(r.violation.is_none(), "{}", r.violation.unwrap());
+}
+
+/// postmortem (replica, `KNOWN_CORE_BUGS.md`, "a lease revoke refused
+/// during a leadership transfer"): leases expired while the leader was
+/// transferring leadership; the core refused their revokes and the replica
+/// dropped them, so they waited for the lessor's 3 s retry and outlived
+/// their deadline past the checker's slack. Fixed in the replica: refused
+/// timed commands are proposed again at the next `handle_timeout`.
+#[test]
+fn replica_bug_leases_seed_860000303_revokes_refused_during_a_transfer() {
+    let opts = RunOptions {
+        knobs: Knobs {
+            leases: true,
+            membership: false,
+            ..Knobs::default()
+        },
+        ..RunOptions::default()
+    };
+    let r = run_seed(860_000_303, opts);
+    assert!(r.violation.is_none(), "{}", r.violation.unwrap());
+}

@@ -33,10 +33,12 @@ impl<P: Payload, S: LogStorage<P>> Node<P, S> {
                 transfer: false, ..
             } = m.body
             {
+                // Thesis §4.2.3: a node that heard from a current leader
+                // within the minimum election timeout neither takes the
+                // term nor votes, with or without check-quorum.
                 let heard_leader = self.leader.is_some()
                     && self.election_elapsed < self.cfg.election_timeout_ticks_min;
-                let in_lease = self.cfg.check_quorum && (heard_leader || self.in_restart_lease());
-                if in_lease {
+                if heard_leader || self.in_restart_lease() {
                     return Err(StepError::InLease);
                 }
             }

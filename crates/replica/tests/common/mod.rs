@@ -320,6 +320,12 @@ where
                 token: work.persist.into_token(),
             });
         }
+        let installing = s.in_flight.iter().any(|b| b.install.is_some());
+        assert!(
+            !(installing && (out.snapshot.is_some() || out.snapshot_due.is_some())),
+            "n{}: a snapshot was taken while a received snapshot's install is not durable",
+            s.id
+        );
         if let Some(snap) = out.snapshot.take() {
             // Snapshots are written synchronously here.
             let index = snap.meta.index;
