@@ -79,7 +79,7 @@ fn learner_receives_log_and_is_promoted() {
 }
 
 /// §4.2.3: a removed server does not disrupt the cluster. It never hears of
-/// its removal and keeps campaigning, but pre-vote and the check-quorum lease
+/// its removal and keeps campaigning, but pre-vote and the lease on votes
 /// keep its requests from raising anyone's term.
 #[test]
 fn removed_follower_cannot_disrupt() {

@@ -66,20 +66,10 @@ fn propose(c: &mut Cluster<LeasedMvccStore>, req: u64, cmd: &Command) {
     }
 }
 
-fn keepalive(c: &mut Cluster<LeasedMvccStore>, l: NodeId) -> Renew {
-    let t = now(c);
-    c.r(l)
-        .state_machine_mut()
-        .lessor_mut()
-        .renew(LEASE, TTL_SECS, t)
-}
-
-#[test]
-fn a_kept_alive_lease_survives_a_leader_crash_and_expires_after_keepalives_stop() {
-    let mut c = cluster();
-    c.elect();
+/// Grants [`LEASE`] and puts `lock` under it, through the log.
+fn grant_and_attach(c: &mut Cluster<LeasedMvccStore>) {
     propose(
-        &mut c,
+        c,
         1,
         &Command::LeaseGrant(LeaseGrantRequest {
             id: LEASE,
@@ -97,7 +87,22 @@ fn a_kept_alive_lease_survives_a_leader_crash_and_expires_after_keepalives_stop(
             ignore_lease: false,
         },
     );
-    propose(&mut c, 2, &put);
+    propose(c, 2, &put);
+}
+
+fn keepalive(c: &mut Cluster<LeasedMvccStore>, l: NodeId) -> Renew {
+    let t = now(c);
+    c.r(l)
+        .state_machine_mut()
+        .lessor_mut()
+        .renew(LEASE, TTL_SECS, t)
+}
+
+#[test]
+fn a_kept_alive_lease_survives_a_leader_crash_and_expires_after_keepalives_stop() {
+    let mut c = cluster();
+    c.elect();
+    grant_and_attach(&mut c);
     assert_eq!(live_with_key(&c), (3, 3));
 
     // Keepalives every second for 6 s (two TTLs), the leader crashing at 2 s.
@@ -159,26 +164,7 @@ fn a_kept_alive_lease_survives_a_leader_crash_and_expires_after_keepalives_stop(
 fn a_revoke_refused_during_a_transfer_is_proposed_again_when_it_ends() {
     let mut c = cluster();
     let l = c.elect();
-    propose(
-        &mut c,
-        1,
-        &Command::LeaseGrant(LeaseGrantRequest {
-            id: LEASE,
-            ttl: TTL_SECS,
-        }),
-    );
-    let put = Command::LeasePut(
-        PutRequest {
-            key: b"lock".to_vec(),
-            value: b"me".to_vec(),
-            ..Default::default()
-        },
-        LeaseOption {
-            lease: LEASE,
-            ignore_lease: false,
-        },
-    );
-    propose(&mut c, 2, &put);
+    grant_and_attach(&mut c);
     assert_eq!(keepalive(&mut c, l), Renew::Renewed);
     let last = c.round;
     while c.round + 1 < last + TTL_ROUNDS {

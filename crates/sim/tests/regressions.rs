@@ -2,6 +2,22 @@
 
 use metalraft_sim::{run_seed, Knobs, RunOptions};
 
+/// Runs `seed` with `knobs` and fails with the violation, if any.
+fn assert_passes(seed: u64, knobs: Knobs) {
+    let r = run_seed(
+        seed,
+        RunOptions {
+            knobs,
+            ..RunOptions::default()
+        },
+    );
+    assert!(
+        r.violation.is_none(),
+        "seed {seed}: {}",
+        r.violation.unwrap()
+    );
+}
+
 /// postmortem: a 7-node cluster with one AppendEntries entry per message
 /// ended its safety phase with node 4 about 280 entries behind; catching up
 /// at one entry per round trip took longer than the fixed liveness budget,
@@ -10,8 +26,7 @@ use metalraft_sim::{run_seed, Knobs, RunOptions};
 /// time for the most lagging node (`Simulation::liveness_budget_ticks`).
 #[test]
 fn sim_bug_01_liveness_budget_ignored_catch_up() {
-    let r = run_seed(241, RunOptions::default());
-    assert!(r.violation.is_none(), "{}", r.violation.unwrap());
+    assert_passes(241, Knobs::default());
 }
 
 /// postmortem (core, `KNOWN_CORE_BUGS.md`, "a member with a stale
@@ -26,16 +41,14 @@ fn sim_bug_01_liveness_budget_ignored_catch_up() {
 /// strictly more up to date, holds its own campaign back.
 #[test]
 fn core_bug_snapshots_leases_seed_56_stale_candidates_outrun_the_up_to_date_one() {
-    let opts = RunOptions {
-        knobs: Knobs {
+    assert_passes(
+        56,
+        Knobs {
             snapshots: true,
             leases: true,
             ..Knobs::default()
         },
-        ..RunOptions::default()
-    };
-    let r = run_seed(56, opts);
-    assert!(r.violation.is_none(), "{}", r.violation.unwrap());
+    );
 }
 
 /// postmortem (core, `KNOWN_CORE_BUGS.md`, "reordered lost-entries
@@ -47,15 +60,13 @@ fn core_bug_snapshots_leases_seed_56_stale_candidates_outrun_the_up_to_date_one(
 /// nothing is in flight.
 #[test]
 fn core_bug_bit_rot_seed_272_stale_lost_entries_rejections_livelock() {
-    let opts = RunOptions {
-        knobs: Knobs {
+    assert_passes(
+        272,
+        Knobs {
             bit_rot: true,
             ..Knobs::default()
         },
-        ..RunOptions::default()
-    };
-    let r = run_seed(272, opts);
-    assert!(r.violation.is_none(), "{}", r.violation.unwrap());
+    );
 }
 
 /// postmortem (core, `KNOWN_CORE_BUGS.md`, "removed servers disrupted a
@@ -68,12 +79,7 @@ fn core_bug_bit_rot_seed_272_stale_lost_entries_rejections_livelock() {
 #[test]
 fn core_bug_seed_678987180_removed_servers_disrupt_a_lagging_member() {
     for seed in [678_987_180, 700_012_783] {
-        let r = run_seed(seed, RunOptions::default());
-        assert!(
-            r.violation.is_none(),
-            "seed {seed}: {}",
-            r.violation.unwrap()
-        );
+        assert_passes(seed, Knobs::default());
     }
 }
 
@@ -86,16 +92,14 @@ fn core_bug_seed_678987180_removed_servers_disrupt_a_lagging_member() {
 /// while an install is not durable.
 #[test]
 fn replica_bug_snapshots_leases_seed_19_install_replaced_a_newer_snapshot() {
-    let opts = RunOptions {
-        knobs: Knobs {
+    assert_passes(
+        19,
+        Knobs {
             snapshots: true,
             leases: true,
             ..Knobs::default()
         },
-        ..RunOptions::default()
-    };
-    let r = run_seed(19, opts);
-    assert!(r.violation.is_none(), "{}", r.violation.unwrap());
+    );
 }
 
 /// postmortem (simulator): a new leader of 2 nodes restarted the countdown
@@ -107,16 +111,14 @@ fn replica_bug_snapshots_leases_seed_19_install_replaced_a_newer_snapshot() {
 /// draining queue is not late, a stalled one is.
 #[test]
 fn sim_bug_leases_seed_840002479_a_queue_of_revokes_is_not_late() {
-    let opts = RunOptions {
-        knobs: Knobs {
+    assert_passes(
+        840_002_479,
+        Knobs {
             leases: true,
             membership: false,
             ..Knobs::default()
         },
-        ..RunOptions::default()
-    };
-    let r = run_seed(840_002_479, opts);
-    assert!(r.violation.is_none(), "{}", r.violation.unwrap());
+    );
 }
 
 /// postmortem (replica, `KNOWN_CORE_BUGS.md`, "a lease revoke refused
@@ -127,14 +129,12 @@ fn sim_bug_leases_seed_840002479_a_queue_of_revokes_is_not_late() {
 /// timed commands are proposed again at the next `handle_timeout`.
 #[test]
 fn replica_bug_leases_seed_860000303_revokes_refused_during_a_transfer() {
-    let opts = RunOptions {
-        knobs: Knobs {
+    assert_passes(
+        860_000_303,
+        Knobs {
             leases: true,
             membership: false,
             ..Knobs::default()
         },
-        ..RunOptions::default()
-    };
-    let r = run_seed(860_000_303, opts);
-    assert!(r.violation.is_none(), "{}", r.violation.unwrap());
+    );
 }

@@ -7,7 +7,7 @@
 //! node whose last reported role is leader, except the ones a leader may
 //! rightly ignore: pre-vote requests and grants (they carry a term nobody
 //! is in yet, thesis §9.6) and vote requests (a leader inside its
-//! check-quorum lease disregards them, thesis §4.2.3; a vote request from
+//! lease on votes disregards them, thesis §4.2.3, ADR 0036; a vote request from
 //! outside the configuration may be dropped, issue 12 defect 3). From one
 //! round trip after the delivery on, the node must not act as leader of
 //! the old term: no tick, and no append, heartbeat, snapshot or
