@@ -374,7 +374,9 @@ impl<M: StateMachine, S: LogStorage<P>, P: EntryPayload> Replica<M, S, P> {
     }
 
     /// When [`Replica::handle_timeout`] should next be called (the state
-    /// machine's next deadline, on the leader only).
+    /// machine's next deadline, on the leader only). Timed commands the
+    /// core refused are retried at the next call whatever this says: call
+    /// `handle_timeout` at least once per tick as well.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.failed.is_some() || !self.is_leader {
             return None;
