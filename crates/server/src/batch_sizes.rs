@@ -112,16 +112,7 @@ mod tests {
         assert_eq!(b.count(Batch::AppendEntries), 1);
         let mut out = String::new();
         b.render(&mut out);
-        let value = |s: &str| -> u64 {
-            out.lines()
-                .find(|l| l.starts_with(s))
-                .unwrap_or_else(|| panic!("no line {s} in\n{out}"))
-                .rsplit(' ')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        };
+        let value = |s: &str| -> u64 { crate::latency::sample_value(&out, s).parse().unwrap() };
         let wal = "metalraft_batch_entries_bucket{batch=\"wal_sync\",le=";
         assert_eq!(value(&format!("{wal}\"1\"}}")), 1);
         assert_eq!(value(&format!("{wal}\"2\"}}")), 1);

@@ -236,6 +236,18 @@ pub(crate) fn write_histogram(
     let _ = writeln!(out, "{name}_count{{{label}}} {count}");
 }
 
+/// The value of the first sample line of the exposition `text` that starts
+/// with `prefix` (tests of the histograms [`write_histogram`] renders).
+#[cfg(test)]
+pub(crate) fn sample_value<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line {prefix} in\n{text}"))
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,15 +263,7 @@ mod tests {
         assert_eq!(l.count(Stage::Total), 0);
         let mut out = String::new();
         l.render(&mut out);
-        let line = |s: &str| {
-            out.lines()
-                .find(|l| l.starts_with(s))
-                .unwrap_or_else(|| panic!("no line {s} in\n{out}"))
-                .rsplit(' ')
-                .next()
-                .unwrap()
-                .to_string()
-        };
+        let line = |s: &str| sample_value(&out, s).to_string();
         let b = "metalraft_stage_duration_seconds_bucket";
         assert_eq!(
             line(&format!("{b}{{stage=\"apply\",le=\"0.000025\"}}")),
