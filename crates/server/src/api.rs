@@ -12,6 +12,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
+use std::io::{Read, Seek, Write};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -923,13 +924,19 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         let s = &self.0;
         crate::auth::service::authorize_maintenance(s, &req)?;
         // Off the runtime, and holding the store's lock one step at a
-        // time: applies never wait for a backup (crate::backup::live).
+        // time: applies never wait for a backup (crate::backup::live). The
+        // database goes into an anonymous file in the data directory when
+        // there is room (crate::backup::spool), and is read back from it as
+        // the client takes it.
         let kv = Arc::clone(&s.raft.kv);
-        let (backup, digest) = tokio::task::spawn_blocking(move || {
-            crate::backup::live::backup(&kv).map(|mut b| {
-                let digest = etcd_snapshot_frame(&mut b.db);
-                (b, digest)
-            })
+        let dir = s.cfg.data_dir.clone();
+        let (backup, framed) = tokio::task::spawn_blocking(move || {
+            let mut b = crate::backup::live::backup(&kv, |bytes| {
+                crate::backup::spool::Spool::for_snapshot(&dir, bytes)
+            })?;
+            let framed = etcd_snapshot_frame(&mut b.db, b.len)
+                .map_err(crate::backup::live::LiveBackupError::Io)?;
+            Ok::<_, crate::backup::live::LiveBackupError>((b, framed))
         })
         .await
         .map_err(|_| EtcdError::Stopped)?
@@ -941,8 +948,26 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             }
         })?;
         let header = s.header_info().header(backup.revision);
-        let chunks = snapshot_messages(backup.db, digest, header, SNAPSHOT_CHUNK_BYTES).map(Ok);
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let (len, digest) = framed;
+        let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_QUEUE_MESSAGES);
+        // Read on a blocking thread, at the client's pace (the channel is
+        // bounded); a client gone closes the channel and ends the thread.
+        tokio::task::spawn_blocking(move || {
+            let messages = snapshot_messages(backup.db, len, digest, header, SNAPSHOT_CHUNK_BYTES);
+            for m in messages {
+                let m = m.map_err(|e| {
+                    tracing::warn!(error = %e, "reading a backup back failed");
+                    Status::from(EtcdError::Internal(format!("reading the backup: {e}")))
+                });
+                let failed = m.is_err();
+                if tx.blocking_send(m).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn move_leader(
@@ -985,44 +1010,80 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 /// Page size etcd's tools expect a snapshot's body to be a multiple of.
 pub const SNAPSHOT_PAGE_BYTES: usize = 512;
 
-/// The `Snapshot` RPC's messages: `body` then `digest`, `chunk` bytes per
-/// message, the header on the first. Each message copies its bytes when it
-/// is taken (as the stream is polled), not all of them up front: one copy
-/// of the whole file in memory, not two.
-fn snapshot_messages(
-    body: Vec<u8>,
+/// Messages of a backup queued between the thread reading it back and
+/// the client's stream.
+pub const SNAPSHOT_QUEUE_MESSAGES: usize = 4;
+
+/// The `Snapshot` RPC's messages: `len` bytes of `body` then `digest`,
+/// `chunk` bytes per message, the header on the first. Each message's
+/// bytes are read when it is taken (as the stream is polled), not up
+/// front; a failed read is the last item.
+fn snapshot_messages<R: Read>(
+    mut body: R,
+    len: u64,
     digest: [u8; 32],
     header: pb::ResponseHeader,
     chunk: usize,
-) -> impl Iterator<Item = pb::SnapshotResponse> {
-    let chunk = chunk.max(1);
-    let total = body.len() + digest.len();
-    (0..total.div_ceil(chunk)).map(move |i| {
+) -> impl Iterator<Item = std::io::Result<pb::SnapshotResponse>> {
+    let chunk = chunk.max(1) as u64;
+    let total = len + digest.len() as u64;
+    let mut header = Some(header);
+    let mut failed = false;
+    (0..total.div_ceil(chunk)).map_while(move |i| {
+        if failed {
+            return None;
+        }
         let start = i * chunk;
         let end = (start + chunk).min(total);
-        let mut blob = body[start.min(body.len())..end.min(body.len())].to_vec();
-        if end > body.len() {
-            let from = start.saturating_sub(body.len());
-            blob.extend_from_slice(&digest[from..end - body.len()]);
+        let mut blob = vec![0; (end.min(len).saturating_sub(start)) as usize];
+        if let Err(e) = body.read_exact(&mut blob) {
+            failed = true;
+            return Some(Err(e));
         }
-        pb::SnapshotResponse {
-            header: (i == 0).then_some(header),
-            remaining_bytes: (total - end) as u64,
+        if end > len {
+            let from = start.saturating_sub(len) as usize;
+            blob.extend_from_slice(&digest[from..(end - len) as usize]);
+        }
+        Some(Ok(pb::SnapshotResponse {
+            header: header.take(),
+            remaining_bytes: total - end,
             blob,
-        }
+        }))
     })
 }
 
-/// Frames a backup the way etcd streams a snapshot: the body zero-padded to
-/// a multiple of [`SNAPSHOT_PAGE_BYTES`] (in place), and the SHA-256 of the
-/// padded body, which the stream sends after it (etcdctl checks this
-/// shape). The body is etcd's database ([`crate::backup::etcd_db::encode`],
-/// already whole pages, so no padding and no copy of it).
-pub fn etcd_snapshot_frame(body: &mut Vec<u8>) -> [u8; 32] {
+/// Frames a backup the way etcd streams a snapshot: the body (`len`
+/// bytes from offset 0 of `body`) zero-padded to a multiple of
+/// [`SNAPSHOT_PAGE_BYTES`] (in place), and the SHA-256 of the padded body,
+/// which the stream sends after it (etcdctl checks this shape). Returns the
+/// padded length and the digest, with `body` back at offset 0. The body is
+/// etcd's database ([`crate::backup::etcd_db::encode`], already whole
+/// pages, so no padding).
+///
+/// # Errors
+/// Reading or writing `body` failed.
+pub fn etcd_snapshot_frame<F: Read + Write + Seek>(
+    body: &mut F,
+    len: u64,
+) -> std::io::Result<(u64, [u8; 32])> {
     use sha2::Digest;
-    let padded = body.len().div_ceil(SNAPSHOT_PAGE_BYTES).max(1) * SNAPSHOT_PAGE_BYTES;
-    body.resize(padded, 0);
-    sha2::Sha256::digest(&body[..]).into()
+    use std::io::SeekFrom;
+    let page = SNAPSHOT_PAGE_BYTES as u64;
+    let padded = len.div_ceil(page).max(1) * page;
+    body.seek(SeekFrom::Start(len))?;
+    body.write_all(&vec![0; (padded - len) as usize])?;
+    body.seek(SeekFrom::Start(0))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0; SNAPSHOT_CHUNK_BYTES];
+    let mut left = padded;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        body.read_exact(&mut buf[..n])?;
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    body.seek(SeekFrom::Start(0))?;
+    Ok((padded, h.finalize().into()))
 }
 
 impl PeerService {
@@ -1197,9 +1258,15 @@ mod tests {
         let digest = [7u8; 32];
         let whole = [&body[..], &digest[..]].concat();
         for chunk in [1, 5, 31, 32, 33, 100, 131, 132, 4096] {
-            let msgs: Vec<_> =
-                snapshot_messages(body.clone(), digest, pb::ResponseHeader::default(), chunk)
-                    .collect();
+            let msgs: Vec<_> = snapshot_messages(
+                std::io::Cursor::new(&body),
+                body.len() as u64,
+                digest,
+                pb::ResponseHeader::default(),
+                chunk,
+            )
+            .map(Result::unwrap)
+            .collect();
             let sent: Vec<u8> = msgs.iter().flat_map(|m| m.blob.iter().copied()).collect();
             assert_eq!(sent, whole, "chunk {chunk}");
             assert!(msgs[0].header.is_some(), "chunk {chunk}");
@@ -1213,6 +1280,32 @@ mod tests {
                 left -= m.blob.len() as u64;
                 assert_eq!(m.remaining_bytes, left, "chunk {chunk}");
             }
+        }
+        // A body shorter than said: the read error is the last message.
+        let msgs: Vec<_> = snapshot_messages(
+            std::io::Cursor::new(&body[..50]),
+            body.len() as u64,
+            digest,
+            pb::ResponseHeader::default(),
+            32,
+        )
+        .collect();
+        assert_eq!(msgs.len(), 2, "one whole chunk, then the error");
+        assert!(msgs[0].is_ok() && msgs[1].is_err());
+    }
+
+    #[test]
+    fn a_framed_body_is_padded_to_whole_pages_and_its_digest_covers_the_padding() {
+        use sha2::Digest;
+        for len in [0usize, 1, 511, 512, 513, 4096] {
+            let mut f = std::io::Cursor::new(vec![9u8; len]);
+            let (padded, digest) = etcd_snapshot_frame(&mut f, len as u64).unwrap();
+            let body = f.into_inner();
+            assert_eq!(padded as usize, body.len(), "len {len}");
+            assert_eq!(body.len() % SNAPSHOT_PAGE_BYTES, 0, "len {len}");
+            assert!(body.len() >= len.max(1), "len {len}");
+            assert!(body[len..].iter().all(|b| *b == 0), "len {len}");
+            assert_eq!(digest, <[u8; 32]>::from(sha2::Sha256::digest(&body)));
         }
     }
 }

@@ -33,10 +33,12 @@
 //! only orders by it); past versions carry lease 0 (the store records a
 //! lease for live keys only, ADR 0015).
 
+use std::io::{self, Seek, Write};
+
 use metalraft_kv as kv;
 use prost::Message;
 
-use crate::bolt::{self, Bucket};
+use crate::bolt;
 use crate::proto::mvccpb;
 
 /// The bucket holding the `metalraft-kv` snapshot.
@@ -50,6 +52,9 @@ pub const DIGEST_KEY: &[u8] = b"etcd-sha256";
 pub const CLUSTER_VERSION: &str = "3.4.0";
 /// Changes read from the store per call while the `key` bucket is built.
 const CHANGES_PER_READ: usize = 4096;
+/// Keys read per range while the versions older than the compaction are
+/// listed.
+const KEYS_PER_READ: i64 = 4096;
 /// Bytes of an etcd revision key: main, `_`, sub.
 const REVISION_KEY_BYTES: usize = 17;
 
@@ -109,105 +114,117 @@ pub enum DbError {
     Inconsistent(kv::SnapshotError),
 }
 
-/// The store as etcd's database (without the trailing digest).
+/// Why a database could not be written ([`write_snapshot_db`]).
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The snapshot does not decode or is inconsistent.
+    #[error("the snapshot does not restore: {0}")]
+    Snapshot(kv::SnapshotError),
+    /// Writing the database failed (a full disk, ...).
+    #[error("writing the database: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The store as etcd's database (without the trailing digest), in memory.
 pub fn encode(store: &kv::MvccStore) -> Vec<u8> {
-    assemble(EtcdBuckets::of(store), store.snapshot())
+    let write = || -> io::Result<Vec<u8>> {
+        let mut db = bolt::DbWriter::new(io::Cursor::new(Vec::new()))?;
+        let digest = write_etcd_buckets(&mut db, store)?;
+        write_ours(&mut db, &store.snapshot(), digest)?;
+        Ok(db.finish()?.into_inner())
+    };
+    write().expect("writing to memory does not fail")
 }
 
 /// [`encode`] of the store a `metalraft-kv` snapshot holds (made by
-/// [`kv::MvccStore::snapshot`] or a [`kv::SnapshotStream`]): it is restored
-/// into a store of its own, so no lock on a live store is held while the
-/// database is built ([`super::live`]). The private store is dropped once
-/// etcd's buckets are read from it, and the snapshot once it is cut into
-/// the bucket's values, before the file is laid out: the peak holds the
-/// buckets and the file, not the store and the snapshot too.
+/// [`kv::MvccStore::snapshot`] or a [`kv::SnapshotStream`]), written page
+/// by page into `out` from its offset 0; returns `out` positioned at the
+/// database's end. The snapshot is restored into a store of its own, so no
+/// lock on a live store is held while the database is built
+/// ([`super::live`]). What it holds in memory at its peak is the snapshot
+/// and that store: etcd's items go to `out` as they are made, and the
+/// store is dropped before the snapshot is cut into the bucket's values.
 ///
 /// # Errors
-/// The snapshot does not decode or is inconsistent.
-pub fn encode_snapshot(snapshot: Vec<u8>) -> Result<Vec<u8>, kv::SnapshotError> {
-    let etcd = EtcdBuckets::of(&kv::MvccStore::restore(&snapshot)?);
-    Ok(assemble(etcd, snapshot))
-}
-
-/// etcd's `key`, `lease` and `meta` items of a store.
-struct EtcdBuckets {
-    keys: Vec<(Vec<u8>, Vec<u8>)>,
-    leases: Vec<(Vec<u8>, Vec<u8>)>,
-    meta: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-impl EtcdBuckets {
-    fn of(store: &kv::MvccStore) -> EtcdBuckets {
-        let mut meta = vec![(
-            b"consistent_index".to_vec(),
-            store.applied_index().to_be_bytes().to_vec(),
-        )];
-        let compacted = store.compact_revision();
-        if compacted > 0 {
-            let rev = revision_key(compacted, 0, false);
-            meta.push((b"finishedCompactRev".to_vec(), rev.clone()));
-            meta.push((b"scheduledCompactRev".to_vec(), rev));
-        }
-        meta.sort();
-        let leases = store
-            .leases()
-            .map(|(id, ttl)| {
-                let v = LeasePb {
-                    id,
-                    ttl,
-                    remaining_ttl: 0,
-                };
-                ((id as u64).to_be_bytes().to_vec(), v.encode_to_vec())
-            })
-            .collect();
-        EtcdBuckets {
-            keys: key_bucket(store),
-            leases,
-            meta,
-        }
-    }
-}
-
-/// The database: etcd's buckets and ours holding `snapshot`, the
-/// `metalraft-kv` snapshot of the same store.
-fn assemble(etcd: EtcdBuckets, snapshot: Vec<u8>) -> Vec<u8> {
-    let EtcdBuckets { keys, leases, meta } = etcd;
-    let digest = etcd_digest(
-        keys.iter().map(|(k, v)| (&k[..], &v[..])),
-        leases.iter().map(|(k, v)| (&k[..], &v[..])),
-    );
-    let mut ours: Vec<(Vec<u8>, Vec<u8>)> = snapshot
-        .chunks(CHUNK_BYTES)
-        .enumerate()
-        .map(|(i, c)| ((i as u64).to_be_bytes().to_vec(), c.to_vec()))
-        .collect();
+/// The snapshot does not decode or is inconsistent; writing to `out`
+/// failed.
+pub fn write_snapshot_db<W: Write + Seek>(snapshot: Vec<u8>, out: W) -> Result<W, EncodeError> {
+    let store = kv::MvccStore::restore(&snapshot).map_err(EncodeError::Snapshot)?;
+    let mut db = bolt::DbWriter::new(out)?;
+    let digest = write_etcd_buckets(&mut db, &store)?;
+    drop(store);
+    write_ours(&mut db, &snapshot, digest)?;
     drop(snapshot);
-    ours.push((DIGEST_KEY.to_vec(), digest.to_vec()));
-    bolt::write_db(&[
-        Bucket {
-            name: b"cluster".to_vec(),
-            items: vec![(
-                b"clusterVersion".to_vec(),
-                CLUSTER_VERSION.as_bytes().to_vec(),
-            )],
-        },
-        Bucket {
-            name: b"key".to_vec(),
-            items: keys,
-        },
-        Bucket {
-            name: b"lease".to_vec(),
-            items: leases,
-        },
-        Bucket {
-            name: b"meta".to_vec(),
-            items: meta,
-        },
-        Bucket {
-            name: METALRAFT_BUCKET.to_vec(),
-            items: ours,
-        },
-    ])
+    Ok(db.finish()?)
+}
+
+/// Writes etcd's `cluster`, `key`, `lease` and `meta` buckets of `store`
+/// and returns the digest of the `key` and `lease` items ([`DIGEST_KEY`]).
+fn write_etcd_buckets<W: Write + Seek>(
+    db: &mut bolt::DbWriter<W>,
+    store: &kv::MvccStore,
+) -> io::Result<[u8; 32]> {
+    let mut b = db.bucket(b"cluster");
+    b.push(b"clusterVersion", CLUSTER_VERSION.as_bytes())?;
+    b.finish()?;
+    let mut digest = EtcdDigest::default();
+    digest.bucket(b"key");
+    let mut b = db.bucket(b"key");
+    key_items(store, |k, v| {
+        digest.item(k, v);
+        b.push(k, v)
+    })?;
+    b.finish()?;
+    digest.bucket(b"lease");
+    let mut leases: Vec<_> = store
+        .leases()
+        .map(|(id, ttl)| {
+            let v = LeasePb {
+                id,
+                ttl,
+                remaining_ttl: 0,
+            };
+            ((id as u64).to_be_bytes(), v.encode_to_vec())
+        })
+        .collect();
+    leases.sort();
+    let mut b = db.bucket(b"lease");
+    for (k, v) in &leases {
+        digest.item(k, v);
+        b.push(k, v)?;
+    }
+    b.finish()?;
+    let mut meta = vec![(
+        b"consistent_index".to_vec(),
+        store.applied_index().to_be_bytes().to_vec(),
+    )];
+    let compacted = store.compact_revision();
+    if compacted > 0 {
+        let rev = revision_key(compacted, 0, false);
+        meta.push((b"finishedCompactRev".to_vec(), rev.clone()));
+        meta.push((b"scheduledCompactRev".to_vec(), rev));
+    }
+    meta.sort();
+    let mut b = db.bucket(b"meta");
+    for (k, v) in &meta {
+        b.push(k, v)?;
+    }
+    b.finish()?;
+    Ok(digest.finish())
+}
+
+/// Writes our bucket: `snapshot` in [`CHUNK_BYTES`] values, then `digest`.
+fn write_ours<W: Write + Seek>(
+    db: &mut bolt::DbWriter<W>,
+    snapshot: &[u8],
+    digest: [u8; 32],
+) -> io::Result<()> {
+    let mut b = db.bucket(METALRAFT_BUCKET);
+    for (i, chunk) in snapshot.chunks(CHUNK_BYTES).enumerate() {
+        b.push(&(i as u64).to_be_bytes(), chunk)?;
+    }
+    b.push(DIGEST_KEY, &digest)?;
+    b.finish()
 }
 
 /// The `metalraft-kv` snapshot a database written by [`encode`] holds.
@@ -237,22 +254,37 @@ fn etcd_digest<'a>(
     keys: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     leases: impl Iterator<Item = (&'a [u8], &'a [u8])>,
 ) -> [u8; 32] {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    for (bucket, items) in [
-        (&b"key"[..], keys.collect::<Vec<_>>()),
-        (b"lease", leases.collect()),
-    ] {
-        h.update((bucket.len() as u64).to_le_bytes());
-        h.update(bucket);
-        for (k, v) in items {
-            h.update((k.len() as u64).to_le_bytes());
-            h.update(k);
-            h.update((v.len() as u64).to_le_bytes());
-            h.update(v);
-        }
+    let mut d = EtcdDigest::default();
+    d.bucket(b"key");
+    keys.for_each(|(k, v)| d.item(k, v));
+    d.bucket(b"lease");
+    leases.for_each(|(k, v)| d.item(k, v));
+    d.finish()
+}
+
+/// [`etcd_digest`], fed one bucket and item at a time as they are written.
+#[derive(Default)]
+struct EtcdDigest(sha2::Sha256);
+
+impl EtcdDigest {
+    fn bucket(&mut self, name: &[u8]) {
+        use sha2::Digest;
+        self.0.update((name.len() as u64).to_le_bytes());
+        self.0.update(name);
     }
-    h.finalize().into()
+
+    fn item(&mut self, k: &[u8], v: &[u8]) {
+        use sha2::Digest;
+        self.0.update((k.len() as u64).to_le_bytes());
+        self.0.update(k);
+        self.0.update((v.len() as u64).to_le_bytes());
+        self.0.update(v);
+    }
+
+    fn finish(self) -> [u8; 32] {
+        use sha2::Digest;
+        self.0.finalize().into()
+    }
 }
 
 /// The store a backup holds: metalraft's own snapshot if the database has
@@ -472,34 +504,31 @@ fn key_value(kv: &kv::KeyValue, lease: i64) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// The `key` bucket: the versions live at the compact revision that are
-/// older than it, then every change from the compact revision on.
-fn key_bucket(store: &kv::MvccStore) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// The `key` bucket's items, in order, each given to `item` as it is
+/// made: the versions live at the compact revision that are older than it,
+/// then every change from the compact revision on.
+fn key_items(
+    store: &kv::MvccStore,
+    mut item: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
     let compacted = store.compact_revision();
-    let mut items = Vec::new();
-    if compacted > 1 {
-        let req = kv::RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            revision: compacted,
-            max_mod_revision: compacted - 1,
-            ..kv::RangeRequest::default()
-        };
+    let mut sub = 0;
+    let mut last = 0;
+    for (rev, key) in older_than_compaction(store) {
+        sub = if rev == last { sub + 1 } else { 0 };
+        last = rev;
         // The compact revision is always readable.
-        if let Ok(resp) = store.range(&req) {
-            let mut kvs = resp.kvs;
-            kvs.sort_by(|a, b| (a.mod_revision, &a.key).cmp(&(b.mod_revision, &b.key)));
-            let mut sub = 0;
-            let mut last = 0;
-            for kv in &kvs {
-                sub = if kv.mod_revision == last { sub + 1 } else { 0 };
-                last = kv.mod_revision;
-                let lease = store.key_lease(&kv.key, kv.mod_revision);
-                items.push((
-                    revision_key(kv.mod_revision, sub, false),
-                    key_value(kv, lease),
-                ));
-            }
+        let req = kv::RangeRequest {
+            revision: compacted,
+            ..kv::RangeRequest::single(&key)
+        };
+        if let Some(kv) = store
+            .range(&req)
+            .ok()
+            .and_then(|r| r.kvs.into_iter().next())
+        {
+            let lease = store.key_lease(&kv.key, kv.mod_revision);
+            item(&revision_key(rev, sub, false), &key_value(&kv, lease))?;
         }
     }
     let mut next = compacted.max(1);
@@ -513,32 +542,72 @@ fn key_bucket(store: &kv::MvccStore) -> Vec<(Vec<u8>, Vec<u8>)> {
             let rev = c.kv.mod_revision;
             sub = if rev == last { sub + 1 } else { 0 };
             last = rev;
-            let (key, value) = match c.kind {
+            match c.kind {
                 // A deletion at the compact revision is gone in etcd too.
                 kv::ChangeKind::Delete if rev <= compacted => continue,
-                kv::ChangeKind::Delete => (
-                    revision_key(rev, sub, true),
-                    mvccpb::KeyValue {
+                kv::ChangeKind::Delete => item(
+                    &revision_key(rev, sub, true),
+                    &mvccpb::KeyValue {
                         key: c.kv.key.clone(),
                         ..Default::default()
                     }
                     .encode_to_vec(),
-                ),
-                kv::ChangeKind::Put => (revision_key(rev, sub, false), key_value(&c.kv, c.lease)),
-            };
-            items.push((key, value));
+                )?,
+                kv::ChangeKind::Put => {
+                    item(&revision_key(rev, sub, false), &key_value(&c.kv, c.lease))?;
+                }
+            }
         }
         if batch.next_revision <= next {
             break;
         }
         next = batch.next_revision;
     }
-    items
+    Ok(())
+}
+
+/// The versions live at the compact revision whose revision is older than
+/// it, as (mod revision, key), in etcd's order: by revision, then key (the
+/// store does not keep their sub-revisions). Keys only, read
+/// [`KEYS_PER_READ`] at a time: the values are read one by one as they are
+/// written, so this list is the only copy of them all.
+fn older_than_compaction(store: &kv::MvccStore) -> Vec<(i64, Vec<u8>)> {
+    let compacted = store.compact_revision();
+    let mut out = Vec::new();
+    if compacted <= 1 {
+        return out;
+    }
+    let mut from = vec![0];
+    loop {
+        let req = kv::RangeRequest {
+            key: from,
+            range_end: vec![0],
+            revision: compacted,
+            keys_only: true,
+            limit: KEYS_PER_READ,
+            ..kv::RangeRequest::default()
+        };
+        let Ok(resp) = store.range(&req) else { break };
+        let Some(last) = resp.kvs.last() else { break };
+        from = [&last.key[..], &[0]].concat();
+        out.extend(
+            resp.kvs
+                .into_iter()
+                .filter(|kv| kv.mod_revision < compacted)
+                .map(|kv| (kv.mod_revision, kv.key)),
+        );
+        if !resp.more {
+            break;
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bolt::Bucket;
 
     fn put(s: &mut kv::MvccStore, index: u64, key: &str, value: &str) {
         let cmd = kv::Command::Put(kv::PutRequest {
@@ -690,6 +759,63 @@ mod tests {
         assert_eq!(back.lease(7), s.lease(7));
         // The same through restore(), which picks the path by the bucket.
         assert_eq!(read_at(&restore(&db).unwrap(), 0), read_at(&s, 0));
+    }
+
+    #[test]
+    fn more_live_keys_at_the_compaction_than_one_read_and_a_file_sink_write_the_same_database() {
+        // Over two reads of keys older than the compaction, their revisions
+        // not in key order (written z..a, then every third overwritten);
+        // then changes after the compaction.
+        let mut s = kv::MvccStore::new();
+        let keys = KEYS_PER_READ as usize + 300;
+        let mut index = 0;
+        for i in (0..keys).rev() {
+            index += 1;
+            put(&mut s, index, &format!("k{i:05}"), &format!("v{i}"));
+        }
+        for i in (0..keys).step_by(3) {
+            index += 1;
+            put(&mut s, index, &format!("k{i:05}"), "again");
+        }
+        let compact_at = s.revision() - 5;
+        index += 1;
+        let compact = kv::Command::Compact(kv::CompactionRequest {
+            revision: compact_at,
+        });
+        s.apply(index, &compact).unwrap();
+        for i in 0..3 {
+            index += 1;
+            put(&mut s, index, &format!("k{i:05}"), "after");
+        }
+        let db = encode(&s);
+        let d = bolt::Db::open(&db).unwrap();
+        let items = d.bucket(b"key").unwrap().unwrap();
+        // Every key's version live at the compaction, plus the 5 versions
+        // written after it before the compaction was applied, plus the 3
+        // puts since.
+        assert_eq!(items.len(), keys + 5 + 3);
+        assert!(items.windows(2).all(|w| w[0].0 < w[1].0));
+        let back = import(&etcd_only(&db)).unwrap();
+        for rev in [compact_at, s.revision()] {
+            assert_eq!(read_at(&back, rev), read_at(&s, rev), "at revision {rev}");
+        }
+        // Written page by page into a file: the same bytes.
+        let file = tempfile::tempfile().unwrap();
+        let mut file = write_snapshot_db(s.snapshot(), file).unwrap();
+        let len = file.stream_position().unwrap();
+        let mut back = Vec::new();
+        file.seek(io::SeekFrom::Start(0)).unwrap();
+        io::Read::read_to_end(&mut file, &mut back).unwrap();
+        assert_eq!(len, back.len() as u64);
+        assert!(back == db, "the file differs from the database in memory");
+        // A damaged snapshot is an error, not a database.
+        let mut bad = s.snapshot();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xff;
+        assert!(matches!(
+            write_snapshot_db(bad, io::Cursor::new(Vec::new())),
+            Err(EncodeError::Snapshot(_))
+        ));
     }
 
     #[test]

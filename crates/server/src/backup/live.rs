@@ -11,12 +11,15 @@
 //!    records), and released for [`BACKUP_STEP_PAUSE`] after each, so
 //!    applies go on between steps; the stream's contract makes the bytes
 //!    exactly the snapshot of the store as it was when the backup began;
-//! 2. the database is built from those bytes with no lock at all
-//!    ([`super::etcd_db::encode_snapshot`]).
+//! 2. the database is built from those bytes with no lock at all and
+//!    written page by page into the caller's sink — the RPC's is an
+//!    anonymous file in the data directory, so the database is never whole
+//!    in memory ([`super::etcd_db::write_snapshot_db`]).
 //!
 //! A compaction accepted (or a snapshot installed) mid-backup invalidates
 //! the stream; the backup starts over, at most [`BACKUP_ATTEMPTS`] times.
 
+use std::io::{Seek, Write};
 use std::sync::RwLock;
 
 use metalraft_kv as kv;
@@ -55,14 +58,28 @@ pub enum LiveBackupError {
     /// The snapshot just taken does not restore (a bug).
     #[error("the backup's snapshot does not restore: {0}")]
     Snapshot(kv::SnapshotError),
+    /// Writing the database failed (a full disk, ...).
+    #[error("writing the backup: {0}")]
+    Io(std::io::Error),
+}
+
+impl From<super::etcd_db::EncodeError> for LiveBackupError {
+    fn from(e: super::etcd_db::EncodeError) -> Self {
+        match e {
+            super::etcd_db::EncodeError::Snapshot(e) => LiveBackupError::Snapshot(e),
+            super::etcd_db::EncodeError::Io(e) => LiveBackupError::Io(e),
+        }
+    }
 }
 
 /// A backup taken from the live store.
 #[derive(Debug)]
-pub struct LiveBackup {
-    /// etcd's database ([`super::etcd_db::encode`]), without the trailing
-    /// SHA-256.
-    pub db: Vec<u8>,
+pub struct LiveBackup<W> {
+    /// The sink, holding etcd's database ([`super::etcd_db::encode`]) from
+    /// offset 0, without the trailing SHA-256, and positioned at its end.
+    pub db: W,
+    /// The database's length in bytes (whole pages).
+    pub len: u64,
     /// The store's revision the backup holds.
     pub revision: i64,
 }
@@ -138,9 +155,14 @@ pub fn snapshot_in_steps(
     })
 }
 
-/// A backup of `store` as it is at the call. Blocking (CPU-bound, O(data +
-/// history)): run it off the async runtime.
-pub fn backup(store: &RwLock<kv::MvccStore>) -> Result<LiveBackup, LiveBackupError> {
+/// A backup of `store` as it is at the call, written from offset 0 into
+/// the sink `sink` makes once the size of the store's snapshot is known
+/// (see [`super::spool::Spool::for_snapshot`]). Blocking (CPU-bound, O(data
+/// + history)): run it off the async runtime.
+pub fn backup<W: Write + Seek>(
+    store: &RwLock<kv::MvccStore>,
+    sink: impl FnOnce(u64) -> W,
+) -> Result<LiveBackup<W>, LiveBackupError> {
     let start = std::time::Instant::now();
     let Stepped {
         bytes,
@@ -150,18 +172,20 @@ pub fn backup(store: &RwLock<kv::MvccStore>) -> Result<LiveBackup, LiveBackupErr
     } = snapshot_in_steps(store, || {})?;
     let stepped = start.elapsed();
     let snapshot_bytes = bytes.len();
-    let db = super::etcd_db::encode_snapshot(bytes).map_err(LiveBackupError::Snapshot)?;
+    let out = sink(snapshot_bytes as u64);
+    let mut db = super::etcd_db::write_snapshot_db(bytes, out)?;
+    let len = db.stream_position().map_err(LiveBackupError::Io)?;
     tracing::info!(
         revision,
         snapshot_bytes,
-        db_bytes = db.len(),
+        db_bytes = len,
         snapshot_ms = stepped.as_millis() as u64,
         steps,
         longest_lock_hold_us = longest_hold.as_micros() as u64,
         db_ms = (start.elapsed() - stepped).as_millis() as u64,
         "backup built"
     );
-    Ok(LiveBackup { db, revision })
+    Ok(LiveBackup { db, len, revision })
 }
 
 #[cfg(test)]
@@ -262,9 +286,11 @@ mod tests {
     #[test]
     fn the_backup_is_the_database_of_the_store() {
         let lock = RwLock::new(store_with(100));
-        let b = backup(&lock).unwrap();
+        let b = backup(&lock, |_| std::io::Cursor::new(Vec::new())).unwrap();
         let s = lock.read().unwrap();
         assert_eq!(b.revision, s.revision());
-        assert_eq!(b.db, super::super::etcd_db::encode(&s));
+        let db = b.db.into_inner();
+        assert_eq!(b.len, db.len() as u64);
+        assert_eq!(db, super::super::etcd_db::encode(&s));
     }
 }

@@ -23,6 +23,7 @@
 
 pub mod etcd_db;
 pub mod live;
+pub mod spool;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -20,7 +20,7 @@ mod read;
 mod write;
 
 pub use read::{Db, Items, MAX_DEPTH};
-pub use write::{write_db, Bucket};
+pub use write::{write_db, Bucket, BucketWriter, DbWriter};
 
 /// Page size of the databases written here (etcd's on Linux/x86-64).
 pub const PAGE_BYTES: usize = 4096;

@@ -1,4 +1,5 @@
 use super::*;
+use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 
 fn bucket(name: &str, items: &[(&[u8], &[u8])]) -> Bucket {
     Bucket {
@@ -140,4 +141,82 @@ fn a_cycle_or_a_page_out_of_range_is_refused() {
     out[child..child + 8].copy_from_slice(&u64::MAX.to_le_bytes());
     let err = Db::open(&out).unwrap().bucket(b"b").unwrap_err();
     assert!(matches!(err, BoltError::OutOfBounds { .. }), "{err:?}");
+}
+
+#[test]
+fn buckets_written_in_any_order_into_a_file_read_back_sorted() {
+    let mut file = tempfile::tempfile().unwrap();
+    let mut db = DbWriter::new(&mut file).unwrap();
+    let big: Vec<(Vec<u8>, Vec<u8>)> = (0u32..20_000)
+        .map(|i| (i.to_be_bytes().to_vec(), vec![i as u8; 40]))
+        .collect();
+    for (name, items) in [("z", &big[..]), ("a", &big[..3]), ("m", &[][..])] {
+        let mut b = db.bucket(name.as_bytes());
+        for (k, v) in items {
+            b.push(k, v).unwrap();
+        }
+        b.finish().unwrap();
+    }
+    let end = db.finish().unwrap().stream_position().unwrap();
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0)).unwrap();
+    file.read_to_end(&mut bytes).unwrap();
+    assert_eq!(end, bytes.len() as u64);
+    assert_eq!(bytes.len() % PAGE_BYTES, 0);
+    let db = Db::open(&bytes).unwrap();
+    let names: Vec<&[u8]> = db.buckets().unwrap().iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, vec![&b"a"[..], b"m", b"z"]);
+    assert_eq!(owned(db.bucket(b"z").unwrap().unwrap()), big);
+    assert_eq!(owned(db.bucket(b"a").unwrap().unwrap()), big[..3].to_vec());
+    assert!(db.bucket(b"m").unwrap().unwrap().is_empty());
+}
+
+/// A sink that takes `left` bytes, then fails like a full disk.
+#[derive(Debug)]
+struct Full {
+    inner: Cursor<Vec<u8>>,
+    left: usize,
+}
+
+impl Write for Full {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.left {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        self.left -= buf.len();
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for Full {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+#[test]
+fn a_sink_that_fills_up_is_an_error_at_the_write_that_failed() {
+    let items: Vec<(Vec<u8>, Vec<u8>)> = (0u32..5_000)
+        .map(|i| (i.to_be_bytes().to_vec(), vec![1; 100]))
+        .collect();
+    for left in [0, PAGE_BYTES, 3 * PAGE_BYTES, 40 * PAGE_BYTES] {
+        let result = (|| {
+            let mut db = DbWriter::new(Full {
+                inner: Cursor::new(Vec::new()),
+                left,
+            })?;
+            let mut b = db.bucket(b"b");
+            for (k, v) in &items {
+                b.push(k, v)?;
+            }
+            b.finish()?;
+            db.finish()
+        })();
+        let err = result.expect_err("a full sink");
+        assert_eq!(err.raw_os_error(), Some(28), "left {left}");
+    }
 }
