@@ -142,6 +142,13 @@ fn a_stream_emits_the_frozen_snapshot_while_the_store_keeps_applying() {
             "it applied meanwhile"
         );
         assert_eq!(MvccStore::restore(&got).unwrap(), frozen, "seed {seed}");
+        // The leases as frozen, whatever was granted, revoked or attached
+        // since.
+        let leases: Vec<LeaseInfo> = frozen
+            .leases()
+            .map(|(id, _)| frozen.lease(id).unwrap())
+            .collect();
+        assert_eq!(stream.leases().unwrap(), leases, "seed {seed}");
 
         // A second pass (length first, then the bytes) gives the same bytes.
         stream.rewind();

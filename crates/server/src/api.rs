@@ -932,7 +932,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         let dir = s.cfg.data_dir.clone();
         let (backup, framed) = tokio::task::spawn_blocking(move || {
             let mut b = crate::backup::live::backup(&kv, |bytes| {
-                crate::backup::spool::Spool::for_snapshot(&dir, bytes)
+                crate::backup::spool::Spool::for_store(&dir, bytes)
             })?;
             let framed = etcd_snapshot_frame(&mut b.db, b.len)
                 .map_err(crate::backup::live::LiveBackupError::Io)?;

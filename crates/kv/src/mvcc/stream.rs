@@ -321,6 +321,27 @@ impl SnapshotStream {
         &self.leases
     }
 
+    /// The frozen leases, decoded: each lease with its TTL and the keys
+    /// attached to it when the stream was made, by ID. For a caller that
+    /// needs the leases as of the snapshot's revision (a backup in etcd's
+    /// layout) while the store keeps applying.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Malformed`] only if this crate's own encoding does
+    /// not decode (a bug).
+    pub fn leases(&self) -> Result<Vec<super::LeaseInfo>, crate::SnapshotError> {
+        let leases: Vec<super::snapshot::SnapLease> = crate::codec::decode_exact(&self.leases)
+            .map_err(|_| crate::SnapshotError::Malformed)?;
+        Ok(leases
+            .into_iter()
+            .map(|l| super::LeaseInfo {
+                id: l.id,
+                ttl: l.ttl,
+                keys: l.keys.into_iter().map(|k| k.0).collect(),
+            })
+            .collect())
+    }
+
     /// Starts the output over from the first byte (the same bytes come
     /// again; keys already counted are not counted twice). For a caller
     /// that measures the length in a first pass and writes in a second.

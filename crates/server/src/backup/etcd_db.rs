@@ -50,11 +50,9 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 pub const DIGEST_KEY: &[u8] = b"etcd-sha256";
 /// etcd's cluster version recorded in the `cluster` bucket.
 pub const CLUSTER_VERSION: &str = "3.4.0";
-/// Changes read from the store per call while the `key` bucket is built.
+/// Most changes read from the store per step while the `key` bucket is
+/// built.
 const CHANGES_PER_READ: usize = 4096;
-/// Keys read per range while the versions older than the compaction are
-/// listed.
-const KEYS_PER_READ: i64 = 4096;
 /// Bytes of an etcd revision key: main, `_`, sub.
 const REVISION_KEY_BYTES: usize = 17;
 
@@ -114,77 +112,131 @@ pub enum DbError {
     Inconsistent(kv::SnapshotError),
 }
 
-/// Why a database could not be written ([`write_snapshot_db`]).
+/// Why a database could not be built in steps ([`write_in_steps`]).
 #[derive(Debug, thiserror::Error)]
-pub enum EncodeError {
-    /// The snapshot does not decode or is inconsistent.
-    #[error("the snapshot does not restore: {0}")]
-    Snapshot(kv::SnapshotError),
+pub enum BuildError {
+    /// The store was compacted or replaced between two steps: the history
+    /// the database needs may be gone; start over.
+    #[error("the store changed under the backup")]
+    Changed,
+    /// The store's lock is poisoned: the member is stopping.
+    #[error("the store is unavailable (the member is stopping)")]
+    Unavailable,
     /// Writing the database failed (a full disk, ...).
     #[error("writing the database: {0}")]
     Io(#[from] io::Error),
 }
 
+/// The store a database is built from, as frozen when the build began
+/// (what a [`kv::SnapshotStream`] made at the same moment holds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frozen {
+    /// The store's revision.
+    pub revision: i64,
+    /// Its compact revision.
+    pub compact_revision: i64,
+    /// Its applied index.
+    pub applied_index: u64,
+    /// Its leases with their keys ([`kv::SnapshotStream::leases`]).
+    pub leases: Vec<kv::LeaseInfo>,
+}
+
+impl Frozen {
+    /// `store` as it is now.
+    pub fn of(store: &kv::MvccStore) -> Frozen {
+        Frozen {
+            revision: store.revision(),
+            compact_revision: store.compact_revision(),
+            applied_index: store.applied_index(),
+            leases: store
+                .leases()
+                .filter_map(|(id, _)| store.lease(id))
+                .collect(),
+        }
+    }
+
+    /// Whether `store` still holds everything a build from this freeze
+    /// reads: no compaction accepted since, not replaced by an older state
+    /// (the rule of [`kv::SnapshotStream`]).
+    pub fn still_readable_in(&self, store: &kv::MvccStore) -> bool {
+        store.compact_revision() == self.compact_revision
+            && store.revision() >= self.revision
+            && store.applied_index() >= self.applied_index
+    }
+}
+
 /// The store as etcd's database (without the trailing digest), in memory.
 pub fn encode(store: &kv::MvccStore) -> Vec<u8> {
-    let write = || -> io::Result<Vec<u8>> {
-        let mut db = bolt::DbWriter::new(io::Cursor::new(Vec::new()))?;
-        let digest = write_etcd_buckets(&mut db, store)?;
-        write_ours(&mut db, &store.snapshot(), digest)?;
-        Ok(db.finish()?.into_inner())
-    };
-    write().expect("writing to memory does not fail")
+    let frozen = Frozen::of(store);
+    let mut snapshot = Some(store.snapshot());
+    let db = write_in_steps(
+        io::Cursor::new(Vec::new()),
+        &frozen,
+        |reader, items| reader.step(store, usize::MAX, items),
+        |out| {
+            out.extend(snapshot.take().unwrap_or_default());
+            Ok(true)
+        },
+    );
+    match db {
+        Ok(db) => db.into_inner(),
+        Err(e) => unreachable!("an unchanged store in memory: {e}"),
+    }
 }
 
-/// [`encode`] of the store a `metalraft-kv` snapshot holds (made by
-/// [`kv::MvccStore::snapshot`] or a [`kv::SnapshotStream`]), written page
-/// by page into `out` from its offset 0; returns `out` positioned at the
-/// database's end. The snapshot is restored into a store of its own, so no
-/// lock on a live store is held while the database is built
-/// ([`super::live`]). What it holds in memory at its peak is the snapshot
-/// and that store: etcd's items go to `out` as they are made, and the
-/// store is dropped before the snapshot is cut into the bucket's values.
+/// Builds etcd's database of the store `frozen` describes into `out`
+/// (from its offset 0; returned positioned at the database's end), page by
+/// page, from steps the caller runs — each with whatever lock it needs,
+/// and with the store free to apply in between ([`super::live`]):
+/// `key_step` runs one step of a [`KeyBucketReader`] over the store,
+/// `snapshot_step` appends the next bytes of the store's `metalraft-kv`
+/// snapshot (a [`kv::SnapshotStream`] made with the freeze) and says
+/// whether it is complete. Nothing is held in memory but one step's items
+/// and one of our bucket's values.
 ///
 /// # Errors
-/// The snapshot does not decode or is inconsistent; writing to `out`
-/// failed.
-pub fn write_snapshot_db<W: Write + Seek>(snapshot: Vec<u8>, out: W) -> Result<W, EncodeError> {
-    let store = kv::MvccStore::restore(&snapshot).map_err(EncodeError::Snapshot)?;
+/// A step found the store changed ([`BuildError::Changed`]); writing to
+/// `out` failed.
+pub fn write_in_steps<W: Write + Seek>(
+    out: W,
+    frozen: &Frozen,
+    mut key_step: impl FnMut(
+        &mut KeyBucketReader,
+        &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<bool, BuildError>,
+    mut snapshot_step: impl FnMut(&mut Vec<u8>) -> Result<bool, BuildError>,
+) -> Result<W, BuildError> {
     let mut db = bolt::DbWriter::new(out)?;
-    let digest = write_etcd_buckets(&mut db, &store)?;
-    drop(store);
-    write_ours(&mut db, &snapshot, digest)?;
-    drop(snapshot);
-    Ok(db.finish()?)
-}
-
-/// Writes etcd's `cluster`, `key`, `lease` and `meta` buckets of `store`
-/// and returns the digest of the `key` and `lease` items ([`DIGEST_KEY`]).
-fn write_etcd_buckets<W: Write + Seek>(
-    db: &mut bolt::DbWriter<W>,
-    store: &kv::MvccStore,
-) -> io::Result<[u8; 32]> {
     let mut b = db.bucket(b"cluster");
     b.push(b"clusterVersion", CLUSTER_VERSION.as_bytes())?;
     b.finish()?;
     let mut digest = EtcdDigest::default();
     digest.bucket(b"key");
     let mut b = db.bucket(b"key");
-    key_items(store, |k, v| {
-        digest.item(k, v);
-        b.push(k, v)
-    })?;
+    let mut reader = KeyBucketReader::new(frozen);
+    let mut items = Vec::new();
+    loop {
+        let done = key_step(&mut reader, &mut items)?;
+        for (k, v) in items.drain(..) {
+            digest.item(&k, &v);
+            b.push(&k, &v)?;
+        }
+        if done {
+            break;
+        }
+    }
     b.finish()?;
     digest.bucket(b"lease");
-    let mut leases: Vec<_> = store
-        .leases()
-        .map(|(id, ttl)| {
+    let mut leases: Vec<_> = frozen
+        .leases
+        .iter()
+        .map(|l| {
             let v = LeasePb {
-                id,
-                ttl,
+                id: l.id,
+                ttl: l.ttl,
                 remaining_ttl: 0,
             };
-            ((id as u64).to_be_bytes(), v.encode_to_vec())
+            ((l.id as u64).to_be_bytes(), v.encode_to_vec())
         })
         .collect();
     leases.sort();
@@ -196,11 +248,10 @@ fn write_etcd_buckets<W: Write + Seek>(
     b.finish()?;
     let mut meta = vec![(
         b"consistent_index".to_vec(),
-        store.applied_index().to_be_bytes().to_vec(),
+        frozen.applied_index.to_be_bytes().to_vec(),
     )];
-    let compacted = store.compact_revision();
-    if compacted > 0 {
-        let rev = revision_key(compacted, 0, false);
+    if frozen.compact_revision > 0 {
+        let rev = revision_key(frozen.compact_revision, 0, false);
         meta.push((b"finishedCompactRev".to_vec(), rev.clone()));
         meta.push((b"scheduledCompactRev".to_vec(), rev));
     }
@@ -210,21 +261,25 @@ fn write_etcd_buckets<W: Write + Seek>(
         b.push(k, v)?;
     }
     b.finish()?;
-    Ok(digest.finish())
-}
-
-/// Writes our bucket: `snapshot` in [`CHUNK_BYTES`] values, then `digest`.
-fn write_ours<W: Write + Seek>(
-    db: &mut bolt::DbWriter<W>,
-    snapshot: &[u8],
-    digest: [u8; 32],
-) -> io::Result<()> {
+    // Our bucket: the snapshot in CHUNK_BYTES values, then the digest.
     let mut b = db.bucket(METALRAFT_BUCKET);
-    for (i, chunk) in snapshot.chunks(CHUNK_BYTES).enumerate() {
-        b.push(&(i as u64).to_be_bytes(), chunk)?;
+    let mut chunk = Vec::with_capacity(CHUNK_BYTES);
+    let mut n = 0u64;
+    loop {
+        let done = snapshot_step(&mut chunk)?;
+        while chunk.len() >= CHUNK_BYTES || (done && !chunk.is_empty()) {
+            let take = chunk.len().min(CHUNK_BYTES);
+            b.push(&n.to_be_bytes(), &chunk[..take])?;
+            chunk.drain(..take);
+            n += 1;
+        }
+        if done {
+            break;
+        }
     }
-    b.push(DIGEST_KEY, &digest)?;
-    b.finish()
+    b.push(DIGEST_KEY, &digest.finish())?;
+    b.finish()?;
+    Ok(db.finish()?)
 }
 
 /// The `metalraft-kv` snapshot a database written by [`encode`] holds.
@@ -504,104 +559,242 @@ fn key_value(kv: &kv::KeyValue, lease: i64) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// The `key` bucket's items, in order, each given to `item` as it is
-/// made: the versions live at the compact revision that are older than it,
-/// then every change from the compact revision on.
-fn key_items(
-    store: &kv::MvccStore,
-    mut item: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
-) -> io::Result<()> {
-    let compacted = store.compact_revision();
-    let mut sub = 0;
-    let mut last = 0;
-    for (rev, key) in older_than_compaction(store) {
-        sub = if rev == last { sub + 1 } else { 0 };
-        last = rev;
-        // The compact revision is always readable.
-        let req = kv::RangeRequest {
-            revision: compacted,
-            ..kv::RangeRequest::single(&key)
-        };
-        if let Some(kv) = store
-            .range(&req)
-            .ok()
-            .and_then(|r| r.kvs.into_iter().next())
-        {
-            let lease = store.key_lease(&kv.key, kv.mod_revision);
-            item(&revision_key(rev, sub, false), &key_value(&kv, lease))?;
-        }
-    }
-    let mut next = compacted.max(1);
-    let mut sub = 0;
-    let mut last = 0;
-    while next <= store.revision() {
-        let Ok(batch) = store.changes(next, &[0], &[0], CHANGES_PER_READ) else {
-            break;
-        };
-        for c in &batch.changes {
-            let rev = c.kv.mod_revision;
-            sub = if rev == last { sub + 1 } else { 0 };
-            last = rev;
-            match c.kind {
-                // A deletion at the compact revision is gone in etcd too.
-                kv::ChangeKind::Delete if rev <= compacted => continue,
-                kv::ChangeKind::Delete => item(
-                    &revision_key(rev, sub, true),
-                    &mvccpb::KeyValue {
-                        key: c.kv.key.clone(),
-                        ..Default::default()
-                    }
-                    .encode_to_vec(),
-                )?,
-                kv::ChangeKind::Put => {
-                    item(&revision_key(rev, sub, false), &key_value(&c.kv, c.lease))?;
-                }
-            }
-        }
-        if batch.next_revision <= next {
-            break;
-        }
-        next = batch.next_revision;
-    }
-    Ok(())
+/// etcd's `key` bucket of a store frozen at a revision ([`Frozen`]), read
+/// in bounded steps while the store keeps applying: first the versions live
+/// at the compact revision that are older than it (listed keys only, then
+/// sorted by revision and read one by one), then every change from the
+/// compact revision to the frozen revision. Everything it reads at a
+/// revision at or below the frozen one stays readable as long as
+/// [`Frozen::still_readable_in`] holds, which every step checks.
+///
+/// A version's lease is the one its key had at the frozen revision, if it
+/// was the key's live version then (past versions record none, ADR 0015):
+/// the store's own answer would be wrong for a key replaced since.
+#[derive(Debug)]
+pub struct KeyBucketReader {
+    frozen_revision: i64,
+    compacted: i64,
+    applied_index: u64,
+    /// Each key attached to a lease at the frozen revision, with the lease.
+    lease_of: std::collections::HashMap<Vec<u8>, i64>,
+    phase: Phase,
 }
 
-/// The versions live at the compact revision whose revision is older than
-/// it, as (mod revision, key), in etcd's order: by revision, then key (the
-/// store does not keep their sub-revisions). Keys only, read
-/// [`KEYS_PER_READ`] at a time: the values are read one by one as they are
-/// written, so this list is the only copy of them all.
-fn older_than_compaction(store: &kv::MvccStore) -> Vec<(i64, Vec<u8>)> {
-    let compacted = store.compact_revision();
-    let mut out = Vec::new();
-    if compacted <= 1 {
-        return out;
-    }
-    let mut from = vec![0];
-    loop {
-        let req = kv::RangeRequest {
-            key: from,
-            range_end: vec![0],
-            revision: compacted,
-            keys_only: true,
-            limit: KEYS_PER_READ,
-            ..kv::RangeRequest::default()
+#[derive(Debug)]
+enum Phase {
+    /// Listing keys from `from` on: (mod revision, key) of each version
+    /// older than the compaction.
+    List {
+        from: Vec<u8>,
+        found: Vec<(i64, Vec<u8>)>,
+    },
+    /// Emitting the listed versions from `at` on.
+    Older {
+        list: Vec<(i64, Vec<u8>)>,
+        at: usize,
+        sub: i64,
+        last: i64,
+    },
+    /// Emitting the changes from revision `next` on.
+    Changes {
+        next: i64,
+        sub: i64,
+        last: i64,
+    },
+    Done,
+}
+
+impl KeyBucketReader {
+    /// A reader of the store `frozen` describes.
+    pub fn new(frozen: &Frozen) -> KeyBucketReader {
+        let phase = if frozen.compact_revision > 1 {
+            Phase::List {
+                from: vec![0],
+                found: Vec::new(),
+            }
+        } else {
+            Phase::Changes {
+                next: frozen.compact_revision.max(1),
+                sub: 0,
+                last: 0,
+            }
         };
-        let Ok(resp) = store.range(&req) else { break };
-        let Some(last) = resp.kvs.last() else { break };
-        from = [&last.key[..], &[0]].concat();
-        out.extend(
-            resp.kvs
-                .into_iter()
-                .filter(|kv| kv.mod_revision < compacted)
-                .map(|kv| (kv.mod_revision, kv.key)),
-        );
-        if !resp.more {
-            break;
+        KeyBucketReader {
+            frozen_revision: frozen.revision,
+            compacted: frozen.compact_revision,
+            applied_index: frozen.applied_index,
+            lease_of: frozen
+                .leases
+                .iter()
+                .flat_map(|l| l.keys.iter().map(|k| (k.clone(), l.id)))
+                .collect(),
+            phase,
         }
     }
-    out.sort_unstable();
-    out
+
+    /// Reads about `max` items' worth from `store` (at least one read),
+    /// appending the bucket's next items to `items`; returns whether the
+    /// bucket is complete.
+    ///
+    /// # Errors
+    /// [`BuildError::Changed`]: `store` was compacted or replaced since the
+    /// freeze.
+    pub fn step(
+        &mut self,
+        store: &kv::MvccStore,
+        max: usize,
+        items: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<bool, BuildError> {
+        let unchanged = store.compact_revision() == self.compacted
+            && store.revision() >= self.frozen_revision
+            && store.applied_index() >= self.applied_index;
+        if !unchanged {
+            return Err(BuildError::Changed);
+        }
+        let max = max.max(1);
+        self.phase = match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::List { from, mut found } => {
+                let req = kv::RangeRequest {
+                    key: from,
+                    range_end: vec![0],
+                    revision: self.compacted,
+                    keys_only: true,
+                    limit: i64::try_from(max).unwrap_or(i64::MAX),
+                    ..kv::RangeRequest::default()
+                };
+                // The compact revision is always readable.
+                let resp = store.range(&req).map_err(|_| BuildError::Changed)?;
+                let next = resp.kvs.last().map(|l| [&l.key[..], &[0]].concat());
+                found.extend(
+                    resp.kvs
+                        .into_iter()
+                        .filter(|kv| kv.mod_revision < self.compacted)
+                        .map(|kv| (kv.mod_revision, kv.key)),
+                );
+                match next {
+                    Some(from) if resp.more => Phase::List { from, found },
+                    _ => {
+                        found.sort_unstable();
+                        Phase::Older {
+                            list: found,
+                            at: 0,
+                            sub: 0,
+                            last: 0,
+                        }
+                    }
+                }
+            }
+            Phase::Older {
+                list,
+                mut at,
+                mut sub,
+                mut last,
+            } => {
+                let end = list.len().min(at.saturating_add(max));
+                for (rev, key) in &list[at..end] {
+                    sub = if *rev == last { sub + 1 } else { 0 };
+                    last = *rev;
+                    let req = kv::RangeRequest {
+                        revision: self.compacted,
+                        ..kv::RangeRequest::single(key)
+                    };
+                    let kv = store
+                        .range(&req)
+                        .map_err(|_| BuildError::Changed)?
+                        .kvs
+                        .into_iter()
+                        .next()
+                        .ok_or(BuildError::Changed)?;
+                    let lease = self.lease_at_freeze(store, &kv.key, kv.mod_revision);
+                    items.push((revision_key(*rev, sub, false), key_value(&kv, lease)));
+                }
+                at = end;
+                if at < list.len() {
+                    Phase::Older {
+                        list,
+                        at,
+                        sub,
+                        last,
+                    }
+                } else {
+                    Phase::Changes {
+                        next: self.compacted.max(1),
+                        sub: 0,
+                        last: 0,
+                    }
+                }
+            }
+            Phase::Changes {
+                next,
+                mut sub,
+                mut last,
+            } => {
+                if next > self.frozen_revision {
+                    return Ok(true);
+                }
+                let batch = store
+                    .changes(next, &[0], &[0], max.min(CHANGES_PER_READ))
+                    .map_err(|_| BuildError::Changed)?;
+                for c in &batch.changes {
+                    let rev = c.kv.mod_revision;
+                    if rev > self.frozen_revision {
+                        break;
+                    }
+                    sub = if rev == last { sub + 1 } else { 0 };
+                    last = rev;
+                    match c.kind {
+                        // A deletion at the compact revision is gone in etcd too.
+                        kv::ChangeKind::Delete if rev <= self.compacted => {}
+                        kv::ChangeKind::Delete => items.push((
+                            revision_key(rev, sub, true),
+                            mvccpb::KeyValue {
+                                key: c.kv.key.clone(),
+                                ..Default::default()
+                            }
+                            .encode_to_vec(),
+                        )),
+                        kv::ChangeKind::Put => {
+                            let lease = self.lease_at_freeze(store, &c.kv.key, rev);
+                            items.push((revision_key(rev, sub, false), key_value(&c.kv, lease)));
+                        }
+                    }
+                }
+                if batch.next_revision <= next || batch.next_revision > self.frozen_revision {
+                    Phase::Done
+                } else {
+                    Phase::Changes {
+                        next: batch.next_revision,
+                        sub,
+                        last,
+                    }
+                }
+            }
+            Phase::Done => Phase::Done,
+        };
+        Ok(matches!(self.phase, Phase::Done))
+    }
+
+    /// The lease of `key`'s version `mod_revision` at the freeze: the key's
+    /// lease then, if that version was its live one then, else 0.
+    fn lease_at_freeze(&self, store: &kv::MvccStore, key: &[u8], mod_revision: i64) -> i64 {
+        let Some(lease) = self.lease_of.get(key) else {
+            return 0;
+        };
+        let req = kv::RangeRequest {
+            revision: self.frozen_revision,
+            keys_only: true,
+            ..kv::RangeRequest::single(key)
+        };
+        let live = store
+            .range(&req)
+            .ok()
+            .and_then(|r| r.kvs.first().map(|kv| kv.mod_revision));
+        if live == Some(mod_revision) {
+            *lease
+        } else {
+            0
+        }
+    }
 }
 
 #[cfg(test)]
@@ -762,16 +955,18 @@ mod tests {
     }
 
     #[test]
-    fn more_live_keys_at_the_compaction_than_one_read_and_a_file_sink_write_the_same_database() {
-        // Over two reads of keys older than the compaction, their revisions
-        // not in key order (written z..a, then every third overwritten);
-        // then changes after the compaction.
+    fn small_steps_into_a_file_write_the_same_database_as_one_pass_in_memory() {
+        // Keys older than the compaction over many list steps, their
+        // revisions not in key order (written z..a, then every third
+        // overwritten); changes after the compaction; values enough for
+        // our bucket to take two chunks.
         let mut s = kv::MvccStore::new();
-        let keys = KEYS_PER_READ as usize + 300;
+        let keys = 1300;
+        let value = "v".repeat(1500);
         let mut index = 0;
         for i in (0..keys).rev() {
             index += 1;
-            put(&mut s, index, &format!("k{i:05}"), &format!("v{i}"));
+            put(&mut s, index, &format!("k{i:05}"), &value);
         }
         for i in (0..keys).step_by(3) {
             index += 1;
@@ -787,6 +982,8 @@ mod tests {
             index += 1;
             put(&mut s, index, &format!("k{i:05}"), "after");
         }
+        let snapshot = s.snapshot();
+        assert!(snapshot.len() > CHUNK_BYTES, "two chunks");
         let db = encode(&s);
         let d = bolt::Db::open(&db).unwrap();
         let items = d.bucket(b"key").unwrap().unwrap();
@@ -799,22 +996,42 @@ mod tests {
         for rev in [compact_at, s.revision()] {
             assert_eq!(read_at(&back, rev), read_at(&s, rev), "at revision {rev}");
         }
-        // Written page by page into a file: the same bytes.
-        let file = tempfile::tempfile().unwrap();
-        let mut file = write_snapshot_db(s.snapshot(), file).unwrap();
+        assert_eq!(snapshot_bytes(&db).unwrap(), snapshot);
+        // In steps of 7 versions and 1,000 snapshot bytes, into a file.
+        let frozen = Frozen::of(&s);
+        let mut at = 0;
+        let mut file = write_in_steps(
+            tempfile::tempfile().unwrap(),
+            &frozen,
+            |reader, items| reader.step(&s, 7, items),
+            |out| {
+                let end = (at + 1000).min(snapshot.len());
+                out.extend_from_slice(&snapshot[at..end]);
+                at = end;
+                Ok(at == snapshot.len())
+            },
+        )
+        .unwrap();
         let len = file.stream_position().unwrap();
-        let mut back = Vec::new();
+        let mut stepped = Vec::new();
         file.seek(io::SeekFrom::Start(0)).unwrap();
-        io::Read::read_to_end(&mut file, &mut back).unwrap();
-        assert_eq!(len, back.len() as u64);
-        assert!(back == db, "the file differs from the database in memory");
-        // A damaged snapshot is an error, not a database.
-        let mut bad = s.snapshot();
-        let mid = bad.len() / 2;
-        bad[mid] ^= 0xff;
+        io::Read::read_to_end(&mut file, &mut stepped).unwrap();
+        assert_eq!(len, stepped.len() as u64);
+        assert!(
+            stepped == db,
+            "the stepped file differs from the database in memory"
+        );
+        // A store compacted further is refused by the next step.
+        let mut later = s.clone();
+        index += 1;
+        let compact = kv::Command::Compact(kv::CompactionRequest {
+            revision: compact_at + 2,
+        });
+        later.apply(index, &compact).unwrap();
+        let mut reader = KeyBucketReader::new(&frozen);
         assert!(matches!(
-            write_snapshot_db(bad, io::Cursor::new(Vec::new())),
-            Err(EncodeError::Snapshot(_))
+            reader.step(&later, 7, &mut Vec::new()),
+            Err(BuildError::Changed)
         ));
     }
 

@@ -21,11 +21,12 @@ use std::path::Path;
 /// preallocated segments and the writes of a few minutes.
 pub const SPOOL_HEADROOM_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Expected database size per byte of the store's snapshot: etcd's `key`
-/// bucket (about the snapshot's size: every version with its key) plus our
-/// bucket (the snapshot itself). Measured: 618.8 MB of database for a
+/// Expected database size per byte of the store
+/// ([`metalraft_kv::MvccStore::size_bytes`]): etcd's `key` bucket (every
+/// version with its key) plus our bucket (the store's snapshot), each
+/// about the store's size. Measured: 618.8 MB of database for a
 /// 1,000,000-key store (docs/benchmarks.md, "big-backup").
-pub const DB_BYTES_PER_SNAPSHOT_BYTE: u64 = 2;
+pub const DB_BYTES_PER_STORE_BYTE: u64 = 2;
 
 /// A backup's database being written, then read back to be sent.
 #[derive(Debug)]
@@ -37,11 +38,11 @@ pub enum Spool {
 }
 
 impl Spool {
-    /// A spool for the database of a snapshot of `snapshot_bytes`: a file
-    /// in `dir` if its file system has room for the expected database plus
+    /// A spool for the database of a store of `store_bytes`: a file in
+    /// `dir` if its file system has room for the expected database plus
     /// [`SPOOL_HEADROOM_BYTES`], else memory.
-    pub fn for_snapshot(dir: &Path, snapshot_bytes: u64) -> Spool {
-        let expected = snapshot_bytes.saturating_mul(DB_BYTES_PER_SNAPSHOT_BYTE);
+    pub fn for_store(dir: &Path, store_bytes: u64) -> Spool {
+        let expected = store_bytes.saturating_mul(DB_BYTES_PER_STORE_BYTE);
         let free = match rustix::fs::statvfs(dir) {
             Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
             Err(e) => {
@@ -126,14 +127,14 @@ mod tests {
     #[test]
     fn a_file_when_there_is_room_memory_when_there_is_not_and_both_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let mut file = Spool::for_snapshot(dir.path(), 1000);
+        let mut file = Spool::for_store(dir.path(), 1000);
         assert!(file.is_file(), "a temp dir with room for 2 KB + headroom");
         // Nothing named appears in the directory.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         // More than any file system here has free.
-        let mut mem = Spool::for_snapshot(dir.path(), u64::MAX / 4);
+        let mut mem = Spool::for_store(dir.path(), u64::MAX / 4);
         assert!(!mem.is_file());
-        let missing = Spool::for_snapshot(&dir.path().join("gone"), 1000);
+        let missing = Spool::for_store(&dir.path().join("gone"), 1000);
         assert!(!missing.is_file());
         for s in [&mut file, &mut mem] {
             s.write_all(b"0123456789").unwrap();
