@@ -1014,8 +1014,10 @@ pub const SNAPSHOT_PAGE_BYTES: usize = 512;
 /// the client's stream.
 pub const SNAPSHOT_QUEUE_MESSAGES: usize = 4;
 
-/// The `Snapshot` RPC's messages: `len` bytes of `body` then `digest`,
-/// `chunk` bytes per message, the header on the first. Each message's
+/// The `Snapshot` RPC's messages as etcd 3.4 sends them: `len` bytes of
+/// `body`, `chunk` bytes per message, each with the body's bytes still to
+/// come as `remaining_bytes`, then `digest` in a message of its own
+/// (`remaining_bytes` 0); the header on the first message. Each message's
 /// bytes are read when it is taken (as the stream is polled), not up
 /// front; a failed read is the last item.
 fn snapshot_messages<R: Read>(
@@ -1026,30 +1028,38 @@ fn snapshot_messages<R: Read>(
     chunk: usize,
 ) -> impl Iterator<Item = std::io::Result<pb::SnapshotResponse>> {
     let chunk = chunk.max(1) as u64;
-    let total = len + digest.len() as u64;
     let mut header = Some(header);
     let mut failed = false;
-    (0..total.div_ceil(chunk)).map_while(move |i| {
+    let body_messages = (0..len.div_ceil(chunk)).map_while(move |i| {
         if failed {
             return None;
         }
         let start = i * chunk;
-        let end = (start + chunk).min(total);
-        let mut blob = vec![0; (end.min(len).saturating_sub(start)) as usize];
+        let end = (start + chunk).min(len);
+        let mut blob = vec![0; (end - start) as usize];
         if let Err(e) = body.read_exact(&mut blob) {
             failed = true;
             return Some(Err(e));
         }
-        if end > len {
-            let from = start.saturating_sub(len) as usize;
-            blob.extend_from_slice(&digest[from..(end - len) as usize]);
-        }
-        Some(Ok(pb::SnapshotResponse {
-            header: header.take(),
-            remaining_bytes: total - end,
-            blob,
-        }))
-    })
+        Some(Ok((len - end, blob)))
+    });
+    body_messages
+        .chain(std::iter::once(Ok((0, digest.to_vec()))))
+        .scan(false, |stop, m| {
+            // Nothing after a failed read, not even the digest.
+            if *stop {
+                return None;
+            }
+            *stop = m.is_err();
+            Some(m)
+        })
+        .map(move |m| {
+            m.map(|(remaining_bytes, blob)| pb::SnapshotResponse {
+                header: header.take(),
+                remaining_bytes,
+                blob,
+            })
+        })
 }
 
 /// Frames a backup the way etcd streams a snapshot: the body (`len`
@@ -1256,8 +1266,7 @@ mod tests {
     fn snapshot_messages_carry_the_body_then_the_digest() {
         let body: Vec<u8> = (0..100u8).collect();
         let digest = [7u8; 32];
-        let whole = [&body[..], &digest[..]].concat();
-        for chunk in [1, 5, 31, 32, 33, 100, 131, 132, 4096] {
+        for chunk in [1, 5, 31, 32, 33, 100, 131, 4096] {
             let msgs: Vec<_> = snapshot_messages(
                 std::io::Cursor::new(&body),
                 body.len() as u64,
@@ -1267,21 +1276,28 @@ mod tests {
             )
             .map(Result::unwrap)
             .collect();
-            let sent: Vec<u8> = msgs.iter().flat_map(|m| m.blob.iter().copied()).collect();
-            assert_eq!(sent, whole, "chunk {chunk}");
+            let (last, body_msgs) = msgs.split_last().unwrap();
+            assert_eq!(last.blob, digest, "chunk {chunk}: the digest on its own");
+            assert_eq!(last.remaining_bytes, 0, "chunk {chunk}");
+            let sent: Vec<u8> = body_msgs
+                .iter()
+                .flat_map(|m| m.blob.iter().copied())
+                .collect();
+            assert_eq!(sent, body, "chunk {chunk}");
             assert!(msgs[0].header.is_some(), "chunk {chunk}");
             assert!(
                 msgs[1..].iter().all(|m| m.header.is_none()),
                 "chunk {chunk}"
             );
-            let mut left = whole.len() as u64;
-            for m in &msgs {
+            let mut left = body.len() as u64;
+            for m in body_msgs {
                 assert!(!m.blob.is_empty() && m.blob.len() <= chunk, "chunk {chunk}");
                 left -= m.blob.len() as u64;
                 assert_eq!(m.remaining_bytes, left, "chunk {chunk}");
             }
         }
-        // A body shorter than said: the read error is the last message.
+        // A body shorter than said: the read error is the last message,
+        // with no digest after it.
         let msgs: Vec<_> = snapshot_messages(
             std::io::Cursor::new(&body[..50]),
             body.len() as u64,

@@ -154,15 +154,6 @@ impl Frozen {
                 .collect(),
         }
     }
-
-    /// Whether `store` still holds everything a build from this freeze
-    /// reads: no compaction accepted since, not replaced by an older state
-    /// (the rule of [`kv::SnapshotStream`]).
-    pub fn still_readable_in(&self, store: &kv::MvccStore) -> bool {
-        store.compact_revision() == self.compact_revision
-            && store.revision() >= self.revision
-            && store.applied_index() >= self.applied_index
-    }
 }
 
 /// The store as etcd's database (without the trailing digest), in memory.
@@ -564,8 +555,9 @@ fn key_value(kv: &kv::KeyValue, lease: i64) -> Vec<u8> {
 /// at the compact revision that are older than it (listed keys only, then
 /// sorted by revision and read one by one), then every change from the
 /// compact revision to the frozen revision. Everything it reads at a
-/// revision at or below the frozen one stays readable as long as
-/// [`Frozen::still_readable_in`] holds, which every step checks.
+/// revision at or below the frozen one stays readable as long as the store
+/// accepted no compaction and was not replaced by an older state since the
+/// freeze (the rule of [`kv::SnapshotStream`]), which every step checks.
 ///
 /// A version's lease is the one its key had at the frozen revision, if it
 /// was the key's live version then (past versions record none, ADR 0015):

@@ -181,6 +181,7 @@ fn api_routes(shared: &Arc<Shared>) -> Router {
                 defragment
             ),
         )
+        .route("/maintenance/snapshot", snapshot_route(shared))
         .route("/maintenance/hash", hash_kv.clone())
         .route("/maintenance/hashkv", hash_kv)
         .route(
@@ -266,16 +267,55 @@ where
                     Ok(r) => r,
                     Err(status) => return error_response(&status),
                 };
-            let mut req = Request::new(req);
-            if let Some(token) = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| tonic::metadata::MetadataValue::try_from(v.as_bytes()).ok())
-            {
-                req.metadata_mut()
-                    .insert(crate::auth::service::GATEWAY_TOKEN_METADATA, token);
-            }
-            match call(shared, req).await {
+            match call(shared, with_token(req, &headers)).await {
                 Ok(resp) => json_response(StatusCode::OK, &resp.into_inner()),
+                Err(status) => error_response(&status),
+            }
+        }
+    })
+}
+
+/// `req` as a gRPC request carrying the HTTP request's `Authorization`
+/// header as its auth token.
+fn with_token<Req>(req: Req, headers: &axum::http::HeaderMap) -> Request<Req> {
+    let mut req = Request::new(req);
+    if let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| tonic::metadata::MetadataValue::try_from(v.as_bytes()).ok())
+    {
+        req.metadata_mut()
+            .insert(crate::auth::service::GATEWAY_TOKEN_METADATA, token);
+    }
+    req
+}
+
+/// `/v3/maintenance/snapshot`: one `SnapshotRequest` body, the backup as
+/// a stream of `{"result": SnapshotResponse}` lines (each `blob` base64),
+/// the way etcd's gateway serves it.
+fn snapshot_route(shared: &Arc<Shared>) -> axum::routing::MethodRouter {
+    const METHOD: &str = "/etcdserverpb.Maintenance/Snapshot";
+    let shared = shared.clone();
+    post(move |headers: axum::http::HeaderMap, body: Bytes| {
+        let shared = shared.clone();
+        async move {
+            if let Some(refused) = learner_refusal(&shared, METHOD) {
+                return error_response(&refused);
+            }
+            crate::auth::service::await_token(
+                &shared,
+                crate::auth::service::request_token(&headers),
+            )
+            .await;
+            let limit = max_body_bytes(shared.cfg.max_request_bytes);
+            let req: pb::SnapshotRequest = match json::parse_body(&body, limit) {
+                Ok(r) => r,
+                Err(status) => return error_response(&status),
+            };
+            match MaintenanceService(shared)
+                .snapshot(with_token(req, &headers))
+                .await
+            {
+                Ok(stream) => json::streaming_response(stream.into_inner()),
                 Err(status) => error_response(&status),
             }
         }
