@@ -252,22 +252,11 @@ where
         let shared = shared.clone();
         let call = call.clone();
         async move {
-            if let Some(refused) = learner_refusal(&shared, method) {
-                return error_response(&refused);
-            }
-            // A token from another member's Authenticate may need its
-            // entry applied here first.
-            crate::auth::service::await_token(
-                &shared,
-                crate::auth::service::request_token(&headers),
-            )
-            .await;
-            let req: Req =
-                match json::parse_body(&body, max_body_bytes(shared.cfg.max_request_bytes)) {
-                    Ok(r) => r,
-                    Err(status) => return error_response(&status),
-                };
-            match call(shared, with_token(req, &headers)).await {
+            let req = match grpc_request::<Req>(&shared, method, &headers, &body).await {
+                Ok(r) => r,
+                Err(refused) => return refused,
+            };
+            match call(shared, req).await {
                 Ok(resp) => json_response(StatusCode::OK, &resp.into_inner()),
                 Err(status) => error_response(&status),
             }
@@ -275,9 +264,23 @@ where
     })
 }
 
-/// `req` as a gRPC request carrying the HTTP request's `Authorization`
-/// header as its auth token.
-fn with_token<Req>(req: Req, headers: &axum::http::HeaderMap) -> Request<Req> {
+/// The gRPC request of a call of `method` with this HTTP request's
+/// headers and body, or the error answer: the learner refusal, a body
+/// that does not parse. Its auth token is the `Authorization` header,
+/// whose entry is awaited first (a token from another member's
+/// Authenticate may need it applied here).
+async fn grpc_request<Req: DeserializeOwned + Default>(
+    shared: &Arc<Shared>,
+    method: &str,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<Request<Req>, Response> {
+    if let Some(refused) = learner_refusal(shared, method) {
+        return Err(error_response(&refused));
+    }
+    crate::auth::service::await_token(shared, crate::auth::service::request_token(headers)).await;
+    let req: Req = json::parse_body(body, max_body_bytes(shared.cfg.max_request_bytes))
+        .map_err(|status| error_response(&status))?;
     let mut req = Request::new(req);
     if let Some(token) = headers
         .get(header::AUTHORIZATION)
@@ -286,7 +289,7 @@ fn with_token<Req>(req: Req, headers: &axum::http::HeaderMap) -> Request<Req> {
         req.metadata_mut()
             .insert(crate::auth::service::GATEWAY_TOKEN_METADATA, token);
     }
-    req
+    Ok(req)
 }
 
 /// `/v3/maintenance/snapshot`: one `SnapshotRequest` body, the backup as
@@ -298,23 +301,12 @@ fn snapshot_route(shared: &Arc<Shared>) -> axum::routing::MethodRouter {
     post(move |headers: axum::http::HeaderMap, body: Bytes| {
         let shared = shared.clone();
         async move {
-            if let Some(refused) = learner_refusal(&shared, METHOD) {
-                return error_response(&refused);
-            }
-            crate::auth::service::await_token(
-                &shared,
-                crate::auth::service::request_token(&headers),
-            )
-            .await;
-            let limit = max_body_bytes(shared.cfg.max_request_bytes);
-            let req: pb::SnapshotRequest = match json::parse_body(&body, limit) {
-                Ok(r) => r,
-                Err(status) => return error_response(&status),
-            };
-            match MaintenanceService(shared)
-                .snapshot(with_token(req, &headers))
-                .await
-            {
+            let req =
+                match grpc_request::<pb::SnapshotRequest>(&shared, METHOD, &headers, &body).await {
+                    Ok(r) => r,
+                    Err(refused) => return refused,
+                };
+            match MaintenanceService(shared).snapshot(req).await {
                 Ok(stream) => json::streaming_response(stream.into_inner()),
                 Err(status) => error_response(&status),
             }
