@@ -1029,24 +1029,16 @@ fn snapshot_messages<R: Read>(
 ) -> impl Iterator<Item = std::io::Result<pb::SnapshotResponse>> {
     let chunk = chunk.max(1) as u64;
     let mut header = Some(header);
-    let mut failed = false;
-    let body_messages = (0..len.div_ceil(chunk)).map_while(move |i| {
-        if failed {
-            return None;
-        }
+    let body_messages = (0..len.div_ceil(chunk)).map(move |i| {
         let start = i * chunk;
         let end = (start + chunk).min(len);
         let mut blob = vec![0; (end - start) as usize];
-        if let Err(e) = body.read_exact(&mut blob) {
-            failed = true;
-            return Some(Err(e));
-        }
-        Some(Ok((len - end, blob)))
+        body.read_exact(&mut blob).map(|()| (len - end, blob))
     });
     body_messages
         .chain(std::iter::once(Ok((0, digest.to_vec()))))
         .scan(false, |stop, m| {
-            // Nothing after a failed read, not even the digest.
+            // Nothing after a failed read: no more reads, no digest.
             if *stop {
                 return None;
             }

@@ -134,6 +134,23 @@ impl MvccStore {
         self.current.applied_index()
     }
 
+    /// Whether a reader that froze this store at `revision`,
+    /// `compact_revision` and `applied_index` still finds here everything
+    /// at or below `revision` it could read then: no compaction accepted
+    /// since and not replaced by an older state (applies only add above
+    /// the frozen revision; see [`SnapshotStream`]). Readers working in
+    /// steps across applies check it at every step.
+    pub fn holds_history_of(
+        &self,
+        revision: i64,
+        compact_revision: i64,
+        applied_index: u64,
+    ) -> bool {
+        self.compact_revision() == compact_revision
+            && self.revision() >= revision
+            && self.applied_index() >= applied_index
+    }
+
     /// Number of live keys at the current revision.
     pub fn len(&self) -> usize {
         self.current.len()

@@ -371,10 +371,7 @@ impl SnapshotStream {
         max_items: usize,
         out: &mut Vec<u8>,
     ) -> Result<bool, StreamError> {
-        let unchanged = store.compact_revision() == self.compact_revision
-            && store.revision() >= self.revision
-            && store.applied_index() >= self.applied_index;
-        if !unchanged {
+        if !store.holds_history_of(self.revision, self.compact_revision, self.applied_index) {
             return Err(StreamError::Changed);
         }
         let max_items = max_items.max(1);

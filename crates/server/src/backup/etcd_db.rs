@@ -142,36 +142,38 @@ pub struct Frozen {
 }
 
 impl Frozen {
-    /// `store` as it is now.
-    pub fn of(store: &kv::MvccStore) -> Frozen {
-        Frozen {
-            revision: store.revision(),
-            compact_revision: store.compact_revision(),
-            applied_index: store.applied_index(),
-            leases: store
-                .leases()
-                .filter_map(|(id, _)| store.lease(id))
-                .collect(),
-        }
+    /// What `stream` froze: its revision, compact revision, applied index
+    /// and leases.
+    ///
+    /// # Errors
+    /// The stream's frozen leases do not decode (a bug).
+    pub fn of_stream(stream: &kv::SnapshotStream) -> Result<Frozen, kv::SnapshotError> {
+        Ok(Frozen {
+            revision: stream.revision(),
+            compact_revision: stream.compact_revision(),
+            applied_index: stream.applied_index(),
+            leases: stream.leases()?,
+        })
     }
 }
 
 /// The store as etcd's database (without the trailing digest), in memory.
 pub fn encode(store: &kv::MvccStore) -> Vec<u8> {
-    let frozen = Frozen::of(store);
-    let mut snapshot = Some(store.snapshot());
+    let mut stream = store.snapshot_stream();
+    let frozen = Frozen::of_stream(&stream).expect("a stream's own lease section decodes");
     let db = write_in_steps(
         io::Cursor::new(Vec::new()),
         &frozen,
         |reader, items| reader.step(store, usize::MAX, items),
         |out| {
-            out.extend(snapshot.take().unwrap_or_default());
-            Ok(true)
+            stream
+                .step(store, usize::MAX, out)
+                .map_err(|_| BuildError::Changed)
         },
     );
     match db {
         Ok(db) => db.into_inner(),
-        Err(e) => unreachable!("an unchanged store in memory: {e}"),
+        Err(e) => unreachable!("a store that does not change, written to memory: {e}"),
     }
 }
 
@@ -637,10 +639,7 @@ impl KeyBucketReader {
         max: usize,
         items: &mut Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<bool, BuildError> {
-        let unchanged = store.compact_revision() == self.compacted
-            && store.revision() >= self.frozen_revision
-            && store.applied_index() >= self.applied_index;
-        if !unchanged {
+        if !store.holds_history_of(self.frozen_revision, self.compacted, self.applied_index) {
             return Err(BuildError::Changed);
         }
         let max = max.max(1);
@@ -990,7 +989,7 @@ mod tests {
         }
         assert_eq!(snapshot_bytes(&db).unwrap(), snapshot);
         // In steps of 7 versions and 1,000 snapshot bytes, into a file.
-        let frozen = Frozen::of(&s);
+        let frozen = Frozen::of_stream(&s.snapshot_stream()).unwrap();
         let mut at = 0;
         let mut file = write_in_steps(
             tempfile::tempfile().unwrap(),

@@ -116,12 +116,7 @@ fn backup_with<W: Write + Seek>(
             let s = store.read().map_err(|_| LiveBackupError::Stopped)?;
             let stream = s.snapshot_stream();
             drop(s);
-            let frozen = Frozen {
-                revision: stream.revision(),
-                compact_revision: stream.compact_revision(),
-                applied_index: stream.applied_index(),
-                leases: stream.leases().map_err(LiveBackupError::Snapshot)?,
-            };
+            let frozen = Frozen::of_stream(&stream).map_err(LiveBackupError::Snapshot)?;
             (stream, frozen)
         };
         let steps = Cell::new(0usize);

@@ -99,8 +99,7 @@ impl<W: Write + Seek> DbWriter<W> {
         BucketWriter {
             db: self,
             name: name.to_vec(),
-            leaf: Node::default(),
-            level: Vec::new(),
+            tree: Tree::default(),
             last_key: None,
         }
     }
@@ -207,9 +206,7 @@ impl<W: Write + Seek> DbWriter<W> {
 pub struct BucketWriter<'a, W> {
     db: &'a mut DbWriter<W>,
     name: Vec<u8>,
-    leaf: Node,
-    /// (first key, page id) of each leaf written.
-    level: Vec<(Vec<u8>, u64)>,
+    tree: Tree,
     last_key: Option<Vec<u8>>,
 }
 
@@ -231,11 +228,7 @@ impl<W: Write + Seek> BucketWriter<'_, W> {
         } else {
             self.last_key = Some(key.to_vec());
         }
-        if !self.leaf.fits(key.len() + value.len()) {
-            self.flush()?;
-        }
-        self.leaf.push(0, key, value, 0);
-        Ok(())
+        self.tree.push(self.db, 0, key, value)
     }
 
     /// Writes the bucket's last leaf and its branch levels, and records it
@@ -243,31 +236,23 @@ impl<W: Write + Seek> BucketWriter<'_, W> {
     ///
     /// # Errors
     /// Writing to the sink failed.
-    pub fn finish(mut self) -> io::Result<()> {
-        if !self.leaf.elements.is_empty() || self.level.is_empty() {
-            self.flush()?;
-        }
-        let root = branches(self.db, std::mem::take(&mut self.level))?;
-        self.db.buckets.push((std::mem::take(&mut self.name), root));
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        let pgid = self.db.write_node(LEAF_PAGE, &self.leaf)?;
-        self.level.push((self.leaf.first_key().to_vec(), pgid));
-        self.leaf.clear();
+    pub fn finish(self) -> io::Result<()> {
+        let root = self.tree.finish(self.db)?;
+        self.db.buckets.push((self.name, root));
         Ok(())
     }
 }
 
-/// A small tree written whole (the root tree of bucket names).
-#[derive(Default)]
+/// A tree being written: its leaf being filled and the first key and page
+/// of each leaf written (a bucket's, or the root tree of bucket names).
+#[derive(Debug, Default)]
 struct Tree {
     leaf: Node,
     level: Vec<(Vec<u8>, u64)>,
 }
 
 impl Tree {
+    /// Adds a leaf element, writing the leaf out first if it is full.
     fn push<W: Write + Seek>(
         &mut self,
         db: &mut DbWriter<W>,
@@ -276,20 +261,26 @@ impl Tree {
         value: &[u8],
     ) -> io::Result<()> {
         if !self.leaf.fits(key.len() + value.len()) {
-            let pgid = db.write_node(LEAF_PAGE, &self.leaf)?;
-            self.level.push((self.leaf.first_key().to_vec(), pgid));
-            self.leaf.clear();
+            self.flush(db)?;
         }
         self.leaf.push(flags, key, value, 0);
         Ok(())
     }
 
+    /// Writes the last leaf (an empty tree is one empty leaf) and the
+    /// branch levels; returns the root's page.
     fn finish<W: Write + Seek>(mut self, db: &mut DbWriter<W>) -> io::Result<u64> {
         if !self.leaf.elements.is_empty() || self.level.is_empty() {
-            let pgid = db.write_node(LEAF_PAGE, &self.leaf)?;
-            self.level.push((self.leaf.first_key().to_vec(), pgid));
+            self.flush(db)?;
         }
         branches(db, self.level)
+    }
+
+    fn flush<W: Write + Seek>(&mut self, db: &mut DbWriter<W>) -> io::Result<()> {
+        let pgid = db.write_node(LEAF_PAGE, &self.leaf)?;
+        self.level.push((self.leaf.first_key().to_vec(), pgid));
+        self.leaf.clear();
+        Ok(())
     }
 }
 
